@@ -1,0 +1,619 @@
+/*
+ * m2mpsk: oneM2M security associations with pre-provisioned symmetric keys
+ * (TS-0003 §8.2.2.1, "Kpsa"/"KpsaID", called Kaa/KaaId in early drafts).
+ *
+ * Entity A (an AE or a CSE) is always the (D)TLS client, the *initiator*.
+ * Entity B (a CSE, A's Registrar) is always the (D)TLS server, the
+ * *responder*. Both hold the same key Kpsa and its identifier KpsaID, and run
+ * a TLS 1.2 or DTLS 1.2 PSK handshake (RFC 4279) with psk_identity = KpsaID.
+ * Afterwards A binds the session to IdB, and B binds it to IdA, or to the
+ * Credential-ID "12-<KpsaID>" when no IdA is configured.
+ *
+ * The library is sans-IO: it opens no socket and reads no clock. The caller
+ * feeds received bytes (or one datagram per call), drains bytes (or one
+ * datagram per call) to send, and passes a monotonic time in milliseconds.
+ *
+ * Conventions that hold for every function below:
+ *  - Status codes are negative ints (enum m2mpsk_status); M2MPSK_OK is 0.
+ *    Codes are never renumbered. m2mpsk_strerror() names each one.
+ *  - There is no thread-local error state. An association's failure reason
+ *    is read from the association itself.
+ *  - Inputs are borrowed for the duration of the call; whatever the library
+ *    keeps, it copies. A returned `const char *` is borrowed from the handle
+ *    it came from and stays valid until that handle is freed, unless the
+ *    function says otherwise.
+ *  - Handles are opaque. Every _new has a _free, and _free(NULL) is a no-op.
+ *  - A key enters only as (const uint8_t *key, size_t len). It is copied into
+ *    locked, access-protected memory at once, and the caller may wipe its own
+ *    copy as soon as the call returns.
+ *
+ * Thread safety: a keystore and a config may be shared by any number of
+ * associations on any number of threads. One association must be used by one
+ * thread at a time.
+ */
+#ifndef M2MPSK_M2MPSK_H
+#define M2MPSK_M2MPSK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "m2mpsk/version.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(M2MPSK_BUILDING) && defined(__GNUC__)
+#define M2MPSK_API __attribute__((visibility("default")))
+#else
+#define M2MPSK_API
+#endif
+
+#if defined(__GNUC__)
+#define M2MPSK_MUST_CHECK __attribute__((warn_unused_result))
+#else
+#define M2MPSK_MUST_CHECK
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Status codes                                                              */
+/* ------------------------------------------------------------------------ */
+
+/** Status codes. Stable: values are never renumbered or reused. */
+typedef enum m2mpsk_status {
+  M2MPSK_OK = 0,
+  /** An argument is NULL, out of range, or otherwise invalid. */
+  M2MPSK_E_INVALID = -1,
+  /** Memory could not be allocated. Nothing was changed. */
+  M2MPSK_E_NOMEM = -2,
+  /** Not an error: nothing to read or drain yet; feed more input. */
+  M2MPSK_E_AGAIN = -3,
+  /** The peer closed the association with close_notify (or we did). */
+  M2MPSK_E_CLOSED = -4,
+  /** The association failed; see m2mpsk_assoc_failure(). */
+  M2MPSK_E_FAILED = -5,
+  /** The call is not valid in the handle's current state. */
+  M2MPSK_E_STATE = -6,
+  /** The output buffer is too small for the next datagram. */
+  M2MPSK_E_BUFFER = -7,
+  /** The TLS library failed in an unexpected way. */
+  M2MPSK_E_INTERNAL = -8,
+
+  /** KpsaID is not Issuer_Relative_KpsaID@Issuer-FQDN (TS-0003 §10.5). */
+  M2MPSK_E_KPSA_ID = -10,
+  /** KpsaID is longer than M2MPSK_KPSA_ID_MAX bytes. */
+  M2MPSK_E_KPSA_ID_LENGTH = -11,
+  /** Kpsa is shorter than M2MPSK_KEY_MIN or longer than M2MPSK_KEY_MAX. */
+  M2MPSK_E_KEY_LENGTH = -12,
+  /** IdA is not a CSE-ID or AE-ID in SP-relative or absolute form. */
+  M2MPSK_E_IDA = -13,
+  /** IdB is not a CSE-ID in SP-relative or absolute form. */
+  M2MPSK_E_IDB = -14,
+  /** An identity is longer than M2MPSK_ID_MAX bytes. */
+  M2MPSK_E_ID_LENGTH = -15,
+  /** The validity window ends before it starts. */
+  M2MPSK_E_VALIDITY = -16,
+  /** A record with this KpsaID already exists. */
+  M2MPSK_E_DUPLICATE = -17,
+  /** No record with this KpsaID exists. */
+  M2MPSK_E_NOT_FOUND = -18,
+  /** Key memory could not be locked, and the keystore requires it. */
+  M2MPSK_E_UNLOCKED = -19,
+
+  /** A key file could not be opened or read. */
+  M2MPSK_E_IO = -20,
+  /** A key file is not a regular file, or group or others may access it. */
+  M2MPSK_E_KEYFILE_PERMS = -21,
+  /** A key file line is malformed (field, value, length); see err_line. */
+  M2MPSK_E_KEYFILE_SYNTAX = -22,
+  /** A key in a key file is not valid hex or base64. */
+  M2MPSK_E_KEYFILE_ENCODING = -23,
+
+  /** A cipher suite name is unknown or not supported by this build. */
+  M2MPSK_E_SUITE = -30,
+  /** A local identity was given to an initiator, or none to a responder. */
+  M2MPSK_E_NO_LOCAL_ID = -31
+} m2mpsk_status;
+
+/**
+ * Returns a static, human-readable description of a status code, or
+ * "unknown status" for a value that is not one. Never NULL. Thread-safe.
+ */
+M2MPSK_API const char *m2mpsk_strerror(int status);
+
+/* ------------------------------------------------------------------------ */
+/* Limits                                                                    */
+/* ------------------------------------------------------------------------ */
+
+/** Limits, as enum values so that bindings can see them. */
+enum m2mpsk_limits {
+  /** Shortest Kpsa accepted, in bytes. */
+  M2MPSK_KEY_MIN = 16,
+  /** Longest Kpsa accepted, in bytes. */
+  M2MPSK_KEY_MAX = 64,
+  /** Longest KpsaID, in bytes (RFC 4279 psk_identity as TLS stacks cap it). */
+  M2MPSK_KPSA_ID_MAX = 128,
+  /** Longest IdA or IdB, in bytes. */
+  M2MPSK_ID_MAX = 512,
+  /** Smallest and largest DTLS MTU accepted by m2mpsk_assoc_set_mtu(). */
+  M2MPSK_MTU_MIN = 256,
+  M2MPSK_MTU_MAX = 16384
+};
+
+/* ------------------------------------------------------------------------ */
+/* Version                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/** Runtime version as "MAJOR.MINOR.PATCH". Static; never NULL. */
+M2MPSK_API const char *m2mpsk_version_string(void);
+/** Runtime version as MAJOR*10000 + MINOR*100 + PATCH. */
+M2MPSK_API unsigned m2mpsk_version_number(void);
+
+/* ------------------------------------------------------------------------ */
+/* Identifiers                                                               */
+/* ------------------------------------------------------------------------ */
+
+/**
+ * Validates a KpsaID: Issuer_Relative_KpsaID@Issuer-FQDN, the relative part
+ * made of letters, digits, '.', '_' and '-', the FQDN of LDH labels, at most
+ * M2MPSK_KPSA_ID_MAX bytes in all. Thread-safe.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL), M2MPSK_E_KPSA_ID or
+ * M2MPSK_E_KPSA_ID_LENGTH.
+ */
+M2MPSK_API int m2mpsk_kpsa_id_validate(const char *kpsa_id);
+
+/**
+ * Validates an IdB: a CSE-ID, SP-relative ("/cse-1") or absolute
+ * ("//m2m.example.com/cse-1"). Thread-safe.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL), M2MPSK_E_IDB or
+ * M2MPSK_E_ID_LENGTH.
+ */
+M2MPSK_API int m2mpsk_idb_validate(const char *idb);
+
+/**
+ * Validates an IdA: a CSE-ID, or an AE-ID ("/cse-1/C123", "/S123",
+ * "//m2m.example.com/cse-1/C123"), SP-relative or absolute. Thread-safe.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL), M2MPSK_E_IDA or
+ * M2MPSK_E_ID_LENGTH.
+ */
+M2MPSK_API int m2mpsk_ida_validate(const char *ida);
+
+/* ------------------------------------------------------------------------ */
+/* Keystore                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/** A set of association records, each keyed by its KpsaID. Opaque. */
+typedef struct m2mpsk_keystore m2mpsk_keystore;
+
+/** Flags for m2mpsk_keystore_new(). */
+enum m2mpsk_keystore_flags {
+  /** Refuse to hold keys in memory that mlock() could not lock. */
+  M2MPSK_KEYSTORE_REQUIRE_LOCKED = 1
+};
+
+/**
+ * Creates an empty keystore. `flags` is 0 or M2MPSK_KEYSTORE_REQUIRE_LOCKED.
+ * Keys live in libsodium guarded memory, inaccessible except while one is
+ * being handed to the TLS engine, excluded from core dumps, and wiped when
+ * their record is removed or the keystore is freed.
+ * On success *out owns a reference, released with m2mpsk_keystore_free().
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (out NULL, unknown flag) or
+ * M2MPSK_E_NOMEM (also when libsodium cannot be initialised).
+ */
+M2MPSK_API int m2mpsk_keystore_new(m2mpsk_keystore **out, unsigned flags)
+    M2MPSK_MUST_CHECK;
+
+/**
+ * Releases the caller's reference. Associations hold their own reference, so
+ * the keystore (and every key in it, wiped) goes away when the last of them
+ * is freed. NULL is a no-op. Must not race with other calls that use the
+ * caller's reference.
+ */
+M2MPSK_API void m2mpsk_keystore_free(m2mpsk_keystore *ks);
+
+/**
+ * Adds a record. `key` is copied into locked memory; the caller may wipe it
+ * on return. `ida` may be NULL (no IdA configured: a responder then binds
+ * the Credential-ID). `not_before` and `not_after` are Unix times in seconds;
+ * 0 means unbounded on that side. Thread-safe with lookups, adds and removes.
+ * On any error the keystore is unchanged.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL ks, kpsa_id, key or idb),
+ * M2MPSK_E_KPSA_ID, M2MPSK_E_KPSA_ID_LENGTH, M2MPSK_E_KEY_LENGTH,
+ * M2MPSK_E_IDA, M2MPSK_E_IDB, M2MPSK_E_ID_LENGTH, M2MPSK_E_VALIDITY,
+ * M2MPSK_E_DUPLICATE, M2MPSK_E_UNLOCKED (REQUIRE_LOCKED and mlock failed) or
+ * M2MPSK_E_NOMEM.
+ */
+M2MPSK_API int m2mpsk_keystore_add(m2mpsk_keystore *ks, const char *kpsa_id,
+                                   const uint8_t *key, size_t key_len,
+                                   const char *ida, const char *idb,
+                                   int64_t not_before, int64_t not_after)
+    M2MPSK_MUST_CHECK;
+
+/**
+ * Removes a record and wipes its key. Associations that have not yet used
+ * the record fail with M2MPSK_REASON_REVOKED (initiator) or as an unknown
+ * identity (responder). Thread-safe.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL) or M2MPSK_E_NOT_FOUND.
+ */
+M2MPSK_API int m2mpsk_keystore_remove(m2mpsk_keystore *ks,
+                                      const char *kpsa_id);
+
+/**
+ * Revokes a record: wipes its key but keeps its KpsaID, so that handshakes
+ * using it fail with M2MPSK_REASON_REVOKED rather than as unknown. A revoked
+ * record can be removed, but not re-added until it is. Thread-safe.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL) or M2MPSK_E_NOT_FOUND.
+ */
+M2MPSK_API int m2mpsk_keystore_revoke(m2mpsk_keystore *ks,
+                                      const char *kpsa_id);
+
+/**
+ * Looks a record up. Each output pointer may be NULL when not wanted. The
+ * identities are copied, NUL-terminated, into the caller's buffers; an IdA
+ * that is not configured comes back as "". *revoked is set to 1 for a
+ * revoked record. Never reveals the key. Thread-safe.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL ks or kpsa_id, or a buffer
+ * pointer without capacity), M2MPSK_E_NOT_FOUND or M2MPSK_E_BUFFER (a buffer
+ * is too small; M2MPSK_ID_MAX + 1 bytes always suffice).
+ */
+M2MPSK_API int m2mpsk_keystore_lookup(const m2mpsk_keystore *ks,
+                                      const char *kpsa_id, char *ida,
+                                      size_t ida_cap, char *idb,
+                                      size_t idb_cap, int64_t *not_before,
+                                      int64_t *not_after, int *revoked);
+
+/** Number of records, revoked ones included. 0 for NULL. Thread-safe. */
+M2MPSK_API size_t m2mpsk_keystore_count(const m2mpsk_keystore *ks);
+
+/**
+ * Returns 1 when every byte of key memory the keystore holds is locked in
+ * RAM (mlock succeeded), 0 when some is not (typically RLIMIT_MEMLOCK), and
+ * M2MPSK_E_INVALID for NULL. An empty keystore reports 1. Thread-safe.
+ */
+M2MPSK_API int m2mpsk_keystore_is_locked(const m2mpsk_keystore *ks);
+
+/**
+ * Bytes of guarded key memory the keystore has allocated (the arenas, not
+ * counting libsodium's guard pages). 0 for NULL. Thread-safe.
+ */
+M2MPSK_API size_t m2mpsk_keystore_key_memory(const m2mpsk_keystore *ks);
+
+/**
+ * Loads every record of a key file, all or nothing: on any error the
+ * keystore is unchanged and, for an error on a line, *err_line (if not NULL)
+ * is set to its 1-based number (0 otherwise). The file must be a regular
+ * file that neither group nor others may access (like ssh's private keys).
+ *
+ * Format: one record per line, fields separated by spaces or tabs, '#'
+ * starts a comment line, blank lines are ignored:
+ *
+ *   kpsa-id=test@onem2m.com kpsa=hex:00112233445566778899aabbccddeeff
+ *       idb=//m2m.example.com/cse-in ida=//m2m.example.com/cse-in/Cae1
+ *       not-before=2026-01-01T00:00:00Z not-after=1798761600
+ *
+ * (one line in the file). kpsa-id, kpsa and idb are required; ida,
+ * not-before and not-after are optional; each field at most once. kpsa is
+ * "hex:<hex digits>" or "base64:<RFC 4648 base64>". Times are Unix seconds
+ * or UTC "YYYY-MM-DDTHH:MM:SSZ". Lines are at most 4096 bytes. Read buffers
+ * are wiped before they are released. Thread-safe with other keystore calls.
+ *
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL ks or path), M2MPSK_E_IO,
+ * M2MPSK_E_KEYFILE_PERMS, M2MPSK_E_KEYFILE_SYNTAX,
+ * M2MPSK_E_KEYFILE_ENCODING, any validation code of m2mpsk_keystore_add()
+ * for a record's values (M2MPSK_E_KPSA_ID ... M2MPSK_E_DUPLICATE, also for a
+ * KpsaID repeated within the file), M2MPSK_E_UNLOCKED or M2MPSK_E_NOMEM.
+ */
+M2MPSK_API int m2mpsk_keystore_load_file(m2mpsk_keystore *ks,
+                                         const char *path, size_t *err_line)
+    M2MPSK_MUST_CHECK;
+
+/* ------------------------------------------------------------------------ */
+/* Config                                                                    */
+/* ------------------------------------------------------------------------ */
+
+/** Settings shared by many associations. Opaque. */
+typedef struct m2mpsk_config m2mpsk_config;
+
+/**
+ * Creates a config with the defaults: the RFC 4279 plain-PSK suites this
+ * build supports (TS-0003 §10.2.2), a 60 s handshake timeout, no local
+ * identities, unknown identities indistinguishable from wrong keys.
+ * A config is frozen once an association has been created from it: setters
+ * then return M2MPSK_E_STATE.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (out NULL) or M2MPSK_E_NOMEM.
+ */
+M2MPSK_API int m2mpsk_config_new(m2mpsk_config **out) M2MPSK_MUST_CHECK;
+
+/** Releases the caller's reference; associations keep their own. */
+M2MPSK_API void m2mpsk_config_free(m2mpsk_config *cfg);
+
+/**
+ * Sets the offered/accepted cipher suites, in preference order, as a
+ * colon-separated list of IANA names, e.g.
+ * "TLS_PSK_WITH_AES_128_CBC_SHA:TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256".
+ * Every name must be a PSK suite this build supports, or nothing changes.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL, empty, or an empty name),
+ * M2MPSK_E_SUITE, M2MPSK_E_STATE (frozen) or M2MPSK_E_NOMEM.
+ */
+M2MPSK_API int m2mpsk_config_set_suites(m2mpsk_config *cfg,
+                                        const char *iana_names);
+
+/**
+ * Adds an identity (IdB, a CSE-ID) that a responder using this config
+ * serves. A responder needs at least one. When a ClientHello carries SNI,
+ * only identities whose SNI host (see m2mpsk_idb_server_name()) equals it
+ * are candidates.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL), M2MPSK_E_IDB,
+ * M2MPSK_E_ID_LENGTH, M2MPSK_E_DUPLICATE, M2MPSK_E_STATE or M2MPSK_E_NOMEM.
+ */
+M2MPSK_API int m2mpsk_config_add_local_id(m2mpsk_config *cfg,
+                                          const char *idb);
+
+/**
+ * Sets the handshake timeout in milliseconds (1 to 3600000). A handshake not
+ * complete that long after m2mpsk_assoc_start() fails with
+ * M2MPSK_REASON_TIMEOUT once m2mpsk_assoc_handle_timeout() is called.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID or M2MPSK_E_STATE.
+ */
+M2MPSK_API int m2mpsk_config_set_handshake_timeout(m2mpsk_config *cfg,
+                                                   uint32_t ms);
+
+/**
+ * When `on` is non-zero a responder answers an unknown KpsaID with the
+ * unknown_psk_identity alert (and an IdB mismatch with unrecognized_name).
+ * By default (0) both look exactly like a wrong key on the wire, so that
+ * identities cannot be probed (RFC 4279 §2).
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID or M2MPSK_E_STATE.
+ */
+M2MPSK_API int m2mpsk_config_set_reveal_unknown_identity(m2mpsk_config *cfg,
+                                                         int on);
+
+/**
+ * Writes into `out` the SNI host name an initiator sends for `idb`: the FQDN
+ * of an absolute CSE-ID ("//m2m.example.com/cse-1" gives
+ * "m2m.example.com"), lower-cased. An SP-relative IdB has no authority, so
+ * no SNI is sent for it and this returns M2MPSK_E_NOT_FOUND.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL), M2MPSK_E_IDB,
+ * M2MPSK_E_ID_LENGTH, M2MPSK_E_NOT_FOUND or M2MPSK_E_BUFFER (254 bytes
+ * always suffice).
+ */
+M2MPSK_API int m2mpsk_idb_server_name(const char *idb, char *out,
+                                      size_t out_cap);
+
+/* ------------------------------------------------------------------------ */
+/* Association                                                               */
+/* ------------------------------------------------------------------------ */
+
+/** One security association (one (D)TLS session). Opaque. */
+typedef struct m2mpsk_assoc m2mpsk_assoc;
+
+/** Which entity this side is. */
+typedef enum m2mpsk_role {
+  /** Entity A, the (D)TLS client. */
+  M2MPSK_ROLE_INITIATOR = 0,
+  /** Entity B, the (D)TLS server. */
+  M2MPSK_ROLE_RESPONDER = 1
+} m2mpsk_role;
+
+/** Transport under the association. */
+typedef enum m2mpsk_transport {
+  /** TLS 1.2 over a byte stream (TCP). */
+  M2MPSK_TRANSPORT_TLS = 0,
+  /** DTLS 1.2 over datagrams (UDP): one datagram per feed/drain call. */
+  M2MPSK_TRANSPORT_DTLS = 1
+} m2mpsk_transport;
+
+/** Association state. */
+typedef enum m2mpsk_state {
+  /** Created, m2mpsk_assoc_start() not yet called. */
+  M2MPSK_STATE_IDLE = 0,
+  M2MPSK_STATE_HANDSHAKING = 1,
+  /** Handshake done, identities bound, application data flows. */
+  M2MPSK_STATE_ESTABLISHED = 2,
+  /** close_notify sent or received. */
+  M2MPSK_STATE_CLOSED = 3,
+  /** Failed; see m2mpsk_assoc_failure(). Only drain and free remain. */
+  M2MPSK_STATE_FAILED = 4
+} m2mpsk_state;
+
+/** Why an association failed. Stable values. */
+typedef enum m2mpsk_reason {
+  M2MPSK_REASON_NONE = 0,
+  /** The responder has no record for the KpsaID (or, on an initiator, the
+   *  responder said so with unknown_psk_identity). */
+  M2MPSK_REASON_UNKNOWN_IDENTITY = 1,
+  /** The keys differ: a Finished or record MAC did not verify. */
+  M2MPSK_REASON_BAD_KEY = 2,
+  /** The peer sent a fatal alert not covered by a more specific reason. */
+  M2MPSK_REASON_PEER_ALERT = 3,
+  /** Malformed or unexpected input. */
+  M2MPSK_REASON_PROTOCOL = 4,
+  /** The handshake did not complete within the configured timeout. */
+  M2MPSK_REASON_TIMEOUT = 5,
+  /** The record is outside its validity window. */
+  M2MPSK_REASON_EXPIRED = 6,
+  /** The record was revoked or removed. */
+  M2MPSK_REASON_REVOKED = 7,
+  /** The caller broke the API contract (reported, never undefined). */
+  M2MPSK_REASON_MISUSE = 8,
+  /** The record's IdB is not an identity this responder serves, or the SNI
+   *  names none of them. */
+  M2MPSK_REASON_ID_MISMATCH = 9,
+  /** Internal error (memory, TLS library). */
+  M2MPSK_REASON_INTERNAL = 10
+} m2mpsk_reason;
+
+/** Static name of a reason, e.g. "bad-key"; "unknown" for other values. */
+M2MPSK_API const char *m2mpsk_reason_name(int reason);
+
+/**
+ * Creates an association. An initiator names the record it uses by
+ * `kpsa_id`, which must be in the keystore; a responder passes NULL and
+ * needs a config with at least one local identity. The association holds
+ * references to `config` and `keystore`, which the caller may free first.
+ * Freezes the config.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL out/config/keystore, bad role or
+ * transport, kpsa_id NULL for an initiator or non-NULL for a responder),
+ * M2MPSK_E_KPSA_ID, M2MPSK_E_KPSA_ID_LENGTH, M2MPSK_E_NOT_FOUND,
+ * M2MPSK_E_NO_LOCAL_ID, M2MPSK_E_NOMEM or M2MPSK_E_INTERNAL.
+ */
+M2MPSK_API int m2mpsk_assoc_new(m2mpsk_assoc **out, m2mpsk_role role,
+                                m2mpsk_transport transport,
+                                m2mpsk_config *config,
+                                m2mpsk_keystore *keystore,
+                                const char *kpsa_id) M2MPSK_MUST_CHECK;
+
+/** Frees an association, wiping its key material. NULL is a no-op. */
+M2MPSK_API void m2mpsk_assoc_free(m2mpsk_assoc *a);
+
+/**
+ * Sets the DTLS MTU (the largest datagram drained), M2MPSK_MTU_MIN to
+ * M2MPSK_MTU_MAX; the default is 1400. Only before m2mpsk_assoc_start().
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL, out of range, or a TLS
+ * association) or M2MPSK_E_STATE.
+ */
+M2MPSK_API int m2mpsk_assoc_set_mtu(m2mpsk_assoc *a, unsigned mtu);
+
+/**
+ * Starts the handshake. `now_ms` is the caller's monotonic clock;
+ * `unix_time` is the current wall-clock time in Unix seconds, used (advanced
+ * by the monotonic clock) to check validity windows. An initiator queues
+ * its ClientHello, to be drained.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL), M2MPSK_E_STATE (already
+ * started) or M2MPSK_E_FAILED (e.g. the initiator's record is expired or
+ * revoked: see m2mpsk_assoc_failure()).
+ */
+M2MPSK_API int m2mpsk_assoc_start(m2mpsk_assoc *a, uint64_t now_ms,
+                                  int64_t unix_time);
+
+/**
+ * Feeds received input: any number of stream bytes (TLS), or exactly one
+ * whole datagram (DTLS). Drives the handshake; afterwards, check
+ * m2mpsk_assoc_state() and drain. All input is consumed.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL a, NULL data with len > 0, an
+ * empty or oversized datagram), M2MPSK_E_STATE (not started, or already
+ * closed/failed), M2MPSK_E_FAILED (this input failed the association: drain
+ * once more, an alert may be queued) or M2MPSK_E_NOMEM.
+ */
+M2MPSK_API int m2mpsk_assoc_feed(m2mpsk_assoc *a, const uint8_t *data,
+                                 size_t len, uint64_t now_ms);
+
+/**
+ * Number of bytes waiting to be sent: for DTLS, the size of the next
+ * datagram. 0 for NULL or when nothing waits.
+ */
+M2MPSK_API size_t m2mpsk_assoc_pending(const m2mpsk_assoc *a);
+
+/**
+ * Copies output to send into `out`: up to `cap` stream bytes (TLS), or
+ * exactly one datagram (DTLS). *out_len receives the count. Valid in every
+ * state after start, including FAILED (to flush a final alert).
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL, cap 0), M2MPSK_E_AGAIN
+ * (nothing to send), M2MPSK_E_BUFFER (DTLS: the datagram is larger than
+ * cap; it stays queued) or M2MPSK_E_STATE (not started).
+ */
+M2MPSK_API int m2mpsk_assoc_drain(m2mpsk_assoc *a, uint8_t *out, size_t cap,
+                                  size_t *out_len);
+
+/**
+ * Writes into *deadline_ms the monotonic time at which
+ * m2mpsk_assoc_handle_timeout() must be called: the next DTLS
+ * retransmission or the handshake deadline, whichever is first.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL) or M2MPSK_E_AGAIN (no timer is
+ * running: idle, established, closed or failed).
+ */
+M2MPSK_API int m2mpsk_assoc_next_timeout(const m2mpsk_assoc *a,
+                                         uint64_t *deadline_ms);
+
+/**
+ * Handles timers due at `now_ms`: retransmits a DTLS flight (drain it
+ * afterwards) or fails the handshake with M2MPSK_REASON_TIMEOUT. Calling it
+ * early, or with no timer running, does nothing.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL), M2MPSK_E_STATE (not started)
+ * or M2MPSK_E_FAILED (the handshake timed out, now or before).
+ */
+M2MPSK_API int m2mpsk_assoc_handle_timeout(m2mpsk_assoc *a, uint64_t now_ms);
+
+/** Current state; M2MPSK_STATE_FAILED for NULL. */
+M2MPSK_API m2mpsk_state m2mpsk_assoc_state(const m2mpsk_assoc *a);
+
+/**
+ * Encrypts application data for sending; drain the records afterwards.
+ * Writes all `len` bytes and sets *written to len. For DTLS, `len` must fit
+ * one record (at most 16384 bytes) and goes out as one datagram.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL, or a DTLS write too large),
+ * M2MPSK_E_STATE (not established), M2MPSK_E_CLOSED, M2MPSK_E_FAILED or
+ * M2MPSK_E_NOMEM.
+ */
+M2MPSK_API int m2mpsk_assoc_write(m2mpsk_assoc *a, const uint8_t *data,
+                                  size_t len, size_t *written);
+
+/**
+ * Reads decrypted application data that has been fed. *out_len receives the
+ * count (at least 1 on M2MPSK_OK).
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL, cap 0), M2MPSK_E_AGAIN (no
+ * whole record yet), M2MPSK_E_CLOSED (the peer sent close_notify),
+ * M2MPSK_E_STATE (handshake not complete) or M2MPSK_E_FAILED (a record
+ * failed to verify, or the peer sent a fatal alert).
+ */
+M2MPSK_API int m2mpsk_assoc_read(m2mpsk_assoc *a, uint8_t *out, size_t cap,
+                                 size_t *out_len);
+
+/**
+ * Sends close_notify (drain it afterwards) and moves to CLOSED. Calling it
+ * again, or after the peer closed, is harmless.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL) or M2MPSK_E_STATE (not
+ * established or closed).
+ */
+M2MPSK_API int m2mpsk_assoc_close(m2mpsk_assoc *a);
+
+/**
+ * The identity the session is bound to, once ESTABLISHED (and after CLOSED):
+ * an initiator sees IdB; a responder sees IdA, or "12-<KpsaID>" when the
+ * record has no IdA. NULL before. Borrowed from `a`.
+ */
+M2MPSK_API const char *m2mpsk_assoc_peer_id(const m2mpsk_assoc *a);
+
+/** 1 when m2mpsk_assoc_peer_id() is a Credential-ID, 0 otherwise. */
+M2MPSK_API int m2mpsk_assoc_peer_id_is_credential(const m2mpsk_assoc *a);
+
+/**
+ * The identity this side assumed, once ESTABLISHED: a responder's IdB, an
+ * initiator's IdA (NULL if its record has none). Borrowed from `a`.
+ */
+M2MPSK_API const char *m2mpsk_assoc_local_id(const m2mpsk_assoc *a);
+
+/** The KpsaID in use once known (initiator: always), else NULL. Borrowed. */
+M2MPSK_API const char *m2mpsk_assoc_kpsa_id(const m2mpsk_assoc *a);
+
+/** IANA name of the negotiated suite once ESTABLISHED, else NULL. Static. */
+M2MPSK_API const char *m2mpsk_assoc_suite(const m2mpsk_assoc *a);
+
+/** "TLSv1.2" or "DTLSv1.2" once ESTABLISHED, else NULL. Static. */
+M2MPSK_API const char *m2mpsk_assoc_version(const m2mpsk_assoc *a);
+
+/**
+ * RFC 5705 keying material exporter, once ESTABLISHED. `context` may be
+ * NULL (no context) or a buffer of context_len bytes (possibly 0).
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL a/out/label, out_len 0) or
+ * M2MPSK_E_STATE (not established) or M2MPSK_E_INTERNAL.
+ */
+M2MPSK_API int m2mpsk_assoc_export(const m2mpsk_assoc *a, uint8_t *out,
+                                   size_t out_len, const char *label,
+                                   const uint8_t *context,
+                                   size_t context_len);
+
+/** Why the association failed; M2MPSK_REASON_NONE unless FAILED. */
+M2MPSK_API m2mpsk_reason m2mpsk_assoc_failure(const m2mpsk_assoc *a);
+
+/**
+ * A readable detail of the failure (alert names, what did not match), never
+ * containing key bytes; "" when none. Borrowed from `a`.
+ */
+M2MPSK_API const char *m2mpsk_assoc_failure_detail(const m2mpsk_assoc *a);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* M2MPSK_M2MPSK_H */

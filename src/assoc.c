@@ -1,0 +1,625 @@
+/* The association state machine: one oneM2M security association over one
+ * (D)TLS session, in either role, driven by the caller (sans-IO).
+ *
+ * The identities are decided inside the PSK callbacks, where the keystore
+ * record is read, and bound only once the handshake has proven that the
+ * peer holds the same key. */
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "internal.h"
+#include "tls/engine.h"
+
+/* The Credential-ID type for a symmetric key used in an SAEF (TS-0003
+ * §10.4, §12.3.2.1). */
+#define CREDENTIAL_PREFIX "12-"
+
+struct m2mpsk_assoc {
+  m2mpsk_role role;
+  m2mpsk_transport transport;
+  m2mpsk_config *cfg;
+  m2mpsk_keystore *ks;
+  m2mpsk_engine *eng;
+  m2mpsk_state state;
+  m2mpsk_reason reason;
+  char detail[192];
+  /* A responder's refusal decided in a callback, reported when the
+   * handshake then fails. */
+  m2mpsk_reason refusal;
+  char refusal_detail[192];
+
+  uint64_t now_ms;
+  uint64_t start_ms;
+  uint64_t deadline_ms;
+  int64_t unix_at_start;
+  unsigned mtu;
+  int sent_close;
+  int received_close;
+
+  char kpsa_id[M2MPSK_KPSA_ID_MAX + 1];
+  int have_kpsa_id;
+  uint64_t serial; /* initiator: the record chosen at creation */
+  /* Responder: which local identities the SNI allows (all when no SNI). */
+  unsigned char *sni_ok;
+  m2mpsk_record_view rec;
+  char peer_id[sizeof(CREDENTIAL_PREFIX) + M2MPSK_ID_MAX];
+  int peer_is_credential;
+  int bound;
+};
+
+/* ---- failure ------------------------------------------------------------- */
+
+static void fail(m2mpsk_assoc *a, m2mpsk_reason reason, const char *detail) {
+  if (a->state == M2MPSK_STATE_FAILED)
+    return;
+  a->state = M2MPSK_STATE_FAILED;
+  a->reason = reason;
+  snprintf(a->detail, sizeof(a->detail), "%s", detail ? detail : "");
+  a->bound = 0;
+}
+
+/* Writes `tmpl` with its one "%s" replaced by `arg` (messages are fixed
+ * strings of this file; a real printf would need non-literal formats). */
+static void format1(char *dst, size_t cap, const char *tmpl, const char *arg) {
+  const char *hole = strstr(tmpl, "%s");
+  if (hole == NULL) {
+    snprintf(dst, cap, "%s", tmpl);
+    return;
+  }
+  snprintf(dst, cap, "%.*s%s%s", (int)(hole - tmpl), tmpl, arg, hole + 2);
+}
+
+static void refuse(m2mpsk_assoc *a, m2mpsk_reason reason, const char *tmpl,
+                   const char *arg) {
+  if (a->refusal != M2MPSK_REASON_NONE)
+    return;
+  a->refusal = reason;
+  format1(a->refusal_detail, sizeof(a->refusal_detail), tmpl, arg);
+}
+
+/* The engine failed: prefer what the callbacks decided, since on the wire a
+ * refusal deliberately looks like a bad key. */
+static void fail_from_engine(m2mpsk_assoc *a) {
+  char detail[160];
+  m2mpsk_reason r = m2mpsk_engine_failure(a->eng, detail, sizeof(detail));
+  if (a->refusal != M2MPSK_REASON_NONE)
+    fail(a, a->refusal, a->refusal_detail);
+  else
+    fail(a, r, detail);
+}
+
+/* ---- time and validity --------------------------------------------------- */
+
+static void set_now(m2mpsk_assoc *a, uint64_t now_ms) {
+  if (now_ms > a->now_ms)
+    a->now_ms = now_ms;
+  m2mpsk_engine_set_now(a->now_ms);
+}
+
+static int64_t unix_now(const m2mpsk_assoc *a) {
+  return a->unix_at_start + (int64_t)((a->now_ms - a->start_ms) / 1000);
+}
+
+/* M2MPSK_REASON_NONE when the record may be used now. */
+static m2mpsk_reason check_record(const m2mpsk_assoc *a,
+                                  const m2mpsk_record_view *v,
+                                  const char **why) {
+  int64_t t = unix_now(a);
+  if (v->revoked) {
+    *why = "record for KpsaID %s is revoked";
+    return M2MPSK_REASON_REVOKED;
+  }
+  if (v->not_before != 0 && t < v->not_before) {
+    *why = "record for KpsaID %s is not valid yet";
+    return M2MPSK_REASON_EXPIRED;
+  }
+  if (v->not_after != 0 && t > v->not_after) {
+    *why = "record for KpsaID %s has expired";
+    return M2MPSK_REASON_EXPIRED;
+  }
+  return M2MPSK_REASON_NONE;
+}
+
+/* ---- callbacks from the engine ------------------------------------------- */
+
+unsigned m2mpsk_assoc_on_client_psk(m2mpsk_assoc *a, char *identity,
+                                    size_t identity_cap, uint8_t *psk,
+                                    size_t psk_cap) {
+  uint8_t key[M2MPSK_KEY_MAX];
+  size_t key_len = 0;
+  m2mpsk_record_view v;
+  const char *why = NULL;
+  m2mpsk_reason r = M2MPSK_REASON_NONE;
+  if (m2mpsk_keystore_fetch(a->ks, a->kpsa_id, &v, key, &key_len) !=
+          M2MPSK_OK ||
+      v.serial != a->serial) {
+    r = M2MPSK_REASON_REVOKED;
+    why = "record for KpsaID %s was removed";
+  } else {
+    r = check_record(a, &v, &why);
+  }
+  if (r == M2MPSK_REASON_NONE &&
+      (strlen(a->kpsa_id) >= identity_cap || key_len > psk_cap)) {
+    r = M2MPSK_REASON_INTERNAL;
+    why = "KpsaID %s or its key does not fit the TLS library's limits";
+  }
+  if (r != M2MPSK_REASON_NONE) {
+    sodium_memzero(key, sizeof(key));
+    refuse(a, r, why, a->kpsa_id);
+    return 0;
+  }
+  memcpy(identity, a->kpsa_id, strlen(a->kpsa_id) + 1);
+  memcpy(psk, key, key_len);
+  sodium_memzero(key, sizeof(key));
+  a->rec = v;
+  return (unsigned)key_len;
+}
+
+/* Whether the record's IdB is one of ours and allowed by the SNI. */
+static int idb_served(const m2mpsk_assoc *a, const char *idb) {
+  size_t n = m2mpsk_config_local_id_count(a->cfg);
+  for (size_t i = 0; i < n; i++) {
+    if (strcmp(m2mpsk_config_local_id(a->cfg, i), idb) == 0)
+      return a->sni_ok == NULL || a->sni_ok[i];
+  }
+  return 0;
+}
+
+unsigned m2mpsk_assoc_on_server_psk(m2mpsk_assoc *a, const char *identity,
+                                    uint8_t *psk, size_t psk_cap) {
+  uint8_t key[M2MPSK_KEY_MAX];
+  size_t key_len = 0;
+  m2mpsk_record_view v;
+  const char *why = NULL;
+  m2mpsk_reason r = M2MPSK_REASON_NONE;
+  size_t id_len = strnlen(identity, M2MPSK_KPSA_ID_MAX + 1);
+
+  if (id_len > M2MPSK_KPSA_ID_MAX) {
+    r = M2MPSK_REASON_UNKNOWN_IDENTITY;
+    why = "psk_identity longer than any KpsaID%s";
+    identity = "";
+  } else if (m2mpsk_keystore_fetch(a->ks, identity, &v, key, &key_len) !=
+             M2MPSK_OK) {
+    r = M2MPSK_REASON_UNKNOWN_IDENTITY;
+    why = "no record for KpsaID %s";
+  } else if ((r = check_record(a, &v, &why)) != M2MPSK_REASON_NONE) {
+    /* why is set */
+  } else if (!idb_served(a, v.idb)) {
+    r = M2MPSK_REASON_ID_MISMATCH;
+    why = "record for KpsaID %s names an IdB this responder does not serve "
+          "under the requested SNI";
+  } else if (key_len > psk_cap) {
+    r = M2MPSK_REASON_INTERNAL;
+    why = "key for KpsaID %s exceeds the TLS library's limit";
+  }
+
+  if (r == M2MPSK_REASON_NONE) {
+    memcpy(a->kpsa_id, identity, id_len + 1);
+    a->have_kpsa_id = 1;
+    a->rec = v;
+    memcpy(psk, key, key_len);
+    sodium_memzero(key, sizeof(key));
+    return (unsigned)key_len;
+  }
+  sodium_memzero(key, sizeof(key));
+  refuse(a, r, why, identity);
+  if (m2mpsk_config_reveal_unknown(a->cfg))
+    return 0;
+  /* A decoy key: the handshake goes on and fails at the Finished exactly
+   * as with a wrong key, so identities cannot be probed (RFC 4279 §2). */
+  size_t n = psk_cap < 32 ? psk_cap : 32;
+  randombytes_buf(psk, n);
+  return (unsigned)n;
+}
+
+int m2mpsk_assoc_on_server_name(m2mpsk_assoc *a, const char *host) {
+  if (host == NULL)
+    return 0;
+  size_t n = m2mpsk_config_local_id_count(a->cfg);
+  int any = 0;
+  for (size_t i = 0; i < n; i++) {
+    char name[256];
+    a->sni_ok[i] = m2mpsk_idb_server_name(m2mpsk_config_local_id(a->cfg, i),
+                                          name, sizeof(name)) == M2MPSK_OK &&
+                   strcasecmp(name, host) == 0;
+    any |= a->sni_ok[i];
+  }
+  if (!any) {
+    refuse(a, M2MPSK_REASON_ID_MISMATCH,
+           "SNI %s names no identity this responder serves", host);
+    return 1;
+  }
+  return 0;
+}
+
+/* ---- lifecycle ----------------------------------------------------------- */
+
+int m2mpsk_assoc_new(m2mpsk_assoc **out, m2mpsk_role role,
+                     m2mpsk_transport transport, m2mpsk_config *config,
+                     m2mpsk_keystore *keystore, const char *kpsa_id) {
+  if (out == NULL)
+    return M2MPSK_E_INVALID;
+  *out = NULL;
+  if (config == NULL || keystore == NULL ||
+      (role != M2MPSK_ROLE_INITIATOR && role != M2MPSK_ROLE_RESPONDER) ||
+      (transport != M2MPSK_TRANSPORT_TLS &&
+       transport != M2MPSK_TRANSPORT_DTLS))
+    return M2MPSK_E_INVALID;
+  if ((role == M2MPSK_ROLE_INITIATOR) != (kpsa_id != NULL))
+    return M2MPSK_E_INVALID;
+
+  m2mpsk_record_view v;
+  if (role == M2MPSK_ROLE_INITIATOR) {
+    int rc = m2mpsk_kpsa_id_validate(kpsa_id);
+    if (rc != M2MPSK_OK)
+      return rc;
+    if (m2mpsk_keystore_fetch(keystore, kpsa_id, &v, NULL, NULL) != M2MPSK_OK)
+      return M2MPSK_E_NOT_FOUND;
+  } else if (m2mpsk_config_local_id_count(config) == 0) {
+    return M2MPSK_E_NO_LOCAL_ID;
+  }
+
+  m2mpsk_assoc *a = calloc(1, sizeof(*a));
+  if (a == NULL)
+    return M2MPSK_E_NOMEM;
+  a->role = role;
+  a->transport = transport;
+  a->mtu = 1400;
+  if (role == M2MPSK_ROLE_INITIATOR) {
+    memcpy(a->kpsa_id, kpsa_id, strlen(kpsa_id) + 1);
+    a->have_kpsa_id = 1;
+    a->serial = v.serial;
+    a->rec = v;
+  } else {
+    a->sni_ok = calloc(m2mpsk_config_local_id_count(config), 1);
+    if (a->sni_ok == NULL) {
+      free(a);
+      return M2MPSK_E_NOMEM;
+    }
+  }
+
+  int rc = M2MPSK_OK;
+  m2mpsk_engine_ctx *ctx =
+      m2mpsk_config_engine_ctx(config, role, transport, &rc);
+  if (ctx != NULL)
+    rc = m2mpsk_engine_new(&a->eng, ctx, a);
+  if (rc != M2MPSK_OK) {
+    free(a->sni_ok);
+    free(a);
+    return rc;
+  }
+  /* Before SNI, every local identity is a candidate. */
+  if (a->sni_ok != NULL)
+    memset(a->sni_ok, 1, m2mpsk_config_local_id_count(config));
+  m2mpsk_config_ref(config);
+  m2mpsk_keystore_ref(keystore);
+  a->cfg = config;
+  a->ks = keystore;
+  a->state = M2MPSK_STATE_IDLE;
+  *out = a;
+  return M2MPSK_OK;
+}
+
+void m2mpsk_assoc_free(m2mpsk_assoc *a) {
+  if (a == NULL)
+    return;
+  m2mpsk_engine_free(a->eng);
+  m2mpsk_keystore_free(a->ks);
+  m2mpsk_config_free(a->cfg);
+  free(a->sni_ok);
+  sodium_memzero(a, sizeof(*a));
+  free(a);
+}
+
+int m2mpsk_assoc_set_mtu(m2mpsk_assoc *a, unsigned mtu) {
+  if (a == NULL || a->transport != M2MPSK_TRANSPORT_DTLS ||
+      mtu < M2MPSK_MTU_MIN || mtu > M2MPSK_MTU_MAX)
+    return M2MPSK_E_INVALID;
+  if (a->state != M2MPSK_STATE_IDLE)
+    return M2MPSK_E_STATE;
+  int rc = m2mpsk_engine_set_mtu(a->eng, mtu);
+  if (rc == M2MPSK_OK)
+    a->mtu = mtu;
+  return rc;
+}
+
+/* Runs the engine's handshake and moves the state along. */
+static int step_handshake(m2mpsk_assoc *a) {
+  int r = m2mpsk_engine_handshake(a->eng);
+  if (r == M2MPSK_ENG_WANT)
+    return M2MPSK_OK;
+  if (r == M2MPSK_ENG_FAIL) {
+    fail_from_engine(a);
+    return M2MPSK_E_FAILED;
+  }
+  /* Done: the peer proved it holds the key. Bind. */
+  if (a->role == M2MPSK_ROLE_INITIATOR) {
+    snprintf(a->peer_id, sizeof(a->peer_id), "%s", a->rec.idb);
+    a->peer_is_credential = 0;
+  } else {
+    const char *negotiated = m2mpsk_engine_psk_identity(a->eng);
+    if (!a->have_kpsa_id || negotiated == NULL ||
+        strcmp(negotiated, a->kpsa_id) != 0) {
+      fail(a, M2MPSK_REASON_INTERNAL, "negotiated identity does not match");
+      return M2MPSK_E_FAILED;
+    }
+    if (a->rec.ida[0] != '\0') {
+      snprintf(a->peer_id, sizeof(a->peer_id), "%s", a->rec.ida);
+      a->peer_is_credential = 0;
+    } else {
+      snprintf(a->peer_id, sizeof(a->peer_id), CREDENTIAL_PREFIX "%s",
+               a->kpsa_id);
+      a->peer_is_credential = 1;
+    }
+  }
+  a->bound = 1;
+  a->state = M2MPSK_STATE_ESTABLISHED;
+  return M2MPSK_OK;
+}
+
+int m2mpsk_assoc_start(m2mpsk_assoc *a, uint64_t now_ms, int64_t unix_time) {
+  if (a == NULL)
+    return M2MPSK_E_INVALID;
+  if (a->state != M2MPSK_STATE_IDLE)
+    return M2MPSK_E_STATE;
+  a->now_ms = now_ms;
+  a->start_ms = now_ms;
+  a->unix_at_start = unix_time;
+  uint32_t t = m2mpsk_config_handshake_timeout(a->cfg);
+  a->deadline_ms = now_ms + t;
+  a->state = M2MPSK_STATE_HANDSHAKING;
+  set_now(a, now_ms);
+
+  if (a->role == M2MPSK_ROLE_INITIATOR) {
+    /* Fail early, and without sending anything, on a record we may not
+     * use: its state is checked again when the key is handed over. */
+    m2mpsk_record_view v;
+    const char *why = NULL;
+    m2mpsk_reason r;
+    if (m2mpsk_keystore_fetch(a->ks, a->kpsa_id, &v, NULL, NULL) !=
+            M2MPSK_OK ||
+        v.serial != a->serial) {
+      r = M2MPSK_REASON_REVOKED;
+      why = "record for KpsaID %s was removed";
+    } else {
+      r = check_record(a, &v, &why);
+    }
+    if (r != M2MPSK_REASON_NONE) {
+      char msg[192];
+      format1(msg, sizeof(msg), why, a->kpsa_id);
+      fail(a, r, msg);
+      return M2MPSK_E_FAILED;
+    }
+    char host[256];
+    if (m2mpsk_idb_server_name(v.idb, host, sizeof(host)) == M2MPSK_OK &&
+        m2mpsk_engine_set_server_name(a->eng, host) != M2MPSK_OK) {
+      fail(a, M2MPSK_REASON_INTERNAL, "cannot set SNI");
+      return M2MPSK_E_FAILED;
+    }
+    return step_handshake(a);
+  }
+  return M2MPSK_OK;
+}
+
+int m2mpsk_assoc_feed(m2mpsk_assoc *a, const uint8_t *data, size_t len,
+                      uint64_t now_ms) {
+  if (a == NULL || (data == NULL && len > 0))
+    return M2MPSK_E_INVALID;
+  if (a->transport == M2MPSK_TRANSPORT_DTLS && (len == 0 || len > 0xffff))
+    return M2MPSK_E_INVALID;
+  switch (a->state) {
+  case M2MPSK_STATE_IDLE:
+  case M2MPSK_STATE_FAILED:
+    return M2MPSK_E_STATE;
+  case M2MPSK_STATE_CLOSED:
+    if (a->received_close)
+      return M2MPSK_E_STATE;
+    break;
+  default:
+    break;
+  }
+  if (len == 0)
+    return M2MPSK_OK;
+  set_now(a, now_ms);
+  if (m2mpsk_engine_push(a->eng, data, len) != M2MPSK_OK)
+    return M2MPSK_E_NOMEM;
+  if (a->state == M2MPSK_STATE_HANDSHAKING)
+    return step_handshake(a);
+  return M2MPSK_OK;
+}
+
+size_t m2mpsk_assoc_pending(const m2mpsk_assoc *a) {
+  if (a == NULL || a->state == M2MPSK_STATE_IDLE)
+    return 0;
+  return m2mpsk_engine_pending(a->eng);
+}
+
+int m2mpsk_assoc_drain(m2mpsk_assoc *a, uint8_t *out, size_t cap,
+                       size_t *out_len) {
+  if (a == NULL || out == NULL || out_len == NULL || cap == 0)
+    return M2MPSK_E_INVALID;
+  *out_len = 0;
+  if (a->state == M2MPSK_STATE_IDLE)
+    return M2MPSK_E_STATE;
+  return m2mpsk_engine_drain(a->eng, out, cap, out_len);
+}
+
+int m2mpsk_assoc_next_timeout(const m2mpsk_assoc *a, uint64_t *deadline_ms) {
+  if (a == NULL || deadline_ms == NULL)
+    return M2MPSK_E_INVALID;
+  if (a->state != M2MPSK_STATE_HANDSHAKING &&
+      a->state != M2MPSK_STATE_ESTABLISHED)
+    return M2MPSK_E_AGAIN;
+  int have = 0;
+  uint64_t best = 0;
+  if (a->state == M2MPSK_STATE_HANDSHAKING) {
+    best = a->deadline_ms;
+    have = 1;
+  }
+  uint64_t left;
+  m2mpsk_engine_set_now(a->now_ms);
+  if (m2mpsk_engine_timer(a->eng, &left)) {
+    uint64_t t = a->now_ms + left;
+    if (!have || t < best)
+      best = t;
+    have = 1;
+  }
+  if (!have)
+    return M2MPSK_E_AGAIN;
+  *deadline_ms = best;
+  return M2MPSK_OK;
+}
+
+int m2mpsk_assoc_handle_timeout(m2mpsk_assoc *a, uint64_t now_ms) {
+  if (a == NULL)
+    return M2MPSK_E_INVALID;
+  if (a->state == M2MPSK_STATE_IDLE)
+    return M2MPSK_E_STATE;
+  if (a->state == M2MPSK_STATE_FAILED)
+    return a->reason == M2MPSK_REASON_TIMEOUT ? M2MPSK_E_FAILED
+                                              : M2MPSK_E_STATE;
+  if (a->state == M2MPSK_STATE_CLOSED)
+    return M2MPSK_OK;
+  set_now(a, now_ms);
+  if (a->state == M2MPSK_STATE_HANDSHAKING && a->now_ms >= a->deadline_ms) {
+    char msg[96];
+    snprintf(msg, sizeof(msg), "handshake not complete after %u ms",
+             (unsigned)(a->now_ms - a->start_ms));
+    fail(a, M2MPSK_REASON_TIMEOUT, msg);
+    return M2MPSK_E_FAILED;
+  }
+  if (m2mpsk_engine_on_timer(a->eng) != M2MPSK_OK) {
+    fail_from_engine(a);
+    return M2MPSK_E_FAILED;
+  }
+  return M2MPSK_OK;
+}
+
+m2mpsk_state m2mpsk_assoc_state(const m2mpsk_assoc *a) {
+  return a ? a->state : M2MPSK_STATE_FAILED;
+}
+
+int m2mpsk_assoc_write(m2mpsk_assoc *a, const uint8_t *data, size_t len,
+                       size_t *written) {
+  if (a == NULL || written == NULL || (data == NULL && len > 0))
+    return M2MPSK_E_INVALID;
+  *written = 0;
+  if (a->transport == M2MPSK_TRANSPORT_DTLS && len > 16384)
+    return M2MPSK_E_INVALID;
+  if (a->state == M2MPSK_STATE_FAILED)
+    return M2MPSK_E_FAILED;
+  if (a->state == M2MPSK_STATE_CLOSED)
+    return M2MPSK_E_CLOSED;
+  if (a->state != M2MPSK_STATE_ESTABLISHED)
+    return M2MPSK_E_STATE;
+  if (len == 0)
+    return M2MPSK_OK;
+  m2mpsk_engine_set_now(a->now_ms);
+  int rc = m2mpsk_engine_write(a->eng, data, len);
+  if (rc == M2MPSK_E_FAILED)
+    fail_from_engine(a);
+  if (rc == M2MPSK_OK)
+    *written = len;
+  return rc;
+}
+
+int m2mpsk_assoc_read(m2mpsk_assoc *a, uint8_t *out, size_t cap,
+                      size_t *out_len) {
+  if (a == NULL || out == NULL || out_len == NULL || cap == 0)
+    return M2MPSK_E_INVALID;
+  *out_len = 0;
+  if (a->state == M2MPSK_STATE_FAILED)
+    return M2MPSK_E_FAILED;
+  if (a->received_close)
+    return M2MPSK_E_CLOSED;
+  if (a->state != M2MPSK_STATE_ESTABLISHED &&
+      a->state != M2MPSK_STATE_CLOSED)
+    return M2MPSK_E_STATE;
+  m2mpsk_engine_set_now(a->now_ms);
+  int rc = m2mpsk_engine_read(a->eng, out, cap, out_len);
+  if (rc == M2MPSK_E_CLOSED) {
+    a->received_close = 1;
+    a->state = M2MPSK_STATE_CLOSED;
+  } else if (rc == M2MPSK_E_FAILED) {
+    fail_from_engine(a);
+  }
+  return rc;
+}
+
+int m2mpsk_assoc_close(m2mpsk_assoc *a) {
+  if (a == NULL)
+    return M2MPSK_E_INVALID;
+  if (a->state == M2MPSK_STATE_CLOSED && a->sent_close)
+    return M2MPSK_OK;
+  if (a->state != M2MPSK_STATE_ESTABLISHED &&
+      a->state != M2MPSK_STATE_CLOSED)
+    return M2MPSK_E_STATE;
+  m2mpsk_engine_set_now(a->now_ms);
+  if (m2mpsk_engine_close(a->eng) != M2MPSK_OK) {
+    fail_from_engine(a);
+    return M2MPSK_E_FAILED;
+  }
+  a->sent_close = 1;
+  a->state = M2MPSK_STATE_CLOSED;
+  return M2MPSK_OK;
+}
+
+/* ---- results ------------------------------------------------------------- */
+
+static int has_session(const m2mpsk_assoc *a) {
+  return a != NULL && a->bound &&
+         (a->state == M2MPSK_STATE_ESTABLISHED ||
+          a->state == M2MPSK_STATE_CLOSED);
+}
+
+const char *m2mpsk_assoc_peer_id(const m2mpsk_assoc *a) {
+  return has_session(a) ? a->peer_id : NULL;
+}
+
+int m2mpsk_assoc_peer_id_is_credential(const m2mpsk_assoc *a) {
+  return has_session(a) ? a->peer_is_credential : 0;
+}
+
+const char *m2mpsk_assoc_local_id(const m2mpsk_assoc *a) {
+  if (!has_session(a))
+    return NULL;
+  if (a->role == M2MPSK_ROLE_RESPONDER)
+    return a->rec.idb;
+  return a->rec.ida[0] ? a->rec.ida : NULL;
+}
+
+const char *m2mpsk_assoc_kpsa_id(const m2mpsk_assoc *a) {
+  return a != NULL && a->have_kpsa_id ? a->kpsa_id : NULL;
+}
+
+const char *m2mpsk_assoc_suite(const m2mpsk_assoc *a) {
+  return has_session(a) ? m2mpsk_engine_suite(a->eng) : NULL;
+}
+
+const char *m2mpsk_assoc_version(const m2mpsk_assoc *a) {
+  return has_session(a) ? m2mpsk_engine_version(a->eng) : NULL;
+}
+
+int m2mpsk_assoc_export(const m2mpsk_assoc *a, uint8_t *out, size_t out_len,
+                        const char *label, const uint8_t *context,
+                        size_t context_len) {
+  if (a == NULL || out == NULL || label == NULL || out_len == 0 ||
+      (context == NULL && context_len > 0))
+    return M2MPSK_E_INVALID;
+  if (a->state != M2MPSK_STATE_ESTABLISHED)
+    return M2MPSK_E_STATE;
+  return m2mpsk_engine_export(a->eng, out, out_len, label, context,
+                              context_len);
+}
+
+m2mpsk_reason m2mpsk_assoc_failure(const m2mpsk_assoc *a) {
+  return a != NULL && a->state == M2MPSK_STATE_FAILED ? a->reason
+                                                      : M2MPSK_REASON_NONE;
+}
+
+const char *m2mpsk_assoc_failure_detail(const m2mpsk_assoc *a) {
+  return a != NULL && a->state == M2MPSK_STATE_FAILED ? a->detail : "";
+}

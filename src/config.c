@@ -1,0 +1,179 @@
+/* Association settings shared by many associations. Each (role, transport)
+ * pair gets one TLS engine context, built on first use, after which the
+ * config is frozen: handing a context to associations on other threads
+ * while a setter changes it would be a race no caller could see. */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "tls/engine.h"
+
+typedef struct local_id {
+  char *id;
+} local_id;
+
+struct m2mpsk_config {
+  atomic_uint refs;
+  pthread_mutex_t lock;
+  int frozen;
+  char *suites;
+  uint32_t handshake_timeout_ms;
+  int reveal_unknown;
+  local_id *ids;
+  size_t n_ids;
+  m2mpsk_engine_ctx *ctx[2][2]; /* [role][transport] */
+};
+
+int m2mpsk_config_new(m2mpsk_config **out) {
+  if (out == NULL)
+    return M2MPSK_E_INVALID;
+  *out = NULL;
+  m2mpsk_config *c = calloc(1, sizeof(*c));
+  if (c == NULL)
+    return M2MPSK_E_NOMEM;
+  c->suites = strdup(m2mpsk_engine_default_suites());
+  if (c->suites == NULL || pthread_mutex_init(&c->lock, NULL) != 0) {
+    free(c->suites);
+    free(c);
+    return M2MPSK_E_NOMEM;
+  }
+  atomic_init(&c->refs, 1);
+  c->handshake_timeout_ms = 60000;
+  *out = c;
+  return M2MPSK_OK;
+}
+
+void m2mpsk_config_ref(m2mpsk_config *cfg) {
+  atomic_fetch_add_explicit(&cfg->refs, 1, memory_order_relaxed);
+}
+
+void m2mpsk_config_free(m2mpsk_config *cfg) {
+  if (cfg == NULL)
+    return;
+  if (atomic_fetch_sub_explicit(&cfg->refs, 1, memory_order_acq_rel) != 1)
+    return;
+  for (int r = 0; r < 2; r++)
+    for (int t = 0; t < 2; t++)
+      m2mpsk_engine_ctx_free(cfg->ctx[r][t]);
+  for (size_t i = 0; i < cfg->n_ids; i++)
+    free(cfg->ids[i].id);
+  free(cfg->ids);
+  free(cfg->suites);
+  pthread_mutex_destroy(&cfg->lock);
+  free(cfg);
+}
+
+/* Takes the lock unless the config is frozen: 1 locked, 0 frozen. */
+static int lock_unfrozen(m2mpsk_config *cfg) {
+  pthread_mutex_lock(&cfg->lock);
+  if (!cfg->frozen)
+    return 1;
+  pthread_mutex_unlock(&cfg->lock);
+  return 0;
+}
+
+int m2mpsk_config_set_suites(m2mpsk_config *cfg, const char *iana_names) {
+  if (cfg == NULL || iana_names == NULL)
+    return M2MPSK_E_INVALID;
+  int rc = m2mpsk_engine_check_suites(iana_names);
+  if (rc != M2MPSK_OK)
+    return rc;
+  char *copy = strdup(iana_names);
+  if (copy == NULL)
+    return M2MPSK_E_NOMEM;
+  if (!lock_unfrozen(cfg)) {
+    free(copy);
+    return M2MPSK_E_STATE;
+  }
+  free(cfg->suites);
+  cfg->suites = copy;
+  pthread_mutex_unlock(&cfg->lock);
+  return M2MPSK_OK;
+}
+
+int m2mpsk_config_add_local_id(m2mpsk_config *cfg, const char *idb) {
+  if (cfg == NULL || idb == NULL)
+    return M2MPSK_E_INVALID;
+  int rc = m2mpsk_idb_validate(idb);
+  if (rc != M2MPSK_OK)
+    return rc;
+  char *copy = strdup(idb);
+  if (copy == NULL)
+    return M2MPSK_E_NOMEM;
+  if (!lock_unfrozen(cfg)) {
+    free(copy);
+    return M2MPSK_E_STATE;
+  }
+  rc = M2MPSK_OK;
+  for (size_t i = 0; i < cfg->n_ids && rc == M2MPSK_OK; i++)
+    if (strcmp(cfg->ids[i].id, idb) == 0)
+      rc = M2MPSK_E_DUPLICATE;
+  if (rc == M2MPSK_OK) {
+    local_id *ids = realloc(cfg->ids, (cfg->n_ids + 1) * sizeof(*ids));
+    if (ids == NULL) {
+      rc = M2MPSK_E_NOMEM;
+    } else {
+      cfg->ids = ids;
+      cfg->ids[cfg->n_ids++].id = copy;
+      copy = NULL;
+    }
+  }
+  pthread_mutex_unlock(&cfg->lock);
+  free(copy);
+  return rc;
+}
+
+int m2mpsk_config_set_handshake_timeout(m2mpsk_config *cfg, uint32_t ms) {
+  if (cfg == NULL || ms == 0 || ms > 3600000)
+    return M2MPSK_E_INVALID;
+  if (!lock_unfrozen(cfg))
+    return M2MPSK_E_STATE;
+  cfg->handshake_timeout_ms = ms;
+  pthread_mutex_unlock(&cfg->lock);
+  return M2MPSK_OK;
+}
+
+int m2mpsk_config_set_reveal_unknown_identity(m2mpsk_config *cfg, int on) {
+  if (cfg == NULL)
+    return M2MPSK_E_INVALID;
+  if (!lock_unfrozen(cfg))
+    return M2MPSK_E_STATE;
+  cfg->reveal_unknown = on != 0;
+  pthread_mutex_unlock(&cfg->lock);
+  return M2MPSK_OK;
+}
+
+m2mpsk_engine_ctx *m2mpsk_config_engine_ctx(m2mpsk_config *cfg,
+                                            m2mpsk_role role,
+                                            m2mpsk_transport transport,
+                                            int *status) {
+  pthread_mutex_lock(&cfg->lock);
+  cfg->frozen = 1;
+  m2mpsk_engine_ctx **slot = &cfg->ctx[role][transport];
+  *status = M2MPSK_OK;
+  if (*slot == NULL)
+    *status = m2mpsk_engine_ctx_new(slot, role, transport, cfg->suites);
+  m2mpsk_engine_ctx *ctx = *slot;
+  pthread_mutex_unlock(&cfg->lock);
+  return ctx;
+}
+
+/* The getters below read fields that never change once frozen, and an
+ * association only exists after freezing. */
+uint32_t m2mpsk_config_handshake_timeout(const m2mpsk_config *cfg) {
+  return cfg->handshake_timeout_ms;
+}
+
+int m2mpsk_config_reveal_unknown(const m2mpsk_config *cfg) {
+  return cfg->reveal_unknown;
+}
+
+size_t m2mpsk_config_local_id_count(const m2mpsk_config *cfg) {
+  return cfg->n_ids;
+}
+
+const char *m2mpsk_config_local_id(const m2mpsk_config *cfg, size_t i) {
+  return i < cfg->n_ids ? cfg->ids[i].id : NULL;
+}

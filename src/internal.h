@@ -1,0 +1,53 @@
+/* Declarations shared between m2mpsk's modules. Not installed. */
+#ifndef M2MPSK_INTERNAL_H
+#define M2MPSK_INTERNAL_H
+
+#include <stdint.h>
+
+#include "m2mpsk/m2mpsk.h"
+
+/* ---- identity.c ---------------------------------------------------------
+ * The public validators live there too (m2mpsk_kpsa_id_validate, ...). */
+
+/* ---- keystore.c --------------------------------------------------------- */
+
+/* What an association needs to know of a record, copied out under the
+ * keystore's lock so that it stays valid whatever happens to the record. */
+typedef struct m2mpsk_record_view {
+  char ida[M2MPSK_ID_MAX + 1]; /* "" when the record has no IdA */
+  char idb[M2MPSK_ID_MAX + 1];
+  int64_t not_before; /* 0: unbounded */
+  int64_t not_after;  /* 0: unbounded */
+  int revoked;
+  uint64_t serial; /* unique per m2mpsk_keystore_add(); never reused */
+} m2mpsk_record_view;
+
+/* Looks `kpsa_id` up. Fills *view (if not NULL). When `key_out` is not NULL
+ * and the record is not revoked, copies the key into key_out (which has room
+ * for M2MPSK_KEY_MAX bytes) and its length into *key_len; the key's arena is
+ * readable only for the duration of that copy.
+ * Returns M2MPSK_OK or M2MPSK_E_NOT_FOUND. Thread-safe. */
+int m2mpsk_keystore_fetch(const m2mpsk_keystore *ks, const char *kpsa_id,
+                          m2mpsk_record_view *view, uint8_t *key_out,
+                          size_t *key_len);
+
+/* Takes one more reference; m2mpsk_keystore_free() drops one. */
+void m2mpsk_keystore_ref(m2mpsk_keystore *ks);
+
+/* ---- config.c ----------------------------------------------------------- */
+
+struct m2mpsk_engine_ctx;
+
+/* Freezes the config and returns its engine context for (role, transport),
+ * creating it on first use. Thread-safe. NULL on failure (*status set). */
+struct m2mpsk_engine_ctx *m2mpsk_config_engine_ctx(m2mpsk_config *cfg,
+                                                   m2mpsk_role role,
+                                                   m2mpsk_transport transport,
+                                                   int *status);
+void m2mpsk_config_ref(m2mpsk_config *cfg);
+uint32_t m2mpsk_config_handshake_timeout(const m2mpsk_config *cfg);
+int m2mpsk_config_reveal_unknown(const m2mpsk_config *cfg);
+size_t m2mpsk_config_local_id_count(const m2mpsk_config *cfg);
+const char *m2mpsk_config_local_id(const m2mpsk_config *cfg, size_t i);
+
+#endif /* M2MPSK_INTERNAL_H */

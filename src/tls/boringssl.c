@@ -1,0 +1,648 @@
+/* The BoringSSL backend (Debian android-libboringssl-dev).
+ *
+ * Each association owns one SSL whose single BIO is ours: input the caller
+ * fed waits in `in`, output waits in `out` until drained. For DTLS both
+ * buffers hold whole datagrams, each behind a 2-byte length, because a
+ * memory BIO would merge them. BoringSSL's clock is the caller's monotonic
+ * time, handed over per thread: its time callback gets no SSL pointer.
+ *
+ * Residual copy: during a handshake BoringSSL copies the PSK into a stack
+ * buffer of its own and derives the master secret from it; that copy and
+ * the session keys live in BoringSSL's memory, outside our control. */
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include "engine.h"
+
+struct m2mpsk_engine_ctx {
+  SSL_CTX *ssl_ctx;
+  int dtls;
+  int server;
+};
+
+typedef struct bytebuf {
+  uint8_t *p;
+  size_t off; /* start of unread data */
+  size_t len; /* bytes of unread data */
+  size_t cap;
+} bytebuf;
+
+struct m2mpsk_engine {
+  SSL *ssl;
+  m2mpsk_assoc *owner;
+  int dtls;
+  int server;
+  bytebuf in;
+  bytebuf out;
+  int nomem;
+  /* DTLS responder: a Finished that fails its MAC is dropped silently by
+   * DTLS, so a wrong key would look like loss. These spot it. */
+  int psk_given;
+  int ccs_seen;
+  int bad_finished;
+  m2mpsk_reason reason;
+  char detail[160];
+};
+
+/* ---- suites -------------------------------------------------------------- */
+
+typedef struct suite_name {
+  const char *iana;
+  const char *backend;
+} suite_name;
+
+/* The PSK suites BoringSSL implements (TLS 1.2 / DTLS 1.2). */
+static const suite_name k_suites[] = {
+    {"TLS_PSK_WITH_AES_128_CBC_SHA", "PSK-AES128-CBC-SHA"},
+    {"TLS_PSK_WITH_AES_256_CBC_SHA", "PSK-AES256-CBC-SHA"},
+    {"TLS_ECDHE_PSK_WITH_AES_128_CBC_SHA", "ECDHE-PSK-AES128-CBC-SHA"},
+    {"TLS_ECDHE_PSK_WITH_AES_256_CBC_SHA", "ECDHE-PSK-AES256-CBC-SHA"},
+    {"TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256",
+     "ECDHE-PSK-CHACHA20-POLY1305"},
+};
+
+const char *m2mpsk_engine_default_suites(void) {
+  return "TLS_PSK_WITH_AES_128_CBC_SHA:TLS_PSK_WITH_AES_256_CBC_SHA";
+}
+
+static const char *backend_suite(const char *iana, size_t len) {
+  for (size_t i = 0; i < sizeof(k_suites) / sizeof(k_suites[0]); i++) {
+    if (strlen(k_suites[i].iana) == len &&
+        memcmp(k_suites[i].iana, iana, len) == 0)
+      return k_suites[i].backend;
+  }
+  return NULL;
+}
+
+/* Translates the IANA list into BoringSSL's names; out may be NULL. */
+static int translate_suites(const char *iana, char *out, size_t cap) {
+  if (iana == NULL || *iana == '\0')
+    return M2MPSK_E_INVALID;
+  size_t used = 0;
+  const char *p = iana;
+  for (;;) {
+    const char *end = strchr(p, ':');
+    size_t len = end ? (size_t)(end - p) : strlen(p);
+    if (len == 0)
+      return M2MPSK_E_INVALID;
+    const char *name = backend_suite(p, len);
+    if (name == NULL)
+      return M2MPSK_E_SUITE;
+    if (out != NULL) {
+      size_t n = strlen(name);
+      if (used + n + 2 > cap)
+        return M2MPSK_E_INVALID;
+      if (used > 0)
+        out[used++] = ':';
+      memcpy(out + used, name, n + 1);
+      used += n;
+    }
+    if (end == NULL)
+      return M2MPSK_OK;
+    p = end + 1;
+  }
+}
+
+int m2mpsk_engine_check_suites(const char *iana_names) {
+  return translate_suites(iana_names, NULL, 0);
+}
+
+/* ---- buffers ------------------------------------------------------------- */
+
+static int buf_reserve(bytebuf *b, size_t extra) {
+  if (b->off > 0 && b->off + b->len + extra > b->cap) {
+    memmove(b->p, b->p + b->off, b->len);
+    b->off = 0;
+  }
+  if (b->len + extra <= b->cap)
+    return 1;
+  size_t cap = b->cap ? b->cap : 4096;
+  while (cap < b->len + extra) {
+    if (cap > SIZE_MAX / 2)
+      return 0;
+    cap *= 2;
+  }
+  uint8_t *p = realloc(b->p, cap);
+  if (p == NULL)
+    return 0;
+  b->p = p;
+  b->cap = cap;
+  return 1;
+}
+
+static int buf_append(bytebuf *b, const uint8_t *data, size_t len) {
+  if (!buf_reserve(b, len))
+    return 0;
+  memcpy(b->p + b->off + b->len, data, len);
+  b->len += len;
+  return 1;
+}
+
+static void buf_consume(bytebuf *b, size_t n) {
+  b->off += n;
+  b->len -= n;
+  if (b->len == 0)
+    b->off = 0;
+}
+
+static int buf_push_datagram(bytebuf *b, const uint8_t *data, size_t len) {
+  uint8_t hdr[2] = {(uint8_t)(len >> 8), (uint8_t)len};
+  if (len > 0xffff || !buf_reserve(b, len + 2))
+    return 0;
+  buf_append(b, hdr, 2);
+  buf_append(b, data, len);
+  return 1;
+}
+
+static size_t buf_next_datagram(const bytebuf *b) {
+  if (b->len < 2)
+    return 0;
+  return ((size_t)b->p[b->off] << 8) | b->p[b->off + 1];
+}
+
+/* ---- our BIO ------------------------------------------------------------- */
+
+static int bio_read(BIO *bio, char *out, int outl) {
+  m2mpsk_engine *e = BIO_get_data(bio);
+  BIO_clear_retry_flags(bio);
+  if (e->in.len == 0 || outl <= 0) {
+    BIO_set_retry_read(bio);
+    return -1;
+  }
+  size_t n;
+  if (e->dtls) {
+    size_t dlen = buf_next_datagram(&e->in);
+    n = dlen < (size_t)outl ? dlen : (size_t)outl;
+    memcpy(out, e->in.p + e->in.off + 2, n);
+    buf_consume(&e->in, dlen + 2);
+  } else {
+    n = e->in.len < (size_t)outl ? e->in.len : (size_t)outl;
+    memcpy(out, e->in.p + e->in.off, n);
+    buf_consume(&e->in, n);
+  }
+  return (int)n;
+}
+
+static int bio_write(BIO *bio, const char *data, int len) {
+  m2mpsk_engine *e = BIO_get_data(bio);
+  BIO_clear_retry_flags(bio);
+  if (len < 0)
+    return -1;
+  const uint8_t *d = (const uint8_t *)data;
+  int ok = e->dtls ? buf_push_datagram(&e->out, d, (size_t)len)
+                   : buf_append(&e->out, d, (size_t)len);
+  if (!ok) {
+    e->nomem = 1;
+    return -1;
+  }
+  return len;
+}
+
+static long bio_ctrl(BIO *bio, int cmd, long larg, void *parg) {
+  (void)larg;
+  (void)parg;
+  m2mpsk_engine *e = BIO_get_data(bio);
+  switch (cmd) {
+  case BIO_CTRL_FLUSH:
+    return 1;
+  case BIO_CTRL_PENDING:
+    return e ? (long)e->in.len : 0;
+  case BIO_CTRL_WPENDING:
+    return e ? (long)e->out.len : 0;
+  default:
+    return 0;
+  }
+}
+
+static int bio_create(BIO *bio) {
+  BIO_set_init(bio, 1);
+  return 1;
+}
+
+static BIO_METHOD *g_bio_method;
+static pthread_once_t g_bio_once = PTHREAD_ONCE_INIT;
+
+static void bio_method_init(void) {
+  BIO_METHOD *m = BIO_meth_new(0, "m2mpsk");
+  if (m == NULL)
+    return;
+  if (!BIO_meth_set_read(m, bio_read) || !BIO_meth_set_write(m, bio_write) ||
+      !BIO_meth_set_ctrl(m, bio_ctrl) || !BIO_meth_set_create(m, bio_create)) {
+    BIO_meth_free(m);
+    return;
+  }
+  g_bio_method = m;
+}
+
+/* ---- clock --------------------------------------------------------------- */
+
+static _Thread_local uint64_t t_now_ms;
+
+void m2mpsk_engine_set_now(uint64_t now_ms) { t_now_ms = now_ms; }
+
+static void time_cb(const SSL *ssl, struct timeval *out) {
+  (void)ssl;
+  out->tv_sec = (time_t)(t_now_ms / 1000);
+  out->tv_usec = (suseconds_t)((t_now_ms % 1000) * 1000);
+}
+
+/* ---- callbacks into assoc.c ---------------------------------------------- */
+
+static unsigned client_psk_cb(SSL *ssl, const char *hint, char *identity,
+                              unsigned max_identity_len, uint8_t *psk,
+                              unsigned max_psk_len) {
+  (void)hint;
+  m2mpsk_engine *e = SSL_get_app_data(ssl);
+  return m2mpsk_assoc_on_client_psk(e->owner, identity,
+                                    (size_t)max_identity_len + 1, psk,
+                                    max_psk_len);
+}
+
+static unsigned server_psk_cb(SSL *ssl, const char *identity, uint8_t *psk,
+                              unsigned max_psk_len) {
+  m2mpsk_engine *e = SSL_get_app_data(ssl);
+  unsigned n = m2mpsk_assoc_on_server_psk(e->owner, identity, psk, max_psk_len);
+  if (n > 0)
+    e->psk_given = 1;
+  return n;
+}
+
+static int server_name_cb(SSL *ssl, int *out_alert, void *arg) {
+  (void)arg;
+  m2mpsk_engine *e = SSL_get_app_data(ssl);
+  const char *host = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+  if (m2mpsk_assoc_on_server_name(e->owner, host) != 0) {
+    *out_alert = SSL_AD_UNRECOGNIZED_NAME;
+    return SSL_TLSEXT_ERR_ALERT_FATAL;
+  }
+  return SSL_TLSEXT_ERR_OK;
+}
+
+/* ---- contexts ------------------------------------------------------------ */
+
+int m2mpsk_engine_ctx_new(m2mpsk_engine_ctx **out, m2mpsk_role role,
+                          m2mpsk_transport transport,
+                          const char *iana_names) {
+  char list[512];
+  int rc = translate_suites(iana_names, list, sizeof(list));
+  if (rc != M2MPSK_OK)
+    return rc;
+  pthread_once(&g_bio_once, bio_method_init);
+  if (g_bio_method == NULL)
+    return M2MPSK_E_NOMEM;
+
+  m2mpsk_engine_ctx *c = calloc(1, sizeof(*c));
+  if (c == NULL)
+    return M2MPSK_E_NOMEM;
+  c->dtls = transport == M2MPSK_TRANSPORT_DTLS;
+  c->server = role == M2MPSK_ROLE_RESPONDER;
+  c->ssl_ctx = SSL_CTX_new(c->dtls ? DTLS_method() : TLS_method());
+  if (c->ssl_ctx == NULL) {
+    free(c);
+    return M2MPSK_E_NOMEM;
+  }
+  SSL_CTX *s = c->ssl_ctx;
+  uint16_t v = c->dtls ? DTLS1_2_VERSION : TLS1_2_VERSION;
+  if (!SSL_CTX_set_min_proto_version(s, v) ||
+      !SSL_CTX_set_max_proto_version(s, v) ||
+      !SSL_CTX_set_strict_cipher_list(s, list)) {
+    ERR_clear_error();
+    SSL_CTX_free(s);
+    free(c);
+    return M2MPSK_E_INTERNAL;
+  }
+  /* Every association runs a full PSK handshake, so that the keystore
+   * (validity, revocation) is consulted each time: no resumption. */
+  SSL_CTX_set_options(s, SSL_OP_NO_TICKET | SSL_OP_NO_QUERY_MTU |
+                             SSL_OP_CIPHER_SERVER_PREFERENCE);
+  SSL_CTX_set_session_cache_mode(s, SSL_SESS_CACHE_OFF);
+  SSL_CTX_set_current_time_cb(s, time_cb);
+  if (c->server) {
+    SSL_CTX_set_psk_server_callback(s, server_psk_cb);
+    SSL_CTX_set_tlsext_servername_callback(s, server_name_cb);
+  } else {
+    SSL_CTX_set_psk_client_callback(s, client_psk_cb);
+  }
+  *out = c;
+  return M2MPSK_OK;
+}
+
+void m2mpsk_engine_ctx_free(m2mpsk_engine_ctx *ctx) {
+  if (ctx == NULL)
+    return;
+  SSL_CTX_free(ctx->ssl_ctx);
+  free(ctx);
+}
+
+/* ---- connections --------------------------------------------------------- */
+
+int m2mpsk_engine_new(m2mpsk_engine **out, m2mpsk_engine_ctx *ctx,
+                      m2mpsk_assoc *owner) {
+  m2mpsk_engine *e = calloc(1, sizeof(*e));
+  if (e == NULL)
+    return M2MPSK_E_NOMEM;
+  e->owner = owner;
+  e->dtls = ctx->dtls;
+  e->server = ctx->server;
+  e->ssl = SSL_new(ctx->ssl_ctx);
+  BIO *bio = BIO_new(g_bio_method);
+  if (e->ssl == NULL || bio == NULL) {
+    BIO_free(bio);
+    SSL_free(e->ssl);
+    free(e);
+    ERR_clear_error();
+    return M2MPSK_E_NOMEM;
+  }
+  BIO_set_data(bio, e);
+  SSL_set_bio(e->ssl, bio, bio);
+  SSL_set_app_data(e->ssl, e);
+  if (e->server)
+    SSL_set_accept_state(e->ssl);
+  else
+    SSL_set_connect_state(e->ssl);
+  if (e->dtls)
+    SSL_set_mtu(e->ssl, 1400);
+  *out = e;
+  return M2MPSK_OK;
+}
+
+void m2mpsk_engine_free(m2mpsk_engine *e) {
+  if (e == NULL)
+    return;
+  SSL_free(e->ssl);
+  /* Plaintext may still sit in the buffers. */
+  if (e->in.p)
+    OPENSSL_cleanse(e->in.p, e->in.cap);
+  if (e->out.p)
+    OPENSSL_cleanse(e->out.p, e->out.cap);
+  free(e->in.p);
+  free(e->out.p);
+  free(e);
+}
+
+int m2mpsk_engine_set_mtu(m2mpsk_engine *e, unsigned mtu) {
+  return SSL_set_mtu(e->ssl, mtu) ? M2MPSK_OK : M2MPSK_E_INVALID;
+}
+
+int m2mpsk_engine_set_server_name(m2mpsk_engine *e, const char *host) {
+  return SSL_set_tlsext_host_name(e->ssl, host) ? M2MPSK_OK
+                                                 : M2MPSK_E_NOMEM;
+}
+
+/* Looks at a datagram's DTLS records (type, epoch) without trusting them:
+ * a ChangeCipherSpec after the key exchange, then an epoch-1 handshake
+ * record (the Finished), means the handshake should complete now. */
+static void dtls_note_records(m2mpsk_engine *e, const uint8_t *d, size_t n) {
+  int psk_before = e->psk_given;
+  int hs0 = 0;
+  while (n >= 13) {
+    uint8_t type = d[0];
+    unsigned epoch = ((unsigned)d[3] << 8) | d[4];
+    size_t len = ((size_t)d[11] << 8) | d[12];
+    if (type == 22 && epoch == 0)
+      hs0 = 1;
+    if (type == 20 && epoch == 0 && (psk_before || hs0))
+      e->ccs_seen = 1;
+    if (type == 22 && epoch == 1 && e->ccs_seen)
+      e->bad_finished = 1;
+    if (len > n - 13)
+      break;
+    d += 13 + len;
+    n -= 13 + len;
+  }
+}
+
+int m2mpsk_engine_push(m2mpsk_engine *e, const uint8_t *data, size_t len) {
+  if (e->dtls) {
+    if (e->server && !SSL_is_init_finished(e->ssl))
+      dtls_note_records(e, data, len);
+    return buf_push_datagram(&e->in, data, len) ? M2MPSK_OK : M2MPSK_E_NOMEM;
+  }
+  return buf_append(&e->in, data, len) ? M2MPSK_OK : M2MPSK_E_NOMEM;
+}
+
+static void set_failure(m2mpsk_engine *e, m2mpsk_reason reason,
+                        const char *what, const char *name) {
+  e->reason = reason;
+  snprintf(e->detail, sizeof(e->detail), "%s%s%s", what, name ? ": " : "",
+           name ? name : "");
+}
+
+/* Turns the TLS library's error into a reason. Must run right after the
+ * failing call, on the same thread (the error queue is thread-local). */
+static void classify(m2mpsk_engine *e, int ssl_error) {
+  uint32_t code = ERR_peek_error();
+  ERR_clear_error();
+  if (e->nomem) {
+    set_failure(e, M2MPSK_REASON_INTERNAL, "out of memory buffering output",
+                NULL);
+    return;
+  }
+  if (ERR_GET_LIB(code) != ERR_LIB_SSL) {
+    set_failure(e, ssl_error == SSL_ERROR_SYSCALL ? M2MPSK_REASON_PROTOCOL
+                                                  : M2MPSK_REASON_INTERNAL,
+                "TLS library error",
+                code ? ERR_reason_error_string(code) : "unexpected end");
+    return;
+  }
+  int r = ERR_GET_REASON(code);
+  if (r >= SSL_AD_REASON_OFFSET && r < SSL_AD_REASON_OFFSET + 256) {
+    int alert = r - SSL_AD_REASON_OFFSET;
+    const char *name = SSL_alert_desc_string_long(alert);
+    switch (alert) {
+    case SSL_AD_BAD_RECORD_MAC:
+    case SSL_AD_DECRYPT_ERROR:
+      set_failure(e, M2MPSK_REASON_BAD_KEY, "peer sent fatal alert", name);
+      return;
+    case SSL_AD_UNKNOWN_PSK_IDENTITY:
+      set_failure(e, M2MPSK_REASON_UNKNOWN_IDENTITY, "peer sent fatal alert",
+                  name);
+      return;
+    case SSL_AD_UNRECOGNIZED_NAME:
+      set_failure(e, M2MPSK_REASON_ID_MISMATCH, "peer sent fatal alert", name);
+      return;
+    default:
+      set_failure(e, M2MPSK_REASON_PEER_ALERT, "peer sent fatal alert", name);
+      return;
+    }
+  }
+  switch (r) {
+  case SSL_R_DECRYPTION_FAILED_OR_BAD_RECORD_MAC:
+  case SSL_R_DIGEST_CHECK_FAILED:
+    set_failure(e, M2MPSK_REASON_BAD_KEY,
+                "peer's Finished or record did not verify (different keys)",
+                NULL);
+    return;
+  case SSL_R_PSK_IDENTITY_NOT_FOUND:
+    set_failure(e, M2MPSK_REASON_UNKNOWN_IDENTITY, "no key for identity",
+                NULL);
+    return;
+  case SSL_R_READ_TIMEOUT_EXPIRED:
+    set_failure(e, M2MPSK_REASON_TIMEOUT, "too many DTLS retransmissions",
+                NULL);
+    return;
+  default:
+    set_failure(e, M2MPSK_REASON_PROTOCOL, "protocol error",
+                ERR_reason_error_string(code));
+    return;
+  }
+}
+
+int m2mpsk_engine_handshake(m2mpsk_engine *e) {
+  ERR_clear_error();
+  int r = SSL_do_handshake(e->ssl);
+  if (r == 1)
+    return M2MPSK_ENG_DONE;
+  int err = SSL_get_error(e->ssl, r);
+  if (err == SSL_ERROR_WANT_READ && !e->nomem) {
+    ERR_clear_error();
+    if (e->bad_finished && e->psk_given) {
+      /* The peer's Finished arrived after its key exchange and did not
+       * verify; DTLS dropped it silently. Say so instead of timing out. */
+      set_failure(e, M2MPSK_REASON_BAD_KEY,
+                  "peer's Finished did not verify (different keys)", NULL);
+      m2mpsk_engine_abort(e, SSL_AD_DECRYPT_ERROR);
+      return M2MPSK_ENG_FAIL;
+    }
+    e->bad_finished = 0;
+    return M2MPSK_ENG_WANT;
+  }
+  classify(e, err);
+  return M2MPSK_ENG_FAIL;
+}
+
+size_t m2mpsk_engine_pending(const m2mpsk_engine *e) {
+  return e->dtls ? buf_next_datagram(&e->out) : e->out.len;
+}
+
+int m2mpsk_engine_drain(m2mpsk_engine *e, uint8_t *out, size_t cap,
+                        size_t *out_len) {
+  if (e->out.len == 0)
+    return M2MPSK_E_AGAIN;
+  if (e->dtls) {
+    size_t n = buf_next_datagram(&e->out);
+    if (n > cap)
+      return M2MPSK_E_BUFFER;
+    memcpy(out, e->out.p + e->out.off + 2, n);
+    buf_consume(&e->out, n + 2);
+    *out_len = n;
+    return M2MPSK_OK;
+  }
+  size_t n = e->out.len < cap ? e->out.len : cap;
+  memcpy(out, e->out.p + e->out.off, n);
+  buf_consume(&e->out, n);
+  *out_len = n;
+  return M2MPSK_OK;
+}
+
+int m2mpsk_engine_read(m2mpsk_engine *e, uint8_t *out, size_t cap,
+                       size_t *out_len) {
+  ERR_clear_error();
+  int r = SSL_read(e->ssl, out, cap > INT_MAX ? INT_MAX : (int)cap);
+  if (r > 0) {
+    *out_len = (size_t)r;
+    return M2MPSK_OK;
+  }
+  int err = SSL_get_error(e->ssl, r);
+  if (err == SSL_ERROR_ZERO_RETURN) {
+    ERR_clear_error();
+    return M2MPSK_E_CLOSED;
+  }
+  if (err == SSL_ERROR_WANT_READ && !e->nomem) {
+    ERR_clear_error();
+    return M2MPSK_E_AGAIN;
+  }
+  classify(e, err);
+  return M2MPSK_E_FAILED;
+}
+
+int m2mpsk_engine_write(m2mpsk_engine *e, const uint8_t *data, size_t len) {
+  while (len > 0) {
+    int chunk = len > (1u << 30) ? (1 << 30) : (int)len;
+    ERR_clear_error();
+    int r = SSL_write(e->ssl, data, chunk);
+    if (r <= 0) {
+      int err = SSL_get_error(e->ssl, r);
+      int nomem = e->nomem;
+      classify(e, err);
+      return nomem ? M2MPSK_E_NOMEM : M2MPSK_E_FAILED;
+    }
+    data += r;
+    len -= (size_t)r;
+  }
+  return M2MPSK_OK;
+}
+
+int m2mpsk_engine_close(m2mpsk_engine *e) {
+  ERR_clear_error();
+  int r = SSL_shutdown(e->ssl);
+  if (r < 0) {
+    classify(e, SSL_get_error(e->ssl, r));
+    return M2MPSK_E_FAILED;
+  }
+  return M2MPSK_OK;
+}
+
+void m2mpsk_engine_abort(m2mpsk_engine *e, uint8_t alert) {
+  ERR_clear_error();
+  SSL_send_fatal_alert(e->ssl, alert);
+  ERR_clear_error();
+}
+
+int m2mpsk_engine_timer(const m2mpsk_engine *e, uint64_t *remaining_ms) {
+  struct timeval tv;
+  if (!e->dtls || !DTLSv1_get_timeout(e->ssl, &tv))
+    return 0;
+  *remaining_ms = (uint64_t)tv.tv_sec * 1000 + ((uint64_t)tv.tv_usec + 999) / 1000;
+  return 1;
+}
+
+int m2mpsk_engine_on_timer(m2mpsk_engine *e) {
+  if (!e->dtls)
+    return M2MPSK_OK;
+  ERR_clear_error();
+  if (DTLSv1_handle_timeout(e->ssl) < 0) {
+    classify(e, SSL_ERROR_SSL);
+    return M2MPSK_E_FAILED;
+  }
+  return M2MPSK_OK;
+}
+
+const char *m2mpsk_engine_suite(const m2mpsk_engine *e) {
+  const SSL_CIPHER *c = SSL_get_current_cipher(e->ssl);
+  return c ? SSL_CIPHER_standard_name(c) : NULL;
+}
+
+const char *m2mpsk_engine_version(const m2mpsk_engine *e) {
+  return SSL_get_version(e->ssl);
+}
+
+const char *m2mpsk_engine_psk_identity(const m2mpsk_engine *e) {
+  return SSL_get_psk_identity(e->ssl);
+}
+
+int m2mpsk_engine_export(const m2mpsk_engine *e, uint8_t *out, size_t out_len,
+                         const char *label, const uint8_t *context,
+                         size_t context_len) {
+  ERR_clear_error();
+  int ok = SSL_export_keying_material(e->ssl, out, out_len, label,
+                                      strlen(label), context, context_len,
+                                      context != NULL);
+  ERR_clear_error();
+  return ok ? M2MPSK_OK : M2MPSK_E_INTERNAL;
+}
+
+m2mpsk_reason m2mpsk_engine_failure(m2mpsk_engine *e, char *detail,
+                                    size_t detail_cap) {
+  if (detail_cap > 0)
+    snprintf(detail, detail_cap, "%s", e->detail);
+  return e->reason;
+}

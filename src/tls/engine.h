@@ -1,0 +1,86 @@
+/* The internal interface between the association state machine (assoc.c)
+ * and a TLS backend (one file per backend in src/tls/). Only backends
+ * include <openssl/...>. */
+#ifndef M2MPSK_TLS_ENGINE_H
+#define M2MPSK_TLS_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "m2mpsk/m2mpsk.h"
+
+typedef struct m2mpsk_engine_ctx m2mpsk_engine_ctx; /* per config and role */
+typedef struct m2mpsk_engine m2mpsk_engine;         /* per association */
+
+/* ---- implemented by assoc.c, called from inside the backend ------------ */
+
+/* Initiator: write the NUL-terminated KpsaID into `identity` and the key
+ * into `psk`; return the key length, or 0 to abort (reason recorded). */
+unsigned m2mpsk_assoc_on_client_psk(m2mpsk_assoc *a, char *identity,
+                                    size_t identity_cap, uint8_t *psk,
+                                    size_t psk_cap);
+/* Responder: return the key for `identity`, a decoy key (the refusal is
+ * recorded and will surface when the Finished fails), or 0 to make the
+ * backend send unknown_psk_identity. */
+unsigned m2mpsk_assoc_on_server_psk(m2mpsk_assoc *a, const char *identity,
+                                    uint8_t *psk, size_t psk_cap);
+/* Responder: the ClientHello's SNI host, or NULL. Returns 0 to go on, or 1
+ * to refuse with unrecognized_name (reason recorded). */
+int m2mpsk_assoc_on_server_name(m2mpsk_assoc *a, const char *host);
+
+/* ---- implemented by the backend ---------------------------------------- */
+
+enum { M2MPSK_ENG_FAIL = -1, M2MPSK_ENG_WANT = 0, M2MPSK_ENG_DONE = 1 };
+
+/* Checks a colon-separated IANA suite list against what the backend
+ * supports. M2MPSK_OK, M2MPSK_E_INVALID or M2MPSK_E_SUITE. */
+int m2mpsk_engine_check_suites(const char *iana_names);
+/* The default list: the RFC 4279 plain-PSK suites the backend has. */
+const char *m2mpsk_engine_default_suites(void);
+
+int m2mpsk_engine_ctx_new(m2mpsk_engine_ctx **out, m2mpsk_role role,
+                          m2mpsk_transport transport, const char *iana_names);
+void m2mpsk_engine_ctx_free(m2mpsk_engine_ctx *ctx);
+
+/* The clock the backend sees during the calls that follow on this thread. */
+void m2mpsk_engine_set_now(uint64_t now_ms);
+
+int m2mpsk_engine_new(m2mpsk_engine **out, m2mpsk_engine_ctx *ctx,
+                      m2mpsk_assoc *owner);
+void m2mpsk_engine_free(m2mpsk_engine *e);
+int m2mpsk_engine_set_mtu(m2mpsk_engine *e, unsigned mtu);
+int m2mpsk_engine_set_server_name(m2mpsk_engine *e, const char *host);
+
+/* Queues input: stream bytes, or one datagram. M2MPSK_OK or E_NOMEM. */
+int m2mpsk_engine_push(m2mpsk_engine *e, const uint8_t *data, size_t len);
+/* Advances the handshake: M2MPSK_ENG_DONE, _WANT or _FAIL (see failure). */
+int m2mpsk_engine_handshake(m2mpsk_engine *e);
+size_t m2mpsk_engine_pending(const m2mpsk_engine *e);
+/* M2MPSK_OK, M2MPSK_E_AGAIN or M2MPSK_E_BUFFER. */
+int m2mpsk_engine_drain(m2mpsk_engine *e, uint8_t *out, size_t cap,
+                        size_t *out_len);
+/* M2MPSK_OK, M2MPSK_E_AGAIN, M2MPSK_E_CLOSED or M2MPSK_E_FAILED. */
+int m2mpsk_engine_read(m2mpsk_engine *e, uint8_t *out, size_t cap,
+                       size_t *out_len);
+/* M2MPSK_OK, M2MPSK_E_FAILED or M2MPSK_E_NOMEM. */
+int m2mpsk_engine_write(m2mpsk_engine *e, const uint8_t *data, size_t len);
+/* Queues close_notify. M2MPSK_OK or M2MPSK_E_FAILED. */
+int m2mpsk_engine_close(m2mpsk_engine *e);
+/* Queues a fatal alert and stops the engine. */
+void m2mpsk_engine_abort(m2mpsk_engine *e, uint8_t alert);
+/* 1 and the time left, when a retransmission timer runs; else 0. */
+int m2mpsk_engine_timer(const m2mpsk_engine *e, uint64_t *remaining_ms);
+/* Retransmits if the timer expired: M2MPSK_OK or M2MPSK_E_FAILED. */
+int m2mpsk_engine_on_timer(m2mpsk_engine *e);
+const char *m2mpsk_engine_suite(const m2mpsk_engine *e);
+const char *m2mpsk_engine_version(const m2mpsk_engine *e);
+const char *m2mpsk_engine_psk_identity(const m2mpsk_engine *e);
+int m2mpsk_engine_export(const m2mpsk_engine *e, uint8_t *out, size_t out_len,
+                         const char *label, const uint8_t *context,
+                         size_t context_len);
+/* After M2MPSK_ENG_FAIL or M2MPSK_E_FAILED: why, from the TLS library's
+ * point of view, with a readable detail. */
+m2mpsk_reason m2mpsk_engine_failure(m2mpsk_engine *e, char *detail,
+                                    size_t detail_cap);
+
+#endif /* M2MPSK_TLS_ENGINE_H */
