@@ -439,7 +439,15 @@ static void set_failure(m2mpsk_engine *e, m2mpsk_reason reason,
 /* Turns the TLS library's error into a reason. Must run right after the
  * failing call, on the same thread (the error queue is thread-local). */
 static void classify(m2mpsk_engine *e, int ssl_error) {
-  uint32_t code = ERR_peek_error();
+  /* A cipher error (BAD_DECRYPT) may come first; the SSL-level reason
+   * that follows it says what it means for the protocol. */
+  uint32_t code = ERR_peek_error(), err;
+  while ((err = ERR_get_error()) != 0) {
+    if (ERR_GET_LIB(err) == ERR_LIB_SSL) {
+      code = err;
+      break;
+    }
+  }
   ERR_clear_error();
   if (e->nomem) {
     set_failure(e, M2MPSK_REASON_INTERNAL, "out of memory buffering output",

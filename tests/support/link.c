@@ -41,14 +41,29 @@ int m2mt_transfer(m2mpsk_assoc *from, m2mpsk_assoc *to, m2mt_link *link,
       return rc;
     n++;
   }
-  /* Reverse the whole batch to reorder. */
-  if (link && n > 1 && link->reorder_pct && rnd(link) < link->reorder_pct) {
-    for (size_t i = 0; i < n / 2; i++) {
-      dgram t = q[i];
-      q[i] = q[n - 1 - i];
-      q[n - 1 - i] = t;
+  if (link) {
+    /* A datagram held back last time goes after this batch; one of this
+     * batch may be held back in turn. */
+    int slot = link->held[0].to == to ? 0 : link->held[1].to == to ? 1 : -1;
+    int was_held = slot >= 0;
+    if (slot >= 0 && n < 64) {
+      memcpy(q[n].buf, link->held[slot].buf, link->held[slot].len);
+      q[n].len = link->held[slot].len;
+      n++;
+      link->held[slot].to = NULL;
     }
-    link->reordered++;
+    if (n > 0 && !was_held && link->reorder_pct &&
+        rnd(link) < link->reorder_pct) {
+      slot = link->held[0].to == NULL ? 0 : 1;
+      if (link->held[slot].to == NULL) {
+        link->held[slot].to = to;
+        link->held[slot].len = q[0].len;
+        memcpy(link->held[slot].buf, q[0].buf, q[0].len);
+        memmove(&q[0], &q[1], (n - 1) * sizeof(q[0]));
+        n--;
+        link->reordered++;
+      }
+    }
   }
   for (size_t i = 0; i < n; i++) {
     int copies = 1;
@@ -106,7 +121,9 @@ int m2mt_run_handshake(m2mpsk_assoc *a, m2mpsk_assoc *b, m2mt_link *link,
     poke(b);
     moved += m2mt_transfer(b, a, link, *now);
     poke(a);
-    if (moved > 0)
+    /* A held-back datagram is still in flight: deliver it before any
+     * timer fires. */
+    if (moved > 0 || (link && (link->held[0].to || link->held[1].to)))
       continue;
     /* Nothing moved: jump to the earliest timer. */
     uint64_t da = UINT64_MAX, db = UINT64_MAX, t;

@@ -12,11 +12,17 @@
 typedef struct m2mt_link {
   unsigned drop_pct;    /* chance a datagram is lost */
   unsigned dup_pct;     /* chance a datagram is delivered twice */
-  unsigned reorder_pct; /* chance a batch is delivered in reverse order */
+  unsigned reorder_pct; /* chance a datagram is held back behind later ones */
   int drop_all;
   size_t stream_chunk; /* TLS: feed at most this many bytes per call (0: all) */
   uint32_t rng;        /* xorshift state; set a non-zero seed */
   size_t dropped, duplicated, reordered, delivered;
+  /* One datagram held back per direction, keyed by its destination. */
+  struct {
+    const m2mpsk_assoc *to;
+    size_t len;
+    uint8_t buf[17000];
+  } held[2];
 } m2mt_link;
 
 /* Moves everything `from` has to send into `to`. Returns the number of

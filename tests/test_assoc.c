@@ -1,0 +1,1104 @@
+/* The association: handshakes in both roles over TLS and DTLS, refusals,
+ * lossy links, application data, garbage, and timers. */
+#include <criterion/criterion.h>
+#include <criterion/parameterized.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "link.h"
+
+#define NOW0 1000000u
+#define UNIX0 1800000000 /* 2027-01-15 */
+
+static const char *const k_suites[] = {
+    "TLS_PSK_WITH_AES_128_CBC_SHA",
+    "TLS_PSK_WITH_AES_256_CBC_SHA",
+    "TLS_ECDHE_PSK_WITH_AES_128_CBC_SHA",
+    "TLS_ECDHE_PSK_WITH_AES_256_CBC_SHA",
+    "TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256",
+};
+
+typedef struct hs_case {
+  m2mpsk_transport transport;
+  int suite;
+} hs_case;
+
+ParameterizedTestParameters(assoc, handshake_binds_identities) {
+  static hs_case cases[10];
+  for (int i = 0; i < 10; i++) {
+    cases[i].transport = i < 5 ? M2MPSK_TRANSPORT_TLS : M2MPSK_TRANSPORT_DTLS;
+    cases[i].suite = i % 5;
+  }
+  return cr_make_param_array(hs_case, cases, 10);
+}
+
+ParameterizedTest(hs_case *c, assoc, handshake_binds_identities) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, c->transport, m2mt_key, m2mt_key, M2MT_IDA,
+                 k_suites[c->suite]);
+  m2mt_pair_start(&p, NOW0, UNIX0);
+  uint64_t now = NOW0;
+  cr_assert_geq(m2mt_run_handshake(p.a, p.b, NULL, &now, 100), 0);
+  cr_assert_eq(m2mpsk_assoc_state(p.a), M2MPSK_STATE_ESTABLISHED,
+               "A: %s", m2mpsk_assoc_failure_detail(p.a));
+  cr_assert_eq(m2mpsk_assoc_state(p.b), M2MPSK_STATE_ESTABLISHED,
+               "B: %s", m2mpsk_assoc_failure_detail(p.b));
+  cr_assert_str_eq(m2mpsk_assoc_peer_id(p.a), M2MT_IDB);
+  cr_assert_str_eq(m2mpsk_assoc_peer_id(p.b), M2MT_IDA);
+  cr_assert_eq(m2mpsk_assoc_peer_id_is_credential(p.b), 0);
+  cr_assert_str_eq(m2mpsk_assoc_local_id(p.a), M2MT_IDA);
+  cr_assert_str_eq(m2mpsk_assoc_local_id(p.b), M2MT_IDB);
+  cr_assert_str_eq(m2mpsk_assoc_kpsa_id(p.a), M2MT_KPSA_ID);
+  cr_assert_str_eq(m2mpsk_assoc_kpsa_id(p.b), M2MT_KPSA_ID);
+  cr_assert_str_eq(m2mpsk_assoc_suite(p.a), k_suites[c->suite]);
+  cr_assert_str_eq(m2mpsk_assoc_suite(p.b), k_suites[c->suite]);
+  const char *v = c->transport == M2MPSK_TRANSPORT_TLS ? "TLSv1.2" : "DTLSv1.2";
+  cr_assert_str_eq(m2mpsk_assoc_version(p.a), v);
+  cr_assert_str_eq(m2mpsk_assoc_version(p.b), v);
+  uint8_t ka[32], kb[32];
+  cr_assert_eq(m2mpsk_assoc_export(p.a, ka, 32, "EXPORTER-test", NULL, 0),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_export(p.b, kb, 32, "EXPORTER-test", NULL, 0),
+               M2MPSK_OK);
+  cr_assert_arr_eq(ka, kb, 32);
+  m2mt_pair_free(&p);
+}
+
+Test(assoc, default_suites_are_plain_psk) {
+  for (int t = 0; t < 2; t++) {
+    m2mt_pair p;
+    m2mt_pair_init(&p, (m2mpsk_transport)t, m2mt_key, m2mt_key, M2MT_IDA,
+                   NULL);
+    m2mt_pair_start(&p, NOW0, UNIX0);
+    uint64_t now = NOW0;
+    m2mt_run_handshake(p.a, p.b, NULL, &now, 100);
+    cr_assert_str_eq(m2mpsk_assoc_suite(p.a), "TLS_PSK_WITH_AES_128_CBC_SHA");
+    m2mt_pair_free(&p);
+  }
+}
+
+Test(assoc, exporter_differs_by_label_and_context) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  m2mt_pair_start(&p, NOW0, UNIX0);
+  uint64_t now = NOW0;
+  m2mt_run_handshake(p.a, p.b, NULL, &now, 100);
+  uint8_t x[16], y[16], z[16], w[16];
+  const uint8_t ctx[3] = {1, 2, 3};
+  cr_assert_eq(m2mpsk_assoc_export(p.a, x, 16, "label-one", NULL, 0), 0);
+  cr_assert_eq(m2mpsk_assoc_export(p.a, y, 16, "label-two", NULL, 0), 0);
+  cr_assert_eq(m2mpsk_assoc_export(p.a, z, 16, "label-one", ctx, 3), 0);
+  cr_assert_eq(m2mpsk_assoc_export(p.b, w, 16, "label-one", ctx, 3), 0);
+  cr_assert(memcmp(x, y, 16) != 0);
+  cr_assert(memcmp(x, z, 16) != 0);
+  cr_assert_arr_eq(z, w, 16);
+  m2mt_pair_free(&p);
+}
+
+Test(assoc, responder_binds_credential_id_without_ida) {
+  for (int t = 0; t < 2; t++) {
+    m2mt_pair p;
+    m2mt_pair_init(&p, (m2mpsk_transport)t, m2mt_key, m2mt_key, NULL, NULL);
+    m2mt_pair_start(&p, NOW0, UNIX0);
+    uint64_t now = NOW0;
+    cr_assert_geq(m2mt_run_handshake(p.a, p.b, NULL, &now, 100), 0);
+    cr_assert_str_eq(m2mpsk_assoc_peer_id(p.b), "12-" M2MT_KPSA_ID);
+    cr_assert_eq(m2mpsk_assoc_peer_id_is_credential(p.b), 1);
+    cr_assert_str_eq(m2mpsk_assoc_peer_id(p.a), M2MT_IDB);
+    cr_assert_eq(m2mpsk_assoc_peer_id_is_credential(p.a), 0);
+    cr_assert_null(m2mpsk_assoc_local_id(p.a));
+    m2mt_pair_free(&p);
+  }
+}
+
+Test(assoc, identities_unbound_before_established) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  cr_assert_eq(m2mpsk_assoc_state(p.a), M2MPSK_STATE_IDLE);
+  m2mt_pair_start(&p, NOW0, UNIX0);
+  cr_assert_eq(m2mpsk_assoc_state(p.a), M2MPSK_STATE_HANDSHAKING);
+  cr_assert_null(m2mpsk_assoc_peer_id(p.a));
+  cr_assert_null(m2mpsk_assoc_peer_id(p.b));
+  cr_assert_null(m2mpsk_assoc_suite(p.a));
+  cr_assert_null(m2mpsk_assoc_version(p.b));
+  cr_assert_null(m2mpsk_assoc_kpsa_id(p.b));
+  uint8_t out[8];
+  cr_assert_eq(m2mpsk_assoc_export(p.a, out, 8, "x", NULL, 0),
+               M2MPSK_E_STATE);
+  m2mt_pair_free(&p);
+}
+
+/* ---- refusals ------------------------------------------------------------ */
+
+typedef struct refusal_result {
+  m2mpsk_reason a, b;
+  /* What B put on the wire: record types and lengths, in order. */
+  char wire_b[256];
+} refusal_result;
+
+/* Records the content type and length of each record B sends (TLS). */
+static void note_wire(char *dst, size_t cap, const uint8_t *d, size_t n) {
+  while (n >= 5) {
+    size_t len = ((size_t)d[3] << 8) | d[4];
+    size_t used = strlen(dst);
+    snprintf(dst + used, cap - used, "%u/%zu ", d[0], len);
+    if (len + 5 > n)
+      break;
+    d += 5 + len;
+    n -= 5 + len;
+  }
+}
+
+/* Runs A against B by hand so that B's bytes can be recorded. */
+static refusal_result run_refusal(m2mt_pair *p, m2mpsk_transport t) {
+  refusal_result r;
+  memset(&r, 0, sizeof(r));
+  uint64_t now = NOW0;
+  int ra = m2mpsk_assoc_start(p->b, now, UNIX0);
+  cr_assert_eq(ra, M2MPSK_OK);
+  if (m2mpsk_assoc_start(p->a, now, UNIX0) == M2MPSK_OK) {
+    for (int step = 0; step < 400; step++) {
+      uint8_t buf[17000];
+      size_t n;
+      int moved = 0;
+      while (m2mpsk_assoc_drain(p->a, buf, sizeof(buf), &n) == M2MPSK_OK) {
+        (void)m2mpsk_assoc_feed(p->b, buf, n, now);
+        moved = 1;
+      }
+      while (m2mpsk_assoc_drain(p->b, buf, sizeof(buf), &n) == M2MPSK_OK) {
+        if (t == M2MPSK_TRANSPORT_TLS)
+          note_wire(r.wire_b, sizeof(r.wire_b), buf, n);
+        (void)m2mpsk_assoc_feed(p->a, buf, n, now);
+        moved = 1;
+      }
+      if (m2mpsk_assoc_state(p->a) != M2MPSK_STATE_HANDSHAKING &&
+          m2mpsk_assoc_state(p->b) != M2MPSK_STATE_HANDSHAKING)
+        break;
+      if (!moved) {
+        uint64_t d;
+        if (m2mpsk_assoc_next_timeout(p->a, &d) == M2MPSK_OK && d > now)
+          now = d;
+        (void)m2mpsk_assoc_handle_timeout(p->a, now);
+        (void)m2mpsk_assoc_handle_timeout(p->b, now);
+      }
+    }
+  }
+  r.a = m2mpsk_assoc_failure(p->a);
+  r.b = m2mpsk_assoc_failure(p->b);
+  cr_assert_eq(m2mpsk_assoc_state(p->a), M2MPSK_STATE_FAILED);
+  if (r.b != M2MPSK_REASON_NONE)
+    cr_assert_eq(m2mpsk_assoc_state(p->b), M2MPSK_STATE_FAILED);
+  cr_assert_null(m2mpsk_assoc_peer_id(p->a));
+  cr_assert_null(m2mpsk_assoc_peer_id(p->b));
+  return r;
+}
+
+typedef struct transport_param {
+  m2mpsk_transport t;
+} transport_param;
+
+ParameterizedTestParameters(refusal, wrong_key) {
+  static transport_param ps[] = {{M2MPSK_TRANSPORT_TLS},
+                                 {M2MPSK_TRANSPORT_DTLS}};
+  return cr_make_param_array(transport_param, ps, 2);
+}
+
+ParameterizedTest(transport_param *tp, refusal, wrong_key) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, tp->t, m2mt_key, m2mt_other_key, M2MT_IDA, NULL);
+  refusal_result r = run_refusal(&p, tp->t);
+  cr_assert_eq(r.a, M2MPSK_REASON_BAD_KEY, "A: %s",
+               m2mpsk_assoc_failure_detail(p.a));
+  cr_assert_eq(r.b, M2MPSK_REASON_BAD_KEY, "B: %s",
+               m2mpsk_assoc_failure_detail(p.b));
+  cr_assert_str_neq(m2mpsk_assoc_failure_detail(p.b), "");
+  m2mt_pair_free(&p);
+}
+
+/* B has the same key under another KpsaID. */
+static void make_unknown(m2mt_pair *p) {
+  cr_assert_eq(m2mpsk_keystore_remove(p->ks_b, M2MT_KPSA_ID), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_add(p->ks_b, "other@onem2m.com", m2mt_key, 32,
+                                   M2MT_IDA, M2MT_IDB, 0, 0),
+               M2MPSK_OK);
+}
+
+ParameterizedTestParameters(refusal, unknown_kpsa_id) {
+  static transport_param ps[] = {{M2MPSK_TRANSPORT_TLS},
+                                 {M2MPSK_TRANSPORT_DTLS}};
+  return cr_make_param_array(transport_param, ps, 2);
+}
+
+ParameterizedTest(transport_param *tp, refusal, unknown_kpsa_id) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, tp->t, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  make_unknown(&p);
+  refusal_result r = run_refusal(&p, tp->t);
+  cr_assert_eq(r.b, M2MPSK_REASON_UNKNOWN_IDENTITY, "B: %s",
+               m2mpsk_assoc_failure_detail(p.b));
+  /* On the wire it is a wrong key. */
+  cr_assert_eq(r.a, M2MPSK_REASON_BAD_KEY, "A: %s",
+               m2mpsk_assoc_failure_detail(p.a));
+  cr_assert(strstr(m2mpsk_assoc_failure_detail(p.b), M2MT_KPSA_ID) != NULL);
+  m2mt_pair_free(&p);
+}
+
+Test(refusal, unknown_kpsa_id_looks_like_wrong_key_on_the_wire) {
+  m2mt_pair p, q;
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  make_unknown(&p);
+  refusal_result unknown = run_refusal(&p, M2MPSK_TRANSPORT_TLS);
+  m2mt_pair_init(&q, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_other_key, M2MT_IDA,
+                 NULL);
+  refusal_result wrong = run_refusal(&q, M2MPSK_TRANSPORT_TLS);
+  cr_assert_str_neq(unknown.wire_b, "");
+  cr_assert_str_eq(unknown.wire_b, wrong.wire_b);
+  /* The last record is the bad_record_mac alert (type 21, 2 bytes). */
+  cr_assert(strstr(wrong.wire_b, "21/2 ") != NULL, "%s", wrong.wire_b);
+  m2mt_pair_free(&p);
+  m2mt_pair_free(&q);
+}
+
+Test(refusal, reveal_option_sends_unknown_psk_identity) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  /* The config is frozen by assoc_new, so build B again. */
+  m2mpsk_assoc_free(p.b);
+  m2mpsk_config_free(p.cfg_b);
+  cr_assert_eq(m2mpsk_config_new(&p.cfg_b), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_config_add_local_id(p.cfg_b, M2MT_IDB), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_config_set_reveal_unknown_identity(p.cfg_b, 1),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_new(&p.b, M2MPSK_ROLE_RESPONDER,
+                                M2MPSK_TRANSPORT_TLS, p.cfg_b, p.ks_b, NULL),
+               M2MPSK_OK);
+  make_unknown(&p);
+  refusal_result r = run_refusal(&p, M2MPSK_TRANSPORT_TLS);
+  cr_assert_eq(r.b, M2MPSK_REASON_UNKNOWN_IDENTITY);
+  cr_assert_eq(r.a, M2MPSK_REASON_UNKNOWN_IDENTITY, "A: %s",
+               m2mpsk_assoc_failure_detail(p.a));
+  m2mt_pair_free(&p);
+}
+
+ParameterizedTestParameters(refusal, idb_mismatch_by_sni) {
+  static transport_param ps[] = {{M2MPSK_TRANSPORT_TLS},
+                                 {M2MPSK_TRANSPORT_DTLS}};
+  return cr_make_param_array(transport_param, ps, 2);
+}
+
+/* A expects another CSE, in another SP, than the one it reached. */
+ParameterizedTest(transport_param *tp, refusal, idb_mismatch_by_sni) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, tp->t, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  m2mpsk_assoc_free(p.a);
+  cr_assert_eq(m2mpsk_keystore_remove(p.ks_a, M2MT_KPSA_ID), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_add(p.ks_a, M2MT_KPSA_ID, m2mt_key, 32,
+                                   M2MT_IDA, "//other.example.org/cse-in", 0,
+                                   0),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_new(&p.a, M2MPSK_ROLE_INITIATOR, tp->t, p.cfg_a,
+                                p.ks_a, M2MT_KPSA_ID),
+               M2MPSK_OK);
+  refusal_result r = run_refusal(&p, tp->t);
+  cr_assert_eq(r.b, M2MPSK_REASON_ID_MISMATCH, "B: %s",
+               m2mpsk_assoc_failure_detail(p.b));
+  cr_assert_eq(r.a, M2MPSK_REASON_ID_MISMATCH, "A: %s",
+               m2mpsk_assoc_failure_detail(p.a));
+  m2mt_pair_free(&p);
+}
+
+ParameterizedTestParameters(refusal, idb_not_served) {
+  static transport_param ps[] = {{M2MPSK_TRANSPORT_TLS},
+                                 {M2MPSK_TRANSPORT_DTLS}};
+  return cr_make_param_array(transport_param, ps, 2);
+}
+
+/* B holds the key, but for another of the SP's CSEs. */
+ParameterizedTest(transport_param *tp, refusal, idb_not_served) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, tp->t, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  cr_assert_eq(m2mpsk_keystore_remove(p.ks_b, M2MT_KPSA_ID), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_add(p.ks_b, M2MT_KPSA_ID, m2mt_key, 32,
+                                   M2MT_IDA, "//m2m.example.com/cse-mn", 0, 0),
+               M2MPSK_OK);
+  refusal_result r = run_refusal(&p, tp->t);
+  cr_assert_eq(r.b, M2MPSK_REASON_ID_MISMATCH, "B: %s",
+               m2mpsk_assoc_failure_detail(p.b));
+  cr_assert_eq(r.a, M2MPSK_REASON_BAD_KEY, "A: %s",
+               m2mpsk_assoc_failure_detail(p.a));
+  m2mt_pair_free(&p);
+}
+
+Test(refusal, responder_serves_several_identities_by_sni) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  m2mpsk_assoc_free(p.b);
+  m2mpsk_config_free(p.cfg_b);
+  cr_assert_eq(m2mpsk_config_new(&p.cfg_b), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_config_add_local_id(p.cfg_b, "//iot.example.net/cse-1"),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_config_add_local_id(p.cfg_b, M2MT_IDB), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_new(&p.b, M2MPSK_ROLE_RESPONDER,
+                                M2MPSK_TRANSPORT_TLS, p.cfg_b, p.ks_b, NULL),
+               M2MPSK_OK);
+  m2mt_pair_start(&p, NOW0, UNIX0);
+  uint64_t now = NOW0;
+  m2mt_run_handshake(p.a, p.b, NULL, &now, 100);
+  cr_assert_eq(m2mpsk_assoc_state(p.b), M2MPSK_STATE_ESTABLISHED);
+  cr_assert_str_eq(m2mpsk_assoc_local_id(p.b), M2MT_IDB);
+  m2mt_pair_free(&p);
+}
+
+ParameterizedTestParameters(refusal, expired_record_at_responder) {
+  static transport_param ps[] = {{M2MPSK_TRANSPORT_TLS},
+                                 {M2MPSK_TRANSPORT_DTLS}};
+  return cr_make_param_array(transport_param, ps, 2);
+}
+
+ParameterizedTest(transport_param *tp, refusal, expired_record_at_responder) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, tp->t, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  cr_assert_eq(m2mpsk_keystore_remove(p.ks_b, M2MT_KPSA_ID), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_add(p.ks_b, M2MT_KPSA_ID, m2mt_key, 32,
+                                   M2MT_IDA, M2MT_IDB, UNIX0 - 1000,
+                                   UNIX0 - 1),
+               M2MPSK_OK);
+  refusal_result r = run_refusal(&p, tp->t);
+  cr_assert_eq(r.b, M2MPSK_REASON_EXPIRED, "B: %s",
+               m2mpsk_assoc_failure_detail(p.b));
+  cr_assert_eq(r.a, M2MPSK_REASON_BAD_KEY);
+  m2mt_pair_free(&p);
+}
+
+Test(refusal, not_yet_valid_record_at_responder) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  cr_assert_eq(m2mpsk_keystore_remove(p.ks_b, M2MT_KPSA_ID), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_add(p.ks_b, M2MT_KPSA_ID, m2mt_key, 32,
+                                   M2MT_IDA, M2MT_IDB, UNIX0 + 100, 0),
+               M2MPSK_OK);
+  refusal_result r = run_refusal(&p, M2MPSK_TRANSPORT_TLS);
+  cr_assert_eq(r.b, M2MPSK_REASON_EXPIRED);
+  cr_assert(strstr(m2mpsk_assoc_failure_detail(p.b), "not valid yet"));
+  m2mt_pair_free(&p);
+}
+
+Test(refusal, expired_record_at_initiator_fails_before_sending) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  m2mpsk_assoc_free(p.a);
+  cr_assert_eq(m2mpsk_keystore_remove(p.ks_a, M2MT_KPSA_ID), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_add(p.ks_a, M2MT_KPSA_ID, m2mt_key, 32,
+                                   M2MT_IDA, M2MT_IDB, 0, UNIX0 - 1),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_new(&p.a, M2MPSK_ROLE_INITIATOR,
+                                M2MPSK_TRANSPORT_TLS, p.cfg_a, p.ks_a,
+                                M2MT_KPSA_ID),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_start(p.a, NOW0, UNIX0), M2MPSK_E_FAILED);
+  cr_assert_eq(m2mpsk_assoc_failure(p.a), M2MPSK_REASON_EXPIRED);
+  cr_assert_eq(m2mpsk_assoc_pending(p.a), 0);
+  m2mt_pair_free(&p);
+}
+
+Test(refusal, expiry_uses_wall_clock_advanced_by_monotonic_time) {
+  /* Valid at start, expired 10 s later when B finally gets the key. */
+  m2mt_pair p;
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  cr_assert_eq(m2mpsk_keystore_remove(p.ks_b, M2MT_KPSA_ID), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_add(p.ks_b, M2MT_KPSA_ID, m2mt_key, 32,
+                                   M2MT_IDA, M2MT_IDB, 0, UNIX0 + 5),
+               M2MPSK_OK);
+  m2mt_pair_start(&p, NOW0, UNIX0);
+  uint64_t now = NOW0 + 10000;
+  m2mt_run_handshake(p.a, p.b, NULL, &now, 100);
+  cr_assert_eq(m2mpsk_assoc_failure(p.b), M2MPSK_REASON_EXPIRED);
+  m2mt_pair_free(&p);
+}
+
+ParameterizedTestParameters(refusal, removed_record_at_responder) {
+  static transport_param ps[] = {{M2MPSK_TRANSPORT_TLS},
+                                 {M2MPSK_TRANSPORT_DTLS}};
+  return cr_make_param_array(transport_param, ps, 2);
+}
+
+ParameterizedTest(transport_param *tp, refusal, removed_record_at_responder) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, tp->t, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  cr_assert_eq(m2mpsk_keystore_remove(p.ks_b, M2MT_KPSA_ID), M2MPSK_OK);
+  refusal_result r = run_refusal(&p, tp->t);
+  cr_assert_eq(r.b, M2MPSK_REASON_UNKNOWN_IDENTITY);
+  cr_assert_eq(r.a, M2MPSK_REASON_BAD_KEY);
+  m2mt_pair_free(&p);
+}
+
+Test(refusal, revoked_record_at_responder) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  cr_assert_eq(m2mpsk_keystore_revoke(p.ks_b, M2MT_KPSA_ID), M2MPSK_OK);
+  refusal_result r = run_refusal(&p, M2MPSK_TRANSPORT_TLS);
+  cr_assert_eq(r.b, M2MPSK_REASON_REVOKED);
+  cr_assert_eq(r.a, M2MPSK_REASON_BAD_KEY);
+  m2mt_pair_free(&p);
+}
+
+Test(refusal, removed_record_at_initiator) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  cr_assert_eq(m2mpsk_keystore_remove(p.ks_a, M2MT_KPSA_ID), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_start(p.a, NOW0, UNIX0), M2MPSK_E_FAILED);
+  cr_assert_eq(m2mpsk_assoc_failure(p.a), M2MPSK_REASON_REVOKED);
+  m2mt_pair_free(&p);
+}
+
+Test(refusal, record_replaced_after_creation_counts_as_revoked) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  cr_assert_eq(m2mpsk_keystore_remove(p.ks_a, M2MT_KPSA_ID), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_add(p.ks_a, M2MT_KPSA_ID, m2mt_other_key, 32,
+                                   M2MT_IDA, M2MT_IDB, 0, 0),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_start(p.a, NOW0, UNIX0), M2MPSK_E_FAILED);
+  cr_assert_eq(m2mpsk_assoc_failure(p.a), M2MPSK_REASON_REVOKED);
+  m2mt_pair_free(&p);
+}
+
+Test(refusal, removed_at_initiator_during_handshake) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  m2mt_pair_start(&p, NOW0, UNIX0);
+  /* ClientHello is out; the key is read only at ClientKeyExchange. */
+  cr_assert_eq(m2mpsk_keystore_remove(p.ks_a, M2MT_KPSA_ID), M2MPSK_OK);
+  uint64_t now = NOW0;
+  m2mt_run_handshake(p.a, p.b, NULL, &now, 100);
+  cr_assert_eq(m2mpsk_assoc_failure(p.a), M2MPSK_REASON_REVOKED);
+  cr_assert_neq(m2mpsk_assoc_state(p.b), M2MPSK_STATE_ESTABLISHED);
+  m2mt_pair_free(&p);
+}
+
+/* ---- DTLS over a lossy link ---------------------------------------------- */
+
+Test(dtls, lossy_link_completes_through_retransmission) {
+  int completed = 0;
+  size_t dropped = 0, dups = 0, reorders = 0;
+  for (uint32_t seed = 1; seed <= 40; seed++) {
+    m2mt_pair p;
+    m2mt_pair_init(&p, M2MPSK_TRANSPORT_DTLS, m2mt_key, m2mt_key, M2MT_IDA,
+                   NULL);
+    m2mt_pair_start(&p, NOW0, UNIX0);
+    m2mt_link link = {.drop_pct = 25, .dup_pct = 20, .reorder_pct = 30,
+                      .rng = seed * 2654435761u};
+    uint64_t now = NOW0;
+    int steps = m2mt_run_handshake(p.a, p.b, &link, &now, 2000);
+    cr_assert_geq(steps, 0, "seed %u did not settle", seed);
+    cr_assert_eq(m2mpsk_assoc_state(p.a), M2MPSK_STATE_ESTABLISHED,
+                 "seed %u: A %s", seed, m2mpsk_assoc_failure_detail(p.a));
+    cr_assert_eq(m2mpsk_assoc_state(p.b), M2MPSK_STATE_ESTABLISHED,
+                 "seed %u: B %s", seed, m2mpsk_assoc_failure_detail(p.b));
+    cr_assert_str_eq(m2mpsk_assoc_peer_id(p.b), M2MT_IDA);
+    completed++;
+    dropped += link.dropped;
+    dups += link.duplicated;
+    reorders += link.reordered;
+    m2mt_pair_free(&p);
+  }
+  cr_assert_eq(completed, 40);
+  /* The link really was lossy. */
+  cr_assert_gt(dropped, 10);
+  cr_assert_gt(dups, 5);
+  cr_assert_gt(reorders, 3);
+}
+
+Test(dtls, dead_link_ends_in_timeout) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_DTLS, m2mt_key, m2mt_key, M2MT_IDA,
+                 NULL);
+  m2mt_pair_start(&p, NOW0, UNIX0);
+  m2mt_link link = {.drop_all = 1, .rng = 7};
+  uint64_t now = NOW0;
+  cr_assert_geq(m2mt_run_handshake(p.a, p.b, &link, &now, 2000), 0);
+  cr_assert_eq(m2mpsk_assoc_failure(p.a), M2MPSK_REASON_TIMEOUT);
+  cr_assert_eq(m2mpsk_assoc_failure(p.b), M2MPSK_REASON_TIMEOUT);
+  /* Retransmissions happened before giving up at the 60 s default. */
+  cr_assert_gt(link.dropped, 3);
+  cr_assert_geq(now - NOW0, 60000);
+  cr_assert_lt(now - NOW0, 61000);
+  uint64_t d;
+  cr_assert_eq(m2mpsk_assoc_next_timeout(p.a, &d), M2MPSK_E_AGAIN);
+  cr_assert_eq(m2mpsk_assoc_handle_timeout(p.a, now + 1), M2MPSK_E_FAILED);
+  m2mt_pair_free(&p);
+}
+
+Test(dtls, retransmission_timer_is_reported_and_honoured) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_DTLS, m2mt_key, m2mt_key, M2MT_IDA,
+                 NULL);
+  m2mt_pair_start(&p, NOW0, UNIX0);
+  uint8_t buf[2048];
+  size_t n;
+  cr_assert_eq(m2mpsk_assoc_drain(p.a, buf, sizeof(buf), &n), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_drain(p.a, buf, sizeof(buf), &n), M2MPSK_E_AGAIN);
+  uint64_t d;
+  cr_assert_eq(m2mpsk_assoc_next_timeout(p.a, &d), M2MPSK_OK);
+  cr_assert_eq(d, NOW0 + 1000, "first retransmission after 1 s, got %llu",
+               (unsigned long long)(d - NOW0));
+  /* Early: nothing happens (BoringSSL rounds the last 15 ms up). */
+  cr_assert_eq(m2mpsk_assoc_handle_timeout(p.a, d - 100), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_pending(p.a), 0);
+  cr_assert_eq(m2mpsk_assoc_handle_timeout(p.a, d), M2MPSK_OK);
+  cr_assert_gt(m2mpsk_assoc_pending(p.a), 0, "ClientHello retransmitted");
+  cr_assert_eq(m2mpsk_assoc_next_timeout(p.a, &d), M2MPSK_OK);
+  cr_assert_eq(d, NOW0 + 1000 + 2000, "back-off doubles");
+  m2mt_pair_free(&p);
+}
+
+Test(dtls, mtu_bounds_datagrams) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_DTLS, m2mt_key, m2mt_key, M2MT_IDA,
+                 NULL);
+  cr_assert_eq(m2mpsk_assoc_set_mtu(p.a, 100), M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_assoc_set_mtu(p.a, 256), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_set_mtu(p.b, 256), M2MPSK_OK);
+  m2mt_pair_start(&p, NOW0, UNIX0);
+  cr_assert_eq(m2mpsk_assoc_set_mtu(p.a, 512), M2MPSK_E_STATE);
+  uint64_t now = NOW0;
+  m2mt_run_handshake(p.a, p.b, NULL, &now, 100);
+  cr_assert_eq(m2mpsk_assoc_state(p.a), M2MPSK_STATE_ESTABLISHED);
+  /* A small buffer is refused and the datagram stays queued. */
+  size_t w, n;
+  uint8_t msg[200] = {0}, small[16], big[2048];
+  cr_assert_eq(m2mpsk_assoc_write(p.a, msg, sizeof(msg), &w), M2MPSK_OK);
+  size_t pending = m2mpsk_assoc_pending(p.a);
+  cr_assert_gt(pending, sizeof(small));
+  cr_assert_eq(m2mpsk_assoc_drain(p.a, small, sizeof(small), &n),
+               M2MPSK_E_BUFFER);
+  cr_assert_eq(m2mpsk_assoc_pending(p.a), pending);
+  cr_assert_eq(m2mpsk_assoc_drain(p.a, big, sizeof(big), &n), M2MPSK_OK);
+  cr_assert_eq(n, pending);
+  m2mt_pair_free(&p);
+}
+
+Test(dtls, tls_association_has_no_mtu) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  cr_assert_eq(m2mpsk_assoc_set_mtu(p.a, 1200), M2MPSK_E_INVALID);
+  m2mt_pair_free(&p);
+}
+
+/* ---- handshake timeout over TLS ------------------------------------------ */
+
+Test(timeout, tls_handshake_deadline) {
+  m2mpsk_config *cfg;
+  m2mt_pair p;
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  cr_assert_eq(m2mpsk_config_new(&cfg), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_config_set_handshake_timeout(cfg, 0), M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_config_set_handshake_timeout(cfg, 3600001),
+               M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_config_set_handshake_timeout(cfg, 5000), M2MPSK_OK);
+  m2mpsk_assoc *a;
+  cr_assert_eq(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR,
+                                M2MPSK_TRANSPORT_TLS, cfg, p.ks_a,
+                                M2MT_KPSA_ID),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_config_set_handshake_timeout(cfg, 6000),
+               M2MPSK_E_STATE);
+  cr_assert_eq(m2mpsk_assoc_start(a, NOW0, UNIX0), M2MPSK_OK);
+  uint64_t d;
+  cr_assert_eq(m2mpsk_assoc_next_timeout(a, &d), M2MPSK_OK);
+  cr_assert_eq(d, NOW0 + 5000);
+  cr_assert_eq(m2mpsk_assoc_handle_timeout(a, NOW0 + 4999), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_state(a), M2MPSK_STATE_HANDSHAKING);
+  cr_assert_eq(m2mpsk_assoc_handle_timeout(a, NOW0 + 5000), M2MPSK_E_FAILED);
+  cr_assert_eq(m2mpsk_assoc_failure(a), M2MPSK_REASON_TIMEOUT);
+  cr_assert_str_neq(m2mpsk_assoc_failure_detail(a), "");
+  m2mpsk_assoc_free(a);
+  m2mpsk_config_free(cfg);
+  m2mt_pair_free(&p);
+}
+
+/* ---- application data ---------------------------------------------------- */
+
+static void established_pair(m2mt_pair *p, m2mpsk_transport t) {
+  m2mt_pair_init(p, t, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  m2mt_pair_start(p, NOW0, UNIX0);
+  uint64_t now = NOW0;
+  cr_assert_geq(m2mt_run_handshake(p->a, p->b, NULL, &now, 100), 0);
+  cr_assert_eq(m2mpsk_assoc_state(p->a), M2MPSK_STATE_ESTABLISHED);
+  cr_assert_eq(m2mpsk_assoc_state(p->b), M2MPSK_STATE_ESTABLISHED);
+}
+
+/* Sends `len` bytes from x to y over TLS in mixed write sizes and checks
+ * they arrive intact. */
+static void stream_megabyte(m2mpsk_assoc *x, m2mpsk_assoc *y, size_t len) {
+  uint8_t *src = malloc(len), *dst = malloc(len);
+  cr_assert(src && dst);
+  for (size_t i = 0; i < len; i++)
+    src[i] = (uint8_t)(i * 31 + (i >> 11));
+  size_t sent = 0, got = 0;
+  size_t sizes[] = {1, 700, 16384, 40000, 3};
+  int k = 0;
+  while (got < len) {
+    if (sent < len) {
+      size_t n = sizes[k++ % 5];
+      if (n > len - sent)
+        n = len - sent;
+      size_t w;
+      cr_assert_eq(m2mpsk_assoc_write(x, src + sent, n, &w), M2MPSK_OK);
+      cr_assert_eq(w, n);
+      sent += n;
+    }
+    m2mt_transfer(x, y, NULL, NOW0);
+    while (got < len) {
+      size_t n;
+      int rc = m2mpsk_assoc_read(y, dst + got, len - got, &n);
+      if (rc == M2MPSK_E_AGAIN)
+        break;
+      cr_assert_eq(rc, M2MPSK_OK, "read: %s (%s)", m2mpsk_strerror(rc),
+                   m2mpsk_assoc_failure_detail(y));
+      got += n;
+    }
+  }
+  cr_assert_eq(got, len);
+  cr_assert_arr_eq(src, dst, len);
+  free(src);
+  free(dst);
+}
+
+Test(appdata, tls_megabyte_each_way_then_close_notify_both_ways) {
+  m2mt_pair p;
+  established_pair(&p, M2MPSK_TRANSPORT_TLS);
+  stream_megabyte(p.a, p.b, 1 << 20);
+  stream_megabyte(p.b, p.a, 1 << 20);
+
+  uint8_t buf[64];
+  size_t n, w;
+  cr_assert_eq(m2mpsk_assoc_read(p.b, buf, sizeof(buf), &n), M2MPSK_E_AGAIN);
+  cr_assert_eq(m2mpsk_assoc_close(p.a), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_state(p.a), M2MPSK_STATE_CLOSED);
+  cr_assert_eq(m2mpsk_assoc_write(p.a, buf, 1, &w), M2MPSK_E_CLOSED);
+  cr_assert_eq(m2mpsk_assoc_close(p.a), M2MPSK_OK, "closing twice is fine");
+  m2mt_transfer(p.a, p.b, NULL, NOW0);
+  cr_assert_eq(m2mpsk_assoc_read(p.b, buf, sizeof(buf), &n), M2MPSK_E_CLOSED);
+  cr_assert_eq(m2mpsk_assoc_state(p.b), M2MPSK_STATE_CLOSED);
+  /* B may still send before answering with its own close_notify. */
+  cr_assert_eq(m2mpsk_assoc_write(p.b, (const uint8_t *)"bye", 3, &w),
+               M2MPSK_E_CLOSED);
+  cr_assert_eq(m2mpsk_assoc_close(p.b), M2MPSK_OK);
+  m2mt_transfer(p.b, p.a, NULL, NOW0);
+  cr_assert_eq(m2mpsk_assoc_read(p.a, buf, sizeof(buf), &n), M2MPSK_E_CLOSED);
+  /* The binding outlives the close, for logs. */
+  cr_assert_str_eq(m2mpsk_assoc_peer_id(p.b), M2MT_IDA);
+  cr_assert_eq(m2mpsk_assoc_feed(p.a, buf, 1, NOW0), M2MPSK_E_STATE);
+  m2mt_pair_free(&p);
+}
+
+Test(appdata, half_close_lets_the_peer_finish_sending) {
+  m2mt_pair p;
+  established_pair(&p, M2MPSK_TRANSPORT_TLS);
+  uint8_t buf[64];
+  size_t n, w;
+  cr_assert_eq(m2mpsk_assoc_close(p.a), M2MPSK_OK);
+  m2mt_transfer(p.a, p.b, NULL, NOW0);
+  /* B has not read the close yet, so it can still write. */
+  cr_assert_eq(m2mpsk_assoc_write(p.b, (const uint8_t *)"last", 4, &w),
+               M2MPSK_OK);
+  m2mt_transfer(p.b, p.a, NULL, NOW0);
+  cr_assert_eq(m2mpsk_assoc_read(p.a, buf, sizeof(buf), &n), M2MPSK_OK);
+  cr_assert_eq(n, 4);
+  cr_assert_arr_eq(buf, "last", 4);
+  m2mt_pair_free(&p);
+}
+
+Test(appdata, tls_byte_at_a_time_input) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  m2mt_pair_start(&p, NOW0, UNIX0);
+  m2mt_link link = {.stream_chunk = 1};
+  uint64_t now = NOW0;
+  cr_assert_geq(m2mt_run_handshake(p.a, p.b, &link, &now, 100), 0);
+  cr_assert_eq(m2mpsk_assoc_state(p.a), M2MPSK_STATE_ESTABLISHED);
+  cr_assert_eq(m2mpsk_assoc_state(p.b), M2MPSK_STATE_ESTABLISHED);
+  m2mt_pair_free(&p);
+}
+
+Test(appdata, dtls_datagrams_both_ways_and_close_notify) {
+  m2mt_pair p;
+  established_pair(&p, M2MPSK_TRANSPORT_DTLS);
+  uint8_t msg[1024], buf[2048];
+  size_t w, n;
+  for (int i = 0; i < 200; i++) {
+    memset(msg, i, sizeof(msg));
+    m2mpsk_assoc *x = i % 2 ? p.a : p.b, *y = i % 2 ? p.b : p.a;
+    cr_assert_eq(m2mpsk_assoc_write(x, msg, sizeof(msg), &w), M2MPSK_OK);
+    m2mt_transfer(x, y, NULL, NOW0);
+    cr_assert_eq(m2mpsk_assoc_read(y, buf, sizeof(buf), &n), M2MPSK_OK);
+    cr_assert_eq(n, sizeof(msg));
+    cr_assert_arr_eq(buf, msg, sizeof(msg));
+  }
+  cr_assert_eq(m2mpsk_assoc_write(p.a, msg, 16385, &w), M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_assoc_close(p.a), M2MPSK_OK);
+  m2mt_transfer(p.a, p.b, NULL, NOW0);
+  cr_assert_eq(m2mpsk_assoc_read(p.b, buf, sizeof(buf), &n), M2MPSK_E_CLOSED);
+  cr_assert_eq(m2mpsk_assoc_close(p.b), M2MPSK_OK);
+  m2mt_transfer(p.b, p.a, NULL, NOW0);
+  cr_assert_eq(m2mpsk_assoc_read(p.a, buf, sizeof(buf), &n), M2MPSK_E_CLOSED);
+  m2mt_pair_free(&p);
+}
+
+Test(appdata, tampered_record_fails_the_association) {
+  m2mt_pair p;
+  established_pair(&p, M2MPSK_TRANSPORT_TLS);
+  size_t w, n;
+  uint8_t buf[256];
+  cr_assert_eq(m2mpsk_assoc_write(p.a, (const uint8_t *)"hello", 5, &w),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_drain(p.a, buf, sizeof(buf), &n), M2MPSK_OK);
+  buf[n - 1] ^= 1;
+  cr_assert_eq(m2mpsk_assoc_feed(p.b, buf, n, NOW0), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_read(p.b, buf, sizeof(buf), &n), M2MPSK_E_FAILED);
+  cr_assert_eq(m2mpsk_assoc_failure(p.b), M2MPSK_REASON_BAD_KEY);
+  cr_assert_eq(m2mpsk_assoc_state(p.b), M2MPSK_STATE_FAILED);
+  /* Failed: only drain (the alert) and free remain. */
+  uint8_t alert[64], scratch[8];
+  size_t alert_len;
+  cr_assert_eq(m2mpsk_assoc_drain(p.b, alert, sizeof(alert), &alert_len),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_write(p.b, scratch, 1, &w), M2MPSK_E_FAILED);
+  cr_assert_eq(m2mpsk_assoc_read(p.b, scratch, 1, &n), M2MPSK_E_FAILED);
+  cr_assert_eq(m2mpsk_assoc_feed(p.b, scratch, 1, NOW0), M2MPSK_E_STATE);
+  cr_assert_eq(m2mpsk_assoc_close(p.b), M2MPSK_E_STATE);
+  cr_assert_null(m2mpsk_assoc_peer_id(p.b));
+  /* A learns of it from the alert. */
+  cr_assert_eq(m2mpsk_assoc_feed(p.a, alert, alert_len, NOW0), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_read(p.a, buf, sizeof(buf), &n), M2MPSK_E_FAILED);
+  cr_assert_eq(m2mpsk_assoc_failure(p.a), M2MPSK_REASON_BAD_KEY);
+  m2mt_pair_free(&p);
+}
+
+/* ---- garbage and truncation ---------------------------------------------- */
+
+static uint32_t xs(uint32_t *s) {
+  *s ^= *s << 13;
+  *s ^= *s >> 17;
+  *s ^= *s << 5;
+  return *s;
+}
+
+Test(garbage, random_bytes_to_responder_fail_cleanly) {
+  uint32_t seed = 12345;
+  for (int t = 0; t < 2; t++) {
+    for (int i = 0; i < 300; i++) {
+      m2mt_pair p;
+      m2mt_pair_init(&p, (m2mpsk_transport)t, m2mt_key, m2mt_key, M2MT_IDA,
+                     NULL);
+      cr_assert_eq(m2mpsk_assoc_start(p.b, NOW0, UNIX0), M2MPSK_OK);
+      uint8_t junk[600];
+      size_t len = 1 + xs(&seed) % sizeof(junk);
+      for (size_t k = 0; k < len; k++)
+        junk[k] = (uint8_t)xs(&seed);
+      /* Half the time, make it look like a handshake record. */
+      if (i % 2 && len > 5) {
+        junk[0] = 22;
+        junk[1] = t ? 0xfe : 3;
+        junk[2] = t ? 0xfd : 3;
+      }
+      int rc = m2mpsk_assoc_feed(p.b, junk, len, NOW0);
+      cr_assert(rc == M2MPSK_OK || rc == M2MPSK_E_FAILED, "rc %d", rc);
+      m2mpsk_state st = m2mpsk_assoc_state(p.b);
+      cr_assert(st == M2MPSK_STATE_HANDSHAKING || st == M2MPSK_STATE_FAILED);
+      if (rc == M2MPSK_E_FAILED) {
+        cr_assert_eq(st, M2MPSK_STATE_FAILED);
+        cr_assert_neq(m2mpsk_assoc_failure(p.b), M2MPSK_REASON_NONE);
+      }
+      uint8_t out[2048];
+      size_t n;
+      while (m2mpsk_assoc_drain(p.b, out, sizeof(out), &n) == M2MPSK_OK)
+        ;
+      m2mt_pair_free(&p);
+    }
+  }
+}
+
+Test(garbage, tls_garbage_record_fails_with_protocol_error) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  cr_assert_eq(m2mpsk_assoc_start(p.b, NOW0, UNIX0), M2MPSK_OK);
+  const uint8_t junk[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+  cr_assert_eq(m2mpsk_assoc_feed(p.b, junk, sizeof(junk) - 1, NOW0),
+               M2MPSK_E_FAILED);
+  cr_assert_eq(m2mpsk_assoc_failure(p.b), M2MPSK_REASON_PROTOCOL);
+  cr_assert_str_neq(m2mpsk_assoc_failure_detail(p.b), "");
+  m2mt_pair_free(&p);
+}
+
+/* Garbage in every state of the initiator and responder, in both
+ * transports: the call returns a status and the state stays coherent. */
+Test(garbage, garbage_in_every_state) {
+  uint8_t junk[300];
+  uint32_t seed = 99;
+  for (size_t k = 0; k < sizeof(junk); k++)
+    junk[k] = (uint8_t)xs(&seed);
+  for (int t = 0; t < 2; t++) {
+    for (int when = 0; when < 4; when++) {
+      for (int side = 0; side < 2; side++) {
+        m2mt_pair p;
+        m2mt_pair_init(&p, (m2mpsk_transport)t, m2mt_key, m2mt_key, M2MT_IDA,
+                       NULL);
+        m2mpsk_assoc *x = side ? p.b : p.a;
+        uint64_t now = NOW0;
+        if (when == 0) { /* idle */
+          cr_assert_eq(m2mpsk_assoc_feed(x, junk, sizeof(junk), now),
+                       M2MPSK_E_STATE);
+          m2mt_pair_free(&p);
+          continue;
+        }
+        m2mt_pair_start(&p, now, UNIX0);
+        if (when == 1) /* mid-handshake, after the first flight */
+          m2mt_transfer(p.a, p.b, NULL, now);
+        if (when >= 2)
+          m2mt_run_handshake(p.a, p.b, NULL, &now, 100);
+        if (when == 3) {
+          cr_assert_eq(m2mpsk_assoc_close(x), M2MPSK_OK);
+        }
+        int rc = m2mpsk_assoc_feed(x, junk, sizeof(junk), now);
+        cr_assert(rc == M2MPSK_OK || rc == M2MPSK_E_FAILED, "rc %d", rc);
+        uint8_t buf[512];
+        size_t n;
+        if (when >= 2) {
+          rc = m2mpsk_assoc_read(x, buf, sizeof(buf), &n);
+          cr_assert(rc == M2MPSK_E_AGAIN || rc == M2MPSK_E_FAILED,
+                    "t%d when%d side%d rc %d", t, when, side, rc);
+          if (t == 0)
+            cr_assert_eq(rc, M2MPSK_E_FAILED, "TLS garbage is fatal");
+        }
+        if (rc == M2MPSK_E_FAILED)
+          cr_assert_neq(m2mpsk_assoc_failure(x), M2MPSK_REASON_NONE);
+        while (m2mpsk_assoc_drain(x, buf, sizeof(buf), &n) == M2MPSK_OK)
+          ;
+        m2mt_pair_free(&p);
+      }
+    }
+  }
+}
+
+Test(garbage, truncated_flight_waits_then_times_out) {
+  for (int t = 0; t < 2; t++) {
+    m2mt_pair p;
+    m2mt_pair_init(&p, (m2mpsk_transport)t, m2mt_key, m2mt_key, M2MT_IDA,
+                   NULL);
+    m2mt_pair_start(&p, NOW0, UNIX0);
+    uint8_t buf[2048];
+    size_t n;
+    cr_assert_eq(m2mpsk_assoc_drain(p.a, buf, sizeof(buf), &n), M2MPSK_OK);
+    cr_assert_eq(m2mpsk_assoc_feed(p.b, buf, n / 2, NOW0), M2MPSK_OK);
+    cr_assert_eq(m2mpsk_assoc_state(p.b), M2MPSK_STATE_HANDSHAKING);
+    cr_assert_eq(m2mpsk_assoc_handle_timeout(p.b, NOW0 + 60000),
+                 M2MPSK_E_FAILED);
+    cr_assert_eq(m2mpsk_assoc_failure(p.b), M2MPSK_REASON_TIMEOUT);
+    m2mt_pair_free(&p);
+  }
+}
+
+Test(garbage, dtls_empty_and_oversized_datagrams_are_refused) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_DTLS, m2mt_key, m2mt_key, M2MT_IDA,
+                 NULL);
+  m2mt_pair_start(&p, NOW0, UNIX0);
+  static uint8_t big[70000];
+  cr_assert_eq(m2mpsk_assoc_feed(p.b, big, 0, NOW0), M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_assoc_feed(p.b, big, sizeof(big), NOW0),
+               M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_assoc_state(p.b), M2MPSK_STATE_HANDSHAKING);
+  m2mt_pair_free(&p);
+}
+
+/* ---- API contract ---------------------------------------------------------- */
+
+Test(contract, lifecycle_misuse_is_reported) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  uint8_t buf[64];
+  size_t n, w;
+  uint64_t d;
+  cr_assert_eq(m2mpsk_assoc_drain(p.a, buf, sizeof(buf), &n), M2MPSK_E_STATE);
+  cr_assert_eq(m2mpsk_assoc_handle_timeout(p.a, NOW0), M2MPSK_E_STATE);
+  cr_assert_eq(m2mpsk_assoc_next_timeout(p.a, &d), M2MPSK_E_AGAIN);
+  cr_assert_eq(m2mpsk_assoc_write(p.a, buf, 1, &w), M2MPSK_E_STATE);
+  cr_assert_eq(m2mpsk_assoc_read(p.a, buf, 1, &n), M2MPSK_E_STATE);
+  cr_assert_eq(m2mpsk_assoc_close(p.a), M2MPSK_E_STATE);
+  m2mt_pair_start(&p, NOW0, UNIX0);
+  cr_assert_eq(m2mpsk_assoc_start(p.a, NOW0, UNIX0), M2MPSK_E_STATE);
+  cr_assert_eq(m2mpsk_assoc_write(p.a, buf, 1, &w), M2MPSK_E_STATE);
+  cr_assert_eq(m2mpsk_assoc_read(p.b, buf, 1, &n), M2MPSK_E_STATE);
+  cr_assert_eq(m2mpsk_assoc_close(p.a), M2MPSK_E_STATE);
+  cr_assert_eq(m2mpsk_assoc_read(p.b, buf, sizeof(buf), &n), M2MPSK_E_STATE);
+  m2mt_pair_free(&p);
+}
+
+Test(contract, config_and_keystore_outlive_their_free_while_used) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  /* The caller lets go of everything but the associations. */
+  m2mpsk_keystore_free(p.ks_a);
+  m2mpsk_keystore_free(p.ks_b);
+  m2mpsk_config_free(p.cfg_a);
+  m2mpsk_config_free(p.cfg_b);
+  p.ks_a = p.ks_b = NULL;
+  p.cfg_a = p.cfg_b = NULL;
+  m2mt_pair_start(&p, NOW0, UNIX0);
+  uint64_t now = NOW0;
+  m2mt_run_handshake(p.a, p.b, NULL, &now, 100);
+  cr_assert_eq(m2mpsk_assoc_state(p.a), M2MPSK_STATE_ESTABLISHED);
+  cr_assert_eq(m2mpsk_assoc_state(p.b), M2MPSK_STATE_ESTABLISHED);
+  m2mt_pair_free(&p);
+}
+
+Test(contract, new_checks_role_transport_and_identity) {
+  m2mpsk_keystore *ks;
+  m2mpsk_config *cfg;
+  m2mpsk_assoc *a = (m2mpsk_assoc *)&a;
+  cr_assert_eq(m2mpsk_keystore_new(&ks, 0), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_config_new(&cfg), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_add(ks, M2MT_KPSA_ID, m2mt_key, 32, NULL,
+                                   M2MT_IDB, 0, 0),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_new(&a, (m2mpsk_role)7, M2MPSK_TRANSPORT_TLS, cfg,
+                                ks, M2MT_KPSA_ID),
+               M2MPSK_E_INVALID);
+  cr_assert_null(a);
+  cr_assert_eq(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR,
+                                (m2mpsk_transport)9, cfg, ks, M2MT_KPSA_ID),
+               M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR,
+                                M2MPSK_TRANSPORT_TLS, cfg, ks, NULL),
+               M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_assoc_new(&a, M2MPSK_ROLE_RESPONDER,
+                                M2MPSK_TRANSPORT_TLS, cfg, ks, M2MT_KPSA_ID),
+               M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR,
+                                M2MPSK_TRANSPORT_TLS, cfg, ks, "no-at-sign"),
+               M2MPSK_E_KPSA_ID);
+  char longid[200];
+  memset(longid, 'a', sizeof(longid));
+  strcpy(longid + 150, "@example.com");
+  cr_assert_eq(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR,
+                                M2MPSK_TRANSPORT_TLS, cfg, ks, longid),
+               M2MPSK_E_KPSA_ID_LENGTH);
+  cr_assert_eq(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR,
+                                M2MPSK_TRANSPORT_TLS, cfg, ks,
+                                "absent@onem2m.com"),
+               M2MPSK_E_NOT_FOUND);
+  cr_assert_eq(m2mpsk_assoc_new(&a, M2MPSK_ROLE_RESPONDER,
+                                M2MPSK_TRANSPORT_DTLS, cfg, ks, NULL),
+               M2MPSK_E_NO_LOCAL_ID);
+  cr_assert_null(a);
+  m2mpsk_config_free(cfg);
+  m2mpsk_keystore_free(ks);
+}
+
+Test(contract, suites_setter_rejects_unknown_and_unsupported_names) {
+  m2mpsk_config *cfg;
+  cr_assert_eq(m2mpsk_config_new(&cfg), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_config_set_suites(cfg, "TLS_PSK_WITH_NOTHING"),
+               M2MPSK_E_SUITE);
+  /* TS-0003's mandated suites are not in Debian's BoringSSL. */
+  cr_assert_eq(m2mpsk_config_set_suites(cfg, "TLS_PSK_WITH_AES_128_CBC_SHA256"),
+               M2MPSK_E_SUITE);
+  cr_assert_eq(m2mpsk_config_set_suites(cfg, "TLS_PSK_WITH_AES_128_CCM_8"),
+               M2MPSK_E_SUITE);
+  /* A certificate suite is not a PSK suite. */
+  cr_assert_eq(m2mpsk_config_set_suites(
+                   cfg, "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"),
+               M2MPSK_E_SUITE);
+  /* One bad name rejects the whole list. */
+  cr_assert_eq(m2mpsk_config_set_suites(
+                   cfg, "TLS_PSK_WITH_AES_128_CBC_SHA:TLS_BOGUS"),
+               M2MPSK_E_SUITE);
+  cr_assert_eq(m2mpsk_config_set_suites(cfg, ""), M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_config_set_suites(cfg, "TLS_PSK_WITH_AES_128_CBC_SHA::"),
+               M2MPSK_E_INVALID);
+  cr_assert_eq(
+      m2mpsk_config_set_suites(cfg, "TLS_ECDHE_PSK_WITH_AES_128_CBC_SHA:"
+                                    "TLS_PSK_WITH_AES_256_CBC_SHA"),
+      M2MPSK_OK);
+  m2mpsk_config_free(cfg);
+}
+
+Test(contract, suite_mismatch_fails_the_handshake) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  m2mpsk_assoc_free(p.b);
+  m2mpsk_config_free(p.cfg_b);
+  cr_assert_eq(m2mpsk_config_new(&p.cfg_b), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_config_add_local_id(p.cfg_b, M2MT_IDB), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_config_set_suites(
+                   p.cfg_b, "TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256"),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_new(&p.b, M2MPSK_ROLE_RESPONDER,
+                                M2MPSK_TRANSPORT_TLS, p.cfg_b, p.ks_b, NULL),
+               M2MPSK_OK);
+  m2mt_pair_start(&p, NOW0, UNIX0);
+  uint64_t now = NOW0;
+  m2mt_run_handshake(p.a, p.b, NULL, &now, 100);
+  cr_assert_eq(m2mpsk_assoc_failure(p.b), M2MPSK_REASON_PROTOCOL);
+  cr_assert_eq(m2mpsk_assoc_failure(p.a), M2MPSK_REASON_PEER_ALERT);
+  cr_assert(strstr(m2mpsk_assoc_failure_detail(p.a), "handshake failure"),
+            "%s", m2mpsk_assoc_failure_detail(p.a));
+  m2mt_pair_free(&p);
+}
+
+Test(contract, config_local_ids_are_validated) {
+  m2mpsk_config *cfg;
+  cr_assert_eq(m2mpsk_config_new(&cfg), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_config_add_local_id(cfg, "cse-in"), M2MPSK_E_IDB);
+  cr_assert_eq(m2mpsk_config_add_local_id(cfg, "/cse-in/Cae"), M2MPSK_E_IDB);
+  char big[600];
+  memset(big, 'a', sizeof(big));
+  big[0] = '/';
+  big[599] = 0;
+  cr_assert_eq(m2mpsk_config_add_local_id(cfg, big), M2MPSK_E_ID_LENGTH);
+  cr_assert_eq(m2mpsk_config_add_local_id(cfg, M2MT_IDB), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_config_add_local_id(cfg, M2MT_IDB), M2MPSK_E_DUPLICATE);
+  cr_assert_eq(m2mpsk_config_set_reveal_unknown_identity(cfg, 1), M2MPSK_OK);
+  m2mpsk_keystore *ks;
+  m2mpsk_assoc *b;
+  cr_assert_eq(m2mpsk_keystore_new(&ks, 0), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_new(&b, M2MPSK_ROLE_RESPONDER,
+                                M2MPSK_TRANSPORT_TLS, cfg, ks, NULL),
+               M2MPSK_OK);
+  /* Frozen now. */
+  cr_assert_eq(m2mpsk_config_add_local_id(cfg, "/cse-2"), M2MPSK_E_STATE);
+  cr_assert_eq(m2mpsk_config_set_reveal_unknown_identity(cfg, 0),
+               M2MPSK_E_STATE);
+  cr_assert_eq(m2mpsk_config_set_suites(cfg, "TLS_PSK_WITH_AES_256_CBC_SHA"),
+               M2MPSK_E_STATE);
+  m2mpsk_assoc_free(b);
+  m2mpsk_keystore_free(ks);
+  m2mpsk_config_free(cfg);
+}
+
+Test(contract, strerror_and_reason_names_cover_every_value) {
+  for (int s = 0; s >= -40; s--) {
+    const char *msg = m2mpsk_strerror(s);
+    cr_assert_not_null(msg);
+  }
+  int known[] = {0,   -1,  -2,  -3,  -4,  -5,  -6,  -7,  -8,  -10,
+                 -11, -12, -13, -14, -15, -16, -17, -18, -19, -20,
+                 -21, -22, -23, -30, -31};
+  for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+    cr_assert_str_neq(m2mpsk_strerror(known[i]), "unknown status", "%d",
+                      known[i]);
+  cr_assert_str_eq(m2mpsk_strerror(-9), "unknown status");
+  cr_assert_str_eq(m2mpsk_strerror(12345), "unknown status");
+  for (int r = 0; r <= M2MPSK_REASON_INTERNAL; r++)
+    cr_assert_str_neq(m2mpsk_reason_name(r), "unknown");
+  cr_assert_str_eq(m2mpsk_reason_name(99), "unknown");
+  cr_assert_str_eq(m2mpsk_reason_name(M2MPSK_REASON_BAD_KEY), "bad-key");
+}
+
+Test(contract, version_macros_agree_with_runtime) {
+  cr_assert_str_eq(m2mpsk_version_string(), M2MPSK_VERSION_STRING);
+  cr_assert_eq(m2mpsk_version_number(), M2MPSK_VERSION_NUMBER);
+}
