@@ -3,6 +3,7 @@
  * DTLS 1.2, through the public API only. Both sides run in this process;
  * the bytes between them pass through this loop, as they would through a
  * socket. Prints what each side bound the session to. */
+#define _POSIX_C_SOURCE 200809L
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>

@@ -1,0 +1,777 @@
+/* The keystore: association records indexed by KpsaID, keys in guarded
+ * arenas.
+ *
+ * Key memory. sodium_malloc costs three or four pages per call, so keys
+ * share arenas ("slabs") of fixed M2MPSK_KEY_MAX-byte slots. A slab is one
+ * sodium_malloc of a page multiple (hence page-aligned), mlocked, excluded
+ * from core dumps and PROT_NONE at rest. A key is reached by opening only
+ * the page that holds its slot, for the length of one copy: mprotect costs
+ * grow with the pages changed, and a smaller window exposes fewer keys.
+ * Each slab's mutex serialises those open-copy-close sequences, so that
+ * one thread never closes a page under another's copy.
+ *
+ * Records. Metadata is ordinary heap memory, one allocation per record with
+ * the strings inline, chained in a SipHash-keyed table (a random key per
+ * keystore, so that KpsaIDs chosen by a peer cannot force collisions).
+ *
+ * Locking. A rwlock guards the index and the slot allocator; readers copy
+ * keys while holding it, so a concurrent remove cannot wipe or reuse a slot
+ * mid-copy. Every change is prepared (allocations first) before anything
+ * visible is modified, so that a failure leaves the keystore as it was. */
+#include <pthread.h>
+#include <sodium.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "keystore.h"
+
+#define SLOT_SIZE ((size_t)M2MPSK_KEY_MAX)
+#define SLAB_MAX ((size_t)1 << 20)
+#define NO_SLAB UINT32_MAX
+#define BUCKETS_MIN 64
+
+typedef struct ks_slab {
+  uint8_t *mem;
+  size_t size;
+  uint32_t nslots;
+  uint32_t used; /* slots handed out from the never-used tail */
+  pthread_mutex_t mu;
+} ks_slab;
+
+typedef struct ks_record {
+  struct ks_record *next;
+  uint64_t hash;
+  int64_t not_before;
+  int64_t not_after;
+  uint64_t serial;
+  uint32_t slab; /* NO_SLAB once revoked */
+  uint32_t slot;
+  uint32_t tag;
+  uint16_t ida_len;
+  uint16_t idb_len;
+  uint8_t kpsa_len;
+  uint8_t key_len;
+  uint8_t revoked;
+  char data[]; /* kpsa_id NUL ida NUL idb NUL */
+} ks_record;
+
+struct m2mpsk_keystore {
+  atomic_size_t refs;
+  unsigned flags;
+  size_t page;
+  /* Behind a pointer so that const (read-only) entry points can lock it. */
+  pthread_rwlock_t *lock;
+  unsigned char hash_key[crypto_shorthash_KEYBYTES];
+
+  ks_record **buckets;
+  size_t nbuckets; /* a power of two */
+  atomic_size_t count;
+  uint64_t next_serial;
+
+  ks_slab **slabs;
+  uint32_t nslabs;
+  uint32_t slabs_cap;
+  uint32_t alloc_hint; /* no slab below it has an unused tail */
+  /* Freed slots as (slab << 32 | slot). Its capacity always covers every
+   * slot, so freeing one never allocates and remove/revoke cannot fail. */
+  uint64_t *free_slots;
+  size_t nfree;
+  size_t free_cap;
+  size_t total_slots;
+  atomic_size_t key_memory;
+  atomic_size_t unlocked_slabs;
+  int bulk;           /* a staging keystore, see bulk_close() */
+  uint32_t open_slab; /* the arena a staging keystore keeps writable */
+};
+
+static const char *rec_kpsa_id(const ks_record *r) { return r->data; }
+static const char *rec_ida(const ks_record *r) {
+  return r->data + r->kpsa_len + 1;
+}
+static const char *rec_idb(const ks_record *r) {
+  return r->data + r->kpsa_len + 1 + r->ida_len + 1;
+}
+
+static uint64_t kpsa_hash(const m2mpsk_keystore *ks, const char *id,
+                          size_t len) {
+  unsigned char h[crypto_shorthash_BYTES];
+  crypto_shorthash(h, (const unsigned char *)id, len, ks->hash_key);
+  uint64_t v;
+  memcpy(&v, h, sizeof(v));
+  return v;
+}
+
+static ks_record **find_link(const m2mpsk_keystore *ks, const char *id,
+                             size_t len, uint64_t hash) {
+  ks_record **link = &ks->buckets[hash & (ks->nbuckets - 1)];
+  for (; *link != NULL; link = &(*link)->next) {
+    const ks_record *r = *link;
+    if (r->hash == hash && r->kpsa_len == len &&
+        memcmp(rec_kpsa_id(r), id, len) == 0)
+      return link;
+  }
+  return NULL;
+}
+
+/* A name longer than any KpsaID is simply absent; the bound also keeps an
+ * unterminated argument from being scanned past it. */
+static ks_record *find(const m2mpsk_keystore *ks, const char *id) {
+  size_t len = strnlen(id, (size_t)M2MPSK_KPSA_ID_MAX + 1);
+  if (len > M2MPSK_KPSA_ID_MAX)
+    return NULL;
+  ks_record **link = find_link(ks, id, len, kpsa_hash(ks, id, len));
+  return link != NULL ? *link : NULL;
+}
+
+/* ---- guarded slots ------------------------------------------------------ */
+
+static uint8_t *slot_addr(const ks_slab *s, uint32_t slot) {
+  return s->mem + (size_t)slot * SLOT_SIZE;
+}
+
+static uint8_t *slot_page(const m2mpsk_keystore *ks, const ks_slab *s,
+                          uint32_t slot) {
+  size_t off = (size_t)slot * SLOT_SIZE;
+  return s->mem + (off & ~(ks->page - 1));
+}
+
+/* mprotect on our own page-aligned mapping fails only when the kernel cannot
+ * split the mapping (vm.max_map_count). Going on would leave a key either
+ * unwritten or readable, so the process stops, as libsodium does when its
+ * guarded memory is compromised. */
+static void page_protect(void *page, size_t len, int prot) {
+  if (mprotect(page, len, prot) != 0)
+    abort();
+}
+
+/* Opens the slot's page with `prot`, copies (or wipes when src is NULL),
+ * and closes it again. A staging keystore's open arena needs no opening. */
+static void slot_copy(const m2mpsk_keystore *ks, uint32_t slab,
+                      uint32_t slot, int prot, void *dst, const void *src,
+                      size_t len) {
+  ks_slab *s = ks->slabs[slab];
+  int open = ks->open_slab == slab;
+  uint8_t *page = slot_page(ks, s, slot);
+  pthread_mutex_lock(&s->mu);
+  if (!open)
+    page_protect(page, ks->page, prot);
+  if (src == NULL)
+    sodium_memzero(dst, len);
+  else
+    memcpy(dst, src, len);
+  if (!open)
+    page_protect(page, ks->page, PROT_NONE);
+  pthread_mutex_unlock(&s->mu);
+}
+
+/* A staging keystore has no other user, so it keeps the arena it is filling
+ * writable instead of paying two mprotect calls per key; the arena is closed
+ * when the next one is opened and before the records are merged. */
+static void bulk_close(m2mpsk_keystore *ks) {
+  if (ks->open_slab == NO_SLAB)
+    return;
+  ks_slab *s = ks->slabs[ks->open_slab];
+  page_protect(s->mem, s->size, PROT_NONE);
+  ks->open_slab = NO_SLAB;
+}
+
+static void slot_write(m2mpsk_keystore *ks, uint32_t slab, uint32_t slot,
+                       const uint8_t *key, size_t len) {
+  ks_slab *s = ks->slabs[slab];
+  if (ks->bulk && ks->open_slab != slab) {
+    bulk_close(ks);
+    page_protect(s->mem, s->size, PROT_READ | PROT_WRITE);
+    ks->open_slab = slab;
+  }
+  slot_copy(ks, slab, slot, PROT_READ | PROT_WRITE, slot_addr(s, slot), key,
+            len);
+}
+
+static void slot_read(const m2mpsk_keystore *ks, uint32_t slab,
+                      uint32_t slot, uint8_t *out, size_t len) {
+  slot_copy(ks, slab, slot, PROT_READ, out, slot_addr(ks->slabs[slab], slot),
+            len);
+}
+
+static void slot_wipe(const m2mpsk_keystore *ks, uint32_t slab,
+                      uint32_t slot) {
+  slot_copy(ks, slab, slot, PROT_READ | PROT_WRITE,
+            slot_addr(ks->slabs[slab], slot), NULL, SLOT_SIZE);
+}
+
+static void slab_destroy(ks_slab *s) {
+  if (s == NULL)
+    return;
+  /* sodium_free makes the region writable, wipes and unlocks it. */
+  sodium_free(s->mem);
+  pthread_mutex_destroy(&s->mu);
+  free(s);
+}
+
+/* Grows a uint64_t array to hold at least `need` entries. */
+static int reserve_u64(uint64_t **arr, size_t *cap, size_t need) {
+  if (need <= *cap)
+    return 1;
+  size_t n = *cap ? *cap : 64;
+  while (n < need)
+    n *= 2;
+  if (n > SIZE_MAX / sizeof(uint64_t))
+    return 0;
+  uint64_t *p = realloc(*arr, n * sizeof(uint64_t));
+  if (p == NULL)
+    return 0;
+  *arr = p;
+  *cap = n;
+  return 1;
+}
+
+static int reserve_slabs(m2mpsk_keystore *ks, size_t need) {
+  if (need <= ks->slabs_cap)
+    return 1;
+  if (need >= NO_SLAB)
+    return 0;
+  size_t n = ks->slabs_cap ? ks->slabs_cap : 8;
+  while (n < need)
+    n *= 2;
+  ks_slab **p = realloc(ks->slabs, n * sizeof(*p));
+  if (p == NULL)
+    return 0;
+  ks->slabs = p;
+  ks->slabs_cap = (uint32_t)n;
+  return 1;
+}
+
+/* Adds a slab, each twice the previous one up to SLAB_MAX. */
+static int slab_add(m2mpsk_keystore *ks) {
+  size_t size = ks->page;
+  for (uint32_t i = 0; i < ks->nslabs && size < SLAB_MAX; i++)
+    size *= 2;
+  uint32_t nslots = (uint32_t)(size / SLOT_SIZE);
+  if (!reserve_slabs(ks, (size_t)ks->nslabs + 1) ||
+      !reserve_u64(&ks->free_slots, &ks->free_cap, ks->total_slots + nslots))
+    return M2MPSK_E_NOMEM;
+
+  ks_slab *s = calloc(1, sizeof(*s));
+  if (s == NULL)
+    return M2MPSK_E_NOMEM;
+  s->mem = sodium_malloc(size);
+  if (s->mem == NULL) {
+    free(s);
+    return M2MPSK_E_NOMEM;
+  }
+  /* sodium_malloc ignores a failing mlock; ask again to learn the truth.
+   * This also marks the pages MADV_DONTDUMP. */
+  int locked = sodium_mlock(s->mem, size) == 0;
+  if (!locked && (ks->flags & M2MPSK_KEYSTORE_REQUIRE_LOCKED)) {
+    sodium_free(s->mem);
+    free(s);
+    return M2MPSK_E_UNLOCKED;
+  }
+  if (sodium_mprotect_noaccess(s->mem) != 0 ||
+      pthread_mutex_init(&s->mu, NULL) != 0) {
+    sodium_free(s->mem);
+    free(s);
+    return M2MPSK_E_NOMEM;
+  }
+  s->size = size;
+  s->nslots = nslots;
+  ks->slabs[ks->nslabs++] = s;
+  ks->total_slots += nslots;
+  atomic_fetch_add(&ks->key_memory, size);
+  if (!locked)
+    atomic_fetch_add(&ks->unlocked_slabs, 1);
+  return M2MPSK_OK;
+}
+
+static int slot_alloc(m2mpsk_keystore *ks, uint32_t *slab, uint32_t *slot) {
+  if (ks->nfree > 0) {
+    uint64_t v = ks->free_slots[--ks->nfree];
+    *slab = (uint32_t)(v >> 32);
+    *slot = (uint32_t)v;
+    return M2MPSK_OK;
+  }
+  while (ks->alloc_hint < ks->nslabs &&
+         ks->slabs[ks->alloc_hint]->used == ks->slabs[ks->alloc_hint]->nslots)
+    ks->alloc_hint++;
+  if (ks->alloc_hint == ks->nslabs) {
+    int rc = slab_add(ks);
+    if (rc != M2MPSK_OK)
+      return rc;
+  }
+  ks_slab *s = ks->slabs[ks->alloc_hint];
+  *slab = ks->alloc_hint;
+  *slot = s->used++;
+  return M2MPSK_OK;
+}
+
+static void slot_free(m2mpsk_keystore *ks, uint32_t slab, uint32_t slot) {
+  ks->free_slots[ks->nfree++] = (uint64_t)slab << 32 | slot;
+}
+
+/* ---- index ------------------------------------------------------------- */
+
+/* Makes room for `n` records at a load factor of at most 1. A failure
+ * leaves the old table in place. */
+static int table_reserve(m2mpsk_keystore *ks, size_t n) {
+  if (n <= ks->nbuckets)
+    return 1;
+  size_t nb = ks->nbuckets;
+  while (nb < n) {
+    if (nb > SIZE_MAX / 2 / sizeof(ks_record *))
+      return 0;
+    nb *= 2;
+  }
+  ks_record **b = calloc(nb, sizeof(*b));
+  if (b == NULL)
+    return 0;
+  for (size_t i = 0; i < ks->nbuckets; i++) {
+    ks_record *r = ks->buckets[i];
+    while (r != NULL) {
+      ks_record *next = r->next;
+      ks_record **head = &b[r->hash & (nb - 1)];
+      r->next = *head;
+      *head = r;
+      r = next;
+    }
+  }
+  free(ks->buckets);
+  ks->buckets = b;
+  ks->nbuckets = nb;
+  return 1;
+}
+
+static void table_insert(m2mpsk_keystore *ks, ks_record *r) {
+  ks_record **head = &ks->buckets[r->hash & (ks->nbuckets - 1)];
+  r->next = *head;
+  *head = r;
+}
+
+/* ---- lifetime ----------------------------------------------------------- */
+
+static int keystore_create(m2mpsk_keystore **out, unsigned flags,
+                           const unsigned char *hash_key) {
+  m2mpsk_keystore *ks = calloc(1, sizeof(*ks));
+  if (ks == NULL)
+    return M2MPSK_E_NOMEM;
+  ks->flags = flags;
+  long page = sysconf(_SC_PAGESIZE);
+  ks->page = page > 0 ? (size_t)page : 4096;
+  ks->nbuckets = BUCKETS_MIN;
+  ks->buckets = calloc(ks->nbuckets, sizeof(*ks->buckets));
+  ks->lock = malloc(sizeof(*ks->lock));
+  if (ks->buckets == NULL || ks->lock == NULL)
+    goto fail;
+  pthread_rwlockattr_t attr;
+  if (pthread_rwlockattr_init(&attr) != 0)
+    goto fail;
+#ifdef __GLIBC__
+  /* glibc's default lets a stream of lookups starve add and remove. */
+  pthread_rwlockattr_setkind_np(&attr,
+                                PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+#endif
+  int rc = pthread_rwlock_init(ks->lock, &attr);
+  pthread_rwlockattr_destroy(&attr);
+  if (rc != 0)
+    goto fail;
+  if (hash_key != NULL)
+    memcpy(ks->hash_key, hash_key, sizeof(ks->hash_key));
+  else
+    crypto_shorthash_keygen(ks->hash_key);
+  atomic_init(&ks->refs, 1);
+  atomic_init(&ks->count, 0);
+  atomic_init(&ks->key_memory, 0);
+  atomic_init(&ks->unlocked_slabs, 0);
+  ks->next_serial = 1;
+  ks->open_slab = NO_SLAB;
+  *out = ks;
+  return M2MPSK_OK;
+fail:
+  free(ks->buckets);
+  free(ks->lock);
+  free(ks);
+  return M2MPSK_E_NOMEM;
+}
+
+int m2mpsk_keystore_new(m2mpsk_keystore **out, unsigned flags) {
+  if (out == NULL)
+    return M2MPSK_E_INVALID;
+  *out = NULL;
+  if ((flags & ~(unsigned)M2MPSK_KEYSTORE_REQUIRE_LOCKED) != 0)
+    return M2MPSK_E_INVALID;
+  if (sodium_init() < 0)
+    return M2MPSK_E_NOMEM;
+  return keystore_create(out, flags, NULL);
+}
+
+int m2mpsk_keystore_new_staging(const m2mpsk_keystore *like,
+                                m2mpsk_keystore **out) {
+  if (like == NULL || out == NULL)
+    return M2MPSK_E_INVALID;
+  *out = NULL;
+  /* The same index key lets merge reuse every record's hash. */
+  int rc = keystore_create(out, like->flags, like->hash_key);
+  if (rc == M2MPSK_OK)
+    (*out)->bulk = 1;
+  return rc;
+}
+
+static void keystore_destroy(m2mpsk_keystore *ks) {
+  for (size_t i = 0; i < ks->nbuckets; i++) {
+    ks_record *r = ks->buckets[i];
+    while (r != NULL) {
+      ks_record *next = r->next;
+      free(r);
+      r = next;
+    }
+  }
+  free(ks->buckets);
+  for (uint32_t i = 0; i < ks->nslabs; i++)
+    slab_destroy(ks->slabs[i]);
+  free(ks->slabs);
+  free(ks->free_slots);
+  pthread_rwlock_destroy(ks->lock);
+  free(ks->lock);
+  sodium_memzero(ks->hash_key, sizeof(ks->hash_key));
+  free(ks);
+}
+
+void m2mpsk_keystore_ref(m2mpsk_keystore *ks) {
+  if (ks != NULL)
+    atomic_fetch_add_explicit(&ks->refs, 1, memory_order_relaxed);
+}
+
+void m2mpsk_keystore_free(m2mpsk_keystore *ks) {
+  if (ks == NULL)
+    return;
+  if (atomic_fetch_sub_explicit(&ks->refs, 1, memory_order_acq_rel) == 1)
+    keystore_destroy(ks);
+}
+
+/* ---- records ----------------------------------------------------------- */
+
+int m2mpsk_keystore_add_tagged(m2mpsk_keystore *ks, const char *kpsa_id,
+                               const uint8_t *key, size_t key_len,
+                               const char *ida, const char *idb,
+                               int64_t not_before, int64_t not_after,
+                               uint32_t tag) {
+  if (ks == NULL || kpsa_id == NULL || key == NULL || idb == NULL)
+    return M2MPSK_E_INVALID;
+  int rc = m2mpsk_kpsa_id_validate(kpsa_id);
+  if (rc != M2MPSK_OK)
+    return rc;
+  if (key_len < M2MPSK_KEY_MIN || key_len > M2MPSK_KEY_MAX)
+    return M2MPSK_E_KEY_LENGTH;
+  if (ida != NULL && (rc = m2mpsk_ida_validate(ida)) != M2MPSK_OK)
+    return rc;
+  if ((rc = m2mpsk_idb_validate(idb)) != M2MPSK_OK)
+    return rc;
+  if (not_before < 0 || not_after < 0 ||
+      (not_before != 0 && not_after != 0 && not_after < not_before))
+    return M2MPSK_E_VALIDITY;
+
+  size_t kpsa_len = strlen(kpsa_id);
+  size_t ida_len = ida != NULL ? strlen(ida) : 0;
+  size_t idb_len = strlen(idb);
+  uint64_t hash = kpsa_hash(ks, kpsa_id, kpsa_len);
+  ks_record *r =
+      malloc(sizeof(*r) + kpsa_len + 1 + ida_len + 1 + idb_len + 1);
+  if (r == NULL)
+    return M2MPSK_E_NOMEM;
+  r->hash = hash;
+  r->not_before = not_before;
+  r->not_after = not_after;
+  r->tag = tag;
+  r->kpsa_len = (uint8_t)kpsa_len;
+  r->ida_len = (uint16_t)ida_len;
+  r->idb_len = (uint16_t)idb_len;
+  r->key_len = (uint8_t)key_len;
+  r->revoked = 0;
+  char *p = r->data;
+  memcpy(p, kpsa_id, kpsa_len + 1);
+  p += kpsa_len + 1;
+  if (ida != NULL)
+    memcpy(p, ida, ida_len);
+  p[ida_len] = '\0';
+  p += ida_len + 1;
+  memcpy(p, idb, idb_len + 1);
+
+  pthread_rwlock_wrlock(ks->lock);
+  if (find_link(ks, kpsa_id, kpsa_len, hash) != NULL) {
+    rc = M2MPSK_E_DUPLICATE;
+    goto out;
+  }
+  if (!table_reserve(ks, atomic_load(&ks->count) + 1)) {
+    rc = M2MPSK_E_NOMEM;
+    goto out;
+  }
+  if ((rc = slot_alloc(ks, &r->slab, &r->slot)) != M2MPSK_OK)
+    goto out;
+  slot_write(ks, r->slab, r->slot, key, key_len);
+  r->serial = ks->next_serial++;
+  table_insert(ks, r);
+  atomic_fetch_add(&ks->count, 1);
+  r = NULL;
+out:
+  pthread_rwlock_unlock(ks->lock);
+  free(r);
+  return rc;
+}
+
+int m2mpsk_keystore_add(m2mpsk_keystore *ks, const char *kpsa_id,
+                        const uint8_t *key, size_t key_len, const char *ida,
+                        const char *idb, int64_t not_before,
+                        int64_t not_after) {
+  return m2mpsk_keystore_add_tagged(ks, kpsa_id, key, key_len, ida, idb,
+                                    not_before, not_after, 0);
+}
+
+/* Wipes a record's key and returns its slot. */
+static void record_drop_key(m2mpsk_keystore *ks, ks_record *r) {
+  if (r->slab == NO_SLAB)
+    return;
+  slot_wipe(ks, r->slab, r->slot);
+  slot_free(ks, r->slab, r->slot);
+  r->slab = NO_SLAB;
+  r->slot = 0;
+}
+
+int m2mpsk_keystore_remove(m2mpsk_keystore *ks, const char *kpsa_id) {
+  if (ks == NULL || kpsa_id == NULL)
+    return M2MPSK_E_INVALID;
+  size_t len = strnlen(kpsa_id, (size_t)M2MPSK_KPSA_ID_MAX + 1);
+  if (len > M2MPSK_KPSA_ID_MAX)
+    return M2MPSK_E_NOT_FOUND;
+  uint64_t hash = kpsa_hash(ks, kpsa_id, len);
+  pthread_rwlock_wrlock(ks->lock);
+  ks_record **link = find_link(ks, kpsa_id, len, hash);
+  ks_record *r = link != NULL ? *link : NULL;
+  if (r != NULL) {
+    record_drop_key(ks, r);
+    *link = r->next;
+    atomic_fetch_sub(&ks->count, 1);
+  }
+  pthread_rwlock_unlock(ks->lock);
+  if (r == NULL)
+    return M2MPSK_E_NOT_FOUND;
+  free(r);
+  return M2MPSK_OK;
+}
+
+int m2mpsk_keystore_revoke(m2mpsk_keystore *ks, const char *kpsa_id) {
+  if (ks == NULL || kpsa_id == NULL)
+    return M2MPSK_E_INVALID;
+  pthread_rwlock_wrlock(ks->lock);
+  ks_record *r = find(ks, kpsa_id);
+  if (r != NULL) {
+    record_drop_key(ks, r);
+    r->revoked = 1;
+  }
+  pthread_rwlock_unlock(ks->lock);
+  return r != NULL ? M2MPSK_OK : M2MPSK_E_NOT_FOUND;
+}
+
+static int copy_id(char *dst, size_t cap, const char *src, size_t len) {
+  if (dst == NULL)
+    return 1;
+  if (cap < len + 1)
+    return 0;
+  memcpy(dst, src, len + 1);
+  return 1;
+}
+
+int m2mpsk_keystore_lookup(const m2mpsk_keystore *ks, const char *kpsa_id,
+                           char *ida, size_t ida_cap, char *idb,
+                           size_t idb_cap, int64_t *not_before,
+                           int64_t *not_after, int *revoked) {
+  if (ks == NULL || kpsa_id == NULL || (ida != NULL && ida_cap == 0) ||
+      (idb != NULL && idb_cap == 0))
+    return M2MPSK_E_INVALID;
+  int rc = M2MPSK_OK;
+  pthread_rwlock_rdlock(ks->lock);
+  const ks_record *r = find(ks, kpsa_id);
+  if (r == NULL) {
+    rc = M2MPSK_E_NOT_FOUND;
+  } else if ((ida != NULL && ida_cap < (size_t)r->ida_len + 1) ||
+             (idb != NULL && idb_cap < (size_t)r->idb_len + 1)) {
+    rc = M2MPSK_E_BUFFER;
+  } else {
+    copy_id(ida, ida_cap, rec_ida(r), r->ida_len);
+    copy_id(idb, idb_cap, rec_idb(r), r->idb_len);
+    if (not_before != NULL)
+      *not_before = r->not_before;
+    if (not_after != NULL)
+      *not_after = r->not_after;
+    if (revoked != NULL)
+      *revoked = r->revoked;
+  }
+  pthread_rwlock_unlock(ks->lock);
+  return rc;
+}
+
+int m2mpsk_keystore_fetch(const m2mpsk_keystore *ks, const char *kpsa_id,
+                          m2mpsk_record_view *view, uint8_t *key_out,
+                          size_t *key_len) {
+  if (ks == NULL || kpsa_id == NULL)
+    return M2MPSK_E_INVALID;
+  int rc = M2MPSK_OK;
+  pthread_rwlock_rdlock(ks->lock);
+  const ks_record *r = find(ks, kpsa_id);
+  if (r == NULL) {
+    rc = M2MPSK_E_NOT_FOUND;
+    goto out;
+  }
+  if (view != NULL) {
+    memcpy(view->ida, rec_ida(r), (size_t)r->ida_len + 1);
+    memcpy(view->idb, rec_idb(r), (size_t)r->idb_len + 1);
+    view->not_before = r->not_before;
+    view->not_after = r->not_after;
+    view->revoked = r->revoked;
+    view->serial = r->serial;
+  }
+  if (key_out != NULL) {
+    size_t n = 0;
+    if (!r->revoked) {
+      n = r->key_len;
+      slot_read(ks, r->slab, r->slot, key_out, n);
+    }
+    if (key_len != NULL)
+      *key_len = n;
+  }
+out:
+  pthread_rwlock_unlock(ks->lock);
+  return rc;
+}
+
+size_t m2mpsk_keystore_count(const m2mpsk_keystore *ks) {
+  return ks != NULL ? atomic_load(&ks->count) : 0;
+}
+
+int m2mpsk_keystore_is_locked(const m2mpsk_keystore *ks) {
+  if (ks == NULL)
+    return M2MPSK_E_INVALID;
+  return atomic_load(&ks->unlocked_slabs) == 0;
+}
+
+size_t m2mpsk_keystore_key_memory(const m2mpsk_keystore *ks) {
+  return ks != NULL ? atomic_load(&ks->key_memory) : 0;
+}
+
+/* ---- bulk loading ------------------------------------------------------ */
+
+int m2mpsk_keystore_merge(m2mpsk_keystore *dst, m2mpsk_keystore *staging,
+                          uint32_t *conflict_tag) {
+  if (dst == NULL || staging == NULL || dst == staging ||
+      memcmp(dst->hash_key, staging->hash_key, sizeof(dst->hash_key)) != 0)
+    return M2MPSK_E_INVALID;
+  bulk_close(staging);
+  size_t add = atomic_load(&staging->count);
+  if (add == 0)
+    return M2MPSK_OK;
+  int rc = M2MPSK_OK;
+  pthread_rwlock_wrlock(dst->lock);
+
+  /* Check everything and allocate everything before changing anything. */
+  uint32_t conflict = UINT32_MAX;
+  if (atomic_load(&dst->count) > 0) {
+    for (size_t i = 0; i < staging->nbuckets; i++) {
+      for (ks_record *r = staging->buckets[i]; r != NULL; r = r->next) {
+        if (find_link(dst, rec_kpsa_id(r), r->kpsa_len, r->hash) != NULL &&
+            r->tag < conflict)
+          conflict = r->tag;
+      }
+    }
+  }
+  if (conflict != UINT32_MAX) {
+    if (conflict_tag != NULL)
+      *conflict_tag = conflict;
+    rc = M2MPSK_E_DUPLICATE;
+    goto out;
+  }
+  if (!table_reserve(dst, atomic_load(&dst->count) + add) ||
+      !reserve_slabs(dst, (size_t)dst->nslabs + staging->nslabs) ||
+      !reserve_u64(&dst->free_slots, &dst->free_cap,
+                   dst->total_slots + staging->total_slots)) {
+    rc = M2MPSK_E_NOMEM;
+    goto out;
+  }
+
+  uint32_t base = dst->nslabs;
+  for (uint32_t i = 0; i < staging->nslabs; i++)
+    dst->slabs[base + i] = staging->slabs[i];
+  for (size_t i = 0; i < staging->nfree; i++)
+    dst->free_slots[dst->nfree++] = staging->free_slots[i] + ((uint64_t)base << 32);
+  for (size_t i = 0; i < staging->nbuckets; i++) {
+    ks_record *r = staging->buckets[i];
+    while (r != NULL) {
+      ks_record *next = r->next;
+      if (r->slab != NO_SLAB)
+        r->slab += base;
+      r->serial = dst->next_serial++;
+      table_insert(dst, r);
+      r = next;
+    }
+    staging->buckets[i] = NULL;
+  }
+  /* The tail of dst's last slab stays usable through alloc_hint, which
+   * only moves forward past full slabs. */
+  if (dst->alloc_hint == base)
+    dst->alloc_hint = base + staging->alloc_hint;
+  dst->nslabs += staging->nslabs;
+  dst->total_slots += staging->total_slots;
+  atomic_fetch_add(&dst->count, add);
+  atomic_fetch_add(&dst->key_memory, atomic_load(&staging->key_memory));
+  atomic_fetch_add(&dst->unlocked_slabs,
+                   atomic_load(&staging->unlocked_slabs));
+
+  staging->nslabs = 0;
+  staging->alloc_hint = 0;
+  staging->nfree = 0;
+  staging->total_slots = 0;
+  atomic_store(&staging->count, 0);
+  atomic_store(&staging->key_memory, 0);
+  atomic_store(&staging->unlocked_slabs, 0);
+out:
+  pthread_rwlock_unlock(dst->lock);
+  return rc;
+}
+
+/* ---- test hooks -------------------------------------------------------- */
+
+const uint8_t *m2mpsk_keystore_debug_slot(const m2mpsk_keystore *ks,
+                                          const char *kpsa_id) {
+  if (ks == NULL || kpsa_id == NULL)
+    return NULL;
+  const uint8_t *p = NULL;
+  pthread_rwlock_rdlock(ks->lock);
+  const ks_record *r = find(ks, kpsa_id);
+  if (r != NULL && r->slab != NO_SLAB)
+    p = slot_addr(ks->slabs[r->slab], r->slot);
+  pthread_rwlock_unlock(ks->lock);
+  return p;
+}
+
+int m2mpsk_keystore_debug_peek(const m2mpsk_keystore *ks, const uint8_t *p,
+                               uint8_t *out, size_t len) {
+  if (ks == NULL || p == NULL || out == NULL)
+    return M2MPSK_E_INVALID;
+  int rc = M2MPSK_E_INVALID;
+  pthread_rwlock_rdlock(ks->lock);
+  for (uint32_t i = 0; i < ks->nslabs; i++) {
+    ks_slab *s = ks->slabs[i];
+    uintptr_t a = (uintptr_t)p, lo = (uintptr_t)s->mem;
+    if (a < lo || a - lo >= s->size)
+      continue;
+    size_t off = a - lo;
+    if ((off & (ks->page - 1)) + len > ks->page)
+      break;
+    slot_copy(ks, i, (uint32_t)(off / SLOT_SIZE), PROT_READ, out, p, len);
+    rc = M2MPSK_OK;
+    break;
+  }
+  pthread_rwlock_unlock(ks->lock);
+  return rc;
+}

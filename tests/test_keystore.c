@@ -1,0 +1,964 @@
+/* The keystore: records, errors, guarded key memory, locking, threads and
+ * scale. */
+#include <criterion/criterion.h>
+#include <criterion/logging.h>
+#include <errno.h>
+#include <linux/capability.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "keystore.h"
+
+#define IDB "//m2m.example.com/cse-in"
+#define IDA "//m2m.example.com/cse-in/Cae1"
+
+static void fill_key(uint8_t *key, size_t len, unsigned seed) {
+  for (size_t i = 0; i < len; i++)
+    key[i] = (uint8_t)(seed * 131u + i * 7u + 1u);
+}
+
+static m2mpsk_keystore *new_ks(unsigned flags) {
+  m2mpsk_keystore *ks = NULL;
+  cr_assert_eq(m2mpsk_keystore_new(&ks, flags), M2MPSK_OK);
+  cr_assert_not_null(ks);
+  return ks;
+}
+
+static void add_ok(m2mpsk_keystore *ks, const char *id, unsigned seed,
+                   size_t len) {
+  uint8_t key[M2MPSK_KEY_MAX];
+  fill_key(key, len, seed);
+  cr_assert_eq(m2mpsk_keystore_add(ks, id, key, len, NULL, IDB, 0, 0),
+               M2MPSK_OK, "add %s", id);
+}
+
+static void expect_key(const m2mpsk_keystore *ks, const char *id,
+                       unsigned seed, size_t len) {
+  uint8_t want[M2MPSK_KEY_MAX], got[M2MPSK_KEY_MAX];
+  size_t got_len = 0;
+  fill_key(want, len, seed);
+  cr_assert_eq(m2mpsk_keystore_fetch(ks, id, NULL, got, &got_len), M2MPSK_OK,
+               "fetch %s", id);
+  cr_assert_eq(got_len, len);
+  cr_assert_arr_eq(got, want, len);
+}
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Runs fn(arg) in a forked child and returns its wait status. */
+static int in_child(void (*fn)(void *), void *arg) {
+  fflush(NULL);
+  pid_t pid = fork();
+  cr_assert_neq(pid, -1);
+  if (pid == 0) {
+    signal(SIGSEGV, SIG_DFL);
+    signal(SIGBUS, SIG_DFL);
+    fn(arg);
+    _exit(0);
+  }
+  int status = 0;
+  cr_assert_eq(waitpid(pid, &status, 0), pid);
+  return status;
+}
+
+/* ---- creation and lifetime ---------------------------------------------- */
+
+Test(keystore, new_rejects_null_out_and_unknown_flags) {
+  m2mpsk_keystore *ks = (m2mpsk_keystore *)1;
+  cr_assert_eq(m2mpsk_keystore_new(NULL, 0), M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_keystore_new(&ks, 2), M2MPSK_E_INVALID);
+  cr_assert_null(ks);
+  cr_assert_eq(m2mpsk_keystore_new(&ks, 0x80000000u), M2MPSK_E_INVALID);
+}
+
+Test(keystore, new_is_empty_and_locked) {
+  m2mpsk_keystore *ks = new_ks(M2MPSK_KEYSTORE_REQUIRE_LOCKED);
+  cr_assert_eq(m2mpsk_keystore_count(ks), 0);
+  cr_assert_eq(m2mpsk_keystore_is_locked(ks), 1);
+  cr_assert_eq(m2mpsk_keystore_key_memory(ks), 0);
+  m2mpsk_keystore_free(ks);
+}
+
+Test(keystore, null_handles_are_harmless) {
+  m2mpsk_keystore_free(NULL);
+  m2mpsk_keystore_ref(NULL);
+  cr_assert_eq(m2mpsk_keystore_count(NULL), 0);
+  cr_assert_eq(m2mpsk_keystore_is_locked(NULL), M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_keystore_key_memory(NULL), 0);
+}
+
+static int is_mapped(const void *p) {
+  unsigned char vec;
+  long page = sysconf(_SC_PAGESIZE);
+  void *base = (void *)((uintptr_t)p & ~(uintptr_t)(page - 1));
+  return mincore(base, (size_t)page, &vec) == 0;
+}
+
+Test(keystore, refcount_keeps_alive_until_last_free) {
+  m2mpsk_keystore *ks = new_ks(0);
+  add_ok(ks, "a@b.c", 1, 32);
+  const uint8_t *slot = m2mpsk_keystore_debug_slot(ks, "a@b.c");
+  cr_assert_not_null(slot);
+  cr_assert(is_mapped(slot));
+
+  m2mpsk_keystore_ref(ks);
+  m2mpsk_keystore_ref(ks);
+  m2mpsk_keystore_free(ks);
+  m2mpsk_keystore_free(ks);
+  /* One reference left: still fully usable. */
+  expect_key(ks, "a@b.c", 1, 32);
+  add_ok(ks, "b@b.c", 2, 16);
+  cr_assert_eq(m2mpsk_keystore_count(ks), 2);
+  cr_assert(is_mapped(slot));
+
+  m2mpsk_keystore_free(ks);
+  /* The key arena is gone: wiped and unmapped by sodium_free. */
+  cr_assert_not(is_mapped(slot));
+}
+
+/* ---- add and lookup ---------------------------------------------------- */
+
+Test(keystore, add_then_lookup_returns_the_record) {
+  m2mpsk_keystore *ks = new_ks(0);
+  uint8_t key[32];
+  fill_key(key, sizeof(key), 7);
+  cr_assert_eq(m2mpsk_keystore_add(ks, "test@onem2m.com", key, sizeof(key),
+                                   IDA, IDB, 1767225600, 1798761600),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_count(ks), 1);
+
+  char ida[M2MPSK_ID_MAX + 1], idb[M2MPSK_ID_MAX + 1];
+  int64_t nb = -1, na = -1;
+  int revoked = -1;
+  cr_assert_eq(m2mpsk_keystore_lookup(ks, "test@onem2m.com", ida, sizeof(ida),
+                                      idb, sizeof(idb), &nb, &na, &revoked),
+               M2MPSK_OK);
+  cr_assert_str_eq(ida, IDA);
+  cr_assert_str_eq(idb, IDB);
+  cr_assert_eq(nb, 1767225600);
+  cr_assert_eq(na, 1798761600);
+  cr_assert_eq(revoked, 0);
+  m2mpsk_keystore_free(ks);
+}
+
+Test(keystore, lookup_without_ida_gives_empty_string) {
+  m2mpsk_keystore *ks = new_ks(0);
+  add_ok(ks, "a@b.c", 1, 16);
+  char ida[8] = "junk";
+  cr_assert_eq(m2mpsk_keystore_lookup(ks, "a@b.c", ida, sizeof(ida), NULL, 0,
+                                      NULL, NULL, NULL),
+               M2MPSK_OK);
+  cr_assert_str_eq(ida, "");
+  m2mpsk_keystore_free(ks);
+}
+
+Test(keystore, lookup_outputs_are_optional) {
+  m2mpsk_keystore *ks = new_ks(0);
+  add_ok(ks, "a@b.c", 1, 16);
+  cr_assert_eq(m2mpsk_keystore_lookup(ks, "a@b.c", NULL, 0, NULL, 0, NULL,
+                                      NULL, NULL),
+               M2MPSK_OK);
+  /* A NULL buffer's capacity is ignored. */
+  cr_assert_eq(m2mpsk_keystore_lookup(ks, "a@b.c", NULL, 5, NULL, 99, NULL,
+                                      NULL, NULL),
+               M2MPSK_OK);
+  m2mpsk_keystore_free(ks);
+}
+
+Test(keystore, lookup_rejects_invalid_arguments) {
+  m2mpsk_keystore *ks = new_ks(0);
+  add_ok(ks, "a@b.c", 1, 16);
+  char buf[64];
+  cr_assert_eq(m2mpsk_keystore_lookup(NULL, "a@b.c", NULL, 0, NULL, 0, NULL,
+                                      NULL, NULL),
+               M2MPSK_E_INVALID);
+  cr_assert_eq(
+      m2mpsk_keystore_lookup(ks, NULL, NULL, 0, NULL, 0, NULL, NULL, NULL),
+      M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_keystore_lookup(ks, "a@b.c", buf, 0, NULL, 0, NULL,
+                                      NULL, NULL),
+               M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_keystore_lookup(ks, "a@b.c", NULL, 0, buf, 0, NULL,
+                                      NULL, NULL),
+               M2MPSK_E_INVALID);
+  m2mpsk_keystore_free(ks);
+}
+
+Test(keystore, lookup_small_buffer_is_buffer_error) {
+  m2mpsk_keystore *ks = new_ks(0);
+  uint8_t key[16] = {1};
+  cr_assert_eq(
+      m2mpsk_keystore_add(ks, "a@b.c", key, sizeof(key), IDA, IDB, 0, 0),
+      M2MPSK_OK);
+  char buf[64];
+  size_t idb_len = strlen(IDB), ida_len = strlen(IDA);
+  cr_assert_eq(m2mpsk_keystore_lookup(ks, "a@b.c", NULL, 0, buf, idb_len,
+                                      NULL, NULL, NULL),
+               M2MPSK_E_BUFFER);
+  cr_assert_eq(m2mpsk_keystore_lookup(ks, "a@b.c", buf, ida_len, NULL, 0,
+                                      NULL, NULL, NULL),
+               M2MPSK_E_BUFFER);
+  cr_assert_eq(m2mpsk_keystore_lookup(ks, "a@b.c", NULL, 0, buf, idb_len + 1,
+                                      NULL, NULL, NULL),
+               M2MPSK_OK);
+  cr_assert_str_eq(buf, IDB);
+  m2mpsk_keystore_free(ks);
+}
+
+Test(keystore, lookup_unknown_is_not_found) {
+  m2mpsk_keystore *ks = new_ks(0);
+  add_ok(ks, "a@b.c", 1, 16);
+  cr_assert_eq(m2mpsk_keystore_lookup(ks, "b@b.c", NULL, 0, NULL, 0, NULL,
+                                      NULL, NULL),
+               M2MPSK_E_NOT_FOUND);
+  cr_assert_eq(m2mpsk_keystore_lookup(ks, "A@b.c", NULL, 0, NULL, 0, NULL,
+                                      NULL, NULL),
+               M2MPSK_E_NOT_FOUND);
+  char longid[300];
+  memset(longid, 'a', sizeof(longid) - 1);
+  longid[sizeof(longid) - 1] = '\0';
+  cr_assert_eq(m2mpsk_keystore_lookup(ks, longid, NULL, 0, NULL, 0, NULL,
+                                      NULL, NULL),
+               M2MPSK_E_NOT_FOUND);
+  m2mpsk_keystore_free(ks);
+}
+
+Test(keystore, add_accepts_key_length_bounds) {
+  m2mpsk_keystore *ks = new_ks(0);
+  add_ok(ks, "min@b.c", 1, M2MPSK_KEY_MIN);
+  add_ok(ks, "max@b.c", 2, M2MPSK_KEY_MAX);
+  expect_key(ks, "min@b.c", 1, M2MPSK_KEY_MIN);
+  expect_key(ks, "max@b.c", 2, M2MPSK_KEY_MAX);
+  m2mpsk_keystore_free(ks);
+}
+
+Test(keystore, add_rejects_null_arguments_first) {
+  m2mpsk_keystore *ks = new_ks(0);
+  uint8_t key[16] = {0};
+  cr_assert_eq(m2mpsk_keystore_add(NULL, "a@b.c", key, 16, NULL, IDB, 0, 0),
+               M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_keystore_add(ks, NULL, key, 16, NULL, IDB, 0, 0),
+               M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_keystore_add(ks, "a@b.c", NULL, 16, NULL, IDB, 0, 0),
+               M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_keystore_add(ks, "a@b.c", key, 16, NULL, NULL, 0, 0),
+               M2MPSK_E_INVALID);
+  /* NULL wins over every other fault. */
+  cr_assert_eq(m2mpsk_keystore_add(ks, "bad", NULL, 3, "x", "y", -1, -2),
+               M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_keystore_count(ks), 0);
+  m2mpsk_keystore_free(ks);
+}
+
+typedef struct {
+  const char *what;
+  const char *kpsa_id;
+  size_t key_len;
+  const char *ida;
+  const char *idb;
+  int64_t nb, na;
+  int rc;
+} add_case;
+
+Test(keystore, add_rejects_each_bad_value_and_changes_nothing) {
+  char long_kpsa[M2MPSK_KPSA_ID_MAX + 2];
+  memset(long_kpsa, 'a', sizeof(long_kpsa));
+  memcpy(long_kpsa + sizeof(long_kpsa) - 5, "@b.c", 5);
+  char long_id[M2MPSK_ID_MAX + 2];
+  memset(long_id, 'c', sizeof(long_id));
+  long_id[0] = '/';
+  long_id[sizeof(long_id) - 1] = '\0';
+
+  const add_case cases[] = {
+      {"bad kpsa-id", "no-at-sign", 16, NULL, IDB, 0, 0, M2MPSK_E_KPSA_ID},
+      {"long kpsa-id", long_kpsa, 16, NULL, IDB, 0, 0,
+       M2MPSK_E_KPSA_ID_LENGTH},
+      {"short key", "n@b.c", 15, NULL, IDB, 0, 0, M2MPSK_E_KEY_LENGTH},
+      {"long key", "n@b.c", 65, NULL, IDB, 0, 0, M2MPSK_E_KEY_LENGTH},
+      {"empty key", "n@b.c", 0, NULL, IDB, 0, 0, M2MPSK_E_KEY_LENGTH},
+      {"bad ida", "n@b.c", 16, "/cse/Sx", IDB, 0, 0, M2MPSK_E_IDA},
+      {"empty ida", "n@b.c", 16, "", IDB, 0, 0, M2MPSK_E_IDA},
+      {"bad idb", "n@b.c", 16, NULL, "/cse/C1", 0, 0, M2MPSK_E_IDB},
+      {"long ida", "n@b.c", 16, long_id, IDB, 0, 0, M2MPSK_E_ID_LENGTH},
+      {"long idb", "n@b.c", 16, NULL, long_id, 0, 0, M2MPSK_E_ID_LENGTH},
+      {"ends before start", "n@b.c", 16, NULL, IDB, 200, 100,
+       M2MPSK_E_VALIDITY},
+      {"negative start", "n@b.c", 16, NULL, IDB, -1, 0, M2MPSK_E_VALIDITY},
+      {"negative end", "n@b.c", 16, NULL, IDB, 0, -5, M2MPSK_E_VALIDITY},
+      {"duplicate", "keep@b.c", 16, NULL, IDB, 0, 0, M2MPSK_E_DUPLICATE},
+  };
+
+  m2mpsk_keystore *ks = new_ks(0);
+  uint8_t key[M2MPSK_KEY_MAX + 1];
+  fill_key(key, sizeof(key), 99);
+  cr_assert_eq(m2mpsk_keystore_add(ks, "keep@b.c", key, 20, IDA, IDB, 10, 20),
+               M2MPSK_OK);
+  m2mpsk_record_view before;
+  cr_assert_eq(m2mpsk_keystore_fetch(ks, "keep@b.c", &before, NULL, NULL),
+               M2MPSK_OK);
+  size_t mem = m2mpsk_keystore_key_memory(ks);
+
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    const add_case *c = &cases[i];
+    cr_expect_eq(m2mpsk_keystore_add(ks, c->kpsa_id, key, c->key_len, c->ida,
+                                     c->idb, c->nb, c->na),
+                 c->rc, "%s", c->what);
+    cr_expect_eq(m2mpsk_keystore_count(ks), 1, "%s", c->what);
+    cr_expect_eq(m2mpsk_keystore_key_memory(ks), mem, "%s", c->what);
+  }
+  m2mpsk_record_view after;
+  uint8_t got[M2MPSK_KEY_MAX];
+  size_t got_len = 0;
+  cr_assert_eq(m2mpsk_keystore_fetch(ks, "keep@b.c", &after, got, &got_len),
+               M2MPSK_OK);
+  cr_assert_eq(got_len, 20);
+  cr_assert_arr_eq(got, key, 20);
+  cr_assert_str_eq(after.ida, IDA);
+  cr_assert_eq(after.serial, before.serial);
+  cr_assert_eq(after.not_before, 10);
+  cr_assert_eq(after.not_after, 20);
+  cr_assert_eq(m2mpsk_keystore_lookup(ks, "n@b.c", NULL, 0, NULL, 0, NULL,
+                                      NULL, NULL),
+               M2MPSK_E_NOT_FOUND);
+  m2mpsk_keystore_free(ks);
+}
+
+Test(keystore, validity_window_edges) {
+  m2mpsk_keystore *ks = new_ks(0);
+  uint8_t key[16] = {0};
+  /* Either side unbounded, or a one-second window, is fine. */
+  cr_assert_eq(m2mpsk_keystore_add(ks, "a@b.c", key, 16, NULL, IDB, 500, 0),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_add(ks, "b@b.c", key, 16, NULL, IDB, 0, 5),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_add(ks, "c@b.c", key, 16, NULL, IDB, 7, 7),
+               M2MPSK_OK);
+  m2mpsk_keystore_free(ks);
+}
+
+/* ---- fetch -------------------------------------------------------------- */
+
+Test(keystore, fetch_copies_the_right_key) {
+  m2mpsk_keystore *ks = new_ks(0);
+  char id[32];
+  for (unsigned i = 0; i < 200; i++) {
+    snprintf(id, sizeof(id), "k%u@b.c", i);
+    add_ok(ks, id, i, 16 + i % 49);
+  }
+  for (unsigned i = 0; i < 200; i++) {
+    snprintf(id, sizeof(id), "k%u@b.c", i);
+    expect_key(ks, id, i, 16 + i % 49);
+  }
+  m2mpsk_keystore_free(ks);
+}
+
+Test(keystore, fetch_fills_the_view) {
+  m2mpsk_keystore *ks = new_ks(0);
+  uint8_t key[16] = {0};
+  cr_assert_eq(m2mpsk_keystore_add(ks, "a@b.c", key, 16, IDA, IDB, 3, 4),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_add(ks, "b@b.c", key, 16, NULL, "/cse", 0, 0),
+               M2MPSK_OK);
+  m2mpsk_record_view a, b;
+  cr_assert_eq(m2mpsk_keystore_fetch(ks, "a@b.c", &a, NULL, NULL), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_fetch(ks, "b@b.c", &b, NULL, NULL), M2MPSK_OK);
+  cr_assert_str_eq(a.ida, IDA);
+  cr_assert_str_eq(a.idb, IDB);
+  cr_assert_eq(a.not_before, 3);
+  cr_assert_eq(a.not_after, 4);
+  cr_assert_eq(a.revoked, 0);
+  cr_assert_str_eq(b.ida, "");
+  cr_assert_str_eq(b.idb, "/cse");
+  cr_assert_gt(b.serial, a.serial);
+  m2mpsk_keystore_free(ks);
+}
+
+Test(keystore, serial_is_never_reused) {
+  m2mpsk_keystore *ks = new_ks(0);
+  m2mpsk_record_view v1, v2;
+  add_ok(ks, "a@b.c", 1, 16);
+  cr_assert_eq(m2mpsk_keystore_fetch(ks, "a@b.c", &v1, NULL, NULL),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_remove(ks, "a@b.c"), M2MPSK_OK);
+  add_ok(ks, "a@b.c", 2, 16);
+  cr_assert_eq(m2mpsk_keystore_fetch(ks, "a@b.c", &v2, NULL, NULL),
+               M2MPSK_OK);
+  cr_assert_neq(v1.serial, v2.serial);
+  cr_assert_gt(v2.serial, v1.serial);
+  m2mpsk_keystore_free(ks);
+}
+
+/* ---- remove and revoke ------------------------------------------------- */
+
+Test(keystore, remove_then_fetch_is_not_found) {
+  m2mpsk_keystore *ks = new_ks(0);
+  add_ok(ks, "a@b.c", 1, 16);
+  add_ok(ks, "b@b.c", 2, 16);
+  cr_assert_eq(m2mpsk_keystore_remove(ks, "a@b.c"), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_count(ks), 1);
+  uint8_t key[M2MPSK_KEY_MAX];
+  size_t len;
+  cr_assert_eq(m2mpsk_keystore_fetch(ks, "a@b.c", NULL, key, &len),
+               M2MPSK_E_NOT_FOUND);
+  cr_assert_eq(m2mpsk_keystore_lookup(ks, "a@b.c", NULL, 0, NULL, 0, NULL,
+                                      NULL, NULL),
+               M2MPSK_E_NOT_FOUND);
+  cr_assert_eq(m2mpsk_keystore_remove(ks, "a@b.c"), M2MPSK_E_NOT_FOUND);
+  expect_key(ks, "b@b.c", 2, 16);
+  m2mpsk_keystore_free(ks);
+}
+
+Test(keystore, remove_and_revoke_reject_null) {
+  m2mpsk_keystore *ks = new_ks(0);
+  cr_assert_eq(m2mpsk_keystore_remove(NULL, "a@b.c"), M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_keystore_remove(ks, NULL), M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_keystore_revoke(NULL, "a@b.c"), M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_keystore_revoke(ks, NULL), M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_keystore_revoke(ks, "a@b.c"), M2MPSK_E_NOT_FOUND);
+  m2mpsk_keystore_free(ks);
+}
+
+Test(keystore, remove_wipes_key) {
+  m2mpsk_keystore *ks = new_ks(0);
+  add_ok(ks, "a@b.c", 5, M2MPSK_KEY_MAX);
+  const uint8_t *slot = m2mpsk_keystore_debug_slot(ks, "a@b.c");
+  cr_assert_not_null(slot);
+  uint8_t seen[M2MPSK_KEY_MAX], want[M2MPSK_KEY_MAX], zero[M2MPSK_KEY_MAX];
+  fill_key(want, sizeof(want), 5);
+  memset(zero, 0, sizeof(zero));
+  cr_assert_eq(m2mpsk_keystore_debug_peek(ks, slot, seen, sizeof(seen)),
+               M2MPSK_OK);
+  cr_assert_arr_eq(seen, want, sizeof(want));
+
+  cr_assert_eq(m2mpsk_keystore_remove(ks, "a@b.c"), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_debug_peek(ks, slot, seen, sizeof(seen)),
+               M2MPSK_OK);
+  cr_assert_arr_eq(seen, zero, sizeof(zero));
+  m2mpsk_keystore_free(ks);
+}
+
+Test(keystore, revoke_wipes_key_and_keeps_record) {
+  m2mpsk_keystore *ks = new_ks(0);
+  add_ok(ks, "a@b.c", 5, 32);
+  const uint8_t *slot = m2mpsk_keystore_debug_slot(ks, "a@b.c");
+  cr_assert_not_null(slot);
+  cr_assert_eq(m2mpsk_keystore_revoke(ks, "a@b.c"), M2MPSK_OK);
+
+  uint8_t seen[32], zero[32] = {0};
+  cr_assert_eq(m2mpsk_keystore_debug_peek(ks, slot, seen, sizeof(seen)),
+               M2MPSK_OK);
+  cr_assert_arr_eq(seen, zero, sizeof(zero));
+  cr_assert_null(m2mpsk_keystore_debug_slot(ks, "a@b.c"));
+
+  cr_assert_eq(m2mpsk_keystore_count(ks), 1);
+  int revoked = 0;
+  cr_assert_eq(m2mpsk_keystore_lookup(ks, "a@b.c", NULL, 0, NULL, 0, NULL,
+                                      NULL, &revoked),
+               M2MPSK_OK);
+  cr_assert_eq(revoked, 1);
+
+  m2mpsk_record_view v;
+  uint8_t key[M2MPSK_KEY_MAX];
+  size_t len = 99;
+  cr_assert_eq(m2mpsk_keystore_fetch(ks, "a@b.c", &v, key, &len), M2MPSK_OK);
+  cr_assert_eq(v.revoked, 1);
+  cr_assert_eq(len, 0);
+
+  /* Revoking again is harmless; re-adding needs a remove first. */
+  cr_assert_eq(m2mpsk_keystore_revoke(ks, "a@b.c"), M2MPSK_OK);
+  uint8_t nk[16] = {1};
+  cr_assert_eq(m2mpsk_keystore_add(ks, "a@b.c", nk, 16, NULL, IDB, 0, 0),
+               M2MPSK_E_DUPLICATE);
+  cr_assert_eq(m2mpsk_keystore_remove(ks, "a@b.c"), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_add(ks, "a@b.c", nk, 16, NULL, IDB, 0, 0),
+               M2MPSK_OK);
+  m2mpsk_keystore_free(ks);
+}
+
+Test(keystore, freed_slots_are_reused) {
+  m2mpsk_keystore *ks = new_ks(0);
+  char id[32];
+  for (unsigned i = 0; i < 64; i++) {
+    snprintf(id, sizeof(id), "k%u@b.c", i);
+    add_ok(ks, id, i, 16);
+  }
+  size_t mem = m2mpsk_keystore_key_memory(ks);
+  cr_assert_eq(mem, (size_t)sysconf(_SC_PAGESIZE));
+  for (unsigned round = 0; round < 10; round++) {
+    cr_assert_eq(m2mpsk_keystore_remove(ks, "k3@b.c"), M2MPSK_OK);
+    cr_assert_eq(m2mpsk_keystore_revoke(ks, "k4@b.c"), M2MPSK_OK);
+    cr_assert_eq(m2mpsk_keystore_remove(ks, "k4@b.c"), M2MPSK_OK);
+    add_ok(ks, "k3@b.c", 1000 + round, 16);
+    add_ok(ks, "k4@b.c", 2000 + round, 16);
+  }
+  cr_assert_eq(m2mpsk_keystore_key_memory(ks), mem);
+  expect_key(ks, "k3@b.c", 1009, 16);
+  expect_key(ks, "k4@b.c", 2009, 16);
+  /* The next key needs a new arena, twice the size of the first. */
+  add_ok(ks, "more@b.c", 1, 16);
+  cr_assert_eq(m2mpsk_keystore_key_memory(ks), 3 * mem);
+  m2mpsk_keystore_free(ks);
+}
+
+/* ---- guarded memory ----------------------------------------------------- */
+
+static void read_byte(void *p) {
+  volatile const uint8_t *b = p;
+  uint8_t v = *b;
+  (void)v;
+}
+
+Test(keystore, keys_not_readable_at_rest) {
+  m2mpsk_keystore *ks = new_ks(0);
+  add_ok(ks, "a@b.c", 1, 32);
+  add_ok(ks, "b@b.c", 2, 32);
+  const uint8_t *slot = m2mpsk_keystore_debug_slot(ks, "a@b.c");
+  cr_assert_not_null(slot);
+
+  int st = in_child(read_byte, (void *)(uintptr_t)slot);
+  cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV,
+            "reading a key at rest must fault (status 0x%x)", st);
+
+  /* Using a key opens its page only for the copy. */
+  expect_key(ks, "a@b.c", 1, 32);
+  expect_key(ks, "b@b.c", 2, 32);
+  st = in_child(read_byte, (void *)(uintptr_t)slot);
+  cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV);
+  m2mpsk_keystore_free(ks);
+}
+
+/* The VmFlags of the mapping holding `p`, from /proc/self/smaps. */
+static int vm_flags(const void *p, char *out, size_t cap) {
+  FILE *f = fopen("/proc/self/smaps", "r");
+  if (f == NULL)
+    return 0;
+  char line[512];
+  int inside = 0, found = 0;
+  uintptr_t a = (uintptr_t)p;
+  while (fgets(line, sizeof(line), f) != NULL) {
+    unsigned long lo, hi;
+    if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') &&
+        line[0] != 'V') {
+      inside = a >= lo && a < hi;
+      continue;
+    }
+    if (inside && strncmp(line, "VmFlags:", 8) == 0) {
+      size_t n = strnlen(line + 8, cap - 1);
+      memcpy(out, line + 8, n);
+      out[n] = '\0';
+      found = 1;
+      break;
+    }
+  }
+  fclose(f);
+  return found;
+}
+
+Test(keystore, key_memory_is_locked_and_not_dumped) {
+  m2mpsk_keystore *ks = new_ks(0);
+  add_ok(ks, "a@b.c", 1, 32);
+  const uint8_t *slot = m2mpsk_keystore_debug_slot(ks, "a@b.c");
+  char flags[256];
+  cr_assert(vm_flags(slot, flags, sizeof(flags)));
+  cr_assert_not_null(strstr(flags, " dd"), "VmFlags:%s", flags);
+  cr_assert_eq(m2mpsk_keystore_is_locked(ks), 1);
+  cr_assert_not_null(strstr(flags, " lo"), "VmFlags:%s", flags);
+  m2mpsk_keystore_free(ks);
+}
+
+/* Removes CAP_IPC_LOCK from the effective set, so that RLIMIT_MEMLOCK binds
+ * even for root. */
+static int drop_ipc_lock(void) {
+  struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+  struct __user_cap_data_struct data[2];
+  if (syscall(SYS_capget, &hdr, data) != 0)
+    return -1;
+  data[CAP_IPC_LOCK / 32].effective &= ~(1u << (CAP_IPC_LOCK % 32));
+  return (int)syscall(SYS_capset, &hdr, data);
+}
+
+/* Exit codes tell the parent which check failed. */
+static void unlocked_child(void *arg) {
+  (void)arg;
+  long page = sysconf(_SC_PAGESIZE);
+  /* Two pages: libsodium locks the first one-page arena and its canary page;
+   * nothing after that fits. */
+  struct rlimit rl = {(rlim_t)(2 * page), (rlim_t)(2 * page)};
+  if (drop_ipc_lock() != 0 || setrlimit(RLIMIT_MEMLOCK, &rl) != 0)
+    _exit(10);
+  /* Prove the environment really refuses to lock more. */
+  void *probe = mmap(NULL, (size_t)(4 * page), PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (probe == MAP_FAILED)
+    _exit(11);
+  if (mlock(probe, (size_t)(4 * page)) == 0)
+    _exit(12);
+  munmap(probe, (size_t)(4 * page));
+
+  /* Without REQUIRE_LOCKED: keys are accepted, and the loss is reported. */
+  m2mpsk_keystore *ks = NULL;
+  if (m2mpsk_keystore_new(&ks, 0) != M2MPSK_OK)
+    _exit(20);
+  uint8_t key[32] = {9};
+  char id[32];
+  for (unsigned i = 0; i < 65; i++) {
+    snprintf(id, sizeof(id), "k%u@b.c", i);
+    if (m2mpsk_keystore_add(ks, id, key, 32, NULL, IDB, 0, 0) != M2MPSK_OK)
+      _exit(21);
+  }
+  if (m2mpsk_keystore_is_locked(ks) != 0)
+    _exit(22);
+  uint8_t got[M2MPSK_KEY_MAX];
+  size_t len = 0;
+  if (m2mpsk_keystore_fetch(ks, "k64@b.c", NULL, got, &len) != M2MPSK_OK ||
+      len != 32 || memcmp(got, key, 32) != 0)
+    _exit(23);
+  m2mpsk_keystore_free(ks);
+
+  /* With REQUIRE_LOCKED: the first arena fits, the second is refused and
+   * the keystore is left as it was. */
+  if (m2mpsk_keystore_new(&ks, M2MPSK_KEYSTORE_REQUIRE_LOCKED) != M2MPSK_OK)
+    _exit(30);
+  for (unsigned i = 0; i < 64; i++) {
+    snprintf(id, sizeof(id), "k%u@b.c", i);
+    if (m2mpsk_keystore_add(ks, id, key, 32, NULL, IDB, 0, 0) != M2MPSK_OK)
+      _exit(31);
+  }
+  if (m2mpsk_keystore_is_locked(ks) != 1)
+    _exit(32);
+  size_t mem = m2mpsk_keystore_key_memory(ks);
+  if (m2mpsk_keystore_add(ks, "k64@b.c", key, 32, NULL, IDB, 0, 0) !=
+      M2MPSK_E_UNLOCKED)
+    _exit(33);
+  if (m2mpsk_keystore_count(ks) != 64 ||
+      m2mpsk_keystore_key_memory(ks) != mem ||
+      m2mpsk_keystore_is_locked(ks) != 1)
+    _exit(34);
+  if (m2mpsk_keystore_lookup(ks, "k64@b.c", NULL, 0, NULL, 0, NULL, NULL,
+                             NULL) != M2MPSK_E_NOT_FOUND)
+    _exit(35);
+  if (m2mpsk_keystore_fetch(ks, "k63@b.c", NULL, got, &len) != M2MPSK_OK ||
+      len != 32 || memcmp(got, key, 32) != 0)
+    _exit(36);
+  /* A freed slot is still usable: it needs no new memory. */
+  if (m2mpsk_keystore_remove(ks, "k0@b.c") != M2MPSK_OK ||
+      m2mpsk_keystore_add(ks, "k64@b.c", key, 32, NULL, IDB, 0, 0) !=
+          M2MPSK_OK)
+    _exit(37);
+  m2mpsk_keystore_free(ks);
+
+  /* Nothing can be locked at all: even the first add fails. */
+  struct rlimit zero = {0, 0};
+  if (setrlimit(RLIMIT_MEMLOCK, &zero) != 0)
+    _exit(40);
+  if (m2mpsk_keystore_new(&ks, M2MPSK_KEYSTORE_REQUIRE_LOCKED) != M2MPSK_OK)
+    _exit(41);
+  if (m2mpsk_keystore_add(ks, "a@b.c", key, 32, NULL, IDB, 0, 0) !=
+          M2MPSK_E_UNLOCKED ||
+      m2mpsk_keystore_count(ks) != 0 || m2mpsk_keystore_key_memory(ks) != 0)
+    _exit(42);
+  m2mpsk_keystore_free(ks);
+  _exit(0);
+}
+
+Test(keystore, unlocked_memory_is_reported_and_can_be_refused) {
+  int st = in_child(unlocked_child, NULL);
+  cr_assert(WIFEXITED(st), "child died (status 0x%x)", st);
+  cr_assert_eq(WEXITSTATUS(st), 0, "check %d failed in the child",
+               WEXITSTATUS(st));
+}
+
+/* ---- staging and merge -------------------------------------------------- */
+
+Test(keystore, merge_moves_records_without_copying_keys) {
+  m2mpsk_keystore *ks = new_ks(0), *st = NULL;
+  add_ok(ks, "old@b.c", 1, 16);
+  cr_assert_eq(m2mpsk_keystore_new_staging(ks, &st), M2MPSK_OK);
+  uint8_t key[32];
+  char id[32];
+  for (unsigned i = 0; i < 100; i++) {
+    fill_key(key, 32, 100 + i);
+    snprintf(id, sizeof(id), "s%u@b.c", i);
+    cr_assert_eq(m2mpsk_keystore_add_tagged(st, id, key, 32, NULL, IDB, 0, 0,
+                                            i + 1),
+                 M2MPSK_OK);
+  }
+  const uint8_t *slot = m2mpsk_keystore_debug_slot(st, "s7@b.c");
+  size_t mem = m2mpsk_keystore_key_memory(ks) + m2mpsk_keystore_key_memory(st);
+  cr_assert_eq(m2mpsk_keystore_merge(ks, st, NULL), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_count(st), 0);
+  cr_assert_eq(m2mpsk_keystore_key_memory(st), 0);
+  m2mpsk_keystore_free(st);
+
+  cr_assert_eq(m2mpsk_keystore_count(ks), 101);
+  cr_assert_eq(m2mpsk_keystore_key_memory(ks), mem);
+  cr_assert_eq(m2mpsk_keystore_debug_slot(ks, "s7@b.c"), slot);
+  expect_key(ks, "old@b.c", 1, 16);
+  for (unsigned i = 0; i < 100; i++) {
+    snprintf(id, sizeof(id), "s%u@b.c", i);
+    expect_key(ks, id, 100 + i, 32);
+  }
+  /* Serials stay unique across the merge. */
+  m2mpsk_record_view a, b;
+  cr_assert_eq(m2mpsk_keystore_fetch(ks, "old@b.c", &a, NULL, NULL),
+               M2MPSK_OK);
+  add_ok(ks, "new@b.c", 2, 16);
+  cr_assert_eq(m2mpsk_keystore_fetch(ks, "new@b.c", &b, NULL, NULL),
+               M2MPSK_OK);
+  cr_assert_gt(b.serial, a.serial + 100);
+  m2mpsk_keystore_free(ks);
+}
+
+Test(keystore, merge_conflict_reports_smallest_tag_and_changes_nothing) {
+  m2mpsk_keystore *ks = new_ks(0), *st = NULL;
+  add_ok(ks, "x@b.c", 1, 16);
+  add_ok(ks, "y@b.c", 2, 16);
+  cr_assert_eq(m2mpsk_keystore_new_staging(ks, &st), M2MPSK_OK);
+  uint8_t key[16] = {0};
+  cr_assert_eq(
+      m2mpsk_keystore_add_tagged(st, "a@b.c", key, 16, NULL, IDB, 0, 0, 3),
+      M2MPSK_OK);
+  cr_assert_eq(
+      m2mpsk_keystore_add_tagged(st, "y@b.c", key, 16, NULL, IDB, 0, 0, 9),
+      M2MPSK_OK);
+  cr_assert_eq(
+      m2mpsk_keystore_add_tagged(st, "x@b.c", key, 16, NULL, IDB, 0, 0, 5),
+      M2MPSK_OK);
+  size_t mem = m2mpsk_keystore_key_memory(ks);
+  uint32_t tag = 0;
+  cr_assert_eq(m2mpsk_keystore_merge(ks, st, &tag), M2MPSK_E_DUPLICATE);
+  cr_assert_eq(tag, 5);
+  cr_assert_eq(m2mpsk_keystore_count(ks), 2);
+  cr_assert_eq(m2mpsk_keystore_key_memory(ks), mem);
+  cr_assert_eq(m2mpsk_keystore_lookup(ks, "a@b.c", NULL, 0, NULL, 0, NULL,
+                                      NULL, NULL),
+               M2MPSK_E_NOT_FOUND);
+  expect_key(ks, "x@b.c", 1, 16);
+  m2mpsk_keystore_free(st);
+
+  /* Only a staging keystore of this very keystore can be merged. */
+  m2mpsk_keystore *other = new_ks(0);
+  cr_assert_eq(m2mpsk_keystore_merge(ks, other, NULL), M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_keystore_merge(ks, ks, NULL), M2MPSK_E_INVALID);
+  m2mpsk_keystore_free(other);
+  m2mpsk_keystore_free(ks);
+}
+
+Test(keystore, merged_arenas_keep_serving_new_keys) {
+  m2mpsk_keystore *ks = new_ks(0), *st = NULL;
+  cr_assert_eq(m2mpsk_keystore_new_staging(ks, &st), M2MPSK_OK);
+  uint8_t key[16] = {0};
+  cr_assert_eq(
+      m2mpsk_keystore_add_tagged(st, "a@b.c", key, 16, NULL, IDB, 0, 0, 1),
+      M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_merge(ks, st, NULL), M2MPSK_OK);
+  m2mpsk_keystore_free(st);
+  /* The adopted arena still has 63 free slots. */
+  size_t mem = m2mpsk_keystore_key_memory(ks);
+  char id[32];
+  for (unsigned i = 0; i < 63; i++) {
+    snprintf(id, sizeof(id), "k%u@b.c", i);
+    add_ok(ks, id, i, 16);
+  }
+  cr_assert_eq(m2mpsk_keystore_key_memory(ks), mem);
+  for (unsigned i = 0; i < 63; i++) {
+    snprintf(id, sizeof(id), "k%u@b.c", i);
+    expect_key(ks, id, i, 16);
+  }
+  m2mpsk_keystore_free(ks);
+}
+
+/* ---- threads ------------------------------------------------------------ */
+
+#define PERMANENT 256
+#define ITERATIONS 20000
+
+typedef struct {
+  m2mpsk_keystore *ks;
+  int id;
+  atomic_int *errors;
+} worker_arg;
+
+static void *reader(void *p) {
+  worker_arg *w = p;
+  char id[32];
+  uint8_t want[M2MPSK_KEY_MAX], got[M2MPSK_KEY_MAX];
+  m2mpsk_record_view v;
+  for (unsigned i = 0; i < ITERATIONS; i++) {
+    unsigned n = (i * 7919u + (unsigned)w->id) % PERMANENT;
+    snprintf(id, sizeof(id), "perm%u@b.c", n);
+    size_t len = 0;
+    fill_key(want, 16 + n % 49, n);
+    if (m2mpsk_keystore_fetch(w->ks, id, &v, got, &len) != M2MPSK_OK ||
+        len != 16 + n % 49 || memcmp(got, want, len) != 0 ||
+        strcmp(v.idb, IDB) != 0 || v.revoked)
+      atomic_fetch_add(w->errors, 1);
+    if (m2mpsk_keystore_lookup(w->ks, id, NULL, 0, NULL, 0, NULL, NULL,
+                               NULL) != M2MPSK_OK)
+      atomic_fetch_add(w->errors, 1);
+  }
+  return NULL;
+}
+
+static void *writer(void *p) {
+  worker_arg *w = p;
+  char id[32];
+  uint8_t key[M2MPSK_KEY_MAX], got[M2MPSK_KEY_MAX];
+  for (unsigned i = 0; i < ITERATIONS / 4; i++) {
+    snprintf(id, sizeof(id), "tmp%d-%u@b.c", w->id, i % 50);
+    fill_key(key, sizeof(key), i);
+    if (m2mpsk_keystore_add(w->ks, id, key, 32, NULL, IDB, 0, 0) != M2MPSK_OK)
+      atomic_fetch_add(w->errors, 1);
+    size_t len = 0;
+    if (m2mpsk_keystore_fetch(w->ks, id, NULL, got, &len) != M2MPSK_OK ||
+        len != 32 || memcmp(got, key, 32) != 0)
+      atomic_fetch_add(w->errors, 1);
+    if (i % 3 == 0 && m2mpsk_keystore_revoke(w->ks, id) != M2MPSK_OK)
+      atomic_fetch_add(w->errors, 1);
+    if (m2mpsk_keystore_remove(w->ks, id) != M2MPSK_OK)
+      atomic_fetch_add(w->errors, 1);
+    /* Writers also read the permanent records. */
+    unsigned n = i % PERMANENT;
+    snprintf(id, sizeof(id), "perm%u@b.c", n);
+    fill_key(key, 16 + n % 49, n);
+    if (m2mpsk_keystore_fetch(w->ks, id, NULL, got, &len) != M2MPSK_OK ||
+        len != 16 + n % 49 || memcmp(got, key, len) != 0)
+      atomic_fetch_add(w->errors, 1);
+  }
+  return NULL;
+}
+
+Test(keystore, concurrent_lookups_during_adds_and_removes) {
+  m2mpsk_keystore *ks = new_ks(0);
+  char id[32];
+  for (unsigned n = 0; n < PERMANENT; n++) {
+    snprintf(id, sizeof(id), "perm%u@b.c", n);
+    add_ok(ks, id, n, 16 + n % 49);
+  }
+  atomic_int errors;
+  atomic_init(&errors, 0);
+  pthread_t th[4];
+  worker_arg args[4];
+  for (int t = 0; t < 4; t++) {
+    args[t] = (worker_arg){ks, t, &errors};
+    cr_assert_eq(
+        pthread_create(&th[t], NULL, t < 2 ? reader : writer, &args[t]), 0);
+  }
+  for (int t = 0; t < 4; t++)
+    pthread_join(th[t], NULL);
+  cr_assert_eq(atomic_load(&errors), 0);
+  cr_assert_eq(m2mpsk_keystore_count(ks), PERMANENT);
+  m2mpsk_keystore_free(ks);
+}
+
+/* ---- scale -------------------------------------------------------------- */
+
+static long rss_kib(void) {
+  FILE *f = fopen("/proc/self/statm", "r");
+  long size = 0, rss = 0;
+  if (f != NULL) {
+    if (fscanf(f, "%ld %ld", &size, &rss) != 2)
+      rss = 0;
+    fclose(f);
+  }
+  return rss * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+static long maxrss_kib(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_maxrss;
+}
+
+#define MILLION 1000000u
+#define SAMPLE 200000u
+
+Test(keystore, one_million_records, .timeout = 120) {
+  long rss0 = rss_kib(), max0 = maxrss_kib();
+  m2mpsk_keystore *ks = new_ks(0);
+  char id[40];
+  uint8_t key[32];
+
+  double t0 = now_s();
+  for (unsigned i = 0; i < MILLION; i++) {
+    snprintf(id, sizeof(id), "dev-%07u@m2m.example.com", i);
+    fill_key(key, sizeof(key), i);
+    cr_assert_eq(m2mpsk_keystore_add(ks, id, key, sizeof(key), NULL, IDB, 0,
+                                     0),
+                 M2MPSK_OK);
+  }
+  double t_add = now_s() - t0;
+  long rss1 = rss_kib(), max1 = maxrss_kib();
+  cr_assert_eq(m2mpsk_keystore_count(ks), MILLION);
+
+  /* Ids are formatted ahead so that only the keystore is timed. */
+  char(*ids)[40] = malloc((size_t)SAMPLE * sizeof(*ids));
+  cr_assert_not_null(ids);
+  unsigned *which = malloc(SAMPLE * sizeof(unsigned));
+  cr_assert_not_null(which);
+  uint32_t x = 12345;
+  for (unsigned s = 0; s < SAMPLE; s++) {
+    x = x * 1664525u + 1013904223u;
+    which[s] = x % MILLION;
+    snprintf(ids[s], sizeof(ids[s]), "dev-%07u@m2m.example.com", which[s]);
+  }
+  uint8_t got[M2MPSK_KEY_MAX];
+  size_t len;
+  t0 = now_s();
+  for (unsigned s = 0; s < SAMPLE; s++) {
+    if (m2mpsk_keystore_lookup(ks, ids[s], NULL, 0, NULL, 0, NULL, NULL,
+                               NULL) != M2MPSK_OK)
+      cr_assert_fail("lookup %s", ids[s]);
+  }
+  double t_lookup = now_s() - t0;
+  t0 = now_s();
+  for (unsigned s = 0; s < SAMPLE; s++) {
+    if (m2mpsk_keystore_fetch(ks, ids[s], NULL, got, &len) != M2MPSK_OK)
+      cr_assert_fail("fetch %s", ids[s]);
+  }
+  double t_fetch = now_s() - t0;
+  for (unsigned s = 0; s < 1000; s++) {
+    fill_key(key, sizeof(key), which[s]);
+    cr_assert_eq(m2mpsk_keystore_fetch(ks, ids[s], NULL, got, &len),
+                 M2MPSK_OK);
+    cr_assert_arr_eq(got, key, sizeof(key));
+  }
+  cr_assert_eq(m2mpsk_keystore_lookup(ks, "dev-1000000@m2m.example.com",
+                                      NULL, 0, NULL, 0, NULL, NULL, NULL),
+               M2MPSK_E_NOT_FOUND);
+  size_t key_mem = m2mpsk_keystore_key_memory(ks);
+  int locked = m2mpsk_keystore_is_locked(ks);
+
+  t0 = now_s();
+  m2mpsk_keystore_free(ks);
+  double t_free = now_s() - t0;
+  free(ids);
+  free(which);
+
+  fprintf(stderr,
+          "keystore 1e6: add %.2f s (%.2f us/add); lookup %.3f us; fetch "
+          "%.3f us; free %.2f s\n"
+          "keystore 1e6: RSS growth %.1f B/record (maxrss delta %.1f "
+          "B/record); key memory %zu B = %.1f B/record, locked=%d\n",
+          t_add, t_add * 1e6 / MILLION, t_lookup * 1e6 / SAMPLE,
+          t_fetch * 1e6 / SAMPLE, t_free,
+          (double)(rss1 - rss0) * 1024.0 / MILLION,
+          (double)(max1 - max0) * 1024.0 / MILLION, key_mem,
+          (double)key_mem / MILLION, locked);
+  cr_assert_lt(key_mem, (size_t)MILLION * 70);
+}
