@@ -227,19 +227,27 @@ static int bio_create(BIO *bio) {
   return 1;
 }
 
+/* Built once and kept for the life of the process. Not pthread_once: a
+ * failed allocation must leave the next caller free to try again. */
 static BIO_METHOD *g_bio_method;
-static pthread_once_t g_bio_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t g_bio_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static void bio_method_init(void) {
-  BIO_METHOD *m = BIO_meth_new(0, "m2mpsk");
-  if (m == NULL)
-    return;
-  if (!BIO_meth_set_read(m, bio_read) || !BIO_meth_set_write(m, bio_write) ||
-      !BIO_meth_set_ctrl(m, bio_ctrl) || !BIO_meth_set_create(m, bio_create)) {
-    BIO_meth_free(m);
-    return;
+static BIO_METHOD *bio_method(void) {
+  pthread_mutex_lock(&g_bio_lock);
+  if (g_bio_method == NULL) {
+    BIO_METHOD *m = BIO_meth_new(0, "m2mpsk");
+    if (m != NULL &&
+        (!BIO_meth_set_read(m, bio_read) || !BIO_meth_set_write(m, bio_write) ||
+         !BIO_meth_set_ctrl(m, bio_ctrl) ||
+         !BIO_meth_set_create(m, bio_create))) {
+      BIO_meth_free(m);
+      m = NULL;
+    }
+    g_bio_method = m;
   }
-  g_bio_method = m;
+  BIO_METHOD *m = g_bio_method;
+  pthread_mutex_unlock(&g_bio_lock);
+  return m;
 }
 
 /* ---- clock --------------------------------------------------------------- */
@@ -295,9 +303,10 @@ int m2mpsk_engine_ctx_new(m2mpsk_engine_ctx **out, m2mpsk_role role,
   int rc = translate_suites(iana_names, list, sizeof(list));
   if (rc != M2MPSK_OK)
     return rc;
-  pthread_once(&g_bio_once, bio_method_init);
-  if (g_bio_method == NULL)
+  if (bio_method() == NULL) {
+    ERR_clear_error();
     return M2MPSK_E_NOMEM;
+  }
 
   m2mpsk_engine_ctx *c = calloc(1, sizeof(*c));
   if (c == NULL)
@@ -353,7 +362,7 @@ int m2mpsk_engine_new(m2mpsk_engine **out, m2mpsk_engine_ctx *ctx,
   e->dtls = ctx->dtls;
   e->server = ctx->server;
   e->ssl = SSL_new(ctx->ssl_ctx);
-  BIO *bio = BIO_new(g_bio_method);
+  BIO *bio = BIO_new(bio_method());
   if (e->ssl == NULL || bio == NULL) {
     BIO_free(bio);
     SSL_free(e->ssl);
@@ -363,7 +372,13 @@ int m2mpsk_engine_new(m2mpsk_engine **out, m2mpsk_engine_ctx *ctx,
   }
   BIO_set_data(bio, e);
   SSL_set_bio(e->ssl, bio, bio);
-  SSL_set_app_data(e->ssl, e);
+  /* Storing the pointer may allocate; the callbacks rely on it. */
+  if (!SSL_set_app_data(e->ssl, e)) {
+    SSL_free(e->ssl);
+    free(e);
+    ERR_clear_error();
+    return M2MPSK_E_NOMEM;
+  }
   if (e->server)
     SSL_set_accept_state(e->ssl);
   else

@@ -1,0 +1,158 @@
+/* A failing-allocator suite, after nghttp2's: the whole life of a pair of
+ * associations is run again and again, the Nth allocation failing in run N,
+ * until a run sees no failure. Every call must then report a documented
+ * status (M2MPSK_E_NOMEM, or a failed association with a reason), leave the
+ * handles usable for free, and never crash.
+ *
+ * The executable interposes malloc, calloc and realloc, so allocations made
+ * by libsodium and BoringSSL on our behalf fail too. */
+#include <criterion/criterion.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "link.h"
+
+extern void *__libc_malloc(size_t n);
+extern void *__libc_calloc(size_t n, size_t m);
+extern void *__libc_realloc(void *p, size_t n);
+extern void __libc_free(void *p);
+
+static int g_armed;
+static long g_count;
+static long g_fail_at = -1;
+static long g_failed;
+
+static int should_fail(void) {
+  if (!g_armed)
+    return 0;
+  if (g_count++ == g_fail_at) {
+    g_failed++;
+    return 1;
+  }
+  return 0;
+}
+
+/* Blocks currently allocated, to find leaks on failure paths. */
+static long g_live;
+
+void *malloc(size_t n) {
+  void *p = should_fail() ? NULL : __libc_malloc(n);
+  g_live += p != NULL;
+  return p;
+}
+void *calloc(size_t n, size_t m) {
+  void *p = should_fail() ? NULL : __libc_calloc(n, m);
+  g_live += p != NULL;
+  return p;
+}
+void *realloc(void *p, size_t n) {
+  if (p == NULL)
+    return malloc(n);
+  return should_fail() ? NULL : __libc_realloc(p, n);
+}
+void free(void *p) {
+  g_live -= p != NULL;
+  __libc_free(p);
+}
+
+/* Returns 1 when the status is what an allocation failure may produce. */
+static int allowed(int rc) {
+  return rc == M2MPSK_OK || rc == M2MPSK_E_NOMEM || rc == M2MPSK_E_FAILED ||
+         rc == M2MPSK_E_INTERNAL;
+}
+
+#define CHECK(call)                                                            \
+  do {                                                                         \
+    int rc_ = (call);                                                          \
+    cr_assert(allowed(rc_), "%s -> %d (%s) at allocation %ld", #call, rc_,     \
+              m2mpsk_strerror(rc_), g_fail_at);                                \
+    if (rc_ != M2MPSK_OK)                                                      \
+      goto out;                                                                \
+  } while (0)
+
+/* One full life: keystore, config, handshake, data, close, free. Returns 1
+ * when every step succeeded. */
+static int one_life(m2mpsk_transport t) {
+  m2mpsk_keystore *ks = NULL;
+  m2mpsk_config *cfg_a = NULL, *cfg_b = NULL;
+  m2mpsk_assoc *a = NULL, *b = NULL;
+  int ok = 0;
+  g_armed = 1;
+  CHECK(m2mpsk_keystore_new(&ks, 0));
+  int rc = m2mpsk_keystore_add(ks, M2MT_KPSA_ID, m2mt_key, 32, M2MT_IDA,
+                               M2MT_IDB, 0, 0);
+  cr_assert(allowed(rc));
+  if (rc != M2MPSK_OK) {
+    cr_assert_eq(m2mpsk_keystore_count(ks), 0, "a failed add changes nothing");
+    goto out;
+  }
+  CHECK(m2mpsk_config_new(&cfg_a));
+  CHECK(m2mpsk_config_new(&cfg_b));
+  CHECK(m2mpsk_config_add_local_id(cfg_b, M2MT_IDB));
+  CHECK(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR, t, cfg_a, ks,
+                         M2MT_KPSA_ID));
+  CHECK(m2mpsk_assoc_new(&b, M2MPSK_ROLE_RESPONDER, t, cfg_b, ks, NULL));
+  CHECK(m2mpsk_assoc_start(b, 1000, 1800000000));
+  CHECK(m2mpsk_assoc_start(a, 1000, 1800000000));
+  uint64_t now = 1000;
+  m2mt_run_handshake(a, b, NULL, &now, 200);
+  for (int i = 0; i < 2; i++) {
+    m2mpsk_assoc *x = i ? b : a;
+    if (m2mpsk_assoc_state(x) == M2MPSK_STATE_FAILED) {
+      cr_assert_neq(m2mpsk_assoc_failure(x), M2MPSK_REASON_NONE);
+      cr_assert_not_null(m2mpsk_assoc_failure_detail(x));
+      goto out;
+    }
+  }
+  if (m2mpsk_assoc_state(a) != M2MPSK_STATE_ESTABLISHED ||
+      m2mpsk_assoc_state(b) != M2MPSK_STATE_ESTABLISHED)
+    goto out; /* a lost flight, e.g. a failed buffer: timed out */
+  size_t w, n;
+  uint8_t buf[64];
+  CHECK(m2mpsk_assoc_write(a, (const uint8_t *)"ping", 4, &w));
+  m2mt_transfer(a, b, NULL, now);
+  CHECK(m2mpsk_assoc_read(b, buf, sizeof(buf), &n));
+  CHECK(m2mpsk_assoc_close(a));
+  ok = 1;
+out:
+  g_armed = 0;
+  m2mpsk_assoc_free(a);
+  m2mpsk_assoc_free(b);
+  m2mpsk_config_free(cfg_a);
+  m2mpsk_config_free(cfg_b);
+  m2mpsk_keystore_free(ks);
+  return ok;
+}
+
+static void sweep(m2mpsk_transport t) {
+  long points = 0;
+  /* A first clean life sets up the libraries' lazy global state. */
+  g_fail_at = -1;
+  cr_assert(one_life(t));
+  long live = g_live;
+  for (g_fail_at = 0; g_fail_at < 100000; g_fail_at++) {
+    g_count = 0;
+    g_failed = 0;
+    int ok = one_life(t);
+    cr_assert_eq(g_live, live, "leak after failing allocation %ld",
+                 g_fail_at);
+    if (g_failed == 0) {
+      cr_assert(ok, "the run without a failed allocation must succeed");
+      break;
+    }
+    points++;
+  }
+  cr_log_info("%s: %ld allocation failure points survived",
+              t == M2MPSK_TRANSPORT_TLS ? "TLS" : "DTLS", points);
+  cr_assert_gt(points, 50, "the sweep reached into the TLS library");
+}
+
+Test(alloc, every_allocation_failure_in_a_tls_life_is_reported,
+     .timeout = 300) {
+  sweep(M2MPSK_TRANSPORT_TLS);
+}
+
+Test(alloc, every_allocation_failure_in_a_dtls_life_is_reported,
+     .timeout = 300) {
+  sweep(M2MPSK_TRANSPORT_DTLS);
+}
