@@ -62,10 +62,10 @@ static int run(m2mpsk_transport t, const char *suites, const char *ida) {
   /* Both entities hold the same record: KpsaID, Kpsa, IdA, IdB. */
   if ((rc = m2mpsk_keystore_new(&ks_a, 0)) != M2MPSK_OK ||
       (rc = m2mpsk_keystore_new(&ks_b, 0)) != M2MPSK_OK ||
-      (rc = m2mpsk_keystore_add(ks_a, KPSA_ID, kpsa, sizeof(kpsa), ida, ID_B,
-                                0, 0)) != M2MPSK_OK ||
-      (rc = m2mpsk_keystore_add(ks_b, KPSA_ID, kpsa, sizeof(kpsa), ida, ID_B,
-                                0, 0)) != M2MPSK_OK ||
+      (rc = m2mpsk_keystore_add(ks_a, KPSA_ID, kpsa, sizeof(kpsa), ida, ID_B, 0,
+                                0)) != M2MPSK_OK ||
+      (rc = m2mpsk_keystore_add(ks_b, KPSA_ID, kpsa, sizeof(kpsa), ida, ID_B, 0,
+                                0)) != M2MPSK_OK ||
       (rc = m2mpsk_config_new(&cfg_a)) != M2MPSK_OK ||
       (rc = m2mpsk_config_new(&cfg_b)) != M2MPSK_OK ||
       (rc = m2mpsk_config_add_local_id(cfg_b, ID_B)) != M2MPSK_OK ||
@@ -111,17 +111,17 @@ static int run(m2mpsk_transport t, const char *suites, const char *ida) {
   size_t n = 0, w;
   if (m2mpsk_assoc_write(a, (const uint8_t *)req, strlen(req), &w) !=
           M2MPSK_OK ||
-      pump(a, b) < 0 || m2mpsk_assoc_read(b, buf, sizeof(buf) - 1, &n) !=
-                            M2MPSK_OK)
+      pump(a, b) < 0 ||
+      m2mpsk_assoc_read(b, buf, sizeof(buf) - 1, &n) != M2MPSK_OK)
     goto out;
   buf[n] = 0;
-  printf("  B received %zu bytes from %s: \"%s\"\n", n,
-         m2mpsk_assoc_peer_id(b), (char *)buf);
+  printf("  B received %zu bytes from %s: \"%s\"\n", n, m2mpsk_assoc_peer_id(b),
+         (char *)buf);
   uint8_t ka[16], kb[16];
-  if (m2mpsk_assoc_export(a, ka, sizeof(ka), "EXPORTER-oneM2M-demo", NULL,
-                          0) != M2MPSK_OK ||
-      m2mpsk_assoc_export(b, kb, sizeof(kb), "EXPORTER-oneM2M-demo", NULL,
-                          0) != M2MPSK_OK)
+  if (m2mpsk_assoc_export(a, ka, sizeof(ka), "EXPORTER-oneM2M-demo", NULL, 0) !=
+          M2MPSK_OK ||
+      m2mpsk_assoc_export(b, kb, sizeof(kb), "EXPORTER-oneM2M-demo", NULL, 0) !=
+          M2MPSK_OK)
     goto out;
   printf("  RFC 5705 exporter agrees on both sides: %s\n",
          memcmp(ka, kb, sizeof(ka)) == 0 ? "yes" : "NO");
@@ -150,9 +150,9 @@ int main(void) {
   failures += run(M2MPSK_TRANSPORT_TLS, NULL, ID_A) != M2MPSK_OK;
   failures += run(M2MPSK_TRANSPORT_DTLS, NULL, ID_A) != M2MPSK_OK;
   /* No IdA configured: B binds the Credential-ID 12-<KpsaID>. */
-  failures += run(M2MPSK_TRANSPORT_TLS,
-                  "TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256", NULL) !=
-              M2MPSK_OK;
+  failures +=
+      run(M2MPSK_TRANSPORT_TLS, "TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256",
+          NULL) != M2MPSK_OK;
   printf("\n%s\n", failures ? "FAILED" : "all associations established");
   return failures ? 1 : 0;
 }

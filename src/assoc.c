@@ -245,8 +245,7 @@ int m2mpsk_assoc_new(m2mpsk_assoc **out, m2mpsk_role role,
   *out = NULL;
   if (config == NULL || keystore == NULL ||
       (role != M2MPSK_ROLE_INITIATOR && role != M2MPSK_ROLE_RESPONDER) ||
-      (transport != M2MPSK_TRANSPORT_TLS &&
-       transport != M2MPSK_TRANSPORT_DTLS))
+      (transport != M2MPSK_TRANSPORT_TLS && transport != M2MPSK_TRANSPORT_DTLS))
     return M2MPSK_E_INVALID;
   if ((role == M2MPSK_ROLE_INITIATOR) != (kpsa_id != NULL))
     return M2MPSK_E_INVALID;
@@ -379,8 +378,7 @@ int m2mpsk_assoc_start(m2mpsk_assoc *a, uint64_t now_ms, int64_t unix_time) {
     m2mpsk_record_view v;
     const char *why = NULL;
     m2mpsk_reason r;
-    if (m2mpsk_keystore_fetch(a->ks, a->kpsa_id, &v, NULL, NULL) !=
-            M2MPSK_OK ||
+    if (m2mpsk_keystore_fetch(a->ks, a->kpsa_id, &v, NULL, NULL) != M2MPSK_OK ||
         v.serial != a->serial) {
       r = M2MPSK_REASON_REVOKED;
       why = "record for KpsaID %s was removed";
@@ -412,14 +410,12 @@ int m2mpsk_assoc_feed(m2mpsk_assoc *a, const uint8_t *data, size_t len,
     return M2MPSK_E_INVALID;
   switch (a->state) {
   case M2MPSK_STATE_IDLE:
-  case M2MPSK_STATE_FAILED:
-    return M2MPSK_E_STATE;
+  case M2MPSK_STATE_FAILED: return M2MPSK_E_STATE;
   case M2MPSK_STATE_CLOSED:
     if (a->received_close)
       return M2MPSK_E_STATE;
     break;
-  default:
-    break;
+  default: break;
   }
   if (len == 0)
     return M2MPSK_OK;
@@ -535,8 +531,7 @@ int m2mpsk_assoc_read(m2mpsk_assoc *a, uint8_t *out, size_t cap,
     return M2MPSK_E_FAILED;
   if (a->received_close)
     return M2MPSK_E_CLOSED;
-  if (a->state != M2MPSK_STATE_ESTABLISHED &&
-      a->state != M2MPSK_STATE_CLOSED)
+  if (a->state != M2MPSK_STATE_ESTABLISHED && a->state != M2MPSK_STATE_CLOSED)
     return M2MPSK_E_STATE;
   m2mpsk_engine_set_now(a->now_ms);
   int rc = m2mpsk_engine_read(a->eng, out, cap, out_len);
@@ -554,8 +549,7 @@ int m2mpsk_assoc_close(m2mpsk_assoc *a) {
     return M2MPSK_E_INVALID;
   if (a->state == M2MPSK_STATE_CLOSED && a->sent_close)
     return M2MPSK_OK;
-  if (a->state != M2MPSK_STATE_ESTABLISHED &&
-      a->state != M2MPSK_STATE_CLOSED)
+  if (a->state != M2MPSK_STATE_ESTABLISHED && a->state != M2MPSK_STATE_CLOSED)
     return M2MPSK_E_STATE;
   m2mpsk_engine_set_now(a->now_ms);
   if (m2mpsk_engine_close(a->eng) != M2MPSK_OK) {

@@ -13,7 +13,8 @@ const char *m2mpsk_strerror(int status) {
   case M2MPSK_E_STATE: return "call not valid in the current state";
   case M2MPSK_E_BUFFER: return "buffer too small";
   case M2MPSK_E_INTERNAL: return "internal TLS library error";
-  case M2MPSK_E_KPSA_ID: return "KpsaID is not Issuer_Relative_KpsaID@Issuer-FQDN";
+  case M2MPSK_E_KPSA_ID:
+    return "KpsaID is not Issuer_Relative_KpsaID@Issuer-FQDN";
   case M2MPSK_E_KPSA_ID_LENGTH: return "KpsaID is longer than 128 bytes";
   case M2MPSK_E_KEY_LENGTH: return "Kpsa must be 16 to 64 bytes";
   case M2MPSK_E_IDA: return "IdA is not a valid CSE-ID or AE-ID";
@@ -52,6 +53,10 @@ const char *m2mpsk_reason_name(int reason) {
   }
 }
 
-const char *m2mpsk_version_string(void) { return M2MPSK_VERSION_STRING; }
+const char *m2mpsk_version_string(void) {
+  return M2MPSK_VERSION_STRING;
+}
 
-unsigned m2mpsk_version_number(void) { return M2MPSK_VERSION_NUMBER; }
+unsigned m2mpsk_version_number(void) {
+  return M2MPSK_VERSION_NUMBER;
+}

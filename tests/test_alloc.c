@@ -89,8 +89,8 @@ static int one_life(m2mpsk_transport t) {
   CHECK(m2mpsk_config_new(&cfg_a));
   CHECK(m2mpsk_config_new(&cfg_b));
   CHECK(m2mpsk_config_add_local_id(cfg_b, M2MT_IDB));
-  CHECK(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR, t, cfg_a, ks,
-                         M2MT_KPSA_ID));
+  CHECK(
+      m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR, t, cfg_a, ks, M2MT_KPSA_ID));
   CHECK(m2mpsk_assoc_new(&b, M2MPSK_ROLE_RESPONDER, t, cfg_b, ks, NULL));
   CHECK(m2mpsk_assoc_start(b, 1000, 1800000000));
   CHECK(m2mpsk_assoc_start(a, 1000, 1800000000));
@@ -134,8 +134,7 @@ static void sweep(m2mpsk_transport t) {
     g_count = 0;
     g_failed = 0;
     int ok = one_life(t);
-    cr_assert_eq(g_live, live, "leak after failing allocation %ld",
-                 g_fail_at);
+    cr_assert_eq(g_live, live, "leak after failing allocation %ld", g_fail_at);
     if (g_failed == 0) {
       cr_assert(ok, "the run without a failed allocation must succeed");
       break;

@@ -10,7 +10,9 @@ static m2mt_pair p;
 static void setup(void) {
   m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
 }
-static void teardown(void) { m2mt_pair_free(&p); }
+static void teardown(void) {
+  m2mt_pair_free(&p);
+}
 
 TestSuite(api, .init = setup, .fini = teardown);
 
@@ -31,29 +33,27 @@ Test(api, keystore_functions_reject_null) {
   cr_assert_null(ks);
   m2mpsk_keystore_free(NULL);
   const char *id = "x@onem2m.com";
-  cr_assert_eq(m2mpsk_keystore_add(NULL, id, m2mt_key, 32, NULL, M2MT_IDB, 0,
-                                   0),
+  cr_assert_eq(
+      m2mpsk_keystore_add(NULL, id, m2mt_key, 32, NULL, M2MT_IDB, 0, 0),
+      M2MPSK_E_INVALID);
+  cr_assert_eq(
+      m2mpsk_keystore_add(p.ks_a, NULL, m2mt_key, 32, NULL, M2MT_IDB, 0, 0),
+      M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_keystore_add(p.ks_a, id, NULL, 32, NULL, M2MT_IDB, 0, 0),
                M2MPSK_E_INVALID);
-  cr_assert_eq(m2mpsk_keystore_add(p.ks_a, NULL, m2mt_key, 32, NULL,
-                                   M2MT_IDB, 0, 0),
-               M2MPSK_E_INVALID);
-  cr_assert_eq(m2mpsk_keystore_add(p.ks_a, id, NULL, 32, NULL, M2MT_IDB, 0,
-                                   0),
-               M2MPSK_E_INVALID);
-  cr_assert_eq(m2mpsk_keystore_add(p.ks_a, id, m2mt_key, 32, NULL, NULL, 0,
-                                   0),
+  cr_assert_eq(m2mpsk_keystore_add(p.ks_a, id, m2mt_key, 32, NULL, NULL, 0, 0),
                M2MPSK_E_INVALID);
   cr_assert_eq(m2mpsk_keystore_count(p.ks_a), 1);
   cr_assert_eq(m2mpsk_keystore_remove(NULL, id), M2MPSK_E_INVALID);
   cr_assert_eq(m2mpsk_keystore_remove(p.ks_a, NULL), M2MPSK_E_INVALID);
   cr_assert_eq(m2mpsk_keystore_revoke(NULL, id), M2MPSK_E_INVALID);
   cr_assert_eq(m2mpsk_keystore_revoke(p.ks_a, NULL), M2MPSK_E_INVALID);
-  cr_assert_eq(m2mpsk_keystore_lookup(NULL, id, NULL, 0, NULL, 0, NULL, NULL,
-                                      NULL),
-               M2MPSK_E_INVALID);
-  cr_assert_eq(m2mpsk_keystore_lookup(p.ks_a, NULL, NULL, 0, NULL, 0, NULL,
-                                      NULL, NULL),
-               M2MPSK_E_INVALID);
+  cr_assert_eq(
+      m2mpsk_keystore_lookup(NULL, id, NULL, 0, NULL, 0, NULL, NULL, NULL),
+      M2MPSK_E_INVALID);
+  cr_assert_eq(
+      m2mpsk_keystore_lookup(p.ks_a, NULL, NULL, 0, NULL, 0, NULL, NULL, NULL),
+      M2MPSK_E_INVALID);
   cr_assert_eq(m2mpsk_keystore_count(NULL), 0);
   cr_assert_eq(m2mpsk_keystore_is_locked(NULL), M2MPSK_E_INVALID);
   cr_assert_eq(m2mpsk_keystore_key_memory(NULL), 0);
@@ -88,14 +88,12 @@ Test(api, assoc_new_rejects_null) {
                                 M2MPSK_TRANSPORT_TLS, p.cfg_a, p.ks_a,
                                 M2MT_KPSA_ID),
                M2MPSK_E_INVALID);
-  cr_assert_eq(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR,
-                                M2MPSK_TRANSPORT_TLS, NULL, p.ks_a,
-                                M2MT_KPSA_ID),
+  cr_assert_eq(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR, M2MPSK_TRANSPORT_TLS,
+                                NULL, p.ks_a, M2MT_KPSA_ID),
                M2MPSK_E_INVALID);
   cr_assert_null(a);
-  cr_assert_eq(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR,
-                                M2MPSK_TRANSPORT_TLS, p.cfg_a, NULL,
-                                M2MT_KPSA_ID),
+  cr_assert_eq(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR, M2MPSK_TRANSPORT_TLS,
+                                p.cfg_a, NULL, M2MT_KPSA_ID),
                M2MPSK_E_INVALID);
   m2mpsk_assoc_free(NULL);
 }

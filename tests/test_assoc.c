@@ -40,10 +40,10 @@ ParameterizedTest(hs_case *c, assoc, handshake_binds_identities) {
   m2mt_pair_start(&p, NOW0, UNIX0);
   uint64_t now = NOW0;
   cr_assert_geq(m2mt_run_handshake(p.a, p.b, NULL, &now, 100), 0);
-  cr_assert_eq(m2mpsk_assoc_state(p.a), M2MPSK_STATE_ESTABLISHED,
-               "A: %s", m2mpsk_assoc_failure_detail(p.a));
-  cr_assert_eq(m2mpsk_assoc_state(p.b), M2MPSK_STATE_ESTABLISHED,
-               "B: %s", m2mpsk_assoc_failure_detail(p.b));
+  cr_assert_eq(m2mpsk_assoc_state(p.a), M2MPSK_STATE_ESTABLISHED, "A: %s",
+               m2mpsk_assoc_failure_detail(p.a));
+  cr_assert_eq(m2mpsk_assoc_state(p.b), M2MPSK_STATE_ESTABLISHED, "B: %s",
+               m2mpsk_assoc_failure_detail(p.b));
   cr_assert_str_eq(m2mpsk_assoc_peer_id(p.a), M2MT_IDB);
   cr_assert_str_eq(m2mpsk_assoc_peer_id(p.b), M2MT_IDA);
   cr_assert_eq(m2mpsk_assoc_peer_id_is_credential(p.b), 0);
@@ -68,8 +68,7 @@ ParameterizedTest(hs_case *c, assoc, handshake_binds_identities) {
 Test(assoc, default_suites_are_plain_psk) {
   for (int t = 0; t < 2; t++) {
     m2mt_pair p;
-    m2mt_pair_init(&p, (m2mpsk_transport)t, m2mt_key, m2mt_key, M2MT_IDA,
-                   NULL);
+    m2mt_pair_init(&p, (m2mpsk_transport)t, m2mt_key, m2mt_key, M2MT_IDA, NULL);
     m2mt_pair_start(&p, NOW0, UNIX0);
     uint64_t now = NOW0;
     m2mt_run_handshake(p.a, p.b, NULL, &now, 100);
@@ -124,8 +123,7 @@ Test(assoc, identities_unbound_before_established) {
   cr_assert_null(m2mpsk_assoc_version(p.b));
   cr_assert_null(m2mpsk_assoc_kpsa_id(p.b));
   uint8_t out[8];
-  cr_assert_eq(m2mpsk_assoc_export(p.a, out, 8, "x", NULL, 0),
-               M2MPSK_E_STATE);
+  cr_assert_eq(m2mpsk_assoc_export(p.a, out, 8, "x", NULL, 0), M2MPSK_E_STATE);
   m2mt_pair_free(&p);
 }
 
@@ -293,9 +291,8 @@ ParameterizedTest(transport_param *tp, refusal, idb_mismatch_by_sni) {
   m2mt_pair_init(&p, tp->t, m2mt_key, m2mt_key, M2MT_IDA, NULL);
   m2mpsk_assoc_free(p.a);
   cr_assert_eq(m2mpsk_keystore_remove(p.ks_a, M2MT_KPSA_ID), M2MPSK_OK);
-  cr_assert_eq(m2mpsk_keystore_add(p.ks_a, M2MT_KPSA_ID, m2mt_key, 32,
-                                   M2MT_IDA, "//other.example.org/cse-in", 0,
-                                   0),
+  cr_assert_eq(m2mpsk_keystore_add(p.ks_a, M2MT_KPSA_ID, m2mt_key, 32, M2MT_IDA,
+                                   "//other.example.org/cse-in", 0, 0),
                M2MPSK_OK);
   cr_assert_eq(m2mpsk_assoc_new(&p.a, M2MPSK_ROLE_INITIATOR, tp->t, p.cfg_a,
                                 p.ks_a, M2MT_KPSA_ID),
@@ -319,8 +316,8 @@ ParameterizedTest(transport_param *tp, refusal, idb_not_served) {
   m2mt_pair p;
   m2mt_pair_init(&p, tp->t, m2mt_key, m2mt_key, M2MT_IDA, NULL);
   cr_assert_eq(m2mpsk_keystore_remove(p.ks_b, M2MT_KPSA_ID), M2MPSK_OK);
-  cr_assert_eq(m2mpsk_keystore_add(p.ks_b, M2MT_KPSA_ID, m2mt_key, 32,
-                                   M2MT_IDA, "//m2m.example.com/cse-mn", 0, 0),
+  cr_assert_eq(m2mpsk_keystore_add(p.ks_b, M2MT_KPSA_ID, m2mt_key, 32, M2MT_IDA,
+                                   "//m2m.example.com/cse-mn", 0, 0),
                M2MPSK_OK);
   refusal_result r = run_refusal(&p, tp->t);
   cr_assert_eq(r.b, M2MPSK_REASON_ID_MISMATCH, "B: %s",
@@ -360,9 +357,8 @@ ParameterizedTest(transport_param *tp, refusal, expired_record_at_responder) {
   m2mt_pair p;
   m2mt_pair_init(&p, tp->t, m2mt_key, m2mt_key, M2MT_IDA, NULL);
   cr_assert_eq(m2mpsk_keystore_remove(p.ks_b, M2MT_KPSA_ID), M2MPSK_OK);
-  cr_assert_eq(m2mpsk_keystore_add(p.ks_b, M2MT_KPSA_ID, m2mt_key, 32,
-                                   M2MT_IDA, M2MT_IDB, UNIX0 - 1000,
-                                   UNIX0 - 1),
+  cr_assert_eq(m2mpsk_keystore_add(p.ks_b, M2MT_KPSA_ID, m2mt_key, 32, M2MT_IDA,
+                                   M2MT_IDB, UNIX0 - 1000, UNIX0 - 1),
                M2MPSK_OK);
   refusal_result r = run_refusal(&p, tp->t);
   cr_assert_eq(r.b, M2MPSK_REASON_EXPIRED, "B: %s",
@@ -375,8 +371,8 @@ Test(refusal, not_yet_valid_record_at_responder) {
   m2mt_pair p;
   m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
   cr_assert_eq(m2mpsk_keystore_remove(p.ks_b, M2MT_KPSA_ID), M2MPSK_OK);
-  cr_assert_eq(m2mpsk_keystore_add(p.ks_b, M2MT_KPSA_ID, m2mt_key, 32,
-                                   M2MT_IDA, M2MT_IDB, UNIX0 + 100, 0),
+  cr_assert_eq(m2mpsk_keystore_add(p.ks_b, M2MT_KPSA_ID, m2mt_key, 32, M2MT_IDA,
+                                   M2MT_IDB, UNIX0 + 100, 0),
                M2MPSK_OK);
   refusal_result r = run_refusal(&p, M2MPSK_TRANSPORT_TLS);
   cr_assert_eq(r.b, M2MPSK_REASON_EXPIRED);
@@ -389,8 +385,8 @@ Test(refusal, expired_record_at_initiator_fails_before_sending) {
   m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
   m2mpsk_assoc_free(p.a);
   cr_assert_eq(m2mpsk_keystore_remove(p.ks_a, M2MT_KPSA_ID), M2MPSK_OK);
-  cr_assert_eq(m2mpsk_keystore_add(p.ks_a, M2MT_KPSA_ID, m2mt_key, 32,
-                                   M2MT_IDA, M2MT_IDB, 0, UNIX0 - 1),
+  cr_assert_eq(m2mpsk_keystore_add(p.ks_a, M2MT_KPSA_ID, m2mt_key, 32, M2MT_IDA,
+                                   M2MT_IDB, 0, UNIX0 - 1),
                M2MPSK_OK);
   cr_assert_eq(m2mpsk_assoc_new(&p.a, M2MPSK_ROLE_INITIATOR,
                                 M2MPSK_TRANSPORT_TLS, p.cfg_a, p.ks_a,
@@ -407,8 +403,8 @@ Test(refusal, expiry_uses_wall_clock_advanced_by_monotonic_time) {
   m2mt_pair p;
   m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
   cr_assert_eq(m2mpsk_keystore_remove(p.ks_b, M2MT_KPSA_ID), M2MPSK_OK);
-  cr_assert_eq(m2mpsk_keystore_add(p.ks_b, M2MT_KPSA_ID, m2mt_key, 32,
-                                   M2MT_IDA, M2MT_IDB, 0, UNIX0 + 5),
+  cr_assert_eq(m2mpsk_keystore_add(p.ks_b, M2MT_KPSA_ID, m2mt_key, 32, M2MT_IDA,
+                                   M2MT_IDB, 0, UNIX0 + 5),
                M2MPSK_OK);
   m2mt_pair_start(&p, NOW0, UNIX0);
   uint64_t now = NOW0 + 10000;
@@ -487,7 +483,9 @@ Test(dtls, lossy_link_completes_through_retransmission) {
     m2mt_pair_init(&p, M2MPSK_TRANSPORT_DTLS, m2mt_key, m2mt_key, M2MT_IDA,
                    NULL);
     m2mt_pair_start(&p, NOW0, UNIX0);
-    m2mt_link link = {.drop_pct = 25, .dup_pct = 20, .reorder_pct = 30,
+    m2mt_link link = {.drop_pct = 25,
+                      .dup_pct = 20,
+                      .reorder_pct = 30,
                       .rng = seed * 2654435761u};
     uint64_t now = NOW0;
     int steps = m2mt_run_handshake(p.a, p.b, &link, &now, 2000);
@@ -512,8 +510,7 @@ Test(dtls, lossy_link_completes_through_retransmission) {
 
 Test(dtls, dead_link_ends_in_timeout) {
   m2mt_pair p;
-  m2mt_pair_init(&p, M2MPSK_TRANSPORT_DTLS, m2mt_key, m2mt_key, M2MT_IDA,
-                 NULL);
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_DTLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
   m2mt_pair_start(&p, NOW0, UNIX0);
   m2mt_link link = {.drop_all = 1, .rng = 7};
   uint64_t now = NOW0;
@@ -532,8 +529,7 @@ Test(dtls, dead_link_ends_in_timeout) {
 
 Test(dtls, retransmission_timer_is_reported_and_honoured) {
   m2mt_pair p;
-  m2mt_pair_init(&p, M2MPSK_TRANSPORT_DTLS, m2mt_key, m2mt_key, M2MT_IDA,
-                 NULL);
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_DTLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
   m2mt_pair_start(&p, NOW0, UNIX0);
   uint8_t buf[2048];
   size_t n;
@@ -555,8 +551,7 @@ Test(dtls, retransmission_timer_is_reported_and_honoured) {
 
 Test(dtls, mtu_bounds_datagrams) {
   m2mt_pair p;
-  m2mt_pair_init(&p, M2MPSK_TRANSPORT_DTLS, m2mt_key, m2mt_key, M2MT_IDA,
-                 NULL);
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_DTLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
   cr_assert_eq(m2mpsk_assoc_set_mtu(p.a, 100), M2MPSK_E_INVALID);
   cr_assert_eq(m2mpsk_assoc_set_mtu(p.a, 256), M2MPSK_OK);
   cr_assert_eq(m2mpsk_assoc_set_mtu(p.b, 256), M2MPSK_OK);
@@ -598,12 +593,10 @@ Test(timeout, tls_handshake_deadline) {
                M2MPSK_E_INVALID);
   cr_assert_eq(m2mpsk_config_set_handshake_timeout(cfg, 5000), M2MPSK_OK);
   m2mpsk_assoc *a;
-  cr_assert_eq(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR,
-                                M2MPSK_TRANSPORT_TLS, cfg, p.ks_a,
-                                M2MT_KPSA_ID),
+  cr_assert_eq(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR, M2MPSK_TRANSPORT_TLS,
+                                cfg, p.ks_a, M2MT_KPSA_ID),
                M2MPSK_OK);
-  cr_assert_eq(m2mpsk_config_set_handshake_timeout(cfg, 6000),
-               M2MPSK_E_STATE);
+  cr_assert_eq(m2mpsk_config_set_handshake_timeout(cfg, 6000), M2MPSK_E_STATE);
   cr_assert_eq(m2mpsk_assoc_start(a, NOW0, UNIX0), M2MPSK_OK);
   uint64_t d;
   cr_assert_eq(m2mpsk_assoc_next_timeout(a, &d), M2MPSK_OK);
@@ -886,8 +879,7 @@ Test(garbage, garbage_in_every_state) {
 Test(garbage, truncated_flight_waits_then_times_out) {
   for (int t = 0; t < 2; t++) {
     m2mt_pair p;
-    m2mt_pair_init(&p, (m2mpsk_transport)t, m2mt_key, m2mt_key, M2MT_IDA,
-                   NULL);
+    m2mt_pair_init(&p, (m2mpsk_transport)t, m2mt_key, m2mt_key, M2MT_IDA, NULL);
     m2mt_pair_start(&p, NOW0, UNIX0);
     uint8_t buf[2048];
     size_t n;
@@ -903,8 +895,7 @@ Test(garbage, truncated_flight_waits_then_times_out) {
 
 Test(garbage, dtls_empty_and_oversized_datagrams_are_refused) {
   m2mt_pair p;
-  m2mt_pair_init(&p, M2MPSK_TRANSPORT_DTLS, m2mt_key, m2mt_key, M2MT_IDA,
-                 NULL);
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_DTLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
   m2mt_pair_start(&p, NOW0, UNIX0);
   static uint8_t big[70000];
   cr_assert_eq(m2mpsk_assoc_feed(p.b, big, 0, NOW0), M2MPSK_E_INVALID);
@@ -914,7 +905,8 @@ Test(garbage, dtls_empty_and_oversized_datagrams_are_refused) {
   m2mt_pair_free(&p);
 }
 
-/* ---- API contract ---------------------------------------------------------- */
+/* ---- API contract ----------------------------------------------------------
+ */
 
 Test(contract, lifecycle_misuse_is_reported) {
   m2mt_pair p;
@@ -961,34 +953,33 @@ Test(contract, new_checks_role_transport_and_identity) {
   m2mpsk_assoc *a = (m2mpsk_assoc *)&a;
   cr_assert_eq(m2mpsk_keystore_new(&ks, 0), M2MPSK_OK);
   cr_assert_eq(m2mpsk_config_new(&cfg), M2MPSK_OK);
-  cr_assert_eq(m2mpsk_keystore_add(ks, M2MT_KPSA_ID, m2mt_key, 32, NULL,
-                                   M2MT_IDB, 0, 0),
-               M2MPSK_OK);
+  cr_assert_eq(
+      m2mpsk_keystore_add(ks, M2MT_KPSA_ID, m2mt_key, 32, NULL, M2MT_IDB, 0, 0),
+      M2MPSK_OK);
   cr_assert_eq(m2mpsk_assoc_new(&a, (m2mpsk_role)7, M2MPSK_TRANSPORT_TLS, cfg,
                                 ks, M2MT_KPSA_ID),
                M2MPSK_E_INVALID);
   cr_assert_null(a);
-  cr_assert_eq(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR,
-                                (m2mpsk_transport)9, cfg, ks, M2MT_KPSA_ID),
+  cr_assert_eq(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR, (m2mpsk_transport)9,
+                                cfg, ks, M2MT_KPSA_ID),
                M2MPSK_E_INVALID);
-  cr_assert_eq(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR,
-                                M2MPSK_TRANSPORT_TLS, cfg, ks, NULL),
+  cr_assert_eq(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR, M2MPSK_TRANSPORT_TLS,
+                                cfg, ks, NULL),
                M2MPSK_E_INVALID);
-  cr_assert_eq(m2mpsk_assoc_new(&a, M2MPSK_ROLE_RESPONDER,
-                                M2MPSK_TRANSPORT_TLS, cfg, ks, M2MT_KPSA_ID),
+  cr_assert_eq(m2mpsk_assoc_new(&a, M2MPSK_ROLE_RESPONDER, M2MPSK_TRANSPORT_TLS,
+                                cfg, ks, M2MT_KPSA_ID),
                M2MPSK_E_INVALID);
-  cr_assert_eq(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR,
-                                M2MPSK_TRANSPORT_TLS, cfg, ks, "no-at-sign"),
+  cr_assert_eq(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR, M2MPSK_TRANSPORT_TLS,
+                                cfg, ks, "no-at-sign"),
                M2MPSK_E_KPSA_ID);
   char longid[200];
   memset(longid, 'a', sizeof(longid));
   strcpy(longid + 150, "@example.com");
-  cr_assert_eq(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR,
-                                M2MPSK_TRANSPORT_TLS, cfg, ks, longid),
+  cr_assert_eq(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR, M2MPSK_TRANSPORT_TLS,
+                                cfg, ks, longid),
                M2MPSK_E_KPSA_ID_LENGTH);
-  cr_assert_eq(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR,
-                                M2MPSK_TRANSPORT_TLS, cfg, ks,
-                                "absent@onem2m.com"),
+  cr_assert_eq(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR, M2MPSK_TRANSPORT_TLS,
+                                cfg, ks, "absent@onem2m.com"),
                M2MPSK_E_NOT_FOUND);
   cr_assert_eq(m2mpsk_assoc_new(&a, M2MPSK_ROLE_RESPONDER,
                                 M2MPSK_TRANSPORT_DTLS, cfg, ks, NULL),
@@ -1009,20 +1000,20 @@ Test(contract, suites_setter_rejects_unknown_and_unsupported_names) {
   cr_assert_eq(m2mpsk_config_set_suites(cfg, "TLS_PSK_WITH_AES_128_CCM_8"),
                M2MPSK_E_SUITE);
   /* A certificate suite is not a PSK suite. */
-  cr_assert_eq(m2mpsk_config_set_suites(
-                   cfg, "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"),
-               M2MPSK_E_SUITE);
+  cr_assert_eq(
+      m2mpsk_config_set_suites(cfg, "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"),
+      M2MPSK_E_SUITE);
   /* One bad name rejects the whole list. */
-  cr_assert_eq(m2mpsk_config_set_suites(
-                   cfg, "TLS_PSK_WITH_AES_128_CBC_SHA:TLS_BOGUS"),
-               M2MPSK_E_SUITE);
+  cr_assert_eq(
+      m2mpsk_config_set_suites(cfg, "TLS_PSK_WITH_AES_128_CBC_SHA:TLS_BOGUS"),
+      M2MPSK_E_SUITE);
   cr_assert_eq(m2mpsk_config_set_suites(cfg, ""), M2MPSK_E_INVALID);
   cr_assert_eq(m2mpsk_config_set_suites(cfg, "TLS_PSK_WITH_AES_128_CBC_SHA::"),
                M2MPSK_E_INVALID);
-  cr_assert_eq(
-      m2mpsk_config_set_suites(cfg, "TLS_ECDHE_PSK_WITH_AES_128_CBC_SHA:"
-                                    "TLS_PSK_WITH_AES_256_CBC_SHA"),
-      M2MPSK_OK);
+  cr_assert_eq(m2mpsk_config_set_suites(cfg,
+                                        "TLS_ECDHE_PSK_WITH_AES_128_CBC_SHA:"
+                                        "TLS_PSK_WITH_AES_256_CBC_SHA"),
+               M2MPSK_OK);
   m2mpsk_config_free(cfg);
 }
 
@@ -1044,8 +1035,8 @@ Test(contract, suite_mismatch_fails_the_handshake) {
   m2mt_run_handshake(p.a, p.b, NULL, &now, 100);
   cr_assert_eq(m2mpsk_assoc_failure(p.b), M2MPSK_REASON_PROTOCOL);
   cr_assert_eq(m2mpsk_assoc_failure(p.a), M2MPSK_REASON_PEER_ALERT);
-  cr_assert(strstr(m2mpsk_assoc_failure_detail(p.a), "handshake failure"),
-            "%s", m2mpsk_assoc_failure_detail(p.a));
+  cr_assert(strstr(m2mpsk_assoc_failure_detail(p.a), "handshake failure"), "%s",
+            m2mpsk_assoc_failure_detail(p.a));
   m2mt_pair_free(&p);
 }
 
@@ -1065,8 +1056,8 @@ Test(contract, config_local_ids_are_validated) {
   m2mpsk_keystore *ks;
   m2mpsk_assoc *b;
   cr_assert_eq(m2mpsk_keystore_new(&ks, 0), M2MPSK_OK);
-  cr_assert_eq(m2mpsk_assoc_new(&b, M2MPSK_ROLE_RESPONDER,
-                                M2MPSK_TRANSPORT_TLS, cfg, ks, NULL),
+  cr_assert_eq(m2mpsk_assoc_new(&b, M2MPSK_ROLE_RESPONDER, M2MPSK_TRANSPORT_TLS,
+                                cfg, ks, NULL),
                M2MPSK_OK);
   /* Frozen now. */
   cr_assert_eq(m2mpsk_config_add_local_id(cfg, "/cse-2"), M2MPSK_E_STATE);
@@ -1084,9 +1075,9 @@ Test(contract, strerror_and_reason_names_cover_every_value) {
     const char *msg = m2mpsk_strerror(s);
     cr_assert_not_null(msg);
   }
-  int known[] = {0,   -1,  -2,  -3,  -4,  -5,  -6,  -7,  -8,  -10,
-                 -11, -12, -13, -14, -15, -16, -17, -18, -19, -20,
-                 -21, -22, -23, -30, -31};
+  int known[] = {0,   -1,  -2,  -3,  -4,  -5,  -6,  -7,  -8,
+                 -10, -11, -12, -13, -14, -15, -16, -17, -18,
+                 -19, -20, -21, -22, -23, -30, -31};
   for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
     cr_assert_str_neq(m2mpsk_strerror(known[i]), "unknown status", "%d",
                       known[i]);

@@ -200,8 +200,8 @@ enum m2mpsk_keystore_flags {
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (out NULL, unknown flag) or
  * M2MPSK_E_NOMEM (also when libsodium cannot be initialised).
  */
-M2MPSK_API int m2mpsk_keystore_new(m2mpsk_keystore **out, unsigned flags)
-    M2MPSK_MUST_CHECK;
+M2MPSK_API int m2mpsk_keystore_new(m2mpsk_keystore **out,
+                                   unsigned flags) M2MPSK_MUST_CHECK;
 
 /**
  * Releases the caller's reference. Associations hold their own reference, so
@@ -226,8 +226,8 @@ M2MPSK_API void m2mpsk_keystore_free(m2mpsk_keystore *ks);
 M2MPSK_API int m2mpsk_keystore_add(m2mpsk_keystore *ks, const char *kpsa_id,
                                    const uint8_t *key, size_t key_len,
                                    const char *ida, const char *idb,
-                                   int64_t not_before, int64_t not_after)
-    M2MPSK_MUST_CHECK;
+                                   int64_t not_before,
+                                   int64_t not_after) M2MPSK_MUST_CHECK;
 
 /**
  * Removes a record and wipes its key. Associations that have not yet used
@@ -235,8 +235,7 @@ M2MPSK_API int m2mpsk_keystore_add(m2mpsk_keystore *ks, const char *kpsa_id,
  * identity (responder). Thread-safe.
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL) or M2MPSK_E_NOT_FOUND.
  */
-M2MPSK_API int m2mpsk_keystore_remove(m2mpsk_keystore *ks,
-                                      const char *kpsa_id);
+M2MPSK_API int m2mpsk_keystore_remove(m2mpsk_keystore *ks, const char *kpsa_id);
 
 /**
  * Revokes a record: wipes its key but keeps its KpsaID, so that handshakes
@@ -244,8 +243,7 @@ M2MPSK_API int m2mpsk_keystore_remove(m2mpsk_keystore *ks,
  * record can be removed, but not re-added until it is. Thread-safe.
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL) or M2MPSK_E_NOT_FOUND.
  */
-M2MPSK_API int m2mpsk_keystore_revoke(m2mpsk_keystore *ks,
-                                      const char *kpsa_id);
+M2MPSK_API int m2mpsk_keystore_revoke(m2mpsk_keystore *ks, const char *kpsa_id);
 
 /**
  * Looks a record up. Each output pointer may be NULL when not wanted. The
@@ -258,9 +256,9 @@ M2MPSK_API int m2mpsk_keystore_revoke(m2mpsk_keystore *ks,
  */
 M2MPSK_API int m2mpsk_keystore_lookup(const m2mpsk_keystore *ks,
                                       const char *kpsa_id, char *ida,
-                                      size_t ida_cap, char *idb,
-                                      size_t idb_cap, int64_t *not_before,
-                                      int64_t *not_after, int *revoked);
+                                      size_t ida_cap, char *idb, size_t idb_cap,
+                                      int64_t *not_before, int64_t *not_after,
+                                      int *revoked);
 
 /** Number of records, revoked ones included. 0 for NULL. Thread-safe. */
 M2MPSK_API size_t m2mpsk_keystore_count(const m2mpsk_keystore *ks);
@@ -303,9 +301,8 @@ M2MPSK_API size_t m2mpsk_keystore_key_memory(const m2mpsk_keystore *ks);
  * for a record's values (M2MPSK_E_KPSA_ID ... M2MPSK_E_DUPLICATE, also for a
  * KpsaID repeated within the file), M2MPSK_E_UNLOCKED or M2MPSK_E_NOMEM.
  */
-M2MPSK_API int m2mpsk_keystore_load_file(m2mpsk_keystore *ks,
-                                         const char *path, size_t *err_line)
-    M2MPSK_MUST_CHECK;
+M2MPSK_API int m2mpsk_keystore_load_file(m2mpsk_keystore *ks, const char *path,
+                                         size_t *err_line) M2MPSK_MUST_CHECK;
 
 /* ------------------------------------------------------------------------ */
 /* Config                                                                    */
@@ -346,8 +343,7 @@ M2MPSK_API int m2mpsk_config_set_suites(m2mpsk_config *cfg,
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL), M2MPSK_E_IDB,
  * M2MPSK_E_ID_LENGTH, M2MPSK_E_DUPLICATE, M2MPSK_E_STATE or M2MPSK_E_NOMEM.
  */
-M2MPSK_API int m2mpsk_config_add_local_id(m2mpsk_config *cfg,
-                                          const char *idb);
+M2MPSK_API int m2mpsk_config_add_local_id(m2mpsk_config *cfg, const char *idb);
 
 /**
  * Sets the handshake timeout in milliseconds (1 to 3600000). A handshake not
@@ -600,8 +596,7 @@ M2MPSK_API const char *m2mpsk_assoc_version(const m2mpsk_assoc *a);
  */
 M2MPSK_API int m2mpsk_assoc_export(const m2mpsk_assoc *a, uint8_t *out,
                                    size_t out_len, const char *label,
-                                   const uint8_t *context,
-                                   size_t context_len);
+                                   const uint8_t *context, size_t context_len);
 
 /** Why the association failed; M2MPSK_REASON_NONE unless FAILED. */
 M2MPSK_API m2mpsk_reason m2mpsk_assoc_failure(const m2mpsk_assoc *a);

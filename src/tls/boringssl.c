@@ -211,14 +211,10 @@ static long bio_ctrl(BIO *bio, int cmd, long larg, void *parg) {
   (void)parg;
   m2mpsk_engine *e = BIO_get_data(bio);
   switch (cmd) {
-  case BIO_CTRL_FLUSH:
-    return 1;
-  case BIO_CTRL_PENDING:
-    return e ? (long)e->in.len : 0;
-  case BIO_CTRL_WPENDING:
-    return e ? (long)e->out.len : 0;
-  default:
-    return 0;
+  case BIO_CTRL_FLUSH: return 1;
+  case BIO_CTRL_PENDING: return e ? (long)e->in.len : 0;
+  case BIO_CTRL_WPENDING: return e ? (long)e->out.len : 0;
+  default: return 0;
   }
 }
 
@@ -254,7 +250,9 @@ static BIO_METHOD *bio_method(void) {
 
 static _Thread_local uint64_t t_now_ms;
 
-void m2mpsk_engine_set_now(uint64_t now_ms) { t_now_ms = now_ms; }
+void m2mpsk_engine_set_now(uint64_t now_ms) {
+  t_now_ms = now_ms;
+}
 
 static void time_cb(const SSL *ssl, struct timeval *out) {
   (void)ssl;
@@ -269,9 +267,8 @@ static unsigned client_psk_cb(SSL *ssl, const char *hint, char *identity,
                               unsigned max_psk_len) {
   (void)hint;
   m2mpsk_engine *e = SSL_get_app_data(ssl);
-  return m2mpsk_assoc_on_client_psk(e->owner, identity,
-                                    (size_t)max_identity_len + 1, psk,
-                                    max_psk_len);
+  return m2mpsk_assoc_on_client_psk(
+      e->owner, identity, (size_t)max_identity_len + 1, psk, max_psk_len);
 }
 
 static unsigned server_psk_cb(SSL *ssl, const char *identity, uint8_t *psk,
@@ -297,8 +294,7 @@ static int server_name_cb(SSL *ssl, int *out_alert, void *arg) {
 /* ---- contexts ------------------------------------------------------------ */
 
 int m2mpsk_engine_ctx_new(m2mpsk_engine_ctx **out, m2mpsk_role role,
-                          m2mpsk_transport transport,
-                          const char *iana_names) {
+                          m2mpsk_transport transport, const char *iana_names) {
   char list[512];
   int rc = translate_suites(iana_names, list, sizeof(list));
   if (rc != M2MPSK_OK)
@@ -408,8 +404,7 @@ int m2mpsk_engine_set_mtu(m2mpsk_engine *e, unsigned mtu) {
 }
 
 int m2mpsk_engine_set_server_name(m2mpsk_engine *e, const char *host) {
-  return SSL_set_tlsext_host_name(e->ssl, host) ? M2MPSK_OK
-                                                 : M2MPSK_E_NOMEM;
+  return SSL_set_tlsext_host_name(e->ssl, host) ? M2MPSK_OK : M2MPSK_E_NOMEM;
 }
 
 /* Looks at a datagram's DTLS records (type, epoch) without trusting them:
@@ -470,8 +465,9 @@ static void classify(m2mpsk_engine *e, int ssl_error) {
     return;
   }
   if (ERR_GET_LIB(code) != ERR_LIB_SSL) {
-    set_failure(e, ssl_error == SSL_ERROR_SYSCALL ? M2MPSK_REASON_PROTOCOL
-                                                  : M2MPSK_REASON_INTERNAL,
+    set_failure(e,
+                ssl_error == SSL_ERROR_SYSCALL ? M2MPSK_REASON_PROTOCOL
+                                               : M2MPSK_REASON_INTERNAL,
                 "TLS library error",
                 code ? ERR_reason_error_string(code) : "unexpected end");
     return;
@@ -505,8 +501,7 @@ static void classify(m2mpsk_engine *e, int ssl_error) {
                 NULL);
     return;
   case SSL_R_PSK_IDENTITY_NOT_FOUND:
-    set_failure(e, M2MPSK_REASON_UNKNOWN_IDENTITY, "no key for identity",
-                NULL);
+    set_failure(e, M2MPSK_REASON_UNKNOWN_IDENTITY, "no key for identity", NULL);
     return;
   case SSL_R_READ_TIMEOUT_EXPIRED:
     set_failure(e, M2MPSK_REASON_TIMEOUT, "too many DTLS retransmissions",
@@ -624,7 +619,8 @@ int m2mpsk_engine_timer(const m2mpsk_engine *e, uint64_t *remaining_ms) {
   struct timeval tv;
   if (!e->dtls || !DTLSv1_get_timeout(e->ssl, &tv))
     return 0;
-  *remaining_ms = (uint64_t)tv.tv_sec * 1000 + ((uint64_t)tv.tv_usec + 999) / 1000;
+  *remaining_ms =
+      (uint64_t)tv.tv_sec * 1000 + ((uint64_t)tv.tv_usec + 999) / 1000;
   return 1;
 }
 
@@ -656,9 +652,9 @@ int m2mpsk_engine_export(const m2mpsk_engine *e, uint8_t *out, size_t out_len,
                          const char *label, const uint8_t *context,
                          size_t context_len) {
   ERR_clear_error();
-  int ok = SSL_export_keying_material(e->ssl, out, out_len, label,
-                                      strlen(label), context, context_len,
-                                      context != NULL);
+  int ok =
+      SSL_export_keying_material(e->ssl, out, out_len, label, strlen(label),
+                                 context, context_len, context != NULL);
   ERR_clear_error();
   return ok ? M2MPSK_OK : M2MPSK_E_INTERNAL;
 }

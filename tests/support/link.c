@@ -3,14 +3,12 @@
 #include <criterion/criterion.h>
 #include <string.h>
 
-const uint8_t m2mt_key[32] = {0x4b, 0x70, 0x73, 0x61, 1,  2,  3,  4,
-                              5,    6,    7,    8,    9,  10, 11, 12,
-                              13,   14,   15,   16,   17, 18, 19, 20,
-                              21,   22,   23,   24,   25, 26, 27, 28};
-const uint8_t m2mt_other_key[32] = {0x4b, 0x70, 0x73, 0x61, 1,  2,  3,  4,
-                                    5,    6,    7,    8,    9,  10, 11, 12,
-                                    13,   14,   15,   16,   17, 18, 19, 20,
-                                    21,   22,   23,   24,   25, 26, 27, 29};
+const uint8_t m2mt_key[32] = {
+    0x4b, 0x70, 0x73, 0x61, 1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12,
+    13,   14,   15,   16,   17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28};
+const uint8_t m2mt_other_key[32] = {
+    0x4b, 0x70, 0x73, 0x61, 1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12,
+    13,   14,   15,   16,   17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 29};
 
 static unsigned rnd(m2mt_link *l) {
   uint32_t x = l->rng ? l->rng : 0x9e3779b9u;
@@ -143,8 +141,7 @@ int m2mt_run_handshake(m2mpsk_assoc *a, m2mpsk_assoc *b, m2mt_link *link,
 }
 
 void m2mt_pair_init(m2mt_pair *p, m2mpsk_transport t, const uint8_t *key_a,
-                    const uint8_t *key_b, const char *ida,
-                    const char *suites) {
+                    const uint8_t *key_b, const char *ida, const char *suites) {
   memset(p, 0, sizeof(*p));
   cr_assert_eq(m2mpsk_keystore_new(&p->ks_a, 0), M2MPSK_OK);
   cr_assert_eq(m2mpsk_keystore_new(&p->ks_b, 0), M2MPSK_OK);
