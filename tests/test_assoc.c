@@ -1093,3 +1093,156 @@ Test(contract, version_macros_agree_with_runtime) {
   cr_assert_str_eq(m2mpsk_version_string(), M2MPSK_VERSION_STRING);
   cr_assert_eq(m2mpsk_version_number(), M2MPSK_VERSION_NUMBER);
 }
+
+/* ---- threads --------------------------------------------------------------- */
+
+#include <pthread.h>
+
+typedef struct shared_env {
+  m2mpsk_keystore *ks;
+  m2mpsk_config *cfg_a, *cfg_b;
+  m2mpsk_transport t;
+  int established;
+  int failures;
+} shared_env;
+
+static void *handshake_worker(void *arg) {
+  shared_env *env = arg;
+  for (int i = 0; i < 150; i++) {
+    m2mpsk_assoc *a = NULL, *b = NULL;
+    if (m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR, env->t, env->cfg_a,
+                         env->ks, M2MT_KPSA_ID) != M2MPSK_OK ||
+        m2mpsk_assoc_new(&b, M2MPSK_ROLE_RESPONDER, env->t, env->cfg_b,
+                         env->ks, NULL) != M2MPSK_OK ||
+        m2mpsk_assoc_start(b, NOW0, UNIX0) != M2MPSK_OK ||
+        m2mpsk_assoc_start(a, NOW0, UNIX0) != M2MPSK_OK) {
+      __atomic_add_fetch(&env->failures, 1, __ATOMIC_RELAXED);
+    } else {
+      uint64_t now = NOW0;
+      m2mt_run_handshake(a, b, NULL, &now, 100);
+      if (m2mpsk_assoc_state(a) == M2MPSK_STATE_ESTABLISHED &&
+          m2mpsk_assoc_state(b) == M2MPSK_STATE_ESTABLISHED &&
+          strcmp(m2mpsk_assoc_peer_id(b), M2MT_IDA) == 0)
+        __atomic_add_fetch(&env->established, 1, __ATOMIC_RELAXED);
+      else
+        __atomic_add_fetch(&env->failures, 1, __ATOMIC_RELAXED);
+    }
+    m2mpsk_assoc_free(a);
+    m2mpsk_assoc_free(b);
+  }
+  return NULL;
+}
+
+static void *churn_worker(void *arg) {
+  shared_env *env = arg;
+  char id[64];
+  for (int i = 0; i < 2000; i++) {
+    snprintf(id, sizeof(id), "churn%d@onem2m.com", i % 50);
+    int rc = m2mpsk_keystore_add(env->ks, id, m2mt_other_key, 32, NULL,
+                                 M2MT_IDB, 0, 0);
+    if (rc == M2MPSK_E_DUPLICATE)
+      rc = m2mpsk_keystore_remove(env->ks, id);
+    if (rc != M2MPSK_OK)
+      __atomic_add_fetch(&env->failures, 1, __ATOMIC_RELAXED);
+  }
+  return NULL;
+}
+
+/* One keystore and two configs shared by associations on three threads,
+ * while a fourth adds and removes other records. */
+Test(threads, shared_keystore_and_config_across_threads, .timeout = 120) {
+  for (int t = 0; t < 2; t++) {
+    shared_env env = {.t = (m2mpsk_transport)t};
+    cr_assert_eq(m2mpsk_keystore_new(&env.ks, 0), M2MPSK_OK);
+    cr_assert_eq(m2mpsk_keystore_add(env.ks, M2MT_KPSA_ID, m2mt_key, 32,
+                                     M2MT_IDA, M2MT_IDB, 0, 0),
+                 M2MPSK_OK);
+    cr_assert_eq(m2mpsk_config_new(&env.cfg_a), M2MPSK_OK);
+    cr_assert_eq(m2mpsk_config_new(&env.cfg_b), M2MPSK_OK);
+    cr_assert_eq(m2mpsk_config_add_local_id(env.cfg_b, M2MT_IDB), M2MPSK_OK);
+    pthread_t th[4];
+    for (int i = 0; i < 3; i++)
+      cr_assert_eq(pthread_create(&th[i], NULL, handshake_worker, &env), 0);
+    cr_assert_eq(pthread_create(&th[3], NULL, churn_worker, &env), 0);
+    for (int i = 0; i < 4; i++)
+      pthread_join(th[i], NULL);
+    cr_assert_eq(env.failures, 0);
+    cr_assert_eq(env.established, 3 * 150);
+    m2mpsk_config_free(env.cfg_a);
+    m2mpsk_config_free(env.cfg_b);
+    m2mpsk_keystore_free(env.ks);
+  }
+}
+
+/* ---- key hygiene ------------------------------------------------------------- */
+
+/* Counts copies of `key` in this process's writable mappings, other than
+ * the stack (BoringSSL keeps a stack copy of the PSK during a handshake;
+ * see README). Key arenas are PROT_NONE at rest, so they are not listed as
+ * readable and are skipped. */
+static int count_key_copies(const uint8_t *key, size_t len) {
+  FILE *maps = fopen("/proc/self/maps", "r");
+  cr_assert_not_null(maps);
+  char line[512];
+  int found = 0;
+  while (fgets(line, sizeof(line), maps)) {
+    unsigned long lo, hi;
+    char perms[5];
+    if (sscanf(line, "%lx-%lx %4s", &lo, &hi, perms) != 3)
+      continue;
+    if (perms[0] != 'r' || perms[1] != 'w' || strstr(line, "[stack") ||
+        strstr(line, "[vvar") || strstr(line, "[vsyscall"))
+      continue;
+    for (const uint8_t *p = (const uint8_t *)lo; p + len <= (const uint8_t *)hi;
+         p++) {
+      p = memchr(p, key[0], (size_t)((const uint8_t *)hi - p));
+      if (p == NULL || p + len > (const uint8_t *)hi)
+        break;
+      if (memcmp(p, key, len) == 0)
+        found++;
+    }
+  }
+  fclose(maps);
+  return found;
+}
+
+Test(hygiene, key_is_nowhere_in_writable_memory_after_handshakes) {
+  /* A key no other code knows, built at run time on the stack. */
+  uint8_t key[32];
+  for (int i = 0; i < 32; i++)
+    key[i] = (uint8_t)(0xA5 ^ (i * 37));
+  m2mt_pair p;
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, key, key, M2MT_IDA, NULL);
+  m2mt_pair_start(&p, NOW0, UNIX0);
+  uint64_t now = NOW0;
+  m2mt_run_handshake(p.a, p.b, NULL, &now, 100);
+  cr_assert_eq(m2mpsk_assoc_state(p.a), M2MPSK_STATE_ESTABLISHED);
+  cr_assert_eq(count_key_copies(key, sizeof(key)), 0,
+               "Kpsa found in writable memory while established");
+  for (int i = 0; i < 32; i++)
+    cr_assert(strchr(m2mpsk_assoc_failure_detail(p.a), (char)key[i]) == NULL ||
+              key[i] < 32);
+  m2mt_pair_free(&p);
+  cr_assert_eq(count_key_copies(key, sizeof(key)), 0,
+               "Kpsa found in writable memory after free");
+}
+
+Test(hygiene, failure_details_never_carry_key_bytes) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_other_key, M2MT_IDA,
+                 NULL);
+  m2mt_pair_start(&p, NOW0, UNIX0);
+  uint64_t now = NOW0;
+  m2mt_run_handshake(p.a, p.b, NULL, &now, 100);
+  char hex[65];
+  for (int i = 0; i < 32; i++)
+    snprintf(hex + 2 * i, 3, "%02x", m2mt_key[i]);
+  for (int side = 0; side < 2; side++) {
+    const char *d = m2mpsk_assoc_failure_detail(side ? p.b : p.a);
+    cr_assert_str_neq(d, "");
+    cr_assert_null(memmem(d, strlen(d), m2mt_key + 4, 8));
+    cr_assert_null(memmem(d, strlen(d), m2mt_other_key + 4, 8));
+    cr_assert_null(strstr(d, hex + 8));
+  }
+  m2mt_pair_free(&p);
+}
