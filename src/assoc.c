@@ -44,8 +44,10 @@ struct m2mpsk_assoc {
   uint64_t serial; /* initiator: the record chosen at creation */
   /* Responder: which local identities the SNI allows (all when no SNI). */
   unsigned char *sni_ok;
-  m2mpsk_record_view rec;
-  char peer_id[sizeof(CREDENTIAL_PREFIX) + M2MPSK_ID_MAX];
+  /* Decided when the key is handed over, visible once bound: one block
+   * holding the peer's identity, then ours (local_id may be NULL). */
+  char *peer_id;
+  char *local_id;
   int peer_is_credential;
   int bound;
 };
@@ -108,6 +110,11 @@ static m2mpsk_reason check_record(const m2mpsk_assoc *a,
                                   const m2mpsk_record_view *v,
                                   const char **why) {
   int64_t t = unix_now(a);
+  if ((v->not_before != 0 || v->not_after != 0) && a->unix_at_start == 0) {
+    *why = "record for KpsaID %s has a validity window, but no wall-clock "
+           "time was given to m2mpsk_assoc_start";
+    return M2MPSK_REASON_MISUSE;
+  }
   if (v->revoked) {
     *why = "record for KpsaID %s is revoked";
     return M2MPSK_REASON_REVOKED;
@@ -124,6 +131,36 @@ static m2mpsk_reason check_record(const m2mpsk_assoc *a,
 }
 
 /* ---- callbacks from the engine ------------------------------------------- */
+
+/* Decides what the session binds to once the handshake completes: A binds
+ * IdB; B binds IdA or, without one, the Credential-ID. 0 on success. */
+static int decide_binding(m2mpsk_assoc *a, const m2mpsk_record_view *v) {
+  const char *peer, *local, *prefix = "";
+  if (a->role == M2MPSK_ROLE_INITIATOR) {
+    peer = v->idb;
+    local = v->ida[0] ? v->ida : NULL;
+  } else if (v->ida[0]) {
+    peer = v->ida;
+    local = v->idb;
+  } else {
+    prefix = CREDENTIAL_PREFIX;
+    peer = a->kpsa_id;
+    local = v->idb;
+  }
+  size_t np = strlen(prefix) + strlen(peer) + 1;
+  size_t nl = local ? strlen(local) + 1 : 0;
+  char *ids = malloc(np + nl);
+  if (ids == NULL)
+    return -1;
+  snprintf(ids, np, "%s%s", prefix, peer);
+  if (local)
+    memcpy(ids + np, local, nl);
+  free(a->peer_id);
+  a->peer_id = ids;
+  a->local_id = local ? ids + np : NULL;
+  a->peer_is_credential = prefix[0] != '\0';
+  return 0;
+}
 
 unsigned m2mpsk_assoc_on_client_psk(m2mpsk_assoc *a, char *identity,
                                     size_t identity_cap, uint8_t *psk,
@@ -146,6 +183,10 @@ unsigned m2mpsk_assoc_on_client_psk(m2mpsk_assoc *a, char *identity,
     r = M2MPSK_REASON_INTERNAL;
     why = "KpsaID %s or its key does not fit the TLS library's limits";
   }
+  if (r == M2MPSK_REASON_NONE && decide_binding(a, &v) != 0) {
+    r = M2MPSK_REASON_INTERNAL;
+    why = "out of memory binding KpsaID %s";
+  }
   if (r != M2MPSK_REASON_NONE) {
     sodium_memzero(key, sizeof(key));
     refuse(a, r, why, a->kpsa_id);
@@ -154,7 +195,6 @@ unsigned m2mpsk_assoc_on_client_psk(m2mpsk_assoc *a, char *identity,
   memcpy(identity, a->kpsa_id, strlen(a->kpsa_id) + 1);
   memcpy(psk, key, key_len);
   sodium_memzero(key, sizeof(key));
-  a->rec = v;
   return (unsigned)key_len;
 }
 
@@ -194,12 +234,16 @@ unsigned m2mpsk_assoc_on_server_psk(m2mpsk_assoc *a, const char *identity,
   } else if (key_len > psk_cap) {
     r = M2MPSK_REASON_INTERNAL;
     why = "key for KpsaID %s exceeds the TLS library's limit";
+  } else {
+    memcpy(a->kpsa_id, identity, id_len + 1);
+    a->have_kpsa_id = 1;
+    if (decide_binding(a, &v) != 0) {
+      r = M2MPSK_REASON_INTERNAL;
+      why = "out of memory binding KpsaID %s";
+    }
   }
 
   if (r == M2MPSK_REASON_NONE) {
-    memcpy(a->kpsa_id, identity, id_len + 1);
-    a->have_kpsa_id = 1;
-    a->rec = v;
     memcpy(psk, key, key_len);
     sodium_memzero(key, sizeof(key));
     return (unsigned)key_len;
@@ -271,7 +315,6 @@ int m2mpsk_assoc_new(m2mpsk_assoc **out, m2mpsk_role role,
     memcpy(a->kpsa_id, kpsa_id, strlen(kpsa_id) + 1);
     a->have_kpsa_id = 1;
     a->serial = v.serial;
-    a->rec = v;
   } else {
     a->sni_ok = calloc(m2mpsk_config_local_id_count(config), 1);
     if (a->sni_ok == NULL) {
@@ -309,6 +352,7 @@ void m2mpsk_assoc_free(m2mpsk_assoc *a) {
   m2mpsk_keystore_free(a->ks);
   m2mpsk_config_free(a->cfg);
   free(a->sni_ok);
+  free(a->peer_id);
   sodium_memzero(a, sizeof(*a));
   free(a);
 }
@@ -335,24 +379,12 @@ static int step_handshake(m2mpsk_assoc *a) {
     return M2MPSK_E_FAILED;
   }
   /* Done: the peer proved it holds the key. Bind. */
-  if (a->role == M2MPSK_ROLE_INITIATOR) {
-    snprintf(a->peer_id, sizeof(a->peer_id), "%s", a->rec.idb);
-    a->peer_is_credential = 0;
-  } else {
-    const char *negotiated = m2mpsk_engine_psk_identity(a->eng);
-    if (!a->have_kpsa_id || negotiated == NULL ||
-        strcmp(negotiated, a->kpsa_id) != 0) {
-      fail(a, M2MPSK_REASON_INTERNAL, "negotiated identity does not match");
-      return M2MPSK_E_FAILED;
-    }
-    if (a->rec.ida[0] != '\0') {
-      snprintf(a->peer_id, sizeof(a->peer_id), "%s", a->rec.ida);
-      a->peer_is_credential = 0;
-    } else {
-      snprintf(a->peer_id, sizeof(a->peer_id), CREDENTIAL_PREFIX "%s",
-               a->kpsa_id);
-      a->peer_is_credential = 1;
-    }
+  const char *negotiated = m2mpsk_engine_psk_identity(a->eng);
+  if (a->peer_id == NULL ||
+      (a->role == M2MPSK_ROLE_RESPONDER &&
+       (negotiated == NULL || strcmp(negotiated, a->kpsa_id) != 0))) {
+    fail(a, M2MPSK_REASON_INTERNAL, "handshake completed without our key");
+    return M2MPSK_E_FAILED;
   }
   a->bound = 1;
   a->state = M2MPSK_STATE_ESTABLISHED;
@@ -360,7 +392,7 @@ static int step_handshake(m2mpsk_assoc *a) {
 }
 
 int m2mpsk_assoc_start(m2mpsk_assoc *a, uint64_t now_ms, int64_t unix_time) {
-  if (a == NULL)
+  if (a == NULL || unix_time < 0)
     return M2MPSK_E_INVALID;
   if (a->state != M2MPSK_STATE_IDLE)
     return M2MPSK_E_STATE;
@@ -578,11 +610,7 @@ int m2mpsk_assoc_peer_id_is_credential(const m2mpsk_assoc *a) {
 }
 
 const char *m2mpsk_assoc_local_id(const m2mpsk_assoc *a) {
-  if (!has_session(a))
-    return NULL;
-  if (a->role == M2MPSK_ROLE_RESPONDER)
-    return a->rec.idb;
-  return a->rec.ida[0] ? a->rec.ida : NULL;
+  return has_session(a) ? a->local_id : NULL;
 }
 
 const char *m2mpsk_assoc_kpsa_id(const m2mpsk_assoc *a) {

@@ -1094,7 +1094,8 @@ Test(contract, version_macros_agree_with_runtime) {
   cr_assert_eq(m2mpsk_version_number(), M2MPSK_VERSION_NUMBER);
 }
 
-/* ---- threads --------------------------------------------------------------- */
+/* ---- threads ---------------------------------------------------------------
+ */
 
 #include <pthread.h>
 
@@ -1110,10 +1111,10 @@ static void *handshake_worker(void *arg) {
   shared_env *env = arg;
   for (int i = 0; i < 150; i++) {
     m2mpsk_assoc *a = NULL, *b = NULL;
-    if (m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR, env->t, env->cfg_a,
-                         env->ks, M2MT_KPSA_ID) != M2MPSK_OK ||
-        m2mpsk_assoc_new(&b, M2MPSK_ROLE_RESPONDER, env->t, env->cfg_b,
-                         env->ks, NULL) != M2MPSK_OK ||
+    if (m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR, env->t, env->cfg_a, env->ks,
+                         M2MT_KPSA_ID) != M2MPSK_OK ||
+        m2mpsk_assoc_new(&b, M2MPSK_ROLE_RESPONDER, env->t, env->cfg_b, env->ks,
+                         NULL) != M2MPSK_OK ||
         m2mpsk_assoc_start(b, NOW0, UNIX0) != M2MPSK_OK ||
         m2mpsk_assoc_start(a, NOW0, UNIX0) != M2MPSK_OK) {
       __atomic_add_fetch(&env->failures, 1, __ATOMIC_RELAXED);
@@ -1174,7 +1175,8 @@ Test(threads, shared_keystore_and_config_across_threads, .timeout = 120) {
   }
 }
 
-/* ---- key hygiene ------------------------------------------------------------- */
+/* ---- key hygiene
+ * ------------------------------------------------------------- */
 
 /* Counts copies of `key` in this process's writable mappings, other than
  * the stack (BoringSSL keeps a stack copy of the PSK during a handshake;
@@ -1244,5 +1246,54 @@ Test(hygiene, failure_details_never_carry_key_bytes) {
     cr_assert_null(memmem(d, strlen(d), m2mt_other_key + 4, 8));
     cr_assert_null(strstr(d, hex + 8));
   }
+  m2mt_pair_free(&p);
+}
+
+/* ---- misuse -------------------------------------------------------------- */
+
+Test(misuse, validity_window_without_wall_clock_at_initiator) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  m2mpsk_assoc_free(p.a);
+  cr_assert_eq(m2mpsk_keystore_remove(p.ks_a, M2MT_KPSA_ID), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_add(p.ks_a, M2MT_KPSA_ID, m2mt_key, 32, M2MT_IDA,
+                                   M2MT_IDB, 0, UNIX0),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_new(&p.a, M2MPSK_ROLE_INITIATOR,
+                                M2MPSK_TRANSPORT_TLS, p.cfg_a, p.ks_a,
+                                M2MT_KPSA_ID),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_start(p.a, NOW0, -1), M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_assoc_state(p.a), M2MPSK_STATE_IDLE);
+  cr_assert_eq(m2mpsk_assoc_start(p.a, NOW0, 0), M2MPSK_E_FAILED);
+  cr_assert_eq(m2mpsk_assoc_failure(p.a), M2MPSK_REASON_MISUSE);
+  cr_assert(strstr(m2mpsk_assoc_failure_detail(p.a), "wall-clock"));
+  m2mt_pair_free(&p);
+}
+
+Test(misuse, validity_window_without_wall_clock_at_responder) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  cr_assert_eq(m2mpsk_keystore_remove(p.ks_b, M2MT_KPSA_ID), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_add(p.ks_b, M2MT_KPSA_ID, m2mt_key, 32, M2MT_IDA,
+                                   M2MT_IDB, 1, 0),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_start(p.b, NOW0, 0), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_start(p.a, NOW0, UNIX0), M2MPSK_OK);
+  uint64_t now = NOW0;
+  m2mt_run_handshake(p.a, p.b, NULL, &now, 100);
+  cr_assert_eq(m2mpsk_assoc_failure(p.b), M2MPSK_REASON_MISUSE);
+  cr_assert_eq(m2mpsk_assoc_failure(p.a), M2MPSK_REASON_BAD_KEY);
+  m2mt_pair_free(&p);
+}
+
+Test(misuse, no_wall_clock_is_fine_without_validity_windows) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  m2mt_pair_start(&p, NOW0, 0);
+  uint64_t now = NOW0;
+  m2mt_run_handshake(p.a, p.b, NULL, &now, 100);
+  cr_assert_eq(m2mpsk_assoc_state(p.a), M2MPSK_STATE_ESTABLISHED);
+  cr_assert_eq(m2mpsk_assoc_state(p.b), M2MPSK_STATE_ESTABLISHED);
   m2mt_pair_free(&p);
 }

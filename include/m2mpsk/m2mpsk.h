@@ -430,7 +430,8 @@ typedef enum m2mpsk_reason {
   M2MPSK_REASON_EXPIRED = 6,
   /** The record was revoked or removed. */
   M2MPSK_REASON_REVOKED = 7,
-  /** The caller broke the API contract (reported, never undefined). */
+  /** The caller broke the API contract: a record with a validity window was
+   *  used without a wall-clock time at m2mpsk_assoc_start(). */
   M2MPSK_REASON_MISUSE = 8,
   /** The record's IdB is not an identity this responder serves, or the SNI
    *  names none of them. */
@@ -473,11 +474,13 @@ M2MPSK_API int m2mpsk_assoc_set_mtu(m2mpsk_assoc *a, unsigned mtu);
 /**
  * Starts the handshake. `now_ms` is the caller's monotonic clock;
  * `unix_time` is the current wall-clock time in Unix seconds, used (advanced
- * by the monotonic clock) to check validity windows. An initiator queues
- * its ClientHello, to be drained.
- * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL), M2MPSK_E_STATE (already
- * started) or M2MPSK_E_FAILED (e.g. the initiator's record is expired or
- * revoked: see m2mpsk_assoc_failure()).
+ * by the monotonic clock) to check validity windows, or 0 when the caller
+ * has no wall clock: a record with a validity window then fails with
+ * M2MPSK_REASON_MISUSE rather than being judged against 1970. An initiator
+ * queues its ClientHello, to be drained.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL, negative unix_time),
+ * M2MPSK_E_STATE (already started) or M2MPSK_E_FAILED (e.g. the initiator's
+ * record is expired or revoked: see m2mpsk_assoc_failure()).
  */
 M2MPSK_API int m2mpsk_assoc_start(m2mpsk_assoc *a, uint64_t now_ms,
                                   int64_t unix_time);
