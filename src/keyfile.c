@@ -30,9 +30,13 @@ enum field {
 static const char *const field_names[F_COUNT] = {
     "kpsa-id", "kpsa", "idb", "ida", "not-before", "not-after"};
 
-static int is_blank(char c) { return c == ' ' || c == '\t'; }
+static int is_blank(char c) {
+  return c == ' ' || c == '\t';
+}
 
-static int is_digit(char c) { return c >= '0' && c <= '9'; }
+static int is_digit(char c) {
+  return c >= '0' && c <= '9';
+}
 
 static int hex_value(char c) {
   if (is_digit(c))
@@ -91,8 +95,8 @@ static int parse_time(const char *s, int64_t *out) {
     return 1;
   }
   unsigned y, mo, d, h, mi, sec;
-  if (n != 20 || s[4] != '-' || s[7] != '-' || s[10] != 'T' ||
-      s[13] != ':' || s[16] != ':' || s[19] != 'Z' || !digits(s, 4, &y) ||
+  if (n != 20 || s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' ||
+      s[16] != ':' || s[19] != 'Z' || !digits(s, 4, &y) ||
       !digits(s + 5, 2, &mo) || !digits(s + 8, 2, &d) ||
       !digits(s + 11, 2, &h) || !digits(s + 14, 2, &mi) ||
       !digits(s + 17, 2, &sec))

@@ -88,7 +88,9 @@ struct m2mpsk_keystore {
   uint32_t open_slab; /* the arena a staging keystore keeps writable */
 };
 
-static const char *rec_kpsa_id(const ks_record *r) { return r->data; }
+static const char *rec_kpsa_id(const ks_record *r) {
+  return r->data;
+}
 static const char *rec_ida(const ks_record *r) {
   return r->data + r->kpsa_len + 1;
 }
@@ -150,9 +152,8 @@ static void page_protect(void *page, size_t len, int prot) {
 
 /* Opens the slot's page with `prot`, copies (or wipes when src is NULL),
  * and closes it again. A staging keystore's open arena needs no opening. */
-static void slot_copy(const m2mpsk_keystore *ks, uint32_t slab,
-                      uint32_t slot, int prot, void *dst, const void *src,
-                      size_t len) {
+static void slot_copy(const m2mpsk_keystore *ks, uint32_t slab, uint32_t slot,
+                      int prot, void *dst, const void *src, size_t len) {
   ks_slab *s = ks->slabs[slab];
   int open = ks->open_slab == slab;
   uint8_t *page = slot_page(ks, s, slot);
@@ -191,14 +192,13 @@ static void slot_write(m2mpsk_keystore *ks, uint32_t slab, uint32_t slot,
             len);
 }
 
-static void slot_read(const m2mpsk_keystore *ks, uint32_t slab,
-                      uint32_t slot, uint8_t *out, size_t len) {
+static void slot_read(const m2mpsk_keystore *ks, uint32_t slab, uint32_t slot,
+                      uint8_t *out, size_t len) {
   slot_copy(ks, slab, slot, PROT_READ, out, slot_addr(ks->slabs[slab], slot),
             len);
 }
 
-static void slot_wipe(const m2mpsk_keystore *ks, uint32_t slab,
-                      uint32_t slot) {
+static void slot_wipe(const m2mpsk_keystore *ks, uint32_t slab, uint32_t slot) {
   slot_copy(ks, slab, slot, PROT_READ | PROT_WRITE,
             slot_addr(ks->slabs[slab], slot), NULL, SLOT_SIZE);
 }
@@ -477,8 +477,7 @@ int m2mpsk_keystore_add_tagged(m2mpsk_keystore *ks, const char *kpsa_id,
   size_t ida_len = ida != NULL ? strlen(ida) : 0;
   size_t idb_len = strlen(idb);
   uint64_t hash = kpsa_hash(ks, kpsa_id, kpsa_len);
-  ks_record *r =
-      malloc(sizeof(*r) + kpsa_len + 1 + ida_len + 1 + idb_len + 1);
+  ks_record *r = malloc(sizeof(*r) + kpsa_len + 1 + ida_len + 1 + idb_len + 1);
   if (r == NULL)
     return M2MPSK_E_NOMEM;
   r->hash = hash;
@@ -584,9 +583,9 @@ static int copy_id(char *dst, size_t cap, const char *src, size_t len) {
 }
 
 int m2mpsk_keystore_lookup(const m2mpsk_keystore *ks, const char *kpsa_id,
-                           char *ida, size_t ida_cap, char *idb,
-                           size_t idb_cap, int64_t *not_before,
-                           int64_t *not_after, int *revoked) {
+                           char *ida, size_t ida_cap, char *idb, size_t idb_cap,
+                           int64_t *not_before, int64_t *not_after,
+                           int *revoked) {
   if (ks == NULL || kpsa_id == NULL || (ida != NULL && ida_cap == 0) ||
       (idb != NULL && idb_cap == 0))
     return M2MPSK_E_INVALID;
@@ -632,15 +631,10 @@ int m2mpsk_keystore_fetch(const m2mpsk_keystore *ks, const char *kpsa_id,
     view->revoked = r->revoked;
     view->serial = r->serial;
   }
-  if (key_out != NULL) {
-    size_t n = 0;
-    if (!r->revoked) {
-      n = r->key_len;
-      slot_read(ks, r->slab, r->slot, key_out, n);
-    }
-    if (key_len != NULL)
-      *key_len = n;
-  }
+  if (key_out != NULL && !r->revoked)
+    slot_read(ks, r->slab, r->slot, key_out, r->key_len);
+  if (key_len != NULL)
+    *key_len = r->revoked ? 0 : r->key_len;
 out:
   pthread_rwlock_unlock(ks->lock);
   return rc;
@@ -703,7 +697,8 @@ int m2mpsk_keystore_merge(m2mpsk_keystore *dst, m2mpsk_keystore *staging,
   for (uint32_t i = 0; i < staging->nslabs; i++)
     dst->slabs[base + i] = staging->slabs[i];
   for (size_t i = 0; i < staging->nfree; i++)
-    dst->free_slots[dst->nfree++] = staging->free_slots[i] + ((uint64_t)base << 32);
+    dst->free_slots[dst->nfree++] =
+        staging->free_slots[i] + ((uint64_t)base << 32);
   for (size_t i = 0; i < staging->nbuckets; i++) {
     ks_record *r = staging->buckets[i];
     while (r != NULL) {
@@ -724,8 +719,7 @@ int m2mpsk_keystore_merge(m2mpsk_keystore *dst, m2mpsk_keystore *staging,
   dst->total_slots += staging->total_slots;
   atomic_fetch_add(&dst->count, add);
   atomic_fetch_add(&dst->key_memory, atomic_load(&staging->key_memory));
-  atomic_fetch_add(&dst->unlocked_slabs,
-                   atomic_load(&staging->unlocked_slabs));
+  atomic_fetch_add(&dst->unlocked_slabs, atomic_load(&staging->unlocked_slabs));
 
   staging->nslabs = 0;
   staging->alloc_hint = 0;

@@ -311,10 +311,8 @@ Test(identity, credential_id_is_type_12) {
   cr_assert_eq(m2mpsk_credential_id("test@onem2m.com", out, 18),
                M2MPSK_E_BUFFER);
   cr_assert_eq(m2mpsk_credential_id("test@onem2m.com", out, 19), M2MPSK_OK);
-  cr_assert_eq(m2mpsk_credential_id("bad", out, sizeof(out)),
-               M2MPSK_E_KPSA_ID);
-  cr_assert_eq(m2mpsk_credential_id(NULL, out, sizeof(out)),
-               M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_credential_id("bad", out, sizeof(out)), M2MPSK_E_KPSA_ID);
+  cr_assert_eq(m2mpsk_credential_id(NULL, out, sizeof(out)), M2MPSK_E_INVALID);
 
   char *max = build("", 'k', 128 - 4, "@a.b");
   cr_assert_eq(m2mpsk_credential_id(max, out, sizeof(out)), M2MPSK_OK);

@@ -20,6 +20,19 @@
 #include "internal.h"
 #include "keystore.h"
 
+/* ASan replaces mlock() with a no-op that succeeds, so what these tests
+ * check about locking cannot be observed under it. */
+#if defined(__SANITIZE_ADDRESS__)
+#define MLOCK_IS_FAKE 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MLOCK_IS_FAKE 1
+#endif
+#endif
+#ifndef MLOCK_IS_FAKE
+#define MLOCK_IS_FAKE 0
+#endif
+
 #define IDB "//m2m.example.com/cse-in"
 #define IDA "//m2m.example.com/cse-in/Cae1"
 
@@ -43,8 +56,8 @@ static void add_ok(m2mpsk_keystore *ks, const char *id, unsigned seed,
                M2MPSK_OK, "add %s", id);
 }
 
-static void expect_key(const m2mpsk_keystore *ks, const char *id,
-                       unsigned seed, size_t len) {
+static void expect_key(const m2mpsk_keystore *ks, const char *id, unsigned seed,
+                       size_t len) {
   uint8_t want[M2MPSK_KEY_MAX], got[M2MPSK_KEY_MAX];
   size_t got_len = 0;
   fill_key(want, len, seed);
@@ -137,8 +150,8 @@ Test(keystore, add_then_lookup_returns_the_record) {
   m2mpsk_keystore *ks = new_ks(0);
   uint8_t key[32];
   fill_key(key, sizeof(key), 7);
-  cr_assert_eq(m2mpsk_keystore_add(ks, "test@onem2m.com", key, sizeof(key),
-                                   IDA, IDB, 1767225600, 1798761600),
+  cr_assert_eq(m2mpsk_keystore_add(ks, "test@onem2m.com", key, sizeof(key), IDA,
+                                   IDB, 1767225600, 1798761600),
                M2MPSK_OK);
   cr_assert_eq(m2mpsk_keystore_count(ks), 1);
 
@@ -170,13 +183,13 @@ Test(keystore, lookup_without_ida_gives_empty_string) {
 Test(keystore, lookup_outputs_are_optional) {
   m2mpsk_keystore *ks = new_ks(0);
   add_ok(ks, "a@b.c", 1, 16);
-  cr_assert_eq(m2mpsk_keystore_lookup(ks, "a@b.c", NULL, 0, NULL, 0, NULL,
-                                      NULL, NULL),
-               M2MPSK_OK);
+  cr_assert_eq(
+      m2mpsk_keystore_lookup(ks, "a@b.c", NULL, 0, NULL, 0, NULL, NULL, NULL),
+      M2MPSK_OK);
   /* A NULL buffer's capacity is ignored. */
-  cr_assert_eq(m2mpsk_keystore_lookup(ks, "a@b.c", NULL, 5, NULL, 99, NULL,
-                                      NULL, NULL),
-               M2MPSK_OK);
+  cr_assert_eq(
+      m2mpsk_keystore_lookup(ks, "a@b.c", NULL, 5, NULL, 99, NULL, NULL, NULL),
+      M2MPSK_OK);
   m2mpsk_keystore_free(ks);
 }
 
@@ -184,18 +197,18 @@ Test(keystore, lookup_rejects_invalid_arguments) {
   m2mpsk_keystore *ks = new_ks(0);
   add_ok(ks, "a@b.c", 1, 16);
   char buf[64];
-  cr_assert_eq(m2mpsk_keystore_lookup(NULL, "a@b.c", NULL, 0, NULL, 0, NULL,
-                                      NULL, NULL),
-               M2MPSK_E_INVALID);
+  cr_assert_eq(
+      m2mpsk_keystore_lookup(NULL, "a@b.c", NULL, 0, NULL, 0, NULL, NULL, NULL),
+      M2MPSK_E_INVALID);
   cr_assert_eq(
       m2mpsk_keystore_lookup(ks, NULL, NULL, 0, NULL, 0, NULL, NULL, NULL),
       M2MPSK_E_INVALID);
-  cr_assert_eq(m2mpsk_keystore_lookup(ks, "a@b.c", buf, 0, NULL, 0, NULL,
-                                      NULL, NULL),
-               M2MPSK_E_INVALID);
-  cr_assert_eq(m2mpsk_keystore_lookup(ks, "a@b.c", NULL, 0, buf, 0, NULL,
-                                      NULL, NULL),
-               M2MPSK_E_INVALID);
+  cr_assert_eq(
+      m2mpsk_keystore_lookup(ks, "a@b.c", buf, 0, NULL, 0, NULL, NULL, NULL),
+      M2MPSK_E_INVALID);
+  cr_assert_eq(
+      m2mpsk_keystore_lookup(ks, "a@b.c", NULL, 0, buf, 0, NULL, NULL, NULL),
+      M2MPSK_E_INVALID);
   m2mpsk_keystore_free(ks);
 }
 
@@ -207,11 +220,11 @@ Test(keystore, lookup_small_buffer_is_buffer_error) {
       M2MPSK_OK);
   char buf[64];
   size_t idb_len = strlen(IDB), ida_len = strlen(IDA);
-  cr_assert_eq(m2mpsk_keystore_lookup(ks, "a@b.c", NULL, 0, buf, idb_len,
-                                      NULL, NULL, NULL),
+  cr_assert_eq(m2mpsk_keystore_lookup(ks, "a@b.c", NULL, 0, buf, idb_len, NULL,
+                                      NULL, NULL),
                M2MPSK_E_BUFFER);
-  cr_assert_eq(m2mpsk_keystore_lookup(ks, "a@b.c", buf, ida_len, NULL, 0,
-                                      NULL, NULL, NULL),
+  cr_assert_eq(m2mpsk_keystore_lookup(ks, "a@b.c", buf, ida_len, NULL, 0, NULL,
+                                      NULL, NULL),
                M2MPSK_E_BUFFER);
   cr_assert_eq(m2mpsk_keystore_lookup(ks, "a@b.c", NULL, 0, buf, idb_len + 1,
                                       NULL, NULL, NULL),
@@ -223,18 +236,18 @@ Test(keystore, lookup_small_buffer_is_buffer_error) {
 Test(keystore, lookup_unknown_is_not_found) {
   m2mpsk_keystore *ks = new_ks(0);
   add_ok(ks, "a@b.c", 1, 16);
-  cr_assert_eq(m2mpsk_keystore_lookup(ks, "b@b.c", NULL, 0, NULL, 0, NULL,
-                                      NULL, NULL),
-               M2MPSK_E_NOT_FOUND);
-  cr_assert_eq(m2mpsk_keystore_lookup(ks, "A@b.c", NULL, 0, NULL, 0, NULL,
-                                      NULL, NULL),
-               M2MPSK_E_NOT_FOUND);
+  cr_assert_eq(
+      m2mpsk_keystore_lookup(ks, "b@b.c", NULL, 0, NULL, 0, NULL, NULL, NULL),
+      M2MPSK_E_NOT_FOUND);
+  cr_assert_eq(
+      m2mpsk_keystore_lookup(ks, "A@b.c", NULL, 0, NULL, 0, NULL, NULL, NULL),
+      M2MPSK_E_NOT_FOUND);
   char longid[300];
   memset(longid, 'a', sizeof(longid) - 1);
   longid[sizeof(longid) - 1] = '\0';
-  cr_assert_eq(m2mpsk_keystore_lookup(ks, longid, NULL, 0, NULL, 0, NULL,
-                                      NULL, NULL),
-               M2MPSK_E_NOT_FOUND);
+  cr_assert_eq(
+      m2mpsk_keystore_lookup(ks, longid, NULL, 0, NULL, 0, NULL, NULL, NULL),
+      M2MPSK_E_NOT_FOUND);
   m2mpsk_keystore_free(ks);
 }
 
@@ -286,8 +299,7 @@ Test(keystore, add_rejects_each_bad_value_and_changes_nothing) {
 
   const add_case cases[] = {
       {"bad kpsa-id", "no-at-sign", 16, NULL, IDB, 0, 0, M2MPSK_E_KPSA_ID},
-      {"long kpsa-id", long_kpsa, 16, NULL, IDB, 0, 0,
-       M2MPSK_E_KPSA_ID_LENGTH},
+      {"long kpsa-id", long_kpsa, 16, NULL, IDB, 0, 0, M2MPSK_E_KPSA_ID_LENGTH},
       {"short key", "n@b.c", 15, NULL, IDB, 0, 0, M2MPSK_E_KEY_LENGTH},
       {"long key", "n@b.c", 65, NULL, IDB, 0, 0, M2MPSK_E_KEY_LENGTH},
       {"empty key", "n@b.c", 0, NULL, IDB, 0, 0, M2MPSK_E_KEY_LENGTH},
@@ -332,9 +344,9 @@ Test(keystore, add_rejects_each_bad_value_and_changes_nothing) {
   cr_assert_eq(after.serial, before.serial);
   cr_assert_eq(after.not_before, 10);
   cr_assert_eq(after.not_after, 20);
-  cr_assert_eq(m2mpsk_keystore_lookup(ks, "n@b.c", NULL, 0, NULL, 0, NULL,
-                                      NULL, NULL),
-               M2MPSK_E_NOT_FOUND);
+  cr_assert_eq(
+      m2mpsk_keystore_lookup(ks, "n@b.c", NULL, 0, NULL, 0, NULL, NULL, NULL),
+      M2MPSK_E_NOT_FOUND);
   m2mpsk_keystore_free(ks);
 }
 
@@ -385,6 +397,16 @@ Test(keystore, fetch_fills_the_view) {
   cr_assert_str_eq(b.ida, "");
   cr_assert_str_eq(b.idb, "/cse");
   cr_assert_gt(b.serial, a.serial);
+  /* The length alone can be asked for, without copying the key. */
+  size_t len = 0;
+  cr_assert_eq(m2mpsk_keystore_fetch(ks, "a@b.c", NULL, NULL, &len), M2MPSK_OK);
+  cr_assert_eq(len, 16);
+  cr_assert_eq(m2mpsk_keystore_fetch(ks, "zz@b.c", &a, NULL, NULL),
+               M2MPSK_E_NOT_FOUND);
+  cr_assert_eq(m2mpsk_keystore_fetch(NULL, "a@b.c", &a, NULL, NULL),
+               M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_keystore_fetch(ks, NULL, &a, NULL, NULL),
+               M2MPSK_E_INVALID);
   m2mpsk_keystore_free(ks);
 }
 
@@ -392,12 +414,10 @@ Test(keystore, serial_is_never_reused) {
   m2mpsk_keystore *ks = new_ks(0);
   m2mpsk_record_view v1, v2;
   add_ok(ks, "a@b.c", 1, 16);
-  cr_assert_eq(m2mpsk_keystore_fetch(ks, "a@b.c", &v1, NULL, NULL),
-               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_fetch(ks, "a@b.c", &v1, NULL, NULL), M2MPSK_OK);
   cr_assert_eq(m2mpsk_keystore_remove(ks, "a@b.c"), M2MPSK_OK);
   add_ok(ks, "a@b.c", 2, 16);
-  cr_assert_eq(m2mpsk_keystore_fetch(ks, "a@b.c", &v2, NULL, NULL),
-               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_fetch(ks, "a@b.c", &v2, NULL, NULL), M2MPSK_OK);
   cr_assert_neq(v1.serial, v2.serial);
   cr_assert_gt(v2.serial, v1.serial);
   m2mpsk_keystore_free(ks);
@@ -415,9 +435,9 @@ Test(keystore, remove_then_fetch_is_not_found) {
   size_t len;
   cr_assert_eq(m2mpsk_keystore_fetch(ks, "a@b.c", NULL, key, &len),
                M2MPSK_E_NOT_FOUND);
-  cr_assert_eq(m2mpsk_keystore_lookup(ks, "a@b.c", NULL, 0, NULL, 0, NULL,
-                                      NULL, NULL),
-               M2MPSK_E_NOT_FOUND);
+  cr_assert_eq(
+      m2mpsk_keystore_lookup(ks, "a@b.c", NULL, 0, NULL, 0, NULL, NULL, NULL),
+      M2MPSK_E_NOT_FOUND);
   cr_assert_eq(m2mpsk_keystore_remove(ks, "a@b.c"), M2MPSK_E_NOT_FOUND);
   expect_key(ks, "b@b.c", 2, 16);
   m2mpsk_keystore_free(ks);
@@ -467,8 +487,8 @@ Test(keystore, revoke_wipes_key_and_keeps_record) {
 
   cr_assert_eq(m2mpsk_keystore_count(ks), 1);
   int revoked = 0;
-  cr_assert_eq(m2mpsk_keystore_lookup(ks, "a@b.c", NULL, 0, NULL, 0, NULL,
-                                      NULL, &revoked),
+  cr_assert_eq(m2mpsk_keystore_lookup(ks, "a@b.c", NULL, 0, NULL, 0, NULL, NULL,
+                                      &revoked),
                M2MPSK_OK);
   cr_assert_eq(revoked, 1);
 
@@ -570,6 +590,8 @@ static int vm_flags(const void *p, char *out, size_t cap) {
 }
 
 Test(keystore, key_memory_is_locked_and_not_dumped) {
+  if (MLOCK_IS_FAKE)
+    cr_skip_test("mlock is not real under AddressSanitizer");
   m2mpsk_keystore *ks = new_ks(0);
   add_ok(ks, "a@b.c", 1, 32);
   const uint8_t *slot = m2mpsk_keystore_debug_slot(ks, "a@b.c");
@@ -657,8 +679,7 @@ static void unlocked_child(void *arg) {
     _exit(36);
   /* A freed slot is still usable: it needs no new memory. */
   if (m2mpsk_keystore_remove(ks, "k0@b.c") != M2MPSK_OK ||
-      m2mpsk_keystore_add(ks, "k64@b.c", key, 32, NULL, IDB, 0, 0) !=
-          M2MPSK_OK)
+      m2mpsk_keystore_add(ks, "k64@b.c", key, 32, NULL, IDB, 0, 0) != M2MPSK_OK)
     _exit(37);
   m2mpsk_keystore_free(ks);
 
@@ -677,6 +698,8 @@ static void unlocked_child(void *arg) {
 }
 
 Test(keystore, unlocked_memory_is_reported_and_can_be_refused) {
+  if (MLOCK_IS_FAKE)
+    cr_skip_test("mlock is not real under AddressSanitizer");
   int st = in_child(unlocked_child, NULL);
   cr_assert(WIFEXITED(st), "child died (status 0x%x)", st);
   cr_assert_eq(WEXITSTATUS(st), 0, "check %d failed in the child",
@@ -694,9 +717,9 @@ Test(keystore, merge_moves_records_without_copying_keys) {
   for (unsigned i = 0; i < 100; i++) {
     fill_key(key, 32, 100 + i);
     snprintf(id, sizeof(id), "s%u@b.c", i);
-    cr_assert_eq(m2mpsk_keystore_add_tagged(st, id, key, 32, NULL, IDB, 0, 0,
-                                            i + 1),
-                 M2MPSK_OK);
+    cr_assert_eq(
+        m2mpsk_keystore_add_tagged(st, id, key, 32, NULL, IDB, 0, 0, i + 1),
+        M2MPSK_OK);
   }
   const uint8_t *slot = m2mpsk_keystore_debug_slot(st, "s7@b.c");
   size_t mem = m2mpsk_keystore_key_memory(ks) + m2mpsk_keystore_key_memory(st);
@@ -715,11 +738,9 @@ Test(keystore, merge_moves_records_without_copying_keys) {
   }
   /* Serials stay unique across the merge. */
   m2mpsk_record_view a, b;
-  cr_assert_eq(m2mpsk_keystore_fetch(ks, "old@b.c", &a, NULL, NULL),
-               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_fetch(ks, "old@b.c", &a, NULL, NULL), M2MPSK_OK);
   add_ok(ks, "new@b.c", 2, 16);
-  cr_assert_eq(m2mpsk_keystore_fetch(ks, "new@b.c", &b, NULL, NULL),
-               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_fetch(ks, "new@b.c", &b, NULL, NULL), M2MPSK_OK);
   cr_assert_gt(b.serial, a.serial + 100);
   m2mpsk_keystore_free(ks);
 }
@@ -745,9 +766,9 @@ Test(keystore, merge_conflict_reports_smallest_tag_and_changes_nothing) {
   cr_assert_eq(tag, 5);
   cr_assert_eq(m2mpsk_keystore_count(ks), 2);
   cr_assert_eq(m2mpsk_keystore_key_memory(ks), mem);
-  cr_assert_eq(m2mpsk_keystore_lookup(ks, "a@b.c", NULL, 0, NULL, 0, NULL,
-                                      NULL, NULL),
-               M2MPSK_E_NOT_FOUND);
+  cr_assert_eq(
+      m2mpsk_keystore_lookup(ks, "a@b.c", NULL, 0, NULL, 0, NULL, NULL, NULL),
+      M2MPSK_E_NOT_FOUND);
   expect_key(ks, "x@b.c", 1, 16);
   m2mpsk_keystore_free(st);
 
@@ -808,8 +829,8 @@ static void *reader(void *p) {
         len != 16 + n % 49 || memcmp(got, want, len) != 0 ||
         strcmp(v.idb, IDB) != 0 || v.revoked)
       atomic_fetch_add(w->errors, 1);
-    if (m2mpsk_keystore_lookup(w->ks, id, NULL, 0, NULL, 0, NULL, NULL,
-                               NULL) != M2MPSK_OK)
+    if (m2mpsk_keystore_lookup(w->ks, id, NULL, 0, NULL, 0, NULL, NULL, NULL) !=
+        M2MPSK_OK)
       atomic_fetch_add(w->errors, 1);
   }
   return NULL;
@@ -898,8 +919,7 @@ Test(keystore, one_million_records, .timeout = 120) {
   for (unsigned i = 0; i < MILLION; i++) {
     snprintf(id, sizeof(id), "dev-%07u@m2m.example.com", i);
     fill_key(key, sizeof(key), i);
-    cr_assert_eq(m2mpsk_keystore_add(ks, id, key, sizeof(key), NULL, IDB, 0,
-                                     0),
+    cr_assert_eq(m2mpsk_keystore_add(ks, id, key, sizeof(key), NULL, IDB, 0, 0),
                  M2MPSK_OK);
   }
   double t_add = now_s() - t0;
@@ -934,12 +954,11 @@ Test(keystore, one_million_records, .timeout = 120) {
   double t_fetch = now_s() - t0;
   for (unsigned s = 0; s < 1000; s++) {
     fill_key(key, sizeof(key), which[s]);
-    cr_assert_eq(m2mpsk_keystore_fetch(ks, ids[s], NULL, got, &len),
-                 M2MPSK_OK);
+    cr_assert_eq(m2mpsk_keystore_fetch(ks, ids[s], NULL, got, &len), M2MPSK_OK);
     cr_assert_arr_eq(got, key, sizeof(key));
   }
-  cr_assert_eq(m2mpsk_keystore_lookup(ks, "dev-1000000@m2m.example.com",
-                                      NULL, 0, NULL, 0, NULL, NULL, NULL),
+  cr_assert_eq(m2mpsk_keystore_lookup(ks, "dev-1000000@m2m.example.com", NULL,
+                                      0, NULL, 0, NULL, NULL, NULL),
                M2MPSK_E_NOT_FOUND);
   size_t key_mem = m2mpsk_keystore_key_memory(ks);
   int locked = m2mpsk_keystore_is_locked(ks);
