@@ -4,11 +4,17 @@
  * Key memory. sodium_malloc costs three or four pages per call, so keys
  * share arenas ("slabs") of fixed M2MPSK_KEY_MAX-byte slots. A slab is one
  * sodium_malloc of a page multiple (hence page-aligned), mlocked, excluded
- * from core dumps and PROT_NONE at rest. A key is reached by opening only
- * the page that holds its slot, for the length of one copy: mprotect costs
- * grow with the pages changed, and a smaller window exposes fewer keys.
- * Each slab's mutex serialises those open-copy-close sequences, so that
- * one thread never closes a page under another's copy.
+ * from core dumps and inaccessible at rest, in one of two ways:
+ *  - Where the CPU and kernel have memory protection keys (x86 PKU), every
+ *    arena is tagged with one process-wide key whose access is disabled in
+ *    every thread. A thread enables it for itself alone for the length of
+ *    one copy: two WRPKRU instructions, no system call, and no other thread
+ *    can read the key meanwhile. mprotect here costs 3 to 9 us a call.
+ *  - Elsewhere arenas are PROT_NONE, and a key is reached by opening only
+ *    the page that holds its slot, for the length of one copy: mprotect
+ *    costs grow with the pages changed, and a smaller window exposes fewer
+ *    keys. Each slab's mutex serialises those open-copy-close sequences, so
+ *    that one thread never closes a page under another's copy.
  *
  * Records. Metadata is ordinary heap memory, one allocation per record with
  * the strings inline, chained in a SipHash-keyed table (a random key per
@@ -36,6 +42,7 @@
 
 typedef struct ks_slab {
   uint8_t *mem;
+  int pkey; /* the protection key tagging it, or -1 */
   size_t size;
   uint32_t nslots;
   uint32_t used; /* slots handed out from the never-used tail */
@@ -62,6 +69,7 @@ typedef struct ks_record {
 struct m2mpsk_keystore {
   atomic_size_t refs;
   unsigned flags;
+  int pkey; /* arena_pkey() at creation, or -1 */
   size_t page;
   /* Behind a pointer so that const (read-only) entry points can lock it. */
   pthread_rwlock_t *lock;
@@ -131,6 +139,29 @@ static ks_record *find(const m2mpsk_keystore *ks, const char *id) {
 
 /* ---- guarded slots ------------------------------------------------------ */
 
+static int g_pkey = -1;
+static int g_pkeys_refused;
+static pthread_once_t g_pkey_once = PTHREAD_ONCE_INIT;
+
+static void pkey_setup(void) {
+  if (!g_pkeys_refused)
+    g_pkey = pkey_alloc(0, PKEY_DISABLE_ACCESS);
+}
+
+/* The process-wide protection key for key arenas, or -1 without PKU. */
+static int arena_pkey(void) {
+  pthread_once(&g_pkey_once, pkey_setup);
+  return g_pkey < 0 ? -1 : g_pkey;
+}
+
+void m2mpsk_keystore_debug_refuse_pkeys(void) {
+  g_pkeys_refused = 1;
+}
+
+int m2mpsk_keystore_debug_uses_pkeys(const m2mpsk_keystore *ks) {
+  return ks->pkey >= 0;
+}
+
 static uint8_t *slot_addr(const ks_slab *s, uint32_t slot) {
   return s->mem + (size_t)slot * SLOT_SIZE;
 }
@@ -155,6 +186,18 @@ static void page_protect(void *page, size_t len, int prot) {
 static void slot_copy(const m2mpsk_keystore *ks, uint32_t slab, uint32_t slot,
                       int prot, void *dst, const void *src, size_t len) {
   ks_slab *s = ks->slabs[slab];
+  if (s->pkey >= 0) {
+    /* Rights are per thread: no lock, and no one else gains access. */
+    if (pkey_set(s->pkey, prot == PROT_READ ? PKEY_DISABLE_WRITE : 0) != 0)
+      abort();
+    if (src == NULL)
+      sodium_memzero(dst, len);
+    else
+      memcpy(dst, src, len);
+    if (pkey_set(s->pkey, PKEY_DISABLE_ACCESS) != 0)
+      abort();
+    return;
+  }
   int open = ks->open_slab == slab;
   uint8_t *page = slot_page(ks, s, slot);
   pthread_mutex_lock(&s->mu);
@@ -183,7 +226,7 @@ static void bulk_close(m2mpsk_keystore *ks) {
 static void slot_write(m2mpsk_keystore *ks, uint32_t slab, uint32_t slot,
                        const uint8_t *key, size_t len) {
   ks_slab *s = ks->slabs[slab];
-  if (ks->bulk && ks->open_slab != slab) {
+  if (ks->bulk && s->pkey < 0 && ks->open_slab != slab) {
     bulk_close(ks);
     page_protect(s->mem, s->size, PROT_READ | PROT_WRITE);
     ks->open_slab = slab;
@@ -206,7 +249,11 @@ static void slot_wipe(const m2mpsk_keystore *ks, uint32_t slab, uint32_t slot) {
 static void slab_destroy(ks_slab *s) {
   if (s == NULL)
     return;
-  /* sodium_free makes the region writable, wipes and unlocks it. */
+  /* sodium_free makes the region writable, wipes and unlocks it; its
+   * mprotect keeps a protection key, so give the pages back to key 0. */
+  if (s->pkey >= 0 &&
+      pkey_mprotect(s->mem, s->size, PROT_READ | PROT_WRITE, 0) != 0)
+    abort();
   sodium_free(s->mem);
   pthread_mutex_destroy(&s->mu);
   free(s);
@@ -271,8 +318,18 @@ static int slab_add(m2mpsk_keystore *ks) {
     free(s);
     return M2MPSK_E_UNLOCKED;
   }
-  if (sodium_mprotect_noaccess(s->mem) != 0 ||
-      pthread_mutex_init(&s->mu, NULL) != 0) {
+  s->pkey = ks->pkey;
+  if (pthread_mutex_init(&s->mu, NULL) != 0) {
+    sodium_free(s->mem);
+    free(s);
+    return M2MPSK_E_NOMEM;
+  }
+  int guarded =
+      s->pkey >= 0
+          ? pkey_mprotect(s->mem, size, PROT_READ | PROT_WRITE, s->pkey) == 0
+          : sodium_mprotect_noaccess(s->mem) == 0;
+  if (!guarded) {
+    pthread_mutex_destroy(&s->mu);
     sodium_free(s->mem);
     free(s);
     return M2MPSK_E_NOMEM;
@@ -358,6 +415,7 @@ static int keystore_create(m2mpsk_keystore **out, unsigned flags,
   if (ks == NULL)
     return M2MPSK_E_NOMEM;
   ks->flags = flags;
+  ks->pkey = arena_pkey();
   long page = sysconf(_SC_PAGESIZE);
   ks->page = page > 0 ? (size_t)page : 4096;
   ks->nbuckets = BUCKETS_MIN;

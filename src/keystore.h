@@ -47,4 +47,12 @@ const uint8_t *m2mpsk_keystore_debug_slot(const m2mpsk_keystore *ks,
 int m2mpsk_keystore_debug_peek(const m2mpsk_keystore *ks, const uint8_t *p,
                                uint8_t *out, size_t len);
 
+/* Makes keystores created afterwards in this process guard their arenas
+ * with mprotect even where protection keys exist, so that tests cover both
+ * guards. Call before the first keystore. */
+void m2mpsk_keystore_debug_refuse_pkeys(void);
+
+/* 1 when the keystore's arenas are guarded by a protection key. */
+int m2mpsk_keystore_debug_uses_pkeys(const m2mpsk_keystore *ks);
+
 #endif /* M2MPSK_KEYSTORE_H */

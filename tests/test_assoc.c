@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "keystore.h"
 #include "link.h"
 
 #define NOW0 1000000u
@@ -1180,31 +1181,52 @@ Test(threads, shared_keystore_and_config_across_threads, .timeout = 120) {
 
 /* Counts copies of `key` in this process's writable mappings, other than
  * the stack (BoringSSL keeps a stack copy of the PSK during a handshake;
- * see README). Key arenas are PROT_NONE at rest, so they are not listed as
- * readable and are skipped. */
+ * see README). Key arenas are skipped because they cannot be read: they
+ * are PROT_NONE, or tagged with a protection key this thread may not use. */
+typedef struct mapping {
+  unsigned long lo, hi;
+  int scan;
+} mapping;
+
 static int count_key_copies(const uint8_t *key, size_t len) {
-  FILE *maps = fopen("/proc/self/maps", "r");
-  cr_assert_not_null(maps);
+  FILE *smaps = fopen("/proc/self/smaps", "r");
+  cr_assert_not_null(smaps);
+  static mapping maps[4096];
+  size_t n = 0;
   char line[512];
-  int found = 0;
-  while (fgets(line, sizeof(line), maps)) {
+  while (fgets(line, sizeof(line), smaps)) {
     unsigned long lo, hi;
     char perms[5];
-    if (sscanf(line, "%lx-%lx %4s", &lo, &hi, perms) != 3)
+    int pkey;
+    if (sscanf(line, "%lx-%lx %4s", &lo, &hi, perms) == 3 &&
+        strchr(line, ' ') != NULL && n < 4096) {
+      maps[n].lo = lo;
+      maps[n].hi = hi;
+      maps[n].scan = perms[0] == 'r' && perms[1] == 'w' &&
+                     !strstr(line, "[stack") && !strstr(line, "[vvar") &&
+                     !strstr(line, "[vsyscall");
+      n++;
+    } else if (sscanf(line, "ProtectionKey: %d", &pkey) == 1 && n > 0 &&
+               pkey != 0) {
+      maps[n - 1].scan = 0;
+    }
+  }
+  fclose(smaps);
+  int found = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (!maps[i].scan)
       continue;
-    if (perms[0] != 'r' || perms[1] != 'w' || strstr(line, "[stack") ||
-        strstr(line, "[vvar") || strstr(line, "[vsyscall"))
-      continue;
-    for (const uint8_t *p = (const uint8_t *)lo; p + len <= (const uint8_t *)hi;
-         p++) {
-      p = memchr(p, key[0], (size_t)((const uint8_t *)hi - p));
-      if (p == NULL || p + len > (const uint8_t *)hi)
+    const uint8_t *p = (const uint8_t *)maps[i].lo;
+    const uint8_t *end = (const uint8_t *)maps[i].hi;
+    while (p + len <= end) {
+      p = memchr(p, key[0], (size_t)(end - p));
+      if (p == NULL || p + len > end)
         break;
       if (memcmp(p, key, len) == 0)
         found++;
+      p++;
     }
   }
-  fclose(maps);
   return found;
 }
 
@@ -1227,6 +1249,22 @@ Test(hygiene, key_is_nowhere_in_writable_memory_after_handshakes) {
   m2mt_pair_free(&p);
   cr_assert_eq(count_key_copies(key, sizeof(key)), 0,
                "Kpsa found in writable memory after free");
+}
+
+Test(hygiene, handshakes_work_with_the_mprotect_guard) {
+  m2mpsk_keystore_debug_refuse_pkeys();
+  for (int t = 0; t < 2; t++) {
+    m2mt_pair p;
+    m2mt_pair_init(&p, (m2mpsk_transport)t, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+    cr_assert_eq(m2mpsk_keystore_debug_uses_pkeys(p.ks_a), 0);
+    m2mt_pair_start(&p, NOW0, UNIX0);
+    uint64_t now = NOW0;
+    m2mt_run_handshake(p.a, p.b, NULL, &now, 100);
+    cr_assert_eq(m2mpsk_assoc_state(p.a), M2MPSK_STATE_ESTABLISHED);
+    cr_assert_eq(m2mpsk_assoc_state(p.b), M2MPSK_STATE_ESTABLISHED);
+    cr_assert_eq(count_key_copies(m2mt_key, 32), 0);
+    m2mt_pair_free(&p);
+  }
 }
 
 Test(hygiene, failure_details_never_carry_key_bytes) {

@@ -562,6 +562,69 @@ Test(keystore, keys_not_readable_at_rest) {
   m2mpsk_keystore_free(ks);
 }
 
+/* Whether this machine can allocate a memory protection key at all. */
+static int pkeys_available(void) {
+  int k = pkey_alloc(0, 0);
+  if (k < 0)
+    return 0;
+  pkey_free(k);
+  return 1;
+}
+
+Test(keystore, guard_uses_protection_keys_where_available) {
+  int avail = pkeys_available();
+  m2mpsk_keystore *ks = new_ks(0);
+  add_ok(ks, "a@b.c", 1, 32);
+  cr_assert_eq(m2mpsk_keystore_debug_uses_pkeys(ks), avail);
+  cr_log_info("key arenas guarded by %s",
+              avail ? "a protection key" : "mprotect");
+  expect_key(ks, "a@b.c", 1, 32);
+  m2mpsk_keystore_free(ks);
+}
+
+/* Reads a key slot from a second thread while the first holds nothing. */
+static void *read_from_thread(void *p) {
+  read_byte(p);
+  return NULL;
+}
+
+static void read_in_thread(void *p) {
+  pthread_t t;
+  pthread_create(&t, NULL, read_from_thread, p);
+  pthread_join(t, NULL);
+}
+
+Test(keystore, keys_not_readable_at_rest_from_other_threads) {
+  m2mpsk_keystore *ks = new_ks(0);
+  add_ok(ks, "a@b.c", 1, 32);
+  expect_key(ks, "a@b.c", 1, 32);
+  const uint8_t *slot = m2mpsk_keystore_debug_slot(ks, "a@b.c");
+  int st = in_child(read_in_thread, (void *)(uintptr_t)slot);
+  cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV,
+            "a thread created after use must not read keys (0x%x)", st);
+  m2mpsk_keystore_free(ks);
+}
+
+Test(keystore, mprotect_guard_when_protection_keys_are_refused) {
+  m2mpsk_keystore_debug_refuse_pkeys();
+  m2mpsk_keystore *ks = new_ks(0);
+  add_ok(ks, "a@b.c", 1, 32);
+  add_ok(ks, "b@b.c", 2, 16);
+  cr_assert_eq(m2mpsk_keystore_debug_uses_pkeys(ks), 0);
+  const uint8_t *slot = m2mpsk_keystore_debug_slot(ks, "a@b.c");
+  int st = in_child(read_byte, (void *)(uintptr_t)slot);
+  cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV);
+  expect_key(ks, "a@b.c", 1, 32);
+  expect_key(ks, "b@b.c", 2, 16);
+  st = in_child(read_byte, (void *)(uintptr_t)slot);
+  cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV);
+  cr_assert_eq(m2mpsk_keystore_remove(ks, "a@b.c"), M2MPSK_OK);
+  uint8_t peek[32], zero[32] = {0};
+  cr_assert_eq(m2mpsk_keystore_debug_peek(ks, slot, peek, 32), M2MPSK_OK);
+  cr_assert_arr_eq(peek, zero, 32, "remove wipes under mprotect too");
+  m2mpsk_keystore_free(ks);
+}
+
 /* The VmFlags of the mapping holding `p`, from /proc/self/smaps. */
 static int vm_flags(const void *p, char *out, size_t cap) {
   FILE *f = fopen("/proc/self/smaps", "r");
