@@ -158,6 +158,16 @@ int m2mpsk_idb_server_name(const char *idb, char *out, size_t out_cap) {
     return M2MPSK_E_IDB;
   if (id.fqdn == NULL)
     return M2MPSK_E_NOT_FOUND;
+  /* RFC 6066 §3 forbids address literals in SNI; an all-digit last label
+   * is never a DNS name (RFC 3696 §2), so "//192.0.2.1/cse" has no SNI. */
+  size_t last = id.fqdn_len;
+  while (last > 0 && id.fqdn[last - 1] != '.')
+    last--;
+  int numeric = 1;
+  for (size_t i = last; i < id.fqdn_len; i++)
+    numeric &= id.fqdn[i] >= '0' && id.fqdn[i] <= '9';
+  if (numeric)
+    return M2MPSK_E_NOT_FOUND;
   if (out_cap < id.fqdn_len + 1) {
     if (out_cap > 0)
       out[0] = '\0';

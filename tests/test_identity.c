@@ -280,6 +280,17 @@ Test(identity, server_name_sp_relative_is_not_found) {
                M2MPSK_E_NOT_FOUND);
 }
 
+Test(identity, server_name_is_never_an_address_literal) {
+  char out[64];
+  cr_assert_eq(m2mpsk_idb_validate("//192.0.2.1/cse-1"), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_idb_server_name("//192.0.2.1/cse-1", out, sizeof(out)),
+               M2MPSK_E_NOT_FOUND);
+  /* A digit-led label before a real TLD is a host name. */
+  cr_assert_eq(m2mpsk_idb_server_name("//1und1.de/cse-1", out, sizeof(out)),
+               M2MPSK_OK);
+  cr_assert_str_eq(out, "1und1.de");
+}
+
 Test(identity, server_name_rejects_bad_idb) {
   char out[254];
   cr_assert_eq(m2mpsk_idb_server_name("m2m.example.com", out, sizeof(out)),

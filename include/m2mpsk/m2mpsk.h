@@ -367,8 +367,9 @@ M2MPSK_API int m2mpsk_config_set_reveal_unknown_identity(m2mpsk_config *cfg,
 /**
  * Writes into `out` the SNI host name an initiator sends for `idb`: the FQDN
  * of an absolute CSE-ID ("//m2m.example.com/cse-1" gives
- * "m2m.example.com"), lower-cased. An SP-relative IdB has no authority, so
- * no SNI is sent for it and this returns M2MPSK_E_NOT_FOUND.
+ * "m2m.example.com"), lower-cased. An SP-relative IdB has no authority, and
+ * SNI may not carry an address literal ("//192.0.2.1/cse-1"), so no SNI is
+ * sent for those and this returns M2MPSK_E_NOT_FOUND.
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL), M2MPSK_E_IDB,
  * M2MPSK_E_ID_LENGTH, M2MPSK_E_NOT_FOUND or M2MPSK_E_BUFFER (254 bytes
  * always suffice).
