@@ -233,15 +233,18 @@ M2MPSK_API int m2mpsk_keystore_add(m2mpsk_keystore *ks, const char *kpsa_id,
  * Removes a record and wipes its key. Associations that have not yet used
  * the record fail with M2MPSK_REASON_REVOKED (initiator) or as an unknown
  * identity (responder). Thread-safe.
- * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL) or M2MPSK_E_NOT_FOUND.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL) or M2MPSK_E_NOT_FOUND (also
+ * for a KpsaID that could never be stored, e.g. too long).
  */
 M2MPSK_API int m2mpsk_keystore_remove(m2mpsk_keystore *ks, const char *kpsa_id);
 
 /**
  * Revokes a record: wipes its key but keeps its KpsaID, so that handshakes
  * using it fail with M2MPSK_REASON_REVOKED rather than as unknown. A revoked
- * record can be removed, but not re-added until it is. Thread-safe.
- * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL) or M2MPSK_E_NOT_FOUND.
+ * record can be removed, but not re-added until it is; revoking it again
+ * returns M2MPSK_OK. Thread-safe.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL) or M2MPSK_E_NOT_FOUND (also
+ * for a KpsaID that could never be stored, e.g. too long).
  */
 M2MPSK_API int m2mpsk_keystore_revoke(m2mpsk_keystore *ks, const char *kpsa_id);
 
@@ -251,7 +254,8 @@ M2MPSK_API int m2mpsk_keystore_revoke(m2mpsk_keystore *ks, const char *kpsa_id);
  * that is not configured comes back as "". *revoked is set to 1 for a
  * revoked record. Never reveals the key. Thread-safe.
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL ks or kpsa_id, or a buffer
- * pointer without capacity), M2MPSK_E_NOT_FOUND or M2MPSK_E_BUFFER (a buffer
+ * pointer without capacity), M2MPSK_E_NOT_FOUND (also for a KpsaID that
+ * could never be stored) or M2MPSK_E_BUFFER (a buffer
  * is too small; M2MPSK_ID_MAX + 1 bytes always suffice).
  */
 M2MPSK_API int m2mpsk_keystore_lookup(const m2mpsk_keystore *ks,
@@ -291,9 +295,13 @@ M2MPSK_API size_t m2mpsk_keystore_key_memory(const m2mpsk_keystore *ks);
  *
  * (one line in the file). kpsa-id, kpsa and idb are required; ida,
  * not-before and not-after are optional; each field at most once. kpsa is
- * "hex:<hex digits>" or "base64:<RFC 4648 base64>". Times are Unix seconds
- * or UTC "YYYY-MM-DDTHH:MM:SSZ". Lines are at most 4096 bytes. Read buffers
- * are wiped before they are released. Thread-safe with other keystore calls.
+ * "hex:<hex digits>" or "base64:<RFC 4648 base64>" (no prefix is an
+ * encoding error). Times are Unix seconds or UTC "YYYY-MM-DDTHH:MM:SSZ",
+ * not before 1970. '#' starts a comment only as a line's first non-blank
+ * character. Lines are at most 4096 bytes, not counting the line ending
+ * (LF or CRLF). A symbolic link is followed, and the permission check
+ * applies to its target. Read buffers are wiped before they are released.
+ * Thread-safe with other keystore calls.
  *
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL ks or path), M2MPSK_E_IO,
  * M2MPSK_E_KEYFILE_PERMS, M2MPSK_E_KEYFILE_SYNTAX,
@@ -371,8 +379,8 @@ M2MPSK_API int m2mpsk_config_set_reveal_unknown_identity(m2mpsk_config *cfg,
  * SNI may not carry an address literal ("//192.0.2.1/cse-1"), so no SNI is
  * sent for those and this returns M2MPSK_E_NOT_FOUND.
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL), M2MPSK_E_IDB,
- * M2MPSK_E_ID_LENGTH, M2MPSK_E_NOT_FOUND or M2MPSK_E_BUFFER (254 bytes
- * always suffice).
+ * M2MPSK_E_ID_LENGTH, M2MPSK_E_NOT_FOUND or M2MPSK_E_BUFFER (also for
+ * out_cap 0; 254 bytes always suffice).
  */
 M2MPSK_API int m2mpsk_idb_server_name(const char *idb, char *out,
                                       size_t out_cap);
