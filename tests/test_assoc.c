@@ -1195,6 +1195,14 @@ static int count_key_copies(const uint8_t *key, size_t len) {
   FILE *smaps = fopen("/proc/self/smaps", "r");
   cr_assert_not_null(smaps);
   static mapping maps[4096];
+  static char all[1 << 16];
+  size_t got = fread(all, 1, sizeof(all) - 1, smaps);
+  all[got] = '\0';
+  if (strstr(all, "vgpreload") != NULL) {
+    fclose(smaps);
+    cr_skip_test("valgrind's guest memory cannot be scanned");
+  }
+  rewind(smaps);
   size_t n = 0;
   char line[512];
   while (fgets(line, sizeof(line), smaps)) {
