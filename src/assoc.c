@@ -25,11 +25,10 @@ struct m2mpsk_assoc {
   m2mpsk_engine *eng;
   m2mpsk_state state;
   m2mpsk_reason reason;
+  /* The failure detail; a refusal decided in a callback writes it early,
+   * to be reported when the handshake then fails. */
   char detail[192];
-  /* A responder's refusal decided in a callback, reported when the
-   * handshake then fails. */
   m2mpsk_reason refusal;
-  char refusal_detail[192];
 
   uint64_t now_ms;
   uint64_t start_ms;
@@ -59,7 +58,8 @@ static void fail(m2mpsk_assoc *a, m2mpsk_reason reason, const char *detail) {
     return;
   a->state = M2MPSK_STATE_FAILED;
   a->reason = reason;
-  snprintf(a->detail, sizeof(a->detail), "%s", detail ? detail : "");
+  if (detail != a->detail)
+    snprintf(a->detail, sizeof(a->detail), "%s", detail ? detail : "");
   a->bound = 0;
 }
 
@@ -79,7 +79,7 @@ static void refuse(m2mpsk_assoc *a, m2mpsk_reason reason, const char *tmpl,
   if (a->refusal != M2MPSK_REASON_NONE)
     return;
   a->refusal = reason;
-  format1(a->refusal_detail, sizeof(a->refusal_detail), tmpl, arg);
+  format1(a->detail, sizeof(a->detail), tmpl, arg);
 }
 
 /* The engine failed: prefer what the callbacks decided, since on the wire a
@@ -88,7 +88,7 @@ static void fail_from_engine(m2mpsk_assoc *a) {
   char detail[160];
   m2mpsk_reason r = m2mpsk_engine_failure(a->eng, detail, sizeof(detail));
   if (a->refusal != M2MPSK_REASON_NONE)
-    fail(a, a->refusal, a->refusal_detail);
+    fail(a, a->refusal, a->detail);
   else
     fail(a, r, detail);
 }
@@ -452,8 +452,12 @@ int m2mpsk_assoc_feed(m2mpsk_assoc *a, const uint8_t *data, size_t len,
   if (len == 0)
     return M2MPSK_OK;
   set_now(a, now_ms);
-  if (m2mpsk_engine_push(a->eng, data, len) != M2MPSK_OK)
+  if (m2mpsk_engine_push(a->eng, data, len) != M2MPSK_OK) {
+    /* A stream that lost bytes cannot go on; a lost datagram is loss. */
+    if (a->transport == M2MPSK_TRANSPORT_TLS)
+      fail(a, M2MPSK_REASON_INTERNAL, "out of memory buffering input");
     return M2MPSK_E_NOMEM;
+  }
   if (a->state == M2MPSK_STATE_HANDSHAKING)
     return step_handshake(a);
   return M2MPSK_OK;
@@ -549,6 +553,8 @@ int m2mpsk_assoc_write(m2mpsk_assoc *a, const uint8_t *data, size_t len,
   int rc = m2mpsk_engine_write(a->eng, data, len);
   if (rc == M2MPSK_E_FAILED)
     fail_from_engine(a);
+  else if (rc == M2MPSK_E_NOMEM) /* the record layer is left mid-write */
+    fail(a, M2MPSK_REASON_INTERNAL, "out of memory writing a record");
   if (rc == M2MPSK_OK)
     *written = len;
   return rc;

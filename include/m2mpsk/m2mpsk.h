@@ -501,7 +501,9 @@ M2MPSK_API int m2mpsk_assoc_start(m2mpsk_assoc *a, uint64_t now_ms,
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL a, NULL data with len > 0, an
  * empty or oversized datagram), M2MPSK_E_STATE (not started, or already
  * closed/failed), M2MPSK_E_FAILED (this input failed the association: drain
- * once more, an alert may be queued) or M2MPSK_E_NOMEM.
+ * once more, an alert may be queued) or M2MPSK_E_NOMEM (the input was
+ * dropped: a TLS association then fails, since its stream lost bytes; for
+ * DTLS it is like a lost datagram).
  */
 M2MPSK_API int m2mpsk_assoc_feed(m2mpsk_assoc *a, const uint8_t *data,
                                  size_t len, uint64_t now_ms);
@@ -551,7 +553,7 @@ M2MPSK_API m2mpsk_state m2mpsk_assoc_state(const m2mpsk_assoc *a);
  * one record (at most 16384 bytes) and goes out as one datagram.
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL, or a DTLS write too large),
  * M2MPSK_E_STATE (not established), M2MPSK_E_CLOSED, M2MPSK_E_FAILED or
- * M2MPSK_E_NOMEM.
+ * M2MPSK_E_NOMEM (the association then fails with M2MPSK_REASON_INTERNAL).
  */
 M2MPSK_API int m2mpsk_assoc_write(m2mpsk_assoc *a, const uint8_t *data,
                                   size_t len, size_t *written);

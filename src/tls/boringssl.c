@@ -124,7 +124,7 @@ static int buf_reserve(bytebuf *b, size_t extra) {
   }
   if (b->len + extra <= b->cap)
     return 1;
-  size_t cap = b->cap ? b->cap : 4096;
+  size_t cap = b->cap ? b->cap : 2048;
   while (cap < b->len + extra) {
     if (cap > SIZE_MAX / 2)
       return 0;
@@ -146,11 +146,19 @@ static int buf_append(bytebuf *b, const uint8_t *data, size_t len) {
   return 1;
 }
 
+/* An emptied buffer is released: an established association that is idle
+ * then holds no buffer at all, which is most of its life. The buffers only
+ * ever hold records as they travel on the wire, so there is nothing to
+ * wipe. */
 static void buf_consume(bytebuf *b, size_t n) {
   b->off += n;
   b->len -= n;
-  if (b->len == 0)
+  if (b->len == 0) {
+    free(b->p);
+    b->p = NULL;
     b->off = 0;
+    b->cap = 0;
+  }
 }
 
 static int buf_push_datagram(bytebuf *b, const uint8_t *data, size_t len) {
@@ -389,11 +397,6 @@ void m2mpsk_engine_free(m2mpsk_engine *e) {
   if (e == NULL)
     return;
   SSL_free(e->ssl);
-  /* Plaintext may still sit in the buffers. */
-  if (e->in.p)
-    OPENSSL_cleanse(e->in.p, e->in.cap);
-  if (e->out.p)
-    OPENSSL_cleanse(e->out.p, e->out.cap);
   free(e->in.p);
   free(e->out.p);
   free(e);
