@@ -193,24 +193,54 @@ static refusal_result run_refusal(m2mt_pair *p, m2mpsk_transport t) {
   return r;
 }
 
+/* Runs the pair and checks each side's reason. */
+static refusal_result run_refusal(m2mt_pair *p, m2mpsk_transport t);
+static void expect_refusal(m2mt_pair *p, m2mpsk_transport t, m2mpsk_reason a,
+                           m2mpsk_reason b) {
+  refusal_result r = run_refusal(p, t);
+  cr_assert_eq(r.a, a, "A: %s (%s)", m2mpsk_reason_name(r.a),
+               m2mpsk_assoc_failure_detail(p->a));
+  cr_assert_eq(r.b, b, "B: %s (%s)", m2mpsk_reason_name(r.b),
+               m2mpsk_assoc_failure_detail(p->b));
+}
+
 typedef struct transport_param {
   m2mpsk_transport t;
 } transport_param;
 
-ParameterizedTestParameters(refusal, wrong_key) {
-  static transport_param ps[] = {{M2MPSK_TRANSPORT_TLS},
-                                 {M2MPSK_TRANSPORT_DTLS}};
-  return cr_make_param_array(transport_param, ps, 2);
+static transport_param k_transports[] = {{M2MPSK_TRANSPORT_TLS},
+                                         {M2MPSK_TRANSPORT_DTLS}};
+
+/* Runs a ParameterizedTest once over TLS and once over DTLS. */
+#define BOTH_TRANSPORTS(suite, name)                                           \
+  ParameterizedTestParameters(suite, name) {                                   \
+    return cr_make_param_array(transport_param, k_transports, 2);              \
+  }
+
+/* Replaces the KpsaID's record in `ks` with one made of these values. */
+static void replace_record(m2mpsk_keystore *ks, const char *kpsa_id,
+                           const uint8_t *key, const char *ida, const char *idb,
+                           int64_t not_before, int64_t not_after) {
+  cr_assert_eq(m2mpsk_keystore_remove(ks, M2MT_KPSA_ID), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_add(ks, kpsa_id, key, 32, ida, idb, not_before,
+                                   not_after),
+               M2MPSK_OK);
 }
+
+/* Rebuilds the initiator after its record changed (creation checks it). */
+static void renew_initiator(m2mt_pair *p, m2mpsk_transport t) {
+  m2mpsk_assoc_free(p->a);
+  cr_assert_eq(m2mpsk_assoc_new(&p->a, M2MPSK_ROLE_INITIATOR, t, p->cfg_a,
+                                p->ks_a, M2MT_KPSA_ID),
+               M2MPSK_OK);
+}
+
+BOTH_TRANSPORTS(refusal, wrong_key)
 
 ParameterizedTest(transport_param *tp, refusal, wrong_key) {
   m2mt_pair p;
   m2mt_pair_init(&p, tp->t, m2mt_key, m2mt_other_key, M2MT_IDA, NULL);
-  refusal_result r = run_refusal(&p, tp->t);
-  cr_assert_eq(r.a, M2MPSK_REASON_BAD_KEY, "A: %s",
-               m2mpsk_assoc_failure_detail(p.a));
-  cr_assert_eq(r.b, M2MPSK_REASON_BAD_KEY, "B: %s",
-               m2mpsk_assoc_failure_detail(p.b));
+  expect_refusal(&p, tp->t, M2MPSK_REASON_BAD_KEY, M2MPSK_REASON_BAD_KEY);
   cr_assert_str_neq(m2mpsk_assoc_failure_detail(p.b), "");
   m2mt_pair_free(&p);
 }
@@ -223,11 +253,7 @@ static void make_unknown(m2mt_pair *p) {
                M2MPSK_OK);
 }
 
-ParameterizedTestParameters(refusal, unknown_kpsa_id) {
-  static transport_param ps[] = {{M2MPSK_TRANSPORT_TLS},
-                                 {M2MPSK_TRANSPORT_DTLS}};
-  return cr_make_param_array(transport_param, ps, 2);
-}
+BOTH_TRANSPORTS(refusal, unknown_kpsa_id)
 
 ParameterizedTest(transport_param *tp, refusal, unknown_kpsa_id) {
   m2mt_pair p;
@@ -280,51 +306,29 @@ Test(refusal, reveal_option_sends_unknown_psk_identity) {
   m2mt_pair_free(&p);
 }
 
-ParameterizedTestParameters(refusal, idb_mismatch_by_sni) {
-  static transport_param ps[] = {{M2MPSK_TRANSPORT_TLS},
-                                 {M2MPSK_TRANSPORT_DTLS}};
-  return cr_make_param_array(transport_param, ps, 2);
-}
+BOTH_TRANSPORTS(refusal, idb_mismatch_by_sni)
 
 /* A expects another CSE, in another SP, than the one it reached. */
 ParameterizedTest(transport_param *tp, refusal, idb_mismatch_by_sni) {
   m2mt_pair p;
   m2mt_pair_init(&p, tp->t, m2mt_key, m2mt_key, M2MT_IDA, NULL);
-  m2mpsk_assoc_free(p.a);
-  cr_assert_eq(m2mpsk_keystore_remove(p.ks_a, M2MT_KPSA_ID), M2MPSK_OK);
-  cr_assert_eq(m2mpsk_keystore_add(p.ks_a, M2MT_KPSA_ID, m2mt_key, 32, M2MT_IDA,
-                                   "//other.example.org/cse-in", 0, 0),
-               M2MPSK_OK);
-  cr_assert_eq(m2mpsk_assoc_new(&p.a, M2MPSK_ROLE_INITIATOR, tp->t, p.cfg_a,
-                                p.ks_a, M2MT_KPSA_ID),
-               M2MPSK_OK);
-  refusal_result r = run_refusal(&p, tp->t);
-  cr_assert_eq(r.b, M2MPSK_REASON_ID_MISMATCH, "B: %s",
-               m2mpsk_assoc_failure_detail(p.b));
-  cr_assert_eq(r.a, M2MPSK_REASON_ID_MISMATCH, "A: %s",
-               m2mpsk_assoc_failure_detail(p.a));
+  replace_record(p.ks_a, M2MT_KPSA_ID, m2mt_key, M2MT_IDA,
+                 "//other.example.org/cse-in", 0, 0);
+  renew_initiator(&p, tp->t);
+  expect_refusal(&p, tp->t, M2MPSK_REASON_ID_MISMATCH,
+                 M2MPSK_REASON_ID_MISMATCH);
   m2mt_pair_free(&p);
 }
 
-ParameterizedTestParameters(refusal, idb_not_served) {
-  static transport_param ps[] = {{M2MPSK_TRANSPORT_TLS},
-                                 {M2MPSK_TRANSPORT_DTLS}};
-  return cr_make_param_array(transport_param, ps, 2);
-}
+BOTH_TRANSPORTS(refusal, idb_not_served)
 
 /* B holds the key, but for another of the SP's CSEs. */
 ParameterizedTest(transport_param *tp, refusal, idb_not_served) {
   m2mt_pair p;
   m2mt_pair_init(&p, tp->t, m2mt_key, m2mt_key, M2MT_IDA, NULL);
-  cr_assert_eq(m2mpsk_keystore_remove(p.ks_b, M2MT_KPSA_ID), M2MPSK_OK);
-  cr_assert_eq(m2mpsk_keystore_add(p.ks_b, M2MT_KPSA_ID, m2mt_key, 32, M2MT_IDA,
-                                   "//m2m.example.com/cse-mn", 0, 0),
-               M2MPSK_OK);
-  refusal_result r = run_refusal(&p, tp->t);
-  cr_assert_eq(r.b, M2MPSK_REASON_ID_MISMATCH, "B: %s",
-               m2mpsk_assoc_failure_detail(p.b));
-  cr_assert_eq(r.a, M2MPSK_REASON_BAD_KEY, "A: %s",
-               m2mpsk_assoc_failure_detail(p.a));
+  replace_record(p.ks_b, M2MT_KPSA_ID, m2mt_key, M2MT_IDA,
+                 "//m2m.example.com/cse-mn", 0, 0);
+  expect_refusal(&p, tp->t, M2MPSK_REASON_BAD_KEY, M2MPSK_REASON_ID_MISMATCH);
   m2mt_pair_free(&p);
 }
 
@@ -348,33 +352,22 @@ Test(refusal, responder_serves_several_identities_by_sni) {
   m2mt_pair_free(&p);
 }
 
-ParameterizedTestParameters(refusal, expired_record_at_responder) {
-  static transport_param ps[] = {{M2MPSK_TRANSPORT_TLS},
-                                 {M2MPSK_TRANSPORT_DTLS}};
-  return cr_make_param_array(transport_param, ps, 2);
-}
+BOTH_TRANSPORTS(refusal, expired_record_at_responder)
 
 ParameterizedTest(transport_param *tp, refusal, expired_record_at_responder) {
   m2mt_pair p;
   m2mt_pair_init(&p, tp->t, m2mt_key, m2mt_key, M2MT_IDA, NULL);
-  cr_assert_eq(m2mpsk_keystore_remove(p.ks_b, M2MT_KPSA_ID), M2MPSK_OK);
-  cr_assert_eq(m2mpsk_keystore_add(p.ks_b, M2MT_KPSA_ID, m2mt_key, 32, M2MT_IDA,
-                                   M2MT_IDB, UNIX0 - 1000, UNIX0 - 1),
-               M2MPSK_OK);
-  refusal_result r = run_refusal(&p, tp->t);
-  cr_assert_eq(r.b, M2MPSK_REASON_EXPIRED, "B: %s",
-               m2mpsk_assoc_failure_detail(p.b));
-  cr_assert_eq(r.a, M2MPSK_REASON_BAD_KEY);
+  replace_record(p.ks_b, M2MT_KPSA_ID, m2mt_key, M2MT_IDA, M2MT_IDB,
+                 UNIX0 - 1000, UNIX0 - 1);
+  expect_refusal(&p, tp->t, M2MPSK_REASON_BAD_KEY, M2MPSK_REASON_EXPIRED);
   m2mt_pair_free(&p);
 }
 
 Test(refusal, not_yet_valid_record_at_responder) {
   m2mt_pair p;
   m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
-  cr_assert_eq(m2mpsk_keystore_remove(p.ks_b, M2MT_KPSA_ID), M2MPSK_OK);
-  cr_assert_eq(m2mpsk_keystore_add(p.ks_b, M2MT_KPSA_ID, m2mt_key, 32, M2MT_IDA,
-                                   M2MT_IDB, UNIX0 + 100, 0),
-               M2MPSK_OK);
+  replace_record(p.ks_b, M2MT_KPSA_ID, m2mt_key, M2MT_IDA, M2MT_IDB,
+                 UNIX0 + 100, 0);
   refusal_result r = run_refusal(&p, M2MPSK_TRANSPORT_TLS);
   cr_assert_eq(r.b, M2MPSK_REASON_EXPIRED);
   cr_assert(strstr(m2mpsk_assoc_failure_detail(p.b), "not valid yet"));
@@ -384,15 +377,9 @@ Test(refusal, not_yet_valid_record_at_responder) {
 Test(refusal, expired_record_at_initiator_fails_before_sending) {
   m2mt_pair p;
   m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
-  m2mpsk_assoc_free(p.a);
-  cr_assert_eq(m2mpsk_keystore_remove(p.ks_a, M2MT_KPSA_ID), M2MPSK_OK);
-  cr_assert_eq(m2mpsk_keystore_add(p.ks_a, M2MT_KPSA_ID, m2mt_key, 32, M2MT_IDA,
-                                   M2MT_IDB, 0, UNIX0 - 1),
-               M2MPSK_OK);
-  cr_assert_eq(m2mpsk_assoc_new(&p.a, M2MPSK_ROLE_INITIATOR,
-                                M2MPSK_TRANSPORT_TLS, p.cfg_a, p.ks_a,
-                                M2MT_KPSA_ID),
-               M2MPSK_OK);
+  replace_record(p.ks_a, M2MT_KPSA_ID, m2mt_key, M2MT_IDA, M2MT_IDB, 0,
+                 UNIX0 - 1);
+  renew_initiator(&p, M2MPSK_TRANSPORT_TLS);
   cr_assert_eq(m2mpsk_assoc_start(p.a, NOW0, UNIX0), M2MPSK_E_FAILED);
   cr_assert_eq(m2mpsk_assoc_failure(p.a), M2MPSK_REASON_EXPIRED);
   cr_assert_eq(m2mpsk_assoc_pending(p.a), 0);
@@ -403,10 +390,8 @@ Test(refusal, expiry_uses_wall_clock_advanced_by_monotonic_time) {
   /* Valid at start, expired 10 s later when B finally gets the key. */
   m2mt_pair p;
   m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
-  cr_assert_eq(m2mpsk_keystore_remove(p.ks_b, M2MT_KPSA_ID), M2MPSK_OK);
-  cr_assert_eq(m2mpsk_keystore_add(p.ks_b, M2MT_KPSA_ID, m2mt_key, 32, M2MT_IDA,
-                                   M2MT_IDB, 0, UNIX0 + 5),
-               M2MPSK_OK);
+  replace_record(p.ks_b, M2MT_KPSA_ID, m2mt_key, M2MT_IDA, M2MT_IDB, 0,
+                 UNIX0 + 5);
   m2mt_pair_start(&p, NOW0, UNIX0);
   uint64_t now = NOW0 + 10000;
   m2mt_run_handshake(p.a, p.b, NULL, &now, 100);
@@ -414,19 +399,14 @@ Test(refusal, expiry_uses_wall_clock_advanced_by_monotonic_time) {
   m2mt_pair_free(&p);
 }
 
-ParameterizedTestParameters(refusal, removed_record_at_responder) {
-  static transport_param ps[] = {{M2MPSK_TRANSPORT_TLS},
-                                 {M2MPSK_TRANSPORT_DTLS}};
-  return cr_make_param_array(transport_param, ps, 2);
-}
+BOTH_TRANSPORTS(refusal, removed_record_at_responder)
 
 ParameterizedTest(transport_param *tp, refusal, removed_record_at_responder) {
   m2mt_pair p;
   m2mt_pair_init(&p, tp->t, m2mt_key, m2mt_key, M2MT_IDA, NULL);
   cr_assert_eq(m2mpsk_keystore_remove(p.ks_b, M2MT_KPSA_ID), M2MPSK_OK);
-  refusal_result r = run_refusal(&p, tp->t);
-  cr_assert_eq(r.b, M2MPSK_REASON_UNKNOWN_IDENTITY);
-  cr_assert_eq(r.a, M2MPSK_REASON_BAD_KEY);
+  expect_refusal(&p, tp->t, M2MPSK_REASON_BAD_KEY,
+                 M2MPSK_REASON_UNKNOWN_IDENTITY);
   m2mt_pair_free(&p);
 }
 
@@ -452,10 +432,8 @@ Test(refusal, removed_record_at_initiator) {
 Test(refusal, record_replaced_after_creation_counts_as_revoked) {
   m2mt_pair p;
   m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
-  cr_assert_eq(m2mpsk_keystore_remove(p.ks_a, M2MT_KPSA_ID), M2MPSK_OK);
-  cr_assert_eq(m2mpsk_keystore_add(p.ks_a, M2MT_KPSA_ID, m2mt_other_key, 32,
-                                   M2MT_IDA, M2MT_IDB, 0, 0),
-               M2MPSK_OK);
+  replace_record(p.ks_a, M2MT_KPSA_ID, m2mt_other_key, M2MT_IDA, M2MT_IDB, 0,
+                 0);
   cr_assert_eq(m2mpsk_assoc_start(p.a, NOW0, UNIX0), M2MPSK_E_FAILED);
   cr_assert_eq(m2mpsk_assoc_failure(p.a), M2MPSK_REASON_REVOKED);
   m2mt_pair_free(&p);
@@ -1303,15 +1281,8 @@ Test(hygiene, failure_details_never_carry_key_bytes) {
 Test(misuse, validity_window_without_wall_clock_at_initiator) {
   m2mt_pair p;
   m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
-  m2mpsk_assoc_free(p.a);
-  cr_assert_eq(m2mpsk_keystore_remove(p.ks_a, M2MT_KPSA_ID), M2MPSK_OK);
-  cr_assert_eq(m2mpsk_keystore_add(p.ks_a, M2MT_KPSA_ID, m2mt_key, 32, M2MT_IDA,
-                                   M2MT_IDB, 0, UNIX0),
-               M2MPSK_OK);
-  cr_assert_eq(m2mpsk_assoc_new(&p.a, M2MPSK_ROLE_INITIATOR,
-                                M2MPSK_TRANSPORT_TLS, p.cfg_a, p.ks_a,
-                                M2MT_KPSA_ID),
-               M2MPSK_OK);
+  replace_record(p.ks_a, M2MT_KPSA_ID, m2mt_key, M2MT_IDA, M2MT_IDB, 0, UNIX0);
+  renew_initiator(&p, M2MPSK_TRANSPORT_TLS);
   cr_assert_eq(m2mpsk_assoc_start(p.a, NOW0, -1), M2MPSK_E_INVALID);
   cr_assert_eq(m2mpsk_assoc_state(p.a), M2MPSK_STATE_IDLE);
   cr_assert_eq(m2mpsk_assoc_start(p.a, NOW0, 0), M2MPSK_E_FAILED);
@@ -1323,10 +1294,7 @@ Test(misuse, validity_window_without_wall_clock_at_initiator) {
 Test(misuse, validity_window_without_wall_clock_at_responder) {
   m2mt_pair p;
   m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
-  cr_assert_eq(m2mpsk_keystore_remove(p.ks_b, M2MT_KPSA_ID), M2MPSK_OK);
-  cr_assert_eq(m2mpsk_keystore_add(p.ks_b, M2MT_KPSA_ID, m2mt_key, 32, M2MT_IDA,
-                                   M2MT_IDB, 1, 0),
-               M2MPSK_OK);
+  replace_record(p.ks_b, M2MT_KPSA_ID, m2mt_key, M2MT_IDA, M2MT_IDB, 1, 0);
   cr_assert_eq(m2mpsk_assoc_start(p.b, NOW0, 0), M2MPSK_OK);
   cr_assert_eq(m2mpsk_assoc_start(p.a, NOW0, UNIX0), M2MPSK_OK);
   uint64_t now = NOW0;
