@@ -91,6 +91,8 @@ static int one_life(m2mpsk_transport t) {
   }
   CHECK(m2mpsk_config_new(&cfg_a));
   CHECK(m2mpsk_config_new(&cfg_b));
+  CHECK(m2mpsk_config_set_suites(cfg_a, "TLS_PSK_WITH_AES_128_CBC_SHA:"
+                                        "TLS_PSK_WITH_AES_256_CBC_SHA"));
   CHECK(m2mpsk_config_add_local_id(cfg_b, M2MT_IDB));
   CHECK(
       m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR, t, cfg_a, ks, M2MT_KPSA_ID));
@@ -128,6 +130,9 @@ static int one_life(m2mpsk_transport t) {
   if (rc != M2MPSK_OK)
     goto out;
   CHECK(m2mpsk_assoc_read(b, buf, sizeof(buf), &n));
+  uint8_t secret[32];
+  CHECK(m2mpsk_assoc_export(a, secret, sizeof(secret), "EXPORTER-test", NULL,
+                            0));
   CHECK(m2mpsk_assoc_close(a));
   ok = 1;
 out:
