@@ -1068,6 +1068,21 @@ Test(contract, strerror_and_reason_names_cover_every_value) {
   cr_assert_str_eq(m2mpsk_reason_name(M2MPSK_REASON_BAD_KEY), "bad-key");
 }
 
+Test(contract, supported_suites_are_listed_and_accepted) {
+  cr_assert_str_eq(m2mpsk_backend_name(), "boringssl");
+  cr_assert_eq(m2mpsk_suite_count(), 5);
+  cr_assert_null(m2mpsk_suite_name(m2mpsk_suite_count()));
+  m2mpsk_config *cfg;
+  cr_assert_eq(m2mpsk_config_new(&cfg), M2MPSK_OK);
+  for (size_t i = 0; i < m2mpsk_suite_count(); i++) {
+    cr_assert_not_null(m2mpsk_suite_name(i));
+    cr_assert_eq(m2mpsk_config_set_suites(cfg, m2mpsk_suite_name(i)), M2MPSK_OK,
+                 "%s", m2mpsk_suite_name(i));
+  }
+  cr_assert_str_eq(m2mpsk_suite_name(0), "TLS_PSK_WITH_AES_128_CBC_SHA");
+  m2mpsk_config_free(cfg);
+}
+
 Test(contract, version_macros_agree_with_runtime) {
   cr_assert_str_eq(m2mpsk_version_string(), M2MPSK_VERSION_STRING);
   cr_assert_eq(m2mpsk_version_number(), M2MPSK_VERSION_NUMBER);

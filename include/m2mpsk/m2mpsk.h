@@ -150,6 +150,22 @@ M2MPSK_API const char *m2mpsk_version_string(void);
 M2MPSK_API unsigned m2mpsk_version_number(void);
 
 /* ------------------------------------------------------------------------ */
+/* TLS backend                                                               */
+/* ------------------------------------------------------------------------ */
+
+/** Name of the TLS library this build uses, e.g. "boringssl". Static. */
+M2MPSK_API const char *m2mpsk_backend_name(void);
+
+/** Number of cipher suites this build supports. Thread-safe. */
+M2MPSK_API size_t m2mpsk_suite_count(void);
+
+/**
+ * IANA name of supported suite `i` (0 to m2mpsk_suite_count() - 1), in the
+ * order m2mpsk prefers them; NULL past the end. Static. Thread-safe.
+ */
+M2MPSK_API const char *m2mpsk_suite_name(size_t i);
+
+/* ------------------------------------------------------------------------ */
 /* Identifiers                                                               */
 /* ------------------------------------------------------------------------ */
 

@@ -69,6 +69,18 @@ static const suite_name k_suites[] = {
      "ECDHE-PSK-CHACHA20-POLY1305"},
 };
 
+const char *m2mpsk_backend_name(void) {
+  return "boringssl";
+}
+
+size_t m2mpsk_suite_count(void) {
+  return sizeof(k_suites) / sizeof(k_suites[0]);
+}
+
+const char *m2mpsk_suite_name(size_t i) {
+  return i < m2mpsk_suite_count() ? k_suites[i].iana : NULL;
+}
+
 const char *m2mpsk_engine_default_suites(void) {
   return "TLS_PSK_WITH_AES_128_CBC_SHA:TLS_PSK_WITH_AES_256_CBC_SHA";
 }
@@ -491,6 +503,12 @@ static void classify(m2mpsk_engine *e, int ssl_error) {
     case SSL_AD_UNRECOGNIZED_NAME:
       set_failure(e, M2MPSK_REASON_ID_MISMATCH, "peer sent fatal alert", name);
       return;
+    case SSL_AD_HANDSHAKE_FAILURE:
+      set_failure(e, M2MPSK_REASON_PEER_ALERT,
+                  "peer sent fatal alert: handshake failure (often no "
+                  "shared cipher suite)",
+                  NULL);
+      return;
     default:
       set_failure(e, M2MPSK_REASON_PEER_ALERT, "peer sent fatal alert", name);
       return;
@@ -501,6 +519,11 @@ static void classify(m2mpsk_engine *e, int ssl_error) {
   case SSL_R_DIGEST_CHECK_FAILED:
     set_failure(e, M2MPSK_REASON_BAD_KEY,
                 "peer's Finished or record did not verify (different keys)",
+                NULL);
+    return;
+  case SSL_R_NO_SHARED_CIPHER:
+    set_failure(e, M2MPSK_REASON_PROTOCOL,
+                "no shared cipher suite: the peer offered none we enable",
                 NULL);
     return;
   case SSL_R_PSK_IDENTITY_NOT_FOUND:
