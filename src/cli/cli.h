@@ -1,0 +1,57 @@
+/* The m2mpsk command-line tool: the only code in the project that opens
+ * sockets. It drives the sans-IO library with a poll loop. */
+#ifndef M2MPSK_CLI_H
+#define M2MPSK_CLI_H
+
+#include <netinet/in.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "m2mpsk/m2mpsk.h"
+
+/* Exit codes, stable for scripts. */
+enum {
+  CLI_OK = 0,     /* established, ended normally */
+  CLI_FAILED = 1, /* the association failed */
+  CLI_USAGE = 2,  /* bad arguments */
+  CLI_IO = 3      /* unreachable peer, unreadable or unsafe key file */
+};
+
+extern int cli_verbose;
+
+uint64_t cli_now_ms(void);
+int64_t cli_unix_time(void);
+
+/* Prints "m2mpsk: ..." on stderr. */
+void cli_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Like cli_log, only with -v. */
+void cli_trace(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Loads a key file into a new keystore; prints the error and returns NULL
+ * on failure. */
+m2mpsk_keystore *cli_load_keys(const char *path);
+
+/* Builds a config from --suites (NULL, "all" or IANA names), the handshake
+ * timeout (0: default) and, for a responder, its identities. Prints the
+ * error and returns NULL on failure. */
+m2mpsk_config *cli_make_config(const char *suites, uint32_t timeout_ms,
+                               const char *const *ids, size_t n_ids,
+                               int reveal);
+
+/* "127.0.0.1:4433" or "[::1]:4433". */
+void cli_format_addr(const struct sockaddr *sa, char *out, size_t cap);
+
+/* Logs the outcome of an association: one "association" or "failure"
+ * line naming the peer. */
+void cli_log_outcome(const char *peer, const m2mpsk_assoc *a);
+
+/* Parses a decimal number within [lo, hi]; 0 on success. */
+int cli_parse_uint(const char *s, unsigned long lo, unsigned long hi,
+                   unsigned long *out);
+
+int cli_keygen(int argc, char **argv);
+int cli_serve(int argc, char **argv);
+int cli_connect(int argc, char **argv);
+
+#endif

@@ -1,0 +1,169 @@
+/* What the commands share: time, logging, key files, configs. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+
+int cli_verbose;
+
+uint64_t cli_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+int64_t cli_unix_time(void) { return (int64_t)time(NULL); }
+
+static void vlog(const char *fmt, va_list ap) {
+  char line[1024];
+  vsnprintf(line, sizeof(line), fmt, ap);
+  fprintf(stderr, "m2mpsk: %s\n", line);
+  fflush(stderr);
+}
+
+void cli_log(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vlog(fmt, ap);
+  va_end(ap);
+}
+
+void cli_trace(const char *fmt, ...) {
+  if (!cli_verbose)
+    return;
+  va_list ap;
+  va_start(ap, fmt);
+  vlog(fmt, ap);
+  va_end(ap);
+}
+
+m2mpsk_keystore *cli_load_keys(const char *path) {
+  m2mpsk_keystore *ks = NULL;
+  int rc = m2mpsk_keystore_new(&ks, 0);
+  if (rc != M2MPSK_OK) {
+    cli_log("cannot create a keystore: %s", m2mpsk_strerror(rc));
+    return NULL;
+  }
+  size_t line = 0;
+  rc = m2mpsk_keystore_load_file(ks, path, &line);
+  if (rc != M2MPSK_OK) {
+    if (rc == M2MPSK_E_IO)
+      cli_log("%s: %s (%s)", path, m2mpsk_strerror(rc), strerror(errno));
+    else if (line > 0)
+      cli_log("%s:%zu: %s", path, line, m2mpsk_strerror(rc));
+    else
+      cli_log("%s: %s", path, m2mpsk_strerror(rc));
+    m2mpsk_keystore_free(ks);
+    return NULL;
+  }
+  if (m2mpsk_keystore_is_locked(ks) != 1)
+    cli_log("warning: key memory is not locked (RLIMIT_MEMLOCK); keys may "
+            "be swapped out");
+  cli_trace("%zu records loaded from %s", m2mpsk_keystore_count(ks), path);
+  return ks;
+}
+
+/* Expands "all" into every suite the build supports. */
+static int set_all_suites(m2mpsk_config *cfg) {
+  char list[1024] = "";
+  size_t used = 0;
+  for (size_t i = 0; i < m2mpsk_suite_count(); i++) {
+    int n = snprintf(list + used, sizeof(list) - used, "%s%s", i ? ":" : "",
+                     m2mpsk_suite_name(i));
+    if (n < 0 || (size_t)n >= sizeof(list) - used)
+      return M2MPSK_E_INVALID;
+    used += (size_t)n;
+  }
+  return m2mpsk_config_set_suites(cfg, list);
+}
+
+m2mpsk_config *cli_make_config(const char *suites, uint32_t timeout_ms,
+                               const char *const *ids, size_t n_ids,
+                               int reveal) {
+  m2mpsk_config *cfg = NULL;
+  int rc = m2mpsk_config_new(&cfg);
+  if (rc != M2MPSK_OK) {
+    cli_log("cannot create a config: %s", m2mpsk_strerror(rc));
+    return NULL;
+  }
+  if (suites != NULL) {
+    rc = strcmp(suites, "all") == 0 ? set_all_suites(cfg)
+                                    : m2mpsk_config_set_suites(cfg, suites);
+    if (rc != M2MPSK_OK) {
+      cli_log("--suites %s: %s", suites, m2mpsk_strerror(rc));
+      goto fail;
+    }
+  }
+  if (timeout_ms != 0 &&
+      (rc = m2mpsk_config_set_handshake_timeout(cfg, timeout_ms)) !=
+          M2MPSK_OK) {
+    cli_log("--timeout: %s", m2mpsk_strerror(rc));
+    goto fail;
+  }
+  for (size_t i = 0; i < n_ids; i++) {
+    if ((rc = m2mpsk_config_add_local_id(cfg, ids[i])) != M2MPSK_OK) {
+      cli_log("--id %s: %s", ids[i], m2mpsk_strerror(rc));
+      goto fail;
+    }
+  }
+  if (reveal && (rc = m2mpsk_config_set_reveal_unknown_identity(cfg, 1)) !=
+                    M2MPSK_OK) {
+    cli_log("--reveal-unknown: %s", m2mpsk_strerror(rc));
+    goto fail;
+  }
+  return cfg;
+fail:
+  m2mpsk_config_free(cfg);
+  return NULL;
+}
+
+void cli_format_addr(const struct sockaddr *sa, char *out, size_t cap) {
+  char host[INET6_ADDRSTRLEN] = "?";
+  unsigned port = 0;
+  if (sa->sa_family == AF_INET) {
+    const struct sockaddr_in *in = (const struct sockaddr_in *)(const void *)sa;
+    inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+    port = ntohs(in->sin_port);
+    snprintf(out, cap, "%s:%u", host, port);
+  } else if (sa->sa_family == AF_INET6) {
+    const struct sockaddr_in6 *in6 =
+        (const struct sockaddr_in6 *)(const void *)sa;
+    inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+    port = ntohs(in6->sin6_port);
+    snprintf(out, cap, "[%s]:%u", host, port);
+  } else {
+    snprintf(out, cap, "unknown");
+  }
+}
+
+void cli_log_outcome(const char *peer, const m2mpsk_assoc *a) {
+  if (m2mpsk_assoc_peer_id(a) != NULL) {
+    cli_log("association peer=%s kpsa-id=%s bound=%s credential=%d suite=%s "
+            "version=%s",
+            peer, m2mpsk_assoc_kpsa_id(a), m2mpsk_assoc_peer_id(a),
+            m2mpsk_assoc_peer_id_is_credential(a), m2mpsk_assoc_suite(a),
+            m2mpsk_assoc_version(a));
+  } else {
+    cli_log("failure peer=%s reason=%s detail=\"%s\"", peer,
+            m2mpsk_reason_name(m2mpsk_assoc_failure(a)),
+            m2mpsk_assoc_failure_detail(a));
+  }
+}
+
+int cli_parse_uint(const char *s, unsigned long lo, unsigned long hi,
+                   unsigned long *out) {
+  if (s == NULL || *s < '0' || *s > '9')
+    return -1;
+  char *end;
+  errno = 0;
+  unsigned long v = strtoul(s, &end, 10);
+  if (errno != 0 || *end != '\0' || v < lo || v > hi)
+    return -1;
+  *out = v;
+  return 0;
+}

@@ -1,0 +1,483 @@
+/* m2mpsk serve: Entity B. One poll loop serves many associations: over TCP
+ * one socket each, over UDP one socket for all, told apart by the peer's
+ * address. Every association gets one log line; application data is
+ * echoed back. */
+#include <errno.h>
+#include <getopt.h>
+#include <netdb.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+static const char k_serve_usage[] =
+    "usage: m2mpsk serve --keys FILE --id IDB [--id IDB ...] [--listen ADDR]\n"
+    "                    [--port N] [--tcp | --udp] [--once] [--max-conn N]\n"
+    "                    [--suites LIST|all] [--reveal-unknown]\n"
+    "                    [--timeout MS] [-v]\n"
+    "\n"
+    "Runs Entity B: accepts (D)TLS-PSK associations, logs one line for each\n"
+    "(peer, KpsaID, bound identity, suite and version, or the failure\n"
+    "reason) on stderr, and echoes application data back.\n"
+    "\n"
+    "  --keys FILE        key file (mode 0600)\n"
+    "  --id IDB           a CSE-ID this server is (repeatable; SNI picks)\n"
+    "  --listen ADDR      address to listen on (default 127.0.0.1; :: for\n"
+    "                     every IPv6 and IPv4 address)\n"
+    "  --port N           port (default 0: any free port, logged)\n"
+    "  --tcp, --udp       TLS over TCP (default) or DTLS over UDP\n"
+    "  --once             exit after the first association ends: 0 if it\n"
+    "                     was established, 1 if it failed\n"
+    "  --max-conn N       at most N associations at once (default 64)\n"
+    "  --suites LIST      colon-separated IANA names, or all\n"
+    "  --reveal-unknown   answer unknown KpsaIDs with unknown_psk_identity\n"
+    "  --timeout MS       handshake timeout (default 60000)\n"
+    "  -v                 trace handshakes (never key bytes)\n";
+
+#define BUF_SIZE 17408
+
+typedef struct conn {
+  int fd; /* TCP: its own socket; UDP: -1 */
+  struct sockaddr_storage addr;
+  socklen_t addr_len;
+  char peer[64];
+  m2mpsk_assoc *a;
+  uint8_t *out; /* TCP bytes drained but not yet sent */
+  size_t out_len;
+  int logged;
+  int done;
+} conn;
+
+typedef struct server {
+  int fd;
+  int udp;
+  int once;
+  int once_result; /* -1 until the first association ended */
+  size_t max_conn;
+  m2mpsk_config *cfg;
+  m2mpsk_keystore *ks;
+  conn **conns;
+  size_t n;
+} server;
+
+static volatile sig_atomic_t g_stop;
+
+static void on_signal(int sig) {
+  (void)sig;
+  g_stop = 1;
+}
+
+static int same_addr(const struct sockaddr_storage *x, socklen_t xl,
+                     const struct sockaddr_storage *y, socklen_t yl) {
+  return xl == yl && memcmp(x, y, xl) == 0;
+}
+
+/* Sends what the association has to send. */
+static void flush(server *s, conn *c) {
+  uint8_t buf[BUF_SIZE];
+  size_t n;
+  while (m2mpsk_assoc_drain(c->a, buf, sizeof(buf), &n) == M2MPSK_OK) {
+    cli_trace("%s <- %zu bytes", c->peer, n);
+    if (s->udp) {
+      /* A datagram that cannot go out now is lost, as on the wire. */
+      (void)sendto(s->fd, buf, n, MSG_NOSIGNAL, (struct sockaddr *)&c->addr,
+                   c->addr_len);
+      continue;
+    }
+    uint8_t *grown = realloc(c->out, c->out_len + n);
+    if (grown == NULL) {
+      c->done = 1;
+      return;
+    }
+    c->out = grown;
+    memcpy(c->out + c->out_len, buf, n);
+    c->out_len += n;
+  }
+  while (!s->udp && c->out_len > 0) {
+    ssize_t w = send(c->fd, c->out, c->out_len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+      return;
+    if (w <= 0) {
+      c->out_len = 0;
+      c->done = 1;
+      return;
+    }
+    memmove(c->out, c->out + w, c->out_len - (size_t)w);
+    c->out_len -= (size_t)w;
+  }
+}
+
+static void end_conn(server *s, conn *c, int established) {
+  c->done = 1;
+  if (s->once && s->once_result < 0)
+    s->once_result = established ? 0 : 1;
+}
+
+/* Moves the association along after input or a timer. */
+static void process(server *s, conn *c) {
+  m2mpsk_state st = m2mpsk_assoc_state(c->a);
+  if (!c->logged && (st == M2MPSK_STATE_ESTABLISHED ||
+                     st == M2MPSK_STATE_CLOSED || st == M2MPSK_STATE_FAILED)) {
+    cli_log_outcome(c->peer, c->a);
+    c->logged = 1;
+  }
+  uint8_t buf[BUF_SIZE];
+  while (st == M2MPSK_STATE_ESTABLISHED || st == M2MPSK_STATE_CLOSED) {
+    size_t n, w;
+    int rc = m2mpsk_assoc_read(c->a, buf, sizeof(buf), &n);
+    if (rc == M2MPSK_OK) {
+      cli_trace("%s: %zu bytes of application data, echoed", c->peer, n);
+      (void)m2mpsk_assoc_write(c->a, buf, n, &w);
+    } else if (rc == M2MPSK_E_CLOSED) {
+      cli_trace("%s: close_notify received", c->peer);
+      (void)m2mpsk_assoc_close(c->a);
+      end_conn(s, c, 1);
+      break;
+    } else if (rc == M2MPSK_E_FAILED) {
+      cli_log("failure peer=%s reason=%s detail=\"%s\"", c->peer,
+              m2mpsk_reason_name(m2mpsk_assoc_failure(c->a)),
+              m2mpsk_assoc_failure_detail(c->a));
+      end_conn(s, c, 1);
+      break;
+    } else {
+      break;
+    }
+    st = m2mpsk_assoc_state(c->a);
+  }
+  if (m2mpsk_assoc_state(c->a) == M2MPSK_STATE_FAILED && !c->done)
+    end_conn(s, c, c->logged && m2mpsk_assoc_peer_id(c->a) != NULL);
+  flush(s, c);
+}
+
+static conn *add_conn(server *s, int fd, const struct sockaddr_storage *addr,
+                      socklen_t addr_len) {
+  conn *c = calloc(1, sizeof(*c));
+  conn **grown = realloc(s->conns, (s->n + 1) * sizeof(*grown));
+  if (c == NULL || grown == NULL) {
+    free(c);
+    if (grown)
+      s->conns = grown;
+    return NULL;
+  }
+  s->conns = grown;
+  c->fd = fd;
+  c->addr = *addr;
+  c->addr_len = addr_len;
+  cli_format_addr((const struct sockaddr *)addr, c->peer, sizeof(c->peer));
+  int rc = m2mpsk_assoc_new(&c->a, M2MPSK_ROLE_RESPONDER,
+                            s->udp ? M2MPSK_TRANSPORT_DTLS
+                                   : M2MPSK_TRANSPORT_TLS,
+                            s->cfg, s->ks, NULL);
+  if (rc == M2MPSK_OK)
+    rc = m2mpsk_assoc_start(c->a, cli_now_ms(), cli_unix_time());
+  if (rc != M2MPSK_OK) {
+    cli_log("cannot start an association for %s: %s", c->peer,
+            m2mpsk_strerror(rc));
+    m2mpsk_assoc_free(c->a);
+    free(c);
+    return NULL;
+  }
+  cli_trace("%s: new association", c->peer);
+  s->conns[s->n++] = c;
+  return c;
+}
+
+static void free_conn(conn *c) {
+  if (c->fd >= 0)
+    close(c->fd);
+  m2mpsk_assoc_free(c->a);
+  free(c->out);
+  free(c);
+}
+
+static void reap(server *s) {
+  size_t j = 0;
+  for (size_t i = 0; i < s->n; i++) {
+    conn *c = s->conns[i];
+    if (!c->done) {
+      s->conns[j++] = c;
+      continue;
+    }
+    if (!c->logged) {
+      cli_log("failure peer=%s reason=protocol-error detail=\"connection "
+              "closed during the handshake\"",
+              c->peer);
+      if (s->once && s->once_result < 0)
+        s->once_result = 1;
+    }
+    free_conn(c);
+  }
+  s->n = j;
+}
+
+static void on_tcp_accept(server *s) {
+  for (;;) {
+    struct sockaddr_storage addr;
+    socklen_t len = sizeof(addr);
+    int fd = accept4(s->fd, (struct sockaddr *)&addr, &len,
+                     SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0)
+      return;
+    if (s->n >= s->max_conn || (s->once && s->once_result >= 0) ||
+        add_conn(s, fd, &addr, len) == NULL) {
+      close(fd);
+      continue;
+    }
+  }
+}
+
+static void on_tcp_input(server *s, conn *c) {
+  uint8_t buf[BUF_SIZE];
+  ssize_t n = recv(c->fd, buf, sizeof(buf), 0);
+  if (n < 0 && (errno == EAGAIN || errno == EINTR))
+    return;
+  if (n <= 0) {
+    cli_trace("%s: connection closed", c->peer);
+    end_conn(s, c, c->logged && m2mpsk_assoc_peer_id(c->a) != NULL);
+    return;
+  }
+  cli_trace("%s -> %zd bytes", c->peer, n);
+  (void)m2mpsk_assoc_feed(c->a, buf, (size_t)n, cli_now_ms());
+  process(s, c);
+}
+
+static void on_udp_input(server *s) {
+  uint8_t buf[BUF_SIZE];
+  for (;;) {
+    struct sockaddr_storage addr;
+    socklen_t len = sizeof(addr);
+    ssize_t n = recvfrom(s->fd, buf, sizeof(buf), MSG_DONTWAIT,
+                         (struct sockaddr *)&addr, &len);
+    if (n <= 0)
+      return;
+    conn *c = NULL;
+    for (size_t i = 0; i < s->n && c == NULL; i++)
+      if (same_addr(&s->conns[i]->addr, s->conns[i]->addr_len, &addr, len))
+        c = s->conns[i];
+    if (c == NULL) {
+      if (s->n >= s->max_conn || (s->once && s->once_result >= 0))
+        continue;
+      if ((c = add_conn(s, -1, &addr, len)) == NULL)
+        continue;
+    }
+    if (c->done)
+      continue;
+    cli_trace("%s -> %zd bytes", c->peer, n);
+    (void)m2mpsk_assoc_feed(c->a, buf, (size_t)n, cli_now_ms());
+    process(s, c);
+  }
+}
+
+static int open_listener(server *s, const char *host, const char *port) {
+  struct addrinfo hints = {0}, *res = NULL;
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = s->udp ? SOCK_DGRAM : SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  int rc = getaddrinfo(host, port, &hints, &res);
+  if (rc != 0) {
+    cli_log("cannot resolve %s: %s", host, gai_strerror(rc));
+    return -1;
+  }
+  int fd = -1;
+  for (struct addrinfo *ai = res; ai != NULL && fd < 0; ai = ai->ai_next) {
+    fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                0);
+    if (fd < 0)
+      continue;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (ai->ai_family == AF_INET6) {
+      int zero = 0; /* "::" serves IPv4 too */
+      setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
+    }
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 ||
+        (!s->udp && listen(fd, 128) != 0)) {
+      cli_log("cannot listen on %s port %s: %s", host, port, strerror(errno));
+      close(fd);
+      fd = -1;
+    }
+  }
+  freeaddrinfo(res);
+  if (fd < 0)
+    return -1;
+  struct sockaddr_storage addr;
+  socklen_t len = sizeof(addr);
+  char where[64];
+  getsockname(fd, (struct sockaddr *)&addr, &len);
+  cli_format_addr((struct sockaddr *)&addr, where, sizeof(where));
+  cli_log("listening on %s (%s)", where, s->udp ? "udp" : "tcp");
+  s->fd = fd;
+  return 0;
+}
+
+/* Milliseconds until the earliest timer, or -1 for none. */
+static int next_wait(server *s, uint64_t now) {
+  int wait = -1;
+  for (size_t i = 0; i < s->n; i++) {
+    uint64_t d;
+    if (m2mpsk_assoc_next_timeout(s->conns[i]->a, &d) != M2MPSK_OK)
+      continue;
+    uint64_t left = d > now ? d - now : 0;
+    if (left > 60000)
+      left = 60000;
+    if (wait < 0 || (int)left < wait)
+      wait = (int)left;
+  }
+  return wait;
+}
+
+static int serve_loop(server *s) {
+  struct pollfd *pfd = NULL;
+  int result = CLI_OK;
+  while (!g_stop) {
+    if (s->once && s->once_result >= 0 && s->n == 0) {
+      result = s->once_result;
+      break;
+    }
+    struct pollfd *grown = realloc(pfd, (s->n + 1) * sizeof(*pfd));
+    if (grown == NULL) {
+      result = CLI_IO;
+      break;
+    }
+    pfd = grown;
+    size_t np = 0;
+    pfd[np++] = (struct pollfd){.fd = s->fd, .events = POLLIN};
+    if (!s->udp && (s->n >= s->max_conn || (s->once && s->once_result >= 0)))
+      pfd[0].events = 0;
+    for (size_t i = 0; !s->udp && i < s->n; i++)
+      pfd[np++] = (struct pollfd){
+          .fd = s->conns[i]->fd,
+          .events = (short)(POLLIN | (s->conns[i]->out_len ? POLLOUT : 0))};
+    int ready = poll(pfd, np, next_wait(s, cli_now_ms()));
+    if (ready < 0 && errno != EINTR) {
+      cli_log("poll: %s", strerror(errno));
+      result = CLI_IO;
+      break;
+    }
+    if (ready > 0 && (pfd[0].revents & POLLIN))
+      s->udp ? on_udp_input(s) : on_tcp_accept(s);
+    for (size_t i = 1; ready > 0 && i < np; i++) {
+      conn *c = s->conns[i - 1];
+      if (pfd[i].revents & (POLLIN | POLLHUP | POLLERR))
+        on_tcp_input(s, c);
+      if (pfd[i].revents & POLLOUT)
+        flush(s, c);
+    }
+    uint64_t now = cli_now_ms();
+    for (size_t i = 0; i < s->n; i++) {
+      conn *c = s->conns[i];
+      uint64_t d;
+      if (!c->done && m2mpsk_assoc_next_timeout(c->a, &d) == M2MPSK_OK &&
+          d <= now) {
+        cli_trace("%s: timer", c->peer);
+        (void)m2mpsk_assoc_handle_timeout(c->a, now);
+        process(s, c);
+      }
+    }
+    reap(s);
+  }
+  free(pfd);
+  return result;
+}
+
+int cli_serve(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"keys", required_argument, NULL, 'k'},
+      {"id", required_argument, NULL, 'i'},
+      {"listen", required_argument, NULL, 'l'},
+      {"port", required_argument, NULL, 'p'},
+      {"tcp", no_argument, NULL, 'T'},
+      {"udp", no_argument, NULL, 'U'},
+      {"once", no_argument, NULL, 'o'},
+      {"max-conn", required_argument, NULL, 'm'},
+      {"suites", required_argument, NULL, 's'},
+      {"reveal-unknown", no_argument, NULL, 'r'},
+      {"timeout", required_argument, NULL, 't'},
+      {"verbose", no_argument, NULL, 'v'},
+      {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0}};
+  const char *keys = NULL, *listen_on = "127.0.0.1", *port = "0",
+             *suites = NULL;
+  const char **ids = calloc((size_t)argc, sizeof(*ids));
+  size_t n_ids = 0;
+  unsigned long max_conn = 64, timeout = 0, num;
+  int udp = 0, once = 0, reveal = 0, c;
+  if (ids == NULL)
+    return CLI_IO;
+  while ((c = getopt_long(argc, argv, "hv", opts, NULL)) != -1) {
+    switch (c) {
+    case 'k': keys = optarg; break;
+    case 'i': ids[n_ids++] = optarg; break;
+    case 'l': listen_on = optarg; break;
+    case 'p':
+      if (cli_parse_uint(optarg, 0, 65535, &num)) {
+        cli_log("--port must be 0 to 65535");
+        free(ids);
+        return CLI_USAGE;
+      }
+      port = optarg;
+      break;
+    case 'T': udp = 0; break;
+    case 'U': udp = 1; break;
+    case 'o': once = 1; break;
+    case 'm':
+      if (cli_parse_uint(optarg, 1, 100000, &max_conn)) {
+        cli_log("--max-conn must be 1 to 100000");
+        free(ids);
+        return CLI_USAGE;
+      }
+      break;
+    case 's': suites = optarg; break;
+    case 'r': reveal = 1; break;
+    case 't':
+      if (cli_parse_uint(optarg, 1, 3600000, &timeout)) {
+        cli_log("--timeout must be 1 to 3600000 ms");
+        free(ids);
+        return CLI_USAGE;
+      }
+      break;
+    case 'v': break;
+    case 'h': fputs(k_serve_usage, stdout); free(ids); return CLI_OK;
+    default: fputs(k_serve_usage, stderr); free(ids); return CLI_USAGE;
+    }
+  }
+  if (optind != argc || keys == NULL || n_ids == 0) {
+    cli_log("serve needs --keys and at least one --id");
+    fputs(k_serve_usage, stderr);
+    free(ids);
+    return CLI_USAGE;
+  }
+  server s = {.fd = -1, .udp = udp, .once = once, .once_result = -1,
+              .max_conn = max_conn};
+  s.cfg = cli_make_config(suites, (uint32_t)timeout, ids, n_ids, reveal);
+  free(ids);
+  if (s.cfg == NULL)
+    return CLI_USAGE;
+  s.ks = cli_load_keys(keys);
+  if (s.ks == NULL) {
+    m2mpsk_config_free(s.cfg);
+    return CLI_IO;
+  }
+  struct sigaction sa = {.sa_handler = on_signal};
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
+  signal(SIGPIPE, SIG_IGN);
+
+  int result = CLI_IO;
+  if (open_listener(&s, listen_on, port) == 0) {
+    result = serve_loop(&s);
+    close(s.fd);
+  }
+  for (size_t i = 0; i < s.n; i++)
+    free_conn(s.conns[i]);
+  free(s.conns);
+  m2mpsk_config_free(s.cfg);
+  m2mpsk_keystore_free(s.ks);
+  return result;
+}
