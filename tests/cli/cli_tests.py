@@ -1,0 +1,328 @@
+#!/usr/bin/env python3
+"""Tests of the m2mpsk command-line tool over real loopback sockets.
+
+Usage: cli_tests.py PATH/TO/m2mpsk
+Every case is bounded in time; every server it starts is killed. Prints one
+line per case and a closing 'N passed, N failed' line; exits non-zero on
+any failure.
+"""
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+M2MPSK = os.path.abspath(sys.argv[1])
+IDB = "//m2m.example.com/cse-in"
+IDA = "//m2m.example.com/cse-in/Cae1"
+KPSA_ID = "test@onem2m.com"
+CASES = []
+
+
+def case(fn):
+    CASES.append(fn)
+    return fn
+
+
+def run(*args, stdin=b"", timeout=20):
+    return subprocess.run([M2MPSK, *args], input=stdin, capture_output=True,
+                          timeout=timeout)
+
+
+def keygen(path, kpsa_id=KPSA_ID, ida=IDA, extra=()):
+    args = ["keygen", "--keys", path, "--kpsa-id", kpsa_id, "--idb", IDB]
+    if ida:
+        args += ["--ida", ida]
+    r = run(*args, *extra)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.decode().strip()
+
+
+class Server:
+    """m2mpsk serve in the background; waits for its listening line."""
+
+    def __init__(self, keys, *extra, listen="127.0.0.1"):
+        self.proc = subprocess.Popen(
+            [M2MPSK, "serve", "--keys", keys, "--id", IDB, "--listen", listen,
+             *extra], stderr=subprocess.PIPE, start_new_session=True)
+        self.lines = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline().decode()
+            if not line:
+                break
+            self.lines.append(line)
+            m = re.search(r"listening on (\S+):(\d+)", line)
+            if m:
+                self.port = int(m.group(2))
+                return
+        self.kill()
+        raise AssertionError("serve did not start: %r" % self.lines)
+
+    def finish(self, timeout=10):
+        """Waits for exit (--once) and returns (exit code, log lines)."""
+        try:
+            out = self.proc.communicate(timeout=timeout)[1].decode()
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+        return self.proc.returncode, self.lines + out.splitlines(True)
+
+    def stop(self):
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        return self.finish()
+
+    def kill(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=5)
+
+
+def free_port(kind=socket.SOCK_STREAM):
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@case
+def help_on_every_command(tmp):
+    for cmd in ([], ["keygen"], ["serve"], ["connect"]):
+        r = run(*cmd, "--help")
+        assert r.returncode == 0 and b"usage: m2mpsk" in r.stdout, (cmd, r)
+    r = run("version")
+    assert r.returncode == 0 and b"boringssl" in r.stdout
+
+
+@case
+def bad_arguments_are_usage_errors(tmp):
+    keys = os.path.join(tmp, "keys")
+    keygen(keys)
+    for args in ([], ["frobnicate"], ["serve", "--bogus"],
+                 ["serve", "--keys", keys],
+                 ["serve", "--keys", keys, "--id", IDB, "--port", "70000"],
+                 ["serve", "--keys", keys, "--id", "cse-in"],
+                 ["serve", "--keys", keys, "--id", IDB, "--suites", "TLS_X"],
+                 ["connect", "127.0.0.1", "--keys", keys, "--kpsa-id", KPSA_ID],
+                 ["connect", "127.0.0.1:1", "--keys", keys],
+                 ["connect", "127.0.0.1:1", "--keys", keys, "--kpsa-id", "x"],
+                 ["connect", "127.0.0.1:1", "--keys", keys, "--kpsa-id",
+                  "absent@onem2m.com"],
+                 ["keygen", "--keys", keys, "--kpsa-id", KPSA_ID],
+                 ["keygen", "--keys", keys, "--kpsa-id", "b@onem2m.com",
+                  "--idb", IDB, "--bytes", "8"]):
+        r = run(*args)
+        assert r.returncode == 2, (args, r.returncode, r.stderr)
+        assert r.stderr.startswith(b"m2mpsk: ") or b"usage" in r.stderr, args
+
+
+@case
+def keygen_makes_private_files_and_refuses_duplicates(tmp):
+    keys = os.path.join(tmp, "keys")
+    hexkey = keygen(keys, extra=("--print", "hex", "--bytes", "16"))
+    assert re.fullmatch(r"[0-9a-f]{32}", hexkey), hexkey
+    assert os.stat(keys).st_mode & 0o777 == 0o600
+    line = keygen(keys, kpsa_id="dev2@onem2m.com", ida=None,
+                  extra=("--print", "gnutls"))
+    assert re.fullmatch(r"dev2@onem2m\.com:[0-9a-f]{64}", line), line
+    r = run("keygen", "--keys", keys, "--kpsa-id", KPSA_ID, "--idb", IDB)
+    assert r.returncode == 2 and b"already holds" in r.stderr, r.stderr
+    with open(keys) as f:
+        assert len(f.readlines()) == 2
+
+
+@case
+def unsafe_or_malformed_key_files_are_refused(tmp):
+    keys = os.path.join(tmp, "keys")
+    keygen(keys)
+    os.chmod(keys, 0o644)
+    for args in (["serve", "--keys", keys, "--id", IDB],
+                 ["connect", "127.0.0.1:1", "--keys", keys, "--kpsa-id",
+                  KPSA_ID],
+                 ["keygen", "--keys", keys, "--kpsa-id", "n@onem2m.com",
+                  "--idb", IDB]):
+        r = run(*args)
+        assert r.returncode == 3 and b"private" in r.stderr, (args, r.stderr)
+    bad = os.path.join(tmp, "bad")
+    with open(bad, "w") as f:
+        f.write("# comment\nkpsa-id=test@onem2m.com kpsa=hex:zz idb=%s\n" % IDB)
+    os.chmod(bad, 0o600)
+    r = run("serve", "--keys", bad, "--id", IDB)
+    assert r.returncode == 3 and (bad + ":2:").encode() in r.stderr, r.stderr
+    r = run("serve", "--keys", os.path.join(tmp, "absent"), "--id", IDB)
+    assert r.returncode == 3, r.stderr
+
+
+@case
+def unreachable_peers_are_io_errors(tmp):
+    keys = os.path.join(tmp, "keys")
+    keygen(keys)
+    r = run("connect", "127.0.0.1:%d" % free_port(), "--keys", keys,
+            "--kpsa-id", KPSA_ID)
+    assert r.returncode == 3 and b"cannot connect" in r.stderr, r.stderr
+    r = run("connect", "127.0.0.1:%d" % free_port(socket.SOCK_DGRAM),
+            "--udp", "--keys", keys, "--kpsa-id", KPSA_ID, "--timeout", "3000")
+    assert r.returncode == 3 and b"cannot reach" in r.stderr, r.stderr
+    r = run("connect", "no-such-host.invalid:4433", "--keys", keys,
+            "--kpsa-id", KPSA_ID)
+    assert r.returncode == 3 and b"cannot resolve" in r.stderr, r.stderr
+
+
+def associate(tmp, transport, client_keys=None, server_extra=(),
+              client_extra=(), listen="127.0.0.1", host="127.0.0.1"):
+    keys = os.path.join(tmp, "keys")
+    if not os.path.exists(keys):
+        keygen(keys)
+    srv = Server(keys, *transport, "--once", *server_extra, listen=listen)
+    r = run("connect", "%s:%d" % (host, srv.port), *transport, "--keys",
+            client_keys or keys, "--kpsa-id", KPSA_ID, *client_extra,
+            stdin=b"hello, Entity B\n")
+    code, log = srv.finish()
+    return r, code, "".join(log)
+
+
+@case
+def tls_and_dtls_associations_bind_and_echo(tmp):
+    for transport in ([], ["--udp"]):
+        r, code, log = associate(tmp, transport)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == b"hello, Entity B\n", r.stdout
+        assert ("bound=%s credential=0" % IDB).encode() in r.stderr
+        assert "bound=%s credential=0" % IDA in log, log
+        assert code == 0, log
+
+
+@case
+def credential_id_without_ida(tmp):
+    keys = os.path.join(tmp, "keys")
+    keygen(keys, ida=None)
+    r, code, log = associate(tmp, [])
+    assert r.returncode == 0 and code == 0
+    assert "bound=12-%s credential=1" % KPSA_ID in log, log
+
+
+@case
+def wrong_key_fails_on_both_sides(tmp):
+    keys = os.path.join(tmp, "keys")
+    other = os.path.join(tmp, "other")
+    keygen(keys)
+    keygen(other)
+    for transport in ([], ["--udp"]):
+        r, code, log = associate(tmp, transport, client_keys=other,
+                                 server_extra=["--timeout", "5000"],
+                                 client_extra=["--timeout", "5000"])
+        assert r.returncode == 1, r.stderr
+        assert b"reason=bad-key" in r.stderr, r.stderr
+        assert code == 1 and "reason=bad-key" in log, log
+
+
+@case
+def unknown_kpsa_id_looks_like_a_wrong_key(tmp):
+    keys = os.path.join(tmp, "keys")
+    stranger = os.path.join(tmp, "stranger")
+    keygen(keys, kpsa_id="someone@onem2m.com")
+    keygen(stranger)
+    r, code, log = associate(tmp, [], client_keys=stranger)
+    assert r.returncode == 1 and b"reason=bad-key" in r.stderr, r.stderr
+    assert code == 1 and "reason=unknown-identity" in log, log
+    os.unlink(os.path.join(tmp, "keys"))
+    keygen(keys, kpsa_id="someone@onem2m.com")
+    r, code, log = associate(tmp, [], client_keys=stranger,
+                             server_extra=["--reveal-unknown"])
+    assert b"reason=unknown-identity" in r.stderr, r.stderr
+
+
+@case
+def trace_never_shows_key_bytes(tmp):
+    keys = os.path.join(tmp, "keys")
+    hexkey = keygen(keys, extra=("--print", "hex"))
+    r, code, log = associate(tmp, [], server_extra=["-v"],
+                             client_extra=["-v"])
+    assert r.returncode == 0 and code == 0
+    assert b"bytes" in r.stderr and "bytes" in log, log
+    for text in (r.stderr.decode(), log):
+        assert hexkey not in text and hexkey[:16] not in text
+
+
+@case
+def ipv6_loopback(tmp):
+    try:
+        socket.socket(socket.AF_INET6).bind(("::1", 0))
+    except OSError:
+        raise AssertionError("no IPv6 loopback on this machine")
+    for transport in ([], ["--udp"]):
+        r, code, log = associate(tmp, transport, listen="::1", host="[::1]")
+        assert r.returncode == 0 and code == 0, (r.stderr, log)
+        assert "peer=[::1]:" in log, log
+
+
+@case
+def many_concurrent_associations(tmp):
+    keys = os.path.join(tmp, "keys")
+    keygen(keys)
+    for transport in ([], ["--udp"]):
+        srv = Server(keys, *transport)
+        try:
+            procs = [subprocess.Popen(
+                [M2MPSK, "connect", "127.0.0.1:%d" % srv.port, *transport,
+                 "--keys", keys, "--kpsa-id", KPSA_ID],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE) for _ in range(8)]
+            for i, p in enumerate(procs):
+                out, err = p.communicate(b"client %d\n" % i, timeout=20)
+                assert p.returncode == 0, err
+                assert out == b"client %d\n" % i, out
+        finally:
+            code, log = srv.stop()
+        assert "".join(log).count("association peer=") == 8, log
+
+
+@case
+def max_conn_bounds_concurrent_associations(tmp):
+    keys = os.path.join(tmp, "keys")
+    keygen(keys)
+    srv = Server(keys, "--max-conn", "1")
+    try:
+        first = subprocess.Popen(
+            [M2MPSK, "connect", "127.0.0.1:%d" % srv.port, "--keys", keys,
+             "--kpsa-id", KPSA_ID], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and first.poll() is None:
+            line = first.stderr.readline()
+            if b"association" in line:
+                break
+        second = run("connect", "127.0.0.1:%d" % srv.port, "--keys", keys,
+                     "--kpsa-id", KPSA_ID, "--timeout", "2000")
+        assert second.returncode != 0, second.stderr
+        first.communicate(b"bye\n", timeout=10)
+        assert first.returncode == 0
+    finally:
+        srv.stop()
+
+
+def main():
+    passed = failed = 0
+    for fn in CASES:
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.monotonic()
+            try:
+                fn(tmp)
+                passed += 1
+                print("PASS %s (%.2fs)" % (fn.__name__, time.monotonic() - t0))
+            except Exception:
+                failed += 1
+                print("FAIL %s" % fn.__name__)
+                traceback.print_exc(file=sys.stdout)
+            sys.stdout.flush()
+    print("%d passed, %d failed" % (passed, failed))
+    return 1 if failed or not passed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
