@@ -2,14 +2,14 @@
 # Compares a built libm2mpsk.so with the ABI baseline in abi/libm2mpsk.abi
 # (libabigail). Fails on any incompatible change; reports compatible ones.
 #
-#   abi/check.sh BUILD_DIR            check (CI does this)
-#   abi/check.sh --refresh BUILD_DIR  rewrite the baseline, on purpose
+#   abi/check.sh LIBRARY              check (ctest does this)
+#   abi/check.sh --refresh LIBRARY    rewrite the baseline, on purpose
+# LIBRARY is the built libm2mpsk.so (build/lib/libm2mpsk.so).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 refresh=0
 if [ "${1:-}" = --refresh ]; then refresh=1; shift; fi
-build=${1:?usage: abi/check.sh [--refresh] BUILD_DIR}
-lib=$(readlink -f "$build/libm2mpsk.so")
+lib=$(readlink -f "${1:?usage: abi/check.sh [--refresh] LIBRARY}")
 baseline=$here/libm2mpsk.abi
 headers=$here/../include/m2mpsk
 for tool in abidw abidiff; do

@@ -33,9 +33,9 @@ int m2mpsk_config_new(m2mpsk_config **out) {
   m2mpsk_config *c = calloc(1, sizeof(*c));
   if (c == NULL)
     return M2MPSK_E_NOMEM;
-  c->suites = strdup(m2mpsk_engine_default_suites());
-  if (c->suites == NULL || pthread_mutex_init(&c->lock, NULL) != 0) {
-    free(c->suites);
+  /* suites stays NULL for the backend's default, so that a config can be
+   * made before (or without) the backend being loaded. */
+  if (pthread_mutex_init(&c->lock, NULL) != 0) {
     free(c);
     return M2MPSK_E_NOMEM;
   }
@@ -153,8 +153,12 @@ m2mpsk_engine_ctx *m2mpsk_config_engine_ctx(m2mpsk_config *cfg,
   cfg->frozen = 1;
   m2mpsk_engine_ctx **slot = &cfg->ctx[role][transport];
   *status = M2MPSK_OK;
-  if (*slot == NULL)
-    *status = m2mpsk_engine_ctx_new(slot, role, transport, cfg->suites);
+  if (*slot == NULL) {
+    const char *suites =
+        cfg->suites ? cfg->suites : m2mpsk_engine_default_suites();
+    *status = suites ? m2mpsk_engine_ctx_new(slot, role, transport, suites)
+                     : M2MPSK_E_BACKEND;
+  }
   m2mpsk_engine_ctx *ctx = *slot;
   pthread_mutex_unlock(&cfg->lock);
   return ctx;

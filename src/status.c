@@ -32,6 +32,7 @@ const char *m2mpsk_strerror(int status) {
   case M2MPSK_E_SUITE: return "cipher suite unknown or unsupported";
   case M2MPSK_E_NO_LOCAL_ID:
     return "responder config has no local identity (IdB)";
+  case M2MPSK_E_BACKEND: return "TLS backend module could not be loaded";
   default: return "unknown status";
   }
 }

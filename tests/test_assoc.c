@@ -1070,6 +1070,7 @@ Test(contract, strerror_and_reason_names_cover_every_value) {
 
 Test(contract, supported_suites_are_listed_and_accepted) {
   cr_assert_str_eq(m2mpsk_backend_name(), "boringssl");
+  cr_assert_str_eq(m2mpsk_backend_error(), "");
   cr_assert_eq(m2mpsk_suite_count(), 5);
   cr_assert_null(m2mpsk_suite_name(m2mpsk_suite_count()));
   m2mpsk_config *cfg;

@@ -112,7 +112,10 @@ typedef enum m2mpsk_status {
   /** A cipher suite name is unknown or not supported by this build. */
   M2MPSK_E_SUITE = -30,
   /** A local identity was given to an initiator, or none to a responder. */
-  M2MPSK_E_NO_LOCAL_ID = -31
+  M2MPSK_E_NO_LOCAL_ID = -31,
+  /** The TLS backend module could not be loaded; see
+   *  m2mpsk_backend_error(). */
+  M2MPSK_E_BACKEND = -32
 } m2mpsk_status;
 
 /**
@@ -153,8 +156,20 @@ M2MPSK_API unsigned m2mpsk_version_number(void);
 /* TLS backend                                                               */
 /* ------------------------------------------------------------------------ */
 
-/** Name of the TLS library this build uses, e.g. "boringssl". Static. */
+/**
+ * Name of the TLS library this build uses, e.g. "boringssl", or
+ * "unavailable" when its module cannot be loaded. Static. Thread-safe.
+ *
+ * The TLS library is not linked into libm2mpsk: it sits in a private
+ * module ("m2mpsk/tls-boringssl.so" beside the library), loaded on first
+ * use with RTLD_LOCAL | RTLD_DEEPBIND so that it cannot clash with an
+ * OpenSSL already in the process. See abi/README.md.
+ */
 M2MPSK_API const char *m2mpsk_backend_name(void);
+
+/** Why the TLS backend module could not be loaded; "" when it is loaded.
+ *  Static. Thread-safe. */
+M2MPSK_API const char *m2mpsk_backend_error(void);
 
 /** Number of cipher suites this build supports. Thread-safe. */
 M2MPSK_API size_t m2mpsk_suite_count(void);
@@ -354,7 +369,8 @@ M2MPSK_API void m2mpsk_config_free(m2mpsk_config *cfg);
  * "TLS_PSK_WITH_AES_128_CBC_SHA:TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256".
  * Every name must be a PSK suite this build supports, or nothing changes.
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL, empty, or an empty name),
- * M2MPSK_E_SUITE, M2MPSK_E_STATE (frozen) or M2MPSK_E_NOMEM.
+ * M2MPSK_E_SUITE, M2MPSK_E_STATE (frozen), M2MPSK_E_BACKEND or
+ * M2MPSK_E_NOMEM.
  */
 M2MPSK_API int m2mpsk_config_set_suites(m2mpsk_config *cfg,
                                         const char *iana_names);
@@ -477,7 +493,8 @@ M2MPSK_API const char *m2mpsk_reason_name(int reason);
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL out/config/keystore, bad role or
  * transport, kpsa_id NULL for an initiator or non-NULL for a responder),
  * M2MPSK_E_KPSA_ID, M2MPSK_E_KPSA_ID_LENGTH, M2MPSK_E_NOT_FOUND,
- * M2MPSK_E_NO_LOCAL_ID, M2MPSK_E_NOMEM or M2MPSK_E_INTERNAL.
+ * M2MPSK_E_NO_LOCAL_ID, M2MPSK_E_BACKEND, M2MPSK_E_NOMEM or
+ * M2MPSK_E_INTERNAL.
  */
 M2MPSK_API int m2mpsk_assoc_new(m2mpsk_assoc **out, m2mpsk_role role,
                                 m2mpsk_transport transport,

@@ -22,6 +22,11 @@
 
 #include "engine.h"
 
+/* Set once by m2mpsk_tls_module(), before any other call. */
+static const m2mpsk_engine_hooks *g_hooks;
+
+static void bssl_abort(m2mpsk_engine *e, uint8_t alert);
+
 struct m2mpsk_engine_ctx {
   SSL_CTX *ssl_ctx;
   int dtls;
@@ -69,19 +74,19 @@ static const suite_name k_suites[] = {
      "ECDHE-PSK-CHACHA20-POLY1305"},
 };
 
-const char *m2mpsk_backend_name(void) {
+static const char *bssl_backend_name(void) {
   return "boringssl";
 }
 
-size_t m2mpsk_suite_count(void) {
+static size_t bssl_suite_count(void) {
   return sizeof(k_suites) / sizeof(k_suites[0]);
 }
 
-const char *m2mpsk_suite_name(size_t i) {
-  return i < m2mpsk_suite_count() ? k_suites[i].iana : NULL;
+static const char *bssl_suite_name(size_t i) {
+  return i < bssl_suite_count() ? k_suites[i].iana : NULL;
 }
 
-const char *m2mpsk_engine_default_suites(void) {
+static const char *bssl_default_suites(void) {
   return "TLS_PSK_WITH_AES_128_CBC_SHA:TLS_PSK_WITH_AES_256_CBC_SHA";
 }
 
@@ -123,7 +128,7 @@ static int translate_suites(const char *iana, char *out, size_t cap) {
   }
 }
 
-int m2mpsk_engine_check_suites(const char *iana_names) {
+static int bssl_check_suites(const char *iana_names) {
   return translate_suites(iana_names, NULL, 0);
 }
 
@@ -270,7 +275,7 @@ static BIO_METHOD *bio_method(void) {
 
 static _Thread_local uint64_t t_now_ms;
 
-void m2mpsk_engine_set_now(uint64_t now_ms) {
+static void bssl_set_now(uint64_t now_ms) {
   t_now_ms = now_ms;
 }
 
@@ -287,14 +292,14 @@ static unsigned client_psk_cb(SSL *ssl, const char *hint, char *identity,
                               unsigned max_psk_len) {
   (void)hint;
   m2mpsk_engine *e = SSL_get_app_data(ssl);
-  return m2mpsk_assoc_on_client_psk(
-      e->owner, identity, (size_t)max_identity_len + 1, psk, max_psk_len);
+  return g_hooks->on_client_psk(e->owner, identity,
+                                (size_t)max_identity_len + 1, psk, max_psk_len);
 }
 
 static unsigned server_psk_cb(SSL *ssl, const char *identity, uint8_t *psk,
                               unsigned max_psk_len) {
   m2mpsk_engine *e = SSL_get_app_data(ssl);
-  unsigned n = m2mpsk_assoc_on_server_psk(e->owner, identity, psk, max_psk_len);
+  unsigned n = g_hooks->on_server_psk(e->owner, identity, psk, max_psk_len);
   if (n > 0)
     e->psk_given = 1;
   return n;
@@ -304,7 +309,7 @@ static int server_name_cb(SSL *ssl, int *out_alert, void *arg) {
   (void)arg;
   m2mpsk_engine *e = SSL_get_app_data(ssl);
   const char *host = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
-  if (m2mpsk_assoc_on_server_name(e->owner, host) != 0) {
+  if (g_hooks->on_server_name(e->owner, host) != 0) {
     *out_alert = SSL_AD_UNRECOGNIZED_NAME;
     return SSL_TLSEXT_ERR_ALERT_FATAL;
   }
@@ -313,8 +318,8 @@ static int server_name_cb(SSL *ssl, int *out_alert, void *arg) {
 
 /* ---- contexts ------------------------------------------------------------ */
 
-int m2mpsk_engine_ctx_new(m2mpsk_engine_ctx **out, m2mpsk_role role,
-                          m2mpsk_transport transport, const char *iana_names) {
+static int bssl_ctx_new(m2mpsk_engine_ctx **out, m2mpsk_role role,
+                        m2mpsk_transport transport, const char *iana_names) {
   char list[512];
   int rc = translate_suites(iana_names, list, sizeof(list));
   if (rc != M2MPSK_OK)
@@ -360,7 +365,7 @@ int m2mpsk_engine_ctx_new(m2mpsk_engine_ctx **out, m2mpsk_role role,
   return M2MPSK_OK;
 }
 
-void m2mpsk_engine_ctx_free(m2mpsk_engine_ctx *ctx) {
+static void bssl_ctx_free(m2mpsk_engine_ctx *ctx) {
   if (ctx == NULL)
     return;
   SSL_CTX_free(ctx->ssl_ctx);
@@ -369,8 +374,8 @@ void m2mpsk_engine_ctx_free(m2mpsk_engine_ctx *ctx) {
 
 /* ---- connections --------------------------------------------------------- */
 
-int m2mpsk_engine_new(m2mpsk_engine **out, m2mpsk_engine_ctx *ctx,
-                      m2mpsk_assoc *owner) {
+static int bssl_new(m2mpsk_engine **out, m2mpsk_engine_ctx *ctx,
+                    m2mpsk_assoc *owner) {
   m2mpsk_engine *e = calloc(1, sizeof(*e));
   if (e == NULL)
     return M2MPSK_E_NOMEM;
@@ -405,7 +410,7 @@ int m2mpsk_engine_new(m2mpsk_engine **out, m2mpsk_engine_ctx *ctx,
   return M2MPSK_OK;
 }
 
-void m2mpsk_engine_free(m2mpsk_engine *e) {
+static void bssl_free(m2mpsk_engine *e) {
   if (e == NULL)
     return;
   SSL_free(e->ssl);
@@ -414,11 +419,11 @@ void m2mpsk_engine_free(m2mpsk_engine *e) {
   free(e);
 }
 
-int m2mpsk_engine_set_mtu(m2mpsk_engine *e, unsigned mtu) {
+static int bssl_set_mtu(m2mpsk_engine *e, unsigned mtu) {
   return SSL_set_mtu(e->ssl, mtu) ? M2MPSK_OK : M2MPSK_E_INVALID;
 }
 
-int m2mpsk_engine_set_server_name(m2mpsk_engine *e, const char *host) {
+static int bssl_set_server_name(m2mpsk_engine *e, const char *host) {
   return SSL_set_tlsext_host_name(e->ssl, host) ? M2MPSK_OK : M2MPSK_E_NOMEM;
 }
 
@@ -445,7 +450,7 @@ static void dtls_note_records(m2mpsk_engine *e, const uint8_t *d, size_t n) {
   }
 }
 
-int m2mpsk_engine_push(m2mpsk_engine *e, const uint8_t *data, size_t len) {
+static int bssl_push(m2mpsk_engine *e, const uint8_t *data, size_t len) {
   if (e->dtls) {
     if (e->server && !SSL_is_init_finished(e->ssl))
       dtls_note_records(e, data, len);
@@ -540,7 +545,7 @@ static void classify(m2mpsk_engine *e, int ssl_error) {
   }
 }
 
-int m2mpsk_engine_handshake(m2mpsk_engine *e) {
+static int bssl_handshake(m2mpsk_engine *e) {
   ERR_clear_error();
   int r = SSL_do_handshake(e->ssl);
   if (r == 1)
@@ -553,7 +558,7 @@ int m2mpsk_engine_handshake(m2mpsk_engine *e) {
        * verify; DTLS dropped it silently. Say so instead of timing out. */
       set_failure(e, M2MPSK_REASON_BAD_KEY,
                   "peer's Finished did not verify (different keys)", NULL);
-      m2mpsk_engine_abort(e, SSL_AD_DECRYPT_ERROR);
+      bssl_abort(e, SSL_AD_DECRYPT_ERROR);
       return M2MPSK_ENG_FAIL;
     }
     e->bad_finished = 0;
@@ -563,12 +568,12 @@ int m2mpsk_engine_handshake(m2mpsk_engine *e) {
   return M2MPSK_ENG_FAIL;
 }
 
-size_t m2mpsk_engine_pending(const m2mpsk_engine *e) {
+static size_t bssl_pending(const m2mpsk_engine *e) {
   return e->dtls ? buf_next_datagram(&e->out) : e->out.len;
 }
 
-int m2mpsk_engine_drain(m2mpsk_engine *e, uint8_t *out, size_t cap,
-                        size_t *out_len) {
+static int bssl_drain(m2mpsk_engine *e, uint8_t *out, size_t cap,
+                      size_t *out_len) {
   if (e->out.len == 0)
     return M2MPSK_E_AGAIN;
   if (e->dtls) {
@@ -587,8 +592,8 @@ int m2mpsk_engine_drain(m2mpsk_engine *e, uint8_t *out, size_t cap,
   return M2MPSK_OK;
 }
 
-int m2mpsk_engine_read(m2mpsk_engine *e, uint8_t *out, size_t cap,
-                       size_t *out_len) {
+static int bssl_read(m2mpsk_engine *e, uint8_t *out, size_t cap,
+                     size_t *out_len) {
   ERR_clear_error();
   int r = SSL_read(e->ssl, out, cap > INT_MAX ? INT_MAX : (int)cap);
   if (r > 0) {
@@ -608,7 +613,7 @@ int m2mpsk_engine_read(m2mpsk_engine *e, uint8_t *out, size_t cap,
   return M2MPSK_E_FAILED;
 }
 
-int m2mpsk_engine_write(m2mpsk_engine *e, const uint8_t *data, size_t len) {
+static int bssl_write(m2mpsk_engine *e, const uint8_t *data, size_t len) {
   while (len > 0) {
     int chunk = len > (1u << 30) ? (1 << 30) : (int)len;
     ERR_clear_error();
@@ -625,7 +630,7 @@ int m2mpsk_engine_write(m2mpsk_engine *e, const uint8_t *data, size_t len) {
   return M2MPSK_OK;
 }
 
-int m2mpsk_engine_close(m2mpsk_engine *e) {
+static int bssl_close(m2mpsk_engine *e) {
   ERR_clear_error();
   int r = SSL_shutdown(e->ssl);
   if (r < 0) {
@@ -635,13 +640,13 @@ int m2mpsk_engine_close(m2mpsk_engine *e) {
   return M2MPSK_OK;
 }
 
-void m2mpsk_engine_abort(m2mpsk_engine *e, uint8_t alert) {
+static void bssl_abort(m2mpsk_engine *e, uint8_t alert) {
   ERR_clear_error();
   SSL_send_fatal_alert(e->ssl, alert);
   ERR_clear_error();
 }
 
-int m2mpsk_engine_timer(const m2mpsk_engine *e, uint64_t *remaining_ms) {
+static int bssl_timer(const m2mpsk_engine *e, uint64_t *remaining_ms) {
   struct timeval tv;
   if (!e->dtls || !DTLSv1_get_timeout(e->ssl, &tv))
     return 0;
@@ -650,7 +655,7 @@ int m2mpsk_engine_timer(const m2mpsk_engine *e, uint64_t *remaining_ms) {
   return 1;
 }
 
-int m2mpsk_engine_on_timer(m2mpsk_engine *e) {
+static int bssl_on_timer(m2mpsk_engine *e) {
   if (!e->dtls)
     return M2MPSK_OK;
   ERR_clear_error();
@@ -661,22 +666,22 @@ int m2mpsk_engine_on_timer(m2mpsk_engine *e) {
   return M2MPSK_OK;
 }
 
-const char *m2mpsk_engine_suite(const m2mpsk_engine *e) {
+static const char *bssl_suite(const m2mpsk_engine *e) {
   const SSL_CIPHER *c = SSL_get_current_cipher(e->ssl);
   return c ? SSL_CIPHER_standard_name(c) : NULL;
 }
 
-const char *m2mpsk_engine_version(const m2mpsk_engine *e) {
+static const char *bssl_version(const m2mpsk_engine *e) {
   return SSL_get_version(e->ssl);
 }
 
-const char *m2mpsk_engine_psk_identity(const m2mpsk_engine *e) {
+static const char *bssl_psk_identity(const m2mpsk_engine *e) {
   return SSL_get_psk_identity(e->ssl);
 }
 
-int m2mpsk_engine_export(const m2mpsk_engine *e, uint8_t *out, size_t out_len,
-                         const char *label, const uint8_t *context,
-                         size_t context_len) {
+static int bssl_export(const m2mpsk_engine *e, uint8_t *out, size_t out_len,
+                       const char *label, const uint8_t *context,
+                       size_t context_len) {
   ERR_clear_error();
   int ok =
       SSL_export_keying_material(e->ssl, out, out_len, label, strlen(label),
@@ -685,9 +690,48 @@ int m2mpsk_engine_export(const m2mpsk_engine *e, uint8_t *out, size_t out_len,
   return ok ? M2MPSK_OK : M2MPSK_E_INTERNAL;
 }
 
-m2mpsk_reason m2mpsk_engine_failure(m2mpsk_engine *e, char *detail,
-                                    size_t detail_cap) {
+static m2mpsk_reason bssl_failure(m2mpsk_engine *e, char *detail,
+                                  size_t detail_cap) {
   if (detail_cap > 0)
     snprintf(detail, detail_cap, "%s", e->detail);
   return e->reason;
+}
+
+static const m2mpsk_engine_ops k_ops = {
+    .abi = M2MPSK_ENGINE_ABI,
+    .backend_name = bssl_backend_name,
+    .suite_count = bssl_suite_count,
+    .suite_name = bssl_suite_name,
+    .check_suites = bssl_check_suites,
+    .default_suites = bssl_default_suites,
+    .ctx_new = bssl_ctx_new,
+    .ctx_free = bssl_ctx_free,
+    .set_now = bssl_set_now,
+    .engine_new = bssl_new,
+    .engine_free = bssl_free,
+    .set_mtu = bssl_set_mtu,
+    .set_server_name = bssl_set_server_name,
+    .push = bssl_push,
+    .handshake = bssl_handshake,
+    .pending = bssl_pending,
+    .drain = bssl_drain,
+    .read = bssl_read,
+    .write = bssl_write,
+    .close = bssl_close,
+    .abort = bssl_abort,
+    .timer = bssl_timer,
+    .on_timer = bssl_on_timer,
+    .suite = bssl_suite,
+    .version = bssl_version,
+    .psk_identity = bssl_psk_identity,
+    .export_keying = bssl_export,
+    .failure = bssl_failure,
+};
+
+/* Exported from the module (default visibility), and linked directly into
+ * the static library used by the unit tests. */
+__attribute__((visibility("default"))) const m2mpsk_engine_ops *
+m2mpsk_tls_module(const m2mpsk_engine_hooks *hooks) {
+  g_hooks = hooks;
+  return &k_ops;
 }

@@ -28,7 +28,66 @@ unsigned m2mpsk_assoc_on_server_psk(m2mpsk_assoc *a, const char *identity,
  * to refuse with unrecognized_name (reason recorded). */
 int m2mpsk_assoc_on_server_name(m2mpsk_assoc *a, const char *host);
 
-/* ---- implemented by the backend ---------------------------------------- */
+/* ---- the backend, as a table of functions -------------------------------
+ * A backend is a shared module that libm2mpsk loads with dlopen() and
+ * RTLD_LOCAL | RTLD_DEEPBIND (src/tls/loader.c), so that its TLS library's
+ * OpenSSL-like names never meet a host's OpenSSL. It exports one function,
+ * m2mpsk_tls_module, and reaches back into libm2mpsk only through hooks. */
+
+typedef struct m2mpsk_engine_hooks {
+  unsigned (*on_client_psk)(m2mpsk_assoc *a, char *identity,
+                            size_t identity_cap, uint8_t *psk, size_t psk_cap);
+  unsigned (*on_server_psk)(m2mpsk_assoc *a, const char *identity, uint8_t *psk,
+                            size_t psk_cap);
+  int (*on_server_name)(m2mpsk_assoc *a, const char *host);
+} m2mpsk_engine_hooks;
+
+#define M2MPSK_ENGINE_ABI 1
+
+typedef struct m2mpsk_engine_ops {
+  unsigned abi; /* M2MPSK_ENGINE_ABI */
+  const char *(*backend_name)(void);
+  size_t (*suite_count)(void);
+  const char *(*suite_name)(size_t i);
+  int (*check_suites)(const char *iana_names);
+  const char *(*default_suites)(void);
+  int (*ctx_new)(m2mpsk_engine_ctx **out, m2mpsk_role role,
+                 m2mpsk_transport transport, const char *iana_names);
+  void (*ctx_free)(m2mpsk_engine_ctx *ctx);
+  void (*set_now)(uint64_t now_ms);
+  int (*engine_new)(m2mpsk_engine **out, m2mpsk_engine_ctx *ctx,
+                    m2mpsk_assoc *owner);
+  void (*engine_free)(m2mpsk_engine *e);
+  int (*set_mtu)(m2mpsk_engine *e, unsigned mtu);
+  int (*set_server_name)(m2mpsk_engine *e, const char *host);
+  int (*push)(m2mpsk_engine *e, const uint8_t *data, size_t len);
+  int (*handshake)(m2mpsk_engine *e);
+  size_t (*pending)(const m2mpsk_engine *e);
+  int (*drain)(m2mpsk_engine *e, uint8_t *out, size_t cap, size_t *out_len);
+  int (*read)(m2mpsk_engine *e, uint8_t *out, size_t cap, size_t *out_len);
+  int (*write)(m2mpsk_engine *e, const uint8_t *data, size_t len);
+  int (*close)(m2mpsk_engine *e);
+  void (*abort)(m2mpsk_engine *e, uint8_t alert);
+  int (*timer)(const m2mpsk_engine *e, uint64_t *remaining_ms);
+  int (*on_timer)(m2mpsk_engine *e);
+  const char *(*suite)(const m2mpsk_engine *e);
+  const char *(*version)(const m2mpsk_engine *e);
+  const char *(*psk_identity)(const m2mpsk_engine *e);
+  int (*export_keying)(const m2mpsk_engine *e, uint8_t *out, size_t out_len,
+                       const char *label, const uint8_t *context,
+                       size_t context_len);
+  m2mpsk_reason (*failure)(m2mpsk_engine *e, char *detail, size_t cap);
+} m2mpsk_engine_ops;
+
+/* The one symbol a backend module exports. */
+typedef const m2mpsk_engine_ops *(*m2mpsk_tls_module_fn)(
+    const m2mpsk_engine_hooks *hooks);
+const m2mpsk_engine_ops *m2mpsk_tls_module(const m2mpsk_engine_hooks *hooks);
+
+/* The loaded backend, or NULL when it cannot be loaded. Thread-safe. */
+const m2mpsk_engine_ops *m2mpsk_tls(void);
+
+/* ---- the backend's functions, through m2mpsk_tls() (loader.c) ---------- */
 
 enum { M2MPSK_ENG_FAIL = -1, M2MPSK_ENG_WANT = 0, M2MPSK_ENG_DONE = 1 };
 
