@@ -38,6 +38,15 @@ with open(header_path) as f:
 declared = set(re.findall(r"M2MPSK_API\s+[^;(]*?\b(m2mpsk_\w+)\s*\(", header))
 
 problems = []
+# The header stands alone: standard headers and our version header only, no
+# public struct layouts (opaque handles), no varargs.
+for inc in re.findall(r'#include\s*[<"]([^>"]+)[>"]', header):
+    if inc not in ("stddef.h", "stdint.h", "m2mpsk/version.h"):
+        problems.append("the header includes %s" % inc)
+for m in re.finditer(r"\bstruct\s+\w+\s*\{", header):
+    problems.append("the header defines a struct: %s" % m.group(0))
+if "..." in re.sub(r"/\*.*?\*/", "", header, flags=re.S):
+    problems.append("the header declares a varargs function")
 for name, version in sorted(exported.items()):
     if not name.startswith("m2mpsk_"):
         problems.append("exported without the m2mpsk_ prefix: %s" % name)
