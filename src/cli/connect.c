@@ -29,7 +29,9 @@ static const char k_connect_usage[] =
     "  --kpsa-id ID    the record to use; its IdB is what we bind to\n"
     "  --udp           DTLS over UDP (default: TLS over TCP)\n"
     "  --suites LIST   colon-separated IANA names, or all\n"
-    "  --timeout MS    handshake (and TCP connect) timeout (default 60000)\n"
+    "  --timeout MS    handshake (and TCP connect) timeout (default 60000);\n"
+    "                  over DTLS a peer that drops a Finished made with\n"
+    "                  another key sends nothing, so a wrong key ends here\n"
     "  --linger MS     wait for the peer's close after stdin ends (1000)\n"
     "  -v              trace the handshake (never key bytes)\n";
 
