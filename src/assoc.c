@@ -265,10 +265,8 @@ int m2mpsk_assoc_on_server_name(m2mpsk_assoc *a, const char *host) {
   size_t n = m2mpsk_config_local_id_count(a->cfg);
   int any = 0;
   for (size_t i = 0; i < n; i++) {
-    char name[256];
-    a->sni_ok[i] = m2mpsk_idb_server_name(m2mpsk_config_local_id(a->cfg, i),
-                                          name, sizeof(name)) == M2MPSK_OK &&
-                   strcasecmp(name, host) == 0;
+    const char *name = m2mpsk_config_local_sni(a->cfg, i);
+    a->sni_ok[i] = name != NULL && strcasecmp(name, host) == 0;
     any |= a->sni_ok[i];
   }
   if (!any) {

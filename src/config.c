@@ -12,6 +12,7 @@
 
 typedef struct local_id {
   char *id;
+  char *sni; /* the SNI host naming it, or NULL; in the same block as id */
 } local_id;
 
 struct m2mpsk_config {
@@ -99,9 +100,16 @@ int m2mpsk_config_add_local_id(m2mpsk_config *cfg, const char *idb) {
   int rc = m2mpsk_idb_validate(idb);
   if (rc != M2MPSK_OK)
     return rc;
-  char *copy = strdup(idb);
+  /* The SNI host is derived once here, not in every handshake. */
+  char host[256];
+  int has_sni = m2mpsk_idb_server_name(idb, host, sizeof(host)) == M2MPSK_OK;
+  size_t n_id = strlen(idb) + 1, n_sni = has_sni ? strlen(host) + 1 : 0;
+  char *copy = malloc(n_id + n_sni);
   if (copy == NULL)
     return M2MPSK_E_NOMEM;
+  memcpy(copy, idb, n_id);
+  if (has_sni)
+    memcpy(copy + n_id, host, n_sni);
   if (!lock_unfrozen(cfg)) {
     free(copy);
     return M2MPSK_E_STATE;
@@ -116,7 +124,8 @@ int m2mpsk_config_add_local_id(m2mpsk_config *cfg, const char *idb) {
       rc = M2MPSK_E_NOMEM;
     } else {
       cfg->ids = ids;
-      cfg->ids[cfg->n_ids++].id = copy;
+      cfg->ids[cfg->n_ids].id = copy;
+      cfg->ids[cfg->n_ids++].sni = has_sni ? copy + n_id : NULL;
       copy = NULL;
     }
   }
@@ -180,4 +189,8 @@ size_t m2mpsk_config_local_id_count(const m2mpsk_config *cfg) {
 
 const char *m2mpsk_config_local_id(const m2mpsk_config *cfg, size_t i) {
   return i < cfg->n_ids ? cfg->ids[i].id : NULL;
+}
+
+const char *m2mpsk_config_local_sni(const m2mpsk_config *cfg, size_t i) {
+  return i < cfg->n_ids ? cfg->ids[i].sni : NULL;
 }

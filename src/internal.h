@@ -49,5 +49,7 @@ uint32_t m2mpsk_config_handshake_timeout(const m2mpsk_config *cfg);
 int m2mpsk_config_reveal_unknown(const m2mpsk_config *cfg);
 size_t m2mpsk_config_local_id_count(const m2mpsk_config *cfg);
 const char *m2mpsk_config_local_id(const m2mpsk_config *cfg, size_t i);
+/* The SNI host of local identity i, or NULL when it has none. */
+const char *m2mpsk_config_local_sni(const m2mpsk_config *cfg, size_t i);
 
 #endif /* M2MPSK_INTERNAL_H */
