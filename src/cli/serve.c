@@ -18,7 +18,7 @@ static const char k_serve_usage[] =
     "usage: m2mpsk serve --keys FILE --id IDB [--id IDB ...] [--listen ADDR]\n"
     "                    [--port N] [--tcp | --udp] [--once] [--max-conn N]\n"
     "                    [--suites LIST|all] [--reveal-unknown]\n"
-    "                    [--timeout MS] [-v]\n"
+    "                    [--timeout MS] [--idle MS] [-v]\n"
     "\n"
     "Runs Entity B: accepts (D)TLS-PSK associations, logs one line for each\n"
     "(peer, KpsaID, bound identity, suite and version, or the failure\n"
@@ -36,6 +36,8 @@ static const char k_serve_usage[] =
     "  --suites LIST      colon-separated IANA names, or all\n"
     "  --reveal-unknown   answer unknown KpsaIDs with unknown_psk_identity\n"
     "  --timeout MS       handshake timeout (default 60000)\n"
+    "  --idle MS          end an association idle that long (default\n"
+    "                     300000); over UDP a peer may vanish silently\n"
     "  -v                 trace handshakes (never key bytes)\n";
 
 #define BUF_SIZE 17408
@@ -48,6 +50,7 @@ typedef struct conn {
   m2mpsk_assoc *a;
   uint8_t *out; /* TCP bytes drained but not yet sent */
   size_t out_len;
+  uint64_t last_input; /* monotonic ms */
   int logged;
   int done;
 } conn;
@@ -58,6 +61,7 @@ typedef struct server {
   int once;
   int once_result; /* -1 until the first association ended */
   size_t max_conn;
+  uint64_t idle_ms;
   m2mpsk_config *cfg;
   m2mpsk_keystore *ks;
   conn **conns;
@@ -170,10 +174,10 @@ static conn *add_conn(server *s, int fd, const struct sockaddr_storage *addr,
   c->addr = *addr;
   c->addr_len = addr_len;
   cli_format_addr((const struct sockaddr *)addr, c->peer, sizeof(c->peer));
-  int rc = m2mpsk_assoc_new(&c->a, M2MPSK_ROLE_RESPONDER,
-                            s->udp ? M2MPSK_TRANSPORT_DTLS
-                                   : M2MPSK_TRANSPORT_TLS,
-                            s->cfg, s->ks, NULL);
+  int rc =
+      m2mpsk_assoc_new(&c->a, M2MPSK_ROLE_RESPONDER,
+                       s->udp ? M2MPSK_TRANSPORT_DTLS : M2MPSK_TRANSPORT_TLS,
+                       s->cfg, s->ks, NULL);
   if (rc == M2MPSK_OK)
     rc = m2mpsk_assoc_start(c->a, cli_now_ms(), cli_unix_time());
   if (rc != M2MPSK_OK) {
@@ -183,6 +187,7 @@ static conn *add_conn(server *s, int fd, const struct sockaddr_storage *addr,
     free(c);
     return NULL;
   }
+  c->last_input = cli_now_ms();
   cli_trace("%s: new association", c->peer);
   s->conns[s->n++] = c;
   return c;
@@ -243,7 +248,8 @@ static void on_tcp_input(server *s, conn *c) {
     return;
   }
   cli_trace("%s -> %zd bytes", c->peer, n);
-  (void)m2mpsk_assoc_feed(c->a, buf, (size_t)n, cli_now_ms());
+  c->last_input = cli_now_ms();
+  (void)m2mpsk_assoc_feed(c->a, buf, (size_t)n, c->last_input);
   process(s, c);
 }
 
@@ -269,7 +275,8 @@ static void on_udp_input(server *s) {
     if (c->done)
       continue;
     cli_trace("%s -> %zd bytes", c->peer, n);
-    (void)m2mpsk_assoc_feed(c->a, buf, (size_t)n, cli_now_ms());
+    c->last_input = cli_now_ms();
+    (void)m2mpsk_assoc_feed(c->a, buf, (size_t)n, c->last_input);
     process(s, c);
   }
 }
@@ -321,8 +328,9 @@ static int next_wait(server *s, uint64_t now) {
   int wait = -1;
   for (size_t i = 0; i < s->n; i++) {
     uint64_t d;
-    if (m2mpsk_assoc_next_timeout(s->conns[i]->a, &d) != M2MPSK_OK)
-      continue;
+    if (m2mpsk_assoc_next_timeout(s->conns[i]->a, &d) != M2MPSK_OK ||
+        d > s->conns[i]->last_input + s->idle_ms)
+      d = s->conns[i]->last_input + s->idle_ms;
     uint64_t left = d > now ? d - now : 0;
     if (left > 60000)
       left = 60000;
@@ -379,6 +387,12 @@ static int serve_loop(server *s) {
         (void)m2mpsk_assoc_handle_timeout(c->a, now);
         process(s, c);
       }
+      if (!c->done && now >= c->last_input + s->idle_ms &&
+          m2mpsk_assoc_state(c->a) != M2MPSK_STATE_HANDSHAKING) {
+        cli_log("idle peer=%s: no input for %llu ms, association ended",
+                c->peer, (unsigned long long)(now - c->last_input));
+        end_conn(s, c, m2mpsk_assoc_peer_id(c->a) != NULL);
+      }
     }
     reap(s);
   }
@@ -399,9 +413,11 @@ int cli_serve(int argc, char **argv) {
       {"suites", required_argument, NULL, 's'},
       {"reveal-unknown", no_argument, NULL, 'r'},
       {"timeout", required_argument, NULL, 't'},
+      {"idle", required_argument, NULL, 'I'},
       {"verbose", no_argument, NULL, 'v'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
+  unsigned long idle = 300000;
   const char *keys = NULL, *listen_on = "127.0.0.1", *port = "0",
              *suites = NULL;
   const char **ids = calloc((size_t)argc, sizeof(*ids));
@@ -442,9 +458,22 @@ int cli_serve(int argc, char **argv) {
         return CLI_USAGE;
       }
       break;
+    case 'I':
+      if (cli_parse_uint(optarg, 1, 86400000, &idle)) {
+        cli_log("--idle must be 1 to 86400000 ms");
+        free(ids);
+        return CLI_USAGE;
+      }
+      break;
     case 'v': break;
-    case 'h': fputs(k_serve_usage, stdout); free(ids); return CLI_OK;
-    default: fputs(k_serve_usage, stderr); free(ids); return CLI_USAGE;
+    case 'h':
+      fputs(k_serve_usage, stdout);
+      free(ids);
+      return CLI_OK;
+    default:
+      fputs(k_serve_usage, stderr);
+      free(ids);
+      return CLI_USAGE;
     }
   }
   if (optind != argc || keys == NULL || n_ids == 0) {
@@ -453,8 +482,12 @@ int cli_serve(int argc, char **argv) {
     free(ids);
     return CLI_USAGE;
   }
-  server s = {.fd = -1, .udp = udp, .once = once, .once_result = -1,
-              .max_conn = max_conn};
+  server s = {.fd = -1,
+              .udp = udp,
+              .once = once,
+              .once_result = -1,
+              .max_conn = max_conn,
+              .idle_ms = idle};
   s.cfg = cli_make_config(suites, (uint32_t)timeout, ids, n_ids, reveal);
   free(ids);
   if (s.cfg == NULL)

@@ -306,6 +306,34 @@ def max_conn_bounds_concurrent_associations(tmp):
         srv.stop()
 
 
+@case
+def idle_udp_peers_free_their_place(tmp):
+    """A DTLS peer that vanishes without close_notify must not hold one of
+    --max-conn's places for ever."""
+    keys = os.path.join(tmp, "keys")
+    keygen(keys)
+    srv = Server(keys, "--udp", "--max-conn", "1", "--idle", "500")
+    try:
+        gone = subprocess.Popen(
+            [M2MPSK, "connect", "127.0.0.1:%d" % srv.port, "--udp", "--keys",
+             keys, "--kpsa-id", KPSA_ID], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if b"association" in gone.stderr.readline():
+                break
+        os.killpg(gone.pid, signal.SIGKILL)  # no close_notify
+        gone.wait(timeout=5)
+        r = run("connect", "127.0.0.1:%d" % srv.port, "--udp", "--keys",
+                keys, "--kpsa-id", KPSA_ID, "--timeout", "5000",
+                stdin=b"after idle\n")
+        assert r.returncode == 0 and r.stdout == b"after idle\n", r.stderr
+    finally:
+        code, log = srv.stop()
+    assert "idle peer=" in "".join(log), log
+
+
 def main():
     passed = failed = 0
     for fn in CASES:
