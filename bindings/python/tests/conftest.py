@@ -1,0 +1,69 @@
+"""Shared helpers for the binding's tests: the record both entities hold, a
+monotonic clock, and an in-memory link that moves bytes between two
+associations."""
+import time
+
+import pytest
+
+import m2mpsk
+
+KPSA_ID = "test@onem2m.com"
+KEY = bytes(range(32))
+IDB = "//m2m.example.com/cse-in"
+IDA = "//m2m.example.com/cse-in/Cae1"
+
+
+def now_ms():
+    return int(time.monotonic() * 1000)
+
+
+def pump(a, b, rounds=50):
+    """Moves every drained byte (or datagram) from each side to the other
+    until neither has anything to send. Returns the last exception a feed
+    raised, if any: a failing handshake raises on the side that fails."""
+    failure = None
+    for _ in range(rounds):
+        moved = False
+        for src, dst in ((a, b), (b, a)):
+            while True:
+                out = src.drain()
+                if not out:
+                    break
+                moved = True
+                if dst.state() in (m2mpsk.STATE_FAILED, m2mpsk.STATE_CLOSED):
+                    continue
+                try:
+                    dst.feed(out, now_ms())
+                except m2mpsk.Failed as e:
+                    failure = e
+        if not moved:
+            break
+    return failure
+
+
+@pytest.fixture
+def keystore():
+    with m2mpsk.Keystore() as ks:
+        ks.add(KPSA_ID, KEY, None, IDB)
+        yield ks
+
+
+@pytest.fixture
+def pair(keystore):
+    """A factory of (initiator, responder) over a transport."""
+    made = []
+
+    def make(transport, ks_a=None, ks_b=None, kpsa_id=KPSA_ID):
+        ca = m2mpsk.Config()
+        cb = m2mpsk.Config()
+        cb.add_local_id(IDB)
+        a = m2mpsk.Association(m2mpsk.ROLE_INITIATOR, transport, ca,
+                               ks_a or keystore, kpsa_id)
+        b = m2mpsk.Association(m2mpsk.ROLE_RESPONDER, transport, cb,
+                               ks_b or keystore)
+        made.extend((a, b))
+        return a, b
+
+    yield make
+    for x in made:
+        x.close()
