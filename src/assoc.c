@@ -10,12 +10,9 @@
 #include <string.h>
 #include <strings.h>
 
+#include "identity.h"
 #include "internal.h"
 #include "tls/engine.h"
-
-/* The Credential-ID type for a symmetric key used in an SAEF (TS-0003
- * §10.4, §12.3.2.1). */
-#define CREDENTIAL_PREFIX "12-"
 
 struct m2mpsk_assoc {
   m2mpsk_role role;
@@ -135,7 +132,9 @@ static m2mpsk_reason check_record(const m2mpsk_assoc *a,
 /* Decides what the session binds to once the handshake completes: A binds
  * IdB; B binds IdA or, without one, the Credential-ID. 0 on success. */
 static int decide_binding(m2mpsk_assoc *a, const m2mpsk_record_view *v) {
-  const char *peer, *local, *prefix = "";
+  char credential[M2MPSK_CREDENTIAL_ID_MAX + 1];
+  const char *peer, *local;
+  int is_credential = 0;
   if (a->role == M2MPSK_ROLE_INITIATOR) {
     peer = v->idb;
     local = v->ida[0] ? v->ida : NULL;
@@ -143,22 +142,25 @@ static int decide_binding(m2mpsk_assoc *a, const m2mpsk_record_view *v) {
     peer = v->ida;
     local = v->idb;
   } else {
-    prefix = CREDENTIAL_PREFIX;
-    peer = a->kpsa_id;
+    if (m2mpsk_credential_id(a->kpsa_id, credential, sizeof(credential)) !=
+        M2MPSK_OK)
+      return -1;
+    peer = credential;
     local = v->idb;
+    is_credential = 1;
   }
-  size_t np = strlen(prefix) + strlen(peer) + 1;
+  size_t np = strlen(peer) + 1;
   size_t nl = local ? strlen(local) + 1 : 0;
   char *ids = malloc(np + nl);
   if (ids == NULL)
     return -1;
-  snprintf(ids, np, "%s%s", prefix, peer);
+  memcpy(ids, peer, np);
   if (local)
     memcpy(ids + np, local, nl);
   free(a->peer_id);
   a->peer_id = ids;
   a->local_id = local ? ids + np : NULL;
-  a->peer_is_credential = prefix[0] != '\0';
+  a->peer_is_credential = is_credential;
   return 0;
 }
 

@@ -198,15 +198,3 @@ int m2mpsk_credential_id(const char *kpsa_id, char *out, size_t out_cap) {
   memcpy(out + 3, kpsa_id, len + 1);
   return M2MPSK_OK;
 }
-
-int m2mpsk_id_is_absolute(const char *id) {
-  if (id == NULL)
-    return 0;
-  size_t len;
-  parsed_id parsed;
-  if (!id_length(id, &len) || !id_parse(id, len, &parsed))
-    return 0;
-  if (parsed.nseg == 2 && parsed.seg[1][0] != 'C')
-    return 0;
-  return parsed.fqdn != NULL;
-}

@@ -16,8 +16,4 @@
  * (M2MPSK_CREDENTIAL_ID_MAX + 1 bytes always suffice). */
 int m2mpsk_credential_id(const char *kpsa_id, char *out, size_t out_cap);
 
-/* 1 when `id` is a valid identifier in absolute form ("//fqdn/..."), 0 when
- * it is SP-relative or invalid. */
-int m2mpsk_id_is_absolute(const char *id);
-
 #endif /* M2MPSK_IDENTITY_H */

@@ -331,10 +331,3 @@ Test(identity, credential_id_is_type_12) {
   free(max);
 }
 
-Test(identity, id_is_absolute) {
-  cr_assert_eq(m2mpsk_id_is_absolute("//m2m.example.com/cse"), 1);
-  cr_assert_eq(m2mpsk_id_is_absolute("//m2m.example.com/cse/C1"), 1);
-  cr_assert_eq(m2mpsk_id_is_absolute("/cse"), 0);
-  cr_assert_eq(m2mpsk_id_is_absolute("//m2m.example.com"), 0);
-  cr_assert_eq(m2mpsk_id_is_absolute(NULL), 0);
-}
