@@ -1,0 +1,396 @@
+#!/usr/bin/env bash
+# The install test: builds the Debian packages from this tree, runs lintian
+# on them, installs them, and checks with the installed files only that each
+# kind of consumer works: C with pkg-config, C with CMake find_package, the
+# m2mpsk command over loopback, Python and Java. Then purges the packages
+# and checks that the machine's package set is what it was before.
+#
+#   bash packaging/test-install.sh
+#
+# Run as root (CI does, on a fresh machine) after the Build-Depends of
+# packaging/debian/control are installed (.ci/run deps installs them).
+# Exits non-zero if any step fails.
+set -uo pipefail
+
+src=$(cd "$(dirname "$0")/.." && pwd)
+packages=(libm2mpsk0 libm2mpsk-dev m2mpsk-tools python3-m2mpsk libm2mpsk-java)
+passed=0
+failed=0
+installed=0
+
+# Only what the packages install may be used: nothing from a build tree, a
+# user's CMake registry or another prefix.
+unset PKG_CONFIG_PATH LD_LIBRARY_PATH PYTHONPATH CLASSPATH CMAKE_PREFIX_PATH \
+      JAVA_TOOL_OPTIONS _JAVA_OPTIONS
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "test-install: run as root (it installs and purges packages)" >&2
+  exit 2
+fi
+for p in "${packages[@]}"; do
+  if dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q ' installed$'; then
+    echo "test-install: $p is already installed; purge it first, so that" \
+         "the test can leave the machine as it found it" >&2
+    exit 2
+  fi
+done
+
+work=$(mktemp -d /tmp/m2mpsk-install-test.XXXXXX)
+dpkg-query -W -f='${Package}:${Architecture} ${Version}\n' | sort >"$work/before"
+
+cleanup() {
+  if [ "$installed" = 1 ]; then
+    echo "== purge"
+    apt-get purge -y -qq "${packages[@]}" >"$work/purge.log" 2>&1 ||
+      { cat "$work/purge.log"; echo "purge failed"; }
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# step NAME COMMAND...: runs one step, prints its output, counts it.
+step() {
+  local name=$1
+  shift
+  echo "== $name"
+  if "$@" >"$work/step.log" 2>&1; then
+    sed 's/^/   /' "$work/step.log"
+    echo "   PASS $name"
+    passed=$((passed + 1))
+    return 0
+  fi
+  sed 's/^/   /' "$work/step.log" | tail -40
+  echo "   FAIL $name"
+  failed=$((failed + 1))
+  return 1
+}
+
+summary() {
+  echo "== test-install: $passed passed, $failed failed"
+  [ "$failed" -eq 0 ]
+}
+
+# ---- build -------------------------------------------------------------------
+# A copy of the source with packaging/debian as debian/, so nothing is ever
+# written into the repository.
+build_debs() {
+  local tree=$work/src/m2mpsk
+  mkdir -p "$tree"
+  if git -C "$src" rev-parse --git-dir >/dev/null 2>&1; then
+    # Tracked files, and new ones not yet committed; never build/ outputs.
+    git -C "$src" ls-files -z --cached --others --exclude-standard |
+      tar -C "$src" -cf - --null -T - | tar -C "$tree" -xf -
+  else
+    tar -C "$src" --exclude=./build --exclude='./build-*' -cf - . |
+      tar -C "$tree" -xf -
+  fi
+  rm -rf "$tree/debian"
+  cp -r "$tree/packaging/debian" "$tree/debian"
+  cd "$tree" || return 1
+  dpkg-checkbuilddeps || return 1
+  # No -dbgsym packages: nothing here uses them, and they halve the time.
+  DEB_BUILD_OPTIONS="noautodbgsym parallel=$(nproc)" \
+    dpkg-buildpackage -us -uc -b >"$work/build.log" 2>&1 ||
+    { tail -60 "$work/build.log"; return 1; }
+  cd "$work" || return 1
+  ls -1 "$work"/src/*.deb
+}
+
+run_lintian() {
+  # Errors fail; warnings must each be fixed or overridden with a reason
+  # (packaging/debian/*.lintian-overrides), so they fail too.
+  # The report shows each override with its reason; the verdict is a
+  # second run, as --show-overrides turns lintian's exit status into 2.
+  lintian --info --show-overrides --fail-on none "$work"/src/m2mpsk_*.changes
+  lintian --fail-on error,warning "$work"/src/m2mpsk_*.changes
+}
+
+install_debs() {
+  apt-get install -y -qq --no-install-recommends "$work"/src/*.deb || return 1
+  installed=1
+  dpkg-query -W "${packages[@]}"
+}
+
+# ---- the consumers -----------------------------------------------------------
+write_consumer() {
+  cat >"$work/consumer.c" <<'EOF'
+/* Entity A and Entity B in one process, bytes moved in memory, over TLS
+ * and DTLS: proves the installed header, library and backend module. */
+#include <m2mpsk/m2mpsk.h>
+#include <stdio.h>
+
+static const uint8_t key[32] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13,
+                                14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24,
+                                25, 26, 27, 28, 29, 30, 31, 32};
+
+static int pump(m2mpsk_assoc *from, m2mpsk_assoc *to) {
+  uint8_t buf[17408];
+  size_t n;
+  int moved = 0;
+  while (m2mpsk_assoc_drain(from, buf, sizeof(buf), &n) == M2MPSK_OK) {
+    (void)m2mpsk_assoc_feed(to, buf, n, 1000);
+    moved = 1;
+  }
+  return moved;
+}
+
+static int handshake(m2mpsk_transport t) {
+  m2mpsk_keystore *ks = NULL;
+  m2mpsk_config *ca = NULL, *cb = NULL;
+  m2mpsk_assoc *a = NULL, *b = NULL;
+  int rc = 1;
+  if (m2mpsk_keystore_new(&ks, 0) != M2MPSK_OK ||
+      m2mpsk_keystore_add(ks, "test@onem2m.com", key, sizeof(key),
+                          "//m2m.example.com/cse-in/Cae1",
+                          "//m2m.example.com/cse-in", 0, 0) != M2MPSK_OK ||
+      m2mpsk_config_new(&ca) != M2MPSK_OK ||
+      m2mpsk_config_new(&cb) != M2MPSK_OK ||
+      m2mpsk_config_add_local_id(cb, "//m2m.example.com/cse-in") != M2MPSK_OK ||
+      m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR, t, ca, ks,
+                       "test@onem2m.com") != M2MPSK_OK ||
+      m2mpsk_assoc_new(&b, M2MPSK_ROLE_RESPONDER, t, cb, ks, NULL) != M2MPSK_OK ||
+      m2mpsk_assoc_start(b, 1000, 0) != M2MPSK_OK ||
+      m2mpsk_assoc_start(a, 1000, 0) != M2MPSK_OK) {
+    fprintf(stderr, "setup failed (backend %s: %s)\n", m2mpsk_backend_name(),
+            m2mpsk_backend_error());
+    goto out;
+  }
+  for (int i = 0; i < 20 && (pump(a, b) | pump(b, a)); i++)
+    ;
+  if (m2mpsk_assoc_state(a) != M2MPSK_STATE_ESTABLISHED ||
+      m2mpsk_assoc_state(b) != M2MPSK_STATE_ESTABLISHED) {
+    fprintf(stderr, "handshake failed: A %s, B %s\n",
+            m2mpsk_assoc_failure_detail(a), m2mpsk_assoc_failure_detail(b));
+    goto out;
+  }
+  printf("%s: A bound to %s, B bound to %s, %s %s\n",
+         t == M2MPSK_TRANSPORT_TLS ? "TLS" : "DTLS", m2mpsk_assoc_peer_id(a),
+         m2mpsk_assoc_peer_id(b), m2mpsk_assoc_version(a),
+         m2mpsk_assoc_suite(a));
+  rc = 0;
+out:
+  m2mpsk_assoc_free(a);
+  m2mpsk_assoc_free(b);
+  m2mpsk_config_free(ca);
+  m2mpsk_config_free(cb);
+  m2mpsk_keystore_free(ks);
+  return rc;
+}
+
+int main(void) {
+  printf("m2mpsk %s (header %s), backend %s\n", m2mpsk_version_string(),
+         M2MPSK_VERSION_STRING, m2mpsk_backend_name());
+  return handshake(M2MPSK_TRANSPORT_TLS) | handshake(M2MPSK_TRANSPORT_DTLS);
+}
+EOF
+}
+
+# Where the dynamic loader found libm2mpsk for a program: must be the
+# installed copy.
+check_libm2mpsk_from_libdir() {
+  local found
+  found=$(ldd "$1" | awk '/libm2mpsk\.so/ {print $3}')
+  echo "libm2mpsk: $found"
+  # /lib is /usr/lib on a merged-/usr system: compare where they lead.
+  [ -n "$found" ] && [ "$(readlink -f "$found")" = \
+    "$(readlink -f "/usr/lib/$(dpkg-architecture -qDEB_HOST_MULTIARCH)/libm2mpsk.so.0")" ]
+}
+
+consumer_pkg_config() {
+  write_consumer
+  echo "pkg-config --modversion m2mpsk: $(pkg-config --modversion m2mpsk)"
+  echo "pkg-config --cflags --libs m2mpsk: $(pkg-config --cflags --libs m2mpsk)"
+  # shellcheck disable=SC2046  # the flags are words
+  cc -std=c11 -Wall -Werror -o "$work/consumer-pc" "$work/consumer.c" \
+    $(pkg-config --cflags --libs m2mpsk) || return 1
+  check_libm2mpsk_from_libdir "$work/consumer-pc" || return 1
+  "$work/consumer-pc"
+}
+
+consumer_cmake() {
+  local proj=$work/cmake-consumer
+  mkdir -p "$proj"
+  cp "$work/consumer.c" "$proj/"
+  cat >"$proj/CMakeLists.txt" <<'EOF'
+cmake_minimum_required(VERSION 3.18)
+project(consumer LANGUAGES C)
+# SameMajorVersion: a request for another major version must not match.
+find_package(m2mpsk 1.0 CONFIG QUIET)
+if(m2mpsk_FOUND)
+  message(FATAL_ERROR "find_package(m2mpsk 1.0) accepted ${m2mpsk_VERSION}")
+endif()
+find_package(m2mpsk 0.1 CONFIG REQUIRED)
+message(STATUS "m2mpsk ${m2mpsk_VERSION} from ${m2mpsk_DIR}")
+add_executable(consumer consumer.c)
+target_link_libraries(consumer PRIVATE m2mpsk::m2mpsk)
+EOF
+  cmake -S "$proj" -B "$proj/build" -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF >"$work/cmake.log" 2>&1 ||
+    { cat "$work/cmake.log"; return 1; }
+  grep 'm2mpsk .* from' "$work/cmake.log"
+  cmake --build "$proj/build" >"$work/cmake.log" 2>&1 ||
+    { cat "$work/cmake.log"; return 1; }
+  check_libm2mpsk_from_libdir "$proj/build/consumer" || return 1
+  "$proj/build/consumer"
+}
+
+# One association between `m2mpsk serve --once` and `m2mpsk connect` over
+# 127.0.0.1; $1 is tcp (TLS) or udp (DTLS).
+cli_loopback() {
+  local port="" srv line rc msg="hello over $1" udp=()
+  [ "$1" = udp ] && udp=(--udp)
+  rm -f "$work/serve.err"
+  m2mpsk serve --keys "$work/keys" --id //m2m.example.com/cse-in --once \
+    --port 0 "${udp[@]}" --timeout 10000 2>"$work/serve.err" &
+  srv=$!
+  for _ in $(seq 100); do
+    line=$(grep -m1 'listening on' "$work/serve.err" 2>/dev/null)
+    port=$(printf '%s' "$line" | sed -n 's/.*listening on [^ ]*:\([0-9][0-9]*\).*/\1/p')
+    [ -n "$port" ] && break
+    kill -0 "$srv" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [ -z "$port" ]; then
+    echo "serve did not start:"; cat "$work/serve.err"
+    kill "$srv" 2>/dev/null; wait "$srv" 2>/dev/null
+    return 1
+  fi
+  out=$(echo "$msg" | timeout 20 m2mpsk connect \
+        "127.0.0.1:$port" --keys "$work/keys" --kpsa-id test@onem2m.com "${udp[@]}" \
+        --timeout 10000 2>"$work/connect.err")
+  rc=$?
+  # --once: serve ends with the association; bounded all the same.
+  for _ in $(seq 100); do kill -0 "$srv" 2>/dev/null || break; sleep 0.1; done
+  kill "$srv" 2>/dev/null
+  wait "$srv"
+  local src_rc=$?
+  echo "serve (exit $src_rc):"; sed 's/^/  /' "$work/serve.err"
+  echo "connect (exit $rc):"; sed 's/^/  /' "$work/connect.err"
+  echo "connect stdout: $out"
+  [ "$rc" -eq 0 ] && [ "$src_rc" -eq 0 ] && [ "$out" = "$msg" ]
+}
+
+consumer_cli() {
+  command -v m2mpsk
+  [ "$(command -v m2mpsk)" = /usr/bin/m2mpsk ] || return 1
+  m2mpsk --help >"$work/help.txt" || return 1
+  head -3 "$work/help.txt"
+  m2mpsk version || return 1
+  (umask 077 && m2mpsk keygen --keys "$work/keys" --kpsa-id test@onem2m.com \
+     --idb //m2m.example.com/cse-in --ida //m2m.example.com/cse-in/Cae1) || return 1
+  cli_loopback tcp && cli_loopback udp
+}
+
+consumer_python() {
+  # From a directory of its own, with a clean environment, so that nothing
+  # but the installed module can be imported.
+  mkdir -p "$work/py"
+  (cd "$work/py" && env -i PATH=/usr/bin:/bin LC_ALL=C.UTF-8 \
+     /usr/bin/python3 -I -c '
+import m2mpsk
+
+print("module", m2mpsk.__file__, "from", m2mpsk._m2mpsk.__file__)
+assert m2mpsk.__file__.startswith("/usr/lib/python3/dist-packages/")
+print("m2mpsk", m2mpsk.version_string(), "backend", m2mpsk.backend_name())
+IDB = "//m2m.example.com/cse-in"
+for transport, name in ((m2mpsk.TRANSPORT_TLS, "TLS"), (m2mpsk.TRANSPORT_DTLS, "DTLS")):
+    with m2mpsk.Keystore() as ks, m2mpsk.Config() as ca, m2mpsk.Config() as cb:
+        ks.add("test@onem2m.com", bytes(range(32)), None, IDB)
+        cb.add_local_id(IDB)
+        with m2mpsk.Association(m2mpsk.ROLE_INITIATOR, transport, ca, ks, "test@onem2m.com") as a, \
+             m2mpsk.Association(m2mpsk.ROLE_RESPONDER, transport, cb, ks) as b:
+            b.start(1000)
+            a.start(1000)
+            for _ in range(20):
+                moved = False
+                for src, dst in ((a, b), (b, a)):
+                    while out := src.drain():
+                        dst.feed(out, 1000)
+                        moved = True
+                if not moved:
+                    break
+            assert a.state() == m2mpsk.STATE_ESTABLISHED, a.failure_detail()
+            assert b.state() == m2mpsk.STATE_ESTABLISHED, b.failure_detail()
+            print(f"{name}: A bound to {a.peer_id()}, B bound to {b.peer_id()}"
+                  f" (credential: {b.peer_id_is_credential()}), {a.version()} {a.suite()}")
+')
+}
+
+consumer_java() {
+  local jdir=$work/java jar=/usr/share/java/m2mpsk.jar
+  local jdk=/usr/lib/jvm/default-java/bin
+  mkdir -p "$jdir"
+  cat >"$jdir/Handshake.java" <<'EOF'
+import m2mpsk.Association;
+import m2mpsk.Config;
+import m2mpsk.Keystore;
+import m2mpsk.M2mpsk;
+
+/** Entity A and Entity B in memory, over TLS and DTLS, through the jar. */
+public class Handshake {
+  static {
+    // Found in /usr/lib/<multiarch>/jni, on Debian's default library path.
+    System.loadLibrary("m2mpskjni");
+  }
+
+  static final String IDB = "//m2m.example.com/cse-in";
+
+  public static void main(String[] args) {
+    System.out.println("m2mpsk " + M2mpsk.versionString() + " backend " + M2mpsk.backendName());
+    byte[] key = new byte[32];
+    for (int i = 0; i < key.length; i++) key[i] = (byte) i;
+    int[] transports = {M2mpsk.TRANSPORT_TLS, M2mpsk.TRANSPORT_DTLS};
+    for (int t : transports) {
+      try (Keystore ks = new Keystore(); Config ca = new Config(); Config cb = new Config()) {
+        ks.add("test@onem2m.com", key, null, IDB);
+        cb.addLocalId(IDB);
+        try (Association a = new Association(M2mpsk.ROLE_INITIATOR, t, ca, ks, "test@onem2m.com");
+             Association b = new Association(M2mpsk.ROLE_RESPONDER, t, cb, ks)) {
+          b.start(1000);
+          a.start(1000);
+          for (int round = 0; round < 20; round++) {
+            boolean moved = false;
+            for (byte[] o = a.drain(); o.length > 0; o = a.drain()) { b.feed(o, 1000); moved = true; }
+            for (byte[] o = b.drain(); o.length > 0; o = b.drain()) { a.feed(o, 1000); moved = true; }
+            if (!moved) break;
+          }
+          if (a.state() != M2mpsk.STATE_ESTABLISHED || b.state() != M2mpsk.STATE_ESTABLISHED)
+            throw new AssertionError("A: " + a.failureDetail() + ", B: " + b.failureDetail());
+          System.out.println((t == M2mpsk.TRANSPORT_TLS ? "TLS" : "DTLS") + ": A bound to "
+              + a.peerId() + ", B bound to " + b.peerId() + ", " + a.version() + " " + a.suite());
+        }
+      }
+    }
+  }
+}
+EOF
+  ls -l "$jar"
+  "$jdk/javac" -cp "$jar" -d "$jdir" "$jdir/Handshake.java" || return 1
+  # No -Djava.library.path: Debian's JVMs search /usr/lib/<multiarch>/jni.
+  (cd "$jdir" && "$jdk/java" -cp "$jar:." Handshake)
+}
+
+# Purged means gone: the package set is what it was before the test.
+machine_as_found() {
+  apt-get purge -y -qq "${packages[@]}" || return 1
+  installed=0
+  dpkg-query -W -f='${Package}:${Architecture} ${Version}\n' | sort >"$work/after"
+  diff "$work/before" "$work/after" && echo "package set unchanged"
+}
+
+start=$SECONDS
+if step "build the .debs (dpkg-buildpackage -us -uc -b)" build_debs &&
+   step "lintian (no errors; warnings fixed or overridden)" run_lintian &&
+   step "install (apt-get install ./*.deb)" install_debs; then
+  step "1. C consumer with pkg-config" consumer_pkg_config
+  step "2. C consumer with CMake find_package(m2mpsk CONFIG)" consumer_cmake
+  step "3. m2mpsk --help, serve --once / connect over 127.0.0.1 (TLS, DTLS)" consumer_cli
+  step "4. python3 -c 'import m2mpsk' handshake" consumer_python
+  step "5. Java class with /usr/share/java/m2mpsk.jar handshake" consumer_java
+  step "purge, machine as found" machine_as_found
+fi
+echo "== took $((SECONDS - start)) s"
+summary
