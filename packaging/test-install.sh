@@ -69,7 +69,7 @@ step() {
 }
 
 summary() {
-  echo "== test-install: $passed passed, $failed failed"
+  echo "test-install: $passed passed, $failed failed"
   [ "$failed" -eq 0 ]
 }
 
