@@ -37,7 +37,9 @@ struct m2mpsk_assoc {
 
   char kpsa_id[M2MPSK_KPSA_ID_MAX + 1];
   int have_kpsa_id;
-  uint64_t serial; /* initiator: the record chosen at creation */
+  uint64_t serial;      /* the record in use (initiator: from creation) */
+  int64_t not_after;    /* its validity end, 0: none */
+  uint64_t checked_gen; /* keystore generation when last checked */
   /* Responder: which local identities the SNI allows (all when no SNI). */
   unsigned char *sni_ok;
   /* Decided when the key is handed over, visible once bound: one block
@@ -197,6 +199,7 @@ unsigned m2mpsk_assoc_on_client_psk(m2mpsk_assoc *a, char *identity,
   memcpy(identity, a->kpsa_id, strlen(a->kpsa_id) + 1);
   memcpy(psk, key, key_len);
   sodium_memzero(key, sizeof(key));
+  a->not_after = v.not_after;
   return (unsigned)key_len;
 }
 
@@ -239,6 +242,8 @@ unsigned m2mpsk_assoc_on_server_psk(m2mpsk_assoc *a, const char *identity,
   } else {
     memcpy(a->kpsa_id, identity, id_len + 1);
     a->have_kpsa_id = 1;
+    a->serial = v.serial;
+    a->not_after = v.not_after;
     if (decide_binding(a, &v) != 0) {
       r = M2MPSK_REASON_INTERNAL;
       why = "out of memory binding KpsaID %s";
@@ -276,6 +281,44 @@ int m2mpsk_assoc_on_server_name(m2mpsk_assoc *a, const char *host) {
            "SNI %s names no identity this responder serves", host);
     return 1;
   }
+  return 0;
+}
+
+/* ---- live associations and their record ---------------------------------- */
+
+/* An association lives only as long as the record it was made from: once
+ * that record is removed, replaced, revoked or expired, the next operation
+ * fails closed, with a fatal alert to tell the peer, whatever the host
+ * remembers to do. The keystore is consulted only when its generation
+ * moved, so the check costs one atomic load on the data path. Returns 1
+ * while the record is good. */
+static int record_still_good(m2mpsk_assoc *a) {
+  if (!a->bound)
+    return 1;
+  const char *why = NULL;
+  m2mpsk_reason r = M2MPSK_REASON_NONE;
+  if (a->not_after != 0 && unix_now(a) > a->not_after) {
+    r = M2MPSK_REASON_EXPIRED;
+    why = "record for KpsaID %s expired during the association";
+  } else {
+    uint64_t gen = m2mpsk_keystore_generation(a->ks);
+    if (gen == a->checked_gen)
+      return 1;
+    m2mpsk_record_view v;
+    if (m2mpsk_keystore_fetch(a->ks, a->kpsa_id, &v, NULL, NULL) != M2MPSK_OK ||
+        v.serial != a->serial || v.revoked) {
+      r = M2MPSK_REASON_REVOKED;
+      why = "record for KpsaID %s was revoked or removed during the "
+            "association";
+    } else {
+      a->checked_gen = gen;
+      return 1;
+    }
+  }
+  char msg[192];
+  format1(msg, sizeof(msg), why, a->kpsa_id);
+  m2mpsk_engine_abort(a->eng, 49 /* access_denied */);
+  fail(a, r, msg);
   return 0;
 }
 
@@ -387,6 +430,7 @@ static int step_handshake(m2mpsk_assoc *a) {
     return M2MPSK_E_FAILED;
   }
   a->bound = 1;
+  a->checked_gen = m2mpsk_keystore_generation(a->ks);
   a->state = M2MPSK_STATE_ESTABLISHED;
   return M2MPSK_OK;
 }
@@ -452,6 +496,8 @@ int m2mpsk_assoc_feed(m2mpsk_assoc *a, const uint8_t *data, size_t len,
   if (len == 0)
     return M2MPSK_OK;
   set_now(a, now_ms);
+  if (!record_still_good(a))
+    return M2MPSK_E_FAILED;
   if (m2mpsk_engine_push(a->eng, data, len) != M2MPSK_OK) {
     /* A stream that lost bytes cannot go on; a lost datagram is loss. */
     if (a->transport == M2MPSK_TRANSPORT_TLS)
@@ -516,6 +562,8 @@ int m2mpsk_assoc_handle_timeout(m2mpsk_assoc *a, uint64_t now_ms) {
   if (a->state == M2MPSK_STATE_CLOSED)
     return M2MPSK_OK;
   set_now(a, now_ms);
+  if (!record_still_good(a))
+    return M2MPSK_E_FAILED;
   if (a->state == M2MPSK_STATE_HANDSHAKING && a->now_ms >= a->deadline_ms) {
     char msg[96];
     snprintf(msg, sizeof(msg), "handshake not complete after %u ms",
@@ -547,9 +595,11 @@ int m2mpsk_assoc_write(m2mpsk_assoc *a, const uint8_t *data, size_t len,
     return M2MPSK_E_CLOSED;
   if (a->state != M2MPSK_STATE_ESTABLISHED)
     return M2MPSK_E_STATE;
+  m2mpsk_engine_set_now(a->now_ms);
+  if (!record_still_good(a))
+    return M2MPSK_E_FAILED;
   if (len == 0)
     return M2MPSK_OK;
-  m2mpsk_engine_set_now(a->now_ms);
   int rc = m2mpsk_engine_write(a->eng, data, len);
   if (rc == M2MPSK_E_FAILED)
     fail_from_engine(a);
@@ -572,6 +622,8 @@ int m2mpsk_assoc_read(m2mpsk_assoc *a, uint8_t *out, size_t cap,
   if (a->state != M2MPSK_STATE_ESTABLISHED && a->state != M2MPSK_STATE_CLOSED)
     return M2MPSK_E_STATE;
   m2mpsk_engine_set_now(a->now_ms);
+  if (!record_still_good(a))
+    return M2MPSK_E_FAILED;
   int rc = m2mpsk_engine_read(a->eng, out, cap, out_len);
   if (rc == M2MPSK_E_CLOSED) {
     a->received_close = 1;

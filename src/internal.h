@@ -31,6 +31,9 @@ int m2mpsk_keystore_fetch(const m2mpsk_keystore *ks, const char *kpsa_id,
                           m2mpsk_record_view *view, uint8_t *key_out,
                           size_t *key_len);
 
+/* A counter that every remove and revoke increases. Thread-safe. */
+uint64_t m2mpsk_keystore_generation(const m2mpsk_keystore *ks);
+
 /* Takes one more reference; m2mpsk_keystore_free() drops one. */
 void m2mpsk_keystore_ref(m2mpsk_keystore *ks);
 

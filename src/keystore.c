@@ -78,6 +78,9 @@ struct m2mpsk_keystore {
   ks_record **buckets;
   size_t nbuckets; /* a power of two */
   atomic_size_t count;
+  /* Bumped by every remove and revoke, so that live associations re-check
+   * their record only when something may have happened to it. */
+  atomic_uint_fast64_t generation;
   uint64_t next_serial;
 
   ks_slab **slabs;
@@ -610,6 +613,7 @@ int m2mpsk_keystore_remove(m2mpsk_keystore *ks, const char *kpsa_id) {
     record_drop_key(ks, r);
     *link = r->next;
     atomic_fetch_sub(&ks->count, 1);
+    atomic_fetch_add(&ks->generation, 1);
   }
   pthread_rwlock_unlock(ks->lock);
   if (r == NULL)
@@ -626,6 +630,7 @@ int m2mpsk_keystore_revoke(m2mpsk_keystore *ks, const char *kpsa_id) {
   if (r != NULL) {
     record_drop_key(ks, r);
     r->revoked = 1;
+    atomic_fetch_add(&ks->generation, 1);
   }
   pthread_rwlock_unlock(ks->lock);
   return r != NULL ? M2MPSK_OK : M2MPSK_E_NOT_FOUND;
@@ -696,6 +701,10 @@ int m2mpsk_keystore_fetch(const m2mpsk_keystore *ks, const char *kpsa_id,
 out:
   pthread_rwlock_unlock(ks->lock);
   return rc;
+}
+
+uint64_t m2mpsk_keystore_generation(const m2mpsk_keystore *ks) {
+  return atomic_load(&ks->generation);
 }
 
 size_t m2mpsk_keystore_count(const m2mpsk_keystore *ks) {

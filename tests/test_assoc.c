@@ -1330,3 +1330,154 @@ Test(misuse, no_wall_clock_is_fine_without_validity_windows) {
   cr_assert_eq(m2mpsk_assoc_state(p.b), M2MPSK_STATE_ESTABLISHED);
   m2mt_pair_free(&p);
 }
+
+/* ---- live associations outlive no record ------------------------------------
+ */
+
+typedef struct live_case {
+  m2mpsk_transport t;
+  int action; /* 0 remove, 1 revoke, 2 expire */
+  int side;   /* whose record: 0 the initiator's, 1 the responder's */
+} live_case;
+
+ParameterizedTestParameters(live, record_change_fails_the_association) {
+  static live_case cases[12];
+  for (int i = 0; i < 12; i++)
+    cases[i] = (live_case){(m2mpsk_transport)(i / 6), (i / 2) % 3, i % 2};
+  return cr_make_param_array(live_case, cases, 12);
+}
+
+ParameterizedTest(live_case *c, live, record_change_fails_the_association) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, c->t, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  m2mpsk_keystore *ks = c->side ? p.ks_b : p.ks_a;
+  if (c->action == 2) {
+    replace_record(ks, M2MT_KPSA_ID, m2mt_key, M2MT_IDA, M2MT_IDB, 0,
+                   UNIX0 + 100);
+    if (c->side == 0)
+      renew_initiator(&p, c->t);
+  }
+  m2mt_pair_start(&p, NOW0, UNIX0);
+  uint64_t now = NOW0;
+  m2mt_run_handshake(p.a, p.b, NULL, &now, 100);
+  cr_assert_eq(m2mpsk_assoc_state(p.a), M2MPSK_STATE_ESTABLISHED);
+  cr_assert_eq(m2mpsk_assoc_state(p.b), M2MPSK_STATE_ESTABLISHED);
+  m2mpsk_assoc *x = c->side ? p.b : p.a, *y = c->side ? p.a : p.b;
+  size_t w, n;
+  uint8_t buf[256];
+  /* Still fine before the change. */
+  cr_assert_eq(m2mpsk_assoc_write(x, (const uint8_t *)"ok", 2, &w), M2MPSK_OK);
+  m2mt_transfer(x, y, NULL, now);
+  cr_assert_eq(m2mpsk_assoc_read(y, buf, sizeof(buf), &n), M2MPSK_OK);
+
+  m2mpsk_reason want = M2MPSK_REASON_REVOKED;
+  if (c->action == 0) {
+    cr_assert_eq(m2mpsk_keystore_remove(ks, M2MT_KPSA_ID), M2MPSK_OK);
+    cr_assert_eq(m2mpsk_assoc_write(x, buf, 1, &w), M2MPSK_E_FAILED);
+  } else if (c->action == 1) {
+    cr_assert_eq(m2mpsk_keystore_revoke(ks, M2MT_KPSA_ID), M2MPSK_OK);
+    cr_assert_eq(m2mpsk_assoc_read(x, buf, sizeof(buf), &n), M2MPSK_E_FAILED);
+  } else {
+    want = M2MPSK_REASON_EXPIRED;
+    cr_assert_eq(m2mpsk_assoc_handle_timeout(x, now + 99000), M2MPSK_OK);
+    cr_assert_eq(m2mpsk_assoc_handle_timeout(x, now + 101000), M2MPSK_E_FAILED);
+  }
+  cr_assert_eq(m2mpsk_assoc_failure(x), want, "%s",
+               m2mpsk_assoc_failure_detail(x));
+  cr_assert_null(m2mpsk_assoc_peer_id(x));
+  cr_assert_eq(m2mpsk_assoc_write(x, buf, 1, &w), M2MPSK_E_FAILED);
+  /* The peer is told, and fails closed too. */
+  m2mt_transfer(x, y, NULL, now);
+  cr_assert_eq(m2mpsk_assoc_read(y, buf, sizeof(buf), &n), M2MPSK_E_FAILED);
+  cr_assert_eq(m2mpsk_assoc_failure(y), M2MPSK_REASON_PEER_ALERT, "%s",
+               m2mpsk_assoc_failure_detail(y));
+  m2mt_pair_free(&p);
+}
+
+Test(live, unrelated_changes_leave_the_association_alone) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  m2mt_pair_start(&p, NOW0, UNIX0);
+  uint64_t now = NOW0;
+  m2mt_run_handshake(p.a, p.b, NULL, &now, 100);
+  cr_assert_eq(m2mpsk_keystore_add(p.ks_b, "other@onem2m.com", m2mt_key, 32,
+                                   NULL, M2MT_IDB, 0, 0),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_remove(p.ks_b, "other@onem2m.com"), M2MPSK_OK);
+  size_t w, n;
+  uint8_t buf[16];
+  cr_assert_eq(m2mpsk_assoc_write(p.b, (const uint8_t *)"hi", 2, &w),
+               M2MPSK_OK);
+  m2mt_transfer(p.b, p.a, NULL, now);
+  cr_assert_eq(m2mpsk_assoc_read(p.a, buf, sizeof(buf), &n), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_state(p.b), M2MPSK_STATE_ESTABLISHED);
+  m2mt_pair_free(&p);
+}
+
+typedef struct live_env {
+  m2mpsk_keystore *ks_a, *ks_b;
+  m2mpsk_config *cfg_a, *cfg_b;
+  m2mpsk_transport t;
+  pthread_barrier_t established, removed;
+  int revoked_seen;
+} live_env;
+
+static void *live_worker(void *arg) {
+  live_env *env = arg;
+  m2mpsk_assoc *a = NULL, *b = NULL;
+  int ok = m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR, env->t, env->cfg_a,
+                            env->ks_a, M2MT_KPSA_ID) == M2MPSK_OK &&
+           m2mpsk_assoc_new(&b, M2MPSK_ROLE_RESPONDER, env->t, env->cfg_b,
+                            env->ks_b, NULL) == M2MPSK_OK &&
+           m2mpsk_assoc_start(b, NOW0, UNIX0) == M2MPSK_OK &&
+           m2mpsk_assoc_start(a, NOW0, UNIX0) == M2MPSK_OK;
+  uint64_t now = NOW0;
+  if (ok)
+    m2mt_run_handshake(a, b, NULL, &now, 100);
+  ok = ok && m2mpsk_assoc_state(b) == M2MPSK_STATE_ESTABLISHED;
+  pthread_barrier_wait(&env->established);
+  pthread_barrier_wait(&env->removed);
+  size_t w;
+  if (ok &&
+      m2mpsk_assoc_write(b, (const uint8_t *)"x", 1, &w) == M2MPSK_E_FAILED &&
+      m2mpsk_assoc_failure(b) == M2MPSK_REASON_REVOKED)
+    __atomic_add_fetch(&env->revoked_seen, 1, __ATOMIC_RELAXED);
+  m2mpsk_assoc_free(a);
+  m2mpsk_assoc_free(b);
+  return NULL;
+}
+
+Test(live, removal_reaches_associations_on_every_thread, .timeout = 60) {
+  for (int t = 0; t < 2; t++) {
+    live_env env = {.t = (m2mpsk_transport)t};
+    cr_assert_eq(m2mpsk_keystore_new(&env.ks_a, 0), M2MPSK_OK);
+    cr_assert_eq(m2mpsk_keystore_new(&env.ks_b, 0), M2MPSK_OK);
+    cr_assert_eq(m2mpsk_keystore_add(env.ks_a, M2MT_KPSA_ID, m2mt_key, 32,
+                                     M2MT_IDA, M2MT_IDB, 0, 0),
+                 M2MPSK_OK);
+    cr_assert_eq(m2mpsk_keystore_add(env.ks_b, M2MT_KPSA_ID, m2mt_key, 32,
+                                     M2MT_IDA, M2MT_IDB, 0, 0),
+                 M2MPSK_OK);
+    cr_assert_eq(m2mpsk_config_new(&env.cfg_a), M2MPSK_OK);
+    cr_assert_eq(m2mpsk_config_new(&env.cfg_b), M2MPSK_OK);
+    cr_assert_eq(m2mpsk_config_add_local_id(env.cfg_b, M2MT_IDB), M2MPSK_OK);
+    enum { N = 4 };
+    pthread_barrier_init(&env.established, NULL, N + 1);
+    pthread_barrier_init(&env.removed, NULL, N + 1);
+    pthread_t th[N];
+    for (int i = 0; i < N; i++)
+      cr_assert_eq(pthread_create(&th[i], NULL, live_worker, &env), 0);
+    pthread_barrier_wait(&env.established);
+    cr_assert_eq(m2mpsk_keystore_remove(env.ks_b, M2MT_KPSA_ID), M2MPSK_OK);
+    pthread_barrier_wait(&env.removed);
+    for (int i = 0; i < N; i++)
+      pthread_join(th[i], NULL);
+    cr_assert_eq(env.revoked_seen, N);
+    pthread_barrier_destroy(&env.established);
+    pthread_barrier_destroy(&env.removed);
+    m2mpsk_config_free(env.cfg_a);
+    m2mpsk_config_free(env.cfg_b);
+    m2mpsk_keystore_free(env.ks_a);
+    m2mpsk_keystore_free(env.ks_b);
+  }
+}

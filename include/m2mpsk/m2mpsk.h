@@ -261,9 +261,11 @@ M2MPSK_API int m2mpsk_keystore_add(m2mpsk_keystore *ks, const char *kpsa_id,
                                    int64_t not_after) M2MPSK_MUST_CHECK;
 
 /**
- * Removes a record and wipes its key. Associations that have not yet used
- * the record fail with M2MPSK_REASON_REVOKED (initiator) or as an unknown
- * identity (responder). Thread-safe.
+ * Removes a record and wipes its key. Every association using it, live or
+ * not yet established, fails closed on its next operation with
+ * M2MPSK_REASON_REVOKED and sends the peer an access_denied alert; a
+ * responder that had not reached the key yet treats the KpsaID as unknown.
+ * Thread-safe.
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL) or M2MPSK_E_NOT_FOUND (also
  * for a KpsaID that could never be stored, e.g. too long).
  */
@@ -271,7 +273,8 @@ M2MPSK_API int m2mpsk_keystore_remove(m2mpsk_keystore *ks, const char *kpsa_id);
 
 /**
  * Revokes a record: wipes its key but keeps its KpsaID, so that handshakes
- * using it fail with M2MPSK_REASON_REVOKED rather than as unknown. A revoked
+ * using it fail with M2MPSK_REASON_REVOKED rather than as unknown, and live
+ * associations using it fail closed on their next operation. A revoked
  * record can be removed, but not re-added until it is; revoking it again
  * returns M2MPSK_OK. Thread-safe.
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL) or M2MPSK_E_NOT_FOUND (also
@@ -467,9 +470,12 @@ typedef enum m2mpsk_reason {
   M2MPSK_REASON_PROTOCOL = 4,
   /** The handshake did not complete within the configured timeout. */
   M2MPSK_REASON_TIMEOUT = 5,
-  /** The record is outside its validity window. */
+  /** The record is outside its validity window (also when it expires
+   *  during a live association: checked on each feed, read, write and
+   *  handle_timeout against the caller's clock). */
   M2MPSK_REASON_EXPIRED = 6,
-  /** The record was revoked or removed. */
+  /** The record was revoked, removed or replaced (also during a live
+   *  association, which then fails on its next operation). */
   M2MPSK_REASON_REVOKED = 7,
   /** The caller broke the API contract: a record with a validity window was
    *  used without a wall-clock time at m2mpsk_assoc_start(). */

@@ -718,6 +718,7 @@ static const m2mpsk_engine_ops k_ops = {
     .read = bssl_read,
     .write = bssl_write,
     .close = bssl_close,
+    .abort = bssl_abort,
     .timer = bssl_timer,
     .on_timer = bssl_on_timer,
     .suite = bssl_suite,

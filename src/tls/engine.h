@@ -67,6 +67,7 @@ typedef struct m2mpsk_engine_ops {
   int (*read)(m2mpsk_engine *e, uint8_t *out, size_t cap, size_t *out_len);
   int (*write)(m2mpsk_engine *e, const uint8_t *data, size_t len);
   int (*close)(m2mpsk_engine *e);
+  void (*abort)(m2mpsk_engine *e, uint8_t alert);
   int (*timer)(const m2mpsk_engine *e, uint64_t *remaining_ms);
   int (*on_timer)(m2mpsk_engine *e);
   const char *(*suite)(const m2mpsk_engine *e);
@@ -124,6 +125,8 @@ int m2mpsk_engine_read(m2mpsk_engine *e, uint8_t *out, size_t cap,
 int m2mpsk_engine_write(m2mpsk_engine *e, const uint8_t *data, size_t len);
 /* Queues close_notify. M2MPSK_OK or M2MPSK_E_FAILED. */
 int m2mpsk_engine_close(m2mpsk_engine *e);
+/* Queues a fatal alert and stops the engine. */
+void m2mpsk_engine_abort(m2mpsk_engine *e, uint8_t alert);
 /* 1 and the time left, when a retransmission timer runs; else 0. */
 int m2mpsk_engine_timer(const m2mpsk_engine *e, uint64_t *remaining_ms);
 /* Retransmits if the timer expired: M2MPSK_OK or M2MPSK_E_FAILED. */

@@ -181,6 +181,10 @@ int m2mpsk_engine_close(m2mpsk_engine *e) {
   return ops()->close(e);
 }
 
+void m2mpsk_engine_abort(m2mpsk_engine *e, uint8_t alert) {
+  ops()->abort(e, alert);
+}
+
 int m2mpsk_engine_timer(const m2mpsk_engine *e, uint64_t *remaining_ms) {
   return ops()->timer(e, remaining_ms);
 }
