@@ -17,9 +17,12 @@ uint64_t cli_now_ms(void) {
   return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-int64_t cli_unix_time(void) { return (int64_t)time(NULL); }
+int64_t cli_unix_time(void) {
+  return (int64_t)time(NULL);
+}
 
-static void vlog(const char *fmt, va_list ap) {
+__attribute__((format(printf, 1, 0))) static void vlog(const char *fmt,
+                                                       va_list ap) {
   char line[1024];
   vsnprintf(line, sizeof(line), fmt, ap);
   fprintf(stderr, "m2mpsk: %s\n", line);
@@ -99,9 +102,8 @@ m2mpsk_config *cli_make_config(const char *suites, uint32_t timeout_ms,
       goto fail;
     }
   }
-  if (timeout_ms != 0 &&
-      (rc = m2mpsk_config_set_handshake_timeout(cfg, timeout_ms)) !=
-          M2MPSK_OK) {
+  if (timeout_ms != 0 && (rc = m2mpsk_config_set_handshake_timeout(
+                              cfg, timeout_ms)) != M2MPSK_OK) {
     cli_log("--timeout: %s", m2mpsk_strerror(rc));
     goto fail;
   }
@@ -111,8 +113,8 @@ m2mpsk_config *cli_make_config(const char *suites, uint32_t timeout_ms,
       goto fail;
     }
   }
-  if (reveal && (rc = m2mpsk_config_set_reveal_unknown_identity(cfg, 1)) !=
-                    M2MPSK_OK) {
+  if (reveal &&
+      (rc = m2mpsk_config_set_reveal_unknown_identity(cfg, 1)) != M2MPSK_OK) {
     cli_log("--reveal-unknown: %s", m2mpsk_strerror(rc));
     goto fail;
   }

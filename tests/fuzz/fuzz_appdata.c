@@ -1,0 +1,206 @@
+/* Application data after a real handshake. Each input sets up a fresh,
+ * lossless in-memory handshake (its own keystores, so that revocation
+ * stays within the input), then drives the established pair with a
+ * sequence of operations: records the genuine peer writes (intact, or
+ * corrupted, truncated, replayed or held back), raw bytes fed as records,
+ * reads, writes, close_notify, clock jumps and revocation.
+ *
+ * Input:  opts op*
+ *   opts bit 0:    DTLS (else TLS)
+ *   opts bit 1:    the fuzzed side is the responder (else the initiator)
+ *   opts bits 2-4: cipher suite index (mod the number of suites)
+ *   opts bit 5:    record without IdA (responder binds the Credential-ID)
+ *   opts bit 6:    record with a validity window ending 100 s in
+ *   op := code args, code taken mod 9:
+ *     0 n bytes[n]      peer writes n bytes; delivered to the fuzzed side
+ *     1 hi lo bytes     raw chunk (common.h format) fed to the fuzzed side
+ *     2 mode pos x n bytes[n]
+ *                       peer writes n bytes; the record is mangled before
+ *                       delivery: mode%4 = 0 xor byte pos%len with x|1,
+ *                       1 truncate to pos%len, 2 deliver twice (replay),
+ *                       3 hold back and deliver after the next record
+ *     3 cap             fuzzed side reads (cap%256 + 1) and is queried
+ *     4 n bytes[n]      fuzzed side writes n bytes; the peer reads them
+ *     5                 fuzzed side sends close_notify
+ *     6                 peer sends close_notify; delivered
+ *     7 s               clock advances s seconds; timers handled
+ *     8                 the record is revoked in the fuzzed side's keystore
+ * At most 128 ops. */
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "common.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static m2mpsk_config *suite_cfg(size_t suite, int responder) {
+  static m2mpsk_config *cfg[8][2];
+  suite %= m2mpsk_suite_count();
+  if (cfg[suite][responder] == NULL)
+    cfg[suite][responder] = fz_cfg_with_suite(suite, responder);
+  return cfg[suite][responder];
+}
+
+static void take(fz_reader *r, size_t n, const uint8_t **p, size_t *got) {
+  if (n > r->left)
+    n = r->left;
+  *p = r->p;
+  *got = n;
+  r->p += n;
+  r->left -= n;
+}
+
+/* Drains one piece from `from` into buf. */
+static size_t drain_one(m2mpsk_assoc *from, uint8_t *buf, size_t cap) {
+  size_t n = 0;
+  if (m2mpsk_assoc_drain(from, buf, cap, &n) != M2MPSK_OK)
+    return 0;
+  return n;
+}
+
+static void feed(m2mpsk_assoc *to, const uint8_t *p, size_t n, uint64_t now) {
+  if (n > 0)
+    (void)m2mpsk_assoc_feed(to, p, n, now);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  static uint8_t rec[17000], held[17000];
+  fz_reader r = {data, size};
+  uint8_t opts = fz_byte(&r);
+  m2mpsk_transport t =
+      (opts & 1) ? M2MPSK_TRANSPORT_DTLS : M2MPSK_TRANSPORT_TLS;
+  int fuzz_responder = (opts & 2) != 0;
+  size_t suite = (opts >> 2) & 7;
+  const char *ida = (opts & 32) ? NULL : FZ_IDA;
+  int64_t nb = (opts & 64) ? FZ_WINDOW_NB : 0;
+  int64_t na = (opts & 64) ? FZ_WINDOW_NA : 0;
+
+  m2mpsk_keystore *ks_a = NULL, *ks_b = NULL;
+  fz_check(m2mpsk_keystore_new(&ks_a, 0) == M2MPSK_OK, "keystore_new");
+  fz_check(m2mpsk_keystore_new(&ks_b, 0) == M2MPSK_OK, "keystore_new");
+  fz_check(m2mpsk_keystore_add(ks_a, FZ_KPSA_ID, fz_key, sizeof(fz_key), ida,
+                               FZ_IDB, nb, na) == M2MPSK_OK,
+           "keystore_add");
+  fz_check(m2mpsk_keystore_add(ks_b, FZ_KPSA_ID, fz_key, sizeof(fz_key), ida,
+                               FZ_IDB, nb, na) == M2MPSK_OK,
+           "keystore_add");
+  m2mpsk_assoc *a = NULL, *b = NULL;
+  fz_check(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR, t, suite_cfg(suite, 0),
+                            ks_a, FZ_KPSA_ID) == M2MPSK_OK,
+           "assoc_new");
+  fz_check(m2mpsk_assoc_new(&b, M2MPSK_ROLE_RESPONDER, t, suite_cfg(suite, 1),
+                            ks_b, NULL) == M2MPSK_OK,
+           "assoc_new");
+  uint64_t now = FZ_T0;
+  fz_check(m2mpsk_assoc_start(b, now, FZ_UNIX_TIME) == M2MPSK_OK, "start");
+  fz_check(m2mpsk_assoc_start(a, now, FZ_UNIX_TIME) == M2MPSK_OK, "start");
+  fz_check(fz_handshake(a, b, &now, NULL, NULL), "handshake");
+
+  m2mpsk_assoc *me = fuzz_responder ? b : a;   /* the fuzzed side */
+  m2mpsk_assoc *peer = fuzz_responder ? a : b; /* the genuine peer */
+  m2mpsk_keystore *my_ks = fuzz_responder ? ks_b : ks_a;
+  size_t held_len = 0;
+
+  for (int ops = 0; ops < 128 && r.left > 0; ops++) {
+    uint8_t code = fz_byte(&r) % 9;
+    const uint8_t *p;
+    size_t n, w;
+    switch (code) {
+    case 0: /* genuine record */
+      take(&r, fz_byte(&r), &p, &n);
+      (void)m2mpsk_assoc_write(peer, p, n, &w);
+      fz_transfer(peer, me, now, NULL, NULL);
+      break;
+    case 1: { /* raw chunk */
+      fz_chunk c;
+      if (fz_next_chunk(&r, &c)) {
+        if (c.timeout_first)
+          fz_fire_timer(me, &now);
+        (void)m2mpsk_assoc_feed(me, c.data, c.len, now);
+        fz_drain_all(me, c.small_drain);
+      }
+      break;
+    }
+    case 2: { /* mangled record */
+      uint8_t mode = fz_byte(&r) % 4, pos = fz_byte(&r), x = fz_byte(&r);
+      take(&r, fz_byte(&r), &p, &n);
+      (void)m2mpsk_assoc_write(peer, p, n, &w);
+      size_t len;
+      while ((len = drain_one(peer, rec, sizeof(rec))) > 0) {
+        switch (mode) {
+        case 0:
+          rec[pos % len] ^= (uint8_t)(x | 1);
+          feed(me, rec, len, now);
+          break;
+        case 1: feed(me, rec, pos % len, now); break;
+        case 2:
+          feed(me, rec, len, now);
+          feed(me, rec, len, now);
+          break;
+        default:
+          if (held_len > 0) {
+            feed(me, rec, len, now);
+            feed(me, held, held_len, now);
+            held_len = 0;
+          } else {
+            memcpy(held, rec, len);
+            held_len = len;
+          }
+          break;
+        }
+      }
+      break;
+    }
+    case 3: {
+      uint8_t buf[256];
+      size_t cap = (size_t)(fz_byte(&r)) % 256 + 1, got;
+      (void)m2mpsk_assoc_read(me, buf, cap, &got);
+      fz_poke(me, buf, 0);
+      break;
+    }
+    case 4:
+      take(&r, fz_byte(&r), &p, &n);
+      (void)m2mpsk_assoc_write(me, p, n, &w);
+      fz_transfer(me, peer, now, NULL, NULL);
+      {
+        uint8_t buf[256];
+        size_t got;
+        for (int i = 0; i < 16; i++)
+          if (m2mpsk_assoc_read(peer, buf, sizeof(buf), &got) != M2MPSK_OK)
+            break;
+      }
+      break;
+    case 5:
+      (void)m2mpsk_assoc_close(me);
+      fz_transfer(me, peer, now, NULL, NULL);
+      break;
+    case 6:
+      (void)m2mpsk_assoc_close(peer);
+      fz_transfer(peer, me, now, NULL, NULL);
+      break;
+    case 7:
+      now += (uint64_t)fz_byte(&r) * 1000;
+      (void)m2mpsk_assoc_handle_timeout(me, now);
+      (void)m2mpsk_assoc_handle_timeout(peer, now);
+      break;
+    default:
+      (void)m2mpsk_keystore_revoke(my_ks, FZ_KPSA_ID);
+      break;
+    }
+    /* The fuzzed side answers (alerts, DTLS retransmissions); its output
+     * is drained and dropped. */
+    fz_drain_all(me, 0);
+    now += 1;
+  }
+  if (held_len > 0)
+    feed(me, held, held_len, now);
+  fz_poke(me, (const uint8_t *)"end", 3);
+  fz_debug(me, "end of input");
+  fz_drain_all(me, 0);
+  m2mpsk_assoc_free(a);
+  m2mpsk_assoc_free(b);
+  m2mpsk_keystore_free(ks_a);
+  m2mpsk_keystore_free(ks_b);
+  return 0;
+}
