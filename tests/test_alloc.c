@@ -22,6 +22,7 @@ static long g_count;
 static long g_fail_at = -1;
 static long g_failed;
 
+#ifndef __SANITIZE_ADDRESS__
 static int should_fail(void) {
   if (!g_armed)
     return 0;
@@ -31,6 +32,7 @@ static int should_fail(void) {
   }
   return 0;
 }
+#endif
 
 /* Blocks currently allocated, to find leaks on failure paths. */
 static long g_live;
