@@ -116,74 +116,28 @@ install_debs() {
 
 # ---- the consumers -----------------------------------------------------------
 write_consumer() {
+  # The in-memory handshake driver of the coexistence tests uses only the
+  # public API, so it serves here unchanged against the installed files.
+  cp "$src/tests/coexist/handshake.c" "$src/tests/coexist/handshake.h" \
+    "$work/"
   cat >"$work/consumer.c" <<'EOF'
 /* Entity A and Entity B in one process, bytes moved in memory, over TLS
  * and DTLS: proves the installed header, library and backend module. */
 #include <m2mpsk/m2mpsk.h>
 #include <stdio.h>
 
-static const uint8_t key[32] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13,
-                                14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24,
-                                25, 26, 27, 28, 29, 30, 31, 32};
-
-static int pump(m2mpsk_assoc *from, m2mpsk_assoc *to) {
-  uint8_t buf[17408];
-  size_t n;
-  int moved = 0;
-  while (m2mpsk_assoc_drain(from, buf, sizeof(buf), &n) == M2MPSK_OK) {
-    (void)m2mpsk_assoc_feed(to, buf, n, 1000);
-    moved = 1;
-  }
-  return moved;
-}
-
-static int handshake(m2mpsk_transport t) {
-  m2mpsk_keystore *ks = NULL;
-  m2mpsk_config *ca = NULL, *cb = NULL;
-  m2mpsk_assoc *a = NULL, *b = NULL;
-  int rc = 1;
-  if (m2mpsk_keystore_new(&ks, 0) != M2MPSK_OK ||
-      m2mpsk_keystore_add(ks, "test@onem2m.com", key, sizeof(key),
-                          "//m2m.example.com/cse-in/Cae1",
-                          "//m2m.example.com/cse-in", 0, 0) != M2MPSK_OK ||
-      m2mpsk_config_new(&ca) != M2MPSK_OK ||
-      m2mpsk_config_new(&cb) != M2MPSK_OK ||
-      m2mpsk_config_add_local_id(cb, "//m2m.example.com/cse-in") != M2MPSK_OK ||
-      m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR, t, ca, ks,
-                       "test@onem2m.com") != M2MPSK_OK ||
-      m2mpsk_assoc_new(&b, M2MPSK_ROLE_RESPONDER, t, cb, ks, NULL) != M2MPSK_OK ||
-      m2mpsk_assoc_start(b, 1000, 0) != M2MPSK_OK ||
-      m2mpsk_assoc_start(a, 1000, 0) != M2MPSK_OK) {
-    fprintf(stderr, "setup failed (backend %s: %s)\n", m2mpsk_backend_name(),
-            m2mpsk_backend_error());
-    goto out;
-  }
-  for (int i = 0; i < 20 && (pump(a, b) | pump(b, a)); i++)
-    ;
-  if (m2mpsk_assoc_state(a) != M2MPSK_STATE_ESTABLISHED ||
-      m2mpsk_assoc_state(b) != M2MPSK_STATE_ESTABLISHED) {
-    fprintf(stderr, "handshake failed: A %s, B %s\n",
-            m2mpsk_assoc_failure_detail(a), m2mpsk_assoc_failure_detail(b));
-    goto out;
-  }
-  printf("%s: A bound to %s, B bound to %s, %s %s\n",
-         t == M2MPSK_TRANSPORT_TLS ? "TLS" : "DTLS", m2mpsk_assoc_peer_id(a),
-         m2mpsk_assoc_peer_id(b), m2mpsk_assoc_version(a),
-         m2mpsk_assoc_suite(a));
-  rc = 0;
-out:
-  m2mpsk_assoc_free(a);
-  m2mpsk_assoc_free(b);
-  m2mpsk_config_free(ca);
-  m2mpsk_config_free(cb);
-  m2mpsk_keystore_free(ks);
-  return rc;
-}
+#include "handshake.h"
 
 int main(void) {
   printf("m2mpsk %s (header %s), backend %s\n", m2mpsk_version_string(),
          M2MPSK_VERSION_STRING, m2mpsk_backend_name());
-  return handshake(M2MPSK_TRANSPORT_TLS) | handshake(M2MPSK_TRANSPORT_DTLS);
+  for (int t = 0; t < 2; t++) {
+    char pa[600], pb[600];
+    if (coexist_handshake((m2mpsk_transport)t, pa, pb, sizeof(pa)) != 0)
+      return 1;
+    printf("%s: A bound to %s, B bound to %s\n", t ? "DTLS" : "TLS", pa, pb);
+  }
+  return 0;
 }
 EOF
 }
@@ -205,7 +159,7 @@ consumer_pkg_config() {
   echo "pkg-config --cflags --libs m2mpsk: $(pkg-config --cflags --libs m2mpsk)"
   # shellcheck disable=SC2046  # the flags are words
   cc -std=c11 -Wall -Werror -o "$work/consumer-pc" "$work/consumer.c" \
-    $(pkg-config --cflags --libs m2mpsk) || return 1
+    "$work/handshake.c" $(pkg-config --cflags --libs m2mpsk) || return 1
   check_libm2mpsk_from_libdir "$work/consumer-pc" || return 1
   "$work/consumer-pc"
 }
@@ -213,7 +167,7 @@ consumer_pkg_config() {
 consumer_cmake() {
   local proj=$work/cmake-consumer
   mkdir -p "$proj"
-  cp "$work/consumer.c" "$proj/"
+  cp "$work/consumer.c" "$work/handshake.c" "$work/handshake.h" "$proj/"
   cat >"$proj/CMakeLists.txt" <<'EOF'
 cmake_minimum_required(VERSION 3.18)
 project(consumer LANGUAGES C)
@@ -224,7 +178,7 @@ if(m2mpsk_FOUND)
 endif()
 find_package(m2mpsk 0.1 CONFIG REQUIRED)
 message(STATUS "m2mpsk ${m2mpsk_VERSION} from ${m2mpsk_DIR}")
-add_executable(consumer consumer.c)
+add_executable(consumer consumer.c handshake.c)
 target_link_libraries(consumer PRIVATE m2mpsk::m2mpsk)
 EOF
   cmake -S "$proj" -B "$proj/build" -DCMAKE_BUILD_TYPE=Release \
