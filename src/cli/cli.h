@@ -50,6 +50,9 @@ void cli_log_outcome(const char *peer, const m2mpsk_assoc *a);
 int cli_parse_uint(const char *s, unsigned long lo, unsigned long hi,
                    unsigned long *out);
 
+/* Writes all `len` bytes to `fd`, retrying after signals; 0 or -1. */
+int cli_write_all(int fd, const void *data, size_t len);
+
 int cli_keygen(int argc, char **argv);
 int cli_serve(int argc, char **argv);
 int cli_connect(int argc, char **argv);

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -155,6 +156,20 @@ void cli_log_outcome(const char *peer, const m2mpsk_assoc *a) {
             m2mpsk_reason_name(m2mpsk_assoc_failure(a)),
             m2mpsk_assoc_failure_detail(a));
   }
+}
+
+int cli_write_all(int fd, const void *data, size_t len) {
+  const char *p = data;
+  while (len > 0) {
+    ssize_t n = write(fd, p, len);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return -1;
+    p += n;
+    len -= (size_t)n;
+  }
+  return 0;
 }
 
 int cli_parse_uint(const char *s, unsigned long lo, unsigned long hi,

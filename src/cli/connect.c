@@ -167,19 +167,6 @@ static void flush_all(client *cl) {
   }
 }
 
-static int write_stdout(const uint8_t *p, size_t n) {
-  while (n > 0) {
-    ssize_t w = write(STDOUT_FILENO, p, n);
-    if (w < 0 && errno == EINTR)
-      continue;
-    if (w <= 0)
-      return -1;
-    p += w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
-
 /* Runs the association to its end; returns the exit code. */
 static int run(client *cl, uint64_t linger_ms) {
   int logged = 0, stdin_open = 1;
@@ -206,7 +193,7 @@ static int run(client *cl, uint64_t linger_ms) {
       size_t n;
       int rc = m2mpsk_assoc_read(cl->a, buf, sizeof(buf), &n);
       if (rc == M2MPSK_OK) {
-        if (write_stdout(buf, n) != 0)
+        if (cli_write_all(STDOUT_FILENO, buf, n) != 0)
           return CLI_IO;
         continue;
       }
@@ -240,8 +227,7 @@ static int run(client *cl, uint64_t linger_ms) {
         wait = left;
     }
     struct pollfd p[2] = {
-        {.fd = cl->fd,
-         .events = (short)(POLLIN | (cl->out_len ? POLLOUT : 0))},
+        {.fd = cl->fd, .events = (short)(POLLIN | (cl->out_len ? POLLOUT : 0))},
         {.fd = STDIN_FILENO, .events = POLLIN}};
     nfds_t np = logged && stdin_open && !linger_until ? 2 : 1;
     int ready = poll(p, np, wait);
@@ -361,14 +347,13 @@ int cli_connect(int argc, char **argv) {
 
   int result = CLI_IO;
   rc = m2mpsk_assoc_new(&cl.a, M2MPSK_ROLE_INITIATOR,
-                        udp ? M2MPSK_TRANSPORT_DTLS : M2MPSK_TRANSPORT_TLS,
-                        cfg, ks, id);
+                        udp ? M2MPSK_TRANSPORT_DTLS : M2MPSK_TRANSPORT_TLS, cfg,
+                        ks, id);
   if (rc != M2MPSK_OK) {
     cli_log("%s in %s: %s", id, keys, m2mpsk_strerror(rc));
     result = rc == M2MPSK_E_NOT_FOUND ? CLI_USAGE : CLI_IO;
   } else if (open_socket(&cl, host, port, (uint32_t)timeout) == 0) {
-    if (m2mpsk_assoc_start(cl.a, cli_now_ms(), cli_unix_time()) !=
-        M2MPSK_OK) {
+    if (m2mpsk_assoc_start(cl.a, cli_now_ms(), cli_unix_time()) != M2MPSK_OK) {
       cli_log_outcome(cl.peer, cl.a);
       result = CLI_FAILED;
     } else {

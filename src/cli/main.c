@@ -51,20 +51,6 @@ static void to_hex(const uint8_t *in, size_t n, char *out) {
   out[2 * n] = '\0';
 }
 
-/* Writes all of `len` bytes, or fails. */
-static int write_all(int fd, const char *p, size_t len) {
-  while (len > 0) {
-    ssize_t n = write(fd, p, len);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0)
-      return -1;
-    p += n;
-    len -= (size_t)n;
-  }
-  return 0;
-}
-
 int cli_keygen(int argc, char **argv) {
   static const struct option opts[] = {
       {"keys", required_argument, NULL, 'k'},
@@ -76,8 +62,7 @@ int cli_keygen(int argc, char **argv) {
       {"verbose", no_argument, NULL, 'v'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
-  const char *keys = NULL, *id = NULL, *idb = NULL, *ida = NULL,
-             *print = NULL;
+  const char *keys = NULL, *id = NULL, *idb = NULL, *ida = NULL, *print = NULL;
   unsigned long bytes = 32;
   int c;
   while ((c = getopt_long(argc, argv, "hv", opts, NULL)) != -1) {
@@ -139,10 +124,10 @@ int cli_keygen(int argc, char **argv) {
   to_hex(key, bytes, hex);
   int n = snprintf(line, sizeof(line), "kpsa-id=%s kpsa=hex:%s idb=%s%s%s\n",
                    id, hex, idb, ida ? " ida=" : "", ida ? ida : "");
-  int fd = open(keys, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
-                0600);
+  int fd =
+      open(keys, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
   int ok = fd >= 0 && n > 0 && (size_t)n < sizeof(line) &&
-           write_all(fd, line, (size_t)n) == 0 && fsync(fd) == 0;
+           cli_write_all(fd, line, (size_t)n) == 0 && fsync(fd) == 0;
   int err = errno;
   if (fd >= 0)
     close(fd);
@@ -182,8 +167,7 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "connect") == 0)
     return cli_connect(argc, argv);
   if (strcmp(cmd, "version") == 0) {
-    printf("m2mpsk %s (%s)\n", m2mpsk_version_string(),
-           m2mpsk_backend_name());
+    printf("m2mpsk %s (%s)\n", m2mpsk_version_string(), m2mpsk_backend_name());
     return CLI_OK;
   }
   if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 ||
