@@ -812,6 +812,28 @@ def check_failure(ctx, ours, rc):
                              detail_rx))
 
 
+def await_outcome(ctx, ours_p, peer, who, exit_note):
+    """Waits for m2mpsk's association or failure line. A negative cell is
+    checked and finished here (None is returned); a positive one returns
+    m2mpsk's parsed line and the suite the peer reports."""
+    line = ours_p.wait_for("stderr", OUTCOME_RX, "association or failure "
+                           "line",
+                           ctx.handshake_timeout_ms() / 1000 + 3).group(0)
+    ours = parse_outcome(line)
+    ctx.result["m2mpsk_line"] = line
+    if ctx.cell.negative:
+        rc = ours_p.wait_exit(exit_note)
+        peer.settle()
+        ctx.result["peer_error"] = peer.error()
+        check_failure(ctx, ours, rc)
+        return None
+    if ours["outcome"] != "association":
+        raise CellFailure("m2mpsk %s failed: %s" % (who, line))
+    peer_suite = peer.wait_suite()
+    ctx.result["peer_suite"] = peer_suite
+    return ours, peer_suite
+
+
 def run_as_client(ctx):
     """m2mpsk connect (Entity A) against the peer's server."""
     cell = ctx.cell
@@ -821,21 +843,11 @@ def run_as_client(ctx):
     ours_p = ctx.spawn("m2mpsk connect", [
         ctx.m2mpsk, "connect", "127.0.0.1:%d" % port, "--kpsa-id", KPSA_ID,
         "--linger", "1000"] + ctx.m2mpsk_common())
-    line = ours_p.wait_for("stderr", OUTCOME_RX, "association or failure "
-                           "line",
-                           ctx.handshake_timeout_ms() / 1000 + 3).group(0)
-    ours = parse_outcome(line)
-    ctx.result["m2mpsk_line"] = line
-    if cell.negative:
-        rc = ours_p.wait_exit("after its failure line")
-        peer.settle()
-        ctx.result["peer_error"] = peer.error()
-        check_failure(ctx, ours, rc)
+    outcome = await_outcome(ctx, ours_p, peer, "connect",
+                            "after its failure line")
+    if outcome is None:
         return
-    if ours["outcome"] != "association":
-        raise CellFailure("m2mpsk connect failed: " + line)
-    peer_suite = peer.wait_suite()
-    ctx.result["peer_suite"] = peer_suite
+    ours, peer_suite = outcome
     check_association(ctx, ours, peer_suite, port)
     to_peer = payload("a-to-b")
     ours_p.write(to_peer)
@@ -871,21 +883,11 @@ def run_as_server(ctx):
     peer = PEER_CLASS[(cell.peer, "server")](ctx)
     ctx.peer = peer
     peer.start(port)
-    line = ours_p.wait_for("stderr", OUTCOME_RX, "association or failure "
-                           "line",
-                           ctx.handshake_timeout_ms() / 1000 + 3).group(0)
-    ours = parse_outcome(line)
-    ctx.result["m2mpsk_line"] = line
-    if cell.negative:
-        rc = ours_p.wait_exit("after its failure line (--once)")
-        peer.settle()
-        ctx.result["peer_error"] = peer.error()
-        check_failure(ctx, ours, rc)
+    outcome = await_outcome(ctx, ours_p, peer, "serve",
+                            "after its failure line (--once)")
+    if outcome is None:
         return
-    if ours["outcome"] != "association":
-        raise CellFailure("m2mpsk serve failed: " + line)
-    peer_suite = peer.wait_suite()
-    ctx.result["peer_suite"] = peer_suite
+    ours, peer_suite = outcome
     check_association(ctx, ours, peer_suite)
     data = payload("a-to-b")
     peer.send(data)
