@@ -450,6 +450,10 @@ static void dtls_note_records(m2mpsk_engine *e, const uint8_t *d, size_t n) {
   }
 }
 
+static size_t bssl_buffered(const m2mpsk_engine *e) {
+  return e->in.len;
+}
+
 static int bssl_push(m2mpsk_engine *e, const uint8_t *data, size_t len) {
   if (e->dtls) {
     if (e->server && !SSL_is_init_finished(e->ssl))
@@ -712,6 +716,7 @@ static const m2mpsk_engine_ops k_ops = {
     .set_mtu = bssl_set_mtu,
     .set_server_name = bssl_set_server_name,
     .push = bssl_push,
+    .buffered = bssl_buffered,
     .handshake = bssl_handshake,
     .pending = bssl_pending,
     .drain = bssl_drain,

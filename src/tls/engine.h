@@ -42,7 +42,7 @@ typedef struct m2mpsk_engine_hooks {
   int (*on_server_name)(m2mpsk_assoc *a, const char *host);
 } m2mpsk_engine_hooks;
 
-#define M2MPSK_ENGINE_ABI 1
+#define M2MPSK_ENGINE_ABI 2
 
 typedef struct m2mpsk_engine_ops {
   unsigned abi; /* M2MPSK_ENGINE_ABI */
@@ -77,6 +77,8 @@ typedef struct m2mpsk_engine_ops {
                        const char *label, const uint8_t *context,
                        size_t context_len);
   m2mpsk_reason (*failure)(m2mpsk_engine *e, char *detail, size_t cap);
+  /* Bytes pushed but not yet consumed by the TLS library (ABI 2). */
+  size_t (*buffered)(const m2mpsk_engine *e);
 } m2mpsk_engine_ops;
 
 /* The one symbol a backend module exports. */
@@ -112,6 +114,9 @@ int m2mpsk_engine_set_server_name(m2mpsk_engine *e, const char *host);
 
 /* Queues input: stream bytes, or one datagram. M2MPSK_OK or E_NOMEM. */
 int m2mpsk_engine_push(m2mpsk_engine *e, const uint8_t *data, size_t len);
+/* Input pushed and not yet consumed: what m2mpsk_config_set_max_input()
+ * bounds. */
+size_t m2mpsk_engine_buffered(const m2mpsk_engine *e);
 /* Advances the handshake: M2MPSK_ENG_DONE, _WANT or _FAIL (see failure). */
 int m2mpsk_engine_handshake(m2mpsk_engine *e);
 size_t m2mpsk_engine_pending(const m2mpsk_engine *e);

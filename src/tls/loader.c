@@ -166,6 +166,10 @@ int m2mpsk_engine_push(m2mpsk_engine *e, const uint8_t *data, size_t len) {
   return ops()->push(e, data, len);
 }
 
+size_t m2mpsk_engine_buffered(const m2mpsk_engine *e) {
+  return ops()->buffered(e);
+}
+
 int m2mpsk_engine_handshake(m2mpsk_engine *e) {
   return ops()->handshake(e);
 }
