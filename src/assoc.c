@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "guard.h"
 #include "identity.h"
 #include "internal.h"
 #include "tls/engine.h"
@@ -20,6 +21,7 @@ struct m2mpsk_assoc {
   m2mpsk_config *cfg;
   m2mpsk_keystore *ks;
   m2mpsk_engine *eng;
+  m2mpsk_guard *guard; /* the config's; lives as long as the config */
   m2mpsk_state state;
   m2mpsk_reason reason;
   /* The failure detail; a refusal decided in a callback writes it early,
@@ -35,8 +37,15 @@ struct m2mpsk_assoc {
   int sent_close;
   int received_close;
 
+  /* The KpsaID in use (have_kpsa_id); on a responder, before that, the
+   * well-formed psk_identity the client presented (presented). */
   char kpsa_id[M2MPSK_KPSA_ID_MAX + 1];
   int have_kpsa_id;
+  int presented;
+  int counted;         /* a handshake in progress for the config's bound */
+  int refused_identity; /* a malformed psk_identity was presented */
+  int closed_reported; /* the CLOSED event was queued */
+  char *peer_tag;
   uint64_t serial;      /* the record in use (initiator: from creation) */
   int64_t not_after;    /* its validity end, 0: none */
   uint64_t checked_gen; /* keystore generation when last checked */
@@ -52,14 +61,82 @@ struct m2mpsk_assoc {
 
 /* ---- failure ------------------------------------------------------------- */
 
+/* The KpsaID an event or the rate limiter names: the one in use, else the
+ * one presented, else NULL. */
+static const char *known_kpsa_id(const m2mpsk_assoc *a) {
+  return a->have_kpsa_id || a->presented ? a->kpsa_id : NULL;
+}
+
+static void emit(const m2mpsk_assoc *a, m2mpsk_event_type type,
+                 m2mpsk_reason reason, int bound, const char *detail) {
+  m2mpsk_event_fields f = {
+      .type = type,
+      .reason = reason,
+      .role = a->role,
+      .transport = a->transport,
+      .time_ms = a->now_ms,
+      .kpsa_id = known_kpsa_id(a),
+      .peer_id = bound ? a->peer_id : NULL,
+      .peer_id_is_credential = a->peer_is_credential,
+      .peer_tag = a->peer_tag,
+      .detail = detail,
+  };
+  m2mpsk_guard_emit(a->guard, &f);
+}
+
+/* The association leaves the set of handshakes in progress. */
+static void handshake_over(m2mpsk_assoc *a) {
+  if (a->counted) {
+    a->counted = 0;
+    m2mpsk_guard_handshake_end(a->guard);
+  }
+}
+
+/* Whether a failed handshake counts against the peer: not our own or the
+ * host's faults, nor the limiter's refusals. */
+static int counts_against_peer(m2mpsk_reason r) {
+  return r != M2MPSK_REASON_NONE && r != M2MPSK_REASON_INTERNAL &&
+         r != M2MPSK_REASON_MISUSE && r != M2MPSK_REASON_RATE_LIMITED;
+}
+
 static void fail(m2mpsk_assoc *a, m2mpsk_reason reason, const char *detail) {
   if (a->state == M2MPSK_STATE_FAILED)
     return;
+  int live = a->state == M2MPSK_STATE_ESTABLISHED ||
+             a->state == M2MPSK_STATE_CLOSED;
+  int was_bound = a->bound;
   a->state = M2MPSK_STATE_FAILED;
   a->reason = reason;
   if (detail != a->detail)
     snprintf(a->detail, sizeof(a->detail), "%s", detail ? detail : "");
   a->bound = 0;
+  handshake_over(a);
+
+  m2mpsk_event_type type = M2MPSK_EVENT_FAILED;
+  if (reason == M2MPSK_REASON_RATE_LIMITED)
+    type = M2MPSK_EVENT_RATE_LIMITED;
+  else if (live && (reason == M2MPSK_REASON_REVOKED ||
+                    reason == M2MPSK_REASON_EXPIRED))
+    type = M2MPSK_EVENT_REVOKED;
+  emit(a, type, reason, was_bound, a->detail);
+
+  if (a->role == M2MPSK_ROLE_RESPONDER && !live &&
+      counts_against_peer(reason)) {
+    if (a->peer_tag != NULL)
+      m2mpsk_guard_failure(a->guard, M2MPSK_RATE_PEER, a->peer_tag, a->now_ms);
+    /* A malformed psk_identity is counted under "", one key for all. */
+    if (a->presented || a->refused_identity)
+      m2mpsk_guard_failure(a->guard, M2MPSK_RATE_KPSA_ID,
+                           a->presented ? a->kpsa_id : "", a->now_ms);
+  }
+}
+
+/* An established association ends without failing: reported once. */
+static void report_closed(m2mpsk_assoc *a, const char *how) {
+  if (a->closed_reported)
+    return;
+  a->closed_reported = 1;
+  emit(a, M2MPSK_EVENT_CLOSED, M2MPSK_REASON_NONE, a->bound, how);
 }
 
 /* Writes `tmpl` with its one "%s" replaced by `arg` (messages are fixed
@@ -221,10 +298,38 @@ unsigned m2mpsk_assoc_on_server_psk(m2mpsk_assoc *a, const char *identity,
   const char *why = NULL;
   m2mpsk_reason r = M2MPSK_REASON_NONE;
   size_t id_len = strnlen(identity, M2MPSK_KPSA_ID_MAX + 1);
+  uint64_t until = 0;
 
-  if (id_len > M2MPSK_KPSA_ID_MAX) {
+  /* Bytes a client chose are echoed in details and events only once they
+   * are known to be a well-formed KpsaID (no control characters). The rate
+   * limiter counts all malformed ones under one key, "". */
+  if (id_len <= M2MPSK_KPSA_ID_MAX &&
+      m2mpsk_kpsa_id_validate(identity) == M2MPSK_OK) {
+    memcpy(a->kpsa_id, identity, id_len + 1);
+    a->presented = 1;
+  } else {
+    a->refused_identity = 1;
+  }
+  const char *limiter_key = a->presented ? a->kpsa_id : "";
+
+  if (m2mpsk_guard_blocked(a->guard, M2MPSK_RATE_KPSA_ID, limiter_key,
+                           a->now_ms, &until)) {
+    /* Fails at once, whatever m2mpsk_config_set_reveal_unknown_identity()
+     * says: a block follows only failures that clients caused with this
+     * psk_identity, whether or not a record has it, so it reveals nothing
+     * the client did not already know. */
+    refuse(a, M2MPSK_REASON_RATE_LIMITED,
+           a->presented ? "KpsaID %s is rate-limited after repeated failed "
+                          "handshakes"
+                        : "malformed psk_identity values are rate-limited%s",
+           a->presented ? a->kpsa_id : "");
+    return 0;
+  }
+  if (!a->presented) {
     r = M2MPSK_REASON_UNKNOWN_IDENTITY;
-    why = "psk_identity longer than any KpsaID%s";
+    why = id_len > M2MPSK_KPSA_ID_MAX
+              ? "psk_identity longer than any KpsaID%s"
+              : "psk_identity is not a well-formed KpsaID%s";
     identity = "";
   } else if (m2mpsk_keystore_fetch(a->ks, identity, &v, key, &key_len) !=
              M2MPSK_OK) {
@@ -240,7 +345,6 @@ unsigned m2mpsk_assoc_on_server_psk(m2mpsk_assoc *a, const char *identity,
     r = M2MPSK_REASON_INTERNAL;
     why = "key for KpsaID %s exceeds the TLS library's limit";
   } else {
-    memcpy(a->kpsa_id, identity, id_len + 1);
     a->have_kpsa_id = 1;
     a->serial = v.serial;
     a->not_after = v.not_after;
@@ -348,9 +452,32 @@ int m2mpsk_assoc_new(m2mpsk_assoc **out, m2mpsk_role role,
     return M2MPSK_E_NO_LOCAL_ID;
   }
 
+  int rc = M2MPSK_OK;
+  m2mpsk_guard *guard = m2mpsk_config_guard(config, &rc);
+  if (guard == NULL)
+    return rc;
+  /* Past the bound on handshakes in progress, fail before allocating. */
+  if (role == M2MPSK_ROLE_RESPONDER &&
+      m2mpsk_guard_handshake_begin(guard) != 0) {
+    m2mpsk_event_fields f = {
+        .type = M2MPSK_EVENT_RATE_LIMITED,
+        .reason = M2MPSK_REASON_LIMIT,
+        .role = role,
+        .transport = transport,
+        .detail = "too many handshakes in progress",
+    };
+    m2mpsk_guard_emit(guard, &f);
+    return M2MPSK_E_LIMIT;
+  }
+
   m2mpsk_assoc *a = calloc(1, sizeof(*a));
-  if (a == NULL)
+  if (a == NULL) {
+    if (role == M2MPSK_ROLE_RESPONDER)
+      m2mpsk_guard_handshake_end(guard);
     return M2MPSK_E_NOMEM;
+  }
+  a->guard = guard;
+  a->counted = role == M2MPSK_ROLE_RESPONDER;
   a->role = role;
   a->transport = transport;
   a->mtu = 1400;
@@ -361,17 +488,18 @@ int m2mpsk_assoc_new(m2mpsk_assoc **out, m2mpsk_role role,
   } else {
     a->sni_ok = calloc(m2mpsk_config_local_id_count(config), 1);
     if (a->sni_ok == NULL) {
+      handshake_over(a);
       free(a);
       return M2MPSK_E_NOMEM;
     }
   }
 
-  int rc = M2MPSK_OK;
   m2mpsk_engine_ctx *ctx =
       m2mpsk_config_engine_ctx(config, role, transport, &rc);
   if (ctx != NULL)
     rc = m2mpsk_engine_new(&a->eng, ctx, a);
   if (rc != M2MPSK_OK) {
+    handshake_over(a);
     free(a->sni_ok);
     free(a);
     return rc;
@@ -391,11 +519,15 @@ int m2mpsk_assoc_new(m2mpsk_assoc **out, m2mpsk_role role,
 void m2mpsk_assoc_free(m2mpsk_assoc *a) {
   if (a == NULL)
     return;
+  if (a->state == M2MPSK_STATE_ESTABLISHED)
+    report_closed(a, "freed while established");
+  handshake_over(a);
   m2mpsk_engine_free(a->eng);
   m2mpsk_keystore_free(a->ks);
   m2mpsk_config_free(a->cfg);
   free(a->sni_ok);
   free(a->peer_id);
+  free(a->peer_tag);
   sodium_memzero(a, sizeof(*a));
   free(a);
 }
@@ -410,6 +542,30 @@ int m2mpsk_assoc_set_mtu(m2mpsk_assoc *a, unsigned mtu) {
   if (rc == M2MPSK_OK)
     a->mtu = mtu;
   return rc;
+}
+
+int m2mpsk_assoc_set_peer_tag(m2mpsk_assoc *a, const char *tag) {
+  if (a == NULL || tag == NULL)
+    return M2MPSK_E_INVALID;
+  size_t n = strnlen(tag, M2MPSK_PEER_TAG_MAX + 1);
+  if (n == 0 || n > M2MPSK_PEER_TAG_MAX)
+    return M2MPSK_E_INVALID;
+  for (size_t i = 0; i < n; i++)
+    if (tag[i] < 0x20 || tag[i] > 0x7e)
+      return M2MPSK_E_INVALID;
+  if (a->state != M2MPSK_STATE_IDLE)
+    return M2MPSK_E_STATE;
+  char *copy = malloc(n + 1);
+  if (copy == NULL)
+    return M2MPSK_E_NOMEM;
+  memcpy(copy, tag, n + 1);
+  free(a->peer_tag);
+  a->peer_tag = copy;
+  return M2MPSK_OK;
+}
+
+const char *m2mpsk_assoc_peer_tag(const m2mpsk_assoc *a) {
+  return a ? a->peer_tag : NULL;
 }
 
 /* Runs the engine's handshake and moves the state along. */
@@ -432,6 +588,16 @@ static int step_handshake(m2mpsk_assoc *a) {
   a->bound = 1;
   a->checked_gen = m2mpsk_keystore_generation(a->ks);
   a->state = M2MPSK_STATE_ESTABLISHED;
+  handshake_over(a);
+  if (a->role == M2MPSK_ROLE_RESPONDER) {
+    if (a->peer_tag != NULL)
+      m2mpsk_guard_success(a->guard, M2MPSK_RATE_PEER, a->peer_tag);
+    m2mpsk_guard_success(a->guard, M2MPSK_RATE_KPSA_ID, a->kpsa_id);
+  }
+  char detail[96];
+  snprintf(detail, sizeof(detail), "%s over %s", m2mpsk_engine_suite(a->eng),
+           m2mpsk_engine_version(a->eng));
+  emit(a, M2MPSK_EVENT_ESTABLISHED, M2MPSK_REASON_NONE, 1, detail);
   return M2MPSK_OK;
 }
 
@@ -475,6 +641,18 @@ int m2mpsk_assoc_start(m2mpsk_assoc *a, uint64_t now_ms, int64_t unix_time) {
     }
     return step_handshake(a);
   }
+  uint64_t until = 0;
+  if (a->peer_tag != NULL &&
+      m2mpsk_guard_blocked(a->guard, M2MPSK_RATE_PEER, a->peer_tag, now_ms,
+                           &until)) {
+    char msg[192];
+    snprintf(msg, sizeof(msg),
+             "peer %s is rate-limited for %llu ms more after repeated failed "
+             "handshakes",
+             a->peer_tag, (unsigned long long)(until - now_ms));
+    fail(a, M2MPSK_REASON_RATE_LIMITED, msg);
+    return M2MPSK_E_FAILED;
+  }
   return M2MPSK_OK;
 }
 
@@ -498,6 +676,17 @@ int m2mpsk_assoc_feed(m2mpsk_assoc *a, const uint8_t *data, size_t len,
   set_now(a, now_ms);
   if (!record_still_good(a))
     return M2MPSK_E_FAILED;
+  uint32_t max_input = m2mpsk_config_max_input(a->cfg);
+  if (len > max_input || m2mpsk_engine_buffered(a->eng) > max_input - len) {
+    if (a->state != M2MPSK_STATE_HANDSHAKING)
+      return M2MPSK_E_LIMIT;
+    char msg[96];
+    snprintf(msg, sizeof(msg), "more than %u bytes of input during the "
+             "handshake", (unsigned)max_input);
+    m2mpsk_engine_abort(a->eng, 80 /* internal_error */);
+    fail(a, M2MPSK_REASON_LIMIT, msg);
+    return M2MPSK_E_FAILED;
+  }
   if (m2mpsk_engine_push(a->eng, data, len) != M2MPSK_OK) {
     /* A stream that lost bytes cannot go on; a lost datagram is loss. */
     if (a->transport == M2MPSK_TRANSPORT_TLS)
@@ -628,6 +817,7 @@ int m2mpsk_assoc_read(m2mpsk_assoc *a, uint8_t *out, size_t cap,
   if (rc == M2MPSK_E_CLOSED) {
     a->received_close = 1;
     a->state = M2MPSK_STATE_CLOSED;
+    report_closed(a, "close_notify received");
   } else if (rc == M2MPSK_E_FAILED) {
     fail_from_engine(a);
   }
@@ -648,6 +838,7 @@ int m2mpsk_assoc_close(m2mpsk_assoc *a) {
   }
   a->sent_close = 1;
   a->state = M2MPSK_STATE_CLOSED;
+  report_closed(a, "close_notify sent");
   return M2MPSK_OK;
 }
 

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "guard.h"
 #include "internal.h"
 #include "tls/engine.h"
 
@@ -22,6 +23,11 @@ struct m2mpsk_config {
   char *suites;
   uint32_t handshake_timeout_ms;
   int reveal_unknown;
+  uint32_t max_input;
+  m2mpsk_guard_settings guard_settings;
+  /* Created when the config freezes; published with release order so that
+   * the lock-free readers below see a whole guard. */
+  _Atomic(m2mpsk_guard *) guard;
   local_id *ids;
   size_t n_ids;
   m2mpsk_engine_ctx *ctx[2][2]; /* [role][transport] */
@@ -42,6 +48,13 @@ int m2mpsk_config_new(m2mpsk_config **out) {
   }
   atomic_init(&c->refs, 1);
   c->handshake_timeout_ms = 60000;
+  c->max_input = 262144;
+  c->guard_settings.max_handshakes = 4096;
+  c->guard_settings.rate[M2MPSK_RATE_PEER] =
+      (m2mpsk_rate_policy){10, 10000, 1000, 60000};
+  c->guard_settings.rate[M2MPSK_RATE_KPSA_ID] =
+      (m2mpsk_rate_policy){20, 10000, 1000, 60000};
+  atomic_init(&c->guard, NULL);
   *out = c;
   return M2MPSK_OK;
 }
@@ -58,6 +71,7 @@ void m2mpsk_config_free(m2mpsk_config *cfg) {
   for (int r = 0; r < 2; r++)
     for (int t = 0; t < 2; t++)
       m2mpsk_engine_ctx_free(cfg->ctx[r][t]);
+  m2mpsk_guard_free(atomic_load(&cfg->guard));
   for (size_t i = 0; i < cfg->n_ids; i++)
     free(cfg->ids[i].id);
   free(cfg->ids);
@@ -154,6 +168,114 @@ int m2mpsk_config_set_reveal_unknown_identity(m2mpsk_config *cfg, int on) {
   return M2MPSK_OK;
 }
 
+int m2mpsk_config_set_max_handshakes(m2mpsk_config *cfg, uint32_t n) {
+  if (cfg == NULL)
+    return M2MPSK_E_INVALID;
+  if (!lock_unfrozen(cfg))
+    return M2MPSK_E_STATE;
+  cfg->guard_settings.max_handshakes = n;
+  pthread_mutex_unlock(&cfg->lock);
+  return M2MPSK_OK;
+}
+
+int m2mpsk_config_set_max_input(m2mpsk_config *cfg, uint32_t bytes) {
+  if (cfg == NULL || bytes < M2MPSK_MAX_INPUT_MIN || bytes > (1u << 30))
+    return M2MPSK_E_INVALID;
+  if (!lock_unfrozen(cfg))
+    return M2MPSK_E_STATE;
+  cfg->max_input = bytes;
+  pthread_mutex_unlock(&cfg->lock);
+  return M2MPSK_OK;
+}
+
+int m2mpsk_config_set_rate_limit(m2mpsk_config *cfg, m2mpsk_rate_key key,
+                                 uint32_t max_failures, uint32_t window_ms,
+                                 uint32_t block_ms, uint32_t block_max_ms) {
+  const uint32_t day = 86400000;
+  if (cfg == NULL || (key != M2MPSK_RATE_PEER && key != M2MPSK_RATE_KPSA_ID))
+    return M2MPSK_E_INVALID;
+  if (max_failures != 0 &&
+      (window_ms == 0 || block_ms == 0 || block_max_ms < block_ms ||
+       window_ms > day || block_max_ms > day))
+    return M2MPSK_E_INVALID;
+  if (!lock_unfrozen(cfg))
+    return M2MPSK_E_STATE;
+  cfg->guard_settings.rate[key] =
+      (m2mpsk_rate_policy){max_failures, window_ms, block_ms, block_max_ms};
+  pthread_mutex_unlock(&cfg->lock);
+  return M2MPSK_OK;
+}
+
+int m2mpsk_config_set_event_queue(m2mpsk_config *cfg, uint32_t capacity) {
+  if (cfg == NULL || capacity > (1u << 20))
+    return M2MPSK_E_INVALID;
+  if (!lock_unfrozen(cfg))
+    return M2MPSK_E_STATE;
+  cfg->guard_settings.event_capacity = capacity;
+  pthread_mutex_unlock(&cfg->lock);
+  return M2MPSK_OK;
+}
+
+static m2mpsk_guard *guard_of(const m2mpsk_config *cfg) {
+  return atomic_load_explicit(&cfg->guard, memory_order_acquire);
+}
+
+int m2mpsk_config_peer_blocked(m2mpsk_config *cfg, const char *peer_tag,
+                               uint64_t now_ms, uint64_t *until_ms) {
+  if (cfg == NULL || peer_tag == NULL)
+    return M2MPSK_E_INVALID;
+  m2mpsk_guard *g = guard_of(cfg);
+  uint64_t until = 0;
+  int blocked =
+      g != NULL && m2mpsk_guard_blocked(g, M2MPSK_RATE_PEER, peer_tag, now_ms,
+                                        &until);
+  if (until_ms != NULL)
+    *until_ms = blocked ? until : 0;
+  return blocked;
+}
+
+uint32_t m2mpsk_config_handshakes_in_progress(const m2mpsk_config *cfg) {
+  m2mpsk_guard *g = cfg ? guard_of(cfg) : NULL;
+  return g ? m2mpsk_guard_handshakes(g) : 0;
+}
+
+int m2mpsk_config_next_event(m2mpsk_config *cfg, m2mpsk_event **out) {
+  if (out != NULL)
+    *out = NULL;
+  if (cfg == NULL || out == NULL)
+    return M2MPSK_E_INVALID;
+  m2mpsk_guard *g = guard_of(cfg);
+  return g ? m2mpsk_guard_next_event(g, out) : M2MPSK_E_AGAIN;
+}
+
+uint64_t m2mpsk_config_events_dropped(const m2mpsk_config *cfg) {
+  m2mpsk_guard *g = cfg ? guard_of(cfg) : NULL;
+  return g ? m2mpsk_guard_dropped(g) : 0;
+}
+
+m2mpsk_guard *m2mpsk_config_guard(m2mpsk_config *cfg, int *status) {
+  m2mpsk_guard *g = guard_of(cfg);
+  if (g != NULL) {
+    *status = M2MPSK_OK;
+    return g;
+  }
+  pthread_mutex_lock(&cfg->lock);
+  cfg->frozen = 1;
+  g = atomic_load_explicit(&cfg->guard, memory_order_relaxed);
+  *status = M2MPSK_OK;
+  if (g == NULL) {
+    /* Only a config that can make responders needs the rate tables. */
+    m2mpsk_guard_settings settings = cfg->guard_settings;
+    if (cfg->n_ids == 0)
+      settings.rate[0].max_failures = settings.rate[1].max_failures = 0;
+    *status = m2mpsk_guard_new(&g, &settings);
+    if (*status == M2MPSK_OK)
+      atomic_store_explicit(&cfg->guard, g, memory_order_release);
+  }
+  pthread_mutex_unlock(&cfg->lock);
+  return g;
+}
+
 m2mpsk_engine_ctx *m2mpsk_config_engine_ctx(m2mpsk_config *cfg,
                                             m2mpsk_role role,
                                             m2mpsk_transport transport,
@@ -181,6 +303,10 @@ uint32_t m2mpsk_config_handshake_timeout(const m2mpsk_config *cfg) {
 
 int m2mpsk_config_reveal_unknown(const m2mpsk_config *cfg) {
   return cfg->reveal_unknown;
+}
+
+uint32_t m2mpsk_config_max_input(const m2mpsk_config *cfg) {
+  return cfg->max_input;
 }
 
 size_t m2mpsk_config_local_id_count(const m2mpsk_config *cfg) {

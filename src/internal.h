@@ -40,6 +40,7 @@ void m2mpsk_keystore_ref(m2mpsk_keystore *ks);
 /* ---- config.c ----------------------------------------------------------- */
 
 struct m2mpsk_engine_ctx;
+struct m2mpsk_guard;
 
 /* Freezes the config and returns its engine context for (role, transport),
  * creating it on first use. Thread-safe. NULL on failure (*status set). */
@@ -48,6 +49,10 @@ struct m2mpsk_engine_ctx *m2mpsk_config_engine_ctx(m2mpsk_config *cfg,
                                                    m2mpsk_transport transport,
                                                    int *status);
 void m2mpsk_config_ref(m2mpsk_config *cfg);
+/* Freezes the config and returns its guard (guard.h), creating it on first
+ * use. Thread-safe. NULL on failure (*status set). */
+struct m2mpsk_guard *m2mpsk_config_guard(m2mpsk_config *cfg, int *status);
+uint32_t m2mpsk_config_max_input(const m2mpsk_config *cfg);
 uint32_t m2mpsk_config_handshake_timeout(const m2mpsk_config *cfg);
 int m2mpsk_config_reveal_unknown(const m2mpsk_config *cfg);
 size_t m2mpsk_config_local_id_count(const m2mpsk_config *cfg);

@@ -33,6 +33,7 @@ const char *m2mpsk_strerror(int status) {
   case M2MPSK_E_NO_LOCAL_ID:
     return "responder config has no local identity (IdB)";
   case M2MPSK_E_BACKEND: return "TLS backend module could not be loaded";
+  case M2MPSK_E_LIMIT: return "a configured resource limit was reached";
   default: return "unknown status";
   }
 }
@@ -50,6 +51,20 @@ const char *m2mpsk_reason_name(int reason) {
   case M2MPSK_REASON_MISUSE: return "misuse";
   case M2MPSK_REASON_ID_MISMATCH: return "identity-mismatch";
   case M2MPSK_REASON_INTERNAL: return "internal";
+  case M2MPSK_REASON_RATE_LIMITED: return "rate-limited";
+  case M2MPSK_REASON_LIMIT: return "limit";
+  default: return "unknown";
+  }
+}
+
+const char *m2mpsk_event_type_name(int type) {
+  switch (type) {
+  case M2MPSK_EVENT_NONE: return "none";
+  case M2MPSK_EVENT_ESTABLISHED: return "established";
+  case M2MPSK_EVENT_FAILED: return "failed";
+  case M2MPSK_EVENT_REVOKED: return "revoked";
+  case M2MPSK_EVENT_RATE_LIMITED: return "rate-limited";
+  case M2MPSK_EVENT_CLOSED: return "closed";
   default: return "unknown";
   }
 }

@@ -115,7 +115,10 @@ typedef enum m2mpsk_status {
   M2MPSK_E_NO_LOCAL_ID = -31,
   /** The TLS backend module could not be loaded; see
    *  m2mpsk_backend_error(). */
-  M2MPSK_E_BACKEND = -32
+  M2MPSK_E_BACKEND = -32,
+  /** A configured resource limit was reached (handshakes in progress,
+   *  buffered input); nothing was consumed or created. Since 0.2. */
+  M2MPSK_E_LIMIT = -33
 } m2mpsk_status;
 
 /**
@@ -140,7 +143,12 @@ enum m2mpsk_limits {
   M2MPSK_ID_MAX = 512,
   /** Smallest and largest DTLS MTU accepted by m2mpsk_assoc_set_mtu(). */
   M2MPSK_MTU_MIN = 256,
-  M2MPSK_MTU_MAX = 16384
+  M2MPSK_MTU_MAX = 16384,
+  /** Longest peer tag (m2mpsk_assoc_set_peer_tag()), in bytes. Since 0.2. */
+  M2MPSK_PEER_TAG_MAX = 128,
+  /** Smallest buffered-input bound (m2mpsk_config_set_max_input()): one
+   *  whole TLS record or datagram always fits. Since 0.2. */
+  M2MPSK_MAX_INPUT_MIN = 65536
 };
 
 /* ------------------------------------------------------------------------ */
@@ -484,7 +492,15 @@ typedef enum m2mpsk_reason {
    *  names none of them. */
   M2MPSK_REASON_ID_MISMATCH = 9,
   /** Internal error (memory, TLS library). */
-  M2MPSK_REASON_INTERNAL = 10
+  M2MPSK_REASON_INTERNAL = 10,
+  /** Refused without a handshake: this peer tag or KpsaID failed too many
+   *  handshakes lately and is blocked for a while (see
+   *  m2mpsk_config_set_rate_limit()). Since 0.2. */
+  M2MPSK_REASON_RATE_LIMITED = 11,
+  /** A resource limit of the config was reached: too many handshakes in
+   *  progress, or more input during a handshake than
+   *  m2mpsk_config_set_max_input() allows. Since 0.2. */
+  M2MPSK_REASON_LIMIT = 12
 } m2mpsk_reason;
 
 /** Static name of a reason, e.g. "bad-key"; "unknown" for other values. */
@@ -499,7 +515,8 @@ M2MPSK_API const char *m2mpsk_reason_name(int reason);
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL out/config/keystore, bad role or
  * transport, kpsa_id NULL for an initiator or non-NULL for a responder),
  * M2MPSK_E_KPSA_ID, M2MPSK_E_KPSA_ID_LENGTH, M2MPSK_E_NOT_FOUND,
- * M2MPSK_E_NO_LOCAL_ID, M2MPSK_E_BACKEND, M2MPSK_E_NOMEM or
+ * M2MPSK_E_NO_LOCAL_ID, M2MPSK_E_LIMIT (a responder past
+ * m2mpsk_config_set_max_handshakes()), M2MPSK_E_BACKEND, M2MPSK_E_NOMEM or
  * M2MPSK_E_INTERNAL.
  */
 M2MPSK_API int m2mpsk_assoc_new(m2mpsk_assoc **out, m2mpsk_role role,
@@ -520,6 +537,20 @@ M2MPSK_API void m2mpsk_assoc_free(m2mpsk_assoc *a);
 M2MPSK_API int m2mpsk_assoc_set_mtu(m2mpsk_assoc *a, unsigned mtu);
 
 /**
+ * Tags the association with the caller's name for its peer, typically the
+ * address ("192.0.2.7:5684"), 1 to M2MPSK_PEER_TAG_MAX bytes of printable
+ * ASCII. A responder's rate limit counts failures by it, and events carry
+ * it. Only before m2mpsk_assoc_start(); a second call replaces the first.
+ * Since 0.2.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL, empty, too long or not
+ * printable), M2MPSK_E_STATE (started) or M2MPSK_E_NOMEM.
+ */
+M2MPSK_API int m2mpsk_assoc_set_peer_tag(m2mpsk_assoc *a, const char *tag);
+
+/** The peer tag, or NULL when none was set. Borrowed from `a`. Since 0.2. */
+M2MPSK_API const char *m2mpsk_assoc_peer_tag(const m2mpsk_assoc *a);
+
+/**
  * Starts the handshake. `now_ms` is the caller's monotonic clock;
  * `unix_time` is the current wall-clock time in Unix seconds, used (advanced
  * by the monotonic clock) to check validity windows, or 0 when the caller
@@ -528,7 +559,8 @@ M2MPSK_API int m2mpsk_assoc_set_mtu(m2mpsk_assoc *a, unsigned mtu);
  * queues its ClientHello, to be drained.
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL, negative unix_time),
  * M2MPSK_E_STATE (already started) or M2MPSK_E_FAILED (e.g. the initiator's
- * record is expired or revoked: see m2mpsk_assoc_failure()).
+ * record is expired or revoked, or the responder's peer tag is blocked by
+ * the rate limit: see m2mpsk_assoc_failure()).
  */
 M2MPSK_API int m2mpsk_assoc_start(m2mpsk_assoc *a, uint64_t now_ms,
                                   int64_t unix_time);
@@ -536,13 +568,18 @@ M2MPSK_API int m2mpsk_assoc_start(m2mpsk_assoc *a, uint64_t now_ms,
 /**
  * Feeds received input: any number of stream bytes (TLS), or exactly one
  * whole datagram (DTLS). Drives the handshake; afterwards, check
- * m2mpsk_assoc_state() and drain. All input is consumed.
+ * m2mpsk_assoc_state() and drain. All input is consumed, unless the
+ * call returns M2MPSK_E_LIMIT.
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL a, NULL data with len > 0, an
  * empty or oversized datagram), M2MPSK_E_STATE (not started, or already
  * closed/failed), M2MPSK_E_FAILED (this input failed the association: drain
- * once more, an alert may be queued) or M2MPSK_E_NOMEM (the input was
- * dropped: a TLS association then fails, since its stream lost bytes; for
- * DTLS it is like a lost datagram).
+ * once more, an alert may be queued; also, since 0.2, input past
+ * m2mpsk_config_set_max_input() during a handshake), M2MPSK_E_LIMIT (since
+ * 0.2: an established association's input would go past
+ * m2mpsk_config_set_max_input(); nothing was consumed: read what is
+ * waiting, then feed again, or drop the datagram) or M2MPSK_E_NOMEM (the input was dropped: a TLS association
+ * then fails, since its stream lost bytes; for DTLS it is like a lost
+ * datagram).
  */
 M2MPSK_API int m2mpsk_assoc_feed(m2mpsk_assoc *a, const uint8_t *data,
                                  size_t len, uint64_t now_ms);
@@ -659,6 +696,184 @@ M2MPSK_API m2mpsk_reason m2mpsk_assoc_failure(const m2mpsk_assoc *a);
  * containing key bytes; "" when none. Borrowed from `a`.
  */
 M2MPSK_API const char *m2mpsk_assoc_failure_detail(const m2mpsk_assoc *a);
+
+/* ------------------------------------------------------------------------ */
+/* Resource limits, rate limiting and audit events (since 0.2)               */
+/* ------------------------------------------------------------------------ */
+
+/* A responder faces peers that may be hostile. These bound what they can
+ * make it hold, and report what happened. Every association made from a
+ * config shares its counters, rate limiter and event queue. */
+
+/**
+ * Bounds the handshakes in progress at once among responder associations
+ * made from this config: from m2mpsk_assoc_new() until established, failed
+ * or freed. Past it, m2mpsk_assoc_new() fails fast with M2MPSK_E_LIMIT
+ * before allocating anything, and a M2MPSK_EVENT_RATE_LIMITED event with
+ * M2MPSK_REASON_LIMIT is queued. 0 means unlimited; the default is 4096.
+ * Since 0.2.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL) or M2MPSK_E_STATE (frozen).
+ */
+M2MPSK_API int m2mpsk_config_set_max_handshakes(m2mpsk_config *cfg,
+                                                uint32_t n);
+
+/**
+ * Bounds the input an association holds fed but not yet consumed, in bytes
+ * (M2MPSK_MAX_INPUT_MIN to 1 GiB; default 262144). A m2mpsk_assoc_feed()
+ * that would exceed it consumes nothing and returns M2MPSK_E_LIMIT: once
+ * established, read the application data waiting (TLS) and feed the rest
+ * again, or drop the datagram (DTLS); during a handshake, when there is no
+ * application data to read, the association fails with
+ * M2MPSK_REASON_LIMIT. Applies to both roles. Since 0.2.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL, out of range) or
+ * M2MPSK_E_STATE (frozen).
+ */
+M2MPSK_API int m2mpsk_config_set_max_input(m2mpsk_config *cfg,
+                                           uint32_t bytes);
+
+/** What a rate limit counts failed handshakes by. Since 0.2. */
+typedef enum m2mpsk_rate_key {
+  /** The caller's peer tag (m2mpsk_assoc_set_peer_tag()), e.g. its
+   *  address. Checked in m2mpsk_assoc_start(), before any handshake work. */
+  M2MPSK_RATE_PEER = 0,
+  /** The psk_identity a client presented, whether or not a record has it
+   *  (so that the limiter reveals nothing about which KpsaIDs exist).
+   *  Checked when the ClientKeyExchange arrives. */
+  M2MPSK_RATE_KPSA_ID = 1
+} m2mpsk_rate_key;
+
+/**
+ * Sets a rate limit on failed responder handshakes, modelled on
+ * Californium's MAC-error filter. When `max_failures` handshakes keyed by
+ * the same peer tag (or KpsaID) fail within `window_ms`, that key is
+ * blocked for `block_ms`; each further block of the same key lasts twice
+ * the previous one, up to `block_max_ms`, until the key has had no failure
+ * for twice `block_max_ms`. A successful handshake forgets the key. A
+ * blocked key's handshakes fail at once with M2MPSK_REASON_RATE_LIMITED
+ * (queuing a M2MPSK_EVENT_RATE_LIMITED event): by peer tag in
+ * m2mpsk_assoc_start(), with nothing sent; by KpsaID as soon as it arrives,
+ * with an alert. Failures counted: every handshake failure except
+ * M2MPSK_REASON_INTERNAL, M2MPSK_REASON_MISUSE and the limiter's own
+ * refusals, which do not extend a block.
+ * The limiter remembers at most 1024 keys per kind, as keyed hashes; with
+ * more keys failing at once the oldest counts are forgotten first. Mind
+ * that a limit by KpsaID lets whoever knows a KpsaID lock its owner out
+ * for a while: keep its threshold above the peer limit's, or set it off.
+ * `max_failures` 0 turns the limit off (the other values are then not
+ * checked). Defaults: by peer, 10 failures in 10 s block for 1 s up to
+ * 60 s; by KpsaID, 20 failures in 10 s block for 1 s up to 60 s.
+ * Since 0.2.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL cfg, unknown key, a zero
+ * window or block, block_max_ms below block_ms, or any time above 24 h) or
+ * M2MPSK_E_STATE (frozen).
+ */
+M2MPSK_API int m2mpsk_config_set_rate_limit(m2mpsk_config *cfg,
+                                            m2mpsk_rate_key key,
+                                            uint32_t max_failures,
+                                            uint32_t window_ms,
+                                            uint32_t block_ms,
+                                            uint32_t block_max_ms);
+
+/**
+ * Whether `peer_tag` is blocked by the rate limit at `now_ms` (the clock
+ * given to associations), so that a host can drop a new peer's first
+ * datagram or connection without creating an association. *until_ms (if
+ * not NULL) receives the time the block ends. Thread-safe. Since 0.2.
+ * Returns 1 (blocked), 0 (not blocked, also before any association was
+ * made from the config) or M2MPSK_E_INVALID (NULL cfg or peer_tag).
+ */
+M2MPSK_API int m2mpsk_config_peer_blocked(m2mpsk_config *cfg,
+                                          const char *peer_tag,
+                                          uint64_t now_ms, uint64_t *until_ms);
+
+/** Responder handshakes in progress now (see
+ *  m2mpsk_config_set_max_handshakes()); 0 for NULL. Thread-safe. Since
+ *  0.2. */
+M2MPSK_API uint32_t m2mpsk_config_handshakes_in_progress(
+    const m2mpsk_config *cfg);
+
+/** One audit event, owned by whoever took it from the queue. Opaque. Since
+ *  0.2. */
+typedef struct m2mpsk_event m2mpsk_event;
+
+/** What happened. Stable values. Since 0.2. */
+typedef enum m2mpsk_event_type {
+  /** Not an event (a NULL argument to m2mpsk_event_get_type()). */
+  M2MPSK_EVENT_NONE = 0,
+  /** A handshake completed and the session is bound to the peer id. */
+  M2MPSK_EVENT_ESTABLISHED = 1,
+  /** A handshake, or an established association, failed; see the reason. */
+  M2MPSK_EVENT_FAILED = 2,
+  /** A live association ended because its record was revoked, removed or
+   *  replaced (reason revoked) or expired (reason expired). */
+  M2MPSK_EVENT_REVOKED = 3,
+  /** A peer was refused by a limit: rate limiting (reason rate-limited) or
+   *  too many handshakes in progress (reason limit). */
+  M2MPSK_EVENT_RATE_LIMITED = 4,
+  /** An established association ended without failing: close_notify sent
+   *  or received, or freed while established. */
+  M2MPSK_EVENT_CLOSED = 5
+} m2mpsk_event_type;
+
+/** Static name of an event type, e.g. "established"; "unknown" for other
+ *  values. Since 0.2. */
+M2MPSK_API const char *m2mpsk_event_type_name(int type);
+
+/**
+ * Turns the audit event queue on with room for `capacity` events (1 to
+ * 1048576), or off with 0 (the default). Events are queued by every
+ * association made from the config, in both roles, and never carry key
+ * material. When the queue is full, new events are dropped and counted
+ * (m2mpsk_config_events_dropped()); an association never fails for want of
+ * room. Since 0.2.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL, capacity too large) or
+ * M2MPSK_E_STATE (frozen).
+ */
+M2MPSK_API int m2mpsk_config_set_event_queue(m2mpsk_config *cfg,
+                                             uint32_t capacity);
+
+/**
+ * Takes the oldest queued event. On M2MPSK_OK the caller owns *out and
+ * frees it with m2mpsk_event_free(). Pull-based: no callback runs inside
+ * the library. Thread-safe. Since 0.2.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL) or M2MPSK_E_AGAIN (the queue is
+ * empty or off; *out is set to NULL).
+ */
+M2MPSK_API int m2mpsk_config_next_event(m2mpsk_config *cfg,
+                                        m2mpsk_event **out) M2MPSK_MUST_CHECK;
+
+/** Events dropped because the queue was full (or memory short); 0 for
+ *  NULL. Thread-safe. Since 0.2. */
+M2MPSK_API uint64_t m2mpsk_config_events_dropped(const m2mpsk_config *cfg);
+
+/** Frees an event. NULL is a no-op. Since 0.2. */
+M2MPSK_API void m2mpsk_event_free(m2mpsk_event *ev);
+
+/* Event accessors (since 0.2). Strings are borrowed from the event; each
+ * accessor returns NULL (or 0, or M2MPSK_EVENT_NONE) for a NULL event. */
+
+/** What happened. */
+M2MPSK_API m2mpsk_event_type m2mpsk_event_get_type(const m2mpsk_event *ev);
+/** Why, for FAILED, REVOKED and RATE_LIMITED; M2MPSK_REASON_NONE else. */
+M2MPSK_API m2mpsk_reason m2mpsk_event_reason(const m2mpsk_event *ev);
+/** The role of the association that reported it. */
+M2MPSK_API m2mpsk_role m2mpsk_event_role(const m2mpsk_event *ev);
+/** Its transport. */
+M2MPSK_API m2mpsk_transport m2mpsk_event_transport(const m2mpsk_event *ev);
+/** The caller's monotonic time when it happened. */
+M2MPSK_API uint64_t m2mpsk_event_time_ms(const m2mpsk_event *ev);
+/** The KpsaID: an initiator's, or the one a client presented when it was a
+ *  well-formed KpsaID; NULL when not known. */
+M2MPSK_API const char *m2mpsk_event_kpsa_id(const m2mpsk_event *ev);
+/** The identity the session was bound to (as m2mpsk_assoc_peer_id()),
+ *  NULL when none was. */
+M2MPSK_API const char *m2mpsk_event_peer_id(const m2mpsk_event *ev);
+/** 1 when the peer id is a Credential-ID. */
+M2MPSK_API int m2mpsk_event_peer_id_is_credential(const m2mpsk_event *ev);
+/** The caller's peer tag, NULL when none was set. */
+M2MPSK_API const char *m2mpsk_event_peer_tag(const m2mpsk_event *ev);
+/** A readable detail (as m2mpsk_assoc_failure_detail()); "" when none. */
+M2MPSK_API const char *m2mpsk_event_detail(const m2mpsk_event *ev);
 
 #ifdef __cplusplus
 }

@@ -22,7 +22,8 @@ for line in nm.splitlines():
         continue
     name, _, version = parts[2].partition("@")
     exported[name] = version.lstrip("@")
-exported.pop("M2MPSK_0.1", None)  # the version node's own symbol
+for node_symbol in [k for k in exported if re.fullmatch(r"M2MPSK_[0-9.]+", k)]:
+    exported.pop(node_symbol)  # the version nodes' own symbols
 
 with open(map_path) as f:
     text = re.sub(r"/\*.*?\*/", "", f.read(), flags=re.S)
