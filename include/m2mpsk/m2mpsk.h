@@ -875,6 +875,144 @@ M2MPSK_API const char *m2mpsk_event_peer_tag(const m2mpsk_event *ev);
 /** A readable detail (as m2mpsk_assoc_failure_detail()); "" when none. */
 M2MPSK_API const char *m2mpsk_event_detail(const m2mpsk_event *ev);
 
+/* ------------------------------------------------------------------------ */
+/* oneM2M request checks and key derivation                                  */
+/* ------------------------------------------------------------------------ */
+
+/**
+ * What a receiving CSE's security association is bound to, for
+ * m2mpsk_originator_check(). Since 0.2.
+ */
+typedef enum m2mpsk_peer_kind {
+  /** The request arrived outside any security association. */
+  M2MPSK_PEER_NONE = 0,
+  /** Bound to a Registree AE's AE-ID ("peer is an AE", TS-0003 §8.2.2.1). */
+  M2MPSK_PEER_AE = 1,
+  /** Bound to a Registree CSE's CSE-ID ("peer is a CSE"). */
+  M2MPSK_PEER_CSE = 2,
+  /** Bound to the Credential-ID "12-<KpsaID>": an AE whose AE-ID is not
+   *  known yet (m2mpsk_assoc_peer_id_is_credential() is 1). */
+  M2MPSK_PEER_CREDENTIAL = 3
+} m2mpsk_peer_kind;
+
+/** Flags for m2mpsk_originator_check(). Since 0.2. */
+enum m2mpsk_originator_flags {
+  /** The request is an AE registration: CREATE (op 1) of an <AE>
+   *  resource (ty 2). */
+  M2MPSK_ORIGINATOR_AE_CREATE = 1,
+  /** The host's policy lets this AE work without a security association
+   *  (e.g. its <serviceSubscribedAppRule> lists the Credential-ID "None"). */
+  M2MPSK_ORIGINATOR_ALLOW_UNSECURED_AE = 2
+};
+
+/**
+ * The outcome of m2mpsk_originator_check(). Apart from ACCEPT, the values
+ * are the oneM2M Response Status Codes to answer with. Since 0.2.
+ */
+typedef enum m2mpsk_originator_verdict {
+  /** The From is consistent with the association (not an RSC). */
+  M2MPSK_ORIGINATOR_ACCEPT = 0,
+  /** ORIGINATOR_NOT_AUTHENTICATED. */
+  M2MPSK_ORIGINATOR_NOT_AUTHENTICATED = 4106,
+  /** SECURITY_ASSOCIATION_REQUIRED. */
+  M2MPSK_ORIGINATOR_SECURITY_ASSOCIATION_REQUIRED = 4107
+} m2mpsk_originator_verdict;
+
+/**
+ * Decides whether a request that a CSE received may carry the originator
+ * `from`, given what the association it arrived on is bound to (TS-0004
+ * §7.3.2.1, TS-0003 §7.2.1). Since 0.2. Thread-safe; no state.
+ *
+ * Arguments (all borrowed for the call):
+ *  - `bound_kind`, `bound_id`: the binding. M2MPSK_PEER_NONE with a NULL
+ *    bound_id; otherwise m2mpsk_assoc_peer_id(): an AE-ID (C-type
+ *    "/cse/Cx" or S-type "/Sx"), a CSE-ID, or "12-<KpsaID>", SP-relative or
+ *    absolute.
+ *  - `local_id`: the receiving CSE's own CSE-ID (m2mpsk_assoc_local_id()).
+ *    It resolves the CSE-relative AE-ID-Stems "Cx" (= local CSE-ID + "/Cx")
+ *    and "Sx" (= "/Sx"), and an SP-relative identifier takes its SP-ID:
+ *    give it in absolute form for "/cse/C1" and "//sp/cse/C1" to match.
+ *    When it is SP-relative, an absolute identifier never equals an
+ *    SP-relative one. SP-IDs compare without case, the rest exactly.
+ *  - `from`: the request's From: an AE-ID-Stem ("C..." or "S..."), or an
+ *    AE-ID or CSE-ID, SP-relative or absolute. NULL or "" means absent.
+ *  - `flags`: 0 or M2MPSK_ORIGINATOR_* bits.
+ *  - `verdict`: receives the outcome on M2MPSK_OK, and
+ *    M2MPSK_ORIGINATOR_NOT_AUTHENTICATED on any error.
+ *
+ * A one-segment identifier ("/x", "//sp/x") is read as an S-type AE-ID when
+ * it starts with 'S' and as a CSE-ID otherwise (TS-0001 §7.2), except that
+ * any one naming the bound CSE is that CSE.
+ *
+ * Verdicts:
+ *  - No From: ACCEPT only as below for an AE registration, otherwise
+ *    NOT_AUTHENTICATED.
+ *  - M2MPSK_PEER_NONE: a CSE-ID gets SECURITY_ASSOCIATION_REQUIRED; so does
+ *    an AE (any AE form, or no From at registration) unless
+ *    M2MPSK_ORIGINATOR_ALLOW_UNSECURED_AE, which makes it ACCEPT: the
+ *    identity is then not authenticated at all.
+ *  - M2MPSK_PEER_AE: ACCEPT when `from` names the bound AE-ID in any form,
+ *    registration included; otherwise NOT_AUTHENTICATED.
+ *  - M2MPSK_PEER_CSE: ACCEPT for the bound CSE-ID, a C-type AE-ID under it,
+ *    or an S-type AE-ID in the bound CSE's SP (which no identifier ties to
+ *    a CSE). NOT_AUTHENTICATED for another CSE-ID, a C-type AE-ID under
+ *    another CSE (a bare "Cx" is under the receiving CSE), or another SP.
+ *    Requests relayed from the Registree's descendant CSEs are among these:
+ *    a host that accepts them must check its <remoteCSE> records itself.
+ *  - M2MPSK_PEER_CREDENTIAL: the AE-ID is not known until the host binds
+ *    one at registration, so only an AE registration is accepted, from no
+ *    From, a stem for the Registrar or SP to assign ("C", "S") or an
+ *    AE-ID-Stem, an S-type AE-ID of the receiving CSE's SP, or a C-type
+ *    AE-ID under the receiving CSE. Anything else, a CSE-ID included (a
+ *    CSE's association always has its CSE-ID configured), is
+ *    NOT_AUTHENTICATED. The host still checks the Credential-ID against
+ *    <serviceSubscribedAppRule> (applicableCredIDs).
+ *
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL verdict or local_id, unknown
+ * bound_kind or flag, bound_id NULL with a kind other than
+ * M2MPSK_PEER_NONE or non-NULL with it), M2MPSK_E_IDB (local_id is not a
+ * CSE-ID), M2MPSK_E_IDA (bound_id is not of its kind's form, or `from` is
+ * malformed, e.g. "ae1", "/cse/S1"), M2MPSK_E_ID_LENGTH (an identity is
+ * longer than M2MPSK_ID_MAX bytes), M2MPSK_E_KPSA_ID or
+ * M2MPSK_E_KPSA_ID_LENGTH (the KpsaID of a Credential-ID bound_id).
+ */
+M2MPSK_API int m2mpsk_originator_check(
+    m2mpsk_peer_kind bound_kind, const char *bound_id, const char *local_id,
+    const char *from, unsigned flags,
+    m2mpsk_originator_verdict *verdict) M2MPSK_MUST_CHECK;
+
+/**
+ * Derives a remotely provisioned Kpsa from the enrolment key Ke (TS-0003
+ * §10.3.3) and adds it as a record, as m2mpsk_keystore_add() would:
+ *
+ *   Kpsa = HMAC-SHA-256(Ke, "oneM2M Enrolment Key to Provisioned Secure
+ *          Connection Key derivation" || Enrolee-B-ID)
+ *
+ * (the label in one line, no separator, no NUL). The 32-byte Kpsa exists
+ * only in a transient sodium_malloc buffer, mlocked where RLIMIT_MEMLOCK
+ * allows and wiped on return, and then in the keystore's locked memory.
+ * Since 0.2. Thread-safe as m2mpsk_keystore_add().
+ *
+ * `ke` (ke_len bytes, M2MPSK_KEY_MIN to M2MPSK_KEY_MAX) is borrowed; the
+ * caller may wipe it on return. `enrolee_b_id` is a CSE-ID or AE-ID,
+ * SP-relative or absolute, as m2mpsk_ida_validate() accepts; its bytes are
+ * used exactly as given (printable ASCII, so already NFKC), so both ends
+ * must use the same form. The other arguments are m2mpsk_keystore_add()'s.
+ * Per §10.7 the key is not valid beyond Ke's lifetime: pass it in
+ * `not_after`. On any error the keystore is unchanged.
+ *
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL ks, kpsa_id, ke, enrolee_b_id
+ * or idb), M2MPSK_E_KEY_LENGTH (ke_len), M2MPSK_E_IDA (enrolee_b_id or
+ * ida), M2MPSK_E_ID_LENGTH (enrolee_b_id, ida or idb), or any other code of
+ * m2mpsk_keystore_add(): M2MPSK_E_KPSA_ID, M2MPSK_E_KPSA_ID_LENGTH,
+ * M2MPSK_E_IDB, M2MPSK_E_VALIDITY, M2MPSK_E_DUPLICATE, M2MPSK_E_UNLOCKED or
+ * M2MPSK_E_NOMEM (also when the transient buffer cannot be allocated).
+ */
+M2MPSK_API int m2mpsk_keystore_add_derived(
+    m2mpsk_keystore *ks, const char *kpsa_id, const uint8_t *ke,
+    size_t ke_len, const char *enrolee_b_id, const char *ida, const char *idb,
+    int64_t not_before, int64_t not_after) M2MPSK_MUST_CHECK;
+
 #ifdef __cplusplus
 }
 #endif
