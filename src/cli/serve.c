@@ -18,7 +18,8 @@ static const char k_serve_usage[] =
     "usage: m2mpsk serve --keys FILE --id IDB [--id IDB ...] [--listen ADDR]\n"
     "                    [--port N] [--tcp | --udp] [--once] [--max-conn N]\n"
     "                    [--suites LIST|all] [--reveal-unknown]\n"
-    "                    [--timeout MS] [--idle MS] [-v]\n"
+    "                    [--timeout MS] [--idle MS] [--rate-limit N]\n"
+    "                    [--audit] [-v]\n"
     "\n"
     "Runs Entity B: accepts (D)TLS-PSK associations, logs one line for each\n"
     "(peer, KpsaID, bound identity, suite and version, or the failure\n"
@@ -38,6 +39,13 @@ static const char k_serve_usage[] =
     "  --timeout MS       handshake timeout (default 60000)\n"
     "  --idle MS          end an association idle that long (default\n"
     "                     300000); over UDP a peer may vanish silently\n"
+    "  --rate-limit N     block an address for 1 s (doubling up to 60 s)\n"
+    "                     after N failed handshakes within 10 s (default\n"
+    "                     10; 0: off). Blocked TCP peers are refused and\n"
+    "                     logged; blocked UDP peers' datagrams are dropped\n"
+    "  --audit            log the library's audit events, one \"audit\" line\n"
+    "                     each (established, failed, revoked, rate-limited,\n"
+    "                     closed)\n"
     "  -v                 trace handshakes (never key bytes)\n";
 
 #define BUF_SIZE 17408
@@ -47,6 +55,7 @@ typedef struct conn {
   struct sockaddr_storage addr;
   socklen_t addr_len;
   char peer[64];
+  char host[64]; /* peer without the port: the rate limiter's peer tag */
   m2mpsk_assoc *a;
   uint8_t *out; /* TCP bytes drained but not yet sent */
   size_t out_len;
@@ -60,6 +69,7 @@ typedef struct server {
   int udp;
   int once;
   int once_result; /* -1 until the first association ended */
+  int audit;
   size_t max_conn;
   uint64_t idle_ms;
   m2mpsk_config *cfg;
@@ -159,6 +169,35 @@ static void process(server *s, conn *c) {
   flush(s, c);
 }
 
+/* "192.0.2.1:4433" gives "192.0.2.1", "[::1]:4433" gives "[::1]". */
+static void peer_host(const char *peer, char *out, size_t cap) {
+  const char *colon = strrchr(peer, ':');
+  size_t n = colon ? (size_t)(colon - peer) : strlen(peer);
+  snprintf(out, cap, "%.*s", (int)n, peer);
+}
+
+static void log_events(server *s) {
+  m2mpsk_event *ev;
+  while (s->audit && m2mpsk_config_next_event(s->cfg, &ev) == M2MPSK_OK) {
+    const char *kpsa = m2mpsk_event_kpsa_id(ev);
+    const char *bound = m2mpsk_event_peer_id(ev);
+    const char *tag = m2mpsk_event_peer_tag(ev);
+    cli_log("audit type=%s reason=%s kpsa-id=%s bound=%s tag=%s "
+            "detail=\"%s\"",
+            m2mpsk_event_type_name(m2mpsk_event_get_type(ev)),
+            m2mpsk_reason_name(m2mpsk_event_reason(ev)), kpsa ? kpsa : "-",
+            bound ? bound : "-", tag ? tag : "-", m2mpsk_event_detail(ev));
+    m2mpsk_event_free(ev);
+  }
+  uint64_t dropped = m2mpsk_config_events_dropped(s->cfg);
+  static uint64_t reported;
+  if (s->audit && dropped > reported) {
+    cli_log("audit dropped=%llu events (queue full)",
+            (unsigned long long)(dropped - reported));
+    reported = dropped;
+  }
+}
+
 static conn *add_conn(server *s, int fd, const struct sockaddr_storage *addr,
                       socklen_t addr_len) {
   conn *c = calloc(1, sizeof(*c));
@@ -174,12 +213,24 @@ static conn *add_conn(server *s, int fd, const struct sockaddr_storage *addr,
   c->addr = *addr;
   c->addr_len = addr_len;
   cli_format_addr((const struct sockaddr *)addr, c->peer, sizeof(c->peer));
+  peer_host(c->peer, c->host, sizeof(c->host));
   int rc =
       m2mpsk_assoc_new(&c->a, M2MPSK_ROLE_RESPONDER,
                        s->udp ? M2MPSK_TRANSPORT_DTLS : M2MPSK_TRANSPORT_TLS,
                        s->cfg, s->ks, NULL);
   if (rc == M2MPSK_OK)
+    rc = m2mpsk_assoc_set_peer_tag(c->a, c->host);
+  if (rc == M2MPSK_OK)
     rc = m2mpsk_assoc_start(c->a, cli_now_ms(), cli_unix_time());
+  if (rc == M2MPSK_E_FAILED) {
+    /* Refused before any handshake work (the rate limit). */
+    cli_log_outcome(c->peer, c->a);
+    if (s->once && s->once_result < 0)
+      s->once_result = 1;
+    m2mpsk_assoc_free(c->a);
+    free(c);
+    return NULL;
+  }
   if (rc != M2MPSK_OK) {
     cli_log("cannot start an association for %s: %s", c->peer,
             m2mpsk_strerror(rc));
@@ -269,6 +320,15 @@ static void on_udp_input(server *s) {
     if (c == NULL) {
       if (s->n >= s->max_conn || (s->once && s->once_result >= 0))
         continue;
+      /* A blocked address gets no association at all: not even the
+       * memory for one. */
+      char peer[64], host[64];
+      cli_format_addr((const struct sockaddr *)&addr, peer, sizeof(peer));
+      peer_host(peer, host, sizeof(host));
+      if (m2mpsk_config_peer_blocked(s->cfg, host, cli_now_ms(), NULL) == 1) {
+        cli_trace("%s: rate-limited, datagram dropped", peer);
+        continue;
+      }
       if ((c = add_conn(s, -1, &addr, len)) == NULL)
         continue;
     }
@@ -395,6 +455,7 @@ static int serve_loop(server *s) {
       }
     }
     reap(s);
+    log_events(s);
   }
   free(pfd);
   return result;
@@ -414,10 +475,13 @@ int cli_serve(int argc, char **argv) {
       {"reveal-unknown", no_argument, NULL, 'r'},
       {"timeout", required_argument, NULL, 't'},
       {"idle", required_argument, NULL, 'I'},
+      {"rate-limit", required_argument, NULL, 'R'},
+      {"audit", no_argument, NULL, 'A'},
       {"verbose", no_argument, NULL, 'v'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
-  unsigned long idle = 300000;
+  unsigned long idle = 300000, rate_limit = 10;
+  int audit = 0;
   const char *keys = NULL, *listen_on = "127.0.0.1", *port = "0",
              *suites = NULL;
   const char **ids = calloc((size_t)argc, sizeof(*ids));
@@ -465,6 +529,14 @@ int cli_serve(int argc, char **argv) {
         return CLI_USAGE;
       }
       break;
+    case 'R':
+      if (cli_parse_uint(optarg, 0, 1000000, &rate_limit)) {
+        cli_log("--rate-limit must be 0 to 1000000");
+        free(ids);
+        return CLI_USAGE;
+      }
+      break;
+    case 'A': audit = 1; break;
     case 'v': break;
     case 'h':
       fputs(k_serve_usage, stdout);
@@ -487,11 +559,23 @@ int cli_serve(int argc, char **argv) {
               .once = once,
               .once_result = -1,
               .max_conn = max_conn,
-              .idle_ms = idle};
+              .idle_ms = idle,
+              .audit = audit};
   s.cfg = cli_make_config(suites, (uint32_t)timeout, ids, n_ids, reveal);
   free(ids);
   if (s.cfg == NULL)
     return CLI_USAGE;
+  /* Limits the host sets before the first association freezes the config.
+   * By KpsaID the library's default stays: a limit per address is what a
+   * server facing the network needs first. */
+  if (m2mpsk_config_set_rate_limit(s.cfg, M2MPSK_RATE_PEER,
+                                   (uint32_t)rate_limit, 10000, 1000,
+                                   60000) != M2MPSK_OK ||
+      m2mpsk_config_set_event_queue(s.cfg, audit ? 1024 : 0) != M2MPSK_OK) {
+    cli_log("cannot configure the limits");
+    m2mpsk_config_free(s.cfg);
+    return CLI_USAGE;
+  }
   s.ks = cli_load_keys(keys);
   if (s.ks == NULL) {
     m2mpsk_config_free(s.cfg);

@@ -334,6 +334,53 @@ def idle_udp_peers_free_their_place(tmp):
     assert "idle peer=" in "".join(log), log
 
 
+@case
+def failed_handshakes_rate_limit_the_address(tmp):
+    """After --rate-limit N failed handshakes, the address is refused for a
+    while even with the right key: over TCP with a logged failure, over
+    UDP by dropping its datagrams. --audit shows the library's events."""
+    keys = os.path.join(tmp, "keys")
+    other = os.path.join(tmp, "other")
+    keygen(keys)
+    keygen(other)
+    for transport in ([], ["--udp"]):
+        srv = Server(keys, *transport, "--rate-limit", "3", "--audit")
+        try:
+            for _ in range(3):
+                r = run("connect", "127.0.0.1:%d" % srv.port, *transport,
+                        "--keys", other, "--kpsa-id", KPSA_ID,
+                        "--timeout", "5000")
+                assert r.returncode == 1 and b"reason=bad-key" in r.stderr, \
+                    r.stderr
+            r = run("connect", "127.0.0.1:%d" % srv.port, *transport,
+                    "--keys", keys, "--kpsa-id", KPSA_ID, "--timeout", "700",
+                    stdin=b"let me in\n")
+            # TCP: accepted and closed at once (reset, or closed during the
+            # handshake); UDP: no answer until the client's timeout.
+            assert r.returncode in ((1, 3) if not transport else (1,)), r
+            assert r.stdout == b"", (r.stdout, r.stderr)
+            # The block lasts 1 s: afterwards the right key works again.
+            time.sleep(1.1)
+            r = run("connect", "127.0.0.1:%d" % srv.port, *transport,
+                    "--keys", keys, "--kpsa-id", KPSA_ID, "--timeout", "5000",
+                    stdin=b"later\n")
+            assert r.returncode == 0 and r.stdout == b"later\n", r.stderr
+        finally:
+            code, log = srv.stop()
+        log = "".join(log)
+        assert log.count("failure peer=127.0.0.1:") >= 3, log
+        assert ("audit type=failed reason=bad-key kpsa-id=%s bound=- "
+                "tag=127.0.0.1 " % KPSA_ID) in log, log
+        assert ("audit type=established reason=none kpsa-id=%s bound=%s "
+                "tag=127.0.0.1 " % (KPSA_ID, IDA)) in log, log
+        assert "audit type=closed" in log, log
+        if transport:
+            assert "reason=rate-limited" not in log, "UDP drops silently"
+        else:
+            assert "reason=rate-limited" in log, log
+            assert "audit type=rate-limited reason=rate-limited" in log, log
+
+
 def main():
     passed = failed = 0
     for fn in CASES:
