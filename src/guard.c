@@ -239,7 +239,10 @@ int m2mpsk_guard_failure(m2mpsk_guard *g, int kind, const char *key,
     if (e->level > 0 &&
         now_ms >= e->blocked_until + 2 * (uint64_t)p->block_max_ms)
       e->level = 0; /* quiet for long enough: forgiven */
-    if (now_ms - e->window_start >= p->window_ms) {
+    /* Associations pass their own clocks, which may lag one another a
+     * little: a time before the window's start is inside it. */
+    if (now_ms >= e->window_start &&
+        now_ms - e->window_start >= p->window_ms) {
       e->window_start = now_ms;
       e->failures = 0;
     }

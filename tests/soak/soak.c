@@ -10,6 +10,14 @@
  *             handshake timeout, both sides must fail with reason timeout;
  *   abrupt    both sides freed mid-handshake, after one or two flights.
  *
+ * Good peers come from many addresses, misbehaving ones from eight, given
+ * to the responder as peer tags; the library's default rate limits apply,
+ * so the misbehaving addresses spend much of the run blocked (refused at
+ * start, counted apart), and no good peer may ever be refused. Injected
+ * time advances 1 ms per handshake, plus what stalls and timeouts take.
+ * The responder's audit event queue is drained after every handshake and
+ * checked against what happened.
+ *
  * Passes with zero crashes, every good handshake established, and RSS back
  * to its baseline (VmRSS after a warm-up of WARMUP handshakes versus at the
  * end, within TOLERANCE_KIB). Prints the figures.
@@ -138,7 +146,22 @@ typedef struct world {
   m2mpsk_config *cfg_a, *cfg_b;
 } world;
 
-static long g_count[KINDS], g_established[KINDS], g_failed[KINDS];
+static long g_count[KINDS], g_established[KINDS], g_failed[KINDS],
+    g_refused[KINDS], g_b_established;
+static long g_events[6];
+static uint64_t g_clock = NOW0;
+
+/* Takes the responder's events; none may be lost. */
+static void drain_events(m2mpsk_config *cfg) {
+  m2mpsk_event *ev;
+  while (m2mpsk_config_next_event(cfg, &ev) == M2MPSK_OK) {
+    int t = (int)m2mpsk_event_get_type(ev);
+    CHECK(t >= 1 && t <= 5, "event type %d", t);
+    g_events[t]++;
+    m2mpsk_event_free(ev);
+  }
+  CHECK(m2mpsk_config_events_dropped(cfg) == 0, "events dropped");
+}
 
 static void one(world *w, enum kind k, m2mpsk_transport t) {
   m2mpsk_keystore *ks_a = k == WRONG     ? w->ks_a_wrong
@@ -151,10 +174,30 @@ static void one(world *w, enum kind k, m2mpsk_transport t) {
   CHECK(m2mpsk_assoc_new(&b, M2MPSK_ROLE_RESPONDER, t, w->cfg_b, w->ks_b,
                          NULL) == M2MPSK_OK,
         "new responder");
-  uint64_t now = NOW0;
-  CHECK(m2mpsk_assoc_start(b, now, UNIX0) == M2MPSK_OK, "start responder");
-  CHECK(m2mpsk_assoc_start(a, now, UNIX0) == M2MPSK_OK, "start initiator");
+  uint64_t now = g_clock;
+  char tag[32];
+  if (k == GOOD)
+    snprintf(tag, sizeof(tag), "198.51.100.%u", rnd() % 250);
+  else
+    snprintf(tag, sizeof(tag), "203.0.113.%u", rnd() % 8);
+  CHECK(m2mpsk_assoc_set_peer_tag(b, tag) == M2MPSK_OK, "peer tag");
   g_count[k]++;
+  int rc = m2mpsk_assoc_start(b, now, UNIX0);
+  if (rc == M2MPSK_E_FAILED) {
+    /* A blocked address: refused before any handshake work. */
+    CHECK(k != GOOD, "good peer %s refused: %s", tag,
+          m2mpsk_assoc_failure_detail(b));
+    CHECK(m2mpsk_assoc_failure(b) == M2MPSK_REASON_RATE_LIMITED &&
+              m2mpsk_assoc_pending(b) == 0,
+          "refusal");
+    g_refused[k]++;
+    m2mpsk_assoc_free(a);
+    m2mpsk_assoc_free(b);
+    g_clock++;
+    return;
+  }
+  CHECK(rc == M2MPSK_OK, "start responder");
+  CHECK(m2mpsk_assoc_start(a, now, UNIX0) == M2MPSK_OK, "start initiator");
 
   switch (k) {
   case GOOD:
@@ -243,10 +286,16 @@ static void one(world *w, enum kind k, m2mpsk_transport t) {
     CHECK(!est, "%s handshake established", k_names[k]);
   }
   g_established[k] += est;
+  /* The responder may be established alone: an abrupt end after A's
+   * Finished reached it. */
+  g_b_established += m2mpsk_assoc_state(b) == M2MPSK_STATE_ESTABLISHED ||
+                     m2mpsk_assoc_state(b) == M2MPSK_STATE_CLOSED;
   g_failed[k] += m2mpsk_assoc_state(a) == M2MPSK_STATE_FAILED ||
                  m2mpsk_assoc_state(b) == M2MPSK_STATE_FAILED;
   m2mpsk_assoc_free(a);
   m2mpsk_assoc_free(b);
+  /* Peers arrive 1 ms apart, whatever time their own handshakes took. */
+  g_clock++;
 }
 
 static m2mpsk_keystore *keystore(const char *id, const uint8_t *key) {
@@ -277,7 +326,8 @@ int main(int argc, char **argv) {
             m2mpsk_config_set_handshake_timeout(w.cfg_a, TIMEOUT_MS) ==
                 M2MPSK_OK &&
             m2mpsk_config_set_handshake_timeout(w.cfg_b, TIMEOUT_MS) ==
-                M2MPSK_OK,
+                M2MPSK_OK &&
+            m2mpsk_config_set_event_queue(w.cfg_b, 64) == M2MPSK_OK,
         "configs");
 
   long rss_start = rss_kib(), rss_base = 0, rss_peak = 0;
@@ -289,6 +339,7 @@ int main(int argc, char **argv) {
     }
     enum kind k = k_mix[rnd() % 20];
     one(&w, k, (m2mpsk_transport)(rnd() & 1));
+    drain_events(w.cfg_b);
     if (i % 1000 == 999) {
       long r = rss_kib();
       if (r > rss_peak)
@@ -305,15 +356,33 @@ int main(int argc, char **argv) {
   m2mpsk_keystore_free(w.ks_a_unknown);
   m2mpsk_keystore_free(w.ks_b);
 
-  for (int k = 0; k < KINDS; k++)
-    printf("soak: %-8s %7ld run, %7ld established, %7ld failed\n",
-           k_names[k], g_count[k], g_established[k], g_failed[k]);
+  long refused = 0;
+  for (int k = 0; k < KINDS; k++) {
+    printf("soak: %-8s %7ld run, %7ld established, %7ld failed, %7ld "
+           "refused (rate limit)\n",
+           k_names[k], g_count[k], g_established[k], g_failed[k],
+           g_refused[k]);
+    refused += g_refused[k];
+  }
+  printf("soak: responder events: %ld established, %ld failed, %ld "
+         "rate-limited, %ld closed; %.1f s of injected time\n",
+         g_events[M2MPSK_EVENT_ESTABLISHED], g_events[M2MPSK_EVENT_FAILED],
+         g_events[M2MPSK_EVENT_RATE_LIMITED], g_events[M2MPSK_EVENT_CLOSED],
+         (double)(g_clock - NOW0) / 1000.0);
   printf("soak: %ld handshakes in %.1f s (%.0f/s); RSS start %ld KiB, "
          "baseline after %u %ld KiB, peak %ld KiB, end %ld KiB (%+ld KiB)\n",
          n, t_end - t0, (double)n / (t_end - t0), rss_start, WARMUP, rss_base,
          rss_peak, rss_end, rss_end - rss_base);
   (void)t_base;
   CHECK(g_established[GOOD] == g_count[GOOD], "good handshakes failed");
+  CHECK(g_events[M2MPSK_EVENT_ESTABLISHED] == g_b_established &&
+            g_events[M2MPSK_EVENT_CLOSED] == g_b_established,
+        "an established and a closed event per responder established: "
+        "%ld, %ld, %ld", g_events[M2MPSK_EVENT_ESTABLISHED],
+        g_events[M2MPSK_EVENT_CLOSED], g_b_established);
+  CHECK(g_events[M2MPSK_EVENT_RATE_LIMITED] >= refused,
+        "a rate-limited event per refusal");
+  CHECK(refused > 0, "the misbehaving addresses were never blocked");
   CHECK(!RSS_MEANINGFUL || rss_end - rss_base <= TOLERANCE_KIB,
         "RSS grew by %ld KiB after warm-up (tolerance %ld)",
         rss_end - rss_base, TOLERANCE_KIB);
