@@ -56,6 +56,7 @@ struct m2mpsk_assoc {
   char *peer_id;
   char *local_id;
   int peer_is_credential;
+  int ae_id_bound; /* m2mpsk_assoc_bind_ae_id() replaced the Credential-ID */
   int bound;
 };
 
@@ -856,6 +857,36 @@ const char *m2mpsk_assoc_peer_id(const m2mpsk_assoc *a) {
 
 int m2mpsk_assoc_peer_id_is_credential(const m2mpsk_assoc *a) {
   return has_session(a) ? a->peer_is_credential : 0;
+}
+
+int m2mpsk_assoc_bind_ae_id(m2mpsk_assoc *a, const char *ae_id) {
+  if (a == NULL || ae_id == NULL)
+    return M2MPSK_E_INVALID;
+  int rc = m2mpsk_ida_validate(ae_id);
+  if (rc != M2MPSK_OK)
+    return rc;
+  /* A one-segment identifier is a CSE-ID unless it is S-type (TS-0001
+   * §7.2): "/S1", "//sp/S1". */
+  if (m2mpsk_idb_validate(ae_id) == M2MPSK_OK &&
+      strrchr(ae_id, '/')[1] != 'S')
+    return M2MPSK_E_IDA;
+  if (!has_session(a) || a->role != M2MPSK_ROLE_RESPONDER ||
+      !a->peer_is_credential || a->ae_id_bound)
+    return M2MPSK_E_STATE;
+  size_t np = strlen(ae_id) + 1;
+  size_t nl = a->local_id ? strlen(a->local_id) + 1 : 0;
+  char *ids = malloc(np + nl);
+  if (ids == NULL)
+    return M2MPSK_E_NOMEM;
+  memcpy(ids, ae_id, np);
+  if (a->local_id)
+    memcpy(ids + np, a->local_id, nl);
+  free(a->peer_id);
+  a->peer_id = ids;
+  a->local_id = nl ? ids + np : NULL;
+  a->peer_is_credential = 0;
+  a->ae_id_bound = 1;
+  return M2MPSK_OK;
 }
 
 const char *m2mpsk_assoc_local_id(const m2mpsk_assoc *a) {

@@ -460,6 +460,83 @@ Test(onem2m, originator_check_takes_the_association_binding) {
   m2mt_pair_free(&p);
 }
 
+/* The flow of TS-0003 §8.2.2.1 for an AE without a configured IdA: the
+ * association is bound to the Credential-ID, the AE registers, the CSE
+ * binds the AE-ID it assigned, and later requests are checked against it. */
+Test(onem2m, credential_binding_then_ae_id_at_registration) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, NULL, NULL);
+  const char *ae = "//m2m.example.com/cse-in/Cae7";
+  cr_assert_eq(m2mpsk_assoc_bind_ae_id(p.b, ae), M2MPSK_E_STATE, "idle");
+  m2mt_pair_start(&p, 0, 0);
+  uint64_t now = 0;
+  cr_assert_geq(m2mt_run_handshake(p.a, p.b, NULL, &now, 100), 0);
+  cr_assert_str_eq(m2mpsk_assoc_peer_id(p.b), CRED);
+
+  /* Refusals leave the Credential-ID bound. */
+  cr_assert_eq(m2mpsk_assoc_bind_ae_id(NULL, ae), M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_assoc_bind_ae_id(p.b, NULL), M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_assoc_bind_ae_id(p.b, "Cae7"), M2MPSK_E_IDA,
+               "a stem is not an AE-ID");
+  cr_assert_eq(m2mpsk_assoc_bind_ae_id(p.b, "/cse-mn"), M2MPSK_E_IDA,
+               "a CSE-ID is not an AE-ID");
+  cr_assert_eq(m2mpsk_assoc_bind_ae_id(p.b, "//m2m.example.com/cse-mn"),
+               M2MPSK_E_IDA);
+  char big[M2MPSK_ID_MAX + 16] = "/cse-in/C";
+  memset(big + 9, 'a', sizeof(big) - 10);
+  big[sizeof(big) - 1] = '\0';
+  cr_assert_eq(m2mpsk_assoc_bind_ae_id(p.b, big), M2MPSK_E_ID_LENGTH);
+  cr_assert_eq(m2mpsk_assoc_bind_ae_id(p.a, "/S1"), M2MPSK_E_STATE,
+               "not on an initiator");
+  cr_assert_str_eq(m2mpsk_assoc_peer_id(p.b), CRED);
+  cr_assert_eq(m2mpsk_assoc_peer_id_is_credential(p.b), 1);
+
+  /* Registration: accepted over the Credential-ID binding, then bound. */
+  m2mpsk_originator_verdict v;
+  cr_assert_eq(
+      m2mpsk_originator_check(M2MPSK_PEER_CREDENTIAL, m2mpsk_assoc_peer_id(p.b),
+                              m2mpsk_assoc_local_id(p.b), "C", CREATE, &v),
+      M2MPSK_OK);
+  cr_assert_eq(v, M2MPSK_ORIGINATOR_ACCEPT);
+  cr_assert_eq(m2mpsk_assoc_bind_ae_id(p.b, ae), M2MPSK_OK);
+  cr_assert_str_eq(m2mpsk_assoc_peer_id(p.b), ae);
+  cr_assert_eq(m2mpsk_assoc_peer_id_is_credential(p.b), 0);
+  cr_assert_str_eq(m2mpsk_assoc_local_id(p.b), M2MT_IDB, "local id kept");
+  cr_assert_eq(m2mpsk_assoc_bind_ae_id(p.b, "/cse-in/Cother"), M2MPSK_E_STATE,
+               "only once");
+  cr_assert_str_eq(m2mpsk_assoc_peer_id(p.b), ae);
+
+  /* Afterwards the AE's requests are checked against its AE-ID. */
+  cr_assert_eq(
+      m2mpsk_originator_check(M2MPSK_PEER_AE, m2mpsk_assoc_peer_id(p.b),
+                              m2mpsk_assoc_local_id(p.b), "Cae7", 0, &v),
+      M2MPSK_OK);
+  cr_assert_eq(v, M2MPSK_ORIGINATOR_ACCEPT);
+  cr_assert_eq(
+      m2mpsk_originator_check(M2MPSK_PEER_AE, m2mpsk_assoc_peer_id(p.b),
+                              m2mpsk_assoc_local_id(p.b), "Cae8", 0, &v),
+      M2MPSK_OK);
+  cr_assert_eq(v, M2MPSK_ORIGINATOR_NOT_AUTHENTICATED);
+  m2mt_pair_free(&p);
+
+  /* An S-type AE-ID is one segment; a record with an IdA cannot be
+   * rebound. */
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_DTLS, m2mt_key, m2mt_key, NULL, NULL);
+  m2mt_pair_start(&p, 0, 0);
+  now = 0;
+  cr_assert_geq(m2mt_run_handshake(p.a, p.b, NULL, &now, 100), 0);
+  cr_assert_eq(m2mpsk_assoc_bind_ae_id(p.b, "/Sae9"), M2MPSK_OK);
+  cr_assert_str_eq(m2mpsk_assoc_peer_id(p.b), "/Sae9");
+  m2mt_pair_free(&p);
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  m2mt_pair_start(&p, 0, 0);
+  now = 0;
+  cr_assert_geq(m2mt_run_handshake(p.a, p.b, NULL, &now, 100), 0);
+  cr_assert_eq(m2mpsk_assoc_bind_ae_id(p.b, ae), M2MPSK_E_STATE);
+  cr_assert_str_eq(m2mpsk_assoc_peer_id(p.b), M2MT_IDA);
+  m2mt_pair_free(&p);
+}
+
 /* ---- Kpsa derivation (TS-0003 §10.3.3) ---------------------------------- */
 
 /* Ke = bytes 0x00..0x1f, Enrolee-B-ID = "//m2m.example.com/cse-in":

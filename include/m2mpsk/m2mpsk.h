@@ -664,6 +664,21 @@ M2MPSK_API const char *m2mpsk_assoc_peer_id(const m2mpsk_assoc *a);
 M2MPSK_API int m2mpsk_assoc_peer_id_is_credential(const m2mpsk_assoc *a);
 
 /**
+ * Binds the AE-ID a CSE assigned when an AE registered (<AE> CREATE) over
+ * an association bound to a Credential-ID: m2mpsk_assoc_peer_id() then
+ * returns `ae_id` and m2mpsk_assoc_peer_id_is_credential() 0, so that the
+ * AE's later requests are checked against its AE-ID. Allowed once, and only
+ * on an established (or closed) responder whose binding is a Credential-ID;
+ * a record with an IdA is bound to it from the start and cannot be
+ * rebound. `ae_id` is an AE-ID in SP-relative or absolute form (a
+ * one-segment one, "/S..." or "//sp/S...", must be S-type). Since 0.2.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL), M2MPSK_E_STATE (not such a
+ * responder, or already bound), M2MPSK_E_IDA (not an AE-ID),
+ * M2MPSK_E_ID_LENGTH or M2MPSK_E_NOMEM (nothing changed).
+ */
+M2MPSK_API int m2mpsk_assoc_bind_ae_id(m2mpsk_assoc *a, const char *ae_id);
+
+/**
  * The identity this side assumed, once ESTABLISHED: a responder's IdB, an
  * initiator's IdA (NULL if its record has none). Borrowed from `a`.
  */
