@@ -18,6 +18,7 @@
 struct m2mpsk_assoc {
   m2mpsk_role role;
   m2mpsk_transport transport;
+  int reversed; /* SA2: the initiator is Entity B, the responder Entity A */
   m2mpsk_config *cfg;
   m2mpsk_keystore *ks;
   m2mpsk_engine *eng;
@@ -209,13 +210,18 @@ static m2mpsk_reason check_record(const m2mpsk_assoc *a,
 
 /* ---- callbacks from the engine ------------------------------------------- */
 
+/* Entity A is the (D)TLS client, unless the roles are reversed (SA2). */
+static int is_entity_a(const m2mpsk_assoc *a) {
+  return (a->role == M2MPSK_ROLE_INITIATOR) != a->reversed;
+}
+
 /* Decides what the session binds to once the handshake completes: A binds
  * IdB; B binds IdA or, without one, the Credential-ID. 0 on success. */
 static int decide_binding(m2mpsk_assoc *a, const m2mpsk_record_view *v) {
   char credential[M2MPSK_CREDENTIAL_ID_MAX + 1];
   const char *peer, *local;
   int is_credential = 0;
-  if (a->role == M2MPSK_ROLE_INITIATOR) {
+  if (is_entity_a(a)) {
     peer = v->idb;
     local = v->ida[0] ? v->ida : NULL;
   } else if (v->ida[0]) {
@@ -338,7 +344,7 @@ unsigned m2mpsk_assoc_on_server_psk(m2mpsk_assoc *a, const char *identity,
     why = "no record for KpsaID %s";
   } else if ((r = check_record(a, &v, &why)) != M2MPSK_REASON_NONE) {
     /* why is set */
-  } else if (!idb_served(a, v.idb)) {
+  } else if (!a->reversed && !idb_served(a, v.idb)) {
     r = M2MPSK_REASON_ID_MISMATCH;
     why = "record for KpsaID %s names an IdB this responder does not serve "
           "under the requested SNI";
@@ -372,7 +378,8 @@ unsigned m2mpsk_assoc_on_server_psk(m2mpsk_assoc *a, const char *identity,
 }
 
 int m2mpsk_assoc_on_server_name(m2mpsk_assoc *a, const char *host) {
-  if (host == NULL)
+  /* SA2: Entity A, the server, serves no authority of its own. */
+  if (host == NULL || a->reversed)
     return 0;
   size_t n = m2mpsk_config_local_id_count(a->cfg);
   int any = 0;
@@ -449,7 +456,8 @@ int m2mpsk_assoc_new(m2mpsk_assoc **out, m2mpsk_role role,
       return rc;
     if (m2mpsk_keystore_fetch(keystore, kpsa_id, &v, NULL, NULL) != M2MPSK_OK)
       return M2MPSK_E_NOT_FOUND;
-  } else if (m2mpsk_config_local_id_count(config) == 0) {
+  } else if (m2mpsk_config_local_id_count(config) == 0 &&
+             !m2mpsk_config_roles_reversed(config)) {
     return M2MPSK_E_NO_LOCAL_ID;
   }
 
@@ -481,12 +489,13 @@ int m2mpsk_assoc_new(m2mpsk_assoc **out, m2mpsk_role role,
   a->counted = role == M2MPSK_ROLE_RESPONDER;
   a->role = role;
   a->transport = transport;
+  a->reversed = m2mpsk_config_roles_reversed(config);
   a->mtu = 1400;
   if (role == M2MPSK_ROLE_INITIATOR) {
     memcpy(a->kpsa_id, kpsa_id, strlen(kpsa_id) + 1);
     a->have_kpsa_id = 1;
     a->serial = v.serial;
-  } else {
+  } else if (!a->reversed) {
     a->sni_ok = calloc(m2mpsk_config_local_id_count(config), 1);
     if (a->sni_ok == NULL) {
       handshake_over(a);
@@ -634,8 +643,11 @@ int m2mpsk_assoc_start(m2mpsk_assoc *a, uint64_t now_ms, int64_t unix_time) {
       fail(a, r, msg);
       return M2MPSK_E_FAILED;
     }
+    /* SNI names the server's authority: IdB's, unless the server is
+     * Entity A (SA2), which has none to name. */
     char host[256];
-    if (m2mpsk_idb_server_name(v.idb, host, sizeof(host)) == M2MPSK_OK &&
+    if (!a->reversed &&
+        m2mpsk_idb_server_name(v.idb, host, sizeof(host)) == M2MPSK_OK &&
         m2mpsk_engine_set_server_name(a->eng, host) != M2MPSK_OK) {
       fail(a, M2MPSK_REASON_INTERNAL, "cannot set SNI");
       return M2MPSK_E_FAILED;
@@ -870,8 +882,8 @@ int m2mpsk_assoc_bind_ae_id(m2mpsk_assoc *a, const char *ae_id) {
   if (m2mpsk_idb_validate(ae_id) == M2MPSK_OK &&
       strrchr(ae_id, '/')[1] != 'S')
     return M2MPSK_E_IDA;
-  if (!has_session(a) || a->role != M2MPSK_ROLE_RESPONDER ||
-      !a->peer_is_credential || a->ae_id_bound)
+  if (!has_session(a) || is_entity_a(a) || !a->peer_is_credential ||
+      a->ae_id_bound)
     return M2MPSK_E_STATE;
   size_t np = strlen(ae_id) + 1;
   size_t nl = a->local_id ? strlen(a->local_id) + 1 : 0;

@@ -23,6 +23,7 @@ struct m2mpsk_config {
   char *suites;
   uint32_t handshake_timeout_ms;
   int reveal_unknown;
+  int roles_reversed;
   uint32_t max_input;
   m2mpsk_guard_settings guard_settings;
   /* Created when the config freezes; published with release order so that
@@ -168,6 +169,16 @@ int m2mpsk_config_set_reveal_unknown_identity(m2mpsk_config *cfg, int on) {
   return M2MPSK_OK;
 }
 
+int m2mpsk_config_set_roles_reversed(m2mpsk_config *cfg, int on) {
+  if (cfg == NULL)
+    return M2MPSK_E_INVALID;
+  if (!lock_unfrozen(cfg))
+    return M2MPSK_E_STATE;
+  cfg->roles_reversed = on != 0;
+  pthread_mutex_unlock(&cfg->lock);
+  return M2MPSK_OK;
+}
+
 int m2mpsk_config_set_max_handshakes(m2mpsk_config *cfg, uint32_t n) {
   if (cfg == NULL)
     return M2MPSK_E_INVALID;
@@ -303,6 +314,10 @@ uint32_t m2mpsk_config_handshake_timeout(const m2mpsk_config *cfg) {
 
 int m2mpsk_config_reveal_unknown(const m2mpsk_config *cfg) {
   return cfg->reveal_unknown;
+}
+
+int m2mpsk_config_roles_reversed(const m2mpsk_config *cfg) {
+  return cfg->roles_reversed;
 }
 
 uint32_t m2mpsk_config_max_input(const m2mpsk_config *cfg) {

@@ -53,6 +53,7 @@ void m2mpsk_config_ref(m2mpsk_config *cfg);
  * use. Thread-safe. NULL on failure (*status set). */
 struct m2mpsk_guard *m2mpsk_config_guard(m2mpsk_config *cfg, int *status);
 uint32_t m2mpsk_config_max_input(const m2mpsk_config *cfg);
+int m2mpsk_config_roles_reversed(const m2mpsk_config *cfg);
 uint32_t m2mpsk_config_handshake_timeout(const m2mpsk_config *cfg);
 int m2mpsk_config_reveal_unknown(const m2mpsk_config *cfg);
 size_t m2mpsk_config_local_id_count(const m2mpsk_config *cfg);

@@ -537,6 +537,96 @@ Test(onem2m, credential_binding_then_ae_id_at_registration) {
   m2mt_pair_free(&p);
 }
 
+/* SA2 (TS-0003 §8.2.1): the same records, Entity B as the (D)TLS client. */
+static void sa2_round(m2mpsk_transport t, const char *ida, int reversed_a,
+                      int reversed_b) {
+  m2mpsk_keystore *ks_a, *ks_b;
+  m2mpsk_config *cfg_a, *cfg_b; /* the configs of Entity A and Entity B */
+  cr_assert_eq(m2mpsk_keystore_new(&ks_a, 0), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_new(&ks_b, 0), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_add(ks_a, M2MT_KPSA_ID, m2mt_key, 32, ida,
+                                   M2MT_IDB, 0, 0),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_add(ks_b, M2MT_KPSA_ID, m2mt_key, 32, ida,
+                                   M2MT_IDB, 0, 0),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_config_new(&cfg_a), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_config_new(&cfg_b), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_config_set_roles_reversed(cfg_a, reversed_a), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_config_set_roles_reversed(cfg_b, reversed_b), M2MPSK_OK);
+  /* Entity B dials, Entity A listens: A has no local identity at all. */
+  m2mpsk_assoc *b, *a;
+  cr_assert_eq(m2mpsk_assoc_new(&b, M2MPSK_ROLE_INITIATOR, t, cfg_b, ks_b,
+                                M2MT_KPSA_ID),
+               M2MPSK_OK);
+  int rc = m2mpsk_assoc_new(&a, M2MPSK_ROLE_RESPONDER, t, cfg_a, ks_a, NULL);
+  if (!reversed_a) {
+    cr_assert_eq(rc, M2MPSK_E_NO_LOCAL_ID, "not reversed: needs an IdB");
+    m2mpsk_assoc_free(b);
+    goto out;
+  }
+  cr_assert_eq(rc, M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_start(a, 0, 0), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_start(b, 0, 0), M2MPSK_OK);
+  uint64_t now = 0;
+  cr_assert_geq(m2mt_run_handshake(b, a, NULL, &now, 100), 0);
+  cr_assert_eq(m2mpsk_assoc_state(a), M2MPSK_STATE_ESTABLISHED, "%s",
+               m2mpsk_assoc_failure_detail(a));
+  cr_assert_eq(m2mpsk_assoc_state(b), M2MPSK_STATE_ESTABLISHED, "%s",
+               m2mpsk_assoc_failure_detail(b));
+  /* Whatever the (D)TLS roles, A binds IdB and B binds IdA or the
+   * Credential-ID; unless B forgot it is the client here, and then binds
+   * IdB like an Entity A would. */
+  cr_assert_str_eq(m2mpsk_assoc_peer_id(a), M2MT_IDB);
+  cr_assert_eq(m2mpsk_assoc_peer_id_is_credential(a), 0);
+  if (!reversed_b) {
+    cr_assert_str_eq(m2mpsk_assoc_peer_id(b), M2MT_IDB);
+  } else if (ida != NULL) {
+    cr_assert_str_eq(m2mpsk_assoc_peer_id(b), ida);
+    cr_assert_str_eq(m2mpsk_assoc_local_id(b), M2MT_IDB);
+    cr_assert_str_eq(m2mpsk_assoc_local_id(a), ida);
+    cr_assert_eq(m2mpsk_assoc_peer_id_is_credential(b), 0);
+  } else {
+    cr_assert_str_eq(m2mpsk_assoc_peer_id(b), CRED);
+    cr_assert_eq(m2mpsk_assoc_peer_id_is_credential(b), 1);
+    cr_assert_null(m2mpsk_assoc_local_id(a));
+    /* B, the client here, may bind the AE-ID; A may not. */
+    cr_assert_eq(m2mpsk_assoc_bind_ae_id(a, "/cse-in/Cae1"), M2MPSK_E_STATE);
+    cr_assert_eq(m2mpsk_assoc_bind_ae_id(b, "/cse-in/Cae1"), M2MPSK_OK);
+    cr_assert_str_eq(m2mpsk_assoc_peer_id(b), "/cse-in/Cae1");
+  }
+  m2mpsk_assoc_free(a);
+  m2mpsk_assoc_free(b);
+out:
+  m2mpsk_config_free(cfg_a);
+  m2mpsk_config_free(cfg_b);
+  m2mpsk_keystore_free(ks_a);
+  m2mpsk_keystore_free(ks_b);
+}
+
+Test(onem2m, sa2_roles_reversed_with_the_same_records) {
+  for (int t = 0; t < 2; t++) {
+    sa2_round((m2mpsk_transport)t, M2MT_IDA, 1, 1);
+    sa2_round((m2mpsk_transport)t, NULL, 1, 1);
+    sa2_round((m2mpsk_transport)t, M2MT_IDA, 1, 0);
+    sa2_round((m2mpsk_transport)t, M2MT_IDA, 0, 1);
+  }
+  m2mpsk_config *cfg;
+  cr_assert_eq(m2mpsk_config_new(&cfg), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_config_set_roles_reversed(NULL, 1), M2MPSK_E_INVALID);
+  m2mpsk_keystore *ks;
+  m2mpsk_assoc *x;
+  cr_assert_eq(m2mpsk_keystore_new(&ks, 0), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_config_set_roles_reversed(cfg, 1), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_new(&x, M2MPSK_ROLE_RESPONDER,
+                                M2MPSK_TRANSPORT_TLS, cfg, ks, NULL),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_config_set_roles_reversed(cfg, 0), M2MPSK_E_STATE);
+  m2mpsk_assoc_free(x);
+  m2mpsk_keystore_free(ks);
+  m2mpsk_config_free(cfg);
+}
+
 /* ---- Kpsa derivation (TS-0003 §10.3.3) ---------------------------------- */
 
 /* Ke = bytes 0x00..0x1f, Enrolee-B-ID = "//m2m.example.com/cse-in":

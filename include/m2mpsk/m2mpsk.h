@@ -416,6 +416,21 @@ M2MPSK_API int m2mpsk_config_set_reveal_unknown_identity(m2mpsk_config *cfg,
                                                          int on);
 
 /**
+ * SA2 (TS-0003 §8.2.1): when `on` is non-zero, associations made from this
+ * config run with the roles reversed, for a second association that Entity
+ * B opens towards an Entity A reachable for requests, with the same
+ * records. The initiator (the (D)TLS client) is then Entity B: it binds IdA,
+ * or the Credential-ID "12-<KpsaID>" when the record has none, and its
+ * local identity is IdB. The responder is Entity A: it binds IdB, needs no
+ * local identity (m2mpsk_config_add_local_id() is not required), and
+ * neither sends nor checks SNI, as Entity A serves no authority. Records,
+ * validity, revocation, limits and events work as in the usual direction.
+ * Default 0. Since 0.2.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL) or M2MPSK_E_STATE (frozen).
+ */
+M2MPSK_API int m2mpsk_config_set_roles_reversed(m2mpsk_config *cfg, int on);
+
+/**
  * Writes into `out` the SNI host name an initiator sends for `idb`: the FQDN
  * of an absolute CSE-ID ("//m2m.example.com/cse-1" gives
  * "m2m.example.com"), lower-cased. An SP-relative IdB has no authority, and
@@ -509,7 +524,8 @@ M2MPSK_API const char *m2mpsk_reason_name(int reason);
 /**
  * Creates an association. An initiator names the record it uses by
  * `kpsa_id`, which must be in the keystore; a responder passes NULL and
- * needs a config with at least one local identity. The association holds
+ * needs a config with at least one local identity (unless its roles are
+ * reversed, SA2). The association holds
  * references to `config` and `keystore`, which the caller may free first.
  * Freezes the config.
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL out/config/keystore, bad role or
@@ -668,12 +684,13 @@ M2MPSK_API int m2mpsk_assoc_peer_id_is_credential(const m2mpsk_assoc *a);
  * an association bound to a Credential-ID: m2mpsk_assoc_peer_id() then
  * returns `ae_id` and m2mpsk_assoc_peer_id_is_credential() 0, so that the
  * AE's later requests are checked against its AE-ID. Allowed once, and only
- * on an established (or closed) responder whose binding is a Credential-ID;
+ * on an established (or closed) Entity B (the responder, or the initiator
+ * with m2mpsk_config_set_roles_reversed()) whose binding is a Credential-ID;
  * a record with an IdA is bound to it from the start and cannot be
  * rebound. `ae_id` is an AE-ID in SP-relative or absolute form (a
  * one-segment one, "/S..." or "//sp/S...", must be S-type). Since 0.2.
- * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL), M2MPSK_E_STATE (not such a
- * responder, or already bound), M2MPSK_E_IDA (not an AE-ID),
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL), M2MPSK_E_STATE (not such an
+ * Entity B, or already bound), M2MPSK_E_IDA (not an AE-ID),
  * M2MPSK_E_ID_LENGTH or M2MPSK_E_NOMEM (nothing changed).
  */
 M2MPSK_API int m2mpsk_assoc_bind_ae_id(m2mpsk_assoc *a, const char *ae_id);
