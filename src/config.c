@@ -20,7 +20,8 @@ struct m2mpsk_config {
   atomic_uint refs;
   pthread_mutex_t lock;
   int frozen;
-  char *suites;
+  char *suites;  /* set_suites(), or NULL */
+  int profile;   /* set_profile(), or 0 */
   uint32_t handshake_timeout_ms;
   int reveal_unknown;
   int roles_reversed;
@@ -105,8 +106,61 @@ int m2mpsk_config_set_suites(m2mpsk_config *cfg, const char *iana_names) {
   }
   free(cfg->suites);
   cfg->suites = copy;
+  cfg->profile = 0;
   pthread_mutex_unlock(&cfg->lock);
   return M2MPSK_OK;
+}
+
+int m2mpsk_config_set_profile(m2mpsk_config *cfg, m2mpsk_profile profile) {
+  if (cfg == NULL || profile != M2MPSK_PROFILE_TS0003)
+    return M2MPSK_E_INVALID;
+  if (m2mpsk_tls() == NULL)
+    return M2MPSK_E_BACKEND;
+  if (!m2mpsk_profile_honoured(profile))
+    return M2MPSK_E_SUITE;
+  if (!lock_unfrozen(cfg))
+    return M2MPSK_E_STATE;
+  free(cfg->suites);
+  cfg->suites = NULL;
+  cfg->profile = profile;
+  pthread_mutex_unlock(&cfg->lock);
+  return M2MPSK_OK;
+}
+
+/* The suites associations over `t` use: set_suites()'s list, else the
+ * profile's, else the TS-0003 profile where the backend honours it, else
+ * the backend's default. Writes into buf when it has to build the list.
+ * Called with the lock held. NULL when the backend cannot be loaded. */
+static const char *suites_for(const m2mpsk_config *cfg, m2mpsk_transport t,
+                              char *buf, size_t cap) {
+  if (cfg->suites != NULL)
+    return cfg->suites;
+  if (cfg->profile != 0 || m2mpsk_profile_honoured(M2MPSK_PROFILE_TS0003))
+    return m2mpsk_profile_suites(M2MPSK_PROFILE_TS0003, t, buf, cap) ==
+                   M2MPSK_OK
+               ? buf
+               : NULL;
+  return m2mpsk_engine_default_suites();
+}
+
+int m2mpsk_config_suites(m2mpsk_config *cfg, m2mpsk_transport transport,
+                         char *out, size_t cap) {
+  if (cfg == NULL || out == NULL || cap == 0 ||
+      (transport != M2MPSK_TRANSPORT_TLS && transport != M2MPSK_TRANSPORT_DTLS))
+    return M2MPSK_E_INVALID;
+  out[0] = '\0';
+  char buf[1024];
+  pthread_mutex_lock(&cfg->lock);
+  const char *list = suites_for(cfg, transport, buf, sizeof(buf));
+  int rc = M2MPSK_E_BACKEND;
+  if (list != NULL) {
+    size_t n = strlen(list);
+    rc = n < cap ? M2MPSK_OK : M2MPSK_E_BUFFER;
+    if (rc == M2MPSK_OK)
+      memcpy(out, list, n + 1);
+  }
+  pthread_mutex_unlock(&cfg->lock);
+  return rc;
 }
 
 int m2mpsk_config_add_local_id(m2mpsk_config *cfg, const char *idb) {
@@ -296,8 +350,8 @@ m2mpsk_engine_ctx *m2mpsk_config_engine_ctx(m2mpsk_config *cfg,
   m2mpsk_engine_ctx **slot = &cfg->ctx[role][transport];
   *status = M2MPSK_OK;
   if (*slot == NULL) {
-    const char *suites =
-        cfg->suites ? cfg->suites : m2mpsk_engine_default_suites();
+    char buf[1024];
+    const char *suites = suites_for(cfg, transport, buf, sizeof(buf));
     *status = suites ? m2mpsk_engine_ctx_new(slot, role, transport, suites)
                      : M2MPSK_E_BACKEND;
   }

@@ -37,6 +37,11 @@ uint64_t m2mpsk_keystore_generation(const m2mpsk_keystore *ks);
 /* Takes one more reference; m2mpsk_keystore_free() drops one. */
 void m2mpsk_keystore_ref(m2mpsk_keystore *ks);
 
+/* ---- profile.c ---------------------------------------------------------- */
+
+/* 1 when the backend has every suite the profile mandates. */
+int m2mpsk_profile_honoured(m2mpsk_profile p);
+
 /* ---- config.c ----------------------------------------------------------- */
 
 struct m2mpsk_engine_ctx;

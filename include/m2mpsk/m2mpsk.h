@@ -358,6 +358,22 @@ M2MPSK_API int m2mpsk_keystore_load_file(m2mpsk_keystore *ks, const char *path,
 /* Config                                                                    */
 /* ------------------------------------------------------------------------ */
 
+/** Which entity this side is. */
+typedef enum m2mpsk_role {
+  /** Entity A, the (D)TLS client. */
+  M2MPSK_ROLE_INITIATOR = 0,
+  /** Entity B, the (D)TLS server. */
+  M2MPSK_ROLE_RESPONDER = 1
+} m2mpsk_role;
+
+/** Transport under the association. */
+typedef enum m2mpsk_transport {
+  /** TLS 1.2 over a byte stream (TCP). */
+  M2MPSK_TRANSPORT_TLS = 0,
+  /** DTLS 1.2 over datagrams (UDP): one datagram per feed/drain call. */
+  M2MPSK_TRANSPORT_DTLS = 1
+} m2mpsk_transport;
+
 /** Settings shared by many associations. Opaque. */
 typedef struct m2mpsk_config m2mpsk_config;
 
@@ -385,6 +401,67 @@ M2MPSK_API void m2mpsk_config_free(m2mpsk_config *cfg);
  */
 M2MPSK_API int m2mpsk_config_set_suites(m2mpsk_config *cfg,
                                         const char *iana_names);
+
+/** Suite profiles. Since 0.2. */
+typedef enum m2mpsk_profile {
+  /**
+   * TS-0003 §10.2.2: RFC 4279's PSK key exchange only, the suite mandated
+   * for the transport first (TLS_PSK_WITH_AES_128_CBC_SHA256 for TLS,
+   * TLS_PSK_WITH_AES_128_CCM_8 for DTLS), then the other PSK suites the
+   * backend has (GCM, CCM, CBC), CCM_8 last for TLS. The default of a
+   * config whose backend has both mandated suites.
+   */
+  M2MPSK_PROFILE_TS0003 = 1
+} m2mpsk_profile;
+
+/**
+ * Offers and accepts the suites of `profile` (per transport), replacing
+ * any m2mpsk_config_set_suites() list; a later m2mpsk_config_set_suites()
+ * replaces the profile in turn. When the backend lacks a suite the profile
+ * mandates, nothing changes and M2MPSK_E_SUITE is returned:
+ * m2mpsk_profile_missing() names them. Since 0.2.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL, unknown profile),
+ * M2MPSK_E_SUITE, M2MPSK_E_STATE (frozen) or M2MPSK_E_BACKEND.
+ */
+M2MPSK_API int m2mpsk_config_set_profile(m2mpsk_config *cfg,
+                                         m2mpsk_profile profile);
+
+/**
+ * Writes into `out` the colon-separated IANA names of the suites that
+ * `profile` mandates and this build's backend lacks ("" when it has them
+ * all; with BoringSSL, "TLS_PSK_WITH_AES_128_CBC_SHA256:
+ * TLS_PSK_WITH_AES_128_CCM_8"). Thread-safe. Since 0.2.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (unknown profile, NULL out, cap 0),
+ * M2MPSK_E_BUFFER (128 bytes always suffice) or M2MPSK_E_BACKEND.
+ */
+M2MPSK_API int m2mpsk_profile_missing(m2mpsk_profile profile, char *out,
+                                      size_t cap);
+
+/**
+ * Writes into `out` the suites `profile` offers over `transport` with this
+ * build's backend, colon-separated, in preference order. Thread-safe.
+ * Since 0.2.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (unknown profile or transport, NULL
+ * out, cap 0), M2MPSK_E_BUFFER (1024 bytes always suffice) or
+ * M2MPSK_E_BACKEND.
+ */
+M2MPSK_API int m2mpsk_profile_suites(m2mpsk_profile profile,
+                                     m2mpsk_transport transport, char *out,
+                                     size_t cap);
+
+/**
+ * Writes into `out` the suites associations made from this config offer
+ * and accept over `transport`, colon-separated, in preference order: the
+ * m2mpsk_config_set_suites() list, else the profile's, else the default.
+ * Thread-safe. Since 0.2.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL, unknown transport, cap 0),
+ * M2MPSK_E_BUFFER (1024 bytes suffice for any profile or default; a
+ * m2mpsk_config_set_suites() list needs its own length + 1) or
+ * M2MPSK_E_BACKEND.
+ */
+M2MPSK_API int m2mpsk_config_suites(m2mpsk_config *cfg,
+                                    m2mpsk_transport transport, char *out,
+                                    size_t cap);
 
 /**
  * Adds an identity (IdB, a CSE-ID) that a responder using this config
@@ -449,22 +526,6 @@ M2MPSK_API int m2mpsk_idb_server_name(const char *idb, char *out,
 
 /** One security association (one (D)TLS session). Opaque. */
 typedef struct m2mpsk_assoc m2mpsk_assoc;
-
-/** Which entity this side is. */
-typedef enum m2mpsk_role {
-  /** Entity A, the (D)TLS client. */
-  M2MPSK_ROLE_INITIATOR = 0,
-  /** Entity B, the (D)TLS server. */
-  M2MPSK_ROLE_RESPONDER = 1
-} m2mpsk_role;
-
-/** Transport under the association. */
-typedef enum m2mpsk_transport {
-  /** TLS 1.2 over a byte stream (TCP). */
-  M2MPSK_TRANSPORT_TLS = 0,
-  /** DTLS 1.2 over datagrams (UDP): one datagram per feed/drain call. */
-  M2MPSK_TRANSPORT_DTLS = 1
-} m2mpsk_transport;
 
 /** Association state. */
 typedef enum m2mpsk_state {
