@@ -95,13 +95,23 @@ m2mpsk_config *cli_make_config(const char *suites, uint32_t timeout_ms,
     cli_log("cannot create a config: %s", m2mpsk_strerror(rc));
     return NULL;
   }
-  if (suites != NULL) {
-    rc = strcmp(suites, "all") == 0 ? set_all_suites(cfg)
-                                    : m2mpsk_config_set_suites(cfg, suites);
-    if (rc != M2MPSK_OK) {
-      cli_log("--suites %s: %s", suites, m2mpsk_strerror(rc));
+  if (suites != NULL && strcmp(suites, "ts0003") == 0) {
+    rc = m2mpsk_config_set_profile(cfg, M2MPSK_PROFILE_TS0003);
+    char missing[128] = "";
+    if (rc == M2MPSK_E_SUITE &&
+        m2mpsk_profile_missing(M2MPSK_PROFILE_TS0003, missing,
+                               sizeof(missing)) == M2MPSK_OK) {
+      cli_log("--suites ts0003: the %s backend lacks %s",
+              m2mpsk_backend_name(), missing);
       goto fail;
     }
+  } else if (suites != NULL) {
+    rc = strcmp(suites, "all") == 0 ? set_all_suites(cfg)
+                                    : m2mpsk_config_set_suites(cfg, suites);
+  }
+  if (rc != M2MPSK_OK) {
+    cli_log("--suites %s: %s", suites, m2mpsk_strerror(rc));
+    goto fail;
   }
   if (timeout_ms != 0 && (rc = m2mpsk_config_set_handshake_timeout(
                               cfg, timeout_ms)) != M2MPSK_OK) {

@@ -15,7 +15,7 @@
 
 static const char k_connect_usage[] =
     "usage: m2mpsk connect HOST:PORT --keys FILE --kpsa-id ID [--udp]\n"
-    "                      [--suites LIST|all] [--timeout MS] [--linger MS]\n"
+    "                      [--suites LIST|all|ts0003] [--timeout MS] [--linger MS]\n"
     "                      [-v]\n"
     "\n"
     "Runs Entity A: sets up an association with Entity B at HOST:PORT\n"
@@ -28,7 +28,9 @@ static const char k_connect_usage[] =
     "  --keys FILE     key file (mode 0600) holding the KpsaID's record\n"
     "  --kpsa-id ID    the record to use; its IdB is what we bind to\n"
     "  --udp           DTLS over UDP (default: TLS over TCP)\n"
-    "  --suites LIST   colon-separated IANA names, or all\n"
+    "  --suites LIST   colon-separated IANA names, all, or ts0003 (the\n"
+    "                  TS-0003 profile; refused, naming what is missing,\n"
+    "                  where the backend lacks its suites)\n"
     "  --timeout MS    handshake (and TCP connect) timeout (default 60000);\n"
     "                  over DTLS a peer that drops a Finished made with\n"
     "                  another key sends nothing, so a wrong key ends here\n"

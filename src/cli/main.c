@@ -20,7 +20,9 @@ static const char k_usage[] =
     "  keygen   append a record with a fresh random Kpsa to a key file\n"
     "  serve    run Entity B (the (D)TLS server, a CSE)\n"
     "  connect  run Entity A (the (D)TLS client, an AE or a CSE)\n"
-    "  version  print the versions of m2mpsk and its TLS library\n"
+    "  version  print the versions of m2mpsk and its TLS library, its\n"
+    "           suites, and whether it has the TS-0003 profile's\n"
+    "           mandated suites\n"
     "\n"
     "Run 'm2mpsk COMMAND --help' for a command's options.\n"
     "Exit codes: 0 success, 1 association failed, 2 usage, 3 I/O or key "
@@ -168,6 +170,13 @@ int main(int argc, char **argv) {
     return cli_connect(argc, argv);
   if (strcmp(cmd, "version") == 0) {
     printf("m2mpsk %s (%s)\n", m2mpsk_version_string(), m2mpsk_backend_name());
+    for (size_t i = 0; m2mpsk_suite_name(i) != NULL; i++)
+      printf("suite %s\n", m2mpsk_suite_name(i));
+    char missing[128];
+    if (m2mpsk_profile_missing(M2MPSK_PROFILE_TS0003, missing,
+                               sizeof(missing)) == M2MPSK_OK)
+      printf("profile ts0003: %s%s\n", missing[0] ? "lacks " : "complete",
+             missing);
     return CLI_OK;
   }
   if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 ||

@@ -96,7 +96,9 @@ def help_on_every_command(tmp):
         r = run(*cmd, "--help")
         assert r.returncode == 0 and b"usage: m2mpsk" in r.stdout, (cmd, r)
     r = run("version")
-    assert r.returncode == 0 and b"boringssl" in r.stdout
+    # The build's backend (-DM2MPSK_TLS; ctest passes it).
+    backend = os.environ.get("M2MPSK_TLS", "boringssl").encode()
+    assert r.returncode == 0 and b"(" + backend + b")" in r.stdout, r.stdout
 
 
 @case
@@ -379,6 +381,31 @@ def failed_handshakes_rate_limit_the_address(tmp):
         else:
             assert "reason=rate-limited" in log, log
             assert "audit type=rate-limited reason=rate-limited" in log, log
+
+
+@case
+def version_lists_suites_and_the_ts0003_profile(tmp):
+    r = run("version")
+    out = r.stdout.decode()
+    assert r.returncode == 0 and "suite TLS_PSK_WITH_AES_128_CBC_SHA\n" in out
+    keys = os.path.join(tmp, "keys")
+    keygen(keys)
+    if "(boringssl)" in out:
+        assert ("profile ts0003: lacks TLS_PSK_WITH_AES_128_CBC_SHA256:"
+                "TLS_PSK_WITH_AES_128_CCM_8") in out, out
+        r = run("serve", "--keys", keys, "--id", IDB, "--suites", "ts0003")
+        assert r.returncode == 2, r
+        assert (b"--suites ts0003: the boringssl backend lacks "
+                b"TLS_PSK_WITH_AES_128_CBC_SHA256") in r.stderr, r.stderr
+    else:
+        assert "profile ts0003: complete" in out, out
+        for transport, suite in (([], "TLS_PSK_WITH_AES_128_CBC_SHA256"),
+                                 (["--udp"], "TLS_PSK_WITH_AES_128_CCM_8")):
+            r, code, log = associate(tmp, transport,
+                                     server_extra=["--suites", "ts0003"],
+                                     client_extra=["--suites", "ts0003"])
+            assert r.returncode == 0 and code == 0, (r.stderr, log)
+            assert "suite=%s" % suite in log, log
 
 
 def main():
