@@ -54,7 +54,10 @@ struct m2mpsk_engine {
   int ccs_seen;
   int bad_finished;
   m2mpsk_reason reason;
-  char detail[160];
+  /* The failure detail, "what: name", both static strings: formatted only
+   * when asked for, so that an association carries no text buffer. */
+  const char *what;
+  const char *name;
 };
 
 /* ---- suites -------------------------------------------------------------- */
@@ -134,6 +137,8 @@ static int bssl_check_suites(const char *iana_names) {
 
 /* ---- buffers ------------------------------------------------------------- */
 
+enum { BUF_MIN = 2048 };
+
 static int buf_reserve(bytebuf *b, size_t extra) {
   if (b->off > 0 && b->off + b->len + extra > b->cap) {
     memmove(b->p, b->p + b->off, b->len);
@@ -141,7 +146,7 @@ static int buf_reserve(bytebuf *b, size_t extra) {
   }
   if (b->len + extra <= b->cap)
     return 1;
-  size_t cap = b->cap ? b->cap : 2048;
+  size_t cap = b->cap ? b->cap : BUF_MIN;
   while (cap < b->len + extra) {
     if (cap > SIZE_MAX / 2)
       return 0;
@@ -287,18 +292,24 @@ static void time_cb(const SSL *ssl, struct timeval *out) {
 
 /* ---- callbacks into assoc.c ---------------------------------------------- */
 
+/* The engine behind an SSL: our BIO's data. Cheaper than ex_data, which
+ * costs two allocations per SSL and a lock when the SSL is freed. */
+static m2mpsk_engine *engine_of(const SSL *ssl) {
+  return BIO_get_data(SSL_get_rbio(ssl));
+}
+
 static unsigned client_psk_cb(SSL *ssl, const char *hint, char *identity,
                               unsigned max_identity_len, uint8_t *psk,
                               unsigned max_psk_len) {
   (void)hint;
-  m2mpsk_engine *e = SSL_get_app_data(ssl);
+  m2mpsk_engine *e = engine_of(ssl);
   return g_hooks->on_client_psk(e->owner, identity,
                                 (size_t)max_identity_len + 1, psk, max_psk_len);
 }
 
 static unsigned server_psk_cb(SSL *ssl, const char *identity, uint8_t *psk,
                               unsigned max_psk_len) {
-  m2mpsk_engine *e = SSL_get_app_data(ssl);
+  m2mpsk_engine *e = engine_of(ssl);
   unsigned n = g_hooks->on_server_psk(e->owner, identity, psk, max_psk_len);
   if (n > 0)
     e->psk_given = 1;
@@ -307,7 +318,7 @@ static unsigned server_psk_cb(SSL *ssl, const char *identity, uint8_t *psk,
 
 static int server_name_cb(SSL *ssl, int *out_alert, void *arg) {
   (void)arg;
-  m2mpsk_engine *e = SSL_get_app_data(ssl);
+  m2mpsk_engine *e = engine_of(ssl);
   const char *host = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
   if (g_hooks->on_server_name(e->owner, host) != 0) {
     *out_alert = SSL_AD_UNRECOGNIZED_NAME;
@@ -391,15 +402,8 @@ static int bssl_new(m2mpsk_engine **out, m2mpsk_engine_ctx *ctx,
     ERR_clear_error();
     return M2MPSK_E_NOMEM;
   }
-  BIO_set_data(bio, e);
+  BIO_set_data(bio, e); /* the callbacks find the engine here */
   SSL_set_bio(e->ssl, bio, bio);
-  /* Storing the pointer may allocate; the callbacks rely on it. */
-  if (!SSL_set_app_data(e->ssl, e)) {
-    SSL_free(e->ssl);
-    free(e);
-    ERR_clear_error();
-    return M2MPSK_E_NOMEM;
-  }
   if (e->server)
     SSL_set_accept_state(e->ssl);
   else
@@ -463,11 +467,20 @@ static int bssl_push(m2mpsk_engine *e, const uint8_t *data, size_t len) {
   return buf_append(&e->in, data, len) ? M2MPSK_OK : M2MPSK_E_NOMEM;
 }
 
+/* `what` and `name` must be static strings (literals, or BoringSSL's
+ * tables of alert and reason names). */
 static void set_failure(m2mpsk_engine *e, m2mpsk_reason reason,
                         const char *what, const char *name) {
   e->reason = reason;
-  snprintf(e->detail, sizeof(e->detail), "%s%s%s", what, name ? ": " : "",
-           name ? name : "");
+  e->what = what;
+  e->name = name;
+}
+
+/* Clearing the thread's error queue walks all its slots; most calls find
+ * it empty, and looking costs less. */
+static void clear_errors(void) {
+  if (ERR_peek_error() != 0)
+    ERR_clear_error();
 }
 
 /* Turns the TLS library's error into a reason. Must run right after the
@@ -550,13 +563,13 @@ static void classify(m2mpsk_engine *e, int ssl_error) {
 }
 
 static int bssl_handshake(m2mpsk_engine *e) {
-  ERR_clear_error();
+  clear_errors();
   int r = SSL_do_handshake(e->ssl);
   if (r == 1)
     return M2MPSK_ENG_DONE;
   int err = SSL_get_error(e->ssl, r);
   if (err == SSL_ERROR_WANT_READ && !e->nomem) {
-    ERR_clear_error();
+    clear_errors();
     if (e->bad_finished && e->psk_given) {
       /* The peer's Finished arrived after its key exchange and did not
        * verify; DTLS dropped it silently. Say so instead of timing out. */
@@ -598,7 +611,7 @@ static int bssl_drain(m2mpsk_engine *e, uint8_t *out, size_t cap,
 
 static int bssl_read(m2mpsk_engine *e, uint8_t *out, size_t cap,
                      size_t *out_len) {
-  ERR_clear_error();
+  clear_errors();
   int r = SSL_read(e->ssl, out, cap > INT_MAX ? INT_MAX : (int)cap);
   if (r > 0) {
     *out_len = (size_t)r;
@@ -606,11 +619,11 @@ static int bssl_read(m2mpsk_engine *e, uint8_t *out, size_t cap,
   }
   int err = SSL_get_error(e->ssl, r);
   if (err == SSL_ERROR_ZERO_RETURN) {
-    ERR_clear_error();
+    clear_errors();
     return M2MPSK_E_CLOSED;
   }
   if (err == SSL_ERROR_WANT_READ && !e->nomem) {
-    ERR_clear_error();
+    clear_errors();
     return M2MPSK_E_AGAIN;
   }
   classify(e, err);
@@ -620,7 +633,7 @@ static int bssl_read(m2mpsk_engine *e, uint8_t *out, size_t cap,
 static int bssl_write(m2mpsk_engine *e, const uint8_t *data, size_t len) {
   while (len > 0) {
     int chunk = len > (1u << 30) ? (1 << 30) : (int)len;
-    ERR_clear_error();
+    clear_errors();
     int r = SSL_write(e->ssl, data, chunk);
     if (r <= 0) {
       int err = SSL_get_error(e->ssl, r);
@@ -697,7 +710,8 @@ static int bssl_export(const m2mpsk_engine *e, uint8_t *out, size_t out_len,
 static m2mpsk_reason bssl_failure(m2mpsk_engine *e, char *detail,
                                   size_t detail_cap) {
   if (detail_cap > 0)
-    snprintf(detail, detail_cap, "%s", e->detail);
+    snprintf(detail, detail_cap, "%s%s%s", e->what ? e->what : "",
+             e->name ? ": " : "", e->name ? e->name : "");
   return e->reason;
 }
 
