@@ -258,6 +258,9 @@ unsigned m2mpsk_assoc_on_client_psk(m2mpsk_assoc *a, char *identity,
   m2mpsk_record_view v;
   const char *why = NULL;
   m2mpsk_reason r = M2MPSK_REASON_NONE;
+  /* The generation before the fetch: whatever changes after it, the live
+   * association will notice (record_still_good). */
+  a->checked_gen = m2mpsk_keystore_generation(a->ks);
   if (m2mpsk_keystore_fetch(a->ks, a->kpsa_id, &v, key, &key_len) !=
           M2MPSK_OK ||
       v.serial != a->serial) {
@@ -332,6 +335,7 @@ unsigned m2mpsk_assoc_on_server_psk(m2mpsk_assoc *a, const char *identity,
            a->presented ? a->kpsa_id : "");
     return 0;
   }
+  a->checked_gen = m2mpsk_keystore_generation(a->ks); /* as on_client_psk */
   if (!a->presented) {
     r = M2MPSK_REASON_UNKNOWN_IDENTITY;
     why = id_len > M2MPSK_KPSA_ID_MAX
@@ -595,8 +599,9 @@ static int step_handshake(m2mpsk_assoc *a) {
     fail(a, M2MPSK_REASON_INTERNAL, "handshake completed without our key");
     return M2MPSK_E_FAILED;
   }
+  /* checked_gen stays what it was when the key was fetched: a remove or
+   * revoke since then is seen by the first operation. */
   a->bound = 1;
-  a->checked_gen = m2mpsk_keystore_generation(a->ks);
   a->state = M2MPSK_STATE_ESTABLISHED;
   handshake_over(a);
   if (a->role == M2MPSK_ROLE_RESPONDER) {

@@ -948,3 +948,45 @@ Test(limits, shared_counters_stay_exact_across_threads) {
   free(evs);
   world_free(&w);
 }
+
+/* A record revoked after the initiator fetched its key but before the
+ * handshake completed: the association must not come up believing the
+ * record is still good (its first operation fails with revoked). */
+Test(limits, revocation_between_key_fetch_and_completion_is_seen) {
+  for (int t = 0; t < 2; t++) {
+    world w;
+    world_init(&w);
+    cr_assert_eq(m2mpsk_config_set_event_queue(w.cfg_a, 8), M2MPSK_OK);
+    m2mpsk_assoc *a, *b;
+    cr_assert_eq(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR,
+                                  (m2mpsk_transport)t, w.cfg_a, w.ks_a, GOOD),
+                 M2MPSK_OK);
+    cr_assert_eq(m2mpsk_assoc_new(&b, M2MPSK_ROLE_RESPONDER,
+                                  (m2mpsk_transport)t, w.cfg_b, w.ks_b, NULL),
+                 M2MPSK_OK);
+    cr_assert_eq(m2mpsk_assoc_start(b, NOW0, UNIX0), M2MPSK_OK);
+    cr_assert_eq(m2mpsk_assoc_start(a, NOW0, UNIX0), M2MPSK_OK);
+    m2mt_transfer(a, b, NULL, NOW0); /* ClientHello */
+    m2mt_transfer(b, a, NULL, NOW0); /* B's flight: A fetches its key */
+    cr_assert_eq(m2mpsk_assoc_state(a), M2MPSK_STATE_HANDSHAKING);
+    cr_assert_eq(m2mpsk_keystore_revoke(w.ks_a, GOOD), M2MPSK_OK);
+    uint64_t now = NOW0;
+    cr_assert_geq(m2mt_run_handshake(a, b, NULL, &now, 100), 0);
+    size_t wr;
+    (void)m2mpsk_assoc_write(a, (const uint8_t *)"x", 1, &wr);
+    cr_assert_eq(m2mpsk_assoc_state(a), M2MPSK_STATE_FAILED);
+    cr_assert_eq(m2mpsk_assoc_failure(a), M2MPSK_REASON_REVOKED, "%s",
+                 m2mpsk_assoc_failure_detail(a));
+    /* It did come up (the key was fetched before the revocation), and its
+     * first operation afterwards ended it. */
+    m2mpsk_event *evs[8];
+    size_t n = take_events(w.cfg_a, evs, 8);
+    cr_assert_eq(n, 2);
+    cr_assert_eq(m2mpsk_event_get_type(evs[0]), M2MPSK_EVENT_ESTABLISHED);
+    cr_assert_eq(m2mpsk_event_get_type(evs[1]), M2MPSK_EVENT_REVOKED);
+    free_events(evs, n);
+    m2mpsk_assoc_free(a);
+    m2mpsk_assoc_free(b);
+    world_free(&w);
+  }
+}
