@@ -152,6 +152,7 @@ static void sweep(m2mpsk_transport t) {
   cr_skip_test("the allocator cannot be interposed under AddressSanitizer");
 #endif
   long points = 0;
+  int openssl = strcmp(m2mpsk_backend_name(), "openssl") == 0;
   /* A first clean life sets up the libraries' lazy global state. */
   g_fail_at = -1;
   cr_assert(one_life(t));
@@ -160,6 +161,22 @@ static void sweep(m2mpsk_transport t) {
     g_count = 0;
     g_failed = 0;
     int ok = one_life(t);
+    long failed = g_failed;
+    if (g_live != live && openssl) {
+      /* OpenSSL 3 keeps process-wide caches (algorithms fetched from its
+       * providers) that a failed allocation can leave fuller or emptier
+       * than a clean run does. The same failure twice more settles them:
+       * a leak is what still grows. */
+      g_count = 0;
+      (void)one_life(t);
+      long settled = g_live;
+      g_count = 0;
+      (void)one_life(t);
+      cr_assert_eq(g_live, settled, "leak after failing allocation %ld",
+                   g_fail_at);
+      live = g_live;
+      g_failed = failed;
+    }
     cr_assert_eq(g_live, live, "leak after failing allocation %ld", g_fail_at);
     if (g_failed == 0) {
       cr_assert(ok, "the run without a failed allocation must succeed");

@@ -5,7 +5,8 @@
  * functions in any process that loaded OpenSSL first (Node.js, PHP, Python
  * after `import ssl`, C servers), and crash. So libm2mpsk does not link
  * BoringSSL at all: the backend is a module, "m2mpsk/tls-boringssl.so"
- * beside the library file, loaded with RTLD_LOCAL (its symbols stay out of
+ * (or, in an OpenSSL build, "m2mpsk/tls-openssl.so") beside the library
+ * file, loaded with RTLD_LOCAL (its symbols stay out of
  * the global scope) and RTLD_DEEPBIND (its own names, and BoringSSL's, are
  * looked up in its own dependencies before the process's). The static
  * library the unit tests use links the backend directly instead. */
@@ -18,7 +19,12 @@
 #include "internal.h"
 #include "tls/engine.h"
 
+/* The build names the backend's module (-DM2MPSK_TLS=boringssl|openssl). */
+#ifdef M2MPSK_TLS_MODULE_NAME
+#define MODULE_PATH M2MPSK_TLS_MODULE_NAME
+#else
 #define MODULE_PATH "m2mpsk/tls-boringssl.so"
+#endif
 
 /* The sanitizer runtimes refuse RTLD_DEEPBIND (it would bind the module's
  * malloc and friends past their interceptors), so a sanitizer build loads

@@ -72,12 +72,27 @@ SUITES = {
         ("ECDHE-PSK-CHACHA20-POLY1305", "ECDHE-PSK", "CHACHA20-POLY1305",
          "AEAD"),
 }
-# TS-0003's mandatory TLS suite, which Debian's BoringSSL lacks: the
-# no-shared-suite cells make the peer offer or accept only this one.
-LACKING_SUITE = "TLS_PSK_WITH_AES_128_CBC_SHA256"
+# TS-0003 §10.2.2's mandated suites (TLS, DTLS). Debian's BoringSSL lacks
+# both; with the OpenSSL backend they are positive cells too.
+MANDATED = {
+    "TLS_PSK_WITH_AES_128_CBC_SHA256":
+        ("PSK-AES128-CBC-SHA256", "PSK", "AES-128-CBC", "SHA256"),
+    "TLS_PSK_WITH_AES_128_CCM_8":
+        ("PSK-AES128-CCM8", "PSK", "AES-128-CCM-8", "AEAD"),
+}
+# Per backend (m2mpsk's -DM2MPSK_TLS), a suite every peer has and m2mpsk
+# lacks: the no-shared-suite cells make the peer offer or accept only it.
+LACKING = {
+    "boringssl": "TLS_PSK_WITH_AES_128_CBC_SHA256",
+    "openssl": "TLS_PSK_WITH_CAMELLIA_128_CBC_SHA256",  # RFC 6367
+}
+BACKENDS = tuple(LACKING)
+BACKEND = "boringssl"  # set_backend()
+LACKING_SUITE = LACKING[BACKEND]
 ALL_SUITES = dict(SUITES)
-ALL_SUITES[LACKING_SUITE] = ("PSK-AES128-CBC-SHA256", "PSK", "AES-128-CBC",
-                             "SHA256")
+ALL_SUITES.update(MANDATED)
+ALL_SUITES["TLS_PSK_WITH_CAMELLIA_128_CBC_SHA256"] = (
+    "PSK-CAMELLIA128-SHA256", "PSK", "CAMELLIA-128-CBC", "SHA256")
 OPENSSL_TO_IANA = {v[0]: k for k, v in ALL_SUITES.items()}
 GNUTLS_TO_IANA = {v[1:]: k for k, v in ALL_SUITES.items()}
 # GnuTLS's own suite names, as its debug log prints them.
@@ -169,8 +184,32 @@ EXPECT = [
      "peer-alert", r"^peer sent fatal alert: handshake failure \(often no "
                    r"shared cipher suite\)$"),
 ]
+# With the OpenSSL backend (first, before EXPECT): CBC suites negotiate
+# encrypt-then-MAC (RFC 7366) with OpenSSL and GnuTLS peers, and OpenSSL
+# fails a record whose MAC does not verify with a fatal bad_record_mac even
+# over DTLS, on either side. A wrong key is then reported as one, where
+# with BoringSSL (no encrypt-then-MAC) the record is dropped silently.
+OPENSSL_EXPECT = [
+    ("openssl", "client", "dtls", "bad-key",
+     "bad-key", r"^peer sent fatal alert: bad record mac$"),
+    ("openssl", "client", "dtls", "unknown-kpsa-id",
+     "bad-key", r"^peer sent fatal alert: bad record mac$"),
+    (None, "server", "dtls", "bad-key",
+     "bad-key", r"^peer's Finished or record did not verify "
+                r"\(different keys\)$"),
+]
 # Cells whose expected reason is a timeout use this --timeout instead.
 TIMEOUT_CELL_MS = 1500
+
+
+def set_backend(name):
+    """The cells depend on the backend m2mpsk was built with."""
+    global BACKEND, LACKING_SUITE
+    BACKEND = name
+    LACKING_SUITE = LACKING[name]
+    if name == "openssl":
+        SUITES.update(MANDATED)
+        EXPECT[:0] = OPENSSL_EXPECT
 
 
 def match(rule_key, peer, role, transport, case):
@@ -992,6 +1031,13 @@ def cmd_run(args):
     if why:
         print("cell %s is excluded: %s" % (cell.name, why), file=sys.stderr)
         return 2
+    if args.m2mpsk and os.access(args.m2mpsk, os.X_OK):
+        # The cells were chosen for a backend: m2mpsk must have that one.
+        version = tool_version([args.m2mpsk, "version"])
+        if "(%s)" % BACKEND not in version:
+            print("FAIL %s: m2mpsk reports %r, the cells are for backend %s "
+                  "(--backend)" % (cell.name, version, BACKEND))
+            return 1
     rc, result = run_cell(cell, args.m2mpsk)
     word = {"pass": "PASS", "fail": "FAIL", "skip": "SKIP"}[result["result"]]
     print("%s %s%s" % (word, cell.name,
@@ -1034,7 +1080,8 @@ def peer_versions(m2mpsk):
 
 def run_one_subprocess(name, m2mpsk):
     r = subprocess.run([sys.executable, os.path.abspath(__file__), "run",
-                        name, "--m2mpsk", m2mpsk], stdout=subprocess.PIPE,
+                        name, "--m2mpsk", m2mpsk, "--backend", BACKEND],
+                       stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, timeout=CELL_DEADLINE_S + 15)
     out = r.stdout.decode(errors="replace")
     for line in out.splitlines():
@@ -1176,12 +1223,21 @@ def render_report(todo, results, versions):
     for why, names in seen.items():
         w("- %s (%d cells: %s)" % (why, len(names),
                                    ", ".join("`%s`" % x for x in names)))
-    w("- TS-0003's mandatory suites, `TLS_PSK_WITH_AES_128_CBC_SHA256` (TLS) "
-      "and `TLS_PSK_WITH_AES_128_CCM_8` (DTLS), are not in Debian's "
-      "BoringSSL, so no positive cell uses them; the `no-shared-suite` "
-      "cells make the peer offer or accept only "
-      "`TLS_PSK_WITH_AES_128_CBC_SHA256` and check that m2mpsk fails "
-      "cleanly.")
+    if BACKEND == "boringssl":
+        w("- TS-0003's mandatory suites, `TLS_PSK_WITH_AES_128_CBC_SHA256` "
+          "(TLS) and `TLS_PSK_WITH_AES_128_CCM_8` (DTLS), are not in "
+          "Debian's BoringSSL, so no positive cell uses them; the "
+          "`no-shared-suite` cells make the peer offer or accept only "
+          "`TLS_PSK_WITH_AES_128_CBC_SHA256` and check that m2mpsk fails "
+          "cleanly. The OpenSSL backend (`-DM2MPSK_TLS=openssl`) has "
+          "them: its matrix has a positive cell for each.")
+    else:
+        w("- m2mpsk is built with the %s backend: TS-0003's mandatory "
+          "suites, `TLS_PSK_WITH_AES_128_CBC_SHA256` (TLS) and "
+          "`TLS_PSK_WITH_AES_128_CCM_8` (DTLS), are positive cells over "
+          "both transports; the `no-shared-suite` cells make the peer offer "
+          "or accept only `%s`, which this backend leaves out."
+          % (BACKEND, LACKING_SUITE))
     w("")
     w("## Negative cells")
     w("")
@@ -1276,18 +1332,26 @@ def peer_version_short(peer, versions):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
+    backend = dict(choices=BACKENDS,
+                   default=os.environ.get("M2MPSK_TLS", "boringssl"),
+                   help="m2mpsk's TLS backend (-DM2MPSK_TLS), which decides "
+                        "the cells")
     p = sub.add_parser("list", help="print the cells, one a line")
     p.add_argument("--excluded", action="store_true",
                    help="print the combinations that are not cells, and why")
+    p.add_argument("--backend", **backend)
     p = sub.add_parser("run", help="run one cell")
     p.add_argument("cell")
     p.add_argument("--m2mpsk", default=default_m2mpsk())
+    p.add_argument("--backend", **backend)
     p = sub.add_parser("report", help="run every cell, write the report")
     p.add_argument("--m2mpsk", default=default_m2mpsk())
+    p.add_argument("--backend", **backend)
     p.add_argument("--out", default=os.path.join(REPO, "docs",
                                                  "INTEROP.md"))
     p.add_argument("-j", "--jobs", type=int, default=2)
     args = ap.parse_args()
+    set_backend(args.backend)
     return {"list": cmd_list, "run": cmd_run, "report": cmd_report}[
         args.cmd](args)
 
