@@ -165,13 +165,17 @@ M2MPSK_API unsigned m2mpsk_version_number(void);
 /* ------------------------------------------------------------------------ */
 
 /**
- * Name of the TLS library this build uses, e.g. "boringssl", or
- * "unavailable" when its module cannot be loaded. Static. Thread-safe.
+ * Name of the TLS library this build uses: "boringssl" (the default
+ * build) or "openssl" (OpenSSL 3, built with -DM2MPSK_TLS=openssl, which has
+ * TS-0003's mandated suites), or "unavailable" when its module cannot be
+ * loaded. Static. Thread-safe. The public API and ABI are the same with
+ * either; m2mpsk_suite_name() and m2mpsk_profile_missing() say what each
+ * offers.
  *
  * The TLS library is not linked into libm2mpsk: it sits in a private
- * module ("m2mpsk/tls-boringssl.so" beside the library), loaded on first
- * use with RTLD_LOCAL | RTLD_DEEPBIND so that it cannot clash with an
- * OpenSSL already in the process. See abi/README.md.
+ * module ("m2mpsk/tls-boringssl.so" or "m2mpsk/tls-openssl.so" beside the
+ * library), loaded on first use with RTLD_LOCAL | RTLD_DEEPBIND so that it
+ * cannot clash with an OpenSSL already in the process. See abi/README.md.
  */
 M2MPSK_API const char *m2mpsk_backend_name(void);
 
@@ -271,8 +275,10 @@ M2MPSK_API int m2mpsk_keystore_add(m2mpsk_keystore *ks, const char *kpsa_id,
 /**
  * Removes a record and wipes its key. Every association using it, live or
  * not yet established, fails closed on its next operation with
- * M2MPSK_REASON_REVOKED and sends the peer an access_denied alert; a
- * responder that had not reached the key yet treats the KpsaID as unknown.
+ * M2MPSK_REASON_REVOKED and tells the peer: an access_denied alert with
+ * BoringSSL; with OpenSSL 3, which has no way to send a fatal alert once a
+ * direction is encrypted, close_notify after the handshake. A responder
+ * that had not reached the key yet treats the KpsaID as unknown.
  * Thread-safe.
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL) or M2MPSK_E_NOT_FOUND (also
  * for a KpsaID that could never be stored, e.g. too long).
