@@ -5,9 +5,10 @@
  * language sees:
  *  - a whitelist: every m2mpsk_ / M2MPSK_ name of the header is ignored, and
  *    the ones listed below are exposed by name with the prefix stripped;
- *  - three proxy classes, Keystore, Config and Association, each a small
- *    holder around one opaque handle, so that an explicit close() and the
- *    garbage collector can both release it and the second one does nothing;
+ *  - four proxy classes, Keystore, Config, Association and Event, each a
+ *    small holder around one opaque handle, so that an explicit close() and
+ *    the garbage collector can both release it and the second one does
+ *    nothing;
  *  - one %exception that turns a negative status into the language's
  *    exception, carrying the code, the failure reason and a detail string.
  *
@@ -21,6 +22,7 @@
 #endif
 
 %{
+#include <limits.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +38,8 @@
 typedef struct Keystore { m2mpsk_keystore *h; } Keystore;
 typedef struct Config { m2mpsk_config *h; } Config;
 typedef struct Association { m2mpsk_assoc *h; } Association;
+/* An event taken from a config's queue; it owns the event, not the config. */
+typedef struct Event { m2mpsk_event *h; } Event;
 
 /* The handle of a holder; null for a null holder, which Java passes once
  * delete() has run. */
@@ -82,6 +86,18 @@ static int m2mpsk_swig_closed(const void *holder, const void *handle) {
   return 1;
 }
 
+/* A count or time the C function takes as uint32_t, from the 64-bit value
+ * the glue takes (so that Java, which has no unsigned types, cannot wrap a
+ * negative value around); out of range is E_INVALID. */
+static int m2mpsk_swig_u32(int64_t v, uint32_t *out) {
+  if (v < 0 || v > (int64_t)UINT32_MAX) {
+    m2mpsk_swig_fail(M2MPSK_E_INVALID, NULL);
+    return 0;
+  }
+  *out = (uint32_t)v;
+  return 1;
+}
+
 /* The failure reason and detail an exception carries for `st`. */
 static int m2mpsk_swig_reason(const m2mpsk_swig_status *st) {
   return st->assoc != NULL ? (int)m2mpsk_assoc_failure(st->assoc)
@@ -117,10 +133,12 @@ static void m2mpsk_swig_detail(const m2mpsk_swig_status *st, char *out,
 %rename("%(strip:[m2mpsk_])s") m2mpsk_backend_error;
 %rename("%(strip:[m2mpsk_])s") m2mpsk_suite_count;
 %rename("%(strip:[m2mpsk_])s") m2mpsk_suite_name;
+%rename("%(strip:[m2mpsk_])s") m2mpsk_event_type_name;
 
 /* Constants: every value of the status, limits, keystore flag, role,
- * transport, state and reason enums. The enums themselves must be let
- * through for SWIG to look at their values. */
+ * transport, state, reason, rate key, event type, peer kind, originator
+ * flag and verdict enums. The enums themselves must be let through for
+ * SWIG to look at their values. */
 %rename("%(strip:[m2mpsk_])s") m2mpsk_status;
 %rename("%(strip:[m2mpsk_])s") m2mpsk_limits;
 %rename("%(strip:[m2mpsk_])s") m2mpsk_keystore_flags;
@@ -128,13 +146,21 @@ static void m2mpsk_swig_detail(const m2mpsk_swig_status *st, char *out,
 %rename("%(strip:[m2mpsk_])s") m2mpsk_transport;
 %rename("%(strip:[m2mpsk_])s") m2mpsk_state;
 %rename("%(strip:[m2mpsk_])s") m2mpsk_reason;
+%rename("%(strip:[m2mpsk_])s") m2mpsk_rate_key;
+%rename("%(strip:[m2mpsk_])s") m2mpsk_event_type;
+%rename("%(strip:[m2mpsk_])s") m2mpsk_peer_kind;
+%rename("%(strip:[m2mpsk_])s") m2mpsk_originator_flags;
+%rename("%(strip:[m2mpsk_])s") m2mpsk_originator_verdict;
 %define M2MPSK_CONSTANTS(PATTERN)
 %rename("%(strip:[M2MPSK_])s", regextarget=1) PATTERN;
 %enddef
 M2MPSK_CONSTANTS("^M2MPSK_(OK|E_[A-Z_]+)$")
 M2MPSK_CONSTANTS("^M2MPSK_(KEY_MIN|KEY_MAX|KPSA_ID_MAX|ID_MAX|MTU_MIN|MTU_MAX)$")
+M2MPSK_CONSTANTS("^M2MPSK_(PEER_TAG_MAX|MAX_INPUT_MIN)$")
 M2MPSK_CONSTANTS("^M2MPSK_KEYSTORE_REQUIRE_LOCKED$")
-M2MPSK_CONSTANTS("^M2MPSK_(ROLE|TRANSPORT|STATE|REASON)_[A-Z_]+$")
+M2MPSK_CONSTANTS("^M2MPSK_(ROLE|TRANSPORT|STATE|REASON|RATE|EVENT)_[A-Z_]+$")
+M2MPSK_CONSTANTS("^M2MPSK_PEER_(NONE|AE|CSE|CREDENTIAL)$")
+M2MPSK_CONSTANTS("^M2MPSK_ORIGINATOR_[A-Z_]+$")
 
 /* The glue functions, exposed under the names of the C functions they
  * stand for. */
@@ -143,6 +169,7 @@ M2MPSK_CONSTANTS("^M2MPSK_(ROLE|TRANSPORT|STATE|REASON)_[A-Z_]+$")
 %rename(ida_validate) m2mpsk_swig_ida_validate;
 %rename(idb_server_name) m2mpsk_swig_idb_server_name;
 %newobject m2mpsk_swig_idb_server_name;
+%rename(originator_check) m2mpsk_swig_originator_check;
 
 /* ---- per-language typemaps, exception classes and names ---------------- */
 #if defined(SWIGPYTHON)
@@ -213,6 +240,46 @@ static char *m2mpsk_swig_idb_server_name(const char *idb) {
   return strcpy(s, buf);
 }
 %}
+
+/* ---- the oneM2M originator check ---------------------------------------- */
+/* The verdict is the result; an error status raises instead (the C
+ * function's verdict is then NOT_AUTHENTICATED, which a caller that raises
+ * never sees). Declared apart from its body so that flags can default to 0
+ * where the language has default arguments. */
+%{
+static int m2mpsk_swig_originator_check(int bound_kind, const char *bound_id,
+                                        const char *local_id,
+                                        const char *from_, int64_t flags) {
+  m2mpsk_originator_verdict v = M2MPSK_ORIGINATOR_NOT_AUTHENTICATED;
+  if (flags < 0 || flags > (int64_t)UINT_MAX) {
+    m2mpsk_swig_fail(M2MPSK_E_INVALID, NULL);
+    return (int)v;
+  }
+  m2mpsk_swig_fail(m2mpsk_originator_check((m2mpsk_peer_kind)bound_kind,
+                                           bound_id, local_id, from_,
+                                           (unsigned)flags, &v),
+                   NULL);
+  return (int)v;
+}
+%}
+/** Decides whether a request a CSE received may carry the originator
+ * from_ (its From; null or "" when absent), given what the association it
+ * arrived on is bound to (TS-0004 7.3.2.1, TS-0003 7.2.1). bound_kind is
+ * PEER_NONE (no association; bound_id null), PEER_AE, PEER_CSE or
+ * PEER_CREDENTIAL, and bound_id the association's peer_id(); local_id is
+ * the receiving CSE's own CSE-ID (the association's local_id()); flags is
+ * 0 or ORIGINATOR_AE_CREATE | ORIGINATOR_ALLOW_UNSECURED_AE. Returns the
+ * verdict: ORIGINATOR_ACCEPT (0), or the oneM2M Response Status Code to
+ * answer with, ORIGINATOR_NOT_AUTHENTICATED (4106) or
+ * ORIGINATOR_SECURITY_ASSOCIATION_REQUIRED (4107). Raises, instead of
+ * returning a verdict, E_INVALID (a missing local_id, an unknown kind or
+ * flag, a bound_id given with PEER_NONE or missing with another kind),
+ * E_IDB (local_id is not a CSE-ID), E_IDA (bound_id is not of its kind's
+ * form, or from_ is malformed), E_ID_LENGTH, E_KPSA_ID or E_KPSA_ID_LENGTH
+ * (the KpsaID of a Credential-ID). Thread-safe; no state. */
+int m2mpsk_swig_originator_check(int bound_kind, const char *bound_id,
+                                 const char *local_id, const char *from_,
+                                 int64_t flags = 0);
 
 /* ---- Record ------------------------------------------------------------- */
 /** One keystore record, as Keystore.lookup() returns it. Never holds the
@@ -290,6 +357,28 @@ typedef struct Keystore {} Keystore;
                                          idb, not_before, not_after),
                      NULL);
   }
+  /** Derives a remotely provisioned Kpsa from the enrolment key ke
+   * (TS-0003 10.3.3) and adds it as a record, as add() would: Kpsa =
+   * HMAC-SHA-256(ke, "oneM2M Enrolment Key to Provisioned Secure Connection
+   * Key derivation" || enrolee_b_id). ke (KEY_MIN to KEY_MAX bytes) is read
+   * in place and never kept; the derived key exists only in wiped, locked
+   * memory and then in the keystore. enrolee_b_id is a CSE-ID or AE-ID
+   * whose bytes are used exactly as given, so both ends must use the same
+   * form (absolute or SP-relative). The other arguments are add()'s; the
+   * key must not outlive ke, so pass ke's end of life as not_after. On any
+   * error the keystore is unchanged. Raises E_INVALID, E_KEY_LENGTH,
+   * E_IDA (enrolee_b_id or ida), E_ID_LENGTH or any other error of add().
+   * Thread-safe. */
+  void add_derived(const char *kpsa_id, const uint8_t *ke, size_t ke_len,
+                   const char *enrolee_b_id, const char *ida, const char *idb,
+                   int64_t not_before = 0, int64_t not_after = 0) {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return;
+    m2mpsk_swig_fail(m2mpsk_keystore_add_derived(M2MPSK_SWIG_H($self), kpsa_id, ke, ke_len,
+                                                 enrolee_b_id, ida, idb, not_before,
+                                                 not_after),
+                     NULL);
+  }
   /** Removes a record and wipes its key. Associations that have not yet
    * used it fail with REASON_REVOKED (initiator) or as an unknown identity
    * (responder). Raises E_NOT_FOUND. Thread-safe. */
@@ -357,12 +446,64 @@ typedef struct Keystore {} Keystore;
   }
 }
 
+/* ---- Event -------------------------------------------------------------- */
+/** One audit event, as Config.next_event() returns it: what happened to
+ * which association, never with key material. It owns a copy of the
+ * event, independent of the config and the association; close() frees it
+ * now, and the collector otherwise. The accessors of a closed event return
+ * null, 0 or EVENT_NONE. */
+%nodefaultctor Event; /* only Config.next_event() makes one */
+typedef struct Event {} Event;
+%extend Event {
+  ~Event() {
+    if ($self != NULL)
+      m2mpsk_event_free($self->h);
+    free($self);
+  }
+  /** Frees the event now. Calling it again does nothing. */
+  void close() {
+    if ($self == NULL)
+      return;
+    m2mpsk_event_free($self->h);
+    $self->h = NULL;
+  }
+  /** What happened: EVENT_ESTABLISHED, EVENT_FAILED, EVENT_REVOKED,
+   * EVENT_RATE_LIMITED or EVENT_CLOSED (see event_type_name()). */
+  int type() { return (int)m2mpsk_event_get_type(M2MPSK_SWIG_H($self)); }
+  /** Why, a REASON_ constant, for EVENT_FAILED, EVENT_REVOKED and
+   * EVENT_RATE_LIMITED; REASON_NONE for the others. */
+  int reason() { return (int)m2mpsk_event_reason(M2MPSK_SWIG_H($self)); }
+  /** The role of the association that reported it: ROLE_INITIATOR or
+   * ROLE_RESPONDER. */
+  int role() { return (int)m2mpsk_event_role(M2MPSK_SWIG_H($self)); }
+  /** Its transport: TRANSPORT_TLS or TRANSPORT_DTLS. */
+  int transport() { return (int)m2mpsk_event_transport(M2MPSK_SWIG_H($self)); }
+  /** The caller's monotonic time (ms) when it happened. */
+  int64_t time_ms() { return (int64_t)m2mpsk_event_time_ms(M2MPSK_SWIG_H($self)); }
+  /** The KpsaID: an initiator's, or the one a client presented when it was
+   * well-formed; null when not known. */
+  const char *kpsa_id() { return m2mpsk_event_kpsa_id(M2MPSK_SWIG_H($self)); }
+  /** The identity the session was bound to (as Association.peer_id()),
+   * null when none was. */
+  const char *peer_id() { return m2mpsk_event_peer_id(M2MPSK_SWIG_H($self)); }
+  /** True when peer_id() is a Credential-ID ("12-<KpsaID>"). */
+  bool peer_id_is_credential() {
+    return m2mpsk_event_peer_id_is_credential(M2MPSK_SWIG_H($self)) == 1;
+  }
+  /** The association's peer tag (Association.set_peer_tag()), null when
+   * none was set. */
+  const char *peer_tag() { return m2mpsk_event_peer_tag(M2MPSK_SWIG_H($self)); }
+  /** A readable detail (as Association.failure_detail()); "" when none. */
+  const char *detail() { return m2mpsk_event_detail(M2MPSK_SWIG_H($self)); }
+}
+
 /* ---- Config ------------------------------------------------------------- */
 /** Settings shared by many associations: suites, handshake timeout, the
  * identities a responder serves. Frozen once an association has been
  * created from it (setters then raise E_STATE). May be shared by any number
  * of associations on any number of threads. */
 typedef struct Config {} Config;
+%newobject Config::next_event;
 %extend Config {
   /** Creates a config with the defaults: the RFC 4279 plain-PSK suites this
    * build supports, a 60 s handshake timeout, no local identities, unknown
@@ -426,6 +567,119 @@ typedef struct Config {} Config;
     m2mpsk_swig_fail(m2mpsk_config_set_reveal_unknown_identity(M2MPSK_SWIG_H($self), on),
                      NULL);
   }
+
+  /* Resource limits, rate limiting and audit events (since 0.2). Every
+   * association made from the config shares its counters, rate limiter and
+   * event queue. */
+
+  /** Bounds the responder handshakes in progress at once among
+   * associations made from this config (from creation until established,
+   * failed or closed). Past it, creating a responder Association raises
+   * E_LIMIT at once and queues an EVENT_RATE_LIMITED event with
+   * REASON_LIMIT. 0 means unlimited; the default is 4096. Raises E_INVALID
+   * (negative or above 2^32 - 1) or E_STATE (frozen). */
+  void set_max_handshakes(int64_t n) {
+    uint32_t v;
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)) || !m2mpsk_swig_u32(n, &v))
+      return;
+    m2mpsk_swig_fail(m2mpsk_config_set_max_handshakes(M2MPSK_SWIG_H($self), v), NULL);
+  }
+  /** Bounds the input an association holds fed but not yet consumed, in
+   * bytes (MAX_INPUT_MIN to 1 GiB; default 262144). A feed() that would go
+   * past it consumes nothing and raises E_LIMIT: once established, read()
+   * what is waiting and feed the same bytes again (TLS), or drop the
+   * datagram (DTLS); during a handshake the association fails with
+   * REASON_LIMIT instead. Raises E_INVALID (out of range) or E_STATE. */
+  void set_max_input(int64_t bytes) {
+    uint32_t v;
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)) || !m2mpsk_swig_u32(bytes, &v))
+      return;
+    m2mpsk_swig_fail(m2mpsk_config_set_max_input(M2MPSK_SWIG_H($self), v), NULL);
+  }
+  /** Sets a rate limit on failed responder handshakes. key is RATE_PEER
+   * (counted by the association's peer tag, checked in start() with
+   * nothing sent) or RATE_KPSA_ID (by the psk_identity a client presents).
+   * When max_failures handshakes of one key fail within window_ms, the key
+   * is blocked for block_ms, each further block twice the previous one up
+   * to block_max_ms; a success forgets the key. A blocked key's handshakes
+   * fail with REASON_RATE_LIMITED and queue EVENT_RATE_LIMITED.
+   * max_failures 0 turns the limit off. Defaults: by peer, 10 failures in
+   * 10 s block for 1 s up to 60 s; by KpsaID, 20 in 10 s, 1 s up to 60 s.
+   * Raises E_INVALID (unknown key, a zero window or block, block_max_ms
+   * below block_ms, a time above 24 h, a negative value) or E_STATE. */
+  void set_rate_limit(int key, int64_t max_failures, int64_t window_ms,
+                      int64_t block_ms, int64_t block_max_ms) {
+    uint32_t n, w, b, bmax;
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)) ||
+        !m2mpsk_swig_u32(max_failures, &n) || !m2mpsk_swig_u32(window_ms, &w) ||
+        !m2mpsk_swig_u32(block_ms, &b) || !m2mpsk_swig_u32(block_max_ms, &bmax))
+      return;
+    m2mpsk_swig_fail(m2mpsk_config_set_rate_limit(M2MPSK_SWIG_H($self), (m2mpsk_rate_key)key,
+                                                  n, w, b, bmax),
+                     NULL);
+  }
+  /** Whether peer_tag is blocked by the rate limit at now_ms (the clock
+   * given to associations), so that a host can drop a new peer's first
+   * datagram or connection without creating an association. Returns the
+   * time the block ends, or -1 (None in Python) when it is not blocked.
+   * Raises E_INVALID (null peer_tag, negative now_ms). Thread-safe. */
+  int64_t peer_blocked(const char *peer_tag, int64_t now_ms) {
+    uint64_t until = 0;
+    int rc;
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return -1;
+    if (now_ms < 0) {
+      m2mpsk_swig_fail(M2MPSK_E_INVALID, NULL);
+      return -1;
+    }
+    rc = m2mpsk_config_peer_blocked(M2MPSK_SWIG_H($self), peer_tag, (uint64_t)now_ms, &until);
+    if (m2mpsk_swig_fail(rc, NULL) || rc == 0)
+      return -1;
+    return (int64_t)until;
+  }
+  /** Responder handshakes in progress now (see set_max_handshakes()).
+   * Thread-safe. */
+  uint32_t handshakes_in_progress() {
+    return m2mpsk_config_handshakes_in_progress(M2MPSK_SWIG_H($self));
+  }
+  /** Turns the audit event queue on with room for capacity events (1 to
+   * 1048576), or off with 0 (the default). Every association made from the
+   * config queues its events, in both roles; they never carry key
+   * material. When the queue is full new events are dropped and counted
+   * (events_dropped()); an association never fails for want of room.
+   * Raises E_INVALID (out of range) or E_STATE (frozen). */
+  void set_event_queue(int64_t capacity) {
+    uint32_t v;
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)) || !m2mpsk_swig_u32(capacity, &v))
+      return;
+    m2mpsk_swig_fail(m2mpsk_config_set_event_queue(M2MPSK_SWIG_H($self), v), NULL);
+  }
+  /** Takes the oldest queued event, owned by the caller; null (None in
+   * Python) when the queue is empty or off, which is not an error.
+   * Pull-based: no callback runs inside the library. Thread-safe. */
+  Event *next_event() {
+    Event *e;
+    m2mpsk_event *ev = NULL;
+    int rc;
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return NULL;
+    rc = m2mpsk_config_next_event(M2MPSK_SWIG_H($self), &ev);
+    if (rc == M2MPSK_E_AGAIN || m2mpsk_swig_fail(rc, NULL))
+      return NULL;
+    e = (Event *)calloc(1, sizeof *e);
+    if (e == NULL) {
+      m2mpsk_event_free(ev);
+      m2mpsk_swig_fail(M2MPSK_E_NOMEM, NULL);
+      return NULL;
+    }
+    e->h = ev;
+    return e;
+  }
+  /** Events dropped because the queue was full (or memory short).
+   * Thread-safe. */
+  int64_t events_dropped() {
+    return (int64_t)m2mpsk_config_events_dropped(M2MPSK_SWIG_H($self));
+  }
 }
 
 /* ---- Association -------------------------------------------------------- */
@@ -440,8 +694,8 @@ typedef struct Association {} Association;
    * passes null and needs a config with at least one local identity. The
    * association holds its own references to config and keystore, which may
    * be closed first, and freezes the config. Raises E_INVALID, E_KPSA_ID,
-   * E_KPSA_ID_LENGTH, E_NOT_FOUND, E_NO_LOCAL_ID, E_BACKEND, E_NOMEM or
-   * E_INTERNAL. */
+   * E_KPSA_ID_LENGTH, E_NOT_FOUND, E_NO_LOCAL_ID, E_LIMIT (a responder past
+   * the config's set_max_handshakes()), E_BACKEND, E_NOMEM or E_INTERNAL. */
   Association(int role, int transport, Config *config, Keystore *keystore,
               const char *kpsa_id = NULL) {
     Association *x;
@@ -483,12 +737,26 @@ typedef struct Association {} Association;
       return;
     m2mpsk_swig_fail(m2mpsk_assoc_set_mtu(M2MPSK_SWIG_H($self), mtu), M2MPSK_SWIG_H($self));
   }
+  /** Tags the association with the caller's name for its peer, typically
+   * its address ("192.0.2.7:5684"): 1 to PEER_TAG_MAX bytes of printable
+   * ASCII. A responder's rate limit (RATE_PEER) counts failures by it, and
+   * events carry it. Only before start(); a second call replaces the
+   * first. Raises E_INVALID (empty, too long or not printable), E_STATE
+   * (started) or E_NOMEM. */
+  void set_peer_tag(const char *tag) {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return;
+    m2mpsk_swig_fail(m2mpsk_assoc_set_peer_tag(M2MPSK_SWIG_H($self), tag), NULL);
+  }
+  /** The peer tag, or null when none was set. */
+  const char *peer_tag() { return m2mpsk_assoc_peer_tag(M2MPSK_SWIG_H($self)); }
   /** Starts the handshake. now_ms is the caller's monotonic clock;
    * unix_time the wall-clock time in Unix seconds, or 0 without a wall
    * clock (a record with a validity window then fails with REASON_MISUSE).
    * An initiator queues its ClientHello, to be drained. Raises E_INVALID,
    * E_STATE (already started) or E_FAILED (e.g. the record is expired or
-   * revoked). */
+   * revoked, or a responder's peer tag is blocked by the rate limit:
+   * REASON_RATE_LIMITED, with nothing to send). */
   void start(int64_t now_ms, int64_t unix_time = 0) {
     if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
       return;
@@ -500,10 +768,15 @@ typedef struct Association {} Association;
                      M2MPSK_SWIG_H($self));
   }
   /** Feeds received input: any number of stream bytes (TLS), or exactly
-   * one whole datagram (DTLS). All input is consumed; check state() and
-   * drain afterwards. Raises E_INVALID (an empty or oversized datagram),
-   * E_STATE (not started, or closed/failed), E_FAILED (this input failed
-   * the association: drain once more, an alert may be queued) or E_NOMEM. */
+   * one whole datagram (DTLS). All input is consumed unless E_LIMIT is
+   * raised; check state() and drain afterwards. Raises E_INVALID (an empty
+   * or oversized datagram), E_STATE (not started, or closed/failed),
+   * E_FAILED (this input failed the association: drain once more, an alert
+   * may be queued; also input past the config's set_max_input() during a
+   * handshake, with REASON_LIMIT), E_LIMIT (an established association's
+   * input would go past set_max_input(): nothing was consumed, so read()
+   * what is waiting and feed the same bytes again, or drop the datagram)
+   * or E_NOMEM. */
   void feed(const uint8_t *data, size_t len, int64_t now_ms) {
     if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
       return;

@@ -1,5 +1,7 @@
 import static org.junit.Assert.assertArrayEquals;
 import static org.junit.Assert.assertEquals;
+import static org.junit.Assert.assertFalse;
+import static org.junit.Assert.assertNotNull;
 import static org.junit.Assert.assertNull;
 import static org.junit.Assert.assertTrue;
 import static org.junit.Assert.fail;
@@ -12,17 +14,20 @@ import java.net.InetSocketAddress;
 import java.net.Socket;
 import java.net.SocketTimeoutException;
 import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
+import java.util.List;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 import m2mpsk.Association;
 import m2mpsk.Config;
+import m2mpsk.Event;
 import m2mpsk.Keystore;
 import m2mpsk.M2mpsk;
 import m2mpsk.M2mpskException;
 import org.junit.Test;
 
-/** The Java binding: in-memory handshakes, error paths, and real sockets
- * against openssl s_server -psk. */
+/** The Java binding: in-memory handshakes, error paths, limits and events,
+ * the oneM2M checks, and real sockets against openssl s_server -psk. */
 public class M2mpskTest {
   static {
     System.loadLibrary("m2mpskjni");
@@ -183,6 +188,279 @@ public class M2mpskTest {
         if (i % 3 == 0) a.delete();
       }
       System.gc();
+    }
+  }
+
+  // ---- resource limits, rate limiting and audit events ---------------------
+
+  static List<Event> drainEvents(Config cfg) {
+    List<Event> evs = new ArrayList<>();
+    for (Event e = cfg.nextEvent(); e != null; e = cfg.nextEvent()) evs.add(e);
+    return evs;
+  }
+
+  @Test
+  public void limitConstantsAndSetters() {
+    assertEquals(-33, M2mpsk.E_LIMIT);
+    assertEquals(11, M2mpsk.REASON_RATE_LIMITED);
+    assertEquals(12, M2mpsk.REASON_LIMIT);
+    assertEquals(128, M2mpsk.PEER_TAG_MAX);
+    assertEquals(65536, M2mpsk.MAX_INPUT_MIN);
+    assertEquals(0, M2mpsk.RATE_PEER);
+    assertEquals(1, M2mpsk.RATE_KPSA_ID);
+    int[] types = {M2mpsk.EVENT_NONE, M2mpsk.EVENT_ESTABLISHED, M2mpsk.EVENT_FAILED,
+        M2mpsk.EVENT_REVOKED, M2mpsk.EVENT_RATE_LIMITED, M2mpsk.EVENT_CLOSED};
+    for (int i = 0; i < types.length; i++) assertEquals(i, types[i]);
+    assertEquals("closed", M2mpsk.eventTypeName(M2mpsk.EVENT_CLOSED));
+    assertEquals("unknown", M2mpsk.eventTypeName(99));
+    try (Keystore ks = keystore(); Config cfg = new Config()) {
+      expect(M2mpsk.E_INVALID, () -> cfg.setMaxHandshakes(-1)); // no unsigned wrap-around
+      expect(M2mpsk.E_INVALID, () -> cfg.setMaxHandshakes(1L << 32));
+      expect(M2mpsk.E_INVALID, () -> cfg.setMaxInput(M2mpsk.MAX_INPUT_MIN - 1));
+      expect(M2mpsk.E_INVALID, () -> cfg.setRateLimit(M2mpsk.RATE_PEER, 1, 1, 5, 4));
+      expect(M2mpsk.E_INVALID, () -> cfg.setEventQueue(1048577));
+      expect(M2mpsk.E_INVALID, () -> cfg.peerBlocked(null, 0));
+      assertNull(cfg.nextEvent());
+      assertEquals(-1, cfg.peerBlocked("192.0.2.7:1", now()));
+      cfg.setEventQueue(4);
+      try (Association a =
+          new Association(M2mpsk.ROLE_INITIATOR, M2mpsk.TRANSPORT_TLS, cfg, ks, KPSA_ID)) {
+        expect(M2mpsk.E_STATE, () -> cfg.setMaxInput(M2mpsk.MAX_INPUT_MIN)); // frozen
+        expect(M2mpsk.E_INVALID, () -> a.setPeerTag(""));
+        a.setPeerTag("[::1]:5684");
+        assertEquals("[::1]:5684", a.peerTag());
+        a.start(now());
+        expect(M2mpsk.E_STATE, () -> a.setPeerTag("other"));
+      }
+    }
+  }
+
+  @Test
+  public void maxHandshakesRefusesWithLimit() {
+    try (Keystore ks = keystore(); Config cb = new Config()) {
+      cb.addLocalId(IDB);
+      cb.setMaxHandshakes(2);
+      cb.setEventQueue(8);
+      Association b1 = new Association(M2mpsk.ROLE_RESPONDER, M2mpsk.TRANSPORT_TLS, cb, ks);
+      Association b2 = new Association(M2mpsk.ROLE_RESPONDER, M2mpsk.TRANSPORT_TLS, cb, ks);
+      assertEquals(2, cb.handshakesInProgress());
+      expect(M2mpsk.E_LIMIT,
+          () -> new Association(M2mpsk.ROLE_RESPONDER, M2mpsk.TRANSPORT_TLS, cb, ks));
+      List<Event> evs = drainEvents(cb);
+      assertEquals(1, evs.size());
+      assertEquals(M2mpsk.EVENT_RATE_LIMITED, evs.get(0).type());
+      assertEquals(M2mpsk.REASON_LIMIT, evs.get(0).reason());
+      assertEquals(M2mpsk.ROLE_RESPONDER, evs.get(0).role());
+      evs.get(0).close();
+      b1.close();
+      assertEquals(1, cb.handshakesInProgress());
+      new Association(M2mpsk.ROLE_RESPONDER, M2mpsk.TRANSPORT_TLS, cb, ks).close();
+      b2.close();
+      assertEquals(0, cb.handshakesInProgress());
+    }
+  }
+
+  /** One TLS handshake from an initiator of ksA to a fresh responder of cb
+   * tagged tag; returns the responder's failure reason (REASON_NONE when
+   * established). */
+  static int attempt(Config cb, Keystore ksB, Keystore ksA, String tag) {
+    try (Config ca = new Config();
+        Association a = new Association(M2mpsk.ROLE_INITIATOR, M2mpsk.TRANSPORT_TLS, ca, ksA, KPSA_ID);
+        Association b = new Association(M2mpsk.ROLE_RESPONDER, M2mpsk.TRANSPORT_TLS, cb, ksB)) {
+      b.setPeerTag(tag);
+      try {
+        b.start(now());
+      } catch (M2mpskException e) {
+        assertEquals(M2mpsk.E_FAILED, e.getCode());
+        assertEquals(0, b.drain().length); // refused with nothing sent
+        return b.failure();
+      }
+      a.start(now());
+      pump(a, b);
+      return b.failure();
+    }
+  }
+
+  @Test
+  public void peerBlockedAfterWrongKeyHandshakes() {
+    String tag = "192.0.2.7:40000";
+    try (Keystore good = keystore(); Keystore wrong = new Keystore(); Config cb = new Config()) {
+      byte[] other = KEY.clone();
+      other[0] ^= 1;
+      wrong.add(KPSA_ID, other, null, IDB);
+      cb.addLocalId(IDB);
+      cb.setRateLimit(M2mpsk.RATE_PEER, 3, 60000, 5000, 20000);
+      cb.setRateLimit(M2mpsk.RATE_KPSA_ID, 0, 0, 0, 0);
+      cb.setEventQueue(16);
+      for (int i = 0; i < 3; i++) {
+        assertEquals(-1, cb.peerBlocked(tag, now()));
+        assertEquals(M2mpsk.REASON_BAD_KEY, attempt(cb, good, wrong, tag));
+      }
+      long t = now();
+      long until = cb.peerBlocked(tag, t);
+      assertTrue("until " + until + " at " + t, until > t && until <= t + 5000);
+      assertEquals(M2mpsk.REASON_RATE_LIMITED, attempt(cb, good, good, tag));
+      assertEquals(M2mpsk.REASON_NONE, attempt(cb, good, good, "192.0.2.8:40000"));
+      assertEquals(-1, cb.peerBlocked(tag, until));
+
+      List<Event> evs = drainEvents(cb);
+      assertTrue(evs.size() >= 5);
+      for (int i = 0; i < 3; i++) {
+        assertEquals(M2mpsk.EVENT_FAILED, evs.get(i).type());
+        assertEquals(M2mpsk.REASON_BAD_KEY, evs.get(i).reason());
+        assertEquals(tag, evs.get(i).peerTag());
+        assertEquals(KPSA_ID, evs.get(i).kpsaId());
+      }
+      assertEquals(M2mpsk.EVENT_RATE_LIMITED, evs.get(3).type());
+      assertEquals(M2mpsk.REASON_RATE_LIMITED, evs.get(3).reason());
+      assertTrue(evs.get(3).detail(), evs.get(3).detail().contains(tag));
+      assertEquals(M2mpsk.EVENT_ESTABLISHED, evs.get(4).type());
+      assertEquals("192.0.2.8:40000", evs.get(4).peerTag());
+      for (Event e : evs) e.close();
+    }
+  }
+
+  @Test
+  public void eventsEstablishedThenClosed() {
+    String tag = "198.51.100.1:5684";
+    try (Keystore ks = keystore(); Config ca = new Config(); Config cb = new Config()) {
+      cb.addLocalId(IDB);
+      ca.setEventQueue(8);
+      cb.setEventQueue(8);
+      long t0 = now();
+      try (Association a = new Association(M2mpsk.ROLE_INITIATOR, M2mpsk.TRANSPORT_DTLS, ca, ks, KPSA_ID);
+          Association b = new Association(M2mpsk.ROLE_RESPONDER, M2mpsk.TRANSPORT_DTLS, cb, ks)) {
+        b.setPeerTag(tag);
+        b.start(t0);
+        a.start(t0);
+        assertNull(pump(a, b));
+        a.closeNotify();
+        pump(a, b);
+        expect(M2mpsk.E_CLOSED, () -> b.read());
+      }
+      long t1 = now();
+      List<Event> evs = drainEvents(cb);
+      assertEquals(2, evs.size());
+      try (Event est = evs.get(0); Event closed = evs.get(1)) {
+        assertEquals(M2mpsk.EVENT_ESTABLISHED, est.type());
+        assertEquals(M2mpsk.REASON_NONE, est.reason());
+        assertEquals(M2mpsk.ROLE_RESPONDER, est.role());
+        assertEquals(M2mpsk.TRANSPORT_DTLS, est.transport());
+        assertTrue(t0 <= est.timeMs() && est.timeMs() <= closed.timeMs() && closed.timeMs() <= t1);
+        assertEquals(KPSA_ID, est.kpsaId());
+        assertEquals("12-" + KPSA_ID, est.peerId());
+        assertTrue(est.peerIdIsCredential());
+        assertEquals(tag, est.peerTag());
+        assertTrue(est.detail(), est.detail().contains("DTLSv1.2"));
+        assertEquals(M2mpsk.EVENT_CLOSED, closed.type());
+        assertEquals("close_notify received", closed.detail());
+        assertEquals("12-" + KPSA_ID, closed.peerId());
+        est.close();
+        assertEquals(M2mpsk.EVENT_NONE, est.type()); // closed: no event left
+      }
+      assertNull(cb.nextEvent());
+      assertEquals(0, cb.eventsDropped());
+      evs = drainEvents(ca);
+      assertEquals(2, evs.size());
+      assertEquals(M2mpsk.EVENT_ESTABLISHED, evs.get(0).type());
+      assertEquals(M2mpsk.ROLE_INITIATOR, evs.get(0).role());
+      assertEquals(IDB, evs.get(0).peerId());
+      assertFalse(evs.get(0).peerIdIsCredential());
+      assertNull(evs.get(0).peerTag());
+      assertEquals(M2mpsk.EVENT_CLOSED, evs.get(1).type());
+      assertEquals("close_notify sent", evs.get(1).detail());
+    }
+  }
+
+  // ---- oneM2M request checks and key derivation ----------------------------
+
+  static final String LOCAL = "//m2m.example.com/cse-in";
+
+  @Test
+  public void originatorCheckTable() {
+    assertEquals(0, M2mpsk.ORIGINATOR_ACCEPT);
+    assertEquals(4106, M2mpsk.ORIGINATOR_NOT_AUTHENTICATED);
+    assertEquals(4107, M2mpsk.ORIGINATOR_SECURITY_ASSOCIATION_REQUIRED);
+    assertEquals(1, M2mpsk.ORIGINATOR_AE_CREATE);
+    assertEquals(2, M2mpsk.ORIGINATOR_ALLOW_UNSECURED_AE);
+    assertEquals(3, M2mpsk.PEER_CREDENTIAL);
+    assertEquals(M2mpsk.ORIGINATOR_ACCEPT,
+        M2mpsk.originatorCheck(M2mpsk.PEER_AE, "/cse-in/Cae1", LOCAL, "Cae1"));
+    assertEquals(M2mpsk.ORIGINATOR_NOT_AUTHENTICATED,
+        M2mpsk.originatorCheck(M2mpsk.PEER_AE, "/cse-in/Cae1", LOCAL, "Cae2"));
+    assertEquals(M2mpsk.ORIGINATOR_NOT_AUTHENTICATED,
+        M2mpsk.originatorCheck(M2mpsk.PEER_CSE, "/cse-mn", LOCAL, "/cse-asn", 0));
+    assertEquals(M2mpsk.ORIGINATOR_SECURITY_ASSOCIATION_REQUIRED,
+        M2mpsk.originatorCheck(M2mpsk.PEER_NONE, null, LOCAL, "/cse-mn"));
+    assertEquals(M2mpsk.ORIGINATOR_ACCEPT, M2mpsk.originatorCheck(M2mpsk.PEER_NONE, null, LOCAL,
+        null, M2mpsk.ORIGINATOR_AE_CREATE | M2mpsk.ORIGINATOR_ALLOW_UNSECURED_AE));
+    assertEquals(M2mpsk.ORIGINATOR_ACCEPT, M2mpsk.originatorCheck(M2mpsk.PEER_CREDENTIAL,
+        "12-" + KPSA_ID, LOCAL, "C", M2mpsk.ORIGINATOR_AE_CREATE));
+    assertEquals(M2mpsk.ORIGINATOR_NOT_AUTHENTICATED,
+        M2mpsk.originatorCheck(M2mpsk.PEER_CREDENTIAL, "12-" + KPSA_ID, LOCAL, "Cae1"));
+    // Errors throw instead of answering.
+    expect(M2mpsk.E_IDA, () -> M2mpsk.originatorCheck(M2mpsk.PEER_AE, "/cse-in/Cae1", LOCAL, "ae1"));
+    expect(M2mpsk.E_IDB, () -> M2mpsk.originatorCheck(M2mpsk.PEER_AE, "/cse-in/Cae1", "cse-in", "Cae1"));
+    expect(M2mpsk.E_INVALID, () -> M2mpsk.originatorCheck(M2mpsk.PEER_AE, "/cse-in/Cae1", null, "Cae1"));
+    expect(M2mpsk.E_INVALID, () -> M2mpsk.originatorCheck(M2mpsk.PEER_AE, "/cse-in/Cae1", LOCAL, "Cae1", 4));
+    expect(M2mpsk.E_INVALID, () -> M2mpsk.originatorCheck(M2mpsk.PEER_AE, "/cse-in/Cae1", LOCAL, "Cae1", -1));
+    expect(M2mpsk.E_INVALID, () -> M2mpsk.originatorCheck(M2mpsk.PEER_NONE, "/cse-in/Cae1", LOCAL, "Cae1"));
+    expect(M2mpsk.E_KPSA_ID, () -> M2mpsk.originatorCheck(M2mpsk.PEER_CREDENTIAL, "12-test", LOCAL,
+        null, M2mpsk.ORIGINATOR_AE_CREATE));
+  }
+
+  static final String VECTOR = "0a940138d9f28b1363bda9fe9250740c955ce433aa87ef28b1b080ad02bd40d9";
+
+  static byte[] unhex(String s) {
+    byte[] b = new byte[s.length() / 2];
+    for (int i = 0; i < b.length; i++) b[i] = (byte) Integer.parseInt(s.substring(2 * i, 2 * i + 2), 16);
+    return b;
+  }
+
+  /** The responder's failure reason after a TLS handshake from ksA to ksB;
+   * REASON_NONE when both are established. */
+  static int handshakeWith(Keystore ksA, Keystore ksB) {
+    try (Config ca = new Config(); Config cb = new Config()) {
+      cb.addLocalId(IDB);
+      try (Association a = new Association(M2mpsk.ROLE_INITIATOR, M2mpsk.TRANSPORT_TLS, ca, ksA, KPSA_ID);
+          Association b = new Association(M2mpsk.ROLE_RESPONDER, M2mpsk.TRANSPORT_TLS, cb, ksB)) {
+        long unix = System.currentTimeMillis() / 1000;
+        b.start(now(), unix);
+        a.start(now(), unix);
+        pump(a, b);
+        if (b.state() == M2mpsk.STATE_ESTABLISHED) assertEquals(M2mpsk.STATE_ESTABLISHED, a.state());
+        return b.failure();
+      }
+    }
+  }
+
+  @Test
+  public void addDerivedIsTheVector() throws Exception {
+    byte[] ke = KEY.clone(); // 0x00..0x1f
+    byte[] vector = unhex(VECTOR);
+    // The vector, computed here by the JDK, independently of the library.
+    javax.crypto.Mac mac = javax.crypto.Mac.getInstance("HmacSHA256");
+    mac.init(new javax.crypto.spec.SecretKeySpec(ke, "HmacSHA256"));
+    mac.update("oneM2M Enrolment Key to Provisioned Secure Connection Key derivation"
+        .getBytes(StandardCharsets.US_ASCII));
+    assertArrayEquals(vector, mac.doFinal(IDB.getBytes(StandardCharsets.US_ASCII)));
+
+    byte[] offByOne = vector.clone();
+    offByOne[31] ^= 1;
+    try (Keystore derived = new Keystore(); Keystore plain = new Keystore();
+        Keystore wrong = new Keystore()) {
+      derived.addDerived(KPSA_ID, ke, "//m2m.example.com/cse-in", null, IDB, 0, 1900000000);
+      assertEquals(1900000000, derived.lookup(KPSA_ID).getNot_after());
+      plain.add(KPSA_ID, vector, null, IDB);
+      wrong.add(KPSA_ID, offByOne, null, IDB);
+      assertEquals(M2mpsk.REASON_NONE, handshakeWith(derived, plain));
+      assertEquals(M2mpsk.REASON_NONE, handshakeWith(plain, derived));
+      assertEquals(M2mpsk.REASON_BAD_KEY, handshakeWith(derived, wrong));
+      expect(M2mpsk.E_KEY_LENGTH, () -> derived.addDerived("k@onem2m.com", new byte[15],
+          "//m2m.example.com/cse-in", null, IDB));
+      expect(M2mpsk.E_IDA, () -> derived.addDerived("k@onem2m.com", ke, "cse-in", null, IDB));
+      expect(M2mpsk.E_DUPLICATE, () -> derived.addDerived(KPSA_ID, ke, "/cse-in", null, IDB));
+      assertEquals(1, derived.count());
     }
   }
 

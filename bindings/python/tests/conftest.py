@@ -1,6 +1,6 @@
 """Shared helpers for the binding's tests: the record both entities hold, a
-monotonic clock, and an in-memory link that moves bytes between two
-associations."""
+monotonic clock, an in-memory link that moves bytes between two
+associations, and the check that a call raises the right error."""
 import time
 
 import pytest
@@ -15,6 +15,18 @@ IDA = "//m2m.example.com/cse-in/Cae1"
 
 def now_ms():
     return int(time.monotonic() * 1000)
+
+
+def raises(code, fn, *args, cls=m2mpsk.Error, reason=m2mpsk.REASON_NONE):
+    """Calls fn(*args), which must raise `cls` with this code and reason, a
+    detail, and the status description in its message."""
+    with pytest.raises(cls) as e:
+        fn(*args)
+    assert e.value.code == code, str(e.value)
+    assert e.value.reason == reason, str(e.value)
+    assert e.value.detail
+    assert m2mpsk.strerror(code) in str(e.value)
+    return e.value
 
 
 def pump(a, b, rounds=50):

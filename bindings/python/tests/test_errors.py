@@ -5,17 +5,7 @@ import subprocess
 import pytest
 
 import m2mpsk
-from conftest import IDA, IDB, KEY, KPSA_ID, now_ms, pump
-
-
-def raises(code, fn, *args, cls=m2mpsk.Error, reason=m2mpsk.REASON_NONE):
-    with pytest.raises(cls) as e:
-        fn(*args)
-    assert e.value.code == code, str(e.value)
-    assert e.value.reason == reason, str(e.value)
-    assert e.value.detail
-    assert m2mpsk.strerror(code) in str(e.value)
-    return e.value
+from conftest import IDA, IDB, KEY, KPSA_ID, now_ms, pump, raises
 
 
 def test_validators():
