@@ -34,6 +34,7 @@ const char *m2mpsk_strerror(int status) {
     return "responder config has no local identity (IdB)";
   case M2MPSK_E_BACKEND: return "TLS backend module could not be loaded";
   case M2MPSK_E_LIMIT: return "a configured resource limit was reached";
+  case M2MPSK_E_UNSUPPORTED: return "not supported by this build's TLS backend";
   default: return "unknown status";
   }
 }

@@ -118,7 +118,10 @@ typedef enum m2mpsk_status {
   M2MPSK_E_BACKEND = -32,
   /** A configured resource limit was reached (handshakes in progress,
    *  buffered input); nothing was consumed or created. Since 0.2. */
-  M2MPSK_E_LIMIT = -33
+  M2MPSK_E_LIMIT = -33,
+  /** This build's TLS backend cannot do what was asked (e.g. the DTLS
+   *  cookie exchange with BoringSSL). Since 0.2. */
+  M2MPSK_E_UNSUPPORTED = -34
 } m2mpsk_status;
 
 /**
@@ -795,6 +798,50 @@ M2MPSK_API m2mpsk_reason m2mpsk_assoc_failure(const m2mpsk_assoc *a);
  * containing key bytes; "" when none. Borrowed from `a`.
  */
 M2MPSK_API const char *m2mpsk_assoc_failure_detail(const m2mpsk_assoc *a);
+
+/**
+ * The DTLS responder's stateless cookie exchange (RFC 6347 §4.2.1). Call it
+ * with each datagram from a peer that has no association yet, before
+ * creating one, so that a forged source address costs no per-peer state.
+ * `peer_tag` names the peer as m2mpsk_assoc_set_peer_tag() does (typically
+ * its address); the cookie is bound to it. Since 0.2.
+ *
+ *  - M2MPSK_OK: `datagram` is a ClientHello with a valid cookie for
+ *    `peer_tag`. Create a responder DTLS association from `cfg`, set the
+ *    same peer tag, start it and feed it this same datagram.
+ *  - M2MPSK_E_AGAIN: send the HelloVerifyRequest written to `out`
+ *    (*out_len bytes; 64 bytes always suffice) back to the peer. Nothing is
+ *    kept: the peer's next ClientHello will carry the cookie.
+ *
+ * The cookie is HMAC-SHA-256, truncated to 16 bytes, over the peer tag and
+ * the ClientHello's random (which a client keeps when it resends), under a
+ * 32-byte secret drawn at random when the config's responder DTLS context
+ * is made (by the first such association or call) and wiped when the
+ * config goes. The secret is not rotated: to change it, replace the
+ * config. The call uses a scratch TLS object from that context, made and
+ * freed within it; nothing allocated outlives the call. Thread-safe;
+ * freezes the config, as m2mpsk_assoc_new() does.
+ *
+ * With the OpenSSL backend every DTLS responder association requires a
+ * valid cookie: a first ClientHello without one (a host that does not call
+ * this) is answered with a HelloVerifyRequest by the association itself,
+ * which is correct but stateful. OpenSSL, GnuTLS, BoringSSL and tinydtls
+ * clients, and m2mpsk's initiators, all answer HelloVerifyRequest.
+ *
+ * Returns M2MPSK_OK, M2MPSK_E_AGAIN, M2MPSK_E_INVALID (NULL cfg, peer_tag,
+ * datagram, out or out_len; len 0 or above 65535; cap 0; a peer tag that
+ * m2mpsk_assoc_set_peer_tag() would refuse; or a datagram that is not a
+ * DTLS ClientHello whose cookie is in its first fragment: drop it),
+ * M2MPSK_E_BUFFER (the HelloVerifyRequest does not fit in `cap`; nothing
+ * written), M2MPSK_E_UNSUPPORTED (the backend has no cookie exchange:
+ * BoringSSL, whose DTLS server sends no HelloVerifyRequest; create the
+ * association at once instead), M2MPSK_E_BACKEND, M2MPSK_E_NOMEM or
+ * M2MPSK_E_INTERNAL.
+ */
+M2MPSK_API int m2mpsk_dtls_listen(m2mpsk_config *cfg, const char *peer_tag,
+                                  const uint8_t *datagram, size_t len,
+                                  uint8_t *out, size_t cap,
+                                  size_t *out_len) M2MPSK_MUST_CHECK;
 
 /* ------------------------------------------------------------------------ */
 /* Resource limits, rate limiting and audit events (since 0.2)               */

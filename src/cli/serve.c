@@ -331,6 +331,29 @@ static void on_udp_input(server *s) {
         cli_trace("%s: rate-limited, datagram dropped", peer);
         continue;
       }
+      /* Nor before it proves it receives at its address: its ClientHello
+       * gets a HelloVerifyRequest, and only the one that returns the
+       * cookie makes an association (BoringSSL has no cookies). The
+       * cookie is bound to the association's peer tag, the host. */
+      static int no_cookies;
+      if (!no_cookies) {
+        uint8_t hvr[256];
+        size_t hvr_len;
+        int rc = m2mpsk_dtls_listen(s->cfg, host, buf, (size_t)n, hvr,
+                                    sizeof(hvr), &hvr_len);
+        if (rc == M2MPSK_E_AGAIN) {
+          cli_trace("%s: HelloVerifyRequest sent", peer);
+          (void)sendto(s->fd, hvr, hvr_len, MSG_NOSIGNAL,
+                       (struct sockaddr *)&addr, len);
+          continue;
+        }
+        if (rc == M2MPSK_E_UNSUPPORTED) {
+          no_cookies = 1;
+        } else if (rc != M2MPSK_OK) {
+          cli_trace("%s: datagram dropped (%s)", peer, m2mpsk_strerror(rc));
+          continue;
+        }
+      }
       if ((c = add_conn(s, -1, &addr, len)) == NULL)
         continue;
     }

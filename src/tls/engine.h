@@ -40,9 +40,12 @@ typedef struct m2mpsk_engine_hooks {
   unsigned (*on_server_psk)(m2mpsk_assoc *a, const char *identity, uint8_t *psk,
                             size_t psk_cap);
   int (*on_server_name)(m2mpsk_assoc *a, const char *host);
+  /* The association's peer tag, or NULL (ABI 3): what a DTLS cookie is
+   * bound to. */
+  const char *(*peer_tag)(const m2mpsk_assoc *a);
 } m2mpsk_engine_hooks;
 
-#define M2MPSK_ENGINE_ABI 2
+#define M2MPSK_ENGINE_ABI 3
 
 typedef struct m2mpsk_engine_ops {
   unsigned abi; /* M2MPSK_ENGINE_ABI */
@@ -79,6 +82,15 @@ typedef struct m2mpsk_engine_ops {
   m2mpsk_reason (*failure)(m2mpsk_engine *e, char *detail, size_t cap);
   /* Bytes pushed but not yet consumed by the TLS library (ABI 2). */
   size_t (*buffered)(const m2mpsk_engine *e);
+  /* The stateless DTLS cookie exchange on a responder DTLS context, for a
+   * datagram from a peer that has no association (ABI 3): M2MPSK_OK for a
+   * ClientHello whose cookie is valid for `peer_tag`, M2MPSK_E_AGAIN with a
+   * HelloVerifyRequest in `out`, M2MPSK_E_INVALID (not a ClientHello),
+   * M2MPSK_E_BUFFER, M2MPSK_E_NOMEM or M2MPSK_E_INTERNAL. Keeps nothing.
+   * NULL when the backend cannot do it (BoringSSL). */
+  int (*dtls_listen)(m2mpsk_engine_ctx *ctx, const char *peer_tag,
+                     const uint8_t *datagram, size_t len, uint8_t *out,
+                     size_t cap, size_t *out_len);
 } m2mpsk_engine_ops;
 
 /* The one symbol a backend module exports. */
@@ -142,6 +154,14 @@ const char *m2mpsk_engine_psk_identity(const m2mpsk_engine *e);
 int m2mpsk_engine_export(const m2mpsk_engine *e, uint8_t *out, size_t out_len,
                          const char *label, const uint8_t *context,
                          size_t context_len);
+/* The ops table's dtls_listen, or M2MPSK_E_UNSUPPORTED when the backend
+ * has none. */
+int m2mpsk_engine_dtls_listen(m2mpsk_engine_ctx *ctx, const char *peer_tag,
+                              const uint8_t *datagram, size_t len, uint8_t *out,
+                              size_t cap, size_t *out_len);
+/* 1 when the backend can run the DTLS cookie exchange, 0 when not (or it
+ * cannot be loaded). */
+int m2mpsk_engine_has_cookies(void);
 /* After M2MPSK_ENG_FAIL or M2MPSK_E_FAILED: why, from the TLS library's
  * point of view, with a readable detail. */
 m2mpsk_reason m2mpsk_engine_failure(m2mpsk_engine *e, char *detail,

@@ -41,6 +41,7 @@ static const m2mpsk_engine_hooks k_hooks = {
     .on_client_psk = m2mpsk_assoc_on_client_psk,
     .on_server_psk = m2mpsk_assoc_on_server_psk,
     .on_server_name = m2mpsk_assoc_on_server_name,
+    .peer_tag = m2mpsk_assoc_peer_tag,
 };
 
 static _Atomic(const m2mpsk_engine_ops *) g_ops;
@@ -235,4 +236,17 @@ int m2mpsk_engine_export(const m2mpsk_engine *e, uint8_t *out, size_t out_len,
 m2mpsk_reason m2mpsk_engine_failure(m2mpsk_engine *e, char *detail,
                                     size_t detail_cap) {
   return ops()->failure(e, detail, detail_cap);
+}
+
+int m2mpsk_engine_has_cookies(void) {
+  const m2mpsk_engine_ops *o = m2mpsk_tls();
+  return o != NULL && o->dtls_listen != NULL;
+}
+
+int m2mpsk_engine_dtls_listen(m2mpsk_engine_ctx *ctx, const char *peer_tag,
+                              const uint8_t *datagram, size_t len, uint8_t *out,
+                              size_t cap, size_t *out_len) {
+  if (ops()->dtls_listen == NULL)
+    return M2MPSK_E_UNSUPPORTED;
+  return ops()->dtls_listen(ctx, peer_tag, datagram, len, out, cap, out_len);
 }

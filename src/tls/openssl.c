@@ -66,8 +66,17 @@
  * - A DTLS responder resends its last flight, as it was sent, when the
  *   initiator retransmits its ChangeCipherSpec (see ossl_push); OpenSSL
  *   itself answers only a retransmitted Finished.
- * - No HelloVerifyRequest yet: the DTLS responder does not run the cookie
- *   exchange.
+ * - The DTLS responder runs the cookie exchange (HelloVerifyRequest),
+ *   which BoringSSL's DTLS server lacks. ossl_dtls_listen() does it with
+ *   no state for a peer that has no association (a scratch SSL, made and
+ *   freed within the call), and every responder association starts in
+ *   DTLSv1_listen(), so that a ClientHello without a valid cookie gets a
+ *   HelloVerifyRequest there too, and one with a cookie continues with
+ *   the message and record sequence numbers RFC 6347 §4.2.2 expects (a
+ *   cookie-bearing ClientHello fed straight to SSL_accept() stalls). The
+ *   cookie is HMAC-SHA-256 under a per-context random secret over the
+ *   peer tag and the ClientHello's random, which our BIO picks out of the
+ *   datagram DTLSv1_listen() reads (its callbacks are not given it).
  *
  * Residual copies: OpenSSL copies the PSK into a stack buffer and a heap
  * copy during the handshake, and wipes both (OPENSSL_cleanse,
@@ -83,7 +92,9 @@
 #include <openssl/bio.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
+#include <openssl/hmac.h>
 #include <openssl/opensslv.h>
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
 
 #include "engine.h"
@@ -100,10 +111,16 @@ static int g_steer;
 
 static void ossl_abort(m2mpsk_engine *e, uint8_t alert);
 
+/* DTLS cookies: the length sent, and the secret they are made with. */
+#define COOKIE_LEN 16
+#define COOKIE_SECRET_LEN 32
+
 struct m2mpsk_engine_ctx {
   SSL_CTX *ssl_ctx;
   int dtls;
   int server;
+  /* DTLS responder: drawn at creation, wiped at free; never rotated. */
+  uint8_t cookie_secret[COOKIE_SECRET_LEN];
 };
 
 typedef struct bytebuf {
@@ -145,6 +162,15 @@ struct m2mpsk_engine {
    * as sent), kept until the peer shows it has it (see ossl_push). */
   int capture;
   bytebuf last_flight;
+  /* DTLS responder, until a ClientHello with a valid cookie: every
+   * handshake step goes through DTLSv1_listen(). listen_tag is the scratch
+   * engine's peer tag (ossl_dtls_listen), else the owner's is asked for.
+   * hello_random is the random of the last ClientHello read while
+   * listening, which the cookie covers. */
+  int listening;
+  const char *listen_tag;
+  int have_random;
+  uint8_t hello_random[32];
   m2mpsk_reason reason;
   char detail[160];
 };
@@ -356,6 +382,15 @@ static void note_sent_stream(m2mpsk_engine *e, const uint8_t *d, size_t n) {
 
 /* ---- our BIO ------------------------------------------------------------- */
 
+/* A ClientHello in its first fragment: record header (13 bytes), handshake
+ * header (12), client_version (2), then the random. DTLSv1_listen() checks
+ * the rest before it asks for a cookie. */
+static void note_hello_random(m2mpsk_engine *e, const uint8_t *d, size_t n) {
+  e->have_random = n >= 13 + 12 + 2 + 32 && d[0] == 22 && d[13] == 1;
+  if (e->have_random)
+    memcpy(e->hello_random, d + 13 + 12 + 2, 32);
+}
+
 static _Thread_local uint64_t t_now_ms;
 
 static int bio_read(BIO *bio, char *out, int outl) {
@@ -370,6 +405,8 @@ static int bio_read(BIO *bio, char *out, int outl) {
     size_t dlen = buf_next_datagram(&e->in);
     n = dlen < (size_t)outl ? dlen : (size_t)outl;
     memcpy(out, e->in.p + e->in.off + 2, n);
+    if (e->listening)
+      note_hello_random(e, (const uint8_t *)out, n);
     buf_consume(&e->in, dlen + 2);
   } else {
     n = e->in.len < (size_t)outl ? e->in.len : (size_t)outl;
@@ -511,7 +548,59 @@ static int server_name_cb(SSL *ssl, int *out_alert, void *arg) {
   return SSL_TLSEXT_ERR_OK;
 }
 
+/* ---- DTLS cookies ----------------------------------------------------------
+ */
+
+/* HMAC-SHA-256(secret, len(tag) || tag || ClientHello.random). The tag is
+ * the scratch engine's, or the association's (none counts as ""). */
+static int make_cookie(SSL *ssl, uint8_t mac[32]) {
+  const m2mpsk_engine *e = SSL_get_app_data(ssl);
+  const m2mpsk_engine_ctx *c = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
+  if (e == NULL || c == NULL || !e->have_random)
+    return 0;
+  const char *tag = e->listen_tag;
+  if (tag == NULL && e->owner != NULL)
+    tag = g_hooks->peer_tag(e->owner);
+  if (tag == NULL)
+    tag = "";
+  size_t n = strlen(tag);
+  uint8_t msg[1 + M2MPSK_PEER_TAG_MAX + 32];
+  if (n > M2MPSK_PEER_TAG_MAX)
+    return 0;
+  msg[0] = (uint8_t)n;
+  memcpy(msg + 1, tag, n);
+  memcpy(msg + 1 + n, e->hello_random, 32);
+  unsigned mac_len = 0;
+  int ok = HMAC(EVP_sha256(), c->cookie_secret, COOKIE_SECRET_LEN, msg,
+                1 + n + 32, mac, &mac_len) != NULL &&
+           mac_len == 32;
+  ERR_clear_error();
+  return ok;
+}
+
+static int gen_cookie_cb(SSL *ssl, unsigned char *cookie,
+                         unsigned int *cookie_len) {
+  uint8_t mac[32];
+  if (!make_cookie(ssl, mac))
+    return 0;
+  memcpy(cookie, mac, COOKIE_LEN);
+  *cookie_len = COOKIE_LEN;
+  OPENSSL_cleanse(mac, sizeof(mac));
+  return 1;
+}
+
+static int verify_cookie_cb(SSL *ssl, const unsigned char *cookie,
+                            unsigned int cookie_len) {
+  uint8_t mac[32];
+  int ok = cookie_len == COOKIE_LEN && make_cookie(ssl, mac) &&
+           CRYPTO_memcmp(mac, cookie, COOKIE_LEN) == 0;
+  OPENSSL_cleanse(mac, sizeof(mac));
+  return ok;
+}
+
 /* ---- contexts ------------------------------------------------------------ */
+
+static void ossl_ctx_free(m2mpsk_engine_ctx *ctx);
 
 static int ossl_ctx_new(m2mpsk_engine_ctx **out, m2mpsk_role role,
                         m2mpsk_transport transport, const char *iana_names) {
@@ -557,6 +646,17 @@ static int ossl_ctx_new(m2mpsk_engine_ctx **out, m2mpsk_role role,
                              SSL_OP_CIPHER_SERVER_PREFERENCE |
                              SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
   SSL_CTX_set_session_cache_mode(s, SSL_SESS_CACHE_OFF);
+  if (c->dtls && c->server) {
+    if (RAND_bytes(c->cookie_secret, sizeof(c->cookie_secret)) != 1 ||
+        !SSL_CTX_set_app_data(s, c)) {
+      ERR_clear_error();
+      ossl_ctx_free(c);
+      return M2MPSK_E_INTERNAL;
+    }
+    SSL_CTX_set_options(s, SSL_OP_COOKIE_EXCHANGE);
+    SSL_CTX_set_cookie_generate_cb(s, gen_cookie_cb);
+    SSL_CTX_set_cookie_verify_cb(s, verify_cookie_cb);
+  }
   if (c->server) {
     SSL_CTX_set_psk_server_callback(s, server_psk_cb);
     SSL_CTX_set_tlsext_servername_callback(s, server_name_cb);
@@ -571,6 +671,7 @@ static void ossl_ctx_free(m2mpsk_engine_ctx *ctx) {
   if (ctx == NULL)
     return;
   SSL_CTX_free(ctx->ssl_ctx);
+  OPENSSL_cleanse(ctx->cookie_secret, sizeof(ctx->cookie_secret));
   free(ctx);
 }
 
@@ -609,6 +710,7 @@ static int ossl_new(m2mpsk_engine **out, m2mpsk_engine_ctx *ctx,
   if (e->dtls) {
     DTLS_set_timer_cb(e->ssl, timer_cb);
     SSL_set_mtu(e->ssl, 1400);
+    e->listening = e->server;
   }
   *out = e;
   return M2MPSK_OK;
@@ -789,10 +891,50 @@ static void classify(m2mpsk_engine *e, int ssl_error) {
   }
 }
 
+/* A DTLS responder's first step: DTLSv1_listen() answers a ClientHello
+ * without a valid cookie with a HelloVerifyRequest and drops anything else;
+ * for one with a valid cookie it returns 1, with the ClientHello buffered
+ * for SSL_do_handshake() and the sequence numbers set to follow it. It
+ * wants somewhere to put the peer's address, which our BIO does not have. */
+static int listen_step(m2mpsk_engine *e) {
+  BIO_ADDR *peer = BIO_ADDR_new();
+  if (peer == NULL) {
+    e->nomem = 1;
+    return -1;
+  }
+  ERR_clear_error();
+  int r = DTLSv1_listen(e->ssl, peer);
+  BIO_ADDR_free(peer);
+  if (r > 0)
+    e->listening = 0;
+  return r;
+}
+
+/* Whether the error queue holds an allocation failure. Empties it. */
+static int malloc_failed(void) {
+  unsigned long err;
+  int found = 0;
+  while ((err = ERR_get_error()) != 0)
+    found |= ERR_GET_REASON(err) == ERR_R_MALLOC_FAILURE;
+  return found;
+}
+
 static int ossl_handshake(m2mpsk_engine *e) {
   if (e->stopped) {
     classify(e, SSL_ERROR_SSL);
     return M2MPSK_ENG_FAIL;
+  }
+  if (e->listening) {
+    /* A HelloVerifyRequest that could not be made is like a lost one. */
+    int r = listen_step(e);
+    if (r < 0) {
+      classify(e, SSL_ERROR_SSL);
+      return M2MPSK_ENG_FAIL;
+    }
+    if (r == 0) {
+      ERR_clear_error();
+      return M2MPSK_ENG_WANT;
+    }
   }
   ERR_clear_error();
   /* A DTLS responder's handshake ends in the call that writes its last
@@ -1001,6 +1143,45 @@ static m2mpsk_reason ossl_failure(m2mpsk_engine *e, char *detail,
   return e->reason;
 }
 
+/* The stateless exchange: a scratch engine on the responder DTLS context,
+ * listening to one datagram, then freed. It keeps nothing of the peer. */
+static int ossl_dtls_listen(m2mpsk_engine_ctx *ctx, const char *peer_tag,
+                            const uint8_t *datagram, size_t len, uint8_t *out,
+                            size_t cap, size_t *out_len) {
+  if (!ctx->dtls || !ctx->server)
+    return M2MPSK_E_INVALID;
+  m2mpsk_engine *e;
+  int rc = ossl_new(&e, ctx, NULL);
+  if (rc != M2MPSK_OK)
+    return rc;
+  e->listen_tag = peer_tag;
+  if (!buf_push_datagram(&e->in, datagram, len)) {
+    ossl_free(e);
+    return M2MPSK_E_NOMEM;
+  }
+  int r = listen_step(e);
+  int nomem = malloc_failed() || e->nomem;
+  size_t n = buf_next_datagram(&e->out);
+  if (r > 0) {
+    rc = M2MPSK_OK;
+  } else if (r == 0 && e->out.len > 0) {
+    if (n > cap) {
+      rc = M2MPSK_E_BUFFER;
+    } else {
+      memcpy(out, e->out.p + e->out.off + 2, n);
+      *out_len = n;
+      rc = M2MPSK_E_AGAIN;
+    }
+  } else if (nomem) {
+    rc = M2MPSK_E_NOMEM;
+  } else {
+    /* r == 0: dropped, not a ClientHello */
+    rc = r == 0 ? M2MPSK_E_INVALID : M2MPSK_E_INTERNAL;
+  }
+  ossl_free(e);
+  return rc;
+}
+
 static const m2mpsk_engine_ops k_ops = {
     .abi = M2MPSK_ENGINE_ABI,
     .backend_name = ossl_backend_name,
@@ -1031,6 +1212,7 @@ static const m2mpsk_engine_ops k_ops = {
     .psk_identity = ossl_psk_identity,
     .export_keying = ossl_export,
     .failure = ossl_failure,
+    .dtls_listen = ossl_dtls_listen,
 };
 
 /* Exported from the module (default visibility), and linked directly into

@@ -46,6 +46,12 @@ int main(void) {
   EXPECT(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR, M2MPSK_TRANSPORT_TLS,
                           cfg, ks, "test@onem2m.com") == M2MPSK_E_BACKEND);
   EXPECT(a == NULL);
+  static const uint8_t hello[13] = {22, 0xfe, 0xfd};
+  uint8_t out[64];
+  size_t out_len = 1;
+  EXPECT(m2mpsk_dtls_listen(cfg, "192.0.2.7:5684", hello, sizeof(hello), out,
+                            sizeof(out), &out_len) == M2MPSK_E_BACKEND);
+  EXPECT(out_len == 0);
   /* What needs no TLS still works. */
   EXPECT(m2mpsk_kpsa_id_validate("test@onem2m.com") == M2MPSK_OK);
   EXPECT(m2mpsk_keystore_count(ks) == 1);

@@ -1,0 +1,42 @@
+/* The DTLS responder's stateless cookie exchange: m2mpsk_dtls_listen(). The
+ * backend does the work on the config's responder DTLS context; this file
+ * checks the arguments the way the rest of the API does. */
+#include <string.h>
+
+#include "internal.h"
+#include "tls/engine.h"
+
+/* The same rule as m2mpsk_assoc_set_peer_tag(), so that whatever tag a
+ * cookie was made for can be given to the association. */
+static int peer_tag_ok(const char *tag) {
+  size_t n = strnlen(tag, M2MPSK_PEER_TAG_MAX + 1);
+  if (n == 0 || n > M2MPSK_PEER_TAG_MAX)
+    return 0;
+  for (size_t i = 0; i < n; i++)
+    if (tag[i] < 0x20 || tag[i] > 0x7e)
+      return 0;
+  return 1;
+}
+
+int m2mpsk_dtls_listen(m2mpsk_config *cfg, const char *peer_tag,
+                       const uint8_t *datagram, size_t len, uint8_t *out,
+                       size_t cap, size_t *out_len) {
+  if (cfg == NULL || peer_tag == NULL || datagram == NULL || out == NULL ||
+      out_len == NULL || len == 0 || len > 0xffff || cap == 0 ||
+      !peer_tag_ok(peer_tag))
+    return M2MPSK_E_INVALID;
+  *out_len = 0;
+  if (m2mpsk_tls() == NULL)
+    return M2MPSK_E_BACKEND;
+  /* Before the context: a backend without cookies neither freezes the
+   * config nor builds a context for nothing. */
+  if (!m2mpsk_engine_has_cookies())
+    return M2MPSK_E_UNSUPPORTED;
+  int rc;
+  m2mpsk_engine_ctx *ctx = m2mpsk_config_engine_ctx(cfg, M2MPSK_ROLE_RESPONDER,
+                                                    M2MPSK_TRANSPORT_DTLS, &rc);
+  if (ctx == NULL)
+    return rc;
+  return m2mpsk_engine_dtls_listen(ctx, peer_tag, datagram, len, out, cap,
+                                   out_len);
+}
