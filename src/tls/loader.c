@@ -32,6 +32,14 @@
  * an OpenSSL the host loaded first, and .ci/sanitize leaves out the
  * coexistence tests that prove the isolation. */
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define M2MPSK_SANITIZED 1 /* gcc */
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) ||     \
+    __has_feature(memory_sanitizer)
+#define M2MPSK_SANITIZED 1 /* clang defines neither macro above */
+#endif
+#endif
+#ifdef M2MPSK_SANITIZED
 #define MODULE_DLOPEN_FLAGS (RTLD_NOW | RTLD_LOCAL)
 #else
 #define MODULE_DLOPEN_FLAGS (RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND)
