@@ -19,7 +19,7 @@ static const char k_serve_usage[] =
     "                    [--port N] [--tcp | --udp] [--once] [--max-conn N]\n"
     "                    [--suites LIST|all|ts0003] [--reveal-unknown]\n"
     "                    [--timeout MS] [--idle MS] [--rate-limit N]\n"
-    "                    [--audit] [-v]\n"
+    "                    [--audit] [--http] [-v]\n"
     "\n"
     "Runs Entity B: accepts (D)TLS-PSK associations, logs one line for each\n"
     "(peer, KpsaID, bound identity, suite and version, or the failure\n"
@@ -48,6 +48,15 @@ static const char k_serve_usage[] =
     "  --audit            log the library's audit events, one \"audit\" line\n"
     "                     each (established, failed, revoked, rate-limited,\n"
     "                     closed)\n"
+    "  --http             answer oneM2M HTTP-binding requests (TS-0009)\n"
+    "                     instead of echoing: X-M2M-Origin is checked\n"
+    "                     against the association's binding (TS-0003\n"
+    "                     7.2.1); an accepted <AE> CREATE (POST, ty=2) gets\n"
+    "                     201 with its AE-ID, bound to an association bound\n"
+    "                     to a Credential-ID; other accepted requests 200;\n"
+    "                     a forged From 403 with X-M2M-RSC 4106; malformed\n"
+    "                     input 400 and the association closed. One\n"
+    "                     \"request\" line each\n"
     "  -v                 trace handshakes (never key bytes)\n";
 
 #define BUF_SIZE 17408
@@ -62,6 +71,7 @@ typedef struct conn {
   uint8_t *out; /* TCP bytes drained but not yet sent */
   size_t out_len;
   uint64_t last_input; /* monotonic ms */
+  cli_http *http;      /* --http: buffered request bytes */
   int logged;
   int done;
 } conn;
@@ -72,6 +82,7 @@ typedef struct server {
   int once;
   int once_result; /* -1 until the first association ended */
   int audit;
+  int http; /* --http */
   size_t max_conn;
   uint64_t idle_ms;
   m2mpsk_config *cfg;
@@ -147,7 +158,14 @@ static void process(server *s, conn *c) {
   while (st == M2MPSK_STATE_ESTABLISHED || st == M2MPSK_STATE_CLOSED) {
     size_t n, w;
     int rc = m2mpsk_assoc_read(c->a, buf, sizeof(buf), &n);
-    if (rc == M2MPSK_OK) {
+    if (rc == M2MPSK_OK && s->http) {
+      cli_trace("%s: %zu bytes of application data", c->peer, n);
+      if (cli_http_input(&c->http, c->a, c->peer, buf, n) != 0) {
+        (void)m2mpsk_assoc_close(c->a);
+        end_conn(s, c, 1);
+        break;
+      }
+    } else if (rc == M2MPSK_OK) {
       cli_trace("%s: %zu bytes of application data, echoed", c->peer, n);
       (void)m2mpsk_assoc_write(c->a, buf, n, &w);
     } else if (rc == M2MPSK_E_CLOSED) {
@@ -250,6 +268,7 @@ static void free_conn(conn *c) {
   if (c->fd >= 0)
     close(c->fd);
   m2mpsk_assoc_free(c->a);
+  cli_http_free(c->http);
   free(c->out);
   free(c);
 }
@@ -502,11 +521,12 @@ int cli_serve(int argc, char **argv) {
       {"idle", required_argument, NULL, 'I'},
       {"rate-limit", required_argument, NULL, 'R'},
       {"audit", no_argument, NULL, 'A'},
+      {"http", no_argument, NULL, 'H'},
       {"verbose", no_argument, NULL, 'v'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   unsigned long idle = 300000, rate_limit = 10;
-  int audit = 0;
+  int audit = 0, http = 0;
   const char *keys = NULL, *listen_on = "127.0.0.1", *port = "0",
              *suites = NULL;
   const char **ids = calloc((size_t)argc, sizeof(*ids));
@@ -562,6 +582,7 @@ int cli_serve(int argc, char **argv) {
       }
       break;
     case 'A': audit = 1; break;
+    case 'H': http = 1; break;
     case 'v': break;
     case 'h':
       fputs(k_serve_usage, stdout);
@@ -585,7 +606,8 @@ int cli_serve(int argc, char **argv) {
               .once_result = -1,
               .max_conn = max_conn,
               .idle_ms = idle,
-              .audit = audit};
+              .audit = audit,
+              .http = http};
   s.cfg = cli_make_config(suites, (uint32_t)timeout, ids, n_ids, reveal);
   free(ids);
   if (s.cfg == NULL)
