@@ -98,6 +98,17 @@ static int m2mpsk_swig_u32(int64_t v, uint32_t *out) {
   return 1;
 }
 
+/* A copy of `s` for SWIG to hand over and free (%newobject); null with
+ * E_NOMEM recorded when memory is short. */
+static char *m2mpsk_swig_strdup(const char *s) {
+  char *c = (char *)malloc(strlen(s) + 1);
+  if (c == NULL) {
+    m2mpsk_swig_fail(M2MPSK_E_NOMEM, NULL);
+    return NULL;
+  }
+  return strcpy(c, s);
+}
+
 /* The failure reason and detail an exception carries for `st`. */
 static int m2mpsk_swig_reason(const m2mpsk_swig_status *st) {
   return st->assoc != NULL ? (int)m2mpsk_assoc_failure(st->assoc)
@@ -136,8 +147,8 @@ static void m2mpsk_swig_detail(const m2mpsk_swig_status *st, char *out,
 %rename("%(strip:[m2mpsk_])s") m2mpsk_event_type_name;
 
 /* Constants: every value of the status, limits, keystore flag, role,
- * transport, state, reason, rate key, event type, peer kind, originator
- * flag and verdict enums. The enums themselves must be let through for
+ * transport, profile, state, reason, rate key, event type, peer kind,
+ * originator flag and verdict enums. The enums themselves must be let through for
  * SWIG to look at their values. */
 %rename("%(strip:[m2mpsk_])s") m2mpsk_status;
 %rename("%(strip:[m2mpsk_])s") m2mpsk_limits;
@@ -151,6 +162,7 @@ static void m2mpsk_swig_detail(const m2mpsk_swig_status *st, char *out,
 %rename("%(strip:[m2mpsk_])s") m2mpsk_peer_kind;
 %rename("%(strip:[m2mpsk_])s") m2mpsk_originator_flags;
 %rename("%(strip:[m2mpsk_])s") m2mpsk_originator_verdict;
+%rename("%(strip:[m2mpsk_])s") m2mpsk_profile;
 %define M2MPSK_CONSTANTS(PATTERN)
 %rename("%(strip:[M2MPSK_])s", regextarget=1) PATTERN;
 %enddef
@@ -161,6 +173,7 @@ M2MPSK_CONSTANTS("^M2MPSK_KEYSTORE_REQUIRE_LOCKED$")
 M2MPSK_CONSTANTS("^M2MPSK_(ROLE|TRANSPORT|STATE|REASON|RATE|EVENT)_[A-Z_]+$")
 M2MPSK_CONSTANTS("^M2MPSK_PEER_(NONE|AE|CSE|CREDENTIAL)$")
 M2MPSK_CONSTANTS("^M2MPSK_ORIGINATOR_[A-Z_]+$")
+M2MPSK_CONSTANTS("^M2MPSK_PROFILE_[A-Z0-9_]+$")
 
 /* The glue functions, exposed under the names of the C functions they
  * stand for. */
@@ -170,6 +183,10 @@ M2MPSK_CONSTANTS("^M2MPSK_ORIGINATOR_[A-Z_]+$")
 %rename(idb_server_name) m2mpsk_swig_idb_server_name;
 %newobject m2mpsk_swig_idb_server_name;
 %rename(originator_check) m2mpsk_swig_originator_check;
+%rename(profile_missing) m2mpsk_swig_profile_missing;
+%newobject m2mpsk_swig_profile_missing;
+%rename(profile_suites) m2mpsk_swig_profile_suites;
+%newobject m2mpsk_swig_profile_suites;
 
 /* ---- per-language typemaps, exception classes and names ---------------- */
 #if defined(SWIGPYTHON)
@@ -228,16 +245,40 @@ static void m2mpsk_swig_ida_validate(const char *ida) {
  * sent. Raises E_IDB or E_ID_LENGTH (E_INVALID for a null value). */
 static char *m2mpsk_swig_idb_server_name(const char *idb) {
   char buf[256];
-  char *s;
   int rc = m2mpsk_idb_server_name(idb, buf, sizeof buf);
   if (rc == M2MPSK_E_NOT_FOUND || m2mpsk_swig_fail(rc, NULL))
     return NULL;
-  s = (char *)malloc(strlen(buf) + 1);
-  if (s == NULL) {
-    m2mpsk_swig_fail(M2MPSK_E_NOMEM, NULL);
+  return m2mpsk_swig_strdup(buf);
+}
+%}
+
+/* ---- suite profiles ------------------------------------------------------ */
+%inline %{
+/** The colon-separated IANA names of the suites that profile (a PROFILE_
+ * constant) mandates and this build's backend lacks: "" when it has them
+ * all; with BoringSSL, "TLS_PSK_WITH_AES_128_CBC_SHA256:
+ * TLS_PSK_WITH_AES_128_CCM_8". Raises E_INVALID (unknown profile) or
+ * E_BACKEND. Thread-safe. */
+static char *m2mpsk_swig_profile_missing(int profile) {
+  char buf[128];
+  if (m2mpsk_swig_fail(m2mpsk_profile_missing((m2mpsk_profile)profile, buf, sizeof buf),
+                       NULL))
     return NULL;
-  }
-  return strcpy(s, buf);
+  return m2mpsk_swig_strdup(buf);
+}
+
+/** The suites profile offers over transport (TRANSPORT_TLS or
+ * TRANSPORT_DTLS) with this build's backend, colon-separated, in
+ * preference order. Raises E_INVALID (unknown profile or transport) or
+ * E_BACKEND. Thread-safe. */
+static char *m2mpsk_swig_profile_suites(int profile, int transport) {
+  char buf[1024];
+  if (m2mpsk_swig_fail(m2mpsk_profile_suites((m2mpsk_profile)profile,
+                                             (m2mpsk_transport)transport, buf,
+                                             sizeof buf),
+                       NULL))
+    return NULL;
+  return m2mpsk_swig_strdup(buf);
 }
 %}
 
@@ -504,6 +545,7 @@ typedef struct Event {} Event;
  * of associations on any number of threads. */
 typedef struct Config {} Config;
 %newobject Config::next_event;
+%newobject Config::suites;
 %extend Config {
   /** Creates a config with the defaults: the RFC 4279 plain-PSK suites this
    * build supports, a 60 s handshake timeout, no local identities, unknown
@@ -566,6 +608,62 @@ typedef struct Config {} Config;
       return;
     m2mpsk_swig_fail(m2mpsk_config_set_reveal_unknown_identity(M2MPSK_SWIG_H($self), on),
                      NULL);
+  }
+
+  /* SA2 and suite profiles (since 0.2). */
+
+  /** SA2 (TS-0003 8.2.1): when true, associations made from this config
+   * run with the roles reversed, for a second association that Entity B
+   * opens towards an Entity A reachable for requests, with the same
+   * records. The initiator (the (D)TLS client) is then Entity B: it binds
+   * IdA, or the Credential-ID "12-<KpsaID>" when the record has none, and
+   * its local identity is IdB. The responder is Entity A: it binds IdB,
+   * needs no add_local_id(), and neither sends nor checks SNI. Default
+   * false. Raises E_STATE (frozen). */
+  void set_roles_reversed(bool on) {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return;
+    m2mpsk_swig_fail(m2mpsk_config_set_roles_reversed(M2MPSK_SWIG_H($self), on), NULL);
+  }
+  /** Offers and accepts the suites of profile (a PROFILE_ constant) per
+   * transport, replacing any set_suites() list; a later set_suites()
+   * replaces the profile in turn. When the backend lacks a suite the
+   * profile mandates, nothing changes and E_SUITE is raised:
+   * profile_missing() names them. Raises E_INVALID (unknown profile),
+   * E_SUITE, E_STATE (frozen) or E_BACKEND. */
+  void set_profile(int profile) {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return;
+    m2mpsk_swig_fail(m2mpsk_config_set_profile(M2MPSK_SWIG_H($self), (m2mpsk_profile)profile),
+                     NULL);
+  }
+  /** The suites associations made from this config offer and accept over
+   * transport (TRANSPORT_TLS or TRANSPORT_DTLS), colon-separated, in
+   * preference order: the set_suites() list, else the profile's, else the
+   * default. Raises E_INVALID (unknown transport), E_BACKEND or E_NOMEM.
+   * Thread-safe. */
+  char *suites(int transport) {
+    size_t cap;
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return NULL;
+    /* 1024 bytes hold any profile or the default; a set_suites() list
+     * needs its own length, so grow until it fits. */
+    for (cap = 1024;; cap *= 2) {
+      char *out = (char *)malloc(cap);
+      int rc;
+      if (out == NULL) {
+        m2mpsk_swig_fail(M2MPSK_E_NOMEM, NULL);
+        return NULL;
+      }
+      rc = m2mpsk_config_suites(M2MPSK_SWIG_H($self), (m2mpsk_transport)transport, out, cap);
+      if (rc != M2MPSK_E_BUFFER || cap >= ((size_t)1 << 24)) {
+        if (!m2mpsk_swig_fail(rc, NULL))
+          return out;
+        free(out);
+        return NULL;
+      }
+      free(out);
+    }
   }
 
   /* Resource limits, rate limiting and audit events (since 0.2). Every
@@ -846,6 +944,21 @@ typedef struct Association {} Association;
   /** True when peer_id() is a Credential-ID ("12-<KpsaID>"). */
   bool peer_id_is_credential() {
     return m2mpsk_assoc_peer_id_is_credential(M2MPSK_SWIG_H($self)) == 1;
+  }
+  /** Binds the AE-ID a CSE assigned when an AE registered (<AE> CREATE)
+   * over an association bound to a Credential-ID: peer_id() then returns
+   * ae_id and peer_id_is_credential() false, so that the AE's later
+   * requests are checked against its AE-ID. Allowed once, and only on an
+   * established (or closed) Entity B (the responder, or the initiator with
+   * Config.set_roles_reversed()) whose binding is a Credential-ID. ae_id
+   * is an AE-ID, SP-relative or absolute (a one-segment one, "/S..." or
+   * "//sp/S...", must be S-type). Raises E_INVALID (null), E_STATE (not
+   * such an Entity B, or already bound), E_IDA (not an AE-ID),
+   * E_ID_LENGTH or E_NOMEM; nothing changes on error. */
+  void bind_ae_id(const char *ae_id) {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return;
+    m2mpsk_swig_fail(m2mpsk_assoc_bind_ae_id(M2MPSK_SWIG_H($self), ae_id), NULL);
   }
   /** The identity this side assumed, once established: a responder's IdB,
    * an initiator's IdA (null if its record has none). */

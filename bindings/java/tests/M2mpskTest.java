@@ -27,13 +27,19 @@ import m2mpsk.M2mpskException;
 import org.junit.Test;
 
 /** The Java binding: in-memory handshakes, error paths, limits and events,
- * the oneM2M checks, and real sockets against openssl s_server -psk. */
+ * the oneM2M checks, AE-ID binding, SA2, the TS-0003 profile and DTLS
+ * cookies (with the backend M2MPSK_TLS names), and real sockets against
+ * openssl s_server -psk. */
 public class M2mpskTest {
   static {
     System.loadLibrary("m2mpskjni");
   }
 
   static final String KPSA_ID = "test@onem2m.com";
+  /** The TLS backend this build is expected to have: ctest passes the
+   * build's M2MPSK_TLS, so a library loading another backend fails. */
+  static final String BACKEND =
+      System.getenv("M2MPSK_TLS") != null ? System.getenv("M2MPSK_TLS") : "boringssl";
   static final String IDB = "//m2m.example.com/cse-in";
   static final byte[] KEY = new byte[32];
 
@@ -464,6 +470,184 @@ public class M2mpskTest {
     }
   }
 
+  // ---- AE-ID binding, SA2, the TS-0003 profile, DTLS cookies (since 0.2) ---
+
+  static final String IDA = "//m2m.example.com/cse-in/Cae1";
+  static final String AE_ID = "/cse-in/Cae1";
+  static final String CRED = "12-" + KPSA_ID;
+
+  @Test
+  public void bindAeIdAfterACredentialBinding() {
+    for (int transport : new int[] {M2mpsk.TRANSPORT_TLS, M2mpsk.TRANSPORT_DTLS}) {
+      try (Keystore ks = keystore(); Config ca = new Config(); Config cb = new Config()) {
+        cb.addLocalId(IDB);
+        Association b = new Association(M2mpsk.ROLE_RESPONDER, transport, cb, ks);
+        try (Association a = new Association(M2mpsk.ROLE_INITIATOR, transport, ca, ks, KPSA_ID)) {
+          expect(M2mpsk.E_STATE, () -> b.bindAeId(AE_ID)); // idle: nothing bound yet
+          b.start(now());
+          a.start(now());
+          assertNull(pump(a, b));
+          assertEquals(b.failureDetail(), M2mpsk.STATE_ESTABLISHED, b.state());
+          assertEquals(CRED, b.peerId());
+          assertTrue(b.peerIdIsCredential());
+          // The AE's registration: accepted over the Credential-ID binding.
+          assertEquals(M2mpsk.ORIGINATOR_ACCEPT, M2mpsk.originatorCheck(M2mpsk.PEER_CREDENTIAL,
+              b.peerId(), b.localId(), null, M2mpsk.ORIGINATOR_AE_CREATE));
+          expect(M2mpsk.E_STATE, () -> a.bindAeId(AE_ID)); // Entity A binds IdB
+          expect(M2mpsk.E_IDA, () -> b.bindAeId("Cae1"));
+          expect(M2mpsk.E_IDA, () -> b.bindAeId("/cse-mn"));
+          expect(M2mpsk.E_INVALID, () -> b.bindAeId(null));
+          assertEquals(CRED, b.peerId()); // refusals change nothing
+          b.bindAeId(AE_ID);
+          assertEquals(AE_ID, b.peerId());
+          assertFalse(b.peerIdIsCredential());
+          assertEquals(IDB, b.localId());
+          assertEquals(M2mpsk.ORIGINATOR_ACCEPT,
+              M2mpsk.originatorCheck(M2mpsk.PEER_AE, b.peerId(), b.localId(), "Cae1"));
+          assertEquals(M2mpsk.ORIGINATOR_NOT_AUTHENTICATED,
+              M2mpsk.originatorCheck(M2mpsk.PEER_AE, b.peerId(), b.localId(), "Cae2"));
+          expect(M2mpsk.E_STATE, () -> b.bindAeId("/cse-in/Cother")); // once only
+          assertEquals(AE_ID, b.peerId());
+        } finally {
+          b.close();
+        }
+        expect(M2mpsk.E_INVALID, () -> b.bindAeId(AE_ID)); // closed
+      }
+    }
+  }
+
+  /** SA2: Entity B dials Entity A with both configs reversed, over each
+   * transport, with a record that has an IdA and one that has none. */
+  @Test
+  public void sa2RolesReversed() {
+    for (int transport : new int[] {M2mpsk.TRANSPORT_TLS, M2mpsk.TRANSPORT_DTLS}) {
+      for (String ida : new String[] {IDA, null}) {
+        try (Keystore ks = new Keystore(); Config cfgA = new Config(); Config cfgB = new Config()) {
+          ks.add(KPSA_ID, KEY, ida, IDB);
+          expect(M2mpsk.E_NO_LOCAL_ID,
+              () -> new Association(M2mpsk.ROLE_RESPONDER, transport, cfgA, ks));
+          cfgA.setRolesReversed(true); // no addLocalId(): Entity A serves no IdB
+          cfgB.setRolesReversed(true);
+          try (Association b = new Association(M2mpsk.ROLE_INITIATOR, transport, cfgB, ks, KPSA_ID);
+              Association a = new Association(M2mpsk.ROLE_RESPONDER, transport, cfgA, ks)) {
+            expect(M2mpsk.E_STATE, () -> cfgA.setRolesReversed(false)); // frozen
+            a.start(now());
+            b.start(now());
+            assertNull(pump(b, a));
+            assertEquals(a.failureDetail(), M2mpsk.STATE_ESTABLISHED, a.state());
+            assertEquals(b.failureDetail(), M2mpsk.STATE_ESTABLISHED, b.state());
+            // A, the server, binds IdB; B, the client, binds IdA.
+            assertEquals(IDB, a.peerId());
+            assertFalse(a.peerIdIsCredential());
+            assertEquals(IDB, b.localId());
+            if (ida != null) {
+              assertEquals(IDA, b.peerId());
+              assertFalse(b.peerIdIsCredential());
+              assertEquals(IDA, a.localId());
+            } else {
+              assertEquals(CRED, b.peerId());
+              assertTrue(b.peerIdIsCredential());
+              assertNull(a.localId());
+              expect(M2mpsk.E_STATE, () -> a.bindAeId(AE_ID));
+              b.bindAeId(AE_ID);
+              assertEquals(AE_ID, b.peerId());
+            }
+            a.write("from Entity A".getBytes(StandardCharsets.UTF_8));
+            pump(a, b);
+            assertEquals("from Entity A", new String(b.read(), StandardCharsets.UTF_8));
+          }
+        }
+      }
+    }
+  }
+
+  static final String CBC256 = "TLS_PSK_WITH_AES_128_CBC_SHA256";
+  static final String CCM8 = "TLS_PSK_WITH_AES_128_CCM_8";
+
+  @Test
+  public void ts0003ProfileIsBackendAware() {
+    assertEquals(1, M2mpsk.PROFILE_TS0003);
+    assertEquals(-34, M2mpsk.E_UNSUPPORTED);
+    String tls = M2mpsk.profileSuites(M2mpsk.PROFILE_TS0003, M2mpsk.TRANSPORT_TLS);
+    String dtls = M2mpsk.profileSuites(M2mpsk.PROFILE_TS0003, M2mpsk.TRANSPORT_DTLS);
+    for (String name : (tls + ":" + dtls).split(":")) {
+      assertTrue(name, name.startsWith("TLS_PSK_WITH_"));
+    }
+    try (Config cfg = new Config()) {
+      String before = cfg.suites(M2mpsk.TRANSPORT_TLS);
+      if (BACKEND.equals("boringssl")) {
+        assertEquals(CBC256 + ":" + CCM8, M2mpsk.profileMissing(M2mpsk.PROFILE_TS0003));
+        assertEquals("TLS_PSK_WITH_AES_128_CBC_SHA:TLS_PSK_WITH_AES_256_CBC_SHA", tls);
+        expect(M2mpsk.E_SUITE, () -> cfg.setProfile(M2mpsk.PROFILE_TS0003));
+        assertEquals(before, cfg.suites(M2mpsk.TRANSPORT_TLS)); // nothing changed
+      } else {
+        assertEquals("", M2mpsk.profileMissing(M2mpsk.PROFILE_TS0003));
+        assertTrue(tls, tls.startsWith(CBC256 + ":"));
+        assertTrue(dtls, dtls.startsWith(CCM8 + ":"));
+        assertEquals(tls, before); // the profile is also the default
+        cfg.setProfile(M2mpsk.PROFILE_TS0003);
+        assertEquals(tls, cfg.suites(M2mpsk.TRANSPORT_TLS));
+        assertEquals(dtls, cfg.suites(M2mpsk.TRANSPORT_DTLS));
+      }
+      cfg.setSuites("TLS_PSK_WITH_AES_256_CBC_SHA"); // a list replaces the profile
+      assertEquals("TLS_PSK_WITH_AES_256_CBC_SHA", cfg.suites(M2mpsk.TRANSPORT_DTLS));
+      expect(M2mpsk.E_INVALID, () -> M2mpsk.profileMissing(0));
+      expect(M2mpsk.E_INVALID, () -> M2mpsk.profileSuites(M2mpsk.PROFILE_TS0003, 2));
+      expect(M2mpsk.E_INVALID, () -> cfg.setProfile(9));
+      expect(M2mpsk.E_INVALID, () -> cfg.suites(5));
+      cfg.close();
+      expect(M2mpsk.E_INVALID, () -> cfg.suites(M2mpsk.TRANSPORT_TLS));
+    }
+  }
+
+  static int handshakeType(byte[] d) {
+    return d.length > 13 && d[0] == 22 ? d[13] : -1;
+  }
+
+  @Test
+  public void dtlsListen() {
+    String tag = "192.0.2.7:5684";
+    try (Keystore ks = keystore(); Config ca = new Config(); Config cb = new Config();
+        Association a = new Association(M2mpsk.ROLE_INITIATOR, M2mpsk.TRANSPORT_DTLS, ca, ks, KPSA_ID)) {
+      cb.addLocalId(IDB);
+      a.start(now());
+      byte[] ch1 = a.drain();
+      assertEquals(1, handshakeType(ch1));
+      expect(M2mpsk.E_INVALID, () -> cb.dtlsListen("", ch1));
+      expect(M2mpsk.E_INVALID, () -> cb.dtlsListen(tag, new byte[0]));
+      expect(M2mpsk.E_INVALID, () -> cb.dtlsListen(tag, null));
+      byte[] ch = ch1;
+      if (BACKEND.equals("boringssl")) {
+        // No HelloVerifyRequest: create the association at once instead.
+        expect(M2mpsk.E_UNSUPPORTED, () -> cb.dtlsListen(tag, ch1));
+      } else {
+        byte[] hvr = cb.dtlsListen(tag, ch1);
+        assertNotNull(hvr);
+        assertEquals(3, handshakeType(hvr)); // HelloVerifyRequest
+        assertTrue(hvr.length <= 64);
+        assertEquals(0, cb.handshakesInProgress()); // nothing kept
+        expect(M2mpsk.E_INVALID, () -> cb.dtlsListen(tag, hvr)); // not a ClientHello
+        a.feed(hvr, now());
+        ch = a.drain();
+        assertEquals(1, handshakeType(ch));
+        assertEquals(3, handshakeType(cb.dtlsListen("192.0.2.8:5684", ch))); // another peer's
+        assertNull(cb.dtlsListen(tag, ch)); // a valid cookie: create the association
+      }
+      try (Association b = new Association(M2mpsk.ROLE_RESPONDER, M2mpsk.TRANSPORT_DTLS, cb, ks)) {
+        b.setPeerTag(tag);
+        b.start(now());
+        b.feed(ch, now());
+        assertNull(pump(a, b));
+        assertEquals(b.failureDetail(), M2mpsk.STATE_ESTABLISHED, b.state());
+        assertEquals(M2mpsk.STATE_ESTABLISHED, a.state());
+        assertEquals(CRED, b.peerId());
+        assertEquals(IDB, a.peerId());
+      }
+      cb.close();
+      expect(M2mpsk.E_INVALID, () -> cb.dtlsListen(tag, ch1));
+    }
+  }
+
   // ---- real sockets against openssl s_server -------------------------------
 
   static String hex(byte[] b) {
@@ -609,7 +793,7 @@ public class M2mpskTest {
 
   @Test
   public void freeFunctions() {
-    assertEquals("boringssl", M2mpsk.backendName());
+    assertEquals(BACKEND, M2mpsk.backendName());
     assertEquals("", M2mpsk.backendError());
     assertTrue(M2mpsk.suiteCount() > 0);
     assertNull(M2mpsk.suiteName(M2mpsk.suiteCount()));

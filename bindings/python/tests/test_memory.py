@@ -1,5 +1,5 @@
-"""100,000 association create/start/free cycles: resident memory stays
-bounded."""
+"""100,000 association create/start/free cycles, and 20,000 string results
+of 10 kB each: resident memory stays bounded."""
 import gc
 import os
 
@@ -37,4 +37,23 @@ def test_rss_bounded_over_100k_cycles(keystore):
     cfg.close()
     print("\nRSS over %d association create/free cycles: %d kB -> %d kB (growth %d kB)"
           % (CYCLES, before, after, after - before))
+    assert after - before < BOUND_KB
+
+
+def test_string_results_are_freed():
+    """Config.suites() and profile_suites() return strings the glue
+    allocates; 20,000 leaked 10 kB lists would take 200 MB."""
+    one = ":".join(m2mpsk.suites())
+    names = ":".join([one] * (10240 // len(one) + 1))
+    with m2mpsk.Config() as cfg:
+        cfg.set_suites(names)
+        for _ in range(200):
+            assert cfg.suites(m2mpsk.TRANSPORT_TLS) == names
+        before = rss_kb()
+        for _ in range(20_000):
+            cfg.suites(m2mpsk.TRANSPORT_TLS)
+            m2mpsk.profile_suites(m2mpsk.PROFILE_TS0003, m2mpsk.TRANSPORT_DTLS)
+            m2mpsk.profile_missing(m2mpsk.PROFILE_TS0003)
+        after = rss_kb()
+    assert len(names) > 10240
     assert after - before < BOUND_KB

@@ -176,3 +176,110 @@ def test_add_derived_errors_leave_the_keystore_unchanged():
         raises(m2mpsk.E_DUPLICATE, ks.add_derived, KPSA_ID, KE, ENROLEE_B, None, IDB)
         assert len(ks) == 1
     raises(m2mpsk.E_INVALID, ks.add_derived, KPSA_ID, KE, ENROLEE_B, None, IDB)  # closed
+
+
+# ---- binding the AE-ID after registration, and SA2 -------------------------
+
+AE_ID = "/cse-in/Cae1"
+
+
+@pytest.mark.parametrize("transport", [m2mpsk.TRANSPORT_TLS, m2mpsk.TRANSPORT_DTLS])
+def test_bind_ae_id_after_a_credential_binding(transport):
+    with m2mpsk.Keystore() as ks:
+        ks.add(KPSA_ID, KE, None, IDB)
+        ca, cb = m2mpsk.Config(), m2mpsk.Config()
+        cb.add_local_id(IDB)
+        with m2mpsk.Association(m2mpsk.ROLE_INITIATOR, transport, ca, ks, KPSA_ID) as a, \
+                m2mpsk.Association(m2mpsk.ROLE_RESPONDER, transport, cb, ks) as b:
+            raises(m2mpsk.E_STATE, b.bind_ae_id, AE_ID)  # idle: nothing bound yet
+            b.start(now_ms())
+            a.start(now_ms())
+            pump(a, b)
+            assert b.state() == m2mpsk.STATE_ESTABLISHED, b.failure_detail()
+            assert b.peer_id() == CRED and b.peer_id_is_credential()
+            # The AE's registration request: From is empty, the CSE assigns
+            # the AE-ID and binds it.
+            assert m2mpsk.originator_check(m2mpsk.PEER_CREDENTIAL, b.peer_id(), b.local_id(),
+                                           None, CREATE) == ACCEPT
+            raises(m2mpsk.E_STATE, a.bind_ae_id, AE_ID)  # Entity A binds IdB
+            raises(m2mpsk.E_IDA, b.bind_ae_id, "Cae1")  # not an AE-ID
+            raises(m2mpsk.E_IDA, b.bind_ae_id, "/cse-mn")  # a CSE-ID
+            raises(m2mpsk.E_INVALID, b.bind_ae_id, None)
+            raises(m2mpsk.E_ID_LENGTH, b.bind_ae_id, "/cse-in/C" + "a" * m2mpsk.ID_MAX)
+            assert b.peer_id() == CRED, "a refused binding changes nothing"
+            b.bind_ae_id(AE_ID)
+            assert b.peer_id() == AE_ID and not b.peer_id_is_credential()
+            assert b.local_id() == IDB
+            # Later requests are checked against the AE-ID.
+            assert m2mpsk.originator_check(m2mpsk.PEER_AE, b.peer_id(), b.local_id(),
+                                           "Cae1") == ACCEPT
+            assert m2mpsk.originator_check(m2mpsk.PEER_AE, b.peer_id(), b.local_id(),
+                                           "Cae2") == E4106
+            raises(m2mpsk.E_STATE, b.bind_ae_id, "/cse-in/Cother")  # once only
+            assert b.peer_id() == AE_ID
+        raises(m2mpsk.E_INVALID, b.bind_ae_id, AE_ID)  # closed
+
+
+def test_bind_ae_id_refused_when_the_record_has_an_ida():
+    with m2mpsk.Keystore() as ks:
+        ks.add(KPSA_ID, KE, IDA, IDB)
+        a, b = handshake(ks, ks)
+        with a, b:
+            assert b.peer_id() == IDA
+            raises(m2mpsk.E_STATE, b.bind_ae_id, AE_ID)
+            assert b.peer_id() == IDA
+
+
+def sa2(transport, ks):
+    """Entity B dials Entity A with both configs reversed; returns (a, b),
+    a the responder (Entity A), b the initiator (Entity B)."""
+    cfg_a, cfg_b = m2mpsk.Config(), m2mpsk.Config()
+    cfg_a.set_roles_reversed(True)  # no add_local_id(): Entity A serves no IdB
+    cfg_b.set_roles_reversed(True)
+    b = m2mpsk.Association(m2mpsk.ROLE_INITIATOR, transport, cfg_b, ks, KPSA_ID)
+    a = m2mpsk.Association(m2mpsk.ROLE_RESPONDER, transport, cfg_a, ks)
+    a.start(now_ms())
+    b.start(now_ms())
+    assert pump(b, a) is None
+    assert a.state() == b.state() == m2mpsk.STATE_ESTABLISHED, a.failure_detail()
+    return a, b
+
+
+@pytest.mark.parametrize("transport", [m2mpsk.TRANSPORT_TLS, m2mpsk.TRANSPORT_DTLS])
+def test_sa2_entity_a_binds_idb_and_entity_b_binds_ida(transport):
+    with m2mpsk.Keystore() as ks:
+        ks.add(KPSA_ID, KE, IDA, IDB)
+        a, b = sa2(transport, ks)
+        with a, b:
+            assert a.peer_id() == IDB and not a.peer_id_is_credential()
+            assert a.local_id() == IDA
+            assert b.peer_id() == IDA and not b.peer_id_is_credential()
+            assert b.local_id() == IDB
+            a.write(b"from Entity A")
+            pump(a, b)
+            assert b.read() == b"from Entity A"
+
+
+@pytest.mark.parametrize("transport", [m2mpsk.TRANSPORT_TLS, m2mpsk.TRANSPORT_DTLS])
+def test_sa2_without_ida_binds_the_credential_on_entity_b(transport):
+    with m2mpsk.Keystore() as ks:
+        ks.add(KPSA_ID, KE, None, IDB)
+        a, b = sa2(transport, ks)
+        with a, b:
+            assert a.peer_id() == IDB and a.local_id() is None
+            assert b.peer_id() == CRED and b.peer_id_is_credential()
+            # Entity B, the client here, may bind the AE-ID; Entity A may not.
+            raises(m2mpsk.E_STATE, a.bind_ae_id, AE_ID)
+            b.bind_ae_id(AE_ID)
+            assert b.peer_id() == AE_ID and not b.peer_id_is_credential()
+
+
+def test_roles_reversed_is_needed_and_frozen():
+    with m2mpsk.Keystore() as ks, m2mpsk.Config() as cfg:
+        ks.add(KPSA_ID, KE, IDA, IDB)
+        raises(m2mpsk.E_NO_LOCAL_ID, m2mpsk.Association, m2mpsk.ROLE_RESPONDER,
+               m2mpsk.TRANSPORT_TLS, cfg, ks)
+        cfg.set_roles_reversed(True)
+        with m2mpsk.Association(m2mpsk.ROLE_RESPONDER, m2mpsk.TRANSPORT_TLS, cfg, ks):
+            raises(m2mpsk.E_STATE, cfg.set_roles_reversed, False)
+    raises(m2mpsk.E_INVALID, cfg.set_roles_reversed, True)  # closed
