@@ -1,7 +1,8 @@
 /* The identifier parsers: KpsaID, IdB (CSE-ID), IdA (CSE-ID or AE-ID), the
- * SNI host derived from an IdB, the Credential-ID, and the same strings
+ * SNI host derived from an IdB, the Credential-ID, the same strings
  * through the entry points that validate them (config local identity,
- * keystore add, lookup and remove).
+ * keystore add, lookup and remove), and the originator check, which parses
+ * a request's From, as a peer sent it, against each kind of binding.
  *
  * Input: the string, up to the first NUL (at most 2048 bytes). The length
  * also picks a small output capacity for m2mpsk_idb_server_name and
@@ -57,6 +58,45 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     __builtin_trap();
   }
   m2mpsk_config_free(cfg);
+
+  /* A From from the network, against each kind of binding: a verdict of
+   * accept only ever comes with M2MPSK_OK, and any error refuses. */
+  static const struct {
+    m2mpsk_peer_kind kind;
+    const char *bound;
+  } k_bindings[] = {
+      {M2MPSK_PEER_NONE, NULL},
+      {M2MPSK_PEER_AE, "//m2m.example.com/cse-in/Cae1"},
+      {M2MPSK_PEER_AE, "/Sae2"},
+      {M2MPSK_PEER_CSE, "//m2m.example.com/cse-mn"},
+      {M2MPSK_PEER_CREDENTIAL, "12-test@onem2m.com"},
+  };
+  for (size_t i = 0; i < sizeof(k_bindings) / sizeof(k_bindings[0]); i++) {
+    for (unsigned flags = 0; flags < 4; flags++) {
+      m2mpsk_originator_verdict v = M2MPSK_ORIGINATOR_ACCEPT;
+      int rc = m2mpsk_originator_check(k_bindings[i].kind, k_bindings[i].bound,
+                                       FZ_IDB, s, flags, &v);
+      if (rc != M2MPSK_OK && v != M2MPSK_ORIGINATOR_NOT_AUTHENTICATED) {
+        fprintf(stderr, "an originator check error did not refuse\n");
+        __builtin_trap();
+      }
+      if (v != M2MPSK_ORIGINATOR_ACCEPT &&
+          v != M2MPSK_ORIGINATOR_NOT_AUTHENTICATED &&
+          v != M2MPSK_ORIGINATOR_SECURITY_ASSOCIATION_REQUIRED) {
+        fprintf(stderr, "originator verdict out of range\n");
+        __builtin_trap();
+      }
+    }
+  }
+  /* The string as the binding, with fixed Froms. */
+  m2mpsk_originator_verdict v;
+  (void)m2mpsk_originator_check(M2MPSK_PEER_AE, s, FZ_IDB, "Cae1", 1, &v);
+  (void)m2mpsk_originator_check(M2MPSK_PEER_CSE, s, FZ_IDB, "/cse-mn/C1", 0,
+                                &v);
+  (void)m2mpsk_originator_check(M2MPSK_PEER_CREDENTIAL, s, FZ_IDB, "C", 1,
+                                &v);
+  (void)m2mpsk_originator_check(M2MPSK_PEER_AE, "/cse-in/Cae1", s, "Cae1", 0,
+                                &v);
 
   static m2mpsk_keystore *ks;
   if (ks == NULL)
