@@ -15,50 +15,64 @@
 #include "internal.h"
 #include "tls/engine.h"
 
+/* The per-record path is grouped (.text.hot) so that it spans few
+ * instruction-cache lines between the TLS library's own; failure handling
+ * is kept out of its way. */
+#define HOT __attribute__((hot))
+#define COLD __attribute__((cold))
+
 struct m2mpsk_assoc {
-  m2mpsk_role role;
-  m2mpsk_transport transport;
-  int reversed; /* SA2: the initiator is Entity B, the responder Entity A */
   m2mpsk_config *cfg;
   m2mpsk_keystore *ks;
   m2mpsk_engine *eng;
   m2mpsk_guard *guard; /* the config's; lives as long as the config */
-  m2mpsk_state state;
-  m2mpsk_reason reason;
-  /* The failure detail; a refusal decided in a callback writes it early,
-   * to be reported when the handshake then fails. */
-  char detail[192];
-  m2mpsk_reason refusal;
-
-  uint64_t now_ms;
-  uint64_t start_ms;
-  uint64_t deadline_ms;
-  int64_t unix_at_start;
-  unsigned mtu;
-  int sent_close;
-  int received_close;
-
-  /* The KpsaID in use (have_kpsa_id); on a responder, before that, the
-   * well-formed psk_identity the client presented (presented). */
-  char kpsa_id[M2MPSK_KPSA_ID_MAX + 1];
-  int have_kpsa_id;
-  int presented;
-  int counted;         /* a handshake in progress for the config's bound */
-  int refused_identity; /* a malformed psk_identity was presented */
-  int closed_reported; /* the CLOSED event was queued */
   char *peer_tag;
-  uint64_t serial;      /* the record in use (initiator: from creation) */
-  int64_t not_after;    /* its validity end, 0: none */
-  uint64_t checked_gen; /* keystore generation when last checked */
-  /* Responder: which local identities the SNI allows (all when no SNI). */
+  /* Responder: which local identities the SNI allows (all when no SNI);
+   * points into this association's own block. */
   unsigned char *sni_ok;
   /* Decided when the key is handed over, visible once bound: one block
    * holding the peer's identity, then ours (local_id may be NULL). */
   char *peer_id;
   char *local_id;
-  int peer_is_credential;
-  int ae_id_bound; /* m2mpsk_assoc_bind_ae_id() replaced the Credential-ID */
-  int bound;
+
+  uint64_t now_ms;
+  uint64_t start_ms;
+  uint64_t deadline_ms;
+  int64_t unix_at_start;
+  uint64_t kpsa_hash;   /* kpsa_id's keystore index hash, once known */
+  uint64_t serial;      /* the record in use (initiator: from creation) */
+  int64_t not_before;   /* initiator: its validity start, 0: none */
+  int64_t not_after;    /* its validity end, 0: none */
+  /* Keystore generation when the record was last checked. An initiator
+   * checks at creation, so that start need not fetch the record again
+   * while nothing was removed or revoked since (UINT64_MAX: fetch). */
+  uint64_t checked_gen;
+
+  m2mpsk_role role;
+  m2mpsk_transport transport;
+  m2mpsk_state state;
+  m2mpsk_reason reason;
+  m2mpsk_reason refusal;
+  unsigned mtu;
+  unsigned char reversed; /* SA2: the initiator is Entity B, the responder A */
+  unsigned char sent_close;
+  unsigned char received_close;
+  unsigned char have_kpsa_id;
+  unsigned char presented;
+  unsigned char counted; /* a handshake in progress for the config's bound */
+  unsigned char refused_identity; /* a malformed psk_identity was presented */
+  unsigned char closed_reported;  /* the CLOSED event was queued */
+  unsigned char peer_is_credential;
+  unsigned char ae_id_bound; /* bind_ae_id() replaced the Credential-ID */
+  unsigned char bound;
+
+  /* The KpsaID in use (have_kpsa_id); on a responder, before that, the
+   * well-formed psk_identity the client presented (presented). */
+  char kpsa_id[M2MPSK_KPSA_ID_MAX + 1];
+  /* The failure detail; a refusal decided in a callback writes it early,
+   * to be reported when the handshake then fails. */
+  char detail[192];
+  unsigned char sni_space[]; /* sni_ok's bytes, one per local identity */
 };
 
 /* ---- failure ------------------------------------------------------------- */
@@ -101,7 +115,8 @@ static int counts_against_peer(m2mpsk_reason r) {
          r != M2MPSK_REASON_MISUSE && r != M2MPSK_REASON_RATE_LIMITED;
 }
 
-static void fail(m2mpsk_assoc *a, m2mpsk_reason reason, const char *detail) {
+static COLD void fail(m2mpsk_assoc *a, m2mpsk_reason reason,
+                      const char *detail) {
   if (a->state == M2MPSK_STATE_FAILED)
     return;
   int live = a->state == M2MPSK_STATE_ESTABLISHED ||
@@ -162,7 +177,7 @@ static void refuse(m2mpsk_assoc *a, m2mpsk_reason reason, const char *tmpl,
 
 /* The engine failed: prefer what the callbacks decided, since on the wire a
  * refusal deliberately looks like a bad key. */
-static void fail_from_engine(m2mpsk_assoc *a) {
+static COLD void fail_from_engine(m2mpsk_assoc *a) {
   char detail[160];
   m2mpsk_reason r = m2mpsk_engine_failure(a->eng, detail, sizeof(detail));
   if (a->refusal != M2MPSK_REASON_NONE)
@@ -173,7 +188,7 @@ static void fail_from_engine(m2mpsk_assoc *a) {
 
 /* ---- time and validity --------------------------------------------------- */
 
-static void set_now(m2mpsk_assoc *a, uint64_t now_ms) {
+static HOT void set_now(m2mpsk_assoc *a, uint64_t now_ms) {
   if (now_ms > a->now_ms)
     a->now_ms = now_ms;
   m2mpsk_engine_set_now(a->now_ms);
@@ -261,8 +276,8 @@ unsigned m2mpsk_assoc_on_client_psk(m2mpsk_assoc *a, char *identity,
   /* The generation before the fetch: whatever changes after it, the live
    * association will notice (record_still_good). */
   a->checked_gen = m2mpsk_keystore_generation(a->ks);
-  if (m2mpsk_keystore_fetch(a->ks, a->kpsa_id, &v, key, &key_len) !=
-          M2MPSK_OK ||
+  if (m2mpsk_keystore_fetch_hashed(a->ks, a->kpsa_id, a->kpsa_hash, &v, key,
+                                   &key_len) != M2MPSK_OK ||
       v.serial != a->serial) {
     r = M2MPSK_REASON_REVOKED;
     why = "record for KpsaID %s was removed";
@@ -336,14 +351,16 @@ unsigned m2mpsk_assoc_on_server_psk(m2mpsk_assoc *a, const char *identity,
     return 0;
   }
   a->checked_gen = m2mpsk_keystore_generation(a->ks); /* as on_client_psk */
+  if (a->presented)
+    a->kpsa_hash = m2mpsk_keystore_hash(a->ks, a->kpsa_id);
   if (!a->presented) {
     r = M2MPSK_REASON_UNKNOWN_IDENTITY;
     why = id_len > M2MPSK_KPSA_ID_MAX
               ? "psk_identity longer than any KpsaID%s"
               : "psk_identity is not a well-formed KpsaID%s";
     identity = "";
-  } else if (m2mpsk_keystore_fetch(a->ks, identity, &v, key, &key_len) !=
-             M2MPSK_OK) {
+  } else if (m2mpsk_keystore_fetch_hashed(a->ks, identity, a->kpsa_hash, &v,
+                                          key, &key_len) != M2MPSK_OK) {
     r = M2MPSK_REASON_UNKNOWN_IDENTITY;
     why = "no record for KpsaID %s";
   } else if ((r = check_record(a, &v, &why)) != M2MPSK_REASON_NONE) {
@@ -408,7 +425,7 @@ int m2mpsk_assoc_on_server_name(m2mpsk_assoc *a, const char *host) {
  * remembers to do. The keystore is consulted only when its generation
  * moved, so the check costs one atomic load on the data path. Returns 1
  * while the record is good. */
-static int record_still_good(m2mpsk_assoc *a) {
+static HOT int record_still_good(m2mpsk_assoc *a) {
   if (!a->bound)
     return 1;
   const char *why = NULL;
@@ -421,7 +438,8 @@ static int record_still_good(m2mpsk_assoc *a) {
     if (gen == a->checked_gen)
       return 1;
     m2mpsk_record_view v;
-    if (m2mpsk_keystore_fetch(a->ks, a->kpsa_id, &v, NULL, NULL) != M2MPSK_OK ||
+    if (m2mpsk_keystore_fetch_hashed(a->ks, a->kpsa_id, a->kpsa_hash, &v,
+                                     NULL, NULL) != M2MPSK_OK ||
         v.serial != a->serial || v.revoked) {
       r = M2MPSK_REASON_REVOKED;
       why = "record for KpsaID %s was revoked or removed during the "
@@ -454,12 +472,20 @@ int m2mpsk_assoc_new(m2mpsk_assoc **out, m2mpsk_role role,
     return M2MPSK_E_INVALID;
 
   m2mpsk_record_view v;
+  uint64_t gen = 0, hash = 0;
+  size_t n_sni = 0;
   if (role == M2MPSK_ROLE_INITIATOR) {
-    int rc = m2mpsk_kpsa_id_validate(kpsa_id);
-    if (rc != M2MPSK_OK)
-      return rc;
-    if (m2mpsk_keystore_fetch(keystore, kpsa_id, &v, NULL, NULL) != M2MPSK_OK)
-      return M2MPSK_E_NOT_FOUND;
+    /* The generation before the fetch: a remove or revoke after it makes
+     * start fetch the record again. Only valid KpsaIDs are ever stored, so
+     * a record found needs no validation; the status of one not found
+     * says whether it was malformed. */
+    gen = m2mpsk_keystore_generation(keystore);
+    hash = m2mpsk_keystore_hash(keystore, kpsa_id);
+    if (m2mpsk_keystore_fetch_hashed(keystore, kpsa_id, hash, &v, NULL,
+                                     NULL) != M2MPSK_OK) {
+      int rc = m2mpsk_kpsa_id_validate(kpsa_id);
+      return rc != M2MPSK_OK ? rc : M2MPSK_E_NOT_FOUND;
+    }
   } else if (m2mpsk_config_local_id_count(config) == 0 &&
              !m2mpsk_config_roles_reversed(config)) {
     return M2MPSK_E_NO_LOCAL_ID;
@@ -483,7 +509,9 @@ int m2mpsk_assoc_new(m2mpsk_assoc **out, m2mpsk_role role,
     return M2MPSK_E_LIMIT;
   }
 
-  m2mpsk_assoc *a = calloc(1, sizeof(*a));
+  if (role == M2MPSK_ROLE_RESPONDER && !m2mpsk_config_roles_reversed(config))
+    n_sni = m2mpsk_config_local_id_count(config);
+  m2mpsk_assoc *a = calloc(1, sizeof(*a) + n_sni);
   if (a == NULL) {
     if (role == M2MPSK_ROLE_RESPONDER)
       m2mpsk_guard_handshake_end(guard);
@@ -497,30 +525,39 @@ int m2mpsk_assoc_new(m2mpsk_assoc **out, m2mpsk_role role,
   a->mtu = 1400;
   if (role == M2MPSK_ROLE_INITIATOR) {
     memcpy(a->kpsa_id, kpsa_id, strlen(kpsa_id) + 1);
+    a->kpsa_hash = hash;
     a->have_kpsa_id = 1;
     a->serial = v.serial;
+    a->not_before = v.not_before;
+    a->not_after = v.not_after;
+    a->checked_gen = v.revoked ? UINT64_MAX : gen;
   } else if (!a->reversed) {
-    a->sni_ok = calloc(m2mpsk_config_local_id_count(config), 1);
-    if (a->sni_ok == NULL) {
-      handshake_over(a);
-      free(a);
-      return M2MPSK_E_NOMEM;
-    }
+    /* Before SNI, every local identity is a candidate. */
+    a->sni_ok = a->sni_space;
+    memset(a->sni_ok, 1, n_sni);
   }
 
   m2mpsk_engine_ctx *ctx =
       m2mpsk_config_engine_ctx(config, role, transport, &rc);
   if (ctx != NULL)
     rc = m2mpsk_engine_new(&a->eng, ctx, a);
+  if (rc == M2MPSK_OK && role == M2MPSK_ROLE_INITIATOR && !a->reversed) {
+    /* SNI names the server's authority: IdB's, unless the server is
+     * Entity A (SA2), which has none to name. A record's IdB never
+     * changes, and one replaced before start has another serial, which
+     * start refuses. */
+    char host[256];
+    if (m2mpsk_idb_sni_of_valid(v.idb, host, sizeof(host)) &&
+        m2mpsk_engine_set_server_name(a->eng, host) != M2MPSK_OK) {
+      m2mpsk_engine_free(a->eng);
+      rc = M2MPSK_E_NOMEM;
+    }
+  }
   if (rc != M2MPSK_OK) {
     handshake_over(a);
-    free(a->sni_ok);
     free(a);
     return rc;
   }
-  /* Before SNI, every local identity is a candidate. */
-  if (a->sni_ok != NULL)
-    memset(a->sni_ok, 1, m2mpsk_config_local_id_count(config));
   m2mpsk_config_ref(config);
   m2mpsk_keystore_ref(keystore);
   a->cfg = config;
@@ -539,10 +576,9 @@ void m2mpsk_assoc_free(m2mpsk_assoc *a) {
   m2mpsk_engine_free(a->eng);
   m2mpsk_keystore_free(a->ks);
   m2mpsk_config_free(a->cfg);
-  free(a->sni_ok);
   free(a->peer_id);
   free(a->peer_tag);
-  sodium_memzero(a, sizeof(*a));
+  sodium_memzero(a, sizeof(*a)); /* sni_space holds nothing secret */
   free(a);
 }
 
@@ -609,9 +645,18 @@ static int step_handshake(m2mpsk_assoc *a) {
       m2mpsk_guard_success(a->guard, M2MPSK_RATE_PEER, a->peer_tag);
     m2mpsk_guard_success(a->guard, M2MPSK_RATE_KPSA_ID, a->kpsa_id);
   }
+  /* "<suite> over <version>", without printf's cost on every handshake. */
   char detail[96];
-  snprintf(detail, sizeof(detail), "%s over %s", m2mpsk_engine_suite(a->eng),
-           m2mpsk_engine_version(a->eng));
+  const char *parts[3] = {m2mpsk_engine_suite(a->eng), " over ",
+                          m2mpsk_engine_version(a->eng)};
+  size_t used = 0;
+  for (int i = 0; i < 3; i++) {
+    const char *p = parts[i] ? parts[i] : "(null)";
+    size_t n = strnlen(p, sizeof(detail) - 1 - used);
+    memcpy(detail + used, p, n);
+    used += n;
+  }
+  detail[used] = '\0';
   emit(a, M2MPSK_EVENT_ESTABLISHED, M2MPSK_REASON_NONE, 1, detail);
   return M2MPSK_OK;
 }
@@ -635,8 +680,16 @@ int m2mpsk_assoc_start(m2mpsk_assoc *a, uint64_t now_ms, int64_t unix_time) {
     m2mpsk_record_view v;
     const char *why = NULL;
     m2mpsk_reason r;
-    if (m2mpsk_keystore_fetch(a->ks, a->kpsa_id, &v, NULL, NULL) != M2MPSK_OK ||
-        v.serial != a->serial) {
+    if (m2mpsk_keystore_generation(a->ks) == a->checked_gen) {
+      /* Nothing removed or revoked since creation: the record is still
+       * the one fetched then, and only time can have made it unusable. */
+      v.not_before = a->not_before;
+      v.not_after = a->not_after;
+      v.revoked = 0;
+      r = check_record(a, &v, &why);
+    } else if (m2mpsk_keystore_fetch_hashed(a->ks, a->kpsa_id, a->kpsa_hash,
+                                            &v, NULL, NULL) != M2MPSK_OK ||
+               v.serial != a->serial) {
       r = M2MPSK_REASON_REVOKED;
       why = "record for KpsaID %s was removed";
     } else {
@@ -646,15 +699,6 @@ int m2mpsk_assoc_start(m2mpsk_assoc *a, uint64_t now_ms, int64_t unix_time) {
       char msg[192];
       format1(msg, sizeof(msg), why, a->kpsa_id);
       fail(a, r, msg);
-      return M2MPSK_E_FAILED;
-    }
-    /* SNI names the server's authority: IdB's, unless the server is
-     * Entity A (SA2), which has none to name. */
-    char host[256];
-    if (!a->reversed &&
-        m2mpsk_idb_server_name(v.idb, host, sizeof(host)) == M2MPSK_OK &&
-        m2mpsk_engine_set_server_name(a->eng, host) != M2MPSK_OK) {
-      fail(a, M2MPSK_REASON_INTERNAL, "cannot set SNI");
       return M2MPSK_E_FAILED;
     }
     return step_handshake(a);
@@ -674,8 +718,8 @@ int m2mpsk_assoc_start(m2mpsk_assoc *a, uint64_t now_ms, int64_t unix_time) {
   return M2MPSK_OK;
 }
 
-int m2mpsk_assoc_feed(m2mpsk_assoc *a, const uint8_t *data, size_t len,
-                      uint64_t now_ms) {
+HOT int m2mpsk_assoc_feed(m2mpsk_assoc *a, const uint8_t *data, size_t len,
+                          uint64_t now_ms) {
   if (a == NULL || (data == NULL && len > 0))
     return M2MPSK_E_INVALID;
   if (a->transport == M2MPSK_TRANSPORT_DTLS && (len == 0 || len > 0xffff))
@@ -722,8 +766,8 @@ size_t m2mpsk_assoc_pending(const m2mpsk_assoc *a) {
   return m2mpsk_engine_pending(a->eng);
 }
 
-int m2mpsk_assoc_drain(m2mpsk_assoc *a, uint8_t *out, size_t cap,
-                       size_t *out_len) {
+HOT int m2mpsk_assoc_drain(m2mpsk_assoc *a, uint8_t *out, size_t cap,
+                           size_t *out_len) {
   if (a == NULL || out == NULL || out_len == NULL || cap == 0)
     return M2MPSK_E_INVALID;
   *out_len = 0;
@@ -789,8 +833,8 @@ m2mpsk_state m2mpsk_assoc_state(const m2mpsk_assoc *a) {
   return a ? a->state : M2MPSK_STATE_FAILED;
 }
 
-int m2mpsk_assoc_write(m2mpsk_assoc *a, const uint8_t *data, size_t len,
-                       size_t *written) {
+HOT int m2mpsk_assoc_write(m2mpsk_assoc *a, const uint8_t *data, size_t len,
+                           size_t *written) {
   if (a == NULL || written == NULL || (data == NULL && len > 0))
     return M2MPSK_E_INVALID;
   *written = 0;
@@ -817,8 +861,8 @@ int m2mpsk_assoc_write(m2mpsk_assoc *a, const uint8_t *data, size_t len,
   return rc;
 }
 
-int m2mpsk_assoc_read(m2mpsk_assoc *a, uint8_t *out, size_t cap,
-                      size_t *out_len) {
+HOT int m2mpsk_assoc_read(m2mpsk_assoc *a, uint8_t *out, size_t cap,
+                          size_t *out_len) {
   if (a == NULL || out == NULL || out_len == NULL || cap == 0)
     return M2MPSK_E_INVALID;
   *out_len = 0;

@@ -17,7 +17,6 @@ typedef struct local_id {
 } local_id;
 
 struct m2mpsk_config {
-  atomic_uint refs;
   pthread_mutex_t lock;
   int frozen;
   char *suites;  /* set_suites(), or NULL */
@@ -32,7 +31,15 @@ struct m2mpsk_config {
   _Atomic(m2mpsk_guard *) guard;
   local_id *ids;
   size_t n_ids;
-  m2mpsk_engine_ctx *ctx[2][2]; /* [role][transport] */
+  /* [role][transport]: each created once under the lock, after freezing,
+   * and published with release order, so that creating an association
+   * reads it with one acquire load and no lock. */
+  _Atomic(m2mpsk_engine_ctx *) ctx[2][2];
+  /* Changed by every association's new and free, on any core: kept off
+   * the cache lines the fields above share. */
+  char pad_[64];
+  atomic_uint refs;
+  char pad2_[64];
 };
 
 int m2mpsk_config_new(m2mpsk_config **out) {
@@ -72,7 +79,7 @@ void m2mpsk_config_free(m2mpsk_config *cfg) {
     return;
   for (int r = 0; r < 2; r++)
     for (int t = 0; t < 2; t++)
-      m2mpsk_engine_ctx_free(cfg->ctx[r][t]);
+      m2mpsk_engine_ctx_free(atomic_load(&cfg->ctx[r][t]));
   m2mpsk_guard_free(atomic_load(&cfg->guard));
   for (size_t i = 0; i < cfg->n_ids; i++)
     free(cfg->ids[i].id);
@@ -345,17 +352,25 @@ m2mpsk_engine_ctx *m2mpsk_config_engine_ctx(m2mpsk_config *cfg,
                                             m2mpsk_role role,
                                             m2mpsk_transport transport,
                                             int *status) {
+  _Atomic(m2mpsk_engine_ctx *) *slot = &cfg->ctx[role][transport];
+  /* Published only after frozen was set under the lock. */
+  m2mpsk_engine_ctx *ctx = atomic_load_explicit(slot, memory_order_acquire);
+  *status = M2MPSK_OK;
+  if (ctx != NULL)
+    return ctx;
   pthread_mutex_lock(&cfg->lock);
   cfg->frozen = 1;
-  m2mpsk_engine_ctx **slot = &cfg->ctx[role][transport];
-  *status = M2MPSK_OK;
-  if (*slot == NULL) {
+  ctx = atomic_load_explicit(slot, memory_order_relaxed);
+  if (ctx == NULL) {
     char buf[1024];
     const char *suites = suites_for(cfg, transport, buf, sizeof(buf));
-    *status = suites ? m2mpsk_engine_ctx_new(slot, role, transport, suites)
+    *status = suites ? m2mpsk_engine_ctx_new(&ctx, role, transport, suites)
                      : M2MPSK_E_BACKEND;
+    if (*status == M2MPSK_OK)
+      atomic_store_explicit(slot, ctx, memory_order_release);
+    else
+      ctx = NULL;
   }
-  m2mpsk_engine_ctx *ctx = *slot;
   pthread_mutex_unlock(&cfg->lock);
   return ctx;
 }

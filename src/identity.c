@@ -11,18 +11,29 @@
 #define FQDN_MAX 253
 #define LABEL_MAX 63
 
-static int is_alnum(unsigned char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-         (c >= '0' && c <= '9');
-}
+/* Character classes, one table lookup per byte: these checks run on every
+ * KpsaID a peer presents and every record a key file loads. */
+enum { C_ALNUM = 1, C_HYPHEN = 2, C_UNRESERVED = 4, C_KPSA = 8 };
+
+static const unsigned char k_class[256] = {
+#define ALNUM_ (C_ALNUM | C_UNRESERVED | C_KPSA)
+    ['0' ... '9'] = ALNUM_,
+    ['a' ... 'z'] = ALNUM_,
+    ['A' ... 'Z'] = ALNUM_,
+#undef ALNUM_
+    ['-'] = C_HYPHEN | C_UNRESERVED | C_KPSA,
+    ['.'] = C_UNRESERVED | C_KPSA,
+    ['_'] = C_UNRESERVED | C_KPSA,
+    ['~'] = C_UNRESERVED,
+};
 
 /* RFC 3986 unreserved, as TS-0001 allows in CSE-IDs and AE-ID stems. */
 static int is_unreserved(unsigned char c) {
-  return is_alnum(c) || c == '-' || c == '.' || c == '_' || c == '~';
+  return k_class[c] & C_UNRESERVED;
 }
 
 static int is_kpsa_relative(unsigned char c) {
-  return is_alnum(c) || c == '-' || c == '.' || c == '_';
+  return k_class[c] & C_KPSA;
 }
 
 /* Letters, digits and hyphens, dot-separated labels of 1..63 bytes that
@@ -30,20 +41,18 @@ static int is_kpsa_relative(unsigned char c) {
 static int fqdn_valid(const char *s, size_t len) {
   if (len == 0 || len > FQDN_MAX)
     return 0;
-  size_t label = 0;
+  size_t start = 0; /* of the current label */
   for (size_t i = 0; i <= len; i++) {
-    if (i == len || s[i] == '.') {
-      if (label == 0 || label > LABEL_MAX || s[i - 1] == '-')
+    unsigned char c = i == len ? '.' : (unsigned char)s[i];
+    if (c == '.') {
+      size_t label = i - start;
+      if (label == 0 || label > LABEL_MAX || s[i - 1] == '-' ||
+          s[start] == '-')
         return 0;
-      label = 0;
-      continue;
+      start = i + 1;
+    } else if (!(k_class[c] & (C_ALNUM | C_HYPHEN))) {
+      return 0;
     }
-    unsigned char c = (unsigned char)s[i];
-    if (!is_alnum(c) && c != '-')
-      return 0;
-    if (c == '-' && label == 0)
-      return 0;
-    label++;
   }
   return 1;
 }
@@ -180,6 +189,32 @@ int m2mpsk_idb_server_name(const char *idb, char *out, size_t out_cap) {
   }
   out[id.fqdn_len] = '\0';
   return M2MPSK_OK;
+}
+
+int m2mpsk_idb_sni_of_valid(const char *idb, char *out, size_t out_cap) {
+  /* As m2mpsk_idb_server_name(), for an IdB that is known to be valid:
+   * "//" then an FQDN up to the next '/'. */
+  if (idb[0] != '/' || idb[1] != '/')
+    return 0;
+  const char *host = idb + 2;
+  const char *slash = strchr(host, '/');
+  size_t len = slash != NULL ? (size_t)(slash - host) : 0;
+  if (len == 0 || len + 1 > out_cap)
+    return 0;
+  size_t last = len; /* start of the last label */
+  while (last > 0 && host[last - 1] != '.')
+    last--;
+  size_t digits = last;
+  while (digits < len && host[digits] >= '0' && host[digits] <= '9')
+    digits++;
+  if (digits == len)
+    return 0; /* an address literal */
+  for (size_t i = 0; i < len; i++) {
+    char c = host[i];
+    out[i] = (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
+  }
+  out[len] = '\0';
+  return 1;
 }
 
 int m2mpsk_credential_id(const char *kpsa_id, char *out, size_t out_cap) {

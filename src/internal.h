@@ -9,6 +9,11 @@
 /* ---- identity.c ---------------------------------------------------------
  * The public validators live there too (m2mpsk_kpsa_id_validate, ...). */
 
+/* m2mpsk_idb_server_name() for an IdB already validated (a keystore
+ * record's): 1 with the SNI host in `out`, 0 when it has none (or it does
+ * not fit out_cap; 254 bytes always do). */
+int m2mpsk_idb_sni_of_valid(const char *idb, char *out, size_t out_cap);
+
 /* ---- keystore.c --------------------------------------------------------- */
 
 /* What an association needs to know of a record, copied out under the
@@ -30,6 +35,17 @@ typedef struct m2mpsk_record_view {
 int m2mpsk_keystore_fetch(const m2mpsk_keystore *ks, const char *kpsa_id,
                           m2mpsk_record_view *view, uint8_t *key_out,
                           size_t *key_len);
+
+/* The index hash of `kpsa_id` in this keystore (fixed for its life), to
+ * pass to m2mpsk_keystore_fetch_hashed(): an association that fetches the
+ * same record several times hashes its KpsaID once. */
+uint64_t m2mpsk_keystore_hash(const m2mpsk_keystore *ks, const char *kpsa_id);
+
+/* m2mpsk_keystore_fetch() with `hash` = m2mpsk_keystore_hash(ks, kpsa_id). */
+int m2mpsk_keystore_fetch_hashed(const m2mpsk_keystore *ks,
+                                 const char *kpsa_id, uint64_t hash,
+                                 m2mpsk_record_view *view, uint8_t *key_out,
+                                 size_t *key_len);
 
 /* A counter that every remove and revoke increases. Thread-safe. */
 uint64_t m2mpsk_keystore_generation(const m2mpsk_keystore *ks);

@@ -23,8 +23,14 @@
  * Locking. A rwlock guards the index and the slot allocator; readers copy
  * keys while holding it, so a concurrent remove cannot wipe or reuse a slot
  * mid-copy. Every change is prepared (allocations first) before anything
- * visible is modified, so that a failure leaves the keystore as it was. */
+ * visible is modified, so that a failure leaves the keystore as it was.
+ * The rwlock is striped: a reader takes the read lock of its thread's
+ * stripe only, each stripe on a cache line of its own, so that lookups on
+ * several cores do not bounce one lock word between them; a writer takes
+ * every stripe's write lock, in order. A staging keystore, private to one
+ * thread, has a single stripe. */
 #include <pthread.h>
+#include <sched.h>
 #include <sodium.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -39,6 +45,11 @@
 #define SLAB_MAX ((size_t)1 << 20)
 #define NO_SLAB UINT32_MAX
 #define BUCKETS_MIN 64
+#ifndef M2MPSK_KS_STRIPES
+#define M2MPSK_KS_STRIPES 8
+#endif
+#define STRIPES M2MPSK_KS_STRIPES /* a power of two */
+#define CACHE_LINE 64
 
 typedef struct ks_slab {
   uint8_t *mem;
@@ -66,13 +77,22 @@ typedef struct ks_record {
   char data[]; /* kpsa_id NUL ida NUL idb NUL */
 } ks_record;
 
+typedef union ks_stripe {
+  pthread_rwlock_t rw;
+  char line[CACHE_LINE];
+} ks_stripe;
+
 struct m2mpsk_keystore {
-  atomic_size_t refs;
+  /* Read by every lookup: kept apart from the counters written by
+   * associations being created and freed on other cores. */
   unsigned flags;
   int pkey; /* arena_pkey() at creation, or -1 */
   size_t page;
-  /* Behind a pointer so that const (read-only) entry points can lock it. */
-  pthread_rwlock_t *lock;
+  /* Behind a pointer so that const (read-only) entry points can lock them;
+   * aligned to a cache line inside locks_mem. */
+  ks_stripe *locks;
+  void *locks_mem;
+  uint32_t nstripes;
   unsigned char hash_key[crypto_shorthash_KEYBYTES];
 
   ks_record **buckets;
@@ -97,7 +117,37 @@ struct m2mpsk_keystore {
   atomic_size_t unlocked_slabs;
   int bulk;           /* a staging keystore, see bulk_close() */
   uint32_t open_slab; /* the arena a staging keystore keeps writable */
+  char pad_[CACHE_LINE];
+  atomic_size_t refs; /* changed by every association's new and free */
+  char pad2_[CACHE_LINE];
 };
+
+/* ---- locking ------------------------------------------------------------ */
+
+/* The stripe of the CPU the thread runs on: threads on different cores
+ * take different locks. Where the CPU is unknown, stripe 0. The caller
+ * unlocks the stripe it locked, wherever it runs by then. */
+static pthread_rwlock_t *read_lock(const m2mpsk_keystore *ks) {
+  int cpu = sched_getcpu();
+  uint32_t i = cpu > 0 ? (uint32_t)cpu & (ks->nstripes - 1) : 0;
+  pthread_rwlock_t *l = &ks->locks[i].rw;
+  pthread_rwlock_rdlock(l);
+  return l;
+}
+
+static void read_unlock(pthread_rwlock_t *l) {
+  pthread_rwlock_unlock(l);
+}
+
+static void write_lock(const m2mpsk_keystore *ks) {
+  for (uint32_t i = 0; i < ks->nstripes; i++)
+    pthread_rwlock_wrlock(&ks->locks[i].rw);
+}
+
+static void write_unlock(const m2mpsk_keystore *ks) {
+  for (uint32_t i = ks->nstripes; i-- > 0;)
+    pthread_rwlock_unlock(&ks->locks[i].rw);
+}
 
 static const char *rec_kpsa_id(const ks_record *r) {
   return r->data;
@@ -423,9 +473,12 @@ static int keystore_create(m2mpsk_keystore **out, unsigned flags,
   ks->page = page > 0 ? (size_t)page : 4096;
   ks->nbuckets = BUCKETS_MIN;
   ks->buckets = calloc(ks->nbuckets, sizeof(*ks->buckets));
-  ks->lock = malloc(sizeof(*ks->lock));
-  if (ks->buckets == NULL || ks->lock == NULL)
+  ks->nstripes = hash_key != NULL ? 1 : STRIPES; /* staging: one */
+  ks->locks_mem = malloc((ks->nstripes + 1) * sizeof(ks_stripe));
+  if (ks->buckets == NULL || ks->locks_mem == NULL)
     goto fail;
+  ks->locks = (ks_stripe *)(((uintptr_t)ks->locks_mem + CACHE_LINE - 1) &
+                            ~(uintptr_t)(CACHE_LINE - 1));
   pthread_rwlockattr_t attr;
   if (pthread_rwlockattr_init(&attr) != 0)
     goto fail;
@@ -434,10 +487,16 @@ static int keystore_create(m2mpsk_keystore **out, unsigned flags,
   pthread_rwlockattr_setkind_np(&attr,
                                 PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
 #endif
-  int rc = pthread_rwlock_init(ks->lock, &attr);
+  uint32_t inited = 0;
+  while (inited < ks->nstripes &&
+         pthread_rwlock_init(&ks->locks[inited].rw, &attr) == 0)
+    inited++;
   pthread_rwlockattr_destroy(&attr);
-  if (rc != 0)
+  if (inited < ks->nstripes) {
+    while (inited-- > 0)
+      pthread_rwlock_destroy(&ks->locks[inited].rw);
     goto fail;
+  }
   if (hash_key != NULL)
     memcpy(ks->hash_key, hash_key, sizeof(ks->hash_key));
   else
@@ -452,7 +511,7 @@ static int keystore_create(m2mpsk_keystore **out, unsigned flags,
   return M2MPSK_OK;
 fail:
   free(ks->buckets);
-  free(ks->lock);
+  free(ks->locks_mem);
   free(ks);
   return M2MPSK_E_NOMEM;
 }
@@ -494,8 +553,9 @@ static void keystore_destroy(m2mpsk_keystore *ks) {
     slab_destroy(ks->slabs[i]);
   free(ks->slabs);
   free(ks->free_slots);
-  pthread_rwlock_destroy(ks->lock);
-  free(ks->lock);
+  for (uint32_t i = 0; i < ks->nstripes; i++)
+    pthread_rwlock_destroy(&ks->locks[i].rw);
+  free(ks->locks_mem);
   sodium_memzero(ks->hash_key, sizeof(ks->hash_key));
   free(ks);
 }
@@ -559,7 +619,7 @@ int m2mpsk_keystore_add_tagged(m2mpsk_keystore *ks, const char *kpsa_id,
   p += ida_len + 1;
   memcpy(p, idb, idb_len + 1);
 
-  pthread_rwlock_wrlock(ks->lock);
+  write_lock(ks);
   if (find_link(ks, kpsa_id, kpsa_len, hash) != NULL) {
     rc = M2MPSK_E_DUPLICATE;
     goto out;
@@ -576,7 +636,7 @@ int m2mpsk_keystore_add_tagged(m2mpsk_keystore *ks, const char *kpsa_id,
   atomic_fetch_add(&ks->count, 1);
   r = NULL;
 out:
-  pthread_rwlock_unlock(ks->lock);
+  write_unlock(ks);
   free(r);
   return rc;
 }
@@ -606,7 +666,7 @@ int m2mpsk_keystore_remove(m2mpsk_keystore *ks, const char *kpsa_id) {
   if (len > M2MPSK_KPSA_ID_MAX)
     return M2MPSK_E_NOT_FOUND;
   uint64_t hash = kpsa_hash(ks, kpsa_id, len);
-  pthread_rwlock_wrlock(ks->lock);
+  write_lock(ks);
   ks_record **link = find_link(ks, kpsa_id, len, hash);
   ks_record *r = link != NULL ? *link : NULL;
   if (r != NULL) {
@@ -615,7 +675,7 @@ int m2mpsk_keystore_remove(m2mpsk_keystore *ks, const char *kpsa_id) {
     atomic_fetch_sub(&ks->count, 1);
     atomic_fetch_add(&ks->generation, 1);
   }
-  pthread_rwlock_unlock(ks->lock);
+  write_unlock(ks);
   if (r == NULL)
     return M2MPSK_E_NOT_FOUND;
   free(r);
@@ -625,14 +685,14 @@ int m2mpsk_keystore_remove(m2mpsk_keystore *ks, const char *kpsa_id) {
 int m2mpsk_keystore_revoke(m2mpsk_keystore *ks, const char *kpsa_id) {
   if (ks == NULL || kpsa_id == NULL)
     return M2MPSK_E_INVALID;
-  pthread_rwlock_wrlock(ks->lock);
+  write_lock(ks);
   ks_record *r = find(ks, kpsa_id);
   if (r != NULL) {
     record_drop_key(ks, r);
     r->revoked = 1;
     atomic_fetch_add(&ks->generation, 1);
   }
-  pthread_rwlock_unlock(ks->lock);
+  write_unlock(ks);
   return r != NULL ? M2MPSK_OK : M2MPSK_E_NOT_FOUND;
 }
 
@@ -653,7 +713,7 @@ int m2mpsk_keystore_lookup(const m2mpsk_keystore *ks, const char *kpsa_id,
       (idb != NULL && idb_cap == 0))
     return M2MPSK_E_INVALID;
   int rc = M2MPSK_OK;
-  pthread_rwlock_rdlock(ks->lock);
+  pthread_rwlock_t *lk = read_lock(ks);
   const ks_record *r = find(ks, kpsa_id);
   if (r == NULL) {
     rc = M2MPSK_E_NOT_FOUND;
@@ -670,18 +730,28 @@ int m2mpsk_keystore_lookup(const m2mpsk_keystore *ks, const char *kpsa_id,
     if (revoked != NULL)
       *revoked = r->revoked;
   }
-  pthread_rwlock_unlock(ks->lock);
+  read_unlock(lk);
   return rc;
 }
 
-int m2mpsk_keystore_fetch(const m2mpsk_keystore *ks, const char *kpsa_id,
-                          m2mpsk_record_view *view, uint8_t *key_out,
-                          size_t *key_len) {
+uint64_t m2mpsk_keystore_hash(const m2mpsk_keystore *ks, const char *kpsa_id) {
+  size_t len = strnlen(kpsa_id, (size_t)M2MPSK_KPSA_ID_MAX + 1);
+  return len > M2MPSK_KPSA_ID_MAX ? 0 : kpsa_hash(ks, kpsa_id, len);
+}
+
+int m2mpsk_keystore_fetch_hashed(const m2mpsk_keystore *ks,
+                                 const char *kpsa_id, uint64_t hash,
+                                 m2mpsk_record_view *view, uint8_t *key_out,
+                                 size_t *key_len) {
   if (ks == NULL || kpsa_id == NULL)
     return M2MPSK_E_INVALID;
+  size_t len = strnlen(kpsa_id, (size_t)M2MPSK_KPSA_ID_MAX + 1);
+  if (len > M2MPSK_KPSA_ID_MAX)
+    return M2MPSK_E_NOT_FOUND;
   int rc = M2MPSK_OK;
-  pthread_rwlock_rdlock(ks->lock);
-  const ks_record *r = find(ks, kpsa_id);
+  pthread_rwlock_t *lk = read_lock(ks);
+  ks_record **link = find_link(ks, kpsa_id, len, hash);
+  const ks_record *r = link != NULL ? *link : NULL;
   if (r == NULL) {
     rc = M2MPSK_E_NOT_FOUND;
     goto out;
@@ -699,8 +769,18 @@ int m2mpsk_keystore_fetch(const m2mpsk_keystore *ks, const char *kpsa_id,
   if (key_len != NULL)
     *key_len = r->revoked ? 0 : r->key_len;
 out:
-  pthread_rwlock_unlock(ks->lock);
+  read_unlock(lk);
   return rc;
+}
+
+int m2mpsk_keystore_fetch(const m2mpsk_keystore *ks, const char *kpsa_id,
+                          m2mpsk_record_view *view, uint8_t *key_out,
+                          size_t *key_len) {
+  if (ks == NULL || kpsa_id == NULL)
+    return M2MPSK_E_INVALID;
+  return m2mpsk_keystore_fetch_hashed(ks, kpsa_id,
+                                      m2mpsk_keystore_hash(ks, kpsa_id), view,
+                                      key_out, key_len);
 }
 
 uint64_t m2mpsk_keystore_generation(const m2mpsk_keystore *ks) {
@@ -733,7 +813,7 @@ int m2mpsk_keystore_merge(m2mpsk_keystore *dst, m2mpsk_keystore *staging,
   if (add == 0)
     return M2MPSK_OK;
   int rc = M2MPSK_OK;
-  pthread_rwlock_wrlock(dst->lock);
+  write_lock(dst);
 
   /* Check everything and allocate everything before changing anything. */
   uint32_t conflict = UINT32_MAX;
@@ -796,7 +876,7 @@ int m2mpsk_keystore_merge(m2mpsk_keystore *dst, m2mpsk_keystore *staging,
   atomic_store(&staging->key_memory, 0);
   atomic_store(&staging->unlocked_slabs, 0);
 out:
-  pthread_rwlock_unlock(dst->lock);
+  write_unlock(dst);
   return rc;
 }
 
@@ -807,11 +887,11 @@ const uint8_t *m2mpsk_keystore_debug_slot(const m2mpsk_keystore *ks,
   if (ks == NULL || kpsa_id == NULL)
     return NULL;
   const uint8_t *p = NULL;
-  pthread_rwlock_rdlock(ks->lock);
+  pthread_rwlock_t *lk = read_lock(ks);
   const ks_record *r = find(ks, kpsa_id);
   if (r != NULL && r->slab != NO_SLAB)
     p = slot_addr(ks->slabs[r->slab], r->slot);
-  pthread_rwlock_unlock(ks->lock);
+  read_unlock(lk);
   return p;
 }
 
@@ -820,7 +900,7 @@ int m2mpsk_keystore_debug_peek(const m2mpsk_keystore *ks, const uint8_t *p,
   if (ks == NULL || p == NULL || out == NULL)
     return M2MPSK_E_INVALID;
   int rc = M2MPSK_E_INVALID;
-  pthread_rwlock_rdlock(ks->lock);
+  pthread_rwlock_t *lk = read_lock(ks);
   for (uint32_t i = 0; i < ks->nslabs; i++) {
     ks_slab *s = ks->slabs[i];
     uintptr_t a = (uintptr_t)p, lo = (uintptr_t)s->mem;
@@ -833,6 +913,6 @@ int m2mpsk_keystore_debug_peek(const m2mpsk_keystore *ks, const uint8_t *p,
     rc = M2MPSK_OK;
     break;
   }
-  pthread_rwlock_unlock(ks->lock);
+  read_unlock(lk);
   return rc;
 }

@@ -11,6 +11,7 @@
  * the session keys live in BoringSSL's memory, outside our control. */
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,12 @@
 #include <openssl/ssl.h>
 
 #include "engine.h"
+
+/* The per-record path is grouped (.text.hot) so that it spans few
+ * instruction-cache lines between BoringSSL's own; failure handling is
+ * kept out of its way. */
+#define HOT __attribute__((hot))
+#define COLD __attribute__((cold))
 
 /* Set once by m2mpsk_tls_module(), before any other call. */
 static const m2mpsk_engine_hooks *g_hooks;
@@ -40,24 +47,32 @@ typedef struct bytebuf {
   size_t cap;
 } bytebuf;
 
+/* Room inside the engine for one small record in flight, in whichever
+ * direction needs it: a 64-byte message in a CBC-SHA1 record takes 117
+ * bytes over TLS, 127 over DTLS with its length prefix. Small messages,
+ * most of M2M traffic, then cost no allocation per record. */
+enum { SMALL_BUF = 128 };
+
 struct m2mpsk_engine {
   SSL *ssl;
   m2mpsk_assoc *owner;
-  int dtls;
-  int server;
   bytebuf in;
   bytebuf out;
-  int nomem;
-  /* DTLS responder: a Finished that fails its MAC is dropped silently by
-   * DTLS, so a wrong key would look like loss. These spot it. */
-  int psk_given;
-  int ccs_seen;
-  int bad_finished;
-  m2mpsk_reason reason;
   /* The failure detail, "what: name", both static strings: formatted only
    * when asked for, so that an association carries no text buffer. */
   const char *what;
   const char *name;
+  m2mpsk_reason reason;
+  uint8_t dtls;
+  uint8_t server;
+  uint8_t nomem;
+  uint8_t established; /* the handshake completed: release emptied buffers */
+  /* DTLS responder: a Finished that fails its MAC is dropped silently by
+   * DTLS, so a wrong key would look like loss. These spot it. */
+  uint8_t psk_given;
+  uint8_t ccs_seen;
+  uint8_t bad_finished;
+  uint8_t small[SMALL_BUF]; /* in.p or out.p, at most one of them */
 };
 
 /* ---- suites -------------------------------------------------------------- */
@@ -137,22 +152,38 @@ static int bssl_check_suites(const char *iana_names) {
 
 /* ---- buffers ------------------------------------------------------------- */
 
-enum { BUF_MIN = 2048 };
+/* A first heap allocation small enough for glibc's per-thread cache
+ * (tcache, up to 1032 bytes). */
+enum { BUF_MIN = 1024 };
 
-static int buf_reserve(bytebuf *b, size_t extra) {
+static int buf_reserve(m2mpsk_engine *e, bytebuf *b, size_t extra) {
   if (b->off > 0 && b->off + b->len + extra > b->cap) {
     memmove(b->p, b->p + b->off, b->len);
     b->off = 0;
   }
   if (b->len + extra <= b->cap)
     return 1;
-  size_t cap = b->cap ? b->cap : BUF_MIN;
+  /* Here off is 0. */
+  const bytebuf *other = b == &e->in ? &e->out : &e->in;
+  if (b->p == NULL && extra <= SMALL_BUF && other->p != e->small) {
+    b->p = e->small;
+    b->cap = SMALL_BUF;
+    return 1;
+  }
+  size_t cap = b->cap > BUF_MIN ? b->cap : BUF_MIN;
   while (cap < b->len + extra) {
     if (cap > SIZE_MAX / 2)
       return 0;
     cap *= 2;
   }
-  uint8_t *p = realloc(b->p, cap);
+  uint8_t *p;
+  if (b->p == e->small) {
+    p = malloc(cap);
+    if (p != NULL)
+      memcpy(p, b->p, b->len);
+  } else {
+    p = b->p == NULL ? malloc(cap) : realloc(b->p, cap);
+  }
   if (p == NULL)
     return 0;
   b->p = p;
@@ -160,35 +191,46 @@ static int buf_reserve(bytebuf *b, size_t extra) {
   return 1;
 }
 
-static int buf_append(bytebuf *b, const uint8_t *data, size_t len) {
-  if (!buf_reserve(b, len))
+static int buf_append(m2mpsk_engine *e, bytebuf *b, const uint8_t *data,
+                      size_t len) {
+  if (!buf_reserve(e, b, len))
     return 0;
   memcpy(b->p + b->off + b->len, data, len);
   b->len += len;
   return 1;
 }
 
-/* An emptied buffer is released: an established association that is idle
- * then holds no buffer at all, which is most of its life. The buffers only
+static void buf_release(m2mpsk_engine *e, bytebuf *b) {
+  if (b->p != e->small)
+    free(b->p);
+  b->p = NULL;
+  b->off = 0;
+  b->len = 0;
+  b->cap = 0;
+}
+
+/* During the handshake an emptied buffer is kept for the next flight. Once
+ * established, an emptied buffer is released: an idle association then
+ * holds no heap buffer at all, which is most of its life. The buffers only
  * ever hold records as they travel on the wire, so there is nothing to
  * wipe. */
-static void buf_consume(bytebuf *b, size_t n) {
+static void buf_consume(m2mpsk_engine *e, bytebuf *b, size_t n) {
   b->off += n;
   b->len -= n;
   if (b->len == 0) {
-    free(b->p);
-    b->p = NULL;
     b->off = 0;
-    b->cap = 0;
+    if (e->established || b->p == e->small)
+      buf_release(e, b);
   }
 }
 
-static int buf_push_datagram(bytebuf *b, const uint8_t *data, size_t len) {
+static int buf_push_datagram(m2mpsk_engine *e, bytebuf *b,
+                             const uint8_t *data, size_t len) {
   uint8_t hdr[2] = {(uint8_t)(len >> 8), (uint8_t)len};
-  if (len > 0xffff || !buf_reserve(b, len + 2))
+  if (len > 0xffff || !buf_reserve(e, b, len + 2))
     return 0;
-  buf_append(b, hdr, 2);
-  buf_append(b, data, len);
+  buf_append(e, b, hdr, 2);
+  buf_append(e, b, data, len);
   return 1;
 }
 
@@ -200,7 +242,7 @@ static size_t buf_next_datagram(const bytebuf *b) {
 
 /* ---- our BIO ------------------------------------------------------------- */
 
-static int bio_read(BIO *bio, char *out, int outl) {
+static HOT int bio_read(BIO *bio, char *out, int outl) {
   m2mpsk_engine *e = BIO_get_data(bio);
   BIO_clear_retry_flags(bio);
   if (e->in.len == 0 || outl <= 0) {
@@ -212,23 +254,23 @@ static int bio_read(BIO *bio, char *out, int outl) {
     size_t dlen = buf_next_datagram(&e->in);
     n = dlen < (size_t)outl ? dlen : (size_t)outl;
     memcpy(out, e->in.p + e->in.off + 2, n);
-    buf_consume(&e->in, dlen + 2);
+    buf_consume(e, &e->in, dlen + 2);
   } else {
     n = e->in.len < (size_t)outl ? e->in.len : (size_t)outl;
     memcpy(out, e->in.p + e->in.off, n);
-    buf_consume(&e->in, n);
+    buf_consume(e, &e->in, n);
   }
   return (int)n;
 }
 
-static int bio_write(BIO *bio, const char *data, int len) {
+static HOT int bio_write(BIO *bio, const char *data, int len) {
   m2mpsk_engine *e = BIO_get_data(bio);
   BIO_clear_retry_flags(bio);
   if (len < 0)
     return -1;
   const uint8_t *d = (const uint8_t *)data;
-  int ok = e->dtls ? buf_push_datagram(&e->out, d, (size_t)len)
-                   : buf_append(&e->out, d, (size_t)len);
+  int ok = e->dtls ? buf_push_datagram(e, &e->out, d, (size_t)len)
+                   : buf_append(e, &e->out, d, (size_t)len);
   if (!ok) {
     e->nomem = 1;
     return -1;
@@ -253,15 +295,20 @@ static int bio_create(BIO *bio) {
   return 1;
 }
 
-/* Built once and kept for the life of the process. Not pthread_once: a
- * failed allocation must leave the next caller free to try again. */
-static BIO_METHOD *g_bio_method;
+/* Built once and kept for the life of the process, then read without the
+ * lock. Not pthread_once: a failed allocation must leave the next caller
+ * free to try again. */
+static _Atomic(BIO_METHOD *) g_bio_method;
 static pthread_mutex_t g_bio_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static BIO_METHOD *bio_method(void) {
+  BIO_METHOD *m = atomic_load_explicit(&g_bio_method, memory_order_acquire);
+  if (m != NULL)
+    return m;
   pthread_mutex_lock(&g_bio_lock);
-  if (g_bio_method == NULL) {
-    BIO_METHOD *m = BIO_meth_new(0, "m2mpsk");
+  m = atomic_load_explicit(&g_bio_method, memory_order_relaxed);
+  if (m == NULL) {
+    m = BIO_meth_new(0, "m2mpsk");
     if (m != NULL &&
         (!BIO_meth_set_read(m, bio_read) || !BIO_meth_set_write(m, bio_write) ||
          !BIO_meth_set_ctrl(m, bio_ctrl) ||
@@ -269,9 +316,8 @@ static BIO_METHOD *bio_method(void) {
       BIO_meth_free(m);
       m = NULL;
     }
-    g_bio_method = m;
+    atomic_store_explicit(&g_bio_method, m, memory_order_release);
   }
-  BIO_METHOD *m = g_bio_method;
   pthread_mutex_unlock(&g_bio_lock);
   return m;
 }
@@ -280,7 +326,7 @@ static BIO_METHOD *bio_method(void) {
 
 static _Thread_local uint64_t t_now_ms;
 
-static void bssl_set_now(uint64_t now_ms) {
+static HOT void bssl_set_now(uint64_t now_ms) {
   t_now_ms = now_ms;
 }
 
@@ -418,8 +464,8 @@ static void bssl_free(m2mpsk_engine *e) {
   if (e == NULL)
     return;
   SSL_free(e->ssl);
-  free(e->in.p);
-  free(e->out.p);
+  buf_release(e, &e->in);
+  buf_release(e, &e->out);
   free(e);
 }
 
@@ -454,17 +500,19 @@ static void dtls_note_records(m2mpsk_engine *e, const uint8_t *d, size_t n) {
   }
 }
 
-static size_t bssl_buffered(const m2mpsk_engine *e) {
+static HOT size_t bssl_buffered(const m2mpsk_engine *e) {
   return e->in.len;
 }
 
-static int bssl_push(m2mpsk_engine *e, const uint8_t *data, size_t len) {
+static HOT int bssl_push(m2mpsk_engine *e, const uint8_t *data,
+                         size_t len) {
   if (e->dtls) {
     if (e->server && !SSL_is_init_finished(e->ssl))
       dtls_note_records(e, data, len);
-    return buf_push_datagram(&e->in, data, len) ? M2MPSK_OK : M2MPSK_E_NOMEM;
+    return buf_push_datagram(e, &e->in, data, len) ? M2MPSK_OK
+                                                    : M2MPSK_E_NOMEM;
   }
-  return buf_append(&e->in, data, len) ? M2MPSK_OK : M2MPSK_E_NOMEM;
+  return buf_append(e, &e->in, data, len) ? M2MPSK_OK : M2MPSK_E_NOMEM;
 }
 
 /* `what` and `name` must be static strings (literals, or BoringSSL's
@@ -477,7 +525,13 @@ static void set_failure(m2mpsk_engine *e, m2mpsk_reason reason,
 }
 
 /* Clearing the thread's error queue walks all its slots; most calls find
- * it empty, and looking costs less. */
+ * it empty, and looking costs less.
+ *
+ * This module is the only user of its private BoringSSL (loaded
+ * RTLD_LOCAL), and every path here that can leave an error queued clears
+ * it (classify(), the waits, close, abort, export): the queue is empty
+ * between calls. SSL_read and SSL_write, the per-record calls, therefore
+ * skip the look before they run; a handshake still clears first. */
 static void clear_errors(void) {
   if (ERR_peek_error() != 0)
     ERR_clear_error();
@@ -485,7 +539,7 @@ static void clear_errors(void) {
 
 /* Turns the TLS library's error into a reason. Must run right after the
  * failing call, on the same thread (the error queue is thread-local). */
-static void classify(m2mpsk_engine *e, int ssl_error) {
+static COLD void classify(m2mpsk_engine *e, int ssl_error) {
   /* A cipher error (BAD_DECRYPT) may come first; the SSL-level reason
    * that follows it says what it means for the protocol. */
   uint32_t code = ERR_peek_error(), err;
@@ -565,8 +619,15 @@ static void classify(m2mpsk_engine *e, int ssl_error) {
 static int bssl_handshake(m2mpsk_engine *e) {
   clear_errors();
   int r = SSL_do_handshake(e->ssl);
-  if (r == 1)
+  if (r == 1) {
+    /* Hold no handshake-only buffers once established. */
+    e->established = 1;
+    if (e->in.len == 0)
+      buf_release(e, &e->in);
+    if (e->out.len == 0)
+      buf_release(e, &e->out);
     return M2MPSK_ENG_DONE;
+  }
   int err = SSL_get_error(e->ssl, r);
   if (err == SSL_ERROR_WANT_READ && !e->nomem) {
     clear_errors();
@@ -585,12 +646,12 @@ static int bssl_handshake(m2mpsk_engine *e) {
   return M2MPSK_ENG_FAIL;
 }
 
-static size_t bssl_pending(const m2mpsk_engine *e) {
+static HOT size_t bssl_pending(const m2mpsk_engine *e) {
   return e->dtls ? buf_next_datagram(&e->out) : e->out.len;
 }
 
-static int bssl_drain(m2mpsk_engine *e, uint8_t *out, size_t cap,
-                      size_t *out_len) {
+static HOT int bssl_drain(m2mpsk_engine *e, uint8_t *out, size_t cap,
+                          size_t *out_len) {
   if (e->out.len == 0)
     return M2MPSK_E_AGAIN;
   if (e->dtls) {
@@ -598,20 +659,19 @@ static int bssl_drain(m2mpsk_engine *e, uint8_t *out, size_t cap,
     if (n > cap)
       return M2MPSK_E_BUFFER;
     memcpy(out, e->out.p + e->out.off + 2, n);
-    buf_consume(&e->out, n + 2);
+    buf_consume(e, &e->out, n + 2);
     *out_len = n;
     return M2MPSK_OK;
   }
   size_t n = e->out.len < cap ? e->out.len : cap;
   memcpy(out, e->out.p + e->out.off, n);
-  buf_consume(&e->out, n);
+  buf_consume(e, &e->out, n);
   *out_len = n;
   return M2MPSK_OK;
 }
 
-static int bssl_read(m2mpsk_engine *e, uint8_t *out, size_t cap,
-                     size_t *out_len) {
-  clear_errors();
+static HOT int bssl_read(m2mpsk_engine *e, uint8_t *out, size_t cap,
+                         size_t *out_len) {
   int r = SSL_read(e->ssl, out, cap > INT_MAX ? INT_MAX : (int)cap);
   if (r > 0) {
     *out_len = (size_t)r;
@@ -630,10 +690,10 @@ static int bssl_read(m2mpsk_engine *e, uint8_t *out, size_t cap,
   return M2MPSK_E_FAILED;
 }
 
-static int bssl_write(m2mpsk_engine *e, const uint8_t *data, size_t len) {
+static HOT int bssl_write(m2mpsk_engine *e, const uint8_t *data,
+                          size_t len) {
   while (len > 0) {
     int chunk = len > (1u << 30) ? (1 << 30) : (int)len;
-    clear_errors();
     int r = SSL_write(e->ssl, data, chunk);
     if (r <= 0) {
       int err = SSL_get_error(e->ssl, r);
