@@ -59,6 +59,20 @@ for ci in 0 1 2 3; do
   echo "$ci $n" >>"$out/cg.n"
 done
 
+# The OpenSSL 3 backend against raw OpenSSL 3: the handshake sections of
+# the same harness in a build of its own.
+obuild=${build}-openssl
+echo "== m2mpsk-bench $quick --sections hs, OpenSSL backend ($obuild)"
+timeout 600 cmake -S "$root" -B "$obuild" -DCMAKE_BUILD_TYPE=Release \
+  -DM2MPSK_TLS=openssl -DM2MPSK_WERROR=ON -DM2MPSK_BINDINGS=OFF \
+  >"$out/configure-openssl.log"
+timeout 900 cmake --build "$obuild" -j2 --target m2mpsk-bench \
+  >"$out/build-openssl.log" || { tail -30 "$out/build-openssl.log"; exit 1; }
+rm -f "$out/results-openssl.jsonl"
+timeout 900 "$obuild/tests/bench/m2mpsk-bench" $quick --sections hs \
+  --json "$out/results-openssl.jsonl" --workdir "$out" |
+  tee "$out/bench-openssl.txt"
+
 {
   echo "nproc: $(nproc)"
   lscpu | grep -E '^(Model name|CPU\(s\)|Thread|Core|Socket|L1d|L1i|L2|L3|Hypervisor|Flags)' |
@@ -78,4 +92,5 @@ fi
 echo "== report"
 python3 "$root/tests/bench/report.py" --results "$out/results.jsonl" \
   --callgrind "$out" --machine "$out/machine.txt" --out "$doc" --plot "$plot" \
+  --openssl-results "$out/results-openssl.jsonl" \
   --revision "$rev" --command "bash tests/bench/run.sh${quick:+ --quick}"
