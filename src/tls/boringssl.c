@@ -22,6 +22,7 @@
 #include <openssl/ssl.h>
 
 #include "engine.h"
+#include "family.h"
 
 /* The per-record path is grouped (.text.hot) so that it spans few
  * instruction-cache lines between BoringSSL's own; failure handling is
@@ -77,11 +78,6 @@ struct m2mpsk_engine {
 
 /* ---- suites -------------------------------------------------------------- */
 
-typedef struct suite_name {
-  const char *iana;
-  const char *backend;
-} suite_name;
-
 /* The PSK suites BoringSSL implements (TLS 1.2 / DTLS 1.2). */
 static const suite_name k_suites[] = {
     {"TLS_PSK_WITH_AES_128_CBC_SHA", "PSK-AES128-CBC-SHA"},
@@ -108,42 +104,10 @@ static const char *bssl_default_suites(void) {
   return "TLS_PSK_WITH_AES_128_CBC_SHA:TLS_PSK_WITH_AES_256_CBC_SHA";
 }
 
-static const char *backend_suite(const char *iana, size_t len) {
-  for (size_t i = 0; i < sizeof(k_suites) / sizeof(k_suites[0]); i++) {
-    if (strlen(k_suites[i].iana) == len &&
-        memcmp(k_suites[i].iana, iana, len) == 0)
-      return k_suites[i].backend;
-  }
-  return NULL;
-}
-
 /* Translates the IANA list into BoringSSL's names; out may be NULL. */
 static int translate_suites(const char *iana, char *out, size_t cap) {
-  if (iana == NULL || *iana == '\0')
-    return M2MPSK_E_INVALID;
-  size_t used = 0;
-  const char *p = iana;
-  for (;;) {
-    const char *end = strchr(p, ':');
-    size_t len = end ? (size_t)(end - p) : strlen(p);
-    if (len == 0)
-      return M2MPSK_E_INVALID;
-    const char *name = backend_suite(p, len);
-    if (name == NULL)
-      return M2MPSK_E_SUITE;
-    if (out != NULL) {
-      size_t n = strlen(name);
-      if (used + n + 2 > cap)
-        return M2MPSK_E_INVALID;
-      if (used > 0)
-        out[used++] = ':';
-      memcpy(out + used, name, n + 1);
-      used += n;
-    }
-    if (end == NULL)
-      return M2MPSK_OK;
-    p = end + 1;
-  }
+  return family_translate_suites(
+      k_suites, sizeof(k_suites) / sizeof(k_suites[0]), iana, out, cap);
 }
 
 static int bssl_check_suites(const char *iana_names) {
@@ -224,8 +188,8 @@ static void buf_consume(m2mpsk_engine *e, bytebuf *b, size_t n) {
   }
 }
 
-static int buf_push_datagram(m2mpsk_engine *e, bytebuf *b,
-                             const uint8_t *data, size_t len) {
+static int buf_push_datagram(m2mpsk_engine *e, bytebuf *b, const uint8_t *data,
+                             size_t len) {
   uint8_t hdr[2] = {(uint8_t)(len >> 8), (uint8_t)len};
   if (len > 0xffff || !buf_reserve(e, b, len + 2))
     return 0;
@@ -504,13 +468,11 @@ static HOT size_t bssl_buffered(const m2mpsk_engine *e) {
   return e->in.len;
 }
 
-static HOT int bssl_push(m2mpsk_engine *e, const uint8_t *data,
-                         size_t len) {
+static HOT int bssl_push(m2mpsk_engine *e, const uint8_t *data, size_t len) {
   if (e->dtls) {
     if (e->server && !SSL_is_init_finished(e->ssl))
       dtls_note_records(e, data, len);
-    return buf_push_datagram(e, &e->in, data, len) ? M2MPSK_OK
-                                                    : M2MPSK_E_NOMEM;
+    return buf_push_datagram(e, &e->in, data, len) ? M2MPSK_OK : M2MPSK_E_NOMEM;
   }
   return buf_append(e, &e->in, data, len) ? M2MPSK_OK : M2MPSK_E_NOMEM;
 }
@@ -540,80 +502,12 @@ static void clear_errors(void) {
 /* Turns the TLS library's error into a reason. Must run right after the
  * failing call, on the same thread (the error queue is thread-local). */
 static COLD void classify(m2mpsk_engine *e, int ssl_error) {
-  /* A cipher error (BAD_DECRYPT) may come first; the SSL-level reason
-   * that follows it says what it means for the protocol. */
-  uint32_t code = ERR_peek_error(), err;
-  while ((err = ERR_get_error()) != 0) {
-    if (ERR_GET_LIB(err) == ERR_LIB_SSL) {
-      code = err;
-      break;
-    }
-  }
-  ERR_clear_error();
-  if (e->nomem) {
+  family_failure f = family_classify(ssl_error);
+  if (e->nomem)
     set_failure(e, M2MPSK_REASON_INTERNAL, "out of memory buffering output",
                 NULL);
-    return;
-  }
-  if (ERR_GET_LIB(code) != ERR_LIB_SSL) {
-    set_failure(e,
-                ssl_error == SSL_ERROR_SYSCALL ? M2MPSK_REASON_PROTOCOL
-                                               : M2MPSK_REASON_INTERNAL,
-                "TLS library error",
-                code ? ERR_reason_error_string(code) : "unexpected end");
-    return;
-  }
-  int r = ERR_GET_REASON(code);
-  if (r >= SSL_AD_REASON_OFFSET && r < SSL_AD_REASON_OFFSET + 256) {
-    int alert = r - SSL_AD_REASON_OFFSET;
-    const char *name = SSL_alert_desc_string_long(alert);
-    switch (alert) {
-    case SSL_AD_BAD_RECORD_MAC:
-    case SSL_AD_DECRYPT_ERROR:
-      set_failure(e, M2MPSK_REASON_BAD_KEY, "peer sent fatal alert", name);
-      return;
-    case SSL_AD_UNKNOWN_PSK_IDENTITY:
-      set_failure(e, M2MPSK_REASON_UNKNOWN_IDENTITY, "peer sent fatal alert",
-                  name);
-      return;
-    case SSL_AD_UNRECOGNIZED_NAME:
-      set_failure(e, M2MPSK_REASON_ID_MISMATCH, "peer sent fatal alert", name);
-      return;
-    case SSL_AD_HANDSHAKE_FAILURE:
-      set_failure(e, M2MPSK_REASON_PEER_ALERT,
-                  "peer sent fatal alert: handshake failure (often no "
-                  "shared cipher suite)",
-                  NULL);
-      return;
-    default:
-      set_failure(e, M2MPSK_REASON_PEER_ALERT, "peer sent fatal alert", name);
-      return;
-    }
-  }
-  switch (r) {
-  case SSL_R_DECRYPTION_FAILED_OR_BAD_RECORD_MAC:
-  case SSL_R_DIGEST_CHECK_FAILED:
-    set_failure(e, M2MPSK_REASON_BAD_KEY,
-                "peer's Finished or record did not verify (different keys)",
-                NULL);
-    return;
-  case SSL_R_NO_SHARED_CIPHER:
-    set_failure(e, M2MPSK_REASON_PROTOCOL,
-                "no shared cipher suite: the peer offered none we enable",
-                NULL);
-    return;
-  case SSL_R_PSK_IDENTITY_NOT_FOUND:
-    set_failure(e, M2MPSK_REASON_UNKNOWN_IDENTITY, "no key for identity", NULL);
-    return;
-  case SSL_R_READ_TIMEOUT_EXPIRED:
-    set_failure(e, M2MPSK_REASON_TIMEOUT, "too many DTLS retransmissions",
-                NULL);
-    return;
-  default:
-    set_failure(e, M2MPSK_REASON_PROTOCOL, "protocol error",
-                ERR_reason_error_string(code));
-    return;
-  }
+  else
+    set_failure(e, f.reason, f.what, f.name);
 }
 
 static int bssl_handshake(m2mpsk_engine *e) {
@@ -690,8 +584,7 @@ static HOT int bssl_read(m2mpsk_engine *e, uint8_t *out, size_t cap,
   return M2MPSK_E_FAILED;
 }
 
-static HOT int bssl_write(m2mpsk_engine *e, const uint8_t *data,
-                          size_t len) {
+static HOT int bssl_write(m2mpsk_engine *e, const uint8_t *data, size_t len) {
   while (len > 0) {
     int chunk = len > (1u << 30) ? (1 << 30) : (int)len;
     int r = SSL_write(e->ssl, data, chunk);

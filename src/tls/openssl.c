@@ -98,6 +98,7 @@
 #include <openssl/ssl.h>
 
 #include "engine.h"
+#include "family.h"
 
 #if OPENSSL_VERSION_NUMBER < 0x30000000L
 #error "the OpenSSL backend needs OpenSSL 3 (Debian: libssl-dev)"
@@ -177,11 +178,6 @@ struct m2mpsk_engine {
 
 /* ---- suites -------------------------------------------------------------- */
 
-typedef struct suite_name {
-  const char *iana;
-  const char *backend;
-} suite_name;
-
 static const suite_name k_suites[] = {
     /* Plain PSK: TS-0003's mandated suites first (TLS, then DTLS). */
     {"TLS_PSK_WITH_AES_128_CBC_SHA256", "PSK-AES128-CBC-SHA256"},
@@ -235,42 +231,10 @@ static const char *ossl_default_suites(void) {
          "TLS_PSK_WITH_AES_256_CCM:TLS_PSK_WITH_AES_256_CCM_8";
 }
 
-static const char *backend_suite(const char *iana, size_t len) {
-  for (size_t i = 0; i < sizeof(k_suites) / sizeof(k_suites[0]); i++) {
-    if (strlen(k_suites[i].iana) == len &&
-        memcmp(k_suites[i].iana, iana, len) == 0)
-      return k_suites[i].backend;
-  }
-  return NULL;
-}
-
 /* Translates the IANA list into OpenSSL's names; out may be NULL. */
 static int translate_suites(const char *iana, char *out, size_t cap) {
-  if (iana == NULL || *iana == '\0')
-    return M2MPSK_E_INVALID;
-  size_t used = 0;
-  const char *p = iana;
-  for (;;) {
-    const char *end = strchr(p, ':');
-    size_t len = end ? (size_t)(end - p) : strlen(p);
-    if (len == 0)
-      return M2MPSK_E_INVALID;
-    const char *name = backend_suite(p, len);
-    if (name == NULL)
-      return M2MPSK_E_SUITE;
-    if (out != NULL) {
-      size_t n = strlen(name);
-      if (used + n + 2 > cap)
-        return M2MPSK_E_INVALID;
-      if (used > 0)
-        out[used++] = ':';
-      memcpy(out + used, name, n + 1);
-      used += n;
-    }
-    if (end == NULL)
-      return M2MPSK_OK;
-    p = end + 1;
-  }
+  return family_translate_suites(
+      k_suites, sizeof(k_suites) / sizeof(k_suites[0]), iana, out, cap);
 }
 
 static int ossl_check_suites(const char *iana_names) {
@@ -810,85 +774,14 @@ static void set_failure(m2mpsk_engine *e, m2mpsk_reason reason,
 /* Turns the TLS library's error into a reason. Must run right after the
  * failing call, on the same thread (the error queue is thread-local). */
 static void classify(m2mpsk_engine *e, int ssl_error) {
-  /* A cipher error may come first; the SSL-level reason that follows it
-   * says what it means for the protocol. */
-  unsigned long code = ERR_peek_error(), err;
-  while ((err = ERR_get_error()) != 0) {
-    if (ERR_GET_LIB(err) == ERR_LIB_SSL) {
-      code = err;
-      break;
-    }
-  }
-  ERR_clear_error();
-  if (e->nomem) {
+  family_failure f = family_classify(ssl_error);
+  if (e->nomem)
     set_failure(e, M2MPSK_REASON_INTERNAL, "out of memory buffering output",
                 NULL);
-    return;
-  }
-  if (e->stopped) {
+  else if (e->stopped)
     set_failure(e, M2MPSK_REASON_INTERNAL, "association aborted", NULL);
-    return;
-  }
-  if (code == 0 || ERR_GET_LIB(code) != ERR_LIB_SSL) {
-    const char *why = code ? ERR_reason_error_string(code) : NULL;
-    set_failure(e,
-                ssl_error == SSL_ERROR_SYSCALL ? M2MPSK_REASON_PROTOCOL
-                                               : M2MPSK_REASON_INTERNAL,
-                "TLS library error", why ? why : "unexpected end");
-    return;
-  }
-  int r = ERR_GET_REASON(code);
-  if (r >= SSL_AD_REASON_OFFSET && r < SSL_AD_REASON_OFFSET + 256) {
-    int alert = r - SSL_AD_REASON_OFFSET;
-    const char *name = SSL_alert_desc_string_long(alert);
-    switch (alert) {
-    case SSL_AD_BAD_RECORD_MAC:
-    case SSL_AD_DECRYPT_ERROR:
-      set_failure(e, M2MPSK_REASON_BAD_KEY, "peer sent fatal alert", name);
-      return;
-    case SSL_AD_UNKNOWN_PSK_IDENTITY:
-      set_failure(e, M2MPSK_REASON_UNKNOWN_IDENTITY, "peer sent fatal alert",
-                  name);
-      return;
-    case SSL_AD_UNRECOGNIZED_NAME:
-      set_failure(e, M2MPSK_REASON_ID_MISMATCH, "peer sent fatal alert", name);
-      return;
-    case SSL_AD_HANDSHAKE_FAILURE:
-      set_failure(e, M2MPSK_REASON_PEER_ALERT,
-                  "peer sent fatal alert: handshake failure (often no "
-                  "shared cipher suite)",
-                  NULL);
-      return;
-    default:
-      set_failure(e, M2MPSK_REASON_PEER_ALERT, "peer sent fatal alert", name);
-      return;
-    }
-  }
-  switch (r) {
-  case SSL_R_DECRYPTION_FAILED_OR_BAD_RECORD_MAC:
-  case SSL_R_DECRYPTION_FAILED:
-  case SSL_R_DIGEST_CHECK_FAILED:
-    set_failure(e, M2MPSK_REASON_BAD_KEY,
-                "peer's Finished or record did not verify (different keys)",
-                NULL);
-    return;
-  case SSL_R_NO_SHARED_CIPHER:
-    set_failure(e, M2MPSK_REASON_PROTOCOL,
-                "no shared cipher suite: the peer offered none we enable",
-                NULL);
-    return;
-  case SSL_R_PSK_IDENTITY_NOT_FOUND:
-    set_failure(e, M2MPSK_REASON_UNKNOWN_IDENTITY, "no key for identity", NULL);
-    return;
-  case SSL_R_READ_TIMEOUT_EXPIRED:
-    set_failure(e, M2MPSK_REASON_TIMEOUT, "too many DTLS retransmissions",
-                NULL);
-    return;
-  default:
-    set_failure(e, M2MPSK_REASON_PROTOCOL, "protocol error",
-                ERR_reason_error_string(code));
-    return;
-  }
+  else
+    set_failure(e, f.reason, f.what, f.name);
 }
 
 /* A DTLS responder's first step: DTLSv1_listen() answers a ClientHello
