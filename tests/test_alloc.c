@@ -96,9 +96,11 @@ static int one_life(m2mpsk_transport t) {
   CHECK(m2mpsk_config_set_suites(cfg_a, "TLS_PSK_WITH_AES_128_CBC_SHA:"
                                         "TLS_PSK_WITH_AES_256_CBC_SHA"));
   CHECK(m2mpsk_config_add_local_id(cfg_b, M2MT_IDB));
+  CHECK(m2mpsk_config_set_event_queue(cfg_b, 16));
   CHECK(
       m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR, t, cfg_a, ks, M2MT_KPSA_ID));
   CHECK(m2mpsk_assoc_new(&b, M2MPSK_ROLE_RESPONDER, t, cfg_b, ks, NULL));
+  CHECK(m2mpsk_assoc_set_peer_tag(b, "192.0.2.1"));
   CHECK(m2mpsk_assoc_start(b, 1000, 1800000000));
   CHECK(m2mpsk_assoc_start(a, 1000, 1800000000));
   uint64_t now = 1000;
@@ -197,4 +199,38 @@ Test(alloc, every_allocation_failure_in_a_tls_life_is_reported,
 Test(alloc, every_allocation_failure_in_a_dtls_life_is_reported,
      .timeout = 300) {
   sweep(M2MPSK_TRANSPORT_DTLS);
+}
+
+/* The two calls that allocate for an existing association: each refuses
+ * with M2MPSK_E_NOMEM and changes nothing, then works once memory is
+ * back. */
+Test(alloc, peer_tag_and_ae_id_binding_refuse_cleanly_without_memory) {
+#ifdef __SANITIZE_ADDRESS__
+  cr_skip_test("the allocator cannot be interposed under AddressSanitizer");
+#endif
+  m2mt_pair p;
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, NULL, NULL);
+  g_count = 0;
+  g_fail_at = 0;
+  g_armed = 1;
+  int rc = m2mpsk_assoc_set_peer_tag(p.b, "192.0.2.1");
+  g_armed = 0;
+  cr_assert_eq(rc, M2MPSK_E_NOMEM);
+  cr_assert_null(m2mpsk_assoc_peer_tag(p.b));
+  cr_assert_eq(m2mpsk_assoc_set_peer_tag(p.b, "192.0.2.1"), M2MPSK_OK);
+
+  m2mt_pair_start(&p, 0, 0);
+  uint64_t now = 0;
+  cr_assert_geq(m2mt_run_handshake(p.a, p.b, NULL, &now, 100), 0);
+  cr_assert_str_eq(m2mpsk_assoc_peer_id(p.b), "12-" M2MT_KPSA_ID);
+  g_count = 0;
+  g_armed = 1;
+  rc = m2mpsk_assoc_bind_ae_id(p.b, "/cse-in/Cae1");
+  g_armed = 0;
+  cr_assert_eq(rc, M2MPSK_E_NOMEM);
+  cr_assert_str_eq(m2mpsk_assoc_peer_id(p.b), "12-" M2MT_KPSA_ID);
+  cr_assert_eq(m2mpsk_assoc_peer_id_is_credential(p.b), 1);
+  cr_assert_eq(m2mpsk_assoc_bind_ae_id(p.b, "/cse-in/Cae1"), M2MPSK_OK);
+  cr_assert_str_eq(m2mpsk_assoc_peer_id(p.b), "/cse-in/Cae1");
+  m2mt_pair_free(&p);
 }
