@@ -298,6 +298,7 @@ class Proc:
         self.buf = {"stdout": bytearray(), "stderr": bytearray()}
         self.eof = {"stdout": False, "stderr": False}
         self.cond = threading.Condition()
+        self.sent = []  # what write() gave its stdin, for the transcript
         self.threads = [
             threading.Thread(target=self._pump, args=(k, f), daemon=True)
             for k, f in (("stdout", self.p.stdout), ("stderr", self.p.stderr))
@@ -321,19 +322,23 @@ class Proc:
             if not chunk:
                 return
 
-    def text(self, key):
+    def data(self, key):
         with self.cond:
-            return bytes(self.buf[key]).decode("utf-8", "replace")
+            return bytes(self.buf[key])
 
-    def wait_for(self, key, pattern, what, timeout=STEP_S):
-        """Waits until the stream matches; returns the match."""
-        rx = re.compile(pattern, re.M)
+    def text(self, key):
+        return self.data(key).decode("utf-8", "replace")
+
+    def wait_until(self, key, test, what, timeout=None):
+        """Waits until test(bytes so far) returns something true; returns
+        it. timeout defaults to this module's STEP_S."""
+        timeout = STEP_S if timeout is None else timeout
         end = time.monotonic() + timeout
         with self.cond:
             while True:
-                m = rx.search(bytes(self.buf[key]).decode("utf-8", "replace"))
-                if m:
-                    return m
+                got = test(bytes(self.buf[key]))
+                if got:
+                    return got
                 if self.eof[key]:
                     raise CellFailure("%s ended its %s (exit %s) before %s"
                                       % (self.name, key, self.p.poll(), what))
@@ -343,7 +348,15 @@ class Proc:
                                       % (what, self.name, timeout))
                 self.cond.wait(min(left, 0.25))
 
+    def wait_for(self, key, pattern, what, timeout=None):
+        """Waits until the stream matches; returns the match."""
+        rx = re.compile(pattern, re.M)
+        return self.wait_until(
+            key, lambda b: rx.search(b.decode("utf-8", "replace")), what,
+            timeout)
+
     def write(self, data):
+        self.sent.append(data)
         self.p.stdin.write(data)
         self.p.stdin.flush()
 
@@ -353,7 +366,8 @@ class Proc:
         except OSError:
             pass
 
-    def wait_exit(self, what, timeout=STEP_S):
+    def wait_exit(self, what, timeout=None):
+        timeout = STEP_S if timeout is None else timeout
         try:
             rc = self.p.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -387,6 +401,7 @@ class Proc:
     def transcript(self, limit=6000):
         out = ["$ " + shlex.join(self.argv),
                "  exit: %s" % self.p.poll()]
+        out.extend("  stdin <- %r" % data for data in self.sent)
         for key in ("stdout", "stderr"):
             t = self.text(key)
             if len(t) > limit:

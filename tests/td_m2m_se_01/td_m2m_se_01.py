@@ -36,14 +36,11 @@ is bounded at CELL_DEADLINE_S. Python 3 standard library only.
 import argparse
 import os
 import re
-import secrets
-import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 SKIP = 77
@@ -73,140 +70,15 @@ ASSOC_RX = (r"^m2mpsk: association peer=(?P<peer>\S+) kpsa-id=(?P<kpsa>\S+) "
 OUTCOME_RX = r"^m2mpsk: (?:association|failure) .*$"
 
 
-class Fail(Exception):
-    pass
-
-
-class Deadline(BaseException):
-    pass
-
-
-def _deadline(_signum, _frame):
-    raise Deadline()
-
-
-class Proc:
-    """A child in its own process group; two threads collect its output."""
-
-    def __init__(self, name, argv):
-        self.name, self.argv = name, argv
-        wrapper = []
-        if shutil.which("setpriv"):  # dies with us, even on SIGKILL
-            wrapper = ["setpriv", "--pdeathsig", "KILL"]
-        self.p = subprocess.Popen(wrapper + argv, stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE,
-                                  start_new_session=True)
-        self.buf = {"stdout": bytearray(), "stderr": bytearray()}
-        self.eof = {"stdout": False, "stderr": False}
-        self.cond = threading.Condition()
-        self.sent = []
-        self.threads = [threading.Thread(target=self._pump, args=(k, f),
-                                         daemon=True)
-                        for k, f in (("stdout", self.p.stdout),
-                                     ("stderr", self.p.stderr))]
-        for t in self.threads:
-            t.start()
-
-    def _pump(self, key, f):
-        while True:
-            try:
-                chunk = os.read(f.fileno(), 65536)
-            except OSError:
-                chunk = b""
-            with self.cond:
-                if chunk:
-                    self.buf[key] += chunk
-                else:
-                    self.eof[key] = True
-                self.cond.notify_all()
-            if not chunk:
-                return
-
-    def data(self, key):
-        with self.cond:
-            return bytes(self.buf[key])
-
-    def text(self, key):
-        return self.data(key).decode("utf-8", "replace")
-
-    def wait_until(self, key, test, what, timeout=STEP_S):
-        """Waits until test(bytes) returns something true; returns it."""
-        end = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                got = test(bytes(self.buf[key]))
-                if got:
-                    return got
-                if self.eof[key]:
-                    raise Fail("%s ended its %s (exit %s) before %s"
-                               % (self.name, key, self.p.poll(), what))
-                left = end - time.monotonic()
-                if left <= 0:
-                    raise Fail("no %s from %s within %.0f s"
-                               % (what, self.name, timeout))
-                self.cond.wait(min(left, 0.25))
-
-    def wait_for(self, key, pattern, what, timeout=STEP_S):
-        rx = re.compile(pattern, re.M)
-        return self.wait_until(
-            key, lambda b: rx.search(b.decode("utf-8", "replace")), what,
-            timeout)
-
-    def write(self, data):
-        self.sent.append(data)
-        self.p.stdin.write(data)
-        self.p.stdin.flush()
-
-    def close_stdin(self):
-        try:
-            self.p.stdin.close()
-        except OSError:
-            pass
-
-    def wait_exit(self, what, timeout=STEP_S):
-        try:
-            rc = self.p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise Fail("%s did not exit within %.0f s (%s)"
-                       % (self.name, timeout, what))
-        for t in self.threads:
-            t.join(2)
-        return rc
-
-    def kill(self):
-        if self.p.poll() is None:
-            for sig, grace in ((signal.SIGTERM, 1.0), (signal.SIGKILL, 2.0)):
-                try:
-                    os.killpg(self.p.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    self.p.wait(grace)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        else:
-            try:  # anything it left in its group
-                os.killpg(self.p.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        self.close_stdin()
-        for t in self.threads:
-            t.join(1)
-
-    def transcript(self, limit=8000):
-        out = ["$ " + shlex.join(self.argv), "  exit: %s" % self.p.poll()]
-        for data in self.sent:
-            out.append("  stdin <- %r" % data)
-        for key in ("stdout", "stderr"):
-            t = self.text(key)
-            if len(t) > limit:
-                t = "[... %d characters cut ...]\n%s" % (len(t) - limit,
-                                                         t[-limit:])
-            out.append("  --- %s ---" % key)
-            out.extend("  | " + line for line in t.splitlines())
-        return "\n".join(out)
+# The interop matrix's process handling: each peer in its own process
+# group, its output collected by two threads, bounded waits, transcripts.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "interop"))
+import interop  # noqa: E402
+from interop import Proc, _deadline  # noqa: E402
+Fail = interop.CellFailure
+Deadline = interop.CellDeadline
+interop.STEP_S = STEP_S  # its waits' default, here
 
 
 # --------------------------------------------------------------------------
