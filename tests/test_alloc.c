@@ -10,55 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "alloc_hook.h"
 #include "link.h"
-
-extern void *__libc_malloc(size_t n);
-extern void *__libc_calloc(size_t n, size_t m);
-extern void *__libc_realloc(void *p, size_t n);
-extern void __libc_free(void *p);
-
-static int g_armed;
-static long g_count;
-static long g_fail_at = -1;
-static long g_failed;
-
-#ifndef __SANITIZE_ADDRESS__
-static int should_fail(void) {
-  if (!g_armed)
-    return 0;
-  if (g_count++ == g_fail_at) {
-    g_failed++;
-    return 1;
-  }
-  return 0;
-}
-#endif
-
-/* Blocks currently allocated, to find leaks on failure paths. */
-static long g_live;
-
-/* AddressSanitizer owns malloc; the sweep runs in ordinary builds. */
-#ifndef __SANITIZE_ADDRESS__
-void *malloc(size_t n) {
-  void *p = should_fail() ? NULL : __libc_malloc(n);
-  g_live += p != NULL;
-  return p;
-}
-void *calloc(size_t n, size_t m) {
-  void *p = should_fail() ? NULL : __libc_calloc(n, m);
-  g_live += p != NULL;
-  return p;
-}
-void *realloc(void *p, size_t n) {
-  if (p == NULL)
-    return malloc(n);
-  return should_fail() ? NULL : __libc_realloc(p, n);
-}
-void free(void *p) {
-  g_live -= p != NULL;
-  __libc_free(p);
-}
-#endif
 
 /* Returns 1 when the status is what an allocation failure may produce. */
 static int allowed(int rc) {
@@ -70,7 +23,7 @@ static int allowed(int rc) {
   do {                                                                         \
     int rc_ = (call);                                                          \
     cr_assert(allowed(rc_), "%s -> %d (%s) at allocation %ld", #call, rc_,     \
-              m2mpsk_strerror(rc_), g_fail_at);                                \
+              m2mpsk_strerror(rc_), alloc_fail_at);                                \
     if (rc_ != M2MPSK_OK)                                                      \
       goto out;                                                                \
   } while (0)
@@ -82,7 +35,7 @@ static int one_life(m2mpsk_transport t) {
   m2mpsk_config *cfg_a = NULL, *cfg_b = NULL;
   m2mpsk_assoc *a = NULL, *b = NULL;
   int ok = 0;
-  g_armed = 1;
+  alloc_armed = 1;
   CHECK(m2mpsk_keystore_new(&ks, 0));
   int rc = m2mpsk_keystore_add(ks, M2MT_KPSA_ID, m2mt_key, 32, M2MT_IDA,
                                M2MT_IDB, 0, 0);
@@ -140,7 +93,7 @@ static int one_life(m2mpsk_transport t) {
   CHECK(m2mpsk_assoc_close(a));
   ok = 1;
 out:
-  g_armed = 0;
+  alloc_armed = 0;
   m2mpsk_assoc_free(a);
   m2mpsk_assoc_free(b);
   m2mpsk_config_free(cfg_a);
@@ -150,37 +103,37 @@ out:
 }
 
 static void sweep(m2mpsk_transport t) {
-#ifdef __SANITIZE_ADDRESS__
+#ifndef ALLOC_HOOK
   cr_skip_test("the allocator cannot be interposed under AddressSanitizer");
 #endif
   long points = 0;
   int openssl = strcmp(m2mpsk_backend_name(), "openssl") == 0;
   /* A first clean life sets up the libraries' lazy global state. */
-  g_fail_at = -1;
+  alloc_fail_at = -1;
   cr_assert(one_life(t));
-  long live = g_live;
-  for (g_fail_at = 0; g_fail_at < 100000; g_fail_at++) {
-    g_count = 0;
-    g_failed = 0;
+  long live = alloc_live;
+  for (alloc_fail_at = 0; alloc_fail_at < 100000; alloc_fail_at++) {
+    alloc_count = 0;
+    alloc_failed = 0;
     int ok = one_life(t);
-    long failed = g_failed;
-    if (g_live != live && openssl) {
+    long failed = alloc_failed;
+    if (alloc_live != live && openssl) {
       /* OpenSSL 3 keeps process-wide caches (algorithms fetched from its
        * providers) that a failed allocation can leave fuller or emptier
        * than a clean run does. The same failure twice more settles them:
        * a leak is what still grows. */
-      g_count = 0;
+      alloc_count = 0;
       (void)one_life(t);
-      long settled = g_live;
-      g_count = 0;
+      long settled = alloc_live;
+      alloc_count = 0;
       (void)one_life(t);
-      cr_assert_eq(g_live, settled, "leak after failing allocation %ld",
-                   g_fail_at);
-      live = g_live;
-      g_failed = failed;
+      cr_assert_eq(alloc_live, settled, "leak after failing allocation %ld",
+                   alloc_fail_at);
+      live = alloc_live;
+      alloc_failed = failed;
     }
-    cr_assert_eq(g_live, live, "leak after failing allocation %ld", g_fail_at);
-    if (g_failed == 0) {
+    cr_assert_eq(alloc_live, live, "leak after failing allocation %ld", alloc_fail_at);
+    if (alloc_failed == 0) {
       cr_assert(ok, "the run without a failed allocation must succeed");
       break;
     }
@@ -205,16 +158,16 @@ Test(alloc, every_allocation_failure_in_a_dtls_life_is_reported,
  * with M2MPSK_E_NOMEM and changes nothing, then works once memory is
  * back. */
 Test(alloc, peer_tag_and_ae_id_binding_refuse_cleanly_without_memory) {
-#ifdef __SANITIZE_ADDRESS__
+#ifndef ALLOC_HOOK
   cr_skip_test("the allocator cannot be interposed under AddressSanitizer");
 #endif
   m2mt_pair p;
   m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, NULL, NULL);
-  g_count = 0;
-  g_fail_at = 0;
-  g_armed = 1;
+  alloc_count = 0;
+  alloc_fail_at = 0;
+  alloc_armed = 1;
   int rc = m2mpsk_assoc_set_peer_tag(p.b, "192.0.2.1");
-  g_armed = 0;
+  alloc_armed = 0;
   cr_assert_eq(rc, M2MPSK_E_NOMEM);
   cr_assert_null(m2mpsk_assoc_peer_tag(p.b));
   cr_assert_eq(m2mpsk_assoc_set_peer_tag(p.b, "192.0.2.1"), M2MPSK_OK);
@@ -223,10 +176,10 @@ Test(alloc, peer_tag_and_ae_id_binding_refuse_cleanly_without_memory) {
   uint64_t now = 0;
   cr_assert_geq(m2mt_run_handshake(p.a, p.b, NULL, &now, 100), 0);
   cr_assert_str_eq(m2mpsk_assoc_peer_id(p.b), "12-" M2MT_KPSA_ID);
-  g_count = 0;
-  g_armed = 1;
+  alloc_count = 0;
+  alloc_armed = 1;
   rc = m2mpsk_assoc_bind_ae_id(p.b, "/cse-in/Cae1");
-  g_armed = 0;
+  alloc_armed = 0;
   cr_assert_eq(rc, M2MPSK_E_NOMEM);
   cr_assert_str_eq(m2mpsk_assoc_peer_id(p.b), "12-" M2MT_KPSA_ID);
   cr_assert_eq(m2mpsk_assoc_peer_id_is_credential(p.b), 1);

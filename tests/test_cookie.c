@@ -20,40 +20,8 @@
 
 /* ---- counting (and failing) allocator ------------------------------------ */
 
-#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
-#define COUNTING 1
-extern void *__libc_malloc(size_t n);
-extern void *__libc_calloc(size_t n, size_t m);
-extern void *__libc_realloc(void *p, size_t n);
-extern void __libc_free(void *p);
-
-static _Thread_local long g_live; /* blocks allocated and not freed */
-static _Thread_local long g_fail_at = -1;
-static _Thread_local long g_count;
-
-static int should_fail(void) {
-  return g_fail_at >= 0 && g_count++ == g_fail_at;
-}
-void *malloc(size_t n) {
-  void *p = should_fail() ? NULL : __libc_malloc(n);
-  g_live += p != NULL;
-  return p;
-}
-void *calloc(size_t n, size_t m) {
-  void *p = should_fail() ? NULL : __libc_calloc(n, m);
-  g_live += p != NULL;
-  return p;
-}
-void *realloc(void *p, size_t n) {
-  if (p == NULL)
-    return malloc(n);
-  return should_fail() ? NULL : __libc_realloc(p, n);
-}
-void free(void *p) {
-  g_live -= p != NULL;
-  __libc_free(p);
-}
-#endif
+#define ALLOC_HOOK_STORAGE static _Thread_local
+#include "alloc_hook.h"
 
 /* ---- helpers ---------------------------------------------------------------
  */
@@ -434,15 +402,15 @@ Test(cookie, ten_thousand_peers_leave_nothing_behind) {
     cr_assert_eq(do_listen(&w, tag, &ch1, &hvr), M2MPSK_E_AGAIN);
   }
   size_t rss0 = rss_bytes();
-#ifdef COUNTING
-  long live0 = g_live;
+#ifdef ALLOC_HOOK
+  long live0 = alloc_live;
 #endif
   for (int i = 0; i < 10000; i++) {
     snprintf(tag, sizeof(tag), "203.0.113.%d:%d", i % 256, 1024 + i);
     cr_assert_eq(do_listen(&w, tag, &ch1, &hvr), M2MPSK_E_AGAIN);
-#ifdef COUNTING
-    cr_assert_eq(g_live, live0, "call %d left %ld blocks allocated", i,
-                 g_live - live0);
+#ifdef ALLOC_HOOK
+    cr_assert_eq(alloc_live, live0, "call %d left %ld blocks allocated", i,
+                 alloc_live - live0);
 #endif
   }
   size_t rss1 = rss_bytes();
@@ -453,7 +421,7 @@ Test(cookie, ten_thousand_peers_leave_nothing_behind) {
   world_free(&w);
 }
 
-#ifdef COUNTING
+#ifdef ALLOC_HOOK
 /* Every allocation a call makes fails in turn: each failure is reported as
  * a documented status, and nothing is left allocated. */
 Test(cookie, every_allocation_failure_is_reported) {
@@ -472,11 +440,12 @@ Test(cookie, every_allocation_failure_is_reported) {
       long live1 = 0;
       for (int rep = 0; rep < 3; rep++) {
         (void)do_listen(&w, TAG, inputs[k], &hvr); /* warm */
-        g_count = 0;
-        g_fail_at = n;
+        alloc_count = 0;
+        alloc_fail_at = n;
+        alloc_armed = 1;
         int rc = do_listen(&w, TAG, inputs[k], &out);
-        int failed = g_count > n;
-        g_fail_at = -1;
+        int failed = alloc_count > n;
+        alloc_armed = 0;
         if (!failed) {
           cr_assert_eq(rc, k == 0 ? M2MPSK_E_AGAIN : M2MPSK_OK);
           ok = 1;
@@ -493,10 +462,10 @@ Test(cookie, every_allocation_failure_is_reported) {
          * 3.0 itself loses a few blocks when buffering an accepted
          * ClientHello runs out of memory, in DTLSv1_listen().) */
         if (rep == 0)
-          live1 = g_live;
+          live1 = alloc_live;
         else if (k == 0)
-          cr_assert_eq(g_live, live1, "allocation %ld leaked %ld blocks", n,
-                       g_live - live1);
+          cr_assert_eq(alloc_live, live1, "allocation %ld leaked %ld blocks", n,
+                       alloc_live - live1);
       }
     }
     cr_assert(ok);
