@@ -23,7 +23,7 @@ static int allowed(int rc) {
   do {                                                                         \
     int rc_ = (call);                                                          \
     cr_assert(allowed(rc_), "%s -> %d (%s) at allocation %ld", #call, rc_,     \
-              m2mpsk_strerror(rc_), alloc_fail_at);                                \
+              m2mpsk_strerror(rc_), alloc_fail_at);                            \
     if (rc_ != M2MPSK_OK)                                                      \
       goto out;                                                                \
   } while (0)
@@ -88,8 +88,8 @@ static int one_life(m2mpsk_transport t) {
     goto out;
   CHECK(m2mpsk_assoc_read(b, buf, sizeof(buf), &n));
   uint8_t secret[32];
-  CHECK(m2mpsk_assoc_export(a, secret, sizeof(secret), "EXPORTER-test", NULL,
-                            0));
+  CHECK(
+      m2mpsk_assoc_export(a, secret, sizeof(secret), "EXPORTER-test", NULL, 0));
   CHECK(m2mpsk_assoc_close(a));
   ok = 1;
 out:
@@ -132,7 +132,8 @@ static void sweep(m2mpsk_transport t) {
       live = alloc_live;
       alloc_failed = failed;
     }
-    cr_assert_eq(alloc_live, live, "leak after failing allocation %ld", alloc_fail_at);
+    cr_assert_eq(alloc_live, live, "leak after failing allocation %ld",
+                 alloc_fail_at);
     if (alloc_failed == 0) {
       cr_assert(ok, "the run without a failed allocation must succeed");
       break;
