@@ -20,18 +20,7 @@
 #include "internal.h"
 #include "keystore.h"
 
-/* ASan replaces mlock() with a no-op that succeeds, so what these tests
- * check about locking cannot be observed under it. */
-#if defined(__SANITIZE_ADDRESS__)
-#define MLOCK_IS_FAKE 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define MLOCK_IS_FAKE 1
-#endif
-#endif
-#ifndef MLOCK_IS_FAKE
-#define MLOCK_IS_FAKE 0
-#endif
+#include "mlock_fake.h"
 
 #define IDB "//m2m.example.com/cse-in"
 #define IDA "//m2m.example.com/cse-in/Cae1"

@@ -16,17 +16,7 @@
 
 #define NCASES(t) (sizeof(t) / sizeof((t)[0]))
 
-/* ASan replaces mlock() with a no-op that succeeds. */
-#if defined(__SANITIZE_ADDRESS__)
-#define MLOCK_IS_FAKE 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define MLOCK_IS_FAKE 1
-#endif
-#endif
-#ifndef MLOCK_IS_FAKE
-#define MLOCK_IS_FAKE 0
-#endif
+#include "mlock_fake.h"
 
 /* The receiving CSE, absolute and SP-relative. */
 #define LOCAL_ABS "//m2m.example.com/cse-in"
