@@ -18,11 +18,13 @@
 #define ALLOC_HOOK_STORAGE static
 #endif
 
-ALLOC_HOOK_STORAGE int alloc_armed;
-ALLOC_HOOK_STORAGE long alloc_count;
-ALLOC_HOOK_STORAGE long alloc_fail_at = -1;
-ALLOC_HOOK_STORAGE long alloc_failed;
-ALLOC_HOOK_STORAGE long alloc_live;
+/* Unused where the sanitizers leave ALLOC_HOOK undefined and the test
+ * reads them only under #ifdef ALLOC_HOOK. */
+ALLOC_HOOK_STORAGE __attribute__((unused)) int alloc_armed;
+ALLOC_HOOK_STORAGE __attribute__((unused)) long alloc_count;
+ALLOC_HOOK_STORAGE __attribute__((unused)) long alloc_fail_at = -1;
+ALLOC_HOOK_STORAGE __attribute__((unused)) long alloc_failed;
+ALLOC_HOOK_STORAGE __attribute__((unused)) long alloc_live;
 
 #if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
 #define ALLOC_HOOK 1
