@@ -22,7 +22,7 @@
  * to its baseline (VmRSS after a warm-up of WARMUP handshakes versus at the
  * end, within TOLERANCE_KIB). Prints the figures.
  *
- *   soak [N]        default 10000 (what ctest runs); `soak 100000` by hand
+ *   soak [N]        default 10000; ctest runs `soak 100000`
  */
 #include <stdint.h>
 #include <stdio.h>
