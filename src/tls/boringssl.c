@@ -71,6 +71,7 @@ struct m2mpsk_engine {
   /* DTLS responder: a Finished that fails its MAC is dropped silently by
    * DTLS, so a wrong key would look like loss. These spot it. */
   uint8_t psk_given;
+  uint8_t key_out; /* a PSK callback gave out the key in this call */
   uint8_t ccs_seen;
   uint8_t bad_finished;
   uint8_t small[SMALL_BUF]; /* in.p or out.p, at most one of them */
@@ -313,8 +314,10 @@ static unsigned client_psk_cb(SSL *ssl, const char *hint, char *identity,
                               unsigned max_psk_len) {
   (void)hint;
   m2mpsk_engine *e = engine_of(ssl);
-  return g_hooks->on_client_psk(e->owner, identity,
-                                (size_t)max_identity_len + 1, psk, max_psk_len);
+  unsigned n = g_hooks->on_client_psk(
+      e->owner, identity, (size_t)max_identity_len + 1, psk, max_psk_len);
+  e->key_out |= n > 0;
+  return n;
 }
 
 static unsigned server_psk_cb(SSL *ssl, const char *identity, uint8_t *psk,
@@ -322,7 +325,7 @@ static unsigned server_psk_cb(SSL *ssl, const char *identity, uint8_t *psk,
   m2mpsk_engine *e = engine_of(ssl);
   unsigned n = g_hooks->on_server_psk(e->owner, identity, psk, max_psk_len);
   if (n > 0)
-    e->psk_given = 1;
+    e->psk_given = e->key_out = 1;
   return n;
 }
 
@@ -513,6 +516,11 @@ static COLD void classify(m2mpsk_engine *e, int ssl_error) {
 static int bssl_handshake(m2mpsk_engine *e) {
   clear_errors();
   int r = SSL_do_handshake(e->ssl);
+  if (e->key_out) {
+    /* The key passed through frames below this one (family.h). */
+    e->key_out = 0;
+    family_burn_stack();
+  }
   if (r == 1) {
     /* Hold no handshake-only buffers once established. */
     e->established = 1;

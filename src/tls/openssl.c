@@ -79,9 +79,11 @@
  *   datagram DTLSv1_listen() reads (its callbacks are not given it).
  *
  * Residual copies: OpenSSL copies the PSK into a stack buffer and a heap
- * copy during the handshake, and wipes both (OPENSSL_cleanse,
- * OPENSSL_clear_free) once the master secret is derived; the session keys
- * live in OpenSSL's memory, outside our control. */
+ * copy during the handshake and wipes those two (OPENSSL_cleanse,
+ * OPENSSL_clear_free) once the master secret is derived, but its premaster
+ * and PRF code still leave copies in dead frames (three measured): the
+ * handshake step wipes them as BoringSSL's does (family.h). The session
+ * keys live in OpenSSL's memory, outside our control. */
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -143,6 +145,7 @@ struct m2mpsk_engine {
   /* DTLS responder: a Finished that fails its MAC is dropped silently by
    * DTLS, so a wrong key would look like loss. These spot it. */
   int psk_given;
+  int key_out; /* a PSK callback gave out the key in this call */
   int ccs_seen;
   int bad_finished;
   /* What we sent: whether our records are encrypted yet, and the next
@@ -487,8 +490,10 @@ static unsigned client_psk_cb(SSL *ssl, const char *hint, char *identity,
                               unsigned max_psk_len) {
   (void)hint;
   m2mpsk_engine *e = SSL_get_app_data(ssl);
-  return g_hooks->on_client_psk(e->owner, identity,
-                                (size_t)max_identity_len + 1, psk, max_psk_len);
+  unsigned n = g_hooks->on_client_psk(
+      e->owner, identity, (size_t)max_identity_len + 1, psk, max_psk_len);
+  e->key_out |= n > 0;
+  return n;
 }
 
 static unsigned server_psk_cb(SSL *ssl, const char *identity,
@@ -497,7 +502,7 @@ static unsigned server_psk_cb(SSL *ssl, const char *identity,
   unsigned n = g_hooks->on_server_psk(e->owner, identity ? identity : "", psk,
                                       max_psk_len);
   if (n > 0)
-    e->psk_given = 1;
+    e->psk_given = e->key_out = 1;
   return n;
 }
 
@@ -836,6 +841,11 @@ static int ossl_handshake(m2mpsk_engine *e) {
   buf_consume(&e->last_flight, e->last_flight.len);
   int r = SSL_do_handshake(e->ssl);
   e->capture = 0;
+  if (e->key_out) {
+    /* The key passed through frames below this one (family.h). */
+    e->key_out = 0;
+    family_burn_stack();
+  }
   if (r == 1)
     return M2MPSK_ENG_DONE;
   buf_consume(&e->last_flight, e->last_flight.len);
