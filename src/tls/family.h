@@ -142,12 +142,13 @@ static family_failure family_classify(int ssl_error) {
  *
  * During the call that hands Kpsa to the TLS library, copies of it land on
  * the calling thread's stack, below our frame: the library's own PSK
- * buffer, temporaries of its premaster and PRF code, and vector registers that glibc's lazy symbol binding or a
- * signal frame saves there while they still hold key bytes. They outlive
- * the call in dead frames until something overwrites them, and a core
- * dump would carry them. Measured before this existed: two 32-byte copies
- * 3 KiB below the handshake call with BoringSSL, three with OpenSSL 3.0,
- * still there after every object was freed and the thread had exited.
+ * buffer, temporaries of its premaster and PRF code, and vector registers that
+ * glibc's lazy symbol binding or a signal frame saves there while they still
+ * hold key bytes. They outlive the call in dead frames until something
+ * overwrites them, and a core dump would carry them. Measured before this
+ * existed: two 32-byte copies 3 KiB below the handshake call with BoringSSL,
+ * three with OpenSSL 3.0, still there after every object was freed and the
+ * thread had exited.
  *
  * So after any call in which a PSK callback gave out the key, the backend
  * calls family_burn_stack(), whose own frame covers the dead frames that
@@ -156,8 +157,8 @@ static family_failure family_classify(int ssl_error) {
  * depth: measured from a thread's entry, a whole handshake (both sides,
  * frees included) writes at most 6.3 KiB of stack with BoringSSL and 8.3
  * KiB with OpenSSL 3.0, so 16 KiB leaves a margin; tests/test_hygiene.c
- * checks that no copy survives, per backend, transport and key exchange. Once per handshake per
- * side; 16 KiB cost 0.12 us here with the stack in cache. */
+ * checks that no copy survives, per backend, transport and key exchange. Once
+ * per handshake per side; 16 KiB cost 0.12 us here with the stack in cache. */
 #ifndef FAMILY_STACK_BURN
 #define FAMILY_STACK_BURN 16384
 #endif
