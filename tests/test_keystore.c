@@ -3,6 +3,7 @@
 #include <criterion/criterion.h>
 #include <criterion/logging.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/capability.h>
 #include <pthread.h>
 #include <signal.h>
@@ -611,6 +612,128 @@ Test(keystore, mprotect_guard_when_protection_keys_are_refused) {
   uint8_t peek[32], zero[32] = {0};
   cr_assert_eq(m2mpsk_keystore_debug_peek(ks, slot, peek, 32), M2MPSK_OK);
   cr_assert_arr_eq(peek, zero, 32, "remove wipes under mprotect too");
+  m2mpsk_keystore_free(ks);
+}
+
+/* ---- reads of closed arenas through /proc/self/mem ----------------------
+ * Without protection keys (refused here, absent on some machines), a fetch
+ * reads the closed page through /proc/self/mem instead of opening it with
+ * mprotect: no mapping changes, the page stays closed to every thread. */
+
+static void skip_without_procmem(void) {
+  int fd = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    cr_skip_test("/proc/self/mem cannot be opened here");
+  close(fd);
+}
+
+static int same_key(const m2mpsk_keystore *ks, const char *id, unsigned seed,
+                    size_t len) {
+  uint8_t want[M2MPSK_KEY_MAX], got[M2MPSK_KEY_MAX];
+  size_t got_len = 0;
+  fill_key(want, len, seed);
+  return m2mpsk_keystore_fetch(ks, id, NULL, got, &got_len) == M2MPSK_OK &&
+         got_len == len && memcmp(got, want, len) == 0;
+}
+
+Test(keystore, closed_arena_read_without_opening_the_page) {
+  skip_without_procmem();
+  m2mpsk_keystore_debug_refuse_pkeys();
+  m2mpsk_keystore *ks = new_ks(0);
+  add_ok(ks, "a@b.c", 1, 32);
+  add_ok(ks, "b@b.c", 2, 16);
+  cr_assert_eq(m2mpsk_keystore_debug_procmem_fd(), -1, "not opened yet");
+  unsigned long opens = m2mpsk_keystore_debug_page_opens();
+  for (int i = 0; i < 100; i++) {
+    expect_key(ks, "a@b.c", 1, 32);
+    expect_key(ks, "b@b.c", 2, 16);
+  }
+  cr_assert_eq(m2mpsk_keystore_debug_page_opens(), opens,
+               "200 fetches must not open a page");
+  cr_assert_geq(m2mpsk_keystore_debug_procmem_fd(), 512,
+                "one descriptor, above the ordinary range");
+  /* The page stayed closed: another thread still faults on it. */
+  const uint8_t *slot = m2mpsk_keystore_debug_slot(ks, "a@b.c");
+  int st = in_child(read_in_thread, (void *)(uintptr_t)slot);
+  cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV);
+  m2mpsk_keystore_free(ks);
+}
+
+Test(keystore, closed_arena_read_opens_the_page_without_procmem) {
+  m2mpsk_keystore_debug_refuse_pkeys();
+  m2mpsk_keystore_debug_refuse_procmem();
+  m2mpsk_keystore *ks = new_ks(0);
+  add_ok(ks, "a@b.c", 1, 32);
+  unsigned long opens = m2mpsk_keystore_debug_page_opens();
+  expect_key(ks, "a@b.c", 1, 32);
+  cr_assert_eq(m2mpsk_keystore_debug_procmem_fd(), -2, "turned off");
+  cr_assert_eq(m2mpsk_keystore_debug_page_opens(), opens + 2,
+               "open and close the one page");
+  expect_key(ks, "a@b.c", 1, 32);
+  cr_assert_eq(m2mpsk_keystore_debug_page_opens(), opens + 4);
+  m2mpsk_keystore_free(ks);
+}
+
+/* A forked child must read its own memory, not its parent's through the
+ * descriptor it inherited: it replaces the key, then fetches. */
+static m2mpsk_keystore *g_fork_ks;
+
+static void replace_and_fetch(void *arg) {
+  (void)arg;
+  if (m2mpsk_keystore_debug_procmem_fd() != -1)
+    _exit(3); /* the inherited descriptor was not dropped */
+  uint8_t key[32];
+  fill_key(key, 32, 9);
+  if (m2mpsk_keystore_remove(g_fork_ks, "a@b.c") != M2MPSK_OK ||
+      m2mpsk_keystore_add(g_fork_ks, "a@b.c", key, 32, NULL, IDB, 0, 0) !=
+          M2MPSK_OK)
+    _exit(2);
+  _exit(same_key(g_fork_ks, "a@b.c", 9, 32) ? 0 : 1);
+}
+
+Test(keystore, closed_arena_read_in_a_forked_child_reads_the_child) {
+  skip_without_procmem();
+  m2mpsk_keystore_debug_refuse_pkeys();
+  g_fork_ks = new_ks(0);
+  add_ok(g_fork_ks, "a@b.c", 1, 32);
+  expect_key(g_fork_ks, "a@b.c", 1, 32);
+  cr_assert_geq(m2mpsk_keystore_debug_procmem_fd(), 0);
+  int st = in_child(replace_and_fetch, NULL);
+  cr_assert(
+      WIFEXITED(st) && WEXITSTATUS(st) == 0, "the child read %s (status 0x%x)",
+      WIFEXITED(st) && WEXITSTATUS(st) == 1 ? "its parent's key" : "wrongly",
+      st);
+  expect_key(g_fork_ks, "a@b.c", 1, 32);
+  m2mpsk_keystore_free(g_fork_ks);
+}
+
+Test(keystore, closed_arena_read_survives_a_host_closing_its_descriptor) {
+  skip_without_procmem();
+  m2mpsk_keystore_debug_refuse_pkeys();
+  m2mpsk_keystore *ks = new_ks(0);
+  add_ok(ks, "a@b.c", 1, 32);
+  expect_key(ks, "a@b.c", 1, 32);
+  int fd = m2mpsk_keystore_debug_procmem_fd();
+  cr_assert_geq(fd, 0);
+  /* Closed behind our back: EBADF, reopened. */
+  close(fd);
+  expect_key(ks, "a@b.c", 1, 32);
+  fd = m2mpsk_keystore_debug_procmem_fd();
+  cr_assert_geq(fd, 0);
+  /* The number reused for a pipe: ESPIPE, a new descriptor; the pipe is
+   * left alone. */
+  int p[2];
+  cr_assert_eq(pipe(p), 0);
+  cr_assert_eq(dup2(p[0], fd), fd);
+  expect_key(ks, "a@b.c", 1, 32);
+  cr_assert_neq(m2mpsk_keystore_debug_procmem_fd(), fd);
+  cr_assert_eq(write(p[1], "x", 1), 1);
+  char c = 0;
+  cr_assert_eq(read(fd, &c, 1), 1, "the host's descriptor still works");
+  cr_assert_eq(c, 'x');
+  close(fd);
+  close(p[0]);
+  close(p[1]);
   m2mpsk_keystore_free(ks);
 }
 
