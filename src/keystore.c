@@ -331,9 +331,9 @@ static int mem_read(void *dst, const void *src, size_t len) {
   int now = mem_reopen(fd, dst, src, len, &done);
   if (done)
     return 0;
-  if (now < 0 || now == fd)
-    return -1;
-  return pread(now, dst, len, (off_t)(uintptr_t)src) == (ssize_t)len ? 0 : -1;
+  return now >= 0 && pread(now, dst, len, (off_t)(uintptr_t)src) == (ssize_t)len
+             ? 0
+             : -1;
 }
 
 void m2mpsk_keystore_debug_refuse_procmem(void) {

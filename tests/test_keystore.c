@@ -660,6 +660,17 @@ static int same_key(const m2mpsk_keystore *ks, const char *id, unsigned seed,
          got_len == len && memcmp(got, want, len) == 0;
 }
 
+/* A mprotect-guarded keystore holding "a@b.c" (seed 1, 32 bytes), read
+ * once, so that the /proc/self/mem descriptor is open. */
+static m2mpsk_keystore *procmem_ks(void) {
+  skip_without_procmem();
+  m2mpsk_keystore_debug_refuse_pkeys();
+  m2mpsk_keystore *ks = new_ks(0);
+  add_ok(ks, "a@b.c", 1, 32);
+  expect_key(ks, "a@b.c", 1, 32);
+  return ks;
+}
+
 Test(keystore, closed_arena_read_without_opening_the_page) {
   skip_without_procmem();
   m2mpsk_keystore_debug_refuse_pkeys();
@@ -714,11 +725,7 @@ static void replace_and_fetch(void *arg) {
 }
 
 Test(keystore, closed_arena_read_in_a_forked_child_reads_the_child) {
-  skip_without_procmem();
-  m2mpsk_keystore_debug_refuse_pkeys();
-  g_fork_ks = new_ks(0);
-  add_ok(g_fork_ks, "a@b.c", 1, 32);
-  expect_key(g_fork_ks, "a@b.c", 1, 32);
+  g_fork_ks = procmem_ks();
   cr_assert_geq(m2mpsk_keystore_debug_procmem_fd(), 0);
   int st = in_child(replace_and_fetch, NULL);
   cr_assert(
@@ -730,11 +737,7 @@ Test(keystore, closed_arena_read_in_a_forked_child_reads_the_child) {
 }
 
 Test(keystore, closed_arena_read_survives_a_host_closing_its_descriptor) {
-  skip_without_procmem();
-  m2mpsk_keystore_debug_refuse_pkeys();
-  m2mpsk_keystore *ks = new_ks(0);
-  add_ok(ks, "a@b.c", 1, 32);
-  expect_key(ks, "a@b.c", 1, 32);
+  m2mpsk_keystore *ks = procmem_ks();
   int fd = m2mpsk_keystore_debug_procmem_fd();
   cr_assert_geq(fd, 0);
   /* Closed behind our back: EBADF, reopened. */
