@@ -200,6 +200,8 @@ static ks_record *find(const m2mpsk_keystore *ks, const char *id) {
 
 static int g_pkey = -1;
 static pthread_once_t g_pkey_once = PTHREAD_ONCE_INIT;
+/* The switches that weaken the guard, and the counter of page opens, exist
+ * only with the test hooks; in the shipped library they are constants. */
 #ifdef M2MPSK_TEST_HOOKS
 static int g_pkeys_refused;
 #else
