@@ -900,8 +900,9 @@ typedef struct Association {} Association;
    * datagram. 0 when nothing waits. */
   size_t pending() { return m2mpsk_assoc_pending(M2MPSK_SWIG_H($self)); }
   /** The monotonic time (ms) at which handle_timeout() must be called: the
-   * next DTLS retransmission or the handshake deadline. No timer running
-   * (idle, established, closed, failed) gives -1 (None in Python). */
+   * earliest of the next DTLS retransmission, the handshake deadline and
+   * the record's expiry (not_after). Nothing due (idle, closed, failed, or
+   * established with no timer and no not_after) gives -1 (None in Python). */
   int64_t next_timeout() {
     uint64_t t = 0;
     int rc;
@@ -913,9 +914,10 @@ typedef struct Association {} Association;
     m2mpsk_swig_fail(rc, M2MPSK_SWIG_H($self));
     return (int64_t)t;
   }
-  /** Handles timers due at now_ms: retransmits a DTLS flight (drain it
-   * afterwards) or fails the handshake with REASON_TIMEOUT. Early calls do
-   * nothing. Raises E_STATE (not started) or E_FAILED (timed out). */
+  /** Handles what is due at now_ms: retransmits a DTLS flight (drain it
+   * afterwards), fails the handshake with REASON_TIMEOUT, or fails the
+   * association with REASON_EXPIRED once its record has expired. Early
+   * calls do nothing. Raises E_STATE (not started) or E_FAILED. */
   void handle_timeout(int64_t now_ms) {
     if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
       return;

@@ -426,11 +426,20 @@ int m2mpsk_assoc_on_server_name(m2mpsk_assoc *a, const char *host) {
  * moved, so the check costs one atomic load on the data path. Returns 1
  * while the record is good. */
 static HOT int record_still_good(m2mpsk_assoc *a) {
-  if (!a->bound)
-    return 1;
   const char *why = NULL;
   m2mpsk_reason r = M2MPSK_REASON_NONE;
-  if (a->not_after != 0 && unix_now(a) > a->not_after) {
+  if (!a->bound) {
+    /* Before binding, the key handover checks the record; what only time
+     * changes is also checked here, so that a handshake ends at the
+     * record's expiry (the deadline next_timeout reports) like a live
+     * association does. The responder knows its record (not_after) once
+     * the key is handed over. */
+    if (a->state != M2MPSK_STATE_HANDSHAKING || a->not_after == 0 ||
+        unix_now(a) <= a->not_after)
+      return 1;
+    r = M2MPSK_REASON_EXPIRED;
+    why = "record for KpsaID %s expired during the handshake";
+  } else if (a->not_after != 0 && unix_now(a) > a->not_after) {
     r = M2MPSK_REASON_EXPIRED;
     why = "record for KpsaID %s expired during the association";
   } else {
@@ -776,6 +785,25 @@ HOT int m2mpsk_assoc_drain(m2mpsk_assoc *a, uint8_t *out, size_t cap,
   return m2mpsk_engine_drain(a->eng, out, cap, out_len);
 }
 
+/* The first monotonic time at which record_still_good() finds the record
+ * expired: unix_now() passes not_after once (now_ms - start_ms) / 1000
+ * reaches not_after - unix_at_start + 1. Returns 1 with *at set, or 0 when
+ * there is none: no record known yet (a responder before the key
+ * handover), no not_after, or past the range of the caller's clock. */
+static int expiry_deadline(const m2mpsk_assoc *a, uint64_t *at) {
+  if (a->not_after == 0)
+    return 0;
+  if (a->not_after < a->unix_at_start) {
+    *at = a->start_ms;
+    return 1;
+  }
+  uint64_t secs = (uint64_t)a->not_after - (uint64_t)a->unix_at_start + 1;
+  if (secs > (UINT64_MAX - a->start_ms) / 1000)
+    return 0;
+  *at = a->start_ms + secs * 1000;
+  return 1;
+}
+
 int m2mpsk_assoc_next_timeout(const m2mpsk_assoc *a, uint64_t *deadline_ms) {
   if (a == NULL || deadline_ms == NULL)
     return M2MPSK_E_INVALID;
@@ -786,6 +814,13 @@ int m2mpsk_assoc_next_timeout(const m2mpsk_assoc *a, uint64_t *deadline_ms) {
   uint64_t best = 0;
   if (a->state == M2MPSK_STATE_HANDSHAKING) {
     best = a->deadline_ms;
+    have = 1;
+  }
+  /* Without it, a host that sleeps until the next deadline would notice
+   * the expiry only when input arrives. */
+  uint64_t expiry;
+  if (expiry_deadline(a, &expiry) && (!have || expiry < best)) {
+    best = expiry;
     have = 1;
   }
   uint64_t left;

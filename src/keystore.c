@@ -199,8 +199,14 @@ static ks_record *find(const m2mpsk_keystore *ks, const char *id) {
 /* ---- guarded slots ------------------------------------------------------ */
 
 static int g_pkey = -1;
-static int g_pkeys_refused;
 static pthread_once_t g_pkey_once = PTHREAD_ONCE_INIT;
+/* The switches that weaken the guard, and the counter of page opens, exist
+ * only with the test hooks; in the shipped library they are constants. */
+#ifdef M2MPSK_TEST_HOOKS
+static int g_pkeys_refused;
+#else
+#define g_pkeys_refused 0
+#endif
 
 static void pkey_setup(void) {
   if (!g_pkeys_refused)
@@ -213,14 +219,6 @@ static int arena_pkey(void) {
   return g_pkey < 0 ? -1 : g_pkey;
 }
 
-void m2mpsk_keystore_debug_refuse_pkeys(void) {
-  g_pkeys_refused = 1;
-}
-
-int m2mpsk_keystore_debug_uses_pkeys(const m2mpsk_keystore *ks) {
-  return ks->pkey >= 0;
-}
-
 static uint8_t *slot_addr(const ks_slab *s, uint32_t slot) {
   return s->mem + (size_t)slot * SLOT_SIZE;
 }
@@ -231,14 +229,20 @@ static uint8_t *slot_page(const m2mpsk_keystore *ks, const ks_slab *s,
   return s->mem + (off & ~(ks->page - 1));
 }
 
+#ifdef M2MPSK_TEST_HOOKS
 static atomic_ulong g_page_opens; /* mprotect calls, for the tests */
+#define COUNT_PAGE_OPEN()                                                      \
+  atomic_fetch_add_explicit(&g_page_opens, 1, memory_order_relaxed)
+#else
+#define COUNT_PAGE_OPEN() ((void)0)
+#endif
 
 /* mprotect on our own page-aligned mapping fails only when the kernel cannot
  * split the mapping (vm.max_map_count). Going on would leave a key either
  * unwritten or readable, so the process stops, as libsodium does when its
  * guarded memory is compromised. */
 static void page_protect(void *page, size_t len, int prot) {
-  atomic_fetch_add_explicit(&g_page_opens, 1, memory_order_relaxed);
+  COUNT_PAGE_OPEN();
   if (mprotect(page, len, prot) != 0)
     abort();
 }
@@ -271,7 +275,11 @@ static void page_protect(void *page, size_t len, int prot) {
 static atomic_int g_mem_fd = MEM_FD_CLOSED;
 static pthread_mutex_t g_mem_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t g_mem_once = PTHREAD_ONCE_INIT;
-static int g_mem_refused; /* test hook */
+#ifdef M2MPSK_TEST_HOOKS
+static int g_mem_refused;
+#else
+#define g_mem_refused 0
+#endif
 
 static void mem_atfork_child(void) {
   int fd = atomic_load(&g_mem_fd);
@@ -334,18 +342,6 @@ static int mem_read(void *dst, const void *src, size_t len) {
   return now >= 0 && pread(now, dst, len, (off_t)(uintptr_t)src) == (ssize_t)len
              ? 0
              : -1;
-}
-
-void m2mpsk_keystore_debug_refuse_procmem(void) {
-  g_mem_refused = 1;
-}
-
-int m2mpsk_keystore_debug_procmem_fd(void) {
-  return atomic_load(&g_mem_fd);
-}
-
-unsigned long m2mpsk_keystore_debug_page_opens(void) {
-  return atomic_load(&g_page_opens);
 }
 
 static void slot_copy(const m2mpsk_keystore *ks, uint32_t slab, uint32_t slot,
@@ -993,7 +989,28 @@ out:
   return rc;
 }
 
-/* ---- test hooks -------------------------------------------------------- */
+/* ---- test hooks (m2mpsk_static only: see keystore.h) ------------------ */
+
+#ifdef M2MPSK_TEST_HOOKS
+void m2mpsk_keystore_debug_refuse_pkeys(void) {
+  g_pkeys_refused = 1;
+}
+
+int m2mpsk_keystore_debug_uses_pkeys(const m2mpsk_keystore *ks) {
+  return ks->pkey >= 0;
+}
+
+void m2mpsk_keystore_debug_refuse_procmem(void) {
+  g_mem_refused = 1;
+}
+
+int m2mpsk_keystore_debug_procmem_fd(void) {
+  return atomic_load(&g_mem_fd);
+}
+
+unsigned long m2mpsk_keystore_debug_page_opens(void) {
+  return atomic_load(&g_page_opens);
+}
 
 const uint8_t *m2mpsk_keystore_debug_slot(const m2mpsk_keystore *ks,
                                           const char *kpsa_id) {
@@ -1029,3 +1046,4 @@ int m2mpsk_keystore_debug_peek(const m2mpsk_keystore *ks, const uint8_t *p,
   read_unlock(lk);
   return rc;
 }
+#endif /* M2MPSK_TEST_HOOKS */

@@ -33,7 +33,10 @@ int m2mpsk_keystore_add_tagged(m2mpsk_keystore *ks, const char *kpsa_id,
 int m2mpsk_keystore_merge(m2mpsk_keystore *dst, m2mpsk_keystore *staging,
                           uint32_t *conflict_tag);
 
-/* ---- test hooks: they defeat the protection, so tests only ------------- */
+/* ---- test hooks: they defeat the protection, so tests only -------------
+ * Compiled only into m2mpsk_static (CMakeLists.txt), which defines
+ * M2MPSK_TEST_HOOKS; the shipped library has none of them. */
+#ifdef M2MPSK_TEST_HOOKS
 
 /* Address of the key slot of `kpsa_id` inside its (inaccessible) arena, or
  * NULL when there is no such record or it is revoked. Reading through it
@@ -65,5 +68,7 @@ unsigned long m2mpsk_keystore_debug_page_opens(void);
 
 /* 1 when the keystore's arenas are guarded by a protection key. */
 int m2mpsk_keystore_debug_uses_pkeys(const m2mpsk_keystore *ks);
+
+#endif /* M2MPSK_TEST_HOOKS */
 
 #endif /* M2MPSK_KEYSTORE_H */

@@ -1535,3 +1535,265 @@ Test(live, removal_reaches_associations_on_every_thread, .timeout = 60) {
     m2mpsk_keystore_free(env.ks_b);
   }
 }
+
+/* ---- the record's expiry is a deadline -------------------------------------
+ */
+
+/* Records valid until UNIX0 + EXPIRY_S expire, for an association started
+ * at (NOW0, UNIX0), at EXPIRY_AT: the wall clock counts whole seconds since
+ * the start, and passes not_after one second after it. */
+#define EXPIRY_S 100
+#define EXPIRY_AT (NOW0 + (EXPIRY_S + 1) * 1000u)
+
+static void drop_events(m2mpsk_config *cfg) {
+  m2mpsk_event *ev;
+  while (m2mpsk_config_next_event(cfg, &ev) == M2MPSK_OK)
+    m2mpsk_event_free(ev);
+}
+
+/* A pair like m2mt_pair_init()'s, with event queues, whose `side` (0 the
+ * initiator, 1 the responder) holds a record valid until UNIX0 + `life`
+ * seconds (the other's has no end), started at (NOW0, UNIX0). */
+static void expiring_pair(m2mt_pair *p, m2mpsk_transport t, int side,
+                          int64_t life) {
+  memset(p, 0, sizeof(*p));
+  cr_assert_eq(m2mpsk_keystore_new(&p->ks_a, 0), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_new(&p->ks_b, 0), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_add(p->ks_a, M2MT_KPSA_ID, m2mt_key, 32,
+                                   M2MT_IDA, M2MT_IDB, 0,
+                                   side == 0 ? UNIX0 + life : 0),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_add(p->ks_b, M2MT_KPSA_ID, m2mt_key, 32,
+                                   M2MT_IDA, M2MT_IDB, 0,
+                                   side == 1 ? UNIX0 + life : 0),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_config_new(&p->cfg_a), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_config_new(&p->cfg_b), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_config_set_event_queue(p->cfg_a, 16), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_config_set_event_queue(p->cfg_b, 16), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_config_add_local_id(p->cfg_b, M2MT_IDB), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_new(&p->a, M2MPSK_ROLE_INITIATOR, t, p->cfg_a,
+                                p->ks_a, M2MT_KPSA_ID),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_new(&p->b, M2MPSK_ROLE_RESPONDER, t, p->cfg_b,
+                                p->ks_b, NULL),
+               M2MPSK_OK);
+  m2mt_pair_start(p, NOW0, UNIX0);
+}
+
+/* Establishes an expiring_pair() at NOW0 and empties its event queues. */
+static void established_expiring_pair(m2mt_pair *p, m2mpsk_transport t,
+                                      int side) {
+  expiring_pair(p, t, side, EXPIRY_S);
+  uint64_t now = NOW0;
+  cr_assert_geq(m2mt_run_handshake(p->a, p->b, NULL, &now, 100), 0);
+  cr_assert_eq(now, NOW0, "no timer fired");
+  cr_assert_eq(m2mpsk_assoc_state(p->a), M2MPSK_STATE_ESTABLISHED);
+  cr_assert_eq(m2mpsk_assoc_state(p->b), M2MPSK_STATE_ESTABLISHED);
+  drop_events(p->cfg_a);
+  drop_events(p->cfg_b);
+}
+
+/* What an association shows after failing, and the one event it queued. */
+typedef struct expiry_outcome {
+  int rc;
+  m2mpsk_state state;
+  m2mpsk_reason reason;
+  char detail[192];
+  m2mpsk_event_type ev_type;
+  m2mpsk_reason ev_reason;
+  uint64_t ev_time;
+  char ev_kpsa_id[64];
+  char ev_detail[192];
+  int more_events;
+  size_t pending; /* the alert queued for the peer */
+} expiry_outcome;
+
+static expiry_outcome outcome_of(int rc, m2mpsk_assoc *x, m2mpsk_config *cfg) {
+  expiry_outcome o;
+  memset(&o, 0, sizeof(o));
+  o.rc = rc;
+  o.state = m2mpsk_assoc_state(x);
+  o.reason = m2mpsk_assoc_failure(x);
+  snprintf(o.detail, sizeof(o.detail), "%s", m2mpsk_assoc_failure_detail(x));
+  m2mpsk_event *ev = NULL;
+  cr_assert_eq(m2mpsk_config_next_event(cfg, &ev), M2MPSK_OK, "an event");
+  o.ev_type = m2mpsk_event_get_type(ev);
+  o.ev_reason = m2mpsk_event_reason(ev);
+  o.ev_time = m2mpsk_event_time_ms(ev);
+  snprintf(o.ev_kpsa_id, sizeof(o.ev_kpsa_id), "%s",
+           m2mpsk_event_kpsa_id(ev) ? m2mpsk_event_kpsa_id(ev) : "(null)");
+  snprintf(o.ev_detail, sizeof(o.ev_detail), "%s", m2mpsk_event_detail(ev));
+  m2mpsk_event_free(ev);
+  o.more_events = m2mpsk_config_next_event(cfg, &ev) == M2MPSK_OK;
+  m2mpsk_event_free(ev);
+  o.pending = m2mpsk_assoc_pending(x);
+  return o;
+}
+
+typedef struct expiry_case {
+  m2mpsk_transport t;
+  int side; /* whose record expires: 0 the initiator's, 1 the responder's */
+} expiry_case;
+
+ParameterizedTestParameters(expiry, established_association_expires_on_timer) {
+  static expiry_case cases[4];
+  for (int i = 0; i < 4; i++)
+    cases[i] = (expiry_case){(m2mpsk_transport)(i / 2), i % 2};
+  return cr_make_param_array(expiry_case, cases, 4);
+}
+
+ParameterizedTest(expiry_case *c, expiry,
+                  established_association_expires_on_timer) {
+  m2mt_pair p;
+  established_expiring_pair(&p, c->t, c->side);
+  m2mpsk_assoc *x = c->side ? p.b : p.a, *y = c->side ? p.a : p.b;
+  m2mpsk_config *cfg_x = c->side ? p.cfg_b : p.cfg_a;
+  uint64_t d = 0;
+  cr_assert_eq(m2mpsk_assoc_next_timeout(x, &d), M2MPSK_OK);
+  cr_assert_eq(d, EXPIRY_AT, "deadline %lld ms after the start, want %u",
+               (long long)(d - NOW0), (EXPIRY_S + 1) * 1000u);
+  /* The peer's record has no end and no timer runs: no deadline. */
+  cr_assert_eq(m2mpsk_assoc_next_timeout(y, &d), M2MPSK_E_AGAIN);
+
+  /* Early: nothing changes. */
+  cr_assert_eq(m2mpsk_assoc_handle_timeout(x, EXPIRY_AT - 1), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_state(x), M2MPSK_STATE_ESTABLISHED);
+  cr_assert_eq(m2mpsk_assoc_failure(x), M2MPSK_REASON_NONE);
+  cr_assert_eq(m2mpsk_assoc_pending(x), 0);
+  m2mpsk_event *ev = NULL;
+  cr_assert_eq(m2mpsk_config_next_event(cfg_x, &ev), M2MPSK_E_AGAIN);
+  cr_assert_eq(m2mpsk_assoc_next_timeout(x, &d), M2MPSK_OK);
+  cr_assert_eq(d, EXPIRY_AT);
+
+  /* At the deadline, with no input: expired. */
+  expiry_outcome by_timer =
+      outcome_of(m2mpsk_assoc_handle_timeout(x, EXPIRY_AT), x, cfg_x);
+  cr_assert_eq(m2mpsk_assoc_next_timeout(x, &d), M2MPSK_E_AGAIN);
+  cr_assert_null(m2mpsk_assoc_peer_id(x));
+
+  /* The same association noticing it through input at the same time. */
+  m2mt_pair q;
+  established_expiring_pair(&q, c->t, c->side);
+  m2mpsk_assoc *qx = c->side ? q.b : q.a, *qy = c->side ? q.a : q.b;
+  size_t w;
+  cr_assert_eq(m2mpsk_assoc_write(qy, (const uint8_t *)"hi", 2, &w), M2MPSK_OK);
+  uint8_t buf[2048];
+  size_t n;
+  cr_assert_eq(m2mpsk_assoc_drain(qy, buf, sizeof(buf), &n), M2MPSK_OK);
+  expiry_outcome by_input = outcome_of(m2mpsk_assoc_feed(qx, buf, n, EXPIRY_AT),
+                                       qx, c->side ? q.cfg_b : q.cfg_a);
+
+  cr_assert_eq(by_timer.rc, M2MPSK_E_FAILED);
+  cr_assert_eq(by_timer.state, M2MPSK_STATE_FAILED);
+  cr_assert_eq(by_timer.reason, M2MPSK_REASON_EXPIRED, "%s", by_timer.detail);
+  cr_assert_eq(by_timer.ev_type, M2MPSK_EVENT_REVOKED);
+  cr_assert_eq(by_timer.ev_reason, M2MPSK_REASON_EXPIRED);
+  cr_assert_eq(by_timer.ev_time, EXPIRY_AT);
+  cr_assert_str_eq(by_timer.ev_kpsa_id, M2MT_KPSA_ID);
+  cr_assert_eq(by_timer.more_events, 0);
+  cr_assert_gt(by_timer.pending, 0, "the peer is told");
+
+  cr_assert_eq(by_input.rc, by_timer.rc);
+  cr_assert_eq(by_input.state, by_timer.state);
+  cr_assert_eq(by_input.reason, by_timer.reason);
+  cr_assert_str_eq(by_input.detail, by_timer.detail);
+  cr_assert_eq(by_input.ev_type, by_timer.ev_type);
+  cr_assert_eq(by_input.ev_reason, by_timer.ev_reason);
+  cr_assert_eq(by_input.ev_time, by_timer.ev_time);
+  cr_assert_str_eq(by_input.ev_kpsa_id, by_timer.ev_kpsa_id);
+  cr_assert_str_eq(by_input.ev_detail, by_timer.ev_detail);
+  cr_assert_eq(by_input.more_events, by_timer.more_events);
+  cr_assert_eq(by_input.pending, by_timer.pending);
+  m2mt_pair_free(&q);
+  m2mt_pair_free(&p);
+}
+
+BOTH_TRANSPORTS(expiry, no_deadline_when_nothing_expires)
+
+ParameterizedTest(transport_param *tp, expiry,
+                  no_deadline_when_nothing_expires) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, tp->t, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  m2mt_pair_start(&p, NOW0, UNIX0);
+  uint64_t now = NOW0;
+  cr_assert_geq(m2mt_run_handshake(p.a, p.b, NULL, &now, 100), 0);
+  cr_assert_eq(m2mpsk_assoc_state(p.a), M2MPSK_STATE_ESTABLISHED);
+  cr_assert_eq(m2mpsk_assoc_state(p.b), M2MPSK_STATE_ESTABLISHED);
+  uint64_t d = 0;
+  cr_assert_eq(m2mpsk_assoc_next_timeout(p.a, &d), M2MPSK_E_AGAIN);
+  cr_assert_eq(m2mpsk_assoc_next_timeout(p.b, &d), M2MPSK_E_AGAIN);
+  /* Years later, still nothing to do. */
+  uint64_t later = NOW0 + 10ull * 365 * 86400 * 1000;
+  cr_assert_eq(m2mpsk_assoc_handle_timeout(p.a, later), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_handle_timeout(p.b, later), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_state(p.a), M2MPSK_STATE_ESTABLISHED);
+  cr_assert_eq(m2mpsk_assoc_state(p.b), M2MPSK_STATE_ESTABLISHED);
+  m2mt_pair_free(&p);
+}
+
+/* An initiator knows its record from the start: during the handshake the
+ * earliest of the retransmission, the handshake deadline and the expiry is
+ * reported, and the expiry ends the handshake when it comes first. */
+Test(expiry, dtls_retransmission_before_expiry_is_reported_first) {
+  m2mt_pair p;
+  expiring_pair(&p, M2MPSK_TRANSPORT_DTLS, 0, 1); /* expires at NOW0 + 2 s */
+  uint8_t buf[2048];
+  size_t n;
+  cr_assert_eq(m2mpsk_assoc_drain(p.a, buf, sizeof(buf), &n), M2MPSK_OK);
+  uint64_t d = 0;
+  cr_assert_eq(m2mpsk_assoc_next_timeout(p.a, &d), M2MPSK_OK);
+  cr_assert_eq(d, NOW0 + 1000, "the retransmission, got +%llu",
+               (unsigned long long)(d - NOW0));
+  cr_assert_eq(m2mpsk_assoc_handle_timeout(p.a, d), M2MPSK_OK);
+  cr_assert_gt(m2mpsk_assoc_pending(p.a), 0, "ClientHello retransmitted");
+  cr_assert_eq(m2mpsk_assoc_drain(p.a, buf, sizeof(buf), &n), M2MPSK_OK);
+  /* The next retransmission (+3 s) is later than the expiry (+2 s). */
+  cr_assert_eq(m2mpsk_assoc_next_timeout(p.a, &d), M2MPSK_OK);
+  cr_assert_eq(d, NOW0 + 2000, "the expiry, got +%llu",
+               (unsigned long long)(d - NOW0));
+  cr_assert_eq(m2mpsk_assoc_handle_timeout(p.a, d - 1), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_state(p.a), M2MPSK_STATE_HANDSHAKING);
+  drop_events(p.cfg_a);
+  cr_assert_eq(m2mpsk_assoc_handle_timeout(p.a, d), M2MPSK_E_FAILED);
+  cr_assert_eq(m2mpsk_assoc_failure(p.a), M2MPSK_REASON_EXPIRED, "%s",
+               m2mpsk_assoc_failure_detail(p.a));
+  m2mpsk_event *ev = NULL;
+  cr_assert_eq(m2mpsk_config_next_event(p.cfg_a, &ev), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_event_get_type(ev), M2MPSK_EVENT_FAILED);
+  cr_assert_eq(m2mpsk_event_reason(ev), M2MPSK_REASON_EXPIRED);
+  cr_assert_eq(m2mpsk_event_time_ms(ev), NOW0 + 2000);
+  m2mpsk_event_free(ev);
+  cr_assert_eq(m2mpsk_assoc_next_timeout(p.a, &d), M2MPSK_E_AGAIN);
+  m2mt_pair_free(&p);
+}
+
+/* The handshake deadline and the expiry, whichever is first. */
+Test(expiry, tls_handshake_reports_the_earlier_of_deadline_and_expiry) {
+  for (int shorter = 0; shorter < 2; shorter++) {
+    m2mt_pair p;
+    memset(&p, 0, sizeof(p));
+    cr_assert_eq(m2mpsk_keystore_new(&p.ks_a, 0), M2MPSK_OK);
+    cr_assert_eq(m2mpsk_keystore_add(p.ks_a, M2MT_KPSA_ID, m2mt_key, 32,
+                                     M2MT_IDA, M2MT_IDB, 0, UNIX0 + 4),
+                 M2MPSK_OK);
+    cr_assert_eq(m2mpsk_config_new(&p.cfg_a), M2MPSK_OK);
+    /* Expiry at NOW0 + 5 s; the handshake deadline before or after it. */
+    uint32_t hs = shorter ? 3000 : 8000;
+    cr_assert_eq(m2mpsk_config_set_handshake_timeout(p.cfg_a, hs), M2MPSK_OK);
+    cr_assert_eq(m2mpsk_assoc_new(&p.a, M2MPSK_ROLE_INITIATOR,
+                                  M2MPSK_TRANSPORT_TLS, p.cfg_a, p.ks_a,
+                                  M2MT_KPSA_ID),
+                 M2MPSK_OK);
+    cr_assert_eq(m2mpsk_assoc_start(p.a, NOW0, UNIX0), M2MPSK_OK);
+    uint64_t d = 0;
+    cr_assert_eq(m2mpsk_assoc_next_timeout(p.a, &d), M2MPSK_OK);
+    cr_assert_eq(d, shorter ? NOW0 + 3000 : NOW0 + 5000);
+    cr_assert_eq(m2mpsk_assoc_handle_timeout(p.a, d - 1), M2MPSK_OK);
+    cr_assert_eq(m2mpsk_assoc_state(p.a), M2MPSK_STATE_HANDSHAKING);
+    cr_assert_eq(m2mpsk_assoc_handle_timeout(p.a, d), M2MPSK_E_FAILED);
+    cr_assert_eq(m2mpsk_assoc_failure(p.a),
+                 shorter ? M2MPSK_REASON_TIMEOUT : M2MPSK_REASON_EXPIRED);
+    m2mt_pair_free(&p);
+  }
+}

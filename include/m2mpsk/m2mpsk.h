@@ -689,20 +689,35 @@ M2MPSK_API int m2mpsk_assoc_drain(m2mpsk_assoc *a, uint8_t *out, size_t cap,
 
 /**
  * Writes into *deadline_ms the monotonic time at which
- * m2mpsk_assoc_handle_timeout() must be called: the next DTLS
- * retransmission or the handshake deadline, whichever is first.
- * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL) or M2MPSK_E_AGAIN (no timer is
- * running: idle, established, closed or failed).
+ * m2mpsk_assoc_handle_timeout() must be called: the earliest of the next
+ * DTLS retransmission, the handshake deadline (while handshaking) and the
+ * expiry of the record in use (its not_after, on the caller's monotonic
+ * clock by way of the wall-clock time given to m2mpsk_assoc_start(): the
+ * first millisecond at which that time, advanced in whole seconds, is past
+ * not_after). A responder knows its record once the client's psk_identity
+ * has been checked. The deadline may already be past; call
+ * m2mpsk_assoc_handle_timeout() then. Call again after every feed, write,
+ * read and handle_timeout: the deadline moves.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL) or M2MPSK_E_AGAIN (nothing is
+ * due: idle, closed or failed, or established with no DTLS timer running
+ * and a record without not_after).
  */
 M2MPSK_API int m2mpsk_assoc_next_timeout(const m2mpsk_assoc *a,
                                          uint64_t *deadline_ms);
 
 /**
- * Handles timers due at `now_ms`: retransmits a DTLS flight (drain it
- * afterwards) or fails the handshake with M2MPSK_REASON_TIMEOUT. Calling it
- * early, or with no timer running, does nothing.
- * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL), M2MPSK_E_STATE (not started)
- * or M2MPSK_E_FAILED (the handshake timed out, now or before).
+ * Handles what is due at `now_ms`: retransmits a DTLS flight (drain it
+ * afterwards), fails the handshake with M2MPSK_REASON_TIMEOUT, or, once the
+ * record in use has expired, fails the association with
+ * M2MPSK_REASON_EXPIRED exactly as input at that time would: an
+ * established one queues an alert for the peer (drain it) and the event
+ * M2MPSK_EVENT_REVOKED, a handshake the event M2MPSK_EVENT_FAILED. It also
+ * fails an established association whose record was revoked or removed
+ * (M2MPSK_REASON_REVOKED). Calling it early, or with nothing due, does
+ * nothing.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL), M2MPSK_E_STATE (not started,
+ * or failed earlier for a reason other than the handshake timeout) or
+ * M2MPSK_E_FAILED (failed now, or the handshake timed out before).
  */
 M2MPSK_API int m2mpsk_assoc_handle_timeout(m2mpsk_assoc *a, uint64_t now_ms);
 
