@@ -626,7 +626,7 @@ public class M2mpskTest {
         assertEquals(3, handshakeType(hvr)); // HelloVerifyRequest
         assertTrue(hvr.length <= 64);
         assertEquals(0, cb.handshakesInProgress()); // nothing kept
-        expect(M2mpsk.E_INVALID, () -> cb.dtlsListen(tag, hvr)); // not a ClientHello
+        expect(M2mpsk.E_PROTOCOL, () -> cb.dtlsListen(tag, hvr)); // not a ClientHello
         a.feed(hvr, now());
         ch = a.drain();
         assertEquals(1, handshakeType(ch));
