@@ -878,8 +878,8 @@ Test(hygiene, failure_details_of_every_reason_carry_no_key,
     int frc = m2mpsk_assoc_feed(p.b, junk, sizeof(junk), NOW0);
     cr_assert(frc == M2MPSK_OK || frc == M2MPSK_E_FAILED, "%s",
               m2mpsk_strerror(frc));
-    for (int i = 0; i < 8 && m2mpsk_assoc_state(p.b) ==
-                                 M2MPSK_STATE_HANDSHAKING; i++) {
+    for (int i = 0;
+         i < 8 && m2mpsk_assoc_state(p.b) == M2MPSK_STATE_HANDSHAKING; i++) {
       frc = m2mpsk_assoc_feed(p.b, junk, sizeof(junk), NOW0);
       cr_assert(frc == M2MPSK_OK || frc == M2MPSK_E_FAILED, "%s",
                 m2mpsk_strerror(frc));
