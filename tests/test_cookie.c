@@ -321,6 +321,42 @@ Test(cookie, input_that_is_not_a_client_hello_is_a_protocol_error) {
   world_free(&w);
 }
 
+/* Each outcome has its own status, and none reuses one that means
+ * something else elsewhere: "send this" is the positive
+ * M2MPSK_LISTEN_REPLY, not M2MPSK_E_AGAIN ("nothing yet"); the peer's
+ * garbage is M2MPSK_E_PROTOCOL, not M2MPSK_E_INVALID (the caller's
+ * mistake); a zero-size buffer is M2MPSK_E_BUFFER. */
+Test(cookie, each_outcome_has_its_own_status) {
+  NEED_COOKIES();
+  world w;
+  world_init(&w);
+  m2mpsk_assoc *a = initiator(&w);
+  dgram ch1, hvr, ch2, out;
+  drain_one(a, &ch1);
+  int reply = do_listen(&w, TAG, &ch1, &hvr);
+  cr_assert_eq(reply, M2MPSK_LISTEN_REPLY);
+  cr_assert_gt(reply, 0);
+  cr_assert_gt(hvr.n, 0);
+  cr_assert_eq(m2mpsk_assoc_feed(a, hvr.p, hvr.n, NOW0), M2MPSK_OK);
+  drain_one(a, &ch2);
+  cr_assert_eq(do_listen(&w, TAG, &ch2, &out), M2MPSK_LISTEN_ACCEPT);
+  cr_assert_eq(M2MPSK_LISTEN_ACCEPT, M2MPSK_OK);
+  cr_assert_eq(out.n, 0);
+  cr_assert_eq(do_listen(&w, TAG, &hvr, &out), M2MPSK_E_PROTOCOL);
+  cr_assert_eq(out.n, 0);
+  cr_assert_eq(m2mpsk_dtls_listen(w.cfg_b, TAG, ch1.p, ch1.n, out.p, 0, &out.n),
+               M2MPSK_E_BUFFER);
+  cr_assert_eq(m2mpsk_dtls_listen(w.cfg_b, TAG, ch1.p, ch1.n, out.p, 8, &out.n),
+               M2MPSK_E_BUFFER);
+  cr_assert_eq(m2mpsk_dtls_listen(w.cfg_b, "", ch1.p, ch1.n, out.p,
+                                  sizeof(out.p), &out.n),
+               M2MPSK_E_INVALID);
+  cr_assert_str_eq(m2mpsk_strerror(M2MPSK_E_PROTOCOL),
+                   "malformed or unexpected bytes from the peer");
+  m2mpsk_assoc_free(a);
+  world_free(&w);
+}
+
 /* ---- arguments and errors --------------------------------------------------
  */
 

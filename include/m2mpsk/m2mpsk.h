@@ -846,8 +846,9 @@ M2MPSK_API int m2mpsk_assoc_read(m2mpsk_assoc *a, uint8_t *out, size_t cap,
 /**
  * Sends close_notify (drain it afterwards) and moves to CLOSED. Calling it
  * again, or after the peer closed, is harmless.
- * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL) or M2MPSK_E_STATE (not
- * established or closed).
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL), M2MPSK_E_STATE (not
+ * established or closed) or M2MPSK_E_FAILED (the TLS library could not
+ * write the alert: the association failed, see m2mpsk_assoc_failure()).
  * Thread safety: one thread at a time per association; see Threads.
  */
 M2MPSK_API int m2mpsk_assoc_close(m2mpsk_assoc *a) M2MPSK_MUST_CHECK;
