@@ -92,6 +92,12 @@ def test_cookie_is_bound_to_the_peer_tag(configs, keystore):
         assert cb.dtls_listen(TAG, memoryview(ch2)) is None
 
 
+def test_protocol_status_is_exposed():
+    assert m2mpsk.E_PROTOCOL == -35
+    assert m2mpsk.strerror(m2mpsk.E_PROTOCOL) == \
+        "malformed or unexpected bytes from the peer"
+
+
 @need_cookies
 def test_dtls_listen_refuses_what_is_not_a_client_hello(configs, keystore):
     ca, cb = configs
