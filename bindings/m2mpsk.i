@@ -933,7 +933,8 @@ typedef struct Association {} Association;
   int state() { return (int)m2mpsk_assoc_state(M2MPSK_SWIG_H($self)); }
   /** Sends close_notify (drain it afterwards) and moves to STATE_CLOSED.
    * Calling it again, or after the peer closed, is harmless. Raises
-   * E_STATE (not established). */
+   * E_STATE (not established) or E_FAILED (the alert could not be
+   * written: the association failed). */
   void close_notify() {
     if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
       return;

@@ -777,9 +777,11 @@ size_t m2mpsk_assoc_pending(const m2mpsk_assoc *a) {
 
 HOT int m2mpsk_assoc_drain(m2mpsk_assoc *a, uint8_t *out, size_t cap,
                            size_t *out_len) {
-  if (a == NULL || out == NULL || out_len == NULL || cap == 0)
+  if (a == NULL || out == NULL || out_len == NULL)
     return M2MPSK_E_INVALID;
   *out_len = 0;
+  if (cap == 0)
+    return M2MPSK_E_BUFFER;
   if (a->state == M2MPSK_STATE_IDLE)
     return M2MPSK_E_STATE;
   return m2mpsk_engine_drain(a->eng, out, cap, out_len);
@@ -898,9 +900,11 @@ HOT int m2mpsk_assoc_write(m2mpsk_assoc *a, const uint8_t *data, size_t len,
 
 HOT int m2mpsk_assoc_read(m2mpsk_assoc *a, uint8_t *out, size_t cap,
                           size_t *out_len) {
-  if (a == NULL || out == NULL || out_len == NULL || cap == 0)
+  if (a == NULL || out == NULL || out_len == NULL)
     return M2MPSK_E_INVALID;
   *out_len = 0;
+  if (cap == 0)
+    return M2MPSK_E_BUFFER;
   if (a->state == M2MPSK_STATE_FAILED)
     return M2MPSK_E_FAILED;
   if (a->received_close)
@@ -1004,9 +1008,11 @@ const char *m2mpsk_assoc_version(const m2mpsk_assoc *a) {
 int m2mpsk_assoc_export(const m2mpsk_assoc *a, uint8_t *out, size_t out_len,
                         const char *label, const uint8_t *context,
                         size_t context_len) {
-  if (a == NULL || out == NULL || label == NULL || out_len == 0 ||
+  if (a == NULL || out == NULL || label == NULL ||
       (context == NULL && context_len > 0))
     return M2MPSK_E_INVALID;
+  if (out_len == 0)
+    return M2MPSK_E_BUFFER;
   if (a->state != M2MPSK_STATE_ESTABLISHED)
     return M2MPSK_E_STATE;
   return m2mpsk_engine_export(a->eng, out, out_len, label, context,

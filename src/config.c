@@ -152,9 +152,11 @@ static const char *suites_for(const m2mpsk_config *cfg, m2mpsk_transport t,
 
 int m2mpsk_config_suites(m2mpsk_config *cfg, m2mpsk_transport transport,
                          char *out, size_t cap) {
-  if (cfg == NULL || out == NULL || cap == 0 ||
+  if (cfg == NULL || out == NULL ||
       (transport != M2MPSK_TRANSPORT_TLS && transport != M2MPSK_TRANSPORT_DTLS))
     return M2MPSK_E_INVALID;
+  if (cap == 0)
+    return M2MPSK_E_BUFFER;
   out[0] = '\0';
   char buf[1024];
   pthread_mutex_lock(&cfg->lock);

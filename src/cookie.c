@@ -22,10 +22,11 @@ int m2mpsk_dtls_listen(m2mpsk_config *cfg, const char *peer_tag,
                        const uint8_t *datagram, size_t len, uint8_t *out,
                        size_t cap, size_t *out_len) {
   if (cfg == NULL || peer_tag == NULL || datagram == NULL || out == NULL ||
-      out_len == NULL || len == 0 || len > 0xffff || cap == 0 ||
-      !peer_tag_ok(peer_tag))
+      out_len == NULL || len == 0 || len > 0xffff || !peer_tag_ok(peer_tag))
     return M2MPSK_E_INVALID;
   *out_len = 0;
+  if (cap == 0)
+    return M2MPSK_E_BUFFER;
   if (m2mpsk_tls() == NULL)
     return M2MPSK_E_BACKEND;
   /* Before the context: a backend without cookies neither freezes the
@@ -37,6 +38,15 @@ int m2mpsk_dtls_listen(m2mpsk_config *cfg, const char *peer_tag,
                                                     M2MPSK_TRANSPORT_DTLS, &rc);
   if (ctx == NULL)
     return rc;
-  return m2mpsk_engine_dtls_listen(ctx, peer_tag, datagram, len, out, cap,
-                                   out_len);
+  /* The engine's own contract (engine.h) predates the public one: it
+   * answers M2MPSK_E_AGAIN for "send this" and M2MPSK_E_INVALID for a
+   * datagram it dropped, the only E_INVALID left once the arguments and the
+   * context (a responder DTLS one) are known good. */
+  rc = m2mpsk_engine_dtls_listen(ctx, peer_tag, datagram, len, out, cap,
+                                 out_len);
+  if (rc == M2MPSK_E_AGAIN)
+    return M2MPSK_LISTEN_REPLY;
+  if (rc == M2MPSK_E_INVALID)
+    return M2MPSK_E_PROTOCOL;
+  return rc;
 }

@@ -159,6 +159,11 @@ int m2mpsk_ida_validate(const char *ida) {
 int m2mpsk_idb_server_name(const char *idb, char *out, size_t out_cap) {
   if (idb == NULL || out == NULL)
     return M2MPSK_E_INVALID;
+  /* Before the IdB is judged, so that a zero-size buffer gives the same
+   * status whatever the IdB, as in every function that takes a buffer. */
+  if (out_cap == 0)
+    return M2MPSK_E_BUFFER;
+  out[0] = '\0';
   size_t len;
   if (!id_length(idb, &len))
     return M2MPSK_E_ID_LENGTH;
@@ -177,11 +182,8 @@ int m2mpsk_idb_server_name(const char *idb, char *out, size_t out_cap) {
     numeric &= id.fqdn[i] >= '0' && id.fqdn[i] <= '9';
   if (numeric)
     return M2MPSK_E_NOT_FOUND;
-  if (out_cap < id.fqdn_len + 1) {
-    if (out_cap > 0)
-      out[0] = '\0';
+  if (out_cap < id.fqdn_len + 1)
     return M2MPSK_E_BUFFER;
-  }
   /* DNS names compare case-insensitively; SNI matching wants one form. */
   for (size_t i = 0; i < id.fqdn_len; i++) {
     char c = id.fqdn[i];

@@ -820,9 +820,10 @@ int m2mpsk_keystore_lookup(const m2mpsk_keystore *ks, const char *kpsa_id,
                            char *ida, size_t ida_cap, char *idb, size_t idb_cap,
                            int64_t *not_before, int64_t *not_after,
                            int *revoked) {
-  if (ks == NULL || kpsa_id == NULL || (ida != NULL && ida_cap == 0) ||
-      (idb != NULL && idb_cap == 0))
+  if (ks == NULL || kpsa_id == NULL)
     return M2MPSK_E_INVALID;
+  if ((ida != NULL && ida_cap == 0) || (idb != NULL && idb_cap == 0))
+    return M2MPSK_E_BUFFER;
   int rc = M2MPSK_OK;
   pthread_rwlock_t *lk = read_lock(ks);
   const ks_record *r = find(ks, kpsa_id);

@@ -58,8 +58,10 @@ static int append(char *out, size_t cap, size_t *n, const char *name) {
 }
 
 static int check_args(m2mpsk_profile p, char *out, size_t cap) {
-  if (p != M2MPSK_PROFILE_TS0003 || out == NULL || cap == 0)
+  if (p != M2MPSK_PROFILE_TS0003 || out == NULL)
     return M2MPSK_E_INVALID;
+  if (cap == 0)
+    return M2MPSK_E_BUFFER;
   out[0] = '\0';
   /* M2MPSK_E_INVALID from a single valid-looking name never happens; the
    * backend answers M2MPSK_OK, M2MPSK_E_SUITE or M2MPSK_E_BACKEND. */

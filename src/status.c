@@ -35,6 +35,7 @@ const char *m2mpsk_strerror(int status) {
   case M2MPSK_E_BACKEND: return "TLS backend module could not be loaded";
   case M2MPSK_E_LIMIT: return "a configured resource limit was reached";
   case M2MPSK_E_UNSUPPORTED: return "not supported by this build's TLS backend";
+  case M2MPSK_E_PROTOCOL: return "malformed or unexpected bytes from the peer";
   default: return "unknown status";
   }
 }

@@ -132,18 +132,14 @@ Test(api, assoc_calls_reject_null_buffers) {
   size_t n;
   cr_assert_eq(m2mpsk_assoc_feed(p.b, NULL, 5, 1000), M2MPSK_E_INVALID);
   cr_assert_eq(m2mpsk_assoc_drain(p.a, NULL, 16, &n), M2MPSK_E_INVALID);
-  cr_assert_eq(m2mpsk_assoc_drain(p.a, buf, 0, &n), M2MPSK_E_INVALID);
   cr_assert_eq(m2mpsk_assoc_drain(p.a, buf, sizeof(buf), NULL),
                M2MPSK_E_INVALID);
   cr_assert_eq(m2mpsk_assoc_next_timeout(p.a, NULL), M2MPSK_E_INVALID);
   cr_assert_eq(m2mpsk_assoc_write(p.a, NULL, 5, &n), M2MPSK_E_INVALID);
   cr_assert_eq(m2mpsk_assoc_write(p.a, buf, 1, NULL), M2MPSK_E_INVALID);
   cr_assert_eq(m2mpsk_assoc_read(p.a, NULL, 5, &n), M2MPSK_E_INVALID);
-  cr_assert_eq(m2mpsk_assoc_read(p.a, buf, 0, &n), M2MPSK_E_INVALID);
   cr_assert_eq(m2mpsk_assoc_read(p.a, buf, 1, NULL), M2MPSK_E_INVALID);
   cr_assert_eq(m2mpsk_assoc_export(p.a, NULL, 8, "x", NULL, 0),
-               M2MPSK_E_INVALID);
-  cr_assert_eq(m2mpsk_assoc_export(p.a, buf, 0, "x", NULL, 0),
                M2MPSK_E_INVALID);
   cr_assert_eq(m2mpsk_assoc_export(p.a, buf, 8, NULL, NULL, 0),
                M2MPSK_E_INVALID);
@@ -154,4 +150,113 @@ Test(api, assoc_calls_reject_null_buffers) {
   cr_assert_geq(m2mt_run_handshake(p.a, p.b, NULL, &now, 100), 0);
   cr_assert_eq(m2mpsk_assoc_state(p.a), M2MPSK_STATE_ESTABLISHED);
   cr_assert_eq(m2mpsk_assoc_state(p.b), M2MPSK_STATE_ESTABLISHED);
+}
+
+/* ---- one status for one fault ------------------------------------------- */
+
+/* A zero-size output buffer is M2MPSK_E_BUFFER in every function that takes
+ * one, checked right after NULL pointers, whatever else is wrong or right. */
+Test(api, zero_size_buffer_is_a_buffer_error_everywhere) {
+  char s[8] = "x";
+  uint8_t b[8] = {1};
+  size_t n = 99;
+  cr_assert_eq(m2mpsk_idb_server_name(M2MT_IDB, s, 0), M2MPSK_E_BUFFER);
+  /* SP-relative: no SNI at all, but the buffer is judged first. */
+  cr_assert_eq(m2mpsk_idb_server_name("/cse-in", s, 0), M2MPSK_E_BUFFER);
+  cr_assert_eq(m2mpsk_keystore_lookup(p.ks_a, M2MT_KPSA_ID, s, 0, NULL, 0, NULL,
+                                      NULL, NULL),
+               M2MPSK_E_BUFFER);
+  cr_assert_eq(m2mpsk_keystore_lookup(p.ks_a, M2MT_KPSA_ID, NULL, 0, s, 0, NULL,
+                                      NULL, NULL),
+               M2MPSK_E_BUFFER);
+  cr_assert_eq(m2mpsk_keystore_lookup(p.ks_a, "none@onem2m.com", s, 0, NULL, 0,
+                                      NULL, NULL, NULL),
+               M2MPSK_E_BUFFER);
+  cr_assert_eq(m2mpsk_profile_missing(M2MPSK_PROFILE_TS0003, s, 0),
+               M2MPSK_E_BUFFER);
+  cr_assert_eq(
+      m2mpsk_profile_suites(M2MPSK_PROFILE_TS0003, M2MPSK_TRANSPORT_TLS, s, 0),
+      M2MPSK_E_BUFFER);
+  cr_assert_eq(m2mpsk_config_suites(p.cfg_a, M2MPSK_TRANSPORT_TLS, s, 0),
+               M2MPSK_E_BUFFER);
+  cr_assert_eq(
+      m2mpsk_dtls_listen(p.cfg_b, "192.0.2.7:5684", b, sizeof(b), b, 0, &n),
+      M2MPSK_E_BUFFER);
+  cr_assert_eq(n, 0);
+  cr_assert_str_eq(s, "x", "nothing written through a zero-size buffer");
+  m2mt_pair_start(&p, 1000, 1800000000);
+  cr_assert_eq(m2mpsk_assoc_drain(p.a, b, 0, &n), M2MPSK_E_BUFFER);
+  cr_assert_eq(m2mpsk_assoc_read(p.a, b, 0, &n), M2MPSK_E_BUFFER);
+  cr_assert_eq(m2mpsk_assoc_export(p.a, b, 0, "x", NULL, 0), M2MPSK_E_BUFFER);
+  cr_assert_eq(b[0], 1);
+  /* None of it disturbed the handshake. */
+  uint64_t now = 1000;
+  cr_assert_geq(m2mt_run_handshake(p.a, p.b, NULL, &now, 100), 0);
+  cr_assert_eq(m2mpsk_assoc_state(p.a), M2MPSK_STATE_ESTABLISHED);
+  cr_assert_eq(m2mpsk_assoc_read(p.b, b, 0, &n), M2MPSK_E_BUFFER);
+  cr_assert_eq(m2mpsk_assoc_export(p.b, b, 0, "x", NULL, 0), M2MPSK_E_BUFFER);
+}
+
+/* A buffer of some size but too small is M2MPSK_E_BUFFER too, and a string
+ * buffer then holds "". */
+Test(api, too_small_buffer_is_a_buffer_error_everywhere) {
+  char s[4] = "xyz";
+  cr_assert_eq(m2mpsk_idb_server_name(M2MT_IDB, s, sizeof(s)), M2MPSK_E_BUFFER);
+  cr_assert_str_eq(s, "");
+  strcpy(s, "xyz");
+  cr_assert_eq(m2mpsk_keystore_lookup(p.ks_a, M2MT_KPSA_ID, NULL, 0, s,
+                                      sizeof(s), NULL, NULL, NULL),
+               M2MPSK_E_BUFFER);
+  strcpy(s, "xyz");
+  cr_assert_eq(m2mpsk_profile_suites(M2MPSK_PROFILE_TS0003,
+                                     M2MPSK_TRANSPORT_DTLS, s, sizeof(s)),
+               M2MPSK_E_BUFFER);
+  cr_assert_str_eq(s, "");
+  strcpy(s, "xyz");
+  cr_assert_eq(
+      m2mpsk_config_suites(p.cfg_a, M2MPSK_TRANSPORT_TLS, s, sizeof(s)),
+      M2MPSK_E_BUFFER);
+  cr_assert_str_eq(s, "");
+}
+
+/* Every status code has its own name, and the new one is last. */
+Test(api, every_status_has_a_distinct_description) {
+  static const int codes[] = {M2MPSK_OK,
+                              M2MPSK_E_INVALID,
+                              M2MPSK_E_NOMEM,
+                              M2MPSK_E_AGAIN,
+                              M2MPSK_E_CLOSED,
+                              M2MPSK_E_FAILED,
+                              M2MPSK_E_STATE,
+                              M2MPSK_E_BUFFER,
+                              M2MPSK_E_INTERNAL,
+                              M2MPSK_E_KPSA_ID,
+                              M2MPSK_E_KPSA_ID_LENGTH,
+                              M2MPSK_E_KEY_LENGTH,
+                              M2MPSK_E_IDA,
+                              M2MPSK_E_IDB,
+                              M2MPSK_E_ID_LENGTH,
+                              M2MPSK_E_VALIDITY,
+                              M2MPSK_E_DUPLICATE,
+                              M2MPSK_E_NOT_FOUND,
+                              M2MPSK_E_UNLOCKED,
+                              M2MPSK_E_IO,
+                              M2MPSK_E_KEYFILE_PERMS,
+                              M2MPSK_E_KEYFILE_SYNTAX,
+                              M2MPSK_E_KEYFILE_ENCODING,
+                              M2MPSK_E_SUITE,
+                              M2MPSK_E_NO_LOCAL_ID,
+                              M2MPSK_E_BACKEND,
+                              M2MPSK_E_LIMIT,
+                              M2MPSK_E_UNSUPPORTED,
+                              M2MPSK_E_PROTOCOL};
+  size_t k = sizeof(codes) / sizeof(codes[0]);
+  cr_assert_eq(M2MPSK_E_PROTOCOL, -35, "codes are never renumbered");
+  for (size_t i = 0; i < k; i++) {
+    cr_assert_str_neq(m2mpsk_strerror(codes[i]), "unknown status", "%d",
+                      codes[i]);
+    for (size_t j = 0; j < i; j++)
+      cr_assert_str_neq(m2mpsk_strerror(codes[i]), m2mpsk_strerror(codes[j]));
+  }
+  cr_assert_str_eq(m2mpsk_strerror(-36), "unknown status");
 }

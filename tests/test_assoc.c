@@ -199,13 +199,15 @@ static refusal_result run_refusal(m2mt_pair *p, m2mpsk_transport t) {
       size_t n;
       int moved = 0;
       while (m2mpsk_assoc_drain(p->a, buf, sizeof(buf), &n) == M2MPSK_OK) {
-        (void)m2mpsk_assoc_feed(p->b, buf, n, now);
+        int rc = m2mpsk_assoc_feed(p->b, buf, n, now);
+        cr_assert_neq(rc, M2MPSK_E_INVALID); /* failures show in the state */
         moved = 1;
       }
       while (m2mpsk_assoc_drain(p->b, buf, sizeof(buf), &n) == M2MPSK_OK) {
         if (t == M2MPSK_TRANSPORT_TLS)
           note_wire(r.wire_b, sizeof(r.wire_b), buf, n);
-        (void)m2mpsk_assoc_feed(p->a, buf, n, now);
+        int rc = m2mpsk_assoc_feed(p->a, buf, n, now);
+        cr_assert_neq(rc, M2MPSK_E_INVALID);
         moved = 1;
       }
       if (m2mpsk_assoc_state(p->a) != M2MPSK_STATE_HANDSHAKING &&
@@ -215,8 +217,9 @@ static refusal_result run_refusal(m2mt_pair *p, m2mpsk_transport t) {
         uint64_t d;
         if (m2mpsk_assoc_next_timeout(p->a, &d) == M2MPSK_OK && d > now)
           now = d;
-        (void)m2mpsk_assoc_handle_timeout(p->a, now);
-        (void)m2mpsk_assoc_handle_timeout(p->b, now);
+        int rta = m2mpsk_assoc_handle_timeout(p->a, now);
+        int rtb = m2mpsk_assoc_handle_timeout(p->b, now);
+        cr_assert(rta != M2MPSK_E_INVALID && rtb != M2MPSK_E_INVALID);
       }
     }
   }

@@ -117,7 +117,7 @@ static void exchange(world *w, m2mpsk_assoc *a, const char *tag, dgram *ch2,
     ch1 = &first;
   drain_one(a, ch1);
   cr_assert_eq(hs_type(ch1), 1);
-  cr_assert_eq(do_listen(w, tag, ch1, &hvr), M2MPSK_E_AGAIN);
+  cr_assert_eq(do_listen(w, tag, ch1, &hvr), M2MPSK_LISTEN_REPLY);
   cr_assert_eq(hs_type(&hvr), 3, "a HelloVerifyRequest");
   cr_assert_leq(hvr.n, 64);
   cr_assert_eq(m2mpsk_assoc_feed(a, hvr.p, hvr.n, NOW0), M2MPSK_OK);
@@ -228,7 +228,7 @@ Test(cookie, cookie_for_one_peer_tag_is_refused_for_another) {
   m2mpsk_assoc *a = initiator(&w);
   dgram ch2, out;
   exchange(&w, a, TAG, &ch2, NULL);
-  cr_assert_eq(do_listen(&w, OTHER_TAG, &ch2, &out), M2MPSK_E_AGAIN);
+  cr_assert_eq(do_listen(&w, OTHER_TAG, &ch2, &out), M2MPSK_LISTEN_REPLY);
   cr_assert_eq(hs_type(&out), 3);
   /* An association tagged with the other peer refuses it too. */
   m2mpsk_assoc *b = responder(&w, OTHER_TAG);
@@ -242,7 +242,7 @@ Test(cookie, cookie_for_one_peer_tag_is_refused_for_another) {
   cr_assert_eq(m2mpsk_config_new(&other), M2MPSK_OK);
   cr_assert_eq(m2mpsk_dtls_listen(other, TAG, ch2.p, ch2.n, out.p,
                                   sizeof(out.p), &out.n),
-               M2MPSK_E_AGAIN);
+               M2MPSK_LISTEN_REPLY);
   m2mpsk_config_free(other);
   m2mpsk_assoc_free(a);
   world_free(&w);
@@ -264,14 +264,15 @@ Test(cookie, garbled_or_replayed_cookie_is_refused) {
   for (size_t i = 0; i < len1; i++) {
     dgram g = ch_a1;
     g.p[off1 + i] ^= 0x01;
-    cr_assert_eq(do_listen(&w, TAG, &g, &out), M2MPSK_E_AGAIN, "byte %zu", i);
+    cr_assert_eq(do_listen(&w, TAG, &g, &out), M2MPSK_LISTEN_REPLY, "byte %zu",
+                 i);
   }
   /* A cookie replayed in another ClientHello from the same peer (another
    * random) is refused: it covers the ClientHello it was made for. */
   dgram replay = ch_a2;
   memcpy(replay.p + off2, ch_a1.p + off1, len1);
   cr_assert_eq(len1, len2);
-  cr_assert_eq(do_listen(&w, TAG, &replay, &out), M2MPSK_E_AGAIN);
+  cr_assert_eq(do_listen(&w, TAG, &replay, &out), M2MPSK_LISTEN_REPLY);
   /* The genuine ones still pass. */
   cr_assert_eq(do_listen(&w, TAG, &ch_a1, &out), M2MPSK_OK);
   cr_assert_eq(do_listen(&w, TAG, &ch_a2, &out), M2MPSK_OK);
@@ -281,39 +282,77 @@ Test(cookie, garbled_or_replayed_cookie_is_refused) {
   world_free(&w);
 }
 
-Test(cookie, input_that_is_not_a_client_hello_is_invalid) {
+/* The peer's garbage is M2MPSK_E_PROTOCOL, never M2MPSK_E_INVALID, which is
+ * kept for the caller's own mistakes. */
+Test(cookie, input_that_is_not_a_client_hello_is_a_protocol_error) {
   NEED_COOKIES();
   world w;
   world_init(&w);
   m2mpsk_assoc *a = initiator(&w);
   dgram ch1, hvr, out;
   drain_one(a, &ch1);
-  cr_assert_eq(do_listen(&w, TAG, &ch1, &hvr), M2MPSK_E_AGAIN);
+  cr_assert_eq(do_listen(&w, TAG, &ch1, &hvr), M2MPSK_LISTEN_REPLY);
 
   dgram junk = {.n = 100};
   memset(junk.p, 0x5a, junk.n);
-  cr_assert_eq(do_listen(&w, TAG, &junk, &out), M2MPSK_E_INVALID);
+  cr_assert_eq(do_listen(&w, TAG, &junk, &out), M2MPSK_E_PROTOCOL);
   cr_assert_eq(out.n, 0);
   /* A HelloVerifyRequest is a handshake record, but not a ClientHello. */
-  cr_assert_eq(do_listen(&w, TAG, &hvr, &out), M2MPSK_E_INVALID);
+  cr_assert_eq(do_listen(&w, TAG, &hvr, &out), M2MPSK_E_PROTOCOL);
   /* A truncated ClientHello, a TLS (not DTLS) one, an epoch-1 record, a
    * ClientHello fragment that does not start at 0. */
   dgram cut = ch1;
   cut.n = 40;
-  cr_assert_eq(do_listen(&w, TAG, &cut, &out), M2MPSK_E_INVALID);
+  cr_assert_eq(do_listen(&w, TAG, &cut, &out), M2MPSK_E_PROTOCOL);
   dgram tls = ch1;
   tls.p[1] = 3;
   tls.p[2] = 3;
-  cr_assert_eq(do_listen(&w, TAG, &tls, &out), M2MPSK_E_INVALID);
+  cr_assert_eq(do_listen(&w, TAG, &tls, &out), M2MPSK_E_PROTOCOL);
   dgram epoch1 = ch1;
   epoch1.p[4] = 1;
-  cr_assert_eq(do_listen(&w, TAG, &epoch1, &out), M2MPSK_E_INVALID);
+  cr_assert_eq(do_listen(&w, TAG, &epoch1, &out), M2MPSK_E_PROTOCOL);
   dgram frag = ch1;
   frag.p[13 + 8] = 1; /* fragment_offset */
-  cr_assert_eq(do_listen(&w, TAG, &frag, &out), M2MPSK_E_INVALID);
+  cr_assert_eq(do_listen(&w, TAG, &frag, &out), M2MPSK_E_PROTOCOL);
   dgram tiny = {.p = {22}, .n = 1};
-  cr_assert_eq(do_listen(&w, TAG, &tiny, &out), M2MPSK_E_INVALID);
+  cr_assert_eq(do_listen(&w, TAG, &tiny, &out), M2MPSK_E_PROTOCOL);
   cr_assert_eq(m2mpsk_config_handshakes_in_progress(w.cfg_b), 0);
+  m2mpsk_assoc_free(a);
+  world_free(&w);
+}
+
+/* Each outcome has its own status, and none reuses one that means
+ * something else elsewhere: "send this" is the positive
+ * M2MPSK_LISTEN_REPLY, not M2MPSK_E_AGAIN ("nothing yet"); the peer's
+ * garbage is M2MPSK_E_PROTOCOL, not M2MPSK_E_INVALID (the caller's
+ * mistake); a zero-size buffer is M2MPSK_E_BUFFER. */
+Test(cookie, each_outcome_has_its_own_status) {
+  NEED_COOKIES();
+  world w;
+  world_init(&w);
+  m2mpsk_assoc *a = initiator(&w);
+  dgram ch1, hvr, ch2, out;
+  drain_one(a, &ch1);
+  int reply = do_listen(&w, TAG, &ch1, &hvr);
+  cr_assert_eq(reply, M2MPSK_LISTEN_REPLY);
+  cr_assert_gt(reply, 0);
+  cr_assert_gt(hvr.n, 0);
+  cr_assert_eq(m2mpsk_assoc_feed(a, hvr.p, hvr.n, NOW0), M2MPSK_OK);
+  drain_one(a, &ch2);
+  cr_assert_eq(do_listen(&w, TAG, &ch2, &out), M2MPSK_LISTEN_ACCEPT);
+  cr_assert_eq(M2MPSK_LISTEN_ACCEPT, M2MPSK_OK);
+  cr_assert_eq(out.n, 0);
+  cr_assert_eq(do_listen(&w, TAG, &hvr, &out), M2MPSK_E_PROTOCOL);
+  cr_assert_eq(out.n, 0);
+  cr_assert_eq(m2mpsk_dtls_listen(w.cfg_b, TAG, ch1.p, ch1.n, out.p, 0, &out.n),
+               M2MPSK_E_BUFFER);
+  cr_assert_eq(m2mpsk_dtls_listen(w.cfg_b, TAG, ch1.p, ch1.n, out.p, 8, &out.n),
+               M2MPSK_E_BUFFER);
+  cr_assert_eq(m2mpsk_dtls_listen(w.cfg_b, "", ch1.p, ch1.n, out.p,
+                                  sizeof(out.p), &out.n),
+               M2MPSK_E_INVALID);
+  cr_assert_str_eq(m2mpsk_strerror(M2MPSK_E_PROTOCOL),
+                   "malformed or unexpected bytes from the peer");
   m2mpsk_assoc_free(a);
   world_free(&w);
 }
@@ -343,8 +382,9 @@ Test(cookie, arguments_are_checked_before_anything_else) {
                M2MPSK_E_INVALID);
   cr_assert_eq(m2mpsk_dtls_listen(w.cfg_b, TAG, d, 65536, out, 64, &n),
                M2MPSK_E_INVALID);
+  /* A zero-size output buffer is M2MPSK_E_BUFFER, as everywhere. */
   cr_assert_eq(m2mpsk_dtls_listen(w.cfg_b, TAG, d, 64, out, 0, &n),
-               M2MPSK_E_INVALID);
+               M2MPSK_E_BUFFER);
   cr_assert_eq(m2mpsk_dtls_listen(w.cfg_b, "", d, 64, out, 64, &n),
                M2MPSK_E_INVALID);
   cr_assert_eq(m2mpsk_dtls_listen(w.cfg_b, long_tag, d, 64, out, 64, &n),
@@ -354,7 +394,7 @@ Test(cookie, arguments_are_checked_before_anything_else) {
   /* The longest tag the association takes is taken here too. */
   long_tag[M2MPSK_PEER_TAG_MAX] = '\0';
   int rc = m2mpsk_dtls_listen(w.cfg_b, long_tag, d, 64, out, 64, &n);
-  cr_assert(rc == M2MPSK_E_INVALID /* not a ClientHello */ ||
+  cr_assert(rc == M2MPSK_E_PROTOCOL /* not a ClientHello */ ||
             rc == M2MPSK_E_UNSUPPORTED);
   cr_assert_eq(n, 0);
   cr_assert_str_eq(m2mpsk_strerror(M2MPSK_E_UNSUPPORTED),
@@ -375,10 +415,10 @@ Test(cookie, hello_verify_request_larger_than_cap_is_a_buffer_error) {
       m2mpsk_dtls_listen(w.cfg_b, TAG, ch1.p, ch1.n, small, sizeof(small), &n),
       M2MPSK_E_BUFFER);
   cr_assert_eq(n, 0);
-  cr_assert_eq(do_listen(&w, TAG, &ch1, &hvr), M2MPSK_E_AGAIN);
+  cr_assert_eq(do_listen(&w, TAG, &ch1, &hvr), M2MPSK_LISTEN_REPLY);
   uint8_t exact[64];
   cr_assert_eq(m2mpsk_dtls_listen(w.cfg_b, TAG, ch1.p, ch1.n, exact, hvr.n, &n),
-               M2MPSK_E_AGAIN);
+               M2MPSK_LISTEN_REPLY);
   cr_assert_eq(n, hvr.n);
   m2mpsk_assoc_free(a);
   world_free(&w);
@@ -399,7 +439,7 @@ Test(cookie, ten_thousand_peers_leave_nothing_behind) {
    * state on first use. */
   for (int i = 0; i < 1000; i++) {
     snprintf(tag, sizeof(tag), "198.51.100.%d:%d", i % 256, 1024 + i);
-    cr_assert_eq(do_listen(&w, tag, &ch1, &hvr), M2MPSK_E_AGAIN);
+    cr_assert_eq(do_listen(&w, tag, &ch1, &hvr), M2MPSK_LISTEN_REPLY);
   }
   size_t rss0 = rss_bytes();
 #ifdef ALLOC_HOOK
@@ -407,7 +447,7 @@ Test(cookie, ten_thousand_peers_leave_nothing_behind) {
 #endif
   for (int i = 0; i < 10000; i++) {
     snprintf(tag, sizeof(tag), "203.0.113.%d:%d", i % 256, 1024 + i);
-    cr_assert_eq(do_listen(&w, tag, &ch1, &hvr), M2MPSK_E_AGAIN);
+    cr_assert_eq(do_listen(&w, tag, &ch1, &hvr), M2MPSK_LISTEN_REPLY);
 #ifdef ALLOC_HOOK
     cr_assert_eq(alloc_live, live0, "call %d left %ld blocks allocated", i,
                  alloc_live - live0);
@@ -447,14 +487,14 @@ Test(cookie, every_allocation_failure_is_reported) {
         int failed = alloc_count > n;
         alloc_armed = 0;
         if (!failed) {
-          cr_assert_eq(rc, k == 0 ? M2MPSK_E_AGAIN : M2MPSK_OK);
+          cr_assert_eq(rc, k == 0 ? M2MPSK_LISTEN_REPLY : M2MPSK_OK);
           ok = 1;
           break;
         }
         /* A cookie that cannot be checked for want of memory is answered
          * like a wrong one, with a HelloVerifyRequest. */
         cr_assert(rc == M2MPSK_E_NOMEM || rc == M2MPSK_E_INTERNAL ||
-                      rc == M2MPSK_E_AGAIN || (k == 1 && rc == M2MPSK_OK),
+                      rc == M2MPSK_LISTEN_REPLY || (k == 1 && rc == M2MPSK_OK),
                   "allocation %ld: %s", n, m2mpsk_strerror(rc));
         nomem += rc == M2MPSK_E_NOMEM;
         /* What a forged address can make us do, answer with a

@@ -193,12 +193,13 @@ Test(keystore, lookup_rejects_invalid_arguments) {
   cr_assert_eq(
       m2mpsk_keystore_lookup(ks, NULL, NULL, 0, NULL, 0, NULL, NULL, NULL),
       M2MPSK_E_INVALID);
+  /* A zero-size buffer is a buffer error, as in every function. */
   cr_assert_eq(
       m2mpsk_keystore_lookup(ks, "a@b.c", buf, 0, NULL, 0, NULL, NULL, NULL),
-      M2MPSK_E_INVALID);
+      M2MPSK_E_BUFFER);
   cr_assert_eq(
       m2mpsk_keystore_lookup(ks, "a@b.c", NULL, 0, buf, 0, NULL, NULL, NULL),
-      M2MPSK_E_INVALID);
+      M2MPSK_E_BUFFER);
   m2mpsk_keystore_free(ks);
 }
 

@@ -978,7 +978,8 @@ Test(limits, revocation_between_key_fetch_and_completion_is_seen) {
     uint64_t now = NOW0;
     cr_assert_geq(m2mt_run_handshake(a, b, NULL, &now, 100), 0);
     size_t wr;
-    (void)m2mpsk_assoc_write(a, (const uint8_t *)"x", 1, &wr);
+    cr_assert_eq(m2mpsk_assoc_write(a, (const uint8_t *)"x", 1, &wr),
+                 M2MPSK_E_FAILED);
     cr_assert_eq(m2mpsk_assoc_state(a), M2MPSK_STATE_FAILED);
     cr_assert_eq(m2mpsk_assoc_failure(a), M2MPSK_REASON_REVOKED, "%s",
                  m2mpsk_assoc_failure_detail(a));

@@ -32,6 +32,7 @@ E_LIMIT: int
 E_NOMEM: int
 E_NOT_FOUND: int
 E_NO_LOCAL_ID: int
+E_PROTOCOL: int
 E_STATE: int
 E_SUITE: int
 E_UNLOCKED: int

@@ -15,7 +15,10 @@
  *
  * Conventions that hold for every function below:
  *  - Status codes are negative ints (enum m2mpsk_status); M2MPSK_OK is 0.
- *    Codes are never renumbered. m2mpsk_strerror() names each one.
+ *    Codes are never renumbered, and each means one thing everywhere: see
+ *    the table above enum m2mpsk_status. m2mpsk_strerror() names each one.
+ *    Every function that returns a status is declared M2MPSK_MUST_CHECK:
+ *    the compiler warns when its result is ignored.
  *  - There is no thread-local error state. An association's failure reason
  *    is read from the association itself.
  *  - Inputs are borrowed for the duration of the call; whatever the library
@@ -27,9 +30,21 @@
  *    locked, access-protected memory at once, and the caller may wipe its own
  *    copy as soon as the call returns.
  *
- * Thread safety: a keystore and a config may be shared by any number of
- * associations on any number of threads. One association must be used by one
- * thread at a time.
+ * Threads. Every function ends its comment with a "Thread safety:" line in
+ * one of these words:
+ *  - "safe from any thread": it uses no handle, or none that the caller
+ *    must keep to one thread (what it shares, it synchronises itself);
+ *  - "safe to call concurrently on the same keystore" (config, event): a
+ *    keystore and a config may be shared by any number of associations on
+ *    any number of threads; an event never changes once taken;
+ *  - "one thread at a time per association": an association is not
+ *    synchronised, so the caller serialises the calls on each one. Distinct
+ *    associations may run on distinct threads at once, also when they share
+ *    a keystore and a config;
+ *  - "not concurrently with other calls on this reference": a _free ends
+ *    the caller's use of its handle. Keystores and configs count
+ *    references, so freeing the caller's own does not disturb the
+ *    associations that hold theirs.
  */
 #ifndef M2MPSK_M2MPSK_H
 #define M2MPSK_M2MPSK_H
@@ -59,74 +74,111 @@ extern "C" {
 /* Status codes                                                              */
 /* ------------------------------------------------------------------------ */
 
-/** Status codes. Stable: values are never renumbered or reused. */
+/**
+ * Status codes. Stable: values are never renumbered or reused. Each code
+ * means one thing in every function; a function's comment lists the codes
+ * it returns and what causes each there.
+ *
+ *  M2MPSK_OK (0)  Success.
+ *  M2MPSK_E_INVALID (-1)  The caller's arguments are wrong: a NULL pointer,
+ *      a value out of range or of the wrong form, a handle of the wrong kind
+ *      for the call. Nothing was changed; the same call will fail again.
+ *  M2MPSK_E_NOMEM (-2)  Memory could not be allocated. Nothing was changed,
+ *      unless the function says what was lost.
+ *  M2MPSK_E_AGAIN (-3)  Not an error: nothing is available yet (no data to
+ *      read, nothing to drain, no event queued, no timer running). Call
+ *      again after more input or time. Never means "act on this".
+ *  M2MPSK_E_CLOSED (-4)  The association was closed with close_notify, by
+ *      the peer or by us.
+ *  M2MPSK_E_FAILED (-5)  The association failed, now or earlier;
+ *      m2mpsk_assoc_failure() says why. Drain it once more (an alert may be
+ *      queued), then free it.
+ *  M2MPSK_E_STATE (-6)  The call is not valid in the handle's current
+ *      state (not started, not established, a frozen config, ...).
+ *  M2MPSK_E_BUFFER (-7)  The caller's output buffer is zero-sized or too
+ *      small for the result. Nothing was delivered (a string buffer of at
+ *      least one byte holds ""); a DTLS datagram stays queued. The function
+ *      says what size suffices.
+ *  M2MPSK_E_INTERNAL (-8)  The TLS library failed in an unexpected way.
+ *  M2MPSK_E_KPSA_ID (-10)  A KpsaID is not Issuer_Relative_KpsaID@Issuer-
+ *      FQDN (TS-0003 §10.5).
+ *  M2MPSK_E_KPSA_ID_LENGTH (-11)  A KpsaID is longer than
+ *      M2MPSK_KPSA_ID_MAX bytes.
+ *  M2MPSK_E_KEY_LENGTH (-12)  A key (Kpsa, Ke) is shorter than
+ *      M2MPSK_KEY_MIN or longer than M2MPSK_KEY_MAX bytes.
+ *  M2MPSK_E_IDA (-13)  An IdA or AE-ID is not a CSE-ID or AE-ID in
+ *      SP-relative or absolute form (also a malformed oneM2M From).
+ *  M2MPSK_E_IDB (-14)  An IdB is not a CSE-ID in SP-relative or absolute
+ *      form.
+ *  M2MPSK_E_ID_LENGTH (-15)  An identity is longer than M2MPSK_ID_MAX bytes.
+ *  M2MPSK_E_VALIDITY (-16)  A validity window ends before it starts.
+ *  M2MPSK_E_DUPLICATE (-17)  It is already there: a record with this
+ *      KpsaID, or a config's local identity.
+ *  M2MPSK_E_NOT_FOUND (-18)  What was named does not exist: no record with
+ *      this KpsaID, no SNI host for this IdB.
+ *  M2MPSK_E_UNLOCKED (-19)  Key memory could not be locked, and the
+ *      keystore requires it (M2MPSK_KEYSTORE_REQUIRE_LOCKED).
+ *  M2MPSK_E_IO (-20)  A key file could not be opened or read.
+ *  M2MPSK_E_KEYFILE_PERMS (-21)  A key file is not a regular file, or group
+ *      or others may access it.
+ *  M2MPSK_E_KEYFILE_SYNTAX (-22)  A key file line is malformed (field,
+ *      value, length); see err_line.
+ *  M2MPSK_E_KEYFILE_ENCODING (-23)  A key in a key file is not valid hex or
+ *      base64.
+ *  M2MPSK_E_SUITE (-30)  A cipher suite name is unknown or not supported by
+ *      this build, or the backend lacks a suite a profile mandates.
+ *  M2MPSK_E_NO_LOCAL_ID (-31)  A local identity was given to an initiator,
+ *      or none to a responder.
+ *  M2MPSK_E_BACKEND (-32)  The TLS backend module could not be loaded; see
+ *      m2mpsk_backend_error().
+ *  M2MPSK_E_LIMIT (-33)  A configured resource limit was reached
+ *      (handshakes in progress, buffered input); nothing was consumed or
+ *      created. Since 0.2.
+ *  M2MPSK_E_UNSUPPORTED (-34)  This build's TLS backend cannot do what was
+ *      asked (e.g. the DTLS cookie exchange with BoringSSL). Since 0.2.
+ *  M2MPSK_E_PROTOCOL (-35)  Bytes from the peer, handed over by the caller
+ *      to a call that keeps no state for that peer, are malformed or not
+ *      what the call accepts (m2mpsk_dtls_listen(): not a DTLS
+ *      ClientHello). Nothing was kept: drop them. (Within an association,
+ *      bad peer bytes fail the association instead: M2MPSK_E_FAILED with
+ *      M2MPSK_REASON_PROTOCOL.) Since 0.3.
+ */
 typedef enum m2mpsk_status {
   M2MPSK_OK = 0,
-  /** An argument is NULL, out of range, or otherwise invalid. */
   M2MPSK_E_INVALID = -1,
-  /** Memory could not be allocated. Nothing was changed. */
   M2MPSK_E_NOMEM = -2,
-  /** Not an error: nothing to read or drain yet; feed more input. */
   M2MPSK_E_AGAIN = -3,
-  /** The peer closed the association with close_notify (or we did). */
   M2MPSK_E_CLOSED = -4,
-  /** The association failed; see m2mpsk_assoc_failure(). */
   M2MPSK_E_FAILED = -5,
-  /** The call is not valid in the handle's current state. */
   M2MPSK_E_STATE = -6,
-  /** The output buffer is too small for the next datagram. */
   M2MPSK_E_BUFFER = -7,
-  /** The TLS library failed in an unexpected way. */
   M2MPSK_E_INTERNAL = -8,
-
-  /** KpsaID is not Issuer_Relative_KpsaID@Issuer-FQDN (TS-0003 §10.5). */
   M2MPSK_E_KPSA_ID = -10,
-  /** KpsaID is longer than M2MPSK_KPSA_ID_MAX bytes. */
   M2MPSK_E_KPSA_ID_LENGTH = -11,
-  /** Kpsa is shorter than M2MPSK_KEY_MIN or longer than M2MPSK_KEY_MAX. */
   M2MPSK_E_KEY_LENGTH = -12,
-  /** IdA is not a CSE-ID or AE-ID in SP-relative or absolute form. */
   M2MPSK_E_IDA = -13,
-  /** IdB is not a CSE-ID in SP-relative or absolute form. */
   M2MPSK_E_IDB = -14,
-  /** An identity is longer than M2MPSK_ID_MAX bytes. */
   M2MPSK_E_ID_LENGTH = -15,
-  /** The validity window ends before it starts. */
   M2MPSK_E_VALIDITY = -16,
-  /** A record with this KpsaID already exists. */
   M2MPSK_E_DUPLICATE = -17,
-  /** No record with this KpsaID exists. */
   M2MPSK_E_NOT_FOUND = -18,
-  /** Key memory could not be locked, and the keystore requires it. */
   M2MPSK_E_UNLOCKED = -19,
-
-  /** A key file could not be opened or read. */
   M2MPSK_E_IO = -20,
-  /** A key file is not a regular file, or group or others may access it. */
   M2MPSK_E_KEYFILE_PERMS = -21,
-  /** A key file line is malformed (field, value, length); see err_line. */
   M2MPSK_E_KEYFILE_SYNTAX = -22,
-  /** A key in a key file is not valid hex or base64. */
   M2MPSK_E_KEYFILE_ENCODING = -23,
-
-  /** A cipher suite name is unknown or not supported by this build. */
   M2MPSK_E_SUITE = -30,
-  /** A local identity was given to an initiator, or none to a responder. */
   M2MPSK_E_NO_LOCAL_ID = -31,
-  /** The TLS backend module could not be loaded; see
-   *  m2mpsk_backend_error(). */
   M2MPSK_E_BACKEND = -32,
-  /** A configured resource limit was reached (handshakes in progress,
-   *  buffered input); nothing was consumed or created. Since 0.2. */
   M2MPSK_E_LIMIT = -33,
-  /** This build's TLS backend cannot do what was asked (e.g. the DTLS
-   *  cookie exchange with BoringSSL). Since 0.2. */
-  M2MPSK_E_UNSUPPORTED = -34
+  M2MPSK_E_UNSUPPORTED = -34,
+  M2MPSK_E_PROTOCOL = -35
 } m2mpsk_status;
 
 /**
  * Returns a static, human-readable description of a status code, or
- * "unknown status" for a value that is not one. Never NULL. Thread-safe.
+ * "unknown status" for a value that is not one. Never NULL.
+ * Thread safety: safe from any thread.
  */
 M2MPSK_API const char *m2mpsk_strerror(int status);
 
@@ -158,9 +210,11 @@ enum m2mpsk_limits {
 /* Version                                                                   */
 /* ------------------------------------------------------------------------ */
 
-/** Runtime version as "MAJOR.MINOR.PATCH". Static; never NULL. */
+/** Runtime version as "MAJOR.MINOR.PATCH". Static; never NULL.
+ * Thread safety: safe from any thread. */
 M2MPSK_API const char *m2mpsk_version_string(void);
-/** Runtime version as MAJOR*10000 + MINOR*100 + PATCH. */
+/** Runtime version as MAJOR*10000 + MINOR*100 + PATCH.
+ * Thread safety: safe from any thread. */
 M2MPSK_API unsigned m2mpsk_version_number(void);
 
 /* ------------------------------------------------------------------------ */
@@ -171,7 +225,7 @@ M2MPSK_API unsigned m2mpsk_version_number(void);
  * Name of the TLS library this build uses: "boringssl" (the default
  * build) or "openssl" (OpenSSL 3, built with -DM2MPSK_TLS=openssl, which has
  * TS-0003's mandated suites), or "unavailable" when its module cannot be
- * loaded. Static. Thread-safe. The public API and ABI are the same with
+ * loaded. Static. The public API and ABI are the same with
  * either; m2mpsk_suite_name() and m2mpsk_profile_missing() say what each
  * offers.
  *
@@ -179,19 +233,23 @@ M2MPSK_API unsigned m2mpsk_version_number(void);
  * module ("m2mpsk/tls-boringssl.so" or "m2mpsk/tls-openssl.so" beside the
  * library), loaded on first use with RTLD_LOCAL | RTLD_DEEPBIND so that it
  * cannot clash with an OpenSSL already in the process. See abi/README.md.
+ * Thread safety: safe from any thread.
  */
 M2MPSK_API const char *m2mpsk_backend_name(void);
 
 /** Why the TLS backend module could not be loaded; "" when it is loaded.
- *  Static. Thread-safe. */
+ *  Static.
+ * Thread safety: safe from any thread. */
 M2MPSK_API const char *m2mpsk_backend_error(void);
 
-/** Number of cipher suites this build supports. Thread-safe. */
+/** Number of cipher suites this build supports.
+ * Thread safety: safe from any thread. */
 M2MPSK_API size_t m2mpsk_suite_count(void);
 
 /**
  * IANA name of supported suite `i` (0 to m2mpsk_suite_count() - 1), in the
- * order m2mpsk prefers them; NULL past the end. Static. Thread-safe.
+ * order m2mpsk prefers them; NULL past the end. Static.
+ * Thread safety: safe from any thread.
  */
 M2MPSK_API const char *m2mpsk_suite_name(size_t i);
 
@@ -202,27 +260,30 @@ M2MPSK_API const char *m2mpsk_suite_name(size_t i);
 /**
  * Validates a KpsaID: Issuer_Relative_KpsaID@Issuer-FQDN, the relative part
  * made of letters, digits, '.', '_' and '-', the FQDN of LDH labels, at most
- * M2MPSK_KPSA_ID_MAX bytes in all. Thread-safe.
+ * M2MPSK_KPSA_ID_MAX bytes in all.
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL), M2MPSK_E_KPSA_ID or
  * M2MPSK_E_KPSA_ID_LENGTH.
+ * Thread safety: safe from any thread.
  */
-M2MPSK_API int m2mpsk_kpsa_id_validate(const char *kpsa_id);
+M2MPSK_API int m2mpsk_kpsa_id_validate(const char *kpsa_id) M2MPSK_MUST_CHECK;
 
 /**
  * Validates an IdB: a CSE-ID, SP-relative ("/cse-1") or absolute
- * ("//m2m.example.com/cse-1"). Thread-safe.
+ * ("//m2m.example.com/cse-1").
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL), M2MPSK_E_IDB or
  * M2MPSK_E_ID_LENGTH.
+ * Thread safety: safe from any thread.
  */
-M2MPSK_API int m2mpsk_idb_validate(const char *idb);
+M2MPSK_API int m2mpsk_idb_validate(const char *idb) M2MPSK_MUST_CHECK;
 
 /**
  * Validates an IdA: a CSE-ID, or an AE-ID ("/cse-1/C123", "/S123",
- * "//m2m.example.com/cse-1/C123"), SP-relative or absolute. Thread-safe.
+ * "//m2m.example.com/cse-1/C123"), SP-relative or absolute.
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL), M2MPSK_E_IDA or
  * M2MPSK_E_ID_LENGTH.
+ * Thread safety: safe from any thread.
  */
-M2MPSK_API int m2mpsk_ida_validate(const char *ida);
+M2MPSK_API int m2mpsk_ida_validate(const char *ida) M2MPSK_MUST_CHECK;
 
 /* ------------------------------------------------------------------------ */
 /* Keystore                                                                  */
@@ -245,6 +306,7 @@ enum m2mpsk_keystore_flags {
  * On success *out owns a reference, released with m2mpsk_keystore_free().
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (out NULL, unknown flag) or
  * M2MPSK_E_NOMEM (also when libsodium cannot be initialised).
+ * Thread safety: safe from any thread.
  */
 M2MPSK_API int m2mpsk_keystore_new(m2mpsk_keystore **out,
                                    unsigned flags) M2MPSK_MUST_CHECK;
@@ -252,8 +314,8 @@ M2MPSK_API int m2mpsk_keystore_new(m2mpsk_keystore **out,
 /**
  * Releases the caller's reference. Associations hold their own reference, so
  * the keystore (and every key in it, wiped) goes away when the last of them
- * is freed. NULL is a no-op. Must not race with other calls that use the
- * caller's reference.
+ * is freed. NULL is a no-op.
+ * Thread safety: not concurrently with other calls on this reference.
  */
 M2MPSK_API void m2mpsk_keystore_free(m2mpsk_keystore *ks);
 
@@ -261,13 +323,14 @@ M2MPSK_API void m2mpsk_keystore_free(m2mpsk_keystore *ks);
  * Adds a record. `key` is copied into locked memory; the caller may wipe it
  * on return. `ida` may be NULL (no IdA configured: a responder then binds
  * the Credential-ID). `not_before` and `not_after` are Unix times in seconds;
- * 0 means unbounded on that side. Thread-safe with lookups, adds and removes.
+ * 0 means unbounded on that side.
  * On any error the keystore is unchanged.
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL ks, kpsa_id, key or idb),
  * M2MPSK_E_KPSA_ID, M2MPSK_E_KPSA_ID_LENGTH, M2MPSK_E_KEY_LENGTH,
  * M2MPSK_E_IDA, M2MPSK_E_IDB, M2MPSK_E_ID_LENGTH, M2MPSK_E_VALIDITY,
  * M2MPSK_E_DUPLICATE, M2MPSK_E_UNLOCKED (REQUIRE_LOCKED and mlock failed) or
  * M2MPSK_E_NOMEM.
+ * Thread safety: safe to call concurrently on the same keystore.
  */
 M2MPSK_API int m2mpsk_keystore_add(m2mpsk_keystore *ks, const char *kpsa_id,
                                    const uint8_t *key, size_t key_len,
@@ -282,52 +345,60 @@ M2MPSK_API int m2mpsk_keystore_add(m2mpsk_keystore *ks, const char *kpsa_id,
  * BoringSSL; with OpenSSL 3, which has no way to send a fatal alert once a
  * direction is encrypted, close_notify after the handshake. A responder
  * that had not reached the key yet treats the KpsaID as unknown.
- * Thread-safe.
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL) or M2MPSK_E_NOT_FOUND (also
  * for a KpsaID that could never be stored, e.g. too long).
+ * Thread safety: safe to call concurrently on the same keystore.
  */
-M2MPSK_API int m2mpsk_keystore_remove(m2mpsk_keystore *ks, const char *kpsa_id);
+M2MPSK_API int m2mpsk_keystore_remove(m2mpsk_keystore *ks,
+                                      const char *kpsa_id) M2MPSK_MUST_CHECK;
 
 /**
  * Revokes a record: wipes its key but keeps its KpsaID, so that handshakes
  * using it fail with M2MPSK_REASON_REVOKED rather than as unknown, and live
  * associations using it fail closed on their next operation. A revoked
  * record can be removed, but not re-added until it is; revoking it again
- * returns M2MPSK_OK. Thread-safe.
+ * returns M2MPSK_OK.
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL) or M2MPSK_E_NOT_FOUND (also
  * for a KpsaID that could never be stored, e.g. too long).
+ * Thread safety: safe to call concurrently on the same keystore.
  */
-M2MPSK_API int m2mpsk_keystore_revoke(m2mpsk_keystore *ks, const char *kpsa_id);
+M2MPSK_API int m2mpsk_keystore_revoke(m2mpsk_keystore *ks,
+                                      const char *kpsa_id) M2MPSK_MUST_CHECK;
 
 /**
  * Looks a record up. Each output pointer may be NULL when not wanted. The
  * identities are copied, NUL-terminated, into the caller's buffers; an IdA
  * that is not configured comes back as "". *revoked is set to 1 for a
- * revoked record. Never reveals the key. Thread-safe.
- * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL ks or kpsa_id, or a buffer
- * pointer without capacity), M2MPSK_E_NOT_FOUND (also for a KpsaID that
- * could never be stored) or M2MPSK_E_BUFFER (a buffer
- * is too small; M2MPSK_ID_MAX + 1 bytes always suffice).
+ * revoked record. Never reveals the key.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL ks or kpsa_id),
+ * M2MPSK_E_BUFFER (a buffer given with capacity 0, checked first, or too
+ * small for the record's identity; M2MPSK_ID_MAX + 1 bytes always suffice)
+ * or M2MPSK_E_NOT_FOUND (also for a KpsaID that could never be stored).
+ * Thread safety: safe to call concurrently on the same keystore.
  */
 M2MPSK_API int m2mpsk_keystore_lookup(const m2mpsk_keystore *ks,
                                       const char *kpsa_id, char *ida,
                                       size_t ida_cap, char *idb, size_t idb_cap,
                                       int64_t *not_before, int64_t *not_after,
-                                      int *revoked);
+                                      int *revoked) M2MPSK_MUST_CHECK;
 
-/** Number of records, revoked ones included. 0 for NULL. Thread-safe. */
+/** Number of records, revoked ones included. 0 for NULL.
+ * Thread safety: safe to call concurrently on the same keystore. */
 M2MPSK_API size_t m2mpsk_keystore_count(const m2mpsk_keystore *ks);
 
 /**
  * Returns 1 when every byte of key memory the keystore holds is locked in
  * RAM (mlock succeeded), 0 when some is not (typically RLIMIT_MEMLOCK), and
- * M2MPSK_E_INVALID for NULL. An empty keystore reports 1. Thread-safe.
+ * M2MPSK_E_INVALID for NULL. An empty keystore reports 1.
+ * Thread safety: safe to call concurrently on the same keystore.
  */
-M2MPSK_API int m2mpsk_keystore_is_locked(const m2mpsk_keystore *ks);
+M2MPSK_API int
+m2mpsk_keystore_is_locked(const m2mpsk_keystore *ks) M2MPSK_MUST_CHECK;
 
 /**
  * Bytes of guarded key memory the keystore has allocated (the arenas, not
- * counting libsodium's guard pages). 0 for NULL. Thread-safe.
+ * counting libsodium's guard pages). 0 for NULL.
+ * Thread safety: safe to call concurrently on the same keystore.
  */
 M2MPSK_API size_t m2mpsk_keystore_key_memory(const m2mpsk_keystore *ks);
 
@@ -352,13 +423,13 @@ M2MPSK_API size_t m2mpsk_keystore_key_memory(const m2mpsk_keystore *ks);
  * character. Lines are at most 4096 bytes, not counting the line ending
  * (LF or CRLF). A symbolic link is followed, and the permission check
  * applies to its target. Read buffers are wiped before they are released.
- * Thread-safe with other keystore calls.
  *
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL ks or path), M2MPSK_E_IO,
  * M2MPSK_E_KEYFILE_PERMS, M2MPSK_E_KEYFILE_SYNTAX,
  * M2MPSK_E_KEYFILE_ENCODING, any validation code of m2mpsk_keystore_add()
  * for a record's values (M2MPSK_E_KPSA_ID ... M2MPSK_E_DUPLICATE, also for a
  * KpsaID repeated within the file), M2MPSK_E_UNLOCKED or M2MPSK_E_NOMEM.
+ * Thread safety: safe to call concurrently on the same keystore.
  */
 M2MPSK_API int m2mpsk_keystore_load_file(m2mpsk_keystore *ks, const char *path,
                                          size_t *err_line) M2MPSK_MUST_CHECK;
@@ -393,10 +464,12 @@ typedef struct m2mpsk_config m2mpsk_config;
  * A config is frozen once an association has been created from it: setters
  * then return M2MPSK_E_STATE.
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (out NULL) or M2MPSK_E_NOMEM.
+ * Thread safety: safe from any thread.
  */
 M2MPSK_API int m2mpsk_config_new(m2mpsk_config **out) M2MPSK_MUST_CHECK;
 
-/** Releases the caller's reference; associations keep their own. */
+/** Releases the caller's reference; associations keep their own.
+ * Thread safety: not concurrently with other calls on this reference. */
 M2MPSK_API void m2mpsk_config_free(m2mpsk_config *cfg);
 
 /**
@@ -407,9 +480,11 @@ M2MPSK_API void m2mpsk_config_free(m2mpsk_config *cfg);
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL, empty, or an empty name),
  * M2MPSK_E_SUITE, M2MPSK_E_STATE (frozen), M2MPSK_E_BACKEND or
  * M2MPSK_E_NOMEM.
+ * Thread safety: safe to call concurrently on the same config.
  */
-M2MPSK_API int m2mpsk_config_set_suites(m2mpsk_config *cfg,
-                                        const char *iana_names);
+M2MPSK_API int
+m2mpsk_config_set_suites(m2mpsk_config *cfg,
+                         const char *iana_names) M2MPSK_MUST_CHECK;
 
 /** Suite profiles. Since 0.2. */
 typedef enum m2mpsk_profile {
@@ -431,46 +506,53 @@ typedef enum m2mpsk_profile {
  * m2mpsk_profile_missing() names them. Since 0.2.
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL, unknown profile),
  * M2MPSK_E_SUITE, M2MPSK_E_STATE (frozen) or M2MPSK_E_BACKEND.
+ * Thread safety: safe to call concurrently on the same config.
  */
-M2MPSK_API int m2mpsk_config_set_profile(m2mpsk_config *cfg,
-                                         m2mpsk_profile profile);
+M2MPSK_API int
+m2mpsk_config_set_profile(m2mpsk_config *cfg,
+                          m2mpsk_profile profile) M2MPSK_MUST_CHECK;
 
 /**
  * Writes into `out` the colon-separated IANA names of the suites that
  * `profile` mandates and this build's backend lacks ("" when it has them
  * all; with BoringSSL, "TLS_PSK_WITH_AES_128_CBC_SHA256:
- * TLS_PSK_WITH_AES_128_CCM_8"). Thread-safe. Since 0.2.
- * Returns M2MPSK_OK, M2MPSK_E_INVALID (unknown profile, NULL out, cap 0),
- * M2MPSK_E_BUFFER (128 bytes always suffice) or M2MPSK_E_BACKEND.
+ * TLS_PSK_WITH_AES_128_CCM_8"). Since 0.2.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (unknown profile, NULL out),
+ * M2MPSK_E_BUFFER (cap 0 or too small; 128 bytes always suffice) or
+ * M2MPSK_E_BACKEND.
+ * Thread safety: safe from any thread.
  */
 M2MPSK_API int m2mpsk_profile_missing(m2mpsk_profile profile, char *out,
-                                      size_t cap);
+                                      size_t cap) M2MPSK_MUST_CHECK;
 
 /**
  * Writes into `out` the suites `profile` offers over `transport` with this
- * build's backend, colon-separated, in preference order. Thread-safe.
+ * build's backend, colon-separated, in preference order.
  * Since 0.2.
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (unknown profile or transport, NULL
- * out, cap 0), M2MPSK_E_BUFFER (1024 bytes always suffice) or
+ * out), M2MPSK_E_BUFFER (cap 0 or too small; 1024 bytes always suffice) or
  * M2MPSK_E_BACKEND.
+ * Thread safety: safe from any thread.
  */
 M2MPSK_API int m2mpsk_profile_suites(m2mpsk_profile profile,
                                      m2mpsk_transport transport, char *out,
-                                     size_t cap);
+                                     size_t cap) M2MPSK_MUST_CHECK;
 
 /**
  * Writes into `out` the suites associations made from this config offer
  * and accept over `transport`, colon-separated, in preference order: the
  * m2mpsk_config_set_suites() list, else the profile's, else the default.
- * Thread-safe. Since 0.2.
- * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL, unknown transport, cap 0),
- * M2MPSK_E_BUFFER (1024 bytes suffice for any profile or default; a
+ * Since 0.2.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL, unknown transport),
+ * M2MPSK_E_BUFFER (cap 0 or too small; 1024 bytes suffice for any profile
+ * or default; a
  * m2mpsk_config_set_suites() list needs its own length + 1) or
  * M2MPSK_E_BACKEND.
+ * Thread safety: safe to call concurrently on the same config.
  */
 M2MPSK_API int m2mpsk_config_suites(m2mpsk_config *cfg,
                                     m2mpsk_transport transport, char *out,
-                                    size_t cap);
+                                    size_t cap) M2MPSK_MUST_CHECK;
 
 /**
  * Adds an identity (IdB, a CSE-ID) that a responder using this config
@@ -479,17 +561,21 @@ M2MPSK_API int m2mpsk_config_suites(m2mpsk_config *cfg,
  * are candidates.
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL), M2MPSK_E_IDB,
  * M2MPSK_E_ID_LENGTH, M2MPSK_E_DUPLICATE, M2MPSK_E_STATE or M2MPSK_E_NOMEM.
+ * Thread safety: safe to call concurrently on the same config.
  */
-M2MPSK_API int m2mpsk_config_add_local_id(m2mpsk_config *cfg, const char *idb);
+M2MPSK_API int m2mpsk_config_add_local_id(m2mpsk_config *cfg,
+                                          const char *idb) M2MPSK_MUST_CHECK;
 
 /**
  * Sets the handshake timeout in milliseconds (1 to 3600000). A handshake not
  * complete that long after m2mpsk_assoc_start() fails with
  * M2MPSK_REASON_TIMEOUT once m2mpsk_assoc_handle_timeout() is called.
  * Returns M2MPSK_OK, M2MPSK_E_INVALID or M2MPSK_E_STATE.
+ * Thread safety: safe to call concurrently on the same config.
  */
-M2MPSK_API int m2mpsk_config_set_handshake_timeout(m2mpsk_config *cfg,
-                                                   uint32_t ms);
+M2MPSK_API int
+m2mpsk_config_set_handshake_timeout(m2mpsk_config *cfg,
+                                    uint32_t ms) M2MPSK_MUST_CHECK;
 
 /**
  * When `on` is non-zero a responder answers an unknown KpsaID with the
@@ -497,9 +583,11 @@ M2MPSK_API int m2mpsk_config_set_handshake_timeout(m2mpsk_config *cfg,
  * By default (0) both look exactly like a wrong key on the wire, so that
  * identities cannot be probed (RFC 4279 §2).
  * Returns M2MPSK_OK, M2MPSK_E_INVALID or M2MPSK_E_STATE.
+ * Thread safety: safe to call concurrently on the same config.
  */
-M2MPSK_API int m2mpsk_config_set_reveal_unknown_identity(m2mpsk_config *cfg,
-                                                         int on);
+M2MPSK_API int
+m2mpsk_config_set_reveal_unknown_identity(m2mpsk_config *cfg,
+                                          int on) M2MPSK_MUST_CHECK;
 
 /**
  * SA2 (TS-0003 §8.2.1): when `on` is non-zero, associations made from this
@@ -513,8 +601,10 @@ M2MPSK_API int m2mpsk_config_set_reveal_unknown_identity(m2mpsk_config *cfg,
  * validity, revocation, limits and events work as in the usual direction.
  * Default 0. Since 0.2.
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL) or M2MPSK_E_STATE (frozen).
+ * Thread safety: safe to call concurrently on the same config.
  */
-M2MPSK_API int m2mpsk_config_set_roles_reversed(m2mpsk_config *cfg, int on);
+M2MPSK_API int m2mpsk_config_set_roles_reversed(m2mpsk_config *cfg,
+                                                int on) M2MPSK_MUST_CHECK;
 
 /**
  * Writes into `out` the SNI host name an initiator sends for `idb`: the FQDN
@@ -522,12 +612,13 @@ M2MPSK_API int m2mpsk_config_set_roles_reversed(m2mpsk_config *cfg, int on);
  * "m2m.example.com"), lower-cased. An SP-relative IdB has no authority, and
  * SNI may not carry an address literal ("//192.0.2.1/cse-1"), so no SNI is
  * sent for those and this returns M2MPSK_E_NOT_FOUND.
- * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL), M2MPSK_E_IDB,
- * M2MPSK_E_ID_LENGTH, M2MPSK_E_NOT_FOUND or M2MPSK_E_BUFFER (also for
- * out_cap 0; 254 bytes always suffice).
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL), M2MPSK_E_BUFFER (out_cap 0,
+ * checked first, or too small; 254 bytes always suffice), M2MPSK_E_IDB,
+ * M2MPSK_E_ID_LENGTH or M2MPSK_E_NOT_FOUND.
+ * Thread safety: safe from any thread.
  */
 M2MPSK_API int m2mpsk_idb_server_name(const char *idb, char *out,
-                                      size_t out_cap);
+                                      size_t out_cap) M2MPSK_MUST_CHECK;
 
 /* ------------------------------------------------------------------------ */
 /* Association                                                               */
@@ -588,7 +679,8 @@ typedef enum m2mpsk_reason {
   M2MPSK_REASON_LIMIT = 12
 } m2mpsk_reason;
 
-/** Static name of a reason, e.g. "bad-key"; "unknown" for other values. */
+/** Static name of a reason, e.g. "bad-key"; "unknown" for other values.
+ * Thread safety: safe from any thread. */
 M2MPSK_API const char *m2mpsk_reason_name(int reason);
 
 /**
@@ -604,6 +696,7 @@ M2MPSK_API const char *m2mpsk_reason_name(int reason);
  * M2MPSK_E_NO_LOCAL_ID, M2MPSK_E_LIMIT (a responder past
  * m2mpsk_config_set_max_handshakes()), M2MPSK_E_BACKEND, M2MPSK_E_NOMEM or
  * M2MPSK_E_INTERNAL.
+ * Thread safety: safe to call concurrently with the same config and keystore.
  */
 M2MPSK_API int m2mpsk_assoc_new(m2mpsk_assoc **out, m2mpsk_role role,
                                 m2mpsk_transport transport,
@@ -611,7 +704,8 @@ M2MPSK_API int m2mpsk_assoc_new(m2mpsk_assoc **out, m2mpsk_role role,
                                 m2mpsk_keystore *keystore,
                                 const char *kpsa_id) M2MPSK_MUST_CHECK;
 
-/** Frees an association, wiping its key material. NULL is a no-op. */
+/** Frees an association, wiping its key material. NULL is a no-op.
+ * Thread safety: not concurrently with other calls on this reference. */
 M2MPSK_API void m2mpsk_assoc_free(m2mpsk_assoc *a);
 
 /**
@@ -619,8 +713,10 @@ M2MPSK_API void m2mpsk_assoc_free(m2mpsk_assoc *a);
  * M2MPSK_MTU_MAX; the default is 1400. Only before m2mpsk_assoc_start().
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL, out of range, or a TLS
  * association) or M2MPSK_E_STATE.
+ * Thread safety: one thread at a time per association; see Threads.
  */
-M2MPSK_API int m2mpsk_assoc_set_mtu(m2mpsk_assoc *a, unsigned mtu);
+M2MPSK_API int m2mpsk_assoc_set_mtu(m2mpsk_assoc *a,
+                                    unsigned mtu) M2MPSK_MUST_CHECK;
 
 /**
  * Tags the association with the caller's name for its peer, typically the
@@ -630,10 +726,13 @@ M2MPSK_API int m2mpsk_assoc_set_mtu(m2mpsk_assoc *a, unsigned mtu);
  * Since 0.2.
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL, empty, too long or not
  * printable), M2MPSK_E_STATE (started) or M2MPSK_E_NOMEM.
+ * Thread safety: one thread at a time per association; see Threads.
  */
-M2MPSK_API int m2mpsk_assoc_set_peer_tag(m2mpsk_assoc *a, const char *tag);
+M2MPSK_API int m2mpsk_assoc_set_peer_tag(m2mpsk_assoc *a,
+                                         const char *tag) M2MPSK_MUST_CHECK;
 
-/** The peer tag, or NULL when none was set. Borrowed from `a`. Since 0.2. */
+/** The peer tag, or NULL when none was set. Borrowed from `a`. Since 0.2.
+ * Thread safety: one thread at a time per association; see Threads. */
 M2MPSK_API const char *m2mpsk_assoc_peer_tag(const m2mpsk_assoc *a);
 
 /**
@@ -647,9 +746,10 @@ M2MPSK_API const char *m2mpsk_assoc_peer_tag(const m2mpsk_assoc *a);
  * M2MPSK_E_STATE (already started) or M2MPSK_E_FAILED (e.g. the initiator's
  * record is expired or revoked, or the responder's peer tag is blocked by
  * the rate limit: see m2mpsk_assoc_failure()).
+ * Thread safety: one thread at a time per association; see Threads.
  */
 M2MPSK_API int m2mpsk_assoc_start(m2mpsk_assoc *a, uint64_t now_ms,
-                                  int64_t unix_time);
+                                  int64_t unix_time) M2MPSK_MUST_CHECK;
 
 /**
  * Feeds received input: any number of stream bytes (TLS), or exactly one
@@ -663,16 +763,18 @@ M2MPSK_API int m2mpsk_assoc_start(m2mpsk_assoc *a, uint64_t now_ms,
  * m2mpsk_config_set_max_input() during a handshake), M2MPSK_E_LIMIT (since
  * 0.2: an established association's input would go past
  * m2mpsk_config_set_max_input(); nothing was consumed: read what is
- * waiting, then feed again, or drop the datagram) or M2MPSK_E_NOMEM (the input was dropped: a TLS association
- * then fails, since its stream lost bytes; for DTLS it is like a lost
- * datagram).
+ * waiting, then feed again, or drop the datagram) or M2MPSK_E_NOMEM (the input
+ * was dropped: a TLS association then fails, since its stream lost bytes; for
+ * DTLS it is like a lost datagram). Thread safety: one thread at a time per
+ * association; see Threads.
  */
 M2MPSK_API int m2mpsk_assoc_feed(m2mpsk_assoc *a, const uint8_t *data,
-                                 size_t len, uint64_t now_ms);
+                                 size_t len, uint64_t now_ms) M2MPSK_MUST_CHECK;
 
 /**
  * Number of bytes waiting to be sent: for DTLS, the size of the next
  * datagram. 0 for NULL or when nothing waits.
+ * Thread safety: one thread at a time per association; see Threads.
  */
 M2MPSK_API size_t m2mpsk_assoc_pending(const m2mpsk_assoc *a);
 
@@ -680,12 +782,13 @@ M2MPSK_API size_t m2mpsk_assoc_pending(const m2mpsk_assoc *a);
  * Copies output to send into `out`: up to `cap` stream bytes (TLS), or
  * exactly one datagram (DTLS). *out_len receives the count. Valid in every
  * state after start, including FAILED (to flush a final alert).
- * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL, cap 0), M2MPSK_E_AGAIN
- * (nothing to send), M2MPSK_E_BUFFER (DTLS: the datagram is larger than
- * cap; it stays queued) or M2MPSK_E_STATE (not started).
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL), M2MPSK_E_BUFFER (cap 0; or,
+ * DTLS, the datagram is larger than cap: it stays queued), M2MPSK_E_AGAIN
+ * (nothing to send) or M2MPSK_E_STATE (not started).
+ * Thread safety: one thread at a time per association; see Threads.
  */
 M2MPSK_API int m2mpsk_assoc_drain(m2mpsk_assoc *a, uint8_t *out, size_t cap,
-                                  size_t *out_len);
+                                  size_t *out_len) M2MPSK_MUST_CHECK;
 
 /**
  * Writes into *deadline_ms the monotonic time at which
@@ -701,9 +804,11 @@ M2MPSK_API int m2mpsk_assoc_drain(m2mpsk_assoc *a, uint8_t *out, size_t cap,
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL) or M2MPSK_E_AGAIN (nothing is
  * due: idle, closed or failed, or established with no DTLS timer running
  * and a record without not_after).
+ * Thread safety: one thread at a time per association; see Threads.
  */
-M2MPSK_API int m2mpsk_assoc_next_timeout(const m2mpsk_assoc *a,
-                                         uint64_t *deadline_ms);
+M2MPSK_API int
+m2mpsk_assoc_next_timeout(const m2mpsk_assoc *a,
+                          uint64_t *deadline_ms) M2MPSK_MUST_CHECK;
 
 /**
  * Handles what is due at `now_ms`: retransmits a DTLS flight (drain it
@@ -718,10 +823,13 @@ M2MPSK_API int m2mpsk_assoc_next_timeout(const m2mpsk_assoc *a,
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL), M2MPSK_E_STATE (not started,
  * or failed earlier for a reason other than the handshake timeout) or
  * M2MPSK_E_FAILED (failed now, or the handshake timed out before).
+ * Thread safety: one thread at a time per association; see Threads.
  */
-M2MPSK_API int m2mpsk_assoc_handle_timeout(m2mpsk_assoc *a, uint64_t now_ms);
+M2MPSK_API int m2mpsk_assoc_handle_timeout(m2mpsk_assoc *a,
+                                           uint64_t now_ms) M2MPSK_MUST_CHECK;
 
-/** Current state; M2MPSK_STATE_FAILED for NULL. */
+/** Current state; M2MPSK_STATE_FAILED for NULL.
+ * Thread safety: one thread at a time per association; see Threads. */
 M2MPSK_API m2mpsk_state m2mpsk_assoc_state(const m2mpsk_assoc *a);
 
 /**
@@ -731,37 +839,45 @@ M2MPSK_API m2mpsk_state m2mpsk_assoc_state(const m2mpsk_assoc *a);
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL, or a DTLS write too large),
  * M2MPSK_E_STATE (not established), M2MPSK_E_CLOSED, M2MPSK_E_FAILED or
  * M2MPSK_E_NOMEM (the association then fails with M2MPSK_REASON_INTERNAL).
+ * Thread safety: one thread at a time per association; see Threads.
  */
 M2MPSK_API int m2mpsk_assoc_write(m2mpsk_assoc *a, const uint8_t *data,
-                                  size_t len, size_t *written);
+                                  size_t len,
+                                  size_t *written) M2MPSK_MUST_CHECK;
 
 /**
  * Reads decrypted application data that has been fed. *out_len receives the
  * count (at least 1 on M2MPSK_OK).
- * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL, cap 0), M2MPSK_E_AGAIN (no
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL), M2MPSK_E_BUFFER (cap 0),
+ * M2MPSK_E_AGAIN (no
  * whole record yet), M2MPSK_E_CLOSED (the peer sent close_notify),
  * M2MPSK_E_STATE (handshake not complete) or M2MPSK_E_FAILED (a record
  * failed to verify, or the peer sent a fatal alert).
+ * Thread safety: one thread at a time per association; see Threads.
  */
 M2MPSK_API int m2mpsk_assoc_read(m2mpsk_assoc *a, uint8_t *out, size_t cap,
-                                 size_t *out_len);
+                                 size_t *out_len) M2MPSK_MUST_CHECK;
 
 /**
  * Sends close_notify (drain it afterwards) and moves to CLOSED. Calling it
  * again, or after the peer closed, is harmless.
- * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL) or M2MPSK_E_STATE (not
- * established or closed).
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL), M2MPSK_E_STATE (not
+ * established or closed) or M2MPSK_E_FAILED (the TLS library could not
+ * write the alert: the association failed, see m2mpsk_assoc_failure()).
+ * Thread safety: one thread at a time per association; see Threads.
  */
-M2MPSK_API int m2mpsk_assoc_close(m2mpsk_assoc *a);
+M2MPSK_API int m2mpsk_assoc_close(m2mpsk_assoc *a) M2MPSK_MUST_CHECK;
 
 /**
  * The identity the session is bound to, once ESTABLISHED (and after CLOSED):
  * an initiator sees IdB; a responder sees IdA, or "12-<KpsaID>" when the
  * record has no IdA. NULL before. Borrowed from `a`.
+ * Thread safety: one thread at a time per association; see Threads.
  */
 M2MPSK_API const char *m2mpsk_assoc_peer_id(const m2mpsk_assoc *a);
 
-/** 1 when m2mpsk_assoc_peer_id() is a Credential-ID, 0 otherwise. */
+/** 1 when m2mpsk_assoc_peer_id() is a Credential-ID, 0 otherwise.
+ * Thread safety: one thread at a time per association; see Threads. */
 M2MPSK_API int m2mpsk_assoc_peer_id_is_credential(const m2mpsk_assoc *a);
 
 /**
@@ -777,42 +893,63 @@ M2MPSK_API int m2mpsk_assoc_peer_id_is_credential(const m2mpsk_assoc *a);
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL), M2MPSK_E_STATE (not such an
  * Entity B, or already bound), M2MPSK_E_IDA (not an AE-ID),
  * M2MPSK_E_ID_LENGTH or M2MPSK_E_NOMEM (nothing changed).
+ * Thread safety: one thread at a time per association; see Threads.
  */
-M2MPSK_API int m2mpsk_assoc_bind_ae_id(m2mpsk_assoc *a, const char *ae_id);
+M2MPSK_API int m2mpsk_assoc_bind_ae_id(m2mpsk_assoc *a,
+                                       const char *ae_id) M2MPSK_MUST_CHECK;
 
 /**
  * The identity this side assumed, once ESTABLISHED: a responder's IdB, an
  * initiator's IdA (NULL if its record has none). Borrowed from `a`.
+ * Thread safety: one thread at a time per association; see Threads.
  */
 M2MPSK_API const char *m2mpsk_assoc_local_id(const m2mpsk_assoc *a);
 
-/** The KpsaID in use once known (initiator: always), else NULL. Borrowed. */
+/** The KpsaID in use once known (initiator: always), else NULL. Borrowed.
+ * Thread safety: one thread at a time per association; see Threads. */
 M2MPSK_API const char *m2mpsk_assoc_kpsa_id(const m2mpsk_assoc *a);
 
-/** IANA name of the negotiated suite once ESTABLISHED, else NULL. Static. */
+/** IANA name of the negotiated suite once ESTABLISHED, else NULL. Static.
+ * Thread safety: one thread at a time per association; see Threads. */
 M2MPSK_API const char *m2mpsk_assoc_suite(const m2mpsk_assoc *a);
 
-/** "TLSv1.2" or "DTLSv1.2" once ESTABLISHED, else NULL. Static. */
+/** "TLSv1.2" or "DTLSv1.2" once ESTABLISHED, else NULL. Static.
+ * Thread safety: one thread at a time per association; see Threads. */
 M2MPSK_API const char *m2mpsk_assoc_version(const m2mpsk_assoc *a);
 
 /**
  * RFC 5705 keying material exporter, once ESTABLISHED. `context` may be
  * NULL (no context) or a buffer of context_len bytes (possibly 0).
- * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL a/out/label, out_len 0) or
- * M2MPSK_E_STATE (not established) or M2MPSK_E_INTERNAL.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL a/out/label, NULL context with
+ * context_len > 0), M2MPSK_E_BUFFER (out_len 0), M2MPSK_E_STATE (not
+ * established) or M2MPSK_E_INTERNAL.
+ * Thread safety: one thread at a time per association; see Threads.
  */
 M2MPSK_API int m2mpsk_assoc_export(const m2mpsk_assoc *a, uint8_t *out,
                                    size_t out_len, const char *label,
-                                   const uint8_t *context, size_t context_len);
+                                   const uint8_t *context,
+                                   size_t context_len) M2MPSK_MUST_CHECK;
 
-/** Why the association failed; M2MPSK_REASON_NONE unless FAILED. */
+/** Why the association failed; M2MPSK_REASON_NONE unless FAILED.
+ * Thread safety: one thread at a time per association; see Threads. */
 M2MPSK_API m2mpsk_reason m2mpsk_assoc_failure(const m2mpsk_assoc *a);
 
 /**
  * A readable detail of the failure (alert names, what did not match), never
  * containing key bytes; "" when none. Borrowed from `a`.
+ * Thread safety: one thread at a time per association; see Threads.
  */
 M2MPSK_API const char *m2mpsk_assoc_failure_detail(const m2mpsk_assoc *a);
+
+/** What m2mpsk_dtls_listen() asks of the caller when it does not fail.
+ *  Since 0.3. */
+typedef enum m2mpsk_listen_result {
+  /** A ClientHello with a valid cookie: create the association (equal to
+   *  M2MPSK_OK). */
+  M2MPSK_LISTEN_ACCEPT = 0,
+  /** Send the HelloVerifyRequest written to `out` back to the peer. */
+  M2MPSK_LISTEN_REPLY = 1
+} m2mpsk_listen_result;
 
 /**
  * The DTLS responder's stateless cookie exchange (RFC 6347 §4.2.1). Call it
@@ -821,12 +958,17 @@ M2MPSK_API const char *m2mpsk_assoc_failure_detail(const m2mpsk_assoc *a);
  * `peer_tag` names the peer as m2mpsk_assoc_set_peer_tag() does (typically
  * its address); the cookie is bound to it. Since 0.2.
  *
- *  - M2MPSK_OK: `datagram` is a ClientHello with a valid cookie for
- *    `peer_tag`. Create a responder DTLS association from `cfg`, set the
- *    same peer tag, start it and feed it this same datagram.
- *  - M2MPSK_E_AGAIN: send the HelloVerifyRequest written to `out`
- *    (*out_len bytes; 64 bytes always suffice) back to the peer. Nothing is
- *    kept: the peer's next ClientHello will carry the cookie.
+ *  - M2MPSK_LISTEN_ACCEPT (M2MPSK_OK, 0): `datagram` is a ClientHello with
+ *    a valid cookie for `peer_tag`. Create a responder DTLS association
+ *    from `cfg`, set the same peer tag, start it and feed it this same
+ *    datagram. *out_len is 0.
+ *  - M2MPSK_LISTEN_REPLY (1, positive): send the HelloVerifyRequest
+ *    written to `out` (*out_len bytes; 64 bytes always suffice) back to the
+ *    peer. Nothing is kept: the peer's next ClientHello will carry the
+ *    cookie. (Until 0.2 this outcome was M2MPSK_E_AGAIN.)
+ *  - M2MPSK_E_PROTOCOL: the datagram is not a DTLS ClientHello whose cookie
+ *    is in its first fragment: drop it. (Until 0.2, M2MPSK_E_INVALID.)
+ *  - any other negative status: an error, as listed below.
  *
  * The cookie is HMAC-SHA-256, truncated to 16 bytes, over the peer tag and
  * the ClientHello's random (which a client keeps when it resends), under a
@@ -834,8 +976,8 @@ M2MPSK_API const char *m2mpsk_assoc_failure_detail(const m2mpsk_assoc *a);
  * is made (by the first such association or call) and wiped when the
  * config goes. The secret is not rotated: to change it, replace the
  * config. The call uses a scratch TLS object from that context, made and
- * freed within it; nothing allocated outlives the call. Thread-safe;
- * freezes the config, as m2mpsk_assoc_new() does.
+ * freed within it; nothing allocated outlives the call.
+ * Freezes the config, as m2mpsk_assoc_new() does.
  *
  * With the OpenSSL backend every DTLS responder association requires a
  * valid cookie: a first ClientHello without one (a host that does not call
@@ -843,15 +985,15 @@ M2MPSK_API const char *m2mpsk_assoc_failure_detail(const m2mpsk_assoc *a);
  * which is correct but stateful. OpenSSL, GnuTLS, BoringSSL and tinydtls
  * clients, and m2mpsk's initiators, all answer HelloVerifyRequest.
  *
- * Returns M2MPSK_OK, M2MPSK_E_AGAIN, M2MPSK_E_INVALID (NULL cfg, peer_tag,
- * datagram, out or out_len; len 0 or above 65535; cap 0; a peer tag that
- * m2mpsk_assoc_set_peer_tag() would refuse; or a datagram that is not a
- * DTLS ClientHello whose cookie is in its first fragment: drop it),
- * M2MPSK_E_BUFFER (the HelloVerifyRequest does not fit in `cap`; nothing
- * written), M2MPSK_E_UNSUPPORTED (the backend has no cookie exchange:
- * BoringSSL, whose DTLS server sends no HelloVerifyRequest; create the
- * association at once instead), M2MPSK_E_BACKEND, M2MPSK_E_NOMEM or
+ * Returns M2MPSK_LISTEN_ACCEPT (M2MPSK_OK), M2MPSK_LISTEN_REPLY,
+ * M2MPSK_E_INVALID (NULL cfg, peer_tag, datagram, out or out_len; len 0 or
+ * above 65535; a peer tag that m2mpsk_assoc_set_peer_tag() would refuse),
+ * M2MPSK_E_BUFFER (cap 0, or the HelloVerifyRequest does not fit in `cap`;
+ * nothing written), M2MPSK_E_PROTOCOL, M2MPSK_E_UNSUPPORTED (the backend has no
+ * cookie exchange: BoringSSL, whose DTLS server sends no HelloVerifyRequest;
+ * create the association at once instead), M2MPSK_E_BACKEND, M2MPSK_E_NOMEM or
  * M2MPSK_E_INTERNAL.
+ * Thread safety: safe to call concurrently on the same config.
  */
 M2MPSK_API int m2mpsk_dtls_listen(m2mpsk_config *cfg, const char *peer_tag,
                                   const uint8_t *datagram, size_t len,
@@ -874,9 +1016,10 @@ M2MPSK_API int m2mpsk_dtls_listen(m2mpsk_config *cfg, const char *peer_tag,
  * M2MPSK_REASON_LIMIT is queued. 0 means unlimited; the default is 4096.
  * Since 0.2.
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL) or M2MPSK_E_STATE (frozen).
+ * Thread safety: safe to call concurrently on the same config.
  */
 M2MPSK_API int m2mpsk_config_set_max_handshakes(m2mpsk_config *cfg,
-                                                uint32_t n);
+                                                uint32_t n) M2MPSK_MUST_CHECK;
 
 /**
  * Bounds the input an association holds fed but not yet consumed, in bytes
@@ -888,9 +1031,10 @@ M2MPSK_API int m2mpsk_config_set_max_handshakes(m2mpsk_config *cfg,
  * M2MPSK_REASON_LIMIT. Applies to both roles. Since 0.2.
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL, out of range) or
  * M2MPSK_E_STATE (frozen).
+ * Thread safety: safe to call concurrently on the same config.
  */
 M2MPSK_API int m2mpsk_config_set_max_input(m2mpsk_config *cfg,
-                                           uint32_t bytes);
+                                           uint32_t bytes) M2MPSK_MUST_CHECK;
 
 /** What a rate limit counts failed handshakes by. Since 0.2. */
 typedef enum m2mpsk_rate_key {
@@ -927,31 +1071,33 @@ typedef enum m2mpsk_rate_key {
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL cfg, unknown key, a zero
  * window or block, block_max_ms below block_ms, or any time above 24 h) or
  * M2MPSK_E_STATE (frozen).
+ * Thread safety: safe to call concurrently on the same config.
  */
-M2MPSK_API int m2mpsk_config_set_rate_limit(m2mpsk_config *cfg,
-                                            m2mpsk_rate_key key,
-                                            uint32_t max_failures,
-                                            uint32_t window_ms,
-                                            uint32_t block_ms,
-                                            uint32_t block_max_ms);
+M2MPSK_API int
+m2mpsk_config_set_rate_limit(m2mpsk_config *cfg, m2mpsk_rate_key key,
+                             uint32_t max_failures, uint32_t window_ms,
+                             uint32_t block_ms,
+                             uint32_t block_max_ms) M2MPSK_MUST_CHECK;
 
 /**
  * Whether `peer_tag` is blocked by the rate limit at `now_ms` (the clock
  * given to associations), so that a host can drop a new peer's first
  * datagram or connection without creating an association. *until_ms (if
- * not NULL) receives the time the block ends. Thread-safe. Since 0.2.
+ * not NULL) receives the time the block ends. Since 0.2.
  * Returns 1 (blocked), 0 (not blocked, also before any association was
  * made from the config) or M2MPSK_E_INVALID (NULL cfg or peer_tag).
+ * Thread safety: safe to call concurrently on the same config.
  */
 M2MPSK_API int m2mpsk_config_peer_blocked(m2mpsk_config *cfg,
-                                          const char *peer_tag,
-                                          uint64_t now_ms, uint64_t *until_ms);
+                                          const char *peer_tag, uint64_t now_ms,
+                                          uint64_t *until_ms) M2MPSK_MUST_CHECK;
 
 /** Responder handshakes in progress now (see
- *  m2mpsk_config_set_max_handshakes()); 0 for NULL. Thread-safe. Since
- *  0.2. */
-M2MPSK_API uint32_t m2mpsk_config_handshakes_in_progress(
-    const m2mpsk_config *cfg);
+ *  m2mpsk_config_set_max_handshakes()); 0 for NULL. Since
+ *  0.2.
+ * Thread safety: safe to call concurrently on the same config. */
+M2MPSK_API uint32_t
+m2mpsk_config_handshakes_in_progress(const m2mpsk_config *cfg);
 
 /** One audit event, owned by whoever took it from the queue. Opaque. Since
  *  0.2. */
@@ -977,7 +1123,8 @@ typedef enum m2mpsk_event_type {
 } m2mpsk_event_type;
 
 /** Static name of an event type, e.g. "established"; "unknown" for other
- *  values. Since 0.2. */
+ *  values. Since 0.2.
+ * Thread safety: safe from any thread. */
 M2MPSK_API const char *m2mpsk_event_type_name(int type);
 
 /**
@@ -989,51 +1136,66 @@ M2MPSK_API const char *m2mpsk_event_type_name(int type);
  * room. Since 0.2.
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL, capacity too large) or
  * M2MPSK_E_STATE (frozen).
+ * Thread safety: safe to call concurrently on the same config.
  */
-M2MPSK_API int m2mpsk_config_set_event_queue(m2mpsk_config *cfg,
-                                             uint32_t capacity);
+M2MPSK_API int
+m2mpsk_config_set_event_queue(m2mpsk_config *cfg,
+                              uint32_t capacity) M2MPSK_MUST_CHECK;
 
 /**
  * Takes the oldest queued event. On M2MPSK_OK the caller owns *out and
  * frees it with m2mpsk_event_free(). Pull-based: no callback runs inside
- * the library. Thread-safe. Since 0.2.
+ * the library. Since 0.2.
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL) or M2MPSK_E_AGAIN (the queue is
  * empty or off; *out is set to NULL).
+ * Thread safety: safe to call concurrently on the same config.
  */
 M2MPSK_API int m2mpsk_config_next_event(m2mpsk_config *cfg,
                                         m2mpsk_event **out) M2MPSK_MUST_CHECK;
 
 /** Events dropped because the queue was full (or memory short); 0 for
- *  NULL. Thread-safe. Since 0.2. */
+ *  NULL. Since 0.2.
+ * Thread safety: safe to call concurrently on the same config. */
 M2MPSK_API uint64_t m2mpsk_config_events_dropped(const m2mpsk_config *cfg);
 
-/** Frees an event. NULL is a no-op. Since 0.2. */
+/** Frees an event. NULL is a no-op. Since 0.2.
+ * Thread safety: not concurrently with other calls on this reference. */
 M2MPSK_API void m2mpsk_event_free(m2mpsk_event *ev);
 
 /* Event accessors (since 0.2). Strings are borrowed from the event; each
  * accessor returns NULL (or 0, or M2MPSK_EVENT_NONE) for a NULL event. */
 
-/** What happened. */
+/** What happened.
+ * Thread safety: safe to call concurrently on the same event. */
 M2MPSK_API m2mpsk_event_type m2mpsk_event_get_type(const m2mpsk_event *ev);
-/** Why, for FAILED, REVOKED and RATE_LIMITED; M2MPSK_REASON_NONE else. */
+/** Why, for FAILED, REVOKED and RATE_LIMITED; M2MPSK_REASON_NONE else.
+ * Thread safety: safe to call concurrently on the same event. */
 M2MPSK_API m2mpsk_reason m2mpsk_event_reason(const m2mpsk_event *ev);
-/** The role of the association that reported it. */
+/** The role of the association that reported it.
+ * Thread safety: safe to call concurrently on the same event. */
 M2MPSK_API m2mpsk_role m2mpsk_event_role(const m2mpsk_event *ev);
-/** Its transport. */
+/** Its transport.
+ * Thread safety: safe to call concurrently on the same event. */
 M2MPSK_API m2mpsk_transport m2mpsk_event_transport(const m2mpsk_event *ev);
-/** The caller's monotonic time when it happened. */
+/** The caller's monotonic time when it happened.
+ * Thread safety: safe to call concurrently on the same event. */
 M2MPSK_API uint64_t m2mpsk_event_time_ms(const m2mpsk_event *ev);
 /** The KpsaID: an initiator's, or the one a client presented when it was a
- *  well-formed KpsaID; NULL when not known. */
+ *  well-formed KpsaID; NULL when not known.
+ * Thread safety: safe to call concurrently on the same event. */
 M2MPSK_API const char *m2mpsk_event_kpsa_id(const m2mpsk_event *ev);
 /** The identity the session was bound to (as m2mpsk_assoc_peer_id()),
- *  NULL when none was. */
+ *  NULL when none was.
+ * Thread safety: safe to call concurrently on the same event. */
 M2MPSK_API const char *m2mpsk_event_peer_id(const m2mpsk_event *ev);
-/** 1 when the peer id is a Credential-ID. */
+/** 1 when the peer id is a Credential-ID.
+ * Thread safety: safe to call concurrently on the same event. */
 M2MPSK_API int m2mpsk_event_peer_id_is_credential(const m2mpsk_event *ev);
-/** The caller's peer tag, NULL when none was set. */
+/** The caller's peer tag, NULL when none was set.
+ * Thread safety: safe to call concurrently on the same event. */
 M2MPSK_API const char *m2mpsk_event_peer_tag(const m2mpsk_event *ev);
-/** A readable detail (as m2mpsk_assoc_failure_detail()); "" when none. */
+/** A readable detail (as m2mpsk_assoc_failure_detail()); "" when none.
+ * Thread safety: safe to call concurrently on the same event. */
 M2MPSK_API const char *m2mpsk_event_detail(const m2mpsk_event *ev);
 
 /* ------------------------------------------------------------------------ */
@@ -1082,7 +1244,7 @@ typedef enum m2mpsk_originator_verdict {
 /**
  * Decides whether a request that a CSE received may carry the originator
  * `from`, given what the association it arrived on is bound to (TS-0004
- * §7.3.2.1, TS-0003 §7.2.1). Since 0.2. Thread-safe; no state.
+ * §7.3.2.1, TS-0003 §7.2.1). Since 0.2.
  *
  * Arguments (all borrowed for the call):
  *  - `bound_kind`, `bound_id`: the binding. M2MPSK_PEER_NONE with a NULL
@@ -1136,11 +1298,12 @@ typedef enum m2mpsk_originator_verdict {
  * malformed, e.g. "ae1", "/cse/S1"), M2MPSK_E_ID_LENGTH (an identity is
  * longer than M2MPSK_ID_MAX bytes), M2MPSK_E_KPSA_ID or
  * M2MPSK_E_KPSA_ID_LENGTH (the KpsaID of a Credential-ID bound_id).
+ * Thread safety: safe from any thread.
  */
-M2MPSK_API int m2mpsk_originator_check(
-    m2mpsk_peer_kind bound_kind, const char *bound_id, const char *local_id,
-    const char *from, unsigned flags,
-    m2mpsk_originator_verdict *verdict) M2MPSK_MUST_CHECK;
+M2MPSK_API int
+m2mpsk_originator_check(m2mpsk_peer_kind bound_kind, const char *bound_id,
+                        const char *local_id, const char *from, unsigned flags,
+                        m2mpsk_originator_verdict *verdict) M2MPSK_MUST_CHECK;
 
 /**
  * Derives a remotely provisioned Kpsa from the enrolment key Ke (TS-0003
@@ -1152,7 +1315,7 @@ M2MPSK_API int m2mpsk_originator_check(
  * (the label in one line, no separator, no NUL). The 32-byte Kpsa exists
  * only in a transient sodium_malloc buffer, mlocked where RLIMIT_MEMLOCK
  * allows and wiped on return, and then in the keystore's locked memory.
- * Since 0.2. Thread-safe as m2mpsk_keystore_add().
+ * Since 0.2.
  *
  * `ke` (ke_len bytes, M2MPSK_KEY_MIN to M2MPSK_KEY_MAX) is borrowed; the
  * caller may wipe it on return. `enrolee_b_id` is a CSE-ID or AE-ID,
@@ -1168,10 +1331,11 @@ M2MPSK_API int m2mpsk_originator_check(
  * m2mpsk_keystore_add(): M2MPSK_E_KPSA_ID, M2MPSK_E_KPSA_ID_LENGTH,
  * M2MPSK_E_IDB, M2MPSK_E_VALIDITY, M2MPSK_E_DUPLICATE, M2MPSK_E_UNLOCKED or
  * M2MPSK_E_NOMEM (also when the transient buffer cannot be allocated).
+ * Thread safety: safe to call concurrently on the same keystore.
  */
 M2MPSK_API int m2mpsk_keystore_add_derived(
-    m2mpsk_keystore *ks, const char *kpsa_id, const uint8_t *ke,
-    size_t ke_len, const char *enrolee_b_id, const char *ida, const char *idb,
+    m2mpsk_keystore *ks, const char *kpsa_id, const uint8_t *ke, size_t ke_len,
+    const char *enrolee_b_id, const char *ida, const char *idb,
     int64_t not_before, int64_t not_after) M2MPSK_MUST_CHECK;
 
 #ifdef __cplusplus

@@ -201,7 +201,10 @@ static int run(client *cl, uint64_t linger_ms) {
       }
       if (rc == M2MPSK_E_CLOSED) {
         cli_trace("close_notify received from %s", cl->peer);
-        (void)m2mpsk_assoc_close(cl->a);
+        /* Answering the peer's close_notify; the peer is gone either way. */
+        int crc = m2mpsk_assoc_close(cl->a);
+        if (crc != M2MPSK_OK)
+          cli_trace("close_notify not sent: %s", m2mpsk_strerror(crc));
         flush_all(cl);
         return CLI_OK;
       }
@@ -256,7 +259,14 @@ static int run(client *cl, uint64_t linger_ms) {
       }
       if (n > 0) {
         cli_trace("-> %zd bytes from %s", n, cl->peer);
-        (void)m2mpsk_assoc_feed(cl->a, buf, (size_t)n, now);
+        /* E_FAILED shows in the state the loop checks first. Anything else
+         * means input was lost: E_LIMIT cannot happen, as everything is
+         * read before more is fed, and one read is below the bound. */
+        int frc = m2mpsk_assoc_feed(cl->a, buf, (size_t)n, now);
+        if (frc != M2MPSK_OK && frc != M2MPSK_E_FAILED) {
+          cli_log("input from %s lost: %s", cl->peer, m2mpsk_strerror(frc));
+          return CLI_FAILED;
+        }
       }
     }
     if (ready > 0 && (p[0].revents & POLLOUT))
@@ -265,17 +275,30 @@ static int run(client *cl, uint64_t linger_ms) {
       ssize_t n = read(STDIN_FILENO, buf, sizeof(buf));
       size_t w;
       if (n > 0) {
-        (void)m2mpsk_assoc_write(cl->a, buf, (size_t)n, &w);
+        /* E_FAILED shows in the state the loop checks first; E_CLOSED
+         * (the peer closed first) and others lose this input. */
+        int wrc = m2mpsk_assoc_write(cl->a, buf, (size_t)n, &w);
+        if (wrc != M2MPSK_OK && wrc != M2MPSK_E_FAILED) {
+          cli_log("cannot send to %s: %s", cl->peer, m2mpsk_strerror(wrc));
+          flush_all(cl);
+          return CLI_FAILED;
+        }
       } else if (n == 0 || errno != EINTR) {
         cli_trace("end of input: sending close_notify");
         stdin_open = 0;
-        (void)m2mpsk_assoc_close(cl->a);
+        int crc = m2mpsk_assoc_close(cl->a);
+        if (crc != M2MPSK_OK)
+          cli_trace("close_notify not sent: %s", m2mpsk_strerror(crc));
         linger_until = now + linger_ms;
       }
     }
     if (m2mpsk_assoc_next_timeout(cl->a, &d) == M2MPSK_OK && d <= now) {
       cli_trace("timer");
-      (void)m2mpsk_assoc_handle_timeout(cl->a, now);
+      /* A timeout fails the association: the loop's state check reports
+       * it. */
+      int trc = m2mpsk_assoc_handle_timeout(cl->a, now);
+      if (trc != M2MPSK_OK)
+        cli_trace("timer: %s", m2mpsk_strerror(trc));
     }
   }
 }

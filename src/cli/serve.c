@@ -147,6 +147,24 @@ static void end_conn(server *s, conn *c, int established) {
 }
 
 /* Moves the association along after input or a timer. */
+static void process(server *s, conn *c);
+
+/* Feeds what the peer sent. A failure shows in the state process() reads
+ * next. E_LIMIT means the application data waiting is not read yet: read
+ * it, then feed the bytes once more (a datagram refused again is dropped,
+ * as for any other refusal). */
+static void feed_input(server *s, conn *c, const uint8_t *buf, size_t n) {
+  int rc = m2mpsk_assoc_feed(c->a, buf, n, c->last_input);
+  if (rc == M2MPSK_E_LIMIT) {
+    process(s, c);
+    if (c->done)
+      return;
+    rc = m2mpsk_assoc_feed(c->a, buf, n, c->last_input);
+  }
+  if (rc != M2MPSK_OK && rc != M2MPSK_E_FAILED)
+    cli_trace("%s: input not taken: %s", c->peer, m2mpsk_strerror(rc));
+}
+
 static void process(server *s, conn *c) {
   m2mpsk_state st = m2mpsk_assoc_state(c->a);
   if (!c->logged && (st == M2MPSK_STATE_ESTABLISHED ||
@@ -161,16 +179,27 @@ static void process(server *s, conn *c) {
     if (rc == M2MPSK_OK && s->http) {
       cli_trace("%s: %zu bytes of application data", c->peer, n);
       if (cli_http_input(&c->http, c->a, c->peer, buf, n) != 0) {
-        (void)m2mpsk_assoc_close(c->a);
+        int crc = m2mpsk_assoc_close(c->a);
+        if (crc != M2MPSK_OK)
+          cli_trace("%s: close_notify not sent: %s", c->peer,
+                    m2mpsk_strerror(crc));
         end_conn(s, c, 1);
         break;
       }
     } else if (rc == M2MPSK_OK) {
       cli_trace("%s: %zu bytes of application data, echoed", c->peer, n);
-      (void)m2mpsk_assoc_write(c->a, buf, n, &w);
+      int wrc = m2mpsk_assoc_write(c->a, buf, n, &w);
+      if (wrc != M2MPSK_OK) {
+        /* A failure is logged and ended below; E_CLOSED ends it too. */
+        cli_trace("%s: echo not sent: %s", c->peer, m2mpsk_strerror(wrc));
+        break;
+      }
     } else if (rc == M2MPSK_E_CLOSED) {
       cli_trace("%s: close_notify received", c->peer);
-      (void)m2mpsk_assoc_close(c->a);
+      int crc = m2mpsk_assoc_close(c->a);
+      if (crc != M2MPSK_OK)
+        cli_trace("%s: close_notify not sent: %s", c->peer,
+                  m2mpsk_strerror(crc));
       end_conn(s, c, 1);
       break;
     } else if (rc == M2MPSK_E_FAILED) {
@@ -321,8 +350,9 @@ static void on_tcp_input(server *s, conn *c) {
   }
   cli_trace("%s -> %zd bytes", c->peer, n);
   c->last_input = cli_now_ms();
-  (void)m2mpsk_assoc_feed(c->a, buf, (size_t)n, c->last_input);
-  process(s, c);
+  feed_input(s, c, buf, (size_t)n);
+  if (!c->done)
+    process(s, c);
 }
 
 static void on_udp_input(server *s) {
@@ -360,7 +390,7 @@ static void on_udp_input(server *s) {
         size_t hvr_len;
         int rc = m2mpsk_dtls_listen(s->cfg, host, buf, (size_t)n, hvr,
                                     sizeof(hvr), &hvr_len);
-        if (rc == M2MPSK_E_AGAIN) {
+        if (rc == M2MPSK_LISTEN_REPLY) {
           cli_trace("%s: HelloVerifyRequest sent", peer);
           (void)sendto(s->fd, hvr, hvr_len, MSG_NOSIGNAL,
                        (struct sockaddr *)&addr, len);
@@ -380,8 +410,9 @@ static void on_udp_input(server *s) {
       continue;
     cli_trace("%s -> %zd bytes", c->peer, n);
     c->last_input = cli_now_ms();
-    (void)m2mpsk_assoc_feed(c->a, buf, (size_t)n, c->last_input);
-    process(s, c);
+    feed_input(s, c, buf, (size_t)n);
+    if (!c->done)
+      process(s, c);
   }
 }
 
@@ -488,7 +519,10 @@ static int serve_loop(server *s) {
       if (!c->done && m2mpsk_assoc_next_timeout(c->a, &d) == M2MPSK_OK &&
           d <= now) {
         cli_trace("%s: timer", c->peer);
-        (void)m2mpsk_assoc_handle_timeout(c->a, now);
+        /* A timeout fails the association; process() ends it. */
+        int trc = m2mpsk_assoc_handle_timeout(c->a, now);
+        if (trc != M2MPSK_OK)
+          cli_trace("%s: timer: %s", c->peer, m2mpsk_strerror(trc));
         process(s, c);
       }
       if (!c->done && now >= c->last_input + s->idle_ms &&

@@ -14,7 +14,13 @@ static int pump(m2mpsk_assoc *from, m2mpsk_assoc *to) {
   size_t n;
   int moved = 0;
   while (m2mpsk_assoc_drain(from, buf, sizeof(buf), &n) == M2MPSK_OK) {
-    (void)m2mpsk_assoc_feed(to, buf, n, 1000);
+    int rc = m2mpsk_assoc_feed(to, buf, n, 1000);
+    /* A failure shows in the state checked after the handshake; stop
+     * feeding a side that takes no more input. */
+    if (rc != M2MPSK_OK) {
+      fprintf(stderr, "feed: %s\n", m2mpsk_strerror(rc));
+      return 0;
+    }
     moved = 1;
   }
   return moved;

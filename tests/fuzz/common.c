@@ -16,6 +16,15 @@ void fz_check(int cond, const char *what) {
   }
 }
 
+void fz_status(int rc, int args_valid, const char *what) {
+  if (rc > 0 || strcmp(m2mpsk_strerror(rc), "unknown status") == 0 ||
+      (args_valid && rc == M2MPSK_E_INVALID)) {
+    fprintf(stderr, "fuzz: %s returned %d (%s)\n", what, rc,
+            m2mpsk_strerror(rc));
+    abort();
+  }
+}
+
 /* ---- chunked input ------------------------------------------------------- */
 
 int fz_next_chunk(fz_reader *r, fz_chunk *c) {
@@ -60,7 +69,7 @@ void fz_drain_all(m2mpsk_assoc *a, int small) {
   static uint8_t buf[17000];
   size_t n;
   if (small)
-    (void)m2mpsk_assoc_drain(a, buf, 7, &n);
+    fz_status(m2mpsk_assoc_drain(a, buf, 7, &n), 1, "assoc_drain");
   (void)m2mpsk_assoc_pending(a);
   for (int i = 0; i < 256; i++) {
     if (m2mpsk_assoc_drain(a, buf, sizeof(buf), &n) != M2MPSK_OK)
@@ -72,7 +81,7 @@ void fz_fire_timer(m2mpsk_assoc *a, uint64_t *now) {
   uint64_t t;
   if (m2mpsk_assoc_next_timeout(a, &t) == M2MPSK_OK && t > *now)
     *now = t;
-  (void)m2mpsk_assoc_handle_timeout(a, *now);
+  fz_status(m2mpsk_assoc_handle_timeout(a, *now), 1, "assoc_handle_timeout");
 }
 
 void fz_poke(m2mpsk_assoc *a, const uint8_t *data, size_t len) {
@@ -88,11 +97,13 @@ void fz_poke(m2mpsk_assoc *a, const uint8_t *data, size_t len) {
   (void)m2mpsk_assoc_kpsa_id(a);
   (void)m2mpsk_assoc_suite(a);
   (void)m2mpsk_assoc_version(a);
-  (void)m2mpsk_assoc_export(a, buf, 32, "EXPORTER-fuzz", data,
-                            len < 16 ? len : 16);
+  fz_status(m2mpsk_assoc_export(a, buf, 32, "EXPORTER-fuzz", data,
+                                len < 16 ? len : 16),
+            0, "assoc_export");
   if (m2mpsk_assoc_state(a) == M2MPSK_STATE_ESTABLISHED) {
     size_t w;
-    (void)m2mpsk_assoc_write(a, data, len < 64 ? len : 64, &w);
+    fz_status(m2mpsk_assoc_write(a, data, len < 64 ? len : 64, &w), 0,
+              "assoc_write");
   }
 }
 
@@ -104,10 +115,10 @@ void fz_feed_chunks(m2mpsk_assoc *a, fz_reader *r, uint64_t *now) {
     m2mpsk_state st = m2mpsk_assoc_state(a);
     if (st == M2MPSK_STATE_FAILED) {
       /* Only drain remains; feeding must be refused. */
-      (void)m2mpsk_assoc_feed(a, c.data, c.len, *now);
+      fz_status(m2mpsk_assoc_feed(a, c.data, c.len, *now), 0, "assoc_feed");
       break;
     }
-    (void)m2mpsk_assoc_feed(a, c.data, c.len, *now);
+    fz_status(m2mpsk_assoc_feed(a, c.data, c.len, *now), 0, "assoc_feed");
     (void)m2mpsk_assoc_failure(a);
     (void)m2mpsk_assoc_failure_detail(a);
     fz_drain_all(a, c.small_drain);
@@ -149,7 +160,7 @@ int fz_transfer(m2mpsk_assoc *from, m2mpsk_assoc *to, uint64_t now,
     pieces++;
     m2mpsk_state st = m2mpsk_assoc_state(to);
     if (st != M2MPSK_STATE_FAILED && st != M2MPSK_STATE_IDLE)
-      (void)m2mpsk_assoc_feed(to, buf, n, now);
+      fz_status(m2mpsk_assoc_feed(to, buf, n, now), 0, "assoc_feed");
   }
   return pieces;
 }
@@ -159,7 +170,7 @@ static void read_some(m2mpsk_assoc *x) {
   if (m2mpsk_assoc_state(x) == M2MPSK_STATE_ESTABLISHED) {
     uint8_t buf[64];
     size_t n;
-    (void)m2mpsk_assoc_read(x, buf, sizeof(buf), &n);
+    fz_status(m2mpsk_assoc_read(x, buf, sizeof(buf), &n), 1, "assoc_read");
   }
 }
 
@@ -184,8 +195,10 @@ int fz_handshake(m2mpsk_assoc *a, m2mpsk_assoc *b, uint64_t *now, fz_tap tap,
         break;
       if (next > *now)
         *now = next;
-      (void)m2mpsk_assoc_handle_timeout(a, *now);
-      (void)m2mpsk_assoc_handle_timeout(b, *now);
+      fz_status(m2mpsk_assoc_handle_timeout(a, *now), 1,
+                "assoc_handle_timeout");
+      fz_status(m2mpsk_assoc_handle_timeout(b, *now), 1,
+                "assoc_handle_timeout");
     }
   }
   /* Flush a final flight or alert. */

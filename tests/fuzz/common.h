@@ -31,6 +31,12 @@ extern const uint8_t fz_key[32];
 /* Aborts with a message: fixture setup must never fail. */
 void fz_check(int cond, const char *what);
 
+/* Judges the status of a call made with fuzzed input: any status the header
+ * documents is a fine answer to hostile bytes, but a value that is no status
+ * (positive, or without a name) is a bug, and so is M2MPSK_E_INVALID when
+ * `args_valid` says the harness passed valid arguments. Aborts on either. */
+void fz_status(int rc, int args_valid, const char *what);
+
 /* ---- chunked input ------------------------------------------------------
  * The transport targets read their input as a sequence of chunks:
  *

@@ -61,7 +61,7 @@ static size_t drain_one(m2mpsk_assoc *from, uint8_t *buf, size_t cap) {
 
 static void feed(m2mpsk_assoc *to, const uint8_t *p, size_t n, uint64_t now) {
   if (n > 0)
-    (void)m2mpsk_assoc_feed(to, p, n, now);
+    fz_status(m2mpsk_assoc_feed(to, p, n, now), 0, "assoc_feed");
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -109,7 +109,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     switch (code) {
     case 0: /* genuine record */
       take(&r, fz_byte(&r), &p, &n);
-      (void)m2mpsk_assoc_write(peer, p, n, &w);
+      fz_status(m2mpsk_assoc_write(peer, p, n, &w), 0, "assoc_write");
       fz_transfer(peer, me, now, NULL, NULL);
       break;
     case 1: { /* raw chunk */
@@ -117,7 +117,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       if (fz_next_chunk(&r, &c)) {
         if (c.timeout_first)
           fz_fire_timer(me, &now);
-        (void)m2mpsk_assoc_feed(me, c.data, c.len, now);
+        fz_status(m2mpsk_assoc_feed(me, c.data, c.len, now), 0, "assoc_feed");
         fz_drain_all(me, c.small_drain);
       }
       break;
@@ -125,7 +125,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     case 2: { /* mangled record */
       uint8_t mode = fz_byte(&r) % 4, pos = fz_byte(&r), x = fz_byte(&r);
       take(&r, fz_byte(&r), &p, &n);
-      (void)m2mpsk_assoc_write(peer, p, n, &w);
+      fz_status(m2mpsk_assoc_write(peer, p, n, &w), 0, "assoc_write");
       size_t len;
       while ((len = drain_one(peer, rec, sizeof(rec))) > 0) {
         switch (mode) {
@@ -155,13 +155,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     case 3: {
       uint8_t buf[256];
       size_t cap = (size_t)(fz_byte(&r)) % 256 + 1, got;
-      (void)m2mpsk_assoc_read(me, buf, cap, &got);
+      fz_status(m2mpsk_assoc_read(me, buf, cap, &got), 1, "assoc_read");
       fz_poke(me, buf, 0);
       break;
     }
     case 4:
       take(&r, fz_byte(&r), &p, &n);
-      (void)m2mpsk_assoc_write(me, p, n, &w);
+      fz_status(m2mpsk_assoc_write(me, p, n, &w), 0, "assoc_write");
       fz_transfer(me, peer, now, NULL, NULL);
       {
         uint8_t buf[256];
@@ -172,20 +172,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       }
       break;
     case 5:
-      (void)m2mpsk_assoc_close(me);
+      fz_status(m2mpsk_assoc_close(me), 1, "assoc_close");
       fz_transfer(me, peer, now, NULL, NULL);
       break;
     case 6:
-      (void)m2mpsk_assoc_close(peer);
+      fz_status(m2mpsk_assoc_close(peer), 1, "assoc_close");
       fz_transfer(peer, me, now, NULL, NULL);
       break;
     case 7:
       now += (uint64_t)fz_byte(&r) * 1000;
-      (void)m2mpsk_assoc_handle_timeout(me, now);
-      (void)m2mpsk_assoc_handle_timeout(peer, now);
+      fz_status(m2mpsk_assoc_handle_timeout(me, now), 1,
+                "assoc_handle_timeout");
+      fz_status(m2mpsk_assoc_handle_timeout(peer, now), 1,
+                "assoc_handle_timeout");
       break;
     default:
-      (void)m2mpsk_keystore_revoke(my_ks, FZ_KPSA_ID);
+      fz_status(m2mpsk_keystore_revoke(my_ks, FZ_KPSA_ID), 0,
+                "keystore_revoke");
       break;
     }
     /* The fuzzed side answers (alerts, DTLS retransmissions); its output

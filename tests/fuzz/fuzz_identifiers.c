@@ -39,7 +39,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fprintf(stderr, "bad server name length\n");
     __builtin_trap();
   }
-  (void)m2mpsk_idb_server_name(s, host, size % 32 + 1);
+  fz_status(m2mpsk_idb_server_name(s, host, size % 32 + 1), 0,
+            "idb_server_name");
 
   char cred[M2MPSK_CREDENTIAL_ID_MAX + 1];
   int c = m2mpsk_credential_id(s, cred, sizeof(cred));
@@ -90,13 +91,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   }
   /* The string as the binding, with fixed Froms. */
   m2mpsk_originator_verdict v;
-  (void)m2mpsk_originator_check(M2MPSK_PEER_AE, s, FZ_IDB, "Cae1", 1, &v);
-  (void)m2mpsk_originator_check(M2MPSK_PEER_CSE, s, FZ_IDB, "/cse-mn/C1", 0,
-                                &v);
-  (void)m2mpsk_originator_check(M2MPSK_PEER_CREDENTIAL, s, FZ_IDB, "C", 1,
-                                &v);
-  (void)m2mpsk_originator_check(M2MPSK_PEER_AE, "/cse-in/Cae1", s, "Cae1", 0,
-                                &v);
+  fz_status(m2mpsk_originator_check(M2MPSK_PEER_AE, s, FZ_IDB, "Cae1", 1, &v),
+            0, "originator_check");
+  fz_status(
+      m2mpsk_originator_check(M2MPSK_PEER_CSE, s, FZ_IDB, "/cse-mn/C1", 0, &v),
+      0, "originator_check");
+  fz_status(
+      m2mpsk_originator_check(M2MPSK_PEER_CREDENTIAL, s, FZ_IDB, "C", 1, &v), 0,
+      "originator_check");
+  fz_status(
+      m2mpsk_originator_check(M2MPSK_PEER_AE, "/cse-in/Cae1", s, "Cae1", 0, &v),
+      0, "originator_check");
 
   static m2mpsk_keystore *ks;
   if (ks == NULL)
@@ -109,7 +114,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
              "keystore_lookup");
     fz_check(m2mpsk_keystore_remove(ks, s) == M2MPSK_OK, "keystore_remove");
   } else {
-    (void)m2mpsk_keystore_lookup(ks, s, NULL, 0, NULL, 0, NULL, NULL, NULL);
+    fz_status(m2mpsk_keystore_lookup(ks, s, NULL, 0, NULL, 0, NULL, NULL, NULL),
+              0, "keystore_lookup");
   }
   return 0;
 }

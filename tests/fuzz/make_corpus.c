@@ -118,7 +118,7 @@ static void transcript(const hs_opts *o, tape *t) {
   t->flags = o->flags;
   uint64_t now = FZ_T0;
   fz_check(m2mpsk_assoc_start(b, now, o->unix_time) == M2MPSK_OK, "start");
-  (void)m2mpsk_assoc_start(a, now, o->unix_time);
+  fz_status(m2mpsk_assoc_start(a, now, o->unix_time), 0, "assoc_start");
   (void)fz_handshake(a, b, &now, record, t);
   if (o->resend_first && t->len > 0) {
     /* Append the first chunk once more, flagged to fire the timer first:

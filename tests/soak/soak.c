@@ -103,6 +103,18 @@ static double now_s(void) {
 
 static uint8_t g_buf[20000];
 
+/* Feeding peer bytes and firing timers may fail the association, which
+ * each scenario checks by its state and reason; only a misuse is fatal. */
+static void feed(m2mpsk_assoc *to, const uint8_t *p, size_t n, uint64_t now) {
+  int rc = m2mpsk_assoc_feed(to, p, n, now);
+  CHECK(rc != M2MPSK_E_INVALID, "feed: %s", m2mpsk_strerror(rc));
+}
+
+static void timers(m2mpsk_assoc *x, uint64_t now) {
+  int rc = m2mpsk_assoc_handle_timeout(x, now);
+  CHECK(rc != M2MPSK_E_INVALID, "handle_timeout: %s", m2mpsk_strerror(rc));
+}
+
 /* Moves everything `from` has to send into `to`. Returns the number of
  * records or datagrams moved. */
 static int pump(m2mpsk_assoc *from, m2mpsk_assoc *to, uint64_t now) {
@@ -111,7 +123,7 @@ static int pump(m2mpsk_assoc *from, m2mpsk_assoc *to, uint64_t now) {
   while (m2mpsk_assoc_drain(from, g_buf, sizeof(g_buf), &n) == M2MPSK_OK) {
     moved++;
     if (to != NULL && m2mpsk_assoc_state(to) != M2MPSK_STATE_FAILED)
-      (void)m2mpsk_assoc_feed(to, g_buf, n, now);
+      feed(to, g_buf, n, now);
   }
   return moved;
 }
@@ -136,8 +148,8 @@ static void run(m2mpsk_assoc *a, m2mpsk_assoc *b, uint64_t *now) {
     CHECK(t != UINT64_MAX, "both sides handshaking with no timer");
     if (t > *now)
       *now = t;
-    m2mpsk_assoc_handle_timeout(a, *now);
-    m2mpsk_assoc_handle_timeout(b, *now);
+    timers(a, *now);
+    timers(b, *now);
   }
 }
 
@@ -218,13 +230,13 @@ static void one(world *w, enum kind k, m2mpsk_transport t) {
         g_buf[1] = t == M2MPSK_TRANSPORT_DTLS ? 0xfe : 3;
         g_buf[2] = t == M2MPSK_TRANSPORT_DTLS ? 0xfd : 3;
       }
-      (void)m2mpsk_assoc_feed(b, g_buf, n, now);
+      feed(b, g_buf, n, now);
       pump(b, NULL, now);
     }
     /* Whatever is left stalls, and the timeout ends it. */
     now += TIMEOUT_MS + 1;
-    m2mpsk_assoc_handle_timeout(b, now);
-    m2mpsk_assoc_handle_timeout(a, now);
+    timers(b, now);
+    timers(a, now);
     break;
   }
   case STALL:
@@ -236,10 +248,10 @@ static void one(world *w, enum kind k, m2mpsk_transport t) {
       if (m2mpsk_assoc_next_timeout(b, &tb) != M2MPSK_OK || tb > end)
         tb = end;
       now = tb > now ? tb : now + 1;
-      m2mpsk_assoc_handle_timeout(b, now);
+      timers(b, now);
       pump(b, NULL, now);
     }
-    m2mpsk_assoc_handle_timeout(a, now);
+    timers(a, now);
     CHECK(m2mpsk_assoc_failure(b) == M2MPSK_REASON_TIMEOUT &&
               m2mpsk_assoc_failure(a) == M2MPSK_REASON_TIMEOUT,
           "stall: reasons %s/%s",

@@ -135,8 +135,12 @@ static int pump(m2mpsk_assoc *from, m2mpsk_assoc *to, uint64_t now) {
   while (m2mpsk_assoc_drain(from, buf, sizeof(buf), &n) == M2MPSK_OK) {
     moved++;
     m2mpsk_state st = m2mpsk_assoc_state(to);
-    if (st != M2MPSK_STATE_FAILED && st != M2MPSK_STATE_IDLE)
-      (void)m2mpsk_assoc_feed(to, buf, n, now);
+    if (st != M2MPSK_STATE_FAILED && st != M2MPSK_STATE_IDLE) {
+      /* A failure shows in the state the callers check; only a misuse of
+       * the API by this driver is fatal. */
+      int rc = m2mpsk_assoc_feed(to, buf, n, now);
+      CHECK(rc != M2MPSK_E_INVALID, "feed: %s", m2mpsk_strerror(rc));
+    }
   }
   return moved;
 }
@@ -166,8 +170,10 @@ static int run_handshake(m2mpsk_assoc *a, m2mpsk_assoc *b, uint64_t *now) {
       return -1;
     if (t > *now)
       *now = t;
-    (void)m2mpsk_assoc_handle_timeout(a, *now);
-    (void)m2mpsk_assoc_handle_timeout(b, *now);
+    int ra = m2mpsk_assoc_handle_timeout(a, *now);
+    int rb = m2mpsk_assoc_handle_timeout(b, *now);
+    CHECK(ra != M2MPSK_E_INVALID && rb != M2MPSK_E_INVALID,
+          "handle_timeout: %s", m2mpsk_strerror(ra != M2MPSK_OK ? ra : rb));
   }
   return -1;
 }

@@ -208,6 +208,7 @@ public class M2mpskTest {
   @Test
   public void limitConstantsAndSetters() {
     assertEquals(-33, M2mpsk.E_LIMIT);
+    assertEquals(-35, M2mpsk.E_PROTOCOL); // the peer's garbage (dtlsListen)
     assertEquals(11, M2mpsk.REASON_RATE_LIMITED);
     assertEquals(12, M2mpsk.REASON_LIMIT);
     assertEquals(128, M2mpsk.PEER_TAG_MAX);
@@ -626,7 +627,7 @@ public class M2mpskTest {
         assertEquals(3, handshakeType(hvr)); // HelloVerifyRequest
         assertTrue(hvr.length <= 64);
         assertEquals(0, cb.handshakesInProgress()); // nothing kept
-        expect(M2mpsk.E_INVALID, () -> cb.dtlsListen(tag, hvr)); // not a ClientHello
+        expect(M2mpsk.E_PROTOCOL, () -> cb.dtlsListen(tag, hvr)); // not a ClientHello
         a.feed(hvr, now());
         ch = a.drain();
         assertEquals(1, handshakeType(ch));

@@ -92,15 +92,22 @@ def test_cookie_is_bound_to_the_peer_tag(configs, keystore):
         assert cb.dtls_listen(TAG, memoryview(ch2)) is None
 
 
+def test_protocol_status_is_exposed():
+    assert m2mpsk.E_PROTOCOL == -35
+    assert m2mpsk.strerror(m2mpsk.E_PROTOCOL) == \
+        "malformed or unexpected bytes from the peer"
+
+
 @need_cookies
 def test_dtls_listen_refuses_what_is_not_a_client_hello(configs, keystore):
     ca, cb = configs
     a, ch1 = first_client_hello(ca, keystore)
     with a:
         hvr = cb.dtls_listen(TAG, ch1)
-        raises(m2mpsk.E_INVALID, cb.dtls_listen, TAG, hvr)  # not a ClientHello
-        raises(m2mpsk.E_INVALID, cb.dtls_listen, TAG, b"\x16" + bytes(20))
-        raises(m2mpsk.E_INVALID, cb.dtls_listen, TAG, ch1[:40])  # cut short
+        # The peer's garbage is E_PROTOCOL; the caller's mistake E_INVALID.
+        raises(m2mpsk.E_PROTOCOL, cb.dtls_listen, TAG, hvr)  # not a ClientHello
+        raises(m2mpsk.E_PROTOCOL, cb.dtls_listen, TAG, b"\x16" + bytes(20))
+        raises(m2mpsk.E_PROTOCOL, cb.dtls_listen, TAG, ch1[:40])  # cut short
         raises(m2mpsk.E_INVALID, cb.dtls_listen, TAG, bytes(65536))  # oversized
 
 
