@@ -362,7 +362,7 @@ public class M2mpskTest {
         assertEquals("close_notify received", closed.detail());
         assertEquals("12-" + KPSA_ID, closed.peerId());
         est.close();
-        assertEquals(M2mpsk.EVENT_NONE, est.type()); // closed: no event left
+        expect(M2mpsk.E_INVALID, () -> est.type()); // closed: no event left
       }
       assertNull(cb.nextEvent());
       assertEquals(0, cb.eventsDropped());
