@@ -1078,4 +1078,14 @@ public class M2mpskTest {
       assertEquals(M2mpsk.STATE_HANDSHAKING, a.state());
     }
   }
+
+  @Test
+  public void nullForFreeFunctionsThrows() {
+    expect(M2mpsk.E_INVALID, () -> M2mpsk.kpsaIdValidate(null));
+    expect(M2mpsk.E_INVALID, () -> M2mpsk.idbValidate(null));
+    expect(M2mpsk.E_INVALID, () -> M2mpsk.idaValidate(null));
+    expect(M2mpsk.E_INVALID, () -> M2mpsk.idbServerName(null));
+    expect(M2mpsk.E_INVALID,
+        () -> M2mpsk.originatorCheck(M2mpsk.PEER_NONE, null, null, "/cse-mn"));
+  }
 }
