@@ -91,7 +91,8 @@ static int m2mpsk_swig_closed(const void *holder, const void *handle) {
   if (holder != NULL && handle != NULL)
     return 0;
   m2mpsk_swig_pending.code = M2MPSK_E_INVALID;
-  m2mpsk_swig_pending.detail = holder != NULL ? "the handle is closed" : "the handle is closed (or null)";
+  m2mpsk_swig_pending.detail =
+      holder != NULL ? "the handle is closed" : "the handle is closed (or null)";
   return 1;
 }
 

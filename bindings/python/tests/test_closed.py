@@ -2,8 +2,8 @@
 class, found by introspection so that a new method cannot escape the rules:
 
 - after close() (or the end of a with block) every method, accessors
-  included, raises Error with E_INVALID ("the handle is closed"), and
-  close() again does nothing;
+  included, raises Error with E_INVALID ("the handle is closed"), as does
+  a with statement on it, and close() again does nothing;
 - None where a method needs a value (a str or a bytes-like argument that is
   not Optional in m2mpsk.pyi) raises Error with E_INVALID, as the C
   function does for NULL: never an empty feed() or write() that succeeds.
@@ -116,6 +116,17 @@ def test_every_method_of_a_closed_handle_raises(cls, release, keystore):
         raises(m2mpsk.E_INVALID, len, h)
     if cls is m2mpsk.Event:
         assert repr(h) == "Event(closed)"
+    h.close()
+
+
+@pytest.mark.parametrize("cls", HANDLES, ids=lambda c: c.__name__)
+def test_with_on_a_closed_handle_raises(cls, keystore):
+    h = make(cls, keystore)
+    h.close()
+    with pytest.raises(m2mpsk.Error) as e:
+        with h:
+            pass
+    assert e.value.code == m2mpsk.E_INVALID
     h.close()
 
 
