@@ -8,7 +8,7 @@
  *  - four proxy classes, Keystore, Config, Association and Event, each a
  *    small holder around one opaque handle, so that an explicit close() and
  *    the garbage collector can both release it and the second one does
- *    nothing;
+ *    nothing, and every other method of a closed one raises E_INVALID;
  *  - one %exception that turns a negative status into the language's
  *    exception, carrying the code, the failure reason and a detail string.
  *
