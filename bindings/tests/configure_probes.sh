@@ -26,8 +26,17 @@ fi
 
 # A venv made from Debian's Python, with no packages: it has the headers
 # (the base interpreter's) but no pytest, as a fresh venv or pyenv has.
-"$debian" -m venv --without-pip "$tmp/venv"
 venv=$tmp/venv/bin/python3
+if [ -n "${PROBE_NO_VENV:-}" ] || ! "$debian" -m venv --without-pip "$tmp/venv" >/dev/null 2>&1; then
+  # No venv module (python3-venv): the same Python without its
+  # site-packages stands in for one. (The directory goes first: a venv's
+  # python3 is a link to Debian's.)
+  rm -rf "$tmp/venv"
+  mkdir -p "$tmp/venv/bin"
+  printf '#!/bin/sh\nexec %s -S "$@"\n' "$debian" >"$venv"
+  chmod +x "$venv"
+  echo "-- no venv module: $venv runs $debian -S"
+fi
 # A python3 that does not run at all.
 mkdir -p "$tmp/broken"
 printf '#!/bin/sh\necho "broken python3" >&2\nexit 1\n' >"$tmp/broken/python3"
