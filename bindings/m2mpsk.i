@@ -8,7 +8,7 @@
  *  - four proxy classes, Keystore, Config, Association and Event, each a
  *    small holder around one opaque handle, so that an explicit close() and
  *    the garbage collector can both release it and the second one does
- *    nothing;
+ *    nothing, and every other method of a closed one raises E_INVALID;
  *  - one %exception that turns a negative status into the language's
  *    exception, carrying the code, the failure reason and a detail string.
  *
@@ -67,9 +67,13 @@ typedef struct m2mpsk_swig_status {
 
 static _Thread_local m2mpsk_swig_status m2mpsk_swig_pending;
 
-/* Records a failure for %exception; returns nonzero when there is one. */
+/* Records a failure for %exception; returns nonzero when there is one.
+ * Every negative status is one, E_AGAIN included: a caller for which
+ * E_AGAIN means "nothing yet" handles it before calling this, so a status
+ * the C function was not documented to return still raises instead of
+ * vanishing. */
 static int m2mpsk_swig_fail(int code, const m2mpsk_assoc *a) {
-  if (code >= 0 || code == M2MPSK_E_AGAIN)
+  if (code >= 0)
     return 0;
   m2mpsk_swig_pending.code = code;
   m2mpsk_swig_pending.assoc = a;
@@ -77,12 +81,18 @@ static int m2mpsk_swig_fail(int code, const m2mpsk_assoc *a) {
 }
 
 /* A holder whose handle was closed: a use-after-close is the caller's bug,
- * reported as an invalid argument instead of reaching the library. */
+ * reported as an invalid argument instead of reaching the library. Every
+ * method but close() and the destructor starts with this check, accessors
+ * included: a closed handle has no state to report, and the C accessors'
+ * answers for NULL (STATE_FAILED, NULL, 0) would pass for real ones. A null
+ * holder is what Java passes once delete() has run, or for a null
+ * argument. */
 static int m2mpsk_swig_closed(const void *holder, const void *handle) {
   if (holder != NULL && handle != NULL)
     return 0;
   m2mpsk_swig_pending.code = M2MPSK_E_INVALID;
-  m2mpsk_swig_pending.detail = "the handle is closed";
+  m2mpsk_swig_pending.detail =
+      holder != NULL ? "the handle is closed" : "the handle is closed (or null)";
   return 1;
 }
 
@@ -458,7 +468,11 @@ typedef struct Keystore {} Keystore;
     return r;
   }
   /** Number of records, revoked ones included. Thread-safe. */
-  size_t count() { return m2mpsk_keystore_count(M2MPSK_SWIG_H($self)); }
+  size_t count() {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return 0;
+    return m2mpsk_keystore_count(M2MPSK_SWIG_H($self));
+  }
   /** True when every byte of key memory is locked in RAM (mlock
    * succeeded); false when some is not (typically RLIMIT_MEMLOCK). */
   bool is_locked() {
@@ -470,7 +484,11 @@ typedef struct Keystore {} Keystore;
     return r == 1;
   }
   /** Bytes of guarded key memory the keystore has allocated. */
-  size_t key_memory() { return m2mpsk_keystore_key_memory(M2MPSK_SWIG_H($self)); }
+  size_t key_memory() {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return 0;
+    return m2mpsk_keystore_key_memory(M2MPSK_SWIG_H($self));
+  }
   /** Loads every record of a key file, all or nothing. The file must be a
    * regular file that neither group nor others may access. One record per
    * line: kpsa-id=ID kpsa=hex:... (or base64:...) idb=IDB [ida=IDA]
@@ -491,8 +509,8 @@ typedef struct Keystore {} Keystore;
 /** One audit event, as Config.next_event() returns it: what happened to
  * which association, never with key material. It owns a copy of the
  * event, independent of the config and the association; close() frees it
- * now, and the collector otherwise. The accessors of a closed event return
- * null, 0 or EVENT_NONE. */
+ * now, and the collector otherwise. Every accessor of a closed event raises
+ * E_INVALID, as for the other handles. */
 %nodefaultctor Event; /* only Config.next_event() makes one */
 typedef struct Event {} Event;
 %extend Event {
@@ -501,7 +519,8 @@ typedef struct Event {} Event;
       m2mpsk_event_free($self->h);
     free($self);
   }
-  /** Frees the event now. Calling it again does nothing. */
+  /** Frees the event now. Calling it again does nothing; any other call
+   * afterwards raises E_INVALID. */
   void close() {
     if ($self == NULL)
       return;
@@ -510,32 +529,73 @@ typedef struct Event {} Event;
   }
   /** What happened: EVENT_ESTABLISHED, EVENT_FAILED, EVENT_REVOKED,
    * EVENT_RATE_LIMITED or EVENT_CLOSED (see event_type_name()). */
-  int type() { return (int)m2mpsk_event_get_type(M2MPSK_SWIG_H($self)); }
+  int type() {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return M2MPSK_EVENT_NONE;
+    return (int)m2mpsk_event_get_type(M2MPSK_SWIG_H($self));
+  }
   /** Why, a REASON_ constant, for EVENT_FAILED, EVENT_REVOKED and
    * EVENT_RATE_LIMITED; REASON_NONE for the others. */
-  int reason() { return (int)m2mpsk_event_reason(M2MPSK_SWIG_H($self)); }
+  int reason() {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return M2MPSK_REASON_NONE;
+    return (int)m2mpsk_event_reason(M2MPSK_SWIG_H($self));
+  }
   /** The role of the association that reported it: ROLE_INITIATOR or
    * ROLE_RESPONDER. */
-  int role() { return (int)m2mpsk_event_role(M2MPSK_SWIG_H($self)); }
+  int role() {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return 0;
+    return (int)m2mpsk_event_role(M2MPSK_SWIG_H($self));
+  }
   /** Its transport: TRANSPORT_TLS or TRANSPORT_DTLS. */
-  int transport() { return (int)m2mpsk_event_transport(M2MPSK_SWIG_H($self)); }
+  int transport() {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return 0;
+    return (int)m2mpsk_event_transport(M2MPSK_SWIG_H($self));
+  }
   /** The caller's monotonic time (ms) when it happened. */
-  int64_t time_ms() { return (int64_t)m2mpsk_event_time_ms(M2MPSK_SWIG_H($self)); }
+  int64_t time_ms() {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return 0;
+    return (int64_t)m2mpsk_event_time_ms(M2MPSK_SWIG_H($self));
+  }
   /** The KpsaID: an initiator's, or the one a client presented when it was
    * well-formed; null when not known. */
-  const char *kpsa_id() { return m2mpsk_event_kpsa_id(M2MPSK_SWIG_H($self)); }
+  const char *kpsa_id() {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return NULL;
+    return m2mpsk_event_kpsa_id(M2MPSK_SWIG_H($self));
+  }
   /** The identity the session was bound to (as Association.peer_id()),
    * null when none was. */
-  const char *peer_id() { return m2mpsk_event_peer_id(M2MPSK_SWIG_H($self)); }
+  const char *peer_id() {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return NULL;
+    return m2mpsk_event_peer_id(M2MPSK_SWIG_H($self));
+  }
   /** True when peer_id() is a Credential-ID ("12-<KpsaID>"). */
   bool peer_id_is_credential() {
-    return m2mpsk_event_peer_id_is_credential(M2MPSK_SWIG_H($self)) == 1;
+    int r;
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return false;
+    r = m2mpsk_event_peer_id_is_credential(M2MPSK_SWIG_H($self));
+    m2mpsk_swig_fail(r, NULL);
+    return r == 1;
   }
   /** The association's peer tag (Association.set_peer_tag()), null when
    * none was set. */
-  const char *peer_tag() { return m2mpsk_event_peer_tag(M2MPSK_SWIG_H($self)); }
+  const char *peer_tag() {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return NULL;
+    return m2mpsk_event_peer_tag(M2MPSK_SWIG_H($self));
+  }
   /** A readable detail (as Association.failure_detail()); "" when none. */
-  const char *detail() { return m2mpsk_event_detail(M2MPSK_SWIG_H($self)); }
+  const char *detail() {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return NULL;
+    return m2mpsk_event_detail(M2MPSK_SWIG_H($self));
+  }
 }
 
 /* ---- Config ------------------------------------------------------------- */
@@ -738,6 +798,8 @@ typedef struct Config {} Config;
   /** Responder handshakes in progress now (see set_max_handshakes()).
    * Thread-safe. */
   uint32_t handshakes_in_progress() {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return 0;
     return m2mpsk_config_handshakes_in_progress(M2MPSK_SWIG_H($self));
   }
   /** Turns the audit event queue on with room for capacity events (1 to
@@ -776,6 +838,8 @@ typedef struct Config {} Config;
   /** Events dropped because the queue was full (or memory short).
    * Thread-safe. */
   int64_t events_dropped() {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return 0;
     return (int64_t)m2mpsk_config_events_dropped(M2MPSK_SWIG_H($self));
   }
 }
@@ -847,7 +911,11 @@ typedef struct Association {} Association;
     m2mpsk_swig_fail(m2mpsk_assoc_set_peer_tag(M2MPSK_SWIG_H($self), tag), NULL);
   }
   /** The peer tag, or null when none was set. */
-  const char *peer_tag() { return m2mpsk_assoc_peer_tag(M2MPSK_SWIG_H($self)); }
+  const char *peer_tag() {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return NULL;
+    return m2mpsk_assoc_peer_tag(M2MPSK_SWIG_H($self));
+  }
   /** Starts the handshake. now_ms is the caller's monotonic clock;
    * unix_time the wall-clock time in Unix seconds, or 0 without a wall
    * clock (a record with a validity window then fails with REASON_MISUSE).
@@ -898,7 +966,11 @@ typedef struct Association {} Association;
   }
   /** Number of bytes waiting to be sent: for DTLS, the size of the next
    * datagram. 0 when nothing waits. */
-  size_t pending() { return m2mpsk_assoc_pending(M2MPSK_SWIG_H($self)); }
+  size_t pending() {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return 0;
+    return m2mpsk_assoc_pending(M2MPSK_SWIG_H($self));
+  }
   /** The monotonic time (ms) at which handle_timeout() must be called: the
    * earliest of the next DTLS retransmission, the handshake deadline and
    * the record's expiry (not_after). Nothing due (idle, closed, failed, or
@@ -930,7 +1002,11 @@ typedef struct Association {} Association;
   }
   /** Current state: STATE_IDLE, STATE_HANDSHAKING, STATE_ESTABLISHED,
    * STATE_CLOSED or STATE_FAILED. */
-  int state() { return (int)m2mpsk_assoc_state(M2MPSK_SWIG_H($self)); }
+  int state() {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return M2MPSK_STATE_FAILED;
+    return (int)m2mpsk_assoc_state(M2MPSK_SWIG_H($self));
+  }
   /** Sends close_notify (drain it afterwards) and moves to STATE_CLOSED.
    * Calling it again, or after the peer closed, is harmless. Raises
    * E_STATE (not established) or E_FAILED (the alert could not be
@@ -943,10 +1019,19 @@ typedef struct Association {} Association;
   /** The identity the session is bound to, once established: an initiator
    * sees IdB; a responder sees IdA, or "12-<KpsaID>" when the record has no
    * IdA. Null before. */
-  const char *peer_id() { return m2mpsk_assoc_peer_id(M2MPSK_SWIG_H($self)); }
+  const char *peer_id() {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return NULL;
+    return m2mpsk_assoc_peer_id(M2MPSK_SWIG_H($self));
+  }
   /** True when peer_id() is a Credential-ID ("12-<KpsaID>"). */
   bool peer_id_is_credential() {
-    return m2mpsk_assoc_peer_id_is_credential(M2MPSK_SWIG_H($self)) == 1;
+    int r;
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return false;
+    r = m2mpsk_assoc_peer_id_is_credential(M2MPSK_SWIG_H($self));
+    m2mpsk_swig_fail(r, NULL);
+    return r == 1;
   }
   /** Binds the AE-ID a CSE assigned when an AE registered (<AE> CREATE)
    * over an association bound to a Credential-ID: peer_id() then returns
@@ -965,19 +1050,43 @@ typedef struct Association {} Association;
   }
   /** The identity this side assumed, once established: a responder's IdB,
    * an initiator's IdA (null if its record has none). */
-  const char *local_id() { return m2mpsk_assoc_local_id(M2MPSK_SWIG_H($self)); }
+  const char *local_id() {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return NULL;
+    return m2mpsk_assoc_local_id(M2MPSK_SWIG_H($self));
+  }
   /** The KpsaID in use once known (initiator: always), else null. */
-  const char *kpsa_id() { return m2mpsk_assoc_kpsa_id(M2MPSK_SWIG_H($self)); }
+  const char *kpsa_id() {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return NULL;
+    return m2mpsk_assoc_kpsa_id(M2MPSK_SWIG_H($self));
+  }
   /** IANA name of the negotiated suite once established, else null. */
-  const char *suite() { return m2mpsk_assoc_suite(M2MPSK_SWIG_H($self)); }
+  const char *suite() {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return NULL;
+    return m2mpsk_assoc_suite(M2MPSK_SWIG_H($self));
+  }
   /** "TLSv1.2" or "DTLSv1.2" once established, else null. */
-  const char *version() { return m2mpsk_assoc_version(M2MPSK_SWIG_H($self)); }
+  const char *version() {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return NULL;
+    return m2mpsk_assoc_version(M2MPSK_SWIG_H($self));
+  }
   /** Why the association failed: a REASON_ constant, REASON_NONE unless
    * the state is STATE_FAILED. */
-  int failure() { return (int)m2mpsk_assoc_failure(M2MPSK_SWIG_H($self)); }
+  int failure() {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return M2MPSK_REASON_NONE;
+    return (int)m2mpsk_assoc_failure(M2MPSK_SWIG_H($self));
+  }
   /** A readable detail of the failure (alert names, what did not match),
    * never containing key bytes; "" when none. */
-  const char *failure_detail() { return m2mpsk_assoc_failure_detail(M2MPSK_SWIG_H($self)); }
+  const char *failure_detail() {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return NULL;
+    return m2mpsk_assoc_failure_detail(M2MPSK_SWIG_H($self));
+  }
 }
 
 /* Per-language additions that need the classes declared above. */

@@ -6,8 +6,12 @@ import static org.junit.Assert.assertNull;
 import static org.junit.Assert.assertTrue;
 import static org.junit.Assert.fail;
 
+import java.io.File;
 import java.io.InputStream;
 import java.io.OutputStream;
+import java.lang.reflect.InvocationTargetException;
+import java.lang.reflect.Method;
+import java.lang.reflect.Modifier;
 import java.net.DatagramPacket;
 import java.net.DatagramSocket;
 import java.net.InetSocketAddress;
@@ -15,7 +19,15 @@ import java.net.Socket;
 import java.net.SocketTimeoutException;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.Comparator;
+import java.util.HashMap;
+import java.util.HashSet;
 import java.util.List;
+import java.util.Map;
+import java.util.Set;
+import java.util.jar.JarEntry;
+import java.util.jar.JarFile;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 import m2mpsk.Association;
@@ -363,7 +375,7 @@ public class M2mpskTest {
         assertEquals("close_notify received", closed.detail());
         assertEquals("12-" + KPSA_ID, closed.peerId());
         est.close();
-        assertEquals(M2mpsk.EVENT_NONE, est.type()); // closed: no event left
+        expect(M2mpsk.E_INVALID, () -> est.type()); // closed: no event left
       }
       assertNull(cb.nextEvent());
       assertEquals(0, cb.eventsDropped());
@@ -802,5 +814,279 @@ public class M2mpskTest {
     assertEquals("m2m.example.com", M2mpsk.idbServerName(IDB));
     assertNull(M2mpsk.idbServerName("/cse-in"));
     assertTrue(M2mpsk.versionString().matches("\\d+\\.\\d+\\.\\d+"));
+  }
+
+  // ---- closed handles and null arguments, for every public method -------
+
+  /** The handle classes; closedHandlesThrow checks that none is missing. */
+  static final Class<?>[] HANDLES = {Keystore.class, Config.class, Association.class, Event.class};
+
+  /** Valid arguments for every public method of the handle classes, by
+   * "Class.method/arity", so that a call's only fault is the closed handle
+   * (or the one null). A new method missing here fails the tests below
+   * until it is added. */
+  static final Map<String, Object[]> SAMPLES = new HashMap<>();
+  /** "Class.method/arity#index" of the parameters for which null is a
+   * value: no IdA, no exporter context. */
+  static final Set<String> NULLABLE = new HashSet<>(Arrays.asList(
+      "Keystore.add/4#2", "Keystore.add/6#2", "Keystore.addDerived/5#3",
+      "Keystore.addDerived/7#3", "Association.exportKeyingMaterial/3#2"));
+
+  static void sample(String method, Object... args) {
+    SAMPLES.put(method + "/" + args.length, args);
+  }
+
+  static {
+    String tag = "192.0.2.7:40000";
+    sample("Keystore.add", "other@onem2m.com", KEY, null, IDB);
+    sample("Keystore.add", "other@onem2m.com", KEY, null, IDB, 0, 0);
+    sample("Keystore.addDerived", "other@onem2m.com", KEY, IDA, null, IDB);
+    sample("Keystore.addDerived", "other@onem2m.com", KEY, IDA, null, IDB, 0, 0);
+    sample("Keystore.remove", KPSA_ID);
+    sample("Keystore.revoke", KPSA_ID);
+    sample("Keystore.lookup", KPSA_ID);
+    sample("Keystore.count");
+    sample("Keystore.isLocked");
+    sample("Keystore.keyMemory");
+    sample("Keystore.loadFile", "/dev/null");
+    sample("Config.setSuites", M2mpsk.suiteName(0));
+    sample("Config.addLocalId", IDB);
+    sample("Config.setHandshakeTimeout", 1000);
+    sample("Config.setRevealUnknownIdentity", true);
+    sample("Config.setRolesReversed", true);
+    sample("Config.setProfile", M2mpsk.PROFILE_TS0003);
+    sample("Config.suites", M2mpsk.TRANSPORT_TLS);
+    sample("Config.setMaxHandshakes", 1);
+    sample("Config.setMaxInput", M2mpsk.MAX_INPUT_MIN);
+    sample("Config.setRateLimit", M2mpsk.RATE_PEER, 1, 1, 1, 1);
+    sample("Config.peerBlocked", tag, 1000);
+    sample("Config.handshakesInProgress");
+    sample("Config.setEventQueue", 1);
+    sample("Config.nextEvent");
+    sample("Config.eventsDropped");
+    sample("Config.dtlsListen", tag, new byte[64]);
+    sample("Association.setMtu", 1400);
+    sample("Association.setPeerTag", tag);
+    sample("Association.peerTag");
+    sample("Association.start", 1000);
+    sample("Association.start", 1000, 0);
+    sample("Association.feed", new byte[] {1}, 1000);
+    sample("Association.write", new byte[] {1});
+    sample("Association.pending");
+    sample("Association.nextTimeout");
+    sample("Association.handleTimeout", 1000);
+    sample("Association.state");
+    sample("Association.closeNotify");
+    sample("Association.peerId");
+    sample("Association.peerIdIsCredential");
+    sample("Association.bindAeId", AE_ID);
+    sample("Association.localId");
+    sample("Association.kpsaId");
+    sample("Association.suite");
+    sample("Association.version");
+    sample("Association.failure");
+    sample("Association.failureDetail");
+    sample("Association.drain");
+    sample("Association.read");
+    sample("Association.read", 16384);
+    sample("Association.exportKeyingMaterial", 16, "EXPERIMENTAL m2mpsk", null);
+    for (String m : new String[] {"type", "reason", "role", "transport", "timeMs", "kpsaId",
+                                  "peerId", "peerIdIsCredential", "peerTag", "detail"}) {
+      sample("Event." + m);
+    }
+  }
+
+  /** Every public instance method of a handle class but the release ones
+   * (close, and SWIG's delete). */
+  static List<Method> methods(Class<?> cls) {
+    List<Method> out = new ArrayList<>();
+    for (Method m : cls.getDeclaredMethods()) {
+      int mod = m.getModifiers();
+      if (!Modifier.isPublic(mod) || Modifier.isStatic(mod) || m.isSynthetic()) continue;
+      if (m.getName().equals("close") || m.getName().equals("delete")) continue;
+      out.add(m);
+    }
+    out.sort(Comparator.comparing(Method::toString));
+    return out;
+  }
+
+  static String key(Method m) {
+    return m.getDeclaringClass().getSimpleName() + "." + m.getName() + "/" + m.getParameterCount();
+  }
+
+  /** The sample arguments of m, converted to its parameter types. */
+  static Object[] args(Method m) {
+    Object[] s = SAMPLES.get(key(m));
+    assertNotNull("add a valid sample to SAMPLES for " + key(m), s);
+    Class<?>[] types = m.getParameterTypes();
+    Object[] a = new Object[types.length];
+    for (int i = 0; i < types.length; i++) {
+      Object v = s[i];
+      if (types[i] == long.class) v = ((Number) v).longValue();
+      else if (types[i] == int.class) v = ((Number) v).intValue();
+      a[i] = v;
+    }
+    return a;
+  }
+
+  /** An open handle of cls. */
+  static AutoCloseable open(Class<?> cls, Keystore ks) {
+    if (cls == Keystore.class) return new Keystore();
+    if (cls == Config.class) return new Config();
+    if (cls == Association.class) {
+      return new Association(M2mpsk.ROLE_INITIATOR, M2mpsk.TRANSPORT_TLS, new Config(), ks, KPSA_ID);
+    }
+    // An event: a responder past the config's handshake limit queues one.
+    try (Config cfg = new Config()) {
+      cfg.addLocalId(IDB);
+      cfg.setEventQueue(4);
+      cfg.setMaxHandshakes(1);
+      try (Association b = new Association(M2mpsk.ROLE_RESPONDER, M2mpsk.TRANSPORT_TLS, cfg, ks)) {
+        expect(M2mpsk.E_LIMIT,
+            () -> new Association(M2mpsk.ROLE_RESPONDER, M2mpsk.TRANSPORT_TLS, cfg, ks));
+      }
+      Event ev = cfg.nextEvent();
+      assertEquals(M2mpsk.EVENT_RATE_LIMITED, ev.type());
+      return ev;
+    }
+  }
+
+  /** Calls m on h, which must throw M2mpskException with E_INVALID. */
+  static M2mpskException invalid(Method m, Object h, Object[] a) {
+    try {
+      m.invoke(h, a);
+    } catch (InvocationTargetException e) {
+      if (!(e.getCause() instanceof M2mpskException)) {
+        throw new AssertionError(key(m) + " threw " + e.getCause(), e.getCause());
+      }
+      M2mpskException x = (M2mpskException) e.getCause();
+      assertEquals(key(m) + ": " + x.getMessage(), M2mpsk.E_INVALID, x.getCode());
+      return x;
+    } catch (IllegalAccessException e) {
+      throw new AssertionError(e);
+    }
+    fail(key(m) + " returned instead of throwing E_INVALID");
+    return null;
+  }
+
+  static void release(AutoCloseable h, String how) throws Exception {
+    switch (how) {
+      case "close":
+        h.close();
+        break;
+      case "delete": // what the collector does
+        h.getClass().getMethod("delete").invoke(h);
+        break;
+      default:
+        try (AutoCloseable x = h) {
+        }
+    }
+  }
+
+  @Test
+  public void closedHandlesThrow() throws Exception {
+    // Every AutoCloseable class of the jar is a handle class listed here.
+    Set<Class<?>> handles = new HashSet<>();
+    File jar = new File(M2mpsk.class.getProtectionDomain().getCodeSource().getLocation().toURI());
+    try (JarFile j = new JarFile(jar)) {
+      for (JarEntry e : java.util.Collections.list(j.entries())) {
+        String n = e.getName();
+        if (!n.startsWith("m2mpsk/") || !n.endsWith(".class")) continue;
+        Class<?> c = Class.forName(n.substring(0, n.length() - 6).replace('/', '.'));
+        if (AutoCloseable.class.isAssignableFrom(c)) handles.add(c);
+      }
+    }
+    assertEquals(new HashSet<>(Arrays.asList(HANDLES)), handles);
+    try (Keystore ks = keystore()) {
+      for (Class<?> cls : HANDLES) {
+        for (String how : new String[] {"close", "delete", "try"}) {
+          AutoCloseable h = open(cls, ks);
+          release(h, how);
+          h.close(); // again: nothing happens
+          int n = 0;
+          for (Method m : methods(cls)) {
+            M2mpskException e = invalid(m, h, args(m));
+            assertTrue(key(m) + ": " + e.getDetail(), e.getDetail().contains("closed"));
+            n++;
+          }
+          assertTrue(cls + " has methods", n > 0);
+          h.close();
+          release(h, "delete");
+        }
+      }
+    }
+  }
+
+  @Test
+  public void closedAssociationGettersThrowInsteadOfDefaults() {
+    // Issue 14: state() gave STATE_FAILED and peerId() null for a closed
+    // association, as if it had failed or had no peer.
+    try (Keystore ks = keystore(); Config cfg = new Config()) {
+      Association a = new Association(M2mpsk.ROLE_INITIATOR, M2mpsk.TRANSPORT_TLS, cfg, ks, KPSA_ID);
+      a.close();
+      expect(M2mpsk.E_INVALID, () -> a.state());
+      expect(M2mpsk.E_INVALID, () -> a.peerId());
+      expect(M2mpsk.E_INVALID, () -> a.nextTimeout());
+      a.close();
+    }
+  }
+
+  @Test
+  public void nullArgumentsThrow() throws Exception {
+    List<String> checked = new ArrayList<>();
+    try (Keystore ks = keystore()) {
+      for (Class<?> cls : HANDLES) {
+        for (Method m : methods(cls)) {
+          Class<?>[] types = m.getParameterTypes();
+          for (int i = 0; i < types.length; i++) {
+            if (types[i].isPrimitive() || NULLABLE.contains(key(m) + "#" + i)) continue;
+            Object[] a = args(m);
+            a[i] = null;
+            AutoCloseable h = open(cls, ks);
+            try {
+              M2mpskException e = invalid(m, h, a);
+              assertFalse(key(m) + ": " + e.getDetail(), e.getDetail().contains("closed"));
+            } finally {
+              h.close();
+            }
+            checked.add(key(m) + "#" + i);
+          }
+        }
+      }
+      assertTrue(checked.toString(), checked.contains("Association.feed/2#0"));
+      assertTrue(checked.toString(), checked.contains("Keystore.add/4#1"));
+      // A null handle argument.
+      try (Config cfg = new Config()) {
+        expect(M2mpsk.E_INVALID,
+            () -> new Association(M2mpsk.ROLE_INITIATOR, M2mpsk.TRANSPORT_TLS, null, ks, KPSA_ID));
+        expect(M2mpsk.E_INVALID,
+            () -> new Association(M2mpsk.ROLE_INITIATOR, M2mpsk.TRANSPORT_TLS, cfg, null, KPSA_ID));
+      }
+    }
+  }
+
+  @Test
+  public void feedNullIsNotAnEmptyFeed() {
+    // Issue 14: feed(null) reached the library as (NULL, 0), an empty feed
+    // that succeeds.
+    try (Keystore ks = keystore(); Config cfg = new Config();
+         Association a = new Association(M2mpsk.ROLE_INITIATOR, M2mpsk.TRANSPORT_TLS, cfg, ks,
+             KPSA_ID)) {
+      a.start(1000);
+      assertEquals("data is null", expect(M2mpsk.E_INVALID, () -> a.feed(null, 1000)).getDetail());
+      a.feed(new byte[0], 1000); // an empty array is an empty feed
+      expect(M2mpsk.E_INVALID, () -> a.write(null));
+      assertEquals(M2mpsk.STATE_HANDSHAKING, a.state());
+    }
+  }
+
+  @Test
+  public void nullForFreeFunctionsThrows() {
+    expect(M2mpsk.E_INVALID, () -> M2mpsk.kpsaIdValidate(null));
+    expect(M2mpsk.E_INVALID, () -> M2mpsk.idbValidate(null));
+    expect(M2mpsk.E_INVALID, () -> M2mpsk.idaValidate(null));
+    expect(M2mpsk.E_INVALID, () -> M2mpsk.idbServerName(null));
+    expect(M2mpsk.E_INVALID,
+        () -> M2mpsk.originatorCheck(M2mpsk.PEER_NONE, null, null, "/cse-mn"));
   }
 }

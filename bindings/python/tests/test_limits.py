@@ -228,10 +228,12 @@ def test_events_established_then_closed(keystore, transport):
         # An event is the caller's: closing it frees it, once.
         est.close()
         est.close()
-        assert est.type() == m2mpsk.EVENT_NONE and est.peer_id() is None
+        raises(m2mpsk.E_INVALID, est.type)     # closed: no event left
+        raises(m2mpsk.E_INVALID, est.peer_id)
+        assert repr(est) == "Event(closed)"
         with closed:
             pass
-        assert closed.type() == m2mpsk.EVENT_NONE
+        raises(m2mpsk.E_INVALID, closed.type)
 
 
 def test_event_queue_is_bounded_and_counts_drops(keystore):

@@ -38,6 +38,18 @@ public class M2mpskException extends RuntimeException {
     return s.toString();
   }
 
+  /**
+   * Returns value, or throws {@code E_INVALID} when it is null: what the C
+   * library answers for a NULL argument, checked on the Java side for the
+   * byte[] arguments, which would otherwise reach it as an empty buffer.
+   */
+  static <T> T requireNonNull(T value, String name) {
+    if (value == null) {
+      throw new M2mpskException(M2mpsk.E_INVALID, M2mpsk.REASON_NONE, name + " is null");
+    }
+    return value;
+  }
+
   /** The status code, an {@code M2mpsk.E_*} constant. */
   public int getCode() {
     return code;
