@@ -352,8 +352,10 @@ static int update_key_file(const char *path, records_fn fn, void *ctx) {
       if (fchmod(out, 0600) != 0)
         goto fail;
     }
-    if ((result = fn(ctx, ks, out)) != CLI_OK)
+    if ((result = fn(ctx, ks, out)) != CLI_OK) {
+      cli_log("%s is unchanged", path);
       goto fail_quiet;
+    }
     result = CLI_IO;
     step = "sync";
     if (fsync(out) != 0)
