@@ -74,8 +74,8 @@ void cli_http_free(cli_http *state);
  * in hex. Only headers are parsed: never key material, never payload.
  * One cli_wire per direction of an association (a TLS record may span
  * reads); zero-initialised, `dtls` set; freed with cli_wire_free(). */
-#define CLI_WIRE_MAX (5 + 18432) /* a TLS record header and its largest body   \
-                                  */
+/* A TLS record header and its largest body. */
+#define CLI_WIRE_MAX (5 + 18432)
 typedef struct cli_wire {
   int dtls;
   int encrypted; /* TLS: a ChangeCipherSpec went this way */
