@@ -1164,7 +1164,7 @@ Test(hygiene, cli_messages_and_traces_carry_no_key, .init = make_dir,
                   WIFEXITED(sst) ? WEXITSTATUS(sst) : -1);
       cr_assert(WIFEXITED(cst) && WEXITSTATUS(cst) == (c == 0 ? 0 : 1),
                 "%s: connect status %#x:\n%s", what, cst, out);
-      cr_assert(strstr(out, "->") || strstr(out, "<-") || strstr(out, "bytes"),
+      cr_assert(strstr(out, ">>> ") && strstr(out, "<<< "),
                 "%s: no trace lines:\n%s", what, out);
       assert_output_clean(what, out, len);
       assert_output_clean(what, sout, slen);

@@ -15,7 +15,9 @@ enum {
   CLI_OK = 0,     /* established, ended normally */
   CLI_FAILED = 1, /* the association failed */
   CLI_USAGE = 2,  /* bad arguments */
-  CLI_IO = 3      /* unreachable peer, unreadable or unsafe key file */
+  CLI_IO = 3      /* unreachable peer; a key file unreadable, unsafe,
+                     malformed, not writable, or without (or already with)
+                     the KpsaID asked for */
 };
 
 extern int cli_verbose;
@@ -64,7 +66,30 @@ int cli_http_input(cli_http **state, m2mpsk_assoc *a, const char *peer,
                    const uint8_t *data, size_t len);
 void cli_http_free(cli_http *state);
 
+/* -v: one line per (D)TLS record or handshake message that crossed the
+ * wire, read like `openssl s_client -msg`: ">>>" for what this side sent,
+ * "<<<" for what it received, the record's version and content type, the
+ * handshake message (ClientHello ... Finished, HelloVerifyRequest), the
+ * alert's level and description when it is in the clear, and the length
+ * in hex. Only headers are parsed: never key material, never payload.
+ * One cli_wire per direction of an association (a TLS record may span
+ * reads); zero-initialised, `dtls` set; freed with cli_wire_free(). */
+/* A TLS record header and its largest body. */
+#define CLI_WIRE_MAX (5 + 18432)
+typedef struct cli_wire {
+  int dtls;
+  int encrypted; /* TLS: a ChangeCipherSpec went this way */
+  int finished;  /* TLS: the encrypted Finished went this way */
+  int garbage;   /* TLS: lost track of record boundaries */
+  uint8_t *buf;  /* TLS: an incomplete record, CLI_WIRE_MAX bytes */
+  size_t len;
+} cli_wire;
+void cli_trace_wire(cli_wire *w, int sent, const char *peer,
+                    const uint8_t *data, size_t len);
+void cli_wire_free(cli_wire *w);
+
 int cli_keygen(int argc, char **argv);
+int cli_import(int argc, char **argv);
 int cli_serve(int argc, char **argv);
 int cli_connect(int argc, char **argv);
 

@@ -101,8 +101,8 @@ m2mpsk_config *cli_make_config(const char *suites, uint32_t timeout_ms,
     if (rc == M2MPSK_E_SUITE &&
         m2mpsk_profile_missing(M2MPSK_PROFILE_TS0003, missing,
                                sizeof(missing)) == M2MPSK_OK) {
-      cli_log("--suites ts0003: the %s backend lacks %s",
-              m2mpsk_backend_name(), missing);
+      cli_log("--suites ts0003: the %s backend lacks %s", m2mpsk_backend_name(),
+              missing);
       goto fail;
     }
   } else if (suites != NULL) {

@@ -15,15 +15,15 @@
 
 static const char k_connect_usage[] =
     "usage: m2mpsk connect HOST:PORT --keys FILE --kpsa-id ID [--udp]\n"
-    "                      [--suites LIST|all|ts0003] [--timeout MS] [--linger MS]\n"
+    "                      [--suites LIST|all|ts0003] [--timeout MS] [--linger "
+    "MS]\n"
     "                      [-v]\n"
     "\n"
     "Runs Entity A: sets up an association with Entity B at HOST:PORT\n"
     "(HOST a name, an IPv4 address or [IPv6]), reports the binding on\n"
     "stderr, then carries stdin to the peer and the peer's data to stdout.\n"
     "At the end of stdin it sends close_notify and waits up to --linger ms\n"
-    "for the peer to close. Exit code 0: established; 1: the association\n"
-    "failed; 2: usage; 3: unreachable peer or unusable key file.\n"
+    "for the peer to close.\n"
     "\n"
     "  --keys FILE     key file (mode 0600) holding the KpsaID's record\n"
     "  --kpsa-id ID    the record to use; its IdB is what we bind to\n"
@@ -35,7 +35,14 @@ static const char k_connect_usage[] =
     "                  over DTLS a peer that drops a Finished made with\n"
     "                  another key sends nothing, so a wrong key ends here\n"
     "  --linger MS     wait for the peer's close after stdin ends (1000)\n"
-    "  -v              trace the handshake (never key bytes)\n";
+    "  --tcp           TLS over TCP (the default)\n"
+    "  -v              trace each record sent (>>>) and received (<<<),\n"
+    "                  like openssl s_client -msg (never key bytes)\n"
+    "\n"
+    "Exit codes: 0 established; 1 the association failed (also a peer\n"
+    "that closes or resets the connection during the handshake); 2 usage;\n"
+    "3 peer unreachable (cannot resolve, connect, or no route), key file\n"
+    "unreadable, unsafe or malformed, or the KpsaID not in it.\n";
 
 #define BUF_SIZE 16384
 
@@ -47,6 +54,7 @@ typedef struct client {
   uint8_t *out;
   size_t out_len;
   int io_error;
+  cli_wire sent, received; /* -v */
 } client;
 
 /* Splits "host:port" or "[v6]:port". */
@@ -127,7 +135,7 @@ static void flush(client *cl) {
   uint8_t buf[BUF_SIZE + 1024];
   size_t n;
   while (m2mpsk_assoc_drain(cl->a, buf, sizeof(buf), &n) == M2MPSK_OK) {
-    cli_trace("<- %zu bytes to %s", n, cl->peer);
+    cli_trace_wire(&cl->sent, 1, cl->peer, buf, n);
     if (cl->udp) {
       (void)send(cl->fd, buf, n, MSG_NOSIGNAL);
       continue;
@@ -169,6 +177,29 @@ static void flush_all(client *cl) {
   }
 }
 
+/* Moves the peer's data to stdout: 0, 1 at its close_notify, -1 when the
+ * association failed (logged), -2 when stdout failed. */
+static int read_to_stdout(client *cl, uint8_t *buf, size_t cap) {
+  for (;;) {
+    size_t n;
+    int rc = m2mpsk_assoc_read(cl->a, buf, cap, &n);
+    if (rc == M2MPSK_OK) {
+      if (cli_write_all(STDOUT_FILENO, buf, n) != 0)
+        return -2;
+      continue;
+    }
+    if (rc == M2MPSK_E_CLOSED)
+      return 1;
+    if (rc == M2MPSK_E_FAILED) {
+      cli_log("failure peer=%s reason=%s detail=\"%s\"", cl->peer,
+              m2mpsk_reason_name(m2mpsk_assoc_failure(cl->a)),
+              m2mpsk_assoc_failure_detail(cl->a));
+      return -1;
+    }
+    return 0; /* E_AGAIN, or E_STATE while handshaking */
+  }
+}
+
 /* Runs the association to its end; returns the exit code. */
 static int run(client *cl, uint64_t linger_ms) {
   int logged = 0, stdin_open = 1;
@@ -191,31 +222,20 @@ static int run(client *cl, uint64_t linger_ms) {
       return logged ? CLI_OK : CLI_IO;
     }
     /* The peer's data, and its close_notify. */
-    while (logged) {
-      size_t n;
-      int rc = m2mpsk_assoc_read(cl->a, buf, sizeof(buf), &n);
-      if (rc == M2MPSK_OK) {
-        if (cli_write_all(STDOUT_FILENO, buf, n) != 0)
-          return CLI_IO;
-        continue;
-      }
-      if (rc == M2MPSK_E_CLOSED) {
-        cli_trace("close_notify received from %s", cl->peer);
-        /* Answering the peer's close_notify; the peer is gone either way. */
-        int crc = m2mpsk_assoc_close(cl->a);
-        if (crc != M2MPSK_OK)
-          cli_trace("close_notify not sent: %s", m2mpsk_strerror(crc));
-        flush_all(cl);
-        return CLI_OK;
-      }
-      if (rc == M2MPSK_E_FAILED) {
-        flush_all(cl);
-        cli_log("failure peer=%s reason=%s detail=\"%s\"", cl->peer,
-                m2mpsk_reason_name(m2mpsk_assoc_failure(cl->a)),
-                m2mpsk_assoc_failure_detail(cl->a));
-        return CLI_FAILED;
-      }
-      break;
+    int got = logged ? read_to_stdout(cl, buf, sizeof(buf)) : 0;
+    if (got == -2)
+      return CLI_IO;
+    if (got == -1) {
+      flush_all(cl);
+      return CLI_FAILED;
+    }
+    if (got == 1) {
+      cli_trace("close_notify received from %s", cl->peer);
+      /* E_STATE: we had closed already; nothing more to send. */
+      if (m2mpsk_assoc_close(cl->a) == M2MPSK_OK)
+        cli_trace("sending close_notify to %s", cl->peer);
+      flush_all(cl);
+      return CLI_OK;
     }
     flush(cl);
 
@@ -244,8 +264,21 @@ static int run(client *cl, uint64_t linger_ms) {
     if (ready > 0 && (p[0].revents & (POLLIN | POLLHUP | POLLERR))) {
       ssize_t n = recv(cl->fd, buf, sizeof(buf), MSG_DONTWAIT);
       if (n < 0 && errno != EAGAIN && errno != EINTR) {
-        cli_log("cannot reach %s: %s", cl->peer, strerror(errno));
-        return logged ? CLI_OK : CLI_IO;
+        /* A TCP peer that accepted, then reset, was reached: its refusal
+         * (a rate limit, a crash) fails the association. A UDP error is
+         * an ICMP unreachable: no one is there. */
+        if (logged) {
+          cli_log("connection to %s lost: %s", cl->peer, strerror(errno));
+          return CLI_OK;
+        }
+        if (cl->udp) {
+          cli_log("cannot reach %s: %s", cl->peer, strerror(errno));
+          return CLI_IO;
+        }
+        cli_log("failure peer=%s reason=protocol-error detail=\"connection "
+                "reset by the peer during the handshake (%s)\"",
+                cl->peer, strerror(errno));
+        return CLI_FAILED;
       }
       if (n == 0) {
         if (!logged) {
@@ -258,14 +291,24 @@ static int run(client *cl, uint64_t linger_ms) {
         return CLI_OK;
       }
       if (n > 0) {
-        cli_trace("-> %zd bytes from %s", n, cl->peer);
-        /* E_FAILED shows in the state the loop checks first. Anything else
-         * means input was lost: E_LIMIT cannot happen, as everything is
-         * read before more is fed, and one read is below the bound. */
-        int frc = m2mpsk_assoc_feed(cl->a, buf, (size_t)n, now);
-        if (frc != M2MPSK_OK && frc != M2MPSK_E_FAILED) {
-          cli_log("input from %s lost: %s", cl->peer, m2mpsk_strerror(frc));
-          return CLI_FAILED;
+        cli_trace_wire(&cl->received, 0, cl->peer, buf, (size_t)n);
+        int rc = m2mpsk_assoc_feed(cl->a, buf, (size_t)n, now);
+        /* Over its input limit: what it holds goes to stdout first. */
+        for (int i = 0; rc == M2MPSK_E_LIMIT && i < 64; i++) {
+          uint8_t out[BUF_SIZE];
+          int got2 = read_to_stdout(cl, out, sizeof(out));
+          if (got2 != 0)
+            break; /* handled at the top of the loop */
+          rc = m2mpsk_assoc_feed(cl->a, buf, (size_t)n, now);
+        }
+        if (rc != M2MPSK_OK && rc != M2MPSK_E_FAILED && rc != M2MPSK_E_STATE)
+          cli_trace("input from %s dropped: %s", cl->peer, m2mpsk_strerror(rc));
+        if (!cl->udp && rc != M2MPSK_OK && rc != M2MPSK_E_FAILED &&
+            m2mpsk_assoc_state(cl->a) == M2MPSK_STATE_ESTABLISHED) {
+          /* A stream that lost bytes cannot go on. */
+          cli_log("connection to %s: input lost (%s)", cl->peer,
+                  m2mpsk_strerror(rc));
+          return CLI_IO;
         }
       }
     }
@@ -275,31 +318,21 @@ static int run(client *cl, uint64_t linger_ms) {
       ssize_t n = read(STDIN_FILENO, buf, sizeof(buf));
       size_t w;
       if (n > 0) {
-        /* E_FAILED shows in the state the loop checks first; E_CLOSED
-         * (the peer closed first) and others lose this input. */
-        int wrc = m2mpsk_assoc_write(cl->a, buf, (size_t)n, &w);
-        if (wrc != M2MPSK_OK && wrc != M2MPSK_E_FAILED) {
-          cli_log("cannot send to %s: %s", cl->peer, m2mpsk_strerror(wrc));
-          flush_all(cl);
-          return CLI_FAILED;
-        }
+        /* DTLS: one record each, at most 16384 bytes (BUF_SIZE). */
+        int rc = m2mpsk_assoc_write(cl->a, buf, (size_t)n, &w);
+        if (rc != M2MPSK_OK)
+          cli_log("cannot send %zd bytes to %s: %s", n, cl->peer,
+                  m2mpsk_strerror(rc));
       } else if (n == 0 || errno != EINTR) {
-        cli_trace("end of input: sending close_notify");
         stdin_open = 0;
-        int crc = m2mpsk_assoc_close(cl->a);
-        if (crc != M2MPSK_OK)
-          cli_trace("close_notify not sent: %s", m2mpsk_strerror(crc));
+        if (m2mpsk_assoc_close(cl->a) == M2MPSK_OK)
+          cli_trace("end of input: sending close_notify to %s", cl->peer);
         linger_until = now + linger_ms;
       }
     }
-    if (m2mpsk_assoc_next_timeout(cl->a, &d) == M2MPSK_OK && d <= now) {
-      cli_trace("timer");
-      /* A timeout fails the association: the loop's state check reports
-       * it. */
-      int trc = m2mpsk_assoc_handle_timeout(cl->a, now);
-      if (trc != M2MPSK_OK)
-        cli_trace("timer: %s", m2mpsk_strerror(trc));
-    }
+    if (m2mpsk_assoc_next_timeout(cl->a, &d) == M2MPSK_OK && d <= now &&
+        m2mpsk_assoc_handle_timeout(cl->a, now) == M2MPSK_OK)
+      cli_trace("timer: retransmitting to %s", cl->peer); /* else FAILED */
   }
 }
 
@@ -317,13 +350,13 @@ int cli_connect(int argc, char **argv) {
       {NULL, 0, NULL, 0}};
   const char *keys = NULL, *id = NULL, *suites = NULL;
   unsigned long timeout = 60000, linger = 1000;
-  int udp = 0, c;
+  int udp = 0, tcp = 0, c;
   while ((c = getopt_long(argc, argv, "hv", opts, NULL)) != -1) {
     switch (c) {
     case 'k': keys = optarg; break;
     case 'i': id = optarg; break;
     case 'U': udp = 1; break;
-    case 'T': udp = 0; break;
+    case 'T': tcp = 1; break;
     case 's': suites = optarg; break;
     case 't':
       if (cli_parse_uint(optarg, 1, 3600000, &timeout)) {
@@ -337,7 +370,7 @@ int cli_connect(int argc, char **argv) {
         return CLI_USAGE;
       }
       break;
-    case 'v': break;
+    case 'v': cli_verbose = 1; break;
     case 'h': fputs(k_connect_usage, stdout); return CLI_OK;
     default: fputs(k_connect_usage, stderr); return CLI_USAGE;
     }
@@ -345,6 +378,10 @@ int cli_connect(int argc, char **argv) {
   if (optind != argc - 1 || keys == NULL || id == NULL) {
     cli_log("connect needs HOST:PORT, --keys and --kpsa-id");
     fputs(k_connect_usage, stderr);
+    return CLI_USAGE;
+  }
+  if (tcp && udp) {
+    cli_log("--tcp and --udp exclude each other");
     return CLI_USAGE;
   }
   char host[256];
@@ -367,6 +404,7 @@ int cli_connect(int argc, char **argv) {
     return CLI_IO;
   }
   client cl = {.fd = -1, .udp = udp};
+  cl.sent.dtls = cl.received.dtls = udp;
   snprintf(cl.peer, sizeof(cl.peer), "%s", argv[optind]);
   signal(SIGPIPE, SIG_IGN);
 
@@ -375,8 +413,10 @@ int cli_connect(int argc, char **argv) {
                         udp ? M2MPSK_TRANSPORT_DTLS : M2MPSK_TRANSPORT_TLS, cfg,
                         ks, id);
   if (rc != M2MPSK_OK) {
+    /* The KpsaID is valid (checked above): one the key file lacks is the
+     * key file's fault (3), like any other failure to use it. */
     cli_log("%s in %s: %s", id, keys, m2mpsk_strerror(rc));
-    result = rc == M2MPSK_E_NOT_FOUND ? CLI_USAGE : CLI_IO;
+    result = CLI_IO;
   } else if (open_socket(&cl, host, port, (uint32_t)timeout) == 0) {
     if (m2mpsk_assoc_start(cl.a, cli_now_ms(), cli_unix_time()) != M2MPSK_OK) {
       cli_log_outcome(cl.peer, cl.a);
@@ -388,6 +428,8 @@ int cli_connect(int argc, char **argv) {
   if (cl.fd >= 0)
     close(cl.fd);
   free(cl.out);
+  cli_wire_free(&cl.sent);
+  cli_wire_free(&cl.received);
   m2mpsk_assoc_free(cl.a);
   m2mpsk_config_free(cfg);
   m2mpsk_keystore_free(ks);

@@ -452,7 +452,9 @@ int cli_http_input(cli_http **state, m2mpsk_assoc *a, const char *peer,
   const char *why = NULL;
   if (len > HTTP_BUF_MAX - h->len) {
     why = "more input than 49152 bytes waiting";
-  } else {
+  } else if (len > 0) {
+    /* Never realloc(buf, 0): with nothing buffered it frees buf and may
+     * return NULL, leaving h->buf dangling for cli_http_free(). */
     uint8_t *grown = realloc(h->buf, h->len + len);
     if (grown == NULL)
       return -1;

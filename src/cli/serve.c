@@ -27,8 +27,10 @@ static const char k_serve_usage[] =
     "\n"
     "  --keys FILE        key file (mode 0600)\n"
     "  --id IDB           a CSE-ID this server is (repeatable; SNI picks)\n"
-    "  --listen ADDR      address to listen on (default 127.0.0.1; :: for\n"
-    "                     every IPv6 and IPv4 address)\n"
+    "  --listen ADDR      address to listen on: a name, an IPv4 address,\n"
+    "                     an IPv6 address with or without brackets, or\n"
+    "                     HOST:PORT / [IPv6]:PORT (default 127.0.0.1; ::\n"
+    "                     for every IPv6 and IPv4 address)\n"
     "  --port N           port (default 0: any free port, logged)\n"
     "  --tcp, --udp       TLS over TCP (default) or DTLS over UDP\n"
     "  --once             exit after the first association ends: 0 if it\n"
@@ -57,7 +59,12 @@ static const char k_serve_usage[] =
     "                     a forged From 403 with X-M2M-RSC 4106; malformed\n"
     "                     input 400 and the association closed. One\n"
     "                     \"request\" line each\n"
-    "  -v                 trace handshakes (never key bytes)\n";
+    "  -v                 trace each record sent (>>>) and received (<<<),\n"
+    "                     like openssl s_client -msg (never key bytes)\n"
+    "\n"
+    "Exit codes: 0 stopped by SIGINT or SIGTERM, or with --once the\n"
+    "association was established; 1 with --once it failed; 2 usage;\n"
+    "3 cannot listen, or the key file unreadable, unsafe or malformed.\n";
 
 #define BUF_SIZE 17408
 
@@ -70,8 +77,9 @@ typedef struct conn {
   m2mpsk_assoc *a;
   uint8_t *out; /* TCP bytes drained but not yet sent */
   size_t out_len;
-  uint64_t last_input; /* monotonic ms */
-  cli_http *http;      /* --http: buffered request bytes */
+  uint64_t last_input;     /* monotonic ms */
+  cli_http *http;          /* --http: buffered request bytes */
+  cli_wire sent, received; /* -v */
   int logged;
   int done;
 } conn;
@@ -108,7 +116,7 @@ static void flush(server *s, conn *c) {
   uint8_t buf[BUF_SIZE];
   size_t n;
   while (m2mpsk_assoc_drain(c->a, buf, sizeof(buf), &n) == M2MPSK_OK) {
-    cli_trace("%s <- %zu bytes", c->peer, n);
+    cli_trace_wire(&c->sent, 1, c->peer, buf, n);
     if (s->udp) {
       /* A datagram that cannot go out now is lost, as on the wire. */
       (void)sendto(s->fd, buf, n, MSG_NOSIGNAL, (struct sockaddr *)&c->addr,
@@ -149,22 +157,6 @@ static void end_conn(server *s, conn *c, int established) {
 /* Moves the association along after input or a timer. */
 static void process(server *s, conn *c);
 
-/* Feeds what the peer sent. A failure shows in the state process() reads
- * next. E_LIMIT means the application data waiting is not read yet: read
- * it, then feed the bytes once more (a datagram refused again is dropped,
- * as for any other refusal). */
-static void feed_input(server *s, conn *c, const uint8_t *buf, size_t n) {
-  int rc = m2mpsk_assoc_feed(c->a, buf, n, c->last_input);
-  if (rc == M2MPSK_E_LIMIT) {
-    process(s, c);
-    if (c->done)
-      return;
-    rc = m2mpsk_assoc_feed(c->a, buf, n, c->last_input);
-  }
-  if (rc != M2MPSK_OK && rc != M2MPSK_E_FAILED)
-    cli_trace("%s: input not taken: %s", c->peer, m2mpsk_strerror(rc));
-}
-
 static void process(server *s, conn *c) {
   m2mpsk_state st = m2mpsk_assoc_state(c->a);
   if (!c->logged && (st == M2MPSK_STATE_ESTABLISHED ||
@@ -179,27 +171,25 @@ static void process(server *s, conn *c) {
     if (rc == M2MPSK_OK && s->http) {
       cli_trace("%s: %zu bytes of application data", c->peer, n);
       if (cli_http_input(&c->http, c->a, c->peer, buf, n) != 0) {
-        int crc = m2mpsk_assoc_close(c->a);
-        if (crc != M2MPSK_OK)
-          cli_trace("%s: close_notify not sent: %s", c->peer,
-                    m2mpsk_strerror(crc));
+        if (m2mpsk_assoc_close(c->a) == M2MPSK_OK)
+          cli_trace("%s: sending close_notify", c->peer);
         end_conn(s, c, 1);
         break;
       }
     } else if (rc == M2MPSK_OK) {
       cli_trace("%s: %zu bytes of application data, echoed", c->peer, n);
-      int wrc = m2mpsk_assoc_write(c->a, buf, n, &w);
-      if (wrc != M2MPSK_OK) {
-        /* A failure is logged and ended below; E_CLOSED ends it too. */
-        cli_trace("%s: echo not sent: %s", c->peer, m2mpsk_strerror(wrc));
+      if ((rc = m2mpsk_assoc_write(c->a, buf, n, &w)) != M2MPSK_OK) {
+        cli_log("peer=%s: cannot echo: %s", c->peer, m2mpsk_strerror(rc));
+        if (m2mpsk_assoc_close(c->a) == M2MPSK_OK)
+          cli_trace("%s: sending close_notify", c->peer);
+        end_conn(s, c, 1);
         break;
       }
     } else if (rc == M2MPSK_E_CLOSED) {
       cli_trace("%s: close_notify received", c->peer);
-      int crc = m2mpsk_assoc_close(c->a);
-      if (crc != M2MPSK_OK)
-        cli_trace("%s: close_notify not sent: %s", c->peer,
-                  m2mpsk_strerror(crc));
+      /* E_STATE: closed already, nothing more to send. */
+      if (m2mpsk_assoc_close(c->a) == M2MPSK_OK)
+        cli_trace("%s: sending close_notify", c->peer);
       end_conn(s, c, 1);
       break;
     } else if (rc == M2MPSK_E_FAILED) {
@@ -216,6 +206,27 @@ static void process(server *s, conn *c) {
   if (m2mpsk_assoc_state(c->a) == M2MPSK_STATE_FAILED && !c->done)
     end_conn(s, c, c->logged && m2mpsk_assoc_peer_id(c->a) != NULL);
   flush(s, c);
+}
+
+/* Feeds what came in, and moves the association along. */
+static void feed(server *s, conn *c, const uint8_t *buf, size_t n) {
+  c->last_input = cli_now_ms();
+  int rc = m2mpsk_assoc_feed(c->a, buf, n, c->last_input);
+  /* Over its input limit: what it holds is answered first. */
+  for (int i = 0; rc == M2MPSK_E_LIMIT && i < 64 && !c->done; i++) {
+    process(s, c);
+    rc = m2mpsk_assoc_feed(c->a, buf, n, c->last_input);
+  }
+  if (rc != M2MPSK_OK && rc != M2MPSK_E_FAILED && rc != M2MPSK_E_STATE) {
+    cli_trace("%s: input dropped: %s", c->peer, m2mpsk_strerror(rc));
+    if (!s->udp && m2mpsk_assoc_state(c->a) == M2MPSK_STATE_ESTABLISHED) {
+      /* A stream that lost bytes cannot go on. */
+      cli_log("peer=%s: input lost (%s), association ended", c->peer,
+              m2mpsk_strerror(rc));
+      end_conn(s, c, 1);
+    }
+  }
+  process(s, c);
 }
 
 /* "192.0.2.1:4433" gives "192.0.2.1", "[::1]:4433" gives "[::1]". */
@@ -259,6 +270,7 @@ static conn *add_conn(server *s, int fd, const struct sockaddr_storage *addr,
   }
   s->conns = grown;
   c->fd = fd;
+  c->sent.dtls = c->received.dtls = s->udp;
   c->addr = *addr;
   c->addr_len = addr_len;
   cli_format_addr((const struct sockaddr *)addr, c->peer, sizeof(c->peer));
@@ -298,6 +310,8 @@ static void free_conn(conn *c) {
     close(c->fd);
   m2mpsk_assoc_free(c->a);
   cli_http_free(c->http);
+  cli_wire_free(&c->sent);
+  cli_wire_free(&c->received);
   free(c->out);
   free(c);
 }
@@ -348,11 +362,8 @@ static void on_tcp_input(server *s, conn *c) {
     end_conn(s, c, c->logged && m2mpsk_assoc_peer_id(c->a) != NULL);
     return;
   }
-  cli_trace("%s -> %zd bytes", c->peer, n);
-  c->last_input = cli_now_ms();
-  feed_input(s, c, buf, (size_t)n);
-  if (!c->done)
-    process(s, c);
+  cli_trace_wire(&c->received, 0, c->peer, buf, (size_t)n);
+  feed(s, c, buf, (size_t)n);
 }
 
 static void on_udp_input(server *s) {
@@ -391,7 +402,9 @@ static void on_udp_input(server *s) {
         int rc = m2mpsk_dtls_listen(s->cfg, host, buf, (size_t)n, hvr,
                                     sizeof(hvr), &hvr_len);
         if (rc == M2MPSK_LISTEN_REPLY) {
-          cli_trace("%s: HelloVerifyRequest sent", peer);
+          cli_wire in = {.dtls = 1}, out = {.dtls = 1};
+          cli_trace_wire(&in, 0, peer, buf, (size_t)n);
+          cli_trace_wire(&out, 1, peer, hvr, hvr_len);
           (void)sendto(s->fd, hvr, hvr_len, MSG_NOSIGNAL,
                        (struct sockaddr *)&addr, len);
           continue;
@@ -408,12 +421,41 @@ static void on_udp_input(server *s) {
     }
     if (c->done)
       continue;
-    cli_trace("%s -> %zd bytes", c->peer, n);
-    c->last_input = cli_now_ms();
-    feed_input(s, c, buf, (size_t)n);
-    if (!c->done)
-      process(s, c);
+    cli_trace_wire(&c->received, 0, c->peer, buf, (size_t)n);
+    feed(s, c, buf, (size_t)n);
   }
+}
+
+/* --listen: "host", "v4:port", "[v6]", "[v6]:port", or a bare IPv6
+ * address (two or more colons: no port). *port is NULL when none. */
+static int split_listen(const char *arg, char *host, size_t cap,
+                        const char **port) {
+  const char *end, *colon = NULL;
+  *port = NULL;
+  if (arg[0] == '[') {
+    const char *close = strchr(arg, ']');
+    if (close == NULL || close == arg + 1 ||
+        (close[1] != '\0' && close[1] != ':'))
+      return -1;
+    arg++;
+    end = close;
+    colon = close[1] == ':' ? close + 1 : NULL;
+  } else {
+    const char *first = strchr(arg, ':');
+    colon = first != NULL && strchr(first + 1, ':') == NULL ? first : NULL;
+    end = colon ? colon : arg + strlen(arg);
+  }
+  if (end == arg || (size_t)(end - arg) >= cap)
+    return -1;
+  memcpy(host, arg, (size_t)(end - arg));
+  host[end - arg] = '\0';
+  if (colon != NULL) {
+    unsigned long p;
+    if (cli_parse_uint(colon + 1, 0, 65535, &p))
+      return -1;
+    *port = colon + 1;
+  }
+  return 0;
 }
 
 static int open_listener(server *s, const char *host, const char *port) {
@@ -518,11 +560,8 @@ static int serve_loop(server *s) {
       uint64_t d;
       if (!c->done && m2mpsk_assoc_next_timeout(c->a, &d) == M2MPSK_OK &&
           d <= now) {
-        cli_trace("%s: timer", c->peer);
-        /* A timeout fails the association; process() ends it. */
-        int trc = m2mpsk_assoc_handle_timeout(c->a, now);
-        if (trc != M2MPSK_OK)
-          cli_trace("%s: timer: %s", c->peer, m2mpsk_strerror(trc));
+        if (m2mpsk_assoc_handle_timeout(c->a, now) == M2MPSK_OK)
+          cli_trace("%s: timer: retransmitting", c->peer); /* else FAILED */
         process(s, c);
       }
       if (!c->done && now >= c->last_input + s->idle_ms &&
@@ -561,12 +600,13 @@ int cli_serve(int argc, char **argv) {
       {NULL, 0, NULL, 0}};
   unsigned long idle = 300000, rate_limit = 10;
   int audit = 0, http = 0;
-  const char *keys = NULL, *listen_on = "127.0.0.1", *port = "0",
+  const char *keys = NULL, *listen_on = "127.0.0.1", *port = NULL,
              *suites = NULL;
   const char **ids = calloc((size_t)argc, sizeof(*ids));
   size_t n_ids = 0;
   unsigned long max_conn = 64, timeout = 0, num;
-  int udp = 0, once = 0, reveal = 0, c;
+  int udp = 0, tcp = 0, once = 0, reveal = 0, c;
+  const char *port_opt = NULL;
   if (ids == NULL)
     return CLI_IO;
   while ((c = getopt_long(argc, argv, "hv", opts, NULL)) != -1) {
@@ -580,9 +620,9 @@ int cli_serve(int argc, char **argv) {
         free(ids);
         return CLI_USAGE;
       }
-      port = optarg;
+      port_opt = optarg;
       break;
-    case 'T': udp = 0; break;
+    case 'T': tcp = 1; break;
     case 'U': udp = 1; break;
     case 'o': once = 1; break;
     case 'm':
@@ -617,7 +657,7 @@ int cli_serve(int argc, char **argv) {
       break;
     case 'A': audit = 1; break;
     case 'H': http = 1; break;
-    case 'v': break;
+    case 'v': cli_verbose = 1; break;
     case 'h':
       fputs(k_serve_usage, stdout);
       free(ids);
@@ -634,6 +674,26 @@ int cli_serve(int argc, char **argv) {
     free(ids);
     return CLI_USAGE;
   }
+  if (tcp && udp) {
+    cli_log("--tcp and --udp exclude each other");
+    free(ids);
+    return CLI_USAGE;
+  }
+  char host[256];
+  if (split_listen(listen_on, host, sizeof(host), &port) != 0) {
+    cli_log("--listen '%s' is not ADDR, [IPv6], HOST:PORT or [IPv6]:PORT",
+            listen_on);
+    free(ids);
+    return CLI_USAGE;
+  }
+  if (port != NULL && port_opt != NULL && strcmp(port, port_opt) != 0) {
+    cli_log("--listen %s and --port %s name different ports", listen_on,
+            port_opt);
+    free(ids);
+    return CLI_USAGE;
+  }
+  if (port == NULL)
+    port = port_opt ? port_opt : "0";
   server s = {.fd = -1,
               .udp = udp,
               .once = once,
@@ -668,7 +728,7 @@ int cli_serve(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
 
   int result = CLI_IO;
-  if (open_listener(&s, listen_on, port) == 0) {
+  if (open_listener(&s, host, port) == 0) {
     result = serve_loop(&s);
     close(s.fd);
   }

@@ -26,7 +26,7 @@ bindir=$build/tests/fuzz
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
   targets=(fuzz_responder_tls fuzz_responder_dtls fuzz_initiator
-           fuzz_appdata fuzz_keyfile fuzz_identifiers)
+           fuzz_appdata fuzz_keyfile fuzz_identifiers fuzz_http)
 fi
 runs=${FUZZ_RUNS:--1}
 

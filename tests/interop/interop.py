@@ -544,8 +544,20 @@ def gnutls_description(text, transport):
 class GnuTLSServer(Peer):
     echo = True
 
-    def settle(self, timeout=0.3):  # it serves on: its error is printed
-        time.sleep(timeout)
+    def settle(self, timeout=1.5):
+        """It serves on after a failed handshake: wait for the error line
+        error() reads (on either stream), not for an exit; bounded. Over
+        UDP it reports no failed handshake: nothing to wait for."""
+        if self.cell.transport == "dtls":
+            return
+        end = time.monotonic() + timeout
+        p = self.proc
+        with p.cond:
+            while not first_line(p, r"Error in handshake"):
+                left = end - time.monotonic()
+                if left <= 0 or (p.eof["stdout"] and p.eof["stderr"]):
+                    return
+                p.cond.wait(min(left, 0.25))
 
     def start(self):
         c = self.ctx
