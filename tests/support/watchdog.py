@@ -158,7 +158,6 @@ def run_once(cmd, args):
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
     start = time.monotonic()
-    runner_cmd = cmdline(proc.pid)
     unexeced = {}  # pid -> first seen not stopped, not exec'd
     outcome = None
     while outcome is None:
@@ -169,10 +168,14 @@ def run_once(cmd, args):
         except subprocess.TimeoutExpired:
             pass
         now = time.monotonic()
+        # Read each time: right after exec the kernel shows an empty
+        # command line for a moment (the new image's arguments are not set
+        # up yet when the parent is let go).
+        runner_cmd = cmdline(proc.pid)
         for pid in descendants(proc.pid):
             st = proc_stat(pid)
             if (st and st[1] == proc.pid and st[0] not in "TtZ"
-                    and cmdline(pid) == runner_cmd):
+                    and runner_cmd and cmdline(pid) == runner_cmd):
                 first = unexeced.setdefault(pid, now)
                 if now - first >= args.spawn_stall:
                     say("%s: a criterion worker (pid %d) has been stuck "
@@ -236,8 +239,9 @@ def main():
             return rc if rc >= 0 else 128 - rc
         if kind == "hung":
             return 124
-        say("%s: running it again (%d of %d)"
-            % (os.path.basename(cmd[0]), attempt + 1, args.retries))
+        if attempt < args.retries:
+            say("%s: running it again (%d of %d)"
+                % (os.path.basename(cmd[0]), attempt + 1, args.retries))
     say("%s: FAILED: every run had a stuck worker spawn" % os.path.basename(cmd[0]))
     return 125
 
