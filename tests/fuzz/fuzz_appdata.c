@@ -1,9 +1,16 @@
-/* Application data after a real handshake. Each input sets up a fresh,
- * lossless in-memory handshake (its own keystores, so that revocation
- * stays within the input), then drives the established pair with a
- * sequence of operations: records the genuine peer writes (intact, or
- * corrupted, truncated, replayed or held back), raw bytes fed as records,
- * reads, writes, close_notify, clock jumps and revocation.
+/* Application data after a real handshake. Each input runs a lossless
+ * in-memory handshake between two fresh associations, then drives the
+ * established pair with a sequence of operations: records the genuine peer
+ * writes (intact, or corrupted, truncated, replayed or held back), raw
+ * bytes fed as records, reads, writes, close_notify, clock jumps and
+ * revocation.
+ *
+ * Speed: everything that does not belong to one association is made once
+ * per process (configs, hence the backend's SSL_CTX; keystores, one pair
+ * per kind of record), so that an input pays for two associations and a
+ * handshake only. An input that revokes the record puts it back before it
+ * returns: every input starts from the same fixtures, so the same input
+ * does the same thing.
  *
  * Input:  opts op*
  *   opts bit 0:    DTLS (else TLS)
@@ -42,6 +49,49 @@ static m2mpsk_config *suite_cfg(size_t suite, int responder) {
   return cfg[suite][responder];
 }
 
+/* The two sides' keystores for one kind of record (opts bits 5-6), made
+ * once and holding FZ_KPSA_ID alone. */
+typedef struct ks_pair {
+  m2mpsk_keystore *a, *b;
+  const char *ida;
+  int64_t nb, na;
+} ks_pair;
+
+static void ks_fill(m2mpsk_keystore *ks, const ks_pair *p) {
+  fz_check(m2mpsk_keystore_add(ks, FZ_KPSA_ID, fz_key, sizeof(fz_key), p->ida,
+                               FZ_IDB, p->nb, p->na) == M2MPSK_OK,
+           "keystore_add");
+}
+
+static ks_pair *ks_for(uint8_t opts) {
+  static ks_pair pairs[4];
+  ks_pair *p = &pairs[(opts >> 5) & 3];
+  if (p->a == NULL) {
+    p->ida = (opts & 32) ? NULL : FZ_IDA;
+    p->nb = (opts & 64) ? FZ_WINDOW_NB : 0;
+    p->na = (opts & 64) ? FZ_WINDOW_NA : 0;
+    fz_check(m2mpsk_keystore_new(&p->a, 0) == M2MPSK_OK, "keystore_new");
+    fz_check(m2mpsk_keystore_new(&p->b, 0) == M2MPSK_OK, "keystore_new");
+    ks_fill(p->a, p);
+    ks_fill(p->b, p);
+  }
+  return p;
+}
+
+/* Undoes op 8 once the associations are gone: a revoked record cannot be
+ * re-added until it is removed. */
+static void ks_restore(m2mpsk_keystore *ks, const ks_pair *p) {
+  int revoked = 0;
+  fz_check(m2mpsk_keystore_lookup(ks, FZ_KPSA_ID, NULL, 0, NULL, 0, NULL, NULL,
+                                  &revoked) == M2MPSK_OK,
+           "keystore_lookup");
+  if (revoked) {
+    fz_check(m2mpsk_keystore_remove(ks, FZ_KPSA_ID) == M2MPSK_OK,
+             "keystore_remove");
+    ks_fill(ks, p);
+  }
+}
+
 static void take(fz_reader *r, size_t n, const uint8_t **p, size_t *got) {
   if (n > r->left)
     n = r->left;
@@ -72,19 +122,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       (opts & 1) ? M2MPSK_TRANSPORT_DTLS : M2MPSK_TRANSPORT_TLS;
   int fuzz_responder = (opts & 2) != 0;
   size_t suite = (opts >> 2) & 7;
-  const char *ida = (opts & 32) ? NULL : FZ_IDA;
-  int64_t nb = (opts & 64) ? FZ_WINDOW_NB : 0;
-  int64_t na = (opts & 64) ? FZ_WINDOW_NA : 0;
-
-  m2mpsk_keystore *ks_a = NULL, *ks_b = NULL;
-  fz_check(m2mpsk_keystore_new(&ks_a, 0) == M2MPSK_OK, "keystore_new");
-  fz_check(m2mpsk_keystore_new(&ks_b, 0) == M2MPSK_OK, "keystore_new");
-  fz_check(m2mpsk_keystore_add(ks_a, FZ_KPSA_ID, fz_key, sizeof(fz_key), ida,
-                               FZ_IDB, nb, na) == M2MPSK_OK,
-           "keystore_add");
-  fz_check(m2mpsk_keystore_add(ks_b, FZ_KPSA_ID, fz_key, sizeof(fz_key), ida,
-                               FZ_IDB, nb, na) == M2MPSK_OK,
-           "keystore_add");
+  ks_pair *kp = ks_for(opts);
+  m2mpsk_keystore *ks_a = kp->a, *ks_b = kp->b;
   m2mpsk_assoc *a = NULL, *b = NULL;
   fz_check(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR, t, suite_cfg(suite, 0),
                             ks_a, FZ_KPSA_ID) == M2MPSK_OK,
@@ -101,6 +140,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   m2mpsk_assoc *peer = fuzz_responder ? a : b; /* the genuine peer */
   m2mpsk_keystore *my_ks = fuzz_responder ? ks_b : ks_a;
   size_t held_len = 0;
+  int revoked = 0;
 
   for (int ops = 0; ops < 128 && r.left > 0; ops++) {
     uint8_t code = fz_byte(&r) % 9;
@@ -186,6 +226,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       break;
     default:
       (void)m2mpsk_keystore_revoke(my_ks, FZ_KPSA_ID);
+      revoked = 1;
       break;
     }
     /* The fuzzed side answers (alerts, DTLS retransmissions); its output
@@ -200,7 +241,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   fz_drain_all(me, 0);
   m2mpsk_assoc_free(a);
   m2mpsk_assoc_free(b);
-  m2mpsk_keystore_free(ks_a);
-  m2mpsk_keystore_free(ks_b);
+  if (revoked)
+    ks_restore(my_ks, kp);
   return 0;
 }
