@@ -93,8 +93,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   (void)m2mpsk_originator_check(M2MPSK_PEER_AE, s, FZ_IDB, "Cae1", 1, &v);
   (void)m2mpsk_originator_check(M2MPSK_PEER_CSE, s, FZ_IDB, "/cse-mn/C1", 0,
                                 &v);
-  (void)m2mpsk_originator_check(M2MPSK_PEER_CREDENTIAL, s, FZ_IDB, "C", 1,
-                                &v);
+  (void)m2mpsk_originator_check(M2MPSK_PEER_CREDENTIAL, s, FZ_IDB, "C", 1, &v);
   (void)m2mpsk_originator_check(M2MPSK_PEER_AE, "/cse-in/Cae1", s, "Cae1", 0,
                                 &v);
 
