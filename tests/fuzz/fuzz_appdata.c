@@ -32,7 +32,25 @@
  *     6                 peer sends close_notify; delivered
  *     7 s               clock advances s seconds; timers handled
  *     8                 the record is revoked in the fuzzed side's keystore
- * At most 128 ops. */
+ *     9 how             the peer fails and says so, encrypted: how%2 = 0
+ *                       it reads a bit-flipped record of the fuzzed side
+ *                       (TLS: a bad_record_mac alert; over DTLS the peer
+ *                       may drop the record instead), 1 the record is
+ *                       revoked in the peer's keystore and the peer reads
+ *                       (it fails closed: an alert, or close_notify);
+ *                       what it sends is delivered
+ *    10                 a renegotiation attempt in the clear, as anyone on
+ *                       the path can make: a new ClientHello to a fuzzed
+ *                       responder, a HelloRequest to a fuzzed initiator
+ *                       (the record layer refuses a plaintext record once
+ *                       keys are in use: the handshake code is not reached)
+ * At most 128 ops.
+ *
+ * Not reached: a renegotiation inside the session, encrypted, from the
+ * genuine peer. m2mpsk offers no call that starts one and refuses them
+ * (BoringSSL never renegotiates; the OpenSSL backend sets
+ * SSL_OP_NO_RENEGOTIATION), and the association keeps its TLS object
+ * private, so the genuine peer cannot be made to send one. */
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -78,7 +96,7 @@ static ks_pair *ks_for(uint8_t opts) {
   return p;
 }
 
-/* Undoes op 8 once the associations are gone: a revoked record cannot be
+/* Undoes ops 8 and 9 once the associations are gone: a revoked record cannot be
  * re-added until it is removed. */
 static void ks_restore(m2mpsk_keystore *ks, const ks_pair *p) {
   int revoked = 0;
@@ -114,6 +132,36 @@ static void feed(m2mpsk_assoc *to, const uint8_t *p, size_t n, uint64_t now) {
     (void)m2mpsk_assoc_feed(to, p, n, now);
 }
 
+/* What starts a renegotiation, sent in the clear (epoch 0): to a
+ * responder, the ClientHello of a new initiator (made once per process and
+ * transport); to an initiator, a HelloRequest. */
+static const uint8_t *clear_hello(m2mpsk_transport t, int to_responder,
+                                  size_t *len) {
+  static uint8_t hello[2][2048];
+  static size_t hello_len[2];
+  static const uint8_t hello_request[2][25] = {
+      {22, 3, 3, 0, 4, 0, 0, 0, 0},
+      {22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 9, 0, 12,
+       0,  0,    0,    0, 0, 1, 0, 0, 0, 0, 0, 0}};
+  int d = t == M2MPSK_TRANSPORT_DTLS;
+  if (!to_responder) {
+    *len = d ? 25 : 9;
+    return hello_request[d];
+  }
+  if (hello_len[d] == 0) {
+    m2mpsk_assoc *a = NULL;
+    fz_check(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR, t, fz_initiator_cfg(),
+                              fz_initiator_ks(), FZ_KPSA_ID) == M2MPSK_OK,
+             "assoc_new");
+    fz_check(m2mpsk_assoc_start(a, FZ_T0, FZ_UNIX_TIME) == M2MPSK_OK, "start");
+    hello_len[d] = drain_one(a, hello[d], sizeof(hello[d]));
+    fz_check(hello_len[d] > 0, "ClientHello");
+    m2mpsk_assoc_free(a);
+  }
+  *len = hello_len[d];
+  return hello[d];
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   static uint8_t rec[17000], held[17000];
   fz_reader r = {data, size};
@@ -139,11 +187,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   m2mpsk_assoc *me = fuzz_responder ? b : a;   /* the fuzzed side */
   m2mpsk_assoc *peer = fuzz_responder ? a : b; /* the genuine peer */
   m2mpsk_keystore *my_ks = fuzz_responder ? ks_b : ks_a;
+  m2mpsk_keystore *peer_ks = fuzz_responder ? ks_a : ks_b;
   size_t held_len = 0;
-  int revoked = 0;
+  int revoked = 0, peer_revoked = 0;
 
   for (int ops = 0; ops < 128 && r.left > 0; ops++) {
-    uint8_t code = fz_byte(&r) % 9;
+    uint8_t code = fz_byte(&r) % 11;
     const uint8_t *p;
     size_t n, w;
     switch (code) {
@@ -224,10 +273,34 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       (void)m2mpsk_assoc_handle_timeout(me, now);
       (void)m2mpsk_assoc_handle_timeout(peer, now);
       break;
-    default:
+    case 8:
       (void)m2mpsk_keystore_revoke(my_ks, FZ_KPSA_ID);
       revoked = 1;
       break;
+    case 9: {
+      uint8_t buf[64];
+      if (fz_byte(&r) % 2 == 0) {
+        (void)m2mpsk_assoc_write(me, (const uint8_t *)"x", 1, &w);
+        size_t len;
+        while ((len = drain_one(me, rec, sizeof(rec))) > 0) {
+          rec[len - 1] ^= 1;
+          feed(peer, rec, len, now);
+        }
+      } else {
+        (void)m2mpsk_keystore_revoke(peer_ks, FZ_KPSA_ID);
+        peer_revoked = 1;
+      }
+      /* The peer finds out when it reads. */
+      (void)m2mpsk_assoc_read(peer, buf, sizeof(buf), &n);
+      fz_transfer(peer, me, now, NULL, NULL);
+      break;
+    }
+    default: {
+      size_t len;
+      const uint8_t *hello = clear_hello(t, fuzz_responder, &len);
+      feed(me, hello, len, now);
+      break;
+    }
     }
     /* The fuzzed side answers (alerts, DTLS retransmissions); its output
      * is drained and dropped. */
@@ -243,5 +316,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   m2mpsk_assoc_free(b);
   if (revoked)
     ks_restore(my_ks, kp);
+  if (peer_revoked)
+    ks_restore(peer_ks, kp);
   return 0;
 }

@@ -309,6 +309,10 @@ static void appdata_seeds(void) {
   static const uint8_t revoke[] = {0, 2, 'h', 'i', 8, 3, 255, 4, 1, 'x'};
   static const uint8_t expire[] = {0, 2, 'h', 'i', 7, 200, 3, 255, 4, 1, 'x'};
   static const uint8_t big[] = {4, 255, 'A', 3, 255};
+  static const uint8_t peer_alert[] = {0, 2, 'h', 'i', 9, 0, 3, 255};
+  static const uint8_t peer_closed[] = {0, 2,   'h', 'i', 9,  1,
+                                        3, 255, 4,   1,   'x'};
+  static const uint8_t renegotiate[] = {0, 2, 'h', 'i', 10, 3, 255, 4, 1, 'x'};
   static const struct {
     const char *name;
     const uint8_t *ops;
@@ -325,6 +329,9 @@ static void appdata_seeds(void) {
       {"revoke", revoke, sizeof(revoke), 0},
       {"expire", expire, sizeof(expire), 64},
       {"short-write", big, sizeof(big), 0},
+      {"peer-alert", peer_alert, sizeof(peer_alert), 0},
+      {"peer-fails-closed", peer_closed, sizeof(peer_closed), 0},
+      {"renegotiate-in-clear", renegotiate, sizeof(renegotiate), 0},
   };
   uint8_t out[1024];
   char name[128];
@@ -332,9 +339,11 @@ static void appdata_seeds(void) {
   for (int d = 0; d < 2; d++) {
     for (int resp = 0; resp < 2; resp++) {
       for (size_t i = 0; i < sizeof(seqs) / sizeof(seqs[0]); i++, k++) {
-        /* Every combination would be 40 seeds; each sequence runs on two
-         * of the four (transport, side) pairs, suites in turn. */
-        if ((i + (size_t)d + (size_t)resp) % 2 != 0)
+        /* Every combination would be 52 seeds; each of the first ten
+         * sequences runs on two of the four (transport, side) pairs, the
+         * alerts and renegotiation attempts on all four, suites in
+         * turn. */
+        if (i < 10 && (i + (size_t)d + (size_t)resp) % 2 != 0)
           continue;
         size_t suite = k % m2mpsk_suite_count();
         out[0] =
