@@ -123,10 +123,20 @@ void fz_feed_chunks(m2mpsk_assoc *a, fz_reader *r, uint64_t *now) {
   fz_debug(a, "end of input");
 }
 
-void fz_debug(const m2mpsk_assoc *a, const char *where) {
+static int debug_on(void) {
   static int on = -1;
   if (on < 0)
     on = getenv("M2MPSK_FUZZ_DEBUG") != NULL;
+  return on;
+}
+
+void fz_note(const char *what) {
+  if (debug_on())
+    fprintf(stderr, "[fuzz] %s\n", what);
+}
+
+void fz_debug(const m2mpsk_assoc *a, const char *where) {
+  int on = debug_on();
   const char *detail = m2mpsk_assoc_failure_detail(a);
   if (on)
     fprintf(stderr, "[fuzz] %s: state %d reason %s (%s)\n", where,

@@ -117,8 +117,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       fz_check(n == 0, "no answer without M2MPSK_E_AGAIN");
     }
   }
-  if (admitted == NULL)
+  if (admitted == NULL) {
+    fz_note("end of input: not admitted");
     return 0;
+  }
 
   m2mpsk_assoc *b = NULL;
   fz_check(m2mpsk_assoc_new(&b, M2MPSK_ROLE_RESPONDER, M2MPSK_TRANSPORT_DTLS,
