@@ -46,11 +46,9 @@
  *                       keys are in use: the handshake code is not reached)
  * At most 128 ops.
  *
- * Not reached: a renegotiation inside the session, encrypted, from the
- * genuine peer. m2mpsk offers no call that starts one and refuses them
- * (BoringSSL never renegotiates; the OpenSSL backend sets
- * SSL_OP_NO_RENEGOTIATION), and the association keeps its TLS object
- * private, so the genuine peer cannot be made to send one. */
+ * A renegotiation inside the session, encrypted, from the genuine peer is
+ * fuzz_renegotiate's (OpenSSL builds): m2mpsk has no call that starts one,
+ * so an m2mpsk peer cannot send one. */
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>

@@ -3,7 +3,7 @@
  *
  *   make_corpus OUTDIR [TARGET...]
  *
- * fuzz_dtls_listen's seeds need the OpenSSL backend (the cookie exchange):
+ * fuzz_dtls_listen's and fuzz_renegotiate's seeds need the OpenSSL backend:
  * write them from a build configured with -DM2MPSK_TLS=openssl.
  *
  * The transport seeds are transcripts of real in-memory handshakes between
@@ -462,6 +462,45 @@ static void listen_seeds(void) {
   write_seed(target, "not-a-client-hello", out, 1 + rest.len);
 }
 
+/* ---- renegotiation by a raw OpenSSL peer ----------------------------------
+ */
+
+/* Operation sequences for fuzz_renegotiate (its header), over each
+ * transport and side; only OpenSSL builds have the target. */
+static void renegotiate_seeds(void) {
+  static const uint8_t full[] = {0,   2,   'h', 'i', 1,   0, 0,  2,
+                                 'o', 'k', 4,   1,   'x', 3, 255};
+  static const uint8_t abbreviated[] = {1, 1, 0, 2, 'o', 'k', 3, 255};
+  static const uint8_t talk[] = {0,   5,   'h', 'e', 'l', 'l', 'o', 4, 5,  'w',
+                                 'o', 'r', 'l', 'd', 3,   255, 5,   3, 255};
+  static const uint8_t close_me[] = {4, 2, 'h', 'i', 6, 3, 255};
+  static const struct {
+    const char *name;
+    const uint8_t *ops;
+    size_t len;
+  } seqs[] = {{"renegotiate", full, sizeof(full)},
+              {"renegotiate-abbreviated", abbreviated, sizeof(abbreviated)},
+              {"talk-peer-shutdown", talk, sizeof(talk)},
+              {"close", close_me, sizeof(close_me)}};
+  if (strcmp(m2mpsk_backend_name(), "openssl") != 0)
+    return;
+  uint8_t out[64];
+  char name[128];
+  size_t k = 0;
+  for (int d = 0; d < 2; d++) {
+    for (int resp = 0; resp < 2; resp++) {
+      for (size_t i = 0; i < sizeof(seqs) / sizeof(seqs[0]); i++, k++) {
+        size_t suite = k % m2mpsk_suite_count();
+        out[0] = (uint8_t)(d | (resp << 1) | (int)(suite << 2));
+        memcpy(out + 1, seqs[i].ops, seqs[i].len);
+        snprintf(name, sizeof(name), "%s-%s-%s", d ? "dtls" : "tls",
+                 resp ? "responder" : "initiator", seqs[i].name);
+        write_seed("fuzz_renegotiate", name, out, 1 + seqs[i].len);
+      }
+    }
+  }
+}
+
 /* ---- parsers ------------------------------------------------------------- */
 
 static void text_seed(const char *target, const char *name, const char *s) {
@@ -572,6 +611,7 @@ int main(int argc, char **argv) {
   keyfile_seeds();
   identifier_seeds();
   listen_seeds();
+  renegotiate_seeds();
   printf("wrote %zu seeds under %s\n", nfiles, outdir);
   return 0;
 }
