@@ -20,8 +20,8 @@
 # grown corpora, logs and crash artifacts in DIR/<backend>/<target>/.
 #
 # On this project's 2-core machine, shared with other work, with the
-# default 45 s: both builds from scratch and the seed replay took 13 s,
-# then 11 runs of 45 s two at a time, 291 s in all. A run takes SECONDS
+# default 45 s: both builds from scratch and the seed replay took 23 s,
+# then 12 runs of 45 s two at a time, 300 s in all. A run takes SECONDS
 # plus about 1 s, so the stage takes about ceil(runs / FUZZ_JOBS) *
 # SECONDS plus the builds.
 set -uo pipefail
