@@ -798,36 +798,201 @@ static uint32_t xs(uint32_t *s) {
   return *s;
 }
 
+/* ---- a responder's first input: garbage of known shape -------------------
+ * Each kind is built so that what the responder must do follows from its
+ * shape alone; the bytes that do not decide it are random (a fixed seed). */
+typedef enum junk_kind {
+  JUNK_SHORT,      /* less than a record header */
+  JUNK_TYPE,       /* a record header whose content type is none of TLS's */
+  JUNK_OVERSIZED,  /* a handshake record longer than the protocol allows */
+  JUNK_INCOMPLETE, /* a handshake record header, and part of its body */
+  JUNK_NOT_HELLO,  /* a whole handshake message that is not a ClientHello */
+  JUNK_BAD_HELLO,  /* a ClientHello, no cookie, cipher suites overrunning it */
+  JUNK_ALERT,      /* a fatal alert with a random description, in the clear */
+  JUNK_KINDS
+} junk_kind;
+
+static const char *const junk_names[JUNK_KINDS] = {
+    "short",     "type",      "oversized", "incomplete",
+    "not-hello", "bad-hello", "alert"};
+
+/* What the responder must do with it. */
+typedef enum junk_out {
+  OUT_WAIT,  /* M2MPSK_OK, still handshaking, nothing to send */
+  OUT_HVR,   /* M2MPSK_OK, still handshaking, a HelloVerifyRequest to send */
+  OUT_ALERT, /* M2MPSK_E_FAILED, and a fatal alert to send */
+  OUT_FAIL   /* M2MPSK_E_FAILED, nothing to send */
+} junk_out;
+
+/* By backend, transport and kind. The two libraries differ where the
+ * protocol leaves them free. OpenSSL's TLS server takes a peer's alert
+ * before any ClientHello as a protocol error and answers it; its DTLS
+ * server (the cookie exchange) drops every datagram that is not a
+ * ClientHello it can read up to the cookie, and answers one without a
+ * cookie with a HelloVerifyRequest before it reads the rest. BoringSSL's
+ * DTLS server has no cookie exchange: it drops a record it cannot frame
+ * (too long) but fails on one it can frame and not accept. */
+static junk_out junk_expect(int openssl, int dtls, junk_kind k) {
+  static const junk_out table[2][2][JUNK_KINDS] = {
+      /* BoringSSL */
+      {/* TLS */ {OUT_WAIT, OUT_ALERT, OUT_ALERT, OUT_WAIT, OUT_ALERT,
+                  OUT_ALERT, OUT_FAIL},
+       /* DTLS */ {OUT_WAIT, OUT_ALERT, OUT_WAIT, OUT_WAIT, OUT_ALERT,
+                   OUT_ALERT, OUT_FAIL}},
+      /* OpenSSL */
+      {/* TLS */ {OUT_WAIT, OUT_ALERT, OUT_ALERT, OUT_WAIT, OUT_ALERT,
+                  OUT_ALERT, OUT_ALERT},
+       /* DTLS */ {OUT_WAIT, OUT_WAIT, OUT_WAIT, OUT_WAIT, OUT_WAIT, OUT_HVR,
+                   OUT_WAIT}},
+  };
+  return table[openssl][dtls][k];
+}
+
+/* The reason for a peer's fatal alert `desc` (src/tls/family.h). */
+static m2mpsk_reason alert_reason(uint8_t desc) {
+  switch (desc) {
+  case 20: /* bad_record_mac */
+  case 51: /* decrypt_error */ return M2MPSK_REASON_BAD_KEY;
+  case 112: /* unrecognized_name */ return M2MPSK_REASON_ID_MISMATCH;
+  case 115: /* unknown_psk_identity */ return M2MPSK_REASON_UNKNOWN_IDENTITY;
+  default: return M2MPSK_REASON_PEER_ALERT;
+  }
+}
+
+/* Writes an input of kind `k` to junk[600], random where the kind leaves it
+ * free; returns its length. */
+static size_t make_junk(junk_kind k, int dtls, uint32_t *seed, uint8_t *junk) {
+  size_t hdr = dtls ? 13 : 5;    /* record header */
+  size_t hs_hdr = dtls ? 12 : 4; /* handshake header */
+  for (size_t i = 0; i < 600; i++)
+    junk[i] = (uint8_t)xs(seed);
+  if (k == JUNK_SHORT)
+    return 1 + xs(seed) % (hdr - 1);
+  junk[1] = dtls ? 0xfe : 3; /* DTLS 1.2 / TLS 1.2 */
+  junk[2] = dtls ? 0xfd : 3;
+  if (dtls) /* epoch 0; the sequence number stays random */
+    junk[3] = junk[4] = 0;
+  size_t body, len;
+  switch (k) {
+  case JUNK_TYPE:
+    /* Below 0x80 as well: a top bit set can start an SSLv2 ClientHello,
+     * which a TLS server would wait to read whole. */
+    do
+      junk[0] = (uint8_t)(xs(seed) % 0x80);
+    while (junk[0] >= 20 && junk[0] <= 24);
+    len = hdr + 1 + xs(seed) % (600 - hdr - 1);
+    body = len - hdr;
+    break;
+  case JUNK_OVERSIZED: /* beyond 2^14 + 2048, RFC 5246 6.2.3 */
+    junk[0] = 22;
+    body = 16384 + 2048 + 1 + xs(seed) % (65535 - 16384 - 2048);
+    len = hdr + 1 + xs(seed) % (600 - hdr - 1);
+    break;
+  case JUNK_INCOMPLETE:
+    junk[0] = 22;
+    body = 600 + xs(seed) % 2000;
+    len = hdr + xs(seed) % (600 - hdr);
+    break;
+  case JUNK_ALERT:
+    junk[0] = 21;
+    body = 2;
+    junk[hdr] = 2;      /* fatal */
+    if (xs(seed) % 2) { /* else the description stays random */
+      static const uint8_t mapped[] = {20, 51, 112, 115};
+      junk[hdr + 1] = mapped[xs(seed) % 4];
+    }
+    len = hdr + 2;
+    break;
+  default: {
+    junk[0] = 22;
+    /* ClientHello: version, random, session id, cookie, cipher suites. */
+    size_t min = hs_hdr + (k == JUNK_BAD_HELLO ? 2 + 32 + 1 + 32 + 1 + 2 : 0);
+    body = min + xs(seed) % (600 - hdr - min);
+    len = hdr + body;
+    size_t msg = body - hs_hdr;
+    uint8_t *m = junk + hdr;
+    if (k == JUNK_BAD_HELLO) {
+      m[0] = 1;
+      uint8_t *h = m + hs_hdr;
+      h[0] = dtls ? 0xfe : 3;
+      h[1] = dtls ? 0xfd : 3;
+      size_t sid = xs(seed) % 33, at = 2 + 32;
+      h[at] = (uint8_t)sid;
+      at += 1 + sid;
+      h[at++] = 0;                                             /* no cookie */
+      size_t suites = msg - at - 2 + 2 + 2 * (xs(seed) % 100); /* overruns */
+      h[at] = (uint8_t)(suites >> 8);
+      h[at + 1] = (uint8_t)suites;
+    } else {
+      do
+        m[0] = (uint8_t)xs(seed);
+      while (m[0] == 1);
+    }
+    m[1] = 0;
+    m[2] = (uint8_t)(msg >> 8);
+    m[3] = (uint8_t)msg;
+    if (dtls) { /* message_seq 0, one fragment: offset 0, the whole */
+      m[4] = m[5] = 0;
+      m[6] = m[7] = m[8] = 0;
+      m[9] = 0;
+      m[10] = (uint8_t)(msg >> 8);
+      m[11] = (uint8_t)msg;
+    }
+    break;
+  }
+  }
+  junk[hdr - 2] = (uint8_t)(body >> 8);
+  junk[hdr - 1] = (uint8_t)body;
+  return len;
+}
+
 Test(garbage, random_bytes_to_responder_fail_cleanly) {
+  int openssl = strcmp(m2mpsk_backend_name(), "openssl") == 0;
   uint32_t seed = 12345;
   for (int t = 0; t < 2; t++) {
-    for (int i = 0; i < 300; i++) {
+    for (int i = 0; i < 40 * JUNK_KINDS; i++) {
+      junk_kind k = (junk_kind)(i % JUNK_KINDS);
+      junk_out want = junk_expect(openssl, t, k);
       m2mt_pair p;
       m2mt_pair_init(&p, (m2mpsk_transport)t, m2mt_key, m2mt_key, M2MT_IDA,
                      NULL);
       cr_assert_eq(m2mpsk_assoc_start(p.b, NOW0, UNIX0), M2MPSK_OK);
       uint8_t junk[600];
-      size_t len = 1 + xs(&seed) % sizeof(junk);
-      for (size_t k = 0; k < len; k++)
-        junk[k] = (uint8_t)xs(&seed);
-      /* Half the time, make it look like a handshake record. */
-      if (i % 2 && len > 5) {
-        junk[0] = 22;
-        junk[1] = t ? 0xfe : 3;
-        junk[2] = t ? 0xfd : 3;
-      }
+      size_t len = make_junk(k, t, &seed, junk);
       int rc = m2mpsk_assoc_feed(p.b, junk, len, NOW0);
-      cr_assert(rc == M2MPSK_OK || rc == M2MPSK_E_FAILED, "rc %d", rc);
-      m2mpsk_state st = m2mpsk_assoc_state(p.b);
-      cr_assert(st == M2MPSK_STATE_HANDSHAKING || st == M2MPSK_STATE_FAILED);
-      if (rc == M2MPSK_E_FAILED) {
-        cr_assert_eq(st, M2MPSK_STATE_FAILED);
-        cr_assert_neq(m2mpsk_assoc_failure(p.b), M2MPSK_REASON_NONE);
-      }
+      int fails = want == OUT_ALERT || want == OUT_FAIL;
+      cr_assert_eq(rc, fails ? M2MPSK_E_FAILED : M2MPSK_OK, "%s %s #%d: rc %d",
+                   t ? "DTLS" : "TLS", junk_names[k], i, rc);
+      cr_assert_eq(m2mpsk_assoc_state(p.b),
+                   fails ? M2MPSK_STATE_FAILED : M2MPSK_STATE_HANDSHAKING,
+                   "%s %s #%d", t ? "DTLS" : "TLS", junk_names[k], i);
+      m2mpsk_reason why = !fails ? M2MPSK_REASON_NONE
+                          : k == JUNK_ALERT && !openssl
+                              ? alert_reason(junk[t ? 14 : 6])
+                              : M2MPSK_REASON_PROTOCOL;
+      cr_assert_eq(m2mpsk_assoc_failure(p.b), why, "%s %s #%d: reason %d",
+                   t ? "DTLS" : "TLS", junk_names[k], i,
+                   (int)m2mpsk_assoc_failure(p.b));
+      /* What it sends: one fatal alert record, one HelloVerifyRequest
+       * (a handshake record, message type 3), or nothing. */
       uint8_t out[2048];
-      size_t n;
-      while (m2mpsk_assoc_drain(p.b, out, sizeof(out), &n) == M2MPSK_OK)
-        ;
+      size_t n = 0, hdr = t ? 13 : 5;
+      rc = m2mpsk_assoc_drain(p.b, out, sizeof(out), &n);
+      if (want == OUT_ALERT) {
+        cr_assert_eq(rc, M2MPSK_OK, "%s %s #%d: no alert", t ? "DTLS" : "TLS",
+                     junk_names[k], i);
+        cr_assert(n == hdr + 2 && out[0] == 21 && out[hdr] == 2,
+                  "%s %s #%d: not a fatal alert", t ? "DTLS" : "TLS",
+                  junk_names[k], i);
+        rc = m2mpsk_assoc_drain(p.b, out, sizeof(out), &n);
+      } else if (want == OUT_HVR) {
+        cr_assert_eq(rc, M2MPSK_OK);
+        cr_assert(n > hdr && out[0] == 22 && out[hdr] == 3,
+                  "%s #%d: not a HelloVerifyRequest", junk_names[k], i);
+        rc = m2mpsk_assoc_drain(p.b, out, sizeof(out), &n);
+      }
+      cr_assert_eq(rc, M2MPSK_E_AGAIN, "%s %s #%d: more output",
+                   t ? "DTLS" : "TLS", junk_names[k], i);
       m2mt_pair_free(&p);
     }
   }

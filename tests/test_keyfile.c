@@ -557,21 +557,19 @@ Test(keyfile, require_locked_applies_to_loaded_keys) {
 
 /* ---- scale -------------------------------------------------------------- */
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
+/* 10,000 records merged into a keystore that already holds one: all of
+ * them land, with their own keys. The load time of 1,000,000 records is
+ * the benchmark's "ks" section (tests/bench/README.md), which checks the
+ * same count; it is too slow for the unit suite. */
+#define SCALE 10000u
 
-#define MILLION 1000000u
-
-Test(keyfile, loads_one_million_records, .timeout = 120) {
+Test(keyfile, loads_ten_thousand_records) {
   char path[128];
-  snprintf(path, sizeof(path), "%s/million", dir);
+  snprintf(path, sizeof(path), "%s/scale", dir);
   FILE *f = fopen(path, "w");
   cr_assert_not_null(f);
   cr_assert_eq(fchmod(fileno(f), 0600), 0);
-  for (unsigned i = 0; i < MILLION; i++) {
+  for (unsigned i = 0; i < SCALE; i++) {
     fprintf(f,
             "kpsa-id=dev-%07u@m2m.example.com kpsa=hex:%08x%024x "
             "idb=//m2m.example.com/cse-in not-after=1798761600\n",
@@ -583,11 +581,9 @@ Test(keyfile, loads_one_million_records, .timeout = 120) {
   uint8_t k[16] = {0};
   cr_assert_eq(m2mpsk_keystore_add(ks, "pre@x.com", k, 16, NULL, "/cse", 0, 0),
                M2MPSK_OK);
-  double t0 = now_s();
   cr_assert_eq(m2mpsk_keystore_load_file(ks, path, NULL), M2MPSK_OK);
-  double t = now_s() - t0;
-  cr_assert_eq(m2mpsk_keystore_count(ks), MILLION + 1);
-  for (unsigned i = 0; i < MILLION; i += 99991) {
+  cr_assert_eq(m2mpsk_keystore_count(ks), SCALE + 1);
+  for (unsigned i = 0; i < SCALE; i += 997) {
     char id[40];
     uint8_t want[16] = {0};
     snprintf(id, sizeof(id), "dev-%07u@m2m.example.com", i);
@@ -597,7 +593,8 @@ Test(keyfile, loads_one_million_records, .timeout = 120) {
     want[3] = (uint8_t)i;
     expect_key(ks, id, want, 16);
   }
-  fprintf(stderr, "keyfile 1e6: load %.2f s (%.2f us/record)\n", t,
-          t * 1e6 / MILLION);
+  expect_key(ks, "dev-0009999@m2m.example.com",
+             (const uint8_t[16]){0, 0, 0x27, 0x0f}, 16);
+  expect_key(ks, "pre@x.com", k, 16);
   m2mpsk_keystore_free(ks);
 }

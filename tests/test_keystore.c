@@ -57,12 +57,6 @@ static void expect_key(const m2mpsk_keystore *ks, const char *id, unsigned seed,
   cr_assert_arr_eq(got, want, len);
 }
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* Runs fn(arg) in a forked child and returns its wait status. */
 static int in_child(void (*fn)(void *), void *arg) {
   fflush(NULL);
@@ -1090,95 +1084,49 @@ Test(keystore, concurrent_lookups_during_adds_and_removes) {
 
 /* ---- scale -------------------------------------------------------------- */
 
-static long rss_kib(void) {
-  FILE *f = fopen("/proc/self/statm", "r");
-  long size = 0, rss = 0;
-  if (f != NULL) {
-    if (fscanf(f, "%ld %ld", &size, &rss) != 2)
-      rss = 0;
-    fclose(f);
-  }
-  return rss * (sysconf(_SC_PAGESIZE) / 1024);
-}
+/* The keystore at 10,000 records: every record is found with its own key,
+ * nothing past the end is, and key memory stays within 128 B a record. The
+ * same at 1,000,000 records, with times and memory (under 70 B a record),
+ * is the benchmark's "ksadd" section (tests/bench/README.md), too slow for
+ * the unit suite. */
+#define SCALE 10000u
 
-static long maxrss_kib(void) {
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  return ru.ru_maxrss;
-}
-
-#define MILLION 1000000u
-#define SAMPLE 200000u
-
-Test(keystore, one_million_records, .timeout = 120) {
-  long rss0 = rss_kib(), max0 = maxrss_kib();
+Test(keystore, ten_thousand_records) {
   m2mpsk_keystore *ks = new_ks(0);
   char id[40];
   uint8_t key[32];
-
-  double t0 = now_s();
-  for (unsigned i = 0; i < MILLION; i++) {
+  for (unsigned i = 0; i < SCALE; i++) {
     snprintf(id, sizeof(id), "dev-%07u@m2m.example.com", i);
     fill_key(key, sizeof(key), i);
     cr_assert_eq(m2mpsk_keystore_add(ks, id, key, sizeof(key), NULL, IDB, 0, 0),
-                 M2MPSK_OK);
+                 M2MPSK_OK, "add %s", id);
   }
-  double t_add = now_s() - t0;
-  long rss1 = rss_kib(), max1 = maxrss_kib();
-  cr_assert_eq(m2mpsk_keystore_count(ks), MILLION);
-
-  /* Ids are formatted ahead so that only the keystore is timed. */
-  char(*ids)[40] = malloc((size_t)SAMPLE * sizeof(*ids));
-  cr_assert_not_null(ids);
-  unsigned *which = malloc(SAMPLE * sizeof(unsigned));
-  cr_assert_not_null(which);
-  uint32_t x = 12345;
-  for (unsigned s = 0; s < SAMPLE; s++) {
-    x = x * 1664525u + 1013904223u;
-    which[s] = x % MILLION;
-    snprintf(ids[s], sizeof(ids[s]), "dev-%07u@m2m.example.com", which[s]);
-  }
+  cr_assert_eq(m2mpsk_keystore_count(ks), SCALE);
   uint8_t got[M2MPSK_KEY_MAX];
   size_t len;
-  t0 = now_s();
-  for (unsigned s = 0; s < SAMPLE; s++) {
-    if (m2mpsk_keystore_lookup(ks, ids[s], NULL, 0, NULL, 0, NULL, NULL,
-                               NULL) != M2MPSK_OK)
-      cr_assert_fail("lookup %s", ids[s]);
+  /* In a scrambled order, so that neither insertion order nor a cache of
+   * the last record can make the lookups pass. */
+  uint32_t x = 12345;
+  for (unsigned s = 0; s < SCALE; s++) {
+    x = x * 1664525u + 1013904223u;
+    unsigned i = x % SCALE;
+    snprintf(id, sizeof(id), "dev-%07u@m2m.example.com", i);
+    if (m2mpsk_keystore_lookup(ks, id, NULL, 0, NULL, 0, NULL, NULL, NULL) !=
+        M2MPSK_OK)
+      cr_assert_fail("lookup %s", id);
+    fill_key(key, sizeof(key), i);
+    if (m2mpsk_keystore_fetch(ks, id, NULL, got, &len) != M2MPSK_OK ||
+        len != sizeof(key) || memcmp(got, key, sizeof(key)) != 0)
+      cr_assert_fail("fetch %s", id);
   }
-  double t_lookup = now_s() - t0;
-  t0 = now_s();
-  for (unsigned s = 0; s < SAMPLE; s++) {
-    if (m2mpsk_keystore_fetch(ks, ids[s], NULL, got, &len) != M2MPSK_OK)
-      cr_assert_fail("fetch %s", ids[s]);
-  }
-  double t_fetch = now_s() - t0;
-  for (unsigned s = 0; s < 1000; s++) {
-    fill_key(key, sizeof(key), which[s]);
-    cr_assert_eq(m2mpsk_keystore_fetch(ks, ids[s], NULL, got, &len), M2MPSK_OK);
-    cr_assert_arr_eq(got, key, sizeof(key));
-  }
-  cr_assert_eq(m2mpsk_keystore_lookup(ks, "dev-1000000@m2m.example.com", NULL,
-                                      0, NULL, 0, NULL, NULL, NULL),
-               M2MPSK_E_NOT_FOUND);
+  snprintf(id, sizeof(id), "dev-%07u@m2m.example.com", SCALE);
+  cr_assert_eq(
+      m2mpsk_keystore_lookup(ks, id, NULL, 0, NULL, 0, NULL, NULL, NULL),
+      M2MPSK_E_NOT_FOUND);
+  /* The target for 32-byte keys (tests/bench/README.md). The arena grows
+   * in steps, so at this size it is further from the 70 B a record that
+   * the benchmark holds it to at 1,000,000 (104 B here, on x86-64). */
   size_t key_mem = m2mpsk_keystore_key_memory(ks);
-  int locked = m2mpsk_keystore_is_locked(ks);
-
-  t0 = now_s();
+  cr_assert_leq(key_mem, (size_t)SCALE * 128, "%zu B of key memory", key_mem);
   m2mpsk_keystore_free(ks);
-  double t_free = now_s() - t0;
-  free(ids);
-  free(which);
-
-  fprintf(stderr,
-          "keystore 1e6: add %.2f s (%.2f us/add); lookup %.3f us; fetch "
-          "%.3f us; free %.2f s\n"
-          "keystore 1e6: RSS growth %.1f B/record (maxrss delta %.1f "
-          "B/record); key memory %zu B = %.1f B/record, locked=%d\n",
-          t_add, t_add * 1e6 / MILLION, t_lookup * 1e6 / SAMPLE,
-          t_fetch * 1e6 / SAMPLE, t_free,
-          (double)(rss1 - rss0) * 1024.0 / MILLION,
-          (double)(max1 - max0) * 1024.0 / MILLION, key_mem,
-          (double)key_mem / MILLION, locked);
-  cr_assert_lt(key_mem, (size_t)MILLION * 70);
 }

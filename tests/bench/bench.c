@@ -33,14 +33,14 @@
 
 enum {
   MAX_REPS = 32,
-  MAX_ROUNDS = 16,       /* flights per handshake before giving up */
-  TRANSPORT_BUF = 4096,  /* raw: bytes buffered per direction */
-  BULK_BUF = 65536,      /* raw: transport for application data */
-  WIRE_BUF = 17408,      /* m2mpsk: one drain, a whole record or datagram */
-  QUEUE_DGRAMS = 64,     /* datagrams of one flight */
-  QUEUE_BUF = 1 << 16,   /* bytes of one flight */
-  LEAK_NOTICE = 24,      /* bytes per pair left after freeing: say so */
-  RESP_SECTIONS = 4      /* timed responder sections per handshake */
+  MAX_ROUNDS = 16,      /* flights per handshake before giving up */
+  TRANSPORT_BUF = 4096, /* raw: bytes buffered per direction */
+  BULK_BUF = 65536,     /* raw: transport for application data */
+  WIRE_BUF = 17408,     /* m2mpsk: one drain, a whole record or datagram */
+  QUEUE_DGRAMS = 64,    /* datagrams of one flight */
+  QUEUE_BUF = 1 << 16,  /* bytes of one flight */
+  LEAK_NOTICE = 24,     /* bytes per pair left after freeing: say so */
+  RESP_SECTIONS = 4     /* timed responder sections per handshake */
 };
 
 /* ---- the cases ----------------------------------------------------------- */
@@ -72,7 +72,7 @@ typedef struct bench_params {
   long k;              /* associations held for memory */
   long ks_records;     /* keystore size */
   int ks_reps;
-  long lookups; /* per thread per repetition */
+  long lookups;  /* per thread per repetition */
   long tp_bytes; /* application data per batch */
   long thr_n;    /* handshakes per thread per batch */
   const char *sections;
@@ -162,10 +162,13 @@ static summary summarize(const double *v, int n) {
 static int section_on(const bench_params *bp, const char *name) {
   if (bp->sections == NULL)
     return 1;
-  const char *p = strstr(bp->sections, name);
   size_t n = strlen(name);
-  return p != NULL && (p == bp->sections || p[-1] == ',') &&
-         (p[n] == '\0' || p[n] == ',');
+  /* Every occurrence: "ksadd,ks" holds "ks" only at its second. */
+  for (const char *p = bp->sections; (p = strstr(p, name)) != NULL; p++) {
+    if ((p == bp->sections || p[-1] == ',') && (p[n] == '\0' || p[n] == ','))
+      return 1;
+  }
+  return 0;
 }
 
 /* ---- the raw modules ----------------------------------------------------- */
@@ -194,8 +197,8 @@ static void raw_load(raw_lib *lib, const char *dir) {
 
 static raw_env *raw_env_for(const raw_lib *lib, const bench_case *c) {
   char err[300];
-  raw_env *e = lib->ops->env_new(c->transport == M2MPSK_TRANSPORT_DTLS,
-                                 c->ossl, err, sizeof(err));
+  raw_env *e = lib->ops->env_new(c->transport == M2MPSK_TRANSPORT_DTLS, c->ossl,
+                                 err, sizeof(err));
   if (e == NULL)
     fatal("%s raw %s: %s", c->label, lib->name, err);
   return e;
@@ -232,11 +235,11 @@ static void m2m_env_init(m2m_env *env, const bench_case *c) {
   if ((rc = m2mpsk_keystore_new(&env->ks_a, 0)) != M2MPSK_OK ||
       (rc = m2mpsk_keystore_new(&env->ks_b, 0)) != M2MPSK_OK ||
       (rc = m2mpsk_keystore_add(env->ks_a, BENCH_KPSA_ID, k_bench_kpsa,
-                                sizeof(k_bench_kpsa), BENCH_ID_A, BENCH_ID_B,
-                                0, 0)) != M2MPSK_OK ||
+                                sizeof(k_bench_kpsa), BENCH_ID_A, BENCH_ID_B, 0,
+                                0)) != M2MPSK_OK ||
       (rc = m2mpsk_keystore_add(env->ks_b, BENCH_KPSA_ID, k_bench_kpsa,
-                                sizeof(k_bench_kpsa), BENCH_ID_A, BENCH_ID_B,
-                                0, 0)) != M2MPSK_OK ||
+                                sizeof(k_bench_kpsa), BENCH_ID_A, BENCH_ID_B, 0,
+                                0)) != M2MPSK_OK ||
       (rc = m2mpsk_config_new(&env->cfg_a)) != M2MPSK_OK ||
       (rc = m2mpsk_config_new(&env->cfg_b)) != M2MPSK_OK ||
       (rc = m2mpsk_config_add_local_id(env->cfg_b, BENCH_ID_B)) != M2MPSK_OK ||
@@ -314,8 +317,8 @@ static void m2m_establish(const m2m_env *env, uint64_t now, m2m_pair *p,
   rc = m2mpsk_assoc_start(p->b, now, env->unix_time);
   if (resp_cpu)
     *resp_cpu += bench_thread_cpu() - t0;
-  if (rc != M2MPSK_OK || m2mpsk_assoc_start(p->a, now, env->unix_time) !=
-                             M2MPSK_OK)
+  if (rc != M2MPSK_OK ||
+      m2mpsk_assoc_start(p->a, now, env->unix_time) != M2MPSK_OK)
     m2m_check(c, p);
   for (int round = 0; round < MAX_ROUNDS; round++) {
     if (flight_collect(p->a, &fa) == 0)
@@ -342,8 +345,8 @@ static void m2m_free_responder(m2m_pair *p, double *resp_cpu) {
 /* n handshakes (create, handshake, free both sides). Not static and never
  * inlined: callgrind's --toggle-collect names it. */
 void bench_m2m_batch(const m2m_env *env, long n, double *resp_cpu);
-__attribute__((noinline, noclone)) void bench_m2m_batch(const m2m_env *env, long n,
-                                               double *resp_cpu) {
+__attribute__((noinline, noclone)) void
+bench_m2m_batch(const m2m_env *env, long n, double *resp_cpu) {
   uint64_t now = monotonic_ms();
   for (long i = 0; i < n; i++) {
     m2m_pair p;
@@ -359,7 +362,8 @@ static double m2m_batch_cpu(const m2m_env *env, long n, double *resp) {
   return cpu_seconds() - t0;
 }
 
-/* ---- handshakes ------------------------------------------------------------ */
+/* ---- handshakes ------------------------------------------------------------
+ */
 
 enum { W_M2M, W_BSSL, W_OSSL, N_WHO };
 static const char *const k_who[N_WHO] = {"m2mpsk", "boringssl", "openssl"};
@@ -493,8 +497,7 @@ static mem_figures m2m_memory(const bench_case *c, long k) {
   return f;
 }
 
-static mem_figures raw_memory(const raw_lib *lib, const bench_case *c,
-                              long k) {
+static mem_figures raw_memory(const raw_lib *lib, const bench_case *c, long k) {
   char err[300];
   raw_env *env = raw_env_for(lib, c);
   raw_pair *pairs = calloc((size_t)k, sizeof(*pairs));
@@ -546,8 +549,8 @@ static void memory_case(const bench_case *c, long k) {
   mem_figures m = m2m_memory(c, k);
   mem_figures r = raw_memory(&g_bssl, c, k);
   mem_figures o = raw_memory(&g_ossl, c, k);
-  double t = transport_memory(&g_bssl, c->transport == M2MPSK_TRANSPORT_DTLS,
-                              k);
+  double t =
+      transport_memory(&g_bssl, c->transport == M2MPSK_TRANSPORT_DTLS, k);
   const char *sides[3] = {"initiator", "responder", "pair"};
   double mv[3] = {m.initiator, m.responder, m.pair};
   double rv[3] = {r.initiator, r.responder, r.pair};
@@ -569,7 +572,8 @@ static void memory_case(const bench_case *c, long k) {
   fflush(stdout);
 }
 
-/* ---- application data ------------------------------------------------------ */
+/* ---- application data ------------------------------------------------------
+ */
 
 static void m2m_transfer(const bench_case *c, m2m_pair *p, const uint8_t *data,
                          size_t chunk, size_t total, uint64_t now) {
@@ -900,6 +904,107 @@ static void memlock_child(const char *path, long count, memlock_result *m) {
   m->done = 1;
 }
 
+/* What the unit suite checked at 1,000,000 records before the scale moved
+ * here: every record of the file is in, next to the one held before, and
+ * nothing else is. Fatal otherwise. */
+static void ks_check_loaded(const m2mpsk_keystore *ks, long count) {
+  char id[64], idb[M2MPSK_ID_MAX + 1];
+  if ((long)m2mpsk_keystore_count(ks) != count + 1)
+    fatal("keystore holds %zu records after loading %ld into 1",
+          m2mpsk_keystore_count(ks), count);
+  for (long i = 0; i < count; i += count / 97 + 1) {
+    ks_id(i, id, sizeof(id));
+    if (m2mpsk_keystore_lookup(ks, id, NULL, 0, idb, sizeof(idb), NULL, NULL,
+                               NULL) != M2MPSK_OK ||
+        strcmp(idb, "//m2m.example.com/cse-in") != 0)
+      fatal("record %s missing or wrong after the load", id);
+  }
+  ks_id(count, id, sizeof(id));
+  if (m2mpsk_keystore_lookup(ks, id, NULL, 0, NULL, 0, NULL, NULL, NULL) !=
+          M2MPSK_E_NOT_FOUND ||
+      m2mpsk_keystore_lookup(ks, "pre@bench.example.com", NULL, 0, NULL, 0,
+                             NULL, NULL, NULL) != M2MPSK_OK)
+    fatal("the keystore holds a record it should not, or lost one");
+}
+
+/* ---- keystore built one record at a time --------------------------------- */
+
+static void ks_add_key(long i, uint64_t *seed, char *id, size_t cap,
+                       uint8_t key[32]) {
+  ks_id(i, id, cap);
+  for (int j = 0; j < 4; j++) {
+    uint64_t v = splitmix(seed);
+    memcpy(key + j * 8, &v, 8);
+  }
+}
+
+/* m2mpsk_keystore_add of `count` records (32-byte keys) into one keystore,
+ * then lookups of random KpsaIDs, then m2mpsk_keystore_free: the time of
+ * each, and the memory per record. Once the unit suite's
+ * keystore.one_million_records. */
+static void keystore_add_bench(const bench_params *bp) {
+  long count = bp->ks_records;
+  m2mpsk_keystore *ks;
+  if (m2mpsk_keystore_new(&ks, 0) != M2MPSK_OK)
+    fatal("m2mpsk_keystore_new failed");
+  char id[64];
+  uint8_t key[32];
+  uint64_t seed = 7;
+  double h0 = heap_in_use(), r0 = rss_bytes();
+  double c0 = cpu_seconds(), w0 = wall_seconds();
+  for (long i = 0; i < count; i++) {
+    ks_add_key(i, &seed, id, sizeof(id), key);
+    int rc = m2mpsk_keystore_add(ks, id, key, sizeof(key), NULL,
+                                 "//m2m.example.com/cse-in", 0, 0);
+    if (rc != M2MPSK_OK)
+      fatal("m2mpsk_keystore_add %s: %s", id, m2mpsk_strerror(rc));
+  }
+  double c1 = cpu_seconds(), w1 = wall_seconds();
+  /* What making the ids and keys cost, measured apart and subtracted. */
+  seed = 7;
+  volatile uint8_t sink = 0;
+  for (long i = 0; i < count; i++) {
+    ks_add_key(i, &seed, id, sizeof(id), key);
+    sink = (uint8_t)(sink + key[i & 31] + (uint8_t)id[3]);
+  }
+  double add_cpu = (c1 - c0) - (cpu_seconds() - c1);
+  double add_wall = (w1 - w0) - (wall_seconds() - w1);
+  double heap_pr = (heap_in_use() - h0) / (double)count;
+  double rss_pr = (rss_bytes() - r0) / (double)count;
+  double key_pr = (double)m2mpsk_keystore_key_memory(ks) / (double)count;
+  int locked = m2mpsk_keystore_is_locked(ks);
+  if ((long)m2mpsk_keystore_count(ks) != count)
+    fatal("keystore holds %zu records after %ld adds",
+          m2mpsk_keystore_count(ks), count);
+  ks_id(count, id, sizeof(id));
+  if (m2mpsk_keystore_lookup(ks, id, NULL, 0, NULL, 0, NULL, NULL, NULL) !=
+      M2MPSK_E_NOT_FOUND)
+    fatal("%s found, though never added", id);
+  for (long i = 0; i < count; i++) {
+    ks_id(i, id, sizeof(id));
+    if (m2mpsk_keystore_lookup(ks, id, NULL, 0, NULL, 0, NULL, NULL, NULL) !=
+        M2MPSK_OK)
+      fatal("%s not found after it was added", id);
+  }
+  double cpu_ns;
+  double ns = lookup_ns(ks, count, bp->lookups, 1, 0, &cpu_ns);
+  double f0 = wall_seconds();
+  m2mpsk_keystore_free(ks);
+  double free_s = wall_seconds() - f0;
+  printf("add %ld records one by one: %.2f s wall, %.3f us CPU per add; "
+         "lookup %.0f ns CPU (%.0f ns wall); free %.3f s\n"
+         "per record: locked key memory %.1f B (target < 70 B), heap %.1f B, "
+         "RSS growth %.1f B; is_locked %d\n",
+         count, add_wall, add_cpu * 1e6 / (double)count, cpu_ns, ns, free_s,
+         key_pr, heap_pr, rss_pr, locked);
+  json("{\"kind\":\"ks_add\",\"records\":%ld,\"add_wall\":%.4f,"
+       "\"add_cpu_us\":%.4f,\"lookup_cpu_ns\":%.1f,\"lookup_ns\":%.1f,"
+       "\"free_s\":%.4f,\"locked_per_record\":%.2f,"
+       "\"heap_per_record\":%.2f,\"rss_per_record\":%.2f,\"is_locked\":%d}",
+       count, add_wall, add_cpu * 1e6 / (double)count, cpu_ns, ns, free_s,
+       key_pr, heap_pr, rss_pr, locked);
+}
+
 static void keystore_bench(const bench_params *bp) {
   char path[4096];
   long count = bp->ks_records;
@@ -917,7 +1022,13 @@ static void keystore_bench(const bench_params *bp) {
   for (int r = 0; r < bp->ks_reps; r++) {
     m2mpsk_keystore *ks;
     size_t line = 0;
-    if (m2mpsk_keystore_new(&ks, 0) != M2MPSK_OK)
+    /* The file is merged into a keystore that already holds a record, as
+     * a service adding a file to what it has would. */
+    static const uint8_t pre_key[16] = {1};
+    if (m2mpsk_keystore_new(&ks, 0) != M2MPSK_OK ||
+        m2mpsk_keystore_add(ks, "pre@bench.example.com", pre_key,
+                            sizeof(pre_key), NULL, BENCH_ID_B, 0,
+                            0) != M2MPSK_OK)
       fatal("m2mpsk_keystore_new failed");
     double h0 = heap_in_use(), r0 = rss_bytes();
     double c0 = cpu_seconds(), w0 = wall_seconds();
@@ -926,6 +1037,7 @@ static void keystore_bench(const bench_params *bp) {
     load_cpu[r] = cpu_seconds() - c0;
     if (rc != M2MPSK_OK)
       fatal("loading %s: %s (line %zu)", path, m2mpsk_strerror(rc), line);
+    ks_check_loaded(ks, count);
     heap_pr = (heap_in_use() - h0) / (double)count;
     rss_pr = (rss_bytes() - r0) / (double)count;
     key_pr = (double)m2mpsk_keystore_key_memory(ks) / (double)count;
@@ -960,8 +1072,8 @@ static void keystore_bench(const bench_params *bp) {
   printf("lookup (m2mpsk_keystore_lookup, random KpsaID of %ld): CPU time "
          "1 thread %.0f ns, 2 threads %.0f ns each (min %.0f, max %.0f); "
          "wall 1 thread %.0f ns, 2 threads %.0f ns (min %.0f, max %.0f)\n",
-         count, sc1.median, sc2.median, sc2.min, sc2.max, s1.median,
-         s2.median, s2.min, s2.max);
+         count, sc1.median, sc2.median, sc2.min, sc2.max, s1.median, s2.median,
+         s2.min, s2.max);
   json("{\"kind\":\"ks_lookup\",\"records\":%ld,\"lookups\":%ld,"
        "\"ns1_median\":%.1f,\"ns2_median\":%.1f,\"ns2_min\":%.1f,"
        "\"ns2_max\":%.1f,\"cpu1_median\":%.1f,\"cpu2_median\":%.1f,"
@@ -1041,7 +1153,7 @@ static void usage(FILE *f) {
       "  Handshake CPU (both sides, responder alone), memory per\n"
       "  association, application data, 2 threads against 1 and the\n"
       "  keystore at scale, m2mpsk against raw BoringSSL and OpenSSL 3\n"
-      "  in one run. LIST: hs,mem,tp,thr,ks (default all). CASE: 0-3.\n",
+      "  in one run. LIST: hs,mem,tp,thr,ks,ksadd (default all). CASE: 0-3.\n",
       f);
 }
 
@@ -1056,8 +1168,8 @@ static void modules_dir(char *out, size_t cap) {
 }
 
 int main(int argc, char **argv) {
-  bench_params bp = {0,      7,    2000, 500, 10000, 1000000, 3,
-                     500000, 8 << 20, 2000, NULL, "/tmp"};
+  bench_params bp = {0, 7,      2000,    500,  10000, 1000000,
+                     3, 500000, 8 << 20, 2000, NULL,  "/tmp"};
   char moddir[4096] = "";
   const char *json_path = NULL;
   for (int i = 1; i < argc; i++) {
@@ -1104,13 +1216,12 @@ int main(int argc, char **argv) {
     fatal("cannot write %s", json_path);
   json("{\"kind\":\"run\",\"m2mpsk\":\"%s\",\"backend\":\"%s\","
        "\"boringssl\":\"%s\",\"openssl\":\"%s\",\"quick\":%d,\"reps\":%d}",
-       m2mpsk_version_string(), m2mpsk_backend_name(),
-       g_bssl.ops->version(), g_ossl.ops->version(), bp.quick, bp.reps);
+       m2mpsk_version_string(), m2mpsk_backend_name(), g_bssl.ops->version(),
+       g_ossl.ops->version(), bp.quick, bp.reps);
   printf("m2mpsk-bench: m2mpsk %s (backend %s) against raw %s and raw %s, "
          "one process, one run%s\n",
-         m2mpsk_version_string(), m2mpsk_backend_name(),
-         g_bssl.ops->version(), g_ossl.ops->version(),
-         bp.quick ? " (--quick)" : "");
+         m2mpsk_version_string(), m2mpsk_backend_name(), g_bssl.ops->version(),
+         g_ossl.ops->version(), bp.quick ? " (--quick)" : "");
 
   if (section_on(&bp, "hs")) {
     calibrate_sections();
@@ -1124,8 +1235,8 @@ int main(int argc, char **argv) {
            "ossl/m2m: raw OpenSSL 3 over m2mpsk (times faster). Ratios are "
            "per repetition.\n\n",
            bp.reps, RESP_SECTIONS, g_section_cost * 1e9);
-    printf("%-15s %-9s %5s  %-9s %8s %8s %8s %8s\n", "case", "side", "N",
-           "who", "median", "min", "max", "hs/s");
+    printf("%-15s %-9s %5s  %-9s %8s %8s %8s %8s\n", "case", "side", "N", "who",
+           "median", "min", "max", "hs/s");
     for (size_t i = 0; i < N_CASES; i++)
       time_case(&k_cases[i], &bp);
   }
@@ -1159,6 +1270,10 @@ int main(int argc, char **argv) {
   if (section_on(&bp, "ks")) {
     printf("\nKeystore\n\n");
     keystore_bench(&bp);
+  }
+  if (section_on(&bp, "ksadd")) {
+    printf("\nKeystore built one record at a time\n\n");
+    keystore_add_bench(&bp);
   }
   if (g_json != NULL)
     fclose(g_json);

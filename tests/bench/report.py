@@ -179,6 +179,11 @@ def main():
                         "%.2f s for %d records%s" % (ks["wall_median"], ks["records"],
                                                      "" if scale == 1 else " (%.2f s scaled)" % (ks["wall_median"] * scale)),
                         ks["wall_median"] * scale <= 2.0))
+    ka = one(rows, kind="ks_add")
+    if ka:
+        targets.append(("Keystore built one record at a time: < 70 B locked per record",
+                        "%.1f B over %d records" % (ka["locked_per_record"], ka["records"]),
+                        ka["locked_per_record"] < 70))
     kl = one(rows, kind="ks_lookup")
     if kl:
         if "cpu2_median" in kl:
@@ -345,6 +350,14 @@ def main():
             w("| lookup latency (wall clock), 1 thread | %.0f ns |" % kl["ns1_median"])
             w("| lookup latency (wall clock), 2 threads at once | %.0f ns each (%.0f–%.0f) |" % (
                 kl["ns2_median"], kl["ns2_min"], kl["ns2_max"]))
+        if ka:
+            w("| records added one at a time (`m2mpsk_keystore_add`) | %d: %.2f s wall, %.3f µs CPU per add |" % (
+                ka["records"], ka["add_wall"], ka["add_cpu_us"]))
+            w("| then: locked key memory, heap, resident set growth per record | %.1f B, %.1f B, %.1f B |" % (
+                ka["locked_per_record"], ka["heap_per_record"], ka["rss_per_record"]))
+            w("| then: lookup of a random KpsaID (1 thread, CPU; wall) | %.0f ns; %.0f ns |" % (
+                ka["lookup_cpu_ns"], ka["lookup_ns"]))
+            w("| then: `m2mpsk_keystore_free` | %.3f s |" % ka["free_s"])
         ml = one(rows, kind="ks_memlock")
         if ml:
             lim = lambda v: "unlimited" if v < 0 else "%d B (%.1f MiB)" % (v, v / 1048576)

@@ -105,6 +105,8 @@ int fz_handshake(m2mpsk_assoc *a, m2mpsk_assoc *b, uint64_t *now, fz_tap tap,
 /* With M2MPSK_FUZZ_DEBUG set in the environment, prints the state and
  * failure of `a` to stderr (to check what a seed reaches). */
 void fz_debug(const m2mpsk_assoc *a, const char *where);
+/* The same for a line of its own. */
+void fz_note(const char *what);
 
 /* ---- fixtures ------------------------------------------------------------ */
 

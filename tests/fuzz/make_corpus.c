@@ -1,6 +1,10 @@
-/* Writes the seed corpus of every fuzz target into OUTDIR/<target>/:
+/* Writes the seed corpus of every fuzz target into OUTDIR/<target>/, or of
+ * the TARGETs named only:
  *
- *   make_corpus OUTDIR
+ *   make_corpus OUTDIR [TARGET...]
+ *
+ * fuzz_dtls_listen's and fuzz_renegotiate's seeds need the OpenSSL backend:
+ * write them from a build configured with -DM2MPSK_TLS=openssl.
  *
  * The transport seeds are transcripts of real in-memory handshakes between
  * two m2mpsk associations, TLS and DTLS, one per cipher suite and per kind
@@ -19,10 +23,22 @@
 
 static const char *outdir;
 static size_t nfiles;
+static char **only; /* the targets to write, NULL-terminated; NULL: all */
+
+static int wanted(const char *target) {
+  if (only == NULL)
+    return 1;
+  for (char **t = only; *t != NULL; t++)
+    if (strcmp(*t, target) == 0)
+      return 1;
+  return 0;
+}
 
 static void write_seed(const char *target, const char *name, const uint8_t *p,
                        size_t n) {
   char path[512];
+  if (!wanted(target))
+    return;
   snprintf(path, sizeof(path), "%s/%s", outdir, target);
   if (mkdir(path, 0755) != 0 && errno != EEXIST) {
     perror(path);
@@ -44,8 +60,8 @@ typedef struct tape {
   uint8_t buf[65536];
   size_t len;
   int pieces;
-  size_t split;  /* TLS: cut each piece into chunks of this size (0: whole) */
-  int flags;     /* chunk flags for every chunk after the first */
+  size_t split; /* TLS: cut each piece into chunks of this size (0: whole) */
+  int flags;    /* chunk flags for every chunk after the first */
 } tape;
 
 static void record(void *ctx, const m2mpsk_assoc *from, const uint8_t *p,
@@ -67,7 +83,7 @@ static void record(void *ctx, const m2mpsk_assoc *from, const uint8_t *p,
 static m2mpsk_keystore *generator_ks(void) {
   static m2mpsk_keystore *ks;
   if (ks == NULL) {
-    const char *ids[] = {FZ_KPSA_ID,    FZ_KPSA_NOIDA, FZ_KPSA_REVOKED,
+    const char *ids[] = {FZ_KPSA_ID,     FZ_KPSA_NOIDA, FZ_KPSA_REVOKED,
                          FZ_KPSA_WINDOW, FZ_KPSA_OTHER, FZ_KPSA_UNKNOWN};
     fz_check(m2mpsk_keystore_new(&ks, 0) == M2MPSK_OK, "keystore_new");
     for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {
@@ -75,11 +91,11 @@ static m2mpsk_keystore *generator_ks(void) {
                         : strcmp(ids[i], FZ_KPSA_OTHER) == 0 ? FZ_IDB_OTHER
                                                              : FZ_IDB;
       int window = strcmp(ids[i], FZ_KPSA_WINDOW) == 0;
-      fz_check(m2mpsk_keystore_add(
-                   ks, ids[i], fz_key, sizeof(fz_key),
-                   strcmp(ids[i], FZ_KPSA_NOIDA) == 0 ? NULL : FZ_IDA, idb,
-                   window ? FZ_WINDOW_NB : 0, window ? FZ_WINDOW_NA : 0) ==
-                   M2MPSK_OK,
+      fz_check(m2mpsk_keystore_add(ks, ids[i], fz_key, sizeof(fz_key),
+                                   strcmp(ids[i], FZ_KPSA_NOIDA) == 0 ? NULL
+                                                                      : FZ_IDA,
+                                   idb, window ? FZ_WINDOW_NB : 0,
+                                   window ? FZ_WINDOW_NA : 0) == M2MPSK_OK,
                "keystore_add");
     }
   }
@@ -124,8 +140,8 @@ static void transcript(const hs_opts *o, tape *t) {
     /* Append the first chunk once more, flagged to fire the timer first:
      * what a retransmitting peer sends. */
     size_t first = (((size_t)t->buf[0] & 0x3f) << 8) | t->buf[1];
-    size_t at = fz_put_chunk(t->buf, sizeof(t->buf), t->len, t->buf + 2,
-                             first, 0x80);
+    size_t at =
+        fz_put_chunk(t->buf, sizeof(t->buf), t->len, t->buf + 2, first, 0x80);
     fz_check(at != 0, "tape full");
     t->len = at;
   }
@@ -279,20 +295,24 @@ static size_t app_record(m2mpsk_transport tr, uint8_t *out, size_t cap) {
 
 static void appdata_seeds(void) {
   static const uint8_t hello[] = {0, 5, 'h', 'e', 'l', 'l', 'o', 3, 255};
-  static const uint8_t talk[] = {0, 5, 'h', 'e', 'l', 'l', 'o', 3, 255,
-                                 4, 5, 'w', 'o', 'r', 'l', 'd', 3, 0,
-                                 6, 3, 255};
-  static const uint8_t corrupt[] = {2, 0, 11, 0x55, 5, 'h', 'e', 'l', 'l',
-                                    'o', 3, 255};
-  static const uint8_t truncated[] = {2, 1, 9, 0, 5, 'h', 'e', 'l', 'l',
-                                      'o', 0, 2, 'o', 'k', 3, 255};
+  static const uint8_t talk[] = {0,   5,   'h', 'e', 'l', 'l', 'o',
+                                 3,   255, 4,   5,   'w', 'o', 'r',
+                                 'l', 'd', 3,   0,   6,   3,   255};
+  static const uint8_t corrupt[] = {2,   0,   11,  0x55, 5, 'h',
+                                    'e', 'l', 'l', 'o',  3, 255};
+  static const uint8_t truncated[] = {2,   1,   9, 0, 5,   'h', 'e', 'l',
+                                      'l', 'o', 0, 2, 'o', 'k', 3,   255};
   static const uint8_t replay[] = {2, 2, 0, 0, 4, 'p', 'i', 'n', 'g', 3, 255};
-  static const uint8_t reorder[] = {2, 3, 0, 0, 1, 'a', 2, 3, 0, 0, 1, 'b',
-                                    3, 255, 3, 255};
+  static const uint8_t reorder[] = {2, 3, 0, 0,   1, 'a', 2, 3,
+                                    0, 0, 1, 'b', 3, 255, 3, 255};
   static const uint8_t close_me[] = {0, 2, 'h', 'i', 5, 3, 255, 4, 1, 'x'};
   static const uint8_t revoke[] = {0, 2, 'h', 'i', 8, 3, 255, 4, 1, 'x'};
   static const uint8_t expire[] = {0, 2, 'h', 'i', 7, 200, 3, 255, 4, 1, 'x'};
   static const uint8_t big[] = {4, 255, 'A', 3, 255};
+  static const uint8_t peer_alert[] = {0, 2, 'h', 'i', 9, 0, 3, 255};
+  static const uint8_t peer_closed[] = {0, 2,   'h', 'i', 9,  1,
+                                        3, 255, 4,   1,   'x'};
+  static const uint8_t renegotiate[] = {0, 2, 'h', 'i', 10, 3, 255, 4, 1, 'x'};
   static const struct {
     const char *name;
     const uint8_t *ops;
@@ -309,6 +329,9 @@ static void appdata_seeds(void) {
       {"revoke", revoke, sizeof(revoke), 0},
       {"expire", expire, sizeof(expire), 64},
       {"short-write", big, sizeof(big), 0},
+      {"peer-alert", peer_alert, sizeof(peer_alert), 0},
+      {"peer-fails-closed", peer_closed, sizeof(peer_closed), 0},
+      {"renegotiate-in-clear", renegotiate, sizeof(renegotiate), 0},
   };
   uint8_t out[1024];
   char name[128];
@@ -316,13 +339,15 @@ static void appdata_seeds(void) {
   for (int d = 0; d < 2; d++) {
     for (int resp = 0; resp < 2; resp++) {
       for (size_t i = 0; i < sizeof(seqs) / sizeof(seqs[0]); i++, k++) {
-        /* Every combination would be 40 seeds; each sequence runs on two
-         * of the four (transport, side) pairs, suites in turn. */
-        if ((i + (size_t)d + (size_t)resp) % 2 != 0)
+        /* Every combination would be 52 seeds; each of the first ten
+         * sequences runs on two of the four (transport, side) pairs, the
+         * alerts and renegotiation attempts on all four, suites in
+         * turn. */
+        if (i < 10 && (i + (size_t)d + (size_t)resp) % 2 != 0)
           continue;
         size_t suite = k % m2mpsk_suite_count();
-        out[0] = (uint8_t)(d | (resp << 1) | (int)(suite << 2) |
-                           seqs[i].opts_or);
+        out[0] =
+            (uint8_t)(d | (resp << 1) | (int)(suite << 2) | seqs[i].opts_or);
         memcpy(out + 1, seqs[i].ops, seqs[i].len);
         snprintf(name, sizeof(name), "%s-%s-%s", d ? "dtls" : "tls",
                  resp ? "responder" : "initiator", seqs[i].name);
@@ -339,9 +364,140 @@ static void appdata_seeds(void) {
     fz_check(at != 0, "raw seed");
     out[at++] = 3;
     out[at++] = 255;
-    write_seed("fuzz_appdata", d ? "dtls-responder-foreign-record"
-                                 : "tls-responder-foreign-record",
+    write_seed("fuzz_appdata",
+               d ? "dtls-responder-foreign-record"
+                 : "tls-responder-foreign-record",
                out, at);
+  }
+}
+
+/* ---- the DTLS cookie exchange -------------------------------------------- */
+
+#define LISTEN_TAG "192.0.2.7:5684" /* fuzz_dtls_listen.c's TAG */
+
+/* A real exchange: the initiator's first ClientHello (no cookie), the
+ * HelloVerifyRequest m2mpsk_dtls_listen answers, the second ClientHello
+ * (with the cookie, valid in this process only), then the handshake with
+ * the association made for it, recording everything the initiator sends
+ * after the ClientHellos. Only with a backend that has the exchange. */
+static void listen_seeds(void) {
+  const char *target = "fuzz_dtls_listen";
+  m2mpsk_config *cfg = fz_responder_cfg(0);
+  uint8_t ch1[2048], ch2[2048], hvr[512];
+  size_t ch1_len = 0, ch2_len = 0, hvr_len = 0;
+  if (!wanted(target) ||
+      m2mpsk_dtls_listen(cfg, LISTEN_TAG, (const uint8_t *)"x", 1, hvr,
+                         sizeof(hvr), &hvr_len) == M2MPSK_E_UNSUPPORTED)
+    return;
+  m2mpsk_assoc *a = NULL, *b = NULL;
+  fz_check(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR, M2MPSK_TRANSPORT_DTLS,
+                            fz_initiator_cfg(), fz_initiator_ks(),
+                            FZ_KPSA_ID) == M2MPSK_OK,
+           "assoc_new");
+  uint64_t now = FZ_T0;
+  fz_check(m2mpsk_assoc_start(a, now, FZ_UNIX_TIME) == M2MPSK_OK, "start");
+  fz_check(m2mpsk_assoc_drain(a, ch1, sizeof(ch1), &ch1_len) == M2MPSK_OK,
+           "first ClientHello");
+  fz_check(m2mpsk_dtls_listen(cfg, LISTEN_TAG, ch1, ch1_len, hvr, sizeof(hvr),
+                              &hvr_len) == M2MPSK_E_AGAIN,
+           "HelloVerifyRequest");
+  fz_check(m2mpsk_assoc_feed(a, hvr, hvr_len, now) == M2MPSK_OK, "feed HVR");
+  fz_check(m2mpsk_assoc_drain(a, ch2, sizeof(ch2), &ch2_len) == M2MPSK_OK,
+           "second ClientHello");
+  size_t n;
+  fz_check(m2mpsk_dtls_listen(cfg, LISTEN_TAG, ch2, ch2_len, hvr, sizeof(hvr),
+                              &n) == M2MPSK_OK,
+           "cookie accepted");
+  fz_check(m2mpsk_assoc_new(&b, M2MPSK_ROLE_RESPONDER, M2MPSK_TRANSPORT_DTLS,
+                            cfg, fz_responder_ks(), NULL) == M2MPSK_OK,
+           "assoc_new");
+  fz_check(m2mpsk_assoc_set_peer_tag(b, LISTEN_TAG) == M2MPSK_OK, "peer tag");
+  fz_check(m2mpsk_assoc_start(b, now, FZ_UNIX_TIME) == M2MPSK_OK, "start");
+  fz_check(m2mpsk_assoc_feed(b, ch2, ch2_len, now) == M2MPSK_OK, "feed CH");
+  static tape rest;
+  memset(&rest, 0, sizeof(rest));
+  rest.from = a;
+  fz_check(fz_handshake(a, b, &now, record, &rest), "handshake");
+  m2mpsk_assoc_free(a);
+  m2mpsk_assoc_free(b);
+
+  /* Seeds: opts byte, then the chosen datagrams as chunks. */
+  static uint8_t out[65536 + 4096];
+  struct {
+    const char *name;
+    uint8_t opts;
+    int first;  /* 1: ch1, 2: ch2, 3: ch1 then ch2, 4: ch1 cut short */
+    int append; /* the rest of the handshake */
+  } seeds[] = {
+      {"no-cookie", 0, 1, 0},
+      {"stale-cookie", 0, 2, 0},
+      {"no-cookie-then-stale", 0, 3, 1},
+      {"answered-no-cookie", 1, 1, 1},
+      {"answered-stale-cookie", 1, 2, 1},
+      {"answered-other-tag", 3, 2, 1},
+      {"answered-reveal", 9, 2, 1},
+      {"small-buffer", 4, 1, 0},
+      {"truncated", 1, 4, 0},
+  };
+  for (size_t i = 0; i < sizeof(seeds) / sizeof(seeds[0]); i++) {
+    size_t at = 1;
+    out[0] = seeds[i].opts;
+    if (seeds[i].first & 1)
+      at = fz_put_chunk(out, sizeof(out), at, ch1, ch1_len, 0);
+    if (seeds[i].first & 2)
+      at = fz_put_chunk(out, sizeof(out), at, ch2, ch2_len, 0);
+    if (seeds[i].first == 4)
+      at = fz_put_chunk(out, sizeof(out), at, ch1, 40, 0);
+    fz_check(at != 0, "listen seed");
+    if (seeds[i].append) {
+      fz_check(at + rest.len <= sizeof(out), "listen seed");
+      memcpy(out + at, rest.buf, rest.len);
+      at += rest.len;
+    }
+    write_seed(target, seeds[i].name, out, at);
+  }
+  /* Not a ClientHello: the initiator's next flight alone. */
+  out[0] = 0;
+  memcpy(out + 1, rest.buf, rest.len);
+  write_seed(target, "not-a-client-hello", out, 1 + rest.len);
+}
+
+/* ---- renegotiation by a raw OpenSSL peer ----------------------------------
+ */
+
+/* Operation sequences for fuzz_renegotiate (its header), over each
+ * transport and side; only OpenSSL builds have the target. */
+static void renegotiate_seeds(void) {
+  static const uint8_t full[] = {0,   2,   'h', 'i', 1,   0, 0,  2,
+                                 'o', 'k', 4,   1,   'x', 3, 255};
+  static const uint8_t abbreviated[] = {1, 1, 0, 2, 'o', 'k', 3, 255};
+  static const uint8_t talk[] = {0,   5,   'h', 'e', 'l', 'l', 'o', 4, 5,  'w',
+                                 'o', 'r', 'l', 'd', 3,   255, 5,   3, 255};
+  static const uint8_t close_me[] = {4, 2, 'h', 'i', 6, 3, 255};
+  static const struct {
+    const char *name;
+    const uint8_t *ops;
+    size_t len;
+  } seqs[] = {{"renegotiate", full, sizeof(full)},
+              {"renegotiate-abbreviated", abbreviated, sizeof(abbreviated)},
+              {"talk-peer-shutdown", talk, sizeof(talk)},
+              {"close", close_me, sizeof(close_me)}};
+  if (strcmp(m2mpsk_backend_name(), "openssl") != 0)
+    return;
+  uint8_t out[64];
+  char name[128];
+  size_t k = 0;
+  for (int d = 0; d < 2; d++) {
+    for (int resp = 0; resp < 2; resp++) {
+      for (size_t i = 0; i < sizeof(seqs) / sizeof(seqs[0]); i++, k++) {
+        size_t suite = k % m2mpsk_suite_count();
+        out[0] = (uint8_t)(d | (resp << 1) | (int)(suite << 2));
+        memcpy(out + 1, seqs[i].ops, seqs[i].len);
+        snprintf(name, sizeof(name), "%s-%s-%s", d ? "dtls" : "tls",
+                 resp ? "responder" : "initiator", seqs[i].name);
+        write_seed("fuzz_renegotiate", name, out, 1 + seqs[i].len);
+      }
+    }
   }
 }
 
@@ -360,7 +516,8 @@ static void keyfile_seeds(void) {
             "# Entity A records\n"
             "\n"
             "kpsa-id=noida@onem2m.com\t"
-            "kpsa=hex:4b70736101020304050607080910111213141516171819202122232425262728 "
+            "kpsa=hex:"
+            "4b70736101020304050607080910111213141516171819202122232425262728 "
             "idb=//m2m.example.com/cse-in ida=//m2m.example.com/cse-in/Cae1 "
             "not-before=2026-01-01T00:00:00Z not-after=1798761600\n"
             "  # indented comment\n"
@@ -398,8 +555,7 @@ static void keyfile_seeds(void) {
   text_seed(t, "unknown-field",
             "kpsa-id=j@onem2m.com kpsa=hex:00112233445566778899aabbccddeeff "
             "idb=/cse-1 colour=blue\n");
-  text_seed(t, "short-key",
-            "kpsa-id=k@onem2m.com kpsa=hex:0011 idb=/cse-1\n");
+  text_seed(t, "short-key", "kpsa-id=k@onem2m.com kpsa=hex:0011 idb=/cse-1\n");
 }
 
 static void identifier_seeds(void) {
@@ -437,11 +593,13 @@ static void identifier_seeds(void) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 2) {
-    fprintf(stderr, "usage: make_corpus OUTDIR\n");
+  if (argc < 2) {
+    fprintf(stderr, "usage: make_corpus OUTDIR [TARGET...]\n");
     return 2;
   }
   outdir = argv[1];
+  if (argc > 2)
+    only = argv + 2;
   if (mkdir(outdir, 0755) != 0 && errno != EEXIST) {
     perror(outdir);
     return 1;
@@ -452,6 +610,8 @@ int main(int argc, char **argv) {
   appdata_seeds();
   keyfile_seeds();
   identifier_seeds();
+  listen_seeds();
+  renegotiate_seeds();
   printf("wrote %zu seeds under %s\n", nfiles, outdir);
   return 0;
 }

@@ -5,6 +5,7 @@
 #
 #   bash tests/fuzz/run.sh BUILD_DIR SECONDS [TARGET...]
 #
+# Without TARGETs, every target the build has (BUILD_DIR/tests/fuzz/targets.txt).
 # BUILD_DIR is a build directory configured with CC=clang -DM2MPSK_FUZZ=ON
 # and built with --target m2mpsk_fuzz. Each target works on a copy of its
 # corpus in a temporary directory, so the repository is never modified;
@@ -24,6 +25,11 @@ shift 2
 here=$(cd "$(dirname "$0")" && pwd)
 bindir=$build/tests/fuzz
 targets=("$@")
+if [ ${#targets[@]} -eq 0 ] && [ -f "$bindir/targets.txt" ]; then
+  # What this build has (tests/fuzz/CMakeLists.txt writes the list): the
+  # OpenSSL backend's builds add fuzz_dtls_listen.
+  mapfile -t targets < <(grep -v '^$' "$bindir/targets.txt")
+fi
 if [ ${#targets[@]} -eq 0 ]; then
   targets=(fuzz_responder_tls fuzz_responder_dtls fuzz_initiator
            fuzz_appdata fuzz_keyfile fuzz_identifiers fuzz_http)
