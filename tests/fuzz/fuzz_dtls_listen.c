@@ -95,11 +95,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       continue;
     size_t n = 0;
     int rc = m2mpsk_dtls_listen(cfg, TAG, c.data, c.len, out, cap, &n);
-    fz_check(rc == M2MPSK_OK || rc == M2MPSK_E_AGAIN ||
-                 rc == M2MPSK_E_INVALID || rc == M2MPSK_E_BUFFER ||
+    fz_check(rc == M2MPSK_LISTEN_ACCEPT || rc == M2MPSK_LISTEN_REPLY ||
+                 rc == M2MPSK_E_PROTOCOL || rc == M2MPSK_E_BUFFER ||
                  rc == M2MPSK_E_NOMEM || rc == M2MPSK_E_INTERNAL,
              "m2mpsk_dtls_listen returns a documented status");
-    if (rc == M2MPSK_E_AGAIN) {
+    if (rc == M2MPSK_LISTEN_REPLY) {
       fz_check(n > 0 && n <= cap, "HelloVerifyRequest within the buffer");
       size_t len = (opts & 1) ? splice_cookie(c.data, c.len, out, n, spliced,
                                               sizeof(spliced))
@@ -114,7 +114,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       admitted_len = c.len;
     } else {
       /* Garbage is dropped, and nothing is written for it. */
-      fz_check(n == 0, "no answer without M2MPSK_E_AGAIN");
+      fz_check(n == 0, "no answer without M2MPSK_LISTEN_REPLY");
     }
   }
   if (admitted == NULL) {

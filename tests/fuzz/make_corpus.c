@@ -399,7 +399,7 @@ static void listen_seeds(void) {
   fz_check(m2mpsk_assoc_drain(a, ch1, sizeof(ch1), &ch1_len) == M2MPSK_OK,
            "first ClientHello");
   fz_check(m2mpsk_dtls_listen(cfg, LISTEN_TAG, ch1, ch1_len, hvr, sizeof(hvr),
-                              &hvr_len) == M2MPSK_E_AGAIN,
+                              &hvr_len) == M2MPSK_LISTEN_REPLY,
            "HelloVerifyRequest");
   fz_check(m2mpsk_assoc_feed(a, hvr, hvr_len, now) == M2MPSK_OK, "feed HVR");
   fz_check(m2mpsk_assoc_drain(a, ch2, sizeof(ch2), &ch2_len) == M2MPSK_OK,
