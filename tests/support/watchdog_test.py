@@ -62,9 +62,10 @@ rc, out, secs = run(["--", probe, "--verbose",
 check("left-over process killed and reported",
       rc == 0 and "the tests left running" in out, out)
 
-# 5. A child of the runner stuck before exec (what BoxFort's worker does
-#    when the ASan allocator deadlocks after fork): detected after
-#    --spawn-stall, reported, retried, and a failure if it persists.
+# 5. A child of the runner stuck before exec (what a BoxFort worker would
+#    look like if it blocked between fork and exec): detected after
+#    --spawn-stall, reported, retried when asked, and a failure if it
+#    persists.
 stuck = ("import os, time\n"
          "if os.fork() == 0:\n"
          "    time.sleep(60)\n"
@@ -73,8 +74,15 @@ stuck = ("import os, time\n"
 rc, out, secs = run(["--spawn-stall", "1", "--retries", "1", "--",
                      sys.executable, "-c", stuck])
 check("stuck spawn: detected, retried once, exit 125 in %.1f s" % secs,
-      rc == 125 and secs < 30 and out.count("stuck between fork and exec") == 2
+      rc == 125 and secs < 30 and out.count("has been stuck between fork and exec") == 2
       and "running it again (1 of 1)" in out, out)
 
-print("%d passed, %d failed" % (5 - failures, failures))
+# 6. By default, no second run: the first stuck spawn fails the test.
+rc, out, secs = run(["--spawn-stall", "1", "--", sys.executable, "-c", stuck])
+check("stuck spawn, default: fails at once, exit 125 in %.1f s" % secs,
+      rc == 125 and secs < 20 and
+      out.count("has been stuck between fork and exec") == 1 and
+      "running it again" not in out, out)
+
+print("%d passed, %d failed" % (6 - failures, failures))
 sys.exit(1 if failures else 0)
