@@ -36,16 +36,18 @@
  * only chooses durations. It also checks that timer on its own at every
  * record read (dtls1_read_bytes()). So here the timer runs on the
  * caller's clock: DTLS_set_timer_cb() mirrors OpenSSL's 1 s, doubling, 60 s
- * schedule into the engine and gives OpenSSL itself an hour, so that its
- * wall-clock timer never fires; dtls1_start_timer() reports each (re)start
+ * schedule into the engine; dtls1_start_timer() reports each (re)start
  * through BIO_CTRL_DGRAM_SET_NEXT_TIMEOUT, which arms our deadline on the
- * injected clock; and when that deadline passes, on_timer marks OpenSSL's
- * timer expired through the pointer that control passed us (OpenSSL 3.0
- * passes &s->d1->next_timeout itself) before DTLSv1_handle_timeout(). That
- * pointer is only used where it is known to be the field: OpenSSL 3.0.x,
- * checked at build and run time (3.2 passes a copy on its stack). Anywhere
- * else the backend falls back to OpenSSL's own wall-clock timer, reported
- * through DTLSv1_get_timeout().
+ * injected clock and moves OpenSSL's own deadline out of reach of any
+ * system clock (through the pointer that control passes: OpenSSL 3.0 passes
+ * &s->d1->next_timeout itself), so that its wall-clock timer never fires;
+ * and when our deadline passes, on_timer marks OpenSSL's timer expired
+ * through the same pointer before DTLSv1_handle_timeout(). That pointer is
+ * only used where it is known to be the field: OpenSSL 3.0.x, checked at
+ * build and run time (3.2 passes a copy on its stack). Anywhere else the
+ * backend falls back to OpenSSL's own wall-clock timer, reported through
+ * DTLSv1_get_timeout(): the exception include/m2mpsk/m2mpsk.h states, and
+ * tests/test_clock.c fails there.
  *
  * Differences from the BoringSSL backend:
  * - OpenSSL 3 has no public call that sends a fatal alert (BoringSSL's
@@ -107,6 +109,12 @@ static const m2mpsk_engine_hooks *g_hooks;
 /* Whether DTLS timers may be steered through OpenSSL's own deadline (see
  * the header comment); set with g_hooks. */
 static int g_steer;
+
+/* While we steer: the duration OpenSSL's own timer is started with (an
+ * hour), and the deadline it is then moved to (some 34,000 years after
+ * 1970), so that no system clock, however it jumps, expires it. */
+#define WALL_TIMER_US 3600000000u
+#define WALL_FAR ((time_t)1 << 40)
 
 /* DTLS cookies: the length sent, and the secret they are made with. */
 #define COOKIE_LEN 16
@@ -275,8 +283,11 @@ static void timer_event(m2mpsk_engine *e, struct timeval *tv) {
   }
   e->timer_on = 1;
   e->deadline_ms = t_now_ms + e->duration_ms;
-  if (g_steer)
+  if (g_steer) {
+    tv->tv_sec = WALL_FAR;
+    tv->tv_usec = 0;
     e->ossl_deadline = tv;
+  }
 }
 
 static long backend_ctrl(m2mpsk_engine *e, int cmd, void *parg) {
@@ -293,10 +304,6 @@ static void backend_on_data(m2mpsk_engine *e) {
 }
 
 /* ---- clock --------------------------------------------------------------- */
-
-/* What OpenSSL's own wall-clock timer gets while we steer it: longer than
- * any handshake, so it never fires by itself. */
-#define WALL_TIMER_US 3600000000u
 
 /* OpenSSL's schedule (RFC 6347 §4.2.4.1): 1 s, doubling, at most 60 s.
  * prev_us is 0 when a timer starts afresh. */
