@@ -12,6 +12,14 @@
  * The library is sans-IO: it opens no socket and reads no clock. The caller
  * feeds received bytes (or one datagram per call), drains bytes (or one
  * datagram per call) to send, and passes a monotonic time in milliseconds.
+ * One exception: the OpenSSL engine, built or run with an OpenSSL other
+ * than 3.0.x, leaves DTLS retransmission to OpenSSL's own timer, which
+ * reads the system clock (gettimeofday()): there
+ * m2mpsk_assoc_next_timeout() reports, and m2mpsk_assoc_handle_timeout()
+ * and m2mpsk_assoc_feed() act on, OpenSSL's deadlines as that clock
+ * measures them. With BoringSSL, and with OpenSSL 3.0.x, retransmissions
+ * follow the caller's clock alone (tests/test_clock.c checks it, and fails
+ * where the exception applies).
  *
  * Conventions that hold for every function below:
  *  - Status codes are negative ints (enum m2mpsk_status); M2MPSK_OK is 0.

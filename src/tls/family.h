@@ -7,6 +7,7 @@
 #define M2MPSK_TLS_FAMILY_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "m2mpsk/m2mpsk.h"
@@ -169,5 +170,55 @@ __attribute__((noinline)) static void family_burn_stack(void) {
   /* Keep the array, and the wipe, from being optimised away. */
   __asm__ __volatile__("" : : "r"(dead) : "memory");
 }
+
+/* ---- the engine's common fields ----------------------------------------- */
+
+/* The per-record path is grouped (.text.hot) so that it spans few
+ * instruction-cache lines between the TLS library's own; failure handling
+ * is kept out of its way. */
+#define HOT __attribute__((hot))
+#define COLD __attribute__((cold))
+
+/* Room inside the engine for one small record in flight, in whichever
+ * direction needs it: a 64-byte message in a CBC-SHA1 record takes 117
+ * bytes over TLS, 127 over DTLS with its length prefix. Small messages,
+ * most of M2M traffic, then cost no allocation per record. */
+enum { SMALL_BUF = 128 };
+
+typedef struct bytebuf {
+  uint8_t *p;
+  size_t off; /* start of unread data */
+  size_t len; /* bytes of unread data */
+  size_t cap;
+} bytebuf;
+
+#define FAMILY_CTX_FIELDS                                                      \
+  SSL_CTX *ssl_ctx;                                                            \
+  int dtls;                                                                    \
+  int server
+
+/* The failure detail is "what: name", both static strings (literals, or
+ * the TLS library's tables of alert and reason names): formatted only when
+ * asked for, so that an association carries no text buffer. */
+#define FAMILY_ENGINE_FIELDS                                                   \
+  SSL *ssl;                                                                    \
+  m2mpsk_assoc *owner;                                                         \
+  bytebuf in;                                                                  \
+  bytebuf out;                                                                 \
+  const char *what;                                                            \
+  const char *name;                                                            \
+  m2mpsk_reason reason;                                                        \
+  uint8_t dtls;                                                                \
+  uint8_t server;                                                              \
+  uint8_t nomem;                                                               \
+  uint8_t stopped;     /* abort() ran: nothing more from the library */        \
+  uint8_t established; /* the handshake completed: release emptied buffers */  \
+  /* DTLS responder: a Finished that fails its MAC is dropped silently by      \
+   * DTLS, so a wrong key would look like loss. These spot it. */              \
+  uint8_t psk_given;                                                           \
+  uint8_t key_out; /* a PSK callback gave out the key in this call */          \
+  uint8_t ccs_seen;                                                            \
+  uint8_t bad_finished;                                                        \
+  uint8_t small[SMALL_BUF] /* in.p or out.p, at most one of them */
 
 #endif /* M2MPSK_TLS_FAMILY_H */

@@ -36,16 +36,18 @@
  * only chooses durations. It also checks that timer on its own at every
  * record read (dtls1_read_bytes()). So here the timer runs on the
  * caller's clock: DTLS_set_timer_cb() mirrors OpenSSL's 1 s, doubling, 60 s
- * schedule into the engine and gives OpenSSL itself an hour, so that its
- * wall-clock timer never fires; dtls1_start_timer() reports each (re)start
+ * schedule into the engine; dtls1_start_timer() reports each (re)start
  * through BIO_CTRL_DGRAM_SET_NEXT_TIMEOUT, which arms our deadline on the
- * injected clock; and when that deadline passes, on_timer marks OpenSSL's
- * timer expired through the pointer that control passed us (OpenSSL 3.0
- * passes &s->d1->next_timeout itself) before DTLSv1_handle_timeout(). That
- * pointer is only used where it is known to be the field: OpenSSL 3.0.x,
- * checked at build and run time (3.2 passes a copy on its stack). Anywhere
- * else the backend falls back to OpenSSL's own wall-clock timer, reported
- * through DTLSv1_get_timeout().
+ * injected clock and moves OpenSSL's own deadline out of reach of any
+ * system clock (through the pointer that control passes: OpenSSL 3.0 passes
+ * &s->d1->next_timeout itself), so that its wall-clock timer never fires;
+ * and when our deadline passes, on_timer marks OpenSSL's timer expired
+ * through the same pointer before DTLSv1_handle_timeout(). That pointer is
+ * only used where it is known to be the field: OpenSSL 3.0.x, checked at
+ * build and run time (3.2 passes a copy on its stack). Anywhere else the
+ * backend falls back to OpenSSL's own wall-clock timer, reported through
+ * DTLSv1_get_timeout(): the exception include/m2mpsk/m2mpsk.h states, and
+ * tests/test_clock.c fails there.
  *
  * Differences from the BoringSSL backend:
  * - OpenSSL 3 has no public call that sends a fatal alert (BoringSSL's
@@ -84,11 +86,7 @@
  * and PRF code still leave copies in dead frames (three measured): the
  * handshake step wipes them as BoringSSL's does (family.h). The session
  * keys live in OpenSSL's memory, outside our control. */
-#include <limits.h>
-#include <pthread.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
+#include <stdint.h>
 #include <sys/time.h>
 
 #include <openssl/bio.h>
@@ -112,74 +110,15 @@ static const m2mpsk_engine_hooks *g_hooks;
  * the header comment); set with g_hooks. */
 static int g_steer;
 
-static void ossl_abort(m2mpsk_engine *e, uint8_t alert);
+/* While we steer: the duration OpenSSL's own timer is started with (an
+ * hour), and the deadline it is then moved to (some 34,000 years after
+ * 1970), so that no system clock, however it jumps, expires it. */
+#define WALL_TIMER_US 3600000000u
+#define WALL_FAR ((time_t)1 << 40)
 
 /* DTLS cookies: the length sent, and the secret they are made with. */
 #define COOKIE_LEN 16
 #define COOKIE_SECRET_LEN 32
-
-struct m2mpsk_engine_ctx {
-  SSL_CTX *ssl_ctx;
-  int dtls;
-  int server;
-  /* DTLS responder: drawn at creation, wiped at free; never rotated. */
-  uint8_t cookie_secret[COOKIE_SECRET_LEN];
-};
-
-typedef struct bytebuf {
-  uint8_t *p;
-  size_t off; /* start of unread data */
-  size_t len; /* bytes of unread data */
-  size_t cap;
-} bytebuf;
-
-struct m2mpsk_engine {
-  SSL *ssl;
-  m2mpsk_assoc *owner;
-  int dtls;
-  int server;
-  bytebuf in;
-  bytebuf out;
-  int nomem;
-  int stopped; /* abort() ran: nothing more from OpenSSL */
-  /* DTLS responder: a Finished that fails its MAC is dropped silently by
-   * DTLS, so a wrong key would look like loss. These spot it. */
-  int psk_given;
-  int key_out; /* a PSK callback gave out the key in this call */
-  int ccs_seen;
-  int bad_finished;
-  /* What we sent: whether our records are encrypted yet, and the next
-   * epoch-0 DTLS sequence number (for an alert of our own). TLS records
-   * are followed across writes: out_hdr collects a header, out_skip is
-   * what is left of the current record's body. */
-  int write_encrypted;
-  uint64_t next_seq0;
-  uint8_t out_hdr[5];
-  size_t out_hdr_len;
-  size_t out_skip;
-  /* DTLS retransmission timer on the caller's clock. */
-  int timer_on;
-  uint64_t deadline_ms;
-  uint32_t duration_ms;
-  struct timeval *ossl_deadline; /* OpenSSL's own, when g_steer */
-  /* DTLS responder: the flight that completed the handshake (datagrams,
-   * as sent), kept until the peer shows it has it (see ossl_push). */
-  int capture;
-  bytebuf last_flight;
-  /* DTLS responder, until a ClientHello with a valid cookie: every
-   * handshake step goes through DTLSv1_listen(). listen_tag is the scratch
-   * engine's peer tag (ossl_dtls_listen), else the owner's is asked for.
-   * hello_random is the random of the last ClientHello read while
-   * listening, which the cookie covers. */
-  int listening;
-  const char *listen_tag;
-  int have_random;
-  uint8_t hello_random[32];
-  m2mpsk_reason reason;
-  char detail[160];
-};
-
-/* ---- suites -------------------------------------------------------------- */
 
 static const suite_name k_suites[] = {
     /* Plain PSK: TS-0003's mandated suites first (TLS, then DTLS). */
@@ -213,16 +152,47 @@ static const suite_name k_suites[] = {
      "ECDHE-PSK-CHACHA20-POLY1305"},
 };
 
+struct m2mpsk_engine_ctx {
+  FAMILY_CTX_FIELDS;
+  /* DTLS responder: drawn at creation, wiped at free; never rotated. */
+  uint8_t cookie_secret[COOKIE_SECRET_LEN];
+};
+
+struct m2mpsk_engine {
+  FAMILY_ENGINE_FIELDS;
+  /* What we sent: whether our records are encrypted yet, and the next
+   * epoch-0 DTLS sequence number (for an alert of our own). TLS records
+   * are followed across writes: out_hdr collects a header, out_skip is
+   * what is left of the current record's body. */
+  int write_encrypted;
+  uint64_t next_seq0;
+  uint8_t out_hdr[5];
+  size_t out_hdr_len;
+  size_t out_skip;
+  /* DTLS retransmission timer on the caller's clock. */
+  int timer_on;
+  uint64_t deadline_ms;
+  uint32_t duration_ms;
+  struct timeval *ossl_deadline; /* OpenSSL's own, when g_steer */
+  /* DTLS responder: the flight that completed the handshake (datagrams,
+   * as sent), kept until the peer shows it has it (see ossl_push). */
+  int capture;
+  bytebuf last_flight;
+  /* DTLS responder, until a ClientHello with a valid cookie: every
+   * handshake step goes through DTLSv1_listen(). listen_tag is the scratch
+   * engine's peer tag (ossl_dtls_listen), else the owner's is asked for.
+   * hello_random is the random of the last ClientHello read while
+   * listening, which the cookie covers. */
+  int listening;
+  const char *listen_tag;
+  int have_random;
+  uint8_t hello_random[32];
+};
+
+#include "common.h"
+
 static const char *ossl_backend_name(void) {
   return "openssl";
-}
-
-static size_t ossl_suite_count(void) {
-  return sizeof(k_suites) / sizeof(k_suites[0]);
-}
-
-static const char *ossl_suite_name(size_t i) {
-  return i < ossl_suite_count() ? k_suites[i].iana : NULL;
 }
 
 /* The plain-PSK suites, mandated ones first. */
@@ -232,75 +202,6 @@ static const char *ossl_default_suites(void) {
          "TLS_PSK_WITH_AES_256_CBC_SHA384:TLS_PSK_WITH_AES_128_GCM_SHA256:"
          "TLS_PSK_WITH_AES_256_GCM_SHA384:TLS_PSK_WITH_AES_128_CCM:"
          "TLS_PSK_WITH_AES_256_CCM:TLS_PSK_WITH_AES_256_CCM_8";
-}
-
-/* Translates the IANA list into OpenSSL's names; out may be NULL. */
-static int translate_suites(const char *iana, char *out, size_t cap) {
-  return family_translate_suites(
-      k_suites, sizeof(k_suites) / sizeof(k_suites[0]), iana, out, cap);
-}
-
-static int ossl_check_suites(const char *iana_names) {
-  return translate_suites(iana_names, NULL, 0);
-}
-
-/* ---- buffers ------------------------------------------------------------- */
-
-static int buf_reserve(bytebuf *b, size_t extra) {
-  if (b->off > 0 && b->off + b->len + extra > b->cap) {
-    memmove(b->p, b->p + b->off, b->len);
-    b->off = 0;
-  }
-  if (b->len + extra <= b->cap)
-    return 1;
-  size_t cap = b->cap ? b->cap : 2048;
-  while (cap < b->len + extra) {
-    if (cap > SIZE_MAX / 2)
-      return 0;
-    cap *= 2;
-  }
-  uint8_t *p = realloc(b->p, cap);
-  if (p == NULL)
-    return 0;
-  b->p = p;
-  b->cap = cap;
-  return 1;
-}
-
-static int buf_append(bytebuf *b, const uint8_t *data, size_t len) {
-  if (!buf_reserve(b, len))
-    return 0;
-  memcpy(b->p + b->off + b->len, data, len);
-  b->len += len;
-  return 1;
-}
-
-/* An emptied buffer is released (an idle association holds none). The
- * buffers only hold records as they travel on the wire: nothing to wipe. */
-static void buf_consume(bytebuf *b, size_t n) {
-  b->off += n;
-  b->len -= n;
-  if (b->len == 0) {
-    free(b->p);
-    b->p = NULL;
-    b->off = 0;
-    b->cap = 0;
-  }
-}
-
-static int buf_push_datagram(bytebuf *b, const uint8_t *data, size_t len) {
-  uint8_t hdr[2] = {(uint8_t)(len >> 8), (uint8_t)len};
-  if (len > 0xffff || !buf_reserve(b, len + 2))
-    return 0;
-  buf_append(b, hdr, 2);
-  buf_append(b, data, len);
-  return 1;
-}
-
-static size_t buf_next_datagram(const bytebuf *b) {
-  if (b->len < 2)
-    return 0;
-  return ((size_t)b->p[b->off] << 8) | b->p[b->off + 1];
 }
 
 /* ---- what we send -------------------------------------------------------- */
@@ -347,7 +248,7 @@ static void note_sent_stream(m2mpsk_engine *e, const uint8_t *d, size_t n) {
   }
 }
 
-/* ---- our BIO ------------------------------------------------------------- */
+/* ---- what our BIO does beyond the common one ---------------------------- */
 
 /* A ClientHello in its first fragment: record header (13 bytes), handshake
  * header (12), client_version (2), then the random. DTLSv1_listen() checks
@@ -358,50 +259,18 @@ static void note_hello_random(m2mpsk_engine *e, const uint8_t *d, size_t n) {
     memcpy(e->hello_random, d + 13 + 12 + 2, 32);
 }
 
-static _Thread_local uint64_t t_now_ms;
-
-static int bio_read(BIO *bio, char *out, int outl) {
-  m2mpsk_engine *e = BIO_get_data(bio);
-  BIO_clear_retry_flags(bio);
-  if (e->in.len == 0 || outl <= 0) {
-    BIO_set_retry_read(bio);
-    return -1;
-  }
-  size_t n;
-  if (e->dtls) {
-    size_t dlen = buf_next_datagram(&e->in);
-    n = dlen < (size_t)outl ? dlen : (size_t)outl;
-    memcpy(out, e->in.p + e->in.off + 2, n);
-    if (e->listening)
-      note_hello_random(e, (const uint8_t *)out, n);
-    buf_consume(&e->in, dlen + 2);
-  } else {
-    n = e->in.len < (size_t)outl ? e->in.len : (size_t)outl;
-    memcpy(out, e->in.p + e->in.off, n);
-    buf_consume(&e->in, n);
-  }
-  return (int)n;
+static void backend_on_read(m2mpsk_engine *e, const uint8_t *d, size_t n) {
+  if (e->listening)
+    note_hello_random(e, d, n);
 }
 
-static int bio_write(BIO *bio, const char *data, int len) {
-  m2mpsk_engine *e = BIO_get_data(bio);
-  BIO_clear_retry_flags(bio);
-  if (len < 0)
-    return -1;
-  const uint8_t *d = (const uint8_t *)data;
-  int ok = e->dtls ? buf_push_datagram(&e->out, d, (size_t)len)
-                   : buf_append(&e->out, d, (size_t)len);
-  if (!ok) {
-    e->nomem = 1;
-    return -1;
-  }
+static void backend_on_write(m2mpsk_engine *e, const uint8_t *d, size_t n) {
   if (e->dtls) {
-    note_sent_datagram(e, d, (size_t)len);
-    if (e->capture && !buf_push_datagram(&e->last_flight, d, (size_t)len))
+    note_sent_datagram(e, d, n);
+    if (e->capture && !buf_push_datagram(e, &e->last_flight, d, n))
       e->capture = 0; /* only a retransmission aid: go without */
   } else
-    note_sent_stream(e, d, (size_t)len);
-  return len;
+    note_sent_stream(e, d, n);
 }
 
 /* dtls1_start_timer() and dtls1_stop_timer() report OpenSSL's deadline
@@ -414,68 +283,32 @@ static void timer_event(m2mpsk_engine *e, struct timeval *tv) {
   }
   e->timer_on = 1;
   e->deadline_ms = t_now_ms + e->duration_ms;
-  if (g_steer)
+  if (g_steer) {
+    tv->tv_sec = WALL_FAR;
+    tv->tv_usec = 0;
     e->ossl_deadline = tv;
-}
-
-static long bio_ctrl(BIO *bio, int cmd, long larg, void *parg) {
-  (void)larg;
-  m2mpsk_engine *e = BIO_get_data(bio);
-  switch (cmd) {
-  case BIO_CTRL_FLUSH: return 1;
-  case BIO_CTRL_PENDING: return e ? (long)e->in.len : 0;
-  case BIO_CTRL_WPENDING: return e ? (long)e->out.len : 0;
-  case BIO_CTRL_DGRAM_SET_NEXT_TIMEOUT:
-    if (e != NULL && e->dtls)
-      timer_event(e, parg);
-    return 1;
-  default: return 0;
   }
 }
 
-static int bio_create(BIO *bio) {
-  BIO_set_init(bio, 1);
+static long backend_ctrl(m2mpsk_engine *e, int cmd, void *parg) {
+  if (cmd != BIO_CTRL_DGRAM_SET_NEXT_TIMEOUT)
+    return 0;
+  if (e->dtls)
+    timer_event(e, parg);
   return 1;
 }
 
-/* Built once and kept for the life of the process. Not pthread_once: a
- * failed allocation must leave the next caller free to try again. */
-static BIO_METHOD *g_bio_method;
-static pthread_mutex_t g_bio_lock = PTHREAD_MUTEX_INITIALIZER;
-
-static BIO_METHOD *bio_method(void) {
-  pthread_mutex_lock(&g_bio_lock);
-  if (g_bio_method == NULL) {
-    BIO_METHOD *m =
-        BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "m2mpsk");
-    if (m != NULL &&
-        (!BIO_meth_set_read(m, bio_read) || !BIO_meth_set_write(m, bio_write) ||
-         !BIO_meth_set_ctrl(m, bio_ctrl) ||
-         !BIO_meth_set_create(m, bio_create))) {
-      BIO_meth_free(m);
-      m = NULL;
-    }
-    g_bio_method = m;
-  }
-  BIO_METHOD *m = g_bio_method;
-  pthread_mutex_unlock(&g_bio_lock);
-  return m;
+/* Data from the peer: it has our last flight. */
+static void backend_on_data(m2mpsk_engine *e) {
+  buf_consume(e, &e->last_flight, e->last_flight.len);
 }
 
 /* ---- clock --------------------------------------------------------------- */
 
-/* What OpenSSL's own wall-clock timer gets while we steer it: longer than
- * any handshake, so it never fires by itself. */
-#define WALL_TIMER_US 3600000000u
-
-static void ossl_set_now(uint64_t now_ms) {
-  t_now_ms = now_ms;
-}
-
 /* OpenSSL's schedule (RFC 6347 §4.2.4.1): 1 s, doubling, at most 60 s.
  * prev_us is 0 when a timer starts afresh. */
 static unsigned int timer_cb(SSL *ssl, unsigned int prev_us) {
-  m2mpsk_engine *e = SSL_get_app_data(ssl);
+  m2mpsk_engine *e = engine_of(ssl);
   if (prev_us == 0 || e->duration_ms == 0)
     e->duration_ms = 1000;
   else if ((e->duration_ms *= 2) > 60000)
@@ -483,47 +316,12 @@ static unsigned int timer_cb(SSL *ssl, unsigned int prev_us) {
   return g_steer ? WALL_TIMER_US : e->duration_ms * 1000u;
 }
 
-/* ---- callbacks into assoc.c ---------------------------------------------- */
-
-static unsigned client_psk_cb(SSL *ssl, const char *hint, char *identity,
-                              unsigned max_identity_len, unsigned char *psk,
-                              unsigned max_psk_len) {
-  (void)hint;
-  m2mpsk_engine *e = SSL_get_app_data(ssl);
-  unsigned n = g_hooks->on_client_psk(
-      e->owner, identity, (size_t)max_identity_len + 1, psk, max_psk_len);
-  e->key_out |= n > 0;
-  return n;
-}
-
-static unsigned server_psk_cb(SSL *ssl, const char *identity,
-                              unsigned char *psk, unsigned max_psk_len) {
-  m2mpsk_engine *e = SSL_get_app_data(ssl);
-  unsigned n = g_hooks->on_server_psk(e->owner, identity ? identity : "", psk,
-                                      max_psk_len);
-  if (n > 0)
-    e->psk_given = e->key_out = 1;
-  return n;
-}
-
-static int server_name_cb(SSL *ssl, int *out_alert, void *arg) {
-  (void)arg;
-  m2mpsk_engine *e = SSL_get_app_data(ssl);
-  const char *host = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
-  if (g_hooks->on_server_name(e->owner, host) != 0) {
-    *out_alert = SSL_AD_UNRECOGNIZED_NAME;
-    return SSL_TLSEXT_ERR_ALERT_FATAL;
-  }
-  return SSL_TLSEXT_ERR_OK;
-}
-
-/* ---- DTLS cookies ----------------------------------------------------------
- */
+/* ---- DTLS cookies -------------------------------------------------------- */
 
 /* HMAC-SHA-256(secret, len(tag) || tag || ClientHello.random). The tag is
  * the scratch engine's, or the association's (none counts as ""). */
 static int make_cookie(SSL *ssl, uint8_t mac[32]) {
-  const m2mpsk_engine *e = SSL_get_app_data(ssl);
+  const m2mpsk_engine *e = engine_of(ssl);
   const m2mpsk_engine_ctx *c = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
   if (e == NULL || c == NULL || !e->have_random)
     return 0;
@@ -567,172 +365,44 @@ static int verify_cookie_cb(SSL *ssl, const unsigned char *cookie,
   return ok;
 }
 
-/* ---- contexts ------------------------------------------------------------ */
+/* ---- contexts and connections -------------------------------------------- */
 
-static void ossl_ctx_free(m2mpsk_engine_ctx *ctx);
-
-static int ossl_ctx_new(m2mpsk_engine_ctx **out, m2mpsk_role role,
-                        m2mpsk_transport transport, const char *iana_names) {
-  char list[1024];
-  int rc = translate_suites(iana_names, list, sizeof(list));
-  if (rc != M2MPSK_OK)
-    return rc;
-  if (bio_method() == NULL) {
-    ERR_clear_error();
-    return M2MPSK_E_NOMEM;
-  }
-
-  m2mpsk_engine_ctx *c = calloc(1, sizeof(*c));
-  if (c == NULL)
-    return M2MPSK_E_NOMEM;
-  c->dtls = transport == M2MPSK_TRANSPORT_DTLS;
-  c->server = role == M2MPSK_ROLE_RESPONDER;
-  c->ssl_ctx = SSL_CTX_new(c->dtls ? DTLS_method() : TLS_method());
-  if (c->ssl_ctx == NULL) {
-    ERR_clear_error();
-    free(c);
-    return M2MPSK_E_NOMEM;
-  }
+static int backend_ctx_setup(m2mpsk_engine_ctx *c, const char *list) {
   SSL_CTX *s = c->ssl_ctx;
-  int v = c->dtls ? DTLS1_2_VERSION : TLS1_2_VERSION;
   /* Security level 2 whatever the system's openssl.cnf says: every suite
    * above passes it, and a DHE_PSK initiator refuses groups under 2048
    * bits. The list names TLS 1.2 suites only; TLS 1.3's are emptied. */
   SSL_CTX_set_security_level(s, 2);
-  if (!SSL_CTX_set_min_proto_version(s, v) ||
-      !SSL_CTX_set_max_proto_version(s, v) ||
-      !SSL_CTX_set_cipher_list(s, list) || !SSL_CTX_set_ciphersuites(s, "") ||
-      (c->server && !SSL_CTX_set_dh_auto(s, 1))) {
-    ERR_clear_error();
-    SSL_CTX_free(s);
-    free(c);
+  if (!SSL_CTX_set_cipher_list(s, list) || !SSL_CTX_set_ciphersuites(s, "") ||
+      (c->server && !SSL_CTX_set_dh_auto(s, 1)))
     return M2MPSK_E_INTERNAL;
-  }
-  /* Every association runs a full PSK handshake, so that the keystore
-   * (validity, revocation) is consulted each time: no resumption, no
-   * renegotiation, no compression. */
-  SSL_CTX_set_options(s, SSL_OP_NO_TICKET | SSL_OP_NO_QUERY_MTU |
-                             SSL_OP_CIPHER_SERVER_PREFERENCE |
-                             SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
-  SSL_CTX_set_session_cache_mode(s, SSL_SESS_CACHE_OFF);
+  /* No renegotiation, no compression either. */
+  SSL_CTX_set_options(s, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
   if (c->dtls && c->server) {
     if (RAND_bytes(c->cookie_secret, sizeof(c->cookie_secret)) != 1 ||
-        !SSL_CTX_set_app_data(s, c)) {
-      ERR_clear_error();
-      ossl_ctx_free(c);
+        !SSL_CTX_set_app_data(s, c))
       return M2MPSK_E_INTERNAL;
-    }
     SSL_CTX_set_options(s, SSL_OP_COOKIE_EXCHANGE);
     SSL_CTX_set_cookie_generate_cb(s, gen_cookie_cb);
     SSL_CTX_set_cookie_verify_cb(s, verify_cookie_cb);
   }
-  if (c->server) {
-    SSL_CTX_set_psk_server_callback(s, server_psk_cb);
-    SSL_CTX_set_tlsext_servername_callback(s, server_name_cb);
-  } else {
-    SSL_CTX_set_psk_client_callback(s, client_psk_cb);
-  }
-  *out = c;
   return M2MPSK_OK;
 }
 
-static void ossl_ctx_free(m2mpsk_engine_ctx *ctx) {
-  if (ctx == NULL)
-    return;
-  SSL_CTX_free(ctx->ssl_ctx);
-  OPENSSL_cleanse(ctx->cookie_secret, sizeof(ctx->cookie_secret));
-  free(ctx);
+static void backend_ctx_clear(m2mpsk_engine_ctx *c) {
+  OPENSSL_cleanse(c->cookie_secret, sizeof(c->cookie_secret));
 }
 
-/* ---- connections --------------------------------------------------------- */
-
-static int ossl_new(m2mpsk_engine **out, m2mpsk_engine_ctx *ctx,
-                    m2mpsk_assoc *owner) {
-  m2mpsk_engine *e = calloc(1, sizeof(*e));
-  if (e == NULL)
-    return M2MPSK_E_NOMEM;
-  e->owner = owner;
-  e->dtls = ctx->dtls;
-  e->server = ctx->server;
-  e->ssl = SSL_new(ctx->ssl_ctx);
-  BIO *bio = BIO_new(bio_method());
-  if (e->ssl == NULL || bio == NULL) {
-    BIO_free(bio);
-    SSL_free(e->ssl);
-    free(e);
-    ERR_clear_error();
-    return M2MPSK_E_NOMEM;
-  }
-  BIO_set_data(bio, e);
-  SSL_set_bio(e->ssl, bio, bio);
-  /* Storing the pointer may allocate; the callbacks rely on it. */
-  if (!SSL_set_app_data(e->ssl, e)) {
-    SSL_free(e->ssl);
-    free(e);
-    ERR_clear_error();
-    return M2MPSK_E_NOMEM;
-  }
-  if (e->server)
-    SSL_set_accept_state(e->ssl);
-  else
-    SSL_set_connect_state(e->ssl);
+static int backend_engine_setup(m2mpsk_engine *e) {
   if (e->dtls) {
     DTLS_set_timer_cb(e->ssl, timer_cb);
-    SSL_set_mtu(e->ssl, 1400);
     e->listening = e->server;
   }
-  *out = e;
   return M2MPSK_OK;
 }
 
-static void ossl_free(m2mpsk_engine *e) {
-  if (e == NULL)
-    return;
-  SSL_free(e->ssl);
-  free(e->in.p);
-  free(e->out.p);
-  free(e->last_flight.p);
-  free(e);
-}
-
-static int ossl_set_mtu(m2mpsk_engine *e, unsigned mtu) {
-  return SSL_set_mtu(e->ssl, (long)mtu) ? M2MPSK_OK : M2MPSK_E_INVALID;
-}
-
-static int ossl_set_server_name(m2mpsk_engine *e, const char *host) {
-  /* SSL_set_tlsext_host_name() itself, whose cast drops const (clang's
-   * -Wcast-qual): OpenSSL copies the name and never writes to it. */
-  int ok = (int)SSL_ctrl(e->ssl, SSL_CTRL_SET_TLSEXT_HOSTNAME,
-                         TLSEXT_NAMETYPE_host_name, (void *)(uintptr_t)host);
-  ERR_clear_error();
-  return ok ? M2MPSK_OK : M2MPSK_E_NOMEM;
-}
-
-/* Looks at a datagram's DTLS records (type, epoch) without trusting them:
- * a ChangeCipherSpec after the key exchange, then an epoch-1 handshake
- * record (the Finished), means the handshake should complete now. */
-static void dtls_note_records(m2mpsk_engine *e, const uint8_t *d, size_t n) {
-  int psk_before = e->psk_given;
-  int hs0 = 0;
-  while (n >= 13) {
-    uint8_t type = d[0];
-    unsigned epoch = ((unsigned)d[3] << 8) | d[4];
-    size_t len = ((size_t)d[11] << 8) | d[12];
-    if (type == 22 && epoch == 0)
-      hs0 = 1;
-    if (type == 20 && epoch == 0 && (psk_before || hs0))
-      e->ccs_seen = 1;
-    if (type == 22 && epoch == 1 && e->ccs_seen)
-      e->bad_finished = 1;
-    if (len > n - 13)
-      break;
-    d += 13 + len;
-    n -= 13 + len;
-  }
-}
-
-static size_t ossl_buffered(const m2mpsk_engine *e) {
-  return e->in.len;
+static void backend_engine_clear(m2mpsk_engine *e) {
+  buf_release(e, &e->last_flight);
 }
 
 /* Whether a datagram carries an epoch-0 ChangeCipherSpec: after the
@@ -757,39 +427,15 @@ static int has_ccs0(const uint8_t *d, size_t n) {
  * duplicate: a record it has seen is dropped, one it lost is taken. */
 static void resend_last_flight(m2mpsk_engine *e) {
   const bytebuf *f = &e->last_flight;
-  if (f->len > 0 && buf_reserve(&e->out, f->len))
-    buf_append(&e->out, f->p + f->off, f->len);
+  if (f->len > 0 && buf_reserve(e, &e->out, f->len))
+    buf_append(e, &e->out, f->p + f->off, f->len);
 }
 
 static int ossl_push(m2mpsk_engine *e, const uint8_t *data, size_t len) {
-  if (e->dtls) {
-    if (e->server && !SSL_is_init_finished(e->ssl))
-      dtls_note_records(e, data, len);
-    else if (e->server && has_ccs0(data, len))
-      resend_last_flight(e);
-    return buf_push_datagram(&e->in, data, len) ? M2MPSK_OK : M2MPSK_E_NOMEM;
-  }
-  return buf_append(&e->in, data, len) ? M2MPSK_OK : M2MPSK_E_NOMEM;
-}
-
-static void set_failure(m2mpsk_engine *e, m2mpsk_reason reason,
-                        const char *what, const char *name) {
-  e->reason = reason;
-  snprintf(e->detail, sizeof(e->detail), "%s%s%s", what, name ? ": " : "",
-           name ? name : "");
-}
-
-/* Turns the TLS library's error into a reason. Must run right after the
- * failing call, on the same thread (the error queue is thread-local). */
-static void classify(m2mpsk_engine *e, int ssl_error) {
-  family_failure f = family_classify(ssl_error);
-  if (e->nomem)
-    set_failure(e, M2MPSK_REASON_INTERNAL, "out of memory buffering output",
-                NULL);
-  else if (e->stopped)
-    set_failure(e, M2MPSK_REASON_INTERNAL, "association aborted", NULL);
-  else
-    set_failure(e, f.reason, f.what, f.name);
+  if (e->dtls && e->server && SSL_is_init_finished(e->ssl) &&
+      has_ccs0(data, len))
+    resend_last_flight(e);
+  return fam_push(e, data, len);
 }
 
 /* A DTLS responder's first step: DTLSv1_listen() answers a ClientHello
@@ -820,11 +466,7 @@ static int malloc_failed(void) {
   return found;
 }
 
-static int ossl_handshake(m2mpsk_engine *e) {
-  if (e->stopped) {
-    classify(e, SSL_ERROR_SSL);
-    return M2MPSK_ENG_FAIL;
-  }
+static int backend_handshake_begin(m2mpsk_engine *e) {
   if (e->listening) {
     /* A HelloVerifyRequest that could not be made is like a lost one. */
     int r = listen_step(e);
@@ -837,127 +479,23 @@ static int ossl_handshake(m2mpsk_engine *e) {
       return M2MPSK_ENG_WANT;
     }
   }
-  ERR_clear_error();
   /* A DTLS responder's handshake ends in the call that writes its last
    * flight: keep a copy of what that call writes. */
   e->capture = e->dtls && e->server;
-  buf_consume(&e->last_flight, e->last_flight.len);
-  int r = SSL_do_handshake(e->ssl);
+  buf_consume(e, &e->last_flight, e->last_flight.len);
+  return -1;
+}
+
+static void backend_handshake_end(m2mpsk_engine *e, int r) {
   e->capture = 0;
-  if (e->key_out) {
-    /* The key passed through frames below this one (family.h). */
-    e->key_out = 0;
-    family_burn_stack();
-  }
-  if (r == 1)
-    return M2MPSK_ENG_DONE;
-  buf_consume(&e->last_flight, e->last_flight.len);
-  int err = SSL_get_error(e->ssl, r);
-  if (err == SSL_ERROR_WANT_READ && !e->nomem) {
-    ERR_clear_error();
-    if (e->bad_finished && e->psk_given) {
-      /* The peer's Finished arrived after its key exchange and did not
-       * verify; DTLS dropped it silently. Say so instead of timing out. */
-      set_failure(e, M2MPSK_REASON_BAD_KEY,
-                  "peer's Finished did not verify (different keys)", NULL);
-      ossl_abort(e, SSL_AD_DECRYPT_ERROR);
-      return M2MPSK_ENG_FAIL;
-    }
-    e->bad_finished = 0;
-    return M2MPSK_ENG_WANT;
-  }
-  classify(e, err);
-  return M2MPSK_ENG_FAIL;
-}
-
-static size_t ossl_pending(const m2mpsk_engine *e) {
-  return e->dtls ? buf_next_datagram(&e->out) : e->out.len;
-}
-
-static int ossl_drain(m2mpsk_engine *e, uint8_t *out, size_t cap,
-                      size_t *out_len) {
-  if (e->out.len == 0)
-    return M2MPSK_E_AGAIN;
-  if (e->dtls) {
-    size_t n = buf_next_datagram(&e->out);
-    if (n > cap)
-      return M2MPSK_E_BUFFER;
-    memcpy(out, e->out.p + e->out.off + 2, n);
-    buf_consume(&e->out, n + 2);
-    *out_len = n;
-    return M2MPSK_OK;
-  }
-  size_t n = e->out.len < cap ? e->out.len : cap;
-  memcpy(out, e->out.p + e->out.off, n);
-  buf_consume(&e->out, n);
-  *out_len = n;
-  return M2MPSK_OK;
-}
-
-static int ossl_read(m2mpsk_engine *e, uint8_t *out, size_t cap,
-                     size_t *out_len) {
-  if (e->stopped) {
-    classify(e, SSL_ERROR_SSL);
-    return M2MPSK_E_FAILED;
-  }
-  ERR_clear_error();
-  int r = SSL_read(e->ssl, out, cap > INT_MAX ? INT_MAX : (int)cap);
-  if (r > 0) {
-    /* Data from the peer: it has our last flight. */
-    buf_consume(&e->last_flight, e->last_flight.len);
-    *out_len = (size_t)r;
-    return M2MPSK_OK;
-  }
-  int err = SSL_get_error(e->ssl, r);
-  if (err == SSL_ERROR_ZERO_RETURN) {
-    ERR_clear_error();
-    return M2MPSK_E_CLOSED;
-  }
-  if (err == SSL_ERROR_WANT_READ && !e->nomem) {
-    ERR_clear_error();
-    return M2MPSK_E_AGAIN;
-  }
-  classify(e, err);
-  return M2MPSK_E_FAILED;
-}
-
-static int ossl_write(m2mpsk_engine *e, const uint8_t *data, size_t len) {
-  if (e->stopped) {
-    classify(e, SSL_ERROR_SSL);
-    return M2MPSK_E_FAILED;
-  }
-  while (len > 0) {
-    int chunk = len > (1u << 30) ? (1 << 30) : (int)len;
-    ERR_clear_error();
-    int r = SSL_write(e->ssl, data, chunk);
-    if (r <= 0) {
-      int err = SSL_get_error(e->ssl, r);
-      int nomem = e->nomem;
-      classify(e, err);
-      return nomem ? M2MPSK_E_NOMEM : M2MPSK_E_FAILED;
-    }
-    data += r;
-    len -= (size_t)r;
-  }
-  return M2MPSK_OK;
-}
-
-static int ossl_close(m2mpsk_engine *e) {
-  if (e->stopped)
-    return M2MPSK_E_FAILED;
-  ERR_clear_error();
-  int r = SSL_shutdown(e->ssl);
-  if (r < 0) {
-    classify(e, SSL_get_error(e->ssl, r));
-    return M2MPSK_E_FAILED;
-  }
-  return M2MPSK_OK;
+  if (r != 1)
+    buf_consume(e, &e->last_flight, e->last_flight.len);
 }
 
 /* OpenSSL cannot be told to send a fatal alert. While our records are
  * still plaintext, we write it ourselves; after that it would need the
  * session keys, and close_notify is what OpenSSL can send. */
-static void ossl_abort(m2mpsk_engine *e, uint8_t alert) {
+static void engine_abort(m2mpsk_engine *e, uint8_t alert) {
   if (e->stopped)
     return;
   e->stopped = 1;
@@ -971,10 +509,10 @@ static void ossl_abort(m2mpsk_engine *e, uint8_t alert) {
       rec[13] = 2; /* fatal */
       rec[14] = alert;
       e->next_seq0++;
-      (void)buf_push_datagram(&e->out, rec, sizeof(rec));
+      (void)buf_push_datagram(e, &e->out, rec, sizeof(rec));
     } else {
       const uint8_t rec[7] = {21, 3, 3, 0, 2, 2, alert};
-      (void)buf_append(&e->out, rec, sizeof(rec));
+      (void)buf_append(e, &e->out, rec, sizeof(rec));
     }
   } else if (SSL_is_init_finished(e->ssl)) {
     (void)SSL_shutdown(e->ssl);
@@ -983,17 +521,9 @@ static void ossl_abort(m2mpsk_engine *e, uint8_t alert) {
 }
 
 static int ossl_timer(const m2mpsk_engine *e, uint64_t *remaining_ms) {
-  if (!e->dtls || e->stopped)
-    return 0;
-  if (!g_steer) {
-    struct timeval tv;
-    if (!DTLSv1_get_timeout(e->ssl, &tv))
-      return 0;
-    *remaining_ms =
-        (uint64_t)tv.tv_sec * 1000 + ((uint64_t)tv.tv_usec + 999) / 1000;
-    return 1;
-  }
-  if (!e->timer_on)
+  if (!g_steer)
+    return fam_library_timer(e, remaining_ms);
+  if (!e->dtls || e->stopped || !e->timer_on)
     return 0;
   *remaining_ms = e->deadline_ms > t_now_ms ? e->deadline_ms - t_now_ms : 0;
   return 1;
@@ -1009,44 +539,7 @@ static int ossl_on_timer(m2mpsk_engine *e) {
     e->ossl_deadline->tv_sec = 0;
     e->ossl_deadline->tv_usec = 1;
   }
-  ERR_clear_error();
-  if (DTLSv1_handle_timeout(e->ssl) < 0) {
-    classify(e, SSL_ERROR_SSL);
-    return M2MPSK_E_FAILED;
-  }
-  ERR_clear_error();
-  return M2MPSK_OK;
-}
-
-static const char *ossl_suite(const m2mpsk_engine *e) {
-  const SSL_CIPHER *c = SSL_get_current_cipher(e->ssl);
-  return c ? SSL_CIPHER_standard_name(c) : NULL;
-}
-
-static const char *ossl_version(const m2mpsk_engine *e) {
-  return SSL_get_version(e->ssl);
-}
-
-static const char *ossl_psk_identity(const m2mpsk_engine *e) {
-  return SSL_get_psk_identity(e->ssl);
-}
-
-static int ossl_export(const m2mpsk_engine *e, uint8_t *out, size_t out_len,
-                       const char *label, const uint8_t *context,
-                       size_t context_len) {
-  ERR_clear_error();
-  int ok =
-      SSL_export_keying_material(e->ssl, out, out_len, label, strlen(label),
-                                 context, context_len, context != NULL);
-  ERR_clear_error();
-  return ok == 1 ? M2MPSK_OK : M2MPSK_E_INTERNAL;
-}
-
-static m2mpsk_reason ossl_failure(m2mpsk_engine *e, char *detail,
-                                  size_t detail_cap) {
-  if (detail_cap > 0)
-    snprintf(detail, detail_cap, "%s", e->detail);
-  return e->reason;
+  return fam_handle_timeout(e);
 }
 
 /* The stateless exchange: a scratch engine on the responder DTLS context,
@@ -1057,12 +550,12 @@ static int ossl_dtls_listen(m2mpsk_engine_ctx *ctx, const char *peer_tag,
   if (!ctx->dtls || !ctx->server)
     return M2MPSK_E_INVALID;
   m2mpsk_engine *e;
-  int rc = ossl_new(&e, ctx, NULL);
+  int rc = fam_new(&e, ctx, NULL);
   if (rc != M2MPSK_OK)
     return rc;
   e->listen_tag = peer_tag;
-  if (!buf_push_datagram(&e->in, datagram, len)) {
-    ossl_free(e);
+  if (!buf_push_datagram(e, &e->in, datagram, len)) {
+    fam_free(e);
     return M2MPSK_E_NOMEM;
   }
   int r = listen_step(e);
@@ -1084,40 +577,18 @@ static int ossl_dtls_listen(m2mpsk_engine_ctx *ctx, const char *peer_tag,
     /* r == 0: dropped, not a ClientHello */
     rc = r == 0 ? M2MPSK_E_INVALID : M2MPSK_E_INTERNAL;
   }
-  ossl_free(e);
+  fam_free(e);
   return rc;
 }
 
 static const m2mpsk_engine_ops k_ops = {
-    .abi = M2MPSK_ENGINE_ABI,
+    FAMILY_OPS,
     .backend_name = ossl_backend_name,
-    .suite_count = ossl_suite_count,
-    .suite_name = ossl_suite_name,
-    .check_suites = ossl_check_suites,
     .default_suites = ossl_default_suites,
-    .ctx_new = ossl_ctx_new,
-    .ctx_free = ossl_ctx_free,
-    .set_now = ossl_set_now,
-    .engine_new = ossl_new,
-    .engine_free = ossl_free,
-    .set_mtu = ossl_set_mtu,
-    .set_server_name = ossl_set_server_name,
     .push = ossl_push,
-    .buffered = ossl_buffered,
-    .handshake = ossl_handshake,
-    .pending = ossl_pending,
-    .drain = ossl_drain,
-    .read = ossl_read,
-    .write = ossl_write,
-    .close = ossl_close,
-    .abort = ossl_abort,
+    .abort = engine_abort,
     .timer = ossl_timer,
     .on_timer = ossl_on_timer,
-    .suite = ossl_suite,
-    .version = ossl_version,
-    .psk_identity = ossl_psk_identity,
-    .export_keying = ossl_export,
-    .failure = ossl_failure,
     .dtls_listen = ossl_dtls_listen,
 };
 
