@@ -24,7 +24,14 @@
 struct m2mpsk_assoc {
   m2mpsk_config *cfg;
   m2mpsk_keystore *ks;
+  /* The engine running this association, its table and the config's
+   * context for it: chosen at creation. A responder's engine object is
+   * made when the first bytes arrive (start_engine()), so that a later
+   * choice can read the ClientHello first; until then eng is NULL. */
+  const m2mpsk_engine_ops *ops;
+  m2mpsk_engine_ctx *ectx;
   m2mpsk_engine *eng;
+  m2mpsk_engine_id engine;
   m2mpsk_guard *guard; /* the config's; lives as long as the config */
   char *peer_tag;
   /* Responder: which local identities the SNI allows (all when no SNI);
@@ -179,7 +186,7 @@ static void refuse(m2mpsk_assoc *a, m2mpsk_reason reason, const char *tmpl,
  * refusal deliberately looks like a bad key. */
 static COLD void fail_from_engine(m2mpsk_assoc *a) {
   char detail[160];
-  m2mpsk_reason r = m2mpsk_engine_failure(a->eng, detail, sizeof(detail));
+  m2mpsk_reason r = a->ops->failure(a->eng, detail, sizeof(detail));
   if (a->refusal != M2MPSK_REASON_NONE)
     fail(a, a->refusal, a->detail);
   else
@@ -191,7 +198,14 @@ static COLD void fail_from_engine(m2mpsk_assoc *a) {
 static HOT void set_now(m2mpsk_assoc *a, uint64_t now_ms) {
   if (now_ms > a->now_ms)
     a->now_ms = now_ms;
-  m2mpsk_engine_set_now(a->now_ms);
+  if (a->ops != NULL)
+    a->ops->set_now(a->now_ms);
+}
+
+/* The clock the engine sees during the calls that follow on this thread. */
+static HOT void engine_now(const m2mpsk_assoc *a) {
+  if (a->ops != NULL)
+    a->ops->set_now(a->now_ms);
 }
 
 static int64_t unix_now(const m2mpsk_assoc *a) {
@@ -460,7 +474,8 @@ static HOT int record_still_good(m2mpsk_assoc *a) {
   }
   char msg[192];
   format1(msg, sizeof(msg), why, a->kpsa_id);
-  m2mpsk_engine_abort(a->eng, 49 /* access_denied */);
+  if (a->eng != NULL)
+    a->ops->abort(a->eng, 49 /* access_denied */);
   fail(a, r, msg);
   return 0;
 }
@@ -546,10 +561,17 @@ int m2mpsk_assoc_new(m2mpsk_assoc **out, m2mpsk_role role,
     memset(a->sni_ok, 1, n_sni);
   }
 
-  m2mpsk_engine_ctx *ctx =
-      m2mpsk_config_engine_ctx(config, role, transport, &rc);
-  if (ctx != NULL)
-    rc = m2mpsk_engine_new(&a->eng, ctx, a);
+  /* The engine is chosen now, from the config alone; an initiator's
+   * engine object is made now too, so that its SNI is set and a failure
+   * surfaces here. */
+  m2mpsk_engine_id engine = M2MPSK_ENGINE_AUTO;
+  a->ectx = m2mpsk_config_engine_ctx(config, role, transport, &engine, &rc);
+  if (a->ectx != NULL) {
+    a->engine = engine;
+    a->ops = m2mpsk_tls_engine(engine);
+    if (role == M2MPSK_ROLE_INITIATOR)
+      rc = a->ops->engine_new(&a->eng, a->ectx, a);
+  }
   if (rc == M2MPSK_OK && role == M2MPSK_ROLE_INITIATOR && !a->reversed) {
     /* SNI names the server's authority: IdB's, unless the server is
      * Entity A (SA2), which has none to name. A record's IdB never
@@ -557,8 +579,8 @@ int m2mpsk_assoc_new(m2mpsk_assoc **out, m2mpsk_role role,
      * start refuses. */
     char host[256];
     if (m2mpsk_idb_sni_of_valid(v.idb, host, sizeof(host)) &&
-        m2mpsk_engine_set_server_name(a->eng, host) != M2MPSK_OK) {
-      m2mpsk_engine_free(a->eng);
+        a->ops->set_server_name(a->eng, host) != M2MPSK_OK) {
+      a->ops->engine_free(a->eng);
       rc = M2MPSK_E_NOMEM;
     }
   }
@@ -582,7 +604,8 @@ void m2mpsk_assoc_free(m2mpsk_assoc *a) {
   if (a->state == M2MPSK_STATE_ESTABLISHED)
     report_closed(a, "freed while established");
   handshake_over(a);
-  m2mpsk_engine_free(a->eng);
+  if (a->eng != NULL)
+    a->ops->engine_free(a->eng);
   m2mpsk_keystore_free(a->ks);
   m2mpsk_config_free(a->cfg);
   free(a->peer_id);
@@ -597,7 +620,8 @@ int m2mpsk_assoc_set_mtu(m2mpsk_assoc *a, unsigned mtu) {
     return M2MPSK_E_INVALID;
   if (a->state != M2MPSK_STATE_IDLE)
     return M2MPSK_E_STATE;
-  int rc = m2mpsk_engine_set_mtu(a->eng, mtu);
+  /* A responder's engine does not exist yet: start_engine() applies it. */
+  int rc = a->eng != NULL ? a->ops->set_mtu(a->eng, mtu) : M2MPSK_OK;
   if (rc == M2MPSK_OK)
     a->mtu = mtu;
   return rc;
@@ -627,9 +651,28 @@ const char *m2mpsk_assoc_peer_tag(const m2mpsk_assoc *a) {
   return a ? a->peer_tag : NULL;
 }
 
+/* A responder's engine object, made when the first bytes arrive: the
+ * place where the ClientHello can be read before an engine is chosen.
+ * M2MPSK_OK, or M2MPSK_E_FAILED (out of memory; the association failed). */
+static int start_engine(m2mpsk_assoc *a) {
+  int rc = a->ops->engine_new(&a->eng, a->ectx, a);
+  if (rc == M2MPSK_OK && a->transport == M2MPSK_TRANSPORT_DTLS &&
+      a->mtu != 1400)
+    rc = a->ops->set_mtu(a->eng, a->mtu);
+  if (rc != M2MPSK_OK) {
+    if (a->eng != NULL)
+      a->ops->engine_free(a->eng);
+    a->eng = NULL;
+    fail(a, M2MPSK_REASON_INTERNAL, "cannot create the TLS engine");
+    return M2MPSK_E_FAILED;
+  }
+  engine_now(a);
+  return M2MPSK_OK;
+}
+
 /* Runs the engine's handshake and moves the state along. */
 static int step_handshake(m2mpsk_assoc *a) {
-  int r = m2mpsk_engine_handshake(a->eng);
+  int r = a->ops->handshake(a->eng);
   if (r == M2MPSK_ENG_WANT)
     return M2MPSK_OK;
   if (r == M2MPSK_ENG_FAIL) {
@@ -637,7 +680,7 @@ static int step_handshake(m2mpsk_assoc *a) {
     return M2MPSK_E_FAILED;
   }
   /* Done: the peer proved it holds the key. Bind. */
-  const char *negotiated = m2mpsk_engine_psk_identity(a->eng);
+  const char *negotiated = a->ops->psk_identity(a->eng);
   if (a->peer_id == NULL ||
       (a->role == M2MPSK_ROLE_RESPONDER &&
        (negotiated == NULL || strcmp(negotiated, a->kpsa_id) != 0))) {
@@ -656,8 +699,8 @@ static int step_handshake(m2mpsk_assoc *a) {
   }
   /* "<suite> over <version>", without printf's cost on every handshake. */
   char detail[96];
-  const char *parts[3] = {m2mpsk_engine_suite(a->eng), " over ",
-                          m2mpsk_engine_version(a->eng)};
+  const char *parts[3] = {a->ops->suite(a->eng), " over ",
+                          a->ops->version(a->eng)};
   size_t used = 0;
   for (int i = 0; i < 3; i++) {
     const char *p = parts[i] ? parts[i] : "(null)";
@@ -747,18 +790,23 @@ HOT int m2mpsk_assoc_feed(m2mpsk_assoc *a, const uint8_t *data, size_t len,
   set_now(a, now_ms);
   if (!record_still_good(a))
     return M2MPSK_E_FAILED;
+  if (a->eng == NULL) {
+    int rc = start_engine(a);
+    if (rc != M2MPSK_OK)
+      return rc;
+  }
   uint32_t max_input = m2mpsk_config_max_input(a->cfg);
-  if (len > max_input || m2mpsk_engine_buffered(a->eng) > max_input - len) {
+  if (len > max_input || a->ops->buffered(a->eng) > max_input - len) {
     if (a->state != M2MPSK_STATE_HANDSHAKING)
       return M2MPSK_E_LIMIT;
     char msg[96];
     snprintf(msg, sizeof(msg), "more than %u bytes of input during the "
              "handshake", (unsigned)max_input);
-    m2mpsk_engine_abort(a->eng, 80 /* internal_error */);
+    a->ops->abort(a->eng, 80 /* internal_error */);
     fail(a, M2MPSK_REASON_LIMIT, msg);
     return M2MPSK_E_FAILED;
   }
-  if (m2mpsk_engine_push(a->eng, data, len) != M2MPSK_OK) {
+  if (a->ops->push(a->eng, data, len) != M2MPSK_OK) {
     /* A stream that lost bytes cannot go on; a lost datagram is loss. */
     if (a->transport == M2MPSK_TRANSPORT_TLS)
       fail(a, M2MPSK_REASON_INTERNAL, "out of memory buffering input");
@@ -770,9 +818,9 @@ HOT int m2mpsk_assoc_feed(m2mpsk_assoc *a, const uint8_t *data, size_t len,
 }
 
 size_t m2mpsk_assoc_pending(const m2mpsk_assoc *a) {
-  if (a == NULL || a->state == M2MPSK_STATE_IDLE)
+  if (a == NULL || a->state == M2MPSK_STATE_IDLE || a->eng == NULL)
     return 0;
-  return m2mpsk_engine_pending(a->eng);
+  return a->ops->pending(a->eng);
 }
 
 HOT int m2mpsk_assoc_drain(m2mpsk_assoc *a, uint8_t *out, size_t cap,
@@ -784,7 +832,9 @@ HOT int m2mpsk_assoc_drain(m2mpsk_assoc *a, uint8_t *out, size_t cap,
     return M2MPSK_E_BUFFER;
   if (a->state == M2MPSK_STATE_IDLE)
     return M2MPSK_E_STATE;
-  return m2mpsk_engine_drain(a->eng, out, cap, out_len);
+  if (a->eng == NULL) /* a responder that was fed nothing yet */
+    return M2MPSK_E_AGAIN;
+  return a->ops->drain(a->eng, out, cap, out_len);
 }
 
 /* The first monotonic time at which record_still_good() finds the record
@@ -826,8 +876,8 @@ int m2mpsk_assoc_next_timeout(const m2mpsk_assoc *a, uint64_t *deadline_ms) {
     have = 1;
   }
   uint64_t left;
-  m2mpsk_engine_set_now(a->now_ms);
-  if (m2mpsk_engine_timer(a->eng, &left)) {
+  engine_now(a);
+  if (a->eng != NULL && a->ops->timer(a->eng, &left)) {
     uint64_t t = a->now_ms + left;
     if (!have || t < best)
       best = t;
@@ -859,7 +909,7 @@ int m2mpsk_assoc_handle_timeout(m2mpsk_assoc *a, uint64_t now_ms) {
     fail(a, M2MPSK_REASON_TIMEOUT, msg);
     return M2MPSK_E_FAILED;
   }
-  if (m2mpsk_engine_on_timer(a->eng) != M2MPSK_OK) {
+  if (a->eng != NULL && a->ops->on_timer(a->eng) != M2MPSK_OK) {
     fail_from_engine(a);
     return M2MPSK_E_FAILED;
   }
@@ -883,12 +933,12 @@ HOT int m2mpsk_assoc_write(m2mpsk_assoc *a, const uint8_t *data, size_t len,
     return M2MPSK_E_CLOSED;
   if (a->state != M2MPSK_STATE_ESTABLISHED)
     return M2MPSK_E_STATE;
-  m2mpsk_engine_set_now(a->now_ms);
+  engine_now(a);
   if (!record_still_good(a))
     return M2MPSK_E_FAILED;
   if (len == 0)
     return M2MPSK_OK;
-  int rc = m2mpsk_engine_write(a->eng, data, len);
+  int rc = a->ops->write(a->eng, data, len);
   if (rc == M2MPSK_E_FAILED)
     fail_from_engine(a);
   else if (rc == M2MPSK_E_NOMEM) /* the record layer is left mid-write */
@@ -911,10 +961,10 @@ HOT int m2mpsk_assoc_read(m2mpsk_assoc *a, uint8_t *out, size_t cap,
     return M2MPSK_E_CLOSED;
   if (a->state != M2MPSK_STATE_ESTABLISHED && a->state != M2MPSK_STATE_CLOSED)
     return M2MPSK_E_STATE;
-  m2mpsk_engine_set_now(a->now_ms);
+  engine_now(a);
   if (!record_still_good(a))
     return M2MPSK_E_FAILED;
-  int rc = m2mpsk_engine_read(a->eng, out, cap, out_len);
+  int rc = a->ops->read(a->eng, out, cap, out_len);
   if (rc == M2MPSK_E_CLOSED) {
     a->received_close = 1;
     a->state = M2MPSK_STATE_CLOSED;
@@ -932,8 +982,8 @@ int m2mpsk_assoc_close(m2mpsk_assoc *a) {
     return M2MPSK_OK;
   if (a->state != M2MPSK_STATE_ESTABLISHED && a->state != M2MPSK_STATE_CLOSED)
     return M2MPSK_E_STATE;
-  m2mpsk_engine_set_now(a->now_ms);
-  if (m2mpsk_engine_close(a->eng) != M2MPSK_OK) {
+  engine_now(a);
+  if (a->ops->close(a->eng) != M2MPSK_OK) {
     fail_from_engine(a);
     return M2MPSK_E_FAILED;
   }
@@ -998,11 +1048,11 @@ const char *m2mpsk_assoc_kpsa_id(const m2mpsk_assoc *a) {
 }
 
 const char *m2mpsk_assoc_suite(const m2mpsk_assoc *a) {
-  return has_session(a) ? m2mpsk_engine_suite(a->eng) : NULL;
+  return has_session(a) ? a->ops->suite(a->eng) : NULL;
 }
 
 const char *m2mpsk_assoc_version(const m2mpsk_assoc *a) {
-  return has_session(a) ? m2mpsk_engine_version(a->eng) : NULL;
+  return has_session(a) ? a->ops->version(a->eng) : NULL;
 }
 
 int m2mpsk_assoc_export(const m2mpsk_assoc *a, uint8_t *out, size_t out_len,
@@ -1015,8 +1065,12 @@ int m2mpsk_assoc_export(const m2mpsk_assoc *a, uint8_t *out, size_t out_len,
     return M2MPSK_E_BUFFER;
   if (a->state != M2MPSK_STATE_ESTABLISHED)
     return M2MPSK_E_STATE;
-  return m2mpsk_engine_export(a->eng, out, out_len, label, context,
-                              context_len);
+  return a->ops->export_keying(a->eng, out, out_len, label, context,
+                               context_len);
+}
+
+m2mpsk_engine_id m2mpsk_assoc_engine(const m2mpsk_assoc *a) {
+  return a != NULL ? a->engine : M2MPSK_ENGINE_AUTO;
 }
 
 m2mpsk_reason m2mpsk_assoc_failure(const m2mpsk_assoc *a) {

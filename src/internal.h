@@ -63,12 +63,19 @@ int m2mpsk_profile_honoured(m2mpsk_profile p);
 struct m2mpsk_engine_ctx;
 struct m2mpsk_guard;
 
-/* Freezes the config and returns its engine context for (role, transport),
- * creating it on first use. Thread-safe. NULL on failure (*status set). */
+/* Freezes the config and returns an engine context for (role, transport),
+ * creating it on first use. *engine: the engine wanted, or
+ * M2MPSK_ENGINE_AUTO for the config's choice (set_engine(), else
+ * m2mpsk_engine_choose(), made once per role and transport); set to the
+ * engine the context belongs to. Thread-safe. NULL on failure (*status
+ * set). */
 struct m2mpsk_engine_ctx *m2mpsk_config_engine_ctx(m2mpsk_config *cfg,
                                                    m2mpsk_role role,
                                                    m2mpsk_transport transport,
+                                                   m2mpsk_engine_id *engine,
                                                    int *status);
+/* The set_engine() choice. */
+m2mpsk_engine_id m2mpsk_config_engine(const m2mpsk_config *cfg);
 void m2mpsk_config_ref(m2mpsk_config *cfg);
 /* Freezes the config and returns its guard (guard.h), creating it on first
  * use. Thread-safe. NULL on failure (*status set). */
