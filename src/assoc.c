@@ -46,10 +46,10 @@ struct m2mpsk_assoc {
   uint64_t start_ms;
   uint64_t deadline_ms;
   int64_t unix_at_start;
-  uint64_t kpsa_hash;   /* kpsa_id's keystore index hash, once known */
-  uint64_t serial;      /* the record in use (initiator: from creation) */
-  int64_t not_before;   /* initiator: its validity start, 0: none */
-  int64_t not_after;    /* its validity end, 0: none */
+  uint64_t kpsa_hash; /* kpsa_id's keystore index hash, once known */
+  uint64_t serial;    /* the record in use (initiator: from creation) */
+  int64_t not_before; /* initiator: its validity start, 0: none */
+  int64_t not_after;  /* its validity end, 0: none */
   /* Keystore generation when the record was last checked. An initiator
    * checks at creation, so that start need not fetch the record again
    * while nothing was removed or revoked since (UINT64_MAX: fetch). */
@@ -126,8 +126,8 @@ static COLD void fail(m2mpsk_assoc *a, m2mpsk_reason reason,
                       const char *detail) {
   if (a->state == M2MPSK_STATE_FAILED)
     return;
-  int live = a->state == M2MPSK_STATE_ESTABLISHED ||
-             a->state == M2MPSK_STATE_CLOSED;
+  int live =
+      a->state == M2MPSK_STATE_ESTABLISHED || a->state == M2MPSK_STATE_CLOSED;
   int was_bound = a->bound;
   a->state = M2MPSK_STATE_FAILED;
   a->reason = reason;
@@ -139,8 +139,8 @@ static COLD void fail(m2mpsk_assoc *a, m2mpsk_reason reason,
   m2mpsk_event_type type = M2MPSK_EVENT_FAILED;
   if (reason == M2MPSK_REASON_RATE_LIMITED)
     type = M2MPSK_EVENT_RATE_LIMITED;
-  else if (live && (reason == M2MPSK_REASON_REVOKED ||
-                    reason == M2MPSK_REASON_EXPIRED))
+  else if (live &&
+           (reason == M2MPSK_REASON_REVOKED || reason == M2MPSK_REASON_EXPIRED))
     type = M2MPSK_EVENT_REVOKED;
   emit(a, type, reason, was_bound, a->detail);
 
@@ -461,8 +461,8 @@ static HOT int record_still_good(m2mpsk_assoc *a) {
     if (gen == a->checked_gen)
       return 1;
     m2mpsk_record_view v;
-    if (m2mpsk_keystore_fetch_hashed(a->ks, a->kpsa_id, a->kpsa_hash, &v,
-                                     NULL, NULL) != M2MPSK_OK ||
+    if (m2mpsk_keystore_fetch_hashed(a->ks, a->kpsa_id, a->kpsa_hash, &v, NULL,
+                                     NULL) != M2MPSK_OK ||
         v.serial != a->serial || v.revoked) {
       r = M2MPSK_REASON_REVOKED;
       why = "record for KpsaID %s was revoked or removed during the "
@@ -505,8 +505,8 @@ int m2mpsk_assoc_new(m2mpsk_assoc **out, m2mpsk_role role,
      * says whether it was malformed. */
     gen = m2mpsk_keystore_generation(keystore);
     hash = m2mpsk_keystore_hash(keystore, kpsa_id);
-    if (m2mpsk_keystore_fetch_hashed(keystore, kpsa_id, hash, &v, NULL,
-                                     NULL) != M2MPSK_OK) {
+    if (m2mpsk_keystore_fetch_hashed(keystore, kpsa_id, hash, &v, NULL, NULL) !=
+        M2MPSK_OK) {
       int rc = m2mpsk_kpsa_id_validate(kpsa_id);
       return rc != M2MPSK_OK ? rc : M2MPSK_E_NOT_FOUND;
     }
@@ -739,8 +739,8 @@ int m2mpsk_assoc_start(m2mpsk_assoc *a, uint64_t now_ms, int64_t unix_time) {
       v.not_after = a->not_after;
       v.revoked = 0;
       r = check_record(a, &v, &why);
-    } else if (m2mpsk_keystore_fetch_hashed(a->ks, a->kpsa_id, a->kpsa_hash,
-                                            &v, NULL, NULL) != M2MPSK_OK ||
+    } else if (m2mpsk_keystore_fetch_hashed(a->ks, a->kpsa_id, a->kpsa_hash, &v,
+                                            NULL, NULL) != M2MPSK_OK ||
                v.serial != a->serial) {
       r = M2MPSK_REASON_REVOKED;
       why = "record for KpsaID %s was removed";
@@ -800,8 +800,10 @@ HOT int m2mpsk_assoc_feed(m2mpsk_assoc *a, const uint8_t *data, size_t len,
     if (a->state != M2MPSK_STATE_HANDSHAKING)
       return M2MPSK_E_LIMIT;
     char msg[96];
-    snprintf(msg, sizeof(msg), "more than %u bytes of input during the "
-             "handshake", (unsigned)max_input);
+    snprintf(msg, sizeof(msg),
+             "more than %u bytes of input during the "
+             "handshake",
+             (unsigned)max_input);
     a->ops->abort(a->eng, 80 /* internal_error */);
     fail(a, M2MPSK_REASON_LIMIT, msg);
     return M2MPSK_E_FAILED;
@@ -1017,8 +1019,7 @@ int m2mpsk_assoc_bind_ae_id(m2mpsk_assoc *a, const char *ae_id) {
     return rc;
   /* A one-segment identifier is a CSE-ID unless it is S-type (TS-0001
    * §7.2): "/S1", "//sp/S1". */
-  if (m2mpsk_idb_validate(ae_id) == M2MPSK_OK &&
-      strrchr(ae_id, '/')[1] != 'S')
+  if (m2mpsk_idb_validate(ae_id) == M2MPSK_OK && strrchr(ae_id, '/')[1] != 'S')
     return M2MPSK_E_IDA;
   if (!has_session(a) || is_entity_a(a) || !a->peer_is_credential ||
       a->ae_id_bound)

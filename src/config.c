@@ -19,8 +19,8 @@ typedef struct local_id {
 struct m2mpsk_config {
   pthread_mutex_t lock;
   int frozen;
-  char *suites;  /* set_suites(), or NULL */
-  int profile;   /* set_profile(), or 0 */
+  char *suites; /* set_suites(), or NULL */
+  int profile;  /* set_profile(), or 0 */
   uint32_t handshake_timeout_ms;
   int reveal_unknown;
   int roles_reversed;
@@ -331,9 +331,8 @@ int m2mpsk_config_peer_blocked(m2mpsk_config *cfg, const char *peer_tag,
     return M2MPSK_E_INVALID;
   m2mpsk_guard *g = guard_of(cfg);
   uint64_t until = 0;
-  int blocked =
-      g != NULL && m2mpsk_guard_blocked(g, M2MPSK_RATE_PEER, peer_tag, now_ms,
-                                        &until);
+  int blocked = g != NULL && m2mpsk_guard_blocked(g, M2MPSK_RATE_PEER, peer_tag,
+                                                  now_ms, &until);
   if (until_ms != NULL)
     *until_ms = blocked ? until : 0;
   return blocked;
@@ -418,7 +417,7 @@ m2mpsk_engine_ctx *m2mpsk_config_engine_ctx(m2mpsk_config *cfg,
   m2mpsk_engine_id id = *engine;
   if (id == M2MPSK_ENGINE_AUTO)
     id = (m2mpsk_engine_id)atomic_load_explicit(&cfg->chosen[role][transport],
-                                                 memory_order_acquire);
+                                                memory_order_acquire);
   /* Published only after frozen was set under the lock. */
   m2mpsk_engine_ctx *ctx =
       id != M2MPSK_ENGINE_AUTO

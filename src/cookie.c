@@ -1,6 +1,6 @@
 /* The DTLS responder's stateless cookie exchange: m2mpsk_dtls_listen(). The
- * OpenSSL engine does the work on the config's responder DTLS context; this file
- * checks the arguments the way the rest of the API does. */
+ * OpenSSL engine does the work on the config's responder DTLS context; this
+ * file checks the arguments the way the rest of the API does. */
 #include <string.h>
 
 #include "internal.h"

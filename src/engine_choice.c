@@ -11,8 +11,7 @@
 static const m2mpsk_engine_id k_fastest_first[] = {M2MPSK_ENGINE_BORINGSSL,
                                                    M2MPSK_ENGINE_OPENSSL};
 
-m2mpsk_engine_id m2mpsk_engine_choose(m2mpsk_engine_id wanted,
-                                      m2mpsk_role role,
+m2mpsk_engine_id m2mpsk_engine_choose(m2mpsk_engine_id wanted, m2mpsk_role role,
                                       m2mpsk_transport transport,
                                       const char *suites) {
   if (wanted != M2MPSK_ENGINE_AUTO)

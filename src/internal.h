@@ -42,10 +42,9 @@ int m2mpsk_keystore_fetch(const m2mpsk_keystore *ks, const char *kpsa_id,
 uint64_t m2mpsk_keystore_hash(const m2mpsk_keystore *ks, const char *kpsa_id);
 
 /* m2mpsk_keystore_fetch() with `hash` = m2mpsk_keystore_hash(ks, kpsa_id). */
-int m2mpsk_keystore_fetch_hashed(const m2mpsk_keystore *ks,
-                                 const char *kpsa_id, uint64_t hash,
-                                 m2mpsk_record_view *view, uint8_t *key_out,
-                                 size_t *key_len);
+int m2mpsk_keystore_fetch_hashed(const m2mpsk_keystore *ks, const char *kpsa_id,
+                                 uint64_t hash, m2mpsk_record_view *view,
+                                 uint8_t *key_out, size_t *key_len);
 
 /* A counter that every remove and revoke increases. Thread-safe. */
 uint64_t m2mpsk_keystore_generation(const m2mpsk_keystore *ks);

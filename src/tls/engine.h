@@ -134,8 +134,7 @@ int m2mpsk_engine_filter_suites(const m2mpsk_engine_ops *ops,
 /* For a config that asks for `wanted` and enables `suites` over
  * `transport`: the engine to run an association in `role`, or
  * M2MPSK_ENGINE_AUTO when none can be loaded. */
-m2mpsk_engine_id m2mpsk_engine_choose(m2mpsk_engine_id wanted,
-                                      m2mpsk_role role,
+m2mpsk_engine_id m2mpsk_engine_choose(m2mpsk_engine_id wanted, m2mpsk_role role,
                                       m2mpsk_transport transport,
                                       const char *suites);
 

@@ -65,8 +65,7 @@ static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 /* Whether this build made the engine's module at all (-DM2MPSK_TLS=). */
 static int built(m2mpsk_engine_id id) {
 #ifdef M2MPSK_STATIC_ENGINE
-  (void)id;
-  return 1; /* checked against the linked backend's name in load() */
+  return strcmp(M2MPSK_STATIC_ENGINE_NAME, k_names[id]) == 0;
 #else
   return id == M2MPSK_ENGINE_BORINGSSL ? M2MPSK_HAVE_BORINGSSL
                                        : M2MPSK_HAVE_OPENSSL;
@@ -76,12 +75,8 @@ static int built(m2mpsk_engine_id id) {
 #ifdef M2MPSK_STATIC_ENGINE
 static const m2mpsk_engine_ops *load(m2mpsk_engine_id id, char *err,
                                      size_t cap) {
-  const m2mpsk_engine_ops *ops = m2mpsk_tls_module(&k_hooks);
-  if (strcmp(ops->backend_name(), k_names[id]) == 0)
-    return ops;
-  snprintf(err, cap, "the %s engine is not linked into this static build",
-           k_names[id]);
-  return NULL;
+  (void)id, (void)err, (void)cap; /* built() let only the linked one by */
+  return m2mpsk_tls_module(&k_hooks);
 }
 #else
 static const m2mpsk_engine_ops *load(m2mpsk_engine_id id, char *err,
@@ -94,8 +89,8 @@ static const m2mpsk_engine_ops *load(m2mpsk_engine_id id, char *err,
   const char *slash = strrchr(info.dli_fname, '/');
   int dir = slash ? (int)(slash - info.dli_fname) + 1 : 0;
   char path[4096];
-  if (snprintf(path, sizeof(path), "%.*sm2mpsk/tls-%s.so", dir,
-               info.dli_fname, k_names[id]) >= (int)sizeof(path)) {
+  if (snprintf(path, sizeof(path), "%.*sm2mpsk/tls-%s.so", dir, info.dli_fname,
+               k_names[id]) >= (int)sizeof(path)) {
     snprintf(err, cap, "path too long");
     return NULL;
   }
@@ -169,8 +164,7 @@ int m2mpsk_engine_available(m2mpsk_engine_id e) {
 }
 
 const char *m2mpsk_engine_name(m2mpsk_engine_id e) {
-  return e >= M2MPSK_ENGINE_AUTO && e < M2MPSK_ENGINE_COUNT ? k_names[e]
-                                                            : NULL;
+  return e >= M2MPSK_ENGINE_AUTO && e < M2MPSK_ENGINE_COUNT ? k_names[e] : NULL;
 }
 
 /* The union of the loaded engines' suites, fastest engine first, each name
@@ -332,8 +326,7 @@ static int keep_supported(const char *name, void *arg) {
 }
 
 int m2mpsk_engine_filter_suites(const m2mpsk_engine_ops *ops,
-                                const char *iana_names, char *out,
-                                size_t cap) {
+                                const char *iana_names, char *out, size_t cap) {
   filter_arg f = {ops, out, cap, 0};
   if (cap == 0)
     return M2MPSK_E_BUFFER;

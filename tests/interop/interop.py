@@ -426,7 +426,8 @@ def payload(tag):
 
 ASSOC_RX = (r"^m2mpsk: association peer=(?P<peer>\S+) kpsa-id=(?P<kpsa>\S+) "
             r"bound=(?P<bound>\S+) credential=(?P<cred>[01]) "
-            r"suite=(?P<suite>\S+) version=(?P<version>\S+)$")
+            r"suite=(?P<suite>\S+) version=(?P<version>\S+)"
+            r"(?: engine=(?P<engine>\S+))?$")
 FAIL_RX = (r'^m2mpsk: failure peer=(?P<peer>\S+) reason=(?P<reason>\S+) '
            r'detail="(?P<detail>.*)"$')
 OUTCOME_RX = r"^m2mpsk: (?:association|failure) .*$"
