@@ -350,7 +350,7 @@ mandated_connect() {
   done
   [ -n "$port" ] || { cat "$work/s_server.out"; kill "$srv"; return 1; }
   echo "mandated over $1" | timeout 20 m2mpsk connect "127.0.0.1:$port" \
-    --keys "$work/keys" --kpsa-id test@onem2m.com "${udp[@]}" \
+    --keys "$work/mkeys" --kpsa-id test@onem2m.com "${udp[@]}" \
     --timeout 10000 2>"$work/connect.err"
   rc=$?
   for _ in $(seq 50); do grep -q "mandated over $1" "$work/s_server.out" && break; sleep 0.1; done
@@ -366,7 +366,7 @@ mandated_serve() {
   local cipher=PSK-AES128-CBC-SHA256 proto=-tls1_2 udp=() port="" srv rc line
   [ "$1" = udp ] && cipher=PSK-AES128-CCM8 proto=-dtls1_2 udp=(--udp)
   rm -f "$work/serve.err"
-  m2mpsk serve --keys "$work/keys" --id //m2m.example.com/cse-in --once \
+  m2mpsk serve --keys "$work/mkeys" --id //m2m.example.com/cse-in --once \
     --port 0 "${udp[@]}" --timeout 10000 2>"$work/serve.err" &
   srv=$!
   for _ in $(seq 100); do
@@ -398,7 +398,8 @@ consumer_mandated() {
   m2mpsk version | grep -E '^(m2mpsk|engine [a-z]+:|profile)' || return 1
   m2mpsk version | grep -q '^engine boringssl: [0-9]* suites$' || return 1
   m2mpsk version | grep -q '^engine openssl: [0-9]* suites$' || return 1
-  (umask 077 && m2mpsk keygen --keys "$work/keys" --kpsa-id test@onem2m.com \
+  # A key file of its own: step 3's holds the same KpsaID.
+  (umask 077 && m2mpsk keygen --keys "$work/mkeys" --kpsa-id test@onem2m.com \
      --idb //m2m.example.com/cse-in --print hex >"$work/key.hex") || return 1
   mandated_connect tcp && mandated_connect udp &&
     mandated_serve tcp && mandated_serve udp
