@@ -307,8 +307,7 @@ M2MPSK_API size_t m2mpsk_engine_suite_count(m2mpsk_engine_id e);
  * loaded. Static. Since 0.3.
  * Thread safety: safe from any thread.
  */
-M2MPSK_API const char *m2mpsk_engine_suite_name(m2mpsk_engine_id e,
-                                                size_t i);
+M2MPSK_API const char *m2mpsk_engine_suite_name(m2mpsk_engine_id e, size_t i);
 
 /* ------------------------------------------------------------------------ */
 /* Identifiers                                                               */
@@ -515,8 +514,10 @@ typedef enum m2mpsk_transport {
 typedef struct m2mpsk_config m2mpsk_config;
 
 /**
- * Creates a config with the defaults: the RFC 4279 plain-PSK suites this
- * build supports (TS-0003 §10.2.2), a 60 s handshake timeout, no local
+ * Creates a config with the defaults: engine M2MPSK_ENGINE_AUTO, the
+ * RFC 4279 plain-PSK suites the engines support in the order of the TS-0003
+ * profile when they have both mandated suites (TS-0003 §10.2.2; the
+ * default build), a 60 s handshake timeout, no local
  * identities, unknown identities indistinguishable from wrong keys.
  * A config is frozen once an association has been created from it: setters
  * then return M2MPSK_E_STATE.
@@ -533,7 +534,9 @@ M2MPSK_API void m2mpsk_config_free(m2mpsk_config *cfg);
  * Sets the offered/accepted cipher suites, in preference order, as a
  * colon-separated list of IANA names, e.g.
  * "TLS_PSK_WITH_AES_128_CBC_SHA:TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256".
- * Every name must be a PSK suite this build supports, or nothing changes.
+ * Every name must be a PSK suite that an engine this process can load
+ * supports (the engine m2mpsk_config_set_engine() named, if any), or
+ * nothing changes.
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL, empty, or an empty name),
  * M2MPSK_E_SUITE, M2MPSK_E_STATE (frozen), M2MPSK_E_BACKEND or
  * M2MPSK_E_NOMEM.
@@ -1065,7 +1068,11 @@ typedef enum m2mpsk_listen_result {
  * freed within it; nothing allocated outlives the call.
  * Freezes the config, as m2mpsk_assoc_new() does.
  *
- * With the OpenSSL backend every DTLS responder association requires a
+ * The OpenSSL engine does the exchange, whatever the config's engine
+ * (AUTO or OPENSSL; since 0.3 a config of the default build), and AUTO
+ * runs DTLS responders on it, so that the returned ClientHello reaches the
+ * engine that expects it. On the OpenSSL engine every DTLS responder
+ * association requires a
  * valid cookie: a first ClientHello without one (a host that does not call
  * this) is answered with a HelloVerifyRequest by the association itself,
  * which is correct but stateful. OpenSSL, GnuTLS, BoringSSL and tinydtls
@@ -1075,9 +1082,10 @@ typedef enum m2mpsk_listen_result {
  * M2MPSK_E_INVALID (NULL cfg, peer_tag, datagram, out or out_len; len 0 or
  * above 65535; a peer tag that m2mpsk_assoc_set_peer_tag() would refuse),
  * M2MPSK_E_BUFFER (cap 0, or the HelloVerifyRequest does not fit in `cap`;
- * nothing written), M2MPSK_E_PROTOCOL, M2MPSK_E_UNSUPPORTED (the backend has no
- * cookie exchange: BoringSSL, whose DTLS server sends no HelloVerifyRequest;
- * create the association at once instead), M2MPSK_E_BACKEND, M2MPSK_E_NOMEM or
+ * nothing written), M2MPSK_E_PROTOCOL, M2MPSK_E_UNSUPPORTED (no cookie
+ * exchange: the OpenSSL engine cannot be loaded, or the config names
+ * BoringSSL, whose DTLS server sends no HelloVerifyRequest; create the
+ * association at once instead), M2MPSK_E_BACKEND, M2MPSK_E_NOMEM or
  * M2MPSK_E_INTERNAL.
  * Thread safety: safe to call concurrently on the same config.
  */
