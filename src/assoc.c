@@ -11,6 +11,7 @@
 #include <strings.h>
 
 #include "guard.h"
+#include "hello.h"
 #include "identity.h"
 #include "internal.h"
 #include "tls/engine.h"
@@ -32,6 +33,10 @@ struct m2mpsk_assoc {
   m2mpsk_engine_ctx *ectx;
   m2mpsk_engine *eng;
   m2mpsk_engine_id engine;
+  /* A TLS responder of an AUTO config: the bytes fed until the ClientHello
+   * is whole (ops is NULL until then), bounded by the config's max_input. */
+  uint8_t *hello_buf;
+  size_t hello_len;
   m2mpsk_guard *guard; /* the config's; lives as long as the config */
   char *peer_tag;
   /* Responder: which local identities the SNI allows (all when no SNI);
@@ -566,7 +571,12 @@ int m2mpsk_assoc_new(m2mpsk_assoc **out, m2mpsk_role role,
    * surfaces here. */
   m2mpsk_engine_id engine = M2MPSK_ENGINE_AUTO;
   a->ectx = m2mpsk_config_engine_ctx(config, role, transport, &engine, &rc);
-  if (a->ectx != NULL) {
+  /* Made all the same when the responder waits for the ClientHello: a
+   * config that can make no engine fails here, not at the first bytes. */
+  if (a->ectx != NULL && role == M2MPSK_ROLE_RESPONDER &&
+      m2mpsk_engine_waits_for_hello(m2mpsk_config_engine(config), transport)) {
+    a->ectx = NULL;
+  } else if (a->ectx != NULL) {
     a->engine = engine;
     a->ops = m2mpsk_tls_engine(engine);
     if (role == M2MPSK_ROLE_INITIATOR)
@@ -606,6 +616,7 @@ void m2mpsk_assoc_free(m2mpsk_assoc *a) {
   handshake_over(a);
   if (a->eng != NULL)
     a->ops->engine_free(a->eng);
+  free(a->hello_buf);
   m2mpsk_keystore_free(a->ks);
   m2mpsk_config_free(a->cfg);
   free(a->peer_id);
@@ -668,6 +679,59 @@ static int start_engine(m2mpsk_assoc *a) {
   }
   engine_now(a);
   return M2MPSK_OK;
+}
+
+static int step_handshake(m2mpsk_assoc *a);
+
+/* A responder waiting for the ClientHello: buffers the bytes until it is
+ * whole, then chooses the engine from the suites it offers
+ * (m2mpsk_engine_choose_hello(), else the config's own choice), makes it
+ * and hands it every byte so far. Returns what m2mpsk_assoc_feed() does. */
+static int feed_hello(m2mpsk_assoc *a, const uint8_t *data, size_t len,
+                      uint32_t max_input) {
+  if (len > max_input || a->hello_len > max_input - len) {
+    char msg[96];
+    snprintf(msg, sizeof(msg),
+             "more than %u bytes of input during the handshake",
+             (unsigned)max_input);
+    fail(a, M2MPSK_REASON_LIMIT, msg);
+    return M2MPSK_E_FAILED;
+  }
+  uint8_t *buf = realloc(a->hello_buf, a->hello_len + len);
+  if (buf == NULL) {
+    fail(a, M2MPSK_REASON_INTERNAL, "out of memory buffering input");
+    return M2MPSK_E_NOMEM;
+  }
+  memcpy(buf + a->hello_len, data, len);
+  a->hello_buf = buf;
+  a->hello_len += len;
+  m2mpsk_hello h;
+  int r = m2mpsk_hello_parse(buf, a->hello_len, 0, &h);
+  if (r == M2MPSK_HELLO_MORE)
+    return M2MPSK_OK;
+  /* Not a ClientHello we could parse: the config's own engine answers it,
+   * as it would have without the inspection. */
+  m2mpsk_engine_id id = m2mpsk_engine_choose_hello(
+      a->cfg, a->transport, r == M2MPSK_HELLO_OK ? &h : NULL);
+  int rc;
+  a->ectx = m2mpsk_config_engine_ctx(a->cfg, a->role, a->transport, &id, &rc);
+  if (a->ectx == NULL) {
+    fail(a, M2MPSK_REASON_INTERNAL, "cannot create the TLS engine");
+    return M2MPSK_E_FAILED;
+  }
+  a->engine = id;
+  a->ops = m2mpsk_tls_engine(id);
+  rc = start_engine(a);
+  if (rc != M2MPSK_OK)
+    return rc;
+  if (a->ops->push(a->eng, a->hello_buf, a->hello_len) != M2MPSK_OK) {
+    fail(a, M2MPSK_REASON_INTERNAL, "out of memory buffering input");
+    return M2MPSK_E_NOMEM;
+  }
+  free(a->hello_buf);
+  a->hello_buf = NULL;
+  a->hello_len = 0;
+  return step_handshake(a);
 }
 
 /* Runs the engine's handshake and moves the state along. */
@@ -790,12 +854,14 @@ HOT int m2mpsk_assoc_feed(m2mpsk_assoc *a, const uint8_t *data, size_t len,
   set_now(a, now_ms);
   if (!record_still_good(a))
     return M2MPSK_E_FAILED;
+  uint32_t max_input = m2mpsk_config_max_input(a->cfg);
+  if (a->ops == NULL)
+    return feed_hello(a, data, len, max_input);
   if (a->eng == NULL) {
     int rc = start_engine(a);
     if (rc != M2MPSK_OK)
       return rc;
   }
-  uint32_t max_input = m2mpsk_config_max_input(a->cfg);
   if (len > max_input || a->ops->buffered(a->eng) > max_input - len) {
     if (a->state != M2MPSK_STATE_HANDSHAKING)
       return M2MPSK_E_LIMIT;

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "guard.h"
+#include "hello.h"
 #include "internal.h"
 #include "tls/engine.h"
 
@@ -38,6 +39,10 @@ struct m2mpsk_config {
   /* [role][transport]: the engine AUTO chose, once, the same way (0 until
    * then); published after its context. */
   atomic_int chosen[2][2];
+  /* Each context's suites as IANA ids (what m2mpsk_hello_choose() compares
+   * with a ClientHello), written before the context is published. */
+  uint16_t suite_ids[M2MPSK_ENGINE_COUNT][2][2][64];
+  size_t n_ids_of[M2MPSK_ENGINE_COUNT][2][2];
   m2mpsk_engine_id engine; /* set_engine() */
   /* Changed by every association's new and free, on any core: kept off
    * the cache lines the fields above share. */
@@ -404,6 +409,11 @@ static m2mpsk_engine_ctx *make_ctx(m2mpsk_config *cfg, m2mpsk_engine_id id,
     *status = ops->ctx_new(&ctx, role, t, mine);
   if (*status != M2MPSK_OK)
     return NULL;
+  /* A name the id table lacks leaves the list empty: the engine then
+   * shares nothing with any hello, and is never chosen by one. */
+  if (m2mpsk_suite_ids(mine, cfg->suite_ids[id][role][t], 64,
+                       &cfg->n_ids_of[id][role][t]) != M2MPSK_OK)
+    cfg->n_ids_of[id][role][t] = 0;
   atomic_store_explicit(slot, ctx, memory_order_release);
   return ctx;
 }
@@ -447,6 +457,13 @@ m2mpsk_engine_ctx *m2mpsk_config_engine_ctx(m2mpsk_config *cfg,
   if (ctx != NULL)
     *engine = id;
   return ctx;
+}
+
+const uint16_t *m2mpsk_config_engine_ids(const m2mpsk_config *cfg,
+                                         m2mpsk_engine_id id, m2mpsk_role role,
+                                         m2mpsk_transport t, size_t *n) {
+  *n = cfg->n_ids_of[id][role][t];
+  return cfg->suite_ids[id][role][t];
 }
 
 m2mpsk_engine_id m2mpsk_config_engine(const m2mpsk_config *cfg) {

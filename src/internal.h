@@ -73,6 +73,11 @@ struct m2mpsk_engine_ctx *m2mpsk_config_engine_ctx(m2mpsk_config *cfg,
                                                    m2mpsk_transport transport,
                                                    m2mpsk_engine_id *engine,
                                                    int *status);
+/* The IANA ids of the suites of engine `id`'s context for (role, t), *n of
+ * them; only once m2mpsk_config_engine_ctx() returned that context. */
+const uint16_t *m2mpsk_config_engine_ids(const m2mpsk_config *cfg,
+                                         m2mpsk_engine_id id, m2mpsk_role role,
+                                         m2mpsk_transport t, size_t *n);
 /* The set_engine() choice. */
 m2mpsk_engine_id m2mpsk_config_engine(const m2mpsk_config *cfg);
 void m2mpsk_config_ref(m2mpsk_config *cfg);

@@ -137,5 +137,18 @@ int m2mpsk_engine_filter_suites(const m2mpsk_engine_ops *ops,
 m2mpsk_engine_id m2mpsk_engine_choose(m2mpsk_engine_id wanted, m2mpsk_role role,
                                       m2mpsk_transport transport,
                                       const char *suites);
+/* 1 when a responder of a config that asks for `wanted` over `transport`
+ * waits for the peer's ClientHello before choosing its engine: AUTO over
+ * TLS, with more than one engine loadable. */
+int m2mpsk_engine_waits_for_hello(m2mpsk_engine_id wanted,
+                                  m2mpsk_transport transport);
+struct m2mpsk_hello;
+/* For such a responder: the fastest engine whose suites (the config's,
+ * that the engine has) share one with the ClientHello `h`, or
+ * M2MPSK_ENGINE_AUTO when none does or h is NULL (not a ClientHello):
+ * then the config's own choice applies. */
+m2mpsk_engine_id m2mpsk_engine_choose_hello(m2mpsk_config *cfg,
+                                            m2mpsk_transport transport,
+                                            const struct m2mpsk_hello *h);
 
 #endif /* M2MPSK_TLS_ENGINE_H */

@@ -154,19 +154,27 @@ Test(engines, set_engine_checks_its_argument_and_the_suites) {
   m2mpsk_config_free(cfg);
 }
 
-/* The default config: the TS-0003 profile, which only OpenSSL has whole,
- * so AUTO runs both roles on OpenSSL and the mandated suite is chosen. */
-Test(engines, auto_runs_the_default_config_on_openssl) {
+/* The default config: the TS-0003 profile, which only OpenSSL has whole.
+ * The initiator runs on OpenSSL and offers the mandated suite first; over
+ * TLS the responder reads the ClientHello and takes the fastest engine
+ * sharing a suite with it (BoringSSL: TLS_PSK_WITH_AES_128_CBC_SHA, which
+ * the profile keeps for older peers); over DTLS it runs on OpenSSL (the
+ * cookies), which picks the mandated CCM_8. */
+Test(engines, auto_with_the_default_config) {
   m2mpsk_transport ts[2] = {M2MPSK_TRANSPORT_TLS, M2MPSK_TRANSPORT_DTLS};
-  const char *want[2] = {"TLS_PSK_WITH_AES_128_CBC_SHA256",
+  const char *first[2] = {"TLS_PSK_WITH_AES_128_CBC_SHA256",
+                          "TLS_PSK_WITH_AES_128_CCM_8"};
+  const char *want[2] = {"TLS_PSK_WITH_AES_128_CBC_SHA",
                          "TLS_PSK_WITH_AES_128_CCM_8"};
+  m2mpsk_engine_id responder[2] = {M2MPSK_ENGINE_BORINGSSL,
+                                   M2MPSK_ENGINE_OPENSSL};
   for (int i = 0; i < 2; i++) {
     m2mpsk_config *ca = config(M2MPSK_ENGINE_AUTO, NULL, 0);
     m2mpsk_config *cb = config(M2MPSK_ENGINE_AUTO, NULL, 1);
     char list[1024];
     cr_assert_eq(m2mpsk_config_suites(ca, ts[i], list, sizeof(list)),
                  M2MPSK_OK);
-    cr_assert(strncmp(list, want[i], strlen(want[i])) == 0, "%s", list);
+    cr_assert(strncmp(list, first[i], strlen(first[i])) == 0, "%s", list);
     /* Older BoringSSL-only peers still find a suite they have. */
     cr_assert_not_null(strstr(list, "TLS_PSK_WITH_AES_128_CBC_SHA:"), "%s",
                        list);
@@ -174,11 +182,86 @@ Test(engines, auto_runs_the_default_config_on_openssl) {
     char suite[64];
     handshake(ts[i], ca, cb, &ea, &eb, suite, sizeof(suite));
     cr_assert_eq(ea, M2MPSK_ENGINE_OPENSSL);
-    cr_assert_eq(eb, M2MPSK_ENGINE_OPENSSL);
+    cr_assert_eq(eb, responder[i]);
     cr_assert_str_eq(suite, want[i]);
     m2mpsk_config_free(ca);
     m2mpsk_config_free(cb);
   }
+}
+
+/* A peer that offers only a mandated suite succeeds against the default
+ * responder, which then runs on OpenSSL; the responder's engine is chosen
+ * only once the ClientHello is whole, here fed one byte at a time. */
+Test(engines, responder_reads_the_client_hello_first) {
+  const char *only[2] = {"TLS_PSK_WITH_AES_128_CBC_SHA256",
+                         "TLS_PSK_WITH_AES_128_CCM_8"};
+  for (int k = 0; k < 2; k++) {
+    m2mpsk_config *ca = config(M2MPSK_ENGINE_OPENSSL, only[k], 0);
+    m2mpsk_config *cb = config(M2MPSK_ENGINE_AUTO, NULL, 1);
+    m2mpsk_assoc *a, *b;
+    cr_assert_eq(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR,
+                                  M2MPSK_TRANSPORT_TLS, ca, g_ks, KPSA_ID),
+                 M2MPSK_OK);
+    cr_assert_eq(m2mpsk_assoc_new(&b, M2MPSK_ROLE_RESPONDER,
+                                  M2MPSK_TRANSPORT_TLS, cb, g_ks, NULL),
+                 M2MPSK_OK);
+    cr_assert_eq(m2mpsk_assoc_start(b, 1000, 0), M2MPSK_OK);
+    cr_assert_eq(m2mpsk_assoc_start(a, 1000, 0), M2MPSK_OK);
+    cr_assert_eq(m2mpsk_assoc_engine(b), M2MPSK_ENGINE_AUTO);
+    uint8_t hello[4096];
+    size_t n;
+    cr_assert_eq(m2mpsk_assoc_drain(a, hello, sizeof(hello), &n), M2MPSK_OK);
+    for (size_t i = 0; i + 1 < n; i++) {
+      cr_assert_eq(m2mpsk_assoc_feed(b, hello + i, 1, 1000), M2MPSK_OK);
+      cr_assert_eq(m2mpsk_assoc_engine(b), M2MPSK_ENGINE_AUTO);
+      cr_assert_eq(m2mpsk_assoc_pending(b), 0);
+    }
+    cr_assert_eq(m2mpsk_assoc_feed(b, hello + n - 1, 1, 1000), M2MPSK_OK);
+    cr_assert_eq(m2mpsk_assoc_engine(b), M2MPSK_ENGINE_OPENSSL);
+    pump(a, b);
+    cr_assert_eq(m2mpsk_assoc_state(b), M2MPSK_STATE_ESTABLISHED, "%s",
+                 m2mpsk_assoc_failure_detail(b));
+    cr_assert_str_eq(m2mpsk_assoc_suite(b), only[k]);
+    m2mpsk_assoc_free(a);
+    m2mpsk_assoc_free(b);
+    m2mpsk_config_free(ca);
+    m2mpsk_config_free(cb);
+  }
+}
+
+/* Bytes that are no ClientHello go to the config's own engine, which
+ * fails the handshake as it always did; a hello that never completes is
+ * bounded by max_input. */
+Test(engines, responder_without_a_client_hello) {
+  m2mpsk_config *cb = config(M2MPSK_ENGINE_AUTO, NULL, 1);
+  m2mpsk_assoc *b;
+  cr_assert_eq(m2mpsk_assoc_new(&b, M2MPSK_ROLE_RESPONDER, M2MPSK_TRANSPORT_TLS,
+                                cb, g_ks, NULL),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_start(b, 1000, 0), M2MPSK_OK);
+  static const uint8_t junk[16] = "GET / HTTP/1.1\r\n";
+  cr_assert_eq(m2mpsk_assoc_feed(b, junk, sizeof(junk), 1000), M2MPSK_E_FAILED);
+  cr_assert_eq(m2mpsk_assoc_engine(b), M2MPSK_ENGINE_OPENSSL);
+  m2mpsk_assoc_free(b);
+  m2mpsk_config_free(cb);
+
+  cr_assert_eq(m2mpsk_config_new(&cb), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_config_add_local_id(cb, IDB), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_config_set_max_input(cb, M2MPSK_MAX_INPUT_MIN),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_new(&b, M2MPSK_ROLE_RESPONDER, M2MPSK_TRANSPORT_TLS,
+                                cb, g_ks, NULL),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_start(b, 1000, 0), M2MPSK_OK);
+  /* A handshake record header announcing a long ClientHello, then more
+   * than max_input bytes of it. */
+  static const uint8_t head[9] = {22, 3, 3, 0x40, 0x00, 1, 0, 0x3f, 0xfc};
+  cr_assert_eq(m2mpsk_assoc_feed(b, head, sizeof(head), 1000), M2MPSK_OK);
+  static uint8_t body[M2MPSK_MAX_INPUT_MIN];
+  cr_assert_eq(m2mpsk_assoc_feed(b, body, sizeof(body), 1000), M2MPSK_E_FAILED);
+  cr_assert_eq(m2mpsk_assoc_failure(b), M2MPSK_REASON_LIMIT);
+  m2mpsk_assoc_free(b);
+  m2mpsk_config_free(cb);
 }
 
 /* Suites BoringSSL has: AUTO takes the faster engine, except for a DTLS
