@@ -620,13 +620,15 @@ M2MPSK_API int m2mpsk_config_suites(m2mpsk_config *cfg,
  * M2MPSK_ENGINE_OPENSSL. With a named engine, the suites in effect are
  * those of the config's list that the engine supports (association
  * creation fails with M2MPSK_E_SUITE if none is). With AUTO, m2mpsk picks
- * per association: an initiator, and (until ClientHello inspection) a
- * responder, runs on the fastest engine (BoringSSL, then OpenSSL) that
- * supports every suite the config enables for the transport, else on
- * OpenSSL; so the default config of a build with both engines runs on
- * OpenSSL, which has the mandated suites. m2mpsk_dtls_listen() uses the
- * OpenSSL engine whenever it can be loaded. m2mpsk_assoc_engine() says
- * which engine runs an association. Since 0.3.
+ * per association: an initiator runs on the fastest engine (BoringSSL,
+ * then OpenSSL) that supports every suite the config enables for the
+ * transport, else on OpenSSL (so the default config of a build with both
+ * engines offers the mandated suites from OpenSSL); a TLS responder reads
+ * the peer's ClientHello first (buffering what is fed, up to
+ * m2mpsk_config_set_max_input()) and runs on the fastest engine that
+ * shares a suite the config enables with it; a DTLS responder runs on
+ * OpenSSL whenever it can be loaded, as m2mpsk_dtls_listen() does.
+ * m2mpsk_assoc_engine() says which engine runs an association. Since 0.3.
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL cfg, unknown engine),
  * M2MPSK_E_STATE (frozen), M2MPSK_E_UNSUPPORTED (this process cannot load
  * that engine: this build lacks it or its module fails to load; see
