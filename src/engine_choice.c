@@ -20,7 +20,9 @@ m2mpsk_engine_id m2mpsk_engine_choose(m2mpsk_engine_id wanted, m2mpsk_role role,
   const m2mpsk_engine_ops *openssl = m2mpsk_tls_engine(M2MPSK_ENGINE_OPENSSL);
   /* A DTLS responder may be handed the ClientHello that m2mpsk_dtls_listen
    * (always OpenSSL's, for cookies) has verified: its message_seq is 1,
-   * which only the engine that sent the HelloVerifyRequest expects. */
+   * which only the engine that sent the HelloVerifyRequest expects.
+   * Measured: BoringSSL's DTLS server fed that hello answers nothing and
+   * waits for message_seq 0, so the handshake would only time out. */
   if (role == M2MPSK_ROLE_RESPONDER && transport == M2MPSK_TRANSPORT_DTLS &&
       openssl != NULL && openssl->dtls_listen != NULL)
     return M2MPSK_ENGINE_OPENSSL;
