@@ -184,6 +184,8 @@ M2MPSK_CONSTANTS("^M2MPSK_(ROLE|TRANSPORT|STATE|REASON|RATE|EVENT)_[A-Z_]+$")
 M2MPSK_CONSTANTS("^M2MPSK_PEER_(NONE|AE|CSE|CREDENTIAL)$")
 M2MPSK_CONSTANTS("^M2MPSK_ORIGINATOR_[A-Z_]+$")
 M2MPSK_CONSTANTS("^M2MPSK_PROFILE_[A-Z0-9_]+$")
+%rename("%(strip:[m2mpsk_])s") m2mpsk_engine_id;
+M2MPSK_CONSTANTS("^M2MPSK_ENGINE_(AUTO|BORINGSSL|OPENSSL)$")
 
 /* The glue functions, exposed under the names of the C functions they
  * stand for. */
@@ -197,6 +199,10 @@ M2MPSK_CONSTANTS("^M2MPSK_PROFILE_[A-Z0-9_]+$")
 %newobject m2mpsk_swig_profile_missing;
 %rename(profile_suites) m2mpsk_swig_profile_suites;
 %newobject m2mpsk_swig_profile_suites;
+%rename(engine_available) m2mpsk_swig_engine_available;
+%rename(engine_name) m2mpsk_swig_engine_name;
+%rename(engine_suite_count) m2mpsk_swig_engine_suite_count;
+%rename(engine_suite_name) m2mpsk_swig_engine_suite_name;
 
 /* ---- per-language typemaps, exception classes and names ---------------- */
 #if defined(SWIGPYTHON)
@@ -289,6 +295,29 @@ static char *m2mpsk_swig_profile_suites(int profile, int transport) {
                        NULL))
     return NULL;
   return m2mpsk_swig_strdup(buf);
+}
+%}
+
+/* ---- TLS engines (since 0.3) --------------------------------------------- */
+%inline %{
+/** 1 when engine e (an ENGINE_ constant) can be loaded in this process,
+ * else 0; for ENGINE_AUTO, 1 when any can. Loads it on first use.
+ * Thread-safe. */
+static int m2mpsk_swig_engine_available(int e) {
+  return m2mpsk_engine_available((m2mpsk_engine_id)e);
+}
+/** "auto", "boringssl" or "openssl"; null for an unknown value. */
+static const char *m2mpsk_swig_engine_name(int e) {
+  return m2mpsk_engine_name((m2mpsk_engine_id)e);
+}
+/** Number of suites engine e supports (ENGINE_AUTO: the union); 0 when it
+ * cannot be loaded. Thread-safe. */
+static size_t m2mpsk_swig_engine_suite_count(int e) {
+  return m2mpsk_engine_suite_count((m2mpsk_engine_id)e);
+}
+/** IANA name of engine e's suite i, or null past the end. Thread-safe. */
+static const char *m2mpsk_swig_engine_suite_name(int e, size_t i) {
+  return m2mpsk_engine_suite_name((m2mpsk_engine_id)e, i);
 }
 %}
 
@@ -697,6 +726,18 @@ typedef struct Config {} Config;
     m2mpsk_swig_fail(m2mpsk_config_set_profile(M2MPSK_SWIG_H($self), (m2mpsk_profile)profile),
                      NULL);
   }
+  /** Chooses the TLS engine (an ENGINE_ constant) this config's
+   * associations run on; ENGINE_AUTO, the default, picks per association.
+   * Raises E_INVALID (unknown engine), E_STATE (frozen), E_UNSUPPORTED
+   * (this process cannot load that engine; see backend_error()) or
+   * E_BACKEND. Since 0.3. */
+  void set_engine(int engine) {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return;
+    m2mpsk_swig_fail(m2mpsk_config_set_engine(M2MPSK_SWIG_H($self),
+                                              (m2mpsk_engine_id)engine),
+                     NULL);
+  }
   /** The suites associations made from this config offer and accept over
    * transport (TRANSPORT_TLS or TRANSPORT_DTLS), colon-separated, in
    * preference order: the set_suites() list, else the profile's, else the
@@ -1060,6 +1101,13 @@ typedef struct Association {} Association;
     if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
       return NULL;
     return m2mpsk_assoc_kpsa_id(M2MPSK_SWIG_H($self));
+  }
+  /** The engine running the association (ENGINE_BORINGSSL or
+   * ENGINE_OPENSSL) once chosen, else ENGINE_AUTO. Since 0.3. */
+  int engine() {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return M2MPSK_ENGINE_AUTO;
+    return (int)m2mpsk_assoc_engine(M2MPSK_SWIG_H($self));
   }
   /** IANA name of the negotiated suite once established, else null. */
   const char *suite() {

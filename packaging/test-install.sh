@@ -2,7 +2,9 @@
 # The install test: builds the Debian packages from this tree, runs lintian
 # on them, installs them, and checks with the installed files only that each
 # kind of consumer works: C with pkg-config, C with CMake find_package, the
-# m2mpsk command over loopback, Python and Java. Then purges the packages
+# m2mpsk command over loopback, Python and Java, and that both engines are
+# installed: TS-0003's mandated suites with default options against
+# OpenSSL's s_server and s_client. Then purges the packages
 # and checks that the machine's package set is what it was before.
 #
 #   bash packaging/test-install.sh
@@ -327,6 +329,82 @@ EOF
   (cd "$jdir" && "$jdk/java" -cp "$jar:." Handshake)
 }
 
+# The suites TS-0003 §10.2.2 mandates, with m2mpsk's default options on
+# both sides: `m2mpsk connect` against `openssl s_server` forced to
+# TLS_PSK_WITH_AES_128_CBC_SHA256 (TLS) or TLS_PSK_WITH_AES_128_CCM_8
+# (DTLS), and `openssl s_client` forced to them against `m2mpsk serve`.
+# $1: tcp or udp.
+mandated_connect() {
+  local cipher=PSK-AES128-CBC-SHA256 proto=-tls1_2 udp=() port="" srv rc
+  [ "$1" = udp ] && cipher=PSK-AES128-CCM8 proto=-dtls1_2 udp=(--udp)
+  rm -f "$work/s_server.out"
+  # stdin held open (sleep) so that s_server does not quit at its EOF.
+  sleep 30 | timeout 30 openssl s_server -accept 127.0.0.1:0 -naccept 1 \
+    -nocert -psk "$(cat "$work/key.hex")" -psk_identity test@onem2m.com \
+    -cipher "$cipher" "$proto" >"$work/s_server.out" 2>&1 &
+  srv=$!
+  for _ in $(seq 100); do
+    port=$(sed -n 's/^ACCEPT 127\.0\.0\.1:\([0-9][0-9]*\)$/\1/p' "$work/s_server.out")
+    [ -n "$port" ] && break
+    sleep 0.1
+  done
+  [ -n "$port" ] || { cat "$work/s_server.out"; kill "$srv"; return 1; }
+  echo "mandated over $1" | timeout 20 m2mpsk connect "127.0.0.1:$port" \
+    --keys "$work/mkeys" --kpsa-id test@onem2m.com "${udp[@]}" \
+    --timeout 10000 2>"$work/connect.err"
+  rc=$?
+  for _ in $(seq 50); do grep -q "mandated over $1" "$work/s_server.out" && break; sleep 0.1; done
+  kill "$srv" 2>/dev/null; wait "$srv" 2>/dev/null
+  echo "connect (exit $rc):"; sed 's/^/  /' "$work/connect.err"
+  echo "s_server:"; grep -E "^CIPHER is|mandated over" "$work/s_server.out" | sed 's/^/  /'
+  [ "$rc" -eq 0 ] && grep -q "^CIPHER is $cipher\$" "$work/s_server.out" &&
+    grep -q "mandated over $1" "$work/s_server.out" &&
+    grep -q "suite=TLS_PSK_WITH_AES_128_" "$work/connect.err"
+}
+
+mandated_serve() {
+  local cipher=PSK-AES128-CBC-SHA256 proto=-tls1_2 udp=() port="" srv rc line
+  [ "$1" = udp ] && cipher=PSK-AES128-CCM8 proto=-dtls1_2 udp=(--udp)
+  rm -f "$work/serve.err"
+  m2mpsk serve --keys "$work/mkeys" --id //m2m.example.com/cse-in --once \
+    --port 0 "${udp[@]}" --timeout 10000 2>"$work/serve.err" &
+  srv=$!
+  for _ in $(seq 100); do
+    line=$(grep -m1 'listening on' "$work/serve.err" 2>/dev/null)
+    port=$(printf '%s' "$line" | sed -n 's/.*listening on [^ ]*:\([0-9][0-9]*\).*/\1/p')
+    [ -n "$port" ] && break
+    sleep 0.1
+  done
+  [ -n "$port" ] || { cat "$work/serve.err"; kill "$srv"; return 1; }
+  echo "mandated over $1" | timeout 20 openssl s_client \
+    -connect "127.0.0.1:$port" -servername m2m.example.com \
+    -psk "$(cat "$work/key.hex")" -psk_identity test@onem2m.com \
+    -cipher "$cipher" "$proto" >"$work/s_client.out" 2>&1
+  rc=$?
+  for _ in $(seq 100); do kill -0 "$srv" 2>/dev/null || break; sleep 0.1; done
+  kill "$srv" 2>/dev/null
+  wait "$srv"
+  local srv_rc=$?
+  echo "serve (exit $srv_rc):"; sed 's/^/  /' "$work/serve.err"
+  echo "s_client (exit $rc):"; grep -E "Cipher is" "$work/s_client.out" | sed 's/^/  /'
+  [ "$rc" -eq 0 ] && [ "$srv_rc" -eq 0 ] &&
+    grep -q "Cipher is $cipher\$" "$work/s_client.out" &&
+    grep -q "suite=TLS_PSK_WITH_AES_128_" "$work/serve.err"
+}
+
+consumer_mandated() {
+  command -v openssl || return 1
+  # Both engines shipped and loadable.
+  m2mpsk version | grep -E '^(m2mpsk|engine [a-z]+:|profile)' || return 1
+  m2mpsk version | grep -q '^engine boringssl: [0-9]* suites$' || return 1
+  m2mpsk version | grep -q '^engine openssl: [0-9]* suites$' || return 1
+  # A key file of its own: step 3's holds the same KpsaID.
+  (umask 077 && m2mpsk keygen --keys "$work/mkeys" --kpsa-id test@onem2m.com \
+     --idb //m2m.example.com/cse-in --print hex >"$work/key.hex") || return 1
+  mandated_connect tcp && mandated_connect udp &&
+    mandated_serve tcp && mandated_serve udp
+}
+
 # Purged means gone: the package set is what it was before the test.
 machine_as_found() {
   apt-get purge -y -qq "${packages[@]}" || return 1
@@ -344,6 +422,7 @@ if step "build the .debs (dpkg-buildpackage -us -uc -b)" build_debs &&
   step "3. m2mpsk --help, serve --once / connect over 127.0.0.1 (TLS, DTLS)" consumer_cli
   step "4. python3 -c 'import m2mpsk' handshake" consumer_python
   step "5. Java class with /usr/share/java/m2mpsk.jar handshake" consumer_java
+  step "6. mandated suites, default options: m2mpsk vs openssl s_server/s_client (TLS, DTLS)" consumer_mandated
   step "purge, machine as found" machine_as_found
 fi
 echo "== took $((SECONDS - start)) s"

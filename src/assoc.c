@@ -11,6 +11,7 @@
 #include <strings.h>
 
 #include "guard.h"
+#include "hello.h"
 #include "identity.h"
 #include "internal.h"
 #include "tls/engine.h"
@@ -24,7 +25,18 @@
 struct m2mpsk_assoc {
   m2mpsk_config *cfg;
   m2mpsk_keystore *ks;
+  /* The engine running this association, its table and the config's
+   * context for it: chosen at creation. A responder's engine object is
+   * made when the first bytes arrive (start_engine()), so that a later
+   * choice can read the ClientHello first; until then eng is NULL. */
+  const m2mpsk_engine_ops *ops;
+  m2mpsk_engine_ctx *ectx;
   m2mpsk_engine *eng;
+  m2mpsk_engine_id engine;
+  /* A TLS responder of an AUTO config: the bytes fed until the ClientHello
+   * is whole (ops is NULL until then), bounded by the config's max_input. */
+  uint8_t *hello_buf;
+  size_t hello_len;
   m2mpsk_guard *guard; /* the config's; lives as long as the config */
   char *peer_tag;
   /* Responder: which local identities the SNI allows (all when no SNI);
@@ -39,10 +51,10 @@ struct m2mpsk_assoc {
   uint64_t start_ms;
   uint64_t deadline_ms;
   int64_t unix_at_start;
-  uint64_t kpsa_hash;   /* kpsa_id's keystore index hash, once known */
-  uint64_t serial;      /* the record in use (initiator: from creation) */
-  int64_t not_before;   /* initiator: its validity start, 0: none */
-  int64_t not_after;    /* its validity end, 0: none */
+  uint64_t kpsa_hash; /* kpsa_id's keystore index hash, once known */
+  uint64_t serial;    /* the record in use (initiator: from creation) */
+  int64_t not_before; /* initiator: its validity start, 0: none */
+  int64_t not_after;  /* its validity end, 0: none */
   /* Keystore generation when the record was last checked. An initiator
    * checks at creation, so that start need not fetch the record again
    * while nothing was removed or revoked since (UINT64_MAX: fetch). */
@@ -119,8 +131,8 @@ static COLD void fail(m2mpsk_assoc *a, m2mpsk_reason reason,
                       const char *detail) {
   if (a->state == M2MPSK_STATE_FAILED)
     return;
-  int live = a->state == M2MPSK_STATE_ESTABLISHED ||
-             a->state == M2MPSK_STATE_CLOSED;
+  int live =
+      a->state == M2MPSK_STATE_ESTABLISHED || a->state == M2MPSK_STATE_CLOSED;
   int was_bound = a->bound;
   a->state = M2MPSK_STATE_FAILED;
   a->reason = reason;
@@ -132,8 +144,8 @@ static COLD void fail(m2mpsk_assoc *a, m2mpsk_reason reason,
   m2mpsk_event_type type = M2MPSK_EVENT_FAILED;
   if (reason == M2MPSK_REASON_RATE_LIMITED)
     type = M2MPSK_EVENT_RATE_LIMITED;
-  else if (live && (reason == M2MPSK_REASON_REVOKED ||
-                    reason == M2MPSK_REASON_EXPIRED))
+  else if (live &&
+           (reason == M2MPSK_REASON_REVOKED || reason == M2MPSK_REASON_EXPIRED))
     type = M2MPSK_EVENT_REVOKED;
   emit(a, type, reason, was_bound, a->detail);
 
@@ -179,7 +191,7 @@ static void refuse(m2mpsk_assoc *a, m2mpsk_reason reason, const char *tmpl,
  * refusal deliberately looks like a bad key. */
 static COLD void fail_from_engine(m2mpsk_assoc *a) {
   char detail[160];
-  m2mpsk_reason r = m2mpsk_engine_failure(a->eng, detail, sizeof(detail));
+  m2mpsk_reason r = a->ops->failure(a->eng, detail, sizeof(detail));
   if (a->refusal != M2MPSK_REASON_NONE)
     fail(a, a->refusal, a->detail);
   else
@@ -191,7 +203,14 @@ static COLD void fail_from_engine(m2mpsk_assoc *a) {
 static HOT void set_now(m2mpsk_assoc *a, uint64_t now_ms) {
   if (now_ms > a->now_ms)
     a->now_ms = now_ms;
-  m2mpsk_engine_set_now(a->now_ms);
+  if (a->ops != NULL)
+    a->ops->set_now(a->now_ms);
+}
+
+/* The clock the engine sees during the calls that follow on this thread. */
+static HOT void engine_now(const m2mpsk_assoc *a) {
+  if (a->ops != NULL)
+    a->ops->set_now(a->now_ms);
 }
 
 static int64_t unix_now(const m2mpsk_assoc *a) {
@@ -447,8 +466,8 @@ static HOT int record_still_good(m2mpsk_assoc *a) {
     if (gen == a->checked_gen)
       return 1;
     m2mpsk_record_view v;
-    if (m2mpsk_keystore_fetch_hashed(a->ks, a->kpsa_id, a->kpsa_hash, &v,
-                                     NULL, NULL) != M2MPSK_OK ||
+    if (m2mpsk_keystore_fetch_hashed(a->ks, a->kpsa_id, a->kpsa_hash, &v, NULL,
+                                     NULL) != M2MPSK_OK ||
         v.serial != a->serial || v.revoked) {
       r = M2MPSK_REASON_REVOKED;
       why = "record for KpsaID %s was revoked or removed during the "
@@ -460,7 +479,8 @@ static HOT int record_still_good(m2mpsk_assoc *a) {
   }
   char msg[192];
   format1(msg, sizeof(msg), why, a->kpsa_id);
-  m2mpsk_engine_abort(a->eng, 49 /* access_denied */);
+  if (a->eng != NULL)
+    a->ops->abort(a->eng, 49 /* access_denied */);
   fail(a, r, msg);
   return 0;
 }
@@ -490,8 +510,8 @@ int m2mpsk_assoc_new(m2mpsk_assoc **out, m2mpsk_role role,
      * says whether it was malformed. */
     gen = m2mpsk_keystore_generation(keystore);
     hash = m2mpsk_keystore_hash(keystore, kpsa_id);
-    if (m2mpsk_keystore_fetch_hashed(keystore, kpsa_id, hash, &v, NULL,
-                                     NULL) != M2MPSK_OK) {
+    if (m2mpsk_keystore_fetch_hashed(keystore, kpsa_id, hash, &v, NULL, NULL) !=
+        M2MPSK_OK) {
       int rc = m2mpsk_kpsa_id_validate(kpsa_id);
       return rc != M2MPSK_OK ? rc : M2MPSK_E_NOT_FOUND;
     }
@@ -546,10 +566,22 @@ int m2mpsk_assoc_new(m2mpsk_assoc **out, m2mpsk_role role,
     memset(a->sni_ok, 1, n_sni);
   }
 
-  m2mpsk_engine_ctx *ctx =
-      m2mpsk_config_engine_ctx(config, role, transport, &rc);
-  if (ctx != NULL)
-    rc = m2mpsk_engine_new(&a->eng, ctx, a);
+  /* The engine is chosen now, from the config alone; an initiator's
+   * engine object is made now too, so that its SNI is set and a failure
+   * surfaces here. */
+  m2mpsk_engine_id engine = M2MPSK_ENGINE_AUTO;
+  a->ectx = m2mpsk_config_engine_ctx(config, role, transport, &engine, &rc);
+  /* Made all the same when the responder waits for the ClientHello: a
+   * config that can make no engine fails here, not at the first bytes. */
+  if (a->ectx != NULL && role == M2MPSK_ROLE_RESPONDER &&
+      m2mpsk_engine_waits_for_hello(m2mpsk_config_engine(config), transport)) {
+    a->ectx = NULL;
+  } else if (a->ectx != NULL) {
+    a->engine = engine;
+    a->ops = m2mpsk_tls_engine(engine);
+    if (role == M2MPSK_ROLE_INITIATOR)
+      rc = a->ops->engine_new(&a->eng, a->ectx, a);
+  }
   if (rc == M2MPSK_OK && role == M2MPSK_ROLE_INITIATOR && !a->reversed) {
     /* SNI names the server's authority: IdB's, unless the server is
      * Entity A (SA2), which has none to name. A record's IdB never
@@ -557,8 +589,8 @@ int m2mpsk_assoc_new(m2mpsk_assoc **out, m2mpsk_role role,
      * start refuses. */
     char host[256];
     if (m2mpsk_idb_sni_of_valid(v.idb, host, sizeof(host)) &&
-        m2mpsk_engine_set_server_name(a->eng, host) != M2MPSK_OK) {
-      m2mpsk_engine_free(a->eng);
+        a->ops->set_server_name(a->eng, host) != M2MPSK_OK) {
+      a->ops->engine_free(a->eng);
       rc = M2MPSK_E_NOMEM;
     }
   }
@@ -582,7 +614,9 @@ void m2mpsk_assoc_free(m2mpsk_assoc *a) {
   if (a->state == M2MPSK_STATE_ESTABLISHED)
     report_closed(a, "freed while established");
   handshake_over(a);
-  m2mpsk_engine_free(a->eng);
+  if (a->eng != NULL)
+    a->ops->engine_free(a->eng);
+  free(a->hello_buf);
   m2mpsk_keystore_free(a->ks);
   m2mpsk_config_free(a->cfg);
   free(a->peer_id);
@@ -597,7 +631,8 @@ int m2mpsk_assoc_set_mtu(m2mpsk_assoc *a, unsigned mtu) {
     return M2MPSK_E_INVALID;
   if (a->state != M2MPSK_STATE_IDLE)
     return M2MPSK_E_STATE;
-  int rc = m2mpsk_engine_set_mtu(a->eng, mtu);
+  /* A responder's engine does not exist yet: start_engine() applies it. */
+  int rc = a->eng != NULL ? a->ops->set_mtu(a->eng, mtu) : M2MPSK_OK;
   if (rc == M2MPSK_OK)
     a->mtu = mtu;
   return rc;
@@ -627,9 +662,81 @@ const char *m2mpsk_assoc_peer_tag(const m2mpsk_assoc *a) {
   return a ? a->peer_tag : NULL;
 }
 
+/* A responder's engine object, made when the first bytes arrive: the
+ * place where the ClientHello can be read before an engine is chosen.
+ * M2MPSK_OK, or M2MPSK_E_FAILED (out of memory; the association failed). */
+static int start_engine(m2mpsk_assoc *a) {
+  int rc = a->ops->engine_new(&a->eng, a->ectx, a);
+  if (rc == M2MPSK_OK && a->transport == M2MPSK_TRANSPORT_DTLS &&
+      a->mtu != 1400)
+    rc = a->ops->set_mtu(a->eng, a->mtu);
+  if (rc != M2MPSK_OK) {
+    if (a->eng != NULL)
+      a->ops->engine_free(a->eng);
+    a->eng = NULL;
+    fail(a, M2MPSK_REASON_INTERNAL, "cannot create the TLS engine");
+    return M2MPSK_E_FAILED;
+  }
+  engine_now(a);
+  return M2MPSK_OK;
+}
+
+static int step_handshake(m2mpsk_assoc *a);
+
+/* A responder waiting for the ClientHello: buffers the bytes until it is
+ * whole, then chooses the engine from the suites it offers
+ * (m2mpsk_engine_choose_hello(), else the config's own choice), makes it
+ * and hands it every byte so far. Returns what m2mpsk_assoc_feed() does. */
+static int feed_hello(m2mpsk_assoc *a, const uint8_t *data, size_t len,
+                      uint32_t max_input) {
+  if (len > max_input || a->hello_len > max_input - len) {
+    char msg[96];
+    snprintf(msg, sizeof(msg),
+             "more than %u bytes of input during the handshake",
+             (unsigned)max_input);
+    fail(a, M2MPSK_REASON_LIMIT, msg);
+    return M2MPSK_E_FAILED;
+  }
+  uint8_t *buf = realloc(a->hello_buf, a->hello_len + len);
+  if (buf == NULL) {
+    fail(a, M2MPSK_REASON_INTERNAL, "out of memory buffering input");
+    return M2MPSK_E_NOMEM;
+  }
+  memcpy(buf + a->hello_len, data, len);
+  a->hello_buf = buf;
+  a->hello_len += len;
+  m2mpsk_hello h;
+  int r = m2mpsk_hello_parse(buf, a->hello_len, 0, &h);
+  if (r == M2MPSK_HELLO_MORE)
+    return M2MPSK_OK;
+  /* Not a ClientHello we could parse: the config's own engine answers it,
+   * as it would have without the inspection. */
+  m2mpsk_engine_id id = m2mpsk_engine_choose_hello(
+      a->cfg, a->transport, r == M2MPSK_HELLO_OK ? &h : NULL);
+  int rc;
+  a->ectx = m2mpsk_config_engine_ctx(a->cfg, a->role, a->transport, &id, &rc);
+  if (a->ectx == NULL) {
+    fail(a, M2MPSK_REASON_INTERNAL, "cannot create the TLS engine");
+    return M2MPSK_E_FAILED;
+  }
+  a->engine = id;
+  a->ops = m2mpsk_tls_engine(id);
+  rc = start_engine(a);
+  if (rc != M2MPSK_OK)
+    return rc;
+  if (a->ops->push(a->eng, a->hello_buf, a->hello_len) != M2MPSK_OK) {
+    fail(a, M2MPSK_REASON_INTERNAL, "out of memory buffering input");
+    return M2MPSK_E_NOMEM;
+  }
+  free(a->hello_buf);
+  a->hello_buf = NULL;
+  a->hello_len = 0;
+  return step_handshake(a);
+}
+
 /* Runs the engine's handshake and moves the state along. */
 static int step_handshake(m2mpsk_assoc *a) {
-  int r = m2mpsk_engine_handshake(a->eng);
+  int r = a->ops->handshake(a->eng);
   if (r == M2MPSK_ENG_WANT)
     return M2MPSK_OK;
   if (r == M2MPSK_ENG_FAIL) {
@@ -637,7 +744,7 @@ static int step_handshake(m2mpsk_assoc *a) {
     return M2MPSK_E_FAILED;
   }
   /* Done: the peer proved it holds the key. Bind. */
-  const char *negotiated = m2mpsk_engine_psk_identity(a->eng);
+  const char *negotiated = a->ops->psk_identity(a->eng);
   if (a->peer_id == NULL ||
       (a->role == M2MPSK_ROLE_RESPONDER &&
        (negotiated == NULL || strcmp(negotiated, a->kpsa_id) != 0))) {
@@ -656,8 +763,8 @@ static int step_handshake(m2mpsk_assoc *a) {
   }
   /* "<suite> over <version>", without printf's cost on every handshake. */
   char detail[96];
-  const char *parts[3] = {m2mpsk_engine_suite(a->eng), " over ",
-                          m2mpsk_engine_version(a->eng)};
+  const char *parts[3] = {a->ops->suite(a->eng), " over ",
+                          a->ops->version(a->eng)};
   size_t used = 0;
   for (int i = 0; i < 3; i++) {
     const char *p = parts[i] ? parts[i] : "(null)";
@@ -696,8 +803,8 @@ int m2mpsk_assoc_start(m2mpsk_assoc *a, uint64_t now_ms, int64_t unix_time) {
       v.not_after = a->not_after;
       v.revoked = 0;
       r = check_record(a, &v, &why);
-    } else if (m2mpsk_keystore_fetch_hashed(a->ks, a->kpsa_id, a->kpsa_hash,
-                                            &v, NULL, NULL) != M2MPSK_OK ||
+    } else if (m2mpsk_keystore_fetch_hashed(a->ks, a->kpsa_id, a->kpsa_hash, &v,
+                                            NULL, NULL) != M2MPSK_OK ||
                v.serial != a->serial) {
       r = M2MPSK_REASON_REVOKED;
       why = "record for KpsaID %s was removed";
@@ -748,17 +855,26 @@ HOT int m2mpsk_assoc_feed(m2mpsk_assoc *a, const uint8_t *data, size_t len,
   if (!record_still_good(a))
     return M2MPSK_E_FAILED;
   uint32_t max_input = m2mpsk_config_max_input(a->cfg);
-  if (len > max_input || m2mpsk_engine_buffered(a->eng) > max_input - len) {
+  if (a->ops == NULL)
+    return feed_hello(a, data, len, max_input);
+  if (a->eng == NULL) {
+    int rc = start_engine(a);
+    if (rc != M2MPSK_OK)
+      return rc;
+  }
+  if (len > max_input || a->ops->buffered(a->eng) > max_input - len) {
     if (a->state != M2MPSK_STATE_HANDSHAKING)
       return M2MPSK_E_LIMIT;
     char msg[96];
-    snprintf(msg, sizeof(msg), "more than %u bytes of input during the "
-             "handshake", (unsigned)max_input);
-    m2mpsk_engine_abort(a->eng, 80 /* internal_error */);
+    snprintf(msg, sizeof(msg),
+             "more than %u bytes of input during the "
+             "handshake",
+             (unsigned)max_input);
+    a->ops->abort(a->eng, 80 /* internal_error */);
     fail(a, M2MPSK_REASON_LIMIT, msg);
     return M2MPSK_E_FAILED;
   }
-  if (m2mpsk_engine_push(a->eng, data, len) != M2MPSK_OK) {
+  if (a->ops->push(a->eng, data, len) != M2MPSK_OK) {
     /* A stream that lost bytes cannot go on; a lost datagram is loss. */
     if (a->transport == M2MPSK_TRANSPORT_TLS)
       fail(a, M2MPSK_REASON_INTERNAL, "out of memory buffering input");
@@ -770,9 +886,9 @@ HOT int m2mpsk_assoc_feed(m2mpsk_assoc *a, const uint8_t *data, size_t len,
 }
 
 size_t m2mpsk_assoc_pending(const m2mpsk_assoc *a) {
-  if (a == NULL || a->state == M2MPSK_STATE_IDLE)
+  if (a == NULL || a->state == M2MPSK_STATE_IDLE || a->eng == NULL)
     return 0;
-  return m2mpsk_engine_pending(a->eng);
+  return a->ops->pending(a->eng);
 }
 
 HOT int m2mpsk_assoc_drain(m2mpsk_assoc *a, uint8_t *out, size_t cap,
@@ -784,7 +900,9 @@ HOT int m2mpsk_assoc_drain(m2mpsk_assoc *a, uint8_t *out, size_t cap,
     return M2MPSK_E_BUFFER;
   if (a->state == M2MPSK_STATE_IDLE)
     return M2MPSK_E_STATE;
-  return m2mpsk_engine_drain(a->eng, out, cap, out_len);
+  if (a->eng == NULL) /* a responder that was fed nothing yet */
+    return M2MPSK_E_AGAIN;
+  return a->ops->drain(a->eng, out, cap, out_len);
 }
 
 /* The first monotonic time at which record_still_good() finds the record
@@ -826,8 +944,8 @@ int m2mpsk_assoc_next_timeout(const m2mpsk_assoc *a, uint64_t *deadline_ms) {
     have = 1;
   }
   uint64_t left;
-  m2mpsk_engine_set_now(a->now_ms);
-  if (m2mpsk_engine_timer(a->eng, &left)) {
+  engine_now(a);
+  if (a->eng != NULL && a->ops->timer(a->eng, &left)) {
     uint64_t t = a->now_ms + left;
     if (!have || t < best)
       best = t;
@@ -859,7 +977,7 @@ int m2mpsk_assoc_handle_timeout(m2mpsk_assoc *a, uint64_t now_ms) {
     fail(a, M2MPSK_REASON_TIMEOUT, msg);
     return M2MPSK_E_FAILED;
   }
-  if (m2mpsk_engine_on_timer(a->eng) != M2MPSK_OK) {
+  if (a->eng != NULL && a->ops->on_timer(a->eng) != M2MPSK_OK) {
     fail_from_engine(a);
     return M2MPSK_E_FAILED;
   }
@@ -883,12 +1001,12 @@ HOT int m2mpsk_assoc_write(m2mpsk_assoc *a, const uint8_t *data, size_t len,
     return M2MPSK_E_CLOSED;
   if (a->state != M2MPSK_STATE_ESTABLISHED)
     return M2MPSK_E_STATE;
-  m2mpsk_engine_set_now(a->now_ms);
+  engine_now(a);
   if (!record_still_good(a))
     return M2MPSK_E_FAILED;
   if (len == 0)
     return M2MPSK_OK;
-  int rc = m2mpsk_engine_write(a->eng, data, len);
+  int rc = a->ops->write(a->eng, data, len);
   if (rc == M2MPSK_E_FAILED)
     fail_from_engine(a);
   else if (rc == M2MPSK_E_NOMEM) /* the record layer is left mid-write */
@@ -911,10 +1029,10 @@ HOT int m2mpsk_assoc_read(m2mpsk_assoc *a, uint8_t *out, size_t cap,
     return M2MPSK_E_CLOSED;
   if (a->state != M2MPSK_STATE_ESTABLISHED && a->state != M2MPSK_STATE_CLOSED)
     return M2MPSK_E_STATE;
-  m2mpsk_engine_set_now(a->now_ms);
+  engine_now(a);
   if (!record_still_good(a))
     return M2MPSK_E_FAILED;
-  int rc = m2mpsk_engine_read(a->eng, out, cap, out_len);
+  int rc = a->ops->read(a->eng, out, cap, out_len);
   if (rc == M2MPSK_E_CLOSED) {
     a->received_close = 1;
     a->state = M2MPSK_STATE_CLOSED;
@@ -932,8 +1050,8 @@ int m2mpsk_assoc_close(m2mpsk_assoc *a) {
     return M2MPSK_OK;
   if (a->state != M2MPSK_STATE_ESTABLISHED && a->state != M2MPSK_STATE_CLOSED)
     return M2MPSK_E_STATE;
-  m2mpsk_engine_set_now(a->now_ms);
-  if (m2mpsk_engine_close(a->eng) != M2MPSK_OK) {
+  engine_now(a);
+  if (a->ops->close(a->eng) != M2MPSK_OK) {
     fail_from_engine(a);
     return M2MPSK_E_FAILED;
   }
@@ -967,8 +1085,7 @@ int m2mpsk_assoc_bind_ae_id(m2mpsk_assoc *a, const char *ae_id) {
     return rc;
   /* A one-segment identifier is a CSE-ID unless it is S-type (TS-0001
    * §7.2): "/S1", "//sp/S1". */
-  if (m2mpsk_idb_validate(ae_id) == M2MPSK_OK &&
-      strrchr(ae_id, '/')[1] != 'S')
+  if (m2mpsk_idb_validate(ae_id) == M2MPSK_OK && strrchr(ae_id, '/')[1] != 'S')
     return M2MPSK_E_IDA;
   if (!has_session(a) || is_entity_a(a) || !a->peer_is_credential ||
       a->ae_id_bound)
@@ -998,11 +1115,11 @@ const char *m2mpsk_assoc_kpsa_id(const m2mpsk_assoc *a) {
 }
 
 const char *m2mpsk_assoc_suite(const m2mpsk_assoc *a) {
-  return has_session(a) ? m2mpsk_engine_suite(a->eng) : NULL;
+  return has_session(a) ? a->ops->suite(a->eng) : NULL;
 }
 
 const char *m2mpsk_assoc_version(const m2mpsk_assoc *a) {
-  return has_session(a) ? m2mpsk_engine_version(a->eng) : NULL;
+  return has_session(a) ? a->ops->version(a->eng) : NULL;
 }
 
 int m2mpsk_assoc_export(const m2mpsk_assoc *a, uint8_t *out, size_t out_len,
@@ -1015,8 +1132,12 @@ int m2mpsk_assoc_export(const m2mpsk_assoc *a, uint8_t *out, size_t out_len,
     return M2MPSK_E_BUFFER;
   if (a->state != M2MPSK_STATE_ESTABLISHED)
     return M2MPSK_E_STATE;
-  return m2mpsk_engine_export(a->eng, out, out_len, label, context,
-                              context_len);
+  return a->ops->export_keying(a->eng, out, out_len, label, context,
+                               context_len);
+}
+
+m2mpsk_engine_id m2mpsk_assoc_engine(const m2mpsk_assoc *a) {
+  return a != NULL ? a->engine : M2MPSK_ENGINE_AUTO;
 }
 
 m2mpsk_reason m2mpsk_assoc_failure(const m2mpsk_assoc *a) {

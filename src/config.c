@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "guard.h"
+#include "hello.h"
 #include "internal.h"
 #include "tls/engine.h"
 
@@ -19,8 +20,8 @@ typedef struct local_id {
 struct m2mpsk_config {
   pthread_mutex_t lock;
   int frozen;
-  char *suites;  /* set_suites(), or NULL */
-  int profile;   /* set_profile(), or 0 */
+  char *suites; /* set_suites(), or NULL */
+  int profile;  /* set_profile(), or 0 */
   uint32_t handshake_timeout_ms;
   int reveal_unknown;
   int roles_reversed;
@@ -34,7 +35,15 @@ struct m2mpsk_config {
   /* [role][transport]: each created once under the lock, after freezing,
    * and published with release order, so that creating an association
    * reads it with one acquire load and no lock. */
-  _Atomic(m2mpsk_engine_ctx *) ctx[2][2];
+  _Atomic(m2mpsk_engine_ctx *) ctx[M2MPSK_ENGINE_COUNT][2][2];
+  /* [role][transport]: the engine AUTO chose, once, the same way (0 until
+   * then); published after its context. */
+  atomic_int chosen[2][2];
+  /* Each context's suites as IANA ids (what m2mpsk_hello_choose() compares
+   * with a ClientHello), written before the context is published. */
+  uint16_t suite_ids[M2MPSK_ENGINE_COUNT][2][2][64];
+  size_t n_ids_of[M2MPSK_ENGINE_COUNT][2][2];
+  m2mpsk_engine_id engine; /* set_engine() */
   /* Changed by every association's new and free, on any core: kept off
    * the cache lines the fields above share. */
   char pad_[64];
@@ -77,9 +86,14 @@ void m2mpsk_config_free(m2mpsk_config *cfg) {
     return;
   if (atomic_fetch_sub_explicit(&cfg->refs, 1, memory_order_acq_rel) != 1)
     return;
-  for (int r = 0; r < 2; r++)
-    for (int t = 0; t < 2; t++)
-      m2mpsk_engine_ctx_free(atomic_load(&cfg->ctx[r][t]));
+  for (int e = 1; e < M2MPSK_ENGINE_COUNT; e++)
+    for (int r = 0; r < 2; r++)
+      for (int t = 0; t < 2; t++) {
+        m2mpsk_engine_ctx *ctx = atomic_load(&cfg->ctx[e][r][t]);
+        /* A context exists only once its engine is loaded. */
+        if (ctx != NULL)
+          m2mpsk_tls_engine((m2mpsk_engine_id)e)->ctx_free(ctx);
+      }
   m2mpsk_guard_free(atomic_load(&cfg->guard));
   for (size_t i = 0; i < cfg->n_ids; i++)
     free(cfg->ids[i].id);
@@ -101,7 +115,7 @@ static int lock_unfrozen(m2mpsk_config *cfg) {
 int m2mpsk_config_set_suites(m2mpsk_config *cfg, const char *iana_names) {
   if (cfg == NULL || iana_names == NULL)
     return M2MPSK_E_INVALID;
-  int rc = m2mpsk_engine_check_suites(iana_names);
+  int rc = m2mpsk_engine_check_suites(M2MPSK_ENGINE_AUTO, iana_names);
   if (rc != M2MPSK_OK)
     return rc;
   char *copy = strdup(iana_names);
@@ -110,6 +124,14 @@ int m2mpsk_config_set_suites(m2mpsk_config *cfg, const char *iana_names) {
   if (!lock_unfrozen(cfg)) {
     free(copy);
     return M2MPSK_E_STATE;
+  }
+  /* Under the lock: a named engine (set_engine()) must have every name. */
+  if (cfg->engine != M2MPSK_ENGINE_AUTO)
+    rc = m2mpsk_engine_check_suites(cfg->engine, iana_names);
+  if (rc != M2MPSK_OK) {
+    pthread_mutex_unlock(&cfg->lock);
+    free(copy);
+    return rc;
   }
   free(cfg->suites);
   cfg->suites = copy;
@@ -130,6 +152,20 @@ int m2mpsk_config_set_profile(m2mpsk_config *cfg, m2mpsk_profile profile) {
   free(cfg->suites);
   cfg->suites = NULL;
   cfg->profile = profile;
+  pthread_mutex_unlock(&cfg->lock);
+  return M2MPSK_OK;
+}
+
+int m2mpsk_config_set_engine(m2mpsk_config *cfg, m2mpsk_engine_id e) {
+  if (cfg == NULL || (e != M2MPSK_ENGINE_AUTO && e != M2MPSK_ENGINE_BORINGSSL &&
+                      e != M2MPSK_ENGINE_OPENSSL))
+    return M2MPSK_E_INVALID;
+  if (e == M2MPSK_ENGINE_AUTO ? m2mpsk_tls() == NULL
+                              : m2mpsk_tls_engine(e) == NULL)
+    return e == M2MPSK_ENGINE_AUTO ? M2MPSK_E_BACKEND : M2MPSK_E_UNSUPPORTED;
+  if (!lock_unfrozen(cfg))
+    return M2MPSK_E_STATE;
+  cfg->engine = e;
   pthread_mutex_unlock(&cfg->lock);
   return M2MPSK_OK;
 }
@@ -300,9 +336,8 @@ int m2mpsk_config_peer_blocked(m2mpsk_config *cfg, const char *peer_tag,
     return M2MPSK_E_INVALID;
   m2mpsk_guard *g = guard_of(cfg);
   uint64_t until = 0;
-  int blocked =
-      g != NULL && m2mpsk_guard_blocked(g, M2MPSK_RATE_PEER, peer_tag, now_ms,
-                                        &until);
+  int blocked = g != NULL && m2mpsk_guard_blocked(g, M2MPSK_RATE_PEER, peer_tag,
+                                                  now_ms, &until);
   if (until_ms != NULL)
     *until_ms = blocked ? until : 0;
   return blocked;
@@ -350,31 +385,89 @@ m2mpsk_guard *m2mpsk_config_guard(m2mpsk_config *cfg, int *status) {
   return g;
 }
 
+/* Engine `id`'s context for (role, transport), created on first use with
+ * the config's suites that the engine supports. Called with the lock held
+ * and the config frozen. */
+static m2mpsk_engine_ctx *make_ctx(m2mpsk_config *cfg, m2mpsk_engine_id id,
+                                   m2mpsk_role role, m2mpsk_transport t,
+                                   int *status) {
+  _Atomic(m2mpsk_engine_ctx *) *slot = &cfg->ctx[id][role][t];
+  m2mpsk_engine_ctx *ctx = atomic_load_explicit(slot, memory_order_relaxed);
+  if (ctx != NULL)
+    return ctx;
+  const m2mpsk_engine_ops *ops = m2mpsk_tls_engine(id);
+  char buf[1024], mine[1024];
+  const char *suites = suites_for(cfg, t, buf, sizeof(buf));
+  if (ops == NULL || suites == NULL) {
+    *status = M2MPSK_E_BACKEND;
+    return NULL;
+  }
+  *status = m2mpsk_engine_filter_suites(ops, suites, mine, sizeof(mine));
+  if (*status == M2MPSK_E_INVALID)
+    *status = M2MPSK_E_SUITE;
+  if (*status == M2MPSK_OK)
+    *status = ops->ctx_new(&ctx, role, t, mine);
+  if (*status != M2MPSK_OK)
+    return NULL;
+  /* A name the id table lacks leaves the list empty: the engine then
+   * shares nothing with any hello, and is never chosen by one. */
+  if (m2mpsk_suite_ids(mine, cfg->suite_ids[id][role][t], 64,
+                       &cfg->n_ids_of[id][role][t]) != M2MPSK_OK)
+    cfg->n_ids_of[id][role][t] = 0;
+  atomic_store_explicit(slot, ctx, memory_order_release);
+  return ctx;
+}
+
 m2mpsk_engine_ctx *m2mpsk_config_engine_ctx(m2mpsk_config *cfg,
                                             m2mpsk_role role,
                                             m2mpsk_transport transport,
+                                            m2mpsk_engine_id *engine,
                                             int *status) {
-  _Atomic(m2mpsk_engine_ctx *) *slot = &cfg->ctx[role][transport];
-  /* Published only after frozen was set under the lock. */
-  m2mpsk_engine_ctx *ctx = atomic_load_explicit(slot, memory_order_acquire);
   *status = M2MPSK_OK;
-  if (ctx != NULL)
+  m2mpsk_engine_id id = *engine;
+  if (id == M2MPSK_ENGINE_AUTO)
+    id = (m2mpsk_engine_id)atomic_load_explicit(&cfg->chosen[role][transport],
+                                                memory_order_acquire);
+  /* Published only after frozen was set under the lock. */
+  m2mpsk_engine_ctx *ctx =
+      id != M2MPSK_ENGINE_AUTO
+          ? atomic_load_explicit(&cfg->ctx[id][role][transport],
+                                 memory_order_acquire)
+          : NULL;
+  if (ctx != NULL) {
+    *engine = id;
     return ctx;
+  }
   pthread_mutex_lock(&cfg->lock);
   cfg->frozen = 1;
-  ctx = atomic_load_explicit(slot, memory_order_relaxed);
-  if (ctx == NULL) {
+  if (id == M2MPSK_ENGINE_AUTO) {
     char buf[1024];
     const char *suites = suites_for(cfg, transport, buf, sizeof(buf));
-    *status = suites ? m2mpsk_engine_ctx_new(&ctx, role, transport, suites)
-                     : M2MPSK_E_BACKEND;
-    if (*status == M2MPSK_OK)
-      atomic_store_explicit(slot, ctx, memory_order_release);
-    else
-      ctx = NULL;
+    id = m2mpsk_engine_choose(cfg->engine, role, transport, suites);
+  }
+  if (id == M2MPSK_ENGINE_AUTO) {
+    *status = M2MPSK_E_BACKEND;
+  } else {
+    ctx = make_ctx(cfg, id, role, transport, status);
+    if (ctx != NULL && *engine == M2MPSK_ENGINE_AUTO)
+      atomic_store_explicit(&cfg->chosen[role][transport], (int)id,
+                            memory_order_release);
   }
   pthread_mutex_unlock(&cfg->lock);
+  if (ctx != NULL)
+    *engine = id;
   return ctx;
+}
+
+const uint16_t *m2mpsk_config_engine_ids(const m2mpsk_config *cfg,
+                                         m2mpsk_engine_id id, m2mpsk_role role,
+                                         m2mpsk_transport t, size_t *n) {
+  *n = cfg->n_ids_of[id][role][t];
+  return cfg->suite_ids[id][role][t];
+}
+
+m2mpsk_engine_id m2mpsk_config_engine(const m2mpsk_config *cfg) {
+  return cfg->engine;
 }
 
 /* The getters below read fields that never change once frozen, and an

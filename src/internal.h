@@ -42,10 +42,9 @@ int m2mpsk_keystore_fetch(const m2mpsk_keystore *ks, const char *kpsa_id,
 uint64_t m2mpsk_keystore_hash(const m2mpsk_keystore *ks, const char *kpsa_id);
 
 /* m2mpsk_keystore_fetch() with `hash` = m2mpsk_keystore_hash(ks, kpsa_id). */
-int m2mpsk_keystore_fetch_hashed(const m2mpsk_keystore *ks,
-                                 const char *kpsa_id, uint64_t hash,
-                                 m2mpsk_record_view *view, uint8_t *key_out,
-                                 size_t *key_len);
+int m2mpsk_keystore_fetch_hashed(const m2mpsk_keystore *ks, const char *kpsa_id,
+                                 uint64_t hash, m2mpsk_record_view *view,
+                                 uint8_t *key_out, size_t *key_len);
 
 /* A counter that every remove and revoke increases. Thread-safe. */
 uint64_t m2mpsk_keystore_generation(const m2mpsk_keystore *ks);
@@ -63,12 +62,24 @@ int m2mpsk_profile_honoured(m2mpsk_profile p);
 struct m2mpsk_engine_ctx;
 struct m2mpsk_guard;
 
-/* Freezes the config and returns its engine context for (role, transport),
- * creating it on first use. Thread-safe. NULL on failure (*status set). */
+/* Freezes the config and returns an engine context for (role, transport),
+ * creating it on first use. *engine: the engine wanted, or
+ * M2MPSK_ENGINE_AUTO for the config's choice (set_engine(), else
+ * m2mpsk_engine_choose(), made once per role and transport); set to the
+ * engine the context belongs to. Thread-safe. NULL on failure (*status
+ * set). */
 struct m2mpsk_engine_ctx *m2mpsk_config_engine_ctx(m2mpsk_config *cfg,
                                                    m2mpsk_role role,
                                                    m2mpsk_transport transport,
+                                                   m2mpsk_engine_id *engine,
                                                    int *status);
+/* The IANA ids of the suites of engine `id`'s context for (role, t), *n of
+ * them; only once m2mpsk_config_engine_ctx() returned that context. */
+const uint16_t *m2mpsk_config_engine_ids(const m2mpsk_config *cfg,
+                                         m2mpsk_engine_id id, m2mpsk_role role,
+                                         m2mpsk_transport t, size_t *n);
+/* The set_engine() choice. */
+m2mpsk_engine_id m2mpsk_config_engine(const m2mpsk_config *cfg);
 void m2mpsk_config_ref(m2mpsk_config *cfg);
 /* Freezes the config and returns its guard (guard.h), creating it on first
  * use. Thread-safe. NULL on failure (*status set). */

@@ -1,5 +1,5 @@
 /* Suite profiles: TS-0003 §10.2.2's, as lists of IANA names filtered by
- * what the loaded TLS backend implements. */
+ * what the loadable TLS engines implement (their union). */
 #include <string.h>
 
 #include "internal.h"
@@ -74,7 +74,7 @@ int m2mpsk_profile_missing(m2mpsk_profile p, char *out, size_t cap) {
     return rc;
   size_t n = 0;
   for (size_t i = 0; i < COUNT(k_ts0003_mandated); i++)
-    if (m2mpsk_engine_check_suites(k_ts0003_mandated[i]) != M2MPSK_OK &&
+    if (m2mpsk_engine_check_suites(M2MPSK_ENGINE_AUTO, k_ts0003_mandated[i]) != M2MPSK_OK &&
         append(out, cap, &n, k_ts0003_mandated[i]) != 0) {
       out[0] = '\0';
       return M2MPSK_E_BUFFER;
@@ -95,7 +95,7 @@ int m2mpsk_profile_suites(m2mpsk_profile p, m2mpsk_transport t, char *out,
       t == M2MPSK_TRANSPORT_TLS ? COUNT(k_ts0003_tls) : COUNT(k_ts0003_dtls);
   size_t n = 0;
   for (size_t i = 0; i < count; i++)
-    if (m2mpsk_engine_check_suites(list[i]) == M2MPSK_OK &&
+    if (m2mpsk_engine_check_suites(M2MPSK_ENGINE_AUTO, list[i]) == M2MPSK_OK &&
         append(out, cap, &n, list[i]) != 0) {
       out[0] = '\0';
       return M2MPSK_E_BUFFER;

@@ -230,27 +230,30 @@ M2MPSK_API unsigned m2mpsk_version_number(void);
 /* ------------------------------------------------------------------------ */
 
 /**
- * Name of the TLS library this build uses: "boringssl" (the default
- * build) or "openssl" (OpenSSL 3, built with -DM2MPSK_TLS=openssl, which has
- * TS-0003's mandated suites), or "unavailable" when its module cannot be
- * loaded. Static. The public API and ABI are the same with
- * either; m2mpsk_suite_name() and m2mpsk_profile_missing() say what each
- * offers.
+ * The TLS engines this process can load: "boringssl+openssl" (the default
+ * build, both engines), "boringssl", "openssl" (a build restricted with
+ * -DM2MPSK_TLS=, or one whose other module cannot be loaded), or
+ * "unavailable" when none can. Static. The public API and ABI are the same
+ * whatever the engines; m2mpsk_engine_suite_name() and
+ * m2mpsk_profile_missing() say what each offers.
  *
- * The TLS library is not linked into libm2mpsk: it sits in a private
- * module ("m2mpsk/tls-boringssl.so" or "m2mpsk/tls-openssl.so" beside the
- * library), loaded on first use with RTLD_LOCAL | RTLD_DEEPBIND so that it
- * cannot clash with an OpenSSL already in the process. See abi/README.md.
+ * The TLS libraries are not linked into libm2mpsk: each sits in a private
+ * module ("m2mpsk/tls-boringssl.so", "m2mpsk/tls-openssl.so" beside the
+ * library), loaded on first use with RTLD_LOCAL | RTLD_DEEPBIND so that
+ * it cannot clash with an OpenSSL already in the process, nor with the
+ * other engine. See abi/README.md.
  * Thread safety: safe from any thread.
  */
 M2MPSK_API const char *m2mpsk_backend_name(void);
 
-/** Why the TLS backend module could not be loaded; "" when it is loaded.
- *  Static.
+/** Why a TLS engine module this build has could not be loaded, as
+ *  "<engine>: <reason>" for each (separated by "; "); "" when every one
+ *  loads. Static.
  * Thread safety: safe from any thread. */
 M2MPSK_API const char *m2mpsk_backend_error(void);
 
-/** Number of cipher suites this build supports.
+/** Number of cipher suites the engines this process can load support,
+ * each counted once (m2mpsk_engine_suite_count(M2MPSK_ENGINE_AUTO)).
  * Thread safety: safe from any thread. */
 M2MPSK_API size_t m2mpsk_suite_count(void);
 
@@ -260,6 +263,59 @@ M2MPSK_API size_t m2mpsk_suite_count(void);
  * Thread safety: safe from any thread.
  */
 M2MPSK_API const char *m2mpsk_suite_name(size_t i);
+
+/* ------------------------------------------------------------------------ */
+/* TLS engines (since 0.3)                                                   */
+/* ------------------------------------------------------------------------ */
+
+/**
+ * The TLS engines a process can run associations on. A build that found
+ * both libraries carries both (-DM2MPSK_TLS=all, the default), each in its
+ * own module ("m2mpsk/tls-boringssl.so", "m2mpsk/tls-openssl.so"), loaded on
+ * first use, independently: one that fails to load leaves the other usable.
+ * BoringSSL's PSK handshakes are the cheaper; only OpenSSL has TS-0003's
+ * mandated suites (TLS_PSK_WITH_AES_128_CBC_SHA256,
+ * TLS_PSK_WITH_AES_128_CCM_8) and the DTLS cookie exchange. Since 0.3.
+ */
+typedef enum m2mpsk_engine_id {
+  /** Let m2mpsk choose per association (m2mpsk_config_set_engine()). */
+  M2MPSK_ENGINE_AUTO = 0,
+  M2MPSK_ENGINE_BORINGSSL = 1,
+  M2MPSK_ENGINE_OPENSSL = 2
+} m2mpsk_engine_id;
+
+/**
+ * 1 when engine `e` can be loaded in this process, else 0 (then
+ * m2mpsk_backend_error() says why); loads its module on first use. For
+ * M2MPSK_ENGINE_AUTO: 1 when any engine can. 0 for an unknown value.
+ * Since 0.3.
+ * Thread safety: safe from any thread.
+ */
+M2MPSK_API int m2mpsk_engine_available(m2mpsk_engine_id e);
+
+/**
+ * The engine's name: "auto", "boringssl" or "openssl"; NULL for an unknown
+ * value. Static. Loads nothing. Since 0.3.
+ * Thread safety: safe from any thread.
+ */
+M2MPSK_API const char *m2mpsk_engine_name(m2mpsk_engine_id e);
+
+/**
+ * Number of cipher suites engine `e` supports; 0 when it cannot be
+ * loaded. For M2MPSK_ENGINE_AUTO, the union over the engines that load
+ * (what m2mpsk_suite_count() answers). Since 0.3.
+ * Thread safety: safe from any thread.
+ */
+M2MPSK_API size_t m2mpsk_engine_suite_count(m2mpsk_engine_id e);
+
+/**
+ * IANA name of suite `i` (0 to m2mpsk_engine_suite_count(e) - 1) of engine
+ * `e`, in its order of preference; for M2MPSK_ENGINE_AUTO, of the union,
+ * BoringSSL's first. NULL past the end or when the engine cannot be
+ * loaded. Static. Since 0.3.
+ * Thread safety: safe from any thread.
+ */
+M2MPSK_API const char *m2mpsk_engine_suite_name(m2mpsk_engine_id e, size_t i);
 
 /* ------------------------------------------------------------------------ */
 /* Identifiers                                                               */
@@ -466,8 +522,10 @@ typedef enum m2mpsk_transport {
 typedef struct m2mpsk_config m2mpsk_config;
 
 /**
- * Creates a config with the defaults: the RFC 4279 plain-PSK suites this
- * build supports (TS-0003 §10.2.2), a 60 s handshake timeout, no local
+ * Creates a config with the defaults: engine M2MPSK_ENGINE_AUTO, the
+ * RFC 4279 plain-PSK suites the engines support in the order of the TS-0003
+ * profile when they have both mandated suites (TS-0003 §10.2.2; the
+ * default build), a 60 s handshake timeout, no local
  * identities, unknown identities indistinguishable from wrong keys.
  * A config is frozen once an association has been created from it: setters
  * then return M2MPSK_E_STATE.
@@ -484,7 +542,9 @@ M2MPSK_API void m2mpsk_config_free(m2mpsk_config *cfg);
  * Sets the offered/accepted cipher suites, in preference order, as a
  * colon-separated list of IANA names, e.g.
  * "TLS_PSK_WITH_AES_128_CBC_SHA:TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256".
- * Every name must be a PSK suite this build supports, or nothing changes.
+ * Every name must be a PSK suite that an engine this process can load
+ * supports (the engine m2mpsk_config_set_engine() named, if any), or
+ * nothing changes.
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL, empty, or an empty name),
  * M2MPSK_E_SUITE, M2MPSK_E_STATE (frozen), M2MPSK_E_BACKEND or
  * M2MPSK_E_NOMEM.
@@ -561,6 +621,30 @@ M2MPSK_API int m2mpsk_profile_suites(m2mpsk_profile profile,
 M2MPSK_API int m2mpsk_config_suites(m2mpsk_config *cfg,
                                     m2mpsk_transport transport, char *out,
                                     size_t cap) M2MPSK_MUST_CHECK;
+
+/**
+ * Chooses the TLS engine this config's associations run on:
+ * M2MPSK_ENGINE_AUTO (the default), M2MPSK_ENGINE_BORINGSSL or
+ * M2MPSK_ENGINE_OPENSSL. With a named engine, the suites in effect are
+ * those of the config's list that the engine supports (association
+ * creation fails with M2MPSK_E_SUITE if none is). With AUTO, m2mpsk picks
+ * per association: an initiator runs on the fastest engine (BoringSSL,
+ * then OpenSSL) that supports every suite the config enables for the
+ * transport, else on OpenSSL (so the default config of a build with both
+ * engines offers the mandated suites from OpenSSL); a TLS responder reads
+ * the peer's ClientHello first (buffering what is fed, up to
+ * m2mpsk_config_set_max_input()) and runs on the fastest engine that
+ * shares a suite the config enables with it; a DTLS responder runs on
+ * OpenSSL whenever it can be loaded, as m2mpsk_dtls_listen() does.
+ * m2mpsk_assoc_engine() says which engine runs an association. Since 0.3.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL cfg, unknown engine),
+ * M2MPSK_E_STATE (frozen), M2MPSK_E_UNSUPPORTED (this process cannot load
+ * that engine: this build lacks it or its module fails to load; see
+ * m2mpsk_backend_error()) or M2MPSK_E_BACKEND (AUTO, and no engine loads).
+ * Thread safety: safe to call concurrently on the same config.
+ */
+M2MPSK_API int m2mpsk_config_set_engine(m2mpsk_config *cfg,
+                                        m2mpsk_engine_id e) M2MPSK_MUST_CHECK;
 
 /**
  * Adds an identity (IdB, a CSE-ID) that a responder using this config
@@ -921,6 +1005,13 @@ M2MPSK_API const char *m2mpsk_assoc_kpsa_id(const m2mpsk_assoc *a);
  * Thread safety: one thread at a time per association; see Threads. */
 M2MPSK_API const char *m2mpsk_assoc_suite(const m2mpsk_assoc *a);
 
+/** The engine running the association (M2MPSK_ENGINE_BORINGSSL or
+ * M2MPSK_ENGINE_OPENSSL) once chosen, M2MPSK_ENGINE_AUTO before (or for a
+ * NULL `a`). An initiator's is chosen at creation; a responder's no later
+ * than its first m2mpsk_assoc_feed(). Since 0.3.
+ * Thread safety: one thread at a time per association; see Threads. */
+M2MPSK_API m2mpsk_engine_id m2mpsk_assoc_engine(const m2mpsk_assoc *a);
+
 /** "TLSv1.2" or "DTLSv1.2" once ESTABLISHED, else NULL. Static.
  * Thread safety: one thread at a time per association; see Threads. */
 M2MPSK_API const char *m2mpsk_assoc_version(const m2mpsk_assoc *a);
@@ -987,7 +1078,11 @@ typedef enum m2mpsk_listen_result {
  * freed within it; nothing allocated outlives the call.
  * Freezes the config, as m2mpsk_assoc_new() does.
  *
- * With the OpenSSL backend every DTLS responder association requires a
+ * The OpenSSL engine does the exchange, whatever the config's engine
+ * (AUTO or OPENSSL; since 0.3 a config of the default build), and AUTO
+ * runs DTLS responders on it, so that the returned ClientHello reaches the
+ * engine that expects it. On the OpenSSL engine every DTLS responder
+ * association requires a
  * valid cookie: a first ClientHello without one (a host that does not call
  * this) is answered with a HelloVerifyRequest by the association itself,
  * which is correct but stateful. OpenSSL, GnuTLS, BoringSSL and tinydtls
@@ -997,9 +1092,10 @@ typedef enum m2mpsk_listen_result {
  * M2MPSK_E_INVALID (NULL cfg, peer_tag, datagram, out or out_len; len 0 or
  * above 65535; a peer tag that m2mpsk_assoc_set_peer_tag() would refuse),
  * M2MPSK_E_BUFFER (cap 0, or the HelloVerifyRequest does not fit in `cap`;
- * nothing written), M2MPSK_E_PROTOCOL, M2MPSK_E_UNSUPPORTED (the backend has no
- * cookie exchange: BoringSSL, whose DTLS server sends no HelloVerifyRequest;
- * create the association at once instead), M2MPSK_E_BACKEND, M2MPSK_E_NOMEM or
+ * nothing written), M2MPSK_E_PROTOCOL, M2MPSK_E_UNSUPPORTED (no cookie
+ * exchange: the OpenSSL engine cannot be loaded, or the config names
+ * BoringSSL, whose DTLS server sends no HelloVerifyRequest; create the
+ * association at once instead), M2MPSK_E_BACKEND, M2MPSK_E_NOMEM or
  * M2MPSK_E_INTERNAL.
  * Thread safety: safe to call concurrently on the same config.
  */

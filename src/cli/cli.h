@@ -34,12 +34,15 @@ void cli_trace(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * on failure. */
 m2mpsk_keystore *cli_load_keys(const char *path);
 
-/* Builds a config from --suites (NULL, "all" or IANA names), the handshake
- * timeout (0: default) and, for a responder, its identities. Prints the
- * error and returns NULL on failure. */
-m2mpsk_config *cli_make_config(const char *suites, uint32_t timeout_ms,
-                               const char *const *ids, size_t n_ids,
-                               int reveal);
+/* --engine: "auto", "boringssl" or "openssl". 0, or -1 (message printed). */
+int cli_parse_engine(const char *s, m2mpsk_engine_id *out);
+
+/* Builds a config from --engine, --suites (NULL, "all" or IANA names), the
+ * handshake timeout (0: default) and, for a responder, its identities.
+ * Prints the error and returns NULL on failure. */
+m2mpsk_config *cli_make_config(m2mpsk_engine_id engine, const char *suites,
+                               uint32_t timeout_ms, const char *const *ids,
+                               size_t n_ids, int reveal);
 
 /* "127.0.0.1:4433" or "[::1]:4433". */
 void cli_format_addr(const struct sockaddr *sa, char *out, size_t cap);

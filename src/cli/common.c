@@ -72,13 +72,25 @@ m2mpsk_keystore *cli_load_keys(const char *path) {
   return ks;
 }
 
-/* Expands "all" into every suite the build supports. */
-static int set_all_suites(m2mpsk_config *cfg) {
+int cli_parse_engine(const char *s, m2mpsk_engine_id *out) {
+  static const m2mpsk_engine_id ids[] = {
+      M2MPSK_ENGINE_AUTO, M2MPSK_ENGINE_BORINGSSL, M2MPSK_ENGINE_OPENSSL};
+  for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++)
+    if (strcmp(s, m2mpsk_engine_name(ids[i])) == 0) {
+      *out = ids[i];
+      return 0;
+    }
+  cli_log("--engine must be auto, boringssl or openssl, not '%s'", s);
+  return -1;
+}
+
+/* Expands "all" into every suite the engine (AUTO: any engine) supports. */
+static int set_all_suites(m2mpsk_config *cfg, m2mpsk_engine_id engine) {
   char list[1024] = "";
   size_t used = 0;
-  for (size_t i = 0; i < m2mpsk_suite_count(); i++) {
+  for (size_t i = 0; i < m2mpsk_engine_suite_count(engine); i++) {
     int n = snprintf(list + used, sizeof(list) - used, "%s%s", i ? ":" : "",
-                     m2mpsk_suite_name(i));
+                     m2mpsk_engine_suite_name(engine, i));
     if (n < 0 || (size_t)n >= sizeof(list) - used)
       return M2MPSK_E_INVALID;
     used += (size_t)n;
@@ -86,14 +98,21 @@ static int set_all_suites(m2mpsk_config *cfg) {
   return m2mpsk_config_set_suites(cfg, list);
 }
 
-m2mpsk_config *cli_make_config(const char *suites, uint32_t timeout_ms,
-                               const char *const *ids, size_t n_ids,
-                               int reveal) {
+m2mpsk_config *cli_make_config(m2mpsk_engine_id engine, const char *suites,
+                               uint32_t timeout_ms, const char *const *ids,
+                               size_t n_ids, int reveal) {
   m2mpsk_config *cfg = NULL;
   int rc = m2mpsk_config_new(&cfg);
   if (rc != M2MPSK_OK) {
     cli_log("cannot create a config: %s", m2mpsk_strerror(rc));
     return NULL;
+  }
+  /* Before the suites, which a named engine must have. */
+  if ((rc = m2mpsk_config_set_engine(cfg, engine)) != M2MPSK_OK) {
+    cli_log("--engine %s: %s%s%s", m2mpsk_engine_name(engine),
+            m2mpsk_strerror(rc), *m2mpsk_backend_error() ? ": " : "",
+            m2mpsk_backend_error());
+    goto fail;
   }
   if (suites != NULL && strcmp(suites, "ts0003") == 0) {
     rc = m2mpsk_config_set_profile(cfg, M2MPSK_PROFILE_TS0003);
@@ -106,7 +125,7 @@ m2mpsk_config *cli_make_config(const char *suites, uint32_t timeout_ms,
       goto fail;
     }
   } else if (suites != NULL) {
-    rc = strcmp(suites, "all") == 0 ? set_all_suites(cfg)
+    rc = strcmp(suites, "all") == 0 ? set_all_suites(cfg, engine)
                                     : m2mpsk_config_set_suites(cfg, suites);
   }
   if (rc != M2MPSK_OK) {
@@ -157,10 +176,11 @@ void cli_format_addr(const struct sockaddr *sa, char *out, size_t cap) {
 void cli_log_outcome(const char *peer, const m2mpsk_assoc *a) {
   if (m2mpsk_assoc_peer_id(a) != NULL) {
     cli_log("association peer=%s kpsa-id=%s bound=%s credential=%d suite=%s "
-            "version=%s",
+            "version=%s engine=%s",
             peer, m2mpsk_assoc_kpsa_id(a), m2mpsk_assoc_peer_id(a),
             m2mpsk_assoc_peer_id_is_credential(a), m2mpsk_assoc_suite(a),
-            m2mpsk_assoc_version(a));
+            m2mpsk_assoc_version(a),
+            m2mpsk_engine_name(m2mpsk_assoc_engine(a)));
   } else {
     cli_log("failure peer=%s reason=%s detail=\"%s\"", peer,
             m2mpsk_reason_name(m2mpsk_assoc_failure(a)),

@@ -17,7 +17,7 @@ static const char k_connect_usage[] =
     "usage: m2mpsk connect HOST:PORT --keys FILE --kpsa-id ID [--udp]\n"
     "                      [--suites LIST|all|ts0003] [--timeout MS] [--linger "
     "MS]\n"
-    "                      [-v]\n"
+    "                      [--engine auto|boringssl|openssl] [-v]\n"
     "\n"
     "Runs Entity A: sets up an association with Entity B at HOST:PORT\n"
     "(HOST a name, an IPv4 address or [IPv6]), reports the binding on\n"
@@ -31,6 +31,9 @@ static const char k_connect_usage[] =
     "  --suites LIST   colon-separated IANA names, all, or ts0003 (the\n"
     "                  TS-0003 profile; refused, naming what is missing,\n"
     "                  where the backend lacks its suites)\n"
+    "  --engine NAME   the TLS engine: auto (the default: the fastest that\n"
+    "                  has every suite offered, else openssl), boringssl\n"
+    "                  or openssl\n"
     "  --timeout MS    handshake (and TCP connect) timeout (default 60000);\n"
     "                  over DTLS a peer that drops a Finished made with\n"
     "                  another key sends nothing, so a wrong key ends here\n"
@@ -343,12 +346,14 @@ int cli_connect(int argc, char **argv) {
       {"udp", no_argument, NULL, 'U'},
       {"tcp", no_argument, NULL, 'T'},
       {"suites", required_argument, NULL, 's'},
+      {"engine", required_argument, NULL, 'E'},
       {"timeout", required_argument, NULL, 't'},
       {"linger", required_argument, NULL, 'l'},
       {"verbose", no_argument, NULL, 'v'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   const char *keys = NULL, *id = NULL, *suites = NULL;
+  m2mpsk_engine_id engine = M2MPSK_ENGINE_AUTO;
   unsigned long timeout = 60000, linger = 1000;
   int udp = 0, tcp = 0, c;
   while ((c = getopt_long(argc, argv, "hv", opts, NULL)) != -1) {
@@ -358,6 +363,10 @@ int cli_connect(int argc, char **argv) {
     case 'U': udp = 1; break;
     case 'T': tcp = 1; break;
     case 's': suites = optarg; break;
+    case 'E':
+      if (cli_parse_engine(optarg, &engine) != 0)
+        return CLI_USAGE;
+      break;
     case 't':
       if (cli_parse_uint(optarg, 1, 3600000, &timeout)) {
         cli_log("--timeout must be 1 to 3600000 ms");
@@ -395,7 +404,8 @@ int cli_connect(int argc, char **argv) {
     cli_log("--kpsa-id %s: %s", id, m2mpsk_strerror(rc));
     return CLI_USAGE;
   }
-  m2mpsk_config *cfg = cli_make_config(suites, (uint32_t)timeout, NULL, 0, 0);
+  m2mpsk_config *cfg =
+      cli_make_config(engine, suites, (uint32_t)timeout, NULL, 0, 0);
   if (cfg == NULL)
     return CLI_USAGE;
   m2mpsk_keystore *ks = cli_load_keys(keys);

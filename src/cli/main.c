@@ -91,9 +91,11 @@ static const char k_import_usage[] =
 static const char k_version_usage[] =
     "usage: m2mpsk version   (or m2mpsk --version, m2mpsk -V)\n"
     "\n"
-    "Prints the versions of m2mpsk and of its TLS backend, one 'suite'\n"
-    "line for each cipher suite the build supports, and whether the\n"
-    "backend has the TS-0003 profile's mandated suites.\n";
+    "Prints the version of m2mpsk and its TLS engines, one 'suite' line\n"
+    "for each cipher suite any engine supports, whether they have the\n"
+    "TS-0003 profile's mandated suites, then for each engine (boringssl,\n"
+    "openssl) an 'engine NAME: N suites' line (or 'unavailable') and one\n"
+    "'engine NAME suite SUITE' line per suite it supports.\n";
 
 static void to_hex(const uint8_t *in, size_t n, char *out) {
   static const char digits[] = "0123456789abcdef";
@@ -760,6 +762,21 @@ static int print_version(void) {
       M2MPSK_OK)
     printf("profile ts0003: %s%s\n", missing[0] ? "lacks " : "complete",
            missing);
+  /* Then each engine of this build, loadable or not, with its own suites. */
+  static const m2mpsk_engine_id engines[] = {M2MPSK_ENGINE_BORINGSSL,
+                                             M2MPSK_ENGINE_OPENSSL};
+  for (size_t e = 0; e < sizeof(engines) / sizeof(engines[0]); e++) {
+    const char *name = m2mpsk_engine_name(engines[e]);
+    if (!m2mpsk_engine_available(engines[e])) {
+      printf("engine %s: unavailable\n", name);
+      continue;
+    }
+    printf("engine %s: %zu suites\n", name,
+           m2mpsk_engine_suite_count(engines[e]));
+    for (size_t i = 0; m2mpsk_engine_suite_name(engines[e], i) != NULL; i++)
+      printf("engine %s suite %s\n", name,
+             m2mpsk_engine_suite_name(engines[e], i));
+  }
   return fflush(stdout) == 0 ? CLI_OK : CLI_IO;
 }
 

@@ -19,7 +19,8 @@ static const char k_serve_usage[] =
     "                    [--port N] [--tcp | --udp] [--once] [--max-conn N]\n"
     "                    [--suites LIST|all|ts0003] [--reveal-unknown]\n"
     "                    [--timeout MS] [--idle MS] [--rate-limit N]\n"
-    "                    [--audit] [--http] [-v]\n"
+    "                    [--engine auto|boringssl|openssl] [--audit] [--http]\n"
+    "                    [-v]\n"
     "\n"
     "Runs Entity B: accepts (D)TLS-PSK associations, logs one line for each\n"
     "(peer, KpsaID, bound identity, suite and version, or the failure\n"
@@ -39,6 +40,9 @@ static const char k_serve_usage[] =
     "  --suites LIST      colon-separated IANA names, all, or ts0003 (the\n"
     "                     TS-0003 profile; refused, naming what is\n"
     "                     missing, where the backend lacks its suites)\n"
+    "  --engine NAME      the TLS engine: auto (the default: the fastest\n"
+    "                     that has every suite accepted, else openssl; over\n"
+    "                     UDP openssl, for cookies), boringssl or openssl\n"
     "  --reveal-unknown   answer unknown KpsaIDs with unknown_psk_identity\n"
     "  --timeout MS       handshake timeout (default 60000)\n"
     "  --idle MS          end an association idle that long (default\n"
@@ -589,6 +593,7 @@ int cli_serve(int argc, char **argv) {
       {"once", no_argument, NULL, 'o'},
       {"max-conn", required_argument, NULL, 'm'},
       {"suites", required_argument, NULL, 's'},
+      {"engine", required_argument, NULL, 'E'},
       {"reveal-unknown", no_argument, NULL, 'r'},
       {"timeout", required_argument, NULL, 't'},
       {"idle", required_argument, NULL, 'I'},
@@ -602,6 +607,7 @@ int cli_serve(int argc, char **argv) {
   int audit = 0, http = 0;
   const char *keys = NULL, *listen_on = "127.0.0.1", *port = NULL,
              *suites = NULL;
+  m2mpsk_engine_id engine = M2MPSK_ENGINE_AUTO;
   const char **ids = calloc((size_t)argc, sizeof(*ids));
   size_t n_ids = 0;
   unsigned long max_conn = 64, timeout = 0, num;
@@ -633,6 +639,12 @@ int cli_serve(int argc, char **argv) {
       }
       break;
     case 's': suites = optarg; break;
+    case 'E':
+      if (cli_parse_engine(optarg, &engine) != 0) {
+        free(ids);
+        return CLI_USAGE;
+      }
+      break;
     case 'r': reveal = 1; break;
     case 't':
       if (cli_parse_uint(optarg, 1, 3600000, &timeout)) {
@@ -702,7 +714,8 @@ int cli_serve(int argc, char **argv) {
               .idle_ms = idle,
               .audit = audit,
               .http = http};
-  s.cfg = cli_make_config(suites, (uint32_t)timeout, ids, n_ids, reveal);
+  s.cfg =
+      cli_make_config(engine, suites, (uint32_t)timeout, ids, n_ids, reveal);
   free(ids);
   if (s.cfg == NULL)
     return CLI_USAGE;

@@ -98,73 +98,57 @@ typedef const m2mpsk_engine_ops *(*m2mpsk_tls_module_fn)(
     const m2mpsk_engine_hooks *hooks);
 const m2mpsk_engine_ops *m2mpsk_tls_module(const m2mpsk_engine_hooks *hooks);
 
-/* The loaded backend, or NULL when it cannot be loaded. Thread-safe. */
-const m2mpsk_engine_ops *m2mpsk_tls(void);
-
-/* ---- the backend's functions, through m2mpsk_tls() (loader.c) ---------- */
-
 enum { M2MPSK_ENG_FAIL = -1, M2MPSK_ENG_WANT = 0, M2MPSK_ENG_DONE = 1 };
 
-/* Checks a colon-separated IANA suite list against what the backend
- * supports. M2MPSK_OK, M2MPSK_E_INVALID or M2MPSK_E_SUITE. */
-int m2mpsk_engine_check_suites(const char *iana_names);
-/* The default list: the RFC 4279 plain-PSK suites the backend has. */
+/* Engine ids run from M2MPSK_ENGINE_AUTO (0) to below this. */
+#define M2MPSK_ENGINE_COUNT 3
+
+/* ---- the loader (loader.c) ----------------------------------------------
+ * Each engine's module is loaded on first use, on its own; an association
+ * holds its engine's table and calls it directly. */
+
+/* Engine `id`'s table, or NULL when this build or process cannot load it
+ * (m2mpsk_backend_error() says why). Thread-safe. */
+const m2mpsk_engine_ops *m2mpsk_tls_engine(m2mpsk_engine_id id);
+/* The first engine that loads, fastest first (BoringSSL, then OpenSSL), or
+ * NULL when none does. Thread-safe. */
+const m2mpsk_engine_ops *m2mpsk_tls(void);
+/* Which engine a loaded table is; M2MPSK_ENGINE_AUTO for none. */
+m2mpsk_engine_id m2mpsk_tls_engine_id(const m2mpsk_engine_ops *ops);
+
+/* Checks a colon-separated IANA suite list: every name must be supported
+ * by engine `e`, or for M2MPSK_ENGINE_AUTO by some loaded engine.
+ * M2MPSK_OK, M2MPSK_E_INVALID, M2MPSK_E_SUITE or M2MPSK_E_BACKEND. */
+int m2mpsk_engine_check_suites(m2mpsk_engine_id e, const char *iana_names);
+/* The default list when no profile applies: the RFC 4279 plain-PSK suites
+ * of the first engine that loads. */
 const char *m2mpsk_engine_default_suites(void);
+/* The names of `iana_names` that `ops` supports, in order, into out:
+ * M2MPSK_OK, M2MPSK_E_SUITE (none), M2MPSK_E_INVALID or M2MPSK_E_BUFFER. */
+int m2mpsk_engine_filter_suites(const m2mpsk_engine_ops *ops,
+                                const char *iana_names, char *out, size_t cap);
 
-int m2mpsk_engine_ctx_new(m2mpsk_engine_ctx **out, m2mpsk_role role,
-                          m2mpsk_transport transport, const char *iana_names);
-void m2mpsk_engine_ctx_free(m2mpsk_engine_ctx *ctx);
+/* ---- the engine choice (engine_choice.c) --------------------------------
+ * The one place that decides which engine runs an association. */
 
-/* The clock the backend sees during the calls that follow on this thread. */
-void m2mpsk_engine_set_now(uint64_t now_ms);
-
-int m2mpsk_engine_new(m2mpsk_engine **out, m2mpsk_engine_ctx *ctx,
-                      m2mpsk_assoc *owner);
-void m2mpsk_engine_free(m2mpsk_engine *e);
-int m2mpsk_engine_set_mtu(m2mpsk_engine *e, unsigned mtu);
-int m2mpsk_engine_set_server_name(m2mpsk_engine *e, const char *host);
-
-/* Queues input: stream bytes, or one datagram. M2MPSK_OK or E_NOMEM. */
-int m2mpsk_engine_push(m2mpsk_engine *e, const uint8_t *data, size_t len);
-/* Input pushed and not yet consumed: what m2mpsk_config_set_max_input()
- * bounds. */
-size_t m2mpsk_engine_buffered(const m2mpsk_engine *e);
-/* Advances the handshake: M2MPSK_ENG_DONE, _WANT or _FAIL (see failure). */
-int m2mpsk_engine_handshake(m2mpsk_engine *e);
-size_t m2mpsk_engine_pending(const m2mpsk_engine *e);
-/* M2MPSK_OK, M2MPSK_E_AGAIN or M2MPSK_E_BUFFER. */
-int m2mpsk_engine_drain(m2mpsk_engine *e, uint8_t *out, size_t cap,
-                        size_t *out_len);
-/* M2MPSK_OK, M2MPSK_E_AGAIN, M2MPSK_E_CLOSED or M2MPSK_E_FAILED. */
-int m2mpsk_engine_read(m2mpsk_engine *e, uint8_t *out, size_t cap,
-                       size_t *out_len);
-/* M2MPSK_OK, M2MPSK_E_FAILED or M2MPSK_E_NOMEM. */
-int m2mpsk_engine_write(m2mpsk_engine *e, const uint8_t *data, size_t len);
-/* Queues close_notify. M2MPSK_OK or M2MPSK_E_FAILED. */
-int m2mpsk_engine_close(m2mpsk_engine *e);
-/* Queues a fatal alert and stops the engine. */
-void m2mpsk_engine_abort(m2mpsk_engine *e, uint8_t alert);
-/* 1 and the time left, when a retransmission timer runs; else 0. */
-int m2mpsk_engine_timer(const m2mpsk_engine *e, uint64_t *remaining_ms);
-/* Retransmits if the timer expired: M2MPSK_OK or M2MPSK_E_FAILED. */
-int m2mpsk_engine_on_timer(m2mpsk_engine *e);
-const char *m2mpsk_engine_suite(const m2mpsk_engine *e);
-const char *m2mpsk_engine_version(const m2mpsk_engine *e);
-const char *m2mpsk_engine_psk_identity(const m2mpsk_engine *e);
-int m2mpsk_engine_export(const m2mpsk_engine *e, uint8_t *out, size_t out_len,
-                         const char *label, const uint8_t *context,
-                         size_t context_len);
-/* The ops table's dtls_listen, or M2MPSK_E_UNSUPPORTED when the backend
- * has none. */
-int m2mpsk_engine_dtls_listen(m2mpsk_engine_ctx *ctx, const char *peer_tag,
-                              const uint8_t *datagram, size_t len, uint8_t *out,
-                              size_t cap, size_t *out_len);
-/* 1 when the backend can run the DTLS cookie exchange, 0 when not (or it
- * cannot be loaded). */
-int m2mpsk_engine_has_cookies(void);
-/* After M2MPSK_ENG_FAIL or M2MPSK_E_FAILED: why, from the TLS library's
- * point of view, with a readable detail. */
-m2mpsk_reason m2mpsk_engine_failure(m2mpsk_engine *e, char *detail,
-                                    size_t detail_cap);
+/* For a config that asks for `wanted` and enables `suites` over
+ * `transport`: the engine to run an association in `role`, or
+ * M2MPSK_ENGINE_AUTO when none can be loaded. */
+m2mpsk_engine_id m2mpsk_engine_choose(m2mpsk_engine_id wanted, m2mpsk_role role,
+                                      m2mpsk_transport transport,
+                                      const char *suites);
+/* 1 when a responder of a config that asks for `wanted` over `transport`
+ * waits for the peer's ClientHello before choosing its engine: AUTO over
+ * TLS, with more than one engine loadable. */
+int m2mpsk_engine_waits_for_hello(m2mpsk_engine_id wanted,
+                                  m2mpsk_transport transport);
+struct m2mpsk_hello;
+/* For such a responder: the fastest engine whose suites (the config's,
+ * that the engine has) share one with the ClientHello `h`, or
+ * M2MPSK_ENGINE_AUTO when none does or h is NULL (not a ClientHello):
+ * then the config's own choice applies. */
+m2mpsk_engine_id m2mpsk_engine_choose_hello(m2mpsk_config *cfg,
+                                            m2mpsk_transport transport,
+                                            const struct m2mpsk_hello *h);
 
 #endif /* M2MPSK_TLS_ENGINE_H */

@@ -1,15 +1,19 @@
-/* Finds the TLS backend and forwards the engine interface to it.
+/* Finds the TLS engines and answers the questions about them that do not
+ * concern one association.
  *
  * Debian's BoringSSL exports unversioned names that are also OpenSSL's. A
  * library linked to it directly would have its calls bound to OpenSSL's
  * functions in any process that loaded OpenSSL first (Node.js, PHP, Python
- * after `import ssl`, C servers), and crash. So libm2mpsk does not link
- * BoringSSL at all: the backend is a module, "m2mpsk/tls-boringssl.so"
- * (or, in an OpenSSL build, "m2mpsk/tls-openssl.so") beside the library
- * file, loaded with RTLD_LOCAL (its symbols stay out of
- * the global scope) and RTLD_DEEPBIND (its own names, and BoringSSL's, are
- * looked up in its own dependencies before the process's). The static
- * library the unit tests use links the backend directly instead. */
+ * after `import ssl`, C servers), and crash; and BoringSSL and OpenSSL 3
+ * cannot both be linked into one object. So libm2mpsk links neither: each
+ * engine is a module, "m2mpsk/tls-boringssl.so" and "m2mpsk/tls-openssl.so"
+ * beside the library file, loaded on first use with RTLD_LOCAL (its
+ * symbols stay out of the global scope) and RTLD_DEEPBIND (its own names,
+ * and its TLS library's, are looked up in its own dependencies before the
+ * process's). Each is loaded on its own: one that fails leaves the other
+ * usable. An association calls its engine's table directly (assoc.c); what
+ * is here spans engines. The static library the unit tests use links one
+ * backend directly instead (M2MPSK_STATIC_ENGINE). */
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -18,13 +22,6 @@
 
 #include "internal.h"
 #include "tls/engine.h"
-
-/* The build names the backend's module (-DM2MPSK_TLS=boringssl|openssl). */
-#ifdef M2MPSK_TLS_MODULE_NAME
-#define MODULE_PATH M2MPSK_TLS_MODULE_NAME
-#else
-#define MODULE_PATH "m2mpsk/tls-boringssl.so"
-#endif
 
 /* The sanitizer runtimes refuse RTLD_DEEPBIND (it would bind the module's
  * malloc and friends past their interceptors), so a sanitizer build loads
@@ -52,41 +49,64 @@ static const m2mpsk_engine_hooks k_hooks = {
     .peer_tag = m2mpsk_assoc_peer_tag,
 };
 
-static _Atomic(const m2mpsk_engine_ops *) g_ops;
+/* Indexed by m2mpsk_engine_id; [0] (AUTO) unused. */
+static const char *const k_names[M2MPSK_ENGINE_COUNT] = {"auto", "boringssl",
+                                                         "openssl"};
+
+typedef struct slot {
+  _Atomic(const m2mpsk_engine_ops *) ops;
+  atomic_int tried; /* set once the load was attempted, either way */
+  char error[300];  /* why it failed; written before tried is set */
+} slot;
+
+static slot g_slots[M2MPSK_ENGINE_COUNT];
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
-static char g_error[300];
+
+/* Whether this build made the engine's module at all (-DM2MPSK_TLS=). */
+static int built(m2mpsk_engine_id id) {
+#ifdef M2MPSK_STATIC_ENGINE
+  return strcmp(M2MPSK_STATIC_ENGINE_NAME, k_names[id]) == 0;
+#else
+  return id == M2MPSK_ENGINE_BORINGSSL ? M2MPSK_HAVE_BORINGSSL
+                                       : M2MPSK_HAVE_OPENSSL;
+#endif
+}
 
 #ifdef M2MPSK_STATIC_ENGINE
-static const m2mpsk_engine_ops *load(void) {
+static const m2mpsk_engine_ops *load(m2mpsk_engine_id id, char *err,
+                                     size_t cap) {
+  (void)id, (void)err, (void)cap; /* built() let only the linked one by */
   return m2mpsk_tls_module(&k_hooks);
 }
 #else
-static const m2mpsk_engine_ops *load(void) {
+static const m2mpsk_engine_ops *load(m2mpsk_engine_id id, char *err,
+                                     size_t cap) {
   Dl_info info;
   if (dladdr((const void *)&k_hooks, &info) == 0 || info.dli_fname == NULL) {
-    snprintf(g_error, sizeof(g_error), "cannot locate libm2mpsk");
+    snprintf(err, cap, "cannot locate libm2mpsk");
     return NULL;
   }
   const char *slash = strrchr(info.dli_fname, '/');
   int dir = slash ? (int)(slash - info.dli_fname) + 1 : 0;
   char path[4096];
-  if (snprintf(path, sizeof(path), "%.*s%s", dir, info.dli_fname,
-               MODULE_PATH) >= (int)sizeof(path)) {
-    snprintf(g_error, sizeof(g_error), "path too long");
+  if (snprintf(path, sizeof(path), "%.*sm2mpsk/tls-%s.so", dir, info.dli_fname,
+               k_names[id]) >= (int)sizeof(path)) {
+    snprintf(err, cap, "path too long");
     return NULL;
   }
   void *module = dlopen(path, MODULE_DLOPEN_FLAGS);
   if (module == NULL) {
-    snprintf(g_error, sizeof(g_error), "%s", dlerror());
+    snprintf(err, cap, "%s", dlerror());
     return NULL;
   }
   m2mpsk_tls_module_fn entry;
   void *sym = dlsym(module, "m2mpsk_tls_module");
   memcpy(&entry, &sym, sizeof(entry)); /* object to function pointer */
   const m2mpsk_engine_ops *ops = sym ? entry(&k_hooks) : NULL;
-  if (ops == NULL || ops->abi != M2MPSK_ENGINE_ABI) {
-    snprintf(g_error, sizeof(g_error), "%.200s is not a backend for this build",
-             path);
+  if (ops == NULL || ops->abi != M2MPSK_ENGINE_ABI ||
+      strcmp(ops->backend_name(), k_names[id]) != 0) {
+    snprintf(err, cap, "%.200s is not a %s engine for this build", path,
+             k_names[id]);
     dlclose(module);
     return NULL;
   }
@@ -95,48 +115,189 @@ static const m2mpsk_engine_ops *load(void) {
 }
 #endif
 
-const m2mpsk_engine_ops *m2mpsk_tls(void) {
-  const m2mpsk_engine_ops *ops = atomic_load(&g_ops);
-  if (ops != NULL)
+const m2mpsk_engine_ops *m2mpsk_tls_engine(m2mpsk_engine_id id) {
+  if (id <= M2MPSK_ENGINE_AUTO || id >= M2MPSK_ENGINE_COUNT)
+    return NULL;
+  slot *s = &g_slots[id];
+  const m2mpsk_engine_ops *ops = atomic_load(&s->ops);
+  if (ops != NULL || atomic_load(&s->tried))
     return ops;
   pthread_mutex_lock(&g_lock);
-  ops = atomic_load(&g_ops);
-  if (ops == NULL) {
-    ops = load();
-    atomic_store(&g_ops, ops);
+  if (!atomic_load(&s->tried)) {
+    if (built(id)) {
+      ops = load(id, s->error, sizeof(s->error));
+    } else {
+      snprintf(s->error, sizeof(s->error),
+               "this build has no %s engine (-DM2MPSK_TLS=)", k_names[id]);
+      ops = NULL;
+    }
+    atomic_store(&s->ops, ops);
+    atomic_store(&s->tried, 1);
   }
+  ops = atomic_load(&s->ops);
   pthread_mutex_unlock(&g_lock);
   return ops;
 }
 
-/* An engine only exists once the backend is loaded, so past context
- * creation the table is read without checks. */
-static const m2mpsk_engine_ops *ops(void) {
-  return atomic_load(&g_ops);
+const m2mpsk_engine_ops *m2mpsk_tls(void) {
+  for (int id = 1; id < M2MPSK_ENGINE_COUNT; id++) {
+    const m2mpsk_engine_ops *o = m2mpsk_tls_engine((m2mpsk_engine_id)id);
+    if (o != NULL)
+      return o;
+  }
+  return NULL;
 }
 
-const char *m2mpsk_backend_name(void) {
-  const m2mpsk_engine_ops *o = m2mpsk_tls();
-  return o ? o->backend_name() : "unavailable";
+m2mpsk_engine_id m2mpsk_tls_engine_id(const m2mpsk_engine_ops *ops) {
+  for (int id = 1; id < M2MPSK_ENGINE_COUNT; id++)
+    if (ops != NULL && atomic_load(&g_slots[id].ops) == ops)
+      return (m2mpsk_engine_id)id;
+  return M2MPSK_ENGINE_AUTO;
 }
 
-const char *m2mpsk_backend_error(void) {
-  return m2mpsk_tls() ? "" : g_error;
+/* ---- public queries -------------------------------------------------- */
+
+int m2mpsk_engine_available(m2mpsk_engine_id e) {
+  if (e == M2MPSK_ENGINE_AUTO)
+    return m2mpsk_tls() != NULL;
+  return m2mpsk_tls_engine(e) != NULL;
 }
 
-size_t m2mpsk_suite_count(void) {
-  const m2mpsk_engine_ops *o = m2mpsk_tls();
+const char *m2mpsk_engine_name(m2mpsk_engine_id e) {
+  return e >= M2MPSK_ENGINE_AUTO && e < M2MPSK_ENGINE_COUNT ? k_names[e] : NULL;
+}
+
+/* The union of the loaded engines' suites, fastest engine first, each name
+ * once: entry i of what m2mpsk_suite_name() lists. */
+static const char *union_suite(size_t i, size_t *count) {
+  size_t n = 0;
+  for (int id = 1; id < M2MPSK_ENGINE_COUNT; id++) {
+    const m2mpsk_engine_ops *o = m2mpsk_tls_engine((m2mpsk_engine_id)id);
+    if (o == NULL)
+      continue;
+    for (size_t k = 0; k < o->suite_count(); k++) {
+      const char *name = o->suite_name(k);
+      int seen = 0;
+      for (int prev = 1; prev < id && !seen; prev++) {
+        const m2mpsk_engine_ops *p = m2mpsk_tls_engine((m2mpsk_engine_id)prev);
+        seen = p != NULL && p->check_suites(name) == M2MPSK_OK;
+      }
+      if (seen)
+        continue;
+      if (n == i && count == NULL)
+        return name;
+      n++;
+    }
+  }
+  if (count != NULL)
+    *count = n;
+  return NULL;
+}
+
+size_t m2mpsk_engine_suite_count(m2mpsk_engine_id e) {
+  if (e == M2MPSK_ENGINE_AUTO) {
+    size_t n = 0;
+    union_suite(0, &n);
+    return n;
+  }
+  const m2mpsk_engine_ops *o = m2mpsk_tls_engine(e);
   return o ? o->suite_count() : 0;
 }
 
-const char *m2mpsk_suite_name(size_t i) {
-  const m2mpsk_engine_ops *o = m2mpsk_tls();
+const char *m2mpsk_engine_suite_name(m2mpsk_engine_id e, size_t i) {
+  if (e == M2MPSK_ENGINE_AUTO)
+    return union_suite(i, NULL);
+  const m2mpsk_engine_ops *o = m2mpsk_tls_engine(e);
   return o ? o->suite_name(i) : NULL;
 }
 
-int m2mpsk_engine_check_suites(const char *iana_names) {
-  const m2mpsk_engine_ops *o = m2mpsk_tls();
-  return o ? o->check_suites(iana_names) : M2MPSK_E_BACKEND;
+size_t m2mpsk_suite_count(void) {
+  return m2mpsk_engine_suite_count(M2MPSK_ENGINE_AUTO);
+}
+
+const char *m2mpsk_suite_name(size_t i) {
+  return m2mpsk_engine_suite_name(M2MPSK_ENGINE_AUTO, i);
+}
+
+const char *m2mpsk_backend_name(void) {
+  int b = m2mpsk_tls_engine(M2MPSK_ENGINE_BORINGSSL) != NULL;
+  int o = m2mpsk_tls_engine(M2MPSK_ENGINE_OPENSSL) != NULL;
+  if (b && o)
+    return "boringssl+openssl";
+  return b ? "boringssl" : o ? "openssl" : "unavailable";
+}
+
+const char *m2mpsk_backend_error(void) {
+  /* Every engine this build has is tried first, so that the answer does
+   * not depend on which one a caller happened to touch. */
+  static char joined[2 * sizeof(g_slots[0].error) + 8];
+  int bad[M2MPSK_ENGINE_COUNT] = {0}, any_bad = 0;
+  for (int id = 1; id < M2MPSK_ENGINE_COUNT; id++) {
+    if (!built((m2mpsk_engine_id)id))
+      continue;
+    bad[id] = m2mpsk_tls_engine((m2mpsk_engine_id)id) == NULL;
+    any_bad |= bad[id];
+  }
+  if (!any_bad)
+    return "";
+  /* The errors never change once set, so the joined text is built once
+   * under the loader's lock and is then static. */
+  pthread_mutex_lock(&g_lock);
+  if (joined[0] == '\0') {
+    size_t n = 0;
+    for (int id = 1; id < M2MPSK_ENGINE_COUNT; id++)
+      if (bad[id])
+        n += (size_t)snprintf(joined + n, sizeof(joined) - n, "%s%s: %s",
+                              n ? "; " : "", k_names[id], g_slots[id].error);
+  }
+  pthread_mutex_unlock(&g_lock);
+  return joined;
+}
+
+/* ---- across engines, for config.c and profile.c ------------------------ */
+
+/* Calls fn on each name of a colon-separated list; stops at the first
+ * non-zero answer and returns it. -1 for an empty name or list. */
+static int each_name(const char *list, int (*fn)(const char *name, void *arg),
+                     void *arg) {
+  if (list == NULL || *list == '\0')
+    return -1;
+  const char *p = list;
+  for (;;) {
+    const char *end = strchr(p, ':');
+    size_t n = end ? (size_t)(end - p) : strlen(p);
+    char name[128];
+    if (n == 0 || n >= sizeof(name))
+      return n == 0 ? -1 : 1; /* longer than any suite name */
+    memcpy(name, p, n);
+    name[n] = '\0';
+    int rc = fn(name, arg);
+    if (rc != 0)
+      return rc;
+    if (end == NULL)
+      return 0;
+    p = end + 1;
+  }
+}
+
+static int supported_by_any(const char *name, void *arg) {
+  m2mpsk_engine_id only = *(const m2mpsk_engine_id *)arg;
+  for (int id = 1; id < M2MPSK_ENGINE_COUNT; id++) {
+    if (only != M2MPSK_ENGINE_AUTO && id != (int)only)
+      continue;
+    const m2mpsk_engine_ops *o = m2mpsk_tls_engine((m2mpsk_engine_id)id);
+    if (o != NULL && o->check_suites(name) == M2MPSK_OK)
+      return 0;
+  }
+  return 1;
+}
+
+int m2mpsk_engine_check_suites(m2mpsk_engine_id e, const char *iana_names) {
+  if (e == M2MPSK_ENGINE_AUTO ? m2mpsk_tls() == NULL
+                              : m2mpsk_tls_engine(e) == NULL)
+    return M2MPSK_E_BACKEND;
+  int rc = each_name(iana_names, supported_by_any, &e);
+  return rc == 0 ? M2MPSK_OK : rc == 1 ? M2MPSK_E_SUITE : M2MPSK_E_INVALID;
 }
 
 const char *m2mpsk_engine_default_suites(void) {
@@ -144,117 +305,36 @@ const char *m2mpsk_engine_default_suites(void) {
   return o ? o->default_suites() : NULL;
 }
 
-int m2mpsk_engine_ctx_new(m2mpsk_engine_ctx **out, m2mpsk_role role,
-                          m2mpsk_transport transport, const char *iana_names) {
-  const m2mpsk_engine_ops *o = m2mpsk_tls();
-  return o ? o->ctx_new(out, role, transport, iana_names) : M2MPSK_E_BACKEND;
+typedef struct filter_arg {
+  const m2mpsk_engine_ops *ops;
+  char *out;
+  size_t cap, n;
+} filter_arg;
+
+static int keep_supported(const char *name, void *arg) {
+  filter_arg *f = arg;
+  if (f->ops->check_suites(name) != M2MPSK_OK)
+    return 0;
+  size_t len = strlen(name), sep = f->n > 0;
+  if (f->n + sep + len + 1 > f->cap)
+    return 1;
+  if (sep)
+    f->out[f->n++] = ':';
+  memcpy(f->out + f->n, name, len + 1);
+  f->n += len;
+  return 0;
 }
 
-void m2mpsk_engine_ctx_free(m2mpsk_engine_ctx *ctx) {
-  if (ctx != NULL)
-    ops()->ctx_free(ctx);
-}
-
-void m2mpsk_engine_set_now(uint64_t now_ms) {
-  ops()->set_now(now_ms);
-}
-
-int m2mpsk_engine_new(m2mpsk_engine **out, m2mpsk_engine_ctx *ctx,
-                      m2mpsk_assoc *owner) {
-  return ops()->engine_new(out, ctx, owner);
-}
-
-void m2mpsk_engine_free(m2mpsk_engine *e) {
-  if (e != NULL)
-    ops()->engine_free(e);
-}
-
-int m2mpsk_engine_set_mtu(m2mpsk_engine *e, unsigned mtu) {
-  return ops()->set_mtu(e, mtu);
-}
-
-int m2mpsk_engine_set_server_name(m2mpsk_engine *e, const char *host) {
-  return ops()->set_server_name(e, host);
-}
-
-int m2mpsk_engine_push(m2mpsk_engine *e, const uint8_t *data, size_t len) {
-  return ops()->push(e, data, len);
-}
-
-size_t m2mpsk_engine_buffered(const m2mpsk_engine *e) {
-  return ops()->buffered(e);
-}
-
-int m2mpsk_engine_handshake(m2mpsk_engine *e) {
-  return ops()->handshake(e);
-}
-
-size_t m2mpsk_engine_pending(const m2mpsk_engine *e) {
-  return ops()->pending(e);
-}
-
-int m2mpsk_engine_drain(m2mpsk_engine *e, uint8_t *out, size_t cap,
-                        size_t *out_len) {
-  return ops()->drain(e, out, cap, out_len);
-}
-
-int m2mpsk_engine_read(m2mpsk_engine *e, uint8_t *out, size_t cap,
-                       size_t *out_len) {
-  return ops()->read(e, out, cap, out_len);
-}
-
-int m2mpsk_engine_write(m2mpsk_engine *e, const uint8_t *data, size_t len) {
-  return ops()->write(e, data, len);
-}
-
-int m2mpsk_engine_close(m2mpsk_engine *e) {
-  return ops()->close(e);
-}
-
-void m2mpsk_engine_abort(m2mpsk_engine *e, uint8_t alert) {
-  ops()->abort(e, alert);
-}
-
-int m2mpsk_engine_timer(const m2mpsk_engine *e, uint64_t *remaining_ms) {
-  return ops()->timer(e, remaining_ms);
-}
-
-int m2mpsk_engine_on_timer(m2mpsk_engine *e) {
-  return ops()->on_timer(e);
-}
-
-const char *m2mpsk_engine_suite(const m2mpsk_engine *e) {
-  return ops()->suite(e);
-}
-
-const char *m2mpsk_engine_version(const m2mpsk_engine *e) {
-  return ops()->version(e);
-}
-
-const char *m2mpsk_engine_psk_identity(const m2mpsk_engine *e) {
-  return ops()->psk_identity(e);
-}
-
-int m2mpsk_engine_export(const m2mpsk_engine *e, uint8_t *out, size_t out_len,
-                         const char *label, const uint8_t *context,
-                         size_t context_len) {
-  return ops()->export_keying(e, out, out_len, label, context, context_len);
-}
-
-m2mpsk_reason m2mpsk_engine_failure(m2mpsk_engine *e, char *detail,
-                                    size_t detail_cap) {
-  return ops()->failure(e, detail, detail_cap);
-}
-
-int m2mpsk_engine_has_cookies(void) {
-  const m2mpsk_engine_ops *o = m2mpsk_tls();
-  return o != NULL && o->dtls_listen != NULL;
-}
-
-int m2mpsk_engine_dtls_listen(m2mpsk_engine_ctx *ctx, const char *peer_tag,
-                              const uint8_t *datagram, size_t len, uint8_t *out,
-                              size_t cap, size_t *out_len) {
-  if (ops()->dtls_listen == NULL)
-    return M2MPSK_E_UNSUPPORTED;
-  return ops()->dtls_listen(ctx, peer_tag, datagram, len, out, cap, out_len);
+int m2mpsk_engine_filter_suites(const m2mpsk_engine_ops *ops,
+                                const char *iana_names, char *out, size_t cap) {
+  filter_arg f = {ops, out, cap, 0};
+  if (cap == 0)
+    return M2MPSK_E_BUFFER;
+  out[0] = '\0';
+  int rc = each_name(iana_names, keep_supported, &f);
+  if (rc == 1)
+    return M2MPSK_E_BUFFER;
+  if (rc != 0)
+    return M2MPSK_E_INVALID;
+  return f.n > 0 ? M2MPSK_OK : M2MPSK_E_SUITE;
 }

@@ -20,6 +20,9 @@ ALLOW_UNCHECKED = {
         "returns 1 or 0, never a status",
     "m2mpsk_event_peer_id_is_credential":
         "returns 1 or 0, never a status",
+    # 1 or 0: whether an engine can be loaded, a question, never a status.
+    "m2mpsk_engine_available":
+        "returns 1 or 0, never a status",
 }
 
 THREAD = "Thread safety:"

@@ -66,7 +66,8 @@ CELLS = [c + "." + t
 
 ASSOC_RX = (r"^m2mpsk: association peer=(?P<peer>\S+) kpsa-id=(?P<kpsa>\S+) "
             r"bound=(?P<bound>\S+) credential=(?P<cred>[01]) "
-            r"suite=(?P<suite>\S+) version=(?P<version>\S+)$")
+            r"suite=(?P<suite>\S+) version=(?P<version>\S+)"
+            r"(?: engine=(?P<engine>\S+))?$")
 OUTCOME_RX = r"^m2mpsk: (?:association|failure) .*$"
 
 

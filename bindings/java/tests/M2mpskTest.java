@@ -52,6 +52,9 @@ public class M2mpskTest {
    * build's M2MPSK_TLS, so a library loading another backend fails. */
   static final String BACKEND =
       System.getenv("M2MPSK_TLS") != null ? System.getenv("M2MPSK_TLS") : "boringssl";
+  /** What backendName() answers: the build's engines joined by "+". */
+  static final String BACKEND_NAME =
+      System.getenv("M2MPSK_BACKEND_NAME") != null ? System.getenv("M2MPSK_BACKEND_NAME") : BACKEND;
   static final String IDB = "//m2m.example.com/cse-in";
   static final byte[] KEY = new byte[32];
 
@@ -804,9 +807,55 @@ public class M2mpskTest {
     toSServer(true);
   }
 
+  /** The engines (since 0.3): each one the build has is listed with its
+   * suites, a config can name it, and every pair of engines interoperates
+   * over both transports, each side running the engine it was given. */
+  @Test
+  public void engines() {
+    assertEquals("auto", M2mpsk.engineName(M2mpsk.ENGINE_AUTO));
+    assertEquals("boringssl", M2mpsk.engineName(M2mpsk.ENGINE_BORINGSSL));
+    assertEquals("openssl", M2mpsk.engineName(M2mpsk.ENGINE_OPENSSL));
+    assertNull(M2mpsk.engineName(7));
+    List<Integer> have = new ArrayList<>();
+    for (String name : BACKEND_NAME.split("\\+")) {
+      int e = name.equals("openssl") ? M2mpsk.ENGINE_OPENSSL : M2mpsk.ENGINE_BORINGSSL;
+      have.add(e);
+      assertEquals(1, M2mpsk.engineAvailable(e));
+      long n = M2mpsk.engineSuiteCount(e);
+      assertTrue(n > 0);
+      assertNotNull(M2mpsk.engineSuiteName(e, n - 1));
+      assertNull(M2mpsk.engineSuiteName(e, n));
+    }
+    assertEquals(M2mpsk.suiteCount(), M2mpsk.engineSuiteCount(M2mpsk.ENGINE_AUTO));
+    try (Config cfg = new Config()) {
+      expect(M2mpsk.E_INVALID, () -> cfg.setEngine(7));
+    }
+    for (int transport : new int[] {M2mpsk.TRANSPORT_TLS, M2mpsk.TRANSPORT_DTLS}) {
+      for (int client : have) {
+        for (int server : have) {
+          try (Keystore ks = keystore(); Config ca = new Config(); Config cb = new Config()) {
+            ca.setEngine(client);
+            cb.setEngine(server);
+            cb.addLocalId(IDB);
+            try (Association a = new Association(M2mpsk.ROLE_INITIATOR, transport, ca, ks, KPSA_ID);
+                Association b = new Association(M2mpsk.ROLE_RESPONDER, transport, cb, ks)) {
+              b.start(now());
+              a.start(now());
+              assertNull(pump(a, b));
+              assertEquals(M2mpsk.STATE_ESTABLISHED, a.state());
+              assertEquals(M2mpsk.STATE_ESTABLISHED, b.state());
+              assertEquals(client, a.engine());
+              assertEquals(server, b.engine());
+            }
+          }
+        }
+      }
+    }
+  }
+
   @Test
   public void freeFunctions() {
-    assertEquals(BACKEND, M2mpsk.backendName());
+    assertEquals(BACKEND_NAME, M2mpsk.backendName());
     assertEquals("", M2mpsk.backendError());
     assertTrue(M2mpsk.suiteCount() > 0);
     assertNull(M2mpsk.suiteName(M2mpsk.suiteCount()));
@@ -839,6 +888,7 @@ public class M2mpskTest {
   static {
     String tag = "192.0.2.7:40000";
     sample("Keystore.add", "other@onem2m.com", KEY, null, IDB);
+    sample("Config.setEngine", M2mpsk.ENGINE_AUTO);
     sample("Keystore.add", "other@onem2m.com", KEY, null, IDB, 0, 0);
     sample("Keystore.addDerived", "other@onem2m.com", KEY, IDA, null, IDB);
     sample("Keystore.addDerived", "other@onem2m.com", KEY, IDA, null, IDB, 0, 0);
@@ -882,6 +932,7 @@ public class M2mpskTest {
     sample("Association.bindAeId", AE_ID);
     sample("Association.localId");
     sample("Association.kpsaId");
+    sample("Association.engine");
     sample("Association.suite");
     sample("Association.version");
     sample("Association.failure");

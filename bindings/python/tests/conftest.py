@@ -15,6 +15,10 @@ IDA = "//m2m.example.com/cse-in/Cae1"
 # The TLS backend this build is expected to have: ctest passes the build's
 # M2MPSK_TLS, so a module loading another backend fails the tests.
 BACKEND = os.environ.get("M2MPSK_TLS", "boringssl")
+# What backend_name() answers: the build's engines joined by "+"
+# ("boringssl+openssl" for the default build).
+BACKEND_NAME = os.environ.get("M2MPSK_BACKEND_NAME", BACKEND)
+ENGINES = BACKEND_NAME.split("+")
 
 
 def now_ms():

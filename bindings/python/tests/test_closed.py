@@ -30,6 +30,7 @@ SAMPLES = {
     "enrolee_b_id": IDA, "not_before": 0, "not_after": 0, "path": "/dev/null",
     "iana_names": m2mpsk.suite_name(0), "ms": 1000, "on": True,
     "profile": m2mpsk.PROFILE_TS0003, "transport": m2mpsk.TRANSPORT_TLS, "n": 1,
+    "engine": m2mpsk.ENGINE_AUTO,
     "bytes": m2mpsk.MAX_INPUT_MIN, "max_failures": 1, "window_ms": 1, "block_ms": 1,
     "block_max_ms": 1, "peer_tag": "192.0.2.7:40000", "now_ms": 1000, "capacity": 1,
     "datagram": bytes(64), "mtu": 1400, "tag": "192.0.2.7:40000", "unix_time": 0,

@@ -6,7 +6,7 @@ import gc
 import pytest
 
 import m2mpsk
-from conftest import BACKEND, IDA, IDB, KEY, KPSA_ID, now_ms, pump
+from conftest import BACKEND_NAME, IDA, IDB, KEY, KPSA_ID, now_ms, pump
 
 TRANSPORTS = [m2mpsk.TRANSPORT_TLS, m2mpsk.TRANSPORT_DTLS]
 VERSIONS = {m2mpsk.TRANSPORT_TLS: "TLSv1.2", m2mpsk.TRANSPORT_DTLS: "DTLSv1.2"}
@@ -173,7 +173,7 @@ def test_free_functions():
     assert m2mpsk.version_string().count(".") == 2
     major, minor, patch = (int(x) for x in m2mpsk.version_string().split("."))
     assert m2mpsk.version_number() == major * 10000 + minor * 100 + patch
-    assert m2mpsk.backend_name() == BACKEND and m2mpsk.backend_error() == ""
+    assert m2mpsk.backend_name() == BACKEND_NAME and m2mpsk.backend_error() == ""
     assert m2mpsk.suite_count() == len(m2mpsk.suites()) > 0
     assert m2mpsk.suite_name(m2mpsk.suite_count()) is None
     assert m2mpsk.strerror(m2mpsk.E_KEY_LENGTH) != m2mpsk.strerror(0)
