@@ -64,7 +64,8 @@ typedef struct m2mpsk_hello {
  *   M2MPSK_HELLO_NOT  not a ClientHello this library could accept, or out
  *                     is NULL, or data is NULL with len > 0; the caller
  *                     then leaves the bytes to an engine.
- * On MORE and NOT, *out (when not NULL) is zeroed. Thread safety: safe
+ * On OK, suites[n_suites..] are left as they were; on MORE and NOT, *out
+ * (when not NULL) is zeroed. Thread safety: safe
  * from any thread; `out` belongs to the caller. */
 int m2mpsk_hello_parse(const uint8_t *data, size_t len, int dtls,
                        m2mpsk_hello *out);

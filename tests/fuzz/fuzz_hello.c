@@ -18,7 +18,8 @@
  *  - TLS: no prefix of an input that is OK or MORE gives NOT, and every
  *    prefix shorter than `consumed` of an OK one gives MORE;
  *  - TLS: the same ClientHello cut into records of another size parses to
- *    the same fields;
+ *    the same fields, and a hello in one record (the parser's flat path)
+ *    gets the same answer, NOT included, cut into smaller records;
  *  - the engine choice agrees with m2mpsk_hello_offers(). */
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +42,8 @@ static int parse_copy(const uint8_t *p, size_t len, int dtls, m2mpsk_hello *h) {
     BUG("malloc");
   if (len)
     memcpy(copy, p, len);
+  /* Not zero: a result other than OK must clear it. */
+  memset(h, 0xa5, sizeof(*h));
   int rc = m2mpsk_hello_parse(copy, len, dtls, h);
   free(copy);
   return rc;
@@ -100,6 +103,7 @@ static size_t tls_records(const uint8_t *msg, size_t n, size_t size,
   return k;
 }
 
+/* Suites past n_suites are not part of the result. */
 static int same_fields(const m2mpsk_hello *a, const m2mpsk_hello *b) {
   return a->n_suites == b->n_suites &&
          memcmp(a->suites, b->suites, a->n_suites * sizeof(a->suites[0])) ==
@@ -148,8 +152,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     BUG("DTLS gave MORE");
   if (rc != M2MPSK_HELLO_OK && !all_zero(&h, sizeof(h)))
     BUG("result %d left fields set", rc);
-  if (parse_copy(in, len, dtls, &again) != rc ||
-      memcmp(&h, &again, sizeof(h)) != 0)
+  if (parse_copy(in, len, dtls, &again) != rc || !same_fields(&h, &again) ||
+      h.consumed != again.consumed)
     BUG("not deterministic");
   check_choice(&h);
   if (rc == M2MPSK_HELLO_OK)
@@ -158,13 +162,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (rc == M2MPSK_HELLO_OK) {
     /* What follows `consumed` is not looked at. */
     if (parse_copy(in, h.consumed, dtls, &again) != M2MPSK_HELLO_OK ||
-        memcmp(&h, &again, sizeof(h)) != 0)
+        !same_fields(&h, &again) || h.consumed != again.consumed)
       BUG("the first %zu bytes alone differ", h.consumed);
     static uint8_t more[8192 + 64];
     memcpy(more, in, h.consumed);
     memset(more + h.consumed, 0xee, 16);
     if (parse_copy(more, h.consumed + 16, dtls, &again) != M2MPSK_HELLO_OK ||
-        memcmp(&h, &again, sizeof(h)) != 0)
+        !same_fields(&h, &again) || h.consumed != again.consumed)
       BUG("bytes after the hello changed it");
   }
 
@@ -186,6 +190,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     for (size_t k = len > 8 ? len - 8 : 0; k < len; k++)
       if (parse_copy(in, k, 0, &again) == M2MPSK_HELLO_NOT)
         BUG("prefix %zu of a valid %zu gave NOT", k, len);
+  }
+
+  /* The parser's flat path (a hello all in its first record) against its
+   * general one (the same record cut smaller): the same answer, NOT
+   * included. */
+  if (!dtls && len >= 9 && in[0] == 22 && in[1] == 3 && in[2] >= 1 &&
+      in[2] <= 3) {
+    size_t rl = (size_t)in[3] << 8 | in[4];
+    size_t hl = (size_t)in[6] << 16 | (size_t)in[7] << 8 | in[8];
+    if (rl >= 4 && rl <= 16384 && rl <= len - 5 && hl + 4 == rl) {
+      static uint8_t rec[8192 * 6 + 64];
+      m2mpsk_hello flat, split;
+      int a = parse_copy(in, 5 + rl, 0, &flat);
+      size_t k = tls_records(in + 5, rl, record, rec);
+      int b = parse_copy(rec, k, 0, &split);
+      if (a != b || (a == M2MPSK_HELLO_OK && !same_fields(&flat, &split)))
+        BUG("flat %d, in records of %zu %d", a, record, b);
+    }
   }
 
   if (!dtls && rc == M2MPSK_HELLO_OK) {
