@@ -57,9 +57,10 @@ static int next_record(reader *r) {
    * before its header is complete, not waited for. */
   if (have >= 1 && h[0] != CONTENT_HANDSHAKE)
     return NOT;
+  /* Any {03,xx}: RFC 5246 Appendix E.1 lets a client put any such record
+   * version on its first flight ({03,00} to {03,03} in practice), and
+   * both engines accept any until they have a version. */
   if (have >= 2 && h[1] != 3)
-    return NOT;
-  if (have >= 3 && (h[2] < 1 || h[2] > 3))
     return NOT;
   if (have >= 4 && h[3] > (RECORD_MAX >> 8))
     return NOT;
@@ -259,8 +260,7 @@ static int handshake_header(reader *r, int flat) {
 
 static int parse_tls(const uint8_t *data, size_t len, m2mpsk_hello *out) {
   /* Flat: the first record is all there and holds just the hello. */
-  if (len >= TLS_HEADER + 4 && data[0] == CONTENT_HANDSHAKE && data[1] == 3 &&
-      data[2] >= 1 && data[2] <= 3) {
+  if (len >= TLS_HEADER + 4 && data[0] == CONTENT_HANDSHAKE && data[1] == 3) {
     size_t rl = be(data + 3, 2);
     if (rl <= RECORD_MAX && rl <= len - TLS_HEADER && rl >= 4 &&
         4 + be(data + TLS_HEADER + 1, 3) == rl) {
@@ -286,10 +286,10 @@ static int parse_dtls(const uint8_t *data, size_t len, m2mpsk_hello *out) {
   if (len < DTLS_HEADER + DTLS_HANDSHAKE_HEADER)
     return NOT;
   /* Record (RFC 6347 §4.1): type, version, epoch, sequence_number(48),
-   * length. DTLS 1.0's record version is what clients that can fall back
-   * put on their first hello. */
-  if (data[0] != CONTENT_HANDSHAKE || data[1] != 0xfe ||
-      (data[2] != 0xff && data[2] != 0xfd) || be(data + 3, 2) != 0)
+   * length. Any {fe,xx} version, as both engines accept before they have
+   * one: clients that can fall back put DTLS 1.0's {fe,ff} on their first
+   * hello. */
+  if (data[0] != CONTENT_HANDSHAKE || data[1] != 0xfe || be(data + 3, 2) != 0)
     return NOT;
   size_t rl = be(data + 11, 2);
   if (rl > len - DTLS_HEADER || rl > RECORD_MAX)

@@ -39,17 +39,16 @@ typedef struct m2mpsk_hello {
  * datagram (dtls != 0). Reads nothing past data[len - 1], keeps no pointer
  * into data, and does work linear in len.
  *
- * TLS: one or more handshake records (type 22, record version 0x0301 to
- * 0x0303, payload 1..16384 bytes) carrying exactly one ClientHello
- * (client_version 0x0303 or above, body at most M2MPSK_HELLO_MAX_BYTES),
- * the last record ending where the ClientHello ends. Bytes after that
- * record are not looked at.
- * DTLS: the datagram's first record is a handshake record (version 0xfeff
- * or 0xfefd) of epoch 0 holding exactly one complete, unfragmented
- * ClientHello (fragment_offset 0, fragment_length == length; client_version
- * 0xfefd or newer). Records after the first are not looked at.
- * Either way every length field is checked: session_id at most 32 bytes,
- * cipher_suites even and non-empty (at most M2MPSK_HELLO_MAX_SUITES),
+ * TLS: one or more handshake records (type 22, record version 0x03xx, as
+ * RFC 5246 Appendix E.1 allows; payload 1..16384 bytes) carrying exactly one
+ * ClientHello (client_version 0x0303 or above, body at most
+ * M2MPSK_HELLO_MAX_BYTES), the last record ending where the ClientHello ends.
+ * Bytes after that record are not looked at. DTLS: the datagram's first record
+ * is a handshake record (version 0xfexx) of epoch 0 holding exactly one
+ * complete, unfragmented ClientHello (fragment_offset 0, fragment_length ==
+ * length; client_version 0xfefd or newer). Records after the first are not
+ * looked at. Either way every length field is checked: session_id at most 32
+ * bytes, cipher_suites even and non-empty (at most M2MPSK_HELLO_MAX_SUITES),
  * compression_methods non-empty and holding null, the extensions block (if
  * any) consumed exactly by whole extensions, at most one server_name
  * extension, and that one a list of exactly one host_name entry of 1..255

@@ -195,8 +195,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   /* The parser's flat path (a hello all in its first record) against its
    * general one (the same record cut smaller): the same answer, NOT
    * included. */
-  if (!dtls && len >= 9 && in[0] == 22 && in[1] == 3 && in[2] >= 1 &&
-      in[2] <= 3) {
+  if (!dtls && len >= 9 && in[0] == 22 && in[1] == 3) {
     size_t rl = (size_t)in[3] << 8 | in[4];
     size_t hl = (size_t)in[6] << 16 | (size_t)in[7] << 8 | in[8];
     if (rl >= 4 && rl <= 16384 && rl <= len - 5 && hl + 4 == rl) {
