@@ -32,31 +32,35 @@
  * boundaries fall, without copying it first: the TLS message may come in
  * records of one byte each. Two budgets are kept, so that a length field
  * that overruns its container is refused (NOT) as soon as it is read, and
- * only a shortage of bytes that may still come gives MORE. */
+ * only a shortage of bytes that may still come gives MORE.
+ *
+ * The usual hello is "flat": all there, in one record (TLS) or datagram
+ * (DTLS). The parser is written once and compiled twice (the `flat`
+ * argument is a constant wherever it is used), so that the flat case pays
+ * one comparison per field: the parse has a budget of 1% of a BoringSSL
+ * PSK handshake. */
 typedef struct reader {
   const uint8_t *data;
   size_t len;
   size_t pos;      /* next unread byte of data */
   size_t rec_left; /* payload the current record declares, not yet read */
   size_t msg_left; /* bytes the enclosing field declares, not yet read */
-  int dtls;
 } reader;
 
-/* Steps over the next record header (TLS). */
+#define INLINE inline __attribute__((always_inline))
+
+/* Steps over the next record header (TLS, not flat). */
 static int next_record(reader *r) {
-  /* DTLS: the message was checked to lie inside the datagram's first
-   * record, so reading past that record is an overrun. */
-  if (r->dtls)
-    return NOT;
   const uint8_t *h = r->data + r->pos;
   size_t have = r->len - r->pos;
   /* Byte by byte, so that a stream that is no handshake record is refused
    * before its header is complete, not waited for. */
   if (have >= 1 && h[0] != CONTENT_HANDSHAKE)
     return NOT;
+  /* Any {03,xx}: RFC 5246 Appendix E.1 lets a client put any such record
+   * version on its first flight ({03,00} to {03,03} in practice), and
+   * both engines accept any until they have a version. */
   if (have >= 2 && h[1] != 3)
-    return NOT;
-  if (have >= 3 && (h[2] < 1 || h[2] > 3))
     return NOT;
   if (have >= 4 && h[3] > (RECORD_MAX >> 8))
     return NOT;
@@ -71,8 +75,8 @@ static int next_record(reader *r) {
   return GOT;
 }
 
-/* Reads n bytes of the current field into dst, or skips them (dst NULL). */
-static int take(reader *r, uint8_t *dst, size_t n) {
+/* take() across record headers, or when the bytes are not all there. */
+static int take_slow(reader *r, uint8_t *dst, size_t n) {
   if (n > r->msg_left)
     return NOT;
   r->msg_left -= n;
@@ -97,42 +101,58 @@ static int take(reader *r, uint8_t *dst, size_t n) {
   return GOT;
 }
 
-static int u8(reader *r, size_t *v) {
+/* Reads n bytes of the current field into dst, or skips them (dst NULL).
+ * flat: the caller checked that the whole message is in data. */
+static INLINE int take(reader *r, uint8_t *dst, size_t n, int flat) {
+  if (flat ? n <= r->msg_left
+           : n <= r->msg_left && n <= r->rec_left && n <= r->len - r->pos) {
+    if (dst != NULL)
+      memcpy(dst, r->data + r->pos, n);
+    r->pos += n;
+    r->rec_left -= flat ? 0 : n;
+    r->msg_left -= n;
+    return GOT;
+  }
+  return flat ? NOT : take_slow(r, dst, n);
+}
+
+static INLINE int u8(reader *r, size_t *v, int flat) {
   uint8_t b;
-  TRY(take(r, &b, 1));
+  TRY(take(r, &b, 1, flat));
   *v = b;
   return GOT;
 }
 
-static int u16(reader *r, size_t *v) {
+static INLINE int u16(reader *r, size_t *v, int flat) {
   uint8_t b[2];
-  TRY(take(r, b, 2));
+  TRY(take(r, b, 2, flat));
   *v = (size_t)b[0] << 8 | b[1];
   return GOT;
 }
 
 /* A length-prefixed vector's length, which must fit what is left. */
-static int vec_len(reader *r, size_t prefix, size_t *n) {
-  TRY(prefix == 1 ? u8(r, n) : u16(r, n));
+static INLINE int vec_len(reader *r, size_t prefix, size_t *n, int flat) {
+  TRY(prefix == 1 ? u8(r, n, flat) : u16(r, n, flat));
   return *n <= r->msg_left ? GOT : NOT;
 }
 
 /* RFC 6066 §3, as both engines read it: a list holding exactly one
  * host_name entry, non-empty, at most 255 bytes, no NUL. `ext_len` bytes
  * of extension data follow. */
-static int parse_server_name(reader *r, size_t ext_len, char *sni) {
+static INLINE int parse_server_name(reader *r, size_t ext_len, char *sni,
+                                    int flat) {
   size_t after = r->msg_left - ext_len, n;
   r->msg_left = ext_len;
-  TRY(vec_len(r, 2, &n));
+  TRY(vec_len(r, 2, &n, flat));
   if (n != r->msg_left)
     return NOT;
-  TRY(u8(r, &n));
+  TRY(u8(r, &n, flat));
   if (n != NAME_TYPE_HOST_NAME)
     return NOT;
-  TRY(vec_len(r, 2, &n));
+  TRY(vec_len(r, 2, &n, flat));
   if (n == 0 || n > 255 || n != r->msg_left)
     return NOT;
-  TRY(take(r, (uint8_t *)sni, n));
+  TRY(take(r, (uint8_t *)sni, n, flat));
   if (memchr(sni, '\0', n) != NULL)
     return NOT;
   sni[n] = '\0';
@@ -142,90 +162,77 @@ static int parse_server_name(reader *r, size_t ext_len, char *sni) {
 
 /* The ClientHello body (RFC 5246 §7.4.1.2; RFC 6347 §4.2.1 adds the
  * cookie), r->msg_left bytes of it. */
-static int parse_body(reader *r, m2mpsk_hello *out) {
+static INLINE int parse_body(reader *r, m2mpsk_hello *out, int dtls, int flat) {
   size_t v, n;
-  TRY(u16(r, &v));
+  TRY(u16(r, &v, flat));
   /* Only a 1.2 handshake can follow: the engines offer nothing else. A
    * newer client_version negotiates down to 1.2 (RFC 5246 Appendix E.1);
    * DTLS numbers its versions downwards. */
-  if (r->dtls ? (v >> 8 != 0xfe || (v & 0xff) > 0xfd)
-              : (v >> 8 != 0x03 || (v & 0xff) < 0x03))
+  if (dtls ? (v >> 8 != 0xfe || (v & 0xff) > 0xfd)
+           : (v >> 8 != 0x03 || (v & 0xff) < 0x03))
     return NOT;
   out->version = (uint16_t)v;
-  TRY(take(r, NULL, 32)); /* random */
-  TRY(vec_len(r, 1, &n));
+  TRY(take(r, NULL, 32, flat)); /* random */
+  TRY(vec_len(r, 1, &n, flat));
   if (n > 32)
     return NOT;
-  TRY(take(r, NULL, n)); /* session_id */
-  if (r->dtls) {
-    TRY(vec_len(r, 1, &n));
+  TRY(take(r, NULL, n, flat)); /* session_id */
+  if (dtls) {
+    TRY(vec_len(r, 1, &n, flat));
     out->has_cookie = n > 0;
-    TRY(take(r, NULL, n));
+    TRY(take(r, NULL, n, flat));
   }
-  TRY(vec_len(r, 2, &n));
+  TRY(vec_len(r, 2, &n, flat));
   if (n == 0 || n % 2 != 0 || n / 2 > M2MPSK_HELLO_MAX_SUITES)
     return NOT;
-  for (size_t i = 0; i < n / 2; i++) {
-    TRY(u16(r, &v));
-    out->suites[i] = (uint16_t)v;
-  }
+  /* In one take: a real list is 20 to 60 suites. */
+  uint8_t raw[2 * M2MPSK_HELLO_MAX_SUITES];
+  TRY(take(r, raw, n, flat));
+  for (size_t i = 0; i < n / 2; i++)
+    out->suites[i] = (uint16_t)(raw[2 * i] << 8 | raw[2 * i + 1]);
   out->n_suites = n / 2;
-  TRY(vec_len(r, 1, &n));
+  TRY(vec_len(r, 1, &n, flat));
   if (n == 0)
     return NOT;
-  int has_null = 0;
-  for (size_t i = 0; i < n; i++) {
-    TRY(u8(r, &v));
-    has_null |= v == 0;
-  }
+  uint8_t comp[255];
+  TRY(take(r, comp, n, flat));
   /* RFC 5246 §7.4.1.2: the list MUST contain null; both engines check. */
-  if (!has_null)
+  if (memchr(comp, 0, n) == NULL)
     return NOT;
   if (r->msg_left == 0)
     return GOT; /* no extensions block: allowed */
-  TRY(vec_len(r, 2, &n));
+  TRY(vec_len(r, 2, &n, flat));
   if (n != r->msg_left)
     return NOT;
   int seen_server_name = 0;
   while (r->msg_left > 0) {
     size_t type, len;
-    TRY(u16(r, &type));
-    TRY(vec_len(r, 2, &len));
+    TRY(u16(r, &type, flat));
+    TRY(vec_len(r, 2, &len, flat));
     if (type == EXT_SERVER_NAME) {
       /* RFC 5246 §7.4.1.4: no extension twice; here it would leave two
        * names to choose from. */
       if (seen_server_name)
         return NOT;
       seen_server_name = 1;
-      TRY(parse_server_name(r, len, out->sni));
+      TRY(parse_server_name(r, len, out->sni, flat));
     } else {
-      TRY(take(r, NULL, len));
+      TRY(take(r, NULL, len, flat));
     }
   }
   return GOT;
 }
 
-static int parse_tls(const uint8_t *data, size_t len, m2mpsk_hello *out) {
-  reader r = {data, len, 0, 0, 4, 0};
-  size_t type, hi, lo;
-  /* Handshake header (RFC 5246 §7.4): type, then a 24-bit length. */
-  TRY(u8(&r, &type));
-  if (type != HANDSHAKE_CLIENT_HELLO)
-    return NOT;
-  TRY(u8(&r, &hi));
-  if (hi != 0)
-    return NOT;
-  TRY(u16(&r, &lo));
-  if (lo > M2MPSK_HELLO_MAX_BYTES)
-    return NOT;
-  r.msg_left = lo;
-  TRY(parse_body(&r, out));
-  /* Nothing may follow the ClientHello in its record: a 1.2 client waits
-   * for the server's flight. */
-  if (r.rec_left != 0)
-    return NOT;
-  out->consumed = r.pos;
-  return GOT;
+/* The two instances; the reader stays in registers. */
+static int parse_body_flat(reader *r, m2mpsk_hello *out, int dtls) {
+  reader local = *r;
+  int rc = dtls ? parse_body(&local, out, 1, 1) : parse_body(&local, out, 0, 1);
+  *r = local;
+  return rc;
+}
+
+static int parse_body_records(reader *r, m2mpsk_hello *out) {
+  return parse_body(r, out, 0, 0);
 }
 
 static size_t be(const uint8_t *p, size_t n) {
@@ -235,14 +242,54 @@ static size_t be(const uint8_t *p, size_t n) {
   return v;
 }
 
+/* The handshake header (RFC 5246 §7.4): type, then a 24-bit length. */
+static int handshake_header(reader *r, int flat) {
+  size_t type, hi, lo;
+  TRY(u8(r, &type, flat));
+  if (type != HANDSHAKE_CLIENT_HELLO)
+    return NOT;
+  TRY(u8(r, &hi, flat));
+  if (hi != 0)
+    return NOT;
+  TRY(u16(r, &lo, flat));
+  if (lo > M2MPSK_HELLO_MAX_BYTES)
+    return NOT;
+  r->msg_left = lo;
+  return GOT;
+}
+
+static int parse_tls(const uint8_t *data, size_t len, m2mpsk_hello *out) {
+  /* Flat: the first record is all there and holds just the hello. */
+  if (len >= TLS_HEADER + 4 && data[0] == CONTENT_HANDSHAKE && data[1] == 3) {
+    size_t rl = be(data + 3, 2);
+    if (rl <= RECORD_MAX && rl <= len - TLS_HEADER && rl >= 4 &&
+        4 + be(data + TLS_HEADER + 1, 3) == rl) {
+      reader r = {data, TLS_HEADER + rl, TLS_HEADER, 0, 4};
+      TRY(handshake_header(&r, 1));
+      TRY(parse_body_flat(&r, out, 0));
+      out->consumed = TLS_HEADER + rl;
+      return GOT;
+    }
+  }
+  reader r = {data, len, 0, 0, 4};
+  TRY(handshake_header(&r, 0));
+  TRY(parse_body_records(&r, out));
+  /* Nothing may follow the ClientHello in its record: a 1.2 client waits
+   * for the server's flight. */
+  if (r.rec_left != 0)
+    return NOT;
+  out->consumed = r.pos;
+  return GOT;
+}
+
 static int parse_dtls(const uint8_t *data, size_t len, m2mpsk_hello *out) {
   if (len < DTLS_HEADER + DTLS_HANDSHAKE_HEADER)
     return NOT;
   /* Record (RFC 6347 §4.1): type, version, epoch, sequence_number(48),
-   * length. DTLS 1.0's record version is what clients that can fall back
-   * put on their first hello. */
-  if (data[0] != CONTENT_HANDSHAKE || data[1] != 0xfe ||
-      (data[2] != 0xff && data[2] != 0xfd) || be(data + 3, 2) != 0)
+   * length. Any {fe,xx} version, as both engines accept before they have
+   * one: clients that can fall back put DTLS 1.0's {fe,ff} on their first
+   * hello. */
+  if (data[0] != CONTENT_HANDSHAKE || data[1] != 0xfe || be(data + 3, 2) != 0)
     return NOT;
   size_t rl = be(data + 11, 2);
   if (rl > len - DTLS_HEADER || rl > RECORD_MAX)
@@ -257,10 +304,9 @@ static int parse_dtls(const uint8_t *data, size_t len, m2mpsk_hello *out) {
       be(m + 9, 3) != length || DTLS_HANDSHAKE_HEADER + length != rl)
     return NOT;
   size_t body = DTLS_HEADER + DTLS_HANDSHAKE_HEADER;
-  reader r = {data, body + length, body, length, length, 1};
-  /* The bounds above leave no byte to wait for: anything short is NOT. */
-  if (parse_body(&r, out) != GOT)
-    return NOT;
+  reader r = {data, body + length, body, 0, length};
+  /* Flat: the bounds above leave no byte to wait for. */
+  TRY(parse_body_flat(&r, out, 1));
   out->message_seq = (uint16_t)be(m + 4, 2);
   out->consumed = DTLS_HEADER + rl;
   return GOT;
@@ -270,12 +316,20 @@ int m2mpsk_hello_parse(const uint8_t *data, size_t len, int dtls,
                        m2mpsk_hello *out) {
   if (out == NULL)
     return NOT;
-  memset(out, 0, sizeof(*out));
+  /* Not the whole struct: suites past n_suites are never read. */
+  out->n_suites = 0;
+  out->version = 0;
+  out->has_cookie = 0;
+  out->message_seq = 0;
+  out->sni[0] = '\0';
+  out->consumed = 0;
+  int rc;
   if (data == NULL && len > 0)
-    return NOT;
-  if (len == 0)
-    return dtls ? NOT : MORE;
-  int rc = dtls ? parse_dtls(data, len, out) : parse_tls(data, len, out);
+    rc = NOT;
+  else if (len == 0)
+    rc = dtls ? NOT : MORE;
+  else
+    rc = dtls ? parse_dtls(data, len, out) : parse_tls(data, len, out);
   if (rc != GOT)
     memset(out, 0, sizeof(*out));
   return rc;

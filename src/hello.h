@@ -39,17 +39,16 @@ typedef struct m2mpsk_hello {
  * datagram (dtls != 0). Reads nothing past data[len - 1], keeps no pointer
  * into data, and does work linear in len.
  *
- * TLS: one or more handshake records (type 22, record version 0x0301 to
- * 0x0303, payload 1..16384 bytes) carrying exactly one ClientHello
- * (client_version 0x0303 or above, body at most M2MPSK_HELLO_MAX_BYTES),
- * the last record ending where the ClientHello ends. Bytes after that
- * record are not looked at.
- * DTLS: the datagram's first record is a handshake record (version 0xfeff
- * or 0xfefd) of epoch 0 holding exactly one complete, unfragmented
- * ClientHello (fragment_offset 0, fragment_length == length; client_version
- * 0xfefd or newer). Records after the first are not looked at.
- * Either way every length field is checked: session_id at most 32 bytes,
- * cipher_suites even and non-empty (at most M2MPSK_HELLO_MAX_SUITES),
+ * TLS: one or more handshake records (type 22, record version 0x03xx, as
+ * RFC 5246 Appendix E.1 allows; payload 1..16384 bytes) carrying exactly one
+ * ClientHello (client_version 0x0303 or above, body at most
+ * M2MPSK_HELLO_MAX_BYTES), the last record ending where the ClientHello ends.
+ * Bytes after that record are not looked at. DTLS: the datagram's first record
+ * is a handshake record (version 0xfexx) of epoch 0 holding exactly one
+ * complete, unfragmented ClientHello (fragment_offset 0, fragment_length ==
+ * length; client_version 0xfefd or newer). Records after the first are not
+ * looked at. Either way every length field is checked: session_id at most 32
+ * bytes, cipher_suites even and non-empty (at most M2MPSK_HELLO_MAX_SUITES),
  * compression_methods non-empty and holding null, the extensions block (if
  * any) consumed exactly by whole extensions, at most one server_name
  * extension, and that one a list of exactly one host_name entry of 1..255
@@ -64,7 +63,8 @@ typedef struct m2mpsk_hello {
  *   M2MPSK_HELLO_NOT  not a ClientHello this library could accept, or out
  *                     is NULL, or data is NULL with len > 0; the caller
  *                     then leaves the bytes to an engine.
- * On MORE and NOT, *out (when not NULL) is zeroed. Thread safety: safe
+ * On OK, suites[n_suites..] are left as they were; on MORE and NOT, *out
+ * (when not NULL) is zeroed. Thread safety: safe
  * from any thread; `out` belongs to the caller. */
 int m2mpsk_hello_parse(const uint8_t *data, size_t len, int dtls,
                        m2mpsk_hello *out);
