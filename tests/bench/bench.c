@@ -239,8 +239,8 @@ static m2mpsk_engine_id g_engine = M2MPSK_ENGINE_AUTO;
 /* Both sides' keystores and configs. suites_a / suites_b: the suites each
  * side enables, NULL for the config's default (the TS-0003 profile). */
 static void m2m_env_setup(m2m_env *env, const bench_case *c,
-                          m2mpsk_engine_id engine, const char *suites_a,
-                          const char *suites_b) {
+                          m2mpsk_engine_id engine_a, m2mpsk_engine_id engine_b,
+                          const char *suites_a, const char *suites_b) {
   int rc;
   memset(env, 0, sizeof(*env));
   env->c = c;
@@ -255,19 +255,20 @@ static void m2m_env_setup(m2m_env *env, const bench_case *c,
                                 0)) != M2MPSK_OK ||
       (rc = m2mpsk_config_new(&env->cfg_a)) != M2MPSK_OK ||
       (rc = m2mpsk_config_new(&env->cfg_b)) != M2MPSK_OK ||
-      (rc = m2mpsk_config_set_engine(env->cfg_a, engine)) != M2MPSK_OK ||
-      (rc = m2mpsk_config_set_engine(env->cfg_b, engine)) != M2MPSK_OK ||
+      (rc = m2mpsk_config_set_engine(env->cfg_a, engine_a)) != M2MPSK_OK ||
+      (rc = m2mpsk_config_set_engine(env->cfg_b, engine_b)) != M2MPSK_OK ||
       (rc = m2mpsk_config_add_local_id(env->cfg_b, BENCH_ID_B)) != M2MPSK_OK ||
       (suites_a != NULL &&
        (rc = m2mpsk_config_set_suites(env->cfg_a, suites_a)) != M2MPSK_OK) ||
       (suites_b != NULL &&
        (rc = m2mpsk_config_set_suites(env->cfg_b, suites_b)) != M2MPSK_OK))
-    fatal("%s: m2mpsk setup (engine %s) failed: %s", c->label,
-          m2mpsk_engine_name(engine), m2mpsk_strerror(rc));
+    fatal("%s: m2mpsk setup (engines %s, %s) failed: %s", c->label,
+          m2mpsk_engine_name(engine_a), m2mpsk_engine_name(engine_b),
+          m2mpsk_strerror(rc));
 }
 
 static void m2m_env_init(m2m_env *env, const bench_case *c) {
-  m2m_env_setup(env, c, g_engine, c->iana, c->iana);
+  m2m_env_setup(env, c, g_engine, g_engine, c->iana, c->iana);
 }
 
 static void m2m_env_free(m2m_env *env) {
@@ -1399,24 +1400,40 @@ static const auto_case k_auto_cases[] = {
               "TLS_PSK_WITH_AES_128_CCM_8", "PSK-AES128-CCM8", 1),
 };
 
+/* One handshake: the forced suite must be negotiated; *ea and *eb get the
+ * engine each side ran on. */
+static void auto_check(const auto_case *ac, const m2m_env *env,
+                       m2mpsk_engine_id *ea, m2mpsk_engine_id *eb) {
+  m2m_pair p;
+  m2m_establish(env, monotonic_ms(), &p, NULL);
+  const char *got = m2mpsk_assoc_suite(p.a);
+  if (got == NULL || strcmp(got, ac->c.iana) != 0)
+    fatal("%s: negotiated %s", ac->label, got ? got : "nothing");
+  *ea = m2mpsk_assoc_engine(p.a);
+  *eb = m2mpsk_assoc_engine(p.b);
+  m2mpsk_assoc_free(p.a);
+  m2mpsk_assoc_free(p.b);
+}
+
 static void auto_case_run(const auto_case *ac, const bench_params *bp) {
   const bench_case *c = &ac->c;
   long n = bp->n_psk / 2 > 10 ? bp->n_psk / 2 : 10;
-  m2m_env me;
+  m2m_env me, mp;
   /* The peer forcing the suite enables it alone; the other side keeps the
    * default config (engine AUTO, the TS-0003 profile). */
-  m2m_env_setup(&me, c, M2MPSK_ENGINE_AUTO,
-                ac->forced_by_responder ? NULL : c->iana,
-                ac->forced_by_responder ? c->iana : NULL);
-  m2m_pair p;
-  m2m_establish(&me, monotonic_ms(), &p, NULL);
-  const char *got = m2mpsk_assoc_suite(p.a);
-  if (got == NULL || strcmp(got, c->iana) != 0)
-    fatal("%s: negotiated %s", ac->label, got ? got : "nothing");
-  m2mpsk_engine_id ea = m2mpsk_assoc_engine(p.a),
-                   eb_ = m2mpsk_assoc_engine(p.b);
-  m2mpsk_assoc_free(p.a);
-  m2mpsk_assoc_free(p.b);
+  const char *sa = ac->forced_by_responder ? NULL : c->iana,
+             *sb_ = ac->forced_by_responder ? c->iana : NULL;
+  m2mpsk_engine_id ea, eb_;
+  m2m_env_setup(&me, c, M2MPSK_ENGINE_AUTO, M2MPSK_ENGINE_AUTO, sa, sb_);
+  auto_check(ac, &me, &ea, &eb_);
+  /* The same configs with each side's engine named: what AUTO itself costs
+   * (buffering and inspecting the ClientHello, choosing) is the difference. */
+  m2mpsk_engine_id pa, pb;
+  m2m_env_setup(&mp, c, ea, eb_, sa, sb_);
+  auto_check(ac, &mp, &pa, &pb);
+  if (pa != ea || pb != eb_)
+    fatal("%s: named engines ran on %s/%s", ac->label, m2mpsk_engine_name(pa),
+          m2mpsk_engine_name(pb));
   char err[300];
   /* BoringSSL lacks CBC_SHA256 and CCM_8: no raw BoringSSL row then. */
   raw_env *eb = g_bssl.ops->env_new(c->transport == M2MPSK_TRANSPORT_DTLS,
@@ -1432,40 +1449,48 @@ static void auto_case_run(const auto_case *ac, const bench_params *bp) {
     fatal("%s raw openssl: %s", ac->label, err);
   long warm = n / 10 > 5 ? n / 10 : 5;
   m2m_batch_cpu(&me, warm, NULL);
+  m2m_batch_cpu(&mp, warm, NULL);
   if (eb != NULL)
     raw_batch_cpu(&g_bssl, eb, c, warm, NULL);
   raw_batch_cpu(&g_ossl, eo, c, warm, NULL);
-  double us[N_WHO][MAX_REPS], rb[MAX_REPS], ro[MAX_REPS];
+  enum { A_AUTO, A_NAMED, A_BSSL, A_OSSL, A_N };
+  double us[A_N][MAX_REPS], rb[MAX_REPS], ro[MAX_REPS], rn[MAX_REPS];
   for (int r = 0; r < bp->reps; r++) {
-    for (int k = 0; k < N_WHO; k++) {
-      int w = (k + r) % N_WHO;
-      if (w == W_BSSL && eb == NULL) {
+    for (int k = 0; k < A_N; k++) {
+      int w = (k + r) % A_N;
+      if (w == A_BSSL && eb == NULL) {
         us[w][r] = 0;
         continue;
       }
-      double cpu = w == W_M2M    ? m2m_batch_cpu(&me, n, NULL)
-                   : w == W_BSSL ? raw_batch_cpu(&g_bssl, eb, c, n, NULL)
-                                 : raw_batch_cpu(&g_ossl, eo, c, n, NULL);
+      double cpu = w == A_AUTO    ? m2m_batch_cpu(&me, n, NULL)
+                   : w == A_NAMED ? m2m_batch_cpu(&mp, n, NULL)
+                   : w == A_BSSL  ? raw_batch_cpu(&g_bssl, eb, c, n, NULL)
+                                  : raw_batch_cpu(&g_ossl, eo, c, n, NULL);
       us[w][r] = cpu * 1e6 / (double)n;
     }
-    rb[r] = eb != NULL ? us[W_M2M][r] / us[W_BSSL][r] : 0;
-    ro[r] = us[W_M2M][r] / us[W_OSSL][r];
+    rb[r] = eb != NULL ? us[A_AUTO][r] / us[A_BSSL][r] : 0;
+    ro[r] = us[A_AUTO][r] / us[A_OSSL][r];
+    rn[r] = us[A_AUTO][r] / us[A_NAMED][r];
   }
-  summary sm = summarize(us[W_M2M], bp->reps),
-          sb = summarize(us[W_BSSL], bp->reps),
-          so = summarize(us[W_OSSL], bp->reps);
+  summary sm = summarize(us[A_AUTO], bp->reps),
+          sn = summarize(us[A_NAMED], bp->reps),
+          sb = summarize(us[A_BSSL], bp->reps),
+          so = summarize(us[A_OSSL], bp->reps);
+  summary xn = summarize(rn, bp->reps);
   summary xb = summarize(rb, bp->reps), xo = summarize(ro, bp->reps);
   /* The target compares with the raw library both sides ran on; a pair
    * split over two engines has no single raw baseline. */
   const char *target = ea != eb_                       ? "none"
                        : ea == M2MPSK_ENGINE_BORINGSSL ? "m2m/bssl"
                                                        : "m2m/ossl";
-  printf("%-33s %5ld %-9s %-9s %8.1f %8s %8.1f%s %6s %6.3f  target %s\n",
+  printf("%-33s %5ld %-9s %-9s %8.1f %8.1f %8s %8.1f%s %6.3f %6.3f %6s  "
+         "target %s\n",
          ac->label, n, m2mpsk_engine_name(ea), m2mpsk_engine_name(eb_),
-         sm.median, "", so.median, cookies ? "c" : " ", "", xo.median, target);
+         sm.median, sn.median, eb != NULL ? "" : "-", so.median,
+         cookies ? "c" : " ", xn.median, xo.median, "", target);
   if (eb != NULL)
-    printf("%-33s %5s %-9s %-9s %8s %8.1f %8s  %6.3f\n", "", "", "", "", "",
-           sb.median, "", xb.median);
+    printf("%-33s %5s %-9s %-9s %8s %8s %8.1f %8s  %6s %6s %6.3f\n", "", "", "",
+           "", "", "", sb.median, "", "", "", xb.median);
   json("{\"kind\":\"auto\",\"case\":\"%s\",\"transport\":\"%s\","
        "\"suite\":\"%s\",\"forced_by\":\"%s\",\"n\":%ld,\"reps\":%d,"
        "\"engine_initiator\":\"%s\",\"engine_responder\":\"%s\","
@@ -1473,17 +1498,21 @@ static void auto_case_run(const auto_case *ac, const bench_params *bp) {
        "\"boringssl_us\":%.3f,\"openssl_us\":%.3f,"
        "\"bssl_ratio\":%.4f,\"bssl_ratio_min\":%.4f,\"bssl_ratio_max\":%.4f,"
        "\"ossl_ratio\":%.4f,\"ossl_ratio_min\":%.4f,\"ossl_ratio_max\":%.4f,"
-       "\"has_bssl\":%d,\"target\":\"%s\",\"raw_cookies\":%d}",
+       "\"has_bssl\":%d,\"target\":\"%s\",\"raw_cookies\":%d,"
+       "\"named_us\":%.3f,\"auto_ratio\":%.4f,\"auto_ratio_min\":%.4f,"
+       "\"auto_ratio_max\":%.4f}",
        ac->label, c->transport == M2MPSK_TRANSPORT_DTLS ? "DTLS" : "TLS",
        c->iana, ac->forced_by_responder ? "responder" : "initiator", n,
        bp->reps, m2mpsk_engine_name(ea), m2mpsk_engine_name(eb_), sm.median,
        sm.min, sm.max, eb != NULL ? sb.median : 0.0, so.median, xb.median,
-       xb.min, xb.max, xo.median, xo.min, xo.max, eb != NULL, target, cookies);
+       xb.min, xb.max, xo.median, xo.min, xo.max, eb != NULL, target, cookies,
+       sn.median, xn.median, xn.min, xn.max);
   fflush(stdout);
   if (eb != NULL)
     g_bssl.ops->env_free(eb);
   g_ossl.ops->env_free(eo);
   m2m_env_free(&me);
+  m2m_env_free(&mp);
 }
 
 /* ---- memory per engine and the resident cost of loading the engines ----- */
@@ -1576,7 +1605,7 @@ static void engine_memory_case(const bench_case *c, long k) {
     if (!m2mpsk_engine_available(engines[e]))
       continue;
     m2m_env env;
-    m2m_env_setup(&env, c, engines[e], c->iana, c->iana);
+    m2m_env_setup(&env, c, engines[e], engines[e], c->iana, c->iana);
     m2m_pair p;
     m2m_establish(&env, monotonic_ms(), &p, NULL);
     m2mpsk_engine_id ea = m2mpsk_assoc_engine(p.a),
@@ -1787,13 +1816,15 @@ int main(int argc, char **argv) {
     printf("\nEngine AUTO against raw, for each suite a peer may force: us "
            "CPU per handshake, both sides.\nThe forcing side enables only "
            "that suite; the other keeps the default config. Ratios are per\n"
-           "repetition: m2mpsk / raw OpenSSL 3 (first line), m2mpsk / raw "
-           "BoringSSL (second line, where it has\nthe suite). Target "
+           "repetition. named: the same configs with each side's engine named "
+           "(the one AUTO chose);\nauto / named is what AUTO itself costs. "
+           "a/bssl on a second line where BoringSSL has the\nsuite. Target "
            "<= 1.05 against the raw library both sides ran on. c: raw "
            "OpenSSL's DTLS server\nruns the cookie exchange, as m2mpsk's "
            "OpenSSL DTLS responder does.\n\n");
-    printf("%-33s %5s %-9s %-9s %8s %8s %8s  %6s %6s\n", "case", "N",
-           "initiator", "responder", "m2mpsk", "bssl", "openssl", "", "ratio");
+    printf("%-33s %5s %-9s %-9s %8s %8s %8s %8s  %6s %6s %6s\n", "case", "N",
+           "initiator", "responder", "auto", "named", "bssl", "openssl",
+           "a/name", "a/ossl", "a/bssl");
     for (size_t i = 0; i < sizeof(k_auto_cases) / sizeof(k_auto_cases[0]); i++)
       auto_case_run(&k_auto_cases[i], &bp);
   }
