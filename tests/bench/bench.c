@@ -10,6 +10,7 @@
  * public API only. README.md says what each section measures and how to
  * read it; --json writes every figure for tests/bench/report.py. */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -28,6 +29,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "hello.h" /* src/hello.c is compiled into the driver */
 #include "m2mpsk/m2mpsk.h"
 #include "raw.h"
 
@@ -227,7 +229,18 @@ typedef struct m2m_pair {
   m2mpsk_assoc *b; /* responder, Entity B */
 } m2m_pair;
 
-static void m2m_env_init(m2m_env *env, const bench_case *c) {
+/* The engine the sections that compare m2mpsk with raw BoringSSL pin
+ * (hs, mem, tp, thr): BoringSSL when this process can load it, else
+ * whatever AUTO picks (an -DM2MPSK_TLS=openssl build). Without the pin,
+ * AUTO would run DTLS responders on OpenSSL and those rows would compare
+ * two libraries. Set in main, after the resident-cost measurement. */
+static m2mpsk_engine_id g_engine = M2MPSK_ENGINE_AUTO;
+
+/* Both sides' keystores and configs. suites_a / suites_b: the suites each
+ * side enables, NULL for the config's default (the TS-0003 profile). */
+static void m2m_env_setup(m2m_env *env, const bench_case *c,
+                          m2mpsk_engine_id engine_a, m2mpsk_engine_id engine_b,
+                          const char *suites_a, const char *suites_b) {
   int rc;
   memset(env, 0, sizeof(*env));
   env->c = c;
@@ -242,10 +255,20 @@ static void m2m_env_init(m2m_env *env, const bench_case *c) {
                                 0)) != M2MPSK_OK ||
       (rc = m2mpsk_config_new(&env->cfg_a)) != M2MPSK_OK ||
       (rc = m2mpsk_config_new(&env->cfg_b)) != M2MPSK_OK ||
+      (rc = m2mpsk_config_set_engine(env->cfg_a, engine_a)) != M2MPSK_OK ||
+      (rc = m2mpsk_config_set_engine(env->cfg_b, engine_b)) != M2MPSK_OK ||
       (rc = m2mpsk_config_add_local_id(env->cfg_b, BENCH_ID_B)) != M2MPSK_OK ||
-      (rc = m2mpsk_config_set_suites(env->cfg_a, c->iana)) != M2MPSK_OK ||
-      (rc = m2mpsk_config_set_suites(env->cfg_b, c->iana)) != M2MPSK_OK)
-    fatal("%s: m2mpsk setup failed: %s", c->label, m2mpsk_strerror(rc));
+      (suites_a != NULL &&
+       (rc = m2mpsk_config_set_suites(env->cfg_a, suites_a)) != M2MPSK_OK) ||
+      (suites_b != NULL &&
+       (rc = m2mpsk_config_set_suites(env->cfg_b, suites_b)) != M2MPSK_OK))
+    fatal("%s: m2mpsk setup (engines %s, %s) failed: %s", c->label,
+          m2mpsk_engine_name(engine_a), m2mpsk_engine_name(engine_b),
+          m2mpsk_strerror(rc));
+}
+
+static void m2m_env_init(m2m_env *env, const bench_case *c) {
+  m2m_env_setup(env, c, g_engine, g_engine, c->iana, c->iana);
 }
 
 static void m2m_env_free(m2m_env *env) {
@@ -467,9 +490,7 @@ typedef struct mem_figures {
 
 /* Holds k established pairs, then frees the responders, then the
  * initiators, reading the heap at each step. */
-static mem_figures m2m_memory(const bench_case *c, long k) {
-  m2m_env env;
-  m2m_env_init(&env, c);
+static mem_figures m2m_memory_env(m2m_env env, long k) {
   m2m_pair *pairs = calloc((size_t)k, sizeof(*pairs));
   if (pairs == NULL)
     fatal("out of memory");
@@ -497,9 +518,19 @@ static mem_figures m2m_memory(const bench_case *c, long k) {
   return f;
 }
 
-static mem_figures raw_memory(const raw_lib *lib, const bench_case *c, long k) {
+static mem_figures m2m_memory(const bench_case *c, long k) {
+  m2m_env env;
+  m2m_env_init(&env, c);
+  return m2m_memory_env(env, k);
+}
+
+static mem_figures raw_memory_ex(const raw_lib *lib, const bench_case *c,
+                                 long k, int cookies) {
   char err[300];
-  raw_env *env = raw_env_for(lib, c);
+  raw_env *env = lib->ops->env_new_ex(c->transport == M2MPSK_TRANSPORT_DTLS,
+                                      c->ossl, cookies, err, sizeof(err));
+  if (env == NULL)
+    fatal("%s raw %s: %s", c->label, lib->name, err);
   raw_pair *pairs = calloc((size_t)k, sizeof(*pairs));
   if (pairs == NULL)
     fatal("out of memory");
@@ -526,6 +557,10 @@ static mem_figures raw_memory(const raw_lib *lib, const bench_case *c, long k) {
                    (all - initiators) / (double)k, (all - base) / (double)k,
                    (end - base) / (double)k};
   return f;
+}
+
+static mem_figures raw_memory(const raw_lib *lib, const bench_case *c, long k) {
+  return raw_memory_ex(lib, c, k, 0);
 }
 
 /* Bytes per side of the harness's raw transport alone (no SSL). */
@@ -1121,6 +1156,486 @@ static void keystore_bench(const bench_params *bp) {
   unlink(path);
 }
 
+/* ---- the ClientHello inspection and engine choice ------------------------ */
+
+enum { MAX_HELLOS = 48, HELLO_CAP = 4096 };
+
+typedef struct hello_sample {
+  char name[80];
+  int dtls;
+  size_t len;
+  uint8_t buf[HELLO_CAP];
+} hello_sample;
+
+/* The suites an AUTO responder's engines would accept from a default
+ * config, per transport, fastest engine first, as m2mpsk_engine_choose_hello
+ * hands them to m2mpsk_hello_choose: the config's suites intersected with
+ * each engine's, in the config's order (the library builds these once per
+ * config; here once per run). */
+typedef struct choice_lists {
+  uint16_t ids[2][M2MPSK_HELLO_MAX_SUITES];
+  m2mpsk_engine_suites lists[2];
+} choice_lists;
+
+static const m2mpsk_engine_id k_fastest_first[2] = {M2MPSK_ENGINE_BORINGSSL,
+                                                    M2MPSK_ENGINE_OPENSSL};
+
+static void choice_lists_make(m2mpsk_transport t, choice_lists *cl) {
+  m2mpsk_config *cfg;
+  char list[1024];
+  uint16_t cfg_ids[M2MPSK_HELLO_MAX_SUITES];
+  size_t n_cfg = 0;
+  if (m2mpsk_config_new(&cfg) != M2MPSK_OK ||
+      m2mpsk_config_suites(cfg, t, list, sizeof(list)) != M2MPSK_OK ||
+      m2mpsk_suite_ids(list, cfg_ids, M2MPSK_HELLO_MAX_SUITES, &n_cfg) !=
+          M2MPSK_OK)
+    fatal("cannot read the default config's suites");
+  m2mpsk_config_free(cfg);
+  for (int e = 0; e < 2; e++) {
+    size_t n = 0;
+    cl->lists[e].ids = NULL;
+    cl->lists[e].n = 0;
+    if (!m2mpsk_engine_available(k_fastest_first[e]))
+      continue;
+    for (size_t i = 0; i < n_cfg; i++) {
+      const char *name;
+      for (size_t j = 0;
+           (name = m2mpsk_engine_suite_name(k_fastest_first[e], j)) != NULL;
+           j++) {
+        uint16_t id;
+        if (m2mpsk_suite_id(name, &id) == M2MPSK_OK && id == cfg_ids[i]) {
+          cl->ids[e][n++] = id;
+          break;
+        }
+      }
+    }
+    cl->lists[e].ids = cl->ids[e];
+    cl->lists[e].n = n;
+  }
+}
+
+static int hello_name_cmp(const void *a, const void *b) {
+  return strcmp(((const hello_sample *)a)->name,
+                ((const hello_sample *)b)->name);
+}
+
+/* The captures of tests/data/hello (*.bin; DTLS when the name says so),
+ * then the first flight of an m2mpsk initiator on each engine this process
+ * loads, default config, both transports. */
+static int hellos_load(const char *dir, hello_sample *out, int cap) {
+  int n = 0;
+  DIR *d = dir != NULL ? opendir(dir) : NULL;
+  for (struct dirent *de; d != NULL && (de = readdir(d)) != NULL && n < cap;) {
+    size_t l = strlen(de->d_name);
+    if (l < 5 || strcmp(de->d_name + l - 4, ".bin") != 0 ||
+        l >= sizeof(out[n].name))
+      continue;
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+      continue;
+    hello_sample *h = &out[n];
+    h->len = fread(h->buf, 1, sizeof(h->buf), f);
+    fclose(f);
+    snprintf(h->name, sizeof(h->name), "%.*s", (int)(l - 4), de->d_name);
+    h->dtls = strstr(h->name, "dtls") != NULL;
+    if (h->len > 0)
+      n++;
+  }
+  if (d != NULL)
+    closedir(d);
+  qsort(out, (size_t)n, sizeof(*out), hello_name_cmp);
+  for (int e = 0; e < 2 && n < cap; e++) {
+    if (!m2mpsk_engine_available(k_fastest_first[e]))
+      continue;
+    for (int dtls = 0; dtls < 2 && n < cap; dtls++) {
+      m2mpsk_keystore *ks;
+      m2mpsk_config *cfg;
+      m2mpsk_assoc *a;
+      hello_sample *h = &out[n];
+      if (m2mpsk_keystore_new(&ks, 0) != M2MPSK_OK ||
+          m2mpsk_keystore_add(ks, BENCH_KPSA_ID, k_bench_kpsa,
+                              sizeof(k_bench_kpsa), BENCH_ID_A, BENCH_ID_B, 0,
+                              0) != M2MPSK_OK ||
+          m2mpsk_config_new(&cfg) != M2MPSK_OK ||
+          m2mpsk_config_set_engine(cfg, k_fastest_first[e]) != M2MPSK_OK ||
+          m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR,
+                           dtls ? M2MPSK_TRANSPORT_DTLS : M2MPSK_TRANSPORT_TLS,
+                           cfg, ks, BENCH_KPSA_ID) != M2MPSK_OK ||
+          m2mpsk_assoc_start(a, monotonic_ms(), (int64_t)time(NULL)) !=
+              M2MPSK_OK ||
+          m2mpsk_assoc_drain(a, h->buf, sizeof(h->buf), &h->len) != M2MPSK_OK)
+        fatal("cannot capture an m2mpsk initiator's ClientHello");
+      snprintf(h->name, sizeof(h->name), "live: m2mpsk %s initiator, %s",
+               m2mpsk_engine_name(k_fastest_first[e]), dtls ? "DTLS" : "TLS");
+      h->dtls = dtls;
+      n++;
+      m2mpsk_assoc_free(a);
+      m2mpsk_config_free(cfg);
+      m2mpsk_keystore_free(ks);
+    }
+  }
+  return n;
+}
+
+/* What an AUTO responder does with a hello before any engine exists:
+ * parse it, then choose the engine. Returns the engine index or -1.
+ * Never inlined, so that the loop below cannot fold it away. */
+__attribute__((noinline)) static int hello_inspect(const hello_sample *h,
+                                                   const choice_lists *cl) {
+  m2mpsk_hello parsed;
+  if (m2mpsk_hello_parse(h->buf, h->len, h->dtls, &parsed) != M2MPSK_HELLO_OK)
+    return -2;
+  return m2mpsk_hello_choose(&parsed, cl->lists, 2);
+}
+
+static void hello_bench(const bench_params *bp, const char *dir) {
+  static hello_sample hs[MAX_HELLOS];
+  choice_lists cl[2];
+  choice_lists_make(M2MPSK_TRANSPORT_TLS, &cl[0]);
+  choice_lists_make(M2MPSK_TRANSPORT_DTLS, &cl[1]);
+  int n = hellos_load(dir, hs, MAX_HELLOS);
+  if (n == 0)
+    fatal("no ClientHello to time");
+  const bench_case *c = &k_cases[0]; /* TLS PSK, the cheapest handshake */
+  raw_env *eb = raw_env_for(&g_bssl, c);
+  long iters = bp->quick ? 2000 : 20000;
+  long nhs = bp->n_psk;
+  raw_batch_cpu(&g_bssl, eb, c, nhs / 10 > 10 ? nhs / 10 : 10, NULL);
+  static double ns[MAX_HELLOS][MAX_REPS];
+  double raw_us[MAX_REPS], worst[MAX_REPS], mean[MAX_REPS];
+  volatile int sink = 0;
+  for (int r = 0; r < bp->reps; r++) {
+    for (int k = 0; k < 2; k++) {
+      if ((k + r) % 2 == 0) {
+        raw_us[r] =
+            raw_batch_cpu(&g_bssl, eb, c, nhs, NULL) * 1e6 / (double)nhs;
+        continue;
+      }
+      for (int i = 0; i < n; i++) {
+        const choice_lists *l = &cl[hs[i].dtls];
+        double t0 = cpu_seconds();
+        for (long j = 0; j < iters; j++)
+          sink += hello_inspect(&hs[i], l);
+        ns[i][r] = (cpu_seconds() - t0) * 1e9 / (double)iters;
+      }
+    }
+    worst[r] = mean[r] = 0;
+    for (int i = 0; i < n; i++) {
+      mean[r] += ns[i][r] / n;
+      if (ns[i][r] > worst[r])
+        worst[r] = ns[i][r];
+    }
+  }
+  (void)sink;
+  for (int i = 0; i < n; i++) {
+    m2mpsk_hello p;
+    int pr = m2mpsk_hello_parse(hs[i].buf, hs[i].len, hs[i].dtls, &p);
+    int ch = hello_inspect(&hs[i], &cl[hs[i].dtls]);
+    const char *eng = ch >= 0    ? m2mpsk_engine_name(k_fastest_first[ch])
+                      : ch == -1 ? "none"
+                                 : "not parsed";
+    summary s = summarize(ns[i], bp->reps);
+    printf("%-44s %-4s %5zu %6zu %-10s %7.1f %7.1f %7.1f\n", hs[i].name,
+           hs[i].dtls ? "DTLS" : "TLS", hs[i].len,
+           pr == M2MPSK_HELLO_OK ? p.n_suites : 0, eng, s.median, s.min, s.max);
+    json("{\"kind\":\"hello\",\"name\":\"%s\",\"dtls\":%d,\"bytes\":%zu,"
+         "\"suites\":%zu,\"parsed\":%d,\"engine\":\"%s\",\"iters\":%ld,"
+         "\"ns_median\":%.2f,\"ns_min\":%.2f,\"ns_max\":%.2f}",
+         hs[i].name, hs[i].dtls, hs[i].len,
+         pr == M2MPSK_HELLO_OK ? p.n_suites : 0, pr == M2MPSK_HELLO_OK, eng,
+         iters, s.median, s.min, s.max);
+  }
+  double rw[MAX_REPS], rm[MAX_REPS];
+  for (int r = 0; r < bp->reps; r++) {
+    rw[r] = worst[r] / (raw_us[r] * 1e3);
+    rm[r] = mean[r] / (raw_us[r] * 1e3);
+  }
+  summary sr = summarize(raw_us, bp->reps), sw = summarize(worst, bp->reps),
+          sm = summarize(mean, bp->reps), srw = summarize(rw, bp->reps),
+          srm = summarize(rm, bp->reps);
+  printf("%d hellos: mean %.1f ns, slowest %.1f ns per hello; raw BoringSSL "
+         "TLS PSK handshake (both sides, N %ld) %.2f us\n"
+         "ratio inspection / raw handshake: slowest hello %.5f (%.5f-%.5f), "
+         "mean %.5f (target <= 0.01)\n",
+         n, sm.median, sw.median, nhs, sr.median, srw.median, srw.min, srw.max,
+         srm.median);
+  json("{\"kind\":\"hello_ratio\",\"hellos\":%d,\"n\":%ld,\"reps\":%d,"
+       "\"raw_us\":%.3f,\"mean_ns\":%.2f,\"worst_ns\":%.2f,"
+       "\"median\":%.6f,\"min\":%.6f,\"max\":%.6f,\"mean_ratio\":%.6f}",
+       n, nhs, bp->reps, sr.median, sm.median, sw.median, srw.median, srw.min,
+       srw.max, srm.median);
+  fflush(stdout);
+  g_bssl.ops->env_free(eb);
+}
+
+/* ---- engine AUTO against raw, for each suite a peer may force ------------ */
+
+typedef struct auto_case {
+  const char *label;
+  bench_case c;            /* transport and suite */
+  int forced_by_responder; /* 0: the initiator enables only the suite */
+} auto_case;
+
+#define AUTO_CASE(label, t, iana, ossl, by)                                    \
+  { label, {label, t, iana, ossl, 0}, by }
+
+static const auto_case k_auto_cases[] = {
+    AUTO_CASE("TLS CBC_SHA, initiator forces", M2MPSK_TRANSPORT_TLS,
+              "TLS_PSK_WITH_AES_128_CBC_SHA", "PSK-AES128-CBC-SHA", 0),
+    AUTO_CASE("TLS CBC_SHA256, initiator forces", M2MPSK_TRANSPORT_TLS,
+              "TLS_PSK_WITH_AES_128_CBC_SHA256", "PSK-AES128-CBC-SHA256", 0),
+    AUTO_CASE("DTLS CBC_SHA, initiator forces", M2MPSK_TRANSPORT_DTLS,
+              "TLS_PSK_WITH_AES_128_CBC_SHA", "PSK-AES128-CBC-SHA", 0),
+    AUTO_CASE("DTLS CCM_8, initiator forces", M2MPSK_TRANSPORT_DTLS,
+              "TLS_PSK_WITH_AES_128_CCM_8", "PSK-AES128-CCM8", 0),
+    AUTO_CASE("TLS CBC_SHA, responder forces", M2MPSK_TRANSPORT_TLS,
+              "TLS_PSK_WITH_AES_128_CBC_SHA", "PSK-AES128-CBC-SHA", 1),
+    AUTO_CASE("TLS CBC_SHA256, responder forces", M2MPSK_TRANSPORT_TLS,
+              "TLS_PSK_WITH_AES_128_CBC_SHA256", "PSK-AES128-CBC-SHA256", 1),
+    AUTO_CASE("DTLS CBC_SHA, responder forces", M2MPSK_TRANSPORT_DTLS,
+              "TLS_PSK_WITH_AES_128_CBC_SHA", "PSK-AES128-CBC-SHA", 1),
+    AUTO_CASE("DTLS CCM_8, responder forces", M2MPSK_TRANSPORT_DTLS,
+              "TLS_PSK_WITH_AES_128_CCM_8", "PSK-AES128-CCM8", 1),
+};
+
+/* One handshake: the forced suite must be negotiated; *ea and *eb get the
+ * engine each side ran on. */
+static void auto_check(const auto_case *ac, const m2m_env *env,
+                       m2mpsk_engine_id *ea, m2mpsk_engine_id *eb) {
+  m2m_pair p;
+  m2m_establish(env, monotonic_ms(), &p, NULL);
+  const char *got = m2mpsk_assoc_suite(p.a);
+  if (got == NULL || strcmp(got, ac->c.iana) != 0)
+    fatal("%s: negotiated %s", ac->label, got ? got : "nothing");
+  *ea = m2mpsk_assoc_engine(p.a);
+  *eb = m2mpsk_assoc_engine(p.b);
+  m2mpsk_assoc_free(p.a);
+  m2mpsk_assoc_free(p.b);
+}
+
+static void auto_case_run(const auto_case *ac, const bench_params *bp) {
+  const bench_case *c = &ac->c;
+  long n = bp->n_psk / 2 > 10 ? bp->n_psk / 2 : 10;
+  m2m_env me, mp;
+  /* The peer forcing the suite enables it alone; the other side keeps the
+   * default config (engine AUTO, the TS-0003 profile). */
+  const char *sa = ac->forced_by_responder ? NULL : c->iana,
+             *sb_ = ac->forced_by_responder ? c->iana : NULL;
+  m2mpsk_engine_id ea, eb_;
+  m2m_env_setup(&me, c, M2MPSK_ENGINE_AUTO, M2MPSK_ENGINE_AUTO, sa, sb_);
+  auto_check(ac, &me, &ea, &eb_);
+  /* The same configs with each side's engine named: what AUTO itself costs
+   * (buffering and inspecting the ClientHello, choosing) is the difference. */
+  m2mpsk_engine_id pa, pb;
+  m2m_env_setup(&mp, c, ea, eb_, sa, sb_);
+  auto_check(ac, &mp, &pa, &pb);
+  if (pa != ea || pb != eb_)
+    fatal("%s: named engines ran on %s/%s", ac->label, m2mpsk_engine_name(pa),
+          m2mpsk_engine_name(pb));
+  char err[300];
+  /* BoringSSL lacks CBC_SHA256 and CCM_8: no raw BoringSSL row then. */
+  raw_env *eb = g_bssl.ops->env_new(c->transport == M2MPSK_TRANSPORT_DTLS,
+                                    c->ossl, err, sizeof(err));
+  /* An OpenSSL DTLS responder in m2mpsk always runs the cookie exchange
+   * (one more round trip): raw OpenSSL runs it too, so that the ratio
+   * measures m2mpsk, not the protocol. */
+  int cookies =
+      c->transport == M2MPSK_TRANSPORT_DTLS && eb_ == M2MPSK_ENGINE_OPENSSL;
+  raw_env *eo = g_ossl.ops->env_new_ex(c->transport == M2MPSK_TRANSPORT_DTLS,
+                                       c->ossl, cookies, err, sizeof(err));
+  if (eo == NULL)
+    fatal("%s raw openssl: %s", ac->label, err);
+  long warm = n / 10 > 5 ? n / 10 : 5;
+  m2m_batch_cpu(&me, warm, NULL);
+  m2m_batch_cpu(&mp, warm, NULL);
+  if (eb != NULL)
+    raw_batch_cpu(&g_bssl, eb, c, warm, NULL);
+  raw_batch_cpu(&g_ossl, eo, c, warm, NULL);
+  enum { A_AUTO, A_NAMED, A_BSSL, A_OSSL, A_N };
+  double us[A_N][MAX_REPS], rb[MAX_REPS], ro[MAX_REPS], rn[MAX_REPS];
+  for (int r = 0; r < bp->reps; r++) {
+    for (int k = 0; k < A_N; k++) {
+      int w = (k + r) % A_N;
+      if (w == A_BSSL && eb == NULL) {
+        us[w][r] = 0;
+        continue;
+      }
+      double cpu = w == A_AUTO    ? m2m_batch_cpu(&me, n, NULL)
+                   : w == A_NAMED ? m2m_batch_cpu(&mp, n, NULL)
+                   : w == A_BSSL  ? raw_batch_cpu(&g_bssl, eb, c, n, NULL)
+                                  : raw_batch_cpu(&g_ossl, eo, c, n, NULL);
+      us[w][r] = cpu * 1e6 / (double)n;
+    }
+    rb[r] = eb != NULL ? us[A_AUTO][r] / us[A_BSSL][r] : 0;
+    ro[r] = us[A_AUTO][r] / us[A_OSSL][r];
+    rn[r] = us[A_AUTO][r] / us[A_NAMED][r];
+  }
+  summary sm = summarize(us[A_AUTO], bp->reps),
+          sn = summarize(us[A_NAMED], bp->reps),
+          sb = summarize(us[A_BSSL], bp->reps),
+          so = summarize(us[A_OSSL], bp->reps);
+  summary xn = summarize(rn, bp->reps);
+  summary xb = summarize(rb, bp->reps), xo = summarize(ro, bp->reps);
+  /* The target compares with the raw library both sides ran on; a pair
+   * split over two engines has no single raw baseline. */
+  const char *target = ea != eb_                       ? "none"
+                       : ea == M2MPSK_ENGINE_BORINGSSL ? "m2m/bssl"
+                                                       : "m2m/ossl";
+  printf("%-33s %5ld %-9s %-9s %8.1f %8.1f %8s %8.1f%s %6.3f %6.3f %6s  "
+         "target %s\n",
+         ac->label, n, m2mpsk_engine_name(ea), m2mpsk_engine_name(eb_),
+         sm.median, sn.median, eb != NULL ? "" : "-", so.median,
+         cookies ? "c" : " ", xn.median, xo.median, "", target);
+  if (eb != NULL)
+    printf("%-33s %5s %-9s %-9s %8s %8s %8.1f %8s  %6s %6s %6.3f\n", "", "", "",
+           "", "", "", sb.median, "", "", "", xb.median);
+  json("{\"kind\":\"auto\",\"case\":\"%s\",\"transport\":\"%s\","
+       "\"suite\":\"%s\",\"forced_by\":\"%s\",\"n\":%ld,\"reps\":%d,"
+       "\"engine_initiator\":\"%s\",\"engine_responder\":\"%s\","
+       "\"m2mpsk_us\":%.3f,\"m2mpsk_min\":%.3f,\"m2mpsk_max\":%.3f,"
+       "\"boringssl_us\":%.3f,\"openssl_us\":%.3f,"
+       "\"bssl_ratio\":%.4f,\"bssl_ratio_min\":%.4f,\"bssl_ratio_max\":%.4f,"
+       "\"ossl_ratio\":%.4f,\"ossl_ratio_min\":%.4f,\"ossl_ratio_max\":%.4f,"
+       "\"has_bssl\":%d,\"target\":\"%s\",\"raw_cookies\":%d,"
+       "\"named_us\":%.3f,\"auto_ratio\":%.4f,\"auto_ratio_min\":%.4f,"
+       "\"auto_ratio_max\":%.4f}",
+       ac->label, c->transport == M2MPSK_TRANSPORT_DTLS ? "DTLS" : "TLS",
+       c->iana, ac->forced_by_responder ? "responder" : "initiator", n,
+       bp->reps, m2mpsk_engine_name(ea), m2mpsk_engine_name(eb_), sm.median,
+       sm.min, sm.max, eb != NULL ? sb.median : 0.0, so.median, xb.median,
+       xb.min, xb.max, xo.median, xo.min, xo.max, eb != NULL, target, cookies,
+       sn.median, xn.median, xn.min, xn.max);
+  fflush(stdout);
+  if (eb != NULL)
+    g_bssl.ops->env_free(eb);
+  g_ossl.ops->env_free(eo);
+  m2m_env_free(&me);
+  m2m_env_free(&mp);
+}
+
+/* ---- memory per engine and the resident cost of loading the engines ----- */
+
+typedef struct proc_mem {
+  double rss, size; /* VmRSS, VmSize: bytes */
+} proc_mem;
+
+static proc_mem proc_mem_now(void) {
+  proc_mem m = {0, 0};
+  char line[256];
+  FILE *f = fopen("/proc/self/status", "r");
+  if (f == NULL)
+    return m;
+  while (fgets(line, sizeof(line), f) != NULL) {
+    long kb;
+    if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
+      m.rss = (double)kb * 1024;
+    else if (sscanf(line, "VmSize: %ld kB", &kb) == 1)
+      m.size = (double)kb * 1024;
+  }
+  fclose(f);
+  return m;
+}
+
+/* Taken in main before anything loads an engine module or a raw baseline
+ * (which would map the same TLS libraries). */
+typedef struct engine_rss {
+  int measured;
+  proc_mem before, after[2]; /* after loading BoringSSL's, then OpenSSL's */
+  int loaded[2];
+} engine_rss;
+
+static engine_rss g_rss;
+
+static void engine_rss_measure(void) {
+  g_rss.before = proc_mem_now();
+  for (int e = 0; e < 2; e++) {
+    g_rss.loaded[e] = m2mpsk_engine_available(k_fastest_first[e]);
+    g_rss.after[e] = proc_mem_now();
+  }
+  g_rss.measured = 1;
+}
+
+static void engine_rss_report(void) {
+  if (!g_rss.measured)
+    return;
+  proc_mem prev = g_rss.before;
+  for (int e = 0; e < 2; e++) {
+    const char *name = m2mpsk_engine_name(k_fastest_first[e]);
+    double drss = g_rss.after[e].rss - prev.rss,
+           dsize = g_rss.after[e].size - prev.size;
+    printf("loading the %-9s module: %s; VmRSS %+8.0f KiB, mapped (VmSize) "
+           "%+8.0f KiB\n",
+           name, g_rss.loaded[e] ? "loaded" : "not loadable", drss / 1024,
+           dsize / 1024);
+    json("{\"kind\":\"engine_rss\",\"engine\":\"%s\",\"loaded\":%d,"
+         "\"rss_before\":%.0f,\"rss_after\":%.0f,\"size_before\":%.0f,"
+         "\"size_after\":%.0f}",
+         name, g_rss.loaded[e], prev.rss, g_rss.after[e].rss, prev.size,
+         g_rss.after[e].size);
+    prev = g_rss.after[e];
+  }
+  printf("both modules: VmRSS %+.0f KiB (%.0f -> %.0f KiB), mapped %+.0f KiB "
+         "(%.0f -> %.0f KiB)\n",
+         (g_rss.after[1].rss - g_rss.before.rss) / 1024,
+         g_rss.before.rss / 1024, g_rss.after[1].rss / 1024,
+         (g_rss.after[1].size - g_rss.before.size) / 1024,
+         g_rss.before.size / 1024, g_rss.after[1].size / 1024);
+  json("{\"kind\":\"engine_rss_total\",\"rss_before\":%.0f,\"rss_after\":%.0f,"
+       "\"size_before\":%.0f,\"size_after\":%.0f}",
+       g_rss.before.rss, g_rss.after[1].rss, g_rss.before.size,
+       g_rss.after[1].size);
+}
+
+/* Memory per association on each engine (and AUTO), next to raw BoringSSL
+ * and raw OpenSSL 3, for plain PSK over TLS and DTLS (a suite both engines
+ * have). */
+static void engine_memory_case(const bench_case *c, long k) {
+  double t =
+      transport_memory(&g_bssl, c->transport == M2MPSK_TRANSPORT_DTLS, k);
+  /* m2mpsk's OpenSSL DTLS responder runs the cookie exchange: raw
+   * OpenSSL's does too, as in the auto section. */
+  mem_figures rb = raw_memory(&g_bssl, c, k),
+              ro = raw_memory_ex(&g_ossl, c, k,
+                                 c->transport == M2MPSK_TRANSPORT_DTLS);
+  static const m2mpsk_engine_id engines[] = {
+      M2MPSK_ENGINE_BORINGSSL, M2MPSK_ENGINE_OPENSSL, M2MPSK_ENGINE_AUTO};
+  for (size_t e = 0; e < sizeof(engines) / sizeof(engines[0]); e++) {
+    if (!m2mpsk_engine_available(engines[e]))
+      continue;
+    m2m_env env;
+    m2m_env_setup(&env, c, engines[e], engines[e], c->iana, c->iana);
+    m2m_pair p;
+    m2m_establish(&env, monotonic_ms(), &p, NULL);
+    m2mpsk_engine_id ea = m2mpsk_assoc_engine(p.a),
+                     eb = m2mpsk_assoc_engine(p.b);
+    m2mpsk_assoc_free(p.a);
+    m2mpsk_assoc_free(p.b);
+    mem_figures m = m2m_memory_env(env, k);
+    /* The raw figure of the library each side ran on. */
+    double ri =
+        (ea == M2MPSK_ENGINE_BORINGSSL ? rb.initiator : ro.initiator) - t;
+    double rr =
+        (eb == M2MPSK_ENGINE_BORINGSSL ? rb.responder : ro.responder) - t;
+    printf("%-9s %-9s %-9s/%-9s %9.0f %9.0f %+7.0f %9.0f %9.0f %+7.0f\n",
+           e == 0 ? c->label : "", m2mpsk_engine_name(engines[e]),
+           m2mpsk_engine_name(ea), m2mpsk_engine_name(eb), m.initiator, ri,
+           m.initiator - ri, m.responder, rr, m.responder - rr);
+    json("{\"kind\":\"engine_mem\",\"case\":\"%s\",\"engine\":\"%s\","
+         "\"engine_initiator\":\"%s\",\"engine_responder\":\"%s\",\"k\":%ld,"
+         "\"initiator\":%.1f,\"responder\":%.1f,\"raw_initiator\":%.1f,"
+         "\"raw_responder\":%.1f,\"boringssl_initiator\":%.1f,"
+         "\"boringssl_responder\":%.1f,\"openssl_initiator\":%.1f,"
+         "\"openssl_responder\":%.1f}",
+         c->label, m2mpsk_engine_name(engines[e]), m2mpsk_engine_name(ea),
+         m2mpsk_engine_name(eb), k, m.initiator, m.responder, ri, rr,
+         rb.initiator - t, rb.responder - t, ro.initiator - t,
+         ro.responder - t);
+  }
+  fflush(stdout);
+}
+
 /* ---- callgrind ----------------------------------------------------------- */
 
 /* One contender, one case, n handshakes after a few uncounted ones: run
@@ -1146,15 +1661,17 @@ static int callgrind_run(size_t ci, const char *who, long n) {
 /* ---- main ---------------------------------------------------------------- */
 
 static void usage(FILE *f) {
-  fputs(
-      "usage: m2mpsk-bench [--quick] [--json FILE] [--sections LIST]\n"
-      "                    [--modules DIR] [--workdir DIR]\n"
-      "       m2mpsk-bench --callgrind CASE m2mpsk|boringssl N\n"
-      "  Handshake CPU (both sides, responder alone), memory per\n"
-      "  association, application data, 2 threads against 1 and the\n"
-      "  keystore at scale, m2mpsk against raw BoringSSL and OpenSSL 3\n"
-      "  in one run. LIST: hs,mem,tp,thr,ks,ksadd (default all). CASE: 0-3.\n",
-      f);
+  fputs("usage: m2mpsk-bench [--quick] [--json FILE] [--sections LIST]\n"
+        "                    [--modules DIR] [--workdir DIR] [--hellos DIR]\n"
+        "       m2mpsk-bench --callgrind CASE m2mpsk|boringssl N\n"
+        "  Handshake CPU (both sides, responder alone), memory per\n"
+        "  association, application data, 2 threads against 1 and the\n"
+        "  keystore at scale, m2mpsk against raw BoringSSL and OpenSSL 3\n"
+        "  in one run; the ClientHello inspection, engine AUTO per forced\n"
+        "  suite, memory per engine and the engines' resident cost.\n"
+        "  LIST: hs,mem,tp,thr,ks,ksadd,hello,auto,engmem (default all).\n"
+        "  CASE: 0-3. DIR of --hellos: ClientHello captures (*.bin).\n",
+        f);
 }
 
 static void modules_dir(char *out, size_t cap) {
@@ -1172,6 +1689,7 @@ int main(int argc, char **argv) {
                      3, 500000, 8 << 20, 2000, NULL,  "/tmp"};
   char moddir[4096] = "";
   const char *json_path = NULL;
+  const char *hello_dir = M2MPSK_BENCH_HELLO_DIR;
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--quick") == 0) {
       bp.quick = 1;
@@ -1190,6 +1708,8 @@ int main(int argc, char **argv) {
       bp.sections = argv[++i];
     } else if (strcmp(argv[i], "--modules") == 0 && i + 1 < argc) {
       snprintf(moddir, sizeof(moddir), "%s", argv[++i]);
+    } else if (strcmp(argv[i], "--hellos") == 0 && i + 1 < argc) {
+      hello_dir = argv[++i];
     } else if (strcmp(argv[i], "--workdir") == 0 && i + 1 < argc) {
       bp.workdir = argv[++i];
     } else if (strcmp(argv[i], "--callgrind") == 0 && i + 3 < argc) {
@@ -1208,6 +1728,11 @@ int main(int argc, char **argv) {
       return 2;
     }
   }
+  /* Before anything maps a TLS library into the process. */
+  if (section_on(&bp, "engmem"))
+    engine_rss_measure();
+  if (m2mpsk_engine_available(M2MPSK_ENGINE_BORINGSSL))
+    g_engine = M2MPSK_ENGINE_BORINGSSL;
   if (moddir[0] == '\0')
     modules_dir(moddir, sizeof(moddir));
   raw_load(&g_bssl, moddir);
@@ -1215,12 +1740,14 @@ int main(int argc, char **argv) {
   if (json_path != NULL && (g_json = fopen(json_path, "w")) == NULL)
     fatal("cannot write %s", json_path);
   json("{\"kind\":\"run\",\"m2mpsk\":\"%s\",\"backend\":\"%s\","
-       "\"boringssl\":\"%s\",\"openssl\":\"%s\",\"quick\":%d,\"reps\":%d}",
+       "\"boringssl\":\"%s\",\"openssl\":\"%s\",\"quick\":%d,\"reps\":%d,"
+       "\"engine\":\"%s\"}",
        m2mpsk_version_string(), m2mpsk_backend_name(), g_bssl.ops->version(),
-       g_ossl.ops->version(), bp.quick, bp.reps);
-  printf("m2mpsk-bench: m2mpsk %s (backend %s) against raw %s and raw %s, "
-         "one process, one run%s\n",
-         m2mpsk_version_string(), m2mpsk_backend_name(), g_bssl.ops->version(),
+       g_ossl.ops->version(), bp.quick, bp.reps, m2mpsk_engine_name(g_engine));
+  printf("m2mpsk-bench: m2mpsk %s (backend %s; sections hs, mem, tp, thr on "
+         "engine %s) against raw %s and raw %s, one process, one run%s\n",
+         m2mpsk_version_string(), m2mpsk_backend_name(),
+         m2mpsk_engine_name(g_engine), g_bssl.ops->version(),
          g_ossl.ops->version(), bp.quick ? " (--quick)" : "");
 
   if (section_on(&bp, "hs")) {
@@ -1274,6 +1801,47 @@ int main(int argc, char **argv) {
   if (section_on(&bp, "ksadd")) {
     printf("\nKeystore built one record at a time\n\n");
     keystore_add_bench(&bp);
+  }
+  if (section_on(&bp, "hello")) {
+    printf("\nClientHello inspection and engine choice (m2mpsk_hello_parse + "
+           "m2mpsk_hello_choose, default config's\nsuites per engine), ns "
+           "CPU per hello, %d repetitions, against a raw BoringSSL TLS PSK "
+           "handshake\n\n",
+           bp.reps);
+    printf("%-44s %-4s %5s %6s %-10s %7s %7s %7s\n", "hello", "", "bytes",
+           "suites", "engine", "median", "min", "max");
+    hello_bench(&bp, hello_dir);
+  }
+  if (section_on(&bp, "auto")) {
+    printf("\nEngine AUTO against raw, for each suite a peer may force: us "
+           "CPU per handshake, both sides.\nThe forcing side enables only "
+           "that suite; the other keeps the default config. Ratios are per\n"
+           "repetition. named: the same configs with each side's engine named "
+           "(the one AUTO chose);\nauto / named is what AUTO itself costs. "
+           "a/bssl on a second line where BoringSSL has the\nsuite. Target "
+           "<= 1.05 against the raw library both sides ran on. c: raw "
+           "OpenSSL's DTLS server\nruns the cookie exchange, as m2mpsk's "
+           "OpenSSL DTLS responder does.\n\n");
+    printf("%-33s %5s %-9s %-9s %8s %8s %8s %8s  %6s %6s %6s\n", "case", "N",
+           "initiator", "responder", "auto", "named", "bssl", "openssl",
+           "a/name", "a/ossl", "a/bssl");
+    for (size_t i = 0; i < sizeof(k_auto_cases) / sizeof(k_auto_cases[0]); i++)
+      auto_case_run(&k_auto_cases[i], &bp);
+  }
+  if (section_on(&bp, "engmem")) {
+    printf("\nResident cost of loading the engine modules "
+           "(m2mpsk_engine_available), before any TLS library is mapped\n\n");
+    engine_rss_report();
+    printf("\nMemory per established association per engine, %ld held at "
+           "once: glibc heap bytes; raw = the raw\nlibrary that side ran on, "
+           "without the harness's transport; extra = m2mpsk - raw "
+           "(target <= 1 KiB)\n\n",
+           bp.k);
+    printf("%-9s %-9s %-19s %9s %9s %7s %9s %9s %7s\n", "case", "engine",
+           "ran on (A/B)", "initiatr", "raw", "extra", "respondr", "raw",
+           "extra");
+    engine_memory_case(&k_cases[0], bp.k);
+    engine_memory_case(&k_cases[2], bp.k);
   }
   if (g_json != NULL)
     fclose(g_json);

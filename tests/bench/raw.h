@@ -42,7 +42,7 @@ typedef struct raw_pair {
   void *server;
 } raw_pair;
 
-#define BENCH_RAW_ABI 1
+#define BENCH_RAW_ABI 2
 
 typedef struct bench_raw_ops {
   unsigned abi;
@@ -71,6 +71,13 @@ typedef struct bench_raw_ops {
    * 0, or -1 + err. */
   int (*transfer)(raw_pair *p, const uint8_t *data, size_t chunk, size_t total,
                   char *err, size_t cap);
+  /* As env_new; with cookies (DTLS, OpenSSL only), the server runs the
+   * stateful cookie exchange (SSL_OP_COOKIE_EXCHANGE: a HelloVerifyRequest
+   * with an HMAC-SHA-256 cookie over a fixed peer tag, then the second
+   * ClientHello), as m2mpsk's OpenSSL DTLS responder does. NULL + err when
+   * the library has no cookie exchange (BoringSSL). */
+  raw_env *(*env_new_ex)(int dtls, const char *suite, int cookies, char *err,
+                         size_t cap);
 } bench_raw_ops;
 
 typedef const bench_raw_ops *(*bench_raw_module_fn)(void);
