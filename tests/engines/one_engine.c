@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "m2mpsk/m2mpsk.h"
+#include "pump.h"
 
 static int failures;
 
@@ -17,26 +18,6 @@ static int failures;
       failures++;                                                              \
     }                                                                          \
   } while (0)
-
-static void pump(m2mpsk_assoc *a, m2mpsk_assoc *b) {
-  uint8_t buf[16384];
-  for (int round = 0; round < 50; round++) {
-    int moved = 0;
-    m2mpsk_assoc *sides[2][2] = {{a, b}, {b, a}};
-    for (int s = 0; s < 2; s++) {
-      size_t n;
-      while (m2mpsk_assoc_drain(sides[s][0], buf, sizeof(buf), &n) ==
-                 M2MPSK_OK &&
-             n > 0) {
-        moved = 1;
-        int rc = m2mpsk_assoc_feed(sides[s][1], buf, n, 1000);
-        (void)rc;
-      }
-    }
-    if (!moved)
-      return;
-  }
-}
 
 int main(int argc, char **argv) {
   if (argc != 2)

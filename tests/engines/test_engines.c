@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "m2mpsk/m2mpsk.h"
+#include "pump.h"
 
 #define KPSA_ID "test@onem2m.com"
 #define IDB "//m2m.example.com/cse-in"
@@ -40,27 +41,6 @@ static m2mpsk_config *config(m2mpsk_engine_id e, const char *suites,
   if (responder)
     cr_assert_eq(m2mpsk_config_add_local_id(cfg, IDB), M2MPSK_OK);
   return cfg;
-}
-
-/* Moves everything each side drains to the other until both are quiet. */
-static void pump(m2mpsk_assoc *a, m2mpsk_assoc *b) {
-  uint8_t buf[16384];
-  for (int round = 0; round < 50; round++) {
-    int moved = 0;
-    m2mpsk_assoc *sides[2][2] = {{a, b}, {b, a}};
-    for (int s = 0; s < 2; s++) {
-      size_t n;
-      while (m2mpsk_assoc_drain(sides[s][0], buf, sizeof(buf), &n) ==
-                 M2MPSK_OK &&
-             n > 0) {
-        moved = 1;
-        int rc = m2mpsk_assoc_feed(sides[s][1], buf, n, 1000);
-        (void)rc; /* the states say how it ended */
-      }
-    }
-    if (!moved)
-      return;
-  }
 }
 
 /* Runs a handshake; returns the engines that ran each side. */
