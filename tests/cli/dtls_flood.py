@@ -100,6 +100,13 @@ class Server:
                     return int(line.split()[1])
         raise AssertionError("no VmRSS for serve")
 
+    def sanitized(self):
+        """True when the server runs under AddressSanitizer (.ci/sanitize):
+        its quarantine and shadow memory, not our state, then dominate
+        VmRSS, so the RSS bound measures nothing."""
+        with open("/proc/%d/maps" % self.proc.pid) as f:
+            return "libasan" in f.read()
+
     def stop(self):
         try:
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -249,6 +256,7 @@ def attack(name, keys, hello, serve_extra, limit_s, observe=True):
                                        b"warm-up\n")
         assert code == 0 and out == b"warm-up\n", (name, code, err)
         rss0 = srv.rss_kib()
+        sanitized = srv.sanitized()
         peak = rss0
         flood = Flood(srv.port, hello)
         t0 = time.monotonic()
@@ -296,6 +304,7 @@ def attack(name, keys, hello, serve_extra, limit_s, observe=True):
         flood_assocs=news - legit if observe else None, during=during,
         after=after,
         rss0=rss0, rss1=rss1, peak=peak, growth=max(peak, rss1) - rss0,
+        sanitized=sanitized,
         audit_established=log.count("audit type=established"),
         log=log)
     print("%s: %d hellos (%d bytes, %d bytes each) from %d sockets in "
@@ -337,7 +346,10 @@ def check_cookie_protected(fig):
         r = fig[when]
         assert r.get("code") == 0 and r.get("out") == \
             (b"%s\n" % when.encode()), (name, when, r)
-    assert fig["growth"] < RSS_LIMIT_KIB, (name, fig["growth"])
+    if fig["sanitized"]:
+        print("%s: RSS bound not checked: the server runs under ASan" % name)
+    else:
+        assert fig["growth"] < RSS_LIMIT_KIB, (name, fig["growth"])
 
 
 def main():
