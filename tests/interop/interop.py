@@ -73,22 +73,32 @@ SUITES = {
          "AEAD"),
 }
 # TS-0003 §10.2.2's mandated suites (TLS, DTLS). Debian's BoringSSL lacks
-# both; with the OpenSSL backend they are positive cells too.
+# both: its engine's cells for them expect "no shared suite".
 MANDATED = {
     "TLS_PSK_WITH_AES_128_CBC_SHA256":
         ("PSK-AES128-CBC-SHA256", "PSK", "AES-128-CBC", "SHA256"),
     "TLS_PSK_WITH_AES_128_CCM_8":
         ("PSK-AES128-CCM8", "PSK", "AES-128-CCM-8", "AEAD"),
 }
-# Per backend (m2mpsk's -DM2MPSK_TLS), a suite every peer has and m2mpsk
-# lacks: the no-shared-suite cells make the peer offer or accept only it.
-LACKING = {
-    "boringssl": "TLS_PSK_WITH_AES_128_CBC_SHA256",
-    "openssl": "TLS_PSK_WITH_CAMELLIA_128_CBC_SHA256",  # RFC 6367
+# A suite every peer has and neither engine of m2mpsk has: the
+# no-shared-suite cells make the peer offer or accept only it.
+LACKING_SUITE = "TLS_PSK_WITH_CAMELLIA_128_CBC_SHA256"  # RFC 6367
+# m2mpsk's engines (--engine), fastest first, and the suites of each that
+# the cells force. Every cell names one engine or auto; an engine this build
+# lacks (-DM2MPSK_TLS=boringssl|openssl) has no cells, and the report says
+# it is absent.
+ENGINES = ("boringssl", "openssl")
+COLUMNS = ENGINES + ("auto",)
+ENGINE_SUITES = {
+    "boringssl": set(SUITES),
+    "openssl": set(SUITES) | set(MANDATED),
 }
-BACKENDS = tuple(LACKING)
-BACKEND = "boringssl"  # set_backend()
-LACKING_SUITE = LACKING[BACKEND]
+BUILD_ENGINES = ENGINES  # set_engines()
+# The negative cases run with auto only: their reasons come from the peer
+# and m2mpsk's own checks, which the engine's cells for suites it lacks
+# already cover engine by engine, and each of them costs a timeout or an
+# alert round; tripling them would add ~60 cells for little.
+NEGATIVE_ENGINES = ("auto",)
 ALL_SUITES = dict(SUITES)
 ALL_SUITES.update(MANDATED)
 ALL_SUITES["TLS_PSK_WITH_CAMELLIA_128_CBC_SHA256"] = (
@@ -184,7 +194,7 @@ EXPECT = [
      "peer-alert", r"^peer sent fatal alert: handshake failure \(often no "
                    r"shared cipher suite\)$"),
 ]
-# With the OpenSSL backend (first, before EXPECT): CBC suites negotiate
+# When OpenSSL runs the association (first, before EXPECT): CBC suites negotiate
 # encrypt-then-MAC (RFC 7366) with OpenSSL and GnuTLS peers, and OpenSSL
 # fails a record whose MAC does not verify with a fatal bad_record_mac even
 # over DTLS, on either side. A wrong key is then reported as one, where
@@ -202,14 +212,38 @@ OPENSSL_EXPECT = [
 TIMEOUT_CELL_MS = 1500
 
 
-def set_backend(name):
-    """The cells depend on the backend m2mpsk was built with."""
-    global BACKEND, LACKING_SUITE
-    BACKEND = name
-    LACKING_SUITE = LACKING[name]
-    if name == "openssl":
-        SUITES.update(MANDATED)
-        EXPECT[:0] = OPENSSL_EXPECT
+def parse_engines(text):
+    names = tuple(e for e in re.split(r"[+,\s]+", text) if e)
+    bad = [e for e in names if e not in ENGINES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            "engines must be among %s joined by '+', not %r"
+            % ("+".join(ENGINES), text))
+    return tuple(e for e in ENGINES if e in names)
+
+
+def set_engines(names):
+    """The cells depend on the engines m2mpsk was built with."""
+    global BUILD_ENGINES
+    BUILD_ENGINES = names
+
+
+def effective_engine(engine, role, transport, suite):
+    """The engine that runs a cell's association: the one named, or what
+    auto picks (README, "Engines"); None when it is not known (auto
+    answering a ClientHello that shares no suite with either engine)."""
+    if engine != "auto":
+        return engine
+    if len(BUILD_ENGINES) == 1:
+        return BUILD_ENGINES[0]
+    if role == "client" or transport == "dtls":
+        # Initiator with --suites all (BoringSSL lacks some): OpenSSL;
+        # a DTLS responder always uses OpenSSL's cookie exchange.
+        return "openssl"
+    for e in BUILD_ENGINES:  # fastest first
+        if suite in ENGINE_SUITES[e]:
+            return e
+    return None
 
 
 def match(rule_key, peer, role, transport, case):
@@ -226,27 +260,59 @@ def excluded(peer, role, transport, case):
     return None
 
 
-def expectation(peer, role, transport, case):
-    for rule in EXPECT:
+def expectation(peer, role, transport, case, engine=None):
+    """engine: the one that runs the association (effective_engine)."""
+    rules = (OPENSSL_EXPECT if engine == "openssl" else []) + EXPECT
+    for rule in rules:
         if match(rule[:4], peer, role, transport, case):
             return rule[4], rule[5]
     return None
 
 
+def case_suite(case):
+    """The suite the peer is forced to."""
+    if case == "no-shared-suite":
+        return LACKING_SUITE
+    return case if case in ALL_SUITES else "TLS_PSK_WITH_AES_128_CBC_SHA"
+
+
 class Cell:
-    def __init__(self, peer, role, transport, case):
+    def __init__(self, peer, role, transport, case, engine):
         self.peer, self.role, self.transport, self.case = (peer, role,
                                                            transport, case)
-        self.name = "interop.%s.%s.%s.%s" % (peer, role, transport, case)
-        self.negative = case in NEGATIVE_CASES
+        self.engine = engine
+        self.name = "interop.%s.%s.%s.%s.%s" % (peer, role, transport, case,
+                                                engine)
+        self.suite = case_suite(case)
+        self.runs_on = effective_engine(engine, role, transport, self.suite)
+        # A suite the engine lacks fails as no-shared-suite does: for
+        # auto (one engine built) and a named engine alike.
+        self.lacking = (case in ALL_SUITES and self.runs_on is not None
+                        and case not in ENGINE_SUITES[self.runs_on])
+        self.negative = case in NEGATIVE_CASES or self.lacking
+        self.expect_case = "no-shared-suite" if self.lacking else case
+
+    def expectation(self):
+        return expectation(self.peer, self.role, self.transport,
+                           self.expect_case, self.runs_on)
+
+
+CASES = list(SUITES) + list(MANDATED) + list(NEGATIVE_CASES)
+
+
+def column_engines(case):
+    return NEGATIVE_ENGINES if case in NEGATIVE_CASES else COLUMNS
 
 
 def all_combinations():
+    """Every cell of this build's engines, excluded or not."""
     for peer in PEERS:
         for role in ROLES:
             for transport in TRANSPORTS:
-                for case in list(SUITES) + list(NEGATIVE_CASES):
-                    yield Cell(peer, role, transport, case)
+                for case in CASES:
+                    for engine in column_engines(case):
+                        if engine == "auto" or engine in BUILD_ENGINES:
+                            yield Cell(peer, role, transport, case, engine)
 
 
 def cells():
@@ -753,9 +819,7 @@ class Context:
         self.tmp = tmp
         self.procs = []
         self.keys = os.path.join(tmp, "keys")
-        self.result = {"cell": cell.name, "peer": cell.peer,
-                       "role": cell.role, "transport": cell.transport,
-                       "case": cell.case}
+        self.result = cell_result(cell)
 
     def spawn(self, name, argv):
         p = Proc(name, argv)
@@ -798,8 +862,7 @@ class Context:
             # either (openssl s_server only warns about a different identity
             # and would go on with its one key).
             self.peer_id, self.peer_key = OTHER_KPSA_ID, secrets.token_hex(32)
-        suite = LACKING_SUITE if case == "no-shared-suite" else (
-            case if case in SUITES else "TLS_PSK_WITH_AES_128_CBC_SHA")
+        suite = self.cell.suite
         self.peer_suite = suite
         self.peer_openssl_cipher = ALL_SUITES[suite][0]
         self.peer_gnutls_priority = gnutls_priority(
@@ -807,13 +870,14 @@ class Context:
 
     def handshake_timeout_ms(self):
         c = self.cell
-        exp = expectation(c.peer, c.role, c.transport, c.case)
+        exp = c.expectation()
         if c.negative and exp and exp[0] == "timeout":
             return TIMEOUT_CELL_MS
         return HANDSHAKE_TIMEOUT_MS
 
     def m2mpsk_common(self):
-        argv = ["--keys", self.keys, "--suites", "all", "--timeout",
+        argv = ["--keys", self.keys, "--suites", "all", "--engine",
+                self.cell.engine, "--timeout",
                 str(self.handshake_timeout_ms())]
         if self.cell.transport == "dtls":
             argv.append("--udp")
@@ -851,6 +915,9 @@ def check_association(ctx, ours, peer_suite, peer_port=None):
         problems.append("bound=%s credential=%s, expected bound=%s "
                         "credential=0" % (ours["bound"], ours["cred"],
                                           want_bound))
+    if ours["engine"] != cell.runs_on:
+        problems.append("engine=%s, expected %s (--engine %s)"
+                        % (ours["engine"], cell.runs_on, cell.engine))
     if peer_port is not None and ours["peer"] != "127.0.0.1:%d" % peer_port:
         problems.append("peer=%s, expected 127.0.0.1:%d" % (ours["peer"],
                                                            peer_port))
@@ -860,7 +927,7 @@ def check_association(ctx, ours, peer_suite, peer_port=None):
 
 def check_failure(ctx, ours, rc):
     cell = ctx.cell
-    exp = expectation(cell.peer, cell.role, cell.transport, cell.case)
+    exp = cell.expectation()
     if ours["outcome"] != "failure":
         raise CellFailure("the association was established; expected it "
                           "to fail")
@@ -966,6 +1033,13 @@ def run_as_server(ctx):
                           "established association" % rc)
 
 
+def cell_result(cell):
+    return {"cell": cell.name, "peer": cell.peer, "role": cell.role,
+            "transport": cell.transport, "case": cell.case,
+            "engine": cell.engine, "expect_engine": cell.runs_on,
+            "expect_failure": cell.negative}
+
+
 def missing_tools(cell):
     return [t for t in TOOLS[(cell.peer, cell.role)] if not shutil.which(t)]
 
@@ -973,8 +1047,7 @@ def missing_tools(cell):
 def run_cell(cell, m2mpsk):
     """Returns (exit code, result dict); prints a transcript on failure."""
     t0 = time.monotonic()
-    result = {"cell": cell.name, "peer": cell.peer, "role": cell.role,
-              "transport": cell.transport, "case": cell.case}
+    result = cell_result(cell)
     missing = missing_tools(cell)
     if missing:
         msg = "peer tool not found: %s" % ", ".join(missing)
@@ -1060,14 +1133,14 @@ def cmd_run(args):
         print("cell %s is excluded: %s" % (cell.name, why), file=sys.stderr)
         return 2
     if args.m2mpsk and os.access(args.m2mpsk, os.X_OK):
-        # The cells were chosen for a backend: m2mpsk must have that one
-        # ("(boringssl+openssl)" when it has both engines, whose default
-        # config runs on OpenSSL).
+        # The cells were chosen for a build's engines: m2mpsk must have
+        # exactly those ("m2mpsk 0.3.0 (boringssl+openssl)").
         version = tool_version([args.m2mpsk, "version"])
         m = re.search(r"\(([a-z+]+)\)", version)
-        if m is None or BACKEND not in m.group(1).split("+"):
-            print("FAIL %s: m2mpsk reports %r, the cells are for backend %s "
-                  "(--backend)" % (cell.name, version, BACKEND))
+        if m is None or parse_engines(m.group(1)) != BUILD_ENGINES:
+            print("FAIL %s: m2mpsk reports %r, the cells are for engines %s "
+                  "(--engines)" % (cell.name, version,
+                                   "+".join(BUILD_ENGINES)))
             return 1
     rc, result = run_cell(cell, args.m2mpsk)
     word = {"pass": "PASS", "fail": "FAIL", "skip": "SKIP"}[result["result"]]
@@ -1111,7 +1184,8 @@ def peer_versions(m2mpsk):
 
 def run_one_subprocess(name, m2mpsk):
     r = subprocess.run([sys.executable, os.path.abspath(__file__), "run",
-                        name, "--m2mpsk", m2mpsk, "--backend", BACKEND],
+                        name, "--m2mpsk", m2mpsk, "--engines",
+                        "+".join(BUILD_ENGINES)],
                        stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, timeout=CELL_DEADLINE_S + 15)
     out = r.stdout.decode(errors="replace")
@@ -1363,26 +1437,27 @@ def peer_version_short(peer, versions):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    backend = dict(choices=BACKENDS,
-                   default=os.environ.get("M2MPSK_TLS", "boringssl"),
-                   help="m2mpsk's TLS backend (-DM2MPSK_TLS), which decides "
-                        "the cells")
+    backend = dict(type=parse_engines, dest="engines",
+                   default=os.environ.get("M2MPSK_ENGINES",
+                                          "+".join(ENGINES)),
+                   help="m2mpsk's engines, e.g. boringssl+openssl (the "
+                        "default) or openssl; they decide the cells")
     p = sub.add_parser("list", help="print the cells, one a line")
     p.add_argument("--excluded", action="store_true",
                    help="print the combinations that are not cells, and why")
-    p.add_argument("--backend", **backend)
+    p.add_argument("--engines", **backend)
     p = sub.add_parser("run", help="run one cell")
     p.add_argument("cell")
     p.add_argument("--m2mpsk", default=default_m2mpsk())
-    p.add_argument("--backend", **backend)
+    p.add_argument("--engines", **backend)
     p = sub.add_parser("report", help="run every cell, write the report")
     p.add_argument("--m2mpsk", default=default_m2mpsk())
-    p.add_argument("--backend", **backend)
+    p.add_argument("--engines", **backend)
     p.add_argument("--out", default=os.path.join(REPO, "docs",
                                                  "INTEROP.md"))
     p.add_argument("-j", "--jobs", type=int, default=2)
     args = ap.parse_args()
-    set_backend(args.backend)
+    set_engines(args.engines)
     return {"list": cmd_list, "run": cmd_run, "report": cmd_report}[
         args.cmd](args)
 
