@@ -12,12 +12,17 @@ check that the suite the peer reports is the suite m2mpsk reports. Negative
 cells (wrong key, unknown KpsaID, a peer whose only suite m2mpsk lacks) check
 the reason m2mpsk reports on its own side.
 
-Cell names: interop.PEER.ROLE.TRANSPORT.CASE, where ROLE is m2mpsk's role
-(`client`: m2mpsk connect against the peer's server; `server`: m2mpsk serve
-against the peer's client), TRANSPORT is tls or dtls, and CASE is an IANA
-suite name or one of bad-key, unknown-kpsa-id, no-shared-suite.
+Cell names: interop.PEER.ROLE.TRANSPORT.CASE.ENGINE, where ROLE is m2mpsk's
+role (`client`: m2mpsk connect against the peer's server; `server`: m2mpsk
+serve against the peer's client), TRANSPORT is tls or dtls, CASE is an IANA
+suite name or one of bad-key, unknown-kpsa-id, no-shared-suite, and ENGINE
+is m2mpsk's --engine: boringssl, openssl or auto. A suite the engine lacks
+is an expected failure (checked as no-shared-suite); with auto the cell
+also checks which engine the association line reports. An engine the build
+lacks (--engines) has no cells.
 
-    interop.py list [--excluded]          the cells (one source of truth)
+    interop.py list [--excluded] [--engines boringssl+openssl]
+                                          the cells (one source of truth)
     interop.py run CELL [--m2mpsk PATH]   run one cell: exit 0 pass, 1 fail,
                                           77 skip (a peer tool is missing,
                                           and CI is not "true")
@@ -73,22 +78,31 @@ SUITES = {
          "AEAD"),
 }
 # TS-0003 §10.2.2's mandated suites (TLS, DTLS). Debian's BoringSSL lacks
-# both; with the OpenSSL backend they are positive cells too.
+# both: its engine's cells for them expect "no shared suite".
 MANDATED = {
     "TLS_PSK_WITH_AES_128_CBC_SHA256":
         ("PSK-AES128-CBC-SHA256", "PSK", "AES-128-CBC", "SHA256"),
     "TLS_PSK_WITH_AES_128_CCM_8":
         ("PSK-AES128-CCM8", "PSK", "AES-128-CCM-8", "AEAD"),
 }
-# Per backend (m2mpsk's -DM2MPSK_TLS), a suite every peer has and m2mpsk
-# lacks: the no-shared-suite cells make the peer offer or accept only it.
-LACKING = {
-    "boringssl": "TLS_PSK_WITH_AES_128_CBC_SHA256",
-    "openssl": "TLS_PSK_WITH_CAMELLIA_128_CBC_SHA256",  # RFC 6367
+# A suite every peer has and neither engine of m2mpsk has: the
+# no-shared-suite cells make the peer offer or accept only it.
+LACKING_SUITE = "TLS_PSK_WITH_CAMELLIA_128_CBC_SHA256"  # RFC 6367
+# m2mpsk's engines (--engine), fastest first, and the suites of each that
+# the cells force. Every cell names one engine or auto; an engine this build
+# lacks (-DM2MPSK_TLS=boringssl|openssl) has no cells, and the report says
+# it is absent.
+ENGINES = ("boringssl", "openssl")
+COLUMNS = ENGINES + ("auto",)
+ENGINE_SUITES = {
+    "boringssl": set(SUITES),
+    "openssl": set(SUITES) | set(MANDATED),
 }
-BACKENDS = tuple(LACKING)
-BACKEND = "boringssl"  # set_backend()
-LACKING_SUITE = LACKING[BACKEND]
+BUILD_ENGINES = ENGINES  # set_engines()
+# The engines the negative cases run with: all of them (their 60 cells
+# beyond auto's took 20 s at -j2). Narrow it here if that ever costs too
+# much; the report then marks the others n/a.
+NEGATIVE_ENGINES = COLUMNS
 ALL_SUITES = dict(SUITES)
 ALL_SUITES.update(MANDATED)
 ALL_SUITES["TLS_PSK_WITH_CAMELLIA_128_CBC_SHA256"] = (
@@ -184,7 +198,7 @@ EXPECT = [
      "peer-alert", r"^peer sent fatal alert: handshake failure \(often no "
                    r"shared cipher suite\)$"),
 ]
-# With the OpenSSL backend (first, before EXPECT): CBC suites negotiate
+# When OpenSSL runs the association (first, before EXPECT): CBC suites negotiate
 # encrypt-then-MAC (RFC 7366) with OpenSSL and GnuTLS peers, and OpenSSL
 # fails a record whose MAC does not verify with a fatal bad_record_mac even
 # over DTLS, on either side. A wrong key is then reported as one, where
@@ -202,14 +216,38 @@ OPENSSL_EXPECT = [
 TIMEOUT_CELL_MS = 1500
 
 
-def set_backend(name):
-    """The cells depend on the backend m2mpsk was built with."""
-    global BACKEND, LACKING_SUITE
-    BACKEND = name
-    LACKING_SUITE = LACKING[name]
-    if name == "openssl":
-        SUITES.update(MANDATED)
-        EXPECT[:0] = OPENSSL_EXPECT
+def parse_engines(text):
+    names = tuple(e for e in re.split(r"[+,\s]+", text) if e)
+    bad = [e for e in names if e not in ENGINES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            "engines must be among %s joined by '+', not %r"
+            % ("+".join(ENGINES), text))
+    return tuple(e for e in ENGINES if e in names)
+
+
+def set_engines(names):
+    """The cells depend on the engines m2mpsk was built with."""
+    global BUILD_ENGINES
+    BUILD_ENGINES = names
+
+
+def effective_engine(engine, role, transport, suite):
+    """The engine that runs a cell's association: the one named, or what
+    auto picks (README, "Engines"); None when it is not known (auto
+    answering a ClientHello that shares no suite with either engine)."""
+    if engine != "auto":
+        return engine
+    if len(BUILD_ENGINES) == 1:
+        return BUILD_ENGINES[0]
+    if role == "client" or transport == "dtls":
+        # Initiator with --suites all (BoringSSL lacks some): OpenSSL;
+        # a DTLS responder always uses OpenSSL's cookie exchange.
+        return "openssl"
+    for e in BUILD_ENGINES:  # fastest first
+        if suite in ENGINE_SUITES[e]:
+            return e
+    return None
 
 
 def match(rule_key, peer, role, transport, case):
@@ -226,27 +264,59 @@ def excluded(peer, role, transport, case):
     return None
 
 
-def expectation(peer, role, transport, case):
-    for rule in EXPECT:
+def expectation(peer, role, transport, case, engine=None):
+    """engine: the one that runs the association (effective_engine)."""
+    rules = (OPENSSL_EXPECT if engine == "openssl" else []) + EXPECT
+    for rule in rules:
         if match(rule[:4], peer, role, transport, case):
             return rule[4], rule[5]
     return None
 
 
+def case_suite(case):
+    """The suite the peer is forced to."""
+    if case == "no-shared-suite":
+        return LACKING_SUITE
+    return case if case in ALL_SUITES else "TLS_PSK_WITH_AES_128_CBC_SHA"
+
+
 class Cell:
-    def __init__(self, peer, role, transport, case):
+    def __init__(self, peer, role, transport, case, engine):
         self.peer, self.role, self.transport, self.case = (peer, role,
                                                            transport, case)
-        self.name = "interop.%s.%s.%s.%s" % (peer, role, transport, case)
-        self.negative = case in NEGATIVE_CASES
+        self.engine = engine
+        self.name = "interop.%s.%s.%s.%s.%s" % (peer, role, transport, case,
+                                                engine)
+        self.suite = case_suite(case)
+        self.runs_on = effective_engine(engine, role, transport, self.suite)
+        # A suite the engine lacks fails as no-shared-suite does: for
+        # auto (one engine built) and a named engine alike.
+        self.lacking = (case in ALL_SUITES and self.runs_on is not None
+                        and case not in ENGINE_SUITES[self.runs_on])
+        self.negative = case in NEGATIVE_CASES or self.lacking
+        self.expect_case = "no-shared-suite" if self.lacking else case
+
+    def expectation(self):
+        return expectation(self.peer, self.role, self.transport,
+                           self.expect_case, self.runs_on)
+
+
+CASES = list(SUITES) + list(MANDATED) + list(NEGATIVE_CASES)
+
+
+def column_engines(case):
+    return NEGATIVE_ENGINES if case in NEGATIVE_CASES else COLUMNS
 
 
 def all_combinations():
+    """Every cell of this build's engines, excluded or not."""
     for peer in PEERS:
         for role in ROLES:
             for transport in TRANSPORTS:
-                for case in list(SUITES) + list(NEGATIVE_CASES):
-                    yield Cell(peer, role, transport, case)
+                for case in CASES:
+                    for engine in column_engines(case):
+                        if engine == "auto" or engine in BUILD_ENGINES:
+                            yield Cell(peer, role, transport, case, engine)
 
 
 def cells():
@@ -753,9 +823,7 @@ class Context:
         self.tmp = tmp
         self.procs = []
         self.keys = os.path.join(tmp, "keys")
-        self.result = {"cell": cell.name, "peer": cell.peer,
-                       "role": cell.role, "transport": cell.transport,
-                       "case": cell.case}
+        self.result = cell_result(cell)
 
     def spawn(self, name, argv):
         p = Proc(name, argv)
@@ -798,8 +866,7 @@ class Context:
             # either (openssl s_server only warns about a different identity
             # and would go on with its one key).
             self.peer_id, self.peer_key = OTHER_KPSA_ID, secrets.token_hex(32)
-        suite = LACKING_SUITE if case == "no-shared-suite" else (
-            case if case in SUITES else "TLS_PSK_WITH_AES_128_CBC_SHA")
+        suite = self.cell.suite
         self.peer_suite = suite
         self.peer_openssl_cipher = ALL_SUITES[suite][0]
         self.peer_gnutls_priority = gnutls_priority(
@@ -807,13 +874,14 @@ class Context:
 
     def handshake_timeout_ms(self):
         c = self.cell
-        exp = expectation(c.peer, c.role, c.transport, c.case)
+        exp = c.expectation()
         if c.negative and exp and exp[0] == "timeout":
             return TIMEOUT_CELL_MS
         return HANDSHAKE_TIMEOUT_MS
 
     def m2mpsk_common(self):
-        argv = ["--keys", self.keys, "--suites", "all", "--timeout",
+        argv = ["--keys", self.keys, "--suites", "all", "--engine",
+                self.cell.engine, "--timeout",
                 str(self.handshake_timeout_ms())]
         if self.cell.transport == "dtls":
             argv.append("--udp")
@@ -851,6 +919,9 @@ def check_association(ctx, ours, peer_suite, peer_port=None):
         problems.append("bound=%s credential=%s, expected bound=%s "
                         "credential=0" % (ours["bound"], ours["cred"],
                                           want_bound))
+    if ours["engine"] != cell.runs_on:
+        problems.append("engine=%s, expected %s (--engine %s)"
+                        % (ours["engine"], cell.runs_on, cell.engine))
     if peer_port is not None and ours["peer"] != "127.0.0.1:%d" % peer_port:
         problems.append("peer=%s, expected 127.0.0.1:%d" % (ours["peer"],
                                                            peer_port))
@@ -860,7 +931,7 @@ def check_association(ctx, ours, peer_suite, peer_port=None):
 
 def check_failure(ctx, ours, rc):
     cell = ctx.cell
-    exp = expectation(cell.peer, cell.role, cell.transport, cell.case)
+    exp = cell.expectation()
     if ours["outcome"] != "failure":
         raise CellFailure("the association was established; expected it "
                           "to fail")
@@ -966,6 +1037,13 @@ def run_as_server(ctx):
                           "established association" % rc)
 
 
+def cell_result(cell):
+    return {"cell": cell.name, "peer": cell.peer, "role": cell.role,
+            "transport": cell.transport, "case": cell.case,
+            "engine": cell.engine, "expect_engine": cell.runs_on,
+            "expect_failure": cell.negative}
+
+
 def missing_tools(cell):
     return [t for t in TOOLS[(cell.peer, cell.role)] if not shutil.which(t)]
 
@@ -973,8 +1051,7 @@ def missing_tools(cell):
 def run_cell(cell, m2mpsk):
     """Returns (exit code, result dict); prints a transcript on failure."""
     t0 = time.monotonic()
-    result = {"cell": cell.name, "peer": cell.peer, "role": cell.role,
-              "transport": cell.transport, "case": cell.case}
+    result = cell_result(cell)
     missing = missing_tools(cell)
     if missing:
         msg = "peer tool not found: %s" % ", ".join(missing)
@@ -1060,14 +1137,14 @@ def cmd_run(args):
         print("cell %s is excluded: %s" % (cell.name, why), file=sys.stderr)
         return 2
     if args.m2mpsk and os.access(args.m2mpsk, os.X_OK):
-        # The cells were chosen for a backend: m2mpsk must have that one
-        # ("(boringssl+openssl)" when it has both engines, whose default
-        # config runs on OpenSSL).
+        # The cells were chosen for a build's engines: m2mpsk must have
+        # exactly those ("m2mpsk 0.3.0 (boringssl+openssl)").
         version = tool_version([args.m2mpsk, "version"])
         m = re.search(r"\(([a-z+]+)\)", version)
-        if m is None or BACKEND not in m.group(1).split("+"):
-            print("FAIL %s: m2mpsk reports %r, the cells are for backend %s "
-                  "(--backend)" % (cell.name, version, BACKEND))
+        if m is None or parse_engines(m.group(1)) != BUILD_ENGINES:
+            print("FAIL %s: m2mpsk reports %r, the cells are for engines %s "
+                  "(--engines)" % (cell.name, version,
+                                   "+".join(BUILD_ENGINES)))
             return 1
     rc, result = run_cell(cell, args.m2mpsk)
     word = {"pass": "PASS", "fail": "FAIL", "skip": "SKIP"}[result["result"]]
@@ -1111,7 +1188,8 @@ def peer_versions(m2mpsk):
 
 def run_one_subprocess(name, m2mpsk):
     r = subprocess.run([sys.executable, os.path.abspath(__file__), "run",
-                        name, "--m2mpsk", m2mpsk, "--backend", BACKEND],
+                        name, "--m2mpsk", m2mpsk, "--engines",
+                        "+".join(BUILD_ENGINES)],
                        stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, timeout=CELL_DEADLINE_S + 15)
     out = r.stdout.decode(errors="replace")
@@ -1153,10 +1231,29 @@ def cmd_report(args):
 
 
 def short_case(case):
-    if case in SUITES:
+    if case in ALL_SUITES:
         return case.replace("TLS_", "").replace("_WITH_", " ").replace(
             "_", "-").replace("POLY1305-SHA256", "POLY1305")
     return case
+
+
+def matrix_entry(cell, results):
+    """One table entry: the result, what an expected failure expected,
+    which engine auto ran."""
+    r = results.get(cell.name, {})
+    res = r.get("result", "not run")
+    if res == "fail":
+        return "**FAIL**"
+    if res != "pass":
+        return res
+    if cell.lacking:
+        return "no shared suite (expected)"
+    if cell.engine == "auto" and not cell.negative:
+        return "pass (%s)" % cell.runs_on
+    if cell.negative:
+        exp = cell.expectation()
+        return "pass: %s" % (exp[0] if exp else "?")
+    return "pass"
 
 
 def render_report(todo, results, versions):
@@ -1164,6 +1261,7 @@ def render_report(todo, results, versions):
     w = L.append
     n = {k: sum(1 for r in results.values() if r["result"] == k)
          for k in ("pass", "fail", "skip")}
+    n_lack = sum(1 for c in todo if c.lacking)
     w("# Interoperability matrix")
     w("")
     w("Generated by `tests/interop/interop.py report`; do not edit by hand. "
@@ -1174,16 +1272,24 @@ def render_report(todo, results, versions):
       "127.0.0.1 between the `m2mpsk` command-line tool and a peer. "
       "**client** cells run `m2mpsk connect` (Entity A) against the peer's "
       "server; **server** cells run `m2mpsk serve --once` (Entity B) "
-      "against the peer's client. m2mpsk offers or accepts `--suites all`; "
-      "the peer is forced to one suite, and the cell passes when the "
+      "against the peer's client. m2mpsk offers or accepts `--suites all` "
+      "with `--engine boringssl`, `--engine openssl` or `--engine auto` "
+      "(one cell each, the last part of its name); the peer is forced to "
+      "one suite, and the cell passes when the "
       "handshake completes, application data crosses in both directions, "
       "the suite the peer reports equals the suite in m2mpsk's "
-      "`association` line, and m2mpsk bound the expected identity (IdB as "
-      "client, IdA as server). Negative cells pass when m2mpsk's `failure` "
+      "`association` line, m2mpsk bound the expected identity (IdB as "
+      "client, IdA as server), and its `engine=` is the engine named or, "
+      "for auto, the one auto must pick (README, \"Engines\"). A suite "
+      "the named engine lacks is an expected failure, checked as "
+      "no-shared-suite is. Negative cells pass when m2mpsk's `failure` "
       "line gives the expected reason and detail.")
     w("")
-    w("Result: **%d passed, %d failed, %d skipped** of %d cells."
-      % (n["pass"], n["fail"], n["skip"], len(todo)))
+    w("This build's engines: **%s**." % " and ".join(BUILD_ENGINES))
+    w("")
+    w("Result: **%d passed, %d failed, %d skipped** of %d cells (%d of the "
+      "passes are expected failures: a suite the engine lacks)."
+      % (n["pass"], n["fail"], n["skip"], len(todo), n_lack))
     w("")
     w("| component | version |")
     w("|---|---|")
@@ -1193,37 +1299,49 @@ def render_report(todo, results, versions):
     w("| GnuTLS (`gnutls-serv`, `gnutls-cli`) | %s |" % versions["gnutls"])
     w("| Node.js (`tls`) | %s |" % versions["node"])
     w("")
-    cases = list(SUITES) + list(NEGATIVE_CASES)
     w("## Matrix")
     w("")
-    w("Rows: peer, m2mpsk's role (the peer's program), transport. "
-      "n/a: not a cell (see Exclusions).")
+    w("One table per peer, m2mpsk's role (the peer's program) and "
+      "transport; one row per suite the peer is forced to, or negative "
+      "case; one column per `--engine`. **pass (E)**: auto ran the "
+      "association on engine E, as it must. **no shared suite "
+      "(expected)**: the engine lacks the suite and m2mpsk failed with the "
+      "reason no-shared-suite gives. **pass: R**: a negative cell, m2mpsk "
+      "failed with reason R. n/a: not a cell (see Exclusions); absent: "
+      "this build lacks the engine.")
     w("")
-    w("| peer | m2mpsk role (peer program) | transport | "
-      + " | ".join(short_case(c) for c in cases) + " |")
-    w("|---|---|---|" + "---|" * len(cases))
+    by_name = {c.name: c for c in todo}
     for peer in PEERS:
         for role in ROLES:
             for transport in TRANSPORTS:
-                row = []
-                for case in cases:
-                    name = Cell(peer, role, transport, case).name
-                    if excluded(peer, role, transport, case):
-                        row.append("n/a")
-                    else:
-                        r = results.get(name, {}).get("result", "not run")
-                        row.append({"pass": "pass", "fail": "**FAIL**",
-                                    "skip": "skip"}.get(r, r))
-                if all(x == "n/a" for x in row):
+                rows = []
+                for case in CASES:
+                    row = []
+                    for engine in COLUMNS:
+                        c = Cell(peer, role, transport, case, engine)
+                        if engine != "auto" and engine not in BUILD_ENGINES:
+                            row.append("absent")
+                        elif engine not in column_engines(case):
+                            row.append("n/a")
+                        elif c.name not in by_name:
+                            row.append("n/a")
+                        else:
+                            row.append(matrix_entry(c, results))
+                    rows.append((case, row))
+                if all(x in ("n/a", "absent") for _, r in rows for x in r):
                     continue
-                w("| %s %s | %s (%s) | %s | %s |" % (
+                w("### %s %s, m2mpsk as %s (%s), %s" % (
                     PEER_LABEL[peer], peer_version_short(peer, versions),
-                    role, PEER_PROGRAM[(peer, role)], transport.upper(),
-                    " | ".join(row)))
-    w("")
+                    role, PEER_PROGRAM[(peer, role)], transport.upper()))
+                w("")
+                w("| suite / case | " + " | ".join(COLUMNS) + " |")
+                w("|---|" + "---|" * len(COLUMNS))
+                for case, row in rows:
+                    w("| %s | %s |" % (short_case(case), " | ".join(row)))
+                w("")
     w("## Cells")
     w("")
-    w("| cell | peer | peer version | m2mpsk role | transport | suite / case "
+    w("| cell | engine | runs on | m2mpsk role | transport | suite / case "
       "| result | observed |")
     w("|---|---|---|---|---|---|---|---|")
     for c in todo:
@@ -1238,9 +1356,10 @@ def render_report(todo, results, versions):
         else:
             obs = r.get("why", "").replace("|", "/").replace("\n", " ")
         w("| `%s` | %s | %s | %s | %s | %s | %s | %s |" % (
-            c.name, PEER_LABEL[c.peer], peer_version_short(c.peer, versions),
-            c.role, c.transport.upper(),
-            c.case if c.negative else "`%s`" % c.case, r["result"], obs))
+            c.name, c.engine, c.runs_on or "either", c.role,
+            c.transport.upper(),
+            c.case if c.case in NEGATIVE_CASES else "`%s`" % c.case,
+            r["result"] + (" (expected failure)" if c.lacking else ""), obs))
     w("")
     w("## Exclusions")
     w("")
@@ -1254,21 +1373,32 @@ def render_report(todo, results, versions):
     for why, names in seen.items():
         w("- %s (%d cells: %s)" % (why, len(names),
                                    ", ".join("`%s`" % x for x in names)))
-    if BACKEND == "boringssl":
-        w("- TS-0003's mandatory suites, `TLS_PSK_WITH_AES_128_CBC_SHA256` "
-          "(TLS) and `TLS_PSK_WITH_AES_128_CCM_8` (DTLS), are not in "
-          "Debian's BoringSSL, so no positive cell uses them; the "
-          "`no-shared-suite` cells make the peer offer or accept only "
-          "`TLS_PSK_WITH_AES_128_CBC_SHA256` and check that m2mpsk fails "
-          "cleanly. The OpenSSL backend (`-DM2MPSK_TLS=openssl`) has "
-          "them: its matrix has a positive cell for each.")
-    else:
-        w("- m2mpsk is built with the %s backend: TS-0003's mandatory "
-          "suites, `TLS_PSK_WITH_AES_128_CBC_SHA256` (TLS) and "
-          "`TLS_PSK_WITH_AES_128_CCM_8` (DTLS), are positive cells over "
-          "both transports; the `no-shared-suite` cells make the peer offer "
-          "or accept only `%s`, which this backend leaves out."
-          % (BACKEND, LACKING_SUITE))
+    for e in ENGINES:
+        if e not in BUILD_ENGINES:
+            w("- This build has no %s engine (`-DM2MPSK_TLS=%s`): its "
+              "column says absent, and auto is the one engine it has."
+              % (e, BUILD_ENGINES[0]))
+    w("")
+    w("## Engines and auto")
+    w("")
+    w("BoringSSL (Debian's) lacks TS-0003's mandated suites, "
+      "`TLS_PSK_WITH_AES_128_CBC_SHA256` (TLS) and "
+      "`TLS_PSK_WITH_AES_128_CCM_8` (DTLS): its cells for them are expected "
+      "failures, checked like no-shared-suite (the same reason and detail "
+      "on m2mpsk's side). OpenSSL has every suite in the matrix. With "
+      "both engines, auto must run:")
+    w("")
+    w("- m2mpsk as client (initiator), `--suites all`: OpenSSL, the only "
+      "engine with every enabled suite;")
+    w("- m2mpsk as server over TLS: the fastest engine that has the suite "
+      "the peer offers: BoringSSL for the five suites it has, OpenSSL for "
+      "the mandated ones;")
+    w("- m2mpsk as server over DTLS: OpenSSL (its cookie exchange).")
+    w("")
+    w("The cells check it from the `engine=` of m2mpsk's association line "
+      "(the \"runs on\" column above). When auto is given a ClientHello "
+      "whose suites neither engine has (no-shared-suite as server over "
+      "TLS), either may refuse it: the cell checks the reason only.")
     w("")
     w("## Negative cells")
     w("")
@@ -1277,11 +1407,23 @@ def render_report(todo, results, versions):
       "key file lacks; as client, the peer server knows only `%s` (with "
       "its own key), not m2mpsk's `%s`." % (OTHER_KPSA_ID, OTHER_KPSA_ID,
                                             KPSA_ID))
-    w("- **no-shared-suite**: the peer offers or accepts only `%s`."
-      % LACKING_SUITE)
+    w("- **no-shared-suite**: the peer offers or accepts only `%s`, which "
+      "neither engine has." % LACKING_SUITE)
     w("")
     w("Expected reason on m2mpsk's side (first matching rule; `*` matches "
-      "anything):")
+      "anything). When OpenSSL runs the association these rules come "
+      "first: CBC suites negotiate encrypt-then-MAC (RFC 7366) with OpenSSL "
+      "and GnuTLS peers, and OpenSSL fails a record whose MAC does not "
+      "verify with a fatal bad_record_mac even over DTLS, where BoringSSL "
+      "drops it silently:")
+    w("")
+    w("| peer | role | transport | case | reason | detail matches |")
+    w("|---|---|---|---|---|---|")
+    for rule in OPENSSL_EXPECT:
+        w("| %s | %s | %s | %s | %s | `%s` |" % (
+            tuple(x or "*" for x in rule[:4]) + (rule[4], rule[5])))
+    w("")
+    w("Then, for every engine:")
     w("")
     w("| peer | role | transport | case | reason | detail matches |")
     w("|---|---|---|---|---|---|")
@@ -1346,10 +1488,14 @@ def render_report(todo, results, versions):
     w("")
     w("## Regenerating")
     w("")
-    w("    cmake --build build --target m2mpsk-cli")
-    w("    python3 tests/interop/interop.py report --m2mpsk build/m2mpsk")
+    w("From a build with both engines (the default, `-DM2MPSK_TLS=all`):")
     w("")
-    w("or `cmake --build build --target interop-report`.")
+    w("    cmake --build build --target m2mpsk-cli")
+    w("    python3 tests/interop/interop.py report --m2mpsk build/m2mpsk -j2")
+    w("")
+    w("or `cmake --build build --target interop-report`, which writes "
+      "docs/INTEROP.md only from a build with both engines (a one-engine "
+      "build writes INTEROP.md in its build directory).")
     w("")
     return "\n".join(L)
 
@@ -1363,26 +1509,27 @@ def peer_version_short(peer, versions):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    backend = dict(choices=BACKENDS,
-                   default=os.environ.get("M2MPSK_TLS", "boringssl"),
-                   help="m2mpsk's TLS backend (-DM2MPSK_TLS), which decides "
-                        "the cells")
+    backend = dict(type=parse_engines, dest="engines",
+                   default=os.environ.get("M2MPSK_ENGINES",
+                                          "+".join(ENGINES)),
+                   help="m2mpsk's engines, e.g. boringssl+openssl (the "
+                        "default) or openssl; they decide the cells")
     p = sub.add_parser("list", help="print the cells, one a line")
     p.add_argument("--excluded", action="store_true",
                    help="print the combinations that are not cells, and why")
-    p.add_argument("--backend", **backend)
+    p.add_argument("--engines", **backend)
     p = sub.add_parser("run", help="run one cell")
     p.add_argument("cell")
     p.add_argument("--m2mpsk", default=default_m2mpsk())
-    p.add_argument("--backend", **backend)
+    p.add_argument("--engines", **backend)
     p = sub.add_parser("report", help="run every cell, write the report")
     p.add_argument("--m2mpsk", default=default_m2mpsk())
-    p.add_argument("--backend", **backend)
+    p.add_argument("--engines", **backend)
     p.add_argument("--out", default=os.path.join(REPO, "docs",
                                                  "INTEROP.md"))
     p.add_argument("-j", "--jobs", type=int, default=2)
     args = ap.parse_args()
-    set_backend(args.backend)
+    set_engines(args.engines)
     return {"list": cmd_list, "run": cmd_run, "report": cmd_report}[
         args.cmd](args)
 
