@@ -1716,6 +1716,10 @@ int main(int argc, char **argv) {
       if (moddir[0] == '\0')
         modules_dir(moddir, sizeof(moddir));
       raw_load(&g_bssl, moddir);
+      /* The same engine as the timed handshake sections, which the
+       * counts stand beside: auto would put a DTLS responder on OpenSSL. */
+      if (m2mpsk_engine_available(M2MPSK_ENGINE_BORINGSSL))
+        g_engine = M2MPSK_ENGINE_BORINGSSL;
       size_t ci = (size_t)atoi(argv[i + 1]);
       if (ci >= N_CASES)
         fatal("no case %zu", ci);
