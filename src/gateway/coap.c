@@ -85,22 +85,15 @@ typedef struct recent {
   size_t len;
 } recent;
 
-typedef struct host_count host_count;
-struct host_count {
-  host_count *next;
-  uint8_t key[18]; /* family, address */
-  uint32_t n;
-};
-
 struct peer {
   gw_coap *gc;
   peer *next; /* hash chain */
   struct sockaddr_storage addr;
   socklen_t addr_len;
-  uint8_t key[20]; /* family, port, address */
-  host_count *host;
-  char name[64]; /* "host:port", for logs */
-  char tag[64];  /* the host: the rate limiter's and the cookie's peer tag */
+  uint8_t key[20];  /* family, port, address */
+  uint8_t admitted; /* counted by gw_admit() */
+  char name[64];    /* "host:port", for logs */
+  char tag[64];     /* the host: the rate limiter's and the cookie's peer tag */
   m2mpsk_assoc *a;
   struct event *timer;
   uint64_t last_input;
@@ -124,17 +117,16 @@ struct gw_coap {
   struct event_base *base;
   int fd;
   struct event *ev;
+  gw_gateway *gw;
   m2mpsk_config *cfg;
-  gw_coap_keystore_fn keystore;
-  void *keystore_arg;
   struct sockaddr_storage backend;
   socklen_t backend_len;
-  uint32_t max_conn, max_per_addr, idle_ms, max_request, max_response;
+  uint32_t idle_ms, max_request, max_response;
   uint16_t identity_option;
   uint64_t seed;
   peer **peers;
   size_t npeers_buckets;
-  host_count **hosts;
+  size_t n_exchanges;
   exchange **by_token;
   exchange **by_mid;
   size_t nex_buckets;
@@ -171,38 +163,22 @@ static uint64_t hash_bytes(uint64_t seed, const uint8_t *p, size_t n) {
   return h;
 }
 
-/* The peer's key (family, port, address) and its host key (without the
- * port); formatted name and tag. 0, or -1 for an unknown family. */
-static int addr_keys(const struct sockaddr_storage *ss, uint8_t key[20],
-                     uint8_t host[18], char *name, size_t name_cap, char *tag,
-                     size_t tag_cap) {
-  char ip[INET6_ADDRSTRLEN];
+/* The peer's hash key: family, port, address. 0, or -1 for an unknown
+ * family. */
+static int addr_key(const struct sockaddr_storage *ss, uint8_t key[20]) {
   memset(key, 0, 20);
-  memset(host, 0, 18);
   if (ss->ss_family == AF_INET) {
     const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
-    key[0] = host[0] = 4;
+    key[0] = 4;
     memcpy(key + 2, &in->sin_port, 2);
     memcpy(key + 4, &in->sin_addr, 4);
-    memcpy(host + 2, &in->sin_addr, 4);
-    if (name != NULL) {
-      inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip));
-      snprintf(name, name_cap, "%s:%u", ip, ntohs(in->sin_port));
-      snprintf(tag, tag_cap, "%s", ip);
-    }
     return 0;
   }
   if (ss->ss_family == AF_INET6) {
     const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
-    key[0] = host[0] = 6;
+    key[0] = 6;
     memcpy(key + 2, &in6->sin6_port, 2);
     memcpy(key + 4, &in6->sin6_addr, 16);
-    memcpy(host + 2, &in6->sin6_addr, 16);
-    if (name != NULL) {
-      inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
-      snprintf(name, name_cap, "[%s]:%u", ip, ntohs(in6->sin6_port));
-      snprintf(tag, tag_cap, "[%s]", ip);
-    }
     return 0;
   }
   return -1;
@@ -305,21 +281,22 @@ static void out_payload(pdu_out *o, const uint8_t *data, size_t len) {
 }
 
 /* A response the gateway composes itself: RQI copied, RSC when not 0,
- * a JSON {"m2m:dbg": why}. */
+ * a JSON {"m2m:dbg": why} unless why is NULL. */
 static size_t compose_answer(uint8_t *buf, size_t cap, unsigned type,
                              unsigned code, uint16_t mid, const uint8_t *tok,
                              size_t toklen, const uint8_t *rqi, size_t rqi_len,
                              unsigned rsc, const char *why) {
   pdu_out o = {.p = buf, .cap = cap};
   char body[160];
-  int n = snprintf(body, sizeof(body), "{\"m2m:dbg\":\"%s\"}", why);
+  size_t n = why ? gw_gate_dbg_body(why, body, sizeof(body)) : 0;
   out_header(&o, type, code, mid, tok, toklen);
-  out_uint_option(&o, OPT_CONTENT_FORMAT, CF_JSON);
+  if (why != NULL)
+    out_uint_option(&o, OPT_CONTENT_FORMAT, CF_JSON);
   if (rqi != NULL)
     out_option(&o, OPT_RQI, rqi, rqi_len);
   if (rsc != 0)
     out_uint_option(&o, OPT_RSC, rsc);
-  out_payload(&o, (const uint8_t *)body, n > 0 ? (size_t)n : 0);
+  out_payload(&o, (const uint8_t *)body, n);
   return o.overflow ? 0 : o.len;
 }
 
@@ -340,23 +317,14 @@ static peer **peer_slot(gw_coap *gc, const uint8_t key[20]) {
   return pp;
 }
 
-static host_count **host_slot(gw_coap *gc, const uint8_t key[18]) {
-  size_t b = hash_bytes(gc->seed ^ 1, key, 18) & (gc->npeers_buckets - 1);
-  host_count **hp = &gc->hosts[b];
-  while (*hp != NULL && memcmp((*hp)->key, key, 18) != 0)
-    hp = &(*hp)->next;
-  return hp;
-}
-
 /* Sends what the association has to send. A datagram that cannot go out
  * now is lost, as on the wire. */
 static void peer_flush(peer *p) {
   gw_coap *gc = p->gc;
   size_t n;
-  while (m2mpsk_assoc_drain(p->a, gc->buf, sizeof(gc->buf), &n) ==
-         M2MPSK_OK)
-    (void)sendto(gc->fd, gc->buf, n, MSG_NOSIGNAL,
-                 (struct sockaddr *)&p->addr, p->addr_len);
+  while (m2mpsk_assoc_drain(p->a, gc->buf, sizeof(gc->buf), &n) == M2MPSK_OK)
+    (void)sendto(gc->fd, gc->buf, n, MSG_NOSIGNAL, (struct sockaddr *)&p->addr,
+                 p->addr_len);
 }
 
 /* Encrypts one CoAP message for the device. */
@@ -391,8 +359,8 @@ static void peer_answer(peer *p, unsigned dev_type, uint16_t dev_mid,
   uint16_t mid = dev_type == T_CON ? dev_mid : p->next_mid++;
   if (rqi_len > 300)
     rqi = NULL, rqi_len = 0;
-  size_t n = compose_answer(msg, sizeof(msg), type, code, mid, tok, toklen,
-                            rqi, rqi_len, rsc, why);
+  size_t n = compose_answer(msg, sizeof(msg), type, code, mid, tok, toklen, rqi,
+                            rqi_len, rsc, why);
   peer_send(p, msg, n);
   if (dev_type == T_CON && n > 0)
     peer_remember(p, dev_mid, msg, n);
@@ -406,13 +374,12 @@ static void peer_log_outcome(peer *p) {
   p->logged = 1;
   if (m2mpsk_assoc_peer_id(a) != NULL) {
     const char *kpsa = m2mpsk_assoc_kpsa_id(a);
-    gw_log(GW_LOG_INFO,
-           "coap association peer=%s kpsa-id=%s bound=%s suite=%s", p->name,
+    gw_log("coap association peer=%s kpsa-id=%s bound=%s suite=%s", p->name,
            kpsa ? kpsa : "-", m2mpsk_assoc_peer_id(a),
            m2mpsk_assoc_suite(a) ? m2mpsk_assoc_suite(a) : "-");
   } else {
-    gw_log(GW_LOG_INFO, "coap failure peer=%s reason=%s detail=\"%s\"",
-           p->name, m2mpsk_reason_name(m2mpsk_assoc_failure(a)),
+    gw_log("coap failure peer=%s reason=%s detail=\"%s\"", p->name,
+           m2mpsk_reason_name(m2mpsk_assoc_failure(a)),
            m2mpsk_assoc_failure_detail(a));
   }
 }
@@ -422,13 +389,9 @@ static void peer_unlink(peer *p) {
   peer **pp = peer_slot(gc, p->key);
   if (*pp == p)
     *pp = p->next;
-  if (p->host != NULL && --p->host->n == 0) {
-    host_count **hp = host_slot(gc, p->host->key);
-    if (*hp == p->host)
-      *hp = p->host->next;
-    free(p->host);
-  }
-  p->host = NULL;
+  if (p->admitted)
+    gw_release(gc->gw, (const struct sockaddr *)&p->addr);
+  p->admitted = 0;
   gc->st.associations--;
 }
 
@@ -457,70 +420,51 @@ static void peer_close(peer *p) {
 static void peer_on_timer(evutil_socket_t fd, short what, void *arg);
 
 static peer *peer_new(gw_coap *gc, const struct sockaddr_storage *addr,
-                      socklen_t len, const uint8_t key[20],
-                      const uint8_t hkey[18], const char *name,
-                      const char *tag, uint64_t now) {
-  host_count **hp = host_slot(gc, hkey);
-  if (*hp != NULL && (*hp)->n >= gc->max_per_addr) {
+                      socklen_t len, const uint8_t key[20], uint64_t now) {
+  int adm = gw_admit(gc->gw, (const struct sockaddr *)addr);
+  if (adm != GW_ADMIT_OK) {
     gc->st.dropped++;
-    gw_log(GW_LOG_DEBUG, "coap peer=%s: too many associations from %s",
-           name, tag);
     return NULL;
   }
   peer *p = calloc(1, sizeof(*p));
-  if (p == NULL)
+  if (p == NULL) {
+    gw_release(gc->gw, (const struct sockaddr *)addr);
     return NULL;
+  }
   p->gc = gc;
   p->addr = *addr;
   p->addr_len = len;
+  p->admitted = 1;
   memcpy(p->key, key, 20);
-  snprintf(p->name, sizeof(p->name), "%s", name);
-  snprintf(p->tag, sizeof(p->tag), "%s", tag);
+  gw_format_addr((const struct sockaddr *)addr, 1, p->name, sizeof(p->name));
+  gw_format_addr((const struct sockaddr *)addr, 0, p->tag, sizeof(p->tag));
   p->last_input = now;
   p->timer = evtimer_new(gc->base, peer_on_timer, p);
-  m2mpsk_keystore *ks = gc->keystore(gc->keystore_arg);
-  int rc = p->timer == NULL ? M2MPSK_E_NOMEM
-                            : m2mpsk_assoc_new(&p->a, M2MPSK_ROLE_RESPONDER,
-                                               M2MPSK_TRANSPORT_DTLS, gc->cfg,
-                                               ks, NULL);
-  if (rc == M2MPSK_OK)
-    rc = m2mpsk_assoc_set_peer_tag(p->a, tag);
-  if (rc == M2MPSK_OK)
-    rc = m2mpsk_assoc_start(p->a, now, (int64_t)time(NULL));
+  int rc = p->timer == NULL
+               ? M2MPSK_E_NOMEM
+               : gw_assoc_new(gc->gw, M2MPSK_TRANSPORT_DTLS, p->tag, &p->a);
   if (rc != M2MPSK_OK) {
     if (rc == M2MPSK_E_FAILED)
-      gw_log(GW_LOG_INFO, "coap failure peer=%s reason=%s", name,
+      gw_log("coap failure peer=%s reason=%s", p->name,
              m2mpsk_reason_name(m2mpsk_assoc_failure(p->a)));
     else
-      gw_log(GW_LOG_DEBUG, "coap peer=%s: no association: %s", name,
-             m2mpsk_strerror(rc));
+      gw_trace("coap peer=%s: no association: %s", p->name,
+               m2mpsk_strerror(rc));
     gc->st.dropped++;
     if (p->timer != NULL)
       event_free(p->timer);
     m2mpsk_assoc_free(p->a);
+    gw_release(gc->gw, (const struct sockaddr *)addr);
     free(p);
     return NULL;
   }
-  if (*hp == NULL) {
-    host_count *h = calloc(1, sizeof(*h));
-    if (h == NULL) {
-      event_free(p->timer);
-      m2mpsk_assoc_free(p->a);
-      free(p);
-      return NULL;
-    }
-    memcpy(h->key, hkey, 18);
-    *hp = h;
-  }
-  p->host = *hp;
-  p->host->n++;
   p->next_mid = (uint16_t)(gc->seed >> 16);
   peer **pp = peer_slot(gc, key);
   p->next = *pp;
   *pp = p;
   gc->st.associations++;
   gc->st.created++;
-  gw_log(GW_LOG_DEBUG, "coap peer=%s: new association", name);
+  gw_trace("coap peer=%s: new association", p->name);
   return p;
 }
 
@@ -575,6 +519,7 @@ static void exchange_free(exchange *ex) {
   if (*pp == ex)
     *pp = ex->peer_next;
   ex->p->inflight--;
+  gc->n_exchanges--;
   if (ex->timer != NULL)
     event_free(ex->timer);
   free(ex->rqi);
@@ -617,8 +562,8 @@ static void exchange_on_timer(evutil_socket_t fd, short what, void *arg) {
   if (now >= ex->deadline) {
     peer *p = ex->p;
     p->gc->st.timeouts++;
-    gw_log(GW_LOG_INFO, "coap peer=%s: the CSE did not answer within %u ms",
-           p->name, (unsigned)GW_COAP_EXCHANGE_MS);
+    gw_log("coap peer=%s: the CSE did not answer within %u ms", p->name,
+           (unsigned)GW_COAP_EXCHANGE_MS);
     peer_answer(p, ex->dev_type, ex->dev_mid, ex->dev_tok, ex->dev_toklen,
                 CODE_504, ex->rqi, ex->rqi_len, 0, "gateway timeout");
     exchange_done(ex);
@@ -659,8 +604,8 @@ static void view_request(coap_pdu_t *pdu, request_view *v) {
       v->rqi = coap_opt_value(opt);
       v->rqi_len = coap_opt_length(opt);
     } else if (oi.number == OPT_TY && v->ty < 0) {
-      v->ty = (int)coap_decode_var_bytes(coap_opt_value(opt),
-                                         coap_opt_length(opt));
+      v->ty =
+          (int)coap_decode_var_bytes(coap_opt_value(opt), coap_opt_length(opt));
     }
   }
 }
@@ -687,8 +632,10 @@ static size_t encode_forward(gw_coap *gc, peer *p, coap_pdu_t *pdu,
                              uint16_t mid, uint64_t token, uint8_t *buf,
                              size_t cap) {
   pdu_out o = {.p = buf, .cap = cap};
-  const char *id = m2mpsk_assoc_peer_id(p->a);
+  const char *id = gw_gate_identity(p->a);
   size_t idlen = id ? strlen(id) : 0;
+  if (id == NULL)
+    id = "";
   int id_done = gc->identity_option == 0;
   coap_opt_iterator_t oi;
   coap_opt_t *opt;
@@ -715,8 +662,8 @@ static size_t encode_forward(gw_coap *gc, peer *p, coap_pdu_t *pdu,
 }
 
 static void forward(gw_coap *gc, peer *p, coap_pdu_t *pdu, unsigned type,
-                    uint16_t mid, coap_bin_const_t tok,
-                    const request_view *v, int ae_create) {
+                    uint16_t mid, coap_bin_const_t tok, const request_view *v,
+                    int ae_create) {
   if (p->inflight >= GW_COAP_MAX_INFLIGHT) {
     gc->st.dropped++;
     peer_answer(p, type, mid, tok.s, tok.length, CODE_503, v->rqi, v->rqi_len,
@@ -757,6 +704,7 @@ static void forward(gw_coap *gc, peer *p, coap_pdu_t *pdu, unsigned type,
   ex->peer_next = p->exchanges;
   p->exchanges = ex;
   p->inflight++;
+  gc->n_exchanges++;
   size_t tb = tok_bucket(gc, ex->token);
   ex->tok_next = gc->by_token[tb];
   gc->by_token[tb] = ex;
@@ -784,8 +732,7 @@ static void on_device_message(gw_coap *gc, peer *p, const uint8_t *msg,
     return;
   if (!coap_pdu_parse(COAP_PROTO_UDP, msg, len, pdu)) {
     gc->st.malformed++;
-    gw_log(GW_LOG_DEBUG, "coap peer=%s: malformed CoAP message dropped",
-           p->name);
+    gw_trace("coap peer=%s: malformed CoAP message dropped", p->name);
     coap_delete_pdu(pdu);
     return;
   }
@@ -817,8 +764,8 @@ static void on_device_message(gw_coap *gc, peer *p, const uint8_t *msg,
   view_request(pdu, &v);
   if (len > gc->max_request) {
     gc->st.dropped++;
-    peer_answer(p, type, mid, tok.s, tok.length, CODE_413, v.rqi, v.rqi_len,
-                0, "request too large");
+    peer_answer(p, type, mid, tok.s, tok.length, CODE_413, v.rqi, v.rqi_len, 0,
+                "request too large");
     coap_delete_pdu(pdu);
     return;
   }
@@ -841,8 +788,8 @@ static void on_device_message(gw_coap *gc, peer *p, const uint8_t *msg,
   }
   if (rsc != 0) {
     gc->st.refused++;
-    gw_log(GW_LOG_INFO, "coap peer=%s bound=%s from=%.*s refused %d: %s",
-           p->name, m2mpsk_assoc_peer_id(p->a),
+    gw_log("coap peer=%s bound=%s from=%.*s refused %d: %s", p->name,
+           m2mpsk_assoc_peer_id(p->a),
            (int)(v.from_len > 128 ? 128 : v.from_len),
            v.from ? (const char *)v.from : "", rsc, why ? why : "");
     peer_answer(p, type, mid, tok.s, tok.length, CODE_403, v.rqi, v.rqi_len,
@@ -864,8 +811,8 @@ static void deliver(gw_coap *gc, exchange *ex, coap_pdu_t *pdu, size_t len) {
   peer *p = ex->p;
   unsigned code = coap_pdu_get_code(pdu);
   if (len > gc->max_response || len + 8 > RECORD_MAX) {
-    gw_log(GW_LOG_INFO, "coap peer=%s: the CSE's response (%zu bytes) is "
-                        "over the limit",
+    gw_log("coap peer=%s: the CSE's response (%zu bytes) is "
+           "over the limit",
            p->name, len);
     peer_answer(p, ex->dev_type, ex->dev_mid, ex->dev_tok, ex->dev_toklen,
                 CODE_502, ex->rqi, ex->rqi_len, 0, "response too large");
@@ -882,16 +829,23 @@ static void deliver(gw_coap *gc, exchange *ex, coap_pdu_t *pdu, size_t len) {
   coap_option_iterator_init(pdu, &oi, COAP_OPT_ALL);
   while ((opt = coap_option_next(&oi)) != NULL) {
     if (oi.number == OPT_RSC && rsc < 0)
-      rsc = (int)coap_decode_var_bytes(coap_opt_value(opt),
-                                       coap_opt_length(opt));
+      rsc =
+          (int)coap_decode_var_bytes(coap_opt_value(opt), coap_opt_length(opt));
     out_option(&o, oi.number, coap_opt_value(opt), coap_opt_length(opt));
   }
   size_t dlen = 0;
   const uint8_t *data = NULL;
   if (coap_get_data(pdu, &dlen, &data))
     out_payload(&o, data, dlen);
-  if (ex->ae_create && code == CODE_201)
-    gw_gate_response(p->a, 201, rsc, (const char *)data, dlen);
+  if (ex->ae_create && code == CODE_201) {
+    const char *why = NULL;
+    if (gw_gate_response(p->a, 1, rsc, data, dlen, &why) < 0)
+      gw_log("coap peer=%s: AE-ID not bound: %s", p->name,
+             why ? why : "unknown");
+    else if (!m2mpsk_assoc_peer_id_is_credential(p->a))
+      gw_trace("coap peer=%s: bound to %s", p->name,
+               m2mpsk_assoc_peer_id(p->a));
+  }
   if (!o.overflow) {
     peer_send(p, gc->plain, o.len);
     if (ex->dev_type == T_CON)
@@ -907,7 +861,7 @@ static void on_backend_datagram(gw_coap *gc, unsigned sock, const uint8_t *d,
     return;
   if (!coap_pdu_parse(COAP_PROTO_UDP, d, len, pdu)) {
     gc->st.malformed++;
-    gw_log(GW_LOG_DEBUG, "coap: malformed CoAP message from the CSE dropped");
+    gw_trace("coap: malformed CoAP message from the CSE dropped");
     coap_delete_pdu(pdu);
     return;
   }
@@ -919,8 +873,8 @@ static void on_backend_datagram(gw_coap *gc, unsigned sock, const uint8_t *d,
   if (type == T_ACK || type == T_RST) {
     ex = exchange_by_mid(gc, sock, mid);
     if (ex != NULL && type == T_RST) {
-      peer_answer(ex->p, ex->dev_type, ex->dev_mid, ex->dev_tok,
-                  ex->dev_toklen, CODE_502, ex->rqi, ex->rqi_len, 0,
+      peer_answer(ex->p, ex->dev_type, ex->dev_mid, ex->dev_tok, ex->dev_toklen,
+                  CODE_502, ex->rqi, ex->rqi_len, 0,
                   "the CSE reset the request");
       exchange_done(ex);
     } else if (ex != NULL && code == 0) {
@@ -979,7 +933,7 @@ static int peer_process(peer *p) {
     } else if (rc == M2MPSK_E_CLOSED) {
       if (m2mpsk_assoc_close(p->a) == M2MPSK_OK)
         peer_flush(p);
-      gw_log(GW_LOG_DEBUG, "coap peer=%s: close_notify received", p->name);
+      gw_trace("coap peer=%s: close_notify received", p->name);
       peer_free(p);
       return -1;
     } else {
@@ -992,8 +946,8 @@ static int peer_process(peer *p) {
   if (st == M2MPSK_STATE_FAILED || st == M2MPSK_STATE_CLOSED) {
     if (st == M2MPSK_STATE_FAILED && p->logged &&
         m2mpsk_assoc_peer_id(p->a) != NULL)
-      gw_log(GW_LOG_INFO, "coap failure peer=%s reason=%s detail=\"%s\"",
-             p->name, m2mpsk_reason_name(m2mpsk_assoc_failure(p->a)),
+      gw_log("coap failure peer=%s reason=%s detail=\"%s\"", p->name,
+             m2mpsk_reason_name(m2mpsk_assoc_failure(p->a)),
              m2mpsk_assoc_failure_detail(p->a));
     peer_free(p);
     return -1;
@@ -1028,8 +982,8 @@ static void peer_on_timer(evutil_socket_t fd, short what, void *arg) {
   (void)what;
   if (m2mpsk_assoc_state(p->a) == M2MPSK_STATE_ESTABLISHED &&
       now >= p->last_input + gc->idle_ms && p->exchanges == NULL) {
-    gw_log(GW_LOG_DEBUG, "coap peer=%s: idle for %u ms, association ended",
-           p->name, (unsigned)gc->idle_ms);
+    gw_trace("coap peer=%s: idle for %u ms, association ended", p->name,
+             (unsigned)gc->idle_ms);
     peer_close(p);
     return;
   }
@@ -1045,20 +999,56 @@ static void peer_on_timer(evutil_socket_t fd, short what, void *arg) {
   (void)peer_process(p);
 }
 
-static void on_device_datagram(gw_coap *gc,
-                               const struct sockaddr_storage *addr,
+/* A plain CoAP request to the DTLS port: oneM2M's answer is 4107
+ * SECURITY_ASSOCIATION_REQUIRED. The source may be forged, so the answer
+ * is stateless, carries no payload and goes out only when it is no larger
+ * than the request: no amplification. */
+static void answer_unsecured(gw_coap *gc, const struct sockaddr_storage *addr,
+                             socklen_t alen, const uint8_t *d, size_t n) {
+  coap_pdu_t *pdu = coap_pdu_init(0, 0, 0, n);
+  if (pdu == NULL)
+    return;
+  if (!coap_pdu_parse(COAP_PROTO_UDP, d, n, pdu)) {
+    gc->st.dropped++;
+    coap_delete_pdu(pdu);
+    return;
+  }
+  unsigned type = coap_pdu_get_type(pdu);
+  unsigned code = coap_pdu_get_code(pdu);
+  if ((type == T_CON || type == T_NON) && code != 0 && (code >> 5) == 0) {
+    request_view v;
+    uint8_t msg[512];
+    coap_bin_const_t tok = coap_pdu_get_token(pdu);
+    uint16_t mid = (uint16_t)coap_pdu_get_mid(pdu);
+    view_request(pdu, &v);
+    if (v.rqi_len > 300)
+      v.rqi = NULL, v.rqi_len = 0;
+    size_t len =
+        compose_answer(msg, sizeof(msg), type == T_CON ? T_ACK : T_NON,
+                       CODE_403, mid, tok.s, tok.length, v.rqi, v.rqi_len,
+                       M2MPSK_ORIGINATOR_SECURITY_ASSOCIATION_REQUIRED, NULL);
+    if (len > 0 && len <= n) {
+      (void)sendto(gc->fd, msg, len, MSG_NOSIGNAL,
+                   (const struct sockaddr *)addr, alen);
+      gc->st.refused++;
+    }
+  }
+  coap_delete_pdu(pdu);
+}
+
+static void on_device_datagram(gw_coap *gc, const struct sockaddr_storage *addr,
                                socklen_t alen, const uint8_t *d, size_t n) {
-  uint8_t key[20], hkey[18];
-  if (addr_keys(addr, key, hkey, NULL, 0, NULL, 0) != 0)
+  uint8_t key[20];
+  if (addr_key(addr, key) != 0)
     return;
   peer **pp = peer_slot(gc, key);
   peer *p = *pp;
   uint64_t now = now_ms();
   if (p == NULL) {
-    char name[64], tag[64];
+    char tag[64];
     if (gc->shutting_down)
       return;
-    addr_keys(addr, key, hkey, name, sizeof(name), tag, sizeof(tag));
+    gw_format_addr((const struct sockaddr *)addr, 0, tag, sizeof(tag));
     if (m2mpsk_config_peer_blocked(gc->cfg, tag, now, NULL) == 1) {
       gc->st.dropped++;
       return;
@@ -1067,8 +1057,7 @@ static void on_device_datagram(gw_coap *gc,
      * HelloVerifyRequest, never larger than the ClientHello. */
     uint8_t hvr[256];
     size_t hvr_len = 0;
-    int rc = m2mpsk_dtls_listen(gc->cfg, tag, d, n, hvr, sizeof(hvr),
-                                &hvr_len);
+    int rc = m2mpsk_dtls_listen(gc->cfg, tag, d, n, hvr, sizeof(hvr), &hvr_len);
     if (rc == M2MPSK_LISTEN_REPLY) {
       if (hvr_len <= n) {
         (void)sendto(gc->fd, hvr, hvr_len, MSG_NOSIGNAL,
@@ -1079,16 +1068,15 @@ static void on_device_datagram(gw_coap *gc,
       }
       return;
     }
+    if (rc == M2MPSK_E_PROTOCOL) {
+      answer_unsecured(gc, addr, alen, d, n);
+      return;
+    }
     if (rc != M2MPSK_LISTEN_ACCEPT) {
       gc->st.dropped++;
       return;
     }
-    if (gc->st.associations >= gc->max_conn) {
-      gc->st.dropped++;
-      gw_log(GW_LOG_DEBUG, "coap peer=%s: --max-conn reached", name);
-      return;
-    }
-    p = peer_new(gc, addr, alen, key, hkey, name, tag, now);
+    p = peer_new(gc, addr, alen, key, now);
     if (p == NULL)
       return;
   }
@@ -1142,8 +1130,8 @@ static size_t pow2_at_least(size_t n, size_t lo, size_t hi) {
 }
 
 gw_coap *gw_coap_new(const gw_coap_opts *o, char *err, size_t errlen) {
-  if (o == NULL || o->base == NULL || o->fd < 0 || o->cfg == NULL ||
-      o->keystore == NULL || o->backend_len == 0) {
+  if (o == NULL || o->base == NULL || o->fd < 0 || o->gw == NULL ||
+      o->gw->cfg == NULL || o->gw->coap_backend_addr_len == 0) {
     snprintf(err, errlen, "coap: missing options");
     return NULL;
   }
@@ -1155,32 +1143,31 @@ gw_coap *gw_coap_new(const gw_coap_opts *o, char *err, size_t errlen) {
   }
   gc->base = o->base;
   gc->fd = -1;
-  gc->cfg = o->cfg;
-  gc->keystore = o->keystore;
-  gc->keystore_arg = o->keystore_arg;
-  gc->backend = o->backend;
-  gc->backend_len = o->backend_len;
-  gc->max_conn = o->max_conn ? o->max_conn : 1024;
-  gc->max_per_addr = o->max_per_addr ? o->max_per_addr : 16;
-  gc->idle_ms = o->idle_ms ? o->idle_ms : 300000;
-  gc->max_request = o->max_request ? o->max_request : 16000;
-  gc->max_response = o->max_response ? o->max_response : 16000;
-  if (gc->max_request > RECORD_MAX)
-    gc->max_request = RECORD_MAX;
-  gc->identity_option = o->identity_option;
+  const gw_opts *go = &o->gw->opts;
+  gc->gw = o->gw;
+  gc->cfg = o->gw->cfg;
+  gc->backend = o->gw->coap_backend_addr;
+  gc->backend_len = o->gw->coap_backend_addr_len;
+  gc->idle_ms = go->idle_timeout_ms ? go->idle_timeout_ms : 300000;
+  gc->max_request = go->max_request && go->max_request < RECORD_MAX
+                        ? (uint32_t)go->max_request
+                        : RECORD_MAX;
+  gc->max_response = go->max_response && go->max_response < RECORD_MAX
+                         ? (uint32_t)go->max_response
+                         : RECORD_MAX;
+  gc->identity_option = (uint16_t)go->identity_option;
+  size_t max_conn = go->max_conn ? go->max_conn : 1024;
   for (unsigned i = 0; i < GW_COAP_BACKEND_SOCKETS; i++)
     gc->bs[i].fd = -1;
   if (getrandom(&gc->seed, sizeof(gc->seed), 0) != sizeof(gc->seed))
     gc->seed = (uint64_t)now_ms() * 0x9e3779b97f4a7c15ull;
   gc->next_token = gc->seed * 0x9e3779b97f4a7c15ull;
-  gc->npeers_buckets = pow2_at_least(gc->max_conn, 64, 1u << 20);
-  gc->nex_buckets = pow2_at_least(gc->max_conn, 64, 1u << 16);
+  gc->npeers_buckets = pow2_at_least(max_conn, 64, 1u << 20);
+  gc->nex_buckets = pow2_at_least(max_conn, 64, 1u << 16);
   gc->peers = calloc(gc->npeers_buckets, sizeof(*gc->peers));
-  gc->hosts = calloc(gc->npeers_buckets, sizeof(*gc->hosts));
   gc->by_token = calloc(gc->nex_buckets, sizeof(*gc->by_token));
   gc->by_mid = calloc(gc->nex_buckets, sizeof(*gc->by_mid));
-  if (gc->peers == NULL || gc->hosts == NULL || gc->by_token == NULL ||
-      gc->by_mid == NULL) {
+  if (gc->peers == NULL || gc->by_token == NULL || gc->by_mid == NULL) {
     snprintf(err, errlen, "coap: out of memory");
     gw_coap_free(gc);
     return NULL;
@@ -1206,8 +1193,8 @@ gw_coap *gw_coap_new(const gw_coap_opts *o, char *err, size_t errlen) {
       return NULL;
     }
   }
-  gc->ev = event_new(gc->base, o->fd, EV_READ | EV_PERSIST,
-                     on_device_readable, gc);
+  gc->ev =
+      event_new(gc->base, o->fd, EV_READ | EV_PERSIST, on_device_readable, gc);
   if (gc->ev == NULL || event_add(gc->ev, NULL) != 0) {
     snprintf(err, errlen, "coap: cannot watch the listening socket");
     gw_coap_free(gc);
@@ -1273,8 +1260,78 @@ void gw_coap_free(gw_coap *gc) {
   if (gc->fd >= 0)
     close(gc->fd);
   free(gc->peers);
-  free(gc->hosts);
   free(gc->by_token);
   free(gc->by_mid);
   free(gc);
+}
+
+/* ---------------------------------------------------------------------- */
+/* gw.h's worker interface                                                */
+/* ---------------------------------------------------------------------- */
+
+struct gw_coap_worker {
+  gw_coap *gc;
+};
+
+int gw_coap_worker_start(gw_worker *w) {
+  gw_gateway *gw = w->gw;
+  char err[256];
+  int fd;
+  if (gw->coap_backend_addr_len == 0 &&
+      gw_resolve(gw->opts.coap_backend, SOCK_DGRAM, 0, &gw->coap_backend_addr,
+                 &gw->coap_backend_addr_len, err, sizeof(err)) != 0) {
+    gw_log("--coap-backend %s: %s", gw->opts.coap_backend, err);
+    return -1;
+  }
+  if (w->index == 0) {
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    if (gw_resolve(gw->opts.coap_listen, SOCK_DGRAM, 1, &ss, &len, err,
+                   sizeof(err)) != 0) {
+      gw_log("--coap-listen %s: %s", gw->opts.coap_listen, err);
+      return -1;
+    }
+    fd = gw_bind_reuseport(SOCK_DGRAM, (struct sockaddr *)&ss, len);
+    gw->coap_addr_len = sizeof(gw->coap_addr);
+    if (fd >= 0 && getsockname(fd, (struct sockaddr *)&gw->coap_addr,
+                               &gw->coap_addr_len) != 0) {
+      close(fd);
+      fd = -1;
+    }
+  } else {
+    fd = gw_bind_reuseport(SOCK_DGRAM, (struct sockaddr *)&gw->coap_addr,
+                           gw->coap_addr_len);
+  }
+  if (fd < 0) {
+    gw_log("cannot listen for coap on %s: %s", gw->opts.coap_listen,
+           strerror(errno));
+    return -1;
+  }
+  struct gw_coap_worker *cw = calloc(1, sizeof(*cw));
+  gw_coap_opts o = {.base = w->base, .fd = fd, .gw = gw};
+  if (cw == NULL || (cw->gc = gw_coap_new(&o, err, sizeof(err))) == NULL) {
+    gw_log("%s", cw == NULL ? "coap: out of memory" : err);
+    free(cw);
+    close(fd);
+    return -1;
+  }
+  w->coap = cw;
+  return 0;
+}
+
+void gw_coap_worker_stop(gw_worker *w) {
+  if (w->coap != NULL)
+    gw_coap_shutdown(w->coap->gc);
+}
+
+size_t gw_coap_worker_busy(gw_worker *w) {
+  return w->coap != NULL ? w->coap->gc->n_exchanges : 0;
+}
+
+void gw_coap_worker_free(gw_worker *w) {
+  if (w->coap == NULL)
+    return;
+  gw_coap_free(w->coap->gc);
+  free(w->coap);
+  w->coap = NULL;
 }

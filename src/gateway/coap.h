@@ -18,6 +18,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "gw.h"
 #include "m2mpsk/m2mpsk.h"
 
 struct event_base;
@@ -41,53 +42,35 @@ enum {
 
 typedef struct gw_coap gw_coap;
 
-/* Where the keystore of new associations comes from: called at every
- * association creation, so that a SIGHUP reload reaches new associations
- * while established ones keep theirs. Returns a borrowed keystore. */
-typedef m2mpsk_keystore *(*gw_coap_keystore_fn)(void *arg);
-
 typedef struct gw_coap_opts {
   struct event_base *base;
   /* A bound, nonblocking UDP socket (SO_REUSEPORT when threads share the
    * port). Owned by the gw_coap on success, closed by gw_coap_free(). */
   int fd;
-  /* The shared responder config (local identities, engine, suites,
-   * handshake timeout, rate limits, max handshakes), borrowed for the
+  /* The gateway: its shared config and keystore (gw_assoc_new), admission
+   * (gw_admit: --max-conn, --max-per-addr), the CSE's address
+   * (coap_backend_addr) and the limits in gw->opts (--idle-timeout,
+   * --max-request, --max-response, --identity-option). Borrowed for the
    * gw_coap's life. */
-  m2mpsk_config *cfg;
-  gw_coap_keystore_fn keystore;
-  void *keystore_arg;
-  /* The CSE's plain CoAP endpoint (copied). */
-  struct sockaddr_storage backend;
-  socklen_t backend_len;
-  /* Limits (0 means the default noted). */
-  uint32_t max_conn;     /* associations at once (1024) */
-  uint32_t max_per_addr; /* associations per source address (16) */
-  uint32_t idle_ms;      /* an established association idle that long ends
-                            (300000) */
-  uint32_t max_request;  /* CoAP message from a device, bytes (16000) */
-  uint32_t max_response; /* CoAP message from the CSE, bytes (16000) */
-  /* --identity-option N: the device's N options are removed and one
-   * carrying the bound identity is added; 0: none. */
-  uint16_t identity_option;
+  gw_gateway *gw;
 } gw_coap_opts;
 
 /* Counters, for tests and the benchmark. */
 typedef struct gw_coap_stats {
-  uint64_t associations;   /* live now */
-  uint64_t hello_verify;   /* HelloVerifyRequests sent */
-  uint64_t created;        /* associations created */
-  uint64_t forwarded;      /* requests sent to the CSE */
-  uint64_t refused;        /* 4106/4107 answered by the gateway */
-  uint64_t timeouts;       /* 5.04 answered */
-  uint64_t malformed;      /* datagrams libcoap could not parse, dropped */
-  uint64_t dropped;        /* datagrams dropped for a limit */
-  uint64_t retransmits;    /* DTLS timer runs (retransmissions) */
+  uint64_t associations; /* live now */
+  uint64_t hello_verify; /* HelloVerifyRequests sent */
+  uint64_t created;      /* associations created */
+  uint64_t forwarded;    /* requests sent to the CSE */
+  uint64_t refused;      /* 4106/4107 answered by the gateway */
+  uint64_t timeouts;     /* 5.04 answered */
+  uint64_t malformed;    /* datagrams libcoap could not parse, dropped */
+  uint64_t dropped;      /* datagrams dropped for a limit */
+  uint64_t retransmits;  /* DTLS timer runs (retransmissions) */
 } gw_coap_stats;
 
-/* Creates the binding on o->base and starts reading o->fd. Every pointer
- * in `o` is borrowed (see the fields). On failure returns NULL with a
- * message in err (never key bytes) and leaves o->fd open. */
+/* Creates the binding on o->base and starts reading o->fd. On failure
+ * returns NULL with a message in err (never key bytes) and leaves o->fd
+ * open. gw.h's gw_coap_worker_start() makes one per worker. */
 gw_coap *gw_coap_new(const gw_coap_opts *o, char *err, size_t errlen);
 
 /* Stops taking new datagrams from devices, lets the requests in flight
