@@ -204,14 +204,21 @@ class PskSession:
                 if not out:
                     break
                 self.sock.send(out)
+            closed = False
             if self.a.state() == self.m.STATE_ESTABLISHED:
                 while True:
-                    data = self.a.read()
+                    try:
+                        data = self.a.read()
+                    except self.m.Closed:
+                        closed = True
+                        break
                     if not data:
                         break
                     self.rx.append(data)
             if until():
                 return
+            if closed:
+                raise Fail("the gateway closed the association (close_notify)")
             if time.monotonic() > end:
                 raise Fail("timed out after %.0f s (association state %d)"
                            % (timeout, self.a.state()))

@@ -158,11 +158,14 @@ def free_port():
 # ---------------------------------------------------------------- guardian
 
 GUARDIAN = r"""
-import os, signal, sys, time
+import os, shutil, signal, sys, time
 groups = set()
+dirs = []
 for line in sys.stdin:
     line = line.strip()
-    if line.startswith("+"):
+    if line.startswith("rm "):
+        dirs.append(line[3:])
+    elif line.startswith("+"):
         groups.add(int(line[1:]))
     elif line.startswith("-"):
         groups.discard(int(line[1:]))
@@ -180,6 +183,8 @@ for sig in (signal.SIGTERM, signal.SIGKILL):
     while time.monotonic() < end and any(
             os.path.exists("/proc/%d" % g) for g in groups):
         time.sleep(0.1)
+for d in dirs:
+    shutil.rmtree(d, ignore_errors=True)
 """
 
 
@@ -201,6 +206,10 @@ class Guardian:
 
     def watch(self, pgid):
         self._say("+%d" % pgid)
+
+    def remove_dir(self, path):
+        """Removed after the process groups are gone."""
+        self._say("rm " + path)
 
     def forget(self, pgid):
         self._say("-%d" % pgid)
@@ -417,6 +426,8 @@ class Mobius:
     def start(self):
         t0 = time.monotonic()
         self.guardian = Guardian()
+        if not self.keep:
+            self.guardian.remove_dir(self.scratch)
         self.ports = {k: free_port() for k in
                       ("http", "ws", "mqtt", "broker", "db")}
         self._copy()
