@@ -350,7 +350,7 @@ class Device:
             r, _, _ = select.select([self.sock], [], [], wait)
             if r:
                 self.a.feed(self.sock.recv(17408), now_ms())
-                while True:
+                while self.a.state() == self.m.STATE_ESTABLISHED:
                     data = self.a.read()
                     if not data:
                         break
@@ -806,6 +806,9 @@ def main():
     if r.returncode == 2 and b"without" in r.stderr:
         print("SKIP: %s" % r.stderr.decode().strip())
         return SKIP
+    extra = os.environ.get("M2MPSK_PYTHONPATH")
+    if extra:
+        sys.path[:0] = [os.path.join(extra, "m2mpsk-python"), extra]
     try:
         import m2mpsk as m
     except ImportError as e:
