@@ -2,7 +2,8 @@
 """The gateway's CoAP binding (TS-0008) over DTLS-PSK, end to end on loopback.
 
     coap_gateway.py PATH/TO/m2mpsk CASE       exit 0 pass, 1 fail, 77 skip
-    coap_gateway.py PATH/TO/m2mpsk list
+    coap_gateway.py list
+    coap_gateway.py seeds DIR     writes fuzz_coap's seeds (tests/fuzz)
 
 A device is the m2mpsk Python binding's DTLS initiator (KpsaID
 test@onem2m.com, a record without IdA: the gateway binds the Credential-ID
@@ -65,7 +66,7 @@ IDENTITY_OPTION = 2100
 OPT_FR, OPT_RQI, OPT_RSC, OPT_TY = 256, 257, 265, 267
 OPT_URI_PATH, OPT_CONTENT_FORMAT = 11, 12
 CON, NON, ACK, RST = 0, 1, 2, 3
-GET, POST = 1, 2
+GET, POST, PUT = 1, 2, 3
 
 
 def code(c, d):
@@ -782,6 +783,44 @@ def case_flood(m2mpsk_path, m):
         env.close()
 
 
+def write_fuzz_seeds(out):
+    """tests/fuzz/corpus/fuzz_coap/: fuzz_coap's input format (option byte,
+    two-byte length, the device's message, the CSE's)."""
+    os.makedirs(out, exist_ok=True)
+
+    def seed(name, opts, dev, cse=b""):
+        with open(os.path.join(out, name), "wb") as f:
+            f.write(bytes([opts]) + struct.pack(">H", len(dev)) + dev + cse)
+    ae = encode(CON, POST, 1, b"\x01\x02\x03\x04", [
+        (OPT_URI_PATH, "cse-in"), (OPT_CONTENT_FORMAT, 50), (OPT_FR, "C"),
+        (OPT_RQI, "rqi-1"), (OPT_TY, 2)],
+        b'{"m2m:ae":{"api":"Ncoap","rr":true}}')
+    created = encode(ACK, code(2, 1), 7, bytes(8), [
+        (OPT_CONTENT_FORMAT, 50), (OPT_RQI, "rqi-1"), (OPT_RSC, 2001)],
+        json.dumps({"m2m:ae": {"aei": "Cae-1"}}).encode())
+    seed("ae-create", 0, ae, created)
+    seed("ae-create-identity", 1, ae, created)
+    seed("identity-is-fr", 1 | 2, ae, created)
+    seed("identity-uri-path", 1 | 4, ae)
+    seed("identity-high", 1 | 6, encode(CON, GET, 2, b"", [
+        (OPT_URI_PATH, "a"), (OPT_URI_PATH, "b"), (2100, "spoof"),
+        (2100, "spoof2"), (OPT_FR, "/cse-in/Cae-1")]))
+    seed("get-non", 8, encode(NON, GET, 3, b"\xaa", [
+        (OPT_URI_PATH, "cse-in"), (OPT_FR, "/cse-in/Cae-1"), (OPT_RQI, "r")]))
+    seed("two-originators", 0, encode(CON, GET, 4, b"", [
+        (OPT_FR, "/cse-in/Cae-1"), (OPT_FR, "/cse-in/Cmallory")]))
+    seed("long-option", 0, encode(CON, PUT, 5, b"12345678", [
+        (OPT_URI_PATH, "x" * 300), (OPT_FR, "y" * 600)], b"z" * 1000))
+    seed("separate-response", 0, ae, encode(CON, code(2, 5), 99, bytes(8), [
+        (OPT_CONTENT_FORMAT, 50), (OPT_RSC, 2000)], b"{}"))
+    seed("empty-ack", 0, ae, encode(ACK, 0, 7))
+    seed("ping", 0, encode(CON, 0, 9))
+    seed("malformed-delta15", 0, b"\x40\x01\x00\x01\xf1\x00",
+         b"\x60\x45\x00\x01\xd1")
+    seed("gateway-timeout", 0, ae, encode(ACK, code(5, 4), 7, bytes(8), [
+        (OPT_RQI, "rqi-1")]))
+
+
 CASES = {
     "forward": case_forward,
     "forged": case_forged,
@@ -796,6 +835,9 @@ CASES = {
 def main():
     if len(sys.argv) == 2 and sys.argv[1] == "list":
         print("\n".join(CASES))
+        return 0
+    if len(sys.argv) == 3 and sys.argv[1] == "seeds":
+        write_fuzz_seeds(sys.argv[2])
         return 0
     if len(sys.argv) != 3 or sys.argv[2] not in CASES:
         print(__doc__, file=sys.stderr)
