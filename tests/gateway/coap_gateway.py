@@ -36,6 +36,11 @@ Cases:
                gateway replies at most 1x the bytes, creates no
                association, its RSS stays flat, and a device is served
                during the flood
+  timers       --handshake-timeout ends a half-open handshake (stopped
+               after the cookie exchange); --idle-timeout ends an idle
+               association with close_notify
+  limits       --max-per-addr: no association past the bound from one
+               address, a slot again once one closes
 Python 3 standard library and the m2mpsk binding (PYTHONPATH) only; every
 wait bounded.
 """
@@ -310,8 +315,12 @@ def now_ms():
     return int(time.monotonic() * 1000)
 
 
+class HandshakeIncomplete(AssertionError):
+    pass
+
+
 class Device:
-    def __init__(self, m2mpsk_mod, port):
+    def __init__(self, m2mpsk_mod, port, timeout=STEP_S):
         self.m = m2mpsk_mod
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.connect(("127.0.0.1", port))
@@ -323,10 +332,14 @@ class Device:
                                         self.ks, KPSA_ID)
         self.mid = random.randrange(65536)
         self.a.start(now_ms())
-        self._pump(lambda: self.a.state() != m2mpsk_mod.STATE_HANDSHAKING)
+        self.inbox = []
+        self._pump(lambda: self.a.state() != m2mpsk_mod.STATE_HANDSHAKING,
+                   timeout)
+        if self.a.state() == m2mpsk_mod.STATE_HANDSHAKING:
+            self.sock.close()
+            raise HandshakeIncomplete("no handshake within %.1f s" % timeout)
         assert self.a.state() == m2mpsk_mod.STATE_ESTABLISHED, \
             "handshake: %s" % self.a.failure_detail()
-        self.inbox = []
 
     def _flush(self):
         while True:
@@ -726,7 +739,8 @@ def case_flood(m2mpsk_path, m):
             except Exception as e:  # reported below
                 result["e"] = e
         t = None
-        end = time.monotonic() + flood_s
+        t_start = time.monotonic()
+        end = t_start + flood_s
         while time.monotonic() < end and count < hellos_n * 4:
             for s in socks:
                 h = hellos[count % len(hellos)]
@@ -745,6 +759,7 @@ def case_flood(m2mpsk_path, m):
                         received += len(s.recv(65536))
                 except (BlockingIOError, ConnectionRefusedError):
                     pass
+        flood_took = time.monotonic() - t_start
         if t is None:
             t = threading.Thread(target=legit)
             t.start()
@@ -763,10 +778,10 @@ def case_flood(m2mpsk_path, m):
         created = len(re.findall(r"new association", log)) - created_before
         for s in socks:
             s.close()
-        print("flood: %d ClientHellos (%d bytes) from %d sockets in %.0f s; "
+        print("flood: %d ClientHellos (%d bytes) from %d sockets in %.1f s; "
               "%d bytes back (%.2fx); associations created %d (the "
               "legitimate device's: 1); RSS %d -> %d KiB" % (
-                  count, sent, sockets_n, flood_s, received,
+                  count, sent, sockets_n, flood_took, received,
                   received / max(sent, 1), created, rss0, rss1))
         assert count >= 2000, "the flood sent only %d" % count
         assert "e" not in result, "the device failed: %r" % result.get("e")
@@ -821,6 +836,93 @@ def write_fuzz_seeds(out):
         (OPT_RQI, "rqi-1")]))
 
 
+def case_timers(m2mpsk_path, m):
+    """--handshake-timeout: a device that stops after the cookie exchange
+    leaves no association; --idle-timeout: an idle one is closed with
+    close_notify."""
+    env = Env(m2mpsk_path, extra=("--handshake-timeout", "1000",
+                                  "--idle-timeout", "1500"))
+    try:
+        # Half-open: the second ClientHello (with the cookie), then silence.
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.connect(("127.0.0.1", env.gw.port))
+        port = s.getsockname()[1]
+        ks = m.Keystore()
+        ks.add(KPSA_ID, KEY, None, IDB)
+        a = m.Association(m.ROLE_INITIATOR, m.TRANSPORT_DTLS, m.Config(), ks,
+                          KPSA_ID)
+        a.start(now_ms())
+        s.send(a.drain())
+        r, _, _ = select.select([s], [], [], STEP_S)
+        assert r, "no HelloVerifyRequest"
+        a.feed(s.recv(17408), now_ms())
+        s.send(a.drain())  # the ClientHello with the cookie
+        t0 = time.monotonic()
+        env.gw.wait_for(r"coap peer=127\.0\.0\.1:%d: new association" % port)
+        env.gw.wait_for(r"coap failure peer=127\.0\.0\.1:%d reason=timeout"
+                        % port)
+        took = time.monotonic() - t0
+        assert took < 4.0, "the handshake timeout took %.1f s" % took
+        a.close()
+        s.close()
+
+        # Idle: established, then nothing for 1.5 s.
+        dev = Device(m, env.gw.port)
+        port = dev.sock.getsockname()[1]
+        t0 = time.monotonic()
+        env.gw.wait_for(r"coap peer=127\.0\.0\.1:%d: idle for" % port)
+        took = time.monotonic() - t0
+        assert 1.3 <= took < 4.0, "idle end after %.1f s" % took
+
+        def closed():
+            return dev.a.state() == m.STATE_CLOSED
+        try:
+            dev._pump(closed, 3.0)
+        except m.Closed:
+            pass
+        assert dev.a.state() == m.STATE_CLOSED, \
+            "no close_notify (state %d)" % dev.a.state()
+        dev.sock.close()
+        print("handshake timeout and idle end observed")
+    finally:
+        rc = env.close()
+    assert rc == 0, rc
+
+
+def case_limits(m2mpsk_path, m):
+    """--max-per-addr 2: a third association from 127.0.0.1 is not made
+    (its handshake never completes) until one of the two closes."""
+    env = Env(m2mpsk_path, extra=("--max-per-addr", "2"))
+    try:
+        d1 = Device(m, env.gw.port)
+        d2 = Device(m, env.gw.port)
+        try:
+            Device(m, env.gw.port, timeout=2.0)
+            raise AssertionError("a third association from one address")
+        except HandshakeIncomplete:
+            pass
+        for d in (d1, d2):
+            _, r, _ = d.request(GET, "cse-in", [(OPT_FR, "C"),
+                                                (OPT_RQI, "lim")])
+            assert r is not None and r.uint(OPT_RSC) == 4106, r
+        d1.close()  # close_notify: the gateway releases its slot
+        deadline = time.monotonic() + STEP_S
+        while True:
+            try:
+                d3 = Device(m, env.gw.port, timeout=2.0)
+                break
+            except HandshakeIncomplete:
+                assert time.monotonic() < deadline, \
+                    "no slot after a close_notify"
+        _, r, _ = d3.request(GET, "cse-in", [(OPT_FR, "C"), (OPT_RQI, "l3")])
+        assert r is not None and r.uint(OPT_RSC) == 4106, r
+        d2.close()
+        d3.close()
+    finally:
+        rc = env.close()
+    assert rc == 0, rc
+
+
 CASES = {
     "forward": case_forward,
     "forged": case_forged,
@@ -829,6 +931,8 @@ CASES = {
     "malformed": case_malformed,
     "timeout": case_timeout,
     "flood": case_flood,
+    "timers": case_timers,
+    "limits": case_limits,
 }
 
 
