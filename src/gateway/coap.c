@@ -319,8 +319,12 @@ void gw_coap_view(const coap_pdu_t *pdu, gw_coap_request_info *v) {
       v->rqi = coap_opt_value(opt);
       v->rqi_len = coap_opt_length(opt);
     } else if (oi.number == OPT_TY && v->ty < 0) {
-      v->ty =
-          (int)coap_decode_var_bytes(coap_opt_value(opt), coap_opt_length(opt));
+      /* A uint of at most 2 bytes (TS-0008); a longer one is present but
+       * names no resource type (and libcoap's decoder would wrap). */
+      v->ty = coap_opt_length(opt) <= 2
+                  ? (int)coap_decode_var_bytes(coap_opt_value(opt),
+                                               coap_opt_length(opt))
+                  : GW_COAP_TY_INVALID;
     }
   }
 }
@@ -370,8 +374,10 @@ size_t gw_coap_encode_relay(const coap_pdu_t *pdu, unsigned type, uint16_t mid,
   coap_option_iterator_init(pdu, &oi, COAP_OPT_ALL);
   while ((opt = coap_option_next(&oi)) != NULL) {
     if (oi.number == OPT_RSC && *rsc < 0)
-      *rsc =
-          (int)coap_decode_var_bytes(coap_opt_value(opt), coap_opt_length(opt));
+      *rsc = coap_opt_length(opt) <= 2
+                 ? (int)coap_decode_var_bytes(coap_opt_value(opt),
+                                              coap_opt_length(opt))
+                 : 0; /* not an RSC: never 2001 */
     out_option(&o, oi.number, coap_opt_value(opt), coap_opt_length(opt));
   }
   if (coap_get_data(pdu, body_len, body))

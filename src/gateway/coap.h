@@ -103,8 +103,11 @@ typedef struct gw_coap_request_info {
   int from_count;     /* how many FR options */
   const uint8_t *rqi; /* oneM2M-RQI (257), NULL: none */
   size_t rqi_len;
-  int ty; /* oneM2M-TY (267), -1: absent */
+  int ty; /* oneM2M-TY (267), -1: absent, GW_COAP_TY_INVALID: longer than
+             2 bytes */
 } gw_coap_request_info;
+
+enum { GW_COAP_TY_INVALID = 0x10000 };
 
 void gw_coap_view(const struct coap_pdu_t *pdu, gw_coap_request_info *v);
 
@@ -120,8 +123,8 @@ size_t gw_coap_encode_forward(const struct coap_pdu_t *pdu,
 
 /* The CSE's response as relayed to the device: `type`, `mid` and the
  * device's token, the CSE's code, options and payload. *rsc receives the
- * oneM2M-RSC (-1: none), *body the payload (borrowed from the PDU). Its
- * length, or 0 when it does not fit `cap`. */
+ * oneM2M-RSC (-1: none, 0: longer than 2 bytes), *body the payload (borrowed
+ * from the PDU). Its length, or 0 when it does not fit `cap`. */
 size_t gw_coap_encode_relay(const struct coap_pdu_t *pdu, unsigned type,
                             uint16_t mid, const uint8_t *tok, size_t toklen,
                             uint8_t *buf, size_t cap, int *rsc,

@@ -832,6 +832,11 @@ def write_fuzz_seeds(out):
     seed("ping", 0, encode(CON, 0, 9))
     seed("malformed-delta15", 0, b"\x40\x01\x00\x01\xf1\x00",
          b"\x60\x45\x00\x01\xd1")
+    # TY longer than 2 bytes (found by fuzz_coap: libcoap's uint decoder
+    # wraps): present, but no resource type.
+    seed("ty-long", 0, encode(CON, POST, 6, b"", [
+        (OPT_FR, "C"), (OPT_TY, b"\x80\x00\x00\x00\x02")]),
+        encode(ACK, code(2, 1), 7, bytes(8), [(OPT_RSC, b"\x80\0\0\x07\xd1")]))
     seed("gateway-timeout", 0, ae, encode(ACK, code(5, 4), 7, bytes(8), [
         (OPT_RQI, "rqi-1")]))
 
