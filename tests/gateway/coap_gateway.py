@@ -41,6 +41,8 @@ Cases:
                association with close_notify
   limits       --max-per-addr: no association past the bound from one
                address, a slot again once one closes
+  sizes        --max-request (4.13, not forwarded), --max-response (5.02),
+               requests in flight per association (5.03 past 8)
 Python 3 standard library and the m2mpsk binding (PYTHONPATH) only; every
 wait bounded.
 """
@@ -195,6 +197,8 @@ class Backend:
         path = "/".join(v.decode() for v in m.opts(OPT_URI_PATH))
         fr = (m.opt(OPT_FR) or b"").decode()
         body = json.dumps({"path": path, "fr": fr}).encode()
+        if path == "big":
+            body = json.dumps({"path": path, "pad": "x" * 2000}).encode()
         return code(2, 5), [(OPT_CONTENT_FORMAT, 50), (OPT_RQI, rqi),
                             (OPT_RSC, 2000)], body
 
@@ -841,6 +845,54 @@ def write_fuzz_seeds(out):
         (OPT_RQI, "rqi-1")]))
 
 
+def case_sizes(m2mpsk_path, m):
+    """--max-request 1024: a larger request gets 4.13 and is not forwarded;
+    --max-response 1024: a larger response from the CSE becomes 5.02;
+    GW_COAP_MAX_INFLIGHT (8) requests in flight per association, the next
+    gets 5.03 at once."""
+    env = Env(m2mpsk_path, extra=("--max-request", "1024",
+                                  "--max-response", "1024"))
+    try:
+        dev = Device(m, env.gw.port)
+        _, r, _ = ae_create(dev)
+        assert r is not None and r.code == code(2, 1), r
+        _, r, _ = dev.request(PUT, "cse-in/coap-ae",
+                              [(OPT_FR, AE_ID), (OPT_RQI, "rqi-big")],
+                              b"p" * 1500)
+        assert r is not None and r.code == code(4, 13), r
+        assert rqi_of(r) == b"rqi-big", r
+        assert len(env.backend.requests()) == 1
+        _, r, _ = dev.request(GET, "big", [(OPT_FR, AE_ID),
+                                           (OPT_RQI, "rqi-bigresp")])
+        assert r is not None and r.code == code(5, 2), r
+        assert rqi_of(r) == b"rqi-bigresp", r
+        _, r, _ = dev.request(GET, "small", [(OPT_FR, AE_ID)])
+        assert r is not None and r.code == code(2, 5), r
+        dev.close()
+    finally:
+        env.close()
+    env = Env(m2mpsk_path, "silent")
+    try:
+        dev = Device(m, env.gw.port)
+        tokens = []
+        for i in range(8):
+            tok = b"inflt%03d" % i
+            tokens.append(tok)
+            dev.send_raw(encode(CON, POST, dev.next_mid(), tok, [
+                (OPT_FR, "C"), (OPT_TY, 2), (OPT_RQI, "f%d" % i)]))
+        _, r, took = dev.request(POST, "cse-in", [(OPT_FR, "C"), (OPT_TY, 2),
+                                                  (OPT_RQI, "ninth")])
+        assert r is not None and r.code == code(5, 3), r
+        assert took < 2.0, "5.03 after %.1f s" % took
+        for tok in tokens:
+            r = dev.wait_response(tok, 8.0)
+            assert r is not None and r.code == code(5, 4), (tok, r)
+        assert len({(g.mid, g.token) for g in env.backend.requests()}) == 8
+        dev.close()
+    finally:
+        env.close()
+
+
 def case_timers(m2mpsk_path, m):
     """--handshake-timeout: a device that stops after the cookie exchange
     leaves no association; --idle-timeout: an idle one is closed with
@@ -937,6 +989,7 @@ CASES = {
     "timeout": case_timeout,
     "flood": case_flood,
     "timers": case_timers,
+    "sizes": case_sizes,
     "limits": case_limits,
 }
 
