@@ -139,6 +139,7 @@ struct gw_coap {
   uint8_t plain[RECORD_MAX + 1];
 };
 
+#ifndef GW_COAP_CODEC_ONLY
 /* ---------------------------------------------------------------------- */
 /* Small helpers                                                          */
 /* ---------------------------------------------------------------------- */
@@ -183,6 +184,8 @@ static int addr_key(const struct sockaddr_storage *ss, uint8_t key[20]) {
   }
   return -1;
 }
+
+#endif /* GW_COAP_CODEC_ONLY */
 
 /* ---------------------------------------------------------------------- */
 /* Encoding the PDUs the gateway sends                                    */
@@ -282,7 +285,7 @@ static void out_payload(pdu_out *o, const uint8_t *data, size_t len) {
 
 /* A response the gateway composes itself: RQI copied, RSC when not 0,
  * a JSON {"m2m:dbg": why} unless why is NULL. */
-static size_t compose_answer(uint8_t *buf, size_t cap, unsigned type,
+size_t gw_coap_encode_answer(uint8_t *buf, size_t cap, unsigned type,
                              unsigned code, uint16_t mid, const uint8_t *tok,
                              size_t toklen, const uint8_t *rqi, size_t rqi_len,
                              unsigned rsc, const char *why) {
@@ -299,6 +302,117 @@ static size_t compose_answer(uint8_t *buf, size_t cap, unsigned type,
   out_payload(&o, (const uint8_t *)body, n);
   return o.overflow ? 0 : o.len;
 }
+
+void gw_coap_view(const coap_pdu_t *pdu, gw_coap_request_info *v) {
+  coap_opt_iterator_t oi;
+  coap_opt_t *opt;
+  memset(v, 0, sizeof(*v));
+  v->ty = -1;
+  coap_option_iterator_init(pdu, &oi, COAP_OPT_ALL);
+  while ((opt = coap_option_next(&oi)) != NULL) {
+    if (oi.number == OPT_FR) {
+      if (v->from_count++ == 0) {
+        v->from = coap_opt_value(opt);
+        v->from_len = coap_opt_length(opt);
+      }
+    } else if (oi.number == OPT_RQI && v->rqi == NULL) {
+      v->rqi = coap_opt_value(opt);
+      v->rqi_len = coap_opt_length(opt);
+    } else if (oi.number == OPT_TY && v->ty < 0) {
+      /* A uint of at most 2 bytes (TS-0008); a longer one is present but
+       * names no resource type (and libcoap's decoder would wrap). */
+      v->ty = coap_opt_length(opt) <= 2
+                  ? (int)coap_decode_var_bytes(coap_opt_value(opt),
+                                               coap_opt_length(opt))
+                  : GW_COAP_TY_INVALID;
+    }
+  }
+}
+
+size_t gw_coap_encode_forward(const coap_pdu_t *pdu, uint16_t identity_option,
+                              const char *identity, uint16_t mid,
+                              uint64_t token, uint8_t *buf, size_t cap) {
+  pdu_out o = {.p = buf, .cap = cap};
+  const char *id = identity ? identity : "";
+  size_t idlen = strlen(id);
+  int id_done = identity_option == 0;
+  coap_opt_iterator_t oi;
+  coap_opt_t *opt;
+  uint8_t tok[8];
+  memcpy(tok, &token, 8);
+  out_header(&o, T_CON, coap_pdu_get_code(pdu), mid, tok, 8);
+  coap_option_iterator_init(pdu, &oi, COAP_OPT_ALL);
+  while ((opt = coap_option_next(&oi)) != NULL) {
+    if (!id_done && oi.number >= identity_option) {
+      out_option(&o, identity_option, (const uint8_t *)id, idlen);
+      id_done = 1;
+    }
+    if (identity_option != 0 && oi.number == identity_option)
+      continue;
+    out_option(&o, oi.number, coap_opt_value(opt), coap_opt_length(opt));
+  }
+  if (!id_done)
+    out_option(&o, identity_option, (const uint8_t *)id, idlen);
+  size_t dlen;
+  const uint8_t *data;
+  if (coap_get_data(pdu, &dlen, &data))
+    out_payload(&o, data, dlen);
+  return o.overflow ? 0 : o.len;
+}
+
+size_t gw_coap_encode_relay(const coap_pdu_t *pdu, unsigned type, uint16_t mid,
+                            const uint8_t *tok, size_t toklen, uint8_t *buf,
+                            size_t cap, int *rsc, const uint8_t **body,
+                            size_t *body_len) {
+  pdu_out o = {.p = buf, .cap = cap};
+  coap_opt_iterator_t oi;
+  coap_opt_t *opt;
+  *rsc = -1;
+  *body = NULL;
+  *body_len = 0;
+  out_header(&o, type, coap_pdu_get_code(pdu), mid, tok, toklen);
+  coap_option_iterator_init(pdu, &oi, COAP_OPT_ALL);
+  while ((opt = coap_option_next(&oi)) != NULL) {
+    if (oi.number == OPT_RSC && *rsc < 0)
+      *rsc = coap_opt_length(opt) <= 2
+                 ? (int)coap_decode_var_bytes(coap_opt_value(opt),
+                                              coap_opt_length(opt))
+                 : 0; /* not an RSC: never 2001 */
+    out_option(&o, oi.number, coap_opt_value(opt), coap_opt_length(opt));
+  }
+  if (coap_get_data(pdu, body_len, body))
+    out_payload(&o, *body, *body_len);
+  return o.overflow ? 0 : o.len;
+}
+
+/* libcoap logs malformed input on its own; only the gateway's logger may
+ * write, so libcoap's lines are dropped. */
+static void coap_quiet(coap_log_t level, const char *message) {
+  (void)level;
+  (void)message;
+}
+
+static pthread_once_t g_coap_once = PTHREAD_ONCE_INIT;
+
+static void coap_init_once(void) {
+  coap_startup();
+  coap_set_log_handler(coap_quiet);
+  coap_set_log_level(LOG_EMERG);
+}
+
+coap_pdu_t *gw_coap_parse(const uint8_t *data, size_t len, size_t max) {
+  pthread_once(&g_coap_once, coap_init_once);
+  coap_pdu_t *pdu = coap_pdu_init(0, 0, 0, max);
+  if (pdu == NULL)
+    return NULL;
+  if (len > max || !coap_pdu_parse(COAP_PROTO_UDP, data, len, pdu)) {
+    coap_delete_pdu(pdu);
+    return NULL;
+  }
+  return pdu;
+}
+
+#ifndef GW_COAP_CODEC_ONLY
 
 /* ---------------------------------------------------------------------- */
 /* Peers                                                                  */
@@ -359,8 +473,8 @@ static void peer_answer(peer *p, unsigned dev_type, uint16_t dev_mid,
   uint16_t mid = dev_type == T_CON ? dev_mid : p->next_mid++;
   if (rqi_len > 300)
     rqi = NULL, rqi_len = 0;
-  size_t n = compose_answer(msg, sizeof(msg), type, code, mid, tok, toklen, rqi,
-                            rqi_len, rsc, why);
+  size_t n = gw_coap_encode_answer(msg, sizeof(msg), type, code, mid, tok,
+                                   toklen, rqi, rqi_len, rsc, why);
   peer_send(p, msg, n);
   if (dev_type == T_CON && n > 0)
     peer_remember(p, dev_mid, msg, n);
@@ -578,38 +692,6 @@ static void exchange_on_timer(evutil_socket_t fd, short what, void *arg) {
 /* Requests from devices                                                  */
 /* ---------------------------------------------------------------------- */
 
-/* The oneM2M view of a device's request, read through libcoap. */
-typedef struct request_view {
-  const uint8_t *from;
-  size_t from_len;
-  int from_count;
-  const uint8_t *rqi;
-  size_t rqi_len;
-  int ty; /* -1: absent */
-} request_view;
-
-static void view_request(coap_pdu_t *pdu, request_view *v) {
-  coap_opt_iterator_t oi;
-  coap_opt_t *opt;
-  memset(v, 0, sizeof(*v));
-  v->ty = -1;
-  coap_option_iterator_init(pdu, &oi, COAP_OPT_ALL);
-  while ((opt = coap_option_next(&oi)) != NULL) {
-    if (oi.number == OPT_FR) {
-      if (v->from_count++ == 0) {
-        v->from = coap_opt_value(opt);
-        v->from_len = coap_opt_length(opt);
-      }
-    } else if (oi.number == OPT_RQI && v->rqi == NULL) {
-      v->rqi = coap_opt_value(opt);
-      v->rqi_len = coap_opt_length(opt);
-    } else if (oi.number == OPT_TY && v->ty < 0) {
-      v->ty =
-          (int)coap_decode_var_bytes(coap_opt_value(opt), coap_opt_length(opt));
-    }
-  }
-}
-
 /* Answers a retransmitted CON from memory, or ignores it while its first
  * copy is in flight. 1 when it was a duplicate. */
 static int peer_duplicate(peer *p, unsigned type, uint16_t mid) {
@@ -626,44 +708,9 @@ static int peer_duplicate(peer *p, unsigned type, uint16_t mid) {
   return 0;
 }
 
-/* Builds the request toward the CSE: the device's options in order, the
- * identity option replaced by the bound identity. */
-static size_t encode_forward(gw_coap *gc, peer *p, coap_pdu_t *pdu,
-                             uint16_t mid, uint64_t token, uint8_t *buf,
-                             size_t cap) {
-  pdu_out o = {.p = buf, .cap = cap};
-  const char *id = gw_gate_identity(p->a);
-  size_t idlen = id ? strlen(id) : 0;
-  if (id == NULL)
-    id = "";
-  int id_done = gc->identity_option == 0;
-  coap_opt_iterator_t oi;
-  coap_opt_t *opt;
-  uint8_t tok[8];
-  memcpy(tok, &token, 8);
-  out_header(&o, T_CON, coap_pdu_get_code(pdu), mid, tok, 8);
-  coap_option_iterator_init(pdu, &oi, COAP_OPT_ALL);
-  while ((opt = coap_option_next(&oi)) != NULL) {
-    if (!id_done && oi.number >= gc->identity_option) {
-      out_option(&o, gc->identity_option, (const uint8_t *)id, idlen);
-      id_done = 1;
-    }
-    if (gc->identity_option != 0 && oi.number == gc->identity_option)
-      continue;
-    out_option(&o, oi.number, coap_opt_value(opt), coap_opt_length(opt));
-  }
-  if (!id_done)
-    out_option(&o, gc->identity_option, (const uint8_t *)id, idlen);
-  size_t dlen;
-  const uint8_t *data;
-  if (coap_get_data(pdu, &dlen, &data))
-    out_payload(&o, data, dlen);
-  return o.overflow ? 0 : o.len;
-}
-
 static void forward(gw_coap *gc, peer *p, coap_pdu_t *pdu, unsigned type,
-                    uint16_t mid, coap_bin_const_t tok, const request_view *v,
-                    int ae_create) {
+                    uint16_t mid, coap_bin_const_t tok,
+                    const gw_coap_request_info *v, int ae_create) {
   if (p->inflight >= GW_COAP_MAX_INFLIGHT) {
     gc->st.dropped++;
     peer_answer(p, type, mid, tok.s, tok.length, CODE_503, v->rqi, v->rqi_len,
@@ -698,7 +745,9 @@ static void forward(gw_coap *gc, peer *p, coap_pdu_t *pdu, unsigned type,
     memcpy(ex->rqi, v->rqi, v->rqi_len);
     ex->rqi_len = v->rqi_len;
   }
-  ex->req_len = encode_forward(gc, p, pdu, ex->be_mid, ex->token, req, cap);
+  ex->req_len =
+      gw_coap_encode_forward(pdu, gc->identity_option, gw_gate_identity(p->a),
+                             ex->be_mid, ex->token, req, cap);
   ex->req = req;
   /* Linked before any exit, so that exchange_free() undoes it all. */
   ex->peer_next = p->exchanges;
@@ -727,13 +776,10 @@ static void forward(gw_coap *gc, peer *p, coap_pdu_t *pdu, unsigned type,
 /* One decrypted datagram from an established association. */
 static void on_device_message(gw_coap *gc, peer *p, const uint8_t *msg,
                               size_t len) {
-  coap_pdu_t *pdu = coap_pdu_init(0, 0, 0, RECORD_MAX);
-  if (pdu == NULL)
-    return;
-  if (!coap_pdu_parse(COAP_PROTO_UDP, msg, len, pdu)) {
+  coap_pdu_t *pdu = gw_coap_parse(msg, len, RECORD_MAX + 1);
+  if (pdu == NULL) {
     gc->st.malformed++;
     gw_trace("coap peer=%s: malformed CoAP message dropped", p->name);
-    coap_delete_pdu(pdu);
     return;
   }
   unsigned type = coap_pdu_get_type(pdu);
@@ -760,8 +806,8 @@ static void on_device_message(gw_coap *gc, peer *p, const uint8_t *msg,
     coap_delete_pdu(pdu);
     return;
   }
-  request_view v;
-  view_request(pdu, &v);
+  gw_coap_request_info v;
+  gw_coap_view(pdu, &v);
   if (len > gc->max_request) {
     gc->st.dropped++;
     peer_answer(p, type, mid, tok.s, tok.length, CODE_413, v.rqi, v.rqi_len, 0,
@@ -821,22 +867,12 @@ static void deliver(gw_coap *gc, exchange *ex, coap_pdu_t *pdu, size_t len) {
   }
   unsigned type = ex->dev_type == T_CON ? T_ACK : T_NON;
   uint16_t mid = ex->dev_type == T_CON ? ex->dev_mid : p->next_mid++;
-  pdu_out o = {.p = gc->plain, .cap = RECORD_MAX};
-  coap_opt_iterator_t oi;
-  coap_opt_t *opt;
   int rsc = -1;
-  out_header(&o, type, code, mid, ex->dev_tok, ex->dev_toklen);
-  coap_option_iterator_init(pdu, &oi, COAP_OPT_ALL);
-  while ((opt = coap_option_next(&oi)) != NULL) {
-    if (oi.number == OPT_RSC && rsc < 0)
-      rsc =
-          (int)coap_decode_var_bytes(coap_opt_value(opt), coap_opt_length(opt));
-    out_option(&o, oi.number, coap_opt_value(opt), coap_opt_length(opt));
-  }
   size_t dlen = 0;
   const uint8_t *data = NULL;
-  if (coap_get_data(pdu, &dlen, &data))
-    out_payload(&o, data, dlen);
+  size_t out_len =
+      gw_coap_encode_relay(pdu, type, mid, ex->dev_tok, ex->dev_toklen,
+                           gc->plain, RECORD_MAX, &rsc, &data, &dlen);
   if (ex->ae_create && code == CODE_201) {
     const char *why = NULL;
     if (gw_gate_response(p->a, 1, rsc, data, dlen, &why) < 0)
@@ -846,23 +882,20 @@ static void deliver(gw_coap *gc, exchange *ex, coap_pdu_t *pdu, size_t len) {
       gw_trace("coap peer=%s: bound to %s", p->name,
                m2mpsk_assoc_peer_id(p->a));
   }
-  if (!o.overflow) {
-    peer_send(p, gc->plain, o.len);
+  if (out_len > 0) {
+    peer_send(p, gc->plain, out_len);
     if (ex->dev_type == T_CON)
-      peer_remember(p, ex->dev_mid, gc->plain, o.len);
+      peer_remember(p, ex->dev_mid, gc->plain, out_len);
   }
   exchange_done(ex);
 }
 
 static void on_backend_datagram(gw_coap *gc, unsigned sock, const uint8_t *d,
                                 size_t len) {
-  coap_pdu_t *pdu = coap_pdu_init(0, 0, 0, DATAGRAM_MAX);
-  if (pdu == NULL)
-    return;
-  if (!coap_pdu_parse(COAP_PROTO_UDP, d, len, pdu)) {
+  coap_pdu_t *pdu = gw_coap_parse(d, len, DATAGRAM_MAX);
+  if (pdu == NULL) {
     gc->st.malformed++;
     gw_trace("coap: malformed CoAP message from the CSE dropped");
-    coap_delete_pdu(pdu);
     return;
   }
   unsigned type = coap_pdu_get_type(pdu);
@@ -1005,28 +1038,25 @@ static void peer_on_timer(evutil_socket_t fd, short what, void *arg) {
  * than the request: no amplification. */
 static void answer_unsecured(gw_coap *gc, const struct sockaddr_storage *addr,
                              socklen_t alen, const uint8_t *d, size_t n) {
-  coap_pdu_t *pdu = coap_pdu_init(0, 0, 0, n);
-  if (pdu == NULL)
-    return;
-  if (!coap_pdu_parse(COAP_PROTO_UDP, d, n, pdu)) {
+  coap_pdu_t *pdu = gw_coap_parse(d, n, n);
+  if (pdu == NULL) {
     gc->st.dropped++;
-    coap_delete_pdu(pdu);
     return;
   }
   unsigned type = coap_pdu_get_type(pdu);
   unsigned code = coap_pdu_get_code(pdu);
   if ((type == T_CON || type == T_NON) && code != 0 && (code >> 5) == 0) {
-    request_view v;
+    gw_coap_request_info v;
     uint8_t msg[512];
     coap_bin_const_t tok = coap_pdu_get_token(pdu);
     uint16_t mid = (uint16_t)coap_pdu_get_mid(pdu);
-    view_request(pdu, &v);
+    gw_coap_view(pdu, &v);
     if (v.rqi_len > 300)
       v.rqi = NULL, v.rqi_len = 0;
-    size_t len =
-        compose_answer(msg, sizeof(msg), type == T_CON ? T_ACK : T_NON,
-                       CODE_403, mid, tok.s, tok.length, v.rqi, v.rqi_len,
-                       M2MPSK_ORIGINATOR_SECURITY_ASSOCIATION_REQUIRED, NULL);
+    size_t len = gw_coap_encode_answer(
+        msg, sizeof(msg), type == T_CON ? T_ACK : T_NON, CODE_403, mid, tok.s,
+        tok.length, v.rqi, v.rqi_len,
+        M2MPSK_ORIGINATOR_SECURITY_ASSOCIATION_REQUIRED, NULL);
     if (len > 0 && len <= n) {
       (void)sendto(gc->fd, msg, len, MSG_NOSIGNAL,
                    (const struct sockaddr *)addr, alen);
@@ -1107,21 +1137,6 @@ static void on_device_readable(evutil_socket_t fd, short what, void *arg) {
 /* Life cycle                                                             */
 /* ---------------------------------------------------------------------- */
 
-/* libcoap logs malformed input on its own; only the gateway's logger may
- * write, so libcoap's lines are dropped. */
-static void coap_quiet(coap_log_t level, const char *message) {
-  (void)level;
-  (void)message;
-}
-
-static pthread_once_t g_coap_once = PTHREAD_ONCE_INIT;
-
-static void coap_init_once(void) {
-  coap_startup();
-  coap_set_log_handler(coap_quiet);
-  coap_set_log_level(LOG_EMERG);
-}
-
 static size_t pow2_at_least(size_t n, size_t lo, size_t hi) {
   size_t b = lo;
   while (b < n && b < hi)
@@ -1135,7 +1150,6 @@ gw_coap *gw_coap_new(const gw_coap_opts *o, char *err, size_t errlen) {
     snprintf(err, errlen, "coap: missing options");
     return NULL;
   }
-  pthread_once(&g_coap_once, coap_init_once);
   gw_coap *gc = calloc(1, sizeof(*gc));
   if (gc == NULL) {
     snprintf(err, errlen, "coap: out of memory");
@@ -1335,3 +1349,5 @@ void gw_coap_worker_free(gw_worker *w) {
   free(w->coap);
   w->coap = NULL;
 }
+
+#endif /* GW_COAP_CODEC_ONLY */

@@ -22,6 +22,7 @@
 #include "m2mpsk/m2mpsk.h"
 
 struct event_base;
+struct coap_pdu_t;
 
 /* Times toward the CSE: a request is sent as CON and retransmitted after
  * GW_COAP_ACK_TIMEOUT_MS, then twice that, GW_COAP_MAX_RETRANSMIT times;
@@ -87,5 +88,54 @@ void gw_coap_get_stats(const gw_coap *gc, gw_coap_stats *out);
 /* Frees everything: associations (without notice), exchanges, sockets,
  * events. NULL is a no-op. */
 void gw_coap_free(gw_coap *gc);
+
+/* ---- the codec: libcoap parses, these encode (also for the fuzzer) ---- */
+
+/* Parses one CoAP-over-UDP message (RFC 7252) of at most `max` bytes with
+ * libcoap's coap_pdu_parse. The PDU, freed with coap_delete_pdu(), or NULL
+ * (malformed, too large, out of memory). Thread-safe. */
+struct coap_pdu_t *gw_coap_parse(const uint8_t *data, size_t len, size_t max);
+
+/* The oneM2M options of a request, borrowed from the PDU. */
+typedef struct gw_coap_request_info {
+  const uint8_t *from; /* the first oneM2M-FR (256), NULL: none */
+  size_t from_len;
+  int from_count;     /* how many FR options */
+  const uint8_t *rqi; /* oneM2M-RQI (257), NULL: none */
+  size_t rqi_len;
+  int ty; /* oneM2M-TY (267), -1: absent, GW_COAP_TY_INVALID: longer than
+             2 bytes */
+} gw_coap_request_info;
+
+enum { GW_COAP_TY_INVALID = 0x10000 };
+
+void gw_coap_view(const struct coap_pdu_t *pdu, gw_coap_request_info *v);
+
+/* The request as sent to the CSE: CON, the code, `mid`, the 8-byte
+ * `token`, the device's options in order except any numbered
+ * `identity_option` (when not 0), which is replaced by one carrying
+ * `identity`, and the payload. Its length, or 0 when it does not fit
+ * `cap`. */
+size_t gw_coap_encode_forward(const struct coap_pdu_t *pdu,
+                              uint16_t identity_option, const char *identity,
+                              uint16_t mid, uint64_t token, uint8_t *buf,
+                              size_t cap);
+
+/* The CSE's response as relayed to the device: `type`, `mid` and the
+ * device's token, the CSE's code, options and payload. *rsc receives the
+ * oneM2M-RSC (-1: none, 0: longer than 2 bytes), *body the payload (borrowed
+ * from the PDU). Its length, or 0 when it does not fit `cap`. */
+size_t gw_coap_encode_relay(const struct coap_pdu_t *pdu, unsigned type,
+                            uint16_t mid, const uint8_t *tok, size_t toklen,
+                            uint8_t *buf, size_t cap, int *rsc,
+                            const uint8_t **body, size_t *body_len);
+
+/* An answer of the gateway's own: Content-Format JSON and a body
+ * {"m2m:dbg":why} unless `why` is NULL, the RQI when not NULL, the RSC
+ * when not 0. Its length, or 0 when it does not fit `cap`. */
+size_t gw_coap_encode_answer(uint8_t *buf, size_t cap, unsigned type,
+                             unsigned code, uint16_t mid, const uint8_t *tok,
+                             size_t toklen, const uint8_t *rqi, size_t rqi_len,
+                             unsigned rsc, const char *why);
 
 #endif /* M2MPSK_GATEWAY_COAP_H */
