@@ -526,13 +526,16 @@ def ae_sequence(client, tag, peer, gated):
         "POST", ae_path, forged_from, forged_rqi, ty=3,
         body={"m2m:cnt": {"rn": forged_rn}})
     pst, prsc, _, _ = mobius_peer_get(peer, ae_path + "/" + forged_rn)
-    # Mobius logs "METHOD : PATH" for each request it takes, and the
-    # resources it creates. Our direct read above is logged as a GET; any
-    # other line naming the forged container means the request got in.
+    # Mobius logs "METHOD : PATH" for each request it takes, the resources
+    # it creates, and (its CoAP proxy) the bodies it forwards. Our direct
+    # read above is logged as a GET ("GET : PATH", "get_resource_from_url
+    # ... PATH", and its 4004 with the ri "GET-PATH..."); any other line
+    # naming the forged container means the forged request got in.
     mlog = peer.log_text().splitlines()
     posts = sum(1 for l in mlog if l == "POST : " + ae_path)
+    direct_read = ("GET : ", "get_resource_from_url", '"ri":"GET-')
     traces = [l for l in mlog if (forged_rn in l or forged_rqi in l)
-              and not l.startswith(("GET : ", "get_resource_from_url"))]
+              and not any(m in l for m in direct_read)]
     if gated:
         check(ok_status(st, 403, "4.03") and rsc == 4106,
               "%s: forged From %s: %s RSC %s (%s)" % (what, forged_from, st,
