@@ -610,7 +610,7 @@ def run(args):
             t1 = time.monotonic()
             a1 = ae_sequence(http_c, "http", peer, gated=not args.direct)
             if args.http_only:
-                log("CoAP left out (--http-only: the gateway was built "
+                log("CoAP left out (--coap=no: the gateway was built "
                     "without its CoAP binding)")
             else:
                 a2 = ae_sequence(coap_c, "coap", peer, gated=not args.direct)
@@ -640,12 +640,14 @@ def main():
                     help="no gateway: plain HTTP and CoAP to Mobius")
     ap.add_argument("--m2mpsk", help="the m2mpsk tool")
     ap.add_argument("--python-dir", help="the m2mpsk Python binding's dir")
-    ap.add_argument("--http-only", action="store_true",
-                    help="a gateway without its CoAP binding: HTTP only")
+    ap.add_argument("--coap", choices=["yes", "no"], default="yes",
+                    help="no: a gateway built without its CoAP binding, "
+                    "HTTP only")
     ap.add_argument("--keep", action="store_true",
                     help="keep Mobius's scratch directory")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
+    args.http_only = args.coap == "no" and not args.direct
 
     def on_alarm(signum, frame):
         raise Deadline("the test's deadline (%d s) passed" % DEADLINE_S)
