@@ -131,12 +131,25 @@ def find_tools():
 
 
 def cache_root():
+    """M2MPSK_MOBIUS_CACHE, else $XDG_CACHE_HOME/m2mpsk-mobius, else
+    ~/.cache/m2mpsk-mobius; one in the temporary directory when that cannot
+    be made (a HOME that does not exist)."""
     d = os.environ.get("M2MPSK_MOBIUS_CACHE")
-    if d:
-        return d
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "m2mpsk-mobius")
+    if not d:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+            os.path.expanduser("~"), ".cache")
+        d = os.path.join(base, "m2mpsk-mobius")
+    try:
+        os.makedirs(d, exist_ok=True)
+        if os.access(d, os.W_OK | os.X_OK):
+            return d
+    except OSError:
+        pass
+    alt = os.path.join(tempfile.gettempdir(),
+                       "m2mpsk-mobius-cache-%d" % os.geteuid())
+    os.makedirs(alt, mode=0o700, exist_ok=True)
+    log("cache %s not writable: using %s" % (d, alt))
+    return alt
 
 
 def free_port():
@@ -450,6 +463,13 @@ class Mobius:
         shutil.copytree(self.src, self.copy, symlinks=True, ignore=(
             shutil.ignore_patterns("node_modules", ".git", "conf.json",
                                    "package-lock.json")))
+        # The copy is ours to patch, whatever the source's modes.
+        os.chmod(self.copy, os.stat(self.copy).st_mode | 0o200)
+        for d, ds, fs in os.walk(self.copy):
+            for n in ds + fs:
+                p = os.path.join(d, n)
+                if not os.path.islink(p):
+                    os.chmod(p, os.stat(p).st_mode | 0o200)
         patch_package_json(os.path.join(self.copy, "package.json"))
         patch_sources(self.copy, self.ports)
         self.password = secrets.token_hex(12)
