@@ -493,6 +493,8 @@ class Mobius:
             npm_log = os.path.join(self.scratch, "npm.log")
             env = dict(os.environ, npm_config_update_notifier="false",
                        npm_config_fund="false", npm_config_audit="false")
+            # npm's own download cache beside ours (~/.npm may not exist).
+            env.setdefault("npm_config_cache", os.path.join(root, "npm"))
             with open(npm_log, "w") as out:
                 try:
                     rc = subprocess.run(
