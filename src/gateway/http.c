@@ -830,7 +830,9 @@ void gw_http_worker_stop(gw_worker *w) {
 
 size_t gw_http_worker_busy(gw_worker *w) {
   hworker *hw = w->http;
-  return hw ? hw->busy : 0;
+  /* Stopping, every connection ends once its answer is written: until
+   * then it counts. */
+  return hw ? hw->busy + (hw->stopping ? hw->n_conns : 0) : 0;
 }
 
 void gw_http_worker_free(gw_worker *w) {
