@@ -181,6 +181,20 @@ int gw_admit(gw_gateway *gw, const struct sockaddr *sa) {
   return result;
 }
 
+unsigned gw_addr_count(gw_gateway *gw, const struct sockaddr *sa) {
+  uint8_t key[16];
+  int fam;
+  addr_key(sa, key, &fam);
+  size_t b = addr_hash(key, gw->addr_buckets);
+  unsigned n = 0;
+  pthread_mutex_lock(&gw->addr_lock);
+  for (struct gw_addr_entry *e = gw->addr_table[b]; e != NULL; e = e->next)
+    if (e->family == fam && memcmp(e->addr, key, 16) == 0)
+      n = e->count;
+  pthread_mutex_unlock(&gw->addr_lock);
+  return n;
+}
+
 void gw_release(gw_gateway *gw, const struct sockaddr *sa) {
   uint8_t key[16];
   int fam;

@@ -132,6 +132,9 @@ int gw_assoc_new(gw_gateway *gw, m2mpsk_transport transport,
 enum { GW_ADMIT_OK = 0, GW_ADMIT_FULL = 1, GW_ADMIT_ADDR = 2 };
 int gw_admit(gw_gateway *gw, const struct sockaddr *sa);
 void gw_release(gw_gateway *gw, const struct sockaddr *sa);
+/* Associations counted now for `sa`'s address (to choose whom to drop
+ * when full: the address holding the most goes first). */
+unsigned gw_addr_count(gw_gateway *gw, const struct sockaddr *sa);
 
 /* "HOST:PORT", "[v6]:PORT": resolves (numeric or a name) for `socktype`
  * (SOCK_STREAM, SOCK_DGRAM). 0, or -1 with a message in `err`. */

@@ -69,6 +69,7 @@ class Backend:
     def __init__(self, aei="Cae-1"):
         self.requests = []
         self.lock = threading.Lock()
+        self.cv = threading.Condition(self.lock)
         self.aei = aei
         backend = self
 
@@ -85,12 +86,17 @@ class Backend:
                     backend.requests.append(
                         (self.command, self.path, dict(self.headers.items()),
                          body))
+                    backend.cv.notify_all()
                 ri = self.headers.get("X-M2M-RI", "")
                 ctype = self.headers.get("Content-Type", "")
                 if self.command == "POST" and re.search(r";\s*ty=2\b", ctype):
                     out = json.dumps({"m2m:ae": {"aei": backend.aei,
                                                  "rn": "ae"}}).encode()
                     code, rsc = 201, "2001"
+                elif self.path.startswith("/slow"):
+                    time.sleep(1.0)  # a slow CSE, for SIGTERM's drain
+                    out = b"{}"
+                    code, rsc = 200, "2000"
                 elif self.path.startswith("/big"):
                     out = b"x" * int(self.path.split("n=")[1])
                     code, rsc = 200, "2000"
@@ -118,6 +124,10 @@ class Backend:
                                        kwargs={"poll_interval": 0.1},
                                        daemon=True)
         self.thread.start()
+
+    def wait_request(self, timeout):
+        with self.cv:
+            self.cv.wait(timeout)
 
     def seen(self):
         with self.lock:
@@ -205,6 +215,13 @@ class Gateway:
 
 # ---- TLS-PSK clients -----------------------------------------------------------
 
+def wait_fd(sock, events, timeout):
+    """poll(), not select(): a test may hold thousands of descriptors."""
+    p = select.poll()
+    p.register(sock, events | select.POLLERR | select.POLLHUP)
+    return bool(p.poll(max(0, int(timeout * 1000))))
+
+
 class Client:
     """Entity A over a real TCP socket: the handshake, then HTTP/1.1
     requests on the association (keep-alive)."""
@@ -238,7 +255,7 @@ class Client:
             if not out:
                 return
             while out:
-                select.select([], [self.sock], [], self.timeout)
+                wait_fd(self.sock, select.POLLOUT, self.timeout)
                 n = self.sock.send(out)
                 out = out[n:]
 
@@ -253,8 +270,7 @@ class Client:
             left = end - time.monotonic()
             if left <= 0:
                 raise TimeoutError("no answer from the gateway")
-            r, _, _ = select.select([self.sock], [], [], min(left, 0.2))
-            if not r:
+            if not wait_fd(self.sock, select.POLLIN, min(left, 0.2)):
                 continue
             try:
                 data = self.sock.recv(65536)
@@ -263,7 +279,11 @@ class Client:
             if not data:
                 self.eof = True
                 continue
-            self.a.feed(data, now_ms())
+            try:
+                self.a.feed(data, now_ms())
+            except m2mpsk.Error as e:
+                self._flush()
+                raise ConnectionError("association failed: %s" % e)
             st = self.a.state()
             while st == m2mpsk.STATE_ESTABLISHED:
                 try:
