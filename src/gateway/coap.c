@@ -49,6 +49,9 @@ enum {
   DATAGRAM_MAX = 65536,
   RECORD_MAX = 16384, /* one DTLS record, m2mpsk_assoc_write()'s bound */
   RECENT = 2,         /* answered CON requests remembered per peer */
+  RECENT_MAX = 1152,  /* the largest answer remembered: a retransmission
+                         of a request with a larger one goes to the CSE
+                         again, so that a peer holds at most 2.3 KB */
   READ_BURST = 64     /* datagrams read per readiness callback */
 };
 
@@ -454,7 +457,7 @@ static void peer_send(peer *p, const uint8_t *msg, size_t len) {
 static void peer_remember(peer *p, uint16_t mid, const uint8_t *msg,
                           size_t len) {
   recent *r = &p->recent[p->recent_next++ % RECENT];
-  uint8_t *copy = malloc(len);
+  uint8_t *copy = len <= RECENT_MAX ? malloc(len) : NULL;
   free(r->bytes);
   r->bytes = copy;
   r->len = copy ? len : 0;
@@ -718,8 +721,15 @@ static void forward(gw_coap *gc, peer *p, coap_pdu_t *pdu, unsigned type,
     return;
   }
   exchange *ex = calloc(1, sizeof(*ex));
-  size_t cap = gc->max_request + 600 + 32;
-  uint8_t *req = malloc(cap);
+  uint64_t token = gc->next_token++ ^ gc->seed;
+  unsigned sock = gc->next_sock++ % GW_COAP_BACKEND_SOCKETS;
+  uint16_t be_mid = gc->bs[sock].next_mid++;
+  /* Encoded into the scratch buffer (the device's bytes are in plain[]),
+   * then kept at its size for retransmissions. */
+  size_t req_len =
+      gw_coap_encode_forward(pdu, gc->identity_option, gw_gate_identity(p->a),
+                             be_mid, token, gc->buf, sizeof(gc->buf));
+  uint8_t *req = malloc(req_len > 0 ? req_len : 1);
   if (ex != NULL)
     ex->timer = evtimer_new(gc->base, exchange_on_timer, ex);
   if (ex == NULL || req == NULL || ex->timer == NULL) {
@@ -732,9 +742,9 @@ static void forward(gw_coap *gc, peer *p, coap_pdu_t *pdu, unsigned type,
     return;
   }
   ex->p = p;
-  ex->token = gc->next_token++ ^ gc->seed;
-  ex->sock = (uint8_t)(gc->next_sock++ % GW_COAP_BACKEND_SOCKETS);
-  ex->be_mid = gc->bs[ex->sock].next_mid++;
+  ex->token = token;
+  ex->sock = (uint8_t)sock;
+  ex->be_mid = be_mid;
   ex->dev_type = (uint8_t)type;
   ex->dev_mid = mid;
   ex->dev_toklen = (uint8_t)tok.length;
@@ -745,9 +755,8 @@ static void forward(gw_coap *gc, peer *p, coap_pdu_t *pdu, unsigned type,
     memcpy(ex->rqi, v->rqi, v->rqi_len);
     ex->rqi_len = v->rqi_len;
   }
-  ex->req_len =
-      gw_coap_encode_forward(pdu, gc->identity_option, gw_gate_identity(p->a),
-                             ex->be_mid, ex->token, req, cap);
+  memcpy(req, gc->buf, req_len);
+  ex->req_len = req_len;
   ex->req = req;
   /* Linked before any exit, so that exchange_free() undoes it all. */
   ex->peer_next = p->exchanges;
