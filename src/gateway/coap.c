@@ -207,6 +207,8 @@ typedef struct pdu_out {
 } pdu_out;
 
 static void out_bytes(pdu_out *o, const void *b, size_t n) {
+  if (n == 0)
+    return; /* b may be NULL: an empty token or option value */
   if (o->overflow || o->cap - o->len < n) {
     o->overflow = 1;
     return;

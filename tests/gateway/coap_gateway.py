@@ -443,6 +443,10 @@ class Env:
     def close(self):
         rc = self.gw.stop()
         self.backend.close()
+        log = self.gw.log()
+        for bad in ("ERROR: AddressSanitizer", "runtime error:",
+                    "ERROR: LeakSanitizer", "WARNING: ThreadSanitizer"):
+            assert bad not in log, "sanitizer report:\n" + log[-6000:]
         return rc
 
 
