@@ -65,6 +65,7 @@ struct conn {
   struct sockaddr_storage addr;
   char peer[64], host[64];
   int admitted, established, killed, close_after;
+  int plain; /* plaintext HTTP, outside any association: 4107 only */
   uint64_t deadline_ms, last_input_ms;
   fwd *fwd;
   conn *hs_prev, *hs_next; /* in handshake, oldest first */
@@ -320,6 +321,23 @@ filter_in(struct evbuffer *src, struct evbuffer *dst, ev_ssize_t limit,
     return BEV_NEED_MORE;
   }
   struct evbuffer *wire = bufferevent_get_output(c->under);
+  if (!c->established && !c->plain && evbuffer_get_length(src) > 0 &&
+      m2mpsk_assoc_state(c->a) == M2MPSK_STATE_HANDSHAKING) {
+    /* A TLS record starts with its type (22 for a ClientHello); an HTTP
+     * request with a method in capitals. The request gets evhttp's
+     * parsing and a 4107, never the CSE. */
+    uint8_t first;
+    if (evbuffer_copyout(src, &first, 1) == 1 && first >= 'A' &&
+        first <= 'Z')
+      c->plain = 1;
+  }
+  if (c->plain) {
+    size_t n = evbuffer_get_length(src);
+    if (limit >= 0 && (size_t)limit < n)
+      n = (size_t)limit;
+    evbuffer_remove_buffer(src, dst, n);
+    return n > 0 ? BEV_OK : BEV_NEED_MORE;
+  }
   uint8_t buf[CHUNK];
   int produced = 0;
   uint64_t now = gw_now_ms();
@@ -384,6 +402,12 @@ filter_out(struct evbuffer *src, struct evbuffer *dst, ev_ssize_t limit,
            enum bufferevent_flush_mode mode, void *arg) {
   (void)mode;
   conn *c = arg;
+  if (c->plain && !c->killed) {
+    size_t n = evbuffer_get_length(src);
+    evbuffer_remove_buffer(src, dst, n);
+    write_now(c, dst);
+    return n > 0 ? BEV_OK : BEV_NEED_MORE;
+  }
   if (c->killed || c->a == NULL || !c->established)
     return BEV_NEED_MORE;
   int consumed = 0;
@@ -612,7 +636,13 @@ static void on_request(struct evhttp_request *req, void *arg) {
   conn *c =
       evcon ? find_conn(hw, evhttp_connection_get_bufferevent(evcon)) : NULL;
   if (c == NULL || c->a == NULL || !c->established || c->killed) {
-    reply_json(req, 403, "Forbidden", 4107, "no security association");
+    if (c != NULL) {
+      gw_log("refused peer=%s rsc=4107: a request outside any security "
+             "association",
+             c->peer);
+      c->close_after = 1;
+    }
+    reply_json(req, 403, "Forbidden", 4107, "security association required");
     return;
   }
   keep_until_written(c, req);
@@ -800,7 +830,9 @@ void gw_http_worker_stop(gw_worker *w) {
 
 size_t gw_http_worker_busy(gw_worker *w) {
   hworker *hw = w->http;
-  return hw ? hw->busy : 0;
+  /* Stopping, every connection ends once its answer is written: until
+   * then it counts. */
+  return hw ? hw->busy + (hw->stopping ? hw->n_conns : 0) : 0;
 }
 
 void gw_http_worker_free(gw_worker *w) {

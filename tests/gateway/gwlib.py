@@ -69,6 +69,7 @@ class Backend:
     def __init__(self, aei="Cae-1"):
         self.requests = []
         self.lock = threading.Lock()
+        self.cv = threading.Condition(self.lock)
         self.aei = aei
         backend = self
 
@@ -85,12 +86,17 @@ class Backend:
                     backend.requests.append(
                         (self.command, self.path, dict(self.headers.items()),
                          body))
+                    backend.cv.notify_all()
                 ri = self.headers.get("X-M2M-RI", "")
                 ctype = self.headers.get("Content-Type", "")
                 if self.command == "POST" and re.search(r";\s*ty=2\b", ctype):
                     out = json.dumps({"m2m:ae": {"aei": backend.aei,
                                                  "rn": "ae"}}).encode()
                     code, rsc = 201, "2001"
+                elif self.path.startswith("/slow"):
+                    time.sleep(1.0)  # a slow CSE, for SIGTERM's drain
+                    out = b"{}"
+                    code, rsc = 200, "2000"
                 elif self.path.startswith("/big"):
                     out = b"x" * int(self.path.split("n=")[1])
                     code, rsc = 200, "2000"
@@ -118,6 +124,10 @@ class Backend:
                                        kwargs={"poll_interval": 0.1},
                                        daemon=True)
         self.thread.start()
+
+    def wait_request(self, timeout):
+        with self.cv:
+            self.cv.wait(timeout)
 
     def seen(self):
         with self.lock:
@@ -263,7 +273,11 @@ class Client:
             if not data:
                 self.eof = True
                 continue
-            self.a.feed(data, now_ms())
+            try:
+                self.a.feed(data, now_ms())
+            except m2mpsk.Error as e:
+                self._flush()
+                raise ConnectionError("association failed: %s" % e)
             st = self.a.state()
             while st == m2mpsk.STATE_ESTABLISHED:
                 try:
