@@ -11,7 +11,6 @@
 #include <event2/event.h>
 #include <netinet/in.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +48,9 @@ enum {
   DATAGRAM_MAX = 65536,
   RECORD_MAX = 16384, /* one DTLS record, m2mpsk_assoc_write()'s bound */
   RECENT = 2,         /* answered CON requests remembered per peer */
+  RECENT_MAX = 1152,  /* the largest answer remembered: a retransmission
+                         of a request with a larger one goes to the CSE
+                         again, so that a peer holds at most 2.3 KB */
   READ_BURST = 64     /* datagrams read per readiness callback */
 };
 
@@ -205,6 +207,8 @@ typedef struct pdu_out {
 } pdu_out;
 
 static void out_bytes(pdu_out *o, const void *b, size_t n) {
+  if (n == 0)
+    return; /* b may be NULL: an empty token or option value */
   if (o->overflow || o->cap - o->len < n) {
     o->overflow = 1;
     return;
@@ -454,7 +458,7 @@ static void peer_send(peer *p, const uint8_t *msg, size_t len) {
 static void peer_remember(peer *p, uint16_t mid, const uint8_t *msg,
                           size_t len) {
   recent *r = &p->recent[p->recent_next++ % RECENT];
-  uint8_t *copy = malloc(len);
+  uint8_t *copy = len <= RECENT_MAX ? malloc(len) : NULL;
   free(r->bytes);
   r->bytes = copy;
   r->len = copy ? len : 0;
@@ -718,8 +722,15 @@ static void forward(gw_coap *gc, peer *p, coap_pdu_t *pdu, unsigned type,
     return;
   }
   exchange *ex = calloc(1, sizeof(*ex));
-  size_t cap = gc->max_request + 600 + 32;
-  uint8_t *req = malloc(cap);
+  uint64_t token = gc->next_token++ ^ gc->seed;
+  unsigned sock = gc->next_sock++ % GW_COAP_BACKEND_SOCKETS;
+  uint16_t be_mid = gc->bs[sock].next_mid++;
+  /* Encoded into the scratch buffer (the device's bytes are in plain[]),
+   * then kept at its size for retransmissions. */
+  size_t req_len =
+      gw_coap_encode_forward(pdu, gc->identity_option, gw_gate_identity(p->a),
+                             be_mid, token, gc->buf, sizeof(gc->buf));
+  uint8_t *req = malloc(req_len > 0 ? req_len : 1);
   if (ex != NULL)
     ex->timer = evtimer_new(gc->base, exchange_on_timer, ex);
   if (ex == NULL || req == NULL || ex->timer == NULL) {
@@ -732,9 +743,9 @@ static void forward(gw_coap *gc, peer *p, coap_pdu_t *pdu, unsigned type,
     return;
   }
   ex->p = p;
-  ex->token = gc->next_token++ ^ gc->seed;
-  ex->sock = (uint8_t)(gc->next_sock++ % GW_COAP_BACKEND_SOCKETS);
-  ex->be_mid = gc->bs[ex->sock].next_mid++;
+  ex->token = token;
+  ex->sock = (uint8_t)sock;
+  ex->be_mid = be_mid;
   ex->dev_type = (uint8_t)type;
   ex->dev_mid = mid;
   ex->dev_toklen = (uint8_t)tok.length;
@@ -745,9 +756,8 @@ static void forward(gw_coap *gc, peer *p, coap_pdu_t *pdu, unsigned type,
     memcpy(ex->rqi, v->rqi, v->rqi_len);
     ex->rqi_len = v->rqi_len;
   }
-  ex->req_len =
-      gw_coap_encode_forward(pdu, gc->identity_option, gw_gate_identity(p->a),
-                             ex->be_mid, ex->token, req, cap);
+  memcpy(req, gc->buf, req_len);
+  ex->req_len = req_len;
   ex->req = req;
   /* Linked before any exit, so that exchange_free() undoes it all. */
   ex->peer_next = p->exchanges;
@@ -1066,15 +1076,66 @@ static void answer_unsecured(gw_coap *gc, const struct sockaddr_storage *addr,
   coap_delete_pdu(pdu);
 }
 
+/* The stateless front door for a datagram without an association: 1 when
+ * it admits a ClientHello with a valid cookie (create the association),
+ * 0 when it was answered (HelloVerifyRequest, 4107) or dropped. */
+static int front_door(gw_coap *gc, const struct sockaddr_storage *addr,
+                      socklen_t alen, const char *tag, const uint8_t *d,
+                      size_t n, int plain_answer) {
+  /* No state before a valid cookie: a ClientHello without one gets a
+   * HelloVerifyRequest, never larger than the ClientHello. */
+  uint8_t hvr[256];
+  size_t hvr_len = 0;
+  int rc = m2mpsk_dtls_listen(gc->cfg, tag, d, n, hvr, sizeof(hvr), &hvr_len);
+  if (rc == M2MPSK_LISTEN_REPLY) {
+    if (hvr_len <= n) {
+      (void)sendto(gc->fd, hvr, hvr_len, MSG_NOSIGNAL,
+                   (const struct sockaddr *)addr, alen);
+      gc->st.hello_verify++;
+    } else {
+      gc->st.dropped++;
+    }
+    return 0;
+  }
+  if (rc == M2MPSK_E_PROTOCOL && plain_answer) {
+    answer_unsecured(gc, addr, alen, d, n);
+    return 0;
+  }
+  if (rc != M2MPSK_LISTEN_ACCEPT) {
+    gc->st.dropped++;
+    return 0;
+  }
+  return 1;
+}
+
+/* A DTLS record of epoch 0 carrying a handshake message: from an
+ * established peer, a device that restarted with the same address and
+ * port (RFC 6347 §4.2.8). Only the record header is looked at; the
+ * ClientHello itself is m2mpsk_dtls_listen's to read. */
+static int looks_like_new_hello(const uint8_t *d, size_t n) {
+  return n > 13 && d[0] == 22 && d[3] == 0 && d[4] == 0;
+}
+
 static void on_device_datagram(gw_coap *gc, const struct sockaddr_storage *addr,
                                socklen_t alen, const uint8_t *d, size_t n) {
   uint8_t key[20];
   if (addr_key(addr, key) != 0)
     return;
-  peer **pp = peer_slot(gc, key);
-  peer *p = *pp;
+  peer *p = *peer_slot(gc, key);
   uint64_t now = now_ms();
-  if (p == NULL) {
+  if (p != NULL && !gc->shutting_down && looks_like_new_hello(d, n) &&
+      m2mpsk_assoc_state(p->a) == M2MPSK_STATE_ESTABLISHED) {
+    /* Replaced only once the new handshake proves the address with a
+     * cookie: a forged ClientHello cannot end a live association. */
+    if (!front_door(gc, addr, alen, p->tag, d, n, 0))
+      return;
+    gw_trace("coap peer=%s: a new handshake replaces the association", p->name);
+    peer_free(p);
+    p = NULL;
+    p = peer_new(gc, addr, alen, key, now);
+    if (p == NULL)
+      return;
+  } else if (p == NULL) {
     char tag[64];
     if (gc->shutting_down)
       return;
@@ -1083,29 +1144,8 @@ static void on_device_datagram(gw_coap *gc, const struct sockaddr_storage *addr,
       gc->st.dropped++;
       return;
     }
-    /* No state before a valid cookie: a ClientHello without one gets a
-     * HelloVerifyRequest, never larger than the ClientHello. */
-    uint8_t hvr[256];
-    size_t hvr_len = 0;
-    int rc = m2mpsk_dtls_listen(gc->cfg, tag, d, n, hvr, sizeof(hvr), &hvr_len);
-    if (rc == M2MPSK_LISTEN_REPLY) {
-      if (hvr_len <= n) {
-        (void)sendto(gc->fd, hvr, hvr_len, MSG_NOSIGNAL,
-                     (const struct sockaddr *)addr, alen);
-        gc->st.hello_verify++;
-      } else {
-        gc->st.dropped++;
-      }
+    if (!front_door(gc, addr, alen, tag, d, n, 1))
       return;
-    }
-    if (rc == M2MPSK_E_PROTOCOL) {
-      answer_unsecured(gc, addr, alen, d, n);
-      return;
-    }
-    if (rc != M2MPSK_LISTEN_ACCEPT) {
-      gc->st.dropped++;
-      return;
-    }
     p = peer_new(gc, addr, alen, key, now);
     if (p == NULL)
       return;
@@ -1345,6 +1385,15 @@ size_t gw_coap_worker_busy(gw_worker *w) {
 void gw_coap_worker_free(gw_worker *w) {
   if (w->coap == NULL)
     return;
+  const gw_coap_stats *st = &w->coap->gc->st;
+  gw_trace("coap worker %u: %llu associations, %llu HelloVerifyRequests, "
+           "%llu forwarded, %llu refused, %llu timed out, %llu malformed, "
+           "%llu dropped",
+           w->index, (unsigned long long)st->created,
+           (unsigned long long)st->hello_verify,
+           (unsigned long long)st->forwarded, (unsigned long long)st->refused,
+           (unsigned long long)st->timeouts, (unsigned long long)st->malformed,
+           (unsigned long long)st->dropped);
   gw_coap_free(w->coap->gc);
   free(w->coap);
   w->coap = NULL;

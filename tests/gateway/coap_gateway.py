@@ -41,6 +41,8 @@ Cases:
                association with close_notify
   limits       --max-per-addr: no association past the bound from one
                address, a slot again once one closes
+  reconnect    a device restarting on the same address and port gets a new
+               association (after the cookie exchange)
   sizes        --max-request (4.13, not forwarded), --max-response (5.02),
                requests in flight per association (5.03 past 8)
 Python 3 standard library and the m2mpsk binding (PYTHONPATH) only; every
@@ -324,9 +326,12 @@ class HandshakeIncomplete(AssertionError):
 
 
 class Device:
-    def __init__(self, m2mpsk_mod, port, timeout=STEP_S):
+    def __init__(self, m2mpsk_mod, port, timeout=STEP_S, local_port=0):
         self.m = m2mpsk_mod
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        if local_port:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock.bind(("127.0.0.1", local_port))
         self.sock.connect(("127.0.0.1", port))
         self.ks = m2mpsk_mod.Keystore()
         self.ks.add(KPSA_ID, KEY, None, IDB)
@@ -438,6 +443,10 @@ class Env:
     def close(self):
         rc = self.gw.stop()
         self.backend.close()
+        log = self.gw.log()
+        for bad in ("ERROR: AddressSanitizer", "runtime error:",
+                    "ERROR: LeakSanitizer", "WARNING: ThreadSanitizer"):
+            assert bad not in log, "sanitizer report:\n" + log[-6000:]
         return rc
 
 
@@ -893,6 +902,34 @@ def case_sizes(m2mpsk_path, m):
         env.close()
 
 
+def case_reconnect(m2mpsk_path, m):
+    """A device that restarts and handshakes again from the same address
+    and port (RFC 6347 4.2.8) gets a new association once its cookie
+    proves the address; the old binding does not carry over."""
+    env = Env(m2mpsk_path)
+    try:
+        d1 = Device(m, env.gw.port)
+        _, r, _ = ae_create(d1)
+        assert r is not None and r.code == code(2, 1), r
+        port = d1.sock.getsockname()[1]
+        d1.sock.close()  # gone without close_notify
+        d2 = Device(m, env.gw.port, local_port=port)
+        env.gw.wait_for(r"coap peer=127\.0\.0\.1:%d: a new handshake "
+                        r"replaces the association" % port)
+        # A new association, bound to the Credential-ID again.
+        _, r, _ = d2.request(GET, "cse-in", [(OPT_FR, AE_ID),
+                                             (OPT_RQI, "rqi-old-binding")])
+        assert r is not None and r.uint(OPT_RSC) == 4106, r
+        _, r, _ = ae_create(d2, b"rqi-again")
+        assert r is not None and r.code == code(2, 1), r
+        _, r, _ = d2.request(GET, "cse-in", [(OPT_FR, AE_ID)])
+        assert r is not None and r.code == code(2, 5), r
+        d2.close()
+    finally:
+        rc = env.close()
+    assert rc == 0, rc
+
+
 def case_timers(m2mpsk_path, m):
     """--handshake-timeout: a device that stops after the cookie exchange
     leaves no association; --idle-timeout: an idle one is closed with
@@ -990,6 +1027,7 @@ CASES = {
     "flood": case_flood,
     "timers": case_timers,
     "sizes": case_sizes,
+    "reconnect": case_reconnect,
     "limits": case_limits,
 }
 
