@@ -197,6 +197,12 @@ for sig in (signal.SIGTERM, signal.SIGKILL):
             os.path.exists("/proc/%d" % g) for g in groups):
         time.sleep(0.1)
 for d in dirs:
+    for root, ds, fs in os.walk(d):
+        for n in ds:
+            try:
+                os.chmod(os.path.join(root, n), 0o700)
+            except OSError:
+                pass
     shutil.rmtree(d, ignore_errors=True)
 """
 
@@ -695,6 +701,15 @@ class Mobius:
         if self.keep:
             log("kept %s" % self.scratch)
         elif os.path.isdir(self.scratch):
+            # A copied directory may still be read-only (the source is).
+            for d, ds, _ in os.walk(self.scratch):
+                for n in ds:
+                    p = os.path.join(d, n)
+                    if not os.path.islink(p):
+                        try:
+                            os.chmod(p, 0o700)
+                        except OSError:
+                            pass
             shutil.rmtree(self.scratch, ignore_errors=True)
 
 
