@@ -7,6 +7,9 @@ KpsaID test@onem2m.com with no IdA (so the gateway binds the Credential-ID
 12-test@onem2m.com) and IdB /Mobius2. Then, through `m2mpsk gateway`:
 
   http  an AE over TLS-PSK, HTTP binding (TS-0009):
+        - before registering, a <container> CREATE from "C" is refused with
+          4106 (a Credential-ID association passes only an <AE> CREATE)
+          and never reaches Mobius;
         - registers: <AE> CREATE with From "C", so Mobius assigns the AE-ID;
           the gateway binds that AE-ID from the response;
         - creates a <container> and a <contentInstance>, reads the
@@ -483,6 +486,17 @@ def ae_sequence(client, tag, peer, gated):
     run = secrets.token_hex(4)
     ae_rn = "ae-%s-%s" % (tag, run)
     rqi = "rqi-%s-%s-" % (tag, run)
+    early_rn = "early-%s-%s" % (tag, run)
+    if gated:
+        # Bound to the Credential-ID, the association lets only an <AE>
+        # CREATE through until an AE-ID is bound: a <container> CREATE
+        # under the CSEBase, even from "C", is refused here.
+        st, rsc, ri, body = client.request(
+            "POST", "/" + CSE_BASE, "C", rqi + "early", ty=3,
+            body={"m2m:cnt": {"rn": early_rn}})
+        check(ok_status(st, 403, "4.03") and rsc == 4106,
+              "%s: before registration, a <container> CREATE from C: %s RSC "
+              "%s" % (what, st, rsc))
     st, rsc, ri, body = client.request(
         "POST", "/" + CSE_BASE, "C", rqi + "ae", ty=2,
         body={"m2m:ae": {"rn": ae_rn, "api": APP_ID, "rr": False,
@@ -545,6 +559,13 @@ def ae_sequence(client, tag, peer, gated):
         check(pst == 404 and prsc == 4004,
               "%s: read directly from Mobius, %s does not exist (%s RSC %s)"
               % (what, forged_rn, pst, prsc))
+        pst, prsc, _, _ = mobius_peer_get(peer, "/%s/%s" % (CSE_BASE,
+                                                           early_rn))
+        check(pst == 404 and prsc == 4004 and not any(
+            early_rn in l and not any(m in l for m in direct_read)
+            for l in peer.log_text().splitlines()),
+              "%s: Mobius never saw the early <container> CREATE (404 when "
+              "read directly, no trace in its log)" % what)
         check(posts == 1 and not traces,
               "%s: Mobius's log has one POST to the AE (the container's) and "
               "no trace of the forged one (%d POSTs, %r)" % (what, posts,
