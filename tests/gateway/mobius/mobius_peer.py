@@ -17,8 +17,10 @@ only the copy:
 Every patch must apply exactly as many times as expected, or setup fails
 naming it: a new Mobius is noticed, not half-patched.
 
-`npm install` runs once per package.json (after the deletions) and Node
-ABI; node_modules is kept in a cache directory (M2MPSK_MOBIUS_CACHE, else
+`npm install --ignore-scripts` (no package's install script runs, as
+root in CI; Mobius needs none: websocket's bufferutil and utf-8-validate
+load their prebuilt binaries, or fall back to JavaScript) runs once per
+package.json (after the deletions) and Node ABI; node_modules is kept in a cache directory (M2MPSK_MOBIUS_CACHE, else
 $XDG_CACHE_HOME/m2mpsk-mobius, else ~/.cache/m2mpsk-mobius) and the copy
 links to it. The database is a private MariaDB in the scratch directory
 (mariadb-install-db, its own socket, a free TCP port on 127.0.0.1),
@@ -505,7 +507,8 @@ class Mobius:
                 try:
                     rc = subprocess.run(
                         [self.tools["npm"], "install", "--omit=dev",
-                         "--no-audit", "--no-fund"], cwd=self.copy,
+                         "--ignore-scripts", "--no-audit", "--no-fund"],
+                        cwd=self.copy,
                         stdout=out, stderr=subprocess.STDOUT, env=env,
                         timeout=NPM_TIMEOUT_S, start_new_session=True
                     ).returncode
