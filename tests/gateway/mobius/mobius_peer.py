@@ -93,6 +93,22 @@ def find_source():
     if env:
         cands.append(env)
     repo = os.path.normpath(os.path.join(HERE, "..", "..", ".."))
+    if not env:
+        cands += _default_sources(repo)
+    for c in cands:
+        if os.path.isfile(os.path.join(c, "app.js")) and os.path.isfile(
+                os.path.join(c, "mobius", "mobiusdb.sql")):
+            return os.path.realpath(c)
+    if env:
+        raise Skip("M2MPSK_MOBIUS_SRC=%s holds no Mobius (app.js, "
+                   "mobius/mobiusdb.sql)" % env)
+    raise Skip("no Mobius source: set M2MPSK_MOBIUS_SRC, or put it in "
+               "../shared/peers/mobius (tried %s)" % ", ".join(
+                   dict.fromkeys(os.path.normpath(c) for c in cands)))
+
+
+def _default_sources(repo):
+    cands = []
     try:
         common = subprocess.run(
             ["git", "-C", repo, "rev-parse", "--path-format=absolute",
@@ -103,16 +119,7 @@ def find_source():
     except (OSError, subprocess.SubprocessError):
         pass
     cands.append(os.path.join(repo, "..", "shared", "peers", "mobius"))
-    for c in cands:
-        if os.path.isfile(os.path.join(c, "app.js")) and os.path.isfile(
-                os.path.join(c, "mobius", "mobiusdb.sql")):
-            return os.path.realpath(c)
-    if env:
-        raise Skip("M2MPSK_MOBIUS_SRC=%s holds no Mobius (app.js, "
-                   "mobius/mobiusdb.sql)" % env)
-    raise Skip("no Mobius source: set M2MPSK_MOBIUS_SRC, or put it in "
-               "../shared/peers/mobius (tried %s)" % ", ".join(
-                   os.path.normpath(c) for c in cands))
+    return cands
 
 
 def find_tools():
