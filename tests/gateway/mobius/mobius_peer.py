@@ -20,7 +20,8 @@ naming it: a new Mobius is noticed, not half-patched.
 `npm install --ignore-scripts` (no package's install script runs, as
 root in CI; Mobius needs none: websocket's bufferutil and utf-8-validate
 load their prebuilt binaries, or fall back to JavaScript) runs once per
-package.json (after the deletions) and Node ABI; node_modules is kept in a cache directory (M2MPSK_MOBIUS_CACHE, else
+package.json (after the deletions) and Node ABI; node_modules is kept in a
+cache directory (M2MPSK_MOBIUS_CACHE, else
 $XDG_CACHE_HOME/m2mpsk-mobius, else ~/.cache/m2mpsk-mobius) and the copy
 links to it. The database is a private MariaDB in the scratch directory
 (mariadb-install-db, its own socket, a free TCP port on 127.0.0.1),
@@ -64,7 +65,8 @@ MOBIUS_START_S = 40
 STOP_S = 10
 # A throwaway database: no fsync (the data dies with the test).
 DB_SPEED_ARGS = ["--innodb-flush-method=nosync", "--innodb-log-file-size=8M",
-                 "--innodb-doublewrite=0", "--innodb-flush-log-at-trx-commit=0",
+                 "--innodb-doublewrite=0",
+                 "--innodb-flush-log-at-trx-commit=0",
                  "--sync-frm=0"]
 DB_INSTALL_ARGS = ["--auth-root-authentication-method=normal",
                    "--skip-test-db", "--skip-name-resolve"] + DB_SPEED_ARGS
@@ -258,7 +260,9 @@ def _pdeathsig():
     """Runs in the child before exec: SIGKILL when the parent dies."""
     try:
         import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG,
+                                                signal.SIGKILL)
     except (OSError, AttributeError):
         pass
 
@@ -641,7 +645,8 @@ class Mobius:
              "--socket=" + self.sock, "--user=root", "--batch"],
             input=sql, capture_output=True, text=True, timeout=60)
         if r.returncode != 0:
-            raise SetupError("importing mobiusdb failed: %s" % r.stderr[-2000:])
+            raise SetupError("importing mobiusdb failed: %s"
+                             % r.stderr[-2000:])
 
     def _db_greets(self):
         """True once the server sends its handshake packet on TCP."""
