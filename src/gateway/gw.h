@@ -198,6 +198,11 @@ int gw_gate_request(const m2mpsk_assoc *a, const char *from, int ae_create,
 int gw_gate_response(m2mpsk_assoc *a, int ae_create, int rsc, const void *body,
                      size_t len, const char **why);
 
+/* The resource type in a Content-Type's "ty" parameter
+ * ("application/json;ty=2" gives 2), -1 when there is none or it is not a
+ * number. */
+int gw_gate_content_type_ty(const char *ctype);
+
 /* The identity the association is bound to now (for --identity-header /
  * --identity-option), NULL before the handshake. Borrowed from `a`. */
 const char *gw_gate_identity(const m2mpsk_assoc *a);

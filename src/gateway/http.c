@@ -526,26 +526,6 @@ static const char *const k_hop[] = {
     "Connection",        "Keep-Alive", "Proxy-Connection", "TE",   "Trailer",
     "Transfer-Encoding", "Upgrade",    "Content-Length",   "Host", NULL};
 
-/* Content-Type "application/json;ty=2": an <AE> CREATE's resource type. */
-static int content_type_ty(const char *ctype) {
-  const char *p = ctype ? strchr(ctype, ';') : NULL;
-  while (p != NULL) {
-    p++;
-    while (*p == ' ' || *p == '\t')
-      p++;
-    if (strncasecmp(p, "ty=", 3) == 0) {
-      char *end;
-      long v = strtol(p + 3, &end, 10);
-      while (*end == ' ' || *end == '\t')
-        end++;
-      if (end != p + 3 && (*end == '\0' || *end == ';'))
-        return (int)v;
-    }
-    p = strchr(p, ';');
-  }
-  return -1;
-}
-
 static void reply_json(struct evhttp_request *req, int code, const char *reason,
                        int rsc, const char *why) {
   struct evkeyvalq *out = evhttp_request_get_output_headers(req);
@@ -665,8 +645,9 @@ static void on_request(struct evhttp_request *req, void *arg) {
   struct evkeyvalq *in = evhttp_request_get_input_headers(req);
   const char *from = evhttp_find_header(in, "X-M2M-Origin");
   enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
-  int ae_create = cmd == EVHTTP_REQ_POST &&
-                  content_type_ty(evhttp_find_header(in, "Content-Type")) == 2;
+  int ae_create =
+      cmd == EVHTTP_REQ_POST &&
+      gw_gate_content_type_ty(evhttp_find_header(in, "Content-Type")) == 2;
   const char *why;
   int rsc = gw_gate_request(c->a, from, ae_create, &why);
   if (rsc != 0) {
