@@ -43,6 +43,8 @@ Cases:
                address, a slot again once one closes
   reconnect    a device restarting on the same address and port gets a new
                association (after the cookie exchange)
+  stop         SIGTERM with a request in flight: answered, then
+               close_notify, exit 0
   sizes        --max-request (4.13, not forwarded), --max-response (5.02),
                requests in flight per association (5.03 past 8)
 Python 3 standard library and the m2mpsk binding (PYTHONPATH) only; every
@@ -174,7 +176,8 @@ class Backend:
     piggyback  ACK with the response (2.01 and an AE-ID for an AE CREATE,
                2.05 echoing the request's URI and FR otherwise)
     separate   an empty ACK, then the response as a separate CON
-    silent     nothing at all"""
+    silent     nothing at all
+    slow       piggyback, 1 s late"""
 
     def __init__(self, mode="piggyback"):
         self.mode = mode
@@ -223,7 +226,10 @@ class Backend:
             if self.mode == "silent" or m.code == 0:
                 continue
             c, opts, body = self._response(m)
-            if self.mode == "piggyback":
+            if self.mode == "slow":
+                reply = encode(ACK, c, m.mid, m.token, opts, body)
+                threading.Timer(1.0, self.sock.sendto, (reply, addr)).start()
+            elif self.mode == "piggyback":
                 self.sock.sendto(encode(ACK, c, m.mid, m.token, opts, body),
                                  addr)
             else:
@@ -930,6 +936,43 @@ def case_reconnect(m2mpsk_path, m):
     assert rc == 0, rc
 
 
+def case_stop(m2mpsk_path, m):
+    """SIGTERM with a request in flight: the gateway says it stops, relays
+    the CSE's late answer, closes the association with close_notify and
+    exits 0."""
+    env = Env(m2mpsk_path, "slow")
+    try:
+        dev = Device(m, env.gw.port)
+        req = encode(CON, POST, dev.next_mid(), b"stop", [
+            (OPT_FR, "C"), (OPT_TY, 2), (OPT_RQI, "rqi-stop")], b"{}")
+        dev.send_raw(req)
+        deadline = time.monotonic() + STEP_S
+        while not env.backend.requests():
+            assert time.monotonic() < deadline, "the CSE got nothing"
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        os.killpg(env.gw.proc.pid, signal.SIGTERM)
+        env.gw.wait_for(r"gateway stopping")
+        r = dev.wait_response(b"stop", 5.0)
+        assert r is not None and r.code == code(2, 1), \
+            "no answer after SIGTERM:\n" + env.gw.log()
+        try:
+            dev._pump(lambda: dev.a.state() == m.STATE_CLOSED, 5.0)
+        except m.Closed:
+            pass
+        assert dev.a.state() == m.STATE_CLOSED, dev.a.state()
+        rc = env.gw.proc.wait(timeout=STEP_S)
+        took = time.monotonic() - t0
+        assert rc == 0, rc
+        assert took < 6.0, "exit %.1f s after SIGTERM" % took
+        print("stopped %.2f s after SIGTERM, the request in flight answered"
+              % took)
+        dev.sock.close()
+    finally:
+        rc = env.close()
+    assert rc == 0, rc
+
+
 def case_timers(m2mpsk_path, m):
     """--handshake-timeout: a device that stops after the cookie exchange
     leaves no association; --idle-timeout: an idle one is closed with
@@ -1028,6 +1071,7 @@ CASES = {
     "timers": case_timers,
     "sizes": case_sizes,
     "reconnect": case_reconnect,
+    "stop": case_stop,
     "limits": case_limits,
 }
 
