@@ -951,8 +951,10 @@ static void on_backend_readable(evutil_socket_t fd, short what, void *arg) {
   unsigned sock = (unsigned)(bs - gc->bs);
   for (int i = 0; i < READ_BURST; i++) {
     ssize_t n = recv(fd, gc->buf, sizeof(gc->buf), MSG_DONTWAIT);
+    if (n < 0 && errno != ECONNREFUSED)
+      return; /* EAGAIN; ICMP port unreachable is skipped: 5.04 later */
     if (n <= 0)
-      return;
+      continue; /* an empty datagram is not a CoAP message */
     on_backend_datagram(gc, sock, gc->buf, (size_t)n);
   }
 }
@@ -1165,8 +1167,10 @@ static void on_device_readable(evutil_socket_t fd, short what, void *arg) {
     socklen_t alen = sizeof(addr);
     ssize_t n = recvfrom(fd, gc->buf, sizeof(gc->buf), MSG_DONTWAIT,
                          (struct sockaddr *)&addr, &alen);
-    if (n <= 0)
+    if (n < 0)
       return;
+    if (n == 0)
+      continue; /* an empty datagram: nothing to answer */
     on_device_datagram(gc, &addr, alen, gc->buf, (size_t)n);
     if (gc->shutting_down)
       return;
