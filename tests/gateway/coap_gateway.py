@@ -43,6 +43,7 @@ Cases:
                address, a slot again once one closes
   reconnect    a device restarting on the same address and port gets a new
                association (after the cookie exchange)
+  libcoap      libcoap's coap-client-openssl as the device (interop)
   stop         SIGTERM with a request in flight: answered, then
                close_notify, exit 0
   sizes        --max-request (4.13, not forwarded), --max-response (5.02),
@@ -55,6 +56,7 @@ import os
 import random
 import re
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -66,6 +68,10 @@ import time
 import traceback
 
 SKIP = 77
+
+
+class Skip(Exception):
+    pass
 KPSA_ID = "test@onem2m.com"
 KEY = bytes(range(1, 33))
 IDB = "//m2m.example.com/cse-in"
@@ -253,9 +259,9 @@ class Backend:
 # ---------------------------------------------------------------------------
 
 class Gateway:
-    def __init__(self, m2mpsk, keys, backend_port, *extra):
+    def __init__(self, m2mpsk, keys, backend_port, *extra, idb=IDB):
         self.proc = subprocess.Popen(
-            [m2mpsk, "gateway", "--keys", keys, "--id", IDB,
+            [m2mpsk, "gateway", "--keys", keys, "--id", idb,
              "--coap-listen", "127.0.0.1:0",
              "--coap-backend", "127.0.0.1:%d" % backend_port,
              "--log-rate", "100000", "-v", *extra],
@@ -436,15 +442,19 @@ class Device:
 # ---------------------------------------------------------------------------
 
 class Env:
-    def __init__(self, m2mpsk_path, mode="piggyback", extra=()):
+    def __init__(self, m2mpsk_path, mode="piggyback", extra=(), key=None,
+                 idb=None):
+        key = KEY if key is None else key
+        idb = IDB if idb is None else idb
         self.tmp = tempfile.mkdtemp(prefix="gw-coap-")
         self.keys = os.path.join(self.tmp, "keys")
         fd = os.open(self.keys, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write("kpsa-id=%s kpsa=hex:%s idb=%s\n" % (KPSA_ID, KEY.hex(),
-                                                         IDB))
+            f.write("kpsa-id=%s kpsa=hex:%s idb=%s\n" % (KPSA_ID, key.hex(),
+                                                         idb))
         self.backend = Backend(mode)
-        self.gw = Gateway(m2mpsk_path, self.keys, self.backend.port, *extra)
+        self.gw = Gateway(m2mpsk_path, self.keys, self.backend.port, *extra,
+                          idb=idb)
 
     def close(self):
         rc = self.gw.stop()
@@ -973,6 +983,50 @@ def case_stop(m2mpsk_path, m):
     assert rc == 0, rc
 
 
+def case_libcoap(m2mpsk_path, m):
+    """An independent DTLS-PSK CoAP client, libcoap's coap-client on
+    OpenSSL (Debian libcoap3-bin): AE CREATE relayed (2.01, RSC 2001, the
+    AE-ID bound), a forged originator answered 4.03/4106 and not
+    forwarded. coap-client sends the URI's host as SNI, so the gateway
+    serves //localhost/cse-in; it takes an ASCII key."""
+    client = shutil.which("coap-client-openssl")
+    if client is None:
+        if os.environ.get("CI") == "true":
+            raise AssertionError("coap-client-openssl missing (libcoap3-bin)")
+        raise Skip("coap-client-openssl not installed (libcoap3-bin)")
+    key = b"coap-client-psk-0123456789"
+    env = Env(m2mpsk_path, key=key, idb="//localhost/cse-in")
+
+    def coap_client(*args):
+        r = subprocess.run(
+            [client, "-u", KPSA_ID, "-k", key.decode(), "-B", "3", "-v", "7",
+             *args], capture_output=True, timeout=20)
+        return (r.stdout + r.stderr).decode(errors="replace")
+    try:
+        out = coap_client(
+            "-m", "post", "-O", "256,C", "-O", "257,rqi-cc", "-O", "267,0x02",
+            "-t", "50", "-e", '{"m2m:ae":{"api":"Ncc","rr":true}}',
+            "coaps://localhost:%d/cse-in" % env.gw.port)
+        # The oneM2M options are critical (odd) and unknown to coap-client:
+        # it logs the response, then rejects it, as RFC 7252 5.4.1 says.
+        assert re.search(r"t:ACK c:2\.01 .*265:\\x07\\xD1", out), out
+        got = env.backend.requests()
+        assert len(got) == 1 and got[0].uint(OPT_TY) == 2, got
+        assert got[0].opt(OPT_RQI) == b"rqi-cc", got[0]
+        env.gw.wait_for(r"bound to /cse-in/Cae-coap-1")
+        out = coap_client(
+            "-m", "get", "-O", "256,/cse-in/Cmallory", "-O", "257,rqi-forged",
+            "coaps://localhost:%d/cse-in" % env.gw.port)
+        assert re.search(r"t:ACK c:4\.03 .*257:\\x72\\x71\\x69.*"
+                         r"265:\\x10\\x0A", out), out
+        assert len(env.backend.requests()) == 1, env.backend.requests()
+        env.gw.wait_for(r"suite=TLS_PSK_WITH_AES_128_CCM_8")
+        print("coap-client (libcoap, OpenSSL): 2.01 relayed, 4106 answered")
+    finally:
+        rc = env.close()
+    assert rc == 0, rc
+
+
 def case_timers(m2mpsk_path, m):
     """--handshake-timeout: a device that stops after the cookie exchange
     leaves no association; --idle-timeout: an idle one is closed with
@@ -1072,6 +1126,7 @@ CASES = {
     "sizes": case_sizes,
     "reconnect": case_reconnect,
     "stop": case_stop,
+    "libcoap": case_libcoap,
     "limits": case_limits,
 }
 
@@ -1105,6 +1160,9 @@ def main():
         return SKIP
     try:
         CASES[case](m2mpsk_path, m)
+    except Skip as e:
+        print("SKIP: %s" % e)
+        return SKIP
     except AssertionError:
         traceback.print_exc()
         print("FAIL: %s" % case)
