@@ -1335,6 +1335,22 @@ int gw_coap_worker_start(gw_worker *w) {
   gw_gateway *gw = w->gw;
   char err[256];
   int fd;
+  if (w->index == 0) {
+    /* Cookies always: a config whose engine has no cookie exchange
+     * (BoringSSL) cannot serve DTLS here. One byte is no ClientHello, so
+     * the call answers E_PROTOCOL when it could do the exchange. */
+    static const uint8_t probe[1] = {0};
+    uint8_t out[64];
+    size_t out_len;
+    int rc = m2mpsk_dtls_listen(gw->cfg, "probe", probe, sizeof(probe), out,
+                                sizeof(out), &out_len);
+    if (rc == M2MPSK_E_UNSUPPORTED || rc == M2MPSK_E_BACKEND) {
+      gw_log("--coap-listen needs the DTLS cookie exchange, which only the "
+             "OpenSSL engine has: %s",
+             m2mpsk_strerror(rc));
+      return -1;
+    }
+  }
   if (gw->coap_backend_addr_len == 0 &&
       gw_resolve(gw->opts.coap_backend, SOCK_DGRAM, 0, &gw->coap_backend_addr,
                  &gw->coap_backend_addr_len, err, sizeof(err)) != 0) {
