@@ -4,7 +4,9 @@
  * TS-0004 §7.3.2.1). */
 #include <json-c/json.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "gw.h"
 
@@ -158,4 +160,23 @@ size_t gw_gate_dbg_body(const char *why, char *out, size_t cap) {
   }
   memcpy(out + n, tail, sizeof(tail));
   return n + sizeof(tail) - 1;
+}
+
+int gw_gate_content_type_ty(const char *ctype) {
+  const char *p = ctype ? strchr(ctype, ';') : NULL;
+  while (p != NULL) {
+    p++;
+    while (*p == ' ' || *p == '\t')
+      p++;
+    if (strncasecmp(p, "ty=", 3) == 0 && p[3] >= '0' && p[3] <= '9') {
+      char *end;
+      long v = strtol(p + 3, &end, 10);
+      while (*end == ' ' || *end == '\t')
+        end++;
+      if (v >= 0 && v <= 1000000 && (*end == '\0' || *end == ';'))
+        return (int)v;
+    }
+    p = strchr(p, ';');
+  }
+  return -1;
 }

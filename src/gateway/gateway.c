@@ -181,6 +181,20 @@ int gw_admit(gw_gateway *gw, const struct sockaddr *sa) {
   return result;
 }
 
+unsigned gw_addr_count(gw_gateway *gw, const struct sockaddr *sa) {
+  uint8_t key[16];
+  int fam;
+  addr_key(sa, key, &fam);
+  size_t b = addr_hash(key, gw->addr_buckets);
+  unsigned n = 0;
+  pthread_mutex_lock(&gw->addr_lock);
+  for (struct gw_addr_entry *e = gw->addr_table[b]; e != NULL; e = e->next)
+    if (e->family == fam && memcmp(e->addr, key, 16) == 0)
+      n = e->count;
+  pthread_mutex_unlock(&gw->addr_lock);
+  return n;
+}
+
 void gw_release(gw_gateway *gw, const struct sockaddr *sa) {
   uint8_t key[16];
   int fam;
@@ -283,7 +297,10 @@ static const char k_usage[] =
     "Signals: SIGHUP reloads the key file (established associations keep\n"
     "going); SIGTERM or SIGINT stops taking new work, finishes what is in\n"
     "flight (at most 5 s) and exits 0.\n"
-    "Exit codes: 0 stopped; 1 cannot listen or run; 2 usage; 3 key file.\n";
+    "Exit codes: 0 stopped by a signal; 1 cannot run (threads, memory);\n"
+    "2 usage (also a bad --config line, named FILE:LINE); 3 the key file\n"
+    "unreadable, unsafe or malformed, or a listener or backend address\n"
+    "that cannot be used.\n";
 
 enum opt_kind { K_STR, K_LIST, K_UINT, K_ENGINE, K_FLAG };
 typedef struct opt_def {
@@ -776,8 +793,10 @@ int gw_main(int argc, char **argv) {
     if (w->stop_ev == NULL || w->drain_ev == NULL)
       goto out;
     if (o->http_listen != NULL) {
-      if (gw_http_worker_start(w) != 0)
+      if (gw_http_worker_start(w) != 0) {
+        result = CLI_IO;
         goto out;
+      }
       if (i == 0) {
         char addr[80];
         gw_format_addr((struct sockaddr *)&gw->http_addr, 1, addr,
@@ -787,8 +806,10 @@ int gw_main(int argc, char **argv) {
     }
 #if M2MPSK_GATEWAY_COAP
     if (o->coap_listen != NULL) {
-      if (gw_coap_worker_start(w) != 0)
+      if (gw_coap_worker_start(w) != 0) {
+        result = CLI_IO;
         goto out;
+      }
       if (i == 0) {
         char addr[80];
         gw_format_addr((struct sockaddr *)&gw->coap_addr, 1, addr,

@@ -132,6 +132,9 @@ int gw_assoc_new(gw_gateway *gw, m2mpsk_transport transport,
 enum { GW_ADMIT_OK = 0, GW_ADMIT_FULL = 1, GW_ADMIT_ADDR = 2 };
 int gw_admit(gw_gateway *gw, const struct sockaddr *sa);
 void gw_release(gw_gateway *gw, const struct sockaddr *sa);
+/* Associations counted now for `sa`'s address (to choose whom to drop
+ * when full: the address holding the most goes first). */
+unsigned gw_addr_count(gw_gateway *gw, const struct sockaddr *sa);
 
 /* "HOST:PORT", "[v6]:PORT": resolves (numeric or a name) for `socktype`
  * (SOCK_STREAM, SOCK_DGRAM). 0, or -1 with a message in `err`. */
@@ -194,6 +197,11 @@ int gw_gate_request(const m2mpsk_assoc *a, const char *from, int ae_create,
  * stays bound to the Credential-ID, so only an AE CREATE passes). */
 int gw_gate_response(m2mpsk_assoc *a, int ae_create, int rsc, const void *body,
                      size_t len, const char **why);
+
+/* The resource type in a Content-Type's "ty" parameter
+ * ("application/json;ty=2" gives 2), -1 when there is none or it is not a
+ * number. */
+int gw_gate_content_type_ty(const char *ctype);
 
 /* The identity the association is bound to now (for --identity-header /
  * --identity-option), NULL before the handshake. Borrowed from `a`. */

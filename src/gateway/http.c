@@ -43,6 +43,7 @@
 #define CHUNK 16384 /* one TLS record of plaintext */
 #define BACKEND_IDLE_MAX 64
 #define HEADERS_MAX 65536
+#define EVICT_SCAN 32
 
 typedef struct conn conn;
 typedef struct gw_http_worker hworker;
@@ -163,6 +164,9 @@ static void conn_kill(conn *c) {
   c->killed = 1;
   release(c);
   hs_remove(c->hw, c);
+  /* Its handshake slot in the library is free at once, too. */
+  m2mpsk_assoc_free(c->a);
+  c->a = NULL;
   struct timeval zero = {0, 0};
   evtimer_add(c->timer, &zero);
 }
@@ -222,9 +226,22 @@ static int conn_admit(conn *c) {
   gw_format_addr((struct sockaddr *)&c->addr, 0, c->host, sizeof(c->host));
   int rc = gw_admit(gw, (struct sockaddr *)&c->addr);
   if (rc == GW_ADMIT_FULL && hw->hs_head != NULL) {
-    /* As nghttpx and stunnel do: the oldest connection still in its
-     * handshake makes room, so silent sockets cannot starve accept. */
+    /* The oldest connection still in its handshake makes room, so that
+     * silent sockets cannot starve accept; among the EVICT_SCAN oldest,
+     * the one whose address holds the most connections, so that an
+     * attacker refilling from a few addresses evicts itself, not the
+     * device that came in between. */
     conn *victim = hw->hs_head;
+    unsigned most = 0;
+    int scanned = 0;
+    for (conn *v = hw->hs_head; v != NULL && scanned < EVICT_SCAN;
+         v = v->hs_next, scanned++) {
+      unsigned n = gw_addr_count(gw, (struct sockaddr *)&v->addr);
+      if (n > most) {
+        most = n;
+        victim = v;
+      }
+    }
     gw_trace("dropped peer=%s: oldest handshake, making room", victim->peer);
     conn_kill(victim);
     rc = gw_admit(gw, (struct sockaddr *)&c->addr);
@@ -327,8 +344,7 @@ filter_in(struct evbuffer *src, struct evbuffer *dst, ev_ssize_t limit,
      * request with a method in capitals. The request gets evhttp's
      * parsing and a 4107, never the CSE. */
     uint8_t first;
-    if (evbuffer_copyout(src, &first, 1) == 1 && first >= 'A' &&
-        first <= 'Z')
+    if (evbuffer_copyout(src, &first, 1) == 1 && first >= 'A' && first <= 'Z')
       c->plain = 1;
   }
   if (c->plain) {
@@ -510,26 +526,6 @@ static const char *const k_hop[] = {
     "Connection",        "Keep-Alive", "Proxy-Connection", "TE",   "Trailer",
     "Transfer-Encoding", "Upgrade",    "Content-Length",   "Host", NULL};
 
-/* Content-Type "application/json;ty=2": an <AE> CREATE's resource type. */
-static int content_type_ty(const char *ctype) {
-  const char *p = ctype ? strchr(ctype, ';') : NULL;
-  while (p != NULL) {
-    p++;
-    while (*p == ' ' || *p == '\t')
-      p++;
-    if (strncasecmp(p, "ty=", 3) == 0) {
-      char *end;
-      long v = strtol(p + 3, &end, 10);
-      while (*end == ' ' || *end == '\t')
-        end++;
-      if (end != p + 3 && (*end == '\0' || *end == ';'))
-        return (int)v;
-    }
-    p = strchr(p, ';');
-  }
-  return -1;
-}
-
 static void reply_json(struct evhttp_request *req, int code, const char *reason,
                        int rsc, const char *why) {
   struct evkeyvalq *out = evhttp_request_get_output_headers(req);
@@ -649,8 +645,9 @@ static void on_request(struct evhttp_request *req, void *arg) {
   struct evkeyvalq *in = evhttp_request_get_input_headers(req);
   const char *from = evhttp_find_header(in, "X-M2M-Origin");
   enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
-  int ae_create = cmd == EVHTTP_REQ_POST &&
-                  content_type_ty(evhttp_find_header(in, "Content-Type")) == 2;
+  int ae_create =
+      cmd == EVHTTP_REQ_POST &&
+      gw_gate_content_type_ty(evhttp_find_header(in, "Content-Type")) == 2;
   const char *why;
   int rsc = gw_gate_request(c->a, from, ae_create, &why);
   if (rsc != 0) {

@@ -215,6 +215,13 @@ class Gateway:
 
 # ---- TLS-PSK clients -----------------------------------------------------------
 
+def wait_fd(sock, events, timeout):
+    """poll(), not select(): a test may hold thousands of descriptors."""
+    p = select.poll()
+    p.register(sock, events | select.POLLERR | select.POLLHUP)
+    return bool(p.poll(max(0, int(timeout * 1000))))
+
+
 class Client:
     """Entity A over a real TCP socket: the handshake, then HTTP/1.1
     requests on the association (keep-alive)."""
@@ -248,7 +255,7 @@ class Client:
             if not out:
                 return
             while out:
-                select.select([], [self.sock], [], self.timeout)
+                wait_fd(self.sock, select.POLLOUT, self.timeout)
                 n = self.sock.send(out)
                 out = out[n:]
 
@@ -263,8 +270,7 @@ class Client:
             left = end - time.monotonic()
             if left <= 0:
                 raise TimeoutError("no answer from the gateway")
-            r, _, _ = select.select([self.sock], [], [], min(left, 0.2))
-            if not r:
+            if not wait_fd(self.sock, select.POLLIN, min(left, 0.2)):
                 continue
             try:
                 data = self.sock.recv(65536)
