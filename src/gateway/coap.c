@@ -951,8 +951,10 @@ static void on_backend_readable(evutil_socket_t fd, short what, void *arg) {
   unsigned sock = (unsigned)(bs - gc->bs);
   for (int i = 0; i < READ_BURST; i++) {
     ssize_t n = recv(fd, gc->buf, sizeof(gc->buf), MSG_DONTWAIT);
+    if (n < 0 && errno != ECONNREFUSED)
+      return; /* EAGAIN; ICMP port unreachable is skipped: 5.04 later */
     if (n <= 0)
-      return;
+      continue; /* an empty datagram is not a CoAP message */
     on_backend_datagram(gc, sock, gc->buf, (size_t)n);
   }
 }
@@ -1165,8 +1167,10 @@ static void on_device_readable(evutil_socket_t fd, short what, void *arg) {
     socklen_t alen = sizeof(addr);
     ssize_t n = recvfrom(fd, gc->buf, sizeof(gc->buf), MSG_DONTWAIT,
                          (struct sockaddr *)&addr, &alen);
-    if (n <= 0)
+    if (n < 0)
       return;
+    if (n == 0)
+      continue; /* an empty datagram: nothing to answer */
     on_device_datagram(gc, &addr, alen, gc->buf, (size_t)n);
     if (gc->shutting_down)
       return;
@@ -1331,6 +1335,22 @@ int gw_coap_worker_start(gw_worker *w) {
   gw_gateway *gw = w->gw;
   char err[256];
   int fd;
+  if (w->index == 0) {
+    /* Cookies always: a config whose engine has no cookie exchange
+     * (BoringSSL) cannot serve DTLS here. One byte is no ClientHello, so
+     * the call answers E_PROTOCOL when it could do the exchange. */
+    static const uint8_t probe[1] = {0};
+    uint8_t out[64];
+    size_t out_len;
+    int rc = m2mpsk_dtls_listen(gw->cfg, "probe", probe, sizeof(probe), out,
+                                sizeof(out), &out_len);
+    if (rc == M2MPSK_E_UNSUPPORTED || rc == M2MPSK_E_BACKEND) {
+      gw_log("--coap-listen needs the DTLS cookie exchange, which only the "
+             "OpenSSL engine has: %s",
+             m2mpsk_strerror(rc));
+      return -1;
+    }
+  }
   if (gw->coap_backend_addr_len == 0 &&
       gw_resolve(gw->opts.coap_backend, SOCK_DGRAM, 0, &gw->coap_backend_addr,
                  &gw->coap_backend_addr_len, err, sizeof(err)) != 0) {

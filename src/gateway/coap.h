@@ -1,16 +1,47 @@
 /* The gateway's CoAP binding (oneM2M TS-0008) over DTLS-PSK.
  *
- * One gw_coap per event loop (thread): it reads the datagrams of one UDP
- * socket, answers every unknown peer's ClientHello statelessly
- * (m2mpsk_dtls_listen: no state before a valid cookie), keeps one
- * association per peer address (hash table bounded by max_conn and
- * max_per_addr), parses each decrypted datagram with libcoap3's
- * coap_pdu_parse, applies the oneM2M originator gate (gate.c) and forwards
- * what passes to the CSE's plain CoAP endpoint over UDP, mapping message
- * IDs and tokens so that each response reaches the device it answers.
+ * One gw_coap per event loop (worker thread, gw.h's gw_coap_worker_*): it
+ * reads the datagrams of one UDP socket (SO_REUSEPORT: the kernel keeps a
+ * peer's datagrams on one worker) and
+ *  - answers every unknown peer statelessly: a ClientHello gets a
+ *    HelloVerifyRequest (m2mpsk_dtls_listen; sent only when no larger than
+ *    the ClientHello), a plain CoAP request 4.03 with oneM2M-RSC 4107 (no
+ *    payload, no larger than the request), anything else nothing; only a
+ *    ClientHello with a valid cookie, admitted by gw_admit() (--max-conn,
+ *    --max-per-addr), makes an association;
+ *  - keeps one association per peer address and port in a keyed hash,
+ *    with one timer each: the DTLS retransmissions and handshake deadline
+ *    (m2mpsk_assoc_next_timeout) and --idle-timeout (close_notify); a
+ *    cookie-proven ClientHello from an established peer's address and
+ *    port replaces its association (a device that restarted);
+ *  - parses each decrypted datagram with libcoap3 (coap_pdu_parse):
+ *    unparseable ones are dropped, a CoAP ping gets RST, a retransmitted
+ *    CON is answered from memory (answers up to RECENT_MAX bytes) or
+ *    ignored while in flight;
+ *  - applies the gate to each request (gw_gate_request: oneM2M-FR against
+ *    the binding; more than one FR is refused; a Credential-ID binding
+ *    passes only an <AE> CREATE, POST with oneM2M-TY 2) and answers
+ *    refusals itself: 4.03, oneM2M-RSC 4106/4107, the RQI copied, a JSON
+ *    {"m2m:dbg": ...}; never forwarded;
+ *  - forwards the rest as CON over UDP to --coap-backend, from one of
+ *    GW_COAP_BACKEND_SOCKETS sockets, under a token and message ID of its
+ *    own (the device's options, in order, with --identity-option
+ *    replaced), retransmitted as RFC 7252 does, and relays the CSE's
+ *    response (piggybacked, or separate after an empty ACK, which the
+ *    gateway acknowledges) with the device's token and message ID: an ACK
+ *    for a CON, a NON for a NON. A 2.01 with RSC 2001 to an <AE> CREATE
+ *    binds the AE-ID (gw_gate_response);
+ *  - bounds: a request over --max-request gets 4.13, a response over
+ *    --max-response 5.02, more than GW_COAP_MAX_INFLIGHT requests in flight
+ *    on one association 5.03, no response within GW_COAP_EXCHANGE_MS 5.04
+ *    (each with the RQI copied).
+ * Not relayed: Observe notifications and anything else the CSE sends after
+ * its response (an unknown token: RST), requests from the CSE to devices.
+ * Block-wise transfers pass through, each block a request of its own.
  *
  * Everything runs on the event base's thread: no call may be made from
- * another thread. */
+ * another thread. Logs go through gw_log/gw_trace only (libcoap's own
+ * logging is silenced); no key byte is ever logged. */
 #ifndef M2MPSK_GATEWAY_COAP_H
 #define M2MPSK_GATEWAY_COAP_H
 
