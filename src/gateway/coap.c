@@ -1242,7 +1242,9 @@ gw_coap *gw_coap_new(const gw_coap_opts *o, char *err, size_t errlen) {
       gw_coap_free(gc);
       return NULL;
     }
-    bs->next_mid = (uint16_t)(gc->seed >> (8 * i));
+    bs->next_mid =
+        (uint16_t)(hash_bytes(gc->seed ^ 4, (const uint8_t *)&i, sizeof(i)) >>
+                   48);
     bs->ev = event_new(gc->base, bs->fd, EV_READ | EV_PERSIST,
                        on_backend_readable, bs);
     if (bs->ev == NULL || event_add(bs->ev, NULL) != 0) {

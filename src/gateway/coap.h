@@ -68,8 +68,9 @@ enum {
   /* UDP sockets toward the CSE per gw_coap: each has its own 16-bit
    * message ID space, so that the CSE's deduplication (by endpoint and
    * message ID, for EXCHANGE_LIFETIME) sees no reuse below about
-   * GW_COAP_BACKEND_SOCKETS * 65536 / 247 requests per second. */
-  GW_COAP_BACKEND_SOCKETS = 4
+   * GW_COAP_BACKEND_SOCKETS * 65536 / 247 requests per second per
+   * worker (4,245 with 16). */
+  GW_COAP_BACKEND_SOCKETS = 16
 };
 
 typedef struct gw_coap gw_coap;

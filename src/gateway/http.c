@@ -580,10 +580,20 @@ static struct evhttp_connection *backend_get(hworker *hw) {
   return b;
 }
 
+static void free_backend(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  evhttp_connection_free(arg);
+}
+
+/* Called from the connection's own request callback: what is not kept is
+ * freed from the loop, once evhttp is done with it. */
 static void backend_put(hworker *hw, struct evhttp_connection *b) {
-  if (hw->n_idle < BACKEND_IDLE_MAX && !hw->stopping)
+  struct timeval zero = {0, 0};
+  if (hw->n_idle < BACKEND_IDLE_MAX)
     hw->idle[hw->n_idle++] = b;
-  else
+  else if (event_base_once(hw->w->base, -1, EV_TIMEOUT, free_backend, b,
+                           &zero) != 0)
     evhttp_connection_free_on_completion(b);
 }
 

@@ -149,9 +149,9 @@ static void device_side(const uint8_t *msg, size_t len, uint16_t idopt,
   gw_coap_view(pdu, &v);
 
   /* Toward the CSE. */
-  size_t n = gw_coap_encode_forward(pdu, idopt, k_identity, 0x1234,
-                                    0x0102030405060708ull, g_out,
-                                    sizeof(g_out));
+  size_t n =
+      gw_coap_encode_forward(pdu, idopt, k_identity, 0x1234,
+                             0x0102030405060708ull, g_out, sizeof(g_out));
   CHECK(n > 0); /* 70000 bytes fit any 16 KiB request and the identity */
   coap_pdu_t *fwd = gw_coap_parse(g_out, n, n);
   CHECK(fwd != NULL);
@@ -166,9 +166,8 @@ static void device_side(const uint8_t *msg, size_t len, uint16_t idopt,
   /* The gateway's own answer: a refusal with the RQI copied. */
   coap_bin_const_t tok = coap_pdu_get_token(pdu);
   n = gw_coap_encode_answer(g_out, sizeof(g_out), non ? 1 : 2, (4 << 5) | 3,
-                            (uint16_t)coap_pdu_get_mid(pdu), tok.s,
-                            tok.length, v.rqi, v.rqi_len, 4106,
-                            "originator \"refused\"\n");
+                            (uint16_t)coap_pdu_get_mid(pdu), tok.s, tok.length,
+                            v.rqi, v.rqi_len, 4106, "originator \"refused\"\n");
   CHECK(n > 0);
   coap_pdu_t *ans = gw_coap_parse(g_out, n, n);
   CHECK(ans != NULL);

@@ -43,6 +43,10 @@ Cases:
                address, a slot again once one closes
   reconnect    a device restarting on the same address and port gets a new
                association (after the cookie exchange)
+  reload       SIGHUP with a new key: the established association goes on,
+               new ones need the new key
+  churn        six devices doing everything at random for 8 s: every
+               request answered, exit 0, no sanitizer report
   libcoap      libcoap's coap-client-openssl as the device (interop)
   stop         SIGTERM with a request in flight: answered, then
                close_notify, exit 0
@@ -338,7 +342,8 @@ class HandshakeIncomplete(AssertionError):
 
 
 class Device:
-    def __init__(self, m2mpsk_mod, port, timeout=STEP_S, local_port=0):
+    def __init__(self, m2mpsk_mod, port, timeout=STEP_S, local_port=0,
+                 key=None):
         self.m = m2mpsk_mod
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         if local_port:
@@ -346,7 +351,7 @@ class Device:
             self.sock.bind(("127.0.0.1", local_port))
         self.sock.connect(("127.0.0.1", port))
         self.ks = m2mpsk_mod.Keystore()
-        self.ks.add(KPSA_ID, KEY, None, IDB)
+        self.ks.add(KPSA_ID, KEY if key is None else key, None, IDB)
         self.cfg = m2mpsk_mod.Config()
         self.a = m2mpsk_mod.Association(m2mpsk_mod.ROLE_INITIATOR,
                                         m2mpsk_mod.TRANSPORT_DTLS, self.cfg,
@@ -1027,6 +1032,114 @@ def case_libcoap(m2mpsk_path, m):
     assert rc == 0, rc
 
 
+def case_churn(m2mpsk_path, m):
+    """Six devices for 8 s against a CSE answering separately: requests
+    (CON and NON, right and forged originators, AE CREATEs), bursts past the
+    in-flight bound, random bytes, close_notify, vanishing, restarting on
+    the same port. Every request gets an answer; the gateway exits 0 (and,
+    built with sanitizers, reports nothing: Env.close checks)."""
+    env = Env(m2mpsk_path, "separate",
+              extra=("--max-per-addr", "1000", "--idle-timeout", "3000",
+                     "--handshake-timeout", "2000"))
+    counts = {"answered": 0, "unanswered": 0, "errors": []}
+    lock = threading.Lock()
+
+    def device(seed):
+        rnd = random.Random(seed)
+        end = time.monotonic() + 8
+        dev = None
+        while time.monotonic() < end:
+            try:
+                if dev is None:
+                    dev = Device(m, env.gw.port, timeout=5)
+                op = rnd.random()
+                if op < 0.5:
+                    fr = rnd.choice(["C", AE_ID, "/cse-in/Cx", ""])
+                    opts = [(OPT_FR, fr)] if fr else []
+                    if rnd.random() < 0.3:
+                        opts.append((OPT_TY, 2))
+                    _, r, _ = dev.request(
+                        rnd.choice([GET, POST]), "cse-in", opts,
+                        b"x" * rnd.randrange(0, 300),
+                        mtype=rnd.choice([CON, NON]), timeout=7)
+                    with lock:
+                        counts["answered" if r else "unanswered"] += 1
+                elif op < 0.6:
+                    dev.send_raw(os.urandom(rnd.randrange(1, 50)))
+                elif op < 0.7:
+                    for _ in range(10):
+                        dev.send_raw(encode(CON, GET, dev.next_mid(),
+                                            os.urandom(4), [(OPT_FR, AE_ID)]))
+                elif op < 0.8:
+                    dev.close()
+                    dev = None
+                elif op < 0.9:
+                    dev.sock.close()  # gone without a word
+                    dev = None
+                else:
+                    port = dev.sock.getsockname()[1]
+                    dev.sock.close()
+                    dev = Device(m, env.gw.port, timeout=5, local_port=port)
+            except Exception as e:  # reported below
+                with lock:
+                    counts["errors"].append(repr(e))
+                if dev is not None:
+                    dev.sock.close()
+                dev = None
+        if dev is not None:
+            dev.close()
+    try:
+        threads = [threading.Thread(target=device, args=(i,))
+                   for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        print("churn: %d requests answered, %d not, %d errors" % (
+            counts["answered"], counts["unanswered"], len(counts["errors"])))
+        assert counts["answered"] > 100, counts
+        assert counts["unanswered"] == 0, counts
+        assert not counts["errors"], counts["errors"][:5]
+    finally:
+        rc = env.close()
+    assert rc == 0, rc
+
+
+def case_reload(m2mpsk_path, m):
+    """SIGHUP with a new key for the KpsaID: the established association
+    goes on; a new one needs the new key."""
+    env = Env(m2mpsk_path)
+    try:
+        dev = Device(m, env.gw.port)
+        _, r, _ = ae_create(dev)
+        assert r is not None and r.code == code(2, 1), r
+        new_key = bytes(range(100, 132))
+        tmp = env.keys + ".new"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("kpsa-id=%s kpsa=hex:%s idb=%s\n" % (
+                KPSA_ID, new_key.hex(), IDB))
+        os.rename(tmp, env.keys)
+        os.killpg(env.gw.proc.pid, signal.SIGHUP)
+        env.gw.wait_for(r"gateway keys reloaded \(1 records\)")
+        _, r, _ = dev.request(GET, "cse-in", [(OPT_FR, AE_ID),
+                                              (OPT_RQI, "after-reload")])
+        assert r is not None and r.code == code(2, 5), r
+        try:
+            Device(m, env.gw.port, timeout=5.0)
+            raise AssertionError("the old key still makes associations")
+        except (HandshakeIncomplete, m.Error):
+            pass
+        d2 = Device(m, env.gw.port, key=new_key)
+        _, r, _ = ae_create(d2, b"rqi-new-key")
+        assert r is not None and r.code == code(2, 1), r
+        d2.close()
+        dev.close()
+    finally:
+        rc = env.close()
+    assert rc == 0, rc
+
+
 def case_timers(m2mpsk_path, m):
     """--handshake-timeout: a device that stops after the cookie exchange
     leaves no association; --idle-timeout: an idle one is closed with
@@ -1127,6 +1240,8 @@ CASES = {
     "reconnect": case_reconnect,
     "stop": case_stop,
     "libcoap": case_libcoap,
+    "churn": case_churn,
+    "reload": case_reload,
     "limits": case_limits,
 }
 
