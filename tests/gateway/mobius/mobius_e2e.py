@@ -32,9 +32,10 @@ Without the m2mpsk Python binding (--python-dir empty: .ci/sanitize builds
 none), openssl s_client carries the HTTP sequence and CoAP is left out.
 
 Exit 0 pass, 1 fail, 77 skip (no Mobius source, no MariaDB or Node, npm
-registry unreachable, a tool without the gateway: the reason is printed). Bounded: DEADLINE_S overall (ctest's TIMEOUT is
-larger), STEP_S for any one event. Python 3 standard library, plus the
-m2mpsk binding for the PSK clients.
+registry unreachable, a tool without the gateway: the reason is
+printed). Bounded: DEADLINE_S overall (ctest's TIMEOUT is larger), STEP_S
+for any one event. Python 3 standard library, plus the m2mpsk binding (or
+openssl) for the PSK clients.
 """
 
 import argparse
