@@ -723,6 +723,7 @@ def run(args):
                                    peer.timings["npm"], peer.timings["db"],
                                    peer.timings["mobius"]))
         finally:
+            failing = sys.exc_info()[1] is not None
             for c in clients:
                 try:
                     c.close()
@@ -730,9 +731,9 @@ def run(args):
                     log("closing %s: %s" % (c.name, e))
             if gw:
                 rc = gw.stop()
-                if args.verbose or rc not in (0,):
+                if args.verbose or failing or rc != 0:
                     log("gateway log:\n" + gw.text()[-3000:])
-                if rc != 0:
+                if rc != 0 and not failing:
                     raise Fail("the gateway exited with %s on SIGTERM, not 0"
                                % rc)
 
