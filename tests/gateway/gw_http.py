@@ -9,6 +9,8 @@ backend standing for the CSE.
 Cases: forward, forged, plain4107, credential, ida, identity, config,
 config-errors, reload, stop, close, limits."""
 import os
+import re
+import select
 import shutil
 import signal
 import socket
@@ -380,6 +382,108 @@ def case_concurrent(b, g):
           (40 * 14, len(seen)))
 
 
+def eof_within(sock, seconds):
+    """Seconds until the gateway closed `sock` (EOF or reset), or None."""
+    t0 = time.monotonic()
+    sock.settimeout(seconds)
+    try:
+        while True:
+            if not sock.recv(4096):
+                break
+    except ConnectionResetError:
+        pass
+    except socket.timeout:
+        return None
+    return time.monotonic() - t0
+
+
+def case_timeouts(b, g):
+    """--handshake-timeout 1000 --idle-timeout 1500 --max-per-addr 3."""
+    silent = socket.create_connection(("127.0.0.1", g.port), timeout=5)
+    t = eof_within(silent, 6)
+    check(t is not None and 0.8 <= t <= 3,
+          "a silent socket is closed at the handshake timeout (%s s)" % t)
+    silent.close()
+    c = Client(g.port)
+    c.request("POST", "/cse-in", ae_create_headers("C", "t1"), AE_BODY)
+    c.send(b"GET /slow HTTP/1.1\r\nHost: x\r\nX-M2M-Origin: Cae-1\r\n"
+           b"X-M2M-RI: t2\r\n\r\n")
+    st, _, _ = c.response()
+    check(st == 200, "a request at the CSE for 1 s (idle timeout 1.5 s) is answered")
+    t0 = time.monotonic()
+    try:
+        c._pump(lambda: False)
+    except ConnectionError:
+        pass
+    t = time.monotonic() - t0
+    check(1.2 <= t <= 4, "an idle association is closed at the idle timeout "
+          "(%.2f s)" % t)
+    c.close()
+    held = []
+    for i in range(4):
+        s = socket.socket()
+        s.bind(("127.0.0.5", 0))
+        s.connect(("127.0.0.1", g.port))
+        held.append(s)
+    # Two worker threads admit them in either order: whichever comes
+    # fourth is closed at once, the others only at the handshake timeout.
+    p = select.poll()
+    for s in held:
+        p.register(s, select.POLLIN)
+    closed = set()
+    end = time.monotonic() + 0.7
+    while time.monotonic() < end and len(closed) < 4:
+        for fd, _ in p.poll(100):
+            closed.add(fd)
+            p.unregister(fd)
+    check(len(closed) == 1, "of 4 connections from one address (cap 3), "
+          "one is closed at once (%d closed within 0.7 s)" % len(closed))
+    c = Client(g.port)
+    st, _, _ = c.request("POST", "/cse-in", ae_create_headers("C", "t3"),
+                         AE_BODY)
+    check(st == 201, "another address is still served")
+    c.close()
+    for s in held:
+        s.close()
+    g.wait_line(r"refused peer=127\.0\.0\.5:\d+: too many connections "
+                r"from its address")
+
+
+def case_rate_limit(b, g):
+    """--rate-limit 3: three failed handshakes with one KpsaID, from three
+    addresses, block that KpsaID (its owner too, for a while); with
+    --rate-limit 0 the same failures block nothing."""
+    wrong = bytes(32)
+    for i in range(3):
+        try:
+            Client(g.port, key=wrong, source="127.0.0.%d" % (10 + i)).close()
+            check(False, "a wrong key fails")
+        except ConnectionError:
+            pass
+    try:
+        Client(g.port).close()
+        check(False, "the KpsaID is blocked after 3 failures")
+    except ConnectionError:
+        print("ok: the KpsaID is blocked after 3 failures (--rate-limit 3)")
+    g.wait_line(r"failure peer=127\.0\.0\.1:\d+ .*reason=rate-limited "
+                r"detail=\"KpsaID %s is rate-limited" % re.escape(KPSA_ID))
+    g2 = gateway(b, "--rate-limit", "0")
+    try:
+        for i in range(5):
+            try:
+                Client(g2.port, key=wrong,
+                       source="127.0.0.%d" % (10 + i)).close()
+            except ConnectionError:
+                pass
+        c = Client(g2.port)
+        st, _, _ = c.request("POST", "/cse-in", ae_create_headers("C", "rl"),
+                             AE_BODY)
+        check(st == 201, "--rate-limit 0: 5 failures block nothing")
+        c.close()
+    finally:
+        g2.stop()
+
+
 CASES = {
     "forward": (case_forward, []),
     "forged": (case_forged, []),
@@ -394,6 +498,10 @@ CASES = {
     "close": (case_close, []),
     "openssl": (case_openssl, ["--suites", "ts0003"]),
     "concurrent": (case_concurrent, ["--threads", "4"]),
+    "timeouts": (case_timeouts, ["--handshake-timeout", "1000",
+                                 "--idle-timeout", "1500",
+                                 "--max-per-addr", "3"]),
+    "rate-limit": (case_rate_limit, ["--rate-limit", "3"]),
     "limits": (case_limits, ["--max-request", "65536", "--max-response",
                              "65536"]),
 }
