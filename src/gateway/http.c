@@ -145,6 +145,11 @@ static void hs_append(hworker *hw, conn *c) {
 
 /* ---- lifetime ------------------------------------------------------------ */
 
+static void on_wire_drained(struct evbuffer *buf,
+                            const struct evbuffer_cb_info *info, void *arg);
+static void on_plain_added(struct evbuffer *buf,
+                           const struct evbuffer_cb_info *info, void *arg);
+
 static void arm(conn *c, uint64_t at_ms) {
   uint64_t now = gw_now_ms(), d = at_ms > now ? at_ms - now : 0;
   struct timeval tv = {(time_t)(d / 1000), (suseconds_t)(d % 1000) * 1000};
@@ -184,6 +189,10 @@ static void conn_free(void *arg) {
   hw->n_conns--;
   if (c->fwd)
     c->fwd->c = NULL;
+  /* The buffers may outlive c by a loop turn (libevent finalizes
+   * bufferevents later): nothing of theirs may call back into it. */
+  evbuffer_remove_cb(bufferevent_get_output(c->under), on_wire_drained, c);
+  evbuffer_remove_cb(bufferevent_get_output(c->filter), on_plain_added, c);
   if (c->timer)
     event_free(c->timer);
   if (c->kick)
