@@ -4,7 +4,8 @@
 # kind of consumer works: C with pkg-config, C with CMake find_package, the
 # m2mpsk command over loopback, Python and Java, and that both engines are
 # installed: TS-0003's mandated suites with default options against
-# OpenSSL's s_server and s_client. Then purges the packages
+# OpenSSL's s_server and s_client; and that m2mpsk-gateway's service runs
+# as its unit says, as its own account. Then purges the packages
 # and checks that the machine's package set is what it was before.
 #
 #   bash packaging/test-install.sh
@@ -15,7 +16,7 @@
 set -uo pipefail
 
 src=$(cd "$(dirname "$0")/.." && pwd)
-packages=(libm2mpsk0 libm2mpsk-dev m2mpsk-tools python3-m2mpsk libm2mpsk-java)
+packages=(libm2mpsk0 libm2mpsk-dev m2mpsk-tools python3-m2mpsk libm2mpsk-java m2mpsk-gateway)
 passed=0
 failed=0
 installed=0
@@ -40,6 +41,11 @@ for p in "${packages[@]}"; do
 done
 
 work=$(mktemp -d /tmp/m2mpsk-install-test.XXXXXX)
+# m2mpsk-gateway's postinst creates the service account; Debian leaves such
+# accounts behind on purge, the test removes it if it made it.
+had_user=0
+getent passwd m2mpsk >/dev/null && had_user=1
+gwdir=""
 dpkg-query -W -f='${Package}:${Architecture} ${Version}\n' | sort >"$work/before"
 
 cleanup() {
@@ -48,6 +54,11 @@ cleanup() {
     apt-get purge -y -qq "${packages[@]}" >"$work/purge.log" 2>&1 ||
       { cat "$work/purge.log"; echo "purge failed"; }
   fi
+  if [ "$had_user" = 0 ] && getent passwd m2mpsk >/dev/null; then
+    userdel m2mpsk 2>/dev/null
+    getent group m2mpsk >/dev/null && groupdel m2mpsk 2>/dev/null
+  fi
+  [ -n "$gwdir" ] && rm -rf "$gwdir"
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -406,6 +417,96 @@ consumer_mandated() {
 }
 
 # Purged means gone: the package set is what it was before the test.
+# m2mpsk-gateway: the unit, the account and the config file are installed;
+# the unit's command runs as that account with a config made from the
+# shipped one (loopback ports, a key file of its own, a Python HTTP server
+# as the CSE); a request with the bound originator is forwarded, a forged
+# one gets 4106 from the gateway; SIGHUP reloads, SIGTERM ends it with 0.
+gw_request() { # PORT ORIGIN RI: one HTTP request over TLS-PSK (the mandated suite)
+  printf 'GET /hello.txt HTTP/1.1\r\nHost: cse\r\nX-M2M-Origin: %s\r\nX-M2M-RI: %s\r\nConnection: close\r\n\r\n' "$2" "$3" |
+    timeout 20 openssl s_client -connect "127.0.0.1:$1" -quiet -ign_eof \
+      -psk "$(cat "$gwdir/key.hex")" -psk_identity test@onem2m.com \
+      -cipher PSK-AES128-CBC-SHA256 -tls1_2 2>/dev/null
+}
+
+consumer_gateway() {
+  local unit="" u exec_line gw be bport="" port="" line rc out
+  for u in /lib/systemd/system/m2mpsk-gateway.service \
+           /usr/lib/systemd/system/m2mpsk-gateway.service; do
+    [ -f "$u" ] && unit=$u
+  done
+  [ -n "$unit" ] || { echo "m2mpsk-gateway.service not installed"; return 1; }
+  echo "unit: $unit"
+  if command -v systemd-analyze >/dev/null; then
+    systemd-analyze verify "$unit" || return 1
+    echo "systemd-analyze verify: ok"
+  fi
+  getent passwd m2mpsk || { echo "no m2mpsk account"; return 1; }
+  [ -f /etc/m2mpsk/gateway.conf ] || { echo "no /etc/m2mpsk/gateway.conf"; return 1; }
+  exec_line=$(sed -n 's/^ExecStart=//p' "$unit")
+  echo "ExecStart: $exec_line"
+  [ "$exec_line" = "/usr/bin/m2mpsk gateway --config /etc/m2mpsk/gateway.conf" ] || return 1
+  grep -q '^User=m2mpsk$' "$unit" && grep -q '^LimitMEMLOCK=' "$unit" || return 1
+  # The account cannot enter $work (0700, root's): a directory of its own.
+  gwdir=$(mktemp -d /tmp/m2mpsk-gateway-test.XXXXXX)
+  chown m2mpsk:m2mpsk "$gwdir"
+  mkdir -p "$gwdir/www" && echo "hello from the CSE" >"$gwdir/www/hello.txt"
+  runuser -u m2mpsk -- m2mpsk keygen --keys "$gwdir/keys" --kpsa-id test@onem2m.com \
+    --idb //m2m.example.com/cse-in --ida //m2m.example.com/cse-in/Cae1 || return 1
+  sed -n 's/.*kpsa=hex:\([0-9a-f]*\).*/\1/p' "$gwdir/keys" >"$gwdir/key.hex"
+  python3 -u -m http.server 0 --bind 127.0.0.1 --directory "$gwdir/www" \
+    >"$gwdir/backend.out" 2>&1 &
+  be=$!
+  for _ in $(seq 100); do
+    bport=$(sed -n 's/.*port \([0-9][0-9]*\).*/\1/p' "$gwdir/backend.out" | head -1)
+    [ -n "$bport" ] && break
+    sleep 0.1
+  done
+  [ -n "$bport" ] || { cat "$gwdir/backend.out"; kill "$be"; return 1; }
+  sed -e "s|^keys = .*|keys = $gwdir/keys|" \
+      -e 's|^id = .*|id = //m2m.example.com/cse-in|' \
+      -e 's|^http-listen = .*|http-listen = 127.0.0.1:0|' \
+      -e "s|^http-backend = .*|http-backend = 127.0.0.1:$bport|" \
+      /etc/m2mpsk/gateway.conf >"$gwdir/gateway.conf"
+  chmod 644 "$gwdir/gateway.conf"
+  runuser -u m2mpsk -- ${exec_line/\/etc\/m2mpsk\/gateway.conf/$gwdir/gateway.conf} \
+    --threads 1 2>"$gwdir/gateway.err" &
+  gw=$!
+  for _ in $(seq 100); do
+    grep -q 'gateway ready' "$gwdir/gateway.err" 2>/dev/null && break
+    kill -0 "$gw" 2>/dev/null || break
+    sleep 0.1
+  done
+  line=$(grep -m1 'gateway listening http' "$gwdir/gateway.err")
+  port=$(printf '%s' "$line" | sed -n 's/.*:\([0-9][0-9]*\)$/\1/p')
+  rc=0
+  if [ -z "$port" ]; then
+    rc=1
+  else
+    out=$(gw_request "$port" //m2m.example.com/cse-in/Cae1 i1)
+    echo "bound originator: $(printf '%s' "$out" | head -1)"
+    printf '%s' "$out" | grep -q '^HTTP/1.1 200' &&
+      printf '%s' "$out" | grep -q 'hello from the CSE' || rc=1
+    out=$(gw_request "$port" //m2m.example.com/cse-in/Cmallory i2)
+    echo "forged originator: $(printf '%s' "$out" | head -1), $(printf '%s' "$out" | grep -i '^X-M2M-RSC' | tr -d '\r')"
+    printf '%s' "$out" | grep -qi '^X-M2M-RSC: 4106' || rc=1
+    kill -HUP "$gw"
+    for _ in $(seq 50); do grep -q 'keys reloaded' "$gwdir/gateway.err" && break; sleep 0.1; done
+    grep -q 'keys reloaded (1 records)' "$gwdir/gateway.err" || rc=1
+  fi
+  kill -TERM "$gw" 2>/dev/null
+  for _ in $(seq 100); do kill -0 "$gw" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$gw" 2>/dev/null
+  wait "$gw"
+  local gw_rc=$?
+  kill "$be" 2>/dev/null; wait "$be" 2>/dev/null
+  echo "gateway (exit $gw_rc):"; sed 's/^/  /' "$gwdir/gateway.err"
+  grep -q "GET /hello.txt" "$gwdir/backend.out" || { echo "the CSE saw no request"; rc=1; }
+  [ "$(grep -c 'GET /hello.txt' "$gwdir/backend.out")" -eq 1 ] ||
+    { echo "the CSE saw the forged request"; rc=1; }
+  [ "$rc" -eq 0 ] && [ "$gw_rc" -eq 0 ]
+}
+
 machine_as_found() {
   apt-get purge -y -qq "${packages[@]}" || return 1
   installed=0
@@ -423,6 +524,7 @@ if step "build the .debs (dpkg-buildpackage -us -uc -b)" build_debs &&
   step "4. python3 -c 'import m2mpsk' handshake" consumer_python
   step "5. Java class with /usr/share/java/m2mpsk.jar handshake" consumer_java
   step "6. mandated suites, default options: m2mpsk vs openssl s_server/s_client (TLS, DTLS)" consumer_mandated
+  step "7. m2mpsk-gateway: unit, account, config; the service's command forwards, refuses a forged originator (4106), reloads, stops" consumer_gateway
   step "purge, machine as found" machine_as_found
 fi
 echo "== took $((SECONDS - start)) s"
