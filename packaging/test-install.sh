@@ -469,7 +469,10 @@ consumer_gateway() {
       -e "s|^http-backend = .*|http-backend = 127.0.0.1:$bport|" \
       /etc/m2mpsk/gateway.conf >"$gwdir/gateway.conf"
   chmod 644 "$gwdir/gateway.conf"
-  runuser -u m2mpsk -- ${exec_line/\/etc\/m2mpsk\/gateway.conf/$gwdir/gateway.conf} \
+  # setpriv execs the command itself (runuser would stay its parent and
+  # take the signals meant for it), as systemd's User= does.
+  setpriv --reuid m2mpsk --regid m2mpsk --init-groups -- \
+    ${exec_line/\/etc\/m2mpsk\/gateway.conf/$gwdir/gateway.conf} \
     --threads 1 2>"$gwdir/gateway.err" &
   gw=$!
   for _ in $(seq 100); do
