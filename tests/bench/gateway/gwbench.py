@@ -209,6 +209,8 @@ class Bench:
                     # warnings and errors only: no line per connection
                     "debug = 4",
                     "[gwbench]",
+                    # no /etc/hosts.allow lookup per connection
+                    "libwrap = no",
                     "accept = 127.0.0.1:%d" % port,
                     "connect = 127.0.0.1:%d" % backend.port,
                     "ciphers = %s" % SUITES[self.a.suite],
