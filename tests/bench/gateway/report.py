@@ -68,6 +68,9 @@ def engine_memory(doc, suite):
 def section(rows, a):
     run = next(r for r in rows if r["kind"] == "gw_run")
     end = next((r for r in rows if r["kind"] == "gw_end"), {})
+    final = next((r for r in rows if r["kind"] == "gw_contenders"), None)
+    if final:  # a contender that failed to start is left out, with why
+        run = dict(run, contenders=final["contenders"], skipped=final["skipped"])
     samples = [r for r in rows if r["kind"] == "gw_sample"]
     mems = [r for r in rows if r["kind"] == "gw_mem"]
     whos = [w for w in WHOS if w in run["contenders"]]
