@@ -13,6 +13,9 @@
 #include <unistd.h>
 
 #include "cli.h"
+#if M2MPSK_GATEWAY
+#include "gw.h"
+#endif
 
 static const char k_usage[] =
     "usage: m2mpsk COMMAND [OPTIONS]\n"
@@ -26,6 +29,9 @@ static const char k_usage[] =
     "  import   add the records of a GnuTLS psktool file to a key file\n"
     "  serve    run Entity B (the (D)TLS server, a CSE)\n"
     "  connect  run Entity A (the (D)TLS client, an AE or a CSE)\n"
+    "  gateway  run a TLS-PSK/DTLS-PSK gateway in front of a CSE: checks\n"
+    "           each oneM2M request's originator, forwards HTTP and CoAP\n"
+    "           to the CSE's plain ports\n"
     "  version  print the versions of m2mpsk and its TLS library, its\n"
     "           suites, and whether it has the TS-0003 profile's\n"
     "           mandated suites (also --version, -V)\n"
@@ -797,6 +803,16 @@ int main(int argc, char **argv) {
     return cli_serve(argc, argv);
   if (strcmp(cmd, "connect") == 0)
     return cli_connect(argc, argv);
+  if (strcmp(cmd, "gateway") == 0) {
+#if M2MPSK_GATEWAY
+    return gw_main(argc, argv);
+#else
+    cli_log("this m2mpsk was built without the gateway (libevent, json-c "
+            "or libcoap3 was missing at build time: apt-get install "
+            "libevent-dev libjson-c-dev libcoap3-dev, then rebuild)");
+    return CLI_USAGE;
+#endif
+  }
   if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0 ||
       strcmp(cmd, "-V") == 0) {
     if (argc == 2 &&

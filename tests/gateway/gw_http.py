@@ -1,0 +1,368 @@
+#!/usr/bin/env python3
+"""m2mpsk gateway, HTTP binding, end to end over loopback: TLS-PSK clients
+(the m2mpsk Python binding) -> `m2mpsk gateway` -> a recording plain-HTTP
+backend standing for the CSE.
+
+    gw_http.py CASE [PATH-TO-m2mpsk]     exit 0 pass, 1 fail, 77 skip
+    gw_http.py list
+
+Cases: forward, forged, plain4107, credential, ida, identity, config,
+config-errors, reload, stop, close, limits."""
+import os
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gwlib  # noqa: E402
+from gwlib import (AE_BODY, IDB, KEY, KPSA_ID, Backend, Client, Gateway,
+                   ae_create_headers, write_keys)  # noqa: E402
+
+TMP = tempfile.mkdtemp(prefix="gw_http.")
+KEYS = os.path.join(TMP, "keys")
+
+
+def gateway(backend, *extra, keys=KEYS, ready=True):
+    return Gateway(["--keys", keys, "--id", IDB, "--http-listen",
+                    "127.0.0.1:0", "--http-backend",
+                    "127.0.0.1:%d" % backend.port, "--threads", "2"] +
+                   list(extra), ready=ready)
+
+
+def check(cond, what):
+    if not cond:
+        raise AssertionError(what)
+    print("ok:", what)
+
+
+def with_ids(backend, ri):
+    return [r for r in backend.seen() if r[2].get("X-M2M-RI") == ri]
+
+
+def case_forward(b, g):
+    c = Client(g.port)
+    write_body = b'{"m2m:cin":{"con":"21"}}'
+    st, h, body = c.request("POST", "/cse-in/ae/cnt?x=1",
+                            {"X-M2M-Origin": "C", "X-M2M-RI": "f1",
+                             "Content-Type": "application/json;ty=2"},
+                            AE_BODY)
+    check(st == 201 and h["x-m2m-rsc"] == "2001", "AE CREATE forwarded, 201")
+    st, h, body = c.request("POST", "/cse-in/ae/cnt?x=1",
+                            {"X-M2M-Origin": "/cse-in/Cae-1",
+                             "X-M2M-RI": "f2",
+                             "Content-Type": "application/json;ty=4"},
+                            write_body)
+    seen = with_ids(b, "f2")
+    check(len(seen) == 1, "the backend received the request once")
+    m, path, hdrs, got = seen[0]
+    check(m == "POST" and path == "/cse-in/ae/cnt?x=1", "method and target")
+    check(hdrs.get("X-M2M-Origin") == "/cse-in/Cae-1" and
+          hdrs.get("Content-Type") == "application/json;ty=4", "headers")
+    check(got == write_body, "body")
+    check(st == 200 and h["x-m2m-rsc"] == "2000" and h["x-m2m-ri"] == "f2" and
+          body == b'{"m2m:dbg": "ok /cse-in/ae/cnt?x=1"}',
+          "status, headers and body copied back")
+    for i in range(20):  # keep-alive, to the backend as well
+        st, _, _ = c.request("GET", "/cse-in/ae", {
+            "X-M2M-Origin": "/cse-in/Cae-1", "X-M2M-RI": "k%d" % i})
+        check(st == 200, "request %d on the same association" % i) \
+            if i == 19 else None
+    c.close()
+
+
+def case_forged(b, g):
+    c = Client(g.port)
+    st, h, _ = c.request("POST", "/cse-in", ae_create_headers("C", "a1"),
+                         AE_BODY)
+    check(st == 201, "registered")
+    st, h, body = c.request("GET", "/cse-in/ae", {
+        "X-M2M-Origin": "//m2m.example.com/cse-in/Cmallory",
+        "X-M2M-RI": "forged-1"})
+    check(st == 403 and h.get("x-m2m-rsc") == "4106", "forged From: 403 4106")
+    check(h.get("x-m2m-ri") == "forged-1", "X-M2M-RI copied")
+    check(body.startswith(b'{"m2m:dbg":"'), "m2m:dbg body: %r" % body)
+    st, h, _ = c.request("GET", "/cse-in/ae", {"X-M2M-RI": "forged-2"})
+    check(st == 403 and h.get("x-m2m-rsc") == "4106", "no From: 4106")
+    check(not with_ids(b, "forged-1") and not with_ids(b, "forged-2"),
+          "the backend never saw the refused requests")
+    st, _, _ = c.request("GET", "/cse-in/ae", {"X-M2M-Origin": "Cae-1",
+                                                "X-M2M-RI": "ok-1"})
+    check(st == 200 and len(with_ids(b, "ok-1")) == 1,
+          "the association goes on after a refusal")
+    c.close()
+
+
+def case_plain4107(b, g):
+    s = socket.create_connection(("127.0.0.1", g.port), timeout=10)
+    s.sendall(b"GET /cse-in HTTP/1.1\r\nHost: x\r\nX-M2M-Origin: /cse-9\r\n"
+              b"X-M2M-RI: p1\r\n\r\n")
+    data = b""
+    end = time.monotonic() + 10
+    while time.monotonic() < end:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+        if b"\r\n\r\n" in data and data.endswith(b"}"):
+            break
+    s.close()
+    check(data.startswith(b"HTTP/1.1 403"), "plain HTTP: 403 (%r)" % data[:60])
+    check(b"X-M2M-RSC: 4107" in data and b"X-M2M-RI: p1" in data,
+          "X-M2M-RSC 4107 and X-M2M-RI")
+    check(not with_ids(b, "p1"), "the backend never saw it")
+
+
+def case_credential(b, g):
+    c = Client(g.port)
+    st, h, _ = c.request("GET", "/cse-in", {"X-M2M-Origin": "C",
+                                             "X-M2M-RI": "c1"})
+    check(st == 403 and h["x-m2m-rsc"] == "4106",
+          "Credential-ID: a retrieve before registering gets 4106")
+    st, h, _ = c.request("POST", "/cse-in", {
+        "X-M2M-Origin": "C", "X-M2M-RI": "c2",
+        "Content-Type": "application/json;ty=3"}, b"{}")
+    check(st == 403 and h["x-m2m-rsc"] == "4106",
+          "a CREATE of another resource type gets 4106")
+    check(not with_ids(b, "c1") and not with_ids(b, "c2"),
+          "neither reached the backend")
+    st, h, body = c.request("POST", "/cse-in", ae_create_headers("C", "c3"),
+                            AE_BODY)
+    check(st == 201 and b'"aei": "Cae-1"' in body, "AE CREATE passes, 201")
+    st, _, _ = c.request("GET", "/cse-in/ae", {
+        "X-M2M-Origin": "//m2m.example.com/cse-in/Cae-1", "X-M2M-RI": "c4"})
+    check(st == 200, "the bound AE-ID (absolute) passes")
+    st, _, _ = c.request("GET", "/cse-in/ae", {"X-M2M-Origin": "Cae-1",
+                                                "X-M2M-RI": "c5"})
+    check(st == 200, "the bound AE-ID (stem) passes")
+    st, h, _ = c.request("GET", "/cse-in/ae", {"X-M2M-Origin": "Cae-2",
+                                                "X-M2M-RI": "c6"})
+    check(st == 403 and h["x-m2m-rsc"] == "4106", "another AE-ID gets 4106")
+    st, h, _ = c.request("POST", "/cse-in", ae_create_headers("C", "c7"),
+                         AE_BODY)
+    check(st == 403 and h["x-m2m-rsc"] == "4106",
+          "a second registration with another From gets 4106")
+    check(not with_ids(b, "c6") and not with_ids(b, "c7"),
+          "the refused ones never reached the backend")
+    g.wait_line(r"bound peer=.* to AE-ID //m2m\.example\.com/cse-in/Cae-1")
+    c.close()
+
+
+def case_ida(b, g):
+    ida = "//m2m.example.com/cse-in/Cida-ae"
+    write_keys(KEYS, [(KPSA_ID, KEY, None), ("ida@onem2m.com", KEY, ida)])
+    g.signal(signal.SIGHUP)
+    g.wait_line(r"keys reloaded \(2 records\)")
+    c = Client(g.port, kpsa_id="ida@onem2m.com")
+    st, _, _ = c.request("GET", "/cse-in", {"X-M2M-Origin": ida,
+                                             "X-M2M-RI": "i1"})
+    check(st == 200, "IdA configured: its AE-ID passes")
+    st, h, _ = c.request("GET", "/cse-in", {"X-M2M-Origin": "Cother",
+                                             "X-M2M-RI": "i2"})
+    check(st == 403 and h["x-m2m-rsc"] == "4106" and not with_ids(b, "i2"),
+          "another From 4106")
+    c.close()
+
+
+def case_identity(b, g):
+    c = Client(g.port)
+    st, _, _ = c.request("POST", "/cse-in", dict(
+        ae_create_headers("C", "h1"), **{"X-Auth-Id": "forged"}), AE_BODY)
+    check(st == 201, "registered")
+    st, _, _ = c.request("GET", "/cse-in/ae", {
+        "X-M2M-Origin": "Cae-1", "X-M2M-RI": "h2",
+        "x-auth-id": "//m2m.example.com/cse-in/Cadmin"})
+    h1, h2 = with_ids(b, "h1")[0][2], with_ids(b, "h2")[0][2]
+    check(h1.get("X-Auth-Id") == "12-" + KPSA_ID,
+          "before the AE-ID is bound: the Credential-ID (%r)" % h1)
+    check(h2.get("X-Auth-Id") == "//m2m.example.com/cse-in/Cae-1",
+          "then the AE-ID, the device's own header removed (%r)" % h2)
+    check(sum(1 for k in h2 if k.lower() == "x-auth-id") == 1, "once")
+    c.close()
+
+
+def case_config(b, _g):
+    conf = os.path.join(TMP, "gw.conf")
+    with open(conf, "w") as f:
+        f.write("# the gateway's configuration\n"
+                "keys = %s\nid = %s\n\nhttp-listen = 127.0.0.1:0\n"
+                "http-backend = 127.0.0.1:%d\n  threads = 1\n"
+                "identity-header = X-From-File\nlog-rate = 50\n" %
+                (KEYS, IDB, b.port))
+    g = Gateway(["--config", conf, "--identity-header", "X-From-Cli"])
+    try:
+        c = Client(g.port)
+        c.request("POST", "/cse-in", ae_create_headers("C", "cf1"), AE_BODY)
+        hdrs = with_ids(b, "cf1")[0][2]
+        check("X-From-Cli" in hdrs and "X-From-File" not in hdrs,
+              "a config file runs the gateway; the command line overrides it")
+        c.close()
+    finally:
+        g.stop()
+
+
+def case_config_errors(b, _g):
+    conf = os.path.join(TMP, "bad.conf")
+    for text, line, what in [
+            ("keys = %s\nid = %s\nnot-an-option = 1\n" % (KEYS, IDB), 3,
+             "unknown key"),
+            ("keys = %s\n\n# c\nmax-conn = lots\n" % KEYS, 4, "not a number"),
+            ("id = /cse\nid\n", 2, "key = value"),
+            ("id = not-a-cse-id\n", 1, "not a CSE-ID")]:
+        with open(conf, "w") as f:
+            f.write(text)
+        g = Gateway(["--config", conf, "--http-listen", "127.0.0.1:0",
+                     "--http-backend", "127.0.0.1:%d" % b.port], ready=False)
+        rc = g.wait_exit()
+        g.stop()
+        out = "\n".join(g.lines())
+        check(rc == 2 and ("%s:%d:" % (conf, line)) in out,
+              "%s: exit 2 naming %s:%d (%r)" % (what, conf, line, out))
+    g = Gateway(["--config", os.path.join(TMP, "missing.conf")], ready=False)
+    rc = g.wait_exit()
+    g.stop()
+    check(rc == 2 and "missing.conf" in "\n".join(g.lines()),
+          "a missing config file: exit 2")
+    g = Gateway(["--keys", os.path.join(TMP, "nokeys"), "--id", IDB,
+                 "--http-listen", "127.0.0.1:0", "--http-backend",
+                 "127.0.0.1:1"], ready=False)
+    check(g.wait_exit() == 3, "a missing key file: exit 3")
+    g.stop()
+
+
+def case_reload(b, g):
+    old = Client(g.port)
+    st, _, _ = old.request("POST", "/cse-in", ae_create_headers("C", "r1"),
+                           AE_BODY)
+    check(st == 201, "old association registered")
+    key2 = bytes(range(100, 132))
+    try:
+        Client(g.port, kpsa_id="new@onem2m.com", key=key2).close()
+        check(False, "an unknown key fails before the reload")
+    except ConnectionError:
+        print("ok: an unknown key fails before the reload")
+    write_keys(KEYS, [("new@onem2m.com", key2, None)])
+    n = len(g.lines())
+    g.signal(signal.SIGHUP)
+    g.wait_line(r"^m2mpsk: gateway keys reloaded \(1 records\)$", start=n)
+    new = Client(g.port, kpsa_id="new@onem2m.com", key=key2)
+    st, _, _ = new.request("POST", "/cse-in", ae_create_headers("C", "r2"),
+                           AE_BODY)
+    check(st == 201, "the new key works after SIGHUP")
+    st, _, _ = old.request("GET", "/cse-in/ae", {"X-M2M-Origin": "Cae-1",
+                                                  "X-M2M-RI": "r3"})
+    check(st == 200, "the association made with the old keys goes on")
+    try:
+        Client(g.port).close()
+        check(False, "the removed key no longer makes associations")
+    except ConnectionError:
+        print("ok: the removed key no longer makes associations")
+    with open(KEYS, "w") as f:
+        f.write("this is not a key file\n")
+    n = len(g.lines())
+    g.signal(signal.SIGHUP)
+    g.wait_line(r"^m2mpsk: gateway keys not reloaded: .*:1: ", start=n)
+    Client(g.port, kpsa_id="new@onem2m.com", key=key2).close()
+    print("ok: a bad key file keeps the keys in force")
+    new.close()
+    old.close()
+
+
+def case_stop(b, g):
+    c = Client(g.port)
+    c.request("POST", "/cse-in", ae_create_headers("C", "s1"), AE_BODY)
+    c.send(b"GET /slow HTTP/1.1\r\nHost: x\r\nX-M2M-Origin: Cae-1\r\n"
+           b"X-M2M-RI: s2\r\n\r\n")
+    end = time.monotonic() + 10
+    while not with_ids(b, "s2") and time.monotonic() < end:
+        b.wait_request(0.5)
+    g.signal(signal.SIGTERM)
+    g.wait_line(r"^m2mpsk: gateway stopping$")
+    st, _, body = c.response()
+    check(st == 200, "the request in flight at SIGTERM is answered")
+    check(g.wait_exit() == 0, "exit 0 after SIGTERM")
+    try:
+        socket.create_connection(("127.0.0.1", g.port), timeout=2).close()
+        check(False, "the listener is closed")
+    except OSError:
+        print("ok: the listener is closed")
+    c.close()
+
+
+def case_close(b, g):
+    c = Client(g.port)
+    c.request("POST", "/cse-in", ae_create_headers("C", "x1"), AE_BODY)
+    st, h, body = c.request("GET", "/big?n=3000000", {
+        "X-M2M-Origin": "Cae-1", "X-M2M-RI": "x2", "Connection": "close"})
+    check(st == 200 and len(body) == 3000000,
+          "Connection: close: the whole 3 MB response arrives first")
+    c.close()
+
+
+def case_limits(b, g):
+    c = Client(g.port)
+    c.request("POST", "/cse-in", ae_create_headers("C", "l1"), AE_BODY)
+    st, _, _ = c.request("POST", "/cse-in/ae", {
+        "X-M2M-Origin": "Cae-1", "X-M2M-RI": "l2",
+        "Content-Type": "application/json;ty=4"}, b"x" * 70000)
+    check(st == 413 and not with_ids(b, "l2"),
+          "a request over --max-request: 413, not forwarded")
+    c.close()
+    c = Client(g.port)
+    c.request("POST", "/cse-in", ae_create_headers("C", "l3"), AE_BODY)
+    st, _, _ = c.request("GET", "/big?n=100000", {"X-M2M-Origin": "Cae-1",
+                                                   "X-M2M-RI": "l4"})
+    check(st == 502, "a response over --max-response: 502 (%d)" % st)
+    c.close()
+
+
+CASES = {
+    "forward": (case_forward, []),
+    "forged": (case_forged, []),
+    "plain4107": (case_plain4107, []),
+    "credential": (case_credential, []),
+    "ida": (case_ida, []),
+    "identity": (case_identity, ["--identity-header", "X-Auth-Id"]),
+    "config": (case_config, None),
+    "config-errors": (case_config_errors, None),
+    "reload": (case_reload, []),
+    "stop": (case_stop, []),
+    "close": (case_close, []),
+    "limits": (case_limits, ["--max-request", "65536", "--max-response",
+                             "65536"]),
+}
+
+
+def main():
+    if len(sys.argv) < 2 or sys.argv[1] == "list":
+        print("\n".join(CASES))
+        return 0
+    name = sys.argv.pop(1)
+    fn, extra = CASES[name]
+    write_keys(KEYS, [(KPSA_ID, KEY, None)])
+    b = Backend()
+    g = None
+    watchdog = threading.Timer(100, lambda: os._exit(1))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        if extra is not None:
+            g = gateway(b, *extra)
+        fn(b, g)
+        print("PASS", name)
+        return 0
+    except (AssertionError, ConnectionError, TimeoutError) as e:
+        print("FAIL %s: %s" % (name, e))
+        if g is not None:
+            print("gateway stderr:\n" + "\n".join(g.lines()[-30:]))
+        return 1
+    finally:
+        if g is not None:
+            g.stop()
+        b.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
