@@ -251,7 +251,7 @@ class Bench:
     # -- the client -------------------------------------------------------
 
     def load(self, who, port, mode, pids, conc, seconds, warmup, n=None,
-             on_idle=None):
+             on_idle=None, no_request=False):
         argv = [self.a.load, "--port", str(port), "--mode", mode,
                 "--conc", str(conc), "--seconds", str(seconds),
                 "--warmup", str(warmup), "--origin", ORIGIN]
@@ -260,6 +260,8 @@ class Bench:
                      "--suites", self.a.suite]
         if n is not None:
             argv += ["--n", str(n), "--hold", "60"]
+        if no_request:
+            argv += ["--no-request"]
         p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
         # the client bounds itself (alarm); this bounds the wait for it
@@ -333,10 +335,11 @@ class Bench:
                 who, phase, r["last_error"]))
         return r
 
-    def memory(self, who, rep):
+    def memory(self, who, rep, request):
         """A fresh backend and server: warm-up associations, then the
-        resident set before and while N associations are held idle."""
-        tag = "mem%d" % rep
+        resident set before and while N associations are held idle, each
+        after one request answered (request) or right after its handshake."""
+        tag = "mem%d%s" % (rep, "r" if request else "h")
         backend = self.start_backend("%s.%s" % (who, tag))
         procs = []
         try:
@@ -356,11 +359,11 @@ class Bench:
                         "rss_backend_kib": rss_kib(backend.pid),
                         "threads_idle": threads(proc.pid)}
             r = self.load(who, port, "idle", pids, 32, 1, 0, n=n,
-                          on_idle=measure)
+                          on_idle=measure, no_request=not request)
             if r["idle"] != n or "rss_server_kib" not in r:
                 raise RuntimeError("%s: %s of %d associations idle (%s)" % (
                     who, r["idle"], n, r["last_error"]))
-            out = dict(kind="gw_mem", who=who, rep=rep, n=n,
+            out = dict(kind="gw_mem", who=who, rep=rep, n=n, request=request,
                        rss_base_kib=base["server"], rss_idle_kib=r["rss_server_kib"],
                        backend_base_kib=base["backend"],
                        backend_idle_kib=r["rss_backend_kib"],
@@ -368,9 +371,10 @@ class Bench:
                        dropped_idle=r["dropped_idle"],
                        per_assoc_b=(r["rss_server_kib"] - base["server"]) * 1024 / n,
                        backend_per_assoc_b=(r["rss_backend_kib"] - base["backend"]) * 1024 / n)
-            log("  %-8s memory    rep %d: %.0f B per idle association "
+            log("  %-8s memory %s rep %d: %.0f B per idle association "
                 "(server %d -> %d KiB, %d -> %d threads; backend %+.0f B each)" % (
-                    who, rep, out["per_assoc_b"], base["server"],
+                    who, "(request)  " if request else "(handshake)", rep,
+                    out["per_assoc_b"], base["server"],
                     r["rss_server_kib"], base_threads, r["threads_idle"],
                     out["backend_per_assoc_b"]))
             return out
@@ -434,8 +438,9 @@ class Bench:
             self.backend.stop()
         for rep in range(p["mem_reps"]):
             order = whos[rep % len(whos):] + whos[:rep % len(whos)]
-            for w in order:
-                self.emit(self.memory(w, rep))
+            for request in (True, False):
+                for w in order:
+                    self.emit(self.memory(w, rep, request))
         self.emit(dict(kind="gw_end",
                        loadavg_end=open("/proc/loadavg").read().split()[:3]))
         summarize(self.rows)
@@ -482,10 +487,13 @@ def summarize(rows):
                    statistics.median(pc) if pc else 0,
                    statistics.median(r["p99_us"] for r in s)))
     for who in ("gateway", "stunnel", "direct"):
-        m = [r for r in rows if r["kind"] == "gw_mem" and r["who"] == who]
-        if m:
-            log("memory    %-8s %.0f B per idle association" % (
-                who, statistics.median(r["per_assoc_b"] for r in m)))
+        for request in (True, False):
+            m = [r for r in rows if r["kind"] == "gw_mem" and r["who"] == who
+                 and r["request"] == request]
+            if m:
+                log("memory    %-8s %.0f B per idle association, %s" % (
+                    who, statistics.median(r["per_assoc_b"] for r in m),
+                    "after one request" if request else "handshake only"))
 
 
 def main():

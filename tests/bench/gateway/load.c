@@ -6,7 +6,7 @@
  *
  *   m2mpsk-gwbench-load --port P --mode assoc|keepalive|idle [--tls
  *       --keys FILE --kpsa-id ID [--suites LIST]] [--conc C] [--warmup S]
- *       [--seconds S] [--n N] [--hold S] [--origin FROM]
+ *       [--seconds S] [--n N] [--hold S] [--origin FROM] [--no-request]
  *
  * Modes:
  *  - assoc: C connections at a time, each a new association: TCP connect,
@@ -15,7 +15,8 @@
  *    requests one after another on each (keep-alive, no pipelining).
  *  - idle: N associations, C at a time in the making, each with one request
  *    answered, then all held idle until a line (or EOF) on stdin, or --hold
- *    seconds.
+ *    seconds. With --no-request, each is held as soon as it is established
+ *    (TLS) or connected (plain), without a request.
  *
  * Output, on stdout: "go" when the timed window starts, "stop" when it
  * ends (the driver reads the servers' CPU time at both), "idle N" when N
@@ -64,7 +65,7 @@ typedef struct conn {
 
 static struct {
   enum mode mode;
-  int port, tls, conc, n;
+  int port, tls, conc, n, no_request;
   double warmup, seconds, hold;
   const char *keys, *kpsa_id, *suites, *origin;
   m2mpsk_keystore *ks;
@@ -201,6 +202,15 @@ static int tls_flush(conn *c) {
   return 0;
 }
 
+/* Idle mode: this association is up (and, unless --no-request, has had
+ * its request answered); it stays as it is until released. */
+static void mark_idle(conn *c) {
+  c->st = C_IDLE;
+  g.idle_now++;
+  if (g.no_request)
+    g.completed_all++;
+}
+
 static int send_request(conn *c) {
   c->resp_len = 0;
   c->t_req = now_ns();
@@ -257,8 +267,13 @@ static int on_connected(conn *c) {
     g.conn_fail++;
     return -1;
   }
-  if (!g.tls)
+  if (!g.tls) {
+    if (g.no_request) {
+      mark_idle(c);
+      return 0;
+    }
     return send_request(c);
+  }
   c->st = C_HANDSHAKE;
   int rc = m2mpsk_assoc_new(&c->a, M2MPSK_ROLE_INITIATOR, M2MPSK_TRANSPORT_TLS,
                             g.cfg, g.ks, g.kpsa_id);
@@ -341,10 +356,7 @@ static void on_response(conn *c, int status) {
       start_next(c);
     }
     break;
-  case MODE_IDLE:
-    c->st = C_IDLE;
-    g.idle_now++;
-    break;
+  case MODE_IDLE: mark_idle(c); break;
   }
 }
 
@@ -401,6 +413,10 @@ static void on_readable(conn *c) {
       if (c->st == C_HANDSHAKE) {
         if (m2mpsk_assoc_state(c->a) != M2MPSK_STATE_ESTABLISHED)
           continue;
+        if (g.no_request) {
+          mark_idle(c);
+          return;
+        }
         if (send_request(c) != 0) {
           g.hs_fail++;
           conn_close(c);
@@ -492,7 +508,8 @@ static double pct(uint64_t *v, size_t n, double p) {
 static void usage(void) {
   fputs("usage: m2mpsk-gwbench-load --port P --mode assoc|keepalive|idle\n"
         "  [--tls --keys FILE --kpsa-id ID [--suites LIST]] [--conc C]\n"
-        "  [--warmup S] [--seconds S] [--n N] [--hold S] [--origin FROM]\n",
+        "  [--warmup S] [--seconds S] [--n N] [--hold S] [--origin FROM]\n"
+        "  [--no-request]\n",
         stderr);
 }
 
@@ -510,6 +527,7 @@ static int parse_args(int argc, char **argv) {
       {"n", required_argument, NULL, 'n'},
       {"hold", required_argument, NULL, 'H'},
       {"origin", required_argument, NULL, 'o'},
+      {"no-request", no_argument, NULL, 'R'},
       {NULL, 0, NULL, 0}};
   int o;
   while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -535,6 +553,7 @@ static int parse_args(int argc, char **argv) {
     case 'n': g.n = atoi(optarg); break;
     case 'H': g.hold = atof(optarg); break;
     case 'o': g.origin = optarg; break;
+    case 'R': g.no_request = 1; break;
     default: return -1;
     }
   }

@@ -119,11 +119,14 @@ def section(rows, a):
                                             for r in ss if r["completed"]])
             f[phase + "_server_us"] = med([r["cpu_server"] / r["completed"] * 1e6
                                           for r in ss if r["completed"]])
-        mm = [r for r in mems if r["who"] == w]
+        mm = [r for r in mems if r["who"] == w and r.get("request", True)]
+        mh = [r for r in mems if r["who"] == w and not r.get("request", True)]
         f["mem"] = med([r["per_assoc_b"] for r in mm])
         f["mem_backend"] = med([r["backend_per_assoc_b"] for r in mm])
-        f["mem_threads"] = max((r["threads_idle"] for r in mm), default=0)
-        f["mem_dropped"] = sum(r["dropped_idle"] for r in mm)
+        f["mem_hs"] = med([r["per_assoc_b"] for r in mh])
+        f["mem_hs_backend"] = med([r["backend_per_assoc_b"] for r in mh])
+        f["mem_threads"] = max((r["threads_idle"] for r in mm + mh), default=0)
+        f["mem_dropped"] = sum(r["dropped_idle"] for r in mm + mh)
         if w != "direct" and "direct" in whos:
             f["lat_added_p99"] = added("latency", "p99_us", w)
             f["lat_added_p50"] = added("latency", "p50_us", w)
@@ -235,6 +238,10 @@ def section(rows, a):
     row("resident memory per idle association B (%d held, each after one "
         "request)" % idle_n, "mem")
     row("backend's resident memory per idle association B", "mem_backend")
+    row("resident memory per idle association B, held right after the "
+        "handshake (no request yet)", "mem_hs")
+    row("backend's resident memory per association B, right after the "
+        "handshake", "mem_hs_backend")
     w_("| server threads while %d associations are idle | %s |" % (
         idle_n, " | ".join(str(fig[w]["mem_threads"]) for w in whos)))
     fails = {w: sum(fig[w][p + "_fail"] for p in ("assoc", "keepalive", "latency"))
