@@ -41,13 +41,13 @@ SUITES = {
 
 PROFILES = {
     #            reps, warm-up s, window s, conc assoc, conc keep-alive,
-    #            idle N, memory reps
+    #            idle N, memory reps, memory right after the handshake too
     "full": dict(reps=5, warmup=1.0, seconds=4.0, conc_assoc=16,
-                 conc_ka=32, idle_n=2000, mem_reps=3),
-    "quick": dict(reps=2, warmup=0.3, seconds=1.2, conc_assoc=16,
-                  conc_ka=32, idle_n=1000, mem_reps=1),
+                 conc_ka=32, idle_n=2000, mem_reps=3, mem_handshake=True),
+    "quick": dict(reps=2, warmup=0.25, seconds=1.0, conc_assoc=16,
+                  conc_ka=32, idle_n=1000, mem_reps=1, mem_handshake=False),
     "smoke": dict(reps=1, warmup=0.2, seconds=0.5, conc_assoc=4,
-                  conc_ka=4, idle_n=50, mem_reps=1),
+                  conc_ka=4, idle_n=50, mem_reps=1, mem_handshake=True),
 }
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -438,7 +438,7 @@ class Bench:
             self.backend.stop()
         for rep in range(p["mem_reps"]):
             order = whos[rep % len(whos):] + whos[:rep % len(whos)]
-            for request in (True, False):
+            for request in (True, False) if p["mem_handshake"] else (True,):
                 for w in order:
                     self.emit(self.memory(w, rep, request))
         self.emit(dict(kind="gw_end",
