@@ -4,7 +4,7 @@
 # the gateway section of docs/BENCHMARKS.md and docs/benchmarks-gateway.png
 # (the rest of the document is tests/bench/run.sh's and stays as it is).
 #
-#   bash tests/bench/gateway/run.sh           # full run, about 5 minutes
+#   bash tests/bench/gateway/run.sh           # full run, about 7 minutes
 #   bash tests/bench/gateway/run.sh --quick   # about 1 minute; writes
 #                                             # build-bench/gateway-results/ only
 #
