@@ -41,13 +41,17 @@ SUITES = {
 
 PROFILES = {
     #            reps, warm-up s, window s, conc assoc, conc keep-alive,
-    #            idle N, memory reps, memory right after the handshake too
+    #            idle N, memory reps, memory right after the handshake too,
+    #            associations held under massif (0: none)
     "full": dict(reps=5, warmup=1.0, seconds=4.0, conc_assoc=16,
-                 conc_ka=32, idle_n=2000, mem_reps=3, mem_handshake=True),
+                 conc_ka=32, idle_n=2000, mem_reps=3, mem_handshake=True,
+                 massif_n=500),
     "quick": dict(reps=2, warmup=0.25, seconds=1.0, conc_assoc=16,
-                  conc_ka=32, idle_n=1000, mem_reps=1, mem_handshake=False),
+                  conc_ka=32, idle_n=1000, mem_reps=1, mem_handshake=False,
+                  massif_n=0),
     "smoke": dict(reps=1, warmup=0.2, seconds=0.5, conc_assoc=4,
-                  conc_ka=4, idle_n=50, mem_reps=1, mem_handshake=True),
+                  conc_ka=4, idle_n=50, mem_reps=1, mem_handshake=True,
+                  massif_n=0),
 }
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -383,6 +387,84 @@ class Bench:
                 pr.stop()
             backend.stop()
 
+    def massif(self):
+        """Where the gateway's heap per idle association goes: the gateway
+        (one thread) under valgrind's massif, a detailed snapshot (vgdb)
+        while N associations are held idle, and another while 2N are. Heap in use only: what malloc itself adds (its headers,
+        rounding) and page granularity are in the resident figure."""
+        vg, vgdb = shutil.which("valgrind"), shutil.which("vgdb")
+        if not vg or not vgdb:
+            return dict(kind="gw_massif", skipped="valgrind not installed")
+        n = self.p["massif_n"]
+        backend = self.start_backend("massif")
+        out = os.path.join(self.work, "massif.out")
+        snaps = [os.path.join(self.work, "massif.%d.txt" % i) for i in (0, 1)]
+        for f in snaps:
+            if os.path.exists(f):
+                os.remove(f)
+        proc = None
+        try:
+            argv = [vg, "--tool=massif", "--vgdb=yes", "--threshold=0.01",
+                    "--massif-out-file=" + out, self.a.m2mpsk, "gateway",
+                    "--keys", self.keys, "--id", IDB,
+                    "--http-listen", "127.0.0.1:0",
+                    "--http-backend", "127.0.0.1:%d" % backend.port,
+                    "--max-conn", str(n * 2 + 1000),
+                    "--max-per-addr", str(n * 2 + 1000),
+                    "--idle-timeout", "600000", "--handshake-timeout", "60000",
+                    "--threads", "1"] + self.a.gateway_arg
+            proc = Proc("gateway (massif)", argv, os.path.join(
+                self.work, "gateway.massif.log"), ready=[
+                r"gateway listening http 127\.0\.0\.1:(\d+)", r"gateway ready"],
+                timeout=120)
+            m = proc.found.get(r"gateway listening http 127\.0\.0\.1:(\d+)")
+            if not m:
+                raise RuntimeError("gateway under massif did not start: " + proc.tail())
+            port = int(m.group(1))
+            pids = {"server": proc.pid, "backend": backend.pid}
+
+            def snap(path):
+                subprocess.run([vgdb, "--pid=%d" % proc.pid,
+                                "detailed_snapshot", path],
+                               capture_output=True, timeout=120, check=True)
+                if not os.path.exists(path):
+                    raise RuntimeError("vgdb wrote no snapshot %s" % path)
+                return {}
+            # A warm-up round; then N associations held idle, a snapshot,
+            # N more held idle next to them (a second client), another
+            # snapshot. Both snapshots are taken with everything idle, so
+            # nothing transient (a connection being torn down, a deferred
+            # callback) is in their difference.
+            self.load("gateway", port, "idle", pids, 16, 1, 0, n=50,
+                      on_idle=lambda: {})
+
+            def second():
+                snap(snaps[0])
+                r2 = self.load("gateway", port, "idle", pids, 16, 1, 0, n=n,
+                               on_idle=lambda: snap(snaps[1]))
+                return {"second_idle": r2["idle"]}
+            r = self.load("gateway", port, "idle", pids, 16, 1, 0, n=n,
+                          on_idle=second)
+            if r["idle"] != n or r.get("second_idle") != n:
+                raise RuntimeError("massif: %s and %s of %d idle" % (
+                    r["idle"], r.get("second_idle"), n))
+        finally:
+            if proc is not None:
+                proc.stop()
+            backend.stop()
+        a, b = massif_parse(snaps[0]), massif_parse(snaps[1])
+        by_fn = {}
+        for k in set(a["fns"]) | set(b["fns"]):
+            d = (b["fns"].get(k, 0) - a["fns"].get(k, 0)) / n
+            if abs(d) >= 1:
+                by_fn[k] = d
+        row = dict(kind="gw_massif", n=n,
+                   heap_b=(b["heap"] - a["heap"]) / n,
+                   extra_b=(b["extra"] - a["extra"]) / n, fns=by_fn)
+        log("  gateway  massif: %.0f B of heap per idle association (+%.0f B "
+            "malloc overhead)" % (row["heap_b"], row["extra_b"]))
+        return row
+
     # -- the run ----------------------------------------------------------
 
     def emit(self, row):
@@ -441,10 +523,35 @@ class Bench:
             for request in (True, False) if p["mem_handshake"] else (True,):
                 for w in order:
                     self.emit(self.memory(w, rep, request))
+        if "gateway" in whos and p["massif_n"]:
+            self.emit(self.massif())
         self.emit(dict(kind="gw_end",
                        loadavg_end=open("/proc/loadavg").read().split()[:3]))
         summarize(self.rows)
         return 0
+
+
+def massif_parse(path):
+    """Heap totals and the top-level allocation sites of one massif
+    detailed snapshot (as vgdb's detailed_snapshot writes it)."""
+    heap = extra = 0
+    fns = {}
+    rx = re.compile(r"^ n\d+: (\d+) (?:0x[0-9A-F]+: )?(.*)$")
+    with open(path) as f:
+        for line in f:
+            if line.startswith("mem_heap_B="):
+                heap = int(line.split("=")[1])
+            elif line.startswith("mem_heap_extra_B="):
+                extra = int(line.split("=")[1])
+            else:
+                m = rx.match(line)
+                if m:
+                    name = re.sub(r" \((?:in )?(.*?)\)$", lambda mm: " (%s)" % (
+                        os.path.basename(mm.group(1)).split(":")[0]), m.group(2))
+                    if name.startswith("in ") and "places" in name:
+                        name = "(below massif's threshold)"
+                    fns[name] = fns.get(name, 0) + int(m.group(1))
+    return dict(heap=heap, extra=extra, fns=fns)
 
 
 def versions(a):

@@ -40,6 +40,25 @@ def fmt(t, spec="%.0f"):
     return (spec + " (" + spec + "–" + spec + ")") % t
 
 
+MASSIF_CATEGORIES = ["the TLS library (BoringSSL)", "m2mpsk (association, engine module)",
+                     "libevent (bufferevents, evhttp)", "the gateway (src/gateway)",
+                     "other"]
+
+
+def massif_category(fn):
+    """Which part of the gateway an allocation site belongs to."""
+    if re.search(r"\((libcrypto|libssl)\.so\.0\)$", fn):
+        return MASSIF_CATEGORIES[0]
+    if fn.startswith(("m2mpsk_", "fam_", "decide_binding")) or re.search(
+            r"\((assoc|config|keystore|guard|common|tls_\w+)\.[ch]\)$", fn):
+        return MASSIF_CATEGORIES[1]
+    if "libevent" in fn:
+        return MASSIF_CATEGORIES[2]
+    if re.search(r"\((http|gateway|gate|log|coap)\.c\)$", fn):
+        return MASSIF_CATEGORIES[3]
+    return MASSIF_CATEGORIES[4]
+
+
 def engine_memory(doc, suite):
     """The engine's own memory per responder association, from the memory
     tables tests/bench/report.py wrote: (bytes, what it is), or None."""
@@ -254,6 +273,35 @@ def section(rows, a):
            "is %d B (%s), %s responder %d B (the memory table above; heap "
            "only, no socket buffers or event-loop state)." % (
                eng[0], eng[1], eng[3], eng[2]))
+        w_("")
+    ms = next((r for r in rows if r["kind"] == "gw_massif"), None)
+    if ms and "fns" in ms:
+        cats = {}
+        for fn, b in ms["fns"].items():
+            c = massif_category(fn)
+            cats[c] = cats.get(c, 0) + b
+        w_("**Where the gateway's heap per idle association goes**: valgrind's "
+           "massif on the gateway (one thread), a detailed snapshot with %d "
+           "associations held idle (each after one request) and another with "
+           "%d; their difference per association, by allocation site. Heap in "
+           "use: %.0f B, plus %.0f B of malloc's own overhead; the resident "
+           "figure above also has page granularity and what the kernel "
+           "charges to the process." % (ms["n"], 2 * ms["n"], ms["heap_b"],
+                                          ms["extra_b"]))
+        w_("")
+        w_("| part | B per association | largest allocation sites (B) |")
+        w_("|---|---|---|")
+        for c in MASSIF_CATEGORIES:
+            if c not in cats:
+                continue
+            top = sorted(((b, fn) for fn, b in ms["fns"].items()
+                          if massif_category(fn) == c and abs(b) >= 8),
+                         key=lambda t: -abs(t[0]))[:6]
+            w_("| %s | %.0f | %s |" % (c, cats[c], ", ".join(
+                "`%s` %.0f" % (fn, b) for b, fn in top) or "–"))
+        w_("")
+    elif ms:
+        w_("(massif breakdown not measured: %s)" % ms.get("skipped", "?"))
         w_("")
     w_("![gateway benchmark](benchmarks-gateway.png)")
     w_("")

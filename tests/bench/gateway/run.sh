@@ -9,6 +9,7 @@
 #                                             # build-bench/gateway-results/ only
 #
 # Needs (Debian): cmake, a C compiler, libevent-dev, stunnel4, gnuplot-nox,
+# valgrind (the heap breakdown; optional),
 # python3, and what the library needs. Shares tests/bench/run.sh's Release
 # build directory build-bench/ (M2MPSK_BENCH_BUILD overrides it). Opt-in:
 # not part of CI (ctest runs only a one-second smoke run of each contender,
