@@ -575,15 +575,27 @@ static struct evhttp_connection *backend_get(hworker *hw) {
   evhttp_connection_set_retries(b, 0);
   evhttp_connection_set_max_body_size(b, (ev_ssize_t)hw->gw->opts.max_response);
   evhttp_connection_set_max_headers_size(b, HEADERS_MAX);
+  /* The CSE gets the idle time to answer, and never less than 30 s: a
+   * device's short idle timeout is no reason to cut a slow CSE off. */
   unsigned secs = hw->gw->opts.idle_timeout_ms / 1000;
-  evhttp_connection_set_timeout(b, secs > 0 ? (int)secs : 1);
+  evhttp_connection_set_timeout(b, secs > 30 ? (int)secs : 30);
   return b;
 }
 
+static void free_backend(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  evhttp_connection_free(arg);
+}
+
+/* Called from the connection's own request callback: what is not kept is
+ * freed from the loop, once evhttp is done with it. */
 static void backend_put(hworker *hw, struct evhttp_connection *b) {
-  if (hw->n_idle < BACKEND_IDLE_MAX && !hw->stopping)
+  struct timeval zero = {0, 0};
+  if (hw->n_idle < BACKEND_IDLE_MAX)
     hw->idle[hw->n_idle++] = b;
-  else
+  else if (event_base_once(hw->w->base, -1, EV_TIMEOUT, free_backend, b,
+                           &zero) != 0)
     evhttp_connection_free_on_completion(b);
 }
 
@@ -592,8 +604,10 @@ static void on_backend_response(struct evhttp_request *breq, void *arg) {
   hworker *hw = f->hw;
   conn *c = f->c;
   hw->busy--;
-  if (c != NULL)
+  if (c != NULL) {
     c->fwd = NULL;
+    c->last_input_ms = gw_now_ms(); /* idle from the answer on */
+  }
   backend_put(hw, f->bconn);
   struct evhttp_request *req = f->req;
   free(f);

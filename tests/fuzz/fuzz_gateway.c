@@ -12,6 +12,8 @@
 #include "common.h"
 #include "gw.h"
 
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
 static const char *field(const uint8_t **p, size_t *left, char *buf,
                          size_t cap) {
   size_t n = 0;
