@@ -720,8 +720,10 @@ int main(int argc, char **argv) {
   } else {
     wall = (double)(g.t_stop - g.t_go) / 1e9;
   }
-  qsort(g.lat, g.lat_n, sizeof(*g.lat), cmp_u64);
-  qsort(g.alat, g.alat_n, sizeof(*g.alat), cmp_u64);
+  if (g.lat_n > 0)
+    qsort(g.lat, g.lat_n, sizeof(*g.lat), cmp_u64);
+  if (g.alat_n > 0)
+    qsort(g.alat, g.alat_n, sizeof(*g.alat), cmp_u64);
   printf("{\"mode\":\"%s\",\"tls\":%d,\"conc\":%d,\"wall_s\":%.6f,"
          "\"completed\":%llu,\"completed_all\":%llu,\"client_cpu_s\":%.6f,"
          "\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,"
@@ -740,8 +742,10 @@ int main(int argc, char **argv) {
   fflush(stdout);
   int ok = g.mode == MODE_IDLE ? g.idle_now >= (unsigned long long)g.n
                                : g.completed_in > 0;
-  for (int i = 0; i < slots; i++)
+  for (int i = 0; i < slots; i++) {
     conn_close(&g.c[i]);
+    free(g.c[i].out);
+  }
   m2mpsk_config_free(g.cfg);
   m2mpsk_keystore_free(g.ks);
   free(g.c);
