@@ -49,12 +49,14 @@ def massif_category(fn):
     """Which part of the gateway an allocation site belongs to."""
     if re.search(r"\((libcrypto|libssl)\.so\.0\)$", fn):
         return MASSIF_CATEGORIES[0]
-    if fn.startswith(("m2mpsk_", "fam_", "decide_binding")) or re.search(
-            r"\((assoc|config|keystore|guard|common|tls_\w+)\.[ch]\)$", fn):
+    # the site's object (a Release build) or source file (with debug info)
+    if re.search(r"\((libm2mpsk\.so[.\d]*|tls-\w+\.so|(assoc|config|keystore|"
+                 r"guard|common|tls_\w+)\.[ch])\)$", fn):
         return MASSIF_CATEGORIES[1]
     if "libevent" in fn:
         return MASSIF_CATEGORIES[2]
-    if re.search(r"\((http|gateway|gate|log|coap)\.c\)$", fn):
+    # the gateway is linked into the m2mpsk tool
+    if re.search(r"\((m2mpsk|(http|gateway|gate|log|coap)\.c)\)$", fn):
         return MASSIF_CATEGORIES[3]
     return MASSIF_CATEGORIES[4]
 
