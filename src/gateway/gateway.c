@@ -272,8 +272,9 @@ static const char k_usage[] =
     "  --suites LIST            colon-separated IANA names, all or ts0003\n"
     "  --threads N              event loops (default: the CPUs)\n"
     "  --max-conn N             associations at once in all (default 10000);\n"
-    "                           when full, the oldest one still in its\n"
-    "                           handshake is dropped for a new one\n"
+    "                           each thread keeps to its share: past it,\n"
+    "                           the oldest one still in its handshake is\n"
+    "                           dropped for a new one\n"
     "  --max-per-addr N         associations per source address (default "
     "100)\n"
     "  --handshake-timeout MS   (default 10000)\n"
@@ -758,7 +759,10 @@ int gw_main(int argc, char **argv) {
   }
   if (m2mpsk_config_set_rate_limit(gw->cfg, M2MPSK_RATE_KPSA_ID, o->rate_limit,
                                    10000, 1000, 60000) != M2MPSK_OK ||
-      m2mpsk_config_set_max_handshakes(gw->cfg, o->max_conn) != M2MPSK_OK) {
+      /* The gateway's own caps come first; the library's is a backstop
+       * above them (threads free their associations at their own pace). */
+      m2mpsk_config_set_max_handshakes(gw->cfg, o->max_conn + o->max_conn / 2 +
+                                                    64) != M2MPSK_OK) {
     cli_log("gateway: cannot configure the limits");
     goto out;
   }

@@ -85,6 +85,8 @@ struct gw_http_worker {
   conn **table;
   size_t table_size;
   size_t n_conns;
+  size_t n_admitted; /* counted by gw_admit() from this worker */
+  size_t share;      /* its share of --max-conn */
   size_t busy;
   struct evhttp_connection *idle[BACKEND_IDLE_MAX];
   size_t n_idle;
@@ -143,6 +145,11 @@ static void hs_append(hworker *hw, conn *c) {
 
 /* ---- lifetime ------------------------------------------------------------ */
 
+static void on_wire_drained(struct evbuffer *buf,
+                            const struct evbuffer_cb_info *info, void *arg);
+static void on_plain_added(struct evbuffer *buf,
+                           const struct evbuffer_cb_info *info, void *arg);
+
 static void arm(conn *c, uint64_t at_ms) {
   uint64_t now = gw_now_ms(), d = at_ms > now ? at_ms - now : 0;
   struct timeval tv = {(time_t)(d / 1000), (suseconds_t)(d % 1000) * 1000};
@@ -153,6 +160,7 @@ static void release(conn *c) {
   if (c->admitted) {
     gw_release(c->hw->gw, (struct sockaddr *)&c->addr);
     c->admitted = 0;
+    c->hw->n_admitted--;
   }
 }
 
@@ -181,6 +189,10 @@ static void conn_free(void *arg) {
   hw->n_conns--;
   if (c->fwd)
     c->fwd->c = NULL;
+  /* The buffers may outlive c by a loop turn (libevent finalizes
+   * bufferevents later): nothing of theirs may call back into it. */
+  evbuffer_remove_cb(bufferevent_get_output(c->under), on_wire_drained, c);
+  evbuffer_remove_cb(bufferevent_get_output(c->filter), on_plain_added, c);
   if (c->timer)
     event_free(c->timer);
   if (c->kick)
@@ -211,6 +223,26 @@ static void log_failure(conn *c) {
          m2mpsk_assoc_failure_detail(c->a));
 }
 
+/* The oldest connection still in its handshake makes room, so that silent
+ * sockets cannot starve accept; among the EVICT_SCAN oldest, the one whose
+ * address holds the most connections, so that an attacker refilling from
+ * a few addresses evicts itself, not the device that came in between. */
+static void evict(hworker *hw) {
+  conn *victim = hw->hs_head;
+  unsigned most = 0;
+  int scanned = 0;
+  for (conn *v = hw->hs_head; v != NULL && scanned < EVICT_SCAN;
+       v = v->hs_next, scanned++) {
+    unsigned n = gw_addr_count(hw->gw, (struct sockaddr *)&v->addr);
+    if (n > most) {
+      most = n;
+      victim = v;
+    }
+  }
+  gw_trace("dropped peer=%s: oldest handshake, making room", victim->peer);
+  conn_kill(victim);
+}
+
 /* Admission, right after accept (or at the first bytes): the connection
  * caps, then an association. 0, or -1 (killed). */
 static int conn_admit(conn *c) {
@@ -224,26 +256,15 @@ static int conn_admit(conn *c) {
   }
   gw_format_addr((struct sockaddr *)&c->addr, 1, c->peer, sizeof(c->peer));
   gw_format_addr((struct sockaddr *)&c->addr, 0, c->host, sizeof(c->host));
+  /* Each worker keeps to its share of --max-conn, so that one whose
+   * listener drew the silent sockets makes room among its own, and the
+   * others are never full for want of something to evict. */
+  if (hw->n_admitted >= hw->share && hw->hs_head != NULL &&
+      gw_addr_count(gw, (struct sockaddr *)&c->addr) < gw->opts.max_per_addr)
+    evict(hw);
   int rc = gw_admit(gw, (struct sockaddr *)&c->addr);
   if (rc == GW_ADMIT_FULL && hw->hs_head != NULL) {
-    /* The oldest connection still in its handshake makes room, so that
-     * silent sockets cannot starve accept; among the EVICT_SCAN oldest,
-     * the one whose address holds the most connections, so that an
-     * attacker refilling from a few addresses evicts itself, not the
-     * device that came in between. */
-    conn *victim = hw->hs_head;
-    unsigned most = 0;
-    int scanned = 0;
-    for (conn *v = hw->hs_head; v != NULL && scanned < EVICT_SCAN;
-         v = v->hs_next, scanned++) {
-      unsigned n = gw_addr_count(gw, (struct sockaddr *)&v->addr);
-      if (n > most) {
-        most = n;
-        victim = v;
-      }
-    }
-    gw_trace("dropped peer=%s: oldest handshake, making room", victim->peer);
-    conn_kill(victim);
+    evict(hw);
     rc = gw_admit(gw, (struct sockaddr *)&c->addr);
   }
   if (rc != GW_ADMIT_OK) {
@@ -254,6 +275,7 @@ static int conn_admit(conn *c) {
     return -1;
   }
   c->admitted = 1;
+  hw->n_admitted++;
   rc = gw_assoc_new(gw, M2MPSK_TRANSPORT_TLS, c->host, &c->a);
   if (rc == M2MPSK_E_FAILED) {
     log_failure(c);
@@ -750,6 +772,9 @@ int gw_http_worker_start(gw_worker *w) {
   while (hw->table_size < want && hw->table_size < (1u << 20))
     hw->table_size <<= 1;
   hw->table = calloc(hw->table_size, sizeof(*hw->table));
+  hw->share = gw->opts.max_conn / gw->n_workers;
+  if (hw->share == 0)
+    hw->share = 1;
   if (hw->table == NULL)
     return -1;
   char err[300];
