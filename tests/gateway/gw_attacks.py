@@ -19,6 +19,7 @@ import os
 import random
 import resource
 import select
+import shutil
 import signal
 import socket
 import sys
@@ -373,6 +374,7 @@ def main():
         return 1
     finally:
         b.stop()
+        shutil.rmtree(TMP, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -549,6 +549,7 @@ def main():
         if g is not None:
             g.stop()
         b.stop()
+        shutil.rmtree(TMP, ignore_errors=True)
 
 
 if __name__ == "__main__":
