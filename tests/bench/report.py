@@ -14,6 +14,9 @@ import sys
 
 CASES = ["TLS PSK", "TLS ECDHE-PSK", "DTLS PSK", "DTLS ECDHE-PSK"]
 EVENTS = ["Ir", "I1mr", "D1mr", "D1mw", "Bcm", "Bim"]
+# Markers of the gateway benchmark's section, which this script keeps.
+GATEWAY_BEGIN = "<!-- gateway benchmark: begin"
+GATEWAY_END = "<!-- gateway benchmark: end -->"
 
 
 def load(path):
@@ -549,8 +552,22 @@ def main():
         w(f.read().rstrip())
     w("```")
     w("")
+    # The gateway benchmark's section (tests/bench/gateway/report.py) is
+    # another run's: kept as it is, between its markers, at the end.
+    kept = ""
+    try:
+        with open(a.out) as f:
+            old = f.read()
+        i = old.find(GATEWAY_BEGIN)
+        j = old.find(GATEWAY_END)
+        if i >= 0 and j > i:
+            kept = old[i:j + len(GATEWAY_END)] + "\n"
+    except FileNotFoundError:
+        pass
     with open(a.out, "w") as f:
         f.write("\n".join(md))
+        if kept:
+            f.write("\n" + kept)
 
     # -- plot
     dat = os.path.splitext(a.plot)[0] + ".dat"
