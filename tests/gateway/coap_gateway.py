@@ -263,10 +263,11 @@ class Backend:
 # ---------------------------------------------------------------------------
 
 class Gateway:
-    def __init__(self, m2mpsk, keys, backend_port, *extra, idb=IDB):
+    def __init__(self, m2mpsk, keys, backend_port, *extra, idb=IDB,
+                 listen="127.0.0.1"):
         self.proc = subprocess.Popen(
             [m2mpsk, "gateway", "--keys", keys, "--id", idb,
-             "--coap-listen", "127.0.0.1:0",
+             "--coap-listen", "%s:0" % listen,
              "--coap-backend", "127.0.0.1:%d" % backend_port,
              "--log-rate", "100000", "-v", *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -277,7 +278,7 @@ class Gateway:
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
         self.wait_for(r"gateway ready")
-        m = self.wait_for(r"gateway listening coap 127\.0\.0\.1:(\d+)")
+        m = self.wait_for(r"gateway listening coap %s:(\d+)" % re.escape(listen))
         self.port = int(m.group(1))
 
     def _read(self):
@@ -448,7 +449,7 @@ class Device:
 
 class Env:
     def __init__(self, m2mpsk_path, mode="piggyback", extra=(), key=None,
-                 idb=None):
+                 idb=None, listen="127.0.0.1"):
         key = KEY if key is None else key
         idb = IDB if idb is None else idb
         self.tmp = tempfile.mkdtemp(prefix="gw-coap-")
@@ -459,7 +460,7 @@ class Env:
                                                          idb))
         self.backend = Backend(mode)
         self.gw = Gateway(m2mpsk_path, self.keys, self.backend.port, *extra,
-                          idb=idb)
+                          idb=idb, listen=listen)
 
     def close(self):
         rc = self.gw.stop()
@@ -1000,7 +1001,13 @@ def case_libcoap(m2mpsk_path, m):
             raise AssertionError("coap-client-openssl missing (libcoap3-bin)")
         raise Skip("coap-client-openssl not installed (libcoap3-bin)")
     key = b"coap-client-psk-0123456789"
-    env = Env(m2mpsk_path, key=key, idb="//localhost/cse-in")
+    # The gateway listens where coap-client will send: the first address
+    # "localhost" resolves to (::1 on a fresh Debian, 127.0.0.1 on some
+    # images).
+    first = socket.getaddrinfo("localhost", None, socket.AF_UNSPEC,
+                               socket.SOCK_DGRAM)[0]
+    listen = "[::1]" if first[0] == socket.AF_INET6 else "127.0.0.1"
+    env = Env(m2mpsk_path, key=key, idb="//localhost/cse-in", listen=listen)
 
     def coap_client(*args):
         r = subprocess.run(
