@@ -14,8 +14,7 @@ option 256) against the association's binding (TS-0004 §7.3.2.1, TS-0003
 option 265), and the CSE never sees it.
 
 Cells (td_m2m_se_01.CELL.TRANSPORT, TRANSPORT tls or dtls):
-  credential-id   m2mpsk connect (tls) or the m2mpsk Python binding's
-                  DTLS initiator (dtls) -> m2mpsk gateway -> the CSE; the
+  credential-id   m2mpsk connect -> m2mpsk gateway -> the CSE; the
                   record has no IdA, so the gateway binds the Credential-ID
                   12-test@onem2m.com, then the AE-ID the CSE assigns at the
                   AE CREATE (From "C"): 201/2.01, a request from that AE-ID
@@ -37,11 +36,12 @@ Skips (exit 77, with the reason): a backend without the mandated suites
 (BoringSSL: `m2mpsk version` does not list them), no `openssl` tool for
 the openssl cells (a failure instead when CI=true), a tool built without
 the gateway, and for the DTLS cells a gateway without its CoAP binding
-(--coap no) or, for those whose device is the Python binding, no binding
-(PYTHONPATH). Every process runs in its own process group, is bounded in
+(--coap no). Every process runs in its own process group, is bounded in
 time and is killed at the end; a cell is bounded at CELL_DEADLINE_S.
-Python 3 standard library, the m2mpsk Python binding (the DTLS device) and
-tests/gateway/coap_gateway.py's CoAP codec.
+Python 3 standard library and tests/gateway/coap_gateway.py's CoAP codec.
+Over DTLS each CoAP message is one write to Entity A's stdin (m2mpsk connect
+and s_client make one record of each read), and a response is found in its
+stdout by its token, whole once its JSON payload parses.
 """
 
 import argparse
@@ -95,8 +95,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "interop"))
 import interop  # noqa: E402
 from interop import Proc, _deadline  # noqa: E402
-# The gateway tests' CoAP (RFC 7252) codec and DTLS-PSK device made of the
-# m2mpsk Python binding.
+# The gateway tests' CoAP (RFC 7252) codec (standard library only).
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "gateway"))
 import coap_gateway as coap  # noqa: E402
@@ -214,7 +213,6 @@ class Cell:
         self.procs = []
         self.responses = None  # HTTP: the Responses read from Entity A
         self.exchanges = []  # CoAP: (request, response) bytes
-        self.devices = []  # the Python binding's DTLS devices
         self.cse = None
 
     def spawn(self, name, argv):
@@ -252,26 +250,6 @@ class Cell:
                        r"127\.0\.0\.1:(\d+)$" % binding, "listening line")
         p.wait_for("stderr", r"^m2mpsk: gateway ready$", "ready line")
         return p, int(m.group(1))
-
-    def binding(self):
-        """The m2mpsk Python binding (Entity A of the DTLS m2mpsk cells)."""
-        try:
-            import m2mpsk
-        except ImportError as e:
-            raise Fail("the m2mpsk Python binding: %s" % e)
-        return m2mpsk
-
-    def device_association(self, dev):
-        """The Python device's association: suite, version, KpsaID, IdB."""
-        a = dev.a
-        got = {"suite": a.suite(), "version": a.version(),
-               "kpsa": a.kpsa_id(), "bound": a.peer_id()}
-        want = {"suite": self.suite, "version": self.version,
-                "kpsa": KPSA_ID, "bound": IDB}
-        bad = ["%s=%s (expected %s)" % (k, got[k], v)
-               for k, v in want.items() if got[k] != v]
-        if bad:
-            raise Fail("the device's association: %s" % ", ".join(bad))
 
     def gateway_association(self, gw, bound):
         """The gateway's association line: KpsaID, binding, suite."""
@@ -532,25 +510,6 @@ def run_registration_coap(cell, ex, first_from, want_aei):
     return aei
 
 
-class DeviceCoap:
-    """Entity A over DTLS: the m2mpsk Python binding's initiator
-    (tests/gateway/coap_gateway.py's Device)."""
-
-    def __init__(self, dev):
-        self.dev = dev
-
-    def next_mid(self):
-        return self.dev.next_mid()
-
-    def exchange(self, req, token, what):
-        self.dev.send_raw(req)
-        m = self.dev.wait_response(token, STEP_S)
-        if m is None:
-            raise Fail("no %s within %.0f s" % (what, STEP_S))
-        return m, coap.encode(m.type, m.code, m.mid, m.token, m.options,
-                              m.payload)
-
-
 def coap_in(data, start, token):
     """The CoAP message with this token at the end of data[start:] (s_client
     prints each record it reads as is), once its JSON payload is whole."""
@@ -568,9 +527,10 @@ def coap_in(data, start, token):
     return None
 
 
-class SClientCoap:
-    """Entity A over DTLS: openssl s_client, each CoAP message one write to
-    its stdin (one read, one record), the response read from its stdout."""
+class StdioCoap:
+    """Entity A over DTLS: m2mpsk connect --udp or openssl s_client, each
+    CoAP message one write to its stdin (one read, one DTLS record), the
+    response found in its stdout by its token."""
 
     def __init__(self, proc):
         self.proc, self.pos, self.mid = proc, 0, random.randrange(65536)
@@ -596,10 +556,10 @@ def stop_gateway(gw):
 
 
 def cell_m2mpsk(cell):
-    """credential-id / ida: m2mpsk connect (TLS) or the m2mpsk Python
-    binding (DTLS) -> m2mpsk gateway -> the CSE."""
+    """credential-id / ida: m2mpsk connect -> m2mpsk gateway -> the CSE:
+    HTTP over TLS, CoAP over DTLS."""
     with_ida = cell.kind == "ida"
-    key = cell.keygen(IDA if with_ida else None)
+    cell.keygen(IDA if with_ida else None)
     gw, port = cell.gateway()
     bound = IDA if with_ida else "12-" + KPSA_ID
     if with_ida:
@@ -607,27 +567,18 @@ def cell_m2mpsk(cell):
     else:
         first = "C"
         want = (lambda a: re.fullmatch(re.escape(IDB) + r"/C[0-9a-f]{16}", a))
+    client = cell.connect(port)
+    cell.association(client, IDB, "0")
+    cell.gateway_association(gw, bound)
     if cell.transport == "tls":
-        client = cell.connect(port)
-        cell.association(client, IDB, "0")
-        cell.gateway_association(gw, bound)
         aei = run_registration(cell, client, first, want)
     else:
-        m = cell.binding()
-        dev = coap.Device(m, port, timeout=STEP_S,
-                          key=bytes.fromhex(key))
-        cell.devices.append(dev)
-        cell.device_association(dev)
-        cell.gateway_association(gw, bound)
-        aei = run_registration_coap(cell, DeviceCoap(dev), first, want)
+        aei = run_registration_coap(cell, StdioCoap(client), first, want)
     check_gateway_log(cell, gw, IDA if with_ida else aei, not with_ida)
-    if cell.transport == "tls":
-        client.close_stdin()  # close_notify
-        rc = client.wait_exit("after stdin EOF")
-        if rc != 0:
-            raise Fail("m2mpsk connect exited %d" % rc)
-    else:
-        dev.close()  # close_notify
+    client.close_stdin()  # close_notify
+    rc = client.wait_exit("after stdin EOF")
+    if rc != 0:
+        raise Fail("m2mpsk connect exited %d" % rc)
     stop_gateway(gw)
 
 
@@ -649,7 +600,7 @@ def cell_openssl_client(cell):
     if cell.transport == "tls":
         aei = run_registration(cell, client, "C", want)
     else:
-        aei = run_registration_coap(cell, SClientCoap(client), "C", want)
+        aei = run_registration_coap(cell, StdioCoap(client), "C", want)
     check_gateway_log(cell, gw, aei, True)
     client.close_stdin()  # s_client shuts the connection down at EOF
     rc = client.wait_exit("after stdin EOF")
@@ -727,13 +678,6 @@ def skip_reason(cell, m2mpsk, coap_built):
     if cell.endswith(".dtls") and coap_built == "no":
         return ("m2mpsk gateway was built without its CoAP binding "
                 "(libcoap3-dev), which the DTLS cells use (TS-0008)")
-    if cell.endswith(".dtls") and not cell.startswith("openssl-"):
-        try:
-            import m2mpsk as binding
-        except ImportError as e:
-            return "the m2mpsk Python binding is not built (%s)" % e
-        if not binding.engine_available(binding.ENGINE_OPENSSL):
-            return "no OpenSSL engine in the Python binding"
     return None
 
 
@@ -768,8 +712,6 @@ def run_cell(name, m2mpsk, coap_built="yes"):
                 why = "the cell took longer than %d s" % CELL_DEADLINE_S
             finally:
                 signal.alarm(0)
-                for d in cell.devices:
-                    d.sock.close()
                 for p in cell.procs:
                     p.kill()
                 if cell.cse is not None:
