@@ -58,17 +58,6 @@ int cli_parse_uint(const char *s, unsigned long lo, unsigned long hi,
 /* Writes all `len` bytes to `fd`, retrying after signals; 0 or -1. */
 int cli_write_all(int fd, const void *data, size_t len);
 
-/* serve --http (http.c): answers oneM2M HTTP-binding requests (TS-0009)
- * read from an association, each checked with m2mpsk_originator_check()
- * against the association's binding. `*state` starts NULL and is created
- * on first use; free it with cli_http_free(). Buffers partial requests.
- * Returns 0, or -1 when the association must be closed (malformed input,
- * already answered with 400, or a write failed). */
-typedef struct cli_http cli_http;
-int cli_http_input(cli_http **state, m2mpsk_assoc *a, const char *peer,
-                   const uint8_t *data, size_t len);
-void cli_http_free(cli_http *state);
-
 /* -v: one line per (D)TLS record or handshake message that crossed the
  * wire, read like `openssl s_client -msg`: ">>>" for what this side sent,
  * "<<<" for what it received, the record's version and content type, the

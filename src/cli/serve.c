@@ -19,12 +19,13 @@ static const char k_serve_usage[] =
     "                    [--port N] [--tcp | --udp] [--once] [--max-conn N]\n"
     "                    [--suites LIST|all|ts0003] [--reveal-unknown]\n"
     "                    [--timeout MS] [--idle MS] [--rate-limit N]\n"
-    "                    [--engine auto|boringssl|openssl] [--audit] [--http]\n"
-    "                    [-v]\n"
+    "                    [--engine auto|boringssl|openssl] [--audit] [-v]\n"
     "\n"
     "Runs Entity B: accepts (D)TLS-PSK associations, logs one line for each\n"
     "(peer, KpsaID, bound identity, suite and version, or the failure\n"
-    "reason) on stderr, and echoes application data back.\n"
+    "reason) on stderr, and echoes application data back. For oneM2M\n"
+    "requests (HTTP over TLS, CoAP over DTLS) in front of a CSE, see\n"
+    "`m2mpsk gateway --help`.\n"
     "\n"
     "  --keys FILE        key file (mode 0600)\n"
     "  --id IDB           a CSE-ID this server is (repeatable; SNI picks)\n"
@@ -54,15 +55,6 @@ static const char k_serve_usage[] =
     "  --audit            log the library's audit events, one \"audit\" line\n"
     "                     each (established, failed, revoked, rate-limited,\n"
     "                     closed)\n"
-    "  --http             answer oneM2M HTTP-binding requests (TS-0009)\n"
-    "                     instead of echoing: X-M2M-Origin is checked\n"
-    "                     against the association's binding (TS-0003\n"
-    "                     7.2.1); an accepted <AE> CREATE (POST, ty=2) gets\n"
-    "                     201 with its AE-ID, bound to an association bound\n"
-    "                     to a Credential-ID; other accepted requests 200;\n"
-    "                     a forged From 403 with X-M2M-RSC 4106; malformed\n"
-    "                     input 400 and the association closed. One\n"
-    "                     \"request\" line each\n"
     "  -v                 trace each record sent (>>>) and received (<<<),\n"
     "                     like openssl s_client -msg (never key bytes)\n"
     "\n"
@@ -82,7 +74,6 @@ typedef struct conn {
   uint8_t *out; /* TCP bytes drained but not yet sent */
   size_t out_len;
   uint64_t last_input;     /* monotonic ms */
-  cli_http *http;          /* --http: buffered request bytes */
   cli_wire sent, received; /* -v */
   int logged;
   int done;
@@ -94,7 +85,6 @@ typedef struct server {
   int once;
   int once_result; /* -1 until the first association ended */
   int audit;
-  int http; /* --http */
   size_t max_conn;
   uint64_t idle_ms;
   m2mpsk_config *cfg;
@@ -172,15 +162,7 @@ static void process(server *s, conn *c) {
   while (st == M2MPSK_STATE_ESTABLISHED || st == M2MPSK_STATE_CLOSED) {
     size_t n, w;
     int rc = m2mpsk_assoc_read(c->a, buf, sizeof(buf), &n);
-    if (rc == M2MPSK_OK && s->http) {
-      cli_trace("%s: %zu bytes of application data", c->peer, n);
-      if (cli_http_input(&c->http, c->a, c->peer, buf, n) != 0) {
-        if (m2mpsk_assoc_close(c->a) == M2MPSK_OK)
-          cli_trace("%s: sending close_notify", c->peer);
-        end_conn(s, c, 1);
-        break;
-      }
-    } else if (rc == M2MPSK_OK) {
+    if (rc == M2MPSK_OK) {
       cli_trace("%s: %zu bytes of application data, echoed", c->peer, n);
       if ((rc = m2mpsk_assoc_write(c->a, buf, n, &w)) != M2MPSK_OK) {
         cli_log("peer=%s: cannot echo: %s", c->peer, m2mpsk_strerror(rc));
@@ -313,7 +295,6 @@ static void free_conn(conn *c) {
   if (c->fd >= 0)
     close(c->fd);
   m2mpsk_assoc_free(c->a);
-  cli_http_free(c->http);
   cli_wire_free(&c->sent);
   cli_wire_free(&c->received);
   free(c->out);
@@ -599,12 +580,11 @@ int cli_serve(int argc, char **argv) {
       {"idle", required_argument, NULL, 'I'},
       {"rate-limit", required_argument, NULL, 'R'},
       {"audit", no_argument, NULL, 'A'},
-      {"http", no_argument, NULL, 'H'},
       {"verbose", no_argument, NULL, 'v'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   unsigned long idle = 300000, rate_limit = 10;
-  int audit = 0, http = 0;
+  int audit = 0;
   const char *keys = NULL, *listen_on = "127.0.0.1", *port = NULL,
              *suites = NULL;
   m2mpsk_engine_id engine = M2MPSK_ENGINE_AUTO;
@@ -668,7 +648,6 @@ int cli_serve(int argc, char **argv) {
       }
       break;
     case 'A': audit = 1; break;
-    case 'H': http = 1; break;
     case 'v': cli_verbose = 1; break;
     case 'h':
       fputs(k_serve_usage, stdout);
@@ -712,8 +691,7 @@ int cli_serve(int argc, char **argv) {
               .once_result = -1,
               .max_conn = max_conn,
               .idle_ms = idle,
-              .audit = audit,
-              .http = http};
+              .audit = audit};
   s.cfg =
       cli_make_config(engine, suites, (uint32_t)timeout, ids, n_ids, reveal);
   free(ids);

@@ -1,7 +1,7 @@
 /* -v: the (D)TLS records the CLI sees on the wire, named like
  * `openssl s_client -msg` names them. Only record and handshake headers
  * are parsed (never a record's content beyond the alert in the clear),
- * from bytes the peer controls: tests/fuzz/fuzz_http.c fuzzes this too. */
+ * from bytes the peer controls: tests/fuzz/fuzz_wire.c fuzzes it. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -800,108 +800,16 @@ def version_lists_suites_and_the_ts0003_profile(tmp):
             assert "suite=%s" % suite in log, log
 
 
-def http_exchange(proc, pending, req, timeout=10):
-    """Writes one request to m2mpsk connect's stdin and reads one whole
-    HTTP response from its stdout: (status, headers, body). `pending`
-    (a bytearray) keeps what was read beyond it."""
-    import select
-    if req:
-        proc.stdin.write(req)
-        proc.stdin.flush()
-    deadline = time.monotonic() + timeout
-    while True:
-        end = pending.find(b"\r\n\r\n")
-        if end >= 0:
-            lines = pending[:end].decode().split("\r\n")
-            headers = dict((k.strip().lower(), v.strip()) for k, _, v in
-                           (line.partition(":") for line in lines[1:]))
-            n = int(headers.get("content-length", "0"))
-            if len(pending) >= end + 4 + n:
-                body = bytes(pending[end + 4:end + 4 + n])
-                del pending[:end + 4 + n]
-                return int(lines[0].split()[1]), headers, body
-        left = deadline - time.monotonic()
-        assert left > 0, "no whole response within %ds: %r" % (timeout,
-                                                                 pending)
-        if select.select([proc.stdout], [], [], left)[0]:
-            chunk = os.read(proc.stdout.fileno(), 65536)
-            assert chunk, "connect's stdout ended: %r" % pending
-            pending += chunk
-
-
 @case
-def http_mode_checks_the_originator(tmp):
-    """serve --http (the backend's default suites): an AE registers over an
-    association bound to its Credential-ID, gets an AE-ID that is bound in
-    turn, and a forged From is refused with 4106; malformed input gets 400
-    and the association is closed."""
-    keys = os.path.join(tmp, "keys")
-    keygen(keys, ida=None)
-    forged = IDB + "/Cmallory"
-
-    def req(method, origin, ri, body=None):
-        head = "%s /cse-in HTTP/1.1\r\nX-M2M-Origin: %s\r\nX-M2M-RI: %s\r\n" \
-            "X-M2M-RVI: 3\r\n" % (method, origin, ri)
-        if body is not None:
-            head += "Content-Type: application/json;ty=2\r\n"
-        body = (body or "").encode()
-        return (head + "Content-Length: %d\r\n\r\n" % len(body)).encode() \
-            + body
-
-    for transport in ([], ["--udp"]):
-        srv = Server(keys, *transport, "--http", "--once")
-        err = open(os.path.join(tmp, "connect.err"), "w+b")
-        cl = subprocess.Popen(
-            [M2MPSK, "connect", "127.0.0.1:%d" % srv.port, *transport,
-             "--keys", keys, "--kpsa-id", KPSA_ID, "--timeout", "5000"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-            start_new_session=True)
-        try:
-            buf = bytearray()
-            # Bound to the Credential-ID, only a registration is accepted.
-            code, h, body = http_exchange(cl, buf, req("GET", forged, "r0"))
-            assert (code, h["x-m2m-rsc"], h["x-m2m-ri"]) == \
-                (403, "4106", "r0"), (code, h, body)
-            code, h, body = http_exchange(cl, buf, req(
-                "POST", "C", "r1",
-                '{"m2m:ae":{"rn":"ae1","api":"Napp","rr":false,'
-                '"srv":["3"]}}'))
-            assert (code, h["x-m2m-rsc"], h["x-m2m-ri"]) == \
-                (201, "2001", "r1"), (code, h, body)
-            m = re.fullmatch(rb'\{"m2m:ae":\{"aei":"([^"]+)"\}\}', body)
-            assert m and m.group(1).startswith((IDB + "/C").encode()), body
-            aei = m.group(1).decode()
-            code, h, _ = http_exchange(cl, buf, req("GET", aei, "r2"))
-            assert (code, h["x-m2m-rsc"], h["x-m2m-ri"]) == \
-                (200, "2000", "r2"), (code, h)
-            code, h, _ = http_exchange(cl, buf, req("GET", forged, "r3"))
-            assert (code, h["x-m2m-rsc"], h["x-m2m-ri"]) == \
-                (403, "4106", "r3"), (code, h)
-            code, h, _ = http_exchange(cl, buf, b"NOT HTTP\r\n\r\n")
-            assert (code, h["x-m2m-rsc"]) == (400, "4000"), (code, h)
-            # The server closed the association: connect ends by itself.
-            assert cl.wait(timeout=10) == 0
-        finally:
-            if cl.poll() is None:
-                os.killpg(cl.pid, signal.SIGKILL)
-                cl.wait(timeout=5)
-            err.close()
-        code, log = srv.finish()
-        log = "".join(log)
-        assert code == 0, log
-        assert "bound=12-%s credential=1" % KPSA_ID in log, log
-        for want in ("from=%s verdict=4106 op=retrieve ri=r0 bound=12-%s "
-                     "status=403 rsc=4106" % (forged, KPSA_ID),
-                     "from=C verdict=accept op=create ty=2 ri=r1 bound=12-%s "
-                     "status=201 rsc=2001 aei=%s bind=ae-id" % (KPSA_ID, aei),
-                     "from=%s verdict=accept op=retrieve ri=r2 bound=%s "
-                     "status=200" % (aei, aei),
-                     "from=%s verdict=4106 op=retrieve ri=r3 bound=%s "
-                     "status=403" % (forged, aei),
-                     "verdict=none status=400 rsc=4000"):
-            assert want in log, (want, log)
+def serve_has_no_http_mode(tmp):
+    """`serve --http` is gone (issue 16): the oneM2M HTTP binding is
+    `m2mpsk gateway`'s; serve rejects the option as a usage error."""
     r = run("serve", "--help")
-    assert b"--http" in r.stdout, r.stdout
+    assert b"--http" not in r.stdout, r.stdout
+    assert b"gateway" in r.stdout, r.stdout
+    r = run("serve", "--http", "--keys", os.path.join(tmp, "none"), "--id",
+            IDB)
+    assert r.returncode == 2, (r.returncode, r.stderr)
 
 
 def main():

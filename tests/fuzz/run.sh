@@ -32,7 +32,7 @@ if [ ${#targets[@]} -eq 0 ] && [ -f "$bindir/targets.txt" ]; then
 fi
 if [ ${#targets[@]} -eq 0 ]; then
   targets=(fuzz_responder_tls fuzz_responder_dtls fuzz_initiator
-           fuzz_appdata fuzz_keyfile fuzz_identifiers fuzz_http)
+           fuzz_appdata fuzz_keyfile fuzz_identifiers fuzz_wire)
 fi
 runs=${FUZZ_RUNS:--1}
 

@@ -305,6 +305,34 @@ def case_close(b, g):
     c.close()
 
 
+def case_malformed(b, g):
+    """Bytes that are not HTTP, on an association whose AE-ID is bound:
+    evhttp answers 400 and closes; nothing reaches the CSE; the gateway
+    serves the next association (what `serve --http`'s test proved of its
+    hand-written parser)."""
+    c = Client(g.port)
+    st, _, _ = c.request("POST", "/cse-in", ae_create_headers("C", "m1"),
+                         AE_BODY)
+    check(st == 201, "registered")
+    n = len(b.seen())
+    c.send(b"NOT HTTP\r\n\r\n")
+    st, _, _ = c.response()
+    check(st == 400, "not HTTP: 400 (%d)" % st)
+    try:
+        c._pump(lambda: False)
+        closed = False
+    except ConnectionError:
+        closed = True
+    check(closed and c.eof, "then the association is closed")
+    check(len(b.seen()) == n, "nothing reached the CSE")
+    c.close()
+    c = Client(g.port)
+    st, _, _ = c.request("POST", "/cse-in", ae_create_headers("C", "m2"),
+                         AE_BODY)
+    check(st == 201, "the next association is served")
+    c.close()
+
+
 def case_limits(b, g):
     c = Client(g.port)
     c.request("POST", "/cse-in", ae_create_headers("C", "l1"), AE_BODY)
@@ -502,6 +530,7 @@ CASES = {
                                  "--idle-timeout", "1500",
                                  "--max-per-addr", "3"]),
     "rate-limit": (case_rate_limit, ["--rate-limit", "3"]),
+    "malformed": (case_malformed, []),
     "limits": (case_limits, ["--max-request", "65536", "--max-response",
                              "65536"]),
 }

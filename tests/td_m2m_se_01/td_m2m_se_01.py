@@ -5,42 +5,60 @@ An AE (Entity A) sets up a security association with its Registrar CSE
 (Entity B) using the provisioned symmetric key SAEF (TS-0003 §8.2.2.1),
 KpsaID test@onem2m.com, over TLS 1.2 with TLS_PSK_WITH_AES_128_CBC_SHA256
 or DTLS 1.2 with TLS_PSK_WITH_AES_128_CCM_8 (the suites TS-0003 §10.2.2
-mandates), then registers with an <AE> CREATE in the HTTP binding
-(TS-0009). Entity B (`m2mpsk serve --http`) checks each request's From
-(X-M2M-Origin) against the association's binding (TS-0004 §7.3.2.1,
-TS-0003 §7.2.1) and rejects a forged From with 4106.
+mandates), then registers with an <AE> CREATE: in the HTTP binding
+(TS-0009) over TLS, in the CoAP binding (TS-0008) over DTLS. Entity B is
+`m2mpsk gateway` in front of a small recording CSE (plain HTTP or plain
+CoAP, in this process): it checks each request's From (X-M2M-Origin, CoAP
+option 256) against the association's binding (TS-0004 §7.3.2.1, TS-0003
+§7.2.1), answers a forged From with 4106 itself (HTTP 403, CoAP 4.03 with
+option 265), and the CSE never sees it.
 
 Cells (td_m2m_se_01.CELL.TRANSPORT, TRANSPORT tls or dtls):
-  credential-id   m2mpsk connect -> m2mpsk serve --http; the record has no
-                  IdA, so B binds the Credential-ID 12-test@onem2m.com and
-                  then the AE-ID it assigns at the AE CREATE (From "C"):
-                  201, a request from that AE-ID 200, a forged From 403/4106
+  credential-id   m2mpsk connect -> m2mpsk gateway -> the CSE; the
+                  record has no IdA, so the gateway binds the Credential-ID
+                  12-test@onem2m.com, then the AE-ID the CSE assigns at the
+                  AE CREATE (From "C"): 201/2.01, a request from that AE-ID
+                  200/2.05, a forged From 403/4.03 with 4106
   ida             the same with IdA configured: From = IdA 201 then 200, a
-                  forged From 403/4106
-  openssl-client  openssl s_client as Entity A -> m2mpsk serve --http: 201,
-                  200, then 403/4106 seen in s_client's output
+                  forged From 4106
+  openssl-client  openssl s_client as Entity A -> m2mpsk gateway: 201, 200,
+                  then 4106 seen in s_client's output (HTTP over TLS; CoAP
+                  over DTLS, each message one write to its stdin)
   openssl-server  m2mpsk connect as Entity A -> openssl s_server forced to
                   the suite: the handshake, the AE CREATE bytes received
                   verbatim, and s_server's 201 received verbatim
 
     td_m2m_se_01.py list
-    td_m2m_se_01.py run CELL --m2mpsk PATH     exit 0 pass, 1 fail, 77 skip
+    td_m2m_se_01.py run CELL --m2mpsk PATH [--coap yes|no]
+                                               exit 0 pass, 1 fail, 77 skip
 
 Skips (exit 77, with the reason): a backend without the mandated suites
-(BoringSSL: `m2mpsk version` does not list them), or no `openssl` tool for
-the openssl cells (a failure instead when CI=true). Every process runs in
-its own process group, is bounded in time and is killed at the end; a cell
-is bounded at CELL_DEADLINE_S. Python 3 standard library only.
+(BoringSSL: `m2mpsk version` does not list them), no `openssl` tool for
+the openssl cells (a failure instead when CI=true), a tool built without
+the gateway, and for the DTLS cells a gateway without its CoAP binding
+(--coap no). Every process runs in its own process group, is bounded in
+time and is killed at the end; a cell is bounded at CELL_DEADLINE_S.
+Python 3 standard library and tests/gateway/coap_gateway.py's CoAP codec.
+Over DTLS each CoAP message is one write to Entity A's stdin (m2mpsk connect
+and s_client make one record of each read), and a response is found in its
+stdout by its token, whole once its JSON payload parses.
 """
 
 import argparse
+import http.server
+import json
 import os
+import random
 import re
+import select
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 SKIP = 77
@@ -77,6 +95,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "interop"))
 import interop  # noqa: E402
 from interop import Proc, _deadline  # noqa: E402
+# The gateway tests' CoAP (RFC 7252) codec (standard library only).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "gateway"))
+import coap_gateway as coap  # noqa: E402
 Fail = interop.CellFailure
 Deadline = interop.CellDeadline
 interop.STEP_S = STEP_S  # its waits' default, here
@@ -189,7 +211,9 @@ class Cell:
         self.tmp = tmp
         self.keys = os.path.join(tmp, "keys")
         self.procs = []
-        self.responses = None
+        self.responses = None  # HTTP: the Responses read from Entity A
+        self.exchanges = []  # CoAP: (request, response) bytes
+        self.cse = None
 
     def spawn(self, name, argv):
         p = Proc(name, argv)
@@ -210,16 +234,32 @@ class Cell:
     def udp(self):
         return ["--udp"] if self.transport == "dtls" else []
 
-    def serve(self):
-        p = self.spawn("m2mpsk serve --http", [
-            self.m2mpsk, "serve", "--http", "--once", "--keys", self.keys,
-            "--id", IDB, "--listen", "127.0.0.1", "--port", "0", "--suites",
-            self.suite, "--timeout", str(HANDSHAKE_TIMEOUT_MS)] + self.udp())
-        m = p.wait_for("stderr", r"^m2mpsk: listening on 127\.0\.0\.1:(\d+) "
-                       r"\((tcp|udp)\)$", "listening line")
-        if m.group(2) != ("udp" if self.transport == "dtls" else "tcp"):
-            raise Fail("serve listens on %s" % m.group(2))
+    def gateway(self):
+        """m2mpsk gateway as Entity B, its HTTP binding (TLS) or its CoAP
+        binding (DTLS), forced to the mandated suite, in front of a
+        recording CSE."""
+        binding = "http" if self.transport == "tls" else "coap"
+        self.cse = HttpCse() if binding == "http" else CoapCse()
+        p = self.spawn("m2mpsk gateway", [
+            self.m2mpsk, "gateway", "--keys", self.keys, "--id", IDB,
+            "--%s-listen" % binding, "127.0.0.1:0", "--%s-backend" % binding,
+            "127.0.0.1:%d" % self.cse.port, "--suites", self.suite,
+            "--handshake-timeout", str(HANDSHAKE_TIMEOUT_MS), "--threads",
+            "1", "--log-rate", "100000", "-v"])
+        m = p.wait_for("stderr", r"^m2mpsk: gateway listening %s "
+                       r"127\.0\.0\.1:(\d+)$" % binding, "listening line")
+        p.wait_for("stderr", r"^m2mpsk: gateway ready$", "ready line")
         return p, int(m.group(1))
+
+    def gateway_association(self, gw, bound):
+        """The gateway's association line: KpsaID, binding, suite."""
+        m = gw.wait_for("stderr", r"^m2mpsk: (?:gateway: )?(?:coap )?"
+                        r"association peer=\S+ kpsa-id=(\S+) bound=(\S+) "
+                        r"suite=(\S+)$", "the gateway's association line")
+        want = (KPSA_ID, bound, self.suite)
+        if m.groups() != want:
+            raise Fail("the gateway's association: kpsa-id=%s bound=%s "
+                       "suite=%s, expected %s" % (m.groups() + (want,)))
 
     def connect(self, port):
         return self.spawn("m2mpsk connect", [
@@ -244,35 +284,159 @@ class Cell:
             raise Fail("%s: %s" % (proc.name, ", ".join(bad)))
         return m
 
-    def request_lines(self, serve):
-        return re.findall(r"^m2mpsk: request .*$", serve.text("stderr"),
-                          re.M)
+
+# --------------------------------------------------------------------------
+# The Registrar CSE behind the gateway: plain HTTP (TS-0009) or plain CoAP
+# (TS-0008), in a thread, recording every request it receives so that a
+# cell can prove a refused request never reached it.
 
 
-def check_request_log(serve, expected):
-    """The serve log's request lines, one per request, in order: each a
-    dict of field=value that must appear."""
-    rx = re.compile(r"^m2mpsk: request .*\n", re.M)
-    # Its stderr may reach us after the responses did.
-    try:
-        serve.wait_until("stderr", lambda b: len(rx.findall(
-            b.decode("utf-8", "replace"))) >= len(expected),
-            "%d request lines" % len(expected), timeout=3)
-    except Fail:
-        pass
-    lines = [x.rstrip("\n") for x in rx.findall(serve.text("stderr"))]
-    if len(lines) != len(expected):
-        raise Fail("serve logged %d request lines, expected %d: %r"
-                   % (len(lines), len(expected), lines))
-    for line, fields in zip(lines, expected):
-        for k, v in fields.items():
-            if " %s=%s " % (k, v) not in line + " ":
-                raise Fail("serve's request line lacks %s=%s: %r"
-                           % (k, v, line))
+def cse_answer(create, origin):
+    """(AE CREATE?, From) -> (rsc, body): an <AE> CREATE gets 2001 and the
+    AE-ID, the From when the AE proposed one (IdA), else a new
+    //m2m.example.com/cse-in/C<16 hex>; anything else 2000."""
+    if create:
+        aei = origin if origin.startswith("//") else \
+            "%s/C%s" % (IDB, os.urandom(8).hex())
+        return 2001, ('{"m2m:ae":{"aei":"%s"}}' % aei).encode()
+    return 2000, b'{"m2m:dbg":"ok"}'
 
 
-def run_registration(cell, client, serve, first_from, want_aei):
-    """AE CREATE, a request from the AE-ID, a forged From."""
+class HttpCse:
+    def __init__(self):
+        self.requests = []  # (method, path, From, RI)
+        self.lock = threading.Lock()
+        cse = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def handle_one(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                if n:
+                    self.rfile.read(n)
+                origin = self.headers.get("X-M2M-Origin", "")
+                ri = self.headers.get("X-M2M-RI", "")
+                create = self.command == "POST" and re.search(
+                    r";\s*ty=2\b", self.headers.get("Content-Type", ""))
+                with cse.lock:
+                    cse.requests.append((self.command, self.path, origin, ri))
+                rsc, body = cse_answer(create, origin)
+                self.send_response(201 if create else 200)
+                self.send_header("X-M2M-RSC", str(rsc))
+                self.send_header("X-M2M-RI", ri)
+                self.send_header("Content-Type", "application/json" +
+                                 (";ty=2" if create else ""))
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = handle_one
+
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever,
+                                       kwargs={"poll_interval": 0.1},
+                                       daemon=True)
+        self.thread.start()
+
+    def seen(self):
+        with self.lock:
+            return list(self.requests)
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class CoapCse:
+    def __init__(self):
+        self.requests = []  # (code, path, From, RQI)
+        self.lock = threading.Lock()
+        self.stop = False
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stop:
+            r, _, _ = select.select([self.sock], [], [], 0.1)
+            if not r:
+                continue
+            data, addr = self.sock.recvfrom(65536)
+            try:
+                m = coap.Msg(data)
+            except (ValueError, IndexError):
+                continue
+            if m.type not in (coap.CON, coap.NON) or m.code == 0:
+                continue
+            origin = (m.opt(coap.OPT_FR) or b"").decode("latin-1")
+            rqi = m.opt(coap.OPT_RQI) or b""
+            path = "/".join(v.decode("latin-1")
+                            for v in m.opts(coap.OPT_URI_PATH))
+            with self.lock:
+                self.requests.append((coap.code_str(m.code), path, origin,
+                                      rqi.decode("latin-1")))
+            create = m.code == coap.POST and m.uint(coap.OPT_TY) == 2
+            rsc, body = cse_answer(create, origin)
+            self.sock.sendto(coap.encode(
+                coap.ACK if m.type == coap.CON else coap.NON,
+                coap.code(2, 1) if create else coap.code(2, 5), m.mid,
+                m.token, [(coap.OPT_CONTENT_FORMAT, 50), (coap.OPT_RQI, rqi),
+                          (coap.OPT_RSC, rsc)], body), addr)
+
+    def seen(self):
+        with self.lock:
+            return list(self.requests)
+
+    def close(self):
+        self.stop = True
+        self.thread.join(5)
+        self.sock.close()
+
+
+def check_cse_saw(cell, expected):
+    """The CSE received exactly these requests, [(From, RI)], in order: the
+    forged one never reached it."""
+    got = [(r[2], r[3]) for r in cell.cse.seen()]
+    if got != expected:
+        raise Fail("the CSE received %r, expected %r" % (got, expected))
+
+
+def check_gateway_log(cell, gw, bound_after, rebound):
+    """The gateway's log: it refused the forged From itself (4106) with
+    bound_after bound, and (Credential-ID) bound the AE-ID the CSE
+    assigned."""
+    pre = r"^m2mpsk: gateway: "
+    if cell.transport == "tls":
+        refused = pre + r"refused peer=\S+ from=%s bound=%s rsc=4106: " % (
+            re.escape(FORGED), re.escape(bound_after))
+        bind = pre + r"bound peer=\S+ to AE-ID %s$"
+    else:
+        refused = pre + r"coap peer=\S+ bound=%s from=%s refused 4106: " % (
+            re.escape(bound_after), re.escape(FORGED))
+        bind = pre + r"coap peer=\S+: bound to %s$"
+    gw.wait_for("stderr", refused, "the gateway's 4106 refusal line")
+    if rebound:
+        gw.wait_for("stderr", bind % re.escape(bound_after),
+                    "the gateway's AE-ID binding line")
+    elif cell.transport == "tls" and re.search(bind % r"\S+",
+                                               gw.text("stderr"), re.M):
+        # (CoAP traces the identity after every 2.01: there the refusal
+        # line above shows the IdA still bound.)
+        raise Fail("the gateway rebound an association bound to its IdA")
+
+
+def run_registration(cell, client, first_from, want_aei):
+    """HTTP: AE CREATE, a request from the AE-ID, a forged From."""
     rs = cell.responses = Responses(client)
     headers, body = rs.exchange(ae_create(first_from, "td-se-01-1"),
                                 "the AE CREATE's response", 201, 2001,
@@ -288,51 +452,141 @@ def run_registration(cell, client, serve, first_from, want_aei):
                 "td-se-01-2")
     rs.exchange(request("GET", "/cse-in/td-ae", FORGED, "td-se-01-3"),
                 "the response to a forged From", 403, 4106, "td-se-01-3")
+    check_cse_saw(cell, [(first_from, "td-se-01-1"), (aei, "td-se-01-2")])
     return aei
 
 
+# CoAP binding (TS-0008): the same three requests as CON messages.
+
+
+def coap_request(ex, mcode, origin, rqi, ty=None, body=b""):
+    token = os.urandom(8)
+    opts = [(coap.OPT_URI_PATH, "cse-in"), (coap.OPT_FR, origin),
+            (coap.OPT_RQI, rqi)]
+    if mcode == coap.GET:
+        opts.append((coap.OPT_URI_PATH, "td-ae"))
+    if ty is not None:
+        opts += [(coap.OPT_TY, ty), (coap.OPT_CONTENT_FORMAT, 50)]
+    return coap.encode(coap.CON, mcode, ex.next_mid(), token, opts, body)
+
+
+def coap_exchange(cell, ex, req, what, want_code, rsc, rqi):
+    sent = coap.Msg(req)
+    m, raw = ex.exchange(req, sent.token, what)
+    cell.exchanges.append((req, raw))
+    problems = []
+    if m.type != coap.ACK or m.mid != sent.mid or m.token != sent.token:
+        problems.append("not the piggybacked ACK of mid %d" % sent.mid)
+    if m.code != want_code:
+        problems.append("code %s, expected %s" % (coap.code_str(m.code),
+                                                   coap.code_str(want_code)))
+    if m.uint(coap.OPT_RSC) != rsc:
+        problems.append("RSC %r, expected %d" % (m.uint(coap.OPT_RSC), rsc))
+    if m.opt(coap.OPT_RQI) != rqi.encode():
+        problems.append("RQI %r, expected %r echoed"
+                        % (m.opt(coap.OPT_RQI), rqi))
+    if problems:
+        raise Fail("%s: %s; response %r" % (what, "; ".join(problems), m))
+    return m
+
+
+def run_registration_coap(cell, ex, first_from, want_aei):
+    body = ('{"m2m:ae":{"rn":"td-ae","api":"%s","rr":false,"srv":["3"]}}'
+            % APP_ID).encode()
+    m = coap_exchange(cell, ex, coap_request(ex, coap.POST, first_from,
+                                             "td-se-01-1", 2, body),
+                      "the AE CREATE's response", coap.code(2, 1), 2001,
+                      "td-se-01-1")
+    aei = aei_of(m.payload, "the AE CREATE's response")
+    if not want_aei(aei):
+        raise Fail("the AE CREATE assigned aei %r" % aei)
+    coap_exchange(cell, ex, coap_request(ex, coap.GET, aei, "td-se-01-2"),
+                  "the response to a request from the AE-ID",
+                  coap.code(2, 5), 2000, "td-se-01-2")
+    coap_exchange(cell, ex, coap_request(ex, coap.GET, FORGED, "td-se-01-3"),
+                  "the response to a forged From", coap.code(4, 3), 4106,
+                  "td-se-01-3")
+    check_cse_saw(cell, [(first_from, "td-se-01-1"), (aei, "td-se-01-2")])
+    return aei
+
+
+def coap_in(data, start, token):
+    """The CoAP message with this token at the end of data[start:] (s_client
+    prints each record it reads as is), once its JSON payload is whole."""
+    i = data.find(token, start)
+    while i >= 0:
+        h = i - 4
+        if h >= start and data[h] >> 6 == 1 and data[h] & 15 == len(token):
+            try:
+                m = coap.Msg(data[h:])
+                json.loads(m.payload)
+                return m, data[h:]
+            except (ValueError, IndexError, struct.error):
+                pass
+        i = data.find(token, i + 1)
+    return None
+
+
+class StdioCoap:
+    """Entity A over DTLS: m2mpsk connect --udp or openssl s_client, each
+    CoAP message one write to its stdin (one read, one DTLS record), the
+    response found in its stdout by its token."""
+
+    def __init__(self, proc):
+        self.proc, self.pos, self.mid = proc, 0, random.randrange(65536)
+
+    def next_mid(self):
+        self.mid = (self.mid + 1) & 0xFFFF
+        return self.mid
+
+    def exchange(self, req, token, what):
+        self.pos = len(self.proc.data("stdout"))
+        self.proc.write(req)
+        return self.proc.wait_until(
+            "stdout", lambda b: coap_in(b, self.pos, token), what)
+
+
+def stop_gateway(gw):
+    """SIGTERM: it says it stops and exits 0."""
+    os.killpg(gw.p.pid, signal.SIGTERM)
+    gw.wait_for("stderr", r"^m2mpsk: gateway stopping$", "stopping line")
+    rc = gw.wait_exit("after SIGTERM")
+    if rc != 0:
+        raise Fail("m2mpsk gateway exited %d after SIGTERM" % rc)
+
+
 def cell_m2mpsk(cell):
-    """credential-id / ida: m2mpsk connect -> m2mpsk serve --http."""
+    """credential-id / ida: m2mpsk connect -> m2mpsk gateway -> the CSE:
+    HTTP over TLS, CoAP over DTLS."""
     with_ida = cell.kind == "ida"
     cell.keygen(IDA if with_ida else None)
-    serve, port = cell.serve()
+    gw, port = cell.gateway()
+    bound = IDA if with_ida else "12-" + KPSA_ID
+    if with_ida:
+        first, want = IDA, (lambda a: a == IDA)
+    else:
+        first = "C"
+        want = (lambda a: re.fullmatch(re.escape(IDB) + r"/C[0-9a-f]{16}", a))
     client = cell.connect(port)
     cell.association(client, IDB, "0")
-    cell.association(serve, IDA if with_ida else "12-" + KPSA_ID,
-                     "0" if with_ida else "1")
-    if with_ida:
-        aei = run_registration(cell, client, serve, IDA,
-                               lambda a: a == IDA)
-        bound_after = IDA
+    cell.gateway_association(gw, bound)
+    if cell.transport == "tls":
+        aei = run_registration(cell, client, first, want)
     else:
-        aei = run_registration(
-            cell, client, serve, "C",
-            lambda a: re.fullmatch(re.escape(IDB) + r"/C[0-9a-f]{16}", a))
-        bound_after = aei
-    check_request_log(serve, [
-        {"from": IDA if with_ida else "C", "verdict": "accept",
-         "bound": IDA if with_ida else "12-" + KPSA_ID, "status": "201",
-         "rsc": "2001", "aei": aei},
-        {"from": aei, "verdict": "accept", "bound": bound_after,
-         "status": "200", "rsc": "2000"},
-        {"from": FORGED, "verdict": "4106", "bound": bound_after,
-         "status": "403", "rsc": "4106"},
-    ])
-    if not with_ida and "bind=ae-id" not in cell.request_lines(serve)[0]:
-        raise Fail("serve did not bind the AE-ID it assigned")
+        aei = run_registration_coap(cell, StdioCoap(client), first, want)
+    check_gateway_log(cell, gw, IDA if with_ida else aei, not with_ida)
     client.close_stdin()  # close_notify
     rc = client.wait_exit("after stdin EOF")
     if rc != 0:
         raise Fail("m2mpsk connect exited %d" % rc)
-    rc = serve.wait_exit("after the association ended (--once)")
-    if rc != 0:
-        raise Fail("m2mpsk serve --once exited %d" % rc)
+    stop_gateway(gw)
 
 
 def cell_openssl_client(cell):
-    """openssl s_client as Entity A -> m2mpsk serve --http."""
+    """openssl s_client as Entity A -> m2mpsk gateway -> the CSE: HTTP over
+    TLS, CoAP over DTLS."""
     key = cell.keygen()
-    serve, port = cell.serve()
+    gw, port = cell.gateway()
     client = cell.spawn("openssl s_client", [
         "openssl", "s_client", "-connect", "127.0.0.1:%d" % port,
         "-servername", SNI, "-psk", key, "-psk_identity", KPSA_ID,
@@ -341,22 +595,18 @@ def cell_openssl_client(cell):
     m = client.wait_for("stdout", r"Cipher is (\S+)$", "Cipher line")
     if m.group(1) != cell.openssl_cipher:
         raise Fail("s_client negotiated %s" % m.group(1))
-    cell.association(serve, "12-" + KPSA_ID, "1")
-    aei = run_registration(
-        cell, client, serve, "C",
-        lambda a: re.fullmatch(re.escape(IDB) + r"/C[0-9a-f]{16}", a))
-    check_request_log(serve, [
-        {"from": "C", "verdict": "accept", "status": "201", "aei": aei},
-        {"from": aei, "verdict": "accept", "status": "200"},
-        {"from": FORGED, "verdict": "4106", "status": "403", "rsc": "4106"},
-    ])
+    cell.gateway_association(gw, "12-" + KPSA_ID)
+    want = (lambda a: re.fullmatch(re.escape(IDB) + r"/C[0-9a-f]{16}", a))
+    if cell.transport == "tls":
+        aei = run_registration(cell, client, "C", want)
+    else:
+        aei = run_registration_coap(cell, StdioCoap(client), "C", want)
+    check_gateway_log(cell, gw, aei, True)
     client.close_stdin()  # s_client shuts the connection down at EOF
     rc = client.wait_exit("after stdin EOF")
     if rc != 0:
         raise Fail("openssl s_client exited %d" % rc)
-    rc = serve.wait_exit("after the association ended (--once)")
-    if rc != 0:
-        raise Fail("m2mpsk serve --once exited %d" % rc)
+    stop_gateway(gw)
 
 
 def cell_openssl_server(cell):
@@ -404,7 +654,7 @@ RUNNERS = {"credential-id": cell_m2mpsk, "ida": cell_m2mpsk,
            "openssl-server": cell_openssl_server}
 
 
-def skip_reason(cell, m2mpsk):
+def skip_reason(cell, m2mpsk, coap_built):
     """Why the cell cannot run here, or None."""
     r = subprocess.run([m2mpsk, "version"], capture_output=True,
                        timeout=STEP_S)
@@ -419,17 +669,26 @@ def skip_reason(cell, m2mpsk):
                 % (backend, " and ".join(lacks) or "its suites"))
     if cell.startswith("openssl-") and not shutil.which("openssl"):
         return "peer tool not found: openssl"
+    if cell.startswith("openssl-server."):
+        return None  # m2mpsk is Entity A: no gateway
+    r = subprocess.run([m2mpsk, "gateway", "--help"], capture_output=True,
+                       timeout=STEP_S)
+    if r.returncode == 2 and b"without" in r.stderr:
+        return r.stderr.decode().strip()
+    if cell.endswith(".dtls") and coap_built == "no":
+        return ("m2mpsk gateway was built without its CoAP binding "
+                "(libcoap3-dev), which the DTLS cells use (TS-0008)")
     return None
 
 
-def run_cell(name, m2mpsk):
+def run_cell(name, m2mpsk, coap_built="yes"):
     if name not in CELLS:
         print("unknown cell %r; cells: %s" % (name, " ".join(CELLS)))
         return 2
     if not (m2mpsk and os.access(m2mpsk, os.X_OK)):
         print("FAIL %s: m2mpsk not found at %r" % (name, m2mpsk))
         return 1
-    why = skip_reason(name, m2mpsk)
+    why = skip_reason(name, m2mpsk, coap_built)
     if why:
         if why.startswith("peer tool") and os.environ.get("CI") == "true":
             print("FAIL %s: %s (CI=true: a missing peer fails)" % (name, why))
@@ -455,14 +714,21 @@ def run_cell(name, m2mpsk):
                 signal.alarm(0)
                 for p in cell.procs:
                     p.kill()
+                if cell.cse is not None:
+                    cell.cse.close()
     finally:
         signal.alarm(0)
-    if cell is not None and cell.responses is not None:
+    exchanges = cell.responses.exchanges if cell is not None and \
+        cell.responses is not None else cell.exchanges if cell else []
+    if exchanges:
         print("exchanges (Entity A's request, then the response it got%s):"
               % (" from s_server's stdin" if cell.kind == "openssl-server"
                  else ""))
-        for req, resp in cell.responses.exchanges:
+        for req, resp in exchanges:
             print("  > %r\n  < %r" % (req, resp))
+            if cell.transport == "dtls" and cell.kind != "openssl-server":
+                print("    (CoAP: > %r\n            < %r)"
+                      % (coap.Msg(req), coap.Msg(resp)))
     if result != "pass" or os.environ.get("TD_VERBOSE"):
         for p in cell.procs if cell else []:
             print(p.transcript())
@@ -478,11 +744,14 @@ def main():
     run = sub.add_parser("run")
     run.add_argument("cell")
     run.add_argument("--m2mpsk", required=True)
+    run.add_argument("--coap", choices=("yes", "no"), default="yes",
+                     help="whether the gateway was built with its CoAP "
+                     "binding")
     args = ap.parse_args()
     if args.cmd == "list":
         print("\n".join(CELLS))
         return 0
-    return run_cell(args.cell, os.path.abspath(args.m2mpsk))
+    return run_cell(args.cell, os.path.abspath(args.m2mpsk), args.coap)
 
 
 if __name__ == "__main__":
