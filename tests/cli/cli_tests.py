@@ -8,6 +8,7 @@ any failure.
 """
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -352,12 +353,19 @@ def import_reads_psktool_files(tmp):
          "--priority", "NORMAL:-KX-ALL:+PSK"], stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, start_new_session=True)
     try:
+        # Bounded: a readline() would wait for ever on a gnutls-serv that
+        # prints nothing more (its IPv4 bind lost to another process while
+        # its IPv6 one stands).
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            line = srv.stdout.readline()
-            assert line, "gnutls-serv ended"
-            if re.search(rb"IPv4 0\.0\.0\.0 port %d\.\.\.done" % port, line):
-                break
+        seen = b""
+        ready = rb"IPv4 0\.0\.0\.0 port %d\.\.\.done" % port
+        while not re.search(ready, seen):
+            left = deadline - time.monotonic()
+            assert left > 0, "gnutls-serv not ready in 10 s: %r" % seen
+            if select.select([srv.stdout], [], [], left)[0]:
+                chunk = os.read(srv.stdout.fileno(), 4096)
+                assert chunk, "gnutls-serv ended: %r" % seen
+                seen += chunk
         r = run("connect", "127.0.0.1:%d" % port, "--keys", keys,
                 "--kpsa-id", "dev2@onem2m.com", "--timeout", "5000",
                 stdin=b"psktool key\n")
