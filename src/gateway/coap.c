@@ -123,7 +123,7 @@ struct gw_coap {
   m2mpsk_config *cfg;
   struct sockaddr_storage backend;
   socklen_t backend_len;
-  uint32_t idle_ms, max_request, max_response;
+  uint32_t idle_ms, cse_ms, max_request, max_response;
   uint16_t identity_option;
   uint64_t seed;
   peer **peers;
@@ -681,7 +681,7 @@ static void exchange_on_timer(evutil_socket_t fd, short what, void *arg) {
     peer *p = ex->p;
     p->gc->st.timeouts++;
     gw_log("coap peer=%s: the CSE did not answer within %u ms", p->name,
-           (unsigned)GW_COAP_EXCHANGE_MS);
+           (unsigned)p->gc->cse_ms);
     peer_answer(p, ex->dev_type, ex->dev_mid, ex->dev_tok, ex->dev_toklen,
                 CODE_504, ex->rqi, ex->rqi_len, 0, "gateway timeout");
     exchange_done(ex);
@@ -777,7 +777,7 @@ static void forward(gw_coap *gc, peer *p, coap_pdu_t *pdu, unsigned type,
     return;
   }
   uint64_t now = now_ms();
-  ex->deadline = now + GW_COAP_EXCHANGE_MS;
+  ex->deadline = now + gc->cse_ms;
   gc->st.forwarded++;
   exchange_send(ex);
   exchange_arm(ex, now);
@@ -1039,7 +1039,7 @@ static void peer_on_timer(evutil_socket_t fd, short what, void *arg) {
   if (m2mpsk_assoc_state(p->a) == M2MPSK_STATE_ESTABLISHED &&
       now >= p->last_input + gc->idle_ms) {
     /* Idle but waiting for the CSE: look again when that is over. */
-    p->last_input = now - gc->idle_ms + GW_COAP_EXCHANGE_MS;
+    p->last_input = now - gc->idle_ms + gc->cse_ms;
   }
   (void)peer_process(p);
 }
@@ -1207,6 +1207,7 @@ gw_coap *gw_coap_new(const gw_coap_opts *o, char *err, size_t errlen) {
   gc->backend = o->gw->coap_backend_addr;
   gc->backend_len = o->gw->coap_backend_addr_len;
   gc->idle_ms = go->idle_timeout_ms ? go->idle_timeout_ms : 300000;
+  gc->cse_ms = go->cse_timeout_ms ? go->cse_timeout_ms : GW_COAP_EXCHANGE_MS;
   gc->max_request = go->max_request && go->max_request < RECORD_MAX
                         ? (uint32_t)go->max_request
                         : RECORD_MAX;

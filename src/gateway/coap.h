@@ -33,7 +33,7 @@
  *    binds the AE-ID (gw_gate_response);
  *  - bounds: a request over --max-request gets 4.13, a response over
  *    --max-response 5.02, more than GW_COAP_MAX_INFLIGHT requests in flight
- *    on one association 5.03, no response within GW_COAP_EXCHANGE_MS 5.04
+ *    on one association 5.03, no response within --cse-timeout 5.04
  *    (each with the RQI copied).
  * Not relayed: Observe notifications and anything else the CSE sends after
  * its response (an unknown token: RST), requests from the CSE to devices.
@@ -57,8 +57,9 @@ struct coap_pdu_t;
 
 /* Times toward the CSE: a request is sent as CON and retransmitted after
  * GW_COAP_ACK_TIMEOUT_MS, then twice that, GW_COAP_MAX_RETRANSMIT times;
- * with no response GW_COAP_EXCHANGE_MS after it was first sent, the device
- * gets 5.04 Gateway Timeout. Requests in flight per association are
+ * with no response --cse-timeout after it was first sent (gw_opts'
+ * cse_timeout_ms; GW_COAP_EXCHANGE_MS where that is 0), the device gets
+ * 5.04 Gateway Timeout. Requests in flight per association are
  * bounded by GW_COAP_MAX_INFLIGHT: past it the device gets 5.03. */
 enum {
   GW_COAP_ACK_TIMEOUT_MS = 1000,
@@ -107,7 +108,7 @@ typedef struct gw_coap_stats {
 gw_coap *gw_coap_new(const gw_coap_opts *o, char *err, size_t errlen);
 
 /* Stops taking new datagrams from devices, lets the requests in flight
- * finish (each is bounded by GW_COAP_EXCHANGE_MS), closes every
+ * finish (each is bounded by --cse-timeout), closes every
  * association with close_notify as its last request completes, and then
  * removes its events, so that the event loop can end. */
 void gw_coap_shutdown(gw_coap *gc);

@@ -248,6 +248,7 @@ static const char k_usage[] =
     "               [--engine auto|boringssl|openssl] [--suites LIST]\n"
     "               [--threads N] [--max-conn N] [--max-per-addr N]\n"
     "               [--handshake-timeout MS] [--idle-timeout MS]\n"
+    "               [--cse-timeout MS]\n"
     "               [--max-request BYTES] [--max-response BYTES]\n"
     "               [--max-buffer BYTES] [--rate-limit N] [--log-rate N]\n"
     "               [--config FILE] [-v] [--help]\n"
@@ -279,8 +280,10 @@ static const char k_usage[] =
     "100)\n"
     "  --handshake-timeout MS   (default 10000)\n"
     "  --idle-timeout MS        no traffic that long (and no request at the\n"
-    "                           CSE) ends an association (default 60000);\n"
-    "                           the CSE has max(this, 30 s) to answer\n"
+    "                           CSE) ends an association (default 60000)\n"
+    "  --cse-timeout MS         the CSE's time to answer one request; past\n"
+    "                           it the device gets 502 (HTTP) or 5.04\n"
+    "                           (CoAP) (default 30000)\n"
     "  --max-request BYTES      one request, headers and body (default 1 "
     "MiB)\n"
     "  --max-response BYTES     one response from the CSE (default 8 MiB)\n"
@@ -329,6 +332,7 @@ static const opt_def k_opts[] = {
     {"max-per-addr", K_UINT, OFF(max_per_addr), 1, 10000000},
     {"handshake-timeout", K_UINT, OFF(handshake_timeout_ms), 1, 3600000},
     {"idle-timeout", K_UINT, OFF(idle_timeout_ms), 1, 86400000},
+    {"cse-timeout", K_UINT, OFF(cse_timeout_ms), 100, 3600000},
     {"max-request", K_UINT, OFF(max_request), 1024, 1u << 30},
     {"max-response", K_UINT, OFF(max_response), 1024, 1u << 30},
     {"max-buffer", K_UINT, OFF(max_buffer), 16384, 1u << 30},
@@ -346,6 +350,7 @@ static void opts_defaults(gw_opts *o) {
   o->max_per_addr = 100;
   o->handshake_timeout_ms = 10000;
   o->idle_timeout_ms = 60000;
+  o->cse_timeout_ms = 30000;
   o->max_request = 1u << 20;
   o->max_response = 8u << 20;
   o->max_buffer = 262144;
@@ -430,7 +435,8 @@ static int set_opt(gw_opts *o, const opt_def *d, const char *value,
         d->offset == OFF(max_buffer))
       *(size_t *)field = v;
     else if (d->offset == OFF(handshake_timeout_ms) ||
-             d->offset == OFF(idle_timeout_ms))
+             d->offset == OFF(idle_timeout_ms) ||
+             d->offset == OFF(cse_timeout_ms))
       *(uint32_t *)field = (uint32_t)v;
     else
       *(unsigned *)field = (unsigned)v;

@@ -53,6 +53,8 @@ typedef struct gw_opts {
   unsigned max_per_addr;         /* --max-per-addr: per source address */
   uint32_t handshake_timeout_ms; /* --handshake-timeout */
   uint32_t idle_timeout_ms;      /* --idle-timeout */
+  uint32_t cse_timeout_ms;       /* --cse-timeout: the CSE's time to answer
+                                    one forwarded request */
   size_t max_request;            /* --max-request: one request, bytes */
   size_t max_response;           /* --max-response: one response, bytes */
   size_t max_buffer;   /* --max-buffer: bytes buffered per association and
