@@ -1,0 +1,395 @@
+"""The drop-in layer: Context.wrap_socket() and wrap_bio(), over real
+sockets on 127.0.0.1, against each other, against OpenSSL, and under
+http.client. Every wait is bounded (a socket timeout, a join timeout or a
+select timeout); nothing sleeps to synchronise."""
+import http.client
+import select
+import socket
+import ssl
+import threading
+
+import pytest
+
+import m2mpsk
+from conftest import IDB, KEY, KPSA_ID
+
+T = 20  # seconds: the bound of every wait
+
+
+def contexts(key_b=KEY):
+    """(client context, server context) over the shared record; the
+    server's key can differ, to make a handshake fail."""
+    ks_a = m2mpsk.Keystore()
+    ks_a.add(KPSA_ID, KEY, None, IDB)
+    ks_b = m2mpsk.Keystore()
+    ks_b.add(KPSA_ID, key_b, None, IDB)
+    srv = m2mpsk.Context(server_side=True, keystore=ks_b)
+    srv.config.add_local_id(IDB)
+    return m2mpsk.Context(keystore=ks_a, kpsa_id=KPSA_ID), srv
+
+
+def tcp_pair():
+    """A connected (client, server) TCP pair on loopback, with timeouts."""
+    with socket.socket() as lsock:
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(1)
+        c = socket.create_connection(lsock.getsockname(), timeout=T)
+        s, _ = lsock.accept()
+    s.settimeout(T)
+    return c, s
+
+
+class Thread(threading.Thread):
+    """Runs fn, keeps its result or exception; join() re-raises it."""
+
+    def __init__(self, fn, *args):
+        super().__init__(daemon=True)
+        self.fn, self.args, self.result, self.error = fn, args, None, None
+        self.start()
+
+    def run(self):
+        try:
+            self.result = self.fn(*self.args)
+        except BaseException as e:  # handed to join()
+            self.error = e
+
+    def join(self, timeout=T):
+        super().join(timeout)
+        assert not self.is_alive(), "thread still running after %s s" % timeout
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def wrapped_pair(cli_ctx=None, srv_ctx=None):
+    """(client PSKSocket, server PSKSocket), handshake done."""
+    if cli_ctx is None:
+        cli_ctx, srv_ctx = contexts()
+    c, s = tcp_pair()
+    t = Thread(srv_ctx.wrap_socket, s)
+    sc = cli_ctx.wrap_socket(c, server_hostname="m2m.example.com")
+    return sc, t.join()
+
+
+def test_wrap_socket_both_roles_blocking_with_timeout():
+    c, s = wrapped_pair()
+    with c, s:
+        assert isinstance(c, m2mpsk.PSKSocket) and isinstance(c, socket.socket)
+        assert c.gettimeout() == T and s.gettimeout() == T
+        # the association as each end sees it
+        assert c.peer_id() == IDB and not c.credential()
+        assert s.peer_id() == "12-" + KPSA_ID and s.credential()
+        assert c.kpsa_id() == s.kpsa_id() == KPSA_ID
+        assert c.suite() == s.suite() and c.suite() in m2mpsk.suites()
+        assert {c.engine(), s.engine()} <= {m2mpsk.ENGINE_BORINGSSL, m2mpsk.ENGINE_OPENSSL}
+        assert isinstance(c.association, m2mpsk.Association)
+        assert c.getpeername() == s.getsockname()
+        assert c.cipher()[0] == c.suite() and c.getpeercert() is None
+        c.sendall(b"ping")
+        assert s.recv(100) == b"ping"
+        # larger than a record, read through recv_into
+        big = bytes(range(256)) * 300
+        t = Thread(c.sendall, big)
+        got = bytearray()
+        buf = bytearray(5000)
+        while len(got) < len(big):
+            n = s.recv_into(buf)
+            assert n > 0
+            got += buf[:n]
+        t.join()
+        assert got == big
+        # a read that waits past the socket's timeout raises socket.timeout
+        s.settimeout(0.2)
+        with pytest.raises(socket.timeout):
+            s.recv(10)
+        s.settimeout(T)
+        # close_notify ends the stream: b"" at the other end
+        c.shutdown(socket.SHUT_WR)
+        assert s.recv(10) == b""
+
+
+def test_wrap_socket_non_blocking_select_loop():
+    cli_ctx, srv_ctx = contexts()
+    c, s = tcp_pair()
+    c.setblocking(False)
+    s.setblocking(False)
+    c = cli_ctx.wrap_socket(c, do_handshake_on_connect=False)
+    s = srv_ctx.wrap_socket(s, do_handshake_on_connect=False)
+    with c, s:
+        assert c.gettimeout() == 0.0
+        with pytest.raises(m2mpsk.WantRead) as e:
+            s.do_handshake()  # nothing has arrived yet
+        assert isinstance(e.value, ssl.SSLWantReadError)
+        assert e.value.code == m2mpsk.E_AGAIN
+        todo = {c, s}
+        waits = 0
+        while todo:
+            r, w = [], []
+            for x in list(todo):
+                try:
+                    x.do_handshake()
+                    todo.discard(x)
+                except m2mpsk.WantRead:
+                    r.append(x)
+                except m2mpsk.WantWrite:
+                    w.append(x)
+            if todo:
+                ready = select.select(r, w, [], T)
+                assert ready[0] or ready[1], "select timed out"
+                waits += 1
+        assert waits >= 2  # the handshake really waited for the peer
+        assert c.peer_id() == IDB
+        c.send(b"one")
+        with pytest.raises(m2mpsk.WantRead):
+            c.recv(10)
+        assert select.select([s], [], [], T)[0]
+        assert s.recv(10) == b"one"
+        assert s.pending() == 0
+
+
+def test_wrap_socket_failed_handshake_wrong_key():
+    cli_ctx, srv_ctx = contexts(key_b=bytes(32))
+    c, s = tcp_pair()
+    t = Thread(srv_ctx.wrap_socket, s)
+    with pytest.raises(m2mpsk.Failed) as ec:
+        cli_ctx.wrap_socket(c)
+    with pytest.raises(m2mpsk.Failed) as es:
+        t.join()
+    assert es.value.code == ec.value.code == m2mpsk.E_FAILED
+    assert es.value.reason == m2mpsk.REASON_BAD_KEY, str(es.value)
+    # the client reads the server's alert (bad_record_mac) as a wrong key
+    assert ec.value.reason == m2mpsk.REASON_BAD_KEY, str(ec.value)
+    for e in (es.value, ec.value):
+        assert KEY.hex() not in str(e) and bytes(32).hex() not in str(e)
+    # wrap_socket closed what it took over
+    assert c.fileno() == -1 and s.fileno() == -1
+
+
+def read_record(s):
+    """One whole TLS record from a plain socket."""
+    head = b""
+    while len(head) < 5:
+        head += s.recv(5 - len(head))
+    body = b""
+    n = int.from_bytes(head[3:5], "big")
+    while len(body) < n:
+        body += s.recv(n - len(body))
+    return head + body
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_peer_closes_mid_handshake(how):
+    cli_ctx, _ = contexts()
+    c, s = tcp_pair()
+    with s:
+        c = cli_ctx.wrap_socket(c, do_handshake_on_connect=False)
+        t = Thread(c.do_handshake)
+        assert read_record(s)[:1] == b"\x16"  # the ClientHello
+        if how == "reset":
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+        s.close()
+        with pytest.raises(m2mpsk.Failed) as e:
+            t.join()
+        assert e.value.code == m2mpsk.E_FAILED
+        assert e.value.reason == m2mpsk.REASON_PROTOCOL
+        assert ("closed" if how == "close" else "reset") in e.value.detail
+        c.close()
+
+
+def test_recv_after_close_and_ragged_eof():
+    c, s = wrapped_pair()
+    s.close()  # a TCP close, no close_notify
+    assert c.recv(10) == b""  # suppress_ragged_eofs, as ssl's default
+    c.close()
+    e = pytest.raises(m2mpsk.Error, c.recv, 10).value
+    assert e.code == m2mpsk.E_INVALID and "closed" in e.detail
+
+
+def test_ragged_eof_raises_when_not_suppressed():
+    cli_ctx, srv_ctx = contexts()
+    c, s = tcp_pair()
+    t = Thread(srv_ctx.wrap_socket, s)
+    c = cli_ctx.wrap_socket(c, suppress_ragged_eofs=False)
+    s = t.join()
+    with c:
+        s.close()
+        with pytest.raises(m2mpsk.Closed):
+            c.recv(10)
+
+
+def test_unwrap_returns_the_plain_socket():
+    c, s = wrapped_pair()
+    with s:
+        plain = c.unwrap()
+        assert type(plain) is socket.socket
+        assert s.recv(10) == b""  # c's close_notify
+        with plain:
+            plain.sendall(b"clear")
+        raises_closed = pytest.raises(m2mpsk.Error, c.peer_id).value
+        assert raises_closed.code == m2mpsk.E_INVALID
+
+
+def test_originator_check_and_bind_ae_id():
+    c, s = wrapped_pair()
+    with c, s:
+        # bound to the Credential-ID: only an AE registration is accepted
+        assert s.originator_check("/cse-in/Cae1") == m2mpsk.ORIGINATOR_NOT_AUTHENTICATED
+        assert s.originator_check(None, m2mpsk.ORIGINATOR_AE_CREATE) == m2mpsk.ORIGINATOR_ACCEPT
+        s.bind_ae_id("/cse-in/Cae1")
+        assert s.peer_id() == "/cse-in/Cae1" and not s.credential()
+        assert s.originator_check("/cse-in/Cae1") == m2mpsk.ORIGINATOR_ACCEPT
+        assert s.originator_check("/cse-in/Cae2") == m2mpsk.ORIGINATOR_NOT_AUTHENTICATED
+
+
+def bio_pump(x, y, fx, fy):
+    """Runs x.fx and y.fy, moving bytes between their BIOs, until both
+    return; each call is retried on WantRead. Returns the two results."""
+    done = {}
+    for _ in range(50):
+        for name, obj, fn in (("x", x, fx), ("y", y, fy)):
+            if name in done:
+                continue
+            try:
+                done[name] = fn()
+            except m2mpsk.WantRead:
+                pass
+        x_out, y_out = x._outgoing.read(), y._outgoing.read()
+        if y_out:
+            x._incoming.write(y_out)
+        if x_out:
+            y._incoming.write(x_out)
+        if len(done) == 2:
+            return done["x"], done["y"]
+        assert x_out or y_out, "neither side has anything to send"
+    raise AssertionError("no progress")
+
+
+def bio(ctx, server_side=None):
+    return ctx.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=server_side)
+
+
+def test_wrap_bio_both_roles():
+    cli_ctx, srv_ctx = contexts()
+    with bio(cli_ctx) as a, bio(srv_ctx) as b:
+        with pytest.raises(m2mpsk.WantRead) as e:
+            b.do_handshake()
+        assert isinstance(e.value, ssl.SSLWantReadError)
+        bio_pump(a, b, a.do_handshake, b.do_handshake)
+        assert a.peer_id() == IDB and b.credential()
+        assert a.write(b"hello") == 5
+        b._incoming.write(a._outgoing.read())
+        assert b.pending() == 0  # still in the incoming BIO, as with ssl
+        buf = bytearray(3)
+        assert b.read(3, buf) == 3 and buf == b"hel"
+        assert b.pending() == 2
+        assert b.read() == b"lo"
+        with pytest.raises(m2mpsk.WantRead):
+            b.read()
+        a.unwrap()
+        b._incoming.write(a._outgoing.read())
+        assert b.read() == b""
+
+
+def test_wrap_bio_wrong_key_fails_with_the_reason():
+    cli_ctx, srv_ctx = contexts(key_b=bytes(32))
+    with bio(cli_ctx) as a, bio(srv_ctx) as b:
+        with pytest.raises(m2mpsk.Failed) as e:
+            bio_pump(a, b, a.do_handshake, b.do_handshake)
+        assert e.value.reason in (m2mpsk.REASON_BAD_KEY, m2mpsk.REASON_PEER_ALERT)
+
+
+@pytest.mark.parametrize("bio_side", ["client", "server"])
+def test_wrap_bio_against_wrap_socket(bio_side):
+    cli_ctx, srv_ctx = contexts()
+    c, s = tcp_pair()
+    sock_end, bio_end = (s, c) if bio_side == "client" else (c, s)
+    sock_ctx, bio_ctx = (srv_ctx, cli_ctx) if bio_side == "client" else (cli_ctx, srv_ctx)
+    t = Thread(sock_ctx.wrap_socket, sock_end)
+    with bio_end, bio(bio_ctx) as o:
+        def step(fn):
+            """Retries fn, moving o's bytes over bio_end, until it returns."""
+            for _ in range(100):
+                try:
+                    r = fn()
+                    out = o._outgoing.read()
+                    if out:
+                        bio_end.sendall(out)
+                    return r
+                except m2mpsk.WantRead:
+                    out = o._outgoing.read()
+                    if out:
+                        bio_end.sendall(out)
+                    data = bio_end.recv(65536)
+                    if not data:
+                        o._incoming.write_eof()
+                    else:
+                        o._incoming.write(data)
+            raise AssertionError("no progress")
+        step(o.do_handshake)
+        ps = t.join()
+        with ps:
+            step(lambda: o.write(b"from the bio"))
+            assert ps.recv(100) == b"from the bio"
+            ps.sendall(b"from the socket")
+            assert step(o.read) == b"from the socket"
+
+
+def serve_http(srv_ctx, lsock, handle):
+    """Accepts one connection on lsock, wraps it and answers one HTTP
+    request with handle(conn, request_line, headers) -> (status, headers,
+    body)."""
+    conn, _ = lsock.accept()
+    conn.settimeout(T)
+    with srv_ctx.wrap_socket(conn) as s, s.makefile("rb") as f:
+        line = f.readline()
+        headers = {}
+        while (h := f.readline()) not in (b"\r\n", b""):
+            k, v = h.decode().split(":", 1)
+            headers[k.strip().lower()] = v.strip()
+        status, extra, body = handle(s, line, headers)
+        head = "HTTP/1.1 %d X\r\nContent-Length: %d\r\n" % (status, len(body))
+        for k, v in extra.items():
+            head += "%s: %s\r\n" % (k, v)
+        s.sendall(head.encode() + b"\r\n" + body)
+        try:
+            s.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the client may have read the body and closed already
+
+
+def test_http_client_as_entity_a():
+    cli_ctx, srv_ctx = contexts()
+    with socket.socket() as lsock:
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(1)
+        port = lsock.getsockname()[1]
+
+        def handle(s, line, headers):
+            body = ("%s %s %s" % (line.split()[1].decode(), s.peer_id(),
+                                  headers.get("x-m2m-origin"))).encode()
+            return 200, {"X-M2M-RSC": "2000"}, body
+        t = Thread(serve_http, srv_ctx, lsock, handle)
+        # HTTPSConnection takes the Context as it takes an ssl.SSLContext
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=cli_ctx, timeout=T)
+        conn.request("GET", "/cse-in", headers={"X-M2M-Origin": "Cae1", "X-M2M-RI": "1"})
+        r = conn.getresponse()
+        assert r.status == 200 and r.getheader("X-M2M-RSC") == "2000"
+        assert r.read() == ("/cse-in 12-%s Cae1" % KPSA_ID).encode()
+        assert isinstance(conn.sock, m2mpsk.PSKSocket) and conn.sock.peer_id() == IDB
+        conn.close()
+        t.join()
+
+
+def test_wrap_socket_refuses_what_it_cannot_wrap():
+    cli_ctx, _ = contexts()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        e = pytest.raises(m2mpsk.Error, cli_ctx.wrap_socket, u).value
+        assert e.code == m2mpsk.E_UNSUPPORTED
+    with socket.socket() as fresh:
+        e = pytest.raises(m2mpsk.Error, cli_ctx.wrap_socket, fresh).value
+        assert e.code == m2mpsk.E_STATE
+    c, s = tcp_pair()
+    with c, s:
+        no_id = m2mpsk.Context(keystore=cli_ctx.keystore)
+        e = pytest.raises(m2mpsk.Error, no_id.wrap_socket, c).value
+        assert e.code == m2mpsk.E_INVALID
