@@ -393,3 +393,111 @@ def test_wrap_socket_refuses_what_it_cannot_wrap():
         no_id = m2mpsk.Context(keystore=cli_ctx.keystore)
         e = pytest.raises(m2mpsk.Error, no_id.wrap_socket, c).value
         assert e.code == m2mpsk.E_INVALID
+
+
+def test_flask_over_werkzeug_with_the_context_as_ssl_context():
+    flask = pytest.importorskip("flask", reason="python3-flask not installed")
+    from werkzeug.serving import make_server
+    ida = "//m2m.example.com/cse-in/Cae1"
+    cli_ctx, srv_ctx = contexts()
+    cli_ctx.keystore.add("ae1@onem2m.com", KEY, ida, IDB)
+    srv_ctx.keystore.add("ae1@onem2m.com", KEY, ida, IDB)
+    cli_ctx.kpsa_id = "ae1@onem2m.com"
+
+    app = flask.Flask("m2mpsk_test")
+
+    @app.route("/cse-in", methods=["GET", "POST"])
+    def cse():
+        # werkzeug hands the connection over in the environ
+        conn = flask.request.environ["werkzeug.socket"]
+        verdict = conn.originator_check(flask.request.headers.get("X-M2M-Origin"))
+        if verdict != m2mpsk.ORIGINATOR_ACCEPT:
+            return "", 403, {"X-M2M-RSC": str(verdict)}
+        return flask.jsonify(peer=conn.peer_id(), kpsa=conn.kpsa_id(),
+                             scheme=flask.request.scheme), 200, {"X-M2M-RSC": "2000"}
+
+    server = make_server("127.0.0.1", 0, app, threaded=True, ssl_context=srv_ctx)
+    assert isinstance(server.socket, m2mpsk.PSKSocket)
+    port = server.socket.getsockname()[1]
+    t = Thread(server.serve_forever, 0.05)
+    try:
+        def request(origin, ctx=cli_ctx):
+            conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=T)
+            try:
+                conn.request("GET", "/cse-in", headers={"X-M2M-Origin": origin, "X-M2M-RI": "1"})
+                r = conn.getresponse()
+                return r.status, r.getheader("X-M2M-RSC"), r.read()
+            finally:
+                conn.close()
+
+        status, rsc, body = request(ida)
+        assert (status, rsc) == (200, "2000"), body
+        assert flask.json.loads(body) == {"peer": ida, "kpsa": "ae1@onem2m.com",
+                                          "scheme": "https"}
+        # a forged originator: the app answers 4106 from originator_check()
+        status, rsc, _ = request("//m2m.example.com/cse-in/Cae2")
+        assert (status, rsc) == (403, str(m2mpsk.ORIGINATOR_NOT_AUTHENTICATED))
+        assert m2mpsk.ORIGINATOR_NOT_AUTHENTICATED == 4106
+        # a client with the wrong key fails its handshake; the server goes on
+        bad_ctx, _ = contexts()
+        bad_ctx.keystore.add("ae1@onem2m.com", bytes(32), ida, IDB)
+        bad_ctx.kpsa_id = "ae1@onem2m.com"
+        with pytest.raises(m2mpsk.Failed) as e:
+            request(ida, bad_ctx)
+        assert e.value.reason == m2mpsk.REASON_BAD_KEY
+        assert request(ida)[0] == 200
+    finally:
+        server.shutdown()
+        t.join()
+        server.server_close()
+
+
+from test_sockets import OPENSSL, PSK_ARGS, openssl, read_until, stop  # noqa: E402
+
+needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="openssl not installed")
+
+
+@needs_openssl
+def test_wrap_socket_client_to_openssl_s_server():
+    cli_ctx, _ = contexts()
+    server = openssl(["s_server", "-nocert", "-accept", "127.0.0.1:0", "-tls1_2"] + PSK_ARGS)
+    try:
+        port = int(read_until(server, rb"ACCEPT.*:(\d+)\s").group(1))
+        with cli_ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=T)) as c:
+            assert c.peer_id() == IDB and c.version() == "TLSv1.2"
+            c.sendall(b"hello from wrap_socket\n")
+            read_until(server, rb"hello from wrap_socket")
+            server.stdin.write(b"hello from s_server\n")
+            server.stdin.flush()
+            with c.makefile("rb") as f:
+                assert f.readline() == b"hello from s_server\n"
+            c.shutdown(socket.SHUT_RDWR)
+    finally:
+        stop(server)
+
+
+@needs_openssl
+def test_wrap_socket_server_from_openssl_s_client():
+    _, srv_ctx = contexts()
+    with socket.socket() as lsock:
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(1)
+        lsock.settimeout(T)
+        listener = srv_ctx.wrap_socket(lsock)  # lsock is detached: use listener
+        client = openssl(["s_client", "-connect", "127.0.0.1:%d" % listener.getsockname()[1],
+                          "-tls1_2"] + PSK_ARGS)
+        try:
+            with listener:
+                conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(T)
+                conn.do_handshake()
+                assert conn.peer_id() == "12-" + KPSA_ID and conn.credential()
+                client.stdin.write(b"hello from s_client\n")
+                client.stdin.flush()
+                with conn.makefile("rb") as f:
+                    assert f.readline() == b"hello from s_client\n"
+                conn.sendall(b"hello from wrap_socket\n")
+                read_until(client, rb"hello from wrap_socket")
+        finally:
+            stop(client)
