@@ -147,6 +147,88 @@ def test_wrap_socket_non_blocking_select_loop():
         assert s.pending() == 0
 
 
+def test_non_blocking_send_raises_want_write_and_keeps_the_records():
+    c, s = wrapped_pair()
+    with c, s:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        c.setblocking(False)
+        chunk = bytes(range(256)) * 64
+        accepted = []
+        # nobody reads yet: the socket fills up and send() says WantWrite
+        with pytest.raises(m2mpsk.WantWrite) as e:
+            for i in range(10000):
+                data = bytes([i % 251]) + chunk
+                assert c.send(data) == len(data)
+                accepted.append(data)
+        assert isinstance(e.value, ssl.SSLWantWriteError) and e.value.code == m2mpsk.E_AGAIN
+        assert accepted
+        # the reader drains everything accepted, while the writer finishes
+        # with a select loop
+        t = Thread(lambda: b"".join(iter(lambda: s.recv(65536), b"")))
+        last = b"the end" * 1000
+        while True:
+            try:
+                c.send(last)
+                accepted.append(last)
+                break
+            except m2mpsk.WantWrite:
+                assert select.select([], [c], [], T)[1], "never writable"
+        while True:  # the records send() kept
+            try:
+                c.sendall(b"")
+                break
+            except m2mpsk.WantWrite:
+                assert select.select([], [c], [], T)[1], "never writable"
+        c.setblocking(True)
+        c.settimeout(T)
+        c.shutdown(socket.SHUT_WR)
+        assert t.join() == b"".join(accepted)
+
+
+def test_handshake_bounded_by_the_socket_timeout_and_the_config():
+    cli_ctx, _ = contexts()
+    c, s = tcp_pair()
+    with s:  # a peer that never answers
+        c.settimeout(0.3)
+        with pytest.raises(socket.timeout):
+            cli_ctx.wrap_socket(c)
+    # the config's handshake timeout fires while a blocking call waits
+    cli_ctx, _ = contexts()
+    cli_ctx.config.set_handshake_timeout(300)
+    c, s = tcp_pair()
+    with s:
+        c.settimeout(T)
+        with pytest.raises(m2mpsk.Failed) as e:
+            cli_ctx.wrap_socket(c)
+        assert e.value.reason == m2mpsk.REASON_TIMEOUT
+
+
+def test_handshake_runs_on_the_first_send_and_recv():
+    cli_ctx, srv_ctx = contexts()
+    c, s = tcp_pair()
+    c = cli_ctx.wrap_socket(c, do_handshake_on_connect=False)
+    s = srv_ctx.wrap_socket(s, do_handshake_on_connect=False)
+    with c, s:
+        assert c.peer_id() is None and c.cipher() is None
+        t = Thread(s.recv, 10)
+        c.sendall(b"lazy")
+        assert t.join() == b"lazy"
+        assert c.peer_id() == IDB
+
+
+def test_a_makefile_file_keeps_the_association_until_it_is_closed():
+    c, s = wrapped_pair()
+    with s:
+        f = c.makefile("rb")
+        c.close()  # as http.client does while its response reads
+        s.sendall(b"still here\n")
+        assert f.readline() == b"still here\n"
+        assert c.peer_id() == IDB
+        f.close()
+        e = pytest.raises(m2mpsk.Error, c.peer_id).value
+        assert e.code == m2mpsk.E_INVALID and "closed" in e.detail
+
+
 def test_wrap_socket_failed_handshake_wrong_key():
     cli_ctx, srv_ctx = contexts(key_b=bytes(32))
     c, s = tcp_pair()
