@@ -676,3 +676,37 @@ class PSKSocket(_Socket, _Bound):
     def pending(self):
         """How many decrypted bytes are ready to be read without waiting."""
         return _Bound.pending(self)
+
+    def sendfile(self, file, offset=0, count=None):
+        """Sends a file's bytes through the association (by send(), never
+        os.sendfile(), which would bypass it). Blocking sockets only, as
+        socket.sendfile()'s fallback."""
+        self._assoc_or_raise()
+        return self._sendfile_use_send(file, offset, count)
+
+    # What would bypass the association, or has no meaning on a TLS stream,
+    # raises E_UNSUPPORTED (ssl.SSLSocket raises ValueError for the same).
+
+    def _unsupported(self, name, arg):
+        self._check()
+        if arg is None:
+            raise _invalid("an argument is None")
+        raise Error(E_UNSUPPORTED, REASON_NONE, "%s() on a PSKSocket: use send/recv" % name)
+
+    def sendto(self, data, flags_or_addr, addr=None):
+        self._unsupported("sendto", data)
+
+    def sendmsg(self, buffers, ancdata=(), flags=0, address=None):
+        self._unsupported("sendmsg", buffers)
+
+    def recvfrom(self, bufsize, flags=0):
+        self._unsupported("recvfrom", bufsize)
+
+    def recvfrom_into(self, buffer, nbytes=0, flags=0):
+        self._unsupported("recvfrom_into", buffer)
+
+    def recvmsg(self, bufsize, ancbufsize=0, flags=0):
+        self._unsupported("recvmsg", bufsize)
+
+    def recvmsg_into(self, buffers, ancbufsize=0, flags=0):
+        self._unsupported("recvmsg_into", buffers)

@@ -9,6 +9,7 @@ class, found by introspection so that a new method cannot escape the rules:
   function does for NULL: never an empty feed() or write() that succeeds.
 """
 import inspect
+import io
 import socket
 import ssl
 
@@ -40,6 +41,7 @@ SAMPLES = {
     "data": b"x", "ae_id": "/cse-in/Cae1", "max": 16384, "length": 16,
     "label": "EXPERIMENTAL m2mpsk", "context": None,
     "bufsize": 1, "buffer": bytearray(1), "how": socket.SHUT_RDWR, "from_": "/cse-in/Cae1",
+    "file": io.BytesIO(b"x"), "flags_or_addr": ("127.0.0.1", 9), "buffers": [b"x"],
 }
 # Config.set_rate_limit's `key` is a rate key, not key bytes.
 SAMPLES_BY_METHOD = {("set_rate_limit", "key"): m2mpsk.RATE_PEER}

@@ -3,6 +3,7 @@ sockets on 127.0.0.1, against each other, against OpenSSL, and under
 http.client. Every wait is bounded (a socket timeout, a join timeout or a
 select timeout); nothing sleeps to synchronise."""
 import http.client
+import io
 import select
 import socket
 import ssl
@@ -309,6 +310,20 @@ def test_unwrap_returns_the_plain_socket():
             plain.sendall(b"clear")
         raises_closed = pytest.raises(m2mpsk.Error, c.peer_id).value
         assert raises_closed.code == m2mpsk.E_INVALID
+
+
+def test_sendfile_goes_through_the_association_and_raw_io_is_refused():
+    c, s = wrapped_pair()
+    with c, s:
+        data = bytes(range(256)) * 100
+        assert c.sendfile(io.BytesIO(data)) == len(data)
+        c.shutdown(socket.SHUT_WR)
+        assert b"".join(iter(lambda: s.recv(65536), b"")) == data
+        for fn, args in ((c.sendto, (b"x", ("127.0.0.1", 9))), (c.sendmsg, ([b"x"],)),
+                         (c.recvfrom, (1,)), (c.recvfrom_into, (bytearray(1),)),
+                         (c.recvmsg, (1,)), (c.recvmsg_into, ([bytearray(1)],))):
+            e = pytest.raises(m2mpsk.Error, fn, *args).value
+            assert e.code == m2mpsk.E_UNSUPPORTED, fn
 
 
 def test_originator_check_and_bind_ae_id():
