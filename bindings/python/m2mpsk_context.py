@@ -295,10 +295,11 @@ class PSKObject(_Bound):
         record is in `incoming` yet. After the peer's close_notify it returns
         b"" (0); after a TCP close without one (incoming.eof) also b"" (0)."""
         self._assoc_or_raise()
+        if buffer is not None:
+            room = memoryview(buffer).nbytes
+            len = room if len is None or len <= 0 else min(len, room)
         if len is None or len <= 0:
-            if buffer is None:
-                return b""
-            len = memoryview(buffer).nbytes
+            return self._deliver(b"", buffer)
         self.do_handshake()
         while True:
             if self._rbuf:

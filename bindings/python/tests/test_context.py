@@ -377,7 +377,7 @@ def test_wrap_bio_both_roles():
         b._incoming.write(a._outgoing.read())
         assert b.pending() == 0  # still in the incoming BIO, as with ssl
         buf = bytearray(3)
-        assert b.read(3, buf) == 3 and buf == b"hel"
+        assert b.read(1024, buf) == 3 and buf == b"hel"  # at most the buffer
         assert b.pending() == 2
         assert b.read() == b"lo"
         with pytest.raises(m2mpsk.WantRead):
