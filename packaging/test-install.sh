@@ -283,6 +283,28 @@ for transport, name in ((m2mpsk.TRANSPORT_TLS, "TLS"), (m2mpsk.TRANSPORT_DTLS, "
             assert b.state() == m2mpsk.STATE_ESTABLISHED, b.failure_detail()
             print(f"{name}: A bound to {a.peer_id()}, B bound to {b.peer_id()}"
                   f" (credential: {b.peer_id_is_credential()}), {a.version()} {a.suite()}")
+
+# The drop-in (m2mpsk_context.py, inserted into m2mpsk.py): both roles of
+# Context.wrap_socket over loopback TCP, the responder in a thread.
+import socket, threading
+ks = m2mpsk.Keystore()
+ks.add("test@onem2m.com", bytes(range(32)), None, IDB)
+srv = m2mpsk.Context(server_side=True, keystore=ks)
+srv.config.add_local_id(IDB)
+cli = m2mpsk.Context(keystore=ks, kpsa_id="test@onem2m.com")
+with socket.create_server(("127.0.0.1", 0)) as lsock:
+    c = socket.create_connection(lsock.getsockname(), timeout=20)
+    s, _ = lsock.accept()
+s.settimeout(20)
+got = []
+t = threading.Thread(target=lambda: got.append(srv.wrap_socket(s)), daemon=True)
+t.start()
+with cli.wrap_socket(c) as pc:
+    t.join(20)
+    with got[0] as ps:
+        pc.sendall(b"ping")
+        assert ps.recv(4) == b"ping"
+        print(f"Context.wrap_socket: A bound to {pc.peer_id()}, B bound to {ps.peer_id()}")
 ')
 }
 

@@ -9,13 +9,17 @@ class, found by introspection so that a new method cannot escape the rules:
   function does for NULL: never an empty feed() or write() that succeeds.
 """
 import inspect
+import io
+import socket
+import ssl
 
 import pytest
 
 import m2mpsk
 from conftest import IDA, IDB, KEY, KPSA_ID, raises
 
-HANDLES = (m2mpsk.Keystore, m2mpsk.Config, m2mpsk.Association, m2mpsk.Event)
+HANDLES = (m2mpsk.Keystore, m2mpsk.Config, m2mpsk.Association, m2mpsk.Event,
+           m2mpsk.PSKSocket, m2mpsk.PSKObject)
 # What close() leaves alone: close() itself, and the with-statement hooks
 # (whose __exit__ is close()).
 RELEASE = {"close", "__enter__", "__exit__"}
@@ -36,16 +40,30 @@ SAMPLES = {
     "datagram": bytes(64), "mtu": 1400, "tag": "192.0.2.7:40000", "unix_time": 0,
     "data": b"x", "ae_id": "/cse-in/Cae1", "max": 16384, "length": 16,
     "label": "EXPERIMENTAL m2mpsk", "context": None,
+    "bufsize": 1, "buffer": bytearray(1), "how": socket.SHUT_RDWR, "from_": "/cse-in/Cae1",
+    "file": io.BytesIO(b"x"), "flags_or_addr": ("127.0.0.1", 9), "buffers": [b"x"],
 }
 # Config.set_rate_limit's `key` is a rate key, not key bytes.
 SAMPLES_BY_METHOD = {("set_rate_limit", "key"): m2mpsk.RATE_PEER}
 # Parameters for which None is a value (typed Optional in m2mpsk.pyi).
-NULLABLE = {"ida", "context"}
+NULLABLE = {"ida", "context", "from_"}
+# The loopback peers of the PSKSockets make() returns.
+PEERS = []
+
+
+@pytest.fixture(autouse=True)
+def close_peers():
+    yield
+    while PEERS:
+        PEERS.pop().close()
 
 
 def methods(cls):
-    """Every public method of a handle class but the release ones."""
-    names = [n for n, v in vars(cls).items()
+    """Every public method of a handle class but the release ones: its own
+    and those it inherits from m2mpsk's classes (PSKSocket's and
+    PSKObject's association accessors), not socket.socket's."""
+    names = [n for k in cls.__mro__ if k.__module__ == "m2mpsk"
+             for n, v in vars(k).items()
              if callable(v) and (not n.startswith("_") or n in DUNDERS)]
     return sorted(set(names) - RELEASE)
 
@@ -70,6 +88,17 @@ def make(cls, keystore):
     if cls is m2mpsk.Association:
         return m2mpsk.Association(m2mpsk.ROLE_INITIATOR, m2mpsk.TRANSPORT_TLS,
                                   m2mpsk.Config(), keystore, KPSA_ID)
+    if cls is m2mpsk.PSKObject:
+        return m2mpsk.Context(keystore=keystore, kpsa_id=KPSA_ID).wrap_bio(
+            ssl.MemoryBIO(), ssl.MemoryBIO())
+    if cls is m2mpsk.PSKSocket:
+        with socket.socket() as lsock:
+            lsock.bind(("127.0.0.1", 0))
+            lsock.listen(1)
+            c = socket.create_connection(lsock.getsockname(), timeout=10)
+            PEERS.append(lsock.accept()[0])
+        return m2mpsk.Context(keystore=keystore, kpsa_id=KPSA_ID).wrap_socket(
+            c, do_handshake_on_connect=False)
     # An event: a responder past the config's handshake limit queues one.
     with m2mpsk.Config() as cfg:
         cfg.add_local_id(IDB)

@@ -3,8 +3,11 @@ public name and method, and their parameters, in both directions."""
 import ast
 import inspect
 import os
+import socket
+import ssl
 
 import m2mpsk
+from conftest import IDB, KEY, KPSA_ID
 
 STUB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "m2mpsk.pyi")
 # The stub's own helpers, and SWIG's per-object ownership flag.
@@ -48,7 +51,35 @@ def params(fn):
     return [n for n in names if n != "self"]
 
 
+def instance(name, made):
+    """An instance of the drop-in classes, whose attributes (declared in the
+    stub's class bodies) are set by __init__ or wrap_*()."""
+    ctx = m2mpsk.Context(kpsa_id=KPSA_ID)
+    ctx.keystore.add(KPSA_ID, KEY, None, IDB)
+    if name == "Context":
+        return ctx
+    if name == "PSKObject":
+        o = ctx.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO())
+    else:
+        a, b = socket.socketpair()
+        made.append(b)
+        o = ctx.wrap_socket(a, do_handshake_on_connect=False)
+    made.append(o)
+    return o
+
+
+def own_names(cls):
+    """What m2mpsk's own classes in cls's MRO define: not what PSKSocket
+    inherits from socket.socket, whose names the stub gets from its base."""
+    names = set()
+    for k in cls.__mro__:
+        if k.__module__ == "m2mpsk":
+            names |= set(vars(k))
+    return names
+
+
 def test_classes_and_signatures_match_the_stub():
+    made = []
     for name, node in stub_names(stub_tree().body).items():
         obj = getattr(m2mpsk, name, None)
         if isinstance(node, ast.FunctionDef):
@@ -56,9 +87,12 @@ def test_classes_and_signatures_match_the_stub():
         if not isinstance(node, ast.ClassDef) or issubclass(obj, BaseException):
             continue
         members = stub_names(node.body)
-        actual = public(n for n in dir(obj)) - SWIG_MEMBERS
+        actual = public(own_names(obj)) - SWIG_MEMBERS
         assert sorted(actual - public(members)) == [], "%s: missing from the stub" % name
         for m, fn in members.items():
+            if isinstance(fn, ast.AnnAssign) and name in ("Context", "PSKObject", "PSKSocket"):
+                assert hasattr(instance(name, made), m), "%s.%s: no such attribute" % (name, m)
+                continue
             assert hasattr(obj, m), "%s.%s in the stub, not in the module" % (name, m)
             attr = getattr(obj, m)
             if isinstance(fn, ast.FunctionDef) and callable(attr) and \
@@ -67,3 +101,5 @@ def test_classes_and_signatures_match_the_stub():
                     not m.startswith("__"):
                 sig = list(inspect.signature(attr).parameters)
                 assert params(fn) == [p for p in sig if p != "self"], "%s.%s" % (name, m)
+    for x in made:
+        x.close()
