@@ -1089,6 +1089,30 @@ typedef struct Association {} Association;
       return;
     m2mpsk_swig_fail(m2mpsk_assoc_bind_ae_id(M2MPSK_SWIG_H($self), ae_id), NULL);
   }
+  /** Decides whether a request that arrived on this association may carry
+   * the originator from_ (its From; null or "" when absent): the module's
+   * originator_check() with the binding and the local CSE-ID taken from
+   * the association, so they cannot be mismatched. flags is 0 or
+   * ORIGINATOR_AE_CREATE | ORIGINATOR_ALLOW_UNSECURED_AE. Returns
+   * ORIGINATOR_ACCEPT (0), ORIGINATOR_NOT_AUTHENTICATED (4106) or
+   * ORIGINATOR_SECURITY_ASSOCIATION_REQUIRED (4107). Raises E_INVALID (an
+   * unknown flag), E_STATE (not established), E_IDB (this side has no
+   * CSE-ID: an initiator whose IdA is absent or an AE-ID), E_IDA (from_
+   * malformed) or E_ID_LENGTH. Since 0.3. */
+  int originator_check(const char *from_, int64_t flags = 0) {
+    m2mpsk_originator_verdict v = M2MPSK_ORIGINATOR_NOT_AUTHENTICATED;
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return (int)v;
+    if (flags < 0 || flags > (int64_t)UINT_MAX) {
+      m2mpsk_swig_fail(M2MPSK_E_INVALID, NULL);
+      return (int)v;
+    }
+    m2mpsk_swig_fail(m2mpsk_assoc_originator_check(M2MPSK_SWIG_H($self),
+                                                   from_ && *from_ ? from_ : NULL,
+                                                   (unsigned)flags, &v),
+                     NULL);
+    return (int)v;
+  }
   /** The identity this side assumed, once established: a responder's IdB,
    * an initiator's IdA (null if its record has none). */
   const char *local_id() {

@@ -282,6 +282,49 @@ int m2mpsk_originator_check(m2mpsk_peer_kind bound_kind, const char *bound_id,
   return M2MPSK_OK;
 }
 
+/* What the association is bound to, in m2mpsk_originator_check()'s terms:
+ * a one-segment identifier is a CSE-ID unless it starts with 'S' (TS-0001
+ * §7.2), as ident_parse() reads it. */
+static m2mpsk_peer_kind assoc_bound_kind(const m2mpsk_assoc *a,
+                                         const char **id) {
+  *id = m2mpsk_assoc_peer_id(a);
+  if (*id == NULL)
+    return M2MPSK_PEER_NONE;
+  if (m2mpsk_assoc_peer_id_is_credential(a))
+    return M2MPSK_PEER_CREDENTIAL;
+  const char *p = *id;
+  if (strncmp(p, "//", 2) == 0) {
+    p = strchr(p + 2, '/');
+    if (p == NULL)
+      return M2MPSK_PEER_CSE; /* not an identifier: the check refuses it */
+  }
+  if (strchr(p + 1, '/') != NULL)
+    return M2MPSK_PEER_AE;
+  return p[1] == 'S' ? M2MPSK_PEER_AE : M2MPSK_PEER_CSE;
+}
+
+int m2mpsk_assoc_originator_check(const m2mpsk_assoc *a, const char *from,
+                                  unsigned flags,
+                                  m2mpsk_originator_verdict *verdict) {
+  if (verdict == NULL)
+    return M2MPSK_E_INVALID;
+  *verdict = M2MPSK_ORIGINATOR_NOT_AUTHENTICATED;
+  const unsigned known =
+      M2MPSK_ORIGINATOR_AE_CREATE | M2MPSK_ORIGINATOR_ALLOW_UNSECURED_AE;
+  if (a == NULL || (flags & ~known) != 0)
+    return M2MPSK_E_INVALID;
+  if (m2mpsk_assoc_state(a) != M2MPSK_STATE_ESTABLISHED)
+    return M2MPSK_E_STATE;
+  const char *local = m2mpsk_assoc_local_id(a);
+  if (local == NULL || m2mpsk_idb_validate(local) != M2MPSK_OK)
+    return M2MPSK_E_IDB;
+  const char *bound;
+  m2mpsk_peer_kind kind = assoc_bound_kind(a, &bound);
+  if (kind == M2MPSK_PEER_NONE) /* ESTABLISHED is always bound */
+    return M2MPSK_E_STATE;
+  return m2mpsk_originator_check(kind, bound, local, from, flags, verdict);
+}
+
 /* TS-0003 §10.3.3, byte for byte. */
 static const char kpsa_label[] = "oneM2M Enrolment Key to Provisioned Secure "
                                  "Connection Key derivation";

@@ -450,6 +450,96 @@ Test(onem2m, originator_check_takes_the_association_binding) {
   m2mt_pair_free(&p);
 }
 
+/* m2mpsk_assoc_originator_check(): the same verdicts as the table's, with
+ * the binding and local CSE-ID read from the association, and each status
+ * it documents provoked. */
+Test(onem2m, assoc_originator_check) {
+  m2mt_pair p;
+  m2mpsk_originator_verdict v = M2MPSK_ORIGINATOR_ACCEPT;
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, NULL, NULL);
+  /* Before the handshake: E_STATE, and the verdict fails closed. */
+  cr_assert_eq(m2mpsk_assoc_originator_check(p.b, "C", CREATE, &v),
+               M2MPSK_E_STATE);
+  cr_assert_eq(v, M2MPSK_ORIGINATOR_NOT_AUTHENTICATED);
+  m2mt_pair_start(&p, 0, 0);
+  uint64_t now = 0;
+  cr_assert_geq(m2mt_run_handshake(p.a, p.b, NULL, &now, 100), 0);
+  cr_assert_eq(m2mpsk_assoc_state(p.b), M2MPSK_STATE_ESTABLISHED);
+
+  /* Credential-ID: only a registration, then the bound AE-ID. */
+  cr_assert_eq(m2mpsk_assoc_originator_check(p.b, "C", CREATE, &v), M2MPSK_OK);
+  cr_assert_eq(v, M2MPSK_ORIGINATOR_ACCEPT);
+  cr_assert_eq(m2mpsk_assoc_originator_check(p.b, NULL, CREATE, &v),
+               M2MPSK_OK);
+  cr_assert_eq(v, M2MPSK_ORIGINATOR_ACCEPT);
+  cr_assert_eq(m2mpsk_assoc_originator_check(p.b, "Cae1", 0, &v), M2MPSK_OK);
+  cr_assert_eq(v, M2MPSK_ORIGINATOR_NOT_AUTHENTICATED);
+  cr_assert_eq(m2mpsk_assoc_bind_ae_id(p.b, "//m2m.example.com/cse-in/Cae7"),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_originator_check(p.b, "Cae7", 0, &v), M2MPSK_OK);
+  cr_assert_eq(v, M2MPSK_ORIGINATOR_ACCEPT);
+  cr_assert_eq(m2mpsk_assoc_originator_check(p.b, "/cse-in/Cae7", 0, &v),
+               M2MPSK_OK);
+  cr_assert_eq(v, M2MPSK_ORIGINATOR_ACCEPT);
+  cr_assert_eq(m2mpsk_assoc_originator_check(p.b, "Cae8", 0, &v), M2MPSK_OK);
+  cr_assert_eq(v, M2MPSK_ORIGINATOR_NOT_AUTHENTICATED);
+  cr_assert_eq(m2mpsk_assoc_originator_check(p.b, NULL, 0, &v), M2MPSK_OK);
+  cr_assert_eq(v, M2MPSK_ORIGINATOR_NOT_AUTHENTICATED, "no From");
+
+  /* Each documented status. */
+  v = M2MPSK_ORIGINATOR_ACCEPT;
+  cr_assert_eq(m2mpsk_assoc_originator_check(NULL, "Cae7", 0, &v),
+               M2MPSK_E_INVALID);
+  cr_assert_eq(v, M2MPSK_ORIGINATOR_NOT_AUTHENTICATED);
+  cr_assert_eq(m2mpsk_assoc_originator_check(p.b, "Cae7", 0, NULL),
+               M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_assoc_originator_check(p.b, "Cae7", 0x100, &v),
+               M2MPSK_E_INVALID, "an unknown flag");
+  cr_assert_eq(m2mpsk_assoc_originator_check(p.b, "ae1", 0, &v), M2MPSK_E_IDA);
+  cr_assert_eq(m2mpsk_assoc_originator_check(p.b, "/cse-in/S1", 0, &v),
+               M2MPSK_E_IDA);
+  char *long_from = build("/cse-in/C", 'a', M2MPSK_ID_MAX, "");
+  cr_assert_eq(m2mpsk_assoc_originator_check(p.b, long_from, 0, &v),
+               M2MPSK_E_ID_LENGTH);
+  free(long_from);
+  /* An initiator without IdA has no CSE-ID to check against. */
+  cr_assert_eq(m2mpsk_assoc_originator_check(p.a, M2MT_IDB, 0, &v),
+               M2MPSK_E_IDB);
+  m2mt_pair_free(&p);
+
+  /* An AE initiator (IdA an AE-ID): E_IDB too. */
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_DTLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  m2mt_pair_start(&p, 0, 0);
+  now = 0;
+  cr_assert_geq(m2mt_run_handshake(p.a, p.b, NULL, &now, 100), 0);
+  cr_assert_eq(m2mpsk_assoc_originator_check(p.a, M2MT_IDB, 0, &v),
+               M2MPSK_E_IDB);
+  cr_assert_eq(m2mpsk_assoc_originator_check(p.b, "Cae1", 0, &v), M2MPSK_OK);
+  cr_assert_eq(v, M2MPSK_ORIGINATOR_ACCEPT, "bound to IdA over DTLS");
+  m2mt_pair_free(&p);
+
+  /* A Registree CSE as initiator checks what its Registrar sends. */
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key,
+                 "//m2m.example.com/cse-mn", NULL);
+  m2mt_pair_start(&p, 0, 0);
+  now = 0;
+  cr_assert_geq(m2mt_run_handshake(p.a, p.b, NULL, &now, 100), 0);
+  cr_assert_eq(m2mpsk_assoc_originator_check(p.a, M2MT_IDB, 0, &v), M2MPSK_OK);
+  cr_assert_eq(v, M2MPSK_ORIGINATOR_ACCEPT);
+  cr_assert_eq(m2mpsk_assoc_originator_check(p.a, "//m2m.example.com/cse-x",
+                                             0, &v),
+               M2MPSK_OK);
+  cr_assert_eq(v, M2MPSK_ORIGINATOR_NOT_AUTHENTICATED);
+  cr_assert_eq(m2mpsk_assoc_originator_check(p.b, "/cse-mn", 0, &v),
+               M2MPSK_OK);
+  cr_assert_eq(v, M2MPSK_ORIGINATOR_ACCEPT, "the responder, bound to a CSE");
+  /* Closed: no longer ESTABLISHED. */
+  cr_assert_eq(m2mpsk_assoc_close(p.b), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_originator_check(p.b, "/cse-mn", 0, &v),
+               M2MPSK_E_STATE);
+  m2mt_pair_free(&p);
+}
+
 /* The flow of TS-0003 §8.2.2.1 for an AE without a configured IdA: the
  * association is bound to the Credential-ID, the AE registers, the CSE
  * binds the AE-ID it assigned, and later requests are checked against it. */

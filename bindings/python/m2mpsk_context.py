@@ -31,22 +31,6 @@ def _invalid(detail):
     return Error(E_INVALID, REASON_NONE, detail)
 
 
-def _peer_kind(assoc):
-    """The m2mpsk_peer_kind of what `assoc` is bound to, read from the bound
-    identity as m2mpsk_originator_check() reads a From: a Credential-ID, an
-    AE-ID (two segments, or one starting with 'S'), else a CSE-ID."""
-    if assoc.peer_id_is_credential():
-        return PEER_CREDENTIAL
-    peer = assoc.peer_id()
-    if peer is None:
-        return PEER_NONE
-    rest = peer[2:].split("/", 1)[-1] if peer.startswith("//") else peer[1:]
-    segments = rest.split("/")
-    if len(segments) > 1 or segments[0].startswith("S"):
-        return PEER_AE
-    return PEER_CSE
-
-
 class _Bound:
     """What PSKSocket and PSKObject share: the association they drive, and
     its oneM2M accessors. Each accessor raises Error (E_INVALID, "the handle
@@ -100,13 +84,11 @@ class _Bound:
 
     def originator_check(self, from_, flags=0):
         """Checks a request's From (X-M2M-Origin) against what this
-        association is bound to, with m2mpsk.originator_check(): the bound
-        kind is read from peer_id() (a Credential-ID, else an AE-ID or a
-        CSE-ID as the library reads a From) and the local identity is
-        local_id(). Returns the verdict: ORIGINATOR_ACCEPT, or the oneM2M
-        response status code to answer (4106, 4107)."""
-        a = self._assoc_or_raise()
-        return originator_check(_peer_kind(a), a.peer_id(), a.local_id(), from_, flags)
+        association is bound to (Association.originator_check(): the binding
+        and the local CSE-ID come from the association). Returns the
+        verdict: ORIGINATOR_ACCEPT, or the oneM2M response status code to
+        answer (4106, 4107)."""
+        return self._assoc_or_raise().originator_check(from_, flags)
 
     def pending(self):
         """How many decrypted bytes are ready to be read without waiting,

@@ -1410,6 +1410,32 @@ m2mpsk_originator_check(m2mpsk_peer_kind bound_kind, const char *bound_id,
                         m2mpsk_originator_verdict *verdict) M2MPSK_MUST_CHECK;
 
 /**
+ * m2mpsk_originator_check() for a request that arrived on association `a`:
+ * the binding (its kind read from m2mpsk_assoc_peer_id() as that function
+ * reads identifiers: a Credential-ID, else an AE-ID when it has two
+ * segments or one starting with 'S', else a CSE-ID) and the receiving
+ * CSE's own CSE-ID (m2mpsk_assoc_local_id()) come from the association, so
+ * a host cannot pass a kind that does not match what the handshake bound.
+ * It is what a CSE calls for every request; `from` and `flags` are as
+ * there. Since 0.3.
+ *
+ * `a` must be ESTABLISHED: on a responder (Entity B) the local identity is
+ * its IdB; on an initiator, its record's IdA, which must then be a CSE-ID
+ * (a Registree CSE checking what its Registrar sends).
+ *
+ * Returns M2MPSK_OK with the verdict, or, with *verdict set to
+ * M2MPSK_ORIGINATOR_NOT_AUTHENTICATED: M2MPSK_E_INVALID (NULL a or
+ * verdict, or an unknown flag), M2MPSK_E_STATE (`a` is not ESTABLISHED),
+ * M2MPSK_E_IDB (this side has no CSE-ID: an initiator whose IdA is absent
+ * or an AE-ID), or m2mpsk_originator_check()'s M2MPSK_E_IDA (`from` is
+ * malformed) and M2MPSK_E_ID_LENGTH (`from` is too long).
+ * Thread safety: one thread at a time per association; see Threads.
+ */
+M2MPSK_API int m2mpsk_assoc_originator_check(
+    const m2mpsk_assoc *a, const char *from, unsigned flags,
+    m2mpsk_originator_verdict *verdict) M2MPSK_MUST_CHECK;
+
+/**
  * Derives a remotely provisioned Kpsa from the enrolment key Ke (TS-0003
  * §10.3.3) and adds it as a record, as m2mpsk_keystore_add() would:
  *

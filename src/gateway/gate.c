@@ -10,41 +10,19 @@
 
 #include "gw.h"
 
-/* What the association's binding is, in m2mpsk_originator_check()'s
- * terms. A one-segment identifier is a CSE-ID unless it starts with 'S'
- * (TS-0001 §7.2), as the library reads it. */
-static m2mpsk_peer_kind bound_kind(const m2mpsk_assoc *a, const char **id) {
-  *id = m2mpsk_assoc_peer_id(a);
-  if (*id == NULL)
-    return M2MPSK_PEER_NONE;
-  if (m2mpsk_assoc_peer_id_is_credential(a))
-    return M2MPSK_PEER_CREDENTIAL;
-  const char *p = *id;
-  if (strncmp(p, "//", 2) == 0) {
-    p = strchr(p + 2, '/');
-    if (p == NULL)
-      return M2MPSK_PEER_CSE; /* not an identifier: the check refuses it */
-  }
-  if (strchr(p + 1, '/') != NULL)
-    return M2MPSK_PEER_AE;
-  return p[1] == 'S' ? M2MPSK_PEER_AE : M2MPSK_PEER_CSE;
-}
-
 int gw_gate_request(const m2mpsk_assoc *a, const char *from, int ae_create,
                     const char **why) {
   const char *dummy;
   if (why == NULL)
     why = &dummy;
-  const char *bound, *local = m2mpsk_assoc_local_id(a);
-  m2mpsk_peer_kind kind = bound_kind(a, &bound);
-  if (kind == M2MPSK_PEER_NONE || local == NULL) {
+  if (m2mpsk_assoc_state(a) != M2MPSK_STATE_ESTABLISHED) {
     *why = "no security association";
     return 4107;
   }
   m2mpsk_originator_verdict v;
-  int rc =
-      m2mpsk_originator_check(kind, bound, local, from && *from ? from : NULL,
-                              ae_create ? M2MPSK_ORIGINATOR_AE_CREATE : 0, &v);
+  int rc = m2mpsk_assoc_originator_check(
+      a, from && *from ? from : NULL,
+      ae_create ? M2MPSK_ORIGINATOR_AE_CREATE : 0, &v);
   if (rc != M2MPSK_OK) {
     *why = from == NULL || *from == '\0' ? "no originator"
                                          : "malformed originator";
@@ -58,7 +36,7 @@ int gw_gate_request(const m2mpsk_assoc *a, const char *from, int ae_create,
     *why = "security association required";
     return 4107;
   }
-  if (kind == M2MPSK_PEER_CREDENTIAL)
+  if (m2mpsk_assoc_peer_id_is_credential(a))
     *why = ae_create ? "originator not allowed to register over this "
                        "association"
                      : "only an AE registration is allowed before an AE-ID "

@@ -522,6 +522,13 @@ public class M2mpskTest {
               M2mpsk.originatorCheck(M2mpsk.PEER_AE, b.peerId(), b.localId(), "Cae1"));
           assertEquals(M2mpsk.ORIGINATOR_NOT_AUTHENTICATED,
               M2mpsk.originatorCheck(M2mpsk.PEER_AE, b.peerId(), b.localId(), "Cae2"));
+          // The same, with the binding read from the association.
+          assertEquals(M2mpsk.ORIGINATOR_ACCEPT, b.originatorCheck("Cae1", 0L));
+          assertEquals(M2mpsk.ORIGINATOR_NOT_AUTHENTICATED, b.originatorCheck("Cae2", 0L));
+          assertEquals(M2mpsk.ORIGINATOR_NOT_AUTHENTICATED, b.originatorCheck(null, 0L));
+          expect(M2mpsk.E_IDA, () -> b.originatorCheck("ae1", 0L));
+          expect(M2mpsk.E_INVALID, () -> b.originatorCheck("Cae1", 0x100L));
+          expect(M2mpsk.E_IDB, () -> a.originatorCheck(IDB, 0L)); // no IdA: no CSE-ID to check for
           expect(M2mpsk.E_STATE, () -> b.bindAeId("/cse-in/Cother")); // once only
           assertEquals(AE_ID, b.peerId());
         } finally {
@@ -879,7 +886,8 @@ public class M2mpskTest {
    * value: no IdA, no exporter context. */
   static final Set<String> NULLABLE = new HashSet<>(Arrays.asList(
       "Keystore.add/4#2", "Keystore.add/6#2", "Keystore.addDerived/5#3",
-      "Keystore.addDerived/7#3", "Association.exportKeyingMaterial/3#2"));
+      "Keystore.addDerived/7#3", "Association.exportKeyingMaterial/3#2",
+      "Association.originatorCheck/2#0"));
 
   static void sample(String method, Object... args) {
     SAMPLES.put(method + "/" + args.length, args);
@@ -928,6 +936,7 @@ public class M2mpskTest {
     sample("Association.state");
     sample("Association.closeNotify");
     sample("Association.peerId");
+    sample("Association.originatorCheck", "Cae1", 0L);
     sample("Association.peerIdIsCredential");
     sample("Association.bindAeId", AE_ID);
     sample("Association.localId");

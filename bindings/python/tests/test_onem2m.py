@@ -201,6 +201,13 @@ def test_bind_ae_id_after_a_credential_binding(transport):
             # the AE-ID and binds it.
             assert m2mpsk.originator_check(m2mpsk.PEER_CREDENTIAL, b.peer_id(), b.local_id(),
                                            None, CREATE) == ACCEPT
+            # The same from the association, which supplies kind and ids.
+            assert b.originator_check(None, CREATE) == ACCEPT
+            assert b.originator_check("Cae1") == E4106
+            raises(m2mpsk.E_INVALID, b.originator_check, "Cae1", 0x100)
+            raises(m2mpsk.E_IDA, b.originator_check, "ae1")
+            raises(m2mpsk.E_ID_LENGTH, b.originator_check, "/cse-in/C" + "a" * m2mpsk.ID_MAX)
+            raises(m2mpsk.E_IDB, a.originator_check, IDB)  # no IdA: no CSE-ID
             raises(m2mpsk.E_STATE, a.bind_ae_id, AE_ID)  # Entity A binds IdB
             raises(m2mpsk.E_IDA, b.bind_ae_id, "Cae1")  # not an AE-ID
             raises(m2mpsk.E_IDA, b.bind_ae_id, "/cse-mn")  # a CSE-ID
@@ -215,6 +222,8 @@ def test_bind_ae_id_after_a_credential_binding(transport):
                                            "Cae1") == ACCEPT
             assert m2mpsk.originator_check(m2mpsk.PEER_AE, b.peer_id(), b.local_id(),
                                            "Cae2") == E4106
+            assert b.originator_check("Cae1") == ACCEPT
+            assert b.originator_check("Cae2") == E4106
             raises(m2mpsk.E_STATE, b.bind_ae_id, "/cse-in/Cother")  # once only
             assert b.peer_id() == AE_ID
         raises(m2mpsk.E_INVALID, b.bind_ae_id, AE_ID)  # closed
