@@ -692,12 +692,19 @@ static void on_backend_response(struct evhttp_request *breq, void *arg) {
     put_end(c, v > 0 ? v : 0);
   } else {
     put_end(c, (long long)len);
+    /* Moved a piece at a time: evhttp's copy shrinks as ours grows. */
     uint8_t *tail = c->oom ? NULL : gbuf_reserve(&c->pout, len);
-    if (len > 0 &&
-        (tail == NULL || evbuffer_remove(body, tail, len) != (int)len))
+    if (tail == NULL && len > 0)
       c->oom = 1;
-    else
-      c->pout.len += len;
+    for (size_t done = 0; tail != NULL && done < len;) {
+      size_t n = len - done < CHUNK ? len - done : CHUNK;
+      if (evbuffer_remove(body, tail + done, n) != (int)n) {
+        c->oom = 1;
+        break;
+      }
+      done += n;
+      c->pout.len += n;
+    }
   }
   respond(c);
   if (!c->killed && !c->busy)

@@ -17,6 +17,7 @@ struct gw_hmsg {
   uint8_t *body;
   size_t body_len, body_cap;
   size_t trailers; /* bytes of chunked trailers: counted, not kept */
+  uint32_t piece;  /* where the piece being appended starts */
   uint8_t in;      /* what was appended last: 0 target, 1 name, 2 value */
 };
 
@@ -54,12 +55,21 @@ static int head_append(gw_hreq *r, const char *at, size_t len) {
   return 0;
 }
 
-/* Moves on to the next piece (a NUL between them). */
+/* Moves on to the next piece (a NUL between them). http-parser leaves a
+ * value's trailing whitespace in it (RFC 9110 §5.5: not part of it). */
 static int head_switch(gw_hreq *r, uint8_t to) {
-  if (r->m->in == to)
+  gw_hmsg *m = r->m;
+  if (m->in == to)
     return 0;
-  r->m->in = to;
-  return head_append(r, "", 1); /* the string literal's NUL */
+  if (m->in == IN_VALUE)
+    while (m->head_len > m->piece && (m->head[m->head_len - 1] == ' ' ||
+                                      m->head[m->head_len - 1] == '\t'))
+      m->head[--m->head_len] = '\0';
+  m->in = to;
+  if (head_append(r, "", 1) != 0) /* the string literal's NUL */
+    return -1;
+  m->piece = m->head_len;
+  return 0;
 }
 
 /* CR, LF and NUL never reach a header the gateway writes again. */

@@ -307,7 +307,7 @@ def case_close(b, g):
 
 def case_malformed(b, g):
     """Bytes that are not HTTP, on an association whose AE-ID is bound:
-    evhttp answers 400 and closes; nothing reaches the CSE; the gateway
+    the gateway answers 400 and closes; nothing reaches the CSE; the gateway
     serves the next association (what `serve --http`'s test proved of its
     hand-written parser)."""
     c = Client(g.port)
