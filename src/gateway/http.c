@@ -269,8 +269,15 @@ static void conn_kill(conn *c) {
   c->killed = 1;
   release(c);
   hs_remove(c->hw, c);
-  if (c->fd >= 0)
+  if (c->fd >= 0) {
+    /* Unread bytes at close() make the kernel send a reset, which can
+     * destroy what the peer has not read yet (an alert, the last
+     * response): discard what has arrived, a bounded amount. */
+    uint8_t sink[4096];
+    for (int i = 0; i < 16 && recv(c->fd, sink, sizeof(sink), 0) > 0; i++)
+      ;
     evutil_closesocket(c->fd);
+  }
   c->fd = -1;
   /* Its handshake slot in the library is free at once, too. */
   m2mpsk_assoc_free(c->a);
