@@ -55,12 +55,40 @@ static int head_append(gw_hreq *r, const char *at, size_t len) {
   return 0;
 }
 
+/* No control character (CR, LF and NUL among them) but HTAB reaches a
+ * header or target the gateway writes again. */
+static int clean(const char *at, size_t len) {
+  for (size_t i = 0; i < len; i++) {
+    unsigned char ch = (unsigned char)at[i];
+    if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
+      return 0;
+  }
+  return 1;
+}
+
+/* A header name is a token (RFC 9110 §5.6.2): http-parser as Debian
+ * builds it lets a space into a name ("Bad Name: x"). */
+static int token(const char *s, size_t len) {
+  static const char tchar[] = "!#$%&'*+-.^_`|~";
+  if (len == 0)
+    return 0;
+  for (size_t i = 0; i < len; i++) {
+    unsigned char ch = (unsigned char)s[i];
+    if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') ||
+          (ch >= 'A' && ch <= 'Z') || (ch != 0 && strchr(tchar, ch))))
+      return 0;
+  }
+  return 1;
+}
+
 /* Moves on to the next piece (a NUL between them). http-parser leaves a
  * value's trailing whitespace in it (RFC 9110 §5.5: not part of it). */
 static int head_switch(gw_hreq *r, uint8_t to) {
   gw_hmsg *m = r->m;
   if (m->in == to)
     return 0;
+  if (m->in == IN_NAME && !token(m->head + m->piece, m->head_len - m->piece))
+    return fail(r, 400);
   if (m->in == IN_VALUE)
     while (m->head_len > m->piece && (m->head[m->head_len - 1] == ' ' ||
                                       m->head[m->head_len - 1] == '\t'))
@@ -70,12 +98,6 @@ static int head_switch(gw_hreq *r, uint8_t to) {
     return -1;
   m->piece = m->head_len;
   return 0;
-}
-
-/* CR, LF and NUL never reach a header the gateway writes again. */
-static int clean(const char *at, size_t len) {
-  return memchr(at, '\0', len) == NULL && memchr(at, '\r', len) == NULL &&
-         memchr(at, '\n', len) == NULL;
 }
 
 static int on_message_begin(http_parser *p) {

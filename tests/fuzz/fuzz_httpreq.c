@@ -4,10 +4,10 @@
  * bounds, the header collection, pipelined requests (what follows a whole
  * request is fed after gw_hreq_reset()), and an error ending the stream.
  *
- * Checks every whole request (allowed method, HTTP/1.x, a target, headers
- * without CR, LF or NUL, the bounds held), every error's status, and that
- * the outcome does not depend on how the stream was cut: the same bytes
- * fed at once must give the same requests and end the same way.
+ * Checks every whole request (allowed method, HTTP/1.x, a target, header
+ * names that are tokens, no CR, LF or NUL, the bounds held), every error's
+ * status, and that the outcome does not depend on how the stream was cut: the
+ * same bytes fed at once must give the same requests and end the same way.
  *
  * Input:  opts chunk*
  *   opts bits 0-1: the head bound (64, 300, 4096, 65536 bytes)
@@ -57,6 +57,8 @@ static void check_request(const gw_hreq *r, outcome *o) {
     size_t nl = strlen(name), vl = strlen(value);
     fz_check(strpbrk(name, "\r\n") == NULL && strpbrk(value, "\r\n") == NULL,
              "no CR or LF in a header");
+    fz_check(nl > 0 && strpbrk(name, " \t:()<>@,;\\\"/[]?={}") == NULL,
+             "a header name is a token");
     head += nl + vl;
     fz_check(gw_hreq_header(r, name) != NULL, "a header is found by name");
     mix(o, name, nl);
