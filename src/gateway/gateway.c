@@ -282,7 +282,7 @@ static const char k_usage[] =
     "  --idle-timeout MS        no traffic that long (and no request at the\n"
     "                           CSE) ends an association (default 60000)\n"
     "  --cse-timeout MS         the CSE's time to answer one request; past\n"
-    "                           it the device gets 502 (HTTP) or 5.04\n"
+    "                           it the device gets 504 (HTTP) or 5.04\n"
     "                           (CoAP) (default 30000)\n"
     "  --max-request BYTES      one request, headers and body (default 1 "
     "MiB)\n"

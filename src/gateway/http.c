@@ -1,26 +1,35 @@
 /* The HTTP binding (TS-0009) over TLS-PSK.
  *
- * evhttp parses and writes HTTP, on both sides; nothing here parses HTTP by
- * hand. Toward devices, each accepted connection is a bufferevent filter
- * (evhttp_set_bevcb) over the socket's bufferevent, in the way
- * bufferevent_openssl wraps SSL: the input filter feeds ciphertext to the
- * m2mpsk association and hands evhttp the plaintext; the output filter
- * encrypts evhttp's responses. Toward the CSE, evhttp_connection clients,
- * kept alive in a pool per thread.
+ * Toward devices the gateway runs its own small server on libevent's loop:
+ * an evconnlistener accepts; each connection is one struct (`conn`) that
+ * embeds one event for its socket and one timer, and an http_parser
+ * (httpreq.c: Debian's http-parser assembles each request; nothing here
+ * parses HTTP by hand). Ciphertext goes through the m2mpsk association;
+ * the gateway writes its responses itself (status line, headers,
+ * Content-Length, body) through m2mpsk_assoc_write(). Toward the CSE,
+ * evhttp_connection clients, kept alive in a pool per thread, parse and
+ * write HTTP.
  *
- * Bounds (see gw.h): the socket bufferevent stops reading at --max-buffer
- * bytes of ciphertext waiting, the filter stops decrypting at --max-buffer
- * bytes of plaintext evhttp has not taken, evhttp stops at --max-request,
- * the CSE's answer at --max-response, and the filter stops encrypting
- * while --max-buffer bytes wait for a peer that does not read; evhttp reads
- * no further request until a response has gone into the filter. So a peer
- * holds at most about max-request + max-response + 2 max-buffer + the
- * association's own input bound (m2mpsk_config_set_max_input()) in the
- * gateway.
+ * Memory: an idle established connection holds its conn struct and its
+ * association, nothing else. Buffers exist only while they hold bytes: the
+ * request being assembled (httpreq.c), plaintext not yet parsed (`pin`),
+ * the response not yet encrypted (`pout`), ciphertext the socket has not
+ * taken (`wout`) and ciphertext the association could not take yet
+ * (`cin`); each is freed when it empties.
  *
- * Each connection has one timer: admission (right after accept), then the
- * handshake deadline, then the idle deadline (checked lazily: input only
- * stamps the time). */
+ * Bounds (see gw.h): a request's head is bounded by min(--max-request,
+ * 64 KiB) (over it: 431), its body by --max-request (413), the CSE's answer
+ * by --max-response (502). One request at a time: from a request's last
+ * byte until its response is written, the socket is not read, and at most
+ * one read of plaintext (16 KiB, or --max-buffer if smaller) waits
+ * unparsed. The response is encrypted only while less than --max-buffer
+ * bytes of ciphertext wait for the peer. So a peer holds at most about
+ * max-request + max-response + max-buffer + 32 KiB + the association's own
+ * input bound (m2mpsk_config_set_max_input()) in the gateway.
+ *
+ * Each connection has one timer: the handshake deadline, then the idle
+ * deadline (checked lazily: input only stamps the time); it also runs
+ * deferred work (a kick) and frees a connection outside its callbacks. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
@@ -31,91 +40,142 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
+#include <event2/event_struct.h>
 #include <event2/http.h>
-#include <event2/http_struct.h>
 #include <event2/keyvalq_struct.h>
 #include <event2/listener.h>
 
 #include "gw.h"
+#include "httpreq.h"
 
 #define CHUNK 16384 /* one TLS record of plaintext */
 #define BACKEND_IDLE_MAX 64
 #define HEADERS_MAX 65536
 #define EVICT_SCAN 32
+#define READS_PER_TURN 16 /* socket reads per connection and loop turn */
 
 typedef struct conn conn;
 typedef struct gw_http_worker hworker;
+
+/* Bytes while they wait; no allocation while empty. */
+typedef struct gbuf {
+  uint8_t *p;
+  size_t off, len, cap;
+} gbuf;
 
 /* A request on its way to the CSE. */
 typedef struct fwd {
   hworker *hw;
   conn *c; /* NULL once the device's connection is gone */
-  struct evhttp_request *req;
   struct evhttp_connection *bconn;
-  int ae_create;
+  int ae_create, head;
+  int timed_out; /* evhttp reported EVREQ_HTTP_TIMEOUT */
+  struct fwd *prev, *next; /* the worker's requests in flight */
 } fwd;
 
 struct conn {
   hworker *hw;
-  struct bufferevent *under, *filter;
-  struct event *timer;
-  struct event *kick; /* runs the output filter once evhttp enabled writing */
+  struct event ev;    /* the socket; added with `io` */
+  struct event timer; /* deadlines, kicks, the deferred free */
   m2mpsk_assoc *a;
-  struct sockaddr_storage addr;
-  char peer[64], host[64];
-  int admitted, established, killed, close_after;
-  int plain; /* plaintext HTTP, outside any association: 4107 only */
-  uint64_t deadline_ms, last_input_ms;
   fwd *fwd;
+  conn *prev, *next;       /* the worker's connections */
   conn *hs_prev, *hs_next; /* in handshake, oldest first */
-  int in_hs;
-  conn *hnext; /* the worker's table, by filter */
+  gw_hreq req;
+  gbuf cin, pin, pout, wout;
+  uint64_t deadline_ms, last_input_ms;
+  union {
+    struct sockaddr sa;
+    struct sockaddr_in in4;
+    struct sockaddr_in6 in6;
+  } addr;
+  evutil_socket_t fd;
+  short io;
+  unsigned admitted : 1, established : 1, killed : 1, close_after : 1,
+      plain : 1, /* plaintext HTTP, outside any association: 4107 only */
+      in_hs : 1, seen_input : 1,
+      busy : 1,    /* from a request's end until its response is written */
+      replied : 1, /* the response is all in pout */
+      kick : 1, http10 : 1, oom : 1;
+  char peer[56];
 };
 
 struct gw_http_worker {
   gw_worker *w;
   gw_gateway *gw;
-  struct evhttp *http;
-  struct evhttp_bound_socket *bound;
   struct evconnlistener *lst;
   struct event *accept_resume;
+  conn *conns;
   conn *hs_head, *hs_tail;
-  conn **table;
-  size_t table_size;
+  fwd *fwds;
   size_t n_conns;
   size_t n_admitted; /* counted by gw_admit() from this worker */
   size_t share;      /* its share of --max-conn */
-  size_t busy;
+  size_t busy;       /* requests at the CSE */
+  size_t read_cap;   /* plaintext read at once: CHUNK or --max-buffer */
+  uint32_t max_head;
   struct evhttp_connection *idle[BACKEND_IDLE_MAX];
   size_t n_idle;
   char backend_host[80];
   unsigned short backend_port;
-  int stopping;
+  int stopping, freeing;
 };
 
-/* ---- the connection table and handshake list ---------------------------- */
+/* ---- buffers --------------------------------------------------------------
+ */
 
-static size_t slot(hworker *hw, const struct bufferevent *bev) {
-  uintptr_t p = (uintptr_t)bev;
-  return (size_t)((p >> 4) * 11400714819323198485ull) & (hw->table_size - 1);
+/* Room for n more bytes at the end: where to write them (then add n to
+ * len), or NULL. */
+static uint8_t *gbuf_reserve(gbuf *b, size_t n) {
+  if (b->off + b->len + n > b->cap) {
+    if (b->off > 0) {
+      memmove(b->p, b->p + b->off, b->len);
+      b->off = 0;
+    }
+    if (b->len + n > b->cap) {
+      size_t cap = b->cap ? b->cap : 512;
+      while (cap < b->len + n)
+        cap *= 2;
+      uint8_t *p = realloc(b->p, cap);
+      if (p == NULL)
+        return NULL;
+      b->p = p;
+      b->cap = cap;
+    }
+  }
+  return b->p + b->off + b->len;
 }
 
-static conn *find_conn(hworker *hw, const struct bufferevent *bev) {
-  conn *c = hw->table[slot(hw, bev)];
-  while (c != NULL && c->filter != bev)
-    c = c->hnext;
-  return c;
+static int gbuf_add(gbuf *b, const void *data, size_t n) {
+  if (n == 0)
+    return 0;
+  uint8_t *tail = gbuf_reserve(b, n);
+  if (tail == NULL)
+    return -1;
+  memcpy(tail, data, n);
+  b->len += n;
+  return 0;
 }
 
-static void table_remove(hworker *hw, conn *c) {
-  conn **pp = &hw->table[slot(hw, c->filter)];
-  while (*pp != NULL && *pp != c)
-    pp = &(*pp)->hnext;
-  if (*pp == c)
-    *pp = c->hnext;
+static void gbuf_free(gbuf *b) {
+  free(b->p);
+  memset(b, 0, sizeof(*b));
 }
+
+static void gbuf_take(gbuf *b, size_t n) {
+  b->off += n;
+  b->len -= n;
+  if (b->len == 0)
+    gbuf_free(b);
+}
+
+static uint8_t *gbuf_data(const gbuf *b) {
+  return b->p + b->off;
+}
+
+/* ---- the handshake list ---------------------------------------------------
+ */
 
 static void hs_remove(hworker *hw, conn *c) {
   if (!c->in_hs)
@@ -145,75 +205,176 @@ static void hs_append(hworker *hw, conn *c) {
 
 /* ---- lifetime ------------------------------------------------------------ */
 
-static void on_wire_drained(struct evbuffer *buf,
-                            const struct evbuffer_cb_info *info, void *arg);
-static void on_plain_added(struct evbuffer *buf,
-                           const struct evbuffer_cb_info *info, void *arg);
+static void on_io(evutil_socket_t fd, short what, void *arg);
 
 static void arm(conn *c, uint64_t at_ms) {
+  /* A pending kick runs the timer now, and the timer re-arms itself:
+   * rescheduling it here would cancel the kick. */
+  if (c->kick)
+    return;
   uint64_t now = gw_now_ms(), d = at_ms > now ? at_ms - now : 0;
   struct timeval tv = {(time_t)(d / 1000), (suseconds_t)(d % 1000) * 1000};
-  evtimer_add(c->timer, &tv);
+  evtimer_add(&c->timer, &tv);
+}
+
+/* Runs in_progress() from the timer, outside whatever callback asked. */
+static void kick(conn *c) {
+  if (c->killed || c->kick)
+    return;
+  c->kick = 1;
+  event_active(&c->timer, EV_TIMEOUT, 1);
+}
+
+/* Watches the socket for `want` (EV_READ, EV_WRITE, both or none). */
+static void set_io(conn *c, short want) {
+  if (c->killed)
+    want = 0;
+  if (c->io == want)
+    return;
+  if (c->io != 0)
+    event_del(&c->ev);
+  c->io = want;
+  if (want != 0) {
+    event_assign(&c->ev, c->hw->w->base, c->fd, (short)(want | EV_PERSIST),
+                 on_io, c);
+    event_add(&c->ev, NULL);
+  }
+}
+
+/* Reads while no request waits for its response and the peer takes what
+ * is sent; writes while ciphertext waits. */
+static void update_io(conn *c) {
+  short want = 0;
+  if (!c->busy && c->wout.len < c->hw->gw->opts.max_buffer)
+    want |= EV_READ;
+  if (c->wout.len > 0)
+    want |= EV_WRITE;
+  set_io(c, want);
 }
 
 static void release(conn *c) {
   if (c->admitted) {
-    gw_release(c->hw->gw, (struct sockaddr *)&c->addr);
+    gw_release(c->hw->gw, &c->addr.sa);
     c->admitted = 0;
     c->hw->n_admitted--;
   }
 }
 
-/* Ends a connection: its slot is free at once; evhttp frees it from the
- * timer, outside any of its callbacks. */
+/* Ends a connection: its slot, descriptor, association and buffers are
+ * free at once; the struct itself from the timer, outside any callback
+ * that may still hold it. */
 static void conn_kill(conn *c) {
   if (c->killed)
     return;
+  set_io(c, 0);
   c->killed = 1;
   release(c);
   hs_remove(c->hw, c);
+  if (c->fd >= 0) {
+    /* Unread bytes at close() make the kernel send a reset, which can
+     * destroy what the peer has not read yet (an alert, the last
+     * response): discard what has arrived, a bounded amount. */
+    uint8_t sink[4096];
+    for (int i = 0; i < 16 && recv(c->fd, sink, sizeof(sink), 0) > 0; i++)
+      ;
+    evutil_closesocket(c->fd);
+  }
+  c->fd = -1;
   /* Its handshake slot in the library is free at once, too. */
   m2mpsk_assoc_free(c->a);
   c->a = NULL;
+  if (c->fwd != NULL)
+    c->fwd->c = NULL;
+  c->fwd = NULL;
+  gw_hreq_reset(&c->req);
+  gbuf_free(&c->cin);
+  gbuf_free(&c->pin);
+  gbuf_free(&c->pout);
+  gbuf_free(&c->wout);
   struct timeval zero = {0, 0};
-  evtimer_add(c->timer, &zero);
+  evtimer_add(&c->timer, &zero);
 }
 
-/* The filter's free_context: evhttp freed the connection. */
-static void conn_free(void *arg) {
-  conn *c = arg;
+static void conn_free(conn *c) {
   hworker *hw = c->hw;
-  release(c);
-  hs_remove(hw, c);
-  table_remove(hw, c);
+  event_del(&c->timer);
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    hw->conns = c->next;
+  if (c->next)
+    c->next->prev = c->prev;
   hw->n_conns--;
-  if (c->fwd)
-    c->fwd->c = NULL;
-  /* The buffers may outlive c by a loop turn (libevent finalizes
-   * bufferevents later): nothing of theirs may call back into it. */
-  evbuffer_remove_cb(bufferevent_get_output(c->under), on_wire_drained, c);
-  evbuffer_remove_cb(bufferevent_get_output(c->filter), on_plain_added, c);
-  if (c->timer)
-    event_free(c->timer);
-  if (c->kick)
-    event_free(c->kick);
-  m2mpsk_assoc_free(c->a);
   free(c);
 }
 
-static void flush_assoc(conn *c, struct evbuffer *dst) {
-  uint8_t buf[CHUNK + 512];
-  size_t n;
-  while (m2mpsk_assoc_drain(c->a, buf, sizeof(buf), &n) == M2MPSK_OK)
-    evbuffer_add(dst, buf, n);
+/* Sends what the socket takes now and keeps the rest. */
+static void wire_send(conn *c, const uint8_t *p, size_t n) {
+  if (c->killed)
+    return;
+  if (c->wout.len == 0) {
+    ssize_t w = send(c->fd, p, n, MSG_NOSIGNAL);
+    if (w < 0) {
+      if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+        gw_trace("closed peer=%s: %s", c->peer, strerror(errno));
+        conn_kill(c);
+        return;
+      }
+      w = 0;
+    }
+    p += w;
+    n -= (size_t)w;
+  }
+  if (n > 0 && gbuf_add(&c->wout, p, n) != 0) {
+    gw_log("peer=%s: out of memory", c->peer);
+    conn_kill(c);
+  }
 }
 
-/* Pushes what waits for the peer into the socket now, so that a response
- * evhttp considers sent is in the kernel before evhttp may close. */
-static void write_now(conn *c, struct evbuffer *dst) {
-  evutil_socket_t fd = bufferevent_getfd(c->under);
-  if (fd >= 0 && evbuffer_get_length(dst) > 0)
-    (void)evbuffer_write(dst, fd);
+/* Writes what waits in wout. */
+static void wire_write(conn *c) {
+  while (!c->killed && c->wout.len > 0) {
+    ssize_t w = send(c->fd, gbuf_data(&c->wout), c->wout.len, MSG_NOSIGNAL);
+    if (w < 0) {
+      if (errno == EINTR)
+        continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+        gw_trace("closed peer=%s: %s", c->peer, strerror(errno));
+        conn_kill(c);
+      }
+      return;
+    }
+    gbuf_take(&c->wout, (size_t)w);
+  }
+}
+
+static void flush_assoc(conn *c) {
+  uint8_t buf[CHUNK + 512];
+  size_t n;
+  while (!c->killed && c->a != NULL &&
+         m2mpsk_assoc_drain(c->a, buf, sizeof(buf), &n) == M2MPSK_OK)
+    wire_send(c, buf, n);
+}
+
+/* Ends an established association with close_notify first (best effort:
+ * what the socket does not take now is dropped), then the connection. */
+static void graceful_close(conn *c) {
+  if (c->killed)
+    return;
+  if (c->a != NULL && c->established && !c->plain &&
+      m2mpsk_assoc_state(c->a) == M2MPSK_STATE_ESTABLISHED) {
+    int rc = m2mpsk_assoc_close(c->a);
+    if (rc == M2MPSK_OK || rc == M2MPSK_E_FAILED) {
+      uint8_t buf[1024];
+      size_t n;
+      wire_write(c);
+      while (!c->killed && c->wout.len == 0 &&
+             m2mpsk_assoc_drain(c->a, buf, sizeof(buf), &n) == M2MPSK_OK)
+        if (send(c->fd, buf, n, MSG_NOSIGNAL) != (ssize_t)n)
+          break;
+    }
+  }
+  conn_kill(c);
 }
 
 static void log_failure(conn *c) {
@@ -233,7 +394,7 @@ static void evict(hworker *hw) {
   int scanned = 0;
   for (conn *v = hw->hs_head; v != NULL && scanned < EVICT_SCAN;
        v = v->hs_next, scanned++) {
-    unsigned n = gw_addr_count(hw->gw, (struct sockaddr *)&v->addr);
+    unsigned n = gw_addr_count(hw->gw, &v->addr.sa);
     if (n > most) {
       most = n;
       victim = v;
@@ -243,29 +404,21 @@ static void evict(hworker *hw) {
   conn_kill(victim);
 }
 
-/* Admission, right after accept (or at the first bytes): the connection
- * caps, then an association. 0, or -1 (killed). */
+/* Admission, right after accept: the connection caps, then an
+ * association. 0, or -1 (killed). */
 static int conn_admit(conn *c) {
   hworker *hw = c->hw;
   gw_gateway *gw = hw->gw;
-  socklen_t len = sizeof(c->addr);
-  evutil_socket_t fd = bufferevent_getfd(c->under);
-  if (fd < 0 || getpeername(fd, (struct sockaddr *)&c->addr, &len) != 0) {
-    conn_kill(c);
-    return -1;
-  }
-  gw_format_addr((struct sockaddr *)&c->addr, 1, c->peer, sizeof(c->peer));
-  gw_format_addr((struct sockaddr *)&c->addr, 0, c->host, sizeof(c->host));
   /* Each worker keeps to its share of --max-conn, so that one whose
    * listener drew the silent sockets makes room among its own, and the
    * others are never full for want of something to evict. */
   if (hw->n_admitted >= hw->share && hw->hs_head != NULL &&
-      gw_addr_count(gw, (struct sockaddr *)&c->addr) < gw->opts.max_per_addr)
+      gw_addr_count(gw, &c->addr.sa) < gw->opts.max_per_addr)
     evict(hw);
-  int rc = gw_admit(gw, (struct sockaddr *)&c->addr);
+  int rc = gw_admit(gw, &c->addr.sa);
   if (rc == GW_ADMIT_FULL && hw->hs_head != NULL) {
     evict(hw);
-    rc = gw_admit(gw, (struct sockaddr *)&c->addr);
+    rc = gw_admit(gw, &c->addr.sa);
   }
   if (rc != GW_ADMIT_OK) {
     gw_log("refused peer=%s: %s", c->peer,
@@ -276,7 +429,9 @@ static int conn_admit(conn *c) {
   }
   c->admitted = 1;
   hw->n_admitted++;
-  rc = gw_assoc_new(gw, M2MPSK_TRANSPORT_TLS, c->host, &c->a);
+  char host[sizeof(c->peer)];
+  gw_format_addr(&c->addr.sa, 0, host, sizeof(host));
+  rc = gw_assoc_new(gw, M2MPSK_TRANSPORT_TLS, host, &c->a);
   if (rc == M2MPSK_E_FAILED) {
     log_failure(c);
     conn_kill(c);
@@ -291,41 +446,6 @@ static int conn_admit(conn *c) {
   hs_append(hw, c);
   arm(c, c->deadline_ms);
   return 0;
-}
-
-static void on_timer(evutil_socket_t fd, short what, void *arg) {
-  (void)fd;
-  (void)what;
-  conn *c = arg;
-  if (c->killed) {
-    /* evhttp frees the connection (and calls conn_free). */
-    bufferevent_trigger_event(c->filter, BEV_EVENT_ERROR, 0);
-    return;
-  }
-  if (c->a == NULL) {
-    (void)conn_admit(c);
-    return;
-  }
-  uint64_t now = gw_now_ms();
-  if (!c->established) {
-    if (now >= c->deadline_ms) {
-      gw_log("failure peer=%s reason=timeout detail=\"no handshake within "
-             "%u ms\"",
-             c->peer, c->hw->gw->opts.handshake_timeout_ms);
-      conn_kill(c);
-    } else {
-      arm(c, c->deadline_ms);
-    }
-    return;
-  }
-  uint64_t idle_end = c->last_input_ms + c->hw->gw->opts.idle_timeout_ms;
-  if (c->fwd != NULL || now < idle_end) {
-    arm(c, c->fwd != NULL ? now + c->hw->gw->opts.idle_timeout_ms : idle_end);
-    return;
-  }
-  gw_trace("idle peer=%s: no input for %u ms, association ended", c->peer,
-           c->hw->gw->opts.idle_timeout_ms);
-  conn_kill(c);
 }
 
 static void check_state(conn *c) {
@@ -345,193 +465,120 @@ static void check_state(conn *c) {
   }
 }
 
-/* ---- the filters ---------------------------------------------------------
+/* ---- responses ------------------------------------------------------------
  */
 
-static enum bufferevent_filter_result
-filter_in(struct evbuffer *src, struct evbuffer *dst, ev_ssize_t limit,
-          enum bufferevent_flush_mode mode, void *arg) {
-  (void)mode;
-  conn *c = arg;
-  if (!c->killed && c->a == NULL)
-    (void)conn_admit(c);
-  if (c->killed) {
-    evbuffer_drain(src, evbuffer_get_length(src));
-    return BEV_NEED_MORE;
-  }
-  struct evbuffer *wire = bufferevent_get_output(c->under);
-  if (!c->established && !c->plain && evbuffer_get_length(src) > 0 &&
-      m2mpsk_assoc_state(c->a) == M2MPSK_STATE_HANDSHAKING) {
-    /* A TLS record starts with its type (22 for a ClientHello); an HTTP
-     * request with a method in capitals. The request gets evhttp's
-     * parsing and a 4107, never the CSE. */
-    uint8_t first;
-    if (evbuffer_copyout(src, &first, 1) == 1 && first >= 'A' && first <= 'Z')
-      c->plain = 1;
-  }
-  if (c->plain) {
-    size_t n = evbuffer_get_length(src);
-    if (limit >= 0 && (size_t)limit < n)
-      n = (size_t)limit;
-    evbuffer_remove_buffer(src, dst, n);
-    return n > 0 ? BEV_OK : BEV_NEED_MORE;
-  }
-  uint8_t buf[CHUNK];
-  int produced = 0;
-  uint64_t now = gw_now_ms();
-  if (evbuffer_get_length(src) > 0)
-    c->last_input_ms = now;
-  for (;;) {
-    int progress = 0;
-    /* Plaintext first, up to what evhttp may hold. */
-    while (c->established &&
-           (limit < 0 || evbuffer_get_length(dst) < (size_t)limit)) {
-      size_t n;
-      int rc = m2mpsk_assoc_read(c->a, buf, sizeof(buf), &n);
-      if (rc == M2MPSK_OK) {
-        evbuffer_add(dst, buf, n);
-        produced = progress = 1;
-        continue;
-      }
-      if (rc != M2MPSK_E_AGAIN) {
-        if (rc == M2MPSK_E_FAILED)
-          log_failure(c);
-        else
-          gw_trace("closed peer=%s: %s", c->peer, m2mpsk_strerror(rc));
-        flush_assoc(c, wire);
-        conn_kill(c);
-        evbuffer_drain(src, evbuffer_get_length(src));
-        return produced ? BEV_OK : BEV_NEED_MORE;
-      }
-      break;
-    }
-    size_t avail = evbuffer_get_length(src);
-    if (avail == 0 || (limit >= 0 && evbuffer_get_length(dst) >= (size_t)limit))
-      break;
-    size_t n = avail < CHUNK ? avail : CHUNK;
-    const uint8_t *p = evbuffer_pullup(src, (ev_ssize_t)n);
-    int rc = m2mpsk_assoc_feed(c->a, p, n, now);
-    if (rc == M2MPSK_OK) {
-      evbuffer_drain(src, n);
-      progress = 1;
-    } else if (rc != M2MPSK_E_LIMIT) {
-      flush_assoc(c, wire);
-      if (m2mpsk_assoc_state(c->a) == M2MPSK_STATE_FAILED)
-        log_failure(c);
-      conn_kill(c);
-      evbuffer_drain(src, evbuffer_get_length(src));
-      return produced ? BEV_OK : BEV_NEED_MORE;
-    }
-    flush_assoc(c, wire);
-    check_state(c);
-    if (c->killed) {
-      evbuffer_drain(src, evbuffer_get_length(src));
-      break;
-    }
-    if (!progress)
-      break;
-  }
-  write_now(c, wire);
-  return produced ? BEV_OK : BEV_NEED_MORE;
+static void out_pump(conn *c);
+
+static void put(conn *c, const char *s, size_t n) {
+  if (gbuf_add(&c->pout, s, n) != 0)
+    c->oom = 1;
 }
 
-static enum bufferevent_filter_result
-filter_out(struct evbuffer *src, struct evbuffer *dst, ev_ssize_t limit,
-           enum bufferevent_flush_mode mode, void *arg) {
-  (void)mode;
-  conn *c = arg;
-  if (c->plain && !c->killed) {
-    size_t n = evbuffer_get_length(src);
-    evbuffer_remove_buffer(src, dst, n);
-    write_now(c, dst);
-    return n > 0 ? BEV_OK : BEV_NEED_MORE;
-  }
-  if (c->killed || c->a == NULL || !c->established)
-    return BEV_NEED_MORE;
-  int consumed = 0;
-  while (evbuffer_get_length(src) > 0 &&
-         (limit < 0 || evbuffer_get_length(dst) < (size_t)limit)) {
-    size_t n = evbuffer_get_length(src);
-    if (n > CHUNK)
-      n = CHUNK;
-    const uint8_t *p = evbuffer_pullup(src, (ev_ssize_t)n);
-    size_t w;
-    int rc = m2mpsk_assoc_write(c->a, p, n, &w);
-    if (rc != M2MPSK_OK) {
-      gw_trace("peer=%s: cannot write: %s", c->peer, m2mpsk_strerror(rc));
-      conn_kill(c);
-      break;
-    }
-    evbuffer_drain(src, n);
-    flush_assoc(c, dst);
-    consumed = 1;
-    write_now(c, dst);
-  }
-  return consumed ? BEV_OK : BEV_NEED_MORE;
+static void put_str(conn *c, const char *s) {
+  put(c, s, strlen(s));
 }
 
-/* After a response that asked for the connection to close: closed once
- * the last byte is in the kernel (evhttp would free it, and lose what it
- * had not written, at once). */
-static void on_wire_drained(struct evbuffer *buf,
-                            const struct evbuffer_cb_info *info, void *arg) {
-  conn *c = arg;
-  if (info->n_deleted > 0 && evbuffer_get_length(buf) == 0 && c->close_after &&
-      c->fwd == NULL &&
-      evbuffer_get_length(bufferevent_get_output(c->filter)) == 0)
+static void put_header(conn *c, const char *name, const char *value) {
+  put_str(c, name);
+  put(c, ": ", 2);
+  put_str(c, value);
+  put(c, "\r\n", 2);
+}
+
+static void put_status(conn *c, int code, const char *reason) {
+  char line[96];
+  int n = snprintf(line, sizeof(line), "HTTP/1.1 %d %.60s\r\n", code, reason);
+  put(c, line, (size_t)n);
+}
+
+/* Content-Length (unless -1), Connection, the blank line. */
+static void put_end(conn *c, long long length) {
+  char num[32];
+  if (length >= 0) {
+    snprintf(num, sizeof(num), "%lld", length);
+    put_header(c, "Content-Length", num);
+  }
+  if (c->close_after)
+    put_header(c, "Connection", "close");
+  else if (c->http10)
+    put_header(c, "Connection", "keep-alive");
+  put(c, "\r\n", 2);
+}
+
+/* The response is in pout: send it. */
+static void respond(conn *c) {
+  if (c->oom) {
+    gw_log("peer=%s: out of memory for a response", c->peer);
     conn_kill(c);
+    return;
+  }
+  c->replied = 1;
+  out_pump(c);
 }
 
-/* evhttp writes a response into the filter before it enables writing,
- * and a filter runs its output filter on additions only: so the filter is
- * flushed once evhttp's call is over. */
-static void on_kick(evutil_socket_t fd, short what, void *arg) {
-  (void)fd;
-  (void)what;
-  conn *c = arg;
+/* The gateway's own answer, with X-M2M-RSC (when rsc > 0), the request's
+ * X-M2M-RI and an m2m:dbg body. */
+static void reply_json(conn *c, int code, const char *reason, int rsc,
+                       const char *why) {
+  const char *ri = gw_hreq_header(&c->req, "X-M2M-RI");
+  char num[16], body[256];
+  size_t blen = gw_gate_dbg_body(why, body, sizeof(body));
+  put_status(c, code, reason);
+  if (rsc > 0) {
+    snprintf(num, sizeof(num), "%d", rsc);
+    put_header(c, "X-M2M-RSC", num);
+  }
+  if (ri != NULL)
+    put_header(c, "X-M2M-RI", ri);
+  put_header(c, "Content-Type", "application/json");
+  put_end(c, (long long)blen);
+  if (c->req.p.method != HTTP_HEAD || c->req.state == GW_HREQ_ERROR)
+    put(c, body, blen);
+}
+
+static void response_done(conn *c) {
+  c->busy = 0;
+  c->replied = 0;
+  if (c->close_after || c->hw->stopping) {
+    graceful_close(c);
+    return;
+  }
+  c->last_input_ms = gw_now_ms();
+}
+
+/* Encrypts the response while less than --max-buffer of ciphertext waits,
+ * and sends. */
+static void out_pump(conn *c) {
+  size_t bound = c->hw->gw->opts.max_buffer;
+  while (!c->killed) {
+    wire_write(c);
+    if (c->killed || c->wout.len >= bound || c->pout.len == 0)
+      break;
+    size_t n = c->pout.len < CHUNK ? c->pout.len : CHUNK;
+    if (c->plain) {
+      wire_send(c, gbuf_data(&c->pout), n);
+    } else {
+      size_t w;
+      int rc = m2mpsk_assoc_write(c->a, gbuf_data(&c->pout), n, &w);
+      if (rc != M2MPSK_OK) {
+        gw_trace("peer=%s: cannot write: %s", c->peer, m2mpsk_strerror(rc));
+        flush_assoc(c);
+        conn_kill(c);
+        return;
+      }
+      flush_assoc(c);
+    }
+    if (!c->killed)
+      gbuf_take(&c->pout, n);
+  }
+  if (c->killed)
+    return;
+  if (c->busy && c->replied && c->fwd == NULL && c->pout.len == 0 &&
+      c->wout.len == 0)
+    response_done(c);
   if (!c->killed)
-    bufferevent_flush(c->filter, EV_WRITE, BEV_NORMAL);
-}
-
-static void on_plain_added(struct evbuffer *buf,
-                           const struct evbuffer_cb_info *info, void *arg) {
-  (void)buf;
-  conn *c = arg;
-  if (info->n_added > 0)
-    event_active(c->kick, EV_WRITE, 0);
-}
-
-/* evhttp_set_bevcb: every accepted connection. Never returns NULL: evhttp
- * would then serve plain HTTP on it. */
-static struct bufferevent *make_bev(struct event_base *base, void *arg) {
-  hworker *hw = arg;
-  conn *c = calloc(1, sizeof(*c));
-  if (c != NULL) {
-    c->hw = hw;
-    c->under = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
-    c->timer = evtimer_new(base, on_timer, c);
-    c->kick = event_new(base, -1, 0, on_kick, c);
-  }
-  if (c != NULL && c->under != NULL && c->timer != NULL && c->kick != NULL)
-    c->filter = bufferevent_filter_new(c->under, filter_in, filter_out,
-                                       BEV_OPT_CLOSE_ON_FREE, conn_free, c);
-  if (c == NULL || c->filter == NULL) {
-    gw_log("out of memory for a new connection");
-    abort(); /* failing closed: no plain HTTP, ever */
-  }
-  size_t bound = hw->gw->opts.max_buffer;
-  bufferevent_setwatermark(c->under, EV_READ, 0, bound);
-  bufferevent_setwatermark(c->under, EV_WRITE, 0, bound);
-  bufferevent_setwatermark(c->filter, EV_READ, 0, bound);
-  evbuffer_add_cb(bufferevent_get_output(c->under), on_wire_drained, c);
-  evbuffer_add_cb(bufferevent_get_output(c->filter), on_plain_added, c);
-  size_t s = slot(hw, c->filter);
-  c->hnext = hw->table[s];
-  hw->table[s] = c;
-  hw->n_conns++;
-  struct timeval zero = {0, 0};
-  evtimer_add(c->timer, &zero); /* admission, once evhttp set the fd */
-  return c->filter;
+    update_io(c);
 }
 
 /* ---- requests ------------------------------------------------------------
@@ -548,45 +595,6 @@ static const char *const k_hop[] = {
     "Connection",        "Keep-Alive", "Proxy-Connection", "TE",   "Trailer",
     "Transfer-Encoding", "Upgrade",    "Content-Length",   "Host", NULL};
 
-static void reply_json(struct evhttp_request *req, int code, const char *reason,
-                       int rsc, const char *why) {
-  struct evkeyvalq *out = evhttp_request_get_output_headers(req);
-  const char *ri =
-      evhttp_find_header(evhttp_request_get_input_headers(req), "X-M2M-RI");
-  char num[16], body[256];
-  if (rsc > 0) {
-    snprintf(num, sizeof(num), "%d", rsc);
-    evhttp_add_header(out, "X-M2M-RSC", num);
-  }
-  if (ri != NULL)
-    evhttp_add_header(out, "X-M2M-RI", ri);
-  evhttp_add_header(out, "Content-Type", "application/json");
-  struct evbuffer *b = evbuffer_new();
-  if (b != NULL)
-    evbuffer_add(b, body, gw_gate_dbg_body(why, body, sizeof(body)));
-  evhttp_send_reply(req, code, reason, b);
-  if (b != NULL)
-    evbuffer_free(b);
-}
-
-/* evhttp closes a connection at once after a response when the request
- * asked for it (Connection: close, HTTP/1.0): the gateway keeps it until
- * the response is written instead (on_wire_drained). */
-static void keep_until_written(conn *c, struct evhttp_request *req) {
-  struct evkeyvalq *in = evhttp_request_get_input_headers(req);
-  const char *conn_hdr = evhttp_find_header(in, "Connection");
-  int old = req->major == 1 && req->minor == 0;
-  int close =
-      (conn_hdr != NULL && strcasecmp(conn_hdr, "close") == 0) ||
-      (old && (conn_hdr == NULL || strcasecmp(conn_hdr, "keep-alive") != 0));
-  if (!close)
-    return;
-  c->close_after = 1;
-  evhttp_remove_header(in, "Connection");
-  if (old)
-    evhttp_add_header(in, "Connection", "keep-alive");
-}
-
 static struct evhttp_connection *backend_get(hworker *hw) {
   if (hw->n_idle > 0)
     return hw->idle[--hw->n_idle];
@@ -597,10 +605,13 @@ static struct evhttp_connection *backend_get(hworker *hw) {
   evhttp_connection_set_retries(b, 0);
   evhttp_connection_set_max_body_size(b, (ev_ssize_t)hw->gw->opts.max_response);
   evhttp_connection_set_max_headers_size(b, HEADERS_MAX);
-  /* The CSE gets the idle time to answer, and never less than 30 s: a
-   * device's short idle timeout is no reason to cut a slow CSE off. */
-  unsigned secs = hw->gw->opts.idle_timeout_ms / 1000;
-  evhttp_connection_set_timeout(b, secs > 30 ? (int)secs : 30);
+  /* --cse-timeout: how long the CSE may stay silent while it is sent a
+   * request or answers one (evhttp's read and write timeouts); past it the
+   * device gets 504. */
+  uint32_t ms = hw->gw->opts.cse_timeout_ms ? hw->gw->opts.cse_timeout_ms
+                                            : 30000;
+  struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+  evhttp_connection_set_timeout_tv(b, &tv);
   return b;
 }
 
@@ -621,81 +632,136 @@ static void backend_put(hworker *hw, struct evhttp_connection *b) {
     evhttp_connection_free_on_completion(b);
 }
 
+static void fwd_unlink(hworker *hw, fwd *f) {
+  if (f->prev)
+    f->prev->next = f->next;
+  else
+    hw->fwds = f->next;
+  if (f->next)
+    f->next->prev = f->prev;
+  f->prev = f->next = NULL;
+}
+
+/* No body and no Content-Length (RFC 9110 §6.4.1, §8.6). */
+static int status_without_body(int code) {
+  return (code >= 100 && code < 200) || code == 204 || code == 304;
+}
+
 static void on_backend_response(struct evhttp_request *breq, void *arg) {
   fwd *f = arg;
   hworker *hw = f->hw;
+  if (hw->freeing)
+    return; /* gw_http_worker_free() frees f */
   conn *c = f->c;
+  fwd_unlink(hw, f);
   hw->busy--;
+  backend_put(hw, f->bconn);
+  int head = f->head, ae_create = f->ae_create, timed_out = f->timed_out;
+  free(f);
   if (c != NULL) {
     c->fwd = NULL;
     c->last_input_ms = gw_now_ms(); /* idle from the answer on */
   }
-  backend_put(hw, f->bconn);
-  struct evhttp_request *req = f->req;
-  free(f);
   int code = breq ? evhttp_request_get_response_code(breq) : 0;
   if (code == 0) {
-    gw_log("request peer=%s: the CSE did not answer", c ? c->peer : "-");
-    reply_json(req, 502, "Bad Gateway", 0, "the CSE did not answer");
+    gw_log("request peer=%s: the CSE did not answer%s", c ? c->peer : "-",
+           timed_out ? " in time" : "");
+    if (c != NULL) {
+      if (timed_out)
+        reply_json(c, 504, "Gateway Timeout", 0,
+                   "the CSE did not answer in time");
+      else
+        reply_json(c, 502, "Bad Gateway", 0, "the CSE did not answer");
+      respond(c);
+      if (!c->killed && !c->busy)
+        kick(c);
+    }
     return;
   }
+  if (c == NULL)
+    return;
   struct evkeyvalq *bin = evhttp_request_get_input_headers(breq);
-  struct evkeyvalq *out = evhttp_request_get_output_headers(req);
-  for (struct evkeyval *h = bin->tqh_first; h != NULL; h = h->next.tqe_next)
-    if (!header_is(h->key, k_hop))
-      evhttp_add_header(out, h->key, h->value);
   struct evbuffer *body = evhttp_request_get_input_buffer(breq);
+  size_t len = evbuffer_get_length(body);
   const char *rsc_s = evhttp_find_header(bin, "X-M2M-RSC");
   int rsc = rsc_s ? atoi(rsc_s) : 0;
-  if (c != NULL && c->a != NULL && rsc == 2001 &&
-      m2mpsk_assoc_peer_id_is_credential(c->a)) {
-    size_t len = evbuffer_get_length(body);
+  if (c->a != NULL && rsc == 2001 && m2mpsk_assoc_peer_id_is_credential(c->a)) {
     const char *why;
-    int bound =
-        gw_gate_response(c->a, 1, rsc, evbuffer_pullup(body, -1), len, &why);
+    int bound = gw_gate_response(c->a, ae_create, rsc,
+                                 evbuffer_pullup(body, -1), len, &why);
     if (bound == 1)
       gw_log("bound peer=%s to AE-ID %s", c->peer, m2mpsk_assoc_peer_id(c->a));
     else if (bound < 0)
       gw_log("peer=%s: AE-ID not bound: %s", c->peer, why);
   }
   const char *reason = evhttp_request_get_response_code_line(breq);
-  evhttp_send_reply(req, code, reason ? reason : "", body);
+  put_status(c, code, reason ? reason : "");
+  for (struct evkeyval *h = bin->tqh_first; h != NULL; h = h->next.tqe_next)
+    if (!header_is(h->key, k_hop))
+      put_header(c, h->key, h->value);
+  if (status_without_body(code)) {
+    put_end(c, -1);
+  } else if (head) {
+    /* HEAD: the length a GET would have had, when the CSE said it. */
+    const char *cl = evhttp_find_header(bin, "Content-Length");
+    long long v = cl != NULL ? strtoll(cl, NULL, 10) : 0;
+    put_end(c, v > 0 ? v : 0);
+  } else {
+    put_end(c, (long long)len);
+    /* Moved a piece at a time: evhttp's copy shrinks as ours grows. */
+    uint8_t *tail = c->oom ? NULL : gbuf_reserve(&c->pout, len);
+    if (tail == NULL && len > 0)
+      c->oom = 1;
+    for (size_t done = 0; tail != NULL && done < len;) {
+      size_t n = len - done < CHUNK ? len - done : CHUNK;
+      if (evbuffer_remove(body, tail + done, n) != (int)n) {
+        c->oom = 1;
+        break;
+      }
+      done += n;
+      c->pout.len += n;
+    }
+  }
+  respond(c);
+  if (!c->killed && !c->busy)
+    kick(c); /* a pipelined request may wait */
 }
 
-static void on_request(struct evhttp_request *req, void *arg) {
-  hworker *hw = arg;
-  struct evhttp_connection *evcon = evhttp_request_get_connection(req);
-  conn *c =
-      evcon ? find_conn(hw, evhttp_connection_get_bufferevent(evcon)) : NULL;
-  if (c == NULL || c->a == NULL || !c->established || c->killed) {
-    if (c != NULL) {
-      gw_log("refused peer=%s rsc=4107: a request outside any security "
-             "association",
-             c->peer);
-      c->close_after = 1;
-    }
-    reply_json(req, 403, "Forbidden", 4107, "security association required");
-    return;
+static enum evhttp_cmd_type evhttp_cmd(unsigned method) {
+  switch (method) {
+  case HTTP_POST: return EVHTTP_REQ_POST;
+  case HTTP_PUT: return EVHTTP_REQ_PUT;
+  case HTTP_DELETE: return EVHTTP_REQ_DELETE;
+  case HTTP_HEAD: return EVHTTP_REQ_HEAD;
+  case HTTP_OPTIONS: return EVHTTP_REQ_OPTIONS;
+  case HTTP_PATCH: return EVHTTP_REQ_PATCH;
+  default: /* httpreq.c lets only these and GET through */
+    return EVHTTP_REQ_GET;
   }
-  keep_until_written(c, req);
-  struct evkeyvalq *in = evhttp_request_get_input_headers(req);
-  const char *from = evhttp_find_header(in, "X-M2M-Origin");
-  enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
-  int ae_create =
-      cmd == EVHTTP_REQ_POST &&
-      gw_gate_content_type_ty(evhttp_find_header(in, "Content-Type")) == 2;
-  const char *why;
-  int rsc = gw_gate_request(c->a, from, ae_create, &why);
-  if (rsc != 0) {
-    gw_log("refused peer=%s from=%s bound=%s rsc=%d: %s", c->peer,
-           from ? from : "-", m2mpsk_assoc_peer_id(c->a), rsc, why);
-    reply_json(req, 403, "Forbidden", rsc, why);
-    return;
+}
+
+static const char *status_reason(unsigned code) {
+  switch (code) {
+  case 400: return "Bad Request";
+  case 413: return "Payload Too Large";
+  case 431: return "Request Header Fields Too Large";
+  case 501: return "Not Implemented";
+  case 505: return "HTTP Version Not Supported";
+  default: return "Service Unavailable";
   }
-  if (hw->stopping) {
-    reply_json(req, 503, "Service Unavailable", 0, "the gateway is stopping");
-    return;
-  }
+}
+
+/* Called by evhttp before on_backend_response(NULL) when a request fails. */
+static void on_backend_error(enum evhttp_request_error e, void *arg) {
+  fwd *f = arg;
+  if (e == EVREQ_HTTP_TIMEOUT)
+    f->timed_out = 1;
+}
+
+/* Forwards the whole request in c->req to the CSE; 0, or -1 (answered). */
+static int forward(conn *c, const char *from, int ae_create) {
+  hworker *hw = c->hw;
+  gw_hreq *r = &c->req;
   fwd *f = calloc(1, sizeof(*f));
   struct evhttp_connection *b = f ? backend_get(hw) : NULL;
   struct evhttp_request *breq =
@@ -704,40 +770,301 @@ static void on_request(struct evhttp_request *req, void *arg) {
     if (b)
       backend_put(hw, b);
     free(f);
-    reply_json(req, 503, "Service Unavailable", 0, "out of memory");
-    return;
+    reply_json(c, 503, "Service Unavailable", 0, "out of memory");
+    return -1;
   }
+  evhttp_request_set_error_cb(breq, on_backend_error);
   struct evkeyvalq *bout = evhttp_request_get_output_headers(breq);
   const char *idh = hw->gw->opts.identity_header;
-  for (struct evkeyval *h = in->tqh_first; h != NULL; h = h->next.tqe_next)
-    if (!header_is(h->key, k_hop) && !(idh && strcasecmp(h->key, idh) == 0))
-      evhttp_add_header(bout, h->key, h->value);
+  size_t it = 0;
+  const char *name, *value;
+  while (gw_hreq_header_next(r, &it, &name, &value))
+    if (!header_is(name, k_hop) && !(idh && strcasecmp(name, idh) == 0))
+      evhttp_add_header(bout, name, value);
   char host[100];
   snprintf(host, sizeof(host), "%s:%u", hw->backend_host, hw->backend_port);
   evhttp_add_header(bout, "Host", host);
   if (idh != NULL)
     evhttp_add_header(bout, idh, gw_gate_identity(c->a));
-  evbuffer_add_buffer(evhttp_request_get_output_buffer(breq),
-                      evhttp_request_get_input_buffer(req));
+  size_t blen;
+  const uint8_t *body = gw_hreq_body(r, &blen);
+  if (blen > 0)
+    evbuffer_add(evhttp_request_get_output_buffer(breq), body, blen);
   f->hw = hw;
   f->c = c;
-  f->req = req;
   f->bconn = b;
   f->ae_create = ae_create;
+  f->head = gw_hreq_method(r) == HTTP_HEAD;
+  const char *target = gw_hreq_target(r);
   gw_trace("request peer=%s from=%s %s -> CSE", c->peer, from ? from : "-",
-           evhttp_request_get_uri(req));
-  if (evhttp_make_request(b, breq, cmd, evhttp_request_get_uri(req)) != 0) {
+           target);
+  if (evhttp_make_request(b, breq, evhttp_cmd(gw_hreq_method(r)), target) !=
+      0) {
     /* evhttp freed breq. */
     backend_put(hw, b);
     free(f);
-    reply_json(req, 502, "Bad Gateway", 0, "the CSE cannot be reached");
-    return;
+    reply_json(c, 502, "Bad Gateway", 0, "the CSE cannot be reached");
+    return -1;
   }
+  f->next = hw->fwds;
+  if (hw->fwds)
+    hw->fwds->prev = f;
+  hw->fwds = f;
   c->fwd = f;
   hw->busy++;
+  return 0;
+}
+
+/* A whole request (or one that cannot be), in c->req. */
+static void on_request(conn *c, gw_hreq_status st) {
+  hworker *hw = c->hw;
+  gw_hreq *r = &c->req;
+  c->busy = 1;
+  c->replied = 0;
+  c->http10 = gw_hreq_major(r) == 1 && gw_hreq_minor(r) == 0;
+  if (st == GW_HREQ_ERROR) {
+    unsigned code = gw_hreq_error(r);
+    gw_trace("request peer=%s: refused %u %s", c->peer, code,
+             status_reason(code));
+    c->close_after = 1;
+    reply_json(c, (int)code, status_reason(code), 0, status_reason(code));
+  } else if (c->plain || !c->established || c->a == NULL) {
+    gw_log("refused peer=%s rsc=4107: a request outside any security "
+           "association",
+           c->peer);
+    c->close_after = 1;
+    reply_json(c, 403, "Forbidden", 4107, "security association required");
+  } else {
+    if (!gw_hreq_keep_alive(r))
+      c->close_after = 1;
+    const char *from = gw_hreq_header(r, "X-M2M-Origin");
+    int ae_create =
+        gw_hreq_method(r) == HTTP_POST &&
+        gw_gate_content_type_ty(gw_hreq_header(r, "Content-Type")) == 2;
+    const char *why;
+    int rsc = gw_gate_request(c->a, from, ae_create, &why);
+    if (rsc != 0) {
+      gw_log("refused peer=%s from=%s bound=%s rsc=%d: %s", c->peer,
+             from ? from : "-", m2mpsk_assoc_peer_id(c->a), rsc, why);
+      reply_json(c, 403, "Forbidden", rsc, why);
+    } else if (hw->stopping) {
+      reply_json(c, 503, "Service Unavailable", 0, "the gateway is stopping");
+    } else if (forward(c, from, ae_create) == 0) {
+      gw_hreq_reset(r); /* the request lives on in evhttp's */
+      update_io(c);
+      return;
+    }
+  }
+  gw_hreq_reset(r);
+  respond(c);
+}
+
+/* Parses plaintext; a whole request goes on at once. Returns the bytes
+ * consumed. */
+static size_t parse(conn *c, const uint8_t *p, size_t n) {
+  gw_hreq_status st;
+  size_t used = gw_hreq_feed(&c->req, p, n, &st);
+  if (st != GW_HREQ_MORE)
+    on_request(c, st);
+  return used;
+}
+
+/* Parses plaintext from a read; what follows a whole request waits in
+ * pin. */
+static void parse_read(conn *c, const uint8_t *p, size_t n) {
+  size_t used = parse(c, p, n);
+  if (!c->killed && used < n && gbuf_add(&c->pin, p + used, n - used) != 0) {
+    gw_log("peer=%s: out of memory", c->peer);
+    conn_kill(c);
+  }
+}
+
+/* Reads the socket, the association and the plaintext waiting, while no
+ * request waits for its response. */
+static void in_progress(conn *c) {
+  uint8_t buf[CHUNK];
+  size_t cap = c->hw->read_cap;
+  int reads = 0;
+  while (!c->killed && !c->busy) {
+    if (c->pin.len > 0) {
+      size_t used = parse(c, gbuf_data(&c->pin), c->pin.len);
+      if (!c->killed)
+        gbuf_take(&c->pin, used);
+      continue;
+    }
+    if (c->established) {
+      size_t n;
+      int rc = m2mpsk_assoc_read(c->a, buf, cap, &n);
+      if (rc == M2MPSK_OK) {
+        parse_read(c, buf, n);
+        continue;
+      }
+      if (rc != M2MPSK_E_AGAIN) {
+        if (rc == M2MPSK_E_FAILED)
+          log_failure(c);
+        else
+          gw_trace("closed peer=%s: %s", c->peer, m2mpsk_strerror(rc));
+        flush_assoc(c);
+        conn_kill(c);
+        return;
+      }
+    }
+    if (c->cin.len > 0) {
+      int rc =
+          m2mpsk_assoc_feed(c->a, gbuf_data(&c->cin), c->cin.len, gw_now_ms());
+      if (rc != M2MPSK_OK) {
+        /* E_LIMIT with nothing to read: a record over the input bound. */
+        gw_trace("closed peer=%s: %s", c->peer, m2mpsk_strerror(rc));
+        flush_assoc(c);
+        conn_kill(c);
+        return;
+      }
+      gbuf_free(&c->cin);
+      flush_assoc(c);
+      continue;
+    }
+    if (reads++ == READS_PER_TURN) {
+      kick(c); /* the other connections' turn */
+      return;
+    }
+    ssize_t got = recv(c->fd, buf, cap, 0);
+    if (got == 0) {
+      conn_kill(c); /* the peer closed */
+      return;
+    }
+    if (got < 0) {
+      if (errno == EINTR)
+        continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+        gw_trace("closed peer=%s: %s", c->peer, strerror(errno));
+        conn_kill(c);
+        return;
+      }
+      break;
+    }
+    size_t n = (size_t)got;
+    uint64_t now = gw_now_ms();
+    c->last_input_ms = now;
+    if (!c->seen_input && !c->established &&
+        m2mpsk_assoc_state(c->a) == M2MPSK_STATE_HANDSHAKING) {
+      /* A TLS record starts with its type (22 for a ClientHello); an HTTP
+       * request with a method in capitals. The request gets parsed and a
+       * 4107, never the CSE. */
+      c->plain = buf[0] >= 'A' && buf[0] <= 'Z';
+    }
+    c->seen_input = 1;
+    if (c->plain) {
+      parse_read(c, buf, n);
+      continue;
+    }
+    int rc = m2mpsk_assoc_feed(c->a, buf, n, now);
+    if (rc == M2MPSK_E_LIMIT) {
+      if (gbuf_add(&c->cin, buf, n) != 0) {
+        gw_log("peer=%s: out of memory", c->peer);
+        conn_kill(c);
+        return;
+      }
+      continue;
+    }
+    if (rc != M2MPSK_OK) {
+      flush_assoc(c);
+      if (m2mpsk_assoc_state(c->a) == M2MPSK_STATE_FAILED)
+        log_failure(c);
+      conn_kill(c);
+      return;
+    }
+    flush_assoc(c);
+    if (!c->killed)
+      check_state(c);
+  }
+  if (!c->killed)
+    update_io(c);
+}
+
+static void on_io(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  conn *c = arg;
+  if (what & EV_WRITE) {
+    out_pump(c);
+    if (c->killed)
+      return;
+    if (!c->busy)
+      what |= EV_READ; /* a response went out: a pipelined request next */
+  }
+  if (what & EV_READ)
+    in_progress(c);
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  conn *c = arg;
+  if (c->killed) {
+    conn_free(c);
+    return;
+  }
+  if (c->kick) {
+    c->kick = 0;
+    in_progress(c);
+    if (c->killed)
+      return;
+  }
+  uint64_t now = gw_now_ms();
+  gw_gateway *gw = c->hw->gw;
+  if (!c->established) {
+    if (now >= c->deadline_ms) {
+      gw_log("failure peer=%s reason=timeout detail=\"no handshake within "
+             "%u ms\"",
+             c->peer, gw->opts.handshake_timeout_ms);
+      conn_kill(c);
+    } else {
+      arm(c, c->deadline_ms);
+    }
+    return;
+  }
+  uint64_t idle_end = c->last_input_ms + gw->opts.idle_timeout_ms;
+  if (c->fwd != NULL || now < idle_end) {
+    arm(c, c->fwd != NULL ? now + gw->opts.idle_timeout_ms : idle_end);
+    return;
+  }
+  gw_trace("idle peer=%s: no input for %u ms, association ended", c->peer,
+           gw->opts.idle_timeout_ms);
+  graceful_close(c);
 }
 
 /* ---- the listener -------------------------------------------------------- */
+
+static void on_accept(struct evconnlistener *lst, evutil_socket_t fd,
+                      struct sockaddr *sa, int socklen, void *arg) {
+  (void)lst;
+  hworker *hw = arg;
+  conn *c = calloc(1, sizeof(*c));
+  if (c == NULL || socklen <= 0 || (size_t)socklen > sizeof(c->addr)) {
+    if (c == NULL)
+      gw_log("out of memory for a new connection");
+    free(c);
+    evutil_closesocket(fd);
+    return;
+  }
+  c->hw = hw;
+  c->fd = fd;
+  memcpy(&c->addr, sa, (size_t)socklen);
+  gw_format_addr(sa, 1, c->peer, sizeof(c->peer));
+  gw_hreq_init(&c->req, hw->max_head, (uint32_t)hw->gw->opts.max_request);
+  evtimer_assign(&c->timer, hw->w->base, on_timer, c);
+  c->next = hw->conns;
+  if (hw->conns)
+    hw->conns->prev = c;
+  hw->conns = c;
+  hw->n_conns++;
+  if (hw->stopping) {
+    conn_kill(c);
+    return;
+  }
+  if (conn_admit(c) != 0)
+    return;
+  update_io(c);
+}
 
 static void on_accept_resume(evutil_socket_t fd, short what, void *arg) {
   (void)fd;
@@ -767,16 +1094,13 @@ int gw_http_worker_start(gw_worker *w) {
   w->http = hw;
   hw->w = w;
   hw->gw = gw;
-  size_t want = 2 * (size_t)gw->opts.max_conn / gw->n_workers + 64;
-  hw->table_size = 64;
-  while (hw->table_size < want && hw->table_size < (1u << 20))
-    hw->table_size <<= 1;
-  hw->table = calloc(hw->table_size, sizeof(*hw->table));
   hw->share = gw->opts.max_conn / gw->n_workers;
   if (hw->share == 0)
     hw->share = 1;
-  if (hw->table == NULL)
-    return -1;
+  hw->read_cap = gw->opts.max_buffer < CHUNK ? gw->opts.max_buffer : CHUNK;
+  hw->max_head =
+      (uint32_t)(gw->opts.max_request < HEADERS_MAX ? gw->opts.max_request
+                                                    : HEADERS_MAX);
   char err[300];
   struct sockaddr_storage ss;
   socklen_t len;
@@ -816,31 +1140,14 @@ int gw_http_worker_start(gw_worker *w) {
     getsockname(fd, (struct sockaddr *)&gw->http_addr, &gw->http_addr_len);
   }
   hw->lst =
-      evconnlistener_new(w->base, NULL, NULL,
+      evconnlistener_new(w->base, on_accept, hw,
                          LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, fd);
-  hw->http = evhttp_new(w->base);
   hw->accept_resume = evtimer_new(w->base, on_accept_resume, hw);
-  if (hw->lst == NULL || hw->http == NULL || hw->accept_resume == NULL) {
+  if (hw->lst == NULL || hw->accept_resume == NULL) {
     if (hw->lst == NULL)
       close(fd);
     return -1;
   }
-  evhttp_set_bevcb(hw->http, make_bev, hw);
-  evhttp_set_gencb(hw->http, on_request, hw);
-  evhttp_set_allowed_methods(hw->http,
-                             EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
-                                 EVHTTP_REQ_DELETE | EVHTTP_REQ_HEAD |
-                                 EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
-  evhttp_set_max_body_size(hw->http, (ev_ssize_t)gw->opts.max_request);
-  evhttp_set_max_headers_size(hw->http,
-                              (ev_ssize_t)(gw->opts.max_request < HEADERS_MAX
-                                               ? gw->opts.max_request
-                                               : HEADERS_MAX));
-  /* The gateway's own timers end connections; evhttp's only backs them. */
-  evhttp_set_timeout(hw->http, (int)(gw->opts.idle_timeout_ms / 1000) + 5);
-  hw->bound = evhttp_bind_listener(hw->http, hw->lst);
-  if (hw->bound == NULL)
-    return -1;
   evconnlistener_set_error_cb(hw->lst, on_accept_error);
   return 0;
 }
@@ -848,20 +1155,22 @@ int gw_http_worker_start(gw_worker *w) {
 void gw_http_worker_stop(gw_worker *w) {
   hworker *hw = w->http;
   hw->stopping = 1;
-  if (hw->bound != NULL) {
-    evhttp_del_accept_socket(hw->http, hw->bound);
-    hw->bound = NULL;
+  if (hw->lst != NULL) {
+    evconnlistener_free(hw->lst);
     hw->lst = NULL;
   }
-  /* Idle connections end now; one with a request at the CSE once it is
-   * answered. */
-  for (size_t i = 0; i < hw->table_size; i++)
-    for (conn *c = hw->table[i]; c != NULL; c = c->hnext) {
-      if (c->fwd != NULL)
-        c->close_after = 1;
-      else
-        conn_kill(c);
-    }
+  if (hw->accept_resume != NULL)
+    evtimer_del(hw->accept_resume);
+  /* Idle associations end now, with close_notify; one with a request
+   * once its response is written. */
+  for (conn *c = hw->conns; c != NULL; c = c->next) {
+    if (c->killed)
+      continue;
+    if (c->busy)
+      c->close_after = 1;
+    else
+      graceful_close(c);
+  }
 }
 
 size_t gw_http_worker_busy(gw_worker *w) {
@@ -875,17 +1184,26 @@ void gw_http_worker_free(gw_worker *w) {
   hworker *hw = w->http;
   if (hw == NULL)
     return;
-  if (hw->http != NULL)
-    evhttp_free(hw->http); /* every connection, through conn_free */
-  /* bufferevents are finalized from the loop: let conn_free run while hw
-   * is still there. */
-  for (int i = 0; i < 100 && hw->n_conns > 0; i++)
-    event_base_loop(w->base, EVLOOP_NONBLOCK);
+  if (hw->lst != NULL)
+    evconnlistener_free(hw->lst);
+  /* Requests still at the CSE (the stop's deadline passed): evhttp frees
+   * them with their connections; their callbacks see `freeing`. */
+  hw->freeing = 1;
+  while (hw->fwds != NULL) {
+    fwd *f = hw->fwds;
+    fwd_unlink(hw, f);
+    evhttp_connection_free(f->bconn);
+    free(f);
+  }
+  while (hw->conns != NULL) {
+    conn *c = hw->conns;
+    conn_kill(c);
+    conn_free(c);
+  }
   for (size_t i = 0; i < hw->n_idle; i++)
     evhttp_connection_free(hw->idle[i]);
   if (hw->accept_resume)
     event_free(hw->accept_resume);
-  free(hw->table);
   free(hw);
   w->http = NULL;
 }

@@ -15,7 +15,7 @@
 # tests/fuzz/targets.txt (run.sh's default): fuzz_dtls_listen exists only
 # in the OpenSSL build. Targets that never reach the TLS backend
 # (FUZZ_ONCE, default: fuzz_keyfile fuzz_identifiers fuzz_wire fuzz_hello
-# fuzz_coap) are fuzzed
+# fuzz_coap fuzz_httpreq) are fuzzed
 # in the BoringSSL build only: the OpenSSL build compiles the same code for
 # them. FUZZ_ONCE= fuzzes every target in both. FUZZ_CI_KEEP=DIR keeps the
 # grown corpora, logs and crash artifacts in DIR/<backend>/<target>/.
@@ -30,7 +30,7 @@ set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 seconds=${1:-45}
 jobs=${FUZZ_JOBS:-2}
-once=${FUZZ_ONCE-fuzz_keyfile fuzz_identifiers fuzz_wire fuzz_hello fuzz_coap}
+once=${FUZZ_ONCE-fuzz_keyfile fuzz_identifiers fuzz_wire fuzz_hello fuzz_coap fuzz_httpreq}
 builds=("boringssl:${FUZZ_BUILD_BORINGSSL:-$root/build-fuzz}"
         "openssl:${FUZZ_BUILD_OPENSSL:-$root/build-fuzz-openssl}")
 case $seconds in

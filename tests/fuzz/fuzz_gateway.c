@@ -1,7 +1,7 @@
 /* m2mpsk gateway: the oneM2M decisions on peer bytes (src/gateway/gate.c),
  * over a real established association. The device's X-M2M-Origin and
  * Content-Type and the CSE's X-M2M-RSC and JSON body come from the input;
- * evhttp parses the HTTP around them (libevent's own parser) and the TLS
+ * fuzz_httpreq assembles the HTTP around them (http-parser) and the TLS
  * records are fuzz_responder's.
  *
  * Input: one byte (bit 0: the record with IdA or the Credential-ID one),

@@ -1,8 +1,8 @@
 /* The CLI's -v record tracer (src/cli/wire.c), compiled into this target:
  * it parses record and handshake headers out of bytes the peer controls.
  * (Until issue 16 this target also fuzzed `serve --http`'s hand-written
- * HTTP parser, gone since: the gateway's HTTP is libevent's evhttp, and
- * its oneM2M decisions are fuzz_gateway's.)
+ * HTTP parser, gone since: the gateway's device-side HTTP is
+ * fuzz_httpreq's, and its oneM2M decisions are fuzz_gateway's.)
  *
  * Each piece is one read (TLS, records may span pieces) or one datagram
  * (DTLS) given to cli_trace_wire() with -v on.

@@ -592,6 +592,102 @@ static void identifier_seeds(void) {
   write_seed(t, "id-too-long", (const uint8_t *)s, 600);
 }
 
+/* ---- fuzz_httpreq: a device's HTTP requests, as plaintext -------------- */
+
+/* One seed: the options byte, then `text` cut into pieces of `cut` bytes
+ * (0: one piece). */
+static void httpreq_seed(const char *name, uint8_t opts, const char *text,
+                         size_t cut) {
+  static uint8_t out[16384];
+  size_t len = strlen(text), at = 1;
+  out[0] = opts;
+  if (cut == 0)
+    cut = len;
+  for (size_t i = 0; i < len; i += cut) {
+    size_t n = len - i < cut ? len - i : cut;
+    at = fz_put_chunk(out, sizeof(out), at, (const uint8_t *)text + i, n, 0);
+    if (at == 0) {
+      fprintf(stderr, "httpreq seed %s: too long\n", name);
+      exit(1);
+    }
+  }
+  write_seed("fuzz_httpreq", name, out, at);
+}
+
+static void httpreq_seeds(void) {
+  /* opts: head bound 65536 (3), body bound 1000 (2 << 2) unless said. */
+  const uint8_t o = 3 | 2 << 2;
+  httpreq_seed("get", o,
+               "GET /cse-in/ae?rcn=1 HTTP/1.1\r\nHost: cse\r\n"
+               "X-M2M-Origin: Cae-1\r\nX-M2M-RI: r1\r\n\r\n",
+               0);
+  httpreq_seed(
+      "ae-create", o,
+      "POST /cse-in HTTP/1.1\r\nHost: cse\r\nX-M2M-Origin: C\r\n"
+      "X-M2M-RI: a1\r\nX-M2M-RVI: 3\r\n"
+      "Content-Type: application/json;ty=2\r\nContent-Length: 47\r\n"
+      "\r\n{\"m2m:ae\":{\"rn\":\"ae\",\"api\":\"Ntest\",\"rr\":false}}",
+      0);
+  httpreq_seed("bytewise", o,
+               "PUT /cse-in/ae HTTP/1.1\r\nX-M2M-Origin: Cae-1\r\n"
+               "Content-Length: 5\r\n\r\nhello",
+               1);
+  httpreq_seed("pipelined", o,
+               "GET /a HTTP/1.1\r\nX-M2M-RI: p1\r\n\r\n"
+               "DELETE /b HTTP/1.1\r\nX-M2M-RI: p2\r\n\r\n"
+               "HEAD /c HTTP/1.1\r\n\r\nOPTIONS * HTTP/1.1\r\n\r\n",
+               7);
+  httpreq_seed("chunked-trailer", o,
+               "POST /cse-in/cnt HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
+               "Content-Type: application/json;ty=4\r\n\r\n"
+               "5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+               5);
+  httpreq_seed("http10-keep-alive", o,
+               "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+               "GET / HTTP/1.0\r\n\r\n",
+               0);
+  httpreq_seed("connection-close", o,
+               "PATCH /x HTTP/1.1\r\nConnection: close\r\nContent-Length: 2\r\n"
+               "\r\n{}GET /after HTTP/1.1\r\n\r\n",
+               0);
+  httpreq_seed("empty-value", o,
+               "GET /e HTTP/1.1\r\nX-Empty:\r\nX-Space:   \r\nX-M2M-RI:  v \r\n"
+               "\r\n",
+               3);
+  httpreq_seed(
+      "head-too-long", 0 | 2 << 2,
+      "GET /a-target-longer-than-the-head-bound HTTP/1.1\r\n"
+      "X-M2M-RI: h\r\nX-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n",
+      0);
+  httpreq_seed("body-too-long", 3 | 1 << 2,
+               "POST / HTTP/1.1\r\nX-M2M-RI: b\r\nContent-Length: 17\r\n\r\n"
+               "12345678901234567",
+               0);
+  httpreq_seed("chunked-too-long", 3 | 1 << 2,
+               "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+               "a\r\n0123456789\r\na\r\n0123456789\r\n0\r\n\r\n",
+               0);
+  httpreq_seed("connect", o, "CONNECT cse:443 HTTP/1.1\r\nHost: cse\r\n\r\n",
+               0);
+  httpreq_seed("trace", o, "TRACE / HTTP/1.1\r\n\r\n", 0);
+  httpreq_seed("http2", o, "GET / HTTP/2.0\r\n\r\n", 0);
+  httpreq_seed("not-http", o, "NOT HTTP\r\n\r\n", 0);
+  httpreq_seed("cl-and-chunked", o,
+               "POST / HTTP/1.1\r\nContent-Length: 3\r\n"
+               "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+               0);
+  httpreq_seed("obs-fold", o,
+               "GET / HTTP/1.1\r\nX-Folded: one\r\n two\r\nX-M2M-RI: f\r\n\r\n",
+               0);
+  httpreq_seed(
+      "upgrade", o,
+      "GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+      "\r\nGET /next HTTP/1.1\r\n\r\n",
+      0);
+  httpreq_seed("blank-lines", 0 | 2 << 2, "\r\n\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+               0);
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     fprintf(stderr, "usage: make_corpus OUTDIR [TARGET...]\n");
@@ -612,6 +708,7 @@ int main(int argc, char **argv) {
   identifier_seeds();
   listen_seeds();
   renegotiate_seeds();
+  httpreq_seeds();
   printf("wrote %zu seeds under %s\n", nfiles, outdir);
   return 0;
 }

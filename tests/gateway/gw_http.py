@@ -7,7 +7,8 @@ backend standing for the CSE.
     gw_http.py list
 
 Cases: forward, forged, plain4107, credential, ida, identity, config,
-config-errors, reload, stop, close, limits."""
+config-errors, reload, stop, close, limits, openssl, concurrent, timeouts,
+rate-limit, malformed, pipeline, cse-timeout."""
 import os
 import re
 import select
@@ -302,12 +303,14 @@ def case_close(b, g):
         "X-M2M-Origin": "Cae-1", "X-M2M-RI": "x2", "Connection": "close"})
     check(st == 200 and len(body) == 3000000,
           "Connection: close: the whole 3 MB response arrives first")
+    check(closed_with_close_notify(c),
+          "then the gateway ends the association with close_notify")
     c.close()
 
 
 def case_malformed(b, g):
     """Bytes that are not HTTP, on an association whose AE-ID is bound:
-    evhttp answers 400 and closes; nothing reaches the CSE; the gateway
+    the gateway answers 400 and closes; nothing reaches the CSE; the gateway
     serves the next association (what `serve --http`'s test proved of its
     hand-written parser)."""
     c = Client(g.port)
@@ -333,6 +336,78 @@ def case_malformed(b, g):
     c.close()
 
 
+def read_head(c):
+    """A response's status and headers only (HEAD: no body follows)."""
+    c._pump(lambda: b"\r\n\r\n" in c.plain)
+    head, c.plain = c.plain.split(b"\r\n\r\n", 1)
+    lines = head.decode().split("\r\n")
+    hdrs = {}
+    for line in lines[1:]:
+        k, v = line.split(":", 1)
+        hdrs[k.strip().lower()] = v.strip()
+    return int(lines[0].split()[1]), hdrs
+
+
+def closed_with_close_notify(c):
+    """Waits for the gateway to end the association: True when it sent
+    close_notify first (the client's association is CLOSED, not failed
+    or cut)."""
+    try:
+        c._pump(lambda: False)
+    except ConnectionError:
+        pass
+    return c.eof and c.a.state() == gwlib.m2mpsk.STATE_CLOSED
+
+
+def case_pipeline(b, g):
+    """Requests pipelined in one write are answered in order, one at a
+    time (HEAD without a body, a refused one among them); HTTP/1.0 and
+    Connection: close end the association with close_notify after the
+    response; a method the gateway does not forward gets 501."""
+    c = Client(g.port)
+    st, _, _ = c.request("POST", "/cse-in", ae_create_headers("C", "q0"),
+                         AE_BODY)
+    check(st == 201, "registered")
+    c.send(b"".join(
+        b"%s /cse-in/ae HTTP/1.1\r\nHost: x\r\nX-M2M-Origin: %s\r\n"
+        b"X-M2M-RI: %s\r\n\r\n" % req for req in [
+            (b"GET", b"Cae-1", b"q1"), (b"HEAD", b"Cae-1", b"q2"),
+            (b"GET", b"Cother", b"q3"), (b"GET", b"Cae-1", b"q4")]))
+    st, h, body = c.response()
+    check(st == 200 and h.get("x-m2m-ri") == "q1" and
+          body == b'{"m2m:dbg": "ok /cse-in/ae"}', "pipelined 1: GET")
+    st, h = read_head(c)
+    check(st == 501 and "content-length" in h,
+          "pipelined 2: HEAD, the backend's answer without a body (%d)" % st)
+    st, h, _ = c.response()
+    check(st == 403 and h.get("x-m2m-rsc") == "4106" and
+          h.get("x-m2m-ri") == "q3", "pipelined 3: refused by the gateway")
+    st, h, _ = c.response()
+    check(st == 200 and h.get("x-m2m-ri") == "q4", "pipelined 4: GET")
+    check([r[2].get("X-M2M-RI") for r in b.seen()
+           if r[2].get("X-M2M-RI", "").startswith("q")] == ["q0", "q1", "q4"],
+          "the backend saw the accepted ones, in order")
+    c.send(b"GET /cse-in/ae HTTP/1.0\r\nX-M2M-Origin: Cae-1\r\n"
+           b"X-M2M-RI: q5\r\nConnection: keep-alive\r\n\r\n")
+    st, h, _ = c.response()
+    check(st == 200 and h.get("connection", "").lower() == "keep-alive",
+          "HTTP/1.0 with keep-alive: the association goes on")
+    c.send(b"GET /cse-in/ae HTTP/1.0\r\nX-M2M-Origin: Cae-1\r\n"
+           b"X-M2M-RI: q6\r\n\r\n")
+    st, h, body = c.response()
+    check(st == 200 and h.get("connection", "").lower() == "close" and
+          body.startswith(b'{"m2m:dbg"'), "HTTP/1.0: answered whole")
+    check(closed_with_close_notify(c),
+          "then the gateway ends the association with close_notify")
+    c.close()
+    c = Client(g.port)
+    c.send(b"TRACE / HTTP/1.1\r\nX-M2M-RI: q7\r\n\r\n")
+    st, h, _ = c.response()
+    check(st == 501 and h.get("x-m2m-ri") == "q7" and
+          not with_ids(b, "q7"), "TRACE: 501, not forwarded")
+    c.close()
+
+
 def case_limits(b, g):
     c = Client(g.port)
     c.request("POST", "/cse-in", ae_create_headers("C", "l1"), AE_BODY)
@@ -347,6 +422,40 @@ def case_limits(b, g):
     st, _, _ = c.request("GET", "/big?n=100000", {"X-M2M-Origin": "Cae-1",
                                                    "X-M2M-RI": "l4"})
     check(st == 502, "a response over --max-response: 502 (%d)" % st)
+    c.close()
+    c = Client(g.port)
+    st, _, _ = c.request("GET", "/cse-in/ae", {
+        "X-M2M-Origin": "Cae-1", "X-M2M-RI": "l5", "X-Big": "a" * 70000})
+    check(st == 431 and not with_ids(b, "l5"),
+          "headers over 64 KiB: 431, not forwarded (%d)" % st)
+    c.close()
+
+
+def case_cse_timeout(b, g):
+    """--cse-timeout 1500: a CSE silent past it costs the device a 504 with
+    its X-M2M-RI after about 1.5 s, not the 30 s default; the association
+    stays up and its next request is answered."""
+    c = Client(g.port)
+    st, _, _ = c.request("POST", "/cse-in", ae_create_headers("C", "t1"),
+                         AE_BODY)
+    check(st == 201, "AE CREATE: 201")
+    t0 = time.monotonic()
+    st, h, body = c.request("GET", "/silent?s=6", {"X-M2M-Origin": "Cae-1",
+                                                   "X-M2M-RI": "t2"})
+    dt = time.monotonic() - t0
+    check(st == 504 and h.get("x-m2m-ri") == "t2" and b"in time" in body,
+          "a CSE silent past --cse-timeout: 504 with the request's "
+          "X-M2M-RI (%d %r)" % (st, body))
+    check(1.3 <= dt <= 1.5 + 3 * gwlib.SCALE,
+          "after about --cse-timeout (%.2f s)" % dt)
+    check(len(with_ids(b, "t2")) == 1, "the request reached the CSE once")
+    st, _, body = c.request("GET", "/cse-in/after", {"X-M2M-Origin": "Cae-1",
+                                                     "X-M2M-RI": "t3"})
+    check(st == 200 and b"ok /cse-in/after" in body,
+          "the association serves the next request (%d)" % st)
+    st, _, _ = c.request("GET", "/silent?s=0.3", {"X-M2M-Origin": "Cae-1",
+                                                  "X-M2M-RI": "t4"})
+    check(st == 200, "a CSE slower than usual but within it: 200 (%d)" % st)
     c.close()
 
 
@@ -446,6 +555,8 @@ def case_timeouts(b, g):
     t = time.monotonic() - t0
     check(1.2 <= t <= 4, "an idle association is closed at the idle timeout "
           "(%.2f s)" % t)
+    check(c.a.state() == gwlib.m2mpsk.STATE_CLOSED,
+          "with close_notify first (state %d)" % c.a.state())
     c.close()
     held = []
     for i in range(4):
@@ -530,7 +641,9 @@ CASES = {
                                  "--idle-timeout", "1500",
                                  "--max-per-addr", "3"]),
     "rate-limit": (case_rate_limit, ["--rate-limit", "3"]),
+    "cse-timeout": (case_cse_timeout, ["--cse-timeout", "1500"]),
     "malformed": (case_malformed, []),
+    "pipeline": (case_pipeline, []),
     "limits": (case_limits, ["--max-request", "65536", "--max-response",
                              "65536"]),
 }

@@ -66,6 +66,7 @@ class Backend:
     """A plain HTTP server standing for the CSE. Records every request
     (method, path, headers, body). An <AE> CREATE (POST with ty=2) gets 201,
     X-M2M-RSC 2001 and {"m2m:ae":{"aei":AEI}}; GET /big?n=N gets N bytes;
+    GET /silent?s=S answers after S seconds;
     anything else 200, X-M2M-RSC 2000 and a small JSON body."""
 
     def __init__(self, aei="Cae-1"):
@@ -97,6 +98,11 @@ class Backend:
                     code, rsc = 201, "2001"
                 elif self.path.startswith("/slow"):
                     time.sleep(1.0)  # a slow CSE, for SIGTERM's drain
+                    out = b"{}"
+                    code, rsc = 200, "2000"
+                elif self.path.startswith("/silent"):
+                    # a CSE that answers only after s seconds
+                    time.sleep(float(self.path.split("s=")[1]))
                     out = b"{}"
                     code, rsc = 200, "2000"
                 elif self.path.startswith("/big"):

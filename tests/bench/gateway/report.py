@@ -41,7 +41,7 @@ def fmt(t, spec="%.0f"):
 
 
 MASSIF_CATEGORIES = ["the TLS library (BoringSSL)", "m2mpsk (association, engine module)",
-                     "libevent (bufferevents, evhttp)", "the gateway (src/gateway)",
+                     "libevent (events; evhttp toward the CSE)", "the gateway (src/gateway)",
                      "other"]
 
 
@@ -56,7 +56,7 @@ def massif_category(fn):
     if "libevent" in fn:
         return MASSIF_CATEGORIES[2]
     # the gateway is linked into the m2mpsk tool
-    if re.search(r"\((m2mpsk|(http|gateway|gate|log|coap)\.c)\)$", fn):
+    if re.search(r"\((m2mpsk|(http|httpreq|gateway|gate|log|coap)\.c)\)$", fn):
         return MASSIF_CATEGORIES[3]
     return MASSIF_CATEGORIES[4]
 
