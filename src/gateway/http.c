@@ -71,6 +71,7 @@ typedef struct fwd {
   struct evhttp_connection *bconn;
   int ae_create, head;
   int timed_out; /* evhttp reported EVREQ_HTTP_TIMEOUT */
+  char *ri;      /* the request's X-M2M-RI, for the gateway's own answer */
   struct fwd *prev, *next; /* the worker's requests in flight */
 } fwd;
 
@@ -517,11 +518,10 @@ static void respond(conn *c) {
   out_pump(c);
 }
 
-/* The gateway's own answer, with X-M2M-RSC (when rsc > 0), the request's
- * X-M2M-RI and an m2m:dbg body. */
-static void reply_json(conn *c, int code, const char *reason, int rsc,
-                       const char *why) {
-  const char *ri = gw_hreq_header(&c->req, "X-M2M-RI");
+/* The gateway's own answer, with X-M2M-RSC (when rsc > 0), X-M2M-RI `ri`
+ * (when not NULL) and an m2m:dbg body (none for a HEAD). */
+static void reply_json_ri(conn *c, int code, const char *reason, int rsc,
+                          const char *why, const char *ri, int head) {
   char num[16], body[256];
   size_t blen = gw_gate_dbg_body(why, body, sizeof(body));
   put_status(c, code, reason);
@@ -533,8 +533,17 @@ static void reply_json(conn *c, int code, const char *reason, int rsc,
     put_header(c, "X-M2M-RI", ri);
   put_header(c, "Content-Type", "application/json");
   put_end(c, (long long)blen);
-  if (c->req.p.method != HTTP_HEAD || c->req.state == GW_HREQ_ERROR)
+  if (!head)
     put(c, body, blen);
+}
+
+/* reply_json_ri() for the request in c->req. */
+static void reply_json(conn *c, int code, const char *reason, int rsc,
+                       const char *why) {
+  reply_json_ri(c, code, reason, rsc, why,
+                gw_hreq_header(&c->req, "X-M2M-RI"),
+                c->req.p.method == HTTP_HEAD &&
+                    c->req.state != GW_HREQ_ERROR);
 }
 
 static void response_done(conn *c) {
@@ -657,6 +666,7 @@ static void on_backend_response(struct evhttp_request *breq, void *arg) {
   hw->busy--;
   backend_put(hw, f->bconn);
   int head = f->head, ae_create = f->ae_create, timed_out = f->timed_out;
+  char *ri = f->ri;
   free(f);
   if (c != NULL) {
     c->fwd = NULL;
@@ -668,16 +678,19 @@ static void on_backend_response(struct evhttp_request *breq, void *arg) {
            timed_out ? " in time" : "");
     if (c != NULL) {
       if (timed_out)
-        reply_json(c, 504, "Gateway Timeout", 0,
-                   "the CSE did not answer in time");
+        reply_json_ri(c, 504, "Gateway Timeout", 0,
+                      "the CSE did not answer in time", ri, head);
       else
-        reply_json(c, 502, "Bad Gateway", 0, "the CSE did not answer");
+        reply_json_ri(c, 502, "Bad Gateway", 0, "the CSE did not answer", ri,
+                      head);
       respond(c);
       if (!c->killed && !c->busy)
         kick(c);
     }
+    free(ri);
     return;
   }
+  free(ri);
   if (c == NULL)
     return;
   struct evkeyvalq *bin = evhttp_request_get_input_headers(breq);
@@ -795,6 +808,8 @@ static int forward(conn *c, const char *from, int ae_create) {
   f->bconn = b;
   f->ae_create = ae_create;
   f->head = gw_hreq_method(r) == HTTP_HEAD;
+  const char *ri = gw_hreq_header(r, "X-M2M-RI");
+  f->ri = ri != NULL ? strdup(ri) : NULL; /* NULL too: answered without */
   const char *target = gw_hreq_target(r);
   gw_trace("request peer=%s from=%s %s -> CSE", c->peer, from ? from : "-",
            target);
@@ -802,6 +817,7 @@ static int forward(conn *c, const char *from, int ae_create) {
       0) {
     /* evhttp freed breq. */
     backend_put(hw, b);
+    free(f->ri);
     free(f);
     reply_json(c, 502, "Bad Gateway", 0, "the CSE cannot be reached");
     return -1;
@@ -1193,6 +1209,7 @@ void gw_http_worker_free(gw_worker *w) {
     fwd *f = hw->fwds;
     fwd_unlink(hw, f);
     evhttp_connection_free(f->bconn);
+    free(f->ri);
     free(f);
   }
   while (hw->conns != NULL) {

@@ -377,15 +377,17 @@ def case_pipeline(b, g):
     check(st == 200 and h.get("x-m2m-ri") == "q1" and
           body == b'{"m2m:dbg": "ok /cse-in/ae"}', "pipelined 1: GET")
     st, h = read_head(c)
-    check(st == 501 and "content-length" in h,
-          "pipelined 2: HEAD, the backend's answer without a body (%d)" % st)
+    check(st == 200 and h.get("x-m2m-ri") == "q2" and
+          h.get("content-length") == str(len(b'{"m2m:dbg": "ok /cse-in/ae"}')),
+          "pipelined 2: HEAD, the backend's answer without a body, with the "
+          "length a GET has (%d %r)" % (st, h.get("content-length")))
     st, h, _ = c.response()
     check(st == 403 and h.get("x-m2m-rsc") == "4106" and
           h.get("x-m2m-ri") == "q3", "pipelined 3: refused by the gateway")
     st, h, _ = c.response()
     check(st == 200 and h.get("x-m2m-ri") == "q4", "pipelined 4: GET")
     check([r[2].get("X-M2M-RI") for r in b.seen()
-           if r[2].get("X-M2M-RI", "").startswith("q")] == ["q0", "q1", "q4"],
+           if r[2].get("X-M2M-RI", "").startswith("q")] == ["q0", "q1", "q2", "q4"],
           "the backend saw the accepted ones, in order")
     c.send(b"GET /cse-in/ae HTTP/1.0\r\nX-M2M-Origin: Cae-1\r\n"
            b"X-M2M-RI: q5\r\nConnection: keep-alive\r\n\r\n")
@@ -456,6 +458,22 @@ def case_cse_timeout(b, g):
     st, _, _ = c.request("GET", "/silent?s=0.3", {"X-M2M-Origin": "Cae-1",
                                                   "X-M2M-RI": "t4"})
     check(st == 200, "a CSE slower than usual but within it: 200 (%d)" % st)
+    st, h, body = c.request("GET", "/drop", {"X-M2M-Origin": "Cae-1",
+                                             "X-M2M-RI": "t5"})
+    check(st == 502 and h.get("x-m2m-ri") == "t5" and
+          b"did not answer" in body,
+          "a CSE that closes without answering: 502 with the request's "
+          "X-M2M-RI (%d %r)" % (st, body))
+    c.send(b"HEAD /silent?s=6 HTTP/1.1\r\nHost: cse\r\n"
+           b"X-M2M-Origin: Cae-1\r\nX-M2M-RI: t6\r\n\r\n")
+    st, h = read_head(c)
+    check(st == 504 and h.get("x-m2m-ri") == "t6",
+          "HEAD to a silent CSE: 504 with the X-M2M-RI (%d)" % st)
+    st, _, body = c.request("GET", "/cse-in/last", {"X-M2M-Origin": "Cae-1",
+                                                    "X-M2M-RI": "t7"})
+    check(st == 200 and b"ok /cse-in/last" in body,
+          "no body followed the HEAD's 504, and the association still "
+          "serves (%d)" % st)
     c.close()
 
 

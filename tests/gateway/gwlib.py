@@ -66,7 +66,7 @@ class Backend:
     """A plain HTTP server standing for the CSE. Records every request
     (method, path, headers, body). An <AE> CREATE (POST with ty=2) gets 201,
     X-M2M-RSC 2001 and {"m2m:ae":{"aei":AEI}}; GET /big?n=N gets N bytes;
-    GET /silent?s=S answers after S seconds;
+    GET /silent?s=S answers after S seconds; GET /drop closes unanswered;
     anything else 200, X-M2M-RSC 2000 and a small JSON body."""
 
     def __init__(self, aei="Cae-1"):
@@ -100,6 +100,9 @@ class Backend:
                     time.sleep(1.0)  # a slow CSE, for SIGTERM's drain
                     out = b"{}"
                     code, rsc = 200, "2000"
+                elif self.path.startswith("/drop"):
+                    self.close_connection = True  # closes, never answers
+                    return
                 elif self.path.startswith("/silent"):
                     # a CSE that answers only after s seconds
                     time.sleep(float(self.path.split("s=")[1]))
@@ -118,9 +121,10 @@ class Backend:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(out)))
                 self.end_headers()
-                self.wfile.write(out)
+                if self.command != "HEAD":
+                    self.wfile.write(out)
 
-            do_GET = do_POST = do_PUT = do_DELETE = handle_one
+            do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = handle_one
 
         class Server(http.server.ThreadingHTTPServer):
             daemon_threads = True
