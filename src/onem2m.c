@@ -245,6 +245,10 @@ static m2mpsk_originator_verdict judge(m2mpsk_peer_kind kind,
   return denied;
 }
 
+/* Every flag m2mpsk_originator_check() knows. */
+#define ORIGINATOR_FLAGS                                                       \
+  (M2MPSK_ORIGINATOR_AE_CREATE | M2MPSK_ORIGINATOR_ALLOW_UNSECURED_AE)
+
 int m2mpsk_originator_check(m2mpsk_peer_kind bound_kind, const char *bound_id,
                             const char *local_id, const char *from,
                             unsigned flags,
@@ -253,9 +257,7 @@ int m2mpsk_originator_check(m2mpsk_peer_kind bound_kind, const char *bound_id,
     return M2MPSK_E_INVALID;
   /* Fail closed for a caller that ignores the status. */
   *verdict = M2MPSK_ORIGINATOR_NOT_AUTHENTICATED;
-  const unsigned known =
-      M2MPSK_ORIGINATOR_AE_CREATE | M2MPSK_ORIGINATOR_ALLOW_UNSECURED_AE;
-  if (local_id == NULL || (flags & ~known) != 0 ||
+  if (local_id == NULL || (flags & ~ORIGINATOR_FLAGS) != 0 ||
       (unsigned)bound_kind > (unsigned)M2MPSK_PEER_CREDENTIAL ||
       (bound_kind == M2MPSK_PEER_NONE) != (bound_id == NULL))
     return M2MPSK_E_INVALID;
@@ -284,7 +286,7 @@ int m2mpsk_originator_check(m2mpsk_peer_kind bound_kind, const char *bound_id,
 
 /* What the association is bound to, in m2mpsk_originator_check()'s terms:
  * a one-segment identifier is a CSE-ID unless it starts with 'S' (TS-0001
- * §7.2), as ident_parse() reads it. */
+ * §7.2), as bound_parse() reads it. */
 static m2mpsk_peer_kind assoc_bound_kind(const m2mpsk_assoc *a,
                                          const char **id) {
   *id = m2mpsk_assoc_peer_id(a);
@@ -292,15 +294,11 @@ static m2mpsk_peer_kind assoc_bound_kind(const m2mpsk_assoc *a,
     return M2MPSK_PEER_NONE;
   if (m2mpsk_assoc_peer_id_is_credential(a))
     return M2MPSK_PEER_CREDENTIAL;
-  const char *p = *id;
-  if (strncmp(p, "//", 2) == 0) {
-    p = strchr(p + 2, '/');
-    if (p == NULL)
-      return M2MPSK_PEER_CSE; /* not an identifier: the check refuses it */
-  }
-  if (strchr(p + 1, '/') != NULL)
-    return M2MPSK_PEER_AE;
-  return p[1] == 'S' ? M2MPSK_PEER_AE : M2MPSK_PEER_CSE;
+  ident parsed;
+  if (ident_parse(*id, 0, &parsed) != M2MPSK_OK)
+    return M2MPSK_PEER_CSE; /* not an identifier: the check refuses it */
+  return parsed.form == FORM_ONE && !starts_with_s(&parsed) ? M2MPSK_PEER_CSE
+                                                            : M2MPSK_PEER_AE;
 }
 
 int m2mpsk_assoc_originator_check(const m2mpsk_assoc *a, const char *from,
@@ -309,9 +307,7 @@ int m2mpsk_assoc_originator_check(const m2mpsk_assoc *a, const char *from,
   if (verdict == NULL)
     return M2MPSK_E_INVALID;
   *verdict = M2MPSK_ORIGINATOR_NOT_AUTHENTICATED;
-  const unsigned known =
-      M2MPSK_ORIGINATOR_AE_CREATE | M2MPSK_ORIGINATOR_ALLOW_UNSECURED_AE;
-  if (a == NULL || (flags & ~known) != 0)
+  if (a == NULL || (flags & ~ORIGINATOR_FLAGS) != 0)
     return M2MPSK_E_INVALID;
   if (m2mpsk_assoc_state(a) != M2MPSK_STATE_ESTABLISHED)
     return M2MPSK_E_STATE;

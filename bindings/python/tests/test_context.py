@@ -122,19 +122,19 @@ def test_wrap_socket_non_blocking_select_loop():
             s.do_handshake()  # nothing has arrived yet
         assert isinstance(e.value, ssl.SSLWantReadError)
         assert e.value.code == m2mpsk.E_AGAIN
-        todo = {c, s}
+        handshaking = {c, s}
         waits = 0
-        while todo:
+        while handshaking:
             r, w = [], []
-            for x in list(todo):
+            for x in list(handshaking):
                 try:
                     x.do_handshake()
-                    todo.discard(x)
+                    handshaking.discard(x)
                 except m2mpsk.WantRead:
                     r.append(x)
                 except m2mpsk.WantWrite:
                     w.append(x)
-            if todo:
+            if handshaking:
                 ready = select.select(r, w, [], T)
                 assert ready[0] or ready[1], "select timed out"
                 waits += 1
