@@ -14,6 +14,9 @@ import asyncio as _asyncio
 import errno as _errno
 
 
+_NEVER = float("inf")
+
+
 def _loop_ms(loop):
     return int(loop.time() * 1000)
 
@@ -131,15 +134,19 @@ class _Peer:
 
     def arm(self):
         """Sets the loop timer to the earlier of the library's next
-        timeout and our own deadline."""
+        timeout and our own deadline. A timer already set no later is
+        kept: when it fires early, _fire() sets the next one, so that a
+        busy peer does not cancel and make a timer per datagram."""
         if self.closing:
             return
         when = self.owner._deadline(self)
         t = self.assoc.next_timeout()
         if t is not None:
             when = min(when, t / 1000.0)
+        if when == _NEVER:
+            return
         if self.timer is not None:
-            if self.timer_at == when:
+            if self.timer_at <= when:
                 return
             self.timer.cancel()
         self.timer_at = when
@@ -304,6 +311,7 @@ class DTLSServer:
         self._cookies = True
         self.cookies_sent = 0
         self.dropped = 0
+        self.replaced = 0
 
     def __repr__(self):
         return "<m2mpsk.DTLSServer sockname=%r peers=%d>" % (
@@ -342,27 +350,53 @@ class DTLSServer:
     def _datagram(self, data, addr):
         peer = self._peers.get(addr)
         if peer is not None:
-            peer.receive(data)
-            return
-        if self._endpoint.transport.is_closing() or not _is_client_hello(data) \
+            if not self._restarted(peer, data):
+                peer.receive(data)
+                return
+        elif self._endpoint.transport.is_closing() or not _is_client_hello(data) \
                 or len(self._peers) >= self.max_peers:
             self.dropped += 1
             return
-        cfg = self.context.config
         tag = _peer_tag(addr)
         if self._cookies:
-            try:
-                hvr = cfg.dtls_listen(tag, data)
-            except Error as e:
-                if e.code != E_UNSUPPORTED:
-                    self.dropped += 1
-                    return
-                self._cookies = False  # BoringSSL: no cookie exchange
-                hvr = None
+            hvr = self._listen(tag, data)
+            if hvr is False:
+                self.dropped += 1
+                return
             if hvr is not None:
                 self._send(hvr, addr)
                 self.cookies_sent += 1
                 return
+        if peer is not None:
+            # The peer restarted on the same address and proved it with a
+            # cookie (RFC 6347 4.2.8): its old association goes.
+            self.replaced += 1
+            peer.shutdown(ConnectionResetError("the peer started a new handshake"),
+                          notify=False)
+        self._open(addr, tag, data)
+
+    def _listen(self, tag, data):
+        """dtls_listen(): the HelloVerifyRequest, None for a valid cookie
+        (or no cookie exchange), False to drop the datagram."""
+        try:
+            return self.context.config.dtls_listen(tag, data)
+        except Error as e:
+            if e.code != E_UNSUPPORTED:
+                return False
+            self._cookies = False  # BoringSSL: no cookie exchange
+            return None
+
+    def _restarted(self, peer, data):
+        """True for a ClientHello of epoch 0 from an established peer that
+        is not a copy of the one that opened its association: a client
+        that restarted on the same address. Only with cookies, the proof
+        that it owns the address; else the old association stays until
+        its idle timeout."""
+        return (self._cookies and peer.protocol is not None and _is_client_hello(data)
+                and data[3:5] == b"\0\0" and data[27:59] != peer.hello_random)
+
+    def _open(self, addr, tag, data):
+        cfg = self.context.config
         try:
             a = Association(ROLE_RESPONDER, TRANSPORT_DTLS, cfg, self.context.keystore)
         except Error:
@@ -376,6 +410,7 @@ class DTLSServer:
             self.dropped += 1
             return
         peer = _Peer(self, self._loop, a, addr, self._send, True)
+        peer.hello_random = data[27:59]
         self._peers[addr] = peer
         peer.receive(data)
 
@@ -462,7 +497,7 @@ class _Client:
         self._loop = loop
         self._factory = protocol_factory
         self.handshake_timeout = handshake_timeout
-        self.idle_timeout = float("inf")
+        self.idle_timeout = _NEVER
         self.peer = None
         self.endpoint = None
         self.opened = loop.create_future()
@@ -473,7 +508,7 @@ class _Client:
     def _deadline(self, peer):
         if peer.protocol is None:
             return peer.born + self.handshake_timeout
-        return float("inf")
+        return _NEVER
 
     def _send(self, data, addr):
         t = self.endpoint.transport
