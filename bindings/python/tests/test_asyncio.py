@@ -31,9 +31,17 @@ def rss_kib():
     return 0
 
 
-def contexts(key_b=KEY, records=((KPSA_ID, None),)):
+# The engines this process loads: the tests whose behaviour depends on the
+# engine run on each (BoringSSL's DTLS has no cookie exchange).
+ENGINES = [pytest.param(e, id=m2mpsk.engine_name(e))
+           for e in (m2mpsk.ENGINE_BORINGSSL, m2mpsk.ENGINE_OPENSSL)
+           if m2mpsk.engine_available(e)]
+
+
+def contexts(key_b=KEY, records=((KPSA_ID, None),), engine=m2mpsk.ENGINE_AUTO):
     """(client context, server context) over the same records (KpsaID,
-    IdA); the server's key can differ, to make a handshake fail."""
+    IdA), both on `engine`; the server's key can differ, to make a
+    handshake fail."""
     ks_a = m2mpsk.Keystore()
     ks_b = m2mpsk.Keystore()
     for kid, ida in records:
@@ -41,7 +49,18 @@ def contexts(key_b=KEY, records=((KPSA_ID, None),)):
         ks_b.add(kid, key_b, ida, IDB)
     srv = m2mpsk.Context(server_side=True, keystore=ks_b)
     srv.config.add_local_id(IDB)
-    return m2mpsk.Context(keystore=ks_a, kpsa_id=records[0][0]), srv
+    cli = m2mpsk.Context(keystore=ks_a, kpsa_id=records[0][0])
+    for c in (cli, srv):
+        c.config.set_engine(engine)
+    return cli, srv
+
+
+def has_cookies(engine):
+    """Whether a DTLS server on `engine` answers with cookies: OpenSSL does,
+    and AUTO runs DTLS responders on it when it loads."""
+    if engine == m2mpsk.ENGINE_AUTO:
+        engine = m2mpsk.ENGINE_OPENSSL
+    return engine == m2mpsk.ENGINE_OPENSSL and m2mpsk.engine_available(engine)
 
 
 async def tls_server(srv_ctx, handle, **kw):
@@ -52,9 +71,10 @@ async def tls_server(srv_ctx, handle, **kw):
 # TLS
 
 
-def test_tls_echo_identity_and_originator_check():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_tls_echo_identity_and_originator_check(engine):
     async def main():
-        cli, srv = contexts()
+        cli, srv = contexts(engine=engine)
         seen = {}
 
         async def handle(reader, writer):
@@ -80,6 +100,7 @@ def test_tls_echo_identity_and_originator_check():
             assert o.server_hostname == "m2m.example.com"
             assert o.compression() is None and o.selected_alpn_protocol() is None
             assert o.shared_ciphers() is None and o.version() == "TLSv1.2"
+            assert o.engine() == engine
             assert writer.get_extra_info("sslcontext") is cli
             writer.write(b"hello over psk\n")
             await writer.drain()
@@ -261,10 +282,6 @@ class Peer(asyncio.DatagramProtocol):
             self.lost.set_result(exc)
 
 
-def engine_has_cookies():
-    return m2mpsk.engine_available(m2mpsk.ENGINE_OPENSSL)
-
-
 class Raw(asyncio.DatagramProtocol):
     """A plain UDP endpoint with a queue, to send what a DTLS client would
     not (no cookie, garbage) and to drop a flight on purpose."""
@@ -296,13 +313,14 @@ def htype(d):
     return d[13] if len(d) > 13 and d[0] == 22 else None
 
 
-def test_dtls_server_50_peers_on_one_socket():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_dtls_server_50_peers_on_one_socket(engine):
     n = 50
     records = [("dev%02d@onem2m.com" % i, "//m2m.example.com/cse-in/Cae%d" % i)
                for i in range(n)]
 
     async def main():
-        cli, srv = contexts(records=records)
+        cli, srv = contexts(records=records, engine=engine)
         seen = []
         server = await m2mpsk.create_dtls_server(srv, lambda: Peer(echo=True, seen=seen),
                                                  ("127.0.0.1", 0))
@@ -313,6 +331,7 @@ def test_dtls_server_50_peers_on_one_socket():
                 t, p = await m2mpsk.create_dtls_connection(cli, Peer, addr,
                                                            kpsa_id=records[i][0])
                 assert t.get_extra_info("ssl_object").peer_id() == IDB
+                assert t.get_extra_info("ssl_object").engine() == engine
                 assert t.get_extra_info("peername") == addr
                 t.write(b"hello %d" % i)
                 return t, await asyncio.wait_for(p.queue.get(), 5)
@@ -325,7 +344,7 @@ def test_dtls_server_50_peers_on_one_socket():
                 assert reply == (records[i][1] + " hello %d" % i).encode()
             assert sorted(seen) == sorted(ida for _, ida in records)
             # every peer went through the cookie exchange first
-            assert server.cookies_sent == (n if engine_has_cookies() else 0)
+            assert server.cookies_sent == (n if has_cookies(engine) else 0)
             for t, _ in got:
                 t.close()
                 assert t.is_closing()
@@ -334,7 +353,8 @@ def test_dtls_server_50_peers_on_one_socket():
                     break
                 await asyncio.sleep(0.01)
             assert server.peer_count() == 0
-        print("\n%d DTLS peers on one socket: %.2f s" % (n, elapsed))
+        print("\n%d DTLS peers on one socket (%s): %.2f s" %
+              (n, m2mpsk.engine_name(engine), elapsed))
 
     run(main(), timeout=20)
 
@@ -364,9 +384,10 @@ def test_dtls_server_checks_the_originator():
     run(main())
 
 
-def test_dtls_wrong_key_raises_handshake_failed():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_dtls_wrong_key_raises_handshake_failed(engine):
     async def main():
-        cli, srv = contexts(key_b=bytes(32))
+        cli, srv = contexts(key_b=bytes(32), engine=engine)
         async with await m2mpsk.create_dtls_server(srv, Peer, ("127.0.0.1", 0)) as server:
             with pytest.raises(m2mpsk.HandshakeFailed) as e:
                 await m2mpsk.create_dtls_connection(cli, Peer, server.sockname)
@@ -378,16 +399,26 @@ def test_dtls_wrong_key_raises_handshake_failed():
     run(main())
 
 
-@pytest.mark.skipif(not engine_has_cookies(), reason="no engine with the cookie exchange")
-def test_dtls_client_hello_without_cookie_creates_no_state():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_dtls_client_hello_without_cookie_creates_no_state(engine):
     async def main():
-        cli, srv = contexts()
+        cli, srv = contexts(engine=engine)
         async with await m2mpsk.create_dtls_server(srv, Peer, ("127.0.0.1", 0)) as server:
             raw = await raw_endpoint(server.sockname)
             a = m2mpsk.Association(m2mpsk.ROLE_INITIATOR, DTLS, cli.config, cli.keystore,
                                    KPSA_ID)
             a.start(now_ms())
             ch1 = a.drain()
+            if not has_cookies(engine):
+                # BoringSSL: no cookie exchange, so the first ClientHello
+                # makes the association (bounded by max_peers and
+                # handshake_timeout), as documented.
+                raw.transport.sendto(ch1)
+                assert htype(await raw.recv()) == 2
+                assert server.peer_count() == 1 and server.cookies_sent == 0
+                a.close()
+                raw.transport.close()
+                return
             for _ in range(3):  # a flood of cookie-less ClientHellos
                 raw.transport.sendto(ch1)
                 hvr = await raw.recv()
@@ -480,9 +511,10 @@ def test_dtls_garbage_is_ignored():
     run(main())
 
 
-def test_dtls_server_retransmits_a_dropped_flight():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_dtls_server_retransmits_a_dropped_flight(engine):
     async def main():
-        cli, srv = contexts()
+        cli, srv = contexts(engine=engine)
         async with await m2mpsk.create_dtls_server(srv, lambda: Peer(echo=True),
                                                    ("127.0.0.1", 0)) as server:
             raw = await raw_endpoint(server.sockname)
@@ -561,5 +593,72 @@ def test_dtls_arguments_are_checked():
                 t.write(b"after close")
             assert e.value.code == m2mpsk.E_INVALID
             assert await asyncio.wait_for(p.lost, 3) is None
+
+    run(main())
+
+
+def test_dtls_connection_to_a_closed_port_is_refused():
+    async def main():
+        cli, _ = contexts()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            addr = u.getsockname()
+        with pytest.raises(ConnectionRefusedError):
+            await m2mpsk.create_dtls_connection(cli, Peer, addr)
+
+    run(main())
+
+
+def test_dtls_server_close_ends_every_peer():
+    async def main():
+        cli, srv = contexts()
+        server_lost = []
+
+        class Server(Peer):
+            def connection_lost(self, exc):
+                server_lost.append(exc)
+
+        server = await m2mpsk.create_dtls_server(srv, Server, ("127.0.0.1", 0))
+        ends = [await m2mpsk.create_dtls_connection(cli, Peer, server.sockname)
+                for _ in range(3)]
+        assert server.is_serving() and server.peer_count() == 3
+        server.close()
+        await server.wait_closed()
+        assert not server.is_serving() and server.peer_count() == 0
+        for t, p in ends:  # each got its close_notify
+            assert await asyncio.wait_for(p.lost, 3) is None and t.is_closing()
+        await asyncio.sleep(0)
+        assert server_lost == [None] * 3
+
+    run(main())
+
+
+@pytest.mark.skipif(not has_cookies(m2mpsk.ENGINE_AUTO), reason="needs the cookie exchange")
+def test_dtls_client_restarting_on_the_same_address_replaces_its_association():
+    async def main():
+        cli, srv = contexts()
+        lost = []
+
+        class Server(Peer):
+            def connection_lost(self, exc):
+                lost.append(exc)
+
+        async with await m2mpsk.create_dtls_server(srv, lambda: Server(echo=True),
+                                                   ("127.0.0.1", 0)) as server:
+            t1, p1 = await m2mpsk.create_dtls_connection(cli, Peer, server.sockname)
+            here = t1.get_extra_info("sockname")
+            t1.abort()  # the client forgets its association, sending nothing
+            await asyncio.sleep(0.05)
+            assert server.peer_count() == 1
+            t2, p2 = await m2mpsk.create_dtls_connection(cli, Peer, server.sockname,
+                                                         local_addr=here)
+            assert t2.get_extra_info("sockname") == here
+            assert server.replaced == 1 and server.peer_count() == 1
+            await asyncio.sleep(0)
+            assert len(lost) == 1 and isinstance(lost[0], ConnectionResetError)
+            t2.write(b"again")
+            assert await asyncio.wait_for(p2.queue.get(), 3) == \
+                ("12-%s again" % KPSA_ID).encode()
+            t2.close()
 
     run(main())
