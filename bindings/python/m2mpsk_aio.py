@@ -69,9 +69,8 @@ class DTLSTransport(_asyncio.BaseTransport):
 
     def write(self, data):
         """Encrypts `data` into one record and sends it to the peer, as
-        DatagramTransport.sendto() does. Raises Error (E_INVALID) once the
-        transport is closed, and Error with E_LIMIT or E_INVALID for data
-        larger than a record."""
+        DatagramTransport.sendto() does: at most 16384 bytes (one record),
+        else Error with E_INVALID, as once the transport is closed."""
         if data is None:
             raise _invalid("data is None")
         p = self._peer

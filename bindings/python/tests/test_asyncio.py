@@ -584,10 +584,21 @@ def test_dtls_arguments_are_checked():
         with pytest.raises(m2mpsk.Error) as e:
             await m2mpsk.create_dtls_connection(m2mpsk.Context(), Peer, ("127.0.0.1", 9))
         assert e.value.code == m2mpsk.E_INVALID  # no KpsaID
-        async with await m2mpsk.create_dtls_server(srv, Peer, ("127.0.0.1", 0)) as server:
+        sizes = asyncio.Queue()
+
+        class Sizes(Peer):
+            def datagram_received(self, data, addr):
+                sizes.put_nowait(len(data))
+
+        async with await m2mpsk.create_dtls_server(srv, Sizes, ("127.0.0.1", 0)) as server:
             t, p = await m2mpsk.create_dtls_connection(cli, Peer, server.sockname)
             with pytest.raises(m2mpsk.Error):
                 t.sendto(b"x", ("127.0.0.1", 1))  # not its peer
+            with pytest.raises(m2mpsk.Error) as e:
+                t.write(bytes(16385))  # more than a record
+            assert e.value.code == m2mpsk.E_INVALID
+            t.sendto(bytes(16384), t.get_extra_info("peername"))
+            assert await asyncio.wait_for(sizes.get(), 3) == 16384
             t.close()
             with pytest.raises(m2mpsk.Error) as e:
                 t.write(b"after close")
