@@ -125,7 +125,7 @@ class _Peer:
         self.timer_at = None
         self.last = loop.time()
         self.born = self.last
-        self.deadline = None
+        self.hello_random = None  # the server's: of the opening ClientHello
 
     def flush(self):
         while out := self.assoc.drain():
@@ -141,7 +141,9 @@ class _Peer:
         when = self.owner._deadline(self)
         t = self.assoc.next_timeout()
         if t is not None:
-            when = min(when, t / 1000.0)
+            # A millisecond late, so that the whole millisecond has passed
+            # on the clock handed to the library when the timer fires.
+            when = min(when, (t + 1) / 1000.0)
         if when == _NEVER:
             return
         if self.timer is not None:
@@ -515,8 +517,13 @@ class _Client:
             t.sendto(data)
 
     def _established(self, peer):
-        peer.protocol = self._factory()
-        peer.protocol.connection_made(peer.transport)
+        try:
+            peer.protocol = self._factory()
+            peer.protocol.connection_made(peer.transport)
+        except Exception as e:
+            peer.protocol = None
+            peer.shutdown(e, notify=True)  # create_dtls_connection() raises it
+            return
         if not self.opened.done():
             self.opened.set_result((peer.transport, peer.protocol))
 

@@ -699,3 +699,43 @@ def test_dtls_client_restarting_on_the_same_address_replaces_its_association():
             t2.close()
 
     run(main())
+
+
+def test_dtls_protocol_exceptions_go_to_the_loop():
+    async def main():
+        cli, srv = contexts()
+        loop = asyncio.get_running_loop()
+        reported = []
+        loop.set_exception_handler(lambda loop, ctx: reported.append(ctx["exception"]))
+
+        class Broken(Peer):
+            def connection_made(self, transport):
+                raise RuntimeError("connection_made")
+
+        class Moody(Peer):
+            def datagram_received(self, data, addr):
+                if data == b"raise":
+                    raise RuntimeError("datagram_received")
+                self.transport.write(data)
+
+        # a client whose protocol fails: create_dtls_connection() raises
+        async with await m2mpsk.create_dtls_server(srv, Moody, ("127.0.0.1", 0)) as server:
+            with pytest.raises(RuntimeError, match="connection_made"):
+                await m2mpsk.create_dtls_connection(cli, Broken, server.sockname)
+            # a server protocol that raises: reported, its peer and the
+            # others go on
+            a = [await m2mpsk.create_dtls_connection(cli, Peer, server.sockname)
+                 for _ in range(2)]
+            a[0][0].write(b"raise")
+            for t, p in a:
+                t.write(b"fine")
+                assert await asyncio.wait_for(p.queue.get(), 3) == b"fine"
+            assert [str(e) for e in reported] == ["datagram_received"]
+        # a server protocol that fails in connection_made: reported, and the
+        # client is sent close_notify
+        async with await m2mpsk.create_dtls_server(srv, Broken, ("127.0.0.1", 0)) as server:
+            t, p = await m2mpsk.create_dtls_connection(cli, Peer, server.sockname)
+            assert await asyncio.wait_for(p.lost, 3) is None
+            assert str(reported[-1]) == "connection_made" and server.peer_count() == 0
+
+    run(main())
