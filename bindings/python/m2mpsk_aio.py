@@ -7,7 +7,7 @@
 # Each peer is one association, shaped for asyncio as a transport
 # (DTLSTransport) and the application's protocol (an
 # asyncio.DatagramProtocol: connection_made, datagram_received(data, addr),
-# error_received, connection_lost). The retransmission timers run on the
+# connection_lost). The retransmission timers run on the
 # loop (call_at), on the loop's clock, which is the one handed to the
 # library as now_ms.
 import asyncio as _asyncio

@@ -625,9 +625,14 @@ def test_dtls_arguments_are_checked():
             assert e.value.code == m2mpsk.E_INVALID
             t.sendto(bytes(16384), t.get_extra_info("peername"))
             assert await asyncio.wait_for(sizes.get(), 3) == 16384
+            o = t.get_extra_info("ssl_object")
+            assert o.peer_id() == IDB and o.pending() == 0
             t.close()
             with pytest.raises(m2mpsk.Error) as e:
                 t.write(b"after close")
+            assert e.value.code == m2mpsk.E_INVALID
+            with pytest.raises(m2mpsk.Error) as e:
+                o.peer_id()  # the association is freed
             assert e.value.code == m2mpsk.E_INVALID
             assert await asyncio.wait_for(p.lost, 3) is None
 
