@@ -185,6 +185,22 @@ def test_tls_wrong_key_raises_handshake_failed():
     assert ev.kpsa_id() == KPSA_ID
 
 
+def test_tls_ssl_handshake_timeout_bounds_a_silent_client():
+    async def main():
+        _, srv = contexts()
+        called = []
+        server, port = await tls_server(srv, lambda r, w: called.append(w),
+                                        ssl_handshake_timeout=0.3)
+        async with server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)  # plain TCP
+            t0 = time.monotonic()
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # the server gave up
+            assert 0.25 <= time.monotonic() - t0 < 5 and not called
+            writer.close()
+
+    run(main())
+
+
 def test_start_tls_refuses_a_context():
     """loop.start_tls() is the one place asyncio checks for ssl.SSLContext
     (docs/python.md): upgrading a plain connection is not supported."""
