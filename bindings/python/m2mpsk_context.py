@@ -23,6 +23,18 @@ class WantWrite(Error, _ssl.SSLWantWriteError):
     it: its outgoing MemoryBIO is unbounded."""
 
 
+class HandshakeFailed(Failed, _ssl.SSLError):
+    """The handshake of a PSKObject failed (code E_FAILED; reason says
+    why: REASON_BAD_KEY, REASON_UNKNOWN_IDENTITY, REASON_PEER_ALERT...).
+    Also an ssl.SSLError, as ssl.SSLObject.do_handshake() raises, so that
+    asyncio ends the connection quietly and open_connection() raises it."""
+
+
+class ZeroReturn(Closed, _ssl.SSLZeroReturnError):
+    """A PSKObject's write() after the peer's close_notify (code E_CLOSED).
+    Also an ssl.SSLZeroReturnError, as ssl.SSLObject.write() raises then."""
+
+
 def _now_ms():
     return int(_time.monotonic() * 1000)
 
@@ -197,24 +209,30 @@ class Context:
         if incoming is None or outgoing is None:
             raise _invalid("incoming or outgoing is None")
         side = self.server_side if server_side is None else bool(server_side)
-        return PSKObject(self, incoming, outgoing, side, kpsa_id)
+        return PSKObject(self, incoming, outgoing, side, kpsa_id,
+                         None if side else server_hostname)
 
 
 class PSKObject(_Bound):
     """ssl.SSLObject's shape over two ssl.MemoryBIO objects: no I/O of its
     own. do_handshake(), read() and write() raise WantRead when they need
     more bytes in `incoming`; what they produce is in `outgoing` when they
-    return or raise. A failed handshake or record raises Failed, after
-    writing the alert to `outgoing`. close() frees the association (with
-    also closes it); anything left is freed by the collector."""
+    return or raise. A failed handshake raises HandshakeFailed, a failed
+    record Failed, after writing the alert to `outgoing`. close() frees the
+    association (with also closes it); anything left is freed by the
+    collector. Complete enough for asyncio's SSL protocol: a Context is
+    accepted as ssl= by asyncio.open_connection() and start_server(), and
+    the stream's get_extra_info("ssl_object") is this object."""
 
-    def __init__(self, context, incoming, outgoing, server_side, kpsa_id=None):
+    def __init__(self, context, incoming, outgoing, server_side, kpsa_id=None,
+                 server_hostname=None):
         self._assoc = None
         self._rbuf = bytearray()
         self._peer_closed = False
         self._incoming = incoming
         self._outgoing = outgoing
         self.server_side = server_side
+        self.server_hostname = server_hostname
         self.context = context
         self._assoc = self._new_assoc(context, server_side, kpsa_id)
 
@@ -261,15 +279,21 @@ class PSKObject(_Bound):
         a = self._assoc_or_raise()
         self._start()
         self._flush()
-        while a.state() == STATE_HANDSHAKING:
-            self._timers()
-            if not self._pump():
-                if self._incoming.eof:
-                    raise Failed(E_FAILED, REASON_PROTOCOL,
-                                 "the peer closed the connection during the handshake")
-                raise WantRead(E_AGAIN, REASON_NONE, "the handshake needs the peer's bytes")
+        try:
+            while a.state() == STATE_HANDSHAKING:
+                self._timers()
+                if not self._pump():
+                    if self._incoming.eof:
+                        raise HandshakeFailed(
+                            E_FAILED, REASON_PROTOCOL,
+                            "the peer closed the connection during the handshake")
+                    raise WantRead(E_AGAIN, REASON_NONE, "the handshake needs the peer's bytes")
+        except Failed as e:
+            if isinstance(e, HandshakeFailed):
+                raise
+            raise HandshakeFailed(e.code, e.reason, e.detail) from None
         if a.state() == STATE_FAILED:
-            raise Failed(E_FAILED, a.failure(), a.failure_detail())
+            raise HandshakeFailed(E_FAILED, a.failure(), a.failure_detail())
 
     def read(self, len=1024, buffer=None):
         """Returns up to `len` bytes of application data, or with `buffer`
@@ -306,14 +330,34 @@ class PSKObject(_Bound):
 
     def write(self, data):
         """Encrypts `data` into `outgoing`; returns len(data). Runs the
-        handshake first when it has not completed (WantRead until then)."""
+        handshake first when it has not completed (WantRead until then).
+        Raises ZeroReturn after the peer's close_notify."""
         a = self._assoc_or_raise()
         if data is None:
             raise _invalid("data is None")
         self.do_handshake()
-        a.write(data)
+        try:
+            a.write(data)
+        except Closed as e:
+            raise ZeroReturn(e.code, e.reason, e.detail) from None
         self._flush()
         return memoryview(data).nbytes
+
+    def compression(self):
+        """None: TLS compression is never negotiated."""
+        self._assoc_or_raise()
+        return None
+
+    def selected_alpn_protocol(self):
+        """None: no ALPN protocol is negotiated."""
+        self._assoc_or_raise()
+        return None
+
+    def shared_ciphers(self):
+        """None: the library does not say which suites both ends offered
+        (suite() is the one negotiated)."""
+        self._assoc_or_raise()
+        return None
 
     def unwrap(self):
         """Sends close_notify into `outgoing` and returns None. Unlike

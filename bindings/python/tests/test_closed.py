@@ -112,10 +112,16 @@ def make(cls, keystore):
     return ev
 
 
+# asyncio's shapes follow asyncio's rules, not these: after close(),
+# is_closing() says so and write() raises Error with E_INVALID
+# (test_asyncio.py).
+ASYNCIO = {m2mpsk.DTLSServer, m2mpsk.DTLSTransport}
+
+
 def test_every_handle_class_is_covered():
     classes = {v for v in vars(m2mpsk).values()
                if inspect.isclass(v) and hasattr(v, "close") and v.__module__ == "m2mpsk"}
-    assert classes == set(HANDLES)
+    assert classes - ASYNCIO == set(HANDLES)
 
 
 @pytest.mark.parametrize("cls", HANDLES, ids=lambda c: c.__name__)

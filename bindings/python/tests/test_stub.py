@@ -1,6 +1,7 @@
 """The type hints in m2mpsk.pyi name exactly what the module has: every
 public name and method, and their parameters, in both directions."""
 import ast
+import asyncio
 import inspect
 import os
 import socket
@@ -26,7 +27,7 @@ def stub_names(body):
     for node in body:
         if isinstance(node, ast.AnnAssign):
             names[node.target.id] = node
-        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             names[node.name] = node
         elif isinstance(node, ast.Assign):
             for t in node.targets:
@@ -47,7 +48,9 @@ def test_module_names_match_the_stub():
 
 def params(fn):
     """Parameter names of a stub function node, without self."""
-    names = [a.arg for a in fn.args.args]
+    a = fn.args
+    names = [x.arg for x in a.args + ([a.vararg] if a.vararg else []) + a.kwonlyargs +
+             ([a.kwarg] if a.kwarg else [])]
     return [n for n in names if n != "self"]
 
 
@@ -60,6 +63,16 @@ def instance(name, made):
         return ctx
     if name == "PSKObject":
         o = ctx.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO())
+    elif name == "DTLSObject":
+        o = m2mpsk.DTLSObject(m2mpsk.Association(m2mpsk.ROLE_INITIATOR,
+                                                 m2mpsk.TRANSPORT_DTLS, ctx.config,
+                                                 ctx.keystore, KPSA_ID), False)
+        made.append(o.association)
+        return o
+    elif name == "DTLSServer":
+        loop = asyncio.new_event_loop()
+        made.append(loop)
+        return m2mpsk.DTLSServer(loop, ctx, object, 1, 1.0, 1.0)
     else:
         a, b = socket.socketpair()
         made.append(b)
@@ -82,7 +95,7 @@ def test_classes_and_signatures_match_the_stub():
     made = []
     for name, node in stub_names(stub_tree().body).items():
         obj = getattr(m2mpsk, name, None)
-        if isinstance(node, ast.FunctionDef):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             assert params(node) == list(inspect.signature(obj).parameters), name
         if not isinstance(node, ast.ClassDef) or issubclass(obj, BaseException):
             continue
@@ -90,12 +103,13 @@ def test_classes_and_signatures_match_the_stub():
         actual = public(own_names(obj)) - SWIG_MEMBERS
         assert sorted(actual - public(members)) == [], "%s: missing from the stub" % name
         for m, fn in members.items():
-            if isinstance(fn, ast.AnnAssign) and name in ("Context", "PSKObject", "PSKSocket"):
+            if isinstance(fn, ast.AnnAssign) and name in ("Context", "PSKObject", "PSKSocket",
+                                                          "DTLSObject", "DTLSServer"):
                 assert hasattr(instance(name, made), m), "%s.%s: no such attribute" % (name, m)
                 continue
             assert hasattr(obj, m), "%s.%s in the stub, not in the module" % (name, m)
             attr = getattr(obj, m)
-            if isinstance(fn, ast.FunctionDef) and callable(attr) and \
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) and callable(attr) and \
                     not any(isinstance(d, ast.Name) and d.id == "property"
                             for d in fn.decorator_list) and \
                     not m.startswith("__"):
