@@ -29,6 +29,15 @@ for name in ("__init__.pyi", "py.typed"):
     assert os.path.isfile(os.path.join(pkg_dir, name)), name
 expected = os.environ.get("M2MPSK_EXPECT_VERSION")
 assert expected is None or m2mpsk.version_string() == expected, m2mpsk.version_string()
+# The libm2mpsk that pkg-config named at build time, found without
+# LD_LIBRARY_PATH (the extension's RUNPATH).
+libdir = os.environ.get("M2MPSK_EXPECT_LIBDIR")
+if libdir:
+    with open("/proc/self/maps") as maps:
+        libs = {line.split()[-1] for line in maps if "/libm2mpsk.so" in line}
+    print("libm2mpsk:", " ".join(sorted(libs)))
+    want = os.path.realpath(libdir) + os.sep
+    assert libs and all(os.path.realpath(p).startswith(want) for p in libs), (libs, want)
 
 
 def contexts():
