@@ -9,6 +9,7 @@
 #   pip_install.sh other PREFIX              `source` with the first python3 on PATH that
 #                                            is not Debian's (pyenv); exit 77 when none
 #   pip_install.sh errors PREFIX             every documented build error: message, non-zero
+#   pip_install.sh typing PREFIX             `source`, then mypy --strict on typing/consumer_*.py
 #
 # The venvs get pip and setuptools from the interpreter (ensurepip; Debian:
 # python3-venv), and wheel from Debian's python3-wheel-whl, as the builds run
@@ -138,8 +139,42 @@ errors)
   PKG_CONFIG_LIBDIR=$work/old expect_failure "another version" \
     "but pkg-config found libm2mpsk 0.0.1"
   ;;
+typing)
+  # mypy finds the installed package through the venv's interpreter, and
+  # uses its hints only because of py.typed (PEP 561).
+  venv "$DEBIAN_PYTHON" "$work/venv"
+  PKG_CONFIG_PATH=$pcdir "$work/venv/bin/python" -m pip install -q --no-build-isolation \
+    --no-index "$work/src/bindings/python"
+  mypy=("$DEBIAN_PYTHON" -m mypy --strict --no-error-summary --python-executable
+        "$work/venv/bin/python" --cache-dir "$work/mypy-cache")
+  "$DEBIAN_PYTHON" -m mypy --version ||
+    { echo "no mypy for $DEBIAN_PYTHON (apt-get install mypy)"; exit 1; }
+  "${mypy[@]}" "$here/typing/consumer_ok.py" || { echo "FAIL consumer_ok.py"; exit 1; }
+  echo "consumer_ok.py: no errors"
+  rc=0
+  "${mypy[@]}" "$here/typing/consumer_bad.py" >"$work/bad" 2>&1 || rc=$?
+  cat "$work/bad"
+  got=$(sed -n 's/^[^:]*consumer_bad\.py:\([0-9]*\): error:.*/\1/p' "$work/bad" | sort -nu | tr '\n' ' ')
+  want=$(grep -n '# error:' "$here/typing/consumer_bad.py" | cut -d: -f1 | sort -nu | tr '\n' ' ')
+  if [ "$rc" -eq 0 ] || [ "$got" != "$want" ]; then
+    echo "FAIL consumer_bad.py: exit $rc, errors on lines $got, wanted on $want"
+    exit 1
+  fi
+  echo "consumer_bad.py: exit $rc, errors on exactly the marked lines ($want)"
+  # Without the marker the package is untyped to mypy: the right consumer
+  # fails too, so the test above did use the shipped hints.
+  rm "$work/venv/lib/"python3*/site-packages/m2mpsk/py.typed
+  rc=0
+  "${mypy[@]}" "$here/typing/consumer_ok.py" >"$work/untyped" 2>&1 || rc=$?
+  if [ "$rc" -eq 0 ] || ! grep -q 'missing library stubs or py.typed marker' "$work/untyped"; then
+    cat "$work/untyped"
+    echo "FAIL: without py.typed, mypy still typed m2mpsk (exit $rc)"
+    exit 1
+  fi
+  echo "without py.typed: exit $rc, $(grep -m1 -o 'missing library stubs or py.typed marker' "$work/untyped")"
+  ;;
 *)
-  echo "usage: $0 prefix|source|sdist|other|errors ..." >&2
+  echo "usage: $0 prefix|source|sdist|other|errors|typing ..." >&2
   exit 2
   ;;
 esac
