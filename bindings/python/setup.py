@@ -97,8 +97,8 @@ def pkg_config(*args):
     if run.returncode != 0:
         fail("pkg-config cannot find the module %s (%s): install libm2mpsk first, either the "
              "Debian package libm2mpsk-dev or `cmake --install build --prefix DIR`, and for a "
-             "DIR of your own set PKG_CONFIG_PATH=DIR/lib/pkgconfig (DIR/lib/<multiarch>/pkgconfig "
-             "on Debian). pkg-config said: %s"
+             "DIR of your own set PKG_CONFIG_PATH to the directory of its m2mpsk.pc "
+             "(DIR/lib/pkgconfig). pkg-config said: %s"
              % (PKG_CONFIG_MODULE, " ".join(args), run.stderr.strip() or "nothing"))
     return run.stdout.strip()
 

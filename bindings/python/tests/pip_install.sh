@@ -33,6 +33,11 @@ if [ "$mode" = prefix ]; then
   rm -rf "$3"
   cmake --install "$2" --prefix "$3" >/dev/null
   echo "libm2mpsk installed into $3"
+  # m2mpsk.pc names the prefix of the install, not of the configure.
+  pc=$(find "$3" -path '*/pkgconfig/m2mpsk.pc' | head -1)
+  got=$(PKG_CONFIG_PATH=$(dirname "$pc") pkg-config --variable=prefix m2mpsk)
+  echo "$pc: prefix=$got"
+  [ "$got" = "$3" ] || { echo "FAIL: m2mpsk.pc says prefix=$got, installed into $3"; exit 1; }
   exit 0
 fi
 
