@@ -290,7 +290,7 @@ for transport, name in ((m2mpsk.TRANSPORT_TLS, "TLS"), (m2mpsk.TRANSPORT_DTLS, "
             print(f"{name}: A bound to {a.peer_id()}, B bound to {b.peer_id()}"
                   f" (credential: {b.peer_id_is_credential()}), {a.version()} {a.suite()}")
 
-# The drop-in (m2mpsk_context.py, inserted into m2mpsk.py): both roles of
+# The drop-in (m2mpsk_context.py, inserted into m2mpsk/__init__.py): both roles of
 # Context.wrap_socket over loopback TCP, the responder in a thread.
 import socket, threading
 ks = m2mpsk.Keystore()

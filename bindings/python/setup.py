@@ -35,8 +35,10 @@ PKG_CONFIG_MODULE = "m2mpsk"
 # The interface m2mpsk.i and what it includes, relative to SWIG's include
 # directory: bindings/ in the source tree, swig/ in an sdist.
 INTERFACE = "m2mpsk.i"
-PYTHON_SWG = ("python/m2mpsk_python.swg", "python/m2mpsk_python_tail.swg")
-PYTHONCODE = re.compile(r'^\s*%pythoncode\s+"([^"]+)"', re.MULTILINE)
+INCLUDE = re.compile(r'^\s*%include\s+"([^"]+)"')
+PYTHONCODE = re.compile(r'^\s*%pythoncode\s+"([^"]+)"')
+CONDITION = re.compile(r"^\s*#\s*(if|ifdef|ifndef|elif|else|endif)\b(.*)")
+OTHER_LANGUAGE = re.compile(r"\bSWIG(?!PYTHON\b)[A-Z]+\b")
 
 
 def swig_root():
@@ -47,19 +49,48 @@ def swig_root():
     return HERE.parent
 
 
-def pythoncode_files(root):
-    """Every file that a `%pythoncode "file"` line of the interface or its
-    Python .swg files inserts into the proxy, relative to root."""
-    found = []
-    for name in (INTERFACE,) + PYTHON_SWG:
-        for rel in PYTHONCODE.findall((root / name).read_text(encoding="utf-8")):
-            if rel not in found:
-                found.append(rel)
-    return found
-
-
 def swig_inputs(root):
-    return [INTERFACE, *PYTHON_SWG, *pythoncode_files(root)]
+    """What SWIG reads from root for Python: the interface, the files it
+    %includes from root (the header comes from pkg-config's directories),
+    and the files a `%pythoncode "file"` line inserts, in the order found.
+    Branches of `#if`/`#elif` that name only another language's SWIG
+    symbol (SWIGJAVA) are left out."""
+    found = []
+
+    def walk(rel):
+        if rel in found:
+            return
+        found.append(rel)
+        active = []
+        for line in (root / rel).read_text(encoding="utf-8").splitlines():
+            cond = CONDITION.match(line)
+            if cond:
+                kw, expr = cond.groups()
+                other = bool(OTHER_LANGUAGE.search(expr)) and "SWIGPYTHON" not in expr
+                if kw in ("if", "ifdef"):
+                    active.append(not other)
+                elif kw == "ifndef":
+                    active.append(True)
+                elif kw == "elif" and active:
+                    active[-1] = not other
+                elif kw == "else" and active:
+                    active[-1] = True
+                elif kw == "endif" and active:
+                    active.pop()
+                continue
+            if not all(active):
+                continue
+            m = INCLUDE.match(line)
+            if m and (root / m.group(1)).is_file():
+                walk(m.group(1))
+            m = PYTHONCODE.match(line)
+            if m and m.group(1) not in found:
+                if not (root / m.group(1)).is_file():
+                    fail("%s: %%pythoncode names %s, not found under %s" % (rel, m.group(1), root))
+                found.append(m.group(1))
+
+    walk(INTERFACE)
+    return found
 
 
 def version():
