@@ -154,7 +154,10 @@ class BuildExt(build_ext):
         gen = Path(self.build_temp).resolve() / "swig"
         gen.mkdir(parents=True, exist_ok=True)
         incs = [f for f in cflags if f.startswith("-I")]
-        self.spawn([swig, "-python", "-doxygen", "-I%s" % root, *incs,
+        # pkg-config leaves out -I/usr/include (Debian's libm2mpsk-dev), which
+        # the compiler searches anyway and SWIG does not.
+        header_dir = "-I%s" % pkg_config("--variable=includedir")
+        self.spawn([swig, "-python", "-doxygen", "-I%s" % root, *incs, header_dir,
                     "-outdir", str(gen), "-o", str(gen / "m2mpsk_wrap.c"), str(root / INTERFACE)])
 
         ext = self.extensions[0]

@@ -6,6 +6,8 @@
 #   pip_install.sh prefix BUILD PREFIX       cmake --install BUILD --prefix PREFIX
 #   pip_install.sh source PREFIX [PYTHON]    pip install bindings/python in a fresh venv
 #   pip_install.sh sdist PREFIX              python3 -m build --sdist, then pip install it
+#   pip_install.sh system PREFIX             `source` with PREFIX/include as a system directory, as
+#                                            /usr/include is for Debian's libm2mpsk-dev
 #   pip_install.sh other PREFIX              `source` with the first python3 on PATH that
 #                                            is not Debian's (pyenv); exit 77 when none
 #   pip_install.sh errors PREFIX             every documented build error: message, non-zero
@@ -94,6 +96,15 @@ source)
   venv "${3:-$DEBIAN_PYTHON}" "$work/venv"
   install_and_run "$work/venv" "$work/src/bindings/python"
   ;;
+system)
+  # pkg-config prints no -I for a system include directory, and the
+  # compiler searches it by itself (CPATH stands in for that here).
+  export PKG_CONFIG_SYSTEM_INCLUDE_PATH=$prefix/include CPATH=$prefix/include
+  PKG_CONFIG_PATH=$pcdir pkg-config --cflags m2mpsk | grep -q -- "-I" &&
+    { echo "pkg-config still prints -I: not the system-header case"; exit 1; }
+  venv "$DEBIAN_PYTHON" "$work/venv"
+  install_and_run "$work/venv" "$work/src/bindings/python"
+  ;;
 other)
   other=""
   while read -r py; do
@@ -179,7 +190,7 @@ typing)
   echo "without py.typed: exit $rc, $(grep -m1 -o 'missing library stubs or py.typed marker' "$work/untyped")"
   ;;
 *)
-  echo "usage: $0 prefix|source|sdist|other|errors|typing ..." >&2
+  echo "usage: $0 prefix|source|system|sdist|other|errors|typing ..." >&2
   exit 2
   ;;
 esac
