@@ -14,8 +14,10 @@ The package, as the CMake build lays it out in the build tree:
   m2mpsk/py.typed      PEP 561: the hints are to be used
 
 A libm2mpsk outside the loader's search path (a --prefix of its own) is
-found at run time through an RPATH to the directory pkg-config names with
+found at run time through a RUNPATH to the directory pkg-config names with
 -L; pkg-config prints no -L for the system's own library directories.
+Editable installs (pip install -e) are refused: the package exists only
+as laid out here.
 """
 
 import os
@@ -138,6 +140,10 @@ class BuildExt(build_ext):
     """Runs SWIG on m2mpsk.i, compiles its wrapper, and lays the package out."""
 
     def run(self):
+        if self.inplace:
+            fail("editable installs (pip install -e) are not supported: the package is made "
+                 "at build time (SWIG's proxy becomes m2mpsk/__init__.py); use pip install, "
+                 "or the CMake build tree's m2mpsk-python directory on PYTHONPATH.")
         root = swig_root()
         swig = os.environ.get("SWIG", "swig")
         if shutil.which(swig) is None:

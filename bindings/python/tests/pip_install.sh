@@ -74,10 +74,11 @@ install_and_run() {
      "$1/bin/python" -I "$here/pip_consumer.py")
 }
 
-# expect_failure WHAT TEXT: the install fails (non-zero) and says TEXT.
+# expect_failure WHAT TEXT [PIP-OPTION]: the install fails (non-zero) and
+# says TEXT.
 expect_failure() {
   local rc=0
-  "$work/venv/bin/python" -m pip install --no-build-isolation --no-index \
+  "$work/venv/bin/python" -m pip install --no-build-isolation --no-index ${3:-} \
     "$work/src/bindings/python" >"$work/out" 2>&1 || rc=$?
   if [ "$rc" -eq 0 ] || ! grep -qF "$2" "$work/out"; then
     cat "$work/out"
@@ -151,6 +152,8 @@ errors)
     "m2mpsk: pkg-config cannot find the module m2mpsk"
   PKG_CONFIG=$work/none/pkg-config expect_failure "no pkg-config" "m2mpsk: pkg-config not found"
   SWIG=$work/none/swig PKG_CONFIG_PATH=$pcdir expect_failure "no swig" "m2mpsk: SWIG not found"
+  PKG_CONFIG_PATH=$pcdir expect_failure "pip install -e" \
+    "m2mpsk: editable installs (pip install -e) are not supported" -e
   sed 's/^Version: .*/Version: 0.0.1/' "$pcfile" >"$work/old/m2mpsk.pc"
   PKG_CONFIG_LIBDIR=$work/old expect_failure "another version" \
     "but pkg-config found libm2mpsk 0.0.1"
