@@ -59,6 +59,10 @@ rm -rf "$work/src/bindings/python/build" "$work/src/bindings/python/"*.egg-info
 # venv PYTHON DIR: a fresh venv with pip, setuptools and wheel, offline.
 venv() {
   "$1" -m venv "$2"
+  # Python 3.12 and later make venvs without setuptools; offline, there is
+  # none to give them (Debian's wheel is patched for Debian's interpreter).
+  "$2/bin/python" -c 'import setuptools' 2>/dev/null ||
+    { echo "the venv of $1 has no setuptools (Python 3.12+): pip install setuptools into it first"; exit 1; }
   [ -e "${WHEEL_WHL[0]}" ] ||
     { echo "no wheel in /usr/share/python-wheels (apt-get install python3-wheel-whl)"; exit 1; }
   "$2/bin/python" -m pip install -q --no-index "${WHEEL_WHL[0]}"
