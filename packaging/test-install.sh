@@ -257,10 +257,16 @@ consumer_python() {
   mkdir -p "$work/py"
   (cd "$work/py" && env -i PATH=/usr/bin:/bin LC_ALL=C.UTF-8 \
      /usr/bin/python3 -I -c '
+import os
 import m2mpsk
 
 print("module", m2mpsk.__file__, "from", m2mpsk._m2mpsk.__file__)
-assert m2mpsk.__file__.startswith("/usr/lib/python3/dist-packages/")
+# The package m2mpsk/: the SWIG proxy as __init__.py, the extension, the
+# hints and py.typed (PEP 561) beside them.
+pkg = "/usr/lib/python3/dist-packages/m2mpsk/"
+assert m2mpsk.__file__ == pkg + "__init__.py", m2mpsk.__file__
+assert m2mpsk._m2mpsk.__file__.startswith(pkg), m2mpsk._m2mpsk.__file__
+assert os.path.isfile(pkg + "__init__.pyi") and os.path.isfile(pkg + "py.typed")
 print("m2mpsk", m2mpsk.version_string(), "backend", m2mpsk.backend_name())
 IDB = "//m2m.example.com/cse-in"
 for transport, name in ((m2mpsk.TRANSPORT_TLS, "TLS"), (m2mpsk.TRANSPORT_DTLS, "DTLS")):
@@ -284,7 +290,7 @@ for transport, name in ((m2mpsk.TRANSPORT_TLS, "TLS"), (m2mpsk.TRANSPORT_DTLS, "
             print(f"{name}: A bound to {a.peer_id()}, B bound to {b.peer_id()}"
                   f" (credential: {b.peer_id_is_credential()}), {a.version()} {a.suite()}")
 
-# The drop-in (m2mpsk_context.py, inserted into m2mpsk.py): both roles of
+# The drop-in (m2mpsk_context.py, inserted into m2mpsk/__init__.py): both roles of
 # Context.wrap_socket over loopback TCP, the responder in a thread.
 import socket, threading
 ks = m2mpsk.Keystore()
