@@ -6,11 +6,11 @@ import java.net.SocketTimeoutException;
 import java.nio.charset.StandardCharsets;
 import java.util.Arrays;
 import java.util.UUID;
-import m2mpsk.Association;
-import m2mpsk.Config;
-import m2mpsk.Keystore;
-import m2mpsk.M2mpsk;
-import m2mpsk.M2mpskException;
+import org.m2mpsk.Association;
+import org.m2mpsk.Config;
+import org.m2mpsk.Keystore;
+import org.m2mpsk.M2mpsk;
+import org.m2mpsk.M2mpskException;
 
 /**
  * Entity A registers an AE with its Registrar CSE over an m2mpsk security

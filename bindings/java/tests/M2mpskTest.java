@@ -30,12 +30,12 @@ import java.util.jar.JarEntry;
 import java.util.jar.JarFile;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
-import m2mpsk.Association;
-import m2mpsk.Config;
-import m2mpsk.Event;
-import m2mpsk.Keystore;
-import m2mpsk.M2mpsk;
-import m2mpsk.M2mpskException;
+import org.m2mpsk.Association;
+import org.m2mpsk.Config;
+import org.m2mpsk.Event;
+import org.m2mpsk.Keystore;
+import org.m2mpsk.M2mpsk;
+import org.m2mpsk.M2mpskException;
 import org.junit.Test;
 
 /** The Java binding: in-memory handshakes, error paths, limits and events,
@@ -1051,7 +1051,7 @@ public class M2mpskTest {
     try (JarFile j = new JarFile(jar)) {
       for (JarEntry e : java.util.Collections.list(j.entries())) {
         String n = e.getName();
-        if (!n.startsWith("m2mpsk/") || !n.endsWith(".class")) continue;
+        if (!n.startsWith("org/m2mpsk/") || !n.endsWith(".class")) continue;
         Class<?> c = Class.forName(n.substring(0, n.length() - 6).replace('/', '.'));
         if (AutoCloseable.class.isAssignableFrom(c)) handles.add(c);
       }
