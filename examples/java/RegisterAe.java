@@ -29,9 +29,6 @@ import org.m2mpsk.M2mpskException;
  * I/O errors, 3 when the CSE closed without answering.
  */
 public class RegisterAe {
-  static {
-    System.loadLibrary("m2mpskjni");
-  }
 
   static long now() {
     return System.nanoTime() / 1_000_000;

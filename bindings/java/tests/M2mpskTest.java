@@ -43,9 +43,6 @@ import org.junit.Test;
  * cookies (with the backend M2MPSK_TLS names), and real sockets against
  * openssl s_server -psk. */
 public class M2mpskTest {
-  static {
-    System.loadLibrary("m2mpskjni");
-  }
 
   static final String KPSA_ID = "test@onem2m.com";
   /** The TLS backend this build is expected to have: ctest passes the
