@@ -11,6 +11,7 @@ import org.m2mpsk.Config;
 import org.m2mpsk.Keystore;
 import org.m2mpsk.M2mpsk;
 import org.m2mpsk.M2mpskException;
+import org.m2mpsk.M2mpskHandshakeException;
 
 /**
  * Entity A registers an AE with its Registrar CSE over an m2mpsk security
@@ -128,7 +129,7 @@ public class RegisterAe {
             else if (got.length == 0) throw new IllegalStateException("handshake: the peer closed");
             else a.feed(got, now());
           }
-        } catch (M2mpskException e) {
+        } catch (M2mpskHandshakeException e) {
           flush(a, out); // the alert telling the CSE why
           System.err.println("association failed: " + e.getMessage());
           return 1;
@@ -178,7 +179,7 @@ public class RegisterAe {
     int rc;
     try {
       rc = run(argv);
-    } catch (M2mpskException | java.io.IOException | IllegalStateException e) {
+    } catch (java.io.IOException | IllegalStateException e) { // SSLException included
       System.err.println("RegisterAe: " + e.getMessage());
       rc = 2;
     } catch (Exception e) {

@@ -68,8 +68,8 @@ public class M2mpskException extends RuntimeException {
   }
 
   private static RuntimeException convert(Throwable e) {
-    if (e instanceof org.m2mpsk.M2mpskException) {
-      org.m2mpsk.M2mpskException s = (org.m2mpsk.M2mpskException) e;
+    if (e instanceof org.m2mpsk.M2mpskStatus) {
+      org.m2mpsk.M2mpskStatus s = (org.m2mpsk.M2mpskStatus) e;
       return new M2mpskException(s.getCode(), s.getReason(), s.getDetail(), e);
     }
     if (e instanceof RuntimeException) {

@@ -1,24 +1,36 @@
 package org.m2mpsk;
 
+import javax.net.ssl.SSLException;
+
 /**
- * A libm2mpsk call failed. {@link #getCode()} is the status (an
- * {@code M2mpsk.E_*} constant), {@link #getReason()} the association's
- * failure reason (an {@code M2mpsk.REASON_*} constant; {@code REASON_NONE}
- * when the call was not on an association or the association has not
- * failed), and {@link #getDetail()} the association's failure detail, or the
- * status description.
+ * A libm2mpsk call failed for a reason a correct program must expect: the
+ * peer, the network, a key file, a record's validity, a resource limit, or
+ * a call the association's state does not allow yet. A failed handshake is
+ * a {@link M2mpskHandshakeException} instead, and a wrong argument (a null,
+ * a closed handle, a value out of range) the unchecked
+ * {@link M2mpskUsageException}.
  *
- * <p>Unchecked, like {@link IllegalArgumentException}: most codes report a
- * broken contract or a failed association, which callers handle at the
- * association's level rather than around each call.
+ * <p>{@link #getCode()} tells what to do next: {@code E_FAILED}, the
+ * association failed ({@link #getReason()} says why; drain it once more to
+ * flush a final alert); {@code E_CLOSED}, the peer sent close_notify;
+ * {@code E_STATE}, the call came too early or too late; {@code E_LIMIT},
+ * nothing was consumed and the association is still usable. The message
+ * never holds key bytes.
  */
-public class M2mpskException extends RuntimeException {
-  private static final long serialVersionUID = 1L;
+public class M2mpskException extends SSLException implements M2mpskStatus {
+  private static final long serialVersionUID = 2L;
 
   private final int code;
   private final int reason;
   private final String detail;
 
+  /**
+   * Creates the exception for a status.
+   *
+   * @param code the status, an {@code M2mpsk.E_*} constant
+   * @param reason the failure reason, an {@code M2mpsk.REASON_*} constant
+   * @param detail the failure detail, or the status description
+   */
   public M2mpskException(int code, int reason, String detail) {
     super(message(code, reason, detail));
     this.code = code;
@@ -26,7 +38,8 @@ public class M2mpskException extends RuntimeException {
     this.detail = detail;
   }
 
-  private static String message(int code, int reason, String detail) {
+  /** The message of every exception of the package. */
+  static String message(int code, int reason, String detail) {
     String status = M2mpsk.strerror(code);
     StringBuilder s = new StringBuilder(status).append(" (").append(code).append(")");
     if (reason != M2mpsk.REASON_NONE) {
@@ -38,35 +51,18 @@ public class M2mpskException extends RuntimeException {
     return s.toString();
   }
 
-  /**
-   * Returns value, or throws {@code E_INVALID} when it is null: what the C
-   * library answers for a NULL argument, checked on the Java side for the
-   * byte[] arguments, which would otherwise reach it as an empty buffer.
-   */
-  static <T> T requireNonNull(T value, String name) {
-    if (value == null) {
-      throw new M2mpskException(M2mpsk.E_INVALID, M2mpsk.REASON_NONE, name + " is null");
-    }
-    return value;
-  }
-
-  /** The status code, an {@code M2mpsk.E_*} constant. */
+  @Override
   public int getCode() {
     return code;
   }
 
-  /** The failure reason, an {@code M2mpsk.REASON_*} constant. */
+  @Override
   public int getReason() {
     return reason;
   }
 
-  /** The failure detail, or the status description. */
+  @Override
   public String getDetail() {
     return detail;
-  }
-
-  /** The reason's name, e.g. "bad-key". */
-  public String getReasonName() {
-    return M2mpsk.reasonName(reason);
   }
 }
