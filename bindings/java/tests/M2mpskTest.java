@@ -17,6 +17,8 @@ import java.net.DatagramSocket;
 import java.net.InetSocketAddress;
 import java.net.Socket;
 import java.net.SocketTimeoutException;
+import java.nio.ByteBuffer;
+import java.nio.ReadOnlyBufferException;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.Arrays;
@@ -330,6 +332,151 @@ public class M2mpskTest {
     assertEquals(0, Association.class.getMethod("peerId").getExceptionTypes().length);
     assertEquals(Arrays.asList(M2mpskException.class),
         Arrays.asList(Association.class.getMethod("drain").getExceptionTypes()));
+  }
+
+  // ---- ByteBuffer overloads -------------------------------------------------
+
+  /** An initiator and a responder, established, over transport. */
+  static Association[] established(Keystore ks, Config ca, Config cb, int transport)
+      throws Exception {
+    cb.addLocalId(IDB);
+    Association a = new Association(M2mpsk.ROLE_INITIATOR, transport, ca, ks, KPSA_ID);
+    Association b = new Association(M2mpsk.ROLE_RESPONDER, transport, cb, ks);
+    b.start(now());
+    a.start(now());
+    assertNull(pump(a, b));
+    assertEquals(M2mpsk.STATE_ESTABLISHED, b.state());
+    return new Association[] {a, b};
+  }
+
+  /** A buffer of the kind: direct, or heap with a nonzero array offset. */
+  static ByteBuffer buffer(boolean direct, int capacity) {
+    if (direct) return ByteBuffer.allocateDirect(capacity);
+    ByteBuffer b = ByteBuffer.allocate(capacity + 7);
+    b.position(7);
+    return b.slice(); // arrayOffset() 7: the overloads must add it
+  }
+
+  @Test
+  public void byteBuffersDirectAndHeap() throws Exception {
+    for (boolean direct : new boolean[] {true, false}) {
+      try (Keystore ks = new Keystore(); Config ca = new Config(); Config cb = new Config()) {
+        // The key from a buffer's position..limit, the bytes around it not part of it.
+        ByteBuffer key = buffer(direct, KEY.length + 6);
+        key.put(new byte[] {9, 9, 9}).put(KEY).put(new byte[] {9, 9, 9});
+        key.position(3).limit(3 + KEY.length);
+        ks.add(KPSA_ID, key, null, IDB);
+        assertEquals(3 + KEY.length, key.position());
+        // A handshake driven through buffers only, both ways.
+        cb.addLocalId(IDB);
+        try (Association a = new Association(M2mpsk.ROLE_INITIATOR, M2mpsk.TRANSPORT_TLS, ca, ks, KPSA_ID);
+            Association b = new Association(M2mpsk.ROLE_RESPONDER, M2mpsk.TRANSPORT_TLS, cb, ks)) {
+          b.start(now());
+          a.start(now());
+          ByteBuffer wire = buffer(direct, 20000);
+          for (int round = 0; round < 10 && b.state() == M2mpsk.STATE_HANDSHAKING; round++) {
+            for (Association[] d : new Association[][] {{a, b}, {b, a}}) {
+              wire.clear();
+              wire.put((byte) 0x55); // a byte before the position, not sent
+              int n = d[0].drain(wire);
+              assertEquals(1 + n, wire.position());
+              if (n == 0 || d[1].state() != M2mpsk.STATE_HANDSHAKING) continue;
+              wire.flip().position(1);
+              d[1].feed(wire, now());
+              assertEquals(wire.limit(), wire.position());
+            }
+          }
+          assertEquals(M2mpsk.STATE_ESTABLISHED, a.state());
+          assertEquals(M2mpsk.STATE_ESTABLISHED, b.state());
+          // write: only position..limit goes out.
+          ByteBuffer msg = buffer(direct, 16);
+          msg.put("xxhello world".getBytes(StandardCharsets.UTF_8)).flip().position(2).limit(7);
+          a.write(msg);
+          assertEquals(7, msg.position());
+          pump(a, b);
+          // read: at the position, within remaining(); the rest waits.
+          ByteBuffer in = buffer(direct, 64);
+          in.position(10).limit(13);
+          assertEquals(3, b.read(in));
+          assertEquals(13, in.position());
+          in.limit(64);
+          assertEquals(2, b.read(in));
+          assertEquals(0, b.read(in)); // nothing more: not an exception
+          byte[] got = new byte[5];
+          in.position(10);
+          in.get(got);
+          assertEquals("hello", new String(got, StandardCharsets.UTF_8));
+          // No room: E_BUFFER, for both.
+          a.write(new byte[] {1});
+          ByteBuffer full = buffer(direct, 4);
+          full.position(4);
+          assertEquals(M2mpsk.E_BUFFER, expect(M2mpsk.E_BUFFER, () -> a.drain(full)).getCode());
+          pump(a, b);
+          expect(M2mpsk.E_BUFFER, () -> b.read(full));
+          // A read-only destination is refused as the JDK's buffers refuse it.
+          ByteBuffer ro = buffer(direct, 64).asReadOnlyBuffer();
+          try {
+            b.read(ro);
+            fail("read into a read-only buffer");
+          } catch (ReadOnlyBufferException e) {
+            assertEquals(0, ro.position());
+          }
+          try {
+            a.drain(ro);
+            fail("drain into a read-only buffer");
+          } catch (ReadOnlyBufferException e) {
+            assertEquals(0, ro.position());
+          }
+          // A read-only source is fine (copied: it has no accessible array).
+          ByteBuffer rsrc = ByteBuffer.wrap("ro".getBytes(StandardCharsets.UTF_8)).asReadOnlyBuffer();
+          a.write(rsrc);
+          assertEquals(2, rsrc.position());
+          pump(a, b);
+          assertEquals(1, b.read().length); // one record per read: the {1} first
+          assertEquals("ro", new String(b.read(), StandardCharsets.UTF_8));
+        }
+      }
+    }
+  }
+
+  @Test
+  public void byteBufferTooSmallForADatagram() throws Exception {
+    for (boolean direct : new boolean[] {true, false}) {
+      try (Keystore ks = keystore(); Config ca = new Config(); Config cb = new Config()) {
+        Association[] ab = established(ks, ca, cb, M2mpsk.TRANSPORT_DTLS);
+        try (Association a = ab[0]; Association b = ab[1]) {
+          a.write(new byte[100]);
+          long size = a.pending();
+          assertTrue(size > 100);
+          ByteBuffer small = buffer(direct, 64);
+          // DTLS: the datagram must fit whole; it stays queued.
+          expect(M2mpsk.E_BUFFER, () -> a.drain(small));
+          assertEquals(0, small.position());
+          assertEquals(size, a.pending());
+          ByteBuffer big = buffer(direct, 2048);
+          assertEquals(size, a.drain(big));
+          big.flip();
+          b.feed(big, now());
+          assertEquals(100, b.read(buffer(direct, 2048)));
+          // TLS would have put 64 bytes and kept the rest: see
+          // byteBuffersDirectAndHeap's read(); drain of a stream is the same.
+        }
+      }
+      try (Keystore ks = keystore(); Config ca = new Config(); Config cb = new Config()) {
+        Association[] ab = established(ks, ca, cb, M2mpsk.TRANSPORT_TLS);
+        try (Association a = ab[0]; Association b = ab[1]) {
+          a.write(new byte[100]);
+          long size = a.pending();
+          ByteBuffer small = buffer(direct, 64);
+          assertEquals(64, a.drain(small));
+          assertEquals(size - 64, a.pending());
+          small.flip();
+          b.feed(small, now());
+          b.feed(ByteBuffer.wrap(a.drain()), now());
+          assertEquals(100, b.read().length);
+        }
+      }
+    }
   }
 
   @Test
@@ -1024,6 +1171,8 @@ public class M2mpskTest {
       "Keystore.add/4#2", "Keystore.add/6#2", "Keystore.addDerived/5#3",
       "Keystore.addDerived/7#3", "Association.exportKeyingMaterial/3#2",
       "Association.originatorCheck/2#0"));
+  // A ByteBuffer overload shares its twin's sample: a byte[] is wrapped, a
+  // size allocated.
 
   static void sample(String method, Object... args) {
     SAMPLES.put(method + "/" + args.length, args);
@@ -1085,6 +1234,7 @@ public class M2mpskTest {
     sample("Association.drain");
     sample("Association.read");
     sample("Association.read", 16384);
+    sample("Association.drain", new byte[64]);
     sample("Association.exportKeyingMaterial", 16, "EXPERIMENTAL m2mpsk", null);
     for (String m : new String[] {"type", "reason", "role", "transport", "timeMs", "kpsaId",
                                   "peerId", "peerIdIsCredential", "peerTag", "detail"}) {
@@ -1120,6 +1270,8 @@ public class M2mpskTest {
       Object v = s[i];
       if (types[i] == long.class) v = ((Number) v).longValue();
       else if (types[i] == int.class) v = ((Number) v).intValue();
+      else if (types[i] == ByteBuffer.class && v instanceof byte[]) v = ByteBuffer.wrap((byte[]) v);
+      else if (types[i] == ByteBuffer.class) v = ByteBuffer.allocate(((Number) v).intValue());
       a[i] = v;
     }
     return a;
@@ -1269,9 +1421,11 @@ public class M2mpskTest {
          Association a = new Association(M2mpsk.ROLE_INITIATOR, M2mpsk.TRANSPORT_TLS, cfg, ks,
              KPSA_ID)) {
       a.start(1000);
-      assertEquals("data is null", expect(M2mpsk.E_INVALID, () -> a.feed(null, 1000)).getDetail());
+      assertEquals("data is null", expect(M2mpsk.E_INVALID, () -> a.feed((byte[]) null, 1000)).getDetail());
       a.feed(new byte[0], 1000); // an empty array is an empty feed
-      expect(M2mpsk.E_INVALID, () -> a.write(null));
+      expect(M2mpsk.E_INVALID, () -> a.write((byte[]) null));
+      expect(M2mpsk.E_INVALID, () -> a.write((ByteBuffer) null));
+      expect(M2mpsk.E_INVALID, () -> a.feed((ByteBuffer) null, 1000));
       assertEquals(M2mpsk.STATE_HANDSHAKING, a.state());
     }
   }
