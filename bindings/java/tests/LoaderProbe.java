@@ -12,9 +12,18 @@ package org.m2mpsk;
  *
  * In the package org.m2mpsk to read NativeLoader.source(). Exit status 0
  * on success, 1 on failure, 77 (skipped) when a "fail" probe found the
- * library installed on this machine.
+ * library installed on this machine (this build's, loaded, or another
+ * build's, refused).
  */
 public class LoaderProbe {
+  /** Whether msg refuses a library of the install or Debian directory. */
+  static boolean isInstalled(String msg) {
+    boolean refused = msg.contains(" is not the JNI library of this")
+        || msg.contains(" is libm2mpskjni.so ");
+    return refused && (msg.contains(NativeLoader.INSTALL_DIR + "/")
+        || (!NativeLoader.DEBIAN_DIR.isEmpty() && msg.contains(NativeLoader.DEBIAN_DIR + "/")));
+  }
+
   public static void main(String[] args) throws Exception {
     if (args[0].equals("ok")) {
       try (Keystore ks = new Keystore()) { // the first use loads it
@@ -37,6 +46,10 @@ public class LoaderProbe {
         System.exit(installed ? 77 : 1);
       } catch (UnsatisfiedLinkError e) {
         System.out.println(e.getMessage());
+        if (System.getProperty(NativeLoader.PROPERTY) == null && isInstalled(e.getMessage())) {
+          System.out.println("SKIP: another build's library is installed on this machine");
+          System.exit(77);
+        }
         for (int i = 1; i < args.length; i++) {
           if (!e.getMessage().contains(args[i])) {
             System.out.println("FAIL: the message does not say: " + args[i]);
