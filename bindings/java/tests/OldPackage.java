@@ -54,6 +54,7 @@ public class OldPackage {
     byte[] key = new byte[32];
     check(M2mpsk.versionString().startsWith("0."), "versionString");
     check(M2mpsk.E_INVALID == -1, "constants resolve through M2mpsk");
+    check(m2mpsk.M2mpskConstants.STATE_FAILED == M2mpsk.STATE_FAILED, "M2mpskConstants");
     try {
       M2mpsk.kpsaIdValidate("nope");
       check(false, "kpsaIdValidate accepted nope");
