@@ -6,11 +6,12 @@ import java.net.SocketTimeoutException;
 import java.nio.charset.StandardCharsets;
 import java.util.Arrays;
 import java.util.UUID;
-import m2mpsk.Association;
-import m2mpsk.Config;
-import m2mpsk.Keystore;
-import m2mpsk.M2mpsk;
-import m2mpsk.M2mpskException;
+import org.m2mpsk.Association;
+import org.m2mpsk.Config;
+import org.m2mpsk.Keystore;
+import org.m2mpsk.M2mpsk;
+import org.m2mpsk.M2mpskException;
+import org.m2mpsk.M2mpskHandshakeException;
 
 /**
  * Entity A registers an AE with its Registrar CSE over an m2mpsk security
@@ -29,9 +30,6 @@ import m2mpsk.M2mpskException;
  * I/O errors, 3 when the CSE closed without answering.
  */
 public class RegisterAe {
-  static {
-    System.loadLibrary("m2mpskjni");
-  }
 
   static long now() {
     return System.nanoTime() / 1_000_000;
@@ -131,7 +129,7 @@ public class RegisterAe {
             else if (got.length == 0) throw new IllegalStateException("handshake: the peer closed");
             else a.feed(got, now());
           }
-        } catch (M2mpskException e) {
+        } catch (M2mpskHandshakeException e) {
           flush(a, out); // the alert telling the CSE why
           System.err.println("association failed: " + e.getMessage());
           return 1;
@@ -181,7 +179,7 @@ public class RegisterAe {
     int rc;
     try {
       rc = run(argv);
-    } catch (M2mpskException | java.io.IOException | IllegalStateException e) {
+    } catch (java.io.IOException | IllegalStateException e) { // SSLException included
       System.err.println("RegisterAe: " + e.getMessage());
       rc = 2;
     } catch (Exception e) {

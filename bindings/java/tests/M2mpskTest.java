@@ -17,6 +17,8 @@ import java.net.DatagramSocket;
 import java.net.InetSocketAddress;
 import java.net.Socket;
 import java.net.SocketTimeoutException;
+import java.nio.ByteBuffer;
+import java.nio.ReadOnlyBufferException;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.Arrays;
@@ -30,12 +32,17 @@ import java.util.jar.JarEntry;
 import java.util.jar.JarFile;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
-import m2mpsk.Association;
-import m2mpsk.Config;
-import m2mpsk.Event;
-import m2mpsk.Keystore;
-import m2mpsk.M2mpsk;
-import m2mpsk.M2mpskException;
+import javax.net.ssl.SSLException;
+import javax.net.ssl.SSLHandshakeException;
+import org.m2mpsk.Association;
+import org.m2mpsk.Config;
+import org.m2mpsk.Event;
+import org.m2mpsk.Keystore;
+import org.m2mpsk.M2mpsk;
+import org.m2mpsk.M2mpskException;
+import org.m2mpsk.M2mpskHandshakeException;
+import org.m2mpsk.M2mpskStatus;
+import org.m2mpsk.M2mpskUsageException;
 import org.junit.Test;
 
 /** The Java binding: in-memory handshakes, error paths, limits and events,
@@ -43,9 +50,6 @@ import org.junit.Test;
  * cookies (with the backend M2MPSK_TLS names), and real sockets against
  * openssl s_server -psk. */
 public class M2mpskTest {
-  static {
-    System.loadLibrary("m2mpskjni");
-  }
 
   static final String KPSA_ID = "test@onem2m.com";
   /** The TLS backend this build is expected to have: ctest passes the
@@ -66,15 +70,15 @@ public class M2mpskTest {
     return System.nanoTime() / 1_000_000;
   }
 
-  static Keystore keystore() {
+  static Keystore keystore() throws Exception {
     Keystore ks = new Keystore();
     ks.add(KPSA_ID, KEY, null, IDB);
     return ks;
   }
 
   /** Moves bytes both ways until neither side has anything to send. */
-  static M2mpskException pump(Association a, Association b) {
-    M2mpskException failure = null;
+  static M2mpskStatus pump(Association a, Association b) throws Exception {
+    M2mpskStatus failure = null;
     for (int round = 0; round < 50; round++) {
       boolean moved = false;
       Association[][] dirs = {{a, b}, {b, a}};
@@ -85,8 +89,8 @@ public class M2mpskTest {
           if (st == M2mpsk.STATE_FAILED || st == M2mpsk.STATE_CLOSED) continue;
           try {
             d[1].feed(out, now());
-          } catch (M2mpskException e) {
-            failure = e;
+          } catch (SSLException e) {
+            failure = (M2mpskStatus) e;
           }
         }
       }
@@ -95,7 +99,7 @@ public class M2mpskTest {
     return failure;
   }
 
-  void handshake(int transport) {
+  void handshake(int transport) throws Exception {
     try (Keystore ks = keystore(); Config ca = new Config(); Config cb = new Config()) {
       cb.addLocalId(IDB);
       try (Association a = new Association(M2mpsk.ROLE_INITIATOR, transport, ca, ks, KPSA_ID);
@@ -127,29 +131,40 @@ public class M2mpskTest {
   }
 
   @Test
-  public void handshakeTls() {
+  public void handshakeTls() throws Exception {
     handshake(M2mpsk.TRANSPORT_TLS);
   }
 
   @Test
-  public void handshakeDtls() {
+  public void handshakeDtls() throws Exception {
     handshake(M2mpsk.TRANSPORT_DTLS);
   }
 
-  static M2mpskException expect(int code, Runnable r) {
+  /** A call that may throw, for expect(). */
+  interface Call {
+    void run() throws Exception;
+  }
+
+  /** Runs r, which must throw the exception of this package for code:
+   * M2mpskUsageException (unchecked) for E_INVALID, else an SSLException. */
+  static M2mpskStatus expect(int code, Call r) throws Exception {
     try {
       r.run();
-    } catch (M2mpskException e) {
-      assertEquals(e.getMessage(), code, e.getCode());
-      assertTrue(e.getDetail().length() > 0);
-      return e;
+    } catch (Exception e) {
+      if (!(e instanceof M2mpskStatus)) throw new AssertionError("threw " + e, e);
+      M2mpskStatus st = (M2mpskStatus) e;
+      assertEquals(e.getMessage(), code, st.getCode());
+      assertTrue(st.getDetail().length() > 0);
+      assertEquals(e.toString(), code == M2mpsk.E_INVALID, e instanceof M2mpskUsageException);
+      assertEquals(e.toString(), code != M2mpsk.E_INVALID, e instanceof SSLException);
+      return st;
     }
     fail("expected " + M2mpsk.strerror(code));
     return null;
   }
 
   @Test
-  public void errorPaths() {
+  public void errorPaths() throws Exception {
     expect(M2mpsk.E_KPSA_ID, () -> M2mpsk.kpsaIdValidate("nope"));
     expect(M2mpsk.E_IDB, () -> M2mpsk.idbValidate("cse"));
     expect(M2mpsk.E_IDA, () -> M2mpsk.idaValidate("Cae1"));
@@ -179,7 +194,7 @@ public class M2mpskTest {
       ks.revoke("rev@onem2m.com");
       try (Association a = new Association(
           M2mpsk.ROLE_INITIATOR, M2mpsk.TRANSPORT_TLS, cfg, ks, "rev@onem2m.com")) {
-        M2mpskException e = expect(M2mpsk.E_FAILED, () -> a.start(now()));
+        M2mpskStatus e = expect(M2mpsk.E_FAILED, () -> a.start(now()));
         assertEquals(M2mpsk.REASON_REVOKED, e.getReason());
       }
     }
@@ -192,7 +207,7 @@ public class M2mpskTest {
           Association b = new Association(M2mpsk.ROLE_RESPONDER, M2mpsk.TRANSPORT_TLS, cb, kb)) {
         b.start(now());
         a.start(now());
-        M2mpskException e = pump(a, b);
+        M2mpskStatus e = pump(a, b);
         assertEquals(M2mpsk.E_FAILED, e.getCode());
         assertEquals(M2mpsk.REASON_BAD_KEY, e.getReason());
         assertEquals(M2mpsk.REASON_BAD_KEY, b.failure());
@@ -200,8 +215,272 @@ public class M2mpskTest {
     }
   }
 
+  // ---- exceptions: checked SSLException, SSLHandshakeException, usage -----
+
   @Test
-  public void collectedHandlesNeverDoubleFree() {
+  public void handshakeFailuresAreSslHandshakeExceptions() throws Exception {
+    byte[] other = new byte[32];
+    Arrays.fill(other, (byte) 0x5a);
+    try (Keystore ka = keystore(); Keystore kb = new Keystore(); Config ca = new Config();
+        Config cb = new Config()) {
+      kb.add(KPSA_ID, other, null, IDB);
+      cb.addLocalId(IDB);
+      try (Association a = new Association(M2mpsk.ROLE_INITIATOR, M2mpsk.TRANSPORT_TLS, ca, ka, KPSA_ID);
+          Association b = new Association(M2mpsk.ROLE_RESPONDER, M2mpsk.TRANSPORT_TLS, cb, kb)) {
+        b.start(now());
+        a.start(now());
+        byte[] hello = a.drain();
+        b.feed(hello, now());
+        byte[] flight = b.drain();
+        a.feed(flight, now());
+        M2mpskHandshakeException e = null;
+        try {
+          b.feed(a.drain(), now());
+        } catch (M2mpskHandshakeException x) {
+          e = x;
+        }
+        assertNotNull("the responder's bad-key failure", e);
+        assertTrue(e instanceof SSLHandshakeException);
+        assertEquals(M2mpsk.E_FAILED, e.getCode());
+        assertEquals(M2mpsk.REASON_BAD_KEY, e.getReason());
+        assertEquals("bad-key", e.getReasonName());
+        for (String text : new String[] {e.getMessage(), e.toString(), e.getDetail()}) {
+          for (byte[] k : new byte[][] {KEY, other}) {
+            assertFalse(text, text.toLowerCase().contains(hex(k).substring(0, 16)));
+            assertFalse(text, text.contains(java.util.Base64.getEncoder().encodeToString(k)
+                .substring(0, 12)));
+          }
+        }
+        // The initiator learns it from the alert: a handshake failure too.
+        byte[] alert = b.drain();
+        assertTrue(alert.length > 0);
+        M2mpskStatus st = expect(M2mpsk.E_FAILED, () -> a.feed(alert, now()));
+        assertTrue(st instanceof M2mpskHandshakeException);
+        // Once failed, the same call is no handshake any more: E_STATE.
+        assertFalse(expect(M2mpsk.E_STATE, () -> a.feed(alert, now()))
+            instanceof SSLHandshakeException);
+      }
+    }
+    // Refused at start() (revoked record): a handshake failure as well.
+    try (Keystore ks = keystore(); Config cfg = new Config()) {
+      ks.revoke(KPSA_ID);
+      try (Association a =
+          new Association(M2mpsk.ROLE_INITIATOR, M2mpsk.TRANSPORT_TLS, cfg, ks, KPSA_ID)) {
+        M2mpskStatus st = expect(M2mpsk.E_FAILED, () -> a.start(now()));
+        assertTrue(st instanceof M2mpskHandshakeException);
+        assertEquals(M2mpsk.REASON_REVOKED, st.getReason());
+      }
+    }
+  }
+
+  @Test
+  public void failuresAfterTheHandshakeAreSslExceptions() throws Exception {
+    try (Keystore ks = keystore(); Config ca = new Config(); Config cb = new Config()) {
+      cb.addLocalId(IDB);
+      try (Association a = new Association(M2mpsk.ROLE_INITIATOR, M2mpsk.TRANSPORT_TLS, ca, ks, KPSA_ID);
+          Association b = new Association(M2mpsk.ROLE_RESPONDER, M2mpsk.TRANSPORT_TLS, cb, ks)) {
+        b.start(now());
+        a.start(now());
+        assertNull(pump(a, b));
+        a.write(new byte[] {1, 2, 3});
+        byte[] record = a.drain();
+        record[record.length - 1] ^= 1; // the MAC no longer verifies
+        b.feed(record, now()); // stored: records are opened by read()
+        M2mpskStatus st = expect(M2mpsk.E_FAILED, () -> b.read());
+        assertTrue(st instanceof M2mpskException);
+        assertFalse(st instanceof SSLHandshakeException);
+        assertEquals(M2mpsk.STATE_FAILED, b.state());
+        // E_CLOSED is a plain SSLException as well.
+        a.closeNotify();
+        assertFalse(expect(M2mpsk.E_CLOSED, () -> a.write(new byte[] {1}))
+            instanceof SSLHandshakeException);
+      }
+    }
+  }
+
+  @Test
+  public void usageErrorsAreUncheckedIllegalArgumentExceptions() throws Exception {
+    try (Config cfg = new Config()) {
+      M2mpskStatus st = expect(M2mpsk.E_INVALID, () -> cfg.setMaxInput(-1));
+      assertTrue(st instanceof IllegalArgumentException);
+      assertEquals(M2mpsk.REASON_NONE, st.getReason());
+      cfg.close();
+      st = expect(M2mpsk.E_INVALID, () -> cfg.suites(M2mpsk.TRANSPORT_TLS));
+      assertEquals("the handle is closed", st.getDetail());
+    }
+    assertFalse(Exception.class.isAssignableFrom(M2mpskUsageException.class)
+        && !RuntimeException.class.isAssignableFrom(M2mpskUsageException.class));
+  }
+
+  @Test
+  public void methodsDeclareWhatTheyThrow() throws Exception {
+    Set<Class<?>> allowed = new HashSet<>(Arrays.asList(M2mpskException.class,
+        M2mpskHandshakeException.class));
+    Set<String> handshake = new HashSet<>();
+    for (Class<?> c : new Class<?>[] {M2mpsk.class, Keystore.class, Config.class,
+                                      Association.class, Event.class}) {
+      for (Method m : c.getDeclaredMethods()) {
+        if (!Modifier.isPublic(m.getModifiers())) continue;
+        for (Class<?> x : m.getExceptionTypes()) {
+          assertTrue(m + " throws " + x, allowed.contains(x));
+          if (x == M2mpskHandshakeException.class) handshake.add(m.getName());
+        }
+      }
+    }
+    assertEquals(new HashSet<>(Arrays.asList("start", "feed", "handleTimeout")), handshake);
+    assertEquals(0, Association.class.getMethod("state").getExceptionTypes().length);
+    assertEquals(0, Association.class.getMethod("peerId").getExceptionTypes().length);
+    assertEquals(Arrays.asList(M2mpskException.class),
+        Arrays.asList(Association.class.getMethod("drain").getExceptionTypes()));
+  }
+
+  // ---- ByteBuffer overloads -------------------------------------------------
+
+  /** An initiator and a responder, established, over transport. */
+  static Association[] established(Keystore ks, Config ca, Config cb, int transport)
+      throws Exception {
+    cb.addLocalId(IDB);
+    Association a = new Association(M2mpsk.ROLE_INITIATOR, transport, ca, ks, KPSA_ID);
+    Association b = new Association(M2mpsk.ROLE_RESPONDER, transport, cb, ks);
+    b.start(now());
+    a.start(now());
+    assertNull(pump(a, b));
+    assertEquals(M2mpsk.STATE_ESTABLISHED, b.state());
+    return new Association[] {a, b};
+  }
+
+  /** A buffer of the kind: direct, or heap with a nonzero array offset. */
+  static ByteBuffer buffer(boolean direct, int capacity) {
+    if (direct) return ByteBuffer.allocateDirect(capacity);
+    ByteBuffer b = ByteBuffer.allocate(capacity + 7);
+    b.position(7);
+    return b.slice(); // arrayOffset() 7: the overloads must add it
+  }
+
+  @Test
+  public void byteBuffersDirectAndHeap() throws Exception {
+    for (boolean direct : new boolean[] {true, false}) {
+      try (Keystore ks = new Keystore(); Config ca = new Config(); Config cb = new Config()) {
+        // The key from a buffer's position..limit, the bytes around it not part of it.
+        ByteBuffer key = buffer(direct, KEY.length + 6);
+        key.put(new byte[] {9, 9, 9}).put(KEY).put(new byte[] {9, 9, 9});
+        key.position(3).limit(3 + KEY.length);
+        ks.add(KPSA_ID, key, null, IDB);
+        assertEquals(3 + KEY.length, key.position());
+        // A handshake driven through buffers only, both ways.
+        cb.addLocalId(IDB);
+        try (Association a = new Association(M2mpsk.ROLE_INITIATOR, M2mpsk.TRANSPORT_TLS, ca, ks, KPSA_ID);
+            Association b = new Association(M2mpsk.ROLE_RESPONDER, M2mpsk.TRANSPORT_TLS, cb, ks)) {
+          b.start(now());
+          a.start(now());
+          ByteBuffer wire = buffer(direct, 20000);
+          for (int round = 0; round < 10 && b.state() == M2mpsk.STATE_HANDSHAKING; round++) {
+            for (Association[] d : new Association[][] {{a, b}, {b, a}}) {
+              wire.clear();
+              wire.put((byte) 0x55); // a byte before the position, not sent
+              int n = d[0].drain(wire);
+              assertEquals(1 + n, wire.position());
+              if (n == 0 || d[1].state() != M2mpsk.STATE_HANDSHAKING) continue;
+              wire.flip().position(1);
+              d[1].feed(wire, now());
+              assertEquals(wire.limit(), wire.position());
+            }
+          }
+          assertEquals(M2mpsk.STATE_ESTABLISHED, a.state());
+          assertEquals(M2mpsk.STATE_ESTABLISHED, b.state());
+          // write: only position..limit goes out.
+          ByteBuffer msg = buffer(direct, 16);
+          msg.put("xxhello world".getBytes(StandardCharsets.UTF_8)).flip().position(2).limit(7);
+          a.write(msg);
+          assertEquals(7, msg.position());
+          pump(a, b);
+          // read: at the position, within remaining(); the rest waits.
+          ByteBuffer in = buffer(direct, 64);
+          in.position(10).limit(13);
+          assertEquals(3, b.read(in));
+          assertEquals(13, in.position());
+          in.limit(64);
+          assertEquals(2, b.read(in));
+          assertEquals(0, b.read(in)); // nothing more: not an exception
+          byte[] got = new byte[5];
+          in.position(10);
+          in.get(got);
+          assertEquals("hello", new String(got, StandardCharsets.UTF_8));
+          // No room: E_BUFFER, for both.
+          a.write(new byte[] {1});
+          ByteBuffer full = buffer(direct, 4);
+          full.position(4);
+          assertEquals(M2mpsk.E_BUFFER, expect(M2mpsk.E_BUFFER, () -> a.drain(full)).getCode());
+          pump(a, b);
+          expect(M2mpsk.E_BUFFER, () -> b.read(full));
+          // A read-only destination is refused as the JDK's buffers refuse it.
+          ByteBuffer ro = buffer(direct, 64).asReadOnlyBuffer();
+          try {
+            b.read(ro);
+            fail("read into a read-only buffer");
+          } catch (ReadOnlyBufferException e) {
+            assertEquals(0, ro.position());
+          }
+          try {
+            a.drain(ro);
+            fail("drain into a read-only buffer");
+          } catch (ReadOnlyBufferException e) {
+            assertEquals(0, ro.position());
+          }
+          // A read-only source is fine (copied: it has no accessible array).
+          ByteBuffer rsrc = ByteBuffer.wrap("ro".getBytes(StandardCharsets.UTF_8)).asReadOnlyBuffer();
+          a.write(rsrc);
+          assertEquals(2, rsrc.position());
+          pump(a, b);
+          assertEquals(1, b.read().length); // one record per read: the {1} first
+          assertEquals("ro", new String(b.read(), StandardCharsets.UTF_8));
+        }
+      }
+    }
+  }
+
+  @Test
+  public void byteBufferTooSmallForADatagram() throws Exception {
+    for (boolean direct : new boolean[] {true, false}) {
+      try (Keystore ks = keystore(); Config ca = new Config(); Config cb = new Config()) {
+        Association[] ab = established(ks, ca, cb, M2mpsk.TRANSPORT_DTLS);
+        try (Association a = ab[0]; Association b = ab[1]) {
+          a.write(new byte[100]);
+          long size = a.pending();
+          assertTrue(size > 100);
+          ByteBuffer small = buffer(direct, 64);
+          // DTLS: the datagram must fit whole; it stays queued.
+          expect(M2mpsk.E_BUFFER, () -> a.drain(small));
+          assertEquals(0, small.position());
+          assertEquals(size, a.pending());
+          ByteBuffer big = buffer(direct, 2048);
+          assertEquals(size, a.drain(big));
+          big.flip();
+          b.feed(big, now());
+          assertEquals(100, b.read(buffer(direct, 2048)));
+          // TLS would have put 64 bytes and kept the rest: see
+          // byteBuffersDirectAndHeap's read(); drain of a stream is the same.
+        }
+      }
+      try (Keystore ks = keystore(); Config ca = new Config(); Config cb = new Config()) {
+        Association[] ab = established(ks, ca, cb, M2mpsk.TRANSPORT_TLS);
+        try (Association a = ab[0]; Association b = ab[1]) {
+          a.write(new byte[100]);
+          long size = a.pending();
+          ByteBuffer small = buffer(direct, 64);
+          assertEquals(64, a.drain(small));
+          assertEquals(size - 64, a.pending());
+          small.flip();
+          b.feed(small, now());
+          b.feed(ByteBuffer.wrap(a.drain()), now());
+          assertEquals(100, b.read().length);
+        }
+      }
+    }
+  }
+
+  @Test
+  public void collectedHandlesNeverDoubleFree() throws Exception {
     try (Keystore ks = keystore(); Config cfg = new Config()) {
       for (int i = 0; i < 20000; i++) {
         Association a = new Association(M2mpsk.ROLE_INITIATOR, M2mpsk.TRANSPORT_TLS, cfg, ks, KPSA_ID);
@@ -214,14 +493,14 @@ public class M2mpskTest {
 
   // ---- resource limits, rate limiting and audit events ---------------------
 
-  static List<Event> drainEvents(Config cfg) {
+  static List<Event> drainEvents(Config cfg) throws Exception {
     List<Event> evs = new ArrayList<>();
     for (Event e = cfg.nextEvent(); e != null; e = cfg.nextEvent()) evs.add(e);
     return evs;
   }
 
   @Test
-  public void limitConstantsAndSetters() {
+  public void limitConstantsAndSetters() throws Exception {
     assertEquals(-33, M2mpsk.E_LIMIT);
     assertEquals(-35, M2mpsk.E_PROTOCOL); // the peer's garbage (dtlsListen)
     assertEquals(11, M2mpsk.REASON_RATE_LIMITED);
@@ -258,7 +537,7 @@ public class M2mpskTest {
   }
 
   @Test
-  public void maxHandshakesRefusesWithLimit() {
+  public void maxHandshakesRefusesWithLimit() throws Exception {
     try (Keystore ks = keystore(); Config cb = new Config()) {
       cb.addLocalId(IDB);
       cb.setMaxHandshakes(2);
@@ -285,14 +564,14 @@ public class M2mpskTest {
   /** One TLS handshake from an initiator of ksA to a fresh responder of cb
    * tagged tag; returns the responder's failure reason (REASON_NONE when
    * established). */
-  static int attempt(Config cb, Keystore ksB, Keystore ksA, String tag) {
+  static int attempt(Config cb, Keystore ksB, Keystore ksA, String tag) throws Exception {
     try (Config ca = new Config();
         Association a = new Association(M2mpsk.ROLE_INITIATOR, M2mpsk.TRANSPORT_TLS, ca, ksA, KPSA_ID);
         Association b = new Association(M2mpsk.ROLE_RESPONDER, M2mpsk.TRANSPORT_TLS, cb, ksB)) {
       b.setPeerTag(tag);
       try {
         b.start(now());
-      } catch (M2mpskException e) {
+      } catch (M2mpskHandshakeException e) {
         assertEquals(M2mpsk.E_FAILED, e.getCode());
         assertEquals(0, b.drain().length); // refused with nothing sent
         return b.failure();
@@ -304,7 +583,7 @@ public class M2mpskTest {
   }
 
   @Test
-  public void peerBlockedAfterWrongKeyHandshakes() {
+  public void peerBlockedAfterWrongKeyHandshakes() throws Exception {
     String tag = "192.0.2.7:40000";
     try (Keystore good = keystore(); Keystore wrong = new Keystore(); Config cb = new Config()) {
       byte[] other = KEY.clone();
@@ -343,7 +622,7 @@ public class M2mpskTest {
   }
 
   @Test
-  public void eventsEstablishedThenClosed() {
+  public void eventsEstablishedThenClosed() throws Exception {
     String tag = "198.51.100.1:5684";
     try (Keystore ks = keystore(); Config ca = new Config(); Config cb = new Config()) {
       cb.addLocalId(IDB);
@@ -399,7 +678,7 @@ public class M2mpskTest {
   static final String LOCAL = "//m2m.example.com/cse-in";
 
   @Test
-  public void originatorCheckTable() {
+  public void originatorCheckTable() throws Exception {
     assertEquals(0, M2mpsk.ORIGINATOR_ACCEPT);
     assertEquals(4106, M2mpsk.ORIGINATOR_NOT_AUTHENTICATED);
     assertEquals(4107, M2mpsk.ORIGINATOR_SECURITY_ASSOCIATION_REQUIRED);
@@ -433,7 +712,7 @@ public class M2mpskTest {
 
   static final String VECTOR = "0a940138d9f28b1363bda9fe9250740c955ce433aa87ef28b1b080ad02bd40d9";
 
-  static byte[] unhex(String s) {
+  static byte[] unhex(String s) throws Exception {
     byte[] b = new byte[s.length() / 2];
     for (int i = 0; i < b.length; i++) b[i] = (byte) Integer.parseInt(s.substring(2 * i, 2 * i + 2), 16);
     return b;
@@ -441,7 +720,7 @@ public class M2mpskTest {
 
   /** The responder's failure reason after a TLS handshake from ksA to ksB;
    * REASON_NONE when both are established. */
-  static int handshakeWith(Keystore ksA, Keystore ksB) {
+  static int handshakeWith(Keystore ksA, Keystore ksB) throws Exception {
     try (Config ca = new Config(); Config cb = new Config()) {
       cb.addLocalId(IDB);
       try (Association a = new Association(M2mpsk.ROLE_INITIATOR, M2mpsk.TRANSPORT_TLS, ca, ksA, KPSA_ID);
@@ -493,7 +772,7 @@ public class M2mpskTest {
   static final String CRED = "12-" + KPSA_ID;
 
   @Test
-  public void bindAeIdAfterACredentialBinding() {
+  public void bindAeIdAfterACredentialBinding() throws Exception {
     for (int transport : new int[] {M2mpsk.TRANSPORT_TLS, M2mpsk.TRANSPORT_DTLS}) {
       try (Keystore ks = keystore(); Config ca = new Config(); Config cb = new Config()) {
         cb.addLocalId(IDB);
@@ -542,7 +821,7 @@ public class M2mpskTest {
   /** SA2: Entity B dials Entity A with both configs reversed, over each
    * transport, with a record that has an IdA and one that has none. */
   @Test
-  public void sa2RolesReversed() {
+  public void sa2RolesReversed() throws Exception {
     for (int transport : new int[] {M2mpsk.TRANSPORT_TLS, M2mpsk.TRANSPORT_DTLS}) {
       for (String ida : new String[] {IDA, null}) {
         try (Keystore ks = new Keystore(); Config cfgA = new Config(); Config cfgB = new Config()) {
@@ -588,7 +867,7 @@ public class M2mpskTest {
   static final String CCM8 = "TLS_PSK_WITH_AES_128_CCM_8";
 
   @Test
-  public void ts0003ProfileIsBackendAware() {
+  public void ts0003ProfileIsBackendAware() throws Exception {
     assertEquals(1, M2mpsk.PROFILE_TS0003);
     assertEquals(-34, M2mpsk.E_UNSUPPORTED);
     String tls = M2mpsk.profileSuites(M2mpsk.PROFILE_TS0003, M2mpsk.TRANSPORT_TLS);
@@ -623,12 +902,12 @@ public class M2mpskTest {
     }
   }
 
-  static int handshakeType(byte[] d) {
+  static int handshakeType(byte[] d) throws Exception {
     return d.length > 13 && d[0] == 22 ? d[13] : -1;
   }
 
   @Test
-  public void dtlsListen() {
+  public void dtlsListen() throws Exception {
     String tag = "192.0.2.7:5684";
     try (Keystore ks = keystore(); Config ca = new Config(); Config cb = new Config();
         Association a = new Association(M2mpsk.ROLE_INITIATOR, M2mpsk.TRANSPORT_DTLS, ca, ks, KPSA_ID)) {
@@ -710,12 +989,16 @@ public class M2mpskTest {
     byte[] recv(int timeoutMs) throws Exception; // null on timeout
   }
 
-  static void drive(Association a, Link link, java.util.function.BooleanSupplier until)
-      throws Exception {
+  /** When drive() stops. */
+  interface Until {
+    boolean done() throws Exception;
+  }
+
+  static void drive(Association a, Link link, Until until) throws Exception {
     long end = System.currentTimeMillis() + 20000;
     while (System.currentTimeMillis() < end) {
       for (byte[] out = a.drain(); out.length > 0; out = a.drain()) link.send(out);
-      if (until.getAsBoolean()) return;
+      if (until.done()) return;
       long t = a.nextTimeout();
       int wait = t < 0 ? 200 : (int) Math.max(1, Math.min(200, t - now()));
       byte[] in = link.recv(wait);
@@ -818,7 +1101,7 @@ public class M2mpskTest {
    * suites, a config can name it, and every pair of engines interoperates
    * over both transports, each side running the engine it was given. */
   @Test
-  public void engines() {
+  public void engines() throws Exception {
     assertEquals("auto", M2mpsk.engineName(M2mpsk.ENGINE_AUTO));
     assertEquals("boringssl", M2mpsk.engineName(M2mpsk.ENGINE_BORINGSSL));
     assertEquals("openssl", M2mpsk.engineName(M2mpsk.ENGINE_OPENSSL));
@@ -861,7 +1144,7 @@ public class M2mpskTest {
   }
 
   @Test
-  public void freeFunctions() {
+  public void freeFunctions() throws Exception {
     assertEquals(BACKEND_NAME, M2mpsk.backendName());
     assertEquals("", M2mpsk.backendError());
     assertTrue(M2mpsk.suiteCount() > 0);
@@ -888,6 +1171,8 @@ public class M2mpskTest {
       "Keystore.add/4#2", "Keystore.add/6#2", "Keystore.addDerived/5#3",
       "Keystore.addDerived/7#3", "Association.exportKeyingMaterial/3#2",
       "Association.originatorCheck/2#0"));
+  // A ByteBuffer overload shares its twin's sample: a byte[] is wrapped, a
+  // size allocated.
 
   static void sample(String method, Object... args) {
     SAMPLES.put(method + "/" + args.length, args);
@@ -949,6 +1234,7 @@ public class M2mpskTest {
     sample("Association.drain");
     sample("Association.read");
     sample("Association.read", 16384);
+    sample("Association.drain", new byte[64]);
     sample("Association.exportKeyingMaterial", 16, "EXPERIMENTAL m2mpsk", null);
     for (String m : new String[] {"type", "reason", "role", "transport", "timeMs", "kpsaId",
                                   "peerId", "peerIdIsCredential", "peerTag", "detail"}) {
@@ -984,13 +1270,15 @@ public class M2mpskTest {
       Object v = s[i];
       if (types[i] == long.class) v = ((Number) v).longValue();
       else if (types[i] == int.class) v = ((Number) v).intValue();
+      else if (types[i] == ByteBuffer.class && v instanceof byte[]) v = ByteBuffer.wrap((byte[]) v);
+      else if (types[i] == ByteBuffer.class) v = ByteBuffer.allocate(((Number) v).intValue());
       a[i] = v;
     }
     return a;
   }
 
   /** An open handle of cls. */
-  static AutoCloseable open(Class<?> cls, Keystore ks) {
+  static AutoCloseable open(Class<?> cls, Keystore ks) throws Exception {
     if (cls == Keystore.class) return new Keystore();
     if (cls == Config.class) return new Config();
     if (cls == Association.class) {
@@ -1011,15 +1299,15 @@ public class M2mpskTest {
     }
   }
 
-  /** Calls m on h, which must throw M2mpskException with E_INVALID. */
-  static M2mpskException invalid(Method m, Object h, Object[] a) {
+  /** Calls m on h, which must throw M2mpskUsageException (E_INVALID). */
+  static M2mpskUsageException invalid(Method m, Object h, Object[] a) throws Exception {
     try {
       m.invoke(h, a);
     } catch (InvocationTargetException e) {
-      if (!(e.getCause() instanceof M2mpskException)) {
+      if (!(e.getCause() instanceof M2mpskUsageException)) {
         throw new AssertionError(key(m) + " threw " + e.getCause(), e.getCause());
       }
-      M2mpskException x = (M2mpskException) e.getCause();
+      M2mpskUsageException x = (M2mpskUsageException) e.getCause();
       assertEquals(key(m) + ": " + x.getMessage(), M2mpsk.E_INVALID, x.getCode());
       return x;
     } catch (IllegalAccessException e) {
@@ -1051,7 +1339,7 @@ public class M2mpskTest {
     try (JarFile j = new JarFile(jar)) {
       for (JarEntry e : java.util.Collections.list(j.entries())) {
         String n = e.getName();
-        if (!n.startsWith("m2mpsk/") || !n.endsWith(".class")) continue;
+        if (!n.startsWith("org/m2mpsk/") || !n.endsWith(".class")) continue;
         Class<?> c = Class.forName(n.substring(0, n.length() - 6).replace('/', '.'));
         if (AutoCloseable.class.isAssignableFrom(c)) handles.add(c);
       }
@@ -1065,7 +1353,7 @@ public class M2mpskTest {
           h.close(); // again: nothing happens
           int n = 0;
           for (Method m : methods(cls)) {
-            M2mpskException e = invalid(m, h, args(m));
+            M2mpskUsageException e = invalid(m, h, args(m));
             assertTrue(key(m) + ": " + e.getDetail(), e.getDetail().contains("closed"));
             n++;
           }
@@ -1078,7 +1366,7 @@ public class M2mpskTest {
   }
 
   @Test
-  public void closedAssociationGettersThrowInsteadOfDefaults() {
+  public void closedAssociationGettersThrowInsteadOfDefaults() throws Exception {
     // Issue 14: state() gave STATE_FAILED and peerId() null for a closed
     // association, as if it had failed or had no peer.
     try (Keystore ks = keystore(); Config cfg = new Config()) {
@@ -1104,7 +1392,7 @@ public class M2mpskTest {
             a[i] = null;
             AutoCloseable h = open(cls, ks);
             try {
-              M2mpskException e = invalid(m, h, a);
+              M2mpskUsageException e = invalid(m, h, a);
               assertFalse(key(m) + ": " + e.getDetail(), e.getDetail().contains("closed"));
             } finally {
               h.close();
@@ -1126,22 +1414,24 @@ public class M2mpskTest {
   }
 
   @Test
-  public void feedNullIsNotAnEmptyFeed() {
+  public void feedNullIsNotAnEmptyFeed() throws Exception {
     // Issue 14: feed(null) reached the library as (NULL, 0), an empty feed
     // that succeeds.
     try (Keystore ks = keystore(); Config cfg = new Config();
          Association a = new Association(M2mpsk.ROLE_INITIATOR, M2mpsk.TRANSPORT_TLS, cfg, ks,
              KPSA_ID)) {
       a.start(1000);
-      assertEquals("data is null", expect(M2mpsk.E_INVALID, () -> a.feed(null, 1000)).getDetail());
+      assertEquals("data is null", expect(M2mpsk.E_INVALID, () -> a.feed((byte[]) null, 1000)).getDetail());
       a.feed(new byte[0], 1000); // an empty array is an empty feed
-      expect(M2mpsk.E_INVALID, () -> a.write(null));
+      expect(M2mpsk.E_INVALID, () -> a.write((byte[]) null));
+      expect(M2mpsk.E_INVALID, () -> a.write((ByteBuffer) null));
+      expect(M2mpsk.E_INVALID, () -> a.feed((ByteBuffer) null, 1000));
       assertEquals(M2mpsk.STATE_HANDSHAKING, a.state());
     }
   }
 
   @Test
-  public void nullForFreeFunctionsThrows() {
+  public void nullForFreeFunctionsThrows() throws Exception {
     expect(M2mpsk.E_INVALID, () -> M2mpsk.kpsaIdValidate(null));
     expect(M2mpsk.E_INVALID, () -> M2mpsk.idbValidate(null));
     expect(M2mpsk.E_INVALID, () -> M2mpsk.idaValidate(null));
