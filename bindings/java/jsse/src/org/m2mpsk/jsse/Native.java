@@ -205,6 +205,15 @@ final class Native implements AutoCloseable {
     } catch (RuntimeException e) {
       throw convert(e, hs);
     }
+    if (a.state() == M2mpsk.STATE_FAILED) {
+      // A failure feed() did not report as one (it always should).
+      String msg = "m2mpsk: the association failed: " + a.failureDetail();
+      String reason = M2mpsk.reasonName(a.failure());
+      if (hs) {
+        throw new M2mpskSSLHandshakeException(msg, M2mpsk.E_FAILED, a.failure(), reason, null);
+      }
+      throw new M2mpskSSLException(msg, M2mpsk.E_FAILED, a.failure(), reason, null);
+    }
   }
 
   /** Everything waiting to be sent (TLS), or one datagram (DTLS); empty
