@@ -243,6 +243,12 @@ public class M2mpskJsseTest {
       assertEquals(HandshakeStatus.NOT_HANDSHAKING, s.e.getHandshakeStatus());
       assertNull(s.e.getHandshakeSession());
     }
+    try {
+      a.e.beginHandshake();
+      fail("renegotiation");
+    } catch (SSLException expected) {
+      assertTrue(expected.getMessage().contains("renegotiation"));
+    }
     M2mpskSession sa = (M2mpskSession) a.e.getSession();
     M2mpskSession sb = (M2mpskSession) b.e.getSession();
     assertEquals("TLSv1.2", sa.getProtocol());
@@ -490,6 +496,79 @@ public class M2mpskJsseTest {
     // An empty datagram buffer is an underflow.
     r = b.unwrap(EMPTY, ByteBuffer.allocate(16384));
     assertEquals(Status.BUFFER_UNDERFLOW, r.getStatus());
+  }
+
+  @Test(timeout = 30000)
+  public void dtlsRetransmitsOnWrapAfterTimeout() throws Exception {
+    SSLContext ds = M2mpskContexts.dtls(M2mpskParameters.server(IDB).keystore(ks));
+    SSLContext dc = M2mpskContexts.dtls(M2mpskParameters.client(KPSA_ID).keystore(ks));
+    M2mpskSSLEngine a = (M2mpskSSLEngine) dc.createSSLEngine();
+    a.setUseClientMode(true);
+    SSLEngine b = ds.createSSLEngine("127.0.0.1", 5684);
+    b.setUseClientMode(false);
+    a.beginHandshake();
+    ByteBuffer lost = ByteBuffer.allocate(a.getSession().getPacketBufferSize());
+    a.wrap(EMPTY, lost); // the first ClientHello, lost on the way
+    assertTrue(lost.position() > 0);
+    assertEquals(HandshakeStatus.NEED_UNWRAP, a.getHandshakeStatus());
+    long due = a.nextTimeoutMillis();
+    assertTrue(due > 0);
+    // Before the timer: a wrap retransmits nothing.
+    SSLEngineResult r = a.wrap(EMPTY, ByteBuffer.allocate(20000));
+    assertEquals(0, r.bytesProduced());
+    while (System.nanoTime() / 1_000_000 < due) Thread.sleep(20);
+    ByteBuffer again = ByteBuffer.allocate(a.getSession().getPacketBufferSize());
+    r = a.wrap(EMPTY, again);
+    assertTrue(r.bytesProduced() > 0);
+    again.flip();
+    // The retransmitted ClientHello starts the handshake at B.
+    b.beginHandshake();
+    r = b.unwrap(again, ByteBuffer.allocate(16384));
+    assertEquals(HandshakeStatus.NEED_WRAP, r.getHandshakeStatus());
+  }
+
+  @Test(timeout = 30000)
+  public void handshakeTimeout() throws Exception {
+    SSLContext c = M2mpskContexts.tls(
+        M2mpskParameters.client(KPSA_ID).keystore(ks).handshakeTimeoutMs(50));
+    SSLEngine a = c.createSSLEngine();
+    a.setUseClientMode(true);
+    a.wrap(EMPTY, ByteBuffer.allocate(20000)); // wrap begins the handshake
+    assertEquals(HandshakeStatus.NEED_UNWRAP, a.getHandshakeStatus());
+    Thread.sleep(200);
+    try {
+      a.wrap(EMPTY, ByteBuffer.allocate(20000));
+      fail("the handshake timeout must fail the handshake");
+    } catch (M2mpskSSLHandshakeException e) {
+      assertEquals("timeout", e.getReasonName());
+    }
+    assertTrue(a.isInboundDone());
+  }
+
+  @Test
+  public void closeBeforeHandshake() throws Exception {
+    SSLEngine a = client.createSSLEngine();
+    a.setUseClientMode(true);
+    a.closeOutbound();
+    assertTrue(a.isOutboundDone());
+    assertTrue(a.isInboundDone());
+    SSLEngineResult r = a.wrap(ByteBuffer.wrap(new byte[5]), ByteBuffer.allocate(20000));
+    assertEquals(Status.CLOSED, r.getStatus());
+    assertEquals(0, r.bytesProduced());
+    a.closeInbound(); // nothing had begun: no truncation to report
+    try {
+      a.beginHandshake();
+      fail("a handshake on a closed engine");
+    } catch (SSLException expected) {
+    }
+    SSLEngine b = client.createSSLEngine();
+    b.setUseClientMode(true);
+    b.beginHandshake();
+    try {
+      b.setUseClientMode(false);
+      fail("a mode change once the handshake has begun");
+    } catch (IllegalArgumentException expected) {
+    }
   }
 
   // ---- blocking sockets ---------------------------------------------------------

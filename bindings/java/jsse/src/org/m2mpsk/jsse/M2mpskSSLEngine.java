@@ -218,9 +218,10 @@ public final class M2mpskSSLEngine extends SSLEngine {
   @Override
   public synchronized void beginHandshake() throws SSLException {
     if (!modeSet) throw new IllegalStateException("client/server mode not yet set");
+    if (outboundClosed || inboundDone) throw new SSLException("m2mpsk: the engine is closed");
     if (n == null) {
       begin();
-    } else if (finishedReported || outboundClosed || inboundDone) {
+    } else if (finishedReported) {
       throw new SSLException("m2mpsk: renegotiation is not supported");
     }
   }
