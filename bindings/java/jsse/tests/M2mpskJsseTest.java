@@ -386,6 +386,16 @@ public class M2mpskJsseTest {
     assertTrue(b.e.isOutboundDone());
     assertEquals(HandshakeStatus.NOT_HANDSHAKING, b.e.getHandshakeStatus());
     b.e.closeInbound(); // close_notify was received: no exception
+    // Both sides done: the associations are freed, the sessions keep what
+    // they were bound to, and what needs the association says it is gone.
+    M2mpskSession sb = (M2mpskSession) b.e.getSession();
+    assertEquals("12-" + KPSA_ID, sb.peerId());
+    try {
+      sb.originatorCheck("Cae1");
+      fail("an originator check on a closed session");
+    } catch (SSLException expected) {
+      assertTrue(expected.getMessage().contains("closed"));
+    }
     // A peer that stops without close_notify: closeInbound() throws.
     Side[] q = pair(client, server);
     handshake(q[0], q[1]);

@@ -552,6 +552,7 @@ public final class M2mpskSSLEngine extends SSLEngine {
         fail();
       }
     }
+    release();
   }
 
   @Override
@@ -568,6 +569,7 @@ public final class M2mpskSSLEngine extends SSLEngine {
     inboundDone = true;
     boolean begun = n != null && !failed;
     closeOutbound();
+    release();
     if (begun && !peerClosed) {
       throw new SSLException("m2mpsk: inbound closed before the peer's close_notify "
           + "(possible truncation)");
@@ -613,9 +615,18 @@ public final class M2mpskSSLEngine extends SSLEngine {
 
   // ---- helpers ------------------------------------------------------------------
 
-  private static SSLEngineResult result(Status st, int consumed, int produced,
-      HandshakeStatus hs) {
+  private SSLEngineResult result(Status st, int consumed, int produced, HandshakeStatus hs) {
+    release();
     return new SSLEngineResult(st, hs, consumed, produced);
+  }
+
+  /** Frees the association (wiping its keys) once both directions are done
+   * and everything has been handed out; the session keeps its identities. */
+  private void release() {
+    if (n != null && inboundDone && outboundClosed && netOut.isEmpty()
+        && appInPos >= appIn.length && n.pending() == 0) {
+      n.close();
+    }
   }
 
   private static void checkArrays(ByteBuffer[] bufs, int offset, int length, boolean nullOther) {

@@ -50,6 +50,10 @@ final class Native implements AutoCloseable {
 
   private final Association a;
   private final boolean dtls;
+  // Once released, the state and failure it ended in.
+  private boolean released;
+  private int finalState;
+  private int finalFailure;
 
   private Native(Association a, boolean dtls) {
     this.a = a;
@@ -184,11 +188,12 @@ final class Native implements AutoCloseable {
   }
 
   private boolean handshaking() {
-    int s = a.state();
+    int s = state();
     return s == M2mpsk.STATE_IDLE || s == M2mpsk.STATE_HANDSHAKING;
   }
 
   void start(String peerTag) throws SSLException {
+    live();
     try {
       if (peerTag != null) a.setPeerTag(peerTag);
       a.start(now(), System.currentTimeMillis() / 1000);
@@ -199,6 +204,7 @@ final class Native implements AutoCloseable {
 
   /** Feeds stream bytes (TLS) or one datagram (DTLS). */
   void feed(byte[] data) throws SSLException {
+    live();
     boolean hs = handshaking();
     try {
       a.feed(data, now());
@@ -219,6 +225,7 @@ final class Native implements AutoCloseable {
   /** Everything waiting to be sent (TLS), or one datagram (DTLS); empty
    * when nothing waits. */
   byte[] drain() throws SSLException {
+    live();
     try {
       return a.drain();
     } catch (RuntimeException e) {
@@ -227,12 +234,13 @@ final class Native implements AutoCloseable {
   }
 
   long pending() {
-    return a.pending();
+    return released ? 0 : a.pending();
   }
 
   /** Decrypted application data, at most max bytes; empty when none. Throws
    * with E_CLOSED once the peer's close_notify has been read. */
   byte[] read(int max) throws SSLException {
+    live();
     try {
       return a.read(max);
     } catch (RuntimeException e) {
@@ -241,6 +249,7 @@ final class Native implements AutoCloseable {
   }
 
   void write(byte[] data) throws SSLException {
+    live();
     try {
       a.write(data);
     } catch (RuntimeException e) {
@@ -250,6 +259,7 @@ final class Native implements AutoCloseable {
 
   /** Sends close_notify (drain it afterwards). */
   void closeNotify() throws SSLException {
+    live();
     try {
       a.closeNotify();
     } catch (RuntimeException e) {
@@ -260,6 +270,7 @@ final class Native implements AutoCloseable {
   /** Runs a due timer (DTLS retransmission, handshake deadline, record
    * expiry); does nothing when none is due. */
   void runTimers() throws SSLException {
+    if (released) return;
     boolean hs = handshaking();
     try {
       long t = a.nextTimeout();
@@ -272,11 +283,11 @@ final class Native implements AutoCloseable {
 
   /** The monotonic time (ms) of the next timer, or -1. */
   long nextTimeout() {
-    return a.nextTimeout();
+    return released ? -1 : a.nextTimeout();
   }
 
   int state() {
-    return a.state();
+    return released ? finalState : a.state();
   }
 
   boolean isDtls() {
@@ -308,7 +319,7 @@ final class Native implements AutoCloseable {
   }
 
   int failure() {
-    return a.failure();
+    return released ? finalFailure : a.failure();
   }
 
   String failureDetail() {
@@ -316,6 +327,7 @@ final class Native implements AutoCloseable {
   }
 
   int originatorCheck(String from, long flags) throws SSLException {
+    live();
     try {
       return a.originatorCheck(from, flags);
     } catch (RuntimeException e) {
@@ -324,6 +336,7 @@ final class Native implements AutoCloseable {
   }
 
   void bindAeId(String aeId) throws SSLException {
+    live();
     try {
       a.bindAeId(aeId);
     } catch (RuntimeException e) {
@@ -332,6 +345,7 @@ final class Native implements AutoCloseable {
   }
 
   byte[] exportKeyingMaterial(int length, String label, byte[] context) throws SSLException {
+    live();
     try {
       return a.exportKeyingMaterial(length, label, context);
     } catch (RuntimeException e) {
@@ -339,8 +353,19 @@ final class Native implements AutoCloseable {
     }
   }
 
+  /** Frees the association now, wiping its key material; afterwards
+   * state() and failure() report how it ended, and every call that needs it
+   * throws. Calling it again does nothing. */
   @Override
   public void close() {
+    if (released) return;
+    finalState = a.state();
+    finalFailure = a.failure();
+    released = true;
     a.close();
+  }
+
+  private void live() throws SSLException {
+    if (released) throw new SSLException("m2mpsk: the session is closed");
   }
 }
