@@ -1,4 +1,5 @@
 import static org.junit.Assert.assertEquals;
+import static org.junit.Assert.assertFalse;
 import static org.junit.Assert.assertTrue;
 import static org.junit.Assert.fail;
 
@@ -166,6 +167,58 @@ public class M2mpskJettyTest {
       get(M2mpskContexts.client(other, AE_KPSA_ID), "Cae1");
       fail("a wrong key must not get an answer");
     } catch (javax.net.ssl.SSLHandshakeException expected) {
+    }
+  }
+
+  /**
+   * With HttpsURLConnection's default verifier the JDK hands the host check
+   * to the socket's endpoint identification, which a PSK session satisfies
+   * by the key itself: no verifier needs setting. A verifier that is set is
+   * consulted, and refuses what it does not know.
+   */
+  @Test(timeout = 60000)
+  public void hostnameVerifiers() throws Exception {
+    SSLContext a = M2mpskContexts.client(ks, AE_KPSA_ID);
+    HttpsURLConnection c = (HttpsURLConnection) new URL("https://127.0.0.1:" + port + "/cse-in")
+        .openConnection();
+    c.setSSLSocketFactory(a.getSocketFactory());
+    c.setRequestProperty("X-M2M-Origin", "Cae1");
+    c.setConnectTimeout(20000);
+    c.setReadTimeout(20000);
+    assertEquals(200, c.getResponseCode());
+    c.disconnect();
+    c = (HttpsURLConnection) new URL("https://127.0.0.1:" + port + "/cse-in").openConnection();
+    c.setSSLSocketFactory(a.getSocketFactory());
+    c.setHostnameVerifier((host, session) -> false);
+    c.setConnectTimeout(20000);
+    c.setReadTimeout(20000);
+    try {
+      c.getResponseCode();
+      fail("a verifier that refuses");
+    } catch (IOException expected) {
+      assertTrue(expected.getMessage(), expected.getMessage().contains("hostname"));
+    }
+    // M2mpskContexts.hostnameVerifier() refuses a session that is not m2mpsk's.
+    assertFalse(M2mpskContexts.hostnameVerifier().verify("127.0.0.1", null));
+  }
+
+  @Test(timeout = 120000)
+  public void concurrentClients() throws Exception {
+    SSLContext a = M2mpskContexts.client(ks, AE_KPSA_ID);
+    java.util.concurrent.ExecutorService pool =
+        java.util.concurrent.Executors.newFixedThreadPool(8);
+    try {
+      java.util.List<java.util.concurrent.Future<Integer>> done = new java.util.ArrayList<>();
+      for (int i = 0; i < 40; i++) {
+        String origin = i % 4 == 0 ? "Cforged" : "Cae1";
+        done.add(pool.submit(() -> Integer.parseInt(get(a, origin).rsc)));
+      }
+      for (int i = 0; i < done.size(); i++) {
+        assertEquals(i % 4 == 0 ? 4106 : 2000,
+            (int) done.get(i).get(60, java.util.concurrent.TimeUnit.SECONDS));
+      }
+    } finally {
+      pool.shutdownNow();
     }
   }
 

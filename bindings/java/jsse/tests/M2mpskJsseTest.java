@@ -303,6 +303,26 @@ public class M2mpskJsseTest {
   }
 
   @Test
+  public void enabledSuitesAreWhatIsOffered() throws Exception {
+    String[] all = server.createSSLEngine().getEnabledCipherSuites();
+    assertTrue(all.length >= 2);
+    String last = all[all.length - 1];
+    Side[] p = pair(client, server);
+    p[0].e.setEnabledCipherSuites(new String[] {last});
+    handshake(p[0], p[1]);
+    assertEquals(last, p[1].e.getSession().getCipherSuite());
+    // No suite in common: the handshake fails.
+    Side[] q = pair(client, server);
+    q[0].e.setEnabledCipherSuites(new String[] {all[0]});
+    q[1].e.setEnabledCipherSuites(new String[] {last});
+    try {
+      handshake(q[0], q[1]);
+      fail("no common suite");
+    } catch (SSLHandshakeException expected) {
+    }
+  }
+
+  @Test
   public void underflowAndOverflow() throws Exception {
     Side[] p = pair(aeClient, server);
     Side a = p[0], b = p[1];

@@ -55,12 +55,14 @@ public final class M2mpskContexts {
 
   /**
    * A {@link HostnameVerifier} for {@code HttpsURLConnection} over an
-   * m2mpsk socket factory. A PSK session has no certificate to match a
-   * host name against; what authenticates the server is that it proved it
-   * holds Kpsa, and the identity it is bound to is the IdB of Entity A's own
-   * record. This verifier accepts exactly the sessions an m2mpsk handshake
-   * established; it refuses any other (so that it cannot weaken a
-   * certificate-based connection it is given by mistake).
+   * m2mpsk socket factory, when a verifier is set at all (with the JDK's
+   * default one, the connection hands the check to the socket's endpoint
+   * identification, which a PSK session satisfies). A PSK session has no
+   * certificate to match a host name against; what authenticates the server
+   * is that it proved it holds Kpsa, and the identity it is bound to is the
+   * IdB of Entity A's own record. This verifier accepts exactly the sessions
+   * an m2mpsk handshake established and refuses any other, so that it
+   * cannot weaken a certificate-based connection it is given by mistake.
    */
   public static HostnameVerifier hostnameVerifier() {
     return (host, session) -> session instanceof M2mpskSession && session.isValid()
