@@ -468,6 +468,7 @@ public final class M2mpskSSLEngine extends SSLEngine {
       n.feed(rec);
     } catch (SSLException e) {
       if (Native.hasCode(e, Native.E_LIMIT) && wasEstablished) {
+        if (dtls) return result(Status.OK, take, 0, status()); // the datagram is dropped
         // Nothing was consumed: give the record back.
         src.position(src.position() - take);
         throw e;
