@@ -163,8 +163,12 @@ public class M2mpskJsseTest {
 
   @Test
   public void provider() throws Exception {
-    SSLContext c = SSLContext.getInstance("M2MPSK", new M2mpskProvider());
+    M2mpskProvider provider = new M2mpskProvider();
+    assertEquals("M2MPSK", provider.getName());
+    assertEquals(m2mpsk.M2mpsk.versionString(), provider.getVersionStr());
+    SSLContext c = SSLContext.getInstance("M2MPSK", provider);
     assertEquals("M2MPSK", c.getProtocol());
+    assertEquals("M2MPSK-DTLS", SSLContext.getInstance("M2MPSK-DTLS", provider).getProtocol());
     try {
       c.init(null, null, null);
       fail("init without M2mpskParameters");

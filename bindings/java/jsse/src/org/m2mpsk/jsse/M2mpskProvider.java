@@ -18,7 +18,8 @@ public final class M2mpskProvider extends Provider {
   private static final long serialVersionUID = 1L;
 
   public M2mpskProvider() {
-    super("M2MPSK", "0.3", "oneM2M TS-0003 pre-shared key security associations (libm2mpsk)");
+    super("M2MPSK", Native.libraryVersion(),
+        "oneM2M TS-0003 pre-shared key security associations (libm2mpsk)");
     putService(new Service(this, "SSLContext", "M2MPSK", M2mpskSSLContextSpi.Tls.class.getName(),
         null, null));
     putService(new Service(this, "SSLContext", "M2MPSK-DTLS",

@@ -78,6 +78,11 @@ final class Native implements AutoCloseable {
     return new M2mpskSSLException(m.getMessage(), m.getCode(), m.getReason(), reasonName, m);
   }
 
+  /** The library's version, e.g. "0.3.0". */
+  static String libraryVersion() {
+    return M2mpsk.versionString();
+  }
+
   /** The name of a REASON_ constant, e.g. "bad-key". */
   static String reasonName(int reason) {
     return M2mpsk.reasonName(reason);
