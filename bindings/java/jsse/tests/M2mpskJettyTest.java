@@ -222,6 +222,22 @@ public class M2mpskJettyTest {
     }
   }
 
+  /** Plain HTTP on the PSK port: Jetty gets the engine's handshake failure
+   * and closes the connection (after an alert), without answering. */
+  @Test(timeout = 60000)
+  public void plainHttpIsRefused() throws Exception {
+    try (java.net.Socket s = new java.net.Socket("127.0.0.1", port)) {
+      s.setSoTimeout(20000);
+      s.getOutputStream().write(
+          "GET /cse-in HTTP/1.1\r\nHost: x\r\n\r\n".getBytes(StandardCharsets.US_ASCII));
+      byte[] got = s.getInputStream().readAllBytes();
+      assertFalse(new String(got, StandardCharsets.ISO_8859_1).contains("HTTP/1.1"));
+      // Whatever came back is TLS: an alert record, if anything.
+      if (got.length > 0) assertEquals(21, got[0]);
+    }
+    assertEquals(200, get(M2mpskContexts.client(ks, AE_KPSA_ID), "Cae1").status);
+  }
+
   @Test(timeout = 60000)
   public void manyRequestsInTurn() throws Exception {
     SSLContext a = M2mpskContexts.client(ks, AE_KPSA_ID);
