@@ -34,6 +34,7 @@ import javax.net.ssl.SSLEngineResult.HandshakeStatus;
 import javax.net.ssl.SSLEngineResult.Status;
 import javax.net.ssl.SSLException;
 import javax.net.ssl.SSLHandshakeException;
+import javax.net.ssl.SSLParameters;
 import javax.net.ssl.SSLPeerUnverifiedException;
 import javax.net.ssl.SSLServerSocket;
 import javax.net.ssl.SSLSession;
@@ -207,6 +208,13 @@ public class M2mpskJsseTest {
     }
     assertEquals(HandshakeStatus.NOT_HANDSHAKING, e.getHandshakeStatus());
     assertNull(e.getDelegatedTask());
+    SSLParameters params = e.getSSLParameters();
+    params.setEndpointIdentificationAlgorithm("HTTPS");
+    params.setCipherSuites(new String[] {e.getEnabledCipherSuites()[0]});
+    e.setSSLParameters(params);
+    assertEquals("HTTPS", e.getSSLParameters().getEndpointIdentificationAlgorithm());
+    assertEquals(1, e.getEnabledCipherSuites().length);
+    assertEquals(0, e.getSSLParameters().getMaximumPacketSize()); // TLS: no MTU
     // The session before the handshake, and the sizes a caller allocates.
     SSLSession s = e.getSession();
     assertEquals("SSL_NULL_WITH_NULL_NULL", s.getCipherSuite());
@@ -483,6 +491,22 @@ public class M2mpskJsseTest {
     a.setUseClientMode(true);
     SSLEngine b = ds.createSSLEngine("127.0.0.1", 5684);
     b.setUseClientMode(false);
+    // The JDK's way to set the MTU: SSLParameters' maximum packet size.
+    assertEquals(1400, b.getSSLParameters().getMaximumPacketSize());
+    final int mtu = 600;
+    for (SSLEngine e : new SSLEngine[] {a, b}) {
+      SSLParameters p = e.getSSLParameters();
+      p.setMaximumPacketSize(mtu);
+      e.setSSLParameters(p);
+      assertEquals(mtu, e.getSSLParameters().getMaximumPacketSize());
+    }
+    SSLParameters tooSmall = a.getSSLParameters();
+    tooSmall.setMaximumPacketSize(100);
+    try {
+      a.setSSLParameters(tooSmall);
+      fail("an MTU below MTU_MIN");
+    } catch (IllegalArgumentException expected) {
+    }
     // Datagrams, one per wrap; each unwrap takes one whole datagram.
     List<ByteBuffer> toB = new ArrayList<>(), toA = new ArrayList<>();
     a.beginHandshake();
@@ -497,7 +521,7 @@ public class M2mpskJsseTest {
           ByteBuffer dg = ByteBuffer.allocate(e.getSession().getPacketBufferSize());
           SSLEngineResult r = e.wrap(EMPTY, dg);
           dg.flip();
-          assertTrue(dg.remaining() <= 1400);
+          assertTrue(dg.remaining() <= mtu);
           if (dg.hasRemaining()) q.add(dg);
           if (r.getHandshakeStatus() == HandshakeStatus.FINISHED) finished++;
         }
@@ -518,8 +542,16 @@ public class M2mpskJsseTest {
     assertEquals(2, finished);
     assertEquals("DTLSv1.2", a.getSession().getProtocol());
     assertEquals(IDB, ((M2mpskSession) a.getSession()).peerId());
+    // A large write goes out in datagrams within the MTU.
+    ByteBuffer big = ByteBuffer.wrap(new byte[2000]);
     ByteBuffer dg = ByteBuffer.allocate(a.getSession().getPacketBufferSize());
-    SSLEngineResult r = a.wrap(ByteBuffer.wrap("ping".getBytes(StandardCharsets.UTF_8)), dg);
+    SSLEngineResult r = a.wrap(big, dg);
+    assertTrue(r.bytesConsumed() > 0 && r.bytesConsumed() < 2000);
+    assertTrue(dg.position() <= mtu);
+    dg.flip();
+    assertEquals(r.bytesConsumed(), b.unwrap(dg, ByteBuffer.allocate(16384)).bytesProduced());
+    dg.clear();
+    r = a.wrap(ByteBuffer.wrap("ping".getBytes(StandardCharsets.UTF_8)), dg);
     assertEquals(4, r.bytesConsumed());
     dg.flip();
     ByteBuffer got = ByteBuffer.allocate(16384);

@@ -39,8 +39,8 @@ final class ContextState {
     return supportedSuites;
   }
 
-  /** A new association for an engine. */
-  Native open(boolean client, List<String> suites) throws SSLException {
+  /** A new association for an engine; mtu 0 is the parameters' (DTLS). */
+  Native open(boolean client, List<String> suites, int mtu) throws SSLException {
     if (suites.isEmpty()) {
       throw new SSLHandshakeException("no cipher suite is enabled");
     }
@@ -58,6 +58,7 @@ final class ContextState {
     if (client && params.kpsaId() == null) {
       throw new SSLHandshakeException("client mode needs M2mpskParameters.kpsaId()");
     }
-    return Native.open(client, dtls, c, params.keystore(), params.kpsaId(), params.mtu());
+    return Native.open(client, dtls, c, params.keystore(), params.kpsaId(),
+        mtu > 0 ? mtu : params.mtu());
   }
 }

@@ -12,6 +12,7 @@ import javax.net.ssl.SSLEngineResult.HandshakeStatus;
 import javax.net.ssl.SSLEngineResult.Status;
 import javax.net.ssl.SSLException;
 import javax.net.ssl.SSLHandshakeException;
+import javax.net.ssl.SSLParameters;
 import javax.net.ssl.SSLSession;
 
 /**
@@ -69,6 +70,8 @@ public final class M2mpskSSLEngine extends SSLEngine {
   private String[] enabledSuites;
   private String[] enabledProtocols;
   private boolean sessionCreation = true;
+  private String endpointIdentification;
+  private int maximumPacketSize; // DTLS: the MTU; 0 for the parameters'
 
   private Native n; // null until the handshake begins
   private boolean finishedReported;
@@ -185,6 +188,34 @@ public final class M2mpskSSLEngine extends SSLEngine {
     return sessionCreation;
   }
 
+  /** The base class's parameters, plus the endpoint identification
+   * algorithm as set (a PSK session satisfies it by the key: there is no
+   * certificate to check a name against) and, for DTLS, the MTU as the
+   * maximum packet size. */
+  @Override
+  public synchronized SSLParameters getSSLParameters() {
+    SSLParameters p = super.getSSLParameters();
+    p.setEndpointIdentificationAlgorithm(endpointIdentification);
+    p.setMaximumPacketSize(dtls ? mtu() : 0);
+    return p;
+  }
+
+  /** Takes the suites, protocols, the endpoint identification algorithm
+   * and, for DTLS before the handshake, a maximum packet size (the MTU:
+   * MTU_MIN to MTU_MAX, or 0 for the default). Throws
+   * IllegalArgumentException for an unsupported suite or protocol, or a
+   * packet size out of range. */
+  @Override
+  public synchronized void setSSLParameters(SSLParameters p) {
+    int max = p.getMaximumPacketSize();
+    if (dtls && max != 0 && (max < Native.MTU_MIN || max > Native.MTU_MAX)) {
+      throw new IllegalArgumentException("maximum packet size out of range: " + max);
+    }
+    super.setSSLParameters(p);
+    endpointIdentification = p.getEndpointIdentificationAlgorithm();
+    if (dtls && n == null) maximumPacketSize = max;
+  }
+
   /** The session; its peer identity is known once the handshake has
    * finished. */
   @Override
@@ -229,7 +260,7 @@ public final class M2mpskSSLEngine extends SSLEngine {
   private void begin() throws SSLException {
     if (!sessionCreation) throw new SSLHandshakeException("session creation is disabled");
     if (enabledProtocols.length == 0) throw new SSLHandshakeException("no protocol is enabled");
-    n = ctx.open(clientMode, Arrays.asList(enabledSuites));
+    n = ctx.open(clientMode, Arrays.asList(enabledSuites), maximumPacketSize);
     try {
       n.start(clientMode ? null : peerTag());
     } catch (SSLException e) {
@@ -366,9 +397,15 @@ public final class M2mpskSSLEngine extends SSLEngine {
     return result(Status.OK, take, produced, resultStatus());
   }
 
+  /** The DTLS MTU: setSSLParameters()'s maximum packet size, else the
+   * context's, else the library's default. */
+  private int mtu() {
+    return maximumPacketSize > 0 ? maximumPacketSize : ctx.params.mtu() > 0 ? ctx.params.mtu() : 1400;
+  }
+
   /** The plaintext one DTLS datagram carries within the MTU. */
   private int dtlsPlaintextMax() {
-    int mtu = ctx.params.mtu() > 0 ? ctx.params.mtu() : 1400;
+    int mtu = mtu();
     return Math.max(1, mtu - M2mpskSession.DTLS_HEADER - M2mpskSession.MAX_EXPANSION);
   }
 

@@ -31,6 +31,8 @@ final class Native implements AutoCloseable {
   static final int REASON_NONE;
   static final int ORIGINATOR_ACCEPT;
   static final int ORIGINATOR_AE_CREATE;
+  static final int MTU_MIN;
+  static final int MTU_MAX;
 
   static {
     // The core binding leaves loading to its caller (until it loads
@@ -46,6 +48,8 @@ final class Native implements AutoCloseable {
     REASON_NONE = M2mpsk.REASON_NONE;
     ORIGINATOR_ACCEPT = M2mpsk.ORIGINATOR_ACCEPT;
     ORIGINATOR_AE_CREATE = M2mpsk.ORIGINATOR_AE_CREATE;
+    MTU_MIN = M2mpsk.MTU_MIN;
+    MTU_MAX = M2mpsk.MTU_MAX;
   }
 
   private final Association a;
