@@ -19,6 +19,13 @@ import m2mpsk.M2mpskException;
  *
  * <p>An instance holds one association. It is not thread-safe: the engine
  * that owns it serializes every call.
+ *
+ * <p>Written against the core binding whose M2mpskException is unchecked.
+ * Once it is a checked SSLException (with M2mpskHandshakeException), the
+ * {@code catch (RuntimeException e)} blocks become catches of the core's
+ * exception and {@link #convert} maps it (or lets it through as it is);
+ * beside this file only imports name the core: m2mpsk.Keystore in
+ * M2mpskParameters and M2mpskContexts, m2mpsk.Config in ContextState.
  */
 final class Native implements AutoCloseable {
   static final int STATE_IDLE;
