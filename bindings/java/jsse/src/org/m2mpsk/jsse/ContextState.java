@@ -1,0 +1,64 @@
+package org.m2mpsk.jsse;
+
+import java.util.List;
+import java.util.concurrent.ConcurrentHashMap;
+import javax.net.ssl.SSLException;
+import javax.net.ssl.SSLHandshakeException;
+import m2mpsk.Config;
+
+/**
+ * What an initialised context shares among its engines: the parameters, the
+ * keystore, and one config per enabled suite list (engines enabling the
+ * same suites share a config, and with it its rate limiter, handshake limit
+ * and event queue).
+ */
+final class ContextState {
+  final M2mpskParameters params;
+  final boolean dtls;
+  private final Config defaultConfig;
+  private final List<String> defaultSuites;
+  private final List<String> supportedSuites;
+  private final ConcurrentHashMap<String, Config> configs = new ConcurrentHashMap<>();
+
+  ContextState(M2mpskParameters params, boolean dtls) throws SSLException {
+    if (params.keystore() == null) {
+      throw new IllegalArgumentException("M2mpskParameters without a keystore");
+    }
+    this.params = params;
+    this.dtls = dtls;
+    this.defaultConfig = Native.newConfig(params, null);
+    this.defaultSuites = Native.configSuites(defaultConfig, dtls);
+    this.supportedSuites = Native.supportedSuites();
+  }
+
+  List<String> defaultSuites() {
+    return defaultSuites;
+  }
+
+  List<String> supportedSuites() {
+    return supportedSuites;
+  }
+
+  /** A new association for an engine; mtu 0 is the parameters' (DTLS). */
+  Native open(boolean client, List<String> suites, int mtu) throws SSLException {
+    if (suites.isEmpty()) {
+      throw new SSLHandshakeException("no cipher suite is enabled");
+    }
+    Config c = defaultConfig;
+    if (!suites.equals(defaultSuites)) {
+      String key = String.join(":", suites);
+      c = configs.get(key);
+      if (c == null) {
+        Config made = Native.newConfig(params, key);
+        c = configs.putIfAbsent(key, made);
+        if (c == null) c = made;
+        else Native.closeConfig(made);
+      }
+    }
+    if (client && params.kpsaId() == null) {
+      throw new SSLHandshakeException("client mode needs M2mpskParameters.kpsaId()");
+    }
+    return Native.open(client, dtls, c, params.keystore(), params.kpsaId(),
+        mtu > 0 ? mtu : params.mtu());
+  }
+}

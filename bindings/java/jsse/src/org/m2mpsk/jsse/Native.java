@@ -1,0 +1,387 @@
+package org.m2mpsk.jsse;
+
+import java.util.ArrayList;
+import java.util.Collections;
+import java.util.List;
+import javax.net.ssl.SSLException;
+import m2mpsk.Association;
+import m2mpsk.Config;
+import m2mpsk.Keystore;
+import m2mpsk.M2mpsk;
+import m2mpsk.M2mpskException;
+
+/**
+ * The one place this package calls the core binding: every call into
+ * {@code m2mpsk.*} goes through here, and every {@link M2mpskException} the
+ * binding throws comes out as an {@link M2mpskSSLException} (or an
+ * {@link M2mpskSSLHandshakeException} while handshaking), so that a change
+ * of the core's package or exception types is a change of this file only.
+ *
+ * <p>An instance holds one association. It is not thread-safe: the engine
+ * that owns it serializes every call.
+ *
+ * <p>Written against the core binding whose M2mpskException is unchecked.
+ * Once it is a checked SSLException (with M2mpskHandshakeException), the
+ * {@code catch (RuntimeException e)} blocks become catches of the core's
+ * exception and {@link #convert} maps it (or lets it through as it is);
+ * beside this file only imports name the core: m2mpsk.Keystore in
+ * M2mpskParameters and M2mpskContexts, m2mpsk.Config in ContextState.
+ */
+final class Native implements AutoCloseable {
+  static final int STATE_IDLE;
+  static final int STATE_HANDSHAKING;
+  static final int STATE_ESTABLISHED;
+  static final int STATE_CLOSED;
+  static final int STATE_FAILED;
+  static final int E_CLOSED;
+  static final int E_LIMIT;
+  static final int REASON_NONE;
+  static final int ORIGINATOR_ACCEPT;
+  static final int ORIGINATOR_AE_CREATE;
+  static final int MTU_MIN;
+  static final int MTU_MAX;
+
+  static {
+    // The core binding leaves loading to its caller (until it loads
+    // itself); loading twice in one class loader is harmless.
+    System.loadLibrary("m2mpskjni");
+    STATE_IDLE = M2mpsk.STATE_IDLE;
+    STATE_HANDSHAKING = M2mpsk.STATE_HANDSHAKING;
+    STATE_ESTABLISHED = M2mpsk.STATE_ESTABLISHED;
+    STATE_CLOSED = M2mpsk.STATE_CLOSED;
+    STATE_FAILED = M2mpsk.STATE_FAILED;
+    E_CLOSED = M2mpsk.E_CLOSED;
+    E_LIMIT = M2mpsk.E_LIMIT;
+    REASON_NONE = M2mpsk.REASON_NONE;
+    ORIGINATOR_ACCEPT = M2mpsk.ORIGINATOR_ACCEPT;
+    ORIGINATOR_AE_CREATE = M2mpsk.ORIGINATOR_AE_CREATE;
+    MTU_MIN = M2mpsk.MTU_MIN;
+    MTU_MAX = M2mpsk.MTU_MAX;
+  }
+
+  private final Association a;
+  private final boolean dtls;
+  // Once released, the state and failure it ended in.
+  private boolean released;
+  private int finalState;
+  private int finalFailure;
+
+  private Native(Association a, boolean dtls) {
+    this.a = a;
+    this.dtls = dtls;
+  }
+
+  /** Monotonic milliseconds, the clock every association is given. */
+  static long now() {
+    return System.nanoTime() / 1_000_000;
+  }
+
+  /** The exception for a binding failure: a handshake exception when it
+   * happened before the association was established. */
+  static SSLException convert(RuntimeException e, boolean handshaking) {
+    if (!(e instanceof M2mpskException)) throw e;
+    M2mpskException m = (M2mpskException) e;
+    String reasonName = M2mpsk.reasonName(m.getReason());
+    if (handshaking) {
+      return new M2mpskSSLHandshakeException(m.getMessage(), m.getCode(), m.getReason(),
+          reasonName, m);
+    }
+    return new M2mpskSSLException(m.getMessage(), m.getCode(), m.getReason(), reasonName, m);
+  }
+
+  /** The library's version, e.g. "0.3.0". */
+  static String libraryVersion() {
+    return M2mpsk.versionString();
+  }
+
+  /** The name of a REASON_ constant, e.g. "bad-key". */
+  static String reasonName(int reason) {
+    return M2mpsk.reasonName(reason);
+  }
+
+  /** Whether a binding exception carries the given status code. */
+  static boolean hasCode(SSLException e, int code) {
+    return e instanceof M2mpskSSLException && ((M2mpskSSLException) e).getCode() == code
+        || e instanceof M2mpskSSLHandshakeException
+            && ((M2mpskSSLHandshakeException) e).getCode() == code;
+  }
+
+  // ---- keystores and configs -------------------------------------------
+
+  /** A keystore loaded from a key file (see Keystore.loadFile). */
+  static Keystore loadKeystore(String path) throws SSLException {
+    Keystore ks = null;
+    try {
+      ks = new Keystore();
+      ks.loadFile(path);
+      return ks;
+    } catch (RuntimeException e) {
+      if (ks != null) ks.close();
+      throw convert(e, false);
+    }
+  }
+
+  /** A keystore holding one record; key is copied into locked memory. */
+  static Keystore keystoreOf(String kpsaId, byte[] key, String ida, String idb)
+      throws SSLException {
+    Keystore ks = null;
+    try {
+      ks = new Keystore();
+      ks.add(kpsaId, key, ida, idb);
+      return ks;
+    } catch (RuntimeException e) {
+      if (ks != null) ks.close();
+      throw convert(e, false);
+    }
+  }
+
+  /** A config built from the parameters, offering suites (a colon-separated
+   * list of IANA names) when not null. */
+  static Config newConfig(M2mpskParameters p, String suites) throws SSLException {
+    Config c = null;
+    try {
+      c = new Config();
+      if (p.engine() != null) c.setEngine(p.engine());
+      if (p.profile() != null) c.setProfile(p.profile());
+      if (suites != null) c.setSuites(suites);
+      for (String id : p.localIds()) c.addLocalId(id);
+      if (p.handshakeTimeoutMs() > 0) c.setHandshakeTimeout(p.handshakeTimeoutMs());
+      if (p.rolesReversed()) c.setRolesReversed(true);
+      return c;
+    } catch (RuntimeException e) {
+      if (c != null) c.close();
+      throw convert(e, false);
+    }
+  }
+
+  static void closeConfig(Config c) {
+    c.close();
+  }
+
+  /** The suites a config offers over TLS or DTLS, in preference order. */
+  static List<String> configSuites(Config c, boolean dtls) throws SSLException {
+    try {
+      return split(c.suites(dtls ? M2mpsk.TRANSPORT_DTLS : M2mpsk.TRANSPORT_TLS));
+    } catch (RuntimeException e) {
+      throw convert(e, false);
+    }
+  }
+
+  /** Every PSK suite this build supports, over either transport. */
+  static List<String> supportedSuites() {
+    List<String> out = new ArrayList<>();
+    for (long i = 0, n = M2mpsk.suiteCount(); i < n; i++) out.add(M2mpsk.suiteName(i));
+    return Collections.unmodifiableList(out);
+  }
+
+  private static List<String> split(String s) {
+    List<String> out = new ArrayList<>();
+    if (s != null) {
+      for (String x : s.split(":")) {
+        if (!x.isEmpty()) out.add(x);
+      }
+    }
+    return Collections.unmodifiableList(out);
+  }
+
+  // ---- associations ----------------------------------------------------
+
+  /** An association: Entity A (initiator, naming its record by kpsaId) or
+   * Entity B (responder, kpsaId null), over TLS or DTLS. */
+  static Native open(boolean initiator, boolean dtls, Config config, Keystore keystore,
+      String kpsaId, int mtu) throws SSLException {
+    Association a = null;
+    try {
+      a = new Association(initiator ? M2mpsk.ROLE_INITIATOR : M2mpsk.ROLE_RESPONDER,
+          dtls ? M2mpsk.TRANSPORT_DTLS : M2mpsk.TRANSPORT_TLS, config, keystore,
+          initiator ? kpsaId : null);
+      if (dtls && mtu > 0) a.setMtu(mtu);
+      return new Native(a, dtls);
+    } catch (RuntimeException e) {
+      if (a != null) a.close();
+      throw convert(e, true);
+    }
+  }
+
+  private boolean handshaking() {
+    int s = state();
+    return s == M2mpsk.STATE_IDLE || s == M2mpsk.STATE_HANDSHAKING;
+  }
+
+  void start(String peerTag) throws SSLException {
+    live();
+    try {
+      if (peerTag != null) a.setPeerTag(peerTag);
+      a.start(now(), System.currentTimeMillis() / 1000);
+    } catch (RuntimeException e) {
+      throw convert(e, true);
+    }
+  }
+
+  /** Feeds stream bytes (TLS) or one datagram (DTLS). */
+  void feed(byte[] data) throws SSLException {
+    live();
+    boolean hs = handshaking();
+    try {
+      a.feed(data, now());
+    } catch (RuntimeException e) {
+      throw convert(e, hs);
+    }
+    if (a.state() == M2mpsk.STATE_FAILED) {
+      // A failure feed() did not report as one (it always should).
+      String msg = "m2mpsk: the association failed: " + a.failureDetail();
+      String reason = M2mpsk.reasonName(a.failure());
+      if (hs) {
+        throw new M2mpskSSLHandshakeException(msg, M2mpsk.E_FAILED, a.failure(), reason, null);
+      }
+      throw new M2mpskSSLException(msg, M2mpsk.E_FAILED, a.failure(), reason, null);
+    }
+  }
+
+  /** Everything waiting to be sent (TLS), or one datagram (DTLS); empty
+   * when nothing waits. */
+  byte[] drain() throws SSLException {
+    live();
+    try {
+      return a.drain();
+    } catch (RuntimeException e) {
+      throw convert(e, handshaking());
+    }
+  }
+
+  long pending() {
+    return released ? 0 : a.pending();
+  }
+
+  /** Decrypted application data, at most max bytes; empty when none. Throws
+   * with E_CLOSED once the peer's close_notify has been read. */
+  byte[] read(int max) throws SSLException {
+    live();
+    try {
+      return a.read(max);
+    } catch (RuntimeException e) {
+      throw convert(e, false);
+    }
+  }
+
+  void write(byte[] data) throws SSLException {
+    live();
+    try {
+      a.write(data);
+    } catch (RuntimeException e) {
+      throw convert(e, false);
+    }
+  }
+
+  /** Sends close_notify (drain it afterwards). */
+  void closeNotify() throws SSLException {
+    live();
+    try {
+      a.closeNotify();
+    } catch (RuntimeException e) {
+      throw convert(e, false);
+    }
+  }
+
+  /** Runs a due timer (DTLS retransmission, handshake deadline, record
+   * expiry); does nothing when none is due. */
+  void runTimers() throws SSLException {
+    if (released) return;
+    boolean hs = handshaking();
+    try {
+      long t = a.nextTimeout();
+      long now = now();
+      if (t >= 0 && now >= t) a.handleTimeout(now);
+    } catch (RuntimeException e) {
+      throw convert(e, hs);
+    }
+  }
+
+  /** The monotonic time (ms) of the next timer, or -1. */
+  long nextTimeout() {
+    return released ? -1 : a.nextTimeout();
+  }
+
+  int state() {
+    return released ? finalState : a.state();
+  }
+
+  boolean isDtls() {
+    return dtls;
+  }
+
+  String peerId() {
+    return a.peerId();
+  }
+
+  boolean peerIdIsCredential() {
+    return a.peerIdIsCredential();
+  }
+
+  String localId() {
+    return a.localId();
+  }
+
+  String kpsaId() {
+    return a.kpsaId();
+  }
+
+  String suite() {
+    return a.suite();
+  }
+
+  String version() {
+    return a.version();
+  }
+
+  int failure() {
+    return released ? finalFailure : a.failure();
+  }
+
+  String failureDetail() {
+    return a.failureDetail();
+  }
+
+  int originatorCheck(String from, long flags) throws SSLException {
+    live();
+    try {
+      return a.originatorCheck(from, flags);
+    } catch (RuntimeException e) {
+      throw convert(e, false);
+    }
+  }
+
+  void bindAeId(String aeId) throws SSLException {
+    live();
+    try {
+      a.bindAeId(aeId);
+    } catch (RuntimeException e) {
+      throw convert(e, false);
+    }
+  }
+
+  byte[] exportKeyingMaterial(int length, String label, byte[] context) throws SSLException {
+    live();
+    try {
+      return a.exportKeyingMaterial(length, label, context);
+    } catch (RuntimeException e) {
+      throw convert(e, false);
+    }
+  }
+
+  /** Frees the association now, wiping its key material; afterwards
+   * state() and failure() report how it ended, and every call that needs it
+   * throws. Calling it again does nothing. */
+  @Override
+  public void close() {
+    if (released) return;
+    finalState = a.state();
+    finalFailure = a.failure();
+    released = true;
+    a.close();
+  }
+
+  private void live() throws SSLException {
+    if (released) throw new SSLException("m2mpsk: the session is closed");
+  }
+}
