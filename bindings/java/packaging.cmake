@@ -75,7 +75,7 @@ if(M2MPSK_MVN AND _install_plugin)
 endif()
 # Offline, and resolving from Debian's repository all the same: -o stops
 # every remote repository but those whose protocol is listed here.
-set(M2MPSK_MVN_OFFLINE ${M2MPSK_MVN} -o -B -q -Dstyle.color=never
+set(M2MPSK_MVN_OFFLINE ${M2MPSK_MVN} -o -B -q
     -s ${CMAKE_CURRENT_LIST_DIR}/tests/maven-settings.xml
     -Daether.offline.protocols=file
     -Dm2mpsk.maven.system.repo=file://${M2MPSK_MAVEN_SYSTEM_REPO})

@@ -20,7 +20,7 @@ system_repo=${M2MPSK_MAVEN_SYSTEM_REPO:-/usr/share/maven-repo}
 rm -rf "$work"
 mkdir -p "$work"
 cp -r "$here/maven-consumer" "$work/project"
-set -- -o -B -q -Dstyle.color=never -s "$here/maven-settings.xml" -Daether.offline.protocols=file \
+set -- -o -B -q -s "$here/maven-settings.xml" -Daether.offline.protocols=file \
   "-Dm2mpsk.maven.system.repo=file://$system_repo" \
   "-Dmaven.repo.local=$local_repo" -f "$work/project/pom.xml"
 [ -n "$jni" ] && set -- "$@" "-DargLine=-Djava.library.path=$jni"
