@@ -10,8 +10,9 @@
 # the deprecated m2mpsk); m2mpsk-jsse.jar is a bundle of its own,
 # org.m2mpsk.jsse, whose Import-Package of org.m2mpsk is generated from its
 # classes like everything else (bundle-manifest.cmake). A second jar takes
-# the same two calls: m2mpsk_java_manifest_command in its jar command, and
-# m2mpsk_java_maven(ARTIFACT m2mpsk-jsse ... DEPENDS m2mpsk).
+# the same calls: m2mpsk_java_manifest_command in its jar command,
+# m2mpsk_java_maven(ARTIFACT m2mpsk-jsse ... DEPENDS m2mpsk), and
+# m2mpsk_java_osgi_test(java_osgi_bundle_jsse ... REQUIRES ${M2MPSK_JAR}).
 #
 # No Bundle-NativeCode: Debian installs libm2mpskjni.so apart from the jar,
 # in /usr/lib/<multiarch>/jni, which its JVMs have on java.library.path; a
@@ -68,7 +69,10 @@ file(GLOB _versions LIST_DIRECTORIES true RELATIVE
      ${M2MPSK_MAVEN_SYSTEM_REPO}/org/apache/maven/plugins/maven-install-plugin/*)
 list(FILTER _versions INCLUDE REGEX "^[0-9][0-9.]*$")
 list(SORT _versions COMPARE NATURAL ORDER DESCENDING)
-list(GET _versions 0 _install_plugin)
+set(_install_plugin "")
+if(_versions)
+  list(GET _versions 0 _install_plugin)
+endif()
 set(M2MPSK_MAVEN_OK FALSE)
 if(M2MPSK_MVN AND _install_plugin)
   set(M2MPSK_MAVEN_OK TRUE)
@@ -177,14 +181,20 @@ function(_m2mpsk_java_skip name why)
   set_tests_properties(${name} PROPERTIES SKIP_RETURN_CODE 77)
 endfunction()
 
-# m2mpsk_java_packaging_tests(JAR <file> TARGET <target>)
-function(m2mpsk_java_packaging_tests)
-  cmake_parse_arguments(A "" "JAR;TARGET" "" ${ARGN})
-  # java_osgi_bundle: the jar in Apache Felix (tests/OsgiLauncher.java).
+# m2mpsk_java_osgi_test(<test> JAR <file> SYMBOLIC_NAME <bsn> [REQUIRES <jar>...])
+# The bundle <bsn> in Apache Felix (tests/OsgiLauncher.java), the REQUIRES
+# jars installed and started before it (for m2mpsk-jsse.jar: m2mpsk.jar).
+function(m2mpsk_java_osgi_test name)
+  cmake_parse_arguments(A "" "JAR;SYMBOLIC_NAME" "REQUIRES" ${ARGN})
   find_file(M2MPSK_FELIX_JAR NAMES org.apache.felix.framework.jar
             PATHS /usr/share/java NO_DEFAULT_PATH)
-  if(M2MPSK_FELIX_JAR)
-    set(_lc ${CMAKE_CURRENT_BINARY_DIR}/osgi-launcher)
+  if(NOT M2MPSK_FELIX_JAR)
+    _m2mpsk_java_skip(${name}
+      "Apache Felix not found in /usr/share/java (apt-get install libfelix-framework-java)")
+    return()
+  endif()
+  set(_lc ${PROJECT_BINARY_DIR}/bindings/java/osgi-launcher)
+  if(NOT TARGET m2mpsk_osgi_launcher)
     set(_src ${CMAKE_CURRENT_FUNCTION_LIST_DIR}/tests/OsgiLauncher.java)
     add_custom_command(OUTPUT ${_lc}/OsgiLauncher.class
       COMMAND ${CMAKE_COMMAND} -E make_directory ${_lc}
@@ -194,20 +204,24 @@ function(m2mpsk_java_packaging_tests)
       COMMENT "Compiling the OSGi test launcher"
       VERBATIM)
     add_custom_target(m2mpsk_osgi_launcher ALL DEPENDS ${_lc}/OsgiLauncher.class)
-    # Only Felix and the launcher on the class path: the bundle's classes
-    # reach the launcher through the framework or not at all.
-    add_test(NAME java_osgi_bundle
-             COMMAND ${Java_JAVA_EXECUTABLE} -Djava.library.path=${PROJECT_BINARY_DIR}/lib
-                     # Felix 4.6 makes its boot delegation class loader by
-                     # reflection into java.security.
-                     --add-opens java.base/java.security=ALL-UNNAMED
-                     -cp ${M2MPSK_FELIX_JAR}:${_lc} OsgiLauncher
-                     ${A_JAR} org.m2mpsk ${PROJECT_VERSION})
-    set_tests_properties(java_osgi_bundle PROPERTIES TIMEOUT 120)
-  else()
-    _m2mpsk_java_skip(java_osgi_bundle
-      "Apache Felix not found in /usr/share/java (apt-get install libfelix-framework-java)")
   endif()
+  # Only Felix and the launcher on the class path: the bundle's classes
+  # reach the launcher through the framework or not at all.
+  add_test(NAME ${name}
+           COMMAND ${Java_JAVA_EXECUTABLE} -Djava.library.path=${PROJECT_BINARY_DIR}/lib
+                   # Felix 4.6 makes its boot delegation class loader by
+                   # reflection into java.security.
+                   --add-opens java.base/java.security=ALL-UNNAMED
+                   -cp ${M2MPSK_FELIX_JAR}:${_lc} OsgiLauncher
+                   ${A_JAR} ${A_SYMBOLIC_NAME} ${PROJECT_VERSION} ${A_REQUIRES})
+  set_tests_properties(${name} PROPERTIES TIMEOUT 120)
+endfunction()
+
+# m2mpsk_java_packaging_tests(JAR <file>): java_osgi_bundle and
+# java_maven_offline for m2mpsk.jar.
+function(m2mpsk_java_packaging_tests)
+  cmake_parse_arguments(A "" "JAR" "" ${ARGN})
+  m2mpsk_java_osgi_test(java_osgi_bundle JAR ${A_JAR} SYMBOLIC_NAME org.m2mpsk)
 
   # java_maven_offline: the consumer project in tests/maven-consumer built
   # and tested by mvn -o against build/m2repo, which the fixture fills.

@@ -27,6 +27,7 @@ import org.osgi.framework.Version;
 import org.osgi.framework.launch.Framework;
 import org.osgi.framework.launch.FrameworkFactory;
 import org.osgi.framework.wiring.BundleCapability;
+import org.osgi.framework.wiring.BundleRequirement;
 import org.osgi.framework.wiring.BundleWire;
 import org.osgi.framework.wiring.BundleWiring;
 
@@ -50,8 +51,9 @@ import org.osgi.framework.wiring.BundleWiring;
  *       call from inside the framework returns the library's version.
  * </ol>
  *
- * Usage: OsgiLauncher JAR SYMBOLIC_NAME VERSION (run with only Felix and
- * this class on the class path). Exits 0 when all hold, 1 otherwise, 2 if
+ * Usage: OsgiLauncher JAR SYMBOLIC_NAME VERSION [REQUIRED_JAR...] (run with
+ * only Felix and this class on the class path); the REQUIRED_JARs (the
+ * bundles JAR imports from) are installed and started first. Exits 0 when all hold, 1 otherwise, 2 if
  * it takes more than 60 s.
  */
 public final class OsgiLauncher {
@@ -63,8 +65,8 @@ public final class OsgiLauncher {
   }
 
   public static void main(String[] args) throws Exception {
-    if (args.length != 3) {
-      System.err.println("usage: OsgiLauncher JAR SYMBOLIC_NAME VERSION");
+    if (args.length < 3) {
+      System.err.println("usage: OsgiLauncher JAR SYMBOLIC_NAME VERSION [REQUIRED_JAR...]");
       System.exit(2);
     }
     Thread watchdog =
@@ -95,7 +97,9 @@ public final class OsgiLauncher {
       System.out.println(
           "framework: " + fw.getSymbolicName() + " " + fw.getVersion() + " on Java "
               + Runtime.version().feature());
-      run(fw.getBundleContext(), jar, bsn, version, jarPackages);
+      List<File> required = new ArrayList<>();
+      for (int i = 3; i < args.length; i++) required.add(new File(args[i]));
+      run(fw.getBundleContext(), jar, bsn, version, jarPackages, required);
     } finally {
       if (fw != null) {
         fw.stop();
@@ -138,7 +142,12 @@ public final class OsgiLauncher {
   }
 
   private static void run(BundleContext ctx, File jar, String bsn, Version version,
-      Map<String, List<String>> jarPackages) throws Exception {
+      Map<String, List<String>> jarPackages, List<File> required) throws Exception {
+    for (File r : required) {
+      Bundle rb = ctx.installBundle(r.toURI().toString());
+      rb.start();
+      System.out.println("required: " + rb.getSymbolicName() + " " + rb.getVersion() + " started");
+    }
     Bundle b = ctx.installBundle(jar.toURI().toString());
     check(bsn.equals(b.getSymbolicName()), "Bundle-SymbolicName " + b.getSymbolicName());
     check(version.equals(b.getVersion()), "Bundle-Version " + b.getVersion());
@@ -165,6 +174,19 @@ public final class OsgiLauncher {
     for (BundleWire w : wiring.getRequiredWires("osgi.wiring.package")) {
       System.out.println("imports " + w.getCapability().getAttributes().get("osgi.wiring.package")
           + " from " + w.getProvider().getSymbolicName());
+    }
+    // The project's own packages are imported with the 0.x minor range.
+    String lower = "(version>=" + version.getMajor() + "." + version.getMinor() + ".0)";
+    String upper = "(!(version>=" + version.getMajor() + "." + (version.getMinor() + 1) + ".0))";
+    for (BundleRequirement r : wiring.getRevision().getDeclaredRequirements("osgi.wiring.package")) {
+      String filter = r.getDirectives().get("filter");
+      System.out.println("Import-Package requirement " + filter);
+      check(filter != null && filter.matches("\\((&\\()?osgi\\.wiring\\.package=[A-Za-z0-9_.]+\\).*"),
+          "requirement names a package: " + filter);
+      if (filter != null && filter.matches(".*osgi\\.wiring\\.package=(org\\.)?m2mpsk[.)].*")) {
+        check(filter.contains(lower) && filter.contains(upper),
+            "requirement has the range " + lower + upper + ": " + filter);
+      }
     }
 
     Map<String, Class<?>> fromBundle = new HashMap<>();
