@@ -2,7 +2,9 @@
 # The install test: builds the Debian packages from this tree, runs lintian
 # on them, installs them, and checks with the installed files only that each
 # kind of consumer works: C with pkg-config, C with CMake find_package, the
-# m2mpsk command over loopback, Python and Java, and that both engines are
+# m2mpsk command over loopback, Python and Java (the jar also as an OSGi
+# bundle and as a Maven dependency from /usr/share/maven-repo), the docs and
+# examples the binding packages ship, and that both engines are
 # installed: TS-0003's mandated suites with default options against
 # OpenSSL's s_server and s_client; and that m2mpsk-gateway's service runs
 # as its unit says, as its own account. Then purges the packages
@@ -319,21 +321,18 @@ consumer_java() {
   local jdk=/usr/lib/jvm/default-java/bin
   mkdir -p "$jdir"
   cat >"$jdir/Handshake.java" <<'EOF'
-import m2mpsk.Association;
-import m2mpsk.Config;
-import m2mpsk.Keystore;
-import m2mpsk.M2mpsk;
+import org.m2mpsk.Association;
+import org.m2mpsk.Config;
+import org.m2mpsk.Keystore;
+import org.m2mpsk.M2mpsk;
 
-/** Entity A and Entity B in memory, over TLS and DTLS, through the jar. */
+/** Entity A and Entity B in memory, over TLS and DTLS, through the jar; the
+ * library loads itself from /usr/lib/<multiarch>/jni. */
 public class Handshake {
-  static {
-    // Found in /usr/lib/<multiarch>/jni, on Debian's default library path.
-    System.loadLibrary("m2mpskjni");
-  }
 
   static final String IDB = "//m2m.example.com/cse-in";
 
-  public static void main(String[] args) {
+  public static void main(String[] args) throws Exception {
     System.out.println("m2mpsk " + M2mpsk.versionString() + " backend " + M2mpsk.backendName());
     byte[] key = new byte[32];
     for (int i = 0; i < key.length; i++) key[i] = (byte) i;
@@ -366,6 +365,83 @@ EOF
   "$jdk/javac" -cp "$jar" -d "$jdir" "$jdir/Handshake.java" || return 1
   # No -Djava.library.path: Debian's JVMs search /usr/lib/<multiarch>/jni.
   (cd "$jdir" && "$jdk/java" -cp "$jar:." Handshake)
+}
+
+# The installed jar as an OSGi bundle in Apache Felix (Debian's), with
+# bindings/java/tests/OsgiLauncher.java: resolved, exports at the package's
+# version, wired to an importer; libm2mpskjni.so from Debian's default
+# library path (no -Djava.library.path).
+consumer_osgi() {
+  local felix=/usr/share/java/org.apache.felix.framework.jar jdk=/usr/lib/jvm/default-java/bin
+  local odir=$work/osgi version
+  version=$(dpkg-query -W -f='${Version}' libm2mpsk-java | sed 's/-[^-]*$//')
+  mkdir -p "$odir"
+  /usr/bin/python3 -c 'import sys, zipfile; sys.stdout.write(zipfile.ZipFile(sys.argv[1]).read("META-INF/MANIFEST.MF").decode())' \
+    /usr/share/java/m2mpsk.jar | grep -E '^(Bundle-|Export-Package|Import-Package|Require-Capability| )' || return 1
+  "$jdk/javac" -cp "$felix" -d "$odir" "$src/bindings/java/tests/OsgiLauncher.java" || return 1
+  timeout 120 "$jdk/java" --add-opens java.base/java.security=ALL-UNNAMED -cp "$felix:$odir" \
+    OsgiLauncher /usr/share/java/m2mpsk.jar org.m2mpsk "$version"
+}
+
+# org.m2mpsk:m2mpsk from Debian's Maven repository: a Maven project that
+# depends on it (bindings/java/tests/maven-consumer) builds and passes its
+# JUnit handshake tests with mvn -o, /usr/share/maven-repo its only
+# repository and an empty local one; what Maven resolved is the installed
+# jar.
+consumer_maven() {
+  local version dir=/usr/share/maven-repo/org/m2mpsk/m2mpsk
+  version=$(dpkg-query -W -f='${Version}' libm2mpsk-java | sed 's/-[^-]*$//')
+  ls -l "$dir"/*/
+  for v in "$version" debian; do
+    [ -f "$dir/$v/m2mpsk-$v.pom" ] || { echo "no $dir/$v/m2mpsk-$v.pom"; return 1; }
+    [ "$(readlink -f "$dir/$v/m2mpsk-$v.jar")" = "$(readlink -f /usr/share/java/m2mpsk.jar)" ] ||
+      { echo "$dir/$v/m2mpsk-$v.jar does not lead to /usr/share/java/m2mpsk.jar"; return 1; }
+  done
+  MVN=/usr/bin/mvn M2MPSK_MAVEN_SYSTEM_REPO=/usr/share/maven-repo \
+    sh "$src/bindings/java/tests/maven-consumer.sh" "$work/maven" "$work/m2repo" "$version" || return 1
+  cmp "$work/m2repo/org/m2mpsk/m2mpsk/$version/m2mpsk-$version.jar" /usr/share/java/m2mpsk.jar &&
+    echo "Maven resolved the installed jar"
+}
+
+# The docs and examples the binding packages ship, as in the tree (gzipped
+# or not, as dh_compress left them), and the examples still build against
+# the installed module and jar.
+shipped_same() { # INSTALLED SOURCE
+  local f
+  for f in "$1" "$1.gz"; do
+    if [ -f "$f" ]; then
+      zcat -f "$f" | cmp - "$2" && echo "$f" && return 0
+      return 1
+    fi
+  done
+  echo "missing: $1"
+  return 1
+}
+
+consumer_docs() {
+  local f doc=/usr/share/doc
+  shipped_same "$doc/python3-m2mpsk/python.md" "$src/docs/python.md" || return 1
+  shipped_same "$doc/libm2mpsk-java/java.md" "$src/docs/java.md" || return 1
+  for f in "$src"/examples/python/*; do
+    shipped_same "$doc/python3-m2mpsk/examples/${f##*/}" "$f" || return 1
+  done
+  for f in "$src"/examples/java/*; do
+    shipped_same "$doc/libm2mpsk-java/examples/${f##*/}" "$f" || return 1
+  done
+  mkdir -p "$work/examples"
+  for f in "$doc"/python3-m2mpsk/examples/*.py; do
+    (cd "$work/examples" && /usr/bin/python3 -I - "$f" <<'PYEOF'
+import runpy, sys
+
+# Imports the example (so its `import m2mpsk` runs against the installed
+# module) without running main().
+runpy.run_path(sys.argv[1], run_name="example")
+print(sys.argv[1], "imports")
+PYEOF
+    ) || return 1
+  done
+  /usr/lib/jvm/default-java/bin/javac -cp /usr/share/java/m2mpsk.jar -d "$work/examples" \
+    "$doc"/libm2mpsk-java/examples/*.java && echo "the Java examples compile against /usr/share/java/m2mpsk.jar"
 }
 
 # The suites TS-0003 §10.2.2 mandates, with m2mpsk's default options on
@@ -554,6 +630,9 @@ if step "build the .debs (dpkg-buildpackage -us -uc -b)" build_debs &&
   step "3. m2mpsk --help, serve --once / connect over 127.0.0.1 (TLS, DTLS)" consumer_cli
   step "4. python3 -c 'import m2mpsk' handshake" consumer_python
   step "5. Java class with /usr/share/java/m2mpsk.jar handshake" consumer_java
+  step "5a. /usr/share/java/m2mpsk.jar as an OSGi bundle in Apache Felix" consumer_osgi
+  step "5b. Maven project depending on org.m2mpsk:m2mpsk, mvn -o with /usr/share/maven-repo" consumer_maven
+  step "5c. docs and examples shipped in /usr/share/doc (python3-m2mpsk, libm2mpsk-java)" consumer_docs
   step "6. mandated suites, default options: m2mpsk vs openssl s_server/s_client (TLS, DTLS)" consumer_mandated
   step "7. m2mpsk-gateway: unit, account, config; the service's command forwards, refuses a forged originator (4106), reloads, stops" consumer_gateway
   step "purge, machine as found" machine_as_found
