@@ -214,7 +214,7 @@ function(m2mpsk_java_osgi_test name)
                    --add-opens java.base/java.security=ALL-UNNAMED
                    -cp ${M2MPSK_FELIX_JAR}:${_lc} OsgiLauncher
                    ${A_JAR} ${A_SYMBOLIC_NAME} ${PROJECT_VERSION} ${A_REQUIRES})
-  set_tests_properties(${name} PROPERTIES TIMEOUT 120)
+  set_tests_properties(${name} PROPERTIES TIMEOUT 120 LABELS packaging)
 endfunction()
 
 # m2mpsk_java_packaging_tests(JAR <file>): java_osgi_bundle and
@@ -229,13 +229,13 @@ function(m2mpsk_java_packaging_tests)
     add_test(NAME java_maven_install
              COMMAND ${CMAKE_COMMAND} --build ${PROJECT_BINARY_DIR} --target maven-install)
     set_tests_properties(java_maven_install PROPERTIES
-      TIMEOUT 300 FIXTURES_SETUP m2repo RESOURCE_LOCK m2repo)
+      TIMEOUT 300 FIXTURES_SETUP m2repo RESOURCE_LOCK m2repo LABELS packaging)
     add_test(NAME java_maven_offline
              COMMAND sh ${CMAKE_CURRENT_FUNCTION_LIST_DIR}/tests/maven-consumer.sh
                      ${CMAKE_CURRENT_BINARY_DIR}/maven-consumer ${M2MPSK_M2REPO}
                      ${PROJECT_VERSION} ${PROJECT_BINARY_DIR}/lib)
     set_tests_properties(java_maven_offline PROPERTIES
-      TIMEOUT 600 FIXTURES_REQUIRED m2repo RESOURCE_LOCK m2repo
+      TIMEOUT 600 FIXTURES_REQUIRED m2repo RESOURCE_LOCK m2repo LABELS packaging
       ENVIRONMENT "MVN=${M2MPSK_MVN};M2MPSK_MAVEN_SYSTEM_REPO=${M2MPSK_MAVEN_SYSTEM_REPO}")
   else()
     _m2mpsk_java_skip(java_maven_offline
