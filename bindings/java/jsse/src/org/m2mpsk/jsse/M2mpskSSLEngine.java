@@ -43,9 +43,14 @@ import javax.net.ssl.SSLSession;
  * so after {@code closeOutbound()} the engine reads no more input.
  * {@link #closeInbound()} before the peer's close_notify throws, as the JDK
  * does, since the data may have been truncated.</li>
- * <li>A failed handshake throws {@link M2mpskSSLHandshakeException} (with
- * the reason, e.g. "bad-key"); the alert telling the peer is then queued,
- * and {@code wrap} returns it with status {@code CLOSED}.</li>
+ * <li>A failed handshake throws the core's
+ * {@link org.m2mpsk.M2mpskHandshakeException} (with the reason, e.g.
+ * "bad-key"); the alert telling the peer is then queued, and {@code wrap}
+ * returns it with status {@code CLOSED}. Other failures throw the core's
+ * {@link org.m2mpsk.M2mpskException}; both carry the library's status
+ * ({@link org.m2mpsk.M2mpskStatus}). A call the core refuses as a caller's
+ * bug (E_INVALID) throws {@link org.m2mpsk.M2mpskUsageException}, an
+ * {@code IllegalArgumentException}.</li>
  * <li>In DTLS mode, a {@code wrap} or {@code unwrap} call after the
  * retransmission timer has passed retransmits the last flight (the JDK's
  * DTLS engine does the same on {@code wrap}): call {@code wrap} when a
