@@ -651,6 +651,25 @@ public class M2mpskJsseTest {
     }
   }
 
+  /** A keystore closed under a context: the engine cannot begin, an
+   * IllegalStateException as SSLEngine has for a state it cannot work in,
+   * with the core's M2mpskUsageException (E_INVALID) as its cause. */
+  @Test
+  public void closedKeystoreIsAnIllegalState() throws Exception {
+    Keystore other = new Keystore();
+    other.add(KPSA_ID, KEY, null, IDB);
+    SSLEngine a = M2mpskContexts.client(other, KPSA_ID).createSSLEngine();
+    a.setUseClientMode(true);
+    other.close();
+    try {
+      a.wrap(EMPTY, ByteBuffer.allocate(20000));
+      fail("a closed keystore");
+    } catch (IllegalStateException e) {
+      assertTrue(e.getCause() instanceof M2mpskUsageException);
+      assertEquals(M2mpsk.E_INVALID, ((M2mpskUsageException) e.getCause()).getCode());
+    }
+  }
+
   @Test(timeout = 30000)
   public void handshakeTimeout() throws Exception {
     SSLContext c = M2mpskContexts.tls(

@@ -50,7 +50,9 @@ import javax.net.ssl.SSLSession;
  * {@link org.m2mpsk.M2mpskException}; both carry the library's status
  * ({@link org.m2mpsk.M2mpskStatus}). A call the core refuses as a caller's
  * bug (E_INVALID) throws {@link org.m2mpsk.M2mpskUsageException}, an
- * {@code IllegalArgumentException}.</li>
+ * {@code IllegalArgumentException}; a handshake begun on a keystore the
+ * caller has closed throws {@code IllegalStateException}, with it as
+ * cause.</li>
  * <li>In DTLS mode, a {@code wrap} or {@code unwrap} call after the
  * retransmission timer has passed retransmits the last flight (the JDK's
  * DTLS engine does the same on {@code wrap}): call {@code wrap} when a

@@ -11,6 +11,7 @@ import org.m2mpsk.M2mpsk;
 import org.m2mpsk.M2mpskException;
 import org.m2mpsk.M2mpskHandshakeException;
 import org.m2mpsk.M2mpskStatus;
+import org.m2mpsk.M2mpskUsageException;
 
 /**
  * The one place this package calls the core binding: every call into
@@ -20,7 +21,9 @@ import org.m2mpsk.M2mpskStatus;
  * rule: a {@link M2mpskException} raised while handshaking becomes a
  * {@link M2mpskHandshakeException} with the same code, reason and detail
  * (see {@link #convert}). {@code M2mpskUsageException} (E_INVALID, an
- * {@code IllegalArgumentException}) is a caller's bug and is never caught.
+ * {@code IllegalArgumentException}) is a caller's bug and goes through as
+ * it is, but from {@link #open}: there it means the caller's keystore was
+ * closed, an {@code IllegalStateException} for an engine.
  *
  * <p>An instance holds one association. It is not thread-safe: the engine
  * that owns it serializes every call.
@@ -204,7 +207,12 @@ final class Native implements AutoCloseable {
     } catch (M2mpskException e) {
       if (a != null) a.close();
       throw convert(e, true);
-    } catch (RuntimeException e) { // M2mpskUsageException: the caller's bug
+    } catch (M2mpskUsageException e) {
+      // The keystore (the caller's) was closed: the engine cannot begin,
+      // which SSLEngine reports as an IllegalStateException.
+      if (a != null) a.close();
+      throw new IllegalStateException(e.getMessage(), e);
+    } catch (RuntimeException e) {
       if (a != null) a.close();
       throw e;
     }
