@@ -445,6 +445,41 @@ public class M2mpskJsseTest {
     assertEquals(HandshakeStatus.NEED_WRAP, q[1].e.getHandshakeStatus()); // its own close_notify
   }
 
+  /** unwrap feeds the record in place from any kind of buffer: direct, a
+   * heap slice (a nonzero array offset), read-only (which the core copies);
+   * it consumes that record and nothing around it. */
+  @Test
+  public void unwrapFromEveryKindOfBuffer() throws Exception {
+    Side[] p = pair(client, server);
+    handshake(p[0], p[1]);
+    for (String kind : new String[] {"direct", "slice", "read-only"}) {
+      assertFalse(p[0].out.hasRemaining());
+      p[0].wrap(ByteBuffer.wrap(kind.getBytes(StandardCharsets.UTF_8)));
+      byte[] rec = new byte[p[0].out.remaining()];
+      p[0].out.get(rec);
+      byte[] around = new byte[3 + rec.length + 7]; // 3 bytes before, 7 after
+      System.arraycopy(rec, 0, around, 3, rec.length);
+      ByteBuffer src;
+      if (kind.equals("direct")) {
+        src = ByteBuffer.allocateDirect(around.length).put(around);
+        src.clear();
+      } else if (kind.equals("slice")) {
+        byte[] wider = new byte[5 + around.length];
+        System.arraycopy(around, 0, wider, 5, around.length);
+        src = ByteBuffer.wrap(wider, 5, around.length).slice();
+        assertEquals(5, src.arrayOffset());
+      } else {
+        src = ByteBuffer.wrap(around).asReadOnlyBuffer();
+      }
+      src.position(3);
+      SSLEngineResult r = p[1].e.unwrap(src, p[1].app);
+      assertEquals(r.toString(), Status.OK, r.getStatus());
+      assertEquals(rec.length, r.bytesConsumed());
+      assertEquals(3 + rec.length, src.position());
+      assertEquals(kind, p[1].read());
+    }
+  }
+
   @Test
   public void wrongKey() throws Exception {
     try (Keystore other = new Keystore()) {

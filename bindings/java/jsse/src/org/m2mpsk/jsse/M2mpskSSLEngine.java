@@ -506,22 +506,24 @@ public final class M2mpskSSLEngine extends SSLEngine {
     if (wasEstablished && room < Math.min(take - header, M2mpskSession.MAX_PLAINTEXT)) {
       return result(Status.BUFFER_OVERFLOW, 0, 0, status());
     }
-    byte[] rec = new byte[take];
-    src.get(rec);
+    // The record, fed in place; src's position moves past it, but on an
+    // established TLS association's E_LIMIT.
+    int at = src.position();
+    ByteBuffer rec = src.duplicate();
+    rec.limit(at + take);
     try {
       n.feed(rec);
     } catch (SSLException e) {
       if (Native.hasCode(e, Native.E_LIMIT) && wasEstablished) {
-        if (dtls) return result(Status.OK, take, 0, status()); // the datagram is dropped
-        // Nothing was consumed: give the record back.
-        src.position(src.position() - take);
-        throw e;
+        if (!dtls) throw e; // nothing was consumed: the record stays in src
+        src.position(at + take);
+        return result(Status.OK, take, 0, status()); // the datagram is dropped
       }
+      src.position(at + take);
       fail();
       throw e;
-    } finally {
-      Arrays.fill(rec, (byte) 0);
     }
+    src.position(at + take);
     pullOutput();
     readPlaintext();
     int produced = deliver(dsts, offset, length);

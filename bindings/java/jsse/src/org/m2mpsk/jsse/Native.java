@@ -1,5 +1,6 @@
 package org.m2mpsk.jsse;
 
+import java.nio.ByteBuffer;
 import java.util.ArrayList;
 import java.util.Collections;
 import java.util.List;
@@ -233,8 +234,11 @@ final class Native implements AutoCloseable {
     }
   }
 
-  /** Feeds stream bytes (TLS) or one datagram (DTLS). */
-  void feed(byte[] data) throws SSLException {
+  /** Feeds the bytes between data's position and limit, stream bytes
+   * (TLS) or one datagram (DTLS), in place (the core reads a heap buffer
+   * through its array); the position moves to the limit, or stays on an
+   * exception. */
+  void feed(ByteBuffer data) throws SSLException {
     live();
     boolean hs = handshaking();
     try {
