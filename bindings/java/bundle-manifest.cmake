@@ -8,7 +8,8 @@
 #                   (org.m2mpsk*, m2mpsk*) with the 0.x range [M.m,M.m+1);
 #   osgi.ee         the JavaSE version of the newest class file.
 # Inputs (-D): CLASSES, TEMPLATE, OUTPUT, SYMBOLIC_NAME, NAME, DESCRIPTION,
-# VERSION, JDEPS. bundle-manifest.cmake is run by the jar's own command
+# VERSION, JDEPS; optionally CLASS_PATH. bundle-manifest.cmake is run by
+# the jar's own command
 # (bindings/java/packaging.cmake: m2mpsk_java_manifest_command).
 cmake_minimum_required(VERSION 3.18)
 foreach(_v CLASSES TEMPLATE OUTPUT SYMBOLIC_NAME NAME DESCRIPTION VERSION JDEPS)
@@ -112,6 +113,13 @@ if(_imports)
     endif()
   endforeach()
   set(IMPORT_PACKAGE "Import-Package: ${_i}\n")
+endif()
+
+# Class-Path (optional): the jars beside this one that its classes need
+# on a plain class path (m2mpsk-jsse.jar: m2mpsk.jar); OSGi ignores it.
+set(CLASS_PATH_HEADER "")
+if(CLASS_PATH)
+  set(CLASS_PATH_HEADER "Class-Path: ${CLASS_PATH}\n")
 endif()
 
 configure_file(${TEMPLATE} ${OUTPUT} @ONLY NEWLINE_STYLE UNIX)

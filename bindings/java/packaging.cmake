@@ -32,13 +32,15 @@ if(NOT M2MPSK_JDEPS)
 endif()
 
 # m2mpsk_java_manifest_command(<var> CLASSES <dir> MANIFEST <file>
-#     SYMBOLIC_NAME <bsn> NAME <name> DESCRIPTION <text>)
+#     SYMBOLIC_NAME <bsn> NAME <name> DESCRIPTION <text> [CLASS_PATH <jars>])
 # Sets <var> to the COMMAND words that write <file> from the classes in
 # <dir> (run them after javac, before `jar cfm <jar> <file>`), and
-# <var>_DEPENDS to the files that command reads.
+# <var>_DEPENDS to the files that command reads. CLASS_PATH: a Class-Path
+# header, the jars (beside this one) its classes need outside OSGi.
 function(m2mpsk_java_manifest_command var)
-  cmake_parse_arguments(A "" "CLASSES;MANIFEST;SYMBOLIC_NAME;NAME;DESCRIPTION" "" ${ARGN})
+  cmake_parse_arguments(A "" "CLASSES;MANIFEST;SYMBOLIC_NAME;NAME;DESCRIPTION;CLASS_PATH" "" ${ARGN})
   set(${var} ${CMAKE_COMMAND}
+      -DCLASS_PATH=${A_CLASS_PATH}
       -DCLASSES=${A_CLASSES} -DOUTPUT=${A_MANIFEST}
       -DTEMPLATE=${CMAKE_CURRENT_FUNCTION_LIST_DIR}/MANIFEST.MF.in
       -DSYMBOLIC_NAME=${A_SYMBOLIC_NAME} -DNAME=${A_NAME}

@@ -14,7 +14,8 @@ import javax.net.ssl.SSLSession;
 import javax.servlet.http.HttpServlet;
 import javax.servlet.http.HttpServletRequest;
 import javax.servlet.http.HttpServletResponse;
-import m2mpsk.Keystore;
+import org.m2mpsk.Keystore;
+import org.m2mpsk.M2mpsk;
 import org.eclipse.jetty.server.HttpConfiguration;
 import org.eclipse.jetty.server.HttpConnectionFactory;
 import org.eclipse.jetty.server.SecureRequestCustomizer;
@@ -95,7 +96,7 @@ public class M2mpskJettyTest {
 
   @BeforeClass
   public static void start() throws Exception {
-    System.loadLibrary("m2mpskjni");
+    M2mpsk.load();
     ks = new Keystore();
     ks.add(AE_KPSA_ID, KEY, AE_ID, IDB);
     ks.add(CRED_KPSA_ID, KEY, null, IDB);

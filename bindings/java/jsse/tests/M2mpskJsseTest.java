@@ -39,7 +39,11 @@ import javax.net.ssl.SSLPeerUnverifiedException;
 import javax.net.ssl.SSLServerSocket;
 import javax.net.ssl.SSLSession;
 import javax.net.ssl.SSLSocket;
-import m2mpsk.Keystore;
+import org.m2mpsk.Keystore;
+import org.m2mpsk.M2mpsk;
+import org.m2mpsk.M2mpskException;
+import org.m2mpsk.M2mpskHandshakeException;
+import org.m2mpsk.M2mpskUsageException;
 import org.junit.AfterClass;
 import org.junit.BeforeClass;
 import org.junit.Test;
@@ -48,7 +52,6 @@ import org.m2mpsk.jsse.M2mpskParameters;
 import org.m2mpsk.jsse.M2mpskPrincipal;
 import org.m2mpsk.jsse.M2mpskProvider;
 import org.m2mpsk.jsse.M2mpskSSLEngine;
-import org.m2mpsk.jsse.M2mpskSSLHandshakeException;
 import org.m2mpsk.jsse.M2mpskSession;
 
 /** The JSSE drop-in: engine statuses in memory, sockets, openssl interop. */
@@ -75,7 +78,7 @@ public class M2mpskJsseTest {
 
   @BeforeClass
   public static void setUp() throws Exception {
-    System.loadLibrary("m2mpskjni");
+    M2mpsk.load();
     ks = new Keystore();
     ks.add(KPSA_ID, KEY, null, IDB);
     ks.add(AE_KPSA_ID, KEY, AE_ID, IDB);
@@ -166,7 +169,7 @@ public class M2mpskJsseTest {
   public void provider() throws Exception {
     M2mpskProvider provider = new M2mpskProvider();
     assertEquals("M2MPSK", provider.getName());
-    assertEquals(m2mpsk.M2mpsk.versionString(), provider.getVersionStr());
+    assertEquals(M2mpsk.versionString(), provider.getVersionStr());
     SSLContext c = SSLContext.getInstance("M2MPSK", provider);
     assertEquals("M2MPSK", c.getProtocol());
     assertEquals("M2MPSK-DTLS", SSLContext.getInstance("M2MPSK-DTLS", provider).getProtocol());
@@ -425,7 +428,8 @@ public class M2mpskJsseTest {
     try {
       sb.originatorCheck("Cae1");
       fail("an originator check on a closed session");
-    } catch (SSLException expected) {
+    } catch (M2mpskException expected) {
+      assertEquals(M2mpsk.E_STATE, expected.getCode());
       assertTrue(expected.getMessage().contains("closed"));
     }
     // A peer that stops without close_notify: closeInbound() throws.
@@ -441,6 +445,41 @@ public class M2mpskJsseTest {
     assertEquals(HandshakeStatus.NEED_WRAP, q[1].e.getHandshakeStatus()); // its own close_notify
   }
 
+  /** unwrap feeds the record in place from any kind of buffer: direct, a
+   * heap slice (a nonzero array offset), read-only (which the core copies);
+   * it consumes that record and nothing around it. */
+  @Test
+  public void unwrapFromEveryKindOfBuffer() throws Exception {
+    Side[] p = pair(client, server);
+    handshake(p[0], p[1]);
+    for (String kind : new String[] {"direct", "slice", "read-only"}) {
+      assertFalse(p[0].out.hasRemaining());
+      p[0].wrap(ByteBuffer.wrap(kind.getBytes(StandardCharsets.UTF_8)));
+      byte[] rec = new byte[p[0].out.remaining()];
+      p[0].out.get(rec);
+      byte[] around = new byte[3 + rec.length + 7]; // 3 bytes before, 7 after
+      System.arraycopy(rec, 0, around, 3, rec.length);
+      ByteBuffer src;
+      if (kind.equals("direct")) {
+        src = ByteBuffer.allocateDirect(around.length).put(around);
+        src.clear();
+      } else if (kind.equals("slice")) {
+        byte[] wider = new byte[5 + around.length];
+        System.arraycopy(around, 0, wider, 5, around.length);
+        src = ByteBuffer.wrap(wider, 5, around.length).slice();
+        assertEquals(5, src.arrayOffset());
+      } else {
+        src = ByteBuffer.wrap(around).asReadOnlyBuffer();
+      }
+      src.position(3);
+      SSLEngineResult r = p[1].e.unwrap(src, p[1].app);
+      assertEquals(r.toString(), Status.OK, r.getStatus());
+      assertEquals(rec.length, r.bytesConsumed());
+      assertEquals(3 + rec.length, src.position());
+      assertEquals(kind, p[1].read());
+    }
+  }
+
   @Test
   public void wrongKey() throws Exception {
     try (Keystore other = new Keystore()) {
@@ -451,8 +490,9 @@ public class M2mpskJsseTest {
         handshake(p[0], p[1]);
         fail("a wrong key must fail the handshake");
       } catch (SSLHandshakeException e) {
-        assertTrue(e instanceof M2mpskSSLHandshakeException);
-        M2mpskSSLHandshakeException m = (M2mpskSSLHandshakeException) e;
+        assertTrue(e instanceof M2mpskHandshakeException);
+        M2mpskHandshakeException m = (M2mpskHandshakeException) e;
+        assertEquals(M2mpsk.E_FAILED, m.getCode());
         assertFalse(m.getReasonName(), m.getReasonName().equals("none"));
         assertFalse(e.getMessage().contains(hex(KEY)));
       }
@@ -593,6 +633,78 @@ public class M2mpskJsseTest {
     assertEquals(HandshakeStatus.NEED_WRAP, r.getHandshakeStatus());
   }
 
+  /** A core exception raised while handshaking that is not already a
+   * handshake exception (here E_NOT_FOUND: Entity A names a record its
+   * keystore lacks) becomes one, same code, reason and detail, the core's
+   * as its cause. */
+  @Test
+  public void coreExceptionWhileHandshakingBecomesAHandshakeException() throws Exception {
+    SSLEngine a = M2mpskContexts.client(ks, "no-such-kpsa-id@in.provider.com").createSSLEngine();
+    a.setUseClientMode(true);
+    try {
+      a.wrap(EMPTY, ByteBuffer.allocate(20000));
+      fail("an unknown KpsaID must fail the handshake");
+    } catch (M2mpskHandshakeException e) {
+      assertEquals(M2mpsk.E_NOT_FOUND, e.getCode());
+      assertTrue(e.getCause() instanceof M2mpskException);
+      M2mpskException cause = (M2mpskException) e.getCause();
+      assertEquals(cause.getCode(), e.getCode());
+      assertEquals(cause.getReason(), e.getReason());
+      assertEquals(cause.getDetail(), e.getDetail());
+      assertEquals(cause.getMessage(), e.getMessage());
+    }
+  }
+
+  /** Outside a handshake the core's exceptions come out as they are: a
+   * checked M2mpskException for a refused value, the unchecked
+   * M2mpskUsageException (an IllegalArgumentException) for a caller's bug. */
+  @Test
+  public void coreExceptionsOutsideAHandshake() throws Exception {
+    try {
+      M2mpskParameters.server(IDB).key(KPSA_ID, new byte[3], null, IDB);
+      fail("a 3-byte Kpsa");
+    } catch (M2mpskException e) {
+      assertEquals(M2mpsk.E_KEY_LENGTH, e.getCode());
+    }
+    try {
+      M2mpskParameters.server(IDB).key(KPSA_ID, null, null, IDB);
+      fail("a null Kpsa");
+    } catch (IllegalArgumentException e) {
+      assertTrue(e instanceof M2mpskUsageException);
+      assertEquals(M2mpsk.E_INVALID, ((M2mpskUsageException) e).getCode());
+    }
+    Side[] p = pair(aeClient, server);
+    handshake(p[0], p[1]);
+    M2mpskSession sb = (M2mpskSession) p[1].e.getSession();
+    try {
+      sb.originatorCheck("not an originator");
+      fail("a malformed originator");
+    } catch (SSLException e) {
+      assertFalse(e instanceof SSLHandshakeException);
+      assertTrue(e instanceof M2mpskException);
+      assertEquals(M2mpsk.E_IDA, ((M2mpskException) e).getCode());
+    }
+  }
+
+  /** A keystore closed under a context: the engine cannot begin, an
+   * IllegalStateException as SSLEngine has for a state it cannot work in,
+   * with the core's M2mpskUsageException (E_INVALID) as its cause. */
+  @Test
+  public void closedKeystoreIsAnIllegalState() throws Exception {
+    Keystore other = new Keystore();
+    other.add(KPSA_ID, KEY, null, IDB);
+    SSLEngine a = M2mpskContexts.client(other, KPSA_ID).createSSLEngine();
+    a.setUseClientMode(true);
+    other.close();
+    try {
+      a.wrap(EMPTY, ByteBuffer.allocate(20000));
+      fail("a closed keystore");
+    } catch (IllegalStateException e) {
+      assertTrue(e.getCause() instanceof M2mpskUsageException);
+      assertEquals(M2mpsk.E_INVALID, ((M2mpskUsageException) e.getCause()).getCode());
+    }
+  }
+
   @Test(timeout = 30000)
   public void handshakeTimeout() throws Exception {
     SSLContext c = M2mpskContexts.tls(
@@ -605,7 +717,8 @@ public class M2mpskJsseTest {
     try {
       a.wrap(EMPTY, ByteBuffer.allocate(20000));
       fail("the handshake timeout must fail the handshake");
-    } catch (M2mpskSSLHandshakeException e) {
+    } catch (M2mpskHandshakeException e) {
+      assertEquals(M2mpsk.E_FAILED, e.getCode());
       assertEquals("timeout", e.getReasonName());
     }
     assertTrue(a.isInboundDone());

@@ -4,7 +4,7 @@ import java.util.List;
 import java.util.concurrent.ConcurrentHashMap;
 import javax.net.ssl.SSLException;
 import javax.net.ssl.SSLHandshakeException;
-import m2mpsk.Config;
+import org.m2mpsk.Config;
 
 /**
  * What an initialised context shares among its engines: the parameters, the

@@ -4,7 +4,7 @@ import java.security.GeneralSecurityException;
 import javax.net.ssl.HostnameVerifier;
 import javax.net.ssl.KeyManager;
 import javax.net.ssl.SSLContext;
-import m2mpsk.Keystore;
+import org.m2mpsk.Keystore;
 
 /**
  * Initialised m2mpsk {@link SSLContext}s in one call.

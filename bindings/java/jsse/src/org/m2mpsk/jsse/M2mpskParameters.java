@@ -6,7 +6,7 @@ import java.util.List;
 import java.util.Objects;
 import javax.net.ssl.KeyManager;
 import javax.net.ssl.SSLException;
-import m2mpsk.Keystore;
+import org.m2mpsk.Keystore;
 
 /**
  * What an m2mpsk {@link javax.net.ssl.SSLContext} needs in place of
@@ -57,8 +57,8 @@ public final class M2mpskParameters implements KeyManager {
   }
 
   /** Loads a key file (see the key file format in the core binding) into a
-   * new keystore and uses it. Throws {@link M2mpskSSLException} with the
-   * line at fault. */
+   * new keystore and uses it. Throws the core's
+   * {@link org.m2mpsk.M2mpskException} naming the line at fault. */
   public M2mpskParameters keyFile(String path) throws SSLException {
     this.keystore = Native.loadKeystore(Objects.requireNonNull(path, "path"));
     return this;

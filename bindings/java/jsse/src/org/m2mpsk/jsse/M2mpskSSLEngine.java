@@ -43,9 +43,16 @@ import javax.net.ssl.SSLSession;
  * so after {@code closeOutbound()} the engine reads no more input.
  * {@link #closeInbound()} before the peer's close_notify throws, as the JDK
  * does, since the data may have been truncated.</li>
- * <li>A failed handshake throws {@link M2mpskSSLHandshakeException} (with
- * the reason, e.g. "bad-key"); the alert telling the peer is then queued,
- * and {@code wrap} returns it with status {@code CLOSED}.</li>
+ * <li>A failed handshake throws the core's
+ * {@link org.m2mpsk.M2mpskHandshakeException} (with the reason, e.g.
+ * "bad-key"); the alert telling the peer is then queued, and {@code wrap}
+ * returns it with status {@code CLOSED}. Other failures throw the core's
+ * {@link org.m2mpsk.M2mpskException}; both carry the library's status
+ * ({@link org.m2mpsk.M2mpskStatus}). A call the core refuses as a caller's
+ * bug (E_INVALID) throws {@link org.m2mpsk.M2mpskUsageException}, an
+ * {@code IllegalArgumentException}; a handshake begun on a keystore the
+ * caller has closed throws {@code IllegalStateException}, with it as
+ * cause.</li>
  * <li>In DTLS mode, a {@code wrap} or {@code unwrap} call after the
  * retransmission timer has passed retransmits the last flight (the JDK's
  * DTLS engine does the same on {@code wrap}): call {@code wrap} when a
@@ -499,22 +506,24 @@ public final class M2mpskSSLEngine extends SSLEngine {
     if (wasEstablished && room < Math.min(take - header, M2mpskSession.MAX_PLAINTEXT)) {
       return result(Status.BUFFER_OVERFLOW, 0, 0, status());
     }
-    byte[] rec = new byte[take];
-    src.get(rec);
+    // The record, fed in place; src's position moves past it, but on an
+    // established TLS association's E_LIMIT.
+    int at = src.position();
+    ByteBuffer rec = src.duplicate();
+    rec.limit(at + take);
     try {
       n.feed(rec);
     } catch (SSLException e) {
       if (Native.hasCode(e, Native.E_LIMIT) && wasEstablished) {
-        if (dtls) return result(Status.OK, take, 0, status()); // the datagram is dropped
-        // Nothing was consumed: give the record back.
-        src.position(src.position() - take);
-        throw e;
+        if (!dtls) throw e; // nothing was consumed: the record stays in src
+        src.position(at + take);
+        return result(Status.OK, take, 0, status()); // the datagram is dropped
       }
+      src.position(at + take);
       fail();
       throw e;
-    } finally {
-      Arrays.fill(rec, (byte) 0);
     }
+    src.position(at + take);
     pullOutput();
     readPlaintext();
     int produced = deliver(dsts, offset, length);

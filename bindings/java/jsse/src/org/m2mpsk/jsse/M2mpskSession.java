@@ -109,7 +109,7 @@ public final class M2mpskSession implements SSLSession {
    * originator {@code from} (its X-M2M-Origin; null or "" when absent), as
    * TS-0004 7.3.2.1 asks of a CSE. Returns 0 (accept), 4106
    * (ORIGINATOR_NOT_AUTHENTICATED) or 4107. Throws
-   * {@link M2mpskSSLException} for a malformed {@code from} (E_IDA), on an
+   * {@link org.m2mpsk.M2mpskException} for a malformed {@code from} (E_IDA), on an
    * Entity A without a CSE-ID (E_IDB), or once the session is closed
    * (E_STATE).
    */

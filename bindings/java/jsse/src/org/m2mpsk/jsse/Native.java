@@ -1,31 +1,33 @@
 package org.m2mpsk.jsse;
 
+import java.nio.ByteBuffer;
 import java.util.ArrayList;
 import java.util.Collections;
 import java.util.List;
 import javax.net.ssl.SSLException;
-import m2mpsk.Association;
-import m2mpsk.Config;
-import m2mpsk.Keystore;
-import m2mpsk.M2mpsk;
-import m2mpsk.M2mpskException;
+import org.m2mpsk.Association;
+import org.m2mpsk.Config;
+import org.m2mpsk.Keystore;
+import org.m2mpsk.M2mpsk;
+import org.m2mpsk.M2mpskException;
+import org.m2mpsk.M2mpskHandshakeException;
+import org.m2mpsk.M2mpskStatus;
+import org.m2mpsk.M2mpskUsageException;
 
 /**
  * The one place this package calls the core binding: every call into
- * {@code m2mpsk.*} goes through here, and every {@link M2mpskException} the
- * binding throws comes out as an {@link M2mpskSSLException} (or an
- * {@link M2mpskSSLHandshakeException} while handshaking), so that a change
- * of the core's package or exception types is a change of this file only.
+ * {@code org.m2mpsk.*} goes through here (beside it only imports name the
+ * core: Keystore in M2mpskParameters and M2mpskContexts, Config in
+ * ContextState). The core's exceptions come out as they are, but for one
+ * rule: a {@link M2mpskException} raised while handshaking becomes a
+ * {@link M2mpskHandshakeException} with the same code, reason and detail
+ * (see {@link #convert}). {@code M2mpskUsageException} (E_INVALID, an
+ * {@code IllegalArgumentException}) is a caller's bug and goes through as
+ * it is, but from {@link #open}: there it means the caller's keystore was
+ * closed, an {@code IllegalStateException} for an engine.
  *
  * <p>An instance holds one association. It is not thread-safe: the engine
  * that owns it serializes every call.
- *
- * <p>Written against the core binding whose M2mpskException is unchecked.
- * Once it is a checked SSLException (with M2mpskHandshakeException), the
- * {@code catch (RuntimeException e)} blocks become catches of the core's
- * exception and {@link #convert} maps it (or lets it through as it is);
- * beside this file only imports name the core: m2mpsk.Keystore in
- * M2mpskParameters and M2mpskContexts, m2mpsk.Config in ContextState.
  */
 final class Native implements AutoCloseable {
   static final int STATE_IDLE;
@@ -42,9 +44,9 @@ final class Native implements AutoCloseable {
   static final int MTU_MAX;
 
   static {
-    // The core binding leaves loading to its caller (until it loads
-    // itself); loading twice in one class loader is harmless.
-    System.loadLibrary("m2mpskjni");
+    // The core loads its JNI library on first use; loading here makes a
+    // missing library fail at once, naming every place it looked.
+    M2mpsk.load();
     STATE_IDLE = M2mpsk.STATE_IDLE;
     STATE_HANDSHAKING = M2mpsk.STATE_HANDSHAKING;
     STATE_ESTABLISHED = M2mpsk.STATE_ESTABLISHED;
@@ -76,17 +78,16 @@ final class Native implements AutoCloseable {
     return System.nanoTime() / 1_000_000;
   }
 
-  /** The exception for a binding failure: a handshake exception when it
-   * happened before the association was established. */
-  static SSLException convert(RuntimeException e, boolean handshaking) {
-    if (!(e instanceof M2mpskException)) throw e;
-    M2mpskException m = (M2mpskException) e;
-    String reasonName = M2mpsk.reasonName(m.getReason());
-    if (handshaking) {
-      return new M2mpskSSLHandshakeException(m.getMessage(), m.getCode(), m.getReason(),
-          reasonName, m);
-    }
-    return new M2mpskSSLException(m.getMessage(), m.getCode(), m.getReason(), reasonName, m);
+  /** The exception for a binding failure: while handshaking, a
+   * handshake exception (the core's own, or one made of it with the same
+   * code, reason and detail and it as cause); otherwise the core's as it
+   * is. */
+  static SSLException convert(M2mpskException e, boolean handshaking) {
+    if (!handshaking) return e;
+    M2mpskHandshakeException h =
+        new M2mpskHandshakeException(e.getCode(), e.getReason(), e.getDetail());
+    h.initCause(e);
+    return h;
   }
 
   /** The library's version, e.g. "0.3.0". */
@@ -101,9 +102,7 @@ final class Native implements AutoCloseable {
 
   /** Whether a binding exception carries the given status code. */
   static boolean hasCode(SSLException e, int code) {
-    return e instanceof M2mpskSSLException && ((M2mpskSSLException) e).getCode() == code
-        || e instanceof M2mpskSSLHandshakeException
-            && ((M2mpskSSLHandshakeException) e).getCode() == code;
+    return e instanceof M2mpskStatus && ((M2mpskStatus) e).getCode() == code;
   }
 
   // ---- keystores and configs -------------------------------------------
@@ -115,9 +114,12 @@ final class Native implements AutoCloseable {
       ks = new Keystore();
       ks.loadFile(path);
       return ks;
-    } catch (RuntimeException e) {
+    } catch (M2mpskException e) {
       if (ks != null) ks.close();
       throw convert(e, false);
+    } catch (RuntimeException e) { // M2mpskUsageException: the caller's bug
+      if (ks != null) ks.close();
+      throw e;
     }
   }
 
@@ -129,9 +131,12 @@ final class Native implements AutoCloseable {
       ks = new Keystore();
       ks.add(kpsaId, key, ida, idb);
       return ks;
-    } catch (RuntimeException e) {
+    } catch (M2mpskException e) {
       if (ks != null) ks.close();
       throw convert(e, false);
+    } catch (RuntimeException e) { // M2mpskUsageException: the caller's bug
+      if (ks != null) ks.close();
+      throw e;
     }
   }
 
@@ -148,9 +153,12 @@ final class Native implements AutoCloseable {
       if (p.handshakeTimeoutMs() > 0) c.setHandshakeTimeout(p.handshakeTimeoutMs());
       if (p.rolesReversed()) c.setRolesReversed(true);
       return c;
-    } catch (RuntimeException e) {
+    } catch (M2mpskException e) {
       if (c != null) c.close();
       throw convert(e, false);
+    } catch (RuntimeException e) { // M2mpskUsageException: the caller's bug
+      if (c != null) c.close();
+      throw e;
     }
   }
 
@@ -162,7 +170,7 @@ final class Native implements AutoCloseable {
   static List<String> configSuites(Config c, boolean dtls) throws SSLException {
     try {
       return split(c.suites(dtls ? M2mpsk.TRANSPORT_DTLS : M2mpsk.TRANSPORT_TLS));
-    } catch (RuntimeException e) {
+    } catch (M2mpskException e) {
       throw convert(e, false);
     }
   }
@@ -197,9 +205,17 @@ final class Native implements AutoCloseable {
           initiator ? kpsaId : null);
       if (dtls && mtu > 0) a.setMtu(mtu);
       return new Native(a, dtls);
-    } catch (RuntimeException e) {
+    } catch (M2mpskException e) {
       if (a != null) a.close();
       throw convert(e, true);
+    } catch (M2mpskUsageException e) {
+      // The keystore (the caller's) was closed: the engine cannot begin,
+      // which SSLEngine reports as an IllegalStateException.
+      if (a != null) a.close();
+      throw new IllegalStateException(e.getMessage(), e);
+    } catch (RuntimeException e) {
+      if (a != null) a.close();
+      throw e;
     }
   }
 
@@ -213,28 +229,27 @@ final class Native implements AutoCloseable {
     try {
       if (peerTag != null) a.setPeerTag(peerTag);
       a.start(now(), System.currentTimeMillis() / 1000);
-    } catch (RuntimeException e) {
+    } catch (M2mpskException e) {
       throw convert(e, true);
     }
   }
 
-  /** Feeds stream bytes (TLS) or one datagram (DTLS). */
-  void feed(byte[] data) throws SSLException {
+  /** Feeds the bytes between data's position and limit, stream bytes
+   * (TLS) or one datagram (DTLS), in place (the core reads a heap buffer
+   * through its array); the position moves to the limit, or stays on an
+   * exception. */
+  void feed(ByteBuffer data) throws SSLException {
     live();
     boolean hs = handshaking();
     try {
       a.feed(data, now());
-    } catch (RuntimeException e) {
+    } catch (M2mpskException e) {
       throw convert(e, hs);
     }
     if (a.state() == M2mpsk.STATE_FAILED) {
       // A failure feed() did not report as one (it always should).
-      String msg = "m2mpsk: the association failed: " + a.failureDetail();
-      String reason = M2mpsk.reasonName(a.failure());
-      if (hs) {
-        throw new M2mpskSSLHandshakeException(msg, M2mpsk.E_FAILED, a.failure(), reason, null);
-      }
-      throw new M2mpskSSLException(msg, M2mpsk.E_FAILED, a.failure(), reason, null);
+      if (hs) throw new M2mpskHandshakeException(M2mpsk.E_FAILED, a.failure(), a.failureDetail());
+      throw new M2mpskException(M2mpsk.E_FAILED, a.failure(), a.failureDetail());
     }
   }
 
@@ -244,7 +259,7 @@ final class Native implements AutoCloseable {
     live();
     try {
       return a.drain();
-    } catch (RuntimeException e) {
+    } catch (M2mpskException e) {
       throw convert(e, handshaking());
     }
   }
@@ -259,7 +274,7 @@ final class Native implements AutoCloseable {
     live();
     try {
       return a.read(max);
-    } catch (RuntimeException e) {
+    } catch (M2mpskException e) {
       throw convert(e, false);
     }
   }
@@ -268,7 +283,7 @@ final class Native implements AutoCloseable {
     live();
     try {
       a.write(data);
-    } catch (RuntimeException e) {
+    } catch (M2mpskException e) {
       throw convert(e, false);
     }
   }
@@ -278,7 +293,7 @@ final class Native implements AutoCloseable {
     live();
     try {
       a.closeNotify();
-    } catch (RuntimeException e) {
+    } catch (M2mpskException e) {
       throw convert(e, false);
     }
   }
@@ -292,7 +307,7 @@ final class Native implements AutoCloseable {
       long t = a.nextTimeout();
       long now = now();
       if (t >= 0 && now >= t) a.handleTimeout(now);
-    } catch (RuntimeException e) {
+    } catch (M2mpskException e) {
       throw convert(e, hs);
     }
   }
@@ -346,7 +361,7 @@ final class Native implements AutoCloseable {
     live();
     try {
       return a.originatorCheck(from, flags);
-    } catch (RuntimeException e) {
+    } catch (M2mpskException e) {
       throw convert(e, false);
     }
   }
@@ -355,7 +370,7 @@ final class Native implements AutoCloseable {
     live();
     try {
       a.bindAeId(aeId);
-    } catch (RuntimeException e) {
+    } catch (M2mpskException e) {
       throw convert(e, false);
     }
   }
@@ -364,7 +379,7 @@ final class Native implements AutoCloseable {
     live();
     try {
       return a.exportKeyingMaterial(length, label, context);
-    } catch (RuntimeException e) {
+    } catch (M2mpskException e) {
       throw convert(e, false);
     }
   }
@@ -382,6 +397,8 @@ final class Native implements AutoCloseable {
   }
 
   private void live() throws SSLException {
-    if (released) throw new SSLException("m2mpsk: the session is closed");
+    if (released) {
+      throw new M2mpskException(M2mpsk.E_STATE, M2mpsk.REASON_NONE, "the session is closed");
+    }
   }
 }
