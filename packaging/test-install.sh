@@ -430,6 +430,9 @@ consumer_docs() {
   done
   mkdir -p "$work/examples"
   for f in "$doc"/python3-m2mpsk/examples/*.py; do
+    # Each example runs its demo (servers, connections) only as a script.
+    grep -q '^if __name__ == "__main__":' "$f" ||
+      { echo "$f: no 'if __name__ == \"__main__\":' guard"; return 1; }
     (cd "$work/examples" && /usr/bin/python3 -I - "$f" <<'PYEOF'
 import runpy, sys
 
@@ -440,8 +443,23 @@ print(sys.argv[1], "imports")
 PYEOF
     ) || return 1
   done
-  /usr/lib/jvm/default-java/bin/javac -cp /usr/share/java/m2mpsk.jar -d "$work/examples" \
-    "$doc"/libm2mpsk-java/examples/*.java && echo "the Java examples compile against /usr/share/java/m2mpsk.jar"
+  # The Java examples against the installed jars: m2mpsk.jar, m2mpsk-jsse.jar
+  # (DtlsEcho, JettyCse) and Debian's Jetty 9.4 (JettyCse), when
+  # libjetty9-java is installed; without it, the Jetty examples are skipped.
+  local j java=() cp=/usr/share/java/m2mpsk.jar:/usr/share/java/m2mpsk-jsse.jar jetty=yes
+  for j in jetty9-server jetty9-http jetty9-io jetty9-util jetty9-servlet jetty9-security \
+           servlet-api; do
+    if [ -f "/usr/share/java/$j.jar" ]; then cp=$cp:/usr/share/java/$j.jar; else jetty=; fi
+  done
+  for f in "$doc"/libm2mpsk-java/examples/*.java; do
+    if [ -z "$jetty" ] && grep -q '^import org\.eclipse\.jetty\.' "$f"; then
+      echo "$f: skipped, it needs Jetty 9 (libjetty9-java)"
+      continue
+    fi
+    java+=("$f")
+  done
+  /usr/lib/jvm/default-java/bin/javac -cp "$cp" -d "$work/examples" "${java[@]}" &&
+    echo "the Java examples compile against $cp"
 }
 
 # The suites TS-0003 §10.2.2 mandates, with m2mpsk's default options on
