@@ -265,9 +265,19 @@ public final class M2mpskSSLEngine extends SSLEngine {
   }
 
   private void begin() throws SSLException {
-    if (!sessionCreation) throw new SSLHandshakeException("session creation is disabled");
-    if (enabledProtocols.length == 0) throw new SSLHandshakeException("no protocol is enabled");
-    n = ctx.open(clientMode, Arrays.asList(enabledSuites), maximumPacketSize);
+    try {
+      if (!sessionCreation) throw new SSLHandshakeException("session creation is disabled");
+      if (enabledProtocols.length == 0) {
+        throw new SSLHandshakeException("no protocol is enabled");
+      }
+      n = ctx.open(clientMode, Arrays.asList(enabledSuites), maximumPacketSize);
+    } catch (SSLException | RuntimeException e) {
+      // No association (an unknown KpsaID, a closed keystore, no suite):
+      // the handshake failed before a byte was sent, so there is no alert
+      // to wrap out and the engine is done in both directions at once.
+      fail();
+      throw e;
+    }
     try {
       n.start(clientMode ? null : peerTag());
     } catch (SSLException e) {
@@ -277,9 +287,12 @@ public final class M2mpskSSLEngine extends SSLEngine {
     pullOutput();
   }
 
-  /** The peer's address, which a responder's rate limit counts by. */
+  /** The peer's address, which a responder's rate limit counts by: the
+   * host, or for DTLS with a port the host and port, the tag
+   * {@link M2mpskDtlsListener} binds its cookies to. */
   private String peerTag() {
     String h = getPeerHost();
+    if (dtls && getPeerPort() > 0) return M2mpskDtlsListener.tag(h, getPeerPort());
     if (h == null || h.isEmpty() || h.length() > 64) return null;
     for (int i = 0; i < h.length(); i++) {
       char c = h.charAt(i);
@@ -626,6 +639,11 @@ public final class M2mpskSSLEngine extends SSLEngine {
   @Override
   public synchronized boolean isInboundDone() {
     return inboundDone && appInPos >= appIn.length;
+  }
+
+  /** What this engine's context shares. */
+  ContextState contextState() {
+    return ctx;
   }
 
   // ---- for the session --------------------------------------------------------
