@@ -211,12 +211,19 @@ public class M2mpskDtlsListenerTest {
       assertEquals(3, handshakeType(rep));
     }
     assertEquals(Verdict.ACCEPT, listener.accept(peerA, ch2, reply()));
-    // An engine made for another address does not take the cookie either:
-    // its association asks for one of its own.
+    // Nor does an engine made for another address: its association asks
+    // for a cookie of its own with a HelloVerifyRequest of message_seq 0,
+    // which the client, past its own ClientHello of message_seq 1, ignores
+    // (the handshake would time out): why the engine must be newEngine's.
     SSLEngine s = listener.newEngine(peerB);
     s.beginHandshake();
     s.unwrap(ch2, ByteBuffer.allocate(16384));
-    assertEquals(3, handshakeType(wrap(s)));
+    ByteBuffer hvr = wrap(s);
+    assertEquals(3, handshakeType(hvr));
+    assertEquals(0, messageSeq(hvr));
+    c.unwrap(hvr, ByteBuffer.allocate(16384));
+    assertEquals(0, wrap(c).remaining());
+    assertEquals(HandshakeStatus.NEED_UNWRAP, c.getHandshakeStatus());
   }
 
   /** Whatever is not a ClientHello, or is too long, is dropped, the reply

@@ -35,14 +35,14 @@ import org.m2mpsk.Config;
  * obtained from one address is not valid from another, and a listener
  * holds no state of its own (any listener of the same context accepts the
  * cookies another one sent). The engine for an accepted peer must be made
- * with the same address ({@link #newEngine}, or
+ * with the same address, by {@link #newEngine} (or
  * {@code sslContext.createSSLEngine(address.getHostAddress(), port)} in
- * server mode), and enable the context's default suites: its association
- * then checks the cookie again and continues the handshake the
- * HelloVerifyRequest began (the ClientHello with message_seq 1). An engine
- * whose address or suites differ still completes the handshake, but its
- * association answers the ClientHello with a HelloVerifyRequest of its own
- * first, which is correct but no longer stateless.
+ * server mode), and keep the context's default suites: its association then
+ * checks the cookie again with the same secret and continues the handshake
+ * the HelloVerifyRequest began, from the ClientHello of message_seq 1. An
+ * engine made otherwise (another address, other suites, no address) cannot
+ * take that ClientHello: it answers with a HelloVerifyRequest of its own,
+ * which the client ignores, past that step, and the handshake times out.
  *
  * <p>The cookie exchange runs on the OpenSSL engine, which the default
  * engine choice ({@code ENGINE_AUTO}) gives DTLS servers. On a context
@@ -158,6 +158,8 @@ public final class M2mpskDtlsListener {
   /**
    * A server-mode engine for {@code peer}, made by this listener's context
    * with the peer's IP address and port, which the cookie was bound to.
+   * Leave its enabled suites as they are (the context's defaults, whose
+   * config made the cookie): see the class description.
    *
    * @param peer the address {@link #accept} answered ACCEPT for
    * @return the engine, its handshake not yet begun
