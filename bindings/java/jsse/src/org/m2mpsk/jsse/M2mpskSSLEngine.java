@@ -52,7 +52,13 @@ import javax.net.ssl.SSLSession;
  * bug (E_INVALID) throws {@link org.m2mpsk.M2mpskUsageException}, an
  * {@code IllegalArgumentException}; a handshake begun on a keystore the
  * caller has closed throws {@code IllegalStateException}, with it as
- * cause.</li>
+ * cause. An engine that could not make its association at all (that, or
+ * an unknown KpsaID) has no alert to send and is closed in both directions
+ * once it has thrown.</li>
+ * <li>A DTLS server engine made with the peer's host and port names its
+ * association by both ("192.0.2.7:5684"), the address the handshake rate
+ * limit counts by and {@link M2mpskDtlsListener}'s cookies are bound to;
+ * other engines by the host alone.</li>
  * <li>In DTLS mode, a {@code wrap} or {@code unwrap} call after the
  * retransmission timer has passed retransmits the last flight (the JDK's
  * DTLS engine does the same on {@code wrap}): call {@code wrap} when a
