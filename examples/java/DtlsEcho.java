@@ -157,8 +157,11 @@ public class DtlsEcho {
     final Map<SocketAddress, SSLEngine> engines = new HashMap<>();
     /** Each peer's identity, as bound by its handshake. */
     final Map<SocketAddress, String> bound = new ConcurrentHashMap<>();
+    /** The random of the ClientHello that opened each engine. */
+    private final Map<SocketAddress, byte[]> hellos = new HashMap<>();
     int cookiesSent;
     int dropped;
+    int replaced;
     private final ByteBuffer in = ByteBuffer.allocate(M2mpskDtlsListener.MAX_DATAGRAM);
     private final ByteBuffer out = ByteBuffer.allocate(17_000);
     private final ByteBuffer app = ByteBuffer.allocate(17_000);
@@ -203,7 +206,7 @@ public class DtlsEcho {
 
     private void datagram(SocketAddress from) throws Exception {
       SSLEngine e = engines.get(from);
-      if (e == null) {
+      if (e == null || restarted(from, e)) {
         reply.clear();
         switch (listener.accept(from, in, reply)) {
           case REPLY: // a HelloVerifyRequest; nothing is kept
@@ -215,9 +218,11 @@ public class DtlsEcho {
             dropped++;
             return;
           case ACCEPT: // a valid cookie: this datagram opens the handshake
+            if (e != null) replaced++; // the restarted client's old engine goes
             e = listener.newEngine(from);
             e.beginHandshake();
             engines.put(from, e);
+            hellos.put(from, random(in));
             break;
         }
       }
@@ -233,11 +238,11 @@ public class DtlsEcho {
           send(e, ch, from, out, ByteBuffer.wrap(("echo: " + text).getBytes(StandardCharsets.UTF_8)));
         }
         flush(from, e, false);
-        if (r.getStatus() == Status.CLOSED) engines.remove(from);
+        if (r.getStatus() == Status.CLOSED) forget(from);
       } catch (SSLException ex) { // a failed handshake: its alert, if any, goes out
         System.err.println("B: " + from + ": " + ex.getMessage());
         flush(from, e, false);
-        engines.remove(from);
+        forget(from);
       }
     }
 
@@ -246,7 +251,35 @@ public class DtlsEcho {
     private void flush(SocketAddress peer, SSLEngine e, boolean retransmit) throws Exception {
       if (retransmit) send(e, ch, peer, out, EMPTY);
       while (e.getHandshakeStatus() == HandshakeStatus.NEED_WRAP) send(e, ch, peer, out, EMPTY);
-      if (e.isOutboundDone() && e.isInboundDone()) engines.remove(peer);
+      if (e.isOutboundDone() && e.isInboundDone()) forget(peer);
+    }
+
+    private void forget(SocketAddress peer) {
+      engines.remove(peer);
+      hellos.remove(peer);
+    }
+
+    /**
+     * Whether a datagram for an established peer is a new ClientHello
+     * (epoch 0, another random than the one that opened its engine): the
+     * client restarted on the same address (RFC 6347 4.2.8). It goes to
+     * the listener: only with a valid cookie does it replace the engine.
+     */
+    private boolean restarted(SocketAddress from, SSLEngine e) {
+      int p = in.position();
+      return isEstablished(e) && in.remaining() > 59 && in.get(p) == 22 && in.get(p + 13) == 1
+          && in.get(p + 3) == 0 && in.get(p + 4) == 0
+          && !Arrays.equals(random(in), hellos.get(from));
+    }
+
+    /** A ClientHello's random: 32 bytes after the record header (13), the
+     * handshake header (12) and client_version (2). */
+    private static byte[] random(ByteBuffer hello) {
+      byte[] r = new byte[32];
+      ByteBuffer d = hello.duplicate();
+      d.position(d.position() + 27);
+      d.get(r);
+      return r;
     }
 
     private static boolean isEstablished(SSLEngine e) {

@@ -9,9 +9,13 @@ import java.net.InetAddress;
 import java.net.InetSocketAddress;
 import java.net.SocketAddress;
 import java.nio.ByteBuffer;
+import java.nio.channels.DatagramChannel;
+import java.nio.channels.Selector;
+import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
+import java.util.concurrent.atomic.AtomicBoolean;
 import javax.net.ssl.SSLContext;
 import javax.net.ssl.SSLEngine;
 import javax.net.ssl.SSLEngineResult;
@@ -353,6 +357,47 @@ public class M2mpskDtlsListenerTest {
         fail("a handshake on a closed engine");
       } catch (SSLException expected) {
       }
+    }
+  }
+
+  /** A client that restarts on the same address (its old association
+   * lost, not closed) gets a new engine once its new ClientHello carries a
+   * cookie; the old one goes (DtlsEcho's server). */
+  @Test(timeout = 60000)
+  public void clientRestartedOnTheSameAddress() throws Exception {
+    InetSocketAddress loopback = new InetSocketAddress(InetAddress.getLoopbackAddress(), 0);
+    AtomicBoolean stop = new AtomicBoolean();
+    try (Selector sb = Selector.open(); DatagramChannel cb = DtlsEcho.open(loopback, sb);
+         Selector sa = Selector.open(); DatagramChannel ca = DtlsEcho.open(loopback, sa)) {
+      DtlsEcho.Server srv = new DtlsEcho.Server(server, cb, sb);
+      Thread t = new Thread(() -> {
+        try {
+          srv.serve(DtlsEcho.now() + 30000, stop);
+        } catch (Exception e) {
+          throw new RuntimeException(e);
+        }
+      });
+      t.start();
+      SocketAddress at = cb.getLocalAddress();
+      try {
+        for (int run = 0; run < 2; run++) {
+          SSLEngine c = client.createSSLEngine();
+          c.setUseClientMode(true);
+          DtlsEcho.handshake(c, ca, sa, at, null);
+          ByteBuffer out = ByteBuffer.allocate(c.getSession().getPacketBufferSize());
+          DtlsEcho.send(c, ca, at, out,
+              ByteBuffer.wrap(("run " + run).getBytes(StandardCharsets.UTF_8)));
+          assertEquals("echo: run " + run, DtlsEcho.receiveText(c, ca, sa));
+          // No close_notify: the client "crashes" and starts again.
+        }
+      } finally {
+        stop.set(true);
+        t.join(10000);
+      }
+      assertEquals(1, srv.replaced);
+      assertEquals(1, srv.engines.size());
+      assertEquals(2, srv.cookiesSent);
+      assertEquals("12-" + KPSA_ID, srv.bound.get(ca.getLocalAddress()));
     }
   }
 
