@@ -148,7 +148,9 @@ public class DtlsEcho {
    * cookie for its address gets an engine, which is then driven by the
    * datagrams it receives and by its own timer (a wrap once
    * {@code nextTimeoutMillis()} has passed retransmits its last flight).
-   * Each message received is sent back prefixed with "echo: ".
+   * Each message received is sent back prefixed with "echo: ". (A real
+   * server would also bound the number of engines and expire the peers
+   * that fall silent once established.)
    */
   static final class Server {
     final DatagramChannel ch;
@@ -189,7 +191,12 @@ public class DtlsEcho {
         for (SocketAddress peer : new ArrayList<>(engines.keySet())) {
           SSLEngine e = engines.get(peer);
           long due = ((M2mpskSSLEngine) e).nextTimeoutMillis();
-          if (due >= 0 && now() >= due) flush(peer, e, true); // retransmit
+          if (due < 0 || now() < due) continue;
+          try {
+            flush(peer, e, true); // retransmits the last flight
+          } catch (SSLException ex) { // e.g. the handshake timed out
+            failed(peer, e, ex);
+          }
         }
       }
     }
@@ -218,7 +225,10 @@ public class DtlsEcho {
             dropped++;
             return;
           case ACCEPT: // a valid cookie: this datagram opens the handshake
-            if (e != null) replaced++; // the restarted client's old engine goes
+            if (e != null) { // the restarted client's old engine goes
+              replaced++;
+              bound.remove(from);
+            }
             e = listener.newEngine(from);
             e.beginHandshake();
             engines.put(from, e);
@@ -229,21 +239,25 @@ public class DtlsEcho {
       try {
         app.clear();
         SSLEngineResult r = e.unwrap(in, app);
-        if (r.getHandshakeStatus() == HandshakeStatus.FINISHED || isEstablished(e)) {
-          bound.putIfAbsent(from, ((M2mpskSession) e.getSession()).peerId());
-        }
         if (r.bytesProduced() > 0) {
           app.flip();
           String text = StandardCharsets.UTF_8.decode(app).toString();
           send(e, ch, from, out, ByteBuffer.wrap(("echo: " + text).getBytes(StandardCharsets.UTF_8)));
         }
         flush(from, e, false);
+        if (isEstablished(e)) bound.putIfAbsent(from, ((M2mpskSession) e.getSession()).peerId());
         if (r.getStatus() == Status.CLOSED) forget(from);
-      } catch (SSLException ex) { // a failed handshake: its alert, if any, goes out
-        System.err.println("B: " + from + ": " + ex.getMessage());
-        flush(from, e, false);
-        forget(from);
+      } catch (SSLException ex) {
+        failed(from, e, ex);
       }
+    }
+
+    /** A failed handshake or association: its alert, if any, goes out, and
+     * the engine goes. */
+    private void failed(SocketAddress peer, SSLEngine e, SSLException ex) throws Exception {
+      System.err.println("B: " + peer + ": " + ex.getMessage());
+      flush(peer, e, false);
+      forget(peer);
     }
 
     /** Sends what the engine has to send; with retransmit, wraps once even
