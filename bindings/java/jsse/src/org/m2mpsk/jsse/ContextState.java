@@ -31,6 +31,12 @@ final class ContextState {
     this.supportedSuites = Native.supportedSuites();
   }
 
+  /** The config of the engines enabling the default suites, whose cookie
+   * secret a {@link M2mpskDtlsListener} answers with. */
+  Config defaultConfig() {
+    return defaultConfig;
+  }
+
   List<String> defaultSuites() {
     return defaultSuites;
   }

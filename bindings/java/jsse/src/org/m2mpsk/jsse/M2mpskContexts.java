@@ -4,6 +4,8 @@ import java.security.GeneralSecurityException;
 import javax.net.ssl.HostnameVerifier;
 import javax.net.ssl.KeyManager;
 import javax.net.ssl.SSLContext;
+import javax.net.ssl.SSLEngine;
+import javax.net.ssl.SSLException;
 import org.m2mpsk.Keystore;
 
 /**
@@ -44,6 +46,26 @@ public final class M2mpskContexts {
   public static SSLContext client(Keystore keystore, String kpsaId)
       throws GeneralSecurityException {
     return tls(M2mpskParameters.client(kpsaId).keystore(keystore));
+  }
+
+  /**
+   * The stateless cookie exchange for a DTLS server on an m2mpsk DTLS
+   * context: see {@link M2mpskDtlsListener}.
+   *
+   * @param dtlsContext an initialised m2mpsk DTLS context
+   *     ({@link #dtls(M2mpskParameters)})
+   * @return the listener; it holds no per-peer state
+   * @throws SSLException the core's exception when the context's config
+   *     cannot make its DTLS server context (E_BACKEND, E_NOMEM)
+   * @throws IllegalArgumentException a context that is not an m2mpsk DTLS
+   *     one
+   */
+  public static M2mpskDtlsListener dtlsListener(SSLContext dtlsContext) throws SSLException {
+    SSLEngine e = dtlsContext.createSSLEngine();
+    if (!(e instanceof M2mpskSSLEngine)) {
+      throw new IllegalArgumentException("not an m2mpsk context: " + dtlsContext.getProvider());
+    }
+    return new M2mpskDtlsListener(dtlsContext, ((M2mpskSSLEngine) e).contextState());
   }
 
   private static SSLContext of(String algorithm, M2mpskParameters params)

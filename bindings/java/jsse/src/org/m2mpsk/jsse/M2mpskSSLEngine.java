@@ -52,7 +52,13 @@ import javax.net.ssl.SSLSession;
  * bug (E_INVALID) throws {@link org.m2mpsk.M2mpskUsageException}, an
  * {@code IllegalArgumentException}; a handshake begun on a keystore the
  * caller has closed throws {@code IllegalStateException}, with it as
- * cause.</li>
+ * cause. An engine that could not make its association at all (that, or
+ * an unknown KpsaID) has no alert to send and is closed in both directions
+ * once it has thrown.</li>
+ * <li>A DTLS server engine made with the peer's host and port names its
+ * association by both ("192.0.2.7:5684"), the address the handshake rate
+ * limit counts by and {@link M2mpskDtlsListener}'s cookies are bound to;
+ * other engines by the host alone.</li>
  * <li>In DTLS mode, a {@code wrap} or {@code unwrap} call after the
  * retransmission timer has passed retransmits the last flight (the JDK's
  * DTLS engine does the same on {@code wrap}): call {@code wrap} when a
@@ -265,9 +271,19 @@ public final class M2mpskSSLEngine extends SSLEngine {
   }
 
   private void begin() throws SSLException {
-    if (!sessionCreation) throw new SSLHandshakeException("session creation is disabled");
-    if (enabledProtocols.length == 0) throw new SSLHandshakeException("no protocol is enabled");
-    n = ctx.open(clientMode, Arrays.asList(enabledSuites), maximumPacketSize);
+    try {
+      if (!sessionCreation) throw new SSLHandshakeException("session creation is disabled");
+      if (enabledProtocols.length == 0) {
+        throw new SSLHandshakeException("no protocol is enabled");
+      }
+      n = ctx.open(clientMode, Arrays.asList(enabledSuites), maximumPacketSize);
+    } catch (SSLException | RuntimeException e) {
+      // No association (an unknown KpsaID, a closed keystore, no suite):
+      // the handshake failed before a byte was sent, so there is no alert
+      // to wrap out and the engine is done in both directions at once.
+      fail();
+      throw e;
+    }
     try {
       n.start(clientMode ? null : peerTag());
     } catch (SSLException e) {
@@ -277,9 +293,12 @@ public final class M2mpskSSLEngine extends SSLEngine {
     pullOutput();
   }
 
-  /** The peer's address, which a responder's rate limit counts by. */
+  /** The peer's address, which a responder's rate limit counts by: the
+   * host, or for DTLS with a port the host and port, the tag
+   * {@link M2mpskDtlsListener} binds its cookies to. */
   private String peerTag() {
     String h = getPeerHost();
+    if (dtls && getPeerPort() > 0) return M2mpskDtlsListener.tag(h, getPeerPort());
     if (h == null || h.isEmpty() || h.length() > 64) return null;
     for (int i = 0; i < h.length(); i++) {
       char c = h.charAt(i);
@@ -626,6 +645,11 @@ public final class M2mpskSSLEngine extends SSLEngine {
   @Override
   public synchronized boolean isInboundDone() {
     return inboundDone && appInPos >= appIn.length;
+  }
+
+  /** What this engine's context shares. */
+  ContextState contextState() {
+    return ctx;
   }
 
   // ---- for the session --------------------------------------------------------

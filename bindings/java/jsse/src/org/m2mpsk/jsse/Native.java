@@ -37,6 +37,8 @@ final class Native implements AutoCloseable {
   static final int STATE_FAILED;
   static final int E_CLOSED;
   static final int E_LIMIT;
+  static final int E_PROTOCOL;
+  static final int E_UNSUPPORTED;
   static final int REASON_NONE;
   static final int ORIGINATOR_ACCEPT;
   static final int ORIGINATOR_AE_CREATE;
@@ -54,6 +56,8 @@ final class Native implements AutoCloseable {
     STATE_FAILED = M2mpsk.STATE_FAILED;
     E_CLOSED = M2mpsk.E_CLOSED;
     E_LIMIT = M2mpsk.E_LIMIT;
+    E_PROTOCOL = M2mpsk.E_PROTOCOL;
+    E_UNSUPPORTED = M2mpsk.E_UNSUPPORTED;
     REASON_NONE = M2mpsk.REASON_NONE;
     ORIGINATOR_ACCEPT = M2mpsk.ORIGINATOR_ACCEPT;
     ORIGINATOR_AE_CREATE = M2mpsk.ORIGINATOR_AE_CREATE;
@@ -190,6 +194,18 @@ final class Native implements AutoCloseable {
       }
     }
     return Collections.unmodifiableList(out);
+  }
+
+  /** The stateless DTLS cookie exchange on a config (Config.dtlsListen):
+   * the HelloVerifyRequest to send, or null for a ClientHello with a valid
+   * cookie for peerTag. Throws the core's exception as it is: E_PROTOCOL
+   * (drop the datagram), E_UNSUPPORTED (no cookie exchange), and the rest. */
+  static byte[] dtlsListen(Config c, String peerTag, byte[] datagram) throws SSLException {
+    try {
+      return c.dtlsListen(peerTag, datagram);
+    } catch (M2mpskException e) {
+      throw convert(e, false);
+    }
   }
 
   // ---- associations ----------------------------------------------------
