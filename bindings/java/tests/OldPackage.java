@@ -8,9 +8,9 @@ import m2mpsk.M2mpskException;
 import m2mpsk.Record;
 
 /**
- * Code written for 0.3's package m2mpsk, unchanged: ctest java_old_package
+ * Code written for 0.2's package m2mpsk, unchanged: ctest java_old_package
  * compiles it against the deprecated alias (which must warn) and runs it.
- * It uses what 0.3's docs showed: static functions and constants of
+ * It uses what 0.2's docs showed: static functions and constants of
  * M2mpsk, the handles with try-with-resources, an event from the queue, a
  * record, and M2mpskException caught unchecked, with no throws clause
  * anywhere. Prints "ok" and exits 0, or throws.

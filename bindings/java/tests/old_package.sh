@@ -1,5 +1,5 @@
 #!/bin/sh
-# ctest java_old_package: code written for 0.3's package m2mpsk compiles
+# ctest java_old_package: code written for 0.2's package m2mpsk compiles
 # against the deprecated alias, with deprecation warnings, and runs.
 # Usage: old_package.sh JAVAC JAVA JAR LIBDIR SOURCE WORKDIR
 set -eu
@@ -8,7 +8,7 @@ rm -rf "$work"
 mkdir -p "$work"
 "$javac" -Xlint:deprecation -encoding UTF-8 -cp "$jar" -d "$work" "$src" >"$work/javac.log" 2>&1 || {
   cat "$work/javac.log"
-  echo "FAIL: 0.3 code no longer compiles against the alias"
+  echo "FAIL: 0.2 code no longer compiles against the alias"
   exit 1
 }
 cat "$work/javac.log"

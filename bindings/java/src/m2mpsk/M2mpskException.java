@@ -2,7 +2,7 @@ package m2mpsk;
 
 /**
  * The exception of the deprecated package {@code m2mpsk}: unchecked, as it
- * was before 0.4, with the status code, failure reason and detail. Every
+ * was before 0.3, with the status code, failure reason and detail. Every
  * method of the {@code m2mpsk} alias classes throws it where the
  * {@code org.m2mpsk} method throws one of that package's exceptions (the
  * original is its cause).
