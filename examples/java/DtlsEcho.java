@@ -148,11 +148,15 @@ public class DtlsEcho {
    * cookie for its address gets an engine, which is then driven by the
    * datagrams it receives and by its own timer (a wrap once
    * {@code nextTimeoutMillis()} has passed retransmits its last flight).
-   * Each message received is sent back prefixed with "echo: ". (A real
-   * server would also bound the number of engines and expire the peers
-   * that fall silent once established.)
+   * Each message received is sent back prefixed with "echo: ". What a
+   * peer can make it hold is bounded: at most {@link #MAX_PEERS} engines
+   * (a valid cookie beyond that is dropped, and the client retransmits
+   * later), and a peer silent for {@link #IDLE_MS} is sent close_notify and
+   * forgotten; the handshake itself is bounded by the engine's timeout.
    */
   static final class Server {
+    static final int MAX_PEERS = 1024;
+    static final long IDLE_MS = 300_000;
     final DatagramChannel ch;
     final Selector sel;
     final M2mpskDtlsListener listener;
@@ -161,6 +165,8 @@ public class DtlsEcho {
     final Map<SocketAddress, String> bound = new ConcurrentHashMap<>();
     /** The random of the ClientHello that opened each engine. */
     private final Map<SocketAddress, byte[]> hellos = new HashMap<>();
+    /** When each peer was last heard from (monotonic ms). */
+    private final Map<SocketAddress, Long> lastSeen = new HashMap<>();
     int cookiesSent;
     int dropped;
     int replaced;
@@ -190,6 +196,12 @@ public class DtlsEcho {
         }
         for (SocketAddress peer : new ArrayList<>(engines.keySet())) {
           SSLEngine e = engines.get(peer);
+          if (now() - lastSeen.get(peer) > IDLE_MS) { // silent: close_notify, then forget it
+            e.closeOutbound();
+            flush(peer, e, false);
+            forget(peer);
+            continue;
+          }
           long due = ((M2mpskSSLEngine) e).nextTimeoutMillis();
           if (due < 0 || now() < due) continue;
           try {
@@ -225,6 +237,10 @@ public class DtlsEcho {
             dropped++;
             return;
           case ACCEPT: // a valid cookie: this datagram opens the handshake
+            if (e == null && engines.size() >= MAX_PEERS) { // full: the client will retransmit
+              dropped++;
+              return;
+            }
             if (e != null) { // the restarted client's old engine goes
               replaced++;
               bound.remove(from);
@@ -236,6 +252,7 @@ public class DtlsEcho {
             break;
         }
       }
+      lastSeen.put(from, now());
       try {
         app.clear();
         SSLEngineResult r = e.unwrap(in, app);
@@ -271,6 +288,7 @@ public class DtlsEcho {
     private void forget(SocketAddress peer) {
       engines.remove(peer);
       hellos.remove(peer);
+      lastSeen.remove(peer);
     }
 
     /**
