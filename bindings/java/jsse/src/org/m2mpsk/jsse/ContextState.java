@@ -1,5 +1,6 @@
 package org.m2mpsk.jsse;
 
+import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.ConcurrentHashMap;
 import javax.net.ssl.SSLException;
@@ -43,6 +44,36 @@ final class ContextState {
 
   List<String> supportedSuites() {
     return supportedSuites;
+  }
+
+  /** "TLSv1.2", or "DTLSv1.2" for a DTLS context: the one protocol of its
+   * engines and sockets. */
+  String protocol() {
+    return dtls ? "DTLSv1.2" : "TLSv1.2";
+  }
+
+  /** The suites as an engine enables them, in order without repeats.
+   * Throws IllegalArgumentException for null or a suite not supported. */
+  String[] checkSuites(String[] suites) {
+    if (suites == null) throw new IllegalArgumentException("null suites");
+    List<String> out = new ArrayList<>();
+    for (String s : suites) {
+      if (s == null || !supportedSuites.contains(s)) {
+        throw new IllegalArgumentException("unsupported cipher suite: " + s);
+      }
+      if (!out.contains(s)) out.add(s);
+    }
+    return out.toArray(new String[0]);
+  }
+
+  /** The protocols as an engine enables them: none, or protocol().
+   * Throws IllegalArgumentException for null or any other protocol. */
+  String[] checkProtocols(String[] protocols) {
+    if (protocols == null) throw new IllegalArgumentException("null protocols");
+    for (String p : protocols) {
+      if (!protocol().equals(p)) throw new IllegalArgumentException("unsupported protocol: " + p);
+    }
+    return protocols.length == 0 ? new String[0] : new String[] {protocol()};
   }
 
   /** A new association for an engine; mtu 0 is the parameters' (DTLS). */

@@ -3,9 +3,7 @@ package org.m2mpsk.jsse;
 import java.nio.ByteBuffer;
 import java.nio.ReadOnlyBufferException;
 import java.util.ArrayDeque;
-import java.util.ArrayList;
 import java.util.Arrays;
-import java.util.List;
 import javax.net.ssl.SSLEngine;
 import javax.net.ssl.SSLEngineResult;
 import javax.net.ssl.SSLEngineResult.HandshakeStatus;
@@ -105,11 +103,7 @@ public final class M2mpskSSLEngine extends SSLEngine {
     this.dtls = ctx.dtls;
     this.session = new M2mpskSession(this, dtls);
     this.enabledSuites = ctx.defaultSuites().toArray(new String[0]);
-    this.enabledProtocols = new String[] {protocol()};
-  }
-
-  private String protocol() {
-    return dtls ? "DTLSv1.2" : "TLSv1.2";
+    this.enabledProtocols = new String[] {ctx.protocol()};
   }
 
   // ---- configuration ----------------------------------------------------
@@ -141,22 +135,13 @@ public final class M2mpskSSLEngine extends SSLEngine {
    * IllegalArgumentException for a suite that is not supported. */
   @Override
   public synchronized void setEnabledCipherSuites(String[] suites) {
-    if (suites == null) throw new IllegalArgumentException("null suites");
-    List<String> supported = ctx.supportedSuites();
-    List<String> out = new ArrayList<>();
-    for (String s : suites) {
-      if (s == null || !supported.contains(s)) {
-        throw new IllegalArgumentException("unsupported cipher suite: " + s);
-      }
-      if (!out.contains(s)) out.add(s);
-    }
-    enabledSuites = out.toArray(new String[0]);
+    enabledSuites = ctx.checkSuites(suites);
   }
 
   /** "TLSv1.2", or "DTLSv1.2" for a DTLS context's engines. */
   @Override
   public String[] getSupportedProtocols() {
-    return new String[] {protocol()};
+    return new String[] {ctx.protocol()};
   }
 
   @Override
@@ -166,11 +151,7 @@ public final class M2mpskSSLEngine extends SSLEngine {
 
   @Override
   public synchronized void setEnabledProtocols(String[] protocols) {
-    if (protocols == null) throw new IllegalArgumentException("null protocols");
-    for (String p : protocols) {
-      if (!protocol().equals(p)) throw new IllegalArgumentException("unsupported protocol: " + p);
-    }
-    enabledProtocols = protocols.length == 0 ? new String[0] : new String[] {protocol()};
+    enabledProtocols = ctx.checkProtocols(protocols);
   }
 
   /** True: a PSK handshake always authenticates the client (Entity A
@@ -712,7 +693,7 @@ public final class M2mpskSSLEngine extends SSLEngine {
 
   @Override
   public String toString() {
-    return "M2mpskSSLEngine[" + (clientMode ? "client" : "server") + " " + protocol() + ", "
+    return "M2mpskSSLEngine[" + (clientMode ? "client" : "server") + " " + ctx.protocol() + ", "
         + session + "]";
   }
 }

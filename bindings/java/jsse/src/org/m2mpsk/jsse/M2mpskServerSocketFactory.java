@@ -71,7 +71,7 @@ final class M2mpskServerSocketFactory extends SSLServerSocketFactory {
 
     private void init() {
       suites = ctx.defaultSuites().toArray(new String[0]);
-      protocols = new String[] {ctx.dtls ? "DTLSv1.2" : "TLSv1.2"};
+      protocols = new String[] {ctx.protocol()};
     }
 
     /** The next connection, in server mode unless setUseClientMode(true). */
@@ -94,8 +94,7 @@ final class M2mpskServerSocketFactory extends SSLServerSocketFactory {
 
     @Override
     public synchronized void setEnabledCipherSuites(String[] s) {
-      // Checked as an engine checks them.
-      new M2mpskSSLEngine(ctx, null, -1).setEnabledCipherSuites(s);
+      ctx.checkSuites(s); // as an engine checks them
       suites = s.clone();
     }
 
@@ -106,7 +105,7 @@ final class M2mpskServerSocketFactory extends SSLServerSocketFactory {
 
     @Override
     public String[] getSupportedProtocols() {
-      return new String[] {ctx.dtls ? "DTLSv1.2" : "TLSv1.2"};
+      return new String[] {ctx.protocol()};
     }
 
     @Override
@@ -116,7 +115,7 @@ final class M2mpskServerSocketFactory extends SSLServerSocketFactory {
 
     @Override
     public synchronized void setEnabledProtocols(String[] p) {
-      new M2mpskSSLEngine(ctx, null, -1).setEnabledProtocols(p);
+      ctx.checkProtocols(p);
       protocols = p.clone();
     }
 
