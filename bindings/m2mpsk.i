@@ -12,10 +12,12 @@
  *  - one %exception that turns a negative status into the language's
  *    exception, carrying the code, the failure reason and a detail string.
  *
- * Byte buffers and the exception classes are per language:
- * python/m2mpsk_python.swg and java/m2mpsk_java.swg.
+ * Byte buffers and the exception classes are per language, each in its
+ * folder: <lang>/m2mpsk_<lang>.swg before the declarations and
+ * <lang>/m2mpsk_<lang>_tail.swg after them, for python, java, go, csharp
+ * and node (SWIG's -javascript -node).
  */
-#if defined(SWIGJAVA)
+#if defined(SWIGJAVA) || defined(SWIGCSHARP)
 %module(docstring="oneM2M security associations with pre-provisioned symmetric keys (TS-0003 8.2.2.1).") M2mpsk
 #else
 %module(docstring="oneM2M security associations with pre-provisioned symmetric keys (TS-0003 8.2.2.1).") m2mpsk
@@ -65,7 +67,13 @@ typedef struct m2mpsk_swig_status {
   const char *detail;        /* a fixed detail, or NULL */
 } m2mpsk_swig_status;
 
-static _Thread_local m2mpsk_swig_status m2mpsk_swig_pending;
+/* Node's wrapper is C++, the others C11. */
+#ifdef __cplusplus
+#define M2MPSK_SWIG_THREAD_LOCAL thread_local
+#else
+#define M2MPSK_SWIG_THREAD_LOCAL _Thread_local
+#endif
+static M2MPSK_SWIG_THREAD_LOCAL m2mpsk_swig_status m2mpsk_swig_pending;
 
 /* Records a failure for %exception; returns nonzero when there is one.
  * Every negative status is one, E_AGAIN included: a caller for which
@@ -209,6 +217,14 @@ M2MPSK_CONSTANTS("^M2MPSK_ENGINE_(AUTO|BORINGSSL|OPENSSL)$")
 %include "python/m2mpsk_python.swg"
 #elif defined(SWIGJAVA)
 %include "java/m2mpsk_java.swg"
+#elif defined(SWIGGO)
+%include "go/m2mpsk_go.swg"
+#elif defined(SWIGCSHARP)
+%include "csharp/m2mpsk_csharp.swg"
+#elif defined(SWIGJAVASCRIPT)
+%include "node/m2mpsk_node.swg"
+#else
+#error "m2mpsk.i: no typemaps for this language (see bindings/README.md)"
 #endif
 
 /* ---- the one exception mapping ------------------------------------------ */
@@ -1166,4 +1182,10 @@ typedef struct Association {} Association;
 %include "python/m2mpsk_python_tail.swg"
 #elif defined(SWIGJAVA)
 %include "java/m2mpsk_java_tail.swg"
+#elif defined(SWIGGO)
+%include "go/m2mpsk_go_tail.swg"
+#elif defined(SWIGCSHARP)
+%include "csharp/m2mpsk_csharp_tail.swg"
+#elif defined(SWIGJAVASCRIPT)
+%include "node/m2mpsk_node_tail.swg"
 #endif

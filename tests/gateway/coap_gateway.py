@@ -408,9 +408,11 @@ class Device:
         return self.mid
 
     def request(self, mcode, path, options=(), payload=b"", mtype=CON,
-                token=None, mid=None, timeout=STEP_S):
+                token=None, mid=None, timeout=STEP_S, retransmit=False):
         """Sends one request; returns (request bytes, response Msg, the
-        seconds it took) or (bytes, None, timeout) with no response."""
+        seconds it took) or (bytes, None, timeout) with no response.
+        retransmit: a CON is sent again as RFC 7252 says while no response
+        came (for tests where the network may drop it, as a flood does)."""
         token = os.urandom(4) if token is None else token
         mid = self.next_mid() if mid is None else mid
         opts = [(OPT_URI_PATH, p) for p in path.split("/") if p]
@@ -418,7 +420,20 @@ class Device:
         msg = encode(mtype, mcode, mid, token, opts, payload)
         t0 = time.monotonic()
         self.send_raw(msg)
-        return msg, self.wait_response(token, timeout), time.monotonic() - t0
+        if not retransmit:
+            return msg, self.wait_response(token, timeout), \
+                time.monotonic() - t0
+        # RFC 7252 4.2: a CON unanswered after ACK_TIMEOUT (2 s) is sent
+        # again, same Message ID, the wait doubling each time, as a real
+        # device does when a datagram is lost.
+        end, wait = t0 + timeout, 2.0
+        while True:
+            left = end - time.monotonic()
+            r = self.wait_response(token, min(wait, max(left, 0)))
+            if r is not None or time.monotonic() >= end:
+                return msg, r, time.monotonic() - t0
+            self.send_raw(msg)
+            wait *= 2
 
     def wait_response(self, token, timeout=STEP_S):
         found = []
@@ -770,8 +785,11 @@ def case_flood(m2mpsk_path, m):
         def legit():
             try:
                 d = Device(m, env.gw.port)
+                # The flood overfills the gateway's socket buffer, so the
+                # request may be lost: the device retransmits it.
                 _, rr, _ = d.request(GET, "cse-in", [(OPT_FR, "C"),
-                                                     (OPT_RQI, "in-flood")])
+                                                     (OPT_RQI, "in-flood")],
+                                     retransmit=True)
                 result["r"] = rr
                 d.close()
             except Exception as e:  # reported below
@@ -801,7 +819,7 @@ def case_flood(m2mpsk_path, m):
         if t is None:
             t = threading.Thread(target=legit)
             t.start()
-        t.join(STEP_S * 2)
+        t.join(STEP_S * 3)
         # Replies still on their way.
         drain_end = time.monotonic() + 1.0
         while time.monotonic() < drain_end:
