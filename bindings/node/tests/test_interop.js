@@ -122,4 +122,43 @@ test('openssl s_client with a wrong key: the server reports tlsClientError', { s
   assert.notStrictEqual(await within(10000, c.exited), 0);
 });
 
+test('m2mpsk.dtls.connect to openssl s_server -dtls1_2: records both ways', { skip }, async (t) => {
+  const s = openssl(t, ['s_server', '-nocert', '-accept', `${HOST}:0`, '-dtls1_2', ...PSK_ARGS],
+                    /ACCEPT.*:(\d+)\s/);
+  const port = Number((await s.ready)[1]);
+  const c = m2mpsk.dtls.connect({ host: HOST, port, kpsaId: KPSA, keystore: keystore() });
+  await within(10000, once(c, 'secureConnect'));
+  assert.strictEqual(c.getProtocol(), 'DTLSv1.2');
+  assert.strictEqual(c.peerId, IDB);
+  c.send(Buffer.from('hello from node\n'));
+  await s.waitFor(/hello from node/);
+  const got = once(c, 'data');
+  s.proc.stdin.write('hello from openssl\n');
+  assert.strictEqual((await within(10000, got))[0].toString(), 'hello from openssl\n');
+  c.close();
+  await s.waitFor(/DONE|shutting down|CLOSE/i);
+});
+
+test('openssl s_client -dtls1_2 to m2mpsk.dtls.createServer', { skip }, async (t) => {
+  const server = m2mpsk.dtls.createServer({ keystore: keystore(), localId: IDB }, (peer) => {
+    peer.on('data', (d) => peer.send(Buffer.from(`echo ${peer.peerId} ${d}`)));
+  });
+  await new Promise((r) => server.listen(0, HOST, r));
+  t.after(() => server.close());
+  const port = server.address().port;
+  const c = openssl(t, ['s_client', '-connect', `${HOST}:${port}`, '-dtls1_2', ...PSK_ARGS]);
+  await c.waitFor(/Cipher is PSK|New, TLSv1\.2|Verify return code/);
+  c.proc.stdin.write('ping\n');
+  await c.waitFor(/echo 12-test@onem2m\.com ping/);
+  // At the end of its input s_client sends close_notify and exits.
+  const [peer] = [...server.peers.values()];
+  assert.ok(peer, 'the server holds the peer');
+  const closed = once(peer, 'close');
+  peer.resume();
+  c.proc.stdin.end();
+  await within(10000, closed, 'the peer closed by close_notify');
+  assert.strictEqual(await within(10000, c.exited), 0);
+  assert.strictEqual(server.peers.size, 0);
+});
+
 module.exports = { openssl, PSK_ARGS, HOST, skip };
