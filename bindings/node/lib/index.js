@@ -22,6 +22,10 @@ function nowMs() {
 // in months) is armed in steps.
 const MAX_TIMER = 0x7fffffff;
 
+// TCP input is fed in pieces of this size, each well below the smallest
+// maxInput (MAX_INPUT_MIN, 64 KiB) with a partial record waiting beside it.
+const FEED_CHUNK = 16384;
+
 // A chunk of application data per assoc.write(): big enough for whole
 // records, small enough that a large write lets the event loop and the
 // peer's TCP window work in between.
@@ -303,35 +307,58 @@ class PSKSocket extends stream.Duplex {
   _onData(data) {
     if (!this._assoc) return;
     if (this._pendingInput) {
+      // Input is held back (the socket is paused): keep the order.
       this._pendingInput = Buffer.concat([this._pendingInput, data]);
       return;
     }
     this._feed(data);
   }
 
+  // Feeds TCP bytes in pieces, reading after each, so that what the
+  // association holds stays within its maxInput and the readable side's
+  // backpressure stops the TCP socket: what is not fed yet waits in
+  // _pendingInput, the socket paused, until _read() asks for more.
   _feed(data) {
-    try {
-      this._assoc.feed(data, nowMs());
-    } catch (e) {
-      if (e.code === addon.E_LIMIT) {
-        // Established, and the reader is behind: keep the bytes and stop
-        // the socket until _read() has taken what is waiting.
-        this._pendingInput = data;
-        this._socket.pause();
-        this._readLoop();
+    let off = 0;
+    while (off < data.length && this._assoc) {
+      const piece = data.subarray(off, off + FEED_CHUNK);
+      try {
+        this._assoc.feed(piece, nowMs());
+      } catch (e) {
+        if (e.code === addon.E_LIMIT && this._established && !this._limitStuck) {
+          // Nothing was consumed: read what is waiting, then feed the
+          // same bytes again. A piece is far below the smallest limit,
+          // so a second E_LIMIT right after reading is a failure.
+          this._limited = (this._limited || 0) + 1;
+          this._limitStuck = true;
+          this._hold(data.subarray(off));
+          this._readLoop();
+          return;
+        }
+        try { this._flush(); } catch (e2) { /* the association is gone */ }
+        this._fail(e);
         return;
       }
-      try { this._flush(); } catch (e2) { /* the association is gone */ }
-      this._fail(e);
-      return;
-    }
-    this._pendingInput = null;
-    this._flush();
-    if (!this._established && this._assoc.state() === addon.STATE_ESTABLISHED) {
-      this._onHandshake();
+      this._limitStuck = false;
+      off += piece.length;
+      this._flush();
+      if (!this._established && this._assoc.state() === addon.STATE_ESTABLISHED) {
+        this._onHandshake();
+      }
+      if (this._established && this._assoc) {
+        this._readLoop();
+        if (this._readPaused && off < data.length) {
+          this._hold(data.subarray(off));
+          break;
+        }
+      }
     }
     this._arm();
-    if (this._established) this._readLoop();
+  }
+
+  _hold(rest) {
+    this._pendingInput = rest;
+    this._socket.pause();
   }
 
   _onHandshake() {

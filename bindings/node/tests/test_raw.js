@@ -257,6 +257,32 @@ test('DTLS cookie exchange through dtls_listen', () => {
   for (const h of [c, s, cc, sc, cks, sks]) h.close();
 });
 
+test('E_LIMIT: input past max_input is refused whole, then taken after read()', () => {
+  const cks = keystore();
+  const sks = keystore();
+  const cc = new m.Config();
+  const sc = serverConfig();
+  sc.set_max_input(m.MAX_INPUT_MIN);
+  const c = new m.Association(m.ROLE_INITIATOR, m.TRANSPORT_TLS, cc, cks, KPSA);
+  const s = new m.Association(m.ROLE_RESPONDER, m.TRANSPORT_TLS, sc, sks, null);
+  c.start(1);
+  s.start(1);
+  expectM2mpsk(() => c.export_keying_material(16, 'EXPERIMENTAL x', null), m.E_STATE);
+  pump(c, s);
+  c.write(Buffer.alloc(60000, 1));
+  const first = c.drain();
+  s.feed(first, 2); // close to the limit
+  c.write(Buffer.alloc(10000, 2));
+  const more = c.drain();
+  expectM2mpsk(() => s.feed(more, 2), m.E_LIMIT);
+  let got = 0;
+  for (let b = s.read(); b.length > 0; b = s.read()) got += b.length;
+  assert.strictEqual(got, 60000);
+  s.feed(more, 3); // the same bytes again, now that there is room
+  assert.strictEqual(s.read().length, 10000);
+  for (const h of [c, s, cc, sc, cks, sks]) h.close();
+});
+
 test('timers: next_timeout is null when nothing is due, a number while handshaking', () => {
   const p = pair(m.TRANSPORT_DTLS);
   const t = p.c.next_timeout();

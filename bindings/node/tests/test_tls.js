@@ -139,8 +139,12 @@ test('backpressure: several MB each way, read slowly', async () => {
   const big = crypto.randomBytes(SIZE);
   const digest = crypto.createHash('sha256').update(big).digest('hex');
   let sawBackpressure = false;
-  const server = m2mpsk.https.createServer({ keystore: ks, localId: IDB }, (req, res) => {
+  let uploadSocket;
+  // The smallest input bound: the server's associations refuse input
+  // (E_LIMIT) while its reader is behind, and the socket holds it back.
+  const server = m2mpsk.https.createServer({ keystore: ks, localId: IDB, maxInput: m2mpsk.MAX_INPUT_MIN }, (req, res) => {
     if (req.method === 'POST') {
+      uploadSocket = req.socket;
       req.pause();
       setTimeout(() => { req.resume(); app(req, res); }, 300);
       return;
@@ -187,6 +191,7 @@ test('backpressure: several MB each way, read slowly', async () => {
     more();
   }), 'upload');
   assert.ok(clientSawBackpressure, 'req.write() returned false at least once');
+  assert.strictEqual(uploadSocket.remoteAddress, HOST);
   assert.strictEqual(JSON.parse(up.body).bytes, SIZE);
   assert.strictEqual(JSON.parse(up.body).sha256, digest);
   // The client pauses for a while after each chunk: the server must see
@@ -215,6 +220,56 @@ test('backpressure: several MB each way, read slowly', async () => {
   assert.strictEqual(down.sha, digest);
   assert.ok(sawBackpressure, 'res.write() returned false at least once');
   await close(server);
+});
+
+test('one large TCP chunk, the smallest maxInput and a slow reader: held back, delivered in order', async () => {
+  // The TLS socket runs over a Duplex the test drives, with a raw
+  // responder Association on the other end, so that 300 KB of records
+  // arrive as one 'data' chunk.
+  const stream = require('node:stream');
+  const toServer = [];
+  let paused = 0;
+  const raw = new stream.Duplex({
+    read() {},
+    write(chunk, enc, cb) { toServer.push(chunk); cb(); },
+  });
+  const pause = raw.pause.bind(raw);
+  raw.pause = () => { paused++; return pause(); };
+  const ks = keystore();
+  const sc = new m2mpsk.Config();
+  sc.add_local_id(IDB);
+  const s = new m2mpsk.Association(m2mpsk.ROLE_RESPONDER, m2mpsk.TRANSPORT_TLS, sc, ks, null);
+  s.start(m2mpsk.nowMs());
+  const c = m2mpsk.connect({ socket: raw, kpsaId: KPSA, keystore: ks, maxInput: m2mpsk.MAX_INPUT_MIN });
+  const pump = () => {
+    for (const chunk of toServer.splice(0)) s.feed(chunk, m2mpsk.nowMs());
+    for (let out = s.drain(); out.length > 0; out = s.drain()) raw.push(out);
+  };
+  const timer = setInterval(pump, 5);
+  await within(5000, once(c, 'secureConnect'));
+  clearInterval(timer);
+  pump();
+  const big = crypto.randomBytes(300 * 1024);
+  for (let off = 0; off < big.length; off += 16384) s.write(big.subarray(off, off + 16384));
+  raw.push(s.drain()); // all of it at once
+  // A reader that takes a chunk every few milliseconds.
+  const got = [];
+  let n = 0;
+  await within(10000, new Promise((resolve) => {
+    c.on('data', (d) => {
+      got.push(d);
+      n += d.length;
+      c.pause();
+      setTimeout(() => c.resume(), 2);
+      if (n === big.length) resolve();
+    });
+  }), 'slow read');
+  assert.ok(Buffer.concat(got).equals(big));
+  assert.ok(paused > 0, 'the raw socket was paused while the reader was behind');
+  c.destroy();
+  s.close();
+  sc.close();
+  ks.close();
 });
 
 test('a wrong key: tlsClientError on the server, an error with a code on the client', async () => {
@@ -264,9 +319,22 @@ test('originatorCheck: 4106 for a foreign From, AE create accepted, bound AE-ID'
   assert.strictEqual(String(await onConn('/bind', { 'x-m2m-origin': '/cse-1/Cnew' })), '0');
   assert.strictEqual(String(await onConn('/x', { 'x-m2m-origin': '/cse-1/Cnew' })), '0');
   assert.strictEqual(String(await onConn('/x', { 'x-m2m-origin': '/cse-1/Cother' })), '4106');
+  // A malformed From is an error (E_IDA), which the application answers.
+  server.removeAllListeners('request');
+  server.on('request', (req, res) => {
+    try {
+      res.end(String(req.socket.originatorCheck(req.headers['x-m2m-origin'])));
+    } catch (e) {
+      res.end(`error ${e.code}`);
+    }
+  });
+  assert.strictEqual(String(await onConn('/x', { 'x-m2m-origin': 'not a valid id!' })), `error ${m2mpsk.E_IDA}`);
   agent.destroy();
   // A client socket: the raw handle's checks, and errors as M2mpskError.
   const sock = m2mpsk.connect({ host: HOST, port, kpsaId: KPSA, keystore: ks });
+  // Before the handshake: no identity, and E_STATE.
+  assert.strictEqual(sock.peerId, null);
+  assert.throws(() => sock.originatorCheck('/cse-1'), (e) => e.code === m2mpsk.E_STATE);
   await within(5000, once(sock, 'secureConnect'));
   assert.strictEqual(sock.peerId, IDB);
   assert.strictEqual(sock.peerKind, m2mpsk.PEER_CSE);
