@@ -197,9 +197,11 @@ export function connect(options: ConnectOptions, secureConnectListener?: () => v
 export function createServer(options: ServerOptions, secureConnectionListener?: (socket: PSKSocket) => void): Server;
 export function nowMs(): number;
 
+type PskServer = Server;
+
 export namespace https {
   class Server extends http.Server {
-    readonly pskServer: import('./index').Server;
+    readonly pskServer: PskServer;
   }
   class Agent extends http.Agent {
     constructor(options?: http.AgentOptions & ConnectOptions | http.AgentOptions & Partial<ConnectOptions>);
@@ -211,6 +213,25 @@ export namespace https {
   function request(url: string | URL, options: RequestOptions, cb?: (res: http.IncomingMessage) => void): http.ClientRequest;
   function get(options: RequestOptions | string | URL, cb?: (res: http.IncomingMessage) => void): http.ClientRequest;
   function get(url: string | URL, options: RequestOptions, cb?: (res: http.IncomingMessage) => void): http.ClientRequest;
+}
+
+export interface DtlsServerOptions extends ServerOptions {
+  maxPeers?: number;
+  idleTimeout?: number;
+  mtu?: number;
+  maxQueue?: number;
+  cookies?: boolean;
+  type?: 'udp4' | 'udp6';
+  socket?: import('node:dgram').Socket;
+}
+
+export interface DtlsConnectOptions extends ConnectOptions {
+  type?: 'udp4' | 'udp6';
+  localAddress?: string;
+  localPort?: number;
+  mtu?: number;
+  idleTimeout?: number;
+  maxQueue?: number;
 }
 
 export namespace dtls {
@@ -233,15 +254,7 @@ export namespace dtls {
     close(cb?: () => void): void;
     getProtocol(): string | null;
   }
-  interface ServerOptions extends import('./index').ServerOptions {
-    maxPeers?: number;
-    idleTimeout?: number;
-    mtu?: number;
-    maxQueue?: number;
-    cookies?: boolean;
-    type?: 'udp4' | 'udp6';
-    socket?: import('node:dgram').Socket;
-  }
+  type ServerOptions = DtlsServerOptions;
   class DTLSServer extends EventEmitter {
     readonly peers: Map<string, DTLSSocket>;
     readonly stats: { cookiesSent: number; accepted: number; dropped: number };
@@ -253,12 +266,7 @@ export namespace dtls {
     ref(): this;
     unref(): this;
   }
-  interface ConnectOptions extends import('./index').ConnectOptions {
-    type?: 'udp4' | 'udp6';
-    mtu?: number;
-    idleTimeout?: number;
-    maxQueue?: number;
-  }
+  type ConnectOptions = DtlsConnectOptions;
   function createServer(options: ServerOptions, listener?: (peer: DTLSSocket) => void): DTLSServer;
   function connect(options: ConnectOptions, secureConnectListener?: () => void): DTLSSocket;
 }
