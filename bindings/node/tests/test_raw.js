@@ -257,6 +257,57 @@ test('DTLS cookie exchange through dtls_listen', () => {
   for (const h of [c, s, cc, sc, cks, sks]) h.close();
 });
 
+test('audit events: taken from the config, closed like every handle', () => {
+  const cks = keystore();
+  const sks = keystore();
+  const cc = new m.Config();
+  const sc = serverConfig();
+  sc.set_event_queue(16);
+  expectM2mpsk(() => sc.set_event_queue(-1), m.E_INVALID);
+  assert.strictEqual(sc.next_event(), null); // empty: null, not an error
+  const c = new m.Association(m.ROLE_INITIATOR, m.TRANSPORT_TLS, cc, cks, KPSA);
+  const s = new m.Association(m.ROLE_RESPONDER, m.TRANSPORT_TLS, sc, sks, null);
+  c.start(1);
+  s.start(1);
+  pump(c, s);
+  const ev = sc.next_event();
+  assert.ok(ev, 'an EVENT_ESTABLISHED was queued');
+  assert.strictEqual(ev.type(), m.EVENT_ESTABLISHED);
+  assert.strictEqual(m.event_type_name(ev.type()), 'established');
+  assert.strictEqual(ev.kpsa_id(), KPSA);
+  assert.strictEqual(ev.peer_id(), '12-' + KPSA);
+  assert.strictEqual(ev.peer_id_is_credential(), true);
+  assert.strictEqual(ev.role(), m.ROLE_RESPONDER);
+  ev.close();
+  ev.close();
+  for (const fn of [() => ev.type(), () => ev.reason(), () => ev.kpsa_id(), () => ev.detail()]) {
+    expectM2mpsk(fn, m.E_INVALID);
+  }
+  assert.strictEqual(sc.events_dropped(), 0);
+  for (const h of [c, s, cc, sc, cks, sks]) h.close();
+});
+
+test('the garbage collector frees handles nobody closed', async () => {
+  const v8 = require('node:v8');
+  const vm = require('node:vm');
+  v8.setFlagsFromString('--expose-gc');
+  const gc = vm.runInNewContext('gc');
+  const ks = keystore();
+  const c = serverConfig();
+  // Responder associations count as handshakes in progress until freed.
+  (() => {
+    for (let i = 0; i < 100; i++) new m.Association(m.ROLE_RESPONDER, m.TRANSPORT_TLS, c, ks, null);
+  })();
+  assert.strictEqual(c.handshakes_in_progress(), 100);
+  for (let i = 0; i < 20 && c.handshakes_in_progress() > 0; i++) {
+    gc();
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  assert.strictEqual(c.handshakes_in_progress(), 0);
+  c.close();
+  ks.close();
+});
+
 test('E_LIMIT: input past max_input is refused whole, then taken after read()', () => {
   const cks = keystore();
   const sks = keystore();
