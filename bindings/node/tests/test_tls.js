@@ -411,6 +411,37 @@ test('client end(): the server reads close_notify as the end of the stream', asy
   await close(server);
 });
 
+test('a peer that hangs up mid-handshake; maxHandshakes refuses the next connection', async () => {
+  const ks = keystore();
+  const server = m2mpsk.createServer({ keystore: ks, localId: IDB, maxHandshakes: 1 });
+  const port = await listen(server);
+  // A client that connects and hangs up: tlsClientError E_FAILED, no reason.
+  const hung = once(server, 'tlsClientError');
+  net.connect(port, HOST).end();
+  const [e1] = await within(5000, hung);
+  assert.strictEqual(e1.code, m2mpsk.E_FAILED);
+  assert.strictEqual(e1.reason, m2mpsk.REASON_NONE);
+  // One mute client holds the one handshake allowed; the next is refused
+  // with E_LIMIT before any association exists.
+  const mute = net.connect(port, HOST);
+  await within(5000, once(server, 'connection'));
+  const limited = once(server, 'tlsClientError');
+  const second = net.connect(port, HOST);
+  const [e2, s2] = await within(5000, limited);
+  assert.strictEqual(e2.code, m2mpsk.E_LIMIT);
+  assert.strictEqual(s2, null);
+  await within(5000, once(second, 'close'));
+  mute.destroy();
+  await close(server);
+  // A server that hangs up on the client mid-handshake: an 'error' on it.
+  const rude = net.createServer((s) => s.destroy());
+  await new Promise((r) => rude.listen(0, HOST, r));
+  const c = m2mpsk.connect({ host: HOST, port: rude.address().port, kpsaId: KPSA, keystore: ks });
+  const [e3] = await within(5000, once(c, 'error'));
+  assert.strictEqual(e3.code, m2mpsk.E_FAILED);
+  await new Promise((r) => rude.close(r));
+});
+
 test('bad options throw at once', () => {
   assert.throws(() => m2mpsk.connect({ host: HOST, port: 1, keystore: keystore() }), TypeError);
   assert.throws(() => m2mpsk.connect({ host: HOST, port: 1, kpsaId: KPSA }), TypeError);
