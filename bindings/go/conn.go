@@ -33,11 +33,15 @@ type Conn struct {
 	a      *Association
 	closed bool
 
+	// The buffers the library reads and writes are the Conn's own: cgo
+	// refuses a caller's slice that lies in memory holding Go pointers.
 	readMu  sync.Mutex
 	rawBuf  []byte
+	plain   []byte // decrypted data not yet returned by Read
 	unfed   []byte // input the association refused (E_LIMIT), fed again after reading
 	writeMu sync.Mutex
 	outBuf  []byte
+	inBuf   []byte // Write's copy of the caller's data
 
 	deadlineMu      sync.Mutex
 	readDL, writeDL time.Time
@@ -339,14 +343,27 @@ func (c *Conn) Read(b []byte) (int, error) {
 	}
 	c.readMu.Lock()
 	defer c.readMu.Unlock()
+	if len(c.plain) > 0 {
+		n := copy(b, c.plain)
+		c.plain = c.plain[n:]
+		return n, nil
+	}
 	a := c.assoc()
 	if c.rawBuf == nil {
 		c.rawBuf = make([]byte, 17*1024)
 	}
 	for {
-		n, err := a.Read(b)
+		n, err := a.Read(c.rawBuf[:maxRecord])
 		if n > 0 {
-			return n, nil
+			m := copy(b, c.rawBuf[:n])
+			if m < n {
+				if c.datagram {
+					// A datagram's rest is dropped, as a UDP read does.
+					return m, nil
+				}
+				c.plain = append(c.plain[:0], c.rawBuf[m:n]...)
+			}
+			return m, nil
 		}
 		if err != nil {
 			if errors.Is(err, ErrClosed) {
@@ -417,7 +434,10 @@ func (c *Conn) Write(b []byte) (int, error) {
 		if len(chunk) > maxRecord {
 			chunk = chunk[:maxRecord]
 		}
-		if err := a.Write(chunk); err != nil {
+		if c.inBuf == nil {
+			c.inBuf = make([]byte, maxRecord)
+		}
+		if err := a.Write(c.inBuf[:copy(c.inBuf, chunk)]); err != nil {
 			return written, c.closedErr(err)
 		}
 		if err := c.flushLocked(); err != nil {

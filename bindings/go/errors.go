@@ -3,6 +3,7 @@ package m2mpsk
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 
 	"m2mpsk.org/m2mpsk/internal/capi"
@@ -68,6 +69,14 @@ func catch(err *error) {
 	}
 	code, reason, detail, ok := capi.Recovered(r)
 	if !ok {
+		// cgo's pointer check refuses a []byte inside memory that holds
+		// Go pointers (e.g. a [n]byte field of a struct with pointers):
+		// the caller's mistake, so an error, not a crash.
+		if re, isRT := r.(runtime.Error); isRT && strings.Contains(re.Error(), "cgo argument has Go pointer") {
+			*err = &Error{Code: E_INVALID, Reason: REASON_NONE,
+				Detail: "a []byte argument lies in memory that holds Go pointers; pass a slice from make([]byte, n)"}
+			return
+		}
 		panic(r)
 	}
 	*err = &Error{Code: code, Reason: reason, Detail: detail}

@@ -118,3 +118,21 @@ func (c *Config) checkServer() error {
 	}
 	return nil
 }
+
+type connKey struct{}
+
+// ConnContext is made for http.Server's ConnContext field: it puts the
+// *Conn a request arrives on into the request's context, where
+// FromContext finds it (for its ConnectionState and OriginatorCheck).
+func ConnContext(ctx context.Context, c net.Conn) context.Context {
+	if mc, ok := c.(*Conn); ok {
+		return context.WithValue(ctx, connKey{}, mc)
+	}
+	return ctx
+}
+
+// FromContext returns the *Conn that ConnContext stored, or nil.
+func FromContext(ctx context.Context) *Conn {
+	c, _ := ctx.Value(connKey{}).(*Conn)
+	return c
+}

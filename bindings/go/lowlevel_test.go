@@ -336,6 +336,18 @@ func TestLowLevelErrors(t *testing.T) {
 	_, err = st.dtlsListen("", []byte("garbage"), make([]byte, 64))
 	wantCode(t, err, E_INVALID)
 
+	// A slice inside memory holding Go pointers: cgo refuses it, and that
+	// is an error, not a crash.
+	withPtr := &struct {
+		p   *int
+		key [32]byte
+	}{p: new(int)}
+	copy(withPtr.key[:], testKey)
+	e = wantCode(t, ks.Add("ptr@onem2m.com", withPtr.key[:], "", testIdB), E_INVALID)
+	if !strings.Contains(e.Detail, "Go pointers") {
+		t.Fatalf("detail: %q", e.Detail)
+	}
+
 	// Use after Close: E_INVALID, never a crash; Close twice is harmless.
 	a.Close()
 	a.Close()
