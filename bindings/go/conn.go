@@ -78,6 +78,9 @@ func Server(conn net.Conn, cfg *Config) *Conn { return newConn(conn, cfg, false)
 
 func newConn(conn net.Conn, cfg *Config, client bool) *Conn {
 	_, datagram := conn.(net.PacketConn)
+	if _, ok := conn.(interface{ isDatagram() }); ok {
+		datagram = true
+	}
 	return &Conn{raw: conn, cfg: cfg, client: client, datagram: datagram}
 }
 
