@@ -142,6 +142,9 @@ func TestConnHandshakeBounds(t *testing.T) {
 		if send == "" && e.Reason != REASON_TIMEOUT {
 			t.Fatalf("silent peer: %v", e)
 		}
+		if send != "" && e.Reason != REASON_PROTOCOL {
+			t.Fatalf("an HTTP request: %v", e)
+		}
 		t.Logf("%q: %v", send, e)
 		c.Close()
 		raw.Close()

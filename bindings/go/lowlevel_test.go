@@ -207,6 +207,16 @@ func TestLowLevelCredentialID(t *testing.T) {
 	if s.PeerID() != "12-"+testKpsaCred || !s.PeerIsCredential() {
 		t.Fatalf("credential binding: %q %v", s.PeerID(), s.PeerIsCredential())
 	}
+	// The AE registered: its AE-ID replaces the Credential-ID, once.
+	wantCode(t, s.BindAEID("not an ae-id"), E_IDA)
+	if err := s.BindAEID("/cse-1/Cmy-ae"); err != nil {
+		t.Fatal(err)
+	}
+	if s.PeerID() != "/cse-1/Cmy-ae" || s.PeerIsCredential() {
+		t.Fatalf("after BindAEID: %q %v", s.PeerID(), s.PeerIsCredential())
+	}
+	wantCode(t, s.BindAEID("/cse-1/Cother"), E_STATE)
+	wantCode(t, c.BindAEID("/cse-1/Cmy-ae"), E_STATE) // not Entity B
 }
 
 func TestLowLevelErrors(t *testing.T) {
