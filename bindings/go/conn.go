@@ -428,28 +428,25 @@ func (c *Conn) Write(b []byte) (int, error) {
 	if c.datagram && len(b) > maxRecord {
 		return 0, invalid("a DTLS write is one record: at most 16384 bytes")
 	}
+	if len(b) == 0 {
+		return 0, nil
+	}
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
 	a := c.assoc()
+	if c.inBuf == nil {
+		c.inBuf = make([]byte, maxRecord)
+	}
 	written := 0
-	for written < len(b) || len(b) == 0 {
-		chunk := b[written:]
-		if len(chunk) > maxRecord {
-			chunk = chunk[:maxRecord]
-		}
-		if c.inBuf == nil {
-			c.inBuf = make([]byte, maxRecord)
-		}
-		if err := a.Write(c.inBuf[:copy(c.inBuf, chunk)]); err != nil {
+	for written < len(b) {
+		n := copy(c.inBuf, b[written:])
+		if err := a.Write(c.inBuf[:n]); err != nil {
 			return written, c.closedErr(err)
 		}
 		if err := c.flushLocked(); err != nil {
 			return written, err
 		}
-		written += len(chunk)
-		if len(b) == 0 {
-			break
-		}
+		written += n
 	}
 	return written, nil
 }

@@ -2,6 +2,7 @@ package m2mpsk
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -193,5 +194,39 @@ func TestConnMaxConns(t *testing.T) {
 		c.Close()
 	case <-time.After(2 * time.Second):
 		t.Fatal("the slot was not released")
+	}
+}
+
+// HandshakeContext gives up when its context is cancelled, with the
+// context's error.
+func TestConnHandshakeContext(t *testing.T) {
+	ks := testKeystore(t)
+	mute, err := net.Listen("tcp", "127.0.0.1:0") // accepts, never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mute.Close()
+	raw, err := net.Dial("tcp", mute.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	cli := &Config{Keystore: ks, KpsaID: testKpsa}
+	defer cli.Close()
+	c := Client(raw, cli)
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(200*time.Millisecond, cancel)
+	start := time.Now()
+	err = c.HandshakeContext(ctx)
+	if !errors.Is(err, context.Canceled) || time.Since(start) > 3*time.Second {
+		t.Fatalf("after %v: %v", time.Since(start), err)
+	}
+	// The failure sticks; Close releases everything.
+	if _, err := c.Write([]byte("x")); !errors.Is(err, context.Canceled) {
+		t.Fatalf("write after a failed handshake: %v", err)
+	}
+	c.Close()
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("read after Close: %v", err)
 	}
 }

@@ -4,6 +4,7 @@ package m2mpsk
 // interface shared by every language binding (../m2mpsk.i); the CMake
 // build does the same into its copy of this module. From a source
 // checkout with SWIG 4.1 installed, `go generate` in this directory writes
-// it here (the files are not in git).
+// it here (the files are not in git), from the checkout's own header;
+// cgo then needs PKG_CONFIG_PATH to find an m2mpsk.pc (docs/go.md).
 //
-//go:generate sh -c "swig -go -cgo -intgosize 64 -package capi -I.. $(pkg-config --cflags-only-I m2mpsk 2>/dev/null || echo -I../../include) -outdir internal/capi -o internal/capi/m2mpsk_wrap.c ../m2mpsk.i"
+//go:generate swig -go -cgo -intgosize 64 -package capi -I.. -I../../include -outdir internal/capi -o internal/capi/m2mpsk_wrap.c ../m2mpsk.i
