@@ -44,6 +44,13 @@ type Config struct {
 	// MaxConns bounds the connections a Listener has open at once (0:
 	// unbounded); Accept waits for one to close.
 	MaxConns int
+	// MaxInput bounds the input an association holds unconsumed, in
+	// bytes (default 262144; at least MAX_INPUT_MIN).
+	MaxInput int
+	// EventQueue turns the audit event queue on with that capacity (1 to
+	// 1048576; 0: off): NextEvent takes what the Config's associations
+	// reported, never key material.
+	EventQueue int
 
 	// DTLS only: MTU (default 1400); MaxPeers bounds a DTLS listener's
 	// peers (default 1024); IdleTimeout closes a DTLS peer silent that long
@@ -123,6 +130,12 @@ func (c *Config) newState() (st *configState, err error) {
 	st.cfg.Set_roles_reversed(c.RolesReversed)
 	if c.MaxHandshakes > 0 {
 		st.cfg.Set_max_handshakes(int64(c.MaxHandshakes))
+	}
+	if c.MaxInput > 0 {
+		st.cfg.Set_max_input(int64(c.MaxInput))
+	}
+	if c.EventQueue > 0 {
+		st.cfg.Set_event_queue(int64(c.EventQueue))
 	}
 	return st, nil
 }
@@ -213,4 +226,43 @@ func (c *Config) HandshakesInProgress() (n int, err error) {
 	}
 	defer catch(&err)
 	return int(st.cfg.Handshakes_in_progress()), nil
+}
+
+// Event is one audit event: what happened to which association.
+type Event struct {
+	Type             int // EVENT_ESTABLISHED, EVENT_FAILED, EVENT_REVOKED, EVENT_RATE_LIMITED, EVENT_CLOSED
+	Reason           int // a REASON_ constant for the failures
+	Role, Transport  int
+	TimeMs           int64 // the associations' clock (Now())
+	KpsaID, PeerID   string
+	PeerIsCredential bool
+	PeerTag          string // the peer's address, for a server
+	Detail           string
+}
+
+// TypeName is the event type's name, e.g. "established".
+func (e *Event) TypeName() string { return capi.Event_type_name(e.Type) }
+
+// NextEvent takes the oldest queued event (Config.EventQueue), or returns
+// nil when there is none. Pull-based: nothing runs inside the library.
+func (c *Config) NextEvent() (ev *Event, err error) {
+	st, err := c.build()
+	if err != nil {
+		return nil, err
+	}
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	if st.cfg == nil {
+		return nil, closedHandle()
+	}
+	defer catch(&err)
+	h := st.cfg.Next_event()
+	if h == nil || h.Swigcptr() == 0 {
+		return nil, nil
+	}
+	defer capi.DeleteEvent(h)
+	return &Event{Type: h.EventType(), Reason: h.Reason(), Role: h.Role(),
+		Transport: h.Transport(), TimeMs: h.Time_ms(), KpsaID: h.Kpsa_id(),
+		PeerID: h.Peer_id(), PeerIsCredential: h.Peer_id_is_credential(),
+		PeerTag: h.Peer_tag(), Detail: h.Detail()}, nil
 }

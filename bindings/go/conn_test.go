@@ -90,7 +90,14 @@ func TestConnEcho(t *testing.T) {
 }
 
 func TestConnWrongKey(t *testing.T) {
-	l, _, _ := tlsPair(t)
+	ks := testKeystore(t)
+	srv := &Config{Keystore: ks, LocalID: testIdB, EventQueue: 8}
+	defer srv.Close()
+	l, err := Listen("tcp", "127.0.0.1:0", srv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
 	other, _ := NewKeystore(false)
 	defer other.Close()
 	other.Add(testKpsa, bytes.Repeat([]byte{7}, 32), testIdA, testIdB)
@@ -104,13 +111,31 @@ func TestConnWrongKey(t *testing.T) {
 		defer c.Close()
 		srvErr <- c.(*Conn).Handshake()
 	}()
-	_, err := Dial("tcp", l.Addr().String(), &Config{Keystore: other, KpsaID: testKpsa})
+	_, err = Dial("tcp", l.Addr().String(), &Config{Keystore: other, KpsaID: testKpsa})
 	if e := asError(err); e == nil || e.Code != E_FAILED || e.Reason == REASON_NONE {
 		t.Fatalf("client: %v", err)
 	}
 	if e := asError(<-srvErr); e == nil || e.Code != E_FAILED || e.Reason != REASON_BAD_KEY {
 		t.Fatalf("server: %v", e)
 	}
+	// The server's audit queue tells the same, with the peer's address.
+	ev, err := srv.NextEvent()
+	if err != nil || ev == nil {
+		t.Fatalf("no event: %v", err)
+	}
+	if ev.Type != EVENT_FAILED || ev.Reason != REASON_BAD_KEY || ev.KpsaID != testKpsa ||
+		ev.Role != ROLE_RESPONDER || ev.PeerTag == "" || ev.TypeName() == "" {
+		t.Fatalf("event %+v", ev)
+	}
+	if ev, err := srv.NextEvent(); ev != nil || err != nil {
+		t.Fatalf("a second event: %+v %v", ev, err)
+	}
+	srv.Close()
+	if _, err := srv.NextEvent(); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("NextEvent after Close: %v", err)
+	}
+	_, err = (&Config{Keystore: ks, EventQueue: -1 + 1<<21}).NextEvent()
+	wantCode(t, err, E_INVALID)
 }
 
 // A peer that connects and says nothing, or garbage, costs the server at
