@@ -37,6 +37,7 @@ func (a *Association) Close() error {
 		a.h.Close()
 		capi.DeleteAssociation(a.h)
 		a.h = nil
+		liveHandles.Add(-1)
 		runtime.SetFinalizer(a, nil)
 	}
 	return nil

@@ -118,6 +118,7 @@ func (c *Config) newState() (st *configState, err error) {
 	}()
 	defer catch(&err)
 	st.cfg = capi.NewConfig()
+	liveHandles.Add(1)
 	runtime.SetFinalizer(st, (*configState).close)
 	if c.Suites != "" {
 		st.cfg.Set_suites(c.Suites)
@@ -147,6 +148,7 @@ func (st *configState) close() {
 		st.cfg.Close()
 		capi.DeleteConfig(st.cfg)
 		st.cfg = nil
+		liveHandles.Add(-1)
 	}
 	if st.ownKeys && st.ks != nil {
 		st.ks.Close()
@@ -197,6 +199,7 @@ func (c *Config) NewAssociation(role, transport int) (a *Association, err error)
 	defer catch(&err)
 	h := capi.NewAssociation(role, transport, st.cfg, ksh, kpsa)
 	a = &Association{h: h, transport: transport}
+	liveHandles.Add(1)
 	runtime.SetFinalizer(a, (*Association).Close)
 	return a, nil
 }

@@ -3,9 +3,14 @@ package m2mpsk
 import (
 	"runtime"
 	"sync"
+	"sync/atomic"
 
 	"m2mpsk.org/m2mpsk/internal/capi"
 )
+
+// liveHandles counts the library handles (keystores, configs,
+// associations) not yet freed, so that a test can see finalizers run.
+var liveHandles atomic.Int64
 
 // Keystore holds association records, each keyed by its KpsaID. Keys live
 // in the library's guarded memory (locked, excluded from core dumps, wiped
@@ -27,6 +32,7 @@ func NewKeystore(requireLocked bool) (ks *Keystore, err error) {
 	defer catch(&err)
 	h := capi.NewKeystore(flags)
 	ks = &Keystore{h: h}
+	liveHandles.Add(1)
 	// A safety net only: Close() is the way to release it.
 	runtime.SetFinalizer(ks, (*Keystore).Close)
 	return ks, nil
@@ -56,6 +62,7 @@ func (ks *Keystore) Close() error {
 		ks.h.Close()
 		capi.DeleteKeystore(ks.h)
 		ks.h = nil
+		liveHandles.Add(-1)
 		runtime.SetFinalizer(ks, nil)
 	}
 	return nil

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"testing"
+	"time"
 )
 
 // The test records: a KpsaID with an IdA, and one without (its responder
@@ -423,4 +425,38 @@ func rssKiB(t *testing.T) int {
 	}
 	t.Skip("no VmRSS")
 	return 0
+}
+
+// Dropped handles are freed by their finalizers; closed ones at once.
+func TestLowLevelFinalizers(t *testing.T) {
+	base := liveHandles.Load()
+	func() {
+		for i := 0; i < 50; i++ {
+			ks, err := NewKeystore(false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ks.Add(testKpsa, testKey, testIdA, testIdB)
+			cfg := &Config{Keystore: ks, KpsaID: testKpsa}
+			if _, err := cfg.NewAssociation(ROLE_INITIATOR, TRANSPORT_TLS); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}()
+	if liveHandles.Load() < base+150 {
+		t.Fatalf("%d live handles, want %d more", liveHandles.Load()-base, 150)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for liveHandles.Load() > base && time.Now().Before(deadline) {
+		runtime.GC()
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := liveHandles.Load() - base; n != 0 {
+		t.Fatalf("%d handles never freed", n)
+	}
+	ks, _ := NewKeystore(false)
+	ks.Close()
+	if liveHandles.Load() != base {
+		t.Fatal("Close did not free the keystore")
+	}
 }
