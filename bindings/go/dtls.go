@@ -154,8 +154,8 @@ func (l *DTLSListener) serve() {
 			// The engine has no cookie exchange (BoringSSL): the peer
 			// is made at once, still within MaxPeers.
 		} else if m > 0 {
+			l.cookiesSent.Add(1) // before the peer can see it
 			_, _ = l.pc.WriteTo(hvr[:m], addr)
-			l.cookiesSent.Add(1)
 			continue
 		}
 		p = l.newPeer(key, addr)
