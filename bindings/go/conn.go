@@ -384,11 +384,26 @@ func (c *Conn) Read(b []byte) (int, error) {
 			}
 			continue
 		}
+		// The association's own timer (its record's not_after) bounds
+		// the wait as much as the caller's deadline does.
+		timer, err := c.armTimer(a)
+		if err != nil {
+			return 0, err
+		}
 		m, rerr := c.raw.Read(c.rawBuf)
+		if timer {
+			c.deadlineMu.Lock()
+			_ = c.raw.SetReadDeadline(c.readDL)
+			c.deadlineMu.Unlock()
+		}
 		if m > 0 {
 			if err := c.feed(a, c.rawBuf[:m]); err != nil {
 				return 0, err
 			}
+		}
+		var ne net.Error
+		if rerr != nil && m == 0 && timer && errors.As(rerr, &ne) && ne.Timeout() && !c.readExpired() {
+			continue // the association's timer, not the caller's deadline
 		}
 		if rerr != nil && m == 0 {
 			if rerr == io.EOF {
@@ -397,6 +412,40 @@ func (c *Conn) Read(b []byte) (int, error) {
 			return 0, c.closedErr(rerr)
 		}
 	}
+}
+
+// armTimer handles the association's timer when it is due, else makes
+// the next read wait no longer than it (true when it set a deadline).
+func (c *Conn) armTimer(a *Association) (bool, error) {
+	t, ok, _ := a.NextTimeout()
+	if !ok {
+		return false, nil
+	}
+	at := clockStart.Add(time.Duration(t) * time.Millisecond)
+	if !at.After(time.Now()) {
+		if err := a.HandleTimeout(Now()); err != nil {
+			_ = c.flush()
+			return false, c.closedErr(err)
+		}
+		if a.Pending() > 0 {
+			_ = c.flush()
+		}
+		return false, nil
+	}
+	c.deadlineMu.Lock()
+	defer c.deadlineMu.Unlock()
+	if !c.readDL.IsZero() && c.readDL.Before(at) {
+		return false, nil
+	}
+	_ = c.raw.SetReadDeadline(at)
+	return true, nil
+}
+
+// readExpired reports whether the caller's read deadline has passed.
+func (c *Conn) readExpired() bool {
+	c.deadlineMu.Lock()
+	defer c.deadlineMu.Unlock()
+	return !c.readDL.IsZero() && !time.Now().Before(c.readDL)
 }
 
 // feed feeds input to the association and sends what it answers.

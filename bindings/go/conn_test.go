@@ -255,3 +255,57 @@ func TestConnHandshakeContext(t *testing.T) {
 		t.Fatalf("read after Close: %v", err)
 	}
 }
+
+// A connection does not outlive its record: at not_after the association
+// fails with REASON_EXPIRED, even while Read waits.
+func TestConnRecordExpiry(t *testing.T) {
+	ks := testKeystore(t)
+	if err := ks.AddValid("short@onem2m.com", testKey, testIdA, testIdB, 0, time.Now().Unix()+2); err != nil {
+		t.Fatal(err)
+	}
+	srv := &Config{Keystore: ks, LocalID: testIdB}
+	defer srv.Close()
+	l, err := Listen("tcp", "127.0.0.1:0", srv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(io.Discard, c)
+			}()
+		}
+	}()
+	cli := &Config{Keystore: ks, KpsaID: "short@onem2m.com"}
+	defer cli.Close()
+	c, err := Dial("tcp", l.Addr().String(), cli)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	_, err = c.Read(make([]byte, 10))
+	if e := asError(err); e == nil || e.Code != E_FAILED || e.Reason != REASON_EXPIRED {
+		t.Fatalf("after %v: %v", time.Since(start), err)
+	}
+	if time.Since(start) > 4*time.Second {
+		t.Fatalf("expired after %v", time.Since(start))
+	}
+	// A caller's deadline before the expiry still applies.
+	c2, err := Dial("tcp", l.Addr().String(), &Config{Keystore: ks, KpsaID: testKpsa})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	c2.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	var ne net.Error
+	if _, err := c2.Read(make([]byte, 10)); !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("deadline: %v", err)
+	}
+}
