@@ -27,8 +27,14 @@ type Config struct {
 	LocalIDs []string
 
 	// Suites, colon-separated IANA names in preference order; "" for the
-	// library's default (the RFC 4279 plain-PSK suites of the build).
-	Suites string
+	// library's default (the RFC 4279 plain-PSK suites of the build), or
+	// Profile's. Profile is 0 or PROFILE_TS0003 (the suites TS-0003
+	// mandates per transport; E_SUITE when the engine lacks one).
+	Suites  string
+	Profile int
+	// Engine is ENGINE_AUTO (0, per association), ENGINE_OPENSSL or
+	// ENGINE_BORINGSSL (E_UNSUPPORTED when this process cannot load it).
+	Engine int
 	// RolesReversed runs SA2 (TS-0003 8.2.1): the client is Entity B.
 	RolesReversed bool
 	// RevealUnknownIdentity answers an unknown KpsaID with its own alert
@@ -120,6 +126,12 @@ func (c *Config) newState() (st *configState, err error) {
 	st.cfg = capi.NewConfig()
 	liveHandles.Add(1)
 	runtime.SetFinalizer(st, (*configState).close)
+	if c.Engine != ENGINE_AUTO {
+		st.cfg.Set_engine(c.Engine)
+	}
+	if c.Profile != 0 {
+		st.cfg.Set_profile(c.Profile)
+	}
 	if c.Suites != "" {
 		st.cfg.Set_suites(c.Suites)
 	}

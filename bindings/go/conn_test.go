@@ -309,3 +309,48 @@ func TestConnRecordExpiry(t *testing.T) {
 		t.Fatalf("deadline: %v", err)
 	}
 }
+
+// MaxHandshakes bounds the handshakes a server runs at once: past it, a
+// new connection fails at once with E_LIMIT.
+func TestConnMaxHandshakes(t *testing.T) {
+	ks := testKeystore(t)
+	srv := &Config{Keystore: ks, LocalID: testIdB, MaxHandshakes: 1, HandshakeTimeout: time.Second}
+	defer srv.Close()
+	l, err := Listen("tcp", "127.0.0.1:0", srv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	// Two peers that connect and stall.
+	var conns []*Conn
+	for i := 0; i < 2; i++ {
+		raw, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer raw.Close()
+		c, err := l.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c.(*Conn))
+	}
+	first := make(chan error, 1)
+	go func() { first <- conns[0].Handshake() }()
+	deadline := time.Now().Add(2 * time.Second)
+	for n, _ := srv.HandshakesInProgress(); n == 0 && time.Now().Before(deadline); n, _ = srv.HandshakesInProgress() {
+		time.Sleep(5 * time.Millisecond)
+	}
+	start := time.Now()
+	wantCode(t, conns[1].Handshake(), E_LIMIT)
+	if time.Since(start) > time.Second {
+		t.Fatalf("E_LIMIT took %v", time.Since(start))
+	}
+	if e := asError(<-first); e == nil || e.Reason != REASON_TIMEOUT {
+		t.Fatalf("the stalled handshake: %v", e)
+	}
+	if n, _ := srv.HandshakesInProgress(); n != 0 {
+		t.Fatalf("%d handshakes still counted", n)
+	}
+}

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"m2mpsk.org/m2mpsk/internal/capi"
 )
 
 func dtlsServe(t *testing.T, srv *Config) *DTLSListener {
@@ -261,4 +263,42 @@ func TestDTLSRetransmission(t *testing.T) {
 	if n, err := c.Read(buf); err != nil || string(buf[:n]) != "ping" {
 		t.Fatalf("echo: %q %v", buf[:n], err)
 	}
+}
+
+// Each engine this process can load serves DTLS: OpenSSL with the cookie
+// exchange, BoringSSL (which has none) by making the peer at once.
+func TestDTLSEngines(t *testing.T) {
+	ks := testKeystore(t)
+	for _, eng := range []int{ENGINE_OPENSSL, ENGINE_BORINGSSL} {
+		name := capi.Engine_name(eng)
+		t.Run(name, func(t *testing.T) {
+			if capi.Engine_available(eng) == 0 {
+				t.Skipf("engine %s not available", name)
+			}
+			srv := &Config{Keystore: ks, LocalID: testIdB, Engine: eng}
+			defer srv.Close()
+			l := dtlsServe(t, srv)
+			cli := &Config{Keystore: ks, KpsaID: testKpsa, Engine: eng, HandshakeTimeout: 5 * time.Second}
+			defer cli.Close()
+			for i := 0; i < 2; i++ {
+				c, err := DialDTLS("udp", l.Addr().String(), cli)
+				if err != nil {
+					t.Fatal(err)
+				}
+				c.Write([]byte("ping"))
+				c.SetReadDeadline(time.Now().Add(3 * time.Second))
+				buf := make([]byte, 100)
+				if n, err := c.Read(buf); err != nil || string(buf[:n]) != "ping" {
+					t.Fatalf("echo: %q %v", buf[:n], err)
+				}
+				c.Close()
+			}
+			wantCookies := eng == ENGINE_OPENSSL
+			if got := l.cookiesSent.Load() > 0; got != wantCookies {
+				t.Fatalf("cookies sent: %d", l.cookiesSent.Load())
+			}
+		})
+	}
+	_, err := (&Config{Keystore: ks, LocalID: testIdB, Engine: 99}).NewAssociation(ROLE_RESPONDER, TRANSPORT_DTLS)
+	wantCode(t, err, E_INVALID)
 }
