@@ -187,19 +187,24 @@ func (c *Conn) handshake(ctx context.Context) error {
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
-	// ctx's cancellation interrupts a read or write in progress.
-	stop := make(chan struct{})
-	defer close(stop)
-	if ctx.Done() != nil {
-		go func() {
-			select {
-			case <-ctx.Done():
-				_ = c.raw.SetDeadline(time.Unix(1, 0))
-			case <-stop:
-			}
-		}()
-	}
-	defer c.restoreDeadlines()
+	// ctx's cancellation interrupts a read or write in progress. The
+	// watcher is gone before the caller's deadlines are restored, so that
+	// a late cancellation cannot leave its deadline on an established
+	// connection.
+	stop, exited := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(exited)
+		select {
+		case <-ctx.Done():
+			_ = c.raw.SetDeadline(time.Unix(1, 0))
+		case <-stop:
+		}
+	}()
+	defer func() {
+		close(stop)
+		<-exited
+		c.restoreDeadlines()
+	}()
 	_ = c.raw.SetWriteDeadline(deadline)
 
 	buf := make([]byte, 17*1024)
