@@ -228,6 +228,37 @@ func (st *configState) dtlsListen(peerTag string, datagram, out []byte) (n int, 
 	return int(st.cfg.Dtls_listen_into(peerTag, datagram, out)), nil
 }
 
+// DTLSListen is the DTLS server's stateless cookie exchange (RFC 6347
+// 4.2.1) for a datagram from a peer that has no association yet, for
+// servers of your own (DTLSListener does it for you). peerTag names the
+// peer (its address), as Association.SetPeerTag does. It returns the
+// HelloVerifyRequest to send back (nothing is kept), or accept true when
+// the datagram is a ClientHello with a valid cookie: then make a responder
+// association, set the same peer tag, Start it and Feed it this datagram.
+// Errors: E_INVALID (bad peer tag, empty datagram), E_PROTOCOL (not a
+// ClientHello: drop it), E_UNSUPPORTED (the engine has no cookie exchange:
+// make the association at once), E_BACKEND, E_NOMEM.
+func (c *Config) DTLSListen(peerTag string, datagram []byte) (reply []byte, accept bool, err error) {
+	if err := noNUL("peerTag", peerTag); err != nil {
+		return nil, false, err
+	}
+	st, err := c.build()
+	if err != nil {
+		return nil, false, err
+	}
+	// 64 bytes always hold the HelloVerifyRequest.
+	out := make([]byte, 64)
+	in := append([]byte(nil), datagram...) // cgo: the caller's slice may lie among pointers
+	n, err := st.dtlsListen(peerTag, in, out)
+	if err != nil {
+		return nil, false, err
+	}
+	if n == 0 {
+		return nil, true, nil
+	}
+	return out[:n], false, nil
+}
+
 // HandshakesInProgress is the number of server handshakes running now.
 func (c *Config) HandshakesInProgress() (n int, err error) {
 	st, err := c.build()

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"m2mpsk.org/m2mpsk/internal/capi"
 )
 
 // The test records: a KpsaID with an IdA, and one without (its responder
@@ -339,13 +341,11 @@ func TestLowLevelErrors(t *testing.T) {
 	}
 
 	// DTLS cookie exchange: garbage is E_PROTOCOL.
-	st, err := srv.build()
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = st.dtlsListen("127.0.0.1:9", []byte("garbage"), make([]byte, 64))
+	_, _, err = srv.DTLSListen("127.0.0.1:9", []byte("garbage"))
 	wantCode(t, err, E_PROTOCOL)
-	_, err = st.dtlsListen("", []byte("garbage"), make([]byte, 64))
+	_, _, err = srv.DTLSListen("", []byte("garbage"))
+	wantCode(t, err, E_INVALID)
+	_, _, err = srv.DTLSListen("127.0.0.1:9", nil)
 	wantCode(t, err, E_INVALID)
 
 	// A slice inside memory holding Go pointers: cgo refuses it, and that
@@ -464,5 +464,55 @@ func TestLowLevelFinalizers(t *testing.T) {
 	ks.Close()
 	if liveHandles.Load() > before {
 		t.Fatal("Close did not free the keystore")
+	}
+}
+
+// The cookie exchange by hand, as a server of one's own runs it: a
+// HelloVerifyRequest first, then the ClientHello with the cookie is
+// accepted and the handshake completes.
+func TestLowLevelDTLSListen(t *testing.T) {
+	ks := testKeystore(t)
+	cli := &Config{Keystore: ks, KpsaID: testKpsa}
+	srv := &Config{Keystore: ks, LocalID: testIdB, Engine: ENGINE_OPENSSL}
+	defer cli.Close()
+	defer srv.Close()
+	if capi.Engine_available(ENGINE_OPENSSL) == 0 {
+		t.Skip("no OpenSSL engine: no cookie exchange")
+	}
+	c, err := cli.NewAssociation(ROLE_INITIATOR, TRANSPORT_DTLS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Start(Now())
+	hello, _ := c.Drain()
+	const tag = "192.0.2.7:5684"
+	hvr, accept, err := srv.DTLSListen(tag, hello)
+	if err != nil || accept || len(hvr) == 0 {
+		t.Fatalf("first hello: %d bytes, accept %v, %v", len(hvr), accept, err)
+	}
+	if err := c.Feed(hvr, Now()); err != nil {
+		t.Fatal(err)
+	}
+	hello2, _ := c.Drain()
+	// The cookie is bound to the peer: another address gets a new one.
+	if _, accept, err := srv.DTLSListen("192.0.2.8:5684", hello2); accept || err != nil {
+		t.Fatalf("cookie accepted from another peer: %v %v", accept, err)
+	}
+	if _, accept, err := srv.DTLSListen(tag, hello2); !accept || err != nil {
+		t.Fatalf("second hello: accept %v, %v", accept, err)
+	}
+	s, err := srv.NewAssociation(ROLE_RESPONDER, TRANSPORT_DTLS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.SetPeerTag(tag)
+	s.Start(Now())
+	if err := s.Feed(hello2, Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := pump(t, c, s); err != nil {
+		t.Fatal(err)
 	}
 }
