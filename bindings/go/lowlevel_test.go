@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -514,5 +515,51 @@ func TestLowLevelDTLSListen(t *testing.T) {
 	}
 	if err := pump(t, c, s); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Every method of a closed handle that returns an error returns
+// E_INVALID, whatever its arguments (zero values here); the others
+// (accessors) return zero values, and none panics. Found by reflection,
+// so that a method added later is checked too.
+func TestLowLevelEveryMethodOfAClosedHandle(t *testing.T) {
+	ks := testKeystore(t)
+	cfg := &Config{Keystore: ks, LocalID: testIdB, KpsaID: testKpsa}
+	a, err := cfg.NewAssociation(ROLE_INITIATOR, TRANSPORT_TLS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closedKs, _ := NewKeystore(false)
+	for _, h := range []interface{ Close() error }{a, cfg, closedKs} {
+		h.Close()
+		v := reflect.ValueOf(h)
+		typ := v.Type()
+		checked := 0
+		for i := 0; i < typ.NumMethod(); i++ {
+			m := typ.Method(i)
+			if m.Name == "Close" {
+				continue
+			}
+			args := []reflect.Value{v}
+			for j := 1; j < m.Type.NumIn(); j++ {
+				args = append(args, reflect.Zero(m.Type.In(j)))
+			}
+			out := m.Func.Call(args)
+			last := m.Type.NumOut() - 1
+			if last < 0 || m.Type.Out(last) != reflect.TypeOf((*error)(nil)).Elem() {
+				continue // an accessor: it ran without panicking
+			}
+			err, _ := out[last].Interface().(error)
+			if e := asError(err); e == nil || e.Code != E_INVALID {
+				t.Errorf("%s.%s after Close: %v", typ, m.Name, err)
+			}
+			checked++
+		}
+		if checked < 3 {
+			t.Errorf("%s: only %d methods checked", typ, checked)
+		}
+		if err := h.Close(); err != nil {
+			t.Errorf("%s: Close again: %v", typ, err)
+		}
 	}
 }
