@@ -1,0 +1,5 @@
+namespace Org.M2mpsk.Tests {
+  public static class StreamTests {}
+  public static class OpensslTests {}
+  public static class DtlsTests {}
+}
