@@ -1,5 +1,4 @@
 namespace Org.M2mpsk.Tests {
-  public static class StreamTests {}
   public static class OpensslTests {}
   public static class DtlsTests {}
 }
