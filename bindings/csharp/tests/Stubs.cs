@@ -1,4 +1,3 @@
 namespace Org.M2mpsk.Tests {
   public static class OpensslTests {}
-  public static class DtlsTests {}
 }
