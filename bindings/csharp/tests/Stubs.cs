@@ -1,3 +1,2 @@
 namespace Org.M2mpsk.Tests {
-  public static class OpensslTests {}
 }
