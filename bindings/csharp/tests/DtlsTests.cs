@@ -74,15 +74,15 @@ namespace Org.M2mpsk.Tests {
         var release = new ManualResetEventSlim();
         for (int i = 0; i < n; i++) {
           int id = i;
-          tasks[i] = Task.Run(() => {
+          tasks[i] = Task.Factory.StartNew(() => {
             using (var c = Connect(server, cks)) {
-              connected.Signal();
+                connected.Signal();
               byte[] msg = Encoding.ASCII.GetBytes("peer " + id);
               c.Send(msg);
               Check.Bytes(msg, c.Receive(5000), "echo " + id);
               release.Wait(10000);
             }
-          });
+          }, TaskCreationOptions.LongRunning); // a thread each, at once
         }
         Check.True(connected.Wait(15000), "all connected");
         WaitFor(() => server.PeerCount == n, 3000, n + " peers at once");

@@ -192,6 +192,9 @@ namespace Org.M2mpsk.Tests {
     public static void KeystoreErrors() {
       using (var ks = new Keystore()) {
         Check.Code(M2mpsk.E_KEY_LENGTH, () => ks.Add(Fx.KpsaId, new byte[3], null, Fx.Idb), "short key");
+        Check.Code(M2mpsk.E_KEY_LENGTH, () => ks.Add(Fx.KpsaId, new byte[0], null, Fx.Idb), "empty key");
+        Check.Code(M2mpsk.E_KEY_LENGTH, () => ks.Add(Fx.KpsaId, new byte[64], 60, 4, null, Fx.Idb),
+                   "a short region of a long array");
         Check.Code(M2mpsk.E_KPSA_ID, () => ks.Add("no-at-sign", Fx.Key(), null, Fx.Idb), "bad KpsaID");
         Check.Code(M2mpsk.E_IDB, () => ks.Add(Fx.KpsaId, Fx.Key(), null, "cse"), "bad IdB");
         Check.Code(M2mpsk.E_IDA, () => ks.Add(Fx.KpsaId, Fx.Key(), "x y", Fx.Idb), "bad IdA");
@@ -258,6 +261,8 @@ namespace Org.M2mpsk.Tests {
       using (var ccfg = new Config())
       using (var scfg = Fx.ServerConfig())
       using (var c = new Association(M2mpsk.ROLE_INITIATOR, M2mpsk.TRANSPORT_DTLS, ccfg, cks, Fx.KpsaId)) {
+        Check.Code(M2mpsk.E_INVALID, () => scfg.DtlsListen("127.0.0.1:9", new byte[0]), "empty datagram");
+        Check.Code(M2mpsk.E_INVALID, () => scfg.DtlsListen("bad tag\n", new byte[40]), "unprintable peer tag");
         Check.Code(M2mpsk.E_PROTOCOL, () => scfg.DtlsListen("127.0.0.1:9", new byte[40]), "garbage datagram");
         Check.Code(M2mpsk.E_INVALID, () => scfg.DtlsListen("127.0.0.1:9", null), "null datagram");
         if (M2mpsk.EngineAvailable(M2mpsk.ENGINE_OPENSSL) == 0)

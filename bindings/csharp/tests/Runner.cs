@@ -75,9 +75,6 @@ namespace Org.M2mpsk.Tests {
       case "dtls": t = typeof(DtlsTests); break;
       default: Console.Error.WriteLine("unknown group " + args[0]); return 2;
       }
-      // Tests block pool threads (clients in Task.Run); the pool would add
-      // one per 500 ms past the core count.
-      ThreadPool.SetMinThreads(64, 64);
       int failed = 0, run = 0;
       var total = Stopwatch.StartNew();
       foreach (MethodInfo m in t.GetMethods(BindingFlags.Public | BindingFlags.Static)) {

@@ -32,6 +32,7 @@ namespace Org.M2mpsk.Tests {
           }
           var t = new Thread(() => {
             try {
+              c.NoDelay = true;
               using (c)
               using (var s = new PskStream(c.GetStream())) {
                 s.AuthenticateAsServer(options);
@@ -88,7 +89,7 @@ namespace Org.M2mpsk.Tests {
     }
 
     public static PskStream Connect(int port, Keystore ks, string kpsaId = Fx.KpsaId) {
-      var tcp = new TcpClient();
+      var tcp = new TcpClient { NoDelay = true };
       tcp.Connect(IPAddress.Loopback, port);
       var s = new PskStream(tcp.GetStream());
       try {
@@ -156,7 +157,7 @@ namespace Org.M2mpsk.Tests {
         var tasks = new Task[clients];
         for (int i = 0; i < clients; i++) {
           int id = i;
-          tasks[i] = Task.Run(() => {
+          tasks[i] = Task.Factory.StartNew(() => {
             using (var c = Connect(server.Port, cks)) {
               for (int round = 0; round < 5; round++) {
                 byte[] msg = Encoding.ASCII.GetBytes("client " + id + " round " + round);
@@ -164,7 +165,7 @@ namespace Org.M2mpsk.Tests {
                 Check.Bytes(msg, ReadExactly(c, msg.Length), "echo " + id);
               }
             }
-          });
+          }, TaskCreationOptions.LongRunning); // a thread each, at once
         }
         Check.True(Task.WaitAll(tasks, 20000), "clients finished");
         server.Drain();
