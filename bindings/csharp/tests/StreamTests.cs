@@ -324,5 +324,34 @@ namespace Org.M2mpsk.Tests {
         }
       }
     }
+
+    public static void HttpRequestOverPsk() {
+      var listener = new TcpListener(IPAddress.Loopback, 0);
+      listener.Start();
+      try {
+        using (var sks = Fx.Store())
+        using (var cks = Fx.Store()) {
+          var ep = (IPEndPoint)listener.LocalEndpoint;
+          string body;
+          // An AE registering over the Credential-ID binding: accepted.
+          var served = Task.Factory.StartNew(() => Examples.HttpOverPsk.ServeOne(listener, sks, Fx.Idb),
+                                             TaskCreationOptions.LongRunning);
+          string status = Examples.HttpOverPsk.Request(ep, cks, Fx.KpsaId, "POST", "/cse-1", "C123",
+                                                       "application/json;ty=2", "{\"m2m:ae\":{}}", out body);
+          Check.True(served.Wait(5000), "served");
+          Check.Equal("HTTP/1.1 201 Created rsc=2001", status, "AE create");
+          Check.True(body.Contains("C123"), "body " + body);
+          // A request claiming another CSE's identity: 4106.
+          served = Task.Factory.StartNew(() => Examples.HttpOverPsk.ServeOne(listener, sks, Fx.Idb),
+                                         TaskCreationOptions.LongRunning);
+          status = Examples.HttpOverPsk.Request(ep, cks, Fx.KpsaId, "GET", "/cse-1", "/cse-9",
+                                                "application/json", "", out body);
+          Check.True(served.Wait(5000), "served");
+          Check.Equal("HTTP/1.1 403 Forbidden rsc=4106", status, "impersonation");
+        }
+      } finally {
+        listener.Stop();
+      }
+    }
   }
 }
