@@ -206,6 +206,9 @@ namespace Org.M2mpsk.Tests {
           Check.Equal("/cse-2", r.Ida, "IdA");
           Check.Equal(Fx.Idb, r.Idb, "IdB");
           Check.Equal(100L, r.NotBefore, "not before");
+          r.Dispose();
+          Check.Code(M2mpsk.E_INVALID, () => { var x = r.Ida; }, "a disposed Record");
+          Check.Code(M2mpsk.E_INVALID, () => { var x = r.NotAfter; }, "a disposed Record's number");
         }
         Check.Code(M2mpsk.E_NOT_FOUND, () => ks.Lookup("other@onem2m.com"), "lookup");
         Check.Code(M2mpsk.E_NOT_FOUND, () => ks.Remove("other@onem2m.com"), "remove");
@@ -297,6 +300,63 @@ namespace Org.M2mpsk.Tests {
       Check.Code(M2mpsk.E_INVALID,
                  () => M2mpsk.OriginatorCheck(M2mpsk.PEER_CSE, "/cse-2", "/cse-1", "/cse-2", -1),
                  "negative flags");
+    }
+
+    static object Arg(Type t) {
+      if (t == typeof(string))
+        return "x";
+      if (t == typeof(byte[]))
+        return new byte[4];
+      if (t == typeof(bool))
+        return false;
+      if (t.IsValueType)
+        return Convert.ChangeType(1, t);
+      return null;
+    }
+
+    /// Every public method and property of a disposed handle, found by
+    /// reflection, throws M2mpskException E_INVALID (Dispose and Close
+    /// excepted, which do nothing).
+    public static void EveryMemberOfADisposedHandleRaisesInvalid() {
+      var ks = Fx.Store();
+      var scfg = Fx.ServerConfig();
+      scfg.SetEventQueue(8);
+      Event ev;
+      using (var cks = Fx.Store())
+      using (var ccfg = new Config())
+      using (var c = new Association(M2mpsk.ROLE_INITIATOR, M2mpsk.TRANSPORT_TLS, ccfg, cks, Fx.KpsaId))
+      using (var s = new Association(M2mpsk.ROLE_RESPONDER, M2mpsk.TRANSPORT_TLS, scfg, ks)) {
+        s.Start(Fx.Now);
+        c.Start(Fx.Now);
+        Fx.Pump(c, s);
+        ev = scfg.NextEvent();
+        Check.True(ev != null, "an event");
+      }
+      var a = new Association(M2mpsk.ROLE_INITIATOR, M2mpsk.TRANSPORT_TLS, new Config(), ks, Fx.KpsaId);
+      var rec = ks.Lookup(Fx.KpsaId);
+      var handles = new IDisposable[] { ks, scfg, a, ev, rec };
+      int checkedCount = 0;
+      foreach (IDisposable h in handles) {
+        h.Dispose();
+        foreach (var m in h.GetType().GetMethods(System.Reflection.BindingFlags.Public |
+                                                 System.Reflection.BindingFlags.Instance |
+                                                 System.Reflection.BindingFlags.DeclaredOnly)) {
+          if (m.Name == "Dispose" || m.Name == "Close" || m.Name.StartsWith("set_"))
+            continue;
+          var args = Array.ConvertAll(m.GetParameters(), p => Arg(p.ParameterType));
+          string what = h.GetType().Name + "." + m.Name + "(" + args.Length + " args)";
+          Check.Code(M2mpsk.E_INVALID, () => {
+            try {
+              m.Invoke(h, args);
+            } catch (System.Reflection.TargetInvocationException e) {
+              throw e.InnerException;
+            }
+          }, what);
+          checkedCount++;
+        }
+        h.Dispose(); // again: nothing
+      }
+      Check.True(checkedCount > 60, "methods checked: " + checkedCount);
     }
   }
 }
