@@ -55,6 +55,7 @@ namespace Org.M2mpsk {
     Association assoc;
     Config ownedConfig;
     bool authenticated, innerEof, disposed;
+    bool failed; // the handshake failed: the association is gone, the inner stream not
     static readonly System.Diagnostics.Stopwatch Clock = System.Diagnostics.Stopwatch.StartNew();
 
     public PskStream(Stream innerStream, bool leaveInnerStreamOpen = false) {
@@ -69,7 +70,7 @@ namespace Org.M2mpsk {
 
     /// <summary>The inner stream.</summary>
     public Stream InnerStream => inner;
-    public bool IsAuthenticated => authenticated && !disposed;
+    public bool IsAuthenticated => authenticated && !disposed && !failed;
     public bool IsServer { get; private set; }
     /// <summary>The association underneath, for what the stream does not
     /// expose (events, keying material); null before authenticating.</summary>
@@ -105,7 +106,9 @@ namespace Org.M2mpsk {
 
     T Locked<T>(Func<Association, T> f) {
       lock (assocLock) {
-        if (assoc == null || disposed)
+        if (disposed)
+          throw new ObjectDisposedException(nameof(PskStream));
+        if (assoc == null || failed)
           throw new InvalidOperationException("the stream is not authenticated");
         return f(assoc);
       }
@@ -224,10 +227,11 @@ namespace Org.M2mpsk {
         }
         authenticated = true;
       } catch (Exception) {
-        // The stream cannot be used after a failed handshake, as SslStream's.
+        // The stream cannot be used after a failed handshake, as SslStream's;
+        // Dispose still closes the inner stream.
         lock (assocLock) {
           a.Dispose();
-          disposed = true;
+          failed = true;
         }
         throw;
       } finally {
@@ -247,7 +251,7 @@ namespace Org.M2mpsk {
         for (;;) {
           int n;
           lock (assocLock) {
-            if (assoc == null)
+            if (assoc == null || failed || disposed)
               return;
             try {
               n = assoc.Drain(sendBuf, 0, sendBuf.Length);
@@ -268,6 +272,8 @@ namespace Org.M2mpsk {
     void CheckReady() {
       if (disposed)
         throw new ObjectDisposedException(nameof(PskStream));
+      if (failed)
+        throw new InvalidOperationException("the handshake failed");
       if (!authenticated)
         throw new InvalidOperationException("authenticate first (AuthenticateAsClient/AsServer)");
     }
@@ -347,6 +353,26 @@ namespace Org.M2mpsk {
 
     public override void Flush() {
       inner.Flush();
+    }
+
+    // Stream's own async methods run one operation at a time, reads and
+    // writes together (its BeginRead/BeginWrite share a semaphore): a
+    // pending ReadAsync would hold up every WriteAsync. SslStream allows
+    // one of each at once, and so do these.
+    public override Task<int> ReadAsync(byte[] buffer, int offset, int count,
+                                        CancellationToken cancellationToken) {
+      CheckArgs(buffer, offset, count);
+      return Task.Run(() => Read(buffer, offset, count), cancellationToken);
+    }
+
+    public override Task WriteAsync(byte[] buffer, int offset, int count,
+                                    CancellationToken cancellationToken) {
+      CheckArgs(buffer, offset, count);
+      return Task.Run(() => Write(buffer, offset, count), cancellationToken);
+    }
+
+    public override Task FlushAsync(CancellationToken cancellationToken) {
+      return inner.FlushAsync(cancellationToken);
     }
 
     /// <summary>Sends close_notify (once; later writes fail with

@@ -231,11 +231,41 @@ namespace Org.M2mpsk.Tests {
                 "silent server");
             Check.Equal(M2mpsk.REASON_TIMEOUT, e.Reason, "reason");
             Check.True(sw.ElapsedMilliseconds < 3000, "bounded: " + sw.ElapsedMilliseconds + " ms");
-            Check.Throws<ObjectDisposedException>(() => s.Write(new byte[1], 0, 1), "use after a failed handshake");
+            Check.Throws<InvalidOperationException>(() => s.Write(new byte[1], 0, 1), "use after a failed handshake");
+            Check.True(!s.IsAuthenticated, "not authenticated");
           }
         }
       } finally {
         listener.Stop();
+      }
+    }
+
+    public static void DisposeAfterAFailedHandshakeClosesTheInnerStream() {
+      using (var sks = Fx.Store(1))
+      using (var cks = Fx.Store(2))
+      using (var server = new TestServer(ServerOptions(sks), Echo))
+      using (var tcp = new TcpClient()) {
+        tcp.Connect(IPAddress.Loopback, server.Port);
+        NetworkStream ns = tcp.GetStream();
+        var s = new PskStream(ns);
+        Check.Throws<AuthenticationException>(
+            () => s.AuthenticateAsClient(new PskClientOptions { Keystore = cks, KpsaId = Fx.KpsaId }), "wrong key");
+        s.Dispose();
+        Check.Throws<ObjectDisposedException>(() => ns.Write(new byte[1], 0, 1), "inner stream closed");
+      }
+    }
+
+    public static void PendingReadAsyncDoesNotBlockWriteAsync() {
+      using (var sks = Fx.Store())
+      using (var cks = Fx.Store())
+      using (var server = new TestServer(ServerOptions(sks), Echo))
+      using (var c = Connect(server.Port, cks)) {
+        var back = new byte[3];
+        Task<int> read = c.ReadAsync(back, 0, 3); // waits for the echo of the write below
+        Thread.Sleep(50);
+        Check.True(c.WriteAsync(new byte[] { 7, 8, 9 }, 0, 3).Wait(5000), "write while a read is pending");
+        Check.True(read.Wait(5000), "the echo arrived");
+        Check.True(read.Result > 0 && back[0] == 7, "echoed");
       }
     }
 
