@@ -290,6 +290,10 @@ namespace Org.M2mpsk.Tests {
 
     public static void ModuleFunctions() {
       Check.Equal(M2mpskInfo.ManagedVersion, M2mpsk.VersionString(), "version");
+      // The library of this build, not another one found first.
+      string backend = Environment.GetEnvironmentVariable("M2MPSK_BACKEND_NAME");
+      if (backend != null)
+        Check.Equal(backend, M2mpsk.BackendName(), "backend");
       Check.True(M2mpsk.Strerror(M2mpsk.E_INVALID).Length > 0, "strerror");
       Check.Code(M2mpsk.E_KPSA_ID, () => M2mpsk.KpsaIdValidate("nope"), "KpsaID");
       M2mpsk.IdbValidate("//m2m.example.com/cse-1");
