@@ -190,6 +190,10 @@ namespace Org.M2mpsk.Tests {
     }
 
     public static void KeystoreErrors() {
+      Check.Code(M2mpsk.E_INVALID, () => new Keystore(-1), "negative flags");
+      Check.Code(M2mpsk.E_INVALID, () => new Keystore(1 << 20), "an unknown flag");
+      using (var locked = new Keystore(M2mpsk.KEYSTORE_REQUIRE_LOCKED))
+        Check.Equal(0u, locked.Count(), "empty");
       using (var ks = new Keystore()) {
         Check.Code(M2mpsk.E_KEY_LENGTH, () => ks.Add(Fx.KpsaId, new byte[3], null, Fx.Idb), "short key");
         Check.Code(M2mpsk.E_KEY_LENGTH, () => ks.Add(Fx.KpsaId, new byte[0], null, Fx.Idb), "empty key");
