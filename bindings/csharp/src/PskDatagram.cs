@@ -255,10 +255,16 @@ namespace Org.M2mpsk {
     readonly byte[] sendBuf = new byte[65536];
     Thread thread;
     volatile bool stopping;
+    int handshaking; // peers not yet established
+    long nextTick;
 
     /// <summary>At most this many peers hold an association (handshaking
     /// or established); a new peer past it is ignored.</summary>
     public int MaxPeers { get; set; } = 256;
+    /// <summary>At most this many of them still handshaking, below
+    /// MaxPeers so that half-open handshakes cannot take every
+    /// slot.</summary>
+    public int MaxHandshakes { get; set; } = 64;
     /// <summary>A peer silent this long is closed and forgotten.</summary>
     public int IdleTimeoutMs { get; set; } = 60000;
     /// <summary>Datagrams dropped: garbage from unknown peers, peers past
@@ -348,7 +354,7 @@ namespace Org.M2mpsk {
       long now = DtlsClock.Now;
       PskDatagramPeer p;
       if (!peers.TryGetValue(tag, out p)) {
-        if (peers.Count >= MaxPeers) {
+        if (peers.Count >= MaxPeers || handshaking >= MaxHandshakes) {
           Dropped++;
           return;
         }
@@ -384,6 +390,7 @@ namespace Org.M2mpsk {
           return;
         }
         peers[tag] = p;
+        handshaking++;
       }
       p.LastActivity = now;
       try {
@@ -401,7 +408,10 @@ namespace Org.M2mpsk {
     void Deliver(PskDatagramPeer p) {
       if (p.Assoc.State() != M2mpsk.STATE_ESTABLISHED)
         return;
-      p.Announced = true;
+      if (!p.Announced) {
+        p.Announced = true;
+        handshaking--;
+      }
       for (;;) {
         byte[] d;
         try {
@@ -425,8 +435,13 @@ namespace Org.M2mpsk {
       }
     }
 
+    // Timers are checked every 20 ms, not after every datagram: the scan
+    // is over every peer.
     void Tick() {
       long now = DtlsClock.Now;
+      if (now < nextTick)
+        return;
+      nextTick = now + 20;
       List<PskDatagramPeer> due = null;
       foreach (var p in peers.Values) {
         long next = p.Assoc.NextTimeout();
@@ -468,7 +483,8 @@ namespace Org.M2mpsk {
         } catch (Exception) {
         }
       }
-      peers.Remove(p.EndPoint.ToString());
+      if (peers.Remove(p.EndPoint.ToString()) && !p.Announced)
+        handshaking--;
       p.Assoc.Dispose();
     }
 

@@ -106,6 +106,37 @@ namespace Org.M2mpsk.Tests {
       }
     }
 
+    public static void MaxHandshakesIsEnforced() {
+      using (var sks = Fx.Store())
+      using (var cks = Fx.Store())
+      using (var server = EchoServer(sks, 1500))
+      using (var udp = new UdpClient(new IPEndPoint(IPAddress.Loopback, 0)))
+      using (var ccfg = new Config())
+      using (var half = new Association(M2mpsk.ROLE_INITIATOR, M2mpsk.TRANSPORT_DTLS, ccfg, cks, Fx.KpsaId)) {
+        server.MaxHandshakes = 1;
+        // A peer that answers the cookie and then goes silent holds the one
+        // handshake slot until the handshake timeout.
+        half.Start(Fx.Now);
+        byte[] hello = half.Drain();
+        udp.Send(hello, hello.Length, server.LocalEndPoint);
+        IPEndPoint from = null;
+        udp.Client.ReceiveTimeout = 3000;
+        byte[] hvr = udp.Receive(ref from);
+        half.Feed(hvr, Fx.Now);
+        byte[] hello2 = half.Drain();
+        udp.Send(hello2, hello2.Length, server.LocalEndPoint);
+        WaitFor(() => server.PeerCount == 1, 3000, "the half-open peer");
+        var e = Check.Throws<M2mpskAuthenticationException>(() => Connect(server, cks, 500), "a second handshake");
+        Check.Equal(M2mpsk.REASON_TIMEOUT, e.Reason, "ignored while the slot is taken");
+        WaitFor(() => server.PeerCount == 0, 5000, "the half-open peer to time out");
+        Check.True(server.HandshakeFailures >= 1, "counted as a failure");
+        using (var c = Connect(server, cks)) {
+          c.Send(new byte[] { 1 });
+          Check.Bytes(new byte[] { 1 }, c.Receive(3000), "the slot is free again");
+        }
+      }
+    }
+
     public static void WrongKeyFails() {
       using (var sks = Fx.Store(1))
       using (var cks = Fx.Store(2))
