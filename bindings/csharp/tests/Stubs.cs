@@ -1,2 +1,0 @@
-namespace Org.M2mpsk.Tests {
-}
