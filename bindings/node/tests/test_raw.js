@@ -192,6 +192,63 @@ test('closed handles throw E_INVALID, closing twice does nothing', () => {
                                        keystore(), null), m.E_INVALID);
 });
 
+// Sample arguments for every method of each handle class: the test below
+// calls each method a closed handle has (found by walking the object, so
+// a method added to m2mpsk.i without a sample here fails the test).
+const SAMPLES = {
+  Keystore: {
+    add: [KPSA, KEY, null, '/cse-1', 0, 0], add_derived: [KPSA, KEY, '/cse-1/Cx', null, '/cse-1', 0, 0],
+    remove: [KPSA], revoke: [KPSA], lookup: [KPSA], count: [], is_locked: [], key_memory: [],
+    load_file: ['/nonexistent'],
+  },
+  Config: {
+    set_suites: ['TLS_PSK_WITH_AES_128_CCM_8'], add_local_id: ['/cse-2'], set_handshake_timeout: [1000],
+    set_reveal_unknown_identity: [true], set_roles_reversed: [true], set_profile: [0], set_engine: [0],
+    suites: [m.TRANSPORT_TLS], set_max_handshakes: [1], set_max_input: [m.MAX_INPUT_MIN],
+    set_rate_limit: [m.RATE_PEER, 1, 1, 1, 1], peer_blocked: ['1.2.3.4:5', 1],
+    handshakes_in_progress: [], set_event_queue: [1], next_event: [], events_dropped: [],
+    dtls_listen: ['1.2.3.4:5', Buffer.from('x')],
+  },
+  Association: {
+    set_mtu: [1400], set_peer_tag: ['1.2.3.4:5'], peer_tag: [], start: [1, 0], feed: [Buffer.from('x'), 1],
+    write: [Buffer.from('x')], pending: [], next_timeout: [], handle_timeout: [1], state: [],
+    close_notify: [], peer_id: [], peer_id_is_credential: [], bind_ae_id: ['/cse-1/Cx'],
+    originator_check: ['/cse-1/Cx', 0], local_id: [], kpsa_id: [], engine: [], suite: [], version: [],
+    failure: [], failure_detail: [], drain: [], read: [16], export_keying_material: [16, 'l', null],
+  },
+  Event: {
+    type: [], reason: [], role: [], transport: [], time_ms: [], kpsa_id: [], peer_id: [],
+    peer_id_is_credential: [], peer_tag: [], detail: [],
+  },
+};
+
+test('every method of a closed handle throws E_INVALID', () => {
+  const ks = keystore();
+  const c = serverConfig();
+  c.set_event_queue(4);
+  const a = new m.Association(m.ROLE_RESPONDER, m.TRANSPORT_TLS, c, ks, null);
+  a.start(1);
+  // An event: a failed responder handshake queues one.
+  assert.throws(() => a.feed(Buffer.from('garbage garbage garbage'), 2));
+  const ev = c.next_event();
+  assert.ok(ev, 'an event was queued');
+  const handles = { Keystore: ks, Config: c, Association: a, Event: ev };
+  for (const [cls, h] of Object.entries(handles)) {
+    h.close();
+    const methods = [];
+    for (const k in h) {
+      if (typeof h[k] === 'function' && !['close', 'equals', 'getCPtr'].includes(k)) methods.push(k);
+    }
+    assert.ok(methods.length >= 5, cls);
+    for (const name of methods) {
+      assert.ok(name in SAMPLES[cls], `${cls}.${name} has no sample arguments in this test`);
+      const e = expectM2mpsk(() => h[name](...SAMPLES[cls][name]), m.E_INVALID);
+      assert.match(e.detail, /closed/, `${cls}.${name}`);
+    }
+    h.close(); // again: nothing
+  }
+});
+
 test('null and garbage arguments', () => {
   const ks = new m.Keystore(0);
   // null bytes: E_INVALID, not an empty key; a string is a TypeError.
