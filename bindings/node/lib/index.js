@@ -514,7 +514,8 @@ mixIdentity(PSKSocket);
 // ---- connect ----------------------------------------------------------------
 
 // Opens a TLS-PSK connection, as tls.connect(options[, cb]) does. options:
-// host, port (or path, or socket: a connected Duplex to run over), kpsaId,
+// host, port (or socketPath, or path without a port: a Unix socket; or
+// socket: a connected Duplex to run over), kpsaId,
 // keystore (a Keystore) or keyFile (a key file path), and the config
 // options (suites, profile, handshakeTimeout, config, ...). cb is a
 // 'secureConnect' listener. Throws at once for bad options or an unknown
@@ -547,8 +548,12 @@ function connect(...args) {
   let raw = options.socket;
   const fresh = !raw;
   if (fresh) {
-    const netOpts = { host: options.host || 'localhost', port: options.port };
-    for (const k of ['path', 'family', 'localAddress', 'localPort', 'lookup', 'timeout', 'noDelay',
+    // A Unix socket is socketPath, as http names it (http's options carry
+    // the URL's path as `path`), or `path` without a port, as tls.connect.
+    const ipc = options.socketPath ||
+      (options.port === undefined && options.host === undefined ? options.path : undefined);
+    const netOpts = ipc ? { path: ipc } : { host: options.host || 'localhost', port: options.port };
+    for (const k of ['family', 'localAddress', 'localPort', 'lookup', 'timeout', 'noDelay',
                      'keepAlive', 'keepAliveInitialDelay', 'signal']) {
       if (options[k] !== undefined) netOpts[k] = options[k];
     }

@@ -113,6 +113,20 @@ test('plain http.createServer fed by a PSK server; https.request, https.get and 
   agent.destroy();
   httpServer.closeAllConnections();
   await close(psk);
+  // Over a Unix socket: http's socketPath, the URL's path still a path.
+  const dir = require('node:fs').mkdtempSync(require('node:path').join(require('node:os').tmpdir(), 'm2mpsk-'));
+  const sockPath = require('node:path').join(dir, 'cse.sock');
+  const unix = m2mpsk.createServer({ keystore: ks, localId: IDB });
+  unix.on('secureConnection', (s) => httpServer.emit('connection', s));
+  await within(5000, new Promise((r) => unix.listen(sockPath, r)));
+  const viaUnix = await within(10000, new Promise((resolve, reject) => {
+    m2mpsk.https.get({ socketPath: sockPath, path: '/unix', kpsaId: KPSA, keystore: ks },
+                     (res) => body(res).then(resolve, reject)).on('error', reject);
+  }));
+  assert.strictEqual(JSON.parse(viaUnix).url, '/unix');
+  httpServer.closeAllConnections();
+  await close(unix);
+  require('node:fs').rmSync(dir, { recursive: true, force: true });
 });
 
 test('100 concurrent connections', async () => {
