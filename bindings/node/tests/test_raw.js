@@ -249,6 +249,47 @@ test('every method of a closed handle throws E_INVALID', () => {
   }
 });
 
+test('null, wrong types and garbage in every argument of every method: an error, never a crash', () => {
+  const makers = {
+    Keystore: () => keystore(),
+    Config: () => serverConfig(),
+    Association: () => {
+      const a = new m.Association(m.ROLE_RESPONDER, m.TRANSPORT_TLS, serverConfig(), keystore(), null);
+      return a;
+    },
+    Event: () => {
+      const c = serverConfig();
+      c.set_event_queue(4);
+      const a = new m.Association(m.ROLE_RESPONDER, m.TRANSPORT_TLS, c, keystore(), null);
+      a.start(1);
+      assert.throws(() => a.feed(Buffer.from('garbage garbage garbage'), 2));
+      return c.next_event();
+    },
+  };
+  const odd = [null, undefined, 'garbage', -1, 2 ** 53, {}, Buffer.alloc(0), Buffer.alloc(70000, 0xff)];
+  let calls = 0;
+  for (const [cls, methods] of Object.entries(SAMPLES)) {
+    for (const [name, args] of Object.entries(methods)) {
+      for (let i = 0; i < args.length; i++) {
+        for (const v of odd) {
+          const h = makers[cls]();
+          const bent = args.slice();
+          bent[i] = v;
+          try {
+            h[name](...bent);
+          } catch (e) {
+            assert.ok(e instanceof Error, `${cls}.${name} arg ${i}: ${e}`);
+            if (e.name === 'M2mpskError') assert.strictEqual(typeof e.code, 'number');
+          }
+          h.close();
+          calls++;
+        }
+      }
+    }
+  }
+  assert.ok(calls > 300, String(calls));
+});
+
 test('null and garbage arguments', () => {
   const ks = new m.Keystore(0);
   // null bytes: E_INVALID, not an empty key; a string is a TypeError.
