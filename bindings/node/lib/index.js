@@ -329,7 +329,6 @@ class PSKSocket extends stream.Duplex {
           // Nothing was consumed: read what is waiting, then feed the
           // same bytes again. A piece is far below the smallest limit,
           // so a second E_LIMIT right after reading is a failure.
-          this._limited = (this._limited || 0) + 1;
           this._limitStuck = true;
           this._hold(data.subarray(off));
           this._readLoop();
@@ -342,7 +341,7 @@ class PSKSocket extends stream.Duplex {
       this._limitStuck = false;
       off += piece.length;
       this._flush();
-      if (!this._established && this._assoc.state() === addon.STATE_ESTABLISHED) {
+      if (!this._established && this._assoc && this._assoc.state() === addon.STATE_ESTABLISHED) {
         this._onHandshake();
       }
       if (this._established && this._assoc) {
@@ -383,6 +382,8 @@ class PSKSocket extends stream.Duplex {
   _readLoop() {
     if (this._readPaused || !this._assoc || this.destroyed) return;
     for (;;) {
+      // A 'data' listener may have destroyed the socket.
+      if (!this._assoc || this.destroyed) return;
       let b;
       try {
         b = this._assoc.read(16384);

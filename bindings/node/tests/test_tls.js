@@ -236,25 +236,19 @@ test('backpressure: several MB each way, read slowly', async () => {
   await close(server);
 });
 
-test('one large TCP chunk, the smallest maxInput and a slow reader: held back, delivered in order', async () => {
-  // The TLS socket runs over a Duplex the test drives, with a raw
-  // responder Association on the other end, so that 300 KB of records
-  // arrive as one 'data' chunk.
+// A PSKSocket (client) over a Duplex the test drives, with a raw
+// responder Association as its peer: records arrive in the chunks the test
+// chooses.
+async function drivenPair(opts = {}) {
   const stream = require('node:stream');
   const toServer = [];
-  let paused = 0;
-  const raw = new stream.Duplex({
-    read() {},
-    write(chunk, enc, cb) { toServer.push(chunk); cb(); },
-  });
-  const pause = raw.pause.bind(raw);
-  raw.pause = () => { paused++; return pause(); };
+  const raw = new stream.Duplex({ read() {}, write(chunk, enc, cb) { toServer.push(chunk); cb(); } });
   const ks = keystore();
   const sc = new m2mpsk.Config();
   sc.add_local_id(IDB);
   const s = new m2mpsk.Association(m2mpsk.ROLE_RESPONDER, m2mpsk.TRANSPORT_TLS, sc, ks, null);
   s.start(m2mpsk.nowMs());
-  const c = m2mpsk.connect({ socket: raw, kpsaId: KPSA, keystore: ks, maxInput: m2mpsk.MAX_INPUT_MIN });
+  const c = m2mpsk.connect({ socket: raw, kpsaId: KPSA, keystore: ks, ...opts });
   const pump = () => {
     for (const chunk of toServer.splice(0)) s.feed(chunk, m2mpsk.nowMs());
     for (let out = s.drain(); out.length > 0; out = s.drain()) raw.push(out);
@@ -263,6 +257,14 @@ test('one large TCP chunk, the smallest maxInput and a slow reader: held back, d
   await within(5000, once(c, 'secureConnect'));
   clearInterval(timer);
   pump();
+  return { raw, c, s, close() { c.destroy(); s.close(); sc.close(); ks.close(); } };
+}
+
+test('one large TCP chunk, the smallest maxInput and a slow reader: held back, delivered in order', async () => {
+  const { raw, c, s, close: done } = await drivenPair({ maxInput: m2mpsk.MAX_INPUT_MIN });
+  let paused = 0;
+  const pause = raw.pause.bind(raw);
+  raw.pause = () => { paused++; return pause(); };
   const big = crypto.randomBytes(300 * 1024);
   for (let off = 0; off < big.length; off += 16384) s.write(big.subarray(off, off + 16384));
   raw.push(s.drain()); // all of it at once
@@ -280,10 +282,7 @@ test('one large TCP chunk, the smallest maxInput and a slow reader: held back, d
   }), 'slow read');
   assert.ok(Buffer.concat(got).equals(big));
   assert.ok(paused > 0, 'the raw socket was paused while the reader was behind');
-  c.destroy();
-  s.close();
-  sc.close();
-  ks.close();
+  done();
 });
 
 test('a wrong key: tlsClientError on the server, an error with a code on the client', async () => {
@@ -454,6 +453,21 @@ test('a peer that hangs up mid-handshake; maxHandshakes refuses the next connect
   const [e3] = await within(5000, once(c, 'error'));
   assert.strictEqual(e3.code, m2mpsk.E_FAILED);
   await new Promise((r) => rude.close(r));
+});
+
+test('a data listener that destroys the socket while more records wait', async () => {
+  const p = await drivenPair();
+  let calls = 0;
+  p.c.on('data', () => { calls++; p.c.destroy(); });
+  await new Promise((r) => setImmediate(r)); // flowing, its buffer empty: 'data' is emitted within push()
+  // Two records in one TCP chunk: the first 'data' destroys the socket,
+  // and the second must not reach a freed association.
+  p.s.write(Buffer.alloc(16384, 1)); // a read() returns at most 16384 bytes: two pushes
+  p.s.write(Buffer.alloc(16384, 2));
+  p.raw.push(p.s.drain());
+  await within(5000, once(p.c, 'close'));
+  assert.strictEqual(calls, 1);
+  p.close();
 });
 
 test('bad options throw at once', () => {
