@@ -111,6 +111,8 @@ export interface ConfigOptions {
   rolesReversed?: boolean;
   maxHandshakes?: number;
   maxInput?: number;
+  /** Capacity of the audit event queue (server.config.next_event()). */
+  eventQueue?: number;
   /** The CSE-ID(s) a server serves and checks originators against. */
   localId?: string | string[];
 }
@@ -188,6 +190,7 @@ export class PSKSocket extends stream.Duplex implements PskIdentity {
 
 export class Server extends net.Server {
   constructor(options: ServerOptions, listener?: (socket: PSKSocket) => void);
+  readonly config: Config;
   on(event: 'secureConnection', listener: (socket: PSKSocket) => void): this;
   on(event: 'tlsClientError', listener: (err: M2mpskError | Error, socket: PSKSocket | null) => void): this;
   on(event: string, listener: (...args: any[]) => void): this;
@@ -257,7 +260,8 @@ export namespace dtls {
   type ServerOptions = DtlsServerOptions;
   class DTLSServer extends EventEmitter {
     readonly peers: Map<string, DTLSSocket>;
-    readonly stats: { cookiesSent: number; accepted: number; dropped: number };
+    readonly stats: { cookiesSent: number; accepted: number; dropped: number; replaced: number };
+    readonly config: Config;
     maxPeers: number;
     idleTimeout: number;
     listen(port?: number, host?: string, cb?: () => void): this;

@@ -318,6 +318,9 @@ class DTLSServer extends EventEmitter {
     return this;
   }
 
+  // The config every peer's association is made from (audit events,
+  // counters, rate limiter), as Server.config.
+  get config() { return this._cfg.config; }
   address() { return this._socket.address(); }
   ref() { this._socket.ref(); return this; }
   unref() { this._socket.unref(); return this; }

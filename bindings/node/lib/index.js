@@ -63,6 +63,7 @@ function makeConfig(options, responder) {
     if (options.rolesReversed) c.set_roles_reversed(true);
     if (options.maxHandshakes !== undefined) c.set_max_handshakes(options.maxHandshakes);
     if (options.maxInput !== undefined) c.set_max_input(options.maxInput);
+    if (options.eventQueue !== undefined) c.set_event_queue(options.eventQueue);
     const ids = options.localId === undefined ? [] : [].concat(options.localId);
     for (const id of ids) c.add_local_id(id);
     if (responder && ids.length === 0 && !options.rolesReversed) {
@@ -602,6 +603,13 @@ class Server extends net.Server {
       if (this._config.owned) this._config.config.close();
       if (this._keystore.owned) this._keystore.keystore.close();
     });
+  }
+
+  // The config every connection's association is made from: its audit
+  // events (options.eventQueue, then config.next_event()), counters and
+  // rate limiter.
+  get config() {
+    return this._config.config;
   }
 
   _onConnection(raw) {

@@ -286,7 +286,7 @@ test('one large TCP chunk, the smallest maxInput and a slow reader: held back, d
 });
 
 test('a wrong key: tlsClientError on the server, an error with a code on the client', async () => {
-  const server = m2mpsk.createServer({ keystore: keystore(), localId: IDB }, () => {
+  const server = m2mpsk.createServer({ keystore: keystore(), localId: IDB, eventQueue: 8 }, () => {
     assert.fail('no secureConnection with a wrong key');
   });
   const port = await listen(server);
@@ -301,6 +301,14 @@ test('a wrong key: tlsClientError on the server, an error with a code on the cli
   assert.strictEqual(err.code, m2mpsk.E_FAILED);
   assert.strictEqual(err.reason, m2mpsk.REASON_BAD_KEY);
   assert.ok(s instanceof m2mpsk.PSKSocket);
+  // The audit event of that failure, from the server's config.
+  const ev = server.config.next_event();
+  assert.ok(ev, 'an audit event was queued');
+  assert.strictEqual(ev.type(), m2mpsk.EVENT_FAILED);
+  assert.strictEqual(ev.reason(), m2mpsk.REASON_BAD_KEY);
+  assert.strictEqual(ev.kpsa_id(), KPSA);
+  assert.match(ev.peer_tag(), /^127\.0\.0\.1:\d+$/);
+  ev.close();
   // And over http: the request fails with that error.
   await assert.rejects(request(port, keystore({ key: Buffer.alloc(16, 9) })),
                        (e) => e.code === m2mpsk.E_FAILED);
