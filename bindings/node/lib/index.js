@@ -197,13 +197,7 @@ class PSKSocket extends stream.Duplex {
     socket.on('data', (d) => this._onData(d));
     socket.on('end', () => this._onEnd());
     socket.on('error', (e) => this._fail(e));
-    socket.on('close', () => {
-      if (!this.destroyed) {
-        this._fail(this._established ? null
-          : Object.assign(pskError(addon.E_FAILED, 'the connection closed during the handshake'),
-                          { syscallCode: 'ECONNRESET' }));
-      }
-    });
+    socket.on('close', () => this._onSocketClose());
     socket.on('drain', () => this._onSocketDrain());
     socket.on('timeout', () => this.emit('timeout'));
   }
@@ -390,8 +384,7 @@ class PSKSocket extends stream.Duplex {
         b = this._assoc.read(16384);
       } catch (e) {
         if (e.code === addon.E_CLOSED) {
-          this._closeNotified = true;
-          this.push(null);
+          this._pushEof();
           return;
         }
         this._flush();
@@ -428,6 +421,10 @@ class PSKSocket extends stream.Duplex {
     }
     if (!this._assoc) {
       cb(pskError(addon.E_INVALID, 'the socket is closed'));
+      return;
+    }
+    if (this._socket.destroyed || this._socket.writableEnded) {
+      cb(Object.assign(pskError(addon.E_CLOSED, 'the connection is closed'), { syscallCode: 'EPIPE' }));
       return;
     }
     let ok = true;
@@ -470,6 +467,33 @@ class PSKSocket extends stream.Duplex {
     cb();
   }
 
+  // The readable side's end, once: after close_notify or a FIN.
+  _pushEof() {
+    if (this._eof) return;
+    this._eof = true;
+    this.push(null);
+  }
+
+  // The TCP socket closed. Mid-handshake that is a failure; afterwards the
+  // data already decrypted stays readable, as a net.Socket's does, and the
+  // socket is destroyed once its reader has seen the end.
+  _onSocketClose() {
+    if (this.destroyed) return;
+    if (!this._established) {
+      this._fail(Object.assign(pskError(addon.E_FAILED, 'the connection closed during the handshake'),
+                               { syscallCode: 'ECONNRESET' }));
+      return;
+    }
+    if (!this._eof) {
+      this._readLoop();
+      this._pushEof();
+    }
+    // Nothing left to read and nobody reading: done now; else after 'end'
+    // (a reader that never reads keeps it, as with net).
+    if (this.readableEnded || (this.readableLength === 0 && !this.readableFlowing)) this.destroy();
+    else this.once('end', () => process.nextTick(() => this.destroy()));
+  }
+
   _onEnd() {
     // A FIN: after close_notify, or a peer that just hung up, which
     // HTTP/1.1 peers do; either way the readable side ends.
@@ -479,7 +503,7 @@ class PSKSocket extends stream.Duplex {
       return;
     }
     this._readLoop();
-    if (!this._closeNotified) this.push(null);
+    this._pushEof();
   }
 
   _fail(err) {

@@ -478,6 +478,32 @@ test('a data listener that destroys the socket while more records wait', async (
   p.close();
 });
 
+test('a server that sends a body and closes: a slow reader still gets all of it', async () => {
+  const ks = keystore();
+  const big = crypto.randomBytes(1024 * 1024);
+  const server = m2mpsk.https.createServer({ keystore: ks, localId: IDB }, (req, res) => {
+    res.setHeader('connection', 'close');
+    res.end(big);
+  });
+  const port = await listen(server);
+  const got = await within(15000, new Promise((resolve, reject) => {
+    http.get({ host: HOST, port, path: '/',
+      createConnection: () => m2mpsk.connect({ host: HOST, port, kpsaId: KPSA, keystore: ks }) }, (res) => {
+      const parts = [];
+      res.pause();
+      // Start reading only after the server has closed the connection.
+      setTimeout(() => {
+        res.on('data', (d) => parts.push(d));
+        res.on('end', () => resolve(Buffer.concat(parts)));
+        res.resume();
+      }, 300);
+      res.on('error', reject);
+    }).on('error', reject);
+  }));
+  assert.ok(got.equals(big), `got ${got.length} of ${big.length} bytes`);
+  await close(server);
+});
+
 test('bad options throw at once', () => {
   assert.throws(() => m2mpsk.connect({ host: HOST, port: 1, keystore: keystore() }), TypeError);
   assert.throws(() => m2mpsk.connect({ host: HOST, port: 1, kpsaId: KPSA }), TypeError);
