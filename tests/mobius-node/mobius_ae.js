@@ -106,8 +106,13 @@ async function handshakeRefused(what, keyFile, kpsaId, path) {
     err = e;
   }
   ok(rsp === null && err instanceof Error,
-     `${what}: no HTTP response, the request fails (${err && (err.code || err.name)}: ` +
-     `${err && err.message})`);
+     `${what}: no HTTP response, the request fails (${err && err.name}: ${err && err.message})`);
+  // The library's failure, not a refused or reset connection (which a
+  // Mobius that died would give too).
+  ok(err.name === 'M2mpskError' && err.code === m2mpsk.E_FAILED &&
+     [m2mpsk.REASON_BAD_KEY, m2mpsk.REASON_UNKNOWN_IDENTITY].includes(err.reason),
+     `${what}: the handshake failed: code ${err.code} (E_FAILED), reason ${err.reason} ` +
+     '(REASON_BAD_KEY or REASON_UNKNOWN_IDENTITY)');
   ok(!/^timeout:/.test(err.message) && Date.now() - t0 < STEP_MS,
      `${what}: the handshake failed at once (${Date.now() - t0} ms), not by a timeout`);
 }
@@ -144,7 +149,7 @@ async function main() {
   const sock = sockets[0];
   ok(sock && sock.peerId === cfg.cseId && sock.kpsaId === cfg.kpsaId,
      `the AE's association: KpsaID ${sock && sock.kpsaId}, the CSE authenticated as ` +
-     `${sock && sock.peerId}`);
+     `${sock && sock.peerId}, suite ${sock && sock.suite}`);
 
   // 3. Registration: From C, Mobius assigns the AE-ID, the CSE binds it.
   r = await request(ae, {method: 'POST', path: base, from: 'C', rqi: rqi + 'ae', ty: 2,

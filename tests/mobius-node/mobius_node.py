@@ -86,6 +86,11 @@ def node_env(args, work):
         raise Skip("the Node.js binding is not built (no addon %r): "
                    "configure found no node headers, or build the target "
                    "m2mpsk_node" % addon)
+    # require('m2mpsk') of a directory reads its package.json's main, else
+    # its index.js; a source tree without package.json has lib/index.js.
+    if not any(os.path.isfile(os.path.join(pkg, f))
+               for f in ("package.json", "index.js")):
+        pkg = os.path.join(pkg, "lib")
     node_path = os.path.join(work, "node_path")
     os.makedirs(node_path)
     os.symlink(os.path.abspath(pkg), os.path.join(node_path, "m2mpsk"))
