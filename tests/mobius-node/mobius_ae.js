@@ -130,11 +130,24 @@ async function main() {
   const secondRn = 'second-node-' + run;
   const wrongPath = `${base}/wrong-key-${run}`;
   const unknownPath = `${base}/unknown-key-${run}`;
+  const plainPath = `${base}/plain-http-${run}`;
 
   // 1. Keys the CSE does not have: same KpsaID with another Kpsa, and a
   //    KpsaID it has no record for.
   await handshakeRefused('wrong Kpsa', cfg.wrongKeys, cfg.kpsaId, wrongPath);
   await handshakeRefused('unknown KpsaID', cfg.unknownKeys, cfg.unknownKpsaId, unknownPath);
+
+  // Plain HTTP to the same port: the CSE no longer serves it.
+  let plainErr = null;
+  let plainRsp = null;
+  try {
+    plainRsp = await request({agent: false}, {method: 'GET', path: plainPath, from: 'C',
+                                              rqi: 'rqi-plain'});
+  } catch (e) {
+    plainErr = e;
+  }
+  ok(plainRsp === null && plainErr instanceof Error && !/^timeout:/.test(plainErr.message),
+     `plain HTTP to the CSE's port: no response (${plainErr && plainErr.message})`);
 
   // 2. The AE's association, bound on the CSE's side to the Credential-ID
   //    12-<KpsaID> (the key record has no IdA).
@@ -203,7 +216,7 @@ async function main() {
 
   for (const a of [ae.agent, other.agent]) a.destroy();
   process.stdout.write('RESULT ' + JSON.stringify({aei, aePath, earlyRn, forgedFrom, forgedRn,
-                                                   forgedRqi, secondRn, wrongPath, unknownPath,
+                                                   forgedRqi, secondRn, wrongPath, unknownPath, plainPath,
                                                    content}) + '\n');
 }
 

@@ -194,7 +194,8 @@ def check_mobius(peer, res):
           "Mobius's handlers took one POST to the CSEBase (the AE) and one "
           "to the AE (the container): %r" % posts)
     names = (res["earlyRn"], res["forgedRn"], res["forgedRqi"],
-             res["secondRn"], res["wrongPath"], res["unknownPath"])
+             res["secondRn"], res["wrongPath"], res["unknownPath"],
+             res["plainPath"])
     traces = [l for l in mlog if any(n in l for n in names)]
     check(not traces, "no line of Mobius's log names a refused request's "
           "container, RQI or path (%r)" % traces[:3])
