@@ -28,7 +28,6 @@ overall, NODE_S for the AE script.
 import argparse
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -188,7 +187,7 @@ def check_mobius(peer, res):
     # Mobius logs "POST : PATH" for each request its handlers take: one to
     # the AE (the container) and one to the container (the
     # contentInstance); the refused ones never got there.
-    posts = [l for l in mlog if re.match(r"POST : ", l)]
+    posts = [l for l in mlog if l.startswith("POST : ")]
     check(sum(1 for l in posts if l == "POST : " + ae_path) == 1 and
           sum(1 for l in posts if l == "POST : /" + CSE_BASE) == 1,
           "Mobius's handlers took one POST to the CSEBase (the AE) and one "
