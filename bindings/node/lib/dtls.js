@@ -18,6 +18,12 @@ const nowMs = index.nowMs;
 // (and counted) rather than held without bound.
 const DEFAULT_MAX_QUEUE = 256;
 
+// A DTLS handshake record (22) whose message is a ClientHello (1): the
+// only datagram that may open an association.
+function isClientHello(msg) {
+  return msg.length >= 59 && msg[0] === 22 && msg[13] === 1;
+}
+
 function peerTag(address, port) {
   return net.isIPv6(address) ? `[${address}]:${port}` : `${address}:${port}`;
 }
@@ -290,7 +296,7 @@ class DTLSServer extends EventEmitter {
     this.maxQueue = options.maxQueue;
     this._cookies = options.cookies !== false;
     this.peers = new Map(); // peer tag -> DTLSSocket
-    this.stats = { cookiesSent: 0, accepted: 0, dropped: 0 };
+    this.stats = { cookiesSent: 0, accepted: 0, dropped: 0, replaced: 0 };
     this._socket = options.socket || dgram.createSocket({ type: options.type || 'udp4' });
     this._ownSocket = !options.socket;
     this._socket.on('message', (msg, rinfo) => this._onMessage(msg, rinfo));
@@ -339,6 +345,15 @@ class DTLSServer extends EventEmitter {
     this.emit('close');
   }
 
+  // A ClientHello of epoch 0 from an established peer, not a copy of the
+  // one that opened its association: a client that restarted on the same
+  // address. Only with cookies, the proof that it owns the address; else
+  // the old association stays until its idle timeout.
+  _restarted(peer, msg) {
+    return this._cookies && peer._established && isClientHello(msg) &&
+           msg[3] === 0 && msg[4] === 0 && !msg.subarray(27, 59).equals(peer._helloRandom);
+  }
+
   _sendTo(address, port) {
     return (buf) => {
       if (!this._closed) this._socket.send(buf, port, address);
@@ -349,13 +364,14 @@ class DTLSServer extends EventEmitter {
     if (this._closed) return;
     const tag = peerTag(rinfo.address, rinfo.port);
     const known = this.peers.get(tag);
-    if (known) {
+    if (known && !this._restarted(known, msg)) {
       known._feed(msg);
       return;
     }
     const now = nowMs();
     const config = this._cfg.config;
-    if (this.peers.size >= this.maxPeers || config.peer_blocked(tag, now) !== null) {
+    if (!known && (!isClientHello(msg) || this.peers.size >= this.maxPeers ||
+                   config.peer_blocked(tag, now) !== null)) {
       this.stats.dropped++;
       return;
     }
@@ -378,6 +394,12 @@ class DTLSServer extends EventEmitter {
         return;
       }
     }
+    if (known) {
+      // The peer restarted on the same address and proved it with a
+      // cookie (RFC 6347 4.2.8): its old association goes.
+      this.stats.replaced++;
+      known.destroy();
+    }
     let assoc;
     try {
       assoc = new addon.Association(addon.ROLE_RESPONDER, addon.TRANSPORT_DTLS, config,
@@ -398,6 +420,7 @@ class DTLSServer extends EventEmitter {
         if (this.peers.get(tag) === peer) this.peers.delete(tag);
       },
     });
+    peer._helloRandom = Buffer.from(msg.subarray(27, 59));
     this.peers.set(tag, peer);
     peer._start(msg);
   }
@@ -409,7 +432,8 @@ function createServer(options, listener) {
 
 // Opens a DTLS association to host:port over a dgram socket of its own
 // (connected to the peer, so only its datagrams are read). options: host,
-// port, kpsaId, keystore or keyFile, type ('udp4'/'udp6'), mtu,
+// port, kpsaId, keystore or keyFile, type ('udp4'/'udp6'), localAddress
+// and localPort (to bind before connecting), mtu,
 // idleTimeout (default 0: never), and the config options. cb is a
 // 'secureConnect' listener.
 function connect(options, cb) {
@@ -444,7 +468,9 @@ function connect(options, cb) {
   if (cb) peer.once('secureConnect', cb);
   sock.on('message', (msg) => peer._feed(msg));
   sock.on('error', (e) => peer.destroy(e));
-  sock.connect(options.port, host, () => peer._start(null));
+  const go = () => sock.connect(options.port, host, () => peer._start(null));
+  if (options.localPort || options.localAddress) sock.bind(options.localPort || 0, options.localAddress, go);
+  else go();
   return peer;
 }
 

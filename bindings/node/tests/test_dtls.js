@@ -169,6 +169,28 @@ test('a client retransmits its flight when datagrams are lost, and times out alo
   await within(5000, new Promise((r) => server.close(r)));
 });
 
+test('a client restarted on the same address replaces its old association (RFC 6347 4.2.8)', async () => {
+  const server = await echoServer();
+  const port = server.address().port;
+  const probe = dgram.createSocket('udp4');
+  await new Promise((r) => probe.bind(0, HOST, r));
+  const localPort = probe.address().port;
+  await new Promise((r) => probe.close(r));
+  const first = client(port, KPSA, undefined, { localPort });
+  await within(5000, once(first, 'secureConnect'));
+  first.destroy(); // a crash: no close_notify, the server still holds it
+  await within(5000, once(first, 'close'));
+  assert.strictEqual(server.peers.size, 1);
+  const again = client(port, 'dev3@onem2m.com', undefined, { localPort });
+  await within(5000, once(again, 'secureConnect'), 'the restarted client handshakes');
+  const [peer] = [...server.peers.values()];
+  assert.strictEqual(peer.peerId, '12-dev3@onem2m.com');
+  assert.strictEqual(server.peers.size, 1);
+  if (cookies) assert.strictEqual(server.stats.replaced, 1);
+  again.close();
+  await within(5000, new Promise((r) => server.close(r)));
+});
+
 test('bad options and bad writes', async () => {
   assert.throws(() => dtls.createServer({ keystore: keystore() }), TypeError);
   assert.throws(() => dtls.connect({ port: 1, keystore: keystore() }), TypeError);
