@@ -111,6 +111,8 @@ export interface ConfigOptions {
   rolesReversed?: boolean;
   maxHandshakes?: number;
   maxInput?: number;
+  /** Capacity of the audit event queue (server.config.next_event()). */
+  eventQueue?: number;
   /** The CSE-ID(s) a server serves and checks originators against. */
   localId?: string | string[];
 }
@@ -188,6 +190,7 @@ export class PSKSocket extends stream.Duplex implements PskIdentity {
 
 export class Server extends net.Server {
   constructor(options: ServerOptions, listener?: (socket: PSKSocket) => void);
+  readonly config: Config;
   on(event: 'secureConnection', listener: (socket: PSKSocket) => void): this;
   on(event: 'tlsClientError', listener: (err: M2mpskError | Error, socket: PSKSocket | null) => void): this;
   on(event: string, listener: (...args: any[]) => void): this;
@@ -197,9 +200,11 @@ export function connect(options: ConnectOptions, secureConnectListener?: () => v
 export function createServer(options: ServerOptions, secureConnectionListener?: (socket: PSKSocket) => void): Server;
 export function nowMs(): number;
 
+type PskServer = Server;
+
 export namespace https {
   class Server extends http.Server {
-    readonly pskServer: import('./index').Server;
+    readonly pskServer: PskServer;
   }
   class Agent extends http.Agent {
     constructor(options?: http.AgentOptions & ConnectOptions | http.AgentOptions & Partial<ConnectOptions>);
@@ -211,6 +216,25 @@ export namespace https {
   function request(url: string | URL, options: RequestOptions, cb?: (res: http.IncomingMessage) => void): http.ClientRequest;
   function get(options: RequestOptions | string | URL, cb?: (res: http.IncomingMessage) => void): http.ClientRequest;
   function get(url: string | URL, options: RequestOptions, cb?: (res: http.IncomingMessage) => void): http.ClientRequest;
+}
+
+export interface DtlsServerOptions extends ServerOptions {
+  maxPeers?: number;
+  idleTimeout?: number;
+  mtu?: number;
+  maxQueue?: number;
+  cookies?: boolean;
+  type?: 'udp4' | 'udp6';
+  socket?: import('node:dgram').Socket;
+}
+
+export interface DtlsConnectOptions extends ConnectOptions {
+  type?: 'udp4' | 'udp6';
+  localAddress?: string;
+  localPort?: number;
+  mtu?: number;
+  idleTimeout?: number;
+  maxQueue?: number;
 }
 
 export namespace dtls {
@@ -233,18 +257,11 @@ export namespace dtls {
     close(cb?: () => void): void;
     getProtocol(): string | null;
   }
-  interface ServerOptions extends import('./index').ServerOptions {
-    maxPeers?: number;
-    idleTimeout?: number;
-    mtu?: number;
-    maxQueue?: number;
-    cookies?: boolean;
-    type?: 'udp4' | 'udp6';
-    socket?: import('node:dgram').Socket;
-  }
+  type ServerOptions = DtlsServerOptions;
   class DTLSServer extends EventEmitter {
     readonly peers: Map<string, DTLSSocket>;
-    readonly stats: { cookiesSent: number; accepted: number; dropped: number };
+    readonly stats: { cookiesSent: number; accepted: number; dropped: number; replaced: number };
+    readonly config: Config;
     maxPeers: number;
     idleTimeout: number;
     listen(port?: number, host?: string, cb?: () => void): this;
@@ -253,12 +270,7 @@ export namespace dtls {
     ref(): this;
     unref(): this;
   }
-  interface ConnectOptions extends import('./index').ConnectOptions {
-    type?: 'udp4' | 'udp6';
-    mtu?: number;
-    idleTimeout?: number;
-    maxQueue?: number;
-  }
+  type ConnectOptions = DtlsConnectOptions;
   function createServer(options: ServerOptions, listener?: (peer: DTLSSocket) => void): DTLSServer;
   function connect(options: ConnectOptions, secureConnectListener?: () => void): DTLSSocket;
 }

@@ -155,7 +155,7 @@ class DTLSSocket extends stream.Duplex {
     this._flush();
     if (!this._established && this._assoc.state() === addon.STATE_ESTABLISHED) this._onHandshake();
     this._arm();
-    if (this._established) this._readLoop();
+    if (this._established && this._assoc) this._readLoop();
   }
 
   _onHandshake() {
@@ -178,6 +178,8 @@ class DTLSSocket extends stream.Duplex {
 
   _readLoop() {
     for (;;) {
+      // A 'data' or 'secureConnection' listener may have destroyed it.
+      if (!this._assoc || this.destroyed) return;
       let b;
       try {
         b = this._assoc.read(16384);
@@ -316,6 +318,9 @@ class DTLSServer extends EventEmitter {
     return this;
   }
 
+  // The config every peer's association is made from (audit events,
+  // counters, rate limiter), as Server.config.
+  get config() { return this._cfg.config; }
   address() { return this._socket.address(); }
   ref() { this._socket.ref(); return this; }
   unref() { this._socket.unref(); return this; }

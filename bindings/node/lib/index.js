@@ -22,6 +22,10 @@ function nowMs() {
 // in months) is armed in steps.
 const MAX_TIMER = 0x7fffffff;
 
+// TCP input is fed in pieces of this size, each well below the smallest
+// maxInput (MAX_INPUT_MIN, 64 KiB) with a partial record waiting beside it.
+const FEED_CHUNK = 16384;
+
 // A chunk of application data per assoc.write(): big enough for whole
 // records, small enough that a large write lets the event loop and the
 // peer's TCP window work in between.
@@ -59,6 +63,7 @@ function makeConfig(options, responder) {
     if (options.rolesReversed) c.set_roles_reversed(true);
     if (options.maxHandshakes !== undefined) c.set_max_handshakes(options.maxHandshakes);
     if (options.maxInput !== undefined) c.set_max_input(options.maxInput);
+    if (options.eventQueue !== undefined) c.set_event_queue(options.eventQueue);
     const ids = options.localId === undefined ? [] : [].concat(options.localId);
     for (const id of ids) c.add_local_id(id);
     if (responder && ids.length === 0 && !options.rolesReversed) {
@@ -303,35 +308,57 @@ class PSKSocket extends stream.Duplex {
   _onData(data) {
     if (!this._assoc) return;
     if (this._pendingInput) {
+      // Input is held back (the socket is paused): keep the order.
       this._pendingInput = Buffer.concat([this._pendingInput, data]);
       return;
     }
     this._feed(data);
   }
 
+  // Feeds TCP bytes in pieces, reading after each, so that what the
+  // association holds stays within its maxInput and the readable side's
+  // backpressure stops the TCP socket: what is not fed yet waits in
+  // _pendingInput, the socket paused, until _read() asks for more.
   _feed(data) {
-    try {
-      this._assoc.feed(data, nowMs());
-    } catch (e) {
-      if (e.code === addon.E_LIMIT) {
-        // Established, and the reader is behind: keep the bytes and stop
-        // the socket until _read() has taken what is waiting.
-        this._pendingInput = data;
-        this._socket.pause();
-        this._readLoop();
+    let off = 0;
+    while (off < data.length && this._assoc) {
+      const piece = data.subarray(off, off + FEED_CHUNK);
+      try {
+        this._assoc.feed(piece, nowMs());
+      } catch (e) {
+        if (e.code === addon.E_LIMIT && this._established && !this._limitStuck) {
+          // Nothing was consumed: read what is waiting, then feed the
+          // same bytes again. A piece is far below the smallest limit,
+          // so a second E_LIMIT right after reading is a failure.
+          this._limitStuck = true;
+          this._hold(data.subarray(off));
+          this._readLoop();
+          return;
+        }
+        try { this._flush(); } catch (e2) { /* the association is gone */ }
+        this._fail(e);
         return;
       }
-      try { this._flush(); } catch (e2) { /* the association is gone */ }
-      this._fail(e);
-      return;
-    }
-    this._pendingInput = null;
-    this._flush();
-    if (!this._established && this._assoc.state() === addon.STATE_ESTABLISHED) {
-      this._onHandshake();
+      this._limitStuck = false;
+      off += piece.length;
+      this._flush();
+      if (!this._established && this._assoc && this._assoc.state() === addon.STATE_ESTABLISHED) {
+        this._onHandshake();
+      }
+      if (this._established && this._assoc) {
+        this._readLoop();
+        if (this._readPaused && off < data.length) {
+          this._hold(data.subarray(off));
+          break;
+        }
+      }
     }
     this._arm();
-    if (this._established) this._readLoop();
+  }
+
+  _hold(rest) {
+    this._pendingInput = rest;
+    this._socket.pause();
   }
 
   _onHandshake() {
@@ -356,6 +383,8 @@ class PSKSocket extends stream.Duplex {
   _readLoop() {
     if (this._readPaused || !this._assoc || this.destroyed) return;
     for (;;) {
+      // A 'data' listener may have destroyed the socket.
+      if (!this._assoc || this.destroyed) return;
       let b;
       try {
         b = this._assoc.read(16384);
@@ -487,7 +516,8 @@ mixIdentity(PSKSocket);
 // ---- connect ----------------------------------------------------------------
 
 // Opens a TLS-PSK connection, as tls.connect(options[, cb]) does. options:
-// host, port (or path, or socket: a connected Duplex to run over), kpsaId,
+// host, port (or socketPath, or path without a port: a Unix socket; or
+// socket: a connected Duplex to run over), kpsaId,
 // keystore (a Keystore) or keyFile (a key file path), and the config
 // options (suites, profile, handshakeTimeout, config, ...). cb is a
 // 'secureConnect' listener. Throws at once for bad options or an unknown
@@ -520,8 +550,12 @@ function connect(...args) {
   let raw = options.socket;
   const fresh = !raw;
   if (fresh) {
-    const netOpts = { host: options.host || 'localhost', port: options.port };
-    for (const k of ['path', 'family', 'localAddress', 'localPort', 'lookup', 'timeout', 'noDelay',
+    // A Unix socket is socketPath, as http names it (http's options carry
+    // the URL's path as `path`), or `path` without a port, as tls.connect.
+    const ipc = options.socketPath ||
+      (options.port === undefined && options.host === undefined ? options.path : undefined);
+    const netOpts = ipc ? { path: ipc } : { host: options.host || 'localhost', port: options.port };
+    for (const k of ['family', 'localAddress', 'localPort', 'lookup', 'timeout', 'noDelay',
                      'keepAlive', 'keepAliveInitialDelay', 'signal']) {
       if (options[k] !== undefined) netOpts[k] = options[k];
     }
@@ -569,6 +603,13 @@ class Server extends net.Server {
       if (this._config.owned) this._config.config.close();
       if (this._keystore.owned) this._keystore.keystore.close();
     });
+  }
+
+  // The config every connection's association is made from: its audit
+  // events (options.eventQueue, then config.next_event()), counters and
+  // rate limiter.
+  get config() {
+    return this._config.config;
   }
 
   _onConnection(raw) {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the npm package the way npm users do, offline:
 #   1. libm2mpsk into a prefix of its own (cmake --install, runtime and dev),
-#   2. npm pack of the staged package (bindings/node/package),
+#   2. npm pack of the staged package (build/bindings/node/package), and in
+#      a copy of the checkout's bindings/node (prepack runs SWIG),
 #   3. npm install --offline ./m2mpsk-<version>.tgz into a scratch project,
 #      node-gyp building the addon against that prefix's m2mpsk.pc and the
 #      running node's own headers (scripts/install.js),
@@ -53,6 +54,18 @@ for f in package/package.json package/binding.gyp package/src/m2mpsk_wrap.cxx \
          package/index.d.ts; do
   grep -qx "$f" <<<"$listing" || { echo "FAIL: $f is not in $(basename "$tgz")"; exit 1; }
 done
+
+# npm pack in a checkout's bindings/node works too: its prepack script has
+# SWIG write the wrapper from ../m2mpsk.i with the installed headers.
+mkdir "$work/checkout"
+cp -r "$here/../.." "$work/checkout/bindings"
+rm -rf "$work/checkout/bindings/node/src" "$work/checkout/bindings/node/build" "$work/checkout/bindings/node/node_modules"
+mkdir "$work/from-source"
+(cd "$work/checkout/bindings/node" && "$npm" pack --pack-destination "$work/from-source" >/dev/null) || {
+  echo "FAIL: npm pack in a checkout's bindings/node"; exit 1; }
+listing=$(tar tzf "$work/from-source"/m2mpsk-*.tgz)
+grep -qx package/src/m2mpsk_wrap.cxx <<<"$listing" || { echo "FAIL: npm pack from the checkout has no wrapper"; exit 1; }
+echo "packed from the checkout: $(basename "$work"/from-source/m2mpsk-*.tgz) with the wrapper SWIG wrote"
 
 mkdir "$work/app"
 echo '{"name": "m2mpsk-consumer", "version": "1.0.0", "private": true}' >"$work/app/package.json"

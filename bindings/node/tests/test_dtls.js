@@ -191,6 +191,21 @@ test('a client restarted on the same address replaces its old association (RFC 6
   await within(5000, new Promise((r) => server.close(r)));
 });
 
+test('a listener that destroys its peer while records wait', async () => {
+  const server = await echoServer();
+  server.removeAllListeners('secureConnection');
+  let n = 0;
+  server.on('secureConnection', (peer) => peer.on('data', () => { n++; peer.destroy(); }));
+  const c = client(server.address().port);
+  await within(5000, once(c, 'secureConnect'));
+  c.send(Buffer.from('a'));
+  c.send(Buffer.from('b'));
+  await within(5000, new Promise((r) => { const t = setInterval(() => { if (server.peers.size === 0) { clearInterval(t); r(); } }, 10); }));
+  assert.strictEqual(n, 1);
+  c.destroy();
+  await within(5000, new Promise((r) => server.close(r)));
+});
+
 test('bad options and bad writes', async () => {
   assert.throws(() => dtls.createServer({ keystore: keystore() }), TypeError);
   assert.throws(() => dtls.connect({ port: 1, keystore: keystore() }), TypeError);

@@ -192,6 +192,104 @@ test('closed handles throw E_INVALID, closing twice does nothing', () => {
                                        keystore(), null), m.E_INVALID);
 });
 
+// Sample arguments for every method of each handle class: the test below
+// calls each method a closed handle has (found by walking the object, so
+// a method added to m2mpsk.i without a sample here fails the test).
+const SAMPLES = {
+  Keystore: {
+    add: [KPSA, KEY, null, '/cse-1', 0, 0], add_derived: [KPSA, KEY, '/cse-1/Cx', null, '/cse-1', 0, 0],
+    remove: [KPSA], revoke: [KPSA], lookup: [KPSA], count: [], is_locked: [], key_memory: [],
+    load_file: ['/nonexistent'],
+  },
+  Config: {
+    set_suites: ['TLS_PSK_WITH_AES_128_CCM_8'], add_local_id: ['/cse-2'], set_handshake_timeout: [1000],
+    set_reveal_unknown_identity: [true], set_roles_reversed: [true], set_profile: [0], set_engine: [0],
+    suites: [m.TRANSPORT_TLS], set_max_handshakes: [1], set_max_input: [m.MAX_INPUT_MIN],
+    set_rate_limit: [m.RATE_PEER, 1, 1, 1, 1], peer_blocked: ['1.2.3.4:5', 1],
+    handshakes_in_progress: [], set_event_queue: [1], next_event: [], events_dropped: [],
+    dtls_listen: ['1.2.3.4:5', Buffer.from('x')],
+  },
+  Association: {
+    set_mtu: [1400], set_peer_tag: ['1.2.3.4:5'], peer_tag: [], start: [1, 0], feed: [Buffer.from('x'), 1],
+    write: [Buffer.from('x')], pending: [], next_timeout: [], handle_timeout: [1], state: [],
+    close_notify: [], peer_id: [], peer_id_is_credential: [], bind_ae_id: ['/cse-1/Cx'],
+    originator_check: ['/cse-1/Cx', 0], local_id: [], kpsa_id: [], engine: [], suite: [], version: [],
+    failure: [], failure_detail: [], drain: [], read: [16], export_keying_material: [16, 'l', null],
+  },
+  Event: {
+    type: [], reason: [], role: [], transport: [], time_ms: [], kpsa_id: [], peer_id: [],
+    peer_id_is_credential: [], peer_tag: [], detail: [],
+  },
+};
+
+test('every method of a closed handle throws E_INVALID', () => {
+  const ks = keystore();
+  const c = serverConfig();
+  c.set_event_queue(4);
+  const a = new m.Association(m.ROLE_RESPONDER, m.TRANSPORT_TLS, c, ks, null);
+  a.start(1);
+  // An event: a failed responder handshake queues one.
+  assert.throws(() => a.feed(Buffer.from('garbage garbage garbage'), 2));
+  const ev = c.next_event();
+  assert.ok(ev, 'an event was queued');
+  const handles = { Keystore: ks, Config: c, Association: a, Event: ev };
+  for (const [cls, h] of Object.entries(handles)) {
+    h.close();
+    const methods = [];
+    for (const k in h) {
+      if (typeof h[k] === 'function' && !['close', 'equals', 'getCPtr'].includes(k)) methods.push(k);
+    }
+    assert.ok(methods.length >= 5, cls);
+    for (const name of methods) {
+      assert.ok(name in SAMPLES[cls], `${cls}.${name} has no sample arguments in this test`);
+      const e = expectM2mpsk(() => h[name](...SAMPLES[cls][name]), m.E_INVALID);
+      assert.match(e.detail, /closed/, `${cls}.${name}`);
+    }
+    h.close(); // again: nothing
+  }
+});
+
+test('null, wrong types and garbage in every argument of every method: an error, never a crash', () => {
+  const makers = {
+    Keystore: () => keystore(),
+    Config: () => serverConfig(),
+    Association: () => {
+      const a = new m.Association(m.ROLE_RESPONDER, m.TRANSPORT_TLS, serverConfig(), keystore(), null);
+      return a;
+    },
+    Event: () => {
+      const c = serverConfig();
+      c.set_event_queue(4);
+      const a = new m.Association(m.ROLE_RESPONDER, m.TRANSPORT_TLS, c, keystore(), null);
+      a.start(1);
+      assert.throws(() => a.feed(Buffer.from('garbage garbage garbage'), 2));
+      return c.next_event();
+    },
+  };
+  const odd = [null, undefined, 'garbage', -1, 2 ** 53, {}, Buffer.alloc(0), Buffer.alloc(70000, 0xff)];
+  let calls = 0;
+  for (const [cls, methods] of Object.entries(SAMPLES)) {
+    for (const [name, args] of Object.entries(methods)) {
+      for (let i = 0; i < args.length; i++) {
+        for (const v of odd) {
+          const h = makers[cls]();
+          const bent = args.slice();
+          bent[i] = v;
+          try {
+            h[name](...bent);
+          } catch (e) {
+            assert.ok(e instanceof Error, `${cls}.${name} arg ${i}: ${e}`);
+            if (e.name === 'M2mpskError') assert.strictEqual(typeof e.code, 'number');
+          }
+          h.close();
+          calls++;
+        }
+      }
+    }
+  }
+  assert.ok(calls > 300, String(calls));
+});
+
 test('null and garbage arguments', () => {
   const ks = new m.Keystore(0);
   // null bytes: E_INVALID, not an empty key; a string is a TypeError.
@@ -254,6 +352,83 @@ test('DTLS cookie exchange through dtls_listen', () => {
   assert.strictEqual(c.state(), m.STATE_ESTABLISHED);
   assert.strictEqual(s.state(), m.STATE_ESTABLISHED);
   assert.strictEqual(s.peer_tag(), '127.0.0.1:4000');
+  for (const h of [c, s, cc, sc, cks, sks]) h.close();
+});
+
+test('audit events: taken from the config, closed like every handle', () => {
+  const cks = keystore();
+  const sks = keystore();
+  const cc = new m.Config();
+  const sc = serverConfig();
+  sc.set_event_queue(16);
+  expectM2mpsk(() => sc.set_event_queue(-1), m.E_INVALID);
+  assert.strictEqual(sc.next_event(), null); // empty: null, not an error
+  const c = new m.Association(m.ROLE_INITIATOR, m.TRANSPORT_TLS, cc, cks, KPSA);
+  const s = new m.Association(m.ROLE_RESPONDER, m.TRANSPORT_TLS, sc, sks, null);
+  c.start(1);
+  s.start(1);
+  pump(c, s);
+  const ev = sc.next_event();
+  assert.ok(ev, 'an EVENT_ESTABLISHED was queued');
+  assert.strictEqual(ev.type(), m.EVENT_ESTABLISHED);
+  assert.strictEqual(m.event_type_name(ev.type()), 'established');
+  assert.strictEqual(ev.kpsa_id(), KPSA);
+  assert.strictEqual(ev.peer_id(), '12-' + KPSA);
+  assert.strictEqual(ev.peer_id_is_credential(), true);
+  assert.strictEqual(ev.role(), m.ROLE_RESPONDER);
+  ev.close();
+  ev.close();
+  for (const fn of [() => ev.type(), () => ev.reason(), () => ev.kpsa_id(), () => ev.detail()]) {
+    expectM2mpsk(fn, m.E_INVALID);
+  }
+  assert.strictEqual(sc.events_dropped(), 0);
+  for (const h of [c, s, cc, sc, cks, sks]) h.close();
+});
+
+test('the garbage collector frees handles nobody closed', async () => {
+  const v8 = require('node:v8');
+  const vm = require('node:vm');
+  v8.setFlagsFromString('--expose-gc');
+  const gc = vm.runInNewContext('gc');
+  const ks = keystore();
+  const c = serverConfig();
+  // Responder associations count as handshakes in progress until freed.
+  (() => {
+    for (let i = 0; i < 100; i++) new m.Association(m.ROLE_RESPONDER, m.TRANSPORT_TLS, c, ks, null);
+  })();
+  assert.strictEqual(c.handshakes_in_progress(), 100);
+  for (let i = 0; i < 20 && c.handshakes_in_progress() > 0; i++) {
+    gc();
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  assert.strictEqual(c.handshakes_in_progress(), 0);
+  c.close();
+  ks.close();
+});
+
+test('E_LIMIT: input past max_input is refused whole, then taken after read()', () => {
+  const cks = keystore();
+  const sks = keystore();
+  const cc = new m.Config();
+  const sc = serverConfig();
+  sc.set_max_input(m.MAX_INPUT_MIN);
+  const c = new m.Association(m.ROLE_INITIATOR, m.TRANSPORT_TLS, cc, cks, KPSA);
+  const s = new m.Association(m.ROLE_RESPONDER, m.TRANSPORT_TLS, sc, sks, null);
+  c.start(1);
+  s.start(1);
+  expectM2mpsk(() => c.export_keying_material(16, 'EXPERIMENTAL x', null), m.E_STATE);
+  pump(c, s);
+  c.write(Buffer.alloc(60000, 1));
+  const first = c.drain();
+  s.feed(first, 2); // close to the limit
+  c.write(Buffer.alloc(10000, 2));
+  const more = c.drain();
+  expectM2mpsk(() => s.feed(more, 2), m.E_LIMIT);
+  let got = 0;
+  for (let b = s.read(); b.length > 0; b = s.read()) got += b.length;
+  assert.strictEqual(got, 60000);
+  s.feed(more, 3); // the same bytes again, now that there is room
+  assert.strictEqual(s.read().length, 10000);
   for (const h of [c, s, cc, sc, cks, sks]) h.close();
 });
 

@@ -113,6 +113,20 @@ test('plain http.createServer fed by a PSK server; https.request, https.get and 
   agent.destroy();
   httpServer.closeAllConnections();
   await close(psk);
+  // Over a Unix socket: http's socketPath, the URL's path still a path.
+  const dir = require('node:fs').mkdtempSync(require('node:path').join(require('node:os').tmpdir(), 'm2mpsk-'));
+  const sockPath = require('node:path').join(dir, 'cse.sock');
+  const unix = m2mpsk.createServer({ keystore: ks, localId: IDB });
+  unix.on('secureConnection', (s) => httpServer.emit('connection', s));
+  await within(5000, new Promise((r) => unix.listen(sockPath, r)));
+  const viaUnix = await within(10000, new Promise((resolve, reject) => {
+    m2mpsk.https.get({ socketPath: sockPath, path: '/unix', kpsaId: KPSA, keystore: ks },
+                     (res) => body(res).then(resolve, reject)).on('error', reject);
+  }));
+  assert.strictEqual(JSON.parse(viaUnix).url, '/unix');
+  httpServer.closeAllConnections();
+  await close(unix);
+  require('node:fs').rmSync(dir, { recursive: true, force: true });
 });
 
 test('100 concurrent connections', async () => {
@@ -139,8 +153,12 @@ test('backpressure: several MB each way, read slowly', async () => {
   const big = crypto.randomBytes(SIZE);
   const digest = crypto.createHash('sha256').update(big).digest('hex');
   let sawBackpressure = false;
-  const server = m2mpsk.https.createServer({ keystore: ks, localId: IDB }, (req, res) => {
+  let uploadSocket;
+  // The smallest input bound: the server's associations refuse input
+  // (E_LIMIT) while its reader is behind, and the socket holds it back.
+  const server = m2mpsk.https.createServer({ keystore: ks, localId: IDB, maxInput: m2mpsk.MAX_INPUT_MIN }, (req, res) => {
     if (req.method === 'POST') {
+      uploadSocket = req.socket;
       req.pause();
       setTimeout(() => { req.resume(); app(req, res); }, 300);
       return;
@@ -187,6 +205,7 @@ test('backpressure: several MB each way, read slowly', async () => {
     more();
   }), 'upload');
   assert.ok(clientSawBackpressure, 'req.write() returned false at least once');
+  assert.strictEqual(uploadSocket.remoteAddress, HOST);
   assert.strictEqual(JSON.parse(up.body).bytes, SIZE);
   assert.strictEqual(JSON.parse(up.body).sha256, digest);
   // The client pauses for a while after each chunk: the server must see
@@ -217,8 +236,57 @@ test('backpressure: several MB each way, read slowly', async () => {
   await close(server);
 });
 
+// A PSKSocket (client) over a Duplex the test drives, with a raw
+// responder Association as its peer: records arrive in the chunks the test
+// chooses.
+async function drivenPair(opts = {}) {
+  const stream = require('node:stream');
+  const toServer = [];
+  const raw = new stream.Duplex({ read() {}, write(chunk, enc, cb) { toServer.push(chunk); cb(); } });
+  const ks = keystore();
+  const sc = new m2mpsk.Config();
+  sc.add_local_id(IDB);
+  const s = new m2mpsk.Association(m2mpsk.ROLE_RESPONDER, m2mpsk.TRANSPORT_TLS, sc, ks, null);
+  s.start(m2mpsk.nowMs());
+  const c = m2mpsk.connect({ socket: raw, kpsaId: KPSA, keystore: ks, ...opts });
+  const pump = () => {
+    for (const chunk of toServer.splice(0)) s.feed(chunk, m2mpsk.nowMs());
+    for (let out = s.drain(); out.length > 0; out = s.drain()) raw.push(out);
+  };
+  const timer = setInterval(pump, 5);
+  await within(5000, once(c, 'secureConnect'));
+  clearInterval(timer);
+  pump();
+  return { raw, c, s, close() { c.destroy(); s.close(); sc.close(); ks.close(); } };
+}
+
+test('one large TCP chunk, the smallest maxInput and a slow reader: held back, delivered in order', async () => {
+  const { raw, c, s, close: done } = await drivenPair({ maxInput: m2mpsk.MAX_INPUT_MIN });
+  let paused = 0;
+  const pause = raw.pause.bind(raw);
+  raw.pause = () => { paused++; return pause(); };
+  const big = crypto.randomBytes(300 * 1024);
+  for (let off = 0; off < big.length; off += 16384) s.write(big.subarray(off, off + 16384));
+  raw.push(s.drain()); // all of it at once
+  // A reader that takes a chunk every few milliseconds.
+  const got = [];
+  let n = 0;
+  await within(10000, new Promise((resolve) => {
+    c.on('data', (d) => {
+      got.push(d);
+      n += d.length;
+      c.pause();
+      setTimeout(() => c.resume(), 2);
+      if (n === big.length) resolve();
+    });
+  }), 'slow read');
+  assert.ok(Buffer.concat(got).equals(big));
+  assert.ok(paused > 0, 'the raw socket was paused while the reader was behind');
+  done();
+});
+
 test('a wrong key: tlsClientError on the server, an error with a code on the client', async () => {
-  const server = m2mpsk.createServer({ keystore: keystore(), localId: IDB }, () => {
+  const server = m2mpsk.createServer({ keystore: keystore(), localId: IDB, eventQueue: 8 }, () => {
     assert.fail('no secureConnection with a wrong key');
   });
   const port = await listen(server);
@@ -233,6 +301,14 @@ test('a wrong key: tlsClientError on the server, an error with a code on the cli
   assert.strictEqual(err.code, m2mpsk.E_FAILED);
   assert.strictEqual(err.reason, m2mpsk.REASON_BAD_KEY);
   assert.ok(s instanceof m2mpsk.PSKSocket);
+  // The audit event of that failure, from the server's config.
+  const ev = server.config.next_event();
+  assert.ok(ev, 'an audit event was queued');
+  assert.strictEqual(ev.type(), m2mpsk.EVENT_FAILED);
+  assert.strictEqual(ev.reason(), m2mpsk.REASON_BAD_KEY);
+  assert.strictEqual(ev.kpsa_id(), KPSA);
+  assert.match(ev.peer_tag(), /^127\.0\.0\.1:\d+$/);
+  ev.close();
   // And over http: the request fails with that error.
   await assert.rejects(request(port, keystore({ key: Buffer.alloc(16, 9) })),
                        (e) => e.code === m2mpsk.E_FAILED);
@@ -264,9 +340,22 @@ test('originatorCheck: 4106 for a foreign From, AE create accepted, bound AE-ID'
   assert.strictEqual(String(await onConn('/bind', { 'x-m2m-origin': '/cse-1/Cnew' })), '0');
   assert.strictEqual(String(await onConn('/x', { 'x-m2m-origin': '/cse-1/Cnew' })), '0');
   assert.strictEqual(String(await onConn('/x', { 'x-m2m-origin': '/cse-1/Cother' })), '4106');
+  // A malformed From is an error (E_IDA), which the application answers.
+  server.removeAllListeners('request');
+  server.on('request', (req, res) => {
+    try {
+      res.end(String(req.socket.originatorCheck(req.headers['x-m2m-origin'])));
+    } catch (e) {
+      res.end(`error ${e.code}`);
+    }
+  });
+  assert.strictEqual(String(await onConn('/x', { 'x-m2m-origin': 'not a valid id!' })), `error ${m2mpsk.E_IDA}`);
   agent.destroy();
   // A client socket: the raw handle's checks, and errors as M2mpskError.
   const sock = m2mpsk.connect({ host: HOST, port, kpsaId: KPSA, keystore: ks });
+  // Before the handshake: no identity, and E_STATE.
+  assert.strictEqual(sock.peerId, null);
+  assert.throws(() => sock.originatorCheck('/cse-1'), (e) => e.code === m2mpsk.E_STATE);
   await within(5000, once(sock, 'secureConnect'));
   assert.strictEqual(sock.peerId, IDB);
   assert.strictEqual(sock.peerKind, m2mpsk.PEER_CSE);
@@ -341,6 +430,52 @@ test('client end(): the server reads close_notify as the end of the stream', asy
   assert.strictEqual(got, 'last words');
   await within(5000, once(c, 'close'));
   await close(server);
+});
+
+test('a peer that hangs up mid-handshake; maxHandshakes refuses the next connection', async () => {
+  const ks = keystore();
+  const server = m2mpsk.createServer({ keystore: ks, localId: IDB, maxHandshakes: 1 });
+  const port = await listen(server);
+  // A client that connects and hangs up: tlsClientError E_FAILED, no reason.
+  const hung = once(server, 'tlsClientError');
+  net.connect(port, HOST).end();
+  const [e1] = await within(5000, hung);
+  assert.strictEqual(e1.code, m2mpsk.E_FAILED);
+  assert.strictEqual(e1.reason, m2mpsk.REASON_NONE);
+  // One mute client holds the one handshake allowed; the next is refused
+  // with E_LIMIT before any association exists.
+  const mute = net.connect(port, HOST);
+  await within(5000, once(server, 'connection'));
+  const limited = once(server, 'tlsClientError');
+  const second = net.connect(port, HOST);
+  const [e2, s2] = await within(5000, limited);
+  assert.strictEqual(e2.code, m2mpsk.E_LIMIT);
+  assert.strictEqual(s2, null);
+  await within(5000, once(second, 'close'));
+  mute.destroy();
+  await close(server);
+  // A server that hangs up on the client mid-handshake: an 'error' on it.
+  const rude = net.createServer((s) => s.destroy());
+  await new Promise((r) => rude.listen(0, HOST, r));
+  const c = m2mpsk.connect({ host: HOST, port: rude.address().port, kpsaId: KPSA, keystore: ks });
+  const [e3] = await within(5000, once(c, 'error'));
+  assert.strictEqual(e3.code, m2mpsk.E_FAILED);
+  await new Promise((r) => rude.close(r));
+});
+
+test('a data listener that destroys the socket while more records wait', async () => {
+  const p = await drivenPair();
+  let calls = 0;
+  p.c.on('data', () => { calls++; p.c.destroy(); });
+  await new Promise((r) => setImmediate(r)); // flowing, its buffer empty: 'data' is emitted within push()
+  // Two records in one TCP chunk: the first 'data' destroys the socket,
+  // and the second must not reach a freed association.
+  p.s.write(Buffer.alloc(16384, 1)); // a read() returns at most 16384 bytes: two pushes
+  p.s.write(Buffer.alloc(16384, 2));
+  p.raw.push(p.s.drain());
+  await within(5000, once(p.c, 'close'));
+  assert.strictEqual(calls, 1);
+  p.close();
 });
 
 test('bad options throw at once', () => {

@@ -1,0 +1,3 @@
+module m2mpsk.org/m2mpsk
+
+go 1.19
