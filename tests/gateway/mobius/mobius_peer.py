@@ -356,6 +356,23 @@ def patch_sources(d, ports):
           "pxycoap_server.listen(usecsebaseport, %s, function() {" % h)
 
 
+def apply_diff(d, diff):
+    """Applies the unified diff `diff` (paths a/..., b/...) to the copy in
+    `d` with `git apply` (no repository needed; GIT_CEILING_DIRECTORIES
+    keeps git from taking an enclosing one for it). A diff that does not
+    apply exactly is a SetupError: a different Mobius is noticed."""
+    git = shutil.which("git")
+    if git is None:
+        raise Skip("git not found (it applies %s to the copy)" % diff)
+    env = dict(os.environ, GIT_CEILING_DIRECTORIES=os.path.dirname(d))
+    r = subprocess.run([git, "apply", "-p1", "--whitespace=nowarn",
+                        os.path.abspath(diff)], cwd=d, env=env,
+                       capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        raise SetupError("%s does not apply to this Mobius:\n%s"
+                         % (diff, r.stderr.strip()[-2000:]))
+
+
 def schema_sql(src_sql, password):
     """ORIGIN.md 2 and 3: MariaDB has no utf8mb4_0900_ai_ci; the dump makes
     no database; Mobius logs in as root over TCP (127.0.0.1, names not
@@ -417,9 +434,17 @@ def coap_get(port, path, origin=ADMIN, rqi="probe", timeout=1.0):
 
 class Mobius:
     """One Mobius and its MariaDB. Use as a context manager; `start()`
-    raises Skip or SetupError; `stop()` is idempotent and bounded."""
+    raises Skip or SetupError; `stop()` is idempotent and bounded.
 
-    def __init__(self, scratch=None, keep=False):
+    For a Mobius that is not the unmodified one: `diffs`, unified diffs
+    applied to the copy first (before the adjustments above, so they are
+    written against the source as shipped); `env`, variables added to
+    Mobius's environment; `ready`, a function of this object that says
+    when Mobius serves, instead of the plain HTTP and CoAP probes (which a
+    patched HTTP API may not answer)."""
+
+    def __init__(self, scratch=None, keep=False, diffs=(), env=None,
+                 ready=None):
         self.src = find_source()
         self.tools = find_tools()
         self.keep = keep
@@ -433,6 +458,9 @@ class Mobius:
         self.node = None
         self.ports = {}
         self.timings = {}
+        self.diffs = list(diffs)
+        self.env = dict(env or {})
+        self.ready = ready
 
     # -- context manager
     def __enter__(self):
@@ -489,6 +517,8 @@ class Mobius:
                 p = os.path.join(d, n)
                 if not os.path.islink(p):
                     os.chmod(p, os.stat(p).st_mode | 0o200)
+        for diff in self.diffs:
+            apply_diff(self.copy, diff)
         patch_package_json(os.path.join(self.copy, "package.json"))
         patch_sources(self.copy, self.ports)
         self.password = secrets.token_hex(12)
@@ -662,8 +692,9 @@ class Mobius:
         try:
             self.node = subprocess.Popen(
                 [self.tools["node"], "mobius.js"], cwd=self.copy,
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_pdeathsig)
+                env=dict(os.environ, **self.env), stdin=subprocess.DEVNULL,
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=_pdeathsig)
         finally:
             out.close()
         self.guardian.watch(self.node.pid)
@@ -676,9 +707,14 @@ class Mobius:
             if time.monotonic() > end:
                 raise SetupError("Mobius's %s not answering on 127.0.0.1:%d "
                                  "after %d s:\n%s" % (
-                                     what, self.http_port, MOBIUS_START_S,
+                                     "readiness" if self.ready else what,
+                                     self.http_port, MOBIUS_START_S,
                                      self._tail(self.log_path)))
-            if what == "HTTP":
+            if self.ready is not None:
+                if self.ready(self):
+                    return
+                time.sleep(0.1)
+            elif what == "HTTP":
                 try:
                     st, rsc, _ = http_get(self.http_port, "/" + CSE_BASE)
                     if st == 200 and rsc == "2000":
@@ -700,6 +736,20 @@ class Mobius:
                 return "".join(f.readlines()[-n:])
         except OSError:
             return "(no %s)" % path
+
+    def query(self, sql):
+        """Runs `sql` in mobiusdb as root over the private socket; returns
+        the rows, each a list of column strings."""
+        r = subprocess.run(
+            [self.tools["mariadb"], "--no-defaults", "--protocol=socket",
+             "--socket=" + self.sock, "--user=root", "--batch",
+             "--skip-column-names", "mobiusdb"],
+            input=sql, capture_output=True, text=True, timeout=30,
+            # root@localhost takes its OS user or this password (schema_sql).
+            env=dict(os.environ, MYSQL_PWD=self.password))
+        if r.returncode != 0:
+            raise SetupError("query failed: %s" % r.stderr[-2000:])
+        return [l.split("\t") for l in r.stdout.splitlines()]
 
     def log_text(self):
         with open(self.log_path, errors="replace") as f:
