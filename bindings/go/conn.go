@@ -23,7 +23,8 @@ type Conn struct {
 	cfg      *Config
 	client   bool
 	datagram bool
-	onClose  func() // a listener's slot, released once
+	onClose  func()    // a listener's slot, released once
+	pumped   *dtlsPeer // a DTLS listener's peer: its pump reads the association
 
 	handshakeMu   sync.Mutex
 	handshakeErr  error
@@ -348,6 +349,10 @@ func (c *Conn) Read(b []byte) (int, error) {
 	}
 	if len(b) == 0 {
 		return 0, nil
+	}
+	if c.pumped != nil {
+		n, err := c.pumped.readPlain(b)
+		return n, c.closedErr(err)
 	}
 	c.readMu.Lock()
 	defer c.readMu.Unlock()
