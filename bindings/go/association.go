@@ -240,3 +240,7 @@ func (a *Association) Failure() (r int) {
 
 // FailureDetail is a readable detail of the failure, never key bytes.
 func (a *Association) FailureDetail() string { return a.str(capi.Association.Failure_detail) }
+
+// PeerKind is what PeerID is, as the originator check reads it (PeerNone
+// before the association is established).
+func (a *Association) PeerKind() PeerKind { return peerKindOf(a.PeerID(), a.PeerIsCredential()) }

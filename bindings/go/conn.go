@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,7 +25,8 @@ type Conn struct {
 	cfg      *Config
 	client   bool
 	datagram bool
-	onClose  func() // a listener's slot, released once
+	onClose  func()    // a listener's slot, released once
+	pumped   *dtlsPeer // a DTLS listener's peer: its pump reads the association
 
 	handshakeMu   sync.Mutex
 	handshakeErr  error
@@ -61,7 +64,66 @@ type ConnectionState struct {
 	// "12-<KpsaID>" when its record has none (PeerIsCredential).
 	PeerID           string
 	PeerIsCredential bool
-	LocalID          string
+	// PeerKind is what PeerID is, as the originator check reads it:
+	// PeerCSE for a client (IdB), PeerAE or PeerCSE for a server's IdA,
+	// PeerCredential for a Credential-ID (PeerAE after BindAEID).
+	PeerKind PeerKind
+	LocalID  string
+}
+
+// PeerKind is what a connection is bound to (the C API's
+// m2mpsk_peer_kind; its values are the ABI's: PeerAE == PEER_AE...).
+type PeerKind int
+
+// The kinds of peer binding.
+const (
+	PeerNone       PeerKind = 0 // no association (the zero ConnectionState)
+	PeerAE         PeerKind = 1 // a Registree AE's AE-ID
+	PeerCSE        PeerKind = 2 // a Registree (or Registrar) CSE's CSE-ID
+	PeerCredential PeerKind = 3 // the Credential-ID "12-<KpsaID>": an AE not registered yet
+)
+
+func (k PeerKind) String() string {
+	switch k {
+	case PeerNone:
+		return "none"
+	case PeerAE:
+		return "AE"
+	case PeerCSE:
+		return "CSE"
+	case PeerCredential:
+		return "credential"
+	}
+	return "PeerKind(" + strconv.Itoa(int(k)) + ")"
+}
+
+// peerKindOf reads a bound identifier as the library's originator check
+// does (src/onem2m.c, assoc_bound_kind): the C API has no accessor for
+// it. Past an absolute form's "//SP-ID", an identifier of one segment is
+// a CSE-ID unless it starts with 'S' (an AE-ID-Stem, TS-0001 7.2); of two
+// segments ("/cse-1/Cae"), an AE-ID.
+func peerKindOf(id string, credential bool) PeerKind {
+	switch {
+	case id == "":
+		return PeerNone
+	case credential:
+		return PeerCredential
+	}
+	if strings.HasPrefix(id, "//") {
+		i := strings.IndexByte(id[2:], '/')
+		if i < 0 {
+			return PeerCSE // not an identifier: the check refuses it
+		}
+		id = id[2+i:]
+	}
+	if !strings.HasPrefix(id, "/") {
+		return PeerCSE // not an identifier: the check refuses it
+	}
+	segs := strings.SplitN(id[1:], "/", 2)
+	if len(segs) == 1 && !strings.HasPrefix(segs[0], "S") {
+		return PeerCSE
+	}
+	return PeerAE
 }
 
 // maxRecord is the most application data one record (and one DTLS Write)
@@ -217,6 +279,7 @@ func (c *Conn) handshake(ctx context.Context) error {
 			c.state = ConnectionState{HandshakeComplete: true, Version: a.Version(),
 				Suite: a.Suite(), KpsaID: a.KpsaID(), PeerID: a.PeerID(),
 				PeerIsCredential: a.PeerIsCredential(), LocalID: a.LocalID()}
+			c.state.PeerKind = peerKindOf(c.state.PeerID, c.state.PeerIsCredential)
 			return nil
 		case STATE_HANDSHAKING:
 		default:
@@ -348,6 +411,10 @@ func (c *Conn) Read(b []byte) (int, error) {
 	}
 	if len(b) == 0 {
 		return 0, nil
+	}
+	if c.pumped != nil {
+		n, err := c.pumped.readPlain(b)
+		return n, c.closedErr(err)
 	}
 	c.readMu.Lock()
 	defer c.readMu.Unlock()
@@ -569,6 +636,7 @@ func (c *Conn) BindAEID(aeID string) error {
 	if err == nil {
 		c.mu.Lock()
 		c.state.PeerID, c.state.PeerIsCredential = aeID, false
+		c.state.PeerKind = peerKindOf(aeID, false)
 		c.mu.Unlock()
 	}
 	return c.closedErr(err)

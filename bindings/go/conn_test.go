@@ -361,3 +361,93 @@ func TestConnMaxHandshakes(t *testing.T) {
 		t.Fatalf("%d handshakes still counted", n)
 	}
 }
+
+// TestConnPeerKind: ConnectionState.PeerKind for an IdA that is an AE-ID
+// (two segments, or one starting with 'S'), one that is a CSE-ID
+// (SP-relative or absolute), no IdA (the Credential-ID), and after
+// BindAEID; each as the library's originator check reads the binding.
+func TestConnPeerKind(t *testing.T) {
+	if PeerNone != PeerKind(PEER_NONE) || PeerAE != PeerKind(PEER_AE) ||
+		PeerCSE != PeerKind(PEER_CSE) || PeerCredential != PeerKind(PEER_CREDENTIAL) {
+		t.Fatal("PeerKind constants differ from the C API's")
+	}
+	ks := testKeystore(t)
+	key := bytes.Repeat([]byte{9}, 32)
+	cases := []struct {
+		kpsa, idA string
+		want      PeerKind
+	}{
+		{"ae2@onem2m.com", "/cse-1/Cae2", PeerAE},
+		{"ae3@onem2m.com", "/Sae3", PeerAE},
+		{"ae4@onem2m.com", "//m2m.example.com/cse-1/Cae4", PeerAE},
+		{"cse2@onem2m.com", "/cse-2", PeerCSE},
+		{"cse3@onem2m.com", "//m2m.example.com/cse-3", PeerCSE},
+		{"cred2@onem2m.com", "", PeerCredential},
+	}
+	for _, tc := range cases {
+		if err := ks.Add(tc.kpsa, key, tc.idA, testIdB); err != nil {
+			t.Fatalf("%s: %v", tc.idA, err)
+		}
+	}
+	srv := &Config{Keystore: ks, LocalID: testIdB, HandshakeTimeout: 5 * time.Second}
+	defer srv.Close()
+	l, err := Listen("tcp", "127.0.0.1:0", srv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if (ConnectionState{}).PeerKind != PeerNone {
+		t.Fatal("the zero state's kind")
+	}
+	for _, tc := range cases {
+		accepted := make(chan *Conn, 1)
+		go func() {
+			c, err := l.Accept()
+			if err != nil {
+				accepted <- nil
+				return
+			}
+			mc := c.(*Conn)
+			mc.Handshake()
+			accepted <- mc
+		}()
+		cli := &Config{Keystore: ks, KpsaID: tc.kpsa, HandshakeTimeout: 5 * time.Second}
+		c, err := Dial("tcp", l.Addr().String(), cli)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.kpsa, err)
+		}
+		if k := c.ConnectionState().PeerKind; k != PeerCSE {
+			t.Fatalf("%s: the client's peer kind %v, want CSE", tc.kpsa, k)
+		}
+		s := <-accepted
+		if s == nil {
+			t.Fatal("accept failed")
+		}
+		st := s.ConnectionState()
+		if st.PeerKind != tc.want || st.PeerIsCredential != (tc.want == PeerCredential) {
+			t.Fatalf("%q: peer kind %v (credential %v), want %v", tc.idA, st.PeerKind, st.PeerIsCredential, tc.want)
+		}
+		// The library, told this kind, judges as the connection does.
+		for _, from := range []string{st.PeerID, "/cse-1/Cother", "/cse-2", "Cae2", "/Sae3"} {
+			v1, err1 := s.OriginatorCheck(from, 0)
+			v2, err2 := OriginatorCheck(int(st.PeerKind), st.PeerID, testIdB, from, 0)
+			if v1 != v2 || (err1 == nil) != (err2 == nil) {
+				t.Fatalf("%q from %q: connection %d %v, kind %v %d %v", tc.idA, from, v1, err1, st.PeerKind, v2, err2)
+			}
+		}
+		if tc.want == PeerCredential {
+			if err := s.BindAEID("/cse-1/Cbound"); err != nil {
+				t.Fatal(err)
+			}
+			if st := s.ConnectionState(); st.PeerKind != PeerAE || st.PeerID != "/cse-1/Cbound" {
+				t.Fatalf("after BindAEID: %+v", st)
+			}
+		}
+		s.Close()
+		c.Close()
+		cli.Close()
+	}
+	if PeerKind(7).String() != "PeerKind(7)" || PeerCredential.String() != "credential" {
+		t.Fatal("PeerKind.String")
+	}
+}

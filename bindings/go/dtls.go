@@ -3,6 +3,7 @@ package m2mpsk
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"sync"
@@ -169,7 +170,8 @@ func (l *DTLSListener) serve() {
 
 func (l *DTLSListener) newPeer(key string, addr net.Addr) *dtlsPeer {
 	p := &dtlsPeer{l: l, key: key, addr: addr, in: make(chan []byte, 64),
-		closed: make(chan struct{}), dlChanged: make(chan struct{})}
+		closed: make(chan struct{}), dlChanged: make(chan struct{}),
+		plain: make(chan []byte, maxQueuedRecords), ended: make(chan struct{})}
 	p.lastSeen.Store(Now())
 	p.conn = Server(p, l.cfg)
 	l.mu.Lock()
@@ -190,6 +192,10 @@ func (l *DTLSListener) handshake(p *dtlsPeer) {
 		p.conn.Close()
 		return
 	}
+	// From now on the peer's datagrams are fed by pump, whether or not
+	// the application reads: set before the Conn is handed out.
+	p.conn.pumped = p
+	go p.pump()
 	select {
 	case l.accepts <- p.conn:
 	default:
@@ -228,8 +234,15 @@ func (l *DTLSListener) reap() {
 	}
 }
 
+// maxQueuedRecords bounds a peer's decrypted records that wait for the
+// application's Read (at most 64 x 16384 bytes); beyond it a record is
+// dropped, as a full UDP socket buffer drops a datagram.
+const maxQueuedRecords = 64
+
 // dtlsPeer is one peer's view of the shared socket: a datagram net.Conn
-// whose Read takes the datagrams the listener routes to it.
+// whose Read takes the datagrams the listener routes to it, during the
+// handshake. Once established, pump feeds them to the association itself
+// and queues the plaintext for the Conn's Read (readPlain).
 type dtlsPeer struct {
 	l        *DTLSListener
 	key      string
@@ -239,6 +252,11 @@ type dtlsPeer struct {
 	once     sync.Once
 	lastSeen atomic.Int64
 	conn     *Conn
+
+	plain   chan []byte   // decrypted records for Read
+	ended   chan struct{} // closed when pump stops; endErr is then set
+	endErr  error
+	dropped atomic.Int64 // records dropped on a full plain queue
 
 	dlMu      sync.Mutex
 	readDL    time.Time
@@ -257,8 +275,87 @@ func (p *dtlsPeer) deliver(d []byte) {
 	}
 }
 
-func (p *dtlsPeer) Read(b []byte) (int, error) {
+// pump feeds the established association each datagram the peer sends,
+// under the Conn's read lock, so that the handshake's last retransmission
+// is answered, and alerts and close_notify take effect, even when the
+// application does not read; the plaintext waits in p.plain (bounded).
+func (p *dtlsPeer) pump() {
+	c := p.conn
+	a := c.assoc()
+	buf := make([]byte, maxRecord)
 	for {
+		var t *time.Timer
+		var due <-chan time.Time
+		if at, ok, _ := a.NextTimeout(); ok {
+			t = time.NewTimer(time.Until(clockStart.Add(time.Duration(at) * time.Millisecond)))
+			due = t.C
+		}
+		var d []byte
+		stop := false
+		select {
+		case d = <-p.in:
+		case <-due:
+		case <-p.closed:
+			stop = true
+		}
+		if t != nil {
+			t.Stop()
+		}
+		if stop {
+			return
+		}
+		c.readMu.Lock()
+		var err error
+		if d != nil {
+			err = c.feed(a, d)
+		} else if err = a.HandleTimeout(Now()); err == nil && a.Pending() > 0 {
+			_ = c.flush()
+		}
+		for err == nil {
+			n, rerr := a.Read(buf)
+			if n > 0 {
+				select {
+				case p.plain <- append([]byte(nil), buf[:n]...):
+				default:
+					p.dropped.Add(1)
+				}
+				continue
+			}
+			if rerr != nil {
+				if errors.Is(rerr, ErrClosed) {
+					err = io.EOF
+				} else {
+					_ = c.flush()
+					err = c.closedErr(rerr)
+				}
+			}
+			break
+		}
+		c.readMu.Unlock()
+		if err != nil {
+			p.endErr = err
+			close(p.ended)
+			return
+		}
+	}
+}
+
+// Read takes the next datagram (the handshake's input).
+func (p *dtlsPeer) Read(b []byte) (int, error) { return p.recv(p.in, nil, b) }
+
+// readPlain takes the next decrypted record; once pump has stopped, what
+// stopped it (io.EOF after close_notify).
+func (p *dtlsPeer) readPlain(b []byte) (int, error) { return p.recv(p.plain, p.ended, b) }
+
+// recv waits for the next item of ch, bounded by the read deadline and by
+// Close; ended (when not nil) ends the wait with endErr once ch is empty.
+func (p *dtlsPeer) recv(ch chan []byte, ended chan struct{}, b []byte) (int, error) {
+	for {
+		select {
+		case d := <-ch:
+			return copy(b, d), nil
+		default:
+		}
 		p.dlMu.Lock()
 		dl, changed := p.readDL, p.dlChanged
 		p.dlMu.Unlock()
@@ -274,8 +371,15 @@ func (p *dtlsPeer) Read(b []byte) (int, error) {
 		}
 		n, err, again := 0, error(nil), false
 		select {
-		case d := <-p.in:
+		case d := <-ch:
 			n = copy(b, d)
+		case <-ended:
+			select {
+			case d := <-ch:
+				n = copy(b, d)
+			default:
+				err = p.endErr
+			}
 		case <-p.closed:
 			err = net.ErrClosed
 		case <-expired:

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -301,4 +303,131 @@ func TestDTLSEngines(t *testing.T) {
 	}
 	_, err := (&Config{Keystore: ks, LocalID: testIdB, Engine: 99}).NewAssociation(ROLE_RESPONDER, TRANSPORT_DTLS)
 	wantCode(t, err, E_INVALID)
+}
+
+// TestDTLSServerFinalFlightLost drops the server's last flight
+// (ChangeCipherSpec and its epoch-1 Finished) on its way to the client,
+// while the server's application accepts but does not read: the client's
+// retransmission must still be answered, by the listener itself. Then the
+// records the server application does not read are bounded.
+func TestDTLSServerFinalFlightLost(t *testing.T) {
+	ks := testKeystore(t)
+	srv := &Config{Keystore: ks, LocalID: testIdB, HandshakeTimeout: 10 * time.Second}
+	defer srv.Close()
+	l, err := ListenDTLS("udp", "127.0.0.1:0", srv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+
+	// The lossy path: client <-> proxy <-> server.
+	proxy, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proxy.Close()
+	up, err := net.Dial("udp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	var client atomic.Pointer[net.UDPAddr]
+	var dropped atomic.Int32
+	go func() {
+		buf := make([]byte, 64*1024)
+		for {
+			n, addr, err := proxy.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			client.Store(addr.(*net.UDPAddr))
+			_, _ = up.Write(buf[:n])
+		}
+	}()
+	go func() {
+		buf := make([]byte, 64*1024)
+		dropCCS, dropFin := true, true
+		for {
+			n, err := up.Read(buf)
+			if err != nil {
+				return
+			}
+			if d := buf[:n]; n >= 13 {
+				// A DTLS record: type, version, epoch (bytes 3-4).
+				epoch := int(d[3])<<8 | int(d[4])
+				if d[0] == 20 && dropCCS {
+					dropCCS = false
+					dropped.Add(1)
+					continue
+				}
+				if d[0] == 22 && epoch == 1 && dropFin {
+					dropFin = false
+					dropped.Add(1)
+					continue
+				}
+			}
+			if a := client.Load(); a != nil {
+				_, _ = proxy.WriteTo(buf[:n], a)
+			}
+		}
+	}()
+
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if c, err := l.Accept(); err == nil {
+			accepted <- c // and not read until the client is done
+		}
+	}()
+	cli := &Config{Keystore: ks, KpsaID: testKpsa, HandshakeTimeout: 8 * time.Second}
+	defer cli.Close()
+	start := time.Now()
+	c, err := DialDTLS("udp", proxy.LocalAddr().String(), cli)
+	if err != nil {
+		t.Fatalf("client handshake, the server's last flight lost and its application not reading: %v", err)
+	}
+	defer c.Close()
+	if el := time.Since(start); el > 6*time.Second {
+		t.Fatalf("client handshake took %v", el)
+	}
+	if dropped.Load() == 0 {
+		t.Fatal("the lossy path dropped nothing")
+	}
+	var sc net.Conn
+	select {
+	case sc = <-accepted:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no peer accepted")
+	}
+	defer sc.Close()
+
+	// The server application still does not read: the listener queues at
+	// most maxQueuedRecords records and drops the rest.
+	const sent = maxQueuedRecords + 16
+	for i := 0; i < sent; i++ {
+		if _, err := c.Write([]byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Millisecond) // no loss in the socket's own buffer
+	}
+	p := sc.(*Conn).pumped
+	deadline := time.Now().Add(5 * time.Second)
+	for p.dropped.Load() < sent-maxQueuedRecords && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := p.dropped.Load(); got != sent-maxQueuedRecords {
+		t.Fatalf("dropped %d records, want %d", got, sent-maxQueuedRecords)
+	}
+	buf := make([]byte, maxRecord)
+	sc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for i := 0; i < maxQueuedRecords; i++ {
+		n, err := sc.Read(buf)
+		if err != nil || n != 1 || buf[0] != byte(i) {
+			t.Fatalf("record %d: %v %v", i, buf[:n], err)
+		}
+	}
+	// close_notify ends the server's reads with io.EOF.
+	c.Close()
+	if n, err := sc.Read(buf); n != 0 || err != io.EOF {
+		t.Fatalf("after close_notify: %d %v", n, err)
+	}
 }

@@ -130,8 +130,14 @@ func TestLowLevelHandshake(t *testing.T) {
 			defer cli.Close()
 			defer srv.Close()
 			c, s := pair(t, tr.transport, cli, srv)
+			if c.PeerKind() != PeerNone || s.PeerKind() != PeerNone {
+				t.Errorf("peer kinds before the handshake: %v %v", c.PeerKind(), s.PeerKind())
+			}
 			if err := pump(t, c, s); err != nil {
 				t.Fatal(err)
+			}
+			if s.PeerKind() != PeerCSE || c.PeerKind() != PeerCSE {
+				t.Errorf("peer kinds: server %v, client %v", s.PeerKind(), c.PeerKind())
 			}
 			if got := s.PeerID(); got != testIdA {
 				t.Errorf("server PeerID %q, want %q", got, testIdA)
@@ -212,6 +218,9 @@ func TestLowLevelCredentialID(t *testing.T) {
 	if s.PeerID() != "12-"+testKpsaCred || !s.PeerIsCredential() {
 		t.Fatalf("credential binding: %q %v", s.PeerID(), s.PeerIsCredential())
 	}
+	if s.PeerKind() != PeerCredential || c.PeerKind() != PeerCSE {
+		t.Fatalf("peer kinds: server %v, client %v", s.PeerKind(), c.PeerKind())
+	}
 	// The AE registered: its AE-ID replaces the Credential-ID, once.
 	wantCode(t, s.BindAEID("not an ae-id"), E_IDA)
 	if err := s.BindAEID("/cse-1/Cmy-ae"); err != nil {
@@ -219,6 +228,9 @@ func TestLowLevelCredentialID(t *testing.T) {
 	}
 	if s.PeerID() != "/cse-1/Cmy-ae" || s.PeerIsCredential() {
 		t.Fatalf("after BindAEID: %q %v", s.PeerID(), s.PeerIsCredential())
+	}
+	if s.PeerKind() != PeerAE {
+		t.Fatalf("after BindAEID: kind %v", s.PeerKind())
 	}
 	wantCode(t, s.BindAEID("/cse-1/Cother"), E_STATE)
 	wantCode(t, c.BindAEID("/cse-1/Cmy-ae"), E_STATE) // not Entity B
