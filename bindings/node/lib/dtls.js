@@ -158,24 +158,6 @@ class DTLSSocket extends stream.Duplex {
     if (this._established && this._assoc) this._readLoop();
   }
 
-  _onHandshake() {
-    this._established = true;
-    this.authorized = true;
-    if (this._isServer) {
-      this.emit('secure');
-      if (this.server) this.server.emit('secureConnection', this);
-    } else {
-      this.emit('connect');
-      this.emit('secureConnect');
-    }
-    for (const [chunk, cb] of this._pendingWrites.splice(0)) this._write(chunk, null, cb);
-    if (this._pendingFinal) {
-      const cb = this._pendingFinal;
-      this._pendingFinal = null;
-      this._final(cb);
-    }
-  }
-
   _readLoop() {
     for (;;) {
       // A 'data' or 'secureConnection' listener may have destroyed it.

@@ -153,6 +153,25 @@ const identity = {
     if (!this._assoc) throw pskError(addon.E_INVALID, 'the socket is closed');
     return this._assoc.export_keying_material(length, label, context === undefined ? null : context);
   },
+  // The handshake is done: the events node:tls emits, then the writes and
+  // the end() that waited for it (the same for TLS and DTLS sockets).
+  _onHandshake() {
+    this._established = true;
+    this.authorized = true;
+    if (this._isServer) {
+      this.emit('secure');
+      if (this.server) this.server.emit('secureConnection', this);
+    } else {
+      this.emit('connect');
+      this.emit('secureConnect');
+    }
+    for (const [chunk, cb] of this._pendingWrites.splice(0)) this._write(chunk, null, cb);
+    if (this._pendingFinal) {
+      const cb = this._pendingFinal;
+      this._pendingFinal = null;
+      this._final(cb);
+    }
+  },
   _ident(name) {
     try {
       return this._assoc[name]();
@@ -353,24 +372,6 @@ class PSKSocket extends stream.Duplex {
   _hold(rest) {
     this._pendingInput = rest;
     this._socket.pause();
-  }
-
-  _onHandshake() {
-    this._established = true;
-    this.authorized = true;
-    if (this._isServer) {
-      this.emit('secure');
-      if (this.server) this.server.emit('secureConnection', this);
-    } else {
-      this.emit('connect');
-      this.emit('secureConnect');
-    }
-    for (const [chunk, cb] of this._pendingWrites.splice(0)) this._write(chunk, null, cb);
-    if (this._pendingFinal) {
-      const cb = this._pendingFinal;
-      this._pendingFinal = null;
-      this._final(cb);
-    }
   }
 
   // Moves decrypted data to the readable side until it pushes back.
