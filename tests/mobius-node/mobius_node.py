@@ -28,7 +28,6 @@ overall, NODE_S for the AE script.
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,9 +36,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "gateway", "mobius"))
 import mobius_peer  # noqa: E402
-from mobius_peer import Skip, SetupError, log  # noqa: E402
+from mobius_peer import Skip, SetupError, Fail, log  # noqa: E402
 
-SKIP = 77
 DEADLINE_S = 200  # a cold run (npm install, mariadb-install-db) included
 NODE_S = 90
 KPSA_ID = "test@onem2m.com"
@@ -48,14 +46,6 @@ CREDENTIAL_ID = "12-" + KPSA_ID
 CSE_ID = mobius_peer.CSE_ID
 CSE_BASE = mobius_peer.CSE_BASE
 PATCH = os.path.join(HERE, "mobius-m2mpsk.patch")
-
-
-class Fail(Exception):
-    pass
-
-
-class Deadline(Exception):
-    pass
 
 
 def check(cond, what):
@@ -238,27 +228,7 @@ def main():
                     help="keep Mobius's scratch directory")
     args = ap.parse_args()
 
-    def on_alarm(signum, frame):
-        raise Deadline("the test's deadline (%d s) passed" % DEADLINE_S)
-
-    def on_term(signum, frame):
-        raise Deadline("stopped by signal %d" % signum)
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.signal(signal.SIGTERM, on_term)
-    signal.alarm(DEADLINE_S)
-    t0 = time.monotonic()
-    try:
-        run(args)
-    except Skip as e:
-        print("SKIP: %s" % e, file=sys.stderr)
-        return SKIP
-    except (Fail, SetupError, Deadline) as e:
-        print("FAIL: %s" % e, file=sys.stderr)
-        return 1
-    finally:
-        signal.alarm(0)
-    print("PASS (%.1f s)" % (time.monotonic() - t0), file=sys.stderr)
-    return 0
+    return mobius_peer.bounded_main(lambda: run(args), DEADLINE_S)
 
 
 if __name__ == "__main__":

@@ -58,9 +58,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import coap_msg  # noqa: E402
 import mobius_peer  # noqa: E402
-from mobius_peer import Skip, SetupError, log  # noqa: E402
+from mobius_peer import Skip, SetupError, Fail, log  # noqa: E402
 
-SKIP = 77
 DEADLINE_S = 200  # cold (npm install, mariadb-install-db) included
 STEP_S = 10.0
 KPSA_ID = "test@onem2m.com"
@@ -68,14 +67,6 @@ CREDENTIAL_ID = "12-" + KPSA_ID
 IDB = mobius_peer.CSE_ID
 CSE_BASE = mobius_peer.CSE_BASE
 APP_ID = "Nm2mpsk-gateway-test"
-
-
-class Fail(Exception):
-    pass
-
-
-class Deadline(Exception):
-    pass
 
 
 def now_ms():
@@ -753,28 +744,10 @@ def main():
     args = ap.parse_args()
     args.http_only = args.coap == "no" and not args.direct
 
-    def on_alarm(signum, frame):
-        raise Deadline("the test's deadline (%d s) passed" % DEADLINE_S)
-
-    def on_term(signum, frame):
-        raise Deadline("stopped by signal %d" % signum)
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.signal(signal.SIGTERM, on_term)
-    signal.alarm(DEADLINE_S)
-    t0 = time.monotonic()
-    try:
+    def body():
         run(args)
-    except Skip as e:
-        print("SKIP: %s" % e, file=sys.stderr)
-        return SKIP
-    except (Fail, SetupError, Deadline) as e:
-        print("FAIL: %s" % e, file=sys.stderr)
-        return 1
-    finally:
-        signal.alarm(0)
-    print("PASS (%s, %.1f s)" % ("direct" if args.direct else "gateway",
-                                 time.monotonic() - t0), file=sys.stderr)
-    return 0
+        return "direct" if args.direct else "gateway"
+    return mobius_peer.bounded_main(body, DEADLINE_S)
 
 
 if __name__ == "__main__":

@@ -80,6 +80,45 @@ class SetupError(Exception):
     """The peer should run here but did not; the message says why."""
 
 
+class Fail(Exception):
+    """A test driven against the peer found something wrong."""
+
+
+class Deadline(Exception):
+    """A test's deadline passed, or it was stopped by a signal."""
+
+
+SKIP = 77  # ctest's SKIP_RETURN_CODE for the tests that use this peer
+
+
+def bounded_main(body, deadline_s):
+    """Runs a test's body under a deadline (SIGALRM) with SIGTERM ending it
+    too, so that its teardown runs; returns its exit code: 0 (PASS, with
+    what body() returns, if anything, and the time), SKIP, or 1."""
+    def on_alarm(signum, frame):
+        raise Deadline("the test's deadline (%d s) passed" % deadline_s)
+
+    def on_term(signum, frame):
+        raise Deadline("stopped by signal %d" % signum)
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.signal(signal.SIGTERM, on_term)
+    signal.alarm(deadline_s)
+    t0 = time.monotonic()
+    try:
+        what = body()
+    except Skip as e:
+        print("SKIP: %s" % e, file=sys.stderr)
+        return SKIP
+    except (Fail, SetupError, Deadline) as e:
+        print("FAIL: %s" % e, file=sys.stderr)
+        return 1
+    finally:
+        signal.alarm(0)
+    print("PASS (%s%.1f s)" % (what + ", " if what else "",
+                               time.monotonic() - t0), file=sys.stderr)
+    return 0
+
+
 def log(msg):
     print("mobius: " + msg, file=sys.stderr, flush=True)
 
