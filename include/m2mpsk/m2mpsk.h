@@ -729,7 +729,12 @@ typedef enum m2mpsk_state {
   /** close_notify sent or received. */
   M2MPSK_STATE_CLOSED = 3,
   /** Failed; see m2mpsk_assoc_failure(). Only drain and free remain. */
-  M2MPSK_STATE_FAILED = 4
+  M2MPSK_STATE_FAILED = 4,
+  /** Since 0.4: the handshake waits for the keystore's key source to answer
+   * m2mpsk_assoc_key_request(); then call m2mpsk_assoc_resume(). Only an
+   * association whose keystore has a source (m2mpsk_keystore_set_source())
+   * ever enters it. */
+  M2MPSK_STATE_WAITING_KEY = 5
 } m2mpsk_state;
 
 /** Why an association failed. Stable values. */
@@ -1467,6 +1472,176 @@ M2MPSK_API int m2mpsk_keystore_add_derived(
     m2mpsk_keystore *ks, const char *kpsa_id, const uint8_t *ke, size_t ke_len,
     const char *enrolee_b_id, const char *ida, const char *idb,
     int64_t not_before, int64_t not_after) M2MPSK_MUST_CHECK;
+
+/* ------------------------------------------------------------------------ */
+/* Key sources (since 0.4)                                                   */
+/* ------------------------------------------------------------------------ */
+
+/**
+ * Keys that come from elsewhere. A keystore may have a key source: when an
+ * association needs a KpsaID the keystore has no record for (a responder:
+ * the psk_identity of the client's ClientKeyExchange; an initiator: its
+ * own KpsaID, at m2mpsk_assoc_start()), the keystore opens a key request
+ * for it and the association enters M2MPSK_STATE_WAITING_KEY. It consumes
+ * nothing past the identity: the client's flight waits, unread by the TLS
+ * engine, until the request is answered. The host answers with
+ * m2mpsk_key_request_supply() (the record, added to the keystore) or
+ * m2mpsk_key_request_absent(), from any thread, at any later time, and then
+ * calls m2mpsk_assoc_resume() on each association waiting for it.
+ *
+ * One request is open per KpsaID: every association that needs the same
+ * KpsaID meanwhile waits on it. The defences do not change: an absent
+ * record fails the handshake exactly as an unknown identity does (a wrong
+ * key, on the wire), failures count for the rate limits as before, and the
+ * handshake timeout covers the wait. An answer that comes after every
+ * waiting association was freed still adds (or not) the record, and is
+ * otherwise harmless.
+ *
+ * A request is reference-counted: the keystore holds one while it is open,
+ * each waiting association one, and the host one per reference it was
+ * given (m2mpsk_key_request_free()).
+ */
+typedef struct m2mpsk_key_request m2mpsk_key_request;
+
+/**
+ * Called once per new key request, synchronously on the thread whose
+ * m2mpsk_assoc_feed() or m2mpsk_assoc_start() opened it, with a new
+ * reference to `req` that the callee owns. It must not block and must not
+ * call into that association; it typically starts a lookup whose
+ * completion answers the request. No keystore lock is held.
+ */
+typedef void (*m2mpsk_key_source_fn)(void *arg, m2mpsk_key_request *req);
+
+/**
+ * Sets, replaces or removes the keystore's key source. With `fn`, each new
+ * request is handed to fn(arg, req). With `fn` NULL and `max_pending` > 0,
+ * new requests queue until the host takes them with
+ * m2mpsk_keystore_next_request(). `max_pending` bounds the requests open at
+ * once: past it, an unknown KpsaID is treated at once as one the source
+ * does not have (no request is opened). `max_pending` 0 removes the source:
+ * requests still open are answered as absent. Requests already handed out
+ * keep going to their host.
+ * Returns M2MPSK_OK or M2MPSK_E_INVALID (NULL ks; fn with max_pending 0).
+ * Thread safety: safe to call concurrently on the same keystore.
+ */
+M2MPSK_API int m2mpsk_keystore_set_source(m2mpsk_keystore *ks,
+                                          m2mpsk_key_source_fn fn, void *arg,
+                                          size_t max_pending) M2MPSK_MUST_CHECK;
+
+/**
+ * Takes the oldest queued request of a source set without a callback:
+ * *out receives a new reference (free it with m2mpsk_key_request_free()).
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL) or M2MPSK_E_AGAIN (none
+ * queued; *out is NULL).
+ * Thread safety: safe to call concurrently on the same keystore.
+ */
+M2MPSK_API int
+m2mpsk_keystore_next_request(m2mpsk_keystore *ks,
+                             m2mpsk_key_request **out) M2MPSK_MUST_CHECK;
+
+/** The KpsaID asked for (well-formed, as m2mpsk_kpsa_id_validate() checks);
+ * NULL for NULL. Borrowed from the request.
+ * Thread safety: safe from any thread. */
+M2MPSK_API const char *
+m2mpsk_key_request_kpsa_id(const m2mpsk_key_request *req);
+
+/** The SNI host name the client sent to the responder that opened the
+ * request, or NULL (none, an initiator's request, or NULL req). Borrowed.
+ * Thread safety: safe from any thread. */
+M2MPSK_API const char *
+m2mpsk_key_request_server_name(const m2mpsk_key_request *req);
+
+/** The role of the association that opened the request;
+ * M2MPSK_ROLE_RESPONDER for NULL.
+ * Thread safety: safe from any thread. */
+M2MPSK_API m2mpsk_role m2mpsk_key_request_role(const m2mpsk_key_request *req);
+
+/** 1 once the request has been answered (or its source removed), 0 while
+ * it is open, M2MPSK_E_INVALID for NULL.
+ * Thread safety: safe from any thread. */
+M2MPSK_API int
+m2mpsk_key_request_answered(const m2mpsk_key_request *req) M2MPSK_MUST_CHECK;
+
+/**
+ * Answers with the record: adds it to the keystore exactly as
+ * m2mpsk_keystore_add() would (same arguments, for the request's KpsaID),
+ * and closes the request. `key` is borrowed; the caller may wipe it on
+ * return. If a record for the KpsaID appeared meanwhile, that record wins,
+ * the request is closed all the same and M2MPSK_E_DUPLICATE is returned.
+ * On any other error the request stays open (answer again, or absent).
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL req or key, NULL idb),
+ * M2MPSK_E_STATE (already answered, or its keystore is gone), and the
+ * codes of m2mpsk_keystore_add(): M2MPSK_E_KEY_LENGTH, M2MPSK_E_IDA,
+ * M2MPSK_E_IDB, M2MPSK_E_ID_LENGTH, M2MPSK_E_VALIDITY, M2MPSK_E_DUPLICATE,
+ * M2MPSK_E_UNLOCKED or M2MPSK_E_NOMEM.
+ * Thread safety: safe from any thread.
+ */
+M2MPSK_API int m2mpsk_key_request_supply(m2mpsk_key_request *req,
+                                         const uint8_t *key, size_t key_len,
+                                         const char *ida, const char *idb,
+                                         int64_t not_before,
+                                         int64_t not_after) M2MPSK_MUST_CHECK;
+
+/**
+ * Answers that the source has no record for the KpsaID: waiting responders
+ * go on as with an unknown identity, waiting initiators fail with
+ * M2MPSK_REASON_UNKNOWN_IDENTITY.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL) or M2MPSK_E_STATE (already
+ * answered). Thread safety: safe from any thread.
+ */
+M2MPSK_API int
+m2mpsk_key_request_absent(m2mpsk_key_request *req) M2MPSK_MUST_CHECK;
+
+/** Releases one reference. NULL is a no-op. An open request the host drops
+ * without answering stays open until its waiters time out; the keystore
+ * then closes it as absent when no association waits on it any more.
+ * Thread safety: safe from any thread. */
+M2MPSK_API void m2mpsk_key_request_free(m2mpsk_key_request *req);
+
+/** The request an association in M2MPSK_STATE_WAITING_KEY waits on, else
+ * NULL. Borrowed: valid while the association waits; take a reference of
+ * your own with m2mpsk_key_request_ref() to keep it.
+ * Thread safety: one thread at a time per association; see Threads. */
+M2MPSK_API m2mpsk_key_request *
+m2mpsk_assoc_key_request(const m2mpsk_assoc *a);
+
+/** Takes one more reference to `req` and returns it (NULL for NULL).
+ * Thread safety: safe from any thread. */
+M2MPSK_API m2mpsk_key_request *m2mpsk_key_request_ref(m2mpsk_key_request *req);
+
+/**
+ * Goes on with a handshake in M2MPSK_STATE_WAITING_KEY once its request
+ * has been answered: the waiting input reaches the TLS engine (drain
+ * afterwards), or an initiator queues its ClientHello. While the request
+ * is still open it does nothing and the state stays WAITING_KEY.
+ * Returns M2MPSK_OK (check the state and drain), M2MPSK_E_INVALID (NULL),
+ * M2MPSK_E_STATE (not waiting for a key) or M2MPSK_E_FAILED (the handshake
+ * failed now: an absent record for an initiator, or what the waiting input
+ * caused; see m2mpsk_assoc_failure()).
+ * Thread safety: one thread at a time per association; see Threads.
+ */
+M2MPSK_API int m2mpsk_assoc_resume(m2mpsk_assoc *a,
+                                   uint64_t now_ms) M2MPSK_MUST_CHECK;
+
+/**
+ * Adds a record, or replaces the record already held for `kpsa_id` (an
+ * upsert, as a replicated store applies a put). Arguments and validation
+ * are m2mpsk_keystore_add()'s. If only the validity window changed, the
+ * record is updated in place and live associations using it go on (their
+ * expiry follows the new not_after). If the key or an identity changed, or
+ * the old record was revoked, the old record is removed (live associations
+ * fail closed with M2MPSK_REASON_REVOKED, as with m2mpsk_keystore_remove())
+ * and the new one added, in one step. Putting an identical record changes
+ * nothing. On any error the keystore is unchanged.
+ * Returns M2MPSK_OK and the codes of m2mpsk_keystore_add() except
+ * M2MPSK_E_DUPLICATE.
+ * Thread safety: safe to call concurrently on the same keystore.
+ */
+M2MPSK_API int m2mpsk_keystore_put(m2mpsk_keystore *ks, const char *kpsa_id,
+                                   const uint8_t *key, size_t key_len,
+                                   const char *ida, const char *idb,
+                                   int64_t not_before,
+                                   int64_t not_after) M2MPSK_MUST_CHECK;
 
 #ifdef __cplusplus
 }
