@@ -5,6 +5,8 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <poll.h>
+#include <signal.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,6 +47,11 @@ static const char k_keys_usage[] =
     "          file to etcd, N per transaction (default 128, etcd's\n"
     "          --max-txn-ops)\n"
     "  kek     --out FILE     creates a new KEK file (0600, not overwritten)\n"
+    "  sync    --kek FILE [--fail-closed S] [--for S] [--page N]\n"
+    "          runs what serve runs with --keys etcd://: loads the snapshot\n"
+    "          into a keystore, then follows the watch; prints a 'stats'\n"
+    "          line on stdout after the load and after every change, until\n"
+    "          SIGTERM or --for S seconds (for tests and measurements)\n"
     "\n"
     "  -v      say more (never key bytes)\n"
     "\n"
@@ -55,7 +62,7 @@ static const char k_keys_usage[] =
 typedef struct keys_args {
   const char *url, *kek, *id, *new_id, *idb, *ida, *nb_s, *na_s;
   const char *key_file, *out, *keys_file;
-  unsigned long generate, overlap, batch;
+  unsigned long generate, overlap, batch, fail_closed, for_s;
   int have_overlap;
 } keys_args;
 
@@ -786,6 +793,88 @@ out:
   return ex;
 }
 
+/* ---- sync: the component as serve runs it, for tests and measurements - */
+
+static int sync_pipe[2] = {-1, -1};
+
+static void sync_wake(void *arg) {
+  (void)arg;
+  char b = 'c';
+  ssize_t n = write(sync_pipe[1], &b, 1); /* full pipe: already woken */
+  (void)n;
+}
+
+static void sync_signal(int sig) {
+  (void)sig;
+  char b = 'q';
+  ssize_t n = write(sync_pipe[1], &b, 1);
+  (void)n;
+}
+
+static void print_stats(const m2mpsk_etcd_sync *s, m2mpsk_keystore *ks) {
+  m2mpsk_etcd_stats st;
+  m2mpsk_etcd_sync_stats(s, &st);
+  printf("stats revision=%" PRIu64 " records=%" PRIu64 " keystore=%zu "
+         "puts=%" PRIu64 " removals=%" PRIu64 " resyncs=%" PRIu64
+         " failovers=%" PRIu64 " fail_closed=%d snapshot_ms=%" PRIu64 "\n",
+         st.revision, st.records, m2mpsk_keystore_count(ks), st.puts,
+         st.removals, st.resyncs, st.failovers, st.fail_closed,
+         st.snapshot_ms);
+  fflush(stdout);
+}
+
+static int keys_sync(const keys_args *a) {
+  if (pipe2(sync_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
+    cli_log("pipe: %s", strerror(errno));
+    return CLI_IO;
+  }
+  signal(SIGTERM, sync_signal);
+  signal(SIGINT, sync_signal);
+  m2mpsk_keystore *ks = NULL;
+  if (m2mpsk_keystore_new(&ks, 0) != M2MPSK_OK) {
+    cli_log("cannot create a keystore");
+    return CLI_FAILED;
+  }
+  m2mpsk_etcd_options o = {.url = a->url,
+                           .kek_file = a->kek,
+                           .fail_closed_ms = (uint32_t)(a->fail_closed * 1000),
+                           .on_change = sync_wake,
+                           .page_size = a->batch};
+  m2mpsk_etcd_sync *s = NULL;
+  char err[512];
+  int rc = m2mpsk_etcd_sync_start(&s, ks, &o, err, sizeof(err));
+  if (rc != M2MPSK_OK) {
+    cli_log("%s (%s)", err, m2mpsk_strerror(rc));
+    m2mpsk_keystore_free(ks);
+    return status_exit(rc);
+  }
+  print_stats(s, ks);
+  uint64_t end = a->for_s ? cli_now_ms() + a->for_s * 1000 : 0;
+  for (;;) {
+    int wait = 1000;
+    if (end) {
+      uint64_t now = cli_now_ms();
+      if (now >= end)
+        break;
+      if (end - now < 1000)
+        wait = (int)(end - now);
+    }
+    struct pollfd p = {.fd = sync_pipe[0], .events = POLLIN};
+    if (poll(&p, 1, wait) <= 0)
+      continue;
+    char buf[64];
+    ssize_t n = read(sync_pipe[0], buf, sizeof(buf));
+    if (n > 0 && memchr(buf, 'q', (size_t)n))
+      break;
+    print_stats(s, ks);
+  }
+  uint64_t t0 = cli_now_ms();
+  m2mpsk_etcd_sync_stop(s);
+  cli_trace("keys: sync stopped in %" PRIu64 " ms", cli_now_ms() - t0);
+  m2mpsk_keystore_free(ks);
+  return CLI_OK;
+}
+
 /* ---- kek ------------------------------------------------------------------------ */
 
 static int keys_kek(const keys_args *a) {
@@ -821,6 +910,9 @@ int cli_keys(int argc, char **argv) {
       {"overlap", required_argument, NULL, 'O'},
       {"keys-file", required_argument, NULL, 'F'},
       {"batch", required_argument, NULL, 'n'},
+      {"page", required_argument, NULL, 'n'},
+      {"fail-closed", required_argument, NULL, 'C'},
+      {"for", required_argument, NULL, 'T'},
       {"verbose", no_argument, NULL, 'v'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
@@ -831,7 +923,7 @@ int cli_keys(int argc, char **argv) {
   }
   const char *sub = argv[1];
   static const char *const subs[] = {"put",    "revoke", "delete", "list",
-                                     "rotate", "import", "kek"};
+                                     "rotate", "import", "kek",    "sync"};
   size_t which = 0;
   while (which < sizeof(subs) / sizeof(subs[0]) && strcmp(sub, subs[which]))
     which++;
@@ -885,6 +977,18 @@ int cli_keys(int argc, char **argv) {
         return CLI_USAGE;
       }
       break;
+    case 'C':
+      if (cli_parse_uint(optarg, 1, 86400, &a.fail_closed)) {
+        cli_log("--fail-closed must be 1 to 86400 seconds");
+        return CLI_USAGE;
+      }
+      break;
+    case 'T':
+      if (cli_parse_uint(optarg, 0, 86400 * 365, &a.for_s)) {
+        cli_log("--for must be seconds");
+        return CLI_USAGE;
+      }
+      break;
     case 'h': fputs(k_keys_usage, stdout); return CLI_OK;
     default: fputs(k_keys_usage, stderr); return CLI_USAGE;
     }
@@ -904,6 +1008,13 @@ int cli_keys(int argc, char **argv) {
   }
   if (which == 6)
     return keys_kek(&a);
+  if (which == 7) {
+    if (a.url == NULL) {
+      cli_log("keys sync needs --etcd URL");
+      return CLI_USAGE;
+    }
+    return keys_sync(&a);
+  }
   etcd_client c;
   int ex = connect_etcd(&c, a.url);
   if (ex != CLI_OK)

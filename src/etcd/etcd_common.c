@@ -513,8 +513,8 @@ int etcd_json_int(const ej *obj, const char *field, int64_t *out) {
     return *out >= 0 ? 0 : -1;
   }
   const char *s = ej_str(v);
-  if (s == NULL || *s == '\0' || strlen(s) > 19)
-    return -1;
+  if (s == NULL || *s == '\0' || strlen(s) > 18)
+    return -1; /* revisions never come near 10^18 */
   int64_t n = 0;
   for (; *s; s++) {
     if (*s < '0' || *s > '9')

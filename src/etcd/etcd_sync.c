@@ -764,9 +764,10 @@ static int probe_good(m2mpsk_etcd_sync *s) {
   const char *why;
   ej *j = ej_parse(s->probe_resp.p ? s->probe_resp.p : "", s->probe_resp.len,
                    &why);
-  int64_t leader = 0;
-  int ok = ej_is_object(ej_get(j, "header")) &&
-           etcd_json_int(j, "leader", &leader) == 0 && leader != 0;
+  /* The leader's member ID: a 64-bit unsigned number, as a string. */
+  const char *leader = ej_str(ej_get(j, "leader"));
+  int ok = ej_is_object(ej_get(j, "header")) && leader != NULL &&
+           leader[0] != '\0' && strcmp(leader, "0") != 0;
   ej_free(j);
   return ok;
 }
