@@ -63,7 +63,7 @@ static const char k_keys_usage[] =
 typedef struct keys_args {
   const char *url, *kek, *id, *new_id, *idb, *ida, *nb_s, *na_s;
   const char *key_file, *out, *keys_file;
-  unsigned long generate, overlap, batch, fail_closed, for_s, parallel;
+  unsigned long generate, overlap, batch, fail_closed, for_s, parallel, page;
   int have_overlap;
 } keys_args;
 
@@ -967,7 +967,7 @@ static int keys_sync(const keys_args *a) {
                            .kek_file = a->kek,
                            .fail_closed_ms = (uint32_t)(a->fail_closed * 1000),
                            .on_change = sync_wake,
-                           .page_size = a->batch};
+                           .page_size = a->page};
   m2mpsk_etcd_sync *s = NULL;
   char err[512];
   int rc = m2mpsk_etcd_sync_start(&s, ks, &o, err, sizeof(err));
@@ -1038,7 +1038,7 @@ int cli_keys(int argc, char **argv) {
       {"overlap", required_argument, NULL, 'O'},
       {"keys-file", required_argument, NULL, 'F'},
       {"batch", required_argument, NULL, 'n'},
-      {"page", required_argument, NULL, 'n'},
+      {"page", required_argument, NULL, 'G'},
       {"fail-closed", required_argument, NULL, 'C'},
       {"parallel", required_argument, NULL, 'P'},
       {"for", required_argument, NULL, 'T'},
@@ -1103,6 +1103,12 @@ int cli_keys(int argc, char **argv) {
     case 'n':
       if (cli_parse_uint(optarg, 1, 100000, &a.batch)) {
         cli_log("--batch must be 1 to 100000");
+        return CLI_USAGE;
+      }
+      break;
+    case 'G':
+      if (cli_parse_uint(optarg, 1, 1000000, &a.page)) {
+        cli_log("--page must be 1 to 1000000");
         return CLI_USAGE;
       }
       break;
