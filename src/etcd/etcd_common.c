@@ -409,9 +409,7 @@ int etcd_client_init(etcd_client *c, const char *url, char *err, size_t cap) {
 void etcd_client_free(etcd_client *c) {
   if (c->curl)
     curl_easy_cleanup(c->curl);
-  if (c->h2)
-    curl_easy_cleanup(c->h2);
-  c->curl = c->h2 = NULL;
+  c->curl = NULL;
 }
 
 /* An etcd error body: {"error": "...", "code": N, "message": "..."}. */
@@ -729,52 +727,67 @@ static size_t on_grpc_header(char *data, size_t size, size_t n, void *arg) {
   return len;
 }
 
-/* One page over gRPC. M2MPSK_OK, fn's code, M2MPSK_E_PROTOCOL,
- * ETCD_COMPACTED, M2MPSK_E_CLOSED, or M2MPSK_E_UNSUPPORTED (the endpoint
- * does not speak gRPC here: use JSON). */
-static int grpc_page(etcd_client *c, const char *start, size_t start_len,
-                     const char *end, size_t end_len, size_t limit,
-                     int64_t rev, etcd_kv *kv, etcd_kv_fn fn, void *ctx,
-                     page_out *po, char *err, size_t cap) {
-  if (c->h2 == NULL && (c->h2 = curl_easy_init()) == NULL)
-    return M2MPSK_E_UNSUPPORTED;
+/* A gRPC Range call in flight. Two alternate, so that etcd prepares the
+ * next page while this process opens the records of the last one. */
+typedef struct grpc_xfer {
+  CURL *h;
+  etcd_buf resp;
+  grpc_hdr g;
+  struct curl_slist *hdr;
   uint8_t req[5 + 2 * (ETCD_KEY_MAX + 8) + 40];
-  size_t n = 5;
-  n += pb_bytes(req + n, 1, start, start_len);
-  n += pb_bytes(req + n, 2, end, end_len);
-  n += pb_varint(req + n, 3 << 3);
-  n += pb_varint(req + n, limit);
-  if (rev > 0) {
-    n += pb_varint(req + n, 4 << 3);
-    n += pb_varint(req + n, (uint64_t)rev);
-  }
-  req[0] = 0;
-  req[1] = (uint8_t)((n - 5) >> 24);
-  req[2] = (uint8_t)((n - 5) >> 16);
-  req[3] = (uint8_t)((n - 5) >> 8);
-  req[4] = (uint8_t)(n - 5);
+  size_t req_len;
   char url[160];
-  snprintf(url, sizeof(url), "%s/etcdserverpb.KV/Range", c->url.base[c->cur]);
-  CURL *h = c->h2;
-  etcd_buf resp = {.max = c->max_response};
-  grpc_hdr g = {.status = -1};
-  struct curl_slist *hdr = curl_slist_append(NULL, "Content-Type: application/grpc");
-  hdr = curl_slist_append(hdr, "TE: trailers");
+  int active, done;
+  CURLcode cc;
+} grpc_xfer;
+
+static int grpc_begin(etcd_client *c, CURLM *m, grpc_xfer *x,
+                      const char *start, size_t start_len, const char *end,
+                      size_t end_len, size_t limit, int64_t rev) {
+  if (x->h == NULL && (x->h = curl_easy_init()) == NULL)
+    return M2MPSK_E_NOMEM;
+  size_t n = 5;
+  n += pb_bytes(x->req + n, 1, start, start_len);
+  n += pb_bytes(x->req + n, 2, end, end_len);
+  n += pb_varint(x->req + n, 3 << 3);
+  n += pb_varint(x->req + n, limit);
+  if (rev > 0) {
+    n += pb_varint(x->req + n, 4 << 3);
+    n += pb_varint(x->req + n, (uint64_t)rev);
+  }
+  x->req[0] = 0;
+  x->req[1] = (uint8_t)((n - 5) >> 24);
+  x->req[2] = (uint8_t)((n - 5) >> 16);
+  x->req[3] = (uint8_t)((n - 5) >> 8);
+  x->req[4] = (uint8_t)(n - 5);
+  x->req_len = n;
+  snprintf(x->url, sizeof(x->url), "%s/etcdserverpb.KV/Range",
+           c->url.base[c->cur]);
+  x->resp.len = 0;
+  x->resp.overflow = 0;
+  x->resp.max = c->max_response;
+  memset(&x->g, 0, sizeof(x->g));
+  x->g.status = -1;
+  if (x->hdr == NULL) {
+    x->hdr = curl_slist_append(NULL, "Content-Type: application/grpc");
+    x->hdr = curl_slist_append(x->hdr, "TE: trailers");
+  }
+  CURL *h = x->h;
   curl_easy_reset(h);
-  curl_easy_setopt(h, CURLOPT_URL, url);
+  curl_easy_setopt(h, CURLOPT_URL, x->url);
   curl_easy_setopt(h, CURLOPT_HTTP_VERSION,
                    (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE);
   /* libcurl 7.88 fails the second request on a reused prior-knowledge
    * HTTP/2 connection to etcd ("Error in the HTTP2 framing layer"): one
    * connection per page, a cost lost in a page's milliseconds. */
   curl_easy_setopt(h, CURLOPT_FORBID_REUSE, 1L);
-  curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdr);
-  curl_easy_setopt(h, CURLOPT_POSTFIELDS, (const char *)req);
+  curl_easy_setopt(h, CURLOPT_HTTPHEADER, x->hdr);
+  curl_easy_setopt(h, CURLOPT_POSTFIELDS, (const char *)x->req);
   curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)n);
   curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
-  curl_easy_setopt(h, CURLOPT_WRITEDATA, &resp);
+  curl_easy_setopt(h, CURLOPT_WRITEDATA, &x->resp);
   curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_grpc_header);
-  curl_easy_setopt(h, CURLOPT_HEADERDATA, &g);
+  curl_easy_setopt(h, CURLOPT_HEADERDATA, &x->g);
   curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, c->timeout_ms);
   curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 2000L);
   curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
@@ -783,103 +796,196 @@ static int grpc_page(etcd_client *c, const char *start, size_t start_len,
   curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
   curl_easy_setopt(h, CURLOPT_XFERINFODATA, c->stop);
   curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+  x->active = 1;
+  x->done = 0;
+  curl_multi_add_handle(m, h);
+  return M2MPSK_OK;
+}
+
+/* Lets transfers in flight progress without waiting. */
+static void grpc_pump(CURLM *m, grpc_xfer *xs, size_t n) {
+  int running = 0, left = 0;
+  curl_multi_perform(m, &running);
+  CURLMsg *msg;
+  while ((msg = curl_multi_info_read(m, &left)) != NULL) {
+    if (msg->msg != CURLMSG_DONE)
+      continue;
+    for (size_t i = 0; i < n; i++) {
+      if (xs[i].active && xs[i].h == msg->easy_handle) {
+        xs[i].cc = msg->data.result;
+        xs[i].done = 1;
+      }
+    }
+  }
+}
+
+static void grpc_cancel(CURLM *m, grpc_xfer *x) {
+  if (x->active)
+    curl_multi_remove_handle(m, x->h);
+  x->active = x->done = 0;
+}
+
+/* Waits for x to end and classifies it: M2MPSK_OK (x->resp holds one
+ * message), M2MPSK_E_PROTOCOL, ETCD_COMPACTED, M2MPSK_E_CLOSED, or
+ * M2MPSK_E_UNSUPPORTED (the endpoint does not speak gRPC here). */
+static int grpc_wait(etcd_client *c, CURLM *m, grpc_xfer *xs, size_t nx,
+                     grpc_xfer *x, char *err, size_t cap) {
   uint64_t t0 = now_us();
-  CURLcode cc = curl_easy_perform(h);
+  while (!x->done) {
+    grpc_pump(m, xs, nx);
+    if (!x->done) {
+      int n = 0;
+      curl_multi_poll(m, NULL, 0, 100, &n);
+    }
+  }
   c->http_us += now_us() - t0;
-  curl_slist_free_all(hdr);
-  int rc = M2MPSK_OK;
-  if (cc == CURLE_ABORTED_BY_CALLBACK) {
+  curl_multi_remove_handle(m, x->h);
+  x->active = 0;
+  if (x->cc == CURLE_ABORTED_BY_CALLBACK) {
     say(err, cap, "stopped");
-    rc = M2MPSK_E_CLOSED;
-  } else if (cc == CURLE_WRITE_ERROR && resp.overflow) {
-    say(err, cap, "%s: the answer is larger than %zu bytes", url, resp.max);
-    rc = M2MPSK_E_PROTOCOL;
-  } else if (cc != CURLE_OK || g.status < 0) {
-    say(err, cap, "%s: %s", url,
-        cc != CURLE_OK ? curl_easy_strerror(cc) : "no grpc-status");
-    rc = M2MPSK_E_UNSUPPORTED;
-  } else if (g.status != 0) {
-    say(err, cap, "%s: etcd error: %s", url, g.message);
-    rc = strstr(g.message, "compacted") ? ETCD_COMPACTED : M2MPSK_E_PROTOCOL;
+    return M2MPSK_E_CLOSED;
   }
-  if (rc != M2MPSK_OK) {
-    etcd_buf_free(&resp);
-    return rc;
-  }
-  t0 = now_us();
-  const uint8_t *m = (const uint8_t *)resp.p;
-  size_t mlen = resp.len >= 5 ? (size_t)m[1] << 24 | (size_t)m[2] << 16 |
-                                    (size_t)m[3] << 8 | m[4]
-                              : 0;
-  if (resp.len < 5 || m[0] != 0 || mlen != resp.len - 5) {
-    say(err, cap, "%s: not one uncompressed gRPC message", url);
-    etcd_buf_free(&resp);
+  if (x->cc == CURLE_WRITE_ERROR && x->resp.overflow) {
+    say(err, cap, "%s: the answer is larger than %zu bytes", x->url,
+        x->resp.max);
     return M2MPSK_E_PROTOCOL;
   }
-  pb r = {m + 5, m + resp.len};
+  if (x->cc != CURLE_OK || x->g.status < 0) {
+    say(err, cap, "%s: %s", x->url,
+        x->cc != CURLE_OK ? curl_easy_strerror(x->cc) : "no grpc-status");
+    /* Nobody there (another endpoint may be), or someone who does not
+     * speak gRPC (the JSON gateway may). */
+    c->grpc_down = x->cc == CURLE_COULDNT_CONNECT ||
+                   x->cc == CURLE_OPERATION_TIMEDOUT;
+    return M2MPSK_E_UNSUPPORTED;
+  }
+  if (x->g.status != 0) {
+    say(err, cap, "%s: etcd error: %s", x->url, x->g.message);
+    return strstr(x->g.message, "compacted") ? ETCD_COMPACTED
+                                             : M2MPSK_E_PROTOCOL;
+  }
+  const uint8_t *p = (const uint8_t *)x->resp.p;
+  size_t mlen = x->resp.len >= 5 ? (size_t)p[1] << 24 | (size_t)p[2] << 16 |
+                                       (size_t)p[3] << 8 | p[4]
+                                 : 0;
+  if (x->resp.len < 5 || p[0] != 0 || mlen != x->resp.len - 5) {
+    say(err, cap, "%s: not one uncompressed gRPC message", x->url);
+    return M2MPSK_E_PROTOCOL;
+  }
+  return M2MPSK_OK;
+}
+
+/* The parts of a KeyValue this component reads. -1 when malformed. */
+static int pb_kv(const uint8_t *d, size_t len, const uint8_t **key,
+                 size_t *key_len, const uint8_t **val, size_t *val_len,
+                 etcd_kv *kv) {
+  pb k = {d, d + len};
   unsigned field;
   uint64_t v;
-  const uint8_t *d;
-  size_t len;
+  int got;
+  *key = *val = NULL;
+  *key_len = *val_len = 0;
+  kv->mod_revision = kv->create_revision = 0;
+  while ((got = pb_next(&k, &field, &v, &d, &len)) == 1) {
+    if (field == 1 && d) {
+      *key = d;
+      *key_len = len;
+    } else if (field == 5 && d) {
+      *val = d;
+      *val_len = len;
+    } else if (field == 2 && !d) {
+      kv->create_revision = (int64_t)v;
+    } else if (field == 3 && !d) {
+      kv->mod_revision = (int64_t)v;
+    }
+  }
+  return got < 0 || *key == NULL || *key_len > ETCD_KEY_MAX ? -1 : 0;
+}
+
+/* A first pass over a RangeResponse: the revision, `more`, the count and
+ * the last key (what the next request needs), without opening records. */
+static int grpc_scan(const grpc_xfer *x, page_out *po, char *err,
+                     size_t cap) {
+  pb r = {(const uint8_t *)x->resp.p + 5,
+          (const uint8_t *)x->resp.p + x->resp.len};
+  unsigned field;
+  uint64_t v;
+  const uint8_t *d, *last = NULL;
+  size_t len, last_len = 0;
   int got;
   memset(po, 0, sizeof(*po));
-  while (rc == M2MPSK_OK && (got = pb_next(&r, &field, &v, &d, &len)) == 1) {
-    if (field == 1 && d) { /* header */
+  while ((got = pb_next(&r, &field, &v, &d, &len)) == 1) {
+    if (field == 1 && d) {
       pb hd = {d, d + len};
       while ((got = pb_next(&hd, &field, &v, &d, &len)) == 1)
         if (field == 3 && !d)
           po->rev = (int64_t)v;
       if (got < 0)
         break;
-    } else if (field == 2 && d) { /* a KeyValue */
-      pb k = {d, d + len};
-      const uint8_t *key = NULL, *val = NULL;
-      size_t key_len = 0, val_len = 0;
-      kv->mod_revision = kv->create_revision = 0;
-      while ((got = pb_next(&k, &field, &v, &d, &len)) == 1) {
-        if (field == 1 && d) {
-          key = d;
-          key_len = len;
-        } else if (field == 5 && d) {
-          val = d;
-          val_len = len;
-        } else if (field == 2 && !d) {
-          kv->create_revision = (int64_t)v;
-        } else if (field == 3 && !d) {
-          kv->mod_revision = (int64_t)v;
-        }
-      }
-      if (got < 0 || key == NULL || key_len > ETCD_KEY_MAX)
-        break;
+    } else if (field == 2 && d) {
+      last = d;
+      last_len = len;
       po->count++;
-      memcpy(po->last, key, key_len);
-      po->last_len = key_len;
-      if (kpsa_of_key(&c->url, (const char *)key, key_len, kv->kpsa_id) !=
-          M2MPSK_OK)
-        continue;
-      if (val_len > sizeof(kv->value)) {
-        kv->value_len = SIZE_MAX; /* skipped by the caller */
-      } else {
-        if (val_len)
-          memcpy(kv->value, val, val_len);
-        kv->value_len = val_len;
-      }
-      c->parse_us += now_us() - t0;
-      rc = fn(ctx, kv);
-      t0 = now_us();
     } else if (field == 3 && !d) {
       po->more = v != 0;
     }
   }
-  c->parse_us += now_us() - t0;
-  etcd_buf_free(&resp);
-  if (rc == M2MPSK_OK && got != 0) {
-    say(err, cap, "%s: a malformed RangeResponse", url);
-    rc = M2MPSK_E_PROTOCOL;
+  if (got == 0 && last != NULL) {
+    etcd_kv kv;
+    const uint8_t *key, *val;
+    size_t key_len, val_len;
+    if (pb_kv(last, last_len, &key, &key_len, &val, &val_len, &kv) != 0)
+      got = -1;
+    else {
+      memcpy(po->last, key, key_len);
+      po->last_len = key_len;
+    }
   }
-  if (rc == M2MPSK_OK && po->rev <= 0) {
-    say(err, cap, "%s: a RangeResponse without a revision", url);
-    rc = M2MPSK_E_PROTOCOL;
+  if (got != 0) {
+    say(err, cap, "%s: a malformed RangeResponse", x->url);
+    return M2MPSK_E_PROTOCOL;
+  }
+  if (po->rev <= 0) {
+    say(err, cap, "%s: a RangeResponse without a revision", x->url);
+    return M2MPSK_E_PROTOCOL;
+  }
+  return M2MPSK_OK;
+}
+
+/* The second pass: every record to fn, letting the next page's transfer
+ * progress every few thousand. */
+static int grpc_records(etcd_client *c, CURLM *m, grpc_xfer *xs, size_t nx,
+                        const grpc_xfer *x, etcd_kv *kv, etcd_kv_fn fn,
+                        void *ctx, char *err, size_t cap) {
+  pb r = {(const uint8_t *)x->resp.p + 5,
+          (const uint8_t *)x->resp.p + x->resp.len};
+  unsigned field;
+  uint64_t v;
+  const uint8_t *d;
+  size_t len, i = 0;
+  int rc = M2MPSK_OK;
+  while (rc == M2MPSK_OK && pb_next(&r, &field, &v, &d, &len) == 1) {
+    if (field != 2 || d == NULL)
+      continue;
+    const uint8_t *key, *val;
+    size_t key_len, val_len;
+    if (pb_kv(d, len, &key, &key_len, &val, &val_len, kv) != 0) {
+      say(err, cap, "%s: a malformed KeyValue", x->url);
+      return M2MPSK_E_PROTOCOL;
+    }
+    if (++i % 4096 == 0)
+      grpc_pump(m, xs, nx);
+    if (kpsa_of_key(&c->url, (const char *)key, key_len, kv->kpsa_id) !=
+        M2MPSK_OK)
+      continue;
+    if (val_len > sizeof(kv->value)) {
+      kv->value_len = SIZE_MAX; /* skipped by the caller */
+    } else {
+      if (val_len)
+        memcpy(kv->value, val, val_len);
+      kv->value_len = val_len;
+    }
+    rc = fn(ctx, kv);
   }
   return rc;
 }
@@ -937,32 +1043,115 @@ static int json_page(etcd_client *c, const char *start, size_t start_len,
   return rc;
 }
 
-int etcd_range_all(etcd_client *c, size_t page, int64_t *revision,
-                   etcd_kv_fn fn, etcd_page_fn page_done, void *ctx,
-                   char *err, size_t cap) {
+/* The next page's first key: just past the last one (the key + "\0"). */
+static int next_start(char *start, size_t *start_len, const page_out *po,
+                      char *err, size_t cap) {
+  if (po->count == 0 || po->last_len == 0) {
+    say(err, cap, "range: 'more' with no key to continue from");
+    return M2MPSK_E_PROTOCOL;
+  }
+  memcpy(start, po->last, po->last_len);
+  start[po->last_len] = '\0';
+  *start_len = po->last_len + 1;
+  return M2MPSK_OK;
+}
+
+/* Every page over gRPC, the next one requested before this one's records
+ * are opened. M2MPSK_E_UNSUPPORTED before any record was passed on: use
+ * JSON instead. */
+static int range_grpc(etcd_client *c, size_t page, int64_t *revision,
+                      etcd_kv *kv, page_out *po, etcd_kv_fn fn,
+                      etcd_page_fn page_done, void *ctx, char *err,
+                      size_t cap) {
   char start[ETCD_KEY_MAX + 2], end[sizeof(c->url.keys_prefix)];
   size_t start_len = c->url.keys_prefix_len, end_len = start_len;
   memcpy(start, c->url.keys_prefix, start_len);
   memcpy(end, c->url.keys_prefix, end_len);
   end[end_len - 1]++; /* "/" + 1 = "0": every key under the prefix */
+  CURLM *m = curl_multi_init();
+  grpc_xfer *xs = calloc(2, sizeof(*xs));
+  int rc = m && xs ? M2MPSK_OK : M2MPSK_E_NOMEM;
   int64_t rev = *revision;
+  size_t cur = 0, pages = 0;
+  if (rc == M2MPSK_OK)
+    rc = grpc_begin(c, m, &xs[0], start, start_len, end, end_len, page, rev);
+  while (rc == M2MPSK_OK) {
+    grpc_xfer *x = &xs[cur];
+    rc = grpc_wait(c, m, xs, 2, x, err, cap);
+    if (rc == M2MPSK_E_UNSUPPORTED && pages > 0)
+      rc = M2MPSK_E_IO; /* it spoke gRPC a page ago: a failure now */
+    if (rc == M2MPSK_OK)
+      rc = grpc_scan(x, po, err, cap);
+    if (rc != M2MPSK_OK)
+      break;
+    if (rev == 0)
+      rev = po->rev;
+    int more = po->more;
+    if (more && (rc = next_start(start, &start_len, po, err, cap)) == M2MPSK_OK)
+      rc = grpc_begin(c, m, &xs[1 - cur], start, start_len, end, end_len,
+                      page, rev);
+    if (rc == M2MPSK_OK)
+      rc = grpc_records(c, m, xs, 2, x, kv, fn, ctx, err, cap);
+    if (rc == M2MPSK_OK && page_done)
+      rc = page_done(ctx);
+    pages++;
+    if (!more)
+      break;
+    cur = 1 - cur;
+  }
+  for (size_t i = 0; xs && i < 2; i++) {
+    grpc_cancel(m, &xs[i]);
+    if (xs[i].h)
+      curl_easy_cleanup(xs[i].h);
+    curl_slist_free_all(xs[i].hdr);
+    etcd_buf_free(&xs[i].resp);
+  }
+  free(xs);
+  if (m)
+    curl_multi_cleanup(m);
+  *revision = rev;
+  return rc;
+}
+
+int etcd_range_all(etcd_client *c, size_t page, int64_t *revision,
+                   etcd_kv_fn fn, etcd_page_fn page_done, void *ctx,
+                   char *err, size_t cap) {
   etcd_kv *kv = malloc(sizeof(*kv));
   page_out *po = malloc(sizeof(*po));
   int rc = kv && po ? M2MPSK_OK : M2MPSK_E_NOMEM;
-  while (rc == M2MPSK_OK) {
-    rc = M2MPSK_E_UNSUPPORTED;
-    if (!c->no_grpc) {
-      rc = grpc_page(c, start, start_len, end, end_len, page, rev, kv, fn,
-                     ctx, po, err, cap);
-      if (rc == M2MPSK_E_UNSUPPORTED) {
-        /* Not gRPC here (or not reachable): the JSON gateway, which also
-         * fails over to the other endpoints. */
-        c->no_grpc = 1;
-      }
+  for (size_t tries = 0; rc == M2MPSK_OK && !c->no_grpc; tries++) {
+    c->grpc_down = 0;
+    rc = range_grpc(c, page, revision, kv, po, fn, page_done, ctx, err, cap);
+    if (rc == M2MPSK_E_UNSUPPORTED && c->grpc_down &&
+        tries + 1 < c->url.n) {
+      c->cur = (c->cur + 1) % c->url.n;
+      c->failovers++;
+      rc = M2MPSK_OK;
+      continue;
     }
-    if (rc == M2MPSK_E_UNSUPPORTED)
-      rc = json_page(c, start, start_len, end, end_len, page, rev, kv, fn,
-                     ctx, po, err, cap);
+    if (rc == M2MPSK_E_UNSUPPORTED && c->grpc_down) {
+      say(err, cap, "no etcd endpoint answered (%s)", err);
+      rc = M2MPSK_E_IO;
+      goto done;
+    }
+    if (rc == M2MPSK_E_UNSUPPORTED) {
+      /* Not gRPC here (or this endpoint is down): the JSON gateway, which
+       * also fails over to the other endpoints. */
+      c->no_grpc = 1;
+      rc = M2MPSK_OK;
+      break;
+    }
+    goto done;
+  }
+  char start[ETCD_KEY_MAX + 2], end[sizeof(c->url.keys_prefix)];
+  size_t start_len = c->url.keys_prefix_len, end_len = start_len;
+  memcpy(start, c->url.keys_prefix, start_len);
+  memcpy(end, c->url.keys_prefix, end_len);
+  end[end_len - 1]++;
+  int64_t rev = *revision;
+  while (rc == M2MPSK_OK) {
+    rc = json_page(c, start, start_len, end, end_len, page, rev, kv, fn, ctx,
+                   po, err, cap);
     if (rc != M2MPSK_OK)
       break;
     if (rev == 0)
@@ -971,20 +1160,13 @@ int etcd_range_all(etcd_client *c, size_t page, int64_t *revision,
       break;
     if (!po->more)
       break;
-    if (po->count == 0 || po->last_len == 0) {
-      say(err, cap, "range: 'more' with no key to continue from");
-      rc = M2MPSK_E_PROTOCOL;
-      break;
-    }
-    /* The next page starts just past the last key: the key + "\0". */
-    memcpy(start, po->last, po->last_len);
-    start[po->last_len] = '\0';
-    start_len = po->last_len + 1;
+    rc = next_start(start, &start_len, po, err, cap);
   }
+  *revision = rev;
+done:
   if (kv)
     sodium_memzero(kv, sizeof(*kv));
   free(kv);
   free(po);
-  *revision = rev;
   return rc;
 }

@@ -95,8 +95,8 @@ typedef struct etcd_client {
   atomic_int *stop; /* aborts a transfer when set; may be NULL */
   uint64_t failovers;
   uint64_t http_us, parse_us; /* time spent, for the snapshot's log line */
-  void *h2;    /* the gRPC handle (HTTP/2), for range pages */
-  int no_grpc; /* 1: range pages through the JSON gateway only */
+  int no_grpc;   /* 1: range pages through the JSON gateway only */
+  int grpc_down; /* the last gRPC call found nobody listening */
 } etcd_client;
 
 uint64_t now_us(void);
