@@ -264,6 +264,7 @@ struct m2mpsk_etcd_sync {
   CURLM *multi;
 
   held_set held;
+  char good_idb[M2MPSK_ID_MAX + 1], good_ida[M2MPSK_ID_MAX + 1];
   pthread_mutex_t lock; /* stats */
   m2mpsk_etcd_stats stats;
 
@@ -331,10 +332,21 @@ static void log_change(m2mpsk_etcd_sync *s, const char *id, const char *why) {
 
 /* Checks what m2mpsk_keystore_add() would, so that a bulk load cannot fail
  * on one bad record. */
-static int record_valid(const char *id, const etcd_record *r) {
-  return m2mpsk_kpsa_id_validate(id) == M2MPSK_OK &&
-         m2mpsk_idb_validate(r->idb) == M2MPSK_OK &&
-         (r->ida[0] == '\0' || m2mpsk_ida_validate(r->ida) == M2MPSK_OK) &&
+static int record_valid(m2mpsk_etcd_sync *s, const char *id,
+                        const etcd_record *r) {
+  /* Most records of a deployment share their IdB (and often their IdA):
+   * the last good ones are remembered. */
+  int idb_ok = strcmp(r->idb, s->good_idb) == 0;
+  if (!idb_ok && m2mpsk_idb_validate(r->idb) == M2MPSK_OK) {
+    memcpy(s->good_idb, r->idb, sizeof(s->good_idb));
+    idb_ok = 1;
+  }
+  int ida_ok = r->ida[0] == '\0' || strcmp(r->ida, s->good_ida) == 0;
+  if (!ida_ok && m2mpsk_ida_validate(r->ida) == M2MPSK_OK) {
+    memcpy(s->good_ida, r->ida, sizeof(s->good_ida));
+    ida_ok = 1;
+  }
+  return idb_ok && ida_ok && m2mpsk_kpsa_id_validate(id) == M2MPSK_OK &&
          r->not_before >= 0 && r->not_after >= 0 &&
          (r->not_before == 0 || r->not_after == 0 ||
           r->not_after >= r->not_before);
@@ -382,7 +394,7 @@ static int apply_kv(m2mpsk_etcd_sync *s, const etcd_kv *kv, bulk *b,
                                     s->kek, r, why, sizeof(why));
   if (kv->value_len == SIZE_MAX)
     snprintf(why, sizeof(why), "the value is not base64");
-  if (rc == M2MPSK_OK && !r->revoked && !record_valid(kv->kpsa_id, r)) {
+  if (rc == M2MPSK_OK && !r->revoked && !record_valid(s, kv->kpsa_id, r)) {
     rc = M2MPSK_E_PROTOCOL;
     snprintf(why, sizeof(why), "an identity or the validity is invalid");
   }

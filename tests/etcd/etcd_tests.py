@@ -388,6 +388,11 @@ def usage_kek_and_unreachable_errors(tmp):
         assert r.returncode == 2, (bad, r.returncode, r.stderr)
     r = run("keys", "frobnicate")
     assert r.returncode == 2
+    r = run("keys", "--help")
+    assert r.returncode == 0 and b"usage: m2mpsk keys" in r.stdout
+    assert b"Exit codes" in r.stdout
+    r = run("--help")
+    assert b"keys" in r.stdout
     r = run("keys", "put", "--etcd", url, "--kek", k, "--kpsa-id", "x@y",
             "--idb", IDB)
     assert r.returncode == 2, r.stderr  # neither --key-file nor --generate
