@@ -49,6 +49,7 @@ static const char k_keys_usage[] =
     "          etcd's --max-txn-ops), P transactions at once (default 4)\n"
     "  kek     --out FILE     creates a new KEK file (0600, not overwritten)\n"
     "  sync    --kek FILE [--fail-closed S] [--for S] [--page N]\n"
+    "          [--max-records N]\n"
     "          runs what serve runs with --keys etcd://: loads the snapshot\n"
     "          into a keystore, then follows the watch; prints a 'stats'\n"
     "          line on stdout after the load and after every change, until\n"
@@ -63,7 +64,8 @@ static const char k_keys_usage[] =
 typedef struct keys_args {
   const char *url, *kek, *id, *new_id, *idb, *ida, *nb_s, *na_s;
   const char *key_file, *out, *keys_file;
-  unsigned long generate, overlap, batch, fail_closed, for_s, parallel, page;
+  unsigned long generate, overlap, batch, fail_closed, for_s, parallel, page,
+      max_records;
   int have_overlap;
 } keys_args;
 
@@ -967,7 +969,8 @@ static int keys_sync(const keys_args *a) {
                            .kek_file = a->kek,
                            .fail_closed_ms = (uint32_t)(a->fail_closed * 1000),
                            .on_change = sync_wake,
-                           .page_size = a->page};
+                           .page_size = a->page,
+                           .max_records = a->max_records};
   m2mpsk_etcd_sync *s = NULL;
   char err[512];
   int rc = m2mpsk_etcd_sync_start(&s, ks, &o, err, sizeof(err));
@@ -1039,6 +1042,7 @@ int cli_keys(int argc, char **argv) {
       {"keys-file", required_argument, NULL, 'F'},
       {"batch", required_argument, NULL, 'n'},
       {"page", required_argument, NULL, 'G'},
+      {"max-records", required_argument, NULL, 'M'},
       {"fail-closed", required_argument, NULL, 'C'},
       {"parallel", required_argument, NULL, 'P'},
       {"for", required_argument, NULL, 'T'},
@@ -1103,6 +1107,12 @@ int cli_keys(int argc, char **argv) {
     case 'n':
       if (cli_parse_uint(optarg, 1, 100000, &a.batch)) {
         cli_log("--batch must be 1 to 100000");
+        return CLI_USAGE;
+      }
+      break;
+    case 'M':
+      if (cli_parse_uint(optarg, 1, 1UL << 30, &a.max_records)) {
+        cli_log("--max-records must be 1 to 2^30");
         return CLI_USAGE;
       }
       break;

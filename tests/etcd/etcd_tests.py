@@ -423,6 +423,32 @@ def usage_kek_and_unreachable_errors(tmp):
 
 
 @case
+def max_records_bounds_what_a_node_holds(tmp):
+    e = Etcd(tmp)
+    try:
+        k = kek(tmp)
+        url = e.url()
+        for i in range(3):
+            put(url, k, "m%d@x.com" % i, tmp)
+        r = run("keys", "sync", "--etcd", url, "--kek", k, "--max-records",
+                "2")
+        assert r.returncode == 1, (r.returncode, r.stderr)
+        assert b"more than 2 records" in r.stderr, r.stderr
+        s = Sync(url, k, "--max-records", "3")
+        try:
+            s.wait_for(lambda st: st["records"] == "3", what="load")
+            put(url, k, "m3@x.com", tmp)
+            s.wait_log(r"skipped m3@x.com: this node holds 3 records")
+            assert s.last()["records"] == "3"
+            s.stop()
+        finally:
+            if s.proc.poll() is None:
+                s.proc.kill()
+    finally:
+        e.kill()
+
+
+@case
 def fail_closed_then_reachable_again(tmp):
     e = Etcd(tmp)
     try:
