@@ -53,6 +53,7 @@ __attribute__((format(printf, 3, 4))) static void say(char *err, size_t cap,
 typedef struct held_slot {
   char *id;
   int64_t rev;
+  uint64_t hash; /* compared first: a probe need not read the string */
 } held_slot;
 typedef struct held_set {
   held_slot *s;
@@ -63,18 +64,29 @@ static uint64_t id_hash(const char *id) {
   uint64_t h = 1469598103934665603ull;
   for (; *id; id++)
     h = (h ^ (unsigned char)*id) * 1099511628211ull;
-  return h ^ (h >> 29);
+  /* FNV-1a leaves KpsaIDs that differ in their last digits close in the
+   * low bits, which index the table: mix them (MurmurHash3's finaliser). */
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdull;
+  h ^= h >> 33;
+  h *= 0xc4ceb9fe1a85ec53ull;
+  return h ^ (h >> 33);
+}
+
+static held_slot *held_find_h(const held_set *h, const char *id,
+                              uint64_t hash) {
+  if (h->cap == 0)
+    return NULL;
+  for (size_t i = hash & (h->cap - 1);; i = (i + 1) & (h->cap - 1)) {
+    if (h->s[i].id == NULL)
+      return NULL;
+    if (h->s[i].hash == hash && strcmp(h->s[i].id, id) == 0)
+      return &h->s[i];
+  }
 }
 
 static held_slot *held_find(const held_set *h, const char *id) {
-  if (h->cap == 0)
-    return NULL;
-  for (size_t i = id_hash(id) & (h->cap - 1);; i = (i + 1) & (h->cap - 1)) {
-    if (h->s[i].id == NULL)
-      return NULL;
-    if (strcmp(h->s[i].id, id) == 0)
-      return &h->s[i];
-  }
+  return held_find_h(h, id, id_hash(id));
 }
 
 static int held_grow(held_set *h) {
@@ -85,7 +97,7 @@ static int held_grow(held_set *h) {
   for (size_t i = 0; i < h->cap; i++) {
     if (h->s[i].id == NULL)
       continue;
-    size_t j = id_hash(h->s[i].id) & (cap - 1);
+    size_t j = h->s[i].hash & (cap - 1);
     while (s[j].id != NULL)
       j = (j + 1) & (cap - 1);
     s[j] = h->s[i];
@@ -98,7 +110,8 @@ static int held_grow(held_set *h) {
 
 /* Sets id's revision, adding it if new. 0 or -1 (no memory). */
 static int held_set_rev(held_set *h, const char *id, int64_t rev) {
-  held_slot *f = held_find(h, id);
+  uint64_t hash = id_hash(id);
+  held_slot *f = held_find_h(h, id, hash);
   if (f != NULL) {
     f->rev = rev;
     return 0;
@@ -108,11 +121,12 @@ static int held_set_rev(held_set *h, const char *id, int64_t rev) {
   char *copy = strdup(id);
   if (copy == NULL)
     return -1;
-  size_t i = id_hash(id) & (h->cap - 1);
+  size_t i = hash & (h->cap - 1);
   while (h->s[i].id != NULL)
     i = (i + 1) & (h->cap - 1);
   h->s[i].id = copy;
   h->s[i].rev = rev;
+  h->s[i].hash = hash;
   h->n++;
   return 0;
 }
@@ -126,7 +140,7 @@ static void held_del(held_set *h, const char *id) {
   h->s[i].id = NULL;
   h->n--;
   for (size_t j = (i + 1) & mask; h->s[j].id != NULL; j = (j + 1) & mask) {
-    size_t home = id_hash(h->s[j].id) & mask;
+    size_t home = h->s[j].hash & mask;
     /* Move j back into the hole i when its home is not in (i, j]. */
     if ((j > i && (home <= i || home > j)) || (j < i && home <= i && home > j)) {
       h->s[i] = h->s[j];
@@ -410,7 +424,8 @@ static int apply_kv(m2mpsk_etcd_sync *s, const etcd_kv *kv, bulk *b,
     apply_removal(s, kv->kpsa_id, "revoked");
     return M2MPSK_OK;
   }
-  int held = held_find(&s->held, kv->kpsa_id) != NULL;
+  held_slot *slot = held_find(&s->held, kv->kpsa_id);
+  int held = slot != NULL;
   if (!held && s->held.n >= s->max_records) {
     sodium_memzero(r, sizeof(*r));
     cli_log("keys: skipped %s: this node holds %zu records already (the "
@@ -418,7 +433,9 @@ static int apply_kv(m2mpsk_etcd_sync *s, const etcd_kv *kv, bulk *b,
             kv->kpsa_id, s->max_records);
     return M2MPSK_OK;
   }
-  if (held_set_rev(&s->held, kv->kpsa_id, kv->mod_revision) != 0) {
+  if (held) {
+    slot->rev = kv->mod_revision;
+  } else if (held_set_rev(&s->held, kv->kpsa_id, kv->mod_revision) != 0) {
     sodium_memzero(r, sizeof(*r));
     say(err, cap, "out of memory");
     return M2MPSK_E_NOMEM;
@@ -451,6 +468,7 @@ static uint64_t cpu_us(void) {
 typedef struct snap_ctx {
   m2mpsk_etcd_sync *s;
   held_set seen;
+  int track; /* 1: the node held records before: note those seen */
   bulk b;
   size_t records;
   char *err;
@@ -466,6 +484,8 @@ static int snap_kv(void *arg, const etcd_kv *kv) {
         s->max_records);
     return M2MPSK_E_LIMIT;
   }
+  if (!c->track) /* nothing was held: every record is new */
+    return apply_kv(s, kv, &c->b, c->err, c->cap);
   held_slot *h = held_find(&s->held, kv->kpsa_id);
   if (h != NULL && h->rev == kv->mod_revision) {
     /* Unchanged since this node applied it. */
@@ -491,7 +511,7 @@ static int snapshot(m2mpsk_etcd_sync *s, char *err, size_t cap) {
   uint64_t t0 = cli_now_ms(), cpu0 = cpu_us();
   s->client.http_us = s->client.parse_us = 0;
   bulk_load_us = 0;
-  snap_ctx c = {.s = s, .err = err, .cap = cap};
+  snap_ctx c = {.s = s, .err = err, .cap = cap, .track = s->held.n > 0};
   if (bulk_open(&c.b) != 0) {
     say(err, cap, "cannot create a memory file: %s", strerror(errno));
     return M2MPSK_E_NOMEM;
@@ -518,7 +538,7 @@ static int snapshot(m2mpsk_etcd_sync *s, char *err, size_t cap) {
     /* Records bulk-staged but not loaded are not held. */
     for (size_t i = 0; i < s->held.cap; i++) {
       const char *id = s->held.s[i].id;
-      if (id != NULL && held_find(&c.seen, id) == NULL &&
+      if (id != NULL && (!c.track || held_find(&c.seen, id) == NULL) &&
           m2mpsk_keystore_lookup(s->ks, id, NULL, 0, NULL, 0, NULL, NULL,
                                  NULL) == M2MPSK_E_NOT_FOUND) {
         held_del(&s->held, id);
@@ -531,7 +551,7 @@ static int snapshot(m2mpsk_etcd_sync *s, char *err, size_t cap) {
   }
   /* Held before, absent from the snapshot: deleted meanwhile. */
   size_t gone = 0;
-  for (size_t i = 0; i < s->held.cap; i++) {
+  for (size_t i = 0; c.track && i < s->held.cap; i++) {
     const char *id = s->held.s[i].id;
     if (id == NULL || held_find(&c.seen, id) != NULL)
       continue;
