@@ -443,6 +443,11 @@ static int apply_kv(m2mpsk_etcd_sync *s, const etcd_kv *kv, bulk *b,
   if (b != NULL && !held) {
     rc = bulk_add(b, s->ks, kv->kpsa_id, r, err, cap);
     sodium_memzero(r, sizeof(*r));
+    if (rc == M2MPSK_OK && s->last_rev > 0) {
+      /* A resync: a change like any other (the first load is not). */
+      stats_update(s, count_put, NULL);
+      log_change(s, kv->kpsa_id, NULL);
+    }
     return rc;
   }
   rc = keystore_put(s->ks, kv->kpsa_id, r);
