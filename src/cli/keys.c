@@ -479,7 +479,7 @@ static int keys_list(etcd_client *c, const keys_args *a) {
   l.kek = kek;
   int64_t rev = 0;
   char err[512];
-  int rc = etcd_range_all(c, 10000, &rev, list_kv, NULL, &l, err, sizeof(err));
+  int rc = etcd_range_all(c, 50000, &rev, list_kv, NULL, &l, err, sizeof(err));
   if (kek)
     sodium_free(kek);
   if (fflush(stdout) != 0)

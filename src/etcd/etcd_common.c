@@ -401,7 +401,7 @@ int etcd_client_init(etcd_client *c, const char *url, char *err, size_t cap) {
     say(err, cap, "cannot initialise libcurl or libsodium");
     return M2MPSK_E_NOMEM;
   }
-  c->timeout_ms = 5000;
+  c->timeout_ms = 15000;
   c->max_response = ETCD_RESPONSE_MAX;
   return M2MPSK_OK;
 }
