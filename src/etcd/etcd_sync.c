@@ -291,7 +291,7 @@ struct m2mpsk_etcd_sync {
   int watch_created, watch_resync, watch_error;
   uint64_t watch_started_ms, last_ok_ms, next_probe_ms;
   int64_t last_rev;
-  size_t batch_logged, batch_changes;
+  size_t batch_logged, batch_changes, skips_logged, skips_quiet;
 };
 
 static void stats_update(m2mpsk_etcd_sync *s, void (*fn)(m2mpsk_etcd_stats *,
@@ -342,6 +342,23 @@ static void log_change(m2mpsk_etcd_sync *s, const char *id, const char *why) {
     cli_trace("keys: removed %s (%s)", id, why);
   else
     cli_trace("keys: put %s", id);
+}
+
+/* Whether to log one more skipped record in this batch or snapshot: a
+ * store full of records sealed under another KEK must not flood the log. */
+static int skip_loud(m2mpsk_etcd_sync *s) {
+  if (s->skips_logged < LOG_PER_BATCH) {
+    s->skips_logged++;
+    return 1;
+  }
+  s->skips_quiet++;
+  return 0;
+}
+
+static void skips_summary(m2mpsk_etcd_sync *s) {
+  if (s->skips_quiet > 0)
+    cli_log("keys: skipped %zu more records (not listed)", s->skips_quiet);
+  s->skips_logged = s->skips_quiet = 0;
 }
 
 /* Checks what m2mpsk_keystore_add() would, so that a bulk load cannot fail
@@ -413,7 +430,8 @@ static int apply_kv(m2mpsk_etcd_sync *s, const etcd_kv *kv, bulk *b,
     snprintf(why, sizeof(why), "an identity or the validity is invalid");
   }
   if (rc != M2MPSK_OK) {
-    cli_log("keys: skipped %s at revision %" PRId64 ": %s", kv->kpsa_id,
+    if (skip_loud(s))
+      cli_log("keys: skipped %s at revision %" PRId64 ": %s", kv->kpsa_id,
             kv->mod_revision, why);
     sodium_memzero(r, sizeof(*r));
     /* What this node held for it is no longer what etcd says. */
@@ -428,7 +446,8 @@ static int apply_kv(m2mpsk_etcd_sync *s, const etcd_kv *kv, bulk *b,
   int held = slot != NULL;
   if (!held && s->held.n >= s->max_records) {
     sodium_memzero(r, sizeof(*r));
-    cli_log("keys: skipped %s: this node holds %zu records already (the "
+    if (skip_loud(s))
+      cli_log("keys: skipped %s: this node holds %zu records already (the "
             "maximum)",
             kv->kpsa_id, s->max_records);
     return M2MPSK_OK;
@@ -454,7 +473,8 @@ static int apply_kv(m2mpsk_etcd_sync *s, const etcd_kv *kv, bulk *b,
   sodium_memzero(r, sizeof(*r));
   if (rc != M2MPSK_OK) {
     held_del(&s->held, kv->kpsa_id);
-    cli_log("keys: skipped %s: %s", kv->kpsa_id, m2mpsk_strerror(rc));
+    if (skip_loud(s))
+      cli_log("keys: skipped %s: %s", kv->kpsa_id, m2mpsk_strerror(rc));
     return M2MPSK_OK;
   }
   stats_update(s, count_put, NULL);
@@ -534,6 +554,7 @@ static int snapshot(m2mpsk_etcd_sync *s, char *err, size_t cap) {
     /* Compacted while paging: start again at the new revision. */
   }
   kek_close(s);
+  skips_summary(s);
   if (rc == M2MPSK_OK)
     rc = bulk_commit(&c.b, s->ks, err, cap);
   bulk_close(&c.b);
@@ -703,6 +724,7 @@ static int watch_line(m2mpsk_etcd_sync *s, const char *p, size_t n) {
       s->last_rev = kv->mod_revision;
   }
   kek_close(s);
+  skips_summary(s);
   sodium_memzero(kv, sizeof(*kv));
   free(kv);
   ej_free(j);

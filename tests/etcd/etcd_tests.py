@@ -375,6 +375,26 @@ def wrong_kek_or_tampered_records_are_skipped(tmp):
             for kid in ("foreign@x.com", "tampered@x.com", "garbage@x.com"):
                 line = s.wait_log(r"skipped %s at revision \d+" % kid)
                 assert "not a record" not in line
+            assert s.proc.poll() is None
+            s.stop()
+        finally:
+            if s.proc.poll() is None:
+                s.proc.kill()
+        # Many records sealed under another KEK: a bounded log.
+        kf = os.path.join(tmp, "many")
+        with open(kf, "w") as f:
+            for i in range(200):
+                f.write("kpsa-id=f%d@x.com kpsa=hex:%s idb=%s\n" %
+                        (i, os.urandom(16).hex(), IDB))
+        os.chmod(kf, 0o600)
+        r = run("keys", "import", "--etcd", url, "--kek", other, "--keys", kf)
+        assert r.returncode == 0, r.stderr
+        s = Sync(url, k)
+        try:
+            s.wait_log(r"skipped \d+ more records \(not listed\)")
+            st = s.wait_for(lambda st: "records" in st, what="load")
+            assert st["records"] == "1", st
+            assert len(s.log) < 40, len(s.log)
             s.stop()
         finally:
             if s.proc.poll() is None:
@@ -392,8 +412,9 @@ def usage_kek_and_unreachable_errors(tmp):
     for bad in ("etcd://", "etcd://127.0.0.1/m2m", "etcd://h:99999/m2m",
                 "etcd://127.0.0.1:1", "http://127.0.0.1:1/m2m",
                 "etcd://a b:1/m2m"):
-        r = run("keys", "list", "--etcd", bad)
-        assert r.returncode == 2, (bad, r.returncode, r.stderr)
+        for args in (["list"], ["sync", "--kek", k]):
+            r = run("keys", *args, "--etcd", bad)
+            assert r.returncode == 2, (bad, args, r.returncode, r.stderr)
     r = run("keys", "frobnicate")
     assert r.returncode == 2
     r = run("keys", "--help")
@@ -447,7 +468,8 @@ def max_records_bounds_what_a_node_holds(tmp):
             s.wait_for(lambda st: st["records"] == "3", what="load")
             put(url, k, "m3@x.com", tmp)
             s.wait_log(r"skipped m3@x.com: this node holds 3 records")
-            assert s.last()["records"] == "3"
+            st = s.wait_for(lambda st: "records" in st, what="stats")
+            assert st["records"] == "3", st
             s.stop()
         finally:
             if s.proc.poll() is None:
