@@ -24,6 +24,15 @@ __attribute__((format(printf, 3, 4))) static void say(char *err, size_t cap,
   va_start(ap, fmt);
   vsnprintf(err, cap, fmt, ap);
   va_end(ap);
+  /* Reasons may quote what a server said: no control bytes to a log or
+   * a terminal. */
+  etcd_printable(err);
+}
+
+void etcd_printable(char *s) {
+  for (; *s; s++)
+    if ((unsigned char)*s < 0x20 || *s == 0x7f)
+      *s = '?';
 }
 
 int m2mpsk_etcd_is_url(const char *spec) {

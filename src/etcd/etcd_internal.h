@@ -37,6 +37,9 @@ typedef struct etcd_url {
   size_t keys_prefix_len;
 } etcd_url;
 
+/* Replaces control bytes in s (a server's words, about to be logged). */
+void etcd_printable(char *s);
+
 /* Parses "etcd://HOST:PORT[,HOST:PORT...]/PREFIX". M2MPSK_OK or
  * M2MPSK_E_INVALID with the reason in err. */
 int etcd_url_parse(const char *url, etcd_url *out, char *err, size_t cap);

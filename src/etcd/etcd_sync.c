@@ -634,8 +634,10 @@ static int watch_line(m2mpsk_etcd_sync *s, const char *p, size_t n) {
   if (j == NULL || !ej_is_object(res)) {
     if (ej_get(j, "error") != NULL) {
       const char *m = ej_str(ej_get(ej_get(j, "error"), "message"));
-      cli_log("keys: the watch ended with an etcd error: %.200s",
-              m ? m : "no reason given");
+      char msg[201];
+      snprintf(msg, sizeof(msg), "%s", m ? m : "no reason given");
+      etcd_printable(msg);
+      cli_log("keys: the watch ended with an etcd error: %s", msg);
     } else {
       cli_log("keys: %s: malformed watch response (%s): %s", s->watch_url,
               m2mpsk_strerror(M2MPSK_E_PROTOCOL), j ? "no result object" : why);

@@ -662,6 +662,7 @@ def malformed_range_answers_are_protocol_errors(tmp):
         b'{"header": {"revision": "5"}, "kvs": [{"key": "!!"}]}',
         b'{"header": {"revision": "5"}, "more": true, "kvs": []}',
         b'{"error": "etcdserver: something", "code": 2}',
+        b'{"error": "a \\u001b[31mred\\u0007 message", "code": 2}',
         b'{"header": {"revision": "5"}}' + b" " * (65 << 20),  # oversized
     ]
     for answer in answers:
@@ -673,6 +674,8 @@ def malformed_range_answers_are_protocol_errors(tmp):
                 assert r.returncode == 1, (answer[:60], args, r.returncode,
                                            r.stderr)
                 assert r.stderr.strip(), answer[:60]
+                assert not any(c < 0x20 and c != 0x0a for c in r.stderr), \
+                    r.stderr
                 assert len(r.stderr) < 2000, r.stderr[:200]
         finally:
             f.close()
