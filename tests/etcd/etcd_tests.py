@@ -336,6 +336,18 @@ def import_then_sync_loads_and_follows(tmp):
         finally:
             if s.proc.poll() is None:
                 s.proc.kill()
+        # A transaction larger than etcd allows (--max-txn-ops, 128 by
+        # default) is etcd's refusal (1), named.
+        big = os.path.join(tmp, "big")
+        with open(big, "w") as f:
+            for i in range(130):
+                f.write("kpsa-id=t%d@x.com kpsa=hex:%s idb=%s\n" %
+                        (i, os.urandom(16).hex(), IDB))
+        os.chmod(big, 0o600)
+        r = run("keys", "import", "--etcd", url, "--kek", k, "--keys", big,
+                "--batch", "130")
+        assert r.returncode == 1, (r.returncode, r.stderr)
+        assert b"too many operations" in r.stderr, r.stderr
         # A malformed key file is refused whole, naming the line (3).
         with open(kf, "a") as f:
             f.write("kpsa-id=bad kpsa=hex:zz idb=%s\n" % IDB)
