@@ -1052,6 +1052,14 @@ static int next_start(char *start, size_t *start_len, const page_out *po,
     say(err, cap, "range: 'more' with no key to continue from");
     return M2MPSK_E_PROTOCOL;
   }
+  /* Each page must end past where it began: a server that keeps answering
+   * the same page must not keep this loop going. */
+  size_t common = po->last_len < *start_len ? po->last_len : *start_len;
+  int cmp = memcmp(po->last, start, common);
+  if (cmp < 0 || (cmp == 0 && po->last_len < *start_len)) {
+    say(err, cap, "range: a page ends before it starts");
+    return M2MPSK_E_PROTOCOL;
+  }
   memcpy(start, po->last, po->last_len);
   start[po->last_len] = '\0';
   *start_len = po->last_len + 1;

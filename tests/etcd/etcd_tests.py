@@ -673,6 +673,9 @@ def malformed_range_answers_are_protocol_errors(tmp):
         b'{"header": {"revision": "5"}, "kvs": [{"value": "AA=="}]}',
         b'{"header": {"revision": "5"}, "kvs": [{"key": "!!"}]}',
         b'{"header": {"revision": "5"}, "more": true, "kvs": []}',
+        # The same page for ever: "more", and a key before the start.
+        b'{"header": {"revision": "5"}, "more": true, "kvs": '
+        b'[{"key": "L20ybS9rZXlzL2E=", "value": ""}]}',
         b'{"error": "etcdserver: something", "code": 2}',
         b'{"error": "a \\u001b[31mred\\u0007 message", "code": 2}',
         b'{"header": {"revision": "5"}}' + b" " * (65 << 20),  # oversized
