@@ -1415,8 +1415,14 @@ void gw_coap_worker_keys_changed(gw_worker *w) {
     while (p != NULL) {
       peer *next = p->next; /* p may be freed */
       if (m2mpsk_assoc_state(p->a) == M2MPSK_STATE_ESTABLISHED &&
-          m2mpsk_assoc_handle_timeout(p->a, now) == M2MPSK_E_FAILED)
-        (void)peer_process(p); /* sends the alert, logs, frees */
+          m2mpsk_assoc_handle_timeout(p->a, now) == M2MPSK_E_FAILED) {
+        /* Logged here: a failed association no longer names its peer's
+         * identity, which peer_process() looks for. */
+        gw_log("coap failure peer=%s reason=%s detail=\"%s\"", p->name,
+               m2mpsk_reason_name(m2mpsk_assoc_failure(p->a)),
+               m2mpsk_assoc_failure_detail(p->a));
+        (void)peer_process(p); /* sends the alert, frees */
+      }
       p = next;
     }
   }

@@ -928,10 +928,10 @@ def ended_within(env, srv, conn, sub, kpsa_id):
         raise AssertionError("the association outlived `keys %s` by 5 s; "
                              "server log: %r" % (sub, srv.lines[mark:]))
     dt = time.monotonic() - t0
+    # The client's own account varies by engine: BoringSSL sends
+    # access_denied; OpenSSL, once encrypting, can only send close_notify
+    # (src/tls/openssl.c). The server says why.
     wait_log(srv, r"failure peer=\S+ reason=revoked", start=mark)
-    err = conn.proc.stderr.read().decode()
-    assert "revoked" in err or "access" in err or conn.proc.returncode != 0, \
-        (conn.proc.returncode, err)
     return dt
 
 
