@@ -94,9 +94,14 @@ typedef struct cli_keys_opts {
   void (*on_change)(void *arg);
   void *arg;
 } cli_keys_opts;
-/* CLI_OK, or CLI_USAGE / CLI_IO with the reason logged. */
+/* CLI_OK, or CLI_USAGE / CLI_IO with the reason logged. A URL in a build
+ * without etcd support is CLI_USAGE, said so. */
 int cli_keys_open(const cli_keys_opts *o, m2mpsk_keystore **ks,
                   struct m2mpsk_etcd_sync **sync);
+/* 1 when `spec` is an etcd URL (in any build). */
+int cli_keys_is_url(const char *spec);
+/* Stops the sync thread and frees it; NULL is a no-op. */
+void cli_keys_close(struct m2mpsk_etcd_sync *sync);
 
 int cli_keygen(int argc, char **argv);
 int cli_import(int argc, char **argv);

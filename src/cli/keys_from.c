@@ -6,11 +6,35 @@
 #include "../etcd/etcd_keys.h"
 #include "cli.h"
 
+/* M2MPSK_ETCD is 0 when CMake left the component out (no libcurl or
+ * json-c): then only this file knows, and says so. */
+#if !defined(M2MPSK_ETCD) || M2MPSK_ETCD
+#define HAVE_ETCD 1
+#else
+#define HAVE_ETCD 0
+#endif
+
+int cli_keys_is_url(const char *spec) {
+#if HAVE_ETCD
+  return m2mpsk_etcd_is_url(spec);
+#else
+  return spec != NULL && strncmp(spec, "etcd://", 7) == 0;
+#endif
+}
+
+void cli_keys_close(m2mpsk_etcd_sync *sync) {
+#if HAVE_ETCD
+  m2mpsk_etcd_sync_stop(sync);
+#else
+  (void)sync;
+#endif
+}
+
 int cli_keys_open(const cli_keys_opts *o, m2mpsk_keystore **ks,
                   m2mpsk_etcd_sync **sync) {
   *ks = NULL;
   *sync = NULL;
-  if (!m2mpsk_etcd_is_url(o->spec)) {
+  if (!cli_keys_is_url(o->spec)) {
     if (o->kek != NULL || o->fail_closed_s != 0) {
       cli_log("--kek and --etcd-fail-closed go with --keys etcd://...");
       return CLI_USAGE;
@@ -22,6 +46,12 @@ int cli_keys_open(const cli_keys_opts *o, m2mpsk_keystore **ks,
     cli_log("--keys %s needs --kek FILE (the key-encryption key)", o->spec);
     return CLI_USAGE;
   }
+#if !HAVE_ETCD
+  cli_log("--keys %s: this m2mpsk was built without etcd support (it "
+          "needs libcurl and json-c)",
+          o->spec);
+  return CLI_USAGE;
+#else
   int rc = m2mpsk_keystore_new(ks, 0);
   if (rc != M2MPSK_OK) {
     cli_log("cannot create a keystore: %s", m2mpsk_strerror(rc));
@@ -54,4 +84,5 @@ int cli_keys_open(const cli_keys_opts *o, m2mpsk_keystore **ks,
     cli_log("warning: key memory is not locked (RLIMIT_MEMLOCK); keys may "
             "be swapped out");
   return CLI_OK;
+#endif
 }

@@ -14,7 +14,6 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#include "../etcd/etcd_keys.h"
 #include "cli.h"
 
 static const char k_serve_usage[] =
@@ -780,8 +779,8 @@ int cli_serve(int argc, char **argv) {
   }
   /* With etcd, the snapshot is loaded (and the watch running) before the
    * listener opens: the first handshake already sees every key. */
-  m2mpsk_etcd_sync *sync = NULL;
-  if (m2mpsk_etcd_is_url(keys) &&
+  struct m2mpsk_etcd_sync *sync = NULL;
+  if (cli_keys_is_url(keys) &&
       (s.keys_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0) {
     cli_log("eventfd: %s", strerror(errno));
     m2mpsk_config_free(s.cfg);
@@ -819,7 +818,7 @@ int cli_serve(int argc, char **argv) {
   }
   /* The thread goes before the keystore it writes to and the descriptor
    * it wakes. */
-  m2mpsk_etcd_sync_stop(sync);
+  cli_keys_close(sync);
   if (s.keys_fd >= 0)
     close(s.keys_fd);
   for (size_t i = 0; i < s.n; i++)

@@ -16,7 +16,6 @@
 #include <signal.h>
 #include <sys/resource.h>
 
-#include "../etcd/etcd_keys.h"
 #include "cli.h"
 #include "gw.h"
 
@@ -820,7 +819,7 @@ int gw_main(int argc, char **argv) {
     goto out;
   }
   char why[512];
-  if (m2mpsk_etcd_is_url(o->keys)) {
+  if (cli_keys_is_url(o->keys)) {
     /* The snapshot is loaded before any listener opens. The etcd thread
      * starts with the signals blocked: they are the main loop's. */
     cli_keys_opts ko = {.spec = o->keys,
@@ -949,7 +948,7 @@ int gw_main(int argc, char **argv) {
 out:
   /* The etcd thread goes before the events it wakes and the keystore it
    * writes to. */
-  m2mpsk_etcd_sync_stop(gw->sync);
+  cli_keys_close(gw->sync);
   gw->sync = NULL;
   atomic_store(&gw->keys_wake, 0);
   if (gw->workers != NULL) {
