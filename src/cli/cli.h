@@ -107,5 +107,7 @@ int cli_keygen(int argc, char **argv);
 int cli_import(int argc, char **argv);
 int cli_serve(int argc, char **argv);
 int cli_connect(int argc, char **argv);
+/* m2mpsk keys (src/cli/keys.c; only when built with etcd support). */
+int cli_keys(int argc, char **argv);
 
 #endif
