@@ -72,7 +72,7 @@ int cli_keys_open(const cli_keys_opts *o, m2mpsk_keystore **ks,
     /* A build without the component, or a URL it refuses, is a usage
      * error; an etcd that cannot be reached or a bad KEK file is I/O. */
     return rc == M2MPSK_E_UNSUPPORTED || rc == M2MPSK_E_INVALID ? CLI_USAGE
-                                                                 : CLI_IO;
+                                                                : CLI_IO;
   }
   /* The component itself logged "keys: N records from etcd at revision R
    * in T ms", the line the cluster tests and operators read. */
