@@ -447,7 +447,27 @@ int m2mpsk_assoc_on_server_name(m2mpsk_assoc *a, const char *host) {
 static HOT int record_still_good(m2mpsk_assoc *a) {
   const char *why = NULL;
   m2mpsk_reason r = M2MPSK_REASON_NONE;
-  if (!a->bound) {
+  uint64_t gen = m2mpsk_keystore_generation(a->ks);
+  if (gen != a->checked_gen && a->have_kpsa_id) {
+    /* Something was removed, revoked or put. A put that changed only the
+     * validity window keeps the serial: follow its new not_after. */
+    m2mpsk_record_view v;
+    if (m2mpsk_keystore_fetch_hashed(a->ks, a->kpsa_id, a->kpsa_hash, &v, NULL,
+                                     NULL) == M2MPSK_OK &&
+        v.serial == a->serial && !v.revoked) {
+      a->not_before = v.not_before;
+      a->not_after = v.not_after;
+      a->checked_gen = gen;
+    } else if (a->bound) {
+      r = M2MPSK_REASON_REVOKED;
+      why = "record for KpsaID %s was revoked or removed during the "
+            "association";
+    }
+    /* Before binding, the key handover judges a removed record. */
+  }
+  if (r != M2MPSK_REASON_NONE) {
+    /* why is set */
+  } else if (!a->bound) {
     /* Before binding, the key handover checks the record; what only time
      * changes is also checked here, so that a handshake ends at the
      * record's expiry (the deadline next_timeout reports) like a live
@@ -462,20 +482,7 @@ static HOT int record_still_good(m2mpsk_assoc *a) {
     r = M2MPSK_REASON_EXPIRED;
     why = "record for KpsaID %s expired during the association";
   } else {
-    uint64_t gen = m2mpsk_keystore_generation(a->ks);
-    if (gen == a->checked_gen)
-      return 1;
-    m2mpsk_record_view v;
-    if (m2mpsk_keystore_fetch_hashed(a->ks, a->kpsa_id, a->kpsa_hash, &v, NULL,
-                                     NULL) != M2MPSK_OK ||
-        v.serial != a->serial || v.revoked) {
-      r = M2MPSK_REASON_REVOKED;
-      why = "record for KpsaID %s was revoked or removed during the "
-            "association";
-    } else {
-      a->checked_gen = gen;
-      return 1;
-    }
+    return 1;
   }
   char msg[192];
   format1(msg, sizeof(msg), why, a->kpsa_id);

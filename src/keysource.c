@@ -54,10 +54,3 @@ int m2mpsk_assoc_resume(m2mpsk_assoc *a, uint64_t now_ms) {
   (void)a, (void)now_ms;
   return M2MPSK_E_UNSUPPORTED;
 }
-int m2mpsk_keystore_put(m2mpsk_keystore *ks, const char *kpsa_id,
-                        const uint8_t *key, size_t key_len, const char *ida,
-                        const char *idb, int64_t nb, int64_t na) {
-  (void)ks, (void)kpsa_id, (void)key, (void)key_len, (void)ida, (void)idb,
-      (void)nb, (void)na;
-  return M2MPSK_E_UNSUPPORTED;
-}
