@@ -123,6 +123,11 @@ struct m2mpsk_keystore {
   atomic_size_t unlocked_slabs;
   int bulk;           /* a staging keystore, see bulk_close() */
   uint32_t open_slab; /* the arena a staging keystore keeps writable */
+  /* The key source and its open requests (keysource.c): src_mu guards
+   * src; has_source is read without it, once per responder handshake. */
+  pthread_mutex_t src_mu;
+  struct m2mpsk_key_sources *src;
+  atomic_int has_source;
   char pad_[CACHE_LINE];
   atomic_size_t refs; /* changed by every association's new and free */
   char pad2_[CACHE_LINE];
@@ -612,6 +617,12 @@ static int keystore_create(m2mpsk_keystore **out, unsigned flags,
     memcpy(ks->hash_key, hash_key, sizeof(ks->hash_key));
   else
     crypto_shorthash_keygen(ks->hash_key);
+  if (pthread_mutex_init(&ks->src_mu, NULL) != 0) {
+    for (uint32_t i = 0; i < ks->nstripes; i++)
+      pthread_rwlock_destroy(&ks->locks[i].rw);
+    goto fail;
+  }
+  atomic_init(&ks->has_source, 0);
   atomic_init(&ks->refs, 1);
   atomic_init(&ks->count, 0);
   atomic_init(&ks->key_memory, 0);
@@ -651,6 +662,12 @@ int m2mpsk_keystore_new_staging(const m2mpsk_keystore *like,
 }
 
 static void keystore_destroy(m2mpsk_keystore *ks) {
+  /* Open requests outlive their keystore only as answered, detached ones:
+   * a request holds no reference to it (no cycle), so this is where they
+   * learn that it is gone. */
+  m2mpsk_key_sources_destroy(ks->src);
+  ks->src = NULL;
+  pthread_mutex_destroy(&ks->src_mu);
   for (size_t i = 0; i < ks->nbuckets; i++) {
     ks_record *r = ks->buckets[i];
     while (r != NULL) {
@@ -674,6 +691,31 @@ static void keystore_destroy(m2mpsk_keystore *ks) {
 void m2mpsk_keystore_ref(m2mpsk_keystore *ks) {
   if (ks != NULL)
     atomic_fetch_add_explicit(&ks->refs, 1, memory_order_relaxed);
+}
+
+int m2mpsk_keystore_try_ref(m2mpsk_keystore *ks) {
+  size_t n = atomic_load(&ks->refs);
+  while (n != 0) {
+    if (atomic_compare_exchange_weak(&ks->refs, &n, n + 1))
+      return 1;
+  }
+  return 0;
+}
+
+pthread_mutex_t *m2mpsk_keystore_src_mu(m2mpsk_keystore *ks) {
+  return &ks->src_mu;
+}
+
+struct m2mpsk_key_sources **m2mpsk_keystore_src(m2mpsk_keystore *ks) {
+  return &ks->src;
+}
+
+int m2mpsk_keystore_has_source(const m2mpsk_keystore *ks) {
+  return atomic_load_explicit(&ks->has_source, memory_order_relaxed);
+}
+
+void m2mpsk_keystore_set_has_source(m2mpsk_keystore *ks, int on) {
+  atomic_store(&ks->has_source, on);
 }
 
 void m2mpsk_keystore_free(m2mpsk_keystore *ks) {
