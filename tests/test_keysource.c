@@ -963,3 +963,132 @@ Test(keysource, revoked_record_is_not_asked_for) {
   cr_assert_eq(atomic_load(&rec.calls), 0);
   m2mt_pair_free(&p);
 }
+
+/* ---- identities the responder cannot read early -------------------------- */
+
+/* Runs a TLS pair (record only at the initiator, source at the responder)
+ * up to the client's second flight, lets `rewrite` change that flight, and
+ * feeds it to the responder. Returns the responder's source calls. */
+static int second_flight(m2mt_pair *p, recorder *rec,
+                         size_t (*rewrite)(uint8_t *buf, size_t n,
+                                           size_t cap)) {
+  pair_init(p, M2MPSK_ENGINE_AUTO, 1, 0);
+  cr_assert_eq(m2mpsk_keystore_set_source(p->ks_b, record_fn, rec, 4),
+               M2MPSK_OK);
+  pair_new(p, M2MPSK_TRANSPORT_TLS);
+  m2mt_pair_start(p, NOW0, UNIX0);
+  cr_assert_gt(m2mt_transfer(p->a, p->b, NULL, NOW0), 0); /* ClientHello */
+  cr_assert_gt(m2mt_transfer(p->b, p->a, NULL, NOW0), 0); /* ServerHello.. */
+  static uint8_t buf[8192];
+  size_t n = 0, got;
+  while (m2mpsk_assoc_drain(p->a, buf + n, sizeof(buf) - n, &got) ==
+         M2MPSK_OK)
+    n += got;
+  cr_assert_gt(n, 5);
+  cr_assert_eq(buf[0], 22, "the flight starts with the ClientKeyExchange");
+  n = rewrite(buf, n, sizeof(buf));
+  int rc = m2mpsk_assoc_feed(p->b, buf, n, NOW0);
+  cr_assert(rc == M2MPSK_OK || rc == M2MPSK_E_FAILED, "%s",
+            m2mpsk_strerror(rc));
+  return atomic_load(&rec->calls);
+}
+
+/* The ClientKeyExchange record split after its first 5 bytes (handshake
+ * header and one byte of the identity's length). */
+static size_t split_cke(uint8_t *buf, size_t n, size_t cap) {
+  size_t rlen = (size_t)buf[3] << 8 | buf[4];
+  cr_assert_lt(n + 5, cap);
+  memmove(buf + 5 + 5 + 5, buf + 5 + 5, n - 10);
+  /* First record: 5 body bytes. Second: the rest, own header. */
+  buf[3] = 0;
+  buf[4] = 5;
+  uint8_t *h2 = buf + 10;
+  h2[0] = 22;
+  h2[1] = buf[1];
+  h2[2] = buf[2];
+  h2[3] = (uint8_t)((rlen - 5) >> 8);
+  h2[4] = (uint8_t)(rlen - 5);
+  return n + 5;
+}
+
+Test(keysource, split_identity_is_left_to_the_engine) {
+  m2mt_pair p;
+  recorder rec = {0};
+  cr_assert_eq(second_flight(&p, &rec, split_cke), 0, "no request");
+  cr_assert_neq(m2mpsk_assoc_state(p.b), M2MPSK_STATE_WAITING_KEY);
+  uint64_t now = NOW0;
+  run_to_end(&p, &now, NULL);
+  cr_assert_eq(m2mpsk_assoc_failure(p.b), M2MPSK_REASON_UNKNOWN_IDENTITY,
+               "%s", m2mpsk_assoc_failure_detail(p.b));
+  recorder_free(&rec);
+  m2mt_pair_free(&p);
+}
+
+/* The identity's '@' replaced by a control character: malformed. */
+static size_t garble_identity(uint8_t *buf, size_t n, size_t cap) {
+  (void)cap;
+  size_t id_len = (size_t)buf[9] << 8 | buf[10];
+  uint8_t *at = memchr(buf + 11, '@', id_len);
+  cr_assert_not_null(at);
+  *at = 0x01;
+  return n;
+}
+
+Test(keysource, malformed_identity_is_not_asked_for) {
+  m2mt_pair p;
+  recorder rec = {0};
+  cr_assert_eq(second_flight(&p, &rec, garble_identity), 0, "no request");
+  cr_assert_neq(m2mpsk_assoc_state(p.b), M2MPSK_STATE_WAITING_KEY);
+  uint64_t now = NOW0;
+  run_to_end(&p, &now, NULL);
+  cr_assert_eq(m2mpsk_assoc_failure(p.b), M2MPSK_REASON_UNKNOWN_IDENTITY);
+  recorder_free(&rec);
+  m2mt_pair_free(&p);
+}
+
+static size_t unchanged(uint8_t *buf, size_t n, size_t cap) {
+  (void)buf, (void)cap;
+  return n;
+}
+
+/* The same flight unchanged is read: the control for the two above. */
+Test(keysource, whole_identity_is_asked_for) {
+  m2mt_pair p;
+  recorder rec = {0};
+  cr_assert_eq(second_flight(&p, &rec, unchanged), 1);
+  cr_assert(waiting(p.b));
+  recorder_free(&rec);
+  m2mt_pair_free(&p);
+}
+
+/* A KpsaID that the rate limiter blocks is refused as before, without
+ * asking the source. */
+Test(keysource, rate_limited_identity_is_not_asked_for) {
+  m2mt_pair p;
+  pair_init(&p, M2MPSK_ENGINE_AUTO, 1, 0);
+  cr_assert_eq(m2mpsk_config_set_rate_limit(p.cfg_b, M2MPSK_RATE_KPSA_ID, 1,
+                                            60000, 60000, 60000),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_set_source(p.ks_b, NULL, NULL, 4), M2MPSK_OK);
+  pair_new(&p, M2MPSK_TRANSPORT_TLS);
+  m2mt_pair_start(&p, NOW0, UNIX0);
+  uint64_t now = NOW0;
+  run_to_end(&p, &now, NULL);
+  cr_assert(waiting(p.b));
+  /* The wait times out: one failure for this KpsaID, which blocks it. */
+  cr_assert_eq(m2mpsk_assoc_handle_timeout(p.b, NOW0 + TIMEOUT_MS),
+               M2MPSK_E_FAILED);
+  m2mpsk_key_request *q = NULL;
+  cr_assert_eq(m2mpsk_keystore_next_request(p.ks_b, &q), M2MPSK_OK);
+  m2mpsk_key_request_free(q);
+  m2mpsk_assoc_free(p.a);
+  m2mpsk_assoc_free(p.b);
+  pair_new(&p, M2MPSK_TRANSPORT_TLS);
+  now = NOW0 + TIMEOUT_MS + 1;
+  m2mt_pair_start(&p, now, UNIX0);
+  run_to_end(&p, &now, NULL);
+  cr_assert_eq(m2mpsk_assoc_failure(p.b), M2MPSK_REASON_RATE_LIMITED);
+  cr_assert_eq(m2mpsk_keystore_next_request(p.ks_b, &q), M2MPSK_E_AGAIN,
+               "not asked for");
+  m2mt_pair_free(&p);
+}
