@@ -197,9 +197,9 @@ Test(alloc, put_set_source_and_supply_refuse_cleanly_without_memory) {
 #endif
   m2mpsk_keystore *ks = NULL;
   cr_assert_eq(m2mpsk_keystore_new(&ks, 0), M2MPSK_OK);
-  cr_assert_eq(m2mpsk_keystore_add(ks, M2MT_KPSA_ID, m2mt_key, 32, NULL,
-                                   M2MT_IDB, 0, 0),
-               M2MPSK_OK);
+  cr_assert_eq(
+      m2mpsk_keystore_add(ks, M2MT_KPSA_ID, m2mt_key, 32, NULL, M2MT_IDB, 0, 0),
+      M2MPSK_OK);
   /* put: a replacement needs its record; nothing changes without it. */
   int rc = M2MPSK_E_NOMEM;
   long nomem = 0;
@@ -239,8 +239,8 @@ Test(alloc, put_set_source_and_supply_refuse_cleanly_without_memory) {
   m2mpsk_assoc *a = NULL;
   m2mpsk_config *cfg = NULL;
   cr_assert_eq(m2mpsk_config_new(&cfg), M2MPSK_OK);
-  cr_assert_eq(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR,
-                                M2MPSK_TRANSPORT_TLS, cfg, ks, "new@b.c"),
+  cr_assert_eq(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR, M2MPSK_TRANSPORT_TLS,
+                                cfg, ks, "new@b.c"),
                M2MPSK_OK);
   cr_assert_eq(m2mpsk_assoc_start(a, 0, 0), M2MPSK_OK);
   cr_assert_eq(m2mpsk_assoc_state(a), M2MPSK_STATE_WAITING_KEY);

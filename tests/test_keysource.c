@@ -42,13 +42,13 @@ static void record_fn(void *arg, m2mpsk_key_request *req) {
   int i = atomic_fetch_add(&r->calls, 1);
   if (r->ks != NULL) {
     /* No keystore lock is held: these would deadlock otherwise. */
-    r->lookup_rc = m2mpsk_keystore_lookup(r->ks, M2MT_KPSA_ID, NULL, 0, NULL,
-                                          0, NULL, NULL, NULL);
+    r->lookup_rc = m2mpsk_keystore_lookup(r->ks, M2MT_KPSA_ID, NULL, 0, NULL, 0,
+                                          NULL, NULL, NULL);
   }
   if (r->answer_now) {
-    cr_assert_eq(m2mpsk_key_request_supply(req, m2mt_key, 32, M2MT_IDA,
-                                           M2MT_IDB, 0, 0),
-                 M2MPSK_OK);
+    cr_assert_eq(
+        m2mpsk_key_request_supply(req, m2mt_key, 32, M2MT_IDA, M2MT_IDB, 0, 0),
+        M2MPSK_OK);
   }
   if (i < 16)
     r->reqs[i] = req;
@@ -184,8 +184,7 @@ ParameterizedTest(ks_param *c, keysource, responder_waits_then_supply) {
   cr_assert_str_eq(m2mpsk_key_request_kpsa_id(req), M2MT_KPSA_ID);
   cr_assert_eq(m2mpsk_key_request_role(req), M2MPSK_ROLE_RESPONDER);
   char host[256];
-  cr_assert_eq(m2mpsk_idb_server_name(M2MT_IDB, host, sizeof(host)),
-               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_idb_server_name(M2MT_IDB, host, sizeof(host)), M2MPSK_OK);
   cr_assert_str_eq(m2mpsk_key_request_server_name(req), host);
   cr_assert_eq(m2mpsk_key_request_answered(req), 0);
   /* Still open: resume does nothing. Nothing new to send meanwhile. */
@@ -199,9 +198,9 @@ ParameterizedTest(ks_param *c, keysource, responder_waits_then_supply) {
   cr_assert_eq(m2mpsk_assoc_next_timeout(p.b, &d), M2MPSK_OK);
   cr_assert_eq(d, NOW0 + TIMEOUT_MS, "the handshake deadline covers the wait");
 
-  cr_assert_eq(m2mpsk_key_request_supply(req, m2mt_key, 32, M2MT_IDA, M2MT_IDB,
-                                         0, 0),
-               M2MPSK_OK);
+  cr_assert_eq(
+      m2mpsk_key_request_supply(req, m2mt_key, 32, M2MT_IDA, M2MT_IDB, 0, 0),
+      M2MPSK_OK);
   cr_assert_eq(m2mpsk_key_request_answered(req), 1);
   cr_assert_eq(m2mpsk_keystore_count(p.ks_b), 1);
   cr_assert_eq(m2mpsk_assoc_resume(p.b, now), M2MPSK_OK);
@@ -277,8 +276,7 @@ static void run_to_end(m2mt_pair *p, uint64_t *now, wire_log *w) {
       return; /* for the test to answer */
     m2mpsk_state sa = m2mpsk_assoc_state(p->a), sb = m2mpsk_assoc_state(p->b);
     if ((sa == M2MPSK_STATE_FAILED || sa == M2MPSK_STATE_ESTABLISHED) &&
-        (sb == M2MPSK_STATE_FAILED || sb == M2MPSK_STATE_ESTABLISHED) &&
-        !moved)
+        (sb == M2MPSK_STATE_FAILED || sb == M2MPSK_STATE_ESTABLISHED) && !moved)
       return;
     if (!moved) {
       uint64_t d;
@@ -331,8 +329,7 @@ ParameterizedTest(ks_param *c, keysource, absent_fails_like_a_wrong_key) {
                m2mpsk_reason_name(m2mpsk_assoc_failure(p.a)),
                m2mpsk_reason_name(wrong_key_a));
   if (c->t == M2MPSK_TRANSPORT_TLS)
-    cr_assert_str_eq(al.s, wl.s, "server flights differ: %s vs %s", al.s,
-                     wl.s);
+    cr_assert_str_eq(al.s, wl.s, "server flights differ: %s vs %s", al.s, wl.s);
   m2mpsk_key_request_free(req);
   m2mt_pair_free(&p);
   m2mt_pair_free(&w);
@@ -377,9 +374,9 @@ ParameterizedTest(ks_param *c, keysource, initiator_waits_then_supply) {
   uint64_t d;
   cr_assert_eq(m2mpsk_assoc_next_timeout(p.a, &d), M2MPSK_OK);
   cr_assert_eq(d, NOW0 + TIMEOUT_MS);
-  cr_assert_eq(m2mpsk_key_request_supply(req, m2mt_key, 32, M2MT_IDA, M2MT_IDB,
-                                         0, 0),
-               M2MPSK_OK);
+  cr_assert_eq(
+      m2mpsk_key_request_supply(req, m2mt_key, 32, M2MT_IDA, M2MT_IDB, 0, 0),
+      M2MPSK_OK);
   uint64_t now = NOW0 + 10;
   cr_assert_eq(m2mpsk_assoc_resume(p.a, now), M2MPSK_OK);
   cr_assert_eq(m2mpsk_assoc_state(p.a), M2MPSK_STATE_HANDSHAKING);
@@ -449,8 +446,7 @@ Test(keysource, many_associations_share_one_request) {
     cr_assert_eq(m2mpsk_assoc_start(bs[i], NOW0, UNIX0), M2MPSK_OK);
     cr_assert_eq(m2mpsk_assoc_start(as[i], NOW0, UNIX0), M2MPSK_OK);
     pump(as[i], bs[i], NULL, NOW0);
-    cr_assert(waiting(bs[i]), "%d: %s", i,
-              m2mpsk_assoc_failure_detail(bs[i]));
+    cr_assert(waiting(bs[i]), "%d: %s", i, m2mpsk_assoc_failure_detail(bs[i]));
   }
   /* One call, one request, although max_pending is 1. */
   cr_assert_eq(atomic_load(&rec.calls), 1);
@@ -558,9 +554,9 @@ Test(keysource, max_pending_treats_the_rest_as_absent) {
   cr_assert_eq(m2mpsk_keystore_new(&ks, 0), M2MPSK_OK);
   cr_assert_eq(m2mpsk_keystore_set_source(ks, NULL, NULL, 2), M2MPSK_OK);
   m2mpsk_key_request *r1 = NULL, *r2 = NULL, *r3 = NULL, *j = NULL;
-  cr_assert_eq(m2mpsk_keystore_request_key(ks, "a@b.c", M2MPSK_ROLE_RESPONDER,
-                                           "h", &r1),
-               M2MPSK_KEYREQ_WAIT);
+  cr_assert_eq(
+      m2mpsk_keystore_request_key(ks, "a@b.c", M2MPSK_ROLE_RESPONDER, "h", &r1),
+      M2MPSK_KEYREQ_WAIT);
   cr_assert_eq(m2mpsk_keystore_request_key(ks, "b@b.c", M2MPSK_ROLE_RESPONDER,
                                            NULL, &r2),
                M2MPSK_KEYREQ_WAIT);
@@ -570,9 +566,9 @@ Test(keysource, max_pending_treats_the_rest_as_absent) {
                M2MPSK_KEYREQ_NONE);
   cr_assert_null(r3);
   /* ...but an open one can still be joined. */
-  cr_assert_eq(m2mpsk_keystore_request_key(ks, "a@b.c", M2MPSK_ROLE_RESPONDER,
-                                           NULL, &j),
-               M2MPSK_KEYREQ_WAIT);
+  cr_assert_eq(
+      m2mpsk_keystore_request_key(ks, "a@b.c", M2MPSK_ROLE_RESPONDER, NULL, &j),
+      M2MPSK_KEYREQ_WAIT);
   cr_assert_eq(j, r1);
   /* Queue order. */
   m2mpsk_key_request *q = NULL;
@@ -592,9 +588,9 @@ Test(keysource, max_pending_treats_the_rest_as_absent) {
                M2MPSK_KEYREQ_WAIT);
   /* A record present: no request. */
   m2mpsk_key_request *none = NULL;
-  cr_assert_eq(m2mpsk_keystore_add(ks, "d@b.c", m2mt_key, 32, NULL, M2MT_IDB,
-                                   0, 0),
-               M2MPSK_OK);
+  cr_assert_eq(
+      m2mpsk_keystore_add(ks, "d@b.c", m2mt_key, 32, NULL, M2MT_IDB, 0, 0),
+      M2MPSK_OK);
   cr_assert_eq(m2mpsk_keystore_request_key(ks, "d@b.c", M2MPSK_ROLE_RESPONDER,
                                            NULL, &none),
                M2MPSK_KEYREQ_PRESENT);
@@ -644,18 +640,20 @@ Test(keysource, removing_the_source_answers_absent) {
   m2mt_pair_start(&p, NOW0, UNIX0);
   pump(p.a, p.b, NULL, NOW0);
   cr_assert(waiting(p.b));
-  m2mpsk_key_request *req = m2mpsk_key_request_ref(m2mpsk_assoc_key_request(p.b));
+  m2mpsk_key_request *req =
+      m2mpsk_key_request_ref(m2mpsk_assoc_key_request(p.b));
   cr_assert_eq(m2mpsk_keystore_set_source(p.ks_b, NULL, NULL, 0), M2MPSK_OK);
   cr_assert_eq(m2mpsk_key_request_answered(req), 1);
   /* The queue went with the source. */
   m2mpsk_key_request *q = NULL;
   cr_assert_eq(m2mpsk_keystore_next_request(p.ks_b, &q), M2MPSK_E_AGAIN);
-  cr_assert_eq(m2mpsk_key_request_supply(req, m2mt_key, 32, NULL, M2MT_IDB, 0,
-                                         0),
-               M2MPSK_E_STATE);
+  cr_assert_eq(
+      m2mpsk_key_request_supply(req, m2mt_key, 32, NULL, M2MT_IDB, 0, 0),
+      M2MPSK_E_STATE);
   uint64_t now = NOW0;
   int rc = m2mpsk_assoc_resume(p.b, now);
-  cr_assert(rc == M2MPSK_OK || rc == M2MPSK_E_FAILED, "%s", m2mpsk_strerror(rc));
+  cr_assert(rc == M2MPSK_OK || rc == M2MPSK_E_FAILED, "%s",
+            m2mpsk_strerror(rc));
   run_to_end(&p, &now, NULL);
   cr_assert_eq(m2mpsk_assoc_failure(p.b), M2MPSK_REASON_UNKNOWN_IDENTITY);
   m2mpsk_key_request_free(req);
@@ -769,9 +767,9 @@ Test(keysource, keystore_destruction_detaches_requests) {
   cr_assert_eq(m2mpsk_keystore_next_request(p.ks_b, &req), M2MPSK_OK);
   m2mt_pair_free(&p); /* the last keystore references go */
   cr_assert_eq(m2mpsk_key_request_answered(req), 1);
-  cr_assert_eq(m2mpsk_key_request_supply(req, m2mt_key, 32, NULL, M2MT_IDB, 0,
-                                         0),
-               M2MPSK_E_STATE);
+  cr_assert_eq(
+      m2mpsk_key_request_supply(req, m2mt_key, 32, NULL, M2MT_IDB, 0, 0),
+      M2MPSK_E_STATE);
   cr_assert_eq(m2mpsk_key_request_absent(req), M2MPSK_E_STATE);
   cr_assert_str_eq(m2mpsk_key_request_kpsa_id(req), M2MT_KPSA_ID);
   m2mpsk_key_request_free(req);
@@ -782,8 +780,8 @@ static void *answer_later(void *arg) {
   m2mpsk_key_request *req = arg;
   struct timespec ts = {0, 20 * 1000 * 1000};
   nanosleep(&ts, NULL);
-  int rc = m2mpsk_key_request_supply(req, m2mt_key, 32, M2MT_IDA, M2MT_IDB, 0,
-                                     0);
+  int rc =
+      m2mpsk_key_request_supply(req, m2mt_key, 32, M2MT_IDA, M2MT_IDB, 0, 0);
   m2mpsk_key_request_free(req);
   return (void *)(intptr_t)rc;
 }
@@ -839,9 +837,9 @@ Test(keysource_api, null_and_bad_arguments) {
   cr_assert_null(m2mpsk_key_request_server_name(NULL));
   cr_assert_eq(m2mpsk_key_request_role(NULL), M2MPSK_ROLE_RESPONDER);
   cr_assert_eq(m2mpsk_key_request_answered(NULL), M2MPSK_E_INVALID);
-  cr_assert_eq(m2mpsk_key_request_supply(NULL, m2mt_key, 32, NULL, M2MT_IDB, 0,
-                                         0),
-               M2MPSK_E_INVALID);
+  cr_assert_eq(
+      m2mpsk_key_request_supply(NULL, m2mt_key, 32, NULL, M2MT_IDB, 0, 0),
+      M2MPSK_E_INVALID);
   cr_assert_eq(m2mpsk_key_request_absent(NULL), M2MPSK_E_INVALID);
   cr_assert_null(m2mpsk_key_request_ref(NULL));
   m2mpsk_key_request_free(NULL);
@@ -893,9 +891,9 @@ Test(keysource_api, supply_errors_leave_the_request_open) {
   cr_assert_eq(m2mpsk_keystore_add(ks, M2MT_KPSA_ID, m2mt_other_key, 32, NULL,
                                    M2MT_IDB, 0, 0),
                M2MPSK_OK);
-  cr_assert_eq(m2mpsk_key_request_supply(req, m2mt_key, 32, NULL, M2MT_IDB, 0,
-                                         0),
-               M2MPSK_E_DUPLICATE);
+  cr_assert_eq(
+      m2mpsk_key_request_supply(req, m2mt_key, 32, NULL, M2MT_IDB, 0, 0),
+      M2MPSK_E_DUPLICATE);
   cr_assert_eq(m2mpsk_key_request_answered(req), 1);
   uint8_t got[M2MPSK_KEY_MAX];
   size_t got_len = 0;
@@ -903,9 +901,9 @@ Test(keysource_api, supply_errors_leave_the_request_open) {
                M2MPSK_OK);
   cr_assert_arr_eq(got, m2mt_other_key, 32);
   /* Answered: every answer is E_STATE now. */
-  cr_assert_eq(m2mpsk_key_request_supply(req, m2mt_key, 32, NULL, M2MT_IDB, 0,
-                                         0),
-               M2MPSK_E_STATE);
+  cr_assert_eq(
+      m2mpsk_key_request_supply(req, m2mt_key, 32, NULL, M2MT_IDB, 0, 0),
+      M2MPSK_E_STATE);
   cr_assert_eq(m2mpsk_key_request_absent(req), M2MPSK_E_STATE);
   m2mpsk_key_request_free(req);
   m2mpsk_key_request_free(w);
@@ -982,8 +980,7 @@ static int second_flight(m2mt_pair *p, recorder *rec,
   cr_assert_gt(m2mt_transfer(p->b, p->a, NULL, NOW0), 0); /* ServerHello.. */
   static uint8_t buf[8192];
   size_t n = 0, got;
-  while (m2mpsk_assoc_drain(p->a, buf + n, sizeof(buf) - n, &got) ==
-         M2MPSK_OK)
+  while (m2mpsk_assoc_drain(p->a, buf + n, sizeof(buf) - n, &got) == M2MPSK_OK)
     n += got;
   cr_assert_gt(n, 5);
   cr_assert_eq(buf[0], 22, "the flight starts with the ClientKeyExchange");
@@ -1019,8 +1016,8 @@ Test(keysource, split_identity_is_left_to_the_engine) {
   cr_assert_neq(m2mpsk_assoc_state(p.b), M2MPSK_STATE_WAITING_KEY);
   uint64_t now = NOW0;
   run_to_end(&p, &now, NULL);
-  cr_assert_eq(m2mpsk_assoc_failure(p.b), M2MPSK_REASON_UNKNOWN_IDENTITY,
-               "%s", m2mpsk_assoc_failure_detail(p.b));
+  cr_assert_eq(m2mpsk_assoc_failure(p.b), M2MPSK_REASON_UNKNOWN_IDENTITY, "%s",
+               m2mpsk_assoc_failure_detail(p.b));
   recorder_free(&rec);
   m2mt_pair_free(&p);
 }

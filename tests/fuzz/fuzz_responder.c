@@ -33,8 +33,8 @@ static m2mpsk_keystore *source_ks(void) {
   static m2mpsk_keystore *ks;
   if (ks == NULL) {
     fz_check(m2mpsk_keystore_new(&ks, 0) == M2MPSK_OK, "keystore_new");
-    fz_check(m2mpsk_keystore_add(ks, FZ_KPSA_ID, fz_key, sizeof(fz_key),
-                                 FZ_IDA, FZ_IDB, 0, 0) == M2MPSK_OK,
+    fz_check(m2mpsk_keystore_add(ks, FZ_KPSA_ID, fz_key, sizeof(fz_key), FZ_IDA,
+                                 FZ_IDB, 0, 0) == M2MPSK_OK,
              "keystore_add");
     fz_check(m2mpsk_keystore_set_source(ks, NULL, NULL, 4) == M2MPSK_OK,
              "set_source");
@@ -44,8 +44,8 @@ static m2mpsk_keystore *source_ks(void) {
 
 /* Answers what the input made the keystore ask for, resumes, and leaves
  * the keystore as it was (no supplied record survives the run). */
-static void answer_and_resume(m2mpsk_assoc *b, m2mpsk_keystore *ks,
-                              int supply, uint64_t *now) {
+static void answer_and_resume(m2mpsk_assoc *b, m2mpsk_keystore *ks, int supply,
+                              uint64_t *now) {
   char supplied[M2MPSK_KPSA_ID_MAX + 1] = "";
   m2mpsk_key_request *req = NULL;
   while (m2mpsk_keystore_next_request(ks, &req) == M2MPSK_OK) {
@@ -89,8 +89,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   m2mpsk_assoc *b = NULL;
   m2mpsk_keystore *ks = (opts & 16) ? source_ks() : fz_responder_ks();
   fz_check(m2mpsk_assoc_new(&b, M2MPSK_ROLE_RESPONDER, FZ_TRANSPORT,
-                            fz_responder_cfg(opts & 1), ks,
-                            NULL) == M2MPSK_OK,
+                            fz_responder_cfg(opts & 1), ks, NULL) == M2MPSK_OK,
            "assoc_new");
   if (FZ_TRANSPORT == M2MPSK_TRANSPORT_DTLS && (opts & 8))
     fz_check(m2mpsk_assoc_set_mtu(b, M2MPSK_MTU_MIN) == M2MPSK_OK, "set_mtu");

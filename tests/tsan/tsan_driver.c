@@ -1090,8 +1090,8 @@ static void *ksrc_answerer(void *p) {
         CHECK(m2mpsk_key_request_absent(req) == M2MPSK_OK, "absent %s", id);
         atomic_fetch_add(&w->absent, 1);
       } else {
-        int rc = m2mpsk_key_request_supply(req, key, sizeof(key), IDA, IDB, 0,
-                                           0);
+        int rc =
+            m2mpsk_key_request_supply(req, key, sizeof(key), IDA, IDB, 0, 0);
         CHECK(rc == M2MPSK_OK, "supply %s: %s", id, m2mpsk_strerror(rc));
         atomic_fetch_add(&w->supplied, 1);
       }
@@ -1113,8 +1113,8 @@ static void *ksrc_worker(void *p) {
   CHECK(m2mpsk_keystore_new(&ks_a, 0) == M2MPSK_OK, "keystore_new");
   for (unsigned i = 0; i < w->iterations; i++) {
     unsigned kind = i % 4; /* 0, 1: supplied; 2: absent; 3: freed early */
-    m2mpsk_transport t = (i / 4) % 2 ? M2MPSK_TRANSPORT_DTLS
-                                     : M2MPSK_TRANSPORT_TLS;
+    m2mpsk_transport t =
+        (i / 4) % 2 ? M2MPSK_TRANSPORT_DTLS : M2MPSK_TRANSPORT_TLS;
     char id[64];
     snprintf(id, sizeof(id), "w%d-%u-%c@onem2m.com", arg->id, i,
              kind == 2 ? 'x' : 's');
@@ -1131,8 +1131,8 @@ static void *ksrc_worker(void *p) {
     uint64_t now = NOW0;
     CHECK(m2mpsk_assoc_start(b, now, UNIX0) == M2MPSK_OK, "start b");
     CHECK(m2mpsk_assoc_start(a, now, UNIX0) == M2MPSK_OK, "start a");
-    for (int step = 0; step < 50 && m2mpsk_assoc_state(b) ==
-                                        M2MPSK_STATE_HANDSHAKING;
+    for (int step = 0;
+         step < 50 && m2mpsk_assoc_state(b) == M2MPSK_STATE_HANDSHAKING;
          step++) {
       if (pump(a, b, now) + pump(b, a, now) == 0)
         break;
@@ -1244,8 +1244,8 @@ static void scenario_keysource(unsigned scale) {
     CHECK(m2mpsk_config_new(&cfg) == M2MPSK_OK, "config_new");
     CHECK(m2mpsk_keystore_set_source(ks, NULL, NULL, 4) == M2MPSK_OK, "src");
     m2mpsk_assoc *a = NULL;
-    CHECK(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR, M2MPSK_TRANSPORT_TLS,
-                           cfg, ks, "late@onem2m.com") == M2MPSK_OK,
+    CHECK(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR, M2MPSK_TRANSPORT_TLS, cfg,
+                           ks, "late@onem2m.com") == M2MPSK_OK,
           "initiator");
     CHECK(m2mpsk_assoc_start(a, NOW0, UNIX0) == M2MPSK_OK, "start");
     ksrc_detach d = {0};
