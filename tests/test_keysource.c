@@ -1090,3 +1090,69 @@ Test(keysource, rate_limited_identity_is_not_asked_for) {
                "not asked for");
   m2mt_pair_free(&p);
 }
+
+/* An initiator whose source cannot take its request (removed since
+ * creation, or full) fails at start, sending nothing. */
+Test(keysource, initiator_start_without_room_fails_unknown_identity) {
+  for (int removed = 0; removed < 2; removed++) {
+    m2mt_pair p;
+    pair_init(&p, M2MPSK_ENGINE_AUTO, 0, 1);
+    recorder rec = {0};
+    cr_assert_eq(m2mpsk_keystore_set_source(p.ks_a, record_fn, &rec, 1),
+                 M2MPSK_OK);
+    pair_new(&p, M2MPSK_TRANSPORT_TLS);
+    m2mpsk_assoc *other = NULL;
+    if (removed) {
+      cr_assert_eq(m2mpsk_keystore_set_source(p.ks_a, NULL, NULL, 0),
+                   M2MPSK_OK);
+    } else {
+      /* Another initiator's request fills max_pending (1). */
+      cr_assert_eq(m2mpsk_assoc_new(&other, M2MPSK_ROLE_INITIATOR,
+                                    M2MPSK_TRANSPORT_TLS, p.cfg_a, p.ks_a,
+                                    OTHER_ID),
+                   M2MPSK_OK);
+      cr_assert_eq(m2mpsk_assoc_start(other, NOW0, UNIX0), M2MPSK_OK);
+      cr_assert(waiting(other));
+    }
+    cr_assert_eq(m2mpsk_assoc_start(p.a, NOW0, UNIX0), M2MPSK_E_FAILED);
+    cr_assert_eq(m2mpsk_assoc_failure(p.a), M2MPSK_REASON_UNKNOWN_IDENTITY);
+    cr_assert_eq(m2mpsk_assoc_pending(p.a), 0);
+    cr_assert_eq(atomic_load(&rec.calls), removed ? 0 : 1);
+    m2mpsk_assoc_free(other);
+    recorder_free(&rec);
+    m2mt_pair_free(&p);
+  }
+}
+
+/* SA2: the roles reversed, a responder that is Entity A waits and binds
+ * IdB once the record comes. */
+Test(keysource, roles_reversed_responder_waits) {
+  m2mt_pair p;
+  pair_init(&p, M2MPSK_ENGINE_AUTO, 1, 0);
+  m2mpsk_config_free(p.cfg_a);
+  m2mpsk_config_free(p.cfg_b);
+  cr_assert_eq(m2mpsk_config_new(&p.cfg_a), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_config_new(&p.cfg_b), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_config_set_roles_reversed(p.cfg_a, 1), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_config_set_roles_reversed(p.cfg_b, 1), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_set_source(p.ks_b, NULL, NULL, 4), M2MPSK_OK);
+  pair_new(&p, M2MPSK_TRANSPORT_TLS);
+  m2mt_pair_start(&p, NOW0, UNIX0);
+  uint64_t now = NOW0;
+  pump(p.a, p.b, NULL, now);
+  cr_assert(waiting(p.b));
+  m2mpsk_key_request *req = NULL;
+  cr_assert_eq(m2mpsk_keystore_next_request(p.ks_b, &req), M2MPSK_OK);
+  cr_assert_null(m2mpsk_key_request_server_name(req), "no SNI in SA2");
+  cr_assert_eq(
+      m2mpsk_key_request_supply(req, m2mt_key, 32, M2MT_IDA, M2MT_IDB, 0, 0),
+      M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_resume(p.b, now), M2MPSK_OK);
+  finish(&p, &now);
+  cr_assert_eq(m2mpsk_assoc_state(p.b), M2MPSK_STATE_ESTABLISHED, "%s",
+               m2mpsk_assoc_failure_detail(p.b));
+  cr_assert_str_eq(m2mpsk_assoc_peer_id(p.b), M2MT_IDB);
+  cr_assert_str_eq(m2mpsk_assoc_peer_id(p.a), M2MT_IDA);
+  m2mpsk_key_request_free(req);
+  m2mt_pair_free(&p);
+}
