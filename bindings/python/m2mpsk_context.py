@@ -1046,5 +1046,5 @@ def _set_key_source(ks, source, max_pending):
         raise _invalid("source must be callable: (kpsa_id, server_name) -> KeyRecord | None")
     if max_pending is None or max_pending < 1:
         raise _invalid("max_pending must be positive")
+    ks.set_source_queue(max_pending)  # first: a closed keystore raises here
     ks._key_source = _KeySource(source)
-    ks.set_source_queue(max_pending)
