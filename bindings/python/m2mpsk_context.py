@@ -213,12 +213,19 @@ class Context:
         side = self.server_side if server_side is None else bool(server_side)
         obj = PSKObject(self, incoming, outgoing, side, kpsa_id,
                         None if side else server_hostname)
-        # asyncio's SSL protocol calls wrap_bio() from its __init__; a
-        # handshake that waits for a key has it call do_handshake() again
-        # once the key source answers (no bytes from the peer will).
-        caller = _sys._getframe(1).f_locals.get("self")
-        if type(caller).__name__ == "SSLProtocol" and hasattr(caller, "_do_handshake"):
-            obj._protocol = _weakref.ref(caller)
+        # asyncio's SSL protocol calls wrap_bio() from its __init__ (a
+        # subclass's wrap_bio() may come between): a handshake that waits
+        # for a key has it call do_handshake() again once the key source
+        # answers, since no bytes from the peer will.
+        f = _sys._getframe(1)
+        for _ in range(4):
+            if f is None:
+                break
+            caller = f.f_locals.get("self")
+            if type(caller).__name__ == "SSLProtocol" and hasattr(caller, "_do_handshake"):
+                obj._protocol = _weakref.ref(caller)
+                break
+            f = f.f_back
         return obj
 
 
