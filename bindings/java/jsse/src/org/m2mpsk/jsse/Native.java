@@ -277,8 +277,14 @@ final class Native implements AutoCloseable {
       throw convert(e, true);
     }
     if (req == null) return null;
-    CompletableFuture<Void> answered = keystore.whenAnswered(req);
     long deadline = a.nextTimeout(); // the handshake deadline covers the wait
+    if (req.answered() || (deadline >= 0 && now() >= deadline)) {
+      // Nothing to wait for: the engine's next call goes on (or times the
+      // handshake out), so a loop running tasks until there are none ends.
+      req.close();
+      return null;
+    }
+    CompletableFuture<Void> answered = keystore.whenAnswered(req);
     return () -> {
       try {
         long wait = deadline < 0 ? Long.MAX_VALUE : Math.max(0, deadline - now()) + 1;
