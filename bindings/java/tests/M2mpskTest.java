@@ -1720,4 +1720,47 @@ public class M2mpskTest {
       a.close();
     }
   }
+
+  @Test
+  public void aBlockingSourceRunsOnTheExecutor() throws Exception {
+    java.util.concurrent.ExecutorService pool = java.util.concurrent.Executors.newSingleThreadExecutor();
+    List<String> threads = java.util.Collections.synchronizedList(new ArrayList<>());
+    try (Keystore ks = new Keystore(); Keystore ka = keystore(); Config cfg = new Config()) {
+      cfg.addLocalId(IDB);
+      ks.setKeySource((id, sni) -> {
+        threads.add(Thread.currentThread().getName());
+        try {
+          Thread.sleep(20); // a blocking lookup
+        } catch (InterruptedException e) {
+          Thread.currentThread().interrupt();
+        }
+        return CompletableFuture.completedFuture(new KeyRecord(KEY.clone(), null, IDB));
+      }, 4, pool);
+      Association a = initiator(ka, KPSA_ID);
+      Association b = responder(cfg, ks);
+      pump(a, b);
+      awaitKey(ks, b);
+      pump(a, b);
+      assertEquals(M2mpsk.STATE_ESTABLISHED, b.state());
+      assertEquals(1, threads.size());
+      assertFalse(threads.get(0).equals(Thread.currentThread().getName()));
+      a.close();
+      b.close();
+      ks.setKeySource(null, 0); // removed: an unknown KpsaID fails at once
+      Association c = responder(cfg, ks);
+      Association d = initiator(keystoreWith("gone@onem2m.com"), "gone@onem2m.com");
+      pump(d, c);
+      assertEquals(M2mpsk.STATE_FAILED, c.state());
+      c.close();
+      d.close();
+    } finally {
+      pool.shutdownNow();
+    }
+  }
+
+  static Keystore keystoreWith(String id) throws Exception {
+    Keystore k = new Keystore();
+    k.add(id, KEY, null, IDB);
+    return k;
+  }
 }
