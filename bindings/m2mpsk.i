@@ -5,7 +5,8 @@
  * language sees:
  *  - a whitelist: every m2mpsk_ / M2MPSK_ name of the header is ignored, and
  *    the ones listed below are exposed by name with the prefix stripped;
- *  - four proxy classes, Keystore, Config, Association and Event, each a
+ *  - five proxy classes, Keystore, Config, Association, Event and
+ *    KeyRequest (since 0.4), each a
  *    small holder around one opaque handle, so that an explicit close() and
  *    the garbage collector can both release it and the second one does
  *    nothing, and every other method of a closed one raises E_INVALID;
@@ -42,6 +43,8 @@ typedef struct Config { m2mpsk_config *h; } Config;
 typedef struct Association { m2mpsk_assoc *h; } Association;
 /* An event taken from a config's queue; it owns the event, not the config. */
 typedef struct Event { m2mpsk_event *h; } Event;
+/* One reference to a key request (since 0.4). */
+typedef struct KeyRequest { m2mpsk_key_request *h; } KeyRequest;
 
 /* The handle of a holder; null for a null holder, which Java passes once
  * delete() has run. */
@@ -400,6 +403,101 @@ typedef struct Record {
   ~Record() { free($self); }
 }
 
+/* ---- KeyRequest (since 0.4) --------------------------------------------- */
+/** A key request: an association needs a record the keystore does not
+ * hold, and waits (STATE_WAITING_KEY) until the request is answered with
+ * supply() or absent(). Keystore.next_request() and
+ * Association.key_request() give one; each holds its own reference to the
+ * request, which close() (or the collector) releases. Answering from any
+ * thread is safe. A request dropped without an answer stays open until
+ * every association waiting on it has timed out. */
+%nodefaultctor KeyRequest; /* only next_request() and key_request() make one */
+typedef struct KeyRequest {} KeyRequest;
+%{
+/* A holder owning `req` (a reference the caller already holds); null with
+ * E_NOMEM recorded, the reference released, when memory is short. */
+static KeyRequest *m2mpsk_swig_key_request(m2mpsk_key_request *req) {
+  KeyRequest *k = (KeyRequest *)calloc(1, sizeof *k);
+  if (k == NULL) {
+    m2mpsk_key_request_free(req);
+    m2mpsk_swig_fail(M2MPSK_E_NOMEM, NULL);
+    return NULL;
+  }
+  k->h = req;
+  return k;
+}
+%}
+%extend KeyRequest {
+  ~KeyRequest() {
+    if ($self != NULL)
+      m2mpsk_key_request_free($self->h);
+    free($self);
+  }
+  /** Releases this reference now; the request itself stays as it is
+   * (answered or open). Calling it again does nothing; any other call
+   * afterwards raises E_INVALID. */
+  void close() {
+    if ($self == NULL)
+      return;
+    m2mpsk_key_request_free($self->h);
+    $self->h = NULL;
+  }
+  /** The KpsaID asked for. */
+  const char *kpsa_id() {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return NULL;
+    return m2mpsk_key_request_kpsa_id(M2MPSK_SWIG_H($self));
+  }
+  /** The SNI host name the client sent to the responder that opened the
+   * request; null when none was sent, and for an initiator's request. */
+  const char *server_name() {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return NULL;
+    return m2mpsk_key_request_server_name(M2MPSK_SWIG_H($self));
+  }
+  /** The role of the association that opened it: ROLE_INITIATOR or
+   * ROLE_RESPONDER. */
+  int role() {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return M2MPSK_ROLE_RESPONDER;
+    return (int)m2mpsk_key_request_role(M2MPSK_SWIG_H($self));
+  }
+  /** True once the request has been answered (or its source removed). */
+  bool answered() {
+    int r;
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return false;
+    r = m2mpsk_key_request_answered(M2MPSK_SWIG_H($self));
+    m2mpsk_swig_fail(r, NULL);
+    return r == 1;
+  }
+  /** Answers with the record: adds it to the keystore as Keystore.add()
+   * would for the request's KpsaID, and closes the request. key is read
+   * in place and not kept. When a record for the KpsaID appeared
+   * meanwhile, that record wins and E_DUPLICATE is raised, the request
+   * being closed all the same; after any other error it stays open.
+   * Raises E_INVALID, E_STATE (already answered, or the keystore is
+   * gone), E_KEY_LENGTH, E_IDA, E_IDB, E_ID_LENGTH, E_VALIDITY,
+   * E_DUPLICATE, E_UNLOCKED or E_NOMEM. Thread-safe. */
+  void supply(const uint8_t *key, size_t key_len, const char *ida, const char *idb,
+              int64_t not_before = 0, int64_t not_after = 0) {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return;
+    m2mpsk_swig_fail(m2mpsk_key_request_supply(M2MPSK_SWIG_H($self), key, key_len, ida,
+                                               idb, not_before, not_after),
+                     NULL);
+  }
+  /** Answers that there is no record for the KpsaID: waiting responders
+   * go on as with an unknown identity (a wrong key on the wire), waiting
+   * initiators fail with REASON_UNKNOWN_IDENTITY. Raises E_STATE (already
+   * answered). Thread-safe. */
+  void absent() {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return;
+    m2mpsk_swig_fail(m2mpsk_key_request_absent(M2MPSK_SWIG_H($self)), NULL);
+  }
+}
+
 /* ---- Keystore ----------------------------------------------------------- */
 /** A set of association records, each keyed by its KpsaID. Keys live in
  * libsodium guarded memory, locked, excluded from core dumps and wiped when
@@ -408,6 +506,7 @@ typedef struct Record {
  * its keystore alive after the keystore is closed. */
 typedef struct Keystore {} Keystore;
 %newobject Keystore::lookup;
+%newobject Keystore::next_request;
 %extend Keystore {
   /** Creates an empty keystore. flags is 0 or KEYSTORE_REQUIRE_LOCKED
    * (refuse to hold keys in memory that mlock() could not lock). Raises
@@ -533,6 +632,52 @@ typedef struct Keystore {} Keystore;
     if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
       return 0;
     return m2mpsk_keystore_key_memory(M2MPSK_SWIG_H($self));
+  }
+  /** Adds a record, or replaces the one held for kpsa_id (an upsert).
+   * Arguments and errors are add()'s, except E_DUPLICATE. When only the
+   * validity window changes, live associations go on; when the key or an
+   * identity changes, those using the old record fail with
+   * REASON_REVOKED. On any error the keystore is unchanged. Thread-safe.
+   * Since 0.4. */
+  void put(const char *kpsa_id, const uint8_t *key, size_t key_len, const char *ida,
+           const char *idb, int64_t not_before = 0, int64_t not_after = 0) {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return;
+    m2mpsk_swig_fail(m2mpsk_keystore_put(M2MPSK_SWIG_H($self), kpsa_id, key, key_len, ida,
+                                         idb, not_before, not_after),
+                     NULL);
+  }
+  /** Turns the key source on (max_pending > 0) or off (0). With it on,
+   * an association that needs a KpsaID the keystore does not hold opens a
+   * key request (one per KpsaID, shared by every association waiting for
+   * it) and waits in STATE_WAITING_KEY; the requests queue here until
+   * next_request() takes them. At most max_pending are open at once:
+   * past that, an unknown KpsaID is at once one the source does not have.
+   * Turning it off answers the open requests as absent. Raises E_INVALID
+   * (negative). Thread-safe. Since 0.4. */
+  void set_source_queue(int64_t max_pending) {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return;
+    if (max_pending < 0 || (uint64_t)max_pending > (uint64_t)SIZE_MAX) {
+      m2mpsk_swig_fail(M2MPSK_E_INVALID, NULL);
+      return;
+    }
+    m2mpsk_swig_fail(m2mpsk_keystore_set_source(M2MPSK_SWIG_H($self), NULL, NULL,
+                                                (size_t)max_pending),
+                     NULL);
+  }
+  /** Takes the oldest new key request, which the caller now answers;
+   * null (None in Python) when none is queued, which is not an error.
+   * Each request is handed out once. Thread-safe. Since 0.4. */
+  KeyRequest *next_request() {
+    m2mpsk_key_request *req = NULL;
+    int rc;
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return NULL;
+    rc = m2mpsk_keystore_next_request(M2MPSK_SWIG_H($self), &req);
+    if (rc == M2MPSK_E_AGAIN || m2mpsk_swig_fail(rc, NULL))
+      return NULL;
+    return m2mpsk_swig_key_request(req);
   }
   /** Loads every record of a key file, all or nothing. The file must be a
    * regular file that neither group nor others may access. One record per
@@ -906,6 +1051,7 @@ typedef struct Config {} Config;
  * peer sent, drain what to send, pass a monotonic time in milliseconds.
  * Used by one thread at a time. */
 typedef struct Association {} Association;
+%newobject Association::key_request;
 %extend Association {
   /** Creates an association. role is ROLE_INITIATOR (Entity A, the client)
    * or ROLE_RESPONDER (Entity B, the server); transport is TRANSPORT_TLS or
@@ -1057,8 +1203,36 @@ typedef struct Association {} Association;
     m2mpsk_swig_fail(m2mpsk_assoc_handle_timeout(M2MPSK_SWIG_H($self), (uint64_t)now_ms),
                      M2MPSK_SWIG_H($self));
   }
-  /** Current state: STATE_IDLE, STATE_HANDSHAKING, STATE_ESTABLISHED,
-   * STATE_CLOSED or STATE_FAILED. */
+  /** The key request this association waits on in STATE_WAITING_KEY (a
+   * holder with a reference of its own), else null (None in Python).
+   * Since 0.4. */
+  KeyRequest *key_request() {
+    m2mpsk_key_request *req;
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return NULL;
+    req = m2mpsk_assoc_key_request(M2MPSK_SWIG_H($self));
+    if (req == NULL)
+      return NULL;
+    return m2mpsk_swig_key_request(m2mpsk_key_request_ref(req));
+  }
+  /** Goes on with a handshake in STATE_WAITING_KEY once its request is
+   * answered: the waiting input reaches the TLS engine (drain
+   * afterwards), or an initiator queues its ClientHello. While the request
+   * is open it does nothing. Raises E_STATE (not waiting for a key) or
+   * E_FAILED (the record is absent for an initiator, or the waiting input
+   * failed the handshake; an alert may be queued). Since 0.4. */
+  void resume(int64_t now_ms) {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return;
+    if (now_ms < 0) {
+      m2mpsk_swig_fail(M2MPSK_E_INVALID, NULL);
+      return;
+    }
+    m2mpsk_swig_fail(m2mpsk_assoc_resume(M2MPSK_SWIG_H($self), (uint64_t)now_ms),
+                     M2MPSK_SWIG_H($self));
+  }
+  /** Current state: STATE_IDLE, STATE_HANDSHAKING, STATE_WAITING_KEY
+   * (since 0.4), STATE_ESTABLISHED, STATE_CLOSED or STATE_FAILED. */
   int state() {
     if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
       return M2MPSK_STATE_FAILED;

@@ -126,6 +126,7 @@ class _Peer:
         self.last = loop.time()
         self.born = self.last
         self.hello_random = None  # the server's: of the opening ClientHello
+        self.key_task = None  # waits for the key request's answer
 
     def flush(self):
         while out := self.assoc.drain():
@@ -203,6 +204,9 @@ class _Peer:
                       if self.protocol is None else
                       Failed(E_FAILED, self.assoc.failure(), self.assoc.failure_detail()))
             return True
+        if st == STATE_WAITING_KEY and not self.closing:
+            self.wait_key()
+            return False
         if st == STATE_HANDSHAKING or self.closing:
             return False
         if self.protocol is None:
@@ -229,6 +233,37 @@ class _Peer:
         if self.assoc.state() == STATE_CLOSED and not self.closing:
             self.shutdown(None, notify=False)
         return self.closing
+
+    def wait_key(self):
+        """The handshake waits for a key: hands the keystore's new
+        requests to its source, and resumes once this one is answered. The
+        handshake deadline (arm()) still bounds the wait."""
+        if self.key_task is not None and not self.key_task.done():
+            return
+        ks = self.owner._keystore()
+        _key_dispatch(ks)
+        req = self.assoc.key_request()
+        if req is None:
+            return
+        self.key_task = self.loop.create_task(self._resume_when_answered(ks, req))
+
+    async def _resume_when_answered(self, ks, req):
+        try:
+            await _key_wait_async(ks, req)
+        finally:
+            req.close()
+        if self.closing or self.assoc.state() != STATE_WAITING_KEY:
+            return
+        try:
+            self.assoc.resume(_loop_ms(self.loop))
+        except Failed as e:
+            self.fail(e)
+            return
+        except Error:
+            return
+        self.flush()
+        if not self.after_input():
+            self.arm()
 
     def established(self):
         sock = self.owner._socket()
@@ -260,6 +295,9 @@ class _Peer:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.key_task is not None:
+            self.key_task.cancel()
+            self.key_task = None
         if notify and self.assoc.state() == STATE_ESTABLISHED:
             try:
                 self.assoc.close_notify()
@@ -322,6 +360,9 @@ class DTLSServer:
 
     def _socket(self):
         return self._endpoint.transport.get_extra_info("socket")
+
+    def _keystore(self):
+        return self.context.keystore
 
     def _deadline(self, peer):
         if peer.protocol is None:
@@ -501,10 +542,14 @@ class _Client:
         self.idle_timeout = _NEVER
         self.peer = None
         self.endpoint = None
+        self.keystore = None
         self.opened = loop.create_future()
 
     def _socket(self):
         return self.endpoint.transport.get_extra_info("socket")
+
+    def _keystore(self):
+        return self.keystore
 
     def _deadline(self, peer):
         if peer.protocol is None:
@@ -564,6 +609,7 @@ async def create_dtls_connection(ctx, protocol_factory, remote_addr, local_addr=
         raise _invalid("handshake_timeout must be positive")
     loop = _asyncio.get_running_loop()
     cl = _Client(loop, protocol_factory, handshake_timeout)
+    cl.keystore = ctx.keystore
     a = Association(ROLE_INITIATOR, TRANSPORT_DTLS, ctx.config, ctx.keystore, kid)
     try:
         _, cl.endpoint = await loop.create_datagram_endpoint(
@@ -576,6 +622,8 @@ async def create_dtls_connection(ctx, protocol_factory, remote_addr, local_addr=
     try:
         a.start(_loop_ms(loop), int(_time.time()))
         peer.flush()
+        if a.state() == STATE_WAITING_KEY:
+            peer.wait_key()  # an initiator's own KpsaID, from the source
         peer.arm()
         return await cl.opened
     except BaseException:

@@ -7,7 +7,9 @@
 import select as _select
 import socket as _socket
 import ssl as _ssl
+import sys as _sys
 import time as _time
+import weakref as _weakref
 
 
 class WantRead(Error, _ssl.SSLWantReadError):
@@ -120,7 +122,7 @@ class _Bound:
         """(suite, version, None), as ssl's cipher() shapes it; None before
         the handshake completes."""
         a = self._assoc_or_raise()
-        if a.state() == STATE_HANDSHAKING or a.suite() is None:
+        if a.state() in (STATE_HANDSHAKING, STATE_WAITING_KEY) or a.suite() is None:
             return None
         return (a.suite(), a.version(), None)
 
@@ -209,8 +211,22 @@ class Context:
         if incoming is None or outgoing is None:
             raise _invalid("incoming or outgoing is None")
         side = self.server_side if server_side is None else bool(server_side)
-        return PSKObject(self, incoming, outgoing, side, kpsa_id,
-                         None if side else server_hostname)
+        obj = PSKObject(self, incoming, outgoing, side, kpsa_id,
+                        None if side else server_hostname)
+        # asyncio's SSL protocol calls wrap_bio() from its __init__ (a
+        # subclass's wrap_bio() may come between): a handshake that waits
+        # for a key has it call do_handshake() again once the key source
+        # answers, since no bytes from the peer will.
+        f = _sys._getframe(1)
+        for _ in range(4):
+            if f is None:
+                break
+            caller = f.f_locals.get("self")
+            if type(caller).__name__ == "SSLProtocol" and hasattr(caller, "_do_handshake"):
+                obj._protocol = _weakref.ref(caller)
+                break
+            f = f.f_back
+        return obj
 
 
 class PSKObject(_Bound):
@@ -234,6 +250,8 @@ class PSKObject(_Bound):
         self.server_side = server_side
         self.server_hostname = server_hostname
         self.context = context
+        self._protocol = None
+        self._kick = None
         self._assoc = self._new_assoc(context, server_side, kpsa_id)
 
     def close(self):
@@ -280,7 +298,16 @@ class PSKObject(_Bound):
         self._start()
         self._flush()
         try:
-            while a.state() == STATE_HANDSHAKING:
+            while True:
+                st = a.state()
+                if st == STATE_WAITING_KEY:
+                    self._timers()  # the handshake timeout covers the wait
+                    if a.state() == STATE_WAITING_KEY and not self._key_resume():
+                        raise WantRead(E_AGAIN, REASON_NONE,
+                                       "the handshake waits for its key")
+                    continue
+                if st != STATE_HANDSHAKING:
+                    break
                 self._timers()
                 if not self._pump():
                     if self._incoming.eof:
@@ -294,6 +321,57 @@ class PSKObject(_Bound):
             raise HandshakeFailed(e.code, e.reason, e.detail) from None
         if a.state() == STATE_FAILED:
             raise HandshakeFailed(E_FAILED, a.failure(), a.failure_detail())
+
+    def _key_resume(self):
+        """Resumes a handshake whose key request is answered; False while
+        it is open, after arranging (under asyncio) that asyncio's protocol
+        runs the handshake again once it is answered."""
+        a = self._assoc
+        ks = self.context.keystore
+        _key_dispatch(ks)
+        req = a.key_request()
+        if req is None:
+            return True
+        if not req.answered():
+            self._arm_kick(ks, req)
+            return False
+        req.close()
+        try:
+            a.resume(_now_ms())
+        finally:
+            self._flush()
+        return True
+
+    def _arm_kick(self, ks, req):
+        if self._protocol is None or (self._kick is not None and not self._kick.done()):
+            req.close()
+            return
+        try:
+            loop = _asyncio_running_loop()
+        except RuntimeError:
+            req.close()
+            return
+        self._kick = loop.create_task(self._kick_when_answered(ks, req))
+
+    async def _kick_when_answered(self, ks, req):
+        try:
+            t = self._assoc.next_timeout()  # the handshake deadline
+            wait = None if t is None else max(0.0, (t - _now_ms()) / 1000) + 0.002
+            try:
+                await _asyncio.wait_for(_key_wait_async(ks, req), wait)
+            except _asyncio.TimeoutError:
+                pass  # do_handshake() fails it (REASON_TIMEOUT)
+        finally:
+            req.close()
+        proto = self._protocol()
+        if proto is None or getattr(proto, "_sslobj", None) is not self:
+            return
+        if getattr(getattr(proto, "_state", None), "name", None) != "DO_HANDSHAKE":
+            return
+        try:
+            proto._do_handshake()
+        except Exception as e:  # a closed object: the connection is gone
+            _key_log.debug("resuming a handshake failed: %s", type(e).__name__)
 
     def read(self, len=1024, buffer=None):
         """Returns up to `len` bytes of application data, or with `buffer`
@@ -577,6 +655,9 @@ class PSKSocket(_Socket, _Bound):
         while True:
             self._flush(deadline)
             st = a.state()
+            if st == STATE_WAITING_KEY:
+                self._wait_key(deadline)
+                continue
             if st != STATE_HANDSHAKING:
                 break
             try:
@@ -590,9 +671,46 @@ class PSKSocket(_Socket, _Bound):
         if st == STATE_FAILED:
             raise Failed(E_FAILED, a.failure(), a.failure_detail())
 
+    def _wait_key(self, deadline):
+        """Waits for the key request of a handshake in STATE_WAITING_KEY
+        (answered by the keystore's key source, which must be a plain
+        callable, or by another thread), bounded by the socket's timeout and
+        the handshake timeout, then resumes it."""
+        a = self._assoc
+        ks = self.context.keystore
+        _key_dispatch(ks)
+        req = a.key_request()
+        if req is None:
+            return
+        try:
+            if self.gettimeout() == 0.0 and not req.answered():
+                raise WantRead(E_AGAIN, REASON_NONE, "the handshake waits for its key")
+            timer = a.next_timeout()
+            until = deadline
+            if timer is not None:
+                t = _time.monotonic() + max(0.0, (timer - _now_ms()) / 1000)
+                until = t if until is None else min(until, t)
+            answered = _key_wait_blocking(ks, req, until)
+        finally:
+            req.close()
+        try:
+            if answered:
+                a.resume(_now_ms())
+                return
+            timer = a.next_timeout()
+            if timer is not None and timer <= _now_ms():
+                a.handle_timeout(_now_ms())
+                return
+            if deadline is None or _time.monotonic() < deadline:
+                return  # woke a little early: wait again
+        except Failed:
+            self._flush_quietly()
+            raise
+        raise _socket.timeout("the handshake timed out waiting for its key")
+
     def _read(self, n):
         a = self._assoc_or_raise()
-        if a.state() in (STATE_IDLE, STATE_HANDSHAKING):
+        if a.state() in (STATE_IDLE, STATE_HANDSHAKING, STATE_WAITING_KEY):
             self.do_handshake()
         deadline = self._deadline()
         while True:
@@ -643,7 +761,7 @@ class PSKSocket(_Socket, _Bound):
         a = self._assoc_or_raise()
         if data is None or flags:
             raise _invalid("data is None, or flags are given")
-        if a.state() in (STATE_IDLE, STATE_HANDSHAKING):
+        if a.state() in (STATE_IDLE, STATE_HANDSHAKING, STATE_WAITING_KEY):
             self.do_handshake()
         deadline = self._deadline()
         if self._out:
@@ -737,3 +855,203 @@ class PSKSocket(_Socket, _Bound):
 
     def recvmsg_into(self, buffers, ancbufsize=0, flags=0):
         self._unsupported("recvmsg_into", buffers)
+
+
+# Key sources (since 0.4). A keystore's source is called once per KpsaID
+# that associations wait for (STATE_WAITING_KEY); its answer is supplied to
+# the library, which adds the record, and every association waiting on it
+# is resumed by whoever drives it. The requests queue in the library
+# (Keystore.set_source_queue()); whoever sees an association wait takes
+# them (_key_dispatch), so each is handed to the source once.
+import inspect as _inspect
+import logging as _logging
+import threading as _threading
+
+_key_log = _logging.getLogger("m2mpsk.keysource")
+
+
+class KeyRecord:
+    """A record a key source supplies: key (bytes-like, KEY_MIN to KEY_MAX
+    bytes), ida (or None), idb, not_before and not_after (Unix seconds, 0
+    for unbounded), as Keystore.add() takes them. A bytearray key is wiped
+    (zeroed) once supplied; bytes cannot be. repr() never shows the key."""
+
+    __slots__ = ("key", "ida", "idb", "not_before", "not_after")
+
+    def __init__(self, key, ida, idb, not_before=0, not_after=0):
+        self.key = key
+        self.ida = ida
+        self.idb = idb
+        self.not_before = not_before
+        self.not_after = not_after
+
+    def __repr__(self):
+        return "KeyRecord(ida=%r, idb=%r, not_before=%d, not_after=%d)" % (
+            self.ida, self.idb, self.not_before, self.not_after)
+
+
+class _KeySource:
+    """A keystore's source and the waiters on its answers, by KpsaID."""
+
+    def __init__(self, source):
+        self.source = source
+        self.lock = _threading.Lock()
+        self.waiters = {}  # kpsa_id -> [asyncio futures]
+        self.answered = _threading.Condition(self.lock)
+        self.tasks = set()
+
+    def start(self, req):
+        """Hands one request to the source: answered now for a plain
+        callable, by a task on the running loop for a coroutine."""
+        kid = req.kpsa_id()
+        try:
+            r = self.source(kid, req.server_name())
+        except Exception as e:
+            _key_log.warning("key source failed for %s: %s", kid, type(e).__name__)
+            self.answer(req, None)
+            return
+        if not _inspect.isawaitable(r):
+            self.answer(req, r)
+            return
+        try:
+            loop = _asyncio_running_loop()
+        except RuntimeError:
+            if _inspect.iscoroutine(r):
+                r.close()
+            _key_log.warning("key source for %s is a coroutine, and this thread runs "
+                             "no asyncio loop: answered as absent", kid)
+            self.answer(req, None)
+            return
+        task = loop.create_task(self._await(req, kid, r))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _await(self, req, kid, awaitable):
+        rec = None
+        try:
+            rec = await awaitable
+        except BaseException as e:
+            # Cancelled (the loop is closing) or failed: no record. The
+            # exception's type only: its message is the source's own.
+            _key_log.warning("key source failed for %s: %s", kid, type(e).__name__)
+            self.answer(req, None)
+            if not isinstance(e, Exception):
+                raise
+            return
+        self.answer(req, rec)
+
+    def answer(self, req, rec):
+        kid = req.kpsa_id()
+        try:
+            if rec is not None:
+                try:
+                    if not isinstance(rec, KeyRecord):
+                        raise TypeError("a key source returns a KeyRecord or None")
+                    req.supply(rec.key, rec.ida, rec.idb, rec.not_before, rec.not_after)
+                    return
+                except Error as e:
+                    if e.code in (E_DUPLICATE, E_STATE):
+                        return  # a record is there (or the request was closed)
+                    _key_log.warning("key source record for %s refused: %s", kid,
+                                     strerror(e.code))
+                except Exception as e:
+                    _key_log.warning("key source record for %s refused: %s", kid,
+                                     type(e).__name__)
+                finally:
+                    if isinstance(rec, KeyRecord) and isinstance(rec.key, bytearray):
+                        rec.key[:] = bytes(len(rec.key))
+            try:
+                req.absent()
+            except Error:
+                pass  # E_STATE: answered already (the source was removed)
+        finally:
+            req.close()
+            self.wake(kid)
+
+    def wake(self, kid):
+        with self.lock:
+            futs = self.waiters.pop(kid, ())
+            self.answered.notify_all()
+        for f in futs:
+            if not f.done():
+                f.get_loop().call_soon_threadsafe(_set_done, f)
+
+
+def _set_done(f):
+    if not f.done():
+        f.set_result(None)
+
+
+def _asyncio_running_loop():
+    import asyncio
+    return asyncio.get_running_loop()
+
+
+def _key_source_of(ks):
+    return getattr(ks, "_key_source", None)
+
+
+def _key_dispatch(ks):
+    """Hands every queued request of ks to its source."""
+    src = _key_source_of(ks)
+    if src is None:
+        return
+    while (req := ks.next_request()) is not None:
+        src.start(req)
+
+
+def _key_wait_blocking(ks, req, until):
+    """Waits, blocking, until req is answered or time.monotonic() passes
+    until (None: no limit); True when answered."""
+    src = _key_source_of(ks)
+    if src is None:
+        return req.answered()
+    with src.lock:
+        while not req.answered():
+            left = None if until is None else until - _time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            # The answer may come from another thread's source: notified;
+            # polled as well, since an answer between answered() and wait()
+            # is notified before we wait.
+            src.answered.wait(0.05 if left is None else min(left, 0.05))
+    return True
+
+
+async def _key_wait_async(ks, req):
+    """Waits until req is answered (the caller bounds the time)."""
+    src = _key_source_of(ks)
+    if src is None:
+        return
+    loop = _asyncio_running_loop()
+    f = loop.create_future()
+    with src.lock:
+        src.waiters.setdefault(req.kpsa_id(), []).append(f)
+    if req.answered():
+        _set_done(f)
+    try:
+        await f
+    finally:
+        with src.lock:
+            lst = src.waiters.get(req.kpsa_id())
+            if lst is not None and f in lst:
+                lst.remove(f)
+                if not lst:
+                    del src.waiters[req.kpsa_id()]
+
+
+def _set_key_source(ks, source, max_pending):
+    if source is None:
+        ks.set_source_queue(0)  # the open requests are answered as absent
+        old = _key_source_of(ks)
+        ks._key_source = None
+        if old is not None:
+            for kid in list(old.waiters):
+                old.wake(kid)
+        return
+    if not callable(source):
+        raise _invalid("source must be callable: (kpsa_id, server_name) -> KeyRecord | None")
+    if max_pending is None or max_pending < 1:
+        raise _invalid("max_pending must be positive")
+    ks.set_source_queue(max_pending)  # first: a closed keystore raises here
+    ks._key_source = _KeySource(source)

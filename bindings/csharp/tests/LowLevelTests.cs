@@ -99,6 +99,50 @@ namespace Org.M2mpsk.Tests {
       }
     }
 
+    /// Key sources (since 0.4), queued: the responder's keystore starts
+    /// empty and the request is answered here.
+    public static void KeySourceQueue() {
+      using (var cks = Fx.Store())
+      using (var sks = new Keystore())
+      using (var ccfg = new Config())
+      using (var scfg = Fx.ServerConfig())
+      using (var c = new Association(M2mpsk.ROLE_INITIATOR, M2mpsk.TRANSPORT_TLS, ccfg, cks, Fx.KpsaId))
+      using (var s = new Association(M2mpsk.ROLE_RESPONDER, M2mpsk.TRANSPORT_TLS, scfg, sks)) {
+        Check.Code(M2mpsk.E_INVALID, () => sks.SetSourceQueue(-1), "negative max_pending");
+        sks.SetSourceQueue(4);
+        Check.True(sks.NextRequest() == null, "nothing asked yet");
+        s.Start(Fx.Now);
+        c.Start(Fx.Now);
+        Fx.Pump(c, s);
+        Check.Equal(M2mpsk.STATE_WAITING_KEY, s.State(), "the responder waits");
+        using (var req = sks.NextRequest()) {
+          Check.True(req != null && sks.NextRequest() == null, "one request, handed out once");
+          Check.True(req.KpsaId() == Fx.KpsaId, "its KpsaID");
+          Check.Equal(M2mpsk.ROLE_RESPONDER, req.Role(), "its role");
+          Check.True(!req.Answered(), "open");
+          Check.Code(M2mpsk.E_INVALID, () => req.Supply(null, null, Fx.Idb), "null key");
+          Check.Code(M2mpsk.E_KEY_LENGTH, () => req.Supply(new byte[3], null, Fx.Idb), "short key");
+          using (var mine = s.KeyRequest())
+            Check.True(mine.KpsaId() == Fx.KpsaId && !mine.Answered(), "the association's request");
+          byte[] key = Fx.Key(1);
+          req.Supply(key, null, Fx.Idb);
+          Array.Clear(key, 0, key.Length);
+          Check.True(req.Answered(), "answered");
+          Check.Code(M2mpsk.E_STATE, () => req.Absent(), "answered already");
+          req.Dispose();
+          Check.Code(M2mpsk.E_INVALID, () => req.KpsaId(), "a disposed request");
+        }
+        s.Resume(Fx.Now);
+        Fx.Pump(c, s);
+        Check.Equal(M2mpsk.STATE_ESTABLISHED, s.State(), "established with the supplied key");
+        Check.Code(M2mpsk.E_STATE, () => s.Resume(Fx.Now), "not waiting any more");
+        Check.True(s.KeyRequest() == null, "no request");
+        sks.Put(Fx.KpsaId, Fx.Key(1), null, Fx.Idb, 0, 4102444800);
+        Check.Equal(4102444800L, sks.Lookup(Fx.KpsaId).NotAfter, "put replaced the window");
+        Check.Code(M2mpsk.E_KEY_LENGTH, () => sks.Put(Fx.KpsaId, new byte[3], null, Fx.Idb), "put checks");
+      }
+    }
+
     public static void TlsHandshakeInMemory() {
       Handshake(M2mpsk.TRANSPORT_TLS);
     }

@@ -28,6 +28,12 @@ import java.util.HashSet;
 import java.util.List;
 import java.util.Map;
 import java.util.Set;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
+import java.util.concurrent.atomic.AtomicInteger;
+import java.util.function.Supplier;
 import java.util.jar.JarEntry;
 import java.util.jar.JarFile;
 import java.util.regex.Matcher;
@@ -37,6 +43,9 @@ import javax.net.ssl.SSLHandshakeException;
 import org.m2mpsk.Association;
 import org.m2mpsk.Config;
 import org.m2mpsk.Event;
+import org.m2mpsk.KeyRecord;
+import org.m2mpsk.KeyRequest;
+import org.m2mpsk.KeySource;
 import org.m2mpsk.Keystore;
 import org.m2mpsk.M2mpsk;
 import org.m2mpsk.M2mpskException;
@@ -318,7 +327,7 @@ public class M2mpskTest {
         M2mpskHandshakeException.class));
     Set<String> handshake = new HashSet<>();
     for (Class<?> c : new Class<?>[] {M2mpsk.class, Keystore.class, Config.class,
-                                      Association.class, Event.class}) {
+                                      Association.class, Event.class, KeyRequest.class}) {
       for (Method m : c.getDeclaredMethods()) {
         if (!Modifier.isPublic(m.getModifiers())) continue;
         for (Class<?> x : m.getExceptionTypes()) {
@@ -327,7 +336,8 @@ public class M2mpskTest {
         }
       }
     }
-    assertEquals(new HashSet<>(Arrays.asList("start", "feed", "handleTimeout")), handshake);
+    assertEquals(new HashSet<>(Arrays.asList("start", "feed", "handleTimeout", "resume")),
+        handshake);
     assertEquals(0, Association.class.getMethod("state").getExceptionTypes().length);
     assertEquals(0, Association.class.getMethod("peerId").getExceptionTypes().length);
     assertEquals(Arrays.asList(M2mpskException.class),
@@ -1158,7 +1168,8 @@ public class M2mpskTest {
   // ---- closed handles and null arguments, for every public method -------
 
   /** The handle classes; closedHandlesThrow checks that none is missing. */
-  static final Class<?>[] HANDLES = {Keystore.class, Config.class, Association.class, Event.class};
+  static final Class<?>[] HANDLES = {Keystore.class, Config.class, Association.class, Event.class,
+                                     KeyRequest.class};
 
   /** Valid arguments for every public method of the handle classes, by
    * "Class.method/arity", so that a call's only fault is the closed handle
@@ -1170,7 +1181,8 @@ public class M2mpskTest {
   static final Set<String> NULLABLE = new HashSet<>(Arrays.asList(
       "Keystore.add/4#2", "Keystore.add/6#2", "Keystore.addDerived/5#3",
       "Keystore.addDerived/7#3", "Association.exportKeyingMaterial/3#2",
-      "Association.originatorCheck/2#0"));
+      "Association.originatorCheck/2#0", "Keystore.put/6#2", "Keystore.setKeySource/2#0",
+      "Keystore.setKeySource/3#0", "Keystore.setKeySource/3#2", "KeyRequest.supply/5#1"));
   // A ByteBuffer overload shares its twin's sample: a byte[] is wrapped, a
   // size allocated.
 
@@ -1240,6 +1252,38 @@ public class M2mpskTest {
                                   "peerId", "peerIdIsCredential", "peerTag", "detail"}) {
       sample("Event." + m);
     }
+    KeySource none = (id, sni) -> null;
+    sample("Keystore.put", "other@onem2m.com", KEY, null, IDB, 0, 0);
+    sample("Keystore.setSourceQueue", 1);
+    sample("Keystore.nextRequest");
+    sample("Keystore.setKeySource", none, 1);
+    sample("Keystore.setKeySource", none, 1, null);
+    sample("Keystore.dispatchKeyRequests");
+    sample("Keystore.whenAnswered", (Supplier<Object>) M2mpskTest::openRequest);
+    sample("Association.keyRequest");
+    sample("Association.resume", 1000);
+    for (String m : new String[] {"kpsaId", "serverName", "role", "answered", "absent"}) {
+      sample("KeyRequest." + m);
+    }
+    sample("KeyRequest.supply", KEY, null, IDB, 0, 0);
+  }
+
+  /** An open key request: an initiator's, whose KpsaID only the key
+   * source may have. */
+  static KeyRequest openRequest() {
+    try (Keystore ks = new Keystore(); Config cfg = new Config()) {
+      ks.setSourceQueue(1);
+      try (Association a = new Association(M2mpsk.ROLE_INITIATOR, M2mpsk.TRANSPORT_TLS, cfg, ks,
+               "absent@onem2m.com")) {
+        a.start(1000);
+        assertEquals(M2mpsk.STATE_WAITING_KEY, a.state());
+        KeyRequest r = ks.nextRequest();
+        assertNotNull(r);
+        return r;
+      }
+    } catch (Exception e) {
+      throw new AssertionError(e);
+    }
   }
 
   /** Every public instance method of a handle class but the release ones
@@ -1268,6 +1312,7 @@ public class M2mpskTest {
     Object[] a = new Object[types.length];
     for (int i = 0; i < types.length; i++) {
       Object v = s[i];
+      if (v instanceof Supplier) v = ((Supplier<?>) v).get();
       if (types[i] == long.class) v = ((Number) v).longValue();
       else if (types[i] == int.class) v = ((Number) v).intValue();
       else if (types[i] == ByteBuffer.class && v instanceof byte[]) v = ByteBuffer.wrap((byte[]) v);
@@ -1284,6 +1329,7 @@ public class M2mpskTest {
     if (cls == Association.class) {
       return new Association(M2mpsk.ROLE_INITIATOR, M2mpsk.TRANSPORT_TLS, new Config(), ks, KPSA_ID);
     }
+    if (cls == KeyRequest.class) return openRequest();
     // An event: a responder past the config's handshake limit queues one.
     try (Config cfg = new Config()) {
       cfg.addLocalId(IDB);
@@ -1438,5 +1484,283 @@ public class M2mpskTest {
     expect(M2mpsk.E_INVALID, () -> M2mpsk.idbServerName(null));
     expect(M2mpsk.E_INVALID,
         () -> M2mpsk.originatorCheck(M2mpsk.PEER_NONE, null, null, "/cse-mn"));
+  }
+
+  // ---- key sources (since 0.4) ---------------------------------------------
+
+  /** A source holding every KpsaID in `ids`, answering after delayMs on
+   * another thread; counts its lookups by KpsaID. */
+  static final class CountingSource implements KeySource {
+    final Set<String> ids;
+    final long delayMs;
+    final Map<String, AtomicInteger> calls = new ConcurrentHashMap<>();
+    final List<byte[]> given = java.util.Collections.synchronizedList(new ArrayList<>());
+
+    CountingSource(long delayMs, String... ids) {
+      this.ids = new HashSet<>(Arrays.asList(ids));
+      this.delayMs = delayMs;
+    }
+
+    @Override
+    public CompletableFuture<KeyRecord> lookup(String kpsaId, String serverName) {
+      calls.computeIfAbsent(kpsaId, k -> new AtomicInteger()).incrementAndGet();
+      return CompletableFuture.supplyAsync(() -> {
+        if (!ids.contains(kpsaId)) return null;
+        byte[] k = KEY.clone();
+        given.add(k);
+        return new KeyRecord(k, null, IDB);
+      }, CompletableFuture.delayedExecutor(delayMs, TimeUnit.MILLISECONDS));
+    }
+
+    int calls(String id) {
+      AtomicInteger n = calls.get(id);
+      return n == null ? 0 : n.get();
+    }
+  }
+
+  /** Drives a waiting association the low-level way: dispatch, wait for
+   * the answer (bounded), resume. */
+  static void awaitKey(Keystore ks, Association x) throws Exception {
+    assertEquals(M2mpsk.STATE_WAITING_KEY, x.state());
+    ks.dispatchKeyRequests();
+    try (KeyRequest req = x.keyRequest()) {
+      assertNotNull(req);
+      ks.whenAnswered(req).get(5, TimeUnit.SECONDS);
+      assertTrue(req.answered());
+    }
+    x.resume(now());
+  }
+
+  static Association responder(Config cfg, Keystore ks) throws Exception {
+    Association b = new Association(M2mpsk.ROLE_RESPONDER, M2mpsk.TRANSPORT_TLS, cfg, ks);
+    b.start(now());
+    return b;
+  }
+
+  static Association initiator(Keystore ks, String id) throws Exception {
+    Association a = new Association(M2mpsk.ROLE_INITIATOR, M2mpsk.TRANSPORT_TLS, new Config(),
+        ks, id);
+    a.start(now());
+    return a;
+  }
+
+  @Test
+  public void keySourceAnswersAfter50msAndTheHandshakeResumes() throws Exception {
+    CountingSource src = new CountingSource(50, KPSA_ID);
+    try (Keystore ks = new Keystore(); Keystore ka = keystore(); Config cfg = new Config()) {
+      cfg.addLocalId(IDB);
+      ks.setKeySource(src, 8);
+      Association a = initiator(ka, KPSA_ID);
+      Association b = responder(cfg, ks);
+      pump(a, b);
+      assertEquals(M2mpsk.STATE_WAITING_KEY, b.state());
+      try (KeyRequest req = b.keyRequest()) {
+        assertEquals(KPSA_ID, req.kpsaId());
+        assertEquals("m2m.example.com", req.serverName());
+        assertEquals(M2mpsk.ROLE_RESPONDER, req.role());
+      }
+      awaitKey(ks, b);
+      pump(a, b);
+      assertEquals(M2mpsk.STATE_ESTABLISHED, a.state());
+      assertEquals(M2mpsk.STATE_ESTABLISHED, b.state());
+      assertEquals(1, src.calls(KPSA_ID));
+      assertArrayEquals(new byte[32], src.given.get(0)); // wiped once supplied
+      assertEquals(IDB, ks.lookup(KPSA_ID).getIdb());
+      expect(M2mpsk.E_STATE, () -> b.resume(now()));
+      a.close();
+      b.close();
+    }
+  }
+
+  @Test
+  public void keySourceIsAskedOncePerKpsaId() throws Exception {
+    String[] ids = {"d1@onem2m.com", "d2@onem2m.com"};
+    CountingSource src = new CountingSource(50, ids);
+    try (Keystore ks = new Keystore(); Keystore ka = new Keystore(); Config cfg = new Config()) {
+      cfg.addLocalId(IDB);
+      for (String id : ids) ka.add(id, KEY, null, IDB);
+      ks.setKeySource(src, 8);
+      List<Association[]> pairs = new ArrayList<>();
+      for (String id : ids) {
+        for (int i = 0; i < 4; i++) {
+          Association a = initiator(ka, id);
+          Association b = responder(cfg, ks);
+          pump(a, b);
+          pairs.add(new Association[] {a, b});
+        }
+      }
+      for (Association[] p : pairs) {
+        awaitKey(ks, p[1]);
+        pump(p[0], p[1]);
+        assertEquals(M2mpsk.STATE_ESTABLISHED, p[1].state());
+        p[0].close();
+        p[1].close();
+      }
+      for (String id : ids) assertEquals(id, 1, src.calls(id));
+    }
+  }
+
+  @Test
+  public void absentRecordFailsLikeAWrongKey() throws Exception {
+    // null, a future of null, and a failed future (logged without the key)
+    KeySource[] sources = {
+        (id, sni) -> null,
+        (id, sni) -> CompletableFuture.completedFuture(null),
+        (id, sni) -> CompletableFuture.failedFuture(new IllegalStateException("down")),
+        (id, sni) -> {
+          throw new IllegalStateException("thrown");
+        }};
+    for (KeySource source : sources) {
+      try (Keystore ks = new Keystore(); Keystore ka = keystore(); Config cfg = new Config()) {
+        cfg.addLocalId(IDB);
+        ks.setKeySource(source, 8);
+        Association a = initiator(ka, KPSA_ID);
+        Association b = responder(cfg, ks);
+        pump(a, b);
+        try {
+          awaitKey(ks, b);
+        } catch (M2mpskHandshakeException e) {
+          // the waiting input failed at once
+        }
+        pump(a, b);
+        assertEquals(M2mpsk.STATE_FAILED, b.state());
+        assertEquals(M2mpsk.STATE_FAILED, a.state());
+        assertEquals(M2mpsk.REASON_BAD_KEY, a.failure());
+        assertEquals(0, ks.count());
+        a.close();
+        b.close();
+      }
+    }
+  }
+
+  @Test
+  public void initiatorKeyFromTheSource() throws Exception {
+    CountingSource src = new CountingSource(20, KPSA_ID);
+    try (Keystore ka = new Keystore(); Keystore kb = keystore(); Config cfg = new Config()) {
+      cfg.addLocalId(IDB);
+      ka.setKeySource(src, 4);
+      Association a = initiator(ka, KPSA_ID);
+      try (KeyRequest req = a.keyRequest()) {
+        assertEquals(M2mpsk.ROLE_INITIATOR, req.role());
+        assertNull(req.serverName());
+      }
+      awaitKey(ka, a);
+      Association b = responder(cfg, kb);
+      pump(a, b);
+      assertEquals(M2mpsk.STATE_ESTABLISHED, a.state());
+      a.close();
+      b.close();
+      // absent for an initiator: resume() fails it
+      Association c = initiator(ka, "other@onem2m.com");
+      M2mpskStatus st = expectHandshake(() -> awaitKey(ka, c));
+      assertEquals(M2mpsk.REASON_UNKNOWN_IDENTITY, st.getReason());
+      c.close();
+    }
+  }
+
+  static M2mpskStatus expectHandshake(Call r) throws Exception {
+    try {
+      r.run();
+    } catch (M2mpskHandshakeException e) {
+      return e;
+    }
+    fail("expected a handshake failure");
+    return null;
+  }
+
+  @Test
+  public void aSourceThatNeverAnswersMeetsTheHandshakeTimeout() throws Exception {
+    CompletableFuture<KeyRecord> never = new CompletableFuture<>();
+    try (Keystore ks = new Keystore(); Keystore ka = keystore(); Config cfg = new Config()) {
+      cfg.addLocalId(IDB);
+      cfg.setHandshakeTimeout(200);
+      ks.setKeySource((id, sni) -> never, 4);
+      Association a = initiator(ka, KPSA_ID);
+      Association b = responder(cfg, ks);
+      pump(a, b);
+      ks.dispatchKeyRequests();
+      long t = b.nextTimeout();
+      assertTrue("the wait has a deadline", t >= 0 && t <= now() + 250);
+      try (KeyRequest req = b.keyRequest()) {
+        try {
+          ks.whenAnswered(req).get(Math.max(1, t - now()) + 50, TimeUnit.MILLISECONDS);
+          fail("answered");
+        } catch (TimeoutException expected) {
+          // nothing came
+        }
+      }
+      M2mpskStatus st = expectHandshake(() -> b.handleTimeout(now()));
+      assertEquals(M2mpsk.REASON_TIMEOUT, st.getReason());
+      a.close();
+      b.close();
+    }
+  }
+
+  @Test
+  public void keySourceArguments() throws Exception {
+    try (Keystore ks = new Keystore()) {
+      expect(M2mpsk.E_INVALID, () -> ks.setKeySource((id, sni) -> null, 0));
+      expect(M2mpsk.E_INVALID, () -> ks.setSourceQueue(-1));
+      assertEquals(0, ks.dispatchKeyRequests()); // no source: nothing
+      assertNull(ks.nextRequest());
+      ks.put(KPSA_ID, KEY, null, IDB, 0, 0);
+      ks.put(KPSA_ID, KEY, null, IDB, 0, 0); // the same again: no E_DUPLICATE
+      expect(M2mpsk.E_KEY_LENGTH, () -> ks.put(KPSA_ID, new byte[3], null, IDB, 0, 0));
+      expect(M2mpsk.E_INVALID, () -> new KeyRecord(null, null, IDB));
+      assertFalse(new KeyRecord(KEY.clone(), null, IDB).toString().contains("0, 1, 2"));
+      ks.setSourceQueue(1);
+      Association a = initiator(ks, "absent@onem2m.com");
+      KeyRequest r = ks.nextRequest();
+      expect(M2mpsk.E_KEY_LENGTH, () -> r.supply(new byte[3], null, IDB, 0, 0));
+      assertFalse(r.answered()); // a refused record leaves it open
+      r.absent();
+      expect(M2mpsk.E_STATE, () -> r.absent());
+      expect(M2mpsk.E_STATE, () -> r.supply(KEY, null, IDB, 0, 0));
+      r.close();
+      a.close();
+    }
+  }
+
+  @Test
+  public void aBlockingSourceRunsOnTheExecutor() throws Exception {
+    java.util.concurrent.ExecutorService pool = java.util.concurrent.Executors.newSingleThreadExecutor();
+    List<String> threads = java.util.Collections.synchronizedList(new ArrayList<>());
+    try (Keystore ks = new Keystore(); Keystore ka = keystore(); Config cfg = new Config()) {
+      cfg.addLocalId(IDB);
+      ks.setKeySource((id, sni) -> {
+        threads.add(Thread.currentThread().getName());
+        try {
+          Thread.sleep(20); // a blocking lookup
+        } catch (InterruptedException e) {
+          Thread.currentThread().interrupt();
+        }
+        return CompletableFuture.completedFuture(new KeyRecord(KEY.clone(), null, IDB));
+      }, 4, pool);
+      Association a = initiator(ka, KPSA_ID);
+      Association b = responder(cfg, ks);
+      pump(a, b);
+      awaitKey(ks, b);
+      pump(a, b);
+      assertEquals(M2mpsk.STATE_ESTABLISHED, b.state());
+      assertEquals(1, threads.size());
+      assertFalse(threads.get(0).equals(Thread.currentThread().getName()));
+      a.close();
+      b.close();
+      ks.setKeySource(null, 0); // removed: an unknown KpsaID fails at once
+      Association c = responder(cfg, ks);
+      Association d = initiator(keystoreWith("gone@onem2m.com"), "gone@onem2m.com");
+      pump(d, c);
+      assertEquals(M2mpsk.STATE_FAILED, c.state());
+      c.close();
+      d.close();
+    } finally {
+      pool.shutdownNow();
+    }
+  }
+
+  static Keystore keystoreWith(String id) throws Exception {
+    Keystore k = new Keystore();
+    k.add(id, KEY, null, IDB);
+    return k;
   }
 }

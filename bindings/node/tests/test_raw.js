@@ -199,7 +199,8 @@ const SAMPLES = {
   Keystore: {
     add: [KPSA, KEY, null, '/cse-1', 0, 0], add_derived: [KPSA, KEY, '/cse-1/Cx', null, '/cse-1', 0, 0],
     remove: [KPSA], revoke: [KPSA], lookup: [KPSA], count: [], is_locked: [], key_memory: [],
-    load_file: ['/nonexistent'],
+    load_file: ['/nonexistent'], put: [KPSA, KEY, null, '/cse-1', 0, 0], set_source_queue: [1],
+    next_request: [],
   },
   Config: {
     set_suites: ['TLS_PSK_WITH_AES_128_CCM_8'], add_local_id: ['/cse-2'], set_handshake_timeout: [1000],
@@ -215,6 +216,7 @@ const SAMPLES = {
     close_notify: [], peer_id: [], peer_id_is_credential: [], bind_ae_id: ['/cse-1/Cx'],
     originator_check: ['/cse-1/Cx', 0], local_id: [], kpsa_id: [], engine: [], suite: [], version: [],
     failure: [], failure_detail: [], drain: [], read: [16], export_keying_material: [16, 'l', null],
+    key_request: [], resume: [1],
   },
   Event: {
     type: [], reason: [], role: [], transport: [], time_ms: [], kpsa_id: [], peer_id: [],

@@ -19,7 +19,7 @@ import m2mpsk
 from conftest import IDA, IDB, KEY, KPSA_ID, raises
 
 HANDLES = (m2mpsk.Keystore, m2mpsk.Config, m2mpsk.Association, m2mpsk.Event,
-           m2mpsk.PSKSocket, m2mpsk.PSKObject)
+           m2mpsk.PSKSocket, m2mpsk.PSKObject, m2mpsk.KeyRequest)
 # What close() leaves alone: close() itself, and the with-statement hooks
 # (whose __exit__ is close()).
 RELEASE = {"close", "__enter__", "__exit__"}
@@ -42,11 +42,12 @@ SAMPLES = {
     "label": "EXPERIMENTAL m2mpsk", "context": None,
     "bufsize": 1, "buffer": bytearray(1), "how": socket.SHUT_RDWR, "from_": "/cse-in/Cae1",
     "file": io.BytesIO(b"x"), "flags_or_addr": ("127.0.0.1", 9), "buffers": [b"x"],
+    "source": lambda kpsa_id, server_name: None, "max_pending": 1,
 }
 # Config.set_rate_limit's `key` is a rate key, not key bytes.
 SAMPLES_BY_METHOD = {("set_rate_limit", "key"): m2mpsk.RATE_PEER}
 # Parameters for which None is a value (typed Optional in m2mpsk.pyi).
-NULLABLE = {"ida", "context", "from_"}
+NULLABLE = {"ida", "context", "from_", "source"}
 # The loopback peers of the PSKSockets make() returns.
 PEERS = []
 
@@ -99,6 +100,18 @@ def make(cls, keystore):
             PEERS.append(lsock.accept()[0])
         return m2mpsk.Context(keystore=keystore, kpsa_id=KPSA_ID).wrap_socket(
             c, do_handshake_on_connect=False)
+    if cls is m2mpsk.KeyRequest:
+        # An initiator whose KpsaID only the key source may have.
+        ks = m2mpsk.Keystore()
+        ks.set_source_queue(1)
+        a = m2mpsk.Association(m2mpsk.ROLE_INITIATOR, m2mpsk.TRANSPORT_TLS,
+                               m2mpsk.Config(), ks, "absent@onem2m.com")
+        a.start(1000)
+        req = ks.next_request()
+        a.close()
+        ks.close()
+        assert isinstance(req, m2mpsk.KeyRequest)
+        return req
     # An event: a responder past the config's handshake limit queues one.
     with m2mpsk.Config() as cfg:
         cfg.add_local_id(IDB)

@@ -12,7 +12,7 @@ from conftest import IDB, KEY, KPSA_ID
 
 STUB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "m2mpsk.pyi")
 # The stub's own helpers, and SWIG's per-object ownership flag.
-STUB_ONLY = {"Buffer"}
+STUB_ONLY = {"Buffer", "KeySourceFn"}
 SWIG_MEMBERS = {"thisown"}
 
 

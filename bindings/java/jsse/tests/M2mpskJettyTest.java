@@ -118,6 +118,10 @@ public class M2mpskJettyTest {
 
   /** Entity A: a oneM2M RETRIEVE with HttpsURLConnection over m2mpsk. */
   static Answer get(SSLContext a, String origin) throws IOException {
+    return get(a, origin, port);
+  }
+
+  static Answer get(SSLContext a, String origin, int port) throws IOException {
     HttpsURLConnection c = (HttpsURLConnection) new URL("https://127.0.0.1:" + port + "/cse-in")
         .openConnection();
     c.setSSLSocketFactory(a.getSocketFactory());
@@ -243,5 +247,42 @@ public class M2mpskJettyTest {
   public void manyRequestsInTurn() throws Exception {
     SSLContext a = M2mpskContexts.client(ks, AE_KPSA_ID);
     for (int i = 0; i < 20; i++) assertEquals(200, get(a, "Cae1").status);
+  }
+
+  /** A CSE whose keystore starts empty: the key comes from an asynchronous
+   * source (50 ms), while Jetty runs the engine's delegated task. */
+  @Test(timeout = 60000)
+  public void keysFromAnAsyncSource() throws Exception {
+    java.util.concurrent.atomic.AtomicInteger calls = new java.util.concurrent.atomic.AtomicInteger();
+    try (Keystore empty = new Keystore()) {
+      empty.setKeySource((id, sni) -> {
+        calls.incrementAndGet();
+        return java.util.concurrent.CompletableFuture.supplyAsync(
+            () -> AE_KPSA_ID.equals(id) ? new org.m2mpsk.KeyRecord(KEY.clone(), AE_ID, IDB) : null,
+            java.util.concurrent.CompletableFuture.delayedExecutor(
+                50, java.util.concurrent.TimeUnit.MILLISECONDS));
+      }, 16);
+      Server cse = serve(M2mpskContexts.server(empty, IDB), new CseServlet());
+      try {
+        int p = ((ServerConnector) cse.getConnectors()[0]).getLocalPort();
+        SSLContext a = M2mpskContexts.client(ks, AE_KPSA_ID);
+        for (int i = 0; i < 3; i++) {
+          Answer r = get(a, "Cae1", p);
+          assertEquals(r.body, 200, r.status);
+          assertTrue(r.body, r.body.startsWith("bound to " + AE_ID));
+        }
+        assertEquals(1, calls.get()); // the record is held after the first
+        // A KpsaID the source does not have: the handshake fails.
+        try {
+          get(M2mpskContexts.client(ks, CRED_KPSA_ID), "Cae1", p);
+          fail("a handshake without a record");
+        } catch (IOException expected) {
+          // SSLHandshakeException, or the connection closed
+        }
+        assertEquals(2, calls.get());
+      } finally {
+        cse.stop();
+      }
+    }
   }
 }

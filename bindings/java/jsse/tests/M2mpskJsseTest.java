@@ -22,7 +22,9 @@ import java.security.KeyManagementException;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
+import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ExecutorService;
+import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
 import java.util.concurrent.TimeUnit;
@@ -39,6 +41,8 @@ import javax.net.ssl.SSLPeerUnverifiedException;
 import javax.net.ssl.SSLServerSocket;
 import javax.net.ssl.SSLSession;
 import javax.net.ssl.SSLSocket;
+import org.m2mpsk.KeyRecord;
+import org.m2mpsk.KeySource;
 import org.m2mpsk.Keystore;
 import org.m2mpsk.M2mpsk;
 import org.m2mpsk.M2mpskException;
@@ -897,6 +901,155 @@ public class M2mpskJsseTest {
       } finally {
         p.destroy();
       }
+    } finally {
+      pool.shutdownNow();
+    }
+  }
+
+  // ---- key sources (since 0.4): NEED_TASK --------------------------------
+
+  /** A source answering after delayMs with the record (or null). */
+  static KeySource delayed(long delayMs, boolean has, AtomicInteger calls) {
+    return (id, sni) -> {
+      calls.incrementAndGet();
+      return CompletableFuture.supplyAsync(() -> has ? new KeyRecord(KEY.clone(), null, IDB) : null,
+          CompletableFuture.delayedExecutor(delayMs, TimeUnit.MILLISECONDS));
+    };
+  }
+
+  /** handshake() that also runs delegated tasks; true when a side asked
+   * for one. */
+  static boolean handshakeWithTasks(Side a, Side b) throws SSLException {
+    a.e.beginHandshake();
+    b.e.beginHandshake();
+    boolean tasks = false;
+    for (int i = 0; i < 100; i++) {
+      boolean moved = false;
+      for (Side[] d : new Side[][] {{a, b}, {b, a}}) {
+        if (d[0].e.getHandshakeStatus() == HandshakeStatus.NEED_TASK) {
+          tasks = true;
+          for (Runnable t; (t = d[0].e.getDelegatedTask()) != null; ) t.run();
+          moved = true;
+        }
+        while (d[0].e.getHandshakeStatus() == HandshakeStatus.NEED_WRAP) {
+          d[0].wrap(EMPTY);
+          moved = true;
+        }
+        if (d[1].out.hasRemaining()
+            && d[0].e.getHandshakeStatus() != HandshakeStatus.NEED_TASK) {
+          d[0].unwrapFrom(d[1]);
+          moved = true;
+        }
+      }
+      if (!moved) break;
+    }
+    return tasks;
+  }
+
+  @Test(timeout = 30000)
+  public void engineWaitsForTheKeySourceInADelegatedTask() throws Exception {
+    AtomicInteger calls = new AtomicInteger();
+    try (Keystore empty = new Keystore()) {
+      empty.setKeySource(delayed(50, true, calls), 8);
+      SSLContext sctx = M2mpskContexts.server(empty, IDB);
+      for (int round = 0; round < 2; round++) {
+        Side[] p = pair(client, sctx);
+        boolean tasks = handshakeWithTasks(p[0], p[1]);
+        assertEquals(round == 0, tasks); // the second finds the record
+        assertTrue(p[1].seen.contains(HandshakeStatus.FINISHED));
+        assertEquals(KPSA_ID, ((M2mpskSession) p[1].e.getSession()).kpsaId());
+      }
+      assertEquals(1, calls.get());
+      assertEquals(1, empty.count());
+    }
+  }
+
+  @Test(timeout = 30000)
+  public void engineWithAnAbsentRecordFailsLikeAWrongKey() throws Exception {
+    AtomicInteger calls = new AtomicInteger();
+    try (Keystore empty = new Keystore()) {
+      empty.setKeySource(delayed(20, false, calls), 8);
+      Side[] p = pair(client, M2mpskContexts.server(empty, IDB));
+      try {
+        handshakeWithTasks(p[0], p[1]);
+        fail("the handshake completed without a record");
+      } catch (SSLHandshakeException expected) {
+        // one side or the other: the server's alert reads as a wrong key
+      }
+      assertEquals(1, calls.get());
+      assertEquals(0, empty.count());
+    }
+  }
+
+  @Test(timeout = 30000)
+  public void engineKeySourceThatNeverAnswersTimesOut() throws Exception {
+    try (Keystore empty = new Keystore()) {
+      empty.setKeySource((id, sni) -> new CompletableFuture<>(), 8);
+      SSLContext sctx = M2mpskContexts.tls(
+          M2mpskParameters.server(IDB).keystore(empty).handshakeTimeoutMs(200));
+      Side[] p = pair(client, sctx);
+      long t0 = System.nanoTime();
+      try {
+        handshakeWithTasks(p[0], p[1]);
+        // the task returned at the deadline: the next call fails it
+        p[1].wrap(EMPTY);
+        fail("no timeout");
+      } catch (SSLHandshakeException expected) {
+        assertTrue(expected.getMessage(), expected instanceof M2mpskHandshakeException);
+        assertEquals(M2mpsk.REASON_TIMEOUT, ((M2mpskHandshakeException) expected).getReason());
+      }
+      long ms = (System.nanoTime() - t0) / 1_000_000;
+      assertTrue(ms + " ms", ms >= 150 && ms < 10000);
+    }
+  }
+
+  @Test(timeout = 60000)
+  public void sslSocketsWithAnAsyncKeySource() throws Exception {
+    AtomicInteger calls = new AtomicInteger();
+    ExecutorService pool = Executors.newFixedThreadPool(4);
+    try (Keystore empty = new Keystore()) {
+      empty.setKeySource(delayed(50, true, calls), 8);
+      SSLContext sctx = M2mpskContexts.server(empty, IDB);
+      try (SSLServerSocket ss = (SSLServerSocket) sctx.getServerSocketFactory()
+               .createServerSocket(0, 8, InetAddress.getLoopbackAddress())) {
+        List<Future<String>> served = new ArrayList<>();
+        for (int i = 0; i < 4; i++) {
+          served.add(pool.submit(() -> {
+            try (SSLSocket s = (SSLSocket) ss.accept()) {
+              s.setSoTimeout(20000);
+              BufferedReader in = new BufferedReader(
+                  new InputStreamReader(s.getInputStream(), StandardCharsets.UTF_8));
+              String line = in.readLine();
+              s.getOutputStream().write(("echo " + line + "\n").getBytes(StandardCharsets.UTF_8));
+              s.getOutputStream().flush();
+              return line;
+            }
+          }));
+        }
+        List<Future<String>> clients = new ArrayList<>();
+        ExecutorService cpool = Executors.newFixedThreadPool(4);
+        try {
+          for (int i = 0; i < 4; i++) {
+            final int n = i;
+            clients.add(cpool.submit(() -> {
+              try (SSLSocket s = (SSLSocket) client.getSocketFactory()
+                       .createSocket(InetAddress.getLoopbackAddress(), ss.getLocalPort())) {
+                s.setSoTimeout(20000);
+                s.getOutputStream().write(("c" + n + "\n").getBytes(StandardCharsets.UTF_8));
+                return new BufferedReader(
+                    new InputStreamReader(s.getInputStream(), StandardCharsets.UTF_8)).readLine();
+              }
+            }));
+          }
+          for (int i = 0; i < 4; i++) {
+            assertEquals("echo c" + i, clients.get(i).get(30, TimeUnit.SECONDS));
+          }
+        } finally {
+          cpool.shutdownNow();
+        }
+        for (Future<String> f : served) assertNotNull(f.get(30, TimeUnit.SECONDS));
+      }
+      assertEquals(1, calls.get()); // four clients, one KpsaID, one lookup
     } finally {
       pool.shutdownNow();
     }

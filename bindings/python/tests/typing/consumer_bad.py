@@ -14,3 +14,4 @@ ks = m2mpsk.Keystore()
 ks.add("test@onem2m.com", "not bytes", None, "//m2m.example.com/cse-in")  # error: add
 code: str = m2mpsk.Error(1, 2, "x").code  # error: code
 ctx.wrap_bio(b"in", b"out")  # error: wrap_bio
+ks.set_key_source(lambda kpsa_id: None)  # error: set_key_source

@@ -47,3 +47,27 @@ def in_memory(ctx: m2mpsk.Context) -> Optional[str]:
     except m2mpsk.Failed as e:
         return "failed: %s (%d)" % (e.reason_name, e.code)
     return obj.suite()
+
+
+async def lookup(kpsa_id: str, server_name: Optional[str]) -> Optional[m2mpsk.KeyRecord]:
+    if not kpsa_id.endswith("@onem2m.com"):
+        return None
+    return m2mpsk.KeyRecord(bytearray(32), None, IDB)
+
+
+def plain_lookup(kpsa_id: str, server_name: Optional[str]) -> Optional[m2mpsk.KeyRecord]:
+    return None
+
+
+def key_sources(ks: m2mpsk.Keystore) -> Optional[str]:
+    ks.set_key_source(lookup, max_pending=16)  # an asyncio source
+    ks.set_key_source(plain_lookup)  # a blocking one
+    ks.set_key_source(None)
+    ks.set_source_queue(4)
+    req = ks.next_request()
+    if req is None:
+        return None
+    kid = req.kpsa_id()
+    with req:
+        req.supply(bytes(32), None, IDB)
+    return kid

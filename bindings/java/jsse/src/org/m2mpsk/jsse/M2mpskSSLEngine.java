@@ -33,8 +33,12 @@ import javax.net.ssl.SSLSession;
  * ({@link SSLSession#getPacketBufferSize()} always can).</li>
  * <li>The handshake status is {@code NEED_WRAP} while records wait to be
  * sent, {@code NEED_UNWRAP} while the handshake waits for the peer, and
- * {@code FINISHED} in the result of the call that completes the handshake;
- * never {@code NEED_TASK} (there are no delegated tasks).</li>
+ * {@code FINISHED} in the result of the call that completes the handshake.
+ * {@code NEED_TASK} while the handshake waits for a key the keystore's
+ * key source is looking up ({@link org.m2mpsk.Keystore#setKeySource}):
+ * {@link #getDelegatedTask()} then returns a task that waits, bounded by
+ * the handshake timeout, until the source has answered; the next call
+ * goes on with the handshake (or fails it: no record, or the timeout).</li>
  * <li>{@link #closeOutbound()} queues close_notify; a close_notify received
  * makes {@code unwrap} return {@code CLOSED} and queues the answering
  * close_notify ({@code NEED_WRAP}). TLS 1.2 closes both directions at once,
@@ -90,6 +94,9 @@ public final class M2mpskSSLEngine extends SSLEngine {
   private boolean outboundClosed;
   private boolean peerClosed;
   private boolean failed;
+  // A failure found while answering getHandshakeStatus() or
+  // getDelegatedTask(), which cannot throw it: the next wrap or unwrap does.
+  private SSLException deferred;
   /** Records (TLS: a byte stream of whole records) or datagrams (DTLS)
    * drained from the association, not yet handed out by wrap. */
   private final ArrayDeque<byte[]> netOut = new ArrayDeque<>();
@@ -233,9 +240,41 @@ public final class M2mpskSSLEngine extends SSLEngine {
     return null;
   }
 
+  /** A task that waits for the key the handshake needs, or null. */
   @Override
-  public Runnable getDelegatedTask() {
-    return null;
+  public synchronized Runnable getDelegatedTask() {
+    if (n == null || failed) return null;
+    try {
+      return n.keyWaitTask();
+    } catch (SSLException e) {
+      fail();
+      deferred = e;
+      return null;
+    }
+  }
+
+  /** Goes on with a handshake whose key has come, or fails one whose
+   * wait has timed out; either way its output is pulled. */
+  private void keyProgress() throws SSLException {
+    if (deferred != null) {
+      SSLException e = deferred;
+      deferred = null;
+      throw e;
+    }
+    if (n == null || failed || n.state() != Native.STATE_WAITING_KEY) return;
+    try {
+      n.resumeIfAnswered();
+    } catch (SSLException e) {
+      fail();
+      throw e;
+    }
+    pullOutput();
+  }
+
+  /** After a call that may have left the handshake waiting for its key:
+   * the key source starts looking it up at once. */
+  private void keyDispatch() throws SSLException {
+    if (n != null && !failed && n.state() == Native.STATE_WAITING_KEY) n.dispatchKeys();
   }
 
   // ---- handshake ----------------------------------------------------------
@@ -267,6 +306,7 @@ public final class M2mpskSSLEngine extends SSLEngine {
     }
     try {
       n.start(clientMode ? null : peerTag());
+      keyDispatch(); // an initiator's own key, from the source
     } catch (SSLException e) {
       fail();
       throw e;
@@ -290,6 +330,16 @@ public final class M2mpskSSLEngine extends SSLEngine {
 
   @Override
   public synchronized HandshakeStatus getHandshakeStatus() {
+    if (n != null && !failed && deferred == null && n.state() == Native.STATE_WAITING_KEY) {
+      // The task has run: go on now, so that the status is the next step.
+      // A failure is thrown by the next wrap or unwrap, as SSLEngine's are.
+      try {
+        runTimers();
+        keyProgress();
+      } catch (SSLException e) {
+        deferred = e;
+      }
+    }
     return status();
   }
 
@@ -299,6 +349,7 @@ public final class M2mpskSSLEngine extends SSLEngine {
     if (failed || outboundClosed || peerClosed) return NOT_HANDSHAKING;
     int s = n.state();
     if (s == Native.STATE_IDLE || s == Native.STATE_HANDSHAKING) return NEED_UNWRAP;
+    if (s == Native.STATE_WAITING_KEY) return HandshakeStatus.NEED_TASK;
     return NOT_HANDSHAKING;
   }
 
@@ -366,6 +417,7 @@ public final class M2mpskSSLEngine extends SSLEngine {
     if (dst.isReadOnly()) throw new ReadOnlyBufferException();
     begun();
     runTimers();
+    keyProgress();
     session.accessed();
     if (!netOut.isEmpty()) {
       int produced = emit(dst);
@@ -473,6 +525,7 @@ public final class M2mpskSSLEngine extends SSLEngine {
     }
     begun();
     runTimers();
+    keyProgress();
     session.accessed();
     long room = 0;
     for (int i = offset; i < offset + length; i++) room += dsts[i].remaining();
@@ -482,6 +535,11 @@ public final class M2mpskSSLEngine extends SSLEngine {
       return result(Status.OK, 0, produced, resultStatus());
     }
     if (inboundDone || n == null) return result(Status.CLOSED, 0, 0, status());
+    if (n.state() == Native.STATE_WAITING_KEY) {
+      // Nothing more is read until the key has come: the peer's flight
+      // waits in the library, and more of it here in src.
+      return result(Status.OK, 0, 0, status());
+    }
     int take;
     int header = dtls ? M2mpskSession.DTLS_HEADER : M2mpskSession.TLS_HEADER;
     if (dtls) {
@@ -524,6 +582,12 @@ public final class M2mpskSSLEngine extends SSLEngine {
       throw e;
     }
     src.position(at + take);
+    try {
+      keyDispatch();
+    } catch (SSLException e) {
+      fail();
+      throw e;
+    }
     pullOutput();
     readPlaintext();
     int produced = deliver(dsts, offset, length);

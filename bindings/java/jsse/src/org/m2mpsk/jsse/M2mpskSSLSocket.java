@@ -90,6 +90,13 @@ final class M2mpskSSLSocket extends SSLSocket {
           if (flushOne() == HandshakeStatus.FINISHED) break;
         } else if (hs == HandshakeStatus.NEED_UNWRAP) {
           if (unwrapOne(true) == HandshakeStatus.FINISHED) break;
+        } else if (hs == HandshakeStatus.NEED_TASK) {
+          // The key source is looking the key up: wait here, bounded by
+          // the handshake timeout.
+          for (Runnable t; (t = engine.getDelegatedTask()) != null; ) t.run();
+          if (engine.getHandshakeStatus() == HandshakeStatus.NEED_TASK) {
+            engine.wrap(ByteBuffer.allocate(0), ByteBuffer.allocate(0)); // throws the failure
+          }
         } else {
           break;
         }

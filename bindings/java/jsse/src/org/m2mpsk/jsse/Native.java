@@ -4,9 +4,14 @@ import java.nio.ByteBuffer;
 import java.util.ArrayList;
 import java.util.Collections;
 import java.util.List;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
 import javax.net.ssl.SSLException;
 import org.m2mpsk.Association;
 import org.m2mpsk.Config;
+import org.m2mpsk.KeyRequest;
 import org.m2mpsk.Keystore;
 import org.m2mpsk.M2mpsk;
 import org.m2mpsk.M2mpskException;
@@ -32,6 +37,7 @@ import org.m2mpsk.M2mpskUsageException;
 final class Native implements AutoCloseable {
   static final int STATE_IDLE;
   static final int STATE_HANDSHAKING;
+  static final int STATE_WAITING_KEY;
   static final int STATE_ESTABLISHED;
   static final int STATE_CLOSED;
   static final int STATE_FAILED;
@@ -51,6 +57,7 @@ final class Native implements AutoCloseable {
     M2mpsk.load();
     STATE_IDLE = M2mpsk.STATE_IDLE;
     STATE_HANDSHAKING = M2mpsk.STATE_HANDSHAKING;
+    STATE_WAITING_KEY = M2mpsk.STATE_WAITING_KEY;
     STATE_ESTABLISHED = M2mpsk.STATE_ESTABLISHED;
     STATE_CLOSED = M2mpsk.STATE_CLOSED;
     STATE_FAILED = M2mpsk.STATE_FAILED;
@@ -67,14 +74,16 @@ final class Native implements AutoCloseable {
 
   private final Association a;
   private final boolean dtls;
+  private final Keystore keystore; // whose key source answers a waiting handshake
   // Once released, the state and failure it ended in.
   private boolean released;
   private int finalState;
   private int finalFailure;
 
-  private Native(Association a, boolean dtls) {
+  private Native(Association a, boolean dtls, Keystore keystore) {
     this.a = a;
     this.dtls = dtls;
+    this.keystore = keystore;
   }
 
   /** Monotonic milliseconds, the clock every association is given. */
@@ -220,7 +229,7 @@ final class Native implements AutoCloseable {
           dtls ? M2mpsk.TRANSPORT_DTLS : M2mpsk.TRANSPORT_TLS, config, keystore,
           initiator ? kpsaId : null);
       if (dtls && mtu > 0) a.setMtu(mtu);
-      return new Native(a, dtls);
+      return new Native(a, dtls, keystore);
     } catch (M2mpskException e) {
       if (a != null) a.close();
       throw convert(e, true);
@@ -237,7 +246,71 @@ final class Native implements AutoCloseable {
 
   private boolean handshaking() {
     int s = state();
-    return s == M2mpsk.STATE_IDLE || s == M2mpsk.STATE_HANDSHAKING;
+    return s == M2mpsk.STATE_IDLE || s == M2mpsk.STATE_HANDSHAKING
+        || s == M2mpsk.STATE_WAITING_KEY;
+  }
+
+  // ---- key sources (since 0.4) -----------------------------------------
+
+  /** Hands the keystore's new key requests to its source (a waiting
+   * handshake's among them). */
+  void dispatchKeys() throws SSLException {
+    if (released) return;
+    try {
+      keystore.dispatchKeyRequests();
+    } catch (M2mpskException e) {
+      throw convert(e, true);
+    }
+  }
+
+  /** For a handshake waiting for its key: a task that waits, on the
+   * caller's thread, until the key request is answered or the handshake
+   * deadline passes; it never touches the association. Null when the
+   * handshake does not wait. */
+  Runnable keyWaitTask() throws SSLException {
+    if (released || a.state() != M2mpsk.STATE_WAITING_KEY) return null;
+    dispatchKeys();
+    KeyRequest req;
+    try {
+      req = a.keyRequest();
+    } catch (M2mpskException e) {
+      throw convert(e, true);
+    }
+    if (req == null) return null;
+    long deadline = a.nextTimeout(); // the handshake deadline covers the wait
+    if (req.answered() || (deadline >= 0 && now() >= deadline)) {
+      // Nothing to wait for: the engine's next call goes on (or times the
+      // handshake out), so a loop running tasks until there are none ends.
+      req.close();
+      return null;
+    }
+    CompletableFuture<Void> answered = keystore.whenAnswered(req);
+    return () -> {
+      try {
+        long wait = deadline < 0 ? Long.MAX_VALUE : Math.max(0, deadline - now()) + 1;
+        answered.get(wait, TimeUnit.MILLISECONDS);
+      } catch (InterruptedException e) {
+        Thread.currentThread().interrupt();
+      } catch (TimeoutException | ExecutionException e) {
+        // the engine's next call runs the timer, which fails the handshake
+      } finally {
+        req.close();
+      }
+    };
+  }
+
+  /** Resumes a handshake waiting for its key once the request is
+   * answered; does nothing otherwise. */
+  void resumeIfAnswered() throws SSLException {
+    if (released || a.state() != M2mpsk.STATE_WAITING_KEY) return;
+    try {
+      try (KeyRequest req = a.keyRequest()) {
+        if (req == null || !req.answered()) return;
+      }
+      a.resume(now());
+    } catch (M2mpskException e) {
+      throw convert(e, true);
+    }
   }
 
   void start(String peerTag) throws SSLException {
