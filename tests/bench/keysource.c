@@ -45,11 +45,13 @@ static const char *const k_who[N_WHO] = {"memory", "queue", "callback"};
 typedef struct params {
   const char *profile; /* full, quick, smoke */
   int reps;
-  int conc[MAX_CONC], n_conc;
+  int conc[MAX_CONC], n_conc;     /* engine boringssl */
+  int conc_o[MAX_CONC], n_conc_o; /* engine openssl: 4x slower, so less */
   double delay_ms;
   double warmup_s, window_s;
   long records; /* KpsaIDs made up front; a run never uses one twice */
   int who;      /* contenders: bit 1 << who */
+  int resp;     /* also time the responder side alone, at the largest C */
   int engines;  /* bit 0 boringssl, bit 1 openssl */
   int transports; /* bit 0 TLS, bit 1 DTLS */
 } params;
@@ -277,9 +279,25 @@ typedef struct loop {
   uint64_t delay_us, now;
   long next_rec, started, completed, requests;
   int active, waiting, peak_waiting, in_window, stopping;
+  /* With timing on: the responder side's own calls (its association's and
+   * the key request's), thread CPU summed over sections, and their count. */
+  int timing;
+  double resp_cpu, sec_t0;
+  long sections;
   uint8_t wire[WIRE_BUF];
   pending scratch; /* the responder's answer, on its way to the initiator */
 } loop;
+
+static void resp_begin(loop *L) {
+  if (L->timing)
+    L->sec_t0 = bench_thread_cpu();
+}
+static void resp_end(loop *L) {
+  if (L->timing) {
+    L->resp_cpu += bench_thread_cpu() - L->sec_t0;
+    L->sections++;
+  }
+}
 
 static void runq_push(loop *L, int s) {
   L->runq[(L->rq_head + L->rq_len++) % L->conc] = s;
@@ -375,8 +393,14 @@ static void source_callback(void *arg, m2mpsk_key_request *req) {
 static void source_poll(loop *L) {
   m2mpsk_key_request *req;
   int rc;
-  while ((rc = m2mpsk_keystore_next_request(L->ks_b, &req)) == M2MPSK_OK)
+  for (;;) {
+    resp_begin(L);
+    rc = m2mpsk_keystore_next_request(L->ks_b, &req);
+    resp_end(L);
+    if (rc != M2MPSK_OK)
+      break;
     source_open(L, req);
+  }
   if (rc != M2MPSK_E_AGAIN)
     fatal("m2mpsk_keystore_next_request: %s", m2mpsk_strerror(rc));
 }
@@ -389,11 +413,18 @@ static void slot_start(loop *L, int si) {
   s->a = s->b = NULL;
   if ((rc = m2mpsk_assoc_new(&s->a, M2MPSK_ROLE_INITIATOR, c->transport,
                              c->cfg_a, c->ks_a, L->t->rec[s->rec].id)) !=
-          M2MPSK_OK ||
-      (rc = m2mpsk_assoc_new(&s->b, M2MPSK_ROLE_RESPONDER, c->transport,
-                             c->cfg_b, L->ks_b, NULL)) != M2MPSK_OK)
+      M2MPSK_OK)
     fatal("m2mpsk_assoc_new: %s", m2mpsk_strerror(rc));
-  if (m2mpsk_assoc_start(s->b, L->now / 1000, c->unix_time) != M2MPSK_OK ||
+  resp_begin(L);
+  rc = m2mpsk_assoc_new(&s->b, M2MPSK_ROLE_RESPONDER, c->transport, c->cfg_b,
+                        L->ks_b, NULL);
+  int rs = rc == M2MPSK_OK
+               ? m2mpsk_assoc_start(s->b, L->now / 1000, c->unix_time)
+               : rc;
+  resp_end(L);
+  if (rc != M2MPSK_OK)
+    fatal("m2mpsk_assoc_new: %s", m2mpsk_strerror(rc));
+  if (rs != M2MPSK_OK ||
       m2mpsk_assoc_start(s->a, L->now / 1000, c->unix_time) != M2MPSK_OK)
     slot_fail(L, s, "m2mpsk_assoc_start failed");
   if (collect(L, s->a, &s->p) == 0)
@@ -416,8 +447,10 @@ static int slot_turn(loop *L, int si) {
     slot_fail(L, s, "turn while waiting for a key");
   while (s->p.i < s->p.n) {
     int i = s->p.i++;
-    if (m2mpsk_assoc_feed(s->b, s->p.buf + s->p.off[i], s->p.len[i], ms) !=
-        M2MPSK_OK)
+    resp_begin(L);
+    int rc = m2mpsk_assoc_feed(s->b, s->p.buf + s->p.off[i], s->p.len[i], ms);
+    resp_end(L);
+    if (rc != M2MPSK_OK)
       slot_fail(L, s, "the responder failed");
     if (m2mpsk_assoc_state(s->b) == M2MPSK_STATE_WAITING_KEY) {
       const m2mpsk_key_request *req = m2mpsk_assoc_key_request(s->b);
@@ -431,7 +464,9 @@ static int slot_turn(loop *L, int si) {
       return TURN_WAIT;
     }
   }
+  resp_begin(L);
   collect(L, s->b, &L->scratch);
+  resp_end(L);
   for (int i = 0; i < L->scratch.n; i++)
     if (m2mpsk_assoc_feed(s->a, L->scratch.buf + L->scratch.off[i],
                           L->scratch.len[i], ms) != M2MPSK_OK)
@@ -447,7 +482,9 @@ static int slot_turn(loop *L, int si) {
 static void slot_done(loop *L, int si) {
   slot *s = &L->slots[si];
   m2mpsk_assoc_free(s->a);
+  resp_begin(L);
   m2mpsk_assoc_free(s->b);
+  resp_end(L);
   s->a = s->b = NULL;
   L->completed++;
   L->active--;
@@ -457,19 +494,23 @@ static void slot_done(loop *L, int si) {
 
 /* The key arrives: supply it, and resume the responder waiting for it. */
 static void timer_fire(loop *L, timer t) {
+  resp_begin(L);
   int rc = m2mpsk_key_request_supply(t.req, t.rec->key, KEY_LEN, BENCH_ID_A,
                                      BENCH_ID_B, 0, 0);
+  m2mpsk_key_request_free(t.req);
+  resp_end(L);
   if (rc != M2MPSK_OK)
     fatal("m2mpsk_key_request_supply(%s): %s", t.rec->id, m2mpsk_strerror(rc));
-  m2mpsk_key_request_free(t.req);
   int si = t.rec->waiter;
   if (si < 0)
-    return; /* answered before its responder got to wait: none here */
+    fatal("%s answered with no responder waiting for it", t.rec->id);
   t.rec->waiter = -1;
   L->waiting--;
   slot *s = &L->slots[si];
-  if (m2mpsk_assoc_resume(s->b, L->now / 1000) != M2MPSK_OK ||
-      m2mpsk_assoc_state(s->b) == M2MPSK_STATE_WAITING_KEY)
+  resp_begin(L);
+  rc = m2mpsk_assoc_resume(s->b, L->now / 1000);
+  resp_end(L);
+  if (rc != M2MPSK_OK || m2mpsk_assoc_state(s->b) == M2MPSK_STATE_WAITING_KEY)
     slot_fail(L, s, "m2mpsk_assoc_resume failed");
   runq_push(L, si);
 }
@@ -481,10 +522,28 @@ typedef struct run_figures {
   double window_s; /* the window's length (short if records ran out) */
   long done;       /* completed in the window */
   int peak_waiting;
+  double resp_us; /* with timing: the responder side's CPU per handshake */
 } run_figures;
 
+/* The cost of one timed section with nothing in it, in seconds. */
+static double g_section_cost;
+
+static void calibrate_sections(void) {
+  double best = 1;
+  for (int r = 0; r < 5; r++) {
+    double sum = 0;
+    for (int i = 0; i < 20000; i++) {
+      double t0 = bench_thread_cpu();
+      sum += bench_thread_cpu() - t0;
+    }
+    if (sum / 20000 < best)
+      best = sum / 20000;
+  }
+  g_section_cost = best;
+}
+
 static run_figures run_one(const bench_case *c, table *t, who w, int conc,
-                           const params *pp) {
+                           const params *pp, int timing) {
   loop *L = calloc(1, sizeof(*L));
   if (L == NULL)
     fatal("out of memory");
@@ -492,6 +551,7 @@ static run_figures run_one(const bench_case *c, table *t, who w, int conc,
   L->t = t;
   L->w = w;
   L->conc = conc;
+  L->timing = timing;
   L->delay_us = (uint64_t)(pp->delay_ms * 1000);
   L->slots = calloc((size_t)conc, sizeof(slot));
   L->runq = calloc((size_t)conc, sizeof(int));
@@ -519,7 +579,8 @@ static run_figures run_one(const bench_case *c, table *t, who w, int conc,
   uint64_t warm_end = t0 + (uint64_t)(pp->warmup_s * 1e6);
   uint64_t win_end = UINT64_MAX;
   uint64_t w0 = 0, cpu0 = 0, w1 = 0, cpu1 = 0;
-  long done0 = 0, done1 = 0;
+  long done0 = 0, done1 = 0, sec0 = 0, sec1 = 0;
+  double resp0 = 0, resp1 = 0;
   L->now = t0;
   for (int i = 0; i < conc && L->next_rec < t->n; i++)
     slot_start(L, i);
@@ -537,6 +598,8 @@ static run_figures run_one(const bench_case *c, table *t, who w, int conc,
       w0 = L->now;
       cpu0 = clock_us(CLOCK_PROCESS_CPUTIME_ID);
       done0 = L->completed;
+      resp0 = L->resp_cpu;
+      sec0 = L->sections;
     }
     /* The window closes at its end, or when the records run out (then
      * fewer than conc would be in flight: not the load asked for). */
@@ -551,6 +614,8 @@ static run_figures run_one(const bench_case *c, table *t, who w, int conc,
       w1 = L->now;
       cpu1 = clock_us(CLOCK_PROCESS_CPUTIME_ID);
       done1 = L->completed;
+      resp1 = L->resp_cpu;
+      sec1 = L->sections;
     }
     while (L->heap_len > 0 && L->heap[0].due_us <= L->now)
       timer_fire(L, heap_pop(L));
@@ -601,6 +666,8 @@ static run_figures run_one(const bench_case *c, table *t, who w, int conc,
   f.cpu_us = (double)(cpu1 - cpu0) / (double)(f.done ? f.done : 1);
   f.util = (double)(cpu1 - cpu0) / (double)(w1 - w0);
   f.peak_waiting = L->peak_waiting;
+  f.resp_us = (resp1 - resp0 - (double)(sec1 - sec0) * g_section_cost) * 1e6 /
+              (double)(f.done ? f.done : 1);
   for (int i = 0; i < conc; i++)
     free(L->slots[i].p.buf);
   free(L->scratch.buf);
@@ -614,12 +681,14 @@ static run_figures run_one(const bench_case *c, table *t, who w, int conc,
 /* ---- the sweep ----------------------------------------------------------- */
 
 static void sweep_case(const bench_case *c, table *t, const params *pp) {
+  const int *concs = c->engine == M2MPSK_ENGINE_OPENSSL ? pp->conc_o : pp->conc;
+  int n_conc = c->engine == M2MPSK_ENGINE_OPENSSL ? pp->n_conc_o : pp->n_conc;
   int ws[N_WHO], n_who = 0;
   for (int w = 0; w < N_WHO; w++)
     if (pp->who & (1 << w))
       ws[n_who++] = w;
-  for (int ci = 0; ci < pp->n_conc; ci++) {
-    int conc = pp->conc[ci];
+  for (int ci = 0; ci < n_conc; ci++) {
+    int conc = concs[ci];
     double hs[N_WHO][MAX_REPS], cpu[N_WHO][MAX_REPS], util[N_WHO][MAX_REPS];
     double peak[N_WHO][MAX_REPS], ratio[N_WHO][MAX_REPS];
     long done_min[N_WHO];
@@ -628,7 +697,7 @@ static void sweep_case(const bench_case *c, table *t, const params *pp) {
     for (int r = 0; r < pp->reps; r++) {
       for (int k = 0; k < n_who; k++) {
         int w = ws[(k + r) % n_who];
-        run_figures f = run_one(c, t, (who)w, conc, pp);
+        run_figures f = run_one(c, t, (who)w, conc, pp, 0);
         hs[w][r] = f.hs_per_s;
         cpu[w][r] = f.cpu_us;
         util[w][r] = f.util;
@@ -668,6 +737,30 @@ static void sweep_case(const bench_case *c, table *t, const params *pp) {
     }
     fflush(stdout);
   }
+  if (!pp->resp)
+    return;
+  /* The responder side alone, at the largest C, in runs of their own: the
+   * timed sections would slow the loop, and so the wall-clock figures. */
+  int conc = concs[n_conc - 1];
+  double us[N_WHO][MAX_REPS];
+  for (int r = 0; r < pp->reps; r++)
+    for (int k = 0; k < n_who; k++) {
+      int w = ws[(k + r) % n_who];
+      us[w][r] = run_one(c, t, (who)w, conc, pp, 1).resp_us;
+    }
+  for (int k = 0; k < n_who; k++) {
+    int w = ws[k];
+    summary u = summarize(us[w], pp->reps);
+    printf("%-9s %-9s %5d  %-8s responder CPU %6.2f us per handshake "
+           "(%.2f-%.2f)\n",
+           "", "", conc, k_who[w], u.median, u.min, u.max);
+    json("{\"kind\":\"ksrc_resp\",\"case\":\"%s\",\"engine\":\"%s\","
+         "\"conc\":%d,\"who\":\"%s\",\"reps\":%d,\"us_median\":%.3f,"
+         "\"us_min\":%.3f,\"us_max\":%.3f}",
+         c->label, m2mpsk_engine_name(c->engine), conc, k_who[w], pp->reps,
+         u.median, u.min, u.max);
+  }
+  fflush(stdout);
 }
 
 /* ---- main ---------------------------------------------------------------- */
@@ -675,9 +768,11 @@ static void sweep_case(const bench_case *c, table *t, const params *pp) {
 static void usage(FILE *f) {
   fputs(
       "usage: m2mpsk-keysource-bench [--quick | --smoke] [--json FILE]\n"
-      "         [--reps R] [--conc C1,C2,...] [--delay-ms D] [--warmup S]\n"
+      "         [--reps R] [--conc C1,C2,...] [--conc-openssl C1,C2,...]\n"
+      "         [--delay-ms D] [--warmup S]\n"
       "         [--window S] [--records N] [--engines boringssl,openssl]\n"
       "         [--transports tls,dtls] [--who memory,queue,callback]\n"
+      "         [--no-responder-cpu]\n"
       "  Responder handshakes per wall second with an in-memory keystore\n"
       "  against a key source answering after D ms (queue and callback\n"
       "  mode), C handshakes in flight in one event loop, each with a\n"
@@ -718,15 +813,25 @@ static int parse_names(const char *s, const char *n0, const char *n1) {
 }
 
 int main(int argc, char **argv) {
-  params pp = {"full", 5,    {50, 200, 1000, 4000, 8000}, 5, 50, 0.3, 1.0,
-               300000, 7,    3,
-               3};
+  params pp = {.profile = "full",
+               .reps = 5,
+               .delay_ms = 50,
+               .warmup_s = 0.3,
+               .window_s = 1.0,
+               .records = 300000,
+               .who = 7,
+               .resp = 1,
+               .engines = 3,
+               .transports = 3};
+  pp.n_conc = parse_list("50,200,1000,2000,4000", pp.conc, MAX_CONC);
+  pp.n_conc_o = parse_list("50,200,500,1000", pp.conc_o, MAX_CONC);
   for (int i = 1; i < argc; i++) {
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (strcmp(argv[i], "--quick") == 0) {
       pp.profile = "quick";
       pp.reps = 3;
       pp.n_conc = parse_list("50,1000,4000", pp.conc, MAX_CONC);
+      pp.n_conc_o = parse_list("50,500", pp.conc_o, MAX_CONC);
       pp.warmup_s = 0.2;
       pp.window_s = 0.3;
       pp.records = 100000;
@@ -736,6 +841,7 @@ int main(int argc, char **argv) {
       pp.profile = "smoke";
       pp.reps = 1;
       pp.n_conc = parse_list("20", pp.conc, MAX_CONC);
+      pp.n_conc_o = parse_list("20", pp.conc_o, MAX_CONC);
       pp.warmup_s = 0.05;
       pp.window_s = 0.1;
       pp.records = 30000;
@@ -749,6 +855,9 @@ int main(int argc, char **argv) {
       i++;
     } else if (v && strcmp(argv[i], "--conc") == 0) {
       pp.n_conc = parse_list(v, pp.conc, MAX_CONC);
+      i++;
+    } else if (v && strcmp(argv[i], "--conc-openssl") == 0) {
+      pp.n_conc_o = parse_list(v, pp.conc_o, MAX_CONC);
       i++;
     } else if (v && strcmp(argv[i], "--delay-ms") == 0) {
       pp.delay_ms = atof(v);
@@ -768,6 +877,8 @@ int main(int argc, char **argv) {
     } else if (v && strcmp(argv[i], "--transports") == 0) {
       pp.transports = parse_names(v, "tls", "dtls");
       i++;
+    } else if (strcmp(argv[i], "--no-responder-cpu") == 0) {
+      pp.resp = 0;
     } else if (v && strcmp(argv[i], "--who") == 0) {
       pp.who = 0;
       for (int w = 0; w < N_WHO; w++)
@@ -782,7 +893,7 @@ int main(int argc, char **argv) {
       return 2;
     }
   }
-  if (pp.reps < 1 || pp.reps > MAX_REPS || pp.n_conc < 1 || pp.engines <= 0 ||
+  if (pp.reps < 1 || pp.reps > MAX_REPS || pp.n_conc < 1 || pp.n_conc_o < 1 || pp.engines <= 0 ||
       pp.transports <= 0 || pp.who == 0 || pp.delay_ms < 0 || pp.warmup_s < 0 ||
       pp.window_s <= 0 || pp.records < 1000 || pp.records > 20000000) {
     usage(stderr);
@@ -791,6 +902,7 @@ int main(int argc, char **argv) {
 
   /* Not timed: every KpsaID and key, the initiators' keystore and the
    * in-memory contender's, each holding every record. */
+  calibrate_sections();
   table t;
   table_make(&t, pp.records);
   m2mpsk_keystore *ks_a = keystore_full(&t), *ks_mem = keystore_full(&t);
