@@ -77,6 +77,20 @@ struct m2mpsk_assoc {
   unsigned char peer_is_credential;
   unsigned char ae_id_bound; /* bind_ae_id() replaced the Credential-ID */
   unsigned char bound;
+  /* Key source (issue 19). key_watch: input goes through feed_keysource()
+   * (a responder reading the ClientKeyExchange before the engine does, or
+   * any association waiting for a key); off on the hot path. */
+  unsigned char key_watch;
+  unsigned char pending_record; /* initiator: made before its record came */
+  uint32_t hs_left;             /* TLS scan: handshake bytes in later records */
+  unsigned held_n;              /* DTLS: datagrams held */
+  m2mpsk_key_request *req;      /* while WAITING_KEY */
+  /* Input not yet given to the engine: TLS, the stream from the first
+   * record not yet scanned; DTLS, the datagrams that arrived while
+   * waiting, each after its 2-byte length. */
+  uint8_t *held;
+  size_t held_len;
+  char *sni; /* responder with a source: the SNI, for the request */
 
   /* The KpsaID in use (have_kpsa_id); on a responder, before that, the
    * well-formed psk_identity the client presented (presented). */
@@ -140,6 +154,11 @@ static COLD void fail(m2mpsk_assoc *a, m2mpsk_reason reason,
     snprintf(a->detail, sizeof(a->detail), "%s", detail ? detail : "");
   a->bound = 0;
   handshake_over(a);
+  if (a->req != NULL) {
+    /* A late answer is harmless: the request no longer counts us. */
+    m2mpsk_key_request_free(a->req);
+    a->req = NULL;
+  }
 
   m2mpsk_event_type type = M2MPSK_EVENT_FAILED;
   if (reason == M2MPSK_REASON_RATE_LIMITED)
@@ -418,6 +437,15 @@ unsigned m2mpsk_assoc_on_server_psk(m2mpsk_assoc *a, const char *identity,
 }
 
 int m2mpsk_assoc_on_server_name(m2mpsk_assoc *a, const char *host) {
+  if (a->key_watch && host != NULL && a->sni == NULL) {
+    /* For m2mpsk_key_request_server_name(); none if memory is short. */
+    size_t n = strnlen(host, 255);
+    a->sni = malloc(n + 1);
+    if (a->sni != NULL) {
+      memcpy(a->sni, host, n);
+      a->sni[n] = '\0';
+    }
+  }
   /* SA2: Entity A, the server, serves no authority of its own. */
   if (host == NULL || a->reversed)
     return 0;
@@ -447,7 +475,27 @@ int m2mpsk_assoc_on_server_name(m2mpsk_assoc *a, const char *host) {
 static HOT int record_still_good(m2mpsk_assoc *a) {
   const char *why = NULL;
   m2mpsk_reason r = M2MPSK_REASON_NONE;
-  if (!a->bound) {
+  uint64_t gen = m2mpsk_keystore_generation(a->ks);
+  if (gen != a->checked_gen && a->have_kpsa_id) {
+    /* Something was removed, revoked or put. A put that changed only the
+     * validity window keeps the serial: follow its new not_after. */
+    m2mpsk_record_view v;
+    if (m2mpsk_keystore_fetch_hashed(a->ks, a->kpsa_id, a->kpsa_hash, &v, NULL,
+                                     NULL) == M2MPSK_OK &&
+        v.serial == a->serial && !v.revoked) {
+      a->not_before = v.not_before;
+      a->not_after = v.not_after;
+      a->checked_gen = gen;
+    } else if (a->bound) {
+      r = M2MPSK_REASON_REVOKED;
+      why = "record for KpsaID %s was revoked or removed during the "
+            "association";
+    }
+    /* Before binding, the key handover judges a removed record. */
+  }
+  if (r != M2MPSK_REASON_NONE) {
+    /* why is set */
+  } else if (!a->bound) {
     /* Before binding, the key handover checks the record; what only time
      * changes is also checked here, so that a handshake ends at the
      * record's expiry (the deadline next_timeout reports) like a live
@@ -462,20 +510,7 @@ static HOT int record_still_good(m2mpsk_assoc *a) {
     r = M2MPSK_REASON_EXPIRED;
     why = "record for KpsaID %s expired during the association";
   } else {
-    uint64_t gen = m2mpsk_keystore_generation(a->ks);
-    if (gen == a->checked_gen)
-      return 1;
-    m2mpsk_record_view v;
-    if (m2mpsk_keystore_fetch_hashed(a->ks, a->kpsa_id, a->kpsa_hash, &v, NULL,
-                                     NULL) != M2MPSK_OK ||
-        v.serial != a->serial || v.revoked) {
-      r = M2MPSK_REASON_REVOKED;
-      why = "record for KpsaID %s was revoked or removed during the "
-            "association";
-    } else {
-      a->checked_gen = gen;
-      return 1;
-    }
+    return 1;
   }
   char msg[192];
   format1(msg, sizeof(msg), why, a->kpsa_id);
@@ -503,6 +538,7 @@ int m2mpsk_assoc_new(m2mpsk_assoc **out, m2mpsk_role role,
   m2mpsk_record_view v;
   uint64_t gen = 0, hash = 0;
   size_t n_sni = 0;
+  int pending_record = 0;
   if (role == M2MPSK_ROLE_INITIATOR) {
     /* The generation before the fetch: a remove or revoke after it makes
      * start fetch the record again. Only valid KpsaIDs are ever stored, so
@@ -513,7 +549,13 @@ int m2mpsk_assoc_new(m2mpsk_assoc **out, m2mpsk_role role,
     if (m2mpsk_keystore_fetch_hashed(keystore, kpsa_id, hash, &v, NULL, NULL) !=
         M2MPSK_OK) {
       int rc = m2mpsk_kpsa_id_validate(kpsa_id);
-      return rc != M2MPSK_OK ? rc : M2MPSK_E_NOT_FOUND;
+      if (rc != M2MPSK_OK)
+        return rc;
+      if (!m2mpsk_keystore_has_source(keystore))
+        return M2MPSK_E_NOT_FOUND;
+      /* The key source is asked at start (initiator_begin()). */
+      pending_record = 1;
+      memset(&v, 0, sizeof(v));
     }
   } else if (m2mpsk_config_local_id_count(config) == 0 &&
              !m2mpsk_config_roles_reversed(config)) {
@@ -560,6 +602,7 @@ int m2mpsk_assoc_new(m2mpsk_assoc **out, m2mpsk_role role,
     a->not_before = v.not_before;
     a->not_after = v.not_after;
     a->checked_gen = v.revoked ? UINT64_MAX : gen;
+    a->pending_record = (unsigned char)pending_record;
   } else if (!a->reversed) {
     /* Before SNI, every local identity is a candidate. */
     a->sni_ok = a->sni_space;
@@ -582,7 +625,8 @@ int m2mpsk_assoc_new(m2mpsk_assoc **out, m2mpsk_role role,
     if (role == M2MPSK_ROLE_INITIATOR)
       rc = a->ops->engine_new(&a->eng, a->ectx, a);
   }
-  if (rc == M2MPSK_OK && role == M2MPSK_ROLE_INITIATOR && !a->reversed) {
+  if (rc == M2MPSK_OK && role == M2MPSK_ROLE_INITIATOR && !a->reversed &&
+      !pending_record) {
     /* SNI names the server's authority: IdB's, unless the server is
      * Entity A (SA2), which has none to name. A record's IdB never
      * changes, and one replaced before start has another serial, which
@@ -617,6 +661,9 @@ void m2mpsk_assoc_free(m2mpsk_assoc *a) {
   if (a->eng != NULL)
     a->ops->engine_free(a->eng);
   free(a->hello_buf);
+  m2mpsk_key_request_free(a->req); /* a late answer is then harmless */
+  free(a->held);
+  free(a->sni);
   m2mpsk_keystore_free(a->ks);
   m2mpsk_config_free(a->cfg);
   free(a->peer_id);
@@ -682,6 +729,8 @@ static int start_engine(m2mpsk_assoc *a) {
 }
 
 static int step_handshake(m2mpsk_assoc *a);
+static int feed_tls_scan(m2mpsk_assoc *a, const uint8_t *data, size_t len,
+                         uint32_t max_input);
 
 /* A responder waiting for the ClientHello: buffers the bytes until it is
  * whole, then chooses the engine from the suites it offers
@@ -724,6 +773,16 @@ static int feed_hello(m2mpsk_assoc *a, const uint8_t *data, size_t len,
   rc = start_engine(a);
   if (rc != M2MPSK_OK)
     return rc;
+  if (a->key_watch && a->transport == M2MPSK_TRANSPORT_TLS) {
+    /* The scanner reads the stream from its first record. */
+    uint8_t *buf0 = a->hello_buf;
+    size_t len0 = a->hello_len;
+    a->hello_buf = NULL;
+    a->hello_len = 0;
+    rc = feed_tls_scan(a, buf0, len0, max_input);
+    free(buf0);
+    return rc;
+  }
   if (a->ops->push(a->eng, a->hello_buf, a->hello_len) != M2MPSK_OK) {
     fail(a, M2MPSK_REASON_INTERNAL, "out of memory buffering input");
     return M2MPSK_E_NOMEM;
@@ -777,6 +836,328 @@ static int step_handshake(m2mpsk_assoc *a) {
   return M2MPSK_OK;
 }
 
+/* ---- key sources (issue 19) ---------------------------------------------- */
+
+/* An initiator made before its record existed, at start or resume: its
+ * record is there now, or it never will be. Does what m2mpsk_assoc_new()
+ * and m2mpsk_assoc_start() would have done with it. */
+static int initiator_begin(m2mpsk_assoc *a) {
+  m2mpsk_record_view v;
+  const char *why = NULL;
+  m2mpsk_reason r = M2MPSK_REASON_NONE;
+  uint64_t gen = m2mpsk_keystore_generation(a->ks);
+  a->pending_record = 0;
+  if (m2mpsk_keystore_fetch_hashed(a->ks, a->kpsa_id, a->kpsa_hash, &v, NULL,
+                                   NULL) != M2MPSK_OK) {
+    r = M2MPSK_REASON_UNKNOWN_IDENTITY;
+    why = "no record for KpsaID %s, and the key source has none";
+  } else {
+    a->serial = v.serial;
+    a->not_before = v.not_before;
+    a->not_after = v.not_after;
+    a->checked_gen = gen;
+    r = check_record(a, &v, &why);
+  }
+  char host[256];
+  if (r == M2MPSK_REASON_NONE && !a->reversed &&
+      m2mpsk_idb_sni_of_valid(v.idb, host, sizeof(host)) &&
+      a->ops->set_server_name(a->eng, host) != M2MPSK_OK) {
+    r = M2MPSK_REASON_INTERNAL;
+    why = "out of memory setting the SNI for KpsaID %s";
+  }
+  if (r != M2MPSK_REASON_NONE) {
+    char msg[192];
+    format1(msg, sizeof(msg), why, a->kpsa_id);
+    fail(a, r, msg);
+    return M2MPSK_E_FAILED;
+  }
+  return step_handshake(a);
+}
+
+/* An initiator's start without its record: asks the source. */
+static int initiator_wait(m2mpsk_assoc *a) {
+  m2mpsk_key_request *req = NULL;
+  int r = m2mpsk_keystore_request_key(a->ks, a->kpsa_id, a->role, NULL, &req);
+  if (r == M2MPSK_KEYREQ_WAIT && !m2mpsk_key_request_answered(req)) {
+    a->req = req;
+    a->key_watch = 1;
+    a->state = M2MPSK_STATE_WAITING_KEY;
+    return M2MPSK_OK;
+  }
+  /* Answered already (by the callback itself), there all along, or no
+   * source (any more) or past its bound: the keystore says which. */
+  m2mpsk_key_request_free(req);
+  return initiator_begin(a);
+}
+
+/* A responder read a ClientKeyExchange's psk_identity before the engine:
+ * 1 when the association now waits for the key source (a->req set), 0
+ * when it goes on as it would without a source (the identity is malformed
+ * or blocked, a record is there, the source has none to give at once). */
+static int key_needed(m2mpsk_assoc *a, const uint8_t *id, size_t id_len) {
+  char name[M2MPSK_KPSA_ID_MAX + 1];
+  if (id_len == 0 || id_len > M2MPSK_KPSA_ID_MAX ||
+      memchr(id, 0, id_len) != NULL)
+    return 0;
+  memcpy(name, id, id_len);
+  name[id_len] = '\0';
+  uint64_t until;
+  /* A blocked identity fails at once when the engine reads it. */
+  if (m2mpsk_kpsa_id_validate(name) != M2MPSK_OK ||
+      m2mpsk_guard_blocked(a->guard, M2MPSK_RATE_KPSA_ID, name, a->now_ms,
+                           &until) ||
+      m2mpsk_keystore_fetch(a->ks, name, NULL, NULL, NULL) == M2MPSK_OK)
+    return 0;
+  m2mpsk_key_request *req = NULL;
+  int r = m2mpsk_keystore_request_key(a->ks, name, a->role, a->sni, &req);
+  if (r != M2MPSK_KEYREQ_WAIT || m2mpsk_key_request_answered(req)) {
+    m2mpsk_key_request_free(req);
+    return 0;
+  }
+  a->req = req;
+  /* What the client presented, for events and the rate limiter should the
+   * wait end in failure; the engine's callback reads it again. */
+  memcpy(a->kpsa_id, name, id_len + 1);
+  a->presented = 1;
+  a->state = M2MPSK_STATE_WAITING_KEY;
+  return 1;
+}
+
+#define SCAN_ON 0
+#define SCAN_STOP 1
+#define SCAN_WAIT 2
+
+static uint32_t be24(const uint8_t *p) {
+  return (uint32_t)p[0] << 16 | (uint32_t)p[1] << 8 | p[2];
+}
+
+/* The psk_identity at the start of a ClientKeyExchange body of `n` bytes
+ * (RFC 4279 §2, §3, §4 and RFC 5489 all put it first): SCAN_WAIT when the
+ * association now waits, else SCAN_STOP (scanning is over either way). */
+static int scan_cke(m2mpsk_assoc *a, const uint8_t *body, size_t n) {
+  if (n < 2)
+    return SCAN_STOP;
+  size_t id_len = (size_t)body[0] << 8 | body[1];
+  if (n - 2 < id_len)
+    return SCAN_STOP;
+  return key_needed(a, body + 2, id_len) ? SCAN_WAIT : SCAN_STOP;
+}
+
+/* One whole TLS handshake record's payload. Messages may span records
+ * (a long ClientHello): hs_left carries what is left of one. */
+static int scan_tls_record(m2mpsk_assoc *a, const uint8_t *body, size_t n) {
+  size_t p = a->hs_left < n ? a->hs_left : n;
+  a->hs_left -= (uint32_t)p;
+  while (p < n) {
+    if (n - p < 4)
+      return SCAN_STOP; /* a header split over records: not ours to read */
+    uint8_t type = body[p];
+    size_t len = be24(body + p + 1);
+    p += 4;
+    if (type == 16) /* client_key_exchange: whole in this record, or not */
+      return scan_cke(a, body + p, len < n - p ? len : n - p);
+    if (len > n - p) {
+      a->hs_left = (uint32_t)(len - (n - p));
+      return SCAN_ON;
+    }
+    p += len;
+  }
+  return SCAN_ON;
+}
+
+/* A DTLS datagram: the first fragment of a ClientKeyExchange in an epoch 0
+ * handshake record. */
+static int scan_dtls(m2mpsk_assoc *a, const uint8_t *d, size_t n) {
+  size_t p = 0;
+  while (n - p >= 13) {
+    const uint8_t *h = d + p;
+    size_t rlen = (size_t)h[11] << 8 | h[12];
+    if (n - p - 13 < rlen)
+      return SCAN_ON; /* malformed: the engine judges it */
+    if (h[0] == 22 && h[3] == 0 && h[4] == 0) {
+      const uint8_t *body = h + 13;
+      size_t q = 0;
+      while (rlen - q >= 12) {
+        uint32_t off = be24(body + q + 6), flen = be24(body + q + 9);
+        if (rlen - q - 12 < flen)
+          break;
+        if (body[q] == 16)
+          return off != 0 ? SCAN_STOP : scan_cke(a, body + q + 12, flen);
+        q += 12 + flen;
+      }
+    }
+    p += 13 + rlen;
+  }
+  return SCAN_ON;
+}
+
+static COLD int input_limit(m2mpsk_assoc *a, uint32_t max_input) {
+  char msg[96];
+  snprintf(msg, sizeof(msg), "more than %u bytes of input during the handshake",
+           (unsigned)max_input);
+  if (a->eng != NULL)
+    a->ops->abort(a->eng, 80 /* internal_error */);
+  fail(a, M2MPSK_REASON_LIMIT, msg);
+  return M2MPSK_E_FAILED;
+}
+
+static int hold_append(m2mpsk_assoc *a, const uint8_t *data, size_t len,
+                       int dtls) {
+  size_t extra = len + (dtls ? 2 : 0);
+  uint8_t *buf = realloc(a->held, a->held_len + extra);
+  if (buf == NULL)
+    return 0;
+  a->held = buf;
+  if (dtls) {
+    buf[a->held_len] = (uint8_t)(len >> 8);
+    buf[a->held_len + 1] = (uint8_t)len;
+    a->held_len += 2;
+    a->held_n++;
+  }
+  memcpy(a->held + a->held_len, data, len);
+  a->held_len += len;
+  return 1;
+}
+
+/* DTLS datagrams kept while waiting: a client's flight and a few
+ * retransmissions of it; more is dropped, like loss. */
+#define HELD_DATAGRAMS 8
+
+/* Pushes the first `n` held TLS bytes to the engine and keeps the rest. */
+static int push_held_prefix(m2mpsk_assoc *a, size_t n) {
+  if (n == 0)
+    return M2MPSK_OK;
+  if (a->ops->push(a->eng, a->held, n) != M2MPSK_OK) {
+    fail(a, M2MPSK_REASON_INTERNAL, "out of memory buffering input");
+    return M2MPSK_E_NOMEM;
+  }
+  memmove(a->held, a->held + n, a->held_len - n);
+  a->held_len -= n;
+  if (a->held_len == 0) {
+    free(a->held);
+    a->held = NULL;
+  }
+  return M2MPSK_OK;
+}
+
+/* TLS with key_watch: appends the input to what is held, hands the engine
+ * every whole record before the ClientKeyExchange, and holds from that
+ * record on when the association must wait. */
+static int feed_tls_scan(m2mpsk_assoc *a, const uint8_t *data, size_t len,
+                         uint32_t max_input) {
+  size_t eng_buf = a->ops->buffered(a->eng);
+  if (len > max_input || a->held_len > max_input - len ||
+      eng_buf > max_input - len - a->held_len)
+    return input_limit(a, max_input);
+  if (!hold_append(a, data, len, 0)) {
+    fail(a, M2MPSK_REASON_INTERNAL, "out of memory buffering input");
+    return M2MPSK_E_NOMEM;
+  }
+  if (a->state == M2MPSK_STATE_WAITING_KEY)
+    return M2MPSK_OK;
+  size_t off = 0;
+  int v = SCAN_ON;
+  while (a->held_len - off >= 5) {
+    const uint8_t *h = a->held + off;
+    size_t rlen = (size_t)h[3] << 8 | h[4];
+    if (h[0] != 22 || h[1] != 3 || rlen > 16384 + 2048) {
+      v = SCAN_STOP; /* past the handshake's plaintext, or not TLS */
+      break;
+    }
+    if (a->held_len - off - 5 < rlen)
+      break; /* the rest of the record is still to come */
+    v = scan_tls_record(a, h + 5, rlen);
+    if (v == SCAN_WAIT)
+      break;
+    off += 5 + rlen;
+    if (v == SCAN_STOP)
+      break;
+  }
+  if (v == SCAN_STOP) {
+    a->key_watch = 0;
+    off = a->held_len;
+  }
+  int rc = push_held_prefix(a, off);
+  if (rc != M2MPSK_OK || v == SCAN_WAIT || off == 0)
+    return rc;
+  return a->state == M2MPSK_STATE_HANDSHAKING ? step_handshake(a) : M2MPSK_OK;
+}
+
+/* Input while key_watch is set. Returns a status for m2mpsk_assoc_feed(),
+ * or 1 to let a DTLS datagram through the ordinary path. */
+static int feed_keysource(m2mpsk_assoc *a, const uint8_t *data, size_t len,
+                          uint32_t max_input) {
+  if (a->transport == M2MPSK_TRANSPORT_TLS)
+    return feed_tls_scan(a, data, len, max_input);
+  if (a->state != M2MPSK_STATE_WAITING_KEY) {
+    int v = scan_dtls(a, data, len);
+    if (v == SCAN_STOP)
+      a->key_watch = 0;
+    if (v != SCAN_WAIT)
+      return 1;
+  }
+  if (a->held_n < HELD_DATAGRAMS && a->held_len + 2 + len <= max_input)
+    (void)hold_append(a, data, len, 1); /* out of memory: lost, as loss */
+  return M2MPSK_OK;
+}
+
+/* The engine gets what waited; then the handshake goes on. */
+static int release_held(m2mpsk_assoc *a) {
+  a->key_watch = 0;
+  if (a->held_len == 0)
+    return M2MPSK_OK;
+  if (a->transport == M2MPSK_TRANSPORT_TLS) {
+    int rc = push_held_prefix(a, a->held_len);
+    if (rc != M2MPSK_OK)
+      return rc;
+    return step_handshake(a);
+  }
+  int rc = M2MPSK_OK;
+  size_t p = 0;
+  while (p + 2 <= a->held_len && rc == M2MPSK_OK &&
+         (a->state == M2MPSK_STATE_HANDSHAKING ||
+          a->state == M2MPSK_STATE_ESTABLISHED)) {
+    size_t n = (size_t)a->held[p] << 8 | a->held[p + 1];
+    p += 2;
+    /* Out of memory loses the datagram, as the ordinary path does. */
+    if (a->ops->push(a->eng, a->held + p, n) == M2MPSK_OK &&
+        a->state == M2MPSK_STATE_HANDSHAKING)
+      rc = step_handshake(a);
+    p += n;
+  }
+  free(a->held);
+  a->held = NULL;
+  a->held_len = 0;
+  a->held_n = 0;
+  return rc;
+}
+
+int m2mpsk_assoc_resume(m2mpsk_assoc *a, uint64_t now_ms) {
+  if (a == NULL)
+    return M2MPSK_E_INVALID;
+  if (a->state != M2MPSK_STATE_WAITING_KEY)
+    return M2MPSK_E_STATE;
+  set_now(a, now_ms);
+  if (!m2mpsk_key_request_answered(a->req))
+    return M2MPSK_OK;
+  m2mpsk_key_request_free(a->req);
+  a->req = NULL;
+  a->state = M2MPSK_STATE_HANDSHAKING;
+  if (a->role == M2MPSK_ROLE_INITIATOR) {
+    int rc = initiator_begin(a);
+    /* Input that came while waiting follows the ClientHello. */
+    if (rc == M2MPSK_OK && a->held_len > 0)
+      rc = release_held(a);
+    a->key_watch = 0;
+    return rc;
+  }
+  return release_held(a);
+}
+
+m2mpsk_key_request *m2mpsk_assoc_key_request(const m2mpsk_assoc *a) {
+  return a != NULL && a->state == M2MPSK_STATE_WAITING_KEY ? a->req : NULL;
+}
+
 int m2mpsk_assoc_start(m2mpsk_assoc *a, uint64_t now_ms, int64_t unix_time) {
   if (a == NULL || unix_time < 0)
     return M2MPSK_E_INVALID;
@@ -791,6 +1172,8 @@ int m2mpsk_assoc_start(m2mpsk_assoc *a, uint64_t now_ms, int64_t unix_time) {
   set_now(a, now_ms);
 
   if (a->role == M2MPSK_ROLE_INITIATOR) {
+    if (a->pending_record)
+      return initiator_wait(a);
     /* Fail early, and without sending anything, on a record we may not
      * use: its state is checked again when the key is handed over. */
     m2mpsk_record_view v;
@@ -819,6 +1202,8 @@ int m2mpsk_assoc_start(m2mpsk_assoc *a, uint64_t now_ms, int64_t unix_time) {
     }
     return step_handshake(a);
   }
+  /* Read once per handshake: a source set later serves later handshakes. */
+  a->key_watch = (unsigned char)m2mpsk_keystore_has_source(a->ks);
   uint64_t until = 0;
   if (a->peer_tag != NULL &&
       m2mpsk_guard_blocked(a->guard, M2MPSK_RATE_PEER, a->peer_tag, now_ms,
@@ -860,6 +1245,11 @@ HOT int m2mpsk_assoc_feed(m2mpsk_assoc *a, const uint8_t *data, size_t len,
   if (a->eng == NULL) {
     int rc = start_engine(a);
     if (rc != M2MPSK_OK)
+      return rc;
+  }
+  if (__builtin_expect(a->key_watch, 0)) {
+    int rc = feed_keysource(a, data, len, max_input);
+    if (rc != 1)
       return rc;
   }
   if (len > max_input || a->ops->buffered(a->eng) > max_input - len) {
@@ -928,11 +1318,12 @@ int m2mpsk_assoc_next_timeout(const m2mpsk_assoc *a, uint64_t *deadline_ms) {
   if (a == NULL || deadline_ms == NULL)
     return M2MPSK_E_INVALID;
   if (a->state != M2MPSK_STATE_HANDSHAKING &&
-      a->state != M2MPSK_STATE_ESTABLISHED)
+      a->state != M2MPSK_STATE_ESTABLISHED &&
+      a->state != M2MPSK_STATE_WAITING_KEY)
     return M2MPSK_E_AGAIN;
   int have = 0;
   uint64_t best = 0;
-  if (a->state == M2MPSK_STATE_HANDSHAKING) {
+  if (a->state != M2MPSK_STATE_ESTABLISHED) {
     best = a->deadline_ms;
     have = 1;
   }
@@ -945,7 +1336,10 @@ int m2mpsk_assoc_next_timeout(const m2mpsk_assoc *a, uint64_t *deadline_ms) {
   }
   uint64_t left;
   engine_now(a);
-  if (a->eng != NULL && a->ops->timer(a->eng, &left)) {
+  /* While waiting for a key the engine's retransmissions pause: the
+   * client's flight is already here. */
+  if (a->eng != NULL && a->state != M2MPSK_STATE_WAITING_KEY &&
+      a->ops->timer(a->eng, &left)) {
     uint64_t t = a->now_ms + left;
     if (!have || t < best)
       best = t;
@@ -970,13 +1364,15 @@ int m2mpsk_assoc_handle_timeout(m2mpsk_assoc *a, uint64_t now_ms) {
   set_now(a, now_ms);
   if (!record_still_good(a))
     return M2MPSK_E_FAILED;
-  if (a->state == M2MPSK_STATE_HANDSHAKING && a->now_ms >= a->deadline_ms) {
+  if (a->state != M2MPSK_STATE_ESTABLISHED && a->now_ms >= a->deadline_ms) {
     char msg[96];
     snprintf(msg, sizeof(msg), "handshake not complete after %u ms",
              (unsigned)(a->now_ms - a->start_ms));
     fail(a, M2MPSK_REASON_TIMEOUT, msg);
     return M2MPSK_E_FAILED;
   }
+  if (a->state == M2MPSK_STATE_WAITING_KEY)
+    return M2MPSK_OK;
   if (a->eng != NULL && a->ops->on_timer(a->eng) != M2MPSK_OK) {
     fail_from_engine(a);
     return M2MPSK_E_FAILED;

@@ -2,6 +2,7 @@
 #ifndef M2MPSK_INTERNAL_H
 #define M2MPSK_INTERNAL_H
 
+#include <pthread.h>
 #include <stdint.h>
 
 #include "m2mpsk/m2mpsk.h"
@@ -51,6 +52,39 @@ uint64_t m2mpsk_keystore_generation(const m2mpsk_keystore *ks);
 
 /* Takes one more reference; m2mpsk_keystore_free() drops one. */
 void m2mpsk_keystore_ref(m2mpsk_keystore *ks);
+
+/* Takes one more reference unless the last one is already gone (the
+ * keystore is being destroyed). 1 when taken. Thread-safe. */
+int m2mpsk_keystore_try_ref(m2mpsk_keystore *ks);
+
+/* ---- key sources (keysource.c, state kept in the keystore) -------------- */
+
+struct m2mpsk_key_sources;
+/* The mutex that guards the keystore's source state (*m2mpsk_keystore_src).
+ * Taken before a request's own mutex, never inside the keystore's rwlock. */
+pthread_mutex_t *m2mpsk_keystore_src_mu(m2mpsk_keystore *ks);
+struct m2mpsk_key_sources **m2mpsk_keystore_src(m2mpsk_keystore *ks);
+/* 1 while a source is set: one relaxed load. */
+int m2mpsk_keystore_has_source(const m2mpsk_keystore *ks);
+void m2mpsk_keystore_set_has_source(m2mpsk_keystore *ks, int on);
+/* Detaches every open or queued request and frees the state; called by the
+ * keystore's destruction. NULL is a no-op. */
+void m2mpsk_key_sources_destroy(struct m2mpsk_key_sources *src);
+
+/* What m2mpsk_keystore_request_key() found. */
+enum {
+  M2MPSK_KEYREQ_NONE = 0,    /* no source, past max_pending, or no memory:
+                                go on as if the source had no record */
+  M2MPSK_KEYREQ_WAIT = 1,    /* *out: a request to wait on (a reference) */
+  M2MPSK_KEYREQ_PRESENT = 2  /* the keystore has a record (maybe revoked) */
+};
+/* Opens the request for `kpsa_id` (well-formed), or joins the one open.
+ * `sni` may be NULL. A new request is handed to the source's callback
+ * before this returns, with no lock held, so it may already be answered.
+ * Thread-safe. */
+int m2mpsk_keystore_request_key(m2mpsk_keystore *ks, const char *kpsa_id,
+                                m2mpsk_role role, const char *sni,
+                                m2mpsk_key_request **out);
 
 /* ---- profile.c ---------------------------------------------------------- */
 

@@ -1,63 +1,499 @@
-/* Key sources: placeholder so that the tree links while the implementation
- * is written (issue 19). Every entry point reports M2MPSK_E_UNSUPPORTED. */
-#include "m2mpsk/m2mpsk.h"
+/* Key sources: the keystore asks its host for records it does not have
+ * (issue 19), and associations wait for the answer.
+ *
+ * One request is open per KpsaID. Its references: the keystore's while it
+ * is open (in the open table), the queue's until m2mpsk_keystore_next_request
+ * hands it out (or the callee's, in callback mode), one per waiting
+ * association, and whatever the host took with m2mpsk_key_request_ref().
+ *
+ * A request does not hold its keystore: that would make a cycle (the
+ * keystore holds its open requests) and an unanswered request would keep
+ * the keystore, and every key in it, alive for ever. It points to it
+ * weakly, under its own mutex; an answer takes a reference only if the
+ * keystore is not already being destroyed (m2mpsk_keystore_try_ref), and
+ * the keystore's destruction, and the closing of a request, clear the
+ * pointer under that mutex.
+ *
+ * Locks: the keystore's src_mu (the open table, the queue, the settings)
+ * before a request's mu. The keystore's rwlock is taken inside src_mu only
+ * by the record check of request_key(); an answer adds its record before
+ * taking src_mu, never inside it. The callback runs with no lock held. */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
 
-#include <stddef.h>
+#include "internal.h"
+
+#define TABLE_MIN 16
+#define TABLE_MAX 65536
+
+struct m2mpsk_key_request {
+  atomic_size_t refs;
+  atomic_int answered;
+  pthread_mutex_t mu;  /* guards ks */
+  m2mpsk_keystore *ks; /* weak; NULL once closed or detached */
+  /* Under the keystore's src_mu: */
+  struct m2mpsk_key_request *next;  /* open table chain */
+  struct m2mpsk_key_request *qnext; /* queue */
+  int queued;
+  int open;
+  uint64_t hash;
+  m2mpsk_role role;
+  char *server_name;
+  char kpsa_id[M2MPSK_KPSA_ID_MAX + 1];
+};
+
+struct m2mpsk_key_sources {
+  m2mpsk_key_source_fn fn;
+  void *arg;
+  size_t max_pending; /* 0: removed */
+  size_t nopen;
+  m2mpsk_key_request **table;
+  size_t nbuckets; /* a power of two */
+  m2mpsk_key_request *qhead, *qtail;
+};
+
+/* ---- requests ------------------------------------------------------------ */
+
+static void request_destroy(m2mpsk_key_request *r) {
+  pthread_mutex_destroy(&r->mu);
+  free(r->server_name);
+  free(r);
+}
+
+/* Drops a reference known not to be the last one that could leave an open
+ * request orphaned (the keystore's own, or the queue's). */
+static void request_drop(m2mpsk_key_request *r) {
+  if (atomic_fetch_sub(&r->refs, 1) == 1)
+    request_destroy(r);
+}
+
+/* The keystore, with a reference taken, or NULL when it is gone. */
+static m2mpsk_keystore *request_keystore(m2mpsk_key_request *r) {
+  pthread_mutex_lock(&r->mu);
+  m2mpsk_keystore *ks = r->ks;
+  if (ks != NULL && !m2mpsk_keystore_try_ref(ks))
+    ks = NULL;
+  pthread_mutex_unlock(&r->mu);
+  return ks;
+}
+
+static m2mpsk_key_request **bucket(struct m2mpsk_key_sources *s,
+                                   uint64_t hash) {
+  return &s->table[hash & (s->nbuckets - 1)];
+}
+
+static void table_unlink(struct m2mpsk_key_sources *s, m2mpsk_key_request *r) {
+  for (m2mpsk_key_request **l = bucket(s, r->hash); *l != NULL;
+       l = &(*l)->next) {
+    if (*l == r) {
+      *l = r->next;
+      r->next = NULL;
+      s->nopen--;
+      return;
+    }
+  }
+}
+
+static int queue_unlink(struct m2mpsk_key_sources *s, m2mpsk_key_request *r) {
+  if (!r->queued)
+    return 0;
+  m2mpsk_key_request *prev = NULL;
+  for (m2mpsk_key_request *q = s->qhead; q != NULL; prev = q, q = q->qnext) {
+    if (q != r)
+      continue;
+    if (prev != NULL)
+      prev->qnext = q->qnext;
+    else
+      s->qhead = q->qnext;
+    if (s->qtail == q)
+      s->qtail = prev;
+    q->qnext = NULL;
+    q->queued = 0;
+    return 1;
+  }
+  return 0;
+}
+
+/* Closes an open request, under src_mu: marks it answered, takes it out of
+ * the table (and the queue) and clears its keystore pointer. Returns the
+ * number of references the caller must drop once src_mu is released (the
+ * keystore's, and the queue's when it was still queued). */
+static int close_locked(struct m2mpsk_key_sources *s, m2mpsk_key_request *r) {
+  if (!r->open)
+    return 0;
+  r->open = 0;
+  atomic_store(&r->answered, 1);
+  table_unlink(s, r);
+  int drops = 1 + queue_unlink(s, r);
+  pthread_mutex_lock(&r->mu);
+  r->ks = NULL;
+  pthread_mutex_unlock(&r->mu);
+  return drops;
+}
+
+/* Answers `r` (of keystore ks, referenced by the caller). M2MPSK_OK, or
+ * M2MPSK_E_STATE when it was answered already. */
+static int close_request(m2mpsk_keystore *ks, m2mpsk_key_request *r) {
+  pthread_mutex_t *mu = m2mpsk_keystore_src_mu(ks);
+  pthread_mutex_lock(mu);
+  struct m2mpsk_key_sources *s = *m2mpsk_keystore_src(ks);
+  int drops = s != NULL ? close_locked(s, r) : 0;
+  pthread_mutex_unlock(mu);
+  for (int i = 0; i < drops; i++)
+    request_drop(r);
+  return drops > 0 ? M2MPSK_OK : M2MPSK_E_STATE;
+}
+
+/* The caller holds one of the two references left on an open request, the
+ * other being the keystore's: once the caller's goes, nobody will answer
+ * it and nobody waits. Closes it as absent (so that it does not count
+ * against max_pending for ever) and returns 1; 0 when it is not so after
+ * all (someone joined, or it was answered). The caller still drops its own
+ * reference afterwards, so the request stays valid throughout. */
+static int close_orphan(m2mpsk_key_request *r) {
+  m2mpsk_keystore *ks = request_keystore(r);
+  if (ks == NULL)
+    return 0;
+  pthread_mutex_t *mu = m2mpsk_keystore_src_mu(ks);
+  pthread_mutex_lock(mu);
+  struct m2mpsk_key_sources *s = *m2mpsk_keystore_src(ks);
+  int drops = 0;
+  /* Joining happens under src_mu, so refs cannot grow meanwhile. */
+  if (s != NULL && r->open && atomic_load(&r->refs) == 2)
+    drops = close_locked(s, r);
+  pthread_mutex_unlock(mu);
+  for (int i = 0; i < drops; i++)
+    request_drop(r);
+  m2mpsk_keystore_free(ks);
+  return drops > 0;
+}
+
+void m2mpsk_key_request_free(m2mpsk_key_request *req) {
+  if (req == NULL)
+    return;
+  size_t n = atomic_load(&req->refs);
+  for (;;) {
+    if (n == 2 && !atomic_load(&req->answered)) {
+      /* Whoever would take it from 2 to 1 looks first, holding on. */
+      (void)close_orphan(req);
+      request_drop(req);
+      return;
+    }
+    if (atomic_compare_exchange_weak(&req->refs, &n, n - 1)) {
+      if (n == 1)
+        request_destroy(req);
+      return;
+    }
+  }
+}
+
+m2mpsk_key_request *m2mpsk_key_request_ref(m2mpsk_key_request *req) {
+  if (req != NULL)
+    atomic_fetch_add(&req->refs, 1);
+  return req;
+}
+
+const char *m2mpsk_key_request_kpsa_id(const m2mpsk_key_request *req) {
+  return req != NULL ? req->kpsa_id : NULL;
+}
+
+const char *m2mpsk_key_request_server_name(const m2mpsk_key_request *req) {
+  return req != NULL ? req->server_name : NULL;
+}
+
+m2mpsk_role m2mpsk_key_request_role(const m2mpsk_key_request *req) {
+  return req != NULL ? req->role : M2MPSK_ROLE_RESPONDER;
+}
+
+int m2mpsk_key_request_answered(const m2mpsk_key_request *req) {
+  if (req == NULL)
+    return M2MPSK_E_INVALID;
+  return atomic_load(&req->answered) != 0;
+}
+
+int m2mpsk_key_request_supply(m2mpsk_key_request *req, const uint8_t *key,
+                              size_t key_len, const char *ida, const char *idb,
+                              int64_t not_before, int64_t not_after) {
+  if (req == NULL || key == NULL || idb == NULL)
+    return M2MPSK_E_INVALID;
+  if (atomic_load(&req->answered))
+    return M2MPSK_E_STATE;
+  m2mpsk_keystore *ks = request_keystore(req);
+  if (ks == NULL)
+    return M2MPSK_E_STATE;
+  /* The record first, then the close: an association that looks between
+   * the two still finds the request open and waits on it, and one that
+   * looks after finds the record. */
+  int rc = m2mpsk_keystore_add(ks, req->kpsa_id, key, key_len, ida, idb,
+                               not_before, not_after);
+  if (rc == M2MPSK_OK || rc == M2MPSK_E_DUPLICATE)
+    (void)close_request(ks, req);
+  m2mpsk_keystore_free(ks);
+  return rc;
+}
+
+int m2mpsk_key_request_absent(m2mpsk_key_request *req) {
+  if (req == NULL)
+    return M2MPSK_E_INVALID;
+  if (atomic_load(&req->answered))
+    return M2MPSK_E_STATE;
+  m2mpsk_keystore *ks = request_keystore(req);
+  if (ks == NULL)
+    return M2MPSK_E_STATE;
+  int rc = close_request(ks, req);
+  m2mpsk_keystore_free(ks);
+  return rc;
+}
+
+/* ---- the keystore's side ------------------------------------------------- */
+
+static size_t table_size_for(size_t max_pending) {
+  size_t n = TABLE_MIN;
+  while (n < max_pending && n < TABLE_MAX)
+    n *= 2;
+  return n;
+}
+
+/* Grows the open table for max_pending. 0 when memory is short (the old
+ * table stays). */
+static int table_fit(struct m2mpsk_key_sources *s, size_t max_pending) {
+  size_t n = table_size_for(max_pending);
+  if (n <= s->nbuckets)
+    return 1;
+  m2mpsk_key_request **t = calloc(n, sizeof(*t));
+  if (t == NULL)
+    return 0;
+  for (size_t i = 0; i < s->nbuckets; i++) {
+    m2mpsk_key_request *r = s->table[i];
+    while (r != NULL) {
+      m2mpsk_key_request *next = r->next;
+      m2mpsk_key_request **head = &t[r->hash & (n - 1)];
+      r->next = *head;
+      *head = r;
+      r = next;
+    }
+  }
+  free(s->table);
+  s->table = t;
+  s->nbuckets = n;
+  return 1;
+}
+
+/* Closes every open request as absent and empties the queue, under src_mu.
+ * The references to drop are chained through qnext into *drops (a request
+ * appears once per reference; `extra` counts the second ones). */
+typedef struct drop_list {
+  m2mpsk_key_request **items;
+  size_t n;
+} drop_list;
+
+static void close_all_locked(struct m2mpsk_key_sources *s, drop_list *d) {
+  for (size_t i = 0; i < s->nbuckets; i++) {
+    while (s->table[i] != NULL) {
+      m2mpsk_key_request *r = s->table[i];
+      int k = close_locked(s, r);
+      for (int j = 0; j < k; j++)
+        d->items[d->n++] = r;
+    }
+  }
+  /* Queued requests are all open (closing unqueues them), so the queue
+   * is empty now. */
+}
+
+static void drop_all(drop_list *d) {
+  for (size_t i = 0; i < d->n; i++)
+    request_drop(d->items[i]);
+  free(d->items);
+}
 
 int m2mpsk_keystore_set_source(m2mpsk_keystore *ks, m2mpsk_key_source_fn fn,
                                void *arg, size_t max_pending) {
-  (void)ks, (void)fn, (void)arg, (void)max_pending;
-  return M2MPSK_E_UNSUPPORTED;
+  if (ks == NULL || (fn != NULL && max_pending == 0))
+    return M2MPSK_E_INVALID;
+  pthread_mutex_t *mu = m2mpsk_keystore_src_mu(ks);
+  struct m2mpsk_key_sources **sp = m2mpsk_keystore_src(ks);
+  drop_list d = {NULL, 0};
+  int rc = M2MPSK_OK;
+  pthread_mutex_lock(mu);
+  struct m2mpsk_key_sources *s = *sp;
+  if (max_pending == 0) {
+    m2mpsk_keystore_set_has_source(ks, 0);
+    if (s != NULL && s->nopen > 0) {
+      /* Each open request has the keystore's reference and at most the
+       * queue's. */
+      d.items = malloc(2 * s->nopen * sizeof(*d.items));
+      if (d.items == NULL) {
+        rc = M2MPSK_E_NOMEM;
+        m2mpsk_keystore_set_has_source(ks, s->max_pending > 0);
+        goto out;
+      }
+      close_all_locked(s, &d);
+    }
+    if (s != NULL) {
+      s->fn = NULL;
+      s->arg = NULL;
+      s->max_pending = 0;
+    }
+    goto out;
+  }
+  if (s == NULL) {
+    s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+      rc = M2MPSK_E_NOMEM;
+      goto out;
+    }
+    *sp = s;
+  }
+  if (!table_fit(s, max_pending)) {
+    rc = M2MPSK_E_NOMEM;
+    goto out;
+  }
+  s->fn = fn;
+  s->arg = arg;
+  s->max_pending = max_pending;
+  m2mpsk_keystore_set_has_source(ks, 1);
+out:
+  pthread_mutex_unlock(mu);
+  drop_all(&d);
+  return rc;
 }
+
 int m2mpsk_keystore_next_request(m2mpsk_keystore *ks,
                                  m2mpsk_key_request **out) {
-  (void)ks;
-  if (out)
+  if (out != NULL)
     *out = NULL;
-  return M2MPSK_E_UNSUPPORTED;
+  if (ks == NULL || out == NULL)
+    return M2MPSK_E_INVALID;
+  pthread_mutex_t *mu = m2mpsk_keystore_src_mu(ks);
+  pthread_mutex_lock(mu);
+  struct m2mpsk_key_sources *s = *m2mpsk_keystore_src(ks);
+  m2mpsk_key_request *r = s != NULL ? s->qhead : NULL;
+  if (r != NULL) {
+    s->qhead = r->qnext;
+    if (s->qtail == r)
+      s->qtail = NULL;
+    r->qnext = NULL;
+    r->queued = 0; /* the queue's reference becomes the caller's */
+  }
+  pthread_mutex_unlock(mu);
+  *out = r;
+  return r != NULL ? M2MPSK_OK : M2MPSK_E_AGAIN;
 }
-const char *m2mpsk_key_request_kpsa_id(const m2mpsk_key_request *r) {
-  (void)r;
-  return NULL;
+
+int m2mpsk_keystore_request_key(m2mpsk_keystore *ks, const char *kpsa_id,
+                                m2mpsk_role role, const char *sni,
+                                m2mpsk_key_request **out) {
+  *out = NULL;
+  uint64_t hash = m2mpsk_keystore_hash(ks, kpsa_id);
+  size_t id_len = strlen(kpsa_id);
+  /* Allocated before the lock, and dropped if a request is open already:
+   * the common case under load is a new KpsaID. */
+  m2mpsk_key_request *fresh = calloc(1, sizeof(*fresh));
+  if (fresh == NULL || id_len > M2MPSK_KPSA_ID_MAX) {
+    free(fresh);
+    return M2MPSK_KEYREQ_NONE;
+  }
+  if (sni != NULL && sni[0] != '\0') {
+    size_t n = strlen(sni) + 1;
+    fresh->server_name = malloc(n);
+    if (fresh->server_name == NULL) {
+      free(fresh);
+      return M2MPSK_KEYREQ_NONE;
+    }
+    memcpy(fresh->server_name, sni, n);
+  }
+  if (pthread_mutex_init(&fresh->mu, NULL) != 0) {
+    free(fresh->server_name);
+    free(fresh);
+    return M2MPSK_KEYREQ_NONE;
+  }
+  memcpy(fresh->kpsa_id, kpsa_id, id_len + 1);
+  fresh->hash = hash;
+  fresh->role = role;
+  fresh->ks = ks;
+  fresh->open = 1;
+
+  int result = M2MPSK_KEYREQ_NONE;
+  m2mpsk_key_source_fn fn = NULL;
+  void *arg = NULL;
+  pthread_mutex_t *mu = m2mpsk_keystore_src_mu(ks);
+  pthread_mutex_lock(mu);
+  struct m2mpsk_key_sources *s = *m2mpsk_keystore_src(ks);
+  if (s == NULL || s->max_pending == 0)
+    goto out;
+  /* Under src_mu, an answer either has not closed its request yet (join
+   * it) or has already added its record (found here). */
+  if (m2mpsk_keystore_fetch_hashed(ks, kpsa_id, hash, NULL, NULL, NULL) ==
+      M2MPSK_OK) {
+    result = M2MPSK_KEYREQ_PRESENT;
+    goto out;
+  }
+  for (m2mpsk_key_request *r = *bucket(s, hash); r != NULL; r = r->next) {
+    if (r->hash == hash && strcmp(r->kpsa_id, kpsa_id) == 0) {
+      atomic_fetch_add(&r->refs, 1);
+      *out = r;
+      result = M2MPSK_KEYREQ_WAIT;
+      goto out;
+    }
+  }
+  if (s->nopen >= s->max_pending)
+    goto out; /* treated as absent at once */
+  /* The keystore's, the waiter's, and the callee's or the queue's. */
+  atomic_init(&fresh->refs, 3);
+  atomic_init(&fresh->answered, 0);
+  m2mpsk_key_request **head = bucket(s, hash);
+  fresh->next = *head;
+  *head = fresh;
+  s->nopen++;
+  fn = s->fn;
+  arg = s->arg;
+  if (fn == NULL) {
+    fresh->queued = 1;
+    if (s->qtail != NULL)
+      s->qtail->qnext = fresh;
+    else
+      s->qhead = fresh;
+    s->qtail = fresh;
+  }
+  *out = fresh;
+  fresh = NULL;
+  result = M2MPSK_KEYREQ_WAIT;
+out:
+  pthread_mutex_unlock(mu);
+  if (fresh != NULL) {
+    request_destroy(fresh);
+  } else if (fn != NULL) {
+    fn(arg, *out);
+  }
+  return result;
 }
-const char *m2mpsk_key_request_server_name(const m2mpsk_key_request *r) {
-  (void)r;
-  return NULL;
-}
-m2mpsk_role m2mpsk_key_request_role(const m2mpsk_key_request *r) {
-  (void)r;
-  return M2MPSK_ROLE_RESPONDER;
-}
-int m2mpsk_key_request_answered(const m2mpsk_key_request *r) {
-  (void)r;
-  return M2MPSK_E_UNSUPPORTED;
-}
-int m2mpsk_key_request_supply(m2mpsk_key_request *r, const uint8_t *key,
-                              size_t key_len, const char *ida, const char *idb,
-                              int64_t nb, int64_t na) {
-  (void)r, (void)key, (void)key_len, (void)ida, (void)idb, (void)nb, (void)na;
-  return M2MPSK_E_UNSUPPORTED;
-}
-int m2mpsk_key_request_absent(m2mpsk_key_request *r) {
-  (void)r;
-  return M2MPSK_E_UNSUPPORTED;
-}
-void m2mpsk_key_request_free(m2mpsk_key_request *r) { (void)r; }
-m2mpsk_key_request *m2mpsk_key_request_ref(m2mpsk_key_request *r) {
-  return r;
-}
-m2mpsk_key_request *m2mpsk_assoc_key_request(const m2mpsk_assoc *a) {
-  (void)a;
-  return NULL;
-}
-int m2mpsk_assoc_resume(m2mpsk_assoc *a, uint64_t now_ms) {
-  (void)a, (void)now_ms;
-  return M2MPSK_E_UNSUPPORTED;
-}
-int m2mpsk_keystore_put(m2mpsk_keystore *ks, const char *kpsa_id,
-                        const uint8_t *key, size_t key_len, const char *ida,
-                        const char *idb, int64_t nb, int64_t na) {
-  (void)ks, (void)kpsa_id, (void)key, (void)key_len, (void)ida, (void)idb,
-      (void)nb, (void)na;
-  return M2MPSK_E_UNSUPPORTED;
+
+void m2mpsk_key_sources_destroy(struct m2mpsk_key_sources *s) {
+  if (s == NULL)
+    return;
+  /* No one else can reach the keystore now: no lock needed for the table,
+   * but each request's pointer is cleared under its own mutex, which an
+   * answer on another thread may hold. */
+  for (size_t i = 0; i < s->nbuckets; i++) {
+    m2mpsk_key_request *r = s->table[i];
+    while (r != NULL) {
+      m2mpsk_key_request *next = r->next;
+      r->open = 0;
+      atomic_store(&r->answered, 1);
+      pthread_mutex_lock(&r->mu);
+      r->ks = NULL;
+      pthread_mutex_unlock(&r->mu);
+      int drops = 1 + (r->queued ? 1 : 0);
+      r->queued = 0;
+      r->next = NULL;
+      r->qnext = NULL;
+      for (int j = 0; j < drops; j++)
+        request_drop(r);
+      r = next;
+    }
+  }
+  free(s->table);
+  free(s);
 }

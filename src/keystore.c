@@ -123,6 +123,11 @@ struct m2mpsk_keystore {
   atomic_size_t unlocked_slabs;
   int bulk;           /* a staging keystore, see bulk_close() */
   uint32_t open_slab; /* the arena a staging keystore keeps writable */
+  /* The key source and its open requests (keysource.c): src_mu guards
+   * src; has_source is read without it, once per responder handshake. */
+  pthread_mutex_t src_mu;
+  struct m2mpsk_key_sources *src;
+  atomic_int has_source;
   char pad_[CACHE_LINE];
   atomic_size_t refs; /* changed by every association's new and free */
   char pad2_[CACHE_LINE];
@@ -612,6 +617,12 @@ static int keystore_create(m2mpsk_keystore **out, unsigned flags,
     memcpy(ks->hash_key, hash_key, sizeof(ks->hash_key));
   else
     crypto_shorthash_keygen(ks->hash_key);
+  if (pthread_mutex_init(&ks->src_mu, NULL) != 0) {
+    for (uint32_t i = 0; i < ks->nstripes; i++)
+      pthread_rwlock_destroy(&ks->locks[i].rw);
+    goto fail;
+  }
+  atomic_init(&ks->has_source, 0);
   atomic_init(&ks->refs, 1);
   atomic_init(&ks->count, 0);
   atomic_init(&ks->key_memory, 0);
@@ -651,6 +662,12 @@ int m2mpsk_keystore_new_staging(const m2mpsk_keystore *like,
 }
 
 static void keystore_destroy(m2mpsk_keystore *ks) {
+  /* Open requests outlive their keystore only as answered, detached ones:
+   * a request holds no reference to it (no cycle), so this is where they
+   * learn that it is gone. */
+  m2mpsk_key_sources_destroy(ks->src);
+  ks->src = NULL;
+  pthread_mutex_destroy(&ks->src_mu);
   for (size_t i = 0; i < ks->nbuckets; i++) {
     ks_record *r = ks->buckets[i];
     while (r != NULL) {
@@ -676,6 +693,31 @@ void m2mpsk_keystore_ref(m2mpsk_keystore *ks) {
     atomic_fetch_add_explicit(&ks->refs, 1, memory_order_relaxed);
 }
 
+int m2mpsk_keystore_try_ref(m2mpsk_keystore *ks) {
+  size_t n = atomic_load(&ks->refs);
+  while (n != 0) {
+    if (atomic_compare_exchange_weak(&ks->refs, &n, n + 1))
+      return 1;
+  }
+  return 0;
+}
+
+pthread_mutex_t *m2mpsk_keystore_src_mu(m2mpsk_keystore *ks) {
+  return &ks->src_mu;
+}
+
+struct m2mpsk_key_sources **m2mpsk_keystore_src(m2mpsk_keystore *ks) {
+  return &ks->src;
+}
+
+int m2mpsk_keystore_has_source(const m2mpsk_keystore *ks) {
+  return atomic_load_explicit(&ks->has_source, memory_order_relaxed);
+}
+
+void m2mpsk_keystore_set_has_source(m2mpsk_keystore *ks, int on) {
+  atomic_store(&ks->has_source, on);
+}
+
 void m2mpsk_keystore_free(m2mpsk_keystore *ks) {
   if (ks == NULL)
     return;
@@ -685,13 +727,12 @@ void m2mpsk_keystore_free(m2mpsk_keystore *ks) {
 
 /* ---- records ----------------------------------------------------------- */
 
-int m2mpsk_keystore_add_tagged(m2mpsk_keystore *ks, const char *kpsa_id,
-                               const uint8_t *key, size_t key_len,
-                               const char *ida, const char *idb,
-                               int64_t not_before, int64_t not_after,
-                               uint32_t tag) {
-  if (ks == NULL || kpsa_id == NULL || key == NULL || idb == NULL)
-    return M2MPSK_E_INVALID;
+/* Checks add()'s arguments and builds the record (key not yet stored).
+ * Returns M2MPSK_OK with *out, or add()'s validation codes / E_NOMEM. */
+static int record_build(m2mpsk_keystore *ks, const char *kpsa_id,
+                        size_t key_len, const char *ida, const char *idb,
+                        int64_t not_before, int64_t not_after, uint32_t tag,
+                        ks_record **out) {
   int rc = m2mpsk_kpsa_id_validate(kpsa_id);
   if (rc != M2MPSK_OK)
     return rc;
@@ -712,9 +753,13 @@ int m2mpsk_keystore_add_tagged(m2mpsk_keystore *ks, const char *kpsa_id,
   ks_record *r = malloc(sizeof(*r) + kpsa_len + 1 + ida_len + 1 + idb_len + 1);
   if (r == NULL)
     return M2MPSK_E_NOMEM;
+  r->next = NULL;
   r->hash = hash;
   r->not_before = not_before;
   r->not_after = not_after;
+  r->serial = 0;
+  r->slab = NO_SLAB;
+  r->slot = 0;
   r->tag = tag;
   r->kpsa_len = (uint8_t)kpsa_len;
   r->ida_len = (uint16_t)ida_len;
@@ -729,9 +774,25 @@ int m2mpsk_keystore_add_tagged(m2mpsk_keystore *ks, const char *kpsa_id,
   p[ida_len] = '\0';
   p += ida_len + 1;
   memcpy(p, idb, idb_len + 1);
+  *out = r;
+  return M2MPSK_OK;
+}
+
+int m2mpsk_keystore_add_tagged(m2mpsk_keystore *ks, const char *kpsa_id,
+                               const uint8_t *key, size_t key_len,
+                               const char *ida, const char *idb,
+                               int64_t not_before, int64_t not_after,
+                               uint32_t tag) {
+  if (ks == NULL || kpsa_id == NULL || key == NULL || idb == NULL)
+    return M2MPSK_E_INVALID;
+  ks_record *r = NULL;
+  int rc = record_build(ks, kpsa_id, key_len, ida, idb, not_before, not_after,
+                        tag, &r);
+  if (rc != M2MPSK_OK)
+    return rc;
 
   write_lock(ks);
-  if (find_link(ks, kpsa_id, kpsa_len, hash) != NULL) {
+  if (find_link(ks, kpsa_id, r->kpsa_len, r->hash) != NULL) {
     rc = M2MPSK_E_DUPLICATE;
     goto out;
   }
@@ -805,6 +866,77 @@ int m2mpsk_keystore_revoke(m2mpsk_keystore *ks, const char *kpsa_id) {
   }
   write_unlock(ks);
   return r != NULL ? M2MPSK_OK : M2MPSK_E_NOT_FOUND;
+}
+
+/* Whether `r` (not revoked) holds exactly `key` and the identities of `n`. */
+static int same_record(const m2mpsk_keystore *ks, const ks_record *r,
+                       const ks_record *n, const uint8_t *key,
+                       size_t key_len) {
+  if (r->revoked || r->key_len != key_len || r->ida_len != n->ida_len ||
+      r->idb_len != n->idb_len ||
+      memcmp(rec_ida(r), rec_ida(n), r->ida_len) != 0 ||
+      memcmp(rec_idb(r), rec_idb(n), r->idb_len) != 0)
+    return 0;
+  uint8_t old[M2MPSK_KEY_MAX];
+  slot_read(ks, r->slab, r->slot, old, key_len);
+  int same = sodium_memcmp(old, key, key_len) == 0;
+  sodium_memzero(old, sizeof(old));
+  return same;
+}
+
+int m2mpsk_keystore_put(m2mpsk_keystore *ks, const char *kpsa_id,
+                        const uint8_t *key, size_t key_len, const char *ida,
+                        const char *idb, int64_t not_before,
+                        int64_t not_after) {
+  if (ks == NULL || kpsa_id == NULL || key == NULL || idb == NULL)
+    return M2MPSK_E_INVALID;
+  ks_record *r = NULL, *old = NULL;
+  int rc = record_build(ks, kpsa_id, key_len, ida, idb, not_before, not_after,
+                        0, &r);
+  if (rc != M2MPSK_OK)
+    return rc;
+
+  write_lock(ks);
+  ks_record **link = find_link(ks, kpsa_id, r->kpsa_len, r->hash);
+  if (link != NULL && same_record(ks, *link, r, key, key_len)) {
+    ks_record *cur = *link;
+    if (cur->not_before != not_before || cur->not_after != not_after) {
+      /* Same key, same identities: the associations using it go on; the
+       * generation tells them to read the new window (record_still_good
+       * in assoc.c follows not_after). */
+      cur->not_before = not_before;
+      cur->not_after = not_after;
+      atomic_fetch_add(&ks->generation, 1);
+    }
+    goto out; /* r is freed below: nothing of it was stored */
+  }
+  if (link == NULL && !table_reserve(ks, atomic_load(&ks->count) + 1)) {
+    rc = M2MPSK_E_NOMEM;
+    goto out;
+  }
+  /* The new slot first: a failure leaves the old record as it was. */
+  if ((rc = slot_alloc(ks, &r->slab, &r->slot)) != M2MPSK_OK)
+    goto out;
+  slot_write(ks, r->slab, r->slot, key, key_len);
+  r->serial = ks->next_serial++;
+  if (link != NULL) {
+    /* Replaced: a new serial, so that every association made from the old
+     * record fails as revoked when it next looks. */
+    old = *link;
+    record_drop_key(ks, old);
+    r->next = old->next;
+    *link = r;
+    atomic_fetch_add(&ks->generation, 1);
+  } else {
+    table_insert(ks, r);
+    atomic_fetch_add(&ks->count, 1);
+  }
+  r = NULL;
+out:
+  write_unlock(ks);
+  free(r);
+  free(old);
+  return rc;
 }
 
 static int copy_id(char *dst, size_t cap, const char *src, size_t len) {

@@ -21,6 +21,7 @@
 #include "internal.h"
 #include "keystore.h"
 
+#include "link.h"
 #include "mlock_fake.h"
 
 #define IDB "//m2m.example.com/cse-in"
@@ -1129,4 +1130,364 @@ Test(keystore, ten_thousand_records) {
   size_t key_mem = m2mpsk_keystore_key_memory(ks);
   cr_assert_leq(key_mem, (size_t)SCALE * 128, "%zu B of key memory", key_mem);
   m2mpsk_keystore_free(ks);
+}
+
+/* ---- put (upsert, since 0.4) ------------------------------------------- */
+
+static m2mpsk_record_view view_of(const m2mpsk_keystore *ks, const char *id) {
+  m2mpsk_record_view v;
+  cr_assert_eq(m2mpsk_keystore_fetch(ks, id, &v, NULL, NULL), M2MPSK_OK);
+  return v;
+}
+
+Test(keystore_put, adds_a_new_record) {
+  m2mpsk_keystore *ks = new_ks(0);
+  uint8_t key[32];
+  fill_key(key, 32, 1);
+  cr_assert_eq(m2mpsk_keystore_put(ks, "p@b.c", key, 32, IDA, IDB, 5, 50),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_count(ks), 1);
+  expect_key(ks, "p@b.c", 1, 32);
+  m2mpsk_record_view v = view_of(ks, "p@b.c");
+  cr_assert_str_eq(v.ida, IDA);
+  cr_assert_eq(v.not_before, 5);
+  cr_assert_eq(v.not_after, 50);
+  m2mpsk_keystore_free(ks);
+}
+
+Test(keystore_put, identical_record_changes_nothing) {
+  m2mpsk_keystore *ks = new_ks(0);
+  uint8_t key[32];
+  fill_key(key, 32, 1);
+  cr_assert_eq(m2mpsk_keystore_add(ks, "p@b.c", key, 32, IDA, IDB, 5, 50),
+               M2MPSK_OK);
+  m2mpsk_record_view before = view_of(ks, "p@b.c");
+  uint64_t gen = m2mpsk_keystore_generation(ks);
+  size_t mem = m2mpsk_keystore_key_memory(ks);
+  cr_assert_eq(m2mpsk_keystore_put(ks, "p@b.c", key, 32, IDA, IDB, 5, 50),
+               M2MPSK_OK);
+  m2mpsk_record_view after = view_of(ks, "p@b.c");
+  cr_assert_eq(after.serial, before.serial);
+  cr_assert_eq(m2mpsk_keystore_generation(ks), gen);
+  cr_assert_eq(m2mpsk_keystore_count(ks), 1);
+  cr_assert_eq(m2mpsk_keystore_key_memory(ks), mem);
+  expect_key(ks, "p@b.c", 1, 32);
+  m2mpsk_keystore_free(ks);
+}
+
+Test(keystore_put, validity_change_is_in_place) {
+  m2mpsk_keystore *ks = new_ks(0);
+  uint8_t key[32];
+  fill_key(key, 32, 1);
+  cr_assert_eq(m2mpsk_keystore_add(ks, "p@b.c", key, 32, NULL, IDB, 5, 50),
+               M2MPSK_OK);
+  m2mpsk_record_view before = view_of(ks, "p@b.c");
+  uint64_t gen = m2mpsk_keystore_generation(ks);
+  cr_assert_eq(m2mpsk_keystore_put(ks, "p@b.c", key, 32, NULL, IDB, 0, 900),
+               M2MPSK_OK);
+  m2mpsk_record_view after = view_of(ks, "p@b.c");
+  cr_assert_eq(after.serial, before.serial, "same record, same serial");
+  cr_assert_eq(after.not_before, 0);
+  cr_assert_eq(after.not_after, 900);
+  cr_assert_gt(m2mpsk_keystore_generation(ks), gen, "associations re-read");
+  expect_key(ks, "p@b.c", 1, 32);
+  m2mpsk_keystore_free(ks);
+}
+
+Test(keystore_put, key_or_identity_change_replaces) {
+  m2mpsk_keystore *ks = new_ks(0);
+  uint8_t key[32], other[32];
+  fill_key(key, 32, 1);
+  fill_key(other, 32, 2);
+  cr_assert_eq(m2mpsk_keystore_add(ks, "p@b.c", key, 32, NULL, IDB, 0, 0),
+               M2MPSK_OK);
+  uint64_t s0 = view_of(ks, "p@b.c").serial;
+  /* The key. */
+  cr_assert_eq(m2mpsk_keystore_put(ks, "p@b.c", other, 32, NULL, IDB, 0, 0),
+               M2MPSK_OK);
+  uint64_t s1 = view_of(ks, "p@b.c").serial;
+  cr_assert_neq(s1, s0);
+  expect_key(ks, "p@b.c", 2, 32);
+  /* Its length alone. */
+  cr_assert_eq(m2mpsk_keystore_put(ks, "p@b.c", other, 16, NULL, IDB, 0, 0),
+               M2MPSK_OK);
+  uint64_t s2 = view_of(ks, "p@b.c").serial;
+  cr_assert_neq(s2, s1);
+  expect_key(ks, "p@b.c", 2, 16);
+  /* The IdA. */
+  cr_assert_eq(m2mpsk_keystore_put(ks, "p@b.c", other, 16, IDA, IDB, 0, 0),
+               M2MPSK_OK);
+  m2mpsk_record_view v = view_of(ks, "p@b.c");
+  cr_assert_neq(v.serial, s2);
+  cr_assert_str_eq(v.ida, IDA);
+  /* The IdB. */
+  cr_assert_eq(m2mpsk_keystore_put(ks, "p@b.c", other, 16, IDA,
+                                   "//m2m.example.com/cse-2", 0, 0),
+               M2MPSK_OK);
+  m2mpsk_record_view w = view_of(ks, "p@b.c");
+  cr_assert_neq(w.serial, v.serial);
+  cr_assert_str_eq(w.idb, "//m2m.example.com/cse-2");
+  cr_assert_eq(m2mpsk_keystore_count(ks), 1);
+  m2mpsk_keystore_free(ks);
+}
+
+Test(keystore_put, replaces_a_revoked_record) {
+  m2mpsk_keystore *ks = new_ks(0);
+  uint8_t key[32];
+  fill_key(key, 32, 1);
+  cr_assert_eq(m2mpsk_keystore_add(ks, "p@b.c", key, 32, NULL, IDB, 0, 0),
+               M2MPSK_OK);
+  uint64_t s0 = view_of(ks, "p@b.c").serial;
+  cr_assert_eq(m2mpsk_keystore_revoke(ks, "p@b.c"), M2MPSK_OK);
+  /* The same values as before the revocation still make a new record. */
+  cr_assert_eq(m2mpsk_keystore_put(ks, "p@b.c", key, 32, NULL, IDB, 0, 0),
+               M2MPSK_OK);
+  m2mpsk_record_view v = view_of(ks, "p@b.c");
+  cr_assert_eq(v.revoked, 0);
+  cr_assert_neq(v.serial, s0);
+  expect_key(ks, "p@b.c", 1, 32);
+  cr_assert_eq(m2mpsk_keystore_count(ks), 1);
+  m2mpsk_keystore_free(ks);
+}
+
+Test(keystore_put, old_slot_is_wiped_and_reused) {
+  m2mpsk_keystore *ks = new_ks(0);
+  uint8_t key[32], other[32];
+  fill_key(key, 32, 1);
+  fill_key(other, 32, 2);
+  cr_assert_eq(m2mpsk_keystore_add(ks, "p@b.c", key, 32, NULL, IDB, 0, 0),
+               M2MPSK_OK);
+  const uint8_t *slot = m2mpsk_keystore_debug_slot(ks, "p@b.c");
+  cr_assert_not_null(slot);
+  size_t mem = m2mpsk_keystore_key_memory(ks);
+  for (unsigned i = 0; i < 100; i++) {
+    fill_key(other, 32, 10 + i);
+    cr_assert_eq(m2mpsk_keystore_put(ks, "p@b.c", other, 32, NULL, IDB, 0, 0),
+                 M2MPSK_OK);
+  }
+  /* Replacing never grows key memory: the old slot is freed each time. */
+  cr_assert_eq(m2mpsk_keystore_key_memory(ks), mem);
+  expect_key(ks, "p@b.c", 109, 32);
+  /* The first slot no longer holds the first key. */
+  uint8_t got[32];
+  const uint8_t *now_slot = m2mpsk_keystore_debug_slot(ks, "p@b.c");
+  if (now_slot != slot) {
+    cr_assert_eq(m2mpsk_keystore_debug_peek(ks, slot, got, 32), M2MPSK_OK);
+    cr_assert(memcmp(got, key, 32) != 0);
+  }
+  m2mpsk_keystore_free(ks);
+}
+
+Test(keystore_put, rejects_each_bad_value_and_changes_nothing) {
+  char long_kpsa[M2MPSK_KPSA_ID_MAX + 2];
+  memset(long_kpsa, 'a', sizeof(long_kpsa));
+  memcpy(long_kpsa + sizeof(long_kpsa) - 5, "@b.c", 5);
+  char long_id[M2MPSK_ID_MAX + 2];
+  memset(long_id, 'c', sizeof(long_id));
+  long_id[0] = '/';
+  long_id[sizeof(long_id) - 1] = '\0';
+  struct {
+    const char *what, *kpsa_id;
+    size_t key_len;
+    const char *ida, *idb;
+    int64_t nb, na;
+    int rc;
+  } cases[] = {
+      {"bad kpsa-id", "no-at-sign", 16, NULL, IDB, 0, 0, M2MPSK_E_KPSA_ID},
+      {"long kpsa-id", long_kpsa, 16, NULL, IDB, 0, 0, M2MPSK_E_KPSA_ID_LENGTH},
+      {"short key", "keep@b.c", 15, NULL, IDB, 0, 0, M2MPSK_E_KEY_LENGTH},
+      {"long key", "keep@b.c", 65, NULL, IDB, 0, 0, M2MPSK_E_KEY_LENGTH},
+      {"bad ida", "keep@b.c", 16, "/cse/Sx", IDB, 0, 0, M2MPSK_E_IDA},
+      {"bad idb", "keep@b.c", 16, NULL, "/cse/C1", 0, 0, M2MPSK_E_IDB},
+      {"long ida", "keep@b.c", 16, long_id, IDB, 0, 0, M2MPSK_E_ID_LENGTH},
+      {"long idb", "keep@b.c", 16, NULL, long_id, 0, 0, M2MPSK_E_ID_LENGTH},
+      {"ends before start", "keep@b.c", 16, NULL, IDB, 200, 100,
+       M2MPSK_E_VALIDITY},
+      {"negative start", "keep@b.c", 16, NULL, IDB, -1, 0, M2MPSK_E_VALIDITY},
+  };
+  m2mpsk_keystore *ks = new_ks(0);
+  uint8_t key[M2MPSK_KEY_MAX + 1];
+  fill_key(key, sizeof(key), 99);
+  cr_assert_eq(m2mpsk_keystore_add(ks, "keep@b.c", key, 20, IDA, IDB, 10, 20),
+               M2MPSK_OK);
+  m2mpsk_record_view before = view_of(ks, "keep@b.c");
+  uint64_t gen = m2mpsk_keystore_generation(ks);
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    cr_expect_eq(m2mpsk_keystore_put(ks, cases[i].kpsa_id, key,
+                                     cases[i].key_len, cases[i].ida,
+                                     cases[i].idb, cases[i].nb, cases[i].na),
+                 cases[i].rc, "%s", cases[i].what);
+  }
+  cr_assert_eq(m2mpsk_keystore_put(NULL, "keep@b.c", key, 16, NULL, IDB, 0, 0),
+               M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_keystore_put(ks, NULL, key, 16, NULL, IDB, 0, 0),
+               M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_keystore_put(ks, "keep@b.c", NULL, 16, NULL, IDB, 0, 0),
+               M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_keystore_put(ks, "keep@b.c", key, 16, NULL, NULL, 0, 0),
+               M2MPSK_E_INVALID);
+  m2mpsk_record_view after = view_of(ks, "keep@b.c");
+  cr_assert_eq(after.serial, before.serial);
+  cr_assert_eq(after.not_before, 10);
+  cr_assert_eq(after.not_after, 20);
+  cr_assert_str_eq(after.ida, IDA);
+  cr_assert_eq(m2mpsk_keystore_generation(ks), gen);
+  cr_assert_eq(m2mpsk_keystore_count(ks), 1);
+  expect_key(ks, "keep@b.c", 99, 20);
+  m2mpsk_keystore_free(ks);
+}
+
+/* E_UNLOCKED: a keystore that requires locked memory, in a child whose
+ * RLIMIT_MEMLOCK allows one arena, refuses a put that needs another (a new
+ * record, or replacing one, which takes its new slot before freeing the
+ * old) and keeps what it had. */
+static void put_unlocked_child(void *arg) {
+  (void)arg;
+  long page = sysconf(_SC_PAGESIZE);
+  struct rlimit rl = {(rlim_t)(2 * page), (rlim_t)(2 * page)};
+  if (drop_ipc_lock() != 0 || setrlimit(RLIMIT_MEMLOCK, &rl) != 0)
+    _exit(10);
+  m2mpsk_keystore *ks = NULL;
+  if (m2mpsk_keystore_new(&ks, M2MPSK_KEYSTORE_REQUIRE_LOCKED) != M2MPSK_OK)
+    _exit(11);
+  uint8_t key[32] = {1}, other[32] = {2};
+  char id[32];
+  size_t slots = (size_t)page / M2MPSK_KEY_MAX;
+  for (size_t i = 0; i < slots; i++) {
+    snprintf(id, sizeof(id), "k%zu@b.c", i);
+    if (m2mpsk_keystore_put(ks, id, key, 32, NULL, IDB, 0, 0) != M2MPSK_OK)
+      _exit(12);
+  }
+  if (m2mpsk_keystore_put(ks, "new@b.c", key, 32, NULL, IDB, 0, 0) !=
+          M2MPSK_E_UNLOCKED ||
+      m2mpsk_keystore_count(ks) != slots)
+    _exit(13);
+  m2mpsk_record_view before, after;
+  if (m2mpsk_keystore_fetch(ks, "k0@b.c", &before, NULL, NULL) != M2MPSK_OK)
+    _exit(14);
+  if (m2mpsk_keystore_put(ks, "k0@b.c", other, 32, NULL, IDB, 0, 0) !=
+      M2MPSK_E_UNLOCKED)
+    _exit(15);
+  uint8_t got[M2MPSK_KEY_MAX];
+  size_t len = 0;
+  if (m2mpsk_keystore_fetch(ks, "k0@b.c", &after, got, &len) != M2MPSK_OK ||
+      after.serial != before.serial || len != 32 || memcmp(got, key, 32) != 0)
+    _exit(16);
+  /* A validity change needs no memory: it still works. */
+  if (m2mpsk_keystore_put(ks, "k0@b.c", key, 32, NULL, IDB, 0, 99) !=
+          M2MPSK_OK ||
+      m2mpsk_keystore_fetch(ks, "k0@b.c", &after, NULL, NULL) != M2MPSK_OK ||
+      after.not_after != 99)
+    _exit(17);
+  m2mpsk_keystore_free(ks);
+  _exit(0);
+}
+
+Test(keystore_put, unlocked_memory_is_refused) {
+  if (MLOCK_IS_FAKE)
+    cr_skip_test("mlock is not real under AddressSanitizer");
+  int st = in_child(put_unlocked_child, NULL);
+  cr_assert(WIFEXITED(st), "child died (status 0x%x)", st);
+  cr_assert_eq(WEXITSTATUS(st), 0, "check %d failed in the child",
+               WEXITSTATUS(st));
+}
+
+/* Live associations and put: a validity change keeps them (and moves their
+ * expiry), a key change ends them as revoked. */
+#define PUT_NOW0 1000000u
+#define PUT_UNIX0 1800000000
+
+static void put_pair(m2mt_pair *p, int64_t not_after) {
+  m2mt_pair_init(p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  cr_assert_eq(m2mpsk_keystore_put(p->ks_a, M2MT_KPSA_ID, m2mt_key, 32,
+                                   M2MT_IDA, M2MT_IDB, 0, not_after),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_put(p->ks_b, M2MT_KPSA_ID, m2mt_key, 32,
+                                   M2MT_IDA, M2MT_IDB, 0, not_after),
+               M2MPSK_OK);
+  m2mt_pair_start(p, PUT_NOW0, PUT_UNIX0);
+  uint64_t now = PUT_NOW0;
+  cr_assert_geq(m2mt_run_handshake(p->a, p->b, NULL, &now, 100), 0);
+  cr_assert_eq(m2mpsk_assoc_state(p->a), M2MPSK_STATE_ESTABLISHED, "%s",
+               m2mpsk_assoc_failure_detail(p->a));
+  cr_assert_eq(m2mpsk_assoc_state(p->b), M2MPSK_STATE_ESTABLISHED, "%s",
+               m2mpsk_assoc_failure_detail(p->b));
+}
+
+static int exchange(m2mt_pair *p, uint64_t now) {
+  size_t w = 0;
+  int rc = m2mpsk_assoc_write(p->a, (const uint8_t *)"ping", 4, &w);
+  if (rc != M2MPSK_OK)
+    return rc;
+  m2mt_transfer(p->a, p->b, NULL, now);
+  uint8_t buf[16];
+  size_t n = 0;
+  return m2mpsk_assoc_read(p->b, buf, sizeof(buf), &n);
+}
+
+Test(keystore_put, validity_change_keeps_live_associations) {
+  m2mt_pair p;
+  put_pair(&p, PUT_UNIX0 + 10);
+  uint64_t t0 = 0, t1 = 0;
+  cr_assert_eq(m2mpsk_assoc_next_timeout(p.b, &t0), M2MPSK_OK);
+  cr_assert_eq(t0, PUT_NOW0 + 11000u, "expiry at the old not_after");
+  /* Extended on both sides: the associations go on past the old end. */
+  cr_assert_eq(m2mpsk_keystore_put(p.ks_a, M2MT_KPSA_ID, m2mt_key, 32, M2MT_IDA,
+                                   M2MT_IDB, 0, PUT_UNIX0 + 100),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_put(p.ks_b, M2MT_KPSA_ID, m2mt_key, 32, M2MT_IDA,
+                                   M2MT_IDB, 0, PUT_UNIX0 + 100),
+               M2MPSK_OK);
+  uint64_t later = PUT_NOW0 + 20000u;
+  cr_assert_eq(m2mpsk_assoc_handle_timeout(p.b, later), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_handle_timeout(p.a, later), M2MPSK_OK);
+  cr_assert_eq(exchange(&p, later), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_state(p.b), M2MPSK_STATE_ESTABLISHED);
+  cr_assert_eq(m2mpsk_assoc_next_timeout(p.b, &t1), M2MPSK_OK);
+  cr_assert_eq(t1, PUT_NOW0 + 101000u, "expiry follows the new not_after");
+  /* Shortened: the association ends at the new, earlier expiry. */
+  cr_assert_eq(m2mpsk_keystore_put(p.ks_b, M2MT_KPSA_ID, m2mt_key, 32, M2MT_IDA,
+                                   M2MT_IDB, 0, PUT_UNIX0 + 30),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_handle_timeout(p.b, later), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_next_timeout(p.b, &t1), M2MPSK_OK);
+  cr_assert_eq(t1, PUT_NOW0 + 31000u);
+  cr_assert_eq(m2mpsk_assoc_handle_timeout(p.b, t1), M2MPSK_E_FAILED);
+  cr_assert_eq(m2mpsk_assoc_failure(p.b), M2MPSK_REASON_EXPIRED);
+  m2mt_pair_free(&p);
+}
+
+Test(keystore_put, identical_put_keeps_live_associations) {
+  m2mt_pair p;
+  put_pair(&p, 0);
+  cr_assert_eq(m2mpsk_keystore_put(p.ks_b, M2MT_KPSA_ID, m2mt_key, 32, M2MT_IDA,
+                                   M2MT_IDB, 0, 0),
+               M2MPSK_OK);
+  cr_assert_eq(exchange(&p, PUT_NOW0 + 5), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_state(p.b), M2MPSK_STATE_ESTABLISHED);
+  m2mt_pair_free(&p);
+}
+
+Test(keystore_put, key_change_ends_live_associations_as_revoked) {
+  m2mt_pair p;
+  put_pair(&p, 0);
+  cr_assert_eq(m2mpsk_keystore_put(p.ks_b, M2MT_KPSA_ID, m2mt_other_key, 32,
+                                   M2MT_IDA, M2MT_IDB, 0, 0),
+               M2MPSK_OK);
+  cr_assert_eq(exchange(&p, PUT_NOW0 + 5), M2MPSK_E_FAILED);
+  cr_assert_eq(m2mpsk_assoc_failure(p.b), M2MPSK_REASON_REVOKED);
+  m2mt_pair_free(&p);
+}
+
+Test(keystore_put, identity_change_ends_live_associations_as_revoked) {
+  m2mt_pair p;
+  put_pair(&p, 0);
+  cr_assert_eq(m2mpsk_keystore_put(p.ks_a, M2MT_KPSA_ID, m2mt_key, 32, NULL,
+                                   M2MT_IDB, 0, 0),
+               M2MPSK_OK);
+  size_t w = 0;
+  cr_assert_eq(m2mpsk_assoc_write(p.a, (const uint8_t *)"x", 1, &w),
+               M2MPSK_E_FAILED);
+  cr_assert_eq(m2mpsk_assoc_failure(p.a), M2MPSK_REASON_REVOKED);
+  m2mt_pair_free(&p);
 }
