@@ -49,10 +49,10 @@ typedef struct params {
   int conc_o[MAX_CONC], n_conc_o; /* engine openssl: 4x slower, so less */
   double delay_ms;
   double warmup_s, window_s;
-  long records; /* KpsaIDs made up front; a run never uses one twice */
-  int who;      /* contenders: bit 1 << who */
-  int resp;     /* also time the responder side alone, at the largest C */
-  int engines;  /* bit 0 boringssl, bit 1 openssl */
+  long records;   /* KpsaIDs made up front; a run never uses one twice */
+  int who;        /* contenders: bit 1 << who */
+  int resp;       /* also time the responder side alone, at the largest C */
+  int engines;    /* bit 0 boringssl, bit 1 openssl */
   int transports; /* bit 0 TLS, bit 1 DTLS */
 } params;
 
@@ -177,8 +177,7 @@ static void table_make(table *t, long n) {
 
 /* The source's query: the record for a KpsaID, or NULL. */
 static record *table_find(const table *t, const char *id) {
-  for (int32_t i = t->bucket[id_hash(id) & t->mask]; i >= 0;
-       i = t->rec[i].next)
+  for (int32_t i = t->bucket[id_hash(id) & t->mask]; i >= 0; i = t->rec[i].next)
     if (strcmp(t->rec[i].id, id) == 0)
       return &t->rec[i];
   return NULL;
@@ -265,6 +264,20 @@ typedef struct timer {
   record *rec;
 } timer;
 
+/* The responder side's calls, timed apart (README.md, "Key sources"). */
+typedef enum section_kind {
+  S_NEW,    /* m2mpsk_assoc_new + m2mpsk_assoc_start */
+  S_FEED,   /* m2mpsk_assoc_feed, one datagram or flight chunk */
+  S_DRAIN,  /* draining its whole answer */
+  S_FREE,   /* m2mpsk_assoc_free */
+  S_NEXT,   /* m2mpsk_keystore_next_request */
+  S_SUPPLY, /* m2mpsk_key_request_supply + m2mpsk_key_request_free */
+  S_RESUME, /* m2mpsk_assoc_resume */
+  N_KINDS
+} section_kind;
+static const char *const k_kind[N_KINDS] = {
+    "new+start", "feed", "drain", "free", "next", "supply", "resume"};
+
 typedef struct loop {
   const bench_case *c;
   table *t;
@@ -284,6 +297,8 @@ typedef struct loop {
   int timing;
   double resp_cpu, sec_t0;
   long sections;
+  double kind_cpu[N_KINDS];
+  long kind_n[N_KINDS];
   uint8_t wire[WIRE_BUF];
   pending scratch; /* the responder's answer, on its way to the initiator */
 } loop;
@@ -292,10 +307,13 @@ static void resp_begin(loop *L) {
   if (L->timing)
     L->sec_t0 = bench_thread_cpu();
 }
-static void resp_end(loop *L) {
+static void resp_end(loop *L, section_kind k) {
   if (L->timing) {
-    L->resp_cpu += bench_thread_cpu() - L->sec_t0;
+    double d = bench_thread_cpu() - L->sec_t0;
+    L->resp_cpu += d;
     L->sections++;
+    L->kind_cpu[k] += d;
+    L->kind_n[k]++;
   }
 }
 
@@ -396,7 +414,7 @@ static void source_poll(loop *L) {
   for (;;) {
     resp_begin(L);
     rc = m2mpsk_keystore_next_request(L->ks_b, &req);
-    resp_end(L);
+    resp_end(L, S_NEXT);
     if (rc != M2MPSK_OK)
       break;
     source_open(L, req);
@@ -421,7 +439,7 @@ static void slot_start(loop *L, int si) {
   int rs = rc == M2MPSK_OK
                ? m2mpsk_assoc_start(s->b, L->now / 1000, c->unix_time)
                : rc;
-  resp_end(L);
+  resp_end(L, S_NEW);
   if (rc != M2MPSK_OK)
     fatal("m2mpsk_assoc_new: %s", m2mpsk_strerror(rc));
   if (rs != M2MPSK_OK ||
@@ -449,7 +467,7 @@ static int slot_turn(loop *L, int si) {
     int i = s->p.i++;
     resp_begin(L);
     int rc = m2mpsk_assoc_feed(s->b, s->p.buf + s->p.off[i], s->p.len[i], ms);
-    resp_end(L);
+    resp_end(L, S_FEED);
     if (rc != M2MPSK_OK)
       slot_fail(L, s, "the responder failed");
     if (m2mpsk_assoc_state(s->b) == M2MPSK_STATE_WAITING_KEY) {
@@ -466,7 +484,7 @@ static int slot_turn(loop *L, int si) {
   }
   resp_begin(L);
   collect(L, s->b, &L->scratch);
-  resp_end(L);
+  resp_end(L, S_DRAIN);
   for (int i = 0; i < L->scratch.n; i++)
     if (m2mpsk_assoc_feed(s->a, L->scratch.buf + L->scratch.off[i],
                           L->scratch.len[i], ms) != M2MPSK_OK)
@@ -484,11 +502,11 @@ static void slot_done(loop *L, int si) {
   m2mpsk_assoc_free(s->a);
   resp_begin(L);
   m2mpsk_assoc_free(s->b);
-  resp_end(L);
+  resp_end(L, S_FREE);
   s->a = s->b = NULL;
   L->completed++;
   L->active--;
-  if (!L->stopping)
+  if (!L->stopping && L->next_rec < L->t->n)
     slot_start(L, si);
 }
 
@@ -498,7 +516,7 @@ static void timer_fire(loop *L, timer t) {
   int rc = m2mpsk_key_request_supply(t.req, t.rec->key, KEY_LEN, BENCH_ID_A,
                                      BENCH_ID_B, 0, 0);
   m2mpsk_key_request_free(t.req);
-  resp_end(L);
+  resp_end(L, S_SUPPLY);
   if (rc != M2MPSK_OK)
     fatal("m2mpsk_key_request_supply(%s): %s", t.rec->id, m2mpsk_strerror(rc));
   int si = t.rec->waiter;
@@ -509,7 +527,7 @@ static void timer_fire(loop *L, timer t) {
   slot *s = &L->slots[si];
   resp_begin(L);
   rc = m2mpsk_assoc_resume(s->b, L->now / 1000);
-  resp_end(L);
+  resp_end(L, S_RESUME);
   if (rc != M2MPSK_OK || m2mpsk_assoc_state(s->b) == M2MPSK_STATE_WAITING_KEY)
     slot_fail(L, s, "m2mpsk_assoc_resume failed");
   runq_push(L, si);
@@ -523,6 +541,7 @@ typedef struct run_figures {
   long done;       /* completed in the window */
   int peak_waiting;
   double resp_us; /* with timing: the responder side's CPU per handshake */
+  double kind_us[N_KINDS]; /* the same by call, over the whole run */
 } run_figures;
 
 /* The cost of one timed section with nothing in it, in seconds. */
@@ -582,16 +601,24 @@ static run_figures run_one(const bench_case *c, table *t, who w, int conc,
   long done0 = 0, done1 = 0, sec0 = 0, sec1 = 0;
   double resp0 = 0, resp1 = 0;
   L->now = t0;
-  for (int i = 0; i < conc && L->next_rec < t->n; i++)
-    slot_start(L, i);
-  if (w == W_QUEUE)
-    source_poll(L);
-  while (L->active > 0) {
+  /* The slots open one at a time, spread over one delay: started all at
+   * once, they would move in step (all waiting, then all busy), and the
+   * completions would come in bursts the window cuts at random. */
+  int admitted = 0;
+  uint64_t spread_us = L->delay_us > 10000 ? L->delay_us : 10000;
+  while (L->active > 0 || admitted < conc) {
     L->now = now_us();
+    uint64_t next_admit = t0 + spread_us * (uint64_t)admitted / (uint64_t)conc;
+    if (admitted < conc && !L->stopping && L->now >= next_admit &&
+        L->next_rec < t->n) {
+      slot_start(L, admitted++);
+      if (w == W_QUEUE)
+        source_poll(L);
+    }
     /* The warm-up lasts until every slot has, on average, finished one
      * handshake: the first ones all start at once, in step. */
     if (!L->in_window && !L->stopping && L->now >= warm_end &&
-        L->completed >= conc) {
+        admitted == conc && L->completed >= conc) {
       win_end = L->now + (uint64_t)(pp->window_s * 1e6);
       L->in_window = 1;
       L->peak_waiting = L->waiting;
@@ -603,8 +630,8 @@ static run_figures run_one(const bench_case *c, table *t, who w, int conc,
     }
     /* The window closes at its end, or when the records run out (then
      * fewer than conc would be in flight: not the load asked for). */
-    if (!L->stopping && ((L->in_window && L->now >= win_end) ||
-                         L->next_rec >= t->n)) {
+    if (!L->stopping &&
+        ((L->in_window && L->now >= win_end) || L->next_rec >= t->n)) {
       if (!L->in_window)
         fatal("%s, C=%d: %ld records ran out during the warm-up; raise "
               "--records",
@@ -628,11 +655,16 @@ static run_figures run_one(const bench_case *c, table *t, who w, int conc,
         slot_done(L, si);
       if (w == W_QUEUE)
         source_poll(L);
-    } else if (L->heap_len > 0) {
-      sleep_until_us(L->heap[0].due_us);
+    } else if (L->heap_len > 0 || (admitted < conc && !L->stopping)) {
+      uint64_t until = L->heap_len > 0 ? L->heap[0].due_us : UINT64_MAX;
+      if (admitted < conc && !L->stopping && next_admit < until)
+        until = next_admit;
+      sleep_until_us(until);
+    } else if (L->active == 0) {
+      break; /* stopped before every slot opened */
     } else {
-      fatal("%s, C=%d: %d handshakes in flight, none can move", k_who[w],
-            conc, L->active);
+      fatal("%s, C=%d: %d handshakes in flight, none can move", k_who[w], conc,
+            L->active);
     }
   }
 
@@ -668,6 +700,9 @@ static run_figures run_one(const bench_case *c, table *t, who w, int conc,
   f.peak_waiting = L->peak_waiting;
   f.resp_us = (resp1 - resp0 - (double)(sec1 - sec0) * g_section_cost) * 1e6 /
               (double)(f.done ? f.done : 1);
+  for (int k = 0; k < N_KINDS; k++)
+    f.kind_us[k] = (L->kind_cpu[k] - (double)L->kind_n[k] * g_section_cost) *
+                   1e6 / (double)(L->started ? L->started : 1);
   for (int i = 0; i < conc; i++)
     free(L->slots[i].p.buf);
   free(L->scratch.buf);
@@ -722,9 +757,9 @@ static void sweep_case(const bench_case *c, table *t, const params *pp) {
                  ra.max);
       printf("%-9s %-9s %5d  %-8s %8.0f %8.0f %8.0f %7.1f %5.2f %7.0f  %s\n",
              k == 0 && ci == 0 ? c->label : "",
-             k == 0 && ci == 0 ? m2mpsk_engine_name(c->engine) : "",
-             conc, k_who[w], h.median, h.min, h.max, u.median,
-             ut.median, pk.max, rtxt);
+             k == 0 && ci == 0 ? m2mpsk_engine_name(c->engine) : "", conc,
+             k_who[w], h.median, h.min, h.max, u.median, ut.median, pk.max,
+             rtxt);
       json("{\"kind\":\"ksrc\",\"case\":\"%s\",\"engine\":\"%s\",\"conc\":%d,"
            "\"who\":\"%s\",\"reps\":%d,\"hs_median\":%.1f,\"hs_min\":%.1f,"
            "\"hs_max\":%.1f,\"cpu_us\":%.3f,\"util\":%.3f,"
@@ -742,23 +777,37 @@ static void sweep_case(const bench_case *c, table *t, const params *pp) {
   /* The responder side alone, at the largest C, in runs of their own: the
    * timed sections would slow the loop, and so the wall-clock figures. */
   int conc = concs[n_conc - 1];
-  double us[N_WHO][MAX_REPS];
+  double us[N_WHO][MAX_REPS], kus[N_WHO][N_KINDS][MAX_REPS];
   for (int r = 0; r < pp->reps; r++)
     for (int k = 0; k < n_who; k++) {
       int w = ws[(k + r) % n_who];
-      us[w][r] = run_one(c, t, (who)w, conc, pp, 1).resp_us;
+      run_figures f = run_one(c, t, (who)w, conc, pp, 1);
+      us[w][r] = f.resp_us;
+      for (int j = 0; j < N_KINDS; j++)
+        kus[w][j][r] = f.kind_us[j];
     }
   for (int k = 0; k < n_who; k++) {
     int w = ws[k];
     summary u = summarize(us[w], pp->reps);
+    char by[256], js[512];
+    int bn = 0, jn = 0;
+    for (int j = 0; j < N_KINDS; j++) {
+      double m = summarize(kus[w][j], pp->reps).median;
+      if (j >= S_NEXT && w == W_MEMORY)
+        continue;
+      bn +=
+          snprintf(by + bn, sizeof(by) - (size_t)bn, " %s %.2f", k_kind[j], m);
+      jn += snprintf(js + jn, sizeof(js) - (size_t)jn, "%s\"%s\":%.3f",
+                     jn ? "," : "", k_kind[j], m);
+    }
     printf("%-9s %-9s %5d  %-8s responder CPU %6.2f us per handshake "
-           "(%.2f-%.2f)\n",
-           "", "", conc, k_who[w], u.median, u.min, u.max);
+           "(%.2f-%.2f):%s\n",
+           "", "", conc, k_who[w], u.median, u.min, u.max, by);
     json("{\"kind\":\"ksrc_resp\",\"case\":\"%s\",\"engine\":\"%s\","
          "\"conc\":%d,\"who\":\"%s\",\"reps\":%d,\"us_median\":%.3f,"
-         "\"us_min\":%.3f,\"us_max\":%.3f}",
+         "\"us_min\":%.3f,\"us_max\":%.3f,\"by_call\":{%s}}",
          c->label, m2mpsk_engine_name(c->engine), conc, k_who[w], pp->reps,
-         u.median, u.min, u.max);
+         u.median, u.min, u.max, js);
   }
   fflush(stdout);
 }
@@ -766,19 +815,18 @@ static void sweep_case(const bench_case *c, table *t, const params *pp) {
 /* ---- main ---------------------------------------------------------------- */
 
 static void usage(FILE *f) {
-  fputs(
-      "usage: m2mpsk-keysource-bench [--quick | --smoke] [--json FILE]\n"
-      "         [--reps R] [--conc C1,C2,...] [--conc-openssl C1,C2,...]\n"
-      "         [--delay-ms D] [--warmup S]\n"
-      "         [--window S] [--records N] [--engines boringssl,openssl]\n"
-      "         [--transports tls,dtls] [--who memory,queue,callback]\n"
-      "         [--no-responder-cpu]\n"
-      "  Responder handshakes per wall second with an in-memory keystore\n"
-      "  against a key source answering after D ms (queue and callback\n"
-      "  mode), C handshakes in flight in one event loop, each with a\n"
-      "  KpsaID the responder has not seen. Exits 1 if any handshake fails\n"
-      "  or the source is not asked exactly once per KpsaID.\n",
-      f);
+  fputs("usage: m2mpsk-keysource-bench [--quick | --smoke] [--json FILE]\n"
+        "         [--reps R] [--conc C1,C2,...] [--conc-openssl C1,C2,...]\n"
+        "         [--delay-ms D] [--warmup S]\n"
+        "         [--window S] [--records N] [--engines boringssl,openssl]\n"
+        "         [--transports tls,dtls] [--who memory,queue,callback]\n"
+        "         [--no-responder-cpu]\n"
+        "  Responder handshakes per wall second with an in-memory keystore\n"
+        "  against a key source answering after D ms (queue and callback\n"
+        "  mode), C handshakes in flight in one event loop, each with a\n"
+        "  KpsaID the responder has not seen. Exits 1 if any handshake fails\n"
+        "  or the source is not asked exactly once per KpsaID.\n",
+        f);
 }
 
 static int parse_list(const char *s, int *out, int cap) {
@@ -893,9 +941,10 @@ int main(int argc, char **argv) {
       return 2;
     }
   }
-  if (pp.reps < 1 || pp.reps > MAX_REPS || pp.n_conc < 1 || pp.n_conc_o < 1 || pp.engines <= 0 ||
-      pp.transports <= 0 || pp.who == 0 || pp.delay_ms < 0 || pp.warmup_s < 0 ||
-      pp.window_s <= 0 || pp.records < 1000 || pp.records > 20000000) {
+  if (pp.reps < 1 || pp.reps > MAX_REPS || pp.n_conc < 1 || pp.n_conc_o < 1 ||
+      pp.engines <= 0 || pp.transports <= 0 || pp.who == 0 || pp.delay_ms < 0 ||
+      pp.warmup_s < 0 || pp.window_s <= 0 || pp.records < 1000 ||
+      pp.records > 20000000) {
     usage(stderr);
     return 2;
   }
@@ -937,8 +986,7 @@ int main(int argc, char **argv) {
         continue;
       }
       bench_case c;
-      case_init(&c,
-                tr == 0 ? M2MPSK_TRANSPORT_TLS : M2MPSK_TRANSPORT_DTLS,
+      case_init(&c, tr == 0 ? M2MPSK_TRANSPORT_TLS : M2MPSK_TRANSPORT_DTLS,
                 engines[e], ks_a, ks_mem);
       sweep_case(&c, &t, &pp);
       case_free(&c);
