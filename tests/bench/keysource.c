@@ -890,9 +890,9 @@ int main(int argc, char **argv) {
       pp.reps = 1;
       pp.n_conc = parse_list("20", pp.conc, MAX_CONC);
       pp.n_conc_o = parse_list("20", pp.conc_o, MAX_CONC);
-      pp.warmup_s = 0.05;
-      pp.window_s = 0.1;
-      pp.records = 30000;
+      pp.warmup_s = 0.02;
+      pp.window_s = 0.05;
+      pp.records = 10000;
       pp.engines = 1;
     } else if (v && strcmp(argv[i], "--json") == 0) {
       if ((g_json = fopen(v, "w")) == NULL)
