@@ -185,19 +185,39 @@ def keysource_section(w, krows):
           "and the source's calls into m2mpsk (`next_request`, `supply`, "
           "`m2mpsk_key_request_free`, `resume`), less the cost of an empty "
           "section, per handshake. The backing table's lookup and the timer "
-          "heap (the database client's work) are outside it.")
+          "heap (the database client's work) are outside it. *By call*: the "
+          "same over the whole run, per handshake started, for each call "
+          "(`supply` includes `m2mpsk_key_request_free`; `new` includes "
+          "`start`; a responder's work on the client's last flight is in "
+          "`feed` for *memory*, in `resume` for a source).")
         w("")
-        w("| case | engine | C | memory µs | queue µs | callback µs | queue − memory µs |")
-        w("|---|---|---|---|---|---|---|")
+        w("*memory / source*: the rate a responder alone (its own process, "
+          "CPU-bound) would reach with the source, as a fraction of its rate "
+          "with the keys in memory; the loop above runs both sides, whose "
+          "initiator half costs the same for every contender.")
+        w("")
+        w("| case | engine | C | memory µs | queue µs | callback µs | queue − memory µs | memory / queue | memory / callback |")
+        w("|---|---|---|---|---|---|---|---|---|")
         for m in pick(resp, who="memory"):
             q = one(resp, case=m["case"], engine=m["engine"], who="queue")
             cb = one(resp, case=m["case"], engine=m["engine"], who="callback")
 
             def us(r):
                 return "%.2f (%.2f–%.2f)" % (r["us_median"], r["us_min"], r["us_max"]) if r else "–"
-            w("| %s | %s | %d | %s | %s | %s | %s |" % (
+            def frac(r):
+                return "%.3f" % (m["us_median"] / r["us_median"]) if r else "–"
+            w("| %s | %s | %d | %s | %s | %s | %s | %s | %s |" % (
                 m["case"], m["engine"], m["conc"], us(m), us(q), us(cb),
-                "%+.2f" % (q["us_median"] - m["us_median"]) if q else "–"))
+                "%+.2f" % (q["us_median"] - m["us_median"]) if q else "–",
+                frac(q), frac(cb)))
+        w("")
+        calls = ["new+start", "feed", "drain", "free", "next", "supply", "resume"]
+        w("| case | engine | source | " + " | ".join("%s µs" % c for c in calls) + " |")
+        w("|---|---|---|" + "---|" * len(calls))
+        for r in resp:
+            by = r.get("by_call", {})
+            w("| %s | %s | %s | %s |" % (r["case"], r["engine"], r["who"], " | ".join(
+                "%.2f" % by[c] if c in by else "–" for c in calls)))
         w("")
 
 
