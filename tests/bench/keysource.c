@@ -47,7 +47,7 @@ typedef struct params {
   int reps;
   int conc[MAX_CONC], n_conc;     /* engine boringssl */
   int conc_o[MAX_CONC], n_conc_o; /* engine openssl: 4x slower, so less */
-  double delay_ms;
+  double delay_ms, jitter_ms;     /* each answer after delay + [0, jitter] */
   double warmup_s, window_s;
   long records;   /* KpsaIDs made up front; a run never uses one twice */
   int who;        /* contenders: bit 1 << who */
@@ -294,6 +294,8 @@ typedef struct loop {
   int active, waiting, peak_waiting, in_window, stopping;
   /* With timing on: the responder side's own calls (its association's and
    * the key request's), thread CPU summed over sections, and their count. */
+  uint64_t idle_us; /* slept in the window: nothing could move */
+  uint64_t jitter_us, seed;
   int timing;
   double resp_cpu, sec_t0;
   long sections;
@@ -401,7 +403,10 @@ static void source_open(loop *L, m2mpsk_key_request *req) {
   if (++r->requests > 1)
     fatal("the source was asked twice for %s", id);
   L->requests++;
-  heap_push(L, (timer){L->now + L->delay_us, req, r});
+  uint64_t d = L->delay_us;
+  if (L->jitter_us > 0)
+    d += splitmix(&L->seed) % (L->jitter_us + 1);
+  heap_push(L, (timer){L->now + d, req, r});
 }
 
 static void source_callback(void *arg, m2mpsk_key_request *req) {
@@ -537,6 +542,7 @@ typedef struct run_figures {
   double hs_per_s; /* completed per wall second in the window */
   double cpu_us;   /* process CPU per completed handshake in the window */
   double util;     /* process CPU / wall in the window */
+  double idle;     /* share of the window the loop slept */
   double window_s; /* the window's length (short if records ran out) */
   long done;       /* completed in the window */
   int peak_waiting;
@@ -572,6 +578,8 @@ static run_figures run_one(const bench_case *c, table *t, who w, int conc,
   L->conc = conc;
   L->timing = timing;
   L->delay_us = (uint64_t)(pp->delay_ms * 1000);
+  L->jitter_us = (uint64_t)(pp->jitter_ms * 1000);
+  L->seed = 1900 + (uint64_t)conc;
   L->slots = calloc((size_t)conc, sizeof(slot));
   L->runq = calloc((size_t)conc, sizeof(int));
   L->heap_cap = 2 * conc + 16;
@@ -659,7 +667,10 @@ static run_figures run_one(const bench_case *c, table *t, who w, int conc,
       uint64_t until = L->heap_len > 0 ? L->heap[0].due_us : UINT64_MAX;
       if (admitted < conc && !L->stopping && next_admit < until)
         until = next_admit;
+      uint64_t before = L->now;
       sleep_until_us(until);
+      if (L->in_window)
+        L->idle_us += now_us() - before;
     } else if (L->active == 0) {
       break; /* stopped before every slot opened */
     } else {
@@ -697,6 +708,7 @@ static run_figures run_one(const bench_case *c, table *t, who w, int conc,
   f.hs_per_s = (double)f.done / f.window_s;
   f.cpu_us = (double)(cpu1 - cpu0) / (double)(f.done ? f.done : 1);
   f.util = (double)(cpu1 - cpu0) / (double)(w1 - w0);
+  f.idle = (double)L->idle_us / (double)(w1 - w0);
   f.peak_waiting = L->peak_waiting;
   f.resp_us = (resp1 - resp0 - (double)(sec1 - sec0) * g_section_cost) * 1e6 /
               (double)(f.done ? f.done : 1);
@@ -725,6 +737,7 @@ static void sweep_case(const bench_case *c, table *t, const params *pp) {
   for (int ci = 0; ci < n_conc; ci++) {
     int conc = concs[ci];
     double hs[N_WHO][MAX_REPS], cpu[N_WHO][MAX_REPS], util[N_WHO][MAX_REPS];
+    double idle[N_WHO][MAX_REPS];
     double peak[N_WHO][MAX_REPS], ratio[N_WHO][MAX_REPS];
     long done_min[N_WHO];
     for (int w = 0; w < N_WHO; w++)
@@ -736,6 +749,7 @@ static void sweep_case(const bench_case *c, table *t, const params *pp) {
         hs[w][r] = f.hs_per_s;
         cpu[w][r] = f.cpu_us;
         util[w][r] = f.util;
+        idle[w][r] = f.idle;
         peak[w][r] = f.peak_waiting;
         if (done_min[w] < 0 || f.done < done_min[w])
           done_min[w] = f.done;
@@ -747,6 +761,7 @@ static void sweep_case(const bench_case *c, table *t, const params *pp) {
       int w = ws[k], has_ratio = w != W_MEMORY && (pp->who & 1);
       summary h = summarize(hs[w], pp->reps), u = summarize(cpu[w], pp->reps);
       summary ut = summarize(util[w], pp->reps);
+      summary id = summarize(idle[w], pp->reps);
       summary pk = summarize(peak[w], pp->reps);
       summary ra = summarize(ratio[w], pp->reps);
       char rtxt[64] = "";
@@ -755,20 +770,21 @@ static void sweep_case(const bench_case *c, table *t, const params *pp) {
       else
         snprintf(rtxt, sizeof(rtxt), "%6.3f %6.3f %6.3f", ra.median, ra.min,
                  ra.max);
-      printf("%-9s %-9s %5d  %-8s %8.0f %8.0f %8.0f %7.1f %5.2f %7.0f  %s\n",
+      printf("%-9s %-9s %5d  %-8s %8.0f %8.0f %8.0f %7.1f %5.2f %5.2f %7.0f  "
+             "%s\n",
              k == 0 && ci == 0 ? c->label : "",
              k == 0 && ci == 0 ? m2mpsk_engine_name(c->engine) : "", conc,
-             k_who[w], h.median, h.min, h.max, u.median, ut.median, pk.max,
-             rtxt);
+             k_who[w], h.median, h.min, h.max, u.median, ut.median, id.median,
+             pk.max, rtxt);
       json("{\"kind\":\"ksrc\",\"case\":\"%s\",\"engine\":\"%s\",\"conc\":%d,"
            "\"who\":\"%s\",\"reps\":%d,\"hs_median\":%.1f,\"hs_min\":%.1f,"
-           "\"hs_max\":%.1f,\"cpu_us\":%.3f,\"util\":%.3f,"
+           "\"hs_max\":%.1f,\"cpu_us\":%.3f,\"util\":%.3f,\"idle\":%.3f,"
            "\"peak_waiting_median\":%.0f,\"peak_waiting_max\":%.0f,"
            "\"done_min\":%ld,\"ratio_median\":%.4f,\"ratio_min\":%.4f,"
            "\"ratio_max\":%.4f}",
            c->label, m2mpsk_engine_name(c->engine), conc, k_who[w], pp->reps,
-           h.median, h.min, h.max, u.median, ut.median, pk.median, pk.max,
-           done_min[w], ra.median, ra.min, ra.max);
+           h.median, h.min, h.max, u.median, ut.median, id.median, pk.median,
+           pk.max, done_min[w], ra.median, ra.min, ra.max);
     }
     fflush(stdout);
   }
@@ -817,7 +833,7 @@ static void sweep_case(const bench_case *c, table *t, const params *pp) {
 static void usage(FILE *f) {
   fputs("usage: m2mpsk-keysource-bench [--quick | --smoke] [--json FILE]\n"
         "         [--reps R] [--conc C1,C2,...] [--conc-openssl C1,C2,...]\n"
-        "         [--delay-ms D] [--warmup S]\n"
+        "         [--delay-ms D] [--jitter-ms J] [--warmup S]\n"
         "         [--window S] [--records N] [--engines boringssl,openssl]\n"
         "         [--transports tls,dtls] [--who memory,queue,callback]\n"
         "         [--no-responder-cpu]\n"
@@ -864,6 +880,11 @@ int main(int argc, char **argv) {
   params pp = {.profile = "full",
                .reps = 5,
                .delay_ms = 50,
+               /* A database's latency varies. A constant one, in this closed
+                * loop, makes the waits fall into step: all answers come at
+                * once, then the loop idles (see idle); 0-5 ms more breaks
+                * the step. --jitter-ms 0 for the constant. */
+               .jitter_ms = 5,
                .warmup_s = 0.3,
                .window_s = 1.0,
                .records = 300000,
@@ -910,6 +931,9 @@ int main(int argc, char **argv) {
     } else if (v && strcmp(argv[i], "--delay-ms") == 0) {
       pp.delay_ms = atof(v);
       i++;
+    } else if (v && strcmp(argv[i], "--jitter-ms") == 0) {
+      pp.jitter_ms = atof(v);
+      i++;
     } else if (v && strcmp(argv[i], "--warmup") == 0) {
       pp.warmup_s = atof(v);
       i++;
@@ -943,8 +967,8 @@ int main(int argc, char **argv) {
   }
   if (pp.reps < 1 || pp.reps > MAX_REPS || pp.n_conc < 1 || pp.n_conc_o < 1 ||
       pp.engines <= 0 || pp.transports <= 0 || pp.who == 0 || pp.delay_ms < 0 ||
-      pp.warmup_s < 0 || pp.window_s <= 0 || pp.records < 1000 ||
-      pp.records > 20000000) {
+      pp.jitter_ms < 0 || pp.warmup_s < 0 || pp.window_s <= 0 ||
+      pp.records < 1000 || pp.records > 20000000) {
     usage(stderr);
     return 2;
   }
@@ -962,21 +986,22 @@ int main(int argc, char **argv) {
   m2mpsk_keystore *ks_a = keystore_full(&t), *ks_mem = keystore_full(&t);
 
   json("{\"kind\":\"ksrc_run\",\"m2mpsk\":\"%s\",\"profile\":\"%s\","
-       "\"reps\":%d,\"delay_ms\":%.1f,\"warmup_s\":%.3f,\"window_s\":%.3f,"
-       "\"records\":%ld,\"suite\":\"%s\"}",
-       m2mpsk_version_string(), pp.profile, pp.reps, pp.delay_ms, pp.warmup_s,
-       pp.window_s, pp.records, k_suite);
+       "\"reps\":%d,\"delay_ms\":%.1f,\"jitter_ms\":%.1f,\"warmup_s\":%.3f,"
+       "\"window_s\":%.3f,\"records\":%ld,\"suite\":\"%s\"}",
+       m2mpsk_version_string(), pp.profile, pp.reps, pp.delay_ms, pp.jitter_ms,
+       pp.warmup_s, pp.window_s, pp.records, k_suite);
   printf("m2mpsk-keysource-bench: m2mpsk %s, %s, source answering after "
-         "%.0f ms, %d repetitions,\nwarm-up %.2f s then a window of %.2f s "
-         "per run; hs/s = handshakes per wall second in the window;\n"
-         "cpu = process CPU us per handshake (both sides, the loop, the "
-         "source); util = CPU / wall;\npeak = most responders waiting for "
+         "%.0f ms (+ up to %.0f ms), %d repetitions,\nwarm-up %.2f s then a "
+         "window of %.2f s per run; hs/s = handshakes per wall second in the "
+         "window;\ncpu = process CPU us per handshake (both sides, the loop, "
+         "the source); util = CPU / wall;\nidle = share of the window the "
+         "loop slept (nothing to run); peak = most responders waiting\nfor "
          "a key at once; ratio = contender / memory per repetition.\n\n",
-         m2mpsk_version_string(), k_suite, pp.delay_ms, pp.reps, pp.warmup_s,
-         pp.window_s);
-  printf("%-9s %-9s %5s  %-8s %8s %8s %8s %7s %5s %7s  %6s %6s %6s\n", "case",
-         "engine", "C", "who", "hs/s", "min", "max", "cpu us", "util", "peak",
-         "ratio", "min", "max");
+         m2mpsk_version_string(), k_suite, pp.delay_ms, pp.jitter_ms, pp.reps,
+         pp.warmup_s, pp.window_s);
+  printf("%-9s %-9s %5s  %-8s %8s %8s %8s %7s %5s %5s %7s  %6s %6s %6s\n",
+         "case", "engine", "C", "who", "hs/s", "min", "max", "cpu us", "util",
+         "idle", "peak", "ratio", "min", "max");
   int cases = 0;
   static const m2mpsk_engine_id engines[2] = {M2MPSK_ENGINE_BORINGSSL,
                                               M2MPSK_ENGINE_OPENSSL};
