@@ -150,7 +150,7 @@ def keysource_section(w, krows):
       "seen (%d made up front). *memory*: the responder's keystore holds "
       "every record. *queue*: its keystore starts empty and its key source "
       "(`m2mpsk_keystore_set_source` without a callback, requests taken with "
-      "`m2mpsk_keystore_next_request`) answers each request %.0f ms later "
+      "`m2mpsk_keystore_next_request`) answers each request %.0f ms later%s "
       "from a timer heap in the same loop, with the record of a backing "
       "table, then the loop resumes the waiting responder. *callback*: the "
       "same with the source in callback mode. Their runs alternate, in an "
@@ -161,10 +161,14 @@ def keysource_section(w, krows):
       "median (min–max). *CPU µs*: process CPU per handshake, both sides, "
       "the loop and the source; *util*: CPU / wall in the window (below 1 "
       "for *memory*, which never sleeps, the machine's other work took the "
-      "core); *peak*: most responders waiting for a key at once. Every "
+      "core); *idle*: the share of the window the loop slept, every pair "
+      "waiting for its key; *peak*: most responders waiting for a key at once. Every "
       "handshake of every run was established, and the source was asked "
       "exactly once per KpsaID (the driver fails otherwise)." % (
           run["profile"], run["suite"], run["records"], run["delay_ms"],
+          " (plus 0 to %.0f ms, uniformly: with a constant delay, this closed "
+          "loop's waits fall into step and it idles between the bursts of "
+          "answers)" % run["jitter_ms"] if run.get("jitter_ms") else "",
           run["reps"], run["warmup_s"], run["window_s"]))
     w("")
     w("*CPU-bound ceiling*: memory's CPU per handshake over the source's, "
@@ -172,8 +176,8 @@ def keysource_section(w, krows):
       "wall-clock rates it does not depend on how much of a core the "
       "machine's other work left the run.")
     w("")
-    w("| case | engine | C | memory hs/s | queue hs/s | queue / memory | callback hs/s | callback / memory | peak waiting | CPU µs memory / queue / callback | CPU-bound ceiling queue / callback | util memory / queue |")
-    w("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    w("| case | engine | C | memory hs/s | queue hs/s | queue / memory | callback hs/s | callback / memory | peak waiting | CPU µs memory / queue / callback | CPU-bound ceiling queue / callback | util memory / queue | idle queue |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for m in pick(krows, kind="ksrc", who="memory"):
         q = one(krows, kind="ksrc", case=m["case"], engine=m["engine"],
                 conc=m["conc"], who="queue")
@@ -188,12 +192,13 @@ def keysource_section(w, krows):
                 return "–"
             t = fmt_ratio(ratio_of(r))
             return "**%s**" % t if r["ratio_median"] >= 0.9 else t
-        w("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+        w("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             m["case"], m["engine"], m["conc"], hs(m), hs(q), ra(q), hs(cb), ra(cb),
             "%.0f" % q["peak_waiting_max"] if q else "–",
             " / ".join("%.1f" % r["cpu_us"] if r else "–" for r in (m, q, cb)),
             " / ".join("%.3f" % (m["cpu_us"] / r["cpu_us"]) if r else "–" for r in (q, cb)),
-            "%.2f / %s" % (m["util"], "%.2f" % q["util"] if q else "–")))
+            "%.2f / %s" % (m["util"], "%.2f" % q["util"] if q else "–"),
+            "%.2f" % q["idle"] if q and "idle" in q else "–"))
     w("")
     resp = pick(krows, kind="ksrc_resp")
     if resp:
