@@ -927,68 +927,15 @@ static int key_needed(m2mpsk_assoc *a, const uint8_t *id, size_t id_len) {
 #define SCAN_STOP 1
 #define SCAN_WAIT 2
 
-static uint32_t be24(const uint8_t *p) {
-  return (uint32_t)p[0] << 16 | (uint32_t)p[1] << 8 | p[2];
-}
-
-/* The psk_identity at the start of a ClientKeyExchange body of `n` bytes
- * (RFC 4279 §2, §3, §4 and RFC 5489 all put it first): SCAN_WAIT when the
- * association now waits, else SCAN_STOP (scanning is over either way). */
-static int scan_cke(m2mpsk_assoc *a, const uint8_t *body, size_t n) {
-  if (n < 2)
-    return SCAN_STOP;
-  size_t id_len = (size_t)body[0] << 8 | body[1];
-  if (n - 2 < id_len)
-    return SCAN_STOP;
-  return key_needed(a, body + 2, id_len) ? SCAN_WAIT : SCAN_STOP;
-}
-
-/* One whole TLS handshake record's payload. Messages may span records
- * (a long ClientHello): hs_left carries what is left of one. */
-static int scan_tls_record(m2mpsk_assoc *a, const uint8_t *body, size_t n) {
-  size_t p = a->hs_left < n ? a->hs_left : n;
-  a->hs_left -= (uint32_t)p;
-  while (p < n) {
-    if (n - p < 4)
-      return SCAN_STOP; /* a header split over records: not ours to read */
-    uint8_t type = body[p];
-    size_t len = be24(body + p + 1);
-    p += 4;
-    if (type == 16) /* client_key_exchange: whole in this record, or not */
-      return scan_cke(a, body + p, len < n - p ? len : n - p);
-    if (len > n - p) {
-      a->hs_left = (uint32_t)(len - (n - p));
-      return SCAN_ON;
-    }
-    p += len;
-  }
-  return SCAN_ON;
-}
-
-/* A DTLS datagram: the first fragment of a ClientKeyExchange in an epoch 0
- * handshake record. */
-static int scan_dtls(m2mpsk_assoc *a, const uint8_t *d, size_t n) {
-  size_t p = 0;
-  while (n - p >= 13) {
-    const uint8_t *h = d + p;
-    size_t rlen = (size_t)h[11] << 8 | h[12];
-    if (n - p - 13 < rlen)
-      return SCAN_ON; /* malformed: the engine judges it */
-    if (h[0] == 22 && h[3] == 0 && h[4] == 0) {
-      const uint8_t *body = h + 13;
-      size_t q = 0;
-      while (rlen - q >= 12) {
-        uint32_t off = be24(body + q + 6), flen = be24(body + q + 9);
-        if (rlen - q - 12 < flen)
-          break;
-        if (body[q] == 16)
-          return off != 0 ? SCAN_STOP : scan_cke(a, body + q + 12, flen);
-        q += 12 + flen;
-      }
-    }
-    p += 13 + rlen;
-  }
-  return SCAN_ON;
+/* What the scanners of hello.c found, for the association: SCAN_ON (keep
+ * looking), SCAN_WAIT (it now waits) or SCAN_STOP (looking is over). */
+static int scan_result(m2mpsk_assoc *a, int found, const uint8_t *id,
+                       size_t id_len) {
+  if (found == M2MPSK_CKE_MORE)
+    return SCAN_ON;
+  if (found == M2MPSK_CKE_FOUND && key_needed(a, id, id_len))
+    return SCAN_WAIT;
+  return SCAN_STOP;
 }
 
 static COLD int input_limit(m2mpsk_assoc *a, uint32_t max_input) {
@@ -1066,7 +1013,10 @@ static int feed_tls_scan(m2mpsk_assoc *a, const uint8_t *data, size_t len,
     }
     if (a->held_len - off - 5 < rlen)
       break; /* the rest of the record is still to come */
-    v = scan_tls_record(a, h + 5, rlen);
+    const uint8_t *id = NULL;
+    size_t id_len = 0;
+    int found = m2mpsk_cke_tls_record(h + 5, rlen, &a->hs_left, &id, &id_len);
+    v = scan_result(a, found, id, id_len);
     if (v == SCAN_WAIT)
       break;
     off += 5 + rlen;
@@ -1090,7 +1040,10 @@ static int feed_keysource(m2mpsk_assoc *a, const uint8_t *data, size_t len,
   if (a->transport == M2MPSK_TRANSPORT_TLS)
     return feed_tls_scan(a, data, len, max_input);
   if (a->state != M2MPSK_STATE_WAITING_KEY) {
-    int v = scan_dtls(a, data, len);
+    const uint8_t *id = NULL;
+    size_t id_len = 0;
+    int found = m2mpsk_cke_dtls(data, len, &id, &id_len);
+    int v = scan_result(a, found, id, id_len);
     if (v == SCAN_STOP)
       a->key_watch = 0;
     if (v != SCAN_WAIT)

@@ -445,3 +445,69 @@ int m2mpsk_suite_ids(const char *list, uint16_t *ids, size_t cap, size_t *n) {
   *n = count;
   return M2MPSK_OK;
 }
+
+/* ---- the ClientKeyExchange's psk_identity ------------------------------- */
+
+static uint32_t be24(const uint8_t *p) {
+  return (uint32_t)p[0] << 16 | (uint32_t)p[1] << 8 | p[2];
+}
+
+/* The identity at the start of a ClientKeyExchange body of `n` bytes. */
+static int cke_identity(const uint8_t *body, size_t n, const uint8_t **id,
+                        size_t *id_len) {
+  if (n < 2)
+    return M2MPSK_CKE_NOT;
+  size_t len = (size_t)body[0] << 8 | body[1];
+  if (n - 2 < len)
+    return M2MPSK_CKE_NOT;
+  *id = body + 2;
+  *id_len = len;
+  return M2MPSK_CKE_FOUND;
+}
+
+int m2mpsk_cke_tls_record(const uint8_t *body, size_t n, uint32_t *hs_left,
+                          const uint8_t **id, size_t *id_len) {
+  size_t p = *hs_left < n ? *hs_left : n;
+  *hs_left -= (uint32_t)p;
+  while (p < n) {
+    if (n - p < 4)
+      return M2MPSK_CKE_NOT; /* a header split over records */
+    uint8_t type = body[p];
+    size_t len = be24(body + p + 1);
+    p += 4;
+    if (type == 16) /* client_key_exchange: whole in this record, or not */
+      return cke_identity(body + p, len < n - p ? len : n - p, id, id_len);
+    if (len > n - p) {
+      *hs_left = (uint32_t)(len - (n - p));
+      return M2MPSK_CKE_MORE;
+    }
+    p += len;
+  }
+  return M2MPSK_CKE_MORE;
+}
+
+int m2mpsk_cke_dtls(const uint8_t *d, size_t n, const uint8_t **id,
+                    size_t *id_len) {
+  size_t p = 0;
+  while (n - p >= 13) {
+    const uint8_t *h = d + p;
+    size_t rlen = (size_t)h[11] << 8 | h[12];
+    if (n - p - 13 < rlen)
+      return M2MPSK_CKE_MORE;
+    if (h[0] == 22 && h[3] == 0 && h[4] == 0) {
+      const uint8_t *body = h + 13;
+      size_t q = 0;
+      while (rlen - q >= 12) {
+        uint32_t off = be24(body + q + 6), flen = be24(body + q + 9);
+        if (rlen - q - 12 < flen)
+          break;
+        if (body[q] == 16)
+          return off != 0 ? M2MPSK_CKE_NOT
+                          : cke_identity(body + q + 12, flen, id, id_len);
+        q += 12 + flen;
+      }
+    }
+    p += 13 + rlen;
+  }
+  return M2MPSK_CKE_MORE;
+}

@@ -109,4 +109,37 @@ const char *m2mpsk_suite_iana(uint16_t id);
  * Thread safety: safe from any thread. */
 int m2mpsk_suite_ids(const char *list, uint16_t *ids, size_t cap, size_t *n);
 
+/* ---- the ClientKeyExchange's psk_identity (key sources, issue 19) --------
+ * A responder whose keystore has a key source reads the identity a client
+ * presents before any engine does, so that it can wait for the key with
+ * the flight unread. RFC 4279 (§2, §3, §4) and RFC 5489 put psk_identity
+ * first in every PSK ClientKeyExchange: uint16 length, then the bytes.
+ * Only an identity whole within one record (TLS) or within the first
+ * fragment of the message (DTLS) is read; anything else is NOT, and the
+ * caller leaves the identity to the engine. Same guarantees as
+ * m2mpsk_hello_parse(): no allocation, nothing read past the input. */
+
+#define M2MPSK_CKE_FOUND 1  /* *id, *id_len: the identity, inside the input */
+#define M2MPSK_CKE_MORE 0   /* no ClientKeyExchange here: look at what follows \
+                             */
+#define M2MPSK_CKE_NOT (-1) /* it cannot be read early: stop looking */
+
+/* One whole TLS handshake record's payload (`n` bytes after the 5-byte
+ * record header). Handshake messages may span records (a long
+ * ClientHello): *hs_left carries the bytes of one still to come, 0 at the
+ * start of the stream. FOUND sets *id (into `body`) and *id_len (possibly 0
+ * or longer than any KpsaID: the caller judges it). NOT when a handshake
+ * header is split across records, or the identity does not fit in this
+ * record. Thread safety: safe from any thread. */
+int m2mpsk_cke_tls_record(const uint8_t *body, size_t n, uint32_t *hs_left,
+                          const uint8_t **id, size_t *id_len);
+
+/* One DTLS datagram: the first ClientKeyExchange fragment in an epoch-0
+ * handshake record. Other records are skipped; a truncated record ends the
+ * look (MORE: the engine judges it). NOT when the fragment does not start
+ * at offset 0 or does not hold the whole identity.
+ * Thread safety: safe from any thread. */
+int m2mpsk_cke_dtls(const uint8_t *d, size_t n, const uint8_t **id,
+                    size_t *id_len);
+
 #endif /* M2MPSK_HELLO_H */

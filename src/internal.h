@@ -73,10 +73,10 @@ void m2mpsk_key_sources_destroy(struct m2mpsk_key_sources *src);
 
 /* What m2mpsk_keystore_request_key() found. */
 enum {
-  M2MPSK_KEYREQ_NONE = 0,    /* no source, past max_pending, or no memory:
-                                go on as if the source had no record */
-  M2MPSK_KEYREQ_WAIT = 1,    /* *out: a request to wait on (a reference) */
-  M2MPSK_KEYREQ_PRESENT = 2  /* the keystore has a record (maybe revoked) */
+  M2MPSK_KEYREQ_NONE = 0,   /* no source, past max_pending, or no memory:
+                               go on as if the source had no record */
+  M2MPSK_KEYREQ_WAIT = 1,   /* *out: a request to wait on (a reference) */
+  M2MPSK_KEYREQ_PRESENT = 2 /* the keystore has a record (maybe revoked) */
 };
 /* Opens the request for `kpsa_id` (well-formed), or joins the one open.
  * `sni` may be NULL. A new request is handed to the source's callback

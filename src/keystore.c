@@ -870,8 +870,7 @@ int m2mpsk_keystore_revoke(m2mpsk_keystore *ks, const char *kpsa_id) {
 
 /* Whether `r` (not revoked) holds exactly `key` and the identities of `n`. */
 static int same_record(const m2mpsk_keystore *ks, const ks_record *r,
-                       const ks_record *n, const uint8_t *key,
-                       size_t key_len) {
+                       const ks_record *n, const uint8_t *key, size_t key_len) {
   if (r->revoked || r->key_len != key_len || r->ida_len != n->ida_len ||
       r->idb_len != n->idb_len ||
       memcmp(rec_ida(r), rec_ida(n), r->ida_len) != 0 ||

@@ -188,3 +188,84 @@ Test(alloc, peer_tag_and_ae_id_binding_refuse_cleanly_without_memory) {
   cr_assert_str_eq(m2mpsk_assoc_peer_id(p.b), "/cse-in/Cae1");
   m2mt_pair_free(&p);
 }
+
+/* Key sources and put (0.4): each allocation they make fails in turn; the
+ * call reports M2MPSK_E_NOMEM and leaves everything as it was. */
+Test(alloc, put_set_source_and_supply_refuse_cleanly_without_memory) {
+#ifndef ALLOC_HOOK
+  cr_skip_test("the allocator cannot be interposed under AddressSanitizer");
+#endif
+  m2mpsk_keystore *ks = NULL;
+  cr_assert_eq(m2mpsk_keystore_new(&ks, 0), M2MPSK_OK);
+  cr_assert_eq(
+      m2mpsk_keystore_add(ks, M2MT_KPSA_ID, m2mt_key, 32, NULL, M2MT_IDB, 0, 0),
+      M2MPSK_OK);
+  /* put: a replacement needs its record; nothing changes without it. */
+  int rc = M2MPSK_E_NOMEM;
+  long nomem = 0;
+  for (long at = 0; rc == M2MPSK_E_NOMEM && at < 100; at++) {
+    alloc_count = 0;
+    alloc_fail_at = at;
+    alloc_armed = 1;
+    rc = m2mpsk_keystore_put(ks, M2MT_KPSA_ID, m2mt_other_key, 32, NULL,
+                             M2MT_IDB, 0, 0);
+    alloc_armed = 0;
+    if (rc == M2MPSK_E_NOMEM) {
+      nomem++;
+      cr_assert_eq(m2mpsk_keystore_count(ks), 1);
+      cr_assert_eq(m2mpsk_keystore_lookup(ks, M2MT_KPSA_ID, NULL, 0, NULL, 0,
+                                          NULL, NULL, NULL),
+                   M2MPSK_OK);
+    }
+  }
+  cr_assert_eq(rc, M2MPSK_OK);
+  cr_assert_geq(nomem, 1);
+
+  /* set_source: its state and table. */
+  rc = M2MPSK_E_NOMEM;
+  nomem = 0;
+  for (long at = 0; rc == M2MPSK_E_NOMEM && at < 100; at++) {
+    alloc_count = 0;
+    alloc_fail_at = at;
+    alloc_armed = 1;
+    rc = m2mpsk_keystore_set_source(ks, NULL, NULL, 4);
+    alloc_armed = 0;
+    nomem += rc == M2MPSK_E_NOMEM;
+  }
+  cr_assert_eq(rc, M2MPSK_OK);
+  cr_assert_geq(nomem, 1);
+
+  /* supply: the record cannot be added; the request stays open. */
+  m2mpsk_assoc *a = NULL;
+  m2mpsk_config *cfg = NULL;
+  cr_assert_eq(m2mpsk_config_new(&cfg), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR, M2MPSK_TRANSPORT_TLS,
+                                cfg, ks, "new@b.c"),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_start(a, 0, 0), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_state(a), M2MPSK_STATE_WAITING_KEY);
+  m2mpsk_key_request *req = NULL;
+  cr_assert_eq(m2mpsk_keystore_next_request(ks, &req), M2MPSK_OK);
+  rc = M2MPSK_E_NOMEM;
+  nomem = 0;
+  for (long at = 0; rc == M2MPSK_E_NOMEM && at < 100; at++) {
+    alloc_count = 0;
+    alloc_fail_at = at;
+    alloc_armed = 1;
+    rc = m2mpsk_key_request_supply(req, m2mt_key, 32, NULL, M2MT_IDB, 0, 0);
+    alloc_armed = 0;
+    if (rc == M2MPSK_E_NOMEM) {
+      nomem++;
+      cr_assert_eq(m2mpsk_key_request_answered(req), 0);
+    }
+  }
+  cr_assert_eq(rc, M2MPSK_OK);
+  cr_assert_geq(nomem, 1);
+  cr_assert_eq(m2mpsk_key_request_answered(req), 1);
+  cr_assert_eq(m2mpsk_assoc_resume(a, 1), M2MPSK_OK);
+  cr_assert_gt(m2mpsk_assoc_pending(a), 0);
+  m2mpsk_key_request_free(req);
+  m2mpsk_assoc_free(a);
+  m2mpsk_config_free(cfg);
+  m2mpsk_keystore_free(ks);
+}

@@ -1102,3 +1102,157 @@ Test(hello, suite_ids_translates_a_list) {
       m2mpsk_suite_ids("TLS_PSK_WITH_AES_128_CCM_8", ids, COUNT(ids), NULL),
       M2MPSK_E_INVALID);
 }
+
+/* ---- the ClientKeyExchange's psk_identity ---------------------------------
+ */
+
+/* A TLS handshake message: type, 24-bit length, body. */
+static size_t hs_msg(uint8_t *out, uint8_t type, const uint8_t *body,
+                     size_t n) {
+  out[0] = type;
+  out[1] = (uint8_t)(n >> 16);
+  out[2] = (uint8_t)(n >> 8);
+  out[3] = (uint8_t)n;
+  memcpy(out + 4, body, n);
+  return 4 + n;
+}
+
+/* A ClientKeyExchange body: identity, then `extra` bytes (an ECPoint). */
+static size_t cke_body(uint8_t *out, const char *id, size_t extra) {
+  size_t n = strlen(id);
+  out[0] = (uint8_t)(n >> 8);
+  out[1] = (uint8_t)n;
+  memcpy(out + 2, id, n);
+  memset(out + 2 + n, 0x04, extra);
+  return 2 + n + extra;
+}
+
+Test(cke, tls_identity_in_one_record) {
+  uint8_t body[256], rec[300];
+  size_t bn = cke_body(body, "dev@b.c", 33);
+  size_t n = hs_msg(rec, 16, body, bn);
+  uint32_t left = 0;
+  const uint8_t *id = NULL;
+  size_t id_len = 0;
+  cr_assert_eq(m2mpsk_cke_tls_record(rec, n, &left, &id, &id_len),
+               M2MPSK_CKE_FOUND);
+  cr_assert_eq(id_len, 7);
+  cr_assert_eq(id, rec + 6, "points into the record");
+  cr_assert_arr_eq(id, "dev@b.c", 7);
+  /* After other messages in the same record. */
+  uint8_t two[400];
+  size_t k = hs_msg(two, 11, (const uint8_t *)"xyz", 3);
+  k += hs_msg(two + k, 16, body, bn);
+  cr_assert_eq(m2mpsk_cke_tls_record(two, k, &left, &id, &id_len),
+               M2MPSK_CKE_FOUND);
+  cr_assert_arr_eq(id, "dev@b.c", 7);
+  /* An empty identity is found; judging it is the caller's. */
+  size_t en = cke_body(body, "", 0);
+  n = hs_msg(rec, 16, body, en);
+  cr_assert_eq(m2mpsk_cke_tls_record(rec, n, &left, &id, &id_len),
+               M2MPSK_CKE_FOUND);
+  cr_assert_eq(id_len, 0);
+}
+
+Test(cke, tls_messages_spanning_records_are_followed) {
+  /* A 100-byte ClientHello in two records, then the ClientKeyExchange. */
+  uint8_t hello[104], body[64], rec[128];
+  uint8_t fill[100];
+  memset(fill, 0x16, sizeof(fill)); /* bytes that look like types */
+  hs_msg(hello, 1, fill, sizeof(fill));
+  uint32_t left = 0;
+  const uint8_t *id = NULL;
+  size_t id_len = 0;
+  cr_assert_eq(m2mpsk_cke_tls_record(hello, 40, &left, &id, &id_len),
+               M2MPSK_CKE_MORE);
+  cr_assert_eq(left, 64);
+  cr_assert_eq(m2mpsk_cke_tls_record(hello + 40, 30, &left, &id, &id_len),
+               M2MPSK_CKE_MORE);
+  cr_assert_eq(left, 34);
+  /* The hello's end and the ClientKeyExchange share a record. */
+  uint8_t last[200];
+  memcpy(last, hello + 70, 34);
+  size_t n = 34 + hs_msg(last + 34, 16, body, cke_body(body, "a@b.c", 0));
+  cr_assert_eq(m2mpsk_cke_tls_record(last, n, &left, &id, &id_len),
+               M2MPSK_CKE_FOUND);
+  cr_assert_eq(left, 0);
+  cr_assert_arr_eq(id, "a@b.c", 5);
+  (void)rec;
+}
+
+Test(cke, tls_split_identity_is_not_read) {
+  uint8_t body[64], rec[128];
+  size_t n = hs_msg(rec, 16, body, cke_body(body, "a@b.c", 0));
+  const uint8_t *id = NULL;
+  size_t id_len = 0;
+  /* Every cut short of the whole identity. */
+  for (size_t cut = 1; cut < n; cut++) {
+    uint32_t left = 0;
+    cr_assert_eq(m2mpsk_cke_tls_record(rec, cut, &left, &id, &id_len),
+                 M2MPSK_CKE_NOT, "cut at %zu", cut);
+  }
+  /* A length longer than the message. */
+  rec[4] = 0xff;
+  uint32_t left = 0;
+  cr_assert_eq(m2mpsk_cke_tls_record(rec, n, &left, &id, &id_len),
+               M2MPSK_CKE_NOT);
+}
+
+/* A DTLS record (epoch, one handshake fragment). */
+static size_t dtls_rec(uint8_t *out, uint8_t type, uint16_t epoch,
+                       uint8_t hs_type, uint32_t frag_off, const uint8_t *body,
+                       size_t n) {
+  memset(out, 0, 25);
+  out[0] = type;
+  out[1] = 0xfe;
+  out[2] = 0xfd;
+  out[3] = (uint8_t)(epoch >> 8);
+  out[4] = (uint8_t)epoch;
+  out[11] = (uint8_t)((12 + n) >> 8);
+  out[12] = (uint8_t)(12 + n);
+  uint8_t *h = out + 13;
+  h[0] = hs_type;
+  h[3] = (uint8_t)(n + frag_off); /* total length, small here */
+  h[8] = (uint8_t)frag_off;
+  h[11] = (uint8_t)n;
+  memcpy(h + 12, body, n);
+  return 25 + n;
+}
+
+Test(cke, dtls_identity_in_the_first_fragment) {
+  uint8_t body[64], d[256];
+  size_t bn = cke_body(body, "d@b.c", 10);
+  const uint8_t *id = NULL;
+  size_t id_len = 0;
+  size_t n = dtls_rec(d, 22, 0, 16, 0, body, bn);
+  cr_assert_eq(m2mpsk_cke_dtls(d, n, &id, &id_len), M2MPSK_CKE_FOUND);
+  cr_assert_arr_eq(id, "d@b.c", 5);
+  cr_assert_eq(id, d + 13 + 12 + 2);
+  /* After an epoch-1 record, which is skipped. */
+  uint8_t two[512];
+  size_t k = dtls_rec(two, 22, 1, 16, 0, (const uint8_t *)"\0\3zzz", 5);
+  k += dtls_rec(two + k, 22, 0, 16, 0, body, bn);
+  cr_assert_eq(m2mpsk_cke_dtls(two, k, &id, &id_len), M2MPSK_CKE_FOUND);
+  cr_assert_arr_eq(id, "d@b.c", 5);
+  /* A ChangeCipherSpec alone: nothing. */
+  uint8_t ccs[14] = {20, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1};
+  cr_assert_eq(m2mpsk_cke_dtls(ccs, sizeof(ccs), &id, &id_len),
+               M2MPSK_CKE_MORE);
+}
+
+Test(cke, dtls_later_fragment_or_short_identity_is_not_read) {
+  uint8_t body[64], d[256];
+  size_t bn = cke_body(body, "d@b.c", 0);
+  const uint8_t *id = NULL;
+  size_t id_len = 0;
+  size_t n = dtls_rec(d, 22, 0, 16, 3, body, bn);
+  cr_assert_eq(m2mpsk_cke_dtls(d, n, &id, &id_len), M2MPSK_CKE_NOT);
+  /* A first fragment that stops inside the identity. */
+  n = dtls_rec(d, 22, 0, 16, 0, body, 4);
+  cr_assert_eq(m2mpsk_cke_dtls(d, n, &id, &id_len), M2MPSK_CKE_NOT);
+  /* A record cut short: left to the engine. */
+  n = dtls_rec(d, 22, 0, 16, 0, body, bn);
+  for (size_t cut = 0; cut < n; cut++)
+    cr_assert_eq(m2mpsk_cke_dtls(d, cut, &id, &id_len), M2MPSK_CKE_MORE,
+                 "cut at %zu", cut);
+}

@@ -1379,6 +1379,19 @@ static void put_unlocked_child(void *arg) {
       m2mpsk_keystore_fetch(ks, "k0@b.c", &after, NULL, NULL) != M2MPSK_OK ||
       after.not_after != 99)
     _exit(17);
+  /* A key source's answer is an add: refused the same way, and the request
+   * stays open. */
+  m2mpsk_key_request *req = NULL;
+  if (m2mpsk_keystore_set_source(ks, NULL, NULL, 4) != M2MPSK_OK ||
+      m2mpsk_keystore_request_key(ks, "asked@b.c", M2MPSK_ROLE_RESPONDER, NULL,
+                                  &req) != M2MPSK_KEYREQ_WAIT)
+    _exit(18);
+  if (m2mpsk_key_request_supply(req, key, 32, NULL, IDB, 0, 0) !=
+          M2MPSK_E_UNLOCKED ||
+      m2mpsk_key_request_answered(req) != 0 ||
+      m2mpsk_keystore_count(ks) != slots)
+    _exit(19);
+  m2mpsk_key_request_free(req);
   m2mpsk_keystore_free(ks);
   _exit(0);
 }

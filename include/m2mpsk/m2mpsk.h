@@ -782,15 +782,18 @@ M2MPSK_API const char *m2mpsk_reason_name(int reason);
 
 /**
  * Creates an association. An initiator names the record it uses by
- * `kpsa_id`, which must be in the keystore; a responder passes NULL and
+ * `kpsa_id`, which must be in the keystore, unless (since 0.4) the keystore
+ * has a key source: the record is then asked for at m2mpsk_assoc_start()
+ * (see "Key sources"); a responder passes NULL and
  * needs a config with at least one local identity (unless its roles are
  * reversed, SA2). The association holds
  * references to `config` and `keystore`, which the caller may free first.
  * Freezes the config.
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL out/config/keystore, bad role or
  * transport, kpsa_id NULL for an initiator or non-NULL for a responder),
- * M2MPSK_E_KPSA_ID, M2MPSK_E_KPSA_ID_LENGTH, M2MPSK_E_NOT_FOUND,
- * M2MPSK_E_NO_LOCAL_ID, M2MPSK_E_LIMIT (a responder past
+ * M2MPSK_E_KPSA_ID, M2MPSK_E_KPSA_ID_LENGTH, M2MPSK_E_NOT_FOUND (no
+ * record and no key source), M2MPSK_E_NO_LOCAL_ID, M2MPSK_E_LIMIT (a
+ * responder past
  * m2mpsk_config_set_max_handshakes()), M2MPSK_E_BACKEND, M2MPSK_E_NOMEM or
  * M2MPSK_E_INTERNAL.
  * Thread safety: safe to call concurrently with the same config and keystore.
@@ -838,7 +841,13 @@ M2MPSK_API const char *m2mpsk_assoc_peer_tag(const m2mpsk_assoc *a);
  * by the monotonic clock) to check validity windows, or 0 when the caller
  * has no wall clock: a record with a validity window then fails with
  * M2MPSK_REASON_MISUSE rather than being judged against 1970. An initiator
- * queues its ClientHello, to be drained.
+ * queues its ClientHello, to be drained; since 0.4, one made before its
+ * record existed opens a key request instead, enters
+ * M2MPSK_STATE_WAITING_KEY and queues nothing until m2mpsk_assoc_resume()
+ * (when the source cannot take the request, past its max_pending or
+ * removed, it fails at once with M2MPSK_REASON_UNKNOWN_IDENTITY). A
+ * responder reads whether its keystore has a key source here: a source set
+ * later serves later handshakes.
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL, negative unix_time),
  * M2MPSK_E_STATE (already started) or M2MPSK_E_FAILED (e.g. the initiator's
  * record is expired or revoked, or the responder's peer tag is blocked by
@@ -852,7 +861,11 @@ M2MPSK_API int m2mpsk_assoc_start(m2mpsk_assoc *a, uint64_t now_ms,
  * Feeds received input: any number of stream bytes (TLS), or exactly one
  * whole datagram (DTLS). Drives the handshake; afterwards, check
  * m2mpsk_assoc_state() and drain. All input is consumed, unless the
- * call returns M2MPSK_E_LIMIT.
+ * call returns M2MPSK_E_LIMIT. Since 0.4, in M2MPSK_STATE_WAITING_KEY input
+ * is held for the TLS engine until m2mpsk_assoc_resume(): over TLS up to
+ * m2mpsk_config_set_max_input() (past it the association fails with
+ * M2MPSK_REASON_LIMIT), over DTLS up to 8 datagrams (more are dropped, as
+ * if lost).
  * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL a, NULL data with len > 0, an
  * empty or oversized datagram), M2MPSK_E_STATE (not started, or already
  * closed/failed), M2MPSK_E_FAILED (this input failed the association: drain
@@ -890,7 +903,8 @@ M2MPSK_API int m2mpsk_assoc_drain(m2mpsk_assoc *a, uint8_t *out, size_t cap,
 /**
  * Writes into *deadline_ms the monotonic time at which
  * m2mpsk_assoc_handle_timeout() must be called: the earliest of the next
- * DTLS retransmission, the handshake deadline (while handshaking) and the
+ * DTLS retransmission (none while waiting for a key), the handshake
+ * deadline (while handshaking or, since 0.4, waiting for a key) and the
  * expiry of the record in use (its not_after, on the caller's monotonic
  * clock by way of the wall-clock time given to m2mpsk_assoc_start(): the
  * first millisecond at which that time, advanced in whole seconds, is past
@@ -909,7 +923,8 @@ m2mpsk_assoc_next_timeout(const m2mpsk_assoc *a,
 
 /**
  * Handles what is due at `now_ms`: retransmits a DTLS flight (drain it
- * afterwards), fails the handshake with M2MPSK_REASON_TIMEOUT, or, once the
+ * afterwards), fails the handshake with M2MPSK_REASON_TIMEOUT (also one
+ * waiting for a key, which then stops waiting on its request), or, once the
  * record in use has expired, fails the association with
  * M2MPSK_REASON_EXPIRED exactly as input at that time would: an
  * established one queues an alert for the peer (drain it) and the event
@@ -1478,7 +1493,8 @@ M2MPSK_API int m2mpsk_keystore_add_derived(
 /* ------------------------------------------------------------------------ */
 
 /**
- * Keys that come from elsewhere. A keystore may have a key source: when an
+ * Keys that come from elsewhere (docs/key-sources.md). A keystore may have
+ * a key source: when an
  * association needs a KpsaID the keystore has no record for (a responder:
  * the psk_identity of the client's ClientKeyExchange; an initiator: its
  * own KpsaID, at m2mpsk_assoc_start()), the keystore opens a key request
@@ -1495,7 +1511,15 @@ M2MPSK_API int m2mpsk_keystore_add_derived(
  * key, on the wire), failures count for the rate limits as before, and the
  * handshake timeout covers the wait. An answer that comes after every
  * waiting association was freed still adds (or not) the record, and is
- * otherwise harmless.
+ * otherwise harmless. A KpsaID that the rate limiter blocks, or that the
+ * keystore holds revoked, is not asked for.
+ *
+ * The responder reads the psk_identity, which RFC 4279 puts first in every
+ * PSK ClientKeyExchange, from the TLS record that carries the message, or
+ * from the message's first fragment in an epoch-0 DTLS record. An identity
+ * split across records or fragments, or a malformed one, is left to the
+ * TLS engine as without a source (an unknown KpsaID then fails as unknown);
+ * no mainstream TLS stack sends it so.
  *
  * A request is reference-counted: the keystore holds one while it is open,
  * each waiting association one, and the host one per reference it was
@@ -1518,10 +1542,13 @@ typedef void (*m2mpsk_key_source_fn)(void *arg, m2mpsk_key_request *req);
  * new requests queue until the host takes them with
  * m2mpsk_keystore_next_request(). `max_pending` bounds the requests open at
  * once: past it, an unknown KpsaID is treated at once as one the source
- * does not have (no request is opened). `max_pending` 0 removes the source:
- * requests still open are answered as absent. Requests already handed out
- * keep going to their host.
- * Returns M2MPSK_OK or M2MPSK_E_INVALID (NULL ks; fn with max_pending 0).
+ * does not have (no request is opened); a request already open for the
+ * same KpsaID is still joined. `max_pending` 0 removes the source: requests
+ * still open are answered as absent, and queued ones leave the queue.
+ * Requests already handed out keep going to their host. A responder reads
+ * whether a source is set at m2mpsk_assoc_start().
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL ks; fn with max_pending 0) or
+ * M2MPSK_E_NOMEM (nothing changed).
  * Thread safety: safe to call concurrently on the same keystore.
  */
 M2MPSK_API int m2mpsk_keystore_set_source(m2mpsk_keystore *ks,

@@ -20,7 +20,13 @@
  *  - TLS: the same ClientHello cut into records of another size parses to
  *    the same fields, and a hello in one record (the parser's flat path)
  *    gets the same answer, NOT included, cut into smaller records;
- *  - the engine choice agrees with m2mpsk_hello_offers(). */
+ *  - the engine choice agrees with m2mpsk_hello_offers();
+ *  - the ClientKeyExchange scanners (m2mpsk_cke_tls_record() on the input
+ *    as one record's payload, and on it cut in two at `record` with the
+ *    state carried over; m2mpsk_cke_dtls() on it as a datagram) answer
+ *    FOUND, MORE or NOT, deterministically, and a FOUND identity lies
+ *    inside the input. */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +53,47 @@ static int parse_copy(const uint8_t *p, size_t len, int dtls, m2mpsk_hello *h) {
   int rc = m2mpsk_hello_parse(copy, len, dtls, h);
   free(copy);
   return rc;
+}
+
+/* The scanners, each on a heap copy of exactly its input. */
+static void check_cke(const uint8_t *in, size_t len, size_t cut) {
+  uint8_t *copy = malloc(len ? len : 1);
+  if (copy == NULL)
+    BUG("malloc");
+  if (len)
+    memcpy(copy, in, len);
+  for (int dtls = 0; dtls < 2; dtls++) {
+    const uint8_t *id = NULL, *id2 = NULL;
+    size_t id_len = 0, id2_len = 0;
+    uint32_t left = 0, left2 = 0;
+    int rc = dtls ? m2mpsk_cke_dtls(copy, len, &id, &id_len)
+                  : m2mpsk_cke_tls_record(copy, len, &left, &id, &id_len);
+    int rc2 = dtls ? m2mpsk_cke_dtls(copy, len, &id2, &id2_len)
+                   : m2mpsk_cke_tls_record(copy, len, &left2, &id2, &id2_len);
+    if (rc != M2MPSK_CKE_FOUND && rc != M2MPSK_CKE_MORE && rc != M2MPSK_CKE_NOT)
+      BUG("cke result %d", rc);
+    if (rc != rc2 || id != id2 || id_len != id2_len || left != left2)
+      BUG("cke not deterministic");
+    if (rc == M2MPSK_CKE_FOUND &&
+        (id < copy || id_len > len || id - copy > (ptrdiff_t)(len - id_len)))
+      BUG("identity outside the input");
+  }
+  /* Two records: whatever the first leaves in hs_left is honoured. */
+  if (cut < len) {
+    uint32_t left = 0;
+    const uint8_t *id = NULL;
+    size_t id_len = 0;
+    int rc = m2mpsk_cke_tls_record(copy, cut, &left, &id, &id_len);
+    if (rc == M2MPSK_CKE_MORE) {
+      rc = m2mpsk_cke_tls_record(copy + cut, len - cut, &left, &id, &id_len);
+      if (rc == M2MPSK_CKE_FOUND &&
+          (id < copy + cut || id_len > len - cut ||
+           id - (copy + cut) > (ptrdiff_t)(len - cut - id_len)))
+        BUG("identity outside the second record");
+    } else if (rc == M2MPSK_CKE_FOUND && (id < copy || id_len > cut))
+      BUG("identity outside the first record");
+  }
+  free(copy);
 }
 
 static int all_zero(const void *p, size_t n) {
@@ -158,6 +205,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   check_choice(&h);
   if (rc == M2MPSK_HELLO_OK)
     check_ok(&h, len, dtls);
+  check_cke(in, len, record);
 
   if (rc == M2MPSK_HELLO_OK) {
     /* What follows `consumed` is not looked at. */

@@ -194,7 +194,10 @@ static void responder_seeds(m2mpsk_transport tr) {
                {FZ_KPSA_WINDOW, "window", 0},
                {FZ_KPSA_WINDOW, "window-no-clock", 2},
                {FZ_KPSA_WINDOW, "window-expired", 4},
-               {FZ_KPSA_OTHER, "idb-not-served", 1}};
+               {FZ_KPSA_OTHER, "idb-not-served", 1},
+               /* fuzz_responder's key source: asked, answered, resumed */
+               {FZ_KPSA_UNKNOWN, "key-source-absent", 16},
+               {FZ_KPSA_UNKNOWN, "key-source-supplied", 48}};
   for (size_t k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++) {
     o.kpsa_id = kinds[k].id;
     o.cfg_b = fz_responder_cfg(kinds[k].opts & 1);

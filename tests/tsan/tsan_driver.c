@@ -60,7 +60,7 @@ extern char **environ;
 /* ---- failing loudly ------------------------------------------------------ */
 
 static const char *const k_scenarios[] = {"setup", "keystore", "assoc",
-                                          "refcount"};
+                                          "refcount", "keysource"};
 static atomic_int g_scenario;
 
 __attribute__((format(printf, 3, 4), noreturn)) static void
@@ -1055,6 +1055,226 @@ static void scenario_refcount(unsigned scale) {
   fflush(stdout);
 }
 
+/* ---- scenario 4: key sources ---------------------------------------------
+ * Worker threads run handshakes whose responders share one keystore with a
+ * key source (queue mode); an answerer thread takes the requests and
+ * answers them (with the record, or absent), while the workers poll and
+ * resume; some workers free their association before the answer comes.
+ * Then a keystore goes away while another thread answers its request. */
+
+#define KSRC_WORKERS 3
+
+typedef struct ksrc_world {
+  m2mpsk_keystore *ks_b;
+  m2mpsk_config *cfg_a, *cfg_b;
+  unsigned iterations;
+  atomic_int workers_done;
+  atomic_ulong supplied, absent, late, established, refused, quick;
+} ksrc_world;
+
+typedef struct ksrc_arg {
+  ksrc_world *w;
+  int id;
+} ksrc_arg;
+
+static void *ksrc_answerer(void *p) {
+  ksrc_world *w = p;
+  uint8_t key[32];
+  fill_key(key, sizeof(key), 11);
+  for (;;) {
+    m2mpsk_key_request *req = NULL;
+    if (m2mpsk_keystore_next_request(w->ks_b, &req) == M2MPSK_OK) {
+      const char *id = m2mpsk_key_request_kpsa_id(req);
+      CHECK(id != NULL, "request without a KpsaID");
+      if (strstr(id, "-x@") != NULL) {
+        CHECK(m2mpsk_key_request_absent(req) == M2MPSK_OK, "absent %s", id);
+        atomic_fetch_add(&w->absent, 1);
+      } else {
+        int rc =
+            m2mpsk_key_request_supply(req, key, sizeof(key), IDA, IDB, 0, 0);
+        CHECK(rc == M2MPSK_OK, "supply %s: %s", id, m2mpsk_strerror(rc));
+        atomic_fetch_add(&w->supplied, 1);
+      }
+      m2mpsk_key_request_free(req);
+      continue;
+    }
+    if (atomic_load(&w->workers_done) == KSRC_WORKERS)
+      return NULL;
+    pause_us(50);
+  }
+}
+
+static void *ksrc_worker(void *p) {
+  ksrc_arg *arg = p;
+  ksrc_world *w = arg->w;
+  uint8_t key[32];
+  fill_key(key, sizeof(key), 11);
+  m2mpsk_keystore *ks_a = NULL;
+  CHECK(m2mpsk_keystore_new(&ks_a, 0) == M2MPSK_OK, "keystore_new");
+  for (unsigned i = 0; i < w->iterations; i++) {
+    unsigned kind = i % 4; /* 0, 1: supplied; 2: absent; 3: freed early */
+    m2mpsk_transport t =
+        (i / 4) % 2 ? M2MPSK_TRANSPORT_DTLS : M2MPSK_TRANSPORT_TLS;
+    char id[64];
+    snprintf(id, sizeof(id), "w%d-%u-%c@onem2m.com", arg->id, i,
+             kind == 2 ? 'x' : 's');
+    CHECK(m2mpsk_keystore_add(ks_a, id, key, sizeof(key), IDA, IDB, 0, 0) ==
+              M2MPSK_OK,
+          "add %s", id);
+    m2mpsk_assoc *a = NULL, *b = NULL;
+    CHECK(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR, t, w->cfg_a, ks_a, id) ==
+              M2MPSK_OK,
+          "initiator");
+    CHECK(m2mpsk_assoc_new(&b, M2MPSK_ROLE_RESPONDER, t, w->cfg_b, w->ks_b,
+                           NULL) == M2MPSK_OK,
+          "responder");
+    uint64_t now = NOW0;
+    CHECK(m2mpsk_assoc_start(b, now, UNIX0) == M2MPSK_OK, "start b");
+    CHECK(m2mpsk_assoc_start(a, now, UNIX0) == M2MPSK_OK, "start a");
+    for (int step = 0;
+         step < 50 && m2mpsk_assoc_state(b) == M2MPSK_STATE_HANDSHAKING;
+         step++) {
+      if (pump(a, b, now) + pump(b, a, now) == 0)
+        break;
+    }
+    /* The answerer may be quick enough to answer between the request's
+     * opening and the association's look at it: then there is no wait. */
+    m2mpsk_key_request *req = NULL;
+    if (m2mpsk_assoc_state(b) == M2MPSK_STATE_WAITING_KEY) {
+      req = m2mpsk_assoc_key_request(b);
+      CHECK(req != NULL && strcmp(m2mpsk_key_request_kpsa_id(req), id) == 0,
+            "%s: the request", id);
+    } else {
+      atomic_fetch_add(&w->quick, 1);
+    }
+    if (kind == 3) {
+      /* Gone before the answer: the answer comes to nobody. */
+      m2mpsk_assoc_free(a);
+      m2mpsk_assoc_free(b);
+      atomic_fetch_add(&w->late, 1);
+      continue;
+    }
+    if (req != NULL) {
+      double t0 = now_s();
+      while (m2mpsk_key_request_answered(req) == 0) {
+        CHECK(now_s() - t0 < 60, "%s: no answer in 60 s", id);
+        pause_us(100);
+      }
+      int rc = m2mpsk_assoc_resume(b, now);
+      CHECK(rc == M2MPSK_OK || rc == M2MPSK_E_FAILED, "resume: %s",
+            m2mpsk_strerror(rc));
+    }
+    CHECK(run_handshake(a, b, &now) == 0, "%s: handshake did not finish", id);
+    if (kind == 2) {
+      CHECK(m2mpsk_assoc_failure(b) == M2MPSK_REASON_UNKNOWN_IDENTITY,
+            "%s: absent should fail as unknown, got %s", id, side_name(b));
+      atomic_fetch_add(&w->refused, 1);
+    } else {
+      CHECK(m2mpsk_assoc_state(a) == M2MPSK_STATE_ESTABLISHED &&
+                m2mpsk_assoc_state(b) == M2MPSK_STATE_ESTABLISHED,
+            "%s: not established: %s / %s", id, side_name(a), side_name(b));
+      CHECK(strcmp(m2mpsk_assoc_peer_id(b), IDA) == 0, "bound identity");
+      atomic_fetch_add(&w->established, 1);
+    }
+    m2mpsk_assoc_free(a);
+    m2mpsk_assoc_free(b);
+  }
+  m2mpsk_keystore_free(ks_a);
+  atomic_fetch_add(&w->workers_done, 1);
+  return NULL;
+}
+
+typedef struct ksrc_detach {
+  m2mpsk_key_request *req;
+  pthread_barrier_t go;
+  int rc;
+} ksrc_detach;
+
+static void *ksrc_late_supplier(void *p) {
+  ksrc_detach *d = p;
+  uint8_t key[32];
+  fill_key(key, sizeof(key), 12);
+  pthread_barrier_wait(&d->go);
+  d->rc = m2mpsk_key_request_supply(d->req, key, sizeof(key), NULL, IDB, 0, 0);
+  m2mpsk_key_request_free(d->req);
+  return NULL;
+}
+
+static void scenario_keysource(unsigned scale) {
+  scenario_begin(4);
+  double t0 = now_s();
+  ksrc_world w = {.iterations = 16 * scale};
+  CHECK(m2mpsk_config_new(&w.cfg_a) == M2MPSK_OK, "config_new");
+  CHECK(m2mpsk_config_new(&w.cfg_b) == M2MPSK_OK, "config_new");
+  CHECK(m2mpsk_config_add_local_id(w.cfg_b, IDB) == M2MPSK_OK, "local id");
+  CHECK(m2mpsk_keystore_new(&w.ks_b, 0) == M2MPSK_OK, "keystore_new");
+  CHECK(m2mpsk_keystore_set_source(w.ks_b, NULL, NULL, 64) == M2MPSK_OK,
+        "set_source");
+  pthread_t workers[KSRC_WORKERS], answerer;
+  ksrc_arg args[KSRC_WORKERS];
+  start_thread(&answerer, ksrc_answerer, &w);
+  for (int i = 0; i < KSRC_WORKERS; i++) {
+    args[i] = (ksrc_arg){&w, i};
+    start_thread(&workers[i], ksrc_worker, &args[i]);
+  }
+  for (int i = 0; i < KSRC_WORKERS; i++)
+    pthread_join(workers[i], NULL);
+  pthread_join(answerer, NULL);
+  unsigned long want = (unsigned long)KSRC_WORKERS * w.iterations;
+  CHECK(atomic_load(&w.established) + atomic_load(&w.refused) +
+                atomic_load(&w.late) ==
+            want,
+        "outcomes do not add up");
+  /* Late ones may have been answered or not before the worker let go;
+   * every other request was answered once. */
+  CHECK(atomic_load(&w.supplied) >= atomic_load(&w.established) &&
+            atomic_load(&w.absent) == atomic_load(&w.refused),
+        "answers do not match outcomes");
+  m2mpsk_keystore_free(w.ks_b);
+  m2mpsk_config_free(w.cfg_a);
+  m2mpsk_config_free(w.cfg_b);
+
+  /* The keystore goes away (its last references freed here) while another
+   * thread answers its request: the answer either lands or is refused. */
+  unsigned long landed = 0, refused = 0;
+  for (unsigned i = 0; i < 20 * scale; i++) {
+    m2mpsk_keystore *ks = NULL;
+    m2mpsk_config *cfg = NULL;
+    CHECK(m2mpsk_keystore_new(&ks, 0) == M2MPSK_OK, "keystore_new");
+    CHECK(m2mpsk_config_new(&cfg) == M2MPSK_OK, "config_new");
+    CHECK(m2mpsk_keystore_set_source(ks, NULL, NULL, 4) == M2MPSK_OK, "src");
+    m2mpsk_assoc *a = NULL;
+    CHECK(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR, M2MPSK_TRANSPORT_TLS, cfg,
+                           ks, "late@onem2m.com") == M2MPSK_OK,
+          "initiator");
+    CHECK(m2mpsk_assoc_start(a, NOW0, UNIX0) == M2MPSK_OK, "start");
+    ksrc_detach d = {0};
+    CHECK(m2mpsk_keystore_next_request(ks, &d.req) == M2MPSK_OK, "request");
+    CHECK(pthread_barrier_init(&d.go, NULL, 2) == 0, "barrier");
+    pthread_t th;
+    start_thread(&th, ksrc_late_supplier, &d);
+    pthread_barrier_wait(&d.go);
+    m2mpsk_assoc_free(a);
+    m2mpsk_config_free(cfg);
+    m2mpsk_keystore_free(ks);
+    pthread_join(th, NULL);
+    pthread_barrier_destroy(&d.go);
+    CHECK(d.rc == M2MPSK_OK || d.rc == M2MPSK_E_STATE, "late supply: %s",
+          m2mpsk_strerror(d.rc));
+    if (d.rc == M2MPSK_OK)
+      landed++;
+    else
+      refused++;
+  }
+  printf("tsan_driver: keysource: %lu established, %lu absent, %lu freed "
+         "while waiting, %lu answered before the wait began; detach race: "
+         "%lu answers landed, %lu refused, %.1f s\n",
+         atomic_load(&w.established), atomic_load(&w.refused),
+         atomic_load(&w.late), atomic_load(&w.quick), landed, refused,
+         now_s() - t0);
+  fflush(stdout);
+}
+
 /* ---- canary ----------------------------------------------------------------
  */
 
@@ -1151,8 +1371,9 @@ int main(int argc, char **argv) {
   scenario_keystore(scale);
   scenario_assoc(scale);
   scenario_refcount(scale);
+  scenario_keysource(scale);
   alarm(0);
-  printf("tsan_driver: guard %s: PASS, 3 scenarios, %.1f s\n", guard,
+  printf("tsan_driver: guard %s: PASS, 4 scenarios, %.1f s\n", guard,
          now_s() - t0);
   return 0;
 }

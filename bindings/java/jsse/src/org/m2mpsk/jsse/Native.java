@@ -94,7 +94,7 @@ final class Native implements AutoCloseable {
     return h;
   }
 
-  /** The library's version, e.g. "0.3.0". */
+  /** The library's version, e.g. "0.4.0". */
   static String libraryVersion() {
     return M2mpsk.versionString();
   }
