@@ -2,7 +2,7 @@
 # Builds and runs the whole benchmark harness, then writes docs/BENCHMARKS.md
 # and docs/benchmarks.png from that one run.
 #
-#   bash tests/bench/run.sh           # full run, 5-10 minutes on 2 cores
+#   bash tests/bench/run.sh           # full run, 10-15 minutes on 2 cores
 #   bash tests/bench/run.sh --quick   # smoke run, about a minute; writes
 #                                     # build-bench/bench-results/ only
 #
@@ -32,13 +32,20 @@ mkdir -p "$out"
 echo "== configure and build ($build, Release)"
 timeout 600 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release \
   -DM2MPSK_WERROR=ON -DM2MPSK_BINDINGS=OFF >"$out/configure.log"
-timeout 900 cmake --build "$build" -j2 --target m2mpsk-bench >"$out/build.log" ||
+timeout 900 cmake --build "$build" -j2 --target m2mpsk-bench m2mpsk-keysource-bench \
+  >"$out/build.log" ||
   { tail -30 "$out/build.log"; exit 1; }
 bench=$build/tests/bench/m2mpsk-bench
 
 echo "== m2mpsk-bench $quick"
 timeout 1500 "$bench" $quick --json "$out/results.jsonl" --workdir "$out" |
   tee "$out/bench.txt"
+
+# Key sources (issue 19): a responder whose keys come from a source that
+# answers after 50 ms, against in-memory lookup, in one event loop.
+echo "== m2mpsk-keysource-bench $quick"
+timeout 1200 "$build/tests/bench/m2mpsk-keysource-bench" $quick \
+  --json "$out/results-keysource.jsonl" | tee "$out/keysource.txt"
 
 # Instruction counts: one valgrind run per case and contender, the same
 # fixed number of handshakes, collected inside the batch function only.
@@ -93,4 +100,5 @@ echo "== report"
 python3 "$root/tests/bench/report.py" --results "$out/results.jsonl" \
   --callgrind "$out" --machine "$out/machine.txt" --out "$doc" --plot "$plot" \
   --openssl-results "$out/results-openssl.jsonl" \
+  --keysource-results "$out/results-keysource.jsonl" \
   --revision "$rev" --command "bash tests/bench/run.sh${quick:+ --quick}"
