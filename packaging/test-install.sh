@@ -250,7 +250,16 @@ consumer_cli() {
   m2mpsk version || return 1
   (umask 077 && m2mpsk keygen --keys "$work/keys" --kpsa-id test@onem2m.com \
      --idb //m2m.example.com/cse-in --ida //m2m.example.com/cse-in/Cae1) || return 1
-  cli_loopback tcp && cli_loopback udp
+  cli_loopback tcp && cli_loopback udp || return 1
+  # The packaged tool has the etcd component (libcurl, json-c): a KEK is
+  # made, and an etcd URL nobody listens on is an I/O error (exit 3), not
+  # "built without etcd support" (exit 2).
+  m2mpsk keys kek --out "$work/kek" || return 1
+  [ "$(stat -c %a "$work/kek")" = 600 ] || return 1
+  local rc=0
+  m2mpsk keys list --etcd etcd://127.0.0.1:1/m2mpsk 2>"$work/keys.err" || rc=$?
+  sed 's/^/  keys list: /' "$work/keys.err"
+  [ "$rc" -eq 3 ]
 }
 
 consumer_python() {

@@ -1139,7 +1139,10 @@ int etcd_range_all(etcd_client *c, size_t page, int64_t *revision,
       continue;
     }
     if (rc == M2MPSK_E_UNSUPPORTED && c->grpc_down) {
-      say(err, cap, "no etcd endpoint answered (%s)", err);
+      /* err is both the detail and the destination: copy it first. */
+      char why[256];
+      snprintf(why, sizeof(why), "%s", err);
+      say(err, cap, "no etcd endpoint answered (%s)", why);
       rc = M2MPSK_E_IO;
       goto done;
     }
