@@ -1168,8 +1168,7 @@ int m2mpsk_keystore_batch_add(m2mpsk_keystore_batch *b, const char *kpsa_id,
   return rc;
 }
 
-int m2mpsk_keystore_batch_commit(m2mpsk_keystore_batch *b,
-                                 size_t *err_index) {
+int m2mpsk_keystore_batch_commit(m2mpsk_keystore_batch *b, size_t *err_index) {
   if (err_index != NULL)
     *err_index = 0;
   if (b == NULL)

@@ -311,8 +311,7 @@ Test(alloc, batch_calls_refuse_cleanly_without_memory) {
       alloc_count = 0;
       alloc_fail_at = at;
       alloc_armed = 1;
-      rc = m2mpsk_keystore_batch_add(b, id, m2mt_key, 32, NULL, M2MT_IDB, 0,
-                                     0);
+      rc = m2mpsk_keystore_batch_add(b, id, m2mt_key, 32, NULL, M2MT_IDB, 0, 0);
       alloc_armed = 0;
       add_nomem += rc == M2MPSK_E_NOMEM;
     }

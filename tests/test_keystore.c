@@ -1536,9 +1536,9 @@ Test(keystore_batch, many_records_arrive_together_in_locked_memory) {
   /* Nothing is visible before the commit. */
   cr_assert_eq(m2mpsk_keystore_count(ks), 1);
   cr_assert_eq(m2mpsk_keystore_key_memory(ks), mem);
-  cr_assert_eq(m2mpsk_keystore_lookup(ks, "k0@b.c", NULL, 0, NULL, 0, NULL,
-                                      NULL, NULL),
-               M2MPSK_E_NOT_FOUND);
+  cr_assert_eq(
+      m2mpsk_keystore_lookup(ks, "k0@b.c", NULL, 0, NULL, 0, NULL, NULL, NULL),
+      M2MPSK_E_NOT_FOUND);
 
   size_t at = 99;
   cr_assert_eq(m2mpsk_keystore_batch_commit(b, &at), M2MPSK_OK);
@@ -1562,9 +1562,9 @@ Test(keystore_batch, many_records_arrive_together_in_locked_memory) {
 
   /* A spent batch refuses more work. */
   uint8_t key[32] = {1};
-  cr_assert_eq(m2mpsk_keystore_batch_add(b, "late@b.c", key, 32, NULL, IDB, 0,
-                                         0),
-               M2MPSK_E_STATE);
+  cr_assert_eq(
+      m2mpsk_keystore_batch_add(b, "late@b.c", key, 32, NULL, IDB, 0, 0),
+      M2MPSK_E_STATE);
   cr_assert_eq(m2mpsk_keystore_batch_commit(b, NULL), M2MPSK_E_STATE);
   cr_assert_eq(m2mpsk_keystore_count(ks), N + 1);
   m2mpsk_keystore_batch_free(b);
@@ -1579,16 +1579,14 @@ Test(keystore_batch, null_arguments_are_invalid) {
   cr_assert_eq(m2mpsk_keystore_batch_new(ks, NULL), M2MPSK_E_INVALID);
   b = new_batch(ks);
   uint8_t key[32] = {1};
-  cr_assert_eq(m2mpsk_keystore_batch_add(NULL, "a@b.c", key, 32, NULL, IDB, 0,
-                                         0),
-               M2MPSK_E_INVALID);
+  cr_assert_eq(
+      m2mpsk_keystore_batch_add(NULL, "a@b.c", key, 32, NULL, IDB, 0, 0),
+      M2MPSK_E_INVALID);
   cr_assert_eq(m2mpsk_keystore_batch_add(b, NULL, key, 32, NULL, IDB, 0, 0),
                M2MPSK_E_INVALID);
-  cr_assert_eq(m2mpsk_keystore_batch_add(b, "a@b.c", NULL, 32, NULL, IDB, 0,
-                                         0),
+  cr_assert_eq(m2mpsk_keystore_batch_add(b, "a@b.c", NULL, 32, NULL, IDB, 0, 0),
                M2MPSK_E_INVALID);
-  cr_assert_eq(m2mpsk_keystore_batch_add(b, "a@b.c", key, 32, NULL, NULL, 0,
-                                         0),
+  cr_assert_eq(m2mpsk_keystore_batch_add(b, "a@b.c", key, 32, NULL, NULL, 0, 0),
                M2MPSK_E_INVALID);
   size_t at = 5;
   cr_assert_eq(m2mpsk_keystore_batch_commit(NULL, &at), M2MPSK_E_INVALID);
@@ -1665,9 +1663,9 @@ Test(keystore_batch, a_kpsa_id_already_held_fails_the_whole_commit) {
   /* Nothing changed: no new record, the held ones untouched. */
   cr_assert_eq(m2mpsk_keystore_count(ks), 2);
   cr_assert_eq(m2mpsk_keystore_key_memory(ks), mem);
-  cr_assert_eq(m2mpsk_keystore_lookup(ks, "k0@b.c", NULL, 0, NULL, 0, NULL,
-                                      NULL, NULL),
-               M2MPSK_E_NOT_FOUND);
+  cr_assert_eq(
+      m2mpsk_keystore_lookup(ks, "k0@b.c", NULL, 0, NULL, 0, NULL, NULL, NULL),
+      M2MPSK_E_NOT_FOUND);
   m2mpsk_record_view after;
   cr_assert_eq(m2mpsk_keystore_fetch(ks, "k3@b.c", &after, NULL, NULL),
                M2MPSK_OK);
@@ -1737,8 +1735,7 @@ static void batch_unlocked_child(void *arg) {
   size_t slots = (size_t)page / M2MPSK_KEY_MAX;
   for (size_t i = 0; i < slots; i++) {
     snprintf(id, sizeof(id), "k%zu@b.c", i);
-    if (m2mpsk_keystore_batch_add(b, id, key, 32, NULL, IDB, 0, 0) !=
-        M2MPSK_OK)
+    if (m2mpsk_keystore_batch_add(b, id, key, 32, NULL, IDB, 0, 0) != M2MPSK_OK)
       _exit(12);
   }
   if (m2mpsk_keystore_batch_add(b, "new@b.c", key, 32, NULL, IDB, 0, 0) !=

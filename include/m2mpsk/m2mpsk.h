@@ -1729,9 +1729,9 @@ M2MPSK_API int m2mpsk_keystore_batch_add(m2mpsk_keystore_batch *b,
  * Thread safety: one thread at a time per batch; safe concurrently with
  * any other call on the keystore.
  */
-M2MPSK_API int m2mpsk_keystore_batch_commit(m2mpsk_keystore_batch *b,
-                                            size_t *err_index)
-    M2MPSK_MUST_CHECK;
+M2MPSK_API int
+m2mpsk_keystore_batch_commit(m2mpsk_keystore_batch *b,
+                             size_t *err_index) M2MPSK_MUST_CHECK;
 
 /**
  * Releases a batch: records never committed are wiped and dropped, and the

@@ -155,7 +155,8 @@ static void held_free(held_set *h) {
   memset(h, 0, sizeof(*h));
 }
 
-/* ---- bulk loading ------------------------------------------------------------
+/* ---- bulk loading
+ * ------------------------------------------------------------
  * m2mpsk_keystore_add() costs about 6 us a record (the key arena is opened
  * and closed around each one). Records not held yet go into a keystore
  * batch instead: each key is copied into the batch's locked, guarded memory
@@ -1008,8 +1009,7 @@ int m2mpsk_etcd_sync_start(m2mpsk_etcd_sync **out, m2mpsk_keystore *ks,
   s->rec = sodium_malloc(sizeof(*s->rec));
   s->multi = curl_multi_init();
   s->hdr = curl_slist_append(NULL, "Content-Type: application/json");
-  if (s->kek == NULL || s->rec == NULL || s->multi == NULL ||
-      s->hdr == NULL) {
+  if (s->kek == NULL || s->rec == NULL || s->multi == NULL || s->hdr == NULL) {
     say(err, err_cap, "out of memory");
     sync_free(s);
     return M2MPSK_E_NOMEM;
