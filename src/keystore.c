@@ -1121,6 +1121,79 @@ out:
   return rc;
 }
 
+/* A batch is a staging keystore and the keystore it will be merged into.
+ * Its records are tagged with their position, which the merge reports for
+ * the first KpsaID that is already in the target. */
+struct m2mpsk_keystore_batch {
+  m2mpsk_keystore *ks;      /* a reference */
+  m2mpsk_keystore *staging; /* NULL once committed */
+  uint32_t count;           /* records added, the next tag */
+};
+
+int m2mpsk_keystore_batch_new(m2mpsk_keystore *ks,
+                              m2mpsk_keystore_batch **out) {
+  if (out != NULL)
+    *out = NULL;
+  if (ks == NULL || out == NULL)
+    return M2MPSK_E_INVALID;
+  m2mpsk_keystore_batch *b = calloc(1, sizeof(*b));
+  if (b == NULL)
+    return M2MPSK_E_NOMEM;
+  int rc = m2mpsk_keystore_new_staging(ks, &b->staging);
+  if (rc != M2MPSK_OK) {
+    free(b);
+    return rc;
+  }
+  m2mpsk_keystore_ref(ks);
+  b->ks = ks;
+  *out = b;
+  return M2MPSK_OK;
+}
+
+int m2mpsk_keystore_batch_add(m2mpsk_keystore_batch *b, const char *kpsa_id,
+                              const uint8_t *key, size_t key_len,
+                              const char *ida, const char *idb,
+                              int64_t not_before, int64_t not_after) {
+  if (b == NULL)
+    return M2MPSK_E_INVALID;
+  if (b->staging == NULL)
+    return M2MPSK_E_STATE;
+  /* Tags are 32 bits and the merge uses UINT32_MAX for "no conflict". */
+  if (b->count >= UINT32_MAX - 1)
+    return M2MPSK_E_NOMEM;
+  int rc = m2mpsk_keystore_add_tagged(b->staging, kpsa_id, key, key_len, ida,
+                                      idb, not_before, not_after, b->count);
+  if (rc == M2MPSK_OK)
+    b->count++;
+  return rc;
+}
+
+int m2mpsk_keystore_batch_commit(m2mpsk_keystore_batch *b, size_t *err_index) {
+  if (err_index != NULL)
+    *err_index = 0;
+  if (b == NULL)
+    return M2MPSK_E_INVALID;
+  if (b->staging == NULL)
+    return M2MPSK_E_STATE;
+  uint32_t tag = 0;
+  int rc = m2mpsk_keystore_merge(b->ks, b->staging, &tag);
+  if (rc == M2MPSK_E_DUPLICATE && err_index != NULL)
+    *err_index = tag;
+  if (rc == M2MPSK_OK) {
+    m2mpsk_keystore_free(b->staging); /* empty now */
+    b->staging = NULL;
+  }
+  return rc;
+}
+
+void m2mpsk_keystore_batch_free(m2mpsk_keystore_batch *b) {
+  if (b == NULL)
+    return;
+  m2mpsk_keystore_free(b->staging); /* wipes what was never committed */
+  m2mpsk_keystore_free(b->ks);
+  free(b);
+}
+
 /* ---- test hooks (m2mpsk_static only: see keystore.h) ------------------ */
 
 #ifdef M2MPSK_TEST_HOOKS

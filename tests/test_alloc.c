@@ -7,6 +7,7 @@
  * The executable interposes malloc, calloc and realloc, so allocations made
  * by libsodium and BoringSSL on our behalf fail too. */
 #include <criterion/criterion.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -267,5 +268,74 @@ Test(alloc, put_set_source_and_supply_refuse_cleanly_without_memory) {
   m2mpsk_key_request_free(req);
   m2mpsk_assoc_free(a);
   m2mpsk_config_free(cfg);
+  m2mpsk_keystore_free(ks);
+}
+
+/* Batches (0.4): each allocation of batch_new, batch_add and commit fails
+ * in turn; the call reports M2MPSK_E_NOMEM, the keystore is unchanged and
+ * the batch stays usable. */
+Test(alloc, batch_calls_refuse_cleanly_without_memory) {
+#ifndef ALLOC_HOOK
+  cr_skip_test("the allocator cannot be interposed under AddressSanitizer");
+#endif
+  m2mpsk_keystore *ks = NULL;
+  cr_assert_eq(m2mpsk_keystore_new(&ks, 0), M2MPSK_OK);
+  cr_assert_eq(
+      m2mpsk_keystore_add(ks, M2MT_KPSA_ID, m2mt_key, 32, NULL, M2MT_IDB, 0, 0),
+      M2MPSK_OK);
+  m2mpsk_keystore_batch *b = NULL;
+  int rc = M2MPSK_E_NOMEM;
+  long nomem = 0;
+  for (long at = 0; rc == M2MPSK_E_NOMEM && at < 100; at++) {
+    alloc_count = 0;
+    alloc_fail_at = at;
+    alloc_armed = 1;
+    rc = m2mpsk_keystore_batch_new(ks, &b);
+    alloc_armed = 0;
+    if (rc == M2MPSK_E_NOMEM) {
+      nomem++;
+      cr_assert_null(b);
+    }
+  }
+  cr_assert_eq(rc, M2MPSK_OK);
+  cr_assert_geq(nomem, 1);
+
+  /* Enough records that the staging table grows and a second arena is
+   * taken, so the loop meets those allocations too. */
+  char id[32];
+  long add_nomem = 0;
+  for (unsigned i = 0; i < 300; i++) {
+    snprintf(id, sizeof(id), "k%u@b.c", i);
+    rc = M2MPSK_E_NOMEM;
+    for (long at = 0; rc == M2MPSK_E_NOMEM && at < 100; at++) {
+      alloc_count = 0;
+      alloc_fail_at = at;
+      alloc_armed = 1;
+      rc = m2mpsk_keystore_batch_add(b, id, m2mt_key, 32, NULL, M2MT_IDB, 0, 0);
+      alloc_armed = 0;
+      add_nomem += rc == M2MPSK_E_NOMEM;
+    }
+    cr_assert_eq(rc, M2MPSK_OK, "%s", id);
+  }
+  cr_assert_geq(add_nomem, 300);
+  cr_assert_eq(m2mpsk_keystore_count(ks), 1);
+
+  rc = M2MPSK_E_NOMEM;
+  nomem = 0;
+  for (long at = 0; rc == M2MPSK_E_NOMEM && at < 100; at++) {
+    alloc_count = 0;
+    alloc_fail_at = at;
+    alloc_armed = 1;
+    rc = m2mpsk_keystore_batch_commit(b, NULL);
+    alloc_armed = 0;
+    if (rc == M2MPSK_E_NOMEM) {
+      nomem++;
+      cr_assert_eq(m2mpsk_keystore_count(ks), 1);
+    }
+  }
+  cr_assert_eq(rc, M2MPSK_OK);
+  cr_assert_geq(nomem, 1);
+  cr_assert_eq(m2mpsk_keystore_count(ks), 301);
+  m2mpsk_keystore_batch_free(b);
   m2mpsk_keystore_free(ks);
 }

@@ -1504,3 +1504,259 @@ Test(keystore_put, identity_change_ends_live_associations_as_revoked) {
   cr_assert_eq(m2mpsk_assoc_failure(p.a), M2MPSK_REASON_REVOKED);
   m2mt_pair_free(&p);
 }
+
+/* ---- batches (m2mpsk_keystore_batch_*, 0.4) ------------------------------ */
+
+static m2mpsk_keystore_batch *new_batch(m2mpsk_keystore *ks) {
+  m2mpsk_keystore_batch *b = NULL;
+  cr_assert_eq(m2mpsk_keystore_batch_new(ks, &b), M2MPSK_OK);
+  cr_assert_not_null(b);
+  return b;
+}
+
+static void batch_add_ok(m2mpsk_keystore_batch *b, const char *id,
+                         unsigned seed, size_t len) {
+  uint8_t key[M2MPSK_KEY_MAX];
+  fill_key(key, len, seed);
+  cr_assert_eq(m2mpsk_keystore_batch_add(b, id, key, len, NULL, IDB, 0, 0),
+               M2MPSK_OK, "batch add %s", id);
+}
+
+Test(keystore_batch, many_records_arrive_together_in_locked_memory) {
+  m2mpsk_keystore *ks = new_ks(0);
+  add_ok(ks, "old@b.c", 7, 32);
+  size_t mem = m2mpsk_keystore_key_memory(ks);
+  m2mpsk_keystore_batch *b = new_batch(ks);
+  enum { N = 3000 };
+  char id[32];
+  for (unsigned i = 0; i < N; i++) {
+    snprintf(id, sizeof(id), "k%u@b.c", i);
+    batch_add_ok(b, id, i, 16 + i % 49);
+  }
+  /* Nothing is visible before the commit. */
+  cr_assert_eq(m2mpsk_keystore_count(ks), 1);
+  cr_assert_eq(m2mpsk_keystore_key_memory(ks), mem);
+  cr_assert_eq(
+      m2mpsk_keystore_lookup(ks, "k0@b.c", NULL, 0, NULL, 0, NULL, NULL, NULL),
+      M2MPSK_E_NOT_FOUND);
+
+  size_t at = 99;
+  cr_assert_eq(m2mpsk_keystore_batch_commit(b, &at), M2MPSK_OK);
+  cr_assert_eq(at, 0);
+  cr_assert_eq(m2mpsk_keystore_count(ks), N + 1);
+  cr_assert_gt(m2mpsk_keystore_key_memory(ks), mem);
+  cr_assert_eq(m2mpsk_keystore_is_locked(ks), 1);
+  for (unsigned i = 0; i < N; i += 97) {
+    snprintf(id, sizeof(id), "k%u@b.c", i);
+    expect_key(ks, id, i, 16 + i % 49);
+  }
+  expect_key(ks, "k2999@b.c", 2999, 16 + 2999 % 49);
+  expect_key(ks, "old@b.c", 7, 32);
+
+  /* Committed keys are at rest like any other. */
+  const uint8_t *slot = m2mpsk_keystore_debug_slot(ks, "k5@b.c");
+  cr_assert_not_null(slot);
+  int st = in_child(read_byte, (void *)(uintptr_t)slot);
+  cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV,
+            "reading a committed key must fault (status 0x%x)", st);
+
+  /* A spent batch refuses more work. */
+  uint8_t key[32] = {1};
+  cr_assert_eq(
+      m2mpsk_keystore_batch_add(b, "late@b.c", key, 32, NULL, IDB, 0, 0),
+      M2MPSK_E_STATE);
+  cr_assert_eq(m2mpsk_keystore_batch_commit(b, NULL), M2MPSK_E_STATE);
+  cr_assert_eq(m2mpsk_keystore_count(ks), N + 1);
+  m2mpsk_keystore_batch_free(b);
+  m2mpsk_keystore_free(ks);
+}
+
+Test(keystore_batch, null_arguments_are_invalid) {
+  m2mpsk_keystore *ks = new_ks(0);
+  m2mpsk_keystore_batch *b = (m2mpsk_keystore_batch *)1;
+  cr_assert_eq(m2mpsk_keystore_batch_new(NULL, &b), M2MPSK_E_INVALID);
+  cr_assert_null(b);
+  cr_assert_eq(m2mpsk_keystore_batch_new(ks, NULL), M2MPSK_E_INVALID);
+  b = new_batch(ks);
+  uint8_t key[32] = {1};
+  cr_assert_eq(
+      m2mpsk_keystore_batch_add(NULL, "a@b.c", key, 32, NULL, IDB, 0, 0),
+      M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_keystore_batch_add(b, NULL, key, 32, NULL, IDB, 0, 0),
+               M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_keystore_batch_add(b, "a@b.c", NULL, 32, NULL, IDB, 0, 0),
+               M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_keystore_batch_add(b, "a@b.c", key, 32, NULL, NULL, 0, 0),
+               M2MPSK_E_INVALID);
+  size_t at = 5;
+  cr_assert_eq(m2mpsk_keystore_batch_commit(NULL, &at), M2MPSK_E_INVALID);
+  cr_assert_eq(at, 0);
+  m2mpsk_keystore_batch_free(NULL);
+  /* The refused records were not staged. */
+  cr_assert_eq(m2mpsk_keystore_batch_commit(b, NULL), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_count(ks), 0);
+  m2mpsk_keystore_batch_free(b);
+  m2mpsk_keystore_free(ks);
+}
+
+Test(keystore_batch, each_bad_value_is_refused_and_the_batch_goes_on) {
+  char long_kpsa[M2MPSK_KPSA_ID_MAX + 2];
+  memset(long_kpsa, 'a', sizeof(long_kpsa));
+  memcpy(long_kpsa + sizeof(long_kpsa) - 5, "@b.c", 5);
+  char long_id[M2MPSK_ID_MAX + 2];
+  memset(long_id, 'c', sizeof(long_id));
+  long_id[0] = '/';
+  long_id[sizeof(long_id) - 1] = '\0';
+  const add_case cases[] = {
+      {"bad kpsa-id", "no-at-sign", 16, NULL, IDB, 0, 0, M2MPSK_E_KPSA_ID},
+      {"long kpsa-id", long_kpsa, 16, NULL, IDB, 0, 0, M2MPSK_E_KPSA_ID_LENGTH},
+      {"short key", "n@b.c", 15, NULL, IDB, 0, 0, M2MPSK_E_KEY_LENGTH},
+      {"long key", "n@b.c", 65, NULL, IDB, 0, 0, M2MPSK_E_KEY_LENGTH},
+      {"bad ida", "n@b.c", 16, "/cse/Sx", IDB, 0, 0, M2MPSK_E_IDA},
+      {"bad idb", "n@b.c", 16, NULL, "/cse/C1", 0, 0, M2MPSK_E_IDB},
+      {"long ida", "n@b.c", 16, long_id, IDB, 0, 0, M2MPSK_E_ID_LENGTH},
+      {"ends before start", "n@b.c", 16, NULL, IDB, 200, 100,
+       M2MPSK_E_VALIDITY},
+      {"in the batch already", "first@b.c", 16, NULL, IDB, 0, 0,
+       M2MPSK_E_DUPLICATE},
+  };
+  m2mpsk_keystore *ks = new_ks(0);
+  m2mpsk_keystore_batch *b = new_batch(ks);
+  batch_add_ok(b, "first@b.c", 1, 32);
+  uint8_t key[M2MPSK_KEY_MAX + 1];
+  fill_key(key, sizeof(key), 99);
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    const add_case *c = &cases[i];
+    cr_expect_eq(m2mpsk_keystore_batch_add(b, c->kpsa_id, key, c->key_len,
+                                           c->ida, c->idb, c->nb, c->na),
+                 c->rc, "%s", c->what);
+  }
+  batch_add_ok(b, "last@b.c", 2, 20);
+  cr_assert_eq(m2mpsk_keystore_count(ks), 0);
+  cr_assert_eq(m2mpsk_keystore_batch_commit(b, NULL), M2MPSK_OK);
+  /* Only the two good records arrived; the first duplicate's key stayed
+   * the first one's. */
+  cr_assert_eq(m2mpsk_keystore_count(ks), 2);
+  expect_key(ks, "first@b.c", 1, 32);
+  expect_key(ks, "last@b.c", 2, 20);
+  m2mpsk_keystore_batch_free(b);
+  m2mpsk_keystore_free(ks);
+}
+
+Test(keystore_batch, a_kpsa_id_already_held_fails_the_whole_commit) {
+  m2mpsk_keystore *ks = new_ks(0);
+  add_ok(ks, "k7@b.c", 70, 32);
+  add_ok(ks, "k3@b.c", 30, 32);
+  m2mpsk_record_view before;
+  cr_assert_eq(m2mpsk_keystore_fetch(ks, "k3@b.c", &before, NULL, NULL),
+               M2MPSK_OK);
+  size_t mem = m2mpsk_keystore_key_memory(ks);
+  m2mpsk_keystore_batch *b = new_batch(ks);
+  char id[32];
+  for (unsigned i = 0; i < 10; i++) {
+    snprintf(id, sizeof(id), "k%u@b.c", i);
+    batch_add_ok(b, id, i, 32);
+  }
+  size_t at = 0;
+  cr_assert_eq(m2mpsk_keystore_batch_commit(b, &at), M2MPSK_E_DUPLICATE);
+  cr_assert_eq(at, 3, "the first record already held is number 3");
+  /* Nothing changed: no new record, the held ones untouched. */
+  cr_assert_eq(m2mpsk_keystore_count(ks), 2);
+  cr_assert_eq(m2mpsk_keystore_key_memory(ks), mem);
+  cr_assert_eq(
+      m2mpsk_keystore_lookup(ks, "k0@b.c", NULL, 0, NULL, 0, NULL, NULL, NULL),
+      M2MPSK_E_NOT_FOUND);
+  m2mpsk_record_view after;
+  cr_assert_eq(m2mpsk_keystore_fetch(ks, "k3@b.c", &after, NULL, NULL),
+               M2MPSK_OK);
+  cr_assert_eq(after.serial, before.serial);
+  expect_key(ks, "k3@b.c", 30, 32);
+  expect_key(ks, "k7@b.c", 70, 32);
+
+  /* The batch is intact: once the conflicts are gone it commits whole. */
+  cr_assert_eq(m2mpsk_keystore_remove(ks, "k3@b.c"), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_batch_commit(b, &at), M2MPSK_E_DUPLICATE);
+  cr_assert_eq(at, 7);
+  cr_assert_eq(m2mpsk_keystore_remove(ks, "k7@b.c"), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_batch_commit(b, &at), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_count(ks), 10);
+  expect_key(ks, "k3@b.c", 3, 32);
+  expect_key(ks, "k9@b.c", 9, 32);
+  m2mpsk_keystore_batch_free(b);
+  m2mpsk_keystore_free(ks);
+}
+
+Test(keystore_batch, an_empty_batch_commits_nothing) {
+  m2mpsk_keystore *ks = new_ks(0);
+  add_ok(ks, "a@b.c", 1, 32);
+  m2mpsk_keystore_batch *b = new_batch(ks);
+  size_t at = 5;
+  cr_assert_eq(m2mpsk_keystore_batch_commit(b, &at), M2MPSK_OK);
+  cr_assert_eq(at, 0);
+  cr_assert_eq(m2mpsk_keystore_count(ks), 1);
+  m2mpsk_keystore_batch_free(b);
+  m2mpsk_keystore_free(ks);
+}
+
+Test(keystore_batch, freeing_uncommitted_drops_it_and_keeps_the_keystore) {
+  m2mpsk_keystore *ks = new_ks(0);
+  m2mpsk_keystore_batch *b = new_batch(ks);
+  batch_add_ok(b, "a@b.c", 1, 32);
+  m2mpsk_keystore_batch_free(b);
+  cr_assert_eq(m2mpsk_keystore_count(ks), 0);
+  cr_assert_eq(m2mpsk_keystore_key_memory(ks), 0);
+
+  /* The batch holds its keystore: the caller's reference may go first. */
+  b = new_batch(ks);
+  batch_add_ok(b, "b@b.c", 2, 32);
+  m2mpsk_keystore_ref(ks);
+  m2mpsk_keystore_free(ks);
+  m2mpsk_keystore_free(ks);
+  cr_assert_eq(m2mpsk_keystore_batch_commit(b, NULL), M2MPSK_OK);
+  m2mpsk_keystore_batch_free(b); /* the last reference: ASan sees no leak */
+}
+
+/* E_UNLOCKED: a REQUIRE_LOCKED keystore in a child whose RLIMIT_MEMLOCK
+ * allows one arena refuses the record that needs a second one; the batch
+ * still commits what it had. */
+static void batch_unlocked_child(void *arg) {
+  (void)arg;
+  long page = sysconf(_SC_PAGESIZE);
+  struct rlimit rl = {(rlim_t)(2 * page), (rlim_t)(2 * page)};
+  if (drop_ipc_lock() != 0 || setrlimit(RLIMIT_MEMLOCK, &rl) != 0)
+    _exit(10);
+  m2mpsk_keystore *ks = NULL;
+  m2mpsk_keystore_batch *b = NULL;
+  if (m2mpsk_keystore_new(&ks, M2MPSK_KEYSTORE_REQUIRE_LOCKED) != M2MPSK_OK ||
+      m2mpsk_keystore_batch_new(ks, &b) != M2MPSK_OK)
+    _exit(11);
+  uint8_t key[32] = {1};
+  char id[32];
+  size_t slots = (size_t)page / M2MPSK_KEY_MAX;
+  for (size_t i = 0; i < slots; i++) {
+    snprintf(id, sizeof(id), "k%zu@b.c", i);
+    if (m2mpsk_keystore_batch_add(b, id, key, 32, NULL, IDB, 0, 0) != M2MPSK_OK)
+      _exit(12);
+  }
+  if (m2mpsk_keystore_batch_add(b, "new@b.c", key, 32, NULL, IDB, 0, 0) !=
+      M2MPSK_E_UNLOCKED)
+    _exit(13);
+  if (m2mpsk_keystore_count(ks) != 0 ||
+      m2mpsk_keystore_batch_commit(b, NULL) != M2MPSK_OK ||
+      m2mpsk_keystore_count(ks) != slots ||
+      m2mpsk_keystore_lookup(ks, "new@b.c", NULL, 0, NULL, 0, NULL, NULL,
+                             NULL) != M2MPSK_E_NOT_FOUND)
+    _exit(14);
+  m2mpsk_keystore_batch_free(b);
+  m2mpsk_keystore_free(ks);
+  _exit(0);
+}
+
+Test(keystore_batch, unlocked_memory_is_refused) {
+  if (MLOCK_IS_FAKE)
+    cr_skip_test("mlock is not real under AddressSanitizer");
+  int st = in_child(batch_unlocked_child, NULL);
+  cr_assert(WIFEXITED(st), "child died (status 0x%x)", st);
+  cr_assert_eq(WEXITSTATUS(st), 0, "check %d failed in the child",
+               WEXITSTATUS(st));
+}

@@ -1670,6 +1670,76 @@ M2MPSK_API int m2mpsk_keystore_put(m2mpsk_keystore *ks, const char *kpsa_id,
                                    int64_t not_before,
                                    int64_t not_after) M2MPSK_MUST_CHECK;
 
+/**
+ * A batch of records added to a keystore in one step, all or none (since
+ * 0.4). Records are checked and their keys copied into locked, guarded
+ * memory as they are added to the batch, apart from the keystore; the
+ * commit moves them all in under one write lock, so that readers never see
+ * part of a batch and a bulk load costs a fraction of
+ * m2mpsk_keystore_add() per record (which opens and closes the key memory
+ * around each key). m2mpsk_keystore_load_file() loads the same way.
+ * The batch holds a reference to its keystore.
+ */
+typedef struct m2mpsk_keystore_batch m2mpsk_keystore_batch;
+
+/**
+ * Starts an empty batch for `ks`.
+ * Returns M2MPSK_OK (*out set, freed with m2mpsk_keystore_batch_free()),
+ * M2MPSK_E_INVALID (NULL ks or out; *out is set to NULL when out is not
+ * NULL) or M2MPSK_E_NOMEM.
+ * Thread safety: safe from any thread.
+ */
+M2MPSK_API int
+m2mpsk_keystore_batch_new(m2mpsk_keystore *ks,
+                          m2mpsk_keystore_batch **out) M2MPSK_MUST_CHECK;
+
+/**
+ * Adds a record to the batch, not yet to the keystore. Arguments and
+ * checks are m2mpsk_keystore_add()'s: `key` is copied into locked memory
+ * and the caller may wipe it on return. A KpsaID already in the batch is
+ * M2MPSK_E_DUPLICATE now; one already in the keystore is found by
+ * m2mpsk_keystore_batch_commit(). On any error the record is not added
+ * and the batch stays usable. Records are numbered from 0 in the order
+ * they were added successfully.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL b, kpsa_id, key or idb),
+ * M2MPSK_E_STATE (the batch was committed), M2MPSK_E_KPSA_ID,
+ * M2MPSK_E_KPSA_ID_LENGTH, M2MPSK_E_KEY_LENGTH, M2MPSK_E_IDA,
+ * M2MPSK_E_IDB, M2MPSK_E_ID_LENGTH, M2MPSK_E_VALIDITY, M2MPSK_E_DUPLICATE,
+ * M2MPSK_E_UNLOCKED (REQUIRE_LOCKED and mlock failed) or M2MPSK_E_NOMEM
+ * (also past 2^32 - 2 records).
+ * Thread safety: one thread at a time per batch.
+ */
+M2MPSK_API int m2mpsk_keystore_batch_add(m2mpsk_keystore_batch *b,
+                                         const char *kpsa_id,
+                                         const uint8_t *key, size_t key_len,
+                                         const char *ida, const char *idb,
+                                         int64_t not_before,
+                                         int64_t not_after) M2MPSK_MUST_CHECK;
+
+/**
+ * Adds every record of the batch to its keystore, all or none. On success
+ * the batch is spent (m2mpsk_keystore_batch_add() answers M2MPSK_E_STATE;
+ * free it). On an error the keystore and the batch are unchanged: the
+ * caller may retry or free the batch, which wipes its keys. An empty batch
+ * commits successfully.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL b), M2MPSK_E_STATE (already
+ * committed), M2MPSK_E_DUPLICATE (a KpsaID of the batch is already in the
+ * keystore; *err_index, if err_index is not NULL, is the number of the
+ * first such record, else 0) or M2MPSK_E_NOMEM.
+ * Thread safety: one thread at a time per batch; safe concurrently with
+ * any other call on the keystore.
+ */
+M2MPSK_API int
+m2mpsk_keystore_batch_commit(m2mpsk_keystore_batch *b,
+                             size_t *err_index) M2MPSK_MUST_CHECK;
+
+/**
+ * Releases a batch: records never committed are wiped and dropped, and the
+ * batch's keystore reference is released. NULL is a no-op.
+ * Thread safety: not concurrently with other calls on this batch.
+ */
+M2MPSK_API void m2mpsk_keystore_batch_free(m2mpsk_keystore_batch *b);
+
 #ifdef __cplusplus
 }
 #endif

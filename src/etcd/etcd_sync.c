@@ -3,7 +3,6 @@
  * multi interface drives the watch stream and the liveness probes). */
 #include <curl/curl.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <sodium.h>
@@ -11,8 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -158,108 +155,73 @@ static void held_free(held_set *h) {
   memset(h, 0, sizeof(*h));
 }
 
-/* ---- bulk loading through a memory file ------------------------------------
+/* ---- bulk loading
+ * ------------------------------------------------------------
  * m2mpsk_keystore_add() costs about 6 us a record (the key arena is opened
- * and closed around each one), m2mpsk_keystore_load_file() under 1 us (one
- * staged merge), and the library exports nothing in between. So a snapshot
- * writes its records, key-file lines, into an anonymous memory file
- * (memfd: never on disk, mode 0600, locked when RLIMIT_MEMLOCK allows,
- * excluded from core dumps), loads it by /proc/self/fd, and wipes it. */
-#define BULK_CAP ((size_t)8 << 20)
-#define BULK_LINE_MAX 4096
-
+ * and closed around each one). Records not held yet go into a keystore
+ * batch instead: each key is copied into the batch's locked, guarded memory
+ * as soon as its record is decoded (the decoded record itself lives in the
+ * sync's sodium_malloc'd buffer and is wiped right after), and the batch is
+ * committed, all or nothing, at the end of every page of the range. So no
+ * page's keys ever sit together in plaintext outside the keystore, staging
+ * holds at most a page, and the node serves a growing part of the snapshot
+ * while it loads. */
 typedef struct bulk {
-  int fd;
-  char *map;
-  size_t len, n;
+  m2mpsk_keystore_batch *batch; /* NULL until a page's first new record */
+  size_t n;
 } bulk;
 
-static int bulk_open(bulk *b) {
-  b->len = b->n = 0;
-  b->map = MAP_FAILED;
-  b->fd = memfd_create("m2mpsk-etcd-snapshot", MFD_CLOEXEC);
-  if (b->fd < 0 || fchmod(b->fd, 0600) != 0 ||
-      ftruncate(b->fd, (off_t)BULK_CAP) != 0)
-    goto fail;
-  b->map = mmap(NULL, BULK_CAP, PROT_READ | PROT_WRITE, MAP_SHARED, b->fd, 0);
-  if (b->map == MAP_FAILED)
-    goto fail;
-  madvise(b->map, BULK_CAP, MADV_DONTDUMP);
-  (void)mlock(b->map, BULK_CAP); /* best effort, as the keystore's own */
-  return 0;
-fail:
-  if (b->fd >= 0)
-    close(b->fd);
-  b->fd = -1;
-  return -1;
-}
-
-static void bulk_close(bulk *b) {
-  if (b->map != MAP_FAILED) {
-    sodium_memzero(b->map, b->len);
-    munlock(b->map, BULK_CAP);
-    munmap(b->map, BULK_CAP);
-  }
-  if (b->fd >= 0)
-    close(b->fd);
-  b->fd = -1;
-  b->map = MAP_FAILED;
-}
-
-/* Loads what was written, then wipes it. M2MPSK_OK or the load's code. */
+/* Time spent in the keystore (batch adds and commits), for the trace. */
 static uint64_t bulk_load_us;
 
-static int bulk_commit(bulk *b, m2mpsk_keystore *ks, char *err, size_t cap) {
-  if (b->n == 0)
+/* Commits the page's records. M2MPSK_OK or the commit's code. */
+static int bulk_commit(bulk *b, char *err, size_t cap) {
+  if (b->batch == NULL)
     return M2MPSK_OK;
   uint64_t t0 = now_us();
-  int rc = M2MPSK_OK;
-  char path[64];
-  snprintf(path, sizeof(path), "/proc/self/fd/%d", b->fd);
-  size_t line = 0;
-  if (ftruncate(b->fd, (off_t)b->len) != 0) {
-    say(err, cap, "memory file: %s", strerror(errno));
-    rc = M2MPSK_E_IO;
-  } else {
-    rc = m2mpsk_keystore_load_file(ks, path, &line);
-    if (rc != M2MPSK_OK)
-      say(err, cap, "loading %zu records into the keystore: %s (record %zu)",
-          b->n, m2mpsk_strerror(rc), line);
-  }
-  sodium_memzero(b->map, b->len);
-  if (ftruncate(b->fd, (off_t)BULK_CAP) != 0 && rc == M2MPSK_OK) {
-    say(err, cap, "memory file: %s", strerror(errno));
-    rc = M2MPSK_E_IO;
-  }
-  b->len = b->n = 0;
+  size_t at = 0;
+  int rc = m2mpsk_keystore_batch_commit(b->batch, &at);
+  if (rc == M2MPSK_E_DUPLICATE)
+    say(err, cap,
+        "loading %zu records into the keystore: %s (record %zu of the page "
+        "was added meanwhile by something else)",
+        b->n, m2mpsk_strerror(rc), at);
+  else if (rc != M2MPSK_OK)
+    say(err, cap, "loading %zu records into the keystore: %s", b->n,
+        m2mpsk_strerror(rc));
+  m2mpsk_keystore_batch_free(b->batch); /* wipes what was not committed */
+  b->batch = NULL;
+  b->n = 0;
   bulk_load_us += now_us() - t0;
   return rc;
 }
 
+/* Drops what was not committed. */
+static void bulk_close(bulk *b) {
+  m2mpsk_keystore_batch_free(b->batch);
+  b->batch = NULL;
+  b->n = 0;
+}
+
+/* Stages one record. M2MPSK_OK, a code of m2mpsk_keystore_batch_new() or
+ * m2mpsk_keystore_batch_add() (record_valid() has checked what the latter
+ * checks, so that is memory). */
 static int bulk_add(bulk *b, m2mpsk_keystore *ks, const char *id,
                     const etcd_record *r, char *err, size_t cap) {
-  if (BULK_CAP - b->len < BULK_LINE_MAX) {
-    int rc = bulk_commit(b, ks, err, cap);
-    if (rc != M2MPSK_OK)
-      return rc;
-  }
-  char *p = b->map + b->len;
-  int n = snprintf(p, BULK_LINE_MAX, "kpsa-id=%s kpsa=hex:", id);
-  sodium_bin2hex(p + n, BULK_LINE_MAX - (size_t)n, r->key, r->key_len);
-  n += (int)(2 * r->key_len);
-  n += snprintf(p + n, BULK_LINE_MAX - (size_t)n, " idb=%s", r->idb);
-  if (r->ida[0])
-    n += snprintf(p + n, BULK_LINE_MAX - (size_t)n, " ida=%s", r->ida);
-  if (r->not_before)
-    n += snprintf(p + n, BULK_LINE_MAX - (size_t)n, " not-before=%" PRId64,
-                  r->not_before);
-  if (r->not_after)
-    n += snprintf(p + n, BULK_LINE_MAX - (size_t)n, " not-after=%" PRId64,
-                  r->not_after);
-  p[n++] = '\n';
-  b->len += (size_t)n;
-  b->n++;
-  return M2MPSK_OK;
+  uint64_t t0 = now_us();
+  int rc = M2MPSK_OK;
+  if (b->batch == NULL)
+    rc = m2mpsk_keystore_batch_new(ks, &b->batch);
+  if (rc == M2MPSK_OK)
+    rc = m2mpsk_keystore_batch_add(b->batch, id, r->key, r->key_len,
+                                   r->ida[0] ? r->ida : NULL, r->idb,
+                                   r->not_before, r->not_after);
+  if (rc == M2MPSK_OK)
+    b->n++;
+  else
+    say(err, cap, "staging %s for the keystore: %s", id, m2mpsk_strerror(rc));
+  bulk_load_us += now_us() - t0;
+  return rc;
 }
 
 /* ---- the sync object ---------------------------------------------------- */
@@ -268,6 +230,7 @@ struct m2mpsk_etcd_sync {
   m2mpsk_keystore *ks;
   etcd_client client; /* the snapshot's blocking calls */
   uint8_t *kek;       /* sodium_malloc'd, read-only between uses */
+  etcd_record *rec;   /* sodium_malloc'd: each decoded record, then wiped */
   uint32_t fail_closed_ms;
   size_t page, max_records;
   void (*on_change)(void *);
@@ -362,8 +325,9 @@ static void skips_summary(m2mpsk_etcd_sync *s) {
   s->skips_logged = s->skips_quiet = 0;
 }
 
-/* Checks what m2mpsk_keystore_add() would, so that a bulk load cannot fail
- * on one bad record. */
+/* Checks what m2mpsk_keystore_add() would, so that a record the keystore
+ * would refuse counts as undecodable (whatever this node held for it is
+ * removed) and a page's batch does not meet it. */
 static int record_valid(m2mpsk_etcd_sync *s, const char *id,
                         const etcd_record *r) {
   /* Most records of a deployment share their IdB (and often their IdA):
@@ -419,7 +383,8 @@ static int keystore_put(m2mpsk_keystore *ks, const char *id,
 static int apply_kv(m2mpsk_etcd_sync *s, const etcd_kv *kv, bulk *b, char *err,
                     size_t cap) {
   char why[160];
-  etcd_record *r = &(etcd_record){0};
+  etcd_record *r = s->rec;
+  memset(r, 0, sizeof(*r));
   int rc = kv->value_len == SIZE_MAX
                ? M2MPSK_E_PROTOCOL
                : etcd_record_decode(kv->value, kv->value_len, kv->kpsa_id,
@@ -463,6 +428,14 @@ static int apply_kv(m2mpsk_etcd_sync *s, const etcd_kv *kv, bulk *b, char *err,
   if (b != NULL && !held) {
     rc = bulk_add(b, s->ks, kv->kpsa_id, r, err, cap);
     sodium_memzero(r, sizeof(*r));
+    if (rc != M2MPSK_OK && rc != M2MPSK_E_NOMEM && rc != M2MPSK_E_UNLOCKED) {
+      /* The record's own fault (record_valid() should have caught it):
+       * skipped like one that put refuses; the rest loads. */
+      held_del(&s->held, kv->kpsa_id);
+      if (skip_loud(s))
+        cli_log("keys: skipped %s: %s", kv->kpsa_id, m2mpsk_strerror(rc));
+      return M2MPSK_OK;
+    }
     if (rc == M2MPSK_OK && s->last_rev > 0) {
       /* A resync: a change like any other (the first load is not). */
       stats_update(s, count_put, NULL);
@@ -526,9 +499,10 @@ static int snap_kv(void *arg, const etcd_kv *kv) {
   return rc;
 }
 
+/* The end of a page: its new records go into the keystore together. */
 static int snap_page(void *arg) {
-  (void)arg;
-  return M2MPSK_OK;
+  snap_ctx *c = arg;
+  return bulk_commit(&c->b, c->err, c->cap);
 }
 
 /* Loads every record at the current revision: records not held are bulk
@@ -538,10 +512,6 @@ static int snapshot(m2mpsk_etcd_sync *s, char *err, size_t cap) {
   s->client.http_us = s->client.parse_us = 0;
   bulk_load_us = 0;
   snap_ctx c = {.s = s, .err = err, .cap = cap, .track = s->held.n > 0};
-  if (bulk_open(&c.b) != 0) {
-    say(err, cap, "cannot create a memory file: %s", strerror(errno));
-    return M2MPSK_E_NOMEM;
-  }
   int64_t rev = 0;
   s->batch_logged = s->batch_changes = 0;
   kek_open(s);
@@ -557,7 +527,7 @@ static int snapshot(m2mpsk_etcd_sync *s, char *err, size_t cap) {
   kek_close(s);
   skips_summary(s);
   if (rc == M2MPSK_OK)
-    rc = bulk_commit(&c.b, s->ks, err, cap);
+    rc = bulk_commit(&c.b, err, cap); /* nothing left after the last page */
   bulk_close(&c.b);
   if (rc == ETCD_COMPACTED)
     rc = M2MPSK_E_PROTOCOL;
@@ -995,6 +965,8 @@ static void sync_free(m2mpsk_etcd_sync *s) {
   etcd_client_free(&s->client);
   if (s->kek)
     sodium_free(s->kek);
+  if (s->rec)
+    sodium_free(s->rec); /* wipes */
   held_free(&s->held);
   etcd_buf_free(&s->line);
   etcd_buf_free(&s->probe_resp);
@@ -1034,9 +1006,10 @@ int m2mpsk_etcd_sync_start(m2mpsk_etcd_sync **out, m2mpsk_keystore *ks,
   s->line.max = ETCD_RESPONSE_MAX;
   s->probe_resp.max = 65536;
   s->kek = sodium_malloc(ETCD_KEK_BYTES);
+  s->rec = sodium_malloc(sizeof(*s->rec));
   s->multi = curl_multi_init();
   s->hdr = curl_slist_append(NULL, "Content-Type: application/json");
-  if (s->kek == NULL || s->multi == NULL || s->hdr == NULL) {
+  if (s->kek == NULL || s->rec == NULL || s->multi == NULL || s->hdr == NULL) {
     say(err, err_cap, "out of memory");
     sync_free(s);
     return M2MPSK_E_NOMEM;
