@@ -80,9 +80,34 @@ void cli_trace_wire(cli_wire *w, int sent, const char *peer,
                     const uint8_t *data, size_t len);
 void cli_wire_free(cli_wire *w);
 
+/* --keys for serve and gateway: a key file (mode 0600), or an etcd URL
+ * (etcd://HOST:PORT[,HOST:PORT...]/PREFIX) with --kek and
+ * --etcd-fail-closed. With a URL the snapshot is loaded before this
+ * returns (one log line counts it) and *sync keeps the keystore in step
+ * until m2mpsk_etcd_sync_stop(); `on_change` is called from its thread
+ * after each change (see src/etcd/etcd_keys.h). */
+struct m2mpsk_etcd_sync;
+typedef struct cli_keys_opts {
+  const char *spec;       /* --keys */
+  const char *kek;        /* --kek FILE, or NULL */
+  uint32_t fail_closed_s; /* --etcd-fail-closed, 0: the component's default */
+  void (*on_change)(void *arg);
+  void *arg;
+} cli_keys_opts;
+/* CLI_OK, or CLI_USAGE / CLI_IO with the reason logged. A URL in a build
+ * without etcd support is CLI_USAGE, said so. */
+int cli_keys_open(const cli_keys_opts *o, m2mpsk_keystore **ks,
+                  struct m2mpsk_etcd_sync **sync);
+/* 1 when `spec` is an etcd URL (in any build). */
+int cli_keys_is_url(const char *spec);
+/* Stops the sync thread and frees it; NULL is a no-op. */
+void cli_keys_close(struct m2mpsk_etcd_sync *sync);
+
 int cli_keygen(int argc, char **argv);
 int cli_import(int argc, char **argv);
 int cli_serve(int argc, char **argv);
 int cli_connect(int argc, char **argv);
+/* m2mpsk keys (src/cli/keys.c; only when built with etcd support). */
+int cli_keys(int argc, char **argv);
 
 #endif

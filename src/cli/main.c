@@ -32,6 +32,8 @@ static const char k_usage[] =
     "  gateway  run a TLS-PSK/DTLS-PSK gateway in front of a CSE: checks\n"
     "           each oneM2M request's originator, forwards HTTP and CoAP\n"
     "           to the CSE's plain ports\n"
+    "  keys     manage the records a cluster shares through etcd (put,\n"
+    "           revoke, delete, list, rotate, import, kek)\n"
     "  version  print the versions of m2mpsk and its TLS library, its\n"
     "           suites, and whether it has the TS-0003 profile's\n"
     "           mandated suites (also --version, -V)\n"
@@ -803,6 +805,16 @@ int main(int argc, char **argv) {
     return cli_serve(argc, argv);
   if (strcmp(cmd, "connect") == 0)
     return cli_connect(argc, argv);
+  if (strcmp(cmd, "keys") == 0) {
+#if M2MPSK_ETCD
+    return cli_keys(argc, argv);
+#else
+    cli_log("this m2mpsk was built without etcd support (libcurl or "
+            "json-c was missing at build time: apt-get install "
+            "libcurl4-openssl-dev libjson-c-dev, then rebuild)");
+    return CLI_USAGE;
+#endif
+  }
   if (strcmp(cmd, "gateway") == 0) {
 #if M2MPSK_GATEWAY
     return gw_main(argc, argv);

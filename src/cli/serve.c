@@ -6,16 +6,20 @@
 #include <getopt.h>
 #include <netdb.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include "cli.h"
 
 static const char k_serve_usage[] =
-    "usage: m2mpsk serve --keys FILE --id IDB [--id IDB ...] [--listen ADDR]\n"
+    "usage: m2mpsk serve --keys FILE|URL --id IDB [--id IDB ...]\n"
+    "                    [--kek FILE] [--etcd-fail-closed SECONDS]\n"
+    "                    [--listen ADDR]\n"
     "                    [--port N] [--tcp | --udp] [--once] [--max-conn N]\n"
     "                    [--suites LIST|all|ts0003] [--reveal-unknown]\n"
     "                    [--timeout MS] [--idle MS] [--rate-limit N]\n"
@@ -28,6 +32,18 @@ static const char k_serve_usage[] =
     "`m2mpsk gateway --help`.\n"
     "\n"
     "  --keys FILE        key file (mode 0600)\n"
+    "  --keys URL         etcd://HOST:PORT[,HOST:PORT...]/PREFIX: the\n"
+    "                     records under /PREFIX/keys/ in etcd, loaded at\n"
+    "                     start and kept in step; a record revoked, deleted\n"
+    "                     or replaced there ends the live associations\n"
+    "                     using it at once (see docs/etcd.md)\n"
+    "  --kek FILE         with an etcd URL: the key-encryption key (a file\n"
+    "                     of mode 0600; `m2mpsk keys kek` makes one)\n"
+    "  --etcd-fail-closed SECONDS\n"
+    "                     with an etcd URL: how long to go on serving the\n"
+    "                     keys held while no etcd endpoint answers; then\n"
+    "                     every key is refused until etcd is back\n"
+    "                     (default 30)\n"
     "  --id IDB           a CSE-ID this server is (repeatable; SNI picks)\n"
     "  --listen ADDR      address to listen on: a name, an IPv4 address,\n"
     "                     an IPv6 address with or without brackets, or\n"
@@ -60,7 +76,8 @@ static const char k_serve_usage[] =
     "\n"
     "Exit codes: 0 stopped by SIGINT or SIGTERM, or with --once the\n"
     "association was established; 1 with --once it failed; 2 usage;\n"
-    "3 cannot listen, or the key file unreadable, unsafe or malformed.\n";
+    "3 cannot listen, or the key file unreadable, unsafe or malformed, or\n"
+    "etcd unreachable or the KEK file unreadable, unsafe or malformed.\n";
 
 #define BUF_SIZE 17408
 
@@ -89,6 +106,10 @@ typedef struct server {
   uint64_t idle_ms;
   m2mpsk_config *cfg;
   m2mpsk_keystore *ks;
+  /* --keys etcd://...: the thread keeping ks in step writes to keys_fd
+   * after every change it applied; the loop then re-checks every live
+   * association. -1 with a key file. */
+  int keys_fd;
   conn **conns;
   size_t n;
 } server;
@@ -192,6 +213,37 @@ static void process(server *s, conn *c) {
   if (m2mpsk_assoc_state(c->a) == M2MPSK_STATE_FAILED && !c->done)
     end_conn(s, c, c->logged && m2mpsk_assoc_peer_id(c->a) != NULL);
   flush(s, c);
+}
+
+/* The etcd thread's on_change: wakes the poll loop, nothing more. A full
+ * counter (it never is) would only mean a wake-up already pending. */
+static void keys_changed(void *arg) {
+  uint64_t one = 1;
+  ssize_t w = write(*(int *)arg, &one, sizeof(one));
+  (void)w;
+}
+
+/* After the keystore changed: each live association checks its record now
+ * (m2mpsk_assoc_handle_timeout() fails one whose record was revoked,
+ * removed or replaced, and queues the alert), rather than at its next
+ * input. One pass over the associations per batch of changes. */
+static void on_keys_changed(server *s) {
+  uint64_t count;
+  if (read(s->keys_fd, &count, sizeof(count)) != sizeof(count))
+    return;
+  uint64_t now = cli_now_ms();
+  for (size_t i = 0; i < s->n; i++) {
+    conn *c = s->conns[i];
+    if (c->done)
+      continue;
+    int was_logged = c->logged;
+    if (m2mpsk_assoc_handle_timeout(c->a, now) == M2MPSK_E_FAILED &&
+        was_logged && m2mpsk_assoc_state(c->a) == M2MPSK_STATE_FAILED)
+      cli_log("failure peer=%s reason=%s detail=\"%s\"", c->peer,
+              m2mpsk_reason_name(m2mpsk_assoc_failure(c->a)),
+              m2mpsk_assoc_failure_detail(c->a));
+    process(s, c); /* sends the alert; a failed one ends */
+  }
 }
 
 /* Feeds what came in, and moves the association along. */
@@ -510,7 +562,7 @@ static int serve_loop(server *s) {
       result = s->once_result;
       break;
     }
-    struct pollfd *grown = realloc(pfd, (s->n + 1) * sizeof(*pfd));
+    struct pollfd *grown = realloc(pfd, (s->n + 2) * sizeof(*pfd));
     if (grown == NULL) {
       result = CLI_IO;
       break;
@@ -524,6 +576,9 @@ static int serve_loop(server *s) {
       pfd[np++] = (struct pollfd){
           .fd = s->conns[i]->fd,
           .events = (short)(POLLIN | (s->conns[i]->out_len ? POLLOUT : 0))};
+    /* Last, so that the connections' entries stay at 1 .. n. */
+    size_t keys_at = np;
+    pfd[np++] = (struct pollfd){.fd = s->keys_fd, .events = POLLIN};
     int ready = poll(pfd, np, next_wait(s, cli_now_ms()));
     if (ready < 0 && errno != EINTR) {
       cli_log("poll: %s", strerror(errno));
@@ -532,7 +587,9 @@ static int serve_loop(server *s) {
     }
     if (ready > 0 && (pfd[0].revents & POLLIN))
       s->udp ? on_udp_input(s) : on_tcp_accept(s);
-    for (size_t i = 1; ready > 0 && i < np; i++) {
+    if (ready > 0 && (pfd[keys_at].revents & POLLIN))
+      on_keys_changed(s);
+    for (size_t i = 1; ready > 0 && i < keys_at; i++) {
       conn *c = s->conns[i - 1];
       if (pfd[i].revents & (POLLIN | POLLHUP | POLLERR))
         on_tcp_input(s, c);
@@ -566,6 +623,8 @@ static int serve_loop(server *s) {
 int cli_serve(int argc, char **argv) {
   static const struct option opts[] = {
       {"keys", required_argument, NULL, 'k'},
+      {"kek", required_argument, NULL, 'K'},
+      {"etcd-fail-closed", required_argument, NULL, 'F'},
       {"id", required_argument, NULL, 'i'},
       {"listen", required_argument, NULL, 'l'},
       {"port", required_argument, NULL, 'p'},
@@ -583,8 +642,9 @@ int cli_serve(int argc, char **argv) {
       {"verbose", no_argument, NULL, 'v'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
-  unsigned long idle = 300000, rate_limit = 10;
+  unsigned long idle = 300000, rate_limit = 10, fail_closed = 0;
   int audit = 0;
+  const char *kek = NULL;
   const char *keys = NULL, *listen_on = "127.0.0.1", *port = NULL,
              *suites = NULL;
   m2mpsk_engine_id engine = M2MPSK_ENGINE_AUTO;
@@ -598,6 +658,14 @@ int cli_serve(int argc, char **argv) {
   while ((c = getopt_long(argc, argv, "hv", opts, NULL)) != -1) {
     switch (c) {
     case 'k': keys = optarg; break;
+    case 'K': kek = optarg; break;
+    case 'F':
+      if (cli_parse_uint(optarg, 1, 86400, &fail_closed)) {
+        cli_log("--etcd-fail-closed must be 1 to 86400 seconds");
+        free(ids);
+        return CLI_USAGE;
+      }
+      break;
     case 'i': ids[n_ids++] = optarg; break;
     case 'l': listen_on = optarg; break;
     case 'p':
@@ -686,6 +754,7 @@ int cli_serve(int argc, char **argv) {
   if (port == NULL)
     port = port_opt ? port_opt : "0";
   server s = {.fd = -1,
+              .keys_fd = -1,
               .udp = udp,
               .once = once,
               .once_result = -1,
@@ -708,10 +777,34 @@ int cli_serve(int argc, char **argv) {
     m2mpsk_config_free(s.cfg);
     return CLI_USAGE;
   }
-  s.ks = cli_load_keys(keys);
-  if (s.ks == NULL) {
+  /* With etcd, the snapshot is loaded (and the watch running) before the
+   * listener opens: the first handshake already sees every key. */
+  struct m2mpsk_etcd_sync *sync = NULL;
+  if (cli_keys_is_url(keys) &&
+      (s.keys_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0) {
+    cli_log("eventfd: %s", strerror(errno));
     m2mpsk_config_free(s.cfg);
     return CLI_IO;
+  }
+  cli_keys_opts ko = {.spec = keys,
+                      .kek = kek,
+                      .fail_closed_s = (uint32_t)fail_closed,
+                      .on_change = keys_changed,
+                      .arg = &s.keys_fd};
+  /* SIGINT and SIGTERM must reach this thread, whose poll() they
+   * interrupt: the etcd thread starts with them blocked. */
+  sigset_t stop_sigs, old_mask;
+  sigemptyset(&stop_sigs);
+  sigaddset(&stop_sigs, SIGINT);
+  sigaddset(&stop_sigs, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_sigs, &old_mask);
+  int krc = cli_keys_open(&ko, &s.ks, &sync);
+  pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
+  if (krc != CLI_OK) {
+    if (s.keys_fd >= 0)
+      close(s.keys_fd);
+    m2mpsk_config_free(s.cfg);
+    return krc;
   }
   struct sigaction sa = {.sa_handler = on_signal};
   sigaction(SIGINT, &sa, NULL);
@@ -723,6 +816,11 @@ int cli_serve(int argc, char **argv) {
     result = serve_loop(&s);
     close(s.fd);
   }
+  /* The thread goes before the keystore it writes to and the descriptor
+   * it wakes. */
+  cli_keys_close(sync);
+  if (s.keys_fd >= 0)
+    close(s.keys_fd);
   for (size_t i = 0; i < s.n; i++)
     free_conn(s.conns[i]);
   free(s.conns);

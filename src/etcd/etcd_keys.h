@@ -36,6 +36,13 @@ typedef struct m2mpsk_etcd_options {
    * May be NULL. */
   void (*on_change)(void *arg);
   void *arg;
+  /* Added by etcd19 (optional, 0: the default; zero-initialise the
+   * struct): records per range call of a snapshot (default 20,000), and
+   * the most records a node holds from etcd (default 16 Mi; a snapshot
+   * with more fails with M2MPSK_E_PROTOCOL, a watch put beyond it is
+   * skipped with a log line). */
+  size_t page_size;
+  size_t max_records;
 } m2mpsk_etcd_options;
 
 /* Loads the snapshot into `ks` (synchronously: on return the keystore holds

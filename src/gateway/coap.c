@@ -1405,6 +1405,29 @@ size_t gw_coap_worker_busy(gw_worker *w) {
   return w->coap != NULL ? w->coap->gc->n_exchanges : 0;
 }
 
+void gw_coap_worker_keys_changed(gw_worker *w) {
+  if (w->coap == NULL)
+    return;
+  gw_coap *gc = w->coap->gc;
+  uint64_t now = now_ms();
+  for (size_t b = 0; gc->peers != NULL && b < gc->npeers_buckets; b++) {
+    peer *p = gc->peers[b];
+    while (p != NULL) {
+      peer *next = p->next; /* p may be freed */
+      if (m2mpsk_assoc_state(p->a) == M2MPSK_STATE_ESTABLISHED &&
+          m2mpsk_assoc_handle_timeout(p->a, now) == M2MPSK_E_FAILED) {
+        /* Logged here: a failed association no longer names its peer's
+         * identity, which peer_process() looks for. */
+        gw_log("coap failure peer=%s reason=%s detail=\"%s\"", p->name,
+               m2mpsk_reason_name(m2mpsk_assoc_failure(p->a)),
+               m2mpsk_assoc_failure_detail(p->a));
+        (void)peer_process(p); /* sends the alert, frees */
+      }
+      p = next;
+    }
+  }
+}
+
 void gw_coap_worker_free(gw_worker *w) {
   if (w->coap == NULL)
     return;

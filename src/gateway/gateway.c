@@ -241,7 +241,8 @@ int gw_assoc_new(gw_gateway *gw, m2mpsk_transport transport,
 /* ---- options ------------------------------------------------------------ */
 
 static const char k_usage[] =
-    "usage: m2mpsk gateway --keys FILE --id IDB [--id IDB2 ...]\n"
+    "usage: m2mpsk gateway --keys FILE|URL --id IDB [--id IDB2 ...]\n"
+    "               [--kek FILE] [--etcd-fail-closed SECONDS]\n"
     "               [--http-listen ADDR:PORT] [--http-backend HOST:PORT]\n"
     "               [--coap-listen ADDR:PORT] [--coap-backend HOST:PORT]\n"
     "               [--identity-header NAME] [--identity-option N]\n"
@@ -261,6 +262,18 @@ static const char k_usage[] =
     "CSE's plain HTTP and CoAP ports.\n"
     "\n"
     "  --keys FILE              key file (mode 0600); reloaded on SIGHUP\n"
+    "  --keys URL               etcd://HOST:PORT[,HOST:PORT...]/PREFIX: the\n"
+    "                           records under /PREFIX/keys/ in etcd, loaded\n"
+    "                           at start and kept in step; a record revoked,\n"
+    "                           deleted or replaced there ends the live\n"
+    "                           associations using it at once (TLS and\n"
+    "                           DTLS); SIGHUP is then ignored\n"
+    "  --kek FILE               with an etcd URL: the key-encryption key\n"
+    "                           (mode 0600)\n"
+    "  --etcd-fail-closed SECONDS\n"
+    "                           with an etcd URL: serve the keys held that\n"
+    "                           long while no etcd endpoint answers, then\n"
+    "                           refuse every key until it does (default 30)\n"
     "  --id IDB                 a CSE-ID the gateway serves (repeatable)\n"
     "  --http-listen ADDR:PORT  TLS-PSK + HTTP listener (port 0: any)\n"
     "  --http-backend HOST:PORT the CSE's plain HTTP\n"
@@ -300,12 +313,13 @@ static const char k_usage[] =
     "  -v                       trace each association and request\n"
     "\n"
     "Signals: SIGHUP reloads the key file (established associations keep\n"
-    "going); SIGTERM or SIGINT stops taking new work, finishes what is in\n"
+    "going; with an etcd URL it is logged and ignored); SIGTERM or SIGINT stops taking new work, finishes what is in\n"
     "flight (at most 5 s) and exits 0.\n"
     "Exit codes: 0 stopped by a signal; 1 cannot run (threads, memory);\n"
-    "2 usage (also a bad --config line, named FILE:LINE); 3 the key file\n"
-    "unreadable, unsafe or malformed, or a listener or backend address\n"
-    "that cannot be used.\n";
+    "2 usage (also a bad --config line, named FILE:LINE; an etcd URL in a\n"
+    "build without etcd support); 3 the key file unreadable, unsafe or\n"
+    "malformed, etcd unreachable, the KEK file unreadable, unsafe or\n"
+    "malformed, or a listener or backend address that cannot be used.\n";
 
 enum opt_kind { K_STR, K_LIST, K_UINT, K_ENGINE, K_FLAG };
 typedef struct opt_def {
@@ -318,6 +332,8 @@ typedef struct opt_def {
 #define OFF(f) offsetof(gw_opts, f)
 static const opt_def k_opts[] = {
     {"keys", K_STR, OFF(keys), 0, 0},
+    {"kek", K_STR, OFF(kek), 0, 0},
+    {"etcd-fail-closed", K_UINT, OFF(etcd_fail_closed), 1, 86400},
     {"id", K_LIST, OFF(ids), 0, 0},
     {"http-listen", K_STR, OFF(http_listen), 0, 0},
     {"http-backend", K_STR, OFF(http_backend), 0, 0},
@@ -361,6 +377,7 @@ static void opts_defaults(gw_opts *o) {
 
 static void opts_free(gw_opts *o) {
   free(o->keys);
+  free(o->kek);
   for (size_t i = 0; i < o->n_ids; i++)
     free(o->ids[i]);
   free(o->ids);
@@ -639,6 +656,11 @@ static m2mpsk_keystore *load_keys(const char *path, char *why, size_t cap) {
 }
 
 static void reload_keys(gw_gateway *gw) {
+  if (gw->sync != NULL) {
+    gw_notice("keys not reloaded: they come from etcd, kept in step "
+              "(SIGHUP ignored)");
+    return;
+  }
   char why[512];
   m2mpsk_keystore *ks = load_keys(gw->opts.keys, why, sizeof(why));
   if (ks == NULL) {
@@ -688,6 +710,30 @@ static void on_stop(evutil_socket_t fd, short what, void *arg) {
     gw_coap_worker_stop(w);
 #endif
   drain_check(-1, 0, w);
+}
+
+static void on_keys_changed(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  gw_worker *w = arg;
+  if (w->stopping)
+    return;
+  if (w->http)
+    gw_http_worker_keys_changed(w);
+#if M2MPSK_GATEWAY_COAP
+  if (w->coap)
+    gw_coap_worker_keys_changed(w);
+#endif
+}
+
+/* The etcd thread's on_change: one wake-up per worker (an event already
+ * active is not queued twice, so a burst of changes costs one pass). */
+static void keys_changed(void *arg) {
+  gw_gateway *gw = arg;
+  if (!atomic_load(&gw->keys_wake))
+    return;
+  for (unsigned i = 0; i < gw->n_workers; i++)
+    event_active(gw->workers[i].keys_ev, EV_READ, 0);
 }
 
 static void *worker_run(void *arg) {
@@ -773,14 +819,40 @@ int gw_main(int argc, char **argv) {
     goto out;
   }
   char why[512];
-  if ((gw->keys = load_keys(o->keys, why, sizeof(why))) == NULL) {
-    cli_log("%s", why);
-    result = CLI_IO;
+  if (cli_keys_is_url(o->keys)) {
+    /* The snapshot is loaded before any listener opens. The etcd thread
+     * starts with the signals blocked: they are the main loop's. */
+    cli_keys_opts ko = {.spec = o->keys,
+                        .kek = o->kek,
+                        .fail_closed_s = o->etcd_fail_closed,
+                        .on_change = keys_changed,
+                        .arg = gw};
+    sigset_t sigs, old_mask;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGHUP);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, &old_mask);
+    int krc = cli_keys_open(&ko, &gw->keys, &gw->sync);
+    pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
+    if (krc != CLI_OK) {
+      result = krc;
+      goto out;
+    }
+  } else if (o->kek != NULL || o->etcd_fail_closed != 0) {
+    cli_log("--kek and --etcd-fail-closed go with --keys etcd://...");
+    result = CLI_USAGE;
     goto out;
+  } else {
+    if ((gw->keys = load_keys(o->keys, why, sizeof(why))) == NULL) {
+      cli_log("%s", why);
+      result = CLI_IO;
+      goto out;
+    }
+    if (m2mpsk_keystore_is_locked(gw->keys) != 1)
+      cli_log("warning: key memory is not locked (RLIMIT_MEMLOCK); keys "
+              "may be swapped out");
   }
-  if (m2mpsk_keystore_is_locked(gw->keys) != 1)
-    cli_log("warning: key memory is not locked (RLIMIT_MEMLOCK); keys may "
-            "be swapped out");
   raise_nofile();
   signal(SIGPIPE, SIG_IGN);
   if (evthread_use_pthreads() != 0) {
@@ -801,7 +873,8 @@ int gw_main(int argc, char **argv) {
       goto out;
     w->stop_ev = event_new(w->base, -1, 0, on_stop, w);
     w->drain_ev = evtimer_new(w->base, drain_check, w);
-    if (w->stop_ev == NULL || w->drain_ev == NULL)
+    w->keys_ev = event_new(w->base, -1, 0, on_keys_changed, w);
+    if (w->stop_ev == NULL || w->drain_ev == NULL || w->keys_ev == NULL)
       goto out;
     if (o->http_listen != NULL) {
       if (gw_http_worker_start(w) != 0) {
@@ -849,6 +922,9 @@ int gw_main(int argc, char **argv) {
       evsignal_add(sig_hup, NULL) != 0 || evsignal_add(sig_term, NULL) != 0 ||
       evsignal_add(sig_int, NULL) != 0 || event_add(tick, &one_s) != 0)
     goto out;
+  /* Every worker's keys_ev exists: the etcd thread may wake them. A change
+   * applied before now is seen all the same: no association existed. */
+  atomic_store(&gw->keys_wake, 1);
   pthread_sigmask(SIG_BLOCK, &set, &old);
   unsigned started = 0;
   for (; started < gw->n_workers; started++)
@@ -870,6 +946,11 @@ int gw_main(int argc, char **argv) {
   gw_log_flush();
 
 out:
+  /* The etcd thread goes before the events it wakes and the keystore it
+   * writes to. */
+  cli_keys_close(gw->sync);
+  gw->sync = NULL;
+  atomic_store(&gw->keys_wake, 0);
   if (gw->workers != NULL) {
     for (unsigned i = 0; i < gw->n_workers; i++) {
       gw_worker *w = &gw->workers[i];
@@ -883,6 +964,8 @@ out:
         event_free(w->stop_ev);
       if (w->drain_ev)
         event_free(w->drain_ev);
+      if (w->keys_ev)
+        event_free(w->keys_ev);
       if (w->base)
         event_base_free(w->base);
     }

@@ -37,7 +37,9 @@ int gw_main(int argc, char **argv);
 /* Every option, with the defaults gw_opts_defaults() sets. Strings are
  * owned (heap copies), freed by gw_opts_free(). */
 typedef struct gw_opts {
-  char *keys; /* --keys FILE */
+  char *keys; /* --keys FILE or etcd://... URL */
+  char *kek;  /* --kek FILE: with an etcd URL, the key-encryption key */
+  unsigned etcd_fail_closed; /* --etcd-fail-closed SECONDS, 0: default */
   char **ids; /* --id IDB, repeatable */
   size_t n_ids;
   char *http_listen;             /* --http-listen ADDR:PORT, NULL: none */
@@ -84,6 +86,9 @@ struct gw_worker {
   struct gw_coap_worker *coap;
   struct event *stop_ev;  /* activated (from any thread) to stop */
   struct event *drain_ev; /* the worker's "in flight yet?" check */
+  struct event *keys_ev;  /* activated (from the etcd thread) after the
+                             keystore changed: live associations re-check
+                             their record */
   uint64_t stop_deadline_ms;
   int stopping;
 };
@@ -97,6 +102,11 @@ struct gw_gateway {
    * (established associations keep theirs). Use gw_assoc_new(). */
   pthread_mutex_t keys_lock;
   m2mpsk_keystore *keys;
+  /* --keys etcd://...: the thread that keeps `keys` in step (then never
+   * swapped: SIGHUP does nothing); NULL with a key file. keys_wake is 1
+   * while the workers' keys_ev exist (the thread wakes them). */
+  struct m2mpsk_etcd_sync *sync;
+  atomic_int keys_wake;
   /* Associations in total (both bindings), against opts.max_conn. */
   atomic_uint n_conn;
   /* Per source address counts, against opts.max_per_addr (gate by
@@ -170,6 +180,10 @@ void gw_coap_worker_stop(gw_worker *w);
 size_t gw_coap_worker_busy(gw_worker *w);
 /* After the loop ended: free everything (associations too). */
 void gw_coap_worker_free(gw_worker *w);
+/* In the worker's thread, after the keystore changed: every established
+ * association re-checks its record now; one whose record was revoked,
+ * removed or replaced gets its alert and ends. */
+void gw_coap_worker_keys_changed(gw_worker *w);
 
 /* ---- the HTTP binding (http.c) ------------------------------------------ */
 
@@ -177,6 +191,7 @@ int gw_http_worker_start(gw_worker *w);
 void gw_http_worker_stop(gw_worker *w);
 size_t gw_http_worker_busy(gw_worker *w);
 void gw_http_worker_free(gw_worker *w);
+void gw_http_worker_keys_changed(gw_worker *w); /* as the CoAP one */
 
 /* ---- gate.c: the oneM2M decisions, once for both bindings ---------------
  */

@@ -1189,6 +1189,25 @@ void gw_http_worker_stop(gw_worker *w) {
   }
 }
 
+void gw_http_worker_keys_changed(gw_worker *w) {
+  hworker *hw = w->http;
+  if (hw == NULL)
+    return;
+  uint64_t now = gw_now_ms();
+  /* conn_kill() leaves the struct in the list (the timer frees it), so
+   * the walk goes on safely. */
+  for (conn *c = hw->conns; c != NULL; c = c->next) {
+    if (c->killed || c->plain || c->a == NULL || !c->established ||
+        m2mpsk_assoc_handle_timeout(c->a, now) != M2MPSK_E_FAILED)
+      continue;
+    flush_assoc(c); /* the alert, ahead of the close */
+    if (c->killed)
+      continue;
+    log_failure(c);
+    conn_kill(c);
+  }
+}
+
 size_t gw_http_worker_busy(gw_worker *w) {
   hworker *hw = w->http;
   /* Stopping, every connection ends once its answer is written: until

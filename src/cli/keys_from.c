@@ -1,0 +1,88 @@
+/* --keys for the servers (serve, gateway): a key file, or an etcd URL whose
+ * records a background thread keeps in step (src/etcd/etcd_keys.h). */
+#include <stdio.h>
+#include <string.h>
+
+#include "../etcd/etcd_keys.h"
+#include "cli.h"
+
+/* M2MPSK_ETCD is 0 when CMake left the component out (no libcurl or
+ * json-c): then only this file knows, and says so. */
+#if !defined(M2MPSK_ETCD) || M2MPSK_ETCD
+#define HAVE_ETCD 1
+#else
+#define HAVE_ETCD 0
+#endif
+
+int cli_keys_is_url(const char *spec) {
+#if HAVE_ETCD
+  return m2mpsk_etcd_is_url(spec);
+#else
+  return spec != NULL && strncmp(spec, "etcd://", 7) == 0;
+#endif
+}
+
+void cli_keys_close(m2mpsk_etcd_sync *sync) {
+#if HAVE_ETCD
+  m2mpsk_etcd_sync_stop(sync);
+#else
+  (void)sync;
+#endif
+}
+
+int cli_keys_open(const cli_keys_opts *o, m2mpsk_keystore **ks,
+                  m2mpsk_etcd_sync **sync) {
+  *ks = NULL;
+  *sync = NULL;
+  if (!cli_keys_is_url(o->spec)) {
+    if (o->kek != NULL || o->fail_closed_s != 0) {
+      cli_log("--kek and --etcd-fail-closed go with --keys etcd://...");
+      return CLI_USAGE;
+    }
+    *ks = cli_load_keys(o->spec);
+    return *ks != NULL ? CLI_OK : CLI_IO;
+  }
+  if (o->kek == NULL) {
+    cli_log("--keys %s needs --kek FILE (the key-encryption key)", o->spec);
+    return CLI_USAGE;
+  }
+#if !HAVE_ETCD
+  cli_log("--keys %s: this m2mpsk was built without etcd support (it "
+          "needs libcurl and json-c)",
+          o->spec);
+  return CLI_USAGE;
+#else
+  int rc = m2mpsk_keystore_new(ks, 0);
+  if (rc != M2MPSK_OK) {
+    cli_log("cannot create a keystore: %s", m2mpsk_strerror(rc));
+    return CLI_IO;
+  }
+  m2mpsk_etcd_options eo = {.url = o->spec,
+                            .kek_file = o->kek,
+                            .fail_closed_ms = o->fail_closed_s * 1000u,
+                            .on_change = o->on_change,
+                            .arg = o->arg};
+  char err[512] = "";
+  rc = m2mpsk_etcd_sync_start(sync, *ks, &eo, err, sizeof(err));
+  if (rc != M2MPSK_OK) {
+    cli_log("keys: %s: %s", o->spec, err[0] ? err : m2mpsk_strerror(rc));
+    m2mpsk_keystore_free(*ks);
+    *ks = NULL;
+    *sync = NULL;
+    /* A build without the component, or a URL it refuses, is a usage
+     * error; an etcd that cannot be reached or a bad KEK file is I/O. */
+    return rc == M2MPSK_E_UNSUPPORTED || rc == M2MPSK_E_INVALID ? CLI_USAGE
+                                                                 : CLI_IO;
+  }
+  m2mpsk_etcd_stats st;
+  m2mpsk_etcd_sync_stats(*sync, &st);
+  /* The line the cluster tests and operators read (CONTRACT19-etcd). */
+  cli_log("keys: %llu records from etcd at revision %llu in %llu ms",
+          (unsigned long long)st.records, (unsigned long long)st.revision,
+          (unsigned long long)st.snapshot_ms);
+  if (m2mpsk_keystore_is_locked(*ks) != 1)
+    cli_log("warning: key memory is not locked (RLIMIT_MEMLOCK); keys may "
+            "be swapped out");
+  return CLI_OK;
+#endif
+}

@@ -1,0 +1,676 @@
+/* The etcd URL, the KEK file, the record format and blocking calls to
+ * etcd's v3 JSON gateway, shared by the sync thread and `m2mpsk keys`. */
+#include <curl/curl.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sodium.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "etcd_internal.h"
+#include "etcd_keys.h"
+
+__attribute__((format(printf, 3, 4))) static void say(char *err, size_t cap,
+                                                      const char *fmt, ...) {
+  if (err == NULL || cap == 0)
+    return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(err, cap, fmt, ap);
+  va_end(ap);
+}
+
+int m2mpsk_etcd_is_url(const char *spec) {
+  return spec != NULL && strncmp(spec, "etcd://", 7) == 0;
+}
+
+/* ---- URL ------------------------------------------------------------- */
+
+int etcd_url_parse(const char *url, etcd_url *out, char *err, size_t cap) {
+  memset(out, 0, sizeof(*out));
+  if (url == NULL || strncmp(url, "etcd://", 7) != 0) {
+    say(err, cap, "not an etcd URL (etcd://HOST:PORT[,HOST:PORT...]/PREFIX)");
+    return M2MPSK_E_INVALID;
+  }
+  const char *hosts = url + 7, *slash = strchr(hosts, '/');
+  if (slash == NULL || slash == hosts) {
+    say(err, cap, "%s: no HOST:PORT before /PREFIX", url);
+    return M2MPSK_E_INVALID;
+  }
+  const char *p = hosts;
+  while (p < slash) {
+    const char *comma = memchr(p, ',', (size_t)(slash - p));
+    const char *end = comma ? comma : slash;
+    size_t n = (size_t)(end - p);
+    const char *colon = NULL;
+    for (const char *q = p; q < end; q++)
+      if (*q == ':')
+        colon = q;
+    if (n == 0 || colon == NULL || colon == p || colon + 1 == end ||
+        n > 64) {
+      say(err, cap, "%s: endpoint '%.*s' is not HOST:PORT", url, (int)n, p);
+      return M2MPSK_E_INVALID;
+    }
+    for (const char *q = colon + 1; q < end; q++) {
+      if (*q < '0' || *q > '9') {
+        say(err, cap, "%s: endpoint '%.*s' has a bad port", url, (int)n, p);
+        return M2MPSK_E_INVALID;
+      }
+    }
+    long port = strtol(colon + 1, NULL, 10);
+    if (port < 1 || port > 65535 || end - colon > 6) {
+      say(err, cap, "%s: endpoint '%.*s' has a bad port", url, (int)n, p);
+      return M2MPSK_E_INVALID;
+    }
+    for (const char *q = p; q < colon; q++) {
+      /* Host names and IPv4 (and bracketed IPv6) only: nothing that
+       * changes the meaning of the http:// URL built from it. */
+      if (!(*q == '.' || *q == '-' || *q == '[' || *q == ']' || *q == ':' ||
+            (*q >= '0' && *q <= '9') || (*q >= 'a' && *q <= 'z') ||
+            (*q >= 'A' && *q <= 'Z'))) {
+        say(err, cap, "%s: endpoint '%.*s' has a bad host", url, (int)n, p);
+        return M2MPSK_E_INVALID;
+      }
+    }
+    if (out->n == ETCD_MAX_ENDPOINTS) {
+      say(err, cap, "%s: more than %d endpoints", url, ETCD_MAX_ENDPOINTS);
+      return M2MPSK_E_INVALID;
+    }
+    snprintf(out->base[out->n++], sizeof(out->base[0]), "http://%.*s",
+             (int)n, p);
+    p = comma ? comma + 1 : slash;
+    if (comma && p == slash) {
+      say(err, cap, "%s: empty endpoint", url);
+      return M2MPSK_E_INVALID;
+    }
+  }
+  const char *prefix = slash + 1;
+  size_t plen = strlen(prefix);
+  while (plen > 0 && prefix[plen - 1] == '/')
+    plen--;
+  if (plen == 0 || plen > ETCD_PREFIX_MAX) {
+    say(err, cap, "%s: the PREFIX must be 1 to %d bytes", url,
+        ETCD_PREFIX_MAX);
+    return M2MPSK_E_INVALID;
+  }
+  for (size_t i = 0; i < plen; i++) {
+    unsigned char ch = (unsigned char)prefix[i];
+    if (ch <= ' ' || ch >= 0x7f) {
+      say(err, cap, "%s: the PREFIX has a space or control byte", url);
+      return M2MPSK_E_INVALID;
+    }
+  }
+  memcpy(out->prefix, prefix, plen);
+  out->prefix[plen] = '\0';
+  out->keys_prefix_len = (size_t)snprintf(
+      out->keys_prefix, sizeof(out->keys_prefix), "/%s/keys/", out->prefix);
+  return M2MPSK_OK;
+}
+
+/* ---- KEK --------------------------------------------------------------- */
+
+int etcd_kek_load(const char *path, uint8_t kek[ETCD_KEK_BYTES], char *err,
+                  size_t cap) {
+  if (path == NULL) {
+    say(err, cap, "no KEK file (--kek FILE)");
+    return M2MPSK_E_IO;
+  }
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  struct stat st;
+  if (fd < 0 || fstat(fd, &st) != 0) {
+    say(err, cap, "KEK file %s: %s", path, strerror(errno));
+    if (fd >= 0)
+      close(fd);
+    return M2MPSK_E_IO;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    close(fd);
+    say(err, cap, "KEK file %s is not a regular file", path);
+    return M2MPSK_E_IO;
+  }
+  if (st.st_mode & 077) {
+    close(fd);
+    say(err, cap,
+        "KEK file %s is accessible to others than its owner (mode %04o; "
+        "chmod 600 it)",
+        path, (unsigned)(st.st_mode & 07777));
+    return M2MPSK_E_IO;
+  }
+  char buf[160];
+  ssize_t n = read(fd, buf, sizeof(buf) - 1);
+  close(fd);
+  int rc = M2MPSK_E_IO;
+  if (n < 0) {
+    say(err, cap, "KEK file %s: %s", path, strerror(errno));
+    goto out;
+  }
+  buf[n] = '\0';
+  size_t len = (size_t)n;
+  while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r' ||
+                     buf[len - 1] == ' '))
+    buf[--len] = '\0';
+  size_t got = 0;
+  if (strncmp(buf, "hex:", 4) == 0 && len == 4 + 2 * ETCD_KEK_BYTES) {
+    if (sodium_hex2bin(kek, ETCD_KEK_BYTES, buf + 4, len - 4, NULL, &got,
+                       NULL) != 0)
+      got = 0;
+  } else if (strncmp(buf, "base64:", 7) == 0) {
+    if (sodium_base642bin(kek, ETCD_KEK_BYTES, buf + 7, len - 7, NULL, &got,
+                          NULL, sodium_base64_VARIANT_ORIGINAL) != 0)
+      got = 0;
+  }
+  if (got != ETCD_KEK_BYTES || memchr(buf, '\n', len) != NULL) {
+    sodium_memzero(kek, ETCD_KEK_BYTES);
+    say(err, cap,
+        "KEK file %s is malformed: one line 'hex:<64 hex digits>' or "
+        "'base64:<44 characters>' (32 bytes) expected",
+        path);
+    goto out;
+  }
+  rc = M2MPSK_OK;
+out:
+  sodium_memzero(buf, sizeof(buf));
+  return rc;
+}
+
+/* ---- records ------------------------------------------------------------
+ * Version 1, all integers big-endian:
+ *   u8 version (1), u8 state (0 active, 1 revoked),
+ *   i64 not_before, i64 not_after (Unix seconds, 0: unbounded),
+ *   u16 idb length, idb, u16 ida length (0: none), ida,
+ *   active only: 24-byte nonce, then the Kpsa sealed with
+ *   XChaCha20-Poly1305 (16 to 64 bytes + a 16-byte tag).
+ * Associated data: "m2mpsk-etcd-v1", a NUL, the KpsaID, a NUL, then every
+ * byte of the record before the nonce: a sealed key moved to another
+ * KpsaID, or given other identities or another validity, does not open. */
+
+#define REC_HEADER_FIXED 18
+#define AD_LABEL "m2mpsk-etcd-v1"
+
+static void put64(uint8_t *p, int64_t v) {
+  uint64_t u = (uint64_t)v;
+  for (int i = 7; i >= 0; i--) {
+    p[i] = (uint8_t)u;
+    u >>= 8;
+  }
+}
+
+static int64_t get64(const uint8_t *p) {
+  uint64_t u = 0;
+  for (int i = 0; i < 8; i++)
+    u = u << 8 | p[i];
+  return (int64_t)u;
+}
+
+static size_t make_ad(uint8_t *ad, size_t cap, const char *kpsa_id,
+                      const uint8_t *header, size_t hlen) {
+  size_t id_len = strlen(kpsa_id), n = sizeof(AD_LABEL) + id_len + 1 + hlen;
+  if (n > cap)
+    return 0;
+  memcpy(ad, AD_LABEL, sizeof(AD_LABEL));
+  memcpy(ad + sizeof(AD_LABEL), kpsa_id, id_len + 1);
+  memcpy(ad + sizeof(AD_LABEL) + id_len + 1, header, hlen);
+  return n;
+}
+
+size_t etcd_record_encode(const etcd_record *r, const char *kpsa_id,
+                          const uint8_t *kek, uint8_t *out) {
+  size_t idb_len = strlen(r->idb), ida_len = strlen(r->ida);
+  if (idb_len > M2MPSK_ID_MAX || ida_len > M2MPSK_ID_MAX ||
+      strlen(kpsa_id) > M2MPSK_KPSA_ID_MAX)
+    return 0;
+  if (!r->revoked && (r->key_len < M2MPSK_KEY_MIN ||
+                      r->key_len > M2MPSK_KEY_MAX || kek == NULL))
+    return 0;
+  size_t n = 0;
+  out[n++] = 1;
+  out[n++] = r->revoked ? 1 : 0;
+  put64(out + n, r->not_before);
+  put64(out + n + 8, r->not_after);
+  n += 16;
+  out[n++] = (uint8_t)(idb_len >> 8);
+  out[n++] = (uint8_t)idb_len;
+  memcpy(out + n, r->idb, idb_len);
+  n += idb_len;
+  out[n++] = (uint8_t)(ida_len >> 8);
+  out[n++] = (uint8_t)ida_len;
+  memcpy(out + n, r->ida, ida_len);
+  n += ida_len;
+  if (r->revoked)
+    return n;
+  uint8_t ad[sizeof(AD_LABEL) + M2MPSK_KPSA_ID_MAX + 1 + ETCD_VALUE_MAX];
+  size_t ad_len = make_ad(ad, sizeof(ad), kpsa_id, out, n);
+  uint8_t *nonce = out + n;
+  randombytes_buf(nonce, crypto_aead_xchacha20poly1305_ietf_NPUBBYTES);
+  n += crypto_aead_xchacha20poly1305_ietf_NPUBBYTES;
+  unsigned long long clen = 0;
+  crypto_aead_xchacha20poly1305_ietf_encrypt(out + n, &clen, r->key,
+                                             r->key_len, ad, ad_len, NULL,
+                                             nonce, kek);
+  return n + (size_t)clen;
+}
+
+int etcd_record_decode(const uint8_t *v, size_t len, const char *kpsa_id,
+                       const uint8_t *kek, etcd_record *r, char *err,
+                       size_t cap) {
+  memset(r, 0, sizeof(*r));
+  if (len < REC_HEADER_FIXED + 4 || v[0] != 1) {
+    say(err, cap, len > 0 && v[0] != 1 ? "unknown record version %u"
+                                       : "record too short",
+        len > 0 ? v[0] : 0);
+    return M2MPSK_E_PROTOCOL;
+  }
+  if (v[1] > 1) {
+    say(err, cap, "unknown record state %u", v[1]);
+    return M2MPSK_E_PROTOCOL;
+  }
+  r->revoked = v[1];
+  r->not_before = get64(v + 2);
+  r->not_after = get64(v + 10);
+  size_t n = REC_HEADER_FIXED;
+  size_t idb_len = (size_t)v[n] << 8 | v[n + 1];
+  n += 2;
+  if (idb_len == 0 || idb_len > M2MPSK_ID_MAX || n + idb_len + 2 > len) {
+    say(err, cap, "record has a bad IdB length");
+    return M2MPSK_E_PROTOCOL;
+  }
+  memcpy(r->idb, v + n, idb_len);
+  n += idb_len;
+  size_t ida_len = (size_t)v[n] << 8 | v[n + 1];
+  n += 2;
+  if (ida_len > M2MPSK_ID_MAX || n + ida_len > len) {
+    say(err, cap, "record has a bad IdA length");
+    return M2MPSK_E_PROTOCOL;
+  }
+  memcpy(r->ida, v + n, ida_len);
+  n += ida_len;
+  if (memchr(r->idb, '\0', idb_len) || memchr(r->ida, '\0', ida_len)) {
+    say(err, cap, "record has a NUL in an identity");
+    return M2MPSK_E_PROTOCOL;
+  }
+  if (r->revoked) {
+    if (n != len) {
+      say(err, cap, "revoked record has trailing bytes");
+      return M2MPSK_E_PROTOCOL;
+    }
+    return M2MPSK_OK;
+  }
+  const size_t np = crypto_aead_xchacha20poly1305_ietf_NPUBBYTES,
+               tag = crypto_aead_xchacha20poly1305_ietf_ABYTES;
+  if (len < n + np + tag + M2MPSK_KEY_MIN ||
+      len > n + np + tag + M2MPSK_KEY_MAX) {
+    say(err, cap, "record has a sealed key of a bad length");
+    return M2MPSK_E_PROTOCOL;
+  }
+  if (kek == NULL)
+    return M2MPSK_OK;
+  uint8_t ad[sizeof(AD_LABEL) + M2MPSK_KPSA_ID_MAX + 1 + ETCD_VALUE_MAX];
+  size_t ad_len = make_ad(ad, sizeof(ad), kpsa_id, v, n);
+  unsigned long long klen = 0;
+  if (ad_len == 0 ||
+      crypto_aead_xchacha20poly1305_ietf_decrypt(
+          r->key, &klen, NULL, v + n + np, len - n - np, ad, ad_len, v + n,
+          kek) != 0) {
+    sodium_memzero(r->key, sizeof(r->key));
+    say(err, cap, "the sealed key does not open with this KEK (wrong KEK "
+                  "or tampered record)");
+    return M2MPSK_E_FAILED;
+  }
+  r->key_len = (size_t)klen;
+  return M2MPSK_OK;
+}
+
+/* ---- base64, buffers ------------------------------------------------------ */
+
+size_t etcd_b64(const void *in, size_t n, char *out, size_t cap) {
+  size_t need = sodium_base64_encoded_len(n, sodium_base64_VARIANT_ORIGINAL);
+  if (need > cap)
+    return 0;
+  sodium_bin2base64(out, cap, in, n, sodium_base64_VARIANT_ORIGINAL);
+  return need - 1;
+}
+
+long etcd_unb64(const char *in, size_t n, uint8_t *out, size_t cap) {
+  size_t got = 0;
+  const char *end = NULL;
+  if (sodium_base642bin(out, cap, in, n, NULL, &got, &end,
+                        sodium_base64_VARIANT_ORIGINAL) != 0 ||
+      end != in + n)
+    return -1;
+  return (long)got;
+}
+
+int etcd_buf_append(etcd_buf *b, const void *data, size_t n) {
+  if (n > b->max - b->len) {
+    b->overflow = 1;
+    return -1;
+  }
+  if (b->len + n + 1 > b->cap) {
+    size_t cap = b->cap ? b->cap : 65536;
+    while (cap < b->len + n + 1)
+      cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (p == NULL)
+      return -1;
+    b->p = p;
+    b->cap = cap;
+  }
+  memcpy(b->p + b->len, data, n);
+  b->len += n;
+  b->p[b->len] = '\0';
+  return 0;
+}
+
+void etcd_buf_free(etcd_buf *b) {
+  free(b->p);
+  memset(b, 0, sizeof(*b));
+}
+
+/* ---- HTTP -------------------------------------------------------------- */
+
+static size_t on_body(char *data, size_t size, size_t n, void *arg) {
+  return etcd_buf_append(arg, data, size * n) == 0 ? size * n : 0;
+}
+
+static int on_progress(void *arg, curl_off_t a, curl_off_t b, curl_off_t c,
+                       curl_off_t d) {
+  (void)a, (void)b, (void)c, (void)d;
+  atomic_int *stop = arg;
+  return stop != NULL && atomic_load(stop) ? 1 : 0;
+}
+
+int etcd_client_init(etcd_client *c, const char *url, char *err, size_t cap) {
+  memset(c, 0, sizeof(*c));
+  int rc = etcd_url_parse(url, &c->url, err, cap);
+  if (rc != M2MPSK_OK)
+    return rc;
+  if (sodium_init() < 0 || curl_global_init(CURL_GLOBAL_DEFAULT) != 0 ||
+      (c->curl = curl_easy_init()) == NULL) {
+    say(err, cap, "cannot initialise libcurl or libsodium");
+    return M2MPSK_E_NOMEM;
+  }
+  c->timeout_ms = 5000;
+  c->max_response = ETCD_RESPONSE_MAX;
+  return M2MPSK_OK;
+}
+
+void etcd_client_free(etcd_client *c) {
+  if (c->curl)
+    curl_easy_cleanup(c->curl);
+  c->curl = NULL;
+}
+
+/* An etcd error body: {"error": "...", "code": N, "message": "..."}. */
+static int etcd_error(const ej *j, const char *where, char *err,
+                      size_t cap) {
+  const ej *e = ej_get(j, "error");
+  const char *msg = ej_str(ej_get(j, "message"));
+  if (msg == NULL)
+    msg = ej_str(e);
+  if (msg == NULL)
+    msg = "no reason given";
+  if (strstr(msg, "compacted") != NULL) {
+    say(err, cap, "%s: %s", where, msg);
+    return ETCD_COMPACTED;
+  }
+  say(err, cap, "%s: etcd error: %.200s", where, msg);
+
+  return M2MPSK_E_PROTOCOL;
+}
+
+int etcd_call(etcd_client *c, const char *path, const char *body,
+              ej **out, char *err, size_t cap) {
+  *out = NULL;
+  CURL *h = c->curl;
+  int rc = M2MPSK_E_IO;
+  for (size_t tries = 0; tries < c->url.n; tries++) {
+    if (c->stop && atomic_load(c->stop)) {
+      say(err, cap, "stopped");
+      return M2MPSK_E_CLOSED;
+    }
+    size_t ep = (c->cur + tries) % c->url.n;
+    char url[160];
+    snprintf(url, sizeof(url), "%s%s", c->url.base[ep], path);
+    etcd_buf resp = {.max = c->max_response};
+    struct curl_slist *hdr =
+        curl_slist_append(NULL, "Content-Type: application/json");
+    curl_easy_reset(h);
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdr);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &resp);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, c->timeout_ms);
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 2000L);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http");
+    curl_easy_setopt(h, CURLOPT_NOPROXY, "*");
+    curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(h, CURLOPT_XFERINFODATA, c->stop);
+    curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+    CURLcode cc = curl_easy_perform(h);
+    curl_slist_free_all(hdr);
+    long code = 0;
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
+    if (cc == CURLE_ABORTED_BY_CALLBACK) {
+      etcd_buf_free(&resp);
+      say(err, cap, "stopped");
+      return M2MPSK_E_CLOSED;
+    }
+    if (cc == CURLE_WRITE_ERROR && resp.overflow) {
+      say(err, cap, "%s: the answer is larger than %zu bytes", url,
+          resp.max);
+      etcd_buf_free(&resp);
+      return M2MPSK_E_PROTOCOL;
+    }
+    if (cc != CURLE_OK) {
+      say(err, cap, "%s: %s", url, curl_easy_strerror(cc));
+      etcd_buf_free(&resp);
+      rc = M2MPSK_E_IO;
+      if (tries + 1 < c->url.n)
+        c->failovers++;
+      continue; /* the next endpoint */
+    }
+    /* This endpoint answered: it is the one to ask first from now on. */
+    c->cur = ep;
+    const char *why = "empty answer";
+    ej *j = resp.p ? ej_parse(resp.p, resp.len, &why) : NULL;
+    if (j == NULL || !ej_is_object(j)) {
+      say(err, cap, "%s: HTTP %ld, not a JSON object (%s)", url, code,
+          j ? "another JSON value"
+            : why);
+      ej_free(j);
+      etcd_buf_free(&resp);
+      return M2MPSK_E_PROTOCOL;
+    }
+    etcd_buf_free(&resp);
+    if (code != 200 || ej_get(j, "error") != NULL) {
+      rc = etcd_error(j, url, err, cap);
+      if (rc == M2MPSK_E_PROTOCOL && code != 200 &&
+          ej_get(j, "error") == NULL &&
+          ej_get(j, "message") == NULL)
+        say(err, cap, "%s: HTTP %ld", url, code);
+      ej_free(j);
+      return rc;
+    }
+    *out = j;
+    return M2MPSK_OK;
+  }
+  return rc;
+}
+
+int etcd_json_int(const ej *obj, const char *field, int64_t *out) {
+  const ej *v = ej_get(obj, field);
+  *out = 0;
+  if (v == NULL)
+    return 0;
+  if (ej_is_integer(v)) {
+    *out = (int64_t)json_object_get_int64(v);
+    return *out >= 0 ? 0 : -1;
+  }
+  const char *s = ej_str(v);
+  if (s == NULL || *s == '\0' || strlen(s) > 18)
+    return -1; /* revisions never come near 10^18 */
+  int64_t n = 0;
+  for (; *s; s++) {
+    if (*s < '0' || *s > '9')
+      return -1;
+    n = n * 10 + (*s - '0');
+  }
+  *out = n;
+  return 0;
+}
+
+int etcd_key_b64(const etcd_url *u, const char *kpsa_id, char *out,
+                 size_t cap) {
+  char key[ETCD_KEY_MAX + 1];
+  int n = snprintf(key, sizeof(key), "%s%s", u->keys_prefix, kpsa_id);
+  if (n < 0 || (size_t)n >= sizeof(key))
+    return -1;
+  return etcd_b64(key, (size_t)n, out, cap) > 0 ? 0 : -1;
+}
+
+void etcd_prefix_b64(const etcd_url *u, char *key, char *range_end,
+                     size_t cap) {
+  char end[sizeof(u->keys_prefix)];
+  memcpy(end, u->keys_prefix, u->keys_prefix_len);
+  end[u->keys_prefix_len - 1]++; /* "/" + 1 = "0" */
+  etcd_b64(u->keys_prefix, u->keys_prefix_len, key, cap);
+  etcd_b64(end, u->keys_prefix_len, range_end, cap);
+}
+
+int etcd_kv_parse(const etcd_url *u, const ej *kv, int want_value,
+                  etcd_kv *out, char *err, size_t cap) {
+  const char *k = ej_str(ej_get(kv, "key"));
+  if (!ej_is_object(kv) || k == NULL) {
+    say(err, cap, "a key-value without a key");
+    return M2MPSK_E_PROTOCOL;
+  }
+  char key[ETCD_KEY_MAX + 1];
+  size_t klen = strlen(k);
+  long n = klen <= 4 * ((ETCD_KEY_MAX + 2) / 3)
+               ? etcd_unb64(k, klen, (uint8_t *)key, ETCD_KEY_MAX)
+               : -1;
+  if (n < 0) {
+    say(err, cap, "a key that is not base64 or longer than %d bytes",
+        ETCD_KEY_MAX);
+    return M2MPSK_E_PROTOCOL;
+  }
+  key[n] = '\0';
+  if ((size_t)n <= u->keys_prefix_len ||
+      memcmp(key, u->keys_prefix, u->keys_prefix_len) != 0 ||
+      (size_t)n - u->keys_prefix_len > M2MPSK_KPSA_ID_MAX ||
+      memchr(key, '\0', (size_t)n) != NULL)
+    return M2MPSK_E_NOT_FOUND;
+  memcpy(out->kpsa_id, key + u->keys_prefix_len,
+         (size_t)n - u->keys_prefix_len + 1);
+  if (etcd_json_int(kv, "mod_revision", &out->mod_revision) != 0 ||
+      etcd_json_int(kv, "create_revision", &out->create_revision) != 0) {
+    say(err, cap, "%s: a revision that is not a number", out->kpsa_id);
+    return M2MPSK_E_PROTOCOL;
+  }
+  out->value_len = 0;
+  if (!want_value)
+    return M2MPSK_OK;
+  const ej *jv = ej_get(kv, "value");
+  const char *v = ej_str(jv);
+  if (jv != NULL && v == NULL) {
+    say(err, cap, "%s: a value that is not a string", out->kpsa_id);
+    return M2MPSK_E_PROTOCOL;
+  }
+  if (v == NULL)
+    v = "";
+  size_t vlen = strlen(v);
+  n = vlen <= 4 * ((ETCD_VALUE_MAX + 2) / 3)
+          ? etcd_unb64(v, vlen, out->value, sizeof(out->value))
+          : -1;
+  if (n < 0) {
+    /* Not ours to judge further: the record is skipped by the caller. */
+    out->value_len = SIZE_MAX;
+    return M2MPSK_OK;
+  }
+  out->value_len = (size_t)n;
+  return M2MPSK_OK;
+}
+
+int etcd_range_all(etcd_client *c, size_t page, int64_t *revision,
+                   etcd_kv_fn fn, etcd_page_fn page_done, void *ctx,
+                   char *err, size_t cap) {
+  char start[4 * ETCD_KEY_MAX], end[4 * ETCD_KEY_MAX];
+  etcd_prefix_b64(&c->url, start, end, sizeof(start));
+  int64_t rev = *revision;
+  char body[3 * 4 * ETCD_KEY_MAX];
+  etcd_kv *kv = malloc(sizeof(*kv));
+  if (kv == NULL)
+    return M2MPSK_E_NOMEM;
+  int rc = M2MPSK_OK;
+  for (;;) {
+    if (rev > 0)
+      snprintf(body, sizeof(body),
+               "{\"key\":\"%s\",\"range_end\":\"%s\",\"limit\":%zu,"
+               "\"revision\":%lld}",
+               start, end, page, (long long)rev);
+    else
+      snprintf(body, sizeof(body),
+               "{\"key\":\"%s\",\"range_end\":\"%s\",\"limit\":%zu}", start,
+               end, page);
+    ej *j = NULL;
+    rc = etcd_call(c, "/v3/kv/range", body, &j, err, cap);
+    if (rc != M2MPSK_OK)
+      break;
+    int64_t hrev = 0;
+    const ej *kvs = ej_get(j, "kvs");
+    const ej *more = ej_get(j, "more");
+    if (etcd_json_int(ej_get(j, "header"), "revision", &hrev) != 0 ||
+        hrev <= 0 || (kvs != NULL && !ej_is_array(kvs)) ||
+        (more != NULL && !ej_is_boolean(more))) {
+      say(err, cap, "range: the answer has no header revision, or kvs is "
+                    "not an array");
+      ej_free(j);
+      rc = M2MPSK_E_PROTOCOL;
+      break;
+    }
+    if (rev == 0)
+      rev = hrev;
+    size_t count = ej_size(kvs);
+    char last[ETCD_KEY_MAX + 2];
+    size_t last_len = 0;
+    for (size_t i = 0; i < count && rc == M2MPSK_OK; i++) {
+      const ej *item = ej_at(kvs, i);
+      int prc = etcd_kv_parse(&c->url, item, 1, kv, err, cap);
+      if (prc == M2MPSK_E_PROTOCOL) {
+        rc = prc;
+        break;
+      }
+      const char *k = ej_str(ej_get(item, "key"));
+      long n = etcd_unb64(k, strlen(k), (uint8_t *)last, ETCD_KEY_MAX);
+      last_len = n > 0 ? (size_t)n : 0;
+      if (prc == M2MPSK_OK)
+        rc = fn(ctx, kv);
+    }
+    int has_more = ej_is_true(more);
+    ej_free(j);
+    if (rc != M2MPSK_OK)
+      break;
+    if (page_done && (rc = page_done(ctx)) != M2MPSK_OK)
+      break;
+    if (!has_more)
+      break;
+    if (count == 0 || last_len == 0) {
+      say(err, cap, "range: 'more' with no key to continue from");
+      rc = M2MPSK_E_PROTOCOL;
+      break;
+    }
+    /* The next page starts just past the last key: the key + "\0". */
+    last[last_len] = '\0';
+    etcd_b64(last, last_len + 1, start, sizeof(start));
+  }
+  sodium_memzero(kv, sizeof(*kv));
+  free(kv);
+  *revision = rev;
+  return rc;
+}
