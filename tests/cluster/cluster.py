@@ -163,26 +163,37 @@ class Proc:
         return self.proc.poll() is None
 
     def wait_line(self, pattern, timeout=STEP_S, start=0):
-        end = time.monotonic() + timeout
         rx = re.compile(pattern)
+        return self.wait_for(rx.search, timeout, start, "a line matching %r"
+                             % pattern)
+
+    def wait_for(self, pred, timeout=STEP_S, start=0, what="a line"):
+        """The first true pred(line) among the lines from `start` (a
+        mark()), waiting at most `timeout` seconds for it."""
+        end = time.monotonic() + timeout
         with self._cv:
             while True:
                 first = max(0, start - getattr(self, "_dropped", 0))
                 for line in self._lines[first:]:
-                    m = rx.search(line)
+                    m = pred(line)
                     if m:
                         return m
                 left = end - time.monotonic()
                 if left <= 0:
-                    raise Fail("%s: no line matching %r within %.0f s; last "
-                               "lines:\n  %s" % (self.name, pattern, timeout,
-                                                 "\n  ".join(self._lines[-30:])))
+                    raise Fail("%s: no %s within %.0f s; last lines:\n  %s" %
+                               (self.name, what, timeout,
+                                "\n  ".join(self._lines[-30:])))
                 if self.proc.poll() is not None and not self._reader.is_alive():
-                    raise Fail("%s exited (%s) before a line matching %r; last "
-                               "lines:\n  %s" % (self.name, self.proc.returncode,
-                                                 pattern,
-                                                 "\n  ".join(self._lines[-30:])))
+                    raise Fail("%s exited (%s) before %s; last lines:\n  %s" %
+                               (self.name, self.proc.returncode, what,
+                                "\n  ".join(self._lines[-30:])))
                 self._cv.wait(min(left, 0.25))
+
+    def count(self, pattern, start=0):
+        rx = re.compile(pattern)
+        with self._cv:
+            first = max(0, start - getattr(self, "_dropped", 0))
+            return sum(1 for line in self._lines[first:] if rx.search(line))
 
     def signal(self, sig):
         if self.proc.poll() is None:
@@ -525,12 +536,12 @@ class Keys:
                                             (r.stderr + r.stdout)[-800:]))
         return r
 
-    def put(self, i, which=None, ida=None):
-        """Device i's record (device_id(i), device_key(i))."""
-        path = os.path.join(self.workdir, "k-%d" % i)
+    def put(self, i, which=None, ida=None, key=None):
+        """Device i's record (device_id(i), `key` or device_key(i))."""
+        path = os.path.join(self.workdir, "k-%d-%d" % (i, threading.get_ident()))
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write("hex:%s\n" % device_key(i).hex())
+            f.write("hex:%s\n" % (key or device_key(i)).hex())
         try:
             args = ["put", "--kpsa-id", device_id(i), "--idb", IDB,
                     "--key-file", path]
@@ -547,7 +558,7 @@ class Keys:
         return self.run("delete", "--kpsa-id", device_id(i), which=which)
 
     def import_file(self, path, batch=128, timeout=120 * SCALE):
-        return self.run("import", "--keys", path, "--batch", str(batch),
+        return self.run("import", "--keys-file", path, "--batch", str(batch),
                         timeout=timeout)
 
     def import_devices(self, ids, batch=128, timeout=120 * SCALE):
@@ -567,6 +578,8 @@ class Keys:
 
 # ---- m2mpsk serve nodes -------------------------------------------------------
 
+# Device numbers of the sync_point() records, away from any test's.
+SENTINEL_BASE = 9000000
 SNAPSHOT_RX = (r"m2mpsk: keys: (\d+) records from etcd at revision (\d+) in "
                r"(\d+) ms")
 
@@ -616,6 +629,9 @@ class Node:
     def mark(self):
         return self.proc.mark()
 
+    def wait_for(self, pred, timeout=STEP_S, start=0, what="a line"):
+        return self.proc.wait_for(pred, timeout, start, what)
+
     def stop(self):
         if self.proc is not None:
             self.proc.terminate(timeout=5)
@@ -628,6 +644,27 @@ class Node:
         """Kills it and starts it again on the same port."""
         self.kill()
         return self.start(timeout)
+
+    def wait_revision(self, rev, kpsa_id=None, start=0, timeout=STEP_S):
+        """Waits until the node shows it applied etcd revision `rev`: its
+        -v line for `kpsa_id` (the change at rev), a summary line of a
+        batch, a resync or a snapshot at rev or later."""
+        put = "m2mpsk: keys: put %s" % kpsa_id if kpsa_id else None
+        gone = "m2mpsk: keys: removed %s " % kpsa_id if kpsa_id else None
+        rx = re.compile(r"keys: (?:\d+ changes at revision (\d+)|resync at "
+                        r"revision (\d+)|\d+ records from etcd at revision "
+                        r"(\d+))")
+
+        def pred(line):
+            if put and (line == put or line.startswith(gone)):
+                return True
+            m = rx.search(line)
+            return bool(m) and int(next(g for g in m.groups() if g)) >= rev
+        return self.proc.wait_for(pred, timeout, start,
+                                  "sign of revision %d" % rev)
+
+    def count(self, pattern, start=0):
+        return self.proc.count(pattern, start)
 
 
 # ---- the whole -----------------------------------------------------------------
@@ -674,7 +711,7 @@ class Cluster:
             raise
         return self
 
-    def add_node(self, which=None, **kw):
+    def add_node(self, which=None, timeout=STEP_S, **kw):
         """Starts one more node; `which` picks the etcd members its URL
         lists (default all, in an order rotated per node so that the nodes'
         first endpoints differ)."""
@@ -687,8 +724,32 @@ class Cluster:
                     verbose=kw.pop("verbose", self.verbose),
                     extra=kw.pop("extra", self.node_extra), **kw)
         self.nodes.append(node)
-        node.start()
+        node.start(timeout)
         return node
+
+    def sync_point(self, nodes=None, timeout=STEP_S):
+        """Puts a sentinel record and waits until every node in `nodes`
+        (default: all) applied it, hence everything before it (a watch
+        delivers revisions in order). Returns its revision."""
+        nodes = self.nodes if nodes is None else nodes
+        self._sentinel = getattr(self, "_sentinel", 0) + 1
+        dev = SENTINEL_BASE + self._sentinel
+        marks = [n.mark() for n in nodes]
+        self.keys.put(dev)
+        rev = self.mod_revision(dev)
+        for n, m in zip(nodes, marks):
+            n.wait_revision(rev, device_id(dev), m, timeout)
+        return rev
+
+    def mod_revision(self, dev):
+        gw = self.etcd.gateway()
+        try:
+            kvs = gw.range("/%s/keys/%s" % (PREFIX, device_id(dev))).get("kvs")
+        finally:
+            gw.close()
+        if not kvs:
+            raise Fail("%s is not in etcd" % device_id(dev))
+        return int(kvs[0]["mod_revision"])
 
     def elapsed(self):
         return time.monotonic() - self.started
@@ -762,6 +823,13 @@ class Initiators:
         if i not in self.keys:
             self.ks.add(device_id(i), device_key(i), None, IDB, 0, 0)
             self.keys.add(i)
+
+    def set_key(self, i, key):
+        """Device i's key on this side becomes `key` (a rekeyed device)."""
+        if i in self.keys:
+            self.ks.remove(device_id(i))
+        self.ks.add(device_id(i), key, None, IDB, 0, 0)
+        self.keys.add(i)
 
     def open(self, port, dev, node=None):
         """Connects (blocking, bounded) and starts the handshake; the
