@@ -122,6 +122,7 @@ class Proc:
         self.name = name
         self.argv = argv
         self._lines = []
+        self._times = []  # when each line was read (time.monotonic())
         self._cv = threading.Condition()
         self._log = open(log_path, "ab") if log_path else None
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
@@ -139,12 +140,15 @@ class Proc:
             if self._log:
                 self._log.write(raw)
                 self._log.flush()
+            t = time.monotonic()
             with self._cv:
                 self._lines.append(raw.decode(errors="replace").rstrip("\n"))
+                self._times.append(t)
                 # A node with -v logs a line per change: keep the last
                 # 200,000 lines, enough for any one wait.
                 if len(self._lines) > 200000:
                     del self._lines[:100000]
+                    del self._times[:100000]
                     self._dropped = getattr(self, "_dropped", 0) + 100000
                 self._cv.notify_all()
         with self._cv:
@@ -188,6 +192,16 @@ class Proc:
                                (self.name, self.proc.returncode, what,
                                 "\n  ".join(self._lines[-30:])))
                 self._cv.wait(min(left, 0.25))
+
+    def time_of(self, pred, start=0):
+        """When the first line from `start` for which pred(line) is true
+        was read (time.monotonic()), or None."""
+        with self._cv:
+            first = max(0, start - getattr(self, "_dropped", 0))
+            for line, t in zip(self._lines[first:], self._times[first:]):
+                if pred(line):
+                    return t
+        return None
 
     def count(self, pattern, start=0):
         rx = re.compile(pattern)
@@ -524,13 +538,27 @@ class Keys:
         self.kek = kek
         self.workdir = workdir
         self.prefix = prefix
+        self.election_retries = 0
 
-    def run(self, *args, which=None, timeout=STEP_S, check=True):
+    # What etcd answers while its members elect a leader: the tool exits
+    # 1 and says so; the tests retry (and count) those, nothing else.
+    ELECTION = re.compile(r"leader changed|no leader|timed out|"
+                          r"unhealthy cluster|connection refused")
+
+    def run(self, *args, which=None, timeout=STEP_S, check=True,
+            election_retry_s=10 * SCALE):
         argv = [cli(), "keys"] + [args[0]] + [
             "--etcd", self.etcd.url(self.prefix, which), "--kek", self.kek] + \
             list(args[1:])
-        r = subprocess.run(argv, capture_output=True, text=True,
-                           timeout=timeout)
+        end = time.monotonic() + election_retry_s
+        while True:
+            r = subprocess.run(argv, capture_output=True, text=True,
+                               timeout=timeout)
+            if (r.returncode == 0 or time.monotonic() > end or
+                    not self.ELECTION.search(r.stderr + r.stdout)):
+                break
+            self.election_retries += 1
+            time.sleep(0.1)
         if check and r.returncode != 0:
             raise Fail("%s: exit %d: %s" % (" ".join(argv), r.returncode,
                                             (r.stderr + r.stdout)[-800:]))
@@ -557,17 +585,18 @@ class Keys:
     def delete(self, i, which=None):
         return self.run("delete", "--kpsa-id", device_id(i), which=which)
 
-    def import_file(self, path, batch=128, timeout=120 * SCALE):
+    def import_file(self, path, batch=128, timeout=120 * SCALE, which=None):
         return self.run("import", "--keys-file", path, "--batch", str(batch),
-                        timeout=timeout)
+                        timeout=timeout, which=which)
 
-    def import_devices(self, ids, batch=128, timeout=120 * SCALE):
+    def import_devices(self, ids, batch=128, timeout=120 * SCALE, which=None):
         """Puts devices `ids` through a key file and `keys import`: one
         process, batched txns (not a process per record)."""
         path = os.path.join(self.workdir, "import-%d.keys" % os.getpid())
         write_key_file(path, [(device_id(i), device_key(i), None) for i in ids])
         try:
-            return self.import_file(path, batch=batch, timeout=timeout)
+            return self.import_file(path, batch=batch, timeout=timeout,
+                                    which=which)
         finally:
             os.unlink(path)
 
@@ -665,6 +694,17 @@ class Node:
 
     def count(self, pattern, start=0):
         return self.proc.count(pattern, start)
+
+    def watched_endpoint(self):
+        """The etcd endpoint ("127.0.0.1:PORT") this node's watch is on,
+        from its -v log: the first of its URL, or the last it failed over
+        to. Exact only while the node is stopped (SIGSTOP)."""
+        ep = self.etcd_url.split("//", 1)[1].split("/", 1)[0].split(",")[0]
+        for line in self.proc.lines():
+            m = re.search(r"keys: failing over to http://(\S+?)/?$", line)
+            if m:
+                ep = m.group(1)
+        return ep
 
 
 # ---- the whole -----------------------------------------------------------------
