@@ -1,6 +1,7 @@
 /* m2mpsk keys: the records a cluster shares through etcd (issue 19). Every
  * Kpsa is sealed with the KEK before it leaves this process; nothing here
  * prints a key. */
+#include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -43,11 +44,12 @@ static const char k_keys_usage[] =
     "          (--key-file F | --generate BYTES --out F) [--not-after T]\n"
     "          adds NEW (OLD's identities, valid from now) and ends OLD's\n"
     "          validity SECONDS from now, in one etcd transaction\n"
-    "  import  --keys-file FILE [--batch N]   writes every record of a key\n"
-    "          file to etcd, N per transaction (default 128, etcd's\n"
-    "          --max-txn-ops)\n"
+    "  import  --keys FILE [--batch N] [--parallel P]   writes every record\n"
+    "          of a key file to etcd, N per transaction (default 128,\n"
+    "          etcd's --max-txn-ops), P transactions at once (default 4)\n"
     "  kek     --out FILE     creates a new KEK file (0600, not overwritten)\n"
     "  sync    --kek FILE [--fail-closed S] [--for S] [--page N]\n"
+    "          [--max-records N]\n"
     "          runs what serve runs with --keys etcd://: loads the snapshot\n"
     "          into a keystore, then follows the watch; prints a 'stats'\n"
     "          line on stdout after the load and after every change, until\n"
@@ -62,7 +64,8 @@ static const char k_keys_usage[] =
 typedef struct keys_args {
   const char *url, *kek, *id, *new_id, *idb, *ida, *nb_s, *na_s;
   const char *key_file, *out, *keys_file;
-  unsigned long generate, overlap, batch, fail_closed, for_s;
+  unsigned long generate, overlap, batch, fail_closed, for_s, parallel, page,
+      max_records;
   int have_overlap;
 } keys_args;
 
@@ -476,7 +479,7 @@ static int keys_list(etcd_client *c, const keys_args *a) {
   l.kek = kek;
   int64_t rev = 0;
   char err[512];
-  int rc = etcd_range_all(c, 10000, &rev, list_kv, NULL, &l, err, sizeof(err));
+  int rc = etcd_range_all(c, 50000, &rev, list_kv, NULL, &l, err, sizeof(err));
   if (kek)
     sodium_free(kek);
   if (fflush(stdout) != 0)
@@ -652,6 +655,125 @@ static int parse_line(char *line, char *id, etcd_record *r) {
   return id[0] && r->idb[0] && r->key_len ? 1 : -1;
 }
 
+/* Import transactions in flight at once, each on its own connection: etcd
+ * applies one at a time, but encodes, decodes and answers them in
+ * parallel. */
+#define IMPORT_PARALLEL_MAX 16
+
+typedef struct txn_slot {
+  CURL *h;
+  char *body; /* sealed values only: no key in the clear */
+  size_t len, n, cap;
+  etcd_buf resp;
+  int busy;
+} txn_slot;
+
+typedef struct txn_pool {
+  CURLM *m;
+  txn_slot s[IMPORT_PARALLEL_MAX];
+  size_t n;
+  struct curl_slist *hdr;
+  char url[160];
+  size_t done, total;
+  int ex;
+} txn_pool;
+
+static size_t pool_body(char *data, size_t size, size_t n, void *arg) {
+  return etcd_buf_append(arg, data, size * n) == 0 ? size * n : 0;
+}
+
+static void pool_finish(txn_pool *p, txn_slot *t, CURLcode cc) {
+  long code = 0;
+  curl_easy_getinfo(t->h, CURLINFO_RESPONSE_CODE, &code);
+  curl_multi_remove_handle(p->m, t->h);
+  t->busy = 0;
+  const char *why = "empty answer";
+  ej *j = t->resp.p ? ej_parse(t->resp.p, t->resp.len, &why) : NULL;
+  if (cc != CURLE_OK) {
+    if (p->ex == CLI_OK)
+      cli_log("%s: %s", p->url, curl_easy_strerror(cc));
+    p->ex = CLI_IO;
+  } else if (code != 200 || !ej_is_object(ej_get(j, "header"))) {
+    const char *m = ej_str(ej_get(j, "message"));
+    if (m == NULL)
+      m = ej_str(ej_get(j, "error"));
+    if (p->ex == CLI_OK)
+      cli_log("%s: HTTP %ld: %.200s", p->url, code,
+              m ? m : (j ? "an unexpected answer" : why));
+    p->ex = CLI_FAILED;
+  } else {
+    p->done += t->n;
+    cli_trace("%zu of %zu records written", p->done, p->total);
+  }
+  ej_free(j);
+  t->resp.len = 0;
+  t->len = t->n = 0;
+}
+
+/* Runs transfers until none is in flight (all) or one slot is free. */
+static int pool_waiting(const txn_pool *p, int all) {
+  size_t busy = 0;
+  for (size_t i = 0; i < p->n; i++)
+    busy += (size_t)p->s[i].busy;
+  return busy > 0 && (all || busy == p->n);
+}
+
+static void pool_run(txn_pool *p, int all) {
+  while (pool_waiting(p, all)) {
+    int running = 0, left = 0;
+    curl_multi_perform(p->m, &running);
+    CURLMsg *msg;
+    while ((msg = curl_multi_info_read(p->m, &left)) != NULL) {
+      if (msg->msg != CURLMSG_DONE)
+        continue;
+      for (size_t i = 0; i < p->n; i++)
+        if (p->s[i].busy && p->s[i].h == msg->easy_handle)
+          pool_finish(p, &p->s[i], msg->data.result);
+    }
+    if (pool_waiting(p, all))
+      curl_multi_poll(p->m, NULL, 0, 100, &left);
+  }
+}
+
+static txn_slot *pool_slot(txn_pool *p) {
+  pool_run(p, 0);
+  for (size_t i = 0; i < p->n; i++)
+    if (!p->s[i].busy)
+      return &p->s[i];
+  return NULL;
+}
+
+static void pool_send(txn_pool *p, txn_slot *t) {
+  memcpy(t->body + t->len, "]}", 3);
+  curl_easy_reset(t->h);
+  curl_easy_setopt(t->h, CURLOPT_URL, p->url);
+  curl_easy_setopt(t->h, CURLOPT_HTTPHEADER, p->hdr);
+  curl_easy_setopt(t->h, CURLOPT_POSTFIELDS, t->body);
+  curl_easy_setopt(t->h, CURLOPT_WRITEFUNCTION, pool_body);
+  curl_easy_setopt(t->h, CURLOPT_WRITEDATA, &t->resp);
+  curl_easy_setopt(t->h, CURLOPT_TIMEOUT_MS, 60000L);
+  curl_easy_setopt(t->h, CURLOPT_CONNECTTIMEOUT_MS, 2000L);
+  curl_easy_setopt(t->h, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(t->h, CURLOPT_PROTOCOLS_STR, "http");
+  curl_easy_setopt(t->h, CURLOPT_NOPROXY, "*");
+  t->busy = 1;
+  curl_multi_add_handle(p->m, t->h);
+}
+
+static void pool_free(txn_pool *p) {
+  for (size_t i = 0; i < p->n; i++) {
+    if (p->s[i].busy)
+      curl_multi_remove_handle(p->m, p->s[i].h);
+    if (p->s[i].h)
+      curl_easy_cleanup(p->s[i].h);
+    free(p->s[i].body);
+    etcd_buf_free(&p->s[i].resp);
+  }
+  if (p->m)
+    curl_multi_cleanup(p->m);
+  curl_slist_free_all(p->hdr);
+}
+
 static int keys_import(etcd_client *c, const keys_args *a) {
   if (a->keys_file == NULL) {
     cli_log("keys import needs --keys-file FILE");
@@ -683,24 +805,36 @@ static int keys_import(etcd_client *c, const keys_args *a) {
     return CLI_IO;
   }
   size_t batch = a->batch ? a->batch : 128;
-  size_t op_max = 8 * ETCD_VALUE_MAX;
-  size_t cap = batch * op_max + 64;
-  char *body = sodium_malloc(cap);
+  size_t cap = batch * (8 * ETCD_VALUE_MAX) + 64;
+  txn_pool pool = {.n = a->parallel ? a->parallel : 4, .total = total};
+  pool.m = curl_multi_init();
+  pool.hdr = curl_slist_append(NULL, "Content-Type: application/json");
+  /* No "Expect: 100-continue" round trip before each body. */
+  pool.hdr = curl_slist_append(pool.hdr, "Expect:");
+  snprintf(pool.url, sizeof(pool.url), "%s/v3/kv/txn", c->url.base[c->cur]);
+  int ok_alloc = pool.m != NULL && pool.hdr != NULL;
+  for (size_t i = 0; i < pool.n && ok_alloc; i++) {
+    pool.s[i].h = curl_easy_init();
+    pool.s[i].body = malloc(cap);
+    pool.s[i].cap = cap;
+    pool.s[i].resp.max = 1 << 20;
+    ok_alloc = pool.s[i].h != NULL && pool.s[i].body != NULL;
+  }
   etcd_record *r = sodium_malloc(sizeof(*r));
   /* Lines are read through locked memory, wiped when freed. */
   const size_t rd_cap = 1 << 16;
   char *rd = sodium_malloc(rd_cap + 1);
   size_t rd_len = 0, rd_off = 0;
   int ex = CLI_OK;
-  if (body == NULL || r == NULL || rd == NULL) {
+  txn_slot *cur = NULL;
+  if (!ok_alloc || r == NULL || rd == NULL) {
     cli_log("out of memory");
     ex = CLI_FAILED;
     goto out;
   }
-  size_t len = 0, in_batch = 0, done = 0, lineno = 0;
-  uint64_t t_http = 0;
+  size_t lineno = 0;
   int eof = 0;
-  while (!eof) {
+  while (!eof && pool.ex == CLI_OK) {
     int got = 0;
     char id[M2MPSK_KPSA_ID_MAX + 1];
     char *line = rd + rd_off,
@@ -747,44 +881,40 @@ static int keys_import(etcd_client *c, const keys_args *a) {
     if (got == 1) {
       uint8_t v[ETCD_VALUE_MAX];
       size_t vlen = etcd_record_encode(r, id, kek, v);
-      if (len == 0)
-        len = (size_t)snprintf(body, cap, "{\"success\":[");
+      if (cur == NULL && (cur = pool_slot(&pool)) == NULL)
+        break;
+      if (cur->len == 0)
+        cur->len = (size_t)snprintf(cur->body, cap, "{\"success\":[");
       else
-        body[len++] = ',';
-      int n = txn_put(&c->url, id, v, vlen, body + len, cap - len);
+        cur->body[cur->len++] = ',';
+      int n = txn_put(&c->url, id, v, vlen, cur->body + cur->len,
+                      cap - cur->len - 3);
       if (vlen == 0 || n < 0) {
         cli_log("%s:%zu: the record does not fit", a->keys_file, lineno);
         ex = CLI_FAILED;
         break;
       }
-      len += (size_t)n;
-      in_batch++;
+      cur->len += (size_t)n;
+      cur->n++;
     }
-    if (in_batch > 0 && (in_batch == batch || eof)) {
-      memcpy(body + len, "]}", 3);
-      int ok = 0;
-      int64_t rev = 0;
-      uint64_t t1 = cli_now_ms();
-      ex = run_txn(c, body, &ok, &rev);
-      t_http += cli_now_ms() - t1;
-      if (ex != CLI_OK) {
-        cli_log("after %zu of %zu records", done, total);
-        break;
-      }
-      done += in_batch;
-      in_batch = len = 0;
-      cli_trace("%zu of %zu records written, revision %" PRId64, done,
-                total, rev);
+    if (cur != NULL && cur->n > 0 && (cur->n == batch || eof)) {
+      pool_send(&pool, cur);
+      cur = NULL;
     }
   }
+  pool_run(&pool, 1);
   if (ex == CLI_OK)
-    cli_log("imported %zu records from %s in %" PRIu64
-            " ms (check %" PRIu64 " ms, etcd %" PRIu64 " ms)",
-            done, a->keys_file, cli_now_ms() - t0, t_check, t_http);
+    ex = pool.ex;
+  if (ex == CLI_OK)
+    cli_log("imported %zu records from %s in %" PRIu64 " ms (checking the "
+            "file %" PRIu64 " ms)",
+            pool.done, a->keys_file, cli_now_ms() - t0, t_check);
+  else
+    cli_log("%zu of %zu records written before the error", pool.done,
+            total);
 out:
   close(fd);
-  if (body)
-    sodium_free(body);
+  pool_free(&pool);
   if (r)
     sodium_free(r);
   if (rd)
@@ -839,7 +969,8 @@ static int keys_sync(const keys_args *a) {
                            .kek_file = a->kek,
                            .fail_closed_ms = (uint32_t)(a->fail_closed * 1000),
                            .on_change = sync_wake,
-                           .page_size = a->batch};
+                           .page_size = a->page,
+                           .max_records = a->max_records};
   m2mpsk_etcd_sync *s = NULL;
   char err[512];
   int rc = m2mpsk_etcd_sync_start(&s, ks, &o, err, sizeof(err));
@@ -910,8 +1041,10 @@ int cli_keys(int argc, char **argv) {
       {"overlap", required_argument, NULL, 'O'},
       {"keys-file", required_argument, NULL, 'F'},
       {"batch", required_argument, NULL, 'n'},
-      {"page", required_argument, NULL, 'n'},
+      {"page", required_argument, NULL, 'G'},
+      {"max-records", required_argument, NULL, 'M'},
       {"fail-closed", required_argument, NULL, 'C'},
+      {"parallel", required_argument, NULL, 'P'},
       {"for", required_argument, NULL, 'T'},
       {"verbose", no_argument, NULL, 'v'},
       {"help", no_argument, NULL, 'h'},
@@ -974,6 +1107,24 @@ int cli_keys(int argc, char **argv) {
     case 'n':
       if (cli_parse_uint(optarg, 1, 100000, &a.batch)) {
         cli_log("--batch must be 1 to 100000");
+        return CLI_USAGE;
+      }
+      break;
+    case 'M':
+      if (cli_parse_uint(optarg, 1, 1UL << 30, &a.max_records)) {
+        cli_log("--max-records must be 1 to 2^30");
+        return CLI_USAGE;
+      }
+      break;
+    case 'G':
+      if (cli_parse_uint(optarg, 1, 1000000, &a.page)) {
+        cli_log("--page must be 1 to 1000000");
+        return CLI_USAGE;
+      }
+      break;
+    case 'P':
+      if (cli_parse_uint(optarg, 1, IMPORT_PARALLEL_MAX, &a.parallel)) {
+        cli_log("--parallel must be 1 to %d", IMPORT_PARALLEL_MAX);
         return CLI_USAGE;
       }
       break;

@@ -72,14 +72,10 @@ int cli_keys_open(const cli_keys_opts *o, m2mpsk_keystore **ks,
     /* A build without the component, or a URL it refuses, is a usage
      * error; an etcd that cannot be reached or a bad KEK file is I/O. */
     return rc == M2MPSK_E_UNSUPPORTED || rc == M2MPSK_E_INVALID ? CLI_USAGE
-                                                                 : CLI_IO;
+                                                                : CLI_IO;
   }
-  m2mpsk_etcd_stats st;
-  m2mpsk_etcd_sync_stats(*sync, &st);
-  /* The line the cluster tests and operators read (CONTRACT19-etcd). */
-  cli_log("keys: %llu records from etcd at revision %llu in %llu ms",
-          (unsigned long long)st.records, (unsigned long long)st.revision,
-          (unsigned long long)st.snapshot_ms);
+  /* The component itself logged "keys: N records from etcd at revision R
+   * in T ms", the line the cluster tests and operators read. */
   if (m2mpsk_keystore_is_locked(*ks) != 1)
     cli_log("warning: key memory is not locked (RLIMIT_MEMLOCK); keys may "
             "be swapped out");

@@ -234,11 +234,11 @@ static void on_keys_changed(server *s) {
   uint64_t now = cli_now_ms();
   for (size_t i = 0; i < s->n; i++) {
     conn *c = s->conns[i];
-    if (c->done)
+    /* A handshake checks its record when the key is handed over; only
+     * established associations hold one that can go. */
+    if (c->done || m2mpsk_assoc_state(c->a) != M2MPSK_STATE_ESTABLISHED)
       continue;
-    int was_logged = c->logged;
-    if (m2mpsk_assoc_handle_timeout(c->a, now) == M2MPSK_E_FAILED &&
-        was_logged && m2mpsk_assoc_state(c->a) == M2MPSK_STATE_FAILED)
+    if (m2mpsk_assoc_handle_timeout(c->a, now) == M2MPSK_E_FAILED)
       cli_log("failure peer=%s reason=%s detail=\"%s\"", c->peer,
               m2mpsk_reason_name(m2mpsk_assoc_failure(c->a)),
               m2mpsk_assoc_failure_detail(c->a));

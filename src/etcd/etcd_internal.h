@@ -94,7 +94,12 @@ typedef struct etcd_client {
   size_t max_response;
   atomic_int *stop; /* aborts a transfer when set; may be NULL */
   uint64_t failovers;
+  uint64_t http_us, parse_us; /* time spent, for the snapshot's log line */
+  int no_grpc;   /* 1: range pages through the JSON gateway only */
+  int grpc_down; /* the last gRPC call found nobody listening */
 } etcd_client;
+
+uint64_t now_us(void);
 
 int etcd_client_init(etcd_client *c, const char *url, char *err, size_t cap);
 void etcd_client_free(etcd_client *c);

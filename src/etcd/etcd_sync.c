@@ -21,7 +21,11 @@
 #include "etcd_keys.h"
 
 #define DEFAULT_FAIL_CLOSED_MS 30000
-#define DEFAULT_PAGE 20000
+/* Records per range call. etcd 3.4 walks the whole rest of the range for
+ * every page (to count it), so a snapshot of N records in pages of P costs
+ * it about N*N/(2P) index steps: large pages. 100,000 records are about
+ * 16 MB of RangeResponse. */
+#define DEFAULT_PAGE 100000
 #define DEFAULT_MAX_RECORDS ((size_t)16 << 20)
 /* A probe of the watched endpoint every PROBE_MS, failed after
  * PROBE_TIMEOUT_MS: a member that stopped answering is left within about
@@ -49,6 +53,7 @@ __attribute__((format(printf, 3, 4))) static void say(char *err, size_t cap,
 typedef struct held_slot {
   char *id;
   int64_t rev;
+  uint64_t hash; /* compared first: a probe need not read the string */
 } held_slot;
 typedef struct held_set {
   held_slot *s;
@@ -59,18 +64,29 @@ static uint64_t id_hash(const char *id) {
   uint64_t h = 1469598103934665603ull;
   for (; *id; id++)
     h = (h ^ (unsigned char)*id) * 1099511628211ull;
-  return h ^ (h >> 29);
+  /* FNV-1a leaves KpsaIDs that differ in their last digits close in the
+   * low bits, which index the table: mix them (MurmurHash3's finaliser). */
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdull;
+  h ^= h >> 33;
+  h *= 0xc4ceb9fe1a85ec53ull;
+  return h ^ (h >> 33);
+}
+
+static held_slot *held_find_h(const held_set *h, const char *id,
+                              uint64_t hash) {
+  if (h->cap == 0)
+    return NULL;
+  for (size_t i = hash & (h->cap - 1);; i = (i + 1) & (h->cap - 1)) {
+    if (h->s[i].id == NULL)
+      return NULL;
+    if (h->s[i].hash == hash && strcmp(h->s[i].id, id) == 0)
+      return &h->s[i];
+  }
 }
 
 static held_slot *held_find(const held_set *h, const char *id) {
-  if (h->cap == 0)
-    return NULL;
-  for (size_t i = id_hash(id) & (h->cap - 1);; i = (i + 1) & (h->cap - 1)) {
-    if (h->s[i].id == NULL)
-      return NULL;
-    if (strcmp(h->s[i].id, id) == 0)
-      return &h->s[i];
-  }
+  return held_find_h(h, id, id_hash(id));
 }
 
 static int held_grow(held_set *h) {
@@ -81,7 +97,7 @@ static int held_grow(held_set *h) {
   for (size_t i = 0; i < h->cap; i++) {
     if (h->s[i].id == NULL)
       continue;
-    size_t j = id_hash(h->s[i].id) & (cap - 1);
+    size_t j = h->s[i].hash & (cap - 1);
     while (s[j].id != NULL)
       j = (j + 1) & (cap - 1);
     s[j] = h->s[i];
@@ -94,7 +110,8 @@ static int held_grow(held_set *h) {
 
 /* Sets id's revision, adding it if new. 0 or -1 (no memory). */
 static int held_set_rev(held_set *h, const char *id, int64_t rev) {
-  held_slot *f = held_find(h, id);
+  uint64_t hash = id_hash(id);
+  held_slot *f = held_find_h(h, id, hash);
   if (f != NULL) {
     f->rev = rev;
     return 0;
@@ -104,11 +121,12 @@ static int held_set_rev(held_set *h, const char *id, int64_t rev) {
   char *copy = strdup(id);
   if (copy == NULL)
     return -1;
-  size_t i = id_hash(id) & (h->cap - 1);
+  size_t i = hash & (h->cap - 1);
   while (h->s[i].id != NULL)
     i = (i + 1) & (h->cap - 1);
   h->s[i].id = copy;
   h->s[i].rev = rev;
+  h->s[i].hash = hash;
   h->n++;
   return 0;
 }
@@ -122,7 +140,7 @@ static void held_del(held_set *h, const char *id) {
   h->s[i].id = NULL;
   h->n--;
   for (size_t j = (i + 1) & mask; h->s[j].id != NULL; j = (j + 1) & mask) {
-    size_t home = id_hash(h->s[j].id) & mask;
+    size_t home = h->s[j].hash & mask;
     /* Move j back into the hole i when its home is not in (i, j]. */
     if ((j > i && (home <= i || home > j)) || (j < i && home <= i && home > j)) {
       h->s[i] = h->s[j];
@@ -188,9 +206,12 @@ static void bulk_close(bulk *b) {
 }
 
 /* Loads what was written, then wipes it. M2MPSK_OK or the load's code. */
+static uint64_t bulk_load_us;
+
 static int bulk_commit(bulk *b, m2mpsk_keystore *ks, char *err, size_t cap) {
   if (b->n == 0)
     return M2MPSK_OK;
+  uint64_t t0 = now_us();
   int rc = M2MPSK_OK;
   char path[64];
   snprintf(path, sizeof(path), "/proc/self/fd/%d", b->fd);
@@ -210,6 +231,7 @@ static int bulk_commit(bulk *b, m2mpsk_keystore *ks, char *err, size_t cap) {
     rc = M2MPSK_E_IO;
   }
   b->len = b->n = 0;
+  bulk_load_us += now_us() - t0;
   return rc;
 }
 
@@ -256,6 +278,7 @@ struct m2mpsk_etcd_sync {
   CURLM *multi;
 
   held_set held;
+  char good_idb[M2MPSK_ID_MAX + 1], good_ida[M2MPSK_ID_MAX + 1];
   pthread_mutex_t lock; /* stats */
   m2mpsk_etcd_stats stats;
 
@@ -323,10 +346,21 @@ static void log_change(m2mpsk_etcd_sync *s, const char *id, const char *why) {
 
 /* Checks what m2mpsk_keystore_add() would, so that a bulk load cannot fail
  * on one bad record. */
-static int record_valid(const char *id, const etcd_record *r) {
-  return m2mpsk_kpsa_id_validate(id) == M2MPSK_OK &&
-         m2mpsk_idb_validate(r->idb) == M2MPSK_OK &&
-         (r->ida[0] == '\0' || m2mpsk_ida_validate(r->ida) == M2MPSK_OK) &&
+static int record_valid(m2mpsk_etcd_sync *s, const char *id,
+                        const etcd_record *r) {
+  /* Most records of a deployment share their IdB (and often their IdA):
+   * the last good ones are remembered. */
+  int idb_ok = strcmp(r->idb, s->good_idb) == 0;
+  if (!idb_ok && m2mpsk_idb_validate(r->idb) == M2MPSK_OK) {
+    memcpy(s->good_idb, r->idb, sizeof(s->good_idb));
+    idb_ok = 1;
+  }
+  int ida_ok = r->ida[0] == '\0' || strcmp(r->ida, s->good_ida) == 0;
+  if (!ida_ok && m2mpsk_ida_validate(r->ida) == M2MPSK_OK) {
+    memcpy(s->good_ida, r->ida, sizeof(s->good_ida));
+    ida_ok = 1;
+  }
+  return idb_ok && ida_ok && m2mpsk_kpsa_id_validate(id) == M2MPSK_OK &&
          r->not_before >= 0 && r->not_after >= 0 &&
          (r->not_before == 0 || r->not_after == 0 ||
           r->not_after >= r->not_before);
@@ -374,7 +408,7 @@ static int apply_kv(m2mpsk_etcd_sync *s, const etcd_kv *kv, bulk *b,
                                     s->kek, r, why, sizeof(why));
   if (kv->value_len == SIZE_MAX)
     snprintf(why, sizeof(why), "the value is not base64");
-  if (rc == M2MPSK_OK && !r->revoked && !record_valid(kv->kpsa_id, r)) {
+  if (rc == M2MPSK_OK && !r->revoked && !record_valid(s, kv->kpsa_id, r)) {
     rc = M2MPSK_E_PROTOCOL;
     snprintf(why, sizeof(why), "an identity or the validity is invalid");
   }
@@ -390,7 +424,8 @@ static int apply_kv(m2mpsk_etcd_sync *s, const etcd_kv *kv, bulk *b,
     apply_removal(s, kv->kpsa_id, "revoked");
     return M2MPSK_OK;
   }
-  int held = held_find(&s->held, kv->kpsa_id) != NULL;
+  held_slot *slot = held_find(&s->held, kv->kpsa_id);
+  int held = slot != NULL;
   if (!held && s->held.n >= s->max_records) {
     sodium_memzero(r, sizeof(*r));
     cli_log("keys: skipped %s: this node holds %zu records already (the "
@@ -398,7 +433,9 @@ static int apply_kv(m2mpsk_etcd_sync *s, const etcd_kv *kv, bulk *b,
             kv->kpsa_id, s->max_records);
     return M2MPSK_OK;
   }
-  if (held_set_rev(&s->held, kv->kpsa_id, kv->mod_revision) != 0) {
+  if (held) {
+    slot->rev = kv->mod_revision;
+  } else if (held_set_rev(&s->held, kv->kpsa_id, kv->mod_revision) != 0) {
     sodium_memzero(r, sizeof(*r));
     say(err, cap, "out of memory");
     return M2MPSK_E_NOMEM;
@@ -406,6 +443,11 @@ static int apply_kv(m2mpsk_etcd_sync *s, const etcd_kv *kv, bulk *b,
   if (b != NULL && !held) {
     rc = bulk_add(b, s->ks, kv->kpsa_id, r, err, cap);
     sodium_memzero(r, sizeof(*r));
+    if (rc == M2MPSK_OK && s->last_rev > 0) {
+      /* A resync: a change like any other (the first load is not). */
+      stats_update(s, count_put, NULL);
+      log_change(s, kv->kpsa_id, NULL);
+    }
     return rc;
   }
   rc = keystore_put(s->ks, kv->kpsa_id, r);
@@ -420,16 +462,23 @@ static int apply_kv(m2mpsk_etcd_sync *s, const etcd_kv *kv, bulk *b,
   return M2MPSK_OK;
 }
 
+static uint64_t cpu_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
 /* ---- snapshot ------------------------------------------------------------ */
 
 typedef struct snap_ctx {
   m2mpsk_etcd_sync *s;
   held_set seen;
+  int track; /* 1: the node held records before: note those seen */
   bulk b;
   size_t records;
   char *err;
   size_t cap;
-  uint64_t decode_us;
+  uint64_t load_us;
 } snap_ctx;
 
 static int snap_kv(void *arg, const etcd_kv *kv) {
@@ -440,6 +489,8 @@ static int snap_kv(void *arg, const etcd_kv *kv) {
         s->max_records);
     return M2MPSK_E_LIMIT;
   }
+  if (!c->track) /* nothing was held: every record is new */
+    return apply_kv(s, kv, &c->b, c->err, c->cap);
   held_slot *h = held_find(&s->held, kv->kpsa_id);
   if (h != NULL && h->rev == kv->mod_revision) {
     /* Unchanged since this node applied it. */
@@ -462,8 +513,10 @@ static int snap_page(void *arg) {
 /* Loads every record at the current revision: records not held are bulk
  * loaded, changed ones put, those held but gone removed. */
 static int snapshot(m2mpsk_etcd_sync *s, char *err, size_t cap) {
-  uint64_t t0 = cli_now_ms();
-  snap_ctx c = {.s = s, .err = err, .cap = cap};
+  uint64_t t0 = cli_now_ms(), cpu0 = cpu_us();
+  s->client.http_us = s->client.parse_us = 0;
+  bulk_load_us = 0;
+  snap_ctx c = {.s = s, .err = err, .cap = cap, .track = s->held.n > 0};
   if (bulk_open(&c.b) != 0) {
     say(err, cap, "cannot create a memory file: %s", strerror(errno));
     return M2MPSK_E_NOMEM;
@@ -490,7 +543,7 @@ static int snapshot(m2mpsk_etcd_sync *s, char *err, size_t cap) {
     /* Records bulk-staged but not loaded are not held. */
     for (size_t i = 0; i < s->held.cap; i++) {
       const char *id = s->held.s[i].id;
-      if (id != NULL && held_find(&c.seen, id) == NULL &&
+      if (id != NULL && (!c.track || held_find(&c.seen, id) == NULL) &&
           m2mpsk_keystore_lookup(s->ks, id, NULL, 0, NULL, 0, NULL, NULL,
                                  NULL) == M2MPSK_E_NOT_FOUND) {
         held_del(&s->held, id);
@@ -503,7 +556,7 @@ static int snapshot(m2mpsk_etcd_sync *s, char *err, size_t cap) {
   }
   /* Held before, absent from the snapshot: deleted meanwhile. */
   size_t gone = 0;
-  for (size_t i = 0; i < s->held.cap; i++) {
+  for (size_t i = 0; c.track && i < s->held.cap; i++) {
     const char *id = s->held.s[i].id;
     if (id == NULL || held_find(&c.seen, id) != NULL)
       continue;
@@ -517,6 +570,15 @@ static int snapshot(m2mpsk_etcd_sync *s, char *err, size_t cap) {
   held_free(&c.seen);
   s->last_rev = rev;
   uint64_t ms = cli_now_ms() - t0;
+  uint64_t other = ms * 1000 - s->client.http_us - s->client.parse_us -
+                   bulk_load_us;
+  cli_trace("keys: snapshot of %zu records in %" PRIu64 " ms: etcd (HTTP) %"
+            PRIu64 " ms, JSON %" PRIu64 " ms, keystore load %" PRIu64
+            " ms, the rest (base64, decrypt, records) %" PRIu64
+            " ms; CPU %" PRIu64 " ms",
+            c.records, ms, s->client.http_us / 1000,
+            s->client.parse_us / 1000, bulk_load_us / 1000, other / 1000,
+            (cpu_us() - cpu0) / 1000);
   pthread_mutex_lock(&s->lock);
   s->stats.snapshot_ms = ms;
   s->stats.failovers = s->client.failovers;

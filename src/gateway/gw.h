@@ -40,7 +40,7 @@ typedef struct gw_opts {
   char *keys; /* --keys FILE or etcd://... URL */
   char *kek;  /* --kek FILE: with an etcd URL, the key-encryption key */
   unsigned etcd_fail_closed; /* --etcd-fail-closed SECONDS, 0: default */
-  char **ids; /* --id IDB, repeatable */
+  char **ids;                /* --id IDB, repeatable */
   size_t n_ids;
   char *http_listen;             /* --http-listen ADDR:PORT, NULL: none */
   char *http_backend;            /* --http-backend HOST:PORT */

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Tests of the m2mpsk command-line tool over real loopback sockets.
 
-Usage: cli_tests.py PATH/TO/m2mpsk
+Usage: cli_tests.py PATH/TO/m2mpsk [etcd]
+With `etcd`, only the cases of serve --keys etcd://... run (each with a
+private single-member etcd; exit 77 when etcd, etcdctl or `m2mpsk keys`
+is missing); without, every other case.
 Every case is bounded in time; every server it starts is killed. Prints one
 line per case and a closing 'N passed, N failed' line; exits non-zero on
 any failure.
@@ -981,6 +984,45 @@ def etcd_tls_revoke_ends_live_association(tmp):
 @etcd_case
 def etcd_dtls_delete_ends_live_association(tmp):
     etcd_serve_case(tmp, ["--udp"], "delete")
+
+
+@etcd_case
+def etcd_unreachable_fails_closed(tmp):
+    """etcd gone for longer than --etcd-fail-closed: every record is
+    removed, and the live association ends like a revoked one."""
+    env = EtcdKeys(tmp)
+    srv = conn = None
+    try:
+        k1 = env.put("dev1@m2m.example.com")
+        srv = env.serve("--etcd-fail-closed", "1", "-v")
+        conn = Connected(srv, k1, "dev1@m2m.example.com")
+        mark = len(srv.lines)
+        t0 = time.monotonic()
+        env.etcd.stop()
+        try:
+            conn.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("still associated 15 s after etcd went: %r"
+                                 % srv.lines[mark:])
+        dt = time.monotonic() - t0
+        print("  association ended %.1f s after etcd was killed "
+              "(--etcd-fail-closed 1)" % dt)
+        closed = wait_log(srv, r"keys: etcd unreachable, failing closed",
+                          start=mark)
+        ended = wait_log(srv, r"failure peer=\S+ reason=revoked", start=mark)
+        # Because of it: the keys held served until the bound (counted by
+        # the component from etcd's last answer, which may precede the
+        # kill by a little).
+        assert srv.lines.index(closed) < srv.lines.index(ended), srv.lines
+        code, log = srv.stop()
+        srv = None
+        assert code == 0, (code, log)
+    finally:
+        if conn is not None:
+            conn.kill()
+        if srv is not None:
+            srv.kill()
+        env.close()
 
 
 @etcd_case

@@ -13,6 +13,9 @@ Cases:
          ignored; SIGTERM exits 0
   coap   DTLS-PSK + CoAP: the same with `m2mpsk keys delete`, then the
          KpsaID put again with a new key, which a device then uses
+  errors --kek/--etcd-fail-closed without a URL, a URL without --kek (2),
+         an etcd that does not answer (3), on the command line and in
+         --config
 Python 3 standard library and the m2mpsk binding only; every wait
 bounded."""
 import os
@@ -129,8 +132,8 @@ def case_http(env):
         try:
             c._pump(lambda: c.eof or
                     c.a.state() != m2mpsk.STATE_ESTABLISHED)
-        except (ConnectionError, TimeoutError):
-            pass
+        except (ConnectionError, TimeoutError, m2mpsk.Error):
+            pass  # the alert fails the association in feed() or read()
         return c.eof or c.a.state() != m2mpsk.STATE_ESTABLISHED
     c.timeout = 0.02  # _pump's wait, per poll of http_ended
     dt = ended_within(env, "revoke", kid, http_ended)
@@ -196,12 +199,57 @@ def case_coap(env):
     dev2.close()
 
 
+def case_errors(tmp):
+    """Option errors, before any listener: --kek or --etcd-fail-closed
+    without an etcd URL, a URL without --kek (2); an etcd that does not
+    answer (3); the same options from --config."""
+    keys = os.path.join(tmp, "keys")
+    gwlib.write_keys(keys, [("k@x", bytes(32), None)])
+    kek = os.path.join(tmp, "kek")
+    subprocess.run([gwlib.cli(), "keys", "kek", "--out", kek], check=True,
+                   capture_output=True, timeout=gwlib.STEP_S)
+    with socket_port() as port:
+        url = "etcd://127.0.0.1:%d/gw" % port
+        conf = secret(tmp, "conf", "keys = %s\nkek = %s\n" % (url, kek))
+        base = ["--id", IDB, "--http-listen", "127.0.0.1:0",
+                "--http-backend", "127.0.0.1:9"]
+        for args, code, what in (
+                (["--keys", keys, "--kek", kek], 2, "go with --keys etcd://"),
+                (["--keys", keys, "--etcd-fail-closed", "3"], 2,
+                 "go with --keys etcd://"),
+                (["--keys", url], 2, "needs --kek"),
+                (["--keys", url, "--kek", kek, "--etcd-fail-closed", "0"], 2,
+                 "etcd-fail-closed: '0' is not a number"),
+                (["--keys", url, "--kek", kek], 3, url),
+                (["--config", conf], 3, url)):
+            r = subprocess.run([gwlib.cli(), "gateway", *base, *args],
+                               capture_output=True, timeout=30)
+            err = r.stderr.decode()
+            check(r.returncode == code and what in err and
+                  "listening" not in err,
+                  "gateway %s: exit %d, %r" % (" ".join(args[-2:]), code,
+                                               what))
+
+
+class socket_port:
+    """A loopback TCP port nobody listens on, held while in use."""
+
+    def __enter__(self):
+        import socket
+        self.s = socket.socket()
+        self.s.bind(("127.0.0.1", 0))
+        return self.s.getsockname()[1]
+
+    def __exit__(self, *exc):
+        self.s.close()
+
+
 CASES = {"http": case_http, "coap": case_coap}
 
 
 def main():
     if len(sys.argv) < 2 or sys.argv[1] == "list":
-        print("\n".join(CASES))
+        print("\n".join(list(CASES) + ["errors"]))
         return 0
     name = sys.argv.pop(1)
     why = EtcdSingle.missing()
@@ -220,6 +268,15 @@ def main():
     watchdog = threading.Timer(60 * gwlib.SCALE, lambda: os._exit(1))
     watchdog.daemon = True
     watchdog.start()
+    if name == "errors":
+        with tempfile.TemporaryDirectory(prefix="gw_etcd.") as tmp:
+            try:
+                case_errors(tmp)
+            except AssertionError as e:
+                print("FAIL %s: %s" % (name, e))
+                return 1
+        print("PASS", name)
+        return 0
     with tempfile.TemporaryDirectory(prefix="gw_etcd.") as tmp:
         env = Env(tmp)
         try:
