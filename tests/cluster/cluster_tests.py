@@ -513,6 +513,12 @@ def case_snapshot(records, bound_ms, deadline_s):
              "--quota-backend-bytes", str(8 << 30)]
     with cluster.Cluster(nodes=0, deadline_s=deadline_s, etcd_extra=extra,
                          start_nodes=False) as c:
+        # A node's memory before it holds anything, for bytes a record.
+        n0 = c.add_node(verbose=False)
+        time.sleep(0.3)
+        base_kib = n0.proc.rss_kib()
+        n0.kill()
+        c.nodes.remove(n0)
         path = os.path.join(c.dir, "big.keys")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -536,9 +542,10 @@ def case_snapshot(records, bound_ms, deadline_s):
             rss = n.proc.rss_kib()
             loads.append(n.snapshot[2])
             log("%s: %d records at revision %d in %d ms (process start to "
-                "its line %.2f s), RSS %.0f MB (%.0f bytes a record)" %
-                (n.name, n.snapshot[0], n.snapshot[1], n.snapshot[2], wall,
-                 rss / 1024, rss * 1024 / records))
+                "its line %.2f s), RSS %.0f MB (%.0f MB empty: %.0f bytes a "
+                "record)" % (n.name, n.snapshot[0], n.snapshot[1],
+                             n.snapshot[2], wall, rss / 1024, base_kib / 1024,
+                             (rss - base_kib) * 1024 / records))
             check(n.snapshot[0] == records, "%s loaded %d records, not %d" %
                   (n.name, n.snapshot[0], records))
             check(n.snapshot[1] == rev, "%s at revision %d, etcd at %d" %
