@@ -838,7 +838,7 @@ def main(body):
 class Conn:
     """One initiator's association over TCP, driven by Initiators."""
     __slots__ = ("sock", "a", "dev", "node", "state", "t_open", "t_up",
-                 "t_end", "how", "out", "plain", "fd")
+                 "t_end", "how", "out", "plain", "fd", "udp")
 
     def __repr__(self):
         return "<%s %s on %s: %s %s>" % (device_id(self.dev), self.fd,
@@ -846,11 +846,11 @@ class Conn:
 
 
 class Initiators:
-    """Many TLS-PSK initiators in this one process (the binding's raw
-    Association API over non-blocking sockets and one poll()), each
-    association's establishment and end timed on time.monotonic():
-    `t_end` is when the first sign of the end arrived (an alert, a
-    close_notify or EOF)."""
+    """Many TLS-PSK (over TCP) or DTLS-PSK (over UDP) initiators in this
+    one process (the binding's raw Association API over non-blocking
+    sockets and one poll()), each association's establishment and end
+    timed on time.monotonic(): `t_end` is when the first sign of the end
+    arrived (an alert, a close_notify or EOF)."""
 
     def __init__(self, devices=()):
         self.m = import_binding()
@@ -875,20 +875,25 @@ class Initiators:
         self.ks.add(device_id(i), key, None, IDB, 0, 0)
         self.keys.add(i)
 
-    def open(self, port, dev, node=None):
-        """Connects (blocking, bounded) and starts the handshake; the
-        rest happens in pump()."""
+    def open(self, port, dev, node=None, udp=False):
+        """Connects (blocking, bounded; a UDP socket is connected to the
+        node, so send/recv carry its datagrams only) and starts the
+        handshake; the rest happens in pump()."""
         self.add_key(dev)
         c = Conn()
         c.dev, c.node, c.how, c.out, c.plain = dev, node, None, b"", b""
         c.t_up = c.t_end = None
-        c.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        c.udp = udp
+        c.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if udp
+                               else socket.SOCK_STREAM)
         c.sock.settimeout(STEP_S)
         c.t_open = time.monotonic()
         c.sock.connect(("127.0.0.1", port))
         c.sock.setblocking(False)
         c.fd = c.sock.fileno()
-        c.a = self.m.Association(self.m.ROLE_INITIATOR, self.m.TRANSPORT_TLS,
+        c.a = self.m.Association(self.m.ROLE_INITIATOR,
+                                 self.m.TRANSPORT_DTLS if udp else
+                                 self.m.TRANSPORT_TLS,
                                  self.cfg, self.ks, device_id(dev))
         c.state = "handshake"
         c.a.start(now_ms(), int(time.time()))
@@ -898,6 +903,20 @@ class Initiators:
         return c
 
     def _flush(self, c):
+        if c.udp:
+            # One drain() is one datagram. A full socket buffer drops it:
+            # DTLS retransmits (handle_timeout in pump()).
+            while True:
+                d = c.a.drain()
+                if not d:
+                    return
+                try:
+                    c.sock.send(d)
+                except (BlockingIOError, InterruptedError):
+                    pass
+                except OSError:
+                    self._end(c, "send-error")
+                    return
         while True:
             d = c.a.drain()
             if not d:
@@ -931,6 +950,19 @@ class Initiators:
         c.a.close()
 
     def _input(self, c):
+        if c.udp:
+            for _ in range(64):  # what has queued, datagram by datagram
+                try:
+                    data = c.sock.recv(65536)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:  # ICMP unreachable: the node is gone
+                    self._end(c, "refused")
+                    return
+                self._feed(c, data)
+                if c.fd not in self.live:
+                    return
+            return
         try:
             data = c.sock.recv(65536)
         except (BlockingIOError, InterruptedError):
@@ -940,6 +972,9 @@ class Initiators:
         if not data:
             self._end(c, "eof")
             return
+        self._feed(c, data)
+
+    def _feed(self, c, data):
         try:
             c.a.feed(data, now_ms())
         except self.m.Error as e:
@@ -970,6 +1005,19 @@ class Initiators:
     def pump(self, timeout_s):
         """One poll() of at most timeout_s; returns how many fds were ready."""
         ready = self.poll.poll(max(0, int(timeout_s * 1000)))
+        # DTLS handshakes retransmit on their timers.
+        now = None
+        for c in list(self.live.values()):
+            if c.udp and c.state == "handshake":
+                now = now or now_ms()
+                t = c.a.next_timeout()
+                if t is not None and t <= now:
+                    try:
+                        c.a.handle_timeout(now)
+                    except self.m.Error as e:
+                        self._end(c, "alert:" + self.m.reason_name(e.reason))
+                        continue
+                    self._flush(c)
         for fd, ev in ready:
             c = self.live.get(fd)
             if c is None:
@@ -1019,11 +1067,11 @@ class Initiators:
             self.pump(0.05)
         return [c for c in want.values() if c.plain[:4] != b"ping"]
 
-    def handshake_once(self, port, dev, node=None, timeout_s=None):
+    def handshake_once(self, port, dev, node=None, timeout_s=None, udp=False):
         """A fresh association: handshake, echo, close. Returns the Conn
         (state "up" then closed by us: how = "closed-by-us") or the failed
         one."""
-        c = self.open(port, dev, node)
+        c = self.open(port, dev, node, udp)
         self.run(lambda: c.state != "handshake", timeout_s or STEP_S,
                  "a handshake with %s" % device_id(dev))
         if c.state == "up":
