@@ -142,13 +142,14 @@ static int read_key_file(const char *path, uint8_t *key, size_t *len) {
   while (l > 0 && (buf[l - 1] == '\n' || buf[l - 1] == '\r'))
     buf[--l] = '\0';
   if (strncmp(buf, "hex:", 4) == 0) {
-    if (sodium_hex2bin(key, M2MPSK_KEY_MAX, buf + 4, l - 4, NULL, &got,
-                       NULL) != 0 || got * 2 != l - 4)
+    if (sodium_hex2bin(key, M2MPSK_KEY_MAX, buf + 4, l - 4, NULL, &got, NULL) !=
+            0 ||
+        got * 2 != l - 4)
       got = 0;
   } else if (strncmp(buf, "base64:", 7) == 0) {
     const char *end = NULL;
-    if (sodium_base642bin(key, M2MPSK_KEY_MAX, buf + 7, l - 7, NULL, &got,
-                          &end, sodium_base64_VARIANT_ORIGINAL) != 0 ||
+    if (sodium_base642bin(key, M2MPSK_KEY_MAX, buf + 7, l - 7, NULL, &got, &end,
+                          sodium_base64_VARIANT_ORIGINAL) != 0 ||
         end != buf + l)
       got = 0;
   }
@@ -167,8 +168,8 @@ static int read_key_file(const char *path, uint8_t *key, size_t *len) {
 
 /* Writes 'hex:<key>' to a new file (0600, O_EXCL). 0 or CLI_IO. */
 static int write_key_file(const char *path, const uint8_t *key, size_t len) {
-  int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
-                0600);
+  int fd =
+      open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd < 0) {
     cli_log("cannot create %s: %s", path, strerror(errno));
     return CLI_IO;
@@ -216,8 +217,7 @@ static void undo_out(const keys_args *a) {
 }
 
 /* Reads one record: 0 with *found 0 or 1, or a CLI exit code. */
-static int get_record(etcd_client *c, const char *id, etcd_kv *kv,
-                      int *found) {
+static int get_record(etcd_client *c, const char *id, etcd_kv *kv, int *found) {
   char key[4 * ETCD_KEY_MAX], body[5 * ETCD_KEY_MAX], err[512];
   etcd_key_b64(&c->url, id, key, sizeof(key));
   snprintf(body, sizeof(body), "{\"key\":\"%s\"}", key);
@@ -230,8 +230,7 @@ static int get_record(etcd_client *c, const char *id, etcd_kv *kv,
   const ej *kvs = ej_get(j, "kvs");
   *found = ej_size(kvs) > 0;
   if (*found) {
-    rc = etcd_kv_parse(&c->url, ej_at(kvs, 0), 1, kv, err,
-                       sizeof(err));
+    rc = etcd_kv_parse(&c->url, ej_at(kvs, 0), 1, kv, err, sizeof(err));
     if (rc != M2MPSK_OK || kv->value_len == SIZE_MAX) {
       cli_log("%s: %s", id, rc != M2MPSK_OK ? err : "value is not base64");
       ej_free(j);
@@ -248,9 +247,9 @@ static int txn_put(const etcd_url *u, const char *id, const uint8_t *v,
   char key[4 * ETCD_KEY_MAX], val[4 * ETCD_VALUE_MAX];
   etcd_key_b64(u, id, key, sizeof(key));
   etcd_b64(v, vlen, val, sizeof(val));
-  int n = snprintf(out, cap,
-                   "{\"request_put\":{\"key\":\"%s\",\"value\":\"%s\"}}",
-                   key, val);
+  int n =
+      snprintf(out, cap, "{\"request_put\":{\"key\":\"%s\",\"value\":\"%s\"}}",
+               key, val);
   return n > 0 && (size_t)n < cap ? n : -1;
 }
 
@@ -294,7 +293,8 @@ static void fmt_time(int64_t t, char *out, size_t cap) {
     snprintf(out, cap, "%" PRId64, t);
 }
 
-/* ---- put ------------------------------------------------------------------ */
+/* ---- put ------------------------------------------------------------------
+ */
 
 static int keys_put(etcd_client *c, const keys_args *a) {
   if (a->id == NULL || a->idb == NULL) {
@@ -335,7 +335,8 @@ static int keys_put(etcd_client *c, const keys_args *a) {
   if (ex != CLI_OK)
     return ex;
   char body[8 * ETCD_VALUE_MAX];
-  if (vlen == 0 || txn_put(&c->url, a->id, value, vlen, body, sizeof(body)) < 0) {
+  if (vlen == 0 ||
+      txn_put(&c->url, a->id, value, vlen, body, sizeof(body)) < 0) {
     undo_out(a);
     cli_log("the record does not fit");
     return CLI_FAILED;
@@ -355,7 +356,8 @@ static int keys_put(etcd_client *c, const keys_args *a) {
   return CLI_OK;
 }
 
-/* ---- revoke, delete ------------------------------------------------------- */
+/* ---- revoke, delete -------------------------------------------------------
+ */
 
 static int keys_revoke(etcd_client *c, const keys_args *a) {
   if (a->id == NULL) {
@@ -437,7 +439,8 @@ static int keys_delete(etcd_client *c, const keys_args *a) {
   return CLI_OK;
 }
 
-/* ---- list ------------------------------------------------------------------- */
+/* ---- list -------------------------------------------------------------------
+ */
 
 typedef struct list_ctx {
   const uint8_t *kek;
@@ -462,8 +465,8 @@ static int list_kv(void *arg, const etcd_kv *kv) {
   }
   fmt_time(r->not_before, nb, sizeof(nb));
   fmt_time(r->not_after, na, sizeof(na));
-  printf("%s idb=%s ida=%s not-before=%s not-after=%s state=%s\n",
-         kv->kpsa_id, r->idb, r->ida[0] ? r->ida : "-", nb, na,
+  printf("%s idb=%s ida=%s not-before=%s not-after=%s state=%s\n", kv->kpsa_id,
+         r->idb, r->ida[0] ? r->ida : "-", nb, na,
          rc == M2MPSK_E_FAILED ? "undecryptable"
                                : (r->revoked ? "revoked" : "active"));
   if (rc == M2MPSK_E_FAILED)
@@ -492,7 +495,8 @@ static int keys_list(etcd_client *c, const keys_args *a) {
   return CLI_OK;
 }
 
-/* ---- rotate -------------------------------------------------------------------- */
+/* ---- rotate
+ * -------------------------------------------------------------------- */
 
 static int keys_rotate(etcd_client *c, const keys_args *a) {
   if (a->id == NULL || a->new_id == NULL || !a->have_overlap) {
@@ -592,8 +596,8 @@ static int keys_rotate(etcd_client *c, const keys_args *a) {
   }
   char t[32];
   fmt_time(end, t, sizeof(t));
-  cli_log("rotated %s to %s at revision %" PRId64 "; %s valid until %s",
-          a->id, a->new_id, rev, a->id, t);
+  cli_log("rotated %s to %s at revision %" PRId64 "; %s valid until %s", a->id,
+          a->new_id, rev, a->id, t);
 out:
   sodium_memzero(kv, sizeof(*kv));
   if (old)
@@ -604,7 +608,8 @@ out:
   return ex;
 }
 
-/* ---- import ------------------------------------------------------------------- */
+/* ---- import
+ * ------------------------------------------------------------------- */
 
 /* One key file line into r (validated by a load beforehand). 1 for a
  * record, 0 for a blank or comment line, -1 malformed. */
@@ -638,11 +643,12 @@ static int parse_line(char *line, char *id, etcd_record *r) {
       const char *end = NULL;
       if (strncmp(v, "hex:", 4) == 0 &&
           sodium_hex2bin(r->key, sizeof(r->key), v + 4, strlen(v + 4), NULL,
-                         &got, &end) == 0 && *end == '\0')
+                         &got, &end) == 0 &&
+          *end == '\0')
         r->key_len = got;
       else if (strncmp(v, "base64:", 7) == 0 &&
-               sodium_base642bin(r->key, sizeof(r->key), v + 7,
-                                 strlen(v + 7), NULL, &got, &end,
+               sodium_base642bin(r->key, sizeof(r->key), v + 7, strlen(v + 7),
+                                 NULL, &got, &end,
                                  sodium_base64_VARIANT_ORIGINAL) == 0 &&
                *end == '\0')
         r->key_len = got;
@@ -837,8 +843,7 @@ static int keys_import(etcd_client *c, const keys_args *a) {
   while (!eof && pool.ex == CLI_OK) {
     int got = 0;
     char id[M2MPSK_KPSA_ID_MAX + 1];
-    char *line = rd + rd_off,
-         *nl = memchr(line, '\n', rd_len - rd_off);
+    char *line = rd + rd_off, *nl = memchr(line, '\n', rd_len - rd_off);
     if (nl == NULL && rd_off > 0) {
       /* Keep the incomplete line, then read more after it. */
       memmove(rd, rd + rd_off, rd_len - rd_off);
@@ -848,8 +853,7 @@ static int keys_import(etcd_client *c, const keys_args *a) {
       continue;
     }
     if (nl == NULL) {
-      ssize_t n = rd_len < rd_cap ? read(fd, rd + rd_len, rd_cap - rd_len)
-                                  : -2;
+      ssize_t n = rd_len < rd_cap ? read(fd, rd + rd_len, rd_cap - rd_len) : -2;
       if (n > 0) {
         rd_len += (size_t)n;
         continue;
@@ -910,8 +914,7 @@ static int keys_import(etcd_client *c, const keys_args *a) {
             "file %" PRIu64 " ms)",
             pool.done, a->keys_file, cli_now_ms() - t0, t_check);
   else
-    cli_log("%zu of %zu records written before the error", pool.done,
-            total);
+    cli_log("%zu of %zu records written before the error", pool.done, total);
 out:
   close(fd);
   pool_free(&pool);
@@ -948,8 +951,7 @@ static void print_stats(const m2mpsk_etcd_sync *s, m2mpsk_keystore *ks) {
          "puts=%" PRIu64 " removals=%" PRIu64 " resyncs=%" PRIu64
          " failovers=%" PRIu64 " fail_closed=%d snapshot_ms=%" PRIu64 "\n",
          st.revision, st.records, m2mpsk_keystore_count(ks), st.puts,
-         st.removals, st.resyncs, st.failovers, st.fail_closed,
-         st.snapshot_ms);
+         st.removals, st.resyncs, st.failovers, st.fail_closed, st.snapshot_ms);
   fflush(stdout);
 }
 
@@ -1006,7 +1008,8 @@ static int keys_sync(const keys_args *a) {
   return CLI_OK;
 }
 
-/* ---- kek ------------------------------------------------------------------------ */
+/* ---- kek
+ * ------------------------------------------------------------------------ */
 
 static int keys_kek(const keys_args *a) {
   if (a->out == NULL) {
@@ -1090,10 +1093,8 @@ int cli_keys(int argc, char **argv) {
     case 'o': a.out = optarg; break;
     case 'F': a.keys_file = optarg; break;
     case 'g':
-      if (cli_parse_uint(optarg, M2MPSK_KEY_MIN, M2MPSK_KEY_MAX,
-                         &a.generate)) {
-        cli_log("--generate must be %d to %d", M2MPSK_KEY_MIN,
-                M2MPSK_KEY_MAX);
+      if (cli_parse_uint(optarg, M2MPSK_KEY_MIN, M2MPSK_KEY_MAX, &a.generate)) {
+        cli_log("--generate must be %d to %d", M2MPSK_KEY_MIN, M2MPSK_KEY_MAX);
         return CLI_USAGE;
       }
       break;

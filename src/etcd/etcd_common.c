@@ -24,6 +24,15 @@ __attribute__((format(printf, 3, 4))) static void say(char *err, size_t cap,
   va_start(ap, fmt);
   vsnprintf(err, cap, fmt, ap);
   va_end(ap);
+  /* Reasons may quote what a server said: no control bytes to a log or
+   * a terminal. */
+  etcd_printable(err);
+}
+
+void etcd_printable(char *s) {
+  for (; *s; s++)
+    if ((unsigned char)*s < 0x20 || *s == 0x7f)
+      *s = '?';
 }
 
 int m2mpsk_etcd_is_url(const char *spec) {
@@ -52,8 +61,7 @@ int etcd_url_parse(const char *url, etcd_url *out, char *err, size_t cap) {
     for (const char *q = p; q < end; q++)
       if (*q == ':')
         colon = q;
-    if (n == 0 || colon == NULL || colon == p || colon + 1 == end ||
-        n > 64) {
+    if (n == 0 || colon == NULL || colon == p || colon + 1 == end || n > 64) {
       say(err, cap, "%s: endpoint '%.*s' is not HOST:PORT", url, (int)n, p);
       return M2MPSK_E_INVALID;
     }
@@ -82,8 +90,8 @@ int etcd_url_parse(const char *url, etcd_url *out, char *err, size_t cap) {
       say(err, cap, "%s: more than %d endpoints", url, ETCD_MAX_ENDPOINTS);
       return M2MPSK_E_INVALID;
     }
-    snprintf(out->base[out->n++], sizeof(out->base[0]), "http://%.*s",
-             (int)n, p);
+    snprintf(out->base[out->n++], sizeof(out->base[0]), "http://%.*s", (int)n,
+             p);
     p = comma ? comma + 1 : slash;
     if (comma && p == slash) {
       say(err, cap, "%s: empty endpoint", url);
@@ -95,8 +103,7 @@ int etcd_url_parse(const char *url, etcd_url *out, char *err, size_t cap) {
   while (plen > 0 && prefix[plen - 1] == '/')
     plen--;
   if (plen == 0 || plen > ETCD_PREFIX_MAX) {
-    say(err, cap, "%s: the PREFIX must be 1 to %d bytes", url,
-        ETCD_PREFIX_MAX);
+    say(err, cap, "%s: the PREFIX must be 1 to %d bytes", url, ETCD_PREFIX_MAX);
     return M2MPSK_E_INVALID;
   }
   for (size_t i = 0; i < plen; i++) {
@@ -152,8 +159,8 @@ int etcd_kek_load(const char *path, uint8_t kek[ETCD_KEK_BYTES], char *err,
   }
   buf[n] = '\0';
   size_t len = (size_t)n;
-  while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r' ||
-                     buf[len - 1] == ' '))
+  while (len > 0 &&
+         (buf[len - 1] == '\n' || buf[len - 1] == '\r' || buf[len - 1] == ' '))
     buf[--len] = '\0';
   size_t got = 0;
   if (strncmp(buf, "hex:", 4) == 0 && len == 4 + 2 * ETCD_KEK_BYTES) {
@@ -250,9 +257,8 @@ size_t etcd_record_encode(const etcd_record *r, const char *kpsa_id,
   randombytes_buf(nonce, crypto_aead_xchacha20poly1305_ietf_NPUBBYTES);
   n += crypto_aead_xchacha20poly1305_ietf_NPUBBYTES;
   unsigned long long clen = 0;
-  crypto_aead_xchacha20poly1305_ietf_encrypt(out + n, &clen, r->key,
-                                             r->key_len, ad, ad_len, NULL,
-                                             nonce, kek);
+  crypto_aead_xchacha20poly1305_ietf_encrypt(out + n, &clen, r->key, r->key_len,
+                                             ad, ad_len, NULL, nonce, kek);
   return n + (size_t)clen;
 }
 
@@ -261,8 +267,8 @@ int etcd_record_decode(const uint8_t *v, size_t len, const char *kpsa_id,
                        size_t cap) {
   memset(r, 0, sizeof(*r));
   if (len < REC_HEADER_FIXED + 4 || v[0] != 1) {
-    say(err, cap, len > 0 && v[0] != 1 ? "unknown record version %u"
-                                       : "record too short",
+    say(err, cap,
+        len > 0 && v[0] != 1 ? "unknown record version %u" : "record too short",
         len > 0 ? v[0] : 0);
     return M2MPSK_E_PROTOCOL;
   }
@@ -313,20 +319,21 @@ int etcd_record_decode(const uint8_t *v, size_t len, const char *kpsa_id,
   uint8_t ad[sizeof(AD_LABEL) + M2MPSK_KPSA_ID_MAX + 1 + ETCD_VALUE_MAX];
   size_t ad_len = make_ad(ad, sizeof(ad), kpsa_id, v, n);
   unsigned long long klen = 0;
-  if (ad_len == 0 ||
-      crypto_aead_xchacha20poly1305_ietf_decrypt(
-          r->key, &klen, NULL, v + n + np, len - n - np, ad, ad_len, v + n,
-          kek) != 0) {
+  if (ad_len == 0 || crypto_aead_xchacha20poly1305_ietf_decrypt(
+                         r->key, &klen, NULL, v + n + np, len - n - np, ad,
+                         ad_len, v + n, kek) != 0) {
     sodium_memzero(r->key, sizeof(r->key));
-    say(err, cap, "the sealed key does not open with this KEK (wrong KEK "
-                  "or tampered record)");
+    say(err, cap,
+        "the sealed key does not open with this KEK (wrong KEK "
+        "or tampered record)");
     return M2MPSK_E_FAILED;
   }
   r->key_len = (size_t)klen;
   return M2MPSK_OK;
 }
 
-/* ---- base64, buffers ------------------------------------------------------ */
+/* ---- base64, buffers ------------------------------------------------------
+ */
 
 size_t etcd_b64(const void *in, size_t n, char *out, size_t cap) {
   size_t need = sodium_base64_encoded_len(n, sodium_base64_VARIANT_ORIGINAL);
@@ -413,8 +420,7 @@ void etcd_client_free(etcd_client *c) {
 }
 
 /* An etcd error body: {"error": "...", "code": N, "message": "..."}. */
-static int etcd_error(const ej *j, const char *where, char *err,
-                      size_t cap) {
+static int etcd_error(const ej *j, const char *where, char *err, size_t cap) {
   const ej *e = ej_get(j, "error");
   const char *msg = ej_str(ej_get(j, "message"));
   if (msg == NULL)
@@ -430,8 +436,8 @@ static int etcd_error(const ej *j, const char *where, char *err,
   return M2MPSK_E_PROTOCOL;
 }
 
-int etcd_call(etcd_client *c, const char *path, const char *body,
-              ej **out, char *err, size_t cap) {
+int etcd_call(etcd_client *c, const char *path, const char *body, ej **out,
+              char *err, size_t cap) {
   *out = NULL;
   CURL *h = c->curl;
   int rc = M2MPSK_E_IO;
@@ -472,8 +478,7 @@ int etcd_call(etcd_client *c, const char *path, const char *body,
       return M2MPSK_E_CLOSED;
     }
     if (cc == CURLE_WRITE_ERROR && resp.overflow) {
-      say(err, cap, "%s: the answer is larger than %zu bytes", url,
-          resp.max);
+      say(err, cap, "%s: the answer is larger than %zu bytes", url, resp.max);
       etcd_buf_free(&resp);
       return M2MPSK_E_PROTOCOL;
     }
@@ -493,8 +498,7 @@ int etcd_call(etcd_client *c, const char *path, const char *body,
     c->parse_us += now_us() - t0;
     if (j == NULL || !ej_is_object(j)) {
       say(err, cap, "%s: HTTP %ld, not a JSON object (%s)", url, code,
-          j ? "another JSON value"
-            : why);
+          j ? "another JSON value" : why);
       ej_free(j);
       etcd_buf_free(&resp);
       return M2MPSK_E_PROTOCOL;
@@ -503,8 +507,7 @@ int etcd_call(etcd_client *c, const char *path, const char *body,
     if (code != 200 || ej_get(j, "error") != NULL) {
       rc = etcd_error(j, url, err, cap);
       if (rc == M2MPSK_E_PROTOCOL && code != 200 &&
-          ej_get(j, "error") == NULL &&
-          ej_get(j, "message") == NULL)
+          ej_get(j, "error") == NULL && ej_get(j, "message") == NULL)
         say(err, cap, "%s: HTTP %ld", url, code);
       ej_free(j);
       return rc;
@@ -569,8 +572,8 @@ static int kpsa_of_key(const etcd_url *u, const char *key, size_t n,
   return M2MPSK_OK;
 }
 
-int etcd_kv_parse(const etcd_url *u, const ej *kv, int want_value,
-                  etcd_kv *out, char *err, size_t cap) {
+int etcd_kv_parse(const etcd_url *u, const ej *kv, int want_value, etcd_kv *out,
+                  char *err, size_t cap) {
   const char *k = ej_str(ej_get(kv, "key"));
   if (!ej_is_object(kv) || k == NULL) {
     say(err, cap, "a key-value without a key");
@@ -741,9 +744,9 @@ typedef struct grpc_xfer {
   CURLcode cc;
 } grpc_xfer;
 
-static int grpc_begin(etcd_client *c, CURLM *m, grpc_xfer *x,
-                      const char *start, size_t start_len, const char *end,
-                      size_t end_len, size_t limit, int64_t rev) {
+static int grpc_begin(etcd_client *c, CURLM *m, grpc_xfer *x, const char *start,
+                      size_t start_len, const char *end, size_t end_len,
+                      size_t limit, int64_t rev) {
   if (x->h == NULL && (x->h = curl_easy_init()) == NULL)
     return M2MPSK_E_NOMEM;
   size_t n = 5;
@@ -855,8 +858,8 @@ static int grpc_wait(etcd_client *c, CURLM *m, grpc_xfer *xs, size_t nx,
         x->cc != CURLE_OK ? curl_easy_strerror(x->cc) : "no grpc-status");
     /* Nobody there (another endpoint may be), or someone who does not
      * speak gRPC (the JSON gateway may). */
-    c->grpc_down = x->cc == CURLE_COULDNT_CONNECT ||
-                   x->cc == CURLE_OPERATION_TIMEDOUT;
+    c->grpc_down =
+        x->cc == CURLE_COULDNT_CONNECT || x->cc == CURLE_OPERATION_TIMEDOUT;
     return M2MPSK_E_UNSUPPORTED;
   }
   if (x->g.status != 0) {
@@ -904,8 +907,7 @@ static int pb_kv(const uint8_t *d, size_t len, const uint8_t **key,
 
 /* A first pass over a RangeResponse: the revision, `more`, the count and
  * the last key (what the next request needs), without opening records. */
-static int grpc_scan(const grpc_xfer *x, page_out *po, char *err,
-                     size_t cap) {
+static int grpc_scan(const grpc_xfer *x, page_out *po, char *err, size_t cap) {
   pb r = {(const uint8_t *)x->resp.p + 5,
           (const uint8_t *)x->resp.p + x->resp.len};
   unsigned field;
@@ -992,11 +994,10 @@ static int grpc_records(etcd_client *c, CURLM *m, grpc_xfer *xs, size_t nx,
 
 /* One page through the JSON gateway. */
 static int json_page(etcd_client *c, const char *start, size_t start_len,
-                     const char *end, size_t end_len, size_t limit,
-                     int64_t rev, etcd_kv *kv, etcd_kv_fn fn, void *ctx,
-                     page_out *po, char *err, size_t cap) {
-  char s64[4 * ETCD_KEY_MAX], e64[4 * ETCD_KEY_MAX],
-      body[3 * 4 * ETCD_KEY_MAX];
+                     const char *end, size_t end_len, size_t limit, int64_t rev,
+                     etcd_kv *kv, etcd_kv_fn fn, void *ctx, page_out *po,
+                     char *err, size_t cap) {
+  char s64[4 * ETCD_KEY_MAX], e64[4 * ETCD_KEY_MAX], body[3 * 4 * ETCD_KEY_MAX];
   etcd_b64(start, start_len, s64, sizeof(s64));
   etcd_b64(end, end_len, e64, sizeof(e64));
   if (rev > 0)
@@ -1018,8 +1019,9 @@ static int json_page(etcd_client *c, const char *start, size_t start_len,
   if (etcd_json_int(ej_get(j, "header"), "revision", &po->rev) != 0 ||
       po->rev <= 0 || (kvs != NULL && !ej_is_array(kvs)) ||
       (more != NULL && !ej_is_boolean(more))) {
-    say(err, cap, "range: the answer has no header revision, or kvs is "
-                  "not an array");
+    say(err, cap,
+        "range: the answer has no header revision, or kvs is "
+        "not an array");
     ej_free(j);
     return M2MPSK_E_PROTOCOL;
   }
@@ -1048,6 +1050,14 @@ static int next_start(char *start, size_t *start_len, const page_out *po,
                       char *err, size_t cap) {
   if (po->count == 0 || po->last_len == 0) {
     say(err, cap, "range: 'more' with no key to continue from");
+    return M2MPSK_E_PROTOCOL;
+  }
+  /* Each page must end past where it began: a server that keeps answering
+   * the same page must not keep this loop going. */
+  size_t common = po->last_len < *start_len ? po->last_len : *start_len;
+  int cmp = memcmp(po->last, start, common);
+  if (cmp < 0 || (cmp == 0 && po->last_len < *start_len)) {
+    say(err, cap, "range: a page ends before it starts");
     return M2MPSK_E_PROTOCOL;
   }
   memcpy(start, po->last, po->last_len);
@@ -1088,8 +1098,8 @@ static int range_grpc(etcd_client *c, size_t page, int64_t *revision,
       rev = po->rev;
     int more = po->more;
     if (more && (rc = next_start(start, &start_len, po, err, cap)) == M2MPSK_OK)
-      rc = grpc_begin(c, m, &xs[1 - cur], start, start_len, end, end_len,
-                      page, rev);
+      rc = grpc_begin(c, m, &xs[1 - cur], start, start_len, end, end_len, page,
+                      rev);
     if (rc == M2MPSK_OK)
       rc = grpc_records(c, m, xs, 2, x, kv, fn, ctx, err, cap);
     if (rc == M2MPSK_OK && page_done)
@@ -1114,16 +1124,15 @@ static int range_grpc(etcd_client *c, size_t page, int64_t *revision,
 }
 
 int etcd_range_all(etcd_client *c, size_t page, int64_t *revision,
-                   etcd_kv_fn fn, etcd_page_fn page_done, void *ctx,
-                   char *err, size_t cap) {
+                   etcd_kv_fn fn, etcd_page_fn page_done, void *ctx, char *err,
+                   size_t cap) {
   etcd_kv *kv = malloc(sizeof(*kv));
   page_out *po = malloc(sizeof(*po));
   int rc = kv && po ? M2MPSK_OK : M2MPSK_E_NOMEM;
   for (size_t tries = 0; rc == M2MPSK_OK && !c->no_grpc; tries++) {
     c->grpc_down = 0;
     rc = range_grpc(c, page, revision, kv, po, fn, page_done, ctx, err, cap);
-    if (rc == M2MPSK_E_UNSUPPORTED && c->grpc_down &&
-        tries + 1 < c->url.n) {
+    if (rc == M2MPSK_E_UNSUPPORTED && c->grpc_down && tries + 1 < c->url.n) {
       c->cur = (c->cur + 1) % c->url.n;
       c->failovers++;
       rc = M2MPSK_OK;

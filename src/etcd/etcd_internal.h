@@ -18,7 +18,8 @@
  * "/keys/" and a KpsaID. */
 #define ETCD_KEY_MAX (1 + ETCD_PREFIX_MAX + 6 + M2MPSK_KPSA_ID_MAX)
 /* The largest record value: header, two identities, nonce, sealed key. */
-#define ETCD_VALUE_MAX (2 + 16 + 4 + 2 * M2MPSK_ID_MAX + 24 + M2MPSK_KEY_MAX + 16)
+#define ETCD_VALUE_MAX                                                         \
+  (2 + 16 + 4 + 2 * M2MPSK_ID_MAX + 24 + M2MPSK_KEY_MAX + 16)
 /* Default bound on one HTTP response (a range page) or one line of the
  * watch stream (a watch response: every event of one etcd txn). */
 #define ETCD_RESPONSE_MAX ((size_t)64 << 20)
@@ -35,6 +36,9 @@ typedef struct etcd_url {
   char keys_prefix[ETCD_PREFIX_MAX + 8]; /* "/PREFIX/keys/" */
   size_t keys_prefix_len;
 } etcd_url;
+
+/* Replaces control bytes in s (a server's words, about to be logged). */
+void etcd_printable(char *s);
 
 /* Parses "etcd://HOST:PORT[,HOST:PORT...]/PREFIX". M2MPSK_OK or
  * M2MPSK_E_INVALID with the reason in err. */
@@ -95,8 +99,8 @@ typedef struct etcd_client {
   atomic_int *stop; /* aborts a transfer when set; may be NULL */
   uint64_t failovers;
   uint64_t http_us, parse_us; /* time spent, for the snapshot's log line */
-  int no_grpc;   /* 1: range pages through the JSON gateway only */
-  int grpc_down; /* the last gRPC call found nobody listening */
+  int no_grpc;                /* 1: range pages through the JSON gateway only */
+  int grpc_down;              /* the last gRPC call found nobody listening */
 } etcd_client;
 
 uint64_t now_us(void);
@@ -109,20 +113,18 @@ void etcd_client_free(etcd_client *c);
  * M2MPSK_OK (*out: the JSON object), M2MPSK_E_IO (no endpoint answered),
  * M2MPSK_E_PROTOCOL (not JSON, too large, an etcd error),
  * ETCD_COMPACTED, M2MPSK_E_CLOSED (stopped). Reason in err. */
-int etcd_call(etcd_client *c, const char *path, const char *body,
-              ej **out, char *err, size_t cap);
+int etcd_call(etcd_client *c, const char *path, const char *body, ej **out,
+              char *err, size_t cap);
 
 /* A 64-bit integer field the gateway writes as a string ("123") or a
  * number; absent is 0. -1 when malformed. */
 int etcd_json_int(const ej *obj, const char *field, int64_t *out);
 
 /* The key of `kpsa_id` under the URL's prefix, base64'd into out. */
-int etcd_key_b64(const etcd_url *u, const char *kpsa_id, char *out,
-                 size_t cap);
+int etcd_key_b64(const etcd_url *u, const char *kpsa_id, char *out, size_t cap);
 /* base64 of the keys prefix and of its range end (the prefix with its last
  * byte incremented). */
-void etcd_prefix_b64(const etcd_url *u, char *key, char *range_end,
-                     size_t cap);
+void etcd_prefix_b64(const etcd_url *u, char *key, char *range_end, size_t cap);
 
 /* One record of a range or watch: its KpsaID (the rest of the key) and raw
  * value. */
@@ -136,8 +138,8 @@ typedef struct etcd_kv {
 /* Reads kv (a JSON object with key, value, mod_revision) into out.
  * M2MPSK_OK, M2MPSK_E_NOT_FOUND (a key under the prefix that is not a
  * record: skipped) or M2MPSK_E_PROTOCOL. */
-int etcd_kv_parse(const etcd_url *u, const ej *kv, int want_value,
-                  etcd_kv *out, char *err, size_t cap);
+int etcd_kv_parse(const etcd_url *u, const ej *kv, int want_value, etcd_kv *out,
+                  char *err, size_t cap);
 
 /* Range over every record at one revision, `page` records per call; fn is
  * called per record, then page_done per page (may be NULL). *revision: 0
@@ -146,7 +148,7 @@ int etcd_kv_parse(const etcd_url *u, const ej *kv, int want_value,
 typedef int (*etcd_kv_fn)(void *ctx, const etcd_kv *kv);
 typedef int (*etcd_page_fn)(void *ctx);
 int etcd_range_all(etcd_client *c, size_t page, int64_t *revision,
-                   etcd_kv_fn fn, etcd_page_fn page_done, void *ctx,
-                   char *err, size_t cap);
+                   etcd_kv_fn fn, etcd_page_fn page_done, void *ctx, char *err,
+                   size_t cap);
 
 #endif

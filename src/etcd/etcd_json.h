@@ -27,7 +27,7 @@ static inline ej *ej_parse(const char *p, size_t n, const char **why) {
   enum json_tokener_error e = json_tokener_get_error(t);
   if (j == NULL || e != json_tokener_success ||
       json_tokener_get_parse_end(t) != n) {
-    *why = e == json_tokener_continue ? "truncated JSON"
+    *why = e == json_tokener_continue  ? "truncated JSON"
            : e != json_tokener_success ? json_tokener_error_desc(e)
                                        : "trailing bytes after the JSON";
     json_object_put(j);

@@ -142,7 +142,8 @@ static void held_del(held_set *h, const char *id) {
   for (size_t j = (i + 1) & mask; h->s[j].id != NULL; j = (j + 1) & mask) {
     size_t home = h->s[j].hash & mask;
     /* Move j back into the hole i when its home is not in (i, j]. */
-    if ((j > i && (home <= i || home > j)) || (j < i && home <= i && home > j)) {
+    if ((j > i && (home <= i || home > j)) ||
+        (j < i && home <= i && home > j)) {
       h->s[i] = h->s[j];
       h->s[j].id = NULL;
       i = j;
@@ -286,16 +287,16 @@ struct m2mpsk_etcd_sync {
   CURL *watch, *probe;
   struct curl_slist *hdr;
   char watch_body[4096], watch_url[160], probe_url[160];
-  etcd_buf line;  /* the watch stream's incomplete line */
+  etcd_buf line; /* the watch stream's incomplete line */
   etcd_buf probe_resp;
   int watch_created, watch_resync, watch_error;
   uint64_t watch_started_ms, last_ok_ms, next_probe_ms;
   int64_t last_rev;
-  size_t batch_logged, batch_changes;
+  size_t batch_logged, batch_changes, skips_logged, skips_quiet;
 };
 
-static void stats_update(m2mpsk_etcd_sync *s, void (*fn)(m2mpsk_etcd_stats *,
-                                                          const void *),
+static void stats_update(m2mpsk_etcd_sync *s,
+                         void (*fn)(m2mpsk_etcd_stats *, const void *),
                          const void *arg) {
   pthread_mutex_lock(&s->lock);
   fn(&s->stats, arg);
@@ -342,6 +343,23 @@ static void log_change(m2mpsk_etcd_sync *s, const char *id, const char *why) {
     cli_trace("keys: removed %s (%s)", id, why);
   else
     cli_trace("keys: put %s", id);
+}
+
+/* Whether to log one more skipped record in this batch or snapshot: a
+ * store full of records sealed under another KEK must not flood the log. */
+static int skip_loud(m2mpsk_etcd_sync *s) {
+  if (s->skips_logged < LOG_PER_BATCH) {
+    s->skips_logged++;
+    return 1;
+  }
+  s->skips_quiet++;
+  return 0;
+}
+
+static void skips_summary(m2mpsk_etcd_sync *s) {
+  if (s->skips_quiet > 0)
+    cli_log("keys: skipped %zu more records (not listed)", s->skips_quiet);
+  s->skips_logged = s->skips_quiet = 0;
 }
 
 /* Checks what m2mpsk_keystore_add() would, so that a bulk load cannot fail
@@ -398,8 +416,8 @@ static int keystore_put(m2mpsk_keystore *ks, const char *id,
  * one. With `b`, records not held yet go to the bulk load. Records that do
  * not decode are skipped with a log line (never the value). Returns
  * M2MPSK_OK or a bulk load's error. */
-static int apply_kv(m2mpsk_etcd_sync *s, const etcd_kv *kv, bulk *b,
-                    char *err, size_t cap) {
+static int apply_kv(m2mpsk_etcd_sync *s, const etcd_kv *kv, bulk *b, char *err,
+                    size_t cap) {
   char why[160];
   etcd_record *r = &(etcd_record){0};
   int rc = kv->value_len == SIZE_MAX
@@ -413,8 +431,9 @@ static int apply_kv(m2mpsk_etcd_sync *s, const etcd_kv *kv, bulk *b,
     snprintf(why, sizeof(why), "an identity or the validity is invalid");
   }
   if (rc != M2MPSK_OK) {
-    cli_log("keys: skipped %s at revision %" PRId64 ": %s", kv->kpsa_id,
-            kv->mod_revision, why);
+    if (skip_loud(s))
+      cli_log("keys: skipped %s at revision %" PRId64 ": %s", kv->kpsa_id,
+              kv->mod_revision, why);
     sodium_memzero(r, sizeof(*r));
     /* What this node held for it is no longer what etcd says. */
     apply_removal(s, kv->kpsa_id, "undecodable");
@@ -428,9 +447,10 @@ static int apply_kv(m2mpsk_etcd_sync *s, const etcd_kv *kv, bulk *b,
   int held = slot != NULL;
   if (!held && s->held.n >= s->max_records) {
     sodium_memzero(r, sizeof(*r));
-    cli_log("keys: skipped %s: this node holds %zu records already (the "
-            "maximum)",
-            kv->kpsa_id, s->max_records);
+    if (skip_loud(s))
+      cli_log("keys: skipped %s: this node holds %zu records already (the "
+              "maximum)",
+              kv->kpsa_id, s->max_records);
     return M2MPSK_OK;
   }
   if (held) {
@@ -454,7 +474,8 @@ static int apply_kv(m2mpsk_etcd_sync *s, const etcd_kv *kv, bulk *b,
   sodium_memzero(r, sizeof(*r));
   if (rc != M2MPSK_OK) {
     held_del(&s->held, kv->kpsa_id);
-    cli_log("keys: skipped %s: %s", kv->kpsa_id, m2mpsk_strerror(rc));
+    if (skip_loud(s))
+      cli_log("keys: skipped %s: %s", kv->kpsa_id, m2mpsk_strerror(rc));
     return M2MPSK_OK;
   }
   stats_update(s, count_put, NULL);
@@ -527,13 +548,14 @@ static int snapshot(m2mpsk_etcd_sync *s, char *err, size_t cap) {
   int rc = M2MPSK_OK;
   for (int attempt = 0; attempt < 3; attempt++) {
     rev = 0;
-    rc = etcd_range_all(&s->client, s->page, &rev, snap_kv, snap_page, &c,
-                        err, cap);
+    rc = etcd_range_all(&s->client, s->page, &rev, snap_kv, snap_page, &c, err,
+                        cap);
     if (rc != ETCD_COMPACTED)
       break;
     /* Compacted while paging: start again at the new revision. */
   }
   kek_close(s);
+  skips_summary(s);
   if (rc == M2MPSK_OK)
     rc = bulk_commit(&c.b, s->ks, err, cap);
   bulk_close(&c.b);
@@ -570,15 +592,15 @@ static int snapshot(m2mpsk_etcd_sync *s, char *err, size_t cap) {
   held_free(&c.seen);
   s->last_rev = rev;
   uint64_t ms = cli_now_ms() - t0;
-  uint64_t other = ms * 1000 - s->client.http_us - s->client.parse_us -
-                   bulk_load_us;
-  cli_trace("keys: snapshot of %zu records in %" PRIu64 " ms: etcd (HTTP) %"
-            PRIu64 " ms, JSON %" PRIu64 " ms, keystore load %" PRIu64
+  uint64_t other =
+      ms * 1000 - s->client.http_us - s->client.parse_us - bulk_load_us;
+  cli_trace("keys: snapshot of %zu records in %" PRIu64
+            " ms: etcd (HTTP) %" PRIu64 " ms, JSON %" PRIu64
+            " ms, keystore load %" PRIu64
             " ms, the rest (base64, decrypt, records) %" PRIu64
             " ms; CPU %" PRIu64 " ms",
-            c.records, ms, s->client.http_us / 1000,
-            s->client.parse_us / 1000, bulk_load_us / 1000, other / 1000,
-            (cpu_us() - cpu0) / 1000);
+            c.records, ms, s->client.http_us / 1000, s->client.parse_us / 1000,
+            bulk_load_us / 1000, other / 1000, (cpu_us() - cpu0) / 1000);
   pthread_mutex_lock(&s->lock);
   s->stats.snapshot_ms = ms;
   s->stats.failovers = s->client.failovers;
@@ -587,7 +609,8 @@ static int snapshot(m2mpsk_etcd_sync *s, char *err, size_t cap) {
   return M2MPSK_OK;
 }
 
-/* ---- the watch -------------------------------------------------------------- */
+/* ---- the watch --------------------------------------------------------------
+ */
 
 static void count_resync(m2mpsk_etcd_stats *st, const void *arg) {
   (void)arg;
@@ -610,14 +633,14 @@ static int watch_line(m2mpsk_etcd_sync *s, const char *p, size_t n) {
   const ej *res = ej_get(j, "result");
   if (j == NULL || !ej_is_object(res)) {
     if (ej_get(j, "error") != NULL) {
-      const char *m = ej_str(
-          ej_get(ej_get(j, "error"), "message"));
-      cli_log("keys: the watch ended with an etcd error: %.200s",
-              m ? m : "no reason given");
+      const char *m = ej_str(ej_get(ej_get(j, "error"), "message"));
+      char msg[201];
+      snprintf(msg, sizeof(msg), "%s", m ? m : "no reason given");
+      etcd_printable(msg);
+      cli_log("keys: the watch ended with an etcd error: %s", msg);
     } else {
-      cli_log("keys: %s: malformed watch response (%s): %s",
-              s->watch_url, m2mpsk_strerror(M2MPSK_E_PROTOCOL),
-              j ? "no result object" : why);
+      cli_log("keys: %s: malformed watch response (%s): %s", s->watch_url,
+              m2mpsk_strerror(M2MPSK_E_PROTOCOL), j ? "no result object" : why);
     }
     ej_free(j);
     s->watch_error = 1;
@@ -685,8 +708,8 @@ static int watch_line(m2mpsk_etcd_sync *s, const char *p, size_t n) {
       rc = -1;
       break;
     }
-    int prc = etcd_kv_parse(&s->client.url, ej_get(ev, "kv"), !del,
-                            kv, err, sizeof(err));
+    int prc = etcd_kv_parse(&s->client.url, ej_get(ev, "kv"), !del, kv, err,
+                            sizeof(err));
     if (prc == M2MPSK_E_PROTOCOL) {
       cli_log("keys: malformed watch response (%s): %s",
               m2mpsk_strerror(M2MPSK_E_PROTOCOL), err);
@@ -703,13 +726,13 @@ static int watch_line(m2mpsk_etcd_sync *s, const char *p, size_t n) {
       s->last_rev = kv->mod_revision;
   }
   kek_close(s);
+  skips_summary(s);
   sodium_memzero(kv, sizeof(*kv));
   free(kv);
   ej_free(j);
   if (s->batch_logged > LOG_PER_BATCH)
     cli_trace("keys: %zu changes at revision %" PRId64 " (%zu not listed)",
-              s->batch_changes, s->last_rev,
-              s->batch_changes - LOG_PER_BATCH);
+              s->batch_changes, s->last_rev, s->batch_changes - LOG_PER_BATCH);
   publish(s);
   changed(s);
   if (rc != 0)
@@ -824,8 +847,8 @@ static void probe_start(m2mpsk_etcd_sync *s) {
  * member cut off from its cluster has none. */
 static int probe_good(m2mpsk_etcd_sync *s) {
   const char *why;
-  ej *j = ej_parse(s->probe_resp.p ? s->probe_resp.p : "", s->probe_resp.len,
-                   &why);
+  ej *j =
+      ej_parse(s->probe_resp.p ? s->probe_resp.p : "", s->probe_resp.len, &why);
   /* The leader's member ID: a 64-bit unsigned number, as a string. */
   const char *leader = ej_str(ej_get(j, "leader"));
   int ok = ej_is_object(ej_get(j, "header")) && leader != NULL &&
@@ -886,8 +909,8 @@ static void *sync_main(void *arg) {
       need_snapshot = 0;
       s->last_ok_ms = cli_now_ms();
       stats_update(s, count_resync, NULL);
-      cli_log("keys: resync at revision %" PRId64 " (%zu records)",
-              s->last_rev, s->held.n);
+      cli_log("keys: resync at revision %" PRId64 " (%zu records)", s->last_rev,
+              s->held.n);
       if (is_closed) {
         is_closed = 0;
         int zero = 0;
@@ -962,7 +985,8 @@ static void *sync_main(void *arg) {
   return NULL;
 }
 
-/* ---- the API -------------------------------------------------------------- */
+/* ---- the API --------------------------------------------------------------
+ */
 
 static void sync_free(m2mpsk_etcd_sync *s) {
   if (s->multi)
@@ -1001,8 +1025,8 @@ int m2mpsk_etcd_sync_start(m2mpsk_etcd_sync **out, m2mpsk_keystore *ks,
   s->client.stop = &s->stop;
   s->client.timeout_ms = 15000;
   s->ks = ks;
-  s->fail_closed_ms = opts->fail_closed_ms ? opts->fail_closed_ms
-                                           : DEFAULT_FAIL_CLOSED_MS;
+  s->fail_closed_ms =
+      opts->fail_closed_ms ? opts->fail_closed_ms : DEFAULT_FAIL_CLOSED_MS;
   s->page = opts->page_size ? opts->page_size : DEFAULT_PAGE;
   s->max_records = opts->max_records ? opts->max_records : DEFAULT_MAX_RECORDS;
   s->on_change = opts->on_change;

@@ -336,6 +336,18 @@ def import_then_sync_loads_and_follows(tmp):
         finally:
             if s.proc.poll() is None:
                 s.proc.kill()
+        # A transaction larger than etcd allows (--max-txn-ops, 128 by
+        # default) is etcd's refusal (1), named.
+        big = os.path.join(tmp, "big")
+        with open(big, "w") as f:
+            for i in range(130):
+                f.write("kpsa-id=t%d@x.com kpsa=hex:%s idb=%s\n" %
+                        (i, os.urandom(16).hex(), IDB))
+        os.chmod(big, 0o600)
+        r = run("keys", "import", "--etcd", url, "--kek", k, "--keys", big,
+                "--batch", "130")
+        assert r.returncode == 1, (r.returncode, r.stderr)
+        assert b"too many operations" in r.stderr, r.stderr
         # A malformed key file is refused whole, naming the line (3).
         with open(kf, "a") as f:
             f.write("kpsa-id=bad kpsa=hex:zz idb=%s\n" % IDB)
@@ -375,6 +387,26 @@ def wrong_kek_or_tampered_records_are_skipped(tmp):
             for kid in ("foreign@x.com", "tampered@x.com", "garbage@x.com"):
                 line = s.wait_log(r"skipped %s at revision \d+" % kid)
                 assert "not a record" not in line
+            assert s.proc.poll() is None
+            s.stop()
+        finally:
+            if s.proc.poll() is None:
+                s.proc.kill()
+        # Many records sealed under another KEK: a bounded log.
+        kf = os.path.join(tmp, "many")
+        with open(kf, "w") as f:
+            for i in range(200):
+                f.write("kpsa-id=f%d@x.com kpsa=hex:%s idb=%s\n" %
+                        (i, os.urandom(16).hex(), IDB))
+        os.chmod(kf, 0o600)
+        r = run("keys", "import", "--etcd", url, "--kek", other, "--keys", kf)
+        assert r.returncode == 0, r.stderr
+        s = Sync(url, k)
+        try:
+            s.wait_log(r"skipped \d+ more records \(not listed\)")
+            st = s.wait_for(lambda st: "records" in st, what="load")
+            assert st["records"] == "1", st
+            assert len(s.log) < 40, len(s.log)
             s.stop()
         finally:
             if s.proc.poll() is None:
@@ -392,8 +424,9 @@ def usage_kek_and_unreachable_errors(tmp):
     for bad in ("etcd://", "etcd://127.0.0.1/m2m", "etcd://h:99999/m2m",
                 "etcd://127.0.0.1:1", "http://127.0.0.1:1/m2m",
                 "etcd://a b:1/m2m"):
-        r = run("keys", "list", "--etcd", bad)
-        assert r.returncode == 2, (bad, r.returncode, r.stderr)
+        for args in (["list"], ["sync", "--kek", k]):
+            r = run("keys", *args, "--etcd", bad)
+            assert r.returncode == 2, (bad, args, r.returncode, r.stderr)
     r = run("keys", "frobnicate")
     assert r.returncode == 2
     r = run("keys", "--help")
@@ -447,7 +480,8 @@ def max_records_bounds_what_a_node_holds(tmp):
             s.wait_for(lambda st: st["records"] == "3", what="load")
             put(url, k, "m3@x.com", tmp)
             s.wait_log(r"skipped m3@x.com: this node holds 3 records")
-            assert s.last()["records"] == "3"
+            st = s.wait_for(lambda st: "records" in st, what="stats")
+            assert st["records"] == "3", st
             s.stop()
         finally:
             if s.proc.poll() is None:
@@ -639,7 +673,11 @@ def malformed_range_answers_are_protocol_errors(tmp):
         b'{"header": {"revision": "5"}, "kvs": [{"value": "AA=="}]}',
         b'{"header": {"revision": "5"}, "kvs": [{"key": "!!"}]}',
         b'{"header": {"revision": "5"}, "more": true, "kvs": []}',
+        # The same page for ever: "more", and a key before the start.
+        b'{"header": {"revision": "5"}, "more": true, "kvs": '
+        b'[{"key": "L20ybS9rZXlzL2E=", "value": ""}]}',
         b'{"error": "etcdserver: something", "code": 2}',
+        b'{"error": "a \\u001b[31mred\\u0007 message", "code": 2}',
         b'{"header": {"revision": "5"}}' + b" " * (65 << 20),  # oversized
     ]
     for answer in answers:
@@ -651,6 +689,8 @@ def malformed_range_answers_are_protocol_errors(tmp):
                 assert r.returncode == 1, (answer[:60], args, r.returncode,
                                            r.stderr)
                 assert r.stderr.strip(), answer[:60]
+                assert not any(c < 0x20 and c != 0x0a for c in r.stderr), \
+                    r.stderr
                 assert len(r.stderr) < 2000, r.stderr[:200]
         finally:
             f.close()

@@ -32,22 +32,32 @@ Test(etcd_record, urls) {
   cr_assert(m2mpsk_etcd_is_url("etcd://x:1/p"));
   cr_assert(!m2mpsk_etcd_is_url("/etc/m2mpsk/keys"));
   cr_assert(!m2mpsk_etcd_is_url(NULL));
-  static const char *bad[] = {
-      NULL,           "etcd://",          "etcd:///p",      "etcd://h/p",
-      "etcd://h:/p",  "etcd://h:0/p",     "etcd://h:70000/p", "etcd://h:1",
-      "etcd://h:1/",  "etcd://h:1,/p",    "etcd://h:1,,h:2/p", "etcd://h?:1/p",
-      "etcd://h:1a/p", "etcd://h:1/a b",  "http://h:1/p"};
+  static const char *bad[] = {NULL,
+                              "etcd://",
+                              "etcd:///p",
+                              "etcd://h/p",
+                              "etcd://h:/p",
+                              "etcd://h:0/p",
+                              "etcd://h:70000/p",
+                              "etcd://h:1",
+                              "etcd://h:1/",
+                              "etcd://h:1,/p",
+                              "etcd://h:1,,h:2/p",
+                              "etcd://h?:1/p",
+                              "etcd://h:1a/p",
+                              "etcd://h:1/a b",
+                              "http://h:1/p"};
   for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
     err[0] = '\0';
-    cr_assert_eq(etcd_url_parse(bad[i], &u, err, sizeof(err)),
-                 M2MPSK_E_INVALID, "%s", bad[i] ? bad[i] : "NULL");
+    cr_assert_eq(etcd_url_parse(bad[i], &u, err, sizeof(err)), M2MPSK_E_INVALID,
+                 "%s", bad[i] ? bad[i] : "NULL");
     cr_assert(err[0] != '\0');
   }
 }
 
 static etcd_record sample(void) {
-  etcd_record r = {.not_before = 1700000000, .not_after = 1900000000,
-                   .key_len = 32};
+  etcd_record r = {
+      .not_before = 1700000000, .not_after = 1900000000, .key_len = 32};
   snprintf(r.idb, sizeof(r.idb), "//m2m.example.com/cse-in");
   snprintf(r.ida, sizeof(r.ida), "//m2m.example.com/cse-in/Cae1");
   for (size_t i = 0; i < r.key_len; i++)
@@ -63,8 +73,7 @@ Test(etcd_record, round_trip_and_no_plaintext) {
   cr_assert_gt(n, 0);
   cr_assert_null(memmem(v, n, r.key, r.key_len), "the key is in the clear");
   char err[256];
-  cr_assert_eq(etcd_record_decode(v, n, "a@x.com", kek, &out, err,
-                                  sizeof(err)),
+  cr_assert_eq(etcd_record_decode(v, n, "a@x.com", kek, &out, err, sizeof(err)),
                M2MPSK_OK, "%s", err);
   cr_assert_eq(out.key_len, r.key_len);
   cr_assert_eq(memcmp(out.key, r.key, r.key_len), 0);
@@ -74,9 +83,9 @@ Test(etcd_record, round_trip_and_no_plaintext) {
   cr_assert_eq(out.not_after, r.not_after);
   cr_assert_eq(out.revoked, 0);
   /* Without the KEK: the fields, no key. */
-  cr_assert_eq(etcd_record_decode(v, n, "a@x.com", NULL, &out, err,
-                                  sizeof(err)),
-               M2MPSK_OK);
+  cr_assert_eq(
+      etcd_record_decode(v, n, "a@x.com", NULL, &out, err, sizeof(err)),
+      M2MPSK_OK);
   cr_assert_eq(out.key_len, 0);
   cr_assert_str_eq(out.idb, r.idb);
   /* Two seals of one key differ (random nonces). */
@@ -92,21 +101,19 @@ Test(etcd_record, bound_to_kpsa_id_fields_and_kek) {
   etcd_record r = sample(), out;
   size_t n = etcd_record_encode(&r, "a@x.com", kek, v);
   char err[256];
-  cr_assert_eq(etcd_record_decode(v, n, "b@x.com", kek, &out, err,
-                                  sizeof(err)),
+  cr_assert_eq(etcd_record_decode(v, n, "b@x.com", kek, &out, err, sizeof(err)),
                M2MPSK_E_FAILED);
   cr_assert_eq(out.key_len, 0);
-  cr_assert_eq(etcd_record_decode(v, n, "a@x.com", other, &out, err,
-                                  sizeof(err)),
-               M2MPSK_E_FAILED);
+  cr_assert_eq(
+      etcd_record_decode(v, n, "a@x.com", other, &out, err, sizeof(err)),
+      M2MPSK_E_FAILED);
   cr_assert(strstr(err, "does not open") != NULL, "%s", err);
   /* Every single-bit change anywhere is refused: never a record that
    * decodes to other values. */
   for (size_t i = 0; i < n; i++) {
     for (int bit = 0; bit < 8; bit += 3) {
       v[i] ^= (uint8_t)(1 << bit);
-      int rc = etcd_record_decode(v, n, "a@x.com", kek, &out, err,
-                                  sizeof(err));
+      int rc = etcd_record_decode(v, n, "a@x.com", kek, &out, err, sizeof(err));
       cr_assert(rc == M2MPSK_E_FAILED || rc == M2MPSK_E_PROTOCOL,
                 "byte %zu bit %d: %d", i, bit, rc);
       cr_assert_eq(out.key_len, 0);
@@ -115,8 +122,7 @@ Test(etcd_record, bound_to_kpsa_id_fields_and_kek) {
   }
   /* Every truncation is a layout error or does not open. */
   for (size_t len = 0; len < n; len++) {
-    int rc = etcd_record_decode(v, len, "a@x.com", kek, &out, err,
-                                sizeof(err));
+    int rc = etcd_record_decode(v, len, "a@x.com", kek, &out, err, sizeof(err));
     cr_assert(rc == M2MPSK_E_FAILED || rc == M2MPSK_E_PROTOCOL, "%zu", len);
   }
 }
@@ -130,9 +136,9 @@ Test(etcd_record, revoked_records_carry_no_key) {
   cr_assert_gt(n, 0);
   cr_assert_null(memmem(v, n, r.key, 4));
   char err[256];
-  cr_assert_eq(etcd_record_decode(v, n, "a@x.com", NULL, &out, err,
-                                  sizeof(err)),
-               M2MPSK_OK, "%s", err);
+  cr_assert_eq(
+      etcd_record_decode(v, n, "a@x.com", NULL, &out, err, sizeof(err)),
+      M2MPSK_OK, "%s", err);
   cr_assert_eq(out.revoked, 1);
   cr_assert_str_eq(out.ida, "");
   /* An active record cannot be sealed without a KEK, nor with a key of a
@@ -146,13 +152,11 @@ Test(etcd_record, revoked_records_carry_no_key) {
   r = sample();
   n = etcd_record_encode(&r, "a@x.com", kek, v);
   v[0] = 2;
-  cr_assert_eq(etcd_record_decode(v, n, "a@x.com", kek, &out, err,
-                                  sizeof(err)),
+  cr_assert_eq(etcd_record_decode(v, n, "a@x.com", kek, &out, err, sizeof(err)),
                M2MPSK_E_PROTOCOL);
   v[0] = 1;
   v[1] = 7;
-  cr_assert_eq(etcd_record_decode(v, n, "a@x.com", kek, &out, err,
-                                  sizeof(err)),
+  cr_assert_eq(etcd_record_decode(v, n, "a@x.com", kek, &out, err, sizeof(err)),
                M2MPSK_E_PROTOCOL);
 }
 
@@ -179,19 +183,17 @@ Test(etcd_record, kek_files) {
                err);
   cr_assert_eq(kek[0], 0);
   cr_assert_eq(kek[31], 0x1f);
-  write_file(path, "base64:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
-             0400);
+  write_file(path, "base64:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", 0400);
   cr_assert_eq(etcd_kek_load(path, kek, err, sizeof(err)), M2MPSK_OK, "%s",
                err);
   cr_assert_eq(kek[31], 0x1f);
-  static const char *bad[] = {"", "hex:00", "0001020304",
-                              "base64:AAEC",
+  static const char *bad[] = {"", "hex:00", "0001020304", "base64:AAEC",
                               "hex:000102030405060708090a0b0c0d0e0f"
                               "101112131415161718191a1b1c1d1e1g"};
   for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
     write_file(path, bad[i], 0600);
-    cr_assert_eq(etcd_kek_load(path, kek, err, sizeof(err)), M2MPSK_E_IO,
-                 "%s", bad[i]);
+    cr_assert_eq(etcd_kek_load(path, kek, err, sizeof(err)), M2MPSK_E_IO, "%s",
+                 bad[i]);
     cr_assert(strstr(err, "malformed") != NULL, "%s", err);
   }
   write_file(path,
