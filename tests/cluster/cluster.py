@@ -1050,29 +1050,42 @@ class Initiators:
                      timeout_s, "%d handshakes" % len(batch))
         return conns
 
-    def ping(self, conns, timeout_s=None):
-        """Each live Conn sends 4 bytes and waits for the node's echo.
-        Returns the Conns that did not get it."""
-        want = {}
-        for c in conns:
-            if c.state != "up":
-                continue
-            c.plain = b""
-            c.a.write(b"ping")
-            self._flush(c)
-            want[c.fd] = c
+    def ping(self, conns, timeout_s=None, wave=50):
+        """Each live Conn sends 4 bytes and waits for the node's echo, a
+        wave at a time (a node serves every DTLS peer on one socket, whose
+        receive buffer holds a few hundred small datagrams; DTLS does not
+        resend application data, so a DTLS ping unanswered within a second
+        is sent again, up to 3 times). Returns the Conns without an echo."""
         end = time.monotonic() + (timeout_s or STEP_S)
-        while time.monotonic() < end and any(
-                c.state == "up" and len(c.plain) < 4 for c in want.values()):
-            self.pump(0.05)
-        return [c for c in want.values() if c.plain[:4] != b"ping"]
+        live = [c for c in conns if c.state == "up"]
+        for c in live:
+            c.plain = b""
+        for k in range(0, len(live), wave):
+            batch = live[k:k + wave]
+            for attempt in range(4 if any(c.udp for c in batch) else 1):
+                todo = [c for c in batch if c.state == "up" and
+                        len(c.plain) < 4 and (attempt == 0 or c.udp)]
+                if not todo:
+                    break
+                for c in todo:
+                    c.a.write(b"ping")
+                    self._flush(c)
+                until = min(end, time.monotonic() + (1.0 if attempt < 3
+                                                     else STEP_S))
+                while time.monotonic() < until and any(
+                        c.state == "up" and len(c.plain) < 4 for c in todo):
+                    self.pump(0.02)
+        return [c for c in live if c.plain[:4] != b"ping"]
 
     def handshake_once(self, port, dev, node=None, timeout_s=None, udp=False):
         """A fresh association: handshake, echo, close. Returns the Conn
         (state "up" then closed by us: how = "closed-by-us") or the failed
         one."""
         c = self.open(port, dev, node, udp)
-        self.run(lambda: c.state != "handshake", timeout_s or STEP_S,
+        # Past the association's own handshake timeout (the Config's), so
+        # that a peer that never answers (DTLS drops what it cannot
+        # authenticate) makes a failed handshake, not a failed wait.
+        self.run(lambda: c.state != "handshake", (timeout_s or STEP_S) + 5,
                  "a handshake with %s" % device_id(dev))
         if c.state == "up":
             bad = self.ping([c], timeout_s)
