@@ -549,7 +549,9 @@ def case_snapshot(records, bound_ms, deadline_s):
         loads = []
         for k in range(2):
             t0 = time.monotonic()
-            n = c.add_node(verbose=False,
+            # -v for the component's breakdown of the load (one line; no
+            # change arrives meanwhile to add more).
+            n = c.add_node(verbose=True,
                            which=[(k + j) % 3 for j in range(3)],
                            timeout=deadline_s)
             wall = time.monotonic() - t0
@@ -560,6 +562,9 @@ def case_snapshot(records, bound_ms, deadline_s):
                 "record)" % (n.name, n.snapshot[0], n.snapshot[1],
                              n.snapshot[2], wall, rss / 1024, base_kib / 1024,
                              (rss - base_kib) * 1024 / records))
+            for line in n.proc.lines():
+                if "keys: snapshot of" in line:
+                    log("%s: %s" % (n.name, line[len("m2mpsk: keys: "):]))
             check(n.snapshot[0] == records, "%s loaded %d records, not %d" %
                   (n.name, n.snapshot[0], records))
             check(n.snapshot[1] == rev, "%s at revision %d, etcd at %d" %
