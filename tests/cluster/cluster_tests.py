@@ -582,6 +582,9 @@ def case_snapshot(records, bound_ms, deadline_s):
         log("etcd: db %.0f MB a member, RSS %s MB" % (
             max(sizes) / 1e6,
             "/".join("%.0f" % (m.rss_kib() / 1024) for m in c.etcd.members)))
+        # Two nodes load, one after the other: the faster one is held to
+        # the bound (a shared machine's load moves one load by seconds);
+        # both figures are printed above.
         best = min(loads)
         check(best < bound_ms, "the snapshot of %d records took %d ms, not "
               "under %d ms" % (records, best, bound_ms))
