@@ -20,11 +20,12 @@ Cases (each one ctest test, tests/cluster/CMakeLists.txt):
   restart     a node killed, changes made (revoke, delete, put, rekey),
               the node started again: it serves exactly etcd's state, and
               follows changes made after it came back
-  compaction  a node stopped (SIGSTOP) while thousands of changes are
-              made and etcd's history is compacted past them: on SIGCONT
-              it resyncs from a snapshot and every record's state is right
-  snapshot    100,000 records imported with `m2mpsk keys import`; a node
-              loads them (its "keys: N records from etcd at revision R in
+  compaction  a node stopped (SIGSTOP) and the etcd member its watch is on
+              killed while changes are made and history is compacted past
+              them: on SIGCONT it resyncs from a snapshot and every
+              record's state is right
+  snapshot    100,000 records imported with `m2mpsk keys import`; nodes
+              load them (its "keys: N records from etcd at revision R in
               T ms" line), the figures printed
   snapshot-1m the same with 1,000,000 records and the issue's bound (5 s):
               opt-in (M2MPSK_CLUSTER_1M=1), see tests/cluster/README.md
