@@ -16,8 +16,7 @@
 #include "etcd_internal.h"
 #include "etcd_keys.h"
 
-__attribute__((format(printf, 3, 4))) static void say(char *err, size_t cap,
-                                                      const char *fmt, ...) {
+void etcd_say(char *err, size_t cap, const char *fmt, ...) {
   if (err == NULL || cap == 0)
     return;
   va_list ap;
@@ -44,12 +43,13 @@ int m2mpsk_etcd_is_url(const char *spec) {
 int etcd_url_parse(const char *url, etcd_url *out, char *err, size_t cap) {
   memset(out, 0, sizeof(*out));
   if (url == NULL || strncmp(url, "etcd://", 7) != 0) {
-    say(err, cap, "not an etcd URL (etcd://HOST:PORT[,HOST:PORT...]/PREFIX)");
+    etcd_say(err, cap,
+             "not an etcd URL (etcd://HOST:PORT[,HOST:PORT...]/PREFIX)");
     return M2MPSK_E_INVALID;
   }
   const char *hosts = url + 7, *slash = strchr(hosts, '/');
   if (slash == NULL || slash == hosts) {
-    say(err, cap, "%s: no HOST:PORT before /PREFIX", url);
+    etcd_say(err, cap, "%s: no HOST:PORT before /PREFIX", url);
     return M2MPSK_E_INVALID;
   }
   const char *p = hosts;
@@ -62,18 +62,20 @@ int etcd_url_parse(const char *url, etcd_url *out, char *err, size_t cap) {
       if (*q == ':')
         colon = q;
     if (n == 0 || colon == NULL || colon == p || colon + 1 == end || n > 64) {
-      say(err, cap, "%s: endpoint '%.*s' is not HOST:PORT", url, (int)n, p);
+      etcd_say(err, cap, "%s: endpoint '%.*s' is not HOST:PORT", url, (int)n,
+               p);
       return M2MPSK_E_INVALID;
     }
     for (const char *q = colon + 1; q < end; q++) {
       if (*q < '0' || *q > '9') {
-        say(err, cap, "%s: endpoint '%.*s' has a bad port", url, (int)n, p);
+        etcd_say(err, cap, "%s: endpoint '%.*s' has a bad port", url, (int)n,
+                 p);
         return M2MPSK_E_INVALID;
       }
     }
     long port = strtol(colon + 1, NULL, 10);
     if (port < 1 || port > 65535 || end - colon > 6) {
-      say(err, cap, "%s: endpoint '%.*s' has a bad port", url, (int)n, p);
+      etcd_say(err, cap, "%s: endpoint '%.*s' has a bad port", url, (int)n, p);
       return M2MPSK_E_INVALID;
     }
     for (const char *q = p; q < colon; q++) {
@@ -82,19 +84,20 @@ int etcd_url_parse(const char *url, etcd_url *out, char *err, size_t cap) {
       if (!(*q == '.' || *q == '-' || *q == '[' || *q == ']' || *q == ':' ||
             (*q >= '0' && *q <= '9') || (*q >= 'a' && *q <= 'z') ||
             (*q >= 'A' && *q <= 'Z'))) {
-        say(err, cap, "%s: endpoint '%.*s' has a bad host", url, (int)n, p);
+        etcd_say(err, cap, "%s: endpoint '%.*s' has a bad host", url, (int)n,
+                 p);
         return M2MPSK_E_INVALID;
       }
     }
     if (out->n == ETCD_MAX_ENDPOINTS) {
-      say(err, cap, "%s: more than %d endpoints", url, ETCD_MAX_ENDPOINTS);
+      etcd_say(err, cap, "%s: more than %d endpoints", url, ETCD_MAX_ENDPOINTS);
       return M2MPSK_E_INVALID;
     }
     snprintf(out->base[out->n++], sizeof(out->base[0]), "http://%.*s", (int)n,
              p);
     p = comma ? comma + 1 : slash;
     if (comma && p == slash) {
-      say(err, cap, "%s: empty endpoint", url);
+      etcd_say(err, cap, "%s: empty endpoint", url);
       return M2MPSK_E_INVALID;
     }
   }
@@ -103,13 +106,14 @@ int etcd_url_parse(const char *url, etcd_url *out, char *err, size_t cap) {
   while (plen > 0 && prefix[plen - 1] == '/')
     plen--;
   if (plen == 0 || plen > ETCD_PREFIX_MAX) {
-    say(err, cap, "%s: the PREFIX must be 1 to %d bytes", url, ETCD_PREFIX_MAX);
+    etcd_say(err, cap, "%s: the PREFIX must be 1 to %d bytes", url,
+             ETCD_PREFIX_MAX);
     return M2MPSK_E_INVALID;
   }
   for (size_t i = 0; i < plen; i++) {
     unsigned char ch = (unsigned char)prefix[i];
     if (ch <= ' ' || ch >= 0x7f) {
-      say(err, cap, "%s: the PREFIX has a space or control byte", url);
+      etcd_say(err, cap, "%s: the PREFIX has a space or control byte", url);
       return M2MPSK_E_INVALID;
     }
   }
@@ -125,28 +129,28 @@ int etcd_url_parse(const char *url, etcd_url *out, char *err, size_t cap) {
 int etcd_kek_load(const char *path, uint8_t kek[ETCD_KEK_BYTES], char *err,
                   size_t cap) {
   if (path == NULL) {
-    say(err, cap, "no KEK file (--kek FILE)");
+    etcd_say(err, cap, "no KEK file (--kek FILE)");
     return M2MPSK_E_IO;
   }
   int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
   struct stat st;
   if (fd < 0 || fstat(fd, &st) != 0) {
-    say(err, cap, "KEK file %s: %s", path, strerror(errno));
+    etcd_say(err, cap, "KEK file %s: %s", path, strerror(errno));
     if (fd >= 0)
       close(fd);
     return M2MPSK_E_IO;
   }
   if (!S_ISREG(st.st_mode)) {
     close(fd);
-    say(err, cap, "KEK file %s is not a regular file", path);
+    etcd_say(err, cap, "KEK file %s is not a regular file", path);
     return M2MPSK_E_IO;
   }
   if (st.st_mode & 077) {
     close(fd);
-    say(err, cap,
-        "KEK file %s is accessible to others than its owner (mode %04o; "
-        "chmod 600 it)",
-        path, (unsigned)(st.st_mode & 07777));
+    etcd_say(err, cap,
+             "KEK file %s is accessible to others than its owner (mode %04o; "
+             "chmod 600 it)",
+             path, (unsigned)(st.st_mode & 07777));
     return M2MPSK_E_IO;
   }
   char buf[160];
@@ -154,7 +158,7 @@ int etcd_kek_load(const char *path, uint8_t kek[ETCD_KEK_BYTES], char *err,
   close(fd);
   int rc = M2MPSK_E_IO;
   if (n < 0) {
-    say(err, cap, "KEK file %s: %s", path, strerror(errno));
+    etcd_say(err, cap, "KEK file %s: %s", path, strerror(errno));
     goto out;
   }
   buf[n] = '\0';
@@ -174,10 +178,10 @@ int etcd_kek_load(const char *path, uint8_t kek[ETCD_KEK_BYTES], char *err,
   }
   if (got != ETCD_KEK_BYTES || memchr(buf, '\n', len) != NULL) {
     sodium_memzero(kek, ETCD_KEK_BYTES);
-    say(err, cap,
-        "KEK file %s is malformed: one line 'hex:<64 hex digits>' or "
-        "'base64:<44 characters>' (32 bytes) expected",
-        path);
+    etcd_say(err, cap,
+             "KEK file %s is malformed: one line 'hex:<64 hex digits>' or "
+             "'base64:<44 characters>' (32 bytes) expected",
+             path);
     goto out;
   }
   rc = M2MPSK_OK;
@@ -267,13 +271,14 @@ int etcd_record_decode(const uint8_t *v, size_t len, const char *kpsa_id,
                        size_t cap) {
   memset(r, 0, sizeof(*r));
   if (len < REC_HEADER_FIXED + 4 || v[0] != 1) {
-    say(err, cap,
-        len > 0 && v[0] != 1 ? "unknown record version %u" : "record too short",
-        len > 0 ? v[0] : 0);
+    etcd_say(err, cap,
+             len > 0 && v[0] != 1 ? "unknown record version %u"
+                                  : "record too short",
+             len > 0 ? v[0] : 0);
     return M2MPSK_E_PROTOCOL;
   }
   if (v[1] > 1) {
-    say(err, cap, "unknown record state %u", v[1]);
+    etcd_say(err, cap, "unknown record state %u", v[1]);
     return M2MPSK_E_PROTOCOL;
   }
   r->revoked = v[1];
@@ -283,7 +288,7 @@ int etcd_record_decode(const uint8_t *v, size_t len, const char *kpsa_id,
   size_t idb_len = (size_t)v[n] << 8 | v[n + 1];
   n += 2;
   if (idb_len == 0 || idb_len > M2MPSK_ID_MAX || n + idb_len + 2 > len) {
-    say(err, cap, "record has a bad IdB length");
+    etcd_say(err, cap, "record has a bad IdB length");
     return M2MPSK_E_PROTOCOL;
   }
   memcpy(r->idb, v + n, idb_len);
@@ -291,18 +296,18 @@ int etcd_record_decode(const uint8_t *v, size_t len, const char *kpsa_id,
   size_t ida_len = (size_t)v[n] << 8 | v[n + 1];
   n += 2;
   if (ida_len > M2MPSK_ID_MAX || n + ida_len > len) {
-    say(err, cap, "record has a bad IdA length");
+    etcd_say(err, cap, "record has a bad IdA length");
     return M2MPSK_E_PROTOCOL;
   }
   memcpy(r->ida, v + n, ida_len);
   n += ida_len;
   if (memchr(r->idb, '\0', idb_len) || memchr(r->ida, '\0', ida_len)) {
-    say(err, cap, "record has a NUL in an identity");
+    etcd_say(err, cap, "record has a NUL in an identity");
     return M2MPSK_E_PROTOCOL;
   }
   if (r->revoked) {
     if (n != len) {
-      say(err, cap, "revoked record has trailing bytes");
+      etcd_say(err, cap, "revoked record has trailing bytes");
       return M2MPSK_E_PROTOCOL;
     }
     return M2MPSK_OK;
@@ -311,7 +316,7 @@ int etcd_record_decode(const uint8_t *v, size_t len, const char *kpsa_id,
                tag = crypto_aead_xchacha20poly1305_ietf_ABYTES;
   if (len < n + np + tag + M2MPSK_KEY_MIN ||
       len > n + np + tag + M2MPSK_KEY_MAX) {
-    say(err, cap, "record has a sealed key of a bad length");
+    etcd_say(err, cap, "record has a sealed key of a bad length");
     return M2MPSK_E_PROTOCOL;
   }
   if (kek == NULL)
@@ -323,9 +328,9 @@ int etcd_record_decode(const uint8_t *v, size_t len, const char *kpsa_id,
                          r->key, &klen, NULL, v + n + np, len - n - np, ad,
                          ad_len, v + n, kek) != 0) {
     sodium_memzero(r->key, sizeof(r->key));
-    say(err, cap,
-        "the sealed key does not open with this KEK (wrong KEK "
-        "or tampered record)");
+    etcd_say(err, cap,
+             "the sealed key does not open with this KEK (wrong KEK "
+             "or tampered record)");
     return M2MPSK_E_FAILED;
   }
   r->key_len = (size_t)klen;
@@ -398,6 +403,20 @@ static int on_progress(void *arg, curl_off_t a, curl_off_t b, curl_off_t c,
   return stop != NULL && atomic_load(stop) ? 1 : 0;
 }
 
+/* What every call of the client sets: its time bounds, plain HTTP only,
+ * never a proxy (etcd is reached directly), no signals (threads), and the
+ * stop flag, which aborts a transfer in progress. */
+static void call_opts(const etcd_client *c, CURL *h) {
+  curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, c->timeout_ms);
+  curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 2000L);
+  curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http");
+  curl_easy_setopt(h, CURLOPT_NOPROXY, "*");
+  curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
+  curl_easy_setopt(h, CURLOPT_XFERINFODATA, c->stop);
+  curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+}
+
 int etcd_client_init(etcd_client *c, const char *url, char *err, size_t cap) {
   memset(c, 0, sizeof(*c));
   int rc = etcd_url_parse(url, &c->url, err, cap);
@@ -405,7 +424,7 @@ int etcd_client_init(etcd_client *c, const char *url, char *err, size_t cap) {
     return rc;
   if (sodium_init() < 0 || curl_global_init(CURL_GLOBAL_DEFAULT) != 0 ||
       (c->curl = curl_easy_init()) == NULL) {
-    say(err, cap, "cannot initialise libcurl or libsodium");
+    etcd_say(err, cap, "cannot initialise libcurl or libsodium");
     return M2MPSK_E_NOMEM;
   }
   c->timeout_ms = 15000;
@@ -428,10 +447,10 @@ static int etcd_error(const ej *j, const char *where, char *err, size_t cap) {
   if (msg == NULL)
     msg = "no reason given";
   if (strstr(msg, "compacted") != NULL) {
-    say(err, cap, "%s: %s", where, msg);
+    etcd_say(err, cap, "%s: %s", where, msg);
     return ETCD_COMPACTED;
   }
-  say(err, cap, "%s: etcd error: %.200s", where, msg);
+  etcd_say(err, cap, "%s: etcd error: %.200s", where, msg);
 
   return M2MPSK_E_PROTOCOL;
 }
@@ -443,7 +462,7 @@ int etcd_call(etcd_client *c, const char *path, const char *body, ej **out,
   int rc = M2MPSK_E_IO;
   for (size_t tries = 0; tries < c->url.n; tries++) {
     if (c->stop && atomic_load(c->stop)) {
-      say(err, cap, "stopped");
+      etcd_say(err, cap, "stopped");
       return M2MPSK_E_CLOSED;
     }
     size_t ep = (c->cur + tries) % c->url.n;
@@ -458,14 +477,7 @@ int etcd_call(etcd_client *c, const char *path, const char *body, ej **out,
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &resp);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, c->timeout_ms);
-    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 2000L);
-    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http");
-    curl_easy_setopt(h, CURLOPT_NOPROXY, "*");
-    curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
-    curl_easy_setopt(h, CURLOPT_XFERINFODATA, c->stop);
-    curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+    call_opts(c, h);
     uint64_t t0 = now_us();
     CURLcode cc = curl_easy_perform(h);
     c->http_us += now_us() - t0;
@@ -474,16 +486,17 @@ int etcd_call(etcd_client *c, const char *path, const char *body, ej **out,
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
     if (cc == CURLE_ABORTED_BY_CALLBACK) {
       etcd_buf_free(&resp);
-      say(err, cap, "stopped");
+      etcd_say(err, cap, "stopped");
       return M2MPSK_E_CLOSED;
     }
     if (cc == CURLE_WRITE_ERROR && resp.overflow) {
-      say(err, cap, "%s: the answer is larger than %zu bytes", url, resp.max);
+      etcd_say(err, cap, "%s: the answer is larger than %zu bytes", url,
+               resp.max);
       etcd_buf_free(&resp);
       return M2MPSK_E_PROTOCOL;
     }
     if (cc != CURLE_OK) {
-      say(err, cap, "%s: %s", url, curl_easy_strerror(cc));
+      etcd_say(err, cap, "%s: %s", url, curl_easy_strerror(cc));
       etcd_buf_free(&resp);
       rc = M2MPSK_E_IO;
       if (tries + 1 < c->url.n)
@@ -497,8 +510,8 @@ int etcd_call(etcd_client *c, const char *path, const char *body, ej **out,
     ej *j = resp.p ? ej_parse(resp.p, resp.len, &why) : NULL;
     c->parse_us += now_us() - t0;
     if (j == NULL || !ej_is_object(j)) {
-      say(err, cap, "%s: HTTP %ld, not a JSON object (%s)", url, code,
-          j ? "another JSON value" : why);
+      etcd_say(err, cap, "%s: HTTP %ld, not a JSON object (%s)", url, code,
+               j ? "another JSON value" : why);
       ej_free(j);
       etcd_buf_free(&resp);
       return M2MPSK_E_PROTOCOL;
@@ -508,7 +521,7 @@ int etcd_call(etcd_client *c, const char *path, const char *body, ej **out,
       rc = etcd_error(j, url, err, cap);
       if (rc == M2MPSK_E_PROTOCOL && code != 200 &&
           ej_get(j, "error") == NULL && ej_get(j, "message") == NULL)
-        say(err, cap, "%s: HTTP %ld", url, code);
+        etcd_say(err, cap, "%s: HTTP %ld", url, code);
       ej_free(j);
       return rc;
     }
@@ -576,7 +589,7 @@ int etcd_kv_parse(const etcd_url *u, const ej *kv, int want_value, etcd_kv *out,
                   char *err, size_t cap) {
   const char *k = ej_str(ej_get(kv, "key"));
   if (!ej_is_object(kv) || k == NULL) {
-    say(err, cap, "a key-value without a key");
+    etcd_say(err, cap, "a key-value without a key");
     return M2MPSK_E_PROTOCOL;
   }
   char key[ETCD_KEY_MAX + 1];
@@ -585,15 +598,15 @@ int etcd_kv_parse(const etcd_url *u, const ej *kv, int want_value, etcd_kv *out,
                ? etcd_unb64(k, klen, (uint8_t *)key, ETCD_KEY_MAX)
                : -1;
   if (n < 0) {
-    say(err, cap, "a key that is not base64 or longer than %d bytes",
-        ETCD_KEY_MAX);
+    etcd_say(err, cap, "a key that is not base64 or longer than %d bytes",
+             ETCD_KEY_MAX);
     return M2MPSK_E_PROTOCOL;
   }
   if (kpsa_of_key(u, key, (size_t)n, out->kpsa_id) != M2MPSK_OK)
     return M2MPSK_E_NOT_FOUND;
   if (etcd_json_int(kv, "mod_revision", &out->mod_revision) != 0 ||
       etcd_json_int(kv, "create_revision", &out->create_revision) != 0) {
-    say(err, cap, "%s: a revision that is not a number", out->kpsa_id);
+    etcd_say(err, cap, "%s: a revision that is not a number", out->kpsa_id);
     return M2MPSK_E_PROTOCOL;
   }
   out->value_len = 0;
@@ -602,7 +615,7 @@ int etcd_kv_parse(const etcd_url *u, const ej *kv, int want_value, etcd_kv *out,
   const ej *jv = ej_get(kv, "value");
   const char *v = ej_str(jv);
   if (jv != NULL && v == NULL) {
-    say(err, cap, "%s: a value that is not a string", out->kpsa_id);
+    etcd_say(err, cap, "%s: a value that is not a string", out->kpsa_id);
     return M2MPSK_E_PROTOCOL;
   }
   if (v == NULL)
@@ -791,14 +804,7 @@ static int grpc_begin(etcd_client *c, CURLM *m, grpc_xfer *x, const char *start,
   curl_easy_setopt(h, CURLOPT_WRITEDATA, &x->resp);
   curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_grpc_header);
   curl_easy_setopt(h, CURLOPT_HEADERDATA, &x->g);
-  curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, c->timeout_ms);
-  curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 2000L);
-  curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http");
-  curl_easy_setopt(h, CURLOPT_NOPROXY, "*");
-  curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
-  curl_easy_setopt(h, CURLOPT_XFERINFODATA, c->stop);
-  curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+  call_opts(c, h);
   x->active = 1;
   x->done = 0;
   curl_multi_add_handle(m, h);
@@ -845,17 +851,17 @@ static int grpc_wait(etcd_client *c, CURLM *m, grpc_xfer *xs, size_t nx,
   curl_multi_remove_handle(m, x->h);
   x->active = 0;
   if (x->cc == CURLE_ABORTED_BY_CALLBACK) {
-    say(err, cap, "stopped");
+    etcd_say(err, cap, "stopped");
     return M2MPSK_E_CLOSED;
   }
   if (x->cc == CURLE_WRITE_ERROR && x->resp.overflow) {
-    say(err, cap, "%s: the answer is larger than %zu bytes", x->url,
-        x->resp.max);
+    etcd_say(err, cap, "%s: the answer is larger than %zu bytes", x->url,
+             x->resp.max);
     return M2MPSK_E_PROTOCOL;
   }
   if (x->cc != CURLE_OK || x->g.status < 0) {
-    say(err, cap, "%s: %s", x->url,
-        x->cc != CURLE_OK ? curl_easy_strerror(x->cc) : "no grpc-status");
+    etcd_say(err, cap, "%s: %s", x->url,
+             x->cc != CURLE_OK ? curl_easy_strerror(x->cc) : "no grpc-status");
     /* Nobody there (another endpoint may be), or someone who does not
      * speak gRPC (the JSON gateway may). */
     c->grpc_down =
@@ -863,7 +869,7 @@ static int grpc_wait(etcd_client *c, CURLM *m, grpc_xfer *xs, size_t nx,
     return M2MPSK_E_UNSUPPORTED;
   }
   if (x->g.status != 0) {
-    say(err, cap, "%s: etcd error: %s", x->url, x->g.message);
+    etcd_say(err, cap, "%s: etcd error: %s", x->url, x->g.message);
     return strstr(x->g.message, "compacted") ? ETCD_COMPACTED
                                              : M2MPSK_E_PROTOCOL;
   }
@@ -872,7 +878,7 @@ static int grpc_wait(etcd_client *c, CURLM *m, grpc_xfer *xs, size_t nx,
                                        (size_t)p[3] << 8 | p[4]
                                  : 0;
   if (x->resp.len < 5 || p[0] != 0 || mlen != x->resp.len - 5) {
-    say(err, cap, "%s: not one uncompressed gRPC message", x->url);
+    etcd_say(err, cap, "%s: not one uncompressed gRPC message", x->url);
     return M2MPSK_E_PROTOCOL;
   }
   return M2MPSK_OK;
@@ -944,11 +950,11 @@ static int grpc_scan(const grpc_xfer *x, page_out *po, char *err, size_t cap) {
     }
   }
   if (got != 0) {
-    say(err, cap, "%s: a malformed RangeResponse", x->url);
+    etcd_say(err, cap, "%s: a malformed RangeResponse", x->url);
     return M2MPSK_E_PROTOCOL;
   }
   if (po->rev <= 0) {
-    say(err, cap, "%s: a RangeResponse without a revision", x->url);
+    etcd_say(err, cap, "%s: a RangeResponse without a revision", x->url);
     return M2MPSK_E_PROTOCOL;
   }
   return M2MPSK_OK;
@@ -972,7 +978,7 @@ static int grpc_records(etcd_client *c, CURLM *m, grpc_xfer *xs, size_t nx,
     const uint8_t *key, *val;
     size_t key_len, val_len;
     if (pb_kv(d, len, &key, &key_len, &val, &val_len, kv) != 0) {
-      say(err, cap, "%s: a malformed KeyValue", x->url);
+      etcd_say(err, cap, "%s: a malformed KeyValue", x->url);
       return M2MPSK_E_PROTOCOL;
     }
     if (++i % 4096 == 0)
@@ -1019,9 +1025,9 @@ static int json_page(etcd_client *c, const char *start, size_t start_len,
   if (etcd_json_int(ej_get(j, "header"), "revision", &po->rev) != 0 ||
       po->rev <= 0 || (kvs != NULL && !ej_is_array(kvs)) ||
       (more != NULL && !ej_is_boolean(more))) {
-    say(err, cap,
-        "range: the answer has no header revision, or kvs is "
-        "not an array");
+    etcd_say(err, cap,
+             "range: the answer has no header revision, or kvs is "
+             "not an array");
     ej_free(j);
     return M2MPSK_E_PROTOCOL;
   }
@@ -1049,7 +1055,7 @@ static int json_page(etcd_client *c, const char *start, size_t start_len,
 static int next_start(char *start, size_t *start_len, const page_out *po,
                       char *err, size_t cap) {
   if (po->count == 0 || po->last_len == 0) {
-    say(err, cap, "range: 'more' with no key to continue from");
+    etcd_say(err, cap, "range: 'more' with no key to continue from");
     return M2MPSK_E_PROTOCOL;
   }
   /* Each page must end past where it began: a server that keeps answering
@@ -1057,7 +1063,7 @@ static int next_start(char *start, size_t *start_len, const page_out *po,
   size_t common = po->last_len < *start_len ? po->last_len : *start_len;
   int cmp = memcmp(po->last, start, common);
   if (cmp < 0 || (cmp == 0 && po->last_len < *start_len)) {
-    say(err, cap, "range: a page ends before it starts");
+    etcd_say(err, cap, "range: a page ends before it starts");
     return M2MPSK_E_PROTOCOL;
   }
   memcpy(start, po->last, po->last_len);
@@ -1142,7 +1148,7 @@ int etcd_range_all(etcd_client *c, size_t page, int64_t *revision,
       /* err is both the detail and the destination: copy it first. */
       char why[256];
       snprintf(why, sizeof(why), "%s", err);
-      say(err, cap, "no etcd endpoint answered (%s)", why);
+      etcd_say(err, cap, "no etcd endpoint answered (%s)", why);
       rc = M2MPSK_E_IO;
       goto done;
     }

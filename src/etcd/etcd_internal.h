@@ -40,6 +40,11 @@ typedef struct etcd_url {
 /* Replaces control bytes in s (a server's words, about to be logged). */
 void etcd_printable(char *s);
 
+/* Writes a reason into err (cap bytes; nothing when err is NULL or cap 0),
+ * with control bytes replaced: reasons may quote what a server said. */
+__attribute__((format(printf, 3, 4))) void etcd_say(char *err, size_t cap,
+                                                    const char *fmt, ...);
+
 /* Parses "etcd://HOST:PORT[,HOST:PORT...]/PREFIX". M2MPSK_OK or
  * M2MPSK_E_INVALID with the reason in err. */
 int etcd_url_parse(const char *url, etcd_url *out, char *err, size_t cap);

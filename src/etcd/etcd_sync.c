@@ -35,16 +35,6 @@
  * more are summarised in one line. */
 #define LOG_PER_BATCH 16
 
-__attribute__((format(printf, 3, 4))) static void say(char *err, size_t cap,
-                                                      const char *fmt, ...) {
-  if (err == NULL || cap == 0)
-    return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, cap, fmt, ap);
-  va_end(ap);
-}
-
 /* ---- the KpsaIDs held from etcd, with their mod_revision ------------------
  * Open addressing, linear probing, deletion by backward shift. */
 typedef struct held_slot {
@@ -182,13 +172,14 @@ static int bulk_commit(bulk *b, char *err, size_t cap) {
   size_t at = 0;
   int rc = m2mpsk_keystore_batch_commit(b->batch, &at);
   if (rc == M2MPSK_E_DUPLICATE)
-    say(err, cap,
+    etcd_say(
+        err, cap,
         "loading %zu records into the keystore: %s (record %zu of the page "
         "was added meanwhile by something else)",
         b->n, m2mpsk_strerror(rc), at);
   else if (rc != M2MPSK_OK)
-    say(err, cap, "loading %zu records into the keystore: %s", b->n,
-        m2mpsk_strerror(rc));
+    etcd_say(err, cap, "loading %zu records into the keystore: %s", b->n,
+             m2mpsk_strerror(rc));
   m2mpsk_keystore_batch_free(b->batch); /* wipes what was not committed */
   b->batch = NULL;
   b->n = 0;
@@ -219,7 +210,8 @@ static int bulk_add(bulk *b, m2mpsk_keystore *ks, const char *id,
   if (rc == M2MPSK_OK)
     b->n++;
   else
-    say(err, cap, "staging %s for the keystore: %s", id, m2mpsk_strerror(rc));
+    etcd_say(err, cap, "staging %s for the keystore: %s", id,
+             m2mpsk_strerror(rc));
   bulk_load_us += now_us() - t0;
   return rc;
 }
@@ -422,7 +414,7 @@ static int apply_kv(m2mpsk_etcd_sync *s, const etcd_kv *kv, bulk *b, char *err,
     slot->rev = kv->mod_revision;
   } else if (held_set_rev(&s->held, kv->kpsa_id, kv->mod_revision) != 0) {
     sodium_memzero(r, sizeof(*r));
-    say(err, cap, "out of memory");
+    etcd_say(err, cap, "out of memory");
     return M2MPSK_E_NOMEM;
   }
   if (b != NULL && !held) {
@@ -479,8 +471,9 @@ static int snap_kv(void *arg, const etcd_kv *kv) {
   snap_ctx *c = arg;
   m2mpsk_etcd_sync *s = c->s;
   if (++c->records > s->max_records) {
-    say(c->err, c->cap, "etcd holds more than %zu records under the prefix",
-        s->max_records);
+    etcd_say(c->err, c->cap,
+             "etcd holds more than %zu records under the prefix",
+             s->max_records);
     return M2MPSK_E_LIMIT;
   }
   if (!c->track) /* nothing was held: every record is new */
@@ -980,12 +973,12 @@ int m2mpsk_etcd_sync_start(m2mpsk_etcd_sync **out, m2mpsk_keystore *ks,
   if (out)
     *out = NULL;
   if (out == NULL || ks == NULL || opts == NULL || opts->url == NULL) {
-    say(err, err_cap, "no keystore, options or URL");
+    etcd_say(err, err_cap, "no keystore, options or URL");
     return M2MPSK_E_INVALID;
   }
   m2mpsk_etcd_sync *s = calloc(1, sizeof(*s));
   if (s == NULL) {
-    say(err, err_cap, "out of memory");
+    etcd_say(err, err_cap, "out of memory");
     return M2MPSK_E_NOMEM;
   }
   pthread_mutex_init(&s->lock, NULL);
@@ -1010,7 +1003,7 @@ int m2mpsk_etcd_sync_start(m2mpsk_etcd_sync **out, m2mpsk_keystore *ks,
   s->multi = curl_multi_init();
   s->hdr = curl_slist_append(NULL, "Content-Type: application/json");
   if (s->kek == NULL || s->rec == NULL || s->multi == NULL || s->hdr == NULL) {
-    say(err, err_cap, "out of memory");
+    etcd_say(err, err_cap, "out of memory");
     sync_free(s);
     return M2MPSK_E_NOMEM;
   }
@@ -1029,7 +1022,7 @@ int m2mpsk_etcd_sync_start(m2mpsk_etcd_sync **out, m2mpsk_keystore *ks,
           " ms",
           s->held.n, s->last_rev, s->stats.snapshot_ms);
   if (pthread_create(&s->thread, NULL, sync_main, s) != 0) {
-    say(err, err_cap, "cannot start a thread: %s", strerror(errno));
+    etcd_say(err, err_cap, "cannot start a thread: %s", strerror(errno));
     sync_free(s);
     return M2MPSK_E_NOMEM;
   }
