@@ -385,8 +385,15 @@ int m2mpsk_keystore_next_request(m2mpsk_keystore *ks,
 int m2mpsk_keystore_request_key(m2mpsk_keystore *ks, const char *kpsa_id,
                                 m2mpsk_role role, const char *sni,
                                 m2mpsk_key_request **out) {
+  return m2mpsk_keystore_request_key_hashed(
+      ks, kpsa_id, m2mpsk_keystore_hash(ks, kpsa_id), role, sni, out);
+}
+
+int m2mpsk_keystore_request_key_hashed(m2mpsk_keystore *ks, const char *kpsa_id,
+                                       uint64_t hash, m2mpsk_role role,
+                                       const char *sni,
+                                       m2mpsk_key_request **out) {
   *out = NULL;
-  uint64_t hash = m2mpsk_keystore_hash(ks, kpsa_id);
   size_t id_len = strlen(kpsa_id);
   /* Allocated before the lock, and dropped if a request is open already:
    * the common case under load is a new KpsaID. */
