@@ -81,10 +81,11 @@ struct m2mpsk_assoc {
    * (a responder reading the ClientKeyExchange before the engine does, or
    * any association waiting for a key); off on the hot path. */
   unsigned char key_watch;
-  unsigned char pending_record; /* initiator: made before its record came */
-  uint32_t hs_left;             /* TLS scan: handshake bytes in later records */
-  unsigned held_n;              /* DTLS: datagrams held */
-  m2mpsk_key_request *req;      /* while WAITING_KEY */
+  unsigned char kpsa_hash_of_id; /* kpsa_hash is kpsa_id's (key_needed) */
+  unsigned char pending_record;  /* initiator: made before its record came */
+  uint32_t hs_left;        /* TLS scan: handshake bytes in later records */
+  unsigned held_n;         /* DTLS: datagrams held */
+  m2mpsk_key_request *req; /* while WAITING_KEY */
   /* Input not yet given to the engine: TLS, the stream from the first
    * record not yet scanned; DTLS, the datagrams that arrived while
    * waiting, each after its 2-byte length. */
@@ -366,6 +367,9 @@ unsigned m2mpsk_assoc_on_server_psk(m2mpsk_assoc *a, const char *identity,
   /* Bytes a client chose are echoed in details and events only once they
    * are known to be a well-formed KpsaID (no control characters). The rate
    * limiter counts all malformed ones under one key, "". */
+  /* key_needed() may have hashed this very identity already. */
+  int hashed = a->kpsa_hash_of_id && strcmp(a->kpsa_id, identity) == 0;
+  a->kpsa_hash_of_id = 0;
   if (id_len <= M2MPSK_KPSA_ID_MAX &&
       m2mpsk_kpsa_id_validate(identity) == M2MPSK_OK) {
     memcpy(a->kpsa_id, identity, id_len + 1);
@@ -389,7 +393,7 @@ unsigned m2mpsk_assoc_on_server_psk(m2mpsk_assoc *a, const char *identity,
     return 0;
   }
   a->checked_gen = m2mpsk_keystore_generation(a->ks); /* as on_client_psk */
-  if (a->presented)
+  if (a->presented && !hashed)
     a->kpsa_hash = m2mpsk_keystore_hash(a->ks, a->kpsa_id);
   if (!a->presented) {
     r = M2MPSK_REASON_UNKNOWN_IDENTITY;
@@ -905,11 +909,20 @@ static int key_needed(m2mpsk_assoc *a, const uint8_t *id, size_t id_len) {
   /* A blocked identity fails at once when the engine reads it. */
   if (m2mpsk_kpsa_id_validate(name) != M2MPSK_OK ||
       m2mpsk_guard_blocked(a->guard, M2MPSK_RATE_KPSA_ID, name, a->now_ms,
-                           &until) ||
-      m2mpsk_keystore_fetch(a->ks, name, NULL, NULL, NULL) == M2MPSK_OK)
+                           &until))
+    return 0;
+  /* One index hash for the presence check (no key is read), the request,
+   * and the engine's callback, which reads the same identity again. */
+  uint64_t hash = m2mpsk_keystore_hash(a->ks, name);
+  memcpy(a->kpsa_id, name, id_len + 1);
+  a->kpsa_hash = hash;
+  a->kpsa_hash_of_id = 1;
+  if (m2mpsk_keystore_fetch_hashed(a->ks, name, hash, NULL, NULL, NULL) ==
+      M2MPSK_OK)
     return 0;
   m2mpsk_key_request *req = NULL;
-  int r = m2mpsk_keystore_request_key(a->ks, name, a->role, a->sni, &req);
+  int r = m2mpsk_keystore_request_key_hashed(a->ks, name, hash, a->role, a->sni,
+                                             &req);
   if (r != M2MPSK_KEYREQ_WAIT || m2mpsk_key_request_answered(req)) {
     m2mpsk_key_request_free(req);
     return 0;
@@ -917,7 +930,6 @@ static int key_needed(m2mpsk_assoc *a, const uint8_t *id, size_t id_len) {
   a->req = req;
   /* What the client presented, for events and the rate limiter should the
    * wait end in failure; the engine's callback reads it again. */
-  memcpy(a->kpsa_id, name, id_len + 1);
   a->presented = 1;
   a->state = M2MPSK_STATE_WAITING_KEY;
   return 1;
@@ -987,31 +999,36 @@ static int push_held_prefix(m2mpsk_assoc *a, size_t n) {
   return M2MPSK_OK;
 }
 
-/* TLS with key_watch: appends the input to what is held, hands the engine
- * every whole record before the ClientKeyExchange, and holds from that
- * record on when the association must wait. */
+/* TLS with key_watch: hands the engine every whole record before the
+ * ClientKeyExchange, and holds from that record on when the association
+ * must wait. With nothing held (the usual case: a flight arrives whole),
+ * the input is scanned where it lies and only what must wait is copied;
+ * otherwise it is appended to what is held and scanned there. */
 static int feed_tls_scan(m2mpsk_assoc *a, const uint8_t *data, size_t len,
                          uint32_t max_input) {
   size_t eng_buf = a->ops->buffered(a->eng);
   if (len > max_input || a->held_len > max_input - len ||
       eng_buf > max_input - len - a->held_len)
     return input_limit(a, max_input);
-  if (!hold_append(a, data, len, 0)) {
+  int direct = a->held_len == 0 && a->state != M2MPSK_STATE_WAITING_KEY;
+  if (!direct && !hold_append(a, data, len, 0)) {
     fail(a, M2MPSK_REASON_INTERNAL, "out of memory buffering input");
     return M2MPSK_E_NOMEM;
   }
   if (a->state == M2MPSK_STATE_WAITING_KEY)
     return M2MPSK_OK;
+  const uint8_t *buf = direct ? data : a->held;
+  size_t buf_len = direct ? len : a->held_len;
   size_t off = 0;
   int v = SCAN_ON;
-  while (a->held_len - off >= 5) {
-    const uint8_t *h = a->held + off;
+  while (buf_len - off >= 5) {
+    const uint8_t *h = buf + off;
     size_t rlen = (size_t)h[3] << 8 | h[4];
     if (h[0] != 22 || h[1] != 3 || rlen > 16384 + 2048) {
       v = SCAN_STOP; /* past the handshake's plaintext, or not TLS */
       break;
     }
-    if (a->held_len - off - 5 < rlen)
+    if (buf_len - off - 5 < rlen)
       break; /* the rest of the record is still to come */
     const uint8_t *id = NULL;
     size_t id_len = 0;
@@ -1025,9 +1042,18 @@ static int feed_tls_scan(m2mpsk_assoc *a, const uint8_t *data, size_t len,
   }
   if (v == SCAN_STOP) {
     a->key_watch = 0;
-    off = a->held_len;
+    off = buf_len;
   }
-  int rc = push_held_prefix(a, off);
+  int rc = M2MPSK_OK;
+  if (!direct) {
+    rc = push_held_prefix(a, off);
+  } else if (off > 0 && a->ops->push(a->eng, data, off) != M2MPSK_OK) {
+    fail(a, M2MPSK_REASON_INTERNAL, "out of memory buffering input");
+    rc = M2MPSK_E_NOMEM;
+  } else if (off < len && !hold_append(a, data + off, len - off, 0)) {
+    fail(a, M2MPSK_REASON_INTERNAL, "out of memory buffering input");
+    rc = M2MPSK_E_NOMEM;
+  }
   if (rc != M2MPSK_OK || v == SCAN_WAIT || off == 0)
     return rc;
   return a->state == M2MPSK_STATE_HANDSHAKING ? step_handshake(a) : M2MPSK_OK;

@@ -85,6 +85,11 @@ enum {
 int m2mpsk_keystore_request_key(m2mpsk_keystore *ks, const char *kpsa_id,
                                 m2mpsk_role role, const char *sni,
                                 m2mpsk_key_request **out);
+/* The same with `hash` = m2mpsk_keystore_hash(ks, kpsa_id). */
+int m2mpsk_keystore_request_key_hashed(m2mpsk_keystore *ks, const char *kpsa_id,
+                                       uint64_t hash, m2mpsk_role role,
+                                       const char *sni,
+                                       m2mpsk_key_request **out);
 
 /* ---- profile.c ---------------------------------------------------------- */
 

@@ -40,7 +40,7 @@ struct m2mpsk_key_request {
   int open;
   uint64_t hash;
   m2mpsk_role role;
-  char *server_name;
+  char *server_name; /* NULL, or in the same allocation, after the struct */
   char kpsa_id[M2MPSK_KPSA_ID_MAX + 1];
 };
 
@@ -58,7 +58,6 @@ struct m2mpsk_key_sources {
 
 static void request_destroy(m2mpsk_key_request *r) {
   pthread_mutex_destroy(&r->mu);
-  free(r->server_name);
   free(r);
 }
 
@@ -385,27 +384,31 @@ int m2mpsk_keystore_next_request(m2mpsk_keystore *ks,
 int m2mpsk_keystore_request_key(m2mpsk_keystore *ks, const char *kpsa_id,
                                 m2mpsk_role role, const char *sni,
                                 m2mpsk_key_request **out) {
+  return m2mpsk_keystore_request_key_hashed(
+      ks, kpsa_id, m2mpsk_keystore_hash(ks, kpsa_id), role, sni, out);
+}
+
+int m2mpsk_keystore_request_key_hashed(m2mpsk_keystore *ks, const char *kpsa_id,
+                                       uint64_t hash, m2mpsk_role role,
+                                       const char *sni,
+                                       m2mpsk_key_request **out) {
   *out = NULL;
-  uint64_t hash = m2mpsk_keystore_hash(ks, kpsa_id);
   size_t id_len = strlen(kpsa_id);
-  /* Allocated before the lock, and dropped if a request is open already:
-   * the common case under load is a new KpsaID. */
-  m2mpsk_key_request *fresh = calloc(1, sizeof(*fresh));
-  if (fresh == NULL || id_len > M2MPSK_KPSA_ID_MAX) {
-    free(fresh);
+  if (id_len > M2MPSK_KPSA_ID_MAX)
     return M2MPSK_KEYREQ_NONE;
-  }
-  if (sni != NULL && sni[0] != '\0') {
-    size_t n = strlen(sni) + 1;
-    fresh->server_name = malloc(n);
-    if (fresh->server_name == NULL) {
-      free(fresh);
-      return M2MPSK_KEYREQ_NONE;
-    }
-    memcpy(fresh->server_name, sni, n);
+  /* Allocated before the lock, and dropped if a request is open already:
+   * the common case under load is a new KpsaID. One allocation with the
+   * SNI after the struct: the allocator is where a source's responder
+   * spends most of what it pays beyond in-memory lookup. */
+  size_t sni_n = sni != NULL && sni[0] != '\0' ? strlen(sni) + 1 : 0;
+  m2mpsk_key_request *fresh = calloc(1, sizeof(*fresh) + sni_n);
+  if (fresh == NULL)
+    return M2MPSK_KEYREQ_NONE;
+  if (sni_n > 0) {
+    fresh->server_name = (char *)(fresh + 1);
+    memcpy(fresh->server_name, sni, sni_n);
   }
   if (pthread_mutex_init(&fresh->mu, NULL) != 0) {
-    free(fresh->server_name);
     free(fresh);
     return M2MPSK_KEYREQ_NONE;
   }

@@ -55,12 +55,12 @@ int m2mpsk_keystore_debug_peek(const m2mpsk_keystore *ks, const uint8_t *p,
  * guards. Call before the first keystore. */
 void m2mpsk_keystore_debug_refuse_pkeys(void);
 
-/* Makes reads of closed (mprotect-guarded) arenas open the page instead of
- * reading through /proc/self/mem. Call before the first read. */
+/* Makes reads and writes of closed (mprotect-guarded) arenas open the page
+ * instead of going through /proc/self/mem. Call before the first key. */
 void m2mpsk_keystore_debug_refuse_procmem(void);
 
-/* The descriptor reads of closed arenas use: >= 0, or -1 (not opened yet)
- * or -2 (unavailable: such reads open the page). */
+/* The descriptor reads and writes of closed arenas use: >= 0, or -1 (not
+ * opened yet) or -2 (unavailable: they open the page). */
 int m2mpsk_keystore_debug_procmem_fd(void);
 
 /* mprotect calls made on key arenas by this process so far. */

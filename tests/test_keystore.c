@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -673,7 +674,8 @@ Test(keystore, closed_arena_read_without_opening_the_page) {
   m2mpsk_keystore *ks = new_ks(0);
   add_ok(ks, "a@b.c", 1, 32);
   add_ok(ks, "b@b.c", 2, 16);
-  cr_assert_eq(m2mpsk_keystore_debug_procmem_fd(), -1, "not opened yet");
+  /* The adds opened the descriptor (they write through it). */
+  cr_assert_geq(m2mpsk_keystore_debug_procmem_fd(), 512);
   unsigned long opens = m2mpsk_keystore_debug_page_opens();
   for (int i = 0; i < 100; i++) {
     expect_key(ks, "a@b.c", 1, 32);
@@ -755,6 +757,89 @@ Test(keystore, closed_arena_read_survives_a_host_closing_its_descriptor) {
   close(fd);
   close(p[0]);
   close(p[1]);
+  m2mpsk_keystore_free(ks);
+}
+
+#define PUT_NOW0_W 1000000u
+#define PUT_UNIX0_W 1800000000
+
+/* Writes into a closed arena: through /proc/self/mem (pwrite) where it can
+ * be opened, no page opened; with mprotect (two calls) where it cannot.
+ * Both store the right key: fetches, and a handshake on a responder whose
+ * key was written that way. */
+static void write_path_handshake(void) {
+  m2mt_pair p;
+  m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  m2mt_pair_start(&p, PUT_NOW0_W, PUT_UNIX0_W);
+  uint64_t now = PUT_NOW0_W;
+  cr_assert_geq(m2mt_run_handshake(p.a, p.b, NULL, &now, 100), 0);
+  cr_assert_eq(m2mpsk_assoc_state(p.b), M2MPSK_STATE_ESTABLISHED, "%s",
+               m2mpsk_assoc_failure_detail(p.b));
+  m2mt_pair_free(&p);
+}
+
+Test(keystore, closed_arena_write_through_procmem) {
+  skip_without_procmem();
+  m2mpsk_keystore_debug_refuse_pkeys();
+  m2mpsk_keystore *ks = new_ks(0);
+  unsigned long opens = m2mpsk_keystore_debug_page_opens();
+  add_ok(ks, "a@b.c", 1, 32);
+  add_ok(ks, "b@b.c", 2, M2MPSK_KEY_MAX);
+  cr_assert_geq(m2mpsk_keystore_debug_procmem_fd(), 512);
+  /* A remove wipes the slot, the next add reuses it. */
+  cr_assert_eq(m2mpsk_keystore_remove(ks, "a@b.c"), M2MPSK_OK);
+  add_ok(ks, "c@b.c", 3, 16);
+  cr_assert_eq(m2mpsk_keystore_debug_page_opens(), opens,
+               "adds and wipes must not open a page");
+  expect_key(ks, "b@b.c", 2, M2MPSK_KEY_MAX);
+  expect_key(ks, "c@b.c", 3, 16);
+  other_thread_faults_on(m2mpsk_keystore_debug_slot(ks, "c@b.c"));
+  m2mpsk_keystore_free(ks);
+  write_path_handshake();
+  cr_assert_eq(m2mpsk_keystore_debug_page_opens(), opens);
+}
+
+Test(keystore, closed_arena_write_opens_the_page_without_procmem) {
+  m2mpsk_keystore_debug_refuse_pkeys();
+  m2mpsk_keystore_debug_refuse_procmem();
+  m2mpsk_keystore *ks = new_ks(0);
+  unsigned long opens = m2mpsk_keystore_debug_page_opens();
+  add_ok(ks, "a@b.c", 1, 32);
+  cr_assert_eq(m2mpsk_keystore_debug_page_opens(), opens + 2,
+               "open and close the one page");
+  cr_assert_eq(m2mpsk_keystore_remove(ks, "a@b.c"), M2MPSK_OK);
+  add_ok(ks, "c@b.c", 3, 16);
+  cr_assert_eq(m2mpsk_keystore_debug_page_opens(), opens + 6, "wipe, add");
+  expect_key(ks, "c@b.c", 3, 16);
+  cr_assert_eq(m2mpsk_keystore_debug_procmem_fd(), -2);
+  other_thread_faults_on(m2mpsk_keystore_debug_slot(ks, "c@b.c"));
+  m2mpsk_keystore_free(ks);
+  write_path_handshake();
+}
+
+/* The descriptor's number closed by the host and reused for a file of its
+ * own: a write must not go there (the key would land in the file). A memfd
+ * accepts writes at any offset, as far as the arena's address. */
+Test(keystore, closed_arena_write_never_goes_to_a_reused_descriptor) {
+  m2mpsk_keystore *ks = procmem_ks();
+  int fd = m2mpsk_keystore_debug_procmem_fd();
+  cr_assert_geq(fd, 0);
+  int mfd = memfd_create("host", MFD_CLOEXEC);
+  if (mfd < 0)
+    cr_skip_test("memfd_create: %s", strerror(errno));
+  cr_assert_eq(dup2(mfd, fd), fd);
+  add_ok(ks, "b@b.c", 2, 32);
+  struct stat st;
+  cr_assert_eq(fstat(mfd, &st), 0);
+  cr_assert_eq(st.st_size, 0, "the key was written to the host's file");
+  expect_key(ks, "b@b.c", 2, 32);
+  expect_key(ks, "a@b.c", 1, 32);
+  add_ok(ks, "c@b.c", 3, 32); /* through the reopened descriptor */
+  expect_key(ks, "c@b.c", 3, 32);
+  cr_assert_eq(fstat(mfd, &st), 0);
+  cr_assert_eq(st.st_size, 0);
+  close(fd);
+  close(mfd);
   m2mpsk_keystore_free(ks);
 }
 

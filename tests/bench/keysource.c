@@ -54,6 +54,7 @@ typedef struct params {
   int resp;       /* also time the responder side alone, at the largest C */
   int engines;    /* bit 0 boringssl, bit 1 openssl */
   int transports; /* bit 0 TLS, bit 1 DTLS */
+  int suites;     /* bit 0 PSK, bit 1 ECDHE-PSK */
 } params;
 
 /* ---- helpers ------------------------------------------------------------- */
@@ -194,14 +195,21 @@ static void table_free(table *t) {
 typedef struct bench_case {
   m2mpsk_transport transport;
   m2mpsk_engine_id engine;
-  const char *label; /* "TLS PSK", "DTLS PSK" */
+  const char *label; /* "TLS PSK", "DTLS ECDHE-PSK", ... */
+  const char *suite;
   m2mpsk_config *cfg_a, *cfg_b;
   m2mpsk_keystore *ks_a;   /* the initiators': every record */
   m2mpsk_keystore *ks_mem; /* contender memory's responder: every record */
   int64_t unix_time;
 } bench_case;
 
-static const char k_suite[] = "TLS_PSK_WITH_AES_128_CBC_SHA";
+/* The cheapest handshake (the one that needs the most concurrency to hide
+ * a wait), and the same with ECDHE, as real responders mostly run it: the
+ * key lookup's share of a handshake is then smaller. */
+static const char *const k_suites[2] = {"TLS_PSK_WITH_AES_128_CBC_SHA",
+                                        "TLS_ECDHE_PSK_WITH_AES_128_CBC_SHA"};
+static const char *const k_labels[2][2] = {{"TLS PSK", "TLS ECDHE-PSK"},
+                                           {"DTLS PSK", "DTLS ECDHE-PSK"}};
 
 static m2mpsk_keystore *keystore_full(const table *t) {
   m2mpsk_keystore *ks;
@@ -214,13 +222,15 @@ static m2mpsk_keystore *keystore_full(const table *t) {
   return ks;
 }
 
-static void case_init(bench_case *c, m2mpsk_transport tr, m2mpsk_engine_id e,
-                      m2mpsk_keystore *ks_a, m2mpsk_keystore *ks_mem) {
+static void case_init(bench_case *c, m2mpsk_transport tr, int suite,
+                      m2mpsk_engine_id e, m2mpsk_keystore *ks_a,
+                      m2mpsk_keystore *ks_mem) {
   int rc;
   memset(c, 0, sizeof(*c));
   c->transport = tr;
   c->engine = e;
-  c->label = tr == M2MPSK_TRANSPORT_DTLS ? "DTLS PSK" : "TLS PSK";
+  c->label = k_labels[tr == M2MPSK_TRANSPORT_DTLS][suite];
+  c->suite = k_suites[suite];
   c->ks_a = ks_a;
   c->ks_mem = ks_mem;
   c->unix_time = (int64_t)time(NULL);
@@ -228,8 +238,8 @@ static void case_init(bench_case *c, m2mpsk_transport tr, m2mpsk_engine_id e,
       (rc = m2mpsk_config_new(&c->cfg_b)) != M2MPSK_OK ||
       (rc = m2mpsk_config_set_engine(c->cfg_a, e)) != M2MPSK_OK ||
       (rc = m2mpsk_config_set_engine(c->cfg_b, e)) != M2MPSK_OK ||
-      (rc = m2mpsk_config_set_suites(c->cfg_a, k_suite)) != M2MPSK_OK ||
-      (rc = m2mpsk_config_set_suites(c->cfg_b, k_suite)) != M2MPSK_OK ||
+      (rc = m2mpsk_config_set_suites(c->cfg_a, c->suite)) != M2MPSK_OK ||
+      (rc = m2mpsk_config_set_suites(c->cfg_b, c->suite)) != M2MPSK_OK ||
       (rc = m2mpsk_config_add_local_id(c->cfg_b, BENCH_ID_B)) != M2MPSK_OK)
     fatal("%s on %s: config setup failed: %s", c->label, m2mpsk_engine_name(e),
           m2mpsk_strerror(rc));
@@ -770,7 +780,7 @@ static void sweep_case(const bench_case *c, table *t, const params *pp) {
       else
         snprintf(rtxt, sizeof(rtxt), "%6.3f %6.3f %6.3f", ra.median, ra.min,
                  ra.max);
-      printf("%-9s %-9s %5d  %-8s %8.0f %8.0f %8.0f %7.1f %5.2f %5.2f %7.0f  "
+      printf("%-14s %-9s %5d  %-8s %8.0f %8.0f %8.0f %7.1f %5.2f %5.2f %7.0f  "
              "%s\n",
              k == 0 && ci == 0 ? c->label : "",
              k == 0 && ci == 0 ? m2mpsk_engine_name(c->engine) : "", conc,
@@ -816,7 +826,7 @@ static void sweep_case(const bench_case *c, table *t, const params *pp) {
       jn += snprintf(js + jn, sizeof(js) - (size_t)jn, "%s\"%s\":%.3f",
                      jn ? "," : "", k_kind[j], m);
     }
-    printf("%-9s %-9s %5d  %-8s responder CPU %6.2f us per handshake "
+    printf("%-14s %-9s %5d  %-8s responder CPU %6.2f us per handshake "
            "(%.2f-%.2f):%s\n",
            "", "", conc, k_who[w], u.median, u.min, u.max, by);
     json("{\"kind\":\"ksrc_resp\",\"case\":\"%s\",\"engine\":\"%s\","
@@ -835,7 +845,8 @@ static void usage(FILE *f) {
         "         [--reps R] [--conc C1,C2,...] [--conc-openssl C1,C2,...]\n"
         "         [--delay-ms D] [--jitter-ms J] [--warmup S]\n"
         "         [--window S] [--records N] [--engines boringssl,openssl]\n"
-        "         [--transports tls,dtls] [--who memory,queue,callback]\n"
+        "         [--transports tls,dtls] [--suites psk,ecdhe]\n"
+        "         [--who memory,queue,callback]\n"
         "         [--no-responder-cpu]\n"
         "  Responder handshakes per wall second with an in-memory keystore\n"
         "  against a key source answering after D ms (queue and callback\n"
@@ -893,7 +904,8 @@ int main(int argc, char **argv) {
                .who = 7,
                .resp = 1,
                .engines = 3,
-               .transports = 3};
+               .transports = 3,
+               .suites = 3};
   pp.n_conc = parse_list("50,200,1000,2000,4000", pp.conc, MAX_CONC);
   pp.n_conc_o = parse_list("50,200,500,1000", pp.conc_o, MAX_CONC);
   for (int i = 1; i < argc; i++) {
@@ -951,6 +963,9 @@ int main(int argc, char **argv) {
     } else if (v && strcmp(argv[i], "--transports") == 0) {
       pp.transports = parse_names(v, "tls", "dtls");
       i++;
+    } else if (v && strcmp(argv[i], "--suites") == 0) {
+      pp.suites = parse_names(v, "psk", "ecdhe");
+      i++;
     } else if (strcmp(argv[i], "--no-responder-cpu") == 0) {
       pp.resp = 0;
     } else if (v && strcmp(argv[i], "--who") == 0) {
@@ -968,9 +983,9 @@ int main(int argc, char **argv) {
     }
   }
   if (pp.reps < 1 || pp.reps > MAX_REPS || pp.n_conc < 1 || pp.n_conc_o < 1 ||
-      pp.engines <= 0 || pp.transports <= 0 || pp.who == 0 || pp.delay_ms < 0 ||
-      pp.jitter_ms < 0 || pp.warmup_s < 0 || pp.window_s <= 0 ||
-      pp.records < 1000 || pp.records > 20000000) {
+      pp.engines <= 0 || pp.transports <= 0 || pp.suites <= 0 || pp.who == 0 ||
+      pp.delay_ms < 0 || pp.jitter_ms < 0 || pp.warmup_s < 0 ||
+      pp.window_s <= 0 || pp.records < 1000 || pp.records > 20000000) {
     usage(stderr);
     return 2;
   }
@@ -987,11 +1002,14 @@ int main(int argc, char **argv) {
   table_make(&t, pp.records);
   m2mpsk_keystore *ks_a = keystore_full(&t), *ks_mem = keystore_full(&t);
 
+  char suites[96];
+  snprintf(suites, sizeof(suites), "%s%s%s", pp.suites & 1 ? k_suites[0] : "",
+           pp.suites == 3 ? "," : "", pp.suites & 2 ? k_suites[1] : "");
   json("{\"kind\":\"ksrc_run\",\"m2mpsk\":\"%s\",\"profile\":\"%s\","
        "\"reps\":%d,\"delay_ms\":%.1f,\"jitter_ms\":%.1f,\"warmup_s\":%.3f,"
        "\"window_s\":%.3f,\"records\":%ld,\"suite\":\"%s\"}",
        m2mpsk_version_string(), pp.profile, pp.reps, pp.delay_ms, pp.jitter_ms,
-       pp.warmup_s, pp.window_s, pp.records, k_suite);
+       pp.warmup_s, pp.window_s, pp.records, suites);
   printf("m2mpsk-keysource-bench: m2mpsk %s, %s, source answering after "
          "%.0f ms (+ up to %.0f ms), %d repetitions,\nwarm-up %.2f s then a "
          "window of %.2f s per run; hs/s = handshakes per wall second in the "
@@ -999,9 +1017,9 @@ int main(int argc, char **argv) {
          "the source); util = CPU / wall;\nidle = share of the window the "
          "loop slept (nothing to run); peak = most responders waiting\nfor "
          "a key at once; ratio = contender / memory per repetition.\n\n",
-         m2mpsk_version_string(), k_suite, pp.delay_ms, pp.jitter_ms, pp.reps,
+         m2mpsk_version_string(), suites, pp.delay_ms, pp.jitter_ms, pp.reps,
          pp.warmup_s, pp.window_s);
-  printf("%-9s %-9s %5s  %-8s %8s %8s %8s %7s %5s %5s %7s  %6s %6s %6s\n",
+  printf("%-14s %-9s %5s  %-8s %8s %8s %8s %7s %5s %5s %7s  %6s %6s %6s\n",
          "case", "engine", "C", "who", "hs/s", "min", "max", "cpu us", "util",
          "idle", "peak", "ratio", "min", "max");
   int cases = 0;
@@ -1010,20 +1028,24 @@ int main(int argc, char **argv) {
   for (int tr = 0; tr < 2; tr++) {
     if (!(pp.transports & (1 << tr)))
       continue;
-    for (int e = 0; e < 2; e++) {
-      if (!(pp.engines & (1 << e)))
+    for (int su = 0; su < 2; su++) {
+      if (!(pp.suites & (1 << su)))
         continue;
-      if (!m2mpsk_engine_available(engines[e])) {
-        printf("(engine %s not available: skipped)\n",
-               m2mpsk_engine_name(engines[e]));
-        continue;
+      for (int e = 0; e < 2; e++) {
+        if (!(pp.engines & (1 << e)))
+          continue;
+        if (!m2mpsk_engine_available(engines[e])) {
+          printf("(engine %s not available: skipped)\n",
+                 m2mpsk_engine_name(engines[e]));
+          continue;
+        }
+        bench_case c;
+        case_init(&c, tr == 0 ? M2MPSK_TRANSPORT_TLS : M2MPSK_TRANSPORT_DTLS,
+                  su, engines[e], ks_a, ks_mem);
+        sweep_case(&c, &t, &pp);
+        case_free(&c);
+        cases++;
       }
-      bench_case c;
-      case_init(&c, tr == 0 ? M2MPSK_TRANSPORT_TLS : M2MPSK_TRANSPORT_DTLS,
-                engines[e], ks_a, ks_mem);
-      sweep_case(&c, &t, &pp);
-      case_free(&c);
-      cases++;
     }
   }
   m2mpsk_keystore_free(ks_a);

@@ -44,7 +44,7 @@ timeout 1500 "$bench" $quick --json "$out/results.jsonl" --workdir "$out" |
 # Key sources (issue 19): a responder whose keys come from a source that
 # answers after 50 ms, against in-memory lookup, in one event loop.
 echo "== m2mpsk-keysource-bench $quick"
-timeout 1200 "$build/tests/bench/m2mpsk-keysource-bench" $quick \
+timeout 2700 "$build/tests/bench/m2mpsk-keysource-bench" $quick \
   --json "$out/results-keysource.jsonl" | tee "$out/keysource.txt"
 
 # Instruction counts: one valgrind run per case and contender, the same
