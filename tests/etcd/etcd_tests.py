@@ -23,6 +23,10 @@ import threading
 import time
 import traceback
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "support"))
+from etcd_single import EtcdSingle  # noqa: E402
+
 M2MPSK = os.path.abspath(sys.argv[1])
 ONLY = set(sys.argv[2:])
 ETCD = shutil.which("etcd")
@@ -48,58 +52,26 @@ def run(*args, timeout=30):
                           timeout=timeout)
 
 
-class Etcd:
-    """A private single-member etcd on free loopback ports."""
+class Etcd(EtcdSingle):
+    """A private single-member etcd on free loopback ports
+    (tests/support/etcd_single.py), with this driver's defaults: the
+    prefix "m2m", etcdctl checked unless asked not to, kill()."""
 
-    def __init__(self, tmp, extra=()):
-        self.data = tempfile.mkdtemp(dir=tmp)
-        self.tmp, self.extra = tmp, extra
-        for _ in range(5):
-            self.peer = free_port()
-            if self.start(free_port()):
-                return
-        raise AssertionError("etcd did not start")
+    @property
+    def port(self):
+        return self.client_port
 
-    def start(self, port):
-        """(Re)starts the member on client port `port`, same data."""
-        self.port = port
-        self.endpoint = "127.0.0.1:%d" % port
-        self.log = open(os.path.join(self.tmp, "etcd.log"), "ab")
-        peer = "http://127.0.0.1:%d" % self.peer
-        self.proc = subprocess.Popen(
-            [ETCD, "--data-dir", self.data, "--name", "t",
-             "--listen-client-urls", "http://" + self.endpoint,
-             "--advertise-client-urls", "http://" + self.endpoint,
-             "--listen-peer-urls", peer,
-             "--initial-advertise-peer-urls", peer,
-             "--initial-cluster", "t=" + peer,
-             "--unsafe-no-fsync", *self.extra],
-            stdout=self.log, stderr=self.log, start_new_session=True)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            if self.ctl("endpoint", "health", check=False).returncode == 0:
-                return True
-            time.sleep(0.1)
-        self.kill()  # a port taken meanwhile: the caller tries others
-        return False
+    def url(self, prefix="m2m"):
+        return super().url(prefix)
 
     def ctl(self, *args, check=True):
-        r = subprocess.run([ETCDCTL, "--endpoints", self.endpoint,
-                            "--dial-timeout", "2s", *args],
-                           capture_output=True, timeout=20,
-                           env=dict(os.environ, ETCDCTL_API="3"))
+        r = super().ctl("--dial-timeout", "2s", *args, timeout=20)
         if check:
             assert r.returncode == 0, r.stderr
         return r
 
-    def url(self, prefix="m2m"):
-        return "etcd://%s/%s" % (self.endpoint, prefix)
-
     def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-        self.log.close()
+        self.stop()
 
 
 def kek(tmp, name="kek"):

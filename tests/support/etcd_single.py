@@ -33,31 +33,41 @@ class EtcdSingle:
                 return "%s not found (Debian package %s)" % (tool, pkg)
         return None
 
-    def __init__(self, tmp, start_timeout=15.0):
+    def __init__(self, tmp, start_timeout=15.0, extra=()):
         self.proc = None
+        self.extra = tuple(extra)
         self.log_path = os.path.join(tmp, "etcd.log")
         # A port taken between the probe and etcd's bind makes etcd exit:
-        # then try again with others.
+        # then try again with others (and a data directory of their own).
         for attempt in range(3):
-            self.client_port, peer_port = _free_port(), _free_port()
-            data = os.path.join(tmp, "etcd-data-%d" % attempt)
-            client = "http://127.0.0.1:%d" % self.client_port
-            peer = "http://127.0.0.1:%d" % peer_port
-            self.log = open(self.log_path, "ab")
-            self.proc = subprocess.Popen(
-                ["etcd", "--name", "n0", "--data-dir", data,
-                 "--listen-client-urls", client,
-                 "--advertise-client-urls", client,
-                 "--listen-peer-urls", peer,
-                 "--initial-advertise-peer-urls", peer,
-                 "--initial-cluster", "n0=" + peer,
-                 "--unsafe-no-fsync", "--log-level", "warn"],
-                stdout=self.log, stderr=subprocess.STDOUT,
-                start_new_session=True)
-            if self._wait_healthy(start_timeout):
+            self.data = os.path.join(tmp, "etcd-data-%d" % attempt)
+            self.peer_port = _free_port()
+            if self.start(_free_port(), start_timeout):
                 return
-            self.stop()
         raise RuntimeError("etcd did not start; its log:\n" + self.tail())
+
+    def start(self, client_port, timeout=15.0):
+        """(Re)starts the member on `client_port`, with the same data and
+        peer port. False, the member stopped, if it did not become
+        healthy in time (a port taken meanwhile: try another)."""
+        self.client_port = client_port
+        client = "http://127.0.0.1:%d" % client_port
+        peer = "http://127.0.0.1:%d" % self.peer_port
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            ["etcd", "--name", "n0", "--data-dir", self.data,
+             "--listen-client-urls", client,
+             "--advertise-client-urls", client,
+             "--listen-peer-urls", peer,
+             "--initial-advertise-peer-urls", peer,
+             "--initial-cluster", "n0=" + peer,
+             "--unsafe-no-fsync", "--log-level", "warn", *self.extra],
+            stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        if self._wait_healthy(timeout):
+            return True
+        self.stop()
+        return False
 
     def _wait_healthy(self, timeout):
         end = time.monotonic() + timeout
