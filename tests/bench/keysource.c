@@ -240,7 +240,9 @@ static void case_init(bench_case *c, m2mpsk_transport tr, int suite,
       (rc = m2mpsk_config_set_engine(c->cfg_b, e)) != M2MPSK_OK ||
       (rc = m2mpsk_config_set_suites(c->cfg_a, c->suite)) != M2MPSK_OK ||
       (rc = m2mpsk_config_set_suites(c->cfg_b, c->suite)) != M2MPSK_OK ||
-      (rc = m2mpsk_config_add_local_id(c->cfg_b, BENCH_ID_B)) != M2MPSK_OK)
+      (rc = m2mpsk_config_add_local_id(c->cfg_b, BENCH_ID_B)) != M2MPSK_OK ||
+      /* C in flight, beyond the default bound of 4096 */
+      (rc = m2mpsk_config_set_max_handshakes(c->cfg_b, 0)) != M2MPSK_OK)
     fatal("%s on %s: config setup failed: %s", c->label, m2mpsk_engine_name(e),
           m2mpsk_strerror(rc));
 }
@@ -525,7 +527,17 @@ static void slot_done(loop *L, int si) {
     slot_start(L, si);
 }
 
-/* The key arrives: supply it, and resume the responder waiting for it. */
+/* What a turn leads to: the back of the run queue, a wait (the responder
+ * is held by its request), or the pair's end. */
+static void slot_after_turn(loop *L, int si, int turn) {
+  if (turn == TURN_MORE)
+    runq_push(L, si);
+  else if (turn == TURN_DONE)
+    slot_done(L, si);
+}
+
+/* The key arrives: supply it, resume the responder waiting for it, and
+ * finish the turn the wait interrupted. */
 static void timer_fire(loop *L, timer t) {
   resp_begin(L);
   int rc = m2mpsk_key_request_supply(t.req, t.rec->key, KEY_LEN, BENCH_ID_A,
@@ -545,7 +557,10 @@ static void timer_fire(loop *L, timer t) {
   resp_end(L, S_RESUME);
   if (rc != M2MPSK_OK || m2mpsk_assoc_state(s->b) == M2MPSK_STATE_WAITING_KEY)
     slot_fail(L, s, "m2mpsk_assoc_resume failed");
-  runq_push(L, si);
+  /* The wait interrupted this pair's turn; the rest of it runs now, as it
+   * runs at once for memory: the rest of the flight, the responder's
+   * answer to the initiator, and the initiator's next flight. */
+  slot_after_turn(L, si, slot_turn(L, si));
 }
 
 typedef struct run_figures {
@@ -666,11 +681,7 @@ static run_figures run_one(const bench_case *c, table *t, who w, int conc,
       timer_fire(L, heap_pop(L));
     if (L->rq_len > 0) {
       int si = runq_pop(L);
-      int r = slot_turn(L, si);
-      if (r == TURN_MORE)
-        runq_push(L, si);
-      else if (r == TURN_DONE)
-        slot_done(L, si);
+      slot_after_turn(L, si, slot_turn(L, si));
       if (w == W_QUEUE)
         source_poll(L);
     } else if (L->heap_len > 0 || (admitted < conc && !L->stopping)) {
