@@ -87,12 +87,18 @@ void cli_wire_free(cli_wire *w);
  * until m2mpsk_etcd_sync_stop(); `on_change` is called from its thread
  * after each change (see src/etcd/etcd_keys.h). */
 struct m2mpsk_etcd_sync;
+struct m2mpsk_p11_source;
 typedef struct cli_keys_opts {
   const char *spec;       /* --keys */
   const char *kek;        /* --kek FILE, or NULL */
   uint32_t fail_closed_s; /* --etcd-fail-closed, 0: the component's default */
   void (*on_change)(void *arg);
   void *arg;
+  /* --keys pkcs11:MODULE:TOKEN (issue 20): the PIN file (NULL:
+   * $M2MPSK_PKCS11_PIN), and where the key source goes. A host that
+   * leaves `p11` NULL (the gateway, for now) refuses such a spec. */
+  const char *pin_file;
+  struct m2mpsk_p11_source **p11;
 } cli_keys_opts;
 /* CLI_OK, or CLI_USAGE / CLI_IO with the reason logged. A URL in a build
  * without etcd support is CLI_USAGE, said so. */
@@ -100,6 +106,10 @@ int cli_keys_open(const cli_keys_opts *o, m2mpsk_keystore **ks,
                   struct m2mpsk_etcd_sync **sync);
 /* 1 when `spec` is an etcd URL (in any build). */
 int cli_keys_is_url(const char *spec);
+/* 1 when `spec` is "pkcs11:..." (in any build). */
+int cli_keys_is_pkcs11(const char *spec);
+/* Stops the PKCS#11 key source and frees it; NULL is a no-op. */
+void cli_keys_close_p11(struct m2mpsk_p11_source *src);
 /* Stops the sync thread and frees it; NULL is a no-op. */
 void cli_keys_close(struct m2mpsk_etcd_sync *sync);
 
@@ -109,5 +119,14 @@ int cli_serve(int argc, char **argv);
 int cli_connect(int argc, char **argv);
 /* m2mpsk keys (src/cli/keys.c; only when built with etcd support). */
 int cli_keys(int argc, char **argv);
+/* m2mpsk keys --pkcs11 (src/cli/keys_p11.c; only when built with the
+ * PKCS#11 component). */
+int cli_keys_pkcs11(int argc, char **argv);
+extern const char cli_keys_p11_usage[];
+/* The PIN from a 0600 file of ours (trailing newline stripped) or, with
+ * pin_file NULL, $M2MPSK_PKCS11_PIN, into sodium_malloc memory (the caller
+ * sodium_free()s it). CLI_OK, CLI_USAGE (no PIN given) or CLI_IO (the
+ * file unreadable or unsafe), logged; never the PIN itself. */
+int cli_p11_read_pin(const char *pin_file, uint8_t **pin, size_t *len);
 
 #endif

@@ -60,7 +60,12 @@ static const char k_keys_usage[] =
     "\n"
     "Exit codes: 0 done; 1 etcd refused or answered unexpectedly, no such\n"
     "record, or a concurrent change; 2 usage; 3 I/O: no etcd endpoint\n"
-    "answered, a KEK or key file unreadable, unsafe or malformed.\n";
+    "answered, a KEK or key file unreadable, unsafe or malformed.\n"
+    "\n"
+    "PKCS#11 tokens (issue 20): m2mpsk keys --pkcs11 MODULE:TOKEN\n"
+    "generate|import|list|revoke|delete [--pin-file FILE] ... manages the\n"
+    "records kept in a token instead; `m2mpsk keys --pkcs11 X --help`\n"
+    "lists its options (docs/pkcs11.md).\n";
 
 typedef struct keys_args {
   const char *url, *kek, *id, *new_id, *idb, *ida, *nb_s, *na_s;

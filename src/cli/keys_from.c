@@ -1,10 +1,18 @@
-/* --keys for the servers (serve, gateway): a key file, or an etcd URL whose
- * records a background thread keeps in step (src/etcd/etcd_keys.h). */
+/* --keys for the servers (serve, gateway): a key file, an etcd URL whose
+ * records a background thread keeps in step (src/etcd/etcd_keys.h), or a
+ * PKCS#11 token that a key source asks (src/pkcs11/p11_keys.h). */
+#include <sodium.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "../etcd/etcd_keys.h"
 #include "cli.h"
+#if defined(M2MPSK_PKCS11) && M2MPSK_PKCS11
+#define HAVE_PKCS11 1
+#include "../pkcs11/p11_keys.h"
+#else
+#define HAVE_PKCS11 0
+#endif
 
 /* M2MPSK_ETCD is 0 when CMake left the component out (no libcurl or
  * json-c): then only this file knows, and says so. */
@@ -30,10 +38,85 @@ void cli_keys_close(m2mpsk_etcd_sync *sync) {
 #endif
 }
 
+int cli_keys_is_pkcs11(const char *spec) {
+  return spec != NULL && strncmp(spec, "pkcs11:", 7) == 0;
+}
+
+void cli_keys_close_p11(struct m2mpsk_p11_source *src) {
+#if HAVE_PKCS11
+  m2mpsk_p11_source_stop(src);
+#else
+  (void)src;
+#endif
+}
+
+/* --keys pkcs11:MODULE:TOKEN: an empty keystore whose key source asks the
+ * token for each KpsaID a handshake names. */
+static int open_pkcs11(const cli_keys_opts *o, m2mpsk_keystore **ks) {
+  if (o->kek != NULL || o->fail_closed_s != 0) {
+    cli_log("--kek and --etcd-fail-closed go with --keys etcd://...");
+    return CLI_USAGE;
+  }
+  if (o->p11 == NULL) {
+    cli_log("--keys %s: this command does not take PKCS#11 keys yet (serve "
+            "does)",
+            o->spec);
+    return CLI_USAGE;
+  }
+#if !HAVE_PKCS11
+  cli_log("--keys %s: this m2mpsk was built without PKCS#11 support (it "
+          "needs p11-kit's pkcs11.h: apt-get install libp11-kit-dev)",
+          o->spec);
+  return CLI_USAGE;
+#else
+  const char *spec = o->spec + 7;
+  if (strchr(spec, ':') == NULL) {
+    cli_log("--keys pkcs11:MODULE:TOKEN expected, not '%s'", o->spec);
+    return CLI_USAGE;
+  }
+  if (sodium_init() < 0) {
+    cli_log("cannot initialise libsodium");
+    return CLI_IO;
+  }
+  uint8_t *pin = NULL;
+  size_t pin_len = 0;
+  int ex = cli_p11_read_pin(o->pin_file, &pin, &pin_len);
+  if (ex != CLI_OK)
+    return ex;
+  int rc = m2mpsk_keystore_new(ks, 0);
+  if (rc != M2MPSK_OK) {
+    sodium_free(pin);
+    cli_log("cannot create a keystore: %s", m2mpsk_strerror(rc));
+    return CLI_IO;
+  }
+  m2mpsk_p11_source_options po = {.on_change = o->on_change, .arg = o->arg};
+  char err[512] = "";
+  rc = m2mpsk_p11_source_start(o->p11, *ks, spec, pin, pin_len, &po, err,
+                               sizeof(err));
+  sodium_free(pin);
+  if (rc != M2MPSK_OK) {
+    cli_log("keys: %s", err[0] ? err : m2mpsk_strerror(rc));
+    m2mpsk_keystore_free(*ks);
+    *ks = NULL;
+    return rc == M2MPSK_E_INVALID ? CLI_USAGE : CLI_IO;
+  }
+  cli_log("keys: PKCS#11 token open, keys asked for on demand");
+  return CLI_OK;
+#endif
+}
+
 int cli_keys_open(const cli_keys_opts *o, m2mpsk_keystore **ks,
                   m2mpsk_etcd_sync **sync) {
   *ks = NULL;
   *sync = NULL;
+  if (o->p11 != NULL)
+    *o->p11 = NULL;
+  if (cli_keys_is_pkcs11(o->spec))
+    return open_pkcs11(o, ks);
+  if (o->pin_file != NULL) {
+    cli_log("--pin-file goes with --keys pkcs11:MODULE:TOKEN");
+    return CLI_USAGE;
+  }
   if (!cli_keys_is_url(o->spec)) {
     if (o->kek != NULL || o->fail_closed_s != 0) {
       cli_log("--kek and --etcd-fail-closed go with --keys etcd://...");

@@ -33,7 +33,8 @@ static const char k_usage[] =
     "           each oneM2M request's originator, forwards HTTP and CoAP\n"
     "           to the CSE's plain ports\n"
     "  keys     manage the records a cluster shares through etcd (put,\n"
-    "           revoke, delete, list, rotate, import, kek)\n"
+    "           revoke, delete, list, rotate, import, kek), or, with\n"
+    "           --pkcs11, those kept in a PKCS#11 token\n"
     "  version  print the versions of m2mpsk and its TLS library, its\n"
     "           suites, and whether it has the TS-0003 profile's\n"
     "           mandated suites (also --version, -V)\n"
@@ -806,6 +807,25 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "connect") == 0)
     return cli_connect(argc, argv);
   if (strcmp(cmd, "keys") == 0) {
+    /* --pkcs11 MODULE:TOKEN picks the token's records (issue 20); else
+     * etcd's. */
+    int p11 = !M2MPSK_ETCD;
+    for (int i = 1; i < argc; i++)
+      if (strcmp(argv[i], "--") == 0)
+        break;
+      else if (strcmp(argv[i], "--pkcs11") == 0 ||
+               strncmp(argv[i], "--pkcs11=", 9) == 0)
+        p11 = 1;
+    if (p11) {
+#if M2MPSK_PKCS11
+      return cli_keys_pkcs11(argc, argv);
+#else
+      cli_log("this m2mpsk was built without PKCS#11 support (p11-kit's "
+              "pkcs11.h was missing at build time: apt-get install "
+              "libp11-kit-dev, then rebuild)");
+      return CLI_USAGE;
+#endif
+    }
 #if M2MPSK_ETCD
     return cli_keys(argc, argv);
 #else

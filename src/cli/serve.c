@@ -17,8 +17,10 @@
 #include "cli.h"
 
 static const char k_serve_usage[] =
-    "usage: m2mpsk serve --keys FILE|URL --id IDB [--id IDB ...]\n"
+    "usage: m2mpsk serve --keys FILE|URL|pkcs11:MODULE:TOKEN --id IDB\n"
+    "                    [--id IDB ...]\n"
     "                    [--kek FILE] [--etcd-fail-closed SECONDS]\n"
+    "                    [--pin-file FILE]\n"
     "                    [--listen ADDR]\n"
     "                    [--port N] [--tcp | --udp] [--once] [--max-conn N]\n"
     "                    [--suites LIST|all|ts0003] [--reveal-unknown]\n"
@@ -37,6 +39,15 @@ static const char k_serve_usage[] =
     "                     start and kept in step; a record revoked, deleted\n"
     "                     or replaced there ends the live associations\n"
     "                     using it at once (see docs/etcd.md)\n"
+    "  --keys pkcs11:MODULE:TOKEN\n"
+    "                     the records of a PKCS#11 token (MODULE: the\n"
+    "                     module's path; TOKEN: its label), asked for when\n"
+    "                     a handshake names a KpsaID; a record revoked or\n"
+    "                     deleted there ends the live associations using it\n"
+    "                     within a second (see docs/pkcs11.md)\n"
+    "  --pin-file FILE    with pkcs11: the token's user PIN (a 0600 file;\n"
+    "                     else $M2MPSK_PKCS11_PIN; never on the command\n"
+    "                     line)\n"
     "  --kek FILE         with an etcd URL: the key-encryption key (a file\n"
     "                     of mode 0600; `m2mpsk keys kek` makes one)\n"
     "  --etcd-fail-closed SECONDS\n"
@@ -77,7 +88,8 @@ static const char k_serve_usage[] =
     "Exit codes: 0 stopped by SIGINT or SIGTERM, or with --once the\n"
     "association was established; 1 with --once it failed; 2 usage;\n"
     "3 cannot listen, or the key file unreadable, unsafe or malformed, or\n"
-    "etcd unreachable or the KEK file unreadable, unsafe or malformed.\n";
+    "etcd unreachable or the KEK file unreadable, unsafe or malformed, or\n"
+    "the PKCS#11 module, token, login or PIN file failed.\n";
 
 #define BUF_SIZE 17408
 
@@ -106,9 +118,10 @@ typedef struct server {
   uint64_t idle_ms;
   m2mpsk_config *cfg;
   m2mpsk_keystore *ks;
-  /* --keys etcd://...: the thread keeping ks in step writes to keys_fd
-   * after every change it applied; the loop then re-checks every live
-   * association. -1 with a key file. */
+  /* --keys etcd://... or pkcs11:...: the thread keeping ks in step (or
+   * answering its key requests) writes to keys_fd after every change it
+   * applied; the loop then resumes the associations whose key request was
+   * answered and re-checks every live one. -1 with a key file. */
   int keys_fd;
   conn **conns;
   size_t n;
@@ -234,9 +247,20 @@ static void on_keys_changed(server *s) {
   uint64_t now = cli_now_ms();
   for (size_t i = 0; i < s->n; i++) {
     conn *c = s->conns[i];
+    if (c->done)
+      continue;
+    /* A key source answered: the handshake goes on (or fails as with an
+     * unknown identity). One still open stays waiting. */
+    if (m2mpsk_assoc_state(c->a) == M2MPSK_STATE_WAITING_KEY) {
+      if (m2mpsk_key_request_answered(m2mpsk_assoc_key_request(c->a)) == 1 &&
+          m2mpsk_assoc_resume(c->a, now) != M2MPSK_OK)
+        cli_trace("%s: resumed handshake failed", c->peer);
+      process(s, c);
+      continue;
+    }
     /* A handshake checks its record when the key is handed over; only
      * established associations hold one that can go. */
-    if (c->done || m2mpsk_assoc_state(c->a) != M2MPSK_STATE_ESTABLISHED)
+    if (m2mpsk_assoc_state(c->a) != M2MPSK_STATE_ESTABLISHED)
       continue;
     if (m2mpsk_assoc_handle_timeout(c->a, now) == M2MPSK_E_FAILED)
       cli_log("failure peer=%s reason=%s detail=\"%s\"", c->peer,
@@ -625,6 +649,8 @@ int cli_serve(int argc, char **argv) {
       {"keys", required_argument, NULL, 'k'},
       {"kek", required_argument, NULL, 'K'},
       {"etcd-fail-closed", required_argument, NULL, 'F'},
+      {"pin-file", required_argument, NULL, 'P'},
+      {"pin", required_argument, NULL, 'X'},
       {"id", required_argument, NULL, 'i'},
       {"listen", required_argument, NULL, 'l'},
       {"port", required_argument, NULL, 'p'},
@@ -644,7 +670,7 @@ int cli_serve(int argc, char **argv) {
       {NULL, 0, NULL, 0}};
   unsigned long idle = 300000, rate_limit = 10, fail_closed = 0;
   int audit = 0;
-  const char *kek = NULL;
+  const char *kek = NULL, *pin_file = NULL;
   const char *keys = NULL, *listen_on = "127.0.0.1", *port = NULL,
              *suites = NULL;
   m2mpsk_engine_id engine = M2MPSK_ENGINE_AUTO;
@@ -659,6 +685,13 @@ int cli_serve(int argc, char **argv) {
     switch (c) {
     case 'k': keys = optarg; break;
     case 'K': kek = optarg; break;
+    case 'P': pin_file = optarg; break;
+    case 'X':
+      cli_log("--pin is refused: a PIN on the command line is visible to "
+              "every user (ps, /proc); use --pin-file FILE (mode 0600) or "
+              "M2MPSK_PKCS11_PIN");
+      free(ids);
+      return CLI_USAGE;
     case 'F':
       if (cli_parse_uint(optarg, 1, 86400, &fail_closed)) {
         cli_log("--etcd-fail-closed must be 1 to 86400 seconds");
@@ -780,7 +813,8 @@ int cli_serve(int argc, char **argv) {
   /* With etcd, the snapshot is loaded (and the watch running) before the
    * listener opens: the first handshake already sees every key. */
   struct m2mpsk_etcd_sync *sync = NULL;
-  if (cli_keys_is_url(keys) &&
+  struct m2mpsk_p11_source *p11 = NULL;
+  if ((cli_keys_is_url(keys) || cli_keys_is_pkcs11(keys)) &&
       (s.keys_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0) {
     cli_log("eventfd: %s", strerror(errno));
     m2mpsk_config_free(s.cfg);
@@ -790,7 +824,9 @@ int cli_serve(int argc, char **argv) {
                       .kek = kek,
                       .fail_closed_s = (uint32_t)fail_closed,
                       .on_change = keys_changed,
-                      .arg = &s.keys_fd};
+                      .arg = &s.keys_fd,
+                      .pin_file = pin_file,
+                      .p11 = &p11};
   /* SIGINT and SIGTERM must reach this thread, whose poll() they
    * interrupt: the etcd thread starts with them blocked. */
   sigset_t stop_sigs, old_mask;
@@ -819,6 +855,7 @@ int cli_serve(int argc, char **argv) {
   /* The thread goes before the keystore it writes to and the descriptor
    * it wakes. */
   cli_keys_close(sync);
+  cli_keys_close_p11(p11);
   if (s.keys_fd >= 0)
     close(s.keys_fd);
   for (size_t i = 0; i < s.n; i++)
