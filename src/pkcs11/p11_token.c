@@ -780,6 +780,17 @@ int m2mpsk_p11_import_wrapped(m2mpsk_p11_token *t, const char *id,
   CK_ULONG vl = 0;
   CK_ATTRIBUTE la = ATTR(CKA_VALUE_LEN, &vl, sizeof(vl));
   rv = t->f->C_GetAttributeValue(t->s, h, &la, 1);
+  if (rv == CKR_OK && vl == 0) {
+    /* SoftHSM2 leaves CKA_VALUE_LEN 0 on unwrapped generic secrets: a
+     * readable key tells its length by CKA_VALUE's size; a token-only one
+     * only by the wrapping (RFC 5649: the padded length, 8 more). */
+    CK_ATTRIBUTE va = {CKA_VALUE, NULL, 0};
+    if (!token_only &&
+        (rv = t->f->C_GetAttributeValue(t->s, h, &va, 1)) == CKR_OK)
+      vl = va.ulValueLen;
+    else if (token_only)
+      vl = wrapped_len > 8 ? (CK_ULONG)(wrapped_len - 8) : 0;
+  }
   if (rv != CKR_OK || vl < M2MPSK_KEY_MIN || vl > M2MPSK_KEY_MAX) {
     (void)t->f->C_DestroyObject(t->s, h);
     if (rv != CKR_OK)
@@ -841,11 +852,9 @@ static int read_key(m2mpsk_p11_token *t, m2mpsk_p11_record *r, uint8_t *key,
   if (!r->has_key)
     return M2MPSK_OK;
   CK_BBOOL sens = CK_TRUE, extr = CK_FALSE;
-  CK_ULONG vl = 0;
   CK_ATTRIBUTE q[] = {ATTR(CKA_SENSITIVE, &sens, sizeof(sens)),
-                      ATTR(CKA_EXTRACTABLE, &extr, sizeof(extr)),
-                      ATTR(CKA_VALUE_LEN, &vl, sizeof(vl))};
-  CK_RV rv = t->f->C_GetAttributeValue(t->s, h, q, 3);
+                      ATTR(CKA_EXTRACTABLE, &extr, sizeof(extr))};
+  CK_RV rv = t->f->C_GetAttributeValue(t->s, h, q, 2);
   if (rv != CKR_OK)
     return p11_fail(err, cap, "C_GetAttributeValue", rv);
   if (sens || !extr) {
@@ -856,6 +865,13 @@ static int read_key(m2mpsk_p11_token *t, m2mpsk_p11_record *r, uint8_t *key,
   if (r->token_only)
     return say(err, cap, M2MPSK_E_PROTOCOL,
                "kind=token-only but the key object is readable");
+  /* CKA_VALUE's size, not CKA_VALUE_LEN: SoftHSM2 leaves the latter 0 on
+   * unwrapped keys. */
+  CK_ATTRIBUTE sz = {CKA_VALUE, NULL, 0};
+  rv = t->f->C_GetAttributeValue(t->s, h, &sz, 1);
+  if (rv != CKR_OK)
+    return p11_fail(err, cap, "C_GetAttributeValue (the key's size)", rv);
+  CK_ULONG vl = sz.ulValueLen;
   if (vl < M2MPSK_KEY_MIN || vl > M2MPSK_KEY_MAX)
     return say(err, cap, M2MPSK_E_PROTOCOL, "the key is %lu bytes",
                (unsigned long)vl);
