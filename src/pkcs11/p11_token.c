@@ -401,17 +401,21 @@ static int data_parse(const uint8_t *buf, size_t len, m2mpsk_p11_record *r,
     say(err, cap, 0, "not a version 1 record ('v=1' first)");
     return -1;
   }
+  why = "ida";
   if ((v = field(&p, end, "ida", &n, &why)) == NULL || n > M2MPSK_ID_MAX)
     goto bad;
   memcpy(r->ida, v, n);
   r->ida[n] = '\0';
+  why = "idb";
   if ((v = field(&p, end, "idb", &n, &why)) == NULL || n > M2MPSK_ID_MAX)
     goto bad;
   memcpy(r->idb, v, n);
   r->idb[n] = '\0';
+  why = "not_before";
   if ((v = field(&p, end, "not_before", &n, &why)) == NULL ||
       parse_int(v, n, &r->not_before) != 0)
     goto bad;
+  why = "not_after";
   if ((v = field(&p, end, "not_after", &n, &why)) == NULL ||
       parse_int(v, n, &r->not_after) != 0)
     goto bad;

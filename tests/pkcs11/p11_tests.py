@@ -1,0 +1,538 @@
+#!/usr/bin/env python3
+"""Tests of the PKCS#11 key component (issue 20): `m2mpsk keys --pkcs11`
+and `m2mpsk serve --keys pkcs11:MODULE:TOKEN`, against a private SoftHSM2
+token per case, over loopback.
+
+Usage: p11_tests.py PATH/TO/m2mpsk [CASE ...]
+Exits 77 when softhsm2-util or the SoftHSM2 module is missing, or when the
+m2mpsk given was built without the component. Every command is bounded in
+time; every server started is killed. After each case, the output of every
+command it ran is searched for the PIN and for every key's hex: neither
+may appear.
+"""
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+
+M2MPSK = os.path.abspath(sys.argv[1])
+MODULE = os.environ.get("M2MPSK_SOFTHSM2_MODULE",
+                        "/usr/lib/softhsm/libsofthsm2.so")
+IDB = "//m2m.example.com/cse-in"
+IDA = "//m2m.example.com/cse-in/Cae1"
+PIN = "735196"
+SO_PIN = "82736451"
+CASES = []
+# Everything every command printed, and the secrets it must not contain.
+OUTPUTS = []
+SECRETS = []
+
+
+def case(fn):
+    CASES.append(fn)
+    return fn
+
+
+class Token:
+    """A private SoftHSM2 token (label T) and a 0600 PIN file."""
+
+    def __init__(self, tmp):
+        self.tmp = tmp
+        tokens = os.path.join(tmp, "tokens")
+        os.mkdir(tokens)
+        self.conf = os.path.join(tmp, "softhsm2.conf")
+        with open(self.conf, "w") as f:
+            f.write("directories.tokendir = %s\nobjectstore.backend = file\n"
+                    "log.level = ERROR\n" % tokens)
+        self.env = dict(os.environ, SOFTHSM2_CONF=self.conf)
+        self.env.pop("M2MPSK_PKCS11_PIN", None)
+        r = subprocess.run(["softhsm2-util", "--init-token", "--free",
+                            "--label", "T", "--so-pin", SO_PIN, "--pin", PIN],
+                           env=self.env, capture_output=True, timeout=30)
+        assert r.returncode == 0, r
+        self.pin_file = os.path.join(tmp, "pin")
+        write_secret(self.pin_file, PIN + "\n")
+        self.spec = "%s:T" % MODULE
+
+    def run(self, *args, env=None, timeout=30, stdin=b""):
+        r = subprocess.run([M2MPSK, *args], input=stdin, capture_output=True,
+                           timeout=timeout, env=env or self.env)
+        OUTPUTS.append((args, r.stdout + r.stderr))
+        return r
+
+    def keys(self, sub, *args, code=0, pin=True):
+        extra = ["--pin-file", self.pin_file] if pin else []
+        r = self.run("keys", sub, "--pkcs11", self.spec, *extra, *args)
+        assert r.returncode == code, (sub, args, r.returncode, r.stderr)
+        return r
+
+    def list(self):
+        """{KpsaID: line} of `keys list`."""
+        r = self.keys("list")
+        out = {}
+        for line in r.stdout.decode().splitlines():
+            out[line.split(" ", 1)[0]] = line
+        return out
+
+
+def write_secret(path, text):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def key_file(path, records):
+    """A key file; records: (kpsa_id, key bytes, ida or None)."""
+    lines = []
+    for kpsa_id, key, ida in records:
+        SECRETS.append(key.hex())
+        lines.append("kpsa-id=%s kpsa=hex:%s idb=%s%s\n" %
+                     (kpsa_id, key.hex(), IDB, " ida=" + ida if ida else ""))
+    write_secret(path, "".join(lines))
+    return path
+
+
+class Server:
+    """m2mpsk serve --keys pkcs11:... in the background."""
+
+    def __init__(self, tok, *extra):
+        self.proc = subprocess.Popen(
+            [M2MPSK, "serve", "--keys", "pkcs11:" + tok.spec, "--pin-file",
+             tok.pin_file, "--id", IDB, "--listen", "127.0.0.1", *extra],
+            stderr=subprocess.PIPE, env=tok.env, start_new_session=True)
+        self.lines = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline().decode()
+            if not line:
+                break
+            self.lines.append(line)
+            m = re.search(r"listening on (\S+):(\d+)", line)
+            if m:
+                self.port = int(m.group(2))
+                self.reader = threading.Thread(target=self._read,
+                                               daemon=True)
+                self.reader.start()
+                return
+        self.kill()
+        raise AssertionError("serve did not start: %r" % self.lines)
+
+    def _read(self):
+        for line in iter(self.proc.stderr.readline, b""):
+            self.lines.append(line.decode())
+
+    def stop(self):
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        finally:
+            self.kill()
+        self.reader.join(5)
+        OUTPUTS.append((("serve",), "".join(self.lines).encode()))
+        return self.proc.returncode
+
+    def kill(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=5)
+
+
+def wait_log(srv, pattern, timeout=10, start=0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for line in srv.lines[start:]:
+            if re.search(pattern, line):
+                return line
+        time.sleep(0.01)
+    raise AssertionError("no %r in the server's log: %r" % (pattern,
+                                                           srv.lines))
+
+
+def connect(tok, srv, keys, kpsa_id, timeout_ms=5000):
+    return tok.run("connect", "127.0.0.1:%d" % srv.port, "--keys", keys,
+                   "--kpsa-id", kpsa_id, "--timeout", str(timeout_ms),
+                   stdin=b"hello over pkcs11\n")
+
+
+# ---- cases -------------------------------------------------------------------
+
+
+@case
+def generate_list_revoke_delete_round_trip(tmp):
+    tok = Token(tmp)
+    tok.keys("generate", "--kpsa-id", "dev1@m2m.example.com", "--idb", IDB,
+             "--ida", IDA, "--not-after", "2100-01-01T00:00:00Z")
+    tok.keys("generate", "--kpsa-id", "dev2@m2m.example.com", "--idb", IDB,
+             "--key-bytes", "16")
+    l = tok.list()
+    assert set(l) == {"dev1@m2m.example.com", "dev2@m2m.example.com"}, l
+    d1 = l["dev1@m2m.example.com"]
+    assert ("kind=readable idb=%s ida=%s not-before=- "
+            "not-after=2100-01-01T00:00:00Z state=active" % (IDB, IDA)) in d1, d1
+    assert "ida=- " in l["dev2@m2m.example.com"], l
+    tok.keys("revoke", "--kpsa-id", "dev1@m2m.example.com")
+    l = tok.list()
+    assert "state=revoked" in l["dev1@m2m.example.com"], l
+    assert "state=active" in l["dev2@m2m.example.com"], l
+    # A tombstone: its KpsaID cannot be reused until deleted.
+    tok.keys("generate", "--kpsa-id", "dev1@m2m.example.com", "--idb", IDB,
+             code=1)
+    tok.keys("delete", "--kpsa-id", "dev1@m2m.example.com")
+    assert set(tok.list()) == {"dev2@m2m.example.com"}
+    r = tok.keys("delete", "--kpsa-id", "dev1@m2m.example.com", code=1)
+    assert b"no record dev1@m2m.example.com" in r.stderr, r.stderr
+    r = tok.keys("revoke", "--kpsa-id", "nobody@m2m.example.com", code=1)
+    assert b"no record nobody@m2m.example.com" in r.stderr, r.stderr
+    tok.keys("generate", "--kpsa-id", "dev1@m2m.example.com", "--idb", IDB)
+    assert "state=active" in tok.list()["dev1@m2m.example.com"]
+
+
+@case
+def generate_refuses_duplicates_and_bad_fields(tmp):
+    tok = Token(tmp)
+    tok.keys("generate", "--kpsa-id", "dup@m2m.example.com", "--idb", IDB)
+    r = tok.keys("generate", "--kpsa-id", "dup@m2m.example.com", "--idb",
+                 IDB, code=1)
+    assert b"already has a record dup@m2m.example.com" in r.stderr, r.stderr
+    assert len(tok.list()) == 1
+    for args in (["--kpsa-id", "not-a-kpsa-id", "--idb", IDB],
+                 ["--kpsa-id", "x@m2m.example.com", "--idb", "cse-in"],
+                 ["--kpsa-id", "x@m2m.example.com", "--idb", IDB,
+                  "--key-bytes", "8"],
+                 ["--kpsa-id", "x@m2m.example.com", "--idb", IDB,
+                  "--not-before", "2000", "--not-after", "1000"],
+                 ["--idb", IDB]):
+        tok.keys("generate", *args, code=2)
+    assert len(tok.list()) == 1
+
+
+@case
+def import_then_serve_binds_the_identity(tmp):
+    tok = Token(tmp)
+    keys = key_file(os.path.join(tmp, "keys"),
+                    [("imp1@m2m.example.com", os.urandom(32), IDA),
+                     ("imp2@m2m.example.com", os.urandom(24), None)])
+    r = tok.keys("import", "--keys-file", keys)
+    assert b"imported 2 records" in r.stderr, r.stderr
+    l = tok.list()
+    assert "kind=readable" in l["imp1@m2m.example.com"] and \
+        "ida=%s" % IDA in l["imp1@m2m.example.com"], l
+    # Importing again refuses the duplicate.
+    tok.keys("import", "--keys-file", keys, code=1)
+    srv = Server(tok, "-v")
+    try:
+        for kpsa_id, bound in (("imp1@m2m.example.com", IDA),
+                               ("imp2@m2m.example.com",
+                                "12-imp2@m2m.example.com")):
+            r = connect(tok, srv, keys, kpsa_id)
+            assert r.returncode == 0, r.stderr
+            assert r.stdout == b"hello over pkcs11\n", r.stdout
+            wait_log(srv, r"keys: pkcs11: supplied %s" % re.escape(kpsa_id))
+            wait_log(srv, r"association peer=\S+ kpsa-id=%s bound=%s " %
+                     (re.escape(kpsa_id), re.escape(bound)))
+        assert srv.stop() == 0
+    finally:
+        srv.kill()
+
+
+@case
+def unknown_kpsa_id_fails_like_a_wrong_key(tmp):
+    tok = Token(tmp)
+    known = key_file(os.path.join(tmp, "known"),
+                     [("known@m2m.example.com", os.urandom(32), IDA)])
+    tok.keys("import", "--keys-file", known)
+    stranger = key_file(os.path.join(tmp, "stranger"),
+                        [("stranger@m2m.example.com", os.urandom(32), IDA)])
+    wrong = key_file(os.path.join(tmp, "wrong"),
+                     [("known@m2m.example.com", os.urandom(32), IDA)])
+    srv = Server(tok)
+    try:
+        r = connect(tok, srv, stranger, "stranger@m2m.example.com")
+        assert r.returncode == 1 and b"reason=bad-key" in r.stderr, r.stderr
+        wait_log(srv, r"failure peer=\S+ reason=unknown-identity")
+        r2 = connect(tok, srv, wrong, "known@m2m.example.com")
+        # On the wire, the two look alike.
+        assert r2.returncode == 1 and b"reason=bad-key" in r2.stderr, \
+            r2.stderr
+        r3 = connect(tok, srv, known, "known@m2m.example.com")
+        assert r3.returncode == 0, r3.stderr
+        srv.stop()
+    finally:
+        srv.kill()
+
+
+@case
+def token_only_records_are_listed_but_refused(tmp):
+    tok = Token(tmp)
+    tok.keys("generate", "--kpsa-id", "sealed@m2m.example.com", "--idb", IDB,
+             "--token-only")
+    keys = key_file(os.path.join(tmp, "keys"),
+                    [("sealed2@m2m.example.com", os.urandom(32), IDA)])
+    tok.keys("import", "--keys-file", keys, "--token-only")
+    l = tok.list()
+    for k in ("sealed@m2m.example.com", "sealed2@m2m.example.com"):
+        assert "kind=token-only" in l[k] and "state=active" in l[k], l
+    srv = Server(tok)
+    try:
+        # Its key cannot be read: not even the right key helps.
+        for _ in range(2):
+            r = connect(tok, srv, keys, "sealed2@m2m.example.com")
+            assert r.returncode == 1 and b"reason=bad-key" in r.stderr, \
+                r.stderr
+        wait_log(srv, r"sealed2@m2m\.example\.com: token-only record needs "
+                 r"the token PRF path, not available yet")
+        srv.stop()
+        said = [l for l in srv.lines if "token-only record needs" in l]
+        assert len(said) == 1, said  # once per KpsaID
+    finally:
+        srv.kill()
+
+
+@case
+def wrapped_import_unwraps_inside_the_token(tmp):
+    tok = Token(tmp)
+    if shutil.which("pkcs11-tool") is None or \
+            shutil.which("openssl") is None:
+        print("  (pkcs11-tool or openssl missing: wrapped import not "
+              "tested)")
+        return
+    kek = os.urandom(32)
+    SECRETS.append(kek.hex())
+    kek_path = os.path.join(tmp, "kek.bin")
+    with open(kek_path, "wb") as f:
+        f.write(kek)
+    r = subprocess.run(["pkcs11-tool", "--module", MODULE, "--token-label",
+                        "T", "--login", "--pin", PIN, "--write-object",
+                        kek_path, "--type", "secrkey", "--key-type", "AES:32",
+                        "--label", "unwrapper", "--usage-wrap"],
+                       env=tok.env, capture_output=True, timeout=30)
+    assert r.returncode == 0, r
+    key = os.urandom(32)
+    SECRETS.append(key.hex())
+    raw, wrapped = os.path.join(tmp, "k.bin"), os.path.join(tmp, "k.wrapped")
+    with open(raw, "wb") as f:
+        f.write(key)
+    r = subprocess.run(["openssl", "enc", "-id-aes256-wrap-pad", "-K",
+                        kek.hex(), "-iv", "A65959A6", "-in", raw, "-out",
+                        wrapped], capture_output=True, timeout=30)
+    assert r.returncode == 0, r
+    os.unlink(raw)
+    tok.keys("import", "--wrapped", wrapped, "--unwrap-key", "nosuch",
+             "--kpsa-id", "wr@m2m.example.com", "--idb", IDB, code=1)
+    tok.keys("import", "--wrapped", wrapped, "--unwrap-key", "unwrapper",
+             "--kpsa-id", "wr@m2m.example.com", "--idb", IDB, "--ida", IDA)
+    assert "state=active" in tok.list()["wr@m2m.example.com"]
+    client = os.path.join(tmp, "client")
+    write_secret(client, "kpsa-id=wr@m2m.example.com kpsa=hex:%s idb=%s "
+                 "ida=%s\n" % (key.hex(), IDB, IDA))
+    srv = Server(tok)
+    try:
+        r = connect(tok, srv, client, "wr@m2m.example.com")
+        assert r.returncode == 0, r.stderr
+        srv.stop()
+    finally:
+        srv.kill()
+
+
+def revoke_ends_live(tmp, sub):
+    tok = Token(tmp)
+    keys = key_file(os.path.join(tmp, "keys"),
+                    [("live@m2m.example.com", os.urandom(32), IDA)])
+    tok.keys("import", "--keys-file", keys)
+    srv = Server(tok)
+    conn = None
+    try:
+        conn = subprocess.Popen(
+            [M2MPSK, "connect", "127.0.0.1:%d" % srv.port, "--keys", keys,
+             "--kpsa-id", "live@m2m.example.com"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, env=tok.env, start_new_session=True)
+        wait_log(srv, r"association peer=\S+ kpsa-id=live@m2m\.example\.com ")
+        conn.stdin.write(b"ping\n")
+        conn.stdin.flush()
+        assert conn.stdout.readline() == b"ping\n"
+        mark = len(srv.lines)
+        t0 = time.monotonic()
+        tok.keys(sub, "--kpsa-id", "live@m2m.example.com")
+        try:
+            conn.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the association outlived `keys %s` by 5 s: "
+                                 "%r" % (sub, srv.lines[mark:]))
+        dt = time.monotonic() - t0
+        print("  %s: the association ended %.0f ms after the command started"
+              % (sub, dt * 1000))
+        assert dt < 2.5, dt
+        wait_log(srv, r"keys: pkcs11: removed live@m2m\.example\.com", start=mark)
+        wait_log(srv, r"failure peer=\S+ reason=revoked", start=mark)
+        # And new handshakes fail.
+        r = connect(tok, srv, keys, "live@m2m.example.com")
+        assert r.returncode == 1, r.stderr
+        srv.stop()
+    finally:
+        if conn is not None and conn.poll() is None:
+            os.killpg(conn.pid, signal.SIGKILL)
+            conn.wait(timeout=5)
+        srv.kill()
+
+
+@case
+def revoke_ends_a_live_association(tmp):
+    revoke_ends_live(tmp, "revoke")
+
+
+@case
+def delete_ends_a_live_association(tmp):
+    revoke_ends_live(tmp, "delete")
+
+
+@case
+def usage_pin_and_token_errors(tmp):
+    tok = Token(tmp)
+    # --pin on the command line is refused, before anything is opened.
+    r = tok.run("keys", "list", "--pkcs11", tok.spec, "--pin", PIN)
+    assert r.returncode == 2 and b"--pin is refused" in r.stderr, r.stderr
+    r = tok.run("serve", "--keys", "pkcs11:" + tok.spec, "--pin", PIN,
+                "--id", IDB)
+    assert r.returncode == 2 and b"--pin is refused" in r.stderr, r.stderr
+    # A PIN file others may read: I/O error (exit 3), as for key files.
+    loose = os.path.join(tmp, "loose")
+    write_secret(loose, PIN + "\n")
+    os.chmod(loose, 0o644)
+    r = tok.run("keys", "list", "--pkcs11", tok.spec, "--pin-file", loose)
+    assert r.returncode == 3 and b"chmod 600" in r.stderr, r.stderr
+    r = tok.run("serve", "--keys", "pkcs11:" + tok.spec, "--pin-file", loose,
+                "--id", IDB)
+    assert r.returncode == 3 and b"listening" not in r.stderr, r.stderr
+    # No PIN at all: usage.
+    r = tok.run("keys", "list", "--pkcs11", tok.spec)
+    assert r.returncode == 2 and b"no PIN" in r.stderr, r.stderr
+    # A wrong PIN, from the file or the environment.
+    wrong = os.path.join(tmp, "wrong")
+    write_secret(wrong, "000000\n")
+    SECRETS.append("000000")
+    r = tok.run("keys", "list", "--pkcs11", tok.spec, "--pin-file", wrong)
+    assert r.returncode == 3 and b"CKR_PIN_INCORRECT" in r.stderr, r.stderr
+    env = dict(tok.env, M2MPSK_PKCS11_PIN="000000")
+    r = tok.run("keys", "list", "--pkcs11", tok.spec, env=env)
+    assert r.returncode == 3 and b"CKR_PIN_INCORRECT" in r.stderr, r.stderr
+    r = tok.run("serve", "--keys", "pkcs11:" + tok.spec, "--pin-file", wrong,
+                "--id", IDB)
+    assert r.returncode == 3 and b"CKR_PIN_INCORRECT" in r.stderr, r.stderr
+    # The right PIN from the environment works.
+    env = dict(tok.env, M2MPSK_PKCS11_PIN=PIN)
+    r = tok.run("keys", "list", "--pkcs11", tok.spec, env=env)
+    assert r.returncode == 0, r.stderr
+    # A module that does not load; a token that is not there: I/O.
+    r = tok.keys("list", pin=True, code=0)
+    r = tok.run("keys", "list", "--pkcs11",
+                os.path.join(tmp, "nosuch.so") + ":T", "--pin-file",
+                tok.pin_file)
+    assert r.returncode == 3 and b"cannot load the PKCS#11 module" in \
+        r.stderr, r.stderr
+    r = tok.run("keys", "list", "--pkcs11", MODULE + ":Other", "--pin-file",
+                tok.pin_file)
+    assert r.returncode == 3 and b"no token labelled 'Other'" in r.stderr, \
+        r.stderr
+    r = tok.run("serve", "--keys", "pkcs11:/nonexistent/module.so:T",
+                "--pin-file", tok.pin_file, "--id", IDB)
+    assert r.returncode == 3, r.stderr
+    # Bad specs: usage.
+    for spec in ("nocolon", MODULE + ":", ":T"):
+        r = tok.run("keys", "list", "--pkcs11", spec, "--pin-file",
+                    tok.pin_file)
+        assert r.returncode == 2, (spec, r.stderr)
+    r = tok.run("serve", "--keys", "pkcs11:nocolon", "--pin-file",
+                tok.pin_file, "--id", IDB)
+    assert r.returncode == 2, r.stderr
+    r = tok.run("keys", "frobnicate", "--pkcs11", tok.spec)
+    assert r.returncode == 2, r.stderr
+    # --help names the PIN rules.
+    r = tok.run("keys", "--pkcs11", tok.spec, "--help")
+    assert r.returncode == 0 and b"M2MPSK_PKCS11_PIN" in r.stdout, r
+
+
+@case
+def malformed_data_objects_are_skipped(tmp):
+    """A data object written by someone else, with a bad text: list names
+    the reason, serve answers absent; nothing crashes."""
+    tok = Token(tmp)
+    if shutil.which("pkcs11-tool") is None:
+        print("  (pkcs11-tool missing: not tested)")
+        return
+    bad = os.path.join(tmp, "bad.txt")
+    with open(bad, "w") as f:
+        f.write("v=1\nida=\nidb=%s\nnot_before=x\n" % IDB)
+    r = subprocess.run(["pkcs11-tool", "--module", MODULE, "--token-label",
+                        "T", "--login", "--pin", PIN, "--write-object", bad,
+                        "--type", "data", "--label", "bad@m2m.example.com",
+                        "--application-label", "m2mpsk", "--private"],
+                       env=tok.env, capture_output=True, timeout=30)
+    assert r.returncode == 0, r
+    tok.keys("generate", "--kpsa-id", "good@m2m.example.com", "--idb", IDB)
+    r = tok.keys("list")
+    out = r.stdout.decode()
+    assert re.search(r"^bad@m2m\.example\.com malformed reason=\"bad or "
+                     r"missing 'not_before' line\"$", out, re.M), out
+    assert "good@m2m.example.com kind=readable" in out, out
+    keys = key_file(os.path.join(tmp, "keys"),
+                    [("bad@m2m.example.com", os.urandom(32), None)])
+    srv = Server(tok)
+    try:
+        r = connect(tok, srv, keys, "bad@m2m.example.com")
+        assert r.returncode == 1, r.stderr
+        wait_log(srv, r"keys: pkcs11: bad@m2m\.example\.com skipped: bad or "
+                 r"missing 'not_before' line")
+        assert srv.stop() == 0
+    finally:
+        srv.kill()
+
+
+def no_secret_in_any_output():
+    for args, out in OUTPUTS:
+        for s in [PIN] + SECRETS:
+            for form in (s, s.upper()):
+                assert form.encode() not in out, \
+                    "a secret in the output of %r" % (args,)
+
+
+def main():
+    if shutil.which("softhsm2-util") is None or not os.path.exists(MODULE):
+        print("SKIP: SoftHSM2 (softhsm2-util, %s) is not installed" % MODULE)
+        return 77
+    r = subprocess.run([M2MPSK, "keys", "--pkcs11", "x:y", "--help"],
+                       capture_output=True, timeout=10)
+    if r.returncode != 0:
+        print("SKIP: this m2mpsk has no PKCS#11 support: %r" % r.stderr)
+        return 77
+    want = set(sys.argv[2:])
+    passed = failed = 0
+    for fn in CASES:
+        if want and fn.__name__ not in want:
+            continue
+        del OUTPUTS[:]
+        del SECRETS[:]
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.monotonic()
+            try:
+                fn(tmp)
+                no_secret_in_any_output()
+                passed += 1
+                print("PASS %s (%.2fs)" % (fn.__name__, time.monotonic() - t0))
+            except Exception:
+                failed += 1
+                print("FAIL %s" % fn.__name__)
+                traceback.print_exc(file=sys.stdout)
+            sys.stdout.flush()
+    print("%d passed, %d failed" % (passed, failed))
+    return 1 if failed or not passed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
