@@ -225,6 +225,12 @@ static int run(m2mpsk_p11_token *tok, const char *sub, const p11_args *a) {
       cli_log("imported %zu records from %s", done, a->keys_file);
     else if (done > 0)
       cli_log("%zu records imported before the error", done);
+    /* A bad value in the key file is a malformed file (3), not usage. */
+    if (rc != M2MPSK_OK && rc != M2MPSK_E_DUPLICATE &&
+        status_exit(rc) == CLI_USAGE) {
+      cli_log("keys import: %s", err[0] ? err : m2mpsk_strerror(rc));
+      return CLI_IO;
+    }
   } else if (strcmp(sub, "import") == 0) {
     uint8_t w[1024];
     size_t wl = 0;
