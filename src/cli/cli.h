@@ -55,6 +55,13 @@ void cli_log_outcome(const char *peer, const m2mpsk_assoc *a);
 int cli_parse_uint(const char *s, unsigned long lo, unsigned long hi,
                    unsigned long *out);
 
+/* --not-before/--not-after: what a key file accepts (keyfile.c), Unix
+ * seconds or "YYYY-MM-DDTHH:MM:SSZ" from 1970 on. 0, or -1 for anything
+ * else (an impossible date such as 02-30 included). */
+int cli_parse_time(const char *s, int64_t *out);
+/* A Unix time as "YYYY-MM-DDTHH:MM:SSZ", or "-" for 0 (none). */
+void cli_fmt_time(int64_t t, char *out, size_t cap);
+
 /* Writes all `len` bytes to `fd`, retrying after signals; 0 or -1. */
 int cli_write_all(int fd, const void *data, size_t len);
 

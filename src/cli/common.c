@@ -1,6 +1,7 @@
 /* What the commands share: time, logging, key files, configs. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -213,4 +214,48 @@ int cli_parse_uint(const char *s, unsigned long lo, unsigned long hi,
     return -1;
   *out = v;
   return 0;
+}
+
+/* --not-before/--not-after: what a key file accepts (keyfile.c), Unix
+ * seconds or "YYYY-MM-DDTHH:MM:SSZ" from 1970 on. */
+int cli_parse_time(const char *s, int64_t *out) {
+  size_t n = strlen(s), i = 0;
+  while (i < n && s[i] >= '0' && s[i] <= '9')
+    i++;
+  if (n > 0 && i == n) {
+    int64_t v = 0;
+    for (i = 0; i < n; i++) {
+      if (v > (INT64_MAX - 9) / 10)
+        return -1;
+      v = v * 10 + (s[i] - '0');
+    }
+    *out = v;
+    return 0;
+  }
+  struct tm tm = {0};
+  const char *end = strptime(s, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  if (n != 20 || end == NULL || *end != '\0' || tm.tm_year < 70)
+    return -1;
+  struct tm check = tm;
+  time_t t = timegm(&check);
+  /* timegm normalises 02-30 into March: such a date is not one. */
+  if (t == (time_t)-1 || check.tm_mday != tm.tm_mday ||
+      check.tm_mon != tm.tm_mon || check.tm_hour != tm.tm_hour ||
+      check.tm_min != tm.tm_min || check.tm_sec != tm.tm_sec)
+    return -1;
+  *out = (int64_t)t;
+  return 0;
+}
+
+/* A Unix time as "YYYY-MM-DDTHH:MM:SSZ", or "-" for 0 (none). */
+void cli_fmt_time(int64_t t, char *out, size_t cap) {
+  if (t == 0) {
+    snprintf(out, cap, "-");
+    return;
+  }
+  time_t tt = (time_t)t;
+  struct tm tm;
+  if (gmtime_r(&tt, &tm) == NULL ||
+      strftime(out, cap, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+    snprintf(out, cap, "%" PRId64, t);
 }

@@ -75,26 +75,6 @@ typedef struct keys_args {
   int have_overlap;
 } keys_args;
 
-/* --not-before/--not-after as key files take them. */
-static int parse_time(const char *s, int64_t *out) {
-  size_t n = strlen(s), i = 0;
-  while (i < n && s[i] >= '0' && s[i] <= '9')
-    i++;
-  if (n > 0 && i == n && n <= 18) {
-    *out = strtoll(s, NULL, 10);
-    return 0;
-  }
-  struct tm tm = {0};
-  const char *end = strptime(s, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  if (n != 20 || end == NULL || *end != '\0' || tm.tm_year < 70)
-    return -1;
-  time_t t = timegm(&tm);
-  if (t == (time_t)-1)
-    return -1;
-  *out = (int64_t)t;
-  return 0;
-}
-
 static int status_exit(int rc) {
   switch (rc) {
   case M2MPSK_OK: return CLI_OK;
@@ -287,18 +267,6 @@ static int connect_etcd(etcd_client *c, const char *url) {
   return CLI_OK;
 }
 
-static void fmt_time(int64_t t, char *out, size_t cap) {
-  if (t == 0) {
-    snprintf(out, cap, "-");
-    return;
-  }
-  time_t tt = (time_t)t;
-  struct tm tm;
-  if (gmtime_r(&tt, &tm) == NULL ||
-      strftime(out, cap, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
-    snprintf(out, cap, "%" PRId64, t);
-}
-
 /* ---- put ------------------------------------------------------------------
  */
 
@@ -320,8 +288,8 @@ static int keys_put(etcd_client *c, const keys_args *a) {
   memset(r, 0, sizeof(*r));
   snprintf(r->idb, sizeof(r->idb), "%s", a->idb);
   snprintf(r->ida, sizeof(r->ida), "%s", a->ida ? a->ida : "");
-  if ((a->nb_s && parse_time(a->nb_s, &r->not_before) != 0) ||
-      (a->na_s && parse_time(a->na_s, &r->not_after) != 0) ||
+  if ((a->nb_s && cli_parse_time(a->nb_s, &r->not_before) != 0) ||
+      (a->na_s && cli_parse_time(a->na_s, &r->not_after) != 0) ||
       (r->not_before && r->not_after && r->not_after < r->not_before)) {
     cli_log("--not-before/--not-after: Unix seconds or "
             "YYYY-MM-DDTHH:MM:SSZ, not-after not before not-before");
@@ -469,8 +437,8 @@ static int list_kv(void *arg, const etcd_kv *kv) {
               kv->value_len == SIZE_MAX ? "value is not base64" : err);
     return M2MPSK_OK;
   }
-  fmt_time(r->not_before, nb, sizeof(nb));
-  fmt_time(r->not_after, na, sizeof(na));
+  cli_fmt_time(r->not_before, nb, sizeof(nb));
+  cli_fmt_time(r->not_after, na, sizeof(na));
   printf("%s idb=%s ida=%s not-before=%s not-after=%s state=%s\n", kv->kpsa_id,
          r->idb, r->ida[0] ? r->ida : "-", nb, na,
          rc == M2MPSK_E_FAILED ? "undecryptable"
@@ -516,7 +484,7 @@ static int keys_rotate(etcd_client *c, const keys_args *a) {
     return CLI_USAGE;
   }
   int64_t na_new = 0;
-  if (a->na_s && parse_time(a->na_s, &na_new) != 0) {
+  if (a->na_s && cli_parse_time(a->na_s, &na_new) != 0) {
     cli_log("--not-after: Unix seconds or YYYY-MM-DDTHH:MM:SSZ");
     return CLI_USAGE;
   }
@@ -601,7 +569,7 @@ static int keys_rotate(etcd_client *c, const keys_args *a) {
     goto out;
   }
   char t[32];
-  fmt_time(end, t, sizeof(t));
+  cli_fmt_time(end, t, sizeof(t));
   cli_log("rotated %s to %s at revision %" PRId64 "; %s valid until %s", a->id,
           a->new_id, rev, a->id, t);
 out:
@@ -640,10 +608,10 @@ static int parse_line(char *line, char *id, etcd_record *r) {
     } else if (strcmp(f, "ida") == 0) {
       snprintf(r->ida, sizeof(r->ida), "%s", v);
     } else if (strcmp(f, "not-before") == 0) {
-      if (parse_time(v, &r->not_before) != 0)
+      if (cli_parse_time(v, &r->not_before) != 0)
         return -1;
     } else if (strcmp(f, "not-after") == 0) {
-      if (parse_time(v, &r->not_after) != 0)
+      if (cli_parse_time(v, &r->not_after) != 0)
         return -1;
     } else if (strcmp(f, "kpsa") == 0) {
       const char *end = NULL;

@@ -138,18 +138,6 @@ static int status_exit(int rc) {
   }
 }
 
-static void fmt_time(int64_t t, char *out, size_t cap) {
-  if (t == 0) {
-    snprintf(out, cap, "-");
-    return;
-  }
-  time_t tt = (time_t)t;
-  struct tm tm;
-  if (gmtime_r(&tt, &tm) == NULL ||
-      strftime(out, cap, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
-    snprintf(out, cap, "%" PRId64, t);
-}
-
 static int list_one(void *arg, const m2mpsk_p11_record *r, const char *label,
                     const char *malformed) {
   size_t *n = arg;
@@ -159,8 +147,8 @@ static int list_one(void *arg, const m2mpsk_p11_record *r, const char *label,
     return 0;
   }
   char nb[32], na[32];
-  fmt_time(r->not_before, nb, sizeof(nb));
-  fmt_time(r->not_after, na, sizeof(na));
+  cli_fmt_time(r->not_before, nb, sizeof(nb));
+  cli_fmt_time(r->not_after, na, sizeof(na));
   printf("%s kind=%s idb=%s ida=%s not-before=%s not-after=%s state=%s\n",
          r->kpsa_id, r->token_only ? "token-only" : "readable", r->idb,
          r->ida[0] ? r->ida : "-", nb, na,
@@ -204,8 +192,8 @@ static int run(m2mpsk_p11_token *tok, const char *sub, const p11_args *a) {
   char err[512] = "";
   int rc;
   int64_t nb = 0, na = 0;
-  if ((a->nb_s && p11_parse_time(a->nb_s, &nb) != 0) ||
-      (a->na_s && p11_parse_time(a->na_s, &na) != 0)) {
+  if ((a->nb_s && cli_parse_time(a->nb_s, &nb) != 0) ||
+      (a->na_s && cli_parse_time(a->na_s, &na) != 0)) {
     cli_log("--not-before/--not-after: Unix seconds or "
             "YYYY-MM-DDTHH:MM:SSZ");
     return CLI_USAGE;

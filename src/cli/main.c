@@ -139,37 +139,6 @@ static long from_hex(const char *in, size_t n, uint8_t *out, size_t cap) {
   return (long)(n / 2);
 }
 
-/* --not-before/--not-after: what a key file accepts (keyfile.c), Unix
- * seconds or "YYYY-MM-DDTHH:MM:SSZ" from 1970 on. */
-static int parse_time(const char *s, int64_t *out) {
-  size_t n = strlen(s), i = 0;
-  while (i < n && s[i] >= '0' && s[i] <= '9')
-    i++;
-  if (n > 0 && i == n) {
-    int64_t v = 0;
-    for (i = 0; i < n; i++) {
-      if (v > (INT64_MAX - 9) / 10)
-        return -1;
-      v = v * 10 + (s[i] - '0');
-    }
-    *out = v;
-    return 0;
-  }
-  struct tm tm = {0};
-  const char *end = strptime(s, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  if (n != 20 || end == NULL || *end != '\0' || tm.tm_year < 70)
-    return -1;
-  struct tm check = tm;
-  time_t t = timegm(&check);
-  /* timegm normalises 02-30 into March: such a date is not one. */
-  if (t == (time_t)-1 || check.tm_mday != tm.tm_mday ||
-      check.tm_mon != tm.tm_mon || check.tm_hour != tm.tm_hour ||
-      check.tm_min != tm.tm_min || check.tm_sec != tm.tm_sec)
-    return -1;
-  *out = (int64_t)t;
-  return 0;
-}
-
 /* The fields every new record gets from the options. */
 typedef struct record_opts {
   const char *idb, *ida;
@@ -188,12 +157,12 @@ static int check_record_opts(record_opts *o) {
     cli_log("--ida %s: %s", o->ida, m2mpsk_strerror(rc));
     return CLI_USAGE;
   }
-  if (o->not_before && parse_time(o->not_before, &o->nb) != 0) {
+  if (o->not_before && cli_parse_time(o->not_before, &o->nb) != 0) {
     cli_log("--not-before %s: not Unix seconds or YYYY-MM-DDTHH:MM:SSZ",
             o->not_before);
     return CLI_USAGE;
   }
-  if (o->not_after && parse_time(o->not_after, &o->na) != 0) {
+  if (o->not_after && cli_parse_time(o->not_after, &o->na) != 0) {
     cli_log("--not-after %s: not Unix seconds or YYYY-MM-DDTHH:MM:SSZ",
             o->not_after);
     return CLI_USAGE;

@@ -22,6 +22,5 @@ int p11_find(m2mpsk_p11_token *t, CK_ATTRIBUTE *tmpl, CK_ULONG n,
              CK_OBJECT_HANDLE **out, size_t *count, char *err, size_t cap);
 
 /* Unix seconds or "YYYY-MM-DDTHH:MM:SSZ"; 0 or -1. */
-int p11_parse_time(const char *s, int64_t *out);
 
 #endif /* M2MPSK_P11_INTERNAL_H */

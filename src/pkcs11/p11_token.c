@@ -12,6 +12,7 @@
 
 #include <p11-kit/pkcs11.h>
 
+#include "cli.h" /* cli_parse_time: the key files' times */
 #include "p11_internal.h"
 
 #define DATA_MAX (64 + 2 * M2MPSK_ID_MAX + 128)
@@ -602,26 +603,6 @@ static int create_key(m2mpsk_p11_token *t, const m2mpsk_p11_record *r,
   return finish_record(t, h, r, err, cap);
 }
 
-/* --not-before/--not-after as key files take them. */
-int p11_parse_time(const char *s, int64_t *out) {
-  size_t n = strlen(s), i = 0;
-  while (i < n && s[i] >= '0' && s[i] <= '9')
-    i++;
-  if (n > 0 && i == n && n <= 18) {
-    *out = strtoll(s, NULL, 10);
-    return 0;
-  }
-  struct tm tm = {0};
-  const char *end = strptime(s, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  if (n != 20 || end == NULL || *end != '\0' || tm.tm_year < 70)
-    return -1;
-  time_t tt = timegm(&tm);
-  if (tt == (time_t)-1)
-    return -1;
-  *out = (int64_t)tt;
-  return 0;
-}
-
 /* One key file line (checked by the library's loader first) into r and
  * key: 1 a record, 0 blank or comment, -1 malformed. */
 static int parse_key_line(char *line, m2mpsk_p11_record *r, uint8_t *key,
@@ -649,10 +630,10 @@ static int parse_key_line(char *line, m2mpsk_p11_record *r, uint8_t *key,
     } else if (strcmp(f, "ida") == 0) {
       snprintf(r->ida, sizeof(r->ida), "%s", v);
     } else if (strcmp(f, "not-before") == 0) {
-      if (p11_parse_time(v, &r->not_before) != 0)
+      if (cli_parse_time(v, &r->not_before) != 0)
         return -1;
     } else if (strcmp(f, "not-after") == 0) {
-      if (p11_parse_time(v, &r->not_after) != 0)
+      if (cli_parse_time(v, &r->not_after) != 0)
         return -1;
     } else if (strcmp(f, "kpsa") == 0) {
       if (strncmp(v, "hex:", 4) == 0 &&
