@@ -81,8 +81,8 @@ void p11tok_close(struct p11tok *t)
         t->f->C_CloseAllSessions(t->slot);
         t->f->C_Finalize(NULL);
     }
-    if (t->dl != NULL)
-        dlclose(t->dl);
+    /* No dlclose(): NSS softoken and SoftHSM2 keep atexit handlers and
+     * thread-local state; the module stays mapped until exit. */
     memset(t, 0, sizeof *t);
 }
 

@@ -58,12 +58,6 @@ void prfprov_handle_release(const unsigned char *handle, size_t len)
 
 void prfprov_stats(struct prfprov_stats *s) { *s = st; }
 
-void prfprov_cleanup(void)
-{
-    EVP_KDF_free(inner_kdf);
-    inner_kdf = NULL;
-}
-
 /* RFC 4279 section 2: uint16 other_len || other || uint16 psk_len || psk. */
 static struct handle_ent *match_premaster(const unsigned char *s, size_t n)
 {
@@ -297,9 +291,22 @@ static int prov_init(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in,
     return 1;
 }
 
+static OSSL_PROVIDER *prov_ours, *prov_default;
+
 int prfprov_load(OSSL_LIB_CTX *libctx)
 {
     return OSSL_PROVIDER_add_builtin(libctx, PRFPROV_NAME, prov_init)
-           && OSSL_PROVIDER_load(libctx, PRFPROV_NAME) != NULL
-           && OSSL_PROVIDER_load(libctx, "default") != NULL;
+           && (prov_ours = OSSL_PROVIDER_load(libctx, PRFPROV_NAME)) != NULL
+           && (prov_default = OSSL_PROVIDER_load(libctx, "default")) != NULL;
+}
+
+void prfprov_cleanup(void)
+{
+    EVP_KDF_free(inner_kdf);
+    inner_kdf = NULL;
+    if (prov_default != NULL)
+        OSSL_PROVIDER_unload(prov_default);
+    if (prov_ours != NULL)
+        OSSL_PROVIDER_unload(prov_ours);
+    prov_ours = prov_default = NULL;
 }

@@ -36,6 +36,7 @@ int prfprov_load(OSSL_LIB_CTX *libctx);
 int prfprov_handle_new(struct prf_token *tok, unsigned char *handle);
 void prfprov_handle_release(const unsigned char *handle, size_t len);
 void prfprov_stats(struct prfprov_stats *s);
+/* Unload both providers (before OSSL_LIB_CTX_free). */
 void prfprov_cleanup(void);
 
 #endif
