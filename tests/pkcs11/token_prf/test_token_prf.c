@@ -804,18 +804,6 @@ static int asan_shadow(unsigned long lo, unsigned long hi)
     return lo >= 0x00007fff8000UL && hi <= 0x10007fff8000UL;
 }
 
-/* NSS softoken and SoftHSM2 keep allocations from C_Initialize to exit that
- * C_Finalize does not free; named here, nothing else is suppressed. */
-const char *__lsan_default_suppressions(void);
-const char *__lsan_default_suppressions(void)
-{
-    return "leak:libsoftokn3.so\n"
-           "leak:libnss3.so\n"
-           "leak:libnssutil3.so\n"
-           "leak:libsqlite3.so\n"
-           "leak:libnspr4.so\n"
-           "leak:libsofthsm2.so\n";
-}
 #else
 static int asan_shadow(unsigned long lo, unsigned long hi)
 {
