@@ -108,6 +108,13 @@ static void cleanup(void)
     }
 }
 
+/* timeout(1) and Ctrl-C: children killed and the directory removed too. */
+static void on_signal(int sig)
+{
+    (void)sig;
+    exit(1);
+}
+
 static double now(void)
 {
     struct timespec t;
@@ -984,6 +991,8 @@ int main(int argc, char **argv)
     CK_RV rv;
 
     setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc > 1)
+        alarm(60); /* a helper process outlives no killed parent by long */
     if (argc == 4 && strcmp(argv[1], "--provision") == 0)
         return provision(argv[2], argv[3]);
     if (argc == 5 && strcmp(argv[1], "--token-server") == 0)
@@ -1005,6 +1014,8 @@ int main(int argc, char **argv)
         return 1;
     }
     atexit(cleanup);
+    signal(SIGTERM, on_signal);
+    signal(SIGINT, on_signal);
     if ((g_exidx = SSL_get_ex_new_index(0, NULL, NULL, NULL, ex_free)) < 0
         || (g_lib = OSSL_LIB_CTX_new()) == NULL || !prfprov_load(g_lib)
         || RAND_bytes(g_peer_psk, sizeof g_peer_psk) != 1) {
