@@ -359,11 +359,19 @@ typedef struct m2mpsk_keystore m2mpsk_keystore;
 /** Flags for m2mpsk_keystore_new(). */
 enum m2mpsk_keystore_flags {
   /** Refuse to hold keys in memory that mlock() could not lock. */
-  M2MPSK_KEYSTORE_REQUIRE_LOCKED = 1
+  M2MPSK_KEYSTORE_REQUIRE_LOCKED = 1,
+  /** The keystore holds, or a key source will supply, token keys
+   * (m2mpsk_keystore_add_token_key(), since 0.5): responders whose config
+   * leaves the engine to m2mpsk (M2MPSK_ENGINE_AUTO) run on the OpenSSL
+   * engine, the one that can use them. A responder must choose its engine
+   * before the ClientKeyExchange names the KpsaID, hence a keystore-wide
+   * flag. Adding a token key sets it. */
+  M2MPSK_KEYSTORE_TOKEN_KEYS = 2
 };
 
 /**
- * Creates an empty keystore. `flags` is 0 or M2MPSK_KEYSTORE_REQUIRE_LOCKED.
+ * Creates an empty keystore. `flags` is 0 or any of
+ * M2MPSK_KEYSTORE_REQUIRE_LOCKED and M2MPSK_KEYSTORE_TOKEN_KEYS.
  * Keys live in libsodium guarded memory, inaccessible except while one is
  * being handed to the TLS engine, excluded from core dumps, and wiped when
  * their record is removed or the keystore is freed.
@@ -1739,6 +1747,96 @@ m2mpsk_keystore_batch_commit(m2mpsk_keystore_batch *b,
  * Thread safety: not concurrently with other calls on this batch.
  */
 M2MPSK_API void m2mpsk_keystore_batch_free(m2mpsk_keystore_batch *b);
+
+/* ---- Token keys: Kpsa never enters the process (since 0.5) -------------
+ *
+ * A token key is a Kpsa that stays in a secure environment: a PKCS#11
+ * token, a TPM, a TEE, an HSM across the network. The keystore holds no key
+ * bytes for it, only operations the host implements. During a handshake the
+ * TLS library is handed a random one-handshake handle of the key's length
+ * in place of the key, and the TLS 1.2 / DTLS 1.2 master secret, the one
+ * computation of the handshake that needs Kpsa, is asked of the host:
+ *
+ *   master_secret = P_<digest>(prefix || Kpsa, seed), its first out_len bytes
+ *
+ * where P_hash is RFC 5246 §5's, `prefix` is the RFC 4279 §2 premaster up to
+ * the key (uint16 length of the other secret, the other secret: zeros for
+ * plain PSK, the (EC)DH shared secret for ECDHE-PSK and DHE-PSK, uint16
+ * length of the key), and `seed` is the label followed by the seed ("master
+ * secret" and both randoms, or "extended master secret" and the session
+ * hash). A PKCS#11 token computes it with CKM_CONCATENATE_DATA_AND_BASE and
+ * CKM_SHA256_HMAC / CKM_SHA384_HMAC (docs/pkcs11.md).
+ *
+ * Only the OpenSSL engine can use token keys: OpenSSL 3 fetches its
+ * TLS1-PRF through the library context of the SSL_CTX, where m2mpsk's own
+ * provider recognises the handle; BoringSSL has no such hook. An
+ * association on another engine fails with M2MPSK_REASON_INTERNAL and a
+ * detail that says so. Initiators with a token key and responders whose
+ * keystore has M2MPSK_KEYSTORE_TOKEN_KEYS run on the OpenSSL engine when
+ * their config leaves the choice to m2mpsk. TLS 1.2 and DTLS 1.2 only, and
+ * suites whose PRF is SHA-256 or SHA-384 (every PSK suite of TLS 1.2).
+ */
+
+/** The operations of a token key. */
+typedef struct m2mpsk_token_key_ops {
+  /** M2MPSK_TOKEN_KEY_OPS_VERSION. */
+  unsigned version;
+  /**
+   * Computes the master secret defined above into out[0..out_len). `digest`
+   * is "SHA256" or "SHA384". Returns 0, or -1 on failure (the handshake then
+   * fails with M2MPSK_REASON_INTERNAL, "the token key could not compute the
+   * master secret"). Called on the thread driving the handshake, possibly
+   * for several handshakes at once on several threads; it must not call
+   * into m2mpsk. It sees `prefix`, which is secret for (EC)DHE-PSK: wipe
+   * any copy.
+   */
+  int (*master_secret)(void *ctx, const char *digest, const uint8_t *prefix,
+                       size_t prefix_len, const uint8_t *seed, size_t seed_len,
+                       uint8_t *out, size_t out_len);
+  /**
+   * Called once when the last user of the key lets go of it: its record
+   * left the keystore (removed, revoked, replaced, or the keystore freed)
+   * and no handshake still needs it. May be NULL. Must not call into the
+   * keystore.
+   */
+  void (*release)(void *ctx);
+} m2mpsk_token_key_ops;
+
+/** The version of m2mpsk_token_key_ops this header describes. */
+#define M2MPSK_TOKEN_KEY_OPS_VERSION 1u
+
+/**
+ * Adds a record whose key is a token key of `key_len` bytes (the length of
+ * Kpsa in the token, M2MPSK_KEY_MIN to M2MPSK_KEY_MAX). The other arguments
+ * and checks are m2mpsk_keystore_add()'s. `ops` is borrowed and must stay
+ * valid as long as the record may be used (a static table); on success the
+ * keystore owns `ctx` and calls ops->release(ctx) when done with it; on
+ * failure the caller keeps it. Sets M2MPSK_KEYSTORE_TOKEN_KEYS.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL ks, kpsa_id, ops,
+ * ops->master_secret or idb; an ops version this library does not know),
+ * M2MPSK_E_KPSA_ID, M2MPSK_E_KPSA_ID_LENGTH, M2MPSK_E_KEY_LENGTH,
+ * M2MPSK_E_IDA, M2MPSK_E_IDB, M2MPSK_E_ID_LENGTH, M2MPSK_E_VALIDITY,
+ * M2MPSK_E_DUPLICATE or M2MPSK_E_NOMEM.
+ * Thread safety: safe to call concurrently on the same keystore.
+ */
+M2MPSK_API int m2mpsk_keystore_add_token_key(
+    m2mpsk_keystore *ks, const char *kpsa_id, size_t key_len,
+    const m2mpsk_token_key_ops *ops, void *ctx, const char *ida,
+    const char *idb, int64_t not_before, int64_t not_after) M2MPSK_MUST_CHECK;
+
+/**
+ * Answers a key request with a token key: m2mpsk_key_request_supply() with
+ * m2mpsk_keystore_add_token_key() in place of m2mpsk_keystore_add(). On
+ * M2MPSK_E_DUPLICATE (a record appeared meanwhile; it wins and the request
+ * is closed) and on every other error the caller keeps `ctx`.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID, M2MPSK_E_STATE (already answered, or
+ * its keystore is gone) and the codes of m2mpsk_keystore_add_token_key().
+ * Thread safety: safe from any thread.
+ */
+M2MPSK_API int m2mpsk_key_request_supply_token_key(
+    m2mpsk_key_request *req, size_t key_len, const m2mpsk_token_key_ops *ops,
+    void *ctx, const char *ida, const char *idb, int64_t not_before,
+    int64_t not_after) M2MPSK_MUST_CHECK;
 
 #ifdef __cplusplus
 }
