@@ -94,11 +94,8 @@ static void soft_release(void *ctx) {
   atomic_fetch_add(&t->released, 1);
 }
 
-static const m2mpsk_token_key_ops k_ops = {
-    .version = M2MPSK_TOKEN_KEY_OPS_VERSION,
-    .master_secret = soft_master_secret,
-    .release = soft_release,
-};
+/* The host's two functions, as the API takes them. */
+#define OPS soft_master_secret, soft_release
 
 static void token_init(soft_token *t, const uint8_t *key) {
   memset(t, 0, sizeof(*t));
@@ -139,18 +136,18 @@ static void tk_pair_init(tk_pair *t, m2mpsk_transport tr, side a, side b,
   cr_assert_eq(m2mpsk_keystore_new(&p->ks_a, 0), M2MPSK_OK);
   cr_assert_eq(m2mpsk_keystore_new(&p->ks_b, 0), M2MPSK_OK);
   if (a.token)
-    cr_assert_eq(m2mpsk_keystore_add_token_key(p->ks_a, M2MT_KPSA_ID, 32,
-                                               &k_ops, &t->tok_a, M2MT_IDA,
-                                               M2MT_IDB, 0, 0),
+    cr_assert_eq(m2mpsk_keystore_add_token_key(p->ks_a, M2MT_KPSA_ID, 32, OPS,
+                                               &t->tok_a, M2MT_IDA, M2MT_IDB, 0,
+                                               0),
                  M2MPSK_OK);
   else
     cr_assert_eq(m2mpsk_keystore_add(p->ks_a, M2MT_KPSA_ID, key_a, 32, M2MT_IDA,
                                      M2MT_IDB, 0, 0),
                  M2MPSK_OK);
   if (b.token)
-    cr_assert_eq(m2mpsk_keystore_add_token_key(p->ks_b, M2MT_KPSA_ID, 32,
-                                               &k_ops, &t->tok_b, M2MT_IDA,
-                                               M2MT_IDB, 0, 0),
+    cr_assert_eq(m2mpsk_keystore_add_token_key(p->ks_b, M2MT_KPSA_ID, 32, OPS,
+                                               &t->tok_b, M2MT_IDA, M2MT_IDB, 0,
+                                               0),
                  M2MPSK_OK);
   else
     cr_assert_eq(m2mpsk_keystore_add(p->ks_b, M2MT_KPSA_ID, key_b, 32, M2MT_IDA,
@@ -376,7 +373,7 @@ Test(token_keys, put_replaces_a_token_key) {
   token_init(&tok, m2mt_key);
   m2mpsk_keystore *ks;
   cr_assert_eq(m2mpsk_keystore_new(&ks, 0), M2MPSK_OK);
-  cr_assert_eq(m2mpsk_keystore_add_token_key(ks, M2MT_KPSA_ID, 32, &k_ops, &tok,
+  cr_assert_eq(m2mpsk_keystore_add_token_key(ks, M2MT_KPSA_ID, 32, OPS, &tok,
                                              NULL, M2MT_IDB, 0, 0),
                M2MPSK_OK);
   cr_assert_eq(
@@ -395,9 +392,6 @@ Test(token_keys, add_token_key_errors) {
   token_init(&tok, m2mt_key);
   m2mpsk_keystore *ks;
   cr_assert_eq(m2mpsk_keystore_new(&ks, 0), M2MPSK_OK);
-  m2mpsk_token_key_ops bad_version = k_ops, no_fn = k_ops;
-  bad_version.version = 2;
-  no_fn.master_secret = NULL;
   const char *id = M2MT_KPSA_ID;
   char long_kpsa[300], long_id[700];
   memset(long_kpsa, 'a', sizeof(long_kpsa) - 20);
@@ -409,30 +403,35 @@ Test(token_keys, add_token_key_errors) {
     m2mpsk_keystore *ks;
     const char *id;
     size_t len;
-    const m2mpsk_token_key_ops *ops;
+    m2mpsk_token_master_secret_fn fn;
     const char *ida, *idb;
     int64_t nb, na;
     int want;
   } cases[] = {
-      {NULL, id, 32, &k_ops, NULL, M2MT_IDB, 0, 0, M2MPSK_E_INVALID},
-      {ks, NULL, 32, &k_ops, NULL, M2MT_IDB, 0, 0, M2MPSK_E_INVALID},
-      {ks, id, 32, NULL, NULL, M2MT_IDB, 0, 0, M2MPSK_E_INVALID},
-      {ks, id, 32, &no_fn, NULL, M2MT_IDB, 0, 0, M2MPSK_E_INVALID},
-      {ks, id, 32, &bad_version, NULL, M2MT_IDB, 0, 0, M2MPSK_E_INVALID},
-      {ks, id, 32, &k_ops, NULL, NULL, 0, 0, M2MPSK_E_INVALID},
-      {ks, "no at sign", 32, &k_ops, NULL, M2MT_IDB, 0, 0, M2MPSK_E_KPSA_ID},
-      {ks, long_kpsa, 32, &k_ops, NULL, M2MT_IDB, 0, 0,
+      {NULL, id, 32, soft_master_secret, NULL, M2MT_IDB, 0, 0,
+       M2MPSK_E_INVALID},
+      {ks, NULL, 32, soft_master_secret, NULL, M2MT_IDB, 0, 0,
+       M2MPSK_E_INVALID},
+      {ks, id, 32, NULL, NULL, M2MT_IDB, 0, 0, M2MPSK_E_INVALID}, /* no fn */
+      {ks, id, 32, soft_master_secret, NULL, NULL, 0, 0, M2MPSK_E_INVALID},
+      {ks, "no at sign", 32, soft_master_secret, NULL, M2MT_IDB, 0, 0,
+       M2MPSK_E_KPSA_ID},
+      {ks, long_kpsa, 32, soft_master_secret, NULL, M2MT_IDB, 0, 0,
        M2MPSK_E_KPSA_ID_LENGTH},
-      {ks, id, 0, &k_ops, NULL, M2MT_IDB, 0, 0, M2MPSK_E_KEY_LENGTH},
-      {ks, id, 65, &k_ops, NULL, M2MT_IDB, 0, 0, M2MPSK_E_KEY_LENGTH},
-      {ks, id, 32, &k_ops, "not an id", M2MT_IDB, 0, 0, M2MPSK_E_IDA},
-      {ks, id, 32, &k_ops, NULL, "cse-in", 0, 0, M2MPSK_E_IDB},
-      {ks, id, 32, &k_ops, NULL, long_id, 0, 0, M2MPSK_E_ID_LENGTH},
-      {ks, id, 32, &k_ops, NULL, M2MT_IDB, 20, 10, M2MPSK_E_VALIDITY},
+      {ks, id, 0, soft_master_secret, NULL, M2MT_IDB, 0, 0,
+       M2MPSK_E_KEY_LENGTH},
+      {ks, id, 65, soft_master_secret, NULL, M2MT_IDB, 0, 0,
+       M2MPSK_E_KEY_LENGTH},
+      {ks, id, 32, soft_master_secret, "not an id", M2MT_IDB, 0, 0,
+       M2MPSK_E_IDA},
+      {ks, id, 32, soft_master_secret, NULL, "cse-in", 0, 0, M2MPSK_E_IDB},
+      {ks, id, 32, soft_master_secret, NULL, long_id, 0, 0, M2MPSK_E_ID_LENGTH},
+      {ks, id, 32, soft_master_secret, NULL, M2MT_IDB, 20, 10,
+       M2MPSK_E_VALIDITY},
   };
   for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
     int rc = m2mpsk_keystore_add_token_key(
-        cases[i].ks, cases[i].id, cases[i].len, cases[i].ops, &tok,
+        cases[i].ks, cases[i].id, cases[i].len, cases[i].fn, soft_release, &tok,
         cases[i].ida, cases[i].idb, cases[i].nb, cases[i].na);
     cr_assert_eq(rc, cases[i].want, "case %zu: %s, not %s", i,
                  m2mpsk_strerror(rc), m2mpsk_strerror(cases[i].want));
@@ -440,7 +439,7 @@ Test(token_keys, add_token_key_errors) {
   cr_assert_eq(m2mpsk_keystore_count(ks), 0, "a failed add changed nothing");
   cr_assert_eq(m2mpsk_keystore_add(ks, id, m2mt_key, 32, NULL, M2MT_IDB, 0, 0),
                M2MPSK_OK);
-  cr_assert_eq(m2mpsk_keystore_add_token_key(ks, id, 32, &k_ops, &tok, NULL,
+  cr_assert_eq(m2mpsk_keystore_add_token_key(ks, id, 32, OPS, &tok, NULL,
                                              M2MT_IDB, 0, 0),
                M2MPSK_E_DUPLICATE);
   m2mpsk_keystore_free(ks);
@@ -494,26 +493,24 @@ Test(token_keys, a_source_supplies_a_token_key) {
                m2mpsk_assoc_failure_detail(p.b));
   cr_assert_not_null(req);
   /* The errors first: none of them answers the request. */
-  m2mpsk_token_key_ops bad = k_ops;
-  bad.version = 0;
-  cr_assert_eq(m2mpsk_key_request_supply_token_key(NULL, 32, &k_ops, &tok,
+  cr_assert_eq(m2mpsk_key_request_supply_token_key(NULL, 32, OPS, &tok,
                                                    M2MT_IDA, M2MT_IDB, 0, 0),
                M2MPSK_E_INVALID);
-  cr_assert_eq(m2mpsk_key_request_supply_token_key(req, 32, &bad, &tok,
-                                                   M2MT_IDA, M2MT_IDB, 0, 0),
+  cr_assert_eq(m2mpsk_key_request_supply_token_key(
+                   req, 32, NULL, soft_release, &tok, M2MT_IDA, M2MT_IDB, 0, 0),
                M2MPSK_E_INVALID);
-  cr_assert_eq(m2mpsk_key_request_supply_token_key(req, 32, &k_ops, &tok,
-                                                   M2MT_IDA, NULL, 0, 0),
+  cr_assert_eq(m2mpsk_key_request_supply_token_key(req, 32, OPS, &tok, M2MT_IDA,
+                                                   NULL, 0, 0),
                M2MPSK_E_INVALID);
-  cr_assert_eq(m2mpsk_key_request_supply_token_key(req, 99, &k_ops, &tok,
-                                                   M2MT_IDA, M2MT_IDB, 0, 0),
+  cr_assert_eq(m2mpsk_key_request_supply_token_key(req, 99, OPS, &tok, M2MT_IDA,
+                                                   M2MT_IDB, 0, 0),
                M2MPSK_E_KEY_LENGTH);
   cr_assert_eq(m2mpsk_key_request_answered(req), 0);
-  cr_assert_eq(m2mpsk_key_request_supply_token_key(req, 32, &k_ops, &tok,
-                                                   M2MT_IDA, M2MT_IDB, 0, 0),
+  cr_assert_eq(m2mpsk_key_request_supply_token_key(req, 32, OPS, &tok, M2MT_IDA,
+                                                   M2MT_IDB, 0, 0),
                M2MPSK_OK);
-  cr_assert_eq(m2mpsk_key_request_supply_token_key(req, 32, &k_ops, &tok,
-                                                   M2MT_IDA, M2MT_IDB, 0, 0),
+  cr_assert_eq(m2mpsk_key_request_supply_token_key(req, 32, OPS, &tok, M2MT_IDA,
+                                                   M2MT_IDB, 0, 0),
                M2MPSK_E_STATE);
   cr_assert_eq(m2mpsk_assoc_resume(p.b, now), M2MPSK_OK);
   m2mt_run_handshake(p.a, p.b, &link, &now, 200);
