@@ -109,8 +109,8 @@ static int say(char *err, size_t cap, int rc, const char *fmt, ...) {
 /* ---- open, close -------------------------------------------------------- */
 
 int m2mpsk_p11_open(m2mpsk_p11_token **out, const char *spec,
-                    const uint8_t *pin, size_t pin_len, char *err,
-                    size_t err_cap) {
+                    const char *init_args, const uint8_t *pin, size_t pin_len,
+                    char *err, size_t err_cap) {
   if (err != NULL && err_cap > 0)
     err[0] = '\0';
   if (out == NULL || spec == NULL || (pin == NULL && pin_len > 0))
@@ -154,6 +154,8 @@ int m2mpsk_p11_open(m2mpsk_p11_token **out, const char *spec,
   }
   CK_C_INITIALIZE_ARGS ia = {0};
   ia.flags = CKF_OS_LOCKING_OK;
+  /* NSS softoken's parameters string (configdir=...), else none. */
+  ia.pReserved = (void *)(uintptr_t)init_args;
   rv = t->f->C_Initialize(&ia);
   if (rv == CKR_OK)
     t->initialized = 1;
@@ -205,6 +207,8 @@ int m2mpsk_p11_open(m2mpsk_p11_token **out, const char *spec,
     goto fail;
   }
   t->open = 1;
+  t->slot = slot;
+  snprintf(t->label, sizeof(t->label), "%s", label);
   rv = t->f->C_Login(t->s, CKU_USER, (CK_UTF8CHAR_PTR)(uintptr_t)pin,
                      (CK_ULONG)pin_len);
   if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
@@ -843,8 +847,14 @@ static int read_key(m2mpsk_p11_token *t, m2mpsk_p11_record *r, uint8_t *key,
   if (rv != CKR_OK)
     return p11_fail(err, cap, "C_GetAttributeValue", rv);
   if (sens || !extr) {
-    /* The object decides, whatever the data object says. */
+    /* The object decides, whatever the data object says. Its length is
+     * CKA_VALUE_LEN (0 when the token does not say: not usable). */
     r->token_only = 1;
+    CK_ULONG vl = 0;
+    CK_ATTRIBUTE la = ATTR(CKA_VALUE_LEN, &vl, sizeof(vl));
+    rv = t->f->C_GetAttributeValue(t->s, h, &la, 1);
+    if (rv == CKR_OK && vl >= M2MPSK_KEY_MIN && vl <= M2MPSK_KEY_MAX)
+      r->key_len = (size_t)vl;
     return M2MPSK_OK;
   }
   if (r->token_only)

@@ -269,6 +269,8 @@ def unknown_kpsa_id_fails_like_a_wrong_key(tmp):
 
 @case
 def token_only_records_are_listed_but_refused(tmp):
+    """SoftHSM2 cannot derive with CKM_CONCATENATE_DATA_AND_BASE: its
+    token-only records are answered absent, said once per KpsaID."""
     tok = Token(tmp)
     tok.keys("generate", "--kpsa-id", "sealed@m2m.example.com", "--idb", IDB,
              "--token-only")
@@ -285,10 +287,13 @@ def token_only_records_are_listed_but_refused(tmp):
             r = connect(tok, srv, keys, "sealed2@m2m.example.com")
             assert r.returncode == 1 and b"reason=bad-key" in r.stderr, \
                 r.stderr
-        wait_log(srv, r"sealed2@m2m\.example\.com: token-only record needs "
-                 r"the token PRF path, not available yet")
+        wait_log(srv, r"sealed2@m2m\.example\.com: token 'T' cannot compute "
+                 r"the TLS master secret inside \(C_DeriveKey "
+                 r"\(CKM_CONCATENATE_DATA_AND_BASE\): CKR_MECHANISM_INVALID\); "
+                 r"token-only keys need a token with "
+                 r"CKM_CONCATENATE_DATA_AND_BASE, e\.g\. NSS softoken")
         srv.stop()
-        said = [l for l in srv.lines if "token-only record needs" in l]
+        said = [l for l in srv.lines if "cannot compute the TLS" in l]
         assert len(said) == 1, said  # once per KpsaID
     finally:
         srv.kill()
