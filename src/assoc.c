@@ -33,6 +33,11 @@ struct m2mpsk_assoc {
   m2mpsk_engine_ctx *ectx;
   m2mpsk_engine *eng;
   m2mpsk_engine_id engine;
+  /* A token key's handshake (since 0.5): the key, and the random handle
+   * the engine was given in its place, until the handshake is over. */
+  m2mpsk_tkey *tk;
+  uint8_t handle[M2MPSK_KEY_MAX];
+  size_t handle_len;
   /* A TLS responder of an AUTO config: the bytes fed until the ClientHello
    * is whole (ops is NULL until then), bounded by the config's max_input. */
   uint8_t *hello_buf;
@@ -133,6 +138,35 @@ static void handshake_over(m2mpsk_assoc *a) {
     a->counted = 0;
     m2mpsk_guard_handshake_end(a->guard);
   }
+  /* The master secret is made: the token key is needed no more. */
+  m2mpsk_tkey_unref(a->tk);
+  a->tk = NULL;
+  sodium_memzero(a->handle, sizeof(a->handle));
+  a->handle_len = 0;
+}
+
+/* Whether this association's engine can use a token key. */
+static int engine_takes_token_keys(const m2mpsk_assoc *a) {
+  return a->ops != NULL && a->ops->abi >= 4 && a->ops->token_keys;
+}
+
+/* A token key's handshake: keeps the key and writes a fresh random handle
+ * of its length where the key would go. 0, or -1 (the engine cannot use
+ * it: the caller refuses). Takes over v->tk either way. */
+static int hand_over_token(m2mpsk_assoc *a, m2mpsk_record_view *v, uint8_t *psk,
+                           size_t key_len) {
+  if (!engine_takes_token_keys(a)) {
+    m2mpsk_tkey_unref(v->tk);
+    v->tk = NULL;
+    return -1;
+  }
+  m2mpsk_tkey_unref(a->tk);
+  a->tk = v->tk;
+  v->tk = NULL;
+  randombytes_buf(a->handle, key_len);
+  a->handle_len = key_len;
+  memcpy(psk, a->handle, key_len);
+  return 0;
 }
 
 /* Whether a failed handshake counts against the peer: not our own or the
@@ -304,6 +338,25 @@ static int decide_binding(m2mpsk_assoc *a, const m2mpsk_record_view *v) {
   return 0;
 }
 
+int m2mpsk_assoc_token_master_secret(m2mpsk_assoc *a, const char *digest,
+                                     const uint8_t *prefix, size_t prefix_len,
+                                     const uint8_t *psk, size_t psk_len,
+                                     const uint8_t *seed, size_t seed_len,
+                                     uint8_t *out, size_t out_len) {
+  if (a == NULL || a->tk == NULL || psk_len != a->handle_len ||
+      sodium_memcmp(psk, a->handle, psk_len) != 0)
+    return 0; /* not our handle: the engine's own PRF */
+  if (digest == NULL ||
+      m2mpsk_tkey_master_secret(a->tk, digest, prefix, prefix_len, seed,
+                                seed_len, out, out_len) != 0) {
+    refuse(a, M2MPSK_REASON_INTERNAL,
+           "the token key of KpsaID %s could not compute the master secret",
+           a->kpsa_id);
+    return -1;
+  }
+  return 1;
+}
+
 unsigned m2mpsk_assoc_on_client_psk(m2mpsk_assoc *a, char *identity,
                                     size_t identity_cap, uint8_t *psk,
                                     size_t psk_cap) {
@@ -315,6 +368,7 @@ unsigned m2mpsk_assoc_on_client_psk(m2mpsk_assoc *a, char *identity,
   /* The generation before the fetch: whatever changes after it, the live
    * association will notice (record_still_good). */
   a->checked_gen = m2mpsk_keystore_generation(a->ks);
+  v.tk = NULL;
   if (m2mpsk_keystore_fetch_hashed(a->ks, a->kpsa_id, a->kpsa_hash, &v, key,
                                    &key_len) != M2MPSK_OK ||
       v.serial != a->serial) {
@@ -332,13 +386,21 @@ unsigned m2mpsk_assoc_on_client_psk(m2mpsk_assoc *a, char *identity,
     r = M2MPSK_REASON_INTERNAL;
     why = "out of memory binding KpsaID %s";
   }
+  if (r == M2MPSK_REASON_NONE && v.tk != NULL &&
+      hand_over_token(a, &v, psk, key_len) != 0) {
+    r = M2MPSK_REASON_INTERNAL;
+    why = "the key of KpsaID %s is a token key, which only the OpenSSL "
+          "engine can use";
+  }
   if (r != M2MPSK_REASON_NONE) {
+    m2mpsk_tkey_unref(v.tk);
     sodium_memzero(key, sizeof(key));
     refuse(a, r, why, a->kpsa_id);
     return 0;
   }
   memcpy(identity, a->kpsa_id, strlen(a->kpsa_id) + 1);
-  memcpy(psk, key, key_len);
+  if (a->tk == NULL)
+    memcpy(psk, key, key_len);
   sodium_memzero(key, sizeof(key));
   a->not_after = v.not_after;
   return (unsigned)key_len;
@@ -401,8 +463,9 @@ unsigned m2mpsk_assoc_on_server_psk(m2mpsk_assoc *a, const char *identity,
               ? "psk_identity longer than any KpsaID%s"
               : "psk_identity is not a well-formed KpsaID%s";
     identity = "";
-  } else if (m2mpsk_keystore_fetch_hashed(a->ks, identity, a->kpsa_hash, &v,
-                                          key, &key_len) != M2MPSK_OK) {
+  } else if ((v.tk = NULL,
+              m2mpsk_keystore_fetch_hashed(a->ks, identity, a->kpsa_hash, &v,
+                                           key, &key_len)) != M2MPSK_OK) {
     r = M2MPSK_REASON_UNKNOWN_IDENTITY;
     why = "no record for KpsaID %s";
   } else if ((r = check_record(a, &v, &why)) != M2MPSK_REASON_NONE) {
@@ -421,14 +484,21 @@ unsigned m2mpsk_assoc_on_server_psk(m2mpsk_assoc *a, const char *identity,
     if (decide_binding(a, &v) != 0) {
       r = M2MPSK_REASON_INTERNAL;
       why = "out of memory binding KpsaID %s";
+    } else if (v.tk != NULL && hand_over_token(a, &v, psk, key_len) != 0) {
+      r = M2MPSK_REASON_INTERNAL;
+      why = "the key of KpsaID %s is a token key, which only the OpenSSL "
+            "engine can use";
     }
   }
 
   if (r == M2MPSK_REASON_NONE) {
-    memcpy(psk, key, key_len);
+    if (a->tk == NULL)
+      memcpy(psk, key, key_len);
     sodium_memzero(key, sizeof(key));
     return (unsigned)key_len;
   }
+  if (a->presented)
+    m2mpsk_tkey_unref(v.tk); /* a record found but refused */
   sodium_memzero(key, sizeof(key));
   refuse(a, r, why, identity);
   if (m2mpsk_config_reveal_unknown(a->cfg))
@@ -617,10 +687,21 @@ int m2mpsk_assoc_new(m2mpsk_assoc **out, m2mpsk_role role,
    * engine object is made now too, so that its SNI is set and a failure
    * surfaces here. */
   m2mpsk_engine_id engine = M2MPSK_ENGINE_AUTO;
+  /* Token keys need the OpenSSL engine: an initiator whose record has one
+   * (or may get one from the source), a responder whose keystore may hold
+   * them (it cannot wait for the KpsaID to choose). */
+  int token =
+      role == M2MPSK_ROLE_INITIATOR
+          ? (pending_record ? m2mpsk_keystore_token_keys(keystore) : v.token)
+          : m2mpsk_keystore_token_keys(keystore);
+  if (token && m2mpsk_config_engine(config) == M2MPSK_ENGINE_AUTO &&
+      m2mpsk_tls_engine(M2MPSK_ENGINE_OPENSSL) != NULL)
+    engine = M2MPSK_ENGINE_OPENSSL;
   a->ectx = m2mpsk_config_engine_ctx(config, role, transport, &engine, &rc);
   /* Made all the same when the responder waits for the ClientHello: a
    * config that can make no engine fails here, not at the first bytes. */
   if (a->ectx != NULL && role == M2MPSK_ROLE_RESPONDER &&
+      engine != M2MPSK_ENGINE_OPENSSL &&
       m2mpsk_engine_waits_for_hello(m2mpsk_config_engine(config), transport)) {
     a->ectx = NULL;
   } else if (a->ectx != NULL) {

@@ -26,7 +26,29 @@ typedef struct m2mpsk_record_view {
   int64_t not_after;  /* 0: unbounded */
   int revoked;
   uint64_t serial; /* unique per m2mpsk_keystore_add(); never reused */
+  int token;       /* the record's key is a token key */
+  /* A fetch that asked for the key of a token record gets a reference to
+   * the token key here (released with m2mpsk_tkey_unref()), no bytes, and
+   * *key_len its length. NULL otherwise. */
+  struct m2mpsk_tkey *tk;
 } m2mpsk_record_view;
+
+/* A token key (since 0.5): the host's operations and context, shared by
+ * the record and the handshakes using it; the host's release runs when the
+ * last reference goes. */
+typedef struct m2mpsk_tkey m2mpsk_tkey;
+void m2mpsk_tkey_ref(m2mpsk_tkey *tk);
+void m2mpsk_tkey_unref(m2mpsk_tkey *tk); /* NULL is a no-op */
+/* The host's master_secret(): 0 or -1. */
+int m2mpsk_tkey_master_secret(const m2mpsk_tkey *tk, const char *digest,
+                              const uint8_t *prefix, size_t prefix_len,
+                              const uint8_t *seed, size_t seed_len,
+                              uint8_t *out, size_t out_len);
+/* 1 when `ops` is a table this library can use. */
+int m2mpsk_tkey_check_ops(const m2mpsk_token_key_ops *ops);
+/* 1 when the keystore has M2MPSK_KEYSTORE_TOKEN_KEYS (given, or set by a
+ * token key's add). */
+int m2mpsk_keystore_token_keys(const m2mpsk_keystore *ks);
 
 /* Looks `kpsa_id` up. Fills *view (if not NULL). When `key_out` is not NULL
  * and the record is not revoked, copies the key into key_out (which has room

@@ -82,7 +82,8 @@ typedef struct ks_record {
   uint8_t kpsa_len;
   uint8_t key_len;
   uint8_t revoked;
-  char data[]; /* kpsa_id NUL ida NUL idb NUL */
+  m2mpsk_tkey *tk; /* a token key (no slot: slab is NO_SLAB), or NULL */
+  char data[];     /* kpsa_id NUL ida NUL idb NUL */
 } ks_record;
 
 typedef union ks_stripe {
@@ -130,6 +131,8 @@ struct m2mpsk_keystore {
   pthread_mutex_t src_mu;
   struct m2mpsk_key_sources *src;
   atomic_int has_source;
+  /* M2MPSK_KEYSTORE_TOKEN_KEYS, given or set by a token key's add. */
+  atomic_int token_keys;
   char pad_[CACHE_LINE];
   atomic_size_t refs; /* changed by every association's new and free */
   char pad2_[CACHE_LINE];
@@ -690,6 +693,7 @@ static int keystore_create(m2mpsk_keystore **out, unsigned flags,
     goto fail;
   }
   atomic_init(&ks->has_source, 0);
+  atomic_init(&ks->token_keys, (flags & M2MPSK_KEYSTORE_TOKEN_KEYS) != 0);
   atomic_init(&ks->refs, 1);
   atomic_init(&ks->count, 0);
   atomic_init(&ks->key_memory, 0);
@@ -709,7 +713,8 @@ int m2mpsk_keystore_new(m2mpsk_keystore **out, unsigned flags) {
   if (out == NULL)
     return M2MPSK_E_INVALID;
   *out = NULL;
-  if ((flags & ~(unsigned)M2MPSK_KEYSTORE_REQUIRE_LOCKED) != 0)
+  if ((flags & ~(unsigned)(M2MPSK_KEYSTORE_REQUIRE_LOCKED |
+                           M2MPSK_KEYSTORE_TOKEN_KEYS)) != 0)
     return M2MPSK_E_INVALID;
   if (sodium_init() < 0)
     return M2MPSK_E_NOMEM;
@@ -739,6 +744,7 @@ static void keystore_destroy(m2mpsk_keystore *ks) {
     ks_record *r = ks->buckets[i];
     while (r != NULL) {
       ks_record *next = r->next;
+      m2mpsk_tkey_unref(r->tk);
       free(r);
       r = next;
     }
@@ -833,6 +839,7 @@ static int record_build(m2mpsk_keystore *ks, const char *kpsa_id,
   r->idb_len = (uint16_t)idb_len;
   r->key_len = (uint8_t)key_len;
   r->revoked = 0;
+  r->tk = NULL;
   char *p = r->data;
   memcpy(p, kpsa_id, kpsa_len + 1);
   p += kpsa_len + 1;
@@ -888,8 +895,92 @@ int m2mpsk_keystore_add(m2mpsk_keystore *ks, const char *kpsa_id,
                                     not_before, not_after, 0);
 }
 
-/* Wipes a record's key and returns its slot. */
+/* ---- token keys (since 0.5) --------------------------------------------- */
+
+struct m2mpsk_tkey {
+  const m2mpsk_token_key_ops *ops;
+  void *ctx;
+  atomic_size_t refs;
+};
+
+void m2mpsk_tkey_ref(m2mpsk_tkey *tk) {
+  atomic_fetch_add_explicit(&tk->refs, 1, memory_order_relaxed);
+}
+
+void m2mpsk_tkey_unref(m2mpsk_tkey *tk) {
+  if (tk == NULL ||
+      atomic_fetch_sub_explicit(&tk->refs, 1, memory_order_acq_rel) != 1)
+    return;
+  if (tk->ops->release != NULL)
+    tk->ops->release(tk->ctx);
+  free(tk);
+}
+
+int m2mpsk_tkey_master_secret(const m2mpsk_tkey *tk, const char *digest,
+                              const uint8_t *prefix, size_t prefix_len,
+                              const uint8_t *seed, size_t seed_len,
+                              uint8_t *out, size_t out_len) {
+  return tk->ops->master_secret(tk->ctx, digest, prefix, prefix_len, seed,
+                                seed_len, out, out_len) == 0
+             ? 0
+             : -1;
+}
+
+int m2mpsk_keystore_token_keys(const m2mpsk_keystore *ks) {
+  return atomic_load_explicit(&ks->token_keys, memory_order_relaxed);
+}
+
+int m2mpsk_tkey_check_ops(const m2mpsk_token_key_ops *ops) {
+  return ops != NULL && ops->version == M2MPSK_TOKEN_KEY_OPS_VERSION &&
+         ops->master_secret != NULL;
+}
+
+int m2mpsk_keystore_add_token_key(m2mpsk_keystore *ks, const char *kpsa_id,
+                                  size_t key_len,
+                                  const m2mpsk_token_key_ops *ops, void *ctx,
+                                  const char *ida, const char *idb,
+                                  int64_t not_before, int64_t not_after) {
+  if (ks == NULL || kpsa_id == NULL || idb == NULL ||
+      !m2mpsk_tkey_check_ops(ops))
+    return M2MPSK_E_INVALID;
+  ks_record *r = NULL;
+  int rc = record_build(ks, kpsa_id, key_len, ida, idb, not_before, not_after,
+                        0, &r);
+  if (rc != M2MPSK_OK)
+    return rc;
+  m2mpsk_tkey *tk = malloc(sizeof(*tk));
+  if (tk == NULL) {
+    free(r);
+    return M2MPSK_E_NOMEM;
+  }
+  tk->ops = ops;
+  tk->ctx = ctx;
+  atomic_init(&tk->refs, 1);
+  write_lock(ks);
+  if (find_link(ks, kpsa_id, r->kpsa_len, r->hash) != NULL) {
+    rc = M2MPSK_E_DUPLICATE;
+  } else if (!table_reserve(ks, atomic_load(&ks->count) + 1)) {
+    rc = M2MPSK_E_NOMEM;
+  } else {
+    r->tk = tk;
+    r->serial = ks->next_serial++;
+    table_insert(ks, r);
+    atomic_fetch_add(&ks->count, 1);
+    atomic_store(&ks->token_keys, 1);
+    r = NULL;
+    tk = NULL;
+  }
+  write_unlock(ks);
+  free(r);
+  free(tk); /* on failure the caller keeps ctx: no release */
+  return rc;
+}
+
+/* Wipes a record's key and returns its slot; lets go of a token key (its
+ * release runs when no handshake needs it any more). */
 static void record_drop_key(m2mpsk_keystore *ks, ks_record *r) {
+  m2mpsk_tkey_unref(r->tk);
+  r->tk = NULL;
   if (r->slab == NO_SLAB)
     return;
   slot_wipe(ks, r->slab, r->slot);
@@ -938,8 +1029,8 @@ int m2mpsk_keystore_revoke(m2mpsk_keystore *ks, const char *kpsa_id) {
 /* Whether `r` (not revoked) holds exactly `key` and the identities of `n`. */
 static int same_record(const m2mpsk_keystore *ks, const ks_record *r,
                        const ks_record *n, const uint8_t *key, size_t key_len) {
-  if (r->revoked || r->key_len != key_len || r->ida_len != n->ida_len ||
-      r->idb_len != n->idb_len ||
+  if (r->revoked || r->tk != NULL || r->key_len != key_len ||
+      r->ida_len != n->ida_len || r->idb_len != n->idb_len ||
       memcmp(rec_ida(r), rec_ida(n), r->ida_len) != 0 ||
       memcmp(rec_idb(r), rec_idb(n), r->idb_len) != 0)
     return 0;
@@ -1072,11 +1163,18 @@ int m2mpsk_keystore_fetch_hashed(const m2mpsk_keystore *ks, const char *kpsa_id,
     view->not_after = r->not_after;
     view->revoked = r->revoked;
     view->serial = r->serial;
+    view->token = r->tk != NULL;
+    view->tk = NULL;
+    /* A token key is handed out with a reference, in place of its bytes. */
+    if (key_out != NULL && r->tk != NULL && !r->revoked) {
+      m2mpsk_tkey_ref(r->tk);
+      view->tk = r->tk;
+    }
   }
-  if (key_out != NULL && !r->revoked)
+  if (key_out != NULL && !r->revoked && r->tk == NULL)
     slot_read(ks, r->slab, r->slot, key_out, r->key_len);
   if (key_len != NULL)
-    *key_len = r->revoked ? 0 : r->key_len;
+    *key_len = r->revoked || (r->tk != NULL && view == NULL) ? 0 : r->key_len;
 out:
   read_unlock(lk);
   return rc;

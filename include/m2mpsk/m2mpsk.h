@@ -1637,8 +1637,7 @@ M2MPSK_API void m2mpsk_key_request_free(m2mpsk_key_request *req);
  * NULL. Borrowed: valid while the association waits; take a reference of
  * your own with m2mpsk_key_request_ref() to keep it.
  * Thread safety: one thread at a time per association; see Threads. */
-M2MPSK_API m2mpsk_key_request *
-m2mpsk_assoc_key_request(const m2mpsk_assoc *a);
+M2MPSK_API m2mpsk_key_request *m2mpsk_assoc_key_request(const m2mpsk_assoc *a);
 
 /** Takes one more reference to `req` and returns it (NULL for NULL).
  * Thread safety: safe from any thread. */

@@ -125,6 +125,11 @@ static int bssl_on_timer(m2mpsk_engine *e) {
   return e->dtls ? fam_handle_timeout(e) : M2MPSK_OK;
 }
 
+/* BoringSSL has no way to replace its PRF: no token keys here. */
+static SSL_CTX *backend_ssl_ctx_new(int dtls) {
+  return SSL_CTX_new(dtls ? DTLS_method() : TLS_method());
+}
+
 static const m2mpsk_engine_ops k_ops = {
     FAMILY_OPS,
     .backend_name = bssl_backend_name,

@@ -46,6 +46,9 @@ static void backend_handshake_end(m2mpsk_engine *e, int r);
 /* Application data arrived from the peer. */
 static void backend_on_data(m2mpsk_engine *e);
 static void engine_abort(m2mpsk_engine *e, uint8_t alert);
+/* A new SSL_CTX for TLS or DTLS (in the backend's library context), or
+ * NULL. */
+static SSL_CTX *backend_ssl_ctx_new(int dtls);
 
 /* ---- suites -------------------------------------------------------------- */
 
@@ -317,7 +320,7 @@ static int fam_ctx_new(m2mpsk_engine_ctx **out, m2mpsk_role role,
     return M2MPSK_E_NOMEM;
   c->dtls = transport == M2MPSK_TRANSPORT_DTLS;
   c->server = role == M2MPSK_ROLE_RESPONDER;
-  c->ssl_ctx = SSL_CTX_new(c->dtls ? DTLS_method() : TLS_method());
+  c->ssl_ctx = backend_ssl_ctx_new(c->dtls);
   if (c->ssl_ctx == NULL) {
     ERR_clear_error();
     free(c);

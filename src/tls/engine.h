@@ -24,6 +24,18 @@ unsigned m2mpsk_assoc_on_client_psk(m2mpsk_assoc *a, char *identity,
  * backend send unknown_psk_identity. */
 unsigned m2mpsk_assoc_on_server_psk(m2mpsk_assoc *a, const char *identity,
                                     uint8_t *psk, size_t psk_cap);
+/* A token key's handshake (ABI 4): when the PSK that on_*_psk gave `a`'s
+ * engine was a token key's handle and `psk` (the premaster's last psk_len
+ * bytes) is that handle, computes the master secret
+ * P_<digest>(prefix || Kpsa, seed) into out and returns 1, or -1 when it
+ * cannot (the handshake must fail: never the engine's own PRF then).
+ * 0: not a handle of `a`'s; the engine's own PRF applies. `digest` is
+ * "SHA256" or "SHA384" (NULL for another: -1 if it was a handle). */
+int m2mpsk_assoc_token_master_secret(m2mpsk_assoc *a, const char *digest,
+                                     const uint8_t *prefix, size_t prefix_len,
+                                     const uint8_t *psk, size_t psk_len,
+                                     const uint8_t *seed, size_t seed_len,
+                                     uint8_t *out, size_t out_len);
 /* Responder: the ClientHello's SNI host, or NULL. Returns 0 to go on, or 1
  * to refuse with unrecognized_name (reason recorded). */
 int m2mpsk_assoc_on_server_name(m2mpsk_assoc *a, const char *host);
@@ -43,9 +55,15 @@ typedef struct m2mpsk_engine_hooks {
   /* The association's peer tag, or NULL (ABI 3): what a DTLS cookie is
    * bound to. */
   const char *(*peer_tag)(const m2mpsk_assoc *a);
+  /* m2mpsk_assoc_token_master_secret() (ABI 4). */
+  int (*token_master_secret)(m2mpsk_assoc *a, const char *digest,
+                             const uint8_t *prefix, size_t prefix_len,
+                             const uint8_t *psk, size_t psk_len,
+                             const uint8_t *seed, size_t seed_len, uint8_t *out,
+                             size_t out_len);
 } m2mpsk_engine_hooks;
 
-#define M2MPSK_ENGINE_ABI 3
+#define M2MPSK_ENGINE_ABI 4
 
 typedef struct m2mpsk_engine_ops {
   unsigned abi; /* M2MPSK_ENGINE_ABI */
@@ -91,6 +109,9 @@ typedef struct m2mpsk_engine_ops {
   int (*dtls_listen)(m2mpsk_engine_ctx *ctx, const char *peer_tag,
                      const uint8_t *datagram, size_t len, uint8_t *out,
                      size_t cap, size_t *out_len);
+  /* 1 when the engine computes a token key's master secret through
+   * hooks->token_master_secret (ABI 4): the OpenSSL engine. */
+  int token_keys;
 } m2mpsk_engine_ops;
 
 /* The one symbol a backend module exports. */

@@ -190,6 +190,7 @@ struct m2mpsk_engine {
 };
 
 #include "common.h"
+#include "openssl_prf.h"
 
 static const char *ossl_backend_name(void) {
   return "openssl";
@@ -483,10 +484,12 @@ static int backend_handshake_begin(m2mpsk_engine *e) {
    * flight: keep a copy of what that call writes. */
   e->capture = e->dtls && e->server;
   buf_consume(e, &e->last_flight, e->last_flight.len);
+  t_current = e; /* for a token key's master secret (openssl_prf.h) */
   return -1;
 }
 
 static void backend_handshake_end(m2mpsk_engine *e, int r) {
+  t_current = NULL;
   e->capture = 0;
   if (r != 1)
     buf_consume(e, &e->last_flight, e->last_flight.len);
@@ -590,6 +593,7 @@ static const m2mpsk_engine_ops k_ops = {
     .timer = ossl_timer,
     .on_timer = ossl_on_timer,
     .dtls_listen = ossl_dtls_listen,
+    .token_keys = 1,
 };
 
 /* Exported from the module (default visibility), and linked directly into
