@@ -86,12 +86,6 @@ static int open_pkcs11(const cli_keys_opts *o, m2mpsk_keystore **ks) {
   /* Token-only records become token keys: responders must pick the
    * OpenSSL engine before the ClientKeyExchange names the KpsaID. */
   int rc = m2mpsk_keystore_new(ks, M2MPSK_KEYSTORE_TOKEN_KEYS);
-  if (rc == M2MPSK_E_INVALID) {
-    /* A libm2mpsk before 0.5 does not know the flag: readable records
-     * only (token-only ones are then answered absent, logged). */
-    cli_trace("keys: this libm2mpsk has no M2MPSK_KEYSTORE_TOKEN_KEYS");
-    rc = m2mpsk_keystore_new(ks, 0);
-  }
   if (rc != M2MPSK_OK) {
     sodium_free(pin);
     cli_log("cannot create a keystore: %s", m2mpsk_strerror(rc));

@@ -15,11 +15,6 @@
 #include "cli.h"
 #include "p11_internal.h"
 
-/* The library's token-key entry point. Declared weak so that this
- * component still links against a libm2mpsk whose 0.5 API is not
- * implemented yet: token-only records are then answered absent. */
-#pragma weak m2mpsk_key_request_supply_token_key
-
 typedef struct supplied_rec {
   char *id;
   int token_only; /* supplied as a token key */
@@ -149,13 +144,6 @@ static int supply_token_key(m2mpsk_p11_source *s, m2mpsk_key_request *req,
     if (first_time(s, id))
       cli_log("keys: pkcs11: %s: the token does not tell the token-only "
               "key's length (CKA_VALUE_LEN)",
-              id);
-    return 0;
-  }
-  if (m2mpsk_key_request_supply_token_key == NULL) {
-    if (first_time(s, id))
-      cli_log("keys: pkcs11: %s: token-only record, but this libm2mpsk has "
-              "no token keys (0.5)",
               id);
     return 0;
   }
