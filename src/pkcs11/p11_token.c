@@ -969,6 +969,16 @@ static int read_key(m2mpsk_p11_token *t, m2mpsk_p11_record *r, uint8_t *key,
   CK_RV rv = t->f->C_GetAttributeValue(t->s, h, q, 2);
   if (rv != CKR_OK)
     return p11_fail(err, cap, "C_GetAttributeValue", rv);
+  CK_ATTRIBUTE sz = {CKA_VALUE, NULL, 0};
+  if (!sens && extr) {
+    rv = t->f->C_GetAttributeValue(t->s, h, &sz, 1);
+    /* NSS softoken keeps the value of its token secret keys to itself,
+     * whatever CKA_SENSITIVE says: such a key is token-only too. */
+    if (rv == CKR_ATTRIBUTE_SENSITIVE)
+      sens = CK_TRUE;
+    else if (rv != CKR_OK)
+      return p11_fail(err, cap, "C_GetAttributeValue (the key's size)", rv);
+  }
   if (sens || !extr) {
     /* The object decides, whatever the data object says. Its length is
      * CKA_VALUE_LEN (0 when the token does not say: not usable). */
@@ -983,12 +993,8 @@ static int read_key(m2mpsk_p11_token *t, m2mpsk_p11_record *r, uint8_t *key,
   if (r->token_only)
     return say(err, cap, M2MPSK_E_PROTOCOL,
                "kind=token-only but the key object is readable");
-  /* CKA_VALUE's size, not CKA_VALUE_LEN: SoftHSM2 leaves the latter 0 on
-   * unwrapped keys. */
-  CK_ATTRIBUTE sz = {CKA_VALUE, NULL, 0};
-  rv = t->f->C_GetAttributeValue(t->s, h, &sz, 1);
-  if (rv != CKR_OK)
-    return p11_fail(err, cap, "C_GetAttributeValue (the key's size)", rv);
+  /* CKA_VALUE's size (above), not CKA_VALUE_LEN: SoftHSM2 leaves the
+   * latter 0 on unwrapped keys. */
   CK_ULONG vl = sz.ulValueLen;
   if (vl < M2MPSK_KEY_MIN || vl > M2MPSK_KEY_MAX)
     return say(err, cap, M2MPSK_E_PROTOCOL, "the key is %lu bytes",

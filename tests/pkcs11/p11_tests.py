@@ -738,6 +738,10 @@ def nss_usage_init_args(tmp):
     r = tok.run("keys", "list", "--pkcs11", tok.spec, "--pin-file", wrong,
                 *tok.extra)
     assert r.returncode == 3 and b"CKR_PIN_INCORRECT" in r.stderr, r.stderr
+    # NSS softoken never lets a token secret key's value out: a record
+    # generated readable is token-only there (the key object decides).
+    tok.keys("generate", "--kpsa-id", "plain@m2m.example.com", "--idb", IDB)
+    assert "kind=token-only" in tok.list()["plain@m2m.example.com"]
     # --pkcs11-init-args goes with pkcs11: only.
     r = tok.run("serve", "--keys", os.path.join(tmp, "nokeys"), "--id", IDB,
                 "--pkcs11-init-args", "x")
