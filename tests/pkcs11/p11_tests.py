@@ -665,6 +665,7 @@ def nss_interop_with_unmodified_peers(tmp):
     hexkey = key.hex()
     tcp = Server(tok)
     udp = Server(tok, "--udp")
+    every = Server(tok, "--suites", "all")
     try:
         peers = [
             ("openssl s_client TLS 1.2 PSK-AES128-CBC-SHA256", tcp,
@@ -680,6 +681,20 @@ def nss_interop_with_unmodified_peers(tmp):
               "PSK-AES128-CCM8", "-dtls1_2", "-nocommands"],
              "TLS_PSK_WITH_AES_128_CCM_8 version=DTLSv1.2"),
         ]
+        # Beyond the mandated suites: an (EC)DH share in the premaster's
+        # prefix, and the SHA-384 PRF.
+        for cipher, iana in (
+                ("ECDHE-PSK-AES128-CBC-SHA256",
+                 "TLS_ECDHE_PSK_WITH_AES_128_CBC_SHA256"),
+                ("DHE-PSK-AES256-GCM-SHA384",
+                 "TLS_DHE_PSK_WITH_AES_256_GCM_SHA384"),
+                ("PSK-AES256-GCM-SHA384", "TLS_PSK_WITH_AES_256_GCM_SHA384")):
+            peers.append((
+                "openssl s_client TLS 1.2 " + cipher, every,
+                ["openssl", "s_client", "-connect",
+                 "127.0.0.1:%d" % every.port, "-psk", hexkey,
+                 "-psk_identity", "peer@m2m.example.com", "-cipher", cipher,
+                 "-tls1_2", "-nocommands"], iana + " version=TLSv1.2"))
         if shutil.which("gnutls-cli") is not None:
             peers += [
                 ("gnutls-cli TLS 1.2 PSK AES-128-CBC SHA256", tcp,
@@ -708,10 +723,11 @@ def nss_interop_with_unmodified_peers(tmp):
             line = association_line(srv, "peer@m2m.example.com", start=mark)
             assert suite in line, (name, line)
             print("  %s: established" % name)
-        assert tcp.stop() == 0 and udp.stop() == 0
+        assert tcp.stop() == 0 and udp.stop() == 0 and every.stop() == 0
     finally:
         tcp.kill()
         udp.kill()
+        every.kill()
 
 
 @nss_case
