@@ -41,9 +41,9 @@ m2mpsk_p11_token *p11_tk_token(p11_tk_shared *sh);
 void p11_tk_shared_unref(p11_tk_shared *sh);
 
 /* Whether the token derives with CKM_CONCATENATE_DATA_AND_BASE and HMACs
- * with the result: probed once, on the token's own session (the caller
- * owns it), with throw-away session objects. 1 yes; 0 no, and `why` names
- * the call and the CKR_ code. */
+ * with the result: probed once (the source's thread only), on a session
+ * of its own with throw-away session objects, closed after. 1 yes; 0 no,
+ * and `why` names the call and the CKR_ code. */
 int p11_tk_can_derive(p11_tk_shared *sh, const char **why);
 
 /* The operations of the token keys (m2mpsk_token_key_ops), and a context

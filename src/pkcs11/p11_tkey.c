@@ -315,9 +315,15 @@ static int probe_fail(p11_tk_shared *sh, const char *what, CK_RV rv) {
   return 0;
 }
 
+/* On a session of its own, closed after: an operation a failure leaves
+ * unfinished, or an object it could not destroy, goes with it. */
 static int probe(p11_tk_shared *sh) {
   m2mpsk_p11_token *t = sh->tok;
   CK_FUNCTION_LIST_PTR f = t->f;
+  CK_SESSION_HANDLE s;
+  CK_RV rv = f->C_OpenSession(t->slot, CKF_SERIAL_SESSION, NULL, NULL, &s);
+  if (rv != CKR_OK)
+    return probe_fail(sh, "C_OpenSession", rv);
   CK_ULONG vl = 32;
   CK_ATTRIBUTE tm[] = {
       ATTR(CKA_CLASS, &k_secret, sizeof(k_secret)),
@@ -330,32 +336,28 @@ static int probe(p11_tk_shared *sh) {
   };
   CK_MECHANISM gen = {CKM_GENERIC_SECRET_KEY_GEN, NULL, 0};
   CK_OBJECT_HANDLE base = CK_INVALID_HANDLE, pms = CK_INVALID_HANDLE;
-  CK_RV rv =
-      f->C_GenerateKey(t->s, &gen, tm, sizeof(tm) / sizeof(tm[0]), &base);
-  if (rv != CKR_OK)
-    return probe_fail(sh, "C_GenerateKey (a session key to probe with)", rv);
-  static const uint8_t data[] = {0, 32, 0, 0, 0, 32};
   int ok = 0;
-  rv = concat(f, t->s, base, data, sizeof(data), &pms);
+  rv = f->C_GenerateKey(s, &gen, tm, sizeof(tm) / sizeof(tm[0]), &base);
   if (rv != CKR_OK) {
+    probe_fail(sh, "C_GenerateKey (a session key to probe with)", rv);
+  } else if ((rv = concat(f, s, base, (const uint8_t *)"\0\x20\0\0\0\x20", 6,
+                          &pms)) != CKR_OK) {
     probe_fail(sh, "C_DeriveKey (CKM_CONCATENATE_DATA_AND_BASE)", rv);
   } else {
     uint8_t mac[64];
     CK_ULONG ml = sizeof(mac);
-    rv = hmac(f, t->s, CKM_SHA256_HMAC, pms, data, sizeof(data), NULL, 0, mac,
-              &ml);
+    rv = hmac(f, s, CKM_SHA256_HMAC, pms, (const uint8_t *)"probe", 5, NULL, 0,
+              mac, &ml);
     sodium_memzero(mac, sizeof(mac));
     if (rv != CKR_OK)
       probe_fail(sh, "C_Sign (CKM_SHA256_HMAC) with the derived key", rv);
     else
       ok = 1;
-    rv = f->C_DestroyObject(t->s, pms);
-    if (rv != CKR_OK)
-      ok = probe_fail(sh, "C_DestroyObject (the derived probe key)", rv);
   }
-  rv = f->C_DestroyObject(t->s, base);
-  if (rv != CKR_OK)
-    ok = probe_fail(sh, "C_DestroyObject (the probe key)", rv);
+  /* Closing the session destroys the probe's session objects. */
+  rv = f->C_CloseSession(s);
+  if (rv != CKR_OK && ok)
+    ok = probe_fail(sh, "C_CloseSession (the probe's)", rv);
   return ok;
 }
 
