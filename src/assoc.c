@@ -694,14 +694,15 @@ int m2mpsk_assoc_new(m2mpsk_assoc **out, m2mpsk_role role,
       role == M2MPSK_ROLE_INITIATOR
           ? (pending_record ? m2mpsk_keystore_token_keys(keystore) : v.token)
           : m2mpsk_keystore_token_keys(keystore);
-  if (token && m2mpsk_config_engine(config) == M2MPSK_ENGINE_AUTO &&
-      m2mpsk_tls_engine(M2MPSK_ENGINE_OPENSSL) != NULL)
+  int token_engine = token &&
+                     m2mpsk_config_engine(config) == M2MPSK_ENGINE_AUTO &&
+                     m2mpsk_tls_engine(M2MPSK_ENGINE_OPENSSL) != NULL;
+  if (token_engine)
     engine = M2MPSK_ENGINE_OPENSSL;
   a->ectx = m2mpsk_config_engine_ctx(config, role, transport, &engine, &rc);
   /* Made all the same when the responder waits for the ClientHello: a
    * config that can make no engine fails here, not at the first bytes. */
-  if (a->ectx != NULL && role == M2MPSK_ROLE_RESPONDER &&
-      engine != M2MPSK_ENGINE_OPENSSL &&
+  if (a->ectx != NULL && role == M2MPSK_ROLE_RESPONDER && !token_engine &&
       m2mpsk_engine_waits_for_hello(m2mpsk_config_engine(config), transport)) {
     a->ectx = NULL;
   } else if (a->ectx != NULL) {

@@ -44,8 +44,6 @@ int m2mpsk_tkey_master_secret(const m2mpsk_tkey *tk, const char *digest,
                               const uint8_t *prefix, size_t prefix_len,
                               const uint8_t *seed, size_t seed_len,
                               uint8_t *out, size_t out_len);
-/* 1 when `ops` is a table this library can use. */
-int m2mpsk_tkey_check_ops(const m2mpsk_token_key_ops *ops);
 /* 1 when the keystore has M2MPSK_KEYSTORE_TOKEN_KEYS (given, or set by a
  * token key's add). */
 int m2mpsk_keystore_token_keys(const m2mpsk_keystore *ks);

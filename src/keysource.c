@@ -233,12 +233,12 @@ int m2mpsk_key_request_supply(m2mpsk_key_request *req, const uint8_t *key,
   return rc;
 }
 
-int m2mpsk_key_request_supply_token_key(m2mpsk_key_request *req, size_t key_len,
-                                        const m2mpsk_token_key_ops *ops,
-                                        void *ctx, const char *ida,
-                                        const char *idb, int64_t not_before,
-                                        int64_t not_after) {
-  if (req == NULL || idb == NULL || !m2mpsk_tkey_check_ops(ops))
+int m2mpsk_key_request_supply_token_key(
+    m2mpsk_key_request *req, size_t key_len,
+    m2mpsk_token_master_secret_fn master_secret,
+    m2mpsk_token_release_fn release, void *ctx, const char *ida,
+    const char *idb, int64_t not_before, int64_t not_after) {
+  if (req == NULL || idb == NULL || master_secret == NULL)
     return M2MPSK_E_INVALID;
   if (atomic_load(&req->answered))
     return M2MPSK_E_STATE;
@@ -246,8 +246,9 @@ int m2mpsk_key_request_supply_token_key(m2mpsk_key_request *req, size_t key_len,
   if (ks == NULL)
     return M2MPSK_E_STATE;
   /* The record first, then the close, as m2mpsk_key_request_supply(). */
-  int rc = m2mpsk_keystore_add_token_key(ks, req->kpsa_id, key_len, ops, ctx,
-                                         ida, idb, not_before, not_after);
+  int rc = m2mpsk_keystore_add_token_key(ks, req->kpsa_id, key_len,
+                                         master_secret, release, ctx, ida, idb,
+                                         not_before, not_after);
   if (rc == M2MPSK_OK || rc == M2MPSK_E_DUPLICATE)
     (void)close_request(ks, req);
   m2mpsk_keystore_free(ks);

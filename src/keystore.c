@@ -898,7 +898,8 @@ int m2mpsk_keystore_add(m2mpsk_keystore *ks, const char *kpsa_id,
 /* ---- token keys (since 0.5) --------------------------------------------- */
 
 struct m2mpsk_tkey {
-  const m2mpsk_token_key_ops *ops;
+  m2mpsk_token_master_secret_fn master_secret;
+  m2mpsk_token_release_fn release;
   void *ctx;
   atomic_size_t refs;
 };
@@ -911,8 +912,8 @@ void m2mpsk_tkey_unref(m2mpsk_tkey *tk) {
   if (tk == NULL ||
       atomic_fetch_sub_explicit(&tk->refs, 1, memory_order_acq_rel) != 1)
     return;
-  if (tk->ops->release != NULL)
-    tk->ops->release(tk->ctx);
+  if (tk->release != NULL)
+    tk->release(tk->ctx);
   free(tk);
 }
 
@@ -920,8 +921,8 @@ int m2mpsk_tkey_master_secret(const m2mpsk_tkey *tk, const char *digest,
                               const uint8_t *prefix, size_t prefix_len,
                               const uint8_t *seed, size_t seed_len,
                               uint8_t *out, size_t out_len) {
-  return tk->ops->master_secret(tk->ctx, digest, prefix, prefix_len, seed,
-                                seed_len, out, out_len) == 0
+  return tk->master_secret(tk->ctx, digest, prefix, prefix_len, seed, seed_len,
+                           out, out_len) == 0
              ? 0
              : -1;
 }
@@ -930,18 +931,13 @@ int m2mpsk_keystore_token_keys(const m2mpsk_keystore *ks) {
   return atomic_load_explicit(&ks->token_keys, memory_order_relaxed);
 }
 
-int m2mpsk_tkey_check_ops(const m2mpsk_token_key_ops *ops) {
-  return ops != NULL && ops->version == M2MPSK_TOKEN_KEY_OPS_VERSION &&
-         ops->master_secret != NULL;
-}
-
 int m2mpsk_keystore_add_token_key(m2mpsk_keystore *ks, const char *kpsa_id,
                                   size_t key_len,
-                                  const m2mpsk_token_key_ops *ops, void *ctx,
+                                  m2mpsk_token_master_secret_fn master_secret,
+                                  m2mpsk_token_release_fn release, void *ctx,
                                   const char *ida, const char *idb,
                                   int64_t not_before, int64_t not_after) {
-  if (ks == NULL || kpsa_id == NULL || idb == NULL ||
-      !m2mpsk_tkey_check_ops(ops))
+  if (ks == NULL || kpsa_id == NULL || idb == NULL || master_secret == NULL)
     return M2MPSK_E_INVALID;
   ks_record *r = NULL;
   int rc = record_build(ks, kpsa_id, key_len, ida, idb, not_before, not_after,
@@ -953,7 +949,8 @@ int m2mpsk_keystore_add_token_key(m2mpsk_keystore *ks, const char *kpsa_id,
     free(r);
     return M2MPSK_E_NOMEM;
   }
-  tk->ops = ops;
+  tk->master_secret = master_secret;
+  tk->release = release;
   tk->ctx = ctx;
   atomic_init(&tk->refs, 1);
   write_lock(ks);

@@ -40,258 +40,26 @@
 
 #include "keystore.h"
 #include "link.h"
+#include "memscan.h"
 
 #define NOW0 1000000u
 #define UNIX0 1800000000 /* 2027-01-15 */
 #define KEY_LEN 32
 
-#if defined(__SANITIZE_ADDRESS__)
-#define UNDER_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define UNDER_ASAN 1
-#endif
-#endif
-#ifndef UNDER_ASAN
-#define UNDER_ASAN 0
-#endif
+#define UNDER_ASAN M2MT_UNDER_ASAN
 
 static void random_bytes(uint8_t *out, size_t len) {
-  size_t got = 0;
-  while (got < len) {
-    ssize_t n = getrandom(out + got, len - got, 0);
-    cr_assert(n > 0 || errno == EINTR, "getrandom: %s", strerror(errno));
-    if (n > 0)
-      got += (size_t)n;
-  }
+  m2mt_random_bytes(out, len);
 }
 
 static void wipe(void *p, size_t len) {
   explicit_bzero(p, len);
 }
 
-/* ---- the memory scanner ------------------------------------------------ */
+/* The memory scanner is tests/support/memscan.c. */
 
-/* Whether this process's memory can be scanned meaningfully: ASan keeps
- * shadow copies and quarantined blocks, valgrind runs us as guest memory. */
-static void skip_if_unscannable(void) {
-  if (UNDER_ASAN)
-    cr_skip_test("AddressSanitizer's shadow and quarantine cannot be scanned");
-  FILE *f = fopen("/proc/self/maps", "r");
-  cr_assert_not_null(f);
-  char line[512];
-  int vg = 0;
-  while (fgets(line, sizeof(line), f) != NULL)
-    vg |= strstr(line, "vgpreload") != NULL;
-  fclose(f);
-  if (vg)
-    cr_skip_test("valgrind's guest memory cannot be scanned");
-}
-
-/* The key as two halves, neither of which is the key. */
-typedef struct needle {
-  uint8_t masked[KEY_LEN], mask[KEY_LEN];
-} needle;
-
-static void needle_from(needle *n, const uint8_t *key) {
-  random_bytes(n->mask, KEY_LEN);
-  for (int i = 0; i < KEY_LEN; i++)
-    n->masked[i] = key[i] ^ n->mask[i];
-}
-
-typedef struct region {
-  uintptr_t lo, hi;
-  char name[96];
-} region;
-
-#define MAX_REGIONS 8192
-#define MAX_HITS 16
-#define CHUNK (1u << 20)
-
-typedef struct scan_result {
-  size_t hits;
-  size_t bytes; /* bytes read */
-  size_t unreadable_pages;
-  uintptr_t where[MAX_HITS];
-  char name[MAX_HITS][96];
-} scan_result;
-
-static region g_regions[MAX_REGIONS];
-static uint8_t *g_buf; /* mmap'd; never scanned itself */
-
-static size_t read_maps(void) {
-  FILE *f = fopen("/proc/self/maps", "r");
-  cr_assert_not_null(f);
-  size_t n = 0;
-  char line[1024];
-  while (fgets(line, sizeof(line), f) != NULL && n < MAX_REGIONS) {
-    unsigned long lo, hi;
-    int off = 0;
-    if (sscanf(line, "%lx-%lx %*s %*s %*s %*s %n", &lo, &hi, &off) < 2)
-      continue;
-    region *r = &g_regions[n++];
-    r->lo = lo;
-    r->hi = hi;
-    snprintf(r->name, sizeof(r->name), "%s", off > 0 ? line + off : "");
-    r->name[strcspn(r->name, "\n")] = '\0';
-  }
-  fclose(f);
-  return n;
-}
-
-static void match(const needle *nd, const uint8_t *buf, size_t len,
-                  uintptr_t addr, const char *name, scan_result *res) {
-  const uint8_t first = nd->masked[0] ^ nd->mask[0];
-  const uint8_t *p = buf, *end = buf + len;
-  while (p + KEY_LEN <= end) {
-    p = memchr(p, first, (size_t)(end - p) - (KEY_LEN - 1));
-    if (p == NULL)
-      break;
-    int same = 1;
-    for (int i = 1; i < KEY_LEN && same; i++)
-      same = (p[i] ^ nd->mask[i]) == nd->masked[i];
-    if (same) {
-      if (res->hits < MAX_HITS) {
-        res->where[res->hits] = addr + (uintptr_t)(p - buf);
-        snprintf(res->name[res->hits], sizeof(res->name[0]), "%s",
-                 name[0] ? name : "[anon]");
-      }
-      res->hits++;
-    }
-    p++;
-  }
-}
-
-/* Reads [lo, hi) through /proc/self/mem, only pages that are resident (a
- * page never touched holds zeros, and reading it would fault it in). */
-static void scan_range(int mem, const needle *nd, uintptr_t lo, uintptr_t hi,
-                       const char *name, scan_result *res) {
-  const size_t page = (size_t)sysconf(_SC_PAGESIZE);
-  static unsigned char vec[CHUNK / 4096 + 1];
-  for (uintptr_t a = lo; a < hi;) {
-    size_t span = hi - a < CHUNK ? hi - a : CHUNK;
-    if (mincore((void *)a, span, vec) != 0) {
-      a += span;
-      continue;
-    }
-    /* Runs of resident pages, read with KEY_LEN - 1 bytes of overlap so a
-     * key across two reads is still seen. */
-    size_t npages = span / page;
-    for (size_t i = 0; i < npages;) {
-      if (!(vec[i] & 1)) {
-        i++;
-        continue;
-      }
-      size_t j = i;
-      while (j < npages && (vec[j] & 1))
-        j++;
-      uintptr_t from = a + i * page, to = a + j * page;
-      if (to < hi)
-        to = to + KEY_LEN - 1 <= hi ? to + KEY_LEN - 1 : hi;
-      size_t want = to - from;
-      ssize_t got = pread(mem, g_buf, want, (off_t)from);
-      if (got == (ssize_t)want) {
-        res->bytes += want;
-        match(nd, g_buf, want, from, name, res);
-      } else {
-        /* Page by page, so one unreadable page costs only itself. */
-        for (uintptr_t pg = from; pg < a + j * page; pg += page) {
-          size_t w = pg + page + KEY_LEN - 1 <= to ? page + KEY_LEN - 1 : to - pg;
-          if (pread(mem, g_buf, w, (off_t)pg) == (ssize_t)w) {
-            res->bytes += w;
-            match(nd, g_buf, w, pg, name, res);
-          } else {
-            res->unreadable_pages++;
-          }
-        }
-      }
-      i = j;
-    }
-    a += span;
-  }
-  wipe(g_buf, CHUNK + KEY_LEN);
-}
-
-/* Scans every mapping but the kernel's vvar/vsyscall pages and the
- * scanner's own buffer. `skip_lo`..`skip_hi` (may be 0) is left out too. */
-static scan_result scan_memory(const needle *nd, uintptr_t skip_lo,
-                               uintptr_t skip_hi) {
-  if (g_buf == NULL) {
-    void *b = mmap(NULL, CHUNK + 4096, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    cr_assert_neq(b, MAP_FAILED);
-    g_buf = b;
-  }
-  scan_result res;
-  memset(&res, 0, sizeof(res));
-  size_t n = read_maps();
-  int mem = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
-  cr_assert_geq(mem, 0, "/proc/self/mem: %s", strerror(errno));
-  const uintptr_t buf_lo = (uintptr_t)g_buf, buf_hi = buf_lo + CHUNK + 4096;
-  for (size_t i = 0; i < n; i++) {
-    region *r = &g_regions[i];
-    if (strstr(r->name, "[vvar") || strstr(r->name, "[vsyscall"))
-      continue;
-    uintptr_t lo = r->lo, hi = r->hi;
-    /* Cut out the scanner's buffer and the caller's range. */
-    uintptr_t cut[2][2] = {{buf_lo, buf_hi}, {skip_lo, skip_hi}};
-    uintptr_t pieces[3][2] = {{lo, hi}};
-    size_t np = 1;
-    for (int c = 0; c < 2; c++) {
-      if (cut[c][0] == cut[c][1])
-        continue;
-      size_t keep = 0;
-      uintptr_t next[3][2];
-      for (size_t k = 0; k < np; k++) {
-        uintptr_t a = pieces[k][0], b = pieces[k][1];
-        if (cut[c][1] <= a || cut[c][0] >= b) {
-          next[keep][0] = a;
-          next[keep++][1] = b;
-          continue;
-        }
-        if (a < cut[c][0] && keep < 3) {
-          next[keep][0] = a;
-          next[keep++][1] = cut[c][0];
-        }
-        if (cut[c][1] < b && keep < 3) {
-          next[keep][0] = cut[c][1];
-          next[keep++][1] = b;
-        }
-      }
-      memcpy(pieces, next, sizeof(next));
-      np = keep;
-    }
-    for (size_t k = 0; k < np; k++)
-      scan_range(mem, nd, pieces[k][0], pieces[k][1], r->name, &res);
-  }
-  close(mem);
-  return res;
-}
-
-static void log_hits(const char *when, const scan_result *r) {
-  cr_log_info("%s: %zu cop%s of the key in %zu bytes scanned (%zu pages "
-              "unreadable)",
-              when, r->hits, r->hits == 1 ? "y" : "ies", r->bytes,
-              r->unreadable_pages);
-  for (size_t i = 0; i < r->hits && i < MAX_HITS; i++)
-    cr_log_info("  at %#lx in %s", (unsigned long)r->where[i], r->name[i]);
-}
-
-static int hit_inside(const scan_result *r, uintptr_t lo, uintptr_t hi) {
-  int n = 0;
-  for (size_t i = 0; i < r->hits && i < MAX_HITS; i++)
-    n += r->where[i] >= lo && r->where[i] < hi;
-  return n;
-}
-
-/* The mapping holding `p`. */
-static region region_of(const void *p) {
-  size_t n = read_maps();
-  for (size_t i = 0; i < n; i++)
-    if ((uintptr_t)p >= g_regions[i].lo && (uintptr_t)p < g_regions[i].hi)
-      return g_regions[i];
-  cr_assert_fail("%p is not mapped", p);
-  return g_regions[0];
+static void log_hits(const char *when, const m2mt_scan_result *r) {
+  m2mt_log_hits(when, "the key", r);
 }
 
 /* ---- 1: no copy survives remove and free ------------------------------- */
@@ -299,14 +67,14 @@ static region region_of(const void *p) {
 #define KID "hygiene@onem2m.com"
 
 static void remove_and_free_leave_no_copy(void) {
-  skip_if_unscannable();
-  needle nd;
+  m2mt_skip_if_unscannable();
+  m2mt_needle nd;
   m2mpsk_keystore *ks = NULL;
   cr_assert_eq(m2mpsk_keystore_new(&ks, 0), M2MPSK_OK);
   {
     uint8_t key[KEY_LEN];
     random_bytes(key, KEY_LEN);
-    needle_from(&nd, key);
+    m2mt_needle_from(&nd, key);
     cr_assert_eq(m2mpsk_keystore_add(ks, KID, key, KEY_LEN, M2MT_IDA,
                                      M2MT_IDB, 0, 0),
                  M2MPSK_OK);
@@ -325,18 +93,18 @@ static void remove_and_free_leave_no_copy(void) {
 
   const uint8_t *slot = m2mpsk_keystore_debug_slot(ks, KID);
   cr_assert_not_null(slot);
-  region arena = region_of(slot);
+  m2mt_region arena = m2mt_region_of(slot);
 
   /* Control: the scan finds the key in its arena, and only there. */
-  scan_result r = scan_memory(&nd, 0, 0);
+  m2mt_scan_result r = m2mt_scan_memory(&nd, 0, 0);
   log_hits("record present", &r);
   cr_assert_eq(r.hits, 1, "the key must be in its arena and only there");
   cr_assert_eq(r.where[0], (uintptr_t)slot,
                "the one copy must be the key slot (found in %s)", r.name[0]);
-  cr_assert_eq(hit_inside(&r, arena.lo, arena.hi), 1);
+  cr_assert_eq(m2mt_hit_inside(&r, arena.lo, arena.hi), 1);
 
   cr_assert_eq(m2mpsk_keystore_remove(ks, KID), M2MPSK_OK);
-  r = scan_memory(&nd, 0, 0);
+  r = m2mt_scan_memory(&nd, 0, 0);
   log_hits("after remove", &r);
   cr_assert_eq(r.hits, 0, "a copy survived remove, first at %#lx in %s",
                (unsigned long)r.where[0], r.name[0]);
@@ -345,23 +113,23 @@ static void remove_and_free_leave_no_copy(void) {
   {
     uint8_t key[KEY_LEN];
     random_bytes(key, KEY_LEN);
-    needle_from(&nd, key);
+    m2mt_needle_from(&nd, key);
     cr_assert_eq(m2mpsk_keystore_add(ks, KID, key, KEY_LEN, NULL, M2MT_IDB, 0,
                                      0),
                  M2MPSK_OK);
     wipe(key, sizeof(key));
   }
-  r = scan_memory(&nd, 0, 0);
+  r = m2mt_scan_memory(&nd, 0, 0);
   cr_assert_eq(r.hits, 1, "control: the new key must be found once");
   m2mpsk_keystore_free(ks);
-  r = scan_memory(&nd, 0, 0);
+  r = m2mt_scan_memory(&nd, 0, 0);
   log_hits("after keystore free", &r);
   cr_assert_eq(r.hits, 0, "a copy survived keystore free, first at %#lx in %s",
                (unsigned long)r.where[0], r.name[0]);
 }
 
 /* Under ASan the scans are compiled out rather than skipped at run time
- * (see skip_if_unscannable): fewer run-time skips, and criterion's runner
+ * (see m2mt_skip_if_unscannable): fewer run-time skips, and criterion's runner
  * then has no skip message to lose (a 48-byte leak LeakSanitizer reports
  * in the runner under --jobs=2). */
 Test(hygiene, no_key_copy_after_remove_or_free_protection_keys,
@@ -391,7 +159,7 @@ Test(hygiene, no_key_copy_after_remove_or_free_mprotect_guard,
 typedef struct hs_job {
   m2mpsk_transport transport;
   const char *suites; /* NULL: the backend's default */
-  needle nd;
+  m2mt_needle nd;
   int established;
   const uint8_t *slot_a, *slot_b;
   sem_t handshaken, may_free;
@@ -403,7 +171,7 @@ static void *handshake_thread(void *arg) {
   {
     uint8_t key[KEY_LEN];
     random_bytes(key, KEY_LEN);
-    needle_from(&job->nd, key);
+    m2mt_needle_from(&job->nd, key);
     m2mt_pair_init(&p, job->transport, key, key, M2MT_IDA, job->suites);
     wipe(key, sizeof(key));
   }
@@ -429,7 +197,7 @@ static void *handshake_thread(void *arg) {
 }
 
 static void no_residue_after(m2mpsk_transport transport, const char *suites) {
-  skip_if_unscannable();
+  m2mt_skip_if_unscannable();
   const size_t stack_size = 16u << 20;
   void *stack = mmap(NULL, stack_size, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
@@ -451,14 +219,14 @@ static void no_residue_after(m2mpsk_transport transport, const char *suites) {
   const uintptr_t s_lo = (uintptr_t)stack, s_hi = s_lo + stack_size;
 
   /* Alive: the two slots, nothing else. */
-  scan_result live = scan_memory(&job.nd, 0, 0);
+  m2mt_scan_result live = m2mt_scan_memory(&job.nd, 0, 0);
   log_hits("established, associations alive", &live);
   int in_slots = 0;
-  for (size_t i = 0; i < live.hits && i < MAX_HITS; i++)
+  for (size_t i = 0; i < live.hits && i < M2MT_MAX_HITS; i++)
     in_slots += live.where[i] == (uintptr_t)job.slot_a ||
                 live.where[i] == (uintptr_t)job.slot_b;
   cr_log_info("copies on the handshaking thread's stack: %d",
-              hit_inside(&live, s_lo, s_hi));
+              m2mt_hit_inside(&live, s_lo, s_hi));
   sem_post(&job.may_free);
   cr_assert_eq(pthread_join(th, NULL), 0);
   pthread_attr_destroy(&attr);
@@ -473,12 +241,12 @@ static void no_residue_after(m2mpsk_transport transport, const char *suites) {
                live.name[0], live.name[1]);
 
   /* Freed, the dead stack still mapped: nowhere. */
-  scan_result all = scan_memory(&job.nd, 0, 0);
+  m2mt_scan_result all = m2mt_scan_memory(&job.nd, 0, 0);
   log_hits("after free, dead stack still mapped", &all);
   cr_assert_eq(all.hits, 0,
                "a copy survived, first at %#lx in %s (%d on the dead stack)",
                (unsigned long)all.where[0], all.name[0],
-               hit_inside(&all, s_lo, s_hi));
+               m2mt_hit_inside(&all, s_lo, s_hi));
   munmap(stack, stack_size);
   sem_destroy(&job.handshaken);
   sem_destroy(&job.may_free);

@@ -80,9 +80,14 @@ static int in_child(void (*fn)(void *), void *arg) {
 Test(keystore, new_rejects_null_out_and_unknown_flags) {
   m2mpsk_keystore *ks = (m2mpsk_keystore *)1;
   cr_assert_eq(m2mpsk_keystore_new(NULL, 0), M2MPSK_E_INVALID);
-  cr_assert_eq(m2mpsk_keystore_new(&ks, 2), M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_keystore_new(&ks, 4), M2MPSK_E_INVALID);
   cr_assert_null(ks);
   cr_assert_eq(m2mpsk_keystore_new(&ks, 0x80000000u), M2MPSK_E_INVALID);
+  /* Both known flags at once (M2MPSK_KEYSTORE_TOKEN_KEYS since 0.5). */
+  cr_assert_eq(m2mpsk_keystore_new(&ks, M2MPSK_KEYSTORE_REQUIRE_LOCKED |
+                                            M2MPSK_KEYSTORE_TOKEN_KEYS),
+               M2MPSK_OK);
+  m2mpsk_keystore_free(ks);
 }
 
 Test(keystore, new_is_empty_and_locked) {

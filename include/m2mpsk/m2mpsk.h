@@ -1776,43 +1776,36 @@ M2MPSK_API void m2mpsk_keystore_batch_free(m2mpsk_keystore_batch *b);
  * suites whose PRF is SHA-256 or SHA-384 (every PSK suite of TLS 1.2).
  */
 
-/** The operations of a token key. */
-typedef struct m2mpsk_token_key_ops {
-  /** M2MPSK_TOKEN_KEY_OPS_VERSION. */
-  unsigned version;
-  /**
-   * Computes the master secret defined above into out[0..out_len). `digest`
-   * is "SHA256" or "SHA384". Returns 0, or -1 on failure (the handshake then
-   * fails with M2MPSK_REASON_INTERNAL, "the token key could not compute the
-   * master secret"). Called on the thread driving the handshake, possibly
-   * for several handshakes at once on several threads; it must not call
-   * into m2mpsk. It sees `prefix`, which is secret for (EC)DHE-PSK: wipe
-   * any copy.
-   */
-  int (*master_secret)(void *ctx, const char *digest, const uint8_t *prefix,
-                       size_t prefix_len, const uint8_t *seed, size_t seed_len,
-                       uint8_t *out, size_t out_len);
-  /**
-   * Called once when the last user of the key lets go of it: its record
-   * left the keystore (removed, revoked, replaced, or the keystore freed)
-   * and no handshake still needs it. May be NULL. Must not call into the
-   * keystore.
-   */
-  void (*release)(void *ctx);
-} m2mpsk_token_key_ops;
+/**
+ * A token key's master secret: computes the master secret defined above
+ * into out[0..out_len). `digest` is "SHA256" or "SHA384". Returns 0, or -1
+ * on failure (the handshake then fails with M2MPSK_REASON_INTERNAL, "the
+ * token key of KpsaID ... could not compute the master secret"). `ctx` is
+ * what the record was added with. Called on the thread driving the
+ * handshake, possibly for several handshakes at once on several threads;
+ * it must not call into m2mpsk. It sees `prefix`, which is secret for
+ * (EC)DHE-PSK: wipe any copy.
+ */
+typedef int (*m2mpsk_token_master_secret_fn)(
+    void *ctx, const char *digest, const uint8_t *prefix, size_t prefix_len,
+    const uint8_t *seed, size_t seed_len, uint8_t *out, size_t out_len);
 
-/** The version of m2mpsk_token_key_ops this header describes. */
-#define M2MPSK_TOKEN_KEY_OPS_VERSION 1u
+/**
+ * Called once when the last user of a token key lets go of it: its record
+ * left the keystore (removed, revoked, replaced, or the keystore freed) and
+ * no handshake still needs it. Must not call into the keystore.
+ */
+typedef void (*m2mpsk_token_release_fn)(void *ctx);
 
 /**
  * Adds a record whose key is a token key of `key_len` bytes (the length of
- * Kpsa in the token, M2MPSK_KEY_MIN to M2MPSK_KEY_MAX). The other arguments
- * and checks are m2mpsk_keystore_add()'s. `ops` is borrowed and must stay
- * valid as long as the record may be used (a static table); on success the
- * keystore owns `ctx` and calls ops->release(ctx) when done with it; on
- * failure the caller keeps it. Sets M2MPSK_KEYSTORE_TOKEN_KEYS.
- * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL ks, kpsa_id, ops,
- * ops->master_secret or idb; an ops version this library does not know),
+ * Kpsa in the token, M2MPSK_KEY_MIN to M2MPSK_KEY_MAX), computed with
+ * `master_secret` and released with `release` (may be NULL). The other
+ * arguments and checks are m2mpsk_keystore_add()'s. On success the keystore
+ * owns `ctx` and calls release(ctx) when done with it; on failure the
+ * caller keeps it. Sets M2MPSK_KEYSTORE_TOKEN_KEYS.
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL ks, kpsa_id, master_secret or
+ * idb),
  * M2MPSK_E_KPSA_ID, M2MPSK_E_KPSA_ID_LENGTH, M2MPSK_E_KEY_LENGTH,
  * M2MPSK_E_IDA, M2MPSK_E_IDB, M2MPSK_E_ID_LENGTH, M2MPSK_E_VALIDITY,
  * M2MPSK_E_DUPLICATE or M2MPSK_E_NOMEM.
@@ -1820,7 +1813,8 @@ typedef struct m2mpsk_token_key_ops {
  */
 M2MPSK_API int m2mpsk_keystore_add_token_key(
     m2mpsk_keystore *ks, const char *kpsa_id, size_t key_len,
-    const m2mpsk_token_key_ops *ops, void *ctx, const char *ida,
+    m2mpsk_token_master_secret_fn master_secret,
+    m2mpsk_token_release_fn release, void *ctx, const char *ida,
     const char *idb, int64_t not_before, int64_t not_after) M2MPSK_MUST_CHECK;
 
 /**
@@ -1833,9 +1827,10 @@ M2MPSK_API int m2mpsk_keystore_add_token_key(
  * Thread safety: safe from any thread.
  */
 M2MPSK_API int m2mpsk_key_request_supply_token_key(
-    m2mpsk_key_request *req, size_t key_len, const m2mpsk_token_key_ops *ops,
-    void *ctx, const char *ida, const char *idb, int64_t not_before,
-    int64_t not_after) M2MPSK_MUST_CHECK;
+    m2mpsk_key_request *req, size_t key_len,
+    m2mpsk_token_master_secret_fn master_secret,
+    m2mpsk_token_release_fn release, void *ctx, const char *ida,
+    const char *idb, int64_t not_before, int64_t not_after) M2MPSK_MUST_CHECK;
 
 #ifdef __cplusplus
 }
