@@ -46,10 +46,14 @@ void p11_tk_shared_unref(p11_tk_shared *sh);
  * and `why` names the call and the CKR_ code. */
 int p11_tk_can_derive(p11_tk_shared *sh, const char **why);
 
-/* The operations of the token keys (m2mpsk_token_key_ops), and a context
- * for the key object of KpsaID `kpsa_id` (CKA_LABEL and CKA_ID), holding
- * a reference to `sh`; ops.release frees it. NULL: out of memory. */
-extern const m2mpsk_token_key_ops p11_tk_ops;
+/* The functions of the token keys (an m2mpsk_token_master_secret_fn and
+ * an m2mpsk_token_release_fn), and a context for the key object of KpsaID
+ * `kpsa_id` (CKA_LABEL and CKA_ID), holding a reference to `sh`;
+ * p11_tk_release() frees it. NULL: out of memory. */
+int p11_tk_master_secret(void *ctx, const char *digest, const uint8_t *prefix,
+                         size_t prefix_len, const uint8_t *seed,
+                         size_t seed_len, uint8_t *out, size_t out_len);
+void p11_tk_release(void *ctx);
 void *p11_tk_key_new(p11_tk_shared *sh, const char *kpsa_id);
 
 #endif /* M2MPSK_P11_INTERNAL_H */

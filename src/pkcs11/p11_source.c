@@ -153,10 +153,10 @@ static int supply_token_key(m2mpsk_p11_source *s, m2mpsk_key_request *req,
     return 0;
   }
   int rc = m2mpsk_key_request_supply_token_key(
-      req, r->key_len, &p11_tk_ops, ctx, r->ida[0] ? r->ida : NULL, r->idb,
-      r->not_before, r->not_after);
+      req, r->key_len, p11_tk_master_secret, p11_tk_release, ctx,
+      r->ida[0] ? r->ida : NULL, r->idb, r->not_before, r->not_after);
   if (rc != M2MPSK_OK)
-    p11_tk_ops.release(ctx); /* on every error the caller keeps it */
+    p11_tk_release(ctx); /* on every error the caller keeps it */
   if (rc == M2MPSK_OK && watch(s, id, 1) != 0) {
     /* Not watched means not revocable from the token: drop it. */
     ignore(m2mpsk_keystore_remove(s->ks, id));

@@ -197,10 +197,9 @@ static CK_RV concat(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s,
   return f->C_DeriveKey(s, &m, base, tm, sizeof(tm) / sizeof(tm[0]), out);
 }
 
-static int tk_master_secret(void *ctx, const char *digest,
-                            const uint8_t *prefix, size_t prefix_len,
-                            const uint8_t *seed, size_t seed_len, uint8_t *out,
-                            size_t out_len) {
+int p11_tk_master_secret(void *ctx, const char *digest, const uint8_t *prefix,
+                         size_t prefix_len, const uint8_t *seed,
+                         size_t seed_len, uint8_t *out, size_t out_len) {
   p11_tk_key *k = ctx;
   CK_MECHANISM_TYPE mt;
   if (k == NULL || digest == NULL || out == NULL || seed == NULL ||
@@ -275,7 +274,7 @@ static int tk_master_secret(void *ctx, const char *digest,
   return rc;
 }
 
-static void tk_release(void *ctx) {
+void p11_tk_release(void *ctx) {
   p11_tk_key *k = ctx;
   if (k == NULL)
     return;
@@ -283,12 +282,6 @@ static void tk_release(void *ctx) {
   free(k);
   p11_tk_shared_unref(sh);
 }
-
-const m2mpsk_token_key_ops p11_tk_ops = {
-    .version = M2MPSK_TOKEN_KEY_OPS_VERSION,
-    .master_secret = tk_master_secret,
-    .release = tk_release,
-};
 
 void *p11_tk_key_new(p11_tk_shared *sh, const char *kpsa_id) {
   if (sh == NULL || kpsa_id == NULL || strlen(kpsa_id) > M2MPSK_KPSA_ID_MAX)
