@@ -106,6 +106,9 @@ typedef struct cli_keys_opts {
    * leaves `p11` NULL (the gateway, for now) refuses such a spec. */
   const char *pin_file;
   struct m2mpsk_p11_source **p11;
+  /* --pkcs11-init-args (NULL: $M2MPSK_PKCS11_INIT_ARGS, else none):
+   * C_Initialize's pReserved, e.g. NSS softoken's configdir=... */
+  const char *init_args;
 } cli_keys_opts;
 /* CLI_OK, or CLI_USAGE / CLI_IO with the reason logged. A URL in a build
  * without etcd support is CLI_USAGE, said so. */
@@ -135,5 +138,8 @@ extern const char cli_keys_p11_usage[];
  * sodium_free()s it). CLI_OK, CLI_USAGE (no PIN given) or CLI_IO (the
  * file unreadable or unsafe), logged; never the PIN itself. */
 int cli_p11_read_pin(const char *pin_file, uint8_t **pin, size_t *len);
+/* The C_Initialize parameters: `opt` (--pkcs11-init-args), else
+ * $M2MPSK_PKCS11_INIT_ARGS, else NULL. */
+const char *cli_p11_init_args(const char *opt);
 
 #endif

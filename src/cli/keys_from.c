@@ -83,13 +83,17 @@ static int open_pkcs11(const cli_keys_opts *o, m2mpsk_keystore **ks) {
   int ex = cli_p11_read_pin(o->pin_file, &pin, &pin_len);
   if (ex != CLI_OK)
     return ex;
-  int rc = m2mpsk_keystore_new(ks, 0);
+  /* Token-only records become token keys: responders must pick the
+   * OpenSSL engine before the ClientKeyExchange names the KpsaID. */
+  int rc = m2mpsk_keystore_new(ks, M2MPSK_KEYSTORE_TOKEN_KEYS);
   if (rc != M2MPSK_OK) {
     sodium_free(pin);
     cli_log("cannot create a keystore: %s", m2mpsk_strerror(rc));
     return CLI_IO;
   }
-  m2mpsk_p11_source_options po = {.on_change = o->on_change, .arg = o->arg};
+  m2mpsk_p11_source_options po = {.on_change = o->on_change,
+                                  .arg = o->arg,
+                                  .init_args = cli_p11_init_args(o->init_args)};
   char err[512] = "";
   rc = m2mpsk_p11_source_start(o->p11, *ks, spec, pin, pin_len, &po, err,
                                sizeof(err));
@@ -113,8 +117,9 @@ int cli_keys_open(const cli_keys_opts *o, m2mpsk_keystore **ks,
     *o->p11 = NULL;
   if (cli_keys_is_pkcs11(o->spec))
     return open_pkcs11(o, ks);
-  if (o->pin_file != NULL) {
-    cli_log("--pin-file goes with --keys pkcs11:MODULE:TOKEN");
+  if (o->pin_file != NULL || o->init_args != NULL) {
+    cli_log("--pin-file and --pkcs11-init-args go with --keys "
+            "pkcs11:MODULE:TOKEN");
     return CLI_USAGE;
   }
   if (!cli_keys_is_url(o->spec)) {

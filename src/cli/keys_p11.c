@@ -30,8 +30,10 @@ const char cli_keys_p11_usage[] =
     "  generate --kpsa-id ID --idb IDB [--ida IDA] [--key-bytes N]\n"
     "           [--not-before T] [--not-after T] [--token-only]\n"
     "           generates the Kpsa inside the token (N: 16 to 64, default\n"
-    "           32); --token-only: it can never be read out (its handshake\n"
-    "           path is not there yet: requests for it are refused)\n"
+    "           32); --token-only: it can never be read out; serve then\n"
+    "           has the TLS master secret computed in the token, which\n"
+    "           needs CKM_CONCATENATE_DATA_AND_BASE (NSS softoken: yes;\n"
+    "           SoftHSM2: no, such records are refused there)\n"
     "  import   --keys-file FILE [--token-only]\n"
     "           every record of an m2mpsk key file into the token\n"
     "  import   --wrapped FILE --unwrap-key LABEL --kpsa-id ID --idb IDB\n"
@@ -44,11 +46,24 @@ const char cli_keys_p11_usage[] =
     "  delete   --kpsa-id ID  destroys the key and the record\n"
     "\n"
     "  --pin-file FILE   the user PIN (else $M2MPSK_PKCS11_PIN)\n"
+    "  --pkcs11-init-args STRING\n"
+    "                    C_Initialize's pReserved (else\n"
+    "                    $M2MPSK_PKCS11_INIT_ARGS): NSS softoken needs\n"
+    "                    \"configdir='sql:DIR' certPrefix='' keyPrefix=''\n"
+    "                    secmod='secmod.db' flags=\"; its token is labelled\n"
+    "                    \"NSS Certificate DB\"\n"
     "  -v                say more (never key bytes or the PIN)\n"
     "\n"
     "Exit codes: 0 done; 1 no such record, already there, or the token\n"
     "refused; 2 usage; 3 I/O: the module, token, login, PIN file or key\n"
     "file.\n";
+
+const char *cli_p11_init_args(const char *opt) {
+  if (opt != NULL)
+    return opt;
+  const char *env = getenv("M2MPSK_PKCS11_INIT_ARGS");
+  return env != NULL && env[0] != '\0' ? env : NULL;
+}
 
 int cli_p11_read_pin(const char *pin_file, uint8_t **pin, size_t *len) {
   enum { PIN_MAX = 256 };
@@ -160,7 +175,7 @@ static int list_one(void *arg, const m2mpsk_p11_record *r, const char *label,
 
 typedef struct p11_args {
   const char *spec, *pin_file, *id, *idb, *ida, *nb_s, *na_s, *keys_file,
-      *wrapped, *unwrap;
+      *wrapped, *unwrap, *init_args;
   unsigned long key_bytes;
   int token_only;
 } p11_args;
@@ -265,6 +280,7 @@ int cli_keys_pkcs11(int argc, char **argv) {
       {"keys-file", required_argument, NULL, 'F'},
       {"wrapped", required_argument, NULL, 'W'},
       {"unwrap-key", required_argument, NULL, 'U'},
+      {"pkcs11-init-args", required_argument, NULL, 'I'},
       {"verbose", no_argument, NULL, 'v'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
@@ -300,6 +316,7 @@ int cli_keys_pkcs11(int argc, char **argv) {
     case 'F': a.keys_file = optarg; break;
     case 'W': a.wrapped = optarg; break;
     case 'U': a.unwrap = optarg; break;
+    case 'I': a.init_args = optarg; break;
     case 'n':
       if (cli_parse_uint(optarg, M2MPSK_KEY_MIN, M2MPSK_KEY_MAX,
                          &a.key_bytes)) {
@@ -360,7 +377,8 @@ int cli_keys_pkcs11(int argc, char **argv) {
     return ex;
   m2mpsk_p11_token *tok = NULL;
   char err[512] = "";
-  int rc = m2mpsk_p11_open(&tok, a.spec, pin, pin_len, err, sizeof(err));
+  int rc = m2mpsk_p11_open(&tok, a.spec, cli_p11_init_args(a.init_args), pin,
+                           pin_len, err, sizeof(err));
   sodium_free(pin);
   if (rc != M2MPSK_OK) {
     cli_log("keys: %s", err[0] ? err : m2mpsk_strerror(rc));

@@ -20,7 +20,7 @@ static const char k_serve_usage[] =
     "usage: m2mpsk serve --keys FILE|URL|pkcs11:MODULE:TOKEN --id IDB\n"
     "                    [--id IDB ...]\n"
     "                    [--kek FILE] [--etcd-fail-closed SECONDS]\n"
-    "                    [--pin-file FILE]\n"
+    "                    [--pin-file FILE] [--pkcs11-init-args STRING]\n"
     "                    [--listen ADDR]\n"
     "                    [--port N] [--tcp | --udp] [--once] [--max-conn N]\n"
     "                    [--suites LIST|all|ts0003] [--reveal-unknown]\n"
@@ -47,7 +47,15 @@ static const char k_serve_usage[] =
     "                     within a second (see docs/pkcs11.md)\n"
     "  --pin-file FILE    with pkcs11: the token's user PIN (a 0600 file;\n"
     "                     else $M2MPSK_PKCS11_PIN; never on the command\n"
-    "                     line)\n"
+    "                     line). Token-only records are used without the\n"
+    "                     key leaving the token when it can derive with\n"
+    "                     CKM_CONCATENATE_DATA_AND_BASE (NSS softoken);\n"
+    "                     the engine is then openssl\n"
+    "  --pkcs11-init-args STRING\n"
+    "                     with pkcs11: C_Initialize's pReserved (else\n"
+    "                     $M2MPSK_PKCS11_INIT_ARGS), e.g. NSS softoken's\n"
+    "                     \"configdir='sql:DIR' certPrefix='' keyPrefix=''\n"
+    "                     secmod='secmod.db' flags=\"\n"
     "  --kek FILE         with an etcd URL: the key-encryption key (a file\n"
     "                     of mode 0600; `m2mpsk keys kek` makes one)\n"
     "  --etcd-fail-closed SECONDS\n"
@@ -651,6 +659,7 @@ int cli_serve(int argc, char **argv) {
       {"etcd-fail-closed", required_argument, NULL, 'F'},
       {"pin-file", required_argument, NULL, 'P'},
       {"pin", required_argument, NULL, 'X'},
+      {"pkcs11-init-args", required_argument, NULL, 'N'},
       {"id", required_argument, NULL, 'i'},
       {"listen", required_argument, NULL, 'l'},
       {"port", required_argument, NULL, 'p'},
@@ -670,7 +679,7 @@ int cli_serve(int argc, char **argv) {
       {NULL, 0, NULL, 0}};
   unsigned long idle = 300000, rate_limit = 10, fail_closed = 0;
   int audit = 0;
-  const char *kek = NULL, *pin_file = NULL;
+  const char *kek = NULL, *pin_file = NULL, *init_args = NULL;
   const char *keys = NULL, *listen_on = "127.0.0.1", *port = NULL,
              *suites = NULL;
   m2mpsk_engine_id engine = M2MPSK_ENGINE_AUTO;
@@ -686,6 +695,7 @@ int cli_serve(int argc, char **argv) {
     case 'k': keys = optarg; break;
     case 'K': kek = optarg; break;
     case 'P': pin_file = optarg; break;
+    case 'N': init_args = optarg; break;
     case 'X':
       cli_log("--pin is refused: a PIN on the command line is visible to "
               "every user (ps, /proc); use --pin-file FILE (mode 0600) or "
@@ -826,7 +836,8 @@ int cli_serve(int argc, char **argv) {
                       .on_change = keys_changed,
                       .arg = &s.keys_fd,
                       .pin_file = pin_file,
-                      .p11 = &p11};
+                      .p11 = &p11,
+                      .init_args = init_args};
   /* SIGINT and SIGTERM must reach this thread, whose poll() they
    * interrupt: the etcd thread starts with them blocked. */
   sigset_t stop_sigs, old_mask;

@@ -18,10 +18,13 @@
  *                   fallback: the key enters this process's guarded
  *                   memory, never its logs;
  *      "token-only" CKA_SENSITIVE=TRUE, CKA_EXTRACTABLE=FALSE: never leaves
- *                   the token. Its handshake path (the TLS PRF computed in
- *                   the token through an OpenSSL provider) is later work:
- *                   until then a request for it is answered absent, and
- *                   logged once per KpsaID.
+ *                   the token. The key source supplies it as a token key
+ *                   (m2mpsk_key_request_supply_token_key()): the TLS 1.2
+ *                   master secret is computed in the token
+ *                   (CKM_CONCATENATE_DATA_AND_BASE, then HMAC P_hash with
+ *                   C_Sign; p11_tkey.c). A token that cannot derive so
+ *                   (SoftHSM2: CKR_MECHANISM_INVALID) has such requests
+ *                   answered absent, logged once per KpsaID.
  *  - the oneM2M fields: CKO_DATA, CKA_APPLICATION = "m2mpsk",
  *    CKA_LABEL = K, CKA_VALUE = this text, strictly parsed (every line,
  *    in this order, LF-terminated, nothing else):
@@ -59,16 +62,20 @@ typedef struct m2mpsk_p11_token m2mpsk_p11_token;
 /* Loads the module, finds the token and logs in as CKU_USER, with one
  * read-write session. `spec` is "MODULE:TOKEN": MODULE a path to a .so
  * (the last ':' separates it from TOKEN), TOKEN the token's label,
- * compared without CK_TOKEN_INFO's space padding. `pin` is borrowed and
- * not kept. Only one thread may use a token at a time.
+ * compared without CK_TOKEN_INFO's space padding. `init_args` (may be
+ * NULL) goes to C_Initialize as CK_C_INITIALIZE_ARGS.pReserved, with
+ * CKF_OS_LOCKING_OK: NSS softoken needs its parameters there
+ * ("configdir='sql:DIR' certPrefix='' keyPrefix='' secmod='secmod.db'
+ * flags="). `pin` is borrowed and not kept. Only one thread may use a
+ * token's session at a time.
  * Returns M2MPSK_OK (*out set; m2mpsk_p11_close() frees it),
  * M2MPSK_E_INVALID (NULL, or a spec without both parts), M2MPSK_E_IO (the
  * module does not load, has no C_GetFunctionList, C_Initialize fails, no
  * token has that label, login fails: `err` names the CKR_ code) or
  * M2MPSK_E_NOMEM. */
 int m2mpsk_p11_open(m2mpsk_p11_token **out, const char *spec,
-                    const uint8_t *pin, size_t pin_len, char *err,
-                    size_t err_cap);
+                    const char *init_args, const uint8_t *pin, size_t pin_len,
+                    char *err, size_t err_cap);
 
 /* Logs out, closes the session and finalizes the module. NULL: no-op. */
 void m2mpsk_p11_close(m2mpsk_p11_token *tok);
@@ -82,7 +89,8 @@ typedef struct m2mpsk_p11_record {
   int revoked;
   int token_only;
   int has_key;    /* the key object is there */
-  size_t key_len; /* readable keys only; 0 when unknown */
+  size_t key_len; /* CKA_VALUE's size, or a token-only key's
+                     CKA_VALUE_LEN; 0 when unknown */
 } m2mpsk_p11_record;
 
 /* Generates a Kpsa of key_len bytes (16..64; 0: 32) inside the token with
@@ -172,18 +180,25 @@ typedef struct m2mpsk_p11_source_options {
   uint32_t poll_ms;
   /* The keystore's bound on open requests (0: 1024). */
   size_t max_pending;
+  /* C_Initialize's pReserved (m2mpsk_p11_open()); NULL: none. */
+  const char *init_args;
 } m2mpsk_p11_source_options;
 
 /* Opens the token (as m2mpsk_p11_open(); the PIN is not kept), installs a
  * key source on `ks` and starts the thread that answers its requests:
  * each request is queued to the thread, which looks the KpsaID up in the
  * token with its own session, supplies a readable record (the key through
- * guarded memory, wiped after) or answers absent (unknown, revoked,
- * token-only, malformed), then calls on_change. Every poll_ms it looks up
- * again each KpsaID it supplied, and removes from `ks` (as etcd's sync
- * applies a removal: m2mpsk_keystore_remove(), so live associations using
- * it fail closed) those revoked, deleted or without their key object.
- * `ks` must outlive the source.
+ * guarded memory, wiped after), a token-only record as a token key (when
+ * the token can derive; `ks` should have M2MPSK_KEYSTORE_TOKEN_KEYS so
+ * that responders pick the OpenSSL engine) or answers absent (unknown,
+ * revoked, malformed, token-only on a token that cannot derive), then
+ * calls on_change. Every poll_ms it looks up again each KpsaID it
+ * supplied, and removes from `ks` (as etcd's sync applies a removal:
+ * m2mpsk_keystore_remove(), so live associations using it fail closed)
+ * those revoked, deleted, without their key object or of another kind.
+ * `ks` must outlive the source. The token stays open after
+ * m2mpsk_p11_source_stop() while `ks` holds token keys of it: the last
+ * one released closes it.
  * Returns M2MPSK_OK, or what m2mpsk_p11_open() returns, with `err`. */
 int m2mpsk_p11_source_start(m2mpsk_p11_source **out, m2mpsk_keystore *ks,
                             const char *spec, const uint8_t *pin,
@@ -192,8 +207,9 @@ int m2mpsk_p11_source_start(m2mpsk_p11_source **out, m2mpsk_keystore *ks,
                             size_t err_cap);
 
 /* Removes the key source from the keystore, stops the thread, answers the
- * requests still queued absent, closes the token and frees. NULL: no-op.
- * The records supplied stay in the keystore. */
+ * requests still queued absent, closes the token (or leaves that to the
+ * last token key released) and frees. NULL: no-op. The records supplied
+ * stay in the keystore. */
 void m2mpsk_p11_source_stop(m2mpsk_p11_source *src);
 
 #endif /* M2MPSK_P11_KEYS_H */

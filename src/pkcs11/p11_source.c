@@ -1,6 +1,8 @@
 /* The PKCS#11 key source: the keystore's callback queues each request to
  * one thread, the only user of the token's session, which answers it and
- * every poll_ms checks the records it supplied are still there. */
+ * every poll_ms checks the records it supplied are still there. Token-only
+ * records are supplied as token keys (p11_tkey.c), whose master secret is
+ * computed on the handshake threads with sessions of their own. */
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -13,9 +15,15 @@
 #include "cli.h"
 #include "p11_internal.h"
 
+typedef struct supplied_rec {
+  char *id;
+  int token_only; /* supplied as a token key */
+} supplied_rec;
+
 struct m2mpsk_p11_source {
   m2mpsk_keystore *ks;
-  m2mpsk_p11_token *tok;
+  p11_tk_shared *sh;     /* owns the token; token keys hold references */
+  m2mpsk_p11_token *tok; /* sh's: this thread's session */
   void (*on_change)(void *arg);
   void *arg;
   uint32_t poll_ms;
@@ -30,7 +38,7 @@ struct m2mpsk_p11_source {
   size_t q_head, q_len;
   /* KpsaIDs supplied (watched for removal) and token-only ones logged:
    * the thread's own. */
-  char **supplied;
+  supplied_rec *supplied;
   size_t n_supplied, cap_supplied;
   char **logged;
   size_t n_logged, cap_logged;
@@ -90,6 +98,81 @@ static void list_free(char **l, size_t n) {
   free(l);
 }
 
+/* Watches id (once; the kind of its latest supply); 0 or -1. */
+static int watch(m2mpsk_p11_source *s, const char *id, int token_only) {
+  for (size_t i = 0; i < s->n_supplied; i++)
+    if (strcmp(s->supplied[i].id, id) == 0) {
+      s->supplied[i].token_only = token_only;
+      return 0;
+    }
+  if (s->n_supplied == s->cap_supplied) {
+    size_t grow = s->cap_supplied ? s->cap_supplied * 2 : 16;
+    supplied_rec *g = realloc(s->supplied, grow * sizeof(*g));
+    if (g == NULL)
+      return -1;
+    s->supplied = g;
+    s->cap_supplied = grow;
+  }
+  if ((s->supplied[s->n_supplied].id = strdup(id)) == NULL)
+    return -1;
+  s->supplied[s->n_supplied++].token_only = token_only;
+  return 0;
+}
+
+/* 1 the first time a reason is to be logged for id (once per KpsaID). */
+static int first_time(m2mpsk_p11_source *s, const char *id) {
+  if (list_has(s->logged, s->n_logged, id))
+    return 0;
+  (void)list_add(&s->logged, &s->n_logged, &s->cap_logged, id);
+  return 1;
+}
+
+/* A token-only record as a token key; 1 when supplied (or a record was
+ * there already). */
+static int supply_token_key(m2mpsk_p11_source *s, m2mpsk_key_request *req,
+                            const m2mpsk_p11_record *r) {
+  const char *id = r->kpsa_id, *why = "";
+  if (!p11_tk_can_derive(s->sh, &why)) {
+    if (first_time(s, id))
+      cli_log("keys: pkcs11: %s: token '%s' cannot compute the TLS master "
+              "secret inside (%s); token-only keys need a token with "
+              "CKM_CONCATENATE_DATA_AND_BASE, e.g. NSS softoken",
+              id, s->tok->label, why);
+    return 0;
+  }
+  if (r->key_len == 0) {
+    if (first_time(s, id))
+      cli_log("keys: pkcs11: %s: the token does not tell the token-only "
+              "key's length (CKA_VALUE_LEN)",
+              id);
+    return 0;
+  }
+  void *ctx = p11_tk_key_new(s->sh, id);
+  if (ctx == NULL) {
+    cli_log("keys: pkcs11: %s: out of memory", id);
+    return 0;
+  }
+  int rc = m2mpsk_key_request_supply_token_key(
+      req, r->key_len, p11_tk_master_secret, p11_tk_release, ctx,
+      r->ida[0] ? r->ida : NULL, r->idb, r->not_before, r->not_after);
+  if (rc != M2MPSK_OK)
+    p11_tk_release(ctx); /* on every error the caller keeps it */
+  if (rc == M2MPSK_OK && watch(s, id, 1) != 0) {
+    /* Not watched means not revocable from the token: drop it. */
+    ignore(m2mpsk_keystore_remove(s->ks, id));
+    return 0;
+  }
+  if (rc != M2MPSK_OK && rc != M2MPSK_E_DUPLICATE) {
+    cli_log("keys: pkcs11: %s: the keystore refused the token key: %s", id,
+            m2mpsk_strerror(rc));
+    return 0;
+  }
+  cli_trace("keys: pkcs11: supplied %s (token-only, %zu bytes, master secret "
+            "in the token)",
+            id, r->key_len);
+  return 1;
+}
+
 /* Answers one request; 1 when the keystore may have changed. */
 static int answer(m2mpsk_p11_source *s, m2mpsk_key_request *req, uint8_t *key) {
   const char *id = m2mpsk_key_request_kpsa_id(req);
@@ -103,8 +186,7 @@ static int answer(m2mpsk_p11_source *s, m2mpsk_key_request *req, uint8_t *key) {
         m2mpsk_key_request_supply(req, key, r.key_len, r.ida[0] ? r.ida : NULL,
                                   r.idb, r.not_before, r.not_after);
     supplied = src == M2MPSK_OK || src == M2MPSK_E_DUPLICATE;
-    if (src == M2MPSK_OK &&
-        list_add(&s->supplied, &s->n_supplied, &s->cap_supplied, id) != 0) {
+    if (src == M2MPSK_OK && watch(s, id, 0) != 0) {
       /* Not watched means not revocable from the token: drop it. */
       ignore(m2mpsk_keystore_remove(s->ks, id));
       supplied = 0;
@@ -114,13 +196,8 @@ static int answer(m2mpsk_p11_source *s, m2mpsk_key_request *req, uint8_t *key) {
               m2mpsk_strerror(src));
     else
       cli_trace("keys: pkcs11: supplied %s", id);
-  } else if (rc == M2MPSK_OK && r.token_only && !r.revoked) {
-    if (!list_has(s->logged, s->n_logged, id)) {
-      cli_log("keys: pkcs11: %s: token-only record needs the token PRF "
-              "path, not available yet",
-              id);
-      (void)list_add(&s->logged, &s->n_logged, &s->cap_logged, id);
-    }
+  } else if (rc == M2MPSK_OK && r.token_only && !r.revoked && r.has_key) {
+    supplied = supply_token_key(s, req, &r);
   } else if (rc == M2MPSK_OK) {
     cli_trace("keys: pkcs11: %s is %s", id,
               r.revoked ? "revoked" : "without its key object");
@@ -143,7 +220,8 @@ static int rescan(m2mpsk_p11_source *s) {
   int changed = 0;
   size_t j = 0;
   for (size_t i = 0; i < s->n_supplied; i++) {
-    char *id = s->supplied[i];
+    char *id = s->supplied[i].id;
+    int was_token_only = s->supplied[i].token_only;
     m2mpsk_p11_record r;
     char err[256] = "";
     int rc = m2mpsk_p11_lookup(s->tok, id, &r, NULL, err, sizeof(err));
@@ -156,15 +234,15 @@ static int rescan(m2mpsk_p11_source *s) {
       why = "revoked";
     else if (rc == M2MPSK_OK && !r.has_key)
       why = "its key object is gone";
-    else if (rc == M2MPSK_OK && r.token_only)
-      why = "now token-only";
+    else if (rc == M2MPSK_OK && r.token_only != was_token_only)
+      why = r.token_only ? "now token-only" : "now readable";
     if (why == NULL) {
       /* Present, or the token did not answer: keep it (an I/O error is
        * logged; the next poll tries again). */
       if (rc != M2MPSK_OK)
         cli_log("keys: pkcs11: rescan of %s: %s", id,
                 err[0] ? err : m2mpsk_strerror(rc));
-      s->supplied[j++] = id;
+      s->supplied[j++] = s->supplied[i];
       continue;
     }
     int gone = m2mpsk_keystore_remove(s->ks, id);
@@ -260,11 +338,16 @@ int m2mpsk_p11_source_start(m2mpsk_p11_source **out, m2mpsk_keystore *ks,
     m2mpsk_p11_source_stop(s);
     return M2MPSK_E_NOMEM;
   }
-  int rc = m2mpsk_p11_open(&s->tok, spec, pin, pin_len, err, err_cap);
+  m2mpsk_p11_token *tok = NULL;
+  int rc = m2mpsk_p11_open(&tok, spec, opts ? opts->init_args : NULL, pin,
+                           pin_len, err, err_cap);
+  if (rc == M2MPSK_OK)
+    rc = p11_tk_shared_new(&s->sh, tok); /* owns tok from here */
   if (rc != M2MPSK_OK) {
     m2mpsk_p11_source_stop(s);
     return rc;
   }
+  s->tok = tok;
   /* The thread takes no signals: the host's loop does. */
   sigset_t all, old;
   sigfillset(&all);
@@ -309,10 +392,14 @@ void m2mpsk_p11_source_stop(m2mpsk_p11_source *s) {
     ignore(m2mpsk_key_request_absent(req)); /* E_STATE: answered already */
     m2mpsk_key_request_free(req);
   }
-  m2mpsk_p11_close(s->tok);
+  /* The token closes now, or with the last token key the keystore
+   * releases. */
+  p11_tk_shared_unref(s->sh);
   pthread_cond_destroy(&s->cv);
   pthread_mutex_destroy(&s->mu);
-  list_free(s->supplied, s->n_supplied);
+  for (size_t i = 0; i < s->n_supplied; i++)
+    free(s->supplied[i].id);
+  free(s->supplied);
   list_free(s->logged, s->n_logged);
   free(s->q);
   free(s);

@@ -109,8 +109,8 @@ static int say(char *err, size_t cap, int rc, const char *fmt, ...) {
 /* ---- open, close -------------------------------------------------------- */
 
 int m2mpsk_p11_open(m2mpsk_p11_token **out, const char *spec,
-                    const uint8_t *pin, size_t pin_len, char *err,
-                    size_t err_cap) {
+                    const char *init_args, const uint8_t *pin, size_t pin_len,
+                    char *err, size_t err_cap) {
   if (err != NULL && err_cap > 0)
     err[0] = '\0';
   if (out == NULL || spec == NULL || (pin == NULL && pin_len > 0))
@@ -154,6 +154,8 @@ int m2mpsk_p11_open(m2mpsk_p11_token **out, const char *spec,
   }
   CK_C_INITIALIZE_ARGS ia = {0};
   ia.flags = CKF_OS_LOCKING_OK;
+  /* NSS softoken's parameters string (configdir=...), else none. */
+  ia.pReserved = (void *)(uintptr_t)init_args;
   rv = t->f->C_Initialize(&ia);
   if (rv == CKR_OK)
     t->initialized = 1;
@@ -205,6 +207,8 @@ int m2mpsk_p11_open(m2mpsk_p11_token **out, const char *spec,
     goto fail;
   }
   t->open = 1;
+  t->slot = slot;
+  snprintf(t->label, sizeof(t->label), "%s", label);
   rv = t->f->C_Login(t->s, CKU_USER, (CK_UTF8CHAR_PTR)(uintptr_t)pin,
                      (CK_ULONG)pin_len);
   if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
@@ -293,12 +297,68 @@ static const CK_KEY_TYPE k_generic = CKK_GENERIC_SECRET, k_aes = CKK_AES;
 #define ATTR(t, p, l)                                                          \
   { (t), (void *)(uintptr_t)(p), (CK_ULONG)(l) }
 
-/* The data objects (data 1) or key objects (data 0) labelled `id`, or
- * every m2mpsk data object (id NULL). */
+/* The fields objects kept as keys. NSS softoken refuses token CKO_DATA
+ * objects ("no private or token data objects": CKR_ATTRIBUTE_VALUE_INVALID),
+ * makes every token secret key sensitive, and keeps one secret key per
+ * CKA_ID (a second one replaces the first). There the oneM2M fields of K
+ * are a CKO_SECRET_KEY that is no key (a random value, no usage at all)
+ * with CKA_ID = FIELDS_PREFIX K and the record's text as its CKA_LABEL,
+ * which is never sensitive. The Kpsa's CKA_ID is K itself. */
+#define FIELDS_PREFIX "m2mpsk-fields:"
+#define FIELDS_PREFIX_LEN (sizeof(FIELDS_PREFIX) - 1)
+
+/* The KpsaID of a fields object's CKA_ID ("" if not one) into id. */
+static int fields_id(m2mpsk_p11_token *t, CK_OBJECT_HANDLE h, char *id,
+                     size_t cap) {
+  char b[FIELDS_PREFIX_LEN + M2MPSK_KPSA_ID_MAX + 1];
+  CK_ATTRIBUTE a = ATTR(CKA_ID, b, sizeof(b) - 1);
+  id[0] = '\0';
+  CK_RV rv = t->f->C_GetAttributeValue(t->s, h, &a, 1);
+  if (rv != CKR_OK || a.ulValueLen == CK_UNAVAILABLE_INFORMATION ||
+      a.ulValueLen <= FIELDS_PREFIX_LEN ||
+      memcmp(b, FIELDS_PREFIX, FIELDS_PREFIX_LEN) != 0)
+    return 0;
+  b[a.ulValueLen] = '\0';
+  snprintf(id, cap, "%s", b + FIELDS_PREFIX_LEN);
+  return 1;
+}
+
+/* Appends the matches of tm to *out. */
+static int find_more(m2mpsk_p11_token *t, CK_ATTRIBUTE *tm, CK_ULONG n,
+                     CK_OBJECT_HANDLE **out, size_t *count, int fields_only,
+                     char *err, size_t cap) {
+  CK_OBJECT_HANDLE *more;
+  size_t m;
+  int rc = p11_find(t, tm, n, &more, &m, err, cap);
+  if (rc != M2MPSK_OK)
+    return rc;
+  size_t k = 0;
+  for (size_t i = 0; i < m; i++) {
+    char id[M2MPSK_KPSA_ID_MAX + 1];
+    if (!fields_only || fields_id(t, more[i], id, sizeof(id)))
+      more[k++] = more[i];
+  }
+  if (k > 0) {
+    CK_OBJECT_HANDLE *all = realloc(*out, (*count + k) * sizeof(*all));
+    if (all == NULL) {
+      free(more);
+      return M2MPSK_E_NOMEM;
+    }
+    memcpy(all + *count, more, k * sizeof(*all));
+    *out = all;
+    *count += k;
+  }
+  free(more);
+  return M2MPSK_OK;
+}
+
+/* The data objects (data 1: CKO_DATA with CKA_APPLICATION "m2mpsk", then
+ * the fields objects kept as keys) or key objects (data 0: CKA_LABEL and
+ * CKA_ID `id`) of KpsaID `id`, or every m2mpsk data object (id NULL). */
 static int find_by_label(m2mpsk_p11_token *t, int data, const char *id,
                          CK_OBJECT_HANDLE **out, size_t *count, char *err,
                          size_t cap) {
-  CK_ATTRIBUTE tm[4] = {
+  CK_ATTRIBUTE tm[5] = {
       ATTR(CKA_CLASS, data ? &k_data : &k_secret, sizeof(CK_OBJECT_CLASS)),
       ATTR(CKA_TOKEN, &k_true, sizeof(CK_BBOOL))};
   CK_ULONG n = 2;
@@ -309,7 +369,35 @@ static int find_by_label(m2mpsk_p11_token *t, int data, const char *id,
     tm[n++] = (CK_ATTRIBUTE)ATTR(CKA_KEY_TYPE, &k_generic, sizeof(k_generic));
   if (id != NULL)
     tm[n++] = (CK_ATTRIBUTE)ATTR(CKA_LABEL, id, strlen(id));
-  return p11_find(t, tm, n, out, count, err, cap);
+  if (!data && id != NULL)
+    tm[n++] = (CK_ATTRIBUTE)ATTR(CKA_ID, id, strlen(id));
+  int rc = p11_find(t, tm, n, out, count, err, cap);
+  if (rc != M2MPSK_OK || !data)
+    return rc;
+  /* And the fields objects kept as keys: by CKA_ID, or all (filtered). */
+  char fid[FIELDS_PREFIX_LEN + M2MPSK_KPSA_ID_MAX + 1];
+  CK_ATTRIBUTE ft[3] = {ATTR(CKA_CLASS, &k_secret, sizeof(k_secret)),
+                        ATTR(CKA_TOKEN, &k_true, sizeof(CK_BBOOL))};
+  n = 2;
+  if (id != NULL) {
+    snprintf(fid, sizeof(fid), "%s%s", FIELDS_PREFIX, id);
+    ft[n++] = (CK_ATTRIBUTE)ATTR(CKA_ID, fid, strlen(fid));
+  }
+  rc = find_more(t, ft, n, out, count, id == NULL, err, cap);
+  if (rc != M2MPSK_OK) {
+    free(*out);
+    *out = NULL;
+    *count = 0;
+  }
+  return rc;
+}
+
+/* 1 when h is a fields object kept as a key (not a CKO_DATA). */
+static int is_fields_key(m2mpsk_p11_token *t, CK_OBJECT_HANDLE h) {
+  CK_OBJECT_CLASS c = CKO_DATA;
+  CK_ATTRIBUTE a = ATTR(CKA_CLASS, &c, sizeof(c));
+  return t->f->C_GetAttributeValue(t->s, h, &a, 1) == CKR_OK &&
+         c == CKO_SECRET_KEY;
 }
 
 /* An attribute into a new buffer (NUL-terminated, not counted), from
@@ -504,14 +592,40 @@ static int create_data(m2mpsk_p11_token *t, const char *id,
   CK_ATTRIBUTE tm[] = {
       ATTR(CKA_CLASS, &k_data, sizeof(k_data)),
       ATTR(CKA_TOKEN, &k_true, sizeof(CK_BBOOL)),
-      ATTR(CKA_PRIVATE, &k_true, sizeof(CK_BBOOL)),
       ATTR(CKA_APPLICATION, M2MPSK_P11_APPLICATION,
            strlen(M2MPSK_P11_APPLICATION)),
       ATTR(CKA_LABEL, id, strlen(id)),
       ATTR(CKA_VALUE, text, n),
+      ATTR(CKA_PRIVATE, &k_true, sizeof(CK_BBOOL)), /* last: see below */
   };
+  CK_ULONG tn = sizeof(tm) / sizeof(tm[0]);
   CK_OBJECT_HANDLE h;
-  CK_RV rv = t->f->C_CreateObject(t->s, tm, sizeof(tm) / sizeof(tm[0]), &h);
+  CK_RV rv = t->f->C_CreateObject(t->s, tm, tn, &h);
+  if (rv == CKR_ATTRIBUTE_VALUE_INVALID) {
+    /* NSS softoken refuses token data objects: a fields object kept as a
+     * key (FIELDS_PREFIX above), its text the label. */
+    char fid[FIELDS_PREFIX_LEN + M2MPSK_KPSA_ID_MAX + 1];
+    snprintf(fid, sizeof(fid), "%s%s", FIELDS_PREFIX, id);
+    CK_ULONG vl = 16;
+    CK_ATTRIBUTE ft[] = {
+        ATTR(CKA_CLASS, &k_secret, sizeof(k_secret)),
+        ATTR(CKA_KEY_TYPE, &k_generic, sizeof(k_generic)),
+        ATTR(CKA_TOKEN, &k_true, sizeof(CK_BBOOL)),
+        ATTR(CKA_PRIVATE, &k_true, sizeof(CK_BBOOL)),
+        ATTR(CKA_LABEL, text, n),
+        ATTR(CKA_ID, fid, strlen(fid)),
+        ATTR(CKA_DERIVE, &k_false, sizeof(CK_BBOOL)),
+        ATTR(CKA_SIGN, &k_false, sizeof(CK_BBOOL)),
+        ATTR(CKA_VERIFY, &k_false, sizeof(CK_BBOOL)),
+        ATTR(CKA_ENCRYPT, &k_false, sizeof(CK_BBOOL)),
+        ATTR(CKA_DECRYPT, &k_false, sizeof(CK_BBOOL)),
+        ATTR(CKA_WRAP, &k_false, sizeof(CK_BBOOL)),
+        ATTR(CKA_UNWRAP, &k_false, sizeof(CK_BBOOL)),
+        ATTR(CKA_VALUE_LEN, &vl, sizeof(vl)),
+    };
+    CK_MECHANISM gen = {CKM_GENERIC_SECRET_KEY_GEN, NULL, 0};
+    rv = t->f->C_GenerateKey(t->s, &gen, ft, sizeof(ft) / sizeof(ft[0]), &h);
+  }
   if (rv != CKR_OK)
     return p11_fail(err, cap, "C_CreateObject (data object)", rv);
   return M2MPSK_OK;
@@ -800,16 +914,29 @@ static int read_data(m2mpsk_p11_token *t, CK_OBJECT_HANDLE h,
   size_t n;
   memset(r, 0, sizeof(*r));
   label[0] = '\0';
-  int rc =
-      get_attr(t, h, CKA_LABEL, 0, &b, &n, M2MPSK_KPSA_ID_MAX + 64, err, cap);
-  if (rc != M2MPSK_OK)
-    return rc;
-  snprintf(label, label_cap, "%s", (char *)b);
-  free(b);
-  if (strlen(label) != n || m2mpsk_kpsa_id_validate(label) != M2MPSK_OK)
+  int rc;
+  int as_key = is_fields_key(t, h);
+  if (as_key) {
+    /* A fields object kept as a key: K in its CKA_ID, the text its
+     * label. */
+    char id[M2MPSK_KPSA_ID_MAX + 1];
+    (void)fields_id(t, h, id, sizeof(id));
+    snprintf(label, label_cap, "%s", id);
+  } else {
+    rc =
+        get_attr(t, h, CKA_LABEL, 0, &b, &n, M2MPSK_KPSA_ID_MAX + 64, err, cap);
+    if (rc != M2MPSK_OK)
+      return rc;
+    snprintf(label, label_cap, "%s", (char *)b);
+    free(b);
+    if (strlen(label) != n)
+      label[0] = '\0';
+  }
+  if (m2mpsk_kpsa_id_validate(label) != M2MPSK_OK)
     return say(err, cap, M2MPSK_E_PROTOCOL, "its label is not a KpsaID");
   snprintf(r->kpsa_id, sizeof(r->kpsa_id), "%s", label);
-  rc = get_attr(t, h, CKA_VALUE, 0, &b, &n, DATA_MAX, err, cap);
+  rc = get_attr(t, h, as_key ? CKA_LABEL : CKA_VALUE, 0, &b, &n, DATA_MAX, err,
+                cap);
   if (rc != M2MPSK_OK)
     return rc;
   char why[160];
@@ -842,20 +969,32 @@ static int read_key(m2mpsk_p11_token *t, m2mpsk_p11_record *r, uint8_t *key,
   CK_RV rv = t->f->C_GetAttributeValue(t->s, h, q, 2);
   if (rv != CKR_OK)
     return p11_fail(err, cap, "C_GetAttributeValue", rv);
+  CK_ATTRIBUTE sz = {CKA_VALUE, NULL, 0};
+  if (!sens && extr) {
+    rv = t->f->C_GetAttributeValue(t->s, h, &sz, 1);
+    /* NSS softoken keeps the value of its token secret keys to itself,
+     * whatever CKA_SENSITIVE says: such a key is token-only too. */
+    if (rv == CKR_ATTRIBUTE_SENSITIVE)
+      sens = CK_TRUE;
+    else if (rv != CKR_OK)
+      return p11_fail(err, cap, "C_GetAttributeValue (the key's size)", rv);
+  }
   if (sens || !extr) {
-    /* The object decides, whatever the data object says. */
+    /* The object decides, whatever the data object says. Its length is
+     * CKA_VALUE_LEN (0 when the token does not say: not usable). */
     r->token_only = 1;
+    CK_ULONG vl = 0;
+    CK_ATTRIBUTE la = ATTR(CKA_VALUE_LEN, &vl, sizeof(vl));
+    rv = t->f->C_GetAttributeValue(t->s, h, &la, 1);
+    if (rv == CKR_OK && vl >= M2MPSK_KEY_MIN && vl <= M2MPSK_KEY_MAX)
+      r->key_len = (size_t)vl;
     return M2MPSK_OK;
   }
   if (r->token_only)
     return say(err, cap, M2MPSK_E_PROTOCOL,
                "kind=token-only but the key object is readable");
-  /* CKA_VALUE's size, not CKA_VALUE_LEN: SoftHSM2 leaves the latter 0 on
-   * unwrapped keys. */
-  CK_ATTRIBUTE sz = {CKA_VALUE, NULL, 0};
-  rv = t->f->C_GetAttributeValue(t->s, h, &sz, 1);
-  if (rv != CKR_OK)
-    return p11_fail(err, cap, "C_GetAttributeValue (the key's size)", rv);
+  /* CKA_VALUE's size (above), not CKA_VALUE_LEN: SoftHSM2 leaves the
+   * latter 0 on unwrapped keys. */
   CK_ULONG vl = sz.ulValueLen;
   if (vl < M2MPSK_KEY_MIN || vl > M2MPSK_KEY_MAX)
     return say(err, cap, M2MPSK_E_PROTOCOL, "the key is %lu bytes",
@@ -974,7 +1113,7 @@ int m2mpsk_p11_revoke(m2mpsk_p11_token *t, const char *id, char *err,
   r.revoked = 1;
   char text[DATA_MAX];
   size_t n = data_format(&r, text, sizeof(text));
-  CK_ATTRIBUTE v = ATTR(CKA_VALUE, text, n);
+  CK_ATTRIBUTE v = ATTR(is_fields_key(t, h) ? CKA_LABEL : CKA_VALUE, text, n);
   CK_RV rv = t->f->C_SetAttributeValue(t->s, h, &v, 1);
   if (rv == CKR_OK)
     return M2MPSK_OK;

@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """Tests of the PKCS#11 key component (issue 20): `m2mpsk keys --pkcs11`
 and `m2mpsk serve --keys pkcs11:MODULE:TOKEN`, against a private SoftHSM2
-token per case, over loopback.
+token per case, or (the nss_* cases) a private NSS softoken database,
+whose token can compute the TLS master secret of a token-only key inside,
+over loopback.
 
 Usage: p11_tests.py PATH/TO/m2mpsk [CASE ...]
-Exits 77 when softhsm2-util or the SoftHSM2 module is missing, or when the
+Exits 77 when every case asked for needs what is missing: softhsm2-util
+and the SoftHSM2 module, or NSS softoken (libsoftokn3.so), or when the
 m2mpsk given was built without the component. Every command is bounded in
 time; every server started is killed. After each case, the output of every
-command it ran is searched for the PIN and for every key's hex: neither
-may appear.
+m2mpsk command it ran is searched for the PIN and for every key's hex:
+neither may appear.
 """
 import os
 import re
@@ -24,6 +27,10 @@ import traceback
 M2MPSK = os.path.abspath(sys.argv[1])
 MODULE = os.environ.get("M2MPSK_SOFTHSM2_MODULE",
                         "/usr/lib/softhsm/libsofthsm2.so")
+NSS_MODULE = os.environ.get("M2MPSK_NSS_SOFTOKN",
+                            "/usr/lib/x86_64-linux-gnu/libsoftokn3.so")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import nss_init  # noqa: E402
 IDB = "//m2m.example.com/cse-in"
 IDA = "//m2m.example.com/cse-in/Cae1"
 PIN = "735196"
@@ -35,6 +42,13 @@ SECRETS = []
 
 
 def case(fn):
+    fn.needs = "softhsm"
+    CASES.append(fn)
+    return fn
+
+
+def nss_case(fn):
+    fn.needs = "nss"
     CASES.append(fn)
     return fn
 
@@ -59,6 +73,7 @@ class Token:
         self.pin_file = os.path.join(tmp, "pin")
         write_secret(self.pin_file, PIN + "\n")
         self.spec = "%s:T" % MODULE
+        self.extra = []
 
     def run(self, *args, env=None, timeout=30, stdin=b""):
         r = subprocess.run([M2MPSK, *args], input=stdin, capture_output=True,
@@ -68,7 +83,8 @@ class Token:
 
     def keys(self, sub, *args, code=0, pin=True):
         extra = ["--pin-file", self.pin_file] if pin else []
-        r = self.run("keys", sub, "--pkcs11", self.spec, *extra, *args)
+        r = self.run("keys", sub, "--pkcs11", self.spec, *extra, *self.extra,
+                     *args)
         assert r.returncode == code, (sub, args, r.returncode, r.stderr)
         return r
 
@@ -79,6 +95,41 @@ class Token:
         for line in r.stdout.decode().splitlines():
             out[line.split(" ", 1)[0]] = line
         return out
+
+
+class NssToken(Token):
+    """A private NSS softoken database (its key token, "NSS Certificate DB"
+    on slot 2) whose user PIN tests/pkcs11/nss_init.py set through the
+    module (SO login with the empty PIN, C_InitPIN); C_Initialize gets its
+    parameters from --pkcs11-init-args (or, with via_env, from
+    $M2MPSK_PKCS11_INIT_ARGS)."""
+
+    def __init__(self, tmp, via_env=False):
+        self.tmp = tmp
+        db = os.path.join(tmp, "nssdb")
+        # In a child: NSS softoken keeps state in the process that loaded
+        # it, and this one must not hold the database open.
+        r = subprocess.run(
+            [sys.executable, "-c",
+             "import sys; sys.path.insert(0, %r); import nss_init; "
+             "print(nss_init.nss_init(%r, %r, %r)[1])"
+             % (os.path.dirname(os.path.abspath(__file__)), NSS_MODULE, db,
+                PIN)], capture_output=True, timeout=30)
+        assert r.returncode == 0, r
+        self.label = r.stdout.decode().strip()
+        assert self.label == "NSS Certificate DB", self.label
+        self.init_args = nss_init.init_args(db)
+        self.env = dict(os.environ)
+        self.env.pop("M2MPSK_PKCS11_PIN", None)
+        self.env.pop("M2MPSK_PKCS11_INIT_ARGS", None)
+        if via_env:
+            self.env["M2MPSK_PKCS11_INIT_ARGS"] = self.init_args
+            self.extra = []
+        else:
+            self.extra = ["--pkcs11-init-args", self.init_args]
+        self.pin_file = os.path.join(tmp, "pin")
+        write_secret(self.pin_file, PIN + "\n")
+        self.spec = "%s:%s" % (NSS_MODULE, self.label)
 
 
 def write_secret(path, text):
@@ -104,7 +155,8 @@ class Server:
     def __init__(self, tok, *extra):
         self.proc = subprocess.Popen(
             [M2MPSK, "serve", "--keys", "pkcs11:" + tok.spec, "--pin-file",
-             tok.pin_file, "--id", IDB, "--listen", "127.0.0.1", *extra],
+             tok.pin_file, "--id", IDB, "--listen", "127.0.0.1", *tok.extra,
+             *extra],
             stderr=subprocess.PIPE, env=tok.env, start_new_session=True)
         self.lines = []
         deadline = time.monotonic() + 15
@@ -269,6 +321,8 @@ def unknown_kpsa_id_fails_like_a_wrong_key(tmp):
 
 @case
 def token_only_records_are_listed_but_refused(tmp):
+    """SoftHSM2 cannot derive with CKM_CONCATENATE_DATA_AND_BASE: its
+    token-only records are answered absent, said once per KpsaID."""
     tok = Token(tmp)
     tok.keys("generate", "--kpsa-id", "sealed@m2m.example.com", "--idb", IDB,
              "--token-only")
@@ -285,10 +339,13 @@ def token_only_records_are_listed_but_refused(tmp):
             r = connect(tok, srv, keys, "sealed2@m2m.example.com")
             assert r.returncode == 1 and b"reason=bad-key" in r.stderr, \
                 r.stderr
-        wait_log(srv, r"sealed2@m2m\.example\.com: token-only record needs "
-                 r"the token PRF path, not available yet")
+        wait_log(srv, r"sealed2@m2m\.example\.com: token 'T' cannot compute "
+                 r"the TLS master secret inside \(C_DeriveKey "
+                 r"\(CKM_CONCATENATE_DATA_AND_BASE\): CKR_MECHANISM_INVALID\); "
+                 r"token-only keys need a token with "
+                 r"CKM_CONCATENATE_DATA_AND_BASE, e\.g\. NSS softoken")
         srv.stop()
-        said = [l for l in srv.lines if "token-only record needs" in l]
+        said = [l for l in srv.lines if "cannot compute the TLS" in l]
         assert len(said) == 1, said  # once per KpsaID
     finally:
         srv.kill()
@@ -340,11 +397,12 @@ def wrapped_import_unwraps_inside_the_token(tmp):
         srv.kill()
 
 
-def revoke_ends_live(tmp, sub):
-    tok = Token(tmp)
+def revoke_ends_live(tmp, sub, tok=None, token_only=False):
+    tok = tok or Token(tmp)
     keys = key_file(os.path.join(tmp, "keys"),
                     [("live@m2m.example.com", os.urandom(32), IDA)])
-    tok.keys("import", "--keys-file", keys)
+    tok.keys("import", "--keys-file", keys,
+             *(["--token-only"] if token_only else []))
     srv = Server(tok)
     conn = None
     try:
@@ -494,6 +552,218 @@ def malformed_data_objects_are_skipped(tmp):
         srv.kill()
 
 
+# ---- NSS softoken: token-only keys used in the token -------------------------
+
+
+def peer_roundtrip(argv, payload=b"mhello-over-the-token\n", timeout=10):
+    """Runs an unmodified peer (openssl s_client, gnutls-cli), sends one
+    line once it is up, and returns (echoed, output)."""
+    p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, start_new_session=True)
+    out = []
+
+    def read():
+        for chunk in iter(lambda: p.stdout.read1(4096), b""):
+            out.append(chunk)
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    want = payload.strip()
+    echoed = False
+    try:
+        p.stdin.write(payload)
+        p.stdin.flush()
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and p.poll() is None:
+            if want in b"".join(out):
+                echoed = True
+                break
+            time.sleep(0.02)
+        p.stdin.close()
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=5)
+        t.join(5)
+    return echoed or want in b"".join(out), b"".join(out).decode("utf-8", "replace")
+
+
+def association_line(srv, kpsa_id, start=0):
+    return wait_log(srv, r"association peer=\S+ kpsa-id=%s bound=%s .*"
+                    r"engine=openssl" % (re.escape(kpsa_id), re.escape(IDA)),
+                    start=start)
+
+
+@nss_case
+def nss_token_only_keys_serve_without_leaving_the_token(tmp):
+    """NSS softoken: generate and import token-only keys; serve (engine
+    auto) has the master secret computed in the token; connect with the
+    imported key as a key file binds the identity on both sides."""
+    tok = NssToken(tmp)
+    tok.keys("generate", "--kpsa-id", "gen@m2m.example.com", "--idb", IDB,
+             "--ida", IDA, "--token-only")
+    keys = key_file(os.path.join(tmp, "keys"),
+                    [("tok@m2m.example.com", os.urandom(32), IDA)])
+    r = tok.keys("import", "--keys-file", keys, "--token-only")
+    assert b"imported 1 records" in r.stderr, r.stderr
+    l = tok.list()
+    for k in ("gen@m2m.example.com", "tok@m2m.example.com"):
+        assert "kind=token-only" in l[k] and "state=active" in l[k], l
+    wrong = key_file(os.path.join(tmp, "wrong"),
+                     [("tok@m2m.example.com", os.urandom(32), IDA)])
+    srv = Server(tok, "-v")
+    try:
+        r = connect(tok, srv, keys, "tok@m2m.example.com")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == b"hello over pkcs11\n", r.stdout
+        # The initiator's side: bound to IdB, on the OpenSSL engine.
+        assert re.search(rb"association peer=\S+ kpsa-id=tok@m2m\.example"
+                         rb"\.com bound=%s .*engine=openssl" %
+                         re.escape(IDB.encode()), r.stderr), r.stderr
+        wait_log(srv, r"keys: pkcs11: supplied tok@m2m\.example\.com "
+                 r"\(token-only, 32 bytes, master secret in the token\)")
+        association_line(srv, "tok@m2m.example.com")
+        # A wrong key still fails, like any wrong key.
+        mark = len(srv.lines)
+        r = connect(tok, srv, wrong, "tok@m2m.example.com")
+        assert r.returncode == 1 and b"reason=bad-key" in r.stderr, r.stderr
+        wait_log(srv, r"failure peer=\S+ ", start=mark)
+        # Several at once: handshakes on the serve thread, the token's
+        # sessions from the pool.
+        procs = [subprocess.Popen(
+            [M2MPSK, "connect", "127.0.0.1:%d" % srv.port, "--keys", keys,
+             "--kpsa-id", "tok@m2m.example.com", "--timeout", "5000"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, env=tok.env) for _ in range(6)]
+        for p in procs:
+            out, err = p.communicate(b"x\n", timeout=20)
+            OUTPUTS.append((("connect",), out + err))
+            assert p.returncode == 0 and out == b"x\n", err
+        assert srv.stop() == 0
+    finally:
+        srv.kill()
+    said = "".join(srv.lines)
+    assert "cannot compute the TLS master secret" not in said, said
+
+
+@nss_case
+def nss_interop_with_unmodified_peers(tmp):
+    """The mandated suites against openssl s_client (TLS 1.2 and DTLS 1.2)
+    and gnutls-cli, serve's key token-only in NSS softoken."""
+    if shutil.which("openssl") is None:
+        print("  (openssl missing: not tested)")
+        return
+    tok = NssToken(tmp, via_env=True)  # the parameters from the environment
+    key = os.urandom(32)
+    keys = key_file(os.path.join(tmp, "keys"),
+                    [("peer@m2m.example.com", key, IDA)])
+    tok.keys("import", "--keys-file", keys, "--token-only")
+    hexkey = key.hex()
+    tcp = Server(tok)
+    udp = Server(tok, "--udp")
+    every = Server(tok, "--suites", "all")
+    try:
+        peers = [
+            ("openssl s_client TLS 1.2 PSK-AES128-CBC-SHA256", tcp,
+             ["openssl", "s_client", "-connect", "127.0.0.1:%d" % tcp.port,
+              "-servername", "m2m.example.com", "-psk", hexkey,
+              "-psk_identity", "peer@m2m.example.com", "-cipher",
+              "PSK-AES128-CBC-SHA256", "-tls1_2", "-nocommands"],
+             "TLS_PSK_WITH_AES_128_CBC_SHA256 version=TLSv1.2"),
+            ("openssl s_client DTLS 1.2 PSK-AES128-CCM8", udp,
+             ["openssl", "s_client", "-connect", "127.0.0.1:%d" % udp.port,
+              "-servername", "m2m.example.com", "-psk", hexkey,
+              "-psk_identity", "peer@m2m.example.com", "-cipher",
+              "PSK-AES128-CCM8", "-dtls1_2", "-nocommands"],
+             "TLS_PSK_WITH_AES_128_CCM_8 version=DTLSv1.2"),
+        ]
+        # Beyond the mandated suites: an (EC)DH share in the premaster's
+        # prefix, and the SHA-384 PRF.
+        for cipher, iana in (
+                ("ECDHE-PSK-AES128-CBC-SHA256",
+                 "TLS_ECDHE_PSK_WITH_AES_128_CBC_SHA256"),
+                ("DHE-PSK-AES256-GCM-SHA384",
+                 "TLS_DHE_PSK_WITH_AES_256_GCM_SHA384"),
+                ("PSK-AES256-GCM-SHA384", "TLS_PSK_WITH_AES_256_GCM_SHA384")):
+            peers.append((
+                "openssl s_client TLS 1.2 " + cipher, every,
+                ["openssl", "s_client", "-connect",
+                 "127.0.0.1:%d" % every.port, "-psk", hexkey,
+                 "-psk_identity", "peer@m2m.example.com", "-cipher", cipher,
+                 "-tls1_2", "-nocommands"], iana + " version=TLSv1.2"))
+        if shutil.which("gnutls-cli") is not None:
+            peers += [
+                ("gnutls-cli TLS 1.2 PSK AES-128-CBC SHA256", tcp,
+                 ["gnutls-cli", "127.0.0.1", "--port", str(tcp.port),
+                  "--sni-hostname", "m2m.example.com", "--pskusername",
+                  "peer@m2m.example.com", "--pskkey", hexkey, "--priority",
+                  "NORMAL:-VERS-ALL:+VERS-TLS1.2:-KX-ALL:+PSK:-CIPHER-ALL:"
+                  "+AES-128-CBC:-MAC-ALL:+SHA256"],
+                 "TLS_PSK_WITH_AES_128_CBC_SHA256 version=TLSv1.2"),
+                ("gnutls-cli DTLS 1.2 PSK AES-128-CCM-8", udp,
+                 ["gnutls-cli", "127.0.0.1", "--udp", "--port",
+                  str(udp.port), "--sni-hostname", "m2m.example.com",
+                  "--pskusername", "peer@m2m.example.com", "--pskkey",
+                  hexkey, "--priority",
+                  "NORMAL:-VERS-ALL:+VERS-DTLS1.2:-KX-ALL:+PSK:-CIPHER-ALL:"
+                  "+AES-128-CCM-8:-MAC-ALL:+AEAD"],
+                 "TLS_PSK_WITH_AES_128_CCM_8 version=DTLSv1.2"),
+            ]
+        else:
+            print("  (gnutls-cli missing: GnuTLS not tested)")
+        for name, srv, argv, suite in peers:
+            mark = len(srv.lines)
+            echoed, out = peer_roundtrip(argv)
+            assert echoed, "%s: no echo: %s\nserve: %r" % (
+                name, out[-2000:], srv.lines[mark:])
+            line = association_line(srv, "peer@m2m.example.com", start=mark)
+            assert suite in line, (name, line)
+            print("  %s: established" % name)
+        assert tcp.stop() == 0 and udp.stop() == 0 and every.stop() == 0
+    finally:
+        tcp.kill()
+        udp.kill()
+        every.kill()
+
+
+@nss_case
+def nss_revoke_ends_a_live_token_only_association(tmp):
+    revoke_ends_live(tmp, "revoke", tok=NssToken(tmp), token_only=True)
+
+
+@nss_case
+def nss_usage_init_args(tmp):
+    """Without the parameters NSS softoken does not initialise: the
+    C_Initialize error is named (exit 3); --help documents the option."""
+    tok = NssToken(tmp)
+    r = tok.run("keys", "list", "--pkcs11", tok.spec, "--pin-file",
+                tok.pin_file)
+    assert r.returncode == 3 and b"C_Initialize" in r.stderr, r.stderr
+    r = tok.run("keys", "--pkcs11", tok.spec, "--help")
+    assert r.returncode == 0 and b"--pkcs11-init-args" in r.stdout, r
+    r = tok.run("serve", "--help")
+    assert r.returncode == 0 and b"--pkcs11-init-args" in r.stdout, r
+    # A wrong PIN is still named, never shown.
+    wrong = os.path.join(tmp, "wrong")
+    write_secret(wrong, "000000\n")
+    SECRETS.append("000000")
+    r = tok.run("keys", "list", "--pkcs11", tok.spec, "--pin-file", wrong,
+                *tok.extra)
+    assert r.returncode == 3 and b"CKR_PIN_INCORRECT" in r.stderr, r.stderr
+    # NSS softoken never lets a token secret key's value out: a record
+    # generated readable is token-only there (the key object decides).
+    tok.keys("generate", "--kpsa-id", "plain@m2m.example.com", "--idb", IDB)
+    assert "kind=token-only" in tok.list()["plain@m2m.example.com"]
+    # --pkcs11-init-args goes with pkcs11: only.
+    r = tok.run("serve", "--keys", os.path.join(tmp, "nokeys"), "--id", IDB,
+                "--pkcs11-init-args", "x")
+    assert r.returncode == 2, r.stderr
+
+
 def no_secret_in_any_output():
     for args, out in OUTPUTS:
         for s in [PIN] + SECRETS:
@@ -503,18 +773,27 @@ def no_secret_in_any_output():
 
 
 def main():
-    if shutil.which("softhsm2-util") is None or not os.path.exists(MODULE):
-        print("SKIP: SoftHSM2 (softhsm2-util, %s) is not installed" % MODULE)
+    have = {"softhsm": shutil.which("softhsm2-util") is not None and
+            os.path.exists(MODULE),
+            "nss": os.path.exists(NSS_MODULE)}
+    want = set(sys.argv[2:])
+    chosen = [fn for fn in CASES if not want or fn.__name__ in want]
+    runnable = [fn for fn in chosen if have[fn.needs]]
+    if not runnable:
+        print("SKIP: %s" % ("; ".join(
+            {"softhsm": "SoftHSM2 (softhsm2-util, %s) is not installed"
+             % MODULE, "nss": "NSS softoken (%s) is not installed"
+             % NSS_MODULE}[n] for n in sorted({fn.needs for fn in chosen}))))
         return 77
     r = subprocess.run([M2MPSK, "keys", "--pkcs11", "x:y", "--help"],
                        capture_output=True, timeout=10)
     if r.returncode != 0:
         print("SKIP: this m2mpsk has no PKCS#11 support: %r" % r.stderr)
         return 77
-    want = set(sys.argv[2:])
     passed = failed = 0
-    for fn in CASES:
-        if want and fn.__name__ not in want:
+    for fn in chosen:
+        if not have[fn.needs]:
+            print("SKIP %s (%s missing)" % (fn.__name__, fn.needs))
             continue
         del OUTPUTS[:]
         del SECRETS[:]
