@@ -38,6 +38,10 @@ struct m2mpsk_assoc {
   m2mpsk_tkey *tk;
   uint8_t handle[M2MPSK_KEY_MAX];
   size_t handle_len;
+  /* Made to take token keys: its engine object is in the engine's token
+   * context (an initiator with a token key, a responder whose keystore
+   * has M2MPSK_KEYSTORE_TOKEN_KEYS). */
+  int token_keys;
   /* A TLS responder of an AUTO config: the bytes fed until the ClientHello
    * is whole (ops is NULL until then), bounded by the config's max_input. */
   uint8_t *hello_buf;
@@ -147,7 +151,12 @@ static void handshake_over(m2mpsk_assoc *a) {
 
 /* Whether this association's engine can use a token key. */
 static int engine_takes_token_keys(const m2mpsk_assoc *a) {
-  return a->ops != NULL && a->ops->abi >= 4 && a->ops->token_keys;
+  return a->token_keys && a->ops != NULL && a->ops->abi >= 4 &&
+         a->ops->token_keys;
+}
+
+int m2mpsk_assoc_wants_token_keys(const m2mpsk_assoc *a) {
+  return a != NULL && a->token_keys; /* NULL: a scratch engine (listen) */
 }
 
 /* A token key's handshake: keeps the key and writes a fresh random handle
@@ -699,6 +708,7 @@ int m2mpsk_assoc_new(m2mpsk_assoc **out, m2mpsk_role role,
                      m2mpsk_tls_engine(M2MPSK_ENGINE_OPENSSL) != NULL;
   if (token_engine)
     engine = M2MPSK_ENGINE_OPENSSL;
+  a->token_keys = token;
   a->ectx = m2mpsk_config_engine_ctx(config, role, transport, &engine, &rc);
   /* Made all the same when the responder waits for the ClientHello: a
    * config that can make no engine fails here, not at the first bytes. */

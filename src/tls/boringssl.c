@@ -81,10 +81,12 @@ static void time_cb(const SSL *ssl, struct timeval *out) {
 
 /* ---- contexts and connections -------------------------------------------- */
 
-static int backend_ctx_setup(m2mpsk_engine_ctx *c, const char *list) {
-  if (!SSL_CTX_set_strict_cipher_list(c->ssl_ctx, list))
+static int backend_ctx_setup(m2mpsk_engine_ctx *c, SSL_CTX *s,
+                             const char *list) {
+  (void)c;
+  if (!SSL_CTX_set_strict_cipher_list(s, list))
     return M2MPSK_E_INTERNAL;
-  SSL_CTX_set_current_time_cb(c->ssl_ctx, time_cb);
+  SSL_CTX_set_current_time_cb(s, time_cb);
   return M2MPSK_OK;
 }
 
@@ -125,8 +127,10 @@ static int bssl_on_timer(m2mpsk_engine *e) {
   return e->dtls ? fam_handle_timeout(e) : M2MPSK_OK;
 }
 
-/* BoringSSL has no way to replace its PRF: no token keys here. */
-static SSL_CTX *backend_ssl_ctx_new(int dtls) {
+/* BoringSSL has no way to replace its PRF: no context for token keys. */
+static SSL_CTX *backend_ssl_ctx_new(int dtls, int token_keys) {
+  if (token_keys)
+    return NULL;
   return SSL_CTX_new(dtls ? DTLS_method() : TLS_method());
 }
 

@@ -33,7 +33,8 @@ static void backend_on_write(m2mpsk_engine *e, const uint8_t *d, size_t n);
 static long backend_ctrl(m2mpsk_engine *e, int cmd, void *parg);
 /* The library's options for a new context (suites in `list`, in the
  * library's names), and for a new SSL; M2MPSK_OK or a status. */
-static int backend_ctx_setup(m2mpsk_engine_ctx *c, const char *list);
+static int backend_ctx_setup(m2mpsk_engine_ctx *c, SSL_CTX *s,
+                             const char *list);
 static int backend_engine_setup(m2mpsk_engine *e);
 /* What the context and the engine hold beyond the common fields, freed
  * with them. */
@@ -46,9 +47,10 @@ static void backend_handshake_end(m2mpsk_engine *e, int r);
 /* Application data arrived from the peer. */
 static void backend_on_data(m2mpsk_engine *e);
 static void engine_abort(m2mpsk_engine *e, uint8_t alert);
-/* A new SSL_CTX for TLS or DTLS (in the backend's library context), or
- * NULL. */
-static SSL_CTX *backend_ssl_ctx_new(int dtls);
+/* A new SSL_CTX for TLS or DTLS, or NULL; with token_keys, one whose
+ * associations may be handed a token key's handle (the backend's PRF
+ * provider), or NULL where the backend cannot (BoringSSL). */
+static SSL_CTX *backend_ssl_ctx_new(int dtls, int token_keys);
 
 /* ---- suites -------------------------------------------------------------- */
 
@@ -300,8 +302,30 @@ static void fam_ctx_free(m2mpsk_engine_ctx *ctx) {
   if (ctx == NULL)
     return;
   SSL_CTX_free(ctx->ssl_ctx);
+  SSL_CTX_free(ctx->token_ssl_ctx);
   backend_ctx_clear(ctx);
   free(ctx);
+}
+
+/* One SSL_CTX of a context: TLS 1.2 or DTLS 1.2 only, no resumption, the
+ * PSK callbacks, and the backend's own settings. */
+static int ssl_ctx_setup(m2mpsk_engine_ctx *c, SSL_CTX *s, const char *list) {
+  uint16_t v = c->dtls ? DTLS1_2_VERSION : TLS1_2_VERSION;
+  if (!SSL_CTX_set_min_proto_version(s, v) ||
+      !SSL_CTX_set_max_proto_version(s, v))
+    return M2MPSK_E_INTERNAL;
+  /* Every association runs a full PSK handshake, so that the keystore
+   * (validity, revocation) is consulted each time: no resumption. */
+  SSL_CTX_set_options(s, SSL_OP_NO_TICKET | SSL_OP_NO_QUERY_MTU |
+                             SSL_OP_CIPHER_SERVER_PREFERENCE);
+  SSL_CTX_set_session_cache_mode(s, SSL_SESS_CACHE_OFF);
+  if (c->server) {
+    SSL_CTX_set_psk_server_callback(s, server_psk_cb);
+    SSL_CTX_set_tlsext_servername_callback(s, server_name_cb);
+  } else {
+    SSL_CTX_set_psk_client_callback(s, client_psk_cb);
+  }
+  return backend_ctx_setup(c, s, list);
 }
 
 static int fam_ctx_new(m2mpsk_engine_ctx **out, m2mpsk_role role,
@@ -320,37 +344,24 @@ static int fam_ctx_new(m2mpsk_engine_ctx **out, m2mpsk_role role,
     return M2MPSK_E_NOMEM;
   c->dtls = transport == M2MPSK_TRANSPORT_DTLS;
   c->server = role == M2MPSK_ROLE_RESPONDER;
-  c->ssl_ctx = backend_ssl_ctx_new(c->dtls);
+  c->ssl_ctx = backend_ssl_ctx_new(c->dtls, 0);
   if (c->ssl_ctx == NULL) {
     ERR_clear_error();
     free(c);
     return M2MPSK_E_NOMEM;
   }
-  SSL_CTX *s = c->ssl_ctx;
-  uint16_t v = c->dtls ? DTLS1_2_VERSION : TLS1_2_VERSION;
-  if (!SSL_CTX_set_min_proto_version(s, v) ||
-      !SSL_CTX_set_max_proto_version(s, v)) {
-    ERR_clear_error();
-    fam_ctx_free(c);
-    return M2MPSK_E_INTERNAL;
-  }
-  /* Every association runs a full PSK handshake, so that the keystore
-   * (validity, revocation) is consulted each time: no resumption. */
-  SSL_CTX_set_options(s, SSL_OP_NO_TICKET | SSL_OP_NO_QUERY_MTU |
-                             SSL_OP_CIPHER_SERVER_PREFERENCE);
-  SSL_CTX_set_session_cache_mode(s, SSL_SESS_CACHE_OFF);
-  if (c->server) {
-    SSL_CTX_set_psk_server_callback(s, server_psk_cb);
-    SSL_CTX_set_tlsext_servername_callback(s, server_name_cb);
-  } else {
-    SSL_CTX_set_psk_client_callback(s, client_psk_cb);
-  }
-  rc = backend_ctx_setup(c, list);
+  rc = ssl_ctx_setup(c, c->ssl_ctx, list);
+  /* The token keys' context, made now where the backend has one, so that
+   * an association never fails later for want of it. */
+  if (rc == M2MPSK_OK &&
+      (c->token_ssl_ctx = backend_ssl_ctx_new(c->dtls, 1)) != NULL)
+    rc = ssl_ctx_setup(c, c->token_ssl_ctx, list);
   if (rc != M2MPSK_OK) {
     ERR_clear_error();
     fam_ctx_free(c);
     return rc;
   }
+  ERR_clear_error();
   *out = c;
   return M2MPSK_OK;
 }
@@ -365,7 +376,13 @@ static int fam_new(m2mpsk_engine **out, m2mpsk_engine_ctx *ctx,
   e->owner = owner;
   e->dtls = (uint8_t)ctx->dtls;
   e->server = (uint8_t)ctx->server;
-  e->ssl = SSL_new(ctx->ssl_ctx);
+  /* An association that may hand over a token key's handle runs in the
+   * backend's token context (openssl_prf.h). */
+  e->ssl =
+      SSL_new(ctx->token_ssl_ctx != NULL && g_hooks->wants_token_keys != NULL &&
+                      g_hooks->wants_token_keys(owner)
+                  ? ctx->token_ssl_ctx
+                  : ctx->ssl_ctx);
   BIO *bio = BIO_new(bio_method());
   if (e->ssl == NULL || bio == NULL) {
     BIO_free(bio);

@@ -36,6 +36,9 @@ int m2mpsk_assoc_token_master_secret(m2mpsk_assoc *a, const char *digest,
                                      const uint8_t *psk, size_t psk_len,
                                      const uint8_t *seed, size_t seed_len,
                                      uint8_t *out, size_t out_len);
+/* 1 when the association may hand its engine a token key's handle (ABI 4):
+ * its engine object is then made in the backend's token context. */
+int m2mpsk_assoc_wants_token_keys(const m2mpsk_assoc *a);
 /* Responder: the ClientHello's SNI host, or NULL. Returns 0 to go on, or 1
  * to refuse with unrecognized_name (reason recorded). */
 int m2mpsk_assoc_on_server_name(m2mpsk_assoc *a, const char *host);
@@ -55,7 +58,9 @@ typedef struct m2mpsk_engine_hooks {
   /* The association's peer tag, or NULL (ABI 3): what a DTLS cookie is
    * bound to. */
   const char *(*peer_tag)(const m2mpsk_assoc *a);
-  /* m2mpsk_assoc_token_master_secret() (ABI 4). */
+  /* m2mpsk_assoc_wants_token_keys() and m2mpsk_assoc_token_master_secret()
+   * (ABI 4). */
+  int (*wants_token_keys)(const m2mpsk_assoc *a);
   int (*token_master_secret)(m2mpsk_assoc *a, const char *digest,
                              const uint8_t *prefix, size_t prefix_len,
                              const uint8_t *psk, size_t psk_len,

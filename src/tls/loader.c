@@ -47,6 +47,7 @@ static const m2mpsk_engine_hooks k_hooks = {
     .on_server_psk = m2mpsk_assoc_on_server_psk,
     .on_server_name = m2mpsk_assoc_on_server_name,
     .peer_tag = m2mpsk_assoc_peer_tag,
+    .wants_token_keys = m2mpsk_assoc_wants_token_keys,
     .token_master_secret = m2mpsk_assoc_token_master_secret,
 };
 

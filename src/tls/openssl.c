@@ -368,8 +368,8 @@ static int verify_cookie_cb(SSL *ssl, const unsigned char *cookie,
 
 /* ---- contexts and connections -------------------------------------------- */
 
-static int backend_ctx_setup(m2mpsk_engine_ctx *c, const char *list) {
-  SSL_CTX *s = c->ssl_ctx;
+static int backend_ctx_setup(m2mpsk_engine_ctx *c, SSL_CTX *s,
+                             const char *list) {
   /* Security level 2 whatever the system's openssl.cnf says: every suite
    * above passes it, and a DHE_PSK initiator refuses groups under 2048
    * bits. The list names TLS 1.2 suites only; TLS 1.3's are emptied. */

@@ -256,7 +256,12 @@ static void libctx_init(void) {
   g_libctx = l;
 }
 
-static SSL_CTX *backend_ssl_ctx_new(int dtls) {
+/* The default library context for every association, the private one for
+ * those that may hand OpenSSL a token key's handle: the provider's path
+ * costs the others nothing. */
+static SSL_CTX *backend_ssl_ctx_new(int dtls, int token_keys) {
+  if (!token_keys)
+    return SSL_CTX_new(dtls ? DTLS_method() : TLS_method());
   pthread_once(&g_libctx_once, libctx_init);
   if (g_libctx == NULL)
     return NULL;
