@@ -650,18 +650,17 @@ def nss_token_only_keys_serve_without_leaving_the_token(tmp):
     assert "cannot compute the TLS master secret" not in said, said
 
 
-@nss_case
-def nss_interop_with_unmodified_peers(tmp):
+def interop_with_unmodified_peers(tmp, tok, *import_flags):
     """The mandated suites against openssl s_client (TLS 1.2 and DTLS 1.2)
-    and gnutls-cli, serve's key token-only in NSS softoken."""
+    and gnutls-cli, and (EC)DHE-PSK and the SHA-384 PRF, serve's key in
+    the token `tok`."""
     if shutil.which("openssl") is None:
         print("  (openssl missing: not tested)")
         return
-    tok = NssToken(tmp, via_env=True)  # the parameters from the environment
     key = os.urandom(32)
     keys = key_file(os.path.join(tmp, "keys"),
                     [("peer@m2m.example.com", key, IDA)])
-    tok.keys("import", "--keys-file", keys, "--token-only")
+    tok.keys("import", "--keys-file", keys, *import_flags)
     hexkey = key.hex()
     tcp = Server(tok)
     udp = Server(tok, "--udp")
@@ -728,6 +727,21 @@ def nss_interop_with_unmodified_peers(tmp):
         tcp.kill()
         udp.kill()
         every.kill()
+
+
+@nss_case
+def nss_interop_with_unmodified_peers(tmp):
+    """serve's key token-only in NSS softoken: the master secret in the
+    token; NSS's parameters from the environment."""
+    interop_with_unmodified_peers(tmp, NssToken(tmp, via_env=True),
+                                  "--token-only")
+
+
+@case
+def softhsm_interop_with_unmodified_peers(tmp):
+    """serve's key readable in SoftHSM2: read into guarded memory for the
+    keystore (SoftHSM2 cannot compute the master secret inside)."""
+    interop_with_unmodified_peers(tmp, Token(tmp))
 
 
 @nss_case
