@@ -151,8 +151,7 @@ static void handshake_over(m2mpsk_assoc *a) {
 
 /* Whether this association's engine can use a token key. */
 static int engine_takes_token_keys(const m2mpsk_assoc *a) {
-  return a->token_keys && a->ops != NULL && a->ops->abi >= 4 &&
-         a->ops->token_keys;
+  return a->token_keys && a->ops != NULL && a->ops->token_keys;
 }
 
 int m2mpsk_assoc_wants_token_keys(const m2mpsk_assoc *a) {

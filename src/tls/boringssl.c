@@ -128,10 +128,8 @@ static int bssl_on_timer(m2mpsk_engine *e) {
 }
 
 /* BoringSSL has no way to replace its PRF: no context for token keys. */
-static SSL_CTX *backend_ssl_ctx_new(int dtls, int token_keys) {
-  if (token_keys)
-    return NULL;
-  return SSL_CTX_new(dtls ? DTLS_method() : TLS_method());
+static SSL_CTX *backend_token_ssl_ctx(m2mpsk_engine_ctx *c) {
+  return c->ssl_ctx;
 }
 
 static const m2mpsk_engine_ops k_ops = {

@@ -47,10 +47,11 @@ static void backend_handshake_end(m2mpsk_engine *e, int r);
 /* Application data arrived from the peer. */
 static void backend_on_data(m2mpsk_engine *e);
 static void engine_abort(m2mpsk_engine *e, uint8_t alert);
-/* A new SSL_CTX for TLS or DTLS, or NULL; with token_keys, one whose
- * associations may be handed a token key's handle (the backend's PRF
- * provider), or NULL where the backend cannot (BoringSSL). */
-static SSL_CTX *backend_ssl_ctx_new(int dtls, int token_keys);
+/* The SSL_CTX for an association that may hand its engine a token key's
+ * handle: one of the backend's own, made on first use (OpenSSL's PRF
+ * provider), or c->ssl_ctx where the backend cannot use token keys
+ * (BoringSSL: the PSK callback refuses them). NULL when it cannot be made. */
+static SSL_CTX *backend_token_ssl_ctx(m2mpsk_engine_ctx *c);
 
 /* ---- suites -------------------------------------------------------------- */
 
@@ -302,7 +303,6 @@ static void fam_ctx_free(m2mpsk_engine_ctx *ctx) {
   if (ctx == NULL)
     return;
   SSL_CTX_free(ctx->ssl_ctx);
-  SSL_CTX_free(ctx->token_ssl_ctx);
   backend_ctx_clear(ctx);
   free(ctx);
 }
@@ -344,24 +344,18 @@ static int fam_ctx_new(m2mpsk_engine_ctx **out, m2mpsk_role role,
     return M2MPSK_E_NOMEM;
   c->dtls = transport == M2MPSK_TRANSPORT_DTLS;
   c->server = role == M2MPSK_ROLE_RESPONDER;
-  c->ssl_ctx = backend_ssl_ctx_new(c->dtls, 0);
+  c->ssl_ctx = SSL_CTX_new(c->dtls ? DTLS_method() : TLS_method());
   if (c->ssl_ctx == NULL) {
     ERR_clear_error();
     free(c);
     return M2MPSK_E_NOMEM;
   }
   rc = ssl_ctx_setup(c, c->ssl_ctx, list);
-  /* The token keys' context, made now where the backend has one, so that
-   * an association never fails later for want of it. */
-  if (rc == M2MPSK_OK &&
-      (c->token_ssl_ctx = backend_ssl_ctx_new(c->dtls, 1)) != NULL)
-    rc = ssl_ctx_setup(c, c->token_ssl_ctx, list);
   if (rc != M2MPSK_OK) {
     ERR_clear_error();
     fam_ctx_free(c);
     return rc;
   }
-  ERR_clear_error();
   *out = c;
   return M2MPSK_OK;
 }
@@ -378,11 +372,9 @@ static int fam_new(m2mpsk_engine **out, m2mpsk_engine_ctx *ctx,
   e->server = (uint8_t)ctx->server;
   /* An association that may hand over a token key's handle runs in the
    * backend's token context (openssl_prf.h). */
-  e->ssl =
-      SSL_new(ctx->token_ssl_ctx != NULL && g_hooks->wants_token_keys != NULL &&
-                      g_hooks->wants_token_keys(owner)
-                  ? ctx->token_ssl_ctx
-                  : ctx->ssl_ctx);
+  SSL_CTX *sc = g_hooks->wants_token_keys(owner) ? backend_token_ssl_ctx(ctx)
+                                                 : ctx->ssl_ctx;
+  e->ssl = sc != NULL ? SSL_new(sc) : NULL;
   BIO *bio = BIO_new(bio_method());
   if (e->ssl == NULL || bio == NULL) {
     BIO_free(bio);

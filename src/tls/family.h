@@ -194,7 +194,6 @@ typedef struct bytebuf {
 
 #define FAMILY_CTX_FIELDS                                                      \
   SSL_CTX *ssl_ctx;                                                            \
-  SSL_CTX *token_ssl_ctx; /* for token keys, where the backend can */        \
   int dtls;                                                                    \
   int server
 

@@ -156,6 +156,10 @@ struct m2mpsk_engine_ctx {
   FAMILY_CTX_FIELDS;
   /* DTLS responder: drawn at creation, wiped at free; never rotated. */
   uint8_t cookie_secret[COOKIE_SECRET_LEN];
+  /* For token keys (openssl_prf.h): the context in the provider's library
+   * context, made on first use from the same suite list. */
+  _Atomic(SSL_CTX *) token_ssl_ctx;
+  char *suites;
 };
 
 struct m2mpsk_engine {
@@ -379,8 +383,14 @@ static int backend_ctx_setup(m2mpsk_engine_ctx *c, SSL_CTX *s,
     return M2MPSK_E_INTERNAL;
   /* No renegotiation, no compression either. */
   SSL_CTX_set_options(s, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+  /* The first context: keep its list for a token context (made later,
+   * openssl_prf.h), which shares the cookie secret drawn here. */
+  int first = c->suites == NULL;
+  if (first && (c->suites = strdup(list)) == NULL)
+    return M2MPSK_E_NOMEM;
   if (c->dtls && c->server) {
-    if (RAND_bytes(c->cookie_secret, sizeof(c->cookie_secret)) != 1 ||
+    if ((first &&
+         RAND_bytes(c->cookie_secret, sizeof(c->cookie_secret)) != 1) ||
         !SSL_CTX_set_app_data(s, c))
       return M2MPSK_E_INTERNAL;
     SSL_CTX_set_options(s, SSL_OP_COOKIE_EXCHANGE);
@@ -392,6 +402,8 @@ static int backend_ctx_setup(m2mpsk_engine_ctx *c, SSL_CTX *s,
 
 static void backend_ctx_clear(m2mpsk_engine_ctx *c) {
   OPENSSL_cleanse(c->cookie_secret, sizeof(c->cookie_secret));
+  SSL_CTX_free(atomic_load(&c->token_ssl_ctx));
+  free(c->suites);
 }
 
 static int backend_engine_setup(m2mpsk_engine *e) {

@@ -256,17 +256,35 @@ static void libctx_init(void) {
   g_libctx = l;
 }
 
-/* The default library context for every association, the private one for
- * those that may hand OpenSSL a token key's handle: the provider's path
- * costs the others nothing. */
-static SSL_CTX *backend_ssl_ctx_new(int dtls, int token_keys) {
-  if (!token_keys)
-    return SSL_CTX_new(dtls ? DTLS_method() : TLS_method());
+/* Every association runs in the default library context but those that
+ * may hand OpenSSL a token key's handle: theirs is an SSL_CTX of the
+ * private one, set up as the context's own, made when the first of them
+ * comes, so that the provider costs nothing to a process without token
+ * keys. */
+static SSL_CTX *backend_token_ssl_ctx(m2mpsk_engine_ctx *c) {
+  static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+  SSL_CTX *s = atomic_load_explicit(&c->token_ssl_ctx, memory_order_acquire);
+  if (s != NULL)
+    return s;
   pthread_once(&g_libctx_once, libctx_init);
   if (g_libctx == NULL)
     return NULL;
-  return SSL_CTX_new_ex(g_libctx, "?provider=" PRF_PROVIDER,
-                        dtls ? DTLS_method() : TLS_method());
+  pthread_mutex_lock(&mu);
+  s = atomic_load_explicit(&c->token_ssl_ctx, memory_order_relaxed);
+  if (s == NULL &&
+      (s = SSL_CTX_new_ex(g_libctx, "?provider=" PRF_PROVIDER,
+                          c->dtls ? DTLS_method() : TLS_method())) != NULL) {
+    if (ssl_ctx_setup(c, s, c->suites) == M2MPSK_OK) {
+      atomic_store_explicit(&c->token_ssl_ctx, s, memory_order_release);
+    } else {
+      SSL_CTX_free(s);
+      s = NULL;
+    }
+  }
+  if (s == NULL)
+    ERR_clear_error();
+  pthread_mutex_unlock(&mu);
+  return s;
 }
 
 #endif /* M2MPSK_TLS_OPENSSL_PRF_H */
