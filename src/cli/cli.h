@@ -62,6 +62,22 @@ int cli_parse_time(const char *s, int64_t *out);
 /* A Unix time as "YYYY-MM-DDTHH:MM:SSZ", or "-" for 0 (none). */
 void cli_fmt_time(int64_t t, char *out, size_t cap);
 
+/* One record of a key file line (keyline.c; built with the etcd or the
+ * PKCS#11 component): hold it in guarded memory and wipe it after use. */
+typedef struct cli_key_record {
+  char kpsa_id[M2MPSK_KPSA_ID_MAX + 1];
+  char ida[M2MPSK_ID_MAX + 1]; /* "" when none */
+  char idb[M2MPSK_ID_MAX + 1];
+  int64_t not_before, not_after; /* 0: unbounded */
+  size_t key_len;
+  uint8_t key[M2MPSK_KEY_MAX];
+} cli_key_record;
+
+/* Reads the fields of one line of a key file that the library's loader has
+ * already checked; tokenises `line` in place. 1 for a record, 0 for a
+ * blank or comment line, -1 malformed. */
+int cli_parse_key_line(char *line, cli_key_record *r);
+
 /* Writes all `len` bytes to `fd`, retrying after signals; 0 or -1. */
 int cli_write_all(int fd, const void *data, size_t len);
 

@@ -585,54 +585,23 @@ out:
 /* ---- import
  * ------------------------------------------------------------------- */
 
-/* One key file line into r (validated by a load beforehand). 1 for a
- * record, 0 for a blank or comment line, -1 malformed. */
-static int parse_line(char *line, char *id, etcd_record *r) {
+/* One key file line into id and r (cli_parse_key_line(), through `k`,
+ * guarded memory). 1 for a record, 0 for a blank or comment line, -1
+ * malformed. */
+static int parse_line(char *line, cli_key_record *k, char *id, etcd_record *r) {
   memset(r, 0, sizeof(*r));
-  id[0] = '\0';
-  char *save = NULL, *f;
-  for (f = strtok_r(line, " \t\r", &save); f != NULL;
-       f = strtok_r(NULL, " \t\r", &save)) {
-    if (f[0] == '#' && id[0] == '\0' && r->idb[0] == '\0')
-      return 0;
-    char *eq = strchr(f, '=');
-    if (eq == NULL)
-      return -1;
-    *eq = '\0';
-    const char *v = eq + 1;
-    size_t got = 0;
-    if (strcmp(f, "kpsa-id") == 0) {
-      snprintf(id, M2MPSK_KPSA_ID_MAX + 1, "%s", v);
-    } else if (strcmp(f, "idb") == 0) {
-      snprintf(r->idb, sizeof(r->idb), "%s", v);
-    } else if (strcmp(f, "ida") == 0) {
-      snprintf(r->ida, sizeof(r->ida), "%s", v);
-    } else if (strcmp(f, "not-before") == 0) {
-      if (cli_parse_time(v, &r->not_before) != 0)
-        return -1;
-    } else if (strcmp(f, "not-after") == 0) {
-      if (cli_parse_time(v, &r->not_after) != 0)
-        return -1;
-    } else if (strcmp(f, "kpsa") == 0) {
-      const char *end = NULL;
-      if (strncmp(v, "hex:", 4) == 0 &&
-          sodium_hex2bin(r->key, sizeof(r->key), v + 4, strlen(v + 4), NULL,
-                         &got, &end) == 0 &&
-          *end == '\0')
-        r->key_len = got;
-      else if (strncmp(v, "base64:", 7) == 0 &&
-               sodium_base642bin(r->key, sizeof(r->key), v + 7, strlen(v + 7),
-                                 NULL, &got, &end,
-                                 sodium_base64_VARIANT_ORIGINAL) == 0 &&
-               *end == '\0')
-        r->key_len = got;
-      else
-        return -1;
-    }
+  int got = cli_parse_key_line(line, k);
+  if (got == 1) {
+    memcpy(id, k->kpsa_id, sizeof(k->kpsa_id));
+    memcpy(r->ida, k->ida, sizeof(r->ida));
+    memcpy(r->idb, k->idb, sizeof(r->idb));
+    r->not_before = k->not_before;
+    r->not_after = k->not_after;
+    memcpy(r->key, k->key, k->key_len);
+    r->key_len = k->key_len;
   }
-  if (id[0] == '\0' && r->idb[0] == '\0' && r->key_len == 0)
-    return 0;
-  return id[0] && r->idb[0] && r->key_len ? 1 : -1;
+  sodium_memzero(k, sizeof(*k));
+  return got;
 }
 
 /* Import transactions in flight at once, each on its own connection: etcd
@@ -801,13 +770,14 @@ static int keys_import(etcd_client *c, const keys_args *a) {
     ok_alloc = pool.s[i].h != NULL && pool.s[i].body != NULL;
   }
   etcd_record *r = sodium_malloc(sizeof(*r));
+  cli_key_record *k = sodium_malloc(sizeof(*k));
   /* Lines are read through locked memory, wiped when freed. */
   const size_t rd_cap = 1 << 16;
   char *rd = sodium_malloc(rd_cap + 1);
   size_t rd_len = 0, rd_off = 0;
   int ex = CLI_OK;
   txn_slot *cur = NULL;
-  if (!ok_alloc || r == NULL || rd == NULL) {
+  if (!ok_alloc || r == NULL || k == NULL || rd == NULL) {
     cli_log("out of memory");
     ex = CLI_FAILED;
     goto out;
@@ -849,7 +819,7 @@ static int keys_import(etcd_client *c, const keys_args *a) {
       if (rd_off > rd_len) /* the last line: all consumed */
         rd_off = rd_len = 0;
       lineno++;
-      got = parse_line(line, id, r);
+      got = parse_line(line, k, id, r);
       if (got < 0) {
         cli_log("%s:%zu: malformed", a->keys_file, lineno);
         ex = CLI_IO;
@@ -894,6 +864,8 @@ out:
   pool_free(&pool);
   if (r)
     sodium_free(r);
+  if (k)
+    sodium_free(k);
   if (rd)
     sodium_free(rd);
   sodium_free(kek);

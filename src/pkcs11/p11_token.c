@@ -717,59 +717,6 @@ static int create_key(m2mpsk_p11_token *t, const m2mpsk_p11_record *r,
   return finish_record(t, h, r, err, cap);
 }
 
-/* One key file line (checked by the library's loader first) into r and
- * key: 1 a record, 0 blank or comment, -1 malformed. */
-static int parse_key_line(char *line, m2mpsk_p11_record *r, uint8_t *key,
-                          size_t *key_len) {
-  memset(r, 0, sizeof(*r));
-  *key_len = 0;
-  char *save = NULL, *f;
-  int any = 0;
-  for (f = strtok_r(line, " \t\r", &save); f != NULL;
-       f = strtok_r(NULL, " \t\r", &save)) {
-    if (f[0] == '#' && !any)
-      return 0;
-    any = 1;
-    char *eq = strchr(f, '=');
-    if (eq == NULL)
-      return -1;
-    *eq = '\0';
-    const char *v = eq + 1;
-    size_t got = 0;
-    const char *end = NULL;
-    if (strcmp(f, "kpsa-id") == 0) {
-      snprintf(r->kpsa_id, sizeof(r->kpsa_id), "%s", v);
-    } else if (strcmp(f, "idb") == 0) {
-      snprintf(r->idb, sizeof(r->idb), "%s", v);
-    } else if (strcmp(f, "ida") == 0) {
-      snprintf(r->ida, sizeof(r->ida), "%s", v);
-    } else if (strcmp(f, "not-before") == 0) {
-      if (cli_parse_time(v, &r->not_before) != 0)
-        return -1;
-    } else if (strcmp(f, "not-after") == 0) {
-      if (cli_parse_time(v, &r->not_after) != 0)
-        return -1;
-    } else if (strcmp(f, "kpsa") == 0) {
-      if (strncmp(v, "hex:", 4) == 0 &&
-          sodium_hex2bin(key, M2MPSK_KEY_MAX, v + 4, strlen(v + 4), NULL, &got,
-                         &end) == 0 &&
-          *end == '\0')
-        *key_len = got;
-      else if (strncmp(v, "base64:", 7) == 0 &&
-               sodium_base642bin(key, M2MPSK_KEY_MAX, v + 7, strlen(v + 7),
-                                 NULL, &got, &end,
-                                 sodium_base64_VARIANT_ORIGINAL) == 0 &&
-               *end == '\0')
-        *key_len = got;
-      else
-        return -1;
-    }
-  }
-  if (!any)
-    return 0;
-  return r->kpsa_id[0] && r->idb[0] && *key_len ? 1 : -1;
-}
-
 int m2mpsk_p11_import_file(m2mpsk_p11_token *t, const char *path,
                            int token_only, size_t *done, char *err,
                            size_t cap) {
@@ -799,9 +746,9 @@ int m2mpsk_p11_import_file(m2mpsk_p11_token *t, const char *path,
   setvbuf(fp, NULL, _IONBF, 0);
   const size_t line_cap = 4096 + 3;
   char *line = sodium_malloc(line_cap);
-  uint8_t *key = sodium_malloc(M2MPSK_KEY_MAX);
+  cli_key_record *k = sodium_malloc(sizeof(*k));
   m2mpsk_p11_record *r = malloc(sizeof(*r));
-  if (line == NULL || key == NULL || r == NULL) {
+  if (line == NULL || k == NULL || r == NULL) {
     rc = M2MPSK_E_NOMEM;
     goto out;
   }
@@ -809,8 +756,7 @@ int m2mpsk_p11_import_file(m2mpsk_p11_token *t, const char *path,
   while (fgets(line, (int)line_cap, fp) != NULL) {
     lineno++;
     line[strcspn(line, "\n")] = '\0';
-    size_t klen = 0;
-    int got = parse_key_line(line, r, key, &klen);
+    int got = cli_parse_key_line(line, k);
     if (got < 0) {
       rc = say(err, cap, M2MPSK_E_KEYFILE_SYNTAX, "%s:%zu: malformed", path,
                lineno);
@@ -818,9 +764,15 @@ int m2mpsk_p11_import_file(m2mpsk_p11_token *t, const char *path,
     }
     if (got == 0)
       continue;
+    memset(r, 0, sizeof(*r));
+    memcpy(r->kpsa_id, k->kpsa_id, sizeof(r->kpsa_id));
+    memcpy(r->ida, k->ida, sizeof(r->ida));
+    memcpy(r->idb, k->idb, sizeof(r->idb));
+    r->not_before = k->not_before;
+    r->not_after = k->not_after;
     r->token_only = token_only;
-    rc = create_key(t, r, key, klen, err, cap);
-    sodium_memzero(key, M2MPSK_KEY_MAX);
+    rc = create_key(t, r, k->key, k->key_len, err, cap);
+    sodium_memzero(k, sizeof(*k));
     if (rc != M2MPSK_OK)
       break;
     if (done != NULL)
@@ -830,8 +782,8 @@ out:
   fclose(fp);
   if (line != NULL)
     sodium_free(line);
-  if (key != NULL)
-    sodium_free(key);
+  if (k != NULL)
+    sodium_free(k);
   free(r);
   return rc;
 }
