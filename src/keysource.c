@@ -212,25 +212,35 @@ int m2mpsk_key_request_answered(const m2mpsk_key_request *req) {
   return atomic_load(&req->answered) != 0;
 }
 
+/* The keystore of a request still open (a reference to drop with
+ * m2mpsk_keystore_free()), or NULL: answered, or its keystore is gone. */
+static m2mpsk_keystore *open_request_keystore(m2mpsk_key_request *req) {
+  return atomic_load(&req->answered) ? NULL : request_keystore(req);
+}
+
+/* After the answer's record was added with status rc: closes the request
+ * when the keystore now has a record for it. The record first, then the
+ * close: an association that looks between the two still finds the
+ * request open and waits on it, and one that looks after finds the
+ * record. */
+static int supplied(m2mpsk_key_request *req, m2mpsk_keystore *ks, int rc) {
+  if (rc == M2MPSK_OK || rc == M2MPSK_E_DUPLICATE)
+    (void)close_request(ks, req);
+  m2mpsk_keystore_free(ks);
+  return rc;
+}
+
 int m2mpsk_key_request_supply(m2mpsk_key_request *req, const uint8_t *key,
                               size_t key_len, const char *ida, const char *idb,
                               int64_t not_before, int64_t not_after) {
   if (req == NULL || key == NULL || idb == NULL)
     return M2MPSK_E_INVALID;
-  if (atomic_load(&req->answered))
-    return M2MPSK_E_STATE;
-  m2mpsk_keystore *ks = request_keystore(req);
+  m2mpsk_keystore *ks = open_request_keystore(req);
   if (ks == NULL)
     return M2MPSK_E_STATE;
-  /* The record first, then the close: an association that looks between
-   * the two still finds the request open and waits on it, and one that
-   * looks after finds the record. */
-  int rc = m2mpsk_keystore_add(ks, req->kpsa_id, key, key_len, ida, idb,
-                               not_before, not_after);
-  if (rc == M2MPSK_OK || rc == M2MPSK_E_DUPLICATE)
-    (void)close_request(ks, req);
-  m2mpsk_keystore_free(ks);
-  return rc;
+  return supplied(req, ks,
+                  m2mpsk_keystore_add(ks, req->kpsa_id, key, key_len, ida, idb,
+                                      not_before, not_after));
 }
 
 int m2mpsk_key_request_supply_token_key(
@@ -240,27 +250,19 @@ int m2mpsk_key_request_supply_token_key(
     const char *idb, int64_t not_before, int64_t not_after) {
   if (req == NULL || idb == NULL || master_secret == NULL)
     return M2MPSK_E_INVALID;
-  if (atomic_load(&req->answered))
-    return M2MPSK_E_STATE;
-  m2mpsk_keystore *ks = request_keystore(req);
+  m2mpsk_keystore *ks = open_request_keystore(req);
   if (ks == NULL)
     return M2MPSK_E_STATE;
-  /* The record first, then the close, as m2mpsk_key_request_supply(). */
-  int rc = m2mpsk_keystore_add_token_key(ks, req->kpsa_id, key_len,
-                                         master_secret, release, ctx, ida, idb,
-                                         not_before, not_after);
-  if (rc == M2MPSK_OK || rc == M2MPSK_E_DUPLICATE)
-    (void)close_request(ks, req);
-  m2mpsk_keystore_free(ks);
-  return rc;
+  return supplied(req, ks,
+                  m2mpsk_keystore_add_token_key(
+                      ks, req->kpsa_id, key_len, master_secret, release, ctx,
+                      ida, idb, not_before, not_after));
 }
 
 int m2mpsk_key_request_absent(m2mpsk_key_request *req) {
   if (req == NULL)
     return M2MPSK_E_INVALID;
-  if (atomic_load(&req->answered))
-    return M2MPSK_E_STATE;
-  m2mpsk_keystore *ks = request_keystore(req);
+  m2mpsk_keystore *ks = open_request_keystore(req);
   if (ks == NULL)
     return M2MPSK_E_STATE;
   int rc = close_request(ks, req);
