@@ -39,6 +39,7 @@
 #include "link.h"
 #include "m2mpsk/m2mpsk.h"
 #include "memscan.h"
+#include "phash.h"
 
 #define NOW0 1000000u
 #define UNIX0 1800000000
@@ -88,46 +89,11 @@ static int read_full(int fd, void *p, size_t len) {
 /* ---- the token process ---------------------------------------------------
  */
 
-typedef const void *(*md_fn)(void);
-typedef unsigned char *(*hmac_fn)(const void *md, const void *key, int key_len,
-                                  const unsigned char *d, size_t n,
-                                  unsigned char *out, unsigned *out_len);
-
-/* RFC 5246 §5 P_hash(prefix || key, seed), its first out_len bytes. */
-static int p_hash(hmac_fn hmac, const void *md, const uint8_t *key,
-                  const uint8_t *prefix, size_t prefix_len, const uint8_t *seed,
-                  size_t seed_len, uint8_t *out, size_t out_len) {
-  uint8_t secret[MAX_PREFIX + KEY_LEN], a[64], buf[64 + MAX_SEED], block[64];
-  memcpy(secret, prefix, prefix_len);
-  memcpy(secret + prefix_len, key, KEY_LEN);
-  int sl = (int)(prefix_len + KEY_LEN);
-  unsigned hl = 0;
-  int ok = hmac(md, secret, sl, seed, seed_len, a, &hl) != NULL; /* A(1) */
-  for (size_t done = 0; ok && done < out_len;) {
-    memcpy(buf, a, hl);
-    memcpy(buf + hl, seed, seed_len);
-    unsigned bl = 0;
-    ok = hmac(md, secret, sl, buf, hl + seed_len, block, &bl) != NULL;
-    size_t n = out_len - done < bl ? out_len - done : bl;
-    memcpy(out + done, block, n);
-    done += n;
-    ok = ok && hmac(md, secret, sl, a, hl, a, &hl) != NULL; /* A(i+1) */
-  }
-  explicit_bzero(secret, sizeof(secret));
-  explicit_bzero(buf, sizeof(buf));
-  explicit_bzero(block, sizeof(block));
-  explicit_bzero(a, sizeof(a));
-  return ok ? 0 : -1;
-}
-
 /* The child's life; returns its exit status. */
 static int token_main(int fd) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);
-  void *h = dlopen("libcrypto.so.3", RTLD_NOW | RTLD_LOCAL);
-  hmac_fn hmac = h ? (hmac_fn)dlsym(h, "HMAC") : NULL;
-  md_fn sha256 = h ? (md_fn)dlsym(h, "EVP_sha256") : NULL;
-  md_fn sha384 = h ? (md_fn)dlsym(h, "EVP_sha384") : NULL;
-  uint8_t ready = hmac && sha256 && sha384;
+  m2mt_hmac hm;
+  uint8_t ready = m2mt_hmac_load(&hm) == 0;
   if (write_full(fd, &ready, 1) != 0 || !ready)
     return ready ? 2 : 0;
 
@@ -169,12 +135,9 @@ static int token_main(int fd) {
         ol > MAX_OUT)
       return 7;
     digest[dl] = '\0';
-    const void *md = strcmp(digest, "SHA384") == 0   ? sha384()
-                     : strcmp(digest, "SHA256") == 0 ? sha256()
-                                                     : NULL;
     uint8_t out[MAX_OUT];
     int32_t st =
-        md == NULL ? -1 : p_hash(hmac, md, key, prefix, pl, seed, sl, out, ol);
+        m2mt_p_hash(&hm, digest, prefix, pl, key, KEY_LEN, seed, sl, out, ol);
     explicit_bzero(prefix, pl);
     computed += st == 0;
     if (write_full(fd, &st, sizeof(st)) != 0 ||

@@ -14,6 +14,7 @@
 
 #include "link.h"
 #include "m2mpsk/m2mpsk.h"
+#include "phash.h"
 
 /* A sanitizer build loads the engines without RTLD_DEEPBIND, where the
  * BoringSSL module must not share a process with libcrypto.so.3
@@ -30,23 +31,15 @@
 
 /* ---- HMAC from libcrypto.so.3, kept out of the global scope -------------- */
 
-typedef const void *(*md_fn)(void);
-typedef unsigned char *(*hmac_fn)(const void *md, const void *key, int key_len,
-                                  const unsigned char *d, size_t n,
-                                  unsigned char *out, unsigned *out_len);
-static hmac_fn p_hmac;
-static md_fn p_sha256, p_sha384;
+static m2mt_hmac g_hmac;
 
 static void crypto_load(void) {
-  if (p_hmac != NULL)
+  if (g_hmac.hmac != NULL)
     return;
-  void *h = dlopen("libcrypto.so.3", RTLD_NOW | RTLD_LOCAL);
-  if (h == NULL)
-    cr_skip_test("libcrypto.so.3 not loadable: %s", dlerror());
-  p_hmac = (hmac_fn)dlsym(h, "HMAC");
-  p_sha256 = (md_fn)dlsym(h, "EVP_sha256");
-  p_sha384 = (md_fn)dlsym(h, "EVP_sha384");
-  cr_assert(p_hmac && p_sha256 && p_sha384);
+  if (m2mt_hmac_load(&g_hmac) != 0)
+    cr_skip_test("libcrypto.so.3 (HMAC, EVP_sha256, EVP_sha384) not "
+                 "loadable: %s",
+                 dlerror());
 }
 
 /* ---- the stand-in token ---------------------------------------------------
@@ -74,29 +67,8 @@ static int soft_master_secret(void *ctx, const char *digest,
   t->last_out_len = out_len;
   if (t->fail)
     return -1;
-  const void *md = strcmp(digest, "SHA384") == 0   ? p_sha384()
-                   : strcmp(digest, "SHA256") == 0 ? p_sha256()
-                                                   : NULL;
-  if (md == NULL || prefix_len + t->key_len > 1024 || seed_len > 1024)
-    return -1;
-  uint8_t secret[1100], a[64], buf[64 + 1024], block[64];
-  memcpy(secret, prefix, prefix_len);
-  memcpy(secret + prefix_len, t->key, t->key_len);
-  int sl = (int)(prefix_len + t->key_len);
-  unsigned hl = 0;
-  p_hmac(md, secret, sl, seed, seed_len, a, &hl); /* A(1) */
-  for (size_t done = 0; done < out_len;) {
-    memcpy(buf, a, hl);
-    memcpy(buf + hl, seed, seed_len);
-    unsigned bl = 0;
-    p_hmac(md, secret, sl, buf, hl + seed_len, block, &bl);
-    size_t n = out_len - done < bl ? out_len - done : bl;
-    memcpy(out + done, block, n);
-    done += n;
-    p_hmac(md, secret, sl, a, hl, a, &hl); /* A(i+1) */
-  }
-  memset(secret, 0, sizeof(secret));
-  return 0;
+  return m2mt_p_hash(&g_hmac, digest, prefix, prefix_len, t->key, t->key_len,
+                     seed, seed_len, out, out_len);
 }
 
 static void soft_release(void *ctx) {
