@@ -17,9 +17,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "support"))
+from serve_proc import ServeProcess  # noqa: E402
 
 M2MPSK = os.path.abspath(sys.argv[1])
 IDB = "//m2m.example.com/cse-in"
@@ -47,56 +50,12 @@ def keygen(path, kpsa_id=KPSA_ID, ida=IDA, extra=()):
     return r.stdout.decode().strip()
 
 
-class Server:
+class Server(ServeProcess):
     """m2mpsk serve in the background; waits for its listening line."""
 
     def __init__(self, keys, *extra, listen="127.0.0.1"):
-        self.proc = subprocess.Popen(
-            [M2MPSK, "serve", "--keys", keys, "--id", IDB, "--listen", listen,
-             *extra], stderr=subprocess.PIPE, start_new_session=True)
-        self.lines = []
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            line = self.proc.stderr.readline().decode()
-            if not line:
-                break
-            self.lines.append(line)
-            m = re.search(r"listening on (\S+):(\d+)", line)
-            if m:
-                self.port = int(m.group(2))
-                # The rest is read as it comes: a full pipe would stop a
-                # server that logs much (a refused client per line).
-                self.reader = threading.Thread(target=self._read,
-                                               daemon=True)
-                self.reader.start()
-                return
-        self.kill()
-        raise AssertionError("serve did not start: %r" % self.lines)
-
-    def _read(self):
-        for line in iter(self.proc.stderr.readline, b""):
-            self.lines.append(line.decode())
-
-    def finish(self, timeout=10):
-        """Waits for exit (--once) and returns (exit code, log lines)."""
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
-        self.reader.join(timeout)
-        return self.proc.returncode, list(self.lines)
-
-    def stop(self):
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        return self.finish()
-
-    def kill(self):
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=5)
+        super().__init__([M2MPSK, "serve", "--keys", keys, "--id", IDB,
+                          "--listen", listen, *extra])
 
 
 def free_port(kind=socket.SOCK_STREAM):

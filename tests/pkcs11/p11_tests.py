@@ -24,6 +24,10 @@ import threading
 import time
 import traceback
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "support"))
+from serve_proc import ServeProcess  # noqa: E402
+
 M2MPSK = os.path.abspath(sys.argv[1])
 MODULE = os.environ.get("M2MPSK_SOFTHSM2_MODULE",
                         "/usr/lib/softhsm/libsofthsm2.so")
@@ -149,50 +153,22 @@ def key_file(path, records):
     return path
 
 
-class Server:
+class Server(ServeProcess):
     """m2mpsk serve --keys pkcs11:... in the background."""
 
     def __init__(self, tok, *extra):
-        self.proc = subprocess.Popen(
+        super().__init__(
             [M2MPSK, "serve", "--keys", "pkcs11:" + tok.spec, "--pin-file",
              tok.pin_file, "--id", IDB, "--listen", "127.0.0.1", *tok.extra,
-             *extra],
-            stderr=subprocess.PIPE, env=tok.env, start_new_session=True)
-        self.lines = []
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            line = self.proc.stderr.readline().decode()
-            if not line:
-                break
-            self.lines.append(line)
-            m = re.search(r"listening on (\S+):(\d+)", line)
-            if m:
-                self.port = int(m.group(2))
-                self.reader = threading.Thread(target=self._read,
-                                               daemon=True)
-                self.reader.start()
-                return
-        self.kill()
-        raise AssertionError("serve did not start: %r" % self.lines)
-
-    def _read(self):
-        for line in iter(self.proc.stderr.readline, b""):
-            self.lines.append(line.decode())
+             *extra], env=tok.env, start_timeout=15)
 
     def stop(self):
-        os.killpg(self.proc.pid, signal.SIGTERM)
+        """SIGTERM; the exit code. Its log joins what no output may hold."""
         try:
-            self.proc.wait(timeout=10)
+            code, _ = super().stop()
         finally:
-            self.kill()
-        self.reader.join(5)
-        OUTPUTS.append((("serve",), "".join(self.lines).encode()))
-        return self.proc.returncode
-
-    def kill(self):
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=5)
+            OUTPUTS.append((("serve",), "".join(self.lines).encode()))
+        return code
 
 
 def wait_log(srv, pattern, timeout=10, start=0):
