@@ -720,17 +720,33 @@ static int reap(pid_t pid, double timeout)
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+/* "ping" from the client, "pong" from the server, over an established SSL. */
+static int ping_pong(SSL *s, int server)
+{
+    char buf[64];
+    int n;
+
+    if (server) {
+        n = SSL_read(s, buf, sizeof buf);
+        return n == 4 && memcmp(buf, "ping", 4) == 0 && SSL_write(s, "pong", 4) == 4;
+    }
+    if (SSL_write(s, "ping", 4) != 4)
+        return 0;
+    n = SSL_read(s, buf, sizeof buf);
+    return n == 4 && memcmp(buf, "pong", 4) == 0;
+}
+
 /* The peer process: Kpsa from the hex file, one handshake on fd, data. */
 static int peer_main(int fd, int dtls, int server, const char *suite, const char *keyfile)
 {
-    char hex[80] = { 0 }, buf[64];
+    char hex[80] = { 0 };
     long klen = 0;
     unsigned char *key;
     FILE *f = fopen(keyfile, "r");
     SSL_CTX *c;
     SSL *s;
     BIO *b;
-    int ok = 0, n;
+    int ok = 0;
 
     if (f == NULL || fgets(hex, sizeof hex, f) == NULL)
         return 2;
@@ -744,16 +760,7 @@ static int peer_main(int fd, int dtls, int server, const char *suite, const char
     s = SSL_new(c);
     b = dtls ? dgram_bio(fd) : BIO_new_socket(fd, BIO_CLOSE);
     SSL_set_bio(s, b, b);
-    if ((server ? SSL_accept(s) : SSL_connect(s)) == 1) {
-        if (server) {
-            n = SSL_read(s, buf, sizeof buf);
-            ok = n == 4 && memcmp(buf, "ping", 4) == 0 && SSL_write(s, "pong", 4) == 4;
-        } else {
-            ok = SSL_write(s, "ping", 4) == 4;
-            n = SSL_read(s, buf, sizeof buf);
-            ok = ok && n == 4 && memcmp(buf, "pong", 4) == 0;
-        }
-    }
+    ok = (server ? SSL_accept(s) : SSL_connect(s)) == 1 && ping_pong(s, server);
     SSL_free(s);
     SSL_CTX_free(c);
     OPENSSL_clear_free(key, (size_t)klen);
@@ -766,8 +773,7 @@ static int our_side(int fd, int dtls, int server, const char *suite, int noems, 
     SSL_CTX *c = make_ctx(dtls, server, suite, noems, PRF_TOKEN);
     SSL *s;
     BIO *b;
-    char buf[64];
-    int ok = 0, n;
+    int ok = 0;
     struct timeval tv = { 10, 0 };
 
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
@@ -780,14 +786,7 @@ static int our_side(int fd, int dtls, int server, const char *suite, int noems, 
     SSL_set_bio(s, b, b);
     if ((server ? SSL_accept(s) : SSL_connect(s)) == 1) {
         *ems = (int)SSL_get_extms_support(s);
-        if (server) {
-            n = SSL_read(s, buf, sizeof buf);
-            ok = n == 4 && memcmp(buf, "ping", 4) == 0 && SSL_write(s, "pong", 4) == 4;
-        } else {
-            ok = SSL_write(s, "ping", 4) == 4;
-            n = SSL_read(s, buf, sizeof buf);
-            ok = ok && n == 4 && memcmp(buf, "pong", 4) == 0;
-        }
+        ok = ping_pong(s, server);
     }
     ERR_clear_error();
     SSL_free(s);
