@@ -383,6 +383,7 @@ static int backend_ctx_setup(m2mpsk_engine_ctx *c, SSL_CTX *s,
     return M2MPSK_E_INTERNAL;
   /* No renegotiation, no compression either. */
   SSL_CTX_set_options(s, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+  SSL_CTX_set_mode(s, SSL_MODE_RELEASE_BUFFERS);
   /* The first context: keep its list for a token context (made later,
    * openssl_prf.h), which shares the cookie secret drawn here. */
   int first = c->suites == NULL;
