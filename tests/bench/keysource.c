@@ -932,7 +932,7 @@ int main(int argc, char **argv) {
                .transports = 3,
                .suites = 3};
   pp.n_conc = parse_list("50,200,1000,2000,4000", pp.conc, MAX_CONC);
-  pp.n_conc_o = parse_list("50,200,500,1000", pp.conc_o, MAX_CONC);
+  pp.n_conc_o = parse_list("50,200,500,1000,2000", pp.conc_o, MAX_CONC);
   for (int i = 1; i < argc; i++) {
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (strcmp(argv[i], "--quick") == 0) {
