@@ -88,9 +88,12 @@ typedef struct m2mpsk_p11_record {
   int64_t not_before, not_after; /* 0: unbounded */
   int revoked;
   int token_only;
-  int has_key;    /* the key object is there */
-  size_t key_len; /* CKA_VALUE's size, or a token-only key's
-                     CKA_VALUE_LEN; 0 when unknown */
+  int has_key;              /* the key object is there */
+  size_t key_len;           /* CKA_VALUE's size, or a token-only key's
+                               CKA_VALUE_LEN; 0 when unknown */
+  unsigned long key_object; /* the key object's handle; 0 when none. A
+                               record deleted and made again under the
+                               same KpsaID has a new one. */
 } m2mpsk_p11_record;
 
 /* Generates a Kpsa of key_len bytes (16..64; 0: 32) inside the token with

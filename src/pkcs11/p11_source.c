@@ -17,7 +17,8 @@
 
 typedef struct supplied_rec {
   char *id;
-  int token_only; /* supplied as a token key */
+  int token_only;           /* supplied as a token key */
+  unsigned long key_object; /* the key object's handle when supplied */
 } supplied_rec;
 
 struct m2mpsk_p11_source {
@@ -98,11 +99,14 @@ static void list_free(char **l, size_t n) {
   free(l);
 }
 
-/* Watches id (once; the kind of its latest supply); 0 or -1. */
-static int watch(m2mpsk_p11_source *s, const char *id, int token_only) {
+/* Watches id (once; the kind and key object of its latest supply); 0 or
+ * -1. */
+static int watch(m2mpsk_p11_source *s, const m2mpsk_p11_record *r) {
+  const char *id = r->kpsa_id;
   for (size_t i = 0; i < s->n_supplied; i++)
     if (strcmp(s->supplied[i].id, id) == 0) {
-      s->supplied[i].token_only = token_only;
+      s->supplied[i].token_only = r->token_only;
+      s->supplied[i].key_object = r->key_object;
       return 0;
     }
   if (s->n_supplied == s->cap_supplied) {
@@ -115,7 +119,8 @@ static int watch(m2mpsk_p11_source *s, const char *id, int token_only) {
   }
   if ((s->supplied[s->n_supplied].id = strdup(id)) == NULL)
     return -1;
-  s->supplied[s->n_supplied++].token_only = token_only;
+  s->supplied[s->n_supplied].token_only = r->token_only;
+  s->supplied[s->n_supplied++].key_object = r->key_object;
   return 0;
 }
 
@@ -157,7 +162,7 @@ static int supply_token_key(m2mpsk_p11_source *s, m2mpsk_key_request *req,
       r->ida[0] ? r->ida : NULL, r->idb, r->not_before, r->not_after);
   if (rc != M2MPSK_OK)
     p11_tk_release(ctx); /* on every error the caller keeps it */
-  if (rc == M2MPSK_OK && watch(s, id, 1) != 0) {
+  if (rc == M2MPSK_OK && watch(s, r) != 0) {
     /* Not watched means not revocable from the token: drop it. */
     ignore(m2mpsk_keystore_remove(s->ks, id));
     return 0;
@@ -186,7 +191,7 @@ static int answer(m2mpsk_p11_source *s, m2mpsk_key_request *req, uint8_t *key) {
         m2mpsk_key_request_supply(req, key, r.key_len, r.ida[0] ? r.ida : NULL,
                                   r.idb, r.not_before, r.not_after);
     supplied = src == M2MPSK_OK || src == M2MPSK_E_DUPLICATE;
-    if (src == M2MPSK_OK && watch(s, id, 0) != 0) {
+    if (src == M2MPSK_OK && watch(s, &r) != 0) {
       /* Not watched means not revocable from the token: drop it. */
       ignore(m2mpsk_keystore_remove(s->ks, id));
       supplied = 0;
@@ -236,6 +241,11 @@ static int rescan(m2mpsk_p11_source *s) {
       why = "its key object is gone";
     else if (rc == M2MPSK_OK && r.token_only != was_token_only)
       why = r.token_only ? "now token-only" : "now readable";
+    else if (rc == M2MPSK_OK && r.key_object != s->supplied[i].key_object)
+      /* Deleted and made again under the same KpsaID: the keystore's
+       * copy (or the associations keyed with the old token key) must
+       * go; the next handshake asks for the new one. */
+      why = "its key object was replaced";
     if (why == NULL) {
       /* Present, or the token did not answer: keep it (an I/O error is
        * logged; the next poll tries again). */

@@ -905,11 +905,13 @@ static int read_key(m2mpsk_p11_token *t, m2mpsk_p11_record *r, uint8_t *key,
                     char *err, size_t cap) {
   CK_OBJECT_HANDLE *hs;
   size_t n;
+  r->key_object = 0;
   int rc = find_by_label(t, 0, r->kpsa_id, &hs, &n, err, cap);
   if (rc != M2MPSK_OK)
     return rc;
   r->has_key = n > 0;
   CK_OBJECT_HANDLE h = n > 0 ? hs[0] : 0;
+  r->key_object = (unsigned long)h;
   free(hs);
   if (n > 1)
     return say(err, cap, M2MPSK_E_PROTOCOL, "more than one key object");

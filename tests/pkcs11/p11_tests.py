@@ -426,6 +426,62 @@ def delete_ends_a_live_association(tmp):
     revoke_ends_live(tmp, "delete")
 
 
+def replaced_record_takes_over(tmp, tok=None, token_only=False):
+    """A record deleted and made again under the same KpsaID with another
+    key: the live association keyed with the old one ends, the next
+    handshake gets the new key, and the old key no longer works."""
+    tok = tok or Token(tmp)
+    kid = "rot@m2m.example.com"
+    only = ["--token-only"] if token_only else []
+    old = key_file(os.path.join(tmp, "old"), [(kid, os.urandom(32), IDA)])
+    new = key_file(os.path.join(tmp, "new"), [(kid, os.urandom(32), IDA)])
+    tok.keys("import", "--keys-file", old, *only)
+    srv = Server(tok)
+    conn = None
+    try:
+        conn = subprocess.Popen(
+            [M2MPSK, "connect", "127.0.0.1:%d" % srv.port, "--keys", old,
+             "--kpsa-id", kid],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, env=tok.env, start_new_session=True)
+        wait_log(srv, r"association peer=\S+ kpsa-id=rot@m2m\.example\.com ")
+        conn.stdin.write(b"ping\n")
+        conn.stdin.flush()
+        assert conn.stdout.readline() == b"ping\n"
+        mark = len(srv.lines)
+        # Stopped while the record is replaced, so that its poll sees the
+        # new record, never a missing one (which `delete` covers).
+        os.kill(srv.proc.pid, signal.SIGSTOP)
+        try:
+            tok.keys("delete", "--kpsa-id", kid)
+            tok.keys("import", "--keys-file", new, *only)
+        finally:
+            os.kill(srv.proc.pid, signal.SIGCONT)
+        try:
+            conn.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the old key's association outlived the "
+                                 "replacement by 5 s: %r" % srv.lines[mark:])
+        wait_log(srv, r"keys: pkcs11: removed rot@m2m\.example\.com "
+                 r"\(its key object was replaced\)", start=mark)
+        r = connect(tok, srv, new, kid)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == b"hello over pkcs11\n", r.stdout
+        r = connect(tok, srv, old, kid)
+        assert r.returncode == 1, r.stderr
+        assert srv.stop() == 0
+    finally:
+        if conn is not None and conn.poll() is None:
+            os.killpg(conn.pid, signal.SIGKILL)
+            conn.wait(timeout=5)
+        srv.kill()
+
+
+@case
+def replaced_record_takes_over_the_kpsa_id(tmp):
+    replaced_record_takes_over(tmp)
+
+
 @case
 def usage_pin_and_token_errors(tmp):
     tok = Token(tmp)
@@ -723,6 +779,11 @@ def softhsm_interop_with_unmodified_peers(tmp):
 @nss_case
 def nss_revoke_ends_a_live_token_only_association(tmp):
     revoke_ends_live(tmp, "revoke", tok=NssToken(tmp), token_only=True)
+
+
+@nss_case
+def nss_replaced_token_only_record_takes_over(tmp):
+    replaced_record_takes_over(tmp, tok=NssToken(tmp), token_only=True)
 
 
 @nss_case
