@@ -147,8 +147,19 @@ func (a *Association) HandleTimeout(nowMs int64) error {
 	return a.do(func(h capi.Association) { h.Handle_timeout(nowMs) })
 }
 
-// State is STATE_IDLE, STATE_HANDSHAKING, STATE_ESTABLISHED, STATE_CLOSED
-// or STATE_FAILED (also for a closed handle).
+// Resume goes on with a handshake in STATE_WAITING_KEY once its key
+// request is answered (Conn does this itself): the input that waited
+// reaches the TLS engine, or a client queues its ClientHello; Drain
+// afterwards. While the request is open it does nothing. Errors: E_STATE
+// (not waiting for a key), E_FAILED (the record is absent for a client,
+// or the input that waited failed the handshake).
+func (a *Association) Resume(nowMs int64) error {
+	return a.do(func(h capi.Association) { h.Resume(nowMs) })
+}
+
+// State is STATE_IDLE, STATE_HANDSHAKING, STATE_WAITING_KEY (its
+// keystore's key source is asked for the record), STATE_ESTABLISHED,
+// STATE_CLOSED or STATE_FAILED (also for a closed handle).
 func (a *Association) State() int {
 	s := STATE_FAILED
 	_ = a.do(func(h capi.Association) { s = h.State() })

@@ -282,6 +282,17 @@ func (c *Conn) handshake(ctx context.Context) error {
 			c.state.PeerKind = peerKindOf(c.state.PeerID, c.state.PeerIsCredential)
 			return nil
 		case STATE_HANDSHAKING:
+		case STATE_WAITING_KEY:
+			// The keystore's source is asked for the record (keysource.go);
+			// the peer's bytes past its identity wait in the association.
+			if err := c.waitKey(ctx, a, deadline); err != nil {
+				return err
+			}
+			if err := a.Resume(Now()); err != nil {
+				_ = c.flush() // the alert, if one is queued
+				return err
+			}
+			continue
 		default:
 			return c.failure(a)
 		}
@@ -330,6 +341,22 @@ func (c *Conn) handshake(ctx context.Context) error {
 }
 
 // ctxErr prefers ctx's error to the one its cancellation caused.
+// waitKey waits until a's key request is answered, ctx is done or the
+// handshake's deadline passes; at the deadline the library fails a as
+// timed out, as it does for a silent peer.
+func (c *Conn) waitKey(ctx context.Context, a *Association, deadline time.Time) error {
+	st, err := c.cfg.build()
+	if err != nil {
+		return err
+	}
+	err = st.ks.awaitKey(ctx, a, deadline)
+	if e := asError(err); e != nil && e.Reason == REASON_TIMEOUT {
+		_ = a.HandleTimeout(Now() + c.cfg.handshakeTimeout().Milliseconds())
+		_ = c.flush()
+	}
+	return err
+}
+
 func (c *Conn) ctxErr(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return ctx.Err()

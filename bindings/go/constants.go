@@ -60,6 +60,7 @@ var (
 	STATE_ESTABLISHED                        = int(capi.STATE_ESTABLISHED)
 	STATE_CLOSED                             = int(capi.STATE_CLOSED)
 	STATE_FAILED                             = int(capi.STATE_FAILED)
+	STATE_WAITING_KEY                        = int(capi.STATE_WAITING_KEY)
 	REASON_NONE                              = int(capi.REASON_NONE)
 	REASON_UNKNOWN_IDENTITY                  = int(capi.REASON_UNKNOWN_IDENTITY)
 	REASON_BAD_KEY                           = int(capi.REASON_BAD_KEY)

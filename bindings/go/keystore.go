@@ -20,6 +20,11 @@ var liveHandles atomic.Int64
 type Keystore struct {
 	mu sync.RWMutex
 	h  capi.Keystore // nil once closed
+
+	// The key source (keysource.go) and, per KpsaID, the request open.
+	srcMu sync.Mutex
+	src   KeySource
+	waits map[string]*keyWait
 }
 
 // NewKeystore creates an empty keystore. With requireLocked, adding a key
