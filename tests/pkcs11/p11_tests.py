@@ -13,6 +13,7 @@ time; every server started is killed. After each case, the output of every
 m2mpsk command it ran is searched for the PIN and for every key's hex:
 neither may appear.
 """
+import contextlib
 import os
 import re
 import shutil
@@ -373,6 +374,28 @@ def wrapped_import_unwraps_inside_the_token(tmp):
         srv.kill()
 
 
+@contextlib.contextmanager
+def live_association(tok, srv, keys, kpsa_id):
+    """An `m2mpsk connect` kept open with kpsa_id's key from keys, its
+    association established and echoing; killed on the way out if the
+    case did not see it end."""
+    conn = subprocess.Popen(
+        [M2MPSK, "connect", "127.0.0.1:%d" % srv.port, "--keys", keys,
+         "--kpsa-id", kpsa_id],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env=tok.env, start_new_session=True)
+    try:
+        wait_log(srv, r"association peer=\S+ kpsa-id=%s " % re.escape(kpsa_id))
+        conn.stdin.write(b"ping\n")
+        conn.stdin.flush()
+        assert conn.stdout.readline() == b"ping\n"
+        yield conn
+    finally:
+        if conn.poll() is None:
+            os.killpg(conn.pid, signal.SIGKILL)
+            conn.wait(timeout=5)
+
+
 def revoke_ends_live(tmp, sub, tok=None, token_only=False):
     tok = tok or Token(tmp)
     keys = key_file(os.path.join(tmp, "keys"),
@@ -380,39 +403,28 @@ def revoke_ends_live(tmp, sub, tok=None, token_only=False):
     tok.keys("import", "--keys-file", keys,
              *(["--token-only"] if token_only else []))
     srv = Server(tok)
-    conn = None
     try:
-        conn = subprocess.Popen(
-            [M2MPSK, "connect", "127.0.0.1:%d" % srv.port, "--keys", keys,
-             "--kpsa-id", "live@m2m.example.com"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, env=tok.env, start_new_session=True)
-        wait_log(srv, r"association peer=\S+ kpsa-id=live@m2m\.example\.com ")
-        conn.stdin.write(b"ping\n")
-        conn.stdin.flush()
-        assert conn.stdout.readline() == b"ping\n"
-        mark = len(srv.lines)
-        t0 = time.monotonic()
-        tok.keys(sub, "--kpsa-id", "live@m2m.example.com")
-        try:
-            conn.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            raise AssertionError("the association outlived `keys %s` by 5 s: "
-                                 "%r" % (sub, srv.lines[mark:]))
-        dt = time.monotonic() - t0
-        print("  %s: the association ended %.0f ms after the command started"
-              % (sub, dt * 1000))
-        assert dt < 2.5, dt
-        wait_log(srv, r"keys: pkcs11: removed live@m2m\.example\.com", start=mark)
-        wait_log(srv, r"failure peer=\S+ reason=revoked", start=mark)
-        # And new handshakes fail.
-        r = connect(tok, srv, keys, "live@m2m.example.com")
-        assert r.returncode == 1, r.stderr
-        srv.stop()
+        with live_association(tok, srv, keys, "live@m2m.example.com") as conn:
+            mark = len(srv.lines)
+            t0 = time.monotonic()
+            tok.keys(sub, "--kpsa-id", "live@m2m.example.com")
+            try:
+                conn.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                raise AssertionError("the association outlived `keys %s` by "
+                                     "5 s: %r" % (sub, srv.lines[mark:]))
+            dt = time.monotonic() - t0
+            print("  %s: the association ended %.0f ms after the command "
+                  "started" % (sub, dt * 1000))
+            assert dt < 2.5, dt
+            wait_log(srv, r"keys: pkcs11: removed live@m2m\.example\.com",
+                     start=mark)
+            wait_log(srv, r"failure peer=\S+ reason=revoked", start=mark)
+            # And new handshakes fail.
+            r = connect(tok, srv, keys, "live@m2m.example.com")
+            assert r.returncode == 1, r.stderr
+            srv.stop()
     finally:
-        if conn is not None and conn.poll() is None:
-            os.killpg(conn.pid, signal.SIGKILL)
-            conn.wait(timeout=5)
         srv.kill()
 
 
@@ -437,43 +449,31 @@ def replaced_record_takes_over(tmp, tok=None, token_only=False):
     new = key_file(os.path.join(tmp, "new"), [(kid, os.urandom(32), IDA)])
     tok.keys("import", "--keys-file", old, *only)
     srv = Server(tok)
-    conn = None
     try:
-        conn = subprocess.Popen(
-            [M2MPSK, "connect", "127.0.0.1:%d" % srv.port, "--keys", old,
-             "--kpsa-id", kid],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, env=tok.env, start_new_session=True)
-        wait_log(srv, r"association peer=\S+ kpsa-id=rot@m2m\.example\.com ")
-        conn.stdin.write(b"ping\n")
-        conn.stdin.flush()
-        assert conn.stdout.readline() == b"ping\n"
-        mark = len(srv.lines)
-        # Stopped while the record is replaced, so that its poll sees the
-        # new record, never a missing one (which `delete` covers).
-        os.kill(srv.proc.pid, signal.SIGSTOP)
-        try:
-            tok.keys("delete", "--kpsa-id", kid)
-            tok.keys("import", "--keys-file", new, *only)
-        finally:
-            os.kill(srv.proc.pid, signal.SIGCONT)
-        try:
-            conn.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            raise AssertionError("the old key's association outlived the "
-                                 "replacement by 5 s: %r" % srv.lines[mark:])
-        wait_log(srv, r"keys: pkcs11: removed rot@m2m\.example\.com "
-                 r"\(its key object was replaced\)", start=mark)
-        r = connect(tok, srv, new, kid)
-        assert r.returncode == 0, r.stderr
-        assert r.stdout == b"hello over pkcs11\n", r.stdout
-        r = connect(tok, srv, old, kid)
-        assert r.returncode == 1, r.stderr
-        assert srv.stop() == 0
+        with live_association(tok, srv, old, kid) as conn:
+            mark = len(srv.lines)
+            # Stopped while the record is replaced, so that its poll sees the
+            # new record, never a missing one (which `delete` covers).
+            os.kill(srv.proc.pid, signal.SIGSTOP)
+            try:
+                tok.keys("delete", "--kpsa-id", kid)
+                tok.keys("import", "--keys-file", new, *only)
+            finally:
+                os.kill(srv.proc.pid, signal.SIGCONT)
+            try:
+                conn.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                raise AssertionError("the old key's association outlived the "
+                                     "replacement by 5 s: %r" % srv.lines[mark:])
+            wait_log(srv, r"keys: pkcs11: removed rot@m2m\.example\.com "
+                     r"\(its key object was replaced\)", start=mark)
+            r = connect(tok, srv, new, kid)
+            assert r.returncode == 0, r.stderr
+            assert r.stdout == b"hello over pkcs11\n", r.stdout
+            r = connect(tok, srv, old, kid)
+            assert r.returncode == 1, r.stderr
+            assert srv.stop() == 0
     finally:
-        if conn is not None and conn.poll() is None:
-            os.killpg(conn.pid, signal.SIGKILL)
-            conn.wait(timeout=5)
         srv.kill()
 
 
