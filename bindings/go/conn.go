@@ -350,7 +350,7 @@ func (c *Conn) waitKey(ctx context.Context, a *Association, deadline time.Time) 
 		return err
 	}
 	err = st.ks.awaitKey(ctx, a, deadline)
-	if e := asError(err); e != nil && e.Reason == REASON_TIMEOUT {
+	if errors.Is(err, &Error{Code: E_FAILED, Reason: REASON_TIMEOUT}) {
 		_ = a.HandleTimeout(Now() + c.cfg.handshakeTimeout().Milliseconds())
 		_ = c.flush()
 	}

@@ -2,6 +2,7 @@ package m2mpsk
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -154,7 +155,7 @@ func (r *KeyRequest) Supply(key []byte, ida, idb string, notBefore, notAfter int
 		defer catch(&err)
 		r.h.Supply(key, ida, idb, notBefore, notAfter)
 	}()
-	if e := asError(err); err == nil || (e != nil && e.Code == E_DUPLICATE) {
+	if err == nil || errors.Is(err, &Error{Code: E_DUPLICATE}) {
 		r.finishLocked()
 	}
 	return err
@@ -175,8 +176,8 @@ func (r *KeyRequest) Absent() (err error) {
 	}()
 	// E_STATE: answered otherwise (its source turned off); done either way.
 	r.finishLocked()
-	if e := asError(err); e != nil && e.Code == E_STATE {
-		err = nil
+	if errors.Is(err, ErrState) {
+		return nil
 	}
 	return err
 }

@@ -2,6 +2,7 @@ package m2mpsk
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -48,22 +49,31 @@ func (db *fakeDB) count(id string) int {
 // keyFor is the key of device i, the same on both sides.
 func keyFor(i int) []byte { return bytes.Repeat([]byte{byte(0x30 + i)}, 32) }
 
-// sourcedServer is a TLS listener whose keystore starts empty and asks db.
-func sourcedServer(t *testing.T, db *fakeDB, timeout time.Duration) (net.Listener, *Keystore) {
+// sourcedKeystore is an empty keystore that asks src.
+func sourcedKeystore(t *testing.T, src KeySource) *Keystore {
 	t.Helper()
 	ks, err := NewKeystore(false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := ks.SetKeySource(db.source, 64); err != nil {
+	t.Cleanup(func() { ks.Close() })
+	if err := ks.SetKeySource(src, 64); err != nil {
 		t.Fatal(err)
 	}
+	return ks
+}
+
+// sourcedServer is a TLS listener serving testIdB from a keystore that
+// starts empty and asks src.
+func sourcedServer(t *testing.T, src KeySource, timeout time.Duration) (net.Listener, *Keystore) {
+	t.Helper()
+	ks := sourcedKeystore(t, src)
 	srv := &Config{Keystore: ks, LocalID: testIdB, HandshakeTimeout: timeout}
 	l, err := Listen("tcp", "127.0.0.1:0", srv)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { l.Close(); srv.Close(); ks.Close() })
+	t.Cleanup(func() { l.Close(); srv.Close() })
 	return l, ks
 }
 
@@ -127,7 +137,7 @@ func TestKeySourceTLS(t *testing.T) {
 	for i, id := range ids {
 		db.keys[id] = keyFor(i)
 	}
-	l, ks := sourcedServer(t, db, 5*time.Second)
+	l, ks := sourcedServer(t, db.source, 5*time.Second)
 	cks := clientKeystore(t, ids...)
 	clients := []string{ids[0], ids[0], ids[0], ids[0], ids[0], ids[0], ids[0], ids[0],
 		ids[1], ids[2], ids[3], ids[4]}
@@ -199,7 +209,7 @@ func TestKeySourceTLS(t *testing.T) {
 func TestKeySourceAbsentLooksLikeAWrongKey(t *testing.T) {
 	db := newFakeDB(10 * time.Millisecond)
 	db.keys["known@src.example.com"] = keyFor(9) // not the client's key
-	l, _ := sourcedServer(t, db, 5*time.Second)
+	l, _ := sourcedServer(t, db.source, 5*time.Second)
 	cks := clientKeystore(t, "unknown@src.example.com", "known@src.example.com")
 	var got [2]*Error
 	for i, id := range []string{"unknown@src.example.com", "known@src.example.com"} {
@@ -230,21 +240,7 @@ func TestKeySourceAbsentLooksLikeAWrongKey(t *testing.T) {
 func TestKeySourceSilentTimesOut(t *testing.T) {
 	release := make(chan struct{})
 	defer close(release)
-	ks, err := NewKeystore(false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ks.Close()
-	if err := ks.SetKeySource(func(req *KeyRequest) { <-release }, 8); err != nil {
-		t.Fatal(err)
-	}
-	srv := &Config{Keystore: ks, LocalID: testIdB, HandshakeTimeout: 300 * time.Millisecond}
-	defer srv.Close()
-	l, err := Listen("tcp", "127.0.0.1:0", srv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l, _ := sourcedServer(t, func(req *KeyRequest) { <-release }, 300*time.Millisecond)
 	results := serveResults(l, 1)
 	cks := clientKeystore(t, "slow@src.example.com")
 	cli := &Config{Keystore: cks, KpsaID: "slow@src.example.com", HandshakeTimeout: 3 * time.Second}
@@ -273,13 +269,8 @@ func TestKeySourceClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	cks, err := NewKeystore(false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cks.Close()
 	var asked atomic.Int32
-	err = cks.SetKeySource(func(req *KeyRequest) {
+	cks := sourcedKeystore(t, func(req *KeyRequest) {
 		asked.Add(1)
 		if !req.Initiator || req.ServerName != "" {
 			t.Errorf("request %+v", req)
@@ -287,10 +278,7 @@ func TestKeySourceClient(t *testing.T) {
 		if req.KpsaID == testKpsa {
 			req.Supply(append([]byte(nil), testKey...), testIdA, testIdB, 0, 0)
 		}
-	}, 8)
-	if err != nil {
-		t.Fatal(err)
-	}
+	})
 	go func() {
 		for {
 			c, err := l.Accept()
@@ -325,15 +313,8 @@ func TestKeySourceClient(t *testing.T) {
 func TestKeySourceDTLS(t *testing.T) {
 	db := newFakeDB(30 * time.Millisecond)
 	db.keys["udp0@src.example.com"] = keyFor(0)
-	ks, err := NewKeystore(false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ks.Close()
-	if err := ks.SetKeySource(db.source, 8); err != nil {
-		t.Fatal(err)
-	}
-	srv := &Config{Keystore: ks, LocalID: testIdB, HandshakeTimeout: 5 * time.Second}
+	srv := &Config{Keystore: sourcedKeystore(t, db.source), LocalID: testIdB,
+		HandshakeTimeout: 5 * time.Second}
 	defer srv.Close()
 	l := dtlsServe(t, srv)
 	cks := clientKeystore(t, "udp0@src.example.com")
@@ -372,36 +353,36 @@ func TestKeySourceErrors(t *testing.T) {
 	// Answers: a bad one leaves the request open, a second one is E_STATE,
 	// a record that appeared meanwhile wins with E_DUPLICATE.
 	checked := make(chan error, 1)
-	db := &fakeDB{keys: map[string][]byte{}, asked: map[string]int{}}
-	l, sks := sourcedServer(t, db, 5*time.Second)
-	err = sks.SetKeySource(func(req *KeyRequest) {
+	var sks *Keystore
+	l, sks := sourcedServer(t, func(req *KeyRequest) {
 		checked <- func() error {
-			if err := req.Supply(make([]byte, 3), testIdA, testIdB, 0, 0); asError(err) == nil || asError(err).Code != E_KEY_LENGTH {
-				return fmt.Errorf("short key: %v", err)
-			}
-			if err := req.Supply(testKey, "not an id", testIdB, 0, 0); asError(err) == nil || asError(err).Code != E_IDA {
-				return fmt.Errorf("bad IdA: %v", err)
-			}
-			if err := req.Supply(testKey, testIdA, "not-a-cse", 0, 0); asError(err) == nil || asError(err).Code != E_IDB {
-				return fmt.Errorf("bad IdB: %v", err)
-			}
 			long := "/cse-" + string(bytes.Repeat([]byte("a"), ID_MAX))
-			if err := req.Supply(testKey, long, testIdB, 0, 0); asError(err) == nil || asError(err).Code != E_ID_LENGTH {
-				return fmt.Errorf("long IdA: %v", err)
-			}
-			if err := req.Supply(testKey, testIdA, testIdB, 10, 5); asError(err) == nil || asError(err).Code != E_VALIDITY {
-				return fmt.Errorf("bad window: %v", err)
-			}
-			if err := req.Supply(testKey, "a\x00b", testIdB, 0, 0); asError(err) == nil || asError(err).Code != E_INVALID {
-				return fmt.Errorf("NUL: %v", err)
+			for _, c := range []struct {
+				what          string
+				key           []byte
+				ida, idb      string
+				notBef, notAf int64
+				code          int
+			}{
+				{"short key", make([]byte, 3), testIdA, testIdB, 0, 0, E_KEY_LENGTH},
+				{"bad IdA", testKey, "not an id", testIdB, 0, 0, E_IDA},
+				{"bad IdB", testKey, testIdA, "not-a-cse", 0, 0, E_IDB},
+				{"long IdA", testKey, long, testIdB, 0, 0, E_ID_LENGTH},
+				{"bad window", testKey, testIdA, testIdB, 10, 5, E_VALIDITY},
+				{"NUL", testKey, "a\x00b", testIdB, 0, 0, E_INVALID},
+			} {
+				err := req.Supply(c.key, c.ida, c.idb, c.notBef, c.notAf)
+				if !errors.Is(err, &Error{Code: c.code}) {
+					return fmt.Errorf("%s: %v", c.what, err)
+				}
 			}
 			if err := sks.Add(req.KpsaID, testKey, testIdA, testIdB); err != nil {
 				return err
 			}
-			if err := req.Supply(testKey, testIdA, testIdB, 0, 0); asError(err) == nil || asError(err).Code != E_DUPLICATE {
+			if err := req.Supply(testKey, testIdA, testIdB, 0, 0); !errors.Is(err, &Error{Code: E_DUPLICATE}) {
 				return fmt.Errorf("record there meanwhile: %v", err)
 			}
-			if err := req.Supply(testKey, testIdA, testIdB, 0, 0); asError(err) == nil || asError(err).Code != E_STATE {
+			if err := req.Supply(testKey, testIdA, testIdB, 0, 0); !errors.Is(err, ErrState) {
 				return fmt.Errorf("answered twice: %v", err)
 			}
 			if err := req.Absent(); err != nil {
@@ -409,10 +390,7 @@ func TestKeySourceErrors(t *testing.T) {
 			}
 			return nil
 		}()
-	}, 8)
-	if err != nil {
-		t.Fatal(err)
-	}
+	}, 5*time.Second)
 	results := serveResults(l, 1)
 	cks := testKeystore(t)
 	cli := &Config{Keystore: cks, KpsaID: testKpsa}
