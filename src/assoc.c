@@ -95,6 +95,10 @@ struct m2mpsk_assoc {
   uint32_t hs_left;        /* TLS scan: handshake bytes in later records */
   unsigned held_n;         /* DTLS: datagrams held */
   m2mpsk_key_request *req; /* while WAITING_KEY */
+  /* The answered request, while m2mpsk_assoc_resume() hands the engine
+   * what waited: the engine's key callback takes the key that came with
+   * the answer (m2mpsk_key_request_take_key) instead of reading it back. */
+  m2mpsk_key_request *answered;
   /* Input not yet given to the engine: TLS, the stream from the first
    * record not yet scanned; DTLS, the datagrams that arrived while
    * waiting, each after its 2-byte length. */
@@ -365,6 +369,27 @@ int m2mpsk_assoc_token_master_secret(m2mpsk_assoc *a, const char *digest,
   return 1;
 }
 
+/* The responder's record and key for `identity`. Right after an answer,
+ * the key that came with it, when it is for the very record found (same
+ * serial: not replaced meanwhile); otherwise, or when there is none, the
+ * keystore's copy. */
+static int fetch_server_key(m2mpsk_assoc *a, const char *identity,
+                            m2mpsk_record_view *v, uint8_t *key,
+                            size_t *key_len) {
+  if (a->answered != NULL) {
+    int rc = m2mpsk_keystore_fetch_hashed(a->ks, identity, a->kpsa_hash, v,
+                                          NULL, NULL);
+    if (rc != M2MPSK_OK)
+      return rc;
+    if (!v->revoked && !v->token &&
+        (*key_len = m2mpsk_key_request_take_key(a->answered, v->serial,
+                                                key)) != 0)
+      return M2MPSK_OK;
+  }
+  return m2mpsk_keystore_fetch_hashed(a->ks, identity, a->kpsa_hash, v, key,
+                                      key_len);
+}
+
 unsigned m2mpsk_assoc_on_client_psk(m2mpsk_assoc *a, char *identity,
                                     size_t identity_cap, uint8_t *psk,
                                     size_t psk_cap) {
@@ -471,9 +496,8 @@ unsigned m2mpsk_assoc_on_server_psk(m2mpsk_assoc *a, const char *identity,
               ? "psk_identity longer than any KpsaID%s"
               : "psk_identity is not a well-formed KpsaID%s";
     identity = "";
-  } else if ((v.tk = NULL,
-              m2mpsk_keystore_fetch_hashed(a->ks, identity, a->kpsa_hash, &v,
-                                           key, &key_len)) != M2MPSK_OK) {
+  } else if ((v.tk = NULL, fetch_server_key(a, identity, &v, key,
+                                             &key_len)) != M2MPSK_OK) {
     r = M2MPSK_REASON_UNKNOWN_IDENTITY;
     why = "no record for KpsaID %s";
   } else if ((r = check_record(a, &v, &why)) != M2MPSK_REASON_NONE) {
@@ -1210,10 +1234,11 @@ int m2mpsk_assoc_resume(m2mpsk_assoc *a, uint64_t now_ms) {
   set_now(a, now_ms);
   if (!m2mpsk_key_request_answered(a->req))
     return M2MPSK_OK;
-  m2mpsk_key_request_free(a->req);
+  m2mpsk_key_request *req = a->req;
   a->req = NULL;
   a->state = M2MPSK_STATE_HANDSHAKING;
   if (a->role == M2MPSK_ROLE_INITIATOR) {
+    m2mpsk_key_request_free(req);
     int rc = initiator_begin(a);
     /* Input that came while waiting follows the ClientHello. */
     if (rc == M2MPSK_OK && a->held_len > 0)
@@ -1221,7 +1246,13 @@ int m2mpsk_assoc_resume(m2mpsk_assoc *a, uint64_t now_ms) {
     a->key_watch = 0;
     return rc;
   }
-  return release_held(a);
+  /* The ClientKeyExchange that waited reaches the engine now, and with it
+   * the key callback (on_server_psk). */
+  a->answered = req;
+  int rc = release_held(a);
+  a->answered = NULL;
+  m2mpsk_key_request_free(req);
+  return rc;
 }
 
 m2mpsk_key_request *m2mpsk_assoc_key_request(const m2mpsk_assoc *a) {

@@ -110,6 +110,38 @@ int m2mpsk_keystore_request_key_hashed(m2mpsk_keystore *ks, const char *kpsa_id,
                                        uint64_t hash, m2mpsk_role role,
                                        const char *sni,
                                        m2mpsk_key_request **out);
+/* The key that came with the answer to `req`, for the record whose serial
+ * is `serial`, once: copies it into `out` (room for M2MPSK_KEY_MAX bytes)
+ * and returns its length. 0 when there is none to take (taken already,
+ * none kept, or kept for another record, which is then wiped). Call only
+ * after m2mpsk_key_request_answered() said 1. */
+size_t m2mpsk_key_request_take_key(m2mpsk_key_request *req, uint64_t serial,
+                                   uint8_t *out);
+
+/* m2mpsk_keystore_add() that also gives the new record's serial. */
+int m2mpsk_keystore_add_serial(m2mpsk_keystore *ks, const char *kpsa_id,
+                               const uint8_t *key, size_t key_len,
+                               const char *ida, const char *idb,
+                               int64_t not_before, int64_t not_after,
+                               uint64_t *serial);
+
+/* ---- handoff.c: keys on their way with an answer ------------------------ */
+
+/* Copies `len` (1..M2MPSK_KEY_MAX) bytes into a free slot: its handle, or 0
+ * when there is none (then nothing is kept). Thread-safe. */
+int m2mpsk_handoff_put(const uint8_t *key, size_t len);
+/* Copies slot `h` into `out` (room for M2MPSK_KEY_MAX bytes), wipes it and
+ * frees it: the key's length, or 0 when `h` holds nothing. */
+size_t m2mpsk_handoff_take(int h, uint8_t *out);
+/* Wipes and frees slot `h` (0, or one freed already: a no-op). */
+void m2mpsk_handoff_drop(int h);
+#ifdef M2MPSK_TEST_HOOKS
+unsigned m2mpsk_handoff_debug_in_use(void);    /* slots holding a key */
+unsigned long m2mpsk_handoff_debug_taken(void); /* takes so far */
+void m2mpsk_handoff_debug_limit(unsigned n);    /* at most n slots in use */
+/* 1 when some slot holds exactly these bytes. */
+int m2mpsk_handoff_debug_contains(const uint8_t *key, size_t len);
+#endif
 
 /* ---- profile.c ---------------------------------------------------------- */
 

@@ -42,6 +42,12 @@ struct m2mpsk_key_request {
   m2mpsk_role role;
   char *server_name; /* NULL, or in the same allocation, after the struct */
   char kpsa_id[M2MPSK_KPSA_ID_MAX + 1];
+  /* The key that came with the answer (handoff.c), for the record of
+   * handoff_serial, until the first waiting association takes it or the
+   * request is destroyed: a handle, or 0. handoff_serial is written before
+   * the handle is published. */
+  atomic_int handoff;
+  uint64_t handoff_serial;
 };
 
 struct m2mpsk_key_sources {
@@ -57,6 +63,7 @@ struct m2mpsk_key_sources {
 /* ---- requests ------------------------------------------------------------ */
 
 static void request_destroy(m2mpsk_key_request *r) {
+  m2mpsk_handoff_drop(atomic_exchange(&r->handoff, 0));
   pthread_mutex_destroy(&r->mu);
   free(r);
 }
@@ -238,9 +245,31 @@ int m2mpsk_key_request_supply(m2mpsk_key_request *req, const uint8_t *key,
   m2mpsk_keystore *ks = open_request_keystore(req);
   if (ks == NULL)
     return M2MPSK_E_STATE;
-  return supplied(req, ks,
-                  m2mpsk_keystore_add(ks, req->kpsa_id, key, key_len, ida, idb,
-                                      not_before, not_after));
+  uint64_t serial = 0;
+  int rc = m2mpsk_keystore_add_serial(ks, req->kpsa_id, key, key_len, ida, idb,
+                                      not_before, not_after, &serial);
+  if (rc == M2MPSK_OK) {
+    /* Kept for the associations waiting, before they can see the answer:
+     * the first to resume takes it instead of reading the arena. */
+    int h = m2mpsk_handoff_put(key, key_len);
+    if (h != 0) {
+      req->handoff_serial = serial;
+      m2mpsk_handoff_drop(atomic_exchange(&req->handoff, h));
+    }
+  }
+  return supplied(req, ks, rc);
+}
+
+size_t m2mpsk_key_request_take_key(m2mpsk_key_request *req, uint64_t serial,
+                                   uint8_t *out) {
+  int h = req != NULL ? atomic_exchange(&req->handoff, 0) : 0;
+  if (h == 0)
+    return 0;
+  if (req->handoff_serial != serial) {
+    m2mpsk_handoff_drop(h); /* the record was replaced meanwhile */
+    return 0;
+  }
+  return m2mpsk_handoff_take(h, out);
 }
 
 int m2mpsk_key_request_supply_token_key(

@@ -865,11 +865,10 @@ static int record_build(m2mpsk_keystore *ks, const char *kpsa_id,
   return M2MPSK_OK;
 }
 
-int m2mpsk_keystore_add_tagged(m2mpsk_keystore *ks, const char *kpsa_id,
-                               const uint8_t *key, size_t key_len,
-                               const char *ida, const char *idb,
-                               int64_t not_before, int64_t not_after,
-                               uint32_t tag) {
+static int add_record(m2mpsk_keystore *ks, const char *kpsa_id,
+                      const uint8_t *key, size_t key_len, const char *ida,
+                      const char *idb, int64_t not_before, int64_t not_after,
+                      uint32_t tag, uint64_t *serial) {
   if (ks == NULL || kpsa_id == NULL || key == NULL || idb == NULL)
     return M2MPSK_E_INVALID;
   ks_record *r = NULL;
@@ -891,6 +890,8 @@ int m2mpsk_keystore_add_tagged(m2mpsk_keystore *ks, const char *kpsa_id,
     goto out;
   slot_write(ks, r->slab, r->slot, key, key_len);
   r->serial = ks->next_serial++;
+  if (serial != NULL)
+    *serial = r->serial;
   table_insert(ks, r);
   atomic_fetch_add(&ks->count, 1);
   r = NULL;
@@ -898,6 +899,24 @@ out:
   write_unlock(ks);
   free(r);
   return rc;
+}
+
+int m2mpsk_keystore_add_tagged(m2mpsk_keystore *ks, const char *kpsa_id,
+                               const uint8_t *key, size_t key_len,
+                               const char *ida, const char *idb,
+                               int64_t not_before, int64_t not_after,
+                               uint32_t tag) {
+  return add_record(ks, kpsa_id, key, key_len, ida, idb, not_before,
+                    not_after, tag, NULL);
+}
+
+int m2mpsk_keystore_add_serial(m2mpsk_keystore *ks, const char *kpsa_id,
+                               const uint8_t *key, size_t key_len,
+                               const char *ida, const char *idb,
+                               int64_t not_before, int64_t not_after,
+                               uint64_t *serial) {
+  return add_record(ks, kpsa_id, key, key_len, ida, idb, not_before,
+                    not_after, 0, serial);
 }
 
 int m2mpsk_keystore_add(m2mpsk_keystore *ks, const char *kpsa_id,

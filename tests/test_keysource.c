@@ -1156,3 +1156,184 @@ Test(keysource, roles_reversed_responder_waits) {
   m2mpsk_key_request_free(req);
   m2mt_pair_free(&p);
 }
+
+/* ---- the key that comes with an answer (handoff.c) ------------------------
+ * The answer keeps a copy of its key for the associations that waited; the
+ * first to resume takes it instead of reading it back from the closed
+ * arena (a system call without protection keys). The copy is wiped once
+ * taken, or when the request is freed. */
+#if INTERNAL_TESTS
+
+/* A responder waiting for M2MT_KPSA_ID, its request in rec->reqs[0]. */
+static void wait_for_answer(m2mt_pair *p, recorder *rec, m2mpsk_engine_id e,
+                            m2mpsk_transport t) {
+  pair_init(p, e, 1, 0);
+  cr_assert_eq(m2mpsk_keystore_set_source(p->ks_b, record_fn, rec, 8),
+               M2MPSK_OK);
+  pair_new(p, t);
+  m2mt_pair_start(p, NOW0, UNIX0);
+  pump(p->a, p->b, NULL, NOW0);
+  cr_assert(waiting(p->b), "B: %s", m2mpsk_assoc_failure_detail(p->b));
+  cr_assert_eq(atomic_load(&rec->calls), 1);
+}
+
+static void free_assocs(m2mt_pair *p) {
+  m2mpsk_assoc_free(p->a);
+  m2mpsk_assoc_free(p->b);
+  p->a = p->b = NULL;
+}
+
+static void supply(recorder *rec) {
+  cr_assert_eq(m2mpsk_key_request_supply(rec->reqs[0], m2mt_key, 32, M2MT_IDA,
+                                         M2MT_IDB, 0, 0),
+               M2MPSK_OK);
+}
+
+ParameterizedTestParameters(keysource, answer_hands_its_key_to_the_responder) {
+  static ks_param cases[] = {
+      {M2MPSK_TRANSPORT_TLS, M2MPSK_ENGINE_BORINGSSL},
+      {M2MPSK_TRANSPORT_TLS, M2MPSK_ENGINE_OPENSSL},
+      {M2MPSK_TRANSPORT_DTLS, M2MPSK_ENGINE_BORINGSSL},
+      {M2MPSK_TRANSPORT_DTLS, M2MPSK_ENGINE_OPENSSL},
+  };
+  return cr_make_param_array(ks_param, cases, sizeof(cases) / sizeof(cases[0]));
+}
+
+ParameterizedTest(ks_param *c, keysource, answer_hands_its_key_to_the_responder) {
+  skip_unless(c->engine);
+  m2mt_pair p;
+  recorder rec = {0};
+  wait_for_answer(&p, &rec, c->engine, c->t);
+  unsigned long taken = m2mpsk_handoff_debug_taken();
+  cr_assert_eq(m2mpsk_handoff_debug_in_use(), 0);
+  cr_assert_not(m2mpsk_handoff_debug_contains(m2mt_key, 32));
+  supply(&rec);
+  /* Kept for the waiting responder... */
+  cr_assert_eq(m2mpsk_handoff_debug_in_use(), 1);
+  cr_assert(m2mpsk_handoff_debug_contains(m2mt_key, 32));
+  uint64_t now = NOW0 + 1;
+  cr_assert_eq(m2mpsk_assoc_resume(p.b, now), M2MPSK_OK);
+  /* ...which took it (its engine got the ClientKeyExchange on resume), and
+   * the copy is gone while the host still holds the request. */
+  cr_assert_eq(m2mpsk_handoff_debug_taken(), taken + 1);
+  cr_assert_eq(m2mpsk_handoff_debug_in_use(), 0);
+  cr_assert_not(m2mpsk_handoff_debug_contains(m2mt_key, 32));
+  finish(&p, &now);
+  expect_established(&p);
+  /* The record keeps its key in the arena for the next handshake. */
+  free_assocs(&p);
+  pair_new(&p, c->t);
+  m2mt_pair_start(&p, now, UNIX0);
+  finish(&p, &now);
+  expect_established(&p);
+  cr_assert_eq(m2mpsk_handoff_debug_taken(), taken + 1);
+  recorder_free(&rec);
+  m2mt_pair_free(&p);
+}
+
+/* Several responders wait for one KpsaID: the first to resume takes the
+ * copy, the others read the arena; all of them complete. */
+Test(keysource, answer_key_goes_to_the_first_responder_only) {
+  m2mt_pair p;
+  pair_init(&p, M2MPSK_ENGINE_AUTO, 1, 0);
+  recorder rec = {0};
+  cr_assert_eq(m2mpsk_keystore_set_source(p.ks_b, record_fn, &rec, 1),
+               M2MPSK_OK);
+  m2mpsk_assoc *as[MANY], *bs[MANY];
+  for (int i = 0; i < MANY; i++) {
+    cr_assert_eq(m2mpsk_assoc_new(&as[i], M2MPSK_ROLE_INITIATOR,
+                                  M2MPSK_TRANSPORT_TLS, p.cfg_a, p.ks_a,
+                                  M2MT_KPSA_ID),
+                 M2MPSK_OK);
+    cr_assert_eq(m2mpsk_assoc_new(&bs[i], M2MPSK_ROLE_RESPONDER,
+                                  M2MPSK_TRANSPORT_TLS, p.cfg_b, p.ks_b, NULL),
+                 M2MPSK_OK);
+    cr_assert_eq(m2mpsk_assoc_start(bs[i], NOW0, UNIX0), M2MPSK_OK);
+    cr_assert_eq(m2mpsk_assoc_start(as[i], NOW0, UNIX0), M2MPSK_OK);
+    pump(as[i], bs[i], NULL, NOW0);
+    cr_assert(waiting(bs[i]));
+  }
+  unsigned long taken = m2mpsk_handoff_debug_taken();
+  supply(&rec);
+  for (int i = 0; i < MANY; i++) {
+    cr_assert_eq(m2mpsk_assoc_resume(bs[i], NOW0 + 1), M2MPSK_OK);
+    pump(as[i], bs[i], NULL, NOW0 + 1);
+    cr_assert_eq(m2mpsk_assoc_state(bs[i]), M2MPSK_STATE_ESTABLISHED, "%d: %s",
+                 i, m2mpsk_assoc_failure_detail(bs[i]));
+    cr_assert_eq(m2mpsk_assoc_state(as[i]), M2MPSK_STATE_ESTABLISHED, "%d", i);
+    cr_assert_eq(m2mpsk_handoff_debug_taken(), taken + 1, "%d", i);
+    cr_assert_eq(m2mpsk_handoff_debug_in_use(), 0, "%d", i);
+    m2mpsk_assoc_free(as[i]);
+    m2mpsk_assoc_free(bs[i]);
+  }
+  recorder_free(&rec);
+  m2mt_pair_free(&p);
+}
+
+/* The record is replaced between the answer and the resume: the copy is
+ * for the old record (its serial), so it is wiped unused and the
+ * responder reads the new record's key. */
+Test(keysource, answer_key_for_a_replaced_record_is_not_used) {
+  m2mt_pair p;
+  recorder rec = {0};
+  wait_for_answer(&p, &rec, M2MPSK_ENGINE_AUTO, M2MPSK_TRANSPORT_TLS);
+  unsigned long taken = m2mpsk_handoff_debug_taken();
+  supply(&rec);
+  cr_assert_eq(m2mpsk_handoff_debug_in_use(), 1);
+  cr_assert_eq(m2mpsk_keystore_remove(p.ks_b, M2MT_KPSA_ID), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_add(p.ks_b, M2MT_KPSA_ID, m2mt_other_key, 32,
+                                   M2MT_IDA, M2MT_IDB, 0, 0),
+               M2MPSK_OK);
+  uint64_t now = NOW0 + 1;
+  /* The initiator still has the old key: the new record's key fails the
+   * handshake at the client's Finished, which waited with its
+   * ClientKeyExchange, as a wrong key does. Had the copy been used, it
+   * would pass. */
+  cr_assert_eq(m2mpsk_assoc_resume(p.b, now), M2MPSK_E_FAILED);
+  cr_assert_eq(m2mpsk_handoff_debug_taken(), taken);
+  cr_assert_eq(m2mpsk_handoff_debug_in_use(), 0, "wiped, not left behind");
+  run_to_end(&p, &now, NULL);
+  cr_assert_eq(m2mpsk_assoc_state(p.b), M2MPSK_STATE_FAILED);
+  cr_assert_eq(m2mpsk_assoc_failure(p.b), M2MPSK_REASON_BAD_KEY, "%s",
+               m2mpsk_assoc_failure_detail(p.b));
+  recorder_free(&rec);
+  m2mt_pair_free(&p);
+}
+
+/* Nobody takes the copy (the responder was freed before the answer): it is
+ * wiped when the host frees the request. */
+Test(keysource, answer_key_nobody_takes_is_wiped_with_the_request) {
+  m2mt_pair p;
+  recorder rec = {0};
+  wait_for_answer(&p, &rec, M2MPSK_ENGINE_AUTO, M2MPSK_TRANSPORT_TLS);
+  free_assocs(&p);
+  supply(&rec);
+  cr_assert_eq(m2mpsk_handoff_debug_in_use(), 1);
+  cr_assert(m2mpsk_handoff_debug_contains(m2mt_key, 32));
+  recorder_free(&rec);
+  cr_assert_eq(m2mpsk_handoff_debug_in_use(), 0);
+  cr_assert_not(m2mpsk_handoff_debug_contains(m2mt_key, 32));
+  m2mt_pair_free(&p);
+}
+
+/* No free slot: the answer keeps no copy and the responder reads the
+ * arena; nothing fails for it. */
+Test(keysource, answer_without_a_free_slot_reads_the_arena) {
+  m2mpsk_handoff_debug_limit(0);
+  m2mt_pair p;
+  recorder rec = {0};
+  wait_for_answer(&p, &rec, M2MPSK_ENGINE_AUTO, M2MPSK_TRANSPORT_TLS);
+  unsigned long taken = m2mpsk_handoff_debug_taken();
+  supply(&rec);
+  cr_assert_eq(m2mpsk_handoff_debug_in_use(), 0);
+  cr_assert_not(m2mpsk_handoff_debug_contains(m2mt_key, 32));
+  uint64_t now = NOW0 + 1;
+  cr_assert_eq(m2mpsk_assoc_resume(p.b, now), M2MPSK_OK);
+  finish(&p, &now);
+  expect_established(&p);
+  cr_assert_eq(m2mpsk_handoff_debug_taken(), taken);
+  recorder_free(&rec);
+  m2mt_pair_free(&p);
+  m2mpsk_handoff_debug_limit(~0u);
+}
+#endif
