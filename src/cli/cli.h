@@ -119,7 +119,7 @@ typedef struct cli_keys_opts {
   void *arg;
   /* --keys pkcs11:MODULE:TOKEN (issue 20): the PIN file (NULL:
    * $M2MPSK_PKCS11_PIN), and where the key source goes. A host that
-   * leaves `p11` NULL (the gateway, for now) refuses such a spec. */
+   * leaves `p11` NULL refuses such a spec. */
   const char *pin_file;
   struct m2mpsk_p11_source **p11;
   /* --pkcs11-init-args (NULL: $M2MPSK_PKCS11_INIT_ARGS, else none):

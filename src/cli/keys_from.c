@@ -58,8 +58,8 @@ static int open_pkcs11(const cli_keys_opts *o, m2mpsk_keystore **ks) {
     return CLI_USAGE;
   }
   if (o->p11 == NULL) {
-    cli_log("--keys %s: this command does not take PKCS#11 keys yet (serve "
-            "does)",
+    cli_log("--keys %s: this command does not take PKCS#11 keys (serve "
+            "and gateway do)",
             o->spec);
     return CLI_USAGE;
   }

@@ -487,7 +487,8 @@ static void peer_answer(peer *p, unsigned dev_type, uint16_t dev_mid,
 static void peer_log_outcome(peer *p) {
   m2mpsk_assoc *a = p->a;
   m2mpsk_state st = m2mpsk_assoc_state(a);
-  if (p->logged || st == M2MPSK_STATE_HANDSHAKING || st == M2MPSK_STATE_IDLE)
+  if (p->logged || st == M2MPSK_STATE_HANDSHAKING ||
+      st == M2MPSK_STATE_WAITING_KEY || st == M2MPSK_STATE_IDLE)
     return;
   p->logged = 1;
   if (m2mpsk_assoc_peer_id(a) != NULL) {
@@ -1414,7 +1415,15 @@ void gw_coap_worker_keys_changed(gw_worker *w) {
     peer *p = gc->peers[b];
     while (p != NULL) {
       peer *next = p->next; /* p may be freed */
-      if (m2mpsk_assoc_state(p->a) == M2MPSK_STATE_ESTABLISHED &&
+      if (m2mpsk_assoc_state(p->a) == M2MPSK_STATE_WAITING_KEY) {
+        /* The key source answered its request: the handshake goes on, or
+         * fails as an unknown identity would. */
+        if (m2mpsk_key_request_answered(m2mpsk_assoc_key_request(p->a)) == 1) {
+          if (m2mpsk_assoc_resume(p->a, now) != M2MPSK_OK)
+            gw_trace("coap peer=%s: resumed handshake failed", p->name);
+          (void)peer_process(p); /* sends the next flight, or frees */
+        }
+      } else if (m2mpsk_assoc_state(p->a) == M2MPSK_STATE_ESTABLISHED &&
           m2mpsk_assoc_handle_timeout(p->a, now) == M2MPSK_E_FAILED) {
         /* Logged here: a failed association no longer names its peer's
          * identity, which peer_process() looks for. */

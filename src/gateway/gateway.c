@@ -241,8 +241,9 @@ int gw_assoc_new(gw_gateway *gw, m2mpsk_transport transport,
 /* ---- options ------------------------------------------------------------ */
 
 static const char k_usage[] =
-    "usage: m2mpsk gateway --keys FILE|URL --id IDB [--id IDB2 ...]\n"
-    "               [--kek FILE] [--etcd-fail-closed SECONDS]\n"
+    "usage: m2mpsk gateway --keys FILE|URL|pkcs11:MODULE:TOKEN --id IDB\n"
+    "               [--id IDB2 ...] [--kek FILE] [--etcd-fail-closed SECONDS]\n"
+    "               [--pin-file FILE] [--pkcs11-init-args STRING]\n"
     "               [--http-listen ADDR:PORT] [--http-backend HOST:PORT]\n"
     "               [--coap-listen ADDR:PORT] [--coap-backend HOST:PORT]\n"
     "               [--identity-header NAME] [--identity-option N]\n"
@@ -274,6 +275,19 @@ static const char k_usage[] =
     "                           with an etcd URL: serve the keys held that\n"
     "                           long while no etcd endpoint answers, then\n"
     "                           refuse every key until it does (default 30)\n"
+    "  --keys pkcs11:MODULE:TOKEN\n"
+    "                           the records of a PKCS#11 token (MODULE: the\n"
+    "                           module's path; TOKEN: its label), asked for\n"
+    "                           when a handshake names a KpsaID; a record\n"
+    "                           revoked or deleted there ends the live\n"
+    "                           associations using it (see docs/pkcs11.md);\n"
+    "                           SIGHUP is then ignored\n"
+    "  --pin-file FILE          with pkcs11: the token's user PIN (mode 0600;\n"
+    "                           else $M2MPSK_PKCS11_PIN; never on the\n"
+    "                           command line)\n"
+    "  --pkcs11-init-args STRING\n"
+    "                           with pkcs11: C_Initialize's pReserved (else\n"
+    "                           $M2MPSK_PKCS11_INIT_ARGS)\n"
     "  --id IDB                 a CSE-ID the gateway serves (repeatable)\n"
     "  --http-listen ADDR:PORT  TLS-PSK + HTTP listener (port 0: any)\n"
     "  --http-backend HOST:PORT the CSE's plain HTTP\n"
@@ -335,6 +349,8 @@ static const opt_def k_opts[] = {
     {"keys", K_STR, OFF(keys), 0, 0},
     {"kek", K_STR, OFF(kek), 0, 0},
     {"etcd-fail-closed", K_UINT, OFF(etcd_fail_closed), 1, 86400},
+    {"pin-file", K_STR, OFF(pin_file), 0, 0},
+    {"pkcs11-init-args", K_STR, OFF(init_args), 0, 0},
     {"id", K_LIST, OFF(ids), 0, 0},
     {"http-listen", K_STR, OFF(http_listen), 0, 0},
     {"http-backend", K_STR, OFF(http_backend), 0, 0},
@@ -379,6 +395,8 @@ static void opts_defaults(gw_opts *o) {
 static void opts_free(gw_opts *o) {
   free(o->keys);
   free(o->kek);
+  free(o->pin_file);
+  free(o->init_args);
   for (size_t i = 0; i < o->n_ids; i++)
     free(o->ids[i]);
   free(o->ids);
@@ -657,9 +675,9 @@ static m2mpsk_keystore *load_keys(const char *path, char *why, size_t cap) {
 }
 
 static void reload_keys(gw_gateway *gw) {
-  if (gw->sync != NULL) {
-    gw_notice("keys not reloaded: they come from etcd, kept in step "
-              "(SIGHUP ignored)");
+  if (gw->sync != NULL || gw->p11 != NULL) {
+    gw_notice("keys not reloaded: they come from %s (SIGHUP ignored)",
+              gw->sync != NULL ? "etcd, kept in step" : "a PKCS#11 token");
     return;
   }
   char why[512];
@@ -727,8 +745,10 @@ static void on_keys_changed(evutil_socket_t fd, short what, void *arg) {
 #endif
 }
 
-/* The etcd thread's on_change: one wake-up per worker (an event already
- * active is not queued twice, so a burst of changes costs one pass). */
+/* The etcd thread's on_change, or the PKCS#11 source's (after answers and
+ * after a rescan that removed records): one wake-up per worker (an event
+ * already active is not queued twice, so a burst of changes costs one
+ * pass). */
 static void keys_changed(void *arg) {
   gw_gateway *gw = arg;
   if (!atomic_load(&gw->keys_wake))
@@ -820,14 +840,18 @@ int gw_main(int argc, char **argv) {
     goto out;
   }
   char why[512];
-  if (cli_keys_is_url(o->keys)) {
-    /* The snapshot is loaded before any listener opens. The etcd thread
-     * starts with the signals blocked: they are the main loop's. */
+  if (cli_keys_is_url(o->keys) || cli_keys_is_pkcs11(o->keys)) {
+    /* The snapshot is loaded before any listener opens. The etcd thread,
+     * or the PKCS#11 source's, starts with the signals blocked: they are
+     * the main loop's. */
     cli_keys_opts ko = {.spec = o->keys,
                         .kek = o->kek,
                         .fail_closed_s = o->etcd_fail_closed,
                         .on_change = keys_changed,
-                        .arg = gw};
+                        .arg = gw,
+                        .pin_file = o->pin_file,
+                        .p11 = &gw->p11,
+                        .init_args = o->init_args};
     sigset_t sigs, old_mask;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGHUP);
@@ -842,6 +866,11 @@ int gw_main(int argc, char **argv) {
     }
   } else if (o->kek != NULL || o->etcd_fail_closed != 0) {
     cli_log("--kek and --etcd-fail-closed go with --keys etcd://...");
+    result = CLI_USAGE;
+    goto out;
+  } else if (o->pin_file != NULL || o->init_args != NULL) {
+    cli_log("--pin-file and --pkcs11-init-args go with --keys "
+            "pkcs11:MODULE:TOKEN");
     result = CLI_USAGE;
     goto out;
   } else {
@@ -951,6 +980,8 @@ out:
    * writes to. */
   cli_keys_close(gw->sync);
   gw->sync = NULL;
+  cli_keys_close_p11(gw->p11);
+  gw->p11 = NULL;
   atomic_store(&gw->keys_wake, 0);
   if (gw->workers != NULL) {
     for (unsigned i = 0; i < gw->n_workers; i++) {

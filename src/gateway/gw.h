@@ -40,6 +40,8 @@ typedef struct gw_opts {
   char *keys; /* --keys FILE or etcd://... URL */
   char *kek;  /* --kek FILE: with an etcd URL, the key-encryption key */
   unsigned etcd_fail_closed; /* --etcd-fail-closed SECONDS, 0: default */
+  char *pin_file;  /* --pin-file FILE: with pkcs11:, the token's user PIN */
+  char *init_args; /* --pkcs11-init-args: C_Initialize's pReserved */
   char **ids;                /* --id IDB, repeatable */
   size_t n_ids;
   char *http_listen;             /* --http-listen ADDR:PORT, NULL: none */
@@ -106,6 +108,10 @@ struct gw_gateway {
    * swapped: SIGHUP does nothing); NULL with a key file. keys_wake is 1
    * while the workers' keys_ev exist (the thread wakes them). */
   struct m2mpsk_etcd_sync *sync;
+  /* --keys pkcs11:MODULE:TOKEN: the key source's thread, which answers
+   * the keystore's requests and wakes the workers like `sync`; NULL
+   * otherwise. */
+  struct m2mpsk_p11_source *p11;
   atomic_int keys_wake;
   /* Associations in total (both bindings), against opts.max_conn. */
   atomic_uint n_conn;

@@ -1197,8 +1197,29 @@ void gw_http_worker_keys_changed(gw_worker *w) {
   /* conn_kill() leaves the struct in the list (the timer frees it), so
    * the walk goes on safely. */
   for (conn *c = hw->conns; c != NULL; c = c->next) {
-    if (c->killed || c->plain || c->a == NULL || !c->established ||
-        m2mpsk_assoc_handle_timeout(c->a, now) != M2MPSK_E_FAILED)
+    if (c->killed || c->plain || c->a == NULL)
+      continue;
+    if (!c->established) {
+      /* A handshake that waited for the key source goes on once its
+       * request is answered (or fails as an unknown identity would). */
+      if (m2mpsk_assoc_state(c->a) != M2MPSK_STATE_WAITING_KEY ||
+          m2mpsk_key_request_answered(m2mpsk_assoc_key_request(c->a)) != 1)
+        continue;
+      int rc = m2mpsk_assoc_resume(c->a, now);
+      flush_assoc(c);
+      if (c->killed)
+        continue;
+      if (rc != M2MPSK_OK && m2mpsk_assoc_state(c->a) != M2MPSK_STATE_FAILED) {
+        gw_trace("closed peer=%s: %s", c->peer, m2mpsk_strerror(rc));
+        conn_kill(c);
+        continue;
+      }
+      check_state(c);
+      if (!c->killed)
+        update_io(c);
+      continue;
+    }
+    if (m2mpsk_assoc_handle_timeout(c->a, now) != M2MPSK_E_FAILED)
       continue;
     flush_assoc(c); /* the alert, ahead of the close */
     if (c->killed)
