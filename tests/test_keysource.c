@@ -428,26 +428,35 @@ Test(keysource, initiator_supplied_expired_record_fails_expired) {
 
 #define MANY 6
 
-Test(keysource, many_associations_share_one_request) {
-  m2mt_pair p;
-  pair_init(&p, M2MPSK_ENGINE_AUTO, 1, 0);
-  recorder rec = {0};
-  cr_assert_eq(m2mpsk_keystore_set_source(p.ks_b, record_fn, &rec, 1),
+/* A pair of configs and keystores (the record only in A's), a source
+ * recording into rec with max_pending 1, and MANY TLS pairs made on them,
+ * each responder waiting for M2MT_KPSA_ID. */
+static void wait_many(m2mt_pair *p, recorder *rec, m2mpsk_assoc **as,
+                      m2mpsk_assoc **bs) {
+  pair_init(p, M2MPSK_ENGINE_AUTO, 1, 0);
+  cr_assert_eq(m2mpsk_keystore_set_source(p->ks_b, record_fn, rec, 1),
                M2MPSK_OK);
-  m2mpsk_assoc *as[MANY], *bs[MANY];
   for (int i = 0; i < MANY; i++) {
     cr_assert_eq(m2mpsk_assoc_new(&as[i], M2MPSK_ROLE_INITIATOR,
-                                  M2MPSK_TRANSPORT_TLS, p.cfg_a, p.ks_a,
+                                  M2MPSK_TRANSPORT_TLS, p->cfg_a, p->ks_a,
                                   M2MT_KPSA_ID),
                  M2MPSK_OK);
     cr_assert_eq(m2mpsk_assoc_new(&bs[i], M2MPSK_ROLE_RESPONDER,
-                                  M2MPSK_TRANSPORT_TLS, p.cfg_b, p.ks_b, NULL),
+                                  M2MPSK_TRANSPORT_TLS, p->cfg_b, p->ks_b,
+                                  NULL),
                  M2MPSK_OK);
     cr_assert_eq(m2mpsk_assoc_start(bs[i], NOW0, UNIX0), M2MPSK_OK);
     cr_assert_eq(m2mpsk_assoc_start(as[i], NOW0, UNIX0), M2MPSK_OK);
     pump(as[i], bs[i], NULL, NOW0);
     cr_assert(waiting(bs[i]), "%d: %s", i, m2mpsk_assoc_failure_detail(bs[i]));
   }
+}
+
+Test(keysource, many_associations_share_one_request) {
+  m2mt_pair p;
+  recorder rec = {0};
+  m2mpsk_assoc *as[MANY], *bs[MANY];
+  wait_many(&p, &rec, as, bs);
   /* One call, one request, although max_pending is 1. */
   cr_assert_eq(atomic_load(&rec.calls), 1);
   for (int i = 1; i < MANY; i++)
@@ -1235,24 +1244,9 @@ ParameterizedTest(ks_param *c, keysource, answer_hands_its_key_to_the_responder)
  * copy, the others read the arena; all of them complete. */
 Test(keysource, answer_key_goes_to_the_first_responder_only) {
   m2mt_pair p;
-  pair_init(&p, M2MPSK_ENGINE_AUTO, 1, 0);
   recorder rec = {0};
-  cr_assert_eq(m2mpsk_keystore_set_source(p.ks_b, record_fn, &rec, 1),
-               M2MPSK_OK);
   m2mpsk_assoc *as[MANY], *bs[MANY];
-  for (int i = 0; i < MANY; i++) {
-    cr_assert_eq(m2mpsk_assoc_new(&as[i], M2MPSK_ROLE_INITIATOR,
-                                  M2MPSK_TRANSPORT_TLS, p.cfg_a, p.ks_a,
-                                  M2MT_KPSA_ID),
-                 M2MPSK_OK);
-    cr_assert_eq(m2mpsk_assoc_new(&bs[i], M2MPSK_ROLE_RESPONDER,
-                                  M2MPSK_TRANSPORT_TLS, p.cfg_b, p.ks_b, NULL),
-                 M2MPSK_OK);
-    cr_assert_eq(m2mpsk_assoc_start(bs[i], NOW0, UNIX0), M2MPSK_OK);
-    cr_assert_eq(m2mpsk_assoc_start(as[i], NOW0, UNIX0), M2MPSK_OK);
-    pump(as[i], bs[i], NULL, NOW0);
-    cr_assert(waiting(bs[i]));
-  }
+  wait_many(&p, &rec, as, bs);
   unsigned long taken = m2mpsk_handoff_debug_taken();
   supply(&rec);
   for (int i = 0; i < MANY; i++) {

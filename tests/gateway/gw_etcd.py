@@ -23,8 +23,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,25 +31,13 @@ sys.path.insert(0, os.path.join(HERE, "..", "support"))
 from etcd_single import EtcdSingle  # noqa: E402
 import gwlib  # noqa: E402  (imports the binding, or skips)
 from gwlib import AE_BODY, IDB, Backend, Client, Gateway, \
-    ae_create_headers  # noqa: E402
+    ae_create_headers, check, secret  # noqa: E402
 import coap_gateway as cg  # noqa: E402
 
 m2mpsk = gwlib.m2mpsk
 LIMIT_S = 1.0  # a revocation ends a live association within this
 
 
-def check(cond, what):
-    if not cond:
-        raise AssertionError(what)
-    print("ok:", what)
-
-
-def secret(tmp, name, text):
-    path = os.path.join(tmp, name)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    return path
 
 
 class Env:
@@ -265,32 +251,7 @@ def main():
     if name == "coap" and not m2mpsk.engine_available(m2mpsk.ENGINE_OPENSSL):
         print("SKIP: no OpenSSL engine: the gateway's DTLS needs cookies")
         return gwlib.SKIP
-    watchdog = threading.Timer(60 * gwlib.SCALE, lambda: os._exit(1))
-    watchdog.daemon = True
-    watchdog.start()
-    if name == "errors":
-        with tempfile.TemporaryDirectory(prefix="gw_etcd.") as tmp:
-            try:
-                case_errors(tmp)
-            except AssertionError as e:
-                print("FAIL %s: %s" % (name, e))
-                return 1
-        print("PASS", name)
-        return 0
-    with tempfile.TemporaryDirectory(prefix="gw_etcd.") as tmp:
-        env = Env(tmp)
-        try:
-            CASES[name](env)
-            env.gw.signal(signal.SIGTERM)
-            rc = env.gw.wait_exit()
-            check(rc == 0, "SIGTERM: exit 0 (%d)" % rc)
-            print("PASS", name)
-            return 0
-        except AssertionError as e:
-            print("FAIL %s: %s" % (name, e))
-            return 1
-        finally:
-            env.close()
+    return gwlib.run_case(name, CASES, case_errors, Env, "gw_etcd.")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -49,6 +50,50 @@ def cli():
         print("usage: driver.py PATH-TO-m2mpsk (or M2MPSK_CLI)")
         sys.exit(2)
     return path
+
+
+def check(cond, what):
+    if not cond:
+        raise AssertionError(what)
+    print("ok:", what)
+
+
+def secret(tmp, name, text):
+    """A new file of mode 0600 in tmp holding text; its path."""
+    path = os.path.join(tmp, name)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return path
+
+
+def run_case(name, cases, errors, make_env, prefix):
+    """One case of a driver whose cases take an environment (make_env(tmp),
+    with a gateway in env.gw; env.close() afterwards), the gateway then
+    exiting 0 on SIGTERM, and whose "errors" case takes the temporary
+    directory alone. Bounded by a watchdog. 0 pass, 1 fail."""
+    watchdog = threading.Timer(60 * SCALE, lambda: os._exit(1))
+    watchdog.daemon = True
+    watchdog.start()
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        env = None
+        try:
+            if name == "errors":
+                errors(tmp)
+            else:
+                env = make_env(tmp)
+                cases[name](env)
+                env.gw.signal(signal.SIGTERM)
+                rc = env.gw.wait_exit()
+                check(rc == 0, "SIGTERM: exit 0 (%d)" % rc)
+            print("PASS", name)
+            return 0
+        except AssertionError as e:
+            print("FAIL %s: %s" % (name, e))
+            return 1
+        finally:
+            if env is not None:
+                env.close()
 
 
 def write_keys(path, records):
