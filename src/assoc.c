@@ -22,6 +22,19 @@
 #define HOT __attribute__((hot))
 #define COLD __attribute__((cold))
 
+/* A token key's handshake (since 0.5): the key, and the random handle the
+ * engine was given in its place. Made when the handshake takes a token key
+ * and freed when it is over, apart from the association: most never have
+ * one, and every byte of an established association counts (the target:
+ * at most 1 KiB above the TLS library's own state, tests/bench/README.md). */
+typedef struct token_hs {
+  m2mpsk_tkey *tk;
+  size_t handle_len;
+  uint8_t handle[M2MPSK_KEY_MAX];
+} token_hs;
+
+enum { DETAIL_CAP = 192 };
+
 struct m2mpsk_assoc {
   m2mpsk_config *cfg;
   m2mpsk_keystore *ks;
@@ -33,15 +46,9 @@ struct m2mpsk_assoc {
   m2mpsk_engine_ctx *ectx;
   m2mpsk_engine *eng;
   m2mpsk_engine_id engine;
-  /* A token key's handshake (since 0.5): the key, and the random handle
-   * the engine was given in its place, until the handshake is over. */
-  m2mpsk_tkey *tk;
-  uint8_t handle[M2MPSK_KEY_MAX];
-  size_t handle_len;
-  /* Made to take token keys: its engine object is in the engine's token
-   * context (an initiator with a token key, a responder whose keystore
-   * has M2MPSK_KEYSTORE_TOKEN_KEYS). */
-  int token_keys;
+  /* A token key's handshake (since 0.5), until it is over; NULL in every
+   * other association. */
+  token_hs *tok;
   /* A TLS responder of an AUTO config: the bytes fed until the ClientHello
    * is whole (ops is NULL until then), bounded by the config's max_input. */
   uint8_t *hello_buf;
@@ -92,6 +99,10 @@ struct m2mpsk_assoc {
   unsigned char key_watch;
   unsigned char kpsa_hash_of_id; /* kpsa_hash is kpsa_id's (key_needed) */
   unsigned char pending_record;  /* initiator: made before its record came */
+  /* Made to take token keys: its engine object is in the engine's token
+   * context (an initiator with a token key, a responder whose keystore
+   * has M2MPSK_KEYSTORE_TOKEN_KEYS). */
+  unsigned char token_keys;
   uint32_t hs_left;        /* TLS scan: handshake bytes in later records */
   unsigned held_n;         /* DTLS: datagrams held */
   m2mpsk_key_request *req; /* while WAITING_KEY */
@@ -109,9 +120,11 @@ struct m2mpsk_assoc {
   /* The KpsaID in use (have_kpsa_id); on a responder, before that, the
    * well-formed psk_identity the client presented (presented). */
   char kpsa_id[M2MPSK_KPSA_ID_MAX + 1];
-  /* The failure detail; a refusal decided in a callback writes it early,
-   * to be reported when the handshake then fails. */
-  char detail[192];
+  /* The failure detail (DETAIL_CAP bytes), made when the first failure or
+   * refusal is written: an association that never fails carries none. A
+   * refusal decided in a callback writes it early, to be reported when the
+   * handshake then fails. NULL after that only when memory was short. */
+  char *detail;
   unsigned char sni_space[]; /* sni_ok's bytes, one per local identity */
 };
 
@@ -147,10 +160,12 @@ static void handshake_over(m2mpsk_assoc *a) {
     m2mpsk_guard_handshake_end(a->guard);
   }
   /* The master secret is made: the token key is needed no more. */
-  m2mpsk_tkey_unref(a->tk);
-  a->tk = NULL;
-  sodium_memzero(a->handle, sizeof(a->handle));
-  a->handle_len = 0;
+  if (a->tok != NULL) {
+    m2mpsk_tkey_unref(a->tok->tk);
+    sodium_memzero(a->tok, sizeof(*a->tok));
+    free(a->tok);
+    a->tok = NULL;
+  }
 }
 
 /* Whether this association's engine can use a token key. */
@@ -163,22 +178,28 @@ int m2mpsk_assoc_wants_token_keys(const m2mpsk_assoc *a) {
 }
 
 /* A token key's handshake: keeps the key and writes a fresh random handle
- * of its length where the key would go. 0, or -1 (the engine cannot use
- * it: the caller refuses). Takes over v->tk either way. */
-static int hand_over_token(m2mpsk_assoc *a, m2mpsk_record_view *v, uint8_t *psk,
-                           size_t key_len) {
-  if (!engine_takes_token_keys(a)) {
+ * of its length where the key would go. NULL, or why the caller refuses
+ * (a template naming the KpsaID). Takes over v->tk either way. */
+static const char *hand_over_token(m2mpsk_assoc *a, m2mpsk_record_view *v,
+                                   uint8_t *psk, size_t key_len) {
+  const char *why = NULL;
+  if (!engine_takes_token_keys(a))
+    why = "the key of KpsaID %s is a token key, which only the OpenSSL "
+          "engine can use";
+  else if (a->tok == NULL && (a->tok = calloc(1, sizeof(*a->tok))) == NULL)
+    why = "out of memory taking the token key of KpsaID %s";
+  if (why != NULL) {
     m2mpsk_tkey_unref(v->tk);
     v->tk = NULL;
-    return -1;
+    return why;
   }
-  m2mpsk_tkey_unref(a->tk);
-  a->tk = v->tk;
+  m2mpsk_tkey_unref(a->tok->tk);
+  a->tok->tk = v->tk;
   v->tk = NULL;
-  randombytes_buf(a->handle, key_len);
-  a->handle_len = key_len;
-  memcpy(psk, a->handle, key_len);
-  return 0;
+  randombytes_buf(a->tok->handle, key_len);
+  a->tok->handle_len = key_len;
+  memcpy(psk, a->tok->handle, key_len);
+  return NULL;
 }
 
 /* Whether a failed handshake counts against the peer: not our own or the
@@ -186,6 +207,21 @@ static int hand_over_token(m2mpsk_assoc *a, m2mpsk_record_view *v, uint8_t *psk,
 static int counts_against_peer(m2mpsk_reason r) {
   return r != M2MPSK_REASON_NONE && r != M2MPSK_REASON_INTERNAL &&
          r != M2MPSK_REASON_MISUSE && r != M2MPSK_REASON_RATE_LIMITED;
+}
+
+/* The failure detail's buffer, made on first use; NULL when memory is
+ * short (detail_text() then says so). */
+static char *detail_buf(m2mpsk_assoc *a) {
+  if (a->detail == NULL)
+    a->detail = malloc(DETAIL_CAP);
+  return a->detail;
+}
+
+static const char k_detail_lost[] =
+    "(no detail: out of memory when it was written)";
+
+static const char *detail_text(const m2mpsk_assoc *a) {
+  return a->detail != NULL ? a->detail : k_detail_lost;
 }
 
 static COLD void fail(m2mpsk_assoc *a, m2mpsk_reason reason,
@@ -197,8 +233,11 @@ static COLD void fail(m2mpsk_assoc *a, m2mpsk_reason reason,
   int was_bound = a->bound;
   a->state = M2MPSK_STATE_FAILED;
   a->reason = reason;
-  if (detail != a->detail)
-    snprintf(a->detail, sizeof(a->detail), "%s", detail ? detail : "");
+  if (a->detail == NULL || detail != a->detail) {
+    char *buf = detail_buf(a);
+    if (buf != NULL)
+      snprintf(buf, DETAIL_CAP, "%s", detail ? detail : k_detail_lost);
+  }
   a->bound = 0;
   handshake_over(a);
   if (a->req != NULL) {
@@ -213,7 +252,7 @@ static COLD void fail(m2mpsk_assoc *a, m2mpsk_reason reason,
   else if (live &&
            (reason == M2MPSK_REASON_REVOKED || reason == M2MPSK_REASON_EXPIRED))
     type = M2MPSK_EVENT_REVOKED;
-  emit(a, type, reason, was_bound, a->detail);
+  emit(a, type, reason, was_bound, detail_text(a));
 
   if (a->role == M2MPSK_ROLE_RESPONDER && !live &&
       counts_against_peer(reason)) {
@@ -250,7 +289,9 @@ static void refuse(m2mpsk_assoc *a, m2mpsk_reason reason, const char *tmpl,
   if (a->refusal != M2MPSK_REASON_NONE)
     return;
   a->refusal = reason;
-  format1(a->detail, sizeof(a->detail), tmpl, arg);
+  char *buf = detail_buf(a);
+  if (buf != NULL)
+    format1(buf, DETAIL_CAP, tmpl, arg);
 }
 
 /* The engine failed: prefer what the callbacks decided, since on the wire a
@@ -355,11 +396,11 @@ int m2mpsk_assoc_token_master_secret(m2mpsk_assoc *a, const char *digest,
                                      const uint8_t *psk, size_t psk_len,
                                      const uint8_t *seed, size_t seed_len,
                                      uint8_t *out, size_t out_len) {
-  if (a == NULL || a->tk == NULL || psk_len != a->handle_len ||
-      sodium_memcmp(psk, a->handle, psk_len) != 0)
+  if (a == NULL || a->tok == NULL || psk_len != a->tok->handle_len ||
+      sodium_memcmp(psk, a->tok->handle, psk_len) != 0)
     return 0; /* not our handle: the engine's own PRF */
   if (digest == NULL ||
-      m2mpsk_tkey_master_secret(a->tk, digest, prefix, prefix_len, seed,
+      m2mpsk_tkey_master_secret(a->tok->tk, digest, prefix, prefix_len, seed,
                                 seed_len, out, out_len) != 0) {
     refuse(a, M2MPSK_REASON_INTERNAL,
            "the token key of KpsaID %s could not compute the master secret",
@@ -420,11 +461,8 @@ unsigned m2mpsk_assoc_on_client_psk(m2mpsk_assoc *a, char *identity,
     why = "out of memory binding KpsaID %s";
   }
   if (r == M2MPSK_REASON_NONE && v.tk != NULL &&
-      hand_over_token(a, &v, psk, key_len) != 0) {
+      (why = hand_over_token(a, &v, psk, key_len)) != NULL)
     r = M2MPSK_REASON_INTERNAL;
-    why = "the key of KpsaID %s is a token key, which only the OpenSSL "
-          "engine can use";
-  }
   if (r != M2MPSK_REASON_NONE) {
     m2mpsk_tkey_unref(v.tk);
     sodium_memzero(key, sizeof(key));
@@ -432,7 +470,7 @@ unsigned m2mpsk_assoc_on_client_psk(m2mpsk_assoc *a, char *identity,
     return 0;
   }
   memcpy(identity, a->kpsa_id, strlen(a->kpsa_id) + 1);
-  if (a->tk == NULL)
+  if (a->tok == NULL)
     memcpy(psk, key, key_len);
   sodium_memzero(key, sizeof(key));
   a->not_after = v.not_after;
@@ -516,15 +554,14 @@ unsigned m2mpsk_assoc_on_server_psk(m2mpsk_assoc *a, const char *identity,
     if (decide_binding(a, &v) != 0) {
       r = M2MPSK_REASON_INTERNAL;
       why = "out of memory binding KpsaID %s";
-    } else if (v.tk != NULL && hand_over_token(a, &v, psk, key_len) != 0) {
+    } else if (v.tk != NULL &&
+               (why = hand_over_token(a, &v, psk, key_len)) != NULL) {
       r = M2MPSK_REASON_INTERNAL;
-      why = "the key of KpsaID %s is a token key, which only the OpenSSL "
-            "engine can use";
     }
   }
 
   if (r == M2MPSK_REASON_NONE) {
-    if (a->tk == NULL)
+    if (a->tok == NULL)
       memcpy(psk, key, key_len);
     sodium_memzero(key, sizeof(key));
     return (unsigned)key_len;
@@ -787,6 +824,7 @@ void m2mpsk_assoc_free(m2mpsk_assoc *a) {
   m2mpsk_config_free(a->cfg);
   free(a->peer_id);
   free(a->peer_tag);
+  free(a->detail);
   sodium_memzero(a, sizeof(*a)); /* sni_space holds nothing secret */
   free(a);
 }
@@ -1643,5 +1681,5 @@ m2mpsk_reason m2mpsk_assoc_failure(const m2mpsk_assoc *a) {
 }
 
 const char *m2mpsk_assoc_failure_detail(const m2mpsk_assoc *a) {
-  return a != NULL && a->state == M2MPSK_STATE_FAILED ? a->detail : "";
+  return a != NULL && a->state == M2MPSK_STATE_FAILED ? detail_text(a) : "";
 }

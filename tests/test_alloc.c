@@ -190,6 +190,38 @@ Test(alloc, peer_tag_and_ae_id_binding_refuse_cleanly_without_memory) {
   m2mt_pair_free(&p);
 }
 
+/* The failure detail is made when the first failure is written (since 0.5:
+ * an association that never fails carries none). Without memory for it the
+ * failure is still reported, with its reason, its event and a detail that
+ * says what was lost; with memory, the detail is the failure's own. */
+Test(alloc, a_failure_without_memory_for_its_detail_still_reports) {
+#ifndef ALLOC_HOOK
+  cr_skip_test("the allocator cannot be interposed under AddressSanitizer");
+#endif
+  for (int starve = 1; starve >= 0; starve--) {
+    m2mt_pair p;
+    m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, NULL, NULL);
+    m2mt_pair_start(&p, 1000, 0);
+    cr_assert_str_eq(m2mpsk_assoc_failure_detail(p.a), "");
+    alloc_count = 0;
+    alloc_failed = 0;
+    alloc_fail_at = starve ? 0 : -1;
+    alloc_armed = 1;
+    int rc = m2mpsk_assoc_handle_timeout(p.a, 1000 + 3600 * 1000);
+    alloc_armed = 0;
+    cr_assert_eq(rc, M2MPSK_E_FAILED);
+    cr_assert_eq(alloc_failed, starve, "the detail's buffer was the one asked");
+    cr_assert_eq(m2mpsk_assoc_state(p.a), M2MPSK_STATE_FAILED);
+    cr_assert_eq(m2mpsk_assoc_failure(p.a), M2MPSK_REASON_TIMEOUT);
+    const char *d = m2mpsk_assoc_failure_detail(p.a);
+    if (starve)
+      cr_assert_str_eq(d, "(no detail: out of memory when it was written)");
+    else
+      cr_assert(strstr(d, "handshake not complete after") == d, "%s", d);
+    m2mt_pair_free(&p);
+  }
+}
+
 /* Key sources and put (0.4): each allocation they make fails in turn; the
  * call reports M2MPSK_E_NOMEM and leaves everything as it was. */
 Test(alloc, put_set_source_and_supply_refuse_cleanly_without_memory) {
