@@ -116,16 +116,23 @@ struct m2mpsk_assoc {
   uint8_t *held;
   size_t held_len;
   char *sni; /* responder with a source: the SNI, for the request */
-
   /* The KpsaID in use (have_kpsa_id); on a responder, before that, the
-   * well-formed psk_identity the client presented (presented). */
-  char kpsa_id[M2MPSK_KPSA_ID_MAX + 1];
+   * well-formed psk_identity the client presented (presented); "" until
+   * then. An initiator's is in `tail`; a responder's, in kpsa_id_heap, an
+   * allocation of its length (set_presented_id): most are far shorter than
+   * M2MPSK_KPSA_ID_MAX, and every byte of an established association
+   * counts. */
+  const char *kpsa_id;
+  char *kpsa_id_heap;
+
   /* The failure detail (DETAIL_CAP bytes), made when the first failure or
    * refusal is written: an association that never fails carries none. A
    * refusal decided in a callback writes it early, to be reported when the
    * handshake then fails. NULL after that only when memory was short. */
   char *detail;
-  unsigned char sni_space[]; /* sni_ok's bytes, one per local identity */
+  /* A responder's sni_ok bytes, one per local identity; an initiator's
+   * KpsaID. */
+  unsigned char tail[];
 };
 
 /* ---- failure ------------------------------------------------------------- */
@@ -222,6 +229,22 @@ static const char k_detail_lost[] =
 
 static const char *detail_text(const m2mpsk_assoc *a) {
   return a->detail != NULL ? a->detail : k_detail_lost;
+}
+
+/* A responder's KpsaID as the client presented it (well formed, len bytes
+ * and a NUL): in an allocation of its own length, replacing any earlier
+ * one. -1 when memory is short (nothing changes). */
+static int set_presented_id(m2mpsk_assoc *a, const char *id, size_t len) {
+  if (a->kpsa_id_heap != NULL && strcmp(a->kpsa_id_heap, id) == 0)
+    return 0;
+  char *p = malloc(len + 1);
+  if (p == NULL)
+    return -1;
+  memcpy(p, id, len + 1);
+  free(a->kpsa_id_heap);
+  a->kpsa_id_heap = p;
+  a->kpsa_id = p;
+  return 0;
 }
 
 static COLD void fail(m2mpsk_assoc *a, m2mpsk_reason reason,
@@ -505,7 +528,11 @@ unsigned m2mpsk_assoc_on_server_psk(m2mpsk_assoc *a, const char *identity,
   a->kpsa_hash_of_id = 0;
   if (id_len <= M2MPSK_KPSA_ID_MAX &&
       m2mpsk_kpsa_id_validate(identity) == M2MPSK_OK) {
-    memcpy(a->kpsa_id, identity, id_len + 1);
+    if (set_presented_id(a, identity, id_len) != 0) {
+      refuse(a, M2MPSK_REASON_INTERNAL,
+             "out of memory reading the psk_identity%s", "");
+      return 0;
+    }
     a->presented = 1;
   } else {
     a->refused_identity = 1;
@@ -725,7 +752,8 @@ int m2mpsk_assoc_new(m2mpsk_assoc **out, m2mpsk_role role,
 
   if (role == M2MPSK_ROLE_RESPONDER && !m2mpsk_config_roles_reversed(config))
     n_sni = m2mpsk_config_local_id_count(config);
-  m2mpsk_assoc *a = calloc(1, sizeof(*a) + n_sni);
+  size_t id_size = role == M2MPSK_ROLE_INITIATOR ? strlen(kpsa_id) + 1 : 0;
+  m2mpsk_assoc *a = calloc(1, sizeof(*a) + n_sni + id_size);
   if (a == NULL) {
     if (role == M2MPSK_ROLE_RESPONDER)
       m2mpsk_guard_handshake_end(guard);
@@ -737,8 +765,10 @@ int m2mpsk_assoc_new(m2mpsk_assoc **out, m2mpsk_role role,
   a->transport = transport;
   a->reversed = m2mpsk_config_roles_reversed(config);
   a->mtu = 1400;
+  a->kpsa_id = "";
   if (role == M2MPSK_ROLE_INITIATOR) {
-    memcpy(a->kpsa_id, kpsa_id, strlen(kpsa_id) + 1);
+    memcpy(a->tail, kpsa_id, id_size);
+    a->kpsa_id = (const char *)a->tail;
     a->kpsa_hash = hash;
     a->have_kpsa_id = 1;
     a->serial = v.serial;
@@ -748,7 +778,7 @@ int m2mpsk_assoc_new(m2mpsk_assoc **out, m2mpsk_role role,
     a->pending_record = (unsigned char)pending_record;
   } else if (!a->reversed) {
     /* Before SNI, every local identity is a candidate. */
-    a->sni_ok = a->sni_space;
+    a->sni_ok = a->tail;
     memset(a->sni_ok, 1, n_sni);
   }
 
@@ -825,7 +855,8 @@ void m2mpsk_assoc_free(m2mpsk_assoc *a) {
   free(a->peer_id);
   free(a->peer_tag);
   free(a->detail);
-  sodium_memzero(a, sizeof(*a)); /* sni_space holds nothing secret */
+  free(a->kpsa_id_heap);
+  sodium_memzero(a, sizeof(*a)); /* the tail holds nothing secret */
   free(a);
 }
 
@@ -1067,7 +1098,8 @@ static int key_needed(m2mpsk_assoc *a, const uint8_t *id, size_t id_len) {
   /* One index hash for the presence check (no key is read), the request,
    * and the engine's callback, which reads the same identity again. */
   uint64_t hash = m2mpsk_keystore_hash(a->ks, name);
-  memcpy(a->kpsa_id, name, id_len + 1);
+  if (set_presented_id(a, name, id_len) != 0)
+    return 0; /* the engine's callback fails it, short of memory too */
   a->kpsa_hash = hash;
   a->kpsa_hash_of_id = 1;
   if (m2mpsk_keystore_fetch_hashed(a->ks, name, hash, NULL, NULL, NULL) ==

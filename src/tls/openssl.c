@@ -164,32 +164,35 @@ struct m2mpsk_engine_ctx {
 
 struct m2mpsk_engine {
   FAMILY_ENGINE_FIELDS;
-  /* What we sent: whether our records are encrypted yet, and the next
-   * epoch-0 DTLS sequence number (for an alert of our own). TLS records
+  /* The flags first, in the bytes after the family's small area: every
+   * byte of an established association counts (tests/bench/README.md). */
+  /* What we sent: whether our records are encrypted yet (below: the next
+   * epoch-0 DTLS sequence number, for an alert of our own). TLS records
    * are followed across writes: out_hdr collects a header, out_skip is
    * what is left of the current record's body. */
-  int write_encrypted;
-  uint64_t next_seq0;
+  uint8_t write_encrypted;
   uint8_t out_hdr[5];
+  uint8_t timer_on; /* DTLS retransmission timer on the caller's clock */
+  /* DTLS responder: capture the flight that completes the handshake. */
+  uint8_t capture;
+  /* DTLS responder, until a ClientHello with a valid cookie: every
+   * handshake step goes through DTLSv1_listen() (listen_tag and
+   * hello_random below). */
+  uint8_t listening;
+  uint8_t have_random;
+  uint32_t duration_ms;
+  uint64_t next_seq0;
   size_t out_hdr_len;
   size_t out_skip;
-  /* DTLS retransmission timer on the caller's clock. */
-  int timer_on;
   uint64_t deadline_ms;
-  uint32_t duration_ms;
   struct timeval *ossl_deadline; /* OpenSSL's own, when g_steer */
   /* DTLS responder: the flight that completed the handshake (datagrams,
    * as sent), kept until the peer shows it has it (see ossl_push). */
-  int capture;
   bytebuf last_flight;
-  /* DTLS responder, until a ClientHello with a valid cookie: every
-   * handshake step goes through DTLSv1_listen(). listen_tag is the scratch
-   * engine's peer tag (ossl_dtls_listen), else the owner's is asked for.
-   * hello_random is the random of the last ClientHello read while
-   * listening, which the cookie covers. */
-  int listening;
+  /* While listening: listen_tag is the scratch engine's peer tag
+   * (ossl_dtls_listen), else the owner's is asked for; hello_random is
+   * the random of the last ClientHello read, which the cookie covers. */
   const char *listen_tag;
-  int have_random;
   uint8_t hello_random[32];
 };
 
@@ -501,11 +504,32 @@ static int backend_handshake_begin(m2mpsk_engine *e) {
   return -1;
 }
 
+/* The last flight stays until the peer shows it has it: in an established
+ * DTLS responder that hears nothing more, for its whole life. It takes no
+ * more room than its bytes (a CCS and a Finished: about 100), not the
+ * BUF_MIN it was collected in. */
+static void last_flight_fit(m2mpsk_engine *e) {
+  bytebuf *b = &e->last_flight;
+  if (b->len == 0) {
+    buf_release(e, b);
+    return;
+  }
+  if (b->off != 0 || b->cap <= b->len)
+    return;
+  uint8_t *p = realloc(b->p, b->len);
+  if (p != NULL) {
+    b->p = p;
+    b->cap = b->len;
+  }
+}
+
 static void backend_handshake_end(m2mpsk_engine *e, int r) {
   t_current = NULL;
   e->capture = 0;
   if (r != 1)
     buf_consume(e, &e->last_flight, e->last_flight.len);
+  else
+    last_flight_fit(e);
 }
 
 /* OpenSSL cannot be told to send a fatal alert. While our records are

@@ -580,10 +580,20 @@ static double transport_memory(const raw_lib *lib, int dtls, long k) {
   return (all - base) / (double)(2 * k);
 }
 
-/* --mem-limit: the most bytes an association may hold above raw BoringSSL
- * (the mem section's target, 1 KiB), and the sides found above it. */
+/* --mem-limit: the most bytes an association may hold above the raw
+ * library it ran on (the target of the mem and engmem sections, 1 KiB),
+ * and the sides found above it. */
 static long g_mem_limit = -1;
 static int g_mem_over;
+
+static void mem_limit_check(const char *label, const char *side,
+                            const char *lib, double extra) {
+  if (g_mem_limit < 0 || extra <= g_mem_limit)
+    return;
+  printf("%-15s %s %s: %+.0f B above raw %s, more than the limit of %ld\n",
+         "", label, side, extra, lib, g_mem_limit);
+  g_mem_over++;
+}
 
 static void memory_case(const bench_case *c, long k) {
   mem_figures m = m2m_memory(c, k);
@@ -604,12 +614,8 @@ static void memory_case(const bench_case *c, long k) {
          "\"m2mpsk\":%.1f,\"boringssl\":%.1f,\"boringssl_transport\":%.1f,"
          "\"openssl\":%.1f}",
          c->label, sides[i], k, mv[i], rv[i] - tv[i], tv[i], ov[i] - tv[i]);
-    if (i < 2 && g_mem_limit >= 0 && mv[i] - (rv[i] - tv[i]) > g_mem_limit) {
-      printf("%-15s %s: %+.0f B above raw BoringSSL, more than the limit of "
-             "%ld\n",
-             "", sides[i], mv[i] - (rv[i] - tv[i]), g_mem_limit);
-      g_mem_over++;
-    }
+    if (i < 2)
+      mem_limit_check(c->label, sides[i], "boringssl", mv[i] - (rv[i] - tv[i]));
   }
   if (m.leaked > LEAK_NOTICE || r.leaked > LEAK_NOTICE)
     printf("%-15s not returned after freeing all, per pair: m2mpsk %.0f, "
@@ -1685,6 +1691,10 @@ static void engine_memory_case(const bench_case *c, long k) {
          m2mpsk_engine_name(eb), k, m.initiator, m.responder, ri, rr,
          rb.initiator - t, rb.responder - t, ro.initiator - t,
          ro.responder - t);
+    mem_limit_check(c->label, "initiator", m2mpsk_engine_name(ea),
+                    m.initiator - ri);
+    mem_limit_check(c->label, "responder", m2mpsk_engine_name(eb),
+                    m.responder - rr);
   }
   fflush(stdout);
 }
@@ -1725,8 +1735,9 @@ static void usage(FILE *f) {
         "  suite, memory per engine and the engines' resident cost.\n"
         "  LIST: hs,mem,tp,thr,ks,ksadd,hello,auto,engmem (default all).\n"
         "  CASE: 0-3. DIR of --hellos: ClientHello captures (*.bin).\n"
-        "  --mem-limit: exit 1 when a side of the mem section holds more\n"
-        "  than BYTES above raw BoringSSL (ctest's membench_check: 1024).\n",
+        "  --mem-limit: exit 1 when a side of the mem or engmem sections\n"
+        "  holds more than BYTES above the raw library it ran on (ctest's\n"
+        "  membench_check: 1024).\n",
         f);
 }
 
@@ -1796,8 +1807,9 @@ int main(int argc, char **argv) {
     }
   }
   if (g_mem_limit >= 0) {
-    if (!section_on(&bp, "mem")) {
-      fprintf(stderr, "m2mpsk-bench: --mem-limit needs the mem section\n");
+    if (!section_on(&bp, "mem") && !section_on(&bp, "engmem")) {
+      fprintf(stderr, "m2mpsk-bench: --mem-limit needs the mem or engmem "
+                      "section\n");
       return 2;
     }
 #if defined(__SANITIZE_ADDRESS__)
