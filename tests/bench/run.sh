@@ -2,7 +2,8 @@
 # Builds and runs the whole benchmark harness, then writes docs/BENCHMARKS.md
 # and docs/benchmarks.png from that one run.
 #
-#   bash tests/bench/run.sh           # full run, 10-15 minutes on 2 cores
+#   bash tests/bench/run.sh           # full run, about 23 minutes on 2 cores (the
+#                                     # key-source sweep is 20 of them)
 #   bash tests/bench/run.sh --quick   # smoke run, about a minute; writes
 #                                     # build-bench/bench-results/ only
 #
