@@ -103,12 +103,17 @@ struct m2mpsk_assoc {
    * context (an initiator with a token key, a responder whose keystore
    * has M2MPSK_KEYSTORE_TOKEN_KEYS). */
   unsigned char token_keys;
+  /* A responder whose record was an answer given once
+   * (m2mpsk_key_request_supply_once): no keystore record to follow. */
+  unsigned char once;
   uint32_t hs_left;        /* TLS scan: handshake bytes in later records */
   unsigned held_n;         /* DTLS: datagrams held */
   m2mpsk_key_request *req; /* while WAITING_KEY */
   /* The answered request, while m2mpsk_assoc_resume() hands the engine
    * what waited: the engine's key callback takes the key that came with
-   * the answer (m2mpsk_key_request_take_key) instead of reading it back. */
+   * the answer (m2mpsk_key_request_take_key) instead of reading it back.
+   * An answer given once stays here (a reference of ours) until that
+   * callback has its record, or the handshake ends. */
   m2mpsk_key_request *answered;
   /* Input not yet given to the engine: TLS, the stream from the first
    * record not yet scanned; DTLS, the datagrams that arrived while
@@ -161,7 +166,13 @@ static void emit(const m2mpsk_assoc *a, m2mpsk_event_type type,
 }
 
 /* The association leaves the set of handshakes in progress. */
+static void drop_answered(m2mpsk_assoc *a) {
+  m2mpsk_key_request_free(a->answered);
+  a->answered = NULL;
+}
+
 static void handshake_over(m2mpsk_assoc *a) {
+  drop_answered(a);
   if (a->counted) {
     a->counted = 0;
     m2mpsk_guard_handshake_end(a->guard);
@@ -433,13 +444,21 @@ int m2mpsk_assoc_token_master_secret(m2mpsk_assoc *a, const char *digest,
   return 1;
 }
 
-/* The responder's record and key for `identity`. Right after an answer,
+/* The responder's record and key for `identity`. After an answer given
+ * once, its record (the keystore has none). Right after an ordinary answer,
  * the key that came with it, when it is for the very record found (same
  * serial: not replaced meanwhile); otherwise, or when there is none, the
  * keystore's copy. */
 static int fetch_server_key(m2mpsk_assoc *a, const char *identity,
                             m2mpsk_record_view *v, uint8_t *key,
                             size_t *key_len) {
+  if (a->answered != NULL &&
+      strcmp(identity, m2mpsk_key_request_kpsa_id(a->answered)) == 0 &&
+      m2mpsk_key_request_once_record(a->answered, v, key, key_len)) {
+    a->once = 1;
+    drop_answered(a); /* the last waiter's drop wipes the key's slot */
+    return M2MPSK_OK;
+  }
   if (a->answered != NULL) {
     int rc = m2mpsk_keystore_fetch_hashed(a->ks, identity, a->kpsa_hash, v,
                                           NULL, NULL);
@@ -646,7 +665,7 @@ static HOT int record_still_good(m2mpsk_assoc *a) {
   const char *why = NULL;
   m2mpsk_reason r = M2MPSK_REASON_NONE;
   uint64_t gen = m2mpsk_keystore_generation(a->ks);
-  if (gen != a->checked_gen && a->have_kpsa_id) {
+  if (gen != a->checked_gen && a->have_kpsa_id && !a->once) {
     /* Something was removed, revoked or put. A put that changed only the
      * validity window keeps the serial: follow its new not_after. */
     m2mpsk_record_view v;
@@ -848,6 +867,7 @@ void m2mpsk_assoc_free(m2mpsk_assoc *a) {
     a->ops->engine_free(a->eng);
   free(a->hello_buf);
   m2mpsk_key_request_free(a->req); /* a late answer is then harmless */
+  drop_answered(a);
   free(a->held);
   free(a->sni);
   m2mpsk_keystore_free(a->ks);
@@ -1109,6 +1129,13 @@ static int key_needed(m2mpsk_assoc *a, const uint8_t *id, size_t id_len) {
   int r = m2mpsk_keystore_request_key_hashed(a->ks, name, hash, a->role, a->sni,
                                              &req);
   if (r != M2MPSK_KEYREQ_WAIT || m2mpsk_key_request_answered(req)) {
+    /* Answered already, by the callback itself: an answer given once is
+     * kept for the engine's callback, which reads the flight next. */
+    if (r == M2MPSK_KEYREQ_WAIT && m2mpsk_key_request_given_once(req)) {
+      drop_answered(a);
+      a->answered = req;
+      return 0;
+    }
     m2mpsk_key_request_free(req);
     return 0;
   }
@@ -1318,10 +1345,13 @@ int m2mpsk_assoc_resume(m2mpsk_assoc *a, uint64_t now_ms) {
   }
   /* The ClientKeyExchange that waited reaches the engine now, and with it
    * the key callback (on_server_psk). */
+  drop_answered(a);
   a->answered = req;
   int rc = release_held(a);
-  a->answered = NULL;
-  m2mpsk_key_request_free(req);
+  /* An ordinary answer's key goes with the flight or not at all; an
+   * answer given once waits for the engine's callback. */
+  if (a->answered != NULL && !m2mpsk_key_request_given_once(a->answered))
+    drop_answered(a);
   return rc;
 }
 

@@ -8,18 +8,24 @@
  * the associations that asked, and the first of them to need the key takes
  * it from here instead (keysource.c, assoc.c).
  *
- * Where the copy lives: one region for the process, made on first use by
- * sodium_malloc (locked in memory, guard pages on both sides, excluded
- * from core dumps), of HANDOFF_SLOTS slots of M2MPSK_KEY_MAX bytes. It is
- * writable, as is the buffer any handshake copies its key into; it is not
- * the closed arena a key rests in. So a copy lives only while the answer
- * is on its way: it is wiped when an association takes it, or when the
- * request that carries it is freed (every waiting association resumed or
- * freed, and the host dropped its reference), whichever comes first.
+ * Where the copy lives: regions of HANDOFF_CHUNK slots of M2MPSK_KEY_MAX
+ * bytes, made on demand (at most HANDOFF_CHUNKS of them, for the process)
+ * by sodium_malloc: locked in memory, guard pages on both sides, excluded
+ * from core dumps. They are writable, as is the buffer any handshake copies
+ * its key into; they are not the closed arena a key rests in. So a copy
+ * lives only while the answer is on its way: it is wiped when an
+ * association takes it, or when the request that carries it is freed
+ * (every waiting association resumed or freed, and the host dropped its
+ * reference), whichever comes first.
  *
- * When the region is full, or could not be made, an answer carries no
- * copy and associations read the arena as before: nothing fails for want
- * of a slot. Handles are 1-based (0: none). */
+ * An answer given once (m2mpsk_key_request_supply_once) has no arena copy
+ * at all: its slot is the only place its key lives, every association that
+ * waited reads it (m2mpsk_handoff_read), and it is wiped with the request.
+ *
+ * When every region is full, or none could be made, an ordinary answer
+ * carries no copy and associations read the arena as before: nothing fails
+ * for want of a slot; an answer given once is refused. Handles are 1-based
+ * (0: none). */
 #include <pthread.h>
 #include <sodium.h>
 #include <stdint.h>
@@ -27,12 +33,15 @@
 
 #include "internal.h"
 
-#define HANDOFF_SLOTS 512u
+#define HANDOFF_CHUNK 512u
+#define HANDOFF_CHUNKS 16u /* 8192 slots, 512 KiB locked at most */
+#define HANDOFF_SLOTS (HANDOFF_CHUNK * HANDOFF_CHUNKS)
 #define SLOT_SIZE ((size_t)M2MPSK_KEY_MAX)
 
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
-static uint8_t *g_mem;    /* HANDOFF_SLOTS * SLOT_SIZE, or NULL */
-static int g_state;       /* 0: not tried yet, 1: ready, -1: unavailable */
+static uint8_t *g_mem[HANDOFF_CHUNKS]; /* HANDOFF_CHUNK * SLOT_SIZE each */
+static unsigned g_chunks;              /* regions made */
+static int g_atfork; /* the fork handler is registered */
 static unsigned g_limit = HANDOFF_SLOTS; /* a test may lower it */
 static uint8_t g_len[HANDOFF_SLOTS];     /* 0: the slot is free */
 static uint16_t g_free[HANDOFF_SLOTS];   /* free slots, a stack */
@@ -47,42 +56,64 @@ static void atfork_child(void) {
   pthread_mutex_init(&g_mu, NULL);
 }
 
-/* Under g_mu. */
-static int ready(void) {
-  if (g_state == 0) {
-    g_state = -1;
-    if (sodium_init() >= 0 && pthread_atfork(NULL, NULL, atfork_child) == 0 &&
-        (g_mem = sodium_malloc(HANDOFF_SLOTS * SLOT_SIZE)) != NULL) {
-      sodium_memzero(g_mem, HANDOFF_SLOTS * SLOT_SIZE);
-      for (unsigned i = 0; i < HANDOFF_SLOTS; i++)
-        g_free[i] = (uint16_t)(HANDOFF_SLOTS - 1 - i);
-      g_nfree = HANDOFF_SLOTS;
-      g_state = 1;
-    }
+static uint8_t *slot(unsigned i) {
+  return g_mem[i / HANDOFF_CHUNK] + (size_t)(i % HANDOFF_CHUNK) * SLOT_SIZE;
+}
+
+/* Under g_mu: a free slot exists, making a region if every one is full.
+ * 1, or 0 (*why: M2MPSK_E_LIMIT when every region is made and full or the
+ * test limit is reached, M2MPSK_E_NOMEM when a region could not be made). */
+static int room(int *why) {
+  if (g_chunks * HANDOFF_CHUNK - g_nfree >= g_limit) {
+    *why = M2MPSK_E_LIMIT;
+    return 0;
   }
-  return g_state > 0;
+  if (g_nfree > 0)
+    return 1;
+  *why = M2MPSK_E_LIMIT;
+  if (g_chunks == HANDOFF_CHUNKS)
+    return 0;
+  *why = M2MPSK_E_NOMEM;
+  if (!g_atfork) {
+    if (sodium_init() < 0 || pthread_atfork(NULL, NULL, atfork_child) != 0)
+      return 0;
+    g_atfork = 1;
+  }
+  uint8_t *mem = sodium_malloc(HANDOFF_CHUNK * SLOT_SIZE);
+  if (mem == NULL)
+    return 0;
+  sodium_memzero(mem, HANDOFF_CHUNK * SLOT_SIZE);
+  unsigned base = g_chunks * HANDOFF_CHUNK;
+  g_mem[g_chunks++] = mem;
+  for (unsigned i = HANDOFF_CHUNK; i-- > 0;)
+    g_free[g_nfree++] = (uint16_t)(base + i);
+  return 1;
 }
 
 /* Under g_mu: wipes slot h and gives it back. */
 static void release(int h) {
   unsigned i = (unsigned)h - 1;
-  sodium_memzero(g_mem + (size_t)i * SLOT_SIZE, SLOT_SIZE);
+  sodium_memzero(slot(i), SLOT_SIZE);
   g_len[i] = 0;
   g_free[g_nfree++] = (uint16_t)i;
 }
 
 static int valid(int h) {
-  return h > 0 && (unsigned)h <= HANDOFF_SLOTS && g_len[h - 1] != 0;
+  return h > 0 && (unsigned)h <= g_chunks * HANDOFF_CHUNK && g_len[h - 1] != 0;
 }
 
-int m2mpsk_handoff_put(const uint8_t *key, size_t len) {
+int m2mpsk_handoff_hold(const uint8_t *key, size_t len, int *why) {
+  int dummy;
+  if (why == NULL)
+    why = &dummy;
+  *why = M2MPSK_E_INVALID;
   if (key == NULL || len == 0 || len > SLOT_SIZE)
     return 0;
   int h = 0;
   pthread_mutex_lock(&g_mu);
-  if (ready() && g_nfree > 0 && HANDOFF_SLOTS - g_nfree < g_limit) {
+  if (room(why)) {
     unsigned i = g_free[--g_nfree];
-    memcpy(g_mem + (size_t)i * SLOT_SIZE, key, len);
+    memcpy(slot(i), key, len);
     g_len[i] = (uint8_t)len;
     h = (int)i + 1;
   }
@@ -90,12 +121,27 @@ int m2mpsk_handoff_put(const uint8_t *key, size_t len) {
   return h;
 }
 
+int m2mpsk_handoff_put(const uint8_t *key, size_t len) {
+  return m2mpsk_handoff_hold(key, len, NULL);
+}
+
+size_t m2mpsk_handoff_read(int h, uint8_t *out) {
+  size_t len = 0;
+  pthread_mutex_lock(&g_mu);
+  if (valid(h)) {
+    len = g_len[h - 1];
+    memcpy(out, slot((unsigned)h - 1), len);
+  }
+  pthread_mutex_unlock(&g_mu);
+  return len;
+}
+
 size_t m2mpsk_handoff_take(int h, uint8_t *out) {
   size_t len = 0;
   pthread_mutex_lock(&g_mu);
-  if (g_mem != NULL && valid(h)) {
+  if (valid(h)) {
     len = g_len[h - 1];
-    memcpy(out, g_mem + (size_t)(h - 1) * SLOT_SIZE, len);
+    memcpy(out, slot((unsigned)h - 1), len);
     release(h);
 #ifdef M2MPSK_TEST_HOOKS
     g_taken++;
@@ -107,7 +153,7 @@ size_t m2mpsk_handoff_take(int h, uint8_t *out) {
 
 void m2mpsk_handoff_drop(int h) {
   pthread_mutex_lock(&g_mu);
-  if (g_mem != NULL && valid(h))
+  if (valid(h))
     release(h);
   pthread_mutex_unlock(&g_mu);
 }
@@ -115,7 +161,7 @@ void m2mpsk_handoff_drop(int h) {
 #ifdef M2MPSK_TEST_HOOKS
 unsigned m2mpsk_handoff_debug_in_use(void) {
   pthread_mutex_lock(&g_mu);
-  unsigned n = g_state > 0 ? HANDOFF_SLOTS - g_nfree : 0;
+  unsigned n = g_chunks * HANDOFF_CHUNK - g_nfree;
   pthread_mutex_unlock(&g_mu);
   return n;
 }
@@ -136,9 +182,8 @@ void m2mpsk_handoff_debug_limit(unsigned n) {
 int m2mpsk_handoff_debug_contains(const uint8_t *key, size_t len) {
   int found = 0;
   pthread_mutex_lock(&g_mu);
-  for (unsigned i = 0; g_mem != NULL && i < HANDOFF_SLOTS && !found; i++)
-    found = g_len[i] == len &&
-            sodium_memcmp(g_mem + (size_t)i * SLOT_SIZE, key, len) == 0;
+  for (unsigned i = 0; i < g_chunks * HANDOFF_CHUNK && !found; i++)
+    found = g_len[i] == len && sodium_memcmp(slot(i), key, len) == 0;
   pthread_mutex_unlock(&g_mu);
   return found;
 }

@@ -117,6 +117,15 @@ int m2mpsk_keystore_request_key_hashed(m2mpsk_keystore *ks, const char *kpsa_id,
  * after m2mpsk_key_request_answered() said 1. */
 size_t m2mpsk_key_request_take_key(m2mpsk_key_request *req, uint64_t serial,
                                    uint8_t *out);
+/* The record of an answer given once (m2mpsk_key_request_supply_once):
+ * 1 with *v (serial 0, never revoked) and the key (room for M2MPSK_KEY_MAX
+ * bytes) and its length, as often as asked while the request lives; 0 when
+ * the answer was not given once. */
+/* 1 when `req` was answered once (m2mpsk_key_request_supply_once). */
+int m2mpsk_key_request_given_once(m2mpsk_key_request *req);
+int m2mpsk_key_request_once_record(m2mpsk_key_request *req,
+                                   m2mpsk_record_view *v, uint8_t *key,
+                                   size_t *key_len);
 
 /* m2mpsk_keystore_add() that also gives the new record's serial. */
 int m2mpsk_keystore_add_serial(m2mpsk_keystore *ks, const char *kpsa_id,
@@ -125,11 +134,23 @@ int m2mpsk_keystore_add_serial(m2mpsk_keystore *ks, const char *kpsa_id,
                                int64_t not_before, int64_t not_after,
                                uint64_t *serial);
 
+/* m2mpsk_keystore_add()'s checks of its arguments (kpsa_id and idb not
+ * NULL): M2MPSK_OK or its validation codes. */
+int m2mpsk_record_check(const char *kpsa_id, size_t key_len, const char *ida,
+                        const char *idb, int64_t not_before,
+                        int64_t not_after);
+
 /* ---- handoff.c: keys on their way with an answer ------------------------ */
 
 /* Copies `len` (1..M2MPSK_KEY_MAX) bytes into a free slot: its handle, or 0
  * when there is none (then nothing is kept). Thread-safe. */
 int m2mpsk_handoff_put(const uint8_t *key, size_t len);
+/* The same, saying why there is no slot: *why (may be NULL) is
+ * M2MPSK_E_LIMIT (every slot taken), M2MPSK_E_NOMEM (no region could be
+ * made) or M2MPSK_E_INVALID (a bad length). */
+int m2mpsk_handoff_hold(const uint8_t *key, size_t len, int *why);
+/* Copies slot `h` into `out` and leaves it: the key's length, or 0. */
+size_t m2mpsk_handoff_read(int h, uint8_t *out);
 /* Copies slot `h` into `out` (room for M2MPSK_KEY_MAX bytes), wipes it and
  * frees it: the key's length, or 0 when `h` holds nothing. */
 size_t m2mpsk_handoff_take(int h, uint8_t *out);

@@ -48,6 +48,10 @@ struct m2mpsk_key_request {
    * the handle is published. */
   atomic_int handoff;
   uint64_t handoff_serial;
+  /* An answer given once (m2mpsk_key_request_supply_once): the record for
+   * the associations that waited, its key in handoff (read, never taken).
+   * Set under mu before the request is closed; NULL otherwise. */
+  m2mpsk_record_view *once;
 };
 
 struct m2mpsk_key_sources {
@@ -64,6 +68,7 @@ struct m2mpsk_key_sources {
 
 static void request_destroy(m2mpsk_key_request *r) {
   m2mpsk_handoff_drop(atomic_exchange(&r->handoff, 0));
+  free(r->once);
   pthread_mutex_destroy(&r->mu);
   free(r);
 }
@@ -260,9 +265,85 @@ int m2mpsk_key_request_supply(m2mpsk_key_request *req, const uint8_t *key,
   return supplied(req, ks, rc);
 }
 
+int m2mpsk_key_request_supply_once(m2mpsk_key_request *req,
+                                   const uint8_t *key, size_t key_len,
+                                   const char *ida, const char *idb,
+                                   int64_t not_before, int64_t not_after) {
+  if (req == NULL || key == NULL || idb == NULL ||
+      req->role != M2MPSK_ROLE_RESPONDER)
+    return M2MPSK_E_INVALID;
+  int rc = m2mpsk_record_check(req->kpsa_id, key_len, ida, idb, not_before,
+                               not_after);
+  if (rc != M2MPSK_OK)
+    return rc;
+  m2mpsk_keystore *ks = open_request_keystore(req);
+  if (ks == NULL)
+    return M2MPSK_E_STATE;
+  m2mpsk_record_view *v = calloc(1, sizeof(*v));
+  int why = M2MPSK_E_NOMEM;
+  int h = v != NULL ? m2mpsk_handoff_hold(key, key_len, &why) : 0;
+  if (h == 0) {
+    free(v);
+    m2mpsk_keystore_free(ks);
+    return why;
+  }
+  if (ida != NULL)
+    memcpy(v->ida, ida, strlen(ida) + 1);
+  memcpy(v->idb, idb, strlen(idb) + 1);
+  v->not_before = not_before;
+  v->not_after = not_after;
+  pthread_mutex_lock(&req->mu);
+  int taken = req->once != NULL || atomic_load(&req->answered);
+  if (!taken) {
+    req->once = v;
+    m2mpsk_handoff_drop(atomic_exchange(&req->handoff, h));
+  }
+  pthread_mutex_unlock(&req->mu);
+  if (taken || close_request(ks, req) != M2MPSK_OK) {
+    /* Another answer came first: it stands, this one leaves no trace. */
+    if (!taken) {
+      pthread_mutex_lock(&req->mu);
+      req->once = NULL;
+      h = atomic_exchange(&req->handoff, 0);
+      pthread_mutex_unlock(&req->mu);
+    }
+    m2mpsk_handoff_drop(h);
+    free(v);
+    rc = M2MPSK_E_STATE;
+  }
+  m2mpsk_keystore_free(ks);
+  return rc;
+}
+
+int m2mpsk_key_request_once_record(m2mpsk_key_request *req,
+                                   m2mpsk_record_view *v, uint8_t *key,
+                                   size_t *key_len) {
+  int found = 0;
+  pthread_mutex_lock(&req->mu);
+  if (req->once != NULL) {
+    *v = *req->once;
+    *key_len = m2mpsk_handoff_read(atomic_load(&req->handoff), key);
+    found = *key_len != 0;
+  }
+  pthread_mutex_unlock(&req->mu);
+  return found;
+}
+
+int m2mpsk_key_request_given_once(m2mpsk_key_request *req) {
+  pthread_mutex_lock(&req->mu);
+  int once = req->once != NULL;
+  pthread_mutex_unlock(&req->mu);
+  return once;
+}
+
 size_t m2mpsk_key_request_take_key(m2mpsk_key_request *req, uint64_t serial,
                                    uint8_t *out) {
-  int h = req != NULL ? atomic_exchange(&req->handoff, 0) : 0;
+  if (req == NULL)
+    return 0;
+  pthread_mutex_lock(&req->mu);
+  /* An answer given once keeps its key for every waiter. */
+  int h = req->once == NULL ? atomic_exchange(&req->handoff, 0) : 0;
+  pthread_mutex_unlock(&req->mu);
   if (h == 0)
     return 0;
   if (req->handoff_serial != serial) {

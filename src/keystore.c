@@ -815,10 +815,9 @@ void m2mpsk_keystore_free(m2mpsk_keystore *ks) {
 
 /* Checks add()'s arguments and builds the record (key not yet stored).
  * Returns M2MPSK_OK with *out, or add()'s validation codes / E_NOMEM. */
-static int record_build(m2mpsk_keystore *ks, const char *kpsa_id,
-                        size_t key_len, const char *ida, const char *idb,
-                        int64_t not_before, int64_t not_after, uint32_t tag,
-                        ks_record **out) {
+int m2mpsk_record_check(const char *kpsa_id, size_t key_len, const char *ida,
+                        const char *idb, int64_t not_before,
+                        int64_t not_after) {
   int rc = m2mpsk_kpsa_id_validate(kpsa_id);
   if (rc != M2MPSK_OK)
     return rc;
@@ -831,6 +830,17 @@ static int record_build(m2mpsk_keystore *ks, const char *kpsa_id,
   if (not_before < 0 || not_after < 0 ||
       (not_before != 0 && not_after != 0 && not_after < not_before))
     return M2MPSK_E_VALIDITY;
+  return M2MPSK_OK;
+}
+
+static int record_build(m2mpsk_keystore *ks, const char *kpsa_id,
+                        size_t key_len, const char *ida, const char *idb,
+                        int64_t not_before, int64_t not_after, uint32_t tag,
+                        ks_record **out) {
+  int rc = m2mpsk_record_check(kpsa_id, key_len, ida, idb, not_before,
+                               not_after);
+  if (rc != M2MPSK_OK)
+    return rc;
 
   size_t kpsa_len = strlen(kpsa_id);
   size_t ida_len = ida != NULL ? strlen(ida) : 0;

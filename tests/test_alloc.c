@@ -371,3 +371,69 @@ Test(alloc, batch_calls_refuse_cleanly_without_memory) {
   m2mpsk_keystore_batch_free(b);
   m2mpsk_keystore_free(ks);
 }
+
+/* An answer given once (0.6) needs its record's copy: without memory it is
+ * refused with M2MPSK_E_NOMEM and the request stays open; once memory is
+ * back the waiting responder completes. */
+Test(alloc, supply_once_refuses_cleanly_without_memory) {
+#ifndef ALLOC_HOOK
+  cr_skip_test("the allocator cannot be interposed under AddressSanitizer");
+#endif
+  m2mpsk_keystore *ks_a = NULL, *ks_b = NULL;
+  m2mpsk_config *cfg_a = NULL, *cfg_b = NULL;
+  m2mpsk_assoc *a = NULL, *b = NULL;
+  cr_assert_eq(m2mpsk_keystore_new(&ks_a, 0), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_new(&ks_b, 0), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_add(ks_a, M2MT_KPSA_ID, m2mt_key, 32, M2MT_IDA,
+                                   M2MT_IDB, 0, 0),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_set_source(ks_b, NULL, NULL, 4), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_config_new(&cfg_a), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_config_new(&cfg_b), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_config_add_local_id(cfg_b, M2MT_IDB), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_new(&a, M2MPSK_ROLE_INITIATOR, M2MPSK_TRANSPORT_TLS,
+                                cfg_a, ks_a, M2MT_KPSA_ID),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_new(&b, M2MPSK_ROLE_RESPONDER, M2MPSK_TRANSPORT_TLS,
+                                cfg_b, ks_b, NULL),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_start(b, 1000, 1800000000), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_assoc_start(a, 1000, 1800000000), M2MPSK_OK);
+  for (int i = 0; i < 8 && m2mpsk_assoc_state(b) != M2MPSK_STATE_WAITING_KEY;
+       i++) {
+    (void)m2mt_transfer(a, b, NULL, 1000);
+    (void)m2mt_transfer(b, a, NULL, 1000);
+  }
+  cr_assert_eq(m2mpsk_assoc_state(b), M2MPSK_STATE_WAITING_KEY);
+  m2mpsk_key_request *req = NULL;
+  cr_assert_eq(m2mpsk_keystore_next_request(ks_b, &req), M2MPSK_OK);
+  int rc = M2MPSK_E_NOMEM;
+  long nomem = 0;
+  for (long at = 0; rc == M2MPSK_E_NOMEM && at < 100; at++) {
+    alloc_count = 0;
+    alloc_fail_at = at;
+    alloc_armed = 1;
+    rc = m2mpsk_key_request_supply_once(req, m2mt_key, 32, M2MT_IDA, M2MT_IDB,
+                                        0, 0);
+    alloc_armed = 0;
+    if (rc == M2MPSK_E_NOMEM) {
+      nomem++;
+      cr_assert_eq(m2mpsk_key_request_answered(req), 0);
+    }
+  }
+  cr_assert_eq(rc, M2MPSK_OK);
+  cr_assert_geq(nomem, 1);
+  cr_assert_eq(m2mpsk_assoc_resume(b, 1001), M2MPSK_OK);
+  uint64_t now = 1001;
+  cr_assert_geq(m2mt_run_handshake(a, b, NULL, &now, 100), 0);
+  cr_assert_eq(m2mpsk_assoc_state(b), M2MPSK_STATE_ESTABLISHED, "%s",
+               m2mpsk_assoc_failure_detail(b));
+  cr_assert_eq(m2mpsk_keystore_count(ks_b), 0);
+  m2mpsk_key_request_free(req);
+  m2mpsk_assoc_free(a);
+  m2mpsk_assoc_free(b);
+  m2mpsk_config_free(cfg_a);
+  m2mpsk_config_free(cfg_b);
+  m2mpsk_keystore_free(ks_a);
+  m2mpsk_keystore_free(ks_b);
+}

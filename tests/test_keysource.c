@@ -31,7 +31,8 @@
 typedef struct recorder {
   atomic_int calls;
   m2mpsk_key_request *reqs[16]; /* the callee's references */
-  /* Optional: answer at once, from inside the callback. */
+  /* Optional: answer at once, from inside the callback (1: supply, 2:
+   * supply_once). */
   int answer_now;
   m2mpsk_keystore *ks; /* checked from inside the callback */
   int lookup_rc;
@@ -45,10 +46,14 @@ static void record_fn(void *arg, m2mpsk_key_request *req) {
     r->lookup_rc = m2mpsk_keystore_lookup(r->ks, M2MT_KPSA_ID, NULL, 0, NULL, 0,
                                           NULL, NULL, NULL);
   }
-  if (r->answer_now) {
+  if (r->answer_now == 1) {
     cr_assert_eq(
         m2mpsk_key_request_supply(req, m2mt_key, 32, M2MT_IDA, M2MT_IDB, 0, 0),
         M2MPSK_OK);
+  } else if (r->answer_now == 2) {
+    cr_assert_eq(m2mpsk_key_request_supply_once(req, m2mt_key, 32, M2MT_IDA,
+                                                M2MT_IDB, 0, 0),
+                 M2MPSK_OK);
   }
   if (i < 16)
     r->reqs[i] = req;
@@ -1171,7 +1176,6 @@ Test(keysource, roles_reversed_responder_waits) {
  * first to resume takes it instead of reading it back from the closed
  * arena (a system call without protection keys). The copy is wiped once
  * taken, or when the request is freed. */
-#if INTERNAL_TESTS
 
 /* A responder waiting for M2MT_KPSA_ID, its request in rec->reqs[0]. */
 static void wait_for_answer(m2mt_pair *p, recorder *rec, m2mpsk_engine_id e,
@@ -1192,6 +1196,7 @@ static void free_assocs(m2mt_pair *p) {
   p->a = p->b = NULL;
 }
 
+#if INTERNAL_TESTS
 static void supply(recorder *rec) {
   cr_assert_eq(m2mpsk_key_request_supply(rec->reqs[0], m2mt_key, 32, M2MT_IDA,
                                          M2MT_IDB, 0, 0),
@@ -1329,5 +1334,305 @@ Test(keysource, answer_without_a_free_slot_reads_the_arena) {
   recorder_free(&rec);
   m2mt_pair_free(&p);
   m2mpsk_handoff_debug_limit(~0u);
+}
+#endif
+
+/* ---- answers given once (since 0.6) -------------------------------------- */
+
+static void supply_once(m2mpsk_key_request *req, const char *ida,
+                        int64_t not_after) {
+  cr_assert_eq(m2mpsk_key_request_supply_once(req, m2mt_key, 32, ida, M2MT_IDB,
+                                              0, not_after),
+               M2MPSK_OK);
+}
+
+/* Waits for a responder of its own on the keystore of p (source set). */
+static void wait_again(m2mt_pair *p, m2mpsk_transport t, uint64_t now) {
+  pair_new(p, t);
+  m2mt_pair_start(p, now, UNIX0);
+  pump(p->a, p->b, NULL, now);
+  cr_assert(waiting(p->b), "B: %s", m2mpsk_assoc_failure_detail(p->b));
+}
+
+ParameterizedTestParameters(keysource_once, serves_the_waiter_and_keeps_nothing) {
+  static ks_param cases[] = {
+      {M2MPSK_TRANSPORT_TLS, M2MPSK_ENGINE_BORINGSSL},
+      {M2MPSK_TRANSPORT_TLS, M2MPSK_ENGINE_OPENSSL},
+      {M2MPSK_TRANSPORT_DTLS, M2MPSK_ENGINE_BORINGSSL},
+      {M2MPSK_TRANSPORT_DTLS, M2MPSK_ENGINE_OPENSSL},
+  };
+  return cr_make_param_array(ks_param, cases, sizeof(cases) / sizeof(cases[0]));
+}
+
+/* The record serves the responder that waited, bound to the right
+ * identities; the keystore never holds it, and the next handshake with the
+ * same KpsaID asks the source again. */
+ParameterizedTest(ks_param *c, keysource_once,
+                  serves_the_waiter_and_keeps_nothing) {
+  skip_unless(c->engine);
+  m2mt_pair p;
+  recorder rec = {0};
+  pair_init(&p, c->engine, 1, 0);
+  cr_assert_eq(m2mpsk_keystore_set_source(p.ks_b, record_fn, &rec, 8),
+               M2MPSK_OK);
+  wait_again(&p, c->t, NOW0);
+  supply_once(rec.reqs[0], M2MT_IDA, 0);
+  cr_assert_eq(m2mpsk_key_request_answered(rec.reqs[0]), 1);
+  cr_assert_eq(m2mpsk_keystore_count(p.ks_b), 0);
+  uint64_t now = NOW0 + 1;
+  cr_assert_eq(m2mpsk_assoc_resume(p.b, now), M2MPSK_OK);
+  finish(&p, &now);
+  expect_established(&p);
+  cr_assert_eq(m2mpsk_keystore_count(p.ks_b), 0, "nothing was kept");
+  free_assocs(&p);
+  wait_again(&p, c->t, now);
+  cr_assert_eq(atomic_load(&rec.calls), 2, "asked again");
+  supply_once(rec.reqs[1], M2MT_IDA, 0);
+  cr_assert_eq(m2mpsk_assoc_resume(p.b, now), M2MPSK_OK);
+  finish(&p, &now);
+  expect_established(&p);
+  recorder_free(&rec);
+  m2mt_pair_free(&p);
+}
+
+/* Without IdA the responder binds the Credential-ID, as with a record. */
+Test(keysource_once, without_ida_binds_the_credential_id) {
+  m2mt_pair p;
+  recorder rec = {0};
+  wait_for_answer(&p, &rec, M2MPSK_ENGINE_AUTO, M2MPSK_TRANSPORT_TLS);
+  supply_once(rec.reqs[0], NULL, 0);
+  uint64_t now = NOW0 + 1;
+  cr_assert_eq(m2mpsk_assoc_resume(p.b, now), M2MPSK_OK);
+  finish(&p, &now);
+  cr_assert_eq(m2mpsk_assoc_state(p.b), M2MPSK_STATE_ESTABLISHED, "%s",
+               m2mpsk_assoc_failure_detail(p.b));
+  cr_assert_str_eq(m2mpsk_assoc_peer_id(p.b), "12-" M2MT_KPSA_ID);
+  cr_assert_eq(m2mpsk_assoc_peer_id_is_credential(p.b), 1);
+  recorder_free(&rec);
+  m2mt_pair_free(&p);
+}
+
+/* A wrong key given once fails like a wrong key. */
+Test(keysource_once, a_wrong_key_fails_like_one) {
+  m2mt_pair p;
+  recorder rec = {0};
+  wait_for_answer(&p, &rec, M2MPSK_ENGINE_AUTO, M2MPSK_TRANSPORT_TLS);
+  cr_assert_eq(m2mpsk_key_request_supply_once(rec.reqs[0], m2mt_other_key, 32,
+                                              M2MT_IDA, M2MT_IDB, 0, 0),
+               M2MPSK_OK);
+  uint64_t now = NOW0 + 1;
+  cr_assert_eq(m2mpsk_assoc_resume(p.b, now), M2MPSK_E_FAILED);
+  run_to_end(&p, &now, NULL);
+  cr_assert_eq(m2mpsk_assoc_state(p.b), M2MPSK_STATE_FAILED);
+  cr_assert_eq(m2mpsk_assoc_failure(p.b), M2MPSK_REASON_BAD_KEY, "%s",
+               m2mpsk_assoc_failure_detail(p.b));
+  recorder_free(&rec);
+  m2mt_pair_free(&p);
+}
+
+/* The callback answers at once, inside the feed that asked: the
+ * handshake goes on without waiting. */
+Test(keysource_once, callback_may_answer_at_once) {
+  m2mt_pair p;
+  pair_init(&p, M2MPSK_ENGINE_AUTO, 1, 0);
+  recorder rec = {0};
+  rec.answer_now = 2; /* supply_once */
+  cr_assert_eq(m2mpsk_keystore_set_source(p.ks_b, record_fn, &rec, 8),
+               M2MPSK_OK);
+  pair_new(&p, M2MPSK_TRANSPORT_DTLS);
+  m2mt_pair_start(&p, NOW0, UNIX0);
+  uint64_t now = NOW0;
+  finish(&p, &now);
+  expect_established(&p);
+  cr_assert_eq(atomic_load(&rec.calls), 1);
+  cr_assert_eq(m2mpsk_keystore_count(p.ks_b), 0);
+  recorder_free(&rec);
+  m2mt_pair_free(&p);
+}
+
+/* The keystore does not reach an association made from an answer given
+ * once: changes to other records, and a revoke of its KpsaID (not found),
+ * leave it up; its record's not_after still ends it. */
+Test(keysource_once, association_follows_its_expiry_not_the_keystore) {
+  m2mt_pair p;
+  recorder rec = {0};
+  wait_for_answer(&p, &rec, M2MPSK_ENGINE_AUTO, M2MPSK_TRANSPORT_TLS);
+  supply_once(rec.reqs[0], M2MT_IDA, UNIX0 + 60);
+  uint64_t now = NOW0 + 1;
+  cr_assert_eq(m2mpsk_assoc_resume(p.b, now), M2MPSK_OK);
+  finish(&p, &now);
+  expect_established(&p);
+  cr_assert_eq(m2mpsk_keystore_add(p.ks_b, OTHER_ID, m2mt_key, 32, NULL,
+                                   M2MT_IDB, 0, 0),
+               M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_revoke(p.ks_b, OTHER_ID), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_revoke(p.ks_b, M2MT_KPSA_ID),
+               M2MPSK_E_NOT_FOUND);
+  int rc = m2mpsk_assoc_handle_timeout(p.b, now + 1000);
+  cr_assert(rc == M2MPSK_OK || rc == M2MPSK_E_AGAIN, "%d", rc);
+  cr_assert_eq(m2mpsk_assoc_state(p.b), M2MPSK_STATE_ESTABLISHED, "%s",
+               m2mpsk_assoc_failure_detail(p.b));
+  cr_assert_eq(m2mpsk_assoc_handle_timeout(p.b, now + 61000), M2MPSK_E_FAILED);
+  cr_assert_eq(m2mpsk_assoc_state(p.b), M2MPSK_STATE_FAILED);
+  cr_assert_eq(m2mpsk_assoc_failure(p.b), M2MPSK_REASON_EXPIRED, "%s",
+               m2mpsk_assoc_failure_detail(p.b));
+  recorder_free(&rec);
+  m2mt_pair_free(&p);
+}
+
+/* Every error leaves the request open; an initiator's request is refused
+ * (initiators keep their records), as are answers to closed requests. */
+Test(keysource_once, errors_leave_the_request_open) {
+  char long_id[M2MPSK_ID_MAX + 2];
+  memset(long_id, 'c', sizeof(long_id));
+  long_id[0] = '/';
+  long_id[sizeof(long_id) - 1] = '\0';
+  struct {
+    const char *what;
+    const uint8_t *key;
+    size_t key_len;
+    const char *ida, *idb;
+    int64_t nb, na;
+    int rc;
+  } cases[] = {
+      {"NULL key", NULL, 32, NULL, M2MT_IDB, 0, 0, M2MPSK_E_INVALID},
+      {"NULL idb", m2mt_key, 32, NULL, NULL, 0, 0, M2MPSK_E_INVALID},
+      {"short key", m2mt_key, 15, NULL, M2MT_IDB, 0, 0, M2MPSK_E_KEY_LENGTH},
+      {"long key", m2mt_key, M2MPSK_KEY_MAX + 1, NULL, M2MT_IDB, 0, 0,
+       M2MPSK_E_KEY_LENGTH},
+      {"bad ida", m2mt_key, 32, "/cse/Sx", M2MT_IDB, 0, 0, M2MPSK_E_IDA},
+      {"bad idb", m2mt_key, 32, NULL, "/cse/C1", 0, 0, M2MPSK_E_IDB},
+      {"long idb", m2mt_key, 32, NULL, long_id, 0, 0, M2MPSK_E_ID_LENGTH},
+      {"window", m2mt_key, 32, NULL, M2MT_IDB, 20, 10, M2MPSK_E_VALIDITY},
+  };
+  cr_assert_eq(m2mpsk_key_request_supply_once(NULL, m2mt_key, 32, NULL,
+                                              M2MT_IDB, 0, 0),
+               M2MPSK_E_INVALID);
+  m2mt_pair p;
+  recorder rec = {0};
+  wait_for_answer(&p, &rec, M2MPSK_ENGINE_AUTO, M2MPSK_TRANSPORT_TLS);
+  m2mpsk_key_request *req = rec.reqs[0];
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    cr_expect_eq(m2mpsk_key_request_supply_once(
+                     req, cases[i].key, cases[i].key_len, cases[i].ida,
+                     cases[i].idb, cases[i].nb, cases[i].na),
+                 cases[i].rc, "%s", cases[i].what);
+    cr_expect_eq(m2mpsk_key_request_answered(req), 0, "%s", cases[i].what);
+  }
+  /* Still open: a good answer still works. */
+  supply_once(req, M2MT_IDA, 0);
+  cr_assert_eq(m2mpsk_key_request_supply_once(req, m2mt_key, 32, NULL,
+                                              M2MT_IDB, 0, 0),
+               M2MPSK_E_STATE, "answered once already");
+  cr_assert_eq(
+      m2mpsk_key_request_supply(req, m2mt_key, 32, NULL, M2MT_IDB, 0, 0),
+      M2MPSK_E_STATE);
+  uint64_t now = NOW0 + 1;
+  cr_assert_eq(m2mpsk_assoc_resume(p.b, now), M2MPSK_OK);
+  finish(&p, &now);
+  expect_established(&p);
+  recorder_free(&rec);
+  m2mt_pair_free(&p);
+
+  /* An initiator's request. */
+  pair_init(&p, M2MPSK_ENGINE_AUTO, 0, 1);
+  cr_assert_eq(m2mpsk_keystore_set_source(p.ks_a, record_fn, &rec, 8),
+               M2MPSK_OK);
+  pair_new(&p, M2MPSK_TRANSPORT_TLS);
+  cr_assert_eq(m2mpsk_assoc_start(p.a, NOW0, UNIX0), M2MPSK_OK);
+  cr_assert(waiting(p.a));
+  cr_assert_eq(m2mpsk_key_request_role(rec.reqs[0]), M2MPSK_ROLE_INITIATOR);
+  cr_assert_eq(m2mpsk_key_request_supply_once(rec.reqs[0], m2mt_key, 32,
+                                              M2MT_IDA, M2MT_IDB, 0, 0),
+               M2MPSK_E_INVALID);
+  cr_assert_eq(m2mpsk_key_request_answered(rec.reqs[0]), 0);
+  recorder_free(&rec);
+  m2mt_pair_free(&p);
+
+  /* Answered absent, then once: closed. Its keystore gone: closed. */
+  wait_for_answer(&p, &rec, M2MPSK_ENGINE_AUTO, M2MPSK_TRANSPORT_TLS);
+  cr_assert_eq(m2mpsk_key_request_absent(rec.reqs[0]), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_key_request_supply_once(rec.reqs[0], m2mt_key, 32,
+                                              M2MT_IDA, M2MT_IDB, 0, 0),
+               M2MPSK_E_STATE);
+  recorder_free(&rec);
+  m2mt_pair_free(&p);
+  wait_for_answer(&p, &rec, M2MPSK_ENGINE_AUTO, M2MPSK_TRANSPORT_TLS);
+  m2mpsk_key_request *kept = m2mpsk_key_request_ref(rec.reqs[0]);
+  recorder_free(&rec);
+  m2mt_pair_free(&p);
+  cr_assert_eq(m2mpsk_key_request_supply_once(kept, m2mt_key, 32, M2MT_IDA,
+                                              M2MT_IDB, 0, 0),
+               M2MPSK_E_STATE);
+  m2mpsk_key_request_free(kept);
+}
+
+#if INTERNAL_TESTS
+/* Every waiter reads the key; it lives in its slot until the request goes,
+ * and is then wiped. */
+Test(keysource_once, waiters_share_the_key_until_the_request_goes) {
+  m2mt_pair p;
+  recorder rec = {0};
+  m2mpsk_assoc *as[MANY], *bs[MANY];
+  wait_many(&p, &rec, as, bs);
+  cr_assert_eq(m2mpsk_handoff_debug_in_use(), 0);
+  supply_once(rec.reqs[0], M2MT_IDA, 0);
+  cr_assert_eq(m2mpsk_handoff_debug_in_use(), 1);
+  for (int i = 0; i < MANY; i++) {
+    cr_assert_eq(m2mpsk_assoc_resume(bs[i], NOW0 + 1), M2MPSK_OK);
+    pump(as[i], bs[i], NULL, NOW0 + 1);
+    cr_assert_eq(m2mpsk_assoc_state(bs[i]), M2MPSK_STATE_ESTABLISHED, "%d: %s",
+                 i, m2mpsk_assoc_failure_detail(bs[i]));
+    cr_assert_eq(m2mpsk_assoc_state(as[i]), M2MPSK_STATE_ESTABLISHED, "%d", i);
+    /* The host's reference holds the slot after the last waiter. */
+    cr_assert_eq(m2mpsk_handoff_debug_in_use(), 1, "%d", i);
+    cr_assert(m2mpsk_handoff_debug_contains(m2mt_key, 32), "%d", i);
+  }
+  recorder_free(&rec);
+  cr_assert_eq(m2mpsk_handoff_debug_in_use(), 0);
+  cr_assert_not(m2mpsk_handoff_debug_contains(m2mt_key, 32));
+  cr_assert_eq(m2mpsk_keystore_count(p.ks_b), 0);
+  for (int i = 0; i < MANY; i++) {
+    m2mpsk_assoc_free(as[i]);
+    m2mpsk_assoc_free(bs[i]);
+  }
+  m2mt_pair_free(&p);
+}
+
+/* The waiter is freed before it resumed: the key goes with the request. */
+Test(keysource_once, key_nobody_reads_is_wiped_with_the_request) {
+  m2mt_pair p;
+  recorder rec = {0};
+  wait_for_answer(&p, &rec, M2MPSK_ENGINE_AUTO, M2MPSK_TRANSPORT_DTLS);
+  supply_once(rec.reqs[0], M2MT_IDA, 0);
+  cr_assert(m2mpsk_handoff_debug_contains(m2mt_key, 32));
+  free_assocs(&p);
+  cr_assert_eq(m2mpsk_handoff_debug_in_use(), 1, "the host still holds it");
+  recorder_free(&rec);
+  cr_assert_eq(m2mpsk_handoff_debug_in_use(), 0);
+  cr_assert_not(m2mpsk_handoff_debug_contains(m2mt_key, 32));
+  m2mt_pair_free(&p);
+}
+
+/* No slot left for the key: M2MPSK_E_LIMIT, the request stays open, and
+ * an ordinary answer still works (it keeps its key in the arena). */
+Test(keysource_once, without_a_slot_is_refused_with_limit) {
+  m2mt_pair p;
+  recorder rec = {0};
+  wait_for_answer(&p, &rec, M2MPSK_ENGINE_AUTO, M2MPSK_TRANSPORT_TLS);
+  m2mpsk_handoff_debug_limit(0);
+  cr_assert_eq(m2mpsk_key_request_supply_once(rec.reqs[0], m2mt_key, 32,
+                                              M2MT_IDA, M2MT_IDB, 0, 0),
+               M2MPSK_E_LIMIT);
+  cr_assert_eq(m2mpsk_key_request_answered(rec.reqs[0]), 0);
+  supply(&rec);
+  m2mpsk_handoff_debug_limit(~0u);
+  uint64_t now = NOW0 + 1;
+  cr_assert_eq(m2mpsk_assoc_resume(p.b, now), M2MPSK_OK);
+  finish(&p, &now);
+  expect_established(&p);
+  cr_assert_eq(m2mpsk_keystore_count(p.ks_b), 1);
+  recorder_free(&rec);
+  m2mt_pair_free(&p);
 }
 #endif

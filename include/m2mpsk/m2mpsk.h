@@ -1618,6 +1618,40 @@ M2MPSK_API int m2mpsk_key_request_supply(m2mpsk_key_request *req,
                                          int64_t not_after) M2MPSK_MUST_CHECK;
 
 /**
+ * Answers a responder's request with a record for the waiting handshakes
+ * only (since 0.6): nothing is added to the keystore. Every association
+ * that waited on this request uses the record; the next handshake that
+ * presents the KpsaID asks the source again. For a source that is the
+ * system of record and answers each handshake (a MAF, a secrets service),
+ * it spares the keystore's work (the record, the index, the key's write
+ * into its closed arena) and leaves no key behind.
+ *
+ * The key is held in locked memory, between guard pages and out of core
+ * dumps, but not closed like the keystore's arenas, and only while the
+ * request lives: it is wiped when the request is freed (every waiting
+ * association resumed or freed, and every reference the host took
+ * dropped). The engine's copy follows the rules of any handshake.
+ *
+ * An association established this way has no keystore record:
+ * m2mpsk_keystore_remove() and m2mpsk_keystore_revoke() of its KpsaID do
+ * not reach it (free it to end it), and the record's not_after still ends
+ * it. Arguments are checked as by m2mpsk_keystore_add(). On any error the
+ * request stays open (answer again, or absent).
+ *
+ * Returns M2MPSK_OK, M2MPSK_E_INVALID (NULL req or key, NULL idb, or an
+ * initiator's request: initiators keep their records), M2MPSK_E_STATE
+ * (already answered, or its keystore is gone), m2mpsk_keystore_add()'s
+ * validation codes (M2MPSK_E_KEY_LENGTH, M2MPSK_E_IDA, M2MPSK_E_IDB,
+ * M2MPSK_E_ID_LENGTH, M2MPSK_E_VALIDITY), M2MPSK_E_LIMIT (8192 answers
+ * given once or on their way are held already) or M2MPSK_E_NOMEM.
+ * Thread safety: safe from any thread.
+ */
+M2MPSK_API int m2mpsk_key_request_supply_once(
+    m2mpsk_key_request *req, const uint8_t *key, size_t key_len,
+    const char *ida, const char *idb, int64_t not_before,
+    int64_t not_after) M2MPSK_MUST_CHECK;
+
+/**
  * Answers that the source has no record for the KpsaID: waiting responders
  * go on as with an unknown identity, waiting initiators fail with
  * M2MPSK_REASON_UNKNOWN_IDENTITY.

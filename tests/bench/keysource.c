@@ -10,6 +10,8 @@
  *             delay, from a timer heap in the same loop, with the record of
  *             a backing table (what an asynchronous database client does)
  *   callback  the same, with the source in callback mode
+ *   once      queue, answering with m2mpsk_key_request_supply_once: the
+ *             record serves the handshake that waited and is not kept
  *
  * The figure is handshakes completed per wall-clock second in a window
  * after a warm-up, and the ratio source / memory per repetition. Every run
@@ -39,8 +41,9 @@ enum {
   ID_CAP = 48
 };
 
-typedef enum who { W_MEMORY, W_QUEUE, W_CALLBACK, N_WHO } who;
-static const char *const k_who[N_WHO] = {"memory", "queue", "callback"};
+typedef enum who { W_MEMORY, W_QUEUE, W_CALLBACK, W_ONCE, N_WHO } who;
+static const char *const k_who[N_WHO] = {"memory", "queue", "callback",
+                                         "once"};
 
 typedef struct params {
   const char *profile; /* full, quick, smoke */
@@ -545,12 +548,18 @@ static void slot_after_turn(loop *L, int si, int turn) {
  * finish the turn the wait interrupted. */
 static void timer_fire(loop *L, timer t) {
   resp_begin(L);
-  int rc = m2mpsk_key_request_supply(t.req, t.rec->key, KEY_LEN, BENCH_ID_A,
-                                     BENCH_ID_B, 0, 0);
+  int rc = L->w == W_ONCE
+               ? m2mpsk_key_request_supply_once(t.req, t.rec->key, KEY_LEN,
+                                                BENCH_ID_A, BENCH_ID_B, 0, 0)
+               : m2mpsk_key_request_supply(t.req, t.rec->key, KEY_LEN,
+                                           BENCH_ID_A, BENCH_ID_B, 0, 0);
   m2mpsk_key_request_free(t.req);
   resp_end(L, S_SUPPLY);
   if (rc != M2MPSK_OK)
-    fatal("m2mpsk_key_request_supply(%s): %s", t.rec->id, m2mpsk_strerror(rc));
+    fatal("%s(%s): %s",
+          L->w == W_ONCE ? "m2mpsk_key_request_supply_once"
+                         : "m2mpsk_key_request_supply",
+          t.rec->id, m2mpsk_strerror(rc));
   int si = t.rec->waiter;
   if (si < 0)
     fatal("%s answered with no responder waiting for it", t.rec->id);
@@ -650,7 +659,7 @@ static run_figures run_one(const bench_case *c, table *t, who w, int conc,
     if (admitted < conc && !L->stopping && L->now >= next_admit &&
         L->next_rec < t->n) {
       slot_start(L, admitted++);
-      if (w == W_QUEUE)
+      if (w == W_QUEUE || w == W_ONCE)
         source_poll(L);
     }
     /* The warm-up lasts until every slot has, on average, finished one
@@ -696,7 +705,7 @@ static run_figures run_one(const bench_case *c, table *t, who w, int conc,
     } else if (L->rq_len > 0) {
       int si = runq_pop(L);
       slot_after_turn(L, si, slot_turn(L, si));
-      if (w == W_QUEUE)
+      if (w == W_QUEUE || w == W_ONCE)
         source_poll(L);
     } else if (L->heap_len > 0 || (admitted < conc && !L->stopping)) {
       uint64_t until = L->heap_len > 0 ? L->heap[0].due_us : UINT64_MAX;
@@ -731,7 +740,9 @@ static run_figures run_one(const bench_case *c, table *t, who w, int conc,
     fatal("%s: %d answers pending, %d responders waiting at the end", k_who[w],
           L->heap_len, L->waiting);
   if (w != W_MEMORY) {
-    if (m2mpsk_keystore_count(L->ks_b) != (size_t)L->started)
+    /* An answer given once leaves no record. */
+    size_t kept = w == W_ONCE ? 0 : (size_t)L->started;
+    if (m2mpsk_keystore_count(L->ks_b) != kept)
       fatal("%s: the keystore holds %zu records after %ld supplied", k_who[w],
             m2mpsk_keystore_count(L->ks_b), L->started);
     m2mpsk_keystore_free(L->ks_b);
@@ -926,7 +937,7 @@ int main(int argc, char **argv) {
                .warmup_s = 0.3,
                .window_s = 1.0,
                .records = 300000,
-               .who = 7,
+               .who = 15,
                .resp = 1,
                .engines = 3,
                .transports = 3,

@@ -103,7 +103,7 @@ final class Native implements AutoCloseable {
     return h;
   }
 
-  /** The library's version, e.g. "0.5.0". */
+  /** The library's version, e.g. "0.6.0". */
   static String libraryVersion() {
     return M2mpsk.versionString();
   }
