@@ -487,6 +487,25 @@ static KeyRequest *m2mpsk_swig_key_request(m2mpsk_key_request *req) {
                                                idb, not_before, not_after),
                      NULL);
   }
+  /** Answers a responder's request for the handshakes that waited only
+   * (since 0.6): nothing is added to the keystore, and the next handshake
+   * with the KpsaID asks again. An association made this way follows its
+   * record's not_after, not the keystore (a revoke does not reach it).
+   * key is read in place and not kept. The request stays open after any
+   * error. Raises E_INVALID (also for an initiator's request), E_STATE
+   * (already answered, or the keystore is gone), E_KEY_LENGTH, E_IDA,
+   * E_IDB, E_ID_LENGTH, E_VALIDITY, E_LIMIT (8192 such keys held) or
+   * E_NOMEM. Thread-safe. */
+  void supply_once(const uint8_t *key, size_t key_len, const char *ida,
+                   const char *idb, int64_t not_before = 0,
+                   int64_t not_after = 0) {
+    if (m2mpsk_swig_closed($self, M2MPSK_SWIG_H($self)))
+      return;
+    m2mpsk_swig_fail(m2mpsk_key_request_supply_once(M2MPSK_SWIG_H($self), key,
+                                                    key_len, ida, idb,
+                                                    not_before, not_after),
+                     NULL);
+  }
   /** Answers that there is no record for the KpsaID: waiting responders
    * go on as with an unknown identity (a wrong key on the wire), waiting
    * initiators fail with REASON_UNKNOWN_IDENTITY. Raises E_STATE (already

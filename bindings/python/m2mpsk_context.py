@@ -874,20 +874,27 @@ class KeyRecord:
     """A record a key source supplies: key (bytes-like, KEY_MIN to KEY_MAX
     bytes), ida (or None), idb, not_before and not_after (Unix seconds, 0
     for unbounded), as Keystore.add() takes them. A bytearray key is wiped
-    (zeroed) once supplied; bytes cannot be. repr() never shows the key."""
+    (zeroed) once supplied; bytes cannot be. repr() never shows the key.
 
-    __slots__ = ("key", "ida", "idb", "not_before", "not_after")
+    once=True (since 0.6): a responder's handshakes that waited use the
+    record and the keystore does not keep it (KeyRequest.supply_once()); the
+    next handshake with the KpsaID asks the source again. An initiator's
+    request keeps the record all the same."""
 
-    def __init__(self, key, ida, idb, not_before=0, not_after=0):
+    __slots__ = ("key", "ida", "idb", "not_before", "not_after", "once")
+
+    def __init__(self, key, ida, idb, not_before=0, not_after=0, once=False):
         self.key = key
         self.ida = ida
         self.idb = idb
         self.not_before = not_before
         self.not_after = not_after
+        self.once = bool(once)
 
     def __repr__(self):
-        return "KeyRecord(ida=%r, idb=%r, not_before=%d, not_after=%d)" % (
-            self.ida, self.idb, self.not_before, self.not_after)
+        return "KeyRecord(ida=%r, idb=%r, not_before=%d, not_after=%d%s)" % (
+            self.ida, self.idb, self.not_before, self.not_after,
+            ", once=True" if self.once else "")
 
 
 class _KeySource:
@@ -947,7 +954,12 @@ class _KeySource:
                 try:
                     if not isinstance(rec, KeyRecord):
                         raise TypeError("a key source returns a KeyRecord or None")
-                    req.supply(rec.key, rec.ida, rec.idb, rec.not_before, rec.not_after)
+                    if rec.once and req.role() == ROLE_RESPONDER:
+                        req.supply_once(rec.key, rec.ida, rec.idb, rec.not_before,
+                                        rec.not_after)
+                    else:
+                        req.supply(rec.key, rec.ida, rec.idb, rec.not_before,
+                                   rec.not_after)
                     return
                 except Error as e:
                     if e.code in (E_DUPLICATE, E_STATE):

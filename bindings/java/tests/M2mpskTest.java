@@ -1182,7 +1182,8 @@ public class M2mpskTest {
       "Keystore.add/4#2", "Keystore.add/6#2", "Keystore.addDerived/5#3",
       "Keystore.addDerived/7#3", "Association.exportKeyingMaterial/3#2",
       "Association.originatorCheck/2#0", "Keystore.put/6#2", "Keystore.setKeySource/2#0",
-      "Keystore.setKeySource/3#0", "Keystore.setKeySource/3#2", "KeyRequest.supply/5#1"));
+      "Keystore.setKeySource/3#0", "Keystore.setKeySource/3#2", "KeyRequest.supply/5#1",
+      "KeyRequest.supplyOnce/5#1"));
   // A ByteBuffer overload shares its twin's sample: a byte[] is wrapped, a
   // size allocated.
 
@@ -1266,6 +1267,7 @@ public class M2mpskTest {
       sample("KeyRequest." + m);
     }
     sample("KeyRequest.supply", KEY, null, IDB, 0, 0);
+    sample("KeyRequest.supplyOnce", KEY, null, IDB, 0, 0);
   }
 
   /** An open key request: an initiator's, whose KpsaID only the key
@@ -1495,6 +1497,7 @@ public class M2mpskTest {
     final long delayMs;
     final Map<String, AtomicInteger> calls = new ConcurrentHashMap<>();
     final List<byte[]> given = java.util.Collections.synchronizedList(new ArrayList<>());
+    boolean once; // answer with KeyRecord.once (since 0.6)
 
     CountingSource(long delayMs, String... ids) {
       this.ids = new HashSet<>(Arrays.asList(ids));
@@ -1508,7 +1511,7 @@ public class M2mpskTest {
         if (!ids.contains(kpsaId)) return null;
         byte[] k = KEY.clone();
         given.add(k);
-        return new KeyRecord(k, null, IDB);
+        return once ? KeyRecord.once(k, null, IDB, 0, 0) : new KeyRecord(k, null, IDB);
       }, CompletableFuture.delayedExecutor(delayMs, TimeUnit.MILLISECONDS));
     }
 
@@ -1542,6 +1545,34 @@ public class M2mpskTest {
         ks, id);
     a.start(now());
     return a;
+  }
+
+  @Test
+  public void keySourceAnswerGivenOnceIsNotKept() throws Exception {
+    CountingSource src = new CountingSource(20, KPSA_ID);
+    src.once = true;
+    try (Keystore ks = new Keystore(); Keystore ka = keystore(); Config cfg = new Config()) {
+      cfg.addLocalId(IDB);
+      ks.setKeySource(src, 8);
+      for (int round = 1; round <= 2; round++) {
+        Association a = initiator(ka, KPSA_ID);
+        Association b = responder(cfg, ks);
+        pump(a, b);
+        assertEquals(M2mpsk.STATE_WAITING_KEY, b.state());
+        awaitKey(ks, b);
+        pump(a, b);
+        assertEquals(M2mpsk.STATE_ESTABLISHED, a.state());
+        assertEquals(M2mpsk.STATE_ESTABLISHED, b.state());
+        assertEquals("12-" + KPSA_ID, b.peerId());
+        assertEquals(round, src.calls(KPSA_ID)); // asked again: not kept
+        assertEquals(0, ks.count());
+        a.close();
+        b.close();
+      }
+      assertArrayEquals(new byte[32], src.given.get(0)); // wiped once supplied
+      assertTrue(KeyRecord.once(KEY.clone(), null, IDB, 0, 0).isOnce());
+      assertTrue(KeyRecord.once(KEY.clone(), null, IDB, 0, 0).toString().endsWith(", once]"));
+    }
   }
 
   @Test

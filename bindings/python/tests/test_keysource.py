@@ -227,8 +227,9 @@ class Source:
     """An async source holding records by KpsaID, answering after `delay`;
     counts its calls by KpsaID."""
 
-    def __init__(self, records=(KPSA_ID,), delay=0.05, key=KEY):
+    def __init__(self, records=(KPSA_ID,), delay=0.05, key=KEY, once=False):
         self.records = set(records)
+        self.once = once
         self.delay = delay
         self.key = key
         self.calls = collections.Counter()
@@ -243,7 +244,7 @@ class Source:
             return None
         k = bytearray(self.key)
         self.given.append(k)
-        return m2mpsk.KeyRecord(k, None, IDB)
+        return m2mpsk.KeyRecord(k, None, IDB, once=self.once)
 
 
 def contexts(source, records=(KPSA_ID,), server_timeout_ms=None, initiator_source=None):
@@ -317,6 +318,62 @@ def test_tls_server_source_answers_after_50ms():
     run(main())
     assert src.calls == {KPSA_ID: 1} and src.sni == [SNI]
     assert src.given[0] == bytearray(len(KEY))  # wiped once supplied
+
+
+def test_tls_server_source_answers_once():
+    src = Source(once=True)
+
+    async def main():
+        cli, srv = contexts(src)
+        server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=srv)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            assert await tls_exchange(port, cli) == b"PING\n"
+            # not kept: the next handshake asks again
+            assert len(srv.keystore) == 0
+            assert await tls_exchange(port, cli) == b"PING\n"
+            assert len(srv.keystore) == 0
+
+    run(main())
+    assert src.calls == {KPSA_ID: 2}
+    assert all(k == bytearray(len(KEY)) for k in src.given)  # wiped
+    assert "once=True" in repr(m2mpsk.KeyRecord(KEY, None, IDB, once=True))
+
+
+def test_supply_once_low_level():
+    ks_a = m2mpsk.Keystore()
+    ks_a.add(KPSA_ID, KEY, None, IDB)
+    ks_b = m2mpsk.Keystore()
+    ks_b.set_source_queue(4)
+    ca, cb = configs()
+    a = m2mpsk.Association(m2mpsk.ROLE_INITIATOR, TLS, ca, ks_a, KPSA_ID)
+    b = m2mpsk.Association(m2mpsk.ROLE_RESPONDER, TLS, cb, ks_b)
+    a.start(now_ms())
+    b.start(now_ms())
+    pump(a, b)
+    assert b.state() == m2mpsk.STATE_WAITING_KEY
+    with ks_b.next_request() as req:
+        raises(m2mpsk.E_KEY_LENGTH, req.supply_once, KEY[:3], None, IDB)
+        raises(m2mpsk.E_IDB, req.supply_once, KEY, None, "/cse/C1")
+        assert not req.answered()  # errors leave it open
+        req.supply_once(KEY, None, IDB)
+        assert req.answered()
+        raises(m2mpsk.E_STATE, req.supply_once, KEY, None, IDB)
+    assert len(ks_b) == 0
+    b.resume(now_ms())
+    pump(a, b)
+    assert a.state() == b.state() == m2mpsk.STATE_ESTABLISHED
+    assert b.peer_id() == "12-" + KPSA_ID
+    # an initiator's request: initiators keep their records
+    ks_c = m2mpsk.Keystore()
+    ks_c.set_source_queue(4)
+    c = m2mpsk.Association(m2mpsk.ROLE_INITIATOR, TLS, ca, ks_c, KPSA_ID)
+    c.start(now_ms())
+    with ks_c.next_request() as req:
+        raises(m2mpsk.E_INVALID, req.supply_once, KEY, None, IDB)
+        assert not req.answered()
+    for x in (a, b, c, ks_a, ks_b, ks_c):
+        x.close()
 
 
 def test_tls_many_clients_same_and_different_kpsa_ids():
