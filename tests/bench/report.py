@@ -153,7 +153,9 @@ def keysource_section(w, krows):
       "`m2mpsk_keystore_next_request`) answers each request %.0f ms later%s "
       "from a timer heap in the same loop, with the record of a backing "
       "table, then the loop resumes the waiting responder. *callback*: the "
-      "same with the source in callback mode. Their runs alternate, in an "
+      "same with the source in callback mode. *once*: queue mode answering "
+      "with `m2mpsk_key_request_supply_once` (since 0.6): the record serves "
+      "the handshake that waited and the keystore does not keep it. Their runs alternate, in an "
       "order that rotates with the repetition (%d repetitions); each runs a "
       "warm-up (at least %.2f s, and until C handshakes completed) and a "
       "window of %.2f s. *hs/s*: handshakes completed per wall-clock second "
@@ -176,13 +178,19 @@ def keysource_section(w, krows):
       "wall-clock rates it does not depend on how much of a core the "
       "machine's other work left the run.")
     w("")
-    w("| case | engine | C | memory hs/s | queue hs/s | queue / memory | callback hs/s | callback / memory | peak waiting | CPU µs memory / queue / callback | CPU-bound ceiling queue / callback | util memory / queue | idle queue |")
-    w("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    srcs = [x for x in ("queue", "callback", "once")
+            if pick(krows, kind="ksrc", who=x)]
+    w("| case | engine | C | memory hs/s | " +
+      " | ".join("%s hs/s | %s / memory" % (x, x) for x in srcs) +
+      " | peak waiting | CPU µs memory / " + " / ".join(srcs) +
+      " | CPU-bound ceiling " + " / ".join(srcs) +
+      " | util memory / queue | idle queue |")
+    w("|---|---|---|---|" + "---|---|" * len(srcs) + "---|---|---|---|---|")
     for m in pick(krows, kind="ksrc", who="memory"):
+        rs = [one(krows, kind="ksrc", case=m["case"], engine=m["engine"],
+                  conc=m["conc"], who=x) for x in srcs]
         q = one(krows, kind="ksrc", case=m["case"], engine=m["engine"],
                 conc=m["conc"], who="queue")
-        cb = one(krows, kind="ksrc", case=m["case"], engine=m["engine"],
-                 conc=m["conc"], who="callback")
 
         def hs(r):
             return "%.0f (%.0f–%.0f)" % (r["hs_median"], r["hs_min"], r["hs_max"]) if r else "–"
@@ -192,11 +200,13 @@ def keysource_section(w, krows):
                 return "–"
             t = fmt_ratio(ratio_of(r))
             return "**%s**" % t if r["ratio_median"] >= 0.9 else t
-        w("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-            m["case"], m["engine"], m["conc"], hs(m), hs(q), ra(q), hs(cb), ra(cb),
-            "%.0f" % q["peak_waiting_max"] if q else "–",
-            " / ".join("%.1f" % r["cpu_us"] if r else "–" for r in (m, q, cb)),
-            " / ".join("%.3f" % (m["cpu_us"] / r["cpu_us"]) if r else "–" for r in (q, cb)),
+        peak = max((r["peak_waiting_max"] for r in rs if r), default=None)
+        w("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s |" % (
+            m["case"], m["engine"], m["conc"], hs(m),
+            " | ".join("%s | %s" % (hs(r), ra(r)) for r in rs),
+            "%.0f" % peak if peak is not None else "–",
+            " / ".join("%.1f" % r["cpu_us"] if r else "–" for r in [m] + rs),
+            " / ".join("%.3f" % (m["cpu_us"] / r["cpu_us"]) if r else "–" for r in rs),
             "%.2f / %s" % (m["util"], "%.2f" % q["util"] if q else "–"),
             "%.2f" % q["idle"] if q and "idle" in q else "–"))
     w("")
@@ -219,20 +229,25 @@ def keysource_section(w, krows):
           "with the keys in memory; the loop above runs both sides, whose "
           "initiator half costs the same for every contender.")
         w("")
-        w("| case | engine | C | memory µs | queue µs | callback µs | queue − memory µs | memory / queue | memory / callback |")
-        w("|---|---|---|---|---|---|---|---|---|")
+        rsrcs = [x for x in ("queue", "callback", "once") if pick(resp, who=x)]
+        w("| case | engine | C | memory µs | " +
+          " | ".join("%s µs" % x for x in rsrcs) +
+          " | queue − memory µs | " +
+          " | ".join("memory / %s" % x for x in rsrcs) + " |")
+        w("|---|---|---|---|" + "---|" * (2 * len(rsrcs) + 1))
         for m in pick(resp, who="memory"):
+            rs = [one(resp, case=m["case"], engine=m["engine"], who=x) for x in rsrcs]
             q = one(resp, case=m["case"], engine=m["engine"], who="queue")
-            cb = one(resp, case=m["case"], engine=m["engine"], who="callback")
 
             def us(r):
                 return "%.2f (%.2f–%.2f)" % (r["us_median"], r["us_min"], r["us_max"]) if r else "–"
             def frac(r):
                 return "%.3f" % (m["us_median"] / r["us_median"]) if r else "–"
-            w("| %s | %s | %d | %s | %s | %s | %s | %s | %s |" % (
-                m["case"], m["engine"], m["conc"], us(m), us(q), us(cb),
+            w("| %s | %s | %d | %s | %s | %s | %s |" % (
+                m["case"], m["engine"], m["conc"], us(m),
+                " | ".join(us(r) for r in rs),
                 "%+.2f" % (q["us_median"] - m["us_median"]) if q else "–",
-                frac(q), frac(cb)))
+                " | ".join(frac(r) for r in rs)))
         w("")
         calls = ["new+start", "feed", "drain", "free", "next", "supply", "resume"]
         w("| case | engine | source | " + " | ".join("%s µs" % c for c in calls) + " |")
