@@ -117,12 +117,11 @@ int m2mpsk_keystore_request_key_hashed(m2mpsk_keystore *ks, const char *kpsa_id,
  * after m2mpsk_key_request_answered() said 1. */
 size_t m2mpsk_key_request_take_key(m2mpsk_key_request *req, uint64_t serial,
                                    uint8_t *out);
-/* The record of an answer given once (m2mpsk_key_request_supply_once):
- * 1 with *v (serial 0, never revoked) and the key (room for M2MPSK_KEY_MAX
- * bytes) and its length, as often as asked while the request lives; 0 when
- * the answer was not given once. */
 /* 1 when `req` was answered once (m2mpsk_key_request_supply_once). */
 int m2mpsk_key_request_given_once(m2mpsk_key_request *req);
+/* The record of an answer given once: 1 with *v (serial 0, never revoked)
+ * and the key (room for M2MPSK_KEY_MAX bytes) and its length, as often as
+ * asked while the request lives; 0 when the answer was not given once. */
 int m2mpsk_key_request_once_record(m2mpsk_key_request *req,
                                    m2mpsk_record_view *v, uint8_t *key,
                                    size_t *key_len);

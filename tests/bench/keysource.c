@@ -882,11 +882,12 @@ static void usage(FILE *f) {
         "         [--delay-ms D] [--jitter-ms J] [--warmup S]\n"
         "         [--window S] [--records N] [--engines boringssl,openssl]\n"
         "         [--transports tls,dtls] [--suites psk,ecdhe]\n"
-        "         [--who memory,queue,callback]\n"
+        "         [--who memory,queue,callback,once]\n"
         "         [--no-responder-cpu]\n"
         "  Responder handshakes per wall second with an in-memory keystore\n"
         "  against a key source answering after D ms (queue and callback\n"
-        "  mode), C handshakes in flight in one event loop, each with a\n"
+        "  mode, and queue answering once: the record not kept), C\n"
+        "  handshakes in flight in one event loop, each with a\n"
         "  KpsaID the responder has not seen. Exits 1 if any handshake fails\n"
         "  or the source is not asked exactly once per KpsaID.\n",
         f);

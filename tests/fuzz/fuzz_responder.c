@@ -45,14 +45,19 @@ static m2mpsk_keystore *source_ks(void) {
 /* Answers what the input made the keystore ask for, resumes, and leaves
  * the keystore as it was (no supplied record survives the run). */
 static void answer_and_resume(m2mpsk_assoc *b, m2mpsk_keystore *ks, int supply,
-                              uint64_t *now) {
+                              int once, uint64_t *now) {
   char supplied[M2MPSK_KPSA_ID_MAX + 1] = "";
   m2mpsk_key_request *req = NULL;
   while (m2mpsk_keystore_next_request(ks, &req) == M2MPSK_OK) {
     const char *id = m2mpsk_key_request_kpsa_id(req);
     fz_check(id != NULL && m2mpsk_kpsa_id_validate(id) == M2MPSK_OK,
              "request for a well-formed KpsaID");
-    if (supply && supplied[0] == '\0') {
+    if (supply && supplied[0] == '\0' && once) {
+      /* Nothing kept: nothing to remove afterwards. */
+      fz_status(m2mpsk_key_request_supply_once(req, fz_key, sizeof(fz_key),
+                                               FZ_IDA, FZ_IDB, 0, 0),
+                1, "key_request_supply_once");
+    } else if (supply && supplied[0] == '\0') {
       fz_status(m2mpsk_key_request_supply(req, fz_key, sizeof(fz_key), FZ_IDA,
                                           FZ_IDB, 0, 0),
                 1, "key_request_supply");
@@ -98,7 +103,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
            "assoc_start");
   fz_feed_chunks(b, &r, &now);
   if (opts & 16) {
-    answer_and_resume(b, ks, opts & 32, &now);
+    answer_and_resume(b, ks, opts & 32, opts & 64, &now);
     return 0;
   }
   m2mpsk_assoc_free(b);

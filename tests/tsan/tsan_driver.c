@@ -1090,8 +1090,13 @@ static void *ksrc_answerer(void *p) {
         CHECK(m2mpsk_key_request_absent(req) == M2MPSK_OK, "absent %s", id);
         atomic_fetch_add(&w->absent, 1);
       } else {
-        int rc =
-            m2mpsk_key_request_supply(req, key, sizeof(key), IDA, IDB, 0, 0);
+        /* "-o@": an answer given once, read by the waiter from its slot
+         * while this thread drops its reference. */
+        int rc = strstr(id, "-o@") != NULL
+                     ? m2mpsk_key_request_supply_once(req, key, sizeof(key),
+                                                      IDA, IDB, 0, 0)
+                     : m2mpsk_key_request_supply(req, key, sizeof(key), IDA,
+                                                 IDB, 0, 0);
         CHECK(rc == M2MPSK_OK, "supply %s: %s", id, m2mpsk_strerror(rc));
         atomic_fetch_add(&w->supplied, 1);
       }
@@ -1112,12 +1117,13 @@ static void *ksrc_worker(void *p) {
   m2mpsk_keystore *ks_a = NULL;
   CHECK(m2mpsk_keystore_new(&ks_a, 0) == M2MPSK_OK, "keystore_new");
   for (unsigned i = 0; i < w->iterations; i++) {
-    unsigned kind = i % 4; /* 0, 1: supplied; 2: absent; 3: freed early */
+    /* 0: supplied; 1: supplied once; 2: absent; 3: freed early */
+    unsigned kind = i % 4;
     m2mpsk_transport t =
         (i / 4) % 2 ? M2MPSK_TRANSPORT_DTLS : M2MPSK_TRANSPORT_TLS;
     char id[64];
     snprintf(id, sizeof(id), "w%d-%u-%c@onem2m.com", arg->id, i,
-             kind == 2 ? 'x' : 's');
+             kind == 2 ? 'x' : kind == 1 ? 'o' : 's');
     CHECK(m2mpsk_keystore_add(ks_a, id, key, sizeof(key), IDA, IDB, 0, 0) ==
               M2MPSK_OK,
           "add %s", id);
