@@ -102,7 +102,7 @@ static int valid(int h) {
   return h > 0 && (unsigned)h <= g_chunks * HANDOFF_CHUNK && g_len[h - 1] != 0;
 }
 
-int m2mpsk_handoff_hold(const uint8_t *key, size_t len, int *why) {
+int m2mpsk_handoff_put(const uint8_t *key, size_t len, int *why) {
   int dummy;
   if (why == NULL)
     why = &dummy;
@@ -121,34 +121,30 @@ int m2mpsk_handoff_hold(const uint8_t *key, size_t len, int *why) {
   return h;
 }
 
-int m2mpsk_handoff_put(const uint8_t *key, size_t len) {
-  return m2mpsk_handoff_hold(key, len, NULL);
+/* Copies slot `h` into `out`; `take`: then wipes and frees it. */
+static size_t copy_out(int h, uint8_t *out, int take) {
+  size_t len = 0;
+  pthread_mutex_lock(&g_mu);
+  if (valid(h)) {
+    len = g_len[h - 1];
+    memcpy(out, slot((unsigned)h - 1), len);
+    if (take) {
+      release(h);
+#ifdef M2MPSK_TEST_HOOKS
+      g_taken++;
+#endif
+    }
+  }
+  pthread_mutex_unlock(&g_mu);
+  return len;
 }
 
 size_t m2mpsk_handoff_read(int h, uint8_t *out) {
-  size_t len = 0;
-  pthread_mutex_lock(&g_mu);
-  if (valid(h)) {
-    len = g_len[h - 1];
-    memcpy(out, slot((unsigned)h - 1), len);
-  }
-  pthread_mutex_unlock(&g_mu);
-  return len;
+  return copy_out(h, out, 0);
 }
 
 size_t m2mpsk_handoff_take(int h, uint8_t *out) {
-  size_t len = 0;
-  pthread_mutex_lock(&g_mu);
-  if (valid(h)) {
-    len = g_len[h - 1];
-    memcpy(out, slot((unsigned)h - 1), len);
-    release(h);
-#ifdef M2MPSK_TEST_HOOKS
-    g_taken++;
-#endif
-  }
-  pthread_mutex_unlock(&g_mu);
-  return len;
+  return copy_out(h, out, 1);
 }
 
 void m2mpsk_handoff_drop(int h) {

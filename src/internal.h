@@ -142,12 +142,10 @@ int m2mpsk_record_check(const char *kpsa_id, size_t key_len, const char *ida,
 /* ---- handoff.c: keys on their way with an answer ------------------------ */
 
 /* Copies `len` (1..M2MPSK_KEY_MAX) bytes into a free slot: its handle, or 0
- * when there is none (then nothing is kept). Thread-safe. */
-int m2mpsk_handoff_put(const uint8_t *key, size_t len);
-/* The same, saying why there is no slot: *why (may be NULL) is
- * M2MPSK_E_LIMIT (every slot taken), M2MPSK_E_NOMEM (no region could be
- * made) or M2MPSK_E_INVALID (a bad length). */
-int m2mpsk_handoff_hold(const uint8_t *key, size_t len, int *why);
+ * when there is none (then nothing is kept, and *why, unless `why` is
+ * NULL, says why: M2MPSK_E_LIMIT, every slot taken; M2MPSK_E_NOMEM, no
+ * region could be made; M2MPSK_E_INVALID, a bad length). Thread-safe. */
+int m2mpsk_handoff_put(const uint8_t *key, size_t len, int *why);
 /* Copies slot `h` into `out` and leaves it: the key's length, or 0. */
 size_t m2mpsk_handoff_read(int h, uint8_t *out);
 /* Copies slot `h` into `out` (room for M2MPSK_KEY_MAX bytes), wipes it and

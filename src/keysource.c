@@ -256,7 +256,7 @@ int m2mpsk_key_request_supply(m2mpsk_key_request *req, const uint8_t *key,
   if (rc == M2MPSK_OK) {
     /* Kept for the associations waiting, before they can see the answer:
      * the first to resume takes it instead of reading the arena. */
-    int h = m2mpsk_handoff_put(key, key_len);
+    int h = m2mpsk_handoff_put(key, key_len, NULL);
     if (h != 0) {
       req->handoff_serial = serial;
       m2mpsk_handoff_drop(atomic_exchange(&req->handoff, h));
@@ -281,7 +281,7 @@ int m2mpsk_key_request_supply_once(m2mpsk_key_request *req,
     return M2MPSK_E_STATE;
   m2mpsk_record_view *v = calloc(1, sizeof(*v));
   int why = M2MPSK_E_NOMEM;
-  int h = v != NULL ? m2mpsk_handoff_hold(key, key_len, &why) : 0;
+  int h = v != NULL ? m2mpsk_handoff_put(key, key_len, &why) : 0;
   if (h == 0) {
     free(v);
     m2mpsk_keystore_free(ks);

@@ -813,8 +813,6 @@ void m2mpsk_keystore_free(m2mpsk_keystore *ks) {
 
 /* ---- records ----------------------------------------------------------- */
 
-/* Checks add()'s arguments and builds the record (key not yet stored).
- * Returns M2MPSK_OK with *out, or add()'s validation codes / E_NOMEM. */
 int m2mpsk_record_check(const char *kpsa_id, size_t key_len, const char *ida,
                         const char *idb, int64_t not_before,
                         int64_t not_after) {
@@ -833,6 +831,8 @@ int m2mpsk_record_check(const char *kpsa_id, size_t key_len, const char *ida,
   return M2MPSK_OK;
 }
 
+/* Checks add()'s arguments and builds the record (key not yet stored).
+ * Returns M2MPSK_OK with *out, or add()'s validation codes / E_NOMEM. */
 static int record_build(m2mpsk_keystore *ks, const char *kpsa_id,
                         size_t key_len, const char *ida, const char *idb,
                         int64_t not_before, int64_t not_after, uint32_t tag,
