@@ -154,6 +154,13 @@ static void finish(m2mt_pair *p, uint64_t *now) {
   cr_assert_geq(m2mt_run_handshake(p->a, p->b, NULL, now, 200), 0);
 }
 
+/* Resumes the responder waiting for the answer and completes both sides. */
+static void resume_to_established(m2mt_pair *p, uint64_t *now) {
+  cr_assert_eq(m2mpsk_assoc_resume(p->b, *now), M2MPSK_OK);
+  finish(p, now);
+  expect_established(p);
+}
+
 ParameterizedTestParameters(keysource, responder_waits_then_supply) {
   static ks_param cases[] = {
       {M2MPSK_TRANSPORT_TLS, M2MPSK_ENGINE_BORINGSSL},
@@ -737,9 +744,7 @@ Test(keysource, dtls_datagrams_arriving_while_waiting) {
   cr_assert_eq(m2mpsk_key_request_supply(rec.reqs[0], m2mt_key, 32, M2MT_IDA,
                                          M2MT_IDB, 0, 0),
                M2MPSK_OK);
-  cr_assert_eq(m2mpsk_assoc_resume(p.b, now), M2MPSK_OK);
-  finish(&p, &now);
-  expect_established(&p);
+  resume_to_established(&p, &now);
   recorder_free(&rec);
   m2mt_pair_free(&p);
 }
@@ -822,9 +827,7 @@ Test(keysource, answer_from_another_thread, .timeout = 20) {
   pthread_join(th, &res);
   cr_assert_eq((intptr_t)res, M2MPSK_OK);
   uint64_t now = NOW0 + 1;
-  cr_assert_eq(m2mpsk_assoc_resume(p.b, now), M2MPSK_OK);
-  finish(&p, &now);
-  expect_established(&p);
+  resume_to_established(&p, &now);
   m2mt_pair_free(&p);
 }
 
@@ -862,16 +865,10 @@ Test(keysource_api, null_and_bad_arguments) {
   m2mpsk_keystore_free(ks);
 }
 
-#if INTERNAL_TESTS
-Test(keysource_api, supply_errors_leave_the_request_open) {
-  m2mpsk_keystore *ks = NULL;
-  cr_assert_eq(m2mpsk_keystore_new(&ks, 0), M2MPSK_OK);
-  cr_assert_eq(m2mpsk_keystore_set_source(ks, NULL, NULL, 4), M2MPSK_OK);
-  m2mpsk_key_request *w = NULL, *req = NULL;
-  cr_assert_eq(m2mpsk_keystore_request_key(ks, M2MT_KPSA_ID,
-                                           M2MPSK_ROLE_RESPONDER, NULL, &w),
-               M2MPSK_KEYREQ_WAIT);
-  cr_assert_eq(m2mpsk_keystore_next_request(ks, &req), M2MPSK_OK);
+/* Answers with arguments m2mpsk_keystore_add() refuses, with
+ * m2mpsk_key_request_supply() or (once) _supply_once(): each is refused
+ * with add()'s code and leaves the request open. */
+static void expect_bad_answers_refused(m2mpsk_key_request *req, int once) {
   char long_id[M2MPSK_ID_MAX + 2];
   memset(long_id, 'c', sizeof(long_id));
   long_id[0] = '/';
@@ -887,18 +884,36 @@ Test(keysource_api, supply_errors_leave_the_request_open) {
       {"NULL key", NULL, 32, NULL, M2MT_IDB, 0, 0, M2MPSK_E_INVALID},
       {"NULL idb", m2mt_key, 32, NULL, NULL, 0, 0, M2MPSK_E_INVALID},
       {"short key", m2mt_key, 15, NULL, M2MT_IDB, 0, 0, M2MPSK_E_KEY_LENGTH},
+      {"long key", m2mt_key, M2MPSK_KEY_MAX + 1, NULL, M2MT_IDB, 0, 0,
+       M2MPSK_E_KEY_LENGTH},
       {"bad ida", m2mt_key, 32, "/cse/Sx", M2MT_IDB, 0, 0, M2MPSK_E_IDA},
       {"bad idb", m2mt_key, 32, NULL, "/cse/C1", 0, 0, M2MPSK_E_IDB},
       {"long idb", m2mt_key, 32, NULL, long_id, 0, 0, M2MPSK_E_ID_LENGTH},
       {"window", m2mt_key, 32, NULL, M2MT_IDB, 20, 10, M2MPSK_E_VALIDITY},
   };
   for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-    cr_expect_eq(m2mpsk_key_request_supply(req, cases[i].key, cases[i].key_len,
-                                           cases[i].ida, cases[i].idb,
-                                           cases[i].nb, cases[i].na),
-                 cases[i].rc, "%s", cases[i].what);
+    int rc = once ? m2mpsk_key_request_supply_once(
+                        req, cases[i].key, cases[i].key_len, cases[i].ida,
+                        cases[i].idb, cases[i].nb, cases[i].na)
+                  : m2mpsk_key_request_supply(
+                        req, cases[i].key, cases[i].key_len, cases[i].ida,
+                        cases[i].idb, cases[i].nb, cases[i].na);
+    cr_expect_eq(rc, cases[i].rc, "%s", cases[i].what);
     cr_expect_eq(m2mpsk_key_request_answered(req), 0, "%s", cases[i].what);
   }
+}
+
+#if INTERNAL_TESTS
+Test(keysource_api, supply_errors_leave_the_request_open) {
+  m2mpsk_keystore *ks = NULL;
+  cr_assert_eq(m2mpsk_keystore_new(&ks, 0), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_set_source(ks, NULL, NULL, 4), M2MPSK_OK);
+  m2mpsk_key_request *w = NULL, *req = NULL;
+  cr_assert_eq(m2mpsk_keystore_request_key(ks, M2MT_KPSA_ID,
+                                           M2MPSK_ROLE_RESPONDER, NULL, &w),
+               M2MPSK_KEYREQ_WAIT);
+  cr_assert_eq(m2mpsk_keystore_next_request(ks, &req), M2MPSK_OK);
+  expect_bad_answers_refused(req, 0);
   cr_assert_eq(m2mpsk_keystore_count(ks), 0);
   /* A record that appeared meanwhile wins; the request closes all the
    * same. */
@@ -1327,9 +1342,7 @@ Test(keysource, answer_without_a_free_slot_reads_the_arena) {
   cr_assert_eq(m2mpsk_handoff_debug_in_use(), 0);
   cr_assert_not(m2mpsk_handoff_debug_contains(m2mt_key, 32));
   uint64_t now = NOW0 + 1;
-  cr_assert_eq(m2mpsk_assoc_resume(p.b, now), M2MPSK_OK);
-  finish(&p, &now);
-  expect_established(&p);
+  resume_to_established(&p, &now);
   cr_assert_eq(m2mpsk_handoff_debug_taken(), taken);
   recorder_free(&rec);
   m2mt_pair_free(&p);
@@ -1380,17 +1393,13 @@ ParameterizedTest(ks_param *c, keysource_once,
   cr_assert_eq(m2mpsk_key_request_answered(rec.reqs[0]), 1);
   cr_assert_eq(m2mpsk_keystore_count(p.ks_b), 0);
   uint64_t now = NOW0 + 1;
-  cr_assert_eq(m2mpsk_assoc_resume(p.b, now), M2MPSK_OK);
-  finish(&p, &now);
-  expect_established(&p);
+  resume_to_established(&p, &now);
   cr_assert_eq(m2mpsk_keystore_count(p.ks_b), 0, "nothing was kept");
   free_assocs(&p);
   wait_again(&p, c->t, now);
   cr_assert_eq(atomic_load(&rec.calls), 2, "asked again");
   supply_once(rec.reqs[1], M2MT_IDA, 0);
-  cr_assert_eq(m2mpsk_assoc_resume(p.b, now), M2MPSK_OK);
-  finish(&p, &now);
-  expect_established(&p);
+  resume_to_established(&p, &now);
   recorder_free(&rec);
   m2mt_pair_free(&p);
 }
@@ -1459,9 +1468,7 @@ Test(keysource_once, association_follows_its_expiry_not_the_keystore) {
   wait_for_answer(&p, &rec, M2MPSK_ENGINE_AUTO, M2MPSK_TRANSPORT_TLS);
   supply_once(rec.reqs[0], M2MT_IDA, UNIX0 + 60);
   uint64_t now = NOW0 + 1;
-  cr_assert_eq(m2mpsk_assoc_resume(p.b, now), M2MPSK_OK);
-  finish(&p, &now);
-  expect_established(&p);
+  resume_to_established(&p, &now);
   cr_assert_eq(m2mpsk_keystore_add(p.ks_b, OTHER_ID, m2mt_key, 32, NULL,
                                    M2MT_IDB, 0, 0),
                M2MPSK_OK);
@@ -1483,28 +1490,6 @@ Test(keysource_once, association_follows_its_expiry_not_the_keystore) {
 /* Every error leaves the request open; an initiator's request is refused
  * (initiators keep their records), as are answers to closed requests. */
 Test(keysource_once, errors_leave_the_request_open) {
-  char long_id[M2MPSK_ID_MAX + 2];
-  memset(long_id, 'c', sizeof(long_id));
-  long_id[0] = '/';
-  long_id[sizeof(long_id) - 1] = '\0';
-  struct {
-    const char *what;
-    const uint8_t *key;
-    size_t key_len;
-    const char *ida, *idb;
-    int64_t nb, na;
-    int rc;
-  } cases[] = {
-      {"NULL key", NULL, 32, NULL, M2MT_IDB, 0, 0, M2MPSK_E_INVALID},
-      {"NULL idb", m2mt_key, 32, NULL, NULL, 0, 0, M2MPSK_E_INVALID},
-      {"short key", m2mt_key, 15, NULL, M2MT_IDB, 0, 0, M2MPSK_E_KEY_LENGTH},
-      {"long key", m2mt_key, M2MPSK_KEY_MAX + 1, NULL, M2MT_IDB, 0, 0,
-       M2MPSK_E_KEY_LENGTH},
-      {"bad ida", m2mt_key, 32, "/cse/Sx", M2MT_IDB, 0, 0, M2MPSK_E_IDA},
-      {"bad idb", m2mt_key, 32, NULL, "/cse/C1", 0, 0, M2MPSK_E_IDB},
-      {"long idb", m2mt_key, 32, NULL, long_id, 0, 0, M2MPSK_E_ID_LENGTH},
-      {"window", m2mt_key, 32, NULL, M2MT_IDB, 20, 10, M2MPSK_E_VALIDITY},
-  };
   cr_assert_eq(m2mpsk_key_request_supply_once(NULL, m2mt_key, 32, NULL,
                                               M2MT_IDB, 0, 0),
                M2MPSK_E_INVALID);
@@ -1512,13 +1497,7 @@ Test(keysource_once, errors_leave_the_request_open) {
   recorder rec = {0};
   wait_for_answer(&p, &rec, M2MPSK_ENGINE_AUTO, M2MPSK_TRANSPORT_TLS);
   m2mpsk_key_request *req = rec.reqs[0];
-  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-    cr_expect_eq(m2mpsk_key_request_supply_once(
-                     req, cases[i].key, cases[i].key_len, cases[i].ida,
-                     cases[i].idb, cases[i].nb, cases[i].na),
-                 cases[i].rc, "%s", cases[i].what);
-    cr_expect_eq(m2mpsk_key_request_answered(req), 0, "%s", cases[i].what);
-  }
+  expect_bad_answers_refused(req, 1);
   /* Still open: a good answer still works. */
   supply_once(req, M2MT_IDA, 0);
   cr_assert_eq(m2mpsk_key_request_supply_once(req, m2mt_key, 32, NULL,
@@ -1528,9 +1507,7 @@ Test(keysource_once, errors_leave_the_request_open) {
       m2mpsk_key_request_supply(req, m2mt_key, 32, NULL, M2MT_IDB, 0, 0),
       M2MPSK_E_STATE);
   uint64_t now = NOW0 + 1;
-  cr_assert_eq(m2mpsk_assoc_resume(p.b, now), M2MPSK_OK);
-  finish(&p, &now);
-  expect_established(&p);
+  resume_to_established(&p, &now);
   recorder_free(&rec);
   m2mt_pair_free(&p);
 
@@ -1628,9 +1605,7 @@ Test(keysource_once, without_a_slot_is_refused_with_limit) {
   supply(&rec);
   m2mpsk_handoff_debug_limit(~0u);
   uint64_t now = NOW0 + 1;
-  cr_assert_eq(m2mpsk_assoc_resume(p.b, now), M2MPSK_OK);
-  finish(&p, &now);
-  expect_established(&p);
+  resume_to_established(&p, &now);
   cr_assert_eq(m2mpsk_keystore_count(p.ks_b), 1);
   recorder_free(&rec);
   m2mt_pair_free(&p);
