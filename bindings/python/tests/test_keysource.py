@@ -87,7 +87,9 @@ def test_responder_waits_then_resumes_once_supplied():
         x.close()
 
 
-def test_absent_fails_the_responder_like_an_unknown_identity():
+def waiting_responder():
+    """(ks_a, ks_b, config_a, a, b): a TLS responder waiting on its queued
+    source for KPSA_ID, which its initiator holds."""
     ks_a = m2mpsk.Keystore()
     ks_a.add(KPSA_ID, KEY, None, IDB)
     ks_b = m2mpsk.Keystore()
@@ -98,6 +100,11 @@ def test_absent_fails_the_responder_like_an_unknown_identity():
     a.start(now_ms())
     b.start(now_ms())
     pump(a, b)
+    return ks_a, ks_b, ca, a, b
+
+
+def test_absent_fails_the_responder_like_an_unknown_identity():
+    ks_a, ks_b, ca, a, b = waiting_responder()
     req = ks_b.next_request()
     req.absent()
     req.close()
@@ -341,16 +348,7 @@ def test_tls_server_source_answers_once():
 
 
 def test_supply_once_low_level():
-    ks_a = m2mpsk.Keystore()
-    ks_a.add(KPSA_ID, KEY, None, IDB)
-    ks_b = m2mpsk.Keystore()
-    ks_b.set_source_queue(4)
-    ca, cb = configs()
-    a = m2mpsk.Association(m2mpsk.ROLE_INITIATOR, TLS, ca, ks_a, KPSA_ID)
-    b = m2mpsk.Association(m2mpsk.ROLE_RESPONDER, TLS, cb, ks_b)
-    a.start(now_ms())
-    b.start(now_ms())
-    pump(a, b)
+    ks_a, ks_b, ca, a, b = waiting_responder()
     assert b.state() == m2mpsk.STATE_WAITING_KEY
     with ks_b.next_request() as req:
         raises(m2mpsk.E_KEY_LENGTH, req.supply_once, KEY[:3], None, IDB)
