@@ -138,6 +138,10 @@ def keysource_targets(krows):
     return out
 
 
+# The key-source bench's contenders besides "memory", in its order.
+KEY_SOURCE_MODES = ("queue", "callback", "once")
+
+
 def keysource_section(w, krows):
     run = one(krows, kind="ksrc_run")
     if run is None or not pick(krows, kind="ksrc"):
@@ -178,7 +182,7 @@ def keysource_section(w, krows):
       "wall-clock rates it does not depend on how much of a core the "
       "machine's other work left the run.")
     w("")
-    srcs = [x for x in ("queue", "callback", "once")
+    srcs = [x for x in KEY_SOURCE_MODES
             if pick(krows, kind="ksrc", who=x)]
     w("| case | engine | C | memory hs/s | " +
       " | ".join("%s hs/s | %s / memory" % (x, x) for x in srcs) +
@@ -229,7 +233,7 @@ def keysource_section(w, krows):
           "with the keys in memory; the loop above runs both sides, whose "
           "initiator half costs the same for every contender.")
         w("")
-        rsrcs = [x for x in ("queue", "callback", "once") if pick(resp, who=x)]
+        rsrcs = [x for x in KEY_SOURCE_MODES if pick(resp, who=x)]
         w("| case | engine | C | memory µs | " +
           " | ".join("%s µs" % x for x in rsrcs) +
           " | queue − memory µs | " +
