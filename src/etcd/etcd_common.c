@@ -890,7 +890,7 @@ static int pb_kv(const uint8_t *d, size_t len, const uint8_t **key,
                  etcd_kv *kv) {
   pb k = {d, d + len};
   unsigned field;
-  uint64_t v;
+  uint64_t v = 0;
   int got;
   *key = *val = NULL;
   *key_len = *val_len = 0;

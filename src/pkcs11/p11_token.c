@@ -1048,7 +1048,7 @@ static int destroy_keys(m2mpsk_p11_token *t, const char *id, char *err,
 
 int m2mpsk_p11_revoke(m2mpsk_p11_token *t, const char *id, char *err,
                       size_t cap) {
-  CK_OBJECT_HANDLE h;
+  CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
   int rc = data_handle(t, id, &h, err, cap);
   m2mpsk_p11_record r;
   char label[M2MPSK_KPSA_ID_MAX + 1];
