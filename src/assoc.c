@@ -1144,6 +1144,10 @@ static int key_needed(m2mpsk_assoc *a, const uint8_t *id, size_t id_len) {
    * wait end in failure; the engine's callback reads it again. */
   a->presented = 1;
   a->state = M2MPSK_STATE_WAITING_KEY;
+  /* The wait may be long and many may wait: the engine gives back what
+   * its next step can rebuild (OpenSSL's DTLS record buffers). */
+  if (a->ops->rest != NULL)
+    a->ops->rest(a->eng);
   return 1;
 }
 

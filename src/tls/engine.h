@@ -68,7 +68,7 @@ typedef struct m2mpsk_engine_hooks {
                              size_t out_len);
 } m2mpsk_engine_hooks;
 
-#define M2MPSK_ENGINE_ABI 4
+#define M2MPSK_ENGINE_ABI 5
 
 typedef struct m2mpsk_engine_ops {
   unsigned abi; /* M2MPSK_ENGINE_ABI */
@@ -117,6 +117,12 @@ typedef struct m2mpsk_engine_ops {
   /* 1 when the engine computes a token key's master secret through
    * hooks->token_master_secret (ABI 4): the OpenSSL engine. */
   int token_keys;
+  /* A responder engine about to wait for a key source, the client's
+   * flight held back by the association (ABI 5): release what the next
+   * handshake step rebuilds. That step fails the association (reason
+   * INTERNAL) if it cannot. NULL when the engine keeps nothing worth
+   * releasing (BoringSSL frees its record buffers whenever they empty). */
+  void (*rest)(m2mpsk_engine *e);
 } m2mpsk_engine_ops;
 
 /* The one symbol a backend module exports. */

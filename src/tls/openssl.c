@@ -180,6 +180,7 @@ struct m2mpsk_engine {
    * hello_random below). */
   uint8_t listening;
   uint8_t have_random;
+  uint8_t rested; /* ossl_rest() freed the record buffers */
   uint32_t duration_ms;
   uint64_t next_seq0;
   size_t out_hdr_len;
@@ -484,6 +485,16 @@ static int malloc_failed(void) {
 }
 
 static int backend_handshake_begin(m2mpsk_engine *e) {
+  if (e->rested) {
+    /* Back from a wait for a key: the buffers before the held flight. */
+    if (!SSL_alloc_buffers(e->ssl)) {
+      ERR_clear_error();
+      set_failure(e, M2MPSK_REASON_INTERNAL,
+                  "out of memory restoring the record buffers", NULL);
+      return M2MPSK_ENG_FAIL;
+    }
+    e->rested = 0;
+  }
   if (e->listening) {
     /* A HelloVerifyRequest that could not be made is like a lost one. */
     int r = listen_step(e);
@@ -621,6 +632,22 @@ static int ossl_dtls_listen(m2mpsk_engine_ctx *ctx, const char *peer_tag,
   return rc;
 }
 
+/* A DTLS responder waiting for a key holds OpenSSL's read and write
+ * buffers (about 17 KiB each): SSL_MODE_RELEASE_BUFFERS frees them only
+ * for TLS. Nothing is in them between flights, and the association holds
+ * the client's flight back until the key comes; backend_handshake_begin()
+ * gets them back before OpenSSL reads it. Measured by test_keysource
+ * (waiting_responder_holds_no_record_buffers): 76 KB held per waiting
+ * DTLS responder before, 41 KB after, about what a TLS one holds. */
+static void ossl_rest(m2mpsk_engine *e) {
+  if (e->in.len == 0)
+    buf_release(e, &e->in);
+  if (e->out.len == 0)
+    buf_release(e, &e->out);
+  if (!e->rested && !e->stopped && SSL_free_buffers(e->ssl))
+    e->rested = 1;
+}
+
 static const m2mpsk_engine_ops k_ops = {
     FAMILY_OPS,
     .backend_name = ossl_backend_name,
@@ -631,6 +658,7 @@ static const m2mpsk_engine_ops k_ops = {
     .on_timer = ossl_on_timer,
     .dtls_listen = ossl_dtls_listen,
     .token_keys = 1,
+    .rest = ossl_rest,
 };
 
 /* Exported from the module (default visibility), and linked directly into
