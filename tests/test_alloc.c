@@ -103,20 +103,24 @@ out:
   return ok;
 }
 
-static void sweep(m2mpsk_transport t) {
-#ifndef ALLOC_HOOK
-  cr_skip_test("the allocator cannot be interposed under AddressSanitizer");
-#endif
+/* One life of a sweep, run with the allocator armed: 1 when every step
+ * succeeded. `tally` counts what the life wants counted. */
+typedef int (*life_fn)(m2mpsk_transport t, int *tally);
+
+/* Runs `life` again and again, the Nth allocation failing in run N, until
+ * a run sees no failure; no run may leak. Returns the number of failure
+ * points. */
+static long sweep_lives(life_fn life, m2mpsk_transport t, int *tally) {
   long points = 0;
   int openssl = strcmp(m2mpsk_backend_name(), "openssl") == 0;
   /* A first clean life sets up the libraries' lazy global state. */
   alloc_fail_at = -1;
-  cr_assert(one_life(t));
+  cr_assert(life(t, tally));
   long live = alloc_live;
   for (alloc_fail_at = 0; alloc_fail_at < 100000; alloc_fail_at++) {
     alloc_count = 0;
     alloc_failed = 0;
-    int ok = one_life(t);
+    int ok = life(t, tally);
     long failed = alloc_failed;
     if (alloc_live != live && openssl) {
       /* OpenSSL 3 keeps process-wide caches (algorithms fetched from its
@@ -124,10 +128,10 @@ static void sweep(m2mpsk_transport t) {
        * than a clean run does. The same failure twice more settles them:
        * a leak is what still grows. */
       alloc_count = 0;
-      (void)one_life(t);
+      (void)life(t, tally);
       long settled = alloc_live;
       alloc_count = 0;
-      (void)one_life(t);
+      (void)life(t, tally);
       cr_assert_eq(alloc_live, settled, "leak after failing allocation %ld",
                    alloc_fail_at);
       live = alloc_live;
@@ -141,6 +145,19 @@ static void sweep(m2mpsk_transport t) {
     }
     points++;
   }
+  return points;
+}
+
+static int whole_life(m2mpsk_transport t, int *tally) {
+  (void)tally;
+  return one_life(t);
+}
+
+static void sweep(m2mpsk_transport t) {
+#ifndef ALLOC_HOOK
+  cr_skip_test("the allocator cannot be interposed under AddressSanitizer");
+#endif
+  long points = sweep_lives(whole_life, t, NULL);
   cr_log_info("%s: %ld allocation failure points survived",
               t == M2MPSK_TRANSPORT_TLS ? "TLS" : "DTLS", points);
   cr_assert_gt(points, 50, "the sweep reached into the TLS library");
@@ -372,6 +389,25 @@ Test(alloc, batch_calls_refuse_cleanly_without_memory) {
   m2mpsk_keystore_free(ks);
 }
 
+/* A pair whose responder waits for its key source (the allocator not
+ * armed): the responder's record goes, a source without a callback is
+ * asked instead. Returns the source's request (the caller's reference). */
+static m2mpsk_key_request *waiting_pair(m2mt_pair *p, m2mpsk_transport t) {
+  m2mt_pair_init(p, t, m2mt_key, m2mt_key, M2MT_IDA, NULL);
+  cr_assert_eq(m2mpsk_keystore_remove(p->ks_b, M2MT_KPSA_ID), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_set_source(p->ks_b, NULL, NULL, 4), M2MPSK_OK);
+  m2mt_pair_start(p, 1000, 1800000000);
+  for (int i = 0; i < 8 && m2mpsk_assoc_state(p->b) != M2MPSK_STATE_WAITING_KEY;
+       i++) {
+    (void)m2mt_transfer(p->a, p->b, NULL, 1000);
+    (void)m2mt_transfer(p->b, p->a, NULL, 1000);
+  }
+  cr_assert_eq(m2mpsk_assoc_state(p->b), M2MPSK_STATE_WAITING_KEY);
+  m2mpsk_key_request *req = NULL;
+  cr_assert_eq(m2mpsk_keystore_next_request(p->ks_b, &req), M2MPSK_OK);
+  return req;
+}
+
 /* An answer given once (0.6) needs its record's copy: without memory it is
  * refused with M2MPSK_E_NOMEM and the request stays open; once memory is
  * back the waiting responder completes. */
@@ -379,22 +415,10 @@ Test(alloc, supply_once_refuses_cleanly_without_memory) {
 #ifndef ALLOC_HOOK
   cr_skip_test("the allocator cannot be interposed under AddressSanitizer");
 #endif
-  /* The responder's record goes; its source is asked instead. */
   m2mt_pair p;
-  m2mt_pair_init(&p, M2MPSK_TRANSPORT_TLS, m2mt_key, m2mt_key, M2MT_IDA, NULL);
-  cr_assert_eq(m2mpsk_keystore_remove(p.ks_b, M2MT_KPSA_ID), M2MPSK_OK);
-  cr_assert_eq(m2mpsk_keystore_set_source(p.ks_b, NULL, NULL, 4), M2MPSK_OK);
-  m2mt_pair_start(&p, 1000, 1800000000);
+  m2mpsk_key_request *req = waiting_pair(&p, M2MPSK_TRANSPORT_TLS);
   m2mpsk_assoc *a = p.a, *b = p.b;
   m2mpsk_keystore *ks_b = p.ks_b;
-  for (int i = 0; i < 8 && m2mpsk_assoc_state(b) != M2MPSK_STATE_WAITING_KEY;
-       i++) {
-    (void)m2mt_transfer(a, b, NULL, 1000);
-    (void)m2mt_transfer(b, a, NULL, 1000);
-  }
-  cr_assert_eq(m2mpsk_assoc_state(b), M2MPSK_STATE_WAITING_KEY);
-  m2mpsk_key_request *req = NULL;
-  cr_assert_eq(m2mpsk_keystore_next_request(ks_b, &req), M2MPSK_OK);
   int rc = M2MPSK_E_NOMEM;
   long nomem = 0;
   for (long at = 0; rc == M2MPSK_E_NOMEM && at < 100; at++) {
@@ -419,4 +443,61 @@ Test(alloc, supply_once_refuses_cleanly_without_memory) {
   cr_assert_eq(m2mpsk_keystore_count(ks_b), 0);
   m2mpsk_key_request_free(req);
   m2mt_pair_free(&p);
+}
+
+/* A responder resumed after its key source answered, the Nth allocation
+ * failing in run N: every run ends established, or failed with a reason
+ * and a detail, and leaks nothing. On OpenSSL over DTLS the responder
+ * gave its record buffers back for the wait (engine op `rest`); one of
+ * the failures is getting them back, and it says so. */
+static int resume_life(m2mpsk_transport t, int *restore_failed) {
+  m2mt_pair p;
+  m2mpsk_key_request *req = waiting_pair(&p, t);
+  cr_assert_eq(
+      m2mpsk_key_request_supply(req, m2mt_key, 32, M2MT_IDA, M2MT_IDB, 0, 0),
+      M2MPSK_OK);
+  m2mpsk_key_request_free(req);
+  alloc_armed = 1;
+  int rc = m2mpsk_assoc_resume(p.b, 1001);
+  cr_assert(allowed(rc), "resume -> %d at allocation %ld", rc, alloc_fail_at);
+  uint64_t now = 1001;
+  if (rc == M2MPSK_OK)
+    (void)m2mt_run_handshake(p.a, p.b, NULL, &now, 100);
+  alloc_armed = 0;
+  int ok = m2mpsk_assoc_state(p.b) == M2MPSK_STATE_ESTABLISHED;
+  if (m2mpsk_assoc_state(p.b) == M2MPSK_STATE_FAILED) {
+    cr_assert_neq(m2mpsk_assoc_failure(p.b), M2MPSK_REASON_NONE);
+    const char *d = m2mpsk_assoc_failure_detail(p.b);
+    cr_assert_not_null(d);
+    if (strstr(d, "restoring the record buffers") != NULL) {
+      cr_assert_eq(m2mpsk_assoc_failure(p.b), M2MPSK_REASON_INTERNAL);
+      (*restore_failed)++;
+    }
+  }
+  m2mt_pair_free(&p);
+  return ok;
+}
+
+static void resume_sweep(m2mpsk_transport t) {
+#ifndef ALLOC_HOOK
+  cr_skip_test("the allocator cannot be interposed under AddressSanitizer");
+#endif
+  int restore_failed = 0;
+  long points = sweep_lives(resume_life, t, &restore_failed);
+  cr_log_info("%s resume: %ld allocation failure points, %d restoring the "
+              "record buffers",
+              t == M2MPSK_TRANSPORT_TLS ? "TLS" : "DTLS", points,
+              restore_failed);
+  cr_assert_gt(points, 5, "the sweep reached into the TLS library");
+  if (strcmp(m2mpsk_backend_name(), "openssl") == 0 &&
+      t == M2MPSK_TRANSPORT_DTLS)
+    cr_assert_gt(restore_failed, 0, "no run failed restoring the buffers");
+  else
+    cr_assert_eq(restore_failed, 0, "only OpenSSL's DTLS engine rests");
+}
+
+Test(alloc, every_allocation_failure_while_resuming_is_reported,
+     .timeout = 120) {
+  resume_sweep(M2MPSK_TRANSPORT_TLS);
+  resume_sweep(M2MPSK_TRANSPORT_DTLS);
 }

@@ -105,7 +105,7 @@ static void backend_engine_clear(m2mpsk_engine *e) {
 
 static int backend_handshake_begin(m2mpsk_engine *e) {
   (void)e;
-  return -1;
+  return BEGIN_GO_ON;
 }
 
 static void backend_handshake_end(m2mpsk_engine *e, int r) {

@@ -40,8 +40,10 @@ static int backend_engine_setup(m2mpsk_engine *e);
  * with them. */
 static void backend_ctx_clear(m2mpsk_engine_ctx *c);
 static void backend_engine_clear(m2mpsk_engine *e);
-/* Before SSL_do_handshake(): -1 to go on, else an M2MPSK_ENG_* result.
- * After it, with its return value. */
+/* Before SSL_do_handshake(): BEGIN_GO_ON, else an M2MPSK_ENG_* result
+ * (M2MPSK_ENG_FAIL with the failure set). After it, with its return
+ * value. */
+enum { BEGIN_GO_ON = 2 };
 static int backend_handshake_begin(m2mpsk_engine *e);
 static void backend_handshake_end(m2mpsk_engine *e, int r);
 /* Application data arrived from the peer. */
@@ -512,7 +514,7 @@ static int fam_handshake(m2mpsk_engine *e) {
     return M2MPSK_ENG_FAIL;
   }
   int pre = backend_handshake_begin(e);
-  if (pre >= 0)
+  if (pre != BEGIN_GO_ON)
     return pre;
   clear_errors();
   int r = SSL_do_handshake(e->ssl);

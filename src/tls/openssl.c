@@ -484,17 +484,25 @@ static int malloc_failed(void) {
   return found;
 }
 
-static int backend_handshake_begin(m2mpsk_engine *e) {
-  if (e->rested) {
-    /* Back from a wait for a key: the buffers before the held flight. */
-    if (!SSL_alloc_buffers(e->ssl)) {
-      ERR_clear_error();
-      set_failure(e, M2MPSK_REASON_INTERNAL,
-                  "out of memory restoring the record buffers", NULL);
-      return M2MPSK_ENG_FAIL;
-    }
-    e->rested = 0;
+/* Back from a wait for a key (ossl_rest): the record buffers again,
+ * before anything can make OpenSSL read or write a record (a handshake
+ * step, a retransmission). 0, the failure set, without memory. */
+static int ossl_wake(m2mpsk_engine *e) {
+  if (!e->rested)
+    return 1;
+  if (!SSL_alloc_buffers(e->ssl)) {
+    ERR_clear_error();
+    set_failure(e, M2MPSK_REASON_INTERNAL,
+                "out of memory restoring the record buffers", NULL);
+    return 0;
   }
+  e->rested = 0;
+  return 1;
+}
+
+static int backend_handshake_begin(m2mpsk_engine *e) {
+  if (!ossl_wake(e))
+    return M2MPSK_ENG_FAIL;
   if (e->listening) {
     /* A HelloVerifyRequest that could not be made is like a lost one. */
     int r = listen_step(e);
@@ -512,7 +520,7 @@ static int backend_handshake_begin(m2mpsk_engine *e) {
   e->capture = e->dtls && e->server;
   buf_consume(e, &e->last_flight, e->last_flight.len);
   t_current = e; /* for a token key's master secret (openssl_prf.h) */
-  return -1;
+  return BEGIN_GO_ON;
 }
 
 /* The last flight stays until the peer shows it has it: in an established
@@ -590,6 +598,10 @@ static int ossl_on_timer(m2mpsk_engine *e) {
     e->ossl_deadline->tv_sec = 0;
     e->ossl_deadline->tv_usec = 1;
   }
+  /* A flight held back through the wait may not have reached OpenSSL (a
+   * datagram dropped for want of memory): the retransmission writes. */
+  if (!ossl_wake(e))
+    return M2MPSK_E_FAILED;
   return fam_handle_timeout(e);
 }
 
@@ -644,7 +656,8 @@ static void ossl_rest(m2mpsk_engine *e) {
     buf_release(e, &e->in);
   if (e->out.len == 0)
     buf_release(e, &e->out);
-  if (!e->rested && !e->stopped && SSL_free_buffers(e->ssl))
+  /* TLS: SSL_MODE_RELEASE_BUFFERS has freed them already. */
+  if (e->dtls && !e->rested && !e->stopped && SSL_free_buffers(e->ssl))
     e->rested = 1;
 }
 
