@@ -441,28 +441,33 @@ Test(keysource, initiator_supplied_expired_record_fails_expired) {
 
 #define MANY 6
 
-/* A pair of configs and keystores (the record only in A's), a source
- * recording into rec with max_pending 1, and MANY TLS pairs made on them,
- * each responder waiting for M2MT_KPSA_ID. */
-static void wait_many(m2mt_pair *p, recorder *rec, m2mpsk_assoc **as,
-                      m2mpsk_assoc **bs) {
-  pair_init(p, M2MPSK_ENGINE_AUTO, 1, 0);
+/* A pair of configs and keystores on engine e (the record only in A's), a
+ * source recording into rec with max_pending 1, and n pairs over t made on
+ * them, each responder waiting for M2MT_KPSA_ID. */
+static void wait_n(m2mt_pair *p, recorder *rec, m2mpsk_engine_id e,
+                   m2mpsk_transport t, int n, m2mpsk_assoc **as,
+                   m2mpsk_assoc **bs) {
+  pair_init(p, e, 1, 0);
   cr_assert_eq(m2mpsk_keystore_set_source(p->ks_b, record_fn, rec, 1),
                M2MPSK_OK);
-  for (int i = 0; i < MANY; i++) {
-    cr_assert_eq(m2mpsk_assoc_new(&as[i], M2MPSK_ROLE_INITIATOR,
-                                  M2MPSK_TRANSPORT_TLS, p->cfg_a, p->ks_a,
-                                  M2MT_KPSA_ID),
+  for (int i = 0; i < n; i++) {
+    cr_assert_eq(m2mpsk_assoc_new(&as[i], M2MPSK_ROLE_INITIATOR, t, p->cfg_a,
+                                  p->ks_a, M2MT_KPSA_ID),
                  M2MPSK_OK);
-    cr_assert_eq(m2mpsk_assoc_new(&bs[i], M2MPSK_ROLE_RESPONDER,
-                                  M2MPSK_TRANSPORT_TLS, p->cfg_b, p->ks_b,
-                                  NULL),
+    cr_assert_eq(m2mpsk_assoc_new(&bs[i], M2MPSK_ROLE_RESPONDER, t, p->cfg_b,
+                                  p->ks_b, NULL),
                  M2MPSK_OK);
     cr_assert_eq(m2mpsk_assoc_start(bs[i], NOW0, UNIX0), M2MPSK_OK);
     cr_assert_eq(m2mpsk_assoc_start(as[i], NOW0, UNIX0), M2MPSK_OK);
     pump(as[i], bs[i], NULL, NOW0);
     cr_assert(waiting(bs[i]), "%d: %s", i, m2mpsk_assoc_failure_detail(bs[i]));
   }
+}
+
+/* MANY TLS pairs on the default engine, as wait_n(). */
+static void wait_many(m2mt_pair *p, recorder *rec, m2mpsk_assoc **as,
+                      m2mpsk_assoc **bs) {
+  wait_n(p, rec, M2MPSK_ENGINE_AUTO, M2MPSK_TRANSPORT_TLS, MANY, as, bs);
 }
 
 Test(keysource, many_associations_share_one_request) {
@@ -1626,21 +1631,7 @@ static size_t held_while_waiting(m2mpsk_engine_id e, m2mpsk_transport t) {
   m2mt_pair p;
   recorder rec = {0};
   m2mpsk_assoc *as[HELD_PAIRS], *bs[HELD_PAIRS];
-  pair_init(&p, e, 1, 0);
-  cr_assert_eq(m2mpsk_keystore_set_source(p.ks_b, record_fn, &rec, 1),
-               M2MPSK_OK);
-  for (int i = 0; i < HELD_PAIRS; i++) {
-    cr_assert_eq(m2mpsk_assoc_new(&as[i], M2MPSK_ROLE_INITIATOR, t, p.cfg_a,
-                                  p.ks_a, M2MT_KPSA_ID),
-                 M2MPSK_OK);
-    cr_assert_eq(m2mpsk_assoc_new(&bs[i], M2MPSK_ROLE_RESPONDER, t, p.cfg_b,
-                                  p.ks_b, NULL),
-                 M2MPSK_OK);
-    cr_assert_eq(m2mpsk_assoc_start(bs[i], NOW0, UNIX0), M2MPSK_OK);
-    cr_assert_eq(m2mpsk_assoc_start(as[i], NOW0, UNIX0), M2MPSK_OK);
-    pump(as[i], bs[i], NULL, NOW0);
-    cr_assert(waiting(bs[i]), "%d: %s", i, m2mpsk_assoc_failure_detail(bs[i]));
-  }
+  wait_n(&p, &rec, e, t, HELD_PAIRS, as, bs);
   size_t before = mallinfo2().uordblks;
   for (int i = 0; i < HELD_PAIRS / 2; i++)
     m2mpsk_assoc_free(bs[i]);
