@@ -119,8 +119,8 @@ typedef struct m2mpsk_engine_ops {
   int token_keys;
   /* A responder engine about to wait for a key source, the client's
    * flight held back by the association (ABI 5): release what the next
-   * handshake step rebuilds. That step fails the association (reason
-   * INTERNAL) if it cannot. NULL when the engine keeps nothing worth
+   * handshake step or timer rebuilds. That call fails the association
+   * (reason INTERNAL) if it cannot. NULL when the engine keeps nothing worth
    * releasing (BoringSSL frees its record buffers whenever they empty). */
   void (*rest)(m2mpsk_engine *e);
 } m2mpsk_engine_ops;

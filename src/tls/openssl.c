@@ -647,8 +647,8 @@ static int ossl_dtls_listen(m2mpsk_engine_ctx *ctx, const char *peer_tag,
 /* A DTLS responder waiting for a key holds OpenSSL's read and write
  * buffers (about 17 KiB each): SSL_MODE_RELEASE_BUFFERS frees them only
  * for TLS. Nothing is in them between flights, and the association holds
- * the client's flight back until the key comes; backend_handshake_begin()
- * gets them back before OpenSSL reads it. Measured by test_keysource
+ * the client's flight back until the key comes; ossl_wake() gets them
+ * back before OpenSSL reads it or retransmits. Measured by test_keysource
  * (waiting_responder_holds_no_record_buffers): 76 KB held per waiting
  * DTLS responder before, 41 KB after, about what a TLS one holds. */
 static void ossl_rest(m2mpsk_engine *e) {
