@@ -51,7 +51,17 @@ struct m2mpsk_key_request {
   /* An answer given once (m2mpsk_key_request_supply_once): the record for
    * the associations that waited, its key in handoff (read, never taken).
    * Set under mu before the request is closed; NULL otherwise. */
-  m2mpsk_record_view *once;
+  struct once_record *once;
+};
+
+/* The record of an answer given once, as small as its identities: a whole
+ * m2mpsk_record_view (1 KiB, room for the longest IdA and IdB) is past
+ * glibc's per-thread cache, and its calloc cost an answer more than all
+ * the rest of it (0.6 us of 1.8, in the middle of a busy loop). */
+struct once_record {
+  int64_t not_before, not_after;
+  size_t ida_len, idb_len;
+  char ids[]; /* IdA (empty: none), NUL, IdB, NUL */
 };
 
 struct m2mpsk_key_sources {
@@ -279,7 +289,8 @@ int m2mpsk_key_request_supply_once(m2mpsk_key_request *req,
   m2mpsk_keystore *ks = open_request_keystore(req);
   if (ks == NULL)
     return M2MPSK_E_STATE;
-  m2mpsk_record_view *v = calloc(1, sizeof(*v));
+  size_t ida_len = ida != NULL ? strlen(ida) : 0, idb_len = strlen(idb);
+  struct once_record *v = malloc(sizeof(*v) + ida_len + idb_len + 2);
   int why = M2MPSK_E_NOMEM;
   int h = v != NULL ? m2mpsk_handoff_put(key, key_len, &why) : 0;
   if (h == 0) {
@@ -287,11 +298,12 @@ int m2mpsk_key_request_supply_once(m2mpsk_key_request *req,
     m2mpsk_keystore_free(ks);
     return why;
   }
-  if (ida != NULL)
-    memcpy(v->ida, ida, strlen(ida) + 1);
-  memcpy(v->idb, idb, strlen(idb) + 1);
   v->not_before = not_before;
   v->not_after = not_after;
+  v->ida_len = ida_len;
+  v->idb_len = idb_len;
+  memcpy(v->ids, ida != NULL ? ida : "", ida_len + 1);
+  memcpy(v->ids + ida_len + 1, idb, idb_len + 1);
   pthread_mutex_lock(&req->mu);
   int taken = req->once != NULL || atomic_load(&req->answered);
   if (!taken) {
@@ -320,8 +332,16 @@ int m2mpsk_key_request_once_record(m2mpsk_key_request *req,
                                    size_t *key_len) {
   int found = 0;
   pthread_mutex_lock(&req->mu);
-  if (req->once != NULL) {
-    *v = *req->once;
+  const struct once_record *o = req->once;
+  if (o != NULL) {
+    memcpy(v->ida, o->ids, o->ida_len + 1);
+    memcpy(v->idb, o->ids + o->ida_len + 1, o->idb_len + 1);
+    v->not_before = o->not_before;
+    v->not_after = o->not_after;
+    v->revoked = 0;
+    v->serial = 0;
+    v->token = 0;
+    v->tk = NULL;
     *key_len = m2mpsk_handoff_read(atomic_load(&req->handoff), key);
     found = *key_len != 0;
   }
