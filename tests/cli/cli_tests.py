@@ -270,6 +270,41 @@ def psk_keys(path):
     return keys
 
 
+def start_gnutls_psk_server(psk):
+    """gnutls-serv echoing over PSK with the psktool file `psk`, on a free
+    loopback port: (process, port) once its IPv4 socket listens. The port
+    free_port() found can be taken by another test before gnutls-serv binds
+    it ("bind() failed: Address already in use"): then again, on another,
+    up to 5 times. Bounded: a readline() would wait for ever on a
+    gnutls-serv that prints nothing more (its IPv4 bind lost while its IPv6
+    one stands), so each try reads for at most 10 s."""
+    seen = b""
+    for _ in range(5):
+        port = free_port()
+        srv = subprocess.Popen(
+            ["gnutls-serv", "--port", str(port), "--pskpasswd", psk, "--echo",
+             "--priority", "NORMAL:-KX-ALL:+PSK"], stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 10
+        seen = b""
+        ready = rb"IPv4 0\.0\.0\.0 port %d\.\.\.done" % port
+        lost = rb"IPv4 0\.0\.0\.0 port %d\.\.\.bind\(\) failed" % port
+        while not re.search(ready, seen) and not re.search(lost, seen):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([srv.stdout], [], [], left)[0]:
+                break
+            chunk = os.read(srv.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            seen += chunk
+        if re.search(ready, seen):
+            return srv, port
+        os.killpg(srv.pid, signal.SIGKILL)
+        srv.wait(timeout=5)
+        assert re.search(lost, seen), "gnutls-serv not ready: %r" % seen
+    raise AssertionError("gnutls-serv lost its port 5 times: %r" % seen)
+
+
 @case
 def import_reads_psktool_files(tmp):
     """A file made by GnuTLS's psktool: the imported keys are its keys (a
@@ -309,25 +344,8 @@ def import_reads_psktool_files(tmp):
             "--kpsa-id", "three@onem2m.com")
     assert r.returncode == 3 and b"no line for KpsaID three" in r.stderr
     # The keys are psktool's: gnutls-serv reads the psktool file.
-    port = free_port()
-    srv = subprocess.Popen(
-        ["gnutls-serv", "--port", str(port), "--pskpasswd", psk, "--echo",
-         "--priority", "NORMAL:-KX-ALL:+PSK"], stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, start_new_session=True)
+    srv, port = start_gnutls_psk_server(psk)
     try:
-        # Bounded: a readline() would wait for ever on a gnutls-serv that
-        # prints nothing more (its IPv4 bind lost to another process while
-        # its IPv6 one stands).
-        deadline = time.monotonic() + 10
-        seen = b""
-        ready = rb"IPv4 0\.0\.0\.0 port %d\.\.\.done" % port
-        while not re.search(ready, seen):
-            left = deadline - time.monotonic()
-            assert left > 0, "gnutls-serv not ready in 10 s: %r" % seen
-            if select.select([srv.stdout], [], [], left)[0]:
-                chunk = os.read(srv.stdout.fileno(), 4096)
-                assert chunk, "gnutls-serv ended: %r" % seen
-                seen += chunk
         r = run("connect", "127.0.0.1:%d" % port, "--keys", keys,
                 "--kpsa-id", "dev2@onem2m.com", "--timeout", "5000",
                 stdin=b"psktool key\n")
