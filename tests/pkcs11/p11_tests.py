@@ -472,7 +472,8 @@ def replaced_record_takes_over(tmp, tok=None, token_only=False):
             assert r.stdout == b"hello over pkcs11\n", r.stdout
             r = connect(tok, srv, old, kid)
             assert r.returncode == 1, r.stderr
-            assert srv.stop() == 0
+            code = srv.stop()
+            assert code == 0, "serve exited with %d" % code
     finally:
         srv.kill()
 

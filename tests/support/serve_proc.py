@@ -6,8 +6,13 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
+
+# What .ci/sanitize counts as a report.
+SANITIZER = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer)|"
+                       r"runtime error:|WARNING: ThreadSanitizer")
 
 
 class ServeProcess:
@@ -43,7 +48,25 @@ class ServeProcess:
             self.kill()
             raise
         self.reader.join(timeout)
+        self._report()
         return self.proc.returncode, list(self.lines)
+
+    def _report(self):
+        """Into the test's own output, where ctest's log (and the sanitize
+        stage's count of reports) can see them: a sanitizer's report in the
+        server's log, or the log's tail when it ended on a signal or with a
+        code that is not one of serve's (0-3)."""
+        code = self.proc.returncode
+        first = next((i for i, line in enumerate(self.lines)
+                      if SANITIZER.search(line)), None)
+        if first is None and 0 <= code <= 3:
+            return
+        shown = self.lines[first:first + 300] if first is not None \
+            else self.lines[-40:]
+        print("serve (pid %d) exited with %d; from its log:" %
+              (self.proc.pid, code))
+        sys.stdout.write("".join("  | " + line for line in shown))
+        sys.stdout.flush()
 
     def stop(self):
         os.killpg(self.proc.pid, signal.SIGTERM)
