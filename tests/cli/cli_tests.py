@@ -278,7 +278,6 @@ def start_gnutls_psk_server(psk):
     up to 5 times. Bounded: a readline() would wait for ever on a
     gnutls-serv that prints nothing more (its IPv4 bind lost while its IPv6
     one stands), so each try reads for at most 10 s."""
-    seen = b""
     for _ in range(5):
         port = free_port()
         srv = subprocess.Popen(
