@@ -542,11 +542,14 @@ unsigned m2mpsk_assoc_on_server_psk(m2mpsk_assoc *a, const char *identity,
   /* Bytes a client chose are echoed in details and events only once they
    * are known to be a well-formed KpsaID (no control characters). The rate
    * limiter counts all malformed ones under one key, "". */
-  /* key_needed() may have hashed this very identity already. */
+  /* key_needed() may have hashed this very identity already, once it had
+   * found it well formed and kept it as a->kpsa_id. */
   int hashed = a->kpsa_hash_of_id && strcmp(a->kpsa_id, identity) == 0;
   a->kpsa_hash_of_id = 0;
-  if (id_len <= M2MPSK_KPSA_ID_MAX &&
-      m2mpsk_kpsa_id_validate(identity) == M2MPSK_OK) {
+  if (hashed) {
+    a->presented = 1;
+  } else if (id_len <= M2MPSK_KPSA_ID_MAX &&
+             m2mpsk_kpsa_id_validate(identity) == M2MPSK_OK) {
     if (set_presented_id(a, identity, id_len) != 0) {
       refuse(a, M2MPSK_REASON_INTERNAL,
              "out of memory reading the psk_identity%s", "");

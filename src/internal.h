@@ -138,6 +138,10 @@ int m2mpsk_keystore_add_serial(m2mpsk_keystore *ks, const char *kpsa_id,
 int m2mpsk_record_check(const char *kpsa_id, size_t key_len, const char *ida,
                         const char *idb, int64_t not_before,
                         int64_t not_after);
+/* The same, but for the KpsaID: for one known to be well formed already
+ * (a key request's, which its association validated before asking). */
+int m2mpsk_record_check_rest(size_t key_len, const char *ida, const char *idb,
+                             int64_t not_before, int64_t not_after);
 
 /* ---- handoff.c: keys on their way with an answer ------------------------ */
 

@@ -28,6 +28,17 @@
 #define TABLE_MIN 16
 #define TABLE_MAX 65536
 
+/* The record of an answer given once, as small as its identities: a whole
+ * m2mpsk_record_view (1 KiB, room for the longest IdA and IdB) is past
+ * glibc's per-thread cache, and its calloc cost an answer more than all
+ * the rest of it (0.6 us of 1.8, in the middle of a busy loop). It lives in
+ * the request (once_buf) when its identities fit, as most do. */
+struct once_record {
+  int64_t not_before, not_after;
+  size_t ida_len, idb_len;
+  char ids[]; /* IdA (empty: none), NUL, IdB, NUL */
+};
+
 struct m2mpsk_key_request {
   atomic_size_t refs;
   atomic_int answered;
@@ -40,8 +51,9 @@ struct m2mpsk_key_request {
   int open;
   uint64_t hash;
   m2mpsk_role role;
-  char *server_name; /* NULL, or in the same allocation, after the struct */
+  char *server_name; /* NULL, sni_buf, or an allocation of its own */
   char kpsa_id[M2MPSK_KPSA_ID_MAX + 1];
+  char sni_buf[64]; /* a server name that fits (most: a CSE's FQDN) */
   /* The key that came with the answer (handoff.c), for the record of
    * handoff_serial, until the first waiting association takes it or the
    * request is destroyed: a handle, or 0. handoff_serial is written before
@@ -50,18 +62,10 @@ struct m2mpsk_key_request {
   uint64_t handoff_serial;
   /* An answer given once (m2mpsk_key_request_supply_once): the record for
    * the associations that waited, its key in handoff (read, never taken).
-   * Set under mu before the request is closed; NULL otherwise. */
+   * Set under mu before the request is closed; NULL otherwise. Either
+   * once_buf or an allocation of its own. */
   struct once_record *once;
-};
-
-/* The record of an answer given once, as small as its identities: a whole
- * m2mpsk_record_view (1 KiB, room for the longest IdA and IdB) is past
- * glibc's per-thread cache, and its calloc cost an answer more than all
- * the rest of it (0.6 us of 1.8, in the middle of a busy loop). */
-struct once_record {
-  int64_t not_before, not_after;
-  size_t ida_len, idb_len;
-  char ids[]; /* IdA (empty: none), NUL, IdB, NUL */
+  int64_t once_buf[(sizeof(struct once_record) + 128) / sizeof(int64_t)];
 };
 
 struct m2mpsk_key_sources {
@@ -76,11 +80,127 @@ struct m2mpsk_key_sources {
 
 /* ---- requests ------------------------------------------------------------ */
 
+/* Freed requests kept for the next ones, for the process. Under load a
+ * source's responder makes and frees one request per handshake with
+ * thousands alive at once: glibc serves an object of this size (past its
+ * fast bins) from its sorted bins, splitting and merging chunks, and a
+ * pooled request is also still in cache. A pooled request keeps its mutex
+ * initialized; its key, record and server name are gone (request_destroy).
+ * At most POOL_MAX are kept (about 0.5 MiB); sanitizer builds keep none, so
+ * that a use after free is still seen. */
+#if defined(__SANITIZE_ADDRESS__)
+#define POOL_MAX 0u
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(memory_sanitizer)
+#define POOL_MAX 0u
+#endif
+#endif
+#ifndef POOL_MAX
+#define POOL_MAX 1024u
+#endif
+static const unsigned g_pool_max = POOL_MAX;
+
+static pthread_mutex_t g_pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static m2mpsk_key_request *g_pool; /* chained through next */
+static unsigned g_pool_n;
+static pthread_once_t g_pool_once = PTHREAD_ONCE_INIT;
+static int g_pool_on; /* set once, by pool_setup */
+
+/* A child forked while another thread held the pool's mutex would never
+ * see it released: it starts with a fresh one (the pool is as it was). */
+static void pool_atfork_child(void) {
+  pthread_mutex_init(&g_pool_mu, NULL);
+}
+
+static void pool_setup(void) {
+  g_pool_on =
+      g_pool_max > 0 && pthread_atfork(NULL, NULL, pool_atfork_child) == 0;
+}
+
+static m2mpsk_key_request *pool_get(void) {
+  pthread_once(&g_pool_once, pool_setup);
+  if (!g_pool_on)
+    return NULL;
+  pthread_mutex_lock(&g_pool_mu);
+  m2mpsk_key_request *r = g_pool;
+  if (r != NULL) {
+    g_pool = r->next;
+    g_pool_n--;
+  }
+  pthread_mutex_unlock(&g_pool_mu);
+  return r;
+}
+
+/* 1 when `r` went to the pool. */
+static int pool_put(m2mpsk_key_request *r) {
+  if (!g_pool_on) /* requests are made (pool_get) before any is freed */
+    return 0;
+  pthread_mutex_lock(&g_pool_mu);
+  int kept = g_pool_n < g_pool_max;
+  if (kept) {
+    r->next = g_pool;
+    g_pool = r;
+    g_pool_n++;
+  }
+  pthread_mutex_unlock(&g_pool_mu);
+  return kept;
+}
+
+/* A request for kpsa_id (at most M2MPSK_KPSA_ID_MAX bytes), open, with no
+ * reference counted yet, or NULL when memory is short. */
+static m2mpsk_key_request *request_new(const char *kpsa_id, size_t id_len,
+                                       uint64_t hash, m2mpsk_role role,
+                                       const char *sni) {
+  size_t sni_n = sni != NULL && sni[0] != '\0' ? strlen(sni) + 1 : 0;
+  char *name = NULL;
+  if (sni_n > sizeof(((m2mpsk_key_request *)NULL)->sni_buf) &&
+      (name = malloc(sni_n)) == NULL)
+    return NULL;
+  m2mpsk_key_request *r = pool_get();
+  if (r == NULL) {
+    r = malloc(sizeof(*r));
+    if (r == NULL || pthread_mutex_init(&r->mu, NULL) != 0) {
+      free(r);
+      free(name);
+      return NULL;
+    }
+  }
+  atomic_init(&r->refs, 0);
+  atomic_init(&r->answered, 0);
+  r->ks = NULL;
+  r->next = r->qnext = NULL;
+  r->queued = 0;
+  r->open = 1;
+  r->hash = hash;
+  r->role = role;
+  r->server_name = NULL;
+  if (sni_n > 0) {
+    r->server_name = name != NULL ? name : r->sni_buf;
+    memcpy(r->server_name, sni, sni_n);
+  }
+  memcpy(r->kpsa_id, kpsa_id, id_len + 1);
+  atomic_init(&r->handoff, 0);
+  r->handoff_serial = 0;
+  r->once = NULL;
+  return r;
+}
+
+/* The record of an answer given once when it has an allocation of its own
+ * (its identities did not fit in the request), or NULL. */
+static struct once_record *once_heap(m2mpsk_key_request *r,
+                                     struct once_record *o) {
+  return o != (struct once_record *)(void *)r->once_buf ? o : NULL;
+}
+
 static void request_destroy(m2mpsk_key_request *r) {
   m2mpsk_handoff_drop(atomic_exchange(&r->handoff, 0));
-  free(r->once);
-  pthread_mutex_destroy(&r->mu);
-  free(r);
+  free(once_heap(r, r->once));
+  if (r->server_name != r->sni_buf)
+    free(r->server_name);
+  if (!pool_put(r)) {
+    pthread_mutex_destroy(&r->mu);
+    free(r);
+  }
 }
 
 /* Drops a reference known not to be the last one that could leave an open
@@ -282,32 +402,39 @@ int m2mpsk_key_request_supply_once(m2mpsk_key_request *req,
   if (req == NULL || key == NULL || idb == NULL ||
       req->role != M2MPSK_ROLE_RESPONDER)
     return M2MPSK_E_INVALID;
-  int rc = m2mpsk_record_check(req->kpsa_id, key_len, ida, idb, not_before,
-                               not_after);
+  /* Only associations make requests, with a KpsaID they validated. */
+  int rc = m2mpsk_record_check_rest(key_len, ida, idb, not_before, not_after);
   if (rc != M2MPSK_OK)
     return rc;
   m2mpsk_keystore *ks = open_request_keystore(req);
   if (ks == NULL)
     return M2MPSK_E_STATE;
   size_t ida_len = ida != NULL ? strlen(ida) : 0, idb_len = strlen(idb);
-  struct once_record *v = malloc(sizeof(*v) + ida_len + idb_len + 2);
+  size_t need = sizeof(struct once_record) + ida_len + idb_len + 2;
+  int fits = need <= sizeof(req->once_buf);
+  /* Filled in the request only under its mutex, once no other answer came
+   * first: a concurrent answer may be reading it. */
+  struct once_record *heap = fits ? NULL : malloc(need);
   int why = M2MPSK_E_NOMEM;
-  int h = v != NULL ? m2mpsk_handoff_put(key, key_len, &why) : 0;
+  int h = fits || heap != NULL ? m2mpsk_handoff_put(key, key_len, &why) : 0;
   if (h == 0) {
-    free(v);
+    free(heap);
     m2mpsk_keystore_free(ks);
     return why;
   }
-  v->not_before = not_before;
-  v->not_after = not_after;
-  v->ida_len = ida_len;
-  v->idb_len = idb_len;
-  memcpy(v->ids, ida != NULL ? ida : "", ida_len + 1);
-  memcpy(v->ids + ida_len + 1, idb, idb_len + 1);
   pthread_mutex_lock(&req->mu);
   int taken = req->once != NULL || atomic_load(&req->answered);
   if (!taken) {
+    struct once_record *v =
+        fits ? (struct once_record *)(void *)req->once_buf : heap;
+    v->not_before = not_before;
+    v->not_after = not_after;
+    v->ida_len = ida_len;
+    v->idb_len = idb_len;
+    memcpy(v->ids, ida != NULL ? ida : "", ida_len + 1);
+    memcpy(v->ids + ida_len + 1, idb, idb_len + 1);
     req->once = v;
+    heap = NULL; /* the request's now */
     m2mpsk_handoff_drop(atomic_exchange(&req->handoff, h));
   }
   pthread_mutex_unlock(&req->mu);
@@ -315,12 +442,13 @@ int m2mpsk_key_request_supply_once(m2mpsk_key_request *req,
     /* Another answer came first: it stands, this one leaves no trace. */
     if (!taken) {
       pthread_mutex_lock(&req->mu);
+      heap = once_heap(req, req->once);
       req->once = NULL;
       h = atomic_exchange(&req->handoff, 0);
       pthread_mutex_unlock(&req->mu);
     }
     m2mpsk_handoff_drop(h);
-    free(v);
+    free(heap);
     rc = M2MPSK_E_STATE;
   }
   m2mpsk_keystore_free(ks);
@@ -550,27 +678,12 @@ int m2mpsk_keystore_request_key_hashed(m2mpsk_keystore *ks, const char *kpsa_id,
   size_t id_len = strlen(kpsa_id);
   if (id_len > M2MPSK_KPSA_ID_MAX)
     return M2MPSK_KEYREQ_NONE;
-  /* Allocated before the lock, and dropped if a request is open already:
-   * the common case under load is a new KpsaID. One allocation with the
-   * SNI after the struct: the allocator is where a source's responder
-   * spends most of what it pays beyond in-memory lookup. */
-  size_t sni_n = sni != NULL && sni[0] != '\0' ? strlen(sni) + 1 : 0;
-  m2mpsk_key_request *fresh = calloc(1, sizeof(*fresh) + sni_n);
+  /* Made before the lock, and dropped if a request is open already: the
+   * common case under load is a new KpsaID. */
+  m2mpsk_key_request *fresh = request_new(kpsa_id, id_len, hash, role, sni);
   if (fresh == NULL)
     return M2MPSK_KEYREQ_NONE;
-  if (sni_n > 0) {
-    fresh->server_name = (char *)(fresh + 1);
-    memcpy(fresh->server_name, sni, sni_n);
-  }
-  if (pthread_mutex_init(&fresh->mu, NULL) != 0) {
-    free(fresh);
-    return M2MPSK_KEYREQ_NONE;
-  }
-  memcpy(fresh->kpsa_id, kpsa_id, id_len + 1);
-  fresh->hash = hash;
-  fresh->role = role;
   fresh->ks = ks;
-  fresh->open = 1;
 
   int result = M2MPSK_KEYREQ_NONE;
   m2mpsk_key_source_fn fn = NULL;

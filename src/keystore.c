@@ -819,6 +819,12 @@ int m2mpsk_record_check(const char *kpsa_id, size_t key_len, const char *ida,
   int rc = m2mpsk_kpsa_id_validate(kpsa_id);
   if (rc != M2MPSK_OK)
     return rc;
+  return m2mpsk_record_check_rest(key_len, ida, idb, not_before, not_after);
+}
+
+int m2mpsk_record_check_rest(size_t key_len, const char *ida, const char *idb,
+                             int64_t not_before, int64_t not_after) {
+  int rc;
   if (key_len < M2MPSK_KEY_MIN || key_len > M2MPSK_KEY_MAX)
     return M2MPSK_E_KEY_LENGTH;
   if (ida != NULL && (rc = m2mpsk_ida_validate(ida)) != M2MPSK_OK)

@@ -408,9 +408,15 @@ static m2mpsk_key_request *waiting_pair(m2mt_pair *p, m2mpsk_transport t) {
   return req;
 }
 
-/* An answer given once (0.6) needs its record's copy: without memory it is
- * refused with M2MPSK_E_NOMEM and the request stays open; once memory is
- * back the waiting responder completes. */
+/* An answer given once (0.6) keeps its record in the request when its
+ * identities fit, in an allocation of its own otherwise (an IdA of 150
+ * bytes here): without memory for that it is refused with M2MPSK_E_NOMEM
+ * and the request stays open; once memory is back the waiting responder
+ * completes. */
+#define LONG_IDA                                                               \
+  "//m2m.example.com/cse-in/C"                                                 \
+  "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"   \
+  "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 Test(alloc, supply_once_refuses_cleanly_without_memory) {
 #ifndef ALLOC_HOOK
   cr_skip_test("the allocator cannot be interposed under AddressSanitizer");
@@ -425,7 +431,7 @@ Test(alloc, supply_once_refuses_cleanly_without_memory) {
     alloc_count = 0;
     alloc_fail_at = at;
     alloc_armed = 1;
-    rc = m2mpsk_key_request_supply_once(req, m2mt_key, 32, M2MT_IDA, M2MT_IDB,
+    rc = m2mpsk_key_request_supply_once(req, m2mt_key, 32, LONG_IDA, M2MT_IDB,
                                         0, 0);
     alloc_armed = 0;
     if (rc == M2MPSK_E_NOMEM) {
@@ -440,7 +446,34 @@ Test(alloc, supply_once_refuses_cleanly_without_memory) {
   cr_assert_geq(m2mt_run_handshake(a, b, NULL, &now, 100), 0);
   cr_assert_eq(m2mpsk_assoc_state(b), M2MPSK_STATE_ESTABLISHED, "%s",
                m2mpsk_assoc_failure_detail(b));
+  cr_assert_str_eq(m2mpsk_assoc_peer_id(b), LONG_IDA);
   cr_assert_eq(m2mpsk_keystore_count(ks_b), 0);
+  m2mpsk_key_request_free(req);
+  m2mt_pair_free(&p);
+}
+
+/* Identities that fit in the request need no allocation: the answer is
+ * given with every allocation failing, and the handshake completes. */
+Test(alloc, supply_once_with_short_identities_allocates_nothing) {
+#ifndef ALLOC_HOOK
+  cr_skip_test("the allocator cannot be interposed under AddressSanitizer");
+#endif
+  m2mt_pair p;
+  m2mpsk_key_request *req = waiting_pair(&p, M2MPSK_TRANSPORT_TLS);
+  alloc_count = 0;
+  alloc_fail_at = 0;
+  alloc_armed = 1;
+  int rc = m2mpsk_key_request_supply_once(req, m2mt_key, 32, M2MT_IDA, M2MT_IDB,
+                                          0, 0);
+  alloc_armed = 0;
+  cr_assert_eq(rc, M2MPSK_OK, "%s", m2mpsk_strerror(rc));
+  cr_assert_eq(alloc_count, 0);
+  cr_assert_eq(m2mpsk_assoc_resume(p.b, 1001), M2MPSK_OK);
+  uint64_t now = 1001;
+  cr_assert_geq(m2mt_run_handshake(p.a, p.b, NULL, &now, 100), 0);
+  cr_assert_eq(m2mpsk_assoc_state(p.b), M2MPSK_STATE_ESTABLISHED, "%s",
+               m2mpsk_assoc_failure_detail(p.b));
+  cr_assert_str_eq(m2mpsk_assoc_peer_id(p.b), M2MT_IDA);
   m2mpsk_key_request_free(req);
   m2mt_pair_free(&p);
 }

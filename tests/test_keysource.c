@@ -632,6 +632,57 @@ Test(keysource, max_pending_treats_the_rest_as_absent) {
 }
 #endif
 
+/* Freed requests serve the next ones (keysource.c keeps them): a request
+ * made after others were freed carries its own KpsaID, server name and
+ * state, and nothing of theirs: not a long server name (kept apart from
+ * the request), not an answer given once, not an open or queued mark. */
+#if INTERNAL_TESTS
+Test(keysource, a_request_made_after_others_carries_only_its_own) {
+  char long_sni[201];
+  memset(long_sni, 'h', sizeof(long_sni) - 1);
+  long_sni[sizeof(long_sni) - 1] = '\0';
+  m2mpsk_keystore *ks = NULL;
+  cr_assert_eq(m2mpsk_keystore_new(&ks, 0), M2MPSK_OK);
+  cr_assert_eq(m2mpsk_keystore_set_source(ks, NULL, NULL, 4), M2MPSK_OK);
+  static const char *const ids[] = {"a@b.c", "b@b.c", "c@b.c",
+                                    "d@b.c", "e@b.c", "f@b.c"};
+  for (int i = 0; i < 6; i++) {
+    const char *sni = i % 3 == 0 ? long_sni : i % 3 == 1 ? NULL : "h";
+    m2mpsk_key_request *r = NULL, *q = NULL;
+    cr_assert_eq(
+        m2mpsk_keystore_request_key(ks, ids[i], M2MPSK_ROLE_RESPONDER, sni, &r),
+        M2MPSK_KEYREQ_WAIT);
+    cr_assert_str_eq(m2mpsk_key_request_kpsa_id(r), ids[i]);
+    if (sni == NULL)
+      cr_assert_null(m2mpsk_key_request_server_name(r));
+    else
+      cr_assert_str_eq(m2mpsk_key_request_server_name(r), sni);
+    cr_assert_eq(m2mpsk_key_request_answered(r), 0);
+    cr_assert_eq(m2mpsk_key_request_given_once(r), 0);
+    cr_assert_eq(m2mpsk_key_request_role(r), M2MPSK_ROLE_RESPONDER);
+    /* Queued alone: the queue holds this request and no earlier one. */
+    cr_assert_eq(m2mpsk_keystore_next_request(ks, &q), M2MPSK_OK);
+    cr_assert_eq(q, r);
+    m2mpsk_key_request *none = r;
+    cr_assert_eq(m2mpsk_keystore_next_request(ks, &none), M2MPSK_E_AGAIN);
+    /* Every other one is answered once, the rest absent. */
+    if (i % 2 == 0) {
+      cr_assert_eq(m2mpsk_key_request_supply_once(q, m2mt_key, 32, M2MT_IDA,
+                                                  M2MT_IDB, 0, 0),
+                   M2MPSK_OK);
+      cr_assert_eq(m2mpsk_key_request_given_once(r), 1);
+    } else {
+      cr_assert_eq(m2mpsk_key_request_absent(q), M2MPSK_OK);
+    }
+    cr_assert_eq(m2mpsk_key_request_answered(r), 1);
+    m2mpsk_key_request_free(q);
+    m2mpsk_key_request_free(r);
+  }
+  cr_assert_eq(m2mpsk_keystore_count(ks), 0);
+  m2mpsk_keystore_free(ks);
+}
+#endif
+
 /* Past max_pending, a responder goes on at once as with an unknown
  * identity. */
 #if INTERNAL_TESTS
